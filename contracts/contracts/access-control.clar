@@ -1,0 +1,360 @@
+;; access-control
+;;
+;; Who may do what in the breakglass system, and the on-chain record of every access:
+;;   - governance: a contract owner who appoints credentialing authorities (verify, suspend,
+;;     reinstate and revoke providers), responder services (record emergency accesses and
+;;     anchor the off-chain audit log) and reviewers (judge emergency accesses);
+;;   - providers: self-registration with hashes of their off-chain identity and credentials,
+;;     a role, and a status (pending -> verified <-> suspended; any -> revoked, terminal);
+;;   - consented access requests (checked against patient-consent, logged when granted);
+;;   - emergency (break-glass) access records, one per access id, and one review each;
+;;   - anchors of the off-chain hash-chained audit log.
+;;
+;; Nothing here holds protected health information: patients appear only as their
+;; pseudonymous 32-byte id; reasons and notes appear only as hashes.
+;;
+;; A refused call returns an error and changes nothing; the refused transaction itself stays
+;; on chain with its error code (status abort_by_response), which is how refusals are logged.
+;;
+;; Errors (distinct across both contracts: patient-consent u100-u199, access-control u200-u299)
+;;   u200 ERR-NOT-OWNER              caller is not the contract owner
+;;   u201 ERR-NOT-AUTHORITY          caller is not a credentialing authority
+;;   u202 ERR-NOT-RESPONDER          caller is not an authorized responder service
+;;   u203 ERR-NOT-REVIEWER           caller is not a reviewer
+;;   u204 ERR-ALREADY-REGISTERED     the provider principal is already registered
+;;   u205 ERR-PROVIDER-NOT-FOUND     no provider registered for that principal
+;;   u206 ERR-INVALID-ROLE           role not in ROLES
+;;   u207 ERR-INVALID-TRANSITION     the provider's status does not allow this change
+;;   u208 ERR-PROVIDER-NOT-VERIFIED  the provider is not verified at this block
+;;   u209 ERR-INVALID-DATA-TYPE      a data type unknown to patient-consent
+;;   u210 ERR-INVALID-PURPOSE        a purpose unknown to patient-consent
+;;   u211 ERR-NO-CONSENT             the patient has no active consent for this request
+;;   u212 ERR-DUPLICATE-ACCESS       an emergency access with this id is already recorded
+;;   u213 ERR-INVALID-WINDOW         window is 0 or above MAX-EMERGENCY-WINDOW
+;;   u214 ERR-ACCESS-NOT-FOUND       no emergency access with this id
+;;   u215 ERR-ALREADY-REVIEWED       the emergency access already has a review
+;;   u216 ERR-INVALID-VERDICT        verdict not in VERDICTS
+;;   u217 ERR-SELF-REVIEW            a reviewer cannot review their own access
+;;   u218 ERR-ANCHOR-REGRESSION      an audit anchor's count is below the previous anchor's
+;;   u219 ERR-ALREADY-MEMBER         the principal already holds that governance role
+;;   u220 ERR-NOT-MEMBER             the principal does not hold that governance role
+;;   u221 ERR-NO-DATA-TYPES          an emergency access must name at least one data type
+;;
+;; Events (print): every state change prints a tuple with a `topic`:
+;;   "owner-changed", "authority-added", "authority-removed", "responder-added",
+;;   "responder-removed", "reviewer-added", "reviewer-removed", "provider-registered",
+;;   "provider-verified", "provider-suspended", "provider-reinstated", "provider-revoked",
+;;   "provider-role-changed", "provider-credentials-updated", "access-granted",
+;;   "emergency-access-recorded", "emergency-access-reviewed", "audit-anchored".
+
+(define-constant ERR-NOT-OWNER (err u200))
+(define-constant ERR-NOT-AUTHORITY (err u201))
+(define-constant ERR-NOT-RESPONDER (err u202))
+(define-constant ERR-NOT-REVIEWER (err u203))
+(define-constant ERR-ALREADY-REGISTERED (err u204))
+(define-constant ERR-PROVIDER-NOT-FOUND (err u205))
+(define-constant ERR-INVALID-ROLE (err u206))
+(define-constant ERR-INVALID-TRANSITION (err u207))
+(define-constant ERR-PROVIDER-NOT-VERIFIED (err u208))
+(define-constant ERR-INVALID-DATA-TYPE (err u209))
+(define-constant ERR-INVALID-PURPOSE (err u210))
+(define-constant ERR-NO-CONSENT (err u211))
+(define-constant ERR-DUPLICATE-ACCESS (err u212))
+(define-constant ERR-INVALID-WINDOW (err u213))
+(define-constant ERR-ACCESS-NOT-FOUND (err u214))
+(define-constant ERR-ALREADY-REVIEWED (err u215))
+(define-constant ERR-INVALID-VERDICT (err u216))
+(define-constant ERR-SELF-REVIEW (err u217))
+(define-constant ERR-ANCHOR-REGRESSION (err u218))
+(define-constant ERR-ALREADY-MEMBER (err u219))
+(define-constant ERR-NOT-MEMBER (err u220))
+(define-constant ERR-NO-DATA-TYPES (err u221))
+
+(define-constant ROLES (list "physician" "nurse" "paramedic" "pharmacist" "reviewer" "admin"))
+(define-constant VERDICTS (list "appropriate" "inappropriate"))
+
+;; Lookup sets filled from the lists at deploy time (`index-of?` would need the argument's
+;; type to equal the list literal's narrower element type).
+(define-map known-roles (string-ascii 16) bool)
+(define-map known-verdicts (string-ascii 16) bool)
+(define-private (add-role (role (string-ascii 16))) (map-insert known-roles role true))
+(define-private (add-verdict (verdict (string-ascii 16))) (map-insert known-verdicts verdict true))
+(map add-role ROLES)
+(map add-verdict VERDICTS)
+
+(define-constant STATUS-PENDING "pending")
+(define-constant STATUS-VERIFIED "verified")
+(define-constant STATUS-SUSPENDED "suspended")
+(define-constant STATUS-REVOKED "revoked")
+
+;; Longest emergency window, in blocks (the same bound as patient-consent's).
+(define-constant MAX-EMERGENCY-WINDOW u4320)
+
+;; ---------------------------------------------------------------------------
+;; governance
+
+(define-data-var contract-owner principal tx-sender)
+(define-map authorities principal bool)
+(define-map responders principal bool)
+(define-map reviewers principal bool)
+
+(define-read-only (get-contract-owner) (var-get contract-owner))
+(define-read-only (is-authority (who principal)) (default-to false (map-get? authorities who)))
+(define-read-only (is-responder (who principal)) (default-to false (map-get? responders who)))
+(define-read-only (is-reviewer (who principal)) (default-to false (map-get? reviewers who)))
+
+(define-private (assert-owner)
+  (ok (asserts! (is-eq tx-sender (var-get contract-owner)) ERR-NOT-OWNER)))
+
+(define-public (set-contract-owner (new-owner principal))
+  (begin
+    (try! (assert-owner))
+    (var-set contract-owner new-owner)
+    (print { topic: "owner-changed", owner: new-owner, previous: tx-sender })
+    (ok true)))
+
+(define-public (add-authority (who principal))
+  (begin
+    (try! (assert-owner))
+    (asserts! (map-insert authorities who true) ERR-ALREADY-MEMBER)
+    (print { topic: "authority-added", principal: who })
+    (ok true)))
+
+(define-public (remove-authority (who principal))
+  (begin
+    (try! (assert-owner))
+    (asserts! (map-delete authorities who) ERR-NOT-MEMBER)
+    (print { topic: "authority-removed", principal: who })
+    (ok true)))
+
+(define-public (add-responder (who principal))
+  (begin
+    (try! (assert-owner))
+    (asserts! (map-insert responders who true) ERR-ALREADY-MEMBER)
+    (print { topic: "responder-added", principal: who })
+    (ok true)))
+
+(define-public (remove-responder (who principal))
+  (begin
+    (try! (assert-owner))
+    (asserts! (map-delete responders who) ERR-NOT-MEMBER)
+    (print { topic: "responder-removed", principal: who })
+    (ok true)))
+
+(define-public (add-reviewer (who principal))
+  (begin
+    (try! (assert-owner))
+    (asserts! (map-insert reviewers who true) ERR-ALREADY-MEMBER)
+    (print { topic: "reviewer-added", principal: who })
+    (ok true)))
+
+(define-public (remove-reviewer (who principal))
+  (begin
+    (try! (assert-owner))
+    (asserts! (map-delete reviewers who) ERR-NOT-MEMBER)
+    (print { topic: "reviewer-removed", principal: who })
+    (ok true)))
+
+;; ---------------------------------------------------------------------------
+;; providers
+
+(define-data-var provider-count uint u0)
+
+(define-map providers principal
+  { id: uint, role: (string-ascii 16), info-hash: (buff 32), credentials-hash: (buff 32),
+    status: (string-ascii 16), registered-at: uint, updated-at: uint,
+    verified-by: (optional principal) })
+(define-map provider-ids uint principal)
+
+(define-read-only (get-roles) ROLES)
+(define-read-only (is-valid-role (role (string-ascii 16))) (is-some (map-get? known-roles role)))
+(define-read-only (get-provider (who principal)) (map-get? providers who))
+(define-read-only (get-provider-by-id (id uint)) (map-get? provider-ids id))
+(define-read-only (get-provider-count) (var-get provider-count))
+
+(define-read-only (is-verified-provider (who principal))
+  (match (map-get? providers who)
+    provider (is-eq (get status provider) STATUS-VERIFIED)
+    false))
+
+(define-public (register-provider (info-hash (buff 32)) (role (string-ascii 16)) (credentials-hash (buff 32)))
+  (let ((id (+ (var-get provider-count) u1)))
+    (asserts! (is-valid-role role) ERR-INVALID-ROLE)
+    (asserts! (is-none (map-get? providers tx-sender)) ERR-ALREADY-REGISTERED)
+    (map-set providers tx-sender
+      { id: id, role: role, info-hash: info-hash, credentials-hash: credentials-hash,
+        status: STATUS-PENDING, registered-at: stacks-block-height, updated-at: stacks-block-height,
+        verified-by: none })
+    (map-set provider-ids id tx-sender)
+    (var-set provider-count id)
+    (print { topic: "provider-registered", provider: tx-sender, provider-id: id, role: role,
+             info-hash: info-hash, credentials-hash: credentials-hash })
+    (ok id)))
+
+;; New credentials (a renewed licence, a new employer) need verifying again: back to pending.
+(define-public (update-provider-credentials (info-hash (buff 32)) (credentials-hash (buff 32)))
+  (let ((provider (unwrap! (map-get? providers tx-sender) ERR-PROVIDER-NOT-FOUND)))
+    (asserts! (not (is-eq (get status provider) STATUS-REVOKED)) ERR-INVALID-TRANSITION)
+    (map-set providers tx-sender
+      (merge provider { info-hash: info-hash, credentials-hash: credentials-hash, status: STATUS-PENDING,
+                        updated-at: stacks-block-height, verified-by: none }))
+    (print { topic: "provider-credentials-updated", provider: tx-sender, provider-id: (get id provider),
+             info-hash: info-hash, credentials-hash: credentials-hash, status: STATUS-PENDING })
+    (ok true)))
+
+;; Moves a provider from one of `from` statuses to `to`, by a credentialing authority.
+(define-private (transition (who principal) (from (list 3 (string-ascii 16))) (to (string-ascii 16))
+                            (topic (string-ascii 32)))
+  (let ((provider (unwrap! (map-get? providers who) ERR-PROVIDER-NOT-FOUND)))
+    (asserts! (is-authority tx-sender) ERR-NOT-AUTHORITY)
+    (asserts! (is-some (index-of? from (get status provider))) ERR-INVALID-TRANSITION)
+    (map-set providers who
+      (merge provider { status: to, updated-at: stacks-block-height, verified-by: (some tx-sender) }))
+    (print { topic: topic, provider: who, provider-id: (get id provider), role: (get role provider),
+             status: to, authority: tx-sender })
+    (ok true)))
+
+(define-public (verify-provider (who principal))
+  (transition who (list STATUS-PENDING) STATUS-VERIFIED "provider-verified"))
+
+(define-public (suspend-provider (who principal))
+  (transition who (list STATUS-VERIFIED) STATUS-SUSPENDED "provider-suspended"))
+
+(define-public (reinstate-provider (who principal))
+  (transition who (list STATUS-SUSPENDED) STATUS-VERIFIED "provider-reinstated"))
+
+(define-public (revoke-provider (who principal))
+  (transition who (list STATUS-PENDING STATUS-VERIFIED STATUS-SUSPENDED) STATUS-REVOKED "provider-revoked"))
+
+(define-public (set-provider-role (who principal) (role (string-ascii 16)))
+  (let ((provider (unwrap! (map-get? providers who) ERR-PROVIDER-NOT-FOUND)))
+    (asserts! (is-authority tx-sender) ERR-NOT-AUTHORITY)
+    (asserts! (is-valid-role role) ERR-INVALID-ROLE)
+    (asserts! (not (is-eq (get status provider) STATUS-REVOKED)) ERR-INVALID-TRANSITION)
+    (map-set providers who (merge provider { role: role, updated-at: stacks-block-height }))
+    (print { topic: "provider-role-changed", provider: who, provider-id: (get id provider), role: role,
+             previous-role: (get role provider), authority: tx-sender })
+    (ok true)))
+
+;; ---------------------------------------------------------------------------
+;; consented access requests
+
+(define-data-var access-count uint u0)
+
+(define-map access-log uint
+  { provider: principal, patient-id: (buff 32), data-type: (string-ascii 32), purpose: (string-ascii 16),
+    block: uint })
+
+(define-read-only (get-access-count) (var-get access-count))
+(define-read-only (get-access-log-entry (id uint)) (map-get? access-log id))
+
+;; A verified provider asks for one data type of a patient for a purpose; granted only when
+;; the patient's consent for that provider, data type and purpose is active.
+(define-public (request-access (patient-id (buff 32)) (data-type (string-ascii 32)) (purpose (string-ascii 16)))
+  (let ((id (+ (var-get access-count) u1)))
+    (asserts! (is-verified-provider tx-sender) ERR-PROVIDER-NOT-VERIFIED)
+    (asserts! (contract-call? .patient-consent is-valid-data-type data-type) ERR-INVALID-DATA-TYPE)
+    (asserts! (contract-call? .patient-consent is-valid-purpose purpose) ERR-INVALID-PURPOSE)
+    (asserts! (contract-call? .patient-consent check-consent-by-id patient-id tx-sender data-type purpose)
+              ERR-NO-CONSENT)
+    (map-set access-log id
+      { provider: tx-sender, patient-id: patient-id, data-type: data-type, purpose: purpose,
+        block: stacks-block-height })
+    (var-set access-count id)
+    (print { topic: "access-granted", access-log-id: id, provider: tx-sender, patient-id: patient-id,
+             data-type: data-type, purpose: purpose })
+    (ok id)))
+
+;; ---------------------------------------------------------------------------
+;; emergency access
+
+(define-map emergency-accesses (buff 32)
+  { provider: principal, provider-role: (string-ascii 16), patient-id: (buff 32),
+    data-types: (list 8 (string-ascii 32)), window: uint, reason-hash: (buff 32), responder: principal,
+    recorded-at: uint, expires-at: uint, within-preferences: bool, index: uint })
+
+(define-map emergency-reviews (buff 32)
+  { reviewer: principal, verdict: (string-ascii 16), note-hash: (buff 32), block: uint })
+
+(define-data-var emergency-count uint u0)
+(define-map emergency-by-index uint (buff 32))
+(define-map patient-emergency-counts (buff 32) uint)
+(define-map patient-emergency-index { patient-id: (buff 32), index: uint } (buff 32))
+
+(define-read-only (get-emergency-access (access-id (buff 32))) (map-get? emergency-accesses access-id))
+(define-read-only (get-emergency-review (access-id (buff 32))) (map-get? emergency-reviews access-id))
+(define-read-only (get-emergency-count) (var-get emergency-count))
+(define-read-only (get-emergency-access-id (index uint)) (map-get? emergency-by-index index))
+(define-read-only (get-patient-emergency-count (patient-id (buff 32)))
+  (default-to u0 (map-get? patient-emergency-counts patient-id)))
+(define-read-only (get-patient-emergency-access-id (patient-id (buff 32)) (index uint))
+  (map-get? patient-emergency-index { patient-id: patient-id, index: index }))
+
+(define-private (valid-data-type-step (data-type (string-ascii 32)) (ok-so-far bool))
+  (and ok-so-far (contract-call? .patient-consent is-valid-data-type data-type)))
+
+;; A responder service records a break-glass access it granted off chain. The record is kept
+;; whatever the patient's preferences say (it is a record of what happened); whether the
+;; access stayed within them is stored for reviewers.
+(define-public (record-emergency-access (access-id (buff 32)) (provider principal) (patient-id (buff 32))
+                                        (data-types (list 8 (string-ascii 32))) (window uint)
+                                        (reason-hash (buff 32)))
+  (let ((index (var-get emergency-count))
+        (patient-index (get-patient-emergency-count patient-id))
+        (within (contract-call? .patient-consent is-emergency-access-allowed patient-id data-types window)))
+    (asserts! (is-responder tx-sender) ERR-NOT-RESPONDER)
+    ;; a duplicate is checked before anything that can change over time, so that a
+    ;; rebroadcast of an access already recorded is always told so
+    (asserts! (is-none (map-get? emergency-accesses access-id)) ERR-DUPLICATE-ACCESS)
+    (asserts! (> (len data-types) u0) ERR-NO-DATA-TYPES)
+    (asserts! (fold valid-data-type-step data-types true) ERR-INVALID-DATA-TYPE)
+    (asserts! (and (> window u0) (<= window MAX-EMERGENCY-WINDOW)) ERR-INVALID-WINDOW)
+    (asserts! (is-verified-provider provider) ERR-PROVIDER-NOT-VERIFIED)
+    (let ((role (default-to "" (get role (map-get? providers provider)))))
+      (map-set emergency-accesses access-id
+        { provider: provider, provider-role: role, patient-id: patient-id, data-types: data-types,
+          window: window, reason-hash: reason-hash, responder: tx-sender, recorded-at: stacks-block-height,
+          expires-at: (+ stacks-block-height window), within-preferences: within, index: index })
+      (map-set emergency-by-index index access-id)
+      (var-set emergency-count (+ index u1))
+      (map-set patient-emergency-index { patient-id: patient-id, index: patient-index } access-id)
+      (map-set patient-emergency-counts patient-id (+ patient-index u1))
+      (print { topic: "emergency-access-recorded", access-id: access-id, provider: provider,
+               provider-role: role, patient-id: patient-id, data-types: data-types, window: window,
+               reason-hash: reason-hash, within-preferences: within, index: index })
+      (ok index))))
+
+(define-read-only (get-verdicts) VERDICTS)
+
+(define-public (review-emergency-access (access-id (buff 32)) (verdict (string-ascii 16)) (note-hash (buff 32)))
+  (let ((access (unwrap! (map-get? emergency-accesses access-id) ERR-ACCESS-NOT-FOUND)))
+    (asserts! (is-reviewer tx-sender) ERR-NOT-REVIEWER)
+    (asserts! (is-some (map-get? known-verdicts verdict)) ERR-INVALID-VERDICT)
+    (asserts! (not (is-eq tx-sender (get provider access))) ERR-SELF-REVIEW)
+    (asserts! (map-insert emergency-reviews access-id
+                { reviewer: tx-sender, verdict: verdict, note-hash: note-hash, block: stacks-block-height })
+              ERR-ALREADY-REVIEWED)
+    (print { topic: "emergency-access-reviewed", access-id: access-id, reviewer: tx-sender, verdict: verdict,
+             note-hash: note-hash, provider: (get provider access), patient-id: (get patient-id access) })
+    (ok true)))
+
+;; ---------------------------------------------------------------------------
+;; audit anchors: the head of the off-chain hash-chained audit log and how many entries it covers
+
+(define-data-var anchor-count uint u0)
+(define-map anchors uint { head: (buff 32), count: uint, block: uint, responder: principal })
+
+(define-read-only (get-anchor-count) (var-get anchor-count))
+(define-read-only (get-anchor (index uint)) (map-get? anchors index))
+(define-read-only (get-latest-anchor)
+  (if (is-eq (var-get anchor-count) u0) none (map-get? anchors (- (var-get anchor-count) u1))))
+
+(define-public (anchor-audit (head (buff 32)) (count uint))
+  (let ((index (var-get anchor-count)))
+    (asserts! (is-responder tx-sender) ERR-NOT-RESPONDER)
+    ;; the audit log only grows: an anchor covering fewer entries than the last is refused
+    (asserts! (>= count (default-to u0 (get count (get-latest-anchor)))) ERR-ANCHOR-REGRESSION)
+    (map-set anchors index { head: head, count: count, block: stacks-block-height, responder: tx-sender })
+    (var-set anchor-count (+ index u1))
+    (print { topic: "audit-anchored", head: head, count: count, anchor-index: index, responder: tx-sender })
+    (ok index)))

@@ -1,0 +1,167 @@
+;; Properties and invariants of access-control, run by rendezvous:
+;;   npx rv . access-control test        (properties: `test-` functions with random arguments)
+;;   npx rv . access-control invariant   (random call sequences, then `invariant-` checks)
+;; Rendezvous appends this file to the contract in its own simnet; it is never deployed.
+;; The `fuzz-` functions map random numbers onto valid roles, data types, verdicts and a small
+;; set of access ids, so that random call sequences reach real state changes and collisions.
+
+;; State seeded at deploy: wallet_1 and wallet_2 are authorities; wallet_2, wallet_3 and wallet_4
+;; responders; wallet_3 and wallet_4 reviewers; wallet_5 (physician) and wallet_6 (nurse)
+;; verified providers with ids 1 and 2. The deployer stays owner.
+(map-set authorities 'ST1SJ3DTE5DN7X54YDH5D64R3BCB6A2AG2ZQ8YPD5 true)
+(map-set authorities 'ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG true)
+(map-set responders 'ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG true)
+(map-set responders 'ST2JHG361ZXG51QTKY2NQCVBPPRRE2KZB1HR05NNC true)
+(map-set responders 'ST2NEB84ASENDXKYGJPQW86YXQCEFEX2ZQPG87ND true)
+(map-set reviewers 'ST2JHG361ZXG51QTKY2NQCVBPPRRE2KZB1HR05NNC true)
+(map-set reviewers 'ST2NEB84ASENDXKYGJPQW86YXQCEFEX2ZQPG87ND true)
+(define-constant FUZZ-PROVIDERS (list 'ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB 'ST3AM1A56AK2C1XAFJ4115ZSV26EB49BVQ10MGCS0))
+(map-set providers 'ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB
+  { id: u1, role: "physician", info-hash: (sha256 u1), credentials-hash: (sha256 u1), status: STATUS-VERIFIED,
+    registered-at: stacks-block-height, updated-at: stacks-block-height, verified-by: none })
+(map-set providers 'ST3AM1A56AK2C1XAFJ4115ZSV26EB49BVQ10MGCS0
+  { id: u2, role: "nurse", info-hash: (sha256 u2), credentials-hash: (sha256 u2), status: STATUS-VERIFIED,
+    registered-at: stacks-block-height, updated-at: stacks-block-height, verified-by: none })
+(map-set provider-ids u1 'ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB)
+(map-set provider-ids u2 'ST3AM1A56AK2C1XAFJ4115ZSV26EB49BVQ10MGCS0)
+(var-set provider-count u2)
+
+(define-constant FUZZ-DATA-TYPES (list "allergies" "medications" "problems" "blood-type" "advance-directives"
+                                       "immunizations" "emergency-summary" "clinical-notes"))
+(define-constant FUZZ-INDEXES (list u0 u1 u2 u3 u4 u5 u6 u7 u8 u9 u10 u11 u12 u13 u14 u15
+                                    u16 u17 u18 u19 u20 u21 u22 u23 u24 u25 u26 u27 u28 u29 u30 u31))
+
+(define-private (fuzz-role (n uint)) (unwrap-panic (element-at? ROLES (mod n (len ROLES)))))
+(define-private (fuzz-verdict (n uint)) (unwrap-panic (element-at? VERDICTS (mod n (len VERDICTS)))))
+(define-private (fuzz-data-types (n uint))
+  (let ((first (unwrap-panic (element-at? FUZZ-DATA-TYPES (mod n u8))))
+        (second (unwrap-panic (element-at? FUZZ-DATA-TYPES (mod (/ n u8) u8)))))
+    (if (is-eq (mod n u2) u0) (list first) (list first second))))
+;; One of the seeded providers (verified unless a random run suspended or revoked them).
+(define-private (fuzz-provider (n uint))
+  (unwrap-panic (element-at? FUZZ-PROVIDERS (mod n u2))))
+;; Sixteen possible access ids, so that duplicates happen.
+(define-private (fuzz-access-id (n uint))
+  (sha256 (mod n u16)))
+
+;; ---------------------------------------------------------------------------
+;; adapters for invariant runs
+
+(define-public (fuzz-register-provider (role uint) (seed uint))
+  (register-provider (sha256 seed) (fuzz-role role) (sha256 (+ seed u1))))
+
+(define-public (fuzz-set-provider-role (who principal) (role uint))
+  (set-provider-role who (fuzz-role role)))
+
+;; Brings a seeded provider back to verified (authorities only), so records keep happening.
+(define-public (fuzz-restore (pick uint))
+  (let ((provider (fuzz-provider pick)))
+    (if (is-eq (get status (map-get? providers provider)) (some STATUS-SUSPENDED))
+      (reinstate-provider provider)
+      (verify-provider provider))))
+
+;; Two times in three for a seeded provider, else for any account (mostly unregistered or pending).
+(define-public (fuzz-record (access uint) (pick uint) (any-provider principal) (data-types uint) (window uint))
+  (record-emergency-access (fuzz-access-id access)
+                           (if (is-eq (mod pick u3) u0) any-provider (fuzz-provider pick)) (sha256 (mod access u3)) (fuzz-data-types data-types)
+                           (+ u1 (mod window MAX-EMERGENCY-WINDOW)) (sha256 window)))
+
+(define-public (fuzz-review (access uint) (verdict uint))
+  (review-emergency-access (fuzz-access-id access) (fuzz-verdict verdict) (sha256 verdict)))
+
+;; ---------------------------------------------------------------------------
+;; properties
+
+;; An emergency access is never recorded for a provider who is not verified.
+(define-public (test-no-emergency-access-for-unverified-provider (access (buff 32)) (provider principal)
+                                                                 (data-types uint) (window uint))
+  (if (or (not (is-responder tx-sender)) (is-verified-provider provider)
+          (is-some (map-get? emergency-accesses access)))
+    (ok false)
+    (begin
+      (asserts! (is-eq (record-emergency-access access provider (sha256 window) (fuzz-data-types data-types)
+                                                (+ u1 (mod window MAX-EMERGENCY-WINDOW)) (sha256 window))
+                       ERR-PROVIDER-NOT-VERIFIED)
+                (err u930))
+      (asserts! (is-none (map-get? emergency-accesses access)) (err u931))
+      (ok true))))
+
+;; A verified provider's access is recorded exactly once: the same id again is a duplicate.
+(define-public (test-emergency-access-recorded-once (access (buff 32)) (pick uint) (data-types uint))
+  (let ((provider (fuzz-provider pick))
+        (count-before (var-get emergency-count)))
+    (asserts! (and (is-responder tx-sender) (is-verified-provider provider)
+                   (is-none (map-get? emergency-accesses access)))
+              (ok false))
+    (begin
+      (try! (record-emergency-access access provider (sha256 u1) (fuzz-data-types data-types) u10 (sha256 u2)))
+      (asserts! (is-eq (record-emergency-access access provider (sha256 u1) (fuzz-data-types data-types) u10 (sha256 u2))
+                       ERR-DUPLICATE-ACCESS)
+                (err u940))
+      (asserts! (is-eq (var-get emergency-count) (+ count-before u1)) (err u941))
+      (ok true))))
+
+;; A review is recorded once: a second review, whatever its verdict, is refused and changes nothing.
+;; The caller records the access first (wallet_3 and wallet_4 are responders and reviewers).
+(define-public (test-review-recorded-once (access-id (buff 32)) (pick uint) (verdict uint) (second-verdict uint))
+  (let ((provider (fuzz-provider pick))
+        (first (fuzz-verdict verdict)))
+    (asserts! (and (is-reviewer tx-sender) (is-responder tx-sender) (is-verified-provider provider)
+                   (is-none (map-get? emergency-accesses access-id)))
+              (ok false))
+    (try! (record-emergency-access access-id provider (sha256 pick) (list "allergies") u10 (sha256 verdict)))
+    (try! (review-emergency-access access-id first (sha256 verdict)))
+    (asserts! (is-eq (review-emergency-access access-id (fuzz-verdict second-verdict) (sha256 second-verdict))
+                     ERR-ALREADY-REVIEWED)
+              (err u950))
+    (asserts! (is-eq (get verdict (map-get? emergency-reviews access-id)) (some first)) (err u951))
+    (ok true)))
+
+;; Only authorities change a provider's status.
+(define-public (test-only-authorities-verify (seed uint))
+  (if (is-authority tx-sender)
+    (ok false)
+    (begin
+      (if (is-none (map-get? providers tx-sender))
+        (try! (register-provider (sha256 seed) "nurse" (sha256 seed)))
+        u0)
+      (asserts! (is-eq (verify-provider tx-sender) ERR-NOT-AUTHORITY) (err u960))
+      (asserts! (is-eq (suspend-provider tx-sender) ERR-NOT-AUTHORITY) (err u961))
+      (asserts! (is-eq (reinstate-provider tx-sender) ERR-NOT-AUTHORITY) (err u962))
+      (asserts! (is-eq (revoke-provider tx-sender) ERR-NOT-AUTHORITY) (err u963))
+      (ok true))))
+
+;; ---------------------------------------------------------------------------
+;; invariants
+
+;; For each of the latest 32 recorded accesses: if the provider's record has not changed since
+;; the access was recorded, the provider is verified now, so was verified when it was recorded.
+(define-private (recorded-for-verified (k uint) (holds bool))
+  (let ((count (var-get emergency-count)))
+    (and holds
+         (or (>= k count)
+             (let ((record (unwrap-panic (map-get? emergency-accesses
+                                           (unwrap-panic (map-get? emergency-by-index (- count u1 k))))))
+                   (provider (unwrap-panic (map-get? providers (get provider record)))))
+               (or (> (get updated-at provider) (get recorded-at record))
+                   (is-eq (get status provider) STATUS-VERIFIED)))))))
+
+(define-read-only (invariant-no-emergency-access-for-unverified-provider)
+  (fold recorded-for-verified FUZZ-INDEXES true))
+
+(define-private (calls (fn (string-ascii 100)))
+  (default-to u0 (get called (map-get? context fn))))
+
+;; Each access is reviewed at most once, so successful reviews never outnumber accesses.
+(define-read-only (invariant-review-recorded-once)
+  (<= (+ (calls "review-emergency-access") (calls "fuzz-review")) (var-get emergency-count)))
+
+;; Every successful record call added exactly one access, and only those did.
+(define-read-only (invariant-emergency-count-matches-records)
+  (is-eq (var-get emergency-count) (+ (calls "record-emergency-access") (calls "fuzz-record"))))
+
+;; Provider ids are dense: the count names the latest id, and no id beyond it exists.
+(define-read-only (invariant-provider-ids-dense)
+  (let ((count (var-get provider-count)))
+    (and (is-none (map-get? provider-ids (+ count u1)))
+         (or (is-eq count u0) (is-some (map-get? provider-ids count))))))

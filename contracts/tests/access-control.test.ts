@@ -1,0 +1,368 @@
+import { describe, expect, it } from "vitest";
+import { Cl } from "@stacks/transactions";
+import {
+  PATIENT_ID, authority, call, deployer, governance, hash, id, nurse, ok, patient, physician, prints, read,
+  recordArgs, registerPatient, registerProvider, responder, reviewer, stranger, verifiedProvider,
+} from "./helpers";
+
+const C = "access-control";
+const ERR = {
+  NOT_OWNER: 200, NOT_AUTHORITY: 201, NOT_RESPONDER: 202, NOT_REVIEWER: 203, ALREADY_REGISTERED: 204,
+  PROVIDER_NOT_FOUND: 205, INVALID_ROLE: 206, INVALID_TRANSITION: 207, PROVIDER_NOT_VERIFIED: 208,
+  INVALID_DATA_TYPE: 209, INVALID_PURPOSE: 210, NO_CONSENT: 211, DUPLICATE_ACCESS: 212, INVALID_WINDOW: 213,
+  ACCESS_NOT_FOUND: 214, ALREADY_REVIEWED: 215, INVALID_VERDICT: 216, SELF_REVIEW: 217, ANCHOR_REGRESSION: 218,
+  ALREADY_MEMBER: 219, NOT_MEMBER: 220, NO_DATA_TYPES: 221,
+};
+const err = (code: number) => Cl.uint(code);
+const status = (who: string) => {
+  const p = read(C, "get-provider", [Cl.principal(who)]);
+  return /status: "([a-z]+)"/.exec(Cl.prettyPrint(p))?.[1];
+};
+
+describe("governance", () => {
+  const roles = [
+    ["add-authority", "remove-authority", "is-authority", "authority"],
+    ["add-responder", "remove-responder", "is-responder", "responder"],
+    ["add-reviewer", "remove-reviewer", "is-reviewer", "reviewer"],
+  ];
+  for (const [add, remove, is, name] of roles) {
+    it(`${add} / ${remove}: owner only, each once, with events`, () => {
+      expect(call(C, add, [Cl.principal(stranger)], stranger).result).toBeErr(err(ERR.NOT_OWNER));
+      expect(read(C, is, [Cl.principal(stranger)])).toBeBool(false);
+      const added = call(C, add, [Cl.principal(stranger)], deployer);
+      expect(added.result).toBeOk(Cl.bool(true));
+      expect(prints(added)).toEqual([Cl.tuple({ topic: Cl.stringAscii(`${name}-added`), principal: Cl.principal(stranger) })]);
+      expect(read(C, is, [Cl.principal(stranger)])).toBeBool(true);
+      expect(call(C, add, [Cl.principal(stranger)], deployer).result).toBeErr(err(ERR.ALREADY_MEMBER));
+      expect(call(C, remove, [Cl.principal(stranger)], stranger).result).toBeErr(err(ERR.NOT_OWNER));
+      const removed = call(C, remove, [Cl.principal(stranger)], deployer);
+      expect(removed.result).toBeOk(Cl.bool(true));
+      expect(prints(removed)[0]).toEqual(Cl.tuple({ topic: Cl.stringAscii(`${name}-removed`), principal: Cl.principal(stranger) }));
+      expect(read(C, is, [Cl.principal(stranger)])).toBeBool(false);
+      expect(call(C, remove, [Cl.principal(stranger)], deployer).result).toBeErr(err(ERR.NOT_MEMBER));
+    });
+  }
+
+  it("the owner is the deployer and can hand over ownership; the old owner then cannot govern", () => {
+    expect(read(C, "get-contract-owner", [])).toBePrincipal(deployer);
+    expect(call(C, "set-contract-owner", [Cl.principal(stranger)], stranger).result).toBeErr(err(ERR.NOT_OWNER));
+    const res = call(C, "set-contract-owner", [Cl.principal(authority)], deployer);
+    expect(res.result).toBeOk(Cl.bool(true));
+    expect(prints(res)[0]).toEqual(Cl.tuple({ topic: Cl.stringAscii("owner-changed"), owner: Cl.principal(authority), previous: Cl.principal(deployer) }));
+    expect(read(C, "get-contract-owner", [])).toBePrincipal(authority);
+    expect(call(C, "add-responder", [Cl.principal(responder)], deployer).result).toBeErr(err(ERR.NOT_OWNER));
+    expect(call(C, "add-responder", [Cl.principal(responder)], authority).result).toBeOk(Cl.bool(true));
+  });
+});
+
+describe("providers", () => {
+  it("registers with a sequential id, pending, with an event", () => {
+    const res = registerProvider(physician, "physician");
+    expect(res.result).toBeOk(Cl.uint(1));
+    expect(prints(res)[0]).toEqual(Cl.tuple({
+      topic: Cl.stringAscii("provider-registered"), provider: Cl.principal(physician), "provider-id": Cl.uint(1),
+      role: Cl.stringAscii("physician"), "info-hash": hash("11"), "credentials-hash": hash("22"),
+    }));
+    expect(registerProvider(nurse, "nurse").result).toBeOk(Cl.uint(2));
+    expect(status(physician)).toBe("pending");
+    expect(read(C, "is-verified-provider", [Cl.principal(physician)])).toBeBool(false);
+    expect(read(C, "get-provider-by-id", [Cl.uint(2)])).toBeSome(Cl.principal(nurse));
+    expect(read(C, "get-provider-by-id", [Cl.uint(3)])).toBeNone();
+    expect(read(C, "get-provider-count", [])).toBeUint(2);
+  });
+
+  it("accepts every role and refuses an unknown one (u206) or a second registration (u204)", () => {
+    const all = ["physician", "nurse", "paramedic", "pharmacist", "reviewer", "admin"];
+    expect(read(C, "get-roles", [])).toStrictEqual(Cl.list(all.map((r) => Cl.stringAscii(r))));
+    for (const r of all) expect(read(C, "is-valid-role", [Cl.stringAscii(r)])).toBeBool(true);
+    expect(call(C, "register-provider", [hash("11"), Cl.stringAscii("surgeon"), hash("22")], physician).result).toBeErr(err(ERR.INVALID_ROLE));
+    registerProvider(physician, "physician");
+    expect(call(C, "register-provider", [hash("11"), Cl.stringAscii("nurse"), hash("22")], physician).result).toBeErr(err(ERR.ALREADY_REGISTERED));
+    expect(read(C, "get-provider-count", [])).toBeUint(1);
+  });
+
+  it("authorities verify, suspend, reinstate and revoke, each with an event naming the authority", () => {
+    governance();
+    registerProvider(physician, "physician");
+    const steps: [string, string, string][] = [
+      ["verify-provider", "verified", "provider-verified"],
+      ["suspend-provider", "suspended", "provider-suspended"],
+      ["reinstate-provider", "verified", "provider-reinstated"],
+      ["revoke-provider", "revoked", "provider-revoked"],
+    ];
+    for (const [fn, st, topic] of steps) {
+      const res = call(C, fn, [Cl.principal(physician)], authority);
+      expect(res.result).toBeOk(Cl.bool(true));
+      expect(status(physician)).toBe(st);
+      expect(prints(res)[0]).toEqual(Cl.tuple({
+        topic: Cl.stringAscii(topic), provider: Cl.principal(physician), "provider-id": Cl.uint(1),
+        role: Cl.stringAscii("physician"), status: Cl.stringAscii(st), authority: Cl.principal(authority),
+      }));
+      expect(read(C, "is-verified-provider", [Cl.principal(physician)])).toBeBool(st === "verified");
+    }
+  });
+
+  it("only an authority may change a provider's status (u201), and nothing changes", () => {
+    governance();
+    registerProvider(physician, "physician");
+    for (const who of [stranger, deployer, responder, reviewer, physician]) {
+      expect(call(C, "verify-provider", [Cl.principal(physician)], who).result).toBeErr(err(ERR.NOT_AUTHORITY));
+    }
+    ok(C, "verify-provider", [Cl.principal(physician)], authority);
+    for (const fn of ["suspend-provider", "revoke-provider"]) {
+      expect(call(C, fn, [Cl.principal(physician)], stranger).result).toBeErr(err(ERR.NOT_AUTHORITY));
+    }
+    expect(status(physician)).toBe("verified");
+    ok(C, "suspend-provider", [Cl.principal(physician)], authority);
+    expect(call(C, "reinstate-provider", [Cl.principal(physician)], stranger).result).toBeErr(err(ERR.NOT_AUTHORITY));
+    expect(status(physician)).toBe("suspended");
+  });
+
+  it("a removed authority loses its power at once", () => {
+    governance();
+    registerProvider(physician, "physician");
+    ok(C, "remove-authority", [Cl.principal(authority)], deployer);
+    expect(call(C, "verify-provider", [Cl.principal(physician)], authority).result).toBeErr(err(ERR.NOT_AUTHORITY));
+  });
+
+  it("refuses transitions the status does not allow (u207) and unknown providers (u205)", () => {
+    governance();
+    registerProvider(physician, "physician");
+    const t = (fn: string) => call(C, fn, [Cl.principal(physician)], authority).result;
+    expect(t("suspend-provider")).toBeErr(err(ERR.INVALID_TRANSITION));
+    expect(t("reinstate-provider")).toBeErr(err(ERR.INVALID_TRANSITION));
+    t("verify-provider");
+    expect(t("verify-provider")).toBeErr(err(ERR.INVALID_TRANSITION));
+    expect(t("reinstate-provider")).toBeErr(err(ERR.INVALID_TRANSITION));
+    t("revoke-provider");
+    for (const fn of ["verify-provider", "suspend-provider", "reinstate-provider", "revoke-provider"]) {
+      expect(t(fn)).toBeErr(err(ERR.INVALID_TRANSITION));
+    }
+    expect(status(physician)).toBe("revoked");
+    expect(call(C, "verify-provider", [Cl.principal(stranger)], authority).result).toBeErr(err(ERR.PROVIDER_NOT_FOUND));
+    expect(call(C, "set-provider-role", [Cl.principal(stranger), Cl.stringAscii("nurse")], authority).result).toBeErr(err(ERR.PROVIDER_NOT_FOUND));
+  });
+
+  it("authorities change a provider's role; not of a revoked provider, not to an unknown role", () => {
+    governance();
+    registerProvider(physician, "nurse");
+    const set = (role: string, who = authority) => call(C, "set-provider-role", [Cl.principal(physician), Cl.stringAscii(role)], who);
+    expect(set("physician", stranger).result).toBeErr(err(ERR.NOT_AUTHORITY));
+    expect(set("wizard").result).toBeErr(err(ERR.INVALID_ROLE));
+    const res = set("physician");
+    expect(res.result).toBeOk(Cl.bool(true));
+    expect(prints(res)[0]).toEqual(Cl.tuple({
+      topic: Cl.stringAscii("provider-role-changed"), provider: Cl.principal(physician), "provider-id": Cl.uint(1),
+      role: Cl.stringAscii("physician"), "previous-role": Cl.stringAscii("nurse"), authority: Cl.principal(authority),
+    }));
+    expect(Cl.prettyPrint(read(C, "get-provider", [Cl.principal(physician)]))).toContain('role: "physician"');
+    ok(C, "revoke-provider", [Cl.principal(physician)], authority);
+    expect(set("nurse").result).toBeErr(err(ERR.INVALID_TRANSITION));
+  });
+
+  it("new credentials send a verified provider back to pending; a revoked provider cannot update", () => {
+    governance();
+    verifiedProvider(physician, "physician");
+    const res = call(C, "update-provider-credentials", [hash("33"), hash("44")], physician);
+    expect(res.result).toBeOk(Cl.bool(true));
+    expect(prints(res)[0]).toEqual(Cl.tuple({
+      topic: Cl.stringAscii("provider-credentials-updated"), provider: Cl.principal(physician), "provider-id": Cl.uint(1),
+      "info-hash": hash("33"), "credentials-hash": hash("44"), status: Cl.stringAscii("pending"),
+    }));
+    expect(status(physician)).toBe("pending");
+    expect(read(C, "is-verified-provider", [Cl.principal(physician)])).toBeBool(false);
+    expect(call(C, "update-provider-credentials", [hash("33"), hash("44")], stranger).result).toBeErr(err(ERR.PROVIDER_NOT_FOUND));
+    ok(C, "revoke-provider", [Cl.principal(physician)], authority);
+    expect(call(C, "update-provider-credentials", [hash("55"), hash("66")], physician).result).toBeErr(err(ERR.INVALID_TRANSITION));
+  });
+});
+
+describe("consented access requests", () => {
+  const request = (dt = "allergies", purpose = "treatment", who = physician) =>
+    call(C, "request-access", [id(PATIENT_ID), Cl.stringAscii(dt), Cl.stringAscii(purpose)], who);
+
+  it("grants a verified provider with active consent, logs it and prints it", () => {
+    governance();
+    verifiedProvider(physician, "physician");
+    registerPatient();
+    ok("patient-consent", "grant-consent", [Cl.principal(physician), Cl.stringAscii("allergies"), Cl.uint(simnet.blockHeight + 10)], patient);
+    const res = request();
+    expect(res.result).toBeOk(Cl.uint(1));
+    expect(prints(res)[0]).toEqual(Cl.tuple({
+      topic: Cl.stringAscii("access-granted"), "access-log-id": Cl.uint(1), provider: Cl.principal(physician),
+      "patient-id": id(PATIENT_ID), "data-type": Cl.stringAscii("allergies"), purpose: Cl.stringAscii("treatment"),
+    }));
+    expect(read(C, "get-access-count", [])).toBeUint(1);
+    const entry = Cl.prettyPrint(read(C, "get-access-log-entry", [Cl.uint(1)]));
+    expect(entry).toContain(`provider: '${physician}`);
+    expect(entry).toContain(`block: u${simnet.blockHeight}`);
+    expect(request().result).toBeOk(Cl.uint(2));
+  });
+
+  it("refuses without consent (u211), with revoked or expired consent, and logs nothing", () => {
+    governance();
+    verifiedProvider(physician, "physician");
+    registerPatient();
+    expect(request().result).toBeErr(err(ERR.NO_CONSENT));
+    ok("patient-consent", "grant-consent", [Cl.principal(physician), Cl.stringAscii("allergies"), Cl.uint(simnet.blockHeight + 3)], patient);
+    ok("patient-consent", "revoke-consent", [Cl.principal(physician), Cl.stringAscii("allergies")], patient);
+    expect(request().result).toBeErr(err(ERR.NO_CONSENT));
+    ok("patient-consent", "grant-consent", [Cl.principal(physician), Cl.stringAscii("allergies"), Cl.uint(simnet.blockHeight + 2)], patient);
+    simnet.mineEmptyBlocks(2);
+    expect(request().result).toBeErr(err(ERR.NO_CONSENT));
+    // consent for another purpose does not count
+    ok("patient-consent", "grant-consent-for-purpose", [Cl.principal(physician), Cl.stringAscii("allergies"), Cl.stringAscii("research"), Cl.uint(simnet.blockHeight + 10)], patient);
+    expect(request("allergies", "insurance").result).toBeErr(err(ERR.NO_CONSENT));
+    expect(read(C, "get-access-count", [])).toBeUint(0);
+  });
+
+  it("refuses unverified, suspended and unknown providers (u208), bad data types (u209) and purposes (u210)", () => {
+    governance();
+    registerProvider(physician, "physician");
+    registerPatient();
+    ok("patient-consent", "grant-consent", [Cl.principal(physician), Cl.stringAscii("allergies"), Cl.uint(simnet.blockHeight + 50)], patient);
+    expect(request().result).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    ok(C, "verify-provider", [Cl.principal(physician)], authority);
+    ok(C, "suspend-provider", [Cl.principal(physician)], authority);
+    expect(request().result).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    expect(request("allergies", "treatment", stranger).result).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    ok(C, "reinstate-provider", [Cl.principal(physician)], authority);
+    expect(request("tarot").result).toBeErr(err(ERR.INVALID_DATA_TYPE));
+    expect(request("allergies", "curiosity").result).toBeErr(err(ERR.INVALID_PURPOSE));
+    expect(request().result).toBeOk(Cl.uint(1));
+  });
+});
+
+describe("emergency access", () => {
+  const A = "d0";
+  function setup() {
+    governance();
+    verifiedProvider(physician, "physician");
+  }
+
+  it("a responder records an access for a verified provider, with indexes and an event", () => {
+    setup();
+    const res = call(C, "record-emergency-access", recordArgs(A, physician, PATIENT_ID, ["allergies", "medications"], 60), responder);
+    expect(res.result).toBeOk(Cl.uint(0));
+    const accessId = Cl.bufferFromHex(A.repeat(32));
+    expect(prints(res)[0]).toEqual(Cl.tuple({
+      topic: Cl.stringAscii("emergency-access-recorded"), "access-id": accessId, provider: Cl.principal(physician),
+      "provider-role": Cl.stringAscii("physician"), "patient-id": id(PATIENT_ID),
+      "data-types": Cl.list([Cl.stringAscii("allergies"), Cl.stringAscii("medications")]), window: Cl.uint(60),
+      "reason-hash": hash("ab"), "within-preferences": Cl.bool(true), index: Cl.uint(0),
+    }));
+    const rec = Cl.prettyPrint(read(C, "get-emergency-access", [accessId]));
+    expect(rec).toContain(`recorded-at: u${simnet.blockHeight}`);
+    expect(rec).toContain(`expires-at: u${simnet.blockHeight + 60}`);
+    expect(rec).toContain(`responder: '${responder}`);
+    expect(read(C, "get-emergency-count", [])).toBeUint(1);
+    expect(read(C, "get-emergency-access-id", [Cl.uint(0)])).toBeSome(accessId);
+    expect(read(C, "get-patient-emergency-count", [id(PATIENT_ID)])).toBeUint(1);
+    expect(read(C, "get-patient-emergency-access-id", [id(PATIENT_ID), Cl.uint(0)])).toBeSome(accessId);
+    expect(read(C, "get-emergency-access", [Cl.bufferFromHex("ee".repeat(32))])).toBeNone();
+  });
+
+  it("a duplicate access id gets its own error (u212), even after the provider is suspended", () => {
+    setup();
+    ok(C, "record-emergency-access", recordArgs(A, physician), responder);
+    expect(call(C, "record-emergency-access", recordArgs(A, physician), responder).result).toBeErr(err(ERR.DUPLICATE_ACCESS));
+    ok(C, "suspend-provider", [Cl.principal(physician)], authority);
+    expect(call(C, "record-emergency-access", recordArgs(A, physician), responder).result).toBeErr(err(ERR.DUPLICATE_ACCESS));
+    expect(read(C, "get-emergency-count", [])).toBeUint(1);
+  });
+
+  it("only responders record (u202); a removed responder no longer can", () => {
+    setup();
+    for (const who of [stranger, deployer, authority, reviewer, physician]) {
+      expect(call(C, "record-emergency-access", recordArgs(A, physician), who).result).toBeErr(err(ERR.NOT_RESPONDER));
+    }
+    ok(C, "remove-responder", [Cl.principal(responder)], deployer);
+    expect(call(C, "record-emergency-access", recordArgs(A, physician), responder).result).toBeErr(err(ERR.NOT_RESPONDER));
+    expect(read(C, "get-emergency-count", [])).toBeUint(0);
+  });
+
+  it("never records for an unregistered, pending, suspended or revoked provider (u208)", () => {
+    governance();
+    const rec = (n: string, who: string) => call(C, "record-emergency-access", recordArgs(n, who), responder).result;
+    expect(rec("01", stranger)).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    registerProvider(physician, "physician");
+    expect(rec("02", physician)).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    ok(C, "verify-provider", [Cl.principal(physician)], authority);
+    ok(C, "suspend-provider", [Cl.principal(physician)], authority);
+    expect(rec("03", physician)).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    ok(C, "revoke-provider", [Cl.principal(physician)], authority);
+    expect(rec("04", physician)).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    expect(read(C, "get-emergency-count", [])).toBeUint(0);
+  });
+
+  it("refuses empty or unknown data types and bad windows", () => {
+    setup();
+    const rec = (dts: string[], w: number) => call(C, "record-emergency-access", recordArgs(A, physician, PATIENT_ID, dts, w), responder).result;
+    expect(rec([], 10)).toBeErr(err(ERR.NO_DATA_TYPES));
+    expect(rec(["allergies", "palmistry"], 10)).toBeErr(err(ERR.INVALID_DATA_TYPE));
+    expect(rec(["allergies"], 0)).toBeErr(err(ERR.INVALID_WINDOW));
+    expect(rec(["allergies"], 4321)).toBeErr(err(ERR.INVALID_WINDOW));
+    expect(read(C, "get-emergency-count", [])).toBeUint(0);
+    expect(rec(["allergies"], 4320)).toBeOk(Cl.uint(0));
+  });
+
+  it("records an access outside the patient's preferences, flagged for reviewers", () => {
+    setup();
+    registerPatient();
+    ok("patient-consent", "set-emergency-preferences", [Cl.bool(false), Cl.list([]), Cl.uint(10)], patient);
+    const res = call(C, "record-emergency-access", recordArgs(A, physician), responder);
+    expect(res.result).toBeOk(Cl.uint(0));
+    expect(Cl.prettyPrint(read(C, "get-emergency-access", [Cl.bufferFromHex(A.repeat(32))]))).toContain("within-preferences: false");
+  });
+
+  it("reviewers review once (u215), with a verdict and an event; others cannot (u203)", () => {
+    setup();
+    ok(C, "record-emergency-access", recordArgs(A, physician), responder);
+    const accessId = Cl.bufferFromHex(A.repeat(32));
+    const review = (verdict: string, who = reviewer) =>
+      call(C, "review-emergency-access", [accessId, Cl.stringAscii(verdict), hash("cd")], who);
+    expect(review("appropriate", stranger).result).toBeErr(err(ERR.NOT_REVIEWER));
+    expect(review("appropriate", responder).result).toBeErr(err(ERR.NOT_REVIEWER));
+    expect(review("meh").result).toBeErr(err(ERR.INVALID_VERDICT));
+    expect(read(C, "get-emergency-review", [accessId])).toBeNone();
+    const res = review("inappropriate");
+    expect(res.result).toBeOk(Cl.bool(true));
+    expect(prints(res)[0]).toEqual(Cl.tuple({
+      topic: Cl.stringAscii("emergency-access-reviewed"), "access-id": accessId, reviewer: Cl.principal(reviewer),
+      verdict: Cl.stringAscii("inappropriate"), "note-hash": hash("cd"), provider: Cl.principal(physician),
+      "patient-id": id(PATIENT_ID),
+    }));
+    expect(Cl.prettyPrint(read(C, "get-emergency-review", [accessId]))).toContain('verdict: "inappropriate"');
+    expect(review("appropriate").result).toBeErr(err(ERR.ALREADY_REVIEWED));
+    expect(Cl.prettyPrint(read(C, "get-emergency-review", [accessId]))).toContain('verdict: "inappropriate"');
+    expect(read(C, "get-verdicts", [])).toStrictEqual(Cl.list([Cl.stringAscii("appropriate"), Cl.stringAscii("inappropriate")]));
+  });
+
+  it("refuses a review of an unknown access (u214) and of one's own access (u217)", () => {
+    setup();
+    ok(C, "add-reviewer", [Cl.principal(physician)], deployer);
+    ok(C, "record-emergency-access", recordArgs(A, physician), responder);
+    expect(call(C, "review-emergency-access", [Cl.bufferFromHex("ee".repeat(32)), Cl.stringAscii("appropriate"), hash("cd")], reviewer).result).toBeErr(err(ERR.ACCESS_NOT_FOUND));
+    expect(call(C, "review-emergency-access", [Cl.bufferFromHex(A.repeat(32)), Cl.stringAscii("appropriate"), hash("cd")], physician).result).toBeErr(err(ERR.SELF_REVIEW));
+  });
+});
+
+describe("audit anchors", () => {
+  it("responders anchor the audit head; the count never goes back (u218)", () => {
+    governance();
+    expect(read(C, "get-latest-anchor", [])).toBeNone();
+    expect(call(C, "anchor-audit", [hash("01"), Cl.uint(5)], stranger).result).toBeErr(err(ERR.NOT_RESPONDER));
+    const res = call(C, "anchor-audit", [hash("01"), Cl.uint(5)], responder);
+    expect(res.result).toBeOk(Cl.uint(0));
+    expect(prints(res)[0]).toEqual(Cl.tuple({
+      topic: Cl.stringAscii("audit-anchored"), head: hash("01"), count: Cl.uint(5), "anchor-index": Cl.uint(0),
+      responder: Cl.principal(responder),
+    }));
+    expect(call(C, "anchor-audit", [hash("02"), Cl.uint(4)], responder).result).toBeErr(err(ERR.ANCHOR_REGRESSION));
+    expect(call(C, "anchor-audit", [hash("02"), Cl.uint(9)], responder).result).toBeOk(Cl.uint(1));
+    expect(read(C, "get-anchor-count", [])).toBeUint(2);
+    expect(Cl.prettyPrint(read(C, "get-latest-anchor", []))).toContain("count: u9");
+    expect(Cl.prettyPrint(read(C, "get-anchor", [Cl.uint(0)]))).toContain("count: u5");
+    expect(read(C, "get-anchor", [Cl.uint(2)])).toBeNone();
+  });
+});

@@ -1,0 +1,71 @@
+// Shared set-up for the contract tests: named accounts and small steps that put the
+// contracts into a known state. Every helper asserts its own call succeeded, so a test
+// that builds on it fails at the step that broke.
+import { expect } from "vitest";
+import { Cl, ClarityValue } from "@stacks/transactions";
+
+export const accounts = simnet.getAccounts();
+export const deployer = accounts.get("deployer")!;
+export const authority = accounts.get("wallet_1")!;
+export const responder = accounts.get("wallet_2")!;
+export const reviewer = accounts.get("wallet_3")!;
+export const physician = accounts.get("wallet_4")!;
+export const nurse = accounts.get("wallet_5")!;
+export const patient = accounts.get("wallet_6")!;
+export const patient2 = accounts.get("wallet_7")!;
+export const stranger = accounts.get("wallet_8")!;
+
+export const PATIENT_ID = "81bb7f9d148ad42498a0b98ffcc281363c97dfcbca73bfb75a1cfdba9ddf2a9d";
+export const PATIENT2_ID = "6372c8dba9c9694720c713306da8e80c78d1e80822e757ae37ba9e65b85f9dd6";
+export const hash = (byte: string) => Cl.bufferFromHex(byte.repeat(32));
+export const id = (hex: string) => Cl.bufferFromHex(hex);
+
+export function call(contract: string, fn: string, args: ClarityValue[], sender: string) {
+  return simnet.callPublicFn(contract, fn, args, sender);
+}
+
+export function read(contract: string, fn: string, args: ClarityValue[], sender = deployer) {
+  return simnet.callReadOnlyFn(contract, fn, args, sender).result;
+}
+
+export function ok(contract: string, fn: string, args: ClarityValue[], sender: string) {
+  const res = call(contract, fn, args, sender);
+  expect(res.result.type, `${contract}.${fn} by ${sender}: ${Cl.prettyPrint(res.result)}`).toBe("ok");
+  return res;
+}
+
+/** The print events of a call, as Clarity values. */
+export function prints(res: { events: any[] }) {
+  return res.events.filter((e) => e.event === "print_event").map((e) => e.data.value as ClarityValue);
+}
+
+export function registerPatient(who = patient, patientId = PATIENT_ID) {
+  return ok("patient-consent", "register-patient", [id(patientId)], who);
+}
+
+export function governance() {
+  ok("access-control", "add-authority", [Cl.principal(authority)], deployer);
+  ok("access-control", "add-responder", [Cl.principal(responder)], deployer);
+  ok("access-control", "add-reviewer", [Cl.principal(reviewer)], deployer);
+}
+
+export function registerProvider(who: string, role: string) {
+  return ok("access-control", "register-provider", [hash("11"), Cl.stringAscii(role), hash("22")], who);
+}
+
+export function verifiedProvider(who: string, role: string) {
+  registerProvider(who, role);
+  ok("access-control", "verify-provider", [Cl.principal(who)], authority);
+}
+
+export function recordArgs(accessId: string, provider: string, patientId = PATIENT_ID,
+                           dataTypes = ["allergies"], window = 60) {
+  return [
+    Cl.bufferFromHex(accessId.repeat(32)),
+    Cl.principal(provider),
+    id(patientId),
+    Cl.list(dataTypes.map((d) => Cl.stringAscii(d))),
+    Cl.uint(window),
+    hash("ab"),
+  ];
+}
