@@ -1,0 +1,178 @@
+// The devnet as a process: interval mining, observer retries, restart with its block log,
+// demo seeding, and the deployment plans applied over RPC by the deploy script.
+import { afterEach, describe, expect, it } from "vitest";
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { Cl, cvToHex, privateKeyToAddress, randomPrivateKey } from "@stacks/transactions";
+import { CONTRACTS_DIR, DEPLOYER, Devnet, client, startDevnet, startObserver, waitFor } from "./harness";
+
+const AC = `${DEPLOYER}.access-control`;
+const PC = `${DEPLOYER}.patient-consent`;
+const cleanups: (() => Promise<unknown> | void)[] = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+async function devnet(args: string[]): Promise<Devnet> {
+  const d = await startDevnet(args);
+  cleanups.push(() => d.stop());
+  return d;
+}
+function tempDir() {
+  const dir = mkdtempSync(join(tmpdir(), "devnet-test-"));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+describe("mining", () => {
+  it("mines a block every --block-time seconds and announces each to observers", async () => {
+    const observer = await startObserver();
+    cleanups.push(() => observer.close());
+    const d = await devnet(["--ephemeral", "--block-time", "0.2", "--observer", observer.url]);
+    const start = (await client(d.rpc).get("/v2/info")).body.stacks_tip_height;
+    await waitFor("three interval blocks", async () => (await client(d.rpc).get("/v2/info")).body.stacks_tip_height >= start + 3);
+    const heights = await waitFor("three /new_block POSTs", () => {
+      const h = observer.received.filter((r) => r.path === "/new_block").map((r) => r.body.block_height);
+      return h.length >= 3 ? h : undefined;
+    });
+    expect(heights.slice(0, 3)).toEqual([start + 1, start + 2, start + 3]);
+  });
+
+  it("retries an observer that fails until it answers 200, keeping block order", async () => {
+    const observer = await startObserver(3);
+    cleanups.push(() => observer.close());
+    const d = await devnet(["--ephemeral", "--observer", observer.url]);
+    const c = client(d.rpc);
+    await c.mine();
+    await c.mine();
+    const got = await waitFor("both blocks after the failures", () => {
+      const blocks = observer.received.filter((r) => r.path === "/new_block");
+      return blocks.length >= 2 ? blocks : undefined;
+    });
+    expect(observer.failures()).toBe(3);
+    expect(got[1].body.block_height).toBe(got[0].body.block_height + 1);
+    expect(got[1].body.parent_index_block_hash).toBe(got[0].body.index_block_hash);
+  });
+
+  it("mines empty blocks on demand to let time pass", async () => {
+    const d = await devnet(["--ephemeral"]);
+    const c = client(d.rpc);
+    const before = (await c.get("/v2/info")).body.stacks_tip_height;
+    const res = await c.post("/devnet/mine?empty=25");
+    expect(res.body.blocks).toHaveLength(25);
+    expect((await c.get("/v2/info")).body.stacks_tip_height).toBe(before + 25);
+    expect((await c.post("/devnet/mine?empty=0")).status).toBe(400);
+  });
+});
+
+describe("restart", () => {
+  it("replays its block log: same tip, same state, same nonces, after SIGTERM or SIGKILL", async () => {
+    const dir = tempDir();
+    const first = await startDevnet(["--data-dir", dir]);
+    const c1 = client(first.rpc);
+    const key = randomPrivateKey();
+    const me = privateKeyToAddress(key, "testnet");
+    await c1.fund(me);
+    await c1.broadcast(await c1.signCall(key, AC, "register-provider",
+      [Cl.bufferFromHex("11".repeat(32)), Cl.stringAscii("paramedic"), Cl.bufferFromHex("22".repeat(32))]));
+    await c1.mine();
+    const info1 = (await c1.get("/v2/info")).body;
+    const provider1 = cvToHex(await c1.callRead(AC, "get-provider", [Cl.principal(me)]));
+    expect(await first.stop("SIGKILL")).toBe(null);
+
+    const second = await devnet(["--data-dir", dir]);
+    const c2 = client(second.rpc);
+    const info2 = (await c2.get("/v2/info")).body;
+    expect(info2.stacks_tip_height).toBe(info1.stacks_tip_height);
+    expect(info2.stacks_tip).toBe(info1.stacks_tip);
+    expect(cvToHex(await c2.callRead(AC, "get-provider", [Cl.principal(me)]))).toBe(provider1);
+    expect(await c2.nonce(me)).toBe(1n);
+    // and it goes on from there
+    const again = await c2.broadcast(await c2.signCall(key, AC, "update-provider-credentials",
+      [Cl.bufferFromHex("33".repeat(32)), Cl.bufferFromHex("44".repeat(32))]));
+    expect(again.status).toBe(200);
+    await c2.mine();
+    expect((await c2.get(`/devnet/tx/${again.body}`)).body.status).toBe("success");
+    expect(await second.stop("SIGTERM")).toBe(0);
+
+    const fresh = await devnet(["--data-dir", dir, "--reset"]);
+    expect((await client(fresh.rpc).get(`/v2/accounts/${me}?proof=0`)).body.nonce).toBe(0);
+  });
+});
+
+describe("--seed-demo", () => {
+  it("registers and verifies one clinician per role, two patients and a responder, and keeps them across restarts", async () => {
+    const dir = tempDir();
+    const d = await startDevnet(["--data-dir", dir, "--seed-demo"]);
+    const file = d.ready.demo_file as string;
+    expect(file).toBe(join(dir, "demo-identities.json"));
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    const demo = JSON.parse(readFileSync(file, "utf8"));
+    const c = client(d.rpc);
+    expect(demo.providers.map((p: any) => p.role)).toEqual(["physician", "nurse", "paramedic", "pharmacist", "reviewer", "admin"]);
+    for (const p of demo.providers) {
+      expect(privateKeyToAddress(p.private_key, "testnet")).toBe(p.principal);
+      expect(await c.callRead(AC, "is-verified-provider", [Cl.principal(p.principal)])).toEqual(Cl.bool(true));
+      expect(Cl.prettyPrint(await c.callRead(AC, "get-provider", [Cl.principal(p.principal)]))).toContain(`role: "${p.role}"`);
+    }
+    expect(await c.callRead(AC, "is-responder", [Cl.principal(demo.responder.principal)])).toEqual(Cl.bool(true));
+    const reviewer = demo.providers.find((p: any) => p.role === "reviewer");
+    expect(await c.callRead(AC, "is-reviewer", [Cl.principal(reviewer.principal)])).toEqual(Cl.bool(true));
+    const [allows, optedOut] = demo.patients;
+    expect(allows.patient_id).toMatch(/^[0-9a-f]{64}$/);
+    expect(await c.callRead(PC, "get-patient-id", [Cl.principal(allows.principal)])).toEqual(Cl.some(Cl.bufferFromHex(allows.patient_id)));
+    const dts = Cl.list([Cl.stringAscii("allergies")]);
+    expect(await c.callRead(PC, "is-emergency-access-allowed", [Cl.bufferFromHex(allows.patient_id), dts, Cl.uint(60)])).toEqual(Cl.bool(true));
+    expect(await c.callRead(PC, "is-emergency-access-allowed", [Cl.bufferFromHex(optedOut.patient_id), dts, Cl.uint(60)])).toEqual(Cl.bool(false));
+    // the demo keys are generated per devnet, never fixed
+    expect(new Set(demo.providers.map((p: any) => p.private_key)).size).toBe(6);
+    await d.stop();
+
+    const again = await devnet(["--data-dir", dir, "--seed-demo"]);
+    expect(JSON.parse(readFileSync(again.ready.demo_file, "utf8"))).toEqual(demo);
+    expect(await client(again.rpc).callRead(AC, "is-verified-provider", [Cl.principal(demo.providers[0].principal)])).toEqual(Cl.bool(true));
+  });
+});
+
+describe("deploy script", () => {
+  it("applies a deployment plan over RPC, then finds it already applied", async () => {
+    const d = await devnet(["--ephemeral"]);
+    const c = client(d.rpc);
+    const key = randomPrivateKey();
+    const me = privateKeyToAddress(key, "testnet");
+    await c.fund(me, 10_000_000n);
+    const plan = readFileSync(join(CONTRACTS_DIR, "deployments/default.testnet-plan.yaml"), "utf8")
+      .replaceAll("ST000000000000000000002AMW42H", me);
+    const planPath = join(CONTRACTS_DIR, "deployments", `test-${process.pid}.yaml`);
+    writeFileSync(planPath, plan);
+    cleanups.push(() => rmSync(planPath, { force: true }));
+    const run = (extra: Record<string, string> = {}) => promisify(execFile)(process.execPath,
+      ["--import", "tsx", "scripts/deploy.ts", "--plan", planPath, "--node", d.rpc, "--mine", "--timeout", "30"],
+      { cwd: CONTRACTS_DIR, env: { ...process.env, BREAKGLASS_DEPLOYER_KEY: key, ...extra } });
+
+    const out = (await run()).stdout;
+    expect(out).toContain(`access-control: deployed as ${me}.access-control`);
+    const roles = await c.callRead(`${me}.access-control`, "get-roles", []);
+    expect(Cl.prettyPrint(roles)).toContain('"physician"');
+    // the new access-control talks to its own patient-consent
+    expect(await c.callRead(`${me}.patient-consent`, "is-valid-data-type", [Cl.stringAscii("allergies")])).toEqual(Cl.bool(true));
+    expect(await c.nonce(me)).toBe(2n);
+
+    const second = (await run()).stdout;
+    expect(second).toContain("patient-consent: already deployed, same source");
+    expect(await c.nonce(me)).toBe(2n);
+
+    const wrongKey = run({ BREAKGLASS_DEPLOYER_KEY: randomPrivateKey() });
+    await expect(wrongKey).rejects.toThrow(/the plan expects sender/);
+  });
+
+  it("refuses a plan for another network", async () => {
+    const d = await devnet(["--ephemeral"]);
+    const result = promisify(execFile)(process.execPath,
+      ["--import", "tsx", "scripts/deploy.ts", "--plan", "deployments/default.mainnet-plan.yaml", "--node", d.rpc],
+      { cwd: CONTRACTS_DIR, env: { ...process.env, BREAKGLASS_DEPLOYER_KEY: randomPrivateKey() } });
+    await expect(result).rejects.toThrow(/network id 2147483648, the mainnet plan needs 1/);
+  });
+});

@@ -1,0 +1,365 @@
+// The devnet's chain: the clarinet-sdk simnet (the maintained Clarity VM) running the project's
+// contracts, wrapped with what a stacks-node adds around it: a mempool with nonce and fee
+// rules, blocks with hashes and receipts, accounts, and a durable block log so that a
+// restarted devnet replays to the same state.
+//
+// Each mined block holds at most one transaction. The simnet aborts a whole block when one of
+// its transactions hits a runtime error (and loses the other transactions' receipts), so one
+// transaction per block keeps every receipt exact; Nakamoto chains mine blocks every few
+// seconds, so callers see nothing unusual. Post-conditions are decoded but not enforced.
+import { createHash } from "node:crypto";
+import { appendFileSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { initSimnet, tx as simTx, type Simnet } from "@stacks/clarinet-sdk";
+import { ClarityValue, cvToHex } from "@stacks/transactions";
+import { Admitted, ChainView, RejectedError, admit } from "./admission.js";
+import type { AbiType } from "./abi.js";
+
+/** Fees are paid to this (burn) address: the devnet has no miner to pay. */
+export const FEE_RECIPIENT = "ST000000000000000000002AMW42H";
+/** stacks-core's limit on how far ahead of the account nonce a mempool transaction may be. */
+export const MAX_CHAINING = 25n;
+
+export type TxStatus = "pending" | "success" | "abort_by_response" | "dropped";
+
+export type Receipt = {
+  txid: string;
+  status: TxStatus;
+  origin: string;
+  nonce: number;
+  fee: number;
+  kind: "call" | "deploy" | "transfer";
+  contract_id?: string;
+  function_name?: string;
+  block_height?: number;
+  block_hash?: string;
+  raw_result?: string;
+  vm_error?: string;
+  events: ObserverEvent[];
+  reason?: string;
+};
+
+export type ObserverEvent = { txid: string; event_index: number; committed: boolean; type: string; [k: string]: unknown };
+
+export type Block = {
+  block_height: number;
+  block_hash: string;
+  index_block_hash: string;
+  parent_block_hash: string;
+  parent_index_block_hash: string;
+  consensus_hash: string;
+  burn_block_height: number;
+  burn_block_hash: string;
+  burn_block_time: number;
+  block_time: number;
+  tenure_height: number;
+  transactions: {
+    txid: string; tx_index: number; status: TxStatus; raw_result: string; raw_tx: string;
+    contract_abi: null; burnchain_op: null; vm_error: string | null;
+    execution_cost: { read_count: number; read_length: number; runtime: number; write_count: number; write_length: number };
+    microblock_sequence: null; microblock_hash: null; microblock_parent_hash: null;
+  }[];
+  events: ObserverEvent[];
+};
+
+type LogEntry = { op: "mint"; principal: string; amount: string } | { op: "block"; time: number; tx: string | null };
+
+const sha512_256 = (s: string) => createHash("sha512-256").update(s).digest("hex");
+const hex0x = (s: string) => (s.startsWith("0x") ? s : `0x${s}`);
+
+export class Chain implements ChainView {
+  readonly blocks: Block[] = [];
+  readonly receipts = new Map<string, Receipt>();
+  private mempool: Admitted[] = [];
+  private nonces = new Map<string, bigint>();
+  private listeners: ((block: Block) => void)[] = [];
+  private logPath: string | null;
+  private genesisHeight: number;
+
+  private constructor(readonly simnet: Simnet, dataDir: string | null) {
+    this.logPath = dataDir ? join(dataDir, "chain.jsonl") : null;
+    this.genesisHeight = simnet.blockHeight;
+  }
+
+  /** Starts the simnet with the contracts of `manifest` deployed, replaying `dataDir`'s log if any. */
+  static async open(manifest: string, dataDir: string | null): Promise<Chain> {
+    const simnet = await initSimnet(manifest, true);
+    const chain = new Chain(simnet, dataDir);
+    if (dataDir) {
+      mkdirSync(dataDir, { recursive: true });
+      if (existsSync(chain.logPath!)) chain.replay(readFileSync(chain.logPath!, "utf8"));
+    }
+    return chain;
+  }
+
+  /** Whether the log held any blocks or mints (a replayed, not a fresh, chain). */
+  get replayed(): boolean {
+    return this.blocks.length > 0 || this.replayedMints > 0;
+  }
+  private replayedMints = 0;
+
+  onBlock(listener: (block: Block) => void) {
+    this.listeners.push(listener);
+  }
+
+  // ---------------------------------------------------------------------------- reads
+
+  get tipHeight(): number {
+    return this.simnet.blockHeight;
+  }
+
+  get tip(): { height: number; hash: string; indexHash: string; consensusHash: string; burnHeight: number; burnHash: string } {
+    const last = this.blocks.at(-1);
+    if (last) {
+      return { height: last.block_height, hash: last.block_hash, indexHash: last.index_block_hash,
+               consensusHash: last.consensus_hash, burnHeight: last.burn_block_height, burnHash: last.burn_block_hash };
+    }
+    const h = this.genesisHeight;
+    return { height: h, hash: hex0x(sha512_256(`genesis:${h}`)), indexHash: hex0x(sha512_256(`genesis-index:${h}`)),
+             consensusHash: hex0x(sha512_256(`genesis-consensus:${h}`).slice(0, 40)),
+             burnHeight: this.simnet.burnBlockHeight, burnHash: hex0x(sha512_256(`burn:${this.simnet.burnBlockHeight}`)) };
+  }
+
+  account(principal: string): { balance: bigint; nonce: bigint } {
+    const balance = this.simnet.getAssetsMap().get("STX")?.get(principal) ?? 0n;
+    return { balance, nonce: this.nonces.get(principal) ?? 0n };
+  }
+
+  interfaces() {
+    return this.simnet.getContractsInterfaces();
+  }
+
+  contractExists(contract: string): boolean {
+    return this.interfaces().has(contract);
+  }
+
+  functionArgs(contract: string, fn: string) {
+    const iface = this.interfaces().get(contract);
+    if (!iface) return "no-contract" as const;
+    const f = iface.functions.find((x: any) => x.name === fn);
+    if (!f) return "no-function" as const;
+    return { access: f.access as string, args: f.args as { name: string; type: AbiType }[] };
+  }
+
+  callRead(contract: string, fn: string, args: ClarityValue[], sender: string): ClarityValue {
+    return this.simnet.callReadOnlyFn(contract, fn, args, sender).result;
+  }
+
+  pending(): Admitted[] {
+    return [...this.mempool];
+  }
+
+  // ---------------------------------------------------------------------------- writes
+
+  /** Admits a raw transaction to the mempool, as POST /v2/transactions does; returns the txid. */
+  submit(raw: Uint8Array): string {
+    const admitted = admit(raw, this);
+    if (this.mempool.some((m) => m.txid === admitted.txid) || this.receipts.get(admitted.txid)?.status === "success") {
+      return admitted.txid; // the node answers a known transaction with its txid again
+    }
+    const fail = (reason: string, reason_data?: Record<string, unknown>): never => {
+      throw new RejectedError({ status: 400, reason, reason_data }, admitted.txid);
+    };
+    const expected = this.nonces.get(admitted.origin) ?? 0n;
+    if (admitted.nonce < expected) {
+      fail("BadNonce", { expected: Number(expected), actual: Number(admitted.nonce), principal: admitted.origin, is_origin: true });
+    }
+    if (admitted.nonce > expected + MAX_CHAINING) {
+      fail("TooMuchChaining", { message: "Nonce would exceed chaining limit in mempool",
+        expected: Number(expected + MAX_CHAINING), actual: Number(admitted.nonce), principal: admitted.origin, is_origin: true });
+    }
+    if (this.mempool.some((m) => m.origin === admitted.origin && m.nonce === admitted.nonce)) {
+      fail("ConflictingNonceInMempool");
+    }
+    const owed = this.mempool.filter((m) => m.origin === admitted.origin).reduce((s, m) => s + cost(m), 0n) + cost(admitted);
+    const { balance } = this.account(admitted.origin);
+    if (balance < owed) {
+      fail("NotEnoughFunds", { expected: u128hex(owed), actual: u128hex(balance) });
+    }
+    this.mempool.push(admitted);
+    this.receipts.set(admitted.txid, {
+      txid: admitted.txid, status: "pending", origin: admitted.origin, nonce: Number(admitted.nonce),
+      fee: Number(admitted.fee), ...describe(admitted), events: [],
+    });
+    return admitted.txid;
+  }
+
+  /** Gives `principal` STX out of thin air (devnet faucet); logged so a replay gives it again. */
+  mint(principal: string, amount: bigint) {
+    this.simnet.mintSTX(principal, amount);
+    this.append({ op: "mint", principal, amount: amount.toString() });
+  }
+
+  /**
+   * Mines every mempool transaction whose nonce is due, one block each, in arrival order;
+   * or one empty block when none is due. Returns the blocks mined.
+   */
+  mine(time = Math.floor(Date.now() / 1000)): Block[] {
+    const mined: Block[] = [];
+    for (;;) {
+      const next = this.mempool.find((m) => m.nonce === (this.nonces.get(m.origin) ?? 0n));
+      if (!next) break;
+      this.mempool = this.mempool.filter((m) => m !== next);
+      if (this.account(next.origin).balance < cost(next)) {
+        // funds spent since admission: the node would drop it
+        const r = this.receipts.get(next.txid)!;
+        r.status = "dropped";
+        r.reason = "NotEnoughFunds";
+        continue;
+      }
+      mined.push(this.execute(next, time));
+      this.append({ op: "block", time, tx: next.raw });
+    }
+    if (mined.length === 0) {
+      mined.push(this.execute(null, time));
+      this.append({ op: "block", time, tx: null });
+    }
+    for (const block of mined) for (const l of this.listeners) l(block);
+    return mined;
+  }
+
+  /** Mines `count` empty blocks (for tests that need time to pass: expiries, windows). */
+  mineEmpty(count: number, time = Math.floor(Date.now() / 1000)): Block[] {
+    const mined: Block[] = [];
+    for (let i = 0; i < count; i++) {
+      mined.push(this.execute(null, time));
+      this.append({ op: "block", time, tx: null });
+    }
+    for (const block of mined) for (const l of this.listeners) l(block);
+    return mined;
+  }
+
+  // ---------------------------------------------------------------------------- internals
+
+  private execute(a: Admitted | null, time: number): Block {
+    let results: { result: ClarityValue; events: any[] }[] | null = null;
+    let vmError: string | null = null;
+    if (a === null) {
+      this.simnet.mineEmptyBlock();
+    } else {
+      const txs = [];
+      if (a.fee > 0n) txs.push(simTx.transferSTX(Number(a.fee), FEE_RECIPIENT, a.origin));
+      const w = a.work;
+      if (w.kind === "call") txs.push(simTx.callPublicFn(w.contract, w.fn, w.args, a.origin));
+      else if (w.kind === "deploy") txs.push(simTx.deployContract(w.name, w.source, { clarityVersion: w.clarityVersion }, a.origin));
+      else txs.push(simTx.transferSTX(Number(w.amount), w.recipient, a.origin));
+      try {
+        results = this.simnet.mineBlock(txs);
+      } catch (e) {
+        vmError = String((e as Error).message ?? e).split("\n")[0];
+      }
+      this.nonces.set(a.origin, a.nonce + 1n);
+    }
+    const height = this.simnet.blockHeight;
+    const parent = this.tip;
+    const burnHeight = this.simnet.burnBlockHeight;
+    const blockHash = hex0x(sha512_256(`${height}:${parent.hash}:${a?.txid ?? ""}:${time}`));
+    const consensusHash = hex0x(sha512_256(`consensus:${blockHash}`).slice(0, 40));
+    const block: Block = {
+      block_height: height,
+      block_hash: blockHash,
+      index_block_hash: hex0x(sha512_256(`${blockHash}:${consensusHash}`)),
+      parent_block_hash: parent.hash,
+      parent_index_block_hash: parent.indexHash,
+      consensus_hash: consensusHash,
+      burn_block_height: burnHeight,
+      burn_block_hash: hex0x(sha512_256(`burn:${burnHeight}`)),
+      burn_block_time: time,
+      block_time: time,
+      tenure_height: burnHeight,
+      transactions: [],
+      events: [],
+    };
+    if (a) {
+      const txid = hex0x(a.txid);
+      const outcome = results?.at(-1);
+      const ok = outcome !== undefined && (a.work.kind === "deploy" || (outcome.result as any).type === "ok");
+      const status: TxStatus = ok ? "success" : "abort_by_response";
+      const rawResult = outcome === undefined ? "0x0809" // (err none): the VM aborted the transaction
+        : a.work.kind === "deploy" ? "0x0703" : hex0x(cvToHex(outcome.result));
+      const events = (outcome?.events ?? []).map((e, i) => toObserverEvent(txid, i, e));
+      block.transactions.push({
+        txid, tx_index: 0, status, raw_result: rawResult, raw_tx: hex0x(a.raw), contract_abi: null,
+        burnchain_op: null, vm_error: vmError,
+        execution_cost: { read_count: 0, read_length: 0, runtime: 0, write_count: 0, write_length: 0 },
+        microblock_sequence: null, microblock_hash: null, microblock_parent_hash: null,
+      });
+      block.events = events;
+      const receipt: Receipt = this.receipts.get(a.txid) ?? {
+        txid: a.txid, status: "pending", origin: a.origin, nonce: Number(a.nonce), fee: Number(a.fee), ...describe(a), events: [],
+      };
+      Object.assign(receipt, { status, block_height: height, block_hash: blockHash, raw_result: rawResult, events,
+                               vm_error: vmError ?? undefined });
+      this.receipts.set(a.txid, receipt);
+    }
+    this.blocks.push(block);
+    return block;
+  }
+
+  private append(entry: LogEntry) {
+    if (!this.logPath || this.replaying) return;
+    const fd = openSync(this.logPath, "a", 0o600);
+    try {
+      appendFileSync(fd, JSON.stringify(entry) + "\n");
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  private replaying = false;
+
+  private replay(log: string) {
+    this.replaying = true;
+    try {
+      for (const line of log.split("\n")) {
+        if (!line.trim()) continue;
+        let entry: LogEntry;
+        try {
+          entry = JSON.parse(line);
+        } catch {
+          break; // a torn last line from a crash: everything before it was fsynced whole
+        }
+        if (entry.op === "mint") {
+          this.simnet.mintSTX(entry.principal, BigInt(entry.amount));
+          this.replayedMints++;
+        } else if (entry.tx === null) {
+          this.execute(null, entry.time);
+        } else {
+          const a = admit(Buffer.from(entry.tx, "hex"), this);
+          this.execute(a, entry.time);
+        }
+      }
+    } finally {
+      this.replaying = false;
+    }
+  }
+}
+
+function cost(a: Admitted): bigint {
+  return a.fee + (a.work.kind === "transfer" ? a.work.amount : 0n);
+}
+
+function u128hex(n: bigint): string {
+  return "0x" + n.toString(16).padStart(32, "0");
+}
+
+function describe(a: Admitted): Pick<Receipt, "kind" | "contract_id" | "function_name"> {
+  const w = a.work;
+  if (w.kind === "call") return { kind: "call", contract_id: w.contract, function_name: w.fn };
+  if (w.kind === "deploy") return { kind: "deploy", contract_id: `${a.origin}.${w.name}` };
+  return { kind: "transfer" };
+}
+
+/** simnet event -> stacks-node event-observer event */
+function toObserverEvent(txid: string, index: number, e: { event: string; data: any }): ObserverEvent {
+  const base = { txid, event_index: index, committed: true };
+  if (e.event === "print_event") {
+    return { ...base, type: "contract_event",
+      contract_event: { contract_identifier: e.data.contract_identifier, topic: e.data.topic ?? "print",
+                        raw_value: hex0x(e.data.raw_value) } };
+  }
+  const { value: _value, ...data } = e.data ?? {};
+  if (typeof data.amount === "bigint") data.amount = data.amount.toString();
+  return { ...base, type: e.event, [e.event]: data };
+}
