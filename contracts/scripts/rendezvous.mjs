@@ -8,7 +8,7 @@ let failed = 0;
 for (const contract of ["patient-consent", "access-control"]) {
   for (const type of ["test", "invariant"]) {
     const started = Date.now();
-    const res = spawnSync("npx", ["rv", ".", contract, type, "--runs", runs, "--bail"], { encoding: "utf8" });
+    const res = spawnSync("npx", ["rv", ".", contract, type, "--runs", runs, "--bail"], { encoding: "utf8", maxBuffer: 1024 * 1024 * 1024 });
     const out = `${res.stdout ?? ""}${res.stderr ?? ""}`.replace(/\x1b\[[0-9;]*m/g, "");
     const summary = out.slice(out.lastIndexOf("├─ + PASSED")).split("\nLEGEND")[0].trim();
     const ok = res.status === 0 && !/FAILED\n(?:.*\n)*?.*: x[1-9]/.test(summary);
