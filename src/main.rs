@@ -4,6 +4,8 @@
 //! the contracts and devnet; until then the binary only says where to start.
 
 fn main() {
-    eprintln!("breakglass: the service is not built yet; run ./scripts/dev for the devnet with demo data");
+    eprintln!(
+        "breakglass: the service is not built yet; run ./scripts/dev for the devnet with demo data"
+    );
     std::process::exit(2);
 }
