@@ -1,3 +1,13 @@
 //! breakglass: the emergency-access responder of a Stacks-based medical record system.
 
+pub mod chain;
+pub mod configuration;
+pub mod dev;
+pub mod domain;
+pub mod http;
+pub mod keys;
 pub mod stacks;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod tools;

@@ -1,11 +1,170 @@
-//! `breakglass`: the emergency-access responder service.
-//!
-//! The service (HTTP API, chain follower, background work) is built in the issues that follow
-//! the contracts and devnet; until then the binary only says where to start.
+//! `breakglass`: the command line. `serve` runs the service, `dev` runs it with a local devnet
+//! and demo data, `stacks ...` are operator tools for what is on the wire, `keys show` names
+//! the service's Stacks principal (to authorize it as a responder on chain).
 
-fn main() {
-    eprintln!(
-        "breakglass: the service is not built yet; run ./scripts/dev for the devnet with demo data"
-    );
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use breakglass::configuration::Settings;
+use breakglass::keys::ServiceKeys;
+use breakglass::{dev, startup, telemetry, tools};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "breakglass",
+    version,
+    about = "Emergency-access responder for a Stacks-based medical record system"
+)]
+struct Cli {
+    /// A TOML configuration file (BREAKGLASS_* environment variables override it).
+    #[arg(long, global = true, env = "BREAKGLASS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve,
+    /// Run the service against a local devnet with demo clinicians, patients and a responder.
+    Dev {
+        /// The Clarinet project (with the devnet) to run.
+        #[arg(long, default_value = "contracts")]
+        contracts_dir: PathBuf,
+        /// The devnet's RPC port.
+        #[arg(long, default_value_t = 20443)]
+        devnet_port: u16,
+        /// Start a new devnet chain.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Decode Stacks wire formats; prints JSON, exits 2 on input it cannot read.
+    #[command(subcommand)]
+    Stacks(StacksCommand),
+    /// The service's keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum StacksCommand {
+    /// A raw transaction: txid, origin, nonce, fee, chain id, contract, function, arguments.
+    DecodeTx { hex: String },
+    /// A consensus-serialized Clarity value, in Clarity notation.
+    Cv { hex: String },
+    /// Recover the signer of SIP-018 structured data.
+    Sip018Verify {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        message: String,
+        #[arg(long)]
+        signature: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the service's Stacks principal (generating its key on first run).
+    Show,
+}
+
+fn settings(cli: &Cli) -> Result<Settings, ExitCode> {
+    Settings::load(cli.config.as_deref()).map_err(|e| {
+        eprintln!("breakglass: configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn print(result: Result<serde_json::Value, String>) -> ExitCode {
+    match result {
+        Ok(v) => {
+            println!("{v:#}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Command::Stacks(StacksCommand::DecodeTx { hex }) => print(tools::decode_tx(hex)),
+        Command::Stacks(StacksCommand::Cv { hex }) => print(tools::cv(hex)),
+        Command::Stacks(StacksCommand::Sip018Verify {
+            domain,
+            message,
+            signature,
+        }) => print(tools::sip018_verify(domain, message, signature)),
+        Command::Keys(KeysCommand::Show) => {
+            let s = match settings(&cli) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match ServiceKeys::load_or_generate(&s.data.dir) {
+                Ok(k) => print(Ok(serde_json::json!({
+                    "principal": k.stacks_address(s.chain.network.is_mainnet()).to_string(),
+                    "source": format!("{:?}", k.source).to_lowercase(),
+                }))),
+                Err(e) => print(Err(e.to_string())),
+            }
+        }
+        Command::Serve | Command::Dev { .. } => {
+            let mut s = match settings(&cli) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let is_dev = matches!(cli.command, Command::Dev { .. });
+            if is_dev && std::env::var_os("BREAKGLASS_LOG__FORMAT").is_none() {
+                s.log.format = "pretty".into();
+            }
+            telemetry::init(&s.log);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("breakglass: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                match cli.command {
+                    Command::Dev {
+                        contracts_dir,
+                        devnet_port,
+                        reset,
+                    } => {
+                        dev::run(
+                            s,
+                            dev::DevOptions {
+                                contracts_dir,
+                                devnet_port,
+                                reset,
+                            },
+                        )
+                        .await
+                    }
+                    _ => {
+                        let keys = ServiceKeys::load_or_generate(&s.data.dir)?;
+                        startup::Application::build(s, keys)
+                            .await?
+                            .run_until_signal()
+                            .await
+                    }
+                }
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "breakglass failed");
+                    eprintln!("breakglass: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

@@ -23,7 +23,7 @@ export type Devnet = {
 
 export async function startDevnet(args: string[] = []): Promise<Devnet> {
   const proc = spawn(process.execPath, ["--import", "tsx", "devnet/main.ts", "--port", "0", "--block-time", "0", ...args],
-    { cwd: CONTRACTS_DIR, stdio: ["ignore", "pipe", "pipe"] });
+    { cwd: CONTRACTS_DIR, stdio: ["pipe", "pipe", "pipe"] });
   let err = "";
   proc.stderr!.on("data", (d) => (err += d));
   const ready = await new Promise<Record<string, any>>((ok, fail) => {

@@ -67,6 +67,16 @@ describe("mining", () => {
   });
 });
 
+describe("--exit-with-stdin", () => {
+  it("stops when its parent's end of stdin closes", async () => {
+    const d = await startDevnet(["--ephemeral", "--exit-with-stdin"]);
+    const exited = new Promise<number | null>((ok) => d.proc.once("exit", (code) => ok(code)));
+    expect((await client(d.rpc).get("/v2/info")).status).toBe(200);
+    d.proc.stdin!.end();
+    expect(await exited).toBe(0);
+  });
+});
+
 describe("restart", () => {
   it("replays its block log: same tip, same state, same nonces, after SIGTERM or SIGKILL", async () => {
     const dir = tempDir();

@@ -187,6 +187,14 @@ describe("refused transactions change nothing", () => {
     expect(body.reason_data).toEqual({ expected: 1, actual: 0, principal: me, is_origin: true });
   });
 
+  it("a transaction already mined, posted again: BadNonce", async () => {
+    const raw = await c.signCall(key, AC, "update-provider-credentials", [hash("x"), hash("y")]);
+    expect((await c.broadcast(raw)).status).toBe(200);
+    await c.mine();
+    const body = await expectRejected(raw, "BadNonce");
+    expect(body.reason_data.actual).toBe(body.reason_data.expected - 1);
+  });
+
   it("a nonce too far ahead: TooMuchChaining", async () => {
     const n = await c.nonce(me);
     const far = await c.signCall(key, AC, "update-provider-credentials", [hash("a"), hash("b")], { nonce: n + 26n });

@@ -154,8 +154,8 @@ export class Chain implements ChainView {
   /** Admits a raw transaction to the mempool, as POST /v2/transactions does; returns the txid. */
   submit(raw: Uint8Array): string {
     const admitted = admit(raw, this);
-    if (this.mempool.some((m) => m.txid === admitted.txid) || this.receipts.get(admitted.txid)?.status === "success") {
-      return admitted.txid; // the node answers a known transaction with its txid again
+    if (this.mempool.some((m) => m.txid === admitted.txid)) {
+      return admitted.txid; // the node answers a transaction already in its mempool with its txid
     }
     const fail = (reason: string, reason_data?: Record<string, unknown>): never => {
       throw new RejectedError({ status: 400, reason, reason_data }, admitted.txid);

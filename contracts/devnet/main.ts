@@ -24,6 +24,8 @@ Usage: npm run devnet -- [options]      (from contracts/)
   --seed-demo            create demo clinicians, patients and a responder (kept across restarts)
   --manifest <path>      Clarinet.toml (default contracts/Clarinet.toml)
   --verbose              also log the VM's output (contract prints) to stderr
+  --exit-with-stdin      stop when standard input closes (when started by a parent process
+                         that may die without stopping it)
 
 Prints one JSON line {"event":"ready",...} on stdout when it serves; logs go to stderr.`;
 
@@ -39,6 +41,7 @@ const { values: opt } = parseArgs({
     "seed-demo": { type: "boolean", default: false },
     manifest: { type: "string", default: join(CONTRACTS_DIR, "Clarinet.toml") },
     verbose: { type: "boolean", default: false },
+    "exit-with-stdin": { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
 });
@@ -114,6 +117,11 @@ async function main() {
   };
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGTERM", () => stop("SIGTERM"));
+  if (opt["exit-with-stdin"]) {
+    process.stdin.on("end", () => stop("stdin closed"));
+    process.stdin.on("error", () => stop("stdin closed"));
+    process.stdin.resume();
+  }
 
   process.stdout.write(JSON.stringify({
     event: "ready", rpc, tip: chain.tipHeight, block_time: blockTime, data_dir: dataDir,

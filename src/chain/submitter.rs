@@ -1,0 +1,376 @@
+//! The transaction submitter: the service's own contract calls, one per logical operation.
+//!
+//! An operation is kept durably from the moment it is accepted. Its transaction is signed
+//! with the next local nonce and kept (bytes and txid) *before* it is broadcast, so a crash
+//! at any point leads to broadcasting the same bytes again, never a second transaction. A
+//! transaction not confirmed after K blocks is broadcast again. When the node says its nonce
+//! is used (`BadNonce`), the operation is checked on chain: done means confirmed; not done
+//! means the nonce went to something else, and it is signed again with the node's nonce.
+//! Confirmation comes from the follower, which sees the txid in a block.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secp256k1::SecretKey;
+
+use super::contracts::{self, Contracts, ERR_DUPLICATE_ACCESS};
+use super::events::NewBlock;
+use super::follower::{now_ms, FollowerStatus};
+use super::rpc::{NodeClient, RpcError};
+use crate::stacks::tx::{self, ContractCall};
+use crate::stacks::{Address, Value};
+use crate::store::{Batch, Store, StoreError, Submission, SubmissionState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error("signing failed: {0}")]
+    Sign(String),
+    #[error("operation {0} exists with other arguments")]
+    Conflict(String),
+}
+
+pub struct Submitter {
+    pub store: Arc<dyn Store>,
+    pub rpc: NodeClient,
+    pub contracts: Contracts,
+    pub key: SecretKey,
+    pub sender: Address,
+    pub mainnet: bool,
+    pub fee: u64,
+    pub rebroadcast_after: u64,
+    pub status: Arc<FollowerStatus>,
+}
+
+/// Marks the operations whose transactions this block mined.
+pub fn confirmations(
+    block: &NewBlock,
+    store: &dyn Store,
+    batch: &mut Batch,
+) -> Result<(), StoreError> {
+    let open = store.open_submissions()?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    for t in &block.transactions {
+        let txid = t.txid.trim_start_matches("0x");
+        let Some(s) = open
+            .iter()
+            .find(|s| matches!(&s.state, SubmissionState::Sent { txid: mine, .. } if mine == txid))
+        else {
+            continue;
+        };
+        let result = Value::from_hex(&t.raw_result)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| t.raw_result.clone());
+        let duplicate = s.function == "record-emergency-access"
+            && matches!(Value::from_hex(&t.raw_result), Ok(Value::Err(e)) if *e == Value::UInt(ERR_DUPLICATE_ACCESS));
+        let state = if t.status == "success" || duplicate {
+            SubmissionState::Confirmed {
+                txid: Some(txid.to_string()),
+                height: block.block_height,
+                result,
+            }
+        } else {
+            SubmissionState::Failed {
+                txid: txid.to_string(),
+                height: block.block_height,
+                result,
+            }
+        };
+        if matches!(state, SubmissionState::Failed { .. }) {
+            tracing::error!(operation = %s.id, txid, "transaction mined with an error");
+        } else {
+            tracing::info!(operation = %s.id, txid, height = block.block_height, "operation confirmed");
+        }
+        batch.submissions.push(Submission { state, ..s.clone() });
+    }
+    Ok(())
+}
+
+impl Submitter {
+    async fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        crate::store::apply_async(&self.store, batch).await
+    }
+
+    /// Accepts an operation, durably; the same id again returns what is known of it.
+    pub async fn submit(
+        &self,
+        id: &str,
+        contract_name: &str,
+        function: &str,
+        args: &[Value],
+    ) -> Result<Submission, SubmitError> {
+        let args: Vec<String> = args.iter().map(Value::to_hex).collect();
+        if let Some(existing) = self.store.submission(id)? {
+            if existing.args != args
+                || existing.function != function
+                || existing.contract_name != contract_name
+            {
+                return Err(SubmitError::Conflict(id.to_string()));
+            }
+            return Ok(existing);
+        }
+        let s = Submission {
+            id: id.to_string(),
+            contract_name: contract_name.to_string(),
+            function: function.to_string(),
+            args,
+            state: SubmissionState::Pending,
+            created_at_ms: now_ms(),
+        };
+        self.write(Batch {
+            submissions: vec![s.clone()],
+            ..Batch::default()
+        })
+        .await?;
+        Ok(s)
+    }
+
+    async fn next_nonce(&self) -> Result<u64, SubmitError> {
+        match self.store.nonce()? {
+            Some(n) => Ok(n),
+            None => Ok(self.rpc.account_nonce(&self.sender).await?),
+        }
+    }
+
+    fn sign(&self, s: &Submission, nonce: u64) -> Result<tx::SignedTx, SubmitError> {
+        let args = s
+            .args
+            .iter()
+            .map(|a| Value::from_hex(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SubmitError::Sign(e.to_string()))?;
+        let call = ContractCall {
+            contract: self.contracts.address,
+            contract_name: s.contract_name.clone(),
+            function: s.function.clone(),
+            args,
+            nonce,
+            fee: self.fee,
+            mainnet: self.mainnet,
+        };
+        tx::sign_contract_call(&call, &self.key).map_err(|e| SubmitError::Sign(e.to_string()))
+    }
+
+    /// Signs the operation's transaction with `nonce` and keeps it, with the next nonce, in one
+    /// durable write: from here on only these bytes are broadcast for it. Returns the txid.
+    async fn sign_and_keep(&self, s: &Submission, nonce: u64) -> Result<String, SubmitError> {
+        let signed = self.sign(s, nonce)?;
+        let state = SubmissionState::Sent {
+            txid: signed.txid_hex(),
+            nonce,
+            raw: hex::encode(&signed.bytes),
+            sent_at_height: self.status.node_tip.load(Ordering::SeqCst),
+            broadcasts: 0,
+        };
+        self.write(Batch {
+            submissions: vec![Submission { state, ..s.clone() }],
+            nonce: Some(nonce + 1),
+            ..Batch::default()
+        })
+        .await?;
+        Ok(signed.txid_hex())
+    }
+
+    /// Signs every pending operation and keeps its transaction durably; nothing is broadcast.
+    pub async fn prepare(&self) -> Result<usize, SubmitError> {
+        let pending: Vec<Submission> = self
+            .store
+            .open_submissions()?
+            .into_iter()
+            .filter(|s| s.state == SubmissionState::Pending)
+            .collect();
+        for s in &pending {
+            let nonce = self.next_nonce().await?;
+            let txid = self.sign_and_keep(s, nonce).await?;
+            tracing::info!(operation = %s.id, nonce, txid, "transaction signed");
+        }
+        Ok(pending.len())
+    }
+
+    /// Broadcasts what was never broadcast, and again what has waited K blocks.
+    pub async fn broadcast_due(&self) -> Result<(), SubmitError> {
+        let tip = self.status.node_tip.load(Ordering::SeqCst);
+        for s in self.store.open_submissions()? {
+            let SubmissionState::Sent {
+                txid,
+                nonce,
+                raw,
+                sent_at_height,
+                broadcasts,
+            } = &s.state
+            else {
+                continue;
+            };
+            if *broadcasts > 0 && tip < sent_at_height + self.rebroadcast_after {
+                continue;
+            }
+            let bytes = hex::decode(raw).map_err(|e| SubmitError::Sign(e.to_string()))?;
+            match self.rpc.broadcast(&bytes).await {
+                Ok(_) => {
+                    let state = SubmissionState::Sent {
+                        txid: txid.clone(),
+                        nonce: *nonce,
+                        raw: raw.clone(),
+                        sent_at_height: tip,
+                        broadcasts: broadcasts + 1,
+                    };
+                    self.write(Batch {
+                        submissions: vec![Submission { state, ..s.clone() }],
+                        ..Batch::default()
+                    })
+                    .await?;
+                    tracing::info!(operation = %s.id, txid, broadcasts = broadcasts + 1, "transaction broadcast");
+                }
+                Err(RpcError::Rejected { reason, .. })
+                    if reason == "BadNonce" || reason == "ConflictingNonceInMempool" =>
+                {
+                    self.nonce_taken(&s, &reason).await?;
+                }
+                Err(e) => {
+                    tracing::warn!(operation = %s.id, error = %e, "broadcast failed; will retry")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The node says our nonce is used: by this operation (done), or by something else.
+    async fn nonce_taken(&self, s: &Submission, reason: &str) -> Result<(), SubmitError> {
+        match self.done_on_chain(s).await? {
+            Some(true) => {
+                let state = SubmissionState::Confirmed {
+                    txid: None,
+                    height: self.status.node_tip.load(Ordering::SeqCst),
+                    result: "already on chain".into(),
+                };
+                self.write(Batch {
+                    submissions: vec![Submission { state, ..s.clone() }],
+                    ..Batch::default()
+                })
+                .await?;
+                tracing::info!(operation = %s.id, "operation found on chain");
+            }
+            Some(false) => {
+                let nonce = self.rpc.account_nonce(&self.sender).await?;
+                self.sign_and_keep(s, nonce).await?;
+                tracing::warn!(operation = %s.id, reason, nonce, "nonce was taken by another transaction; signed again");
+            }
+            None => {
+                // cannot prove it did not run: resending could do it twice
+                let state = SubmissionState::Failed {
+                    txid: String::new(),
+                    height: self.status.node_tip.load(Ordering::SeqCst),
+                    result: format!("{reason}; cannot tell whether it ran"),
+                };
+                self.write(Batch {
+                    submissions: vec![Submission { state, ..s.clone() }],
+                    ..Batch::default()
+                })
+                .await?;
+                tracing::error!(operation = %s.id, reason, "nonce conflict on an operation that cannot be checked");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the operation's effect is on chain; None when it cannot be told.
+    async fn done_on_chain(&self, s: &Submission) -> Result<Option<bool>, SubmitError> {
+        let contract = self.contracts.access_control();
+        let first = s.args.first().and_then(|a| Value::from_hex(a).ok());
+        match (s.function.as_str(), first) {
+            ("record-emergency-access", Some(access_id)) => {
+                let v = self
+                    .rpc
+                    .call_read(
+                        &contract,
+                        "get-emergency-access",
+                        &[access_id],
+                        &self.sender,
+                    )
+                    .await?;
+                Ok(Some(matches!(v, Value::Some(_))))
+            }
+            ("anchor-audit", Some(head)) => {
+                let count = self
+                    .rpc
+                    .call_read(&contract, "get-anchor-count", &[], &self.sender)
+                    .await?;
+                let n = contracts::uint(Some(&count)).unwrap_or(0);
+                for i in (n.saturating_sub(50)..n).rev() {
+                    let a = self
+                        .rpc
+                        .call_read(&contract, "get-anchor", &[Value::UInt(i)], &self.sender)
+                        .await?;
+                    if let Value::Some(t) = &a {
+                        if t.as_tuple().and_then(|m| m.get("head")) == Some(&head) {
+                            return Ok(Some(true));
+                        }
+                    }
+                }
+                Ok(Some(false))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// After the follower skipped blocks, an operation mined in them was never seen: any sent
+    /// transaction whose nonce the chain has used is checked on chain now.
+    pub async fn reconcile(&self) -> Result<(), SubmitError> {
+        if !self.status.skipped_blocks.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let sent: Vec<Submission> = self
+            .store
+            .open_submissions()?
+            .into_iter()
+            .filter(|s| matches!(s.state, SubmissionState::Sent { .. }))
+            .collect();
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let used = match self.rpc.account_nonce(&self.sender).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.status.skipped_blocks.store(true, Ordering::SeqCst);
+                return Err(e.into());
+            }
+        };
+        for s in sent {
+            if let SubmissionState::Sent { nonce, .. } = s.state {
+                if nonce < used {
+                    self.nonce_taken(&s, "mined in blocks the follower skipped")
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn tick(&self) -> Result<(), SubmitError> {
+        self.reconcile().await?;
+        self.prepare().await?;
+        self.broadcast_due().await
+    }
+
+    pub async fn run(
+        self: Arc<Self>,
+        interval: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "submitter tick failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Typed configuration: embedded defaults, then one TOML file, then `BREAKGLASS_*` environment
+//! variables (`__` separates sections: `BREAKGLASS_CHAIN__NODE_URL`). Every value has a safe
+//! default for the embedded single-node mode; secrets are never read from the TOML file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::stacks::tx::{MAINNET_CHAIN_ID, TESTNET_CHAIN_ID};
+use crate::stacks::Address;
+
+const SECTIONS: [&str; 6] = ["server", "chain", "follower", "submitter", "data", "log"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub chain: ChainSettings,
+    pub follower: FollowerSettings,
+    pub submitter: SubmitterSettings,
+    pub data: DataSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// The public HTTP API.
+    pub listen: SocketAddr,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSettings {
+    /// The stacks-node RPC (a real node, or the devnet).
+    pub node_url: String,
+    /// "testnet" or "mainnet".
+    pub network: Network,
+    /// The address that deployed patient-consent and access-control.
+    pub contracts_address: String,
+    pub request_timeout_ms: u64,
+    /// Retries of a failed read (call-read, info, accounts), with exponential backoff.
+    pub read_retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    Testnet,
+    Mainnet,
+}
+
+impl Network {
+    pub fn chain_id(self) -> u32 {
+        match self {
+            Network::Testnet => TESTNET_CHAIN_ID,
+            Network::Mainnet => MAINNET_CHAIN_ID,
+        }
+    }
+    pub fn is_mainnet(self) -> bool {
+        self == Network::Mainnet
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowerSettings {
+    /// Where the stacks-node POSTs event-observer payloads (`/new_block`).
+    pub listen: SocketAddr,
+    /// How often the node's tip is polled, to notice gaps and to judge readiness.
+    pub poll_interval_ms: u64,
+    /// Ready only while the follower is within this many blocks of the node's tip.
+    pub max_lag_blocks: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitterSettings {
+    /// Fee per contract call, in microstacks.
+    pub fee: u64,
+    /// A sent transaction not confirmed after this many blocks is broadcast again.
+    pub rebroadcast_after_blocks: u64,
+    pub interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSettings {
+    /// The embedded store and generated keys live here.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// "json" (default) or "pretty".
+    pub format: String,
+    /// A tracing filter, e.g. "info" or "breakglass=debug,info".
+    pub filter: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            server: ServerSettings {
+                listen: ([127, 0, 0, 1], 8080).into(),
+                shutdown_timeout_secs: 10,
+            },
+            chain: ChainSettings {
+                node_url: "http://127.0.0.1:20443".into(),
+                network: Network::Testnet,
+                contracts_address: "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".into(),
+                request_timeout_ms: 3000,
+                read_retries: 3,
+            },
+            follower: FollowerSettings {
+                listen: ([127, 0, 0, 1], 3700).into(),
+                poll_interval_ms: 1000,
+                max_lag_blocks: 2,
+            },
+            submitter: SubmitterSettings {
+                fee: 10_000,
+                rebroadcast_after_blocks: 3,
+                interval_ms: 250,
+            },
+            data: DataSettings {
+                dir: PathBuf::from(".data/breakglass"),
+            },
+            log: LogSettings {
+                format: "json".into(),
+                filter: "info".into(),
+            },
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, Box<figment::Error>> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        // only `section.field` keys: secrets (BREAKGLASS_SERVICE_KEY) and other BREAKGLASS_*
+        // variables are read where they are used, not here
+        let env = Env::prefixed("BREAKGLASS_").split("__").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            key.contains('.') && SECTIONS.iter().any(|s| key.split('.').next() == Some(*s))
+        });
+        let settings: Settings = fig.merge(env).extract().map_err(Box::new)?;
+        settings
+            .validate()
+            .map_err(|e| Box::new(figment::Error::from(e)))?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let address: Address = self.chain.contracts_address.parse()?;
+        if address.is_mainnet() != self.chain.network.is_mainnet() {
+            return Err(format!(
+                "chain.contracts_address {address} is not a {:?} address",
+                self.chain.network
+            ));
+        }
+        if !self.chain.node_url.starts_with("http://")
+            && !self.chain.node_url.starts_with("https://")
+        {
+            return Err("chain.node_url must be an http(s) URL".into());
+        }
+        if self.follower.poll_interval_ms == 0 || self.submitter.interval_ms == 0 {
+            return Err("intervals must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn contracts_address(&self) -> Address {
+        // validated in load()
+        self.chain.contracts_address.parse().unwrap_or(Address {
+            version: 26,
+            hash160: [0; 20],
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
+mod tests {
+    use super::*;
+
+    // figment::Jail isolates the environment and working directory of each test
+    #[test]
+    fn defaults_file_then_environment() {
+        figment::Jail::expect_with(|jail| {
+            let d = Settings::load(None).map_err(|e| *e)?;
+            assert_eq!(d.chain.node_url, "http://127.0.0.1:20443");
+            assert_eq!(d.follower.max_lag_blocks, 2);
+            jail.create_file(
+                "b.toml",
+                "[chain]\nnode_url = \"http://node:20443\"\n[submitter]\nfee = 7\n",
+            )?;
+            jail.set_env("BREAKGLASS_SUBMITTER__FEE", "9");
+            jail.set_env("BREAKGLASS_SERVICE_KEY", "not a setting, ignored here");
+            jail.set_env("BREAKGLASS_LOG", "debug");
+            let s = Settings::load(Some(Path::new("b.toml"))).map_err(|e| *e)?;
+            assert_eq!(s.chain.node_url, "http://node:20443");
+            assert_eq!(s.submitter.fee, 9);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_mainnet_network_needs_a_mainnet_contracts_address() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BREAKGLASS_CHAIN__NETWORK", "mainnet");
+            let e = Settings::load(None).unwrap_err();
+            assert!(e.to_string().contains("contracts_address"), "{e}");
+            jail.set_env(
+                "BREAKGLASS_CHAIN__CONTRACTS_ADDRESS",
+                "SP000000000000000000002Q6VF78",
+            );
+            assert_eq!(
+                Settings::load(None)
+                    .map_err(|e| *e)?
+                    .chain
+                    .network
+                    .chain_id(),
+                MAINNET_CHAIN_ID
+            );
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,181 @@
+//! `breakglass dev`: one command for a working system on this machine. It starts the devnet
+//! (the contracts on a local stacks-node stand-in) with demo data, runs the service against
+//! it with the demo responder's key (authorized on chain), and says what to try next.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::Context;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::configuration::Settings;
+use crate::keys::{parse_key, KeySource, ServiceKeys};
+use crate::startup::{wait_for_signal, Application};
+
+#[derive(Debug, Deserialize)]
+struct Ready {
+    rpc: String,
+    demo_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Demo {
+    responder: Identity,
+    providers: Vec<Provider>,
+    patients: Vec<Patient>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Identity {
+    principal: String,
+    private_key: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Provider {
+    role: String,
+    principal: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Patient {
+    patient_id: String,
+    emergency_access: bool,
+}
+
+pub struct DevOptions {
+    pub contracts_dir: PathBuf,
+    pub devnet_port: u16,
+    pub reset: bool,
+}
+
+/// Starts the devnet process and waits for its ready line.
+async fn start_devnet(opts: &DevOptions, settings: &Settings) -> anyhow::Result<(Child, Ready)> {
+    let dir = &opts.contracts_dir;
+    if !dir.join("Clarinet.toml").exists() {
+        anyhow::bail!(
+            "no Clarinet project at {} (run from the repository root, or pass --contracts-dir)",
+            dir.display()
+        );
+    }
+    if !dir.join("node_modules").exists() {
+        eprintln!("breakglass dev: installing the devnet's node modules (npm ci)...");
+        let ok = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir)
+            .status()
+            .await
+            .context("running npm ci")?;
+        anyhow::ensure!(ok.success(), "npm ci failed");
+    }
+    let data_root = absolute(settings.data.dir.parent().unwrap_or(Path::new(".")))?;
+    let observer = format!("http://{}", settings.follower.listen);
+    let mut args = vec![
+        "--import".to_string(),
+        "tsx".into(),
+        "devnet/main.ts".into(),
+        "--seed-demo".into(),
+        "--port".into(),
+        opts.devnet_port.to_string(),
+        "--observer".into(),
+        observer,
+        "--data-dir".into(),
+        data_root.join("devnet").display().to_string(),
+        // if this process dies without stopping it, the devnet sees its stdin close and stops
+        "--exit-with-stdin".into(),
+    ];
+    if opts.reset {
+        args.push("--reset".into());
+    }
+    let mut child = Command::new("node")
+        .args(&args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the devnet (is Node.js 20+ installed?)")?;
+    let stdout = child.stdout.take().context("devnet stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.starts_with('{') && line.contains("\"ready\"") {
+            let ready: Ready = serde_json::from_str(&line)?;
+            // keep draining stdout so the devnet never blocks on a full pipe
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok((child, ready));
+        }
+    }
+    anyhow::bail!("the devnet exited before it was ready")
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    })
+}
+
+pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()> {
+    let (mut devnet, ready) = start_devnet(&opts, &settings).await?;
+    // held open for as long as this process lives (Child::wait would close it)
+    let _devnet_stdin = devnet.stdin.take();
+    let demo_file = ready
+        .demo_file
+        .context("the devnet wrote no demo identities")?;
+    let demo: Demo = serde_json::from_str(&std::fs::read_to_string(&demo_file)?)?;
+    settings.chain.node_url = ready.rpc.clone();
+    // in dev the service acts as the demo responder, which the devnet authorized on chain
+    let keys = ServiceKeys {
+        stacks: parse_key(&demo.responder.private_key)?,
+        source: KeySource::File,
+    };
+    let app = Application::build(settings, keys).await?;
+    anyhow::ensure!(
+        app.service_principal == demo.responder.principal,
+        "the service key does not match the demo responder"
+    );
+
+    let api = format!("http://{}", app.api_addr);
+    println!();
+    println!("breakglass dev is running");
+    println!("  service API       {api}   (try: curl {api}/readyz)");
+    println!(
+        "  stacks node RPC   {}   (the devnet; try: curl {}/v2/info)",
+        ready.rpc, ready.rpc
+    );
+    println!("  event observer    http://{}", app.observer_addr);
+    println!(
+        "  responder         {} (the service's key)",
+        demo.responder.principal
+    );
+    println!("  demo identities   {demo_file}");
+    for p in &demo.providers {
+        println!("    {:<11} {}", p.role, p.principal);
+    }
+    for p in &demo.patients {
+        let prefs = if p.emergency_access {
+            "allows emergency access"
+        } else {
+            "opted out of emergency access"
+        };
+        println!("    patient     {} ({prefs})", p.patient_id);
+    }
+    println!("Ctrl-C stops both; the chain and the service's store are kept under .data/.");
+    println!();
+
+    tokio::select! {
+        r = wait_for_signal() => r?,
+        status = devnet.wait() => {
+            app.stop().await;
+            anyhow::bail!("the devnet exited ({})", status?);
+        }
+    }
+    app.stop().await;
+    let _ = devnet.start_kill();
+    let _ = devnet.wait().await;
+    Ok(())
+}

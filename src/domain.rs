@@ -1,0 +1,124 @@
+//! Domain newtypes, parsed once at the edge: what the contracts and the service mean by a
+//! patient id, a role, a provider's status, a data type.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A pseudonymous patient id: 32 bytes, the only way a patient appears on chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PatientId(pub [u8; 32]);
+
+impl fmt::Display for PatientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl FromStr for PatientId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = hex::decode(s.strip_prefix("0x").unwrap_or(s))
+            .map_err(|_| "patient id is not hex".to_string())?;
+        Ok(PatientId(
+            bytes
+                .try_into()
+                .map_err(|_| "patient id is not 32 bytes".to_string())?,
+        ))
+    }
+}
+
+impl Serialize for PatientId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for PatientId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(concat!("unknown ", stringify!($name), " {:?}"), other)),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Provider roles, as access-control knows them.
+    Role {
+        Physician = "physician",
+        Nurse = "nurse",
+        Paramedic = "paramedic",
+        Pharmacist = "pharmacist",
+        Reviewer = "reviewer",
+        Admin = "admin",
+    }
+);
+
+string_enum!(
+    /// A provider's credential status on chain.
+    ProviderStatus {
+        Pending = "pending",
+        Verified = "verified",
+        Suspended = "suspended",
+        Revoked = "revoked",
+    }
+);
+
+string_enum!(
+    /// Data types patient-consent knows; the first seven are the critical (emergency) set.
+    DataType {
+        Allergies = "allergies",
+        Medications = "medications",
+        Problems = "problems",
+        BloodType = "blood-type",
+        AdvanceDirectives = "advance-directives",
+        Immunizations = "immunizations",
+        EmergencySummary = "emergency-summary",
+        Vitals = "vitals",
+        LabResults = "lab-results",
+        Procedures = "procedures",
+        Imaging = "imaging",
+        ClinicalNotes = "clinical-notes",
+    }
+);
+
+string_enum!(
+    /// Purposes of use in patient-consent.
+    Purpose {
+        Treatment = "treatment",
+        Research = "research",
+        Insurance = "insurance",
+        Transfer = "transfer",
+    }
+);

@@ -1,0 +1,75 @@
+//! The HTTP edges: the public API (health and readiness for now) and the event-observer
+//! endpoint the stacks-node POSTs to. Handlers stay thin; the work is in `chain`.
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::chain::events::NewBlock;
+use crate::chain::follower::{Follower, FollowerStatus};
+use crate::store::Store;
+
+pub struct Health {
+    pub store: Arc<dyn Store>,
+    pub follower: Arc<FollowerStatus>,
+    pub keys_loaded: bool,
+    pub max_lag_blocks: u64,
+    pub fresh_ms: u64,
+}
+
+pub fn api(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "alive" }))
+}
+
+/// Ready when the store answers, the keys are loaded and the follower is within
+/// `max_lag_blocks` of a node heard from recently.
+async fn readyz(health: web::Data<Health>) -> HttpResponse {
+    let store_ok = health.store.ping().is_ok();
+    let f = &health.follower;
+    let follower_ok = f.in_sync(health.max_lag_blocks, health.fresh_ms);
+    let ready = store_ok && follower_ok && health.keys_loaded;
+    let body = json!({
+        "ready": ready,
+        "checks": {
+            "store": store_ok,
+            "keys": health.keys_loaded,
+            "follower": {
+                "ok": follower_ok,
+                "applied_height": f.applied(),
+                "node_tip_height": f.node_tip(),
+                "node_reachable": f.node_reachable.load(std::sync::atomic::Ordering::SeqCst),
+                "max_lag_blocks": health.max_lag_blocks,
+            }
+        }
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// The event-observer endpoints. `/new_block` answers 200 only once the block is durably
+/// applied; a failure answers 500 so that the node sends it again.
+pub fn observer(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::JsonConfig::default().limit(64 * 1024 * 1024))
+        .route("/new_block", web::post().to(new_block))
+        .default_service(web::to(|| async { HttpResponse::Ok().finish() }));
+}
+
+async fn new_block(follower: web::Data<Follower>, block: web::Json<NewBlock>) -> HttpResponse {
+    let height = block.block_height;
+    match follower.on_block(block.into_inner()).await {
+        Ok(()) => HttpResponse::Ok().finish(),
+        Err(e) => {
+            tracing::error!(height, error = %e, "could not apply block; the node will retry");
+            HttpResponse::InternalServerError().body(e.to_string())
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Wiring, in one place: the store, the keys, the node client, the chain-state cache, the
+//! follower and submitter tasks, and the two HTTP listeners; and their orderly shutdown.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpServer};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::chain::contracts::Contracts;
+use crate::chain::follower::{Follower, FollowerStatus};
+use crate::chain::rpc::NodeClient;
+use crate::chain::state::ChainState;
+use crate::chain::submitter::Submitter;
+use crate::configuration::Settings;
+use crate::http;
+use crate::keys::ServiceKeys;
+use crate::store::{RedbStore, Store};
+
+pub struct Application {
+    pub api_addr: SocketAddr,
+    pub observer_addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub status: Arc<FollowerStatus>,
+    pub follower: Arc<Follower>,
+    pub submitter: Arc<Submitter>,
+    pub service_principal: String,
+    servers: Vec<(ServerHandle, JoinHandle<std::io::Result<()>>)>,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, keys: ServiceKeys) -> anyhow::Result<Application> {
+        let mainnet = settings.chain.network.is_mainnet();
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&settings.data.dir.join("breakglass.redb"))?);
+        let rpc = NodeClient::new(
+            &settings.chain.node_url,
+            Duration::from_millis(settings.chain.request_timeout_ms),
+            settings.chain.read_retries,
+        );
+        let contracts = Contracts {
+            address: settings.contracts_address(),
+        };
+        let state = ChainState {
+            store: store.clone(),
+            rpc: rpc.clone(),
+            contracts: contracts.clone(),
+        };
+        let status = Arc::new(FollowerStatus::default());
+        let follower = Arc::new(Follower::new(state, status.clone())?);
+        let sender = keys.stacks_address(mainnet);
+        let submitter = Arc::new(Submitter {
+            store: store.clone(),
+            rpc,
+            contracts,
+            key: keys.stacks,
+            sender,
+            mainnet,
+            fee: settings.submitter.fee,
+            rebroadcast_after: settings.submitter.rebroadcast_after_blocks,
+            status: status.clone(),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let poll = Duration::from_millis(settings.follower.poll_interval_ms);
+        let tasks = vec![
+            tokio::spawn(follower.clone().run_poller(poll, shutdown_rx.clone())),
+            tokio::spawn(submitter.clone().run(
+                Duration::from_millis(settings.submitter.interval_ms),
+                shutdown_rx,
+            )),
+        ];
+
+        let health = web::Data::new(http::Health {
+            store: store.clone(),
+            follower: status.clone(),
+            keys_loaded: true,
+            max_lag_blocks: settings.follower.max_lag_blocks,
+            fresh_ms: (poll.as_millis() as u64) * 3 + 1000,
+        });
+        let timeout = settings.server.shutdown_timeout_secs;
+        let api_listener = TcpListener::bind(settings.server.listen)?;
+        let api_addr = api_listener.local_addr()?;
+        let api = HttpServer::new(move || App::new().app_data(health.clone()).configure(http::api))
+            .listen(api_listener)?
+            .disable_signals()
+            .shutdown_timeout(timeout)
+            .run();
+        let follower_data = web::Data::from(follower.clone());
+        let observer_listener = TcpListener::bind(settings.follower.listen)?;
+        let observer_addr = observer_listener.local_addr()?;
+        let observer = HttpServer::new(move || {
+            App::new()
+                .app_data(follower_data.clone())
+                .configure(http::observer)
+        })
+        .listen(observer_listener)?
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(timeout)
+        .run();
+        let servers = vec![
+            (api.handle(), tokio::spawn(api)),
+            (observer.handle(), tokio::spawn(observer)),
+        ];
+        tracing::info!(%api_addr, %observer_addr, service = %sender, node = %settings.chain.node_url, "breakglass started");
+        Ok(Application {
+            api_addr,
+            observer_addr,
+            store,
+            status,
+            follower,
+            submitter,
+            service_principal: sender.to_string(),
+            servers,
+            tasks,
+            shutdown,
+            shutdown_timeout: Duration::from_secs(timeout),
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish, stops the workers, and returns when
+    /// all of it has ended (or the shutdown timeout has passed).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for (handle, _) in &self.servers {
+            handle.stop(true).await;
+        }
+        let wait = async {
+            for (_, join) in self.servers {
+                let _ = join.await;
+            }
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(self.shutdown_timeout, wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown timed out");
+        }
+        tracing::info!("breakglass stopped");
+    }
+
+    /// Runs until SIGINT or SIGTERM, then stops gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        wait_for_signal().await?;
+        tracing::info!("signal received: shutting down");
+        self.stop().await;
+        Ok(())
+    }
+}
+
+pub async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

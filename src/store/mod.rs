@@ -1,0 +1,176 @@
+//! Durable state behind one `Store` trait: the chain-state cache the follower keeps, the
+//! follower's position, and the transaction submitter's operations and nonce.
+//!
+//! `redb` (embedded, default) implements it here; a Redis implementation for many replicas
+//! follows the same trait and must pass the same conformance tests (`tests/store.rs`).
+//! Every write is one `Batch`, applied atomically and durably: a block's cache updates, its
+//! confirmations and the new follower tip land together or not at all.
+
+mod redb_store;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{DataType, PatientId, ProviderStatus, Purpose, Role};
+pub use redb_store::RedbStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Backend(String),
+    #[error("store: corrupt record {0}: {1}")]
+    Corrupt(String, String),
+}
+
+/// The last block the follower applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tip {
+    pub height: u64,
+    pub index_block_hash: [u8; 32],
+}
+
+/// What the chain says of a provider principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProviderState {
+    Unregistered,
+    Registered { role: Role, status: ProviderStatus },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preferences {
+    pub allow: bool,
+    pub data_types: Vec<DataType>,
+    pub max_window: u64,
+    pub is_default: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConsentKey {
+    pub patient: PatientId,
+    pub provider: String,
+    pub data_type: DataType,
+    pub purpose: Purpose,
+}
+
+impl ConsentKey {
+    fn id(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.patient, self.provider, self.data_type, self.purpose
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    pub active: bool,
+    pub expires_at: u64,
+}
+
+impl Consent {
+    pub fn is_active_at(&self, height: u64) -> bool {
+        self.active && height < self.expires_at
+    }
+}
+
+/// A logical chain write and where it stands. Its id names the operation (one transaction
+/// per id, ever), e.g. `anchor:<head>` or `record:<access id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    pub id: String,
+    pub contract_name: String,
+    pub function: String,
+    /// Arguments, consensus-serialized hex.
+    pub args: Vec<String>,
+    pub state: SubmissionState,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SubmissionState {
+    /// Accepted, no transaction signed yet.
+    Pending,
+    /// Signed (and durably kept) before it was broadcast; broadcast again as the same bytes.
+    Sent {
+        txid: String,
+        nonce: u64,
+        raw: String,
+        sent_at_height: u64,
+        broadcasts: u32,
+    },
+    /// Mined with success (or the chain already had it: a duplicate access id).
+    Confirmed {
+        txid: Option<String>,
+        height: u64,
+        result: String,
+    },
+    /// Mined with an error response that no retry can change.
+    Failed {
+        txid: String,
+        height: u64,
+        result: String,
+    },
+}
+
+impl Submission {
+    pub fn is_open(&self) -> bool {
+        matches!(
+            self.state,
+            SubmissionState::Pending | SubmissionState::Sent { .. }
+        )
+    }
+}
+
+/// One atomic, durable write.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub tip: Option<Tip>,
+    pub providers: Vec<(String, Option<ProviderState>)>,
+    pub preferences: Vec<(PatientId, Preferences)>,
+    pub consents: Vec<(ConsentKey, Consent)>,
+    pub responders: Vec<(String, bool)>,
+    pub submissions: Vec<Submission>,
+    pub nonce: Option<u64>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.tip.is_none()
+            && self.providers.is_empty()
+            && self.preferences.is_empty()
+            && self.consents.is_empty()
+            && self.responders.is_empty()
+            && self.submissions.is_empty()
+            && self.nonce.is_none()
+    }
+}
+
+/// Applies `batch` on the blocking pool, so that a commit's fsync never stalls the runtime.
+pub async fn apply_async(
+    store: &std::sync::Arc<dyn Store>,
+    batch: Batch,
+) -> Result<(), StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.apply(batch))
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn apply(&self, batch: Batch) -> Result<(), StoreError>;
+    fn tip(&self) -> Result<Option<Tip>, StoreError>;
+    fn provider(&self, principal: &str) -> Result<Option<ProviderState>, StoreError>;
+    fn providers(&self) -> Result<Vec<String>, StoreError>;
+    fn preferences(&self, patient: &PatientId) -> Result<Option<Preferences>, StoreError>;
+    fn patients(&self) -> Result<Vec<PatientId>, StoreError>;
+    fn consent(&self, key: &ConsentKey) -> Result<Option<Consent>, StoreError>;
+    fn consents(&self) -> Result<Vec<ConsentKey>, StoreError>;
+    fn responder(&self, principal: &str) -> Result<Option<bool>, StoreError>;
+    fn responders(&self) -> Result<Vec<String>, StoreError>;
+    fn submission(&self, id: &str) -> Result<Option<Submission>, StoreError>;
+    fn open_submissions(&self) -> Result<Vec<Submission>, StoreError>;
+    /// The next nonce the submitter will use, as it last wrote it.
+    fn nonce(&self) -> Result<Option<u64>, StoreError>;
+    /// A cheap read that proves the store answers (for /readyz).
+    fn ping(&self) -> Result<(), StoreError>;
+}

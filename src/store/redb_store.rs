@@ -1,0 +1,204 @@
+//! The embedded store: one redb file, crash-safe (copy-on-write with fsync on commit).
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::*;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const PROVIDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("providers");
+const PREFERENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("preferences");
+const CONSENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("consents");
+const RESPONDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("responders");
+const SUBMISSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("submissions");
+
+pub struct RedbStore {
+    db: Database,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(backend)
+}
+
+fn dec<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(key.to_string(), e.to_string()))
+}
+
+impl RedbStore {
+    pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(backend)?;
+        }
+        let db = Database::create(path).map_err(backend)?;
+        // create every table so that reads never meet a missing one
+        let tx = db.begin_write().map_err(backend)?;
+        for t in [
+            META,
+            PROVIDERS,
+            PREFERENCES,
+            CONSENTS,
+            RESPONDERS,
+            SUBMISSIONS,
+        ] {
+            tx.open_table(t).map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(RedbStore { db })
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(table).map_err(backend)?;
+        match t.get(key).map_err(backend)? {
+            Some(v) => Ok(Some(dec(key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn keys(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(table).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(backend)? {
+            let (k, _) = row.map_err(backend)?;
+            out.push(k.value().to_string());
+        }
+        Ok(out)
+    }
+}
+
+impl Store for RedbStore {
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        {
+            let mut meta = tx.open_table(META).map_err(backend)?;
+            if let Some(tip) = &batch.tip {
+                meta.insert("tip", enc(tip)?.as_slice()).map_err(backend)?;
+            }
+            if let Some(n) = batch.nonce {
+                meta.insert("nonce", enc(&n)?.as_slice()).map_err(backend)?;
+            }
+            let mut providers = tx.open_table(PROVIDERS).map_err(backend)?;
+            for (who, state) in &batch.providers {
+                match state {
+                    Some(s) => providers
+                        .insert(who.as_str(), enc(s)?.as_slice())
+                        .map(|_| ()),
+                    None => providers.remove(who.as_str()).map(|_| ()),
+                }
+                .map_err(backend)?;
+            }
+            let mut prefs = tx.open_table(PREFERENCES).map_err(backend)?;
+            for (patient, p) in &batch.preferences {
+                prefs
+                    .insert(patient.to_string().as_str(), enc(p)?.as_slice())
+                    .map_err(backend)?;
+            }
+            let mut consents = tx.open_table(CONSENTS).map_err(backend)?;
+            for (key, c) in &batch.consents {
+                consents
+                    .insert(key.id().as_str(), enc(&(key, c))?.as_slice())
+                    .map_err(backend)?;
+            }
+            let mut responders = tx.open_table(RESPONDERS).map_err(backend)?;
+            for (who, yes) in &batch.responders {
+                responders
+                    .insert(who.as_str(), enc(yes)?.as_slice())
+                    .map_err(backend)?;
+            }
+            let mut subs = tx.open_table(SUBMISSIONS).map_err(backend)?;
+            for s in &batch.submissions {
+                subs.insert(s.id.as_str(), enc(s)?.as_slice())
+                    .map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn tip(&self) -> Result<Option<Tip>, StoreError> {
+        self.get(META, "tip")
+    }
+
+    fn provider(&self, principal: &str) -> Result<Option<ProviderState>, StoreError> {
+        self.get(PROVIDERS, principal)
+    }
+
+    fn providers(&self) -> Result<Vec<String>, StoreError> {
+        self.keys(PROVIDERS)
+    }
+
+    fn preferences(&self, patient: &PatientId) -> Result<Option<Preferences>, StoreError> {
+        self.get(PREFERENCES, &patient.to_string())
+    }
+
+    fn patients(&self) -> Result<Vec<PatientId>, StoreError> {
+        self.keys(PREFERENCES)?
+            .into_iter()
+            .map(|k| k.parse().map_err(|e: String| StoreError::Corrupt(k, e)))
+            .collect()
+    }
+
+    fn consent(&self, key: &ConsentKey) -> Result<Option<Consent>, StoreError> {
+        Ok(self
+            .get::<(ConsentKey, Consent)>(CONSENTS, &key.id())?
+            .map(|(_, c)| c))
+    }
+
+    fn consents(&self) -> Result<Vec<ConsentKey>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(CONSENTS).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(backend)? {
+            let (k, v) = row.map_err(backend)?;
+            let (key, _): (ConsentKey, Consent) = dec(k.value(), v.value())?;
+            out.push(key);
+        }
+        Ok(out)
+    }
+
+    fn responder(&self, principal: &str) -> Result<Option<bool>, StoreError> {
+        self.get(RESPONDERS, principal)
+    }
+
+    fn responders(&self) -> Result<Vec<String>, StoreError> {
+        self.keys(RESPONDERS)
+    }
+
+    fn submission(&self, id: &str) -> Result<Option<Submission>, StoreError> {
+        self.get(SUBMISSIONS, id)
+    }
+
+    fn open_submissions(&self) -> Result<Vec<Submission>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(SUBMISSIONS).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(backend)? {
+            let (k, v) = row.map_err(backend)?;
+            let s: Submission = dec(k.value(), v.value())?;
+            if s.is_open() {
+                out.push(s);
+            }
+        }
+        out.sort_by_key(|s| s.created_at_ms);
+        Ok(out)
+    }
+
+    fn nonce(&self) -> Result<Option<u64>, StoreError> {
+        self.get(META, "nonce")
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.tip().map(|_| ())
+    }
+}

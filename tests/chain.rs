@@ -1,0 +1,315 @@
+//! The service against the real devnet: the follower keeps the chain-state cache within a
+//! block of the chain, the submitter's operations are confirmed exactly once across
+//! restarts, and readiness follows the node.
+
+mod support;
+
+use std::time::Duration;
+
+use breakglass::domain::{ProviderStatus, Role};
+use breakglass::stacks::Value;
+use breakglass::store::{ProviderState, SubmissionState};
+use support::*;
+
+const SECS: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_sees_verification_and_suspension_within_one_block() {
+    let devnet = Devnet::start(&["--ephemeral"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&devnet.rpc, dir.path(), |_| {}).await;
+    devnet.observe(app.observer_addr).await;
+    eventually("ready", SECS, async || ready(&app).await.then_some(())).await;
+
+    let deployer = deployer_key();
+    devnet
+        .call(
+            &deployer,
+            "access-control",
+            "add-authority",
+            vec![principal(&support::deployer())],
+        )
+        .await;
+    let provider = new_key();
+    let who = address_of(&provider);
+    devnet.fund(&who).await;
+    devnet.mine().await;
+
+    // a provider the service has never heard of: one read-only call fills the cache
+    let state = app.follower.state.provider(&who.to_string()).await.unwrap();
+    assert_eq!(state, ProviderState::Unregistered);
+
+    devnet
+        .call(
+            &provider,
+            "access-control",
+            "register-provider",
+            vec![
+                Value::buffer([1u8; 32]),
+                Value::ascii("nurse"),
+                Value::buffer([2u8; 32]),
+            ],
+        )
+        .await;
+    devnet.mine().await;
+    let pending = ProviderState::Registered {
+        role: Role::Nurse,
+        status: ProviderStatus::Pending,
+    };
+    eventually("registration seen", SECS, async || {
+        (app.store.provider(&who.to_string()).unwrap() == Some(pending.clone())).then_some(())
+    })
+    .await;
+
+    for (function, status) in [
+        ("verify-provider", ProviderStatus::Verified),
+        ("suspend-provider", ProviderStatus::Suspended),
+    ] {
+        let before = devnet.tip().await;
+        let txid = devnet
+            .call(&deployer, "access-control", function, vec![principal(&who)])
+            .await;
+        devnet.mine().await;
+        assert_eq!(devnet.receipt(&txid).await["status"], "success");
+        let mined_at = devnet.tip().await;
+        assert_eq!(mined_at, before + 1, "one block");
+        let want = ProviderState::Registered {
+            role: Role::Nurse,
+            status,
+        };
+        // seen from that one block alone: no further block is mined while we wait
+        eventually(function, SECS, async || {
+            (app.store.provider(&who.to_string()).unwrap() == Some(want.clone())).then_some(())
+        })
+        .await;
+        assert_eq!(
+            app.follower.state.provider(&who.to_string()).await.unwrap(),
+            want
+        );
+        assert_eq!(devnet.tip().await, mined_at);
+        assert!(app.status.applied() >= mined_at);
+    }
+    app.stop().await;
+}
+
+fn anchor_args(n: u8) -> Vec<Value> {
+    vec![Value::buffer([n; 32]), Value::UInt(n.into())]
+}
+
+async fn state_of(app: &breakglass::startup::Application, id: &str) -> SubmissionState {
+    app.store.submission(id).unwrap().unwrap().state
+}
+
+async fn confirmed(app: &breakglass::startup::Application, id: &str) {
+    eventually(id, SECS, async || {
+        matches!(state_of(app, id).await, SubmissionState::Confirmed { .. }).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_operations_are_confirmed_once_across_restarts() {
+    let devnet = Devnet::start(&["--ephemeral"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // the submitter's own loop is slowed right down: the test drives its steps
+    let slow = |s: &mut breakglass::configuration::Settings| s.submitter.interval_ms = 3_600_000;
+    let app1 = app(&devnet.rpc, dir.path(), slow).await;
+    let service = app1.submitter.sender;
+    devnet.observe(app1.observer_addr).await;
+    devnet.fund(&service).await;
+    devnet
+        .call(
+            &deployer_key(),
+            "access-control",
+            "add-responder",
+            vec![principal(&service)],
+        )
+        .await;
+    devnet.mine().await;
+    eventually("ready", SECS, async || ready(&app1).await.then_some(())).await;
+
+    // 1. an anchor, signed with the service's key, confirmed through the follower
+    app1.submitter
+        .submit(
+            "anchor:1",
+            "access-control",
+            "anchor-audit",
+            &anchor_args(1),
+        )
+        .await
+        .unwrap();
+    app1.submitter.tick().await.unwrap();
+    assert!(matches!(
+        state_of(&app1, "anchor:1").await,
+        SubmissionState::Sent { broadcasts: 1, .. }
+    ));
+    devnet.mine().await;
+    confirmed(&app1, "anchor:1").await;
+
+    // 2. signed and kept, then the service dies before it broadcasts
+    app1.submitter
+        .submit(
+            "anchor:2",
+            "access-control",
+            "anchor-audit",
+            &anchor_args(2),
+        )
+        .await
+        .unwrap();
+    app1.submitter.prepare().await.unwrap();
+    let SubmissionState::Sent { txid: txid2, .. } = state_of(&app1, "anchor:2").await else {
+        panic!("not signed")
+    };
+    // 3. broadcast, then the service dies before the block
+    app1.submitter
+        .submit(
+            "anchor:3",
+            "access-control",
+            "anchor-audit",
+            &anchor_args(3),
+        )
+        .await
+        .unwrap();
+    app1.submitter.tick().await.unwrap();
+    app1.stop().await;
+
+    let app2 = app(&devnet.rpc, dir.path(), slow).await;
+    devnet.observe(app2.observer_addr).await;
+    // the same operation asked for again is the same operation
+    let again = app2
+        .submitter
+        .submit(
+            "anchor:2",
+            "access-control",
+            "anchor-audit",
+            &anchor_args(2),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(again.state, SubmissionState::Sent { ref txid, .. } if *txid == txid2));
+    assert!(app2
+        .submitter
+        .submit(
+            "anchor:2",
+            "access-control",
+            "anchor-audit",
+            &anchor_args(9)
+        )
+        .await
+        .is_err());
+    app2.submitter.tick().await.unwrap();
+    devnet.mine().await;
+    confirmed(&app2, "anchor:2").await;
+    confirmed(&app2, "anchor:3").await;
+    let SubmissionState::Confirmed {
+        txid: Some(mined2), ..
+    } = state_of(&app2, "anchor:2").await
+    else {
+        panic!()
+    };
+    assert_eq!(
+        mined2, txid2,
+        "the transaction signed before the crash is the one mined"
+    );
+
+    // 4. broadcast and mined while no follower listens: a rebroadcast meets BadNonce, and the
+    //    chain says the operation is done
+    app2.submitter
+        .submit(
+            "anchor:4",
+            "access-control",
+            "anchor-audit",
+            &anchor_args(4),
+        )
+        .await
+        .unwrap();
+    app2.submitter.tick().await.unwrap();
+    app2.stop().await;
+    devnet.mine().await;
+    let app3 = app(&devnet.rpc, dir.path(), |s| {
+        s.submitter.interval_ms = 3_600_000;
+        s.submitter.rebroadcast_after_blocks = 1;
+    })
+    .await;
+    devnet.mine_empty(2).await;
+    eventually("node tip seen", SECS, async || {
+        (app3.status.node_tip() >= devnet.tip().await).then_some(())
+    })
+    .await;
+    app3.submitter.tick().await.unwrap();
+    confirmed(&app3, "anchor:4").await;
+
+    // exactly one transaction per operation ever reached the chain
+    assert_eq!(devnet.nonce(&service).await, 4);
+    let count = app3
+        .follower
+        .state
+        .rpc
+        .call_read(
+            &format!("{}.access-control", support::deployer()),
+            "get-anchor-count",
+            &[],
+            &service,
+        )
+        .await
+        .unwrap();
+    assert_eq!(count, Value::UInt(4));
+    app3.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_node_through_an_outage() {
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let devnet_dir = data.path().join("devnet");
+    let port_s = port.to_string();
+    let devnet_args = [
+        "--port",
+        port_s.as_str(),
+        "--data-dir",
+        devnet_dir.to_str().unwrap(),
+    ];
+    let mut devnet = Devnet::start(&devnet_args).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&devnet.rpc, dir.path(), |_| {}).await;
+    devnet.observe(app.observer_addr).await;
+    eventually("ready", SECS, async || ready(&app).await.then_some(())).await;
+    devnet.mine_empty(3).await;
+    let tip = devnet.tip().await;
+    eventually("blocks applied", SECS, async || {
+        (app.status.applied() == tip).then_some(())
+    })
+    .await;
+
+    devnet.kill().await;
+    eventually("not ready while the node is down", SECS, async || {
+        (!ready(&app).await).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        !ready(&app).await,
+        "still not ready after 30 s without a node"
+    );
+
+    let observer = format!("http://{}", app.observer_addr);
+    let mut args = devnet_args.to_vec();
+    args.extend(["--observer", observer.as_str()]);
+    let devnet = Devnet::start(&args).await;
+    assert_eq!(
+        devnet.tip().await,
+        tip,
+        "the devnet came back with its chain"
+    );
+    devnet.mine_empty(5).await;
+    let tip = devnet.tip().await;
+    eventually("ready again", SECS, async || {
+        ready(&app).await.then_some(())
+    })
+    .await;
+    eventually("caught up", SECS, async || {
+        (app.status.applied() == tip).then_some(())
+    })
+    .await;
+    app.stop().await;
+}

@@ -1,0 +1,274 @@
+//! The `breakglass` binary: operator tools, keys, configuration errors, and `breakglass dev`.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn breakglass(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_breakglass"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn vectors() -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/data/stacks-vectors.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn decode_tx_prints_the_call() {
+    let v = vectors();
+    let case = &v["contract_call"][1];
+    let out = json(&breakglass(&[
+        "stacks",
+        "decode-tx",
+        case["tx_hex"].as_str().unwrap(),
+    ]));
+    assert_eq!(out["txid"], case["txid"]);
+    assert_eq!(out["nonce"], case["nonce"]);
+    assert_eq!(out["fee"], case["fee"]);
+    assert_eq!(out["chain_id"], "0x80000000");
+    assert_eq!(out["contract"], case["contract"]);
+    assert_eq!(out["function"], case["function"]);
+    assert_eq!(
+        out["args"].as_array().unwrap().len(),
+        case["args_cv_hex"].as_array().unwrap().len()
+    );
+    assert_eq!(out["args"][3], "(list \"allergies\")");
+}
+
+#[test]
+fn cv_prints_clarity_notation() {
+    for case in vectors()["clarity"].as_array().unwrap() {
+        let out = json(&breakglass(&[
+            "stacks",
+            "cv",
+            case["hex"].as_str().unwrap(),
+        ]));
+        let repr = out["repr"].as_str().unwrap();
+        assert_eq!(
+            breakglass::stacks::clarity::parse(repr).unwrap().to_hex(),
+            format!("0x{}", case["hex"].as_str().unwrap())
+        );
+    }
+}
+
+#[test]
+fn sip018_verify_names_the_signer() {
+    let v = vectors();
+    let case = &v["sip018"][0];
+    let out = json(&breakglass(&[
+        "stacks",
+        "sip018-verify",
+        "--domain",
+        case["domain_cv_hex"].as_str().unwrap(),
+        "--message",
+        case["message_cv_hex"].as_str().unwrap(),
+        "--signature",
+        case["signature_rsv_hex"].as_str().unwrap(),
+    ]));
+    assert_eq!(out["message_hash"], case["message_hash_hex"]);
+    assert_eq!(out["public_key"], case["public_key"]);
+    assert_eq!(out["testnet"], case["address_testnet"]);
+    assert_eq!(out["mainnet"], case["address_mainnet"]);
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line() {
+    let v = vectors();
+    let sip = &v["sip018"][0];
+    let tx = v["contract_call"][0]["tx_hex"].as_str().unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["stacks", "decode-tx", "not-hex"],
+        vec!["stacks", "decode-tx", &tx[..60]],
+        vec!["stacks", "decode-tx", ""],
+        vec!["stacks", "cv", "0x0b00000005"],
+        vec!["stacks", "cv", "0xff"],
+        vec!["stacks", "cv", "0x0703ff"],
+        vec![
+            "stacks",
+            "sip018-verify",
+            "--domain",
+            "zz",
+            "--message",
+            "03",
+            "--signature",
+            "00",
+        ],
+        vec![
+            "stacks",
+            "sip018-verify",
+            "--domain",
+            sip["domain_cv_hex"].as_str().unwrap(),
+            "--message",
+            sip["message_cv_hex"].as_str().unwrap(),
+            "--signature",
+            "0011",
+        ],
+    ];
+    for args in cases {
+        let out = breakglass(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn keys_are_generated_once_with_mode_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_breakglass"))
+            .args(["keys", "show"])
+            .env("BREAKGLASS_DATA__DIR", dir.path())
+            .env_remove("BREAKGLASS_SERVICE_KEY")
+            .output()
+            .unwrap()
+    };
+    let first = json(&run());
+    assert_eq!(first["source"], "generated");
+    let second = json(&run());
+    assert_eq!(second["source"], "datadir");
+    assert_eq!(first["principal"], second["principal"]);
+    assert!(first["principal"].as_str().unwrap().starts_with("ST"));
+    let file = dir.path().join("keys/service-stacks.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // a key given in the environment wins and nothing is written
+    let env = Command::new(env!("CARGO_BIN_EXE_breakglass"))
+        .args(["keys", "show"])
+        .env("BREAKGLASS_DATA__DIR", dir.path().join("other"))
+        .env("BREAKGLASS_SERVICE_KEY", DEPLOYER_KEY)
+        .output()
+        .unwrap();
+    let env = json(&env);
+    assert_eq!(env["principal"], deployer().to_string());
+    assert!(!dir.path().join("other/keys").exists());
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[chain]\nnode_url = \"ftp://nowhere\"\n").unwrap();
+    let out = breakglass(&["--config", file.to_str().unwrap(), "keys", "show"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node_url"));
+    std::fs::write(&file, "[chain]\nnode_urll = \"http://x\"\n").unwrap();
+    let out = breakglass(&["--config", file.to_str().unwrap(), "keys", "show"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node_urll"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_the_devnet_and_the_service_with_demo_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, observer, devnet) = (free_port(), free_port(), free_port());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_breakglass"))
+        .args(["dev", "--devnet-port", &devnet.to_string()])
+        .current_dir(repo())
+        .env("BREAKGLASS_SERVER__LISTEN", format!("127.0.0.1:{api}"))
+        .env(
+            "BREAKGLASS_FOLLOWER__LISTEN",
+            format!("127.0.0.1:{observer}"),
+        )
+        .env("BREAKGLASS_DATA__DIR", dir.path().join("breakglass"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            sink.lock().unwrap().push_str(&(l + "\n"));
+        }
+    });
+    let readyz = format!("http://127.0.0.1:{api}/readyz");
+    eventually(
+        "breakglass dev ready",
+        Duration::from_secs(90),
+        async || {
+            reqwest::get(&readyz)
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        },
+    )
+    .await;
+    let printed = text.lock().unwrap().clone();
+    assert!(printed.contains("breakglass dev is running"), "{printed}");
+    assert!(printed.contains(&format!("http://127.0.0.1:{api}")));
+    assert!(printed.contains("demo identities"));
+    for role in [
+        "physician",
+        "nurse",
+        "paramedic",
+        "pharmacist",
+        "reviewer",
+        "admin",
+    ] {
+        assert!(printed.contains(role), "{role} missing from:\n{printed}");
+    }
+    let info: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{devnet}/v2/info"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["network_id"], 0x8000_0000u32);
+
+    // SIGTERM stops the service and its devnet
+    Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("dev stops")
+        .unwrap();
+    assert!(status.success());
+    eventually("devnet stopped", Duration::from_secs(10), async || {
+        reqwest::get(format!("http://127.0.0.1:{devnet}/v2/info"))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+}
+
+#[test]
+fn the_example_configuration_is_valid_and_matches_the_defaults() {
+    let file = repo().join("deploy/breakglass.example.toml");
+    let loaded = breakglass::configuration::Settings::load(Some(&file)).unwrap();
+    let defaults = breakglass::configuration::Settings::default();
+    assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"));
+}

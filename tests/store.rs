@@ -1,0 +1,195 @@
+//! Store conformance: every `Store` implementation must pass these (redb now; Redis later).
+
+use breakglass::domain::{DataType, PatientId, ProviderStatus, Purpose, Role};
+use breakglass::store::*;
+
+fn submission(id: &str, state: SubmissionState, at: u64) -> Submission {
+    Submission {
+        id: id.into(),
+        contract_name: "access-control".into(),
+        function: "anchor-audit".into(),
+        args: vec!["0x01".into()],
+        state,
+        created_at_ms: at,
+    }
+}
+
+fn sent(txid: &str) -> SubmissionState {
+    SubmissionState::Sent {
+        txid: txid.into(),
+        nonce: 3,
+        raw: "00".into(),
+        sent_at_height: 7,
+        broadcasts: 1,
+    }
+}
+
+pub fn conformance(store: &dyn Store) {
+    store.ping().unwrap();
+    assert_eq!(store.tip().unwrap(), None);
+    assert_eq!(store.nonce().unwrap(), None);
+    assert_eq!(store.provider("ST1").unwrap(), None);
+    assert!(store.open_submissions().unwrap().is_empty());
+
+    let patient = PatientId([7; 32]);
+    let key = ConsentKey {
+        patient,
+        provider: "ST2".into(),
+        data_type: DataType::Allergies,
+        purpose: Purpose::Treatment,
+    };
+    let prefs = Preferences {
+        allow: true,
+        data_types: vec![DataType::Allergies, DataType::BloodType],
+        max_window: 60,
+        is_default: false,
+    };
+    let verified = ProviderState::Registered {
+        role: Role::Nurse,
+        status: ProviderStatus::Verified,
+    };
+    store
+        .apply(Batch {
+            tip: Some(Tip {
+                height: 10,
+                index_block_hash: [1; 32],
+            }),
+            providers: vec![
+                ("ST1".into(), Some(verified.clone())),
+                ("ST9".into(), Some(ProviderState::Unregistered)),
+            ],
+            preferences: vec![(patient, prefs.clone())],
+            consents: vec![(
+                key.clone(),
+                Consent {
+                    active: true,
+                    expires_at: 99,
+                },
+            )],
+            responders: vec![("ST3".into(), true)],
+            submissions: vec![
+                submission("b", SubmissionState::Pending, 2),
+                submission("a", sent("t1"), 1),
+            ],
+            nonce: Some(4),
+        })
+        .unwrap();
+    assert_eq!(
+        store.tip().unwrap(),
+        Some(Tip {
+            height: 10,
+            index_block_hash: [1; 32]
+        })
+    );
+    assert_eq!(store.provider("ST1").unwrap(), Some(verified));
+    assert_eq!(
+        store.provider("ST9").unwrap(),
+        Some(ProviderState::Unregistered)
+    );
+    let mut providers = store.providers().unwrap();
+    providers.sort();
+    assert_eq!(providers, vec!["ST1".to_string(), "ST9".to_string()]);
+    assert_eq!(store.preferences(&patient).unwrap(), Some(prefs));
+    assert_eq!(store.patients().unwrap(), vec![patient]);
+    assert_eq!(
+        store.consent(&key).unwrap(),
+        Some(Consent {
+            active: true,
+            expires_at: 99
+        })
+    );
+    assert_eq!(store.consents().unwrap(), vec![key.clone()]);
+    assert_eq!(store.responder("ST3").unwrap(), Some(true));
+    assert_eq!(store.responders().unwrap(), vec!["ST3".to_string()]);
+    assert_eq!(store.nonce().unwrap(), Some(4));
+    // open submissions, oldest first
+    let open: Vec<String> = store
+        .open_submissions()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(open, vec!["a", "b"]);
+
+    // later writes replace; a provider set to None leaves the cache; closed submissions are
+    // no longer open but still found by id
+    store
+        .apply(Batch {
+            providers: vec![("ST1".into(), None)],
+            consents: vec![(
+                key.clone(),
+                Consent {
+                    active: false,
+                    expires_at: 99,
+                },
+            )],
+            submissions: vec![submission(
+                "a",
+                SubmissionState::Confirmed {
+                    txid: Some("t1".into()),
+                    height: 11,
+                    result: "(ok u0)".into(),
+                },
+                1,
+            )],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.provider("ST1").unwrap(), None);
+    assert_eq!(
+        store.consent(&key).unwrap(),
+        Some(Consent {
+            active: false,
+            expires_at: 99
+        })
+    );
+    assert!(!store.consent(&key).unwrap().unwrap().is_active_at(1));
+    assert_eq!(store.open_submissions().unwrap().len(), 1);
+    assert!(matches!(
+        store.submission("a").unwrap().unwrap().state,
+        SubmissionState::Confirmed { height: 11, .. }
+    ));
+    // the tip a batch does not name stays
+    assert_eq!(store.tip().unwrap().unwrap().height, 10);
+}
+
+#[test]
+fn redb_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+    conformance(&store);
+}
+
+#[test]
+fn redb_store_keeps_everything_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    {
+        let store = RedbStore::open(&path).unwrap();
+        store
+            .apply(Batch {
+                tip: Some(Tip {
+                    height: 5,
+                    index_block_hash: [9; 32],
+                }),
+                submissions: vec![submission("op", sent("tx"), 1)],
+                nonce: Some(8),
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(store.tip().unwrap().unwrap().height, 5);
+    assert_eq!(store.nonce().unwrap(), Some(8));
+    assert_eq!(store.open_submissions().unwrap()[0].state, sent("tx"));
+}
+
+#[test]
+fn consent_expiry_is_exclusive() {
+    let c = Consent {
+        active: true,
+        expires_at: 10,
+    };
+    assert!(c.is_active_at(9));
+    assert!(!c.is_active_at(10));
+}

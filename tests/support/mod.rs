@@ -1,0 +1,283 @@
+//! Test support: the real devnet process, the service built in-process against it, and a
+//! few chain actions signed with the public devnet deployer key or fresh keys.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use breakglass::configuration::Settings;
+use breakglass::keys::ServiceKeys;
+use breakglass::stacks::tx::{self, ContractCall};
+use breakglass::stacks::{Address, Value};
+use breakglass::startup::Application;
+use secp256k1::{PublicKey, SecretKey, SECP256K1};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Clarinet's public devnet deployer key (settings/Devnet.toml): it owns the contracts.
+pub const DEPLOYER_KEY: &str = "753b7cc01a1a2e86221266a154af739463fce51219d97e4f856cd7200c3bd2a601";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Devnet {
+    pub child: Child,
+    pub rpc: String,
+    pub http: reqwest::Client,
+}
+
+impl Devnet {
+    /// Starts `contracts/devnet` (mining only on demand) and waits for its ready line.
+    pub async fn start(args: &[&str]) -> Devnet {
+        let mut all = vec![
+            "--import",
+            "tsx",
+            "devnet/main.ts",
+            "--block-time",
+            "0",
+            "--exit-with-stdin",
+        ];
+        if !args.contains(&"--port") {
+            all.extend(["--port", "0"]);
+        }
+        all.extend(args);
+        let mut child = Command::new("node")
+            .args(&all)
+            .current_dir(repo().join("contracts"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node must be installed; scripts/test installs the devnet's modules");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let rpc = loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("devnet ready in time")
+                .unwrap()
+                .expect("devnet exited early");
+            if line.starts_with('{') && line.contains("\"ready\"") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                break v["rpc"].as_str().unwrap().to_string();
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Devnet {
+            child,
+            rpc,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.rpc))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        res.json().await.unwrap_or(serde_json::Value::Null)
+    }
+
+    pub async fn mine(&self) -> serde_json::Value {
+        let res = self
+            .http
+            .post(format!("{}/devnet/mine", self.rpc))
+            .send()
+            .await
+            .unwrap();
+        res.json().await.unwrap()
+    }
+
+    pub async fn mine_empty(&self, n: u32) {
+        self.http
+            .post(format!("{}/devnet/mine?empty={n}", self.rpc))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn tip(&self) -> u64 {
+        let v: serde_json::Value = self
+            .http
+            .get(format!("{}/v2/info", self.rpc))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["stacks_tip_height"].as_u64().unwrap()
+    }
+
+    pub async fn nonce(&self, who: &Address) -> u64 {
+        let v: serde_json::Value = self
+            .http
+            .get(format!("{}/v2/accounts/{who}?proof=0", self.rpc))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["nonce"].as_u64().unwrap()
+    }
+
+    pub async fn observe(&self, observer: std::net::SocketAddr) {
+        self.post(
+            "/devnet/observers",
+            serde_json::json!({ "url": format!("http://{observer}") }),
+        )
+        .await;
+    }
+
+    pub async fn fund(&self, who: &Address) {
+        self.post(
+            "/devnet/faucet",
+            serde_json::json!({ "principal": who.to_string(), "amount": 1_000_000_000u64 }),
+        )
+        .await;
+    }
+
+    /// Signs and posts a call to one of the contracts, returning the txid (not mined).
+    pub async fn call(
+        &self,
+        key: &SecretKey,
+        contract: &str,
+        function: &str,
+        args: Vec<Value>,
+    ) -> String {
+        let sender = address_of(key);
+        let signed = tx::sign_contract_call(
+            &ContractCall {
+                contract: deployer(),
+                contract_name: contract.into(),
+                function: function.into(),
+                args,
+                nonce: self.nonce(&sender).await + self.pending_from(&sender).await,
+                fee: 10_000,
+                mainnet: false,
+            },
+            key,
+        )
+        .unwrap();
+        let res = self
+            .http
+            .post(format!("{}/v2/transactions", self.rpc))
+            .header("content-type", "application/octet-stream")
+            .body(signed.bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = res.text().await.unwrap();
+        assert_eq!(status, 200, "{function}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    async fn pending_from(&self, who: &Address) -> u64 {
+        let v: serde_json::Value = self
+            .http
+            .get(format!("{}/devnet/mempool", self.rpc))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["origin"] == who.to_string())
+            .count() as u64
+    }
+
+    pub async fn receipt(&self, txid: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/devnet/tx/{txid}", self.rpc))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+pub fn deployer_key() -> SecretKey {
+    breakglass::keys::parse_key(DEPLOYER_KEY).unwrap()
+}
+
+pub fn deployer() -> Address {
+    address_of(&deployer_key())
+}
+
+pub fn address_of(key: &SecretKey) -> Address {
+    Address::from_public_key(&PublicKey::from_secret_key(SECP256K1, key), false)
+}
+
+pub fn new_key() -> SecretKey {
+    SecretKey::new(&mut secp256k1::rand::thread_rng())
+}
+
+pub fn principal(a: &Address) -> Value {
+    Value::Principal(breakglass::stacks::Principal::Standard(*a))
+}
+
+/// Settings for a service on free ports against `rpc`, keeping its data in `dir`.
+pub fn settings(rpc: &str, dir: &Path) -> Settings {
+    let mut s = Settings::default();
+    s.chain.node_url = rpc.to_string();
+    s.server.listen = "127.0.0.1:0".parse().unwrap();
+    s.follower.listen = "127.0.0.1:0".parse().unwrap();
+    s.follower.poll_interval_ms = 200;
+    s.submitter.interval_ms = 200;
+    s.data.dir = dir.to_path_buf();
+    s
+}
+
+pub async fn app(rpc: &str, dir: &Path, configure: impl FnOnce(&mut Settings)) -> Application {
+    let mut s = settings(rpc, dir);
+    configure(&mut s);
+    let keys = ServiceKeys::load_or_generate(dir).unwrap();
+    Application::build(s, keys).await.unwrap()
+}
+
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn ready(app: &Application) -> bool {
+    let url = format!("http://{}/readyz", app.api_addr);
+    reqwest::get(url)
+        .await
+        .map(|r| r.status() == 200)
+        .unwrap_or(false)
+}
