@@ -128,24 +128,39 @@ impl Application {
     /// Stops accepting, lets in-flight requests finish, stops the workers, and returns when
     /// all of it has ended (or the shutdown timeout has passed).
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        for (handle, _) in &self.servers {
+        let Application {
+            store,
+            status,
+            follower,
+            submitter,
+            servers,
+            tasks,
+            shutdown,
+            shutdown_timeout,
+            ..
+        } = self;
+        let _ = shutdown.send(true);
+        for (handle, _) in &servers {
             handle.stop(true).await;
         }
         let wait = async {
-            for (_, join) in self.servers {
+            for (_, join) in servers {
                 let _ = join.await;
             }
-            for t in self.tasks {
+            for t in tasks {
                 let _ = t.await;
             }
+            drop((status, follower, submitter));
+            // HTTP workers drop their copies of the shared state as they wind down; the store
+            // (and its file lock) is released only when the last copy is gone
+            while Arc::strong_count(&store) > 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         };
-        if tokio::time::timeout(self.shutdown_timeout, wait)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(shutdown_timeout, wait).await.is_err() {
             tracing::warn!("shutdown timed out");
         }
+        drop(store);
         tracing::info!("breakglass stopped");
     }
 
