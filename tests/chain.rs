@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use breakglass::domain::{ProviderStatus, Role};
+use breakglass::domain::{DataType, PatientId, ProviderStatus, Purpose, Role};
 use breakglass::stacks::Value;
-use breakglass::store::{ProviderState, SubmissionState};
+use breakglass::store::{Consent, ConsentKey, Preferences, ProviderState, SubmissionState};
 use support::*;
 
 const SECS: Duration = Duration::from_secs(20);
@@ -89,6 +89,91 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
         assert_eq!(devnet.tip().await, mined_at);
         assert!(app.status.applied() >= mined_at);
     }
+
+    // a patient's emergency preferences and consents, each seen from the one block that set it
+    let patient_key = new_key();
+    let patient = address_of(&patient_key);
+    let patient_id = PatientId([0x42; 32]);
+    devnet.fund(&patient).await;
+    devnet
+        .call(
+            &patient_key,
+            "patient-consent",
+            "register-patient",
+            vec![Value::buffer(patient_id.0)],
+        )
+        .await;
+    devnet.mine().await;
+    // before any preferences are set, a miss reads the contract's defaults
+    let defaults = app.follower.state.preferences(&patient_id).await.unwrap();
+    assert!(defaults.allow && defaults.is_default && defaults.max_window == 720);
+
+    devnet
+        .call(
+            &patient_key,
+            "patient-consent",
+            "set-emergency-preferences",
+            vec![
+                Value::Bool(false),
+                Value::List(vec![Value::ascii("allergies")]),
+                Value::UInt(30),
+            ],
+        )
+        .await;
+    devnet.mine().await;
+    let opted_out = Preferences {
+        allow: false,
+        data_types: vec![DataType::Allergies],
+        max_window: 30,
+        is_default: false,
+    };
+    eventually("preferences seen", SECS, async || {
+        (app.store.preferences(&patient_id).unwrap() == Some(opted_out.clone())).then_some(())
+    })
+    .await;
+
+    let key = ConsentKey {
+        patient: patient_id,
+        provider: who.to_string(),
+        data_type: DataType::Medications,
+        purpose: Purpose::Treatment,
+    };
+    assert!(!app.follower.state.consent(&key).await.unwrap().active);
+    let expires = devnet.tip().await + 100;
+    devnet
+        .call(
+            &patient_key,
+            "patient-consent",
+            "grant-consent",
+            vec![
+                principal(&who),
+                Value::ascii("medications"),
+                Value::UInt(expires.into()),
+            ],
+        )
+        .await;
+    devnet.mine().await;
+    let granted = Consent {
+        active: true,
+        expires_at: expires,
+    };
+    eventually("consent seen", SECS, async || {
+        (app.store.consent(&key).unwrap() == Some(granted.clone())).then_some(())
+    })
+    .await;
+    devnet
+        .call(
+            &patient_key,
+            "patient-consent",
+            "revoke-consent",
+            vec![principal(&who), Value::ascii("medications")],
+        )
+        .await;
+    devnet.mine().await;
+    eventually("revocation seen", SECS, async || {
+        (app.store.consent(&key).unwrap().is_some_and(|c| !c.active)).then_some(())
+    })
+    .await;
     app.stop().await;
 }
 
