@@ -1,0 +1,266 @@
+//! Break-glass requests: what a clinician's tablet sends, and proving who sent it.
+//!
+//! The body is `{"message": "0x<Clarity tuple>", "signature": "0x<65-byte RSV>"}` (and,
+//! optionally, `"domain"`, which must then be ours: it lets a tablet learn it signed for the
+//! wrong network instead of being taken for an unknown signer). The message is SIP-018
+//! structured data under the domain `{name: "breakglass", version: "1", chain-id}`:
+//!
+//! ```text
+//! { action: "break-glass", patient: (buff 32), data-types: (list 8 (string-ascii 32)),
+//!   reason: (string-utf8 500), nonce: uint, issued-at: uint (unix seconds),
+//!   device: (optional (string-ascii 64)) }
+//! ```
+//!
+//! Parsing is strict: exactly these fields and types, known data types without repeats, a
+//! non-empty reason. Verification recovers the signer (low-S signatures only) and checks the
+//! clock skew; replay is checked by the caller against the nonces it has seen.
+
+use serde::Deserialize;
+
+use crate::domain::{DataType, PatientId};
+use crate::stacks::{sip018, Address, Value};
+
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub const MAX_DATA_TYPES: usize = 8;
+pub const MAX_REASON_CHARS: usize = 500;
+pub const MAX_DEVICE_CHARS: usize = 64;
+pub const MAX_SKEW_SECS: u64 = 60;
+pub const DOMAIN_NAME: &str = "breakglass";
+pub const DOMAIN_VERSION: &str = "1";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakGlassRequest {
+    pub signer: Address,
+    pub patient: PatientId,
+    pub data_types: Vec<DataType>,
+    pub reason: String,
+    pub nonce: u64,
+    pub issued_at: u64,
+    pub device: Option<String>,
+    pub message_hash: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("the request was signed for another domain or network: {0}")]
+    WrongDomain(String),
+    #[error("the signature does not verify: {0}")]
+    BadSignature(String),
+    #[error("the request was issued at {issued_at}, {skew} s away from the server's clock (at most {MAX_SKEW_SECS} s)")]
+    Stale { issued_at: u64, skew: u64 },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    message: String,
+    signature: String,
+    domain: Option<String>,
+}
+
+fn hex_bytes(what: &str, s: &str) -> Result<Vec<u8>, RequestError> {
+    let h = s.strip_prefix("0x").unwrap_or(s);
+    hex::decode(h).map_err(|_| RequestError::Malformed(format!("{what} is not hex")))
+}
+
+pub fn domain(chain_id: u32) -> Value {
+    sip018::domain(DOMAIN_NAME, DOMAIN_VERSION, chain_id)
+}
+
+/// Parses and verifies a request body at time `now` (unix seconds).
+pub fn verify(
+    body: &[u8],
+    chain_id: u32,
+    mainnet: bool,
+    now: u64,
+) -> Result<BreakGlassRequest, RequestError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(RequestError::Malformed(format!(
+            "the body is larger than {MAX_BODY_BYTES} bytes"
+        )));
+    }
+    let body: Body = serde_json::from_slice(body)
+        .map_err(|e| RequestError::Malformed(format!("the body is not the expected JSON: {e}")))?;
+    let ours = domain(chain_id);
+    if let Some(d) = &body.domain {
+        let theirs = Value::deserialize(&hex_bytes("domain", d)?)
+            .map_err(|e| RequestError::Malformed(format!("domain: {e}")))?;
+        if theirs != ours {
+            return Err(RequestError::WrongDomain(format!(
+                "expected {ours}, got {theirs}"
+            )));
+        }
+    }
+    let message = Value::deserialize(&hex_bytes("message", &body.message)?)
+        .map_err(|e| RequestError::Malformed(format!("message is not a Clarity value: {e}")))?;
+    let signature = hex_bytes("signature", &body.signature)?;
+    let fields = parse_message(&message)?;
+
+    let hash = sip018::message_hash(&ours, &message);
+    let key = sip018::recover(&hash, &signature)
+        .map_err(|e| RequestError::BadSignature(e.to_string()))?;
+    let signer = Address::from_public_key(&key, mainnet);
+
+    let skew = now.abs_diff(fields.issued_at);
+    if skew > MAX_SKEW_SECS {
+        return Err(RequestError::Stale {
+            issued_at: fields.issued_at,
+            skew,
+        });
+    }
+    Ok(BreakGlassRequest {
+        signer,
+        message_hash: hash,
+        ..fields
+    })
+}
+
+fn malformed(msg: impl Into<String>) -> RequestError {
+    RequestError::Malformed(msg.into())
+}
+
+/// The message's fields; `signer` and `message_hash` are filled by `verify`.
+fn parse_message(message: &Value) -> Result<BreakGlassRequest, RequestError> {
+    let t = message
+        .as_tuple()
+        .ok_or_else(|| malformed("message is not a tuple"))?;
+    const FIELDS: [&str; 7] = [
+        "action",
+        "data-types",
+        "device",
+        "issued-at",
+        "nonce",
+        "patient",
+        "reason",
+    ];
+    for k in t.keys() {
+        if !FIELDS.contains(&k.as_str()) {
+            return Err(malformed(format!("message has an unknown field {k:?}")));
+        }
+    }
+    let get = |name: &str| {
+        t.get(name)
+            .ok_or_else(|| malformed(format!("message lacks {name:?}")))
+    };
+    match get("action")? {
+        Value::Ascii(a) if a == "break-glass" => {}
+        other => {
+            return Err(malformed(format!(
+                "action must be \"break-glass\", got {other}"
+            )))
+        }
+    }
+    let patient = match get("patient")? {
+        Value::Buffer(b) if b.len() == 32 => {
+            PatientId(b.as_slice().try_into().map_err(|_| malformed("patient"))?)
+        }
+        _ => return Err(malformed("patient must be a 32-byte buffer")),
+    };
+    let data_types = match get("data-types")? {
+        Value::List(items) if !items.is_empty() && items.len() <= MAX_DATA_TYPES => {
+            let mut out: Vec<DataType> = Vec::with_capacity(items.len());
+            for item in items {
+                let Value::Ascii(s) = item else {
+                    return Err(malformed("data-types must be strings"));
+                };
+                let dt: DataType = s
+                    .parse()
+                    .map_err(|_| malformed(format!("unknown data type {s:?}")))?;
+                if out.contains(&dt) {
+                    return Err(malformed(format!("data type {s:?} is named twice")));
+                }
+                out.push(dt);
+            }
+            out
+        }
+        Value::List(_) => {
+            return Err(malformed(format!(
+                "data-types must name 1 to {MAX_DATA_TYPES} data types"
+            )))
+        }
+        _ => return Err(malformed("data-types must be a list")),
+    };
+    let reason = match get("reason")? {
+        Value::Utf8(r) if !r.trim().is_empty() && r.chars().count() <= MAX_REASON_CHARS => {
+            r.clone()
+        }
+        Value::Utf8(_) => {
+            return Err(malformed(format!(
+                "reason must be 1 to {MAX_REASON_CHARS} characters"
+            )))
+        }
+        _ => return Err(malformed("reason must be a string-utf8")),
+    };
+    let uint = |name: &str| -> Result<u64, RequestError> {
+        match get(name)? {
+            Value::UInt(u) => {
+                u64::try_from(*u).map_err(|_| malformed(format!("{name} is too large")))
+            }
+            _ => Err(malformed(format!("{name} must be a uint"))),
+        }
+    };
+    let nonce = uint("nonce")?;
+    let issued_at = uint("issued-at")?;
+    let device = match t.get("device") {
+        None | Some(Value::None) => None,
+        Some(Value::Some(d)) => match d.as_ref() {
+            Value::Ascii(s) if !s.is_empty() && s.len() <= MAX_DEVICE_CHARS => Some(s.clone()),
+            _ => {
+                return Err(malformed(format!(
+                    "device must be 1 to {MAX_DEVICE_CHARS} ASCII characters"
+                )))
+            }
+        },
+        Some(_) => return Err(malformed("device must be (optional (string-ascii 64))")),
+    };
+    Ok(BreakGlassRequest {
+        signer: Address {
+            version: 0,
+            hash160: [0; 20],
+        },
+        patient,
+        data_types,
+        reason,
+        nonce,
+        issued_at,
+        device,
+        message_hash: [0; 32],
+    })
+}
+
+/// Builds and signs a request as a tablet would (tests, benchmarks and `breakglass demo`).
+pub fn sign(key: &secp256k1::SecretKey, chain_id: u32, message: &Value) -> serde_json::Value {
+    let hash = sip018::message_hash(&domain(chain_id), message);
+    serde_json::json!({
+        "message": message.to_hex(),
+        "signature": format!("0x{}", hex::encode(sip018::sign(&hash, key))),
+    })
+}
+
+/// The message tuple for a request.
+pub fn message(
+    patient: &PatientId,
+    data_types: &[&str],
+    reason: &str,
+    nonce: u64,
+    issued_at: u64,
+    device: Option<&str>,
+) -> Value {
+    Value::tuple([
+        ("action", Value::ascii("break-glass")),
+        ("patient", Value::buffer(patient.0)),
+        (
+            "data-types",
+            Value::List(data_types.iter().map(|d| Value::ascii(d)).collect()),
+        ),
+        ("reason", Value::Utf8(reason.to_string())),
+        ("nonce", Value::UInt(nonce.into())),
+        ("issued-at", Value::UInt(issued_at.into())),
+        (
+            "device",
+            device.map_or(Value::None, |d| Value::Some(Box::new(Value::ascii(d)))),
+        ),
+    ])
+}
