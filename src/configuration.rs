@@ -12,7 +12,15 @@ use serde::{Deserialize, Serialize};
 use crate::stacks::tx::{MAINNET_CHAIN_ID, TESTNET_CHAIN_ID};
 use crate::stacks::Address;
 
-const SECTIONS: [&str; 6] = ["server", "chain", "follower", "submitter", "data", "log"];
+const SECTIONS: [&str; 7] = [
+    "server",
+    "chain",
+    "follower",
+    "submitter",
+    "data",
+    "log",
+    "policy",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +31,15 @@ pub struct Settings {
     pub submitter: SubmitterSettings,
     pub data: DataSettings,
     pub log: LogSettings,
+    pub policy: PolicySettings,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// A directory with `breakglass.cedarschema` and `*.cedar` files; unset, the built-in
+    /// defaults (the repository's `policies/`) apply.
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +152,7 @@ impl Default for Settings {
                 format: "json".into(),
                 filter: "info".into(),
             },
+            policy: PolicySettings::default(),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod dev;
 pub mod domain;
 pub mod http;
 pub mod keys;
+pub mod policy;
 pub mod request;
 pub mod stacks;
 pub mod startup;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use breakglass::configuration::Settings;
 use breakglass::keys::ServiceKeys;
+use breakglass::policy::Policies;
 use breakglass::{dev, startup, telemetry, tools};
 use clap::{Parser, Subcommand};
 
@@ -46,6 +47,19 @@ enum Command {
     /// The service's keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Break-glass policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate the policies (a directory, else the configured or built-in ones) and print
+    /// what each role may open, for how long.
+    Check {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,6 +115,20 @@ fn main() -> ExitCode {
             message,
             signature,
         }) => print(tools::sip018_verify(domain, message, signature)),
+        Command::Policy(PolicyCommand::Check { dir }) => {
+            let dir = match dir {
+                Some(d) => Some(d.clone()),
+                None => match settings(&cli) {
+                    Ok(s) => s.policy.dir,
+                    Err(code) => return code,
+                },
+            };
+            let loaded = match &dir {
+                Some(d) => Policies::load(d),
+                None => Policies::defaults(),
+            };
+            print(loaded.and_then(|p| p.matrix()).map_err(|e| e.to_string()))
+        }
         Command::Keys(KeysCommand::Show) => {
             let s = match settings(&cli) {
                 Ok(s) => s,

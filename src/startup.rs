@@ -18,6 +18,7 @@ use crate::chain::submitter::Submitter;
 use crate::configuration::Settings;
 use crate::http;
 use crate::keys::ServiceKeys;
+use crate::policy::Policies;
 use crate::store::{RedbStore, Store};
 
 pub struct Application {
@@ -28,6 +29,7 @@ pub struct Application {
     pub follower: Arc<Follower>,
     pub submitter: Arc<Submitter>,
     pub service_principal: String,
+    pub policies: Arc<Policies>,
     servers: Vec<(ServerHandle, JoinHandle<std::io::Result<()>>)>,
     tasks: Vec<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
@@ -37,6 +39,11 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings, keys: ServiceKeys) -> anyhow::Result<Application> {
         let mainnet = settings.chain.network.is_mainnet();
+        // policies are checked before anything starts: a bad file stops the service here
+        let policies = Arc::new(match &settings.policy.dir {
+            Some(dir) => Policies::load(dir)?,
+            None => Policies::defaults()?,
+        });
         let store: Arc<dyn Store> =
             Arc::new(RedbStore::open(&settings.data.dir.join("breakglass.redb"))?);
         let rpc = NodeClient::new(
@@ -118,6 +125,7 @@ impl Application {
             follower,
             submitter,
             service_principal: sender.to_string(),
+            policies,
             servers,
             tasks,
             shutdown,

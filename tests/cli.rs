@@ -272,3 +272,44 @@ fn the_example_configuration_is_valid_and_matches_the_defaults() {
     let defaults = breakglass::configuration::Settings::default();
     assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"));
 }
+
+#[test]
+fn policy_check_prints_what_each_role_may_open() {
+    let out = json(&breakglass(&[
+        "policy",
+        "check",
+        "--dir",
+        repo().join("policies").to_str().unwrap(),
+    ]));
+    assert_eq!(out["physician"]["advance-directives"], "15 min");
+    assert_eq!(out["nurse"]["allergies"], "10 min");
+    assert_eq!(out["nurse"]["advance-directives"], "no");
+    assert_eq!(
+        out["admin"]["allergies"],
+        "no (reviewers-and-admins-never-break-glass)"
+    );
+    assert_eq!(
+        json(&breakglass(&["policy", "check"])),
+        out,
+        "the built-in defaults are the repository's"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("policies/breakglass.cedarschema"),
+        dir.path().join("breakglass.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bad.cedar"),
+        "@id(\"x\")\npermit (principal, action, resource) when { principal.shoe_size > 3 };",
+    )
+    .unwrap();
+    let bad = breakglass(&["policy", "check", "--dir", dir.path().to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("shoe_size"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

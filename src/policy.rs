@@ -1,0 +1,227 @@
+//! Break-glass policies, in Cedar (`policies/`): who may open which data types, and for how
+//! long. Loaded and validated against the schema at start; every policy must carry an `@id`
+//! and every permit a positive `@window_minutes`. The files in the repository are built in as
+//! the defaults.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, EntityUid, PolicySet, Request, Schema, ValidationMode,
+    Validator,
+};
+use serde_json::json;
+
+use crate::domain::{DataType, Role};
+
+pub const DEFAULT_SCHEMA: &str = include_str!("../policies/breakglass.cedarschema");
+pub const DEFAULT_POLICIES: &str = include_str!("../policies/breakglass.cedar");
+const CRITICAL: [DataType; 7] = [
+    DataType::Allergies,
+    DataType::Medications,
+    DataType::Problems,
+    DataType::BloodType,
+    DataType::AdvanceDirectives,
+    DataType::Immunizations,
+    DataType::EmergencySummary,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("reading {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("schema: {0}")]
+    Schema(String),
+    #[error("policies: {0}")]
+    Parse(String),
+    #[error("policies do not validate against the schema: {0}")]
+    Invalid(String),
+    #[error("policy {0}: {1}")]
+    Annotation(String, String),
+}
+
+/// The decision for one request (all its data types).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Permit {
+        window_minutes: u32,
+        rules: Vec<String>,
+    },
+    Deny {
+        data_type: DataType,
+        rule: Option<String>,
+        message: String,
+    },
+}
+
+pub struct Policies {
+    set: PolicySet,
+    schema: Schema,
+    action: EntityUid,
+}
+
+impl Policies {
+    pub fn from_sources(schema_src: &str, policies_src: &str) -> Result<Policies, PolicyError> {
+        let (schema, _warnings) = Schema::from_cedarschema_str(schema_src)
+            .map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let set =
+            PolicySet::from_str(policies_src).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+        if !result.validation_passed() {
+            let errors: Vec<String> = result.validation_errors().map(|e| e.to_string()).collect();
+            return Err(PolicyError::Invalid(errors.join("; ")));
+        }
+        for p in set.policies() {
+            let id = p
+                .annotation("id")
+                .ok_or_else(|| PolicyError::Annotation(p.id().to_string(), "has no @id".into()))?;
+            if p.effect() == cedar_policy::Effect::Permit {
+                match p.annotation("window_minutes").map(str::parse::<u32>) {
+                    Some(Ok(m)) if m > 0 => {}
+                    _ => {
+                        return Err(PolicyError::Annotation(
+                            id.into(),
+                            "a permit needs @window_minutes with a positive number".into(),
+                        ))
+                    }
+                }
+            }
+        }
+        let action = EntityUid::from_str(r#"Breakglass::Action::"break-glass""#)
+            .map_err(|e| PolicyError::Schema(e.to_string()))?;
+        Ok(Policies {
+            set,
+            schema,
+            action,
+        })
+    }
+
+    /// The built-in defaults (the repository's `policies/`).
+    pub fn defaults() -> Result<Policies, PolicyError> {
+        Policies::from_sources(DEFAULT_SCHEMA, DEFAULT_POLICIES)
+    }
+
+    /// `breakglass.cedarschema` and every `*.cedar` file of `dir`.
+    pub fn load(dir: &Path) -> Result<Policies, PolicyError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| PolicyError::Read(p.display().to_string(), e))
+        };
+        let schema = read(&dir.join("breakglass.cedarschema"))?;
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| PolicyError::Read(dir.display().to_string(), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+            .collect();
+        files.sort();
+        let mut policies = String::new();
+        for f in files {
+            policies.push_str(&read(&f)?);
+            policies.push('\n');
+        }
+        Policies::from_sources(&schema, &policies)
+    }
+
+    fn rule_name(&self, id: &cedar_policy::PolicyId) -> String {
+        self.set
+            .annotation(id, "id")
+            .unwrap_or(id.as_ref())
+            .to_string()
+    }
+
+    /// Decides a request: every data type must be permitted; the window is the shortest of
+    /// the permits that decided.
+    pub fn decide(
+        &self,
+        provider: &str,
+        role: Role,
+        data_types: &[DataType],
+    ) -> Result<Verdict, PolicyError> {
+        let principal = EntityUid::from_str(&format!("Breakglass::Provider::{}", json!(provider)))
+            .map_err(|e| PolicyError::Parse(e.to_string()))?;
+        let mut entities = vec![
+            json!({ "uid": { "type": "Breakglass::Provider", "id": provider }, "attrs": { "role": role.as_str() }, "parents": [] }),
+        ];
+        for dt in data_types {
+            entities.push(json!({
+                "uid": { "type": "Breakglass::DataType", "id": dt.as_str() },
+                "attrs": { "critical": CRITICAL.contains(dt) },
+                "parents": []
+            }));
+        }
+        let entities = Entities::from_json_value(json!(entities), Some(&self.schema))
+            .map_err(|e| PolicyError::Parse(e.to_string()))?;
+        let mut window = u32::MAX;
+        let mut rules = Vec::new();
+        for dt in data_types {
+            let resource =
+                EntityUid::from_str(&format!("Breakglass::DataType::{}", json!(dt.as_str())))
+                    .map_err(|e| PolicyError::Parse(e.to_string()))?;
+            let request = Request::new(
+                principal.clone(),
+                self.action.clone(),
+                resource,
+                Context::empty(),
+                Some(&self.schema),
+            )
+            .map_err(|e| PolicyError::Parse(e.to_string()))?;
+            let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
+            let reasons: Vec<_> = response.diagnostics().reason().cloned().collect();
+            if response.decision() == Decision::Deny {
+                let rule = reasons.first().map(|id| self.rule_name(id));
+                let message = match &rule {
+                    Some(r) => format!("role {role} may not open {dt} (policy {r})"),
+                    None => format!("role {role} may not open {dt} (no policy permits it)"),
+                };
+                return Ok(Verdict::Deny {
+                    data_type: *dt,
+                    rule,
+                    message,
+                });
+            }
+            // the longest any deciding permit allows for this type; the request gets the
+            // shortest over its types
+            let allowed = reasons
+                .iter()
+                .filter_map(|id| {
+                    self.set
+                        .annotation(id, "window_minutes")?
+                        .parse::<u32>()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0);
+            window = window.min(allowed);
+            for id in &reasons {
+                let name = self.rule_name(id);
+                if !rules.contains(&name) {
+                    rules.push(name);
+                }
+            }
+        }
+        Ok(Verdict::Permit {
+            window_minutes: if window == u32::MAX { 0 } else { window },
+            rules,
+        })
+    }
+
+    /// What each role may open and for how long, for `breakglass policy check`.
+    pub fn matrix(&self) -> Result<serde_json::Value, PolicyError> {
+        let mut out = serde_json::Map::new();
+        for role in Role::ALL {
+            let mut row = serde_json::Map::new();
+            for dt in DataType::ALL {
+                let v = match self.decide("ST000000000000000000002AMW42H", *role, &[*dt])? {
+                    Verdict::Permit { window_minutes, .. } => {
+                        json!(format!("{window_minutes} min"))
+                    }
+                    Verdict::Deny { rule, .. } => {
+                        json!(rule.map_or("no".to_string(), |r| format!("no ({r})")))
+                    }
+                };
+                row.insert(dt.to_string(), v);
+            }
+            out.insert(role.to_string(), json!(row));
+        }
+        Ok(json!(out))
+    }
+}

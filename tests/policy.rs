@@ -1,0 +1,189 @@
+//! The break-glass policies: the defaults the issue asks for, decisions over several data
+//! types, and policy files that must be refused at start.
+
+use breakglass::domain::{DataType, Role};
+use breakglass::policy::{Policies, PolicyError, Verdict, DEFAULT_SCHEMA};
+use DataType::*;
+
+const WHO: &str = "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM";
+
+fn window(p: &Policies, role: Role, dts: &[DataType]) -> Option<u32> {
+    match p.decide(WHO, role, dts).unwrap() {
+        Verdict::Permit { window_minutes, .. } => Some(window_minutes),
+        Verdict::Deny { .. } => None,
+    }
+}
+
+#[test]
+fn the_default_policies() {
+    let p = Policies::defaults().unwrap();
+    let critical = [
+        Allergies,
+        Medications,
+        Problems,
+        BloodType,
+        AdvanceDirectives,
+        Immunizations,
+        EmergencySummary,
+    ];
+    for dt in critical {
+        assert_eq!(
+            window(&p, Role::Physician, &[dt]),
+            Some(15),
+            "physician {dt}"
+        );
+    }
+    assert_eq!(
+        window(&p, Role::Physician, &[ClinicalNotes]),
+        None,
+        "not critical"
+    );
+    for role in [Role::Nurse, Role::Paramedic] {
+        for dt in [Allergies, Medications, BloodType, Problems] {
+            assert_eq!(window(&p, role, &[dt]), Some(10), "{role} {dt}");
+        }
+        for dt in [
+            AdvanceDirectives,
+            Immunizations,
+            EmergencySummary,
+            LabResults,
+        ] {
+            assert_eq!(window(&p, role, &[dt]), None, "{role} {dt}");
+        }
+    }
+    assert_eq!(
+        window(&p, Role::Pharmacist, &[Medications, Allergies]),
+        Some(10)
+    );
+    assert_eq!(window(&p, Role::Pharmacist, &[Problems]), None);
+    for role in [Role::Reviewer, Role::Admin] {
+        for dt in critical {
+            match p.decide(WHO, role, &[dt]).unwrap() {
+                Verdict::Deny { rule, message, .. } => {
+                    assert_eq!(
+                        rule.as_deref(),
+                        Some("reviewers-and-admins-never-break-glass")
+                    );
+                    assert!(message.contains(role.as_str()));
+                }
+                other => panic!("{role} {dt}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn every_data_type_must_be_permitted_and_the_refusal_names_it() {
+    let p = Policies::defaults().unwrap();
+    match p
+        .decide(
+            WHO,
+            Role::Nurse,
+            &[Allergies, AdvanceDirectives, Medications],
+        )
+        .unwrap()
+    {
+        Verdict::Deny {
+            data_type,
+            rule,
+            message,
+        } => {
+            assert_eq!(data_type, AdvanceDirectives);
+            assert_eq!(rule, None);
+            assert_eq!(
+                message,
+                "role nurse may not open advance-directives (no policy permits it)"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match p
+        .decide(WHO, Role::Nurse, &[Allergies, Medications])
+        .unwrap()
+    {
+        Verdict::Permit {
+            window_minutes,
+            rules,
+        } => {
+            assert_eq!(window_minutes, 10);
+            assert_eq!(
+                rules,
+                vec!["nurses-and-paramedics-open-core-critical-data".to_string()]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn windows_take_the_longest_permit_per_type_and_the_shortest_across_types() {
+    let extra = r#"
+@id("physicians-allergies-briefly")
+@window_minutes("5")
+permit (principal, action == Breakglass::Action::"break-glass", resource == Breakglass::DataType::"allergies")
+when { principal.role == "physician" };
+
+@id("physicians-clinical-notes-briefly")
+@window_minutes("3")
+permit (principal, action == Breakglass::Action::"break-glass", resource == Breakglass::DataType::"clinical-notes")
+when { principal.role == "physician" };
+"#;
+    let src = format!("{}\n{extra}", breakglass::policy::DEFAULT_POLICIES);
+    let p = Policies::from_sources(DEFAULT_SCHEMA, &src).unwrap();
+    // allergies: two permits decide (15 and 5 minutes); the type gets the longer
+    assert_eq!(window(&p, Role::Physician, &[Allergies]), Some(15));
+    // a request gets the shortest of its types
+    assert_eq!(
+        window(&p, Role::Physician, &[Allergies, ClinicalNotes]),
+        Some(3)
+    );
+    match p
+        .decide(WHO, Role::Physician, &[Allergies, ClinicalNotes])
+        .unwrap()
+    {
+        Verdict::Permit { rules, .. } => assert_eq!(rules.len(), 3, "{rules:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_repository_policies_are_the_built_in_defaults() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let loaded = Policies::load(&dir).unwrap();
+    assert_eq!(
+        loaded.matrix().unwrap(),
+        Policies::defaults().unwrap().matrix().unwrap()
+    );
+}
+
+#[test]
+fn bad_policy_files_are_refused_with_the_reason() {
+    let permit = |body: &str| {
+        format!("@id(\"x\")\n@window_minutes(\"5\")\npermit (principal, action == Breakglass::Action::\"break-glass\", resource) {body};")
+    };
+    let cases = [
+        ("syntax", "permit (principal, action, resource".to_string()),
+        ("unknown attribute", permit("when { principal.department == \"er\" }")),
+        ("type error", permit("when { principal.role == 3 }")),
+        ("no window", "@id(\"x\")\npermit (principal, action == Breakglass::Action::\"break-glass\", resource);".to_string()),
+        ("zero window", "@id(\"x\")\n@window_minutes(\"0\")\npermit (principal, action == Breakglass::Action::\"break-glass\", resource);".to_string()),
+        ("no id", "@window_minutes(\"5\")\npermit (principal, action == Breakglass::Action::\"break-glass\", resource);".to_string()),
+    ];
+    for (what, src) in cases {
+        let e = Policies::from_sources(DEFAULT_SCHEMA, &src)
+            .err()
+            .unwrap_or_else(|| panic!("{what} accepted"));
+        assert!(
+            matches!(
+                e,
+                PolicyError::Parse(_) | PolicyError::Invalid(_) | PolicyError::Annotation(..)
+            ),
+            "{what}: {e}"
+        );
+        assert!(!e.to_string().is_empty());
+    }
+    assert!(matches!(
+        Policies::from_sources("namespace {", "").err().unwrap(),
+        PolicyError::Schema(_)
+    ));
+}
