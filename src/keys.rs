@@ -80,24 +80,20 @@ pub fn parse_key(text: &str) -> anyhow::Result<SecretKey> {
     Ok(SecretKey::from_slice(raw)?)
 }
 
-#[cfg(unix)]
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()
+    write_private_bytes(path, contents.as_bytes())
 }
 
-#[cfg(not(unix))]
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    f.write_all(contents.as_bytes())?;
+/// Creates `path` (never overwriting) readable by the owner only, and syncs it.
+pub fn write_private_bytes(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(contents)?;
     f.sync_all()
 }

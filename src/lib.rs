@@ -12,4 +12,5 @@ pub mod stacks;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod token;
 pub mod tools;

@@ -1,0 +1,179 @@
+//! Break-glass access tokens: Ed25519-signed JWTs per RFC 9068 (`typ: at+jwt`) with SMART v2
+//! scopes for the data types opened, `purpose_of_use: BTG`, the patient and the reason; and
+//! the JWKS that resource servers verify them with.
+//!
+//! The signing key is generated at first run into the data directory (mode 0600) and named by
+//! a key id; older keys found beside it stay in the JWKS, so tokens signed before a rotation
+//! keep verifying until they expire. (Encrypting these files at rest is still to do.)
+
+use std::path::Path;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{DataType, PatientId};
+
+pub const PURPOSE_OF_USE: &str = "BTG";
+
+/// SMART v2 scopes (read + search) for a data type's FHIR resources.
+pub fn scopes(data_types: &[DataType]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for dt in data_types {
+        let resources: &[&str] = match dt {
+            DataType::Allergies => &["AllergyIntolerance"],
+            DataType::Medications => &["MedicationStatement", "MedicationRequest"],
+            DataType::Problems => &["Condition"],
+            DataType::BloodType | DataType::Vitals => &["Observation"],
+            DataType::AdvanceDirectives => &["Consent", "DocumentReference"],
+            DataType::Immunizations => &["Immunization"],
+            DataType::EmergencySummary => &["Bundle"],
+            DataType::LabResults => &["Observation", "DiagnosticReport"],
+            DataType::Procedures => &["Procedure"],
+            DataType::Imaging => &["ImagingStudy"],
+            DataType::ClinicalNotes => &["DocumentReference"],
+        };
+        for r in resources {
+            let s = format!("patient/{r}.rs");
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub iat: u64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+    pub purpose_of_use: String,
+    pub patient: String,
+    pub reason: String,
+    pub data_types: Vec<DataType>,
+}
+
+struct SigningKey {
+    kid: String,
+    pkcs8: Vec<u8>,
+    public: Vec<u8>,
+}
+
+pub struct TokenIssuer {
+    current: SigningKey,
+    older: Vec<SigningKey>,
+    pub issuer: String,
+    pub audience: String,
+}
+
+fn kid_of(public: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(&Sha256::digest(public)[..12])
+}
+
+fn load_key(pkcs8: Vec<u8>) -> anyhow::Result<SigningKey> {
+    let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
+        .map_err(|e| anyhow::anyhow!("token signing key: {e}"))?;
+    let public = pair.public_key().as_ref().to_vec();
+    Ok(SigningKey {
+        kid: kid_of(&public),
+        pkcs8,
+        public,
+    })
+}
+
+impl TokenIssuer {
+    /// Loads the signing keys of `data_dir/keys/token-*.pk8` (the newest signs), generating
+    /// the first one when there is none.
+    pub fn load_or_generate(
+        data_dir: &Path,
+        issuer: &str,
+        audience: &str,
+    ) -> anyhow::Result<TokenIssuer> {
+        let dir = data_dir.join("keys");
+        std::fs::create_dir_all(&dir)?;
+        let mut files: Vec<_> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("token-") && n.ends_with(".pk8"))
+            })
+            .collect();
+        if files.is_empty() {
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+                .map_err(|e| anyhow::anyhow!("generating a token key: {e}"))?;
+            let name = dir.join(format!("token-{}.pk8", crate::chain::follower::now_ms()));
+            crate::keys::write_private_bytes(&name, pkcs8.as_ref())?;
+            files.push(name);
+        }
+        files.sort();
+        let mut keys: Vec<SigningKey> = files
+            .into_iter()
+            .map(|f| load_key(std::fs::read(f)?))
+            .collect::<anyhow::Result<_>>()?;
+        let current = keys.pop().ok_or_else(|| anyhow::anyhow!("no token key"))?;
+        Ok(TokenIssuer {
+            current,
+            older: keys,
+            issuer: issuer.into(),
+            audience: audience.into(),
+        })
+    }
+
+    pub fn issue(&self, claims: &AccessClaims) -> anyhow::Result<String> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(self.current.kid.clone());
+        Ok(jsonwebtoken::encode(
+            &header,
+            claims,
+            &EncodingKey::from_ed_der(&self.current.pkcs8),
+        )?)
+    }
+
+    /// The public keys as a JWK Set (RFC 7517, OKP keys per RFC 8037).
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<_> = std::iter::once(&self.current)
+            .chain(self.older.iter().rev())
+            .map(|k| json!({ "kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(&k.public), "kid": k.kid, "use": "sig", "alg": "EdDSA" }))
+            .collect();
+        json!({ "keys": keys })
+    }
+
+    pub fn claims(
+        &self,
+        provider: &str,
+        patient: &PatientId,
+        data_types: &[DataType],
+        reason: &str,
+        access_id: &str,
+        iat: u64,
+        exp: u64,
+    ) -> AccessClaims {
+        AccessClaims {
+            iss: self.issuer.clone(),
+            sub: provider.into(),
+            aud: self.audience.clone(),
+            exp,
+            iat,
+            jti: access_id.into(),
+            client_id: "breakglass".into(),
+            scope: scopes(data_types).join(" "),
+            purpose_of_use: PURPOSE_OF_USE.into(),
+            patient: patient.to_string(),
+            reason: reason.into(),
+            data_types: data_types.to_vec(),
+        }
+    }
+}

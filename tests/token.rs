@@ -1,0 +1,139 @@
+//! Access tokens: RFC 9068 shape, Ed25519 signatures that verify against the JWKS alone, and
+//! keys kept across restarts and rotations.
+
+use breakglass::domain::{DataType, PatientId};
+use breakglass::token::{scopes, AccessClaims, TokenIssuer};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+fn verify_with_jwks(jwks: &serde_json::Value, token: &str, audience: &str) -> AccessClaims {
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, Algorithm::EdDSA);
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    let kid = header.kid.unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .expect("kid in the JWKS");
+    assert_eq!(jwk["kty"], "OKP");
+    assert_eq!(jwk["crv"], "Ed25519");
+    let key = DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).unwrap();
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_audience(&[audience]);
+    v.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss"]);
+    jsonwebtoken::decode::<AccessClaims>(token, &key, &v)
+        .unwrap()
+        .claims
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn tokens_verify_against_the_jwks_and_carry_btg_and_smart_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer =
+        TokenIssuer::load_or_generate(dir.path(), "https://breakglass.example", "fhir").unwrap();
+    let dts = [DataType::Allergies, DataType::Medications];
+    let claims = issuer.claims(
+        "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
+        &PatientId([3; 32]),
+        &dts,
+        "anaphylaxis",
+        "acc-1",
+        now(),
+        now() + 600,
+    );
+    let token = issuer.issue(&claims).unwrap();
+    let back = verify_with_jwks(&issuer.jwks(), &token, "fhir");
+    assert_eq!(back, claims);
+    assert_eq!(back.purpose_of_use, "BTG");
+    assert_eq!(
+        back.scope,
+        "patient/AllergyIntolerance.rs patient/MedicationStatement.rs patient/MedicationRequest.rs"
+    );
+    // a tampered token does not verify
+    let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+    parts[1] = parts[1].replacen('e', "f", 1);
+    let key =
+        DecodingKey::from_ed_components(issuer.jwks()["keys"][0]["x"].as_str().unwrap()).unwrap();
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_audience(&["fhir"]);
+    assert!(jsonwebtoken::decode::<AccessClaims>(&parts.join("."), &key, &v).is_err());
+}
+
+#[test]
+fn keys_are_kept_and_rotated_keys_stay_in_the_jwks() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = TokenIssuer::load_or_generate(dir.path(), "iss", "aud").unwrap();
+    let old_token = first
+        .issue(&first.claims(
+            "ST1",
+            &PatientId([1; 32]),
+            &[DataType::Allergies],
+            "r",
+            "a",
+            now(),
+            now() + 60,
+        ))
+        .unwrap();
+    let again = TokenIssuer::load_or_generate(dir.path(), "iss", "aud").unwrap();
+    assert_eq!(again.jwks(), first.jwks(), "the same key after a restart");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in std::fs::read_dir(dir.path().join("keys")).unwrap() {
+            assert_eq!(
+                f.unwrap().metadata().unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
+    // rotation: a newer key file signs from now on; the old key still verifies old tokens
+    let pkcs8 =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    std::fs::write(
+        dir.path().join("keys/token-99999999999999.pk8"),
+        pkcs8.as_ref(),
+    )
+    .unwrap();
+    let rotated = TokenIssuer::load_or_generate(dir.path(), "iss", "aud").unwrap();
+    let jwks = rotated.jwks();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    assert_ne!(jwks["keys"][0]["kid"], first.jwks()["keys"][0]["kid"]);
+    verify_with_jwks(&jwks, &old_token, "aud");
+    let new_token = rotated
+        .issue(&rotated.claims(
+            "ST1",
+            &PatientId([1; 32]),
+            &[DataType::Allergies],
+            "r",
+            "b",
+            now(),
+            now() + 60,
+        ))
+        .unwrap();
+    assert_eq!(
+        jsonwebtoken::decode_header(&new_token)
+            .unwrap()
+            .kid
+            .unwrap(),
+        jwks["keys"][0]["kid"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn every_data_type_has_scopes() {
+    for dt in DataType::ALL {
+        let s = scopes(&[*dt]);
+        assert!(!s.is_empty(), "{dt}");
+        assert!(s
+            .iter()
+            .all(|x| x.starts_with("patient/") && x.ends_with(".rs")));
+    }
+}
