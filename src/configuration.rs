@@ -32,6 +32,30 @@ pub struct Settings {
     pub data: DataSettings,
     pub log: LogSettings,
     pub policy: PolicySettings,
+    pub breakglass: BreakGlassSettings,
+    pub oncall: OnCallSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassSettings {
+    /// `iss` of the access tokens.
+    pub issuer: String,
+    /// `aud` of the access tokens: the resource server(s) that accept them.
+    pub audience: String,
+    /// Used to turn a patient's maximum window (in blocks) into minutes, and a token's window
+    /// into the blocks recorded on chain.
+    pub seconds_per_block: u64,
+    /// Grants per provider per minute (a burst of this size, refilled over the minute).
+    pub grants_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnCallSettings {
+    /// A TOML file with `on_call = ["ST...", ...]`; unset, on-call is not checked (paging
+    /// integrations replace this roster).
+    pub roster: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -153,6 +177,13 @@ impl Default for Settings {
                 filter: "info".into(),
             },
             policy: PolicySettings::default(),
+            breakglass: BreakGlassSettings {
+                issuer: "http://127.0.0.1:8080".into(),
+                audience: "fhir".into(),
+                seconds_per_block: 10,
+                grants_per_minute: 10,
+            },
+            oncall: OnCallSettings::default(),
         }
     }
 }
@@ -189,6 +220,12 @@ impl Settings {
             && !self.chain.node_url.starts_with("https://")
         {
             return Err("chain.node_url must be an http(s) URL".into());
+        }
+        if self.breakglass.seconds_per_block == 0 || self.breakglass.grants_per_minute == 0 {
+            return Err(
+                "breakglass.seconds_per_block and breakglass.grants_per_minute must be positive"
+                    .into(),
+            );
         }
         if self.follower.poll_interval_ms == 0 || self.submitter.interval_ms == 0 {
             return Err("intervals must be positive".into());

@@ -1,5 +1,6 @@
 //! breakglass: the emergency-access responder of a Stacks-based medical record system.
 
+pub mod access;
 pub mod chain;
 pub mod configuration;
 pub mod dev;

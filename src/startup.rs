@@ -10,6 +10,7 @@ use actix_web::{web, App, HttpServer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access::BreakGlass;
 use crate::chain::contracts::Contracts;
 use crate::chain::follower::{Follower, FollowerStatus};
 use crate::chain::rpc::NodeClient;
@@ -20,6 +21,7 @@ use crate::http;
 use crate::keys::ServiceKeys;
 use crate::policy::Policies;
 use crate::store::{RedbStore, Store};
+use crate::token::TokenIssuer;
 
 pub struct Application {
     pub api_addr: SocketAddr,
@@ -60,6 +62,17 @@ impl Application {
             contracts: contracts.clone(),
         };
         let status = Arc::new(FollowerStatus::default());
+        let tokens = Arc::new(TokenIssuer::load_or_generate(
+            &settings.data.dir,
+            &settings.breakglass.issuer,
+            &settings.breakglass.audience,
+        )?);
+        let breakglass = web::Data::new(BreakGlass::new(
+            &settings,
+            state.clone(),
+            policies.clone(),
+            tokens,
+        )?);
         let follower = Arc::new(Follower::new(state, status.clone())?);
         let sender = keys.stacks_address(mainnet);
         let submitter = Arc::new(Submitter {
@@ -94,11 +107,16 @@ impl Application {
         let timeout = settings.server.shutdown_timeout_secs;
         let api_listener = TcpListener::bind(settings.server.listen)?;
         let api_addr = api_listener.local_addr()?;
-        let api = HttpServer::new(move || App::new().app_data(health.clone()).configure(http::api))
-            .listen(api_listener)?
-            .disable_signals()
-            .shutdown_timeout(timeout)
-            .run();
+        let api = HttpServer::new(move || {
+            App::new()
+                .app_data(health.clone())
+                .app_data(breakglass.clone())
+                .configure(http::api)
+        })
+        .listen(api_listener)?
+        .disable_signals()
+        .shutdown_timeout(timeout)
+        .run();
         let follower_data = web::Data::from(follower.clone());
         let observer_listener = TcpListener::bind(settings.follower.listen)?;
         let observer_addr = observer_listener.local_addr()?;

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{DataType, PatientId};
+use crate::domain::DataType;
+use crate::store::AccessRecord;
 
 pub const PURPOSE_OF_USE: &str = "BTG";
 
@@ -151,29 +152,20 @@ impl TokenIssuer {
         json!({ "keys": keys })
     }
 
-    pub fn claims(
-        &self,
-        provider: &str,
-        patient: &PatientId,
-        data_types: &[DataType],
-        reason: &str,
-        access_id: &str,
-        iat: u64,
-        exp: u64,
-    ) -> AccessClaims {
+    pub fn claims(&self, access: &AccessRecord) -> AccessClaims {
         AccessClaims {
             iss: self.issuer.clone(),
-            sub: provider.into(),
+            sub: access.provider.clone(),
             aud: self.audience.clone(),
-            exp,
-            iat,
-            jti: access_id.into(),
+            exp: access.expires_at,
+            iat: access.granted_at,
+            jti: access.id.clone(),
             client_id: "breakglass".into(),
-            scope: scopes(data_types).join(" "),
+            scope: scopes(&access.data_types).join(" "),
             purpose_of_use: PURPOSE_OF_USE.into(),
-            patient: patient.to_string(),
-            reason: reason.into(),
-            data_types: data_types.to_vec(),
+            patient: access.patient.to_string(),
+            reason: access.reason.clone(),
+            data_types: access.data_types.clone(),
         }
     }
 }

@@ -72,6 +72,7 @@ pub fn conformance(store: &dyn Store) {
                 submission("a", sent("t1"), 1),
             ],
             nonce: Some(4),
+            ..Batch::default()
         })
         .unwrap();
     assert_eq!(
@@ -151,6 +152,39 @@ pub fn conformance(store: &dyn Store) {
     ));
     // the tip a batch does not name stays
     assert_eq!(store.tip().unwrap().unwrap().height, 10);
+
+    // access records and used request nonces
+    assert_eq!(store.access("a1").unwrap(), None);
+    assert_eq!(store.replay("ST1:5").unwrap(), None);
+    let record = AccessRecord {
+        id: "a1".into(),
+        provider: "ST1".into(),
+        role: Role::Nurse,
+        patient,
+        data_types: vec![DataType::Allergies],
+        reason: "r".into(),
+        reason_hash: "h".into(),
+        device: Some("t".into()),
+        nonce: 5,
+        issued_at: 1,
+        granted_at: 2,
+        expires_at: 600,
+        window_minutes: 10,
+        window_blocks: 60,
+        rules: vec!["rule".into()],
+        message_hash: "m".into(),
+        signature: "s".into(),
+    };
+    store
+        .apply(Batch {
+            accesses: vec![record.clone()],
+            replay: vec![("ST1:5".into(), 121)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.access("a1").unwrap(), Some(record));
+    assert_eq!(store.access_ids().unwrap(), vec!["a1".to_string()]);
+    assert_eq!(store.replay("ST1:5").unwrap(), Some(121));
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Access tokens: RFC 9068 shape, Ed25519 signatures that verify against the JWKS alone, and
 //! keys kept across restarts and rotations.
 
-use breakglass::domain::{DataType, PatientId};
+use breakglass::domain::{DataType, PatientId, Role};
+use breakglass::store::AccessRecord;
 use breakglass::token::{scopes, AccessClaims, TokenIssuer};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
@@ -27,6 +28,28 @@ fn verify_with_jwks(jwks: &serde_json::Value, token: &str, audience: &str) -> Ac
         .claims
 }
 
+fn access(id: &str, provider: &str, dts: &[DataType], reason: &str, exp_in: u64) -> AccessRecord {
+    AccessRecord {
+        id: id.into(),
+        provider: provider.into(),
+        role: Role::Nurse,
+        patient: PatientId([3; 32]),
+        data_types: dts.to_vec(),
+        reason: reason.into(),
+        reason_hash: String::new(),
+        device: None,
+        nonce: 1,
+        issued_at: now(),
+        granted_at: now(),
+        expires_at: now() + exp_in,
+        window_minutes: 10,
+        window_blocks: 60,
+        rules: vec![],
+        message_hash: String::new(),
+        signature: String::new(),
+    }
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -40,15 +63,13 @@ fn tokens_verify_against_the_jwks_and_carry_btg_and_smart_scopes() {
     let issuer =
         TokenIssuer::load_or_generate(dir.path(), "https://breakglass.example", "fhir").unwrap();
     let dts = [DataType::Allergies, DataType::Medications];
-    let claims = issuer.claims(
+    let claims = issuer.claims(&access(
+        "acc-1",
         "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
-        &PatientId([3; 32]),
         &dts,
         "anaphylaxis",
-        "acc-1",
-        now(),
-        now() + 600,
-    );
+        600,
+    ));
     let token = issuer.issue(&claims).unwrap();
     let back = verify_with_jwks(&issuer.jwks(), &token, "fhir");
     assert_eq!(back, claims);
@@ -72,15 +93,7 @@ fn keys_are_kept_and_rotated_keys_stay_in_the_jwks() {
     let dir = tempfile::tempdir().unwrap();
     let first = TokenIssuer::load_or_generate(dir.path(), "iss", "aud").unwrap();
     let old_token = first
-        .issue(&first.claims(
-            "ST1",
-            &PatientId([1; 32]),
-            &[DataType::Allergies],
-            "r",
-            "a",
-            now(),
-            now() + 60,
-        ))
+        .issue(&first.claims(&access("a", "ST1", &[DataType::Allergies], "r", 60)))
         .unwrap();
     let again = TokenIssuer::load_or_generate(dir.path(), "iss", "aud").unwrap();
     assert_eq!(again.jwks(), first.jwks(), "the same key after a restart");
@@ -108,15 +121,7 @@ fn keys_are_kept_and_rotated_keys_stay_in_the_jwks() {
     assert_ne!(jwks["keys"][0]["kid"], first.jwks()["keys"][0]["kid"]);
     verify_with_jwks(&jwks, &old_token, "aud");
     let new_token = rotated
-        .issue(&rotated.claims(
-            "ST1",
-            &PatientId([1; 32]),
-            &[DataType::Allergies],
-            "r",
-            "b",
-            now(),
-            now() + 60,
-        ))
+        .issue(&rotated.claims(&access("b", "ST1", &[DataType::Allergies], "r", 60)))
         .unwrap();
     assert_eq!(
         jsonwebtoken::decode_header(&new_token)

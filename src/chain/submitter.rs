@@ -46,6 +46,18 @@ pub struct Submitter {
     pub status: Arc<FollowerStatus>,
 }
 
+/// A new operation, not yet signed (for callers that write it with other state in one batch).
+pub fn operation(id: &str, contract_name: &str, function: &str, args_hex: &[String]) -> Submission {
+    Submission {
+        id: id.to_string(),
+        contract_name: contract_name.to_string(),
+        function: function.to_string(),
+        args: args_hex.to_vec(),
+        state: SubmissionState::Pending,
+        created_at_ms: now_ms(),
+    }
+}
+
 /// Marks the operations whose transactions this block mined.
 pub fn confirmations(
     block: &NewBlock,
@@ -115,14 +127,7 @@ impl Submitter {
             }
             return Ok(existing);
         }
-        let s = Submission {
-            id: id.to_string(),
-            contract_name: contract_name.to_string(),
-            function: function.to_string(),
-            args,
-            state: SubmissionState::Pending,
-            created_at_ms: now_ms(),
-        };
+        let s = operation(id, contract_name, function, &args);
         self.write(Batch {
             submissions: vec![s.clone()],
             ..Batch::default()

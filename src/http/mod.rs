@@ -1,6 +1,8 @@
 //! The HTTP edges: the public API (health and readiness for now) and the event-observer
 //! endpoint the stacks-node POSTs to. Handlers stay thin; the work is in `chain`.
 
+pub mod breakglass;
+
 use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
@@ -20,7 +22,8 @@ pub struct Health {
 
 pub fn api(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
+        .route("/readyz", web::get().to(readyz))
+        .configure(breakglass::routes);
 }
 
 async fn healthz() -> HttpResponse {

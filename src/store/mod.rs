@@ -121,6 +121,31 @@ impl Submission {
     }
 }
 
+/// A granted break-glass access, as the service recorded it before answering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRecord {
+    pub id: String,
+    pub provider: String,
+    pub role: Role,
+    pub patient: PatientId,
+    pub data_types: Vec<DataType>,
+    /// The clinician's words; kept for reviewers and the patient's notice, never logged or
+    /// put on chain (only its hash goes there).
+    pub reason: String,
+    pub reason_hash: String,
+    pub device: Option<String>,
+    pub nonce: u64,
+    pub issued_at: u64,
+    pub granted_at: u64,
+    pub expires_at: u64,
+    pub window_minutes: u32,
+    pub window_blocks: u64,
+    pub rules: Vec<String>,
+    /// The signed request, kept as proof: the SIP-018 message hash and the signature.
+    pub message_hash: String,
+    pub signature: String,
+}
+
 /// One atomic, durable write.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
@@ -131,6 +156,9 @@ pub struct Batch {
     pub responders: Vec<(String, bool)>,
     pub submissions: Vec<Submission>,
     pub nonce: Option<u64>,
+    pub accesses: Vec<AccessRecord>,
+    /// Request nonces used, `signer:nonce` with when they may be forgotten (unix seconds).
+    pub replay: Vec<(String, u64)>,
 }
 
 impl Batch {
@@ -142,6 +170,8 @@ impl Batch {
             && self.responders.is_empty()
             && self.submissions.is_empty()
             && self.nonce.is_none()
+            && self.accesses.is_empty()
+            && self.replay.is_empty()
     }
 }
 
@@ -171,6 +201,10 @@ pub trait Store: Send + Sync + 'static {
     fn open_submissions(&self) -> Result<Vec<Submission>, StoreError>;
     /// The next nonce the submitter will use, as it last wrote it.
     fn nonce(&self) -> Result<Option<u64>, StoreError>;
+    fn access(&self, id: &str) -> Result<Option<AccessRecord>, StoreError>;
+    fn access_ids(&self) -> Result<Vec<String>, StoreError>;
+    /// When a used request nonce (`signer:nonce`) may be forgotten, if it was used.
+    fn replay(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// A cheap read that proves the store answers (for /readyz).
     fn ping(&self) -> Result<(), StoreError>;
 }

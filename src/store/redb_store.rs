@@ -14,6 +14,8 @@ const PREFERENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("preferen
 const CONSENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("consents");
 const RESPONDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("responders");
 const SUBMISSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("submissions");
+const ACCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("accesses");
+const REPLAY: TableDefinition<&str, &[u8]> = TableDefinition::new("replay");
 
 pub struct RedbStore {
     db: Database,
@@ -46,6 +48,8 @@ impl RedbStore {
             CONSENTS,
             RESPONDERS,
             SUBMISSIONS,
+            ACCESSES,
+            REPLAY,
         ] {
             tx.open_table(t).map_err(backend)?;
         }
@@ -122,6 +126,18 @@ impl Store for RedbStore {
                 subs.insert(s.id.as_str(), enc(s)?.as_slice())
                     .map_err(backend)?;
             }
+            let mut accesses = tx.open_table(ACCESSES).map_err(backend)?;
+            for a in &batch.accesses {
+                accesses
+                    .insert(a.id.as_str(), enc(a)?.as_slice())
+                    .map_err(backend)?;
+            }
+            let mut replay = tx.open_table(REPLAY).map_err(backend)?;
+            for (key, until) in &batch.replay {
+                replay
+                    .insert(key.as_str(), enc(until)?.as_slice())
+                    .map_err(backend)?;
+            }
         }
         tx.commit().map_err(backend)
     }
@@ -196,6 +212,18 @@ impl Store for RedbStore {
 
     fn nonce(&self) -> Result<Option<u64>, StoreError> {
         self.get(META, "nonce")
+    }
+
+    fn access(&self, id: &str) -> Result<Option<AccessRecord>, StoreError> {
+        self.get(ACCESSES, id)
+    }
+
+    fn access_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.keys(ACCESSES)
+    }
+
+    fn replay(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.get(REPLAY, key)
     }
 
     fn ping(&self) -> Result<(), StoreError> {

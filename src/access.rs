@@ -1,0 +1,373 @@
+//! The break-glass path, top to bottom: verify the signed request, refuse replays, look the
+//! clinician up in the chain-state cache, check on-call, the patient's preferences and the
+//! policies, then write the access record, the chain-record operation and the used nonce in
+//! one durable write, and only then sign the token. No step waits on the node except a cache
+//! miss; the chain record is the submitter's work, after the answer.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sha2::{Digest, Sha256};
+
+use crate::chain::contracts::ACCESS_CONTROL;
+use crate::chain::follower::now_ms;
+use crate::chain::state::ChainState;
+use crate::chain::submitter;
+use crate::configuration::Settings;
+use crate::domain::ProviderStatus;
+use crate::policy::{Policies, Verdict};
+use crate::request::{self, RequestError};
+use crate::stacks::{Principal, Value};
+use crate::store::{apply_async, AccessRecord, Batch, ProviderState};
+use crate::token::TokenIssuer;
+
+/// The longest window access-control accepts, in blocks.
+pub const MAX_WINDOW_BLOCKS: u64 = 4320;
+
+/// A refusal: an HTTP status, a stable code and a sentence for the clinician.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+}
+
+impl Refusal {
+    fn new(
+        status: u16,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Refusal {
+        Refusal {
+            status,
+            code,
+            title,
+            detail: detail.into(),
+        }
+    }
+}
+
+pub struct Grant {
+    pub access: AccessRecord,
+    pub token: String,
+    pub scope: String,
+}
+
+pub struct BreakGlass {
+    pub state: ChainState,
+    pub policies: Arc<Policies>,
+    pub tokens: Arc<TokenIssuer>,
+    roster: Option<HashSet<String>>,
+    limiter: DefaultKeyedRateLimiter<String>,
+    /// Nonces seen since start (refused requests included); granted ones are also durable.
+    seen: Mutex<HashMap<String, u64>>,
+    chain_id: u32,
+    mainnet: bool,
+    seconds_per_block: u64,
+}
+
+/// Reads an on-call roster: `on_call = ["ST...", ...]`.
+pub fn load_roster(path: &Path) -> anyhow::Result<HashSet<String>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Roster {
+        on_call: Vec<String>,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading the roster {}: {e}", path.display()))?;
+    use figment::providers::Format;
+    let r: Roster = figment::Figment::from(figment::providers::Toml::string(&text)).extract()?;
+    for p in &r.on_call {
+        p.parse::<crate::stacks::Address>()
+            .map_err(|e| anyhow::anyhow!("roster {}: {e}", path.display()))?;
+    }
+    Ok(r.on_call.into_iter().collect())
+}
+
+fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+impl BreakGlass {
+    pub fn new(
+        settings: &Settings,
+        state: ChainState,
+        policies: Arc<Policies>,
+        tokens: Arc<TokenIssuer>,
+    ) -> anyhow::Result<BreakGlass> {
+        let roster = match &settings.oncall.roster {
+            Some(path) => Some(load_roster(path)?),
+            None => {
+                tracing::warn!("no on-call roster configured: on-call is not checked");
+                None
+            }
+        };
+        let per_minute =
+            NonZeroU32::new(settings.breakglass.grants_per_minute).unwrap_or(NonZeroU32::MIN);
+        Ok(BreakGlass {
+            state,
+            policies,
+            tokens,
+            roster,
+            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            seen: Mutex::new(HashMap::new()),
+            chain_id: settings.chain.network.chain_id(),
+            mainnet: settings.chain.network.is_mainnet(),
+            seconds_per_block: settings.breakglass.seconds_per_block,
+        })
+    }
+
+    fn unavailable(e: impl std::fmt::Display) -> Refusal {
+        tracing::error!(error = %e, "chain state unavailable");
+        Refusal::new(
+            503,
+            "chain-state-unavailable",
+            "Chain state unavailable",
+            "the service cannot read the chain state right now; try again",
+        )
+    }
+
+    pub async fn request(&self, body: &[u8]) -> Result<Grant, Refusal> {
+        let now = now_secs();
+        // 1-3. the request, its signature, its freshness
+        let req = request::verify(body, self.chain_id, self.mainnet, now).map_err(|e| match e {
+            RequestError::Malformed(m) => {
+                Refusal::new(400, "malformed-request", "Malformed request", m)
+            }
+            RequestError::WrongDomain(m) => {
+                Refusal::new(400, "wrong-domain", "Signed for another domain", m)
+            }
+            RequestError::BadSignature(m) => Refusal::new(401, "bad-signature", "Bad signature", m),
+            e @ RequestError::Stale { .. } => {
+                Refusal::new(401, "stale-request", "Stale request", e.to_string())
+            }
+        })?;
+        let signer = req.signer.to_string();
+        let replay_key = format!("{signer}:{}", req.nonce);
+        let replayed = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.retain(|_, until| *until > now);
+            seen.insert(
+                replay_key.clone(),
+                req.issued_at + 2 * request::MAX_SKEW_SECS,
+            )
+            .is_some()
+        };
+        if replayed
+            || self
+                .state
+                .store
+                .replay(&replay_key)
+                .map_err(Self::unavailable)?
+                .is_some()
+        {
+            return Err(Refusal::new(
+                401,
+                "replayed-request",
+                "Replayed request",
+                format!("nonce {} was already used by {signer}", req.nonce),
+            ));
+        }
+
+        // 4. the clinician, as the chain has them
+        let role = match self
+            .state
+            .provider(&signer)
+            .await
+            .map_err(Self::unavailable)?
+        {
+            ProviderState::Unregistered => {
+                return Err(Refusal::new(
+                    403,
+                    "unknown-provider",
+                    "Unknown provider",
+                    format!("{signer} is not a registered provider"),
+                ))
+            }
+            ProviderState::Registered {
+                status: ProviderStatus::Verified,
+                role,
+            } => role,
+            ProviderState::Registered { status, .. } => {
+                return Err(Refusal::new(
+                    403,
+                    "provider-not-verified",
+                    "Provider not verified",
+                    format!("{signer} is {status}, not verified"),
+                ))
+            }
+        };
+
+        // 5. on call
+        if let Some(roster) = &self.roster {
+            if !roster.contains(&signer) {
+                return Err(Refusal::new(
+                    403,
+                    "not-on-call",
+                    "Not on call",
+                    format!("{signer} is not on call"),
+                ));
+            }
+        }
+
+        // 6. the patient's own emergency preferences
+        let prefs = self
+            .state
+            .preferences(&req.patient)
+            .await
+            .map_err(Self::unavailable)?;
+        if !prefs.allow {
+            return Err(Refusal::new(
+                403,
+                "patient-opted-out",
+                "Patient opted out",
+                "the patient has opted out of emergency access",
+            ));
+        }
+        if let Some(dt) = req
+            .data_types
+            .iter()
+            .find(|d| !prefs.data_types.contains(d))
+        {
+            return Err(Refusal::new(
+                403,
+                "data-type-not-allowed-by-patient",
+                "Not allowed by the patient",
+                format!("the patient does not allow emergency access to {dt}"),
+            ));
+        }
+
+        // 7. the policies
+        let (policy_minutes, rules) = match self
+            .policies
+            .decide(&signer, role, &req.data_types)
+            .map_err(Self::unavailable)?
+        {
+            Verdict::Permit {
+                window_minutes,
+                rules,
+            } => (window_minutes, rules),
+            Verdict::Deny { message, .. } => {
+                return Err(Refusal::new(
+                    403,
+                    "policy-denied",
+                    "Denied by policy",
+                    message,
+                ))
+            }
+        };
+
+        // 8. the rate of grants per clinician
+        if self.limiter.check_key(&signer).is_err() {
+            return Err(Refusal::new(
+                429,
+                "rate-limited",
+                "Too many requests",
+                format!("{signer} has asked for too many accesses; wait a minute"),
+            ));
+        }
+
+        // the window: the policy's, never beyond the patient's maximum
+        let patient_minutes = (prefs.max_window * self.seconds_per_block / 60).max(1);
+        let window_minutes = policy_minutes
+            .min(u32::try_from(patient_minutes).unwrap_or(u32::MAX))
+            .max(1);
+        let window_blocks = (u64::from(window_minutes) * 60)
+            .div_ceil(self.seconds_per_block)
+            .clamp(1, MAX_WINDOW_BLOCKS);
+
+        // the record, the chain operation and the used nonce: one durable write, or nothing
+        let mut id = [0u8; 32];
+        secp256k1::rand::RngCore::fill_bytes(&mut secp256k1::rand::thread_rng(), &mut id);
+        let reason_hash: [u8; 32] = Sha256::digest(req.reason.as_bytes()).into();
+        let access = AccessRecord {
+            id: hex::encode(id),
+            provider: signer.clone(),
+            role,
+            patient: req.patient,
+            data_types: req.data_types.clone(),
+            reason: req.reason.clone(),
+            reason_hash: hex::encode(reason_hash),
+            device: req.device.clone(),
+            nonce: req.nonce,
+            issued_at: req.issued_at,
+            granted_at: now,
+            expires_at: now + u64::from(window_minutes) * 60,
+            window_minutes,
+            window_blocks,
+            rules,
+            message_hash: hex::encode(req.message_hash),
+            signature: body_signature(body),
+        };
+        let args: Vec<String> = [
+            Value::buffer(id),
+            Value::Principal(Principal::Standard(req.signer)),
+            Value::buffer(req.patient.0),
+            Value::List(
+                req.data_types
+                    .iter()
+                    .map(|d| Value::ascii(d.as_str()))
+                    .collect(),
+            ),
+            Value::UInt(window_blocks.into()),
+            Value::buffer(reason_hash),
+        ]
+        .iter()
+        .map(Value::to_hex)
+        .collect();
+        let record = submitter::operation(
+            &format!("record:{}", access.id),
+            ACCESS_CONTROL,
+            "record-emergency-access",
+            &args,
+        );
+        let batch = Batch {
+            accesses: vec![access.clone()],
+            submissions: vec![record],
+            replay: vec![(replay_key, req.issued_at + 2 * request::MAX_SKEW_SECS)],
+            ..Batch::default()
+        };
+        if let Err(e) = apply_async(&self.state.store, batch).await {
+            tracing::error!(error = %e, access = %access.id, "the access could not be recorded: no token issued");
+            return Err(Refusal::new(
+                503,
+                "audit-unavailable",
+                "Audit trail unavailable",
+                "the access could not be recorded, so no token was issued; try again",
+            ));
+        }
+
+        let claims = self.tokens.claims(&access);
+        let token = self.tokens.issue(&claims).map_err(|e| {
+            tracing::error!(error = %e, "token signing failed");
+            Refusal::new(
+                503,
+                "token-unavailable",
+                "Token unavailable",
+                "the access is recorded but no token could be signed; try again",
+            )
+        })?;
+        tracing::info!(access = %access.id, provider = %signer, role = %role, window_minutes, "break-glass access granted");
+        Ok(Grant {
+            scope: claims.scope,
+            access,
+            token,
+        })
+    }
+}
+
+fn body_signature(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("signature")
+                .and_then(|s| s.as_str())
+                .map(|s| s.trim_start_matches("0x").to_string())
+        })
+        .unwrap_or_default()
+}

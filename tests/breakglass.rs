@@ -1,0 +1,490 @@
+//! Break-glass issuance end to end, against the devnet seeded with demo identities: requests
+//! signed by @stacks/transactions (as a tablet would), every refusal with its code and no
+//! trace, tokens that verify against the JWKS, and the access on chain within two blocks.
+
+mod support;
+
+use std::time::Duration;
+
+use breakglass::configuration::Settings;
+use breakglass::keys::{parse_key, KeySource, ServiceKeys};
+use breakglass::stacks::Value;
+use breakglass::startup::Application;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{json, Value as Json};
+use support::*;
+
+const SECS: Duration = Duration::from_secs(20);
+
+struct Env {
+    devnet: Devnet,
+    app: Application,
+    demo: Json,
+    _dir: tempfile::TempDir,
+}
+
+fn provider<'a>(demo: &'a Json, role: &str) -> &'a Json {
+    demo["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == role)
+        .unwrap()
+}
+
+async fn setup(configure: impl FnOnce(&mut Settings)) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let devnet_dir = dir.path().join("devnet");
+    let devnet = Devnet::start(&["--data-dir", devnet_dir.to_str().unwrap(), "--seed-demo"]).await;
+    let demo: Json = serde_json::from_str(
+        &std::fs::read_to_string(devnet_dir.join("demo-identities.json")).unwrap(),
+    )
+    .unwrap();
+    // everyone on call but the admin
+    let on_call: Vec<&str> = demo["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["role"] != "admin")
+        .map(|p| p["principal"].as_str().unwrap())
+        .collect();
+    let roster = dir.path().join("roster.toml");
+    std::fs::write(
+        &roster,
+        format!("on_call = {}\n", serde_json::to_string(&on_call).unwrap()),
+    )
+    .unwrap();
+    let mut s = settings(&devnet.rpc, &dir.path().join("service"));
+    s.oncall.roster = Some(roster);
+    configure(&mut s);
+    let keys = ServiceKeys {
+        stacks: parse_key(demo["responder"]["private_key"].as_str().unwrap()).unwrap(),
+        source: KeySource::Env,
+    };
+    let app = Application::build(s, keys).await.unwrap();
+    devnet.observe(app.observer_addr).await;
+    eventually("ready", SECS, async || ready(&app).await.then_some(())).await;
+    Env {
+        devnet,
+        app,
+        demo,
+        _dir: dir,
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A request body signed by @stacks/transactions (contracts/scripts/sign-request.mjs).
+fn signed(key: &str, patient: &str, data_types: &[&str], nonce: u64, issued_at: u64) -> String {
+    let input = json!({ "private_key": key, "patient": patient, "data_types": data_types,
+                        "reason": "unresponsive on arrival, suspected anaphylaxis", "nonce": nonce, "issued_at": issued_at, "device": "er-tablet-2" });
+    let out = std::process::Command::new("node")
+        .arg("scripts/sign-request.mjs")
+        .arg(input.to_string())
+        .current_dir(repo().join("contracts"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn post(app: &Application, body: &str) -> (u16, Json) {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/break-glass", app.api_addr))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Json::Null))
+}
+
+async fn get(app: &Application, path: &str) -> Json {
+    reqwest::get(format!("http://{}{path}", app.api_addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn patient(demo: &Json, allows: bool) -> &str {
+    demo["patients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["emergency_access"] == allows)
+        .unwrap()["patient_id"]
+        .as_str()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
+    let env = setup(|_| {}).await;
+    let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
+    let jwks = get(app, "/.well-known/jwks.json").await;
+    let pid = patient(demo, true);
+    let cases = [
+        ("physician", vec!["allergies", "advance-directives"], 15),
+        ("nurse", vec!["allergies", "medications"], 10),
+        ("paramedic", vec!["blood-type", "problems"], 10),
+        ("pharmacist", vec!["medications"], 10),
+    ];
+    for (i, (role, dts, minutes)) in cases.iter().enumerate() {
+        let p = provider(demo, role);
+        let (status, body) = post(
+            app,
+            &signed(
+                p["private_key"].as_str().unwrap(),
+                pid,
+                dts,
+                100 + i as u64,
+                now(),
+            ),
+        )
+        .await;
+        assert_eq!(status, 201, "{role}: {body}");
+        assert_eq!(body["token_type"], "Bearer");
+        assert_eq!(body["expires_in"], minutes * 60);
+        let id = body["access_id"].as_str().unwrap();
+
+        // the token verifies against the JWKS alone
+        let token = body["access_token"].as_str().unwrap();
+        let header = jsonwebtoken::decode_header(token).unwrap();
+        assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+        let jwk = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"].as_str() == header.kid.as_deref())
+            .unwrap();
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_audience(&["fhir"]);
+        let claims = jsonwebtoken::decode::<Json>(
+            token,
+            &DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).unwrap(),
+            &v,
+        )
+        .unwrap()
+        .claims;
+        assert_eq!(claims["sub"], p["principal"]);
+        assert_eq!(claims["jti"], id);
+        assert_eq!(claims["purpose_of_use"], "BTG");
+        assert_eq!(claims["patient"], pid);
+        assert_eq!(claims["scope"], body["scope"]);
+        assert!(claims["scope"].as_str().unwrap().starts_with("patient/"));
+
+        // pending or submitted here, then on chain within two blocks
+        let state = get(app, &format!("/v1/accesses/{id}")).await;
+        assert!(
+            ["pending", "submitted"].contains(&state["chain"]["state"].as_str().unwrap()),
+            "{state}"
+        );
+        assert!(
+            state.get("reason").is_none(),
+            "the reason stays out of this view"
+        );
+        eventually("submitted", SECS, async || {
+            (get(app, &format!("/v1/accesses/{id}")).await["chain"]["state"] == "submitted")
+                .then_some(())
+        })
+        .await;
+        let start = devnet.tip().await;
+        devnet.mine().await;
+        let confirmed = eventually("confirmed", SECS, async || {
+            let s = get(app, &format!("/v1/accesses/{id}")).await;
+            (s["chain"]["state"] == "confirmed").then_some(s)
+        })
+        .await;
+        assert!(confirmed["chain"]["block_height"].as_u64().unwrap() <= start + 2);
+        let on_chain = app
+            .follower
+            .state
+            .rpc
+            .call_read(
+                &format!("{}.access-control", deployer()),
+                "get-emergency-access",
+                &[Value::buffer(hex::decode(id).unwrap())],
+                &deployer(),
+            )
+            .await
+            .unwrap();
+        let shown = on_chain.to_string();
+        assert!(
+            shown.contains(p["principal"].as_str().unwrap())
+                && shown.contains(&format!("(provider-role \"{role}\")")),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("anaphylaxis"),
+            "only the reason's hash goes on chain"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_has_its_code_and_leaves_no_trace() {
+    let env = setup(|s| s.breakglass.grants_per_minute = 2).await;
+    let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
+    let key = |role: &str| {
+        provider(demo, role)["private_key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let yes = patient(demo, true);
+    let no = patient(demo, false);
+    let t = now();
+
+    // a provider registered but not verified
+    let pending = new_key();
+    devnet.fund(&address_of(&pending)).await;
+    devnet
+        .call(
+            &pending,
+            "access-control",
+            "register-provider",
+            vec![
+                Value::buffer([1u8; 32]),
+                Value::ascii("nurse"),
+                Value::buffer([2u8; 32]),
+            ],
+        )
+        .await;
+    devnet.mine().await;
+    let pending_hex = format!("{}01", hex::encode(pending.secret_bytes()));
+
+    let good = signed(&key("nurse"), yes, &["allergies"], 1, t);
+    let mut bad_sig: Json = serde_json::from_str(&good).unwrap();
+    let s = bad_sig["signature"].as_str().unwrap().to_string();
+    // r = 0 is no signature at all (a flipped byte would recover some other key, an unknown
+    // provider, which the next case covers)
+    bad_sig["signature"] = json!(format!("{}{}", "0".repeat(64), &s[s.len() - 66..]));
+    let mut short_sig: Json = serde_json::from_str(&good).unwrap();
+    short_sig["signature"] = json!(&s[..s.len() - 2]);
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("not JSON", "{oops".into(), 400, "malformed-request"),
+        (
+            "wrong types",
+            json!({ "message": "0x0100000000000000000000000000000001", "signature": "0x00" })
+                .to_string(),
+            400,
+            "malformed-request",
+        ),
+        (
+            "huge body",
+            format!("{{\"message\":\"{}\"}}", "0".repeat(40_000)),
+            413,
+            "request-too-large",
+        ),
+        ("bad signature", bad_sig.to_string(), 401, "bad-signature"),
+        (
+            "short signature",
+            short_sig.to_string(),
+            401,
+            "bad-signature",
+        ),
+        (
+            "stale",
+            signed(&key("nurse"), yes, &["allergies"], 2, t - 3600),
+            401,
+            "stale-request",
+        ),
+        (
+            "from the future",
+            signed(&key("nurse"), yes, &["allergies"], 3, t + 3600),
+            401,
+            "stale-request",
+        ),
+        (
+            "unknown provider",
+            signed(
+                "32dbccc75cc0e55e357086cba78b121454b8bf67952ba20a9dd36aba46ce1e9f01",
+                yes,
+                &["allergies"],
+                4,
+                t,
+            ),
+            403,
+            "unknown-provider",
+        ),
+        (
+            "not verified",
+            signed(&pending_hex, yes, &["allergies"], 5, t),
+            403,
+            "provider-not-verified",
+        ),
+        (
+            "not on call",
+            signed(&key("admin"), yes, &["allergies"], 6, t),
+            403,
+            "not-on-call",
+        ),
+        (
+            "patient opted out",
+            signed(&key("physician"), no, &["allergies"], 7, t),
+            403,
+            "patient-opted-out",
+        ),
+        (
+            "type the patient does not allow",
+            signed(&key("physician"), yes, &["emergency-summary"], 8, t),
+            403,
+            "data-type-not-allowed-by-patient",
+        ),
+        (
+            "role may not open the type",
+            signed(&key("nurse"), yes, &["advance-directives"], 9, t),
+            403,
+            "policy-denied",
+        ),
+        (
+            "role never breaks glass",
+            signed(&key("reviewer"), yes, &["allergies"], 10, t),
+            403,
+            "policy-denied",
+        ),
+    ];
+    for (what, body, status, code) in &cases {
+        let (got, problem) = post(app, body).await;
+        assert_eq!(
+            (got, problem["code"].as_str().unwrap_or("")),
+            (*status, *code),
+            "{what}: {problem}"
+        );
+        assert_eq!(problem["status"], *status);
+        assert!(problem["type"].as_str().unwrap().ends_with(code));
+        assert!(!problem["detail"].as_str().unwrap().is_empty());
+        assert!(problem.get("access_token").is_none());
+    }
+    let (_, nurse_ad) = post(
+        app,
+        &signed(&key("nurse"), yes, &["advance-directives"], 11, t),
+    )
+    .await;
+    assert_eq!(
+        nurse_ad["detail"],
+        "role nurse may not open advance-directives (no policy permits it)"
+    );
+    let (_, reviewer) = post(app, &signed(&key("reviewer"), yes, &["allergies"], 12, t)).await;
+    assert!(reviewer["detail"]
+        .as_str()
+        .unwrap()
+        .contains("reviewers-and-admins-never-break-glass"));
+    assert!(
+        app.store.access_ids().unwrap().is_empty(),
+        "no refusal left a record"
+    );
+    assert!(
+        app.store.open_submissions().unwrap().is_empty(),
+        "no refusal queued a chain write"
+    );
+
+    // replay: the same signed request twice
+    let (first, _) = post(app, &good).await;
+    assert_eq!(first, 201);
+    let (again, problem) = post(app, &good).await;
+    assert_eq!(
+        (again, problem["code"].as_str().unwrap()),
+        (401, "replayed-request")
+    );
+    // rate: two grants a minute for this test's configuration
+    let (second, _) = post(app, &signed(&key("nurse"), yes, &["medications"], 13, t)).await;
+    assert_eq!(second, 201);
+    let (third, problem) = post(app, &signed(&key("nurse"), yes, &["problems"], 14, t)).await;
+    assert_eq!(
+        (third, problem["code"].as_str().unwrap()),
+        (429, "rate-limited")
+    );
+    assert_eq!(
+        app.store.access_ids().unwrap().len(),
+        2,
+        "only the two grants were recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_changes_are_honoured_within_a_block() {
+    let env = setup(|_| {}).await;
+    let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
+    let physician = provider(demo, "physician");
+    let pkey = physician["private_key"].as_str().unwrap();
+    let yes = demo["patients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["emergency_access"] == true)
+        .unwrap();
+    let pid = yes["patient_id"].as_str().unwrap();
+    let (ok, _) = post(app, &signed(pkey, pid, &["allergies"], 1, now())).await;
+    assert_eq!(ok, 201);
+
+    // the patient opts out: one block later, refused
+    let patient_key = parse_key(yes["private_key"].as_str().unwrap()).unwrap();
+    devnet
+        .call(
+            &patient_key,
+            "patient-consent",
+            "set-emergency-preferences",
+            vec![Value::Bool(false), Value::List(vec![]), Value::UInt(60)],
+        )
+        .await;
+    let before = devnet.tip().await;
+    devnet.mine().await;
+    eventually("opt-out applied", SECS, async || {
+        (app.status.applied() > before).then_some(())
+    })
+    .await;
+    assert_eq!(devnet.tip().await, before + 1);
+    let (status, problem) = post(app, &signed(pkey, pid, &["allergies"], 2, now())).await;
+    assert_eq!(
+        (status, problem["code"].as_str().unwrap()),
+        (403, "patient-opted-out")
+    );
+
+    // the authority suspends the nurse: one block later, refused
+    let nurse = provider(demo, "nurse");
+    let authority = parse_key(demo["authority"]["private_key"].as_str().unwrap()).unwrap();
+    devnet
+        .call(
+            &authority,
+            "access-control",
+            "suspend-provider",
+            vec![Value::Principal(
+                nurse["principal"].as_str().unwrap().parse().unwrap(),
+            )],
+        )
+        .await;
+    let before = devnet.tip().await;
+    devnet.mine().await;
+    eventually("suspension applied", SECS, async || {
+        (app.status.applied() > before).then_some(())
+    })
+    .await;
+    let (status, problem) = post(
+        app,
+        &signed(
+            nurse["private_key"].as_str().unwrap(),
+            pid,
+            &["allergies"],
+            3,
+            now(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str().unwrap()),
+        (403, "provider-not-verified")
+    );
+}
