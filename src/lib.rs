@@ -3,6 +3,7 @@
 pub mod access;
 pub mod chain;
 pub mod configuration;
+pub mod demo;
 pub mod dev;
 pub mod domain;
 pub mod http;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use breakglass::configuration::Settings;
 use breakglass::keys::ServiceKeys;
 use breakglass::policy::Policies;
-use breakglass::{dev, startup, telemetry, tools};
+use breakglass::{demo, dev, startup, telemetry, tools};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -50,6 +50,32 @@ enum Command {
     /// Break-glass policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Try the running service as a demo clinician would (after `breakglass dev`).
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Sign a break-glass request with a demo clinician's key and send it; exits 0 when granted.
+    Request {
+        /// physician, nurse, paramedic, pharmacist, reviewer or admin
+        #[arg(long)]
+        role: String,
+        /// "demo" (allows emergency access), "opted-out", or a 64-hex patient id
+        #[arg(long, default_value = "demo")]
+        patient: String,
+        /// Comma-separated data types.
+        #[arg(long, value_delimiter = ',', default_value = "allergies")]
+        data_types: Vec<String>,
+        #[arg(long, default_value = "unresponsive on arrival, suspected anaphylaxis")]
+        reason: String,
+        #[arg(long, default_value = ".data/devnet/demo-identities.json")]
+        demo_file: PathBuf,
+        /// The service; default: server.listen from the configuration.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -128,6 +154,46 @@ fn main() -> ExitCode {
                 None => Policies::defaults(),
             };
             print(loaded.and_then(|p| p.matrix()).map_err(|e| e.to_string()))
+        }
+        Command::Demo(DemoCommand::Request {
+            role,
+            patient,
+            data_types,
+            reason,
+            demo_file,
+            url,
+        }) => {
+            let s = match settings(&cli) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let url = url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", s.server.listen));
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => return print(Err(e.to_string())),
+            };
+            let r = demo::DemoRequest {
+                demo_file,
+                url: &url,
+                role,
+                patient,
+                data_types,
+                reason,
+                chain_id: s.chain.network.chain_id(),
+            };
+            match runtime.block_on(demo::request(r)) {
+                Ok((status, body)) => {
+                    println!("HTTP {status}\n{body:#}");
+                    if status == 201 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => print(Err(e.to_string())),
+            }
         }
         Command::Keys(KeysCommand::Show) => {
             let s = match settings(&cli) {
