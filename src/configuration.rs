@@ -34,6 +34,23 @@ pub struct Settings {
     pub policy: PolicySettings,
     pub breakglass: BreakGlassSettings,
     pub oncall: OnCallSettings,
+    pub resource_servers: ResourceServerSettings,
+}
+
+/// The resource servers allowed to introspect and revoke tokens (HTTP Basic, RFC 7662 §2.1).
+/// Only the SHA-256 of each secret is configured, so this file holds no secret.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceServerSettings {
+    pub clients: Vec<ResourceServerClient>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceServerClient {
+    pub id: String,
+    /// hex SHA-256 of the client's secret
+    pub secret_sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,6 +201,7 @@ impl Default for Settings {
                 grants_per_minute: 10,
             },
             oncall: OnCallSettings::default(),
+            resource_servers: ResourceServerSettings::default(),
         }
     }
 }

@@ -73,6 +73,9 @@ impl Application {
             policies.clone(),
             tokens,
         )?);
+        let clients = web::Data::new(http::tokens::Clients(
+            settings.resource_servers.clients.clone(),
+        ));
         let follower = Arc::new(Follower::new(state, status.clone())?);
         let sender = keys.stacks_address(mainnet);
         let submitter = Arc::new(Submitter {
@@ -111,6 +114,7 @@ impl Application {
             App::new()
                 .app_data(health.clone())
                 .app_data(breakglass.clone())
+                .app_data(clients.clone())
                 .configure(http::api)
         })
         .listen(api_listener)?

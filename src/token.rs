@@ -143,6 +143,28 @@ impl TokenIssuer {
         )?)
     }
 
+    /// Verifies a token's signature (by any of our keys), issuer, audience and expiry.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+        let kid = header.kid.ok_or("the token names no key")?;
+        let key = std::iter::once(&self.current)
+            .chain(self.older.iter())
+            .find(|k| k.kid == kid)
+            .ok_or("the token's key is not ours")?;
+        let mut v = jsonwebtoken::Validation::new(Algorithm::EdDSA);
+        v.set_audience(&[&self.audience]);
+        v.set_issuer(&[&self.issuer]);
+        v.leeway = 0;
+        v.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss", "jti"]);
+        jsonwebtoken::decode::<AccessClaims>(
+            token,
+            &jsonwebtoken::DecodingKey::from_ed_der(&key.public),
+            &v,
+        )
+        .map(|d| d.claims)
+        .map_err(|e| e.to_string())
+    }
+
     /// The public keys as a JWK Set (RFC 7517, OKP keys per RFC 8037).
     pub fn jwks(&self) -> serde_json::Value {
         let keys: Vec<_> = std::iter::once(&self.current)

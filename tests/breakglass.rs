@@ -415,6 +415,116 @@ async fn every_refusal_has_its_code_and_leaves_no_trace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_servers_introspect_and_revoke_tokens() {
+    use sha2::Digest;
+    let secret = "s3cret-for-this-test";
+    let env = setup(|s| {
+        s.resource_servers.clients = vec![breakglass::configuration::ResourceServerClient {
+            id: "fhir-server".into(),
+            secret_sha256: hex::encode(sha2::Sha256::digest(secret.as_bytes())),
+        }]
+    })
+    .await;
+    let (app, demo) = (&env.app, &env.demo);
+    let nurse = provider(demo, "nurse");
+    let (status, grant) = post(
+        app,
+        &signed(
+            nurse["private_key"].as_str().unwrap(),
+            patient(demo, true),
+            &["allergies"],
+            1,
+            now(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let token = grant["access_token"].as_str().unwrap();
+    let http = reqwest::Client::new();
+    let call = async |path: &str, user: &str, pass: &str, token: &str| {
+        let res = http
+            .post(format!("http://{}{path}", app.api_addr))
+            .basic_auth(user, Some(pass))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json::<Json>().await.unwrap_or(Json::Null))
+    };
+
+    let (s, body) = call("/v1/token/introspect", "fhir-server", secret, token).await;
+    assert_eq!(s, 200);
+    assert_eq!(body["active"], true);
+    assert_eq!(body["sub"], nurse["principal"]);
+    assert_eq!(body["jti"], grant["access_id"]);
+    assert_eq!(body["purpose_of_use"], "BTG");
+    assert_eq!(body["scope"], grant["scope"]);
+    // the wrong secret, or none: 401, and nothing said of the token
+    assert_eq!(
+        call("/v1/token/introspect", "fhir-server", "guess", token)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call("/v1/token/revoke", "someone", secret, token).await.0,
+        401
+    );
+    // a forged or garbled token is simply inactive
+    assert_eq!(
+        call(
+            "/v1/token/introspect",
+            "fhir-server",
+            secret,
+            &format!("{token}x")
+        )
+        .await
+        .1["active"],
+        false
+    );
+    assert_eq!(
+        call("/v1/token/introspect", "fhir-server", secret, "not-a-jwt")
+            .await
+            .1["active"],
+        false
+    );
+
+    assert_eq!(
+        call("/v1/token/revoke", "fhir-server", secret, token)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call("/v1/token/introspect", "fhir-server", secret, token)
+            .await
+            .1,
+        json!({ "active": false })
+    );
+    // revoking again, or revoking garbage, is still 200 (RFC 7009)
+    assert_eq!(
+        call("/v1/token/revoke", "fhir-server", secret, token)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        call("/v1/token/revoke", "fhir-server", secret, "garbage")
+            .await
+            .0,
+        200
+    );
+    assert!(
+        app.store
+            .revoked(grant["access_id"].as_str().unwrap())
+            .unwrap()
+            .is_some(),
+        "kept in the shared store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_changes_are_honoured_within_a_block() {
     let env = setup(|_| {}).await;
     let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
@@ -427,8 +537,25 @@ async fn chain_changes_are_honoured_within_a_block() {
         .find(|p| p["emergency_access"] == true)
         .unwrap();
     let pid = yes["patient_id"].as_str().unwrap();
-    let (ok, _) = post(app, &signed(pkey, pid, &["allergies"], 1, now())).await;
+    let (ok, grant) = post(app, &signed(pkey, pid, &["allergies"], 1, now())).await;
     assert_eq!(ok, 201);
+    // let that grant's own chain record land first, so each block below holds one change
+    let id = grant["access_id"].as_str().unwrap().to_string();
+    let state = async || {
+        get(app, &format!("/v1/accesses/{id}")).await["chain"]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    eventually("submitted", SECS, async || {
+        (state().await == "submitted").then_some(())
+    })
+    .await;
+    devnet.mine().await;
+    eventually("confirmed", SECS, async || {
+        (state().await == "confirmed").then_some(())
+    })
+    .await;
 
     // the patient opts out: one block later, refused
     let patient_key = parse_key(yes["private_key"].as_str().unwrap()).unwrap();

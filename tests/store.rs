@@ -185,6 +185,15 @@ pub fn conformance(store: &dyn Store) {
     assert_eq!(store.access("a1").unwrap(), Some(record));
     assert_eq!(store.access_ids().unwrap(), vec!["a1".to_string()]);
     assert_eq!(store.replay("ST1:5").unwrap(), Some(121));
+
+    assert_eq!(store.revoked("a1").unwrap(), None);
+    store
+        .apply(Batch {
+            revoked: vec![("a1".into(), 600)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.revoked("a1").unwrap(), Some(600));
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! endpoint the stacks-node POSTs to. Handlers stay thin; the work is in `chain`.
 
 pub mod breakglass;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -23,7 +24,8 @@ pub struct Health {
 pub fn api(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .configure(breakglass::routes);
+        .configure(breakglass::routes)
+        .configure(tokens::routes);
 }
 
 async fn healthz() -> HttpResponse {

@@ -159,6 +159,8 @@ pub struct Batch {
     pub accesses: Vec<AccessRecord>,
     /// Request nonces used, `signer:nonce` with when they may be forgotten (unix seconds).
     pub replay: Vec<(String, u64)>,
+    /// Revoked tokens, by `jti`, with their expiry (unix seconds).
+    pub revoked: Vec<(String, u64)>,
 }
 
 impl Batch {
@@ -172,6 +174,7 @@ impl Batch {
             && self.nonce.is_none()
             && self.accesses.is_empty()
             && self.replay.is_empty()
+            && self.revoked.is_empty()
     }
 }
 
@@ -205,6 +208,8 @@ pub trait Store: Send + Sync + 'static {
     fn access_ids(&self) -> Result<Vec<String>, StoreError>;
     /// When a used request nonce (`signer:nonce`) may be forgotten, if it was used.
     fn replay(&self, key: &str) -> Result<Option<u64>, StoreError>;
+    /// The expiry of a revoked token, if it was revoked.
+    fn revoked(&self, jti: &str) -> Result<Option<u64>, StoreError>;
     /// A cheap read that proves the store answers (for /readyz).
     fn ping(&self) -> Result<(), StoreError>;
 }

@@ -16,6 +16,7 @@ const RESPONDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("responder
 const SUBMISSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("submissions");
 const ACCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("accesses");
 const REPLAY: TableDefinition<&str, &[u8]> = TableDefinition::new("replay");
+const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
 
 pub struct RedbStore {
     db: Database,
@@ -50,6 +51,7 @@ impl RedbStore {
             SUBMISSIONS,
             ACCESSES,
             REPLAY,
+            REVOKED,
         ] {
             tx.open_table(t).map_err(backend)?;
         }
@@ -138,6 +140,12 @@ impl Store for RedbStore {
                     .insert(key.as_str(), enc(until)?.as_slice())
                     .map_err(backend)?;
             }
+            let mut revoked = tx.open_table(REVOKED).map_err(backend)?;
+            for (jti, until) in &batch.revoked {
+                revoked
+                    .insert(jti.as_str(), enc(until)?.as_slice())
+                    .map_err(backend)?;
+            }
         }
         tx.commit().map_err(backend)
     }
@@ -224,6 +232,10 @@ impl Store for RedbStore {
 
     fn replay(&self, key: &str) -> Result<Option<u64>, StoreError> {
         self.get(REPLAY, key)
+    }
+
+    fn revoked(&self, jti: &str) -> Result<Option<u64>, StoreError> {
+        self.get(REVOKED, jti)
     }
 
     fn ping(&self) -> Result<(), StoreError> {

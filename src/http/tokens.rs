@@ -1,0 +1,135 @@
+//! Token introspection (RFC 7662) and revocation (RFC 7009) for resource servers, which
+//! authenticate with HTTP Basic as a configured client. A revoked token is inactive at once,
+//! for every replica that shares the store.
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::access::BreakGlass;
+use crate::configuration::ResourceServerClient;
+use crate::store::{apply_async, Batch};
+
+pub struct Clients(pub Vec<ResourceServerClient>);
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/token/introspect", web::post().to(introspect))
+        .route("/v1/token/revoke", web::post().to(revoke));
+}
+
+/// The client id, when the Basic credentials match a configured client.
+fn client(req: &HttpRequest, clients: &Clients) -> Option<String> {
+    let header = req.headers().get("authorization")?.to_str().ok()?;
+    let encoded = header.strip_prefix("Basic ")?;
+    let decoded = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+    clients
+        .0
+        .iter()
+        .find(|c| {
+            c.id == id
+                && bool::from(
+                    c.secret_sha256
+                        .to_ascii_lowercase()
+                        .as_bytes()
+                        .ct_eq(digest.as_bytes()),
+                )
+        })
+        .map(|c| c.id.clone())
+}
+
+fn unauthorized() -> HttpResponse {
+    HttpResponse::Unauthorized()
+        .insert_header(("www-authenticate", "Basic realm=\"breakglass\""))
+        .content_type("application/problem+json")
+        .json(json!({ "type": "https://breakglass.example/problems/invalid-client", "title": "Invalid client", "status": 401,
+                      "detail": "resource servers authenticate with HTTP Basic as a configured client", "code": "invalid-client" }))
+}
+
+async fn introspect(
+    req: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+    bg: web::Data<BreakGlass>,
+    clients: web::Data<Clients>,
+) -> HttpResponse {
+    let Some(caller) = client(&req, &clients) else {
+        return unauthorized();
+    };
+    let Some(token) = form.get("token") else {
+        return HttpResponse::BadRequest()
+            .json(json!({ "error": "invalid_request", "error_description": "token is required" }));
+    };
+    let inactive = || {
+        HttpResponse::Ok()
+            .insert_header(("cache-control", "no-store"))
+            .json(json!({ "active": false }))
+    };
+    let Ok(claims) = bg.tokens.verify(token) else {
+        return inactive();
+    };
+    match bg.state.store.revoked(&claims.jti) {
+        Ok(None) => {}
+        Ok(Some(_)) => return inactive(),
+        Err(e) => {
+            tracing::error!(error = %e, "revocation list unavailable");
+            return HttpResponse::ServiceUnavailable()
+                .json(json!({ "error": "temporarily_unavailable" }));
+        }
+    }
+    tracing::info!(access = %claims.jti, client = %caller, "token introspected");
+    HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(json!({
+            "active": true,
+            "scope": claims.scope,
+            "client_id": claims.client_id,
+            "token_type": "Bearer",
+            "exp": claims.exp,
+            "iat": claims.iat,
+            "sub": claims.sub,
+            "aud": claims.aud,
+            "iss": claims.iss,
+            "jti": claims.jti,
+            "purpose_of_use": claims.purpose_of_use,
+            "patient": claims.patient,
+        }))
+}
+
+async fn revoke(
+    req: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+    bg: web::Data<BreakGlass>,
+    clients: web::Data<Clients>,
+) -> HttpResponse {
+    let Some(caller) = client(&req, &clients) else {
+        return unauthorized();
+    };
+    let Some(token) = form.get("token") else {
+        return HttpResponse::BadRequest()
+            .json(json!({ "error": "invalid_request", "error_description": "token is required" }));
+    };
+    // RFC 7009: an invalid or unknown token is answered 200 as well
+    if let Ok(claims) = bg.tokens.verify(token) {
+        if let Err(e) = apply_async(
+            &bg.state.store,
+            Batch {
+                revoked: vec![(claims.jti.clone(), claims.exp)],
+                ..Batch::default()
+            },
+        )
+        .await
+        {
+            tracing::error!(error = %e, "could not record a revocation");
+            return HttpResponse::ServiceUnavailable()
+                .json(json!({ "error": "temporarily_unavailable" }));
+        }
+        tracing::info!(access = %claims.jti, client = %caller, "token revoked");
+    }
+    HttpResponse::Ok().finish()
+}
