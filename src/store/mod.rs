@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{DataType, PatientId, ProviderStatus, Purpose, Role};
 pub use redb_store::RedbStore;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
     Backend(String),
@@ -164,6 +164,24 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Appends `later`, as if it were applied after this batch.
+    pub fn merge(&mut self, later: Batch) {
+        if later.tip.is_some() {
+            self.tip = later.tip;
+        }
+        if later.nonce.is_some() {
+            self.nonce = later.nonce;
+        }
+        self.providers.extend(later.providers);
+        self.preferences.extend(later.preferences);
+        self.consents.extend(later.consents);
+        self.responders.extend(later.responders);
+        self.submissions.extend(later.submissions);
+        self.accesses.extend(later.accesses);
+        self.replay.extend(later.replay);
+        self.revoked.extend(later.revoked);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tip.is_none()
             && self.providers.is_empty()

@@ -1,6 +1,13 @@
 //! The embedded store: one redb file, crash-safe (copy-on-write with fsync on commit).
+//!
+//! Writes go through one writer thread that commits every batch waiting at that moment in a
+//! single transaction (group commit): each caller still returns only once its batch is
+//! durable, and concurrent grants share an fsync instead of queueing for one each.
 
 use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -18,8 +25,47 @@ const ACCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("accesses");
 const REPLAY: TableDefinition<&str, &[u8]> = TableDefinition::new("replay");
 const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
 
+type Job = (Batch, mpsc::SyncSender<Result<(), StoreError>>);
+
+/// How many waiting batches one commit takes at most.
+const GROUP_COMMIT_MAX: usize = 256;
+
 pub struct RedbStore {
-    db: Database,
+    db: Arc<Database>,
+    writer: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // closing the channel ends the writer; joining it releases the file
+        self.writer.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer_loop(db: Arc<Database>, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut waiting = vec![first];
+        while waiting.len() < GROUP_COMMIT_MAX {
+            match jobs.try_recv() {
+                Ok(job) => waiting.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut merged = Batch::default();
+        let mut replies = Vec::with_capacity(waiting.len());
+        for (batch, reply) in waiting {
+            merged.merge(batch);
+            replies.push(reply);
+        }
+        let result = write_batch(&db, merged);
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+    }
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -56,7 +102,18 @@ impl RedbStore {
             tx.open_table(t).map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
-        Ok(RedbStore { db })
+        let db = Arc::new(db);
+        let (writer, jobs) = mpsc::channel();
+        let for_writer = db.clone();
+        let thread = std::thread::Builder::new()
+            .name("redb-writer".into())
+            .spawn(move || writer_loop(for_writer, jobs))
+            .map_err(backend)?;
+        Ok(RedbStore {
+            db,
+            writer: Some(writer),
+            thread: Some(thread),
+        })
     }
 
     fn get<T: DeserializeOwned>(
@@ -86,68 +143,16 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(backend)?;
-        {
-            let mut meta = tx.open_table(META).map_err(backend)?;
-            if let Some(tip) = &batch.tip {
-                meta.insert("tip", enc(tip)?.as_slice()).map_err(backend)?;
-            }
-            if let Some(n) = batch.nonce {
-                meta.insert("nonce", enc(&n)?.as_slice()).map_err(backend)?;
-            }
-            let mut providers = tx.open_table(PROVIDERS).map_err(backend)?;
-            for (who, state) in &batch.providers {
-                match state {
-                    Some(s) => providers
-                        .insert(who.as_str(), enc(s)?.as_slice())
-                        .map(|_| ()),
-                    None => providers.remove(who.as_str()).map(|_| ()),
-                }
-                .map_err(backend)?;
-            }
-            let mut prefs = tx.open_table(PREFERENCES).map_err(backend)?;
-            for (patient, p) in &batch.preferences {
-                prefs
-                    .insert(patient.to_string().as_str(), enc(p)?.as_slice())
-                    .map_err(backend)?;
-            }
-            let mut consents = tx.open_table(CONSENTS).map_err(backend)?;
-            for (key, c) in &batch.consents {
-                consents
-                    .insert(key.id().as_str(), enc(&(key, c))?.as_slice())
-                    .map_err(backend)?;
-            }
-            let mut responders = tx.open_table(RESPONDERS).map_err(backend)?;
-            for (who, yes) in &batch.responders {
-                responders
-                    .insert(who.as_str(), enc(yes)?.as_slice())
-                    .map_err(backend)?;
-            }
-            let mut subs = tx.open_table(SUBMISSIONS).map_err(backend)?;
-            for s in &batch.submissions {
-                subs.insert(s.id.as_str(), enc(s)?.as_slice())
-                    .map_err(backend)?;
-            }
-            let mut accesses = tx.open_table(ACCESSES).map_err(backend)?;
-            for a in &batch.accesses {
-                accesses
-                    .insert(a.id.as_str(), enc(a)?.as_slice())
-                    .map_err(backend)?;
-            }
-            let mut replay = tx.open_table(REPLAY).map_err(backend)?;
-            for (key, until) in &batch.replay {
-                replay
-                    .insert(key.as_str(), enc(until)?.as_slice())
-                    .map_err(backend)?;
-            }
-            let mut revoked = tx.open_table(REVOKED).map_err(backend)?;
-            for (jti, until) in &batch.revoked {
-                revoked
-                    .insert(jti.as_str(), enc(until)?.as_slice())
-                    .map_err(backend)?;
-            }
-        }
-        tx.commit().map_err(backend)
+        let (reply, done) = mpsc::sync_channel(1);
+        let writer = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| backend("the store is closed"))?;
+        writer
+            .send((batch, reply))
+            .map_err(|_| backend("the store's writer stopped"))?;
+        done.recv()
+            .map_err(|_| backend("the store's writer stopped"))?
     }
 
     fn tip(&self) -> Result<Option<Tip>, StoreError> {
@@ -241,4 +246,69 @@ impl Store for RedbStore {
     fn ping(&self) -> Result<(), StoreError> {
         self.tip().map(|_| ())
     }
+}
+
+fn write_batch(db: &Database, batch: Batch) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(backend)?;
+    {
+        let mut meta = tx.open_table(META).map_err(backend)?;
+        if let Some(tip) = &batch.tip {
+            meta.insert("tip", enc(tip)?.as_slice()).map_err(backend)?;
+        }
+        if let Some(n) = batch.nonce {
+            meta.insert("nonce", enc(&n)?.as_slice()).map_err(backend)?;
+        }
+        let mut providers = tx.open_table(PROVIDERS).map_err(backend)?;
+        for (who, state) in &batch.providers {
+            match state {
+                Some(s) => providers
+                    .insert(who.as_str(), enc(s)?.as_slice())
+                    .map(|_| ()),
+                None => providers.remove(who.as_str()).map(|_| ()),
+            }
+            .map_err(backend)?;
+        }
+        let mut prefs = tx.open_table(PREFERENCES).map_err(backend)?;
+        for (patient, p) in &batch.preferences {
+            prefs
+                .insert(patient.to_string().as_str(), enc(p)?.as_slice())
+                .map_err(backend)?;
+        }
+        let mut consents = tx.open_table(CONSENTS).map_err(backend)?;
+        for (key, c) in &batch.consents {
+            consents
+                .insert(key.id().as_str(), enc(&(key, c))?.as_slice())
+                .map_err(backend)?;
+        }
+        let mut responders = tx.open_table(RESPONDERS).map_err(backend)?;
+        for (who, yes) in &batch.responders {
+            responders
+                .insert(who.as_str(), enc(yes)?.as_slice())
+                .map_err(backend)?;
+        }
+        let mut subs = tx.open_table(SUBMISSIONS).map_err(backend)?;
+        for s in &batch.submissions {
+            subs.insert(s.id.as_str(), enc(s)?.as_slice())
+                .map_err(backend)?;
+        }
+        let mut accesses = tx.open_table(ACCESSES).map_err(backend)?;
+        for a in &batch.accesses {
+            accesses
+                .insert(a.id.as_str(), enc(a)?.as_slice())
+                .map_err(backend)?;
+        }
+        let mut replay = tx.open_table(REPLAY).map_err(backend)?;
+        for (key, until) in &batch.replay {
+            replay
+                .insert(key.as_str(), enc(until)?.as_slice())
+                .map_err(backend)?;
+        }
+        let mut revoked = tx.open_table(REVOKED).map_err(backend)?;
+        for (jti, until) in &batch.revoked {
+            revoked
+                .insert(jti.as_str(), enc(until)?.as_slice())
+                .map_err(backend)?;
+        }
+    }
+    tx.commit().map_err(backend)
 }
