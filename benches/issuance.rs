@@ -101,7 +101,7 @@ fn benches(c: &mut Criterion) {
 
     // the whole grant: checks from the cache, Cedar, one durable redb write, the token
     let mut settings = Settings::default();
-    settings.breakglass.grants_per_minute = 1_000_000;
+    settings.issuance.grants_per_minute = 1_000_000;
     let state = ChainState {
         store: store.clone(),
         rpc: NodeClient::new("http://127.0.0.1:9", Duration::from_millis(10), 0),

@@ -108,7 +108,7 @@ impl BreakGlass {
             }
         };
         let per_minute =
-            NonZeroU32::new(settings.breakglass.grants_per_minute).unwrap_or(NonZeroU32::MIN);
+            NonZeroU32::new(settings.issuance.grants_per_minute).unwrap_or(NonZeroU32::MIN);
         Ok(BreakGlass {
             state,
             policies,
@@ -118,7 +118,7 @@ impl BreakGlass {
             seen: Mutex::new(HashMap::new()),
             chain_id: settings.chain.network.chain_id(),
             mainnet: settings.chain.network.is_mainnet(),
-            seconds_per_block: settings.breakglass.seconds_per_block,
+            seconds_per_block: settings.issuance.seconds_per_block,
         })
     }
 

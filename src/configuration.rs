@@ -12,16 +12,6 @@ use serde::{Deserialize, Serialize};
 use crate::stacks::tx::{MAINNET_CHAIN_ID, TESTNET_CHAIN_ID};
 use crate::stacks::Address;
 
-const SECTIONS: [&str; 7] = [
-    "server",
-    "chain",
-    "follower",
-    "submitter",
-    "data",
-    "log",
-    "policy",
-];
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -32,7 +22,7 @@ pub struct Settings {
     pub data: DataSettings,
     pub log: LogSettings,
     pub policy: PolicySettings,
-    pub breakglass: BreakGlassSettings,
+    pub issuance: IssuanceSettings,
     pub oncall: OnCallSettings,
     pub resource_servers: ResourceServerSettings,
 }
@@ -55,7 +45,7 @@ pub struct ResourceServerClient {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BreakGlassSettings {
+pub struct IssuanceSettings {
     /// `iss` of the access tokens.
     pub issuer: String,
     /// `aud` of the access tokens: the resource server(s) that accept them.
@@ -194,7 +184,7 @@ impl Default for Settings {
                 filter: "info".into(),
             },
             policy: PolicySettings::default(),
-            breakglass: BreakGlassSettings {
+            issuance: IssuanceSettings {
                 issuer: "http://127.0.0.1:8080".into(),
                 audience: "fhir".into(),
                 seconds_per_block: 10,
@@ -215,9 +205,16 @@ impl Settings {
         }
         // only `section.field` keys: secrets (BREAKGLASS_SERVICE_KEY) and other BREAKGLASS_*
         // variables are read where they are used, not here
-        let env = Env::prefixed("BREAKGLASS_").split("__").filter(|key| {
+        let sections: Vec<String> = match serde_json::to_value(Settings::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let env = Env::prefixed("BREAKGLASS_").split("__").filter(move |key| {
             let key = key.as_str().to_ascii_lowercase();
-            key.contains('.') && SECTIONS.iter().any(|s| key.split('.').next() == Some(*s))
+            key.contains('.')
+                && sections
+                    .iter()
+                    .any(|s| key.split('.').next() == Some(s.as_str()))
         });
         let settings: Settings = fig.merge(env).extract().map_err(Box::new)?;
         settings
@@ -239,10 +236,9 @@ impl Settings {
         {
             return Err("chain.node_url must be an http(s) URL".into());
         }
-        if self.breakglass.seconds_per_block == 0 || self.breakglass.grants_per_minute == 0 {
+        if self.issuance.seconds_per_block == 0 || self.issuance.grants_per_minute == 0 {
             return Err(
-                "breakglass.seconds_per_block and breakglass.grants_per_minute must be positive"
-                    .into(),
+                "issuance.seconds_per_block and issuance.grants_per_minute must be positive".into(),
             );
         }
         if self.follower.poll_interval_ms == 0 || self.submitter.interval_ms == 0 {
@@ -279,9 +275,17 @@ mod tests {
             jail.set_env("BREAKGLASS_SUBMITTER__FEE", "9");
             jail.set_env("BREAKGLASS_SERVICE_KEY", "not a setting, ignored here");
             jail.set_env("BREAKGLASS_LOG", "debug");
+            jail.set_env("BREAKGLASS_ISSUANCE__GRANTS_PER_MINUTE", "7");
+            jail.set_env("BREAKGLASS_ONCALL__ROSTER", "/etc/roster.toml");
             let s = Settings::load(Some(Path::new("b.toml"))).map_err(|e| *e)?;
             assert_eq!(s.chain.node_url, "http://node:20443");
             assert_eq!(s.submitter.fee, 9);
+            // every section can be overridden from the environment
+            assert_eq!(s.issuance.grants_per_minute, 7);
+            assert_eq!(
+                s.oncall.roster.as_deref(),
+                Some(Path::new("/etc/roster.toml"))
+            );
             Ok(())
         });
     }

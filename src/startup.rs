@@ -64,8 +64,8 @@ impl Application {
         let status = Arc::new(FollowerStatus::default());
         let tokens = Arc::new(TokenIssuer::load_or_generate(
             &settings.data.dir,
-            &settings.breakglass.issuer,
-            &settings.breakglass.audience,
+            &settings.issuance.issuer,
+            &settings.issuance.audience,
         )?);
         let breakglass = web::Data::new(BreakGlass::new(
             &settings,

@@ -235,7 +235,7 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_has_its_code_and_leaves_no_trace() {
-    let env = setup(|s| s.breakglass.grants_per_minute = 2).await;
+    let env = setup(|s| s.issuance.grants_per_minute = 2).await;
     let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
     let key = |role: &str| {
         provider(demo, role)["private_key"]
