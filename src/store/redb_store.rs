@@ -248,67 +248,86 @@ impl Store for RedbStore {
     }
 }
 
+/// Puts (or, for `None`, removes) rows of one table; a table with no rows is not opened, so
+/// a commit only touches the tables its batch names.
+fn put(
+    tx: &redb::WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    rows: Vec<(String, Option<Vec<u8>>)>,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut t = tx.open_table(table).map_err(backend)?;
+    for (key, value) in rows {
+        match value {
+            Some(v) => t.insert(key.as_str(), v.as_slice()).map(|_| ()),
+            None => t.remove(key.as_str()).map(|_| ()),
+        }
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn rows<T: Serialize>(
+    items: impl IntoIterator<Item = (String, T)>,
+) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+    items
+        .into_iter()
+        .map(|(k, v)| Ok((k, Some(enc(&v)?))))
+        .collect()
+}
+
 fn write_batch(db: &Database, batch: Batch) -> Result<(), StoreError> {
     let tx = db.begin_write().map_err(backend)?;
-    {
-        let mut meta = tx.open_table(META).map_err(backend)?;
-        if let Some(tip) = &batch.tip {
-            meta.insert("tip", enc(tip)?.as_slice()).map_err(backend)?;
-        }
-        if let Some(n) = batch.nonce {
-            meta.insert("nonce", enc(&n)?.as_slice()).map_err(backend)?;
-        }
-        let mut providers = tx.open_table(PROVIDERS).map_err(backend)?;
-        for (who, state) in &batch.providers {
-            match state {
-                Some(s) => providers
-                    .insert(who.as_str(), enc(s)?.as_slice())
-                    .map(|_| ()),
-                None => providers.remove(who.as_str()).map(|_| ()),
-            }
-            .map_err(backend)?;
-        }
-        let mut prefs = tx.open_table(PREFERENCES).map_err(backend)?;
-        for (patient, p) in &batch.preferences {
-            prefs
-                .insert(patient.to_string().as_str(), enc(p)?.as_slice())
-                .map_err(backend)?;
-        }
-        let mut consents = tx.open_table(CONSENTS).map_err(backend)?;
-        for (key, c) in &batch.consents {
-            consents
-                .insert(key.id().as_str(), enc(&(key, c))?.as_slice())
-                .map_err(backend)?;
-        }
-        let mut responders = tx.open_table(RESPONDERS).map_err(backend)?;
-        for (who, yes) in &batch.responders {
-            responders
-                .insert(who.as_str(), enc(yes)?.as_slice())
-                .map_err(backend)?;
-        }
-        let mut subs = tx.open_table(SUBMISSIONS).map_err(backend)?;
-        for s in &batch.submissions {
-            subs.insert(s.id.as_str(), enc(s)?.as_slice())
-                .map_err(backend)?;
-        }
-        let mut accesses = tx.open_table(ACCESSES).map_err(backend)?;
-        for a in &batch.accesses {
-            accesses
-                .insert(a.id.as_str(), enc(a)?.as_slice())
-                .map_err(backend)?;
-        }
-        let mut replay = tx.open_table(REPLAY).map_err(backend)?;
-        for (key, until) in &batch.replay {
-            replay
-                .insert(key.as_str(), enc(until)?.as_slice())
-                .map_err(backend)?;
-        }
-        let mut revoked = tx.open_table(REVOKED).map_err(backend)?;
-        for (jti, until) in &batch.revoked {
-            revoked
-                .insert(jti.as_str(), enc(until)?.as_slice())
-                .map_err(backend)?;
-        }
+    let mut meta = Vec::new();
+    if let Some(tip) = &batch.tip {
+        meta.push(("tip".to_string(), Some(enc(tip)?)));
     }
+    if let Some(n) = batch.nonce {
+        meta.push(("nonce".to_string(), Some(enc(&n)?)));
+    }
+    put(&tx, META, meta)?;
+    let providers = batch
+        .providers
+        .iter()
+        .map(|(w, s)| Ok((w.clone(), s.as_ref().map(enc).transpose()?)))
+        .collect::<Result<_, StoreError>>()?;
+    put(&tx, PROVIDERS, providers)?;
+    put(
+        &tx,
+        PREFERENCES,
+        rows(batch.preferences.iter().map(|(p, v)| (p.to_string(), v)))?,
+    )?;
+    put(
+        &tx,
+        CONSENTS,
+        rows(batch.consents.iter().map(|(k, c)| (k.id(), (k, c))))?,
+    )?;
+    put(
+        &tx,
+        RESPONDERS,
+        rows(batch.responders.iter().map(|(w, y)| (w.clone(), y)))?,
+    )?;
+    put(
+        &tx,
+        SUBMISSIONS,
+        rows(batch.submissions.iter().map(|s| (s.id.clone(), s)))?,
+    )?;
+    put(
+        &tx,
+        ACCESSES,
+        rows(batch.accesses.iter().map(|a| (a.id.clone(), a)))?,
+    )?;
+    put(
+        &tx,
+        REPLAY,
+        rows(batch.replay.iter().map(|(k, u)| (k.clone(), u)))?,
+    )?;
+    put(
+        &tx,
+        REVOKED,
+        rows(batch.revoked.iter().map(|(k, u)| (k.clone(), u)))?,
+    )?;
     tx.commit().map_err(backend)
 }
