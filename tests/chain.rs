@@ -87,7 +87,11 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
             want
         );
         assert_eq!(devnet.tip().await, mined_at);
-        assert!(app.status.applied() >= mined_at);
+        // the follower marks the block applied just after its write lands
+        eventually("applied", SECS, async || {
+            (app.status.applied() >= mined_at).then_some(())
+        })
+        .await;
     }
 
     // a patient's emergency preferences and consents, each seen from the one block that set it

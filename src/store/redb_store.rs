@@ -248,12 +248,15 @@ impl Store for RedbStore {
     }
 }
 
+/// Keys and encoded values (`None` removes the key).
+type Rows = Vec<(String, Option<Vec<u8>>)>;
+
 /// Puts (or, for `None`, removes) rows of one table; a table with no rows is not opened, so
 /// a commit only touches the tables its batch names.
 fn put(
     tx: &redb::WriteTransaction,
     table: TableDefinition<&str, &[u8]>,
-    rows: Vec<(String, Option<Vec<u8>>)>,
+    rows: Rows,
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
@@ -269,9 +272,7 @@ fn put(
     Ok(())
 }
 
-fn rows<T: Serialize>(
-    items: impl IntoIterator<Item = (String, T)>,
-) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+fn rows<T: Serialize>(items: impl IntoIterator<Item = (String, T)>) -> Result<Rows, StoreError> {
     items
         .into_iter()
         .map(|(k, v)| Ok((k, Some(enc(&v)?))))
