@@ -52,18 +52,31 @@ fn unauthorized() -> HttpResponse {
                       "detail": "resource servers authenticate with HTTP Basic as a configured client", "code": "invalid-client" }))
 }
 
+/// The authenticated caller and the `token` form field, or the answer to give instead.
+fn caller_and_token<'f>(
+    req: &HttpRequest,
+    form: &'f HashMap<String, String>,
+    clients: &Clients,
+) -> Result<(String, &'f str), Box<HttpResponse>> {
+    let caller = client(req, clients).ok_or_else(|| Box::new(unauthorized()))?;
+    let token =
+        form.get("token").ok_or_else(|| {
+            Box::new(HttpResponse::BadRequest().json(
+                json!({ "error": "invalid_request", "error_description": "token is required" }),
+            ))
+        })?;
+    Ok((caller, token))
+}
+
 async fn introspect(
     req: HttpRequest,
     form: web::Form<HashMap<String, String>>,
     bg: web::Data<BreakGlass>,
     clients: web::Data<Clients>,
 ) -> HttpResponse {
-    let Some(caller) = client(&req, &clients) else {
-        return unauthorized();
-    };
-    let Some(token) = form.get("token") else {
-        return HttpResponse::BadRequest()
-            .json(json!({ "error": "invalid_request", "error_description": "token is required" }));
+    let (caller, token) = match caller_and_token(&req, &form, &clients) {
+        Ok(ct) => ct,
+        Err(answer) => return *answer,
     };
     let inactive = || {
         HttpResponse::Ok()
@@ -107,12 +120,9 @@ async fn revoke(
     bg: web::Data<BreakGlass>,
     clients: web::Data<Clients>,
 ) -> HttpResponse {
-    let Some(caller) = client(&req, &clients) else {
-        return unauthorized();
-    };
-    let Some(token) = form.get("token") else {
-        return HttpResponse::BadRequest()
-            .json(json!({ "error": "invalid_request", "error_description": "token is required" }));
+    let (caller, token) = match caller_and_token(&req, &form, &clients) {
+        Ok(ct) => ct,
+        Err(answer) => return *answer,
     };
     // RFC 7009: an invalid or unknown token is answered 200 as well
     if let Ok(claims) = bg.tokens.verify(token) {

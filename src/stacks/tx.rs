@@ -4,7 +4,9 @@
 use secp256k1::SecretKey;
 use sha2::{Digest, Sha512_256};
 use stacks_rs::clarity::{Codec, FnArguments};
-use stacks_rs::transaction::{PostConditionMode, STXContractCall, StacksMainnet, StacksTestnet};
+use stacks_rs::transaction::{
+    Network, PostConditionMode, STXContractCall, StacksMainnet, StacksTestnet,
+};
 
 use super::address::{
     Address, MAINNET_MULTI_SIG, MAINNET_SINGLE_SIG, TESTNET_MULTI_SIG, TESTNET_SINGLE_SIG,
@@ -57,36 +59,33 @@ pub fn txid(bytes: &[u8]) -> [u8; 32] {
 
 /// Builds and signs a contract call in post-condition deny mode (the contracts move no assets).
 pub fn sign_contract_call(call: &ContractCall, key: &SecretKey) -> Result<SignedTx, TxError> {
+    if call.mainnet {
+        sign_on(call, key, StacksMainnet::new())
+    } else {
+        sign_on(call, key, StacksTestnet::new())
+    }
+}
+
+fn sign_on<N: Network>(
+    call: &ContractCall,
+    key: &SecretKey,
+    network: N,
+) -> Result<SignedTx, TxError> {
     let build = |e: &dyn std::fmt::Display| TxError::Build(e.to_string());
     let args = FnArguments::new(call.args.iter().map(Value::to_stacks_rs).collect());
-    let tx = if call.mainnet {
-        STXContractCall::builder()
-            .address(call.contract.to_string())
-            .contract(call.contract_name.clone())
-            .fn_name(call.function.clone())
-            .fn_args(args)
-            .sender(*key)
-            .network(StacksMainnet::new())
-            .fee(call.fee)
-            .nonce(call.nonce)
-            .post_condition_mode(PostConditionMode::Deny)
-            .build()
-            .transaction()
-    } else {
-        STXContractCall::builder()
-            .address(call.contract.to_string())
-            .contract(call.contract_name.clone())
-            .fn_name(call.function.clone())
-            .fn_args(args)
-            .sender(*key)
-            .network(StacksTestnet::new())
-            .fee(call.fee)
-            .nonce(call.nonce)
-            .post_condition_mode(PostConditionMode::Deny)
-            .build()
-            .transaction()
-    }
-    .map_err(|e| build(&e))?;
+    let tx = STXContractCall::builder()
+        .address(call.contract.to_string())
+        .contract(call.contract_name.clone())
+        .fn_name(call.function.clone())
+        .fn_args(args)
+        .sender(*key)
+        .network(network)
+        .fee(call.fee)
+        .nonce(call.nonce)
+        .post_condition_mode(PostConditionMode::Deny)
+        .build()
+        .transaction()
+        .map_err(|e| build(&e))?;
     let signed = tx.sign(*key).map_err(|e| build(&e))?;
     let bytes = signed.encode().map_err(|e| build(&e))?;
     Ok(SignedTx {
