@@ -187,3 +187,29 @@ fn bad_policy_files_are_refused_with_the_reason() {
         PolicyError::Schema(_)
     ));
 }
+
+#[test]
+fn a_policy_naming_one_provider_applies_to_that_provider_only() {
+    let extra = r#"
+@id("this-nurse-is-barred")
+forbid (principal == Breakglass::Provider::"ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG", action == Breakglass::Action::"break-glass", resource);
+"#;
+    let src = format!("{}\n{extra}", breakglass::policy::DEFAULT_POLICIES);
+    let p = Policies::from_sources(DEFAULT_SCHEMA, &src).unwrap();
+    match p
+        .decide(
+            "ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG",
+            Role::Nurse,
+            &[Allergies],
+        )
+        .unwrap()
+    {
+        Verdict::Deny { rule, .. } => assert_eq!(rule.as_deref(), Some("this-nurse-is-barred")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        window(&p, Role::Nurse, &[Allergies]),
+        Some(10),
+        "another nurse is not barred"
+    );
+}
