@@ -64,8 +64,9 @@ pub struct BreakGlass {
     pub tokens: Arc<TokenIssuer>,
     roster: Option<HashSet<String>>,
     limiter: DefaultKeyedRateLimiter<String>,
-    /// Nonces seen since start (refused requests included); granted ones are also durable.
-    seen: Mutex<HashMap<String, u64>>,
+    /// Nonces seen since start (refused requests included), with when they may be forgotten,
+    /// and when expired ones were last swept; granted ones are also durable.
+    seen: Mutex<(HashMap<String, u64>, u64)>,
     chain_id: u32,
     mainnet: bool,
     seconds_per_block: u64,
@@ -115,7 +116,7 @@ impl BreakGlass {
             tokens,
             roster,
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new((HashMap::new(), 0)),
             chain_id: settings.chain.network.chain_id(),
             mainnet: settings.chain.network.is_mainnet(),
             seconds_per_block: settings.issuance.seconds_per_block,
@@ -150,8 +151,13 @@ impl BreakGlass {
         let signer = req.signer.to_string();
         let replay_key = format!("{signer}:{}", req.nonce);
         let replayed = {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.retain(|_, until| *until > now);
+            let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let (seen, swept) = &mut *guard;
+            // sweep at most once a second: a sweep walks every entry
+            if *swept < now {
+                seen.retain(|_, until| *until > now);
+                *swept = now;
+            }
             seen.insert(
                 replay_key.clone(),
                 req.issued_at + 2 * request::MAX_SKEW_SECS,
