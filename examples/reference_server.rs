@@ -14,6 +14,10 @@ use breakglass::stacks::tx::TESTNET_CHAIN_ID;
 use breakglass::store::AccessRecord;
 use breakglass::token::TokenIssuer;
 
+/// The same allocator as the service, so that the comparison is like for like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 async fn hello() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "hello": "world" }))
 }

@@ -288,8 +288,7 @@ impl BreakGlass {
             .clamp(1, MAX_WINDOW_BLOCKS);
 
         // the record, the chain operation and the used nonce: one durable write, or nothing
-        let mut id = [0u8; 32];
-        secp256k1::rand::RngCore::fill_bytes(&mut secp256k1::rand::thread_rng(), &mut id);
+        let id = access_id(now_ms());
         let reason_hash: [u8; 32] = Sha256::digest(req.reason.as_bytes()).into();
         let access = AccessRecord {
             id: hex::encode(id),
@@ -308,7 +307,7 @@ impl BreakGlass {
             window_blocks,
             rules,
             message_hash: hex::encode(req.message_hash),
-            signature: body_signature(body),
+            signature: hex::encode(&req.signature),
         };
         let args: Vec<String> = [
             Value::buffer(id),
@@ -367,13 +366,12 @@ impl BreakGlass {
     }
 }
 
-fn body_signature(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.get("signature")
-                .and_then(|s| s.as_str())
-                .map(|s| s.trim_start_matches("0x").to_string())
-        })
-        .unwrap_or_default()
+/// A new access id: the grant time (unix milliseconds, 6 bytes, big-endian) then 26 random
+/// bytes. Ids sort by time, so the store appends them instead of scattering them across its
+/// B-tree, and 208 random bits keep them unguessable.
+pub fn access_id(now_ms: u64) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    id[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
+    secp256k1::rand::RngCore::fill_bytes(&mut secp256k1::rand::thread_rng(), &mut id[6..]);
+    id
 }

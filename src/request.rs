@@ -38,6 +38,8 @@ pub struct BreakGlassRequest {
     pub issued_at: u64,
     pub device: Option<String>,
     pub message_hash: [u8; 32],
+    /// The 65-byte recoverable signature, as sent (kept as proof with the access).
+    pub signature: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,6 +115,7 @@ pub fn verify(
     Ok(BreakGlassRequest {
         signer,
         message_hash: hash,
+        signature,
         ..fields
     })
 }
@@ -227,6 +230,7 @@ fn parse_message(message: &Value) -> Result<BreakGlassRequest, RequestError> {
         issued_at,
         device,
         message_hash: [0; 32],
+        signature: Vec::new(),
     })
 }
 

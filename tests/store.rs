@@ -281,3 +281,88 @@ fn concurrent_writes_are_all_applied_in_order() {
     }
     assert_eq!(store.providers().unwrap().len(), 32);
 }
+
+/// Copies the store's files as they are on disk while it runs: what a crash (SIGKILL) leaves.
+fn crash_copy(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in ["s.redb", "s.redb.journal"] {
+        std::fs::copy(from.join(name), to.join(name)).unwrap();
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_a_crash_through_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    // no checkpoint while the test runs: redb holds the writes only non-durably
+    let store = RedbStore::open_with(
+        &live.join("s.redb"),
+        Checkpoints {
+            every: std::time::Duration::from_secs(3600),
+            when_idle_for: std::time::Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    for i in 0..50u64 {
+        store
+            .apply(Batch {
+                providers: vec![(
+                    format!("ST{i}"),
+                    Some(ProviderState::Registered {
+                        role: Role::Physician,
+                        status: ProviderStatus::Verified,
+                    }),
+                )],
+                replay: vec![(format!("ST{i}:{i}"), 100 + i)],
+                nonce: Some(i),
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    let crashed = dir.path().join("crashed");
+    crash_copy(&live, &crashed);
+    assert!(
+        std::fs::metadata(crashed.join("s.redb.journal"))
+            .unwrap()
+            .len()
+            > 0,
+        "the writes are still only in the journal"
+    );
+
+    // a torn last frame (a write the crash cut short) is dropped, the rest recovered
+    let torn = dir.path().join("torn");
+    crash_copy(&live, &torn);
+    {
+        use std::io::Write;
+        let mut j = std::fs::OpenOptions::new()
+            .append(true)
+            .open(torn.join("s.redb.journal"))
+            .unwrap();
+        j.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, b'{', b'"'])
+            .unwrap();
+    }
+
+    for copy in [&crashed, &torn] {
+        let reopened = RedbStore::open(&copy.join("s.redb")).unwrap();
+        assert_eq!(reopened.nonce().unwrap(), Some(49));
+        assert_eq!(reopened.providers().unwrap().len(), 50);
+        assert_eq!(reopened.replay("ST7:7").unwrap(), Some(107));
+        // recovery checkpoints: the journal is empty again and writes go on
+        assert_eq!(
+            std::fs::metadata(copy.join("s.redb.journal"))
+                .unwrap()
+                .len(),
+            0
+        );
+        reopened
+            .apply(Batch {
+                nonce: Some(50),
+                ..Batch::default()
+            })
+            .unwrap();
+        drop(reopened);
+        let again = RedbStore::open(&copy.join("s.redb")).unwrap();
+        assert_eq!(again.nonce().unwrap(), Some(50));
+        assert_eq!(again.providers().unwrap().len(), 50);
+    }
+}

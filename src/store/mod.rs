@@ -6,12 +6,13 @@
 //! Every write is one `Batch`, applied atomically and durably: a block's cache updates, its
 //! confirmations and the new follower tip land together or not at all.
 
+mod journal;
 mod redb_store;
 
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{DataType, PatientId, ProviderStatus, Purpose, Role};
-pub use redb_store::RedbStore;
+pub use redb_store::{Checkpoints, RedbStore};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -147,7 +148,7 @@ pub struct AccessRecord {
 }
 
 /// One atomic, durable write.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Batch {
     pub tip: Option<Tip>,
     pub providers: Vec<(String, Option<ProviderState>)>,
@@ -196,19 +197,28 @@ impl Batch {
     }
 }
 
-/// Applies `batch` on the blocking pool, so that a commit's fsync never stalls the runtime.
+/// Where a store answers `apply_then`.
+pub type Done = tokio::sync::oneshot::Sender<Result<(), StoreError>>;
+
+/// Applies `batch` and waits for it to be durable without holding a runtime thread: the
+/// store's writer answers the task directly.
 pub async fn apply_async(
     store: &std::sync::Arc<dyn Store>,
     batch: Batch,
 ) -> Result<(), StoreError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || store.apply(batch))
+    let (done, answer) = tokio::sync::oneshot::channel();
+    store.apply_then(batch, done);
+    answer
         .await
-        .map_err(|e| StoreError::Backend(e.to_string()))?
+        .map_err(|_| StoreError::Backend("the store's writer stopped".into()))?
 }
 
 pub trait Store: Send + Sync + 'static {
+    /// Applies `batch` atomically and durably; blocks until it is.
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Starts applying `batch` and answers on `done` once it is durable (or failed); never
+    /// blocks, so async callers can await the answer.
+    fn apply_then(&self, batch: Batch, done: Done);
     fn tip(&self) -> Result<Option<Tip>, StoreError>;
     fn provider(&self, principal: &str) -> Result<Option<ProviderState>, StoreError>;
     fn providers(&self) -> Result<Vec<String>, StoreError>;
