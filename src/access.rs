@@ -1,8 +1,8 @@
 //! The break-glass path, top to bottom: verify the signed request, refuse replays, look the
 //! clinician up in the chain-state cache, check on-call, the patient's preferences and the
-//! policies, then write the access record, the chain-record operation and the used nonce in
-//! one durable write, and only then sign the token. No step waits on the node except a cache
-//! miss; the chain record is the submitter's work, after the answer.
+//! policies, then write the access record, the chain-record operation, the patient's notice
+//! and the used nonce in one durable write, and only then sign the token. No step waits on the
+//! node except a cache miss; the chain record and the notice are background work.
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
@@ -70,6 +70,7 @@ pub struct BreakGlass {
     chain_id: u32,
     mainnet: bool,
     seconds_per_block: u64,
+    notify: crate::configuration::NotifySettings,
 }
 
 /// Reads an on-call roster: `on_call = ["ST...", ...]`.
@@ -120,6 +121,7 @@ impl BreakGlass {
             chain_id: settings.chain.network.chain_id(),
             mainnet: settings.chain.network.is_mainnet(),
             seconds_per_block: settings.issuance.seconds_per_block,
+            notify: settings.notify.clone(),
         })
     }
 
@@ -332,6 +334,7 @@ impl BreakGlass {
             &args,
         );
         let batch = Batch {
+            notices: vec![crate::notify::notice_for(&self.notify, &access)],
             accesses: vec![access.clone()],
             submissions: vec![record],
             replay: vec![(replay_key, req.issued_at + 2 * request::MAX_SKEW_SECS)],

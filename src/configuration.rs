@@ -25,6 +25,77 @@ pub struct Settings {
     pub issuance: IssuanceSettings,
     pub oncall: OnCallSettings,
     pub resource_servers: ResourceServerSettings,
+    pub admin: AdminSettings,
+    pub directory: DirectorySettings,
+    pub notify: NotifySettings,
+}
+
+/// Operators' clients for the admin API (`/v1/admin/...`: directory import, notice lists),
+/// HTTP Basic with only the SHA-256 of each secret configured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    pub clients: Vec<ResourceServerClient>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySettings {
+    /// The FHIR `identifier.system` whose value is the patient's pseudonymous id (hex).
+    pub patient_id_system: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    /// Through an SMTP server (`notify.smtp`).
+    Smtp,
+    /// `.eml` files in `data.dir/outbox` (development: no SMTP server needed).
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain text (a local relay only).
+    None,
+    /// STARTTLS on a submission port (587).
+    Starttls,
+    /// TLS from the first byte (465).
+    Implicit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    /// With the password from `BREAKGLASS_SMTP_PASSWORD`.
+    pub username: Option<String>,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    pub transport: MailTransport,
+    pub smtp: SmtpSettings,
+    /// The notices' `From`, e.g. `Hospital privacy office <privacy@hospital.example>`; its
+    /// domain also names the `Message-ID`s.
+    pub from: String,
+    /// Data types whose access is notified at once rather than when the window closes.
+    pub immediate_data_types: Vec<crate::domain::DataType>,
+    /// A link to the chain record, `{txid}` replaced (e.g. an explorer's transaction page).
+    pub explorer_tx_url: Option<String>,
+    /// How to contest an access, as the notice says it (an address, a phone number, a page).
+    pub contest: String,
+    pub poll_interval_ms: u64,
+    /// Retries after a transient failure: this long first, doubling up to `retry_max_secs`,
+    /// for up to `give_up_after_hours` after the first attempt.
+    pub retry_initial_secs: u64,
+    pub retry_max_secs: u64,
+    pub give_up_after_hours: u64,
 }
 
 /// The resource servers allowed to introspect and revoke tokens (HTTP Basic, RFC 7662 §2.1).
@@ -192,6 +263,28 @@ impl Default for Settings {
             },
             oncall: OnCallSettings::default(),
             resource_servers: ResourceServerSettings::default(),
+            admin: AdminSettings::default(),
+            directory: DirectorySettings {
+                patient_id_system: "urn:breakglass:patient-id".into(),
+            },
+            notify: NotifySettings {
+                transport: MailTransport::File,
+                smtp: SmtpSettings {
+                    host: "127.0.0.1".into(),
+                    port: 25,
+                    tls: SmtpTls::None,
+                    username: None,
+                    timeout_secs: 15,
+                },
+                from: "Emergency access notices <notices@breakglass.localhost>".into(),
+                immediate_data_types: Vec::new(),
+                explorer_tx_url: None,
+                contest: "reply to your care provider's privacy office".into(),
+                poll_interval_ms: 1000,
+                retry_initial_secs: 30,
+                retry_max_secs: 3600,
+                give_up_after_hours: 72,
+            },
         }
     }
 }
@@ -239,6 +332,22 @@ impl Settings {
         if self.issuance.seconds_per_block == 0 || self.issuance.grants_per_minute == 0 {
             return Err(
                 "issuance.seconds_per_block and issuance.grants_per_minute must be positive".into(),
+            );
+        }
+        if self
+            .notify
+            .from
+            .parse::<lettre::message::Mailbox>()
+            .is_err()
+        {
+            return Err(format!(
+                "notify.from {:?} is not a mailbox",
+                self.notify.from
+            ));
+        }
+        if self.notify.retry_initial_secs == 0 || self.notify.poll_interval_ms == 0 {
+            return Err(
+                "notify.retry_initial_secs and notify.poll_interval_ms must be positive".into(),
             );
         }
         if self.follower.poll_interval_ms == 0 || self.submitter.interval_ms == 0 {

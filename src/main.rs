@@ -59,6 +59,20 @@ enum Command {
     /// Try the running service as a demo clinician would (after `breakglass dev`).
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// The patient directory (contacts for the notices), kept sealed in the store.
+    #[command(subcommand)]
+    Patients(PatientsCommand),
+}
+
+#[derive(Subcommand)]
+enum PatientsCommand {
+    /// Import a FHIR R4 bundle of Patient resources into the store while the service is
+    /// stopped (a running service takes the same bundle at POST /v1/admin/patients). Prints
+    /// how many were imported and each refused entry with its reason.
+    Import {
+        /// The bundle (JSON).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +136,30 @@ fn settings(cli: &Cli) -> Result<Settings, ExitCode> {
         eprintln!("breakglass: configuration: {e}");
         ExitCode::from(2)
     })
+}
+
+fn import_patients(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context;
+    let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let store: std::sync::Arc<dyn breakglass::store::Store> = std::sync::Arc::new(
+        breakglass::store::RedbStore::open(&s.data.dir.join("breakglass.redb")).context(
+            "opening the store (while the service runs, use POST /v1/admin/patients instead)",
+        )?,
+    );
+    let keyring = breakglass::seal::Keyring::load_or_generate(
+        &s.data.dir,
+        std::env::var(breakglass::seal::DATA_KEY_ENV)
+            .ok()
+            .as_deref(),
+    )?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(breakglass::directory::import(
+        &store,
+        &keyring,
+        &s.directory.patient_id_system,
+        &body,
+    ))?;
+    Ok(serde_json::to_value(report.map_err(anyhow::Error::msg)?)?)
 }
 
 fn print(result: Result<serde_json::Value, String>) -> ExitCode {
@@ -200,6 +238,13 @@ fn main() -> ExitCode {
                 }
                 Err(e) => print(Err(e.to_string())),
             }
+        }
+        Command::Patients(PatientsCommand::Import { file }) => {
+            let s = match settings(&cli) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            print(import_patients(&s, file).map_err(|e| format!("{e:#}")))
         }
         Command::Keys(KeysCommand::Show) => {
             let s = match settings(&cli) {

@@ -1,5 +1,5 @@
 //! Wiring, in one place: the store, the keys, the node client, the chain-state cache, the
-//! follower and submitter tasks, and the two HTTP listeners; and their orderly shutdown.
+//! follower, submitter and notifier tasks, and the two HTTP listeners; and their orderly shutdown.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -19,7 +19,9 @@ use crate::chain::submitter::Submitter;
 use crate::configuration::Settings;
 use crate::http;
 use crate::keys::ServiceKeys;
+use crate::notify::Notifier;
 use crate::policy::Policies;
+use crate::seal::Keyring;
 use crate::store::{RedbStore, Store};
 use crate::token::TokenIssuer;
 
@@ -77,6 +79,17 @@ impl Application {
             settings.resource_servers.clients.clone(),
         ));
         let follower = Arc::new(Follower::new(state, status.clone())?);
+        let keyring = Arc::new(Keyring::load_or_generate(
+            &settings.data.dir,
+            std::env::var(crate::seal::DATA_KEY_ENV).ok().as_deref(),
+        )?);
+        let notifier = Arc::new(Notifier::new(&settings, store.clone(), keyring.clone())?);
+        let admin = web::Data::new(http::admin::Admin {
+            clients: settings.admin.clients.clone(),
+            store: store.clone(),
+            keyring,
+            patient_id_system: settings.directory.patient_id_system.clone(),
+        });
         let sender = keys.stacks_address(mainnet);
         let submitter = Arc::new(Submitter {
             store: store.clone(),
@@ -96,8 +109,9 @@ impl Application {
             tokio::spawn(follower.clone().run_poller(poll, shutdown_rx.clone())),
             tokio::spawn(submitter.clone().run(
                 Duration::from_millis(settings.submitter.interval_ms),
-                shutdown_rx,
+                shutdown_rx.clone(),
             )),
+            tokio::spawn(notifier.run(shutdown_rx)),
         ];
 
         let health = web::Data::new(http::Health {
@@ -115,6 +129,7 @@ impl Application {
                 .app_data(health.clone())
                 .app_data(breakglass.clone())
                 .app_data(clients.clone())
+                .app_data(admin.clone())
                 .configure(http::api)
         })
         .listen(api_listener)?

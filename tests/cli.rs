@@ -313,3 +313,44 @@ fn policy_check_prints_what_each_role_may_open() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[test]
+fn patients_import_seals_the_directory_and_names_refused_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "c".repeat(64);
+    let bundle = serde_json::json!({ "resourceType": "Bundle", "type": "collection", "entry": [
+        { "resource": { "resourceType": "Patient", "id": "a",
+            "identifier": [{ "system": "urn:breakglass:patient-id", "value": id }],
+            "telecom": [{ "system": "email", "value": "luis.perez@example.org" }] } },
+        { "resource": { "resourceType": "Patient", "id": "b",
+            "identifier": [{ "system": "urn:breakglass:patient-id", "value": "d".repeat(64) }] } },
+    ]});
+    let file = dir.path().join("patients.json");
+    std::fs::write(&file, bundle.to_string()).unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_breakglass"))
+        .args(["patients", "import", file.to_str().unwrap()])
+        .env("BREAKGLASS_DATA__DIR", &data)
+        .output()
+        .unwrap();
+    let report = json(&out);
+    assert_eq!(report["imported"], 1);
+    assert_eq!(report["rejected"][0]["resource_id"], "b");
+    assert!(report["rejected"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no email"));
+    for f in ["breakglass.redb", "breakglass.redb.journal"] {
+        let bytes = std::fs::read(data.join(f)).unwrap();
+        assert!(!bytes.windows(10).any(|w| w == b"luis.perez"), "{f}");
+    }
+    // not a bundle: exit 2 with the reason
+    std::fs::write(&file, "{\"resourceType\": \"Observation\"}").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_breakglass"))
+        .args(["patients", "import", file.to_str().unwrap()])
+        .env("BREAKGLASS_DATA__DIR", &data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Bundle"));
+}

@@ -100,8 +100,13 @@ async fn access(bg: web::Data<BreakGlass>, id: web::Path<String>) -> HttpRespons
             result,
         }) => json!({ "state": "failed", "txid": txid, "block_height": height, "result": result }),
     };
+    let notice = match store.notice(&id) {
+        Ok(Some(n)) => super::admin::notice_view(&n),
+        _ => json!(null),
+    };
     // the reason stays out: it is for reviewers and the patient's notice
     HttpResponse::Ok().json(json!({
+        "notice": notice,
         "access_id": a.id,
         "provider": a.provider,
         "role": a.role,

@@ -1,6 +1,7 @@
 //! The HTTP edges: the public API (health and readiness for now) and the event-observer
 //! endpoint the stacks-node POSTs to. Handlers stay thin; the work is in `chain`.
 
+pub mod admin;
 pub mod breakglass;
 pub mod tokens;
 
@@ -25,7 +26,8 @@ pub fn api(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .configure(breakglass::routes)
-        .configure(tokens::routes);
+        .configure(tokens::routes)
+        .configure(admin::routes);
 }
 
 async fn healthz() -> HttpResponse {

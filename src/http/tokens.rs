@@ -24,13 +24,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// The client id, when the Basic credentials match a configured client.
 fn client(req: &HttpRequest, clients: &Clients) -> Option<String> {
+    basic_client(req, &clients.0)
+}
+
+/// The client id, when the request's HTTP Basic credentials match one of `clients` (the
+/// secret compared by its SHA-256, in constant time).
+pub fn basic_client(req: &HttpRequest, clients: &[ResourceServerClient]) -> Option<String> {
     let header = req.headers().get("authorization")?.to_str().ok()?;
     let encoded = header.strip_prefix("Basic ")?;
     let decoded = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
     let (id, secret) = decoded.split_once(':')?;
     let digest = hex::encode(Sha256::digest(secret.as_bytes()));
     clients
-        .0
         .iter()
         .find(|c| {
             c.id == id

@@ -147,6 +147,68 @@ pub struct AccessRecord {
     pub signature: String,
 }
 
+/// The patient's notice of one access, from the grant to its delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    pub access_id: String,
+    pub patient: PatientId,
+    /// When it should go out (unix seconds): the window's close, or the grant itself for the
+    /// data types notified at once.
+    pub due_at: u64,
+    /// No attempt before this (unix seconds): `due_at`, then the retry backoff.
+    pub next_at: u64,
+    pub attempts: u32,
+    pub first_attempt_at: Option<u64>,
+    /// The last failure (an SMTP reply or an I/O error: never an address or clinical data).
+    pub last_error: Option<String>,
+    /// `<access id@domain>`, fixed when the message is rendered.
+    pub message_id: Option<String>,
+    /// The rendered message (envelope and RFC 5322 bytes), sealed, hex; written before the
+    /// first send so that every retry sends these same bytes.
+    pub message: Option<String>,
+    pub state: NoticeState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum NoticeState {
+    Pending,
+    Sent {
+        at: u64,
+    },
+    /// Given up: refused for good (5xx, a bad address) or still failing after the retry
+    /// period. Listed for operators and shown to reviewers.
+    Dead {
+        at: u64,
+        reason: String,
+    },
+    /// The directory has no way to reach the patient: nobody was told.
+    NoContact {
+        at: u64,
+    },
+}
+
+impl Notice {
+    pub fn new(access_id: &str, patient: PatientId, due_at: u64) -> Notice {
+        Notice {
+            access_id: access_id.to_string(),
+            patient,
+            due_at,
+            next_at: due_at,
+            attempts: 0,
+            first_attempt_at: None,
+            last_error: None,
+            message_id: None,
+            message: None,
+            state: NoticeState::Pending,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state == NoticeState::Pending
+    }
+}
+
 /// One atomic, durable write.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Batch {
@@ -162,6 +224,9 @@ pub struct Batch {
     pub replay: Vec<(String, u64)>,
     /// Revoked tokens, by `jti`, with their expiry (unix seconds).
     pub revoked: Vec<(String, u64)>,
+    /// Patient contacts, sealed (`seal.rs`); `None` removes one.
+    pub contacts: Vec<(PatientId, Option<Vec<u8>>)>,
+    pub notices: Vec<Notice>,
 }
 
 impl Batch {
@@ -181,6 +246,8 @@ impl Batch {
         self.accesses.extend(later.accesses);
         self.replay.extend(later.replay);
         self.revoked.extend(later.revoked);
+        self.contacts.extend(later.contacts);
+        self.notices.extend(later.notices);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -194,6 +261,8 @@ impl Batch {
             && self.accesses.is_empty()
             && self.replay.is_empty()
             && self.revoked.is_empty()
+            && self.contacts.is_empty()
+            && self.notices.is_empty()
     }
 }
 
@@ -238,6 +307,12 @@ pub trait Store: Send + Sync + 'static {
     fn replay(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// The expiry of a revoked token, if it was revoked.
     fn revoked(&self, jti: &str) -> Result<Option<u64>, StoreError>;
+    /// A patient's contact, sealed.
+    fn contact(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
+    fn contact_ids(&self) -> Result<Vec<PatientId>, StoreError>;
+    fn notice(&self, access_id: &str) -> Result<Option<Notice>, StoreError>;
+    /// Every notice, oldest access first.
+    fn notices(&self) -> Result<Vec<Notice>, StoreError>;
     /// A cheap read that proves the store answers (for /readyz).
     fn ping(&self) -> Result<(), StoreError>;
 }

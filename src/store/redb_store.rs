@@ -4,7 +4,7 @@
 //! group (group commit): the group is appended to the journal with one `fdatasync`, then
 //! applied to redb in one transaction that does not sync (`Durability::None`), and only then
 //! does each caller get its answer: durable first, then visible to readers, then acknowledged.
-//! When writes pause, every 2 s under steady traffic, and at shutdown, a checkpoint commits
+//! When writes pause, every 10 s under steady traffic, and at shutdown, a checkpoint commits
 //! redb durably and empties the journal. On open, journal frames newer than redb's durable
 //! state are applied again.
 //!
@@ -33,6 +33,9 @@ const SUBMISSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("submissi
 const ACCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("accesses");
 const REPLAY: TableDefinition<&str, &[u8]> = TableDefinition::new("replay");
 const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
+/// Sealed values, stored as they are (not JSON).
+const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
+const NOTICES: TableDefinition<&str, &[u8]> = TableDefinition::new("notices");
 
 /// The META key of the last journal frame applied to redb.
 const JOURNAL_SEQ: &str = "journal_seq";
@@ -74,7 +77,7 @@ pub struct Checkpoints {
 impl Default for Checkpoints {
     fn default() -> Checkpoints {
         Checkpoints {
-            every: Duration::from_secs(2),
+            every: Duration::from_secs(10),
             when_idle_for: Duration::from_millis(200),
         }
     }
@@ -243,6 +246,8 @@ impl RedbStore {
             ACCESSES,
             REPLAY,
             REVOKED,
+            CONTACTS,
+            NOTICES,
         ] {
             tx.open_table(t).map_err(backend)?;
         }
@@ -436,6 +441,36 @@ impl Store for RedbStore {
         self.get(REVOKED, jti)
     }
 
+    fn contact(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(CONTACTS).map_err(backend)?;
+        Ok(t.get(patient.to_string().as_str())
+            .map_err(backend)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn contact_ids(&self) -> Result<Vec<PatientId>, StoreError> {
+        self.keys(CONTACTS)?
+            .into_iter()
+            .map(|k| k.parse().map_err(|e: String| StoreError::Corrupt(k, e)))
+            .collect()
+    }
+
+    fn notice(&self, access_id: &str) -> Result<Option<Notice>, StoreError> {
+        self.get(NOTICES, access_id)
+    }
+
+    fn notices(&self) -> Result<Vec<Notice>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(NOTICES).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(backend)? {
+            let (k, v) = row.map_err(backend)?;
+            out.push(dec(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         if let Some(why) = self
             .poisoned
@@ -539,6 +574,20 @@ fn write_batch(
         &tx,
         REVOKED,
         rows(batch.revoked.iter().map(|(k, u)| (k.clone(), u)))?,
+    )?;
+    put(
+        &tx,
+        CONTACTS,
+        batch
+            .contacts
+            .into_iter()
+            .map(|(p, sealed)| (p.to_string(), sealed))
+            .collect(),
+    )?;
+    put(
+        &tx,
+        NOTICES,
+        rows(batch.notices.iter().map(|n| (n.access_id.clone(), n)))?,
     )?;
     tx.commit().map_err(backend)
 }

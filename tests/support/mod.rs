@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use breakglass::configuration::Settings;
 use breakglass::keys::ServiceKeys;
+use breakglass::keys::{parse_key, KeySource};
 use breakglass::stacks::tx::{self, ContractCall};
 use breakglass::stacks::{Address, Value};
 use breakglass::startup::Application;
 use secp256k1::{PublicKey, SecretKey, SECP256K1};
+use serde_json::{json, Value as Json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -280,4 +282,121 @@ pub async fn ready(app: &Application) -> bool {
         .await
         .map(|r| r.status() == 200)
         .unwrap_or(false)
+}
+
+// --- break-glass end to end: the seeded devnet, the service, signed requests ---
+
+pub const SECS: Duration = Duration::from_secs(20);
+
+pub struct Env {
+    pub devnet: Devnet,
+    pub app: Application,
+    pub demo: Json,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn provider<'a>(demo: &'a Json, role: &str) -> &'a Json {
+    demo["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == role)
+        .unwrap()
+}
+
+pub async fn setup(configure: impl FnOnce(&mut Settings)) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let devnet_dir = dir.path().join("devnet");
+    let devnet = Devnet::start(&["--data-dir", devnet_dir.to_str().unwrap(), "--seed-demo"]).await;
+    let demo: Json = serde_json::from_str(
+        &std::fs::read_to_string(devnet_dir.join("demo-identities.json")).unwrap(),
+    )
+    .unwrap();
+    // everyone on call but the admin
+    let on_call: Vec<&str> = demo["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["role"] != "admin")
+        .map(|p| p["principal"].as_str().unwrap())
+        .collect();
+    let roster = dir.path().join("roster.toml");
+    std::fs::write(
+        &roster,
+        format!("on_call = {}\n", serde_json::to_string(&on_call).unwrap()),
+    )
+    .unwrap();
+    let mut s = settings(&devnet.rpc, &dir.path().join("service"));
+    s.oncall.roster = Some(roster);
+    configure(&mut s);
+    let keys = ServiceKeys {
+        stacks: parse_key(demo["responder"]["private_key"].as_str().unwrap()).unwrap(),
+        source: KeySource::Env,
+    };
+    let app = Application::build(s, keys).await.unwrap();
+    devnet.observe(app.observer_addr).await;
+    eventually("ready", SECS, async || ready(&app).await.then_some(())).await;
+    Env {
+        devnet,
+        app,
+        demo,
+        dir,
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A request body signed by @stacks/transactions (contracts/scripts/sign-request.mjs).
+pub fn signed(key: &str, patient: &str, data_types: &[&str], nonce: u64, issued_at: u64) -> String {
+    let input = json!({ "private_key": key, "patient": patient, "data_types": data_types,
+                        "reason": "unresponsive on arrival, suspected anaphylaxis", "nonce": nonce, "issued_at": issued_at, "device": "er-tablet-2" });
+    let out = std::process::Command::new("node")
+        .arg("scripts/sign-request.mjs")
+        .arg(input.to_string())
+        .current_dir(repo().join("contracts"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub async fn post(app: &Application, body: &str) -> (u16, Json) {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/break-glass", app.api_addr))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Json::Null))
+}
+
+pub async fn get(app: &Application, path: &str) -> Json {
+    reqwest::get(format!("http://{}{path}", app.api_addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+pub fn patient(demo: &Json, allows: bool) -> &str {
+    demo["patients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["emergency_access"] == allows)
+        .unwrap()["patient_id"]
+        .as_str()
+        .unwrap()
 }

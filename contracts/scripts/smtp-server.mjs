@@ -1,0 +1,56 @@
+// A real SMTP server for the service's tests (nodemailer's smtp-server): accepts every message
+// and writes it, byte for byte, to <dir>/<n>.eml with its envelope in <n>.json. Recipients
+// whose local part starts with "bounce" are refused with 550 (a permanent failure).
+//
+//   node scripts/smtp-server.mjs --port <port> --dir <dir>
+// Prints {"ready":true,"port":<port>} once listening; stops on SIGTERM or when stdin closes.
+import { SMTPServer } from "smtp-server";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+
+const arg = (name, fallback) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+};
+const port = Number(arg("port", "2525"));
+const dir = arg("dir", "./mail");
+mkdirSync(dir, { recursive: true });
+let count = 0;
+
+const server = new SMTPServer({
+  authOptional: true,
+  disabledCommands: ["STARTTLS"],
+  logger: false,
+  onRcptTo(address, _session, callback) {
+    if (address.address.split("@")[0].startsWith("bounce")) {
+      const err = new Error("5.1.1 mailbox unavailable");
+      err.responseCode = 550;
+      return callback(err);
+    }
+    callback();
+  },
+  onData(stream, session, callback) {
+    const chunks = [];
+    stream.on("data", (c) => chunks.push(c));
+    stream.on("end", () => {
+      count += 1;
+      const name = String(count).padStart(5, "0");
+      writeFileSync(join(dir, `${name}.eml`), Buffer.concat(chunks));
+      writeFileSync(
+        join(dir, `${name}.json`),
+        JSON.stringify({
+          from: session.envelope.mailFrom && session.envelope.mailFrom.address,
+          to: session.envelope.rcptTo.map((r) => r.address),
+        }),
+      );
+      callback(null, `queued as ${name}`);
+    });
+  },
+});
+server.listen(port, "127.0.0.1", () => {
+  process.stdout.write(JSON.stringify({ ready: true, port }) + "\n");
+});
+const stop = () => server.close(() => process.exit(0));
+process.on("SIGTERM", stop);
+process.stdin.on("end", stop);
+process.stdin.resume();

@@ -1,0 +1,149 @@
+//! The operators' API, HTTP Basic as a configured `admin.clients` entry: importing the patient
+//! directory (a FHIR R4 bundle of `Patient` resources) and listing notices by state (the
+//! dead-letter list, patients without a contact). Answers carry pseudonymous ids and states,
+//! never contact details.
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use crate::access::Refusal;
+use crate::configuration::ResourceServerClient;
+use crate::http::breakglass::problem;
+use crate::seal::Keyring;
+use crate::store::{NoticeState, Store};
+
+pub struct Admin {
+    pub clients: Vec<ResourceServerClient>,
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+    pub patient_id_system: String,
+}
+
+/// A FHIR bundle of a few thousand patients fits.
+const MAX_IMPORT_BYTES: usize = 16 * 1024 * 1024;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/admin/patients")
+            .app_data(web::PayloadConfig::new(MAX_IMPORT_BYTES))
+            .route(web::post().to(import_patients)),
+    )
+    .route("/v1/admin/notices", web::get().to(notices));
+}
+
+fn unauthorized() -> HttpResponse {
+    problem(&Refusal {
+        status: 401,
+        code: "invalid-client",
+        title: "Invalid client",
+        detail: "the admin API takes HTTP Basic as a configured admin client".into(),
+    })
+}
+
+async fn import_patients(
+    req: HttpRequest,
+    admin: web::Data<Admin>,
+    body: web::Bytes,
+) -> HttpResponse {
+    if super::tokens::basic_client(&req, &admin.clients).is_none() {
+        return unauthorized();
+    }
+    match crate::directory::import(
+        &admin.store,
+        &admin.keyring,
+        &admin.patient_id_system,
+        &body,
+    )
+    .await
+    {
+        Ok(Ok(report)) => {
+            tracing::info!(
+                imported = report.imported,
+                rejected = report.rejected.len(),
+                "patient directory import"
+            );
+            HttpResponse::Ok().json(report)
+        }
+        Ok(Err(reason)) => problem(&Refusal {
+            status: 400,
+            code: "not-a-patient-bundle",
+            title: "Not a FHIR bundle of patients",
+            detail: reason,
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "patient directory import failed");
+            problem(&Refusal {
+                status: 503,
+                code: "store-unavailable",
+                title: "Store unavailable",
+                detail: "the directory could not be written; nothing was imported".into(),
+            })
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct NoticeQuery {
+    state: Option<String>,
+}
+
+fn state_name(s: &NoticeState) -> &'static str {
+    match s {
+        NoticeState::Pending => "pending",
+        NoticeState::Sent { .. } => "sent",
+        NoticeState::Dead { .. } => "dead",
+        NoticeState::NoContact { .. } => "no_contact",
+    }
+}
+
+/// The notice part of an access as reviewers and operators see it.
+pub fn notice_view(n: &crate::store::Notice) -> serde_json::Value {
+    let mut v = json!({
+        "access_id": n.access_id,
+        "patient": n.patient,
+        "state": state_name(&n.state),
+        "due_at": n.due_at,
+        "attempts": n.attempts,
+        "message_id": n.message_id,
+        "last_error": n.last_error,
+    });
+    match &n.state {
+        NoticeState::Sent { at } | NoticeState::NoContact { at } => v["at"] = json!(at),
+        NoticeState::Dead { at, reason } => {
+            v["at"] = json!(at);
+            v["reason"] = json!(reason);
+        }
+        NoticeState::Pending => v["next_at"] = json!(n.next_at),
+    }
+    v
+}
+
+async fn notices(
+    req: HttpRequest,
+    admin: web::Data<Admin>,
+    q: web::Query<NoticeQuery>,
+) -> HttpResponse {
+    if super::tokens::basic_client(&req, &admin.clients).is_none() {
+        return unauthorized();
+    }
+    let all = match admin.store.notices() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(error = %e, "listing notices");
+            return problem(&Refusal {
+                status: 503,
+                code: "store-unavailable",
+                title: "Store unavailable",
+                detail: "the notices could not be read".into(),
+            });
+        }
+    };
+    let list: Vec<_> = all
+        .iter()
+        .filter(|n| q.state.as_deref().is_none_or(|s| s == state_name(&n.state)))
+        .map(notice_view)
+        .collect();
+    HttpResponse::Ok().json(json!({ "notices": list }))
+}

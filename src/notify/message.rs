@@ -1,0 +1,179 @@
+//! Rendering a notice: the patient's language, plain-text and HTML parts from the templates in
+//! `templates/`, a `Message-ID` fixed by the access id. What it may say: who (the clinician's
+//! role, never their key), which kinds of data (names only, never values), when, the stated
+//! reason, the chain record, and how to contest.
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::Message;
+use minijinja::{context, Environment};
+
+use crate::directory::{Contact, Language};
+use crate::domain::{DataType, Role};
+use crate::store::AccessRecord;
+
+/// A message ready to send: envelope and RFC 5322 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rendered {
+    pub from: String,
+    pub to: Vec<String>,
+    pub message_id: String,
+    #[serde(with = "hex_bytes")]
+    pub raw: Vec<u8>,
+}
+
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The chain record the notice points to.
+pub struct Proof {
+    pub txid: String,
+}
+
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+macro_rules! templates {
+    ($env:ident, $($name:literal),+) => {
+        $( $env.add_template($name, include_str!(concat!("../../templates/", $name)))?; )+
+    };
+}
+
+impl Templates {
+    pub fn new() -> Result<Templates, minijinja::Error> {
+        let mut env = Environment::new();
+        templates!(
+            env,
+            "notice.en.subject",
+            "notice.en.txt",
+            "notice.en.html",
+            "notice.es.subject",
+            "notice.es.txt",
+            "notice.es.html"
+        );
+        Ok(Templates { env })
+    }
+
+    fn render(&self, name: &str, ctx: &minijinja::Value) -> Result<String, minijinja::Error> {
+        self.env.get_template(name)?.render(ctx)
+    }
+}
+
+fn role_label(role: Role, lang: Language) -> &'static str {
+    match (lang, role) {
+        (Language::En, Role::Physician) => "a physician",
+        (Language::En, Role::Nurse) => "a nurse",
+        (Language::En, Role::Paramedic) => "a paramedic",
+        (Language::En, Role::Pharmacist) => "a pharmacist",
+        (Language::En, Role::Reviewer) => "a reviewer",
+        (Language::En, Role::Admin) => "an administrator",
+        (Language::Es, Role::Physician) => "un/a médico/a",
+        (Language::Es, Role::Nurse) => "un/a enfermero/a",
+        (Language::Es, Role::Paramedic) => "un/a técnico/a de emergencias",
+        (Language::Es, Role::Pharmacist) => "un/a farmacéutico/a",
+        (Language::Es, Role::Reviewer) => "un/a revisor/a",
+        (Language::Es, Role::Admin) => "un/a administrador/a",
+    }
+}
+
+fn verified(lang: Language) -> &'static str {
+    match lang {
+        Language::En => "with credentials verified on chain",
+        Language::Es => "con credenciales verificadas en la cadena",
+    }
+}
+
+fn data_type_label(dt: DataType, lang: Language) -> &'static str {
+    use DataType::*;
+    match (lang, dt) {
+        (Language::En, Allergies) => "allergies",
+        (Language::En, Medications) => "medications",
+        (Language::En, Problems) => "problems and diagnoses",
+        (Language::En, BloodType) => "blood type",
+        (Language::En, AdvanceDirectives) => "advance directives",
+        (Language::En, Immunizations) => "immunizations",
+        (Language::En, EmergencySummary) => "emergency summary",
+        (Language::En, Vitals) => "vital signs",
+        (Language::En, LabResults) => "lab results",
+        (Language::En, Procedures) => "procedures",
+        (Language::En, Imaging) => "imaging",
+        (Language::En, ClinicalNotes) => "clinical notes",
+        (Language::Es, Allergies) => "alergias",
+        (Language::Es, Medications) => "medicación",
+        (Language::Es, Problems) => "problemas y diagnósticos",
+        (Language::Es, BloodType) => "grupo sanguíneo",
+        (Language::Es, AdvanceDirectives) => "instrucciones previas",
+        (Language::Es, Immunizations) => "vacunas",
+        (Language::Es, EmergencySummary) => "resumen de emergencia",
+        (Language::Es, Vitals) => "constantes vitales",
+        (Language::Es, LabResults) => "resultados de laboratorio",
+        (Language::Es, Procedures) => "procedimientos",
+        (Language::Es, Imaging) => "imagen médica",
+        (Language::Es, ClinicalNotes) => "notas clínicas",
+    }
+}
+
+fn timestamp(secs: u64) -> String {
+    jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(i64::MAX))
+        .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|_| secs.to_string())
+}
+
+pub struct NoticeSettings<'a> {
+    pub from: &'a str,
+    pub explorer_tx_url: Option<&'a str>,
+    pub contest: &'a str,
+}
+
+/// The notice of `access` for `contact`.
+pub fn render(
+    templates: &Templates,
+    settings: &NoticeSettings,
+    access: &AccessRecord,
+    contact: &Contact,
+    proof: &Proof,
+) -> anyhow::Result<Rendered> {
+    let lang = contact.language;
+    let from: Mailbox = settings.from.parse()?;
+    let domain = from.email.domain().to_string();
+    let message_id = format!("<{}@{domain}>", access.id);
+    let ctx = context! {
+        name => &contact.name,
+        who => format!("{} {}", role_label(access.role, lang), verified(lang)),
+        data_types => access.data_types.iter().map(|d| data_type_label(*d, lang)).collect::<Vec<_>>(),
+        when => timestamp(access.granted_at),
+        until => timestamp(access.expires_at),
+        reason => &access.reason,
+        access_id => &access.id,
+        txid => &proof.txid,
+        explorer_url => settings.explorer_tx_url.map(|u| u.replace("{txid}", &proof.txid)),
+        contest => settings.contest,
+    };
+    let code = lang.code();
+    let subject = templates.render(&format!("notice.{code}.subject"), &ctx)?;
+    let text = templates.render(&format!("notice.{code}.txt"), &ctx)?;
+    let html = templates.render(&format!("notice.{code}.html"), &ctx)?;
+    let mut builder = Message::builder()
+        .from(from.clone())
+        .message_id(Some(message_id.clone()))
+        .subject(subject.trim())
+        .date_now();
+    let recipients = contact.recipients();
+    for to in &recipients {
+        builder = builder.to(to.parse()?);
+    }
+    let message = builder.multipart(MultiPart::alternative_plain_html(text, html))?;
+    Ok(Rendered {
+        from: from.email.to_string(),
+        to: recipients.iter().map(|r| r.to_string()).collect(),
+        message_id,
+        raw: message.formatted(),
+    })
+}

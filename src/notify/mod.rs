@@ -1,0 +1,237 @@
+//! Patient notices: after an emergency access, one honest message to the patient (and their
+//! delegate), delivered once.
+//!
+//! The grant writes a pending `Notice` in the same batch as the access. This worker, off the
+//! hot path, takes each notice when it is due (the window's close, or at once for
+//! `notify.immediate_data_types`) and once the access is on chain (the txid is the notice's
+//! proof). It renders the message once, seals it and stores it *before* the first attempt;
+//! every attempt after that, including after a crash, sends those same bytes with the same
+//! `Message-ID`, so a patient may at worst get the same message twice, never two different
+//! notices. A permanent refusal (SMTP 5xx, a bad address) or 72 hours of transient failures
+//! make the notice dead: listed for operators (`GET /v1/admin/notices`) and shown with the
+//! access. A patient the directory cannot reach gets `no_contact`, visible the same way.
+
+mod mailer;
+pub mod message;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use mailer::{Mailer, SendError};
+use message::{NoticeSettings, Proof, Rendered, Templates};
+
+use crate::chain::follower::now_ms;
+use crate::configuration::{NotifySettings, Settings};
+use crate::directory::Contact;
+use crate::seal::Keyring;
+use crate::store::{apply_async, Batch, Notice, NoticeState, Store, SubmissionState};
+
+pub struct Notifier {
+    pub store: Arc<dyn Store>,
+    pub keyring: Arc<Keyring>,
+    pub mailer: Mailer,
+    templates: Templates,
+    settings: NotifySettings,
+}
+
+fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+/// The sealed-value name of a notice's message (binds it to its access).
+fn message_name(access_id: &str) -> String {
+    format!("notice:{access_id}")
+}
+
+/// The sealed-value name of a patient's contact.
+pub fn contact_name(patient: &crate::domain::PatientId) -> String {
+    format!("contact:{patient}")
+}
+
+/// The notice a grant writes with its access.
+pub fn notice_for(settings: &NotifySettings, access: &crate::store::AccessRecord) -> Notice {
+    let immediate = access
+        .data_types
+        .iter()
+        .any(|d| settings.immediate_data_types.contains(d));
+    let due = if immediate {
+        access.granted_at
+    } else {
+        access.expires_at
+    };
+    Notice::new(&access.id, access.patient, due)
+}
+
+impl Notifier {
+    pub fn new(
+        settings: &Settings,
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+    ) -> anyhow::Result<Notifier> {
+        Ok(Notifier {
+            store,
+            keyring,
+            mailer: Mailer::from_settings(&settings.notify, &settings.data.dir)?,
+            templates: Templates::new()?,
+            settings: settings.notify.clone(),
+        })
+    }
+
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.settings.poll_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = self.round().await {
+                        tracing::error!(error = %e, "notices: a round failed; retrying");
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    /// Advances every notice that is due.
+    pub async fn round(&self) -> anyhow::Result<()> {
+        let now = now_secs();
+        let due: Vec<Notice> = self
+            .store
+            .notices()?
+            .into_iter()
+            .filter(|n| n.is_open() && n.next_at <= now)
+            .collect();
+        for notice in due {
+            let id = notice.access_id.clone();
+            if let Err(e) = self.advance(notice, now).await {
+                tracing::error!(access = %id, error = %e, "notice: could not advance");
+            }
+        }
+        Ok(())
+    }
+
+    async fn save(&self, notice: Notice) -> anyhow::Result<()> {
+        apply_async(
+            &self.store,
+            Batch {
+                notices: vec![notice],
+                ..Batch::default()
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn contact(&self, notice: &Notice) -> anyhow::Result<Option<Contact>> {
+        let Some(sealed) = self.store.contact(&notice.patient)? else {
+            return Ok(None);
+        };
+        let plain = self.keyring.open(&contact_name(&notice.patient), &sealed)?;
+        Ok(Some(serde_json::from_slice(&plain)?))
+    }
+
+    /// Renders and stores the message, if the chain record and the contact allow it yet.
+    async fn prepare(&self, mut notice: Notice, now: u64) -> anyhow::Result<Option<Notice>> {
+        let proof = match self
+            .store
+            .submission(&format!("record:{}", notice.access_id))?
+            .map(|s| s.state)
+        {
+            Some(SubmissionState::Confirmed {
+                txid: Some(txid), ..
+            }) => Proof { txid },
+            Some(SubmissionState::Confirmed { txid: None, .. })
+            | Some(SubmissionState::Failed { .. }) => {
+                // recorded by someone else's transaction, or not at all: the notice still
+                // goes out, naming the access id
+                Proof { txid: "-".into() }
+            }
+            // not on chain yet: the next round looks again
+            _ => return Ok(None),
+        };
+        let access = self
+            .store
+            .access(&notice.access_id)?
+            .ok_or_else(|| anyhow::anyhow!("no access record"))?;
+        let Some(contact) = self.contact(&notice)? else {
+            tracing::warn!(access = %notice.access_id, "notice: the directory has no contact for the patient; nobody is notified");
+            notice.state = NoticeState::NoContact { at: now };
+            self.save(notice).await?;
+            return Ok(None);
+        };
+        let rendered = message::render(
+            &self.templates,
+            &NoticeSettings {
+                from: &self.settings.from,
+                explorer_tx_url: self.settings.explorer_tx_url.as_deref(),
+                contest: &self.settings.contest,
+            },
+            &access,
+            &contact,
+            &proof,
+        )?;
+        let sealed = self.keyring.seal(
+            &message_name(&notice.access_id),
+            &serde_json::to_vec(&rendered)?,
+        )?;
+        notice.message_id = Some(rendered.message_id.clone());
+        notice.message = Some(hex::encode(sealed));
+        // durable before the first attempt: a crash from here on re-sends these bytes
+        self.save(notice.clone()).await?;
+        Ok(Some(notice))
+    }
+
+    async fn advance(&self, notice: Notice, now: u64) -> anyhow::Result<()> {
+        let mut notice = match notice.message {
+            Some(_) => notice,
+            None => match self.prepare(notice, now).await? {
+                Some(n) => n,
+                None => return Ok(()),
+            },
+        };
+        let sealed = hex::decode(notice.message.as_deref().unwrap_or_default())?;
+        let rendered: Rendered = serde_json::from_slice(
+            &self
+                .keyring
+                .open(&message_name(&notice.access_id), &sealed)?,
+        )?;
+        notice.attempts += 1;
+        let first = *notice.first_attempt_at.get_or_insert(now);
+        match self.mailer.send(&rendered).await {
+            Ok(()) => {
+                tracing::info!(access = %notice.access_id, attempts = notice.attempts, "notice sent");
+                notice.state = NoticeState::Sent { at: now_secs() };
+                notice.last_error = None;
+            }
+            Err(SendError::Permanent(reason)) => {
+                tracing::error!(access = %notice.access_id, %reason, "notice refused for good: dead-lettered");
+                notice.state = NoticeState::Dead { at: now, reason };
+            }
+            Err(SendError::Transient(reason)) => {
+                let give_up = first + self.settings.give_up_after_hours * 3600;
+                if now >= give_up {
+                    tracing::error!(access = %notice.access_id, %reason, "notice still failing after the retry period: dead-lettered");
+                    notice.state = NoticeState::Dead {
+                        at: now,
+                        reason: format!(
+                            "still failing after {} hours: {reason}",
+                            self.settings.give_up_after_hours
+                        ),
+                    };
+                } else {
+                    let backoff = self
+                        .settings
+                        .retry_initial_secs
+                        .saturating_mul(1 << (notice.attempts - 1).min(20))
+                        .min(self.settings.retry_max_secs);
+                    tracing::warn!(access = %notice.access_id, %reason, attempts = notice.attempts, retry_in_secs = backoff, "notice not sent; will retry");
+                    notice.next_at = now + backoff;
+                    notice.last_error = Some(reason);
+                }
+            }
+        }
+        self.save(notice).await
+    }
+}

@@ -1,0 +1,228 @@
+//! Encryption at rest for what must not be readable on disk: patient contact details and the
+//! notices rendered from them. AES-256-GCM (ring) with a fresh random 96-bit nonce per value
+//! and the value's name (`contact:<patient>`, `notice:<access>`) as associated data, so a
+//! sealed value cannot be passed off as another.
+//!
+//! Sealed form: `1` (version) | key id (8 bytes: SHA-256 of the key, truncated) | nonce (12) |
+//! ciphertext and tag. Keys: `BREAKGLASS_DATA_KEY` (32 bytes, base64url) when set, else the
+//! newest `data_dir/keys/data-*.key` (32 random bytes, mode 0600, generated at first run).
+//! Every key found opens; the current one seals. Rotation: `breakglass keys rotate-data` adds a
+//! key, `breakglass patients rekey` seals every contact again with it, then old keys can go.
+
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use sha2::{Digest, Sha256};
+
+const VERSION: u8 = 1;
+const KID_LEN: usize = 8;
+const HEADER: usize = 1 + KID_LEN + NONCE_LEN;
+/// The environment variable with the current data key.
+pub const DATA_KEY_ENV: &str = "BREAKGLASS_DATA_KEY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("sealed value: unknown format")]
+    Format,
+    #[error("sealed value: no key {0} in the keyring")]
+    UnknownKey(String),
+    #[error("sealed value: does not open (wrong key, wrong name or altered)")]
+    Open,
+    #[error("sealing failed")]
+    Seal,
+}
+
+struct Key {
+    id: [u8; KID_LEN],
+    key: LessSafeKey,
+}
+
+/// The data keys: the current one seals, all of them open.
+pub struct Keyring {
+    keys: Vec<Key>,
+    rng: SystemRandom,
+}
+
+fn key_of(bytes: &[u8]) -> anyhow::Result<Key> {
+    let mut id = [0u8; KID_LEN];
+    id.copy_from_slice(&Sha256::digest(bytes)[..KID_LEN]);
+    let unbound = UnboundKey::new(&AES_256_GCM, bytes)
+        .map_err(|_| anyhow::anyhow!("a data key must be 32 bytes"))?;
+    Ok(Key {
+        id,
+        key: LessSafeKey::new(unbound),
+    })
+}
+
+fn key_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("data-") && n.ends_with(".key"))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    files.sort();
+    Ok(files)
+}
+
+/// Writes a new random data key into `data_dir/keys`; it becomes the current one.
+pub fn generate_key(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join("keys");
+    std::fs::create_dir_all(&dir)?;
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness for a data key"))?;
+    // names sort by creation: the newest is current
+    let name = dir.join(format!("data-{:016}.key", crate::chain::follower::now_ms()));
+    crate::keys::write_private_bytes(&name, &bytes)?;
+    Ok(name)
+}
+
+impl Keyring {
+    /// The keys of `data_dir/keys/data-*.key` (one is generated when there is none and no
+    /// key comes from the environment), with `env_key` (base64url) as the current key if set.
+    pub fn load_or_generate(data_dir: &Path, env_key: Option<&str>) -> anyhow::Result<Keyring> {
+        let dir = data_dir.join("keys");
+        let mut files = key_files(&dir)?;
+        if files.is_empty() && env_key.is_none() {
+            files.push(generate_key(data_dir)?);
+        }
+        let mut keys = files
+            .iter()
+            .map(|f| {
+                key_of(&std::fs::read(f)?).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))
+            })
+            .collect::<anyhow::Result<Vec<Key>>>()?;
+        if let Some(k) = env_key {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(k.trim().trim_end_matches('='))
+                .map_err(|e| anyhow::anyhow!("{DATA_KEY_ENV}: not base64url: {e}"))?;
+            let key = key_of(&bytes).map_err(|e| anyhow::anyhow!("{DATA_KEY_ENV}: {e}"))?;
+            keys.retain(|k| k.id != key.id);
+            keys.push(key);
+        }
+        Ok(Keyring {
+            keys,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// From raw 32-byte keys, the last current (for tests and tools).
+    pub fn from_keys(keys: &[[u8; 32]]) -> anyhow::Result<Keyring> {
+        Ok(Keyring {
+            keys: keys
+                .iter()
+                .map(|k| key_of(k))
+                .collect::<anyhow::Result<_>>()?,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    fn current(&self) -> Result<&Key, SealError> {
+        self.keys.last().ok_or(SealError::Seal)
+    }
+
+    /// The current key's id, hex.
+    pub fn current_id(&self) -> String {
+        self.keys
+            .last()
+            .map(|k| hex::encode(k.id))
+            .unwrap_or_default()
+    }
+
+    pub fn seal(&self, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        let key = self.current()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| SealError::Seal)?;
+        let mut out = Vec::with_capacity(HEADER + plaintext.len() + 16);
+        out.push(VERSION);
+        out.extend_from_slice(&key.id);
+        out.extend_from_slice(&nonce);
+        let mut body = plaintext.to_vec();
+        key.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(name.as_bytes()),
+                &mut body,
+            )
+            .map_err(|_| SealError::Seal)?;
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        if sealed.len() < HEADER + 16 || sealed[0] != VERSION {
+            return Err(SealError::Format);
+        }
+        let id = &sealed[1..1 + KID_LEN];
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == id)
+            .ok_or_else(|| SealError::UnknownKey(hex::encode(id)))?;
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[1 + KID_LEN..HEADER])
+            .map_err(|_| SealError::Format)?;
+        let mut body = sealed[HEADER..].to_vec();
+        let plain = key
+            .key
+            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut body)
+            .map_err(|_| SealError::Open)?;
+        Ok(plain.to_vec())
+    }
+
+    /// Whether `sealed` is sealed with the current key (else `rekey` seals it again).
+    pub fn is_current(&self, sealed: &[u8]) -> bool {
+        self.keys
+            .last()
+            .is_some_and(|k| sealed.get(1..1 + KID_LEN) == Some(&k.id[..]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seals_and_opens_only_under_its_name_and_keys() {
+        let old = Keyring::from_keys(&[[1; 32]]).unwrap();
+        let ring = Keyring::from_keys(&[[1; 32], [2; 32]]).unwrap();
+        let sealed = old.seal("contact:a", b"ana@example.org").unwrap();
+        assert!(!sealed.windows(3).any(|w| w == b"ana"));
+        // an older key still opens; the current one seals
+        assert_eq!(ring.open("contact:a", &sealed).unwrap(), b"ana@example.org");
+        assert!(!ring.is_current(&sealed));
+        assert!(ring.is_current(&ring.seal("contact:a", b"x").unwrap()));
+        // another name, an altered byte, an unknown key: refused
+        assert!(matches!(
+            ring.open("contact:b", &sealed),
+            Err(SealError::Open)
+        ));
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            ring.open("contact:a", &altered),
+            Err(SealError::Open)
+        ));
+        let other = Keyring::from_keys(&[[3; 32]]).unwrap();
+        assert!(matches!(
+            other.open("contact:a", &sealed),
+            Err(SealError::UnknownKey(_))
+        ));
+        assert!(matches!(
+            ring.open("contact:a", &sealed[..10]),
+            Err(SealError::Format)
+        ));
+        // two seals of the same value differ (fresh nonces)
+        assert_ne!(old.seal("n", b"v").unwrap(), old.seal("n", b"v").unwrap());
+    }
+}

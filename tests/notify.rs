@@ -1,0 +1,392 @@
+//! Patient notices end to end: the seeded devnet, the service, a real SMTP server process
+//! (nodemailer's smtp-server, `contracts/scripts/smtp-server.mjs`) on a TCP port, and the
+//! patient directory imported as a FHIR bundle through the admin API.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use breakglass::configuration::{MailTransport, ResourceServerClient};
+use breakglass::startup::Application;
+use serde_json::{json, Value as Json};
+use sha2::Digest;
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const ADMIN: (&str, &str) = ("ops", "ops-secret");
+
+/// A real SMTP server, writing what it receives to `dir`.
+async fn smtp_server(port: u16, dir: &Path) -> Child {
+    let mut child = Command::new("node")
+        .args([
+            "scripts/smtp-server.mjs",
+            "--port",
+            &port.to_string(),
+            "--dir",
+        ])
+        .arg(dir)
+        .current_dir(repo().join("contracts"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(SECS, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(line.contains("\"ready\":true"), "{line}");
+    child
+}
+
+/// The messages received so far: envelope and raw bytes.
+fn received(dir: &Path) -> Vec<(Json, Vec<u8>)> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    names.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+    names.sort();
+    names
+        .into_iter()
+        .map(|eml| {
+            let env = std::fs::read_to_string(eml.with_extension("json")).unwrap();
+            (
+                serde_json::from_str(&env).unwrap(),
+                std::fs::read(&eml).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn patient_resource(id: &str, email: &str, language: &str) -> Json {
+    json!({ "resourceType": "Patient", "id": format!("p-{}", &id[..6]),
+            "identifier": [{ "system": "urn:breakglass:patient-id", "value": id }],
+            "name": [{ "given": ["Ana"], "family": "García" }],
+            "telecom": [{ "system": "phone", "value": "+34 600 000 000" }, { "system": "email", "value": email, "use": "home" }],
+            "communication": [{ "language": { "coding": [{ "system": "urn:ietf:bcp:47", "code": language }] }, "preferred": true }] })
+}
+
+fn bundle(resources: Vec<Json>) -> Json {
+    json!({ "resourceType": "Bundle", "type": "collection",
+            "entry": resources.into_iter().map(|r| json!({ "resource": r })).collect::<Vec<_>>() })
+}
+
+async fn import(app: &Application, bundle: &Json, auth: bool) -> (u16, Json) {
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{}/v1/admin/patients", app.api_addr))
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string());
+    if auth {
+        req = req.basic_auth(ADMIN.0, Some(ADMIN.1));
+    }
+    let res = req.send().await.unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Json::Null),
+    )
+}
+
+async fn notices(app: &Application, state: &str) -> Vec<Json> {
+    let res: Json = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v1/admin/notices?state={state}",
+            app.api_addr
+        ))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    res["notices"].as_array().unwrap().clone()
+}
+
+async fn notify_env(smtp_port: u16) -> Env {
+    setup(|s| {
+        s.notify.transport = MailTransport::Smtp;
+        s.notify.smtp.port = smtp_port;
+        s.notify.from = "Privacy office <privacy@hospital.example>".into();
+        s.notify.immediate_data_types = vec![breakglass::domain::DataType::Allergies];
+        s.notify.explorer_tx_url = Some("https://explorer.example/txid/{txid}".into());
+        s.notify.contest = "privacy@hospital.example".into();
+        s.notify.poll_interval_ms = 200;
+        s.notify.retry_initial_secs = 1;
+        s.notify.retry_max_secs = 1;
+        s.admin.clients = vec![ResourceServerClient {
+            id: ADMIN.0.into(),
+            secret_sha256: hex::encode(sha2::Sha256::digest(ADMIN.1)),
+        }];
+    })
+    .await
+}
+
+/// Breaks the glass for `patient` as the nurse; the access id.
+async fn grant(env: &Env, patient: &str, nonce: u64) -> String {
+    let key = provider(&env.demo, "nurse")["private_key"]
+        .as_str()
+        .unwrap();
+    let (status, body) = post(
+        &env.app,
+        &signed(key, patient, &["allergies"], nonce, now()),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["access_id"].as_str().unwrap().to_string()
+}
+
+/// Mines until the access is on chain, then waits for its notice to reach `state`.
+async fn notice_reaches(env: &Env, id: &str, state: &str) -> Json {
+    eventually(
+        &format!("notice {state}"),
+        Duration::from_secs(60),
+        async || {
+            env.devnet.mine().await;
+            let a = get(&env.app, &format!("/v1/accesses/{id}")).await;
+            (a["notice"]["state"] == state).then_some(a)
+        },
+    )
+    .await
+}
+
+fn text_parts(raw: &[u8]) -> (String, String) {
+    let m = mailparse::parse_mail(raw).unwrap();
+    assert_eq!(m.ctype.mimetype, "multipart/alternative");
+    let part = |t: &str| {
+        m.subparts
+            .iter()
+            .find(|p| p.ctype.mimetype == t)
+            .unwrap_or_else(|| panic!("no {t} part"))
+            .get_body()
+            .unwrap()
+    };
+    (part("text/plain"), part("text/html"))
+}
+
+fn header(raw: &[u8], name: &str) -> String {
+    use mailparse::MailHeaderMap;
+    mailparse::parse_mail(raw)
+        .unwrap()
+        .headers
+        .get_first_value(name)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_access_is_notified_once_with_its_proof() {
+    let port = free_port();
+    let env = notify_env(port).await;
+    let mail = env.dir.path().join("mail");
+    let _smtp = smtp_server(port, &mail).await;
+    let pid = patient(&env.demo, true).to_string();
+
+    // the directory: the admin API alone imports it; bad entries are refused with a reason
+    let doc = bundle(vec![
+        patient_resource(&pid, "ana.garcia@example.org", "es"),
+        json!({ "resourceType": "Patient", "id": "no-id", "telecom": [{ "system": "email", "value": "x@example.org" }] }),
+        patient_resource(&"ab".repeat(32), "not an address", "en"),
+        json!({ "resourceType": "Observation", "id": "obs" }),
+    ]);
+    let (status, _) = import(&env.app, &doc, false).await;
+    assert_eq!(status, 401);
+    let (status, report) = import(&env.app, &doc, true).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["imported"], 1);
+    let rejected: Vec<(u64, String)> = report["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["entry"].as_u64().unwrap(),
+                r["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(rejected.len(), 3, "{report}");
+    assert!(rejected[0].1.contains("identifier"), "{rejected:?}");
+    assert!(rejected[1].1.contains("email"), "{rejected:?}");
+    assert!(rejected[2].1.contains("not a Patient"), "{rejected:?}");
+    assert!(
+        !report.to_string().contains("not an address"),
+        "reasons never quote values"
+    );
+
+    let id = grant(&env, &pid, 1).await;
+    let access = notice_reaches(&env, &id, "sent").await;
+    let txid = access["chain"]["txid"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("0x")
+        .to_string();
+    assert_eq!(access["chain"]["state"], "confirmed");
+
+    // a little later: still exactly one message
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = received(&mail);
+    assert_eq!(got.len(), 1);
+    let (envelope, raw) = &got[0];
+    assert_eq!(envelope["to"], json!(["ana.garcia@example.org"]));
+    assert_eq!(envelope["from"], "privacy@hospital.example");
+    let message_id = format!("<{id}@hospital.example>");
+    assert_eq!(header(raw, "Message-ID"), message_id);
+    assert_eq!(access["notice"]["message_id"], message_id);
+    assert!(header(raw, "To").contains("ana.garcia@example.org"));
+    assert!(
+        header(raw, "Subject").contains("Acceso de emergencia"),
+        "in the patient's language"
+    );
+    let (text, html) = text_parts(raw);
+    for body in [&text, &html] {
+        assert!(body.contains(&txid), "the proof: {body}");
+        // the explorer link (HTML-escaped in the HTML part)
+        assert!(
+            body.contains(&format!("https://explorer.example/txid/{txid}"))
+                || body.contains(&format!(
+                    "https:&#x2f;&#x2f;explorer.example&#x2f;txid&#x2f;{txid}"
+                )),
+            "{body}"
+        );
+        assert!(body.contains("alergias"), "the data type, by name");
+        assert!(body.contains("enfermero"), "who, by role");
+        assert!(
+            body.contains("unresponsive on arrival"),
+            "the stated reason"
+        );
+        assert!(body.contains("privacy@hospital.example"), "how to contest");
+        assert!(body.contains(&id));
+        // never the clinician's key or principal
+        let nurse = provider(&env.demo, "nurse");
+        assert!(!body.contains(nurse["principal"].as_str().unwrap()));
+        assert!(!body.contains(nurse["private_key"].as_str().unwrap()));
+    }
+
+    // the directory and everything else the service keeps on disk: no plaintext address
+    let mut files = vec![];
+    let mut stack = vec![env.dir.path().join("service")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                files.push(p)
+            }
+        }
+    }
+    assert!(files.iter().any(|f| f.ends_with("breakglass.redb")));
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        for needle in ["ana.garcia@example.org", "Garc"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{} holds {needle} in plain text",
+                f.display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_down_then_up_delivers_once_and_a_550_is_dead_lettered() {
+    let port = free_port();
+    let env = notify_env(port).await;
+    let mail = env.dir.path().join("mail");
+    let pid = patient(&env.demo, true).to_string();
+    let (status, _) = import(
+        &env.app,
+        &bundle(vec![patient_resource(&pid, "ana@example.org", "en")]),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // no SMTP server yet: attempts fail and are retried
+    let id = grant(&env, &pid, 1).await;
+    eventually("two failed attempts", Duration::from_secs(60), async || {
+        env.devnet.mine().await;
+        let a = get(&env.app, &format!("/v1/accesses/{id}")).await;
+        (a["notice"]["state"] == "pending" && a["notice"]["attempts"].as_u64() >= Some(2))
+            .then_some(())
+    })
+    .await;
+    let pending = notices(&env.app, "pending").await;
+    assert!(pending
+        .iter()
+        .any(|n| n["access_id"] == id.as_str() && n["last_error"].is_string()));
+    assert!(received(&mail).is_empty());
+
+    // the server comes up: delivered once
+    let _smtp = smtp_server(port, &mail).await;
+    let a = notice_reaches(&env, &id, "sent").await;
+    assert!(a["notice"]["attempts"].as_u64().unwrap() >= 3);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = received(&mail);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        header(&got[0].1, "Message-ID"),
+        format!("<{id}@hospital.example>")
+    );
+    assert!(header(&got[0].1, "Subject").starts_with("Emergency access to your health record"));
+
+    // an address the server refuses for good (550): dead-lettered after one attempt
+    let (status, _) = import(
+        &env.app,
+        &bundle(vec![patient_resource(&pid, "bounce@example.org", "en")]),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let dead = grant(&env, &pid, 2).await;
+    let a = notice_reaches(&env, &dead, "dead").await;
+    assert_eq!(a["notice"]["attempts"], 1);
+    assert!(
+        a["notice"]["reason"].as_str().unwrap().contains("550"),
+        "{a}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        get(&env.app, &format!("/v1/accesses/{dead}")).await["notice"]["attempts"],
+        1,
+        "not retried"
+    );
+    let listed = notices(&env.app, "dead").await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["access_id"], dead.as_str());
+    assert!(
+        !listed[0].to_string().contains("bounce@"),
+        "operators see no address"
+    );
+    assert_eq!(received(&mail).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
+    let port = free_port();
+    let env = notify_env(port).await;
+    let mail = env.dir.path().join("mail");
+    let _smtp = smtp_server(port, &mail).await;
+    // never imported: the directory cannot reach this patient
+    let pid = patient(&env.demo, true).to_string();
+    let id = grant(&env, &pid, 1).await;
+    let a = notice_reaches(&env, &id, "no_contact").await;
+    // the access itself is recorded, on chain, as always
+    assert_eq!(a["chain"]["state"], "confirmed");
+    let listed = notices(&env.app, "no_contact").await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["access_id"], id.as_str());
+    assert_eq!(listed[0]["patient"], pid.as_str());
+    assert!(received(&mail).is_empty());
+    let (status, _) = reqwest::Client::new()
+        .get(format!("http://{}/v1/admin/notices", env.app.api_addr))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 401);
+}
