@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use breakglass::configuration::{MailTransport, ResourceServerClient};
@@ -13,55 +11,8 @@ use breakglass::startup::Application;
 use serde_json::{json, Value as Json};
 use sha2::Digest;
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const ADMIN: (&str, &str) = ("ops", "ops-secret");
-
-/// A real SMTP server, writing what it receives to `dir`.
-async fn smtp_server(port: u16, dir: &Path) -> Child {
-    let mut child = Command::new("node")
-        .args([
-            "scripts/smtp-server.mjs",
-            "--port",
-            &port.to_string(),
-            "--dir",
-        ])
-        .arg(dir)
-        .current_dir(repo().join("contracts"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(SECS, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(line.contains("\"ready\":true"), "{line}");
-    child
-}
-
-/// The messages received so far: envelope and raw bytes.
-fn received(dir: &Path) -> Vec<(Json, Vec<u8>)> {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    names.retain(|p| p.extension().is_some_and(|e| e == "eml"));
-    names.sort();
-    names
-        .into_iter()
-        .map(|eml| {
-            let env = std::fs::read_to_string(eml.with_extension("json")).unwrap();
-            (
-                serde_json::from_str(&env).unwrap(),
-                std::fs::read(&eml).unwrap(),
-            )
-        })
-        .collect()
-}
 
 fn patient_resource(id: &str, email: &str, language: &str) -> Json {
     json!({ "resourceType": "Patient", "id": format!("p-{}", &id[..6]),
@@ -168,21 +119,12 @@ fn text_parts(raw: &[u8]) -> (String, String) {
     (part("text/plain"), part("text/html"))
 }
 
-fn header(raw: &[u8], name: &str) -> String {
-    use mailparse::MailHeaderMap;
-    mailparse::parse_mail(raw)
-        .unwrap()
-        .headers
-        .get_first_value(name)
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_granted_access_is_notified_once_with_its_proof() {
     let port = free_port();
     let env = notify_env(port).await;
     let mail = env.dir.path().join("mail");
-    let _smtp = smtp_server(port, &mail).await;
+    let _smtp = smtp_server(port, &mail, 0).await;
     let pid = patient(&env.demo, true).to_string();
 
     // the directory: the admin API alone imports it; bad entries are refused with a reason
@@ -322,7 +264,7 @@ async fn smtp_down_then_up_delivers_once_and_a_550_is_dead_lettered() {
     assert!(received(&mail).is_empty());
 
     // the server comes up: delivered once
-    let _smtp = smtp_server(port, &mail).await;
+    let _smtp = smtp_server(port, &mail, 0).await;
     let a = notice_reaches(&env, &id, "sent").await;
     assert!(a["notice"]["attempts"].as_u64().unwrap() >= 3);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -370,7 +312,7 @@ async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
     let port = free_port();
     let env = notify_env(port).await;
     let mail = env.dir.path().join("mail");
-    let _smtp = smtp_server(port, &mail).await;
+    let _smtp = smtp_server(port, &mail, 0).await;
     // never imported: the directory cannot reach this patient
     let pid = patient(&env.demo, true).to_string();
     let id = grant(&env, &pid, 1).await;

@@ -2,7 +2,9 @@
 // and writes it, byte for byte, to <dir>/<n>.eml with its envelope in <n>.json. Recipients
 // whose local part starts with "bounce" are refused with 550 (a permanent failure).
 //
-//   node scripts/smtp-server.mjs --port <port> --dir <dir>
+//   node scripts/smtp-server.mjs --port <port> --dir <dir> [--delay-ms <ms>]
+// --delay-ms holds each final reply that long after the message is written (a slow server: a
+// client that dies meanwhile has delivered the message without hearing so).
 // Prints {"ready":true,"port":<port>} once listening; stops on SIGTERM or when stdin closes.
 import { SMTPServer } from "smtp-server";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -14,6 +16,7 @@ const arg = (name, fallback) => {
 };
 const port = Number(arg("port", "2525"));
 const dir = arg("dir", "./mail");
+const delayMs = Number(arg("delay-ms", "0"));
 mkdirSync(dir, { recursive: true });
 let count = 0;
 
@@ -43,7 +46,7 @@ const server = new SMTPServer({
           to: session.envelope.rcptTo.map((r) => r.address),
         }),
       );
-      callback(null, `queued as ${name}`);
+      setTimeout(() => callback(null, `queued as ${name}`), delayMs);
     });
   },
 });

@@ -400,3 +400,56 @@ pub fn patient(demo: &Json, allows: bool) -> &str {
         .as_str()
         .unwrap()
 }
+
+// --- notices: a real SMTP server process and what it received ---
+
+/// A real SMTP server, writing what it receives to `dir`.
+pub async fn smtp_server(port: u16, dir: &Path, delay_ms: u64) -> Child {
+    let mut child = Command::new("node")
+        .args(["scripts/smtp-server.mjs", "--port", &port.to_string()])
+        .args(["--delay-ms", &delay_ms.to_string(), "--dir"])
+        .arg(dir)
+        .current_dir(repo().join("contracts"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(SECS, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(line.contains("\"ready\":true"), "{line}");
+    child
+}
+
+/// The messages received so far: envelope and raw bytes.
+pub fn received(dir: &Path) -> Vec<(Json, Vec<u8>)> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    names.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+    names.sort();
+    names
+        .into_iter()
+        .map(|eml| {
+            let env = std::fs::read_to_string(eml.with_extension("json")).unwrap();
+            (
+                serde_json::from_str(&env).unwrap(),
+                std::fs::read(&eml).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A header of a raw message.
+pub fn header(raw: &[u8], name: &str) -> String {
+    use mailparse::MailHeaderMap;
+    mailparse::parse_mail(raw)
+        .unwrap()
+        .headers
+        .get_first_value(name)
+        .unwrap_or_default()
+}
