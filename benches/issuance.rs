@@ -59,6 +59,7 @@ fn benches(c: &mut Criterion) {
                 Some(ProviderState::Registered {
                     role: Role::Nurse,
                     status: ProviderStatus::Verified,
+                    info_hash: None,
                 }),
             )],
             preferences: vec![(

@@ -200,6 +200,7 @@ impl BreakGlass {
             ProviderState::Registered {
                 status: ProviderStatus::Verified,
                 role,
+                ..
             } => role,
             ProviderState::Registered { status, .. } => {
                 return Err(Refusal::new(

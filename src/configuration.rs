@@ -43,6 +43,8 @@ pub struct AdminSettings {
 pub struct DirectorySettings {
     /// The FHIR `identifier.system` whose value is the patient's pseudonymous id (hex).
     pub patient_id_system: String,
+    /// The FHIR `identifier.system` whose value is a practitioner's Stacks principal.
+    pub provider_principal_system: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +268,7 @@ impl Default for Settings {
             admin: AdminSettings::default(),
             directory: DirectorySettings {
                 patient_id_system: "urn:breakglass:patient-id".into(),
+                provider_principal_system: "urn:breakglass:stacks-principal".into(),
             },
             notify: NotifySettings {
                 transport: MailTransport::File,

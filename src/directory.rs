@@ -257,3 +257,278 @@ pub async fn import(
         rejected: parsed.rejected,
     }))
 }
+
+// --- providers ---------------------------------------------------------------------------
+
+/// A provider's entry in the off-chain directory. Not protected health information, so kept
+/// in the clear; shown as verified only while it hashes to the provider's on-chain
+/// `info-hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderEntry {
+    pub principal: String,
+    pub display_name: String,
+    pub role: crate::domain::Role,
+    pub department: Option<String>,
+    pub organization: Option<String>,
+    /// Paging-system user ids (FHIR `telecom` with `system: pager`); operational, not hashed.
+    pub paging_ids: Vec<String>,
+}
+
+impl ProviderEntry {
+    /// The document whose SHA-256 is registered on chain as the provider's `info-hash`: the
+    /// canonical JSON (RFC 8785: members sorted by name, no whitespace) of `department`,
+    /// `display_name`, `organization` and `role`, absent members left out.
+    pub fn info_document(&self) -> String {
+        let mut doc = std::collections::BTreeMap::new();
+        if let Some(d) = &self.department {
+            doc.insert("department", d.as_str());
+        }
+        doc.insert("display_name", self.display_name.as_str());
+        if let Some(o) = &self.organization {
+            doc.insert("organization", o.as_str());
+        }
+        doc.insert("role", self.role.as_str());
+        serde_json::to_string(&doc).unwrap_or_default()
+    }
+
+    pub fn info_hash(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.info_document().as_bytes()).into()
+    }
+
+    /// How the entry stands against the chain: `verified` (hash matches, credential
+    /// verified), `mismatch` (flagged: the entry is not what was registered), `unverified`
+    /// (matches, but the credential is not verified now) or `not-on-chain`.
+    pub fn verification(&self, chain: Option<&crate::store::ProviderState>) -> &'static str {
+        use crate::domain::ProviderStatus;
+        use crate::store::ProviderState;
+        match chain {
+            Some(ProviderState::Registered {
+                info_hash, status, ..
+            }) => {
+                if *info_hash != Some(self.info_hash()) {
+                    "mismatch"
+                } else if *status == ProviderStatus::Verified {
+                    "verified"
+                } else {
+                    "unverified"
+                }
+            }
+            _ => "not-on-chain",
+        }
+    }
+}
+
+/// What a bundle of `Practitioner` and `PractitionerRole` resources holds.
+#[derive(Debug, Default)]
+pub struct ParsedProviders {
+    pub providers: Vec<ProviderEntry>,
+    pub rejected: Vec<Rejected>,
+}
+
+fn coded_text(v: Option<&Value>) -> Option<String> {
+    let v = v?;
+    let v = v.as_array().and_then(|a| a.first()).unwrap_or(v);
+    v.get("text")
+        .or_else(|| v.pointer("/coding/0/display"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// A role from a PractitionerRole `code`: our own role names, or HL7 practitioner-role codes
+/// (`doctor` → physician, `nurse`, `pharmacist`).
+fn role_of(code: Option<&Value>) -> Option<crate::domain::Role> {
+    let codings = code?.as_array()?.iter().flat_map(|c| {
+        c.get("coding")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    });
+    for c in codings {
+        let Some(code) = c.get("code").and_then(Value::as_str) else {
+            continue;
+        };
+        let mapped = match code {
+            "doctor" => "physician",
+            other => other,
+        };
+        if let Ok(r) = mapped.parse() {
+            return Some(r);
+        }
+    }
+    None
+}
+
+fn pagers(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| t.get("system").and_then(Value::as_str) == Some("pager"))
+        .filter_map(|t| t.get("value").and_then(Value::as_str).map(str::to_string))
+        .collect()
+}
+
+/// Reads a FHIR R4 `Bundle` of `Practitioner` and `PractitionerRole` resources: a
+/// Practitioner names its Stacks principal in an `identifier` with `principal_system`, a
+/// PractitionerRole points to it (`practitioner.reference`, `Practitioner/<id>`) with the role
+/// (`code`), the department (`specialty`), the organization (`organization.display`) and pager
+/// ids (`telecom`). Bad entries are listed in `rejected`, the rest kept.
+pub fn parse_practitioners(body: &[u8], principal_system: &str) -> Result<ParsedProviders, String> {
+    let doc: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    if doc.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err("expected a FHIR Bundle".into());
+    }
+    let resources: Vec<&Value> = doc
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(|e| {
+            e.iter()
+                .map(|x| x.get("resource").unwrap_or(&Value::Null))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = ParsedProviders::default();
+    let reject = |out: &mut ParsedProviders, i: usize, r: &Value, reason: String| {
+        out.rejected.push(Rejected {
+            entry: i,
+            resource_id: r.get("id").and_then(Value::as_str).map(str::to_string),
+            reason,
+        })
+    };
+    // practitioners first, by id
+    let mut practitioners: Vec<(usize, String, Option<ProviderEntry>)> = Vec::new();
+    for (i, r) in resources.iter().enumerate() {
+        match r.get("resourceType").and_then(Value::as_str) {
+            Some("Practitioner") => {
+                let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
+                let principal = r
+                    .get("identifier")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find(|x| x.get("system").and_then(Value::as_str) == Some(principal_system))
+                    .and_then(|x| x.get("value").and_then(Value::as_str));
+                let Some(principal) = principal else {
+                    reject(
+                        &mut out,
+                        i,
+                        r,
+                        format!("no identifier with system {principal_system}"),
+                    );
+                    continue;
+                };
+                if principal.parse::<crate::stacks::Address>().is_err() {
+                    reject(
+                        &mut out,
+                        i,
+                        r,
+                        "the principal identifier is not a Stacks address".into(),
+                    );
+                    continue;
+                }
+                let Some(name) = r.get("name").and_then(human_name) else {
+                    reject(&mut out, i, r, "no name".into());
+                    continue;
+                };
+                practitioners.push((
+                    i,
+                    id.to_string(),
+                    Some(ProviderEntry {
+                        principal: principal.to_string(),
+                        display_name: name,
+                        role: crate::domain::Role::Physician,
+                        department: None,
+                        organization: None,
+                        paging_ids: pagers(r.get("telecom")),
+                    }),
+                ));
+            }
+            Some("PractitionerRole") => {}
+            _ => reject(
+                &mut out,
+                i,
+                r,
+                "not a Practitioner or PractitionerRole resource".into(),
+            ),
+        }
+    }
+    let mut with_role = vec![false; practitioners.len()];
+    for (i, r) in resources.iter().enumerate() {
+        if r.get("resourceType").and_then(Value::as_str) != Some("PractitionerRole") {
+            continue;
+        }
+        let target = r
+            .pointer("/practitioner/reference")
+            .and_then(Value::as_str)
+            .and_then(|s| s.strip_prefix("Practitioner/"));
+        let Some(k) = target.and_then(|t| practitioners.iter().position(|(_, id, _)| id == t))
+        else {
+            reject(
+                &mut out,
+                i,
+                r,
+                "practitioner.reference names no Practitioner of this bundle".into(),
+            );
+            continue;
+        };
+        let Some(role) = role_of(r.get("code")) else {
+            reject(&mut out, i, r, "no known role in code".into());
+            continue;
+        };
+        if let Some(entry) = practitioners[k].2.as_mut() {
+            entry.role = role;
+            entry.department = coded_text(r.get("specialty"));
+            entry.organization = r
+                .pointer("/organization/display")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            entry.paging_ids.extend(pagers(r.get("telecom")));
+            with_role[k] = true;
+        }
+    }
+    for ((i, _, entry), has_role) in practitioners.into_iter().zip(with_role) {
+        let r = resources[i];
+        match entry {
+            Some(e) if has_role => out.providers.push(e),
+            _ => reject(
+                &mut out,
+                i,
+                r,
+                "no PractitionerRole for this Practitioner".into(),
+            ),
+        }
+    }
+    out.rejected.sort_by_key(|r| r.entry);
+    Ok(out)
+}
+
+/// Imports a FHIR bundle of practitioners into the provider directory.
+pub async fn import_providers(
+    store: &std::sync::Arc<dyn crate::store::Store>,
+    principal_system: &str,
+    body: &[u8],
+) -> anyhow::Result<Result<ImportReport, String>> {
+    let parsed = match parse_practitioners(body, principal_system) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let imported = parsed.providers.len();
+    if imported > 0 {
+        crate::store::apply_async(
+            store,
+            crate::store::Batch {
+                directory: parsed
+                    .providers
+                    .into_iter()
+                    .map(|e| (e.principal.clone(), Some(e)))
+                    .collect(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    Ok(Ok(ImportReport {
+        imported,
+        rejected: parsed.rejected,
+    }))
+}

@@ -78,7 +78,7 @@ impl Application {
         let clients = web::Data::new(http::tokens::Clients(
             settings.resource_servers.clients.clone(),
         ));
-        let follower = Arc::new(Follower::new(state, status.clone())?);
+        let follower = Arc::new(Follower::new(state.clone(), status.clone())?);
         let keyring = Arc::new(Keyring::load_or_generate(
             &settings.data.dir,
             std::env::var(crate::seal::DATA_KEY_ENV).ok().as_deref(),
@@ -87,8 +87,10 @@ impl Application {
         let admin = web::Data::new(http::admin::Admin {
             clients: settings.admin.clients.clone(),
             store: store.clone(),
+            chain: state,
             keyring,
             patient_id_system: settings.directory.patient_id_system.clone(),
+            provider_principal_system: settings.directory.provider_principal_system.clone(),
         });
         let sender = keys.stacks_address(mainnet);
         let submitter = Arc::new(Submitter {

@@ -55,6 +55,7 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
     let pending = ProviderState::Registered {
         role: Role::Nurse,
         status: ProviderStatus::Pending,
+        info_hash: Some([1u8; 32]),
     };
     eventually("registration seen", SECS, async || {
         (app.store.provider(&who.to_string()).unwrap() == Some(pending.clone())).then_some(())
@@ -76,6 +77,7 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
         let want = ProviderState::Registered {
             role: Role::Nurse,
             status,
+            info_hash: Some([1u8; 32]),
         };
         // seen from that one block alone: no further block is mined while we wait
         eventually(function, SECS, async || {

@@ -332,3 +332,125 @@ async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
         .unwrap();
     assert_eq!(status, 401);
 }
+
+fn practitioner(id: &str, principal: &str, name: &str) -> Json {
+    json!({ "resourceType": "Practitioner", "id": id,
+            "identifier": [{ "system": "urn:breakglass:stacks-principal", "value": principal }],
+            "name": [{ "text": name }] })
+}
+
+fn practitioner_role(id: &str, role: &str) -> Json {
+    json!({ "resourceType": "PractitionerRole", "id": format!("role-{id}"),
+            "practitioner": { "reference": format!("Practitioner/{id}") },
+            "code": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/practitioner-role", "code": role }] }],
+            "specialty": [{ "text": "Emergency" }],
+            "organization": { "display": "Demo General Hospital" },
+            "telecom": [{ "system": "pager", "value": format!("PD-{id}") }] })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_directory_is_checked_against_the_chain_and_names_verified_clinicians() {
+    let port = free_port();
+    let env = notify_env(port).await;
+    let mail = env.dir.path().join("mail");
+    let _smtp = smtp_server(port, &mail, 0).await;
+    let (nurse, physician) = (
+        provider(&env.demo, "nurse"),
+        provider(&env.demo, "physician"),
+    );
+    let doc = bundle(vec![
+        // as registered on chain
+        practitioner("n1", nurse["principal"].as_str().unwrap(), "Nurse Ben Demo"),
+        practitioner_role("n1", "nurse"),
+        // not what was registered: flagged
+        practitioner(
+            "d1",
+            physician["principal"].as_str().unwrap(),
+            "Dr. Ada Impostor",
+        ),
+        practitioner_role("d1", "doctor"),
+        // no role; a role for nobody
+        practitioner("x1", nurse["principal"].as_str().unwrap(), "Nobody"),
+        practitioner_role("zz", "nurse"),
+    ]);
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/admin/providers", env.app.api_addr))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .body(doc.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let report: Json = res.json().await.unwrap();
+    assert_eq!(report["imported"], 2, "{report}");
+    let rejected: Vec<&str> = report["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["resource_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rejected, ["x1", "role-zz"], "{report}");
+
+    let list: Json = reqwest::Client::new()
+        .get(format!("http://{}/v1/admin/providers", env.app.api_addr))
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = |p: &Json| {
+        list["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["principal"] == p["principal"])
+            .unwrap()
+            .clone()
+    };
+    let n = entry(nurse);
+    // the service's hash of the entry agrees with the one the devnet registered (JavaScript)
+    assert_eq!(n["info_hash"], nurse["info_hash"]);
+    assert_eq!(n["verification"], "verified");
+    assert_eq!(n["role"], "nurse");
+    assert_eq!(n["paging_ids"], json!(["PD-n1"]));
+    let d = entry(physician);
+    assert_eq!(d["role"], "physician");
+    assert_eq!(d["verification"], "mismatch");
+
+    // notices name a verified clinician, and only a verified one
+    let pid = patient(&env.demo, true).to_string();
+    let (status, _) = import(
+        &env.app,
+        &bundle(vec![patient_resource(&pid, "ana@example.org", "en")]),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let by_nurse = grant(&env, &pid, 1).await;
+    notice_reaches(&env, &by_nurse, "sent").await;
+    let key = physician["private_key"].as_str().unwrap();
+    let (status, body) = post(&env.app, &signed(key, &pid, &["allergies"], 2, now())).await;
+    assert_eq!(status, 201, "{body}");
+    let by_physician = body["access_id"].as_str().unwrap().to_string();
+    notice_reaches(&env, &by_physician, "sent").await;
+    let got = received(&mail);
+    let text_of = |id: &str| {
+        got.iter()
+            .find(|(_, raw)| header(raw, "Message-ID").contains(id))
+            .map(|(_, raw)| text_parts(raw).0)
+            .unwrap()
+    };
+    let t = text_of(&by_nurse);
+    assert!(
+        t.contains("Nurse Ben Demo, a nurse (Emergency), Demo General Hospital"),
+        "{t}"
+    );
+    let t = text_of(&by_physician);
+    assert!(!t.contains("Impostor"), "{t}");
+    assert!(
+        t.contains("a physician with credentials verified on chain"),
+        "{t}"
+    );
+}

@@ -47,6 +47,7 @@ pub fn conformance(store: &dyn Store) {
     let verified = ProviderState::Registered {
         role: Role::Nurse,
         status: ProviderStatus::Verified,
+        info_hash: None,
     };
     store
         .apply(Batch {
@@ -254,6 +255,7 @@ fn concurrent_writes_are_all_applied_in_order() {
                         } else {
                             ProviderStatus::Verified
                         },
+                        info_hash: None,
                     };
                     store
                         .apply(Batch {
@@ -275,7 +277,8 @@ fn concurrent_writes_are_all_applied_in_order() {
             store.provider(&format!("ST{i}")).unwrap(),
             Some(ProviderState::Registered {
                 role: Role::Nurse,
-                status: ProviderStatus::Verified
+                status: ProviderStatus::Verified,
+                info_hash: None,
             })
         );
     }
@@ -311,6 +314,7 @@ fn acknowledged_writes_survive_a_crash_through_the_journal() {
                     Some(ProviderState::Registered {
                         role: Role::Physician,
                         status: ProviderStatus::Verified,
+                        info_hash: None,
                     }),
                 )],
                 replay: vec![(format!("ST{i}:{i}"), 100 + i)],

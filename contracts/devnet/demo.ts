@@ -22,7 +22,7 @@ const STARTING_BALANCE = 1_000_000_000n; // 1,000 STX
 type Identity = { principal: string; private_key: string };
 export type DemoIdentities = {
   network: { chain_id: number; deployer: string; contracts: { patient_consent: string; access_control: string } };
-  providers: (Identity & { role: string; display_name: string; info_hash: string })[];
+  providers: (Identity & { role: string; display_name: string; department: string; organization: string; info_hash: string })[];
   patients: (Identity & { patient_id: string; emergency_access: boolean })[];
   responder: Identity;
   authority: Identity;
@@ -47,8 +47,10 @@ export async function seedDemo(chain: Chain, file: string, log: (m: string) => v
       contracts: { patient_consent: `${deployer}.patient-consent`, access_control: `${deployer}.access-control` } },
     providers: ROLES.map((role) => {
       const id = identity();
-      const info = { display_name: names[role], role, organization: "Demo General Hospital" };
-      return { ...id, role, display_name: names[role],
+      // the provider's directory entry, hashed as the service checks it: canonical JSON
+      // (members sorted by name, no whitespace) of department, display_name, organization, role
+      const info = { department: "Emergency", display_name: names[role], organization: "Demo General Hospital", role };
+      return { ...id, role, display_name: names[role], department: info.department, organization: info.organization,
                info_hash: createHash("sha256").update(JSON.stringify(info)).digest("hex") };
     }),
     patients: [true, false].map((emergency_access) => ({ ...identity(), patient_id: randomBytes(32).toString("hex"), emergency_access })),

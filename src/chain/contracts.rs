@@ -1,7 +1,7 @@
 //! The two contracts as the service sees them: their ids, and decoding of their read-only
 //! answers and print events into domain state.
 
-use crate::domain::{DataType, PatientId, ProviderStatus, Role};
+use crate::domain::{DataType, PatientId};
 use crate::stacks::{Address, Principal, Value};
 use crate::store::{Consent, Preferences, ProviderState};
 
@@ -84,6 +84,7 @@ pub fn provider_state(v: &Value) -> Option<ProviderState> {
         Value::Some(t) => Some(ProviderState::Registered {
             role: ascii(field(t, "role"))?.parse().ok()?,
             status: ascii(field(t, "status"))?.parse().ok()?,
+            info_hash: buff32(field(t, "info-hash")),
         }),
         _ => None,
     }
@@ -118,7 +119,10 @@ pub fn principal_value(p: &str) -> Option<Value> {
     p.parse::<Principal>().ok().map(Value::Principal)
 }
 
-/// A provider state with a new status, keeping the role (as the status events carry both).
-pub fn registered(role: Role, status: ProviderStatus) -> ProviderState {
-    ProviderState::Registered { role, status }
+/// A 32-byte buffer.
+pub fn buff32(v: Option<&Value>) -> Option<[u8; 32]> {
+    match v {
+        Some(Value::Buffer(b)) => b.as_slice().try_into().ok(),
+        _ => None,
+    }
 }

@@ -113,12 +113,22 @@ pub fn cache_updates(
                     .find(|(w, _)| *w == who)
                     .map(|(_, s)| s.clone())
                     .map_or_else(|| store.provider(&who), Ok)?;
-                let (old_role, old_status) = match known {
-                    Some(ProviderState::Registered { role, status }) => (Some(role), Some(status)),
-                    _ => (None, None),
+                let (old_role, old_status, old_info) = match known {
+                    Some(ProviderState::Registered {
+                        role,
+                        status,
+                        info_hash,
+                    }) => (Some(role), Some(status), info_hash),
+                    _ => (None, None, None),
                 };
+                // registration and credential updates carry the info-hash; the rest keep it
+                let info_hash = contracts::buff32(f("info-hash")).or(old_info);
                 let next = match (role.or(old_role), status.or(old_status)) {
-                    (Some(role), Some(status)) => Some(ProviderState::Registered { role, status }),
+                    (Some(role), Some(status)) => Some(ProviderState::Registered {
+                        role,
+                        status,
+                        info_hash,
+                    }),
                     _ => None,
                 };
                 batch.providers.push((who, next));

@@ -17,8 +17,11 @@ use crate::store::{NoticeState, Store};
 pub struct Admin {
     pub clients: Vec<ResourceServerClient>,
     pub store: Arc<dyn Store>,
+    /// The chain-state cache: a provider it has not seen yet is read from the node once.
+    pub chain: crate::chain::state::ChainState,
     pub keyring: Arc<Keyring>,
     pub patient_id_system: String,
+    pub provider_principal_system: String,
 }
 
 /// A FHIR bundle of a few thousand patients fits.
@@ -29,6 +32,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/admin/patients")
             .app_data(web::PayloadConfig::new(MAX_IMPORT_BYTES))
             .route(web::post().to(import_patients)),
+    )
+    .service(
+        web::resource("/v1/admin/providers")
+            .app_data(web::PayloadConfig::new(MAX_IMPORT_BYTES))
+            .route(web::post().to(import_providers))
+            .route(web::get().to(providers)),
     )
     .route("/v1/admin/notices", web::get().to(notices));
 }
@@ -82,6 +91,70 @@ async fn import_patients(
             })
         }
     }
+}
+
+async fn import_providers(
+    req: HttpRequest,
+    admin: web::Data<Admin>,
+    body: web::Bytes,
+) -> HttpResponse {
+    if super::tokens::basic_client(&req, &admin.clients).is_none() {
+        return unauthorized();
+    }
+    match crate::directory::import_providers(&admin.store, &admin.provider_principal_system, &body)
+        .await
+    {
+        Ok(Ok(report)) => HttpResponse::Ok().json(report),
+        Ok(Err(reason)) => problem(&Refusal {
+            status: 400,
+            code: "not-a-practitioner-bundle",
+            title: "Not a FHIR bundle of practitioners",
+            detail: reason,
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "provider directory import failed");
+            problem(&Refusal {
+                status: 503,
+                code: "store-unavailable",
+                title: "Store unavailable",
+                detail: "the directory could not be written; nothing was imported".into(),
+            })
+        }
+    }
+}
+
+/// The provider directory, each entry with how it stands against the chain.
+async fn providers(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
+    if super::tokens::basic_client(&req, &admin.clients).is_none() {
+        return unauthorized();
+    }
+    let entries = match admin.store.directory_entries() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "listing the provider directory");
+            return problem(&Refusal {
+                status: 503,
+                code: "store-unavailable",
+                title: "Store unavailable",
+                detail: "the directory could not be read".into(),
+            });
+        }
+    };
+    let mut list = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let chain = admin.chain.provider(&e.principal).await.ok();
+        list.push(json!({
+                "principal": e.principal,
+                "display_name": e.display_name,
+                "role": e.role,
+                "department": e.department,
+                "organization": e.organization,
+                "paging_ids": e.paging_ids,
+                "info_hash": hex::encode(e.info_hash()),
+                "verification": e.verification(chain.as_ref()),
+        }));
+    }
+    HttpResponse::Ok().json(json!({ "providers": list }))
 }
 
 #[derive(serde::Deserialize)]

@@ -126,6 +126,29 @@ fn timestamp(secs: u64) -> String {
         .unwrap_or_else(|_| secs.to_string())
 }
 
+/// The provider as the notice names them: from the directory when its entry is verified
+/// against the chain, else by role alone.
+pub fn who(
+    role: Role,
+    verified_entry: Option<&crate::directory::ProviderEntry>,
+    lang: Language,
+) -> String {
+    let role_text = role_label(role, lang);
+    match verified_entry {
+        Some(e) => {
+            let mut s = format!("{}, {role_text}", e.display_name);
+            if let Some(d) = &e.department {
+                s.push_str(&format!(" ({d})"));
+            }
+            if let Some(o) = &e.organization {
+                s.push_str(&format!(", {o}"));
+            }
+            format!("{s}, {}", verified(lang))
+        }
+        None => format!("{role_text} {}", verified(lang)),
+    }
+}
+
 pub struct NoticeSettings<'a> {
     pub from: &'a str,
     pub explorer_tx_url: Option<&'a str>,
@@ -137,6 +160,7 @@ pub fn render(
     templates: &Templates,
     settings: &NoticeSettings,
     access: &AccessRecord,
+    provider: Option<&crate::directory::ProviderEntry>,
     contact: &Contact,
     proof: &Proof,
 ) -> anyhow::Result<Rendered> {
@@ -146,7 +170,7 @@ pub fn render(
     let message_id = format!("<{}@{domain}>", access.id);
     let ctx = context! {
         name => &contact.name,
-        who => format!("{} {}", role_label(access.role, lang), verified(lang)),
+        who => who(access.role, provider, lang),
         data_types => access.data_types.iter().map(|d| data_type_label(*d, lang)).collect::<Vec<_>>(),
         when => timestamp(access.granted_at),
         until => timestamp(access.expires_at),

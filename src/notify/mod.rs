@@ -161,6 +161,11 @@ impl Notifier {
             self.save(notice).await?;
             return Ok(None);
         };
+        // the clinician by name only when their directory entry matches the chain
+        let provider = self.store.directory_entry(&access.provider)?.filter(|e| {
+            let chain = self.store.provider(&access.provider).ok().flatten();
+            e.verification(chain.as_ref()) == "verified"
+        });
         let rendered = message::render(
             &self.templates,
             &NoticeSettings {
@@ -169,6 +174,7 @@ impl Notifier {
                 contest: &self.settings.contest,
             },
             &access,
+            provider.as_ref(),
             &contact,
             &proof,
         )?;

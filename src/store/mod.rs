@@ -33,7 +33,14 @@ pub struct Tip {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProviderState {
     Unregistered,
-    Registered { role: Role, status: ProviderStatus },
+    Registered {
+        role: Role,
+        status: ProviderStatus,
+        /// The hash of the provider's directory entry, as registered on chain (`info-hash`);
+        /// the off-chain directory entry must hash to it to be shown as verified.
+        #[serde(default)]
+        info_hash: Option<[u8; 32]>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +234,8 @@ pub struct Batch {
     /// Patient contacts, sealed (`seal.rs`); `None` removes one.
     pub contacts: Vec<(PatientId, Option<Vec<u8>>)>,
     pub notices: Vec<Notice>,
+    /// The provider directory, by principal; `None` removes an entry.
+    pub directory: Vec<(String, Option<crate::directory::ProviderEntry>)>,
 }
 
 impl Batch {
@@ -248,6 +257,7 @@ impl Batch {
         self.revoked.extend(later.revoked);
         self.contacts.extend(later.contacts);
         self.notices.extend(later.notices);
+        self.directory.extend(later.directory);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -263,6 +273,7 @@ impl Batch {
             && self.revoked.is_empty()
             && self.contacts.is_empty()
             && self.notices.is_empty()
+            && self.directory.is_empty()
     }
 }
 
@@ -311,6 +322,12 @@ pub trait Store: Send + Sync + 'static {
     fn contact(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
     fn contact_ids(&self) -> Result<Vec<PatientId>, StoreError>;
     fn notice(&self, access_id: &str) -> Result<Option<Notice>, StoreError>;
+    /// A provider's directory entry.
+    fn directory_entry(
+        &self,
+        principal: &str,
+    ) -> Result<Option<crate::directory::ProviderEntry>, StoreError>;
+    fn directory_entries(&self) -> Result<Vec<crate::directory::ProviderEntry>, StoreError>;
     /// Every notice, oldest access first.
     fn notices(&self) -> Result<Vec<Notice>, StoreError>;
     /// A cheap read that proves the store answers (for /readyz).

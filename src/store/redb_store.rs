@@ -36,6 +36,7 @@ const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
 /// Sealed values, stored as they are (not JSON).
 const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
 const NOTICES: TableDefinition<&str, &[u8]> = TableDefinition::new("notices");
+const DIRECTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("provider_directory");
 
 /// The META key of the last journal frame applied to redb.
 const JOURNAL_SEQ: &str = "journal_seq";
@@ -248,6 +249,7 @@ impl RedbStore {
             REVOKED,
             CONTACTS,
             NOTICES,
+            DIRECTORY,
         ] {
             tx.open_table(t).map_err(backend)?;
         }
@@ -460,6 +462,24 @@ impl Store for RedbStore {
         self.get(NOTICES, access_id)
     }
 
+    fn directory_entry(
+        &self,
+        principal: &str,
+    ) -> Result<Option<crate::directory::ProviderEntry>, StoreError> {
+        self.get(DIRECTORY, principal)
+    }
+
+    fn directory_entries(&self) -> Result<Vec<crate::directory::ProviderEntry>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(DIRECTORY).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(backend)? {
+            let (k, v) = row.map_err(backend)?;
+            out.push(dec(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
     fn notices(&self) -> Result<Vec<Notice>, StoreError> {
         let tx = self.db.begin_read().map_err(backend)?;
         let t = tx.open_table(NOTICES).map_err(backend)?;
@@ -583,6 +603,15 @@ fn write_batch(
             .into_iter()
             .map(|(p, sealed)| (p.to_string(), sealed))
             .collect(),
+    )?;
+    put(
+        &tx,
+        DIRECTORY,
+        batch
+            .directory
+            .iter()
+            .map(|(p, e)| Ok((p.clone(), e.as_ref().map(enc).transpose()?)))
+            .collect::<Result<_, StoreError>>()?,
     )?;
     put(
         &tx,
