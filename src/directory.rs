@@ -184,20 +184,24 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
     ))
 }
 
+/// The resources of a bundle's entries, in order (a missing one as `null`).
+fn bundle_resources(doc: &Value) -> Vec<&Value> {
+    doc.get("entry")
+        .and_then(Value::as_array)
+        .map(|e| {
+            e.iter()
+                .map(|x| x.get("resource").unwrap_or(&Value::Null))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Reads a FHIR R4 `Bundle` of `Patient` entries (or one `Patient`). Fails only when the
 /// document itself is not a bundle; bad entries are listed in `rejected`.
 pub fn parse_patients(body: &[u8], id_system: &str) -> Result<Parsed, String> {
     let doc: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let resources: Vec<&Value> = match doc.get("resourceType").and_then(Value::as_str) {
-        Some("Bundle") => doc
-            .get("entry")
-            .and_then(Value::as_array)
-            .map(|e| {
-                e.iter()
-                    .map(|x| x.get("resource").unwrap_or(&Value::Null))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        Some("Bundle") => bundle_resources(&doc),
         Some("Patient") => vec![&doc],
         _ => return Err("expected a FHIR Bundle or Patient resource".into()),
     };
@@ -378,15 +382,7 @@ pub fn parse_practitioners(body: &[u8], principal_system: &str) -> Result<Parsed
     if doc.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err("expected a FHIR Bundle".into());
     }
-    let resources: Vec<&Value> = doc
-        .get("entry")
-        .and_then(Value::as_array)
-        .map(|e| {
-            e.iter()
-                .map(|x| x.get("resource").unwrap_or(&Value::Null))
-                .collect()
-        })
-        .unwrap_or_default();
+    let resources = bundle_resources(&doc);
     let mut out = ParsedProviders::default();
     let reject = |out: &mut ParsedProviders, i: usize, r: &Value, reason: String| {
         out.rejected.push(Rejected {

@@ -42,6 +42,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/v1/admin/notices", web::get().to(notices));
 }
 
+fn store_unavailable(detail: &str) -> HttpResponse {
+    problem(&Refusal {
+        status: 503,
+        code: "store-unavailable",
+        title: "Store unavailable",
+        detail: detail.into(),
+    })
+}
+
 fn unauthorized() -> HttpResponse {
     problem(&Refusal {
         status: 401,
@@ -83,12 +92,7 @@ async fn import_patients(
         }),
         Err(e) => {
             tracing::error!(error = %e, "patient directory import failed");
-            problem(&Refusal {
-                status: 503,
-                code: "store-unavailable",
-                title: "Store unavailable",
-                detail: "the directory could not be written; nothing was imported".into(),
-            })
+            store_unavailable("the directory could not be written; nothing was imported")
         }
     }
 }
@@ -113,12 +117,7 @@ async fn import_providers(
         }),
         Err(e) => {
             tracing::error!(error = %e, "provider directory import failed");
-            problem(&Refusal {
-                status: 503,
-                code: "store-unavailable",
-                title: "Store unavailable",
-                detail: "the directory could not be written; nothing was imported".into(),
-            })
+            store_unavailable("the directory could not be written; nothing was imported")
         }
     }
 }
@@ -132,12 +131,7 @@ async fn providers(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "listing the provider directory");
-            return problem(&Refusal {
-                status: 503,
-                code: "store-unavailable",
-                title: "Store unavailable",
-                detail: "the directory could not be read".into(),
-            });
+            return store_unavailable("the directory could not be read");
         }
     };
     let mut list = Vec::with_capacity(entries.len());
@@ -205,12 +199,7 @@ async fn notices(
         Ok(n) => n,
         Err(e) => {
             tracing::error!(error = %e, "listing notices");
-            return problem(&Refusal {
-                status: 503,
-                code: "store-unavailable",
-                title: "Store unavailable",
-                detail: "the notices could not be read".into(),
-            });
+            return store_unavailable("the notices could not be read");
         }
     };
     let list: Vec<_> = all
