@@ -262,6 +262,38 @@ pub async fn import(
     }))
 }
 
+/// Seals every contact that is not sealed with the current data key again with it (after
+/// `keys rotate-data`); then older keys can be retired. Returns how many were re-sealed.
+pub async fn rekey(
+    store: &std::sync::Arc<dyn crate::store::Store>,
+    keyring: &crate::seal::Keyring,
+) -> anyhow::Result<usize> {
+    let mut contacts = Vec::new();
+    for id in store.contact_ids()? {
+        let Some(sealed) = store.contact(&id)? else {
+            continue;
+        };
+        if keyring.is_current(&sealed) {
+            continue;
+        }
+        let name = crate::notify::contact_name(&id);
+        let plain = keyring.open(&name, &sealed)?;
+        contacts.push((id, Some(keyring.seal(&name, &plain)?)));
+    }
+    let n = contacts.len();
+    if n > 0 {
+        crate::store::apply_async(
+            store,
+            crate::store::Batch {
+                contacts,
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    Ok(n)
+}
+
 // --- providers ---------------------------------------------------------------------------
 
 /// A provider's entry in the off-chain directory. Not protected health information, so kept

@@ -73,6 +73,9 @@ enum PatientsCommand {
         /// The bundle (JSON).
         file: PathBuf,
     },
+    /// Seal every contact again with the current data key (after `keys rotate-data`), with
+    /// the service stopped; prints how many were re-sealed.
+    Rekey,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +132,9 @@ enum StacksCommand {
 enum KeysCommand {
     /// Print the service's Stacks principal (generating its key on first run).
     Show,
+    /// Add a new data key (data.dir/keys/data-*.key, 0600): it seals from now on, the older
+    /// ones still open. Then `patients rekey`, then older keys can be removed.
+    RotateData,
 }
 
 fn settings(cli: &Cli) -> Result<Settings, ExitCode> {
@@ -138,13 +144,18 @@ fn settings(cli: &Cli) -> Result<Settings, ExitCode> {
     })
 }
 
-fn import_patients(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+type Offline = (
+    std::sync::Arc<dyn breakglass::store::Store>,
+    breakglass::seal::Keyring,
+    tokio::runtime::Runtime,
+);
+
+/// The store and the data keys, for commands that run while the service is stopped.
+fn offline(s: &Settings) -> anyhow::Result<Offline> {
     use anyhow::Context;
-    let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let store: std::sync::Arc<dyn breakglass::store::Store> = std::sync::Arc::new(
-        breakglass::store::RedbStore::open(&s.data.dir.join("breakglass.redb")).context(
-            "opening the store (while the service runs, use POST /v1/admin/patients instead)",
-        )?,
+        breakglass::store::RedbStore::open(&s.data.dir.join("breakglass.redb"))
+            .context("opening the store (is the service running? stop it, or use the admin API)")?,
     );
     let keyring = breakglass::seal::Keyring::load_or_generate(
         &s.data.dir,
@@ -152,7 +163,19 @@ fn import_patients(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde
             .ok()
             .as_deref(),
     )?;
-    let runtime = tokio::runtime::Runtime::new()?;
+    Ok((store, keyring, tokio::runtime::Runtime::new()?))
+}
+
+fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
+    let (store, keyring, runtime) = offline(s)?;
+    let n = runtime.block_on(breakglass::directory::rekey(&store, &keyring))?;
+    Ok(serde_json::json!({ "resealed": n, "key_id": keyring.current_id() }))
+}
+
+fn import_patients(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context;
+    let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let (store, keyring, runtime) = offline(s)?;
     let report = runtime.block_on(breakglass::directory::import(
         &store,
         &keyring,
@@ -245,6 +268,27 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             print(import_patients(&s, file).map_err(|e| format!("{e:#}")))
+        }
+        Command::Patients(PatientsCommand::Rekey) => {
+            let s = match settings(&cli) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            print(rekey_patients(&s).map_err(|e| format!("{e:#}")))
+        }
+        Command::Keys(KeysCommand::RotateData) => {
+            let s = match settings(&cli) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            print(
+                breakglass::seal::generate_key(&s.data.dir)
+                    .and_then(|file| {
+                        let ring = breakglass::seal::Keyring::load_or_generate(&s.data.dir, None)?;
+                        Ok(serde_json::json!({ "file": file, "key_id": ring.current_id() }))
+                    })
+                    .map_err(|e| format!("{e:#}")),
+            )
         }
         Command::Keys(KeysCommand::Show) => {
             let s = match settings(&cli) {

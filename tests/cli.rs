@@ -344,6 +344,38 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
         let bytes = std::fs::read(data.join(f)).unwrap();
         assert!(!bytes.windows(10).any(|w| w == b"luis.perez"), "{f}");
     }
+    // a new data key, every contact sealed again with it, then the old key retired
+    let old_keys: Vec<_> = std::fs::read_dir(data.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("data-"))
+        .collect();
+    assert_eq!(old_keys.len(), 1);
+    let run = |args: &[&str]| {
+        json(
+            &Command::new(env!("CARGO_BIN_EXE_breakglass"))
+                .args(args)
+                .env("BREAKGLASS_DATA__DIR", &data)
+                .output()
+                .unwrap(),
+        )
+    };
+    let rotated = run(&["keys", "rotate-data"]);
+    assert_eq!(run(&["patients", "rekey"])["resealed"], 1);
+    assert_eq!(run(&["patients", "rekey"])["resealed"], 0);
+    std::fs::remove_file(&old_keys[0]).unwrap();
+    {
+        let store = breakglass::store::RedbStore::open(&data.join("breakglass.redb")).unwrap();
+        let ring = breakglass::seal::Keyring::load_or_generate(&data, None).unwrap();
+        assert_eq!(ring.current_id(), rotated["key_id"].as_str().unwrap());
+        let pid: breakglass::domain::PatientId = id.parse().unwrap();
+        use breakglass::store::Store;
+        let sealed = store.contact(&pid).unwrap().unwrap();
+        let contact: serde_json::Value =
+            serde_json::from_slice(&ring.open(&format!("contact:{id}"), &sealed).unwrap()).unwrap();
+        assert_eq!(contact["email"], "luis.perez@example.org");
+    }
+
     // not a bundle: exit 2 with the reason
     std::fs::write(&file, "{\"resourceType\": \"Observation\"}").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_breakglass"))
