@@ -241,3 +241,83 @@ impl Notifier {
         self.save(notice).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::Language;
+    use crate::domain::{DataType, PatientId, Role};
+    use crate::store::AccessRecord;
+
+    fn access(data_types: Vec<DataType>) -> AccessRecord {
+        AccessRecord {
+            id: "ab".repeat(32),
+            provider: "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".into(),
+            role: Role::Nurse,
+            patient: PatientId([7; 32]),
+            data_types,
+            reason: "unresponsive".into(),
+            reason_hash: String::new(),
+            device: None,
+            nonce: 1,
+            issued_at: 1_000,
+            granted_at: 1_000,
+            expires_at: 1_600,
+            window_minutes: 10,
+            window_blocks: 60,
+            rules: vec![],
+            message_hash: String::new(),
+            signature: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_notice_is_due_when_the_window_closes_or_at_once_for_immediate_types() {
+        let mut s = Settings::default().notify;
+        s.immediate_data_types = vec![DataType::AdvanceDirectives];
+        let later = notice_for(&s, &access(vec![DataType::Allergies]));
+        assert_eq!((later.due_at, later.next_at), (1_600, 1_600));
+        let now = notice_for(
+            &s,
+            &access(vec![DataType::Allergies, DataType::AdvanceDirectives]),
+        );
+        assert_eq!(now.due_at, 1_000);
+        assert_eq!(now.state, NoticeState::Pending);
+    }
+
+    #[tokio::test]
+    async fn the_development_transport_writes_the_message_into_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::default();
+        let mailer = Mailer::from_settings(&settings.notify, dir.path()).unwrap();
+        let contact = Contact {
+            name: None,
+            email: Some("ana@example.org".into()),
+            language: Language::En,
+            delegate: None,
+        };
+        let rendered = message::render(
+            &Templates::new().unwrap(),
+            &NoticeSettings {
+                from: &settings.notify.from,
+                explorer_tx_url: None,
+                contest: "call us",
+            },
+            &access(vec![DataType::Allergies]),
+            None,
+            &contact,
+            &Proof {
+                txid: "0xfeed".into(),
+            },
+        )
+        .unwrap();
+        mailer.send(&rendered).await.unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("outbox"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1);
+        assert_eq!(std::fs::read(&files[0]).unwrap(), rendered.raw);
+        assert!(String::from_utf8_lossy(&rendered.raw).contains("0xfeed"));
+    }
+}
