@@ -37,6 +37,47 @@ struct Identity {
 struct Provider {
     role: String,
     principal: String,
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    department: Option<String>,
+    #[serde(default)]
+    organization: Option<String>,
+}
+
+/// FHIR bundles for the demo's directories: each demo patient reachable at an example.invalid
+/// address (their notices land in `data.dir/outbox`), each clinician as the devnet registered
+/// them (so their entries verify against the chain).
+fn demo_directories(demo: &Demo, settings: &Settings) -> (serde_json::Value, serde_json::Value) {
+    use serde_json::json;
+    let patients: Vec<_> = demo
+        .patients
+        .iter()
+        .map(|p| json!({ "resource": { "resourceType": "Patient",
+            "identifier": [{ "system": settings.directory.patient_id_system, "value": p.patient_id }],
+            "telecom": [{ "system": "email", "value": format!("patient-{}@example.invalid", p.patient_id.get(..8).unwrap_or(&p.patient_id)) }] } }))
+        .collect();
+    let mut practitioners = Vec::new();
+    for (i, p) in demo.providers.iter().enumerate() {
+        let id = format!("demo-{i}");
+        practitioners.push(json!({ "resource": { "resourceType": "Practitioner", "id": id,
+            "identifier": [{ "system": settings.directory.provider_principal_system, "value": p.principal }],
+            "name": [{ "text": p.display_name }] } }));
+        let mut role = json!({ "resourceType": "PractitionerRole",
+            "practitioner": { "reference": format!("Practitioner/{id}") },
+            "code": [{ "coding": [{ "code": p.role }] }] });
+        if let Some(d) = &p.department {
+            role["specialty"] = json!([{ "text": d }]);
+        }
+        if let Some(o) = &p.organization {
+            role["organization"] = json!({ "display": o });
+        }
+        practitioners.push(json!({ "resource": role }));
+    }
+    (
+        json!({ "resourceType": "Bundle", "type": "collection", "entry": patients }),
+        json!({ "resourceType": "Bundle", "type": "collection", "entry": practitioners }),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,11 +174,34 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
         stacks: parse_key(&demo.responder.private_key)?,
         source: KeySource::File,
     };
+    let (patients, practitioners) = demo_directories(&demo, &settings);
+    let data_dir = settings.data.dir.clone();
+    let (patient_system, provider_system) = (
+        settings.directory.patient_id_system.clone(),
+        settings.directory.provider_principal_system.clone(),
+    );
     let app = Application::build(settings, keys).await?;
     anyhow::ensure!(
         app.service_principal == demo.responder.principal,
         "the service key does not match the demo responder"
     );
+    // the demo directories, so that notices go out (as files) and name the clinicians
+    let keyring = crate::seal::Keyring::load_or_generate(&data_dir, None)?;
+    crate::directory::import(
+        &app.store,
+        &keyring,
+        &patient_system,
+        patients.to_string().as_bytes(),
+    )
+    .await?
+    .map_err(anyhow::Error::msg)?;
+    crate::directory::import_providers(
+        &app.store,
+        &provider_system,
+        practitioners.to_string().as_bytes(),
+    )
+    .await?
+    .map_err(anyhow::Error::msg)?;
 
     let api = format!("http://{}", app.api_addr);
     println!();
@@ -164,6 +228,10 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
         };
         println!("    patient     {} ({prefs})", p.patient_id);
     }
+    println!(
+        "  patient notices   {} (one .eml file per notice, when its window closes)",
+        data_dir.join("outbox").display()
+    );
     println!("Ctrl-C stops both; the chain and the service's store are kept under .data/.");
     println!();
 
