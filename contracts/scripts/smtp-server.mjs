@@ -26,7 +26,8 @@ const server = new SMTPServer({
   logger: false,
   onRcptTo(address, _session, callback) {
     if (address.address.split("@")[0].startsWith("bounce")) {
-      const err = new Error("5.1.1 mailbox unavailable");
+      // as real servers do, the refusal quotes the address
+      const err = new Error(`5.1.1 <${address.address}>: mailbox unavailable`);
       err.responseCode = 550;
       return callback(err);
     }

@@ -205,7 +205,16 @@ impl Notifier {
         )?;
         notice.attempts += 1;
         let first = *notice.first_attempt_at.get_or_insert(now);
-        match self.mailer.send(&rendered).await {
+        // servers often quote the address they refuse: it never reaches a log or the store
+        let redact = |reason: String| {
+            rendered.to.iter().fold(reason, |r, address| {
+                r.replace(address.as_str(), "<recipient>")
+            })
+        };
+        match self.mailer.send(&rendered).await.map_err(|e| match e {
+            SendError::Permanent(r) => SendError::Permanent(redact(r)),
+            SendError::Transient(r) => SendError::Transient(redact(r)),
+        }) {
             Ok(()) => {
                 tracing::info!(access = %notice.access_id, attempts = notice.attempts, "notice sent");
                 notice.state = NoticeState::Sent { at: now_secs() };
