@@ -9,8 +9,9 @@
 //! frame that is short, fails its checksum or goes back in `seq`, and the file is cut back to
 //! the frames before it.
 //!
-//! At a checkpoint redb commits durably (recording the last applied `seq` in the same commit)
-//! and the journal is emptied. On open, frames with a `seq` above the one redb holds are
+//! The journal is a series of segment files (`<store>.journal.<first seq>`). After a
+//! checkpoint (redb commits durably, recording the last applied `seq` in the same commit) the
+//! segments it covers are deleted. On open, frames with a `seq` above the one redb holds are
 //! applied again; the rest were already in redb's durable state.
 
 use std::fs::{File, OpenOptions};
@@ -93,17 +94,6 @@ impl Journal {
     /// Bytes in the journal since the last checkpoint.
     pub fn bytes(&self) -> u64 {
         self.len
-    }
-
-    /// Empties the journal, once redb holds everything in it durably. Not synced: if a crash
-    /// brings the old frames back, their `seq` shows they are already applied.
-    pub fn clear(&mut self) -> Result<(), StoreError> {
-        self.file
-            .set_len(0)
-            .and_then(|()| self.file.seek(SeekFrom::Start(0)).map(|_| ()))
-            .map_err(|e| io(&self.path, e))?;
-        self.len = 0;
-        Ok(())
     }
 }
 

@@ -1,17 +1,21 @@
 //! The embedded store: one redb file and its write-ahead journal (`journal.rs`).
 //!
-//! Writes go through one writer thread that takes every batch waiting at that moment as one
-//! group (group commit): the group is appended to the journal with one `fdatasync`, then
-//! applied to redb in one transaction that does not sync (`Durability::None`), and only then
-//! does each caller get its answer: durable first, then visible to readers, then acknowledged.
-//! When writes pause, every 10 s under steady traffic, and at shutdown, a checkpoint commits
-//! redb durably and empties the journal. On open, journal frames newer than redb's durable
-//! state are applied again.
+//! Writes go through two threads. The journal thread takes every batch waiting at that moment
+//! as one group (group commit), appends the group to the journal with one `fdatasync`, puts
+//! its rows in an in-memory overlay that every read consults first, and answers each caller:
+//! durable first, then visible, then acknowledged. The applier thread then applies groups to
+//! redb without syncing (`Durability::None`) and drops them from the overlay. Checkpoints (a
+//! durable redb commit, after which the journal segments it covers are deleted) run on the
+//! applier when writes pause, every few seconds under load and at shutdown, so a checkpoint
+//! never holds up an answer. On open, journal frames newer than redb's durable state are
+//! applied again.
 //!
 //! A failed journal write or redb commit poisons the store: every later write fails (and
 //! `ping` with it, so readiness drops) until the service restarts and recovers from disk.
 
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -24,22 +28,62 @@ use serde::Serialize;
 use super::journal::Journal;
 use super::*;
 
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const PROVIDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("providers");
-const PREFERENCES: TableDefinition<&str, &[u8]> = TableDefinition::new("preferences");
-const CONSENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("consents");
-const RESPONDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("responders");
-const SUBMISSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("submissions");
-const ACCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("accesses");
-const REPLAY: TableDefinition<&str, &[u8]> = TableDefinition::new("replay");
-const REVOKED: TableDefinition<&str, &[u8]> = TableDefinition::new("revoked");
+/// Tables, by name.
+type Table = &'static str;
+const META: Table = "meta";
+const PROVIDERS: Table = "providers";
+const PREFERENCES: Table = "preferences";
+const CONSENTS: Table = "consents";
+const RESPONDERS: Table = "responders";
+const SUBMISSIONS: Table = "submissions";
+const ACCESSES: Table = "accesses";
+const REPLAY: Table = "replay";
+const REVOKED: Table = "revoked";
 /// Sealed values, stored as they are (not JSON).
-const CONTACTS: TableDefinition<&str, &[u8]> = TableDefinition::new("contacts");
-const NOTICES: TableDefinition<&str, &[u8]> = TableDefinition::new("notices");
-const DIRECTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("provider_directory");
+const CONTACTS: Table = "contacts";
+const NOTICES: Table = "notices";
+const DIRECTORY: Table = "provider_directory";
+const TABLES: [Table; 12] = [
+    META,
+    PROVIDERS,
+    PREFERENCES,
+    CONSENTS,
+    RESPONDERS,
+    SUBMISSIONS,
+    ACCESSES,
+    REPLAY,
+    REVOKED,
+    CONTACTS,
+    NOTICES,
+    DIRECTORY,
+];
+
+fn def(name: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    TableDefinition::new(name)
+}
 
 /// The META key of the last journal frame applied to redb.
 const JOURNAL_SEQ: &str = "journal_seq";
+
+/// A row to write: table, key, encoded value (`None` removes the key).
+type Row = (Table, String, Option<Vec<u8>>);
+type Rows = Vec<Row>;
+
+/// Acknowledged rows not yet in redb, with the `seq` of the group that wrote them.
+type Overlay = Arc<Mutex<HashMap<(Table, String), (u64, Option<Vec<u8>>)>>>;
+
+type Poison = Arc<Mutex<Option<String>>>;
+
+fn poisoned(p: &Poison) -> Option<String> {
+    p.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn poison(p: &Poison, e: &StoreError) {
+    tracing::error!(error = %e, "the store cannot write: refusing every write until restart");
+    p.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(|| e.to_string());
+}
 
 type Job = (Batch, Reply);
 
@@ -61,12 +105,12 @@ impl Reply {
 
 /// How many waiting batches one group takes at most.
 const GROUP_COMMIT_MAX: usize = 256;
-/// A journal this large is checkpointed at once.
-const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// A journal segment this large is closed and a new one begun.
+const SEGMENT_BYTES: u64 = 8 << 20;
 
-/// When redb commits durably and the journal is emptied. A checkpoint writes and syncs every
-/// page changed since the last one and holds the writer meanwhile (tens of milliseconds
-/// under load), so under steady traffic it is rare; when writes pause it happens at once.
+/// When redb commits durably (and the journal segments it covers go). A checkpoint writes
+/// and syncs every page changed since the last one; it runs beside the journal, so answers
+/// do not wait for it, but it shares the disk.
 #[derive(Debug, Clone, Copy)]
 pub struct Checkpoints {
     /// At the latest this long after the last checkpoint, with writes pending.
@@ -78,7 +122,7 @@ pub struct Checkpoints {
 impl Default for Checkpoints {
     fn default() -> Checkpoints {
         Checkpoints {
-            every: Duration::from_secs(10),
+            every: Duration::from_secs(2),
             when_idle_for: Duration::from_millis(200),
         }
     }
@@ -87,100 +131,146 @@ impl Default for Checkpoints {
 pub struct RedbStore {
     db: Arc<Database>,
     writer: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
-    /// Why the writer stopped accepting writes, once it has.
-    poisoned: Arc<Mutex<Option<String>>>,
+    threads: Vec<JoinHandle<()>>,
+    overlay: Overlay,
+    poisoned: Poison,
 }
 
 impl Drop for RedbStore {
     fn drop(&mut self) {
-        // closing the channel ends the writer (after a last checkpoint); joining it releases
-        // the file
+        // closing the channel ends the journal thread, which ends the applier (after a last
+        // checkpoint); joining them releases the file
         self.writer.take();
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-struct Writer {
-    db: Arc<Database>,
-    journal: Journal,
-    seq: u64,
-    /// Whether redb holds commits that are not durable yet.
-    dirty: bool,
-    checkpointed: Instant,
-    checkpoints: Checkpoints,
-    poisoned: Arc<Mutex<Option<String>>>,
+/// The journal's segment files, `<store>.journal.<first seq>`, oldest first (and the
+/// single-file journal of earlier versions, `<store>.journal`, before them).
+fn segments(store: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let dir = store.parent().unwrap_or(Path::new("."));
+    let name = store
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let legacy = format!("{name}.journal");
+    let prefix = format!("{name}.journal.");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(backend)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == legacy || n.starts_with(&prefix))
+        })
+        .collect();
+    // zero-padded seqs sort by name; the legacy name is a prefix of the rest, so first
+    out.sort();
+    Ok(out)
 }
 
-impl Writer {
-    fn poisoned(&self) -> Option<String> {
-        self.poisoned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
+fn segment_path(store: &Path, first_seq: u64) -> PathBuf {
+    let mut p = store.as_os_str().to_owned();
+    p.push(format!(".journal.{first_seq:020}"));
+    PathBuf::from(p)
+}
 
-    fn poison(&self, e: &StoreError) {
-        tracing::error!(error = %e, "the store cannot write: refusing every write until restart");
-        *self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-    }
+struct Segment {
+    journal: Journal,
+    path: PathBuf,
+    last_seq: u64,
+}
 
+/// The journal thread: appends groups, makes them visible, answers, hands them on.
+struct JournalWriter {
+    store_path: PathBuf,
+    current: Option<Segment>,
+    /// Closed segments, with the last seq each holds.
+    closed: Vec<(PathBuf, u64)>,
+    seq: u64,
+    overlay: Overlay,
+    applier: mpsc::Sender<(u64, Rows)>,
+    checkpointed: Arc<AtomicU64>,
+    poisoned: Poison,
+}
+
+impl JournalWriter {
     fn write(&mut self, batch: Batch) -> Result<(), StoreError> {
-        if let Some(why) = self.poisoned() {
+        if let Some(why) = poisoned(&self.poisoned) {
             return Err(StoreError::Backend(format!(
                 "the store stopped writing: {why}"
             )));
         }
         let seq = self.seq + 1;
-        let result = self
-            .journal
-            .append(seq, &batch)
-            .and_then(|()| write_batch(&self.db, batch, seq, Durability::None));
-        match &result {
-            Ok(()) => {
-                self.seq = seq;
-                self.dirty = true;
+        let rows = rows_of(&batch)?;
+        let result = self.append(seq, &batch);
+        if let Err(e) = &result {
+            poison(&self.poisoned, e);
+            return result;
+        }
+        self.seq = seq;
+        {
+            let mut overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+            for (table, key, value) in &rows {
+                overlay.insert((*table, key.clone()), (seq, value.clone()));
             }
-            Err(e) => self.poison(e),
         }
-        result
+        if self.applier.send((seq, rows)).is_err() {
+            let e = backend("the store's applier stopped");
+            poison(&self.poisoned, &e);
+            // durable in the journal and visible: applied at the next start
+        }
+        Ok(())
     }
 
-    fn checkpoint_due(&self) -> bool {
-        self.dirty
-            && (self.checkpointed.elapsed() >= self.checkpoints.every
-                || self.journal.bytes() >= CHECKPOINT_BYTES)
+    fn append(&mut self, seq: u64, batch: &Batch) -> Result<(), StoreError> {
+        let segment = match &mut self.current {
+            Some(s) => s,
+            None => {
+                let path = segment_path(&self.store_path, seq);
+                let (journal, _) = Journal::open(&path)?;
+                self.current.insert(Segment {
+                    journal,
+                    path,
+                    last_seq: seq,
+                })
+            }
+        };
+        segment.journal.append(seq, batch)?;
+        segment.last_seq = seq;
+        Ok(())
     }
 
-    /// Makes redb durable up to the last frame, then empties the journal.
-    fn checkpoint(&mut self) {
-        if !self.dirty || self.poisoned().is_some() {
-            return;
+    /// Closes a full segment; deletes the segments a checkpoint covers.
+    fn collect(&mut self) {
+        let durable = self.checkpointed.load(Ordering::Acquire);
+        if let Some(s) = &self.current {
+            if s.last_seq <= durable || s.journal.bytes() >= SEGMENT_BYTES {
+                if let Some(s) = self.current.take() {
+                    self.closed.push((s.path, s.last_seq));
+                }
+            }
         }
-        let result = checkpoint(&self.db).and_then(|()| self.journal.clear());
-        self.checkpointed = Instant::now();
-        match result {
-            Ok(()) => self.dirty = false,
-            Err(e) => self.poison(&e),
-        }
+        self.closed.retain(|(path, last)| {
+            if *last > durable {
+                return true;
+            }
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(error = %e, segment = %path.display(), "could not delete a checkpointed journal segment");
+            }
+            false
+        });
     }
 }
 
-/// A durable commit: redb makes every earlier non-durable commit durable with it.
-fn checkpoint(db: &Database) -> Result<(), StoreError> {
-    let mut tx = db.begin_write().map_err(backend)?;
-    tx.set_durability(Durability::Immediate).map_err(backend)?;
-    tx.commit().map_err(backend)
-}
-
-fn writer_loop(mut w: Writer, jobs: mpsc::Receiver<Job>) {
+fn journal_loop(mut w: JournalWriter, jobs: mpsc::Receiver<Job>) {
     loop {
-        let first = match jobs.recv_timeout(w.checkpoints.when_idle_for) {
+        let first = match jobs.recv_timeout(Duration::from_millis(100)) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                w.checkpoint();
+                w.collect();
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -202,11 +292,94 @@ fn writer_loop(mut w: Writer, jobs: mpsc::Receiver<Job>) {
         for reply in replies {
             reply.send(result.clone());
         }
-        if w.checkpoint_due() {
-            w.checkpoint();
+        w.collect();
+    }
+    // dropping `w` closes the applier's channel: it checkpoints and stops
+}
+
+/// The applier thread: groups into redb, out of the overlay; checkpoints.
+struct Applier {
+    db: Arc<Database>,
+    overlay: Overlay,
+    applied: u64,
+    dirty: bool,
+    checkpointed_at: Instant,
+    checkpoints: Checkpoints,
+    checkpointed: Arc<AtomicU64>,
+    poisoned: Poison,
+}
+
+impl Applier {
+    fn apply(&mut self, groups: Vec<(u64, Rows)>) {
+        if poisoned(&self.poisoned).is_some() {
+            return;
+        }
+        let Some(last) = groups.last().map(|(seq, _)| *seq) else {
+            return;
+        };
+        let rows: Vec<_> = groups.iter().flat_map(|(_, r)| r.iter()).collect();
+        if let Err(e) = apply_rows(&self.db, rows.iter().copied(), last, Durability::None) {
+            poison(&self.poisoned, &e);
+            return;
+        }
+        self.applied = last;
+        self.dirty = true;
+        let mut overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        for (seq, rows) in &groups {
+            for (table, key, _) in rows {
+                let k = (*table, key.clone());
+                if overlay.get(&k).is_some_and(|(s, _)| s <= seq) {
+                    overlay.remove(&k);
+                }
+            }
         }
     }
-    w.checkpoint();
+
+    fn checkpoint(&mut self) {
+        if !self.dirty || poisoned(&self.poisoned).is_some() {
+            return;
+        }
+        self.checkpointed_at = Instant::now();
+        match checkpoint(&self.db) {
+            Ok(()) => {
+                self.dirty = false;
+                self.checkpointed.store(self.applied, Ordering::Release);
+            }
+            Err(e) => poison(&self.poisoned, &e),
+        }
+    }
+}
+
+fn applier_loop(mut a: Applier, groups: mpsc::Receiver<(u64, Rows)>) {
+    loop {
+        let first = match groups.recv_timeout(a.checkpoints.when_idle_for) {
+            Ok(g) => g,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                a.checkpoint();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut waiting = vec![first];
+        while waiting.len() < GROUP_COMMIT_MAX {
+            match groups.try_recv() {
+                Ok(g) => waiting.push(g),
+                Err(_) => break,
+            }
+        }
+        a.apply(waiting);
+        if a.dirty && a.checkpointed_at.elapsed() >= a.checkpoints.every {
+            a.checkpoint();
+        }
+    }
+    a.checkpoint();
+}
+
+/// A durable commit: redb makes every earlier non-durable commit durable with it.
+fn checkpoint(db: &Database) -> Result<(), StoreError> {
+    let mut tx = db.begin_write().map_err(backend)?;
+    tx.set_durability(Durability::Immediate).map_err(backend)?;
+    tx.commit().map_err(backend)
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -222,14 +395,13 @@ fn dec<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store at `path`, with its journal beside it (`<path>.journal`),
-    /// and applies what the journal holds beyond redb's durable state.
+    /// Opens (or creates) the store at `path`, with its journal beside it
+    /// (`<path>.journal.*`), and applies what the journal holds beyond redb's durable state.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
         RedbStore::open_with(path, Checkpoints::default())
     }
 
-    /// `open`, with its own checkpoint schedule (a journal of 64 MiB is checkpointed at once
-    /// whatever the schedule).
+    /// `open`, with its own checkpoint schedule.
     pub fn open_with(path: &Path, checkpoints: Checkpoints) -> Result<RedbStore, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(backend)?;
@@ -237,30 +409,14 @@ impl RedbStore {
         let db = Database::create(path).map_err(backend)?;
         // create every table so that reads never meet a missing one
         let tx = db.begin_write().map_err(backend)?;
-        for t in [
-            META,
-            PROVIDERS,
-            PREFERENCES,
-            CONSENTS,
-            RESPONDERS,
-            SUBMISSIONS,
-            ACCESSES,
-            REPLAY,
-            REVOKED,
-            CONTACTS,
-            NOTICES,
-            DIRECTORY,
-        ] {
-            tx.open_table(t).map_err(backend)?;
+        for t in TABLES {
+            tx.open_table(def(t)).map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
 
-        let mut journal_path = path.as_os_str().to_owned();
-        journal_path.push(".journal");
-        let (mut journal, frames) = Journal::open(Path::new(&journal_path))?;
         let durable: u64 = {
             let tx = db.begin_read().map_err(backend)?;
-            let t = tx.open_table(META).map_err(backend)?;
+            let t = tx.open_table(def(META)).map_err(backend)?;
             match t.get(JOURNAL_SEQ).map_err(backend)? {
                 Some(v) => dec(JOURNAL_SEQ, v.value())?,
                 None => 0,
@@ -268,11 +424,17 @@ impl RedbStore {
         };
         let mut seq = durable;
         let mut replayed = 0usize;
-        for (frame_seq, batch) in frames {
-            if frame_seq > seq {
-                write_batch(&db, batch, frame_seq, Durability::None)?;
-                seq = frame_seq;
-                replayed += 1;
+        let files = segments(path)?;
+        for file in &files {
+            let (_, frames) = Journal::open(file)?;
+            for (frame_seq, batch) in frames {
+                // frames at or below what redb holds are already applied; a lower seq after
+                // a higher one is a stale frame
+                if frame_seq > seq {
+                    apply_rows(&db, rows_of(&batch)?.iter(), frame_seq, Durability::None)?;
+                    seq = frame_seq;
+                    replayed += 1;
+                }
             }
         }
         if replayed > 0 {
@@ -282,28 +444,52 @@ impl RedbStore {
             );
         }
         checkpoint(&db)?;
-        journal.clear()?;
+        for file in files {
+            std::fs::remove_file(&file).map_err(backend)?;
+        }
 
         let db = Arc::new(db);
-        let poisoned = Arc::new(Mutex::new(None));
-        let w = Writer {
+        let poisoned: Poison = Arc::new(Mutex::new(None));
+        let overlay: Overlay = Arc::new(Mutex::new(HashMap::new()));
+        let checkpointed = Arc::new(AtomicU64::new(seq));
+        let (to_applier, groups) = mpsc::channel();
+        let applier = Applier {
             db: db.clone(),
-            journal,
-            seq,
+            overlay: overlay.clone(),
+            applied: seq,
             dirty: false,
-            checkpointed: Instant::now(),
+            checkpointed_at: Instant::now(),
             checkpoints,
+            checkpointed: checkpointed.clone(),
+            poisoned: poisoned.clone(),
+        };
+        let journal = JournalWriter {
+            store_path: path.to_path_buf(),
+            current: None,
+            closed: Vec::new(),
+            seq,
+            overlay: overlay.clone(),
+            applier: to_applier,
+            checkpointed,
             poisoned: poisoned.clone(),
         };
         let (writer, jobs) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("redb-writer".into())
-            .spawn(move || writer_loop(w, jobs))
-            .map_err(backend)?;
+        let threads = vec![
+            std::thread::Builder::new()
+                .name("redb-applier".into())
+                .spawn(move || applier_loop(applier, groups))
+                .map_err(backend)?,
+            std::thread::Builder::new()
+                .name("redb-journal".into())
+                .spawn(move || journal_loop(journal, jobs))
+                .map_err(backend)?,
+        ];
         Ok(RedbStore {
             db,
             writer: Some(writer),
-            thread: Some(thread),
+            // joined journal first: it ends the applier
+            threads: threads.into_iter().rev().collect(),
+            overlay,
             poisoned,
         })
     }
@@ -316,28 +502,54 @@ impl RedbStore {
             .map_err(|_| backend("the store's writer stopped"))
     }
 
-    fn get<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-    ) -> Result<Option<T>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let t = tx.open_table(table).map_err(backend)?;
-        match t.get(key).map_err(backend)? {
-            Some(v) => Ok(Some(dec(key, v.value())?)),
-            None => Ok(None),
+    /// A value as stored: the overlay (acknowledged, not yet applied) first, then redb.
+    fn get_raw(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some((_, v)) = self
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(table, key.to_string()))
+        {
+            return Ok(v.clone());
         }
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(def(table)).map_err(backend)?;
+        Ok(t.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
     }
 
-    fn keys(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<String>, StoreError> {
+    fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, StoreError> {
+        self.get_raw(table, key)?.map(|v| dec(key, &v)).transpose()
+    }
+
+    /// Every row of a table, in key order, the overlay's over redb's. The overlay is read
+    /// first: a group the applier moves meanwhile is then in one or the other.
+    fn scan(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let pending: Vec<(String, Option<Vec<u8>>)> = self
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((t, _), _)| *t == table)
+            .map(|((_, k), (_, v))| (k.clone(), v.clone()))
+            .collect();
         let tx = self.db.begin_read().map_err(backend)?;
-        let t = tx.open_table(table).map_err(backend)?;
-        let mut out = Vec::new();
+        let t = tx.open_table(def(table)).map_err(backend)?;
+        let mut rows = BTreeMap::new();
         for row in t.iter().map_err(backend)? {
-            let (k, _) = row.map_err(backend)?;
-            out.push(k.value().to_string());
+            let (k, v) = row.map_err(backend)?;
+            rows.insert(k.value().to_string(), v.value().to_vec());
         }
-        Ok(out)
+        for (k, v) in pending {
+            match v {
+                Some(v) => rows.insert(k, v),
+                None => rows.remove(&k),
+            };
+        }
+        Ok(rows.into_iter().collect())
+    }
+
+    fn keys(&self, table: Table) -> Result<Vec<String>, StoreError> {
+        Ok(self.scan(table)?.into_iter().map(|(k, _)| k).collect())
     }
 }
 
@@ -385,15 +597,10 @@ impl Store for RedbStore {
     }
 
     fn consents(&self) -> Result<Vec<ConsentKey>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let t = tx.open_table(CONSENTS).map_err(backend)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(backend)? {
-            let (k, v) = row.map_err(backend)?;
-            let (key, _): (ConsentKey, Consent) = dec(k.value(), v.value())?;
-            out.push(key);
-        }
-        Ok(out)
+        self.scan(CONSENTS)?
+            .iter()
+            .map(|(k, v)| dec::<(ConsentKey, Consent)>(k, v).map(|(key, _)| key))
+            .collect()
     }
 
     fn responder(&self, principal: &str) -> Result<Option<bool>, StoreError> {
@@ -409,12 +616,9 @@ impl Store for RedbStore {
     }
 
     fn open_submissions(&self) -> Result<Vec<Submission>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let t = tx.open_table(SUBMISSIONS).map_err(backend)?;
         let mut out = Vec::new();
-        for row in t.iter().map_err(backend)? {
-            let (k, v) = row.map_err(backend)?;
-            let s: Submission = dec(k.value(), v.value())?;
+        for (k, v) in self.scan(SUBMISSIONS)? {
+            let s: Submission = dec(&k, &v)?;
             if s.is_open() {
                 out.push(s);
             }
@@ -444,11 +648,7 @@ impl Store for RedbStore {
     }
 
     fn contact(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let t = tx.open_table(CONTACTS).map_err(backend)?;
-        Ok(t.get(patient.to_string().as_str())
-            .map_err(backend)?
-            .map(|v| v.value().to_vec()))
+        self.get_raw(CONTACTS, &patient.to_string())
     }
 
     fn contact_ids(&self) -> Result<Vec<PatientId>, StoreError> {
@@ -470,34 +670,18 @@ impl Store for RedbStore {
     }
 
     fn directory_entries(&self) -> Result<Vec<crate::directory::ProviderEntry>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let t = tx.open_table(DIRECTORY).map_err(backend)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(backend)? {
-            let (k, v) = row.map_err(backend)?;
-            out.push(dec(k.value(), v.value())?);
-        }
-        Ok(out)
+        self.scan(DIRECTORY)?
+            .iter()
+            .map(|(k, v)| dec(k, v))
+            .collect()
     }
 
     fn notices(&self) -> Result<Vec<Notice>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let t = tx.open_table(NOTICES).map_err(backend)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(backend)? {
-            let (k, v) = row.map_err(backend)?;
-            out.push(dec(k.value(), v.value())?);
-        }
-        Ok(out)
+        self.scan(NOTICES)?.iter().map(|(k, v)| dec(k, v)).collect()
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        if let Some(why) = self
-            .poisoned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(why) = poisoned(&self.poisoned) {
             return Err(StoreError::Backend(format!(
                 "the store stopped writing: {why}"
             )));
@@ -506,117 +690,109 @@ impl Store for RedbStore {
     }
 }
 
-/// Keys and encoded values (`None` removes the key).
-type Rows = Vec<(String, Option<Vec<u8>>)>;
-
-/// Puts (or, for `None`, removes) rows of one table; a table with no rows is not opened, so
-/// a commit only touches the tables its batch names.
-fn put(
-    tx: &redb::WriteTransaction,
-    table: TableDefinition<&str, &[u8]>,
-    rows: Rows,
+fn rows<T: Serialize>(
+    out: &mut Rows,
+    table: Table,
+    items: impl IntoIterator<Item = (String, T)>,
 ) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut t = tx.open_table(table).map_err(backend)?;
-    for (key, value) in rows {
-        match value {
-            Some(v) => t.insert(key.as_str(), v.as_slice()).map(|_| ()),
-            None => t.remove(key.as_str()).map(|_| ()),
-        }
-        .map_err(backend)?;
+    for (k, v) in items {
+        out.push((table, k, Some(enc(&v)?)));
     }
     Ok(())
 }
 
-fn rows<T: Serialize>(items: impl IntoIterator<Item = (String, T)>) -> Result<Rows, StoreError> {
-    items
-        .into_iter()
-        .map(|(k, v)| Ok((k, Some(enc(&v)?))))
-        .collect()
+/// A batch as rows, encoded once: what the overlay holds and the applier writes.
+fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
+    let mut out = Rows::new();
+    if let Some(tip) = &batch.tip {
+        out.push((META, "tip".into(), Some(enc(tip)?)));
+    }
+    if let Some(n) = batch.nonce {
+        out.push((META, "nonce".into(), Some(enc(&n)?)));
+    }
+    for (w, s) in &batch.providers {
+        out.push((PROVIDERS, w.clone(), s.as_ref().map(enc).transpose()?));
+    }
+    rows(
+        &mut out,
+        PREFERENCES,
+        batch.preferences.iter().map(|(p, v)| (p.to_string(), v)),
+    )?;
+    rows(
+        &mut out,
+        CONSENTS,
+        batch.consents.iter().map(|(k, c)| (k.id(), (k, c))),
+    )?;
+    rows(
+        &mut out,
+        RESPONDERS,
+        batch.responders.iter().map(|(w, y)| (w.clone(), y)),
+    )?;
+    rows(
+        &mut out,
+        SUBMISSIONS,
+        batch.submissions.iter().map(|s| (s.id.clone(), s)),
+    )?;
+    rows(
+        &mut out,
+        ACCESSES,
+        batch.accesses.iter().map(|a| (a.id.clone(), a)),
+    )?;
+    rows(
+        &mut out,
+        REPLAY,
+        batch.replay.iter().map(|(k, u)| (k.clone(), u)),
+    )?;
+    rows(
+        &mut out,
+        REVOKED,
+        batch.revoked.iter().map(|(k, u)| (k.clone(), u)),
+    )?;
+    for (p, sealed) in &batch.contacts {
+        out.push((CONTACTS, p.to_string(), sealed.clone()));
+    }
+    rows(
+        &mut out,
+        NOTICES,
+        batch.notices.iter().map(|n| (n.access_id.clone(), n)),
+    )?;
+    for (p, e) in &batch.directory {
+        out.push((DIRECTORY, p.clone(), e.as_ref().map(enc).transpose()?));
+    }
+    Ok(out)
 }
 
-/// Applies one batch (or group) as one redb transaction, recording its journal `seq`.
-fn write_batch(
+/// Writes rows (in order: a later row for a key wins) as one redb transaction, recording the
+/// journal `seq` they reach.
+fn apply_rows<'r>(
     db: &Database,
-    batch: Batch,
+    rows: impl IntoIterator<Item = &'r Row>,
     seq: u64,
     durability: Durability,
 ) -> Result<(), StoreError> {
     let mut tx = db.begin_write().map_err(backend)?;
     tx.set_durability(durability).map_err(backend)?;
-    let mut meta = vec![(JOURNAL_SEQ.to_string(), Some(enc(&seq)?))];
-    if let Some(tip) = &batch.tip {
-        meta.push(("tip".to_string(), Some(enc(tip)?)));
+    {
+        let mut by_table: BTreeMap<Table, Vec<&'r Row>> = BTreeMap::new();
+        for row in rows {
+            by_table.entry(row.0).or_default().push(row);
+        }
+        let seq_bytes = enc(&seq)?;
+        let mut meta = tx.open_table(def(META)).map_err(backend)?;
+        meta.insert(JOURNAL_SEQ, seq_bytes.as_slice())
+            .map_err(backend)?;
+        drop(meta);
+        // only the tables the rows name are opened
+        for (table, rows) in by_table {
+            let mut t = tx.open_table(def(table)).map_err(backend)?;
+            for (_, key, value) in rows {
+                match value {
+                    Some(v) => t.insert(key.as_str(), v.as_slice()).map(|_| ()),
+                    None => t.remove(key.as_str()).map(|_| ()),
+                }
+                .map_err(backend)?;
+            }
+        }
     }
-    if let Some(n) = batch.nonce {
-        meta.push(("nonce".to_string(), Some(enc(&n)?)));
-    }
-    put(&tx, META, meta)?;
-    let providers = batch
-        .providers
-        .iter()
-        .map(|(w, s)| Ok((w.clone(), s.as_ref().map(enc).transpose()?)))
-        .collect::<Result<_, StoreError>>()?;
-    put(&tx, PROVIDERS, providers)?;
-    put(
-        &tx,
-        PREFERENCES,
-        rows(batch.preferences.iter().map(|(p, v)| (p.to_string(), v)))?,
-    )?;
-    put(
-        &tx,
-        CONSENTS,
-        rows(batch.consents.iter().map(|(k, c)| (k.id(), (k, c))))?,
-    )?;
-    put(
-        &tx,
-        RESPONDERS,
-        rows(batch.responders.iter().map(|(w, y)| (w.clone(), y)))?,
-    )?;
-    put(
-        &tx,
-        SUBMISSIONS,
-        rows(batch.submissions.iter().map(|s| (s.id.clone(), s)))?,
-    )?;
-    put(
-        &tx,
-        ACCESSES,
-        rows(batch.accesses.iter().map(|a| (a.id.clone(), a)))?,
-    )?;
-    put(
-        &tx,
-        REPLAY,
-        rows(batch.replay.iter().map(|(k, u)| (k.clone(), u)))?,
-    )?;
-    put(
-        &tx,
-        REVOKED,
-        rows(batch.revoked.iter().map(|(k, u)| (k.clone(), u)))?,
-    )?;
-    put(
-        &tx,
-        CONTACTS,
-        batch
-            .contacts
-            .into_iter()
-            .map(|(p, sealed)| (p.to_string(), sealed))
-            .collect(),
-    )?;
-    put(
-        &tx,
-        DIRECTORY,
-        batch
-            .directory
-            .iter()
-            .map(|(p, e)| Ok((p.clone(), e.as_ref().map(enc).transpose()?)))
-            .collect::<Result<_, StoreError>>()?,
-    )?;
-    put(
-        &tx,
-        NOTICES,
-        rows(batch.notices.iter().map(|n| (n.access_id.clone(), n)))?,
-    )?;
     tx.commit().map_err(backend)
 }
