@@ -71,6 +71,8 @@ pub struct BreakGlass {
     mainnet: bool,
     seconds_per_block: u64,
     notify: crate::configuration::NotifySettings,
+    /// Where each grant announces its notice to the notifier (`notify::Notifier::run`).
+    notices: Option<tokio::sync::mpsc::UnboundedSender<(u64, String)>>,
 }
 
 /// Reads an on-call roster: `on_call = ["ST...", ...]`.
@@ -122,7 +124,17 @@ impl BreakGlass {
             mainnet: settings.chain.network.is_mainnet(),
             seconds_per_block: settings.issuance.seconds_per_block,
             notify: settings.notify.clone(),
+            notices: None,
         })
+    }
+
+    /// Announces each grant's notice to the notifier.
+    pub fn with_notices(
+        mut self,
+        notices: tokio::sync::mpsc::UnboundedSender<(u64, String)>,
+    ) -> BreakGlass {
+        self.notices = Some(notices);
+        self
     }
 
     fn unavailable(e: impl std::fmt::Display) -> Refusal {
@@ -334,8 +346,10 @@ impl BreakGlass {
             "record-emergency-access",
             &args,
         );
+        let notice = crate::notify::notice_for(&self.notify, &access);
+        let announce = (notice.next_at, notice.access_id.clone());
         let batch = Batch {
-            notices: vec![crate::notify::notice_for(&self.notify, &access)],
+            notices: vec![notice],
             accesses: vec![access.clone()],
             submissions: vec![record],
             replay: vec![(replay_key, req.issued_at + 2 * request::MAX_SKEW_SECS)],
@@ -349,6 +363,11 @@ impl BreakGlass {
                 "Audit trail unavailable",
                 "the access could not be recorded, so no token was issued; try again",
             ));
+        }
+
+        if let Some(n) = &self.notices {
+            // the notifier may have stopped (shutdown): the next start reads it from the store
+            let _ = n.send(announce);
         }
 
         let claims = self.tokens.claims(&access);

@@ -69,12 +69,11 @@ impl Application {
             &settings.issuance.issuer,
             &settings.issuance.audience,
         )?);
-        let breakglass = web::Data::new(BreakGlass::new(
-            &settings,
-            state.clone(),
-            policies.clone(),
-            tokens,
-        )?);
+        let (announce, announced) = tokio::sync::mpsc::unbounded_channel();
+        let breakglass = web::Data::new(
+            BreakGlass::new(&settings, state.clone(), policies.clone(), tokens)?
+                .with_notices(announce),
+        );
         let clients = web::Data::new(http::tokens::Clients(
             settings.resource_servers.clients.clone(),
         ));
@@ -113,7 +112,7 @@ impl Application {
                 Duration::from_millis(settings.submitter.interval_ms),
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(notifier.run(shutdown_rx)),
+            tokio::spawn(notifier.run(announced, shutdown_rx)),
         ];
 
         let health = web::Data::new(http::Health {

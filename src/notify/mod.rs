@@ -17,7 +17,9 @@ pub mod message;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use std::collections::BTreeSet;
+
+use tokio::sync::{mpsc, watch};
 
 pub use mailer::{Mailer, SendError};
 use message::{NoticeSettings, Proof, Rendered, Templates};
@@ -79,37 +81,61 @@ impl Notifier {
         })
     }
 
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until shutdown. Open notices are read from the store once, at start; after
+    /// that the grants announce theirs on `new` (a notice announced just before a crash is
+    /// found by the next start's read).
+    pub async fn run(
+        self: Arc<Self>,
+        mut new: mpsc::UnboundedReceiver<(u64, String)>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut due = BTreeSet::new();
+        match self.store.notices() {
+            Ok(all) => due.extend(
+                all.into_iter()
+                    .filter(Notice::is_open)
+                    .map(|n| (n.next_at, n.access_id)),
+            ),
+            Err(e) => tracing::error!(error = %e, "notices: could not read the open notices"),
+        }
         let mut tick = tokio::time::interval(Duration::from_millis(self.settings.poll_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if let Err(e) = self.round().await {
-                        tracing::error!(error = %e, "notices: a round failed; retrying");
+                    while let Ok(n) = new.try_recv() {
+                        due.insert(n);
                     }
+                    self.round(&mut due).await;
                 }
                 _ = shutdown.changed() => break,
             }
         }
     }
 
-    /// Advances every notice that is due.
-    pub async fn round(&self) -> anyhow::Result<()> {
+    /// Advances every notice that is due, keeping the ones still open in `due` with when to
+    /// look at them again.
+    async fn round(&self, due: &mut BTreeSet<(u64, String)>) {
         let now = now_secs();
-        let due: Vec<Notice> = self
-            .store
-            .notices()?
-            .into_iter()
-            .filter(|n| n.is_open() && n.next_at <= now)
-            .collect();
-        for notice in due {
-            let id = notice.access_id.clone();
-            if let Err(e) = self.advance(notice, now).await {
-                tracing::error!(access = %id, error = %e, "notice: could not advance");
+        while due.first().is_some_and(|(at, _)| *at <= now) {
+            let Some((_, id)) = due.pop_first() else {
+                break;
+            };
+            let next = match self.store.notice(&id) {
+                Ok(Some(n)) if n.is_open() => self.advance(n, now).await.unwrap_or_else(|e| {
+                    tracing::error!(access = %id, error = %e, "notice: could not advance");
+                    Some(now + 5)
+                }),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::error!(access = %id, error = %e, "notice: could not be read");
+                    Some(now + 5)
+                }
+            };
+            if let Some(at) = next {
+                due.insert((at.max(now + 1), id));
             }
         }
-        Ok(())
     }
 
     async fn save(&self, notice: Notice) -> anyhow::Result<()> {
@@ -133,7 +159,7 @@ impl Notifier {
     }
 
     /// Renders and stores the message, if the chain record and the contact allow it yet.
-    async fn prepare(&self, mut notice: Notice, now: u64) -> anyhow::Result<Option<Notice>> {
+    async fn prepare(&self, mut notice: Notice, now: u64) -> anyhow::Result<Prepared> {
         let proof = match self
             .store
             .submission(&format!("record:{}", notice.access_id))?
@@ -148,8 +174,8 @@ impl Notifier {
                 // goes out, naming the access id
                 Proof { txid: "-".into() }
             }
-            // not on chain yet: the next round looks again
-            _ => return Ok(None),
+            // not on chain yet: look again soon
+            _ => return Ok(Prepared::Waiting),
         };
         let access = self
             .store
@@ -159,7 +185,7 @@ impl Notifier {
             tracing::warn!(access = %notice.access_id, "notice: the directory has no contact for the patient; nobody is notified");
             notice.state = NoticeState::NoContact { at: now };
             self.save(notice).await?;
-            return Ok(None);
+            return Ok(Prepared::Closed);
         };
         // the clinician by name only when their directory entry matches the chain
         let provider = self.store.directory_entry(&access.provider)?.filter(|e| {
@@ -186,15 +212,17 @@ impl Notifier {
         notice.message = Some(hex::encode(sealed));
         // durable before the first attempt: a crash from here on re-sends these bytes
         self.save(notice.clone()).await?;
-        Ok(Some(notice))
+        Ok(Prepared::Ready(notice))
     }
 
-    async fn advance(&self, notice: Notice, now: u64) -> anyhow::Result<()> {
+    /// One step for one notice; when to look at it again, if it stays open.
+    async fn advance(&self, notice: Notice, now: u64) -> anyhow::Result<Option<u64>> {
         let mut notice = match notice.message {
             Some(_) => notice,
             None => match self.prepare(notice, now).await? {
-                Some(n) => n,
-                None => return Ok(()),
+                Prepared::Ready(n) => n,
+                Prepared::Waiting => return Ok(Some(now + 1)),
+                Prepared::Closed => return Ok(None),
             },
         };
         let sealed = hex::decode(notice.message.as_deref().unwrap_or_default())?;
@@ -247,8 +275,19 @@ impl Notifier {
                 }
             }
         }
-        self.save(notice).await
+        let next = notice.is_open().then_some(notice.next_at);
+        self.save(notice).await?;
+        Ok(next)
     }
+}
+
+enum Prepared {
+    /// Rendered and stored: send it.
+    Ready(Notice),
+    /// Not on chain yet.
+    Waiting,
+    /// Nothing to send (no contact).
+    Closed,
 }
 
 #[cfg(test)]
