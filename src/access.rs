@@ -64,8 +64,9 @@ pub struct BreakGlass {
     pub tokens: Arc<TokenIssuer>,
     roster: Option<HashSet<String>>,
     limiter: DefaultKeyedRateLimiter<String>,
-    /// Nonces seen since start (refused requests included), with when they may be forgotten,
-    /// and when expired ones were last swept; granted ones are also durable.
+    /// Nonces seen (refused requests included), with when they may be forgotten, and when
+    /// expired ones were last swept. Granted ones are also durable and read back at start, so
+    /// this map alone answers "used before?" without a store read per request.
     seen: Mutex<(HashMap<String, u64>, u64)>,
     chain_id: u32,
     mainnet: bool,
@@ -113,13 +114,19 @@ impl BreakGlass {
         };
         let per_minute =
             NonZeroU32::new(settings.issuance.grants_per_minute).unwrap_or(NonZeroU32::MIN);
+        let seen: HashMap<String, u64> = state
+            .store
+            .replays()?
+            .into_iter()
+            .filter(|(_, until)| *until > now_secs())
+            .collect();
         Ok(BreakGlass {
             state,
             policies,
             tokens,
             roster,
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
-            seen: Mutex::new((HashMap::new(), 0)),
+            seen: Mutex::new((seen, 0)),
             chain_id: settings.chain.network.chain_id(),
             mainnet: settings.chain.network.is_mainnet(),
             seconds_per_block: settings.issuance.seconds_per_block,
@@ -178,14 +185,7 @@ impl BreakGlass {
             )
             .is_some()
         };
-        if replayed
-            || self
-                .state
-                .store
-                .replay(&replay_key)
-                .map_err(Self::unavailable)?
-                .is_some()
-        {
+        if replayed {
             return Err(Refusal::new(
                 401,
                 "replayed-request",

@@ -102,10 +102,25 @@ async fn every_grant_reaches_the_chain_once_across_sigkills() {
     };
 
     let mut granted = Vec::new();
+    let mut previous: Option<String> = None;
     for i in 0..20u64 {
         let mut service = spawn();
         wait_ready().await;
+        // the request granted just before the crash is still a replay after it
+        if let Some(body) = previous.take() {
+            let res = http
+                .post(format!("http://127.0.0.1:{api}/v1/break-glass"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 401, "replay after crash {i}");
+            let answer: Json = res.json().await.unwrap();
+            assert_eq!(answer["code"], "replayed-request");
+        }
         let body = signed(&providers[i as usize % providers.len()], &patient, 1000 + i);
+        previous = Some(body.clone());
         let res = http
             .post(format!("http://127.0.0.1:{api}/v1/break-glass"))
             .header("content-type", "application/json")

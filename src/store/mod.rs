@@ -316,6 +316,8 @@ pub trait Store: Send + Sync + 'static {
     fn access_ids(&self) -> Result<Vec<String>, StoreError>;
     /// When a used request nonce (`signer:nonce`) may be forgotten, if it was used.
     fn replay(&self, key: &str) -> Result<Option<u64>, StoreError>;
+    /// Every used request nonce kept, with when it may be forgotten.
+    fn replays(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// The expiry of a revoked token, if it was revoked.
     fn revoked(&self, jti: &str) -> Result<Option<u64>, StoreError>;
     /// A patient's contact, sealed.

@@ -643,6 +643,16 @@ impl Store for RedbStore {
         self.get(REPLAY, key)
     }
 
+    fn replays(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.scan(REPLAY)?
+            .into_iter()
+            .map(|(k, v)| {
+                let until = dec(&k, &v)?;
+                Ok((k, until))
+            })
+            .collect()
+    }
+
     fn revoked(&self, jti: &str) -> Result<Option<u64>, StoreError> {
         self.get(REVOKED, jti)
     }
