@@ -83,7 +83,7 @@ fn benches(c: &mut Criterion) {
                 role: Role::Nurse,
                 patient: r.patient,
                 data_types: r.data_types,
-                reason: r.reason,
+                reason_sealed: String::new(),
                 reason_hash: String::new(),
                 device: None,
                 nonce: r.nonce,
@@ -96,7 +96,7 @@ fn benches(c: &mut Criterion) {
                 message_hash: String::new(),
                 signature: String::new(),
             };
-            tokens.issue(&tokens.claims(&record)).unwrap()
+            tokens.issue(&tokens.claims(&record, &r.reason)).unwrap()
         })
     });
 
@@ -115,6 +115,7 @@ fn benches(c: &mut Criterion) {
         state,
         Arc::new(Policies::defaults().unwrap()),
         tokens.clone(),
+        Arc::new(breakglass::seal::Keyring::from_keys(&[[7; 32]]).unwrap()),
     )
     .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -36,7 +36,7 @@ async fn crypto(tokens: web::Data<Arc<TokenIssuer>>, body: web::Bytes) -> HttpRe
         role: Role::Nurse,
         patient: r.patient,
         data_types: r.data_types,
-        reason: r.reason,
+        reason_sealed: String::new(),
         reason_hash: String::new(),
         device: r.device,
         nonce: r.nonce,
@@ -49,7 +49,7 @@ async fn crypto(tokens: web::Data<Arc<TokenIssuer>>, body: web::Bytes) -> HttpRe
         message_hash: String::new(),
         signature: String::new(),
     };
-    match tokens.issue(&tokens.claims(&record)) {
+    match tokens.issue(&tokens.claims(&record, &r.reason)) {
         Ok(t) => HttpResponse::Created().json(serde_json::json!({ "access_token": t })),
         Err(_) => HttpResponse::InternalServerError().finish(),
     }

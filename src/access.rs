@@ -62,6 +62,7 @@ pub struct BreakGlass {
     pub state: ChainState,
     pub policies: Arc<Policies>,
     pub tokens: Arc<TokenIssuer>,
+    keyring: Arc<crate::seal::Keyring>,
     roster: Option<HashSet<String>>,
     limiter: DefaultKeyedRateLimiter<String>,
     /// Nonces seen (refused requests included), with when they may be forgotten, and when
@@ -104,6 +105,7 @@ impl BreakGlass {
         state: ChainState,
         policies: Arc<Policies>,
         tokens: Arc<TokenIssuer>,
+        keyring: Arc<crate::seal::Keyring>,
     ) -> anyhow::Result<BreakGlass> {
         let roster = match &settings.oncall.roster {
             Some(path) => Some(load_roster(path)?),
@@ -124,6 +126,7 @@ impl BreakGlass {
             state,
             policies,
             tokens,
+            keyring,
             roster,
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
             seen: Mutex::new((seen, 0)),
@@ -311,7 +314,14 @@ impl BreakGlass {
             role,
             patient: req.patient,
             data_types: req.data_types.clone(),
-            reason: req.reason.clone(),
+            reason_sealed: hex::encode(
+                self.keyring
+                    .seal(&reason_name(&hex::encode(id)), req.reason.as_bytes())
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "sealing the reason failed");
+                        Self::unavailable("sealing the reason")
+                    })?,
+            ),
             reason_hash: hex::encode(reason_hash),
             device: req.device.clone(),
             nonce: req.nonce,
@@ -370,7 +380,7 @@ impl BreakGlass {
             let _ = n.send(announce);
         }
 
-        let claims = self.tokens.claims(&access);
+        let claims = self.tokens.claims(&access, &req.reason);
         let token = self.tokens.issue(&claims).map_err(|e| {
             tracing::error!(error = %e, "token signing failed");
             Refusal::new(
@@ -387,6 +397,11 @@ impl BreakGlass {
             token,
         })
     }
+}
+
+/// The sealed-value name of an access's reason.
+pub fn reason_name(access_id: &str) -> String {
+    format!("reason:{access_id}")
 }
 
 /// A new access id: the grant time (unix milliseconds, 6 bytes, big-endian) then 26 random

@@ -69,19 +69,25 @@ impl Application {
             &settings.issuance.issuer,
             &settings.issuance.audience,
         )?);
+        let keyring = Arc::new(Keyring::load_or_generate(
+            &settings.data.dir,
+            std::env::var(crate::seal::DATA_KEY_ENV).ok().as_deref(),
+        )?);
         let (announce, announced) = tokio::sync::mpsc::unbounded_channel();
         let breakglass = web::Data::new(
-            BreakGlass::new(&settings, state.clone(), policies.clone(), tokens)?
-                .with_notices(announce),
+            BreakGlass::new(
+                &settings,
+                state.clone(),
+                policies.clone(),
+                tokens,
+                keyring.clone(),
+            )?
+            .with_notices(announce),
         );
         let clients = web::Data::new(http::tokens::Clients(
             settings.resource_servers.clients.clone(),
         ));
         let follower = Arc::new(Follower::new(state.clone(), status.clone())?);
-        let keyring = Arc::new(Keyring::load_or_generate(
-            &settings.data.dir,
-            std::env::var(crate::seal::DATA_KEY_ENV).ok().as_deref(),
-        )?);
         let notifier = Arc::new(Notifier::new(&settings, store.clone(), keyring.clone())?);
         let admin = web::Data::new(http::admin::Admin {
             clients: settings.admin.clients.clone(),

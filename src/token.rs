@@ -181,7 +181,9 @@ impl TokenIssuer {
         json!({ "keys": keys })
     }
 
-    pub fn claims(&self, access: &AccessRecord) -> AccessClaims {
+    /// The claims of `access`'s token; `reason` is the clinician's words (the record keeps
+    /// them only sealed).
+    pub fn claims(&self, access: &AccessRecord, reason: &str) -> AccessClaims {
         AccessClaims {
             iss: self.issuer.clone(),
             sub: access.provider.clone(),
@@ -193,7 +195,7 @@ impl TokenIssuer {
             scope: scopes(&access.data_types).join(" "),
             purpose_of_use: PURPOSE_OF_USE.into(),
             patient: access.patient.to_string(),
-            reason: access.reason.clone(),
+            reason: reason.to_string(),
             data_types: access.data_types.clone(),
         }
     }

@@ -163,7 +163,7 @@ pub fn conformance(store: &dyn Store) {
         role: Role::Nurse,
         patient,
         data_types: vec![DataType::Allergies],
-        reason: "r".into(),
+        reason_sealed: "00".into(),
         reason_hash: "h".into(),
         device: Some("t".into()),
         nonce: 5,

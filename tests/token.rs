@@ -28,14 +28,14 @@ fn verify_with_jwks(jwks: &serde_json::Value, token: &str, audience: &str) -> Ac
         .claims
 }
 
-fn access(id: &str, provider: &str, dts: &[DataType], reason: &str, exp_in: u64) -> AccessRecord {
+fn access(id: &str, provider: &str, dts: &[DataType], exp_in: u64) -> AccessRecord {
     AccessRecord {
         id: id.into(),
         provider: provider.into(),
         role: Role::Nurse,
         patient: PatientId([3; 32]),
         data_types: dts.to_vec(),
-        reason: reason.into(),
+        reason_sealed: String::new(),
         reason_hash: String::new(),
         device: None,
         nonce: 1,
@@ -63,13 +63,15 @@ fn tokens_verify_against_the_jwks_and_carry_btg_and_smart_scopes() {
     let issuer =
         TokenIssuer::load_or_generate(dir.path(), "https://breakglass.example", "fhir").unwrap();
     let dts = [DataType::Allergies, DataType::Medications];
-    let claims = issuer.claims(&access(
-        "acc-1",
-        "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
-        &dts,
+    let claims = issuer.claims(
+        &access(
+            "acc-1",
+            "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
+            &dts,
+            600,
+        ),
         "anaphylaxis",
-        600,
-    ));
+    );
     let token = issuer.issue(&claims).unwrap();
     let back = verify_with_jwks(&issuer.jwks(), &token, "fhir");
     assert_eq!(back, claims);
@@ -93,7 +95,7 @@ fn keys_are_kept_and_rotated_keys_stay_in_the_jwks() {
     let dir = tempfile::tempdir().unwrap();
     let first = TokenIssuer::load_or_generate(dir.path(), "iss", "aud").unwrap();
     let old_token = first
-        .issue(&first.claims(&access("a", "ST1", &[DataType::Allergies], "r", 60)))
+        .issue(&first.claims(&access("a", "ST1", &[DataType::Allergies], 60), "r"))
         .unwrap();
     let again = TokenIssuer::load_or_generate(dir.path(), "iss", "aud").unwrap();
     assert_eq!(again.jwks(), first.jwks(), "the same key after a restart");
@@ -121,7 +123,7 @@ fn keys_are_kept_and_rotated_keys_stay_in_the_jwks() {
     assert_ne!(jwks["keys"][0]["kid"], first.jwks()["keys"][0]["kid"]);
     verify_with_jwks(&jwks, &old_token, "aud");
     let new_token = rotated
-        .issue(&rotated.claims(&access("b", "ST1", &[DataType::Allergies], "r", 60)))
+        .issue(&rotated.claims(&access("b", "ST1", &[DataType::Allergies], 60), "r"))
         .unwrap();
     assert_eq!(
         jsonwebtoken::decode_header(&new_token)

@@ -192,6 +192,10 @@ impl Notifier {
             let chain = self.store.provider(&access.provider).ok().flatten();
             e.verification(chain.as_ref()) == "verified"
         });
+        let reason = String::from_utf8(self.keyring.open(
+            &crate::access::reason_name(&access.id),
+            &hex::decode(&access.reason_sealed)?,
+        )?)?;
         let rendered = message::render(
             &self.templates,
             &NoticeSettings {
@@ -200,6 +204,7 @@ impl Notifier {
                 contest: &self.settings.contest,
             },
             &access,
+            &reason,
             provider.as_ref(),
             &contact,
             &proof,
@@ -304,7 +309,7 @@ mod tests {
             role: Role::Nurse,
             patient: PatientId([7; 32]),
             data_types,
-            reason: "unresponsive".into(),
+            reason_sealed: String::new(),
             reason_hash: String::new(),
             device: None,
             nonce: 1,
@@ -352,6 +357,7 @@ mod tests {
                 contest: "call us",
             },
             &access(vec![DataType::Allergies]),
+            "unresponsive",
             None,
             &contact,
             &Proof {

@@ -137,9 +137,11 @@ pub struct AccessRecord {
     pub role: Role,
     pub patient: PatientId,
     pub data_types: Vec<DataType>,
-    /// The clinician's words; kept for reviewers and the patient's notice, never logged or
-    /// put on chain (only its hash goes there).
-    pub reason: String,
+    /// The clinician's words, sealed (`seal.rs`, named `reason:<access id>`), hex: for
+    /// reviewers and the patient's notice; never logged, never on chain (only its hash goes
+    /// there), never readable on disk.
+    #[serde(default)]
+    pub reason_sealed: String,
     pub reason_hash: String,
     pub device: Option<String>,
     pub nonce: u64,
