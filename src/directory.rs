@@ -219,6 +219,31 @@ pub fn parse_patients(body: &[u8], id_system: &str) -> Result<Parsed, String> {
     Ok(out)
 }
 
+/// Applies `batch` unless it holds nothing.
+async fn write(
+    store: &std::sync::Arc<dyn crate::store::Store>,
+    batch: crate::store::Batch,
+) -> anyhow::Result<()> {
+    if !batch.is_empty() {
+        crate::store::apply_async(store, batch).await?;
+    }
+    Ok(())
+}
+
+async fn write_contacts(
+    store: &std::sync::Arc<dyn crate::store::Store>,
+    contacts: Vec<(PatientId, Option<Vec<u8>>)>,
+) -> anyhow::Result<()> {
+    write(
+        store,
+        crate::store::Batch {
+            contacts,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 /// What an import did: how many patients were stored, and the entries refused.
 #[derive(Debug, Serialize)]
 pub struct ImportReport {
@@ -246,16 +271,7 @@ pub async fn import(
         contacts.push((*id, Some(sealed)));
     }
     let imported = contacts.len();
-    if imported > 0 {
-        crate::store::apply_async(
-            store,
-            crate::store::Batch {
-                contacts,
-                ..Default::default()
-            },
-        )
-        .await?;
-    }
+    write_contacts(store, contacts).await?;
     Ok(Ok(ImportReport {
         imported,
         rejected: parsed.rejected,
@@ -281,16 +297,7 @@ pub async fn rekey(
         contacts.push((id, Some(keyring.seal(&name, &plain)?)));
     }
     let n = contacts.len();
-    if n > 0 {
-        crate::store::apply_async(
-            store,
-            crate::store::Batch {
-                contacts,
-                ..Default::default()
-            },
-        )
-        .await?;
-    }
+    write_contacts(store, contacts).await?;
     Ok(n)
 }
 
@@ -541,20 +548,18 @@ pub async fn import_providers(
         Err(e) => return Ok(Err(e)),
     };
     let imported = parsed.providers.len();
-    if imported > 0 {
-        crate::store::apply_async(
-            store,
-            crate::store::Batch {
-                directory: parsed
-                    .providers
-                    .into_iter()
-                    .map(|e| (e.principal.clone(), Some(e)))
-                    .collect(),
-                ..Default::default()
-            },
-        )
-        .await?;
-    }
+    write(
+        store,
+        crate::store::Batch {
+            directory: parsed
+                .providers
+                .into_iter()
+                .map(|e| (e.principal.clone(), Some(e)))
+                .collect(),
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok(Ok(ImportReport {
         imported,
         rejected: parsed.rejected,

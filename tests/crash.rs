@@ -10,88 +10,89 @@ use breakglass::stacks::Value;
 use serde_json::{json, Value as Json};
 use support::*;
 
-fn signed(key: &str, patient: &str, nonce: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let input = json!({ "private_key": key, "patient": patient, "data_types": ["allergies"], "reason": "crash test", "nonce": nonce, "issued_at": now });
-    let out = std::process::Command::new("node")
-        .arg("scripts/sign-request.mjs")
-        .arg(input.to_string())
-        .current_dir(repo().join("contracts"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
+/// A request from `key` for the patient's allergies, signed by @stacks/transactions.
+fn allergies(key: &str, patient: &str, nonce: u64) -> String {
+    signed(key, patient, &["allergies"], nonce, now())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_grant_reaches_the_chain_once_across_sigkills() {
-    let dir = tempfile::tempdir().unwrap();
-    let devnet_dir = dir.path().join("devnet");
-    // the devnet mines on its own every half second, while the service keeps dying
-    let devnet = Devnet::start(&[
-        "--data-dir",
-        devnet_dir.to_str().unwrap(),
-        "--seed-demo",
-        "--block-time",
-        "0.5",
-    ])
-    .await;
-    let demo: Json = serde_json::from_str(
-        &std::fs::read_to_string(devnet_dir.join("demo-identities.json")).unwrap(),
-    )
-    .unwrap();
-    let (api, observer) = (free_port(), free_port());
-    devnet
-        .observe(format!("127.0.0.1:{observer}").parse().unwrap())
+/// The devnet (mining every half second, while the service keeps dying) with demo data, and
+/// the service binary run as its own process, as operators run it, so that SIGKILL is real.
+struct Harness {
+    dir: tempfile::TempDir,
+    devnet: Devnet,
+    demo: Json,
+    api: u16,
+    observer: u16,
+    http: reqwest::Client,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let devnet_dir = dir.path().join("devnet");
+        let devnet = Devnet::start(&[
+            "--data-dir",
+            devnet_dir.to_str().unwrap(),
+            "--seed-demo",
+            "--block-time",
+            "0.5",
+        ])
         .await;
-    let providers: Vec<String> = demo["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| {
-            ["physician", "nurse", "paramedic", "pharmacist"].contains(&p["role"].as_str().unwrap())
-        })
-        .map(|p| p["private_key"].as_str().unwrap().to_string())
-        .collect();
-    let patient = demo["patients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["emergency_access"] == true)
-        .unwrap()["patient_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let spawn = || {
+        let demo: Json = serde_json::from_str(
+            &std::fs::read_to_string(devnet_dir.join("demo-identities.json")).unwrap(),
+        )
+        .unwrap();
+        let (api, observer) = (free_port(), free_port());
+        devnet
+            .observe(format!("127.0.0.1:{observer}").parse().unwrap())
+            .await;
+        Harness {
+            dir,
+            devnet,
+            demo,
+            api,
+            observer,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("service")
+    }
+
+    /// Starts the service with `env` beside the common settings.
+    fn spawn(&self, env: &[(&str, String)]) -> tokio::process::Child {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_breakglass"))
             .arg("serve")
-            .env("BREAKGLASS_CHAIN__NODE_URL", &devnet.rpc)
-            .env("BREAKGLASS_SERVER__LISTEN", format!("127.0.0.1:{api}"))
+            .env("BREAKGLASS_CHAIN__NODE_URL", &self.devnet.rpc)
+            .env(
+                "BREAKGLASS_SERVER__LISTEN",
+                format!("127.0.0.1:{}", self.api),
+            )
             .env(
                 "BREAKGLASS_FOLLOWER__LISTEN",
-                format!("127.0.0.1:{observer}"),
+                format!("127.0.0.1:{}", self.observer),
             )
             .env("BREAKGLASS_FOLLOWER__POLL_INTERVAL_MS", "200")
             .env("BREAKGLASS_SUBMITTER__INTERVAL_MS", "50")
-            .env("BREAKGLASS_DATA__DIR", dir.path().join("service"))
+            .env("BREAKGLASS_DATA__DIR", self.data())
             .env(
                 "BREAKGLASS_SERVICE_KEY",
-                demo["responder"]["private_key"].as_str().unwrap(),
+                self.demo["responder"]["private_key"].as_str().unwrap(),
             )
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .unwrap()
-    };
-    let http = reqwest::Client::new();
-    let readyz = format!("http://127.0.0.1:{api}/readyz");
-    let wait_ready = async || {
+    }
+
+    async fn ready(&self) {
+        let readyz = format!("http://127.0.0.1:{}/readyz", self.api);
         eventually("service ready", Duration::from_secs(30), async || {
-            http.get(&readyz)
+            self.http
+                .get(&readyz)
                 .send()
                 .await
                 .ok()
@@ -99,55 +100,71 @@ async fn every_grant_reaches_the_chain_once_across_sigkills() {
                 .map(|_| ())
         })
         .await
-    };
+    }
 
-    let mut granted = Vec::new();
-    let mut previous: Option<String> = None;
-    for i in 0..20u64 {
-        let mut service = spawn();
-        wait_ready().await;
-        // the request granted just before the crash is still a replay after it
-        if let Some(body) = previous.take() {
-            let res = http
-                .post(format!("http://127.0.0.1:{api}/v1/break-glass"))
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 401, "replay after crash {i}");
-            let answer: Json = res.json().await.unwrap();
-            assert_eq!(answer["code"], "replayed-request");
-        }
-        let body = signed(&providers[i as usize % providers.len()], &patient, 1000 + i);
-        previous = Some(body.clone());
-        let res = http
-            .post(format!("http://127.0.0.1:{api}/v1/break-glass"))
+    async fn post(&self, body: String) -> (u16, Json) {
+        let res = self
+            .http
+            .post(format!("http://127.0.0.1:{}/v1/break-glass", self.api))
             .header("content-type", "application/json")
             .body(body)
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 201, "grant {i}");
-        let answer: Json = res.json().await.unwrap();
+        (
+            res.status().as_u16(),
+            res.json().await.unwrap_or(Json::Null),
+        )
+    }
+
+    async fn access(&self, id: &str) -> Option<Json> {
+        self.http
+            .get(format!("http://127.0.0.1:{}/v1/accesses/{id}", self.api))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_grant_reaches_the_chain_once_across_sigkills() {
+    let h = Harness::start().await;
+    let (devnet, demo) = (&h.devnet, &h.demo);
+    let providers: Vec<&str> = ["physician", "nurse", "paramedic", "pharmacist"]
+        .iter()
+        .map(|r| provider(demo, r)["private_key"].as_str().unwrap())
+        .collect();
+    let pid = patient(demo, true);
+
+    let mut granted = Vec::new();
+    let mut previous: Option<String> = None;
+    for i in 0..20u64 {
+        let mut service = h.spawn(&[]);
+        h.ready().await;
+        // the request granted just before the crash is still a replay after it
+        if let Some(body) = previous.take() {
+            let (status, answer) = h.post(body).await;
+            assert_eq!(status, 401, "replay after crash {i}");
+            assert_eq!(answer["code"], "replayed-request");
+        }
+        let body = allergies(providers[i as usize % providers.len()], pid, 1000 + i);
+        previous = Some(body.clone());
+        let (status, answer) = h.post(body).await;
+        assert_eq!(status, 201, "grant {i}");
         granted.push(answer["access_id"].as_str().unwrap().to_string());
         // killed the moment it answered: no shutdown, no flush beyond what it did before
         service.start_kill().unwrap();
         service.wait().await.unwrap();
     }
 
-    let _service = spawn();
-    wait_ready().await;
+    let _service = h.spawn(&[]);
+    h.ready().await;
     for id in &granted {
         eventually(id, Duration::from_secs(60), async || {
-            let s: Json = http
-                .get(format!("http://127.0.0.1:{api}/v1/accesses/{id}"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let s = h.access(id).await?;
             (s["chain"]["state"] == "confirmed").then_some(())
         })
         .await;
@@ -187,28 +204,13 @@ async fn every_grant_reaches_the_chain_once_across_sigkills() {
 /// notice is the same message, byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_notice_is_delivered_and_never_as_two_different_messages_across_sigkills() {
-    let dir = tempfile::tempdir().unwrap();
-    let devnet_dir = dir.path().join("devnet");
-    let devnet = Devnet::start(&[
-        "--data-dir",
-        devnet_dir.to_str().unwrap(),
-        "--seed-demo",
-        "--block-time",
-        "0.5",
-    ])
-    .await;
-    let demo: Json = serde_json::from_str(
-        &std::fs::read_to_string(devnet_dir.join("demo-identities.json")).unwrap(),
-    )
-    .unwrap();
-    let (api, observer, smtp) = (free_port(), free_port(), free_port());
-    devnet
-        .observe(format!("127.0.0.1:{observer}").parse().unwrap())
-        .await;
+    let h = Harness::start().await;
+    let (dir, demo) = (&h.dir, &h.demo);
+    let smtp = free_port();
     let mail = dir.path().join("mail");
     let _smtp = smtp_server(smtp, &mail, 400).await;
-    let data = dir.path().join("service");
-    let pid = patient(&demo, true).to_string();
+    let data = h.data();
+    let pid = patient(demo, true).to_string();
 
     // the directory, imported with the CLI before the service starts
     let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "resource": {
@@ -227,77 +229,33 @@ async fn every_notice_is_delivered_and_never_as_two_different_messages_across_si
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let spawn = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_breakglass"))
-            .arg("serve")
-            .env("BREAKGLASS_CHAIN__NODE_URL", &devnet.rpc)
-            .env("BREAKGLASS_SERVER__LISTEN", format!("127.0.0.1:{api}"))
-            .env(
-                "BREAKGLASS_FOLLOWER__LISTEN",
-                format!("127.0.0.1:{observer}"),
-            )
-            .env("BREAKGLASS_FOLLOWER__POLL_INTERVAL_MS", "200")
-            .env("BREAKGLASS_SUBMITTER__INTERVAL_MS", "50")
-            .env("BREAKGLASS_NOTIFY__TRANSPORT", "smtp")
-            .env("BREAKGLASS_NOTIFY__SMTP__PORT", smtp.to_string())
-            .env("BREAKGLASS_NOTIFY__IMMEDIATE_DATA_TYPES", "[\"allergies\"]")
-            .env("BREAKGLASS_NOTIFY__POLL_INTERVAL_MS", "50")
-            .env("BREAKGLASS_NOTIFY__RETRY_INITIAL_SECS", "1")
-            .env("BREAKGLASS_NOTIFY__RETRY_MAX_SECS", "1")
-            .env("BREAKGLASS_DATA__DIR", &data)
-            .env(
-                "BREAKGLASS_SERVICE_KEY",
-                demo["responder"]["private_key"].as_str().unwrap(),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
-    let http = reqwest::Client::new();
-    let readyz = format!("http://127.0.0.1:{api}/readyz");
-    let wait_ready = async || {
-        eventually("service ready", Duration::from_secs(30), async || {
-            http.get(&readyz)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
-        })
-        .await
-    };
+    let env = [
+        ("BREAKGLASS_NOTIFY__TRANSPORT", "smtp".to_string()),
+        ("BREAKGLASS_NOTIFY__SMTP__PORT", smtp.to_string()),
+        (
+            "BREAKGLASS_NOTIFY__IMMEDIATE_DATA_TYPES",
+            "[\"allergies\"]".to_string(),
+        ),
+        ("BREAKGLASS_NOTIFY__POLL_INTERVAL_MS", "50".to_string()),
+        ("BREAKGLASS_NOTIFY__RETRY_INITIAL_SECS", "1".to_string()),
+        ("BREAKGLASS_NOTIFY__RETRY_MAX_SECS", "1".to_string()),
+    ];
     let notice_state = async |id: &str| -> Option<String> {
-        let s: Json = http
-            .get(format!("http://127.0.0.1:{api}/v1/accesses/{id}"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let s = h.access(id).await?;
         s["notice"]["state"].as_str().map(str::to_string)
     };
 
-    let mut service = spawn();
-    wait_ready().await;
+    let mut service = h.spawn(&env);
+    h.ready().await;
     let providers: Vec<&str> = ["physician", "nurse", "paramedic", "pharmacist"]
         .iter()
-        .map(|r| provider(&demo, r)["private_key"].as_str().unwrap())
+        .map(|r| provider(demo, r)["private_key"].as_str().unwrap())
         .collect();
     let mut granted = Vec::new();
     for i in 0..12u64 {
-        let body = signed(providers[i as usize % providers.len()], &pid, 5000 + i);
-        let res = http
-            .post(format!("http://127.0.0.1:{api}/v1/break-glass"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 201, "grant {i}");
-        let answer: Json = res.json().await.unwrap();
+        let body = allergies(providers[i as usize % providers.len()], &pid, 5000 + i);
+        let (status, answer) = h.post(body).await;
+        assert_eq!(status, 201, "grant {i}");
         granted.push(answer["access_id"].as_str().unwrap().to_string());
     }
 
@@ -314,8 +272,8 @@ async fn every_notice_is_delivered_and_never_as_two_different_messages_across_si
         if after > before {
             killed_mid_send += 1;
         }
-        service = spawn();
-        wait_ready().await;
+        service = h.spawn(&env);
+        h.ready().await;
     }
     assert!(
         killed_mid_send >= 3,

@@ -60,6 +60,35 @@ fn unauthorized() -> HttpResponse {
     })
 }
 
+/// The answer to a directory import: the report, the bundle's refusal, or a store failure.
+fn import_answer(
+    what: &'static str,
+    code: &'static str,
+    title: &'static str,
+    result: anyhow::Result<Result<crate::directory::ImportReport, String>>,
+) -> HttpResponse {
+    match result {
+        Ok(Ok(report)) => {
+            tracing::info!(
+                imported = report.imported,
+                rejected = report.rejected.len(),
+                "{what} directory import"
+            );
+            HttpResponse::Ok().json(report)
+        }
+        Ok(Err(reason)) => problem(&Refusal {
+            status: 400,
+            code,
+            title,
+            detail: reason,
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "{what} directory import failed");
+            store_unavailable("the directory could not be written; nothing was imported")
+        }
+    }
+}
+
 async fn import_patients(
     req: HttpRequest,
     admin: web::Data<Admin>,
@@ -68,33 +97,19 @@ async fn import_patients(
     if super::tokens::basic_client(&req, &admin.clients).is_none() {
         return unauthorized();
     }
-    match crate::directory::import(
+    let result = crate::directory::import(
         &admin.store,
         &admin.keyring,
         &admin.patient_id_system,
         &body,
     )
-    .await
-    {
-        Ok(Ok(report)) => {
-            tracing::info!(
-                imported = report.imported,
-                rejected = report.rejected.len(),
-                "patient directory import"
-            );
-            HttpResponse::Ok().json(report)
-        }
-        Ok(Err(reason)) => problem(&Refusal {
-            status: 400,
-            code: "not-a-patient-bundle",
-            title: "Not a FHIR bundle of patients",
-            detail: reason,
-        }),
-        Err(e) => {
-            tracing::error!(error = %e, "patient directory import failed");
-            store_unavailable("the directory could not be written; nothing was imported")
-        }
-    }
+    .await;
+    import_answer(
+        "patient",
+        "not-a-patient-bundle",
+        "Not a FHIR bundle of patients",
+        result,
+    )
 }
 
 async fn import_providers(
@@ -105,21 +120,15 @@ async fn import_providers(
     if super::tokens::basic_client(&req, &admin.clients).is_none() {
         return unauthorized();
     }
-    match crate::directory::import_providers(&admin.store, &admin.provider_principal_system, &body)
-        .await
-    {
-        Ok(Ok(report)) => HttpResponse::Ok().json(report),
-        Ok(Err(reason)) => problem(&Refusal {
-            status: 400,
-            code: "not-a-practitioner-bundle",
-            title: "Not a FHIR bundle of practitioners",
-            detail: reason,
-        }),
-        Err(e) => {
-            tracing::error!(error = %e, "provider directory import failed");
-            store_unavailable("the directory could not be written; nothing was imported")
-        }
-    }
+    let result =
+        crate::directory::import_providers(&admin.store, &admin.provider_principal_system, &body)
+            .await;
+    import_answer(
+        "provider",
+        "not-a-practitioner-bundle",
+        "Not a FHIR bundle of practitioners",
+        result,
+    )
 }
 
 /// The provider directory, each entry with how it stands against the chain.
