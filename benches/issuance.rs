@@ -95,6 +95,7 @@ fn benches(c: &mut Criterion) {
                 rules: vec![],
                 message_hash: String::new(),
                 signature: String::new(),
+                on_call: None,
             };
             tokens.issue(&tokens.claims(&record, &r.reason)).unwrap()
         })

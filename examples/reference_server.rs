@@ -48,6 +48,7 @@ async fn crypto(tokens: web::Data<Arc<TokenIssuer>>, body: web::Bytes) -> HttpRe
         rules: vec![],
         message_hash: String::new(),
         signature: String::new(),
+        on_call: None,
     };
     match tokens.issue(&tokens.claims(&record, &r.reason)) {
         Ok(t) => HttpResponse::Created().json(serde_json::json!({ "access_token": t })),

@@ -4,9 +4,8 @@
 //! and the used nonce in one durable write, and only then sign the token. No step waits on the
 //! node except a cache miss; the chain record and the notice are background work.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -18,6 +17,8 @@ use crate::chain::state::ChainState;
 use crate::chain::submitter;
 use crate::configuration::Settings;
 use crate::domain::ProviderStatus;
+use crate::metrics::Metrics;
+use crate::paging::{Lookup, OnCall};
 use crate::policy::{Policies, Verdict};
 use crate::request::{self, RequestError};
 use crate::stacks::{Principal, Value};
@@ -63,7 +64,9 @@ pub struct BreakGlass {
     pub policies: Arc<Policies>,
     pub tokens: Arc<TokenIssuer>,
     keyring: Arc<crate::seal::Keyring>,
-    roster: Option<HashSet<String>>,
+    /// Who is on call (every paging source, combined); read from memory.
+    pub oncall: Arc<OnCall>,
+    pub metrics: Arc<Metrics>,
     limiter: DefaultKeyedRateLimiter<String>,
     /// Nonces seen (refused requests included), with when they may be forgotten, and when
     /// expired ones were last swept. Granted ones are also durable and read back at start, so
@@ -75,24 +78,6 @@ pub struct BreakGlass {
     notify: crate::configuration::NotifySettings,
     /// Where each grant announces its notice to the notifier (`notify::Notifier::run`).
     notices: Option<tokio::sync::mpsc::UnboundedSender<(u64, String)>>,
-}
-
-/// Reads an on-call roster: `on_call = ["ST...", ...]`.
-pub fn load_roster(path: &Path) -> anyhow::Result<HashSet<String>> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Roster {
-        on_call: Vec<String>,
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("reading the roster {}: {e}", path.display()))?;
-    use figment::providers::Format;
-    let r: Roster = figment::Figment::from(figment::providers::Toml::string(&text)).extract()?;
-    for p in &r.on_call {
-        p.parse::<crate::stacks::Address>()
-            .map_err(|e| anyhow::anyhow!("roster {}: {e}", path.display()))?;
-    }
-    Ok(r.on_call.into_iter().collect())
 }
 
 fn now_secs() -> u64 {
@@ -107,13 +92,7 @@ impl BreakGlass {
         tokens: Arc<TokenIssuer>,
         keyring: Arc<crate::seal::Keyring>,
     ) -> anyhow::Result<BreakGlass> {
-        let roster = match &settings.oncall.roster {
-            Some(path) => Some(load_roster(path)?),
-            None => {
-                tracing::warn!("no on-call roster configured: on-call is not checked");
-                None
-            }
-        };
+        let oncall = Arc::new(OnCall::load(&settings.oncall, state.store.clone())?);
         let per_minute =
             NonZeroU32::new(settings.issuance.grants_per_minute).unwrap_or(NonZeroU32::MIN);
         let seen: HashMap<String, u64> = state
@@ -127,7 +106,8 @@ impl BreakGlass {
             policies,
             tokens,
             keyring,
-            roster,
+            oncall,
+            metrics: Arc::new(Metrics::new()),
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
             seen: Mutex::new((seen, 0)),
             chain_id: settings.chain.network.chain_id(),
@@ -227,17 +207,19 @@ impl BreakGlass {
             }
         };
 
-        // 5. on call
-        if let Some(roster) = &self.roster {
-            if !roster.contains(&signer) {
+        // 5. on call, by any paging source
+        let on_call = match self.oncall.lookup(&signer, now) {
+            Lookup::NotChecked => None,
+            Lookup::OnCall(fact) => Some(fact),
+            Lookup::NotOnCall => {
                 return Err(Refusal::new(
                     403,
                     "not-on-call",
                     "Not on call",
-                    format!("{signer} is not on call"),
-                ));
+                    format!("{signer} is not on call according to any paging source"),
+                ))
             }
-        }
+        };
 
         // 6. the patient's own emergency preferences
         let prefs = self
@@ -269,7 +251,7 @@ impl BreakGlass {
         // 7. the policies
         let (policy_minutes, rules) = match self
             .policies
-            .decide(&signer, role, &req.data_types)
+            .decide(&signer, role, &req.data_types, on_call.as_ref())
             .map_err(Self::unavailable)?
         {
             Verdict::Permit {
@@ -333,6 +315,7 @@ impl BreakGlass {
             rules,
             message_hash: hex::encode(req.message_hash),
             signature: hex::encode(&req.signature),
+            on_call,
         };
         let args: Vec<String> = [
             Value::buffer(id),

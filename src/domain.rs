@@ -122,3 +122,21 @@ string_enum!(
         Transfer = "transfer",
     }
 );
+
+/// Why a clinician counts as on call: the source that says so and what it knows. A policy
+/// input (`context.on_call`), and kept with the access for reviewers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnCall {
+    /// `roster`, `pagerduty`, `opsgenie` or `webhook`.
+    pub source: String,
+    /// The service, schedule or department they are on call for, when the source names one.
+    pub service: Option<String>,
+    /// On call since (unix seconds), when the source says.
+    pub since: Option<u64>,
+    /// On call until (unix seconds), when the source says.
+    pub until: Option<u64>,
+    /// The paging incident they were paged for, if any.
+    pub incident: Option<String>,
+    /// Whether that incident was acknowledged.
+    pub acknowledged: bool,
+}

@@ -13,7 +13,7 @@ use cedar_policy::{
 };
 use serde_json::json;
 
-use crate::domain::{DataType, Role};
+use crate::domain::{DataType, OnCall, Role};
 
 pub const DEFAULT_SCHEMA: &str = include_str!("../policies/breakglass.cedarschema");
 pub const DEFAULT_POLICIES: &str = include_str!("../policies/breakglass.cedar");
@@ -93,22 +93,24 @@ impl Policies {
         }
         let action = EntityUid::from_str(r#"Breakglass::Action::"break-glass""#)
             .map_err(|e| PolicyError::Schema(e.to_string()))?;
-        let names_a_provider = set
-            .policies()
-            .any(|p| p.to_string().contains("Provider::\""));
+        // a policy that names a provider or reads the context (on call) decides per request
+        let per_request = set.policies().any(|p| {
+            let text = p.to_string();
+            text.contains("Provider::\"") || text.contains("context")
+        });
         let mut policies = Policies {
             set,
             schema,
             action,
             table: None,
         };
-        if !names_a_provider {
+        if !per_request {
             let mut table = HashMap::new();
             for role in Role::ALL {
                 for dt in DataType::ALL {
                     table.insert(
                         (*role, *dt),
-                        policies.evaluate("ST000000000000000000002AMW42H", *role, &[*dt])?,
+                        policies.evaluate("ST000000000000000000002AMW42H", *role, &[*dt], None)?,
                     );
                 }
             }
@@ -150,15 +152,17 @@ impl Policies {
     }
 
     /// Decides a request: every data type must be permitted; the window is the shortest of
-    /// the permits that decided.
+    /// the permits that decided. `on_call` is why the clinician counts as on call (`None`
+    /// when on-call is not checked), `context.on_call` to the policies.
     pub fn decide(
         &self,
         provider: &str,
         role: Role,
         data_types: &[DataType],
+        on_call: Option<&OnCall>,
     ) -> Result<Verdict, PolicyError> {
         let Some(table) = &self.table else {
-            return self.evaluate(provider, role, data_types);
+            return self.evaluate(provider, role, data_types, on_call);
         };
         let mut window = u32::MAX;
         let mut rules: Vec<String> = Vec::new();
@@ -176,7 +180,7 @@ impl Policies {
                     }
                 }
                 Some(deny) => return Ok(deny.clone()),
-                None => return self.evaluate(provider, role, data_types),
+                None => return self.evaluate(provider, role, data_types, on_call),
             }
         }
         Ok(Verdict::Permit {
@@ -191,7 +195,18 @@ impl Policies {
         provider: &str,
         role: Role,
         data_types: &[DataType],
+        on_call: Option<&OnCall>,
     ) -> Result<Verdict, PolicyError> {
+        let context = match on_call {
+            None => json!({}),
+            Some(o) => json!({ "on_call": {
+                "source": o.source,
+                "service": o.service.clone().unwrap_or_default(),
+                "since": o.since.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+                "incident": o.incident.clone().unwrap_or_default(),
+                "acknowledged": o.acknowledged,
+            }}),
+        };
         let principal = EntityUid::from_str(&format!("Breakglass::Provider::{}", json!(provider)))
             .map_err(|e| PolicyError::Parse(e.to_string()))?;
         let mut entities = vec![
@@ -216,7 +231,8 @@ impl Policies {
                 principal.clone(),
                 self.action.clone(),
                 resource,
-                Context::empty(),
+                Context::from_json_value(context.clone(), Some((&self.schema, &self.action)))
+                    .map_err(|e| PolicyError::Parse(e.to_string()))?,
                 Some(&self.schema),
             )
             .map_err(|e| PolicyError::Parse(e.to_string()))?;
@@ -266,7 +282,7 @@ impl Policies {
         for role in Role::ALL {
             let mut row = serde_json::Map::new();
             for dt in DataType::ALL {
-                let v = match self.decide("ST000000000000000000002AMW42H", *role, &[*dt])? {
+                let v = match self.decide("ST000000000000000000002AMW42H", *role, &[*dt], None)? {
                     Verdict::Permit { window_minutes, .. } => {
                         json!(format!("{window_minutes} min"))
                     }

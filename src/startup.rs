@@ -20,6 +20,7 @@ use crate::configuration::Settings;
 use crate::http;
 use crate::keys::ServiceKeys;
 use crate::notify::Notifier;
+use crate::paging;
 use crate::policy::Policies;
 use crate::seal::Keyring;
 use crate::store::{RedbStore, Store};
@@ -84,6 +85,15 @@ impl Application {
             )?
             .with_notices(announce),
         );
+        let oncall = breakglass.oncall.clone();
+        let metrics = breakglass.metrics.clone();
+        let paging = web::Data::new(http::paging::Paging {
+            oncall: oncall.clone(),
+            metrics: metrics.clone(),
+            pagerduty_secrets: settings.oncall.pagerduty.webhook_secrets_file.clone(),
+            opsgenie_secrets: settings.oncall.opsgenie.webhook_secrets_file.clone(),
+            webhook_secrets: settings.oncall.webhook.secrets_file.clone(),
+        });
         let clients = web::Data::new(http::tokens::Clients(
             settings.resource_servers.clients.clone(),
         ));
@@ -112,14 +122,44 @@ impl Application {
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let poll = Duration::from_millis(settings.follower.poll_interval_ms);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(follower.clone().run_poller(poll, shutdown_rx.clone())),
             tokio::spawn(submitter.clone().run(
                 Duration::from_millis(settings.submitter.interval_ms),
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(notifier.run(announced, shutdown_rx)),
+            tokio::spawn(notifier.run(announced, shutdown_rx.clone())),
         ];
+        let oc = &settings.oncall;
+        if let Some(file) = &oc.pagerduty.api_token_file {
+            let token = read_secret(file)?;
+            tasks.push(tokio::spawn(paging::sync::run(
+                paging::pagerduty::OnCalls::new(&oc.pagerduty, token),
+                oncall.clone(),
+                oc.pagerduty.sync.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        if let Some(file) = &oc.opsgenie.api_key_file {
+            let key = read_secret(file)?;
+            tasks.push(tokio::spawn(paging::sync::run(
+                paging::opsgenie::OnCalls::new(&oc.opsgenie, key),
+                oncall.clone(),
+                oc.opsgenie.sync.clone(),
+                shutdown_rx,
+            )));
+        }
+        // a webhook secrets file that cannot be read stops the service here, not at the first page
+        for file in [
+            &oc.pagerduty.webhook_secrets_file,
+            &oc.opsgenie.webhook_secrets_file,
+            &oc.webhook.secrets_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            paging::load_secrets(file)?;
+        }
 
         let health = web::Data::new(http::Health {
             store: store.clone(),
@@ -127,6 +167,8 @@ impl Application {
             keys_loaded: true,
             max_lag_blocks: settings.follower.max_lag_blocks,
             fresh_ms: (poll.as_millis() as u64) * 3 + 1000,
+            oncall,
+            metrics,
         });
         let timeout = settings.server.shutdown_timeout_secs;
         let api_listener = TcpListener::bind(settings.server.listen)?;
@@ -137,6 +179,7 @@ impl Application {
                 .app_data(breakglass.clone())
                 .app_data(clients.clone())
                 .app_data(admin.clone())
+                .app_data(paging.clone())
                 .configure(http::api)
         })
         .listen(api_listener)?
@@ -223,6 +266,12 @@ impl Application {
         self.stop().await;
         Ok(())
     }
+}
+
+/// A secret from a file: its first line.
+fn read_secret(file: &std::path::Path) -> anyhow::Result<String> {
+    let secrets = paging::load_secrets(file)?;
+    Ok(String::from_utf8(secrets[0].clone())?)
 }
 
 pub async fn wait_for_signal() -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use DataType::*;
 const WHO: &str = "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM";
 
 fn window(p: &Policies, role: Role, dts: &[DataType]) -> Option<u32> {
-    match p.decide(WHO, role, dts).unwrap() {
+    match p.decide(WHO, role, dts, None).unwrap() {
         Verdict::Permit { window_minutes, .. } => Some(window_minutes),
         Verdict::Deny { .. } => None,
     }
@@ -58,7 +58,7 @@ fn the_default_policies() {
     assert_eq!(window(&p, Role::Pharmacist, &[Problems]), None);
     for role in [Role::Reviewer, Role::Admin] {
         for dt in critical {
-            match p.decide(WHO, role, &[dt]).unwrap() {
+            match p.decide(WHO, role, &[dt], None).unwrap() {
                 Verdict::Deny { rule, message, .. } => {
                     assert_eq!(
                         rule.as_deref(),
@@ -80,6 +80,7 @@ fn every_data_type_must_be_permitted_and_the_refusal_names_it() {
             WHO,
             Role::Nurse,
             &[Allergies, AdvanceDirectives, Medications],
+            None,
         )
         .unwrap()
     {
@@ -98,7 +99,7 @@ fn every_data_type_must_be_permitted_and_the_refusal_names_it() {
         other => panic!("{other:?}"),
     }
     match p
-        .decide(WHO, Role::Nurse, &[Allergies, Medications])
+        .decide(WHO, Role::Nurse, &[Allergies, Medications], None)
         .unwrap()
     {
         Verdict::Permit {
@@ -138,7 +139,7 @@ when { principal.role == "physician" };
         Some(3)
     );
     match p
-        .decide(WHO, Role::Physician, &[Allergies, ClinicalNotes])
+        .decide(WHO, Role::Physician, &[Allergies, ClinicalNotes], None)
         .unwrap()
     {
         Verdict::Permit { rules, .. } => assert_eq!(rules.len(), 3, "{rules:?}"),
@@ -201,6 +202,7 @@ forbid (principal == Breakglass::Provider::"ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CF
             "ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG",
             Role::Nurse,
             &[Allergies],
+            None,
         )
         .unwrap()
     {
@@ -211,5 +213,84 @@ forbid (principal == Breakglass::Provider::"ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CF
         window(&p, Role::Nurse, &[Allergies]),
         Some(10),
         "another nurse is not barred"
+    );
+}
+
+fn paged(service: &str, incident: &str, acknowledged: bool) -> breakglass::domain::OnCall {
+    breakglass::domain::OnCall {
+        source: "pagerduty".into(),
+        service: Some(service.into()),
+        since: Some(1_700_000_000),
+        until: None,
+        incident: (!incident.is_empty()).then(|| incident.into()),
+        acknowledged,
+    }
+}
+
+#[test]
+fn on_call_is_a_policy_input_and_an_acknowledged_incident_can_widen_the_window() {
+    // incident pre-authorization: an acknowledged incident gives physicians 30 minutes, and
+    // pharmacists may break the glass only while on call for the pharmacy service
+    let extra = r#"
+@id("acknowledged-incident-widens-the-window")
+@window_minutes("30")
+permit (principal, action == Breakglass::Action::"break-glass", resource)
+when {
+  principal.role == "physician" && resource.critical &&
+  context has on_call && context.on_call.acknowledged && context.on_call.incident != ""
+};
+
+@id("pharmacists-only-for-the-pharmacy")
+forbid (principal, action == Breakglass::Action::"break-glass", resource)
+when {
+  principal.role == "pharmacist" &&
+  !(context has on_call && context.on_call.service == "pharmacy")
+};
+"#;
+    let src = format!("{}\n{extra}", breakglass::policy::DEFAULT_POLICIES);
+    let p = Policies::from_sources(DEFAULT_SCHEMA, &src).unwrap();
+    let decide = |role, on_call: Option<&breakglass::domain::OnCall>| {
+        p.decide(WHO, role, &[Allergies], on_call).unwrap()
+    };
+    let minutes = |v: Verdict| match v {
+        Verdict::Permit { window_minutes, .. } => Some(window_minutes),
+        Verdict::Deny { .. } => None,
+    };
+    assert_eq!(minutes(decide(Role::Physician, None)), Some(15));
+    assert_eq!(
+        minutes(decide(
+            Role::Physician,
+            Some(&paged("ed", "PGR0VU2", false))
+        )),
+        Some(15),
+        "an unacknowledged incident does not widen"
+    );
+    match decide(Role::Physician, Some(&paged("ed", "PGR0VU2", true))) {
+        Verdict::Permit {
+            window_minutes,
+            rules,
+        } => {
+            assert_eq!(window_minutes, 30);
+            assert!(rules.contains(&"acknowledged-incident-widens-the-window".to_string()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        minutes(decide(Role::Physician, Some(&paged("ed", "", true)))),
+        Some(15),
+        "no incident, no widening"
+    );
+    match decide(Role::Pharmacist, Some(&paged("ed", "", false))) {
+        Verdict::Deny { rule, .. } => {
+            assert_eq!(rule.as_deref(), Some("pharmacists-only-for-the-pharmacy"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        minutes(decide(
+            Role::Pharmacist,
+            Some(&paged("pharmacy", "", false))
+        )),
+        Some(10)
     );
 }

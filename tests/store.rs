@@ -175,6 +175,7 @@ pub fn conformance(store: &dyn Store) {
         rules: vec!["rule".into()],
         message_hash: "m".into(),
         signature: "s".into(),
+        on_call: None,
     };
     store
         .apply(Batch {

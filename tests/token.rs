@@ -47,6 +47,7 @@ fn access(id: &str, provider: &str, dts: &[DataType], exp_in: u64) -> AccessReco
         rules: vec![],
         message_hash: String::new(),
         signature: String::new(),
+        on_call: None,
     }
 }
 

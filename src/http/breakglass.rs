@@ -52,6 +52,7 @@ async fn break_glass(bg: web::Data<BreakGlass>, mut payload: web::Payload) -> Ht
     }
     match bg.request(&body).await {
         Ok(grant) => {
+            bg.metrics.grants.inc();
             let a = &grant.access;
             HttpResponse::Created()
                 .insert_header(("cache-control", "no-store"))
@@ -65,7 +66,15 @@ async fn break_glass(bg: web::Data<BreakGlass>, mut payload: web::Payload) -> Ht
                     "access": format!("/v1/accesses/{}", a.id),
                 }))
         }
-        Err(r) => problem(&r),
+        Err(r) => {
+            bg.metrics
+                .refusals
+                .get_or_create(&crate::metrics::Code {
+                    code: r.code.into(),
+                })
+                .inc();
+            problem(&r)
+        }
     }
 }
 
@@ -116,6 +125,8 @@ async fn access(bg: web::Data<BreakGlass>, id: web::Path<String>) -> HttpRespons
         "expires_at": a.expires_at,
         "window_minutes": a.window_minutes,
         "rules": a.rules,
+        // why the clinician counted as on call: the paging source, service and incident
+        "on_call": a.on_call,
         "chain": chain,
     }))
 }

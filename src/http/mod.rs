@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod breakglass;
+pub mod paging;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -20,30 +21,68 @@ pub struct Health {
     pub keys_loaded: bool,
     pub max_lag_blocks: u64,
     pub fresh_ms: u64,
+    pub oncall: Arc<crate::paging::OnCall>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub fn api(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
         .configure(breakglass::routes)
         .configure(tokens::routes)
-        .configure(admin::routes);
+        .configure(admin::routes)
+        .configure(paging::routes);
 }
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "alive" }))
 }
 
+async fn metrics(health: web::Data<Health>) -> HttpResponse {
+    let now = crate::chain::follower::now_ms() / 1000;
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(health.metrics.render(&health.oncall, &health.follower, now))
+}
+
 /// Ready when the store answers, the keys are loaded and the follower is within
-/// `max_lag_blocks` of a node heard from recently.
+/// `max_lag_blocks` of a node heard from recently. The paging syncs are reported but do not
+/// make the service unready: a sync that failed closed refuses only the clinicians who are on
+/// call through it alone, while the other sources, token introspection and the reviews go on.
 async fn readyz(health: web::Data<Health>) -> HttpResponse {
     let store_ok = health.store.ping().is_ok();
     let f = &health.follower;
     let follower_ok = f.in_sync(health.max_lag_blocks, health.fresh_ms);
     let ready = store_ok && follower_ok && health.keys_loaded;
+    let now = crate::chain::follower::now_ms() / 1000;
+    let paging: serde_json::Map<String, serde_json::Value> = health
+        .oncall
+        .health()
+        .into_iter()
+        .map(|(source, h)| {
+            let state = match (h.fresh(now), h.last_error.is_some()) {
+                (true, false) => "ok",
+                (true, true) => "degraded: last good roster within its grace period",
+                (false, _) if h.last_success.is_none() => "failed closed: never synced",
+                (false, _) => "failed closed: grace period over",
+            };
+            let v = json!({
+                "ok": h.fresh(now) && h.last_error.is_none(),
+                "state": state,
+                "last_success": h.last_success,
+                "last_attempt": h.last_attempt,
+                "last_error": h.last_error,
+                "consecutive_failures": h.consecutive_failures,
+                "grace_secs": h.grace_secs,
+            });
+            (source, v)
+        })
+        .collect();
     let body = json!({
         "ready": ready,
         "checks": {
+            "paging": paging,
             "store": store_ok,
             "keys": health.keys_loaded,
             "follower": {

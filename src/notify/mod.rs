@@ -321,6 +321,7 @@ mod tests {
             rules: vec![],
             message_hash: String::new(),
             signature: String::new(),
+            on_call: None,
         }
     }
 

@@ -154,6 +154,10 @@ pub struct AccessRecord {
     /// The signed request, kept as proof: the SIP-018 message hash and the signature.
     pub message_hash: String,
     pub signature: String,
+    /// Why the clinician counted as on call (the paging source, service, incident), if on-call
+    /// was checked: for reviewers.
+    #[serde(default)]
+    pub on_call: Option<crate::domain::OnCall>,
 }
 
 /// The patient's notice of one access, from the grant to its delivery.
@@ -238,6 +242,10 @@ pub struct Batch {
     pub notices: Vec<Notice>,
     /// The provider directory, by principal; `None` removes an entry.
     pub directory: Vec<(String, Option<crate::directory::ProviderEntry>)>,
+    /// On-call state of the paging integrations, by key (`paging` owns the keys and values);
+    /// `None` removes one.
+    #[serde(default)]
+    pub paging: Vec<(String, Option<serde_json::Value>)>,
 }
 
 impl Batch {
@@ -260,6 +268,7 @@ impl Batch {
         self.contacts.extend(later.contacts);
         self.notices.extend(later.notices);
         self.directory.extend(later.directory);
+        self.paging.extend(later.paging);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -276,6 +285,7 @@ impl Batch {
             && self.contacts.is_empty()
             && self.notices.is_empty()
             && self.directory.is_empty()
+            && self.paging.is_empty()
     }
 }
 
@@ -332,6 +342,8 @@ pub trait Store: Send + Sync + 'static {
         principal: &str,
     ) -> Result<Option<crate::directory::ProviderEntry>, StoreError>;
     fn directory_entries(&self) -> Result<Vec<crate::directory::ProviderEntry>, StoreError>;
+    /// Every on-call entry of the paging integrations.
+    fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
     /// Every notice, oldest access first.
     fn notices(&self) -> Result<Vec<Notice>, StoreError>;
     /// A cheap read that proves the store answers (for /readyz).

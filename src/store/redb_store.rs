@@ -43,7 +43,9 @@ const REVOKED: Table = "revoked";
 const CONTACTS: Table = "contacts";
 const NOTICES: Table = "notices";
 const DIRECTORY: Table = "provider_directory";
-const TABLES: [Table; 12] = [
+/// On-call state from the paging integrations (`paging`), JSON values it owns.
+const PAGING: Table = "paging";
+const TABLES: [Table; 13] = [
     META,
     PROVIDERS,
     PREFERENCES,
@@ -56,6 +58,7 @@ const TABLES: [Table; 12] = [
     CONTACTS,
     NOTICES,
     DIRECTORY,
+    PAGING,
 ];
 
 fn def(name: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -686,6 +689,13 @@ impl Store for RedbStore {
             .collect()
     }
 
+    fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        self.scan(PAGING)?
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), dec(k, v)?)))
+            .collect()
+    }
+
     fn notices(&self) -> Result<Vec<Notice>, StoreError> {
         self.scan(NOTICES)?.iter().map(|(k, v)| dec(k, v)).collect()
     }
@@ -768,6 +778,9 @@ fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     )?;
     for (p, e) in &batch.directory {
         out.push((DIRECTORY, p.clone(), e.as_ref().map(enc).transpose()?));
+    }
+    for (k, v) in &batch.paging {
+        out.push((PAGING, k.clone(), v.as_ref().map(enc).transpose()?));
     }
     Ok(out)
 }

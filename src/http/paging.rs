@@ -1,0 +1,214 @@
+//! The paging webhooks: `POST /v1/paging/pagerduty`, `/v1/paging/opsgenie` and
+//! `/v1/paging/webhook` (generic). Each is verified (signature or token, age, replay) before it
+//! may change who is on call; a refusal is a 4xx problem with a stable code and changes
+//! nothing. Secrets files are read at each delivery, so a rotated secret needs no restart.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::breakglass::problem;
+use crate::access::Refusal;
+use crate::chain::follower::now_ms;
+use crate::metrics::{Metrics, Webhook};
+use crate::paging::webhook::{self, WebhookError};
+use crate::paging::{generic, load_secrets, opsgenie, pagerduty, Change, OnCall};
+
+/// A webhook body is small; anything larger is refused before it is read.
+const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
+
+pub struct Paging {
+    pub oncall: Arc<OnCall>,
+    pub metrics: Arc<Metrics>,
+    pub pagerduty_secrets: Option<PathBuf>,
+    pub opsgenie_secrets: Option<PathBuf>,
+    pub webhook_secrets: Option<PathBuf>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/v1/paging")
+            .app_data(web::PayloadConfig::new(MAX_WEBHOOK_BYTES))
+            .route("/pagerduty", web::post().to(pagerduty))
+            .route("/opsgenie", web::post().to(opsgenie))
+            .route("/webhook", web::post().to(generic)),
+    );
+}
+
+fn header<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn unavailable(detail: &str) -> HttpResponse {
+    problem(&Refusal {
+        status: 503,
+        code: "paging-unavailable",
+        title: "Paging state unavailable",
+        detail: detail.into(),
+    })
+}
+
+/// What a delivery is, once verified and read.
+struct Verified {
+    delivery: String,
+    change: Option<Change>,
+    unmapped: Vec<String>,
+}
+
+impl Paging {
+    fn refused(&self, source: &str, e: WebhookError) -> HttpResponse {
+        tracing::warn!(source, code = e.code(), error = %e, "paging webhook refused");
+        self.count(source, e.code());
+        problem(&Refusal {
+            status: e.status(),
+            code: e.code(),
+            title: e.title(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn count(&self, source: &str, outcome: &str) {
+        self.metrics
+            .webhooks
+            .get_or_create(&Webhook {
+                source: source.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// The common path: secrets, mapping, verify-and-read, replay claim, durable apply.
+    async fn receive(
+        &self,
+        source: &str,
+        secrets: &Option<PathBuf>,
+        read: impl FnOnce(
+            &[Vec<u8>],
+            &std::collections::HashMap<String, String>,
+            u64,
+        ) -> Result<Verified, WebhookError>,
+    ) -> HttpResponse {
+        let Some(path) = secrets else {
+            return problem(&Refusal {
+                status: 404,
+                code: "paging-source-not-configured",
+                title: "Paging source not configured",
+                detail: format!("the {source} webhook is not configured on this service"),
+            });
+        };
+        let secrets = match load_secrets(path) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(source, error = %e, "webhook secrets unreadable");
+                return unavailable("the webhook secrets cannot be read; try again");
+            }
+        };
+        let map = match self.oncall.mapping.snapshot() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(source, error = %e, "responder mapping unreadable");
+                return unavailable("the responder mapping cannot be read; try again");
+            }
+        };
+        let now = now_ms() / 1000;
+        let v = match read(&secrets, &map, now) {
+            Ok(v) => v,
+            Err(e) => return self.refused(source, e),
+        };
+        if !self.oncall.claim(&v.delivery, now) {
+            return self.refused(source, WebhookError::Replayed(v.delivery));
+        }
+        let what = match &v.change {
+            Some(Change::Incident(i)) if i.responders.is_empty() => "no-responder",
+            Some(Change::Incident(_)) => "on-call",
+            Some(Change::Resolved { .. }) => "off-call",
+            Some(Change::Shift { fact, .. }) if fact.until.is_some_and(|u| u <= now) => "off-call",
+            Some(Change::Shift { .. }) => "on-call",
+            Some(Change::Synced { .. }) | None => "ignored",
+        };
+        if !v.unmapped.is_empty() {
+            tracing::warn!(source, unmapped = ?v.unmapped, "paged users map to no provider");
+        }
+        if let Some(change) = v.change {
+            let until = now + 2 * self.oncall.window_secs;
+            if let Err(e) = self.oncall.apply(change, Some((&v.delivery, until))).await {
+                tracing::error!(source, error = %e, "paging change not recorded");
+                return unavailable("the change could not be recorded; send it again");
+            }
+        }
+        tracing::info!(source, delivery = %v.delivery, change = what, "paging webhook accepted");
+        self.count(source, "accepted");
+        HttpResponse::Accepted().json(json!({
+            "status": "accepted",
+            "delivery": v.delivery,
+            "change": what,
+            "unmapped": v.unmapped,
+        }))
+    }
+}
+
+async fn pagerduty(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) -> HttpResponse {
+    let window = paging.oncall.window_secs;
+    paging
+        .receive(
+            "pagerduty",
+            &paging.pagerduty_secrets,
+            |secrets, map, now| {
+                let p =
+                    pagerduty::parse(header(&req, "x-pagerduty-signature"), &body, secrets, map)?;
+                webhook::fresh(p.occurred_at, now, window)?;
+                Ok(Verified {
+                    delivery: p.delivery,
+                    change: p.change,
+                    unmapped: p.unmapped,
+                })
+            },
+        )
+        .await
+}
+
+async fn opsgenie(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) -> HttpResponse {
+    let window = paging.oncall.window_secs;
+    let oncall = paging.oncall.clone();
+    paging
+        .receive("opsgenie", &paging.opsgenie_secrets, |secrets, map, now| {
+            let p = opsgenie::parse(
+                header(&req, "x-breakglass-token"),
+                &body,
+                secrets,
+                map,
+                |id| oncall.incident("opsgenie", id),
+            )?;
+            webhook::fresh(p.at, now, window)?;
+            Ok(Verified {
+                delivery: p.delivery,
+                change: p.change,
+                unmapped: p.unmapped,
+            })
+        })
+        .await
+}
+
+async fn generic(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) -> HttpResponse {
+    let window = paging.oncall.window_secs;
+    paging
+        .receive("webhook", &paging.webhook_secrets, |secrets, map, now| {
+            let p = generic::parse(
+                header(&req, "x-breakglass-timestamp"),
+                header(&req, "x-breakglass-signature"),
+                &body,
+                secrets,
+                map,
+                now,
+                window,
+            )?;
+            Ok(Verified {
+                delivery: p.delivery,
+                change: Some(p.change),
+                unmapped: Vec::new(),
+            })
+        })
+        .await
+}

@@ -1,0 +1,99 @@
+//! The generic webhook, for paging systems without an integration here:
+//!
+//! ```text
+//! POST /v1/paging/webhook
+//! X-Breakglass-Timestamp: <unix seconds>
+//! X-Breakglass-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>
+//! {"responder": "ST... | paging id | email", "on_call_until": "<RFC 3339>",
+//!  "incident": "INC-123" | null, "service": "emergency-department" | null}
+//! ```
+//!
+//! The timestamp must be within the window and is signed with the body, so a delivery cannot
+//! be re-dated; the signature names the delivery, so the same one twice is a replay. An
+//! `on_call_until` in the past takes the responder off call.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use super::webhook::{self, WebhookError};
+use super::{Change, Mapping};
+use crate::domain::OnCall as Fact;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    responder: String,
+    on_call_until: String,
+    #[serde(default)]
+    incident: Option<String>,
+    #[serde(default)]
+    service: Option<String>,
+}
+
+pub struct Parsed {
+    pub delivery: String,
+    pub timestamp: i64,
+    pub change: Change,
+}
+
+/// Verifies and reads a delivery.
+pub fn parse(
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    secrets: &[Vec<u8>],
+    map: &HashMap<String, String>,
+    now: u64,
+    window: u64,
+) -> Result<Parsed, WebhookError> {
+    let (Some(ts), Some(sig)) = (timestamp, signature) else {
+        return Err(WebhookError::BadSignature(
+            "X-Breakglass-Timestamp and X-Breakglass-Signature are required".into(),
+        ));
+    };
+    if !webhook::verify_v1(sig, &[ts.as_bytes(), b".", body], secrets) {
+        return Err(WebhookError::BadSignature(
+            "X-Breakglass-Signature matches no configured secret".into(),
+        ));
+    }
+    let at: i64 = ts.trim().parse().map_err(|_| {
+        WebhookError::Malformed("X-Breakglass-Timestamp is not unix seconds".into())
+    })?;
+    webhook::fresh(at, now, window)?;
+    let b: Body = serde_json::from_slice(body)
+        .map_err(|e| WebhookError::Malformed(format!("not a paging webhook: {e}")))?;
+    let until = webhook::rfc3339(&b.on_call_until)?;
+    let principal = Mapping::resolve(map, &[b.responder.as_str()]).ok_or_else(|| {
+        WebhookError::Malformed(format!(
+            "responder {:?} maps to no provider (mapping file or directory paging ids)",
+            b.responder
+        ))
+    })?;
+    // the signed bytes name the delivery: a resend of them is a replay, whichever of its
+    // signatures it carries
+    let delivery = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(ts.as_bytes())
+            .chain_update(b".")
+            .chain_update(body)
+            .finalize();
+        format!("webhook:{}", hex::encode(digest))
+    };
+    Ok(Parsed {
+        delivery,
+        timestamp: at,
+        change: Change::Shift {
+            principal,
+            fact: Fact {
+                source: "webhook".into(),
+                service: b.service,
+                since: Some(u64::try_from(at).unwrap_or(0)),
+                until: Some(u64::try_from(until).unwrap_or(0)),
+                incident: b.incident,
+                acknowledged: false,
+            },
+        },
+    })
+}

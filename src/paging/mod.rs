@@ -1,0 +1,506 @@
+//! Who is on call, from where hospitals keep it: a roster file, PagerDuty and Opsgenie
+//! (webhooks that page responders for incidents, and periodic on-call syncs), and a generic
+//! signed webhook for other paging systems. Sources combine: a clinician is on call when any
+//! source says so.
+//!
+//! The break-glass path asks [`OnCall::lookup`], a read of memory. Webhooks and syncs change
+//! it off that path, writing the store first: a webhook answered 2xx is never forgotten across
+//! a restart, and neither is the last good synced roster. A sync that keeps failing leaves its
+//! last good roster standing for a grace period, then fails closed: no one is on call through
+//! that source until a sync succeeds. Paging user ids and emails become principals here
+//! ([`Mapping`]); nothing past this module sees them.
+
+pub mod generic;
+pub mod opsgenie;
+pub mod pagerduty;
+pub mod sync;
+pub mod webhook;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::configuration::OnCallSettings;
+use crate::domain::OnCall as Fact;
+use crate::store::{apply_async, Batch, Store, StoreError};
+
+/// An incident that paged responders, until it is resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    /// `pagerduty` or `opsgenie`.
+    pub source: String,
+    pub id: String,
+    pub service: Option<String>,
+    /// The principals it pages now (its assignees, mapped).
+    pub responders: Vec<String>,
+    pub since: u64,
+    pub acknowledged: bool,
+}
+
+/// A synced roster: who was on call when the source last answered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Roster {
+    /// principal → why
+    pub on_call: HashMap<String, Fact>,
+    /// When the source last answered (unix seconds).
+    pub synced_at: u64,
+}
+
+/// A sync source's health, for `/readyz` and `/metrics`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncHealth {
+    pub last_success: Option<u64>,
+    pub last_attempt: Option<u64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u64,
+    pub grace_secs: u64,
+}
+
+impl SyncHealth {
+    /// Whether the last good roster still stands.
+    pub fn fresh(&self, now: u64) -> bool {
+        self.last_success
+            .is_some_and(|t| now.saturating_sub(t) <= self.grace_secs)
+    }
+}
+
+/// What the break-glass path learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// No source is configured: on-call is not checked.
+    NotChecked,
+    OnCall(Fact),
+    NotOnCall,
+}
+
+/// A change from a webhook or a sync.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// An incident pages these responders now (triggered, acknowledged, reassigned).
+    Incident(Incident),
+    /// An incident is over: its responders are no longer on call through it.
+    Resolved { source: String, id: String },
+    /// A generic-webhook shift: on call until `fact.until` (a past `until` ends it).
+    Shift { principal: String, fact: Fact },
+    /// A sync's answer.
+    Synced { source: String, roster: Roster },
+}
+
+#[derive(Default)]
+struct State {
+    /// `source:id` → incident
+    incidents: HashMap<String, Incident>,
+    /// generic-webhook shifts by principal
+    shifts: HashMap<String, Fact>,
+    /// source → last good roster
+    rosters: HashMap<String, Roster>,
+    /// webhook deliveries seen (`source:delivery id`) → forget after (unix seconds)
+    seen: HashMap<String, u64>,
+}
+
+/// The combined on-call state.
+pub struct OnCall {
+    store: Arc<dyn Store>,
+    roster_file: Option<HashSet<String>>,
+    /// Whether any source is configured.
+    checked: bool,
+    state: RwLock<State>,
+    health: Mutex<HashMap<String, SyncHealth>>,
+    pub mapping: Mapping,
+    pub window_secs: u64,
+}
+
+/// Paging user ids and emails → principals: a mapping file, then the provider directory's
+/// paging ids. Both are read at each use (webhooks and syncs are rare), so an edited mapping
+/// or directory counts without a restart.
+pub struct Mapping {
+    file: Option<PathBuf>,
+    store: Arc<dyn Store>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error("mapping {0}: {1}")]
+    File(String, String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Mapping {
+    /// Checks the file now, so that a bad one stops the service at start.
+    pub fn load(path: Option<&Path>, store: Arc<dyn Store>) -> Result<Mapping, MappingError> {
+        let m = Mapping {
+            file: path.map(Path::to_path_buf),
+            store,
+        };
+        m.read_file()?;
+        Ok(m)
+    }
+
+    fn read_file(&self) -> Result<HashMap<String, String>, MappingError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            responders: HashMap<String, String>,
+        }
+        let mut out = HashMap::new();
+        let Some(path) = &self.file else {
+            return Ok(out);
+        };
+        let bad = |e: String| MappingError::File(path.display().to_string(), e);
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let f: File = toml_from(&text).map_err(|e| bad(e.to_string()))?;
+        for (id, principal) in f.responders {
+            principal
+                .parse::<crate::stacks::Address>()
+                .map_err(|e| bad(format!("{id}: {e}")))?;
+            out.insert(id.to_lowercase(), principal);
+        }
+        Ok(out)
+    }
+
+    /// The mapping now, for one webhook or sync round.
+    pub fn snapshot(&self) -> Result<HashMap<String, String>, MappingError> {
+        let mut map = HashMap::new();
+        for e in self.store.directory_entries()? {
+            for id in &e.paging_ids {
+                map.insert(id.to_lowercase(), e.principal.clone());
+            }
+        }
+        // the operator's file wins over the directory
+        map.extend(self.read_file()?);
+        Ok(map)
+    }
+
+    /// The principal of the first of `ids` (a user id, an email) that maps; a principal
+    /// itself maps to itself.
+    pub fn resolve(map: &HashMap<String, String>, ids: &[&str]) -> Option<String> {
+        ids.iter().find_map(|id| {
+            if id.parse::<crate::stacks::Address>().is_ok() {
+                return Some(id.to_string());
+            }
+            map.get(&id.to_lowercase()).cloned()
+        })
+    }
+}
+
+fn toml_from<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Box<figment::Error>> {
+    use figment::providers::Format;
+    figment::Figment::from(figment::providers::Toml::string(text))
+        .extract()
+        .map_err(Box::new)
+}
+
+/// Reads a roster file: `on_call = ["ST...", ...]`.
+pub fn load_roster(path: &Path) -> anyhow::Result<HashSet<String>> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        on_call: Vec<String>,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading the roster {}: {e}", path.display()))?;
+    let r: File = toml_from(&text)?;
+    for p in &r.on_call {
+        p.parse::<crate::stacks::Address>()
+            .map_err(|e| anyhow::anyhow!("roster {}: {e}", path.display()))?;
+    }
+    Ok(r.on_call.into_iter().collect())
+}
+
+/// Reads a secrets file: one secret a line, blank lines ignored.
+pub fn load_secrets(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading the secrets {}: {e}", path.display()))?;
+    let secrets: Vec<Vec<u8>> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    if secrets.is_empty() {
+        anyhow::bail!("{} holds no secret", path.display());
+    }
+    Ok(secrets)
+}
+
+const INCIDENT: &str = "incident:";
+const SHIFT: &str = "shift:";
+const ROSTER: &str = "roster:";
+const SEEN: &str = "seen:";
+
+fn json<T: Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
+    serde_json::to_value(v).map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+impl OnCall {
+    /// Loads the roster file and mapping, and the state the store kept.
+    pub fn load(settings: &OnCallSettings, store: Arc<dyn Store>) -> anyhow::Result<OnCall> {
+        let roster_file = settings.roster.as_deref().map(load_roster).transpose()?;
+        let checked = roster_file.is_some()
+            || settings.pagerduty.webhook_secrets_file.is_some()
+            || settings.pagerduty.api_token_file.is_some()
+            || settings.opsgenie.webhook_secrets_file.is_some()
+            || settings.opsgenie.api_key_file.is_some()
+            || settings.webhook.secrets_file.is_some();
+        if !checked {
+            tracing::warn!("no on-call source configured: on-call is not checked");
+        }
+        let mut state = State::default();
+        let mut health = HashMap::new();
+        for (key, value) in store.paging()? {
+            let bad = |e: serde_json::Error| StoreError::Corrupt(key.clone(), e.to_string());
+            if let Some(k) = key.strip_prefix(INCIDENT) {
+                state
+                    .incidents
+                    .insert(k.to_string(), serde_json::from_value(value).map_err(bad)?);
+            } else if let Some(p) = key.strip_prefix(SHIFT) {
+                state
+                    .shifts
+                    .insert(p.to_string(), serde_json::from_value(value).map_err(bad)?);
+            } else if let Some(source) = key.strip_prefix(ROSTER) {
+                let roster: Roster = serde_json::from_value(value).map_err(bad)?;
+                health.insert(
+                    source.to_string(),
+                    SyncHealth {
+                        last_success: Some(roster.synced_at),
+                        ..SyncHealth::default()
+                    },
+                );
+                state.rosters.insert(source.to_string(), roster);
+            } else if let Some(d) = key.strip_prefix(SEEN) {
+                state
+                    .seen
+                    .insert(d.to_string(), serde_json::from_value(value).map_err(bad)?);
+            }
+        }
+        for (source, sync) in [
+            ("pagerduty", &settings.pagerduty.sync),
+            ("opsgenie", &settings.opsgenie.sync),
+        ] {
+            health.entry(source.to_string()).or_default().grace_secs = sync.grace_secs;
+        }
+        let syncing: HashSet<&str> = [
+            settings
+                .pagerduty
+                .api_token_file
+                .is_some()
+                .then_some("pagerduty"),
+            settings
+                .opsgenie
+                .api_key_file
+                .is_some()
+                .then_some("opsgenie"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        health.retain(|k, _| syncing.contains(k.as_str()));
+        Ok(OnCall {
+            mapping: Mapping::load(settings.mapping.as_deref(), store.clone())?,
+            store,
+            roster_file,
+            checked,
+            state: RwLock::new(state),
+            health: Mutex::new(health),
+            window_secs: settings.webhook_window_secs,
+        })
+    }
+
+    /// Whether `principal` is on call now, and why. Prefers the most telling source: an
+    /// acknowledged incident, an incident, a webhook shift, a synced roster, the roster file.
+    pub fn lookup(&self, principal: &str, now: u64) -> Lookup {
+        if !self.checked {
+            return Lookup::NotChecked;
+        }
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let mut best: Option<Fact> = None;
+        for i in state.incidents.values() {
+            if i.responders.iter().any(|r| r == principal)
+                && best
+                    .as_ref()
+                    .is_none_or(|b| !b.acknowledged && i.acknowledged)
+            {
+                best = Some(Fact {
+                    source: i.source.clone(),
+                    service: i.service.clone(),
+                    since: Some(i.since),
+                    until: None,
+                    incident: Some(i.id.clone()),
+                    acknowledged: i.acknowledged,
+                });
+            }
+        }
+        if let Some(b) = best {
+            return Lookup::OnCall(b);
+        }
+        if let Some(f) = state.shifts.get(principal) {
+            if f.until.is_none_or(|u| u > now) {
+                return Lookup::OnCall(f.clone());
+            }
+        }
+        {
+            let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            for (source, roster) in &state.rosters {
+                // a roster past its grace period fails closed
+                if !health.get(source).is_some_and(|h| h.fresh(now)) {
+                    continue;
+                }
+                if let Some(f) = roster.on_call.get(principal) {
+                    if f.since.is_none_or(|s| s <= now) && f.until.is_none_or(|u| u > now) {
+                        return Lookup::OnCall(f.clone());
+                    }
+                }
+            }
+        }
+        if self
+            .roster_file
+            .as_ref()
+            .is_some_and(|r| r.contains(principal))
+        {
+            return Lookup::OnCall(Fact {
+                source: "roster".into(),
+                service: None,
+                since: None,
+                until: None,
+                incident: None,
+                acknowledged: false,
+            });
+        }
+        Lookup::NotOnCall
+    }
+
+    /// An open incident, as known now.
+    pub fn incident(&self, source: &str, id: &str) -> Option<Incident> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        state.incidents.get(&format!("{source}:{id}")).cloned()
+    }
+
+    /// Claims a webhook delivery (`source:id`): false if it was seen within the window (a
+    /// replay). Expired claims are swept here.
+    pub fn claim(&self, delivery: &str, now: u64) -> bool {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        state.seen.retain(|_, until| *until > now);
+        if state.seen.contains_key(delivery) {
+            return false;
+        }
+        state
+            .seen
+            .insert(delivery.to_string(), now + 2 * self.window_secs);
+        true
+    }
+
+    fn unclaim(&self, delivery: &str) {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        state.seen.remove(delivery);
+    }
+
+    /// Applies a change: durably first, then to what `lookup` reads. A webhook's claimed
+    /// delivery is written with it (so a replay after a restart is still one), or released
+    /// if the write fails (so the sender's retry is not taken for a replay).
+    pub async fn apply(
+        &self,
+        change: Change,
+        delivery: Option<(&str, u64)>,
+    ) -> Result<(), StoreError> {
+        let mut rows: Vec<(String, Option<serde_json::Value>)> = Vec::new();
+        match &change {
+            Change::Incident(i) => {
+                rows.push((format!("{INCIDENT}{}:{}", i.source, i.id), Some(json(i)?)))
+            }
+            Change::Resolved { source, id } => {
+                rows.push((format!("{INCIDENT}{source}:{id}"), None))
+            }
+            Change::Shift { principal, fact } => {
+                rows.push((format!("{SHIFT}{principal}"), Some(json(fact)?)))
+            }
+            Change::Synced { source, roster } => {
+                rows.push((format!("{ROSTER}{source}"), Some(json(roster)?)))
+            }
+        }
+        if let Some((d, until)) = delivery {
+            rows.push((format!("{SEEN}{d}"), Some(json(&until)?)));
+        }
+        let batch = Batch {
+            paging: rows,
+            ..Batch::default()
+        };
+        if let Err(e) = apply_async(&self.store, batch).await {
+            if let Some((d, _)) = delivery {
+                self.unclaim(d);
+            }
+            return Err(e);
+        }
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        match change {
+            Change::Incident(i) => {
+                state.incidents.insert(format!("{}:{}", i.source, i.id), i);
+            }
+            Change::Resolved { source, id } => {
+                state.incidents.remove(&format!("{source}:{id}"));
+            }
+            Change::Shift { principal, fact } => {
+                state.shifts.insert(principal, fact);
+            }
+            Change::Synced { source, roster } => {
+                let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+                let h = health.entry(source.clone()).or_default();
+                h.last_success = Some(roster.synced_at);
+                h.last_attempt = Some(roster.synced_at);
+                h.last_error = None;
+                h.consecutive_failures = 0;
+                state.rosters.insert(source, roster);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a failed sync: the last good roster stands until its grace period ends.
+    pub fn sync_failed(&self, source: &str, now: u64, error: String) {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let h = health.entry(source.to_string()).or_default();
+        h.last_attempt = Some(now);
+        h.last_error = Some(error);
+        h.consecutive_failures += 1;
+    }
+
+    /// The sync sources' health, by source.
+    pub fn health(&self) -> HashMap<String, SyncHealth> {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How many principals each source has on call now (for `/metrics`).
+    pub fn counts(&self, now: u64) -> HashMap<String, usize> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let health = self.health();
+        let mut by: HashMap<String, HashSet<&str>> = HashMap::new();
+        for i in state.incidents.values() {
+            by.entry(i.source.clone())
+                .or_default()
+                .extend(i.responders.iter().map(String::as_str));
+        }
+        for (p, f) in &state.shifts {
+            if f.until.is_none_or(|u| u > now) {
+                by.entry("webhook".into()).or_default().insert(p);
+            }
+        }
+        for (source, roster) in &state.rosters {
+            if health.get(source).is_some_and(|h| h.fresh(now)) {
+                by.entry(format!("{source}-sync"))
+                    .or_default()
+                    .extend(roster.on_call.keys().map(String::as_str));
+            }
+        }
+        if let Some(r) = &self.roster_file {
+            by.entry("roster".into())
+                .or_default()
+                .extend(r.iter().map(String::as_str));
+        }
+        by.into_iter().map(|(k, v)| (k, v.len())).collect()
+    }
+}

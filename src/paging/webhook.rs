@@ -1,0 +1,129 @@
+//! What every paging webhook goes through before it may change who is on call: its
+//! signature (HMAC-SHA256, checked in constant time against every configured secret, so a
+//! secret can be rotated without downtime), its age, and whether it was delivered before.
+
+use ring::hmac;
+
+/// Why a webhook was refused: each a 4xx with a stable code, and no state change.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WebhookError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("{0}")]
+    BadSignature(String),
+    #[error("the webhook is {age} s from now, beyond the {window} s window")]
+    Stale { age: i64, window: u64 },
+    #[error("delivery {0} was already received")]
+    Replayed(String),
+}
+
+impl WebhookError {
+    pub fn status(&self) -> u16 {
+        match self {
+            WebhookError::Malformed(_) => 400,
+            WebhookError::BadSignature(_) | WebhookError::Stale { .. } => 401,
+            WebhookError::Replayed(_) => 409,
+        }
+    }
+    pub fn code(&self) -> &'static str {
+        match self {
+            WebhookError::Malformed(_) => "malformed-webhook",
+            WebhookError::BadSignature(_) => "bad-webhook-signature",
+            WebhookError::Stale { .. } => "stale-webhook",
+            WebhookError::Replayed(_) => "replayed-webhook",
+        }
+    }
+    pub fn title(&self) -> &'static str {
+        match self {
+            WebhookError::Malformed(_) => "Malformed webhook",
+            WebhookError::BadSignature(_) => "Bad webhook signature",
+            WebhookError::Stale { .. } => "Stale webhook",
+            WebhookError::Replayed(_) => "Replayed webhook",
+        }
+    }
+}
+
+/// Whether any `v1=<hex>` signature of `header` (comma-separated: PagerDuty sends one per
+/// active secret while a secret rotates) is the HMAC-SHA256 of `message` under any of
+/// `secrets`.
+pub fn verify_v1(header: &str, message: &[&[u8]], secrets: &[Vec<u8>]) -> bool {
+    let signatures: Vec<Vec<u8>> = header
+        .split(',')
+        .filter_map(|s| s.trim().strip_prefix("v1="))
+        .filter_map(|h| hex::decode(h).ok())
+        .collect();
+    let message = message.concat();
+    secrets.iter().any(|secret| {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        signatures
+            .iter()
+            .any(|s| hmac::verify(&key, &message, s).is_ok())
+    })
+}
+
+/// Whether a static token (a custom header the sender cannot sign with) is one of `secrets`,
+/// compared in constant time.
+pub fn verify_token(token: &str, secrets: &[Vec<u8>]) -> bool {
+    use subtle::ConstantTimeEq;
+    secrets
+        .iter()
+        .fold(false, |ok, s| ok | bool::from(token.as_bytes().ct_eq(s)))
+}
+
+/// Refuses a webhook whose own time (unix seconds) is further than `window` from `now`.
+pub fn fresh(at: i64, now: u64, window: u64) -> Result<(), WebhookError> {
+    let age = i64::try_from(now).unwrap_or(i64::MAX) - at;
+    if age.unsigned_abs() > window {
+        return Err(WebhookError::Stale { age, window });
+    }
+    Ok(())
+}
+
+/// An RFC 3339 time as unix seconds.
+pub fn rfc3339(s: &str) -> Result<i64, WebhookError> {
+    s.parse::<jiff::Timestamp>()
+        .map(|t| t.as_second())
+        .map_err(|e| WebhookError::Malformed(format!("{s:?} is not an RFC 3339 time: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v1_signature_verifies_under_any_current_secret() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?"
+        let tag = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        let secrets = vec![b"old".to_vec(), b"Jefe".to_vec()];
+        let msg: [&[u8]; 2] = [b"what do ya want ", b"for nothing?"];
+        assert!(verify_v1(&format!("v1={tag}"), &msg, &secrets));
+        assert!(verify_v1(&format!("v1=00ff, v1={tag}"), &msg, &secrets));
+        assert!(!verify_v1(&format!("v0={tag}"), &msg, &secrets));
+        assert!(!verify_v1(&format!("v1={tag}"), &msg, &secrets[..1]));
+        assert!(!verify_v1("v1=zz", &msg, &secrets));
+        assert!(!verify_v1(
+            &format!("v1={tag}"),
+            &[b"what do ya want"],
+            &secrets
+        ));
+    }
+
+    #[test]
+    fn tokens_and_times() {
+        let secrets = vec![b"a-secret".to_vec()];
+        assert!(verify_token("a-secret", &secrets));
+        assert!(!verify_token("a-secret ", &secrets));
+        assert!(!verify_token("", &secrets));
+        assert!(fresh(1000, 1100, 100).is_ok());
+        assert_eq!(
+            fresh(1000, 1101, 100),
+            Err(WebhookError::Stale {
+                age: 101,
+                window: 100
+            })
+        );
+        assert!(fresh(1201, 1100, 100).is_err());
+        assert_eq!(rfc3339("2020-10-02T18:45:22.169Z"), Ok(1601664322));
+        assert!(rfc3339("yesterday").is_err());
+    }
+}
