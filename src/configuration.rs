@@ -144,6 +144,9 @@ pub struct OnCallSettings {
     /// A webhook whose own timestamp is further than this from now is refused; a delivery
     /// seen before within twice this is a replay.
     pub webhook_window_secs: u64,
+    /// An incident pages no one this long after it first paged, resolved or not (so that a
+    /// lost `resolved` cannot leave anyone on call for ever).
+    pub incident_max_secs: u64,
     pub pagerduty: PagerDutySettings,
     pub opsgenie: OpsgenieSettings,
     pub webhook: GenericWebhookSettings,
@@ -218,6 +221,7 @@ impl Default for OnCallSettings {
             roster: None,
             mapping: None,
             webhook_window_secs: 600,
+            incident_max_secs: 12 * 3600,
             pagerduty: PagerDutySettings {
                 webhook_secrets_file: None,
                 api_token_file: None,
@@ -455,6 +459,28 @@ impl Settings {
         }
         if self.follower.poll_interval_ms == 0 || self.submitter.interval_ms == 0 {
             return Err("intervals must be positive".into());
+        }
+        let oc = &self.oncall;
+        if oc.webhook_window_secs == 0 || oc.incident_max_secs == 0 {
+            return Err(
+                "oncall.webhook_window_secs and oncall.incident_max_secs must be positive".into(),
+            );
+        }
+        for (name, sync) in [
+            ("pagerduty", &oc.pagerduty.sync),
+            ("opsgenie", &oc.opsgenie.sync),
+        ] {
+            if sync.interval_ms < 100 || sync.request_timeout_ms == 0 {
+                return Err(format!(
+                    "oncall.{name}.sync.interval_ms must be at least 100 and request_timeout_ms positive"
+                ));
+            }
+            // a grace shorter than two rounds would fail closed between good syncs
+            if sync.grace_secs.saturating_mul(1000) < 2 * sync.interval_ms {
+                return Err(format!(
+                    "oncall.{name}.sync.grace_secs must cover at least two sync intervals"
+                ));
+            }
         }
         Ok(())
     }

@@ -203,6 +203,7 @@ impl Policies {
                 "source": o.source,
                 "service": o.service.clone().unwrap_or_default(),
                 "since": o.since.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+                "until": o.until.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
                 "incident": o.incident.clone().unwrap_or_default(),
                 "acknowledged": o.acknowledged,
             }}),

@@ -132,18 +132,20 @@ impl Application {
         ];
         let oc = &settings.oncall;
         if let Some(file) = &oc.pagerduty.api_token_file {
-            let token = read_secret(file)?;
+            paging::load_secrets(file)?;
             tasks.push(tokio::spawn(paging::sync::run(
-                paging::pagerduty::OnCalls::new(&oc.pagerduty, token),
+                paging::pagerduty::OnCalls::new(&oc.pagerduty),
+                file.clone(),
                 oncall.clone(),
                 oc.pagerduty.sync.clone(),
                 shutdown_rx.clone(),
             )));
         }
         if let Some(file) = &oc.opsgenie.api_key_file {
-            let key = read_secret(file)?;
+            paging::load_secrets(file)?;
             tasks.push(tokio::spawn(paging::sync::run(
-                paging::opsgenie::OnCalls::new(&oc.opsgenie, key),
+                paging::opsgenie::OnCalls::new(&oc.opsgenie),
+                file.clone(),
                 oncall.clone(),
                 oc.opsgenie.sync.clone(),
                 shutdown_rx,
@@ -266,12 +268,6 @@ impl Application {
         self.stop().await;
         Ok(())
     }
-}
-
-/// A secret from a file: its first line.
-fn read_secret(file: &std::path::Path) -> anyhow::Result<String> {
-    let secrets = paging::load_secrets(file)?;
-    Ok(String::from_utf8(secrets[0].clone())?)
 }
 
 pub async fn wait_for_signal() -> anyhow::Result<()> {

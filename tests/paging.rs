@@ -97,12 +97,21 @@ fn principal_of(demo: &Json, role: &str) -> String {
 
 /// A break-glass request by the demo clinician of `role`; the answer.
 async fn break_glass(env: &Env, role: &str, nonce: u64) -> (u16, Json) {
-    let key = provider(&env.demo, role)["private_key"]
+    break_glass_at(&env.app, &env.demo, role, nonce).await
+}
+
+async fn break_glass_at(
+    app: &breakglass::startup::Application,
+    demo: &Json,
+    role: &str,
+    nonce: u64,
+) -> (u16, Json) {
+    let key = provider(demo, role)["private_key"]
         .as_str()
         .unwrap()
         .to_string();
-    let body = signed(&key, patient(&env.demo, true), &["allergies"], nonce, now());
-    post(&env.app, &body).await
+    let body = signed(&key, patient(demo, true), &["allergies"], nonce, now());
+    post(app, &body).await
 }
 
 async fn text(app: &breakglass::startup::Application, path: &str) -> String {
@@ -167,13 +176,23 @@ fn pagerduty_signatures_agree_with_independent_vectors_and_rotation() {
         ] {
             let p = pagerduty::parse(Some(&both), &body, &secrets, &map).unwrap();
             match (file, p.change) {
-                (f, Some(Change::Incident(i))) if f.contains("triggered") => {
-                    assert_eq!(i.id, "PGR0VU2");
+                (
+                    f,
+                    Some(Change::Page {
+                        id,
+                        responders,
+                        acknowledged,
+                        replace,
+                        ..
+                    }),
+                ) if f.contains("triggered") => {
+                    assert_eq!(id, "PGR0VU2");
                     assert_eq!(
-                        i.responders,
+                        responders,
                         vec!["ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM"]
                     );
-                    assert!(!i.acknowledged);
+                    assert_eq!(acknowledged, Some(false));
+                    assert!(replace, "PagerDuty's assignees are the whole set");
                 }
                 (f, Some(Change::Resolved { id, .. })) if f.contains("resolved") => {
                     assert_eq!(id, "PGR0VU2")
@@ -417,28 +436,73 @@ async fn a_pagerduty_incident_puts_its_assignee_on_call_until_it_is_resolved() {
         metric(&m, r#"breakglass_refusals_total{code="not-on-call"}"#).is_some_and(|n| n >= 5.0)
     );
 
-    // a restart forgets nothing: the replay is still one, and a new incident still counts
+    // a delivery dated before the resolve (late, or out of order) does not bring it back
+    let mut late = fixture("pagerduty-incident.acknowledged.json");
+    late["event"]["id"] = json!("01DX3MC2K7V9Q3M6X1D8R4LATE");
+    late["event"]["occurred_at"] = json!(rfc3339(t + 2));
+    let late = serde_json::to_vec(&late).unwrap();
+    let (status, body) = deliver(app, pd, &pd_sig(&["new-secret"], &late), &late).await;
+    assert_eq!(
+        (status, body["change"].as_str()),
+        (202, Some("superseded")),
+        "{body}"
+    );
+    let (status, body) = break_glass(&env, "physician", 12).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("not-on-call")),
+        "{body}"
+    );
+
+    // a restart forgets nothing: an open incident still counts, a replay is still one
+    let mut second = fixture("pagerduty-incident.triggered.json");
+    second["event"]["id"] = json!("01DX3MC2K7V9Q3M6X1D8R4SEC0");
+    second["event"]["occurred_at"] = json!(rfc3339(now()));
+    second["event"]["data"]["id"] = json!("PSECOND");
+    let second = serde_json::to_vec(&second).unwrap();
+    let (status, body) = deliver(app, pd, &pd_sig(&["new-secret"], &second), &second).await;
+    assert_eq!(
+        (status, body["change"].as_str()),
+        (202, Some("on-call")),
+        "{body}"
+    );
     let Env {
         app,
         devnet,
         demo,
         dir: env_dir,
     } = env;
-    let settings_dir = env_dir.path().join("service");
     app.stop().await;
-    let app = support::app(&devnet.rpc, &settings_dir, |s| {
+    let app = support::app(&devnet.rpc, &env_dir.path().join("service"), |s| {
         s.oncall.roster = None;
         s.oncall.mapping = Some(dir.path().join("responders.toml"));
         s.oncall.pagerduty.webhook_secrets_file = Some(dir.path().join("pd-secrets"));
     })
     .await;
-    let _ = demo;
-    let (s, b) = deliver(&app, pd, &pd_sig(&["new-secret"], &triggered), &triggered).await;
+    devnet.observe(app.observer_addr).await;
+    eventually("ready after the restart", SECS, async || {
+        ready(&app).await.then_some(())
+    })
+    .await;
+    let (status, body) = break_glass_at(&app, &demo, "physician", 13).await;
     assert_eq!(
-        (s, b["code"].as_str()),
-        (409, Some("replayed-webhook")),
-        "after a restart: {b}"
+        status, 201,
+        "the open incident survived the restart: {body}"
     );
+    let (status, body) = break_glass_at(&app, &demo, "nurse", 14).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("not-on-call")),
+        "{body}"
+    );
+    for replay in [&triggered, &second] {
+        let (s, b) = deliver(&app, pd, &pd_sig(&["new-secret"], replay), replay).await;
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (409, Some("replayed-webhook")),
+            "after a restart: {b}"
+        );
+    }
     app.stop().await;
 }
 
@@ -703,6 +767,26 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
         (403, Some("not-on-call")),
         "{body}"
     );
+    // a shift sent before the one that ended it, arriving late, does not bring it back
+    let late = serde_json::to_vec(&json!({"responder": "pager-77", "on_call_until": rfc3339(now() + 3600), "incident": "INC-2041"})).unwrap();
+    let (status, body) = deliver(
+        app,
+        hook,
+        &generic_headers("hook-secret", ts - 10, &late),
+        &late,
+    )
+    .await;
+    assert_eq!(
+        (status, body["change"].as_str()),
+        (202, Some("superseded")),
+        "{body}"
+    );
+    let (status, body) = break_glass(&env, "paramedic", 8).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("not-on-call")),
+        "{body}"
+    );
     // a source that is not configured is a clear 404
     let (status, body) = deliver(app, "/v1/paging/pagerduty", &[], b"{}").await;
     assert_eq!(
@@ -864,7 +948,7 @@ async fn readyz(app: &breakglass::startup::Application) -> (u16, Json) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_call_syncs_page_wait_out_rate_limits_and_fail_closed_after_the_grace_period() {
     let (url, standin, server) = stand_in().await;
-    let grace = 4;
+    let grace = 8;
     let (env, dir) = paging_env(|s, d| {
         let pd = &mut s.oncall.pagerduty;
         pd.api_url = url.clone();
@@ -958,6 +1042,8 @@ async fn on_call_syncs_page_wait_out_rate_limits_and_fail_closed_after_the_grace
             .collect();
         let i = pd.iter().position(|e| e.3 == 429)?;
         let next = pd.get(i + 1)?;
+        assert_eq!(next.1, pd[i].1, "the same page is asked again");
+        assert_eq!(next.3, 200);
         Some((pd[i].2, next.2))
     })
     .await;
@@ -966,13 +1052,34 @@ async fn on_call_syncs_page_wait_out_rate_limits_and_fail_closed_after_the_grace
         "Retry-After: 1 honoured, waited {:?}",
         next_at - limited_at
     );
+    // the round that met the 429 ends well: a success after it, no failure counted
+    let limited_unix = now();
+    eventually("the rate-limited round to succeed", SECS, async || {
+        let (_, r) = readyz(app).await;
+        let p = &r["checks"]["paging"]["pagerduty"];
+        (p["last_success"].as_u64() >= Some(limited_unix)).then_some(())
+    })
+    .await;
     let (_, ready) = readyz(app).await;
     assert_eq!(
         ready["checks"]["paging"]["pagerduty"]["consecutive_failures"], 0,
         "{ready}"
     );
+    assert_eq!(
+        ready["checks"]["paging"]["pagerduty"]["last_error"],
+        Json::Null,
+        "{ready}"
+    );
 
-    // outage: the last good roster stands for the grace period ...
+    // outage: the last good roster stands for the grace period ... (the request is signed
+    // beforehand: the grace period is short)
+    let within_grace = {
+        let key = provider(&env.demo, "physician")["private_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        signed(&key, patient(&env.demo, true), &["allergies"], 3, now() + 5)
+    };
     {
         let mut s = standin.lock().unwrap();
         s.pagerduty = Mode::Down;
@@ -1019,7 +1126,7 @@ async fn on_call_syncs_page_wait_out_rate_limits_and_fail_closed_after_the_grace
         ) >= Some(1.0),
         "{m}"
     );
-    let (status, body) = break_glass(&env, "physician", 3).await;
+    let (status, body) = post(app, &within_grace).await;
     assert_eq!(status, 201, "within the grace period: {body}");
 
     // ... then fails closed, visibly
@@ -1065,4 +1172,75 @@ async fn on_call_syncs_page_wait_out_rate_limits_and_fail_closed_after_the_grace
     let (status, body) = break_glass(&env, "physician", 20).await;
     assert_eq!(status, 201, "{body}");
     server.stop(false).await;
+}
+
+#[test]
+fn responders_map_through_the_mapping_file_and_the_provider_directory() {
+    use breakglass::directory::ProviderEntry;
+    use breakglass::paging::Mapping;
+    use breakglass::store::{Batch, RedbStore, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+    let (a, b) = (
+        "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
+        "ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG",
+    );
+    let entry = |principal: &str, ids: &[&str]| ProviderEntry {
+        principal: principal.into(),
+        display_name: "Dr. A".into(),
+        role: breakglass::domain::Role::Physician,
+        department: None,
+        organization: None,
+        paging_ids: ids.iter().map(|s| s.to_string()).collect(),
+    };
+    store
+        .apply(Batch {
+            directory: vec![(
+                a.into(),
+                Some(entry(a, &["PXPGF42", "Alice@Hospital.example"])),
+            )],
+            ..Batch::default()
+        })
+        .unwrap();
+    let file = write(
+        dir.path(),
+        "m.toml",
+        &format!("[responders]\n\"PAM4FGS\" = \"{b}\"\n\"pxpgf42\" = \"{b}\"\n"),
+    );
+    let m = Mapping::load(Some(&file), store.clone()).unwrap();
+    let map = m.snapshot().unwrap();
+    assert_eq!(
+        Mapping::resolve(&map, &["alice@hospital.example"]).as_deref(),
+        Some(a),
+        "directory pager ids, any case"
+    );
+    assert_eq!(
+        Mapping::resolve(&map, &["PAM4FGS"]).as_deref(),
+        Some(b),
+        "the file"
+    );
+    assert_eq!(
+        Mapping::resolve(&map, &["PXPGF42"]).as_deref(),
+        Some(b),
+        "the operator's file wins"
+    );
+    assert_eq!(
+        Mapping::resolve(&map, &["nobody", "ALICE@hospital.example"]).as_deref(),
+        Some(a),
+        "the first id that maps"
+    );
+    assert_eq!(
+        Mapping::resolve(&map, &[b]).as_deref(),
+        Some(b),
+        "a principal is itself"
+    );
+    assert_eq!(Mapping::resolve(&map, &["nobody"]), None);
+    // a file naming something that is not a principal is refused at start
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "[responders]\n\"PAM4FGS\" = \"alice\"\n",
+    );
+    assert!(Mapping::load(Some(&bad), store).is_err());
 }

@@ -3,6 +3,7 @@
 //! may change who is on call; a refusal is a 4xx problem with a stable code and changes
 //! nothing. Secrets files are read at each delivery, so a rotated secret needs no restart.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use crate::access::Refusal;
 use crate::chain::follower::now_ms;
 use crate::metrics::{Metrics, Webhook};
 use crate::paging::webhook::{self, WebhookError};
-use crate::paging::{generic, load_secrets, opsgenie, pagerduty, Change, OnCall};
+use crate::paging::{generic, load_secrets, opsgenie, pagerduty, Applied, Change, OnCall};
 
 /// A webhook body is small; anything larger is refused before it is read.
 const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
@@ -41,12 +42,13 @@ fn header<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn unavailable(detail: &str) -> HttpResponse {
+fn unavailable(source: &str, what: &str, e: impl std::fmt::Display) -> HttpResponse {
+    tracing::error!(source, error = %e, "{what} cannot be read");
     problem(&Refusal {
         status: 503,
         code: "paging-unavailable",
         title: "Paging state unavailable",
-        detail: detail.into(),
+        detail: format!("{what} cannot be read; try again"),
     })
 }
 
@@ -59,7 +61,8 @@ struct Verified {
 
 impl Paging {
     fn refused(&self, source: &str, e: WebhookError) -> HttpResponse {
-        tracing::warn!(source, code = e.code(), error = %e, "paging webhook refused");
+        // the code only: the detail can name a paging id or an email, and goes to the sender
+        tracing::warn!(source, code = e.code(), "paging webhook refused");
         self.count(source, e.code());
         problem(&Refusal {
             status: e.status(),
@@ -79,18 +82,17 @@ impl Paging {
             .inc();
     }
 
-    /// The common path: secrets, mapping, verify-and-read, replay claim, durable apply.
+    /// The common path: the secrets (re-read at each delivery, off the runtime), the
+    /// signature before anything else is read, then the mapping, the body, the replay claim
+    /// and the durable apply.
     async fn receive(
         &self,
         source: &str,
         secrets: &Option<PathBuf>,
-        read: impl FnOnce(
-            &[Vec<u8>],
-            &std::collections::HashMap<String, String>,
-            u64,
-        ) -> Result<Verified, WebhookError>,
+        verify: impl FnOnce(&[Vec<u8>]) -> Result<(), WebhookError>,
+        read: impl FnOnce(&[Vec<u8>], &HashMap<String, String>, u64) -> Result<Verified, WebhookError>,
     ) -> HttpResponse {
-        let Some(path) = secrets else {
+        let Some(path) = secrets.clone() else {
             return problem(&Refusal {
                 status: 404,
                 code: "paging-source-not-configured",
@@ -98,19 +100,19 @@ impl Paging {
                 detail: format!("the {source} webhook is not configured on this service"),
             });
         };
-        let secrets = match load_secrets(path) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(source, error = %e, "webhook secrets unreadable");
-                return unavailable("the webhook secrets cannot be read; try again");
-            }
+        let secrets = match web::block(move || load_secrets(&path)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return unavailable(source, "the webhook secrets", e),
+            Err(e) => return unavailable(source, "the webhook secrets", e),
         };
-        let map = match self.oncall.mapping.snapshot() {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(source, error = %e, "responder mapping unreadable");
-                return unavailable("the responder mapping cannot be read; try again");
-            }
+        if let Err(e) = verify(&secrets) {
+            return self.refused(source, e);
+        }
+        let oncall = self.oncall.clone();
+        let map = match web::block(move || oncall.mapping.snapshot()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return unavailable(source, "the responder mapping", e),
+            Err(e) => return unavailable(source, "the responder mapping", e),
         };
         let now = now_ms() / 1000;
         let v = match read(&secrets, &map, now) {
@@ -120,22 +122,28 @@ impl Paging {
         if !self.oncall.claim(&v.delivery, now) {
             return self.refused(source, WebhookError::Replayed(v.delivery));
         }
-        let what = match &v.change {
-            Some(Change::Incident(i)) if i.responders.is_empty() => "no-responder",
-            Some(Change::Incident(_)) => "on-call",
+        let mut what = match &v.change {
+            Some(Change::Page { responders, .. }) if responders.is_empty() => "no-responder",
+            Some(Change::Page { .. }) => "on-call",
             Some(Change::Resolved { .. }) => "off-call",
             Some(Change::Shift { fact, .. }) if fact.until.is_some_and(|u| u <= now) => "off-call",
             Some(Change::Shift { .. }) => "on-call",
             Some(Change::Synced { .. }) | None => "ignored",
         };
         if !v.unmapped.is_empty() {
-            tracing::warn!(source, unmapped = ?v.unmapped, "paged users map to no provider");
+            // the count only: paging ids can be staff emails, which stay out of the logs
+            tracing::warn!(
+                source,
+                unmapped = v.unmapped.len(),
+                "paged users map to no provider (see the webhook's answer)"
+            );
         }
         if let Some(change) = v.change {
             let until = now + 2 * self.oncall.window_secs;
-            if let Err(e) = self.oncall.apply(change, Some((&v.delivery, until))).await {
-                tracing::error!(source, error = %e, "paging change not recorded");
-                return unavailable("the change could not be recorded; send it again");
+            match self.oncall.apply(change, Some((&v.delivery, until))).await {
+                Ok(Applied::Changed) => {}
+                Ok(Applied::Superseded) => what = "superseded",
+                Err(e) => return unavailable(source, "the on-call state", e),
             }
         }
         tracing::info!(source, delivery = %v.delivery, change = what, "paging webhook accepted");
@@ -151,13 +159,14 @@ impl Paging {
 
 async fn pagerduty(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) -> HttpResponse {
     let window = paging.oncall.window_secs;
+    let signature = header(&req, "x-pagerduty-signature");
     paging
         .receive(
             "pagerduty",
             &paging.pagerduty_secrets,
+            |secrets| pagerduty::verify(signature, &body, secrets),
             |secrets, map, now| {
-                let p =
-                    pagerduty::parse(header(&req, "x-pagerduty-signature"), &body, secrets, map)?;
+                let p = pagerduty::parse(signature, &body, secrets, map)?;
                 webhook::fresh(p.occurred_at, now, window)?;
                 Ok(Verified {
                     delivery: p.delivery,
@@ -171,44 +180,44 @@ async fn pagerduty(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes
 
 async fn opsgenie(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) -> HttpResponse {
     let window = paging.oncall.window_secs;
-    let oncall = paging.oncall.clone();
+    let token = header(&req, "x-breakglass-token");
     paging
-        .receive("opsgenie", &paging.opsgenie_secrets, |secrets, map, now| {
-            let p = opsgenie::parse(
-                header(&req, "x-breakglass-token"),
-                &body,
-                secrets,
-                map,
-                |id| oncall.incident("opsgenie", id),
-            )?;
-            webhook::fresh(p.at, now, window)?;
-            Ok(Verified {
-                delivery: p.delivery,
-                change: p.change,
-                unmapped: p.unmapped,
-            })
-        })
+        .receive(
+            "opsgenie",
+            &paging.opsgenie_secrets,
+            |secrets| opsgenie::verify(token, secrets),
+            |secrets, map, now| {
+                let p = opsgenie::parse(token, &body, secrets, map)?;
+                webhook::fresh(p.at, now, window)?;
+                Ok(Verified {
+                    delivery: p.delivery,
+                    change: p.change,
+                    unmapped: p.unmapped,
+                })
+            },
+        )
         .await
 }
 
 async fn generic(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) -> HttpResponse {
     let window = paging.oncall.window_secs;
+    let (ts, sig) = (
+        header(&req, "x-breakglass-timestamp"),
+        header(&req, "x-breakglass-signature"),
+    );
     paging
-        .receive("webhook", &paging.webhook_secrets, |secrets, map, now| {
-            let p = generic::parse(
-                header(&req, "x-breakglass-timestamp"),
-                header(&req, "x-breakglass-signature"),
-                &body,
-                secrets,
-                map,
-                now,
-                window,
-            )?;
-            Ok(Verified {
-                delivery: p.delivery,
-                change: Some(p.change),
-                unmapped: Vec::new(),
-            })
-        })
+        .receive(
+            "webhook",
+            &paging.webhook_secrets,
+            |secrets| generic::verify(ts, sig, &body, secrets).map(|_| ()),
+            |secrets, map, now| {
+                let p = generic::parse(ts, sig, &body, secrets, map, now, window)?;
+                Ok(Verified {
+                    delivery: p.delivery,
+                    change: Some(p.change),
+                    unmapped: Vec::new(),
+                })
+            },
+        )
         .await
 }

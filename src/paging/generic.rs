@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The timestamp must be within the window and is signed with the body, so a delivery cannot
-//! be re-dated; the signature names the delivery, so the same one twice is a replay. An
+//! be re-dated; the signed bytes name the delivery, so the same one twice is a replay. An
 //! `on_call_until` in the past takes the responder off call.
 
 use std::collections::HashMap;
@@ -37,16 +37,13 @@ pub struct Parsed {
     pub change: Change,
 }
 
-/// Verifies and reads a delivery.
-pub fn parse(
-    timestamp: Option<&str>,
+/// Checks the signature over `timestamp.body`; the timestamp, once it is known to be signed.
+pub fn verify<'t>(
+    timestamp: Option<&'t str>,
     signature: Option<&str>,
     body: &[u8],
     secrets: &[Vec<u8>],
-    map: &HashMap<String, String>,
-    now: u64,
-    window: u64,
-) -> Result<Parsed, WebhookError> {
+) -> Result<&'t str, WebhookError> {
     let (Some(ts), Some(sig)) = (timestamp, signature) else {
         return Err(WebhookError::BadSignature(
             "X-Breakglass-Timestamp and X-Breakglass-Signature are required".into(),
@@ -57,6 +54,20 @@ pub fn parse(
             "X-Breakglass-Signature matches no configured secret".into(),
         ));
     }
+    Ok(ts)
+}
+
+/// Verifies and reads a delivery.
+pub fn parse(
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    secrets: &[Vec<u8>],
+    map: &HashMap<String, String>,
+    now: u64,
+    window: u64,
+) -> Result<Parsed, WebhookError> {
+    let ts = verify(timestamp, signature, body, secrets)?;
     let at: i64 = ts.trim().parse().map_err(|_| {
         WebhookError::Malformed("X-Breakglass-Timestamp is not unix seconds".into())
     })?;

@@ -26,7 +26,8 @@ use crate::configuration::OnCallSettings;
 use crate::domain::OnCall as Fact;
 use crate::store::{apply_async, Batch, Store, StoreError};
 
-/// An incident that paged responders, until it is resolved.
+/// An incident that paged responders. A resolved one stays as a tombstone (no responders)
+/// until it ages out, so that a late delivery about it cannot bring it back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Incident {
     /// `pagerduty` or `opsgenie`.
@@ -35,7 +36,13 @@ pub struct Incident {
     pub service: Option<String>,
     /// The principals it pages now (its assignees, mapped).
     pub responders: Vec<String>,
+    /// When it first paged (unix seconds, the source's own time).
     pub since: u64,
+    /// The time of the last event applied to it: older ones are superseded.
+    #[serde(default)]
+    pub updated: u64,
+    #[serde(default)]
+    pub resolved: bool,
     pub acknowledged: bool,
 }
 
@@ -75,22 +82,42 @@ pub enum Lookup {
     NotOnCall,
 }
 
-/// A change from a webhook or a sync.
+/// A change from a webhook or a sync. `at` is the event's own time (unix seconds): a change
+/// older than what was applied last to the same incident or shift is superseded.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// An incident pages these responders now (triggered, acknowledged, reassigned).
-    Incident(Incident),
+    /// An incident pages `responders` now: all of them (`replace`: PagerDuty's assignees), or
+    /// these besides those it paged before (Opsgenie's users answering an alert).
+    Page {
+        source: String,
+        id: String,
+        service: Option<String>,
+        responders: Vec<String>,
+        replace: bool,
+        /// `None` leaves it as it was.
+        acknowledged: Option<bool>,
+        at: u64,
+    },
     /// An incident is over: its responders are no longer on call through it.
-    Resolved { source: String, id: String },
-    /// A generic-webhook shift: on call until `fact.until` (a past `until` ends it).
+    Resolved { source: String, id: String, at: u64 },
+    /// A generic-webhook shift: on call until `fact.until` (a past `until` ends it), as of
+    /// `fact.since`.
     Shift { principal: String, fact: Fact },
     /// A sync's answer.
     Synced { source: String, roster: Roster },
 }
 
+/// What a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Changed,
+    /// Something newer was applied already: nothing changed.
+    Superseded,
+}
+
 #[derive(Default)]
 struct State {
-    /// `source:id` → incident
+    /// `source:id` → incident (tombstones included)
     incidents: HashMap<String, Incident>,
     /// generic-webhook shifts by principal
     shifts: HashMap<String, Fact>,
@@ -98,6 +125,29 @@ struct State {
     rosters: HashMap<String, Roster>,
     /// webhook deliveries seen (`source:delivery id`) → forget after (unix seconds)
     seen: HashMap<String, u64>,
+    /// store keys to delete with the next write (expired deliveries, aged-out incidents)
+    forgotten: Vec<String>,
+}
+
+impl State {
+    /// Drops what has aged out, remembering to delete it from the store.
+    fn sweep(&mut self, now: u64, incident_max_secs: u64) {
+        let forgotten = &mut self.forgotten;
+        self.seen.retain(|k, until| {
+            let keep = *until > now;
+            if !keep {
+                forgotten.push(format!("{SEEN}{k}"));
+            }
+            keep
+        });
+        self.incidents.retain(|k, i| {
+            let keep = i.since.max(i.updated) + incident_max_secs > now;
+            if !keep {
+                forgotten.push(format!("{INCIDENT}{k}"));
+            }
+            keep
+        });
+    }
 }
 
 /// The combined on-call state.
@@ -110,6 +160,13 @@ pub struct OnCall {
     health: Mutex<HashMap<String, SyncHealth>>,
     pub mapping: Mapping,
     pub window_secs: u64,
+    /// An incident pages no one after this long (a lost `resolved` must not leave anyone on
+    /// call for ever).
+    pub incident_max_secs: u64,
+    /// The webhook sources configured: what others left in the store counts for nothing.
+    webhooks: HashSet<&'static str>,
+    /// One change at a time: each is checked against the state, written, then applied.
+    writer: tokio::sync::Mutex<()>,
 }
 
 /// Paging user ids and emails → principals: a mapping file, then the provider directory's
@@ -239,12 +296,22 @@ impl OnCall {
     /// Loads the roster file and mapping, and the state the store kept.
     pub fn load(settings: &OnCallSettings, store: Arc<dyn Store>) -> anyhow::Result<OnCall> {
         let roster_file = settings.roster.as_deref().map(load_roster).transpose()?;
-        let checked = roster_file.is_some()
-            || settings.pagerduty.webhook_secrets_file.is_some()
-            || settings.pagerduty.api_token_file.is_some()
-            || settings.opsgenie.webhook_secrets_file.is_some()
-            || settings.opsgenie.api_key_file.is_some()
-            || settings.webhook.secrets_file.is_some();
+        let webhooks: HashSet<&'static str> = [
+            ("pagerduty", &settings.pagerduty.webhook_secrets_file),
+            ("opsgenie", &settings.opsgenie.webhook_secrets_file),
+            ("webhook", &settings.webhook.secrets_file),
+        ]
+        .into_iter()
+        .filter_map(|(name, file)| file.is_some().then_some(name))
+        .collect();
+        let syncing: HashSet<&str> = [
+            ("pagerduty", &settings.pagerduty.api_token_file),
+            ("opsgenie", &settings.opsgenie.api_key_file),
+        ]
+        .into_iter()
+        .filter_map(|(name, file)| file.is_some().then_some(name))
+        .collect();
+        let checked = roster_file.is_some() || !webhooks.is_empty() || !syncing.is_empty();
         if !checked {
             tracing::warn!("no on-call source configured: on-call is not checked");
         }
@@ -262,6 +329,7 @@ impl OnCall {
                     .insert(p.to_string(), serde_json::from_value(value).map_err(bad)?);
             } else if let Some(source) = key.strip_prefix(ROSTER) {
                 let roster: Roster = serde_json::from_value(value).map_err(bad)?;
+                // the last good roster, as of when it was synced: its grace period runs on
                 health.insert(
                     source.to_string(),
                     SyncHealth {
@@ -282,22 +350,8 @@ impl OnCall {
         ] {
             health.entry(source.to_string()).or_default().grace_secs = sync.grace_secs;
         }
-        let syncing: HashSet<&str> = [
-            settings
-                .pagerduty
-                .api_token_file
-                .is_some()
-                .then_some("pagerduty"),
-            settings
-                .opsgenie
-                .api_key_file
-                .is_some()
-                .then_some("opsgenie"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
         health.retain(|k, _| syncing.contains(k.as_str()));
+        state.sweep(now_secs(), settings.incident_max_secs);
         Ok(OnCall {
             mapping: Mapping::load(settings.mapping.as_deref(), store.clone())?,
             store,
@@ -306,45 +360,52 @@ impl OnCall {
             state: RwLock::new(state),
             health: Mutex::new(health),
             window_secs: settings.webhook_window_secs,
+            incident_max_secs: settings.incident_max_secs,
+            webhooks,
+            writer: tokio::sync::Mutex::new(()),
         })
     }
 
     /// Whether `principal` is on call now, and why. Prefers the most telling source: an
     /// acknowledged incident, an incident, a webhook shift, a synced roster, the roster file.
+    /// Only configured sources count, and only within their time limits.
     pub fn lookup(&self, principal: &str, now: u64) -> Lookup {
         if !self.checked {
             return Lookup::NotChecked;
         }
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        let mut best: Option<Fact> = None;
+        let mut best: Option<&Incident> = None;
         for i in state.incidents.values() {
-            if i.responders.iter().any(|r| r == principal)
-                && best
-                    .as_ref()
-                    .is_none_or(|b| !b.acknowledged && i.acknowledged)
+            if !i.resolved
+                && self.webhooks.contains(i.source.as_str())
+                && i.since + self.incident_max_secs > now
+                && i.responders.iter().any(|r| r == principal)
+                && best.is_none_or(|b| !b.acknowledged && i.acknowledged)
             {
-                best = Some(Fact {
-                    source: i.source.clone(),
-                    service: i.service.clone(),
-                    since: Some(i.since),
-                    until: None,
-                    incident: Some(i.id.clone()),
-                    acknowledged: i.acknowledged,
-                });
+                best = Some(i);
             }
         }
-        if let Some(b) = best {
-            return Lookup::OnCall(b);
+        if let Some(i) = best {
+            return Lookup::OnCall(Fact {
+                source: i.source.clone(),
+                service: i.service.clone(),
+                since: Some(i.since),
+                until: Some(i.since + self.incident_max_secs),
+                incident: Some(i.id.clone()),
+                acknowledged: i.acknowledged,
+            });
         }
-        if let Some(f) = state.shifts.get(principal) {
-            if f.until.is_none_or(|u| u > now) {
-                return Lookup::OnCall(f.clone());
+        if self.webhooks.contains("webhook") {
+            if let Some(f) = state.shifts.get(principal) {
+                if f.until.is_none_or(|u| u > now) {
+                    return Lookup::OnCall(f.clone());
+                }
             }
         }
         {
             let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
             for (source, roster) in &state.rosters {
-                // a roster past its grace period fails closed
+                // only configured syncs have health; a roster past its grace fails closed
                 if !health.get(source).is_some_and(|h| h.fresh(now)) {
                     continue;
                 }
@@ -372,17 +433,11 @@ impl OnCall {
         Lookup::NotOnCall
     }
 
-    /// An open incident, as known now.
-    pub fn incident(&self, source: &str, id: &str) -> Option<Incident> {
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        state.incidents.get(&format!("{source}:{id}")).cloned()
-    }
-
     /// Claims a webhook delivery (`source:id`): false if it was seen within the window (a
-    /// replay). Expired claims are swept here.
+    /// replay).
     pub fn claim(&self, delivery: &str, now: u64) -> bool {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        state.seen.retain(|_, until| *until > now);
+        state.sweep(now, self.incident_max_secs);
         if state.seen.contains_key(delivery) {
             return false;
         }
@@ -397,28 +452,133 @@ impl OnCall {
         state.seen.remove(delivery);
     }
 
-    /// Applies a change: durably first, then to what `lookup` reads. A webhook's claimed
-    /// delivery is written with it (so a replay after a restart is still one), or released
-    /// if the write fails (so the sender's retry is not taken for a replay).
+    /// What `change` makes of the state now, or `None` if something newer was applied.
+    fn next(&self, state: &State, change: &Change) -> Option<Change> {
+        match change {
+            Change::Page {
+                source,
+                id,
+                service,
+                responders,
+                replace,
+                acknowledged,
+                at,
+            } => {
+                let cur = state.incidents.get(&format!("{source}:{id}"));
+                if cur.is_some_and(|c| c.updated > *at) {
+                    return None;
+                }
+                // a resolved incident paged again starts over
+                let cur = cur.filter(|c| !c.resolved);
+                let mut all = match cur {
+                    Some(c) if !replace => c.responders.clone(),
+                    _ => Vec::new(),
+                };
+                for r in responders {
+                    if !all.contains(r) {
+                        all.push(r.clone());
+                    }
+                }
+                Some(Change::Page {
+                    source: source.clone(),
+                    id: id.clone(),
+                    service: service.clone().or(cur.and_then(|c| c.service.clone())),
+                    responders: all,
+                    replace: true,
+                    acknowledged: Some(acknowledged.unwrap_or(cur.is_some_and(|c| c.acknowledged))),
+                    at: *at,
+                })
+            }
+            Change::Resolved { source, id, at } => {
+                let cur = state.incidents.get(&format!("{source}:{id}"));
+                if cur.is_some_and(|c| c.updated > *at) {
+                    return None;
+                }
+                Some(change.clone())
+            }
+            Change::Shift { principal, fact } => {
+                let cur = state.shifts.get(principal);
+                if cur.is_some_and(|c| c.since > fact.since) {
+                    return None;
+                }
+                Some(change.clone())
+            }
+            Change::Synced { .. } => Some(change.clone()),
+        }
+    }
+
+    /// Applies a change: checked against what was applied before, written durably, then
+    /// made what `lookup` reads. A webhook's claimed delivery is written with it (so a replay
+    /// after a restart is still one), or released if the write fails (so the sender's retry
+    /// is not taken for a replay).
     pub async fn apply(
         &self,
         change: Change,
         delivery: Option<(&str, u64)>,
-    ) -> Result<(), StoreError> {
-        let mut rows: Vec<(String, Option<serde_json::Value>)> = Vec::new();
-        match &change {
-            Change::Incident(i) => {
-                rows.push((format!("{INCIDENT}{}:{}", i.source, i.id), Some(json(i)?)))
+    ) -> Result<Applied, StoreError> {
+        let _one_at_a_time = self.writer.lock().await;
+        let (next, forgotten, incident) = {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let next = self.next(&state, &change);
+            let forgotten = std::mem::take(&mut state.forgotten);
+            let incident = match &next {
+                Some(Change::Page { source, id, .. } | Change::Resolved { source, id, .. }) => {
+                    state.incidents.get(&format!("{source}:{id}")).cloned()
+                }
+                _ => None,
+            };
+            (next, forgotten, incident)
+        };
+        let mut rows: Vec<(String, Option<serde_json::Value>)> =
+            forgotten.iter().map(|k| (k.clone(), None)).collect();
+        let mut new_incident = None;
+        match &next {
+            Some(Change::Page {
+                source,
+                id,
+                service,
+                responders,
+                acknowledged,
+                at,
+                ..
+            }) => {
+                let i = Incident {
+                    source: source.clone(),
+                    id: id.clone(),
+                    service: service.clone(),
+                    responders: responders.clone(),
+                    since: incident
+                        .as_ref()
+                        .filter(|c| !c.resolved)
+                        .map_or(*at, |c| c.since),
+                    updated: *at,
+                    resolved: false,
+                    acknowledged: acknowledged.unwrap_or(false),
+                };
+                rows.push((format!("{INCIDENT}{source}:{id}"), Some(json(&i)?)));
+                new_incident = Some(i);
             }
-            Change::Resolved { source, id } => {
-                rows.push((format!("{INCIDENT}{source}:{id}"), None))
+            Some(Change::Resolved { source, id, at }) => {
+                let i = Incident {
+                    source: source.clone(),
+                    id: id.clone(),
+                    service: incident.as_ref().and_then(|c| c.service.clone()),
+                    responders: Vec::new(),
+                    since: incident.as_ref().map_or(*at, |c| c.since),
+                    updated: *at,
+                    resolved: true,
+                    acknowledged: false,
+                };
+                rows.push((format!("{INCIDENT}{source}:{id}"), Some(json(&i)?)));
+                new_incident = Some(i);
             }
-            Change::Shift { principal, fact } => {
+            Some(Change::Shift { principal, fact }) => {
                 rows.push((format!("{SHIFT}{principal}"), Some(json(fact)?)))
             }
-            Change::Synced { source, roster } => {
+            Some(Change::Synced { source, roster }) => {
                 rows.push((format!("{ROSTER}{source}"), Some(json(roster)?)))
             }
+            None => {}
         }
         if let Some((d, until)) = delivery {
             rows.push((format!("{SEEN}{d}"), Some(json(&until)?)));
@@ -431,20 +591,19 @@ impl OnCall {
             if let Some((d, _)) = delivery {
                 self.unclaim(d);
             }
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            state.forgotten.extend(forgotten);
             return Err(e);
         }
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        match change {
-            Change::Incident(i) => {
-                state.incidents.insert(format!("{}:{}", i.source, i.id), i);
-            }
-            Change::Resolved { source, id } => {
-                state.incidents.remove(&format!("{source}:{id}"));
-            }
-            Change::Shift { principal, fact } => {
+        if let Some(i) = new_incident {
+            state.incidents.insert(format!("{}:{}", i.source, i.id), i);
+        }
+        match next {
+            Some(Change::Shift { principal, fact }) => {
                 state.shifts.insert(principal, fact);
             }
-            Change::Synced { source, roster } => {
+            Some(Change::Synced { source, roster }) => {
                 let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
                 let h = health.entry(source.clone()).or_default();
                 h.last_success = Some(roster.synced_at);
@@ -453,8 +612,20 @@ impl OnCall {
                 h.consecutive_failures = 0;
                 state.rosters.insert(source, roster);
             }
+            Some(_) => {}
+            None => return Ok(Applied::Superseded),
         }
-        Ok(())
+        Ok(Applied::Changed)
+    }
+
+    /// An open incident, as known now.
+    pub fn incident(&self, source: &str, id: &str) -> Option<Incident> {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        state
+            .incidents
+            .get(&format!("{source}:{id}"))
+            .filter(|i| !i.resolved)
+            .cloned()
     }
 
     /// Records a failed sync: the last good roster stands until its grace period ends.
@@ -480,13 +651,20 @@ impl OnCall {
         let health = self.health();
         let mut by: HashMap<String, HashSet<&str>> = HashMap::new();
         for i in state.incidents.values() {
-            by.entry(i.source.clone())
-                .or_default()
-                .extend(i.responders.iter().map(String::as_str));
+            if !i.resolved
+                && self.webhooks.contains(i.source.as_str())
+                && i.since + self.incident_max_secs > now
+            {
+                by.entry(i.source.clone())
+                    .or_default()
+                    .extend(i.responders.iter().map(String::as_str));
+            }
         }
-        for (p, f) in &state.shifts {
-            if f.until.is_none_or(|u| u > now) {
-                by.entry("webhook".into()).or_default().insert(p);
+        if self.webhooks.contains("webhook") {
+            for (p, f) in &state.shifts {
+                if f.until.is_none_or(|u| u > now) {
+                    by.entry("webhook".into()).or_default().insert(p);
+                }
             }
         }
         for (source, roster) in &state.rosters {
@@ -503,4 +681,8 @@ impl OnCall {
         }
         by.into_iter().map(|(k, v)| (k, v.len())).collect()
     }
+}
+
+fn now_secs() -> u64 {
+    crate::chain::follower::now_ms() / 1000
 }

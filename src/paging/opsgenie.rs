@@ -3,7 +3,8 @@
 //! Opsgenie does not sign its webhooks; its Webhook integration sends the custom headers it is
 //! given, so the integration is set up with `X-Breakglass-Token: <secret>`, compared in
 //! constant time against the configured secrets. A delivery is named by its alert, action
-//! and `updatedAt`, so the same one twice is a replay, and dated by `updatedAt`.
+//! and `updatedAt`, so the same one twice is a replay (against whoever lacks the token: one
+//! who has it can send anything), and dated by `updatedAt`.
 //! `Acknowledge`, `TakeOwnership` and `AssignOwnership` put the user who answers the alert on
 //! call for it; `Close` and `Delete` end it.
 
@@ -14,7 +15,7 @@ use serde::Deserialize;
 
 use super::sync::{FetchError, Source};
 use super::webhook::{self, WebhookError};
-use super::{Change, Incident, Mapping, Roster};
+use super::{Change, Mapping, Roster};
 use crate::configuration::OpsgenieSettings;
 use crate::domain::OnCall as Fact;
 
@@ -64,15 +65,8 @@ fn unix_seconds(t: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
-/// Verifies and reads a delivery; `current` is the alert's incident as known so far (the
-/// users answering it accumulate).
-pub fn parse(
-    token: Option<&str>,
-    body: &[u8],
-    secrets: &[Vec<u8>],
-    map: &HashMap<String, String>,
-    current: impl Fn(&str) -> Option<Incident>,
-) -> Result<Parsed, WebhookError> {
+/// Checks the `X-Breakglass-Token` custom header.
+pub fn verify(token: Option<&str>, secrets: &[Vec<u8>]) -> Result<(), WebhookError> {
     let token =
         token.ok_or_else(|| WebhookError::BadSignature("X-Breakglass-Token is missing".into()))?;
     if !webhook::verify_token(token, secrets) {
@@ -80,6 +74,17 @@ pub fn parse(
             "X-Breakglass-Token matches no configured secret".into(),
         ));
     }
+    Ok(())
+}
+
+/// Verifies and reads a delivery.
+pub fn parse(
+    token: Option<&str>,
+    body: &[u8],
+    secrets: &[Vec<u8>],
+    map: &HashMap<String, String>,
+) -> Result<Parsed, WebhookError> {
+    verify(token, secrets)?;
     let d: Delivery = serde_json::from_slice(body)
         .map_err(|e| WebhookError::Malformed(format!("not an Opsgenie alert webhook: {e}")))?;
     let a = d.alert;
@@ -89,44 +94,46 @@ pub fn parse(
     let at = unix_seconds(stamp);
     let delivery = format!("opsgenie:{}:{}:{stamp}", a.alert_id, d.action);
     let mut unmapped = Vec::new();
+    let at_secs = u64::try_from(at).unwrap_or(0);
     let change = match d.action.as_str() {
         "Create" | "Acknowledge" | "TakeOwnership" | "AssignOwnership" | "UnAcknowledge" => {
-            let mut incident = current(&a.alert_id).unwrap_or_else(|| Incident {
-                source: "opsgenie".into(),
-                id: a.alert_id.clone(),
-                service: a
-                    .teams
-                    .first()
-                    .cloned()
-                    .or(a.entity.clone().filter(|e| !e.is_empty()))
-                    .or(d.integration_name.clone()),
-                responders: Vec::new(),
-                since: u64::try_from(at).unwrap_or(0),
-                acknowledged: false,
-            });
             // who answers: the new owner, or the user who acted
             let who = match d.action.as_str() {
                 "AssignOwnership" => a.owner.clone().or(a.username.clone()),
                 "Create" | "UnAcknowledge" => None,
                 _ => a.username.clone(),
             };
+            let mut responders = Vec::new();
             if let Some(who) = who {
                 match Mapping::resolve(map, &[who.as_str()]) {
-                    Some(p) if !incident.responders.contains(&p) => incident.responders.push(p),
-                    Some(_) => {}
+                    Some(p) => responders.push(p),
                     None => unmapped.push(who),
                 }
             }
-            match d.action.as_str() {
-                "Acknowledge" => incident.acknowledged = true,
-                "UnAcknowledge" => incident.acknowledged = false,
-                _ => {}
-            }
-            Some(Change::Incident(incident))
+            Some(Change::Page {
+                source: "opsgenie".into(),
+                id: a.alert_id,
+                service: a
+                    .teams
+                    .first()
+                    .cloned()
+                    .or(a.entity.filter(|e| !e.is_empty()))
+                    .or(d.integration_name),
+                responders,
+                // the users answering an alert accumulate
+                replace: false,
+                acknowledged: match d.action.as_str() {
+                    "Acknowledge" => Some(true),
+                    "UnAcknowledge" => Some(false),
+                    _ => None,
+                },
+                at: at_secs,
+            })
         }
         "Close" | "Delete" => Some(Change::Resolved {
             source: "opsgenie".into(),
             id: a.alert_id,
+            at: at_secs,
         }),
         _ => None,
     };
@@ -142,7 +149,6 @@ pub fn parse(
 /// configured schedule (every enabled schedule, from `GET /v2/schedules`, when none is).
 pub struct OnCalls {
     pub url: String,
-    pub key: String,
     pub schedules: Vec<String>,
 }
 
@@ -182,10 +188,9 @@ struct Parent {
 }
 
 impl OnCalls {
-    pub fn new(s: &OpsgenieSettings, key: String) -> OnCalls {
+    pub fn new(s: &OpsgenieSettings) -> OnCalls {
         OnCalls {
             url: s.api_url.trim_end_matches('/').to_string(),
-            key,
             schedules: s.schedules.clone(),
         }
     }
@@ -194,6 +199,7 @@ impl OnCalls {
     fn get(
         &self,
         http: &reqwest::Client,
+        key: &str,
         segments: &[&str],
     ) -> Result<reqwest::RequestBuilder, FetchError> {
         let mut url = reqwest::Url::parse(&self.url)
@@ -204,7 +210,7 @@ impl OnCalls {
             .extend(segments);
         Ok(http
             .get(url)
-            .header("Authorization", format!("GenieKey {}", self.key)))
+            .header("Authorization", format!("GenieKey {key}")))
     }
 }
 
@@ -216,13 +222,15 @@ impl Source for OnCalls {
     async fn fetch(
         &self,
         http: &reqwest::Client,
+        key: &str,
         map: &HashMap<String, String>,
         now: u64,
         max_retry_after: Duration,
     ) -> Result<Roster, FetchError> {
         let schedules = if self.schedules.is_empty() {
             let all: Schedules =
-                super::sync::send(self.get(http, &["v2", "schedules"])?, max_retry_after).await?;
+                super::sync::send(self.get(http, key, &["v2", "schedules"])?, max_retry_after)
+                    .await?;
             all.data
                 .into_iter()
                 .filter(|s| s.enabled)
@@ -237,7 +245,7 @@ impl Source for OnCalls {
         };
         for schedule in &schedules {
             let request = self
-                .get(http, &["v2", "schedules", schedule, "on-calls"])?
+                .get(http, key, &["v2", "schedules", schedule, "on-calls"])?
                 .query(&[("scheduleIdentifierType", "name"), ("flat", "true")]);
             let answer: OnCallsAnswer = super::sync::send(request, max_retry_after).await?;
             let service = answer

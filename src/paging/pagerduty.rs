@@ -1,7 +1,8 @@
 //! PagerDuty: Webhooks v3 (`incident.triggered`, `.acknowledged`, `.reassigned` page the
 //! incident's assignees; `.resolved` releases them) and `GET /oncalls` for the sync.
 //!
-//! A v3 delivery is `{"event": {id, event_type, resource_type, occurred_at, data}}`, signed in
+//! `incident.reopened`, `.escalated`, `.delegated` and `.unacknowledged` page the assignees
+//! they name too. A v3 delivery is `{"event": {id, event_type, resource_type, occurred_at, data}}`, signed in
 //! `X-PagerDuty-Signature: v1=<hex HMAC-SHA256 of the raw body>[,v1=...]` (one per active
 //! secret while a secret rotates). The event id names the delivery (replays), `occurred_at`
 //! dates it.
@@ -13,7 +14,7 @@ use serde::Deserialize;
 
 use super::sync::{FetchError, Source};
 use super::webhook::{self, WebhookError};
-use super::{Change, Incident, Mapping, Roster};
+use super::{Change, Mapping, Roster};
 use crate::configuration::PagerDutySettings;
 use crate::domain::OnCall as Fact;
 
@@ -61,13 +62,12 @@ pub struct Parsed {
     pub unmapped: Vec<String>,
 }
 
-/// Verifies and reads a delivery. `map` turns user ids into principals.
-pub fn parse(
+/// Checks `X-PagerDuty-Signature` (nothing else is read before it passes).
+pub fn verify(
     signature: Option<&str>,
     body: &[u8],
     secrets: &[Vec<u8>],
-    map: &HashMap<String, String>,
-) -> Result<Parsed, WebhookError> {
+) -> Result<(), WebhookError> {
     let signature = signature
         .ok_or_else(|| WebhookError::BadSignature("X-PagerDuty-Signature is missing".into()))?;
     if !webhook::verify_v1(signature, &[body], secrets) {
@@ -75,6 +75,17 @@ pub fn parse(
             "X-PagerDuty-Signature matches no configured secret".into(),
         ));
     }
+    Ok(())
+}
+
+/// Verifies and reads a delivery. `map` turns user ids into principals.
+pub fn parse(
+    signature: Option<&str>,
+    body: &[u8],
+    secrets: &[Vec<u8>],
+    map: &HashMap<String, String>,
+) -> Result<Parsed, WebhookError> {
+    verify(signature, body, secrets)?;
     let d: Delivery = serde_json::from_slice(body)
         .map_err(|e| WebhookError::Malformed(format!("not a PagerDuty v3 webhook: {e}")))?;
     let e = d.event;
@@ -91,6 +102,7 @@ pub fn parse(
         | "incident.reassigned"
         | "incident.escalated"
         | "incident.delegated"
+        | "incident.reopened"
         | "incident.unacknowledged" => {
             let i = incident()?;
             let mut responders = Vec::new();
@@ -105,19 +117,23 @@ pub fn parse(
                     None => unmapped.push(a.id.clone()),
                 }
             }
-            Some(Change::Incident(Incident {
+            Some(Change::Page {
                 source: "pagerduty".into(),
                 id: i.id,
                 service: i.service.and_then(|s| s.summary.or(Some(s.id))),
                 responders,
-                since: u64::try_from(occurred_at).unwrap_or(0),
-                acknowledged: e.event_type == "incident.acknowledged"
-                    || i.status.as_deref() == Some("acknowledged"),
-            }))
+                replace: true,
+                acknowledged: Some(
+                    e.event_type == "incident.acknowledged"
+                        || i.status.as_deref() == Some("acknowledged"),
+                ),
+                at: u64::try_from(occurred_at).unwrap_or(0),
+            })
         }
         "incident.resolved" => Some(Change::Resolved {
             source: "pagerduty".into(),
             id: incident()?.id,
+            at: u64::try_from(occurred_at).unwrap_or(0),
         }),
         _ => None,
     };
@@ -132,7 +148,6 @@ pub fn parse(
 /// The `GET /oncalls` sync.
 pub struct OnCalls {
     pub url: String,
-    pub token: String,
     pub schedule_ids: Vec<String>,
     pub escalation_policy_ids: Vec<String>,
 }
@@ -162,10 +177,9 @@ struct Entry {
 const PAGE: u64 = 100;
 
 impl OnCalls {
-    pub fn new(s: &PagerDutySettings, token: String) -> OnCalls {
+    pub fn new(s: &PagerDutySettings) -> OnCalls {
         OnCalls {
             url: s.api_url.trim_end_matches('/').to_string(),
-            token,
             schedule_ids: s.schedule_ids.clone(),
             escalation_policy_ids: s.escalation_policy_ids.clone(),
         }
@@ -180,6 +194,7 @@ impl Source for OnCalls {
     async fn fetch(
         &self,
         http: &reqwest::Client,
+        key: &str,
         map: &HashMap<String, String>,
         now: u64,
         max_retry_after: Duration,
@@ -209,7 +224,7 @@ impl Source for OnCalls {
             let request = http
                 .get(format!("{}/oncalls", self.url))
                 .query(&query)
-                .header("Authorization", format!("Token token={}", self.token))
+                .header("Authorization", format!("Token token={key}"))
                 .header("Accept", "application/vnd.pagerduty+json;version=2");
             let page: Page = super::sync::send(request, max_retry_after).await?;
             for e in &page.oncalls {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +25,12 @@ pub enum FetchError {
 /// A paging system that can say who is on call.
 pub trait Source: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    /// Everyone on call now, as principals (through `map`), every page read.
+    /// Everyone on call now, as principals (through `map`), every page read, with the API
+    /// key `key`.
     fn fetch(
         &self,
         http: &reqwest::Client,
+        key: &str,
         map: &HashMap<String, String>,
         now: u64,
         max_retry_after: Duration,
@@ -99,9 +102,40 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// Syncs `source` every `interval` until shutdown.
+/// One round: the API key (re-read each round, so a rotated key needs no restart), the
+/// mapping, every page.
+async fn round<S: Source>(
+    source: &S,
+    oncall: &Arc<OnCall>,
+    http: &reqwest::Client,
+    key_file: &Path,
+    now: u64,
+    max_retry_after: Duration,
+) -> Result<Roster, String> {
+    let keys = tokio::fs::read_to_string(key_file)
+        .await
+        .map_err(|e| format!("reading the API key {}: {e}", key_file.display()))?;
+    let key = keys
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .ok_or_else(|| format!("{} holds no API key", key_file.display()))?
+        .to_string();
+    let o = oncall.clone();
+    let map = tokio::task::spawn_blocking(move || o.mapping.snapshot())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("responder mapping: {e}"))?;
+    source
+        .fetch(http, &key, &map, now, max_retry_after)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Syncs `source` every `interval` until shutdown (which also cuts a round short).
 pub async fn run<S: Source>(
     source: S,
+    key_file: PathBuf,
     oncall: Arc<OnCall>,
     settings: SyncSettings,
     mut shutdown: watch::Receiver<bool>,
@@ -119,29 +153,19 @@ pub async fn run<S: Source>(
     let max_retry_after = Duration::from_secs(settings.max_retry_after_secs);
     loop {
         let now = now_ms() / 1000;
-        let result = match oncall.mapping.snapshot() {
-            Ok(map) => source
-                .fetch(&http, &map, now, max_retry_after)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("responder mapping: {e}")),
+        let result = tokio::select! {
+            r = round(&source, &oncall, &http, &key_file, now, max_retry_after) => r,
+            _ = shutdown.changed() => return,
         };
         match result {
             Ok(roster) => {
                 let n = roster.on_call.len();
-                match oncall
-                    .apply(
-                        Change::Synced {
-                            source: source.name().into(),
-                            roster,
-                        },
-                        None,
-                    )
-                    .await
-                {
-                    Ok(()) => {
-                        tracing::debug!(source = source.name(), on_call = n, "on-call synced")
-                    }
+                let change = Change::Synced {
+                    source: source.name().into(),
+                    roster,
+                };
+                match oncall.apply(change, None).await {
+                    Ok(_) => tracing::debug!(source = source.name(), on_call = n, "on-call synced"),
                     Err(e) => oncall.sync_failed(source.name(), now, format!("store: {e}")),
                 }
             }

@@ -72,7 +72,7 @@ pub fn verify_token(token: &str, secrets: &[Vec<u8>]) -> bool {
 
 /// Refuses a webhook whose own time (unix seconds) is further than `window` from `now`.
 pub fn fresh(at: i64, now: u64, window: u64) -> Result<(), WebhookError> {
-    let age = i64::try_from(now).unwrap_or(i64::MAX) - at;
+    let age = i64::try_from(now).unwrap_or(i64::MAX).saturating_sub(at);
     if age.unsigned_abs() > window {
         return Err(WebhookError::Stale { age, window });
     }
