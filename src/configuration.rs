@@ -549,4 +549,24 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn paging_sync_settings_that_would_flap_or_spin_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BREAKGLASS_ONCALL__PAGERDUTY__SYNC__INTERVAL_MS", "60000");
+            jail.set_env("BREAKGLASS_ONCALL__PAGERDUTY__SYNC__GRACE_SECS", "60");
+            let e = Settings::load(None).unwrap_err();
+            assert!(e.to_string().contains("two sync intervals"), "{e}");
+            jail.set_env("BREAKGLASS_ONCALL__PAGERDUTY__SYNC__GRACE_SECS", "120");
+            Settings::load(None).map_err(|e| *e)?;
+            jail.set_env("BREAKGLASS_ONCALL__OPSGENIE__SYNC__INTERVAL_MS", "0");
+            let e = Settings::load(None).unwrap_err();
+            assert!(e.to_string().contains("at least 100"), "{e}");
+            jail.set_env("BREAKGLASS_ONCALL__OPSGENIE__SYNC__INTERVAL_MS", "1000");
+            jail.set_env("BREAKGLASS_ONCALL__WEBHOOK_WINDOW_SECS", "0");
+            let e = Settings::load(None).unwrap_err();
+            assert!(e.to_string().contains("webhook_window_secs"), "{e}");
+            Ok(())
+        });
+    }
 }
