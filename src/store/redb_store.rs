@@ -110,6 +110,8 @@ impl Reply {
 const GROUP_COMMIT_MAX: usize = 256;
 /// A journal segment this large is closed and a new one begun.
 const SEGMENT_BYTES: u64 = 8 << 20;
+/// A zero-filled spare: a segment and room for the group that closes it.
+const SPARE_BYTES: u64 = SEGMENT_BYTES + (1 << 20);
 
 /// When redb commits durably (and the journal segments it covers go). A checkpoint writes
 /// and syncs every page changed since the last one; it runs beside the journal, so answers
@@ -174,6 +176,43 @@ fn segments(store: &Path) -> Result<Vec<PathBuf>, StoreError> {
     Ok(out)
 }
 
+/// The spare segment: zero-filled (by the applier) or a recycled segment, renamed to be the
+/// next segment. Not a segment name, so it is never read for frames.
+fn spare_path(store: &Path) -> PathBuf {
+    let mut p = store.as_os_str().to_owned();
+    p.push(".journal-spare");
+    PathBuf::from(p)
+}
+
+/// Makes the directory's entries durable (a new or renamed segment's name).
+fn sync_dir(store: &Path) -> Result<(), StoreError> {
+    let dir = store.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(backend)
+}
+
+/// Writes a zero-filled spare segment if there is none: on the applier thread, so that no
+/// answer waits for it.
+fn prepare_spare(store: &Path) -> Result<(), StoreError> {
+    let spare = spare_path(store);
+    if spare.exists() {
+        return Ok(());
+    }
+    let mut tmp = spare.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp).map_err(backend)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    while written < SPARE_BYTES {
+        std::io::Write::write_all(&mut f, &zeros).map_err(backend)?;
+        written += zeros.len() as u64;
+    }
+    f.sync_all().map_err(backend)?;
+    std::fs::rename(&tmp, &spare).map_err(backend)
+}
+
 fn segment_path(store: &Path, first_seq: u64) -> PathBuf {
     let mut p = store.as_os_str().to_owned();
     p.push(format!(".journal.{first_seq:020}"));
@@ -196,6 +235,7 @@ struct JournalWriter {
     overlay: Overlay,
     applier: mpsc::Sender<(u64, Rows)>,
     checkpointed: Arc<AtomicU64>,
+    segment_bytes: Arc<AtomicU64>,
     poisoned: Poison,
 }
 
@@ -208,7 +248,7 @@ impl JournalWriter {
         }
         let seq = self.seq + 1;
         let rows = rows_of(&batch)?;
-        let result = self.append(seq, &batch);
+        let result = self.append(seq, &encode_rows(&rows));
         if let Err(e) = &result {
             poison(&self.poisoned, e);
             return result;
@@ -228,12 +268,17 @@ impl JournalWriter {
         Ok(())
     }
 
-    fn append(&mut self, seq: u64, batch: &Batch) -> Result<(), StoreError> {
+    fn append(&mut self, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
         let segment = match &mut self.current {
             Some(s) => s,
             None => {
                 let path = segment_path(&self.store_path, seq);
-                let (journal, _) = Journal::open(&path)?;
+                let journal = match std::fs::rename(spare_path(&self.store_path), &path) {
+                    Ok(()) => Journal::reuse(&path)?,
+                    Err(_) => Journal::open(&path)?.0,
+                };
+                // the segment's name is durable before any frame in it is acknowledged
+                sync_dir(&self.store_path)?;
                 self.current.insert(Segment {
                     journal,
                     path,
@@ -241,8 +286,10 @@ impl JournalWriter {
                 })
             }
         };
-        segment.journal.append(seq, batch)?;
+        segment.journal.append(seq, payload)?;
         segment.last_seq = seq;
+        self.segment_bytes
+            .store(segment.journal.bytes(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -256,12 +303,19 @@ impl JournalWriter {
                 }
             }
         }
+        let spare = spare_path(&self.store_path);
         self.closed.retain(|(path, last)| {
             if *last > durable {
                 return true;
             }
-            if let Err(e) = std::fs::remove_file(path) {
-                tracing::warn!(error = %e, segment = %path.display(), "could not delete a checkpointed journal segment");
+            // a full segment becomes the spare if there is none (its old frames all have
+            // lower seqs than any the next segment will hold); the rest go
+            let full = std::fs::metadata(path).is_ok_and(|m| m.len() >= SEGMENT_BYTES);
+            let recycled = full && !spare.exists() && std::fs::rename(path, &spare).is_ok();
+            if !recycled {
+                if let Err(e) = std::fs::remove_file(path) {
+                    tracing::warn!(error = %e, segment = %path.display(), "could not delete a checkpointed journal segment");
+                }
             }
             false
         });
@@ -303,6 +357,10 @@ fn journal_loop(mut w: JournalWriter, jobs: mpsc::Receiver<Job>) {
 /// The applier thread: groups into redb, out of the overlay; checkpoints.
 struct Applier {
     db: Arc<Database>,
+    store_path: PathBuf,
+    /// The current journal segment's size, as the journal thread last wrote it.
+    segment_bytes: Arc<AtomicU64>,
+    zero_filled: bool,
     overlay: Overlay,
     applied: u64,
     dirty: bool,
@@ -349,6 +407,16 @@ impl Applier {
                 self.checkpointed.store(self.applied, Ordering::Release);
             }
             Err(e) => poison(&self.poisoned, &e),
+        }
+        // a store under sustained writes gets one zero-filled spare (a quiet one, e.g. in
+        // tests, needs none); after it, full segments are recycled as spares by the journal
+        // thread, so that zero-filling does not compete with the journal's syncs
+        if !self.zero_filled && self.segment_bytes.load(Ordering::Relaxed) >= SEGMENT_BYTES / 4 {
+            self.zero_filled = true;
+            if let Err(e) = prepare_spare(&self.store_path) {
+                // only slower syncs until there is one: the journal appends to a new file
+                tracing::warn!(error = %e, "could not prepare a spare journal segment");
+            }
         }
     }
 }
@@ -430,11 +498,14 @@ impl RedbStore {
         let files = segments(path)?;
         for file in &files {
             let (_, frames) = Journal::open(file)?;
-            for (frame_seq, batch) in frames {
+            for (frame_seq, payload) in frames {
                 // frames at or below what redb holds are already applied; a lower seq after
                 // a higher one is a stale frame
                 if frame_seq > seq {
-                    apply_rows(&db, rows_of(&batch)?.iter(), frame_seq, Durability::None)?;
+                    let rows = decode_rows(&payload).map_err(|e| {
+                        StoreError::Corrupt(format!("journal frame {frame_seq}"), e)
+                    })?;
+                    apply_rows(&db, rows.iter(), frame_seq, Durability::None)?;
                     seq = frame_seq;
                     replayed += 1;
                 }
@@ -456,8 +527,12 @@ impl RedbStore {
         let overlay: Overlay = Arc::new(Mutex::new(HashMap::new()));
         let checkpointed = Arc::new(AtomicU64::new(seq));
         let (to_applier, groups) = mpsc::channel();
+        let segment_bytes = Arc::new(AtomicU64::new(0));
         let applier = Applier {
             db: db.clone(),
+            store_path: path.to_path_buf(),
+            segment_bytes: segment_bytes.clone(),
+            zero_filled: false,
             overlay: overlay.clone(),
             applied: seq,
             dirty: false,
@@ -474,6 +549,7 @@ impl RedbStore {
             overlay: overlay.clone(),
             applier: to_applier,
             checkpointed,
+            segment_bytes,
             poisoned: poisoned.clone(),
         };
         let (writer, jobs) = mpsc::channel();
@@ -785,6 +861,80 @@ fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     Ok(out)
 }
 
+/// The rows format of a journal frame (older frames hold the batch as JSON, `{...`).
+const ROWS_FORMAT: u8 = 1;
+/// A removed row's value length.
+const REMOVED: u32 = u32::MAX;
+
+/// Rows as a journal frame's payload: the format byte, then per row the table's index,
+/// the key and the value (each length-prefixed, `u32` LE; `REMOVED` for a removal). The
+/// values are the bytes the tables hold, so a batch is encoded once.
+fn encode_rows(rows: &Rows) -> Vec<u8> {
+    let size: usize = rows
+        .iter()
+        .map(|(_, k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut out = Vec::with_capacity(1 + size);
+    out.push(ROWS_FORMAT);
+    for (table, key, value) in rows {
+        let index = TABLES.iter().position(|t| t == table).unwrap_or(0) as u8;
+        out.push(index);
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key.as_bytes());
+        match value {
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.extend_from_slice(&REMOVED.to_le_bytes()),
+        }
+    }
+    out
+}
+
+/// A journal frame's payload as rows: the rows format, or a batch as JSON (frames written
+/// before it).
+fn decode_rows(payload: &[u8]) -> Result<Rows, String> {
+    match payload.first() {
+        Some(b'{') => {
+            let batch: Batch = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+            rows_of(&batch).map_err(|e| e.to_string())
+        }
+        Some(&ROWS_FORMAT) => {
+            fn take<'p>(rest: &mut &'p [u8], n: usize) -> Result<&'p [u8], String> {
+                if rest.len() < n {
+                    return Err("a row runs past the frame".into());
+                }
+                let (head, tail) = rest.split_at(n);
+                *rest = tail;
+                Ok(head)
+            }
+            fn len(rest: &mut &[u8]) -> Result<u32, String> {
+                let b = take(rest, 4)?;
+                Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            let mut rows = Rows::new();
+            let mut rest = &payload[1..];
+            while !rest.is_empty() {
+                let table = *TABLES
+                    .get(take(&mut rest, 1)?[0] as usize)
+                    .ok_or_else(|| "a row names no table".to_string())?;
+                let key_len = len(&mut rest)? as usize;
+                let key = std::str::from_utf8(take(&mut rest, key_len)?)
+                    .map_err(|e| e.to_string())?
+                    .to_string();
+                let value = match len(&mut rest)? {
+                    REMOVED => None,
+                    n => Some(take(&mut rest, n as usize)?.to_vec()),
+                };
+                rows.push((table, key, value));
+            }
+            Ok(rows)
+        }
+        _ => Err("an unknown frame format".into()),
+    }
+}
+
 /// Writes rows (in order: a later row for a key wins) as one redb transaction, recording the
 /// journal `seq` they reach.
 fn apply_rows<'r>(
@@ -818,4 +968,41 @@ fn apply_rows<'r>(
         }
     }
     tx.commit().map_err(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn rows_survive_the_journal_format(
+            rows in proptest::collection::vec(
+                (0..TABLES.len(), ".{0,40}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200))),
+                0..20,
+            )
+        ) {
+            let rows: Rows = rows.into_iter().map(|(t, k, v)| (TABLES[t], k, v)).collect();
+            prop_assert_eq!(decode_rows(&encode_rows(&rows)).unwrap(), rows.clone());
+            // a payload cut short is refused, never misread
+            let bytes = encode_rows(&rows);
+            if bytes.len() > 1 {
+                let cut = decode_rows(&bytes[..bytes.len() - 1]);
+                prop_assert!(cut.is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn frames_of_earlier_versions_still_decode() {
+        let batch = Batch {
+            nonce: Some(7),
+            replay: vec![("ST1:1".into(), 99)],
+            ..Batch::default()
+        };
+        let legacy = serde_json::to_vec(&batch).unwrap();
+        assert_eq!(decode_rows(&legacy).unwrap(), rows_of(&batch).unwrap());
+        assert!(decode_rows(&[9, 1, 2]).is_err());
+    }
 }
