@@ -68,10 +68,10 @@ pub struct BreakGlass {
     pub oncall: Arc<OnCall>,
     pub metrics: Arc<Metrics>,
     limiter: DefaultKeyedRateLimiter<String>,
-    /// Nonces seen (refused requests included), with when they may be forgotten, and when
-    /// expired ones were last swept. Granted ones are also durable and read back at start, so
-    /// this map alone answers "used before?" without a store read per request.
-    seen: Mutex<(HashMap<String, u64>, u64)>,
+    /// Nonces seen (refused requests included), with when they may be forgotten. Granted
+    /// ones are also durable and read back at start, so this alone answers "used before?"
+    /// without a store read per request.
+    seen: Mutex<Seen>,
     chain_id: u32,
     mainnet: bool,
     seconds_per_block: u64,
@@ -95,12 +95,12 @@ impl BreakGlass {
         let oncall = Arc::new(OnCall::load(&settings.oncall, state.store.clone())?);
         let per_minute =
             NonZeroU32::new(settings.issuance.grants_per_minute).unwrap_or(NonZeroU32::MIN);
-        let seen: HashMap<String, u64> = state
-            .store
-            .replays()?
-            .into_iter()
-            .filter(|(_, until)| *until > now_secs())
-            .collect();
+        let mut seen = Seen::default();
+        for (key, until) in state.store.replays()? {
+            if until > now_secs() {
+                seen.insert(key, until);
+            }
+        }
         Ok(BreakGlass {
             state,
             policies,
@@ -109,7 +109,7 @@ impl BreakGlass {
             oncall,
             metrics: Arc::new(Metrics::new()),
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
-            seen: Mutex::new((seen, 0)),
+            seen: Mutex::new(seen),
             chain_id: settings.chain.network.chain_id(),
             mainnet: settings.chain.network.is_mainnet(),
             seconds_per_block: settings.issuance.seconds_per_block,
@@ -155,18 +155,12 @@ impl BreakGlass {
         let signer = req.signer.to_string();
         let replay_key = format!("{signer}:{}", req.nonce);
         let replayed = {
-            let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            let (seen, swept) = &mut *guard;
-            // sweep at most once a second: a sweep walks every entry
-            if *swept < now {
-                seen.retain(|_, until| *until > now);
-                *swept = now;
-            }
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.forget_until(now);
             seen.insert(
                 replay_key.clone(),
                 req.issued_at + 2 * request::MAX_SKEW_SECS,
             )
-            .is_some()
         };
         if replayed {
             return Err(Refusal::new(
@@ -382,6 +376,39 @@ impl BreakGlass {
     }
 }
 
+/// Used nonces (`signer:nonce`) with when each may be forgotten, and the same by that time,
+/// so that forgetting touches only the expired ones (a sweep of every entry, once a second,
+/// held the lock for milliseconds at a thousand requests a second).
+#[derive(Default)]
+struct Seen {
+    until: HashMap<String, u64>,
+    by_time: std::collections::BTreeMap<u64, Vec<String>>,
+}
+
+impl Seen {
+    /// Records `key`; true if it was already there (a replay).
+    fn insert(&mut self, key: String, until: u64) -> bool {
+        if self.until.contains_key(&key) {
+            return true;
+        }
+        self.by_time.entry(until).or_default().push(key.clone());
+        self.until.insert(key, until);
+        false
+    }
+
+    /// Forgets what may be forgotten by `now`.
+    fn forget_until(&mut self, now: u64) {
+        while let Some(entry) = self.by_time.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            for key in entry.remove() {
+                self.until.remove(&key);
+            }
+        }
+    }
+}
+
 /// The sealed-value name of an access's reason.
 pub fn reason_name(access_id: &str) -> String {
     format!("reason:{access_id}")
@@ -395,4 +422,27 @@ pub fn access_id(now_ms: u64) -> [u8; 32] {
     id[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
     secp256k1::rand::RngCore::fill_bytes(&mut secp256k1::rand::thread_rng(), &mut id[6..]);
     id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn used_nonces_are_kept_until_due_and_forgotten_then() {
+        let mut seen = Seen::default();
+        assert!(!seen.insert("ST1:1".into(), 100));
+        assert!(!seen.insert("ST1:2".into(), 90));
+        assert!(
+            seen.insert("ST1:1".into(), 200),
+            "a replay, whatever its time"
+        );
+        seen.forget_until(89);
+        assert!(seen.insert("ST1:2".into(), 300), "not due yet");
+        seen.forget_until(90);
+        assert!(!seen.insert("ST1:2".into(), 300), "forgotten when due");
+        assert!(seen.insert("ST1:1".into(), 100), "the other one stays");
+        seen.forget_until(1000);
+        assert!(seen.until.is_empty() && seen.by_time.is_empty());
+    }
 }

@@ -108,6 +108,8 @@ impl Reply {
 
 /// How many waiting batches one group takes at most.
 const GROUP_COMMIT_MAX: usize = 256;
+/// How long the applier gathers groups before one redb commit.
+const APPLY_GATHER: Duration = Duration::from_millis(10);
 /// A journal segment this large is closed and a new one begun.
 const SEGMENT_BYTES: u64 = 8 << 20;
 /// A zero-filled spare: a segment and room for the group that closes it.
@@ -431,9 +433,12 @@ fn applier_loop(mut a: Applier, groups: mpsc::Receiver<(u64, Rows)>) {
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
+        // gather what comes within a few milliseconds: one redb commit for many groups costs
+        // much less CPU than one each, and the overlay answers reads meanwhile
         let mut waiting = vec![first];
+        let until = Instant::now() + APPLY_GATHER;
         while waiting.len() < GROUP_COMMIT_MAX {
-            match groups.try_recv() {
+            match groups.recv_timeout(until.saturating_duration_since(Instant::now())) {
                 Ok(g) => waiting.push(g),
                 Err(_) => break,
             }
