@@ -97,7 +97,14 @@ impl Paging {
                 status: 404,
                 code: "paging-source-not-configured",
                 title: "Paging source not configured",
-                detail: format!("the {source} webhook is not configured on this service"),
+                detail: format!(
+                    "the {} webhook is not configured on this service",
+                    match source {
+                        "pagerduty" => "PagerDuty",
+                        "opsgenie" => "Opsgenie",
+                        _ => "generic",
+                    }
+                ),
             });
         };
         let secrets = match web::block(move || load_secrets(&path)).await {
