@@ -140,3 +140,22 @@ pub struct OnCall {
     /// Whether that incident was acknowledged.
     pub acknowledged: bool,
 }
+
+impl OnCall {
+    /// On call by a schedule or roster (no incident), between `since` and `until` when known.
+    pub fn scheduled(
+        source: &str,
+        service: Option<String>,
+        since: Option<u64>,
+        until: Option<u64>,
+    ) -> OnCall {
+        OnCall {
+            source: source.into(),
+            service,
+            since,
+            until,
+            incident: None,
+            acknowledged: false,
+        }
+    }
+}

@@ -14,7 +14,7 @@ use super::breakglass::problem;
 use crate::access::Refusal;
 use crate::chain::follower::now_ms;
 use crate::metrics::{Metrics, Webhook};
-use crate::paging::webhook::{self, WebhookError};
+use crate::paging::webhook::{self, Delivery, WebhookError};
 use crate::paging::{generic, load_secrets, opsgenie, pagerduty, Applied, Change, OnCall};
 
 /// A webhook body is small; anything larger is refused before it is read.
@@ -52,13 +52,6 @@ fn unavailable(source: &str, what: &str, e: impl std::fmt::Display) -> HttpRespo
     })
 }
 
-/// What a delivery is, once verified and read.
-struct Verified {
-    delivery: String,
-    change: Option<Change>,
-    unmapped: Vec<String>,
-}
-
 impl Paging {
     fn refused(&self, source: &str, e: WebhookError) -> HttpResponse {
         // the code only: the detail can name a paging id or an email, and goes to the sender
@@ -82,15 +75,15 @@ impl Paging {
             .inc();
     }
 
-    /// The common path: the secrets (re-read at each delivery, off the runtime), the
-    /// signature before anything else is read, then the mapping, the body, the replay claim
-    /// and the durable apply.
+    /// The common path of every source: the secrets (re-read at each delivery, off the
+    /// runtime), the signature before anything else is read, then the mapping, the body, its
+    /// age, the replay claim and the durable apply.
     async fn receive(
         &self,
         source: &str,
         secrets: &Option<PathBuf>,
         verify: impl FnOnce(&[Vec<u8>]) -> Result<(), WebhookError>,
-        read: impl FnOnce(&[Vec<u8>], &HashMap<String, String>, u64) -> Result<Verified, WebhookError>,
+        read: impl FnOnce(&HashMap<String, String>) -> Result<Delivery, WebhookError>,
     ) -> HttpResponse {
         let Some(path) = secrets.clone() else {
             return problem(&Refusal {
@@ -122,12 +115,15 @@ impl Paging {
             Err(e) => return unavailable(source, "the responder mapping", e),
         };
         let now = now_ms() / 1000;
-        let v = match read(&secrets, &map, now) {
+        let v = match read(&map).and_then(|v| {
+            webhook::fresh(v.at, now, self.oncall.window_secs)?;
+            Ok(v)
+        }) {
             Ok(v) => v,
             Err(e) => return self.refused(source, e),
         };
-        if !self.oncall.claim(&v.delivery, now) {
-            return self.refused(source, WebhookError::Replayed(v.delivery));
+        if !self.oncall.claim(&v.id, now) {
+            return self.refused(source, WebhookError::Replayed(v.id));
         }
         let mut what = match &v.change {
             Some(Change::Page { responders, .. }) if responders.is_empty() => "no-responder",
@@ -147,17 +143,17 @@ impl Paging {
         }
         if let Some(change) = v.change {
             let until = now + 2 * self.oncall.window_secs;
-            match self.oncall.apply(change, Some((&v.delivery, until))).await {
+            match self.oncall.apply(change, Some((&v.id, until))).await {
                 Ok(Applied::Changed) => {}
                 Ok(Applied::Superseded) => what = "superseded",
                 Err(e) => return unavailable(source, "the on-call state", e),
             }
         }
-        tracing::info!(source, delivery = %v.delivery, change = what, "paging webhook accepted");
+        tracing::info!(source, delivery = %v.id, change = what, "paging webhook accepted");
         self.count(source, "accepted");
         HttpResponse::Accepted().json(json!({
             "status": "accepted",
-            "delivery": v.delivery,
+            "delivery": v.id,
             "change": what,
             "unmapped": v.unmapped,
         }))
@@ -165,49 +161,30 @@ impl Paging {
 }
 
 async fn pagerduty(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) -> HttpResponse {
-    let window = paging.oncall.window_secs;
     let signature = header(&req, "x-pagerduty-signature");
     paging
         .receive(
             "pagerduty",
             &paging.pagerduty_secrets,
             |secrets| pagerduty::verify(signature, &body, secrets),
-            |secrets, map, now| {
-                let p = pagerduty::parse(signature, &body, secrets, map)?;
-                webhook::fresh(p.occurred_at, now, window)?;
-                Ok(Verified {
-                    delivery: p.delivery,
-                    change: p.change,
-                    unmapped: p.unmapped,
-                })
-            },
+            |map| pagerduty::parse(&body, map),
         )
         .await
 }
 
 async fn opsgenie(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) -> HttpResponse {
-    let window = paging.oncall.window_secs;
     let token = header(&req, "x-breakglass-token");
     paging
         .receive(
             "opsgenie",
             &paging.opsgenie_secrets,
             |secrets| opsgenie::verify(token, secrets),
-            |secrets, map, now| {
-                let p = opsgenie::parse(token, &body, secrets, map)?;
-                webhook::fresh(p.at, now, window)?;
-                Ok(Verified {
-                    delivery: p.delivery,
-                    change: p.change,
-                    unmapped: p.unmapped,
-                })
-            },
+            |map| opsgenie::parse(&body, map),
         )
         .await
 }
 
 async fn generic(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) -> HttpResponse {
-    let window = paging.oncall.window_secs;
     let (ts, sig) = (
         header(&req, "x-breakglass-timestamp"),
         header(&req, "x-breakglass-signature"),
@@ -216,15 +193,9 @@ async fn generic(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) 
         .receive(
             "webhook",
             &paging.webhook_secrets,
-            |secrets| generic::verify(ts, sig, &body, secrets).map(|_| ()),
-            |secrets, map, now| {
-                let p = generic::parse(ts, sig, &body, secrets, map, now, window)?;
-                Ok(Verified {
-                    delivery: p.delivery,
-                    change: Some(p.change),
-                    unmapped: Vec::new(),
-                })
-            },
+            |secrets| generic::verify(ts, sig, &body, secrets),
+            // `verify` passed: the timestamp is there, and signed
+            |map| generic::parse(ts.unwrap_or_default(), &body, map),
         )
         .await
 }

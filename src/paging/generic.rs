@@ -31,47 +31,30 @@ struct Body {
     service: Option<String>,
 }
 
-pub struct Parsed {
-    pub delivery: String,
-    pub timestamp: i64,
-    pub change: Change,
-}
-
-/// Checks the signature over `timestamp.body`; the timestamp, once it is known to be signed.
-pub fn verify<'t>(
-    timestamp: Option<&'t str>,
-    signature: Option<&str>,
-    body: &[u8],
-    secrets: &[Vec<u8>],
-) -> Result<&'t str, WebhookError> {
-    let (Some(ts), Some(sig)) = (timestamp, signature) else {
-        return Err(WebhookError::BadSignature(
-            "X-Breakglass-Timestamp and X-Breakglass-Signature are required".into(),
-        ));
-    };
-    if !webhook::verify_v1(sig, &[ts.as_bytes(), b".", body], secrets) {
-        return Err(WebhookError::BadSignature(
-            "X-Breakglass-Signature matches no configured secret".into(),
-        ));
-    }
-    Ok(ts)
-}
-
-/// Verifies and reads a delivery.
-pub fn parse(
+/// Checks the signature over `timestamp.body`.
+pub fn verify(
     timestamp: Option<&str>,
     signature: Option<&str>,
     body: &[u8],
     secrets: &[Vec<u8>],
+) -> Result<(), WebhookError> {
+    let ts = webhook::required(timestamp, "X-Breakglass-Timestamp")?;
+    let sig = webhook::required(signature, "X-Breakglass-Signature")?;
+    if !webhook::verify_v1(sig, &[ts.as_bytes(), b".", body], secrets) {
+        return Err(webhook::unmatched("X-Breakglass-Signature"));
+    }
+    Ok(())
+}
+
+/// Reads a delivery `verify` passed, with its signed timestamp `ts`.
+pub fn parse(
+    ts: &str,
+    body: &[u8],
     map: &HashMap<String, String>,
-    now: u64,
-    window: u64,
-) -> Result<Parsed, WebhookError> {
-    let ts = verify(timestamp, signature, body, secrets)?;
+) -> Result<webhook::Delivery, WebhookError> {
     let at: i64 = ts.trim().parse().map_err(|_| {
         WebhookError::Malformed("X-Breakglass-Timestamp is not unix seconds".into())
     })?;
-    webhook::fresh(at, now, window)?;
     let b: Body = serde_json::from_slice(body)
         .map_err(|e| WebhookError::Malformed(format!("not a paging webhook: {e}")))?;
     let until = webhook::rfc3339(&b.on_call_until)?;
@@ -92,10 +75,11 @@ pub fn parse(
             .finalize();
         format!("webhook:{}", hex::encode(digest))
     };
-    Ok(Parsed {
-        delivery,
-        timestamp: at,
-        change: Change::Shift {
+    Ok(webhook::Delivery {
+        id: delivery,
+        at,
+        unmapped: Vec::new(),
+        change: Some(Change::Shift {
             principal,
             fact: Fact {
                 source: "webhook".into(),
@@ -105,6 +89,6 @@ pub fn parse(
                 incident: b.incident,
                 acknowledged: false,
             },
-        },
+        }),
     })
 }

@@ -271,6 +271,11 @@ pub fn load_roster(path: &Path) -> anyhow::Result<HashSet<String>> {
 pub fn load_secrets(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("reading the secrets {}: {e}", path.display()))?;
+    secrets_of(&text, path)
+}
+
+/// The secrets of a secrets file's `text`.
+pub fn secrets_of(text: &str, path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     let secrets: Vec<Vec<u8>> = text
         .lines()
         .map(str::trim)
@@ -366,6 +371,14 @@ impl OnCall {
         })
     }
 
+    /// Whether an incident pages its responders now: open, from a configured source, and
+    /// younger than `incident_max_secs`.
+    fn pages(&self, i: &Incident, now: u64) -> bool {
+        !i.resolved
+            && self.webhooks.contains(i.source.as_str())
+            && i.since + self.incident_max_secs > now
+    }
+
     /// Whether `principal` is on call now, and why. Prefers the most telling source: an
     /// acknowledged incident, an incident, a webhook shift, a synced roster, the roster file.
     /// Only configured sources count, and only within their time limits.
@@ -376,9 +389,7 @@ impl OnCall {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let mut best: Option<&Incident> = None;
         for i in state.incidents.values() {
-            if !i.resolved
-                && self.webhooks.contains(i.source.as_str())
-                && i.since + self.incident_max_secs > now
+            if self.pages(i, now)
                 && i.responders.iter().any(|r| r == principal)
                 && best.is_none_or(|b| !b.acknowledged && i.acknowledged)
             {
@@ -421,14 +432,7 @@ impl OnCall {
             .as_ref()
             .is_some_and(|r| r.contains(principal))
         {
-            return Lookup::OnCall(Fact {
-                source: "roster".into(),
-                service: None,
-                since: None,
-                until: None,
-                incident: None,
-                acknowledged: false,
-            });
+            return Lookup::OnCall(Fact::scheduled("roster", None, None, None));
         }
         Lookup::NotOnCall
     }
@@ -651,10 +655,7 @@ impl OnCall {
         let health = self.health();
         let mut by: HashMap<String, HashSet<&str>> = HashMap::new();
         for i in state.incidents.values() {
-            if !i.resolved
-                && self.webhooks.contains(i.source.as_str())
-                && i.since + self.incident_max_secs > now
-            {
+            if self.pages(i, now) {
                 by.entry(i.source.clone())
                     .or_default()
                     .extend(i.responders.iter().map(String::as_str));

@@ -46,13 +46,6 @@ struct Alert {
     teams: Vec<String>,
 }
 
-pub struct Parsed {
-    pub delivery: String,
-    pub at: i64,
-    pub change: Option<Change>,
-    pub unmapped: Vec<String>,
-}
-
 /// Opsgenie times come in milliseconds (`createdAt`) or nanoseconds (`updatedAt`).
 fn unix_seconds(t: u64) -> i64 {
     let secs = if t >= 100_000_000_000_000 {
@@ -67,24 +60,18 @@ fn unix_seconds(t: u64) -> i64 {
 
 /// Checks the `X-Breakglass-Token` custom header.
 pub fn verify(token: Option<&str>, secrets: &[Vec<u8>]) -> Result<(), WebhookError> {
-    let token =
-        token.ok_or_else(|| WebhookError::BadSignature("X-Breakglass-Token is missing".into()))?;
-    if !webhook::verify_token(token, secrets) {
-        return Err(WebhookError::BadSignature(
-            "X-Breakglass-Token matches no configured secret".into(),
-        ));
+    const NAME: &str = "X-Breakglass-Token";
+    if !webhook::verify_token(webhook::required(token, NAME)?, secrets) {
+        return Err(webhook::unmatched(NAME));
     }
     Ok(())
 }
 
-/// Verifies and reads a delivery.
+/// Reads a delivery `verify` passed.
 pub fn parse(
-    token: Option<&str>,
     body: &[u8],
-    secrets: &[Vec<u8>],
     map: &HashMap<String, String>,
-) -> Result<Parsed, WebhookError> {
-    verify(token, secrets)?;
+) -> Result<webhook::Delivery, WebhookError> {
     let d: Delivery = serde_json::from_slice(body)
         .map_err(|e| WebhookError::Malformed(format!("not an Opsgenie alert webhook: {e}")))?;
     let a = d.alert;
@@ -137,8 +124,8 @@ pub fn parse(
         }),
         _ => None,
     };
-    Ok(Parsed {
-        delivery,
+    Ok(webhook::Delivery {
+        id: delivery,
         at,
         change,
         unmapped,
@@ -257,14 +244,12 @@ impl Source for OnCalls {
                 let Some(principal) = Mapping::resolve(map, &[who.as_str()]) else {
                     continue;
                 };
-                roster.on_call.entry(principal).or_insert(Fact {
-                    source: "opsgenie".into(),
-                    service: Some(service.clone()),
-                    since: None,
-                    until: None,
-                    incident: None,
-                    acknowledged: false,
-                });
+                roster.on_call.entry(principal).or_insert(Fact::scheduled(
+                    "opsgenie",
+                    Some(service.clone()),
+                    None,
+                    None,
+                ));
             }
         }
         Ok(roster)

@@ -52,40 +52,24 @@ struct Reference {
     email: Option<String>,
 }
 
-/// A verified delivery, read: its id, its time, and what it changes (nothing for event types
-/// that do not page anyone, such as `pagey.ping` or `incident.annotated`).
-pub struct Parsed {
-    pub delivery: String,
-    pub occurred_at: i64,
-    pub change: Option<Change>,
-    /// Assignees that map to no principal (logged; they cannot break the glass).
-    pub unmapped: Vec<String>,
-}
-
 /// Checks `X-PagerDuty-Signature` (nothing else is read before it passes).
 pub fn verify(
     signature: Option<&str>,
     body: &[u8],
     secrets: &[Vec<u8>],
 ) -> Result<(), WebhookError> {
-    let signature = signature
-        .ok_or_else(|| WebhookError::BadSignature("X-PagerDuty-Signature is missing".into()))?;
-    if !webhook::verify_v1(signature, &[body], secrets) {
-        return Err(WebhookError::BadSignature(
-            "X-PagerDuty-Signature matches no configured secret".into(),
-        ));
+    const NAME: &str = "X-PagerDuty-Signature";
+    if !webhook::verify_v1(webhook::required(signature, NAME)?, &[body], secrets) {
+        return Err(webhook::unmatched(NAME));
     }
     Ok(())
 }
 
-/// Verifies and reads a delivery. `map` turns user ids into principals.
+/// Reads a delivery `verify` passed. `map` turns user ids into principals.
 pub fn parse(
-    signature: Option<&str>,
     body: &[u8],
-    secrets: &[Vec<u8>],
     map: &HashMap<String, String>,
-) -> Result<Parsed, WebhookError> {
-    verify(signature, body, secrets)?;
+) -> Result<webhook::Delivery, WebhookError> {
     let d: Delivery = serde_json::from_slice(body)
         .map_err(|e| WebhookError::Malformed(format!("not a PagerDuty v3 webhook: {e}")))?;
     let e = d.event;
@@ -137,9 +121,9 @@ pub fn parse(
         }),
         _ => None,
     };
-    Ok(Parsed {
-        delivery,
-        occurred_at,
+    Ok(webhook::Delivery {
+        id: delivery,
+        at: occurred_at,
         change,
         unmapped,
     })
@@ -253,14 +237,12 @@ impl Source for OnCalls {
                     .as_ref()
                     .or(e.escalation_policy.as_ref())
                     .and_then(|r| r.summary.clone().or(Some(r.id.clone())));
-                roster.on_call.entry(principal).or_insert(Fact {
-                    source: "pagerduty".into(),
+                roster.on_call.entry(principal).or_insert(Fact::scheduled(
+                    "pagerduty",
                     service,
                     since,
                     until,
-                    incident: None,
-                    acknowledged: false,
-                });
+                ));
             }
             if !page.more || page.oncalls.is_empty() {
                 return Ok(roster);

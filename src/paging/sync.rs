@@ -112,15 +112,11 @@ async fn round<S: Source>(
     now: u64,
     max_retry_after: Duration,
 ) -> Result<Roster, String> {
-    let keys = tokio::fs::read_to_string(key_file)
+    let text = tokio::fs::read_to_string(key_file)
         .await
         .map_err(|e| format!("reading the API key {}: {e}", key_file.display()))?;
-    let key = keys
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .ok_or_else(|| format!("{} holds no API key", key_file.display()))?
-        .to_string();
+    let keys = super::secrets_of(&text, key_file).map_err(|e| e.to_string())?;
+    let key = String::from_utf8_lossy(&keys[0]).into_owned();
     let o = oncall.clone();
     let map = tokio::task::spawn_blocking(move || o.mapping.snapshot())
         .await

@@ -4,6 +4,28 @@
 
 use ring::hmac;
 
+use super::Change;
+
+/// A verified delivery, read: what names it (a second delivery of it is a replay), its own
+/// time (unix seconds), what it changes (nothing for events that page no one, such as
+/// PagerDuty's `pagey.ping`) and the paged users that map to no principal.
+pub struct Delivery {
+    pub id: String,
+    pub at: i64,
+    pub change: Option<Change>,
+    pub unmapped: Vec<String>,
+}
+
+/// A header the sender must send to be verified.
+pub fn required<'h>(value: Option<&'h str>, name: &str) -> Result<&'h str, WebhookError> {
+    value.ok_or_else(|| WebhookError::BadSignature(format!("{name} is missing")))
+}
+
+/// The refusal of a signature or token that matches no configured secret.
+pub fn unmatched(name: &str) -> WebhookError {
+    WebhookError::BadSignature(format!("{name} matches no configured secret"))
+}
+
 /// Why a webhook was refused: each a 4xx with a stable code, and no state change.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WebhookError {
