@@ -4,7 +4,7 @@
 //! and the used nonce in one durable write, and only then sign the token. No step waits on the
 //! node except a cache miss; the chain record and the notice are background work.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
@@ -376,23 +376,23 @@ impl BreakGlass {
     }
 }
 
-/// Used nonces (`signer:nonce`) with when each may be forgotten, and the same by that time,
-/// so that forgetting touches only the expired ones (a sweep of every entry, once a second,
-/// held the lock for milliseconds at a thousand requests a second).
+/// Used nonces (`signer:nonce`), and the same by when they may be forgotten, so that
+/// forgetting touches only the expired ones (a sweep of every entry, once a second, held the
+/// lock for milliseconds at a thousand requests a second).
 #[derive(Default)]
 struct Seen {
-    until: HashMap<String, u64>,
+    keys: HashSet<String>,
     by_time: std::collections::BTreeMap<u64, Vec<String>>,
 }
 
 impl Seen {
     /// Records `key`; true if it was already there (a replay).
     fn insert(&mut self, key: String, until: u64) -> bool {
-        if self.until.contains_key(&key) {
+        if self.keys.contains(&key) {
             return true;
         }
         self.by_time.entry(until).or_default().push(key.clone());
-        self.until.insert(key, until);
+        self.keys.insert(key);
         false
     }
 
@@ -403,7 +403,7 @@ impl Seen {
                 break;
             }
             for key in entry.remove() {
-                self.until.remove(&key);
+                self.keys.remove(&key);
             }
         }
     }
@@ -443,6 +443,6 @@ mod tests {
         assert!(!seen.insert("ST1:2".into(), 300), "forgotten when due");
         assert!(seen.insert("ST1:1".into(), 100), "the other one stays");
         seen.forget_until(1000);
-        assert!(seen.until.is_empty() && seen.by_time.is_empty());
+        assert!(seen.keys.is_empty() && seen.by_time.is_empty());
     }
 }
