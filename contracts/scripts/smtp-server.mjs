@@ -51,6 +51,12 @@ const server = new SMTPServer({
     });
   },
 });
+// a client that dies mid-session (the crash tests SIGKILL the service while it sends) resets
+// its connection; smtp-server reports that as an 'error' event, which would otherwise end
+// this process and refuse every later connection
+server.on("error", (err) => {
+  process.stderr.write(`smtp-server: ${err.code || ""} ${err.message}\n`);
+});
 server.listen(port, "127.0.0.1", () => {
   process.stdout.write(JSON.stringify({ ready: true, port }) + "\n");
 });
