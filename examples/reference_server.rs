@@ -58,6 +58,8 @@ async fn crypto(tokens: web::Data<Arc<TokenIssuer>>, body: web::Bytes) -> HttpRe
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
+    // as the service runs (startup::no_huge_pages)
+    breakglass::startup::no_huge_pages();
     let args: Vec<String> = std::env::args().collect();
     let port: u16 = args.get(1).and_then(|p| p.parse().ok()).unwrap_or(18081);
     let dir = std::path::PathBuf::from(

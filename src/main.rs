@@ -313,6 +313,7 @@ fn main() -> ExitCode {
                 s.log.format = "pretty".into();
             }
             telemetry::init(&s.log);
+            startup::no_huge_pages();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {

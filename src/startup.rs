@@ -26,6 +26,19 @@ use crate::seal::Keyring;
 use crate::store::{RedbStore, Store};
 use crate::token::TokenIssuer;
 
+/// Turns transparent huge pages off for this process (and what it starts). mimalloc asks for
+/// them where the kernel allows it (`madvise`), and the kernel then zeroes a whole 2 MiB page,
+/// or first compacts memory to find one, inside whichever request touches it first: stalls of
+/// milliseconds on the break-glass path. Measured with `scripts/bench/run` at 1,000 req/s: p99
+/// 1.1 ms with them, 0.6 ms without (store on tmpfs, to leave the disk out; README, Benchmarks).
+/// The benchmarks' reference handlers run with the same setting.
+pub fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::warn!(error = %e, "could not turn transparent huge pages off: expect latency spikes");
+    }
+}
+
 pub struct Application {
     pub api_addr: SocketAddr,
     pub observer_addr: SocketAddr,

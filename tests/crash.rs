@@ -160,8 +160,15 @@ async fn every_grant_reaches_the_chain_once_across_sigkills() {
         service.wait().await.unwrap();
     }
 
-    let _service = h.spawn(&[]);
+    let service = h.spawn(&[]);
     h.ready().await;
+    // it runs without transparent huge pages (their faults stall requests: main.rs)
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", service.id().unwrap())).unwrap();
+    assert!(
+        status.lines().any(|l| l == "THP_enabled:\t0"),
+        "transparent huge pages still on: {status}"
+    );
     for id in &granted {
         eventually(id, Duration::from_secs(60), async || {
             let s = h.access(id).await?;
