@@ -117,6 +117,7 @@ fn benches(c: &mut Criterion) {
         Arc::new(Policies::defaults().unwrap()),
         tokens.clone(),
         Arc::new(breakglass::seal::Keyring::from_keys(&[[7; 32]]).unwrap()),
+        breakglass::metrics::Metrics::new(),
     )
     .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -22,7 +22,7 @@ use crate::paging::{Lookup, OnCall};
 use crate::policy::{Policies, Verdict};
 use crate::request::{self, RequestError};
 use crate::stacks::{Principal, Value};
-use crate::store::{apply_async, AccessRecord, Batch, ProviderState};
+use crate::store::{apply_started, AccessRecord, Batch, ProviderState};
 use crate::token::TokenIssuer;
 
 /// The longest window access-control accepts, in blocks.
@@ -91,6 +91,7 @@ impl BreakGlass {
         policies: Arc<Policies>,
         tokens: Arc<TokenIssuer>,
         keyring: Arc<crate::seal::Keyring>,
+        metrics: Metrics,
     ) -> anyhow::Result<BreakGlass> {
         let oncall = Arc::new(OnCall::load(&settings.oncall, state.store.clone())?);
         let per_minute =
@@ -107,7 +108,7 @@ impl BreakGlass {
             tokens,
             keyring,
             oncall,
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(metrics),
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
             seen: Mutex::new(seen),
             chain_id: settings.chain.network.chain_id(),
@@ -342,7 +343,17 @@ impl BreakGlass {
             replay: vec![(replay_key, req.issued_at + 2 * request::MAX_SKEW_SECS)],
             ..Batch::default()
         };
-        if let Err(e) = apply_async(&self.state.store, batch).await {
+        // the write is handed to the journal first, the token signed while it syncs: the
+        // token leaves only once the record is durable, and is dropped if it never is
+        let writing = std::time::Instant::now();
+        let written = apply_started(&self.state.store, batch);
+        let claims = self.tokens.claims(&access, &req.reason);
+        let token = self.tokens.issue(&claims);
+        let written = written.await;
+        self.metrics
+            .audit_write_seconds
+            .observe(writing.elapsed().as_secs_f64());
+        if let Err(e) = written {
             tracing::error!(error = %e, access = %access.id, "the access could not be recorded: no token issued");
             return Err(Refusal::new(
                 503,
@@ -357,8 +368,7 @@ impl BreakGlass {
             let _ = n.send(announce);
         }
 
-        let claims = self.tokens.claims(&access, &req.reason);
-        let token = self.tokens.issue(&claims).map_err(|e| {
+        let token = token.map_err(|e| {
             tracing::error!(error = %e, "token signing failed");
             Refusal::new(
                 503,

@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::chain::follower::FollowerStatus;
@@ -28,9 +29,25 @@ pub struct Webhook {
     pub outcome: String,
 }
 
+/// Bucket bounds (seconds) for the break-glass path's latencies: 50 µs to 50 ms, finest
+/// around the 1 ms the path is held to.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01,
+    0.02, 0.05,
+];
+
+/// A histogram of latencies on the break-glass path.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
 pub struct Metrics {
     registry: Registry,
     pub grants: Counter,
+    /// From a verified-size body to the signed token, of every grant.
+    pub grant_seconds: Histogram,
+    /// A grant's wait for its durable write (the audit trail), as the request sees it.
+    pub audit_write_seconds: Histogram,
     pub refusals: Family<Code, Counter>,
     pub webhooks: Family<Webhook, Counter>,
     sync_up: Family<Source, Gauge>,
@@ -52,6 +69,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("breakglass");
         let m = Metrics {
             grants: Counter::default(),
+            grant_seconds: latency_histogram(),
+            audit_write_seconds: latency_histogram(),
             refusals: Family::default(),
             webhooks: Family::default(),
             sync_up: Family::default(),
@@ -63,6 +82,16 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("grants", "Break-glass accesses granted", m.grants.clone());
+        registry.register(
+            "grant_duration_seconds",
+            "Time to grant a break-glass access, from the request's body to the signed token",
+            m.grant_seconds.clone(),
+        );
+        registry.register(
+            "audit_write_duration_seconds",
+            "A grant's wait for its durable write (access record, chain operation, notice)",
+            m.audit_write_seconds.clone(),
+        );
         registry.register(
             "refusals",
             "Break-glass requests refused, by code",
@@ -104,6 +133,15 @@ impl Metrics {
             m.node_tip_height.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Adds the store journal's own write time (one per group commit, written and durable).
+    pub fn register_journal(&mut self, writes: Histogram) {
+        self.registry.register(
+            "store_journal_write_duration_seconds",
+            "The store journal's durable writes (one per group of batches), as the journal sees them",
+            writes,
+        );
     }
 
     /// The exposition, with the gauges read now.

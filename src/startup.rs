@@ -19,6 +19,7 @@ use crate::chain::submitter::Submitter;
 use crate::configuration::Settings;
 use crate::http;
 use crate::keys::ServiceKeys;
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::paging;
 use crate::policy::Policies;
@@ -62,8 +63,10 @@ impl Application {
             Some(dir) => Policies::load(dir)?,
             None => Policies::defaults()?,
         });
-        let store: Arc<dyn Store> =
-            Arc::new(RedbStore::open(&settings.data.dir.join("breakglass.redb"))?);
+        let redb = RedbStore::open(&settings.data.dir.join("breakglass.redb"))?;
+        let mut metrics = Metrics::new();
+        metrics.register_journal(redb.journal_writes());
+        let store: Arc<dyn Store> = Arc::new(redb);
         let rpc = NodeClient::new(
             &settings.chain.node_url,
             Duration::from_millis(settings.chain.request_timeout_ms),
@@ -95,6 +98,7 @@ impl Application {
                 policies.clone(),
                 tokens,
                 keyring.clone(),
+                metrics,
             )?
             .with_notices(announce),
         );

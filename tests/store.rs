@@ -380,3 +380,83 @@ fn acknowledged_writes_survive_a_crash_through_the_journal() {
         assert_eq!(again.providers().unwrap().len(), 50);
     }
 }
+
+/// A store that starts taking writes moves its journal off the new file it began (whose
+/// every sync also commits its growing size) onto a zero-filled spare as soon as there is
+/// one, and keeps spares for the segments after it.
+#[test]
+fn a_busy_store_journals_onto_zero_filled_spares() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let store = RedbStore::open(&path).unwrap();
+    let files = |dir: &std::path::Path| -> Vec<(String, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .filter(|(name, _)| name.contains(".journal"))
+            .collect();
+        v.sort();
+        v
+    };
+    let write = |i: u64| {
+        store
+            .apply(Batch {
+                nonce: Some(i),
+                ..Batch::default()
+            })
+            .unwrap()
+    };
+    let spare_bytes = 9 << 20;
+    let spares_ready = |files: &[(String, u64)]| {
+        files
+            .iter()
+            .filter(|(name, len)| {
+                name.contains(".journal-spare") && !name.ends_with(".tmp") && *len == spare_bytes
+            })
+            .count()
+    };
+    // each write is at least one 4 KiB block of the journal: 64 of them ask for spares
+    let mut i = 0;
+    while i < 100 {
+        write(i);
+        i += 1;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while spares_ready(&files(dir.path())) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spares were prepared: {:?}",
+            files(dir.path())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let fresh: Vec<_> = files(dir.path())
+        .into_iter()
+        .filter(|(name, _)| name.contains(".journal."))
+        .collect();
+    assert!(
+        fresh.iter().all(|(_, len)| *len < spare_bytes),
+        "the journal began in a new file"
+    );
+    // the write after a spare is ready closes the new file, the next one goes to a spare
+    for _ in 0..2 {
+        write(i);
+        i += 1;
+    }
+    let now = files(dir.path());
+    assert!(
+        now.iter()
+            .any(|(name, len)| name.contains(".journal.") && *len == spare_bytes),
+        "the journal moved onto a spare: {now:?}"
+    );
+    assert_eq!(spares_ready(&now), 1, "one spare left for the next segment");
+    drop(store);
+    let reopened = RedbStore::open(&path).unwrap();
+    assert_eq!(reopened.nonce().unwrap(), Some(i - 1));
+}

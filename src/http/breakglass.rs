@@ -50,9 +50,13 @@ async fn break_glass(bg: web::Data<BreakGlass>, mut payload: web::Payload) -> Ht
         }
         body.extend_from_slice(&chunk);
     }
+    let started = std::time::Instant::now();
     match bg.request(&body).await {
         Ok(grant) => {
             bg.metrics.grants.inc();
+            bg.metrics
+                .grant_seconds
+                .observe(started.elapsed().as_secs_f64());
             let a = &grant.access;
             HttpResponse::Created()
                 .insert_header(("cache-control", "no-store"))

@@ -298,11 +298,22 @@ pub async fn apply_async(
     store: &std::sync::Arc<dyn Store>,
     batch: Batch,
 ) -> Result<(), StoreError> {
+    apply_started(store, batch).await
+}
+
+/// Hands `batch` to the store now and returns what resolves once it is durable (or failed),
+/// so that the caller can work while it is written.
+pub fn apply_started(
+    store: &std::sync::Arc<dyn Store>,
+    batch: Batch,
+) -> impl std::future::Future<Output = Result<(), StoreError>> + use<> {
     let (done, answer) = tokio::sync::oneshot::channel();
     store.apply_then(batch, done);
-    answer
-        .await
-        .map_err(|_| StoreError::Backend("the store's writer stopped".into()))?
+    async move {
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the store's writer stopped".into()))?
+    }
 }
 
 pub trait Store: Send + Sync + 'static {
