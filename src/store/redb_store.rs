@@ -187,9 +187,13 @@ fn segments(store: &Path) -> Result<Vec<PathBuf>, StoreError> {
     Ok(out)
 }
 
-/// Spare segments kept at most. Two, so that a segment can fill while the one before it
-/// waits for the checkpoint that lets it be recycled.
-const SPARES: usize = 2;
+/// Spare segments kept at most: full segments a checkpoint freed, for the segments written
+/// before the next checkpoint (at peak, ~25 MB of journal a second against a checkpoint every
+/// 2 s; a new file instead costs each sync its growing size).
+const SPARES: usize = 8;
+/// Spares zero-filled when a store starts taking writes: two, so that a segment can fill
+/// while the one before it waits for the checkpoint that lets it be recycled.
+const ZERO_FILLED: usize = 2;
 
 /// The spare segments' places: zero-filled (by the applier) or recycled segments, renamed to
 /// be the next segment. Not segment names, so they are never read for frames.
@@ -212,13 +216,14 @@ fn sync_dir(store: &Path) -> Result<(), StoreError> {
         .map_err(backend)
 }
 
-/// Writes a zero-filled spare segment in each free place: on the applier thread, so that no
-/// answer waits for it.
+/// Writes zero-filled spare segments in free places until there are `ZERO_FILLED` spares:
+/// on the applier thread, so that no answer waits for them.
 fn prepare_spares(store: &Path) -> Result<(), StoreError> {
-    for spare in spare_paths(store) {
-        if spare.exists() {
-            continue;
-        }
+    let (ready, free): (Vec<_>, Vec<_>) = spare_paths(store).into_iter().partition(|p| p.exists());
+    for spare in free
+        .into_iter()
+        .take(ZERO_FILLED.saturating_sub(ready.len()))
+    {
         let mut tmp = spare.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
