@@ -359,6 +359,26 @@ mod tests {
         assert_eq!(seqs(&frames), vec![1, 2, 3, 4]);
     }
 
+    /// The buffered way (file systems without direct I/O) lays frames out the same way.
+    #[test]
+    fn buffered_writes_make_the_same_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (j, _) = Journal::open(&path).unwrap();
+        let mut buffered = Journal {
+            file: OpenOptions::new().write(true).open(&path).unwrap(),
+            direct: false,
+            ..j
+        };
+        for s in 1..=3 {
+            buffered.append(s, &batch(s)).unwrap();
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 * BLOCK as u64);
+        let (_, frames) = Journal::open(&path).unwrap();
+        assert_eq!(seqs(&frames), vec![1, 2, 3]);
+        assert_eq!(frames[1].1, batch(2));
+    }
+
     /// Where this file system takes direct I/O (ext4, xfs; not tmpfs on older kernels), the
     /// journal writes past the page cache.
     #[cfg(target_os = "linux")]
