@@ -381,6 +381,9 @@ fn acknowledged_writes_survive_a_crash_through_the_journal() {
     }
 }
 
+/// The journal's files in a directory: names and sizes.
+type Listing = [(String, u64)];
+
 /// A store that starts taking writes moves its journal off the new file it began (whose
 /// every sync also commits its growing size) onto a zero-filled spare as soon as there is
 /// one, and keeps spares for the segments after it.
@@ -388,7 +391,16 @@ fn acknowledged_writes_survive_a_crash_through_the_journal() {
 fn a_busy_store_journals_onto_zero_filled_spares() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
-    let store = RedbStore::open(&path).unwrap();
+    // no checkpoint during the test: the new file stays on disk once closed, and no segment
+    // is recycled into a spare
+    let store = RedbStore::open_with(
+        &path,
+        Checkpoints {
+            every: std::time::Duration::from_secs(3600),
+            when_idle_for: std::time::Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
     let files = |dir: &std::path::Path| -> Vec<(String, u64)> {
         let mut v: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
@@ -421,41 +433,54 @@ fn a_busy_store_journals_onto_zero_filled_spares() {
             })
             .count()
     };
+    let on_spares = |files: &[(String, u64)]| {
+        files
+            .iter()
+            .filter(|(name, len)| name.contains(".journal.") && *len == spare_bytes)
+            .count()
+    };
+    let eventually = |what: &str, done: &dyn Fn(&Listing) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !done(&files(dir.path())) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {:?}",
+                files(dir.path())
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
     // each write is at least one 4 KiB block of the journal: 64 of them ask for spares
     let mut i = 0;
     while i < 100 {
         write(i);
         i += 1;
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while spares_ready(&files(dir.path())) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no spares were prepared: {:?}",
-            files(dir.path())
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let fresh: Vec<_> = files(dir.path())
-        .into_iter()
-        .filter(|(name, _)| name.contains(".journal."))
-        .collect();
-    assert!(
-        fresh.iter().all(|(_, len)| *len < spare_bytes),
-        "the journal began in a new file"
-    );
+    eventually("no spare was prepared", &|f| {
+        spares_ready(f) + on_spares(f) > 0
+    });
     // the write after a spare is ready closes the new file, the next one goes to a spare
     for _ in 0..2 {
         write(i);
         i += 1;
     }
     let now = files(dir.path());
-    assert!(
-        now.iter()
-            .any(|(name, len)| name.contains(".journal.") && *len == spare_bytes),
+    assert_eq!(
+        on_spares(&now),
+        1,
         "the journal moved onto a spare: {now:?}"
     );
-    assert_eq!(spares_ready(&now), 1, "one spare left for the next segment");
+    let first = now
+        .iter()
+        .find(|(name, _)| name.ends_with(".journal.00000000000000000001"))
+        .unwrap_or_else(|| panic!("the journal began in a new file: {now:?}"));
+    assert!(
+        first.1 >= 64 * 4096 && first.1 < spare_bytes,
+        "left long before it was full: {first:?}"
+    );
+    eventually("two spares were zero-filled, one is left", &|f| {
+        spares_ready(f) == 1 && on_spares(f) == 1
+    });
     drop(store);
     let reopened = RedbStore::open(&path).unwrap();
     assert_eq!(reopened.nonce().unwrap(), Some(i - 1));

@@ -9,9 +9,9 @@
 //! direct I/O and `O_DSYNC` where the file system takes them (`open_for_writes`; otherwise a
 //! buffered write and `fdatasync`). Frames are written one after another and each is durable
 //! before the next is written, so only the last frame can be torn by a crash; reading stops at
-//! the first frame that is short, fails its checksum or goes back in `seq`, and the file is cut
-//! back to the frames before it. Journals of earlier versions, with frames back to back, read
-//! the same way.
+//! the first frame that is short, fails its checksum or is not the next `seq` (a segment's
+//! frames run on from the seq in its name), and the file is cut back to the frames before it.
+//! Journals of earlier versions, with frames back to back, read the same way.
 //!
 //! The journal is a series of segment files (`<store>.journal.<first seq>`). After a
 //! checkpoint (redb commits durably, recording the last applied `seq` in the same commit) the
@@ -56,8 +56,10 @@ fn io(path: &Path, e: std::io::Error) -> StoreError {
 
 impl Journal {
     /// Opens (or creates) the journal and returns it with its intact frames, in order; a torn
-    /// tail is cut off.
-    pub fn open(path: &Path) -> Result<(Journal, Vec<Frame>), StoreError> {
+    /// tail is cut off. A segment's frames have consecutive seqs from `first_seq` (its name's),
+    /// so that frames a reused file held before (an earlier round's, or another store's after
+    /// an operator restored a backup beside its spares) end the reading whatever their seq.
+    pub fn open(path: &Path, first_seq: Option<u64>) -> Result<(Journal, Vec<Frame>), StoreError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -69,9 +71,10 @@ impl Journal {
         let mut frames = Vec::new();
         let mut at = 0usize;
         while let Some((seq, payload, next)) = next_frame(&bytes, at) {
-            // an emptied journal is not synced: frames of an earlier round may follow the
-            // current ones, recognizable by their lower seq
-            if frames.last().is_some_and(|(last, _)| seq <= *last) {
+            // a reused file is not emptied: frames of an earlier round may follow the current
+            // ones, and are not the next seq
+            let expected = frames.last().map(|(last, _)| last + 1).or(first_seq);
+            if expected.is_some_and(|e| seq != e) {
                 break;
             }
             frames.push((seq, payload.to_vec()));
@@ -124,7 +127,19 @@ impl Journal {
         let out = &mut self.staging[start..start + blocks];
         out[..frame.len()].copy_from_slice(&frame);
         out[frame.len()..].fill(0);
-        let written = self.file.write_all_at(out, self.len);
+        let mut written = self.file.write_all_at(out, self.len);
+        if self.direct && matches!(&written, Err(e) if e.kind() == std::io::ErrorKind::InvalidInput)
+        {
+            // the file system opened it for direct I/O but refuses this write (a device's
+            // blocks larger than ours, some stacked file systems): buffered from now on
+            tracing::warn!(journal = %self.path.display(), "the file system refused a direct write: journal writes are buffered and synced with fdatasync (slower)");
+            self.file = OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .map_err(|e| io(&self.path, e))?;
+            self.direct = false;
+            written = self.file.write_all_at(out, self.len);
+        }
         written
             .and_then(|()| {
                 if self.direct {
@@ -243,9 +258,6 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<(u64, &[u8], usize)> {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(target_os = "linux")]
-    use std::os::unix::fs::OpenOptionsExt;
-
     use super::*;
 
     fn batch(n: u64) -> Vec<u8> {
@@ -261,7 +273,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // a recycled segment: older frames, then new ones written over its start
         let recycled = dir.path().join("recycled");
-        let (mut j, _) = Journal::open(&recycled).unwrap();
+        let (mut j, _) = Journal::open(&recycled, None).unwrap();
         for s in 1..=20 {
             j.append(s, &batch(s)).unwrap();
         }
@@ -275,7 +287,7 @@ mod tests {
             old_len,
             "overwritten in place"
         );
-        let (_, frames) = Journal::open(&recycled).unwrap();
+        let (_, frames) = Journal::open(&recycled, None).unwrap();
         assert_eq!(seqs(&frames), vec![30, 31, 32]);
         assert_eq!(frames[2].1, batch(32));
 
@@ -286,7 +298,7 @@ mod tests {
         for s in 5..=6 {
             j.append(s, &batch(s)).unwrap();
         }
-        let (mut reopened, frames) = Journal::open(&spare).unwrap();
+        let (mut reopened, frames) = Journal::open(&spare, None).unwrap();
         assert_eq!(seqs(&frames), vec![5, 6]);
         assert_eq!(
             std::fs::metadata(&spare).unwrap().len(),
@@ -295,15 +307,47 @@ mod tests {
         );
         // and appending after recovery goes on after the last frame
         reopened.append(7, &batch(7)).unwrap();
-        let (_, frames) = Journal::open(&spare).unwrap();
+        let (_, frames) = Journal::open(&spare, None).unwrap();
         assert_eq!(seqs(&frames), vec![5, 6, 7]);
+    }
+
+    #[test]
+    fn frames_of_an_earlier_round_end_the_reading_whatever_their_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        // a spare recycled from a store whose seqs ran higher (a database restored from a
+        // backup beside the journal's spares): its old frames follow the new ones
+        let path = dir.path().join("s.redb.journal.00000000000000000005");
+        let (mut j, _) = Journal::open(&path, None).unwrap();
+        for s in 40_000..40_010 {
+            j.append(s, &batch(s % 7)).unwrap();
+        }
+        let mut j = Journal::reuse(&path).unwrap();
+        for s in 5..=7 {
+            j.append(s, &batch(s)).unwrap();
+        }
+        let (_, frames) = Journal::open(&path, Some(5)).unwrap();
+        assert_eq!(
+            seqs(&frames),
+            vec![5, 6, 7],
+            "40,003 is not the frame after 7"
+        );
+
+        // a segment renamed from a spare, the crash before its first write: the old frames
+        // are not this segment's (its first seq is its name's)
+        let path = dir.path().join("s.redb.journal.00000000000000000100");
+        let (mut j, _) = Journal::open(&path, None).unwrap();
+        for s in 60..=62 {
+            j.append(s, &batch(s)).unwrap();
+        }
+        let (_, frames) = Journal::open(&path, Some(100)).unwrap();
+        assert!(frames.is_empty(), "{:?}", seqs(&frames));
     }
 
     #[test]
     fn frames_start_on_block_boundaries_and_a_journal_of_earlier_versions_still_reads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let (mut j, _) = Journal::open(&path).unwrap();
+        let (mut j, _) = Journal::open(&path, None).unwrap();
         for s in 1..=3 {
             j.append(s, &batch(s)).unwrap();
         }
@@ -322,10 +366,10 @@ mod tests {
             bytes.extend(encode(s, &batch(s)).unwrap());
         }
         std::fs::write(&legacy, &bytes).unwrap();
-        let (mut j, frames) = Journal::open(&legacy).unwrap();
+        let (mut j, frames) = Journal::open(&legacy, None).unwrap();
         assert_eq!(seqs(&frames), vec![1, 2, 3, 4]);
         j.append(5, &batch(5)).unwrap();
-        let (_, frames) = Journal::open(&legacy).unwrap();
+        let (_, frames) = Journal::open(&legacy, None).unwrap();
         assert_eq!(seqs(&frames), vec![1, 2, 3, 4, 5]);
         assert_eq!(frames[4].1, batch(5));
     }
@@ -334,7 +378,7 @@ mod tests {
     fn a_torn_frame_after_padding_is_cut_off_and_writing_goes_on_over_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let (mut j, _) = Journal::open(&path).unwrap();
+        let (mut j, _) = Journal::open(&path, None).unwrap();
         for s in 1..=3 {
             j.append(s, &batch(s)).unwrap();
         }
@@ -347,7 +391,7 @@ mod tests {
         bytes[third + torn - 1] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
 
-        let (mut j, frames) = Journal::open(&path).unwrap();
+        let (mut j, frames) = Journal::open(&path, None).unwrap();
         assert_eq!(seqs(&frames), vec![1, 2]);
         assert!(
             std::fs::metadata(&path).unwrap().len() < 3 * BLOCK as u64,
@@ -355,7 +399,7 @@ mod tests {
         );
         j.append(3, &batch(3)).unwrap();
         j.append(4, &batch(4)).unwrap();
-        let (_, frames) = Journal::open(&path).unwrap();
+        let (_, frames) = Journal::open(&path, None).unwrap();
         assert_eq!(seqs(&frames), vec![1, 2, 3, 4]);
     }
 
@@ -364,7 +408,7 @@ mod tests {
     fn buffered_writes_make_the_same_journal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let (j, _) = Journal::open(&path).unwrap();
+        let (j, _) = Journal::open(&path, None).unwrap();
         let mut buffered = Journal {
             file: OpenOptions::new().write(true).open(&path).unwrap(),
             direct: false,
@@ -374,23 +418,29 @@ mod tests {
             buffered.append(s, &batch(s)).unwrap();
         }
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 * BLOCK as u64);
-        let (_, frames) = Journal::open(&path).unwrap();
+        let (_, frames) = Journal::open(&path, None).unwrap();
         assert_eq!(seqs(&frames), vec![1, 2, 3]);
         assert_eq!(frames[1].1, batch(2));
     }
 
-    /// Where this file system takes direct I/O (ext4, xfs; not tmpfs on older kernels), the
-    /// journal writes past the page cache.
+    /// Where the kernel says this file system takes direct I/O at our block size (ext4, xfs,
+    /// tmpfs on recent kernels), the journal's file is open for it.
     #[cfg(target_os = "linux")]
     #[test]
     fn the_journal_uses_direct_io_where_the_file_system_allows_it() {
+        use rustix::fs::{fcntl_getfl, statx, AtFlags, OFlags, StatxFlags, CWD};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let (j, _) = Journal::open(&path).unwrap();
-        let probe = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(&path);
-        assert_eq!(j.direct(), direct_io_fits(&path) && probe.is_ok());
+        let (j, _) = Journal::open(&path, None).unwrap();
+        let st = statx(CWD, &path, AtFlags::empty(), StatxFlags::DIOALIGN).unwrap();
+        let told = StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::DIOALIGN);
+        let fits = (1..=4096).contains(&st.stx_dio_offset_align)
+            && (1..=4096).contains(&st.stx_dio_mem_align);
+        if told {
+            assert_eq!(j.direct(), fits, "statx: {st:?}");
+        }
+        let flags = fcntl_getfl(&j.file).unwrap();
+        assert_eq!(flags.contains(OFlags::DIRECT), j.direct());
+        assert_eq!(flags.contains(OFlags::DSYNC), j.direct());
     }
 }

@@ -187,12 +187,21 @@ fn segments(store: &Path) -> Result<Vec<PathBuf>, StoreError> {
     Ok(out)
 }
 
+/// The first seq a segment holds, from its name (`None` for the single-file journal of
+/// earlier versions).
+fn first_seq(segment: &Path) -> Option<u64> {
+    let name = segment.file_name()?.to_str()?;
+    name.rsplit_once(".journal.")?.1.parse().ok()
+}
+
 /// Spare segments kept at most: full segments a checkpoint freed, for the segments written
 /// before the next checkpoint (at peak, ~25 MB of journal a second against a checkpoint every
 /// 2 s; a new file instead costs each sync its growing size).
 const SPARES: usize = 8;
 /// Spares zero-filled when a store starts taking writes: two, so that a segment can fill
-/// while the one before it waits for the checkpoint that lets it be recycled.
+/// while the one before it waits for the checkpoint that lets it be recycled. They have their
+/// own places (the first), apart from those recycled segments go to, so that the applier
+/// filling them and the journal thread recycling never rename onto the same name.
 const ZERO_FILLED: usize = 2;
 
 /// The spare segments' places: zero-filled (by the applier) or recycled segments, renamed to
@@ -216,14 +225,13 @@ fn sync_dir(store: &Path) -> Result<(), StoreError> {
         .map_err(backend)
 }
 
-/// Writes zero-filled spare segments in free places until there are `ZERO_FILLED` spares:
-/// on the applier thread, so that no answer waits for them.
+/// Writes a zero-filled spare segment in each of their free places: on the applier thread, so
+/// that no answer waits for them.
 fn prepare_spares(store: &Path) -> Result<(), StoreError> {
-    let (ready, free): (Vec<_>, Vec<_>) = spare_paths(store).into_iter().partition(|p| p.exists());
-    for spare in free
-        .into_iter()
-        .take(ZERO_FILLED.saturating_sub(ready.len()))
-    {
+    for spare in spare_paths(store).into_iter().take(ZERO_FILLED) {
+        if spare.exists() {
+            continue;
+        }
         let mut tmp = spare.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
@@ -315,7 +323,7 @@ impl JournalWriter {
                 let (journal, fresh) = if spare {
                     (Journal::reuse(&path)?, false)
                 } else {
-                    (Journal::open(&path)?.0, true)
+                    (Journal::open(&path, Some(seq))?.0, true)
                 };
                 // the segment's name is durable before any frame in it is acknowledged
                 sync_dir(&self.store_path)?;
@@ -363,7 +371,7 @@ impl JournalWriter {
             // have lower seqs than any the next segment will hold); the rest go
             let full = std::fs::metadata(path).is_ok_and(|m| m.len() >= SEGMENT_BYTES);
             let recycled = full
-                && spares
+                && spares[ZERO_FILLED..]
                     .iter()
                     .find(|p| !p.exists())
                     .is_some_and(|free| std::fs::rename(path, free).is_ok());
@@ -563,7 +571,7 @@ impl RedbStore {
         let mut replayed = 0usize;
         let files = segments(path)?;
         for file in &files {
-            let (_, frames) = Journal::open(file)?;
+            let (_, frames) = Journal::open(file, first_seq(file))?;
             for (frame_seq, payload) in frames {
                 // frames at or below what redb holds are already applied; a lower seq after
                 // a higher one is a stale frame
@@ -586,6 +594,15 @@ impl RedbStore {
         checkpoint(&db)?;
         for file in files {
             std::fs::remove_file(&file).map_err(backend)?;
+        }
+        // a spare the last run was still zero-filling
+        for spare in spare_paths(path) {
+            let mut tmp = spare.into_os_string();
+            tmp.push(".tmp");
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(backend(e)),
+                _ => {}
+            }
         }
 
         let db = Arc::new(db);
