@@ -1,8 +1,9 @@
 //! The break-glass path, top to bottom: verify the signed request, refuse replays, look the
 //! clinician up in the chain-state cache, check on-call, the patient's preferences and the
 //! policies, then write the access record, the chain-record operation, the patient's notice
-//! and the used nonce in one durable write, and only then sign the token. No step waits on the
-//! node except a cache miss; the chain record and the notice are background work.
+//! and the used nonce in one durable write, signing the token while it syncs and handing it
+//! out only once the write is durable. No step waits on the node except a cache miss; the
+//! chain record and the notice are background work.
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;

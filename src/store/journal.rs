@@ -22,6 +22,7 @@
 //! the rest were already in redb's durable state.
 
 use std::fs::{File, OpenOptions};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -60,14 +61,15 @@ impl Journal {
     /// so that frames a reused file held before (an earlier round's, or another store's after
     /// an operator restored a backup beside its spares) end the reading whatever their seq.
     pub fn open(path: &Path, first_seq: Option<u64>) -> Result<(Journal, Vec<Frame>), StoreError> {
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)
             .map_err(|e| io(path, e))?;
-        let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| io(path, e))?;
         let mut frames = Vec::new();
         let mut at = 0usize;
         while let Some((seq, payload, next)) = next_frame(&bytes, at) {
@@ -103,7 +105,7 @@ impl Journal {
     /// frames a checkpoint covers): frames overwrite it from the start, so each sync writes
     /// data blocks only, with no file size or block allocation to commit as well. What
     /// follows the last frame is never read as one: zeros end the reading, and older frames
-    /// have lower seqs.
+    /// are not the next seq.
     pub fn reuse(path: &Path) -> Result<Journal, StoreError> {
         let (file, direct) = open_for_writes(path)?;
         Ok(Journal {
@@ -118,25 +120,22 @@ impl Journal {
     /// Appends one frame and makes it durable: when this returns `Ok`, the payload survives a
     /// crash.
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
-        let frame = encode(seq, payload)?;
-        let blocks = frame.len().next_multiple_of(BLOCK);
+        let len = frame_len(payload)?;
+        let blocks = len.next_multiple_of(BLOCK);
         if self.staging.len() < blocks + BLOCK {
             self.staging.resize(blocks + BLOCK, 0);
         }
         let start = self.staging.as_ptr().align_offset(BLOCK);
         let out = &mut self.staging[start..start + blocks];
-        out[..frame.len()].copy_from_slice(&frame);
-        out[frame.len()..].fill(0);
+        put_frame(out, seq, payload);
+        out[len..].fill(0);
         let mut written = self.file.write_all_at(out, self.len);
         if self.direct && matches!(&written, Err(e) if e.kind() == std::io::ErrorKind::InvalidInput)
         {
             // the file system opened it for direct I/O but refuses this write (a device's
             // blocks larger than ours, some stacked file systems): buffered from now on
             tracing::warn!(journal = %self.path.display(), "the file system refused a direct write: journal writes are buffered and synced with fdatasync (slower)");
-            self.file = OpenOptions::new()
-                .write(true)
-                .open(&self.path)
-                .map_err(|e| io(&self.path, e))?;
+            self.file = open_buffered(&self.path)?;
             self.direct = false;
             written = self.file.write_all_at(out, self.len);
         }
@@ -186,11 +185,15 @@ fn open_for_writes(path: &Path) -> Result<(File, bool), StoreError> {
             Err(e) => return Err(io(path, e)),
         }
     }
-    let file = OpenOptions::new()
+    Ok((open_buffered(path)?, false))
+}
+
+/// Opens a journal file for buffered writes (each followed by `fdatasync`).
+fn open_buffered(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
         .write(true)
         .open(path)
-        .map_err(|e| io(path, e))?;
-    Ok((file, false))
+        .map_err(|e| io(path, e))
 }
 
 /// Whether the file system takes direct I/O at `BLOCK` alignment, as far as the kernel tells
@@ -223,20 +226,24 @@ fn next_frame(bytes: &[u8], at: usize) -> Option<(u64, &[u8], usize)> {
     })
 }
 
-/// One frame's bytes.
-pub fn encode(seq: u64, body: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let len = u32::try_from(8 + body.len())
-        .ok()
-        .filter(|l| (*l as usize) <= MAX_FRAME)
-        .ok_or_else(|| StoreError::Backend("a batch too large for one journal frame".into()))?;
-    let mut frame = Vec::with_capacity(HEADER + len as usize);
-    frame.extend_from_slice(&len.to_le_bytes());
-    frame.extend_from_slice(&[0; 4]);
-    frame.extend_from_slice(&seq.to_le_bytes());
-    frame.extend_from_slice(body);
-    let crc = crc32fast::hash(&frame[HEADER..]);
-    frame[4..8].copy_from_slice(&crc.to_le_bytes());
-    Ok(frame)
+/// The size of `body`'s frame, header included; an error for a body too large for one.
+fn frame_len(body: &[u8]) -> Result<usize, StoreError> {
+    Some(8 + body.len())
+        .filter(|len| *len <= MAX_FRAME)
+        .map(|len| HEADER + len)
+        .ok_or_else(|| StoreError::Backend("a batch too large for one journal frame".into()))
+}
+
+/// Lays `body`'s frame out at the start of `out` (at least `frame_len(body)` long), straight
+/// into the block-aligned buffer a direct write needs.
+fn put_frame(out: &mut [u8], seq: u64, body: &[u8]) {
+    let len = 8 + body.len();
+    // frame_len checked len ≤ MAX_FRAME, which fits in a u32
+    out[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[HEADER..HEADER + 8].copy_from_slice(&seq.to_le_bytes());
+    out[HEADER + 8..HEADER + len].copy_from_slice(body);
+    let crc = crc32fast::hash(&out[HEADER..HEADER + len]);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The frame starting at `at` (its seq and what follows it), and where the next one starts;
@@ -259,6 +266,13 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<(u64, &[u8], usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One frame's bytes, on their own.
+    fn encode(seq: u64, body: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut frame = vec![0; frame_len(body)?];
+        put_frame(&mut frame, seq, body);
+        Ok(frame)
+    }
 
     fn batch(n: u64) -> Vec<u8> {
         format!("frame {n}: {}", "x".repeat(n as usize * 7)).into_bytes()

@@ -225,6 +225,13 @@ fn sync_dir(store: &Path) -> Result<(), StoreError> {
         .map_err(backend)
 }
 
+/// Where a zero-filled spare is written before it is renamed into its place.
+fn being_filled(spare: &Path) -> PathBuf {
+    let mut tmp = spare.as_os_str().to_owned();
+    tmp.push(".tmp");
+    PathBuf::from(tmp)
+}
+
 /// Writes a zero-filled spare segment in each of their free places: on the applier thread, so
 /// that no answer waits for them.
 fn prepare_spares(store: &Path) -> Result<(), StoreError> {
@@ -232,9 +239,7 @@ fn prepare_spares(store: &Path) -> Result<(), StoreError> {
         if spare.exists() {
             continue;
         }
-        let mut tmp = spare.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
+        let tmp = being_filled(&spare);
         let mut f = std::fs::File::create(&tmp).map_err(backend)?;
         let zeros = vec![0u8; 1 << 20];
         let mut written = 0u64;
@@ -266,6 +271,8 @@ struct Segment {
 /// The journal thread: appends groups, makes them visible, answers, hands them on.
 struct JournalWriter {
     store_path: PathBuf,
+    /// The spares' places (`spare_paths`), looked at after every group.
+    spares: [PathBuf; SPARES],
     current: Option<Segment>,
     /// Closed segments, with the last seq each holds.
     closed: Vec<(PathBuf, u64)>,
@@ -317,8 +324,9 @@ impl JournalWriter {
             Some(s) => s,
             None => {
                 let path = segment_path(&self.store_path, seq);
-                let spare = spare_paths(&self.store_path)
-                    .into_iter()
+                let spare = self
+                    .spares
+                    .iter()
                     .any(|spare| std::fs::rename(spare, &path).is_ok());
                 let (journal, fresh) = if spare {
                     (Journal::reuse(&path)?, false)
@@ -352,7 +360,7 @@ impl JournalWriter {
     /// Closes a full segment; deletes the segments a checkpoint covers.
     fn collect(&mut self) {
         let durable = self.checkpointed.load(Ordering::Acquire);
-        let spares = spare_paths(&self.store_path);
+        let spares = &self.spares;
         if let Some(s) = &self.current {
             if s.last_seq <= durable
                 || s.journal.bytes() >= SEGMENT_BYTES
@@ -367,8 +375,9 @@ impl JournalWriter {
             if *last > durable {
                 return true;
             }
-            // a full segment becomes a spare if there is a free place (its old frames all
-            // have lower seqs than any the next segment will hold); the rest go
+            // a full segment becomes a spare if there is a free place (its old frames are
+            // never read as the next segment's: they do not run on from the seq in its
+            // name); the rest go
             let full = std::fs::metadata(path).is_ok_and(|m| m.len() >= SEGMENT_BYTES);
             let recycled = full
                 && spares[ZERO_FILLED..]
@@ -597,9 +606,7 @@ impl RedbStore {
         }
         // a spare the last run was still zero-filling
         for spare in spare_paths(path) {
-            let mut tmp = spare.into_os_string();
-            tmp.push(".tmp");
-            match std::fs::remove_file(&tmp) {
+            match std::fs::remove_file(being_filled(&spare)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(backend(e)),
                 _ => {}
             }
@@ -627,6 +634,7 @@ impl RedbStore {
         let journal_writes = crate::metrics::latency_histogram();
         let journal = JournalWriter {
             store_path: path.to_path_buf(),
+            spares: spare_paths(path),
             current: None,
             closed: Vec::new(),
             seq,
