@@ -1,17 +1,21 @@
 //! The reference handlers the load test measures beside the service, on the same framework
-//! and worker count: `GET /hello` (the framework's floor: a small JSON answer) and
+//! and worker count: `GET /hello` (the framework's floor: a small JSON answer),
 //! `POST /crypto` (only the unavoidable crypto: recover the SIP-018 signer of the request,
-//! sign one Ed25519 JWT).
+//! sign one Ed25519 JWT) and `POST /durable` (that crypto and the one unavoidable durable
+//! write: the record appended to the store's own journal, synced, one write per group of
+//! requests waiting for it, and nothing else: no redb, no checkpoints, no chain record or
+//! notice). The last is the floor of a grant's latency on the machine's disk.
 //!
 //!   cargo run --release --example reference_server -- <port> <data-dir>
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use breakglass::domain::Role;
 use breakglass::request;
 use breakglass::stacks::tx::TESTNET_CHAIN_ID;
-use breakglass::store::AccessRecord;
+use breakglass::store::{AccessRecord, Journal};
 use breakglass::token::TokenIssuer;
 
 /// The same allocator as the service, so that the comparison is like for like.
@@ -22,14 +26,60 @@ async fn hello() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "hello": "world" }))
 }
 
-async fn crypto(tokens: web::Data<Arc<TokenIssuer>>, body: web::Bytes) -> HttpResponse {
+/// A record awaiting its synced write, and where to answer once it is durable.
+type Write = (Vec<u8>, tokio::sync::oneshot::Sender<bool>);
+
+/// The durable writes' file: zero-filled once, then overwritten from its start again each
+/// time it is full, as the service's journal writes a spare segment.
+const DURABLE_BYTES: u64 = 64 << 20;
+
+/// Starts the thread that makes records durable: each group of waiting records is one frame
+/// of the store's journal (`Journal::append`: direct I/O and `O_DSYNC`).
+fn durable_writer(path: PathBuf) -> std::io::Result<mpsc::Sender<Write>> {
+    zero_fill(&path)?;
+    let mut journal = Journal::reuse(&path).map_err(std::io::Error::other)?;
+    let (tx, rx) = mpsc::channel::<Write>();
+    std::thread::Builder::new()
+        .name("durable-writer".into())
+        .spawn(move || {
+            let mut seq = 0u64;
+            while let Ok(first) = rx.recv() {
+                let mut group = vec![first];
+                group.extend(rx.try_iter());
+                let payload: Vec<u8> = group.iter().flat_map(|(r, _)| r.iter().copied()).collect();
+                if journal.bytes() + payload.len() as u64 + (1 << 20) > DURABLE_BYTES {
+                    match Journal::reuse(&path) {
+                        Ok(j) => journal = j,
+                        Err(_) => return,
+                    }
+                }
+                seq += 1;
+                let ok = journal.append(seq, &payload).is_ok();
+                for (_, done) in group {
+                    let _ = done.send(ok);
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+fn zero_fill(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..DURABLE_BYTES >> 20 {
+        f.write_all(&zeros)?;
+    }
+    f.sync_all()
+}
+
+/// The request verified and the record a grant would hold (no policy, no store).
+fn verified(body: &[u8]) -> Option<(AccessRecord, String)> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let Ok(r) = request::verify(&body, TESTNET_CHAIN_ID, false, now) else {
-        return HttpResponse::BadRequest().finish();
-    };
+    let r = request::verify(body, TESTNET_CHAIN_ID, false, now).ok()?;
     let record = AccessRecord {
         id: hex::encode(r.message_hash),
         provider: r.signer.to_string(),
@@ -50,9 +100,43 @@ async fn crypto(tokens: web::Data<Arc<TokenIssuer>>, body: web::Bytes) -> HttpRe
         signature: String::new(),
         on_call: None,
     };
-    match tokens.issue(&tokens.claims(&record, &r.reason)) {
+    Some((record, r.reason))
+}
+
+fn granted(token: Result<String, impl std::fmt::Debug>) -> HttpResponse {
+    match token {
         Ok(t) => HttpResponse::Created().json(serde_json::json!({ "access_token": t })),
         Err(_) => HttpResponse::InternalServerError().finish(),
+    }
+}
+
+async fn crypto(tokens: web::Data<Arc<TokenIssuer>>, body: web::Bytes) -> HttpResponse {
+    let Some((record, reason)) = verified(&body) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    granted(tokens.issue(&tokens.claims(&record, &reason)))
+}
+
+async fn durable(
+    tokens: web::Data<Arc<TokenIssuer>>,
+    writer: web::Data<mpsc::Sender<Write>>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let Some((record, reason)) = verified(&body) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    let Ok(bytes) = serde_json::to_vec(&record) else {
+        return HttpResponse::InternalServerError().finish();
+    };
+    // as the service does: the token is signed while the write syncs
+    let (done, written) = tokio::sync::oneshot::channel();
+    if writer.send((bytes, done)).is_err() {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    let token = tokens.issue(&tokens.claims(&record, &reason));
+    match written.await {
+        Ok(true) => granted(token),
+        _ => HttpResponse::ServiceUnavailable().finish(),
     }
 }
 
@@ -70,11 +154,14 @@ async fn main() -> std::io::Result<()> {
     let tokens = Arc::new(
         TokenIssuer::load_or_generate(&dir, "iss", "fhir").map_err(std::io::Error::other)?,
     );
+    let writer = durable_writer(dir.join("durable.journal"))?;
     HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(tokens.clone()))
+            .app_data(web::Data::new(writer.clone()))
             .route("/hello", web::get().to(hello))
             .route("/crypto", web::post().to(crypto))
+            .route("/durable", web::post().to(durable))
     })
     .bind(("127.0.0.1", port))?
     .run()

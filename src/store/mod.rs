@@ -12,6 +12,7 @@ mod redb_store;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{DataType, PatientId, ProviderStatus, Purpose, Role};
+pub use journal::Journal;
 pub use redb_store::{Checkpoints, RedbStore};
 
 #[derive(Debug, Clone, thiserror::Error)]
