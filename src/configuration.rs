@@ -318,6 +318,19 @@ pub struct SubmitterSettings {
 pub struct DataSettings {
     /// The embedded store and generated keys live here.
     pub dir: PathBuf,
+    /// The store's page cache, in MiB (`RedbOptions::cache_bytes`): the most the service's
+    /// memory grows by under sustained writes, and half as much again.
+    pub cache_mib: usize,
+}
+
+impl DataSettings {
+    /// How the store at `breakglass.redb` in `dir` is opened.
+    pub fn store_options(&self) -> crate::store::RedbOptions {
+        crate::store::RedbOptions {
+            cache_bytes: self.cache_mib << 20,
+            ..crate::store::RedbOptions::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -355,6 +368,7 @@ impl Default for Settings {
             },
             data: DataSettings {
                 dir: PathBuf::from(".data/breakglass"),
+                cache_mib: crate::store::DEFAULT_CACHE_MIB,
             },
             log: LogSettings {
                 format: "json".into(),
@@ -435,6 +449,12 @@ impl Settings {
             && !self.chain.node_url.starts_with("https://")
         {
             return Err("chain.node_url must be an http(s) URL".into());
+        }
+        if !(1..=65_536).contains(&self.data.cache_mib) {
+            return Err(format!(
+                "data.cache_mib must be from 1 to 65536 (MiB), not {}",
+                self.data.cache_mib
+            ));
         }
         if self.issuance.seconds_per_block == 0 || self.issuance.grants_per_minute == 0 {
             return Err(

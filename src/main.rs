@@ -154,8 +154,11 @@ type Offline = (
 fn offline(s: &Settings) -> anyhow::Result<Offline> {
     use anyhow::Context;
     let store: std::sync::Arc<dyn breakglass::store::Store> = std::sync::Arc::new(
-        breakglass::store::RedbStore::open(&s.data.dir.join("breakglass.redb"))
-            .context("opening the store (is the service running? stop it, or use the admin API)")?,
+        breakglass::store::RedbStore::open_with(
+            &s.data.dir.join("breakglass.redb"),
+            s.data.store_options(),
+        )
+        .context("opening the store (is the service running? stop it, or use the admin API)")?,
     );
     let keyring = breakglass::seal::Keyring::load_or_generate(
         &s.data.dir,

@@ -63,7 +63,10 @@ impl Application {
             Some(dir) => Policies::load(dir)?,
             None => Policies::defaults()?,
         });
-        let redb = RedbStore::open(&settings.data.dir.join("breakglass.redb"))?;
+        let redb = RedbStore::open_with(
+            &settings.data.dir.join("breakglass.redb"),
+            settings.data.store_options(),
+        )?;
         let mut metrics = Metrics::new();
         metrics.register_journal(redb.journal_writes());
         let store: Arc<dyn Store> = Arc::new(redb);

@@ -181,6 +181,10 @@ fn bad_configuration_is_refused_with_the_reason() {
     let out = breakglass(&["--config", file.to_str().unwrap(), "keys", "show"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("node_urll"));
+    std::fs::write(&file, "[data]\ncache_mib = 0\n").unwrap();
+    let out = breakglass(&["--config", file.to_str().unwrap(), "keys", "show"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("data.cache_mib"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

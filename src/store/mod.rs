@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{DataType, PatientId, ProviderStatus, Purpose, Role};
 pub use journal::Journal;
-pub use redb_store::{Checkpoints, RedbStore};
+pub use redb_store::{Checkpoints, RedbOptions, RedbStore, DEFAULT_CACHE_MIB};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
