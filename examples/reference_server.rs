@@ -50,7 +50,11 @@ fn durable_writer(path: PathBuf) -> std::io::Result<mpsc::Sender<Write>> {
                 if journal.bytes() + payload.len() as u64 + (1 << 20) > DURABLE_BYTES {
                     match Journal::reuse(&path) {
                         Ok(j) => journal = j,
-                        Err(_) => return,
+                        Err(e) => {
+                            // the waiting requests and every later one get 503
+                            eprintln!("durable writer stopped: {e}");
+                            return;
+                        }
                     }
                 }
                 seq += 1;

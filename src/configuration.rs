@@ -318,8 +318,9 @@ pub struct SubmitterSettings {
 pub struct DataSettings {
     /// The embedded store and generated keys live here.
     pub dir: PathBuf,
-    /// The store's page cache, in MiB (`RedbOptions::cache_bytes`): the most the service's
-    /// memory grows by under sustained writes, and half as much again.
+    /// The store's page cache, in MiB (`RedbOptions::cache_bytes`): pages read, and pages
+    /// written and not yet checkpointed (up to half of it); what the service's memory grows
+    /// by under sustained writes.
     pub cache_mib: usize,
 }
 
@@ -327,7 +328,7 @@ impl DataSettings {
     /// How the store at `breakglass.redb` in `dir` is opened.
     pub fn store_options(&self) -> crate::store::RedbOptions {
         crate::store::RedbOptions {
-            cache_bytes: self.cache_mib << 20,
+            cache_bytes: self.cache_mib.saturating_mul(1 << 20),
             ..crate::store::RedbOptions::default()
         }
     }
@@ -518,6 +519,19 @@ impl Settings {
 #[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_cache_is_given_in_mib() {
+        let data = DataSettings {
+            dir: PathBuf::from("d"),
+            cache_mib: 3,
+        };
+        assert_eq!(data.store_options().cache_bytes, 3 << 20);
+        assert_eq!(
+            Settings::default().data.store_options().cache_bytes,
+            crate::store::DEFAULT_CACHE_MIB << 20
+        );
+    }
 
     // figment::Jail isolates the environment and working directory of each test
     #[test]

@@ -553,7 +553,7 @@ fn dec<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
 pub struct RedbOptions {
     pub checkpoints: Checkpoints,
     /// redb's page cache: pages read, and pages written and not yet checkpointed (up to half
-    /// of it again). The store writes mostly new records that are seldom read, so a small
+    /// of it). The store writes mostly new records that are seldom read, so a small
     /// cache costs little; redb's own default (1 GiB) let a busy service's memory grow by
     /// ~45 MB a second at peak until it was full.
     pub cache_bytes: usize,
