@@ -8,7 +8,7 @@
 //!
 //!   cargo run --release --example reference_server -- <port> <data-dir>
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -36,7 +36,7 @@ const DURABLE_BYTES: u64 = 64 << 20;
 /// Starts the thread that makes records durable: each group of waiting records is one frame
 /// of the store's journal (`Journal::append`: direct I/O and `O_DSYNC`).
 fn durable_writer(path: PathBuf) -> std::io::Result<mpsc::Sender<Write>> {
-    zero_fill(&path)?;
+    Journal::zero_fill(&path, DURABLE_BYTES).map_err(std::io::Error::other)?;
     let mut journal = Journal::reuse(&path).map_err(std::io::Error::other)?;
     let (tx, rx) = mpsc::channel::<Write>();
     std::thread::Builder::new()
@@ -65,16 +65,6 @@ fn durable_writer(path: PathBuf) -> std::io::Result<mpsc::Sender<Write>> {
             }
         })?;
     Ok(tx)
-}
-
-fn zero_fill(path: &Path) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    let zeros = vec![0u8; 1 << 20];
-    for _ in 0..DURABLE_BYTES >> 20 {
-        f.write_all(&zeros)?;
-    }
-    f.sync_all()
 }
 
 /// The request verified and the record a grant would hold (no policy, no store).

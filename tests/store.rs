@@ -359,22 +359,24 @@ fn crash_copy(from: &std::path::Path, to: &std::path::Path) -> Vec<std::path::Pa
     journal
 }
 
+/// A store that does not checkpoint while a test runs: redb holds its writes non-durably and
+/// the journal's segments stay.
+fn without_checkpoints() -> RedbOptions {
+    RedbOptions {
+        checkpoints: Checkpoints {
+            every: std::time::Duration::from_secs(3600),
+            when_idle_for: std::time::Duration::from_secs(3600),
+        },
+        ..RedbOptions::default()
+    }
+}
+
 #[test]
 fn acknowledged_writes_survive_a_crash_through_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     let live = dir.path().join("live");
     // no checkpoint while the test runs: redb holds the writes only non-durably
-    let store = RedbStore::open_with(
-        &live.join("s.redb"),
-        RedbOptions {
-            checkpoints: Checkpoints {
-                every: std::time::Duration::from_secs(3600),
-                when_idle_for: std::time::Duration::from_secs(3600),
-            },
-            ..RedbOptions::default()
-        },
-    )
-    .unwrap();
+    let store = RedbStore::open_with(&live.join("s.redb"), without_checkpoints()).unwrap();
     for i in 0..50u64 {
         store
             .apply(Batch {
@@ -452,17 +454,7 @@ fn a_busy_store_journals_onto_zero_filled_spares() {
     let path = dir.path().join("s.redb");
     // no checkpoint during the test: the new file stays on disk once closed, and no segment
     // is recycled into a spare
-    let store = RedbStore::open_with(
-        &path,
-        RedbOptions {
-            checkpoints: Checkpoints {
-                every: std::time::Duration::from_secs(3600),
-                when_idle_for: std::time::Duration::from_secs(3600),
-            },
-            ..RedbOptions::default()
-        },
-    )
-    .unwrap();
+    let store = RedbStore::open_with(&path, without_checkpoints()).unwrap();
     let files = |dir: &std::path::Path| -> Vec<(String, u64)> {
         let mut v: Vec<_> = std::fs::read_dir(dir)
             .unwrap()

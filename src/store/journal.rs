@@ -117,6 +117,20 @@ impl Journal {
         })
     }
 
+    /// Writes a zero-filled file of `bytes` at `path` and syncs it: room that frames overwrite
+    /// (`reuse`) without growing the file, so that a sync commits no size or block allocation.
+    pub fn zero_fill(path: &Path, bytes: u64) -> Result<(), StoreError> {
+        let mut f = File::create(path).map_err(|e| io(path, e))?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        while written < bytes {
+            let n = zeros.len().min((bytes - written) as usize);
+            std::io::Write::write_all(&mut f, &zeros[..n]).map_err(|e| io(path, e))?;
+            written += n as u64;
+        }
+        f.sync_all().map_err(|e| io(path, e))
+    }
+
     /// Appends one frame and makes it durable: when this returns `Ok`, the payload survives a
     /// crash.
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
@@ -307,7 +321,8 @@ mod tests {
 
         // a zero-filled spare: new frames, and the zeros after them are not a torn frame
         let spare = dir.path().join("spare");
-        std::fs::write(&spare, vec![0u8; 64 * 1024]).unwrap();
+        Journal::zero_fill(&spare, 64 * 1024).unwrap();
+        assert!(std::fs::read(&spare).unwrap().iter().all(|b| *b == 0));
         let mut j = Journal::reuse(&spare).unwrap();
         for s in 5..=6 {
             j.append(s, &batch(s)).unwrap();

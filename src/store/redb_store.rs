@@ -240,14 +240,7 @@ fn prepare_spares(store: &Path) -> Result<(), StoreError> {
             continue;
         }
         let tmp = being_filled(&spare);
-        let mut f = std::fs::File::create(&tmp).map_err(backend)?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut written = 0u64;
-        while written < SPARE_BYTES {
-            std::io::Write::write_all(&mut f, &zeros).map_err(backend)?;
-            written += zeros.len() as u64;
-        }
-        f.sync_all().map_err(backend)?;
+        Journal::zero_fill(&tmp, SPARE_BYTES)?;
         std::fs::rename(&tmp, &spare).map_err(backend)?;
     }
     Ok(())
