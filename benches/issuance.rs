@@ -104,13 +104,13 @@ fn benches(c: &mut Criterion) {
     // the whole grant: checks from the cache, Cedar, one durable redb write, the token
     let mut settings = Settings::default();
     settings.issuance.grants_per_minute = 1_000_000;
-    let state = ChainState {
-        store: store.clone(),
-        rpc: NodeClient::new("http://127.0.0.1:9", Duration::from_millis(10), 0),
-        contracts: Contracts {
+    let state = ChainState::new(
+        store.clone(),
+        NodeClient::new("http://127.0.0.1:9", Duration::from_millis(10), 0),
+        Contracts {
             address: settings.contracts_address(),
         },
-    };
+    );
     let bg = BreakGlass::new(
         &settings,
         state,

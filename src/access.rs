@@ -274,14 +274,16 @@ impl BreakGlass {
             ));
         }
 
-        // the window: the policy's, never beyond the patient's maximum
-        let patient_minutes = (prefs.max_window * self.seconds_per_block / 60).max(1);
-        let window_minutes = policy_minutes
-            .min(u32::try_from(patient_minutes).unwrap_or(u32::MAX))
+        // the window: the policy's, never beyond the patient's maximum (in blocks, which the
+        // chain record is checked against) nor the contract's, to the second
+        let window_secs = (u64::from(policy_minutes.max(1)) * 60)
+            .min(prefs.max_window.saturating_mul(self.seconds_per_block))
+            .min(MAX_WINDOW_BLOCKS * self.seconds_per_block)
             .max(1);
-        let window_blocks = (u64::from(window_minutes) * 60)
+        let window_blocks = window_secs
             .div_ceil(self.seconds_per_block)
             .clamp(1, MAX_WINDOW_BLOCKS);
+        let window_minutes = u32::try_from(window_secs.div_ceil(60)).unwrap_or(u32::MAX);
 
         // the record, the chain operation and the used nonce: one durable write, or nothing
         let id = access_id(now_ms());
@@ -305,7 +307,7 @@ impl BreakGlass {
             nonce: req.nonce,
             issued_at: req.issued_at,
             granted_at: now,
-            expires_at: now + u64::from(window_minutes) * 60,
+            expires_at: now + window_secs,
             window_minutes,
             window_blocks,
             rules,

@@ -78,11 +78,7 @@ impl Application {
         let contracts = Contracts {
             address: settings.contracts_address(),
         };
-        let state = ChainState {
-            store: store.clone(),
-            rpc: rpc.clone(),
-            contracts: contracts.clone(),
-        };
+        let state = ChainState::new(store.clone(), rpc.clone(), contracts.clone());
         let status = Arc::new(FollowerStatus::default());
         let tokens = Arc::new(TokenIssuer::load_or_generate(
             &settings.data.dir,

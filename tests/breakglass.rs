@@ -89,19 +89,7 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
         })
         .await;
         assert!(confirmed["chain"]["block_height"].as_u64().unwrap() <= start + 2);
-        let on_chain = app
-            .follower
-            .state
-            .rpc
-            .call_read(
-                &format!("{}.access-control", deployer()),
-                "get-emergency-access",
-                &[Value::buffer(hex::decode(id).unwrap())],
-                &deployer(),
-            )
-            .await
-            .unwrap();
-        let shown = on_chain.to_string();
+        let shown = on_chain(app, id).await;
         assert!(
             shown.contains(p["principal"].as_str().unwrap())
                 && shown.contains(&format!("(provider-role \"{role}\")")),
@@ -141,6 +129,35 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
         "the durable write is a part of each grant"
     );
 }
+
+/// The access's record on chain, in Clarity notation.
+async fn on_chain(app: &breakglass::startup::Application, access_id: &str) -> String {
+    app.follower
+        .state
+        .rpc
+        .call_read(
+            &format!("{}.access-control", deployer()),
+            "get-emergency-access",
+            &[Value::buffer(hex::decode(access_id).unwrap())],
+            &deployer(),
+        )
+        .await
+        .unwrap()
+        .to_string()
+}
+
+/// Mines one block and waits until the service has applied it.
+async fn mine_applied(app: &breakglass::startup::Application, devnet: &Devnet, what: &str) {
+    let before = devnet.tip().await;
+    devnet.mine().await;
+    eventually(what, SECS, async || {
+        (app.status.applied() > before).then_some(())
+    })
+    .await;
+}
+
+/// A key no provider registered.
+const UNKNOWN_KEY: &str = "32dbccc75cc0e55e357086cba78b121454b8bf67952ba20a9dd36aba46ce1e9f01";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_has_its_code_and_leaves_no_trace() {
@@ -218,13 +235,7 @@ async fn every_refusal_has_its_code_and_leaves_no_trace() {
         ),
         (
             "unknown provider",
-            signed(
-                "32dbccc75cc0e55e357086cba78b121454b8bf67952ba20a9dd36aba46ce1e9f01",
-                yes,
-                &["allergies"],
-                4,
-                t,
-            ),
+            signed(UNKNOWN_KEY, yes, &["allergies"], 4, t),
             403,
             "unknown-provider",
         ),
@@ -299,6 +310,11 @@ async fn every_refusal_has_its_code_and_leaves_no_trace() {
         app.store.open_submissions().unwrap().is_empty(),
         "no refusal queued a chain write"
     );
+    // anyone can sign with a new key: what the node said of it is not kept in the store
+    let unknown = address_of(&parse_key(UNKNOWN_KEY).unwrap()).to_string();
+    let cached = app.store.providers().unwrap();
+    assert!(!cached.contains(&unknown), "{unknown} is in {cached:?}");
+    assert!(cached.contains(&address_of(&parse_key(&key("nurse")).unwrap()).to_string()));
 
     // replay: the same signed request twice
     let (first, _) = post(app, &good).await;
@@ -466,8 +482,47 @@ async fn chain_changes_are_honoured_within_a_block() {
     })
     .await;
 
-    // the patient opts out: one block later, refused
+    // the patient allows 3 blocks at most (30 s at 10 s a block), less than any policy's
+    // window: the token lives 30 s, and the chain record is within the patient's preferences
     let patient_key = parse_key(yes["private_key"].as_str().unwrap()).unwrap();
+    devnet
+        .call(
+            &patient_key,
+            "patient-consent",
+            "set-emergency-preferences",
+            vec![
+                Value::Bool(true),
+                Value::List(vec![Value::ascii("allergies")]),
+                Value::UInt(3),
+            ],
+        )
+        .await;
+    mine_applied(app, devnet, "preferences applied").await;
+    let (ok, short) = post(app, &signed(pkey, pid, &["allergies"], 4, now())).await;
+    assert_eq!(ok, 201, "{short}");
+    assert_eq!(short["expires_in"], 30, "{short}");
+    let short_id = short["access_id"].as_str().unwrap().to_string();
+    let record = get(app, &format!("/v1/accesses/{short_id}")).await;
+    assert_eq!(
+        record["expires_at"].as_u64().unwrap() - record["granted_at"].as_u64().unwrap(),
+        30,
+        "{record}"
+    );
+    eventually("the short access on chain", SECS, async || {
+        let r = get(app, &format!("/v1/accesses/{short_id}")).await;
+        if r["chain"]["state"] == "submitted" {
+            devnet.mine().await;
+        }
+        (r["chain"]["state"] == "confirmed").then_some(r)
+    })
+    .await;
+    let recorded = on_chain(app, &short_id).await;
+    assert!(
+        recorded.contains("(within-preferences true)") && recorded.contains("(window u3)"),
+        "{recorded}"
+    );
+
+    // the patient opts out: one block later, refused
     devnet
         .call(
             &patient_key,
@@ -477,11 +532,7 @@ async fn chain_changes_are_honoured_within_a_block() {
         )
         .await;
     let before = devnet.tip().await;
-    devnet.mine().await;
-    eventually("opt-out applied", SECS, async || {
-        (app.status.applied() > before).then_some(())
-    })
-    .await;
+    mine_applied(app, devnet, "opt-out applied").await;
     assert_eq!(devnet.tip().await, before + 1);
     let (status, problem) = post(app, &signed(pkey, pid, &["allergies"], 2, now())).await;
     assert_eq!(
@@ -502,12 +553,7 @@ async fn chain_changes_are_honoured_within_a_block() {
             )],
         )
         .await;
-    let before = devnet.tip().await;
-    devnet.mine().await;
-    eventually("suspension applied", SECS, async || {
-        (app.status.applied() > before).then_some(())
-    })
-    .await;
+    mine_applied(app, devnet, "suspension applied").await;
     let (status, problem) = post(
         app,
         &signed(

@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::Mutex;
-
 use super::events::{self, NewBlock};
 use super::state::{ChainState, StateError};
 use super::submitter;
@@ -68,8 +66,6 @@ pub enum FollowError {
 pub struct Follower {
     pub state: ChainState,
     pub status: Arc<FollowerStatus>,
-    /// One block (or catch-up) at a time: the observer and the poller never interleave.
-    apply_lock: Mutex<()>,
 }
 
 impl Follower {
@@ -79,11 +75,7 @@ impl Follower {
         }
         // give the node's block stream its chance before polling calls it quiet
         status.last_block_ms.store(now_ms(), Ordering::SeqCst);
-        Ok(Follower {
-            state,
-            status,
-            apply_lock: Mutex::new(()),
-        })
+        Ok(Follower { state, status })
     }
 
     async fn write(&self, batch: Batch) -> Result<(), StoreError> {
@@ -92,7 +84,8 @@ impl Follower {
 
     /// Applies one `/new_block` payload; returns once it is durable.
     pub async fn on_block(&self, block: NewBlock) -> Result<(), FollowError> {
-        let _guard = self.apply_lock.lock().await;
+        // one block (or catch-up) at a time, and none while a cache fill checks and writes
+        let _guard = self.state.apply_lock.lock().await;
         self.status.last_block_ms.store(now_ms(), Ordering::SeqCst);
         let applied = self.status.applied();
         if block.block_height <= applied && applied > 0 {
@@ -180,7 +173,8 @@ impl Follower {
     }
 
     async fn catch_up(&self, height: u64, hash: &str) -> Result<(), FollowError> {
-        let _guard = self.apply_lock.lock().await;
+        // one block (or catch-up) at a time, and none while a cache fill checks and writes
+        let _guard = self.state.apply_lock.lock().await;
         let mut batch = Batch::default();
         self.state.refresh_all(&mut batch).await?;
         batch.tip = Some(Tip {

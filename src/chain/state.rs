@@ -1,14 +1,29 @@
 //! The chain-state cache: what the break-glass path asks of the chain, answered from the
 //! store the follower keeps current (at most one block stale). A miss is filled with one
 //! read-only call and kept; after a gap, `refresh_all` re-reads every cached entry.
+//!
+//! A fill and the follower's blocks take turns (`apply_lock`): a fill keeps what it read only
+//! if no block was applied while it read, since that block may have changed the entry (a
+//! suspension, an opt-out) after the node answered; otherwise it looks again. A principal
+//! that is not a registered provider is not written to the store (anyone can sign a request
+//! with a new key): it is remembered in memory until the next block, within a bound.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use super::contracts::{self, Contracts};
 use super::rpc::{NodeClient, RpcError};
 use crate::domain::PatientId;
 use crate::stacks::{Address, Value};
-use crate::store::{Batch, Consent, ConsentKey, Preferences, ProviderState, Store, StoreError};
+use crate::store::{
+    Batch, Consent, ConsentKey, Preferences, ProviderState, Store, StoreError, Tip,
+};
+
+/// How many times a fill reads again when blocks keep landing while it reads.
+const FILL_ATTEMPTS: usize = 3;
+/// How many unregistered principals are remembered (until the next block) at most.
+const MAX_UNREGISTERED: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -18,6 +33,8 @@ pub enum StateError {
     Rpc(#[from] RpcError),
     #[error("{0}: the node's answer does not have the expected shape")]
     Shape(String),
+    #[error("{0}: blocks kept landing while it was read")]
+    Unsettled(String),
 }
 
 #[derive(Clone)]
@@ -25,9 +42,23 @@ pub struct ChainState {
     pub store: Arc<dyn Store>,
     pub rpc: NodeClient,
     pub contracts: Contracts,
+    /// Held while a block (or a catch-up) is applied, and while a fill checks and writes.
+    pub(super) apply_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Principals the node said are not registered, with the tip they were read at.
+    unregistered: Arc<Mutex<HashMap<String, Option<Tip>>>>,
 }
 
 impl ChainState {
+    pub fn new(store: Arc<dyn Store>, rpc: NodeClient, contracts: Contracts) -> ChainState {
+        ChainState {
+            store,
+            rpc,
+            contracts,
+            apply_lock: Arc::default(),
+            unregistered: Arc::default(),
+        }
+    }
+
     fn sender(&self) -> &Address {
         &self.contracts.address
     }
@@ -100,56 +131,118 @@ impl ChainState {
         contracts::boolean(Some(&v)).ok_or_else(|| StateError::Shape("is-responder".into()))
     }
 
-    pub async fn provider(&self, principal: &str) -> Result<ProviderState, StateError> {
-        if let Some(s) = self.store.provider(principal)? {
-            return Ok(s);
+    /// Fills a miss: reads with `read` and writes what `keep` makes of it (given the tip it
+    /// was read at), unless a block was applied meanwhile, in which case it asks the store
+    /// again (the follower may have written the entry) and reads again.
+    async fn fill<T, R, Fut>(
+        &self,
+        what: &str,
+        cached: impl Fn(&dyn Store) -> Result<Option<T>, StoreError>,
+        read: R,
+        keep: impl Fn(&T, Option<Tip>) -> Option<Batch>,
+    ) -> Result<T, StateError>
+    where
+        R: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StateError>>,
+    {
+        for _ in 0..FILL_ATTEMPTS {
+            if let Some(v) = cached(self.store.as_ref())? {
+                return Ok(v);
+            }
+            let before = self.store.tip()?;
+            let v = read().await?;
+            let _guard = self.apply_lock.lock().await;
+            if self.store.tip()? == before {
+                if let Some(batch) = keep(&v, before) {
+                    self.write(batch).await?;
+                }
+                return Ok(v);
+            }
         }
-        let s = self.read_provider(principal).await?;
-        self.write(Batch {
-            providers: vec![(principal.to_string(), Some(s.clone()))],
-            ..Batch::default()
-        })
-        .await?;
-        Ok(s)
+        Err(StateError::Unsettled(what.to_string()))
+    }
+
+    pub async fn provider(&self, principal: &str) -> Result<ProviderState, StateError> {
+        self.fill(
+            "get-provider",
+            |store| match store.provider(principal)? {
+                Some(s) => Ok(Some(s)),
+                None => Ok(self
+                    .known_unregistered(principal, &store.tip()?)
+                    .then_some(ProviderState::Unregistered)),
+            },
+            || self.read_provider(principal),
+            |s, tip| {
+                if *s == ProviderState::Unregistered {
+                    self.remember_unregistered(principal, tip);
+                    return None;
+                }
+                Some(Batch {
+                    providers: vec![(principal.to_string(), Some(s.clone()))],
+                    ..Batch::default()
+                })
+            },
+        )
+        .await
+    }
+
+    fn known_unregistered(&self, principal: &str, tip: &Option<Tip>) -> bool {
+        let known = self.unregistered.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(principal) == Some(tip)
+    }
+
+    fn remember_unregistered(&self, principal: &str, tip: Option<Tip>) {
+        let mut known = self.unregistered.lock().unwrap_or_else(|p| p.into_inner());
+        // what was read at an older tip is of no use any more
+        known.retain(|_, at| *at == tip);
+        if known.len() < MAX_UNREGISTERED {
+            known.insert(principal.to_string(), tip);
+        }
     }
 
     pub async fn preferences(&self, patient: &PatientId) -> Result<Preferences, StateError> {
-        if let Some(p) = self.store.preferences(patient)? {
-            return Ok(p);
-        }
-        let p = self.read_preferences(patient).await?;
-        self.write(Batch {
-            preferences: vec![(*patient, p.clone())],
-            ..Batch::default()
-        })
-        .await?;
-        Ok(p)
+        self.fill(
+            "get-emergency-preferences",
+            |store| store.preferences(patient),
+            || self.read_preferences(patient),
+            |p, _| {
+                Some(Batch {
+                    preferences: vec![(*patient, p.clone())],
+                    ..Batch::default()
+                })
+            },
+        )
+        .await
     }
 
     pub async fn consent(&self, key: &ConsentKey) -> Result<Consent, StateError> {
-        if let Some(c) = self.store.consent(key)? {
-            return Ok(c);
-        }
-        let c = self.read_consent(key).await?;
-        self.write(Batch {
-            consents: vec![(key.clone(), c.clone())],
-            ..Batch::default()
-        })
-        .await?;
-        Ok(c)
+        self.fill(
+            "get-consent",
+            |store| store.consent(key),
+            || self.read_consent(key),
+            |c, _| {
+                Some(Batch {
+                    consents: vec![(key.clone(), c.clone())],
+                    ..Batch::default()
+                })
+            },
+        )
+        .await
     }
 
     pub async fn is_responder(&self, principal: &str) -> Result<bool, StateError> {
-        if let Some(r) = self.store.responder(principal)? {
-            return Ok(r);
-        }
-        let r = self.read_responder(principal).await?;
-        self.write(Batch {
-            responders: vec![(principal.to_string(), r)],
-            ..Batch::default()
-        })
-        .await?;
-        Ok(r)
+        self.fill(
+            "is-responder",
+            |store| store.responder(principal),
+            || self.read_responder(principal),
+            |r, _| {
+                Some(Batch {
+                    responders: vec![(principal.to_string(), *r)],
+                    ..Batch::default()
+                })
+            },
+        )
+        .await
     }
 
     /// Re-reads every cached entry from the node, for after a gap in the block stream. The
@@ -172,5 +265,163 @@ impl ChainState {
             batch.consents.push((key, c));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{ProviderStatus, Role};
+    use crate::store::RedbStore;
+
+    const WHO: &str = "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB";
+
+    fn state(dir: &std::path::Path) -> ChainState {
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("store.redb")).unwrap());
+        // the node is never asked here: each test reads through its own `read`
+        let rpc = NodeClient::new("http://127.0.0.1:9", Duration::from_millis(10), 0);
+        let contracts = Contracts {
+            address: WHO.parse().unwrap(),
+        };
+        ChainState::new(store, rpc, contracts)
+    }
+
+    fn tip(height: u64) -> Tip {
+        Tip {
+            height,
+            index_block_hash: [height as u8; 32],
+        }
+    }
+
+    fn provider(status: ProviderStatus) -> ProviderState {
+        ProviderState::Registered {
+            role: Role::Nurse,
+            status,
+            info_hash: None,
+        }
+    }
+
+    fn block(height: u64, providers: Vec<(String, Option<ProviderState>)>) -> Batch {
+        Batch {
+            tip: Some(tip(height)),
+            providers,
+            ..Batch::default()
+        }
+    }
+
+    /// Fills `WHO`'s entry; `read` answers for the node and may apply blocks meanwhile.
+    async fn fill_provider<Fut>(
+        st: &ChainState,
+        read: impl Fn() -> Fut,
+    ) -> Result<ProviderState, StateError>
+    where
+        Fut: Future<Output = Result<ProviderState, StateError>>,
+    {
+        st.fill(
+            "get-provider",
+            |store| store.provider(WHO),
+            read,
+            |s, _| {
+                Some(Batch {
+                    providers: vec![(WHO.to_string(), Some(s.clone()))],
+                    ..Batch::default()
+                })
+            },
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_fill_never_overwrites_a_block_applied_while_it_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        st.store.apply(block(1, vec![])).unwrap();
+        let reads = AtomicUsize::new(0);
+        let got = fill_provider(&st, || async {
+            if reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                // the node answered at block 1; block 2, suspending the provider, is
+                // applied before that answer is kept
+                st.store
+                    .apply(block(
+                        2,
+                        vec![(WHO.into(), Some(provider(ProviderStatus::Suspended)))],
+                    ))
+                    .unwrap();
+            }
+            Ok(provider(ProviderStatus::Verified))
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, provider(ProviderStatus::Suspended));
+        assert_eq!(
+            st.store.provider(WHO).unwrap(),
+            Some(provider(ProviderStatus::Suspended))
+        );
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            1,
+            "the block's entry was used"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fill_reads_again_when_a_block_lands_meanwhile_and_keeps_the_new_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        st.store.apply(block(1, vec![])).unwrap();
+        let reads = AtomicUsize::new(0);
+        let got = fill_provider(&st, || async {
+            if reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                // a block that said nothing of this provider (or dropped it: an event the
+                // follower could not complete)
+                st.store.apply(block(2, vec![(WHO.into(), None)])).unwrap();
+                return Ok(provider(ProviderStatus::Verified));
+            }
+            Ok(provider(ProviderStatus::Revoked))
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, provider(ProviderStatus::Revoked));
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            st.store.provider(WHO).unwrap(),
+            Some(provider(ProviderStatus::Revoked))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fill_gives_up_when_blocks_keep_landing() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let height = AtomicUsize::new(0);
+        let got = fill_provider(&st, || async {
+            let h = height.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+            st.store.apply(block(h, vec![])).unwrap();
+            Ok(provider(ProviderStatus::Verified))
+        })
+        .await;
+        assert!(matches!(got, Err(StateError::Unsettled(_))), "{got:?}");
+        assert_eq!(st.store.provider(WHO).unwrap(), None, "nothing was kept");
+    }
+
+    #[test]
+    fn unregistered_principals_are_remembered_until_the_next_block_within_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        st.remember_unregistered(WHO, Some(tip(1)));
+        assert!(st.known_unregistered(WHO, &Some(tip(1))));
+        assert!(!st.known_unregistered(WHO, &Some(tip(2))));
+        assert!(!st.known_unregistered("ST000000000000000000002AMW42H", &Some(tip(1))));
+        // a newer block forgets what was read before it
+        st.remember_unregistered("ST000000000000000000002AMW42H", Some(tip(2)));
+        assert!(!st.known_unregistered(WHO, &Some(tip(1))));
+        for i in 0..MAX_UNREGISTERED + 10 {
+            st.remember_unregistered(&format!("p{i}"), Some(tip(2)));
+        }
+        let known = st.unregistered.lock().unwrap().len();
+        assert_eq!(known, MAX_UNREGISTERED);
     }
 }
