@@ -44,6 +44,9 @@ pub struct Application {
     pub api_addr: SocketAddr,
     pub observer_addr: SocketAddr,
     pub store: Arc<dyn Store>,
+    /// The same store, as itself (its fault injection, for tests).
+    #[doc(hidden)]
+    pub redb: Arc<RedbStore>,
     pub status: Arc<FollowerStatus>,
     pub follower: Arc<Follower>,
     pub submitter: Arc<Submitter>,
@@ -69,7 +72,8 @@ impl Application {
         )?;
         let mut metrics = Metrics::new();
         metrics.register_journal(redb.journal_writes());
-        let store: Arc<dyn Store> = Arc::new(redb);
+        let redb = Arc::new(redb);
+        let store: Arc<dyn Store> = redb.clone();
         let rpc = NodeClient::new(
             &settings.chain.node_url,
             Duration::from_millis(settings.chain.request_timeout_ms),
@@ -226,6 +230,7 @@ impl Application {
             api_addr,
             observer_addr,
             store,
+            redb,
             status,
             follower,
             submitter,
@@ -243,6 +248,7 @@ impl Application {
     pub async fn stop(self) {
         let Application {
             store,
+            redb,
             status,
             follower,
             submitter,
@@ -263,7 +269,7 @@ impl Application {
             for t in tasks {
                 let _ = t.await;
             }
-            drop((status, follower, submitter));
+            drop((redb, status, follower, submitter));
             // HTTP workers drop their copies of the shared state as they wind down; the store
             // (and its file lock) is released only when the last copy is gone
             while Arc::strong_count(&store) > 1 {

@@ -91,6 +91,28 @@ async fn grant(env: &Env, patient: &str, nonce: u64) -> String {
     body["access_id"].as_str().unwrap().to_string()
 }
 
+/// A patient with a contact, and an access to their record whose notice has failed
+/// `attempts` times (no SMTP server yet): the patient id and the access id.
+async fn notice_failing(env: &Env, attempts: u64) -> (String, String) {
+    let pid = patient(&env.demo, true).to_string();
+    let (status, _) = import(
+        &env.app,
+        &bundle(vec![patient_resource(&pid, "ana@example.org", "en")]),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let id = grant(env, &pid, 1).await;
+    eventually("failed attempts", Duration::from_secs(60), async || {
+        env.devnet.mine().await;
+        let a = get(&env.app, &format!("/v1/accesses/{id}")).await;
+        (a["notice"]["state"] == "pending" && a["notice"]["attempts"].as_u64() >= Some(attempts))
+            .then_some(())
+    })
+    .await;
+    (pid, id)
+}
+
 /// Mines until the access is on chain, then waits for its notice to reach `state`.
 async fn notice_reaches(env: &Env, id: &str, state: &str) -> Json {
     eventually(
@@ -240,24 +262,8 @@ async fn smtp_down_then_up_delivers_once_and_a_550_is_dead_lettered() {
     let port = free_port();
     let env = notify_env(port).await;
     let mail = env.dir.path().join("mail");
-    let pid = patient(&env.demo, true).to_string();
-    let (status, _) = import(
-        &env.app,
-        &bundle(vec![patient_resource(&pid, "ana@example.org", "en")]),
-        true,
-    )
-    .await;
-    assert_eq!(status, 200);
-
     // no SMTP server yet: attempts fail and are retried
-    let id = grant(&env, &pid, 1).await;
-    eventually("two failed attempts", Duration::from_secs(60), async || {
-        env.devnet.mine().await;
-        let a = get(&env.app, &format!("/v1/accesses/{id}")).await;
-        (a["notice"]["state"] == "pending" && a["notice"]["attempts"].as_u64() >= Some(2))
-            .then_some(())
-    })
-    .await;
+    let (pid, id) = notice_failing(&env, 2).await;
     let pending = notices(&env.app, "pending").await;
     assert!(pending
         .iter()
@@ -457,4 +463,30 @@ async fn the_provider_directory_is_checked_against_the_chain_and_names_verified_
         t.contains("a physician with credentials verified on chain"),
         "{t}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_sent_while_the_store_cannot_record_it() {
+    let port = free_port();
+    let env = notify_env(port).await;
+    let mail = env.dir.path().join("mail");
+    // no SMTP server yet: the message is rendered and kept, and its attempts fail
+    let (_, id) = notice_failing(&env, 1).await;
+
+    // the disk fails: the store stops writing, and the orchestrator is told to restart
+    env.app.redb.stop_writing("the disk failed (injected)");
+    let health = reqwest::get(format!("http://{}/healthz", env.app.api_addr))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    let body: Json = health.json().await.unwrap();
+    assert_eq!(body["status"], "store-stopped");
+
+    // the server comes up: nothing is sent, since it could not be recorded as sent (an
+    // attempt a second, before this change, sent it again every 5 s)
+    let _smtp = smtp_server(port, &mail, 0).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(received(&mail).is_empty(), "{:?}", received(&mail).len());
+    let a = get(&env.app, &format!("/v1/accesses/{id}")).await;
+    assert_eq!(a["notice"]["state"], "pending", "{a}");
 }

@@ -35,8 +35,16 @@ pub fn api(cfg: &mut web::ServiceConfig) {
         .configure(paging::routes);
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "alive" }))
+/// Alive, unless the store stopped writing after a failed write: only a restart recovers it
+/// (from disk), so the orchestrator should restart the process.
+async fn healthz(health: web::Data<Health>) -> HttpResponse {
+    match health.store.stopped() {
+        None => HttpResponse::Ok().json(json!({ "status": "alive" })),
+        Some(_) => HttpResponse::ServiceUnavailable().json(json!({
+            "status": "store-stopped",
+            "detail": "a write to the store failed; every write fails until a restart recovers it from disk",
+        })),
+    }
 }
 
 async fn metrics(health: web::Data<Health>) -> HttpResponse {

@@ -10,14 +10,18 @@
 //! notices. A permanent refusal (SMTP 5xx, a bad address) or 72 hours of transient failures
 //! make the notice dead: listed for operators (`GET /v1/admin/notices`) and shown with the
 //! access. A patient the directory cannot reach gets `no_contact`, visible the same way.
+//!
+//! Nothing is sent while the store has stopped writing (a failed write: only a restart
+//! recovers it), since what was sent could not be recorded; and an attempt whose outcome
+//! could not be recorded is kept in memory and recorded again, never sent again by this
+//! process.
 
 mod mailer;
 pub mod message;
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use std::collections::BTreeSet;
 
 use tokio::sync::{mpsc, watch};
 
@@ -36,6 +40,9 @@ pub struct Notifier {
     pub mailer: Mailer,
     templates: Templates,
     settings: NotifySettings,
+    /// Attempts made whose outcome the store did not take, by access id: recorded again at
+    /// the notice's next turn instead of being sent again.
+    unrecorded: Mutex<HashMap<String, Notice>>,
 }
 
 fn now_secs() -> u64 {
@@ -78,6 +85,7 @@ impl Notifier {
             mailer: Mailer::from_settings(&settings.notify, &settings.data.dir)?,
             templates: Templates::new()?,
             settings: settings.notify.clone(),
+            unrecorded: Mutex::default(),
         })
     }
 
@@ -117,23 +125,59 @@ impl Notifier {
     /// look at them again.
     async fn round(&self, due: &mut BTreeSet<(u64, String)>) {
         let now = now_secs();
+        if let Some(why) = self.store.stopped() {
+            // a message sent now could not be recorded as sent
+            if due.first().is_some_and(|(at, _)| *at <= now) {
+                tracing::error!(%why, "notices: the store stopped writing; nothing is sent until a restart");
+            }
+            return;
+        }
         while due.first().is_some_and(|(at, _)| *at <= now) {
             let Some((_, id)) = due.pop_first() else {
                 break;
             };
-            let next = match self.store.notice(&id) {
-                Ok(Some(n)) if n.is_open() => self.advance(n, now).await.unwrap_or_else(|e| {
-                    tracing::error!(access = %id, error = %e, "notice: could not advance");
-                    Some(now + 5)
-                }),
-                Ok(_) => None,
-                Err(e) => {
-                    tracing::error!(access = %id, error = %e, "notice: could not be read");
-                    Some(now + 5)
-                }
+            let unrecorded = self.unrecorded_lock().remove(&id);
+            let next = if let Some(notice) = unrecorded {
+                self.record(notice, now).await
+            } else {
+                self.step(&id, now).await
             };
             if let Some(at) = next {
                 due.insert((at.max(now + 1), id));
+            }
+        }
+    }
+
+    fn unrecorded_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Notice>> {
+        self.unrecorded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an attempt's outcome; when to look at the notice again, if ever. An outcome the
+    /// store does not take is kept, to be recorded (not sent) again in 5 s.
+    async fn record(&self, notice: Notice, now: u64) -> Option<u64> {
+        let next = notice.is_open().then_some(notice.next_at);
+        match self.save(notice.clone()).await {
+            Ok(()) => next,
+            Err(e) => {
+                tracing::error!(access = %notice.access_id, error = %e, "notice: its attempt could not be recorded; recording it again, not sending it again");
+                self.unrecorded_lock()
+                    .insert(notice.access_id.clone(), notice);
+                Some(now + 5)
+            }
+        }
+    }
+
+    /// One step for the notice of access `id`, as the store has it.
+    async fn step(&self, id: &str, now: u64) -> Option<u64> {
+        match self.store.notice(id) {
+            Ok(Some(n)) if n.is_open() => self.advance(n, now).await.unwrap_or_else(|e| {
+                tracing::error!(access = %id, error = %e, "notice: could not advance");
+                Some(now + 5)
+            }),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(access = %id, error = %e, "notice: could not be read");
+                Some(now + 5)
             }
         }
     }
@@ -280,9 +324,7 @@ impl Notifier {
                 }
             }
         }
-        let next = notice.is_open().then_some(notice.next_at);
-        self.save(notice).await?;
-        Ok(next)
+        Ok(self.record(notice, now).await)
     }
 }
 

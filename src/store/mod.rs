@@ -358,6 +358,9 @@ pub trait Store: Send + Sync + 'static {
     fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
     /// Every notice, oldest access first.
     fn notices(&self) -> Result<Vec<Notice>, StoreError>;
+    /// Why the store stopped writing, if it has: a write failed, and every write fails until
+    /// a restart recovers from disk.
+    fn stopped(&self) -> Option<String>;
     /// A cheap read that proves the store answers (for /readyz).
     fn ping(&self) -> Result<(), StoreError>;
 }

@@ -691,6 +691,13 @@ impl RedbStore {
         })
     }
 
+    /// Stops the store as a failed write would (fault injection, for tests of what the rest
+    /// of the service does then): every later write fails until a restart.
+    #[doc(hidden)]
+    pub fn stop_writing(&self, why: &str) {
+        poison(&self.poisoned, &backend(why));
+    }
+
     /// How long the journal's durable writes take (one per group commit), for `/metrics`.
     pub fn journal_writes(&self) -> Histogram {
         self.journal_writes.clone()
@@ -897,6 +904,10 @@ impl Store for RedbStore {
 
     fn notices(&self) -> Result<Vec<Notice>, StoreError> {
         self.scan(NOTICES)?.iter().map(|(k, v)| dec(k, v)).collect()
+    }
+
+    fn stopped(&self) -> Option<String> {
+        poisoned(&self.poisoned)
     }
 
     fn ping(&self) -> Result<(), StoreError> {
