@@ -570,3 +570,54 @@ async fn chain_changes_are_honoured_within_a_block() {
         (403, "provider-not-verified")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_granted_before_a_suspension_still_lands_on_chain() {
+    // the submitter broadcasts only when this test says so
+    let env = setup(|s| s.submitter.interval_ms = 3_600_000).await;
+    let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
+    let nurse = provider(demo, "nurse");
+    let pid = patient(demo, true);
+    let (ok, grant) = post(
+        app,
+        &signed(
+            nurse["private_key"].as_str().unwrap(),
+            pid,
+            &["allergies"],
+            1,
+            now(),
+        ),
+    )
+    .await;
+    assert_eq!(ok, 201, "{grant}");
+    let id = grant["access_id"].as_str().unwrap().to_string();
+
+    // the authority suspends the nurse in the block before the record is mined
+    let authority = parse_key(demo["authority"]["private_key"].as_str().unwrap()).unwrap();
+    devnet
+        .call(
+            &authority,
+            "access-control",
+            "suspend-provider",
+            vec![Value::Principal(
+                nurse["principal"].as_str().unwrap().parse().unwrap(),
+            )],
+        )
+        .await;
+    mine_applied(app, devnet, "suspension applied").await;
+
+    // the access happened: it is recorded all the same, with the status the nurse has now
+    app.submitter.tick().await.unwrap();
+    devnet.mine().await;
+    let confirmed = eventually("confirmed", SECS, async || {
+        let a = get(app, &format!("/v1/accesses/{id}")).await;
+        (a["chain"]["state"] == "confirmed").then_some(a)
+    })
+    .await;
+    assert!(confirmed["chain"]["txid"].is_string(), "{confirmed}");
+    let recorded = on_chain(app, &id).await;
+    assert!(
+        recorded.contains("(provider-status \"suspended\")"),
+        "{recorded}"
+    );
+}

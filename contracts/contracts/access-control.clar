@@ -22,7 +22,7 @@
 ;;   u202 ERR-NOT-RESPONDER          caller is not an authorized responder service
 ;;   u203 ERR-NOT-REVIEWER           caller is not a reviewer
 ;;   u204 ERR-ALREADY-REGISTERED     the provider principal is already registered
-;;   u205 ERR-PROVIDER-NOT-FOUND     no provider registered for that principal
+;;   u205 ERR-PROVIDER-NOT-FOUND     no provider registered for that principal (ever)
 ;;   u206 ERR-INVALID-ROLE           role not in ROLES
 ;;   u207 ERR-INVALID-TRANSITION     the provider's status does not allow this change
 ;;   u208 ERR-PROVIDER-NOT-VERIFIED  the provider is not verified at this block
@@ -269,9 +269,9 @@
 ;; emergency access
 
 (define-map emergency-accesses (buff 32)
-  { provider: principal, provider-role: (string-ascii 16), patient-id: (buff 32),
-    data-types: (list 8 (string-ascii 32)), window: uint, reason-hash: (buff 32), responder: principal,
-    recorded-at: uint, expires-at: uint, within-preferences: bool, index: uint })
+  { provider: principal, provider-role: (string-ascii 16), provider-status: (string-ascii 16),
+    patient-id: (buff 32), data-types: (list 8 (string-ascii 32)), window: uint, reason-hash: (buff 32),
+    responder: principal, recorded-at: uint, expires-at: uint, within-preferences: bool, index: uint })
 
 (define-map emergency-reviews (buff 32)
   { reviewer: principal, verdict: (string-ascii 16), note-hash: (buff 32), block: uint })
@@ -294,8 +294,11 @@
   (and ok-so-far (contract-call? .patient-consent is-valid-data-type data-type)))
 
 ;; A responder service records a break-glass access it granted off chain. The record is kept
-;; whatever the patient's preferences say (it is a record of what happened); whether the
-;; access stayed within them is stored for reviewers.
+;; whatever the patient's preferences and the provider's status say when it is mined (it is a
+;; record of what happened: the responder checked both when it granted, and the provider may
+;; have been suspended since); whether the access stayed within the preferences, and the
+;; provider's status at recording, are stored for reviewers. Only a principal that never
+;; registered as a provider is refused (u205).
 (define-public (record-emergency-access (access-id (buff 32)) (provider principal) (patient-id (buff 32))
                                         (data-types (list 8 (string-ascii 32))) (window uint)
                                         (reason-hash (buff 32)))
@@ -309,18 +312,21 @@
     (asserts! (> (len data-types) u0) ERR-NO-DATA-TYPES)
     (asserts! (fold valid-data-type-step data-types true) ERR-INVALID-DATA-TYPE)
     (asserts! (and (> window u0) (<= window MAX-EMERGENCY-WINDOW)) ERR-INVALID-WINDOW)
-    (asserts! (is-verified-provider provider) ERR-PROVIDER-NOT-VERIFIED)
-    (let ((role (default-to "" (get role (map-get? providers provider)))))
+    (let ((entry (unwrap! (map-get? providers provider) ERR-PROVIDER-NOT-FOUND))
+          (role (get role entry))
+          (status (get status entry)))
       (map-set emergency-accesses access-id
-        { provider: provider, provider-role: role, patient-id: patient-id, data-types: data-types,
-          window: window, reason-hash: reason-hash, responder: tx-sender, recorded-at: stacks-block-height,
-          expires-at: (+ stacks-block-height window), within-preferences: within, index: index })
+        { provider: provider, provider-role: role, provider-status: status, patient-id: patient-id,
+          data-types: data-types, window: window, reason-hash: reason-hash, responder: tx-sender,
+          recorded-at: stacks-block-height, expires-at: (+ stacks-block-height window),
+          within-preferences: within, index: index })
       (map-set emergency-by-index index access-id)
       (var-set emergency-count (+ index u1))
       (map-set patient-emergency-index { patient-id: patient-id, index: patient-index } access-id)
       (map-set patient-emergency-counts patient-id (+ patient-index u1))
       (print { topic: "emergency-access-recorded", access-id: access-id, provider: provider,
-               provider-role: role, patient-id: patient-id, data-types: data-types, window: window,
+               provider-role: role, provider-status: status, patient-id: patient-id,
+               data-types: data-types, window: window,
                reason-hash: reason-hash, within-preferences: within, index: index })
       (ok index))))
 

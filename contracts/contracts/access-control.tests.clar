@@ -72,19 +72,26 @@
 ;; ---------------------------------------------------------------------------
 ;; properties
 
-;; An emergency access is never recorded for a provider who is not verified.
-(define-public (test-no-emergency-access-for-unverified-provider (access (buff 32)) (provider principal)
-                                                                 (data-types uint) (window uint))
-  (if (or (not (is-responder tx-sender)) (is-verified-provider provider)
-          (is-some (map-get? emergency-accesses access)))
+;; An emergency access is never recorded for a principal that never registered as a provider,
+;; and a registered provider's is recorded whatever their status, with that status.
+(define-public (test-emergency-access-needs-a-registered-provider (access (buff 32)) (provider principal)
+                                                                  (data-types uint) (window uint))
+  (if (or (not (is-responder tx-sender)) (is-some (map-get? emergency-accesses access)))
     (ok false)
-    (begin
-      (asserts! (is-eq (record-emergency-access access provider (sha256 window) (fuzz-data-types data-types)
-                                                (+ u1 (mod window MAX-EMERGENCY-WINDOW)) (sha256 window))
-                       ERR-PROVIDER-NOT-VERIFIED)
-                (err u930))
-      (asserts! (is-none (map-get? emergency-accesses access)) (err u931))
-      (ok true))))
+    (let ((entry (map-get? providers provider))
+          (result (record-emergency-access access provider (sha256 window) (fuzz-data-types data-types)
+                                           (+ u1 (mod window MAX-EMERGENCY-WINDOW)) (sha256 window))))
+      (match entry
+        registered (begin
+          (asserts! (is-ok result) (err u932))
+          (asserts! (is-eq (get provider-status (map-get? emergency-accesses access))
+                           (some (get status registered)))
+                    (err u933))
+          (ok true))
+        (begin
+          (asserts! (is-eq result ERR-PROVIDER-NOT-FOUND) (err u930))
+          (asserts! (is-none (map-get? emergency-accesses access)) (err u931))
+          (ok true))))))
 
 ;; A verified provider's access is recorded exactly once: the same id again is a duplicate.
 (define-public (test-emergency-access-recorded-once (access (buff 32)) (pick uint) (data-types uint))
@@ -134,20 +141,20 @@
 ;; ---------------------------------------------------------------------------
 ;; invariants
 
-;; For each of the latest 32 recorded accesses: if the provider's record has not changed since
-;; the access was recorded, the provider is verified now, so was verified when it was recorded.
-(define-private (recorded-for-verified (k uint) (holds bool))
+;; For each of the latest 32 recorded accesses: the provider is registered, and if their record
+;; has not changed since the block the access was recorded in, the status recorded is theirs now.
+(define-private (recorded-with-status (k uint) (holds bool))
   (let ((count (var-get emergency-count)))
     (and holds
          (or (>= k count)
              (let ((record (unwrap-panic (map-get? emergency-accesses
                                            (unwrap-panic (map-get? emergency-by-index (- count u1 k))))))
                    (provider (unwrap-panic (map-get? providers (get provider record)))))
-               (or (> (get updated-at provider) (get recorded-at record))
-                   (is-eq (get status provider) STATUS-VERIFIED)))))))
+               (or (>= (get updated-at provider) (get recorded-at record))
+                   (is-eq (get status provider) (get provider-status record))))))))
 
-(define-read-only (invariant-no-emergency-access-for-unverified-provider)
-  (fold recorded-for-verified FUZZ-INDEXES true))
+(define-read-only (invariant-emergency-access-records-the-provider-status)
+  (fold recorded-with-status FUZZ-INDEXES true))
 
 (define-private (calls (fn (string-ascii 100)))
   (default-to u0 (get called (map-get? context fn))))

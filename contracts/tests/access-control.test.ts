@@ -247,7 +247,7 @@ describe("emergency access", () => {
     const accessId = Cl.bufferFromHex(A.repeat(32));
     expect(prints(res)[0]).toEqual(Cl.tuple({
       topic: Cl.stringAscii("emergency-access-recorded"), "access-id": accessId, provider: Cl.principal(physician),
-      "provider-role": Cl.stringAscii("physician"), "patient-id": id(PATIENT_ID),
+      "provider-role": Cl.stringAscii("physician"), "provider-status": Cl.stringAscii("verified"), "patient-id": id(PATIENT_ID),
       "data-types": Cl.list([Cl.stringAscii("allergies"), Cl.stringAscii("medications")]), window: Cl.uint(60),
       "reason-hash": hash("ab"), "within-preferences": Cl.bool(true), index: Cl.uint(0),
     }));
@@ -281,18 +281,25 @@ describe("emergency access", () => {
     expect(read(C, "get-emergency-count", [])).toBeUint(0);
   });
 
-  it("never records for an unregistered, pending, suspended or revoked provider (u208)", () => {
+  it("records an access granted before the provider was suspended or revoked, with the status at recording; never for an unregistered principal (u205)", () => {
     governance();
     const rec = (n: string, who: string) => call(C, "record-emergency-access", recordArgs(n, who), responder).result;
-    expect(rec("01", stranger)).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    const status = (n: string) => Cl.prettyPrint(read(C, "get-emergency-access", [Cl.bufferFromHex(n.repeat(32))]));
+    expect(rec("01", stranger)).toBeErr(err(ERR.PROVIDER_NOT_FOUND));
     registerProvider(physician, "physician");
-    expect(rec("02", physician)).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
     ok(C, "verify-provider", [Cl.principal(physician)], authority);
+    expect(rec("02", physician)).toBeOk(Cl.uint(0));
+    expect(status("02")).toContain('provider-status: "verified"');
+    // granted off chain while verified; suspended in the block before the record is mined
     ok(C, "suspend-provider", [Cl.principal(physician)], authority);
-    expect(rec("03", physician)).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    const suspended = call(C, "record-emergency-access", recordArgs("03", physician), responder);
+    expect(suspended.result).toBeOk(Cl.uint(1));
+    expect(Cl.prettyPrint(prints(suspended)[0])).toContain('provider-status: "suspended"');
+    expect(status("03")).toContain('provider-status: "suspended"');
     ok(C, "revoke-provider", [Cl.principal(physician)], authority);
-    expect(rec("04", physician)).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
-    expect(read(C, "get-emergency-count", [])).toBeUint(0);
+    expect(rec("04", physician)).toBeOk(Cl.uint(2));
+    expect(status("04")).toContain('provider-status: "revoked"');
+    expect(read(C, "get-emergency-count", [])).toBeUint(3);
   });
 
   it("refuses empty or unknown data types and bad windows", () => {
