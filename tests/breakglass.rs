@@ -130,6 +130,22 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
     );
 }
 
+/// The demo authority suspends `provider`; returns once the service has applied that block.
+async fn suspend(env: &Env, provider: &Json) {
+    let authority = parse_key(env.demo["authority"]["private_key"].as_str().unwrap()).unwrap();
+    env.devnet
+        .call(
+            &authority,
+            "access-control",
+            "suspend-provider",
+            vec![Value::Principal(
+                provider["principal"].as_str().unwrap().parse().unwrap(),
+            )],
+        )
+        .await;
+    mine_applied(&env.app, &env.devnet, "suspension applied").await;
+}
+
 /// The access's record on chain, in Clarity notation.
 async fn on_chain(app: &breakglass::startup::Application, access_id: &str) -> String {
     app.follower
@@ -542,18 +558,7 @@ async fn chain_changes_are_honoured_within_a_block() {
 
     // the authority suspends the nurse: one block later, refused
     let nurse = provider(demo, "nurse");
-    let authority = parse_key(demo["authority"]["private_key"].as_str().unwrap()).unwrap();
-    devnet
-        .call(
-            &authority,
-            "access-control",
-            "suspend-provider",
-            vec![Value::Principal(
-                nurse["principal"].as_str().unwrap().parse().unwrap(),
-            )],
-        )
-        .await;
-    mine_applied(app, devnet, "suspension applied").await;
+    suspend(&env, nurse).await;
     let (status, problem) = post(
         app,
         &signed(
@@ -593,18 +598,7 @@ async fn an_access_granted_before_a_suspension_still_lands_on_chain() {
     let id = grant["access_id"].as_str().unwrap().to_string();
 
     // the authority suspends the nurse in the block before the record is mined
-    let authority = parse_key(demo["authority"]["private_key"].as_str().unwrap()).unwrap();
-    devnet
-        .call(
-            &authority,
-            "access-control",
-            "suspend-provider",
-            vec![Value::Principal(
-                nurse["principal"].as_str().unwrap().parse().unwrap(),
-            )],
-        )
-        .await;
-    mine_applied(app, devnet, "suspension applied").await;
+    suspend(&env, nurse).await;
 
     // the access happened: it is recorded all the same, with the status the nurse has now
     app.submitter.tick().await.unwrap();
