@@ -39,6 +39,12 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// A refusal that asks to try again (the service could not decide or record, or the
+    /// clinician asked too often) and recorded nothing: the request's nonce is not used up.
+    pub fn invites_retry(&self) -> bool {
+        self.status == 429 || (self.status == 503 && self.code != "token-unavailable")
+    }
+
     fn new(
         status: u16,
         code: &'static str,
@@ -156,13 +162,11 @@ impl BreakGlass {
         })?;
         let signer = req.signer.to_string();
         let replay_key = format!("{signer}:{}", req.nonce);
+        let until = req.issued_at + 2 * request::MAX_SKEW_SECS;
         let replayed = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.forget_until(now);
-            seen.insert(
-                replay_key.clone(),
-                req.issued_at + 2 * request::MAX_SKEW_SECS,
-            )
+            seen.insert(replay_key.clone(), until)
         };
         if replayed {
             return Err(Refusal::new(
@@ -172,7 +176,23 @@ impl BreakGlass {
                 format!("nonce {} was already used by {signer}", req.nonce),
             ));
         }
+        let answer = self.judge(req, signer, replay_key.clone(), now).await;
+        if answer.as_ref().is_err_and(Refusal::invites_retry) {
+            // nothing was recorded: the same signed request may be sent again
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.remove(&replay_key, until);
+        }
+        answer
+    }
 
+    /// Steps 4 to 8 and the grant, for a verified, fresh request whose nonce is now taken.
+    async fn judge(
+        &self,
+        req: request::BreakGlassRequest,
+        signer: String,
+        replay_key: String,
+        now: u64,
+    ) -> Result<Grant, Refusal> {
         // 4. the clinician, as the chain has them
         let role = match self
             .state
@@ -409,6 +429,18 @@ impl Seen {
         false
     }
 
+    /// Forgets `key`, recorded with `until`, at once (a request that may be sent again).
+    fn remove(&mut self, key: &str, until: u64) {
+        if self.keys.remove(key) {
+            if let Some(keys) = self.by_time.get_mut(&until) {
+                keys.retain(|k| k != key);
+                if keys.is_empty() {
+                    self.by_time.remove(&until);
+                }
+            }
+        }
+    }
+
     /// Forgets what may be forgotten by `now`.
     fn forget_until(&mut self, now: u64) {
         while let Some(entry) = self.by_time.first_entry() {
@@ -457,5 +489,30 @@ mod tests {
         assert!(seen.insert("ST1:1".into(), 100), "the other one stays");
         seen.forget_until(1000);
         assert!(seen.keys.is_empty() && seen.by_time.is_empty());
+    }
+
+    #[test]
+    fn a_nonce_given_back_may_be_used_again_and_the_others_stay() {
+        let mut seen = Seen::default();
+        assert!(!seen.insert("ST1:1".into(), 100));
+        assert!(!seen.insert("ST1:2".into(), 100));
+        seen.remove("ST1:1", 100);
+        assert!(!seen.insert("ST1:1".into(), 100), "usable again");
+        assert!(seen.insert("ST1:2".into(), 100), "still used");
+        seen.remove("ST1:1", 100);
+        seen.remove("ST1:2", 100);
+        assert!(seen.keys.is_empty() && seen.by_time.is_empty());
+    }
+
+    #[test]
+    fn only_refusals_that_recorded_nothing_and_ask_to_try_again_give_the_nonce_back() {
+        let r = |status, code| Refusal::new(status, code, "", "");
+        assert!(r(429, "rate-limited").invites_retry());
+        assert!(r(503, "chain-state-unavailable").invites_retry());
+        assert!(r(503, "audit-unavailable").invites_retry());
+        // the access was recorded, with its nonce
+        assert!(!r(503, "token-unavailable").invites_retry());
+        assert!(!r(403, "policy-denied").invites_retry());
+        assert!(!r(401, "bad-signature").invites_retry());
     }
 }

@@ -343,9 +343,16 @@ async fn every_refusal_has_its_code_and_leaves_no_trace() {
     // rate: two grants a minute for this test's configuration
     let (second, _) = post(app, &signed(&key("nurse"), yes, &["medications"], 13, t)).await;
     assert_eq!(second, 201);
-    let (third, problem) = post(app, &signed(&key("nurse"), yes, &["problems"], 14, t)).await;
+    let third_body = signed(&key("nurse"), yes, &["problems"], 14, t);
+    let (third, problem) = post(app, &third_body).await;
     assert_eq!(
         (third, problem["code"].as_str().unwrap()),
+        (429, "rate-limited")
+    );
+    // "try again": the same signed request may be sent again (its nonce was not used up)
+    let (again, problem) = post(app, &third_body).await;
+    assert_eq!(
+        (again, problem["code"].as_str().unwrap()),
         (429, "rate-limited")
     );
     assert_eq!(
