@@ -119,6 +119,7 @@ impl Application {
         ));
         let follower = Arc::new(Follower::new(state.clone(), status.clone())?);
         let notifier = Arc::new(Notifier::new(&settings, store.clone(), keyring.clone())?);
+        let apply_lock = state.apply_lock.clone();
         let admin = web::Data::new(http::admin::Admin {
             clients: settings.admin.clients.clone(),
             store: store.clone(),
@@ -138,6 +139,7 @@ impl Application {
             fee: settings.submitter.fee,
             rebroadcast_after: settings.submitter.rebroadcast_after_blocks,
             status: status.clone(),
+            apply_lock,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
 

@@ -42,8 +42,9 @@ pub struct ChainState {
     pub store: Arc<dyn Store>,
     pub rpc: NodeClient,
     pub contracts: Contracts,
-    /// Held while a block (or a catch-up) is applied, and while a fill checks and writes.
-    pub(super) apply_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a block (or a catch-up) is applied, and while a fill or the submitter
+    /// checks what the store holds and writes over it.
+    pub apply_lock: Arc<tokio::sync::Mutex<()>>,
     /// Principals the node said are not registered, with the tip they were read at.
     unregistered: Arc<Mutex<HashMap<String, Option<Tip>>>>,
 }

@@ -44,6 +44,9 @@ pub struct Submitter {
     pub fee: u64,
     pub rebroadcast_after: u64,
     pub status: Arc<FollowerStatus>,
+    /// The follower's (`ChainState::apply_lock`): a confirmation it writes is never
+    /// overwritten by what the submitter read before it.
+    pub apply_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A new operation, not yet signed (for callers that write it with other state in one batch).
@@ -107,6 +110,31 @@ pub fn confirmations(
 impl Submitter {
     async fn write(&self, batch: Batch) -> Result<(), StoreError> {
         crate::store::apply_async(&self.store, batch).await
+    }
+
+    /// Moves operation `read` (as read before a call to the node) to `state`, unless the
+    /// store's copy changed meanwhile (the follower confirmed it while it was broadcast):
+    /// whether it was written.
+    pub async fn update(
+        &self,
+        read: &Submission,
+        state: SubmissionState,
+    ) -> Result<bool, StoreError> {
+        let _guard = self.apply_lock.lock().await;
+        let now = self.store.submission(&read.id)?.map(|s| s.state);
+        if now.as_ref() != Some(&read.state) {
+            tracing::info!(operation = %read.id, "the operation changed meanwhile: kept as it is now");
+            return Ok(false);
+        }
+        self.write(Batch {
+            submissions: vec![Submission {
+                state,
+                ..read.clone()
+            }],
+            ..Batch::default()
+        })
+        .await?;
+        Ok(true)
     }
 
     /// Accepts an operation, durably; the same id again returns what is known of it.
@@ -225,12 +253,9 @@ impl Submitter {
                         sent_at_height: tip,
                         broadcasts: broadcasts + 1,
                     };
-                    self.write(Batch {
-                        submissions: vec![Submission { state, ..s.clone() }],
-                        ..Batch::default()
-                    })
-                    .await?;
-                    tracing::info!(operation = %s.id, txid, broadcasts = broadcasts + 1, "transaction broadcast");
+                    if self.update(&s, state).await? {
+                        tracing::info!(operation = %s.id, txid, broadcasts = broadcasts + 1, "transaction broadcast");
+                    }
                 }
                 Err(RpcError::Rejected { reason, .. })
                     if reason == "BadNonce" || reason == "ConflictingNonceInMempool" =>
@@ -254,12 +279,9 @@ impl Submitter {
                     height: self.status.node_tip.load(Ordering::SeqCst),
                     result: "already on chain".into(),
                 };
-                self.write(Batch {
-                    submissions: vec![Submission { state, ..s.clone() }],
-                    ..Batch::default()
-                })
-                .await?;
-                tracing::info!(operation = %s.id, "operation found on chain");
+                if self.update(s, state).await? {
+                    tracing::info!(operation = %s.id, "operation found on chain");
+                }
             }
             Some(false) => {
                 let nonce = self.rpc.account_nonce(&self.sender).await?;
@@ -273,11 +295,9 @@ impl Submitter {
                     height: self.status.node_tip.load(Ordering::SeqCst),
                     result: format!("{reason}; cannot tell whether it ran"),
                 };
-                self.write(Batch {
-                    submissions: vec![Submission { state, ..s.clone() }],
-                    ..Batch::default()
-                })
-                .await?;
+                if !self.update(s, state).await? {
+                    return Ok(());
+                }
                 tracing::error!(operation = %s.id, reason, "nonce conflict on an operation that cannot be checked");
             }
         }
@@ -377,5 +397,94 @@ impl Submitter {
                 _ = shutdown.changed() => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RedbStore;
+
+    const SENDER: &str = "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB";
+
+    fn submitter(dir: &std::path::Path) -> Submitter {
+        let address: Address = SENDER.parse().unwrap();
+        Submitter {
+            store: Arc::new(RedbStore::open(&dir.join("store.redb")).unwrap()),
+            // the node is never asked here
+            rpc: NodeClient::new("http://127.0.0.1:9", Duration::from_millis(10), 0),
+            contracts: Contracts { address },
+            key: SecretKey::from_slice(&[7; 32]).unwrap(),
+            sender: address,
+            mainnet: false,
+            fee: 1_000,
+            rebroadcast_after: 3,
+            status: Arc::default(),
+            apply_lock: Arc::default(),
+        }
+    }
+
+    fn sent(broadcasts: u32) -> SubmissionState {
+        SubmissionState::Sent {
+            txid: "ab".repeat(32),
+            nonce: 4,
+            raw: "00".into(),
+            sent_at_height: 10,
+            broadcasts,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_never_undoes_a_confirmation_written_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = submitter(dir.path());
+        let read = Submission {
+            state: sent(1),
+            ..operation(
+                "record:01",
+                "access-control",
+                "record-emergency-access",
+                &[],
+            )
+        };
+        sub.store
+            .apply(Batch {
+                submissions: vec![read.clone()],
+                ..Batch::default()
+            })
+            .unwrap();
+        // while the transaction was broadcast again, the follower saw it mined
+        let confirmed = SubmissionState::Confirmed {
+            txid: Some("ab".repeat(32)),
+            height: 12,
+            result: "(ok u0)".into(),
+        };
+        sub.store
+            .apply(Batch {
+                submissions: vec![Submission {
+                    state: confirmed.clone(),
+                    ..read.clone()
+                }],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(!sub.update(&read, sent(2)).await.unwrap());
+        assert_eq!(
+            sub.store.submission("record:01").unwrap().unwrap().state,
+            confirmed
+        );
+
+        // unchanged since it was read: written
+        let now = sub.store.submission("record:01").unwrap().unwrap();
+        let failed = SubmissionState::Failed {
+            txid: "ab".repeat(32),
+            height: 13,
+            result: "(err u205)".into(),
+        };
+        assert!(sub.update(&now, failed.clone()).await.unwrap());
+        assert_eq!(
+            sub.store.submission("record:01").unwrap().unwrap().state,
+            failed
+        );
     }
 }
