@@ -104,6 +104,8 @@ impl Follower {
                 "gap in the block stream: re-reading the cache"
             );
             self.state.refresh_all(&mut batch).await?;
+            // transactions mined in the missing blocks were not seen
+            self.status.skipped_blocks.store(true, Ordering::SeqCst);
         }
         let prints = events::prints(&block, &self.state.contracts);
         let store = self.state.store.clone();
@@ -203,5 +205,42 @@ impl Follower {
                 _ = shutdown.changed() => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::contracts::Contracts;
+    use crate::chain::rpc::NodeClient;
+    use crate::store::{RedbStore, Store};
+
+    fn block(height: u64) -> NewBlock {
+        serde_json::from_value(serde_json::json!({
+            "block_height": height,
+            "index_block_hash": format!("0x{}", hex::encode([height as u8; 32])),
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_the_block_stream_tells_the_submitter_to_check_on_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
+        // nothing is cached, so the gap's re-read asks the node nothing
+        let rpc = NodeClient::new("http://127.0.0.1:9", Duration::from_millis(10), 0);
+        let contracts = Contracts {
+            address: "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap(),
+        };
+        let status = Arc::new(FollowerStatus::default());
+        let follower =
+            Follower::new(ChainState::new(store, rpc, contracts), status.clone()).unwrap();
+        follower.on_block(block(1)).await.unwrap();
+        follower.on_block(block(2)).await.unwrap();
+        assert!(!status.skipped_blocks.load(Ordering::SeqCst));
+        follower.on_block(block(5)).await.unwrap();
+        assert!(status.skipped_blocks.load(Ordering::SeqCst));
+        assert_eq!(status.applied(), 5);
     }
 }
