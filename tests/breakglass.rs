@@ -22,6 +22,7 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
         ("paramedic", vec!["blood-type", "problems"], 10),
         ("pharmacist", vec!["medications"], 10),
     ];
+    let mut previous_token: Option<String> = None;
     for (i, (role, dts, minutes)) in cases.iter().enumerate() {
         let p = provider(demo, role);
         let (status, body) = post(
@@ -76,6 +77,25 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
             state.get("reason").is_none(),
             "the reason stays out of this view"
         );
+        // anyone with the id (it is on chain) follows the record; only the token's holder
+        // sees who opened what
+        assert_eq!(state["view"], "public", "{state}");
+        assert!(state.get("provider").is_none() && state.get("on_call").is_none());
+        let (ok, full) = access_with_token(app, id, token).await;
+        assert_eq!((ok, &full["view"]), (200, &json!("full")), "{full}");
+        assert_eq!(full["provider"], p["principal"]);
+        assert_eq!(full["data_types"], json!(dts));
+        assert!(full.get("reason").is_none(), "{full}");
+        if let Some(other) = &previous_token {
+            let (refused, problem) = access_with_token(app, id, other).await;
+            assert_eq!(
+                (refused, &problem["code"]),
+                (401, &json!("invalid-credentials"))
+            );
+        }
+        let (refused, _) = access_with_token(app, id, "not-a-token").await;
+        assert_eq!(refused, 401);
+        previous_token = Some(token.to_string());
         eventually("submitted", SECS, async || {
             (get(app, &format!("/v1/accesses/{id}")).await["chain"]["state"] == "submitted")
                 .then_some(())
@@ -449,6 +469,13 @@ async fn resource_servers_introspect_and_revoke_tokens() {
             .await
             .1,
         json!({ "active": false })
+    );
+    // nor does it show the whole access any more
+    let (refused, problem) =
+        access_with_token(app, grant["access_id"].as_str().unwrap(), token).await;
+    assert_eq!(
+        (refused, &problem["code"]),
+        (401, &json!("invalid-credentials"))
     );
     // revoking again, or revoking garbage, is still 200 (RFC 7009)
     assert_eq!(

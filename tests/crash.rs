@@ -11,6 +11,14 @@ use serde_json::{json, Value as Json};
 use support::*;
 
 /// A request from `key` for the patient's allergies, signed by @stacks/transactions.
+/// A grant's access id and token (which shows the whole access, notice included).
+fn granted_access(answer: &Json) -> (String, String) {
+    (
+        answer["access_id"].as_str().unwrap().to_string(),
+        answer["access_token"].as_str().unwrap().to_string(),
+    )
+}
+
 fn allergies(key: &str, patient: &str, nonce: u64) -> String {
     signed(key, patient, &["allergies"], nonce, now())
 }
@@ -117,9 +125,11 @@ impl Harness {
         )
     }
 
-    async fn access(&self, id: &str) -> Option<Json> {
+    /// The access as the holder of its token sees it (with its notice).
+    async fn access(&self, (id, token): &(String, String)) -> Option<Json> {
         self.http
             .get(format!("http://127.0.0.1:{}/v1/accesses/{id}", self.api))
+            .bearer_auth(token)
             .send()
             .await
             .ok()?
@@ -154,7 +164,7 @@ async fn every_grant_reaches_the_chain_once_across_sigkills() {
         previous = Some(body.clone());
         let (status, answer) = h.post(body).await;
         assert_eq!(status, 201, "grant {i}");
-        granted.push(answer["access_id"].as_str().unwrap().to_string());
+        granted.push(granted_access(&answer));
         // killed the moment it answered: no shutdown, no flush beyond what it did before
         service.start_kill().unwrap();
         service.wait().await.unwrap();
@@ -169,16 +179,16 @@ async fn every_grant_reaches_the_chain_once_across_sigkills() {
         status.lines().any(|l| l == "THP_enabled:\t0"),
         "transparent huge pages still on: {status}"
     );
-    for id in &granted {
-        eventually(id, Duration::from_secs(60), async || {
-            let s = h.access(id).await?;
+    for access in &granted {
+        eventually(&access.0, Duration::from_secs(60), async || {
+            let s = h.access(access).await?;
             (s["chain"]["state"] == "confirmed").then_some(())
         })
         .await;
     }
     let rpc = breakglass::chain::rpc::NodeClient::new(&devnet.rpc, Duration::from_secs(5), 3);
     let contract = format!("{}.access-control", deployer());
-    for id in &granted {
+    for (id, _) in &granted {
         let record = rpc
             .call_read(
                 &contract,
@@ -247,7 +257,7 @@ async fn every_notice_is_delivered_and_never_as_two_different_messages_across_si
         ("BREAKGLASS_NOTIFY__RETRY_INITIAL_SECS", "1".to_string()),
         ("BREAKGLASS_NOTIFY__RETRY_MAX_SECS", "1".to_string()),
     ];
-    let notice_state = async |id: &str| -> Option<String> {
+    let notice_state = async |id: &(String, String)| -> Option<String> {
         let s = h.access(id).await?;
         s["notice"]["state"].as_str().map(str::to_string)
     };
@@ -263,7 +273,7 @@ async fn every_notice_is_delivered_and_never_as_two_different_messages_across_si
         let body = allergies(providers[i as usize % providers.len()], &pid, 5000 + i);
         let (status, answer) = h.post(body).await;
         assert_eq!(status, 201, "grant {i}");
-        granted.push(answer["access_id"].as_str().unwrap().to_string());
+        granted.push(granted_access(&answer));
     }
 
     // kill it while it sends, at varying moments, twelve times over
@@ -287,11 +297,11 @@ async fn every_notice_is_delivered_and_never_as_two_different_messages_across_si
         "kills landed while sending: {killed_mid_send}"
     );
 
-    for id in &granted {
+    for access in &granted {
         eventually(
-            &format!("notice of {id} sent"),
+            &format!("notice of {} sent", access.0),
             Duration::from_secs(90),
-            async || (notice_state(id).await.as_deref() == Some("sent")).then_some(()),
+            async || (notice_state(access).await.as_deref() == Some("sent")).then_some(()),
         )
         .await;
     }
@@ -304,7 +314,7 @@ async fn every_notice_is_delivered_and_never_as_two_different_messages_across_si
             .or_default()
             .push(raw.clone());
     }
-    for id in &granted {
+    for (id, _) in &granted {
         let copies = by_id
             .get(&format!("<{id}@breakglass.localhost>"))
             .unwrap_or_else(|| panic!("{id} was never notified"));

@@ -42,19 +42,21 @@ async fn import(app: &Application, bundle: &Json, auth: bool) -> (u16, Json) {
     )
 }
 
-async fn notices(app: &Application, state: &str) -> Vec<Json> {
-    let res: Json = reqwest::Client::new()
-        .get(format!(
-            "http://{}/v1/admin/notices?state={state}",
-            app.api_addr
-        ))
+/// `GET path` as the admin client.
+async fn admin_get(app: &Application, path: &str) -> Json {
+    reqwest::Client::new()
+        .get(format!("http://{}{path}", app.api_addr))
         .basic_auth(ADMIN.0, Some(ADMIN.1))
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn notices(app: &Application, state: &str) -> Vec<Json> {
+    let res = admin_get(app, &format!("/v1/admin/notices?state={state}")).await;
     res["notices"].as_array().unwrap().clone()
 }
 
@@ -91,6 +93,11 @@ async fn grant(env: &Env, patient: &str, nonce: u64) -> String {
     body["access_id"].as_str().unwrap().to_string()
 }
 
+/// An access as an admin client sees it: the whole of it, with its notice.
+async fn access_view(env: &Env, id: &str) -> Json {
+    admin_get(&env.app, &format!("/v1/accesses/{id}")).await
+}
+
 /// A patient with a contact, and an access to their record whose notice has failed
 /// `attempts` times (no SMTP server yet): the patient id and the access id.
 async fn notice_failing(env: &Env, attempts: u64) -> (String, String) {
@@ -105,7 +112,7 @@ async fn notice_failing(env: &Env, attempts: u64) -> (String, String) {
     let id = grant(env, &pid, 1).await;
     eventually("failed attempts", Duration::from_secs(60), async || {
         env.devnet.mine().await;
-        let a = get(&env.app, &format!("/v1/accesses/{id}")).await;
+        let a = access_view(env, &id).await;
         (a["notice"]["state"] == "pending" && a["notice"]["attempts"].as_u64() >= Some(attempts))
             .then_some(())
     })
@@ -120,7 +127,7 @@ async fn notice_reaches(env: &Env, id: &str, state: &str) -> Json {
         Duration::from_secs(60),
         async || {
             env.devnet.mine().await;
-            let a = get(&env.app, &format!("/v1/accesses/{id}")).await;
+            let a = access_view(env, id).await;
             (a["notice"]["state"] == state).then_some(a)
         },
     )
@@ -303,7 +310,7 @@ async fn smtp_down_then_up_delivers_once_and_a_550_is_dead_lettered() {
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        get(&env.app, &format!("/v1/accesses/{dead}")).await["notice"]["attempts"],
+        access_view(&env, &dead).await["notice"]["attempts"],
         1,
         "not retried"
     );
@@ -401,15 +408,7 @@ async fn the_provider_directory_is_checked_against_the_chain_and_names_verified_
         .collect();
     assert_eq!(rejected, ["x1", "role-zz"], "{report}");
 
-    let list: Json = reqwest::Client::new()
-        .get(format!("http://{}/v1/admin/providers", env.app.api_addr))
-        .basic_auth(ADMIN.0, Some(ADMIN.1))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = admin_get(&env.app, "/v1/admin/providers").await;
     let entry = |p: &Json| {
         list["providers"]
             .as_array()
@@ -487,6 +486,6 @@ async fn nothing_is_sent_while_the_store_cannot_record_it() {
     let _smtp = smtp_server(port, &mail, 0).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert!(received(&mail).is_empty(), "{:?}", received(&mail).len());
-    let a = get(&env.app, &format!("/v1/accesses/{id}")).await;
+    let a = access_view(&env, &id).await;
     assert_eq!(a["notice"]["state"], "pending", "{a}");
 }

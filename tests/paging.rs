@@ -232,11 +232,14 @@ fn map_responders(dir: &Path, env: &Env, pairs: &[(&str, &str)]) {
 }
 
 async fn access_view(env: &Env, body: &Json) -> Json {
-    get(
+    let (status, view) = access_with_token(
         &env.app,
-        &format!("/v1/accesses/{}", body["access_id"].as_str().unwrap()),
+        body["access_id"].as_str().unwrap(),
+        body["access_token"].as_str().unwrap(),
     )
-    .await
+    .await;
+    assert_eq!(status, 200, "{view}");
+    view
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! `POST /v1/break-glass`, `GET /v1/accesses/{id}` and `GET /.well-known/jwks.json`. Refusals
 //! are RFC 9457 problem details with a stable `code`.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -82,8 +82,50 @@ async fn break_glass(bg: web::Data<BreakGlass>, mut payload: web::Payload) -> Ht
     }
 }
 
-/// Where an access stands: recorded here, then on chain (pending -> submitted -> confirmed).
-async fn access(bg: web::Data<BreakGlass>, id: web::Path<String>) -> HttpResponse {
+/// Who may see the whole of an access: the holder of its own token (while it is valid and not
+/// revoked), or an admin client.
+enum Viewer {
+    Anyone,
+    Entitled,
+    Refused(&'static str),
+}
+
+fn viewer(
+    req: &HttpRequest,
+    bg: &BreakGlass,
+    admin: &super::admin::Admin,
+    access_id: &str,
+) -> Viewer {
+    let Some(header) = req.headers().get("authorization") else {
+        return Viewer::Anyone;
+    };
+    if let Some(token) = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")) {
+        return match bg.tokens.verify(token) {
+            Ok(c) if c.jti == access_id => match bg.state.store.revoked(&c.jti) {
+                Ok(None) => Viewer::Entitled,
+                _ => Viewer::Refused("the token was revoked"),
+            },
+            Ok(_) => Viewer::Refused("the token is for another access"),
+            Err(_) => Viewer::Refused("the token is not valid (expired, or not ours)"),
+        };
+    }
+    match super::tokens::basic_client(req, &admin.clients) {
+        Some(_) => Viewer::Entitled,
+        None => Viewer::Refused("not an admin client"),
+    }
+}
+
+/// Where an access stands. Its id is on chain, so anyone who has it sees where the chain record
+/// stands (pending -> submitted -> confirmed) and the window; the rest (the clinician, the
+/// patient's pseudonymous id, the data types, the rules, why the clinician counted as on call,
+/// the patient's notice) only the holder of the access's token (`Authorization: Bearer`) and
+/// admin clients (HTTP Basic).
+async fn access(
+    req: HttpRequest,
+    bg: web::Data<BreakGlass>,
+    admin: web::Data<super::admin::Admin>,
+    id: web::Path<String>,
+) -> HttpResponse {
     let id = id.into_inner();
     let not_found = || {
         problem(&Refusal {
@@ -96,6 +138,25 @@ async fn access(bg: web::Data<BreakGlass>, id: web::Path<String>) -> HttpRespons
     if id.len() != 64 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
         return not_found();
     }
+    let entitled = match viewer(&req, &bg, &admin, &id) {
+        Viewer::Anyone => false,
+        Viewer::Entitled => true,
+        Viewer::Refused(why) => {
+            let mut answer = problem(&Refusal {
+                status: 401,
+                code: "invalid-credentials",
+                title: "Invalid credentials",
+                detail: format!(
+                    "{why}: the whole access is shown to the holder of its token and to admin clients; without credentials, where its chain record stands"
+                ),
+            });
+            answer.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static("Bearer realm=\"breakglass\""),
+            );
+            return answer;
+        }
+    };
     let store = &bg.state.store;
     let (Ok(Some(a)), Ok(sub)) = (store.access(&id), store.submission(&format!("record:{id}")))
     else {
@@ -113,26 +174,37 @@ async fn access(bg: web::Data<BreakGlass>, id: web::Path<String>) -> HttpRespons
             result,
         }) => json!({ "state": "failed", "txid": txid, "block_height": height, "result": result }),
     };
-    let notice = match store.notice(&id) {
-        Ok(Some(n)) => super::admin::notice_view(&n),
-        _ => json!(null),
-    };
-    // the reason stays out: it is for reviewers and the patient's notice
-    HttpResponse::Ok().json(json!({
-        "notice": notice,
+    let mut view = json!({
         "access_id": a.id,
-        "provider": a.provider,
-        "role": a.role,
-        "patient": a.patient,
-        "data_types": a.data_types,
         "granted_at": a.granted_at,
         "expires_at": a.expires_at,
         "window_minutes": a.window_minutes,
-        "rules": a.rules,
-        // why the clinician counted as on call: the paging source, service and incident
-        "on_call": a.on_call,
         "chain": chain,
-    }))
+        "view": if entitled { "full" } else { "public" },
+    });
+    if entitled {
+        let notice = match store.notice(&id) {
+            Ok(Some(n)) => super::admin::notice_view(&n),
+            _ => json!(null),
+        };
+        // the reason stays out: it is for reviewers and the patient's notice
+        let more = json!({
+            "notice": notice,
+            "provider": a.provider,
+            "role": a.role,
+            "patient": a.patient,
+            "data_types": a.data_types,
+            "rules": a.rules,
+            // why the clinician counted as on call: the paging source, service and incident
+            "on_call": a.on_call,
+        });
+        if let (Some(v), serde_json::Value::Object(m)) = (view.as_object_mut(), more) {
+            v.extend(m);
+        }
+    }
+    HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(view)
 }
 
 async fn jwks(bg: web::Data<BreakGlass>) -> HttpResponse {

@@ -390,6 +390,18 @@ pub async fn get(app: &Application, path: &str) -> Json {
         .unwrap()
 }
 
+/// An access as the holder of its token sees it (`token`: the grant's `access_token`), with
+/// the answer's status.
+pub async fn access_with_token(app: &Application, id: &str, token: &str) -> (u16, Json) {
+    let res = reqwest::Client::new()
+        .get(format!("http://{}/v1/accesses/{id}", app.api_addr))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
 pub fn patient(demo: &Json, allows: bool) -> &str {
     demo["patients"]
         .as_array()
