@@ -30,7 +30,8 @@ pub struct FollowerStatus {
     pub last_poll_ok_ms: AtomicU64,
     pub last_block_ms: AtomicU64,
     pub node_reachable: AtomicBool,
-    /// Set when a catch-up skipped blocks: transactions mined in them were not seen.
+    /// Set when blocks were skipped (a catch-up, or a block after a gap): transactions
+    /// mined in them were not seen.
     pub skipped_blocks: AtomicBool,
 }
 

@@ -120,6 +120,16 @@ impl Submitter {
         read: &Submission,
         state: SubmissionState,
     ) -> Result<bool, StoreError> {
+        self.update_with_nonce(read, state, None).await
+    }
+
+    /// `update`, keeping `next_nonce` as the local nonce in the same write.
+    async fn update_with_nonce(
+        &self,
+        read: &Submission,
+        state: SubmissionState,
+        next_nonce: Option<u64>,
+    ) -> Result<bool, StoreError> {
         let _guard = self.apply_lock.lock().await;
         let now = self.store.submission(&read.id)?.map(|s| s.state);
         if now.as_ref() != Some(&read.state) {
@@ -131,6 +141,7 @@ impl Submitter {
                 state,
                 ..read.clone()
             }],
+            nonce: next_nonce,
             ..Batch::default()
         })
         .await?;
@@ -191,8 +202,13 @@ impl Submitter {
     }
 
     /// Signs the operation's transaction with `nonce` and keeps it, with the next nonce, in one
-    /// durable write: from here on only these bytes are broadcast for it. Returns the txid.
-    async fn sign_and_keep(&self, s: &Submission, nonce: u64) -> Result<String, SubmitError> {
+    /// durable write: from here on only these bytes are broadcast for it. Returns the txid, or
+    /// `None` if the operation changed since `s` was read (then nothing is written).
+    async fn sign_and_keep(
+        &self,
+        s: &Submission,
+        nonce: u64,
+    ) -> Result<Option<String>, SubmitError> {
         let signed = self.sign(s, nonce)?;
         let state = SubmissionState::Sent {
             txid: signed.txid_hex(),
@@ -201,13 +217,8 @@ impl Submitter {
             sent_at_height: self.status.node_tip.load(Ordering::SeqCst),
             broadcasts: 0,
         };
-        self.write(Batch {
-            submissions: vec![Submission { state, ..s.clone() }],
-            nonce: Some(nonce + 1),
-            ..Batch::default()
-        })
-        .await?;
-        Ok(signed.txid_hex())
+        let kept = self.update_with_nonce(s, state, Some(nonce + 1)).await?;
+        Ok(kept.then(|| signed.txid_hex()))
     }
 
     /// Signs every pending operation and keeps its transaction durably; nothing is broadcast.
@@ -220,8 +231,9 @@ impl Submitter {
             .collect();
         for s in &pending {
             let nonce = self.next_nonce().await?;
-            let txid = self.sign_and_keep(s, nonce).await?;
-            tracing::info!(operation = %s.id, nonce, txid, "transaction signed");
+            if let Some(txid) = self.sign_and_keep(s, nonce).await? {
+                tracing::info!(operation = %s.id, nonce, txid, "transaction signed");
+            }
         }
         Ok(pending.len())
     }
@@ -285,8 +297,9 @@ impl Submitter {
             }
             Some(false) => {
                 let nonce = self.rpc.account_nonce(&self.sender).await?;
-                self.sign_and_keep(s, nonce).await?;
-                tracing::warn!(operation = %s.id, reason, nonce, "nonce was taken by another transaction; signed again");
+                if self.sign_and_keep(s, nonce).await?.is_some() {
+                    tracing::warn!(operation = %s.id, reason, nonce, "nonce was taken by another transaction; signed again");
+                }
             }
             None => {
                 // cannot prove it did not run: resending could do it twice

@@ -125,14 +125,13 @@ impl Notifier {
     /// look at them again.
     async fn round(&self, due: &mut BTreeSet<(u64, String)>) {
         let now = now_secs();
-        if let Some(why) = self.store.stopped() {
-            // a message sent now could not be recorded as sent
-            if due.first().is_some_and(|(at, _)| *at <= now) {
-                tracing::error!(%why, "notices: the store stopped writing; nothing is sent until a restart");
-            }
-            return;
-        }
         while due.first().is_some_and(|(at, _)| *at <= now) {
+            if let Some(why) = self.store.stopped() {
+                // a message sent now could not be recorded as sent (checked before each, since
+                // a write may fail during the round)
+                tracing::error!(%why, "notices: the store stopped writing; nothing is sent until a restart");
+                return;
+            }
             let Some((_, id)) = due.pop_first() else {
                 break;
             };
