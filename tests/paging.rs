@@ -454,6 +454,23 @@ async fn a_pagerduty_incident_puts_its_assignee_on_call_until_it_is_resolved() {
         (403, Some("not-on-call")),
         "{body}"
     );
+    // nor one from the resolve's own second (times are whole seconds: it may have come first)
+    let mut tie = fixture("pagerduty-incident.acknowledged.json");
+    tie["event"]["id"] = json!("01DX3MC2K7V9Q3M6X1D8R4TIE0");
+    tie["event"]["occurred_at"] = json!(rfc3339(t + 3));
+    let tie = serde_json::to_vec(&tie).unwrap();
+    let (status, body) = deliver(app, pd, &pd_sig(&["new-secret"], &tie), &tie).await;
+    assert_eq!(
+        (status, body["change"].as_str()),
+        (202, Some("superseded")),
+        "{body}"
+    );
+    let (status, body) = break_glass(&env, "physician", 13).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("not-on-call")),
+        "{body}"
+    );
 
     // a restart forgets nothing: an open incident still counts, a replay is still one
     let mut second = fixture("pagerduty-incident.triggered.json");
@@ -750,10 +767,11 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
     let ended =
         serde_json::to_vec(&json!({"responder": "pager-77", "on_call_until": rfc3339(now() - 1)}))
             .unwrap();
+    let ended_at = now();
     let (status, body) = deliver(
         app,
         hook,
-        &generic_headers("hook-secret", now(), &ended),
+        &generic_headers("hook-secret", ended_at, &ended),
         &ended,
     )
     .await;
@@ -783,6 +801,26 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
         "{body}"
     );
     let (status, body) = break_glass(&env, "paramedic", 8).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("not-on-call")),
+        "{body}"
+    );
+    // nor one sent in the same second as the end: of the two, the one that ends first stands
+    let tie = serde_json::to_vec(&json!({"responder": "pager-77", "on_call_until": rfc3339(now() + 3600), "incident": "INC-2042"})).unwrap();
+    let (status, body) = deliver(
+        app,
+        hook,
+        &generic_headers("hook-secret", ended_at, &tie),
+        &tie,
+    )
+    .await;
+    assert_eq!(
+        (status, body["change"].as_str()),
+        (202, Some("superseded")),
+        "{body}"
+    );
+    let (status, body) = break_glass(&env, "paramedic", 9).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (403, Some("not-on-call")),

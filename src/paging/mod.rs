@@ -134,7 +134,9 @@ impl State {
     fn sweep(&mut self, now: u64, incident_max_secs: u64) {
         let forgotten = &mut self.forgotten;
         self.seen.retain(|k, until| {
-            let keep = *until > now;
+            // a delivery is fresh for `w` either side of its time, and kept for `2w` from
+            // when it was accepted: kept through the last second it could be accepted again
+            let keep = *until >= now;
             if !keep {
                 forgotten.push(format!("{SEEN}{k}"));
             }
@@ -469,7 +471,9 @@ impl OnCall {
                 at,
             } => {
                 let cur = state.incidents.get(&format!("{source}:{id}"));
-                if cur.is_some_and(|c| c.updated > *at) {
+                // times are whole seconds: a page from the second its incident was resolved in
+                // may have come before the resolve, so it does not bring it back
+                if cur.is_some_and(|c| c.updated > *at || (c.resolved && c.updated == *at)) {
                     return None;
                 }
                 // a resolved incident paged again starts over
@@ -502,7 +506,11 @@ impl OnCall {
             }
             Change::Shift { principal, fact } => {
                 let cur = state.shifts.get(principal);
-                if cur.is_some_and(|c| c.since > fact.since) {
+                // of two shifts sent in the same second, the one that ends first stands
+                let end = |f: &Fact| f.until.unwrap_or(u64::MAX);
+                if cur.is_some_and(|c| {
+                    c.since > fact.since || (c.since == fact.since && end(c) <= end(fact))
+                }) {
                     return None;
                 }
                 Some(change.clone())
@@ -686,4 +694,21 @@ impl OnCall {
 
 fn now_secs() -> u64 {
     crate::chain::follower::now_ms() / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_is_remembered_through_the_last_second_it_could_be_accepted_again() {
+        let mut state = State::default();
+        state.seen.insert("webhook:d1".into(), 100);
+        state.sweep(100, 3600);
+        assert!(state.seen.contains_key("webhook:d1"), "still a replay at 100");
+        assert!(state.forgotten.is_empty());
+        state.sweep(101, 3600);
+        assert!(state.seen.is_empty());
+        assert_eq!(state.forgotten, vec![format!("{SEEN}webhook:d1")]);
+    }
 }
