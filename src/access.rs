@@ -459,6 +459,38 @@ pub fn reason_name(access_id: &str) -> String {
     format!("reason:{access_id}")
 }
 
+/// Seals every access's reason that is not sealed with the current data key again with it
+/// (after `keys rotate-data`, with `patients rekey`). Returns how many were re-sealed.
+pub async fn rekey_reasons(
+    store: &Arc<dyn crate::store::Store>,
+    keyring: &crate::seal::Keyring,
+) -> anyhow::Result<usize> {
+    let mut n = 0;
+    let mut batch = Batch::default();
+    for id in store.access_ids()? {
+        let Some(mut access) = store.access(&id)? else {
+            continue;
+        };
+        if access.reason_sealed.is_empty() {
+            continue; // recorded before reasons were kept
+        }
+        let sealed = hex::decode(&access.reason_sealed)?;
+        if keyring.is_current(&sealed) {
+            continue;
+        }
+        let name = reason_name(&access.id);
+        let plain = keyring.open(&name, &sealed)?;
+        access.reason_sealed = hex::encode(keyring.seal(&name, &plain)?);
+        batch.accesses.push(access);
+        n += 1;
+        if batch.accesses.len() == 1000 {
+            crate::store::apply_async(store, std::mem::take(&mut batch)).await?;
+        }
+    }
+    crate::store::apply_async(store, batch).await?;
+    Ok(n)
+}
+
 /// A new access id: the grant time (unix milliseconds, 6 bytes, big-endian) then 26 random
 /// bytes. Ids sort by time, so the store appends them instead of scattering them across its
 /// B-tree, and 208 random bits keep them unguessable.

@@ -73,8 +73,9 @@ enum PatientsCommand {
         /// The bundle (JSON).
         file: PathBuf,
     },
-    /// Seal every contact again with the current data key (after `keys rotate-data`), with
-    /// the service stopped; prints how many were re-sealed.
+    /// Seal everything sealed with an older data key again with the current one (after `keys
+    /// rotate-data`): contacts, the accesses' reasons, stored notices; with the service
+    /// stopped; prints how many of each were re-sealed.
     Rekey,
 }
 
@@ -171,8 +172,21 @@ fn offline(s: &Settings) -> anyhow::Result<Offline> {
 
 fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
     let (store, keyring, runtime) = offline(s)?;
-    let n = runtime.block_on(breakglass::directory::rekey(&store, &keyring))?;
-    Ok(serde_json::json!({ "resealed": n, "key_id": keyring.current_id() }))
+    // everything sealed with the data key: contacts, the accesses' reasons, stored notices
+    let (contacts, reasons, messages) = runtime.block_on(async {
+        anyhow::Ok((
+            breakglass::directory::rekey(&store, &keyring).await?,
+            breakglass::access::rekey_reasons(&store, &keyring).await?,
+            breakglass::notify::rekey_messages(&store, &keyring).await?,
+        ))
+    })?;
+    Ok(serde_json::json!({
+        "resealed": contacts + reasons + messages,
+        "contacts": contacts,
+        "reasons": reasons,
+        "notice_messages": messages,
+        "key_id": keyring.current_id(),
+    }))
 }
 
 fn import_patients(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde_json::Value> {

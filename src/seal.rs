@@ -7,7 +7,8 @@
 //! ciphertext and tag. Keys: `BREAKGLASS_DATA_KEY` (32 bytes, base64url) when set, else the
 //! newest `data_dir/keys/data-*.key` (32 random bytes, mode 0600, generated at first run).
 //! Every key found opens; the current one seals. Rotation: `breakglass keys rotate-data` adds a
-//! key, `breakglass patients rekey` seals every contact again with it, then old keys can go.
+//! key, `breakglass patients rekey` seals everything sealed before (contacts, the accesses'
+//! reasons, stored notices) again with it, then old keys can go.
 
 use std::path::{Path, PathBuf};
 

@@ -372,8 +372,46 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
                 .unwrap(),
         )
     };
+    // an access with its sealed reason and a rendered notice, sealed with the old key too
+    let access_id = "ab".repeat(32);
+    {
+        use breakglass::store::Store;
+        let store = breakglass::store::RedbStore::open(&data.join("breakglass.redb")).unwrap();
+        let ring = breakglass::seal::Keyring::load_or_generate(&data, None).unwrap();
+        let access = sealed_access(&ring, &access_id, &id);
+        let mut notice = breakglass::notify::notice_for(
+            &breakglass::configuration::Settings::default().notify,
+            &access,
+        );
+        let message = ring
+            .seal(&format!("notice:{access_id}"), b"the rendered message")
+            .unwrap();
+        notice.message = Some(hex::encode(message));
+        store
+            .apply(breakglass::store::Batch {
+                accesses: vec![access],
+                notices: vec![notice],
+                ..Default::default()
+            })
+            .unwrap();
+    }
     let rotated = run(&["keys", "rotate-data"]);
-    assert_eq!(run(&["patients", "rekey"])["resealed"], 1);
+    let rekeyed = run(&["patients", "rekey"]);
+    assert_eq!(
+        (
+            &rekeyed["resealed"],
+            &rekeyed["contacts"],
+            &rekeyed["reasons"],
+            &rekeyed["notice_messages"]
+        ),
+        (
+            &serde_json::json!(3),
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        ),
+        "{rekeyed}"
+    );
     assert_eq!(run(&["patients", "rekey"])["resealed"], 0);
     std::fs::remove_file(&old_keys[0]).unwrap();
     {
@@ -386,6 +424,23 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
         let contact: serde_json::Value =
             serde_json::from_slice(&ring.open(&format!("contact:{id}"), &sealed).unwrap()).unwrap();
         assert_eq!(contact["email"], "luis.perez@example.org");
+        // the reason and the notice open with the new key alone
+        let access = store.access(&access_id).unwrap().unwrap();
+        let reason = ring
+            .open(
+                &format!("reason:{access_id}"),
+                &hex::decode(&access.reason_sealed).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(reason, b"anaphylaxis, unresponsive");
+        let notice = store.notice(&access_id).unwrap().unwrap();
+        let message = ring
+            .open(
+                &format!("notice:{access_id}"),
+                &hex::decode(notice.message.unwrap()).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(message, b"the rendered message");
     }
 
     // not a bundle: exit 2 with the reason
@@ -397,4 +452,24 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Bundle"));
+}
+
+/// An access record whose reason is sealed with `ring`'s current key.
+fn sealed_access(
+    ring: &breakglass::seal::Keyring,
+    access_id: &str,
+    patient: &str,
+) -> breakglass::store::AccessRecord {
+    let reason = ring
+        .seal(&format!("reason:{access_id}"), b"anaphylaxis, unresponsive")
+        .unwrap();
+    // as the store keeps it
+    serde_json::from_value(serde_json::json!({
+        "id": access_id, "provider": "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM", "role": "nurse",
+        "patient": patient, "data_types": ["allergies"], "reason_sealed": hex::encode(reason),
+        "reason_hash": "", "device": null, "nonce": 1, "issued_at": 1000, "granted_at": 1000,
+        "expires_at": 1600, "window_minutes": 10, "window_blocks": 60, "rules": [],
+        "message_hash": "", "signature": "",
+    }))
+    .unwrap()
 }

@@ -327,6 +327,35 @@ impl Notifier {
     }
 }
 
+/// Seals every stored notice message that is not sealed with the current data key again with
+/// it (after `keys rotate-data`, with `patients rekey`). Returns how many were re-sealed.
+pub async fn rekey_messages(store: &Arc<dyn Store>, keyring: &Keyring) -> anyhow::Result<usize> {
+    let mut notices = Vec::new();
+    for mut notice in store.notices()? {
+        let Some(message) = &notice.message else {
+            continue;
+        };
+        let sealed = hex::decode(message)?;
+        if keyring.is_current(&sealed) {
+            continue;
+        }
+        let name = message_name(&notice.access_id);
+        let plain = keyring.open(&name, &sealed)?;
+        notice.message = Some(hex::encode(keyring.seal(&name, &plain)?));
+        notices.push(notice);
+    }
+    let n = notices.len();
+    apply_async(
+        store,
+        Batch {
+            notices,
+            ..Batch::default()
+        },
+    )
+    .await?;
+    Ok(n)
+}
+
 enum Prepared {
     /// Rendered and stored: send it.
     Ready(Notice),

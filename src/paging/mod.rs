@@ -705,7 +705,10 @@ mod tests {
         let mut state = State::default();
         state.seen.insert("webhook:d1".into(), 100);
         state.sweep(100, 3600);
-        assert!(state.seen.contains_key("webhook:d1"), "still a replay at 100");
+        assert!(
+            state.seen.contains_key("webhook:d1"),
+            "still a replay at 100"
+        );
         assert!(state.forgotten.is_empty());
         state.sweep(101, 3600);
         assert!(state.seen.is_empty());
