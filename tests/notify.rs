@@ -61,6 +61,13 @@ async fn notices(app: &Application, state: &str) -> Vec<Json> {
 }
 
 async fn notify_env(smtp_port: u16) -> Env {
+    notify_env_with(smtp_port, |_| {}).await
+}
+
+async fn notify_env_with(
+    smtp_port: u16,
+    configure: impl FnOnce(&mut breakglass::configuration::Settings),
+) -> Env {
     setup(|s| {
         s.notify.transport = MailTransport::Smtp;
         s.notify.smtp.port = smtp_port;
@@ -75,6 +82,7 @@ async fn notify_env(smtp_port: u16) -> Env {
             id: ADMIN.0.into(),
             secret_sha256: hex::encode(sha2::Sha256::digest(ADMIN.1)),
         }];
+        configure(s);
     })
     .await
 }
@@ -488,4 +496,39 @@ async fn nothing_is_sent_while_the_store_cannot_record_it() {
     assert!(received(&mail).is_empty(), "{:?}", received(&mail).len());
     let a = access_view(&env, &id).await;
     assert_eq!(a["notice"]["state"], "pending", "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_that_cannot_be_prepared_is_dead_lettered_after_the_retry_period() {
+    // no retry period: a notice stuck once is dead-lettered at once
+    let env = notify_env_with(free_port(), |s| s.notify.give_up_after_hours = 0).await;
+    let pid = patient(&env.demo, true).to_string();
+    let (status, _) = import(
+        &env.app,
+        &bundle(vec![patient_resource(&pid, "ana@example.org", "en")]),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let id = grant(&env, &pid, 1).await;
+    // its reason sealed with a key the service does not have (a key retired too early)
+    let mut access = env.app.store.access(&id).unwrap().unwrap();
+    let stranger = breakglass::seal::Keyring::from_keys(&[[9; 32]]).unwrap();
+    access.reason_sealed = hex::encode(stranger.seal(&format!("reason:{id}"), b"x").unwrap());
+    env.app
+        .store
+        .apply(breakglass::store::Batch {
+            accesses: vec![access],
+            ..Default::default()
+        })
+        .unwrap();
+
+    let a = notice_reaches(&env, &id, "dead").await;
+    let reason = a["notice"]["reason"].as_str().unwrap();
+    assert!(reason.contains("could not be prepared"), "{a}");
+    let dead = notices(&env.app, "dead").await;
+    assert!(
+        dead.iter().any(|n| n["access_id"] == id.as_str()),
+        "{dead:?}"
+    );
 }

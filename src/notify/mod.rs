@@ -169,16 +169,39 @@ impl Notifier {
     /// One step for the notice of access `id`, as the store has it.
     async fn step(&self, id: &str, now: u64) -> Option<u64> {
         match self.store.notice(id) {
-            Ok(Some(n)) if n.is_open() => self.advance(n, now).await.unwrap_or_else(|e| {
-                tracing::error!(access = %id, error = %e, "notice: could not advance");
-                Some(now + 5)
-            }),
+            Ok(Some(n)) if n.is_open() => {
+                let read = n.clone();
+                match self.advance(n, now).await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::error!(access = %id, error = %e, "notice: could not advance");
+                        self.stuck(read, now).await
+                    }
+                }
+            }
             Ok(_) => None,
             Err(e) => {
                 tracing::error!(access = %id, error = %e, "notice: could not be read");
                 Some(now + 5)
             }
         }
+    }
+
+    /// A notice that could not advance (its access, contact or message could not be read or
+    /// rendered): tried again in 5 s, and dead-lettered, where operators see it, once it has
+    /// been stuck for the retry period (from its first attempt, or from when it was due).
+    async fn stuck(&self, mut notice: Notice, now: u64) -> Option<u64> {
+        let hours = self.settings.give_up_after_hours;
+        let since = notice.first_attempt_at.unwrap_or(notice.due_at);
+        if now < since.saturating_add(hours * 3600) {
+            return Some(now + 5);
+        }
+        // the error itself stays in the log: it may quote what could not be read
+        notice.state = NoticeState::Dead {
+            at: now,
+            reason: format!("could not be prepared for {hours} hours (the service's log says why)"),
+        };
+        self.record(notice, now).await
     }
 
     async fn save(&self, notice: Notice) -> anyhow::Result<()> {
