@@ -106,9 +106,8 @@ async fn access_view(env: &Env, id: &str) -> Json {
     admin_get(&env.app, &format!("/v1/accesses/{id}")).await
 }
 
-/// A patient with a contact, and an access to their record whose notice has failed
-/// `attempts` times (no SMTP server yet): the patient id and the access id.
-async fn notice_failing(env: &Env, attempts: u64) -> (String, String) {
+/// The demo patient who allows emergency access, with an email contact in the directory.
+async fn patient_with_contact(env: &Env) -> String {
     let pid = patient(&env.demo, true).to_string();
     let (status, _) = import(
         &env.app,
@@ -117,6 +116,13 @@ async fn notice_failing(env: &Env, attempts: u64) -> (String, String) {
     )
     .await;
     assert_eq!(status, 200);
+    pid
+}
+
+/// A patient with a contact, and an access to their record whose notice has failed
+/// `attempts` times (no SMTP server yet): the patient id and the access id.
+async fn notice_failing(env: &Env, attempts: u64) -> (String, String) {
+    let pid = patient_with_contact(env).await;
     let id = grant(env, &pid, 1).await;
     eventually("failed attempts", Duration::from_secs(60), async || {
         env.devnet.mine().await;
@@ -437,14 +443,7 @@ async fn the_provider_directory_is_checked_against_the_chain_and_names_verified_
     assert_eq!(d["verification"], "mismatch");
 
     // notices name a verified clinician, and only a verified one
-    let pid = patient(&env.demo, true).to_string();
-    let (status, _) = import(
-        &env.app,
-        &bundle(vec![patient_resource(&pid, "ana@example.org", "en")]),
-        true,
-    )
-    .await;
-    assert_eq!(status, 200);
+    let pid = patient_with_contact(&env).await;
     let by_nurse = grant(&env, &pid, 1).await;
     notice_reaches(&env, &by_nurse, "sent").await;
     let key = physician["private_key"].as_str().unwrap();
@@ -502,14 +501,7 @@ async fn nothing_is_sent_while_the_store_cannot_record_it() {
 async fn a_notice_that_cannot_be_prepared_is_dead_lettered_after_the_retry_period() {
     // no retry period: a notice stuck once is dead-lettered at once
     let env = notify_env_with(free_port(), |s| s.notify.give_up_after_hours = 0).await;
-    let pid = patient(&env.demo, true).to_string();
-    let (status, _) = import(
-        &env.app,
-        &bundle(vec![patient_resource(&pid, "ana@example.org", "en")]),
-        true,
-    )
-    .await;
-    assert_eq!(status, 200);
+    let pid = patient_with_contact(&env).await;
     let id = grant(&env, &pid, 1).await;
     // its reason sealed with a key the service does not have (a key retired too early)
     let mut access = env.app.store.access(&id).unwrap().unwrap();
