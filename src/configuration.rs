@@ -439,7 +439,11 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let address: Address = self.chain.contracts_address.parse()?;
+        let address: Address = self
+            .chain
+            .contracts_address
+            .parse()
+            .map_err(|e| format!("chain.contracts_address: {e}"))?;
         if address.is_mainnet() != self.chain.network.is_mainnet() {
             return Err(format!(
                 "chain.contracts_address {address} is not a {:?} address",
@@ -473,13 +477,52 @@ impl Settings {
                 self.notify.from
             ));
         }
-        if self.notify.retry_initial_secs == 0 || self.notify.poll_interval_ms == 0 {
-            return Err(
-                "notify.retry_initial_secs and notify.poll_interval_ms must be positive".into(),
-            );
+        for (name, value) in [
+            ("chain.request_timeout_ms", self.chain.request_timeout_ms),
+            (
+                "server.shutdown_timeout_secs",
+                self.server.shutdown_timeout_secs,
+            ),
+            ("follower.poll_interval_ms", self.follower.poll_interval_ms),
+            ("submitter.interval_ms", self.submitter.interval_ms),
+            ("notify.retry_initial_secs", self.notify.retry_initial_secs),
+            ("notify.poll_interval_ms", self.notify.poll_interval_ms),
+            ("notify.smtp.timeout_secs", self.notify.smtp.timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be positive"));
+            }
         }
-        if self.follower.poll_interval_ms == 0 || self.submitter.interval_ms == 0 {
-            return Err("intervals must be positive".into());
+        if self.notify.retry_max_secs < self.notify.retry_initial_secs {
+            return Err(format!(
+                "notify.retry_max_secs ({}) must be at least notify.retry_initial_secs ({})",
+                self.notify.retry_max_secs, self.notify.retry_initial_secs
+            ));
+        }
+        for (name, value) in [
+            ("issuance.issuer", &self.issuance.issuer),
+            ("issuance.audience", &self.issuance.audience),
+        ] {
+            if value.trim().is_empty() {
+                return Err(format!(
+                    "{name} must not be empty: resource servers check it in every token"
+                ));
+            }
+        }
+        let (api, observer) = (self.server.listen, self.follower.listen);
+        if api == observer && api.port() != 0 {
+            return Err(format!(
+                "server.listen and follower.listen are both {api}: the API and the event observer each need their own"
+            ));
+        }
+        if !["json", "pretty"].contains(&self.log.format.as_str()) {
+            return Err(format!(
+                "log.format must be \"json\" or \"pretty\", not {:?}",
+                self.log.format
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return Err(format!("log.filter {:?}: {e}", self.log.filter));
         }
         let oc = &self.oncall;
         if oc.webhook_window_secs == 0 || oc.incident_max_secs == 0 {
@@ -497,7 +540,7 @@ impl Settings {
                 ));
             }
             // a grace shorter than two rounds would fail closed between good syncs
-            if sync.grace_secs.saturating_mul(1000) < 2 * sync.interval_ms {
+            if sync.grace_secs.saturating_mul(1000) < sync.interval_ms.saturating_mul(2) {
                 return Err(format!(
                     "oncall.{name}.sync.grace_secs must cover at least two sync intervals"
                 ));

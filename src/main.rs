@@ -329,7 +329,10 @@ fn main() -> ExitCode {
             if is_dev && std::env::var_os("BREAKGLASS_LOG__FORMAT").is_none() {
                 s.log.format = "pretty".into();
             }
-            telemetry::init(&s.log);
+            if let Err(e) = telemetry::init(&s.log) {
+                eprintln!("breakglass: {e}");
+                return ExitCode::from(2);
+            }
             startup::no_huge_pages();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,

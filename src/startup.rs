@@ -195,7 +195,10 @@ impl Application {
             metrics,
         });
         let timeout = settings.server.shutdown_timeout_secs;
-        let api_listener = TcpListener::bind(settings.server.listen)?;
+        let bind = |what: &str, addr: SocketAddr| {
+            TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("{what} {addr}: {e}"))
+        };
+        let api_listener = bind("server.listen", settings.server.listen)?;
         let api_addr = api_listener.local_addr()?;
         let api = HttpServer::new(move || {
             App::new()
@@ -211,7 +214,7 @@ impl Application {
         .shutdown_timeout(timeout)
         .run();
         let follower_data = web::Data::from(follower.clone());
-        let observer_listener = TcpListener::bind(settings.follower.listen)?;
+        let observer_listener = bind("follower.listen", settings.follower.listen)?;
         let observer_addr = observer_listener.local_addr()?;
         let observer = HttpServer::new(move || {
             App::new()

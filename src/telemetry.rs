@@ -5,9 +5,14 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::configuration::LogSettings;
 
-pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_env("BREAKGLASS_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+/// Starts logging with `settings` (`log.filter`, validated at load), or with `BREAKGLASS_LOG`
+/// when it is set; a `BREAKGLASS_LOG` that is not a filter is an error, not a silent fallback.
+pub fn init(settings: &LogSettings) -> Result<(), String> {
+    let filter = match std::env::var("BREAKGLASS_LOG") {
+        Ok(f) => EnvFilter::try_new(&f).map_err(|e| format!("BREAKGLASS_LOG {f:?}: {e}"))?,
+        Err(_) => EnvFilter::try_new(&settings.filter)
+            .map_err(|e| format!("log.filter {:?}: {e}", settings.filter))?,
+    };
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -18,4 +23,5 @@ pub fn init(settings: &LogSettings) {
     } else {
         builder.json().flatten_event(true).try_init()
     };
+    Ok(())
 }

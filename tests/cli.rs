@@ -181,10 +181,92 @@ fn bad_configuration_is_refused_with_the_reason() {
     let out = breakglass(&["--config", file.to_str().unwrap(), "keys", "show"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("node_urll"));
-    std::fs::write(&file, "[data]\ncache_mib = 0\n").unwrap();
-    let out = breakglass(&["--config", file.to_str().unwrap(), "keys", "show"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("data.cache_mib"));
+    // each refusal names the setting
+    for (toml, named) in [
+        ("[data]\ncache_mib = 0\n", "data.cache_mib"),
+        (
+            "[chain]\nrequest_timeout_ms = 0\n",
+            "chain.request_timeout_ms",
+        ),
+        (
+            "[server]\nshutdown_timeout_secs = 0\n",
+            "server.shutdown_timeout_secs",
+        ),
+        (
+            "[notify.smtp]\ntimeout_secs = 0\n",
+            "notify.smtp.timeout_secs",
+        ),
+        ("[submitter]\ninterval_ms = 0\n", "submitter.interval_ms"),
+        (
+            "[notify]\nretry_initial_secs = 60\nretry_max_secs = 1\n",
+            "notify.retry_max_secs",
+        ),
+        ("[issuance]\nissuer = \" \"\n", "issuance.issuer"),
+        ("[issuance]\naudience = \"\"\n", "issuance.audience"),
+        (
+            "[server]\nlisten = \"127.0.0.1:38080\"\n[follower]\nlisten = \"127.0.0.1:38080\"\n",
+            "follower.listen",
+        ),
+        ("[log]\nfilter = \"breakglass=loud\"\n", "log.filter"),
+        ("[log]\nformat = \"xml\"\n", "log.format"),
+        (
+            "[chain]\ncontracts_address = \"\"\n",
+            "chain.contracts_address",
+        ),
+    ] {
+        std::fs::write(&file, toml).unwrap();
+        let out = breakglass(&["--config", file.to_str().unwrap(), "keys", "show"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {stderr}");
+        assert!(stderr.contains(named), "{toml}: {stderr}");
+    }
+    // a sync interval so long that two of them overflow: refused, not wrapped around
+    let out = Command::new(env!("CARGO_BIN_EXE_breakglass"))
+        .args(["keys", "show"])
+        .env("BREAKGLASS_DATA__DIR", dir.path().join("data"))
+        .env(
+            "BREAKGLASS_ONCALL__PAGERDUTY__SYNC__INTERVAL_MS",
+            u64::MAX.to_string(),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("oncall.pagerduty.sync.grace_secs"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_log_filter_or_a_taken_address_stops_the_service_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |envs: &[(&str, String)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_breakglass"))
+            .arg("serve")
+            .env("BREAKGLASS_DATA__DIR", dir.path().join("data"))
+            .env("BREAKGLASS_SERVER__LISTEN", "127.0.0.1:0")
+            .env("BREAKGLASS_FOLLOWER__LISTEN", "127.0.0.1:0")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, stderr) = serve(&[("BREAKGLASS_LOG", "breakglass=loud".into())]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("BREAKGLASS_LOG"), "{stderr}");
+    // the port the observer wants is taken by another program
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = serve(&[("BREAKGLASS_FOLLOWER__LISTEN", addr.clone())]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("follower.listen {addr}")),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
