@@ -34,11 +34,13 @@
 ;;   u214 ERR-ACCESS-NOT-FOUND       no emergency access with this id
 ;;   u215 ERR-ALREADY-REVIEWED       the emergency access already has a review
 ;;   u216 ERR-INVALID-VERDICT        verdict not in VERDICTS
-;;   u217 ERR-SELF-REVIEW            a reviewer cannot review their own access
-;;   u218 ERR-ANCHOR-REGRESSION      an audit anchor's count is below the previous anchor's
+;;   u217 ERR-SELF-REVIEW            a reviewer cannot review an access they opened or recorded
+;;   u218 ERR-ANCHOR-REGRESSION      an audit anchor's count is below the previous anchor's, or
+;;                                   the same with another head
 ;;   u219 ERR-ALREADY-MEMBER         the principal already holds that governance role
 ;;   u220 ERR-NOT-MEMBER             the principal does not hold that governance role
 ;;   u221 ERR-NO-DATA-TYPES          an emergency access must name at least one data type
+;;   u222 ERR-SELF-CREDENTIALING     an authority cannot change its own provider record
 ;;
 ;; Events (print): every state change prints a tuple with a `topic`:
 ;;   "owner-changed", "authority-added", "authority-removed", "responder-added",
@@ -69,6 +71,7 @@
 (define-constant ERR-ALREADY-MEMBER (err u219))
 (define-constant ERR-NOT-MEMBER (err u220))
 (define-constant ERR-NO-DATA-TYPES (err u221))
+(define-constant ERR-SELF-CREDENTIALING (err u222))
 
 (define-constant ROLES (list "physician" "nurse" "paramedic" "pharmacist" "reviewer" "admin"))
 (define-constant VERDICTS (list "appropriate" "inappropriate"))
@@ -192,9 +195,12 @@
     (ok id)))
 
 ;; New credentials (a renewed licence, a new employer) need verifying again: back to pending.
+;; Not while suspended (only an authority lifts a suspension) nor once revoked.
 (define-public (update-provider-credentials (info-hash (buff 32)) (credentials-hash (buff 32)))
   (let ((provider (unwrap! (map-get? providers tx-sender) ERR-PROVIDER-NOT-FOUND)))
-    (asserts! (not (is-eq (get status provider) STATUS-REVOKED)) ERR-INVALID-TRANSITION)
+    (asserts! (not (or (is-eq (get status provider) STATUS-REVOKED)
+                       (is-eq (get status provider) STATUS-SUSPENDED)))
+              ERR-INVALID-TRANSITION)
     (map-set providers tx-sender
       (merge provider { info-hash: info-hash, credentials-hash: credentials-hash, status: STATUS-PENDING,
                         updated-at: stacks-block-height, verified-by: none }))
@@ -207,6 +213,7 @@
                             (topic (string-ascii 32)))
   (let ((provider (unwrap! (map-get? providers who) ERR-PROVIDER-NOT-FOUND)))
     (asserts! (is-authority tx-sender) ERR-NOT-AUTHORITY)
+    (asserts! (not (is-eq who tx-sender)) ERR-SELF-CREDENTIALING)
     (asserts! (is-some (index-of? from (get status provider))) ERR-INVALID-TRANSITION)
     (map-set providers who
       (merge provider { status: to, updated-at: stacks-block-height, verified-by: (some tx-sender) }))
@@ -229,6 +236,7 @@
 (define-public (set-provider-role (who principal) (role (string-ascii 16)))
   (let ((provider (unwrap! (map-get? providers who) ERR-PROVIDER-NOT-FOUND)))
     (asserts! (is-authority tx-sender) ERR-NOT-AUTHORITY)
+    (asserts! (not (is-eq who tx-sender)) ERR-SELF-CREDENTIALING)
     (asserts! (is-valid-role role) ERR-INVALID-ROLE)
     (asserts! (not (is-eq (get status provider) STATUS-REVOKED)) ERR-INVALID-TRANSITION)
     (map-set providers who (merge provider { role: role, updated-at: stacks-block-height }))
@@ -336,7 +344,8 @@
   (let ((access (unwrap! (map-get? emergency-accesses access-id) ERR-ACCESS-NOT-FOUND)))
     (asserts! (is-reviewer tx-sender) ERR-NOT-REVIEWER)
     (asserts! (is-some (map-get? known-verdicts verdict)) ERR-INVALID-VERDICT)
-    (asserts! (not (is-eq tx-sender (get provider access))) ERR-SELF-REVIEW)
+    (asserts! (not (or (is-eq tx-sender (get provider access)) (is-eq tx-sender (get responder access))))
+              ERR-SELF-REVIEW)
     (asserts! (map-insert emergency-reviews access-id
                 { reviewer: tx-sender, verdict: verdict, note-hash: note-hash, block: stacks-block-height })
               ERR-ALREADY-REVIEWED)
@@ -358,8 +367,13 @@
 (define-public (anchor-audit (head (buff 32)) (count uint))
   (let ((index (var-get anchor-count)))
     (asserts! (is-responder tx-sender) ERR-NOT-RESPONDER)
-    ;; the audit log only grows: an anchor covering fewer entries than the last is refused
-    (asserts! (>= count (default-to u0 (get count (get-latest-anchor)))) ERR-ANCHOR-REGRESSION)
+    ;; the audit log only grows: an anchor covering fewer entries than the last is refused, and
+    ;; one covering as many must name the same head (another would fork the anchored history)
+    (asserts! (match (get-latest-anchor)
+                last (or (> count (get count last))
+                         (and (is-eq count (get count last)) (is-eq head (get head last))))
+                true)
+              ERR-ANCHOR-REGRESSION)
     (map-set anchors index { head: head, count: count, block: stacks-block-height, responder: tx-sender })
     (var-set anchor-count (+ index u1))
     (print { topic: "audit-anchored", head: head, count: count, anchor-index: index, responder: tx-sender })

@@ -11,7 +11,7 @@ const ERR = {
   PROVIDER_NOT_FOUND: 205, INVALID_ROLE: 206, INVALID_TRANSITION: 207, PROVIDER_NOT_VERIFIED: 208,
   INVALID_DATA_TYPE: 209, INVALID_PURPOSE: 210, NO_CONSENT: 211, DUPLICATE_ACCESS: 212, INVALID_WINDOW: 213,
   ACCESS_NOT_FOUND: 214, ALREADY_REVIEWED: 215, INVALID_VERDICT: 216, SELF_REVIEW: 217, ANCHOR_REGRESSION: 218,
-  ALREADY_MEMBER: 219, NOT_MEMBER: 220, NO_DATA_TYPES: 221,
+  ALREADY_MEMBER: 219, NOT_MEMBER: 220, NO_DATA_TYPES: 221, SELF_CREDENTIALING: 222,
 };
 const err = (code: number) => Cl.uint(code);
 const status = (who: string) => {
@@ -174,6 +174,33 @@ describe("providers", () => {
     expect(call(C, "update-provider-credentials", [hash("33"), hash("44")], stranger).result).toBeErr(err(ERR.PROVIDER_NOT_FOUND));
     ok(C, "revoke-provider", [Cl.principal(physician)], authority);
     expect(call(C, "update-provider-credentials", [hash("55"), hash("66")], physician).result).toBeErr(err(ERR.INVALID_TRANSITION));
+  });
+
+  it("a suspended provider cannot lift the suspension with new credentials (u207)", () => {
+    governance();
+    verifiedProvider(physician, "physician");
+    ok(C, "suspend-provider", [Cl.principal(physician)], authority);
+    expect(call(C, "update-provider-credentials", [hash("33"), hash("44")], physician).result).toBeErr(err(ERR.INVALID_TRANSITION));
+    expect(status(physician)).toBe("suspended");
+    // only an authority's reinstatement does
+    ok(C, "reinstate-provider", [Cl.principal(physician)], authority);
+    expect(status(physician)).toBe("verified");
+  });
+
+  it("an authority cannot verify, reinstate or change the role of its own provider record (u222)", () => {
+    governance();
+    registerProvider(authority, "physician");
+    const self = (fn: string, args = [Cl.principal(authority)]) => call(C, fn, args, authority).result;
+    expect(self("verify-provider")).toBeErr(err(ERR.SELF_CREDENTIALING));
+    expect(self("set-provider-role", [Cl.principal(authority), Cl.stringAscii("nurse")])).toBeErr(err(ERR.SELF_CREDENTIALING));
+    expect(status(authority)).toBe("pending");
+    // a second authority can
+    ok(C, "add-authority", [Cl.principal(stranger)], deployer);
+    ok(C, "verify-provider", [Cl.principal(authority)], stranger);
+    ok(C, "suspend-provider", [Cl.principal(authority)], stranger);
+    expect(self("reinstate-provider")).toBeErr(err(ERR.SELF_CREDENTIALING));
+    expect(self("revoke-provider")).toBeErr(err(ERR.SELF_CREDENTIALING));
+    expect(status(authority)).toBe("suspended");
   });
 });
 
@@ -352,6 +379,14 @@ describe("emergency access", () => {
     expect(call(C, "review-emergency-access", [Cl.bufferFromHex("ee".repeat(32)), Cl.stringAscii("appropriate"), hash("cd")], reviewer).result).toBeErr(err(ERR.ACCESS_NOT_FOUND));
     expect(call(C, "review-emergency-access", [Cl.bufferFromHex(A.repeat(32)), Cl.stringAscii("appropriate"), hash("cd")], physician).result).toBeErr(err(ERR.SELF_REVIEW));
   });
+
+  it("the responder that recorded an access cannot review it (u217)", () => {
+    setup();
+    ok(C, "add-reviewer", [Cl.principal(responder)], deployer);
+    ok(C, "record-emergency-access", recordArgs(A, physician), responder);
+    expect(call(C, "review-emergency-access", [Cl.bufferFromHex(A.repeat(32)), Cl.stringAscii("appropriate"), hash("cd")], responder).result).toBeErr(err(ERR.SELF_REVIEW));
+    expect(call(C, "review-emergency-access", [Cl.bufferFromHex(A.repeat(32)), Cl.stringAscii("appropriate"), hash("cd")], reviewer).result).toBeOk(Cl.bool(true));
+  });
 });
 
 describe("audit anchors", () => {
@@ -366,10 +401,13 @@ describe("audit anchors", () => {
       responder: Cl.principal(responder),
     }));
     expect(call(C, "anchor-audit", [hash("02"), Cl.uint(4)], responder).result).toBeErr(err(ERR.ANCHOR_REGRESSION));
-    expect(call(C, "anchor-audit", [hash("02"), Cl.uint(9)], responder).result).toBeOk(Cl.uint(1));
-    expect(read(C, "get-anchor-count", [])).toBeUint(2);
+    // as many entries under another head would fork the anchored history; the same head again is fine
+    expect(call(C, "anchor-audit", [hash("02"), Cl.uint(5)], responder).result).toBeErr(err(ERR.ANCHOR_REGRESSION));
+    expect(call(C, "anchor-audit", [hash("01"), Cl.uint(5)], responder).result).toBeOk(Cl.uint(1));
+    expect(call(C, "anchor-audit", [hash("02"), Cl.uint(9)], responder).result).toBeOk(Cl.uint(2));
+    expect(read(C, "get-anchor-count", [])).toBeUint(3);
     expect(Cl.prettyPrint(read(C, "get-latest-anchor", []))).toContain("count: u9");
     expect(Cl.prettyPrint(read(C, "get-anchor", [Cl.uint(0)]))).toContain("count: u5");
-    expect(read(C, "get-anchor", [Cl.uint(2)])).toBeNone();
+    expect(read(C, "get-anchor", [Cl.uint(3)])).toBeNone();
   });
 });
