@@ -1,9 +1,10 @@
 ;; access-control
 ;;
 ;; Who may do what in the breakglass system, and the on-chain record of every access:
-;;   - governance: a contract owner who appoints credentialing authorities (verify, suspend,
-;;     reinstate and revoke providers), responder services (record emergency accesses and
-;;     anchor the off-chain audit log) and reviewers (judge emergency accesses);
+;;   - governance: a contract owner (handed over in two steps: proposed, then accepted) who
+;;     appoints credentialing authorities (verify, suspend, reinstate and revoke providers,
+;;     never themselves), responder services (record emergency accesses and anchor the
+;;     off-chain audit log) and reviewers (judge emergency accesses);
 ;;   - providers: self-registration with hashes of their off-chain identity and credentials,
 ;;     a role, and a status (pending -> verified <-> suspended; any -> revoked, terminal);
 ;;   - consented access requests (checked against patient-consent, logged when granted);
@@ -41,9 +42,10 @@
 ;;   u220 ERR-NOT-MEMBER             the principal does not hold that governance role
 ;;   u221 ERR-NO-DATA-TYPES          an emergency access must name at least one data type
 ;;   u222 ERR-SELF-CREDENTIALING     an authority cannot change its own provider record
+;;   u223 ERR-NOT-PENDING-OWNER      caller is not the principal proposed as the next owner
 ;;
 ;; Events (print): every state change prints a tuple with a `topic`:
-;;   "owner-changed", "authority-added", "authority-removed", "responder-added",
+;;   "owner-proposed", "owner-changed", "authority-added", "authority-removed", "responder-added",
 ;;   "responder-removed", "reviewer-added", "reviewer-removed", "provider-registered",
 ;;   "provider-verified", "provider-suspended", "provider-reinstated", "provider-revoked",
 ;;   "provider-role-changed", "provider-credentials-updated", "access-granted",
@@ -72,6 +74,7 @@
 (define-constant ERR-NOT-MEMBER (err u220))
 (define-constant ERR-NO-DATA-TYPES (err u221))
 (define-constant ERR-SELF-CREDENTIALING (err u222))
+(define-constant ERR-NOT-PENDING-OWNER (err u223))
 
 (define-constant ROLES (list "physician" "nurse" "paramedic" "pharmacist" "reviewer" "admin"))
 (define-constant VERDICTS (list "appropriate" "inappropriate"))
@@ -109,11 +112,24 @@
 (define-private (assert-owner)
   (ok (asserts! (is-eq tx-sender (var-get contract-owner)) ERR-NOT-OWNER)))
 
+;; Ownership moves in two steps, so that a mistyped or unreachable principal cannot take it
+;; and freeze governance: the owner proposes the next owner, who accepts.
+(define-data-var pending-owner (optional principal) none)
+(define-read-only (get-pending-owner) (var-get pending-owner))
+
 (define-public (set-contract-owner (new-owner principal))
   (begin
     (try! (assert-owner))
-    (var-set contract-owner new-owner)
-    (print { topic: "owner-changed", owner: new-owner, previous: tx-sender })
+    (var-set pending-owner (some new-owner))
+    (print { topic: "owner-proposed", owner: new-owner, by: tx-sender })
+    (ok true)))
+
+(define-public (accept-contract-owner)
+  (let ((previous (var-get contract-owner)))
+    (asserts! (is-eq (var-get pending-owner) (some tx-sender)) ERR-NOT-PENDING-OWNER)
+    (var-set contract-owner tx-sender)
+    (var-set pending-owner none)
+    (print { topic: "owner-changed", owner: tx-sender, previous: previous })
     (ok true)))
 
 (define-public (add-authority (who principal))

@@ -11,7 +11,7 @@ const ERR = {
   PROVIDER_NOT_FOUND: 205, INVALID_ROLE: 206, INVALID_TRANSITION: 207, PROVIDER_NOT_VERIFIED: 208,
   INVALID_DATA_TYPE: 209, INVALID_PURPOSE: 210, NO_CONSENT: 211, DUPLICATE_ACCESS: 212, INVALID_WINDOW: 213,
   ACCESS_NOT_FOUND: 214, ALREADY_REVIEWED: 215, INVALID_VERDICT: 216, SELF_REVIEW: 217, ANCHOR_REGRESSION: 218,
-  ALREADY_MEMBER: 219, NOT_MEMBER: 220, NO_DATA_TYPES: 221, SELF_CREDENTIALING: 222,
+  ALREADY_MEMBER: 219, NOT_MEMBER: 220, NO_DATA_TYPES: 221, SELF_CREDENTIALING: 222, NOT_PENDING_OWNER: 223,
 };
 const err = (code: number) => Cl.uint(code);
 const status = (who: string) => {
@@ -43,13 +43,23 @@ describe("governance", () => {
     });
   }
 
-  it("the owner is the deployer and can hand over ownership; the old owner then cannot govern", () => {
+  it("the owner is the deployer and hands over ownership in two steps; the old owner then cannot govern", () => {
     expect(read(C, "get-contract-owner", [])).toBePrincipal(deployer);
     expect(call(C, "set-contract-owner", [Cl.principal(stranger)], stranger).result).toBeErr(err(ERR.NOT_OWNER));
+    // a proposal alone moves nothing, and a newer one replaces it
+    ok(C, "set-contract-owner", [Cl.principal(stranger)], deployer);
     const res = call(C, "set-contract-owner", [Cl.principal(authority)], deployer);
     expect(res.result).toBeOk(Cl.bool(true));
-    expect(prints(res)[0]).toEqual(Cl.tuple({ topic: Cl.stringAscii("owner-changed"), owner: Cl.principal(authority), previous: Cl.principal(deployer) }));
+    expect(prints(res)[0]).toEqual(Cl.tuple({ topic: Cl.stringAscii("owner-proposed"), owner: Cl.principal(authority), by: Cl.principal(deployer) }));
+    expect(read(C, "get-contract-owner", [])).toBePrincipal(deployer);
+    expect(read(C, "get-pending-owner", [])).toBeSome(Cl.principal(authority));
+    expect(call(C, "accept-contract-owner", [], stranger).result).toBeErr(err(ERR.NOT_PENDING_OWNER));
+    const accepted = call(C, "accept-contract-owner", [], authority);
+    expect(accepted.result).toBeOk(Cl.bool(true));
+    expect(prints(accepted)[0]).toEqual(Cl.tuple({ topic: Cl.stringAscii("owner-changed"), owner: Cl.principal(authority), previous: Cl.principal(deployer) }));
     expect(read(C, "get-contract-owner", [])).toBePrincipal(authority);
+    expect(read(C, "get-pending-owner", [])).toBeNone();
+    expect(call(C, "accept-contract-owner", [], authority).result).toBeErr(err(ERR.NOT_PENDING_OWNER));
     expect(call(C, "add-responder", [Cl.principal(responder)], deployer).result).toBeErr(err(ERR.NOT_OWNER));
     expect(call(C, "add-responder", [Cl.principal(responder)], authority).result).toBeOk(Cl.bool(true));
   });
