@@ -64,6 +64,26 @@ pub struct Policies {
     table: Option<HashMap<(Role, DataType), Verdict>>,
 }
 
+/// Whether a policy (its Cedar JSON form) names a `Provider` entity (`principal ==
+/// Provider::"..."`, a literal in a condition) or reads `context`: then its decision is not
+/// a function of the role and the data type alone.
+fn names_a_provider_or_reads_the_context(json: &serde_json::Value) -> bool {
+    match json {
+        serde_json::Value::Object(m) => {
+            let provider = ["entity", "__entity"].iter().any(|k| {
+                m.get(*k)
+                    .and_then(|e| e.get("type"))
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|t| t.rsplit("::").next() == Some("Provider"))
+            });
+            let context = m.get("Var").and_then(serde_json::Value::as_str) == Some("context");
+            provider || context || m.values().any(names_a_provider_or_reads_the_context)
+        }
+        serde_json::Value::Array(a) => a.iter().any(names_a_provider_or_reads_the_context),
+        _ => false,
+    }
+}
+
 impl Policies {
     pub fn from_sources(schema_src: &str, policies_src: &str) -> Result<Policies, PolicyError> {
         let (schema, _warnings) = Schema::from_cedarschema_str(schema_src)
@@ -93,11 +113,15 @@ impl Policies {
         }
         let action = EntityUid::from_str(r#"Breakglass::Action::"break-glass""#)
             .map_err(|e| PolicyError::Schema(e.to_string()))?;
-        // a policy that names a provider or reads the context (on call) decides per request
-        let per_request = set.policies().any(|p| {
-            let text = p.to_string();
-            text.contains("Provider::\"") || text.contains("context")
-        });
+        // a policy that names a provider or reads the context (on call) decides per request;
+        // read from its JSON form, whatever the source's spacing
+        let mut per_request = false;
+        for p in set.policies() {
+            let json = p
+                .to_json()
+                .map_err(|e| PolicyError::Parse(format!("{}: {e}", p.id())))?;
+            per_request |= names_a_provider_or_reads_the_context(&json);
+        }
         let mut policies = Policies {
             set,
             schema,
@@ -296,5 +320,24 @@ impl Policies {
             out.insert(role.to_string(), json!(row));
         }
         Ok(json!(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_decided_once_per_role_and_data_type() {
+        // the break-glass path reads a table for them, and asks Cedar only when a policy
+        // names a provider or reads the context
+        assert!(Policies::defaults().unwrap().table.is_some());
+        let on_call = format!(
+            "{DEFAULT_POLICIES}\n@id(\"x\")\nforbid (principal, action, resource) when {{ context has on_call }};"
+        );
+        assert!(Policies::from_sources(DEFAULT_SCHEMA, &on_call)
+            .unwrap()
+            .table
+            .is_none());
     }
 }

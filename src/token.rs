@@ -163,13 +163,21 @@ impl TokenIssuer {
         v.set_issuer(&[&self.issuer]);
         v.leeway = 0;
         v.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss", "jti"]);
-        jsonwebtoken::decode::<AccessClaims>(
+        let claims = jsonwebtoken::decode::<AccessClaims>(
             token,
             &jsonwebtoken::DecodingKey::from_ed_der(&key.public),
             &v,
         )
         .map(|d| d.claims)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        // expired "on or after" exp (RFC 7519 4.1.4); the library lets its last second pass
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(u64::MAX, |d| d.as_secs());
+        if claims.exp <= now {
+            return Err("the token has expired".into());
+        }
+        Ok(claims)
     }
 
     /// The public keys as a JWK Set (RFC 7517, OKP keys per RFC 8037).

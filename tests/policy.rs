@@ -191,10 +191,28 @@ fn bad_policy_files_are_refused_with_the_reason() {
 
 #[test]
 fn a_policy_naming_one_provider_applies_to_that_provider_only() {
-    let extra = r#"
+    // however the provider is written: on one line, across lines, in a condition
+    for extra in [
+        r#"
 @id("this-nurse-is-barred")
 forbid (principal == Breakglass::Provider::"ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG", action == Breakglass::Action::"break-glass", resource);
-"#;
+"#,
+        r#"
+@id("this-nurse-is-barred")
+forbid (principal == Breakglass::Provider::
+  "ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG", action == Breakglass::Action::"break-glass", resource);
+"#,
+        r#"
+@id("this-nurse-is-barred")
+forbid (principal, action, resource)
+when { principal == Breakglass::Provider :: "ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG" };
+"#,
+    ] {
+        barred_and_no_one_else(extra);
+    }
+}
+
+fn barred_and_no_one_else(extra: &str) {
     let src = format!("{}\n{extra}", breakglass::policy::DEFAULT_POLICIES);
     let p = Policies::from_sources(DEFAULT_SCHEMA, &src).unwrap();
     match p

@@ -145,3 +145,18 @@ fn every_data_type_has_scopes() {
             .all(|x| x.starts_with("patient/") && x.ends_with(".rs")));
     }
 }
+
+#[test]
+fn a_token_expires_on_its_exp_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TokenIssuer::load_or_generate(dir.path(), "iss", "aud").unwrap();
+    let live = issuer
+        .issue(&issuer.claims(&access("a", "ST1", &[DataType::Allergies], 60), "r"))
+        .unwrap();
+    assert_eq!(issuer.verify(&live).unwrap().jti, "a");
+    // exp = now: expired "on or after" exp (RFC 7519 4.1.4)
+    let ending = issuer
+        .issue(&issuer.claims(&access("b", "ST1", &[DataType::Allergies], 0), "r"))
+        .unwrap();
+    assert!(issuer.verify(&ending).is_err());
+}
