@@ -99,14 +99,17 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
     // a patient's emergency preferences and consents, each seen from the one block that set it
     let patient_key = new_key();
     let patient = address_of(&patient_key);
-    let patient_id = PatientId([0x42; 32]);
+    // the id patient-consent derives: sha256(consensus bytes of the principal ++ salt)
+    let salt = [0x42u8; 32];
+    let derived = [principal(&patient).serialize(), salt.to_vec()].concat();
+    let patient_id = PatientId(<sha2::Sha256 as sha2::Digest>::digest(&derived).into());
     devnet.fund(&patient).await;
     devnet
         .call(
             &patient_key,
             "patient-consent",
             "register-patient",
-            vec![Value::buffer(patient_id.0)],
+            vec![Value::buffer(salt)],
         )
         .await;
     devnet.mine().await;

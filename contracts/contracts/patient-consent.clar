@@ -5,7 +5,10 @@
 ;; (break-glass) preferences.
 ;;
 ;; Patients are pseudonymous: a principal acts for a 32-byte patient id. No name,
-;; contact detail or clinical value is ever stored or printed here.
+;; contact detail or clinical value is ever stored or printed here. A patient id is derived
+;; from the principal that registers it and a salt of its choosing (`derive-patient-id`), so
+;; no one can register an id that is someone else's, even one already seen on chain: the
+;; patient's wallet computes its id and hands it to the hospital's directory.
 ;;
 ;; Heights are `stacks-block-height`. A consent is active while it is not revoked and
 ;; `stacks-block-height < expires-at`.
@@ -13,14 +16,15 @@
 ;; Errors (distinct across both contracts: patient-consent u100-u199, access-control u200-u299)
 ;;   u100 ERR-NOT-REGISTERED      the caller has no patient id
 ;;   u101 ERR-ALREADY-REGISTERED  the caller already acts for a patient id
-;;   u102 ERR-PATIENT-ID-TAKEN    another principal already acts for this patient id
+;;   u102 ERR-PATIENT-ID-TAKEN    another principal already acts for this patient id (only a
+;;                                hash collision could: ids are derived from the principal)
 ;;   u103 ERR-INVALID-DATA-TYPE   data type not in DATA-TYPES
 ;;   u104 ERR-INVALID-EXPIRY      expires-at is not after the current block
 ;;   u105 ERR-NO-ACTIVE-CONSENT   revoke of a consent that is not active
 ;;   u106 ERR-INVALID-PURPOSE     purpose not in PURPOSES
 ;;   u107 ERR-INVALID-WINDOW      emergency window is 0 or above MAX-EMERGENCY-WINDOW
 ;;   u108 ERR-SELF-CONSENT        a patient cannot name themselves as provider
-;;   u109 ERR-INVALID-PATIENT-ID  the all-zero patient id is reserved
+;;   u109 ERR-INVALID-PATIENT-ID  (retired: ids are derived, never chosen)
 ;;
 ;; Events (print): every state change prints a tuple whose `topic` is one of
 ;;   "patient-registered", "consent-granted", "consent-revoked", "emergency-preferences-set"
@@ -35,7 +39,6 @@
 (define-constant ERR-INVALID-PURPOSE (err u106))
 (define-constant ERR-INVALID-WINDOW (err u107))
 (define-constant ERR-SELF-CONSENT (err u108))
-(define-constant ERR-INVALID-PATIENT-ID (err u109))
 
 ;; Data types the system knows. The first seven are the critical (emergency) set.
 (define-constant DATA-TYPES (list
@@ -54,7 +57,6 @@
 (define-constant MAX-EMERGENCY-WINDOW u4320)
 (define-constant DEFAULT-EMERGENCY-WINDOW u720)
 
-(define-constant ZERO-ID 0x0000000000000000000000000000000000000000000000000000000000000000)
 
 ;; principal -> patient id, and back
 (define-map patient-ids principal (buff 32))
@@ -105,9 +107,11 @@
 ;; ---------------------------------------------------------------------------
 ;; patients
 
-(define-public (register-patient (patient-id (buff 32)))
-  (begin
-    (asserts! (not (is-eq patient-id ZERO-ID)) ERR-INVALID-PATIENT-ID)
+(define-read-only (derive-patient-id (patient principal) (salt (buff 32)))
+  (sha256 (concat (unwrap-panic (to-consensus-buff? patient)) salt)))
+
+(define-public (register-patient (salt (buff 32)))
+  (let ((patient-id (derive-patient-id tx-sender salt)))
     (asserts! (is-none (map-get? patient-ids tx-sender)) ERR-ALREADY-REGISTERED)
     (asserts! (is-none (map-get? patient-principals patient-id)) ERR-PATIENT-ID-TAKEN)
     (map-set patient-ids tx-sender patient-id)

@@ -5,7 +5,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import {
-  Cl, ClarityValue, PostConditionMode, makeContractCall, privateKeyToAddress, randomPrivateKey,
+  Cl, ClarityValue, PostConditionMode, makeContractCall, privateKeyToAddress, randomPrivateKey, serializeCV,
 } from "@stacks/transactions";
 import { Chain } from "./chain.js";
 
@@ -23,10 +23,16 @@ type Identity = { principal: string; private_key: string };
 export type DemoIdentities = {
   network: { chain_id: number; deployer: string; contracts: { patient_consent: string; access_control: string } };
   providers: (Identity & { role: string; display_name: string; department: string; organization: string; info_hash: string })[];
-  patients: (Identity & { patient_id: string; emergency_access: boolean })[];
+  patients: (Identity & { salt: string; patient_id: string; emergency_access: boolean })[];
   responder: Identity;
   authority: Identity;
 };
+
+/** A patient id as patient-consent derives it: sha256(consensus bytes of the principal ++ salt). */
+export function patientIdOf(principal: string, salt: string): string {
+  const bytes = Buffer.from(serializeCV(Cl.principal(principal)), "hex");
+  return createHash("sha256").update(Buffer.concat([bytes, Buffer.from(salt, "hex")])).digest("hex");
+}
 
 const identity = (): Identity => {
   const private_key = randomPrivateKey();
@@ -53,7 +59,12 @@ export async function seedDemo(chain: Chain, file: string, log: (m: string) => v
       return { ...id, role, display_name: names[role], department: info.department, organization: info.organization,
                info_hash: createHash("sha256").update(JSON.stringify(info)).digest("hex") };
     }),
-    patients: [true, false].map((emergency_access) => ({ ...identity(), patient_id: randomBytes(32).toString("hex"), emergency_access })),
+    patients: [true, false].map((emergency_access) => {
+      // the id patient-consent derives from the patient's principal and their salt
+      const id = identity();
+      const salt = randomBytes(32).toString("hex");
+      return { ...id, salt, patient_id: patientIdOf(id.principal, salt), emergency_access };
+    }),
     responder: identity(),
     authority: identity(),
   };
@@ -82,7 +93,7 @@ export async function seedDemo(chain: Chain, file: string, log: (m: string) => v
     txids.push(await send(demo.authority.private_key, "access-control", "verify-provider", [Cl.principal(p.principal)]));
   }
   for (const patient of demo.patients) {
-    txids.push(await send(patient.private_key, "patient-consent", "register-patient", [Cl.bufferFromHex(patient.patient_id)]));
+    txids.push(await send(patient.private_key, "patient-consent", "register-patient", [Cl.bufferFromHex(patient.salt)]));
     txids.push(await send(patient.private_key, "patient-consent", "set-emergency-preferences", [
       Cl.bool(patient.emergency_access),
       Cl.list(["allergies", "medications", "problems", "blood-type", "advance-directives", "immunizations"].map((d) => Cl.stringAscii(d))),

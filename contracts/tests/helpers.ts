@@ -2,7 +2,8 @@
 // contracts into a known state. Every helper asserts its own call succeeded, so a test
 // that builds on it fails at the step that broke.
 import { expect } from "vitest";
-import { Cl, ClarityValue } from "@stacks/transactions";
+import { createHash } from "node:crypto";
+import { Cl, ClarityValue, serializeCV } from "@stacks/transactions";
 
 export const accounts = simnet.getAccounts();
 export const deployer = accounts.get("deployer")!;
@@ -15,8 +16,17 @@ export const patient = accounts.get("wallet_6")!;
 export const patient2 = accounts.get("wallet_7")!;
 export const stranger = accounts.get("wallet_8")!;
 
-export const PATIENT_ID = "81bb7f9d148ad42498a0b98ffcc281363c97dfcbca73bfb75a1cfdba9ddf2a9d";
-export const PATIENT2_ID = "6372c8dba9c9694720c713306da8e80c78d1e80822e757ae37ba9e65b85f9dd6";
+/** The salt the test patients register with. */
+export const SALT = "5a".repeat(32);
+
+/** A patient id as patient-consent derives it: sha256(consensus bytes of the principal ++ salt). */
+export function patientIdOf(who: string, salt = SALT): string {
+  const principal = Buffer.from(serializeCV(Cl.principal(who)), "hex");
+  return createHash("sha256").update(Buffer.concat([principal, Buffer.from(salt, "hex")])).digest("hex");
+}
+
+export const PATIENT_ID = patientIdOf(patient);
+export const PATIENT2_ID = patientIdOf(patient2);
 export const hash = (byte: string) => Cl.bufferFromHex(byte.repeat(32));
 export const id = (hex: string) => Cl.bufferFromHex(hex);
 
@@ -39,8 +49,8 @@ export function prints(res: { events: any[] }) {
   return res.events.filter((e) => e.event === "print_event").map((e) => e.data.value as ClarityValue);
 }
 
-export function registerPatient(who = patient, patientId = PATIENT_ID) {
-  return ok("patient-consent", "register-patient", [id(patientId)], who);
+export function registerPatient(who = patient, salt = SALT) {
+  return ok("patient-consent", "register-patient", [Cl.bufferFromHex(salt)], who);
 }
 
 export function governance() {

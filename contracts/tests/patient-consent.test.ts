@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { Cl } from "@stacks/transactions";
 import {
-  PATIENT_ID, PATIENT2_ID, call, deployer, id, nurse, ok, patient, patient2, physician, prints, read,
+  PATIENT_ID, PATIENT2_ID, SALT, call, deployer, hash, id, patientIdOf, nurse, ok, patient, patient2, physician, prints, read,
   registerPatient, stranger,
 } from "./helpers";
 
@@ -22,16 +22,22 @@ describe("patient registration", () => {
     ]);
   });
 
-  it("refuses a second registration of the same principal (u101) and a taken id (u102)", () => {
+  it("refuses a second registration of the same principal (u101)", () => {
     registerPatient();
-    expect(call(C, "register-patient", [id(PATIENT2_ID)], patient).result).toBeErr(Cl.uint(101));
-    expect(call(C, "register-patient", [id(PATIENT_ID)], patient2).result).toBeErr(Cl.uint(102));
-    expect(read(C, "get-patient-id", [Cl.principal(patient2)])).toBeNone();
+    expect(call(C, "register-patient", [hash("77")], patient).result).toBeErr(Cl.uint(101));
+    expect(read(C, "get-patient-id", [Cl.principal(patient)])).toBeSome(id(PATIENT_ID));
   });
 
-  it("refuses the reserved all-zero id (u109)", () => {
-    expect(call(C, "register-patient", [id("00".repeat(32))], patient).result).toBeErr(Cl.uint(109));
-    expect(read(C, "get-patient-id", [Cl.principal(patient)])).toBeNone();
+  it("derives the id from the principal and a salt: no one can register someone else's id", () => {
+    expect(read(C, "derive-patient-id", [Cl.principal(patient), Cl.bufferFromHex(SALT)])).toStrictEqual(id(PATIENT_ID));
+    registerPatient();
+    // the same salt from another principal is another id, whatever it has seen on chain
+    const other = call(C, "register-patient", [Cl.bufferFromHex(SALT)], patient2);
+    expect(other.result).toBeOk(id(PATIENT2_ID));
+    expect(PATIENT2_ID).not.toBe(PATIENT_ID);
+    expect(read(C, "get-patient-principal", [id(PATIENT_ID)])).toBeSome(Cl.principal(patient));
+    // another salt, another id
+    expect(patientIdOf(patient, "00".repeat(32))).not.toBe(PATIENT_ID);
   });
 
   it("answers none for unknown principals and ids", () => {
@@ -211,6 +217,6 @@ describe("emergency preferences", () => {
 
   it("nothing here names the deployer specially", () => {
     // the contract has no owner: the deployer is a patient like any other
-    expect(call(C, "register-patient", [id(PATIENT2_ID)], deployer).result).toBeOk(id(PATIENT2_ID));
+    expect(call(C, "register-patient", [Cl.bufferFromHex(SALT)], deployer).result).toBeOk(id(patientIdOf(deployer)));
   });
 });
