@@ -110,6 +110,23 @@ describe("restart", () => {
     const fresh = await devnet(["--data-dir", dir, "--reset"]);
     expect((await client(fresh.rpc).get(`/v2/accounts/${me}?proof=0`)).body.nonce).toBe(0);
   });
+
+  it("replays a block log only against the contracts it was made with", async () => {
+    const dir = tempDir();
+    const first = await devnet(["--data-dir", dir]);
+    await client(first.rpc).mine();
+    expect(await first.stop("SIGTERM")).toBe(0);
+    // as if the contracts had changed since (a pulled commit)
+    writeFileSync(join(dir, "contracts.sha256"), "00".repeat(32) + "\n");
+    await expect(startDevnet(["--data-dir", dir])).rejects.toThrow(/contracts changed .* --reset/);
+    // a new chain starts, and is then replayed as usual
+    const fresh = await devnet(["--data-dir", dir, "--reset"]);
+    await client(fresh.rpc).mine();
+    const tip = (await client(fresh.rpc).get("/v2/info")).body.stacks_tip_height;
+    expect(await fresh.stop("SIGTERM")).toBe(0);
+    const again = await devnet(["--data-dir", dir]);
+    expect((await client(again.rpc).get("/v2/info")).body.stacks_tip_height).toBe(tip);
+  });
 });
 
 describe("--seed-demo", () => {

@@ -8,8 +8,10 @@
 // transaction per block keeps every receipt exact; Nakamoto chains mine blocks every few
 // seconds, so callers see nothing unusual. Post-conditions are decoded but not enforced.
 import { createHash } from "node:crypto";
-import { appendFileSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import {
+  appendFileSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, writeFileSync,
+} from "node:fs";
+import { dirname, join } from "node:path";
 import { initSimnet, tx as simTx, type Simnet } from "@stacks/clarinet-sdk";
 import { ClarityValue, cvToHex } from "@stacks/transactions";
 import { Admitted, ChainView, RejectedError, admit } from "./admission.js";
@@ -81,13 +83,27 @@ export class Chain implements ChainView {
     this.genesisHeight = simnet.blockHeight;
   }
 
-  /** Starts the simnet with the contracts of `manifest` deployed, replaying `dataDir`'s log if any. */
+  /**
+   * Starts the simnet with the contracts of `manifest` deployed, replaying `dataDir`'s log if
+   * any. A log is replayed only against the contracts it was made with (their fingerprint is
+   * kept beside it): replayed against changed contracts, its transactions would build another
+   * state than the one the service and the demo identities remember.
+   */
   static async open(manifest: string, dataDir: string | null): Promise<Chain> {
     const simnet = await initSimnet(manifest, true);
     const chain = new Chain(simnet, dataDir);
     if (dataDir) {
       mkdirSync(dataDir, { recursive: true });
-      if (existsSync(chain.logPath!)) chain.replay(readFileSync(chain.logPath!, "utf8"));
+      const fingerprint = contractsFingerprint(dirname(manifest));
+      const stamp = join(dataDir, "contracts.sha256");
+      if (existsSync(chain.logPath!)) {
+        const madeWith = existsSync(stamp) ? readFileSync(stamp, "utf8").trim() : "unknown";
+        if (madeWith !== fingerprint) {
+          throw new Error(`the contracts changed since the chain in ${dataDir} was made: start a new chain with --reset (breakglass dev --reset)`);
+        }
+        chain.replay(readFileSync(chain.logPath!, "utf8"));
+      }
+      writeFileSync(stamp, fingerprint + "\n", { mode: 0o600 });
     }
     return chain;
   }
@@ -362,4 +378,14 @@ function toObserverEvent(txid: string, index: number, e: { event: string; data: 
   const { value: _value, ...data } = e.data ?? {};
   if (typeof data.amount === "bigint") data.amount = data.amount.toString();
   return { ...base, type: e.event, [e.event]: data };
+}
+
+/** SHA-256 over the deployed contracts' sources (`contracts/*.clar`, not the property tests). */
+function contractsFingerprint(projectDir: string): string {
+  const dir = join(projectDir, "contracts");
+  const h = createHash("sha256");
+  for (const f of readdirSync(dir).filter((f) => f.endsWith(".clar") && !f.endsWith(".tests.clar")).sort()) {
+    h.update(f).update("\0").update(readFileSync(join(dir, f))).update("\0");
+  }
+  return h.digest("hex");
 }
