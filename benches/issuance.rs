@@ -43,7 +43,9 @@ fn benches(c: &mut Criterion) {
     let principal =
         Address::from_public_key(&PublicKey::from_secret_key(SECP256K1, &key), false).to_string();
     let dir = tempfile::tempdir().unwrap();
-    let tokens = Arc::new(TokenIssuer::load_or_generate(dir.path(), "iss", "fhir").unwrap());
+    let keyring = Arc::new(breakglass::seal::Keyring::from_keys(&[[7; 32]]).unwrap());
+    let tokens =
+        Arc::new(TokenIssuer::load_or_generate(dir.path(), "iss", "fhir", &keyring).unwrap());
     let one = body(&key, 1);
 
     c.bench_function("verify request (parse + SIP-018 recover)", |b| {
@@ -116,7 +118,7 @@ fn benches(c: &mut Criterion) {
         state,
         Arc::new(Policies::defaults().unwrap()),
         tokens.clone(),
-        Arc::new(breakglass::seal::Keyring::from_keys(&[[7; 32]]).unwrap()),
+        keyring.clone(),
         breakglass::metrics::Metrics::new(),
     )
     .unwrap();

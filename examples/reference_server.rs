@@ -145,8 +145,11 @@ async fn main() -> std::io::Result<()> {
             .cloned()
             .unwrap_or_else(|| "/tmp/reference-server".into()),
     );
+    let keyring =
+        breakglass::seal::Keyring::from_keys(&[[7; 32]]).map_err(std::io::Error::other)?;
     let tokens = Arc::new(
-        TokenIssuer::load_or_generate(&dir, "iss", "fhir").map_err(std::io::Error::other)?,
+        TokenIssuer::load_or_generate(&dir, "iss", "fhir", &keyring)
+            .map_err(std::io::Error::other)?,
     );
     let writer = durable_writer(dir.join("durable.journal"))?;
     HttpServer::new(move || {

@@ -84,6 +84,19 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     write_private_bytes(path, contents.as_bytes())
 }
 
+/// Replaces `path` with `contents` (owner-only), atomically: written and synced beside it,
+/// renamed over it, then the directory synced, so a crash leaves the old or the new file.
+pub fn replace_private_bytes(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    write_private_bytes(&tmp, contents)?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Creates `path` (never overwriting) readable by the owner only, and syncs it.
 pub fn write_private_bytes(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut options = fs::OpenOptions::new();

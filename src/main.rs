@@ -74,8 +74,8 @@ enum PatientsCommand {
         file: PathBuf,
     },
     /// Seal everything sealed with an older data key again with the current one (after `keys
-    /// rotate-data`): contacts, the accesses' reasons, stored notices; with the service
-    /// stopped; prints how many of each were re-sealed.
+    /// rotate-data`): contacts, the accesses' reasons, stored notices, token signing keys; with
+    /// the service stopped; prints how many of each were re-sealed.
     Rekey,
 }
 
@@ -172,7 +172,8 @@ fn offline(s: &Settings) -> anyhow::Result<Offline> {
 
 fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
     let (store, keyring, runtime) = offline(s)?;
-    // everything sealed with the data key: contacts, the accesses' reasons, stored notices
+    // everything sealed with the data key: contacts, the accesses' reasons, stored notices,
+    // the token signing keys
     let (contacts, reasons, messages) = runtime.block_on(async {
         anyhow::Ok((
             breakglass::directory::rekey(&store, &keyring).await?,
@@ -180,11 +181,13 @@ fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
             breakglass::notify::rekey_messages(&store, &keyring).await?,
         ))
     })?;
+    let token_keys = breakglass::token::rekey(&s.data.dir, &keyring)?;
     Ok(serde_json::json!({
-        "resealed": contacts + reasons + messages,
+        "resealed": contacts + reasons + messages + token_keys,
         "contacts": contacts,
         "reasons": reasons,
         "notice_messages": messages,
+        "token_keys": token_keys,
         "key_id": keyring.current_id(),
     }))
 }

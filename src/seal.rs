@@ -8,7 +8,7 @@
 //! newest `data_dir/keys/data-*.key` (32 random bytes, mode 0600, generated at first run).
 //! Every key found opens; the current one seals. Rotation: `breakglass keys rotate-data` adds a
 //! key, `breakglass patients rekey` seals everything sealed before (contacts, the accesses'
-//! reasons, stored notices) again with it, then old keys can go.
+//! reasons, stored notices, token signing keys) again with it, then old keys can go.
 
 use std::path::{Path, PathBuf};
 

@@ -84,14 +84,15 @@ impl Application {
         };
         let state = ChainState::new(store.clone(), rpc.clone(), contracts.clone());
         let status = Arc::new(FollowerStatus::default());
+        let keyring = Arc::new(Keyring::load_or_generate(
+            &settings.data.dir,
+            std::env::var(crate::seal::DATA_KEY_ENV).ok().as_deref(),
+        )?);
         let tokens = Arc::new(TokenIssuer::load_or_generate(
             &settings.data.dir,
             &settings.issuance.issuer,
             &settings.issuance.audience,
-        )?);
-        let keyring = Arc::new(Keyring::load_or_generate(
-            &settings.data.dir,
-            std::env::var(crate::seal::DATA_KEY_ENV).ok().as_deref(),
+            &keyring,
         )?);
         let (announce, announced) = tokio::sync::mpsc::unbounded_channel();
         let breakglass = web::Data::new(

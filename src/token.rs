@@ -2,9 +2,10 @@
 //! scopes for the data types opened, `purpose_of_use: BTG`, the patient and the reason; and
 //! the JWKS that resource servers verify them with.
 //!
-//! The signing key is generated at first run into the data directory (mode 0600) and named by
-//! a key id; older keys found beside it stay in the JWKS, so tokens signed before a rotation
-//! keep verifying until they expire. (Encrypting these files at rest is still to do.)
+//! The signing key is generated at first run into the data directory, sealed with the data key
+//! (`seal.rs`; mode 0600), and named by a key id; older keys found beside it stay in the JWKS,
+//! so tokens signed before a rotation keep verifying until they expire. Key files from before
+//! they were sealed (`token-*.pk8`, plain PKCS#8) are sealed in place at start.
 
 use std::path::Path;
 
@@ -18,6 +19,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::domain::DataType;
+use crate::seal::Keyring;
 use crate::store::AccessRecord;
 
 pub const PURPOSE_OF_USE: &str = "BTG";
@@ -95,35 +97,76 @@ fn load_key(pkcs8: Vec<u8>) -> anyhow::Result<SigningKey> {
     })
 }
 
+/// The sealed-value name of a token signing key.
+const KEY_NAME: &str = "token-signing-key";
+
+/// `data_dir/keys/token-*.<ext>`, in name (so creation) order.
+fn key_files(dir: &Path, ext: &str) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("token-") && n.ends_with(&format!(".{ext}")))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Seals every token signing key not sealed with the current data key again with it (after
+/// `keys rotate-data`, with `patients rekey`). Returns how many were re-sealed.
+pub fn rekey(data_dir: &Path, keyring: &Keyring) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for f in key_files(&data_dir.join("keys"), "key")? {
+        let sealed = std::fs::read(&f)?;
+        if keyring.is_current(&sealed) {
+            continue;
+        }
+        let pkcs8 = keyring.open(KEY_NAME, &sealed)?;
+        crate::keys::replace_private_bytes(&f, &keyring.seal(KEY_NAME, &pkcs8)?)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 impl TokenIssuer {
-    /// Loads the signing keys of `data_dir/keys/token-*.pk8` (the newest signs), generating
-    /// the first one when there is none.
+    /// Loads the signing keys of `data_dir/keys/token-*.key`, sealed with `keyring` (the newest
+    /// signs), generating the first one when there is none.
     pub fn load_or_generate(
         data_dir: &Path,
         issuer: &str,
         audience: &str,
+        keyring: &Keyring,
     ) -> anyhow::Result<TokenIssuer> {
         let dir = data_dir.join("keys");
         std::fs::create_dir_all(&dir)?;
-        let mut files: Vec<_> = std::fs::read_dir(&dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("token-") && n.ends_with(".pk8"))
-            })
-            .collect();
+        // keys from before they were sealed: sealed beside, then the plain file removed
+        for plain in key_files(&dir, "pk8")? {
+            let pkcs8 = std::fs::read(&plain)?;
+            load_key(pkcs8.clone())?;
+            crate::keys::replace_private_bytes(
+                &plain.with_extension("key"),
+                &keyring.seal(KEY_NAME, &pkcs8)?,
+            )?;
+            std::fs::remove_file(&plain)?;
+        }
+        let mut files = key_files(&dir, "key")?;
         if files.is_empty() {
             let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
                 .map_err(|e| anyhow::anyhow!("generating a token key: {e}"))?;
-            let name = dir.join(format!("token-{}.pk8", crate::chain::follower::now_ms()));
-            crate::keys::write_private_bytes(&name, pkcs8.as_ref())?;
+            let name = dir.join(format!("token-{}.key", crate::chain::follower::now_ms()));
+            crate::keys::write_private_bytes(&name, &keyring.seal(KEY_NAME, pkcs8.as_ref())?)?;
             files.push(name);
         }
-        files.sort();
         let mut keys: Vec<SigningKey> = files
             .into_iter()
-            .map(|f| load_key(std::fs::read(f)?))
+            .map(|f| {
+                let pkcs8 = keyring.open(KEY_NAME, &std::fs::read(&f)?).map_err(|e| {
+                    anyhow::anyhow!("{}: not opened by the data keys ({e})", f.display())
+                })?;
+                load_key(pkcs8)
+            })
             .collect::<anyhow::Result<_>>()?;
         let current = keys.pop().ok_or_else(|| anyhow::anyhow!("no token key"))?;
         Ok(TokenIssuer {

@@ -469,6 +469,8 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
             .seal(&format!("notice:{access_id}"), b"the rendered message")
             .unwrap();
         notice.message = Some(hex::encode(message));
+        // and a token signing key, sealed with it at first use
+        breakglass::token::TokenIssuer::load_or_generate(&data, "iss", "aud", &ring).unwrap();
         store
             .apply(breakglass::store::Batch {
                 accesses: vec![access],
@@ -484,10 +486,12 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
             &rekeyed["resealed"],
             &rekeyed["contacts"],
             &rekeyed["reasons"],
-            &rekeyed["notice_messages"]
+            &rekeyed["notice_messages"],
+            &rekeyed["token_keys"]
         ),
         (
-            &serde_json::json!(3),
+            &serde_json::json!(4),
+            &serde_json::json!(1),
             &serde_json::json!(1),
             &serde_json::json!(1),
             &serde_json::json!(1)
@@ -523,6 +527,8 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
             )
             .unwrap();
         assert_eq!(message, b"the rendered message");
+        // the token signing key too
+        breakglass::token::TokenIssuer::load_or_generate(&data, "iss", "aud", &ring).unwrap();
     }
 
     // not a bundle: exit 2 with the reason

@@ -2,6 +2,7 @@
 //! keys kept across restarts and rotations.
 
 use breakglass::domain::{DataType, PatientId, Role};
+use breakglass::seal::Keyring;
 use breakglass::store::AccessRecord;
 use breakglass::token::{scopes, AccessClaims, TokenIssuer};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -51,6 +52,11 @@ fn access(id: &str, provider: &str, dts: &[DataType], exp_in: u64) -> AccessReco
     }
 }
 
+/// The data key the token keys are sealed with, as the service has it.
+fn ring() -> Keyring {
+    Keyring::from_keys(&[[7; 32]]).unwrap()
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -62,7 +68,8 @@ fn now() -> u64 {
 fn tokens_verify_against_the_jwks_and_carry_btg_and_smart_scopes() {
     let dir = tempfile::tempdir().unwrap();
     let issuer =
-        TokenIssuer::load_or_generate(dir.path(), "https://breakglass.example", "fhir").unwrap();
+        TokenIssuer::load_or_generate(dir.path(), "https://breakglass.example", "fhir", &ring())
+            .unwrap();
     let dts = [DataType::Allergies, DataType::Medications];
     let claims = issuer.claims(
         &access(
@@ -94,12 +101,29 @@ fn tokens_verify_against_the_jwks_and_carry_btg_and_smart_scopes() {
 #[test]
 fn keys_are_kept_and_rotated_keys_stay_in_the_jwks() {
     let dir = tempfile::tempdir().unwrap();
-    let first = TokenIssuer::load_or_generate(dir.path(), "iss", "aud").unwrap();
+    let first = TokenIssuer::load_or_generate(dir.path(), "iss", "aud", &ring()).unwrap();
     let old_token = first
         .issue(&first.claims(&access("a", "ST1", &[DataType::Allergies], 60), "r"))
         .unwrap();
-    let again = TokenIssuer::load_or_generate(dir.path(), "iss", "aud").unwrap();
+    let again = TokenIssuer::load_or_generate(dir.path(), "iss", "aud", &ring()).unwrap();
     assert_eq!(again.jwks(), first.jwks(), "the same key after a restart");
+    // sealed at rest: not a PKCS#8 document, and only the data key opens it
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        ring::signature::Ed25519KeyPair::from_pkcs8(&std::fs::read(&files[0]).unwrap()).is_err()
+    );
+    let stranger = Keyring::from_keys(&[[8; 32]]).unwrap();
+    let refused = TokenIssuer::load_or_generate(dir.path(), "iss", "aud", &stranger)
+        .err()
+        .unwrap();
+    assert!(
+        refused.to_string().contains("not opened by the data keys"),
+        "{refused}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -118,7 +142,10 @@ fn keys_are_kept_and_rotated_keys_stay_in_the_jwks() {
         pkcs8.as_ref(),
     )
     .unwrap();
-    let rotated = TokenIssuer::load_or_generate(dir.path(), "iss", "aud").unwrap();
+    let rotated = TokenIssuer::load_or_generate(dir.path(), "iss", "aud", &ring()).unwrap();
+    // the plain key file it was given is sealed in place
+    assert!(!dir.path().join("keys/token-99999999999999.pk8").exists());
+    assert!(dir.path().join("keys/token-99999999999999.key").exists());
     let jwks = rotated.jwks();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
     assert_ne!(jwks["keys"][0]["kid"], first.jwks()["keys"][0]["kid"]);
@@ -149,7 +176,7 @@ fn every_data_type_has_scopes() {
 #[test]
 fn a_token_expires_on_its_exp_second() {
     let dir = tempfile::tempdir().unwrap();
-    let issuer = TokenIssuer::load_or_generate(dir.path(), "iss", "aud").unwrap();
+    let issuer = TokenIssuer::load_or_generate(dir.path(), "iss", "aud", &ring()).unwrap();
     let live = issuer
         .issue(&issuer.claims(&access("a", "ST1", &[DataType::Allergies], 60), "r"))
         .unwrap();
