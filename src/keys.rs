@@ -2,7 +2,9 @@
 //!
 //! Production passes the key in `BREAKGLASS_SERVICE_KEY` (hex) or a file named by
 //! `BREAKGLASS_SERVICE_KEY_FILE`. Otherwise the key is generated at first run into the data
-//! directory with mode 0600 and read from there afterwards. Keys never go in the repository.
+//! directory (`keys/service-stacks.key`, mode 0600), sealed with the data key (`seal.rs`),
+//! and read from there afterwards; a plain hex key file from before is sealed in place. Keys
+//! never go in the repository.
 
 use std::fs;
 use std::io::Write;
@@ -10,6 +12,7 @@ use std::path::Path;
 
 use secp256k1::{PublicKey, SecretKey, SECP256K1};
 
+use crate::seal::Keyring;
 use crate::stacks::Address;
 
 pub struct ServiceKeys {
@@ -49,23 +52,65 @@ impl ServiceKeys {
                 source: KeySource::File,
             });
         }
-        let dir = data_dir.join("keys");
-        let path = dir.join("service-stacks.key");
+        let keyring = Keyring::load_or_generate(
+            data_dir,
+            std::env::var(crate::seal::DATA_KEY_ENV).ok().as_deref(),
+        )?;
+        let path = service_key_path(data_dir);
         if path.exists() {
-            let text = fs::read_to_string(&path)?;
+            let bytes = fs::read(&path)?;
+            let stacks = match std::str::from_utf8(&bytes).ok().map(parse_key) {
+                // a plain hex key from before keys were sealed: sealed in place
+                Some(Ok(key)) => {
+                    replace_private_bytes(
+                        &path,
+                        &keyring.seal(SERVICE_KEY_NAME, &key.secret_bytes())?,
+                    )?;
+                    key
+                }
+                _ => {
+                    let raw = keyring.open(SERVICE_KEY_NAME, &bytes).map_err(|e| {
+                        anyhow::anyhow!("{}: not opened by the data keys ({e})", path.display())
+                    })?;
+                    SecretKey::from_slice(&raw)?
+                }
+            };
             return Ok(ServiceKeys {
-                stacks: parse_key(&text)?,
+                stacks,
                 source: KeySource::DataDir,
             });
         }
-        fs::create_dir_all(&dir)?;
         let key = SecretKey::new(&mut secp256k1::rand::thread_rng());
-        write_private(&path, &format!("{}\n", hex::encode(key.secret_bytes())))?;
+        fs::create_dir_all(data_dir.join("keys"))?;
+        write_private_bytes(&path, &keyring.seal(SERVICE_KEY_NAME, &key.secret_bytes())?)?;
         Ok(ServiceKeys {
             stacks: key,
             source: KeySource::Generated,
         })
     }
+}
+
+/// The sealed-value name of the service's generated Stacks key.
+const SERVICE_KEY_NAME: &str = "service-stacks-key";
+
+fn service_key_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("keys").join("service-stacks.key")
+}
+
+/// Seals the generated service key again with the current data key if it is not (after `keys
+/// rotate-data`, with `patients rekey`); whether it was.
+pub fn rekey_service_key(data_dir: &Path, keyring: &Keyring) -> anyhow::Result<bool> {
+    let path = service_key_path(data_dir);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let sealed = fs::read(&path)?;
+    if keyring.is_current(&sealed) {
+        return Ok(false);
+    }
+    let raw = keyring.open(SERVICE_KEY_NAME, &sealed)?;
+    replace_private_bytes(&path, &keyring.seal(SERVICE_KEY_NAME, &raw)?)?;
+    Ok(true)
 }
 
 /// A hex secp256k1 key; the trailing `01` compressed marker of stacks.js keys is accepted.
@@ -78,10 +123,6 @@ pub fn parse_key(text: &str) -> anyhow::Result<SecretKey> {
         n => anyhow::bail!("a key is 32 bytes (or 33 with a trailing 01), got {n}"),
     };
     Ok(SecretKey::from_slice(raw)?)
-}
-
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    write_private_bytes(path, contents.as_bytes())
 }
 
 /// Replaces `path` with `contents` (owner-only), atomically: written and synced beside it,

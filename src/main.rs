@@ -74,8 +74,8 @@ enum PatientsCommand {
         file: PathBuf,
     },
     /// Seal everything sealed with an older data key again with the current one (after `keys
-    /// rotate-data`): contacts, the accesses' reasons, stored notices, token signing keys; with
-    /// the service stopped; prints how many of each were re-sealed.
+    /// rotate-data`): contacts, the accesses' reasons, stored notices, token signing keys, the
+    /// generated service key; with the service stopped; prints how many of each were re-sealed.
     Rekey,
 }
 
@@ -182,8 +182,10 @@ fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
         ))
     })?;
     let token_keys = breakglass::token::rekey(&s.data.dir, &keyring)?;
+    let service_key = usize::from(breakglass::keys::rekey_service_key(&s.data.dir, &keyring)?);
     Ok(serde_json::json!({
-        "resealed": contacts + reasons + messages + token_keys,
+        "resealed": contacts + reasons + messages + token_keys + service_key,
+        "service_key": service_key,
         "contacts": contacts,
         "reasons": reasons,
         "notice_messages": messages,

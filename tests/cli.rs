@@ -157,6 +157,34 @@ fn keys_are_generated_once_with_mode_0600() {
             0o600
         );
     }
+    // sealed with the data key at rest: the key is not in the file
+    let sealed = std::fs::read(&file).unwrap();
+    assert!(!String::from_utf8_lossy(&sealed)
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() || c.is_whitespace()));
+    // the key file copied without the data key that sealed it opens nowhere else
+    let moved = dir.path().join("moved");
+    std::fs::create_dir_all(moved.join("keys")).unwrap();
+    std::fs::copy(&file, moved.join("keys/service-stacks.key")).unwrap();
+    let stranger = Command::new(env!("CARGO_BIN_EXE_breakglass"))
+        .args(["keys", "show"])
+        .env("BREAKGLASS_DATA__DIR", &moved)
+        .env_remove("BREAKGLASS_SERVICE_KEY")
+        .env_remove("BREAKGLASS_DATA_KEY")
+        .output()
+        .unwrap();
+    assert!(!stranger.status.success());
+    assert!(String::from_utf8_lossy(&stranger.stderr).contains("not opened by the data keys"));
+    // a plain hex key file from before is sealed in place, and is the same key
+    std::fs::remove_file(&file).unwrap();
+    std::fs::write(&file, format!("{DEPLOYER_KEY}\n")).unwrap();
+    let legacy = json(&run());
+    assert_eq!(legacy["principal"], deployer().to_string());
+    assert_ne!(
+        std::fs::read(&file).unwrap(),
+        format!("{DEPLOYER_KEY}\n").into_bytes()
+    );
+    assert_eq!(json(&run())["principal"], deployer().to_string());
     // a key given in the environment wins and nothing is written
     let env = Command::new(env!("CARGO_BIN_EXE_breakglass"))
         .args(["keys", "show"])
