@@ -13,7 +13,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 
 use crate::chain::contracts::ACCESS_CONTROL;
-use crate::chain::follower::now_ms;
+use crate::chain::follower::{now_ms, now_secs};
 use crate::chain::state::ChainState;
 use crate::chain::submitter;
 use crate::configuration::Settings;
@@ -85,10 +85,6 @@ pub struct BreakGlass {
     notify: crate::configuration::NotifySettings,
     /// Where each grant announces its notice to the notifier (`notify::Notifier::run`).
     notices: Option<tokio::sync::mpsc::UnboundedSender<(u64, String)>>,
-}
-
-fn now_secs() -> u64 {
-    now_ms() / 1000
 }
 
 impl BreakGlass {
@@ -474,13 +470,11 @@ pub async fn rekey_reasons(
         if access.reason_sealed.is_empty() {
             continue; // recorded before reasons were kept
         }
-        let sealed = hex::decode(&access.reason_sealed)?;
-        if keyring.is_current(&sealed) {
-            continue;
-        }
         let name = reason_name(&access.id);
-        let plain = keyring.open(&name, &sealed)?;
-        access.reason_sealed = hex::encode(keyring.seal(&name, &plain)?);
+        let Some(sealed) = keyring.reseal(&name, &hex::decode(&access.reason_sealed)?)? else {
+            continue;
+        };
+        access.reason_sealed = hex::encode(sealed);
         batch.accesses.push(access);
         n += 1;
         if batch.accesses.len() == 1000 {

@@ -289,12 +289,10 @@ pub async fn rekey(
         let Some(sealed) = store.contact(&id)? else {
             continue;
         };
-        if keyring.is_current(&sealed) {
-            continue;
-        }
         let name = crate::notify::contact_name(&id);
-        let plain = keyring.open(&name, &sealed)?;
-        contacts.push((id, Some(keyring.seal(&name, &plain)?)));
+        if let Some(sealed) = keyring.reseal(&name, &sealed)? {
+            contacts.push((id, Some(sealed)));
+        }
     }
     let n = contacts.len();
     write_contacts(store, contacts).await?;

@@ -104,12 +104,10 @@ pub fn rekey_service_key(data_dir: &Path, keyring: &Keyring) -> anyhow::Result<b
     if !path.exists() {
         return Ok(false);
     }
-    let sealed = fs::read(&path)?;
-    if keyring.is_current(&sealed) {
+    let Some(sealed) = keyring.reseal(SERVICE_KEY_NAME, &fs::read(&path)?)? else {
         return Ok(false);
-    }
-    let raw = keyring.open(SERVICE_KEY_NAME, &sealed)?;
-    replace_private_bytes(&path, &keyring.seal(SERVICE_KEY_NAME, &raw)?)?;
+    };
+    replace_private_bytes(&path, &sealed)?;
     Ok(true)
 }
 

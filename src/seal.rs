@@ -181,17 +181,40 @@ impl Keyring {
         Ok(plain.to_vec())
     }
 
-    /// Whether `sealed` is sealed with the current key (else `rekey` seals it again).
+    /// Whether `sealed` is sealed with the current key (else `reseal` seals it again).
     pub fn is_current(&self, sealed: &[u8]) -> bool {
         self.keys
             .last()
             .is_some_and(|k| sealed.get(1..1 + KID_LEN) == Some(&k.id[..]))
+    }
+
+    /// `sealed` (named `name`) sealed again with the current key, or `None` when it already
+    /// is: what `patients rekey` does to every sealed value after `keys rotate-data`.
+    pub fn reseal(&self, name: &str, sealed: &[u8]) -> Result<Option<Vec<u8>>, SealError> {
+        if self.is_current(sealed) {
+            return Ok(None);
+        }
+        let plain = self.open(name, sealed)?;
+        self.seal(name, &plain).map(Some)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reseal_moves_what_an_older_key_sealed_to_the_current_one_only() {
+        let old = Keyring::from_keys(&[[1; 32]]).unwrap();
+        let ring = Keyring::from_keys(&[[1; 32], [2; 32]]).unwrap();
+        let sealed = old.seal("reason:a", b"unresponsive").unwrap();
+        let again = ring.reseal("reason:a", &sealed).unwrap().unwrap();
+        assert!(ring.is_current(&again));
+        assert_eq!(ring.open("reason:a", &again).unwrap(), b"unresponsive");
+        assert!(ring.reseal("reason:a", &again).unwrap().is_none());
+        // under another name it does not open, so it is not sealed again
+        assert!(ring.reseal("reason:b", &sealed).is_err());
+    }
 
     #[test]
     fn seals_and_opens_only_under_its_name_and_keys() {

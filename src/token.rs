@@ -119,13 +119,10 @@ fn key_files(dir: &Path, ext: &str) -> std::io::Result<Vec<std::path::PathBuf>> 
 pub fn rekey(data_dir: &Path, keyring: &Keyring) -> anyhow::Result<usize> {
     let mut n = 0;
     for f in key_files(&data_dir.join("keys"), "key")? {
-        let sealed = std::fs::read(&f)?;
-        if keyring.is_current(&sealed) {
-            continue;
+        if let Some(sealed) = keyring.reseal(KEY_NAME, &std::fs::read(&f)?)? {
+            crate::keys::replace_private_bytes(&f, &sealed)?;
+            n += 1;
         }
-        let pkcs8 = keyring.open(KEY_NAME, &sealed)?;
-        crate::keys::replace_private_bytes(&f, &keyring.seal(KEY_NAME, &pkcs8)?)?;
-        n += 1;
     }
     Ok(n)
 }
@@ -214,10 +211,7 @@ impl TokenIssuer {
         .map(|d| d.claims)
         .map_err(|e| e.to_string())?;
         // expired "on or after" exp (RFC 7519 4.1.4); the library lets its last second pass
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(u64::MAX, |d| d.as_secs());
-        if claims.exp <= now {
+        if claims.exp <= crate::chain::follower::now_secs() {
             return Err("the token has expired".into());
         }
         Ok(claims)

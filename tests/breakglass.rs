@@ -150,6 +150,17 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
     );
 }
 
+/// `provider` (a demo clinician) asks for `patient`'s allergies, now, with `nonce`.
+async fn ask_for_allergies(
+    app: &breakglass::startup::Application,
+    provider: &Json,
+    patient: &str,
+    nonce: u64,
+) -> (u16, Json) {
+    let key = provider["private_key"].as_str().unwrap();
+    post(app, &signed(key, patient, &["allergies"], nonce, now())).await
+}
+
 /// The demo authority suspends `provider`; returns once the service has applied that block.
 async fn suspend(env: &Env, provider: &Json) {
     let authority = parse_key(env.demo["authority"]["private_key"].as_str().unwrap()).unwrap();
@@ -593,17 +604,7 @@ async fn chain_changes_are_honoured_within_a_block() {
     // the authority suspends the nurse: one block later, refused
     let nurse = provider(demo, "nurse");
     suspend(&env, nurse).await;
-    let (status, problem) = post(
-        app,
-        &signed(
-            nurse["private_key"].as_str().unwrap(),
-            pid,
-            &["allergies"],
-            3,
-            now(),
-        ),
-    )
-    .await;
+    let (status, problem) = ask_for_allergies(app, nurse, pid, 3).await;
     assert_eq!(
         (status, problem["code"].as_str().unwrap()),
         (403, "provider-not-verified")
@@ -617,17 +618,7 @@ async fn an_access_granted_before_a_suspension_still_lands_on_chain() {
     let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
     let nurse = provider(demo, "nurse");
     let pid = patient(demo, true);
-    let (ok, grant) = post(
-        app,
-        &signed(
-            nurse["private_key"].as_str().unwrap(),
-            pid,
-            &["allergies"],
-            1,
-            now(),
-        ),
-    )
-    .await;
+    let (ok, grant) = ask_for_allergies(app, nurse, pid, 1).await;
     assert_eq!(ok, 201, "{grant}");
     let id = grant["access_id"].as_str().unwrap().to_string();
 

@@ -15,6 +15,11 @@ use super::state::{ChainState, StateError};
 use super::submitter;
 use crate::store::{Batch, StoreError, Tip};
 
+/// Unix seconds (`now_ms() / 1000`): the time of requests, tokens, notices and paging.
+pub fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

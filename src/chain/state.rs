@@ -335,11 +335,17 @@ mod tests {
         .await
     }
 
-    #[tokio::test]
-    async fn a_fill_never_overwrites_a_block_applied_while_it_read() {
+    /// A cache at block 1, with nothing filled yet.
+    fn at_block_one() -> (tempfile::TempDir, ChainState) {
         let dir = tempfile::tempdir().unwrap();
         let st = state(dir.path());
         st.store.apply(block(1, vec![])).unwrap();
+        (dir, st)
+    }
+
+    #[tokio::test]
+    async fn a_fill_never_overwrites_a_block_applied_while_it_read() {
+        let (_dir, st) = at_block_one();
         let reads = AtomicUsize::new(0);
         let got = fill_provider(&st, || async {
             if reads.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -370,9 +376,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fill_reads_again_when_a_block_lands_meanwhile_and_keeps_the_new_answer() {
-        let dir = tempfile::tempdir().unwrap();
-        let st = state(dir.path());
-        st.store.apply(block(1, vec![])).unwrap();
+        let (_dir, st) = at_block_one();
         let reads = AtomicUsize::new(0);
         let got = fill_provider(&st, || async {
             if reads.fetch_add(1, Ordering::SeqCst) == 0 {

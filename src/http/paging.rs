@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::breakglass::problem;
 use crate::access::Refusal;
-use crate::chain::follower::now_ms;
+use crate::chain::follower::now_secs;
 use crate::metrics::{Metrics, Webhook};
 use crate::paging::webhook::{self, Delivery, WebhookError};
 use crate::paging::{generic, load_secrets, opsgenie, pagerduty, Applied, Change, OnCall};
@@ -114,7 +114,7 @@ impl Paging {
             Ok(Err(e)) => return unavailable(source, "the responder mapping", e),
             Err(e) => return unavailable(source, "the responder mapping", e),
         };
-        let now = now_ms() / 1000;
+        let now = now_secs();
         let v = match read(&map).and_then(|v| {
             webhook::fresh(v.at, now, self.oncall.window_secs)?;
             Ok(v)

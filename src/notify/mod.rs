@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 pub use mailer::{Mailer, SendError};
 use message::{NoticeSettings, Proof, Rendered, Templates};
 
-use crate::chain::follower::now_ms;
+use crate::chain::follower::now_secs;
 use crate::configuration::{NotifySettings, Settings};
 use crate::directory::Contact;
 use crate::seal::Keyring;
@@ -43,10 +43,6 @@ pub struct Notifier {
     /// Attempts made whose outcome the store did not take, by access id: recorded again at
     /// the notice's next turn instead of being sent again.
     unrecorded: Mutex<HashMap<String, Notice>>,
-}
-
-fn now_secs() -> u64 {
-    now_ms() / 1000
 }
 
 /// The sealed-value name of a notice's message (binds it to its access).
@@ -358,14 +354,11 @@ pub async fn rekey_messages(store: &Arc<dyn Store>, keyring: &Keyring) -> anyhow
         let Some(message) = &notice.message else {
             continue;
         };
-        let sealed = hex::decode(message)?;
-        if keyring.is_current(&sealed) {
-            continue;
-        }
         let name = message_name(&notice.access_id);
-        let plain = keyring.open(&name, &sealed)?;
-        notice.message = Some(hex::encode(keyring.seal(&name, &plain)?));
-        notices.push(notice);
+        if let Some(sealed) = keyring.reseal(&name, &hex::decode(message)?)? {
+            notice.message = Some(hex::encode(sealed));
+            notices.push(notice);
+        }
     }
     let n = notices.len();
     apply_async(

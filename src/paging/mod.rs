@@ -692,9 +692,7 @@ impl OnCall {
     }
 }
 
-fn now_secs() -> u64 {
-    crate::chain::follower::now_ms() / 1000
-}
+use crate::chain::follower::now_secs;
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::{Change, OnCall, Roster};
-use crate::chain::follower::now_ms;
+use crate::chain::follower::{now_ms, now_secs};
 use crate::configuration::SyncSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +148,7 @@ pub async fn run<S: Source>(
     };
     let max_retry_after = Duration::from_secs(settings.max_retry_after_secs);
     loop {
-        let now = now_ms() / 1000;
+        let now = now_secs();
         let result = tokio::select! {
             r = round(&source, &oncall, &http, &key_file, now, max_retry_after) => r,
             _ = shutdown.changed() => return,
