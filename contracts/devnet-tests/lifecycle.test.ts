@@ -2,6 +2,7 @@
 // demo seeding, and the deployment plans applied over RPC by the deploy script.
 import { afterEach, describe, expect, it } from "vitest";
 import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -201,5 +202,84 @@ describe("deploy script", () => {
       ["--import", "tsx", "scripts/deploy.ts", "--plan", "deployments/default.mainnet-plan.yaml", "--node", d.rpc],
       { cwd: CONTRACTS_DIR, env: { ...process.env, BREAKGLASS_DEPLOYER_KEY: randomPrivateKey() } });
     await expect(result).rejects.toThrow(/network id 2147483648, the mainnet plan needs 1/);
+  });
+});
+
+/** The index block hash of a block as `/v3/blocks/height/{h}` serves it, computed the way
+ * stacks-core does from the Nakamoto header (version 0), independently of the devnet's code. */
+async function blockIdAt(rpc: string, height: number): Promise<string | null> {
+  const res = await fetch(`${rpc}/v3/blocks/height/${height}`);
+  if (res.status === 404) return null;
+  expect(res.headers.get("content-type")).toBe("application/octet-stream");
+  const b = Buffer.from(await res.arrayBuffer());
+  const fixed = 1 + 8 + 8 + 20 + 32 + 32 + 32 + 8 + 65;
+  const signers = b.readUInt32BE(fixed);
+  const pox = fixed + 4 + 65 * signers;
+  const poxEnd = pox + 2 + 4 + b.readUInt32BE(pox + 2);
+  const sha = (...p: Buffer[]) => { const h = createHash("sha512-256"); p.forEach((x) => h.update(x)); return h.digest(); };
+  const blockHash = sha(b.subarray(0, fixed), b.subarray(pox, poxEnd));
+  return sha(blockHash, b.subarray(17, 37)).toString("hex");
+}
+
+describe("block ids and forks", () => {
+  it("serves each block's header by height with the ids it announced, and forks on demand", async () => {
+    const observer = await startObserver();
+    cleanups.push(() => observer.close());
+    const dir = tempDir();
+    const d = await devnet(["--data-dir", dir, "--observer", observer.url]);
+    const c = client(d.rpc);
+    const key = randomPrivateKey();
+    const me = privateKeyToAddress(key, "testnet");
+    await c.fund(me);
+    const raw = await c.signCall(key, AC, "register-provider",
+      [Cl.bufferFromHex("11".repeat(32)), Cl.stringAscii("nurse"), Cl.bufferFromHex("22".repeat(32))]);
+    const txid = (await c.broadcast(raw)).body;
+    await c.mine();
+    await c.post("/devnet/mine?empty=2");
+    const info = (await c.get("/v2/info")).body;
+    const blocks = await waitFor("blocks observed", () => {
+      const b = observer.received.filter((r) => r.path === "/new_block").map((r) => r.body);
+      return b.length >= 4 ? b : undefined;
+    });
+    for (const b of blocks) {
+      expect(await blockIdAt(d.rpc, b.block_height)).toBe(b.index_block_hash.slice(2));
+    }
+    const tenure = (await c.get("/v3/tenures/info")).body;
+    expect(tenure.tip_height).toBe(info.stacks_tip_height);
+    expect(tenure.tip_block_id).toBe(await blockIdAt(d.rpc, info.stacks_tip_height));
+    expect(await blockIdAt(d.rpc, info.stacks_tip_height + 1)).toBe(null);
+
+    // abandon the last three blocks (the registration among them): a longer branch replaces them
+    const registeredAt = blocks.find((b) => b.transactions.some((t: any) => t.txid === `0x${txid}`)).block_height;
+    const depth = info.stacks_tip_height - registeredAt + 1;
+    const before = await blockIdAt(d.rpc, registeredAt);
+    const fork = await c.post(`/devnet/fork?depth=${depth}`);
+    expect(fork.status).toBe(200);
+    expect(fork.body.dropped).toEqual([txid]);
+    expect(fork.body.tip).toBe(info.stacks_tip_height + 1);
+    expect(await blockIdAt(d.rpc, registeredAt)).not.toBe(before);
+    expect(await blockIdAt(d.rpc, registeredAt - 1)).toBe(blocks.find((b) => b.block_height === registeredAt - 1)?.index_block_hash.slice(2));
+    expect(cvToHex(await c.callRead(AC, "get-provider", [Cl.principal(me)]))).toBe(cvToHex(Cl.none()));
+    expect(await c.nonce(me)).toBe(0n);
+    expect((await c.get(`/devnet/tx/${txid}`)).body.status).toBe("dropped");
+    // observers get the new branch, linked to the block before the fork
+    const branch = await waitFor("the new branch observed", () => {
+      const b = observer.received.filter((r) => r.path === "/new_block").map((r) => r.body).slice(blocks.length);
+      return b.length === depth + 1 ? b : undefined;
+    });
+    expect(branch[0].block_height).toBe(registeredAt);
+    expect(branch[0].parent_index_block_hash).toBe(blocks.find((b) => b.block_height === registeredAt - 1).index_block_hash);
+    // the same signed transaction can be mined again on the new branch
+    expect((await c.broadcast(raw)).status).toBe(200);
+    await c.mine();
+    expect((await c.get(`/devnet/tx/${txid}`)).body.status).toBe("success");
+    const tip = (await c.get("/v2/info")).body;
+    await d.stop("SIGKILL");
+
+    // the rewritten log replays to the new branch
+    const again = await devnet(["--data-dir", dir]);
+    const c2 = client(again.rpc);
+    expect((await c2.get("/v2/info")).body.stacks_tip).toBe(tip.stacks_tip);
+    expect(await c2.nonce(me)).toBe(1n);
   });
 });

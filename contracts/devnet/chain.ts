@@ -9,7 +9,8 @@
 // seconds, so callers see nothing unusual. Post-conditions are decoded but not enforced.
 import { createHash } from "node:crypto";
 import {
-  appendFileSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, writeFileSync,
+  appendFileSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync,
+  writeFileSync,
 } from "node:fs";
 import { dirname, join } from "node:path";
 import { initSimnet, tx as simTx, type Simnet } from "@stacks/clarinet-sdk";
@@ -64,21 +65,63 @@ export type Block = {
   events: ObserverEvent[];
 };
 
-type LogEntry = { op: "mint"; principal: string; amount: string } | { op: "block"; time: number; tx: string | null };
+// `salt` tells a block of a fork's new branch from the abandoned one at the same height
+type LogEntry = { op: "mint"; principal: string; amount: string } | { op: "block"; time: number; tx: string | null; salt?: string };
 
-const sha512_256 = (s: string) => createHash("sha512-256").update(s).digest("hex");
+const sha512_256 = (s: string | Uint8Array) => createHash("sha512-256").update(s).digest("hex");
+const sha512_256b = (...parts: Uint8Array[]) => {
+  const h = createHash("sha512-256");
+  for (const p of parts) h.update(p);
+  return h.digest();
+};
+const u64be = (n: number) => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(n));
+  return b;
+};
+const u32be = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n);
+  return b;
+};
+const bytes = (hex: string) => Buffer.from(hex.replace(/^0x/, ""), "hex");
+
+/**
+ * A Nakamoto block header (version 0) as stacks-core serializes it, and the two ids a
+ * stacks-node derives from it: the block hash (sha512/256 of the header without the signer
+ * signatures) and the index block hash (sha512/256 of the block hash then the consensus hash).
+ * The devnet has no miner or signers: the miner signature is zeros and no signer signs.
+ */
+export function nakamotoHeader(h: { height: number; consensusHash: string; parentId: string; txRoot: string;
+                                    stateRoot: string; time: number }) {
+  const signed = Buffer.concat([
+    Buffer.from([0]), u64be(h.height), u64be(0), bytes(h.consensusHash), bytes(h.parentId), bytes(h.txRoot),
+    bytes(h.stateRoot), u64be(h.time), Buffer.alloc(65),
+  ]);
+  const signers = u32be(0);
+  const poxTreatment = Buffer.concat([Buffer.from([0, 1]), u32be(1), Buffer.from([1])]); // BitVec: 1 bit, set
+  const blockHash = sha512_256b(signed, poxTreatment);
+  const indexHash = sha512_256b(blockHash, bytes(h.consensusHash));
+  return { bytes: Buffer.concat([signed, signers, poxTreatment]), blockHash: hex0x(blockHash.toString("hex")),
+           indexHash: hex0x(indexHash.toString("hex")) };
+}
 const hex0x = (s: string) => (s.startsWith("0x") ? s : `0x${s}`);
 
 export class Chain implements ChainView {
   readonly blocks: Block[] = [];
   readonly receipts = new Map<string, Receipt>();
+  /** Each mined block's header and raw transactions, as `/v3/blocks/height/{h}` serves them. */
+  private raw = new Map<number, Buffer>();
+  /** Every log entry of the chain as it stands (a fork rewrites the log from it). */
+  private entries: LogEntry[] = [];
+  private forks = 0;
   private mempool: Admitted[] = [];
   private nonces = new Map<string, bigint>();
   private listeners: ((block: Block) => void)[] = [];
   private logPath: string | null;
   private genesisHeight: number;
 
-  private constructor(readonly simnet: Simnet, dataDir: string | null) {
+  private constructor(public simnet: Simnet, dataDir: string | null, private manifest: string) {
     this.logPath = dataDir ? join(dataDir, "chain.jsonl") : null;
     this.genesisHeight = simnet.blockHeight;
   }
@@ -91,7 +134,7 @@ export class Chain implements ChainView {
    */
   static async open(manifest: string, dataDir: string | null): Promise<Chain> {
     const simnet = await initSimnet(manifest, true);
-    const chain = new Chain(simnet, dataDir);
+    const chain = new Chain(simnet, dataDir, manifest);
     if (dataDir) {
       mkdirSync(dataDir, { recursive: true });
       const fingerprint = contractsFingerprint(dirname(manifest));
@@ -130,10 +173,28 @@ export class Chain implements ChainView {
       return { height: last.block_height, hash: last.block_hash, indexHash: last.index_block_hash,
                consensusHash: last.consensus_hash, burnHeight: last.burn_block_height, burnHash: last.burn_block_hash };
     }
+    const g = this.genesis();
+    return { height: this.genesisHeight, hash: g.blockHash, indexHash: g.indexHash,
+             consensusHash: g.consensusHash, burnHeight: this.simnet.burnBlockHeight,
+             burnHash: hex0x(sha512_256(`burn:${this.simnet.burnBlockHeight}`)) };
+  }
+
+  /** The header the devnet gives the height it starts at (before its first mined block). */
+  private genesis() {
     const h = this.genesisHeight;
-    return { height: h, hash: hex0x(sha512_256(`genesis:${h}`)), indexHash: hex0x(sha512_256(`genesis-index:${h}`)),
-             consensusHash: hex0x(sha512_256(`genesis-consensus:${h}`).slice(0, 40)),
-             burnHeight: this.simnet.burnBlockHeight, burnHash: hex0x(sha512_256(`burn:${this.simnet.burnBlockHeight}`)) };
+    const consensusHash = hex0x(sha512_256(`genesis-consensus:${h}`).slice(0, 40));
+    const zero = hex0x("00".repeat(32));
+    return { ...nakamotoHeader({ height: h, consensusHash, parentId: zero, txRoot: zero, stateRoot: zero, time: 0 }),
+             consensusHash };
+  }
+
+  /**
+   * The canonical block at `height` as `/v3/blocks/height/{height}` serves it: the header,
+   * then the transactions (a u32 count, then each raw transaction); null when there is none.
+   */
+  blockBytes(height: number): Buffer | null {
+    if (height === this.genesisHeight && this.blocks.length === 0) return Buffer.concat([this.genesis().bytes, u32be(0)]);
+    return this.raw.get(height) ?? null;
   }
 
   account(principal: string): { balance: bigint; nonce: bigint } {
@@ -235,11 +296,11 @@ export class Chain implements ChainView {
   }
 
   /** Mines `count` empty blocks (for tests that need time to pass: expiries, windows). */
-  mineEmpty(count: number, time = Math.floor(Date.now() / 1000)): Block[] {
+  mineEmpty(count: number, time = Math.floor(Date.now() / 1000), salt?: string): Block[] {
     const mined: Block[] = [];
     for (let i = 0; i < count; i++) {
-      mined.push(this.execute(null, time));
-      this.append({ op: "block", time, tx: null });
+      mined.push(this.execute(null, time, salt));
+      this.append({ op: "block", time, tx: null, ...(salt ? { salt } : {}) });
     }
     for (const block of mined) for (const l of this.listeners) l(block);
     return mined;
@@ -247,7 +308,56 @@ export class Chain implements ChainView {
 
   // ---------------------------------------------------------------------------- internals
 
-  private execute(a: Admitted | null, time: number): Block {
+  /**
+   * A reorg, as a stacks-node sees one: the last `depth` blocks are abandoned and a longer
+   * branch (`depth` + 1 empty blocks) becomes canonical. The abandoned blocks' transactions
+   * are dropped, not mined again (their senders must broadcast them again), which is the
+   * harder case for a client. The chain is rebuilt by replaying its log up to the fork point
+   * in a new simnet (the simnet cannot rewind), and the log is rewritten to the new branch.
+   * Returns the new branch's blocks, announced to observers like any others.
+   */
+  async fork(depth: number, time = Math.floor(Date.now() / 1000)): Promise<{ blocks: Block[]; dropped: string[] }> {
+    // the new simnet first: from here on nothing awaits, so no block is mined meanwhile
+    const fresh = await initSimnet(this.manifest, true);
+    if (!Number.isInteger(depth) || depth < 1 || depth > this.blocks.length) {
+      throw new Error(`a fork's depth must be from 1 to the ${this.blocks.length} blocks mined`);
+    }
+    const keep = this.blocks.length - depth;
+    const kept: LogEntry[] = [];
+    const laterMints: LogEntry[] = [];
+    let blocks = 0;
+    for (const e of this.entries) {
+      if (e.op === "block") {
+        if (blocks++ < keep) kept.push(e);
+      } else if (blocks <= keep) {
+        kept.push(e);
+      } else {
+        laterMints.push(e); // the faucet is not on chain: what it gave stays given
+      }
+    }
+    const dropped = this.blocks.slice(keep).flatMap((b) => b.transactions.map((t) => t.txid.replace(/^0x/, "")));
+    this.simnet = fresh;
+    this.blocks.length = 0;
+    this.raw.clear();
+    this.nonces.clear();
+    this.entries = [];
+    this.replay([...kept, ...laterMints]);
+    for (const txid of dropped) {
+      const r = this.receipts.get(txid);
+      if (r) Object.assign(r, { status: "dropped", reason: "reorg", block_height: undefined, block_hash: undefined, events: [] });
+    }
+    this.forks++;
+    const branch: Block[] = [];
+    for (let i = 0; i <= depth; i++) {
+      branch.push(this.execute(null, time, `fork-${this.forks}`));
+      this.entries.push({ op: "block", time, tx: null, salt: `fork-${this.forks}` });
+    }
+    this.rewriteLog();
+    for (const block of branch) for (const l of this.listeners) l(block);
+    return { blocks: branch, dropped };
+  }
+
+  private execute(a: Admitted | null, time: number, salt?: string): Block {
     let results: { result: ClarityValue; events: any[] }[] | null = null;
     let vmError: string | null = null;
     if (a === null) {
@@ -269,12 +379,17 @@ export class Chain implements ChainView {
     const height = this.simnet.blockHeight;
     const parent = this.tip;
     const burnHeight = this.simnet.burnBlockHeight;
-    const blockHash = hex0x(sha512_256(`${height}:${parent.hash}:${a?.txid ?? ""}:${time}`));
-    const consensusHash = hex0x(sha512_256(`consensus:${blockHash}`).slice(0, 40));
+    const seed = `${height}:${parent.indexHash}:${a?.txid ?? ""}:${time}:${salt ?? ""}`;
+    const consensusHash = hex0x(sha512_256(`consensus:${seed}`).slice(0, 40));
+    const txRoot = hex0x(sha512_256(a ? bytes(a.raw) : new Uint8Array()));
+    const header = nakamotoHeader({ height, consensusHash, parentId: parent.indexHash, txRoot,
+                                    stateRoot: hex0x(sha512_256(`state:${seed}`)), time });
+    const blockHash = header.blockHash;
+    this.raw.set(height, Buffer.concat([header.bytes, u32be(a ? 1 : 0), a ? bytes(a.raw) : Buffer.alloc(0)]));
     const block: Block = {
       block_height: height,
       block_hash: blockHash,
-      index_block_hash: hex0x(sha512_256(`${blockHash}:${consensusHash}`)),
+      index_block_hash: header.indexHash,
       parent_block_hash: parent.hash,
       parent_index_block_hash: parent.indexHash,
       consensus_hash: consensusHash,
@@ -313,7 +428,9 @@ export class Chain implements ChainView {
   }
 
   private append(entry: LogEntry) {
-    if (!this.logPath || this.replaying) return;
+    if (this.replaying) return;
+    this.entries.push(entry);
+    if (!this.logPath) return;
     const fd = openSync(this.logPath, "a", 0o600);
     try {
       appendFileSync(fd, JSON.stringify(entry) + "\n");
@@ -325,25 +442,45 @@ export class Chain implements ChainView {
 
   private replaying = false;
 
-  private replay(log: string) {
+  /** Writes the log anew from `entries` (after a fork), atomically. */
+  private rewriteLog() {
+    if (!this.logPath) return;
+    const tmp = `${this.logPath}.tmp`;
+    const fd = openSync(tmp, "w", 0o600);
+    try {
+      writeFileSync(fd, this.entries.map((e) => JSON.stringify(e) + "\n").join(""));
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, this.logPath);
+  }
+
+  private replay(log: string | LogEntry[]) {
     this.replaying = true;
     try {
-      for (const line of log.split("\n")) {
-        if (!line.trim()) continue;
+      const lines = typeof log === "string" ? log.split("\n") : log;
+      for (const line of lines) {
         let entry: LogEntry;
-        try {
-          entry = JSON.parse(line);
-        } catch {
-          break; // a torn last line from a crash: everything before it was fsynced whole
+        if (typeof line === "string") {
+          if (!line.trim()) continue;
+          try {
+            entry = JSON.parse(line);
+          } catch {
+            break; // a torn last line from a crash: everything before it was fsynced whole
+          }
+        } else {
+          entry = line;
         }
+        this.entries.push(entry);
         if (entry.op === "mint") {
           this.simnet.mintSTX(entry.principal, BigInt(entry.amount));
           this.replayedMints++;
         } else if (entry.tx === null) {
-          this.execute(null, entry.time);
+          this.execute(null, entry.time, entry.salt);
         } else {
           const a = admit(Buffer.from(entry.tx, "hex"), this);
-          this.execute(a, entry.time);
+          this.execute(a, entry.time, entry.salt);
         }
       }
     } finally {

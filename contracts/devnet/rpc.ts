@@ -113,6 +113,24 @@ async function route(chain: Chain, observers: Observers, req: IncomingMessage, r
 
   if (req.method === "GET" && path === "/v2/fees/transfer") return json(res, 200, 1);
 
+  if (req.method === "GET" && (p = m(/^\/v3\/blocks\/height\/(\d+)$/))) {
+    const height = Number(p[1]);
+    if (!Number.isSafeInteger(height) || height > 4294967295) throw new HttpError(400, "Invalid block height");
+    const raw = chain.blockBytes(height);
+    if (!raw) throw new HttpError(404, `No block at height ${height}`);
+    res.writeHead(200, { "content-type": "application/octet-stream", "content-length": raw.length });
+    return res.end(raw);
+  }
+
+  if (req.method === "GET" && path === "/v3/tenures/info") {
+    const tip = chain.tip;
+    return json(res, 200, {
+      consensus_hash: tip.consensusHash.slice(2), tip_block_id: tip.indexHash.slice(2), tip_height: tip.height,
+      tenure_start_block_id: tip.indexHash.slice(2), parent_consensus_hash: tip.consensusHash.slice(2),
+      parent_tenure_start_block_id: tip.indexHash.slice(2), reward_cycle: 0,
+    });
+  }
+
   if (req.method === "POST" && path === "/v2/transactions") {
     const type = (req.headers["content-type"] ?? "").split(";")[0].trim();
     let raw: Uint8Array;
@@ -145,6 +163,14 @@ async function route(chain: Chain, observers: Observers, req: IncomingMessage, r
     const blocks = empty !== null ? chain.mineEmpty(boundedInt(empty, 1, 10_000)) : chain.mine();
     return json(res, 200, { blocks: blocks.map((b) => ({ height: b.block_height, hash: b.block_hash,
       txids: b.transactions.map((t) => t.txid) })), tip: chain.tipHeight });
+  }
+
+  if (req.method === "POST" && path === "/devnet/fork") {
+    const depth = boundedInt(url.searchParams.get("depth") ?? "1", 1, 10_000);
+    if (depth > chain.blocks.length) throw new HttpError(400, `only ${chain.blocks.length} blocks were mined`);
+    const { blocks, dropped } = await chain.fork(depth);
+    return json(res, 200, { blocks: blocks.map((b) => ({ height: b.block_height, hash: b.block_hash,
+      index_block_hash: b.index_block_hash })), dropped, tip: chain.tipHeight });
   }
 
   if (req.method === "GET" && (p = m(/^\/devnet\/tx\/(?:0x)?([0-9a-fA-F]{64})$/))) {
