@@ -2,11 +2,13 @@
 //! request, sign one Ed25519 JWT), and the whole grant path with its durable write, without
 //! HTTP. `cargo bench --bench issuance`; the HTTP load test is `scripts/bench` (see README).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use breakglass::access::BreakGlass;
 use breakglass::chain::contracts::Contracts;
+use breakglass::chain::follower::FollowerStatus;
 use breakglass::chain::rpc::NodeClient;
 use breakglass::chain::state::ChainState;
 use breakglass::configuration::Settings;
@@ -71,6 +73,7 @@ fn benches(c: &mut Criterion) {
                     data_types: DataType::ALL.to_vec(),
                     max_window: 720,
                     is_default: true,
+                    registered: Some(false),
                 },
             )],
             ..Batch::default()
@@ -98,8 +101,11 @@ fn benches(c: &mut Criterion) {
                 message_hash: String::new(),
                 signature: String::new(),
                 on_call: None,
+                degraded: false,
+                chain_lag_blocks: 0,
+                patient_registered: Some(true),
             };
-            tokens.issue(&tokens.claims(&record, &r.reason)).unwrap()
+            tokens.issue(&tokens.claims(&record)).unwrap()
         })
     });
 
@@ -113,9 +119,22 @@ fn benches(c: &mut Criterion) {
             address: settings.contracts_address(),
         },
     );
+    // a follower in touch with the node at block 1, as the poller keeps it
+    let follower = Arc::new(FollowerStatus::default());
+    follower.applied.store(1, Ordering::SeqCst);
+    follower.node_tip.store(1, Ordering::SeqCst);
+    follower.node_reachable.store(true, Ordering::SeqCst);
+    let polled = follower.clone();
+    std::thread::spawn(move || loop {
+        polled
+            .last_poll_ok_ms
+            .store(breakglass::chain::follower::now_ms(), Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+    });
     let bg = BreakGlass::new(
         &settings,
         state,
+        follower,
         Arc::new(Policies::defaults().unwrap()),
         tokens.clone(),
         keyring.clone(),

@@ -68,7 +68,7 @@ fn durable_writer(path: PathBuf) -> std::io::Result<mpsc::Sender<Write>> {
 }
 
 /// The request verified and the record a grant would hold (no policy, no store).
-fn verified(body: &[u8]) -> Option<(AccessRecord, String)> {
+fn verified(body: &[u8]) -> Option<AccessRecord> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -81,7 +81,8 @@ fn verified(body: &[u8]) -> Option<(AccessRecord, String)> {
         patient: r.patient,
         data_types: r.data_types,
         reason_sealed: String::new(),
-        reason_hash: String::new(),
+        // as the grant does: the token carries the reason's hash, never the reason
+        reason_hash: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(r.reason.as_bytes())),
         device: r.device,
         nonce: r.nonce,
         issued_at: r.issued_at,
@@ -93,8 +94,11 @@ fn verified(body: &[u8]) -> Option<(AccessRecord, String)> {
         message_hash: String::new(),
         signature: String::new(),
         on_call: None,
+        degraded: false,
+        chain_lag_blocks: 0,
+        patient_registered: Some(true),
     };
-    Some((record, r.reason))
+    Some(record)
 }
 
 fn granted(token: Result<String, impl std::fmt::Debug>) -> HttpResponse {
@@ -105,10 +109,10 @@ fn granted(token: Result<String, impl std::fmt::Debug>) -> HttpResponse {
 }
 
 async fn crypto(tokens: web::Data<Arc<TokenIssuer>>, body: web::Bytes) -> HttpResponse {
-    let Some((record, reason)) = verified(&body) else {
+    let Some(record) = verified(&body) else {
         return HttpResponse::BadRequest().finish();
     };
-    granted(tokens.issue(&tokens.claims(&record, &reason)))
+    granted(tokens.issue(&tokens.claims(&record)))
 }
 
 async fn durable(
@@ -116,7 +120,7 @@ async fn durable(
     writer: web::Data<mpsc::Sender<Write>>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let Some((record, reason)) = verified(&body) else {
+    let Some(record) = verified(&body) else {
         return HttpResponse::BadRequest().finish();
     };
     let Ok(bytes) = serde_json::to_vec(&record) else {
@@ -127,7 +131,7 @@ async fn durable(
     if writer.send((bytes, done)).is_err() {
         return HttpResponse::ServiceUnavailable().finish();
     }
-    let token = tokens.issue(&tokens.claims(&record, &reason));
+    let token = tokens.issue(&tokens.claims(&record));
     match written.await {
         Ok(true) => granted(token),
         _ => HttpResponse::ServiceUnavailable().finish(),

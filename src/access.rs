@@ -7,27 +7,25 @@
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 
 use crate::chain::contracts::ACCESS_CONTROL;
-use crate::chain::follower::{now_ms, now_secs};
+use crate::chain::follower::{now_ms, now_secs, FollowerStatus};
 use crate::chain::state::ChainState;
 use crate::chain::submitter;
 use crate::configuration::Settings;
 use crate::domain::ProviderStatus;
 use crate::metrics::Metrics;
 use crate::paging::{Lookup, OnCall};
-use crate::policy::{Policies, Verdict};
+use crate::policy::{Policies, Situation, Verdict};
 use crate::request::{self, RequestError};
 use crate::stacks::{Principal, Value};
 use crate::store::{apply_started, AccessRecord, Batch, ProviderState};
 use crate::token::TokenIssuer;
-
-/// The longest window access-control accepts, in blocks.
-pub const MAX_WINDOW_BLOCKS: u64 = 4320;
 
 /// A refusal: an HTTP status, a stable code and a sentence for the clinician.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,12 +83,54 @@ pub struct BreakGlass {
     notify: crate::configuration::NotifySettings,
     /// Where each grant announces its notice to the notifier (`notify::Notifier::run`).
     notices: Option<tokio::sync::mpsc::UnboundedSender<(u64, String)>>,
+    /// How far the follower's view of the chain may be behind (`chain_view`).
+    follower: Arc<FollowerStatus>,
+    max_lag_blocks: u64,
+    /// How recently the node must have answered to count as reachable.
+    fresh_ms: u64,
+}
+
+/// The service's view of the chain at one grant, as the policies see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainView {
+    pub lag_blocks: u64,
+    pub reachable: bool,
+    pub stale: bool,
+}
+
+/// `status` read at `now_ms`: the lag behind the node's tip, or, when the node has been
+/// silent, the blocks that could have been mined since it last answered (a suspension made
+/// meanwhile is not seen either way); never heard from, the view counts as stale.
+pub fn chain_view(
+    status: &FollowerStatus,
+    now_ms: u64,
+    seconds_per_block: u64,
+    max_lag_blocks: u64,
+    fresh_ms: u64,
+) -> ChainView {
+    let heard = status.last_poll_ok_ms.load(Ordering::SeqCst);
+    if heard == 0 || status.applied() == 0 {
+        return ChainView {
+            lag_blocks: u64::MAX,
+            reachable: false,
+            stale: true,
+        };
+    }
+    let silent_ms = now_ms.saturating_sub(heard);
+    let silent_blocks = silent_ms / seconds_per_block.saturating_mul(1000).max(1);
+    let lag_blocks = status.lag().max(silent_blocks);
+    ChainView {
+        lag_blocks,
+        reachable: status.node_reachable.load(Ordering::SeqCst) && silent_ms <= fresh_ms,
+        stale: lag_blocks > max_lag_blocks,
+    }
 }
 
 impl BreakGlass {
     pub fn new(
         settings: &Settings,
         state: ChainState,
+        follower: Arc<FollowerStatus>,
         policies: Arc<Policies>,
         tokens: Arc<TokenIssuer>,
         keyring: Arc<crate::seal::Keyring>,
@@ -119,6 +159,9 @@ impl BreakGlass {
             seconds_per_block: settings.issuance.seconds_per_block,
             notify: settings.notify.clone(),
             notices: None,
+            follower,
+            max_lag_blocks: settings.follower.max_lag_blocks,
+            fresh_ms: settings.follower.fresh_ms(),
         })
     }
 
@@ -260,16 +303,48 @@ impl BreakGlass {
             ));
         }
 
-        // 7. the policies
+        // 7. the policies, which also see how fresh the chain state is and whether the
+        // patient is registered
+        let chain = chain_view(
+            &self.follower,
+            now_ms(),
+            self.seconds_per_block,
+            self.max_lag_blocks,
+            self.fresh_ms,
+        );
+        let patient_registered = prefs.registered.unwrap_or(false);
+        let situation = Situation {
+            on_call: on_call.as_ref(),
+            chain_lag_blocks: chain.lag_blocks,
+            chain_reachable: chain.reachable,
+            chain_stale: chain.stale,
+            patient_registered,
+        };
         let (policy_minutes, rules) = match self
             .policies
-            .decide(&signer, role, &req.data_types, on_call.as_ref())
+            .decide(&signer, role, &req.data_types, &situation)
             .map_err(Self::unavailable)?
         {
             Verdict::Permit {
                 window_minutes,
                 rules,
             } => (window_minutes, rules),
+            Verdict::Deny { message, .. } if chain.stale => {
+                let lag = if chain.lag_blocks == u64::MAX {
+                    "has never been confirmed by the node".to_string()
+                } else {
+                    format!("may be {} blocks old", chain.lag_blocks)
+                };
+                return Err(Refusal::new(
+                    503,
+                    "chain-state-stale",
+                    "Chain state stale",
+                    format!(
+                        "the service's view of the chain {lag} (the limit is {}), so a suspension or an opt-out could be missed: {message}; try again",
+                        self.max_lag_blocks
+                    ),
+                ));
+            }
             Verdict::Deny { message, .. } => {
                 return Err(Refusal::new(
                     403,
@@ -279,6 +354,9 @@ impl BreakGlass {
                 ))
             }
         };
+        if chain.stale {
+            tracing::warn!(provider = %signer, lag_blocks = chain.lag_blocks, "a degraded grant: the policies permit it on a stale view of the chain");
+        }
 
         // 8. the rate of grants per clinician
         if self.limiter.check_key(&signer).is_err() {
@@ -291,14 +369,16 @@ impl BreakGlass {
         }
 
         // the window: the policy's, never beyond the patient's maximum (in blocks, which the
-        // chain record is checked against) nor the contract's, to the second
+        // chain record is checked against), to the second; patient-consent keeps every
+        // patient's maximum within the contracts' one longest window
+        // (`get-max-emergency-window`), so that bound holds here too
+        let max_blocks = prefs.max_window.max(1);
         let window_secs = (u64::from(policy_minutes.max(1)) * 60)
-            .min(prefs.max_window.saturating_mul(self.seconds_per_block))
-            .min(MAX_WINDOW_BLOCKS * self.seconds_per_block)
+            .min(max_blocks.saturating_mul(self.seconds_per_block))
             .max(1);
         let window_blocks = window_secs
             .div_ceil(self.seconds_per_block)
-            .clamp(1, MAX_WINDOW_BLOCKS);
+            .clamp(1, max_blocks);
         let window_minutes = u32::try_from(window_secs.div_ceil(60)).unwrap_or(u32::MAX);
 
         // the record, the chain operation and the used nonce: one durable write, or nothing
@@ -330,6 +410,9 @@ impl BreakGlass {
             message_hash: hex::encode(req.message_hash),
             signature: hex::encode(&req.signature),
             on_call,
+            degraded: chain.stale,
+            chain_lag_blocks: chain.lag_blocks,
+            patient_registered: Some(patient_registered),
         };
         let args: Vec<String> = [
             Value::buffer(id),
@@ -343,6 +426,7 @@ impl BreakGlass {
             ),
             Value::UInt(window_blocks.into()),
             Value::buffer(reason_hash),
+            Value::Bool(chain.stale),
         ]
         .iter()
         .map(Value::to_hex)
@@ -366,7 +450,7 @@ impl BreakGlass {
         // token leaves only once the record is durable, and is dropped if it never is
         let writing = std::time::Instant::now();
         let written = apply_started(&self.state.store, batch);
-        let claims = self.tokens.claims(&access, &req.reason);
+        let claims = self.tokens.claims(&access);
         let token = self.tokens.issue(&claims);
         let written = written.await;
         self.metrics
@@ -447,6 +531,15 @@ impl Seen {
                 self.keys.remove(&key);
             }
         }
+    }
+}
+
+impl BreakGlass {
+    /// The clinician's reason for `access`, unsealed: for the authorized access view only.
+    pub fn reason(&self, access: &AccessRecord) -> Option<String> {
+        let sealed = hex::decode(&access.reason_sealed).ok()?;
+        let plain = self.keyring.open(&reason_name(&access.id), &sealed).ok()?;
+        String::from_utf8(plain).ok()
     }
 }
 

@@ -299,8 +299,38 @@ pub struct FollowerSettings {
     pub listen: SocketAddr,
     /// How often the node's tip is polled, to notice gaps and to judge readiness.
     pub poll_interval_ms: u64,
-    /// Ready only while the follower is within this many blocks of the node's tip.
+    /// Ready only while the follower is within this many blocks of the node's tip; beyond
+    /// it (or when the node has not been heard from for as long) the policies see
+    /// `context.chain_stale` and the default refuses with `chain-state-stale`.
     pub max_lag_blocks: u64,
+    /// A file holding a secret path segment: the event-observer endpoints are served under
+    /// `/<secret>/` only (the node's `events_observer.endpoint` is then `host:port/<secret>`).
+    /// Unset, they are at `/`: keep the port reachable by the node alone either way.
+    #[serde(default)]
+    pub path_secret_file: Option<PathBuf>,
+}
+
+impl FollowerSettings {
+    /// How recently the node must have answered for the follower to count as in touch: three
+    /// polls and a second.
+    pub fn fresh_ms(&self) -> u64 {
+        self.poll_interval_ms.saturating_mul(3).saturating_add(1000)
+    }
+}
+
+/// Reads the observer's secret path segment: 16 to 128 URL-safe characters (letters, digits,
+/// `-`, `_`), so that it is both hard to guess and one path segment.
+pub fn read_path_secret(file: &std::path::Path) -> anyhow::Result<String> {
+    let s = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("follower.path_secret_file {}: {e}", file.display()))?;
+    let s = s.trim();
+    anyhow::ensure!(
+        (16..=128).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "follower.path_secret_file {}: the secret path must be 16 to 128 letters, digits, '-' or '_'",
+        file.display()
+    );
+    Ok(s.to_string())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -361,6 +391,7 @@ impl Default for Settings {
                 listen: ([127, 0, 0, 1], 3700).into(),
                 poll_interval_ms: 1000,
                 max_lag_blocks: 2,
+                path_secret_file: None,
             },
             submitter: SubmitterSettings {
                 fee: 10_000,

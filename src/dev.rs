@@ -112,7 +112,14 @@ async fn start_devnet(opts: &DevOptions, settings: &Settings) -> anyhow::Result<
         anyhow::ensure!(ok.success(), "npm ci failed");
     }
     let data_root = absolute(settings.data.dir.parent().unwrap_or(Path::new(".")))?;
-    let observer = format!("http://{}", settings.follower.listen);
+    let observer = match &settings.follower.path_secret_file {
+        Some(file) => format!(
+            "http://{}/{}",
+            settings.follower.listen,
+            crate::configuration::read_path_secret(file)?
+        ),
+        None => format!("http://{}", settings.follower.listen),
+    };
     let mut args = vec![
         "--import".to_string(),
         "tsx".into(),
@@ -160,7 +167,22 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// The observer's secret path for dev, generated at first run into `data.dir/observer-path`
+/// (0600): the devnet posts its blocks there, so other local processes cannot.
+fn dev_path_secret(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let file = data_dir.join("observer-path");
+    if !file.exists() {
+        std::fs::create_dir_all(data_dir)?;
+        let secret: [u8; 16] = secp256k1::rand::random();
+        crate::keys::write_private_bytes(&file, hex::encode(secret).as_bytes())?;
+    }
+    Ok(file)
+}
+
 pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()> {
+    if settings.follower.path_secret_file.is_none() {
+        settings.follower.path_secret_file = Some(dev_path_secret(&settings.data.dir)?);
+    }
     let (mut devnet, ready) = start_devnet(&opts, &settings).await?;
     // held open for as long as this process lives (Child::wait would close it)
     let _devnet_stdin = devnet.stdin.take();
@@ -176,6 +198,11 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
     };
     let (patients, practitioners) = demo_directories(&demo, &settings);
     let data_dir = settings.data.dir.clone();
+    let observer_path = settings
+        .follower
+        .path_secret_file
+        .clone()
+        .unwrap_or_default();
     let (patient_system, provider_system) = (
         settings.directory.patient_id_system.clone(),
         settings.directory.provider_principal_system.clone(),
@@ -211,7 +238,11 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
         "  stacks node RPC   {}   (the devnet; try: curl {}/v2/info)",
         ready.rpc, ready.rpc
     );
-    println!("  event observer    http://{}", app.observer_addr);
+    println!(
+        "  event observer    http://{}/<the secret path in {}>",
+        app.observer_addr,
+        observer_path.display()
+    );
     println!(
         "  responder         {} (the service's key)",
         demo.responder.principal

@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use std::sync::atomic::Ordering;
+
 use crate::chain::follower::FollowerStatus;
 use crate::paging::OnCall;
 
@@ -56,6 +58,7 @@ pub struct Metrics {
     on_call: Family<Source, Gauge>,
     applied_height: Gauge,
     node_tip_height: Gauge,
+    pushes_not_on_chain: Gauge,
 }
 
 impl Default for Metrics {
@@ -79,6 +82,7 @@ impl Metrics {
             on_call: Family::default(),
             applied_height: Gauge::default(),
             node_tip_height: Gauge::default(),
+            pushes_not_on_chain: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("grants", "Break-glass accesses granted", m.grants.clone());
@@ -132,6 +136,11 @@ impl Metrics {
             "The node's tip as last seen",
             m.node_tip_height.clone(),
         );
+        registry.register(
+            "chain_pushes_not_on_chain",
+            "Blocks pushed to the event observer that the node did not confirm (forged, or abandoned since), since start",
+            m.pushes_not_on_chain.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -165,6 +174,8 @@ impl Metrics {
         }
         self.applied_height.set(g(follower.applied()));
         self.node_tip_height.set(g(follower.node_tip()));
+        self.pushes_not_on_chain
+            .set(g(follower.pushes_not_on_chain.load(Ordering::SeqCst)));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "metrics encoding failed");

@@ -41,6 +41,49 @@ pub enum PolicyError {
     Annotation(String, String),
 }
 
+/// What the policies see of a request beyond the clinician and the data types
+/// (`context` in Cedar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Situation<'a> {
+    /// Why the clinician counts as on call; `None` when on-call is not checked.
+    pub on_call: Option<&'a OnCall>,
+    /// How many blocks the service's view of the chain may be behind the node's tip (when
+    /// the node cannot be reached: the blocks that could have been mined since it last
+    /// answered).
+    pub chain_lag_blocks: u64,
+    /// Whether the node answered recently.
+    pub chain_reachable: bool,
+    /// Beyond `follower.max_lag_blocks`: the view may miss a suspension or an opt-out.
+    pub chain_stale: bool,
+    /// Whether the patient id is registered in patient-consent (an unregistered one has the
+    /// contract's default preferences).
+    pub patient_registered: bool,
+}
+
+impl Situation<'_> {
+    /// A fresh view of the chain and a registered patient, without on-call: what
+    /// `breakglass policy check` shows.
+    pub const NORMAL: Situation<'static> = Situation {
+        on_call: None,
+        chain_lag_blocks: 0,
+        chain_reachable: true,
+        chain_stale: false,
+        patient_registered: true,
+    };
+
+    /// The context attributes a decision table is kept for, every combination of them.
+    fn table_key(&self) -> (bool, bool, bool) {
+        (
+            self.chain_reachable,
+            self.chain_stale,
+            self.patient_registered,
+        )
+    }
+}
+
+/// Context attributes with few enough values that decisions can be made once for each.
+const ENUMERABLE: [&str; 3] = ["chain_reachable", "chain_stale", "patient_registered"];
+
 /// The decision for one request (all its data types).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -59,15 +102,20 @@ pub struct Policies {
     set: PolicySet,
     schema: Schema,
     action: EntityUid,
-    /// Every (role, data type) decided once at load: the schema gives policies nothing else
-    /// to look at, unless a policy names a provider, in which case nothing is precomputed.
-    table: Option<HashMap<(Role, DataType), Verdict>>,
+    /// Every (role, data type, enumerable context) decided once at load, unless a policy
+    /// names a provider or reads a context attribute with many values (`on_call`,
+    /// `chain_lag_blocks`), in which case nothing is precomputed.
+    table: Option<HashMap<TableKey, Verdict>>,
 }
 
+/// A precomputed decision's key: the role, the data type and `Situation::table_key`.
+type TableKey = (Role, DataType, (bool, bool, bool));
+
 /// Whether a policy (its Cedar JSON form) names a `Provider` entity (`principal ==
-/// Provider::"..."`, a literal in a condition) or reads `context`: then its decision is not
-/// a function of the role and the data type alone.
-fn names_a_provider_or_reads_the_context(json: &serde_json::Value) -> bool {
+/// Provider::"..."`, a literal in a condition) or reads `context` other than through the
+/// `ENUMERABLE` attributes: then its decision is not a function of the role, the data type
+/// and those.
+fn decided_per_request(json: &serde_json::Value) -> bool {
     match json {
         serde_json::Value::Object(m) => {
             let provider = ["entity", "__entity"].iter().any(|k| {
@@ -76,10 +124,23 @@ fn names_a_provider_or_reads_the_context(json: &serde_json::Value) -> bool {
                     .and_then(serde_json::Value::as_str)
                     .is_some_and(|t| t.rsplit("::").next() == Some("Provider"))
             });
-            let context = m.get("Var").and_then(serde_json::Value::as_str) == Some("context");
-            provider || context || m.values().any(names_a_provider_or_reads_the_context)
+            // `context.attr` and `context has attr`
+            let read = [".", "has"].iter().find_map(|op| {
+                let access = m.get(*op)?;
+                let left = access.get("left")?.get("Var")?.as_str()?;
+                (left == "context").then(|| access.get("attr").and_then(|a| a.as_str()))
+            });
+            match read {
+                Some(Some(attr)) if ENUMERABLE.contains(&attr) => false,
+                Some(_) => true,
+                None => {
+                    let context =
+                        m.get("Var").and_then(serde_json::Value::as_str) == Some("context");
+                    provider || context || m.values().any(decided_per_request)
+                }
+            }
         }
-        serde_json::Value::Array(a) => a.iter().any(names_a_provider_or_reads_the_context),
+        serde_json::Value::Array(a) => a.iter().any(decided_per_request),
         _ => false,
     }
 }
@@ -113,14 +174,14 @@ impl Policies {
         }
         let action = EntityUid::from_str(r#"Breakglass::Action::"break-glass""#)
             .map_err(|e| PolicyError::Schema(e.to_string()))?;
-        // a policy that names a provider or reads the context (on call) decides per request;
+        // a policy that names a provider or reads on-call or the lag decides per request;
         // read from its JSON form, whatever the source's spacing
         let mut per_request = false;
         for p in set.policies() {
             let json = p
                 .to_json()
                 .map_err(|e| PolicyError::Parse(format!("{}: {e}", p.id())))?;
-            per_request |= names_a_provider_or_reads_the_context(&json);
+            per_request |= decided_per_request(&json);
         }
         let mut policies = Policies {
             set,
@@ -132,10 +193,23 @@ impl Policies {
             let mut table = HashMap::new();
             for role in Role::ALL {
                 for dt in DataType::ALL {
-                    table.insert(
-                        (*role, *dt),
-                        policies.evaluate("ST000000000000000000002AMW42H", *role, &[*dt], None)?,
-                    );
+                    for bits in 0..8u8 {
+                        let situation = Situation {
+                            chain_reachable: bits & 1 != 0,
+                            chain_stale: bits & 2 != 0,
+                            patient_registered: bits & 4 != 0,
+                            ..Situation::NORMAL
+                        };
+                        table.insert(
+                            (*role, *dt, situation.table_key()),
+                            policies.evaluate(
+                                "ST000000000000000000002AMW42H",
+                                *role,
+                                &[*dt],
+                                &situation,
+                            )?,
+                        );
+                    }
                 }
             }
             policies.table = Some(table);
@@ -176,22 +250,21 @@ impl Policies {
     }
 
     /// Decides a request: every data type must be permitted; the window is the shortest of
-    /// the permits that decided. `on_call` is why the clinician counts as on call (`None`
-    /// when on-call is not checked), `context.on_call` to the policies.
+    /// the permits that decided. `situation` is the policies' `context`.
     pub fn decide(
         &self,
         provider: &str,
         role: Role,
         data_types: &[DataType],
-        on_call: Option<&OnCall>,
+        situation: &Situation,
     ) -> Result<Verdict, PolicyError> {
         let Some(table) = &self.table else {
-            return self.evaluate(provider, role, data_types, on_call);
+            return self.evaluate(provider, role, data_types, situation);
         };
         let mut window = u32::MAX;
         let mut rules: Vec<String> = Vec::new();
         for dt in data_types {
-            match table.get(&(role, *dt)) {
+            match table.get(&(role, *dt, situation.table_key())) {
                 Some(Verdict::Permit {
                     window_minutes,
                     rules: r,
@@ -204,7 +277,7 @@ impl Policies {
                     }
                 }
                 Some(deny) => return Ok(deny.clone()),
-                None => return self.evaluate(provider, role, data_types, on_call),
+                None => return self.evaluate(provider, role, data_types, situation),
             }
         }
         Ok(Verdict::Permit {
@@ -219,19 +292,24 @@ impl Policies {
         provider: &str,
         role: Role,
         data_types: &[DataType],
-        on_call: Option<&OnCall>,
+        situation: &Situation,
     ) -> Result<Verdict, PolicyError> {
-        let context = match on_call {
-            None => json!({}),
-            Some(o) => json!({ "on_call": {
+        let mut context = json!({
+            "chain_lag_blocks": i64::try_from(situation.chain_lag_blocks).unwrap_or(i64::MAX),
+            "chain_reachable": situation.chain_reachable,
+            "chain_stale": situation.chain_stale,
+            "patient_registered": situation.patient_registered,
+        });
+        if let Some(o) = situation.on_call {
+            context["on_call"] = json!({
                 "source": o.source,
                 "service": o.service.clone().unwrap_or_default(),
                 "since": o.since.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
                 "until": o.until.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
                 "incident": o.incident.clone().unwrap_or_default(),
                 "acknowledged": o.acknowledged,
-            }}),
-        };
+            });
+        }
         let principal = EntityUid::from_str(&format!("Breakglass::Provider::{}", json!(provider)))
             .map_err(|e| PolicyError::Parse(e.to_string()))?;
         let mut entities = vec![
@@ -307,7 +385,12 @@ impl Policies {
         for role in Role::ALL {
             let mut row = serde_json::Map::new();
             for dt in DataType::ALL {
-                let v = match self.decide("ST000000000000000000002AMW42H", *role, &[*dt], None)? {
+                let v = match self.decide(
+                    "ST000000000000000000002AMW42H",
+                    *role,
+                    &[*dt],
+                    &Situation::NORMAL,
+                )? {
                     Verdict::Permit { window_minutes, .. } => {
                         json!(format!("{window_minutes} min"))
                     }
@@ -330,8 +413,33 @@ mod tests {
     #[test]
     fn the_defaults_are_decided_once_per_role_and_data_type() {
         // the break-glass path reads a table for them, and asks Cedar only when a policy
-        // names a provider or reads the context
+        // names a provider or reads on-call or the lag
         assert!(Policies::defaults().unwrap().table.is_some());
+        let lag = format!(
+            "{DEFAULT_POLICIES}\n@id(\"x\")\nforbid (principal, action, resource) when {{ context.chain_lag_blocks > 1 }};"
+        );
+        assert!(Policies::from_sources(DEFAULT_SCHEMA, &lag)
+            .unwrap()
+            .table
+            .is_none());
+        // the context's booleans are few enough to decide for each combination
+        let registered = format!(
+            "{DEFAULT_POLICIES}\n@id(\"x\")\nforbid (principal, action, resource) when {{ !context.patient_registered && !(context has on_call) }};"
+        );
+        assert!(
+            Policies::from_sources(DEFAULT_SCHEMA, &registered)
+                .unwrap()
+                .table
+                .is_none(),
+            "`has on_call` reads on-call"
+        );
+        let registered = format!(
+            "{DEFAULT_POLICIES}\n@id(\"x\")\nforbid (principal, action, resource) when {{ !context.patient_registered && context.chain_reachable }};"
+        );
+        assert!(Policies::from_sources(DEFAULT_SCHEMA, &registered)
+            .unwrap()
+            .table
+            .is_some());
         let on_call = format!(
             "{DEFAULT_POLICIES}\n@id(\"x\")\nforbid (principal, action, resource) when {{ context has on_call }};"
         );

@@ -99,6 +99,7 @@ impl Application {
             BreakGlass::new(
                 &settings,
                 state.clone(),
+                status.clone(),
                 policies.clone(),
                 tokens,
                 keyring.clone(),
@@ -118,7 +119,12 @@ impl Application {
         let clients = web::Data::new(http::tokens::Clients(
             settings.resource_servers.clients.clone(),
         ));
-        let follower = Arc::new(Follower::new(state.clone(), status.clone())?);
+        let sender = keys.stacks_address(mainnet);
+        let follower = Arc::new(Follower::new(state.clone(), status.clone(), sender)?);
+        let observer_prefix = match &settings.follower.path_secret_file {
+            Some(file) => format!("/{}", crate::configuration::read_path_secret(file)?),
+            None => String::new(),
+        };
         let notifier = Arc::new(Notifier::new(&settings, store.clone(), keyring.clone())?);
         let apply_lock = state.apply_lock.clone();
         let admin = web::Data::new(http::admin::Admin {
@@ -129,7 +135,6 @@ impl Application {
             patient_id_system: settings.directory.patient_id_system.clone(),
             provider_principal_system: settings.directory.provider_principal_system.clone(),
         });
-        let sender = keys.stacks_address(mainnet);
         let submitter = Arc::new(Submitter {
             store: store.clone(),
             rpc,
@@ -191,7 +196,7 @@ impl Application {
             follower: status.clone(),
             keys_loaded: true,
             max_lag_blocks: settings.follower.max_lag_blocks,
-            fresh_ms: (poll.as_millis() as u64) * 3 + 1000,
+            fresh_ms: settings.follower.fresh_ms(),
             oncall,
             metrics,
         });
@@ -220,7 +225,7 @@ impl Application {
         let observer = HttpServer::new(move || {
             App::new()
                 .app_data(follower_data.clone())
-                .configure(http::observer)
+                .configure(http::observer(observer_prefix.clone()))
         })
         .listen(observer_listener)?
         .workers(1)

@@ -1,5 +1,6 @@
 //! Break-glass access tokens: Ed25519-signed JWTs per RFC 9068 (`typ: at+jwt`) with SMART v2
-//! scopes for the data types opened, `purpose_of_use: BTG`, the patient and the reason; and
+//! scopes for the data types opened, `purpose_of_use: BTG`, the patient, the reason's hash
+//! (never its text) and whether the grant was degraded; and
 //! the JWKS that resource servers verify them with.
 //!
 //! The signing key is generated at first run into the data directory, sealed with the data key
@@ -63,8 +64,13 @@ pub struct AccessClaims {
     pub scope: String,
     pub purpose_of_use: String,
     pub patient: String,
-    pub reason: String,
+    /// The SHA-256 of the clinician's reason, hex: the `reason-hash` of the chain record.
+    /// Never the reason itself: resource servers log tokens, and the reason is clinical free
+    /// text, kept sealed and shown only in the authorized access view.
+    pub reason_hash: String,
     pub data_types: Vec<DataType>,
+    /// Granted on a stale view of the chain, as a degraded-mode policy allowed.
+    pub degraded: bool,
 }
 
 struct SigningKey {
@@ -226,9 +232,8 @@ impl TokenIssuer {
         json!({ "keys": keys })
     }
 
-    /// The claims of `access`'s token; `reason` is the clinician's words (the record keeps
-    /// them only sealed).
-    pub fn claims(&self, access: &AccessRecord, reason: &str) -> AccessClaims {
+    /// The claims of `access`'s token.
+    pub fn claims(&self, access: &AccessRecord) -> AccessClaims {
         AccessClaims {
             iss: self.issuer.clone(),
             sub: access.provider.clone(),
@@ -240,8 +245,9 @@ impl TokenIssuer {
             scope: scopes(&access.data_types).join(" "),
             purpose_of_use: PURPOSE_OF_USE.into(),
             patient: access.patient.to_string(),
-            reason: reason.to_string(),
+            reason_hash: access.reason_hash.clone(),
             data_types: access.data_types.clone(),
+            degraded: access.degraded,
         }
     }
 }

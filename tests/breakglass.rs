@@ -85,7 +85,18 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
         assert_eq!((ok, &full["view"]), (200, &json!("full")), "{full}");
         assert_eq!(full["provider"], p["principal"]);
         assert_eq!(full["data_types"], json!(dts));
-        assert!(full.get("reason").is_none(), "{full}");
+        // the reason: only here, unsealed for the holder of the token; the token carries
+        // its hash alone (resource servers log tokens)
+        let reason = "unresponsive on arrival, suspected anaphylaxis";
+        assert_eq!(full["reason"], reason, "{full}");
+        let reason_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(reason));
+        assert_eq!(full["reason_hash"], reason_hash);
+        assert_eq!(claims["reason_hash"], reason_hash, "{claims}");
+        assert!(claims.get("reason").is_none(), "{claims}");
+        assert!(!token_payload(token).contains("anaphylaxis"));
+        assert_eq!(claims["degraded"], false);
+        assert_eq!(full["degraded"], false);
+        assert_eq!(full["patient_registered"], true);
         if let Some(other) = &previous_token {
             let (refused, problem) = access_with_token(app, id, other).await;
             assert_eq!(
@@ -96,18 +107,10 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
         let (refused, _) = access_with_token(app, id, "not-a-token").await;
         assert_eq!(refused, 401);
         previous_token = Some(token.to_string());
-        eventually("submitted", SECS, async || {
-            (get(app, &format!("/v1/accesses/{id}")).await["chain"]["state"] == "submitted")
-                .then_some(())
-        })
-        .await;
+        chain_state(app, id, "submitted").await;
         let start = devnet.tip().await;
         devnet.mine().await;
-        let confirmed = eventually("confirmed", SECS, async || {
-            let s = get(app, &format!("/v1/accesses/{id}")).await;
-            (s["chain"]["state"] == "confirmed").then_some(s)
-        })
-        .await;
+        let confirmed = chain_state(app, id, "confirmed").await;
         assert!(confirmed["chain"]["block_height"].as_u64().unwrap() <= start + 2);
         let shown = on_chain(app, id).await;
         assert!(
@@ -119,6 +122,15 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
             !shown.contains("anaphylaxis"),
             "only the reason's hash goes on chain"
         );
+        // the token's reason hash is the chain record's
+        assert!(
+            shown.contains(&format!(
+                "(reason-hash 0x{})",
+                claims["reason_hash"].as_str().unwrap()
+            )),
+            "{shown}"
+        );
+        assert!(shown.contains("(degraded false)"), "{shown}");
     }
 
     // operators see how long grants take, and their durable writes
@@ -148,6 +160,24 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
             < value("breakglass_grant_duration_seconds_sum "),
         "the durable write is a part of each grant"
     );
+}
+
+/// Waits until the access's chain record is in `state` (the public view); that view.
+async fn chain_state(app: &breakglass::startup::Application, id: &str, state: &str) -> Json {
+    eventually(state, SECS, async || {
+        let s = get(app, &format!("/v1/accesses/{id}")).await;
+        (s["chain"]["state"] == state).then_some(s)
+    })
+    .await
+}
+
+/// A JWT's payload, decoded (not verified).
+fn token_payload(token: &str) -> String {
+    let part = token.split('.').nth(1).unwrap();
+    String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, part).unwrap(),
+    )
+    .unwrap()
 }
 
 /// `provider` (a demo clinician) asks for `patient`'s allergies, now, with `nonce`.
@@ -639,4 +669,454 @@ async fn an_access_granted_before_a_suspension_still_lands_on_chain() {
         recorded.contains("(provider-status \"suspended\")"),
         "{recorded}"
     );
+}
+
+// --- trust only the chain: forged observer posts, reorgs, a stale view ---
+
+/// A `/new_block` payload naming `prints` (Clarity tuples, as access-control or patient-consent
+/// would print them) and `transactions`, as anyone who reaches the observer port could post it.
+fn forged_block(height: u64, hash: &str, prints: &[(&str, Value)], transactions: Json) -> Json {
+    let events: Vec<Json> = prints
+        .iter()
+        .enumerate()
+        .map(|(i, (contract, v))| {
+            json!({ "txid": format!("0x{}", "ee".repeat(32)), "event_index": i, "committed": true,
+                    "type": "contract_event",
+                    "contract_event": { "contract_identifier": format!("{}.{contract}", deployer()),
+                                        "topic": "print", "raw_value": v.to_hex() } })
+        })
+        .collect();
+    json!({ "block_height": height, "index_block_hash": hash,
+            "parent_index_block_hash": format!("0x{}", "00".repeat(32)),
+            "transactions": transactions, "events": events })
+}
+
+async fn push(app: &breakglass::startup::Application, block: &Json) -> (u16, Json) {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/new_block", app.observer_addr))
+        .json(block)
+        .send()
+        .await
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Json::Null),
+    )
+}
+
+/// The index block hash the devnet gave its block at `height`.
+async fn block_hash(devnet: &Devnet, height: u64) -> String {
+    let b: Json = reqwest::get(format!("{}/devnet/blocks/{height}", devnet.rpc))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    b["index_block_hash"].as_str().unwrap().to_string()
+}
+
+fn tuple(fields: Vec<(&str, Value)>) -> Value {
+    Value::tuple(fields.into_iter().map(|(k, v)| (k.to_string(), v)))
+}
+
+fn principal_of(p: &str) -> Value {
+    Value::Principal(p.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_observer_posts_change_no_decision_readiness_or_confirmation() {
+    let env = setup(|_| {}).await;
+    let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
+    let (physician, pharmacist, paramedic, nurse) = (
+        provider(demo, "physician"),
+        provider(demo, "pharmacist"),
+        provider(demo, "paramedic"),
+        provider(demo, "nurse"),
+    );
+    let (yes, no) = (patient(demo, true), patient(demo, false));
+    let stranger = new_key();
+    let stranger_key = format!("{}01", hex::encode(stranger.secret_bytes()));
+    let stranger_principal = address_of(&stranger).to_string();
+    let mut nonce = 500u64;
+    let mut next = || {
+        nonce += 1;
+        nonce
+    };
+    // the cache holds the pharmacist, the paramedic and the opted-out patient
+    assert_eq!(ask_for_allergies(app, pharmacist, yes, next()).await.0, 201);
+    assert_eq!(ask_for_allergies(app, paramedic, yes, next()).await.0, 201);
+    let (status, body) = ask_for_allergies(app, physician, no, next()).await;
+    assert_eq!((status, &body["code"]), (403, &json!("patient-opted-out")));
+
+    let prints = [
+        (
+            "access-control",
+            tuple(vec![
+                ("topic", Value::ascii("provider-verified")),
+                ("provider", principal_of(&stranger_principal)),
+                ("role", Value::ascii("physician")),
+                ("status", Value::ascii("verified")),
+            ]),
+        ),
+        (
+            "patient-consent",
+            tuple(vec![
+                ("topic", Value::ascii("emergency-preferences-set")),
+                ("patient-id", Value::buffer(hex::decode(no).unwrap())),
+                ("allow", Value::Bool(true)),
+                (
+                    "data-types",
+                    Value::List(vec![
+                        Value::ascii("allergies"),
+                        Value::ascii("advance-directives"),
+                    ]),
+                ),
+                ("max-window", Value::UInt(720)),
+            ]),
+        ),
+        (
+            "access-control",
+            tuple(vec![
+                ("topic", Value::ascii("provider-suspended")),
+                (
+                    "provider",
+                    principal_of(pharmacist["principal"].as_str().unwrap()),
+                ),
+                ("status", Value::ascii("suspended")),
+            ]),
+        ),
+    ];
+    let tip = devnet.tip().await;
+    let applied = app.status.applied();
+    let fake = format!("0x{}", "ab".repeat(32));
+    for block in [
+        // the next height, with a made-up hash
+        forged_block(applied + 1, &fake, &prints, json!([])),
+        // the node's own id for its tip, with made-up events
+        forged_block(tip, &block_hash(devnet, tip).await, &prints, json!([])),
+        // an older block's id, with made-up events
+        forged_block(
+            tip - 1,
+            &block_hash(devnet, tip - 1).await,
+            &prints,
+            json!([]),
+        ),
+        // far ahead
+        forged_block(1_000_000_000_000, &fake, &[], json!([])),
+    ] {
+        let (status, answer) = push(app, &block).await;
+        assert_eq!(
+            status, 200,
+            "the node must not resend what it never sent: {answer}"
+        );
+    }
+    let (status, body) = post(
+        app,
+        &signed(&stranger_key, yes, &["advance-directives"], 1, now()),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("unknown-provider")),
+        "{body}"
+    );
+    let (status, body) = ask_for_allergies(app, physician, no, next()).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("patient-opted-out")),
+        "{body}"
+    );
+    let (status, body) = ask_for_allergies(app, pharmacist, yes, next()).await;
+    assert_eq!(status, 201, "a real clinician is not locked out: {body}");
+    let ready = get(app, "/readyz").await;
+    assert_eq!(
+        ready["checks"]["follower"]["applied_height"],
+        json!(tip),
+        "{ready}"
+    );
+    assert!(app.store.tip().unwrap().unwrap().height <= tip);
+    assert_eq!(app.status.node_tip(), tip);
+    // operators see them
+    let metrics = reqwest::get(format!("http://{}/metrics", app.api_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("breakglass_chain_pushes_not_on_chain 2"),
+        "{metrics}"
+    );
+
+    // a forged block at the next height, sent before the real one: the real one still applies
+    push(app, &forged_block(tip + 1, &fake, &[], json!([]))).await;
+    suspend(&env, paramedic).await;
+    let (status, body) = ask_for_allergies(app, paramedic, yes, next()).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("provider-not-verified")),
+        "{body}"
+    );
+
+    // a forged confirmation of our own transaction, under the node's own block id: not believed
+    let (status, body) = ask_for_allergies(app, nurse, yes, next()).await;
+    assert_eq!(status, 201);
+    let id = body["access_id"].as_str().unwrap().to_string();
+    let txid = eventually("submitted", SECS, async || {
+        let s = get(app, &format!("/v1/accesses/{id}")).await;
+        (s["chain"]["state"] == "submitted")
+            .then(|| s["chain"]["txid"].as_str().unwrap().to_string())
+    })
+    .await;
+    let tip = devnet.tip().await;
+    let mined =
+        json!([{ "txid": format!("0x{txid}"), "status": "success", "raw_result": "0x0703" }]);
+    for block in [
+        forged_block(tip, &block_hash(devnet, tip).await, &[], mined.clone()),
+        forged_block(tip + 1, &fake, &[], mined.clone()),
+    ] {
+        assert_eq!(push(app, &block).await.0, 200);
+    }
+    let s = get(app, &format!("/v1/accesses/{id}")).await;
+    assert_eq!(s["chain"]["state"], "submitted", "{s}");
+    // mined for real: confirmed, with its txid and block
+    devnet.mine().await;
+    let s = chain_state(app, &id, "confirmed").await;
+    assert_eq!(s["chain"]["txid"], json!(txid));
+    let height = s["chain"]["block_height"].as_u64().unwrap();
+    assert!(height > tip && height <= devnet.tip().await, "{s}");
+
+    // malformed and oversized posts change nothing either
+    for body in [
+        json!({ "block_height": "x" }),
+        json!({ "block_height": 1, "index_block_hash": "0x12" }),
+    ] {
+        let (status, _) = push(app, &body).await;
+        assert!(status == 400 || status == 200, "{status}");
+    }
+    assert_eq!(app.status.applied(), devnet.tip().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorg_undoes_what_the_abandoned_blocks_did_within_one_block() {
+    let env = setup(|_| {}).await;
+    let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
+    let (nurse, paramedic) = (provider(demo, "nurse"), provider(demo, "paramedic"));
+    let yes = patient(demo, true);
+    let mut nonce = 700u64;
+    let mut next = || {
+        nonce += 1;
+        nonce
+    };
+    assert_eq!(ask_for_allergies(app, paramedic, yes, next()).await.0, 201);
+    // an access confirmed, then a suspension, both in blocks the reorg abandons
+    let (status, body) = ask_for_allergies(app, nurse, yes, next()).await;
+    assert_eq!(status, 201);
+    let id = body["access_id"].as_str().unwrap().to_string();
+    chain_state(app, &id, "submitted").await;
+    let before = devnet.tip().await;
+    devnet.mine().await;
+    let confirmed = chain_state(app, &id, "confirmed").await;
+    let txid = confirmed["chain"]["txid"].clone();
+    let mined_at = confirmed["chain"]["block_height"].as_u64().unwrap();
+    assert!(mined_at > before);
+    suspend(&env, paramedic).await;
+    let (status, body) = ask_for_allergies(app, paramedic, yes, next()).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("provider-not-verified"))
+    );
+
+    // the node switches to a longer branch without those blocks (their transactions dropped)
+    let tip = devnet.tip().await;
+    let fork = devnet
+        .post(
+            &format!("/devnet/fork?depth={}", tip - mined_at + 1),
+            json!({}),
+        )
+        .await;
+    assert_eq!(fork["tip"], json!(tip + 1), "{fork}");
+    // within the new branch's blocks, nothing more mined: the suspension is gone, and the
+    // access's record is reopened and sent again as the same transaction
+    let status = eventually("suspension undone", SECS, async || {
+        let (status, body) = ask_for_allergies(app, paramedic, yes, next()).await;
+        (status == 201).then_some(body)
+    })
+    .await;
+    assert_eq!(status["token_type"], "Bearer");
+    let reopened = chain_state(app, &id, "submitted").await;
+    assert_eq!(
+        reopened["chain"]["txid"], txid,
+        "the same signed transaction"
+    );
+    assert_eq!(devnet.tip().await, tip + 1, "no block mined meanwhile");
+    eventually("the new tip applied", SECS, async || {
+        let ready = get(app, "/readyz").await;
+        (ready["checks"]["follower"]["applied_height"] == json!(tip + 1)).then_some(())
+    })
+    .await;
+    // broadcast again, mined on the new branch: confirmed again, same txid, its new block
+    let pending = txid.as_str().unwrap().trim_start_matches("0x").to_string();
+    eventually("broadcast again", SECS, async || {
+        let mempool: Json = reqwest::get(format!("{}/devnet/mempool", devnet.rpc))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        mempool
+            .as_array()?
+            .iter()
+            .any(|t| t["txid"].as_str().map(|t| t.trim_start_matches("0x")) == Some(&pending))
+            .then_some(())
+    })
+    .await;
+    devnet.mine().await;
+    let again = chain_state(app, &id, "confirmed").await;
+    assert_eq!(again["chain"]["txid"], txid);
+    assert!(again["chain"]["block_height"].as_u64().unwrap() > tip + 1);
+    assert!(on_chain(app, &id).await.starts_with("(some"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_view_of_the_chain_refuses_unless_a_degraded_policy_permits() {
+    // the hospital's degraded mode: while stale, allergies and blood type only
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("breakglass.cedarschema"),
+        breakglass::policy::DEFAULT_SCHEMA,
+    )
+    .unwrap();
+    let degraded = breakglass::policy::DEFAULT_POLICIES.replace(
+        "when { context.chain_stale };",
+        r#"when { context.chain_stale && !([Breakglass::DataType::"allergies", Breakglass::DataType::"blood-type"].contains(resource)) };"#,
+    );
+    assert_ne!(degraded, breakglass::policy::DEFAULT_POLICIES);
+    std::fs::write(policies.path().join("breakglass.cedar"), degraded).unwrap();
+    let dir = policies.path().to_path_buf();
+    let mut env = setup(move |s| {
+        s.issuance.seconds_per_block = 1;
+        s.follower.max_lag_blocks = 2;
+        // the wait for staleness asks again and again, and is granted until then
+        s.issuance.grants_per_minute = 10_000;
+        s.policy.dir = Some(dir);
+    })
+    .await;
+    let nurse = provider(&env.demo, "nurse").clone();
+    let key = nurse["private_key"].as_str().unwrap().to_string();
+    let yes = patient(&env.demo, true).to_string();
+    let mut nonce = 900u64;
+    let mut ask = async |dts: &[&str]| {
+        nonce += 1;
+        post(&env.app, &signed(&key, &yes, dts, nonce, now())).await
+    };
+    let (status, body) = ask(&["medications"]).await;
+    assert_eq!(status, 201, "{body}");
+
+    // the node goes away: after max_lag_blocks blocks' time, the view is stale
+    let port = env.devnet.rpc.rsplit(':').next().unwrap().to_string();
+    env.devnet.kill().await;
+    let refusal = eventually("chain-state-stale", SECS, async || {
+        let (status, body) = ask(&["medications"]).await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert_eq!(refusal["code"], "chain-state-stale", "{refusal}");
+    assert!(!ready(&env.app).await);
+    // what the degraded policy permits is granted, and says so
+    let (status, body) = ask(&["allergies"]).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["access_id"].as_str().unwrap().to_string();
+    let token = body["access_token"].as_str().unwrap();
+    assert!(
+        token_payload(token).contains("\"degraded\":true"),
+        "{}",
+        token_payload(token)
+    );
+    let (_, full) = access_with_token(&env.app, &id, token).await;
+    assert_eq!(full["degraded"], true, "{full}");
+    assert!(full["chain_lag_blocks"].as_u64().unwrap() > 2, "{full}");
+    let (status, body) = ask(&["allergies", "medications"]).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (503, &json!("chain-state-stale")),
+        "{body}"
+    );
+
+    // the node is back, with the same chain: normal again without waiting for a block
+    let devnet_dir = env.dir.path().join("devnet");
+    env.devnet = Devnet::start(&[
+        "--data-dir",
+        devnet_dir.to_str().unwrap(),
+        "--seed-demo",
+        "--port",
+        &port,
+    ])
+    .await;
+    env.devnet.observe(env.app.observer_addr).await;
+    let tip = env.devnet.tip().await;
+    let body = eventually("fresh again", SECS, async || {
+        let (status, body) = ask(&["medications"]).await;
+        (status == 201).then_some(body)
+    })
+    .await;
+    assert_eq!(env.devnet.tip().await, tip, "no block was needed");
+    let (_, full) = access_with_token(
+        &env.app,
+        body["access_id"].as_str().unwrap(),
+        body["access_token"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(full["degraded"], false);
+    // the degraded access's chain record says so too
+    env.devnet.mine().await;
+    let shown = eventually("degraded record on chain", SECS, async || {
+        env.devnet.mine().await;
+        let shown = on_chain(&env.app, &id).await;
+        shown.starts_with("(some").then_some(shown)
+    })
+    .await;
+    assert!(shown.contains("(degraded true)"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_json_is_415_and_an_unregistered_patient_is_a_visible_decision() {
+    let env = setup(|_| {}).await;
+    let (app, demo) = (&env.app, &env.demo);
+    let key = provider(demo, "nurse")["private_key"].as_str().unwrap();
+    let body = signed(key, patient(demo, true), &["allergies"], 1, now());
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", ""] {
+        let mut req = reqwest::Client::new()
+            .post(format!("http://{}/v1/break-glass", app.api_addr))
+            .body(body.clone());
+        if !content_type.is_empty() {
+            req = req.header("content-type", content_type);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 415, "{content_type}");
+        let problem: Json = res.json().await.unwrap();
+        assert_eq!(problem["code"], "unsupported-media-type");
+    }
+    // nothing was used up: the same signed request, as JSON, is granted
+    let (status, granted) = post(app, &body).await;
+    assert_eq!(status, 201, "{granted}");
+    let (_, full) = access_with_token(
+        app,
+        granted["access_id"].as_str().unwrap(),
+        granted["access_token"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(full["patient_registered"], true);
+
+    // a patient id no one registered: the contract's default preferences, and it shows
+    let unregistered = hex::encode([0x5au8; 32]);
+    let (status, granted) = post(app, &signed(key, &unregistered, &["allergies"], 2, now())).await;
+    assert_eq!(status, 201, "{granted}");
+    let (_, full) = access_with_token(
+        app,
+        granted["access_id"].as_str().unwrap(),
+        granted["access_token"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(full["patient_registered"], false, "{full}");
 }

@@ -57,10 +57,17 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
         status: ProviderStatus::Pending,
         info_hash: Some([1u8; 32]),
     };
+    // the block names a principal the cache does not hold: nothing is stored for it, and its
+    // first use reads it from the node
     eventually("registration seen", SECS, async || {
-        (app.store.provider(&who.to_string()).unwrap() == Some(pending.clone())).then_some(())
+        (app.status.applied() >= devnet.tip().await).then_some(())
     })
     .await;
+    assert_eq!(app.store.provider(&who.to_string()).unwrap(), None);
+    assert_eq!(
+        app.follower.state.provider(&who.to_string()).await.unwrap(),
+        pending
+    );
 
     for (function, status) in [
         ("verify-provider", ProviderStatus::Verified),
@@ -135,6 +142,7 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
         data_types: vec![DataType::Allergies],
         max_window: 30,
         is_default: false,
+        registered: Some(true),
     };
     eventually("preferences seen", SECS, async || {
         (app.store.preferences(&patient_id).unwrap() == Some(opted_out.clone())).then_some(())

@@ -82,6 +82,10 @@ impl Harness {
                 format!("127.0.0.1:{}", self.observer),
             )
             .env("BREAKGLASS_FOLLOWER__POLL_INTERVAL_MS", "200")
+            // this devnet mines every half second, twenty times the default block time, and
+            // its observer queue backs off while the service is down: a few blocks of lag
+            // after each restart are a second or two here, not the minute they would be
+            .env("BREAKGLASS_FOLLOWER__MAX_LAG_BLOCKS", "20")
             .env("BREAKGLASS_SUBMITTER__INTERVAL_MS", "50")
             .env("BREAKGLASS_DATA__DIR", self.data())
             .env(
@@ -163,7 +167,7 @@ async fn every_grant_reaches_the_chain_once_across_sigkills() {
         let body = allergies(providers[i as usize % providers.len()], pid, 1000 + i);
         previous = Some(body.clone());
         let (status, answer) = h.post(body).await;
-        assert_eq!(status, 201, "grant {i}");
+        assert_eq!(status, 201, "grant {i}: {answer}");
         granted.push(granted_access(&answer));
         // killed the moment it answered: no shutdown, no flush beyond what it did before
         service.start_kill().unwrap();
@@ -272,7 +276,7 @@ async fn every_notice_is_delivered_and_never_as_two_different_messages_across_si
     for i in 0..12u64 {
         let body = allergies(providers[i as usize % providers.len()], &pid, 5000 + i);
         let (status, answer) = h.post(body).await;
-        assert_eq!(status, 201, "grant {i}");
+        assert_eq!(status, 201, "grant {i}: {answer}");
         granted.push(granted_access(&answer));
     }
 

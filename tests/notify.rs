@@ -524,3 +524,82 @@ async fn a_notice_that_cannot_be_prepared_is_dead_lettered_after_the_retry_perio
         "{dead:?}"
     );
 }
+
+/// The follower sees no block (the node posts to `/new_block`, but the observer only answers
+/// under its secret path), so the record is found on chain by the submitter: its rebroadcast
+/// meets `BadNonce`, or a catch-up's check of used nonces, and the chain says it is there.
+/// The notice must still name the transaction and its block, whatever the transport.
+async fn the_proof_survives_the_rebroadcast_path(transport: MailTransport) {
+    let port = free_port();
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "a-secret-path-0123456789").unwrap();
+    let secret_path = secret.path().to_path_buf();
+    let env = notify_env_with(port, move |s| {
+        s.notify.transport = transport;
+        s.submitter.rebroadcast_after_blocks = 1;
+        s.follower.path_secret_file = Some(secret_path);
+    })
+    .await;
+    let mail = env.dir.path().join("mail");
+    let _smtp = smtp_server(port, &mail, 0).await;
+    // the observer's endpoint without its secret path is not found
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/new_block", env.app.observer_addr))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+    let pid = patient_with_contact(&env).await;
+    let id = grant(&env, &pid, 1).await;
+    let txid = eventually("submitted", SECS, async || {
+        let a = access_view(&env, &id).await;
+        (a["chain"]["state"] == "submitted")
+            .then(|| a["chain"]["txid"].as_str().unwrap().to_string())
+    })
+    .await;
+    env.devnet.mine().await;
+    let receipt = env.devnet.receipt(&txid).await;
+    assert_eq!(receipt["status"], "success");
+    let access = eventually("notice sent", Duration::from_secs(60), async || {
+        let a = access_view(&env, &id).await;
+        (a["notice"]["state"] == "sent").then_some(a)
+    })
+    .await;
+    assert_eq!(access["chain"]["state"], "confirmed");
+    assert_eq!(access["chain"]["txid"], json!(txid), "{access}");
+    assert_eq!(
+        access["chain"]["block_height"], receipt["block_height"],
+        "{access}"
+    );
+    let raw = match transport {
+        MailTransport::Smtp => received(&mail).pop().unwrap().1,
+        MailTransport::File => {
+            let outbox = env.dir.path().join("service").join("outbox");
+            let eml = std::fs::read_dir(&outbox)
+                .unwrap()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|e| e == "eml"))
+                .expect("the notice in the outbox");
+            std::fs::read(eml).unwrap()
+        }
+    };
+    let (text, html) = text_parts(&raw);
+    for body in [&text, &html] {
+        assert!(
+            body.contains(&txid),
+            "the proof names the transaction: {body}"
+        );
+        assert!(!body.contains("transaction -"), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proof_names_the_txid_after_the_rebroadcast_path_over_smtp() {
+    the_proof_survives_the_rebroadcast_path(MailTransport::Smtp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proof_names_the_txid_after_the_rebroadcast_path_in_the_dev_outbox() {
+    the_proof_survives_the_rebroadcast_path(MailTransport::File).await;
+}

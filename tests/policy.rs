@@ -2,13 +2,13 @@
 //! types, and policy files that must be refused at start.
 
 use breakglass::domain::{DataType, Role};
-use breakglass::policy::{Policies, PolicyError, Verdict, DEFAULT_SCHEMA};
+use breakglass::policy::{Policies, PolicyError, Situation, Verdict, DEFAULT_SCHEMA};
 use DataType::*;
 
 const WHO: &str = "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM";
 
 fn window(p: &Policies, role: Role, dts: &[DataType]) -> Option<u32> {
-    match p.decide(WHO, role, dts, None).unwrap() {
+    match p.decide(WHO, role, dts, &Situation::NORMAL).unwrap() {
         Verdict::Permit { window_minutes, .. } => Some(window_minutes),
         Verdict::Deny { .. } => None,
     }
@@ -58,7 +58,7 @@ fn the_default_policies() {
     assert_eq!(window(&p, Role::Pharmacist, &[Problems]), None);
     for role in [Role::Reviewer, Role::Admin] {
         for dt in critical {
-            match p.decide(WHO, role, &[dt], None).unwrap() {
+            match p.decide(WHO, role, &[dt], &Situation::NORMAL).unwrap() {
                 Verdict::Deny { rule, message, .. } => {
                     assert_eq!(
                         rule.as_deref(),
@@ -80,7 +80,7 @@ fn every_data_type_must_be_permitted_and_the_refusal_names_it() {
             WHO,
             Role::Nurse,
             &[Allergies, AdvanceDirectives, Medications],
-            None,
+            &Situation::NORMAL,
         )
         .unwrap()
     {
@@ -99,7 +99,12 @@ fn every_data_type_must_be_permitted_and_the_refusal_names_it() {
         other => panic!("{other:?}"),
     }
     match p
-        .decide(WHO, Role::Nurse, &[Allergies, Medications], None)
+        .decide(
+            WHO,
+            Role::Nurse,
+            &[Allergies, Medications],
+            &Situation::NORMAL,
+        )
         .unwrap()
     {
         Verdict::Permit {
@@ -139,7 +144,12 @@ when { principal.role == "physician" };
         Some(3)
     );
     match p
-        .decide(WHO, Role::Physician, &[Allergies, ClinicalNotes], None)
+        .decide(
+            WHO,
+            Role::Physician,
+            &[Allergies, ClinicalNotes],
+            &Situation::NORMAL,
+        )
         .unwrap()
     {
         Verdict::Permit { rules, .. } => assert_eq!(rules.len(), 3, "{rules:?}"),
@@ -220,7 +230,7 @@ fn barred_and_no_one_else(extra: &str) {
             "ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG",
             Role::Nurse,
             &[Allergies],
-            None,
+            &Situation::NORMAL,
         )
         .unwrap()
     {
@@ -268,7 +278,16 @@ when {
     let src = format!("{}\n{extra}", breakglass::policy::DEFAULT_POLICIES);
     let p = Policies::from_sources(DEFAULT_SCHEMA, &src).unwrap();
     let decide = |role, on_call: Option<&breakglass::domain::OnCall>| {
-        p.decide(WHO, role, &[Allergies], on_call).unwrap()
+        p.decide(
+            WHO,
+            role,
+            &[Allergies],
+            &Situation {
+                on_call,
+                ..Situation::NORMAL
+            },
+        )
+        .unwrap()
     };
     let minutes = |v: Verdict| match v {
         Verdict::Permit { window_minutes, .. } => Some(window_minutes),
@@ -311,4 +330,94 @@ when {
         )),
         Some(10)
     );
+}
+
+#[test]
+fn the_chain_and_the_patient_are_policy_inputs_and_a_stale_view_refuses_by_default() {
+    let p = Policies::defaults().unwrap();
+    let stale = Situation {
+        chain_stale: true,
+        chain_reachable: false,
+        chain_lag_blocks: 7,
+        ..Situation::NORMAL
+    };
+    for role in [Role::Physician, Role::Nurse] {
+        match p.decide(WHO, role, &[Allergies], &stale).unwrap() {
+            Verdict::Deny { rule, .. } => assert_eq!(rule.as_deref(), Some("chain-state-stale")),
+            other => panic!("{other:?}"),
+        }
+    }
+    // an unregistered patient is granted by default
+    let unregistered = Situation {
+        patient_registered: false,
+        ..Situation::NORMAL
+    };
+    assert!(matches!(
+        p.decide(WHO, Role::Nurse, &[Allergies], &unregistered)
+            .unwrap(),
+        Verdict::Permit { .. }
+    ));
+
+    // a degraded mode and a rule for unregistered patients, both decided from the table
+    let src = breakglass::policy::DEFAULT_POLICIES.replace(
+        "when { context.chain_stale };",
+        r#"when { context.chain_stale && !([Breakglass::DataType::"allergies"].contains(resource)) };
+@id("unregistered-critical-only-for-physicians")
+forbid (principal, action, resource) when { !context.patient_registered && principal.role != "physician" };"#,
+    );
+    let p = Policies::from_sources(DEFAULT_SCHEMA, &src).unwrap();
+    assert!(matches!(
+        p.decide(WHO, Role::Nurse, &[Allergies], &stale).unwrap(),
+        Verdict::Permit {
+            window_minutes: 10,
+            ..
+        }
+    ));
+    match p
+        .decide(WHO, Role::Nurse, &[Allergies, Medications], &stale)
+        .unwrap()
+    {
+        Verdict::Deny {
+            data_type, rule, ..
+        } => {
+            assert_eq!(
+                (data_type, rule.as_deref()),
+                (Medications, Some("chain-state-stale"))
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    match p
+        .decide(WHO, Role::Nurse, &[Allergies], &unregistered)
+        .unwrap()
+    {
+        Verdict::Deny { rule, .. } => {
+            assert_eq!(
+                rule.as_deref(),
+                Some("unregistered-critical-only-for-physicians")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        p.decide(WHO, Role::Physician, &[Allergies], &unregistered)
+            .unwrap(),
+        Verdict::Permit { .. }
+    ));
+
+    // the lag itself, per request
+    let src = format!(
+        "{}\n@id(\"lagging\")\nforbid (principal, action, resource) when {{ context.chain_lag_blocks > 1 && principal.role == \"nurse\" }};",
+        breakglass::policy::DEFAULT_POLICIES
+    );
+    let p = Policies::from_sources(DEFAULT_SCHEMA, &src).unwrap();
+    let lagging = Situation {
+        chain_lag_blocks: 2,
+        ..Situation::NORMAL
+    };
+    assert!(matches!(
+        p.decide(WHO, Role::Nurse, &[Allergies], &lagging).unwrap(),
+        Verdict::Deny { .. }
+    ));
+    assert_eq!(window(&p, Role::Nurse, &[Allergies]), Some(10));
 }

@@ -43,6 +43,7 @@ pub fn conformance(store: &dyn Store) {
         data_types: vec![DataType::Allergies, DataType::BloodType],
         max_window: 60,
         is_default: false,
+        registered: Some(true),
     };
     let verified = ProviderState::Registered {
         role: Role::Nurse,
@@ -131,6 +132,8 @@ pub fn conformance(store: &dyn Store) {
                     txid: Some("t1".into()),
                     height: 11,
                     result: "(ok u0)".into(),
+                    nonce: Some(3),
+                    raw: Some("00".into()),
                 },
                 1,
             )],
@@ -176,6 +179,9 @@ pub fn conformance(store: &dyn Store) {
         message_hash: "m".into(),
         signature: "s".into(),
         on_call: None,
+        degraded: false,
+        chain_lag_blocks: 0,
+        patient_registered: Some(true),
     };
     store
         .apply(Batch {
@@ -237,6 +243,9 @@ fn a_store_with_a_cache_smaller_than_its_data_keeps_everything() {
         message_hash: format!("{:064x}", i + 1),
         signature: format!("{:0130x}", i + 2),
         on_call: None,
+        degraded: false,
+        chain_lag_blocks: 0,
+        patient_registered: Some(true),
     };
     let n = 2_000u64;
     {

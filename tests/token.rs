@@ -37,7 +37,7 @@ fn access(id: &str, provider: &str, dts: &[DataType], exp_in: u64) -> AccessReco
         patient: PatientId([3; 32]),
         data_types: dts.to_vec(),
         reason_sealed: String::new(),
-        reason_hash: String::new(),
+        reason_hash: "ab".repeat(32),
         device: None,
         nonce: 1,
         issued_at: now(),
@@ -49,6 +49,9 @@ fn access(id: &str, provider: &str, dts: &[DataType], exp_in: u64) -> AccessReco
         message_hash: String::new(),
         signature: String::new(),
         on_call: None,
+        degraded: false,
+        chain_lag_blocks: 0,
+        patient_registered: Some(true),
     }
 }
 
@@ -71,19 +74,27 @@ fn tokens_verify_against_the_jwks_and_carry_btg_and_smart_scopes() {
         TokenIssuer::load_or_generate(dir.path(), "https://breakglass.example", "fhir", &ring())
             .unwrap();
     let dts = [DataType::Allergies, DataType::Medications];
-    let claims = issuer.claims(
-        &access(
-            "acc-1",
-            "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
-            &dts,
-            600,
-        ),
-        "anaphylaxis",
-    );
+    let claims = issuer.claims(&access(
+        "acc-1",
+        "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
+        &dts,
+        600,
+    ));
     let token = issuer.issue(&claims).unwrap();
     let back = verify_with_jwks(&issuer.jwks(), &token, "fhir");
     assert_eq!(back, claims);
     assert_eq!(back.purpose_of_use, "BTG");
+    // the reason's hash, as the chain record has it; never the reason
+    assert_eq!(back.reason_hash, "ab".repeat(32));
+    let payload = String::from_utf8(
+        base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(!payload.contains("\"reason\""), "{payload}");
     assert_eq!(
         back.scope,
         "patient/AllergyIntolerance.rs patient/MedicationStatement.rs patient/MedicationRequest.rs"
@@ -103,7 +114,7 @@ fn keys_are_kept_and_rotated_keys_stay_in_the_jwks() {
     let dir = tempfile::tempdir().unwrap();
     let first = TokenIssuer::load_or_generate(dir.path(), "iss", "aud", &ring()).unwrap();
     let old_token = first
-        .issue(&first.claims(&access("a", "ST1", &[DataType::Allergies], 60), "r"))
+        .issue(&first.claims(&access("a", "ST1", &[DataType::Allergies], 60)))
         .unwrap();
     let again = TokenIssuer::load_or_generate(dir.path(), "iss", "aud", &ring()).unwrap();
     assert_eq!(again.jwks(), first.jwks(), "the same key after a restart");
@@ -151,7 +162,7 @@ fn keys_are_kept_and_rotated_keys_stay_in_the_jwks() {
     assert_ne!(jwks["keys"][0]["kid"], first.jwks()["keys"][0]["kid"]);
     verify_with_jwks(&jwks, &old_token, "aud");
     let new_token = rotated
-        .issue(&rotated.claims(&access("b", "ST1", &[DataType::Allergies], 60), "r"))
+        .issue(&rotated.claims(&access("b", "ST1", &[DataType::Allergies], 60)))
         .unwrap();
     assert_eq!(
         jsonwebtoken::decode_header(&new_token)
@@ -178,12 +189,12 @@ fn a_token_expires_on_its_exp_second() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TokenIssuer::load_or_generate(dir.path(), "iss", "aud", &ring()).unwrap();
     let live = issuer
-        .issue(&issuer.claims(&access("a", "ST1", &[DataType::Allergies], 60), "r"))
+        .issue(&issuer.claims(&access("a", "ST1", &[DataType::Allergies], 60)))
         .unwrap();
     assert_eq!(issuer.verify(&live).unwrap().jti, "a");
     // exp = now: expired "on or after" exp (RFC 7519 4.1.4)
     let ending = issuer
-        .issue(&issuer.claims(&access("b", "ST1", &[DataType::Allergies], 0), "r"))
+        .issue(&issuer.claims(&access("b", "ST1", &[DataType::Allergies], 0)))
         .unwrap();
     assert!(issuer.verify(&ending).is_err());
 }

@@ -17,6 +17,26 @@
 ;; A refused call returns an error and changes nothing; the refused transaction itself stays
 ;; on chain with its error code (status abort_by_response), which is how refusals are logged.
 ;;
+;; Direct calls only. Every public function acts for the principal that called it directly:
+;; it first asserts `(is-eq tx-sender contract-caller)` (for the four status changes, in the
+;; private `transition` they share) and refuses anything else with ERR-PROXY-CALL, before any
+;; other check; `tx-sender` is then the acting principal. So a contract that the owner, an
+;; authority, a responder, a reviewer or a provider is tricked into calling cannot govern,
+;; credential, record, review, anchor, register or request access in their name (with
+;; `tx-sender` alone it could). A contract may still hold a role and act for itself, as itself,
+;; with `as-contract` (then tx-sender and contract-caller are both the contract). There is no
+;; exception: no function here is meant to be called through another contract on someone's
+;; behalf. This contract only calls patient-consent's read-only functions, which check no caller.
+;;
+;; The longest emergency window is patient-consent's MAX-EMERGENCY-WINDOW, read through its
+;; `get-max-emergency-window`: one definition for the longest window a patient may allow and
+;; the longest an access may be recorded with.
+;;
+;; An emergency access names at most 8 data types (`(list 8 (string-ascii 32))`): the most one
+;; access may open, the same bound as the signed break-glass request's `data-types`; it covers
+;; the seven critical types plus one. A patient's preferences list up to 12, every data type
+;; patient-consent knows, so that a patient can allow them all (see patient-consent's header).
+;;
 ;; Errors (distinct across both contracts: patient-consent u100-u199, access-control u200-u299)
 ;;   u200 ERR-NOT-OWNER              caller is not the contract owner
 ;;   u201 ERR-NOT-AUTHORITY          caller is not a credentialing authority
@@ -31,7 +51,7 @@
 ;;   u210 ERR-INVALID-PURPOSE        a purpose unknown to patient-consent
 ;;   u211 ERR-NO-CONSENT             the patient has no active consent for this request
 ;;   u212 ERR-DUPLICATE-ACCESS       an emergency access with this id is already recorded
-;;   u213 ERR-INVALID-WINDOW         window is 0 or above MAX-EMERGENCY-WINDOW
+;;   u213 ERR-INVALID-WINDOW         window is 0 or above patient-consent's get-max-emergency-window
 ;;   u214 ERR-ACCESS-NOT-FOUND       no emergency access with this id
 ;;   u215 ERR-ALREADY-REVIEWED       the emergency access already has a review
 ;;   u216 ERR-INVALID-VERDICT        verdict not in VERDICTS
@@ -43,6 +63,8 @@
 ;;   u221 ERR-NO-DATA-TYPES          an emergency access must name at least one data type
 ;;   u222 ERR-SELF-CREDENTIALING     an authority cannot change its own provider record
 ;;   u223 ERR-NOT-PENDING-OWNER      caller is not the principal proposed as the next owner
+;;   u224 ERR-PROXY-CALL             the call came through another contract (contract-caller is not
+;;                                   tx-sender); see "Direct calls only" above
 ;;
 ;; Events (print): every state change prints a tuple with a `topic`:
 ;;   "owner-proposed", "owner-changed", "authority-added", "authority-removed", "responder-added",
@@ -50,6 +72,9 @@
 ;;   "provider-verified", "provider-suspended", "provider-reinstated", "provider-revoked",
 ;;   "provider-role-changed", "provider-credentials-updated", "access-granted",
 ;;   "emergency-access-recorded", "emergency-access-reviewed", "audit-anchored".
+;; "emergency-access-recorded" carries, besides the ids, `within-preferences` and `degraded`
+;; (true when the responder granted the access in degraded mode, its view of the chain older
+;; than its configured bound), both also stored in the access's record.
 
 (define-constant ERR-NOT-OWNER (err u200))
 (define-constant ERR-NOT-AUTHORITY (err u201))
@@ -75,6 +100,7 @@
 (define-constant ERR-NO-DATA-TYPES (err u221))
 (define-constant ERR-SELF-CREDENTIALING (err u222))
 (define-constant ERR-NOT-PENDING-OWNER (err u223))
+(define-constant ERR-PROXY-CALL (err u224))
 
 (define-constant ROLES (list "physician" "nurse" "paramedic" "pharmacist" "reviewer" "admin"))
 (define-constant VERDICTS (list "appropriate" "inappropriate"))
@@ -93,8 +119,9 @@
 (define-constant STATUS-SUSPENDED "suspended")
 (define-constant STATUS-REVOKED "revoked")
 
-;; Longest emergency window, in blocks (the same bound as patient-consent's).
-(define-constant MAX-EMERGENCY-WINDOW u4320)
+;; Refuses a call made through another contract (see "Direct calls only" in the header).
+(define-private (assert-direct-call)
+  (ok (asserts! (is-eq tx-sender contract-caller) ERR-PROXY-CALL)))
 
 ;; ---------------------------------------------------------------------------
 ;; governance
@@ -119,6 +146,7 @@
 
 (define-public (set-contract-owner (new-owner principal))
   (begin
+    (try! (assert-direct-call))
     (try! (assert-owner))
     (var-set pending-owner (some new-owner))
     (print { topic: "owner-proposed", owner: new-owner, by: tx-sender })
@@ -126,6 +154,7 @@
 
 (define-public (accept-contract-owner)
   (let ((previous (var-get contract-owner)))
+    (try! (assert-direct-call))
     (asserts! (is-eq (var-get pending-owner) (some tx-sender)) ERR-NOT-PENDING-OWNER)
     (var-set contract-owner tx-sender)
     (var-set pending-owner none)
@@ -134,6 +163,7 @@
 
 (define-public (add-authority (who principal))
   (begin
+    (try! (assert-direct-call))
     (try! (assert-owner))
     (asserts! (map-insert authorities who true) ERR-ALREADY-MEMBER)
     (print { topic: "authority-added", principal: who })
@@ -141,6 +171,7 @@
 
 (define-public (remove-authority (who principal))
   (begin
+    (try! (assert-direct-call))
     (try! (assert-owner))
     (asserts! (map-delete authorities who) ERR-NOT-MEMBER)
     (print { topic: "authority-removed", principal: who })
@@ -148,6 +179,7 @@
 
 (define-public (add-responder (who principal))
   (begin
+    (try! (assert-direct-call))
     (try! (assert-owner))
     (asserts! (map-insert responders who true) ERR-ALREADY-MEMBER)
     (print { topic: "responder-added", principal: who })
@@ -155,6 +187,7 @@
 
 (define-public (remove-responder (who principal))
   (begin
+    (try! (assert-direct-call))
     (try! (assert-owner))
     (asserts! (map-delete responders who) ERR-NOT-MEMBER)
     (print { topic: "responder-removed", principal: who })
@@ -162,6 +195,7 @@
 
 (define-public (add-reviewer (who principal))
   (begin
+    (try! (assert-direct-call))
     (try! (assert-owner))
     (asserts! (map-insert reviewers who true) ERR-ALREADY-MEMBER)
     (print { topic: "reviewer-added", principal: who })
@@ -169,6 +203,7 @@
 
 (define-public (remove-reviewer (who principal))
   (begin
+    (try! (assert-direct-call))
     (try! (assert-owner))
     (asserts! (map-delete reviewers who) ERR-NOT-MEMBER)
     (print { topic: "reviewer-removed", principal: who })
@@ -198,6 +233,7 @@
 
 (define-public (register-provider (info-hash (buff 32)) (role (string-ascii 16)) (credentials-hash (buff 32)))
   (let ((id (+ (var-get provider-count) u1)))
+    (try! (assert-direct-call))
     (asserts! (is-valid-role role) ERR-INVALID-ROLE)
     (asserts! (is-none (map-get? providers tx-sender)) ERR-ALREADY-REGISTERED)
     (map-set providers tx-sender
@@ -213,29 +249,34 @@
 ;; New credentials (a renewed licence, a new employer) need verifying again: back to pending.
 ;; Not while suspended (only an authority lifts a suspension) nor once revoked.
 (define-public (update-provider-credentials (info-hash (buff 32)) (credentials-hash (buff 32)))
-  (let ((provider (unwrap! (map-get? providers tx-sender) ERR-PROVIDER-NOT-FOUND)))
-    (asserts! (not (or (is-eq (get status provider) STATUS-REVOKED)
-                       (is-eq (get status provider) STATUS-SUSPENDED)))
-              ERR-INVALID-TRANSITION)
-    (map-set providers tx-sender
-      (merge provider { info-hash: info-hash, credentials-hash: credentials-hash, status: STATUS-PENDING,
-                        updated-at: stacks-block-height, verified-by: none }))
-    (print { topic: "provider-credentials-updated", provider: tx-sender, provider-id: (get id provider),
-             info-hash: info-hash, credentials-hash: credentials-hash, status: STATUS-PENDING })
-    (ok true)))
+  (begin
+    (try! (assert-direct-call))
+    (let ((provider (unwrap! (map-get? providers tx-sender) ERR-PROVIDER-NOT-FOUND)))
+      (asserts! (not (or (is-eq (get status provider) STATUS-REVOKED)
+                         (is-eq (get status provider) STATUS-SUSPENDED)))
+                ERR-INVALID-TRANSITION)
+      (map-set providers tx-sender
+        (merge provider { info-hash: info-hash, credentials-hash: credentials-hash, status: STATUS-PENDING,
+                          updated-at: stacks-block-height, verified-by: none }))
+      (print { topic: "provider-credentials-updated", provider: tx-sender, provider-id: (get id provider),
+               info-hash: info-hash, credentials-hash: credentials-hash, status: STATUS-PENDING })
+      (ok true))))
 
-;; Moves a provider from one of `from` statuses to `to`, by a credentialing authority.
+;; Moves a provider from one of `from` statuses to `to`, by a credentialing authority calling
+;; directly (the four public status changes below are only this).
 (define-private (transition (who principal) (from (list 3 (string-ascii 16))) (to (string-ascii 16))
                             (topic (string-ascii 32)))
-  (let ((provider (unwrap! (map-get? providers who) ERR-PROVIDER-NOT-FOUND)))
-    (asserts! (is-authority tx-sender) ERR-NOT-AUTHORITY)
-    (asserts! (not (is-eq who tx-sender)) ERR-SELF-CREDENTIALING)
-    (asserts! (is-some (index-of? from (get status provider))) ERR-INVALID-TRANSITION)
-    (map-set providers who
-      (merge provider { status: to, updated-at: stacks-block-height, verified-by: (some tx-sender) }))
-    (print { topic: topic, provider: who, provider-id: (get id provider), role: (get role provider),
-             status: to, authority: tx-sender })
-    (ok true)))
+  (begin
+    (try! (assert-direct-call))
+    (let ((provider (unwrap! (map-get? providers who) ERR-PROVIDER-NOT-FOUND)))
+      (asserts! (is-authority tx-sender) ERR-NOT-AUTHORITY)
+      (asserts! (not (is-eq who tx-sender)) ERR-SELF-CREDENTIALING)
+      (asserts! (is-some (index-of? from (get status provider))) ERR-INVALID-TRANSITION)
+      (map-set providers who
+        (merge provider { status: to, updated-at: stacks-block-height, verified-by: (some tx-sender) }))
+      (print { topic: topic, provider: who, provider-id: (get id provider), role: (get role provider),
+               status: to, authority: tx-sender })
+      (ok true))))
 
 (define-public (verify-provider (who principal))
   (transition who (list STATUS-PENDING) STATUS-VERIFIED "provider-verified"))
@@ -250,15 +291,17 @@
   (transition who (list STATUS-PENDING STATUS-VERIFIED STATUS-SUSPENDED) STATUS-REVOKED "provider-revoked"))
 
 (define-public (set-provider-role (who principal) (role (string-ascii 16)))
-  (let ((provider (unwrap! (map-get? providers who) ERR-PROVIDER-NOT-FOUND)))
-    (asserts! (is-authority tx-sender) ERR-NOT-AUTHORITY)
-    (asserts! (not (is-eq who tx-sender)) ERR-SELF-CREDENTIALING)
-    (asserts! (is-valid-role role) ERR-INVALID-ROLE)
-    (asserts! (not (is-eq (get status provider) STATUS-REVOKED)) ERR-INVALID-TRANSITION)
-    (map-set providers who (merge provider { role: role, updated-at: stacks-block-height }))
-    (print { topic: "provider-role-changed", provider: who, provider-id: (get id provider), role: role,
-             previous-role: (get role provider), authority: tx-sender })
-    (ok true)))
+  (begin
+    (try! (assert-direct-call))
+    (let ((provider (unwrap! (map-get? providers who) ERR-PROVIDER-NOT-FOUND)))
+      (asserts! (is-authority tx-sender) ERR-NOT-AUTHORITY)
+      (asserts! (not (is-eq who tx-sender)) ERR-SELF-CREDENTIALING)
+      (asserts! (is-valid-role role) ERR-INVALID-ROLE)
+      (asserts! (not (is-eq (get status provider) STATUS-REVOKED)) ERR-INVALID-TRANSITION)
+      (map-set providers who (merge provider { role: role, updated-at: stacks-block-height }))
+      (print { topic: "provider-role-changed", provider: who, provider-id: (get id provider), role: role,
+               previous-role: (get role provider), authority: tx-sender })
+      (ok true))))
 
 ;; ---------------------------------------------------------------------------
 ;; consented access requests
@@ -276,6 +319,7 @@
 ;; the patient's consent for that provider, data type and purpose is active.
 (define-public (request-access (patient-id (buff 32)) (data-type (string-ascii 32)) (purpose (string-ascii 16)))
   (let ((id (+ (var-get access-count) u1)))
+    (try! (assert-direct-call))
     (asserts! (is-verified-provider tx-sender) ERR-PROVIDER-NOT-VERIFIED)
     (asserts! (contract-call? .patient-consent is-valid-data-type data-type) ERR-INVALID-DATA-TYPE)
     (asserts! (contract-call? .patient-consent is-valid-purpose purpose) ERR-INVALID-PURPOSE)
@@ -295,7 +339,8 @@
 (define-map emergency-accesses (buff 32)
   { provider: principal, provider-role: (string-ascii 16), provider-status: (string-ascii 16),
     patient-id: (buff 32), data-types: (list 8 (string-ascii 32)), window: uint, reason-hash: (buff 32),
-    responder: principal, recorded-at: uint, expires-at: uint, within-preferences: bool, index: uint })
+    responder: principal, recorded-at: uint, expires-at: uint, within-preferences: bool, degraded: bool,
+    index: uint })
 
 (define-map emergency-reviews (buff 32)
   { reviewer: principal, verdict: (string-ascii 16), note-hash: (buff 32), block: uint })
@@ -323,51 +368,66 @@
 ;; have been suspended since); whether the access stayed within the preferences, and the
 ;; provider's status at recording, are stored for reviewers. Only a principal that never
 ;; registered as a provider is refused (u205).
+;;
+;; `degraded` is true when the responder granted the access while its view of the chain was
+;; older than its configured bound (a hospital policy allowed that, in degraded mode): the
+;; consent, preferences and provider status it checked may have been stale. It is stored and
+;; printed as given, for reviewers.
+;;
+;; Checks run cheapest first, all before any patient-consent call: the caller (direct, a
+;; responder), the duplicate, the list and window shapes and the provider, from this contract's
+;; own state; then what only patient-consent knows (the data types, the longest window), and
+;; last, once every check passed, whether the access stayed within the patient's preferences.
 (define-public (record-emergency-access (access-id (buff 32)) (provider principal) (patient-id (buff 32))
                                         (data-types (list 8 (string-ascii 32))) (window uint)
-                                        (reason-hash (buff 32)))
-  (let ((index (var-get emergency-count))
-        (patient-index (get-patient-emergency-count patient-id))
-        (within (contract-call? .patient-consent is-emergency-access-allowed patient-id data-types window)))
+                                        (reason-hash (buff 32)) (degraded bool))
+  (begin
+    (try! (assert-direct-call))
     (asserts! (is-responder tx-sender) ERR-NOT-RESPONDER)
     ;; a duplicate is checked before anything that can change over time, so that a
     ;; rebroadcast of an access already recorded is always told so
     (asserts! (is-none (map-get? emergency-accesses access-id)) ERR-DUPLICATE-ACCESS)
     (asserts! (> (len data-types) u0) ERR-NO-DATA-TYPES)
-    (asserts! (fold valid-data-type-step data-types true) ERR-INVALID-DATA-TYPE)
-    (asserts! (and (> window u0) (<= window MAX-EMERGENCY-WINDOW)) ERR-INVALID-WINDOW)
+    (asserts! (> window u0) ERR-INVALID-WINDOW)
     (let ((entry (unwrap! (map-get? providers provider) ERR-PROVIDER-NOT-FOUND))
           (role (get role entry))
           (status (get status entry)))
-      (map-set emergency-accesses access-id
-        { provider: provider, provider-role: role, provider-status: status, patient-id: patient-id,
-          data-types: data-types, window: window, reason-hash: reason-hash, responder: tx-sender,
-          recorded-at: stacks-block-height, expires-at: (+ stacks-block-height window),
-          within-preferences: within, index: index })
-      (map-set emergency-by-index index access-id)
-      (var-set emergency-count (+ index u1))
-      (map-set patient-emergency-index { patient-id: patient-id, index: patient-index } access-id)
-      (map-set patient-emergency-counts patient-id (+ patient-index u1))
-      (print { topic: "emergency-access-recorded", access-id: access-id, provider: provider,
-               provider-role: role, provider-status: status, patient-id: patient-id,
-               data-types: data-types, window: window,
-               reason-hash: reason-hash, within-preferences: within, index: index })
-      (ok index))))
+      (asserts! (fold valid-data-type-step data-types true) ERR-INVALID-DATA-TYPE)
+      (asserts! (<= window (contract-call? .patient-consent get-max-emergency-window)) ERR-INVALID-WINDOW)
+      (let ((within (contract-call? .patient-consent is-emergency-access-allowed patient-id data-types window))
+            (index (var-get emergency-count))
+            (patient-index (get-patient-emergency-count patient-id)))
+        (map-set emergency-accesses access-id
+          { provider: provider, provider-role: role, provider-status: status, patient-id: patient-id,
+            data-types: data-types, window: window, reason-hash: reason-hash, responder: tx-sender,
+            recorded-at: stacks-block-height, expires-at: (+ stacks-block-height window),
+            within-preferences: within, degraded: degraded, index: index })
+        (map-set emergency-by-index index access-id)
+        (var-set emergency-count (+ index u1))
+        (map-set patient-emergency-index { patient-id: patient-id, index: patient-index } access-id)
+        (map-set patient-emergency-counts patient-id (+ patient-index u1))
+        (print { topic: "emergency-access-recorded", access-id: access-id, provider: provider,
+                 provider-role: role, provider-status: status, patient-id: patient-id,
+                 data-types: data-types, window: window,
+                 reason-hash: reason-hash, within-preferences: within, degraded: degraded, index: index })
+        (ok index)))))
 
 (define-read-only (get-verdicts) VERDICTS)
 
 (define-public (review-emergency-access (access-id (buff 32)) (verdict (string-ascii 16)) (note-hash (buff 32)))
-  (let ((access (unwrap! (map-get? emergency-accesses access-id) ERR-ACCESS-NOT-FOUND)))
-    (asserts! (is-reviewer tx-sender) ERR-NOT-REVIEWER)
-    (asserts! (is-some (map-get? known-verdicts verdict)) ERR-INVALID-VERDICT)
-    (asserts! (not (or (is-eq tx-sender (get provider access)) (is-eq tx-sender (get responder access))))
-              ERR-SELF-REVIEW)
-    (asserts! (map-insert emergency-reviews access-id
-                { reviewer: tx-sender, verdict: verdict, note-hash: note-hash, block: stacks-block-height })
-              ERR-ALREADY-REVIEWED)
-    (print { topic: "emergency-access-reviewed", access-id: access-id, reviewer: tx-sender, verdict: verdict,
-             note-hash: note-hash, provider: (get provider access), patient-id: (get patient-id access) })
-    (ok true)))
+  (begin
+    (try! (assert-direct-call))
+    (let ((access (unwrap! (map-get? emergency-accesses access-id) ERR-ACCESS-NOT-FOUND)))
+      (asserts! (is-reviewer tx-sender) ERR-NOT-REVIEWER)
+      (asserts! (is-some (map-get? known-verdicts verdict)) ERR-INVALID-VERDICT)
+      (asserts! (not (or (is-eq tx-sender (get provider access)) (is-eq tx-sender (get responder access))))
+                ERR-SELF-REVIEW)
+      (asserts! (map-insert emergency-reviews access-id
+                  { reviewer: tx-sender, verdict: verdict, note-hash: note-hash, block: stacks-block-height })
+                ERR-ALREADY-REVIEWED)
+      (print { topic: "emergency-access-reviewed", access-id: access-id, reviewer: tx-sender, verdict: verdict,
+               note-hash: note-hash, provider: (get provider access), patient-id: (get patient-id access) })
+      (ok true))))
 
 ;; ---------------------------------------------------------------------------
 ;; audit anchors: the head of the off-chain hash-chained audit log and how many entries it covers
@@ -382,6 +442,7 @@
 
 (define-public (anchor-audit (head (buff 32)) (count uint))
   (let ((index (var-get anchor-count)))
+    (try! (assert-direct-call))
     (asserts! (is-responder tx-sender) ERR-NOT-RESPONDER)
     ;; the audit log only grows: an anchor covering fewer entries than the last is refused, and
     ;; one covering as many must name the same head (another would fork the anchored history)

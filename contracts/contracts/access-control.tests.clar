@@ -43,6 +43,9 @@
 ;; Sixteen possible access ids, so that duplicates happen.
 (define-private (fuzz-access-id (n uint))
   (sha256 (mod n u16)))
+;; A valid window: 1 to patient-consent's longest.
+(define-private (fuzz-window (n uint))
+  (+ u1 (mod n (contract-call? .patient-consent get-max-emergency-window))))
 
 ;; ---------------------------------------------------------------------------
 ;; adapters for invariant runs
@@ -61,32 +64,87 @@
       (verify-provider provider))))
 
 ;; Two times in three for a seeded provider, else for any account (mostly unregistered or pending).
-(define-public (fuzz-record (access uint) (pick uint) (any-provider principal) (data-types uint) (window uint))
+(define-public (fuzz-record (access uint) (pick uint) (any-provider principal) (data-types uint) (window uint)
+                            (degraded bool))
   (record-emergency-access (fuzz-access-id access)
                            (if (is-eq (mod pick u3) u0) any-provider (fuzz-provider pick)) (sha256 (mod access u3)) (fuzz-data-types data-types)
-                           (+ u1 (mod window MAX-EMERGENCY-WINDOW)) (sha256 window)))
+                           (fuzz-window window) (sha256 window) degraded))
 
 (define-public (fuzz-review (access uint) (verdict uint))
   (review-emergency-access (fuzz-access-id access) (fuzz-verdict verdict) (sha256 verdict)))
 
+;; Calls through a contract into patient-consent. Rendezvous calls every function of this
+;; contract directly from a wallet, so in it tx-sender and contract-caller are that wallet; a
+;; `contract-call?` from here into patient-consent is then a call through another contract
+;; (there, contract-caller is this contract and tx-sender still the wallet), exactly what a
+;; hostile contract the wallet was tricked into calling would make. In this simnet nothing calls
+;; patient-consent except through this contract. (The reverse cannot be written: patient-consent
+;; is deployed first and cannot call access-control, and a contract cannot call into itself,
+;; Clarity refuses the re-entry; access-control's own refusals are covered by tests/proxy.test.ts.)
+(define-constant PC-ERR-PROXY-CALL (err u110))
+(define-private (fuzz-purpose (n uint))
+  (unwrap-panic (element-at? (contract-call? .patient-consent get-purposes) (mod n u4))))
+
+;; One of patient-consent's six public functions, through this contract.
+(define-public (fuzz-through-contract (pick uint) (salt (buff 32)) (provider principal) (dt uint) (purpose uint)
+                                      (allow bool) (window uint))
+  (let ((n (mod pick u6))
+        (data-type (unwrap-panic (element-at? FUZZ-DATA-TYPES (mod dt u8))))
+        (why (fuzz-purpose purpose)))
+    (if (is-eq n u0) (begin (try! (contract-call? .patient-consent register-patient salt)) (ok true))
+    (if (is-eq n u1) (begin (try! (contract-call? .patient-consent grant-consent provider data-type (+ stacks-block-height window))) (ok true))
+    (if (is-eq n u2) (begin (try! (contract-call? .patient-consent grant-consent-for-purpose provider data-type why (+ stacks-block-height window))) (ok true))
+    (if (is-eq n u3) (begin (try! (contract-call? .patient-consent revoke-consent provider data-type)) (ok true))
+    (if (is-eq n u4) (begin (try! (contract-call? .patient-consent revoke-consent-for-purpose provider data-type why)) (ok true))
+      (begin (try! (contract-call? .patient-consent set-emergency-preferences allow (list data-type) window)) (ok true)))))))))
+
 ;; ---------------------------------------------------------------------------
 ;; properties
+
+;; patient-consent refuses every call made through another contract with u110, before any other
+;; check (whatever the arguments), and the caller's patient state stays as it was.
+(define-public (test-patient-consent-refuses-calls-through-a-contract (salt (buff 32)) (provider principal) (dt uint)
+                                                                       (purpose uint) (allow bool) (window uint))
+  (let ((data-type (unwrap-panic (element-at? FUZZ-DATA-TYPES (mod dt u8))))
+        (why (fuzz-purpose purpose))
+        (patient-id (contract-call? .patient-consent derive-patient-id tx-sender salt))
+        (registered (contract-call? .patient-consent get-patient-id tx-sender))
+        (history (contract-call? .patient-consent get-consent-history-count patient-id))
+        (preferences (contract-call? .patient-consent get-emergency-preferences patient-id)))
+    ;; the premise: the wallet called this property directly, so this contract is the proxy
+    (asserts! (is-eq tx-sender contract-caller) (err u970))
+    (asserts! (is-eq (contract-call? .patient-consent register-patient salt) PC-ERR-PROXY-CALL) (err u971))
+    (asserts! (is-eq (contract-call? .patient-consent grant-consent provider data-type (+ stacks-block-height window))
+                     PC-ERR-PROXY-CALL) (err u972))
+    (asserts! (is-eq (contract-call? .patient-consent grant-consent-for-purpose provider data-type why
+                                                     (+ stacks-block-height window))
+                     PC-ERR-PROXY-CALL) (err u973))
+    (asserts! (is-eq (contract-call? .patient-consent revoke-consent provider data-type) PC-ERR-PROXY-CALL) (err u974))
+    (asserts! (is-eq (contract-call? .patient-consent revoke-consent-for-purpose provider data-type why) PC-ERR-PROXY-CALL)
+              (err u975))
+    (asserts! (is-eq (contract-call? .patient-consent set-emergency-preferences allow (list data-type) window)
+                     PC-ERR-PROXY-CALL) (err u976))
+    (asserts! (is-eq (contract-call? .patient-consent get-patient-id tx-sender) registered) (err u977))
+    (asserts! (is-eq (contract-call? .patient-consent get-consent-history-count patient-id) history) (err u978))
+    (asserts! (is-eq (contract-call? .patient-consent get-emergency-preferences patient-id) preferences) (err u979))
+    (ok true)))
 
 ;; An emergency access is never recorded for a principal that never registered as a provider,
 ;; and a registered provider's is recorded whatever their status, with that status.
 (define-public (test-emergency-access-needs-a-registered-provider (access (buff 32)) (provider principal)
-                                                                  (data-types uint) (window uint))
+                                                                  (data-types uint) (window uint) (degraded bool))
   (if (or (not (is-responder tx-sender)) (is-some (map-get? emergency-accesses access)))
     (ok false)
     (let ((entry (map-get? providers provider))
           (result (record-emergency-access access provider (sha256 window) (fuzz-data-types data-types)
-                                           (+ u1 (mod window MAX-EMERGENCY-WINDOW)) (sha256 window))))
+                                           (fuzz-window window) (sha256 window) degraded)))
       (match entry
         registered (begin
           (asserts! (is-ok result) (err u932))
           (asserts! (is-eq (get provider-status (map-get? emergency-accesses access))
                            (some (get status registered)))
                     (err u933))
+          (asserts! (is-eq (get degraded (map-get? emergency-accesses access)) (some degraded)) (err u934))
           (ok true))
         (begin
           (asserts! (is-eq result ERR-PROVIDER-NOT-FOUND) (err u930))
@@ -101,8 +159,8 @@
                    (is-none (map-get? emergency-accesses access)))
               (ok false))
     (begin
-      (try! (record-emergency-access access provider (sha256 u1) (fuzz-data-types data-types) u10 (sha256 u2)))
-      (asserts! (is-eq (record-emergency-access access provider (sha256 u1) (fuzz-data-types data-types) u10 (sha256 u2))
+      (try! (record-emergency-access access provider (sha256 u1) (fuzz-data-types data-types) u10 (sha256 u2) false))
+      (asserts! (is-eq (record-emergency-access access provider (sha256 u1) (fuzz-data-types data-types) u10 (sha256 u2) true)
                        ERR-DUPLICATE-ACCESS)
                 (err u940))
       (asserts! (is-eq (var-get emergency-count) (+ count-before u1)) (err u941))
@@ -115,7 +173,7 @@
     (asserts! (and (is-reviewer tx-sender) (is-responder tx-sender) (is-verified-provider provider)
                    (is-none (map-get? emergency-accesses access-id)))
               (ok false))
-    (try! (record-emergency-access access-id provider (sha256 pick) (list "allergies") u10 (sha256 verdict)))
+    (try! (record-emergency-access access-id provider (sha256 pick) (list "allergies") u10 (sha256 verdict) false))
     (asserts! (is-eq (review-emergency-access access-id (fuzz-verdict verdict) (sha256 verdict))
                      ERR-SELF-REVIEW)
               (err u950))
@@ -164,6 +222,22 @@
 ;; Every successful record call added exactly one access, and only those did.
 (define-read-only (invariant-emergency-count-matches-records)
   (is-eq (var-get emergency-count) (+ (calls "record-emergency-access") (calls "fuzz-record"))))
+
+;; No call through this contract ever changed patient-consent: none succeeded, and no account
+;; became a patient (in this simnet every call to patient-consent goes through this contract).
+(define-constant FUZZ-ACCOUNTS (list
+  'ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM 'ST1SJ3DTE5DN7X54YDH5D64R3BCB6A2AG2ZQ8YPD5
+  'ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG 'ST2JHG361ZXG51QTKY2NQCVBPPRRE2KZB1HR05NNC
+  'ST2NEB84ASENDXKYGJPQW86YXQCEFEX2ZQPG87ND 'ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB
+  'ST3AM1A56AK2C1XAFJ4115ZSV26EB49BVQ10MGCS0 'ST3PF13W7Z0RRM42A8VZRVFQ75SV1K26RXEP8YGKJ
+  'ST3NBRSFKX28FQ2ZJ1MAKX58HKHSDGNV5N7R21XCP))
+
+(define-private (not-a-patient (who principal) (holds bool))
+  (and holds (is-none (contract-call? .patient-consent get-patient-id who))))
+
+(define-read-only (invariant-patient-consent-never-acted-through-a-contract)
+  (and (is-eq (calls "fuzz-through-contract") u0)
+       (fold not-a-patient FUZZ-ACCOUNTS true)))
 
 ;; Provider ids are dense: the count names the latest id, and no id beyond it exists.
 (define-read-only (invariant-provider-ids-dense)

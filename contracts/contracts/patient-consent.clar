@@ -13,6 +13,34 @@
 ;; Heights are `stacks-block-height`. A consent is active while it is not revoked and
 ;; `stacks-block-height < expires-at`.
 ;;
+;; Direct calls only. Every public function acts for the principal that called it directly:
+;; it first asserts `(is-eq tx-sender contract-caller)` (`grant-consent` and `revoke-consent` in
+;; the `-for-purpose` functions they are) and refuses anything else with ERR-PROXY-CALL, before
+;; any other check; `tx-sender` is then the acting principal. A patient who is tricked into
+;; calling some other contract therefore cannot have that contract grant, revoke, set
+;; preferences or register in their name (with `tx-sender` alone it could). A contract may
+;; still act for itself, as itself, with `as-contract` (then tx-sender and contract-caller are
+;; both the contract). There is no exception: no function here is meant to be called through
+;; another contract on a patient's behalf. Read-only functions check no caller: access-control
+;; calls `check-consent-by-id`, `is-emergency-access-allowed`, `is-valid-data-type`,
+;; `is-valid-purpose` and `get-max-emergency-window`.
+;;
+;; One emergency window bound: MAX-EMERGENCY-WINDOW (4,320 blocks) is defined here and only
+;; here. `get-max-emergency-window` exposes it, and access-control reads it from there to bound
+;; the window of the emergency accesses it records, so the longest window a patient may allow
+;; and the longest window an access may be recorded with cannot drift apart.
+;;
+;; Data-type list caps. Clarity list types need a literal size, so the caps are numbers, and
+;; two different ones on purpose:
+;;   - 12 (`set-emergency-preferences`, `are-valid-data-types`, the stored preferences): the
+;;     number of DATA-TYPES, every data type this contract knows, so that a patient can allow
+;;     all of them. Adding a data type means raising this 12 with it (a test checks they agree).
+;;   - 8 (`is-emergency-access-allowed`, and access-control's `record-emergency-access`): the
+;;     most data types one emergency access may open, the same bound as the `data-types` list
+;;     of the signed break-glass request a clinician's tablet sends. It covers the seven
+;;     critical types (CRITICAL-DATA-TYPES, the default preferences) plus one; more than eight
+;;     types for one patient take more than one access.
+;;
 ;; Errors (distinct across both contracts: patient-consent u100-u199, access-control u200-u299)
 ;;   u100 ERR-NOT-REGISTERED      the caller has no patient id
 ;;   u101 ERR-ALREADY-REGISTERED  the caller already acts for a patient id
@@ -25,6 +53,8 @@
 ;;   u107 ERR-INVALID-WINDOW      emergency window is 0 or above MAX-EMERGENCY-WINDOW
 ;;   u108 ERR-SELF-CONSENT        a patient cannot name themselves as provider
 ;;   u109 ERR-INVALID-PATIENT-ID  (retired: ids are derived, never chosen)
+;;   u110 ERR-PROXY-CALL          the call came through another contract (contract-caller is not
+;;                                tx-sender); see "Direct calls only" above
 ;;
 ;; Events (print): every state change prints a tuple whose `topic` is one of
 ;;   "patient-registered", "consent-granted", "consent-revoked", "emergency-preferences-set"
@@ -39,8 +69,10 @@
 (define-constant ERR-INVALID-PURPOSE (err u106))
 (define-constant ERR-INVALID-WINDOW (err u107))
 (define-constant ERR-SELF-CONSENT (err u108))
+(define-constant ERR-PROXY-CALL (err u110))
 
-;; Data types the system knows. The first seven are the critical (emergency) set.
+;; Data types the system knows (12: the size of the preference lists below, see the header).
+;; The first seven are the critical (emergency) set.
 (define-constant DATA-TYPES (list
   "allergies" "medications" "problems" "blood-type" "advance-directives"
   "immunizations" "emergency-summary"
@@ -53,7 +85,8 @@
 (define-constant PURPOSES (list "treatment" "research" "insurance" "transfer"))
 (define-constant DEFAULT-PURPOSE "treatment")
 
-;; Emergency window bounds, in blocks.
+;; Emergency window bounds, in blocks. MAX-EMERGENCY-WINDOW is the one definition both
+;; contracts use (access-control reads it through `get-max-emergency-window`).
 (define-constant MAX-EMERGENCY-WINDOW u4320)
 (define-constant DEFAULT-EMERGENCY-WINDOW u720)
 
@@ -80,6 +113,10 @@
 ;; ---------------------------------------------------------------------------
 ;; validation helpers
 
+;; Refuses a call made through another contract (see "Direct calls only" in the header).
+(define-private (assert-direct-call)
+  (ok (asserts! (is-eq tx-sender contract-caller) ERR-PROXY-CALL)))
+
 ;; Lookup sets, filled from the lists above at deploy time (`index-of?` would need the
 ;; argument's type to equal the list literal's narrower element type).
 (define-map known-data-types (string-ascii 32) bool)
@@ -103,6 +140,7 @@
 
 (define-read-only (get-data-types) DATA-TYPES)
 (define-read-only (get-purposes) PURPOSES)
+(define-read-only (get-max-emergency-window) MAX-EMERGENCY-WINDOW)
 
 ;; ---------------------------------------------------------------------------
 ;; patients
@@ -111,13 +149,15 @@
   (sha256 (concat (unwrap-panic (to-consensus-buff? patient)) salt)))
 
 (define-public (register-patient (salt (buff 32)))
-  (let ((patient-id (derive-patient-id tx-sender salt)))
-    (asserts! (is-none (map-get? patient-ids tx-sender)) ERR-ALREADY-REGISTERED)
-    (asserts! (is-none (map-get? patient-principals patient-id)) ERR-PATIENT-ID-TAKEN)
-    (map-set patient-ids tx-sender patient-id)
-    (map-set patient-principals patient-id tx-sender)
-    (print { topic: "patient-registered", patient-id: patient-id, patient: tx-sender })
-    (ok patient-id)))
+  (begin
+    (try! (assert-direct-call))
+    (let ((patient-id (derive-patient-id tx-sender salt)))
+      (asserts! (is-none (map-get? patient-ids tx-sender)) ERR-ALREADY-REGISTERED)
+      (asserts! (is-none (map-get? patient-principals patient-id)) ERR-PATIENT-ID-TAKEN)
+      (map-set patient-ids tx-sender patient-id)
+      (map-set patient-principals patient-id tx-sender)
+      (print { topic: "patient-registered", patient-id: patient-id, patient: tx-sender })
+      (ok patient-id))))
 
 (define-read-only (get-patient-id (patient principal))
   (map-get? patient-ids patient))
@@ -139,18 +179,20 @@
 
 (define-public (grant-consent-for-purpose (provider principal) (data-type (string-ascii 32))
                                           (purpose (string-ascii 16)) (expires-at uint))
-  (let ((patient-id (unwrap! (map-get? patient-ids tx-sender) ERR-NOT-REGISTERED)))
-    (asserts! (not (is-eq provider tx-sender)) ERR-SELF-CONSENT)
-    (asserts! (is-valid-data-type data-type) ERR-INVALID-DATA-TYPE)
-    (asserts! (is-valid-purpose purpose) ERR-INVALID-PURPOSE)
-    (asserts! (> expires-at stacks-block-height) ERR-INVALID-EXPIRY)
-    (map-set consents
-      { patient-id: patient-id, provider: provider, data-type: data-type, purpose: purpose }
-      { active: true, expires-at: expires-at, granted-at: stacks-block-height, revoked-at: none })
-    (let ((index (append-history patient-id "grant" provider data-type purpose expires-at)))
-      (print { topic: "consent-granted", patient-id: patient-id, provider: provider, data-type: data-type,
-               purpose: purpose, expires-at: expires-at, history-index: index })
-      (ok index))))
+  (begin
+    (try! (assert-direct-call))
+    (let ((patient-id (unwrap! (map-get? patient-ids tx-sender) ERR-NOT-REGISTERED)))
+      (asserts! (not (is-eq provider tx-sender)) ERR-SELF-CONSENT)
+      (asserts! (is-valid-data-type data-type) ERR-INVALID-DATA-TYPE)
+      (asserts! (is-valid-purpose purpose) ERR-INVALID-PURPOSE)
+      (asserts! (> expires-at stacks-block-height) ERR-INVALID-EXPIRY)
+      (map-set consents
+        { patient-id: patient-id, provider: provider, data-type: data-type, purpose: purpose }
+        { active: true, expires-at: expires-at, granted-at: stacks-block-height, revoked-at: none })
+      (let ((index (append-history patient-id "grant" provider data-type purpose expires-at)))
+        (print { topic: "consent-granted", patient-id: patient-id, provider: provider, data-type: data-type,
+                 purpose: purpose, expires-at: expires-at, history-index: index })
+        (ok index)))))
 
 ;; Consent for treatment, the common case.
 (define-public (grant-consent (provider principal) (data-type (string-ascii 32)) (expires-at uint))
@@ -158,15 +200,17 @@
 
 (define-public (revoke-consent-for-purpose (provider principal) (data-type (string-ascii 32))
                                            (purpose (string-ascii 16)))
-  (let ((patient-id (unwrap! (map-get? patient-ids tx-sender) ERR-NOT-REGISTERED))
-        (key { patient-id: patient-id, provider: provider, data-type: data-type, purpose: purpose })
-        (current (unwrap! (map-get? consents key) ERR-NO-ACTIVE-CONSENT)))
-    (asserts! (consent-active current) ERR-NO-ACTIVE-CONSENT)
-    (map-set consents key (merge current { active: false, revoked-at: (some stacks-block-height) }))
-    (let ((index (append-history patient-id "revoke" provider data-type purpose (get expires-at current))))
-      (print { topic: "consent-revoked", patient-id: patient-id, provider: provider, data-type: data-type,
-               purpose: purpose, history-index: index })
-      (ok index))))
+  (begin
+    (try! (assert-direct-call))
+    (let ((patient-id (unwrap! (map-get? patient-ids tx-sender) ERR-NOT-REGISTERED))
+          (key { patient-id: patient-id, provider: provider, data-type: data-type, purpose: purpose })
+          (current (unwrap! (map-get? consents key) ERR-NO-ACTIVE-CONSENT)))
+      (asserts! (consent-active current) ERR-NO-ACTIVE-CONSENT)
+      (map-set consents key (merge current { active: false, revoked-at: (some stacks-block-height) }))
+      (let ((index (append-history patient-id "revoke" provider data-type purpose (get expires-at current))))
+        (print { topic: "consent-revoked", patient-id: patient-id, provider: provider, data-type: data-type,
+                 purpose: purpose, history-index: index })
+        (ok index)))))
 
 (define-public (revoke-consent (provider principal) (data-type (string-ascii 32)))
   (revoke-consent-for-purpose provider data-type DEFAULT-PURPOSE))
@@ -200,14 +244,16 @@
 ;; emergency preferences
 
 (define-public (set-emergency-preferences (allow bool) (data-types (list 12 (string-ascii 32))) (max-window uint))
-  (let ((patient-id (unwrap! (map-get? patient-ids tx-sender) ERR-NOT-REGISTERED)))
-    (asserts! (are-valid-data-types data-types) ERR-INVALID-DATA-TYPE)
-    (asserts! (and (> max-window u0) (<= max-window MAX-EMERGENCY-WINDOW)) ERR-INVALID-WINDOW)
-    (map-set emergency-preferences patient-id
-      { allow: allow, data-types: data-types, max-window: max-window, updated-at: stacks-block-height })
-    (print { topic: "emergency-preferences-set", patient-id: patient-id, allow: allow,
-             data-types: data-types, max-window: max-window })
-    (ok true)))
+  (begin
+    (try! (assert-direct-call))
+    (let ((patient-id (unwrap! (map-get? patient-ids tx-sender) ERR-NOT-REGISTERED)))
+      (asserts! (are-valid-data-types data-types) ERR-INVALID-DATA-TYPE)
+      (asserts! (and (> max-window u0) (<= max-window MAX-EMERGENCY-WINDOW)) ERR-INVALID-WINDOW)
+      (map-set emergency-preferences patient-id
+        { allow: allow, data-types: data-types, max-window: max-window, updated-at: stacks-block-height })
+      (print { topic: "emergency-preferences-set", patient-id: patient-id, allow: allow,
+               data-types: data-types, max-window: max-window })
+      (ok true))))
 
 ;; A patient who never set preferences gets the defaults: emergency access allowed to the
 ;; critical data types, for at most DEFAULT-EMERGENCY-WINDOW blocks. `is-default` says which.

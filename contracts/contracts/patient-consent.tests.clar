@@ -4,6 +4,12 @@
 ;; Rendezvous appends this file to the contract in its own simnet; it is never deployed.
 ;; The `fuzz-` functions map random numbers onto valid data types and purposes so that random
 ;; call sequences reach the contract's real state changes, not only its input checks.
+;;
+;; Calls through another contract (refused with u110) cannot be tested from here: rendezvous
+;; calls these functions directly from a wallet, and internal calls keep contract-caller equal to
+;; tx-sender (`as-contract` makes both the contract). access-control.tests.clar, whose contract
+;; can call this one, has the property (`test-patient-consent-refuses-calls-through-a-contract`)
+;; and an invariant; tests/proxy.test.ts deploys a hostile contract.
 
 ;; The simnet accounts rendezvous calls from.
 (define-constant FUZZ-ACCOUNTS (list

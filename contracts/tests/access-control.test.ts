@@ -12,8 +12,12 @@ const ERR = {
   INVALID_DATA_TYPE: 209, INVALID_PURPOSE: 210, NO_CONSENT: 211, DUPLICATE_ACCESS: 212, INVALID_WINDOW: 213,
   ACCESS_NOT_FOUND: 214, ALREADY_REVIEWED: 215, INVALID_VERDICT: 216, SELF_REVIEW: 217, ANCHOR_REGRESSION: 218,
   ALREADY_MEMBER: 219, NOT_MEMBER: 220, NO_DATA_TYPES: 221, SELF_CREDENTIALING: 222, NOT_PENDING_OWNER: 223,
+  PROXY_CALL: 224,
 };
 const err = (code: number) => Cl.uint(code);
+/** The simnet's trace of the last contract call: every expression evaluated, with the contract called. */
+const lastTrace = () =>
+  (simnet as unknown as { getLastContractCallTrace(): string | undefined }).getLastContractCallTrace() ?? "";
 const status = (who: string) => {
   const p = read(C, "get-provider", [Cl.principal(who)]);
   return /status: "([a-z]+)"/.exec(Cl.prettyPrint(p))?.[1];
@@ -286,9 +290,10 @@ describe("emergency access", () => {
       topic: Cl.stringAscii("emergency-access-recorded"), "access-id": accessId, provider: Cl.principal(physician),
       "provider-role": Cl.stringAscii("physician"), "provider-status": Cl.stringAscii("verified"), "patient-id": id(PATIENT_ID),
       "data-types": Cl.list([Cl.stringAscii("allergies"), Cl.stringAscii("medications")]), window: Cl.uint(60),
-      "reason-hash": hash("ab"), "within-preferences": Cl.bool(true), index: Cl.uint(0),
+      "reason-hash": hash("ab"), "within-preferences": Cl.bool(true), degraded: Cl.bool(false), index: Cl.uint(0),
     }));
     const rec = Cl.prettyPrint(read(C, "get-emergency-access", [accessId]));
+    expect(rec).toContain("degraded: false");
     expect(rec).toContain(`recorded-at: u${simnet.blockHeight}`);
     expect(rec).toContain(`expires-at: u${simnet.blockHeight + 60}`);
     expect(rec).toContain(`responder: '${responder}`);
@@ -348,6 +353,67 @@ describe("emergency access", () => {
     expect(rec(["allergies"], 4321)).toBeErr(err(ERR.INVALID_WINDOW));
     expect(read(C, "get-emergency-count", [])).toBeUint(0);
     expect(rec(["allergies"], 4320)).toBeOk(Cl.uint(0));
+  });
+
+  it("bounds the window by patient-consent's get-max-emergency-window, the one definition", () => {
+    setup();
+    const max = Number((read("patient-consent", "get-max-emergency-window", []) as any).value);
+    expect(max).toBe(4320);
+    const rec = (n: string, w: number) => call(C, "record-emergency-access", recordArgs(n, physician, PATIENT_ID, ["allergies"], w), responder);
+    expect(rec("01", max + 1).result).toBeErr(err(ERR.INVALID_WINDOW));
+    const res = rec("02", max);
+    expect(res.result).toBeOk(Cl.uint(0));
+    // no second copy of the bound here
+    const source = simnet.getContractSource(C)!;
+    expect(source).toContain("(contract-call? .patient-consent get-max-emergency-window)");
+    expect(source).not.toContain(String(max));
+    // a patient may allow exactly as long a window as an access may be recorded with
+    registerPatient();
+    ok("patient-consent", "set-emergency-preferences", [Cl.bool(true), Cl.list([Cl.stringAscii("allergies")]), Cl.uint(max)], patient);
+    expect(read("patient-consent", "is-emergency-access-allowed", [id(PATIENT_ID), Cl.list([Cl.stringAscii("allergies")]), Cl.uint(max)])).toBeBool(true);
+  });
+
+  it("records the degraded flag as given, in the record and the event", () => {
+    setup();
+    const res = call(C, "record-emergency-access", recordArgs(A, physician, PATIENT_ID, ["allergies"], 60, true), responder);
+    expect(res.result).toBeOk(Cl.uint(0));
+    expect(Cl.prettyPrint(prints(res)[0])).toContain("degraded: true");
+    expect(Cl.prettyPrint(read(C, "get-emergency-access", [Cl.bufferFromHex(A.repeat(32))]))).toContain("degraded: true");
+    ok(C, "record-emergency-access", recordArgs("d1", physician, PATIENT_ID, ["allergies"], 60, false), responder);
+    expect(Cl.prettyPrint(read(C, "get-emergency-access", [Cl.bufferFromHex("d1".repeat(32))]))).toContain("degraded: false");
+  });
+
+  it("a refused record never calls patient-consent: the caller and local checks come first", () => {
+    setup();
+    ok(C, "record-emergency-access", recordArgs("ee", physician), responder);
+    const refusals: [string, ReturnType<typeof recordArgs>, string, number][] = [
+      ["a stranger", recordArgs(A, physician), stranger, ERR.NOT_RESPONDER],
+      ["the owner", recordArgs(A, physician), deployer, ERR.NOT_RESPONDER],
+      ["a duplicate", recordArgs("ee", physician), responder, ERR.DUPLICATE_ACCESS],
+      ["no data types", recordArgs(A, physician, PATIENT_ID, []), responder, ERR.NO_DATA_TYPES],
+      ["a zero window", recordArgs(A, physician, PATIENT_ID, ["allergies"], 0), responder, ERR.INVALID_WINDOW],
+      ["an unregistered provider", recordArgs(A, stranger), responder, ERR.PROVIDER_NOT_FOUND],
+    ];
+    for (const [what, args, who, code] of refusals) {
+      expect(call(C, "record-emergency-access", args, who).result, what).toBeErr(err(code));
+      const trace = lastTrace();
+      expect(trace, what).toContain("assert-direct-call");
+      expect(trace, what).not.toContain("patient-consent");
+    }
+    // an accepted record asks patient-consent last, whether it stayed within the preferences
+    ok(C, "record-emergency-access", recordArgs(A, physician), responder);
+    expect(lastTrace()).toContain("patient-consent is-emergency-access-allowed");
+  });
+
+  it("an access opens up to 8 data types: the seven critical ones and one more", () => {
+    setup();
+    const critical = ["allergies", "medications", "problems", "blood-type", "advance-directives", "immunizations", "emergency-summary"];
+    expect(call(C, "record-emergency-access", recordArgs(A, physician, PATIENT_ID, [...critical, "vitals"]), responder).result).toBeOk(Cl.uint(0));
+    // a ninth does not fit the argument's type, (list 8 (string-ascii 32)), nor patient-consent's
+    const arg = (contract: string, fn: string, name: string) => simnet.getContractsInterfaces()
+      .get(`${deployer}.${contract}`)!.functions.find((f) => f.name === fn)!.args.find((a) => a.name === name)!.type;
+    expect(arg(C, "record-emergency-access", "data-types")).toEqual({ list: { type: { "string-ascii": { length: 32 } }, length: 8 } });
+    expect(arg("patient-consent", "is-emergency-access-allowed", "data-types")).toEqual(arg(C, "record-emergency-access", "data-types"));
   });
 
   it("records an access outside the patient's preferences, flagged for reviewers", () => {

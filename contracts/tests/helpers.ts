@@ -68,8 +68,9 @@ export function verifiedProvider(who: string, role: string) {
   ok("access-control", "verify-provider", [Cl.principal(who)], authority);
 }
 
+/** The arguments of access-control's record-emergency-access; `degraded` last, as there. */
 export function recordArgs(accessId: string, provider: string, patientId = PATIENT_ID,
-                           dataTypes = ["allergies"], window = 60) {
+                           dataTypes = ["allergies"], window = 60, degraded = false) {
   return [
     Cl.bufferFromHex(accessId.repeat(32)),
     Cl.principal(provider),
@@ -77,5 +78,6 @@ export function recordArgs(accessId: string, provider: string, patientId = PATIE
     Cl.list(dataTypes.map((d) => Cl.stringAscii(d))),
     Cl.uint(window),
     hash("ab"),
+    Cl.bool(degraded),
   ];
 }

@@ -155,6 +155,27 @@ describe("consent", () => {
     expect(read(C, "get-consent-history-count", [id(PATIENT2_ID)])).toBeUint(0);
   });
 
+  it("knows 12 data types, the size of the preference lists, and a patient can allow them all", () => {
+    const all = read(C, "get-data-types", []) as any;
+    expect(all.value.length).toBe(12);
+    // the preference lists are exactly that long: a new data type must raise them with it
+    const arg = (fn: string) => simnet.getContractsInterfaces().get(`${deployer}.${C}`)!.functions
+      .find((f) => f.name === fn)!.args.find((a) => a.name === "data-types")!.type as any;
+    expect(arg("set-emergency-preferences").list.length).toBe(all.value.length);
+    expect(arg("are-valid-data-types").list.length).toBe(all.value.length);
+    expect(arg("is-emergency-access-allowed").list.length).toBe(8);
+    registerPatient();
+    expect(call(C, "set-emergency-preferences", [Cl.bool(true), all, Cl.uint(60)], patient).result).toBeOk(Cl.bool(true));
+    expect(read(C, "are-valid-data-types", [all])).toBeBool(true);
+    // one emergency access asks for at most 8 of them (the list type of is-emergency-access-allowed)
+    const eight = Cl.list(all.value.slice(0, 8));
+    expect(read(C, "is-emergency-access-allowed", [id(PATIENT_ID), eight, Cl.uint(60)])).toBeBool(true);
+  });
+
+  it("exposes the one longest emergency window, 4320 blocks", () => {
+    expect(read(C, "get-max-emergency-window", [])).toBeUint(4320);
+  });
+
   it("lists the known data types and purposes", () => {
     expect(Cl.prettyPrint(read(C, "get-data-types", []))).toContain('"advance-directives"');
     expect(read(C, "get-purposes", [])).toStrictEqual(Cl.list(

@@ -8,9 +8,6 @@ use crate::store::{Consent, Preferences, ProviderState};
 pub const PATIENT_CONSENT: &str = "patient-consent";
 pub const ACCESS_CONTROL: &str = "access-control";
 
-/// access-control's error code for an access id it already recorded.
-pub const ERR_DUPLICATE_ACCESS: u128 = 212;
-
 #[derive(Debug, Clone)]
 pub struct Contracts {
     pub address: Address,
@@ -97,6 +94,7 @@ pub fn preferences(v: &Value) -> Option<Preferences> {
         data_types: data_types(field(v, "data-types"))?,
         max_window: u64::try_from(uint(field(v, "max-window"))?).ok()?,
         is_default: boolean(field(v, "is-default")).unwrap_or(false),
+        registered: None,
     })
 }
 

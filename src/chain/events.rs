@@ -1,12 +1,14 @@
-//! The event-observer payload (`POST /new_block`) and what its contract print events change
-//! in the chain-state cache. Pure functions: the follower applies their result atomically.
+//! The event-observer payload (`POST /new_block`) and which cache entries its contract print
+//! events name. Pure functions. A payload is only a hint: the follower checks the block
+//! against the node and reads every named entry back from it.
+
+use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
 use super::contracts::{self, Contracts};
-use crate::domain::{ProviderStatus, Purpose};
+use crate::domain::{DataType, PatientId, Purpose};
 use crate::stacks::Value;
-use crate::store::{Batch, Consent, ConsentKey, Preferences, ProviderState, Store, StoreError};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct NewBlock {
@@ -51,14 +53,12 @@ pub struct Print {
     pub value: Value,
 }
 
-pub fn hash32(hex_str: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    if let Ok(b) = hex::decode(hex_str.trim_start_matches("0x")) {
-        if b.len() == 32 {
-            out.copy_from_slice(&b);
-        }
-    }
-    out
+/// A 32-byte hash in hex, with or without `0x`.
+pub fn parse_hash32(hex_str: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_str.trim_start_matches("0x"))
+        .ok()?
+        .try_into()
+        .ok()
 }
 
 /// The prints of our contracts in a block, in order. Events of failed transactions are not
@@ -78,17 +78,37 @@ pub fn prints(block: &NewBlock, contracts: &Contracts) -> Vec<Print> {
         .collect()
 }
 
-/// Adds to `batch` what the prints change in the cache. `store` is read for what an event
-/// does not carry (a role change keeps the cached status); an entry it cannot complete is
-/// dropped from the cache, so the next read fills it from the node.
-pub fn cache_updates(
-    prints: &[Print],
-    store: &dyn Store,
-    batch: &mut Batch,
-) -> Result<(), StoreError> {
+/// How many cache entries one block may name; a block naming more is read as a gap (every
+/// cached entry read again), so a forged push cannot make the follower ask the node for
+/// thousands of entries one by one.
+pub const MAX_NAMED: usize = 256;
+
+/// The cache entries a block's print events name. Only names: what an entry now holds is
+/// read back from the node (`ChainState::reread`), never taken from a pushed event, which
+/// anyone who can reach the observer port could have written.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Named {
+    pub providers: BTreeSet<String>,
+    pub patients: BTreeSet<PatientId>,
+    pub consents: BTreeSet<(PatientId, String, DataType, Purpose)>,
+    pub responders: BTreeSet<String>,
+}
+
+impl Named {
+    pub fn len(&self) -> usize {
+        self.providers.len() + self.patients.len() + self.consents.len() + self.responders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What `prints` name (see `Named`).
+pub fn named(prints: &[Print]) -> Named {
+    let mut out = Named::default();
     for p in prints {
-        let t = &p.value;
-        let f = |name: &str| t.as_tuple().and_then(|m| m.get(name));
+        let f = |name: &str| p.value.as_tuple().and_then(|m| m.get(name));
         match p.topic.as_str() {
             "provider-registered"
             | "provider-verified"
@@ -97,100 +117,72 @@ pub fn cache_updates(
             | "provider-revoked"
             | "provider-role-changed"
             | "provider-credentials-updated" => {
-                let Some(who) = contracts::principal(f("provider")) else {
-                    continue;
-                };
-                let role = contracts::ascii(f("role")).and_then(|r| r.parse().ok());
-                let status = match p.topic.as_str() {
-                    "provider-registered" => Some(ProviderStatus::Pending),
-                    _ => contracts::ascii(f("status")).and_then(|s| s.parse().ok()),
-                };
-                // what this batch already says wins over the store
-                let known = batch
-                    .providers
-                    .iter()
-                    .rev()
-                    .find(|(w, _)| *w == who)
-                    .map(|(_, s)| s.clone())
-                    .map_or_else(|| store.provider(&who), Ok)?;
-                let (old_role, old_status, old_info) = match known {
-                    Some(ProviderState::Registered {
-                        role,
-                        status,
-                        info_hash,
-                    }) => (Some(role), Some(status), info_hash),
-                    _ => (None, None, None),
-                };
-                // registration and credential updates carry the info-hash; the rest keep it
-                let info_hash = contracts::buff32(f("info-hash")).or(old_info);
-                let next = match (role.or(old_role), status.or(old_status)) {
-                    (Some(role), Some(status)) => Some(ProviderState::Registered {
-                        role,
-                        status,
-                        info_hash,
-                    }),
-                    _ => None,
-                };
-                batch.providers.push((who, next));
+                if let Some(who) = contracts::principal(f("provider")) {
+                    out.providers.insert(who);
+                }
             }
-            "emergency-preferences-set" => {
-                let (Some(patient), Some(allow), Some(data_types), Some(max_window)) = (
-                    contracts::patient_id(f("patient-id")),
-                    contracts::boolean(f("allow")),
-                    contracts::data_types(f("data-types")),
-                    contracts::uint(f("max-window")).and_then(|u| u64::try_from(u).ok()),
-                ) else {
-                    continue;
-                };
-                batch.preferences.push((
-                    patient,
-                    Preferences {
-                        allow,
-                        data_types,
-                        max_window,
-                        is_default: false,
-                    },
-                ));
+            "emergency-preferences-set" | "patient-registered" => {
+                if let Some(patient) = contracts::patient_id(f("patient-id")) {
+                    out.patients.insert(patient);
+                }
             }
             "consent-granted" | "consent-revoked" => {
-                let (Some(patient), Some(provider), Some(data_type), Some(purpose)) = (
+                if let (Some(patient), Some(provider), Some(data_type), Some(purpose)) = (
                     contracts::patient_id(f("patient-id")),
                     contracts::principal(f("provider")),
                     contracts::ascii(f("data-type")).and_then(|d| d.parse().ok()),
                     contracts::ascii(f("purpose")).and_then(|d| d.parse::<Purpose>().ok()),
-                ) else {
-                    continue;
-                };
-                let key = ConsentKey {
-                    patient,
-                    provider,
-                    data_type,
-                    purpose,
-                };
-                let consent = if p.topic == "consent-granted" {
-                    let expires_at = contracts::uint(f("expires-at"))
-                        .and_then(|u| u64::try_from(u).ok())
-                        .unwrap_or(0);
-                    Consent {
-                        active: true,
-                        expires_at,
-                    }
-                } else {
-                    let previous = store.consent(&key)?.map_or(0, |c| c.expires_at);
-                    Consent {
-                        active: false,
-                        expires_at: previous,
-                    }
-                };
-                batch.consents.push((key, consent));
+                ) {
+                    out.consents.insert((patient, provider, data_type, purpose));
+                }
             }
             "responder-added" | "responder-removed" => {
                 if let Some(who) = contracts::principal(f("principal")) {
-                    batch.responders.push((who, p.topic == "responder-added"));
+                    out.responders.insert(who);
                 }
             }
             _ => {}
         }
     }
-    Ok(())
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stacks::Value;
+
+    fn print(topic: &str, fields: Vec<(&str, Value)>) -> Print {
+        let mut m: Vec<(String, Value)> = vec![("topic".into(), Value::ascii(topic))];
+        m.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
+        Print {
+            topic: topic.into(),
+            value: Value::tuple(m),
+        }
+    }
+
+    #[test]
+    fn a_block_names_entries_and_carries_no_values() {
+        let who = "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB";
+        let p = contracts::principal_value(who).unwrap();
+        let named = named(&[
+            print(
+                "provider-suspended",
+                vec![
+                    ("provider", p.clone()),
+                    ("status", Value::ascii("verified")),
+                ],
+            ),
+            print(
+                "emergency-preferences-set",
+                vec![("patient-id", Value::buffer([7; 32]))],
+            ),
+            print("responder-added", vec![("principal", p)]),
+            print("unknown-topic", vec![]),
+        ]);
+        assert_eq!(named.providers, BTreeSet::from([who.to_string()]));
+        assert_eq!(named.patients, BTreeSet::from([PatientId([7; 32])]));
+        assert_eq!(named.responders, BTreeSet::from([who.to_string()]));
+        assert_eq!(named.len(), 3);
+    }
 }

@@ -1,11 +1,12 @@
 //! An async client for the stacks-node RPC the service uses: `/v2/info`, `/v2/accounts`,
-//! call-read and `POST /v2/transactions`. Reads retry with exponential backoff on transport
+//! call-read, `/v3/blocks/height` and `POST /v2/transactions`. Reads retry with exponential backoff on transport
 //! errors and 5xx answers; every error names the node call that failed and why.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::stacks::block::{decode_header, BlockHeader};
 use crate::stacks::{Address, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -90,30 +91,18 @@ impl NodeClient {
         Ok((status, body))
     }
 
-    /// A read, retried with backoff while the failure may pass.
-    async fn read<T: for<'de> Deserialize<'de>>(
-        &self,
-        call: &str,
-        make: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<T, RpcError> {
+    /// `attempt`, again with backoff while its failure may pass.
+    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T, RpcError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RpcError>>,
+    {
         let mut delay = Duration::from_millis(100);
-        let mut attempt = 0;
+        let mut tries = 0;
         loop {
-            let result = match self.send(call, make()).await {
-                Ok((200, body)) => serde_json::from_str(&body).map_err(|e| RpcError::Decode {
-                    call: call.into(),
-                    detail: e.to_string(),
-                }),
-                Ok((status, body)) => Err(RpcError::Status {
-                    call: call.into(),
-                    status,
-                    body: truncate(&body),
-                }),
-                Err(e) => Err(e),
-            };
-            match result {
-                Err(e) if e.retryable() && attempt < self.retries => {
-                    attempt += 1;
+            match attempt().await {
+                Err(e) if e.retryable() && tries < self.retries => {
+                    tries += 1;
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
@@ -122,9 +111,62 @@ impl NodeClient {
         }
     }
 
+    /// A JSON read, retried with backoff while the failure may pass.
+    async fn read<T: for<'de> Deserialize<'de>>(
+        &self,
+        call: &str,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<T, RpcError> {
+        self.retrying(|| async {
+            match self.send(call, make()).await? {
+                (200, body) => serde_json::from_str(&body).map_err(|e| RpcError::Decode {
+                    call: call.into(),
+                    detail: e.to_string(),
+                }),
+                (status, body) => Err(RpcError::Status {
+                    call: call.into(),
+                    status,
+                    body: truncate(&body),
+                }),
+            }
+        })
+        .await
+    }
+
     pub async fn info(&self) -> Result<NodeInfo, RpcError> {
         let url = format!("{}/v2/info", self.base);
         self.read("GET /v2/info", || self.http.get(&url)).await
+    }
+
+    /// The canonical block at `height` on the node's tip (`GET /v3/blocks/height/{h}`), its
+    /// header decoded; `None` when the node has no block there.
+    pub async fn block_at(&self, height: u64) -> Result<Option<BlockHeader>, RpcError> {
+        let call = "GET /v3/blocks/height";
+        let url = format!("{}/v3/blocks/height/{height}", self.base);
+        let unreachable = |e: reqwest::Error| RpcError::Unreachable {
+            call: call.into(),
+            detail: e.to_string(),
+        };
+        self.retrying(|| async {
+            let res = self.http.get(&url).send().await.map_err(unreachable)?;
+            let status = res.status().as_u16();
+            let body = res.bytes().await.map_err(unreachable)?;
+            match status {
+                404 => Ok(None),
+                200 => decode_header(&body)
+                    .map(Some)
+                    .map_err(|e| RpcError::Decode {
+                        call: call.into(),
+                        detail: e.to_string(),
+                    }),
+                _ => Err(RpcError::Status {
+                    call: call.into(),
+                    status,
+                    body: truncate(&String::from_utf8_lossy(&body)),
+                }),
+            }
+        })
+        .await
     }
 
     /// The account's next nonce as the chain has it (mempool not counted).

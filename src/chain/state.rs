@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use super::contracts::{self, Contracts};
+use super::events::Named;
 use super::rpc::{NodeClient, RpcError};
 use crate::domain::PatientId;
 use crate::stacks::{Address, Value};
@@ -92,18 +93,35 @@ impl ChainState {
         contracts::provider_state(&v).ok_or_else(|| StateError::Shape("get-provider".into()))
     }
 
+    /// The patient's emergency preferences and whether the id is registered at all.
     async fn read_preferences(&self, patient: &PatientId) -> Result<Preferences, StateError> {
+        let contract = self.contracts.patient_consent();
         let v = self
             .rpc
             .call_read(
-                &self.contracts.patient_consent(),
+                &contract,
                 "get-emergency-preferences",
                 &[Value::buffer(patient.0)],
                 self.sender(),
             )
             .await?;
-        contracts::preferences(&v)
-            .ok_or_else(|| StateError::Shape("get-emergency-preferences".into()))
+        let mut prefs = contracts::preferences(&v)
+            .ok_or_else(|| StateError::Shape("get-emergency-preferences".into()))?;
+        let principal = self
+            .rpc
+            .call_read(
+                &contract,
+                "get-patient-principal",
+                &[Value::buffer(patient.0)],
+                self.sender(),
+            )
+            .await?;
+        prefs.registered = match principal {
+            Value::Some(_) => Some(true),
+            Value::None => Some(false),
+            _ => return Err(StateError::Shape("get-patient-principal".into())),
+        };
+        Ok(prefs)
     }
 
     async fn read_consent(&self, key: &ConsentKey) -> Result<Consent, StateError> {
@@ -204,7 +222,12 @@ impl ChainState {
     pub async fn preferences(&self, patient: &PatientId) -> Result<Preferences, StateError> {
         self.fill(
             "get-emergency-preferences",
-            |store| store.preferences(patient),
+            // an entry cached before registration was read is read again
+            |store| {
+                Ok(store
+                    .preferences(patient)?
+                    .filter(|p| p.registered.is_some()))
+            },
             || self.read_preferences(patient),
             |p, _| {
                 Some(Batch {
@@ -246,8 +269,44 @@ impl ChainState {
         .await
     }
 
-    /// Re-reads every cached entry from the node, for after a gap in the block stream. The
-    /// result goes into `batch` so that it lands with the new tip.
+    /// Reads back from the node the entries a block names that the cache holds (an entry it
+    /// does not hold is read on its first use anyway), into `batch`, to land with the block.
+    pub async fn reread(&self, named: &Named, batch: &mut Batch) -> Result<(), StateError> {
+        for who in &named.providers {
+            if self.store.provider(who)?.is_some() {
+                let s = self.read_provider(who).await?;
+                batch.providers.push((who.clone(), Some(s)));
+            }
+        }
+        for patient in &named.patients {
+            if self.store.preferences(patient)?.is_some() {
+                let p = self.read_preferences(patient).await?;
+                batch.preferences.push((*patient, p));
+            }
+        }
+        for who in &named.responders {
+            if self.store.responder(who)?.is_some() {
+                let r = self.read_responder(who).await?;
+                batch.responders.push((who.clone(), r));
+            }
+        }
+        for (patient, provider, data_type, purpose) in &named.consents {
+            let key = ConsentKey {
+                patient: *patient,
+                provider: provider.clone(),
+                data_type: *data_type,
+                purpose: *purpose,
+            };
+            if self.store.consent(&key)?.is_some() {
+                let c = self.read_consent(&key).await?;
+                batch.consents.push((key, c));
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads every cached entry from the node, for after a gap in the block stream or a
+    /// reorg. The result goes into `batch` so that it lands with the new tip.
     pub async fn refresh_all(&self, batch: &mut Batch) -> Result<(), StateError> {
         for who in self.store.providers()? {
             let s = self.read_provider(&who).await?;

@@ -6,7 +6,9 @@
 //! transaction not confirmed after K blocks is broadcast again. When the node says its nonce
 //! is used (`BadNonce`), the operation is checked on chain: done means confirmed; not done
 //! means the nonce went to something else, and it is signed again with the node's nonce.
-//! Confirmation comes from the follower, which sees the txid in a block.
+//! Confirmation comes from the follower, which sees the txid in a block and reads the
+//! operation's effect back from the node; a reorg that abandons the confirming block reopens
+//! the operation as the same signed bytes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,10 +16,11 @@ use std::time::Duration;
 
 use secp256k1::SecretKey;
 
-use super::contracts::{self, Contracts, ERR_DUPLICATE_ACCESS};
+use super::contracts::{self, Contracts};
 use super::events::NewBlock;
-use super::follower::{now_ms, FollowerStatus};
+use super::follower::{now_ms, FollowError, FollowerStatus};
 use super::rpc::{NodeClient, RpcError};
+use super::state::StateError;
 use crate::stacks::tx::{self, ContractCall};
 use crate::stacks::{Address, Value};
 use crate::store::{Batch, Store, StoreError, Submission, SubmissionState};
@@ -61,16 +64,96 @@ pub fn operation(id: &str, contract_name: &str, function: &str, args_hex: &[Stri
     }
 }
 
-/// Marks the operations whose transactions this block mined.
-pub fn confirmations(
+/// Where an operation stands on chain, as the node's read-only functions tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnChain {
+    /// Its effect is on chain, written at this height.
+    Done {
+        height: u64,
+    },
+    NotDone,
+    /// No read-only function tells (an operation of another kind).
+    Unknown,
+}
+
+/// Whether operation `s`'s effect is on chain: `get-emergency-access` for a record (with its
+/// `recorded-at`), the anchors for an anchor.
+pub async fn on_chain(
+    rpc: &NodeClient,
+    contracts: &Contracts,
+    s: &Submission,
+) -> Result<OnChain, RpcError> {
+    let contract = contracts.access_control();
+    let sender = &contracts.address;
+    let first = s.args.first().and_then(|a| Value::from_hex(a).ok());
+    match (s.function.as_str(), first) {
+        ("record-emergency-access", Some(access_id)) => {
+            let v = rpc
+                .call_read(&contract, "get-emergency-access", &[access_id], sender)
+                .await?;
+            Ok(match v {
+                Value::Some(record) => OnChain::Done {
+                    height: contracts::uint(record.as_tuple().and_then(|m| m.get("recorded-at")))
+                        .and_then(|h| u64::try_from(h).ok())
+                        .unwrap_or(0),
+                },
+                _ => OnChain::NotDone,
+            })
+        }
+        ("anchor-audit", Some(head)) => {
+            let count = rpc
+                .call_read(&contract, "get-anchor-count", &[], sender)
+                .await?;
+            let n = contracts::uint(Some(&count)).unwrap_or(0);
+            for i in (n.saturating_sub(50)..n).rev() {
+                let a = rpc
+                    .call_read(&contract, "get-anchor", &[Value::UInt(i)], sender)
+                    .await?;
+                if let Value::Some(t) = &a {
+                    let m = t.as_tuple();
+                    if m.and_then(|m| m.get("head")) == Some(&head) {
+                        let height = contracts::uint(m.and_then(|m| m.get("block")))
+                            .and_then(|h| u64::try_from(h).ok())
+                            .unwrap_or(0);
+                        return Ok(OnChain::Done { height });
+                    }
+                }
+            }
+            Ok(OnChain::NotDone)
+        }
+        _ => Ok(OnChain::Unknown),
+    }
+}
+
+/// A confirmation of `s`, sent as `txid` (nonce `nonce`, bytes `raw`), found on chain at `height`.
+fn confirmed(txid: &str, nonce: u64, raw: &str, height: u64, result: String) -> SubmissionState {
+    SubmissionState::Confirmed {
+        txid: Some(txid.to_string()),
+        height,
+        result,
+        nonce: Some(nonce),
+        raw: Some(raw.to_string()),
+    }
+}
+
+/// Confirms the operations whose transactions a block (checked against the node) says it
+/// mined, each only once the node's read-only functions show its effect: a pushed block is
+/// a hint, its events and results are not believed. A transaction the block says failed is
+/// marked failed only if its effect is absent and the chain has used its nonce (`used`, the
+/// sender's next nonce as the node has it, read only when needed).
+pub async fn confirmations(
     block: &NewBlock,
+    rpc: &NodeClient,
+    contracts: &Contracts,
+    sender: &Address,
     store: &dyn Store,
     batch: &mut Batch,
-) -> Result<(), StoreError> {
+) -> Result<(), FollowError> {
     let open = store.open_submissions()?;
     if open.is_empty() {
         return Ok(());
     }
+    let mut used: Option<u64> = None;
     for t in &block.transactions {
         let txid = t.txid.trim_start_matches("0x");
         let Some(s) = open
@@ -79,29 +162,94 @@ pub fn confirmations(
         else {
             continue;
         };
+        let SubmissionState::Sent { nonce, raw, .. } = &s.state else {
+            continue;
+        };
         let result = Value::from_hex(&t.raw_result)
             .map(|v| v.to_string())
             .unwrap_or_else(|_| t.raw_result.clone());
-        let duplicate = s.function == "record-emergency-access"
-            && matches!(Value::from_hex(&t.raw_result), Ok(Value::Err(e)) if *e == Value::UInt(ERR_DUPLICATE_ACCESS));
-        let state = if t.status == "success" || duplicate {
-            SubmissionState::Confirmed {
-                txid: Some(txid.to_string()),
-                height: block.block_height,
-                result,
+        let state = match on_chain(rpc, contracts, s)
+            .await
+            .map_err(StateError::from)?
+        {
+            OnChain::Done { height } => {
+                let height = if height == 0 {
+                    block.block_height
+                } else {
+                    height
+                };
+                tracing::info!(operation = %s.id, txid, height, "operation confirmed");
+                confirmed(txid, *nonce, raw, height, result)
             }
-        } else {
-            SubmissionState::Failed {
-                txid: txid.to_string(),
-                height: block.block_height,
-                result,
+            OnChain::NotDone | OnChain::Unknown if t.status != "success" => {
+                let next = match used {
+                    Some(n) => n,
+                    None => {
+                        *used.insert(rpc.account_nonce(sender).await.map_err(StateError::from)?)
+                    }
+                };
+                if next <= *nonce {
+                    tracing::warn!(operation = %s.id, txid, "a block says our transaction failed, but the node has not used its nonce: ignored");
+                    continue;
+                }
+                tracing::error!(operation = %s.id, txid, "transaction mined with an error");
+                SubmissionState::Failed {
+                    txid: txid.to_string(),
+                    height: block.block_height,
+                    result,
+                }
+            }
+            OnChain::NotDone | OnChain::Unknown => {
+                tracing::warn!(operation = %s.id, txid, "a block says our transaction was mined, but its effect is not on chain: not confirmed");
+                continue;
             }
         };
-        if matches!(state, SubmissionState::Failed { .. }) {
-            tracing::error!(operation = %s.id, txid, "transaction mined with an error");
-        } else {
-            tracing::info!(operation = %s.id, txid, height = block.block_height, "operation confirmed");
+        batch.submissions.push(Submission { state, ..s.clone() });
+    }
+    Ok(())
+}
+
+/// After a reorg from `from` (blocks at that height and above abandoned): every operation
+/// confirmed there is read back; one no longer on chain is reopened as the same signed bytes
+/// (broadcast again at once), one mined again elsewhere gets its new height.
+pub async fn reopen_abandoned(
+    from: u64,
+    rpc: &NodeClient,
+    contracts: &Contracts,
+    store: &dyn Store,
+    batch: &mut Batch,
+) -> Result<(), FollowError> {
+    for s in store.submissions()? {
+        let SubmissionState::Confirmed {
+            txid: Some(txid),
+            height,
+            result,
+            nonce: Some(nonce),
+            raw: Some(raw),
+        } = &s.state
+        else {
+            continue;
+        };
+        if *height < from {
+            continue;
         }
+        let state = match on_chain(rpc, contracts, &s)
+            .await
+            .map_err(StateError::from)?
+        {
+            OnChain::Done { height: now } if now == *height => continue,
+            OnChain::Done { height: now } => confirmed(txid, *nonce, raw, now, result.clone()),
+            OnChain::NotDone | OnChain::Unknown => {
+                tracing::warn!(operation = %s.id, txid, height, "a reorg abandoned the block that confirmed this operation: reopened");
+                SubmissionState::Sent {
+                    txid: txid.clone(),
+                    nonce: *nonce,
+                    raw: raw.clone(),
+                    sent_at_height: from,
+                    broadcasts: 0,
+                }
+            }
+        };
         batch.submissions.push(Submission { state, ..s.clone() });
     }
     Ok(())
@@ -284,24 +432,34 @@ impl Submitter {
 
     /// The node says our nonce is used: by this operation (done), or by something else.
     async fn nonce_taken(&self, s: &Submission, reason: &str) -> Result<(), SubmitError> {
-        match self.done_on_chain(s).await? {
-            Some(true) => {
-                let state = SubmissionState::Confirmed {
-                    txid: None,
-                    height: self.status.node_tip.load(Ordering::SeqCst),
-                    result: "already on chain".into(),
+        match on_chain(&self.rpc, &self.contracts, s).await? {
+            OnChain::Done { height } => {
+                // the chain used our nonce and has the effect: the transaction kept for this
+                // operation is the one mined (one signed before it had its nonce taken by
+                // something else was never minable), so the proof names it
+                let state = match &s.state {
+                    SubmissionState::Sent {
+                        txid, nonce, raw, ..
+                    } => confirmed(txid, *nonce, raw, height, "already on chain".into()),
+                    _ => SubmissionState::Confirmed {
+                        txid: None,
+                        height,
+                        result: "already on chain".into(),
+                        nonce: None,
+                        raw: None,
+                    },
                 };
                 if self.update(s, state).await? {
-                    tracing::info!(operation = %s.id, "operation found on chain");
+                    tracing::info!(operation = %s.id, height, "operation found on chain");
                 }
             }
-            Some(false) => {
+            OnChain::NotDone => {
                 let nonce = self.rpc.account_nonce(&self.sender).await?;
                 if self.sign_and_keep(s, nonce).await?.is_some() {
                     tracing::warn!(operation = %s.id, reason, nonce, "nonce was taken by another transaction; signed again");
                 }
             }
-            None => {
+            OnChain::Unknown => {
                 // cannot prove it did not run: resending could do it twice
                 let state = SubmissionState::Failed {
                     txid: String::new(),
@@ -315,46 +473,6 @@ impl Submitter {
             }
         }
         Ok(())
-    }
-
-    /// Whether the operation's effect is on chain; None when it cannot be told.
-    async fn done_on_chain(&self, s: &Submission) -> Result<Option<bool>, SubmitError> {
-        let contract = self.contracts.access_control();
-        let first = s.args.first().and_then(|a| Value::from_hex(a).ok());
-        match (s.function.as_str(), first) {
-            ("record-emergency-access", Some(access_id)) => {
-                let v = self
-                    .rpc
-                    .call_read(
-                        &contract,
-                        "get-emergency-access",
-                        &[access_id],
-                        &self.sender,
-                    )
-                    .await?;
-                Ok(Some(matches!(v, Value::Some(_))))
-            }
-            ("anchor-audit", Some(head)) => {
-                let count = self
-                    .rpc
-                    .call_read(&contract, "get-anchor-count", &[], &self.sender)
-                    .await?;
-                let n = contracts::uint(Some(&count)).unwrap_or(0);
-                for i in (n.saturating_sub(50)..n).rev() {
-                    let a = self
-                        .rpc
-                        .call_read(&contract, "get-anchor", &[Value::UInt(i)], &self.sender)
-                        .await?;
-                    if let Value::Some(t) = &a {
-                        if t.as_tuple().and_then(|m| m.get("head")) == Some(&head) {
-                            return Ok(Some(true));
-                        }
-                    }
-                }
-                Ok(Some(false))
-            }
-            _ => Ok(None),
-        }
     }
 
     /// After the follower skipped blocks, an operation mined in them was never seen: any sent
@@ -467,11 +585,7 @@ mod tests {
             })
             .unwrap();
         // while the transaction was broadcast again, the follower saw it mined
-        let confirmed = SubmissionState::Confirmed {
-            txid: Some("ab".repeat(32)),
-            height: 12,
-            result: "(ok u0)".into(),
-        };
+        let confirmed = confirmed(&"ab".repeat(32), 4, "00", 12, "(ok u0)".into());
         sub.store
             .apply(Batch {
                 submissions: vec![Submission {

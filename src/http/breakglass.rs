@@ -29,7 +29,38 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/.well-known/jwks.json", web::get().to(jwks));
 }
 
-async fn break_glass(bg: web::Data<BreakGlass>, mut payload: web::Payload) -> HttpResponse {
+/// Whether the request says its body is JSON (`application/json`, or a `+json` type).
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .is_some_and(|t| {
+            t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+        })
+}
+
+async fn break_glass(
+    bg: web::Data<BreakGlass>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> HttpResponse {
+    if !is_json(&req) {
+        bg.metrics
+            .refusals
+            .get_or_create(&crate::metrics::Code {
+                code: "unsupported-media-type".into(),
+            })
+            .inc();
+        return problem(&Refusal {
+            status: 415,
+            code: "unsupported-media-type",
+            title: "Unsupported media type",
+            detail: "a break-glass request is JSON: send it with Content-Type: application/json"
+                .into(),
+        });
+    }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let Ok(chunk) = chunk else {
@@ -187,16 +218,22 @@ async fn access(
             Ok(Some(n)) => super::admin::notice_view(&n),
             _ => json!(null),
         };
-        // the reason stays out: it is for reviewers and the patient's notice
+        // the reason is only ever shown here, to those entitled: never in a token or a log
         let more = json!({
             "notice": notice,
             "provider": a.provider,
             "role": a.role,
             "patient": a.patient,
+            "patient_registered": a.patient_registered,
             "data_types": a.data_types,
+            "reason": bg.reason(&a),
+            "reason_hash": a.reason_hash,
             "rules": a.rules,
             // why the clinician counted as on call: the paging source, service and incident
             "on_call": a.on_call,
+            // granted on a stale view of the chain, as a degraded-mode policy allowed
+            "degraded": a.degraded,
+            "chain_lag_blocks": a.chain_lag_blocks,
         });
         if let (Some(v), serde_json::Value::Object(m)) = (view.as_object_mut(), more) {
             v.extend(m);

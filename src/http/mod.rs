@@ -12,7 +12,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::chain::events::NewBlock;
-use crate::chain::follower::{Follower, FollowerStatus};
+use crate::chain::follower::{Applied, Follower, FollowerStatus};
 use crate::store::Store;
 
 pub struct Health {
@@ -109,18 +109,37 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
     }
 }
 
-/// The event-observer endpoints. `/new_block` answers 200 only once the block is durably
-/// applied; a failure answers 500 so that the node sends it again.
-pub fn observer(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::JsonConfig::default().limit(64 * 1024 * 1024))
-        .route("/new_block", web::post().to(new_block))
-        .default_service(web::to(|| async { HttpResponse::Ok().finish() }));
+/// The event-observer endpoints, under `prefix` (`""`, or `/<secret>` when
+/// `follower.path_secret_file` is set: stacks-node's `events_observer.endpoint` may carry a
+/// path, so only who knows it reaches `/new_block`; a second layer, since a pushed block is
+/// checked against the node anyway). `/new_block` answers 200 once the block is durably
+/// applied, or found not to be the node's (the node must not resend a block it abandoned);
+/// a failure answers 500 so that the node sends it again.
+pub fn observer(prefix: String) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::JsonConfig::default().limit(64 * 1024 * 1024))
+            .route(&format!("{prefix}/new_block"), web::post().to(new_block));
+        if prefix.is_empty() {
+            cfg.default_service(web::to(|| async { HttpResponse::Ok().finish() }));
+        } else {
+            // the node's other payloads (new_burn_block, mempool) under the secret path; a
+            // path without the secret is not found
+            cfg.route(
+                &format!("{prefix}/{{payload}}"),
+                web::post().to(|| async { HttpResponse::Ok().finish() }),
+            )
+            .default_service(web::to(|| async { HttpResponse::NotFound().finish() }));
+        }
+    }
 }
 
 async fn new_block(follower: web::Data<Follower>, block: web::Json<NewBlock>) -> HttpResponse {
     let height = block.block_height;
     match follower.on_block(block.into_inner()).await {
-        Ok(()) => HttpResponse::Ok().finish(),
+        Ok(Applied::NotOnChain(why)) => {
+            HttpResponse::Ok().json(json!({ "applied": false, "detail": why }))
+        }
+        Ok(_) => HttpResponse::Ok().json(json!({ "applied": true })),
         Err(e) => {
             tracing::error!(height, error = %e, "could not apply block; the node will retry");
             HttpResponse::InternalServerError().body(e.to_string())

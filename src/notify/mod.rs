@@ -408,6 +408,9 @@ mod tests {
             message_hash: String::new(),
             signature: String::new(),
             on_call: None,
+            degraded: false,
+            chain_lag_blocks: 0,
+            patient_registered: Some(true),
         }
     }
 

@@ -1,9 +1,10 @@
-//! Stacks wire formats: Clarity values, addresses, SIP-018 structured-data signatures and
-//! transactions. Transactions are built and signed with stacks-rs; what it lacks (a decoder
+//! Stacks wire formats: Clarity values, addresses, block headers, SIP-018 structured-data
+//! signatures and transactions. Transactions are built and signed with stacks-rs; what it lacks (a decoder
 //! that is safe on untrusted bytes, SIP-018, transaction decoding) lives here, in its style.
 //! This module does no I/O.
 
 pub mod address;
+pub mod block;
 pub mod clarity;
 pub mod sip018;
 pub mod tx;

@@ -50,6 +50,10 @@ pub struct Preferences {
     pub data_types: Vec<DataType>,
     pub max_window: u64,
     pub is_default: bool,
+    /// Whether the patient id is registered in patient-consent (`get-patient-principal`);
+    /// `None` in entries cached before it was read, which are read again on use.
+    #[serde(default)]
+    pub registered: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -107,11 +111,17 @@ pub enum SubmissionState {
         sent_at_height: u64,
         broadcasts: u32,
     },
-    /// Mined with success (or the chain already had it: a duplicate access id).
+    /// Mined with success (or the chain already had it: a duplicate access id), as read
+    /// back from the node. The signed transaction is kept (`nonce`, `raw`) so that a reorg
+    /// that abandons its block reopens it as the same bytes, never a second transaction.
     Confirmed {
         txid: Option<String>,
         height: u64,
         result: String,
+        #[serde(default)]
+        nonce: Option<u64>,
+        #[serde(default)]
+        raw: Option<String>,
     },
     /// Mined with an error response that no retry can change.
     Failed {
@@ -159,6 +169,17 @@ pub struct AccessRecord {
     /// was checked: for reviewers.
     #[serde(default)]
     pub on_call: Option<crate::domain::OnCall>,
+    /// Granted while the service's view of the chain was stale, because a policy permitted
+    /// it then (degraded mode): the token and the chain record say so too.
+    #[serde(default)]
+    pub degraded: bool,
+    /// How many blocks the view of the chain may have been behind at the grant.
+    #[serde(default)]
+    pub chain_lag_blocks: u64,
+    /// Whether the patient id was registered in patient-consent at the grant (`None`: granted
+    /// before this was recorded).
+    #[serde(default)]
+    pub patient_registered: Option<bool>,
 }
 
 /// The patient's notice of one access, from the grant to its delivery.
@@ -334,6 +355,8 @@ pub trait Store: Send + Sync + 'static {
     fn responders(&self) -> Result<Vec<String>, StoreError>;
     fn submission(&self, id: &str) -> Result<Option<Submission>, StoreError>;
     fn open_submissions(&self) -> Result<Vec<Submission>, StoreError>;
+    /// Every operation, open or not (for after a reorg: what was confirmed may be undone).
+    fn submissions(&self) -> Result<Vec<Submission>, StoreError>;
     /// The next nonce the submitter will use, as it last wrote it.
     fn nonce(&self) -> Result<Option<u64>, StoreError>;
     fn access(&self, id: &str) -> Result<Option<AccessRecord>, StoreError>;

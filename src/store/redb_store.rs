@@ -825,12 +825,15 @@ impl Store for RedbStore {
     }
 
     fn open_submissions(&self) -> Result<Vec<Submission>, StoreError> {
+        let mut out = self.submissions()?;
+        out.retain(Submission::is_open);
+        Ok(out)
+    }
+
+    fn submissions(&self) -> Result<Vec<Submission>, StoreError> {
         let mut out = Vec::new();
         for (k, v) in self.scan(SUBMISSIONS)? {
-            let s: Submission = dec(&k, &v)?;
-            if s.is_open() {
-                out.push(s);
-            }
+            out.push(dec::<Submission>(&k, &v)?);
         }
         out.sort_by_key(|s| s.created_at_ms);
         Ok(out)
