@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value as Json};
 
 use crate::access::{BreakGlass, Refusal};
 use crate::request::MAX_BODY_BYTES;
@@ -193,18 +193,7 @@ async fn access(
     else {
         return not_found();
     };
-    let chain = match sub.map(|s| s.state) {
-        None | Some(SubmissionState::Pending) => json!({ "state": "pending" }),
-        Some(SubmissionState::Sent { txid, .. }) => json!({ "state": "submitted", "txid": txid }),
-        Some(SubmissionState::Confirmed { txid, height, .. }) => {
-            json!({ "state": "confirmed", "txid": txid, "block_height": height })
-        }
-        Some(SubmissionState::Failed {
-            txid,
-            height,
-            result,
-        }) => json!({ "state": "failed", "txid": txid, "block_height": height, "result": result }),
-    };
+    let chain = chain_record(sub.map(|s| s.state));
     let mut view = json!({
         "access_id": a.id,
         "granted_at": a.granted_at,
@@ -244,8 +233,54 @@ async fn access(
         .json(view)
 }
 
+/// Where an access's chain record stands, as the public view tells it.
+fn chain_record(state: Option<SubmissionState>) -> Json {
+    match state {
+        None | Some(SubmissionState::Pending) => json!({ "state": "pending" }),
+        // signed, not yet accepted by the node: nothing can mine it yet
+        Some(SubmissionState::Sent {
+            txid,
+            broadcasts: 0,
+            ..
+        }) => json!({ "state": "pending", "txid": txid }),
+        Some(SubmissionState::Sent { txid, .. }) => json!({ "state": "submitted", "txid": txid }),
+        Some(SubmissionState::Confirmed { txid, height, .. }) => {
+            json!({ "state": "confirmed", "txid": txid, "block_height": height })
+        }
+        Some(SubmissionState::Failed {
+            txid,
+            height,
+            result,
+        }) => json!({ "state": "failed", "txid": txid, "block_height": height, "result": result }),
+    }
+}
+
 async fn jwks(bg: web::Data<BreakGlass>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(("cache-control", "public, max-age=300"))
         .json(bg.tokens.jwks())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(broadcasts: u32) -> SubmissionState {
+        SubmissionState::Sent {
+            txid: "ab".repeat(32),
+            nonce: 3,
+            raw: String::new(),
+            sent_at_height: 7,
+            broadcasts,
+        }
+    }
+
+    #[test]
+    fn submitted_means_the_node_accepted_it() {
+        // signed but never broadcast: nothing can mine it yet
+        assert_eq!(chain_record(Some(sent(0)))["state"], "pending");
+        assert_eq!(chain_record(Some(sent(0)))["txid"], "ab".repeat(32));
+        assert_eq!(chain_record(Some(sent(1)))["state"], "submitted");
+        assert_eq!(chain_record(None)["state"], "pending");
+    }
 }
