@@ -329,7 +329,27 @@ impl BreakGlass {
                 window_minutes,
                 rules,
             } => (window_minutes, rules),
-            Verdict::Deny { message, .. } if chain.stale => {
+            // refused on a stale view: the staleness is the reason only if a fresh view
+            // would be permitted (otherwise the policies' own refusal is the answer)
+            Verdict::Deny { message, .. }
+                if chain.stale
+                    && matches!(
+                        self.policies
+                            .decide(
+                                &signer,
+                                role,
+                                &req.data_types,
+                                &Situation {
+                                    chain_lag_blocks: 0,
+                                    chain_reachable: true,
+                                    chain_stale: false,
+                                    ..situation
+                                },
+                            )
+                            .map_err(Self::unavailable)?,
+                        Verdict::Permit { .. }
+                    ) =>
+            {
                 let lag = if chain.lag_blocks == u64::MAX {
                     "has never been confirmed by the node".to_string()
                 } else {

@@ -39,6 +39,8 @@ pub enum PolicyError {
     Invalid(String),
     #[error("policy {0}: {1}")]
     Annotation(String, String),
+    #[error("the policies permit every grant on a stale view of the chain (context.chain_stale), which may miss a suspension or an opt-out: keep the default's `chain-state-stale` forbid, or narrow it to the data types a degraded mode may open")]
+    Unguarded,
 }
 
 /// What the policies see of a request beyond the clinician and the data types
@@ -214,7 +216,42 @@ impl Policies {
             }
             policies.table = Some(table);
         }
+        policies.check_stale_guard()?;
         Ok(policies)
+    }
+
+    /// Refuses a set that refuses nothing on a stale view of the chain (one written before
+    /// `context.chain_stale`, or that dropped the default's forbid): it would grant on state
+    /// that may miss a suspension. Evaluating every role and data type here also makes a set
+    /// that fails against the schema fail at start, not at its first request.
+    fn check_stale_guard(&self) -> Result<(), PolicyError> {
+        let stale = Situation {
+            chain_stale: true,
+            chain_reachable: false,
+            chain_lag_blocks: 1_000_000,
+            ..Situation::NORMAL
+        };
+        let mut permits = false;
+        for role in Role::ALL {
+            for dt in DataType::ALL {
+                let sample = "ST000000000000000000002AMW42H";
+                let fresh = self.evaluate(sample, *role, &[*dt], &Situation::NORMAL)?;
+                if matches!(fresh, Verdict::Permit { .. }) {
+                    permits = true;
+                    if matches!(
+                        self.evaluate(sample, *role, &[*dt], &stale)?,
+                        Verdict::Deny { .. }
+                    ) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if permits {
+            Err(PolicyError::Unguarded)
+        } else {
+            Ok(())
+        }
     }
 
     /// The built-in defaults (the repository's `policies/`).

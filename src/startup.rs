@@ -120,7 +120,7 @@ impl Application {
             settings.resource_servers.clients.clone(),
         ));
         let sender = keys.stacks_address(mainnet);
-        let follower = Arc::new(Follower::new(state.clone(), status.clone(), sender)?);
+        let follower = Arc::new(Follower::new(state.clone(), status.clone())?);
         let observer_prefix = match &settings.follower.path_secret_file {
             Some(file) => format!("/{}", crate::configuration::read_path_secret(file)?),
             None => String::new(),

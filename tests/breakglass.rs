@@ -193,6 +193,12 @@ async fn ask_for_allergies(
 
 /// The demo authority suspends `provider`; returns once the service has applied that block.
 async fn suspend(env: &Env, provider: &Json) {
+    send_suspension(env, provider).await;
+    mine_applied(&env.app, &env.devnet, "suspension applied").await;
+}
+
+/// The demo authority's suspension of `provider`, sent to the mempool.
+async fn send_suspension(env: &Env, provider: &Json) {
     let authority = parse_key(env.demo["authority"]["private_key"].as_str().unwrap()).unwrap();
     env.devnet
         .call(
@@ -204,7 +210,6 @@ async fn suspend(env: &Env, provider: &Json) {
             )],
         )
         .await;
-    mine_applied(&env.app, &env.devnet, "suspension applied").await;
 }
 
 /// The access's record on chain, in Clarity notation.
@@ -691,6 +696,101 @@ fn forged_block(height: u64, hash: &str, prints: &[(&str, Value)], transactions:
             "transactions": transactions, "events": events })
 }
 
+/// A record the contract refuses (the service is no longer a responder) is mined with an
+/// error: the node's block holds the transaction, its effect does not read back: failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_contract_refuses_is_marked_failed() {
+    let env = setup(|_| {}).await;
+    let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
+    devnet
+        .call(
+            &deployer_key(),
+            "access-control",
+            "remove-responder",
+            vec![Value::Principal(
+                demo["responder"]["principal"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            )],
+        )
+        .await;
+    mine_applied(app, devnet, "responder removed").await;
+    let (status, body) =
+        ask_for_allergies(app, provider(demo, "nurse"), patient(demo, true), 1).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["access_id"].as_str().unwrap().to_string();
+    let sent = chain_state(app, &id, "submitted").await;
+    let tip = devnet.tip().await;
+    devnet.mine().await;
+    let failed = chain_state(app, &id, "failed").await;
+    assert_eq!(failed["chain"]["txid"], sent["chain"]["txid"], "{failed}");
+    assert_eq!(failed["chain"]["block_height"], json!(tip + 1), "{failed}");
+    assert!(
+        failed["chain"]["result"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{failed}"
+    );
+}
+
+/// The node's block, copied and sent first with its events stripped (the id is the node's, so
+/// it checks out): the node's own push of it, arriving after, still has its effects read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripped_copy_of_the_nodes_block_sent_first_loses_none_of_its_effects() {
+    // the node's pushes go to a path without the secret (not found, retried): this test is
+    // the only sender, so it decides the order
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_dir.path().join("observer-path");
+    std::fs::write(&secret_file, "a-secret-observer-path").unwrap();
+    let env = setup(|s| s.follower.path_secret_file = Some(secret_file)).await;
+    let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
+    let paramedic = provider(demo, "paramedic");
+    let yes = patient(demo, true);
+    assert_eq!(ask_for_allergies(app, paramedic, yes, 1).await.0, 201);
+
+    send_suspension(&env, paramedic).await;
+    devnet.mine().await;
+    let height = devnet.tip().await;
+    let real = devnet_block(devnet, height).await;
+    assert!(
+        real["events"]
+            .to_string()
+            .contains(&hex::encode("provider-suspended")),
+        "{real}"
+    );
+    let mut stripped = real.clone();
+    stripped["events"] = json!([]);
+    stripped["transactions"] = json!([]);
+    let observer = |block: Json| async move {
+        reqwest::Client::new()
+            .post(format!(
+                "http://{}/a-secret-observer-path/new_block",
+                app.observer_addr
+            ))
+            .json(&block)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(observer(stripped).await, 200);
+    assert_eq!(app.status.applied(), height);
+    assert_eq!(observer(real.clone()).await, 200, "the node's own push");
+    let (status, body) = ask_for_allergies(app, paramedic, yes, 2).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("provider-not-verified")),
+        "the suspension in the node's push was read: {body}"
+    );
+    // and sent again, nothing more to read: still applied once
+    assert_eq!(observer(real).await, 200);
+    assert_eq!(app.status.applied(), height);
+}
+
 async fn push(app: &breakglass::startup::Application, block: &Json) -> (u16, Json) {
     let res = reqwest::Client::new()
         .post(format!("http://{}/new_block", app.observer_addr))
@@ -706,13 +806,20 @@ async fn push(app: &breakglass::startup::Application, block: &Json) -> (u16, Jso
 
 /// The index block hash the devnet gave its block at `height`.
 async fn block_hash(devnet: &Devnet, height: u64) -> String {
-    let b: Json = reqwest::get(format!("{}/devnet/blocks/{height}", devnet.rpc))
+    devnet_block(devnet, height).await["index_block_hash"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The devnet's block at `height`, as its observers are sent it.
+async fn devnet_block(devnet: &Devnet, height: u64) -> Json {
+    reqwest::get(format!("{}/devnet/blocks/{height}", devnet.rpc))
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    b["index_block_hash"].as_str().unwrap().to_string()
+        .unwrap()
 }
 
 fn tuple(fields: Vec<(&str, Value)>) -> Value {
@@ -789,24 +896,33 @@ async fn forged_observer_posts_change_no_decision_readiness_or_confirmation() {
     let tip = devnet.tip().await;
     let applied = app.status.applied();
     let fake = format!("0x{}", "ab".repeat(32));
-    for block in [
-        // the next height, with a made-up hash
-        forged_block(applied + 1, &fake, &prints, json!([])),
+    for (block, expected) in [
+        // the next height, with a made-up hash: the node has no block there yet, so the
+        // answer is the one that makes a node send its block again
+        (forged_block(applied + 1, &fake, &prints, json!([])), 503),
+        // the node's tip height, with a made-up hash
+        (forged_block(tip, &fake, &prints, json!([])), 200),
         // the node's own id for its tip, with made-up events
-        forged_block(tip, &block_hash(devnet, tip).await, &prints, json!([])),
+        (
+            forged_block(tip, &block_hash(devnet, tip).await, &prints, json!([])),
+            200,
+        ),
         // an older block's id, with made-up events
-        forged_block(
-            tip - 1,
-            &block_hash(devnet, tip - 1).await,
-            &prints,
-            json!([]),
+        (
+            forged_block(
+                tip - 1,
+                &block_hash(devnet, tip - 1).await,
+                &prints,
+                json!([]),
+            ),
+            200,
         ),
         // far ahead
-        forged_block(1_000_000_000_000, &fake, &[], json!([])),
+        (forged_block(1_000_000_000_000, &fake, &[], json!([])), 200),
     ] {
         let (status, answer) = push(app, &block).await;
         assert_eq!(
-            status, 200,
+            status, expected,
             "the node must not resend what it never sent: {answer}"
         );
     }
@@ -871,11 +987,14 @@ async fn forged_observer_posts_change_no_decision_readiness_or_confirmation() {
     let tip = devnet.tip().await;
     let mined =
         json!([{ "txid": format!("0x{txid}"), "status": "success", "raw_result": "0x0703" }]);
-    for block in [
-        forged_block(tip, &block_hash(devnet, tip).await, &[], mined.clone()),
-        forged_block(tip + 1, &fake, &[], mined.clone()),
+    for (block, expected) in [
+        (
+            forged_block(tip, &block_hash(devnet, tip).await, &[], mined.clone()),
+            200,
+        ),
+        (forged_block(tip + 1, &fake, &[], mined.clone()), 503),
     ] {
-        assert_eq!(push(app, &block).await.0, 200);
+        assert_eq!(push(app, &block).await.0, expected);
     }
     let s = get(app, &format!("/v1/accesses/{id}")).await;
     assert_eq!(s["chain"]["state"], "submitted", "{s}");
@@ -1040,6 +1159,13 @@ async fn a_stale_view_of_the_chain_refuses_unless_a_degraded_policy_permits() {
     assert_eq!(
         (status, &body["code"]),
         (503, &json!("chain-state-stale")),
+        "{body}"
+    );
+    // what the policies refuse on any view is refused as such, not as a stale view
+    let (status, body) = ask(&["advance-directives"]).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("policy-denied")),
         "{body}"
     );
 

@@ -333,6 +333,25 @@ when {
 }
 
 #[test]
+fn a_policy_set_that_grants_everything_on_a_stale_view_does_not_load() {
+    let unguarded = breakglass::policy::DEFAULT_POLICIES.replace(
+        "when { context.chain_stale };",
+        "when { context.chain_stale && context.chain_lag_blocks < 0 };",
+    );
+    assert_ne!(unguarded, breakglass::policy::DEFAULT_POLICIES);
+    assert!(matches!(
+        Policies::from_sources(DEFAULT_SCHEMA, &unguarded),
+        Err(PolicyError::Unguarded)
+    ));
+    // a set written for the schema before `chain_stale` (no such attribute) fails at load
+    let old_schema = DEFAULT_SCHEMA.replace("chain_stale: Bool,", "");
+    assert_ne!(old_schema, DEFAULT_SCHEMA);
+    let without = breakglass::policy::DEFAULT_POLICIES
+        .replace("when { context.chain_stale };", "when { false };");
+    assert!(Policies::from_sources(&old_schema, &without).is_err());
+}
+
+#[test]
 fn the_chain_and_the_patient_are_policy_inputs_and_a_stale_view_refuses_by_default() {
     let p = Policies::defaults().unwrap();
     let stale = Situation {

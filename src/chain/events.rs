@@ -102,6 +102,31 @@ impl Named {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// What `self` names that `other` does not.
+    pub fn minus(&self, other: &Named) -> Named {
+        Named {
+            providers: self
+                .providers
+                .difference(&other.providers)
+                .cloned()
+                .collect(),
+            patients: self.patients.difference(&other.patients).cloned().collect(),
+            consents: self.consents.difference(&other.consents).cloned().collect(),
+            responders: self
+                .responders
+                .difference(&other.responders)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    pub fn extend(&mut self, other: Named) {
+        self.providers.extend(other.providers);
+        self.patients.extend(other.patients);
+        self.consents.extend(other.consents);
+        self.responders.extend(other.responders);
+    }
 }
 
 /// What `prints` name (see `Named`).

@@ -5,23 +5,29 @@
 //! Anyone who can reach the observer port can POST a block, so a push is only a hint. A block
 //! is applied only once the node's RPC serves a block with the same index block hash at its
 //! height (`GET /v3/blocks/height/{h}`, header hashed here); then the cache entries its print
-//! events name are read back from the node (the events' values are never used), and the
-//! operations it says it mined are confirmed only once their effect reads back on chain. A
-//! block applies as one batch: those reads, the confirmations and the new tip. After a gap
-//! (missed blocks, a node that went away, a restart), every cached entry is re-read from the
-//! node and lands with the new tip. After a reorg (another block at a height applied, or our
-//! last block gone from the node's chain), the same, and every operation confirmed in an
-//! abandoned block is read back and reopened if the new branch lacks it.
+//! events name are read back from the node (the events' values are never used), and our
+//! operations whose signed bytes are in the node's block are confirmed once their effect
+//! reads back on chain (the push's list of transactions is not used). A block applies as one
+//! batch: those reads, the confirmations and the new tip. The same block sent again reads only
+//! what it names anew (so a stripped copy sent first loses nothing of the node's push). After
+//! a gap (missed blocks, a node that went away, a restart), every cached entry is re-read from
+//! the node and lands with the new tip. After a reorg (another block at a height applied, a
+//! parent that is not our block, or our last block gone from the node's chain), the same, and
+//! every operation confirmed from the fork point up is read back and reopened if the new
+//! branch lacks it.
+//!
+//! It must not: take a value from a pushed event, hold its lock while checking a push with
+//! the node, or read entries for a block below the tip it already read past.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::events::{self, NewBlock};
+use super::events::{self, Named, NewBlock};
+use super::rpc::NodeBlock;
 use super::state::{ChainState, StateError};
 use super::submitter;
-use crate::stacks::Address;
 use crate::store::{Batch, StoreError, Tip};
 
 /// Unix seconds (`now_ms() / 1000`): the time of requests, tokens, notices and paging.
@@ -93,8 +99,14 @@ pub enum Applied {
     /// The node's own block at its height: the entries it names were read back, our
     /// operations it mined confirmed (also read back), and it is the new tip.
     Block,
-    /// Already applied (the node sent it again).
+    /// Already applied, or below the tip and read past (the node sent it again, or a copy
+    /// came first): only entries it names that were not read yet for its height are read.
     Again,
+    /// The node has no block at that height (yet): the push is answered so that the node
+    /// sends it again.
+    NotYet(String),
+    /// Too many pushes being checked at once: answered so that the node sends it again.
+    Busy,
     /// Not the node's block at that height (forged, or abandoned since): nothing changed.
     NotOnChain(String),
 }
@@ -103,21 +115,27 @@ pub enum Applied {
 /// another block at a height already applied.
 const RECENT_BLOCKS: usize = 512;
 
+/// How many heights below the tip a block sent again may still name entries to read (the
+/// node's own push arriving after a copy that named fewer); older ones read nothing.
+const AGAIN_WINDOW: u64 = 16;
+
+/// Observer pushes checked at once; more are answered 503 (the node sends them again).
+const PUSHES_AT_ONCE: usize = 4;
+
 pub struct Follower {
     pub state: ChainState,
     pub status: Arc<FollowerStatus>,
-    /// The service's own Stacks address: whether the chain used a nonce of ours.
-    sender: Address,
     /// Index block hashes of the blocks applied lately, by height.
     recent: Mutex<BTreeMap<u64, [u8; 32]>>,
+    /// The entries read for the blocks at the last `AGAIN_WINDOW` heights, by height.
+    read: Mutex<BTreeMap<u64, Named>>,
+    pushes: tokio::sync::Semaphore,
+    /// A block sent again named more than a block may: the poller re-reads every entry.
+    refresh_wanted: AtomicBool,
 }
 
 impl Follower {
-    pub fn new(
-        state: ChainState,
-        status: Arc<FollowerStatus>,
-        sender: Address,
-    ) -> Result<Follower, StoreError> {
+    pub fn new(state: ChainState, status: Arc<FollowerStatus>) -> Result<Follower, StoreError> {
         let mut recent = BTreeMap::new();
         if let Some(tip) = state.store.tip()? {
             status.applied.store(tip.height, Ordering::SeqCst);
@@ -128,8 +146,10 @@ impl Follower {
         Ok(Follower {
             state,
             status,
-            sender,
             recent: Mutex::new(recent),
+            read: Mutex::new(BTreeMap::new()),
+            pushes: tokio::sync::Semaphore::new(PUSHES_AT_ONCE),
+            refresh_wanted: AtomicBool::new(false),
         })
     }
 
@@ -141,10 +161,24 @@ impl Follower {
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn read(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Named>> {
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets what was applied at `from` and above (abandoned by a reorg).
+    fn forget_from(&self, from: u64) {
+        self.recent().retain(|h, _| *h < from);
+        self.read().retain(|h, _| *h < from);
+    }
+
     /// Applies one `/new_block` payload, once the node confirms it is its block at that
     /// height; returns once what it changed is durable. Nothing in the payload is believed
-    /// but its height and hash, and those only as the node confirms them.
+    /// but its height and hash, and those only as the node confirms them; its print events
+    /// only name entries to read back.
     pub async fn on_block(&self, block: NewBlock) -> Result<Applied, FollowError> {
+        let Ok(_permit) = self.pushes.try_acquire() else {
+            return Ok(Applied::Busy);
+        };
         let applied = self.apply_block(block).await;
         if let Ok(Applied::NotOnChain(_)) = &applied {
             self.status
@@ -167,10 +201,9 @@ impl Follower {
                 "no block can be at height {height}"
             )));
         }
-        // one block (or catch-up) at a time, and none while a cache fill checks and writes
-        let _guard = self.state.apply_lock.lock().await;
-        match self.state.rpc.block_at(height).await? {
-            Some(h) if h.block_id == pushed && h.height == height => {}
+        // checked before waiting for the lock: a push the node does not confirm holds nothing up
+        let node_block = match self.state.rpc.block_at(height).await? {
+            Some(b) if b.header.block_id == pushed && b.header.height == height => b,
             Some(_) => {
                 tracing::warn!(
                     height,
@@ -181,91 +214,160 @@ impl Follower {
                 )));
             }
             None => {
-                tracing::warn!(height, "a pushed block is above the node's tip: ignored");
-                return Ok(Applied::NotOnChain(format!(
+                tracing::warn!(height, "a pushed block is above the node's tip: not yet");
+                return Ok(Applied::NotYet(format!(
                     "the node has no block at height {height}"
                 )));
             }
-        }
-        self.status.last_block_ms.store(now_ms(), Ordering::SeqCst);
+        };
+        let named = events::named(&events::prints(&block, &self.state.contracts));
+        // one block (or catch-up) at a time, and none while a cache fill checks and writes
+        let _guard = self.state.apply_lock.lock().await;
+        let applied = self.status.applied();
         let known = self.recent().get(&height).copied();
         if known == Some(pushed) {
-            tracing::debug!(height, "block already applied");
+            return self.named_again(height, applied, named).await;
+        }
+        if known.is_none() && height <= applied {
+            // below the tip and read past (a catch-up): its entries were read since; only
+            // our transactions it mined are looked for
+            let mut batch = Batch::default();
+            self.confirm(&node_block, &mut batch).await?;
+            if !batch.submissions.is_empty() {
+                self.write(batch).await?;
+            }
             return Ok(Applied::Again);
         }
-        let applied = self.status.applied();
+        // another block at a height we applied, or a parent that is not the block we applied
+        // below it: the chain reorganized
+        let reorg = known.is_some()
+            || height.checked_sub(1).is_some_and(|below| {
+                self.recent()
+                    .get(&below)
+                    .is_some_and(|parent| *parent != node_block.header.parent_block_id)
+            });
+        let gap = !reorg && applied > 0 && height > applied + 1;
         let mut batch = Batch::default();
-        // another block at a height we applied: the chain reorganized from there (a block at
-        // a height we skipped in a catch-up is only read again)
-        let reorg = known.is_some();
+        let mut from = None;
         if reorg {
-            tracing::warn!(height, applied, "reorg: the node's chain left blocks we applied; re-reading the cache and our confirmations");
+            let fork = self.fork_point(applied).await?;
+            tracing::warn!(height, applied, from = fork, "reorg: the node's chain left blocks we applied; re-reading the cache and our confirmations");
             self.state.refresh_all(&mut batch).await?;
             submitter::reopen_abandoned(
-                height,
+                fork,
                 &self.state.rpc,
                 &self.state.contracts,
                 self.state.store.as_ref(),
                 &mut batch,
             )
             .await?;
-        } else if applied > 0 && height > applied + 1 {
-            tracing::warn!(
-                from = applied,
-                to = height,
-                "gap in the block stream: re-reading the cache"
-            );
+            from = Some(fork);
+        } else if gap || named.len() > events::MAX_NAMED {
+            if gap {
+                tracing::warn!(
+                    from = applied,
+                    to = height,
+                    "gap in the block stream: re-reading the cache"
+                );
+            }
             self.state.refresh_all(&mut batch).await?;
-            // transactions mined in the missing blocks were not seen
-            self.status.skipped_blocks.store(true, Ordering::SeqCst);
-        }
-        let prints = events::prints(&block, &self.state.contracts);
-        let named = events::named(&prints);
-        if !reorg && named.len() > events::MAX_NAMED {
-            self.state.refresh_all(&mut batch).await?;
-        } else if !reorg {
+        } else {
             self.state.reread(&named, &mut batch).await?;
         }
-        submitter::confirmations(
-            &block,
-            &self.state.rpc,
-            &self.state.contracts,
-            &self.sender,
-            self.state.store.as_ref(),
-            &mut batch,
-        )
-        .await?;
-        let tip = if reorg || height > applied {
-            Some(Tip {
-                height,
-                index_block_hash: pushed,
-            })
-        } else {
-            None
-        };
-        batch.tip = tip;
+        self.confirm(&node_block, &mut batch).await?;
+        batch.tip = Some(Tip {
+            height,
+            index_block_hash: pushed,
+        });
         self.write(batch).await?;
+        if let Some(from) = from {
+            self.forget_from(from.min(height));
+        }
         {
             let mut recent = self.recent();
-            if reorg {
-                recent.retain(|h, _| *h < height);
-            }
             recent.insert(height, pushed);
             while recent.len() > RECENT_BLOCKS {
                 recent.pop_first();
             }
         }
-        if tip.is_some() {
-            self.status.applied.store(height, Ordering::SeqCst);
+        {
+            let mut read = self.read();
+            read.insert(height, named);
+            read.retain(|h, _| h + AGAIN_WINDOW > height);
         }
+        if gap {
+            // transactions mined in the missing blocks were not seen
+            self.status.skipped_blocks.store(true, Ordering::SeqCst);
+        }
+        self.status.applied.store(height, Ordering::SeqCst);
+        self.status.last_block_ms.store(now_ms(), Ordering::SeqCst);
         self.status.node_tip.fetch_max(height, Ordering::SeqCst);
-        tracing::info!(height, events = prints.len(), "block applied");
+        tracing::info!(height, "block applied");
         Ok(Applied::Block)
+    }
+
+    /// Our operations whose transactions `block` (the node's) mined.
+    async fn confirm(&self, block: &NodeBlock, batch: &mut Batch) -> Result<(), FollowError> {
+        submitter::confirmations(
+            block,
+            &self.state.rpc,
+            &self.state.contracts,
+            self.state.store.as_ref(),
+            batch,
+        )
+        .await
+    }
+
+    /// A block applied already, sent again (by the node after a copy, or by anyone): reads
+    /// what it names that was not read for its height, if its height is recent and the total
+    /// stays within `MAX_NAMED` (beyond, the poller re-reads everything).
+    async fn named_again(
+        &self,
+        height: u64,
+        applied: u64,
+        named: Named,
+    ) -> Result<Applied, FollowError> {
+        if height + AGAIN_WINDOW <= applied {
+            return Ok(Applied::Again);
+        }
+        let (new, total) = match self.read().get(&height) {
+            Some(seen) => {
+                let new = named.minus(seen);
+                let total = seen.len() + new.len();
+                (new, total)
+            }
+            // reached by a catch-up, which read every entry
+            None => return Ok(Applied::Again),
+        };
+        if new.is_empty() {
+            tracing::debug!(height, "block already applied");
+            return Ok(Applied::Again);
+        }
+        if total > events::MAX_NAMED {
+            tracing::warn!(
+                height,
+                "a block sent again names too many entries: every entry will be re-read"
+            );
+            self.refresh_wanted.store(true, Ordering::SeqCst);
+            return Ok(Applied::Again);
+        }
+        let mut batch = Batch::default();
+        self.state.reread(&new, &mut batch).await?;
+        self.write(batch).await?;
+        tracing::info!(
+            height,
+            entries = new.len(),
+            "block sent again: read what it named anew"
+        );
+        self.read().entry(height).or_default().extend(new);
+        Ok(Applied::Again)
     }
 
     /// Polls the node's tip once; catches up when the block stream is behind or broken, and
     /// re-reads when the block we applied last is no longer on the node's chain (a reorg).
     pub async fn poll(&self, stale_after_ms: u64) {
+        // read before the node's tip: a block applied meanwhile only makes us less behind
+        let applied = self.status.applied();
         let info = match self.state.rpc.info().await {
             Ok(i) => i,
             Err(e) => {
@@ -284,7 +386,6 @@ impl Follower {
         self.status
             .last_poll_ok_ms
             .store(now_ms(), Ordering::SeqCst);
-        let applied = self.status.applied();
         let quiet = now_ms().saturating_sub(self.status.last_block_ms.load(Ordering::SeqCst))
             > stale_after_ms;
         // behind while blocks still arrive is the observer stream catching up: wait for it, as
@@ -298,7 +399,8 @@ impl Follower {
                 false
             }
         };
-        if applied == 0 || behind || went_back || left {
+        let wanted = self.refresh_wanted.swap(false, Ordering::SeqCst);
+        if applied == 0 || behind || went_back || left || wanted {
             if went_back || left {
                 tracing::warn!(
                     applied,
@@ -307,6 +409,9 @@ impl Follower {
                 );
             }
             if let Err(e) = self.catch_up(applied, went_back || left).await {
+                if wanted {
+                    self.refresh_wanted.store(true, Ordering::SeqCst);
+                }
                 tracing::warn!(error = %e, "catch-up failed; will retry");
             }
         }
@@ -321,7 +426,7 @@ impl Follower {
             return Ok(false);
         };
         Ok(match self.state.rpc.block_at(applied).await? {
-            Some(h) => h.block_id != ours,
+            Some(b) => b.header.block_id != ours,
             // the node's tip is below ours: `went_back` says so
             None => false,
         })
@@ -345,7 +450,7 @@ impl Follower {
                 &mut batch,
             )
             .await?;
-            self.recent().retain(|h, _| *h < from);
+            self.forget_from(from);
         }
         let info = self.state.rpc.info().await?;
         let height = info.stacks_tip_height;
@@ -354,18 +459,19 @@ impl Follower {
         };
         batch.tip = Some(Tip {
             height,
-            index_block_hash: tip.block_id,
+            index_block_hash: tip.header.block_id,
         });
         self.write(batch).await?;
-        self.recent().insert(height, tip.block_id);
+        self.recent().insert(height, tip.header.block_id);
         self.status.applied.store(height, Ordering::SeqCst);
+        self.status.last_block_ms.store(now_ms(), Ordering::SeqCst);
         self.status.skipped_blocks.store(true, Ordering::SeqCst);
         tracing::info!(height, "caught up with the node by reading its state");
         Ok(())
     }
 
-    /// The lowest height at which a block we applied is no longer the node's (`applied + 1`
-    /// when all we remember still is; the oldest remembered height when none is).
+    /// The lowest height from which the blocks we applied may be abandoned: one above the
+    /// highest remembered block (at most `applied`) still on the node's chain; 0 when none is.
     async fn fork_point(&self, applied: u64) -> Result<u64, FollowError> {
         let remembered: Vec<(u64, [u8; 32])> = self
             .recent()
@@ -373,14 +479,14 @@ impl Follower {
             .rev()
             .map(|(h, b)| (*h, *b))
             .collect();
-        let mut from = applied + 1;
         for (h, ours) in remembered {
-            match self.state.rpc.block_at(h).await? {
-                Some(b) if b.block_id == ours => return Ok(from),
-                _ => from = h,
+            if let Some(b) = self.state.rpc.block_at(h).await? {
+                if b.header.block_id == ours {
+                    return Ok(h + 1);
+                }
             }
         }
-        Ok(from)
+        Ok(0)
     }
 
     /// Polls until `shutdown` fires.

@@ -49,6 +49,22 @@ pub struct NodeInfo {
     pub burn_block_height: u64,
 }
 
+/// A block as the node serves it: its header, decoded, and all its bytes (the header, then
+/// its transactions as they were mined).
+#[derive(Debug, Clone)]
+pub struct NodeBlock {
+    pub header: BlockHeader,
+    pub bytes: Vec<u8>,
+}
+
+impl NodeBlock {
+    /// Whether `tx` (a signed transaction's bytes) was mined in this block. A transaction
+    /// carries its signature, so its bytes appear in a block only when it is in there.
+    pub fn contains_tx(&self, tx: &[u8]) -> bool {
+        !tx.is_empty() && memchr::memmem::find(&self.bytes, tx).is_some()
+    }
+}
+
 #[derive(Clone)]
 pub struct NodeClient {
     http: reqwest::Client,
@@ -139,8 +155,8 @@ impl NodeClient {
     }
 
     /// The canonical block at `height` on the node's tip (`GET /v3/blocks/height/{h}`), its
-    /// header decoded; `None` when the node has no block there.
-    pub async fn block_at(&self, height: u64) -> Result<Option<BlockHeader>, RpcError> {
+    /// with its header decoded; `None` when the node has no block there.
+    pub async fn block_at(&self, height: u64) -> Result<Option<NodeBlock>, RpcError> {
         let call = "GET /v3/blocks/height";
         let url = format!("{}/v3/blocks/height/{height}", self.base);
         let unreachable = |e: reqwest::Error| RpcError::Unreachable {
@@ -154,7 +170,12 @@ impl NodeClient {
             match status {
                 404 => Ok(None),
                 200 => decode_header(&body)
-                    .map(Some)
+                    .map(|header| {
+                        Some(NodeBlock {
+                            header,
+                            bytes: Vec::from(body),
+                        })
+                    })
                     .map_err(|e| RpcError::Decode {
                         call: call.into(),
                         detail: e.to_string(),

@@ -6,8 +6,8 @@
 //! transaction not confirmed after K blocks is broadcast again. When the node says its nonce
 //! is used (`BadNonce`), the operation is checked on chain: done means confirmed; not done
 //! means the nonce went to something else, and it is signed again with the node's nonce.
-//! Confirmation comes from the follower, which sees the txid in a block and reads the
-//! operation's effect back from the node; a reorg that abandons the confirming block reopens
+//! Confirmation comes from the follower, which finds the transaction's bytes in a block the
+//! node serves and reads the operation's effect back from the node; a reorg that abandons the confirming block reopens
 //! the operation as the same signed bytes.
 
 use std::sync::atomic::Ordering;
@@ -17,9 +17,8 @@ use std::time::Duration;
 use secp256k1::SecretKey;
 
 use super::contracts::{self, Contracts};
-use super::events::NewBlock;
 use super::follower::{now_ms, FollowError, FollowerStatus};
-use super::rpc::{NodeClient, RpcError};
+use super::rpc::{NodeBlock, NodeClient, RpcError};
 use super::state::StateError;
 use crate::stacks::tx::{self, ContractCall};
 use crate::stacks::{Address, Value};
@@ -136,72 +135,62 @@ fn confirmed(txid: &str, nonce: u64, raw: &str, height: u64, result: String) -> 
     }
 }
 
-/// Confirms the operations whose transactions a block (checked against the node) says it
-/// mined, each only once the node's read-only functions show its effect: a pushed block is
-/// a hint, its events and results are not believed. A transaction the block says failed is
-/// marked failed only if its effect is absent and the chain has used its nonce (`used`, the
-/// sender's next nonce as the node has it, read only when needed).
+/// Confirms the operations whose signed transactions are in `block`, a block the node served
+/// at its height: a transaction carries its signature, so its bytes in the node's block prove
+/// it was mined there (what a pushed payload lists is not believed). One whose effect reads
+/// back on chain is confirmed; one mined without its effect failed (the contract refused it).
 pub async fn confirmations(
-    block: &NewBlock,
+    block: &NodeBlock,
     rpc: &NodeClient,
     contracts: &Contracts,
-    sender: &Address,
     store: &dyn Store,
     batch: &mut Batch,
 ) -> Result<(), FollowError> {
-    let open = store.open_submissions()?;
-    if open.is_empty() {
-        return Ok(());
-    }
-    let mut used: Option<u64> = None;
-    for t in &block.transactions {
-        let txid = t.txid.trim_start_matches("0x");
-        let Some(s) = open
-            .iter()
-            .find(|s| matches!(&s.state, SubmissionState::Sent { txid: mine, .. } if mine == txid))
+    let height = block.header.height;
+    for s in store.open_submissions()? {
+        let SubmissionState::Sent {
+            txid, nonce, raw, ..
+        } = &s.state
         else {
             continue;
         };
-        let SubmissionState::Sent { nonce, raw, .. } = &s.state else {
-            continue;
-        };
-        let result = Value::from_hex(&t.raw_result)
-            .map(|v| v.to_string())
-            .unwrap_or_else(|_| t.raw_result.clone());
-        let state = match on_chain(rpc, contracts, s)
+        match hex::decode(raw) {
+            Ok(bytes) if block.contains_tx(&bytes) => {}
+            _ => continue,
+        }
+        let state = match on_chain(rpc, contracts, &s)
             .await
             .map_err(StateError::from)?
         {
-            OnChain::Done { height } => {
-                let height = if height == 0 {
-                    block.block_height
-                } else {
-                    height
-                };
-                tracing::info!(operation = %s.id, txid, height, "operation confirmed");
-                confirmed(txid, *nonce, raw, height, result)
+            OnChain::Done { height: at } => {
+                let at = if at == 0 { height } else { at };
+                tracing::info!(operation = %s.id, txid, height = at, "operation confirmed");
+                confirmed(
+                    txid,
+                    *nonce,
+                    raw,
+                    at,
+                    "its effect reads back on chain".into(),
+                )
             }
-            OnChain::NotDone | OnChain::Unknown if t.status != "success" => {
-                let next = match used {
-                    Some(n) => n,
-                    None => {
-                        *used.insert(rpc.account_nonce(sender).await.map_err(StateError::from)?)
-                    }
-                };
-                if next <= *nonce {
-                    tracing::warn!(operation = %s.id, txid, "a block says our transaction failed, but the node has not used its nonce: ignored");
-                    continue;
-                }
-                tracing::error!(operation = %s.id, txid, "transaction mined with an error");
+            OnChain::Unknown => {
+                tracing::info!(operation = %s.id, txid, height, "operation mined");
+                confirmed(
+                    txid,
+                    *nonce,
+                    raw,
+                    height,
+                    "mined (no read-only function tells its effect)".into(),
+                )
+            }
+            OnChain::NotDone => {
+                tracing::error!(operation = %s.id, txid, height, "transaction mined without its effect: the contract refused it");
                 SubmissionState::Failed {
-                    txid: txid.to_string(),
-                    height: block.block_height,
-                    result,
+                    txid: txid.clone(),
+                    height,
+                    result: "mined, but its effect is not on chain: the contract refused the call"
+                        .into(),
                 }
-            }
-            OnChain::NotDone | OnChain::Unknown => {
-                tracing::warn!(operation = %s.id, txid, "a block says our transaction was mined, but its effect is not on chain: not confirmed");
-                continue;
             }
         };
         batch.submissions.push(Submission { state, ..s.clone() });

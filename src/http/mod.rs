@@ -139,6 +139,13 @@ async fn new_block(follower: web::Data<Follower>, block: web::Json<NewBlock>) ->
         Ok(Applied::NotOnChain(why)) => {
             HttpResponse::Ok().json(json!({ "applied": false, "detail": why }))
         }
+        // the node sends a block again until it gets a 200
+        Ok(Applied::NotYet(why)) => HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(json!({ "applied": false, "detail": why })),
+        Ok(Applied::Busy) => HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(json!({ "applied": false, "detail": "busy checking other blocks" })),
         Ok(_) => HttpResponse::Ok().json(json!({ "applied": true })),
         Err(e) => {
             tracing::error!(height, error = %e, "could not apply block; the node will retry");
