@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use breakglass::access::BreakGlass;
 use breakglass::chain::contracts::Contracts;
-use breakglass::chain::follower::FollowerStatus;
 use breakglass::chain::rpc::NodeClient;
 use breakglass::chain::state::ChainState;
+use breakglass::chain::status::FollowerStatus;
 use breakglass::configuration::Settings;
 use breakglass::domain::{DataType, PatientId, ProviderStatus, Role};
 use breakglass::policy::Policies;
@@ -128,7 +128,7 @@ fn benches(c: &mut Criterion) {
     std::thread::spawn(move || loop {
         polled
             .last_poll_ok_ms
-            .store(breakglass::chain::follower::now_ms(), Ordering::SeqCst);
+            .store(breakglass::clock::now_ms(), Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(200));
     });
     let bg = BreakGlass::new(

@@ -14,49 +14,20 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 
 use crate::chain::contracts::ACCESS_CONTROL;
-use crate::chain::follower::{now_ms, now_secs, FollowerStatus};
 use crate::chain::state::ChainState;
+use crate::chain::status::FollowerStatus;
 use crate::chain::submitter;
+use crate::clock::{now_ms, now_secs};
 use crate::configuration::Settings;
 use crate::domain::ProviderStatus;
 use crate::metrics::Metrics;
 use crate::paging::{Lookup, OnCall};
 use crate::policy::{Policies, Situation, Verdict};
+pub use crate::refusal::Refusal;
 use crate::request::{self, RequestError};
 use crate::stacks::{Principal, Value};
 use crate::store::{apply_started, AccessRecord, Batch, ProviderState};
 use crate::token::TokenIssuer;
-
-/// A refusal: an HTTP status, a stable code and a sentence for the clinician.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: u16,
-    pub code: &'static str,
-    pub title: &'static str,
-    pub detail: String,
-}
-
-impl Refusal {
-    /// A refusal that asks to try again (the service could not decide or record, or the
-    /// clinician asked too often) and recorded nothing: the request's nonce is not used up.
-    pub fn invites_retry(&self) -> bool {
-        self.status == 429 || (self.status == 503 && self.code != "token-unavailable")
-    }
-
-    fn new(
-        status: u16,
-        code: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Refusal {
-        Refusal {
-            status,
-            code,
-            title,
-            detail: detail.into(),
-        }
-    }
-}
 
 pub struct Grant {
     pub access: AccessRecord,
@@ -412,7 +383,10 @@ impl BreakGlass {
             data_types: req.data_types.clone(),
             reason_sealed: hex::encode(
                 self.keyring
-                    .seal(&reason_name(&hex::encode(id)), req.reason.as_bytes())
+                    .seal(
+                        &crate::seal::names::reason(&hex::encode(id)),
+                        req.reason.as_bytes(),
+                    )
                     .map_err(|e| {
                         tracing::error!(error = %e, "sealing the reason failed");
                         Self::unavailable("sealing the reason")
@@ -558,14 +532,12 @@ impl BreakGlass {
     /// The clinician's reason for `access`, unsealed: for the authorized access view only.
     pub fn reason(&self, access: &AccessRecord) -> Option<String> {
         let sealed = hex::decode(&access.reason_sealed).ok()?;
-        let plain = self.keyring.open(&reason_name(&access.id), &sealed).ok()?;
+        let plain = self
+            .keyring
+            .open(&crate::seal::names::reason(&access.id), &sealed)
+            .ok()?;
         String::from_utf8(plain).ok()
     }
-}
-
-/// The sealed-value name of an access's reason.
-pub fn reason_name(access_id: &str) -> String {
-    format!("reason:{access_id}")
 }
 
 /// Seals every access's reason that is not sealed with the current data key again with it
@@ -583,7 +555,7 @@ pub async fn rekey_reasons(
         if access.reason_sealed.is_empty() {
             continue; // recorded before reasons were kept
         }
-        let name = reason_name(&access.id);
+        let name = crate::seal::names::reason(&access.id);
         let Some(sealed) = keyring.reseal(&name, &hex::decode(&access.reason_sealed)?)? else {
             continue;
         };

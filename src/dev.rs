@@ -174,7 +174,7 @@ fn dev_path_secret(data_dir: &Path) -> anyhow::Result<PathBuf> {
     if !file.exists() {
         std::fs::create_dir_all(data_dir)?;
         let secret: [u8; 16] = secp256k1::rand::random();
-        crate::keys::write_private_bytes(&file, hex::encode(secret).as_bytes())?;
+        crate::private_files::write_private_bytes(&file, hex::encode(secret).as_bytes())?;
     }
     Ok(file)
 }

@@ -10,63 +10,10 @@
 //! `preferred` (BCP 47; languages without templates fall back to English); a delegate is a
 //! `contact` with an email (relationship kept as its display text).
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
-use crate::domain::PatientId;
-
-/// The languages notices are written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Language {
-    En,
-    Es,
-}
-
-impl Language {
-    /// A BCP 47 tag's language (`es`, `es-MX`, `ES`), if notices exist in it.
-    pub fn from_tag(tag: &str) -> Option<Language> {
-        match tag.split(['-', '_']).next()?.to_ascii_lowercase().as_str() {
-            "en" => Some(Language::En),
-            "es" => Some(Language::Es),
-            _ => None,
-        }
-    }
-
-    pub fn code(self) -> &'static str {
-        match self {
-            Language::En => "en",
-            Language::Es => "es",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delegate {
-    pub name: Option<String>,
-    pub relationship: Option<String>,
-    pub email: String,
-}
-
-/// How to reach a patient. Protected: only ever stored sealed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Contact {
-    pub name: Option<String>,
-    pub email: Option<String>,
-    pub language: Language,
-    pub delegate: Option<Delegate>,
-}
-
-impl Contact {
-    /// Everyone the notice goes to: the patient and their delegate.
-    pub fn recipients(&self) -> Vec<&str> {
-        self.email
-            .iter()
-            .map(String::as_str)
-            .chain(self.delegate.iter().map(|d| d.email.as_str()))
-            .collect()
-    }
-}
+use crate::domain::{Contact, Delegate, Language, PatientId, ProviderEntry};
 
 /// An entry the import refused, and why (the reason names fields, never their values).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -265,7 +212,7 @@ pub async fn import(
     let mut contacts = Vec::with_capacity(parsed.patients.len());
     for (id, contact) in &parsed.patients {
         let sealed = keyring.seal(
-            &crate::notify::contact_name(id),
+            &crate::seal::names::contact(id),
             &serde_json::to_vec(contact)?,
         )?;
         contacts.push((*id, Some(sealed)));
@@ -289,7 +236,7 @@ pub async fn rekey(
         let Some(sealed) = store.contact(&id)? else {
             continue;
         };
-        let name = crate::notify::contact_name(&id);
+        let name = crate::seal::names::contact(&id);
         if let Some(sealed) = keyring.reseal(&name, &sealed)? {
             contacts.push((id, Some(sealed)));
         }
@@ -300,65 +247,6 @@ pub async fn rekey(
 }
 
 // --- providers ---------------------------------------------------------------------------
-
-/// A provider's entry in the off-chain directory. Not protected health information, so kept
-/// in the clear; shown as verified only while it hashes to the provider's on-chain
-/// `info-hash`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProviderEntry {
-    pub principal: String,
-    pub display_name: String,
-    pub role: crate::domain::Role,
-    pub department: Option<String>,
-    pub organization: Option<String>,
-    /// Paging-system user ids (FHIR `telecom` with `system: pager`); operational, not hashed.
-    pub paging_ids: Vec<String>,
-}
-
-impl ProviderEntry {
-    /// The document whose SHA-256 is registered on chain as the provider's `info-hash`: the
-    /// canonical JSON (RFC 8785: members sorted by name, no whitespace) of `department`,
-    /// `display_name`, `organization` and `role`, absent members left out.
-    pub fn info_document(&self) -> String {
-        let mut doc = std::collections::BTreeMap::new();
-        if let Some(d) = &self.department {
-            doc.insert("department", d.as_str());
-        }
-        doc.insert("display_name", self.display_name.as_str());
-        if let Some(o) = &self.organization {
-            doc.insert("organization", o.as_str());
-        }
-        doc.insert("role", self.role.as_str());
-        serde_json::to_string(&doc).unwrap_or_default()
-    }
-
-    pub fn info_hash(&self) -> [u8; 32] {
-        use sha2::Digest;
-        sha2::Sha256::digest(self.info_document().as_bytes()).into()
-    }
-
-    /// How the entry stands against the chain: `verified` (hash matches, credential
-    /// verified), `mismatch` (flagged: the entry is not what was registered), `unverified`
-    /// (matches, but the credential is not verified now) or `not-on-chain`.
-    pub fn verification(&self, chain: Option<&crate::store::ProviderState>) -> &'static str {
-        use crate::domain::ProviderStatus;
-        use crate::store::ProviderState;
-        match chain {
-            Some(ProviderState::Registered {
-                info_hash, status, ..
-            }) => {
-                if *info_hash != Some(self.info_hash()) {
-                    "mismatch"
-                } else if *status == ProviderStatus::Verified {
-                    "verified"
-                } else {
-                    "unverified"
-                }
-            }
-            _ => "not-on-chain",
-        }
-    }
-}
 
 /// What a bundle of `Practitioner` and `PractitionerRole` resources holds.
 #[derive(Debug, Default)]

@@ -7,11 +7,11 @@
 //! never go in the repository.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use secp256k1::{PublicKey, SecretKey, SECP256K1};
 
+use crate::private_files::{replace_private_bytes, write_private_bytes};
 use crate::seal::Keyring;
 use crate::stacks::Address;
 
@@ -121,31 +121,4 @@ pub fn parse_key(text: &str) -> anyhow::Result<SecretKey> {
         n => anyhow::bail!("a key is 32 bytes (or 33 with a trailing 01), got {n}"),
     };
     Ok(SecretKey::from_slice(raw)?)
-}
-
-/// Replaces `path` with `contents` (owner-only), atomically: written and synced beside it,
-/// renamed over it, then the directory synced, so a crash leaves the old or the new file.
-pub fn replace_private_bytes(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    write_private_bytes(&tmp, contents)?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Creates `path` (never overwriting) readable by the owner only, and syncs it.
-pub fn write_private_bytes(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options.open(path)?;
-    f.write_all(contents)?;
-    f.sync_all()
 }

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod chain;
+pub mod clock;
 pub mod configuration;
 pub mod demo;
 pub mod dev;
@@ -9,10 +10,13 @@ pub mod directory;
 pub mod domain;
 pub mod http;
 pub mod keys;
+pub mod latency;
 pub mod metrics;
 pub mod notify;
 pub mod paging;
 pub mod policy;
+pub mod private_files;
+pub mod refusal;
 pub mod request;
 pub mod seal;
 pub mod stacks;

@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use std::sync::atomic::Ordering;
 
-use crate::chain::follower::FollowerStatus;
+use crate::chain::status::FollowerStatus;
 use crate::paging::OnCall;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,17 +31,7 @@ pub struct Webhook {
     pub outcome: String,
 }
 
-/// Bucket bounds (seconds) for the break-glass path's latencies: 50 µs to 50 ms, finest
-/// around the 1 ms the path is held to.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01,
-    0.02, 0.05,
-];
-
-/// A histogram of latencies on the break-glass path.
-pub fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
-}
+pub use crate::latency::latency_histogram;
 
 pub struct Metrics {
     registry: Registry,

@@ -24,6 +24,27 @@ const HEADER: usize = 1 + KID_LEN + NONCE_LEN;
 /// The environment variable with the current data key.
 pub const DATA_KEY_ENV: &str = "BREAKGLASS_DATA_KEY";
 
+/// The names values are sealed under (the associated data): a sealed value opens only under
+/// its own name, so one cannot be passed off as another.
+pub mod names {
+    use crate::domain::PatientId;
+
+    /// A patient's contact details.
+    pub fn contact(patient: &PatientId) -> String {
+        format!("contact:{patient}")
+    }
+
+    /// The clinician's reason for an access.
+    pub fn reason(access_id: &str) -> String {
+        format!("reason:{access_id}")
+    }
+
+    /// The patient's notice of an access, as rendered.
+    pub fn notice(access_id: &str) -> String {
+        format!("notice:{access_id}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
     #[error("sealed value: unknown format")]
@@ -84,8 +105,8 @@ pub fn generate_key(data_dir: &Path) -> anyhow::Result<PathBuf> {
         .fill(&mut bytes)
         .map_err(|_| anyhow::anyhow!("no randomness for a data key"))?;
     // names sort by creation: the newest is current
-    let name = dir.join(format!("data-{:016}.key", crate::chain::follower::now_ms()));
-    crate::keys::write_private_bytes(&name, &bytes)?;
+    let name = dir.join(format!("data-{:016}.key", crate::clock::now_ms()));
+    crate::private_files::write_private_bytes(&name, &bytes)?;
     Ok(name)
 }
 

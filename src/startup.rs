@@ -12,9 +12,10 @@ use tokio::task::JoinHandle;
 
 use crate::access::BreakGlass;
 use crate::chain::contracts::Contracts;
-use crate::chain::follower::{Follower, FollowerStatus};
+use crate::chain::follower::Follower;
 use crate::chain::rpc::NodeClient;
 use crate::chain::state::ChainState;
+use crate::chain::status::FollowerStatus;
 use crate::chain::submitter::Submitter;
 use crate::configuration::Settings;
 use crate::http;

@@ -126,7 +126,7 @@ pub fn rekey(data_dir: &Path, keyring: &Keyring) -> anyhow::Result<usize> {
     let mut n = 0;
     for f in key_files(&data_dir.join("keys"), "key")? {
         if let Some(sealed) = keyring.reseal(KEY_NAME, &std::fs::read(&f)?)? {
-            crate::keys::replace_private_bytes(&f, &sealed)?;
+            crate::private_files::replace_private_bytes(&f, &sealed)?;
             n += 1;
         }
     }
@@ -148,7 +148,7 @@ impl TokenIssuer {
         for plain in key_files(&dir, "pk8")? {
             let pkcs8 = std::fs::read(&plain)?;
             load_key(pkcs8.clone())?;
-            crate::keys::replace_private_bytes(
+            crate::private_files::replace_private_bytes(
                 &plain.with_extension("key"),
                 &keyring.seal(KEY_NAME, &pkcs8)?,
             )?;
@@ -158,8 +158,11 @@ impl TokenIssuer {
         if files.is_empty() {
             let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
                 .map_err(|e| anyhow::anyhow!("generating a token key: {e}"))?;
-            let name = dir.join(format!("token-{}.key", crate::chain::follower::now_ms()));
-            crate::keys::write_private_bytes(&name, &keyring.seal(KEY_NAME, pkcs8.as_ref())?)?;
+            let name = dir.join(format!("token-{}.key", crate::clock::now_ms()));
+            crate::private_files::write_private_bytes(
+                &name,
+                &keyring.seal(KEY_NAME, pkcs8.as_ref())?,
+            )?;
             files.push(name);
         }
         let mut keys: Vec<SigningKey> = files
@@ -217,7 +220,7 @@ impl TokenIssuer {
         .map(|d| d.claims)
         .map_err(|e| e.to_string())?;
         // expired "on or after" exp (RFC 7519 4.1.4); the library lets its last second pass
-        if claims.exp <= crate::chain::follower::now_secs() {
+        if claims.exp <= crate::clock::now_secs() {
             return Err("the token has expired".into());
         }
         Ok(claims)

@@ -1215,7 +1215,7 @@ async fn on_call_syncs_page_wait_out_rate_limits_and_fail_closed_after_the_grace
 
 #[test]
 fn responders_map_through_the_mapping_file_and_the_provider_directory() {
-    use breakglass::directory::ProviderEntry;
+    use breakglass::domain::ProviderEntry;
     use breakglass::paging::Mapping;
     use breakglass::store::{Batch, RedbStore, Store};
     let dir = tempfile::tempdir().unwrap();

@@ -1,9 +1,9 @@
 //! The two contracts as the service sees them: their ids, and decoding of their read-only
 //! answers and print events into domain state.
 
+use crate::domain::chain::{Consent, Preferences, ProviderState};
 use crate::domain::{DataType, PatientId};
 use crate::stacks::{Address, Principal, Value};
-use crate::store::{Consent, Preferences, ProviderState};
 
 pub const PATIENT_CONSENT: &str = "patient-consent";
 pub const ACCESS_CONTROL: &str = "access-control";

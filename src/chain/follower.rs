@@ -20,64 +20,17 @@
 //! the node, or read entries for a block below the tip it already read past.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::events::{self, Named, NewBlock};
 use super::rpc::NodeBlock;
 use super::state::{ChainState, StateError};
+use super::status::FollowerStatus;
 use super::submitter;
+use crate::clock::now_ms;
 use crate::store::{Batch, StoreError, Tip};
-
-/// Unix seconds (`now_ms() / 1000`): the time of requests, tokens, notices and paging.
-pub fn now_secs() -> u64 {
-    now_ms() / 1000
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// What readiness and the submitter need to know of the follower, shared and lock-free.
-#[derive(Debug, Default)]
-pub struct FollowerStatus {
-    pub applied: AtomicU64,
-    pub node_tip: AtomicU64,
-    pub last_poll_ok_ms: AtomicU64,
-    pub last_block_ms: AtomicU64,
-    pub node_reachable: AtomicBool,
-    /// Set when blocks were skipped (a catch-up, or a block after a gap): transactions
-    /// mined in them were not seen.
-    pub skipped_blocks: AtomicBool,
-    /// Blocks pushed to the observer that the node did not confirm (forged, or abandoned
-    /// since), since start: for operators.
-    pub pushes_not_on_chain: AtomicU64,
-}
-
-impl FollowerStatus {
-    pub fn applied(&self) -> u64 {
-        self.applied.load(Ordering::SeqCst)
-    }
-    pub fn node_tip(&self) -> u64 {
-        self.node_tip.load(Ordering::SeqCst)
-    }
-    pub fn lag(&self) -> u64 {
-        self.node_tip().saturating_sub(self.applied())
-    }
-    /// Within `max_lag` blocks of a node heard from within `fresh_ms`.
-    pub fn in_sync(&self, max_lag: u64, fresh_ms: u64) -> bool {
-        let heard =
-            now_ms().saturating_sub(self.last_poll_ok_ms.load(Ordering::SeqCst)) <= fresh_ms;
-        heard
-            && self.node_reachable.load(Ordering::SeqCst)
-            && self.applied() > 0
-            && self.lag() <= max_lag
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
@@ -316,6 +269,7 @@ impl Follower {
             batch,
         )
         .await
+        .map_err(FollowError::from)
     }
 
     /// A block applied already, sent again (by the node after a copy, or by anyone): reads

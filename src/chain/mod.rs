@@ -7,4 +7,5 @@ pub mod events;
 pub mod follower;
 pub mod rpc;
 pub mod state;
+pub mod status;
 pub mod submitter;

@@ -17,9 +17,10 @@ use std::time::Duration;
 use secp256k1::SecretKey;
 
 use super::contracts::{self, Contracts};
-use super::follower::{now_ms, FollowError, FollowerStatus};
 use super::rpc::{NodeBlock, NodeClient, RpcError};
 use super::state::StateError;
+use super::status::FollowerStatus;
+use crate::clock::now_ms;
 use crate::stacks::tx::{self, ContractCall};
 use crate::stacks::{Address, Value};
 use crate::store::{Batch, Store, StoreError, Submission, SubmissionState};
@@ -145,7 +146,7 @@ pub async fn confirmations(
     contracts: &Contracts,
     store: &dyn Store,
     batch: &mut Batch,
-) -> Result<(), FollowError> {
+) -> Result<(), StateError> {
     let height = block.header.height;
     for s in store.open_submissions()? {
         let SubmissionState::Sent {
@@ -207,7 +208,7 @@ pub async fn reopen_abandoned(
     contracts: &Contracts,
     store: &dyn Store,
     batch: &mut Batch,
-) -> Result<(), FollowError> {
+) -> Result<(), StateError> {
     for s in store.submissions()? {
         let SubmissionState::Confirmed {
             txid: Some(txid),

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use crate::access::Refusal;
+use super::problem::problem;
 use crate::configuration::ResourceServerClient;
-use crate::http::breakglass::problem;
+use crate::refusal::Refusal;
 use crate::seal::Keyring;
 use crate::store::{NoticeState, Store};
 

@@ -5,23 +5,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
 
-use crate::access::{BreakGlass, Refusal};
+use crate::access::BreakGlass;
+use crate::refusal::Refusal;
 use crate::request::MAX_BODY_BYTES;
 use crate::store::SubmissionState;
 
-pub fn problem(r: &Refusal) -> HttpResponse {
-    let status = actix_web::http::StatusCode::from_u16(r.status)
-        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status)
-        .content_type("application/problem+json")
-        .json(json!({
-            "type": format!("https://breakglass.example/problems/{}", r.code),
-            "title": r.title,
-            "status": r.status,
-            "detail": r.detail,
-            "code": r.code,
-        }))
-}
+use super::problem::problem;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/break-glass", web::post().to(break_glass))

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod breakglass;
 pub mod paging;
+pub mod problem;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::chain::events::NewBlock;
-use crate::chain::follower::{Applied, Follower, FollowerStatus};
+use crate::chain::follower::{Applied, Follower};
+use crate::chain::status::FollowerStatus;
 use crate::store::Store;
 
 pub struct Health {
@@ -48,7 +50,7 @@ async fn healthz(health: web::Data<Health>) -> HttpResponse {
 }
 
 async fn metrics(health: web::Data<Health>) -> HttpResponse {
-    let now = crate::chain::follower::now_secs();
+    let now = crate::clock::now_secs();
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(health.metrics.render(&health.oncall, &health.follower, now))
@@ -63,7 +65,7 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
     let f = &health.follower;
     let follower_ok = f.in_sync(health.max_lag_blocks, health.fresh_ms);
     let ready = store_ok && follower_ok && health.keys_loaded;
-    let now = crate::chain::follower::now_secs();
+    let now = crate::clock::now_secs();
     let paging: serde_json::Map<String, serde_json::Value> = health
         .oncall
         .health()

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::breakglass::problem;
-use crate::access::Refusal;
-use crate::chain::follower::now_secs;
+use super::problem::problem;
+use crate::clock::now_secs;
 use crate::metrics::{Metrics, Webhook};
 use crate::paging::webhook::{self, Delivery, WebhookError};
 use crate::paging::{generic, load_secrets, opsgenie, pagerduty, Applied, Change, OnCall};
+use crate::refusal::Refusal;
 
 /// A webhook body is small; anything larger is refused before it is read.
 const MAX_WEBHOOK_BYTES: usize = 256 * 1024;

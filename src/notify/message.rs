@@ -7,7 +7,7 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::Message;
 use minijinja::{context, Environment};
 
-use crate::directory::{Contact, Language};
+use crate::domain::{Contact, Language};
 use crate::domain::{DataType, Role};
 use crate::store::AccessRecord;
 
@@ -130,7 +130,7 @@ fn timestamp(secs: u64) -> String {
 /// against the chain, else by role alone.
 pub fn who(
     role: Role,
-    verified_entry: Option<&crate::directory::ProviderEntry>,
+    verified_entry: Option<&crate::domain::ProviderEntry>,
     lang: Language,
 ) -> String {
     let role_text = role_label(role, lang);
@@ -161,7 +161,7 @@ pub fn render(
     settings: &NoticeSettings,
     access: &AccessRecord,
     reason: &str,
-    provider: Option<&crate::directory::ProviderEntry>,
+    provider: Option<&crate::domain::ProviderEntry>,
     contact: &Contact,
     proof: &Proof,
 ) -> anyhow::Result<Rendered> {

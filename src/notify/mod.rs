@@ -28,9 +28,9 @@ use tokio::sync::{mpsc, watch};
 pub use mailer::{Mailer, SendError};
 use message::{NoticeSettings, Proof, Rendered, Templates};
 
-use crate::chain::follower::now_secs;
+use crate::clock::now_secs;
 use crate::configuration::{NotifySettings, Settings};
-use crate::directory::Contact;
+use crate::domain::Contact;
 use crate::seal::Keyring;
 use crate::store::{apply_async, Batch, Notice, NoticeState, Store, SubmissionState};
 
@@ -46,15 +46,6 @@ pub struct Notifier {
 }
 
 /// The sealed-value name of a notice's message (binds it to its access).
-fn message_name(access_id: &str) -> String {
-    format!("notice:{access_id}")
-}
-
-/// The sealed-value name of a patient's contact.
-pub fn contact_name(patient: &crate::domain::PatientId) -> String {
-    format!("contact:{patient}")
-}
-
 /// The notice a grant writes with its access.
 pub fn notice_for(settings: &NotifySettings, access: &crate::store::AccessRecord) -> Notice {
     let immediate = access
@@ -216,7 +207,9 @@ impl Notifier {
         let Some(sealed) = self.store.contact(&notice.patient)? else {
             return Ok(None);
         };
-        let plain = self.keyring.open(&contact_name(&notice.patient), &sealed)?;
+        let plain = self
+            .keyring
+            .open(&crate::seal::names::contact(&notice.patient), &sealed)?;
         Ok(Some(serde_json::from_slice(&plain)?))
     }
 
@@ -252,10 +245,10 @@ impl Notifier {
         // the clinician by name only when their directory entry matches the chain
         let provider = self.store.directory_entry(&access.provider)?.filter(|e| {
             let chain = self.store.provider(&access.provider).ok().flatten();
-            e.verification(chain.as_ref()) == "verified"
+            e.verification(chain.as_ref()) == crate::domain::Verification::Verified
         });
         let reason = String::from_utf8(self.keyring.open(
-            &crate::access::reason_name(&access.id),
+            &crate::seal::names::reason(&access.id),
             &hex::decode(&access.reason_sealed)?,
         )?)?;
         let rendered = message::render(
@@ -272,7 +265,7 @@ impl Notifier {
             &proof,
         )?;
         let sealed = self.keyring.seal(
-            &message_name(&notice.access_id),
+            &crate::seal::names::notice(&notice.access_id),
             &serde_json::to_vec(&rendered)?,
         )?;
         notice.message_id = Some(rendered.message_id.clone());
@@ -296,7 +289,7 @@ impl Notifier {
         let rendered: Rendered = serde_json::from_slice(
             &self
                 .keyring
-                .open(&message_name(&notice.access_id), &sealed)?,
+                .open(&crate::seal::names::notice(&notice.access_id), &sealed)?,
         )?;
         notice.attempts += 1;
         let first = *notice.first_attempt_at.get_or_insert(now);
@@ -354,7 +347,7 @@ pub async fn rekey_messages(store: &Arc<dyn Store>, keyring: &Keyring) -> anyhow
         let Some(message) = &notice.message else {
             continue;
         };
-        let name = message_name(&notice.access_id);
+        let name = crate::seal::names::notice(&notice.access_id);
         if let Some(sealed) = keyring.reseal(&name, &hex::decode(message)?)? {
             notice.message = Some(hex::encode(sealed));
             notices.push(notice);
@@ -384,7 +377,7 @@ enum Prepared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directory::Language;
+    use crate::domain::Language;
     use crate::domain::{DataType, PatientId, Role};
     use crate::store::AccessRecord;
 

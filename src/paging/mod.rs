@@ -10,14 +10,15 @@
 //! that source until a sync succeeds. Paging user ids and emails become principals here
 //! ([`Mapping`]); nothing past this module sees them.
 
+mod files;
 pub mod generic;
+mod mapping;
 pub mod opsgenie;
 pub mod pagerduty;
 pub mod sync;
 pub mod webhook;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use crate::configuration::OnCallSettings;
 use crate::domain::OnCall as Fact;
 use crate::store::{apply_async, Batch, Store, StoreError};
+pub use files::{load_roster, load_secrets, secrets_of};
+pub use mapping::{Mapping, MappingError};
 
 /// An incident that paged responders. A resolved one stays as a tombstone (no responders)
 /// until it ages out, so that a late delivery about it cannot bring it back.
@@ -169,125 +172,6 @@ pub struct OnCall {
     webhooks: HashSet<&'static str>,
     /// One change at a time: each is checked against the state, written, then applied.
     writer: tokio::sync::Mutex<()>,
-}
-
-/// Paging user ids and emails → principals: a mapping file, then the provider directory's
-/// paging ids. Both are read at each use (webhooks and syncs are rare), so an edited mapping
-/// or directory counts without a restart.
-pub struct Mapping {
-    file: Option<PathBuf>,
-    store: Arc<dyn Store>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum MappingError {
-    #[error("mapping {0}: {1}")]
-    File(String, String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl Mapping {
-    /// Checks the file now, so that a bad one stops the service at start.
-    pub fn load(path: Option<&Path>, store: Arc<dyn Store>) -> Result<Mapping, MappingError> {
-        let m = Mapping {
-            file: path.map(Path::to_path_buf),
-            store,
-        };
-        m.read_file()?;
-        Ok(m)
-    }
-
-    fn read_file(&self) -> Result<HashMap<String, String>, MappingError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct File {
-            responders: HashMap<String, String>,
-        }
-        let mut out = HashMap::new();
-        let Some(path) = &self.file else {
-            return Ok(out);
-        };
-        let bad = |e: String| MappingError::File(path.display().to_string(), e);
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let f: File = toml_from(&text).map_err(|e| bad(e.to_string()))?;
-        for (id, principal) in f.responders {
-            principal
-                .parse::<crate::stacks::Address>()
-                .map_err(|e| bad(format!("{id}: {e}")))?;
-            out.insert(id.to_lowercase(), principal);
-        }
-        Ok(out)
-    }
-
-    /// The mapping now, for one webhook or sync round.
-    pub fn snapshot(&self) -> Result<HashMap<String, String>, MappingError> {
-        let mut map = HashMap::new();
-        for e in self.store.directory_entries()? {
-            for id in &e.paging_ids {
-                map.insert(id.to_lowercase(), e.principal.clone());
-            }
-        }
-        // the operator's file wins over the directory
-        map.extend(self.read_file()?);
-        Ok(map)
-    }
-
-    /// The principal of the first of `ids` (a user id, an email) that maps; a principal
-    /// itself maps to itself.
-    pub fn resolve(map: &HashMap<String, String>, ids: &[&str]) -> Option<String> {
-        ids.iter().find_map(|id| {
-            if id.parse::<crate::stacks::Address>().is_ok() {
-                return Some(id.to_string());
-            }
-            map.get(&id.to_lowercase()).cloned()
-        })
-    }
-}
-
-fn toml_from<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Box<figment::Error>> {
-    use figment::providers::Format;
-    figment::Figment::from(figment::providers::Toml::string(text))
-        .extract()
-        .map_err(Box::new)
-}
-
-/// Reads a roster file: `on_call = ["ST...", ...]`.
-pub fn load_roster(path: &Path) -> anyhow::Result<HashSet<String>> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct File {
-        on_call: Vec<String>,
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("reading the roster {}: {e}", path.display()))?;
-    let r: File = toml_from(&text)?;
-    for p in &r.on_call {
-        p.parse::<crate::stacks::Address>()
-            .map_err(|e| anyhow::anyhow!("roster {}: {e}", path.display()))?;
-    }
-    Ok(r.on_call.into_iter().collect())
-}
-
-/// Reads a secrets file: one secret a line, blank lines ignored.
-pub fn load_secrets(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("reading the secrets {}: {e}", path.display()))?;
-    secrets_of(&text, path)
-}
-
-/// The secrets of a secrets file's `text`.
-pub fn secrets_of(text: &str, path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
-    let secrets: Vec<Vec<u8>> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|l| l.as_bytes().to_vec())
-        .collect();
-    if secrets.is_empty() {
-        anyhow::bail!("{} holds no secret", path.display());
-    }
-    Ok(secrets)
 }
 
 const INCIDENT: &str = "incident:";
@@ -692,7 +576,7 @@ impl OnCall {
     }
 }
 
-use crate::chain::follower::now_secs;
+use crate::clock::now_secs;
 
 #[cfg(test)]
 mod tests {

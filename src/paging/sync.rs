@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::{Change, OnCall, Roster};
-use crate::chain::follower::{now_ms, now_secs};
+use crate::clock::{now_ms, now_secs};
 use crate::configuration::SyncSettings;
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,8 @@ mod redb_store;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{DataType, PatientId, ProviderStatus, Purpose, Role};
+pub use crate::domain::chain::{Consent, ConsentKey, Preferences, ProviderState};
+use crate::domain::{DataType, PatientId, ProviderEntry, Role};
 pub use journal::Journal;
 pub use redb_store::{Checkpoints, RedbOptions, RedbStore, DEFAULT_CACHE_MIB};
 
@@ -28,61 +29,6 @@ pub enum StoreError {
 pub struct Tip {
     pub height: u64,
     pub index_block_hash: [u8; 32],
-}
-
-/// What the chain says of a provider principal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ProviderState {
-    Unregistered,
-    Registered {
-        role: Role,
-        status: ProviderStatus,
-        /// The hash of the provider's directory entry, as registered on chain (`info-hash`);
-        /// the off-chain directory entry must hash to it to be shown as verified.
-        #[serde(default)]
-        info_hash: Option<[u8; 32]>,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Preferences {
-    pub allow: bool,
-    pub data_types: Vec<DataType>,
-    pub max_window: u64,
-    pub is_default: bool,
-    /// Whether the patient id is registered in patient-consent (`get-patient-principal`);
-    /// `None` in entries cached before it was read, which are read again on use.
-    #[serde(default)]
-    pub registered: Option<bool>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ConsentKey {
-    pub patient: PatientId,
-    pub provider: String,
-    pub data_type: DataType,
-    pub purpose: Purpose,
-}
-
-impl ConsentKey {
-    fn id(&self) -> String {
-        format!(
-            "{}:{}:{}:{}",
-            self.patient, self.provider, self.data_type, self.purpose
-        )
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Consent {
-    pub active: bool,
-    pub expires_at: u64,
-}
-
-impl Consent {
-    pub fn is_active_at(&self, height: u64) -> bool {
-        self.active && height < self.expires_at
-    }
 }
 
 /// A logical chain write and where it stands. Its id names the operation (one transaction
@@ -263,7 +209,7 @@ pub struct Batch {
     pub contacts: Vec<(PatientId, Option<Vec<u8>>)>,
     pub notices: Vec<Notice>,
     /// The provider directory, by principal; `None` removes an entry.
-    pub directory: Vec<(String, Option<crate::directory::ProviderEntry>)>,
+    pub directory: Vec<(String, Option<ProviderEntry>)>,
     /// On-call state of the paging integrations, by key (`paging` owns the keys and values);
     /// `None` removes one.
     #[serde(default)]
@@ -372,11 +318,8 @@ pub trait Store: Send + Sync + 'static {
     fn contact_ids(&self) -> Result<Vec<PatientId>, StoreError>;
     fn notice(&self, access_id: &str) -> Result<Option<Notice>, StoreError>;
     /// A provider's directory entry.
-    fn directory_entry(
-        &self,
-        principal: &str,
-    ) -> Result<Option<crate::directory::ProviderEntry>, StoreError>;
-    fn directory_entries(&self) -> Result<Vec<crate::directory::ProviderEntry>, StoreError>;
+    fn directory_entry(&self, principal: &str) -> Result<Option<ProviderEntry>, StoreError>;
+    fn directory_entries(&self) -> Result<Vec<ProviderEntry>, StoreError>;
     /// Every on-call entry of the paging integrations.
     fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
     /// Every notice, oldest access first.

@@ -654,7 +654,7 @@ impl RedbStore {
             checkpointed: checkpointed.clone(),
             poisoned: poisoned.clone(),
         };
-        let journal_writes = crate::metrics::latency_histogram();
+        let journal_writes = crate::latency::latency_histogram();
         let journal = JournalWriter {
             store_path: path.to_path_buf(),
             spares: spare_paths(path),
@@ -887,11 +887,11 @@ impl Store for RedbStore {
     fn directory_entry(
         &self,
         principal: &str,
-    ) -> Result<Option<crate::directory::ProviderEntry>, StoreError> {
+    ) -> Result<Option<crate::domain::ProviderEntry>, StoreError> {
         self.get(DIRECTORY, principal)
     }
 
-    fn directory_entries(&self) -> Result<Vec<crate::directory::ProviderEntry>, StoreError> {
+    fn directory_entries(&self) -> Result<Vec<crate::domain::ProviderEntry>, StoreError> {
         self.scan(DIRECTORY)?
             .iter()
             .map(|(k, v)| dec(k, v))

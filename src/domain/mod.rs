@@ -6,6 +6,11 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub mod chain;
+pub mod directory;
+
+pub use directory::{Contact, Delegate, Language, ProviderEntry, Verification};
+
 /// A pseudonymous patient id: 32 bytes, the only way a patient appears on chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PatientId(pub [u8; 32]);

@@ -1,0 +1,46 @@
+//! What the chain follower knows of the node and of its own progress, shared lock-free with
+//! readiness, the grant path (how stale its view of the chain may be), the submitter and the
+//! metrics.
+//!
+//! It must not: do I/O, or decide anything (it holds figures; others judge them).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::clock::now_ms;
+
+/// What readiness and the submitter need to know of the follower, shared and lock-free.
+#[derive(Debug, Default)]
+pub struct FollowerStatus {
+    pub applied: AtomicU64,
+    pub node_tip: AtomicU64,
+    pub last_poll_ok_ms: AtomicU64,
+    pub last_block_ms: AtomicU64,
+    pub node_reachable: AtomicBool,
+    /// Set when blocks were skipped (a catch-up, or a block after a gap): transactions
+    /// mined in them were not seen.
+    pub skipped_blocks: AtomicBool,
+    /// Blocks pushed to the observer that the node did not confirm (forged, or abandoned
+    /// since), since start: for operators.
+    pub pushes_not_on_chain: AtomicU64,
+}
+
+impl FollowerStatus {
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+    pub fn node_tip(&self) -> u64 {
+        self.node_tip.load(Ordering::SeqCst)
+    }
+    pub fn lag(&self) -> u64 {
+        self.node_tip().saturating_sub(self.applied())
+    }
+    /// Within `max_lag` blocks of a node heard from within `fresh_ms`.
+    pub fn in_sync(&self, max_lag: u64, fresh_ms: u64) -> bool {
+        let heard =
+            now_ms().saturating_sub(self.last_poll_ok_ms.load(Ordering::SeqCst)) <= fresh_ms;
+        heard
+            && self.node_reachable.load(Ordering::SeqCst)
+            && self.applied() > 0
+            && self.lag() <= max_lag
+    }
+}

@@ -1,0 +1,131 @@
+//! The off-chain directory's records: how to reach a patient (protected, only ever stored
+//! sealed) and a provider's entry (not protected; shown as verified only while it hashes to
+//! the provider's on-chain `info-hash`). Parsed from FHIR by `directory`.
+//!
+//! It must not: do I/O, or hold anything the chain should hold.
+
+use serde::{Deserialize, Serialize};
+
+use super::chain::ProviderState;
+use super::{ProviderStatus, Role};
+
+/// The languages notices are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    En,
+    Es,
+}
+
+impl Language {
+    /// A BCP 47 tag's language (`es`, `es-MX`, `ES`), if notices exist in it.
+    pub fn from_tag(tag: &str) -> Option<Language> {
+        match tag.split(['-', '_']).next()?.to_ascii_lowercase().as_str() {
+            "en" => Some(Language::En),
+            "es" => Some(Language::Es),
+            _ => None,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Language::En => "en",
+            Language::Es => "es",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegate {
+    pub name: Option<String>,
+    pub relationship: Option<String>,
+    pub email: String,
+}
+
+/// How to reach a patient. Protected: only ever stored sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub language: Language,
+    pub delegate: Option<Delegate>,
+}
+
+impl Contact {
+    /// Everyone the notice goes to: the patient and their delegate.
+    pub fn recipients(&self) -> Vec<&str> {
+        self.email
+            .iter()
+            .map(String::as_str)
+            .chain(self.delegate.iter().map(|d| d.email.as_str()))
+            .collect()
+    }
+}
+
+/// A provider's entry in the off-chain directory. Not protected health information, so kept
+/// in the clear; shown as verified only while it hashes to the provider's on-chain
+/// `info-hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderEntry {
+    pub principal: String,
+    pub display_name: String,
+    pub role: Role,
+    pub department: Option<String>,
+    pub organization: Option<String>,
+    /// Paging-system user ids (FHIR `telecom` with `system: pager`); operational, not hashed.
+    pub paging_ids: Vec<String>,
+}
+
+impl ProviderEntry {
+    /// The document whose SHA-256 is registered on chain as the provider's `info-hash`: the
+    /// canonical JSON (RFC 8785: members sorted by name, no whitespace) of `department`,
+    /// `display_name`, `organization` and `role`, absent members left out.
+    pub fn info_document(&self) -> String {
+        let mut doc = std::collections::BTreeMap::new();
+        if let Some(d) = &self.department {
+            doc.insert("department", d.as_str());
+        }
+        doc.insert("display_name", self.display_name.as_str());
+        if let Some(o) = &self.organization {
+            doc.insert("organization", o.as_str());
+        }
+        doc.insert("role", self.role.as_str());
+        serde_json::to_string(&doc).unwrap_or_default()
+    }
+
+    pub fn info_hash(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.info_document().as_bytes()).into()
+    }
+
+    /// How the entry stands against the chain.
+    pub fn verification(&self, chain: Option<&ProviderState>) -> Verification {
+        match chain {
+            Some(ProviderState::Registered {
+                info_hash, status, ..
+            }) => {
+                if *info_hash != Some(self.info_hash()) {
+                    Verification::Mismatch
+                } else if *status == ProviderStatus::Verified {
+                    Verification::Verified
+                } else {
+                    Verification::Unverified
+                }
+            }
+            _ => Verification::NotOnChain,
+        }
+    }
+}
+
+/// How a directory entry stands against the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verification {
+    /// It hashes to the on-chain `info-hash` and the credential is verified.
+    Verified,
+    /// Flagged: the entry is not what was registered.
+    Mismatch,
+    /// It matches, but the credential is not verified now.
+    Unverified,
+    NotOnChain,
+}
