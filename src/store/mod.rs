@@ -6,8 +6,12 @@
 //! Every write is one `Batch`, applied atomically and durably: a block's cache updates, its
 //! confirmations and the new follower tip land together or not at all.
 
+mod applier;
 mod journal;
 mod redb_store;
+mod schema;
+mod segments;
+mod writer;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,215 @@
+//! The embedded store's schema: its redb tables, how a `Batch` becomes rows (the values the
+//! tables hold, JSON-encoded once) and how rows travel in a journal frame.
+//!
+//! It must not: do I/O.
+
+use redb::TableDefinition;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::*;
+
+/// Tables, by name.
+pub(super) type Table = &'static str;
+pub(super) const META: Table = "meta";
+pub(super) const PROVIDERS: Table = "providers";
+pub(super) const PREFERENCES: Table = "preferences";
+pub(super) const CONSENTS: Table = "consents";
+pub(super) const RESPONDERS: Table = "responders";
+pub(super) const SUBMISSIONS: Table = "submissions";
+pub(super) const ACCESSES: Table = "accesses";
+pub(super) const REPLAY: Table = "replay";
+pub(super) const REVOKED: Table = "revoked";
+/// Sealed values, stored as they are (not JSON).
+pub(super) const CONTACTS: Table = "contacts";
+pub(super) const NOTICES: Table = "notices";
+pub(super) const DIRECTORY: Table = "provider_directory";
+/// On-call state from the paging integrations (`paging`), JSON values it owns.
+pub(super) const PAGING: Table = "paging";
+pub(super) const TABLES: [Table; 13] = [
+    META,
+    PROVIDERS,
+    PREFERENCES,
+    CONSENTS,
+    RESPONDERS,
+    SUBMISSIONS,
+    ACCESSES,
+    REPLAY,
+    REVOKED,
+    CONTACTS,
+    NOTICES,
+    DIRECTORY,
+    PAGING,
+];
+
+pub(super) fn def(name: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+/// The META key of the last journal frame applied to redb.
+pub(super) const JOURNAL_SEQ: &str = "journal_seq";
+
+/// A row to write: table, key, encoded value (`None` removes the key).
+pub(super) type Row = (Table, String, Option<Vec<u8>>);
+pub(super) type Rows = Vec<Row>;
+
+pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+pub(super) fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(backend)
+}
+
+pub(super) fn dec<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(key.to_string(), e.to_string()))
+}
+
+pub(super) fn rows<T: Serialize>(
+    out: &mut Rows,
+    table: Table,
+    items: impl IntoIterator<Item = (String, T)>,
+) -> Result<(), StoreError> {
+    for (k, v) in items {
+        out.push((table, k, Some(enc(&v)?)));
+    }
+    Ok(())
+}
+
+/// A batch as rows, encoded once: what the overlay holds and the applier writes.
+pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
+    let mut out = Rows::new();
+    if let Some(tip) = &batch.tip {
+        out.push((META, "tip".into(), Some(enc(tip)?)));
+    }
+    if let Some(n) = batch.nonce {
+        out.push((META, "nonce".into(), Some(enc(&n)?)));
+    }
+    for (w, s) in &batch.providers {
+        out.push((PROVIDERS, w.clone(), s.as_ref().map(enc).transpose()?));
+    }
+    rows(
+        &mut out,
+        PREFERENCES,
+        batch.preferences.iter().map(|(p, v)| (p.to_string(), v)),
+    )?;
+    rows(
+        &mut out,
+        CONSENTS,
+        batch.consents.iter().map(|(k, c)| (k.id(), (k, c))),
+    )?;
+    rows(
+        &mut out,
+        RESPONDERS,
+        batch.responders.iter().map(|(w, y)| (w.clone(), y)),
+    )?;
+    rows(
+        &mut out,
+        SUBMISSIONS,
+        batch.submissions.iter().map(|s| (s.id.clone(), s)),
+    )?;
+    rows(
+        &mut out,
+        ACCESSES,
+        batch.accesses.iter().map(|a| (a.id.clone(), a)),
+    )?;
+    rows(
+        &mut out,
+        REPLAY,
+        batch.replay.iter().map(|(k, u)| (k.clone(), u)),
+    )?;
+    rows(
+        &mut out,
+        REVOKED,
+        batch.revoked.iter().map(|(k, u)| (k.clone(), u)),
+    )?;
+    for (p, sealed) in &batch.contacts {
+        out.push((CONTACTS, p.to_string(), sealed.clone()));
+    }
+    rows(
+        &mut out,
+        NOTICES,
+        batch.notices.iter().map(|n| (n.access_id.clone(), n)),
+    )?;
+    for (p, e) in &batch.directory {
+        out.push((DIRECTORY, p.clone(), e.as_ref().map(enc).transpose()?));
+    }
+    for (k, v) in &batch.paging {
+        out.push((PAGING, k.clone(), v.as_ref().map(enc).transpose()?));
+    }
+    Ok(out)
+}
+
+/// The rows format of a journal frame (older frames hold the batch as JSON, `{...`).
+pub(super) const ROWS_FORMAT: u8 = 1;
+/// A removed row's value length.
+pub(super) const REMOVED: u32 = u32::MAX;
+
+/// Rows as a journal frame's payload: the format byte, then per row the table's index,
+/// the key and the value (each length-prefixed, `u32` LE; `REMOVED` for a removal). The
+/// values are the bytes the tables hold, so a batch is encoded once.
+pub(super) fn encode_rows(rows: &Rows) -> Vec<u8> {
+    let size: usize = rows
+        .iter()
+        .map(|(_, k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut out = Vec::with_capacity(1 + size);
+    out.push(ROWS_FORMAT);
+    for (table, key, value) in rows {
+        let index = TABLES.iter().position(|t| t == table).unwrap_or(0) as u8;
+        out.push(index);
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key.as_bytes());
+        match value {
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.extend_from_slice(&REMOVED.to_le_bytes()),
+        }
+    }
+    out
+}
+
+/// A journal frame's payload as rows: the rows format, or a batch as JSON (frames written
+/// before it).
+pub(super) fn decode_rows(payload: &[u8]) -> Result<Rows, String> {
+    match payload.first() {
+        Some(b'{') => {
+            let batch: Batch = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+            rows_of(&batch).map_err(|e| e.to_string())
+        }
+        Some(&ROWS_FORMAT) => {
+            fn take<'p>(rest: &mut &'p [u8], n: usize) -> Result<&'p [u8], String> {
+                if rest.len() < n {
+                    return Err("a row runs past the frame".into());
+                }
+                let (head, tail) = rest.split_at(n);
+                *rest = tail;
+                Ok(head)
+            }
+            fn len(rest: &mut &[u8]) -> Result<u32, String> {
+                let b = take(rest, 4)?;
+                Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            let mut rows = Rows::new();
+            let mut rest = &payload[1..];
+            while !rest.is_empty() {
+                let table = *TABLES
+                    .get(take(&mut rest, 1)?[0] as usize)
+                    .ok_or_else(|| "a row names no table".to_string())?;
+                let key_len = len(&mut rest)? as usize;
+                let key = std::str::from_utf8(take(&mut rest, key_len)?)
+                    .map_err(|e| e.to_string())?
+                    .to_string();
+                let value = match len(&mut rest)? {
+                    REMOVED => None,
+                    n => Some(take(&mut rest, n as usize)?.to_vec()),
+                };
+                rows.push((table, key, value));
+            }
+            Ok(rows)
+        }
+        _ => Err("an unknown frame format".into()),
+    }
+}
