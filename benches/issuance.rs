@@ -116,7 +116,7 @@ fn benches(c: &mut Criterion) {
         store.clone(),
         NodeClient::new("http://127.0.0.1:9", Duration::from_millis(10), 0),
         Contracts {
-            address: settings.contracts_address(),
+            address: settings.chain.contracts_address,
         },
     );
     // a follower in touch with the node at block 1, as the poller keeps it

@@ -220,15 +220,13 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
         &patient_system,
         patients.to_string().as_bytes(),
     )
-    .await?
-    .map_err(anyhow::Error::msg)?;
+    .await?;
     crate::directory::import_providers(
         &app.store,
         &provider_system,
         practitioners.to_string().as_bytes(),
     )
-    .await?
-    .map_err(anyhow::Error::msg)?;
+    .await?;
 
     let api = format!("http://{}", app.api_addr);
     println!();

@@ -170,7 +170,7 @@ pub fn parse_patients(body: &[u8], id_system: &str) -> Result<Parsed, String> {
 async fn write(
     store: &std::sync::Arc<dyn crate::store::Store>,
     batch: crate::store::Batch,
-) -> anyhow::Result<()> {
+) -> Result<(), crate::store::StoreError> {
     if !batch.is_empty() {
         crate::store::apply_async(store, batch).await?;
     }
@@ -180,7 +180,7 @@ async fn write(
 async fn write_contacts(
     store: &std::sync::Arc<dyn crate::store::Store>,
     contacts: Vec<(PatientId, Option<Vec<u8>>)>,
-) -> anyhow::Result<()> {
+) -> Result<(), crate::store::StoreError> {
     write(
         store,
         crate::store::Batch {
@@ -189,6 +189,18 @@ async fn write_contacts(
         },
     )
     .await
+}
+
+/// Why an import stored nothing: the bundle (its reason names fields, never values), or the
+/// service (sealing or the store).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("sealing a contact: {0}")]
+    Seal(String),
 }
 
 /// What an import did: how many patients were stored, and the entries refused.
@@ -204,25 +216,22 @@ pub async fn import(
     keyring: &crate::seal::Keyring,
     id_system: &str,
     body: &[u8],
-) -> anyhow::Result<Result<ImportReport, String>> {
-    let parsed = match parse_patients(body, id_system) {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(e)),
-    };
+) -> Result<ImportReport, ImportError> {
+    let parsed = parse_patients(body, id_system).map_err(ImportError::Rejected)?;
     let mut contacts = Vec::with_capacity(parsed.patients.len());
     for (id, contact) in &parsed.patients {
-        let sealed = keyring.seal(
-            &crate::seal::names::contact(id),
-            &serde_json::to_vec(contact)?,
-        )?;
+        let plain = serde_json::to_vec(contact).map_err(|e| ImportError::Seal(e.to_string()))?;
+        let sealed = keyring
+            .seal(&crate::seal::names::contact(id), &plain)
+            .map_err(|e| ImportError::Seal(e.to_string()))?;
         contacts.push((*id, Some(sealed)));
     }
     let imported = contacts.len();
     write_contacts(store, contacts).await?;
-    Ok(Ok(ImportReport {
+    Ok(ImportReport {
         imported,
         rejected: parsed.rejected,
-    }))
+    })
 }
 
 /// Seals every contact that is not sealed with the current data key again with it (after
@@ -428,11 +437,8 @@ pub async fn import_providers(
     store: &std::sync::Arc<dyn crate::store::Store>,
     principal_system: &str,
     body: &[u8],
-) -> anyhow::Result<Result<ImportReport, String>> {
-    let parsed = match parse_practitioners(body, principal_system) {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(e)),
-    };
+) -> Result<ImportReport, ImportError> {
+    let parsed = parse_practitioners(body, principal_system).map_err(ImportError::Rejected)?;
     let imported = parsed.providers.len();
     write(
         store,
@@ -446,8 +452,8 @@ pub async fn import_providers(
         },
     )
     .await?;
-    Ok(Ok(ImportReport {
+    Ok(ImportReport {
         imported,
         rejected: parsed.rejected,
-    }))
+    })
 }

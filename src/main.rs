@@ -204,7 +204,7 @@ fn import_patients(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde
         &s.directory.patient_id_system,
         &body,
     ))?;
-    Ok(serde_json::to_value(report.map_err(anyhow::Error::msg)?)?)
+    Ok(serde_json::to_value(report)?)
 }
 
 fn print(result: Result<serde_json::Value, String>) -> ExitCode {
@@ -332,7 +332,7 @@ fn main() -> ExitCode {
             };
             let is_dev = matches!(cli.command, Command::Dev { .. });
             if is_dev && std::env::var_os("BREAKGLASS_LOG__FORMAT").is_none() {
-                s.log.format = "pretty".into();
+                s.log.format = breakglass::configuration::LogFormat::Pretty;
             }
             if let Err(e) = telemetry::init(&s.log) {
                 eprintln!("breakglass: {e}");

@@ -81,7 +81,7 @@ impl Application {
             settings.chain.read_retries,
         );
         let contracts = Contracts {
-            address: settings.contracts_address(),
+            address: settings.chain.contracts_address,
         };
         let state = ChainState::new(store.clone(), rpc.clone(), contracts.clone());
         let status = Arc::new(FollowerStatus::default());

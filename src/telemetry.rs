@@ -18,7 +18,7 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
         .with_writer(std::io::stderr)
         .with_target(true);
     // a second init (tests that start the app twice) keeps the first subscriber
-    let _ = if settings.format == "pretty" {
+    let _ = if settings.format == crate::configuration::LogFormat::Pretty {
         builder.try_init()
     } else {
         builder.json().flatten_event(true).try_init()

@@ -81,6 +81,13 @@ struct SigningKey {
     public: Vec<u8>,
 }
 
+/// A token that could not be made (its parts did not encode).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("encoding the token: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
 pub struct TokenIssuer {
     current: SigningKey,
     older: Vec<SigningKey>,
@@ -185,7 +192,7 @@ impl TokenIssuer {
 
     /// Signs `claims` as a compact JWS (RFC 7515) with the current key: `typ: at+jwt`, `alg:
     /// EdDSA`, `kid`. Verified with jsonwebtoken (`verify`, and resource servers' libraries).
-    pub fn issue(&self, claims: &AccessClaims) -> anyhow::Result<String> {
+    pub fn issue(&self, claims: &AccessClaims) -> Result<String, TokenError> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some("at+jwt".into());
         header.kid = Some(self.current.kid.clone());

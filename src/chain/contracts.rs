@@ -124,3 +124,36 @@ pub fn buff32(v: Option<&Value>) -> Option<[u8; 32]> {
         _ => None,
     }
 }
+
+/// `record-emergency-access`'s arguments for `access`, signed by `provider`, consensus-
+/// serialized (hex): access id, provider, patient id, data types, window in blocks, the
+/// reason's hash, whether the grant was degraded.
+pub fn record_emergency_access_args(
+    access: &crate::store::AccessRecord,
+    provider: crate::stacks::Address,
+) -> Result<Vec<String>, String> {
+    let buff32 = |hex_str: &str, what: &str| -> Result<[u8; 32], String> {
+        hex::decode(hex_str)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| format!("{what} is not 32 bytes of hex"))
+    };
+    Ok([
+        Value::buffer(buff32(&access.id, "the access id")?),
+        Value::Principal(crate::stacks::Principal::Standard(provider)),
+        Value::buffer(access.patient.0),
+        Value::List(
+            access
+                .data_types
+                .iter()
+                .map(|d| Value::ascii(d.as_str()))
+                .collect(),
+        ),
+        Value::UInt(access.window_blocks.into()),
+        Value::buffer(buff32(&access.reason_hash, "the reason hash")?),
+        Value::Bool(access.degraded),
+    ]
+    .iter()
+    .map(Value::to_hex)
+    .collect())
+}

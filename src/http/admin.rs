@@ -65,10 +65,10 @@ fn import_answer(
     what: &'static str,
     code: &'static str,
     title: &'static str,
-    result: anyhow::Result<Result<crate::directory::ImportReport, String>>,
+    result: Result<crate::directory::ImportReport, crate::directory::ImportError>,
 ) -> HttpResponse {
     match result {
-        Ok(Ok(report)) => {
+        Ok(report) => {
             tracing::info!(
                 imported = report.imported,
                 rejected = report.rejected.len(),
@@ -76,7 +76,7 @@ fn import_answer(
             );
             HttpResponse::Ok().json(report)
         }
-        Ok(Err(reason)) => problem(&Refusal {
+        Err(crate::directory::ImportError::Rejected(reason)) => problem(&Refusal {
             status: 400,
             code,
             title,

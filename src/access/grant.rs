@@ -1,0 +1,165 @@
+//! The grant itself, once every step passed: the window, the access record, then the record,
+//! its chain operation, the patient's notice and the used nonce in one durable write, the token
+//! signed while it syncs and handed out only once the write is durable.
+//!
+//! It must not: hand out a token whose access is not durable.
+
+use sha2::{Digest, Sha256};
+
+use super::{access_id, BreakGlass, ChainView, Grant};
+use crate::chain::contracts::{self, ACCESS_CONTROL};
+use crate::chain::submitter;
+use crate::clock::now_ms;
+use crate::domain::{OnCall as OnCallFact, Role};
+use crate::refusal::Refusal;
+use crate::request::{self, BreakGlassRequest};
+use crate::store::{apply_started, AccessRecord, Batch};
+
+/// How long an access lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Window {
+    pub secs: u64,
+    pub minutes: u32,
+    /// What the chain record is checked against.
+    pub blocks: u64,
+}
+
+impl Window {
+    /// The policy's window, never beyond the patient's maximum (in blocks, which the chain
+    /// record is checked against), to the second; patient-consent keeps every patient's
+    /// maximum within the contracts' one longest window (`get-max-emergency-window`), so that
+    /// bound holds here too.
+    pub fn of(policy_minutes: u32, max_window_blocks: u64, seconds_per_block: u64) -> Window {
+        let max_blocks = max_window_blocks.max(1);
+        let secs = (u64::from(policy_minutes.max(1)) * 60)
+            .min(max_blocks.saturating_mul(seconds_per_block))
+            .max(1);
+        Window {
+            secs,
+            minutes: u32::try_from(secs.div_ceil(60)).unwrap_or(u32::MAX),
+            blocks: secs.div_ceil(seconds_per_block).clamp(1, max_blocks),
+        }
+    }
+}
+
+/// What the steps decided, for the record.
+pub(super) struct Decision {
+    pub role: Role,
+    pub window: Window,
+    /// The policies that permitted it.
+    pub rules: Vec<String>,
+    pub on_call: Option<OnCallFact>,
+    pub chain: ChainView,
+    pub patient_registered: bool,
+}
+
+impl BreakGlass {
+    /// The access as it will be recorded, its reason sealed.
+    pub(super) fn access_record(
+        &self,
+        req: &BreakGlassRequest,
+        signer: &str,
+        now: u64,
+        d: Decision,
+    ) -> Result<AccessRecord, Refusal> {
+        let id = hex::encode(access_id(now_ms()));
+        let reason_hash: [u8; 32] = Sha256::digest(req.reason.as_bytes()).into();
+        let sealed = self
+            .keyring
+            .seal(&crate::seal::names::reason(&id), req.reason.as_bytes())
+            .map_err(|e| {
+                tracing::error!(error = %e, "sealing the reason failed");
+                Self::unavailable("sealing the reason")
+            })?;
+        Ok(AccessRecord {
+            id,
+            provider: signer.to_string(),
+            role: d.role,
+            patient: req.patient,
+            data_types: req.data_types.clone(),
+            reason_sealed: hex::encode(sealed),
+            reason_hash: hex::encode(reason_hash),
+            device: req.device.clone(),
+            nonce: req.nonce,
+            issued_at: req.issued_at,
+            granted_at: now,
+            expires_at: now + d.window.secs,
+            window_minutes: d.window.minutes,
+            window_blocks: d.window.blocks,
+            rules: d.rules,
+            message_hash: hex::encode(req.message_hash),
+            signature: hex::encode(&req.signature),
+            on_call: d.on_call,
+            degraded: d.chain.stale,
+            chain_lag_blocks: d.chain.lag_blocks,
+            patient_registered: Some(d.patient_registered),
+        })
+    }
+
+    /// The record, its chain operation, the notice and the used nonce in one durable write;
+    /// the token signed while it syncs, handed out only once the write is durable.
+    pub(super) async fn record_and_sign(
+        &self,
+        access: AccessRecord,
+        req: &BreakGlassRequest,
+        replay_key: String,
+    ) -> Result<Grant, Refusal> {
+        let args = contracts::record_emergency_access_args(&access, req.signer)
+            .map_err(|e| Self::unavailable(format!("the chain record's arguments: {e}")))?;
+        let record = submitter::operation(
+            &format!("record:{}", access.id),
+            ACCESS_CONTROL,
+            "record-emergency-access",
+            &args,
+        );
+        let notice = crate::notify::notice_for(&self.notify, &access);
+        let announce = (notice.next_at, notice.access_id.clone());
+        let batch = Batch {
+            notices: vec![notice],
+            accesses: vec![access.clone()],
+            submissions: vec![record],
+            replay: vec![(replay_key, req.issued_at + 2 * request::MAX_SKEW_SECS)],
+            ..Batch::default()
+        };
+        // the write is handed to the journal first, the token signed while it syncs: the
+        // token leaves only once the record is durable, and is dropped if it never is
+        let writing = std::time::Instant::now();
+        let written = apply_started(&self.state.store, batch);
+        let claims = self.tokens.claims(&access);
+        let token = self.tokens.issue(&claims);
+        let written = written.await;
+        self.metrics
+            .audit_write_seconds
+            .observe(writing.elapsed().as_secs_f64());
+        if let Err(e) = written {
+            tracing::error!(error = %e, access = %access.id, "the access could not be recorded: no token issued");
+            return Err(Refusal::new(
+                503,
+                "audit-unavailable",
+                "Audit trail unavailable",
+                "the access could not be recorded, so no token was issued; try again",
+            ));
+        }
+
+        if let Some(n) = &self.notices {
+            // the notifier may have stopped (shutdown): the next start reads it from the store
+            let _ = n.send(announce);
+        }
+
+        let token = token.map_err(|e| {
+            tracing::error!(error = %e, "token signing failed");
+            Refusal::new(
+                503,
+                "token-unavailable",
+                "Token unavailable",
+                "the access is recorded but no token could be signed; try again",
+            )
+        })?;
+        tracing::info!(access = %access.id, provider = %access.provider, role = %access.role, window_minutes = access.window_minutes, "break-glass access granted");
+        Ok(Grant {
+            scope: claims.scope,
+            access,
+            token,
+        })
+    }
+}

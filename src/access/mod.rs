@@ -1,0 +1,240 @@
+//! The break-glass path, top to bottom: verify the signed request, refuse replays, look the
+//! clinician up in the chain-state cache, check on-call, the patient's preferences and the
+//! policies, then write the access record, the chain-record operation, the patient's notice
+//! and the used nonce in one durable write, signing the token while it syncs and handing it
+//! out only once the write is durable. No step waits on the node except a cache miss; the
+//! chain record and the notice are background work.
+//!
+//! `request` reads as the pipeline: verify (`request.rs`), the replay check (`replay.rs`),
+//! then `judge`: the steps (`steps.rs`), each refusing with its own code, then the grant
+//! (`grant.rs`). `view.rs` says how fresh the view of the chain is; `reasons.rs` keeps the
+//! clinician's reason sealed.
+//!
+//! It must not: wait on the node on a cache hit, or hand out a token before its access is
+//! durable.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::chain::state::ChainState;
+use crate::chain::status::FollowerStatus;
+use crate::clock::{now_ms, now_secs};
+use crate::configuration::Settings;
+use crate::metrics::Metrics;
+use crate::paging::OnCall;
+use crate::policy::{Policies, Situation};
+pub use crate::refusal::Refusal;
+use crate::request::{self, RequestError};
+use crate::store::AccessRecord;
+use crate::token::TokenIssuer;
+use grant::{Decision, Window};
+pub use reasons::rekey_reasons;
+use replay::Seen;
+pub use view::{chain_view, ChainView};
+
+mod grant;
+mod reasons;
+mod replay;
+mod steps;
+mod view;
+
+pub struct Grant {
+    pub access: AccessRecord,
+    pub token: String,
+    pub scope: String,
+}
+
+pub struct BreakGlass {
+    pub state: ChainState,
+    pub policies: Arc<Policies>,
+    pub tokens: Arc<TokenIssuer>,
+    keyring: Arc<crate::seal::Keyring>,
+    /// Who is on call (every paging source, combined); read from memory.
+    pub oncall: Arc<OnCall>,
+    pub metrics: Arc<Metrics>,
+    limiter: DefaultKeyedRateLimiter<String>,
+    /// Nonces seen (refused requests included), with when they may be forgotten. Granted
+    /// ones are also durable and read back at start, so this alone answers "used before?"
+    /// without a store read per request.
+    seen: Mutex<Seen>,
+    chain_id: u32,
+    mainnet: bool,
+    seconds_per_block: u64,
+    notify: crate::configuration::NotifySettings,
+    /// Where each grant announces its notice to the notifier (`notify::Notifier::run`).
+    notices: Option<tokio::sync::mpsc::UnboundedSender<(u64, String)>>,
+    /// How far the follower's view of the chain may be behind (`chain_view`).
+    follower: Arc<FollowerStatus>,
+    max_lag_blocks: u64,
+    /// How recently the node must have answered to count as reachable.
+    fresh_ms: u64,
+}
+
+impl BreakGlass {
+    pub fn new(
+        settings: &Settings,
+        state: ChainState,
+        follower: Arc<FollowerStatus>,
+        policies: Arc<Policies>,
+        tokens: Arc<TokenIssuer>,
+        keyring: Arc<crate::seal::Keyring>,
+        metrics: Metrics,
+    ) -> anyhow::Result<BreakGlass> {
+        let oncall = Arc::new(OnCall::load(&settings.oncall, state.store.clone())?);
+        let per_minute =
+            NonZeroU32::new(settings.issuance.grants_per_minute).unwrap_or(NonZeroU32::MIN);
+        let mut seen = Seen::default();
+        for (key, until) in state.store.replays()? {
+            if until > now_secs() {
+                seen.insert(key, until);
+            }
+        }
+        Ok(BreakGlass {
+            state,
+            policies,
+            tokens,
+            keyring,
+            oncall,
+            metrics: Arc::new(metrics),
+            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            seen: Mutex::new(seen),
+            chain_id: settings.chain.network.chain_id(),
+            mainnet: settings.chain.network.is_mainnet(),
+            seconds_per_block: settings.issuance.seconds_per_block,
+            notify: settings.notify.clone(),
+            notices: None,
+            follower,
+            max_lag_blocks: settings.follower.max_lag_blocks,
+            fresh_ms: settings.follower.fresh_ms(),
+        })
+    }
+
+    /// Announces each grant's notice to the notifier.
+    pub fn with_notices(
+        mut self,
+        notices: tokio::sync::mpsc::UnboundedSender<(u64, String)>,
+    ) -> BreakGlass {
+        self.notices = Some(notices);
+        self
+    }
+
+    fn unavailable(e: impl std::fmt::Display) -> Refusal {
+        tracing::error!(error = %e, "chain state unavailable");
+        Refusal::new(
+            503,
+            "chain-state-unavailable",
+            "Chain state unavailable",
+            "the service cannot read the chain state right now; try again",
+        )
+    }
+
+    pub async fn request(&self, body: &[u8]) -> Result<Grant, Refusal> {
+        let now = now_secs();
+        // 1-3. the request, its signature, its freshness
+        let req = request::verify(body, self.chain_id, self.mainnet, now).map_err(|e| match e {
+            RequestError::Malformed(m) => {
+                Refusal::new(400, "malformed-request", "Malformed request", m)
+            }
+            RequestError::WrongDomain(m) => {
+                Refusal::new(400, "wrong-domain", "Signed for another domain", m)
+            }
+            RequestError::BadSignature(m) => Refusal::new(401, "bad-signature", "Bad signature", m),
+            e @ RequestError::Stale { .. } => {
+                Refusal::new(401, "stale-request", "Stale request", e.to_string())
+            }
+        })?;
+        let signer = req.signer.to_string();
+        let replay_key = format!("{signer}:{}", req.nonce);
+        let until = req.issued_at + 2 * request::MAX_SKEW_SECS;
+        let replayed = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.forget_until(now);
+            seen.insert(replay_key.clone(), until)
+        };
+        if replayed {
+            return Err(Refusal::new(
+                401,
+                "replayed-request",
+                "Replayed request",
+                format!("nonce {} was already used by {signer}", req.nonce),
+            ));
+        }
+        let answer = self.judge(req, signer, replay_key.clone(), now).await;
+        if answer.as_ref().is_err_and(Refusal::invites_retry) {
+            // nothing was recorded: the same signed request may be sent again
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.remove(&replay_key, until);
+        }
+        answer
+    }
+
+    /// Steps 4 to 8 and the grant, for a verified, fresh request whose nonce is now taken:
+    /// each step refuses with its own code, or hands on what the next ones need.
+    async fn judge(
+        &self,
+        req: request::BreakGlassRequest,
+        signer: String,
+        replay_key: String,
+        now: u64,
+    ) -> Result<Grant, Refusal> {
+        let role = self.clinician(&signer).await?;
+        let on_call = self.on_call(&signer, now)?;
+        let prefs = self.patient_allows(&req).await?;
+        let chain = chain_view(
+            &self.follower,
+            now_ms(),
+            self.seconds_per_block,
+            self.max_lag_blocks,
+            self.fresh_ms,
+        );
+        let situation = Situation {
+            on_call: on_call.as_ref(),
+            chain_lag_blocks: chain.lag_blocks,
+            chain_reachable: chain.reachable,
+            chain_stale: chain.stale,
+            patient_registered: prefs.registered.unwrap_or(false),
+        };
+        let (policy_minutes, rules) =
+            self.policies_permit(&signer, role, &req, &situation, chain)?;
+        self.within_rate(&signer)?;
+        let decision = Decision {
+            role,
+            window: Window::of(policy_minutes, prefs.max_window, self.seconds_per_block),
+            rules,
+            patient_registered: situation.patient_registered,
+            on_call,
+            chain,
+        };
+        let access = self.access_record(&req, &signer, now, decision)?;
+        self.record_and_sign(access, &req, replay_key).await
+    }
+}
+
+/// A new access id: the grant time (unix milliseconds, 6 bytes, big-endian) then 26 random
+/// bytes. Ids sort by time, so the store appends them instead of scattering them across its
+/// B-tree, and 208 random bits keep them unguessable.
+pub fn access_id(now_ms: u64) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    id[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
+    secp256k1::rand::RngCore::fill_bytes(&mut secp256k1::rand::thread_rng(), &mut id[6..]);
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_that_recorded_nothing_and_ask_to_try_again_give_the_nonce_back() {
+        let r = |status, code| Refusal::new(status, code, "", "");
+        assert!(r(429, "rate-limited").invites_retry());
+        assert!(r(503, "chain-state-unavailable").invites_retry());
+        assert!(r(503, "audit-unavailable").invites_retry());
+        // the access was recorded, with its nonce
+        assert!(!r(503, "token-unavailable").invites_retry());
+        assert!(!r(403, "policy-denied").invites_retry());
+        assert!(!r(401, "bad-signature").invites_retry());
+    }
+}

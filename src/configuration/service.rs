@@ -1,0 +1,150 @@
+//! The service's own sections: its listeners, the data directory and store cache, logs,
+//! issuance, policies, the directory and the HTTP clients (resource servers, admins).
+//!
+//! It must not: hold a secret (clients are configured by the SHA-256 of theirs).
+
+use super::*;
+
+/// Operators' clients for the admin API (`/v1/admin/...`: directory import, notice lists),
+/// HTTP Basic with only the SHA-256 of each secret configured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    pub clients: Vec<ResourceServerClient>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySettings {
+    /// The FHIR `identifier.system` whose value is the patient's pseudonymous id (hex).
+    pub patient_id_system: String,
+    /// The FHIR `identifier.system` whose value is a practitioner's Stacks principal.
+    pub provider_principal_system: String,
+}
+
+/// The resource servers allowed to introspect and revoke tokens (HTTP Basic, RFC 7662 §2.1).
+/// Only the SHA-256 of each secret is configured, so this file holds no secret.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceServerSettings {
+    pub clients: Vec<ResourceServerClient>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceServerClient {
+    pub id: String,
+    /// hex SHA-256 of the client's secret
+    pub secret_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuanceSettings {
+    /// `iss` of the access tokens.
+    pub issuer: String,
+    /// `aud` of the access tokens: the resource server(s) that accept them.
+    pub audience: String,
+    /// Used to turn a patient's maximum window (in blocks) into minutes, and a token's window
+    /// into the blocks recorded on chain.
+    pub seconds_per_block: u64,
+    /// Grants per provider per minute (a burst of this size, refilled over the minute).
+    pub grants_per_minute: u32,
+}
+
+impl IssuanceSettings {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.seconds_per_block == 0 || self.grants_per_minute == 0 {
+            return Err(
+                "issuance.seconds_per_block and issuance.grants_per_minute must be positive".into(),
+            );
+        }
+        for (name, value) in [
+            ("issuance.issuer", &self.issuer),
+            ("issuance.audience", &self.audience),
+        ] {
+            if value.trim().is_empty() {
+                return Err(format!(
+                    "{name} must not be empty: resource servers check it in every token"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// A directory with `breakglass.cedarschema` and `*.cedar` files; unset, the built-in
+    /// defaults (the repository's `policies/`) apply.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// The public HTTP API.
+    pub listen: SocketAddr,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSettings {
+    /// The embedded store and generated keys live here.
+    pub dir: PathBuf,
+    /// The store's page cache, in MiB (`RedbOptions::cache_bytes`): pages read, and pages
+    /// written and not yet checkpointed (up to half of it); what the service's memory grows
+    /// by under sustained writes.
+    pub cache_mib: usize,
+}
+
+impl DataSettings {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if !(1..=65_536).contains(&self.cache_mib) {
+            return Err(format!(
+                "data.cache_mib must be from 1 to 65536 (MiB), not {}",
+                self.cache_mib
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl DataSettings {
+    /// How the store at `breakglass.redb` in `dir` is opened.
+    pub fn store_options(&self) -> crate::store::RedbOptions {
+        crate::store::RedbOptions {
+            cache_bytes: self.cache_mib.saturating_mul(1 << 20),
+            ..crate::store::RedbOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. "info" or "breakglass=debug,info".
+    pub filter: String,
+}
+
+impl LogSettings {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        tracing_subscriber::EnvFilter::try_new(&self.filter)
+            .map(|_| ())
+            .map_err(|e| format!("log.filter {:?}: {e}", self.filter))
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object a line (the default: for log collectors).
+    Json,
+    /// For a person at a terminal.
+    Pretty,
+}
