@@ -1,6 +1,8 @@
 //! `breakglass demo request`: a tablet stand-in for newcomers. It signs a break-glass request
 //! with a demo clinician's key (from the devnet's demo identities) exactly as a wallet would,
 //! sends it to the running service and prints the answer.
+//!
+//! It must not: be used by the service (it is the tablet's stand-in for newcomers).
 
 use std::path::Path;
 

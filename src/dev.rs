@@ -1,6 +1,8 @@
 //! `breakglass dev`: one command for a working system on this machine. It starts the devnet
 //! (the contracts on a local stacks-node stand-in) with demo data, runs the service against
 //! it with the demo responder's key (authorized on chain), and says what to try next.
+//!
+//! It must not: run in production (dev keys, demo data, a local devnet).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

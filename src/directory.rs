@@ -9,6 +9,8 @@
 //! with `system: email` (the `use: home` one first); its language the `communication` marked
 //! `preferred` (BCP 47; languages without templates fall back to English); a delegate is a
 //! `contact` with an email (relationship kept as its display text).
+//!
+//! It must not: log or return contact details (they are sealed before they are stored).
 
 use serde::Serialize;
 use serde_json::Value;

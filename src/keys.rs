@@ -5,6 +5,9 @@
 //! directory (`keys/service-stacks.key`, mode 0600), sealed with the data key (`seal.rs`),
 //! and read from there afterwards; a plain hex key file from before is sealed in place. Keys
 //! never go in the repository.
+//!
+//! It must not: write a key in the clear (the generated one is sealed), or put one in the
+//! repository.
 
 use std::fs;
 use std::path::Path;

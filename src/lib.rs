@@ -1,4 +1,6 @@
 //! breakglass: the emergency-access responder of a Stacks-based medical record system.
+//!
+//! It must not: hold code (it names the modules).
 
 pub mod access;
 pub mod chain;

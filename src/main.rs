@@ -1,6 +1,8 @@
 //! `breakglass`: the command line. `serve` runs the service, `dev` runs it with a local devnet
 //! and demo data, `stacks ...` are operator tools for what is on the wire, `keys show` names
 //! the service's Stacks principal (to authorize it as a responder on chain).
+//!
+//! It must not: hold logic (each command calls into the library).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,8 @@
 //! `/metrics`: Prometheus (OpenMetrics text) counters the service keeps as it works, and
 //! gauges read at each scrape from the parts that know them (the paging sources, the
 //! follower). Labels carry codes and source names only: never a principal or a patient.
+//!
+//! It must not: label with a principal or a patient.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

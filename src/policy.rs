@@ -2,6 +2,8 @@
 //! long. Loaded and validated against the schema at start; every policy must carry an `@id`
 //! and every permit a positive `@window_minutes`. The files in the repository are built in as
 //! the defaults.
+//!
+//! It must not: load a set that fails against the schema or grants everything on a stale view.
 
 use std::collections::HashMap;
 use std::path::Path;

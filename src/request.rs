@@ -14,6 +14,8 @@
 //! Parsing is strict: exactly these fields and types, known data types without repeats, a
 //! non-empty reason. Verification recovers the signer (low-S signatures only) and checks the
 //! clock skew; replay is checked by the caller against the nonces it has seen.
+//!
+//! It must not: touch the store or the node (it checks the bytes and the signature only).
 
 use serde::Deserialize;
 

@@ -1,5 +1,7 @@
 //! Wiring, in one place: the store, the keys, the node client, the chain-state cache, the
 //! follower, submitter and notifier tasks, and the two HTTP listeners; and their orderly shutdown.
+//!
+//! It must not: hold logic beyond wiring and shutdown.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -31,8 +33,7 @@ use crate::token::TokenIssuer;
 /// Turns transparent huge pages off for this process (and what it starts). mimalloc asks for
 /// them where the kernel allows it (`madvise`), and the kernel then zeroes a whole 2 MiB page,
 /// or first compacts memory to find one, inside whichever request touches it first: stalls of
-/// milliseconds on the break-glass path. Measured with `scripts/bench/run` at 1,000 req/s: p99
-/// 1.1 ms with them, 0.6 ms without (store on tmpfs, to leave the disk out; README, Benchmarks).
+/// milliseconds on the break-glass path (docs/benchmarks.md).
 /// The benchmarks' reference handlers run with the same setting.
 pub fn no_huge_pages() {
     #[cfg(target_os = "linux")]

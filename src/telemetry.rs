@@ -1,5 +1,7 @@
 //! Logging: `tracing` with JSON lines (or a readable format for development). Nothing here
 //! may ever be handed protected health information: log ids, never clinical data or contacts.
+//!
+//! It must not: log protected health information (nothing that logs does).
 
 use tracing_subscriber::{fmt, EnvFilter};
 

@@ -7,6 +7,9 @@
 //! (`seal.rs`; mode 0600), and named by a key id; older keys found beside it stay in the JWKS,
 //! so tokens signed before a rotation keep verifying until they expire. Key files from before
 //! they were sealed (`token-*.pk8`, plain PKCS#8) are sealed in place at start.
+//!
+//! It must not: carry the reason's text (only its hash), or keep a signing key in the clear at
+//! rest.
 
 use std::path::Path;
 

@@ -1,5 +1,7 @@
 //! Operator tools (`breakglass stacks ...`): decode what is on the wire, as JSON. Each returns
 //! a one-line error for input it cannot read.
+//!
+//! It must not: be used by the service.
 
 use serde_json::{json, Value as Json};
 

@@ -1,5 +1,7 @@
 //! The two contracts as the service sees them: their ids, and decoding of their read-only
 //! answers and print events into domain state.
+//!
+//! It must not: decide anything, or call the node (it shapes values; `rpc.rs` calls).
 
 use crate::domain::chain::{Consent, Preferences, ProviderState};
 use crate::domain::{DataType, PatientId};

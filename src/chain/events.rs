@@ -1,6 +1,8 @@
 //! The event-observer payload (`POST /new_block`) and which cache entries its contract print
 //! events name. Pure functions. A payload is only a hint: the follower checks the block
 //! against the node and reads every named entry back from it.
+//!
+//! It must not: take a value from a pushed event (only names).
 
 use std::collections::BTreeSet;
 

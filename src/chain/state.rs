@@ -7,6 +7,8 @@
 //! suspension, an opt-out) after the node answered; otherwise it looks again. A principal
 //! that is not a registered provider is not written to the store (anyone can sign a request
 //! with a new key): it is remembered in memory until the next block, within a bound.
+//!
+//! It must not: keep an answer read while a block was applied (it could be older than the block).
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,6 +1,8 @@
 //! Typed configuration: embedded defaults, then one TOML file, then `BREAKGLASS_*` environment
 //! variables (`__` separates sections: `BREAKGLASS_CHAIN__NODE_URL`). Every value has a safe
 //! default for the embedded single-node mode; secrets are never read from the TOML file.
+//!
+//! It must not: read secrets (they come from the environment where they are used).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
 //! Domain newtypes, parsed once at the edge: what the contracts and the service mean by a
 //! patient id, a role, a provider's status, a data type.
+//!
+//! It must not: do I/O.
 
 use std::fmt;
 use std::str::FromStr;

@@ -2,6 +2,8 @@
 //! directory (a FHIR R4 bundle of `Patient` resources) and listing notices by state (the
 //! dead-letter list, patients without a contact). Answers carry pseudonymous ids and states,
 //! never contact details.
+//!
+//! It must not: give a verdict or change chain state (admin clients import and read).
 
 use std::sync::Arc;
 

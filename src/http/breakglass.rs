@@ -1,5 +1,7 @@
 //! `POST /v1/break-glass`, `GET /v1/accesses/{id}` and `GET /.well-known/jwks.json`. Refusals
 //! are RFC 9457 problem details with a stable `code`.
+//!
+//! It must not: decide (it calls `access`), or show the reason outside the authorized view.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;

@@ -1,5 +1,8 @@
-//! The HTTP edges: the public API (health and readiness for now) and the event-observer
-//! endpoint the stacks-node POSTs to. Handlers stay thin; the work is in `chain`.
+//! The HTTP edges: the public API (health, readiness, metrics; the break-glass, token, admin
+//! and paging endpoints in their files) and the event-observer endpoints the stacks-node POSTs
+//! to. Handlers stay thin; the work is in `access`, `chain` and `paging`.
+//!
+//! It must not: do work beyond calling into `access`, `chain`, `paging` and the store.
 
 pub mod admin;
 pub mod breakglass;

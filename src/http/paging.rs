@@ -2,6 +2,8 @@
 //! `/v1/paging/webhook` (generic). Each is verified (signature or token, age, replay) before it
 //! may change who is on call; a refusal is a 4xx problem with a stable code and changes
 //! nothing. Secrets files are read at each delivery, so a rotated secret needs no restart.
+//!
+//! It must not: change on-call state for a delivery whose signature does not verify.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

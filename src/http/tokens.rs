@@ -1,6 +1,9 @@
 //! Token introspection (RFC 7662) and revocation (RFC 7009) for resource servers, which
 //! authenticate with HTTP Basic as a configured client. A revoked token is inactive at once,
 //! for every replica that shares the store.
+//!
+//! It must not: accept a client that is not configured, or tell an unknown token from an expired
+//! one.
 
 use std::collections::HashMap;
 

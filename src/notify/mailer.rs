@@ -1,6 +1,8 @@
 //! Where notices go: an SMTP server (STARTTLS, implicit TLS or plain for a local relay; AUTH
 //! with the password from `BREAKGLASS_SMTP_PASSWORD`), or `.eml` files in `data.dir/outbox`
 //! for development. Failures are sorted into permanent (dead-letter) and transient (retry).
+//!
+//! It must not: render or decide (it sends the stored bytes).
 
 use std::path::Path;
 use std::time::Duration;

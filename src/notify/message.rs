@@ -2,6 +2,9 @@
 //! `templates/`, a `Message-ID` fixed by the access id. What it may say: who (the clinician's
 //! role, never their key), which kinds of data (names only, never values), when, the stated
 //! reason, the chain record, and how to contest.
+//!
+//! It must not: send, or name the clinical data opened (the notice says which data types, not what
+//! they held).
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::Message;

@@ -15,6 +15,8 @@
 //! recovers it), since what was sent could not be recorded; and an attempt whose outcome
 //! could not be recorded is kept in memory and recorded again, never sent again by this
 //! process.
+//!
+//! It must not: run on the break-glass path, or send a message other than the one stored.
 
 mod mailer;
 pub mod message;

@@ -11,6 +11,8 @@
 //! The timestamp must be within the window and is signed with the body, so a delivery cannot
 //! be re-dated; the signed bytes name the delivery, so the same one twice is a replay. An
 //! `on_call_until` in the past takes the responder off call.
+//!
+//! It must not: accept a delivery without a valid signature.
 
 use std::collections::HashMap;
 

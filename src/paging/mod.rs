@@ -9,6 +9,8 @@
 //! last good roster standing for a grace period, then fails closed: no one is on call through
 //! that source until a sync succeeds. Paging user ids and emails become principals here
 //! ([`Mapping`]); nothing past this module sees them.
+//!
+//! It must not: let a paging id or an email past it, or change state on an unverified webhook.
 
 mod files;
 pub mod generic;

@@ -7,6 +7,8 @@
 //! who has it can send anything), and dated by `updatedAt`.
 //! `Acknowledge`, `TakeOwnership` and `AssignOwnership` put the user who answers the alert on
 //! call for it; `Close` and `Delete` end it.
+//!
+//! It must not: trust an unsigned delivery.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -6,6 +6,8 @@
 //! `X-PagerDuty-Signature: v1=<hex HMAC-SHA256 of the raw body>[,v1=...]` (one per active
 //! secret while a secret rotates). The event id names the delivery (replays), `occurred_at`
 //! dates it.
+//!
+//! It must not: trust an unsigned delivery.
 
 use std::collections::HashMap;
 use std::time::Duration;

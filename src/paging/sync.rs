@@ -2,6 +2,8 @@
 //! asks the paging system who is on call, maps them to principals and replaces the source's
 //! roster. A `429` is waited out as `Retry-After` says (up to a bound); a failure leaves the
 //! last good roster to its grace period (`OnCall::lookup` fails closed after it).
+//!
+//! It must not: keep a failed source's roster standing past its grace period.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,6 +1,8 @@
 //! What every paging webhook goes through before it may change who is on call: its
 //! signature (HMAC-SHA256, checked in constant time against every configured secret, so a
 //! secret can be rotated without downtime), its age, and whether it was delivered before.
+//!
+//! It must not: compare secrets in variable time.
 
 use ring::hmac;
 

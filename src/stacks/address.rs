@@ -1,5 +1,7 @@
 //! Stacks addresses: a version byte and the hash160 of a public key (or script), written in
 //! c32check (`ST…`/`SN…` testnet, `SP…`/`SM…` mainnet) by stacks-rs.
+//!
+//! It must not: do I/O.
 
 use std::fmt;
 

@@ -3,6 +3,8 @@
 //! of its header without the signer signatures (signers sign that hash); its index block hash,
 //! the id the event observer and the RPC use, is sha512/256 of the block hash then the
 //! consensus hash. Safe on untrusted bytes: every length is checked before it is read.
+//!
+//! It must not: trust a length before checking it.
 
 use sha2::{Digest, Sha512_256};
 

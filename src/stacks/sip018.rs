@@ -3,6 +3,8 @@
 //! hash = sha256("SIP018" || sha256(domain) || sha256(message)), where domain and message are
 //! Clarity values (the domain a tuple `{name, version, chain-id}`). Wallets return a 65-byte
 //! recoverable signature in RSV order: r || s || recovery id.
+//!
+//! It must not: do I/O.
 
 use secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
 use secp256k1::{Message, PublicKey, SECP256K1};

@@ -1,5 +1,7 @@
 //! Stacks transactions (SIP-005): signed contract calls built with stacks-rs, and a decoder
 //! for any single transaction, used by the operator tools and to check what we send.
+//!
+//! It must not: do I/O, or panic on any input it decodes.
 
 use secp256k1::SecretKey;
 use sha2::{Digest, Sha512_256};

@@ -74,8 +74,7 @@ impl Applier {
 
     /// A store that starts taking writes gets its zero-filled spares (a quiet one, e.g. in
     /// tests, needs none): until then the journal appends to a new file, whose syncs also
-    /// commit its growing size (on this project's machine, a grant's p99 over the first 2 s
-    /// of a run at 1,000 a second went from ~0.6 ms to several). After it, full segments are
+    /// commit its growing size (docs/benchmarks.md). After it, full segments are
     /// recycled as spares by the journal thread, so that zero-filling does not compete with
     /// the journal's syncs again.
     fn prepare_spares(&mut self) {

@@ -16,10 +16,11 @@
 //! The journal is a series of segment files (`<store>.journal.<first seq>`). After a
 //! checkpoint (redb commits durably, recording the last applied `seq` in the same commit) the
 //! segments it covers are deleted, or kept as spares that later segments reuse
-//! (`Journal::reuse`): overwriting blocks already on disk makes each sync about twice as fast
-//! as appending to a growing file (a 4 KiB synced write on this project's machine: ~140 µs
-//! against ~330 µs). On open, frames with a `seq` above the one redb holds are applied again;
+//! (`Journal::reuse`): overwriting blocks already on disk makes each sync faster than
+//! appending to a growing file (docs/benchmarks.md). On open, frames with a `seq` above the one redb holds are applied again;
 //! the rest were already in redb's durable state.
+//!
+//! It must not: know what the frames hold (rows are `schema.rs`'s).
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -180,9 +181,7 @@ impl Journal {
 /// Opens a journal file for its frames' writes: with direct I/O where the file system allows
 /// it at this alignment, since a write that is durable on return (`O_DSYNC`, past the page
 /// cache) costs one device round trip and a flush, where a buffered write and `fdatasync`
-/// also copy into the page cache, dirty the inode and wait for writeback (on this project's
-/// machine, 1,000 synced 4 KiB writes a second: p50 160 µs and p99 330–590 µs against
-/// 200 µs and 600–800 µs; `fio`, README › Benchmarks).
+/// also copy into the page cache, dirty the inode and wait for writeback (docs/benchmarks.md).
 fn open_for_writes(path: &Path) -> Result<(File, bool), StoreError> {
     #[cfg(target_os = "linux")]
     if direct_io_fits(path) {

@@ -2,9 +2,11 @@
 //! follower's position, and the transaction submitter's operations and nonce.
 //!
 //! `redb` (embedded, default) implements it here; a Redis implementation for many replicas
-//! follows the same trait and must pass the same conformance tests (`tests/store.rs`).
+//! follows the same trait and must pass the same conformance tests (`tests/api/store.rs`).
 //! Every write is one `Batch`, applied atomically and durably: a block's cache updates, its
 //! confirmations and the new follower tip land together or not at all.
+//!
+//! It must not: know about HTTP or the node.
 
 mod applier;
 mod journal;

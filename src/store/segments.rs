@@ -6,8 +6,16 @@
 use std::path::{Path, PathBuf};
 
 use super::journal::Journal;
+use super::schema::*;
 use super::*;
-use super::{schema::*, writer::*};
+
+/// A journal segment this large is closed and a new one begun.
+pub(super) const SEGMENT_BYTES: u64 = 8 << 20;
+/// A zero-filled spare: a segment and room for the group that closes it.
+pub(super) const SPARE_BYTES: u64 = SEGMENT_BYTES + (1 << 20);
+/// Written to a store's first segment, this much makes it prepare a zero-filled spare
+/// (about 64 grants).
+pub(super) const SPARE_AFTER: u64 = 256 << 10;
 
 /// The journal's segment files, `<store>.journal.<first seq>`, oldest first (and the
 /// single-file journal of earlier versions, `<store>.journal`, before them).

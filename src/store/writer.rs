@@ -56,13 +56,6 @@ impl Reply {
 pub(super) const GROUP_COMMIT_MAX: usize = 256;
 /// How long the applier gathers groups before one redb commit.
 pub(super) const APPLY_GATHER: Duration = Duration::from_millis(10);
-/// A journal segment this large is closed and a new one begun.
-pub(super) const SEGMENT_BYTES: u64 = 8 << 20;
-/// A zero-filled spare: a segment and room for the group that closes it.
-pub(super) const SPARE_BYTES: u64 = SEGMENT_BYTES + (1 << 20);
-/// Written to a store's first segment, this much makes it prepare a zero-filled spare
-/// (about 64 grants).
-pub(super) const SPARE_AFTER: u64 = 256 << 10;
 
 /// The journal thread: appends groups, makes them visible, answers, hands them on.
 pub(super) struct JournalWriter {

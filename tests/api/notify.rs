@@ -2,15 +2,13 @@
 //! (nodemailer's smtp-server, `contracts/scripts/smtp-server.mjs`) on a TCP port, and the
 //! patient directory imported as a FHIR bundle through the admin API.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use breakglass::configuration::{MailTransport, ResourceServerClient};
 use breakglass::startup::Application;
 use serde_json::{json, Value as Json};
 use sha2::Digest;
-use support::*;
 
 const ADMIN: (&str, &str) = ("ops", "ops-secret");
 

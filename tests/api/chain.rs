@@ -2,14 +2,12 @@
 //! block of the chain, the submitter's operations are confirmed exactly once across
 //! restarts, and readiness follows the node.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use breakglass::domain::{DataType, PatientId, ProviderStatus, Purpose, Role};
 use breakglass::stacks::Value;
 use breakglass::store::{Consent, ConsentKey, Preferences, ProviderState, SubmissionState};
-use support::*;
 
 const SECS: Duration = Duration::from_secs(20);
 
@@ -27,7 +25,7 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
             &deployer,
             "access-control",
             "add-authority",
-            vec![principal(&support::deployer())],
+            vec![principal(&crate::support::deployer())],
         )
         .await;
     let provider = new_key();
@@ -348,7 +346,7 @@ async fn submitted_operations_are_confirmed_once_across_restarts() {
         .state
         .rpc
         .call_read(
-            &format!("{}.access-control", support::deployer()),
+            &format!("{}.access-control", crate::support::deployer()),
             "get-anchor-count",
             &[],
             &service,

@@ -2,13 +2,11 @@
 //! signed by @stacks/transactions (as a tablet would), every refusal with its code and no
 //! trace, tokens that verify against the JWKS, and the access on chain within two blocks.
 
-mod support;
-
+use crate::support::*;
 use breakglass::keys::parse_key;
 use breakglass::stacks::Value;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value as Json};
-use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {

@@ -1,14 +1,12 @@
 //! Crash safety: the service is killed with SIGKILL right after each grant, twenty times
 //! over; every granted access still reaches the chain, exactly once.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::*;
 use breakglass::stacks::Value;
 use serde_json::{json, Value as Json};
-use support::*;
 
 /// A request from `key` for the patient's allergies, signed by @stacks/transactions.
 /// A grant's access id and token (which shows the whole access, notice included).

@@ -1,6 +1,5 @@
 //! Test support: the real devnet process, the service built in-process against it, and a
 //! few chain actions signed with the public devnet deployer key or fresh keys.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,11 +1,9 @@
 //! The `breakglass` binary: operator tools, keys, configuration errors, and `breakglass dev`.
 
-mod support;
-
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn breakglass(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_breakglass"))

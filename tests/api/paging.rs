@@ -9,18 +9,16 @@
 //! service's own verification (ring), and checked against vectors computed outside this
 //! project (the fixtures' README).
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use breakglass::paging::{pagerduty, Change};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value as Json};
-use support::*;
 
 fn fixture_path(name: &str) -> PathBuf {
     repo().join("tests/fixtures/paging").join(name)
@@ -491,7 +489,7 @@ async fn a_pagerduty_incident_puts_its_assignee_on_call_until_it_is_resolved() {
         dir: env_dir,
     } = env;
     app.stop().await;
-    let app = support::app(&devnet.rpc, &env_dir.path().join("service"), |s| {
+    let app = crate::support::app(&devnet.rpc, &env_dir.path().join("service"), |s| {
         s.oncall.roster = None;
         s.oncall.mapping = Some(dir.path().join("responders.toml"));
         s.oncall.pagerduty.webhook_secrets_file = Some(dir.path().join("pd-secrets"));
