@@ -1,8 +1,8 @@
 //! `/metrics`: Prometheus (OpenMetrics text) counters the service keeps as it works, and
-//! gauges read at each scrape from the parts that know them (the paging sources, the
-//! follower). Labels carry codes and source names only: never a principal or a patient.
+//! gauges set at each scrape from the values the HTTP layer reads from the parts that know
+//! them (`Gauges`: the paging sources, the follower). Labels carry codes and source names only.
 //!
-//! It must not: label with a principal or a patient.
+//! It must not: label with a principal or a patient, or import what it measures.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,11 +10,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
-use std::sync::atomic::Ordering;
-
-use crate::chain::status::FollowerStatus;
-use crate::paging::OnCall;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Code {
@@ -34,6 +29,29 @@ pub struct Webhook {
 }
 
 pub use crate::latency::latency_histogram;
+
+/// What the gauges show, read at scrape by whoever knows it (the paging sources, the
+/// follower): `metrics` is handed values, it does not reach into what it measures.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub syncs: Vec<SyncGauge>,
+    /// Principals on call, by source.
+    pub on_call: Vec<(String, u64)>,
+    pub applied_height: u64,
+    pub node_tip_height: u64,
+    pub pushes_not_on_chain: u64,
+}
+
+/// One paging sync's health.
+#[derive(Debug)]
+pub struct SyncGauge {
+    pub source: String,
+    /// Its last good roster still stands.
+    pub up: bool,
+    /// Unix seconds; 0 if never.
+    pub last_success: u64,
+    pub failures: u64,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -146,28 +164,30 @@ impl Metrics {
     }
 
     /// The exposition, with the gauges read now.
-    pub fn render(&self, oncall: &OnCall, follower: &FollowerStatus, now: u64) -> String {
+    /// The text exposition, with the gauges set from `gauges` (read by the caller at scrape).
+    pub fn render(&self, gauges: &Gauges) -> String {
         let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        for (source, h) in oncall.health() {
-            let l = Source { source };
-            self.sync_up.get_or_create(&l).set(i64::from(h.fresh(now)));
+        for sync in &gauges.syncs {
+            let l = Source {
+                source: sync.source.clone(),
+            };
+            self.sync_up.get_or_create(&l).set(i64::from(sync.up));
             self.sync_last_success
                 .get_or_create(&l)
-                .set(h.last_success.map_or(0, g));
-            self.sync_failures
-                .get_or_create(&l)
-                .set(g(h.consecutive_failures));
+                .set(g(sync.last_success));
+            self.sync_failures.get_or_create(&l).set(g(sync.failures));
         }
         self.on_call.clear();
-        for (source, n) in oncall.counts(now) {
+        for (source, n) in &gauges.on_call {
             self.on_call
-                .get_or_create(&Source { source })
-                .set(g(n as u64));
+                .get_or_create(&Source {
+                    source: source.clone(),
+                })
+                .set(g(*n));
         }
-        self.applied_height.set(g(follower.applied()));
-        self.node_tip_height.set(g(follower.node_tip()));
-        self.pushes_not_on_chain
-            .set(g(follower.pushes_not_on_chain.load(Ordering::SeqCst)));
+        self.applied_height.set(g(gauges.applied_height));
+        self.node_tip_height.set(g(gauges.node_tip_height));
+        self.pushes_not_on_chain.set(g(gauges.pushes_not_on_chain));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "metrics encoding failed");

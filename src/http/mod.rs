@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::chain::events::NewBlock;
 use crate::chain::follower::{Applied, Follower};
 use crate::chain::status::FollowerStatus;
+use crate::metrics::{Gauges, SyncGauge};
 use crate::store::Store;
 
 pub struct Health {
@@ -56,7 +57,11 @@ async fn metrics(health: web::Data<Health>) -> HttpResponse {
     let now = crate::clock::now_secs();
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(health.metrics.render(&health.oncall, &health.follower, now))
+        .body(
+            health
+                .metrics
+                .render(&gauges(&health.oncall, &health.follower, now)),
+        )
 }
 
 /// Ready when the store answers, the keys are loaded and the follower is within
@@ -156,5 +161,31 @@ async fn new_block(follower: web::Data<Follower>, block: web::Json<NewBlock>) ->
             tracing::error!(height, error = %e, "could not apply block; the node will retry");
             HttpResponse::InternalServerError().body(e.to_string())
         }
+    }
+}
+
+/// The gauges `/metrics` shows, read now from the paging sources and the follower.
+fn gauges(oncall: &crate::paging::OnCall, follower: &FollowerStatus, now: u64) -> Gauges {
+    Gauges {
+        syncs: oncall
+            .health()
+            .into_iter()
+            .map(|(source, h)| SyncGauge {
+                up: h.fresh(now),
+                last_success: h.last_success.unwrap_or(0),
+                failures: h.consecutive_failures,
+                source,
+            })
+            .collect(),
+        on_call: oncall
+            .counts(now)
+            .into_iter()
+            .map(|(source, n)| (source, n as u64))
+            .collect(),
+        applied_height: follower.applied(),
+        node_tip_height: follower.node_tip(),
+        pushes_not_on_chain: follower
+            .pushes_not_on_chain
+            .load(std::sync::atomic::Ordering::SeqCst),
     }
 }

@@ -8,9 +8,10 @@
 //! a restart, and neither is the last good synced roster. A sync that keeps failing leaves its
 //! last good roster standing for a grace period, then fails closed: no one is on call through
 //! that source until a sync succeeds. Paging user ids and emails become principals here
-//! ([`Mapping`]); nothing past this module sees them.
+//! ([`Mapping`]); no decision or record past this module sees them.
 //!
-//! It must not: let a paging id or an email past it, or change state on an unverified webhook.
+//! It must not: let a paging id or an email into a decision or a record (the provider
+//! directory holds paging ids only for `Mapping`), or change state on an unverified webhook.
 
 mod files;
 pub mod generic;
