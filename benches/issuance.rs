@@ -59,7 +59,7 @@ fn benches(c: &mut Criterion) {
     store
         .apply(Batch {
             providers: vec![(
-                principal.clone(),
+                principal.parse().unwrap(),
                 Some(ProviderState::Registered {
                     role: Role::Nurse,
                     status: ProviderStatus::Verified,
@@ -84,7 +84,7 @@ fn benches(c: &mut Criterion) {
             let r = request::verify(&one, TESTNET_CHAIN_ID, false, now()).unwrap();
             let record = breakglass::store::AccessRecord {
                 id: "x".into(),
-                provider: r.signer.to_string(),
+                provider: r.signer,
                 role: Role::Nurse,
                 patient: r.patient,
                 data_types: r.data_types,

@@ -76,7 +76,7 @@ fn verified(body: &[u8]) -> Option<AccessRecord> {
     let r = request::verify(body, TESTNET_CHAIN_ID, false, now).ok()?;
     let record = AccessRecord {
         id: hex::encode(r.message_hash),
-        provider: r.signer.to_string(),
+        provider: r.signer,
         role: Role::Nurse,
         patient: r.patient,
         data_types: r.data_types,

@@ -349,7 +349,7 @@ pub fn parse_practitioners(body: &[u8], principal_system: &str) -> Result<Parsed
                     );
                     continue;
                 };
-                if principal.parse::<crate::stacks::Address>().is_err() {
+                let Ok(principal) = principal.parse::<crate::stacks::Address>() else {
                     reject(
                         &mut out,
                         i,
@@ -357,7 +357,7 @@ pub fn parse_practitioners(body: &[u8], principal_system: &str) -> Result<Parsed
                         "the principal identifier is not a Stacks address".into(),
                     );
                     continue;
-                }
+                };
                 let Some(name) = r.get("name").and_then(human_name) else {
                     reject(&mut out, i, r, "no name".into());
                     continue;
@@ -366,7 +366,7 @@ pub fn parse_practitioners(body: &[u8], principal_system: &str) -> Result<Parsed
                     i,
                     id.to_string(),
                     Some(ProviderEntry {
-                        principal: principal.to_string(),
+                        principal,
                         display_name: name,
                         role: crate::domain::Role::Physician,
                         department: None,
@@ -448,7 +448,7 @@ pub async fn import_providers(
             directory: parsed
                 .providers
                 .into_iter()
-                .map(|e| (e.principal.clone(), Some(e)))
+                .map(|e| (e.principal, Some(e)))
                 .collect(),
             ..Default::default()
         },

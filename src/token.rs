@@ -249,7 +249,7 @@ impl TokenIssuer {
     pub fn claims(&self, access: &AccessRecord) -> AccessClaims {
         AccessClaims {
             iss: self.issuer.clone(),
-            sub: access.provider.clone(),
+            sub: access.provider.to_string(),
             aud: self.audience.clone(),
             exp: access.expires_at,
             iat: access.granted_at,

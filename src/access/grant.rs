@@ -58,7 +58,6 @@ impl BreakGlass {
     pub(super) fn access_record(
         &self,
         req: &BreakGlassRequest,
-        signer: &str,
         now: u64,
         d: Decision,
     ) -> Result<AccessRecord, Refusal> {
@@ -73,7 +72,7 @@ impl BreakGlass {
             })?;
         Ok(AccessRecord {
             id,
-            provider: signer.to_string(),
+            provider: req.signer,
             role: d.role,
             patient: req.patient,
             data_types: req.data_types.clone(),

@@ -179,7 +179,7 @@ impl BreakGlass {
         replay_key: String,
         now: u64,
     ) -> Result<Grant, Refusal> {
-        let role = self.clinician(&signer).await?;
+        let role = self.clinician(&req.signer).await?;
         let on_call = self.on_call(&signer, now)?;
         let prefs = self.patient_allows(&req).await?;
         let chain = chain_view(
@@ -207,7 +207,7 @@ impl BreakGlass {
             on_call,
             chain,
         };
-        let access = self.access_record(&req, &signer, now, decision)?;
+        let access = self.access_record(&req, now, decision)?;
         self.record_and_sign(access, &req, replay_key).await
     }
 }

@@ -12,10 +12,11 @@ use crate::paging::Lookup;
 use crate::policy::{Situation, Verdict};
 use crate::refusal::Refusal;
 use crate::request::BreakGlassRequest;
+use crate::stacks::Address;
 
 impl BreakGlass {
     /// Step 4, the clinician, as the chain has them: registered and verified, with their role.
-    pub(super) async fn clinician(&self, signer: &str) -> Result<Role, Refusal> {
+    pub(super) async fn clinician(&self, signer: &Address) -> Result<Role, Refusal> {
         match self
             .state
             .provider(signer)

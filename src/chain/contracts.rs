@@ -55,9 +55,10 @@ pub fn boolean(v: Option<&Value>) -> Option<bool> {
     }
 }
 
-pub fn principal(v: Option<&Value>) -> Option<String> {
+/// A standard principal (a clinician, a responder): contract principals are not.
+pub fn principal(v: Option<&Value>) -> Option<Address> {
     match v {
-        Some(Value::Principal(p)) => Some(p.to_string()),
+        Some(Value::Principal(crate::stacks::Principal::Standard(a))) => Some(*a),
         _ => None,
     }
 }

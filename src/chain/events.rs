@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::contracts::{self, Contracts};
 use crate::domain::{DataType, PatientId, Purpose};
-use crate::stacks::Value;
+use crate::stacks::{Address, Value};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct NewBlock {
@@ -90,10 +90,10 @@ pub const MAX_NAMED: usize = 256;
 /// anyone who can reach the observer port could have written.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Named {
-    pub providers: BTreeSet<String>,
+    pub providers: BTreeSet<Address>,
     pub patients: BTreeSet<PatientId>,
-    pub consents: BTreeSet<(PatientId, String, DataType, Purpose)>,
-    pub responders: BTreeSet<String>,
+    pub consents: BTreeSet<(PatientId, Address, DataType, Purpose)>,
+    pub responders: BTreeSet<Address>,
 }
 
 impl Named {
@@ -207,9 +207,9 @@ mod tests {
             print("responder-added", vec![("principal", p)]),
             print("unknown-topic", vec![]),
         ]);
-        assert_eq!(named.providers, BTreeSet::from([who.to_string()]));
+        assert_eq!(named.providers, BTreeSet::from([who.parse().unwrap()]));
         assert_eq!(named.patients, BTreeSet::from([PatientId([7; 32])]));
-        assert_eq!(named.responders, BTreeSet::from([who.to_string()]));
+        assert_eq!(named.responders, BTreeSet::from([who.parse().unwrap()]));
         assert_eq!(named.len(), 3);
     }
 }

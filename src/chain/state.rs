@@ -18,7 +18,7 @@ use super::contracts::{self, Contracts};
 use super::events::Named;
 use super::rpc::{NodeClient, RpcError};
 use crate::domain::PatientId;
-use crate::stacks::{Address, Value};
+use crate::stacks::{Address, Principal, Value};
 use crate::store::{
     Batch, Consent, ConsentKey, Preferences, ProviderState, Store, StoreError, Tip,
 };
@@ -49,7 +49,7 @@ pub struct ChainState {
     /// checks what the store holds and writes over it.
     pub apply_lock: Arc<tokio::sync::Mutex<()>>,
     /// Principals the node said are not registered, with the tip they were read at.
-    unregistered: Arc<Mutex<HashMap<String, Option<Tip>>>>,
+    unregistered: Arc<Mutex<HashMap<Address, Option<Tip>>>>,
 }
 
 impl ChainState {
@@ -75,10 +75,9 @@ impl ChainState {
     async fn read_of_principal(
         &self,
         function: &str,
-        principal: &str,
+        principal: &Address,
     ) -> Result<Value, StateError> {
-        let arg = contracts::principal_value(principal)
-            .ok_or_else(|| StateError::Shape(format!("principal {principal}")))?;
+        let arg = Value::Principal(Principal::Standard(*principal));
         Ok(self
             .rpc
             .call_read(
@@ -90,7 +89,7 @@ impl ChainState {
             .await?)
     }
 
-    async fn read_provider(&self, principal: &str) -> Result<ProviderState, StateError> {
+    async fn read_provider(&self, principal: &Address) -> Result<ProviderState, StateError> {
         let v = self.read_of_principal("get-provider", principal).await?;
         contracts::provider_state(&v).ok_or_else(|| StateError::Shape("get-provider".into()))
     }
@@ -127,8 +126,7 @@ impl ChainState {
     }
 
     async fn read_consent(&self, key: &ConsentKey) -> Result<Consent, StateError> {
-        let provider = contracts::principal_value(&key.provider)
-            .ok_or_else(|| StateError::Shape("provider".into()))?;
+        let provider = Value::Principal(Principal::Standard(key.provider));
         let args = [
             Value::buffer(key.patient.0),
             provider,
@@ -147,7 +145,7 @@ impl ChainState {
         contracts::consent(&v).ok_or_else(|| StateError::Shape("get-consent".into()))
     }
 
-    async fn read_responder(&self, principal: &str) -> Result<bool, StateError> {
+    async fn read_responder(&self, principal: &Address) -> Result<bool, StateError> {
         let v = self.read_of_principal("is-responder", principal).await?;
         contracts::boolean(Some(&v)).ok_or_else(|| StateError::Shape("is-responder".into()))
     }
@@ -183,7 +181,7 @@ impl ChainState {
         Err(StateError::Unsettled(what.to_string()))
     }
 
-    pub async fn provider(&self, principal: &str) -> Result<ProviderState, StateError> {
+    pub async fn provider(&self, principal: &Address) -> Result<ProviderState, StateError> {
         self.fill(
             "get-provider",
             |store| match store.provider(principal)? {
@@ -199,7 +197,7 @@ impl ChainState {
                     return None;
                 }
                 Some(Batch {
-                    providers: vec![(principal.to_string(), Some(s.clone()))],
+                    providers: vec![(*principal, Some(s.clone()))],
                     ..Batch::default()
                 })
             },
@@ -207,17 +205,17 @@ impl ChainState {
         .await
     }
 
-    fn known_unregistered(&self, principal: &str, tip: &Option<Tip>) -> bool {
+    fn known_unregistered(&self, principal: &Address, tip: &Option<Tip>) -> bool {
         let known = self.unregistered.lock().unwrap_or_else(|p| p.into_inner());
         known.get(principal) == Some(tip)
     }
 
-    fn remember_unregistered(&self, principal: &str, tip: Option<Tip>) {
+    fn remember_unregistered(&self, principal: &Address, tip: Option<Tip>) {
         let mut known = self.unregistered.lock().unwrap_or_else(|p| p.into_inner());
         // what was read at an older tip is of no use any more
         known.retain(|_, at| *at == tip);
         if known.len() < MAX_UNREGISTERED {
-            known.insert(principal.to_string(), tip);
+            known.insert(*principal, tip);
         }
     }
 
@@ -256,14 +254,14 @@ impl ChainState {
         .await
     }
 
-    pub async fn is_responder(&self, principal: &str) -> Result<bool, StateError> {
+    pub async fn is_responder(&self, principal: &Address) -> Result<bool, StateError> {
         self.fill(
             "is-responder",
             |store| store.responder(principal),
             || self.read_responder(principal),
             |r, _| {
                 Some(Batch {
-                    responders: vec![(principal.to_string(), *r)],
+                    responders: vec![(*principal, *r)],
                     ..Batch::default()
                 })
             },
@@ -277,7 +275,7 @@ impl ChainState {
         for who in &named.providers {
             if self.store.provider(who)?.is_some() {
                 let s = self.read_provider(who).await?;
-                batch.providers.push((who.clone(), Some(s)));
+                batch.providers.push((*who, Some(s)));
             }
         }
         for patient in &named.patients {
@@ -289,13 +287,13 @@ impl ChainState {
         for who in &named.responders {
             if self.store.responder(who)?.is_some() {
                 let r = self.read_responder(who).await?;
-                batch.responders.push((who.clone(), r));
+                batch.responders.push((*who, r));
             }
         }
         for (patient, provider, data_type, purpose) in &named.consents {
             let key = ConsentKey {
                 patient: *patient,
-                provider: provider.clone(),
+                provider: *provider,
                 data_type: *data_type,
                 purpose: *purpose,
             };
@@ -336,6 +334,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    fn who() -> Address {
+        WHO.parse().unwrap()
+    }
     use crate::domain::{ProviderStatus, Role};
     use crate::store::RedbStore;
 
@@ -366,7 +368,7 @@ mod tests {
         }
     }
 
-    fn block(height: u64, providers: Vec<(String, Option<ProviderState>)>) -> Batch {
+    fn block(height: u64, providers: Vec<(Address, Option<ProviderState>)>) -> Batch {
         Batch {
             tip: Some(tip(height)),
             providers,
@@ -384,11 +386,11 @@ mod tests {
     {
         st.fill(
             "get-provider",
-            |store| store.provider(WHO),
+            |store| store.provider(&who()),
             read,
             |s, _| {
                 Some(Batch {
-                    providers: vec![(WHO.to_string(), Some(s.clone()))],
+                    providers: vec![(who(), Some(s.clone()))],
                     ..Batch::default()
                 })
             },
@@ -415,7 +417,7 @@ mod tests {
                 st.store
                     .apply(block(
                         2,
-                        vec![(WHO.into(), Some(provider(ProviderStatus::Suspended)))],
+                        vec![(who(), Some(provider(ProviderStatus::Suspended)))],
                     ))
                     .unwrap();
             }
@@ -425,7 +427,7 @@ mod tests {
         .unwrap();
         assert_eq!(got, provider(ProviderStatus::Suspended));
         assert_eq!(
-            st.store.provider(WHO).unwrap(),
+            st.store.provider(&who()).unwrap(),
             Some(provider(ProviderStatus::Suspended))
         );
         assert_eq!(
@@ -443,7 +445,7 @@ mod tests {
             if reads.fetch_add(1, Ordering::SeqCst) == 0 {
                 // a block that said nothing of this provider (or dropped it: an event the
                 // follower could not complete)
-                st.store.apply(block(2, vec![(WHO.into(), None)])).unwrap();
+                st.store.apply(block(2, vec![(who(), None)])).unwrap();
                 return Ok(provider(ProviderStatus::Verified));
             }
             Ok(provider(ProviderStatus::Revoked))
@@ -453,7 +455,7 @@ mod tests {
         assert_eq!(got, provider(ProviderStatus::Revoked));
         assert_eq!(reads.load(Ordering::SeqCst), 2);
         assert_eq!(
-            st.store.provider(WHO).unwrap(),
+            st.store.provider(&who()).unwrap(),
             Some(provider(ProviderStatus::Revoked))
         );
     }
@@ -470,22 +472,31 @@ mod tests {
         })
         .await;
         assert!(matches!(got, Err(StateError::Unsettled(_))), "{got:?}");
-        assert_eq!(st.store.provider(WHO).unwrap(), None, "nothing was kept");
+        assert_eq!(st.store.provider(&who()).unwrap(), None, "nothing was kept");
     }
 
     #[test]
     fn unregistered_principals_are_remembered_until_the_next_block_within_a_bound() {
         let dir = tempfile::tempdir().unwrap();
         let st = state(dir.path());
-        st.remember_unregistered(WHO, Some(tip(1)));
-        assert!(st.known_unregistered(WHO, &Some(tip(1))));
-        assert!(!st.known_unregistered(WHO, &Some(tip(2))));
-        assert!(!st.known_unregistered("ST000000000000000000002AMW42H", &Some(tip(1))));
+        st.remember_unregistered(&who(), Some(tip(1)));
+        assert!(st.known_unregistered(&who(), &Some(tip(1))));
+        assert!(!st.known_unregistered(&who(), &Some(tip(2))));
+        let other: Address = "ST000000000000000000002AMW42H".parse().unwrap();
+        assert!(!st.known_unregistered(&other, &Some(tip(1))));
         // a newer block forgets what was read before it
-        st.remember_unregistered("ST000000000000000000002AMW42H", Some(tip(2)));
-        assert!(!st.known_unregistered(WHO, &Some(tip(1))));
+        st.remember_unregistered(&other, Some(tip(2)));
+        assert!(!st.known_unregistered(&who(), &Some(tip(1))));
         for i in 0..MAX_UNREGISTERED + 10 {
-            st.remember_unregistered(&format!("p{i}"), Some(tip(2)));
+            let mut hash160 = [0u8; 20];
+            hash160[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            st.remember_unregistered(
+                &Address {
+                    version: 26,
+                    hash160,
+                },
+                Some(tip(2)),
+            );
         }
         let known = st.unregistered.lock().unwrap().len();
         assert_eq!(known, MAX_UNREGISTERED);

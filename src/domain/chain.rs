@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{DataType, PatientId, ProviderStatus, Purpose, Role};
+use crate::stacks::Address;
 
 /// What the chain says of a provider principal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +38,7 @@ pub struct Preferences {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConsentKey {
     pub patient: PatientId,
-    pub provider: String,
+    pub provider: Address,
     pub data_type: DataType,
     pub purpose: Purpose,
 }

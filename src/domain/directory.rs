@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::ProviderState;
 use super::{ProviderStatus, Role};
+use crate::stacks::Address;
 
 /// The languages notices are written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +68,7 @@ impl Contact {
 /// `info-hash`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderEntry {
-    pub principal: String,
+    pub principal: Address,
     pub display_name: String,
     pub role: Role,
     pub department: Option<String>,

@@ -386,7 +386,7 @@ mod tests {
     fn access(data_types: Vec<DataType>) -> AccessRecord {
         AccessRecord {
             id: "ab".repeat(32),
-            provider: "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".into(),
+            provider: "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".parse().unwrap(),
             role: Role::Nurse,
             patient: PatientId([7; 32]),
             data_types,

@@ -66,7 +66,7 @@ impl Mapping {
         let mut map = HashMap::new();
         for e in self.store.directory_entries()? {
             for id in &e.paging_ids {
-                map.insert(id.to_lowercase(), e.principal.clone());
+                map.insert(id.to_lowercase(), e.principal.to_string());
             }
         }
         // the operator's file wins over the directory

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::domain::chain::{Consent, ConsentKey, Preferences, ProviderState};
 use crate::domain::{DataType, PatientId, ProviderEntry, Role};
+use crate::stacks::Address;
 pub use journal::Journal;
 pub use redb_store::{Checkpoints, RedbOptions, RedbStore, DEFAULT_CACHE_MIB};
 
@@ -96,7 +97,7 @@ impl Submission {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessRecord {
     pub id: String,
-    pub provider: String,
+    pub provider: Address,
     pub role: Role,
     pub patient: PatientId,
     pub data_types: Vec<DataType>,
@@ -200,10 +201,10 @@ impl Notice {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Batch {
     pub tip: Option<Tip>,
-    pub providers: Vec<(String, Option<ProviderState>)>,
+    pub providers: Vec<(Address, Option<ProviderState>)>,
     pub preferences: Vec<(PatientId, Preferences)>,
     pub consents: Vec<(ConsentKey, Consent)>,
-    pub responders: Vec<(String, bool)>,
+    pub responders: Vec<(Address, bool)>,
     pub submissions: Vec<Submission>,
     pub nonce: Option<u64>,
     pub accesses: Vec<AccessRecord>,
@@ -215,7 +216,7 @@ pub struct Batch {
     pub contacts: Vec<(PatientId, Option<Vec<u8>>)>,
     pub notices: Vec<Notice>,
     /// The provider directory, by principal; `None` removes an entry.
-    pub directory: Vec<(String, Option<ProviderEntry>)>,
+    pub directory: Vec<(Address, Option<ProviderEntry>)>,
     /// On-call state of the paging integrations, by key (`paging` owns the keys and values);
     /// `None` removes one.
     #[serde(default)]
@@ -297,14 +298,14 @@ pub trait Store: Send + Sync + 'static {
     /// blocks, so async callers can await the answer.
     fn apply_then(&self, batch: Batch, done: Done);
     fn tip(&self) -> Result<Option<Tip>, StoreError>;
-    fn provider(&self, principal: &str) -> Result<Option<ProviderState>, StoreError>;
-    fn providers(&self) -> Result<Vec<String>, StoreError>;
+    fn provider(&self, principal: &Address) -> Result<Option<ProviderState>, StoreError>;
+    fn providers(&self) -> Result<Vec<Address>, StoreError>;
     fn preferences(&self, patient: &PatientId) -> Result<Option<Preferences>, StoreError>;
     fn patients(&self) -> Result<Vec<PatientId>, StoreError>;
     fn consent(&self, key: &ConsentKey) -> Result<Option<Consent>, StoreError>;
     fn consents(&self) -> Result<Vec<ConsentKey>, StoreError>;
-    fn responder(&self, principal: &str) -> Result<Option<bool>, StoreError>;
-    fn responders(&self) -> Result<Vec<String>, StoreError>;
+    fn responder(&self, principal: &Address) -> Result<Option<bool>, StoreError>;
+    fn responders(&self) -> Result<Vec<Address>, StoreError>;
     fn submission(&self, id: &str) -> Result<Option<Submission>, StoreError>;
     fn open_submissions(&self) -> Result<Vec<Submission>, StoreError>;
     /// Every operation, open or not (for after a reorg: what was confirmed may be undone).
@@ -324,7 +325,7 @@ pub trait Store: Send + Sync + 'static {
     fn contact_ids(&self) -> Result<Vec<PatientId>, StoreError>;
     fn notice(&self, access_id: &str) -> Result<Option<Notice>, StoreError>;
     /// A provider's directory entry.
-    fn directory_entry(&self, principal: &str) -> Result<Option<ProviderEntry>, StoreError>;
+    fn directory_entry(&self, principal: &Address) -> Result<Option<ProviderEntry>, StoreError>;
     fn directory_entries(&self) -> Result<Vec<ProviderEntry>, StoreError>;
     /// Every on-call entry of the paging integrations.
     fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError>;

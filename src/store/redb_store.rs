@@ -288,6 +288,14 @@ impl RedbStore {
         Ok(rows.into_iter().collect())
     }
 
+    /// A table's keys, each a principal.
+    fn principals(&self, table: Table) -> Result<Vec<Address>, StoreError> {
+        self.keys(table)?
+            .into_iter()
+            .map(|k| k.parse().map_err(|e: String| StoreError::Corrupt(k, e)))
+            .collect()
+    }
+
     fn keys(&self, table: Table) -> Result<Vec<String>, StoreError> {
         Ok(self.scan(table)?.into_iter().map(|(k, _)| k).collect())
     }
@@ -311,12 +319,12 @@ impl Store for RedbStore {
         self.get(META, "tip")
     }
 
-    fn provider(&self, principal: &str) -> Result<Option<ProviderState>, StoreError> {
-        self.get(PROVIDERS, principal)
+    fn provider(&self, principal: &Address) -> Result<Option<ProviderState>, StoreError> {
+        self.get(PROVIDERS, &principal.to_string())
     }
 
-    fn providers(&self) -> Result<Vec<String>, StoreError> {
-        self.keys(PROVIDERS)
+    fn providers(&self) -> Result<Vec<Address>, StoreError> {
+        self.principals(PROVIDERS)
     }
 
     fn preferences(&self, patient: &PatientId) -> Result<Option<Preferences>, StoreError> {
@@ -343,12 +351,12 @@ impl Store for RedbStore {
             .collect()
     }
 
-    fn responder(&self, principal: &str) -> Result<Option<bool>, StoreError> {
-        self.get(RESPONDERS, principal)
+    fn responder(&self, principal: &Address) -> Result<Option<bool>, StoreError> {
+        self.get(RESPONDERS, &principal.to_string())
     }
 
-    fn responders(&self) -> Result<Vec<String>, StoreError> {
-        self.keys(RESPONDERS)
+    fn responders(&self) -> Result<Vec<Address>, StoreError> {
+        self.principals(RESPONDERS)
     }
 
     fn submission(&self, id: &str) -> Result<Option<Submission>, StoreError> {
@@ -417,9 +425,9 @@ impl Store for RedbStore {
 
     fn directory_entry(
         &self,
-        principal: &str,
+        principal: &Address,
     ) -> Result<Option<crate::domain::ProviderEntry>, StoreError> {
-        self.get(DIRECTORY, principal)
+        self.get(DIRECTORY, &principal.to_string())
     }
 
     fn directory_entries(&self) -> Result<Vec<crate::domain::ProviderEntry>, StoreError> {

@@ -86,7 +86,7 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
         out.push((META, "nonce".into(), Some(enc(&n)?)));
     }
     for (w, s) in &batch.providers {
-        out.push((PROVIDERS, w.clone(), s.as_ref().map(enc).transpose()?));
+        out.push((PROVIDERS, w.to_string(), s.as_ref().map(enc).transpose()?));
     }
     rows(
         &mut out,
@@ -101,7 +101,7 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     rows(
         &mut out,
         RESPONDERS,
-        batch.responders.iter().map(|(w, y)| (w.clone(), y)),
+        batch.responders.iter().map(|(w, y)| (w.to_string(), y)),
     )?;
     rows(
         &mut out,
@@ -132,7 +132,7 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
         batch.notices.iter().map(|n| (n.access_id.clone(), n)),
     )?;
     for (p, e) in &batch.directory {
-        out.push((DIRECTORY, p.clone(), e.as_ref().map(enc).transpose()?));
+        out.push((DIRECTORY, p.to_string(), e.as_ref().map(enc).transpose()?));
     }
     for (k, v) in &batch.paging {
         out.push((PAGING, k.clone(), v.as_ref().map(enc).transpose()?));

@@ -34,7 +34,7 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
     devnet.mine().await;
 
     // a provider the service has never heard of: one read-only call fills the cache
-    let state = app.follower.state.provider(&who.to_string()).await.unwrap();
+    let state = app.follower.state.provider(&who).await.unwrap();
     assert_eq!(state, ProviderState::Unregistered);
 
     devnet
@@ -61,11 +61,8 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
         (app.status.applied() >= devnet.tip().await).then_some(())
     })
     .await;
-    assert_eq!(app.store.provider(&who.to_string()).unwrap(), None);
-    assert_eq!(
-        app.follower.state.provider(&who.to_string()).await.unwrap(),
-        pending
-    );
+    assert_eq!(app.store.provider(&who).unwrap(), None);
+    assert_eq!(app.follower.state.provider(&who).await.unwrap(), pending);
 
     for (function, status) in [
         ("verify-provider", ProviderStatus::Verified),
@@ -86,13 +83,10 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
         };
         // seen from that one block alone: no further block is mined while we wait
         eventually(function, SECS, async || {
-            (app.store.provider(&who.to_string()).unwrap() == Some(want.clone())).then_some(())
+            (app.store.provider(&who).unwrap() == Some(want.clone())).then_some(())
         })
         .await;
-        assert_eq!(
-            app.follower.state.provider(&who.to_string()).await.unwrap(),
-            want
-        );
+        assert_eq!(app.follower.state.provider(&who).await.unwrap(), want);
         assert_eq!(devnet.tip().await, mined_at);
         // the follower marks the block applied just after its write lands
         eventually("applied", SECS, async || {
@@ -149,7 +143,7 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
 
     let key = ConsentKey {
         patient: patient_id,
-        provider: who.to_string(),
+        provider: who,
         data_type: DataType::Medications,
         purpose: Purpose::Treatment,
     };

@@ -1224,7 +1224,7 @@ fn responders_map_through_the_mapping_file_and_the_provider_directory() {
         "ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG",
     );
     let entry = |principal: &str, ids: &[&str]| ProviderEntry {
-        principal: principal.into(),
+        principal: principal.parse().unwrap(),
         display_name: "Dr. A".into(),
         role: breakglass::domain::Role::Physician,
         department: None,
@@ -1234,7 +1234,7 @@ fn responders_map_through_the_mapping_file_and_the_provider_directory() {
     store
         .apply(Batch {
             directory: vec![(
-                a.into(),
+                a.parse().unwrap(),
                 Some(entry(a, &["PXPGF42", "Alice@Hospital.example"])),
             )],
             ..Batch::default()

@@ -1,7 +1,16 @@
 //! Store conformance: every `Store` implementation must pass these (redb now; Redis later).
 
 use breakglass::domain::{DataType, PatientId, ProviderStatus, Purpose, Role};
+use breakglass::stacks::Address;
 use breakglass::store::*;
+
+/// A principal, numbered.
+fn p(n: u8) -> Address {
+    Address {
+        version: 26,
+        hash160: [n; 20],
+    }
+}
 
 fn submission(id: &str, state: SubmissionState, at: u64) -> Submission {
     Submission {
@@ -28,13 +37,13 @@ pub fn conformance(store: &dyn Store) {
     store.ping().unwrap();
     assert_eq!(store.tip().unwrap(), None);
     assert_eq!(store.nonce().unwrap(), None);
-    assert_eq!(store.provider("ST1").unwrap(), None);
+    assert_eq!(store.provider(&p(1)).unwrap(), None);
     assert!(store.open_submissions().unwrap().is_empty());
 
     let patient = PatientId([7; 32]);
     let key = ConsentKey {
         patient,
-        provider: "ST2".into(),
+        provider: p(2),
         data_type: DataType::Allergies,
         purpose: Purpose::Treatment,
     };
@@ -57,8 +66,8 @@ pub fn conformance(store: &dyn Store) {
                 index_block_hash: [1; 32],
             }),
             providers: vec![
-                ("ST1".into(), Some(verified.clone())),
-                ("ST9".into(), Some(ProviderState::Unregistered)),
+                (p(1), Some(verified.clone())),
+                (p(9), Some(ProviderState::Unregistered)),
             ],
             preferences: vec![(patient, prefs.clone())],
             consents: vec![(
@@ -68,7 +77,7 @@ pub fn conformance(store: &dyn Store) {
                     expires_at: 99,
                 },
             )],
-            responders: vec![("ST3".into(), true)],
+            responders: vec![(p(3), true)],
             submissions: vec![
                 submission("b", SubmissionState::Pending, 2),
                 submission("a", sent("t1"), 1),
@@ -84,14 +93,14 @@ pub fn conformance(store: &dyn Store) {
             index_block_hash: [1; 32]
         })
     );
-    assert_eq!(store.provider("ST1").unwrap(), Some(verified));
+    assert_eq!(store.provider(&p(1)).unwrap(), Some(verified));
     assert_eq!(
-        store.provider("ST9").unwrap(),
+        store.provider(&p(9)).unwrap(),
         Some(ProviderState::Unregistered)
     );
     let mut providers = store.providers().unwrap();
     providers.sort();
-    assert_eq!(providers, vec!["ST1".to_string(), "ST9".to_string()]);
+    assert_eq!(providers, vec![p(1), p(9)]);
     assert_eq!(store.preferences(&patient).unwrap(), Some(prefs));
     assert_eq!(store.patients().unwrap(), vec![patient]);
     assert_eq!(
@@ -102,8 +111,8 @@ pub fn conformance(store: &dyn Store) {
         })
     );
     assert_eq!(store.consents().unwrap(), vec![key.clone()]);
-    assert_eq!(store.responder("ST3").unwrap(), Some(true));
-    assert_eq!(store.responders().unwrap(), vec!["ST3".to_string()]);
+    assert_eq!(store.responder(&p(3)).unwrap(), Some(true));
+    assert_eq!(store.responders().unwrap(), vec![p(3)]);
     assert_eq!(store.nonce().unwrap(), Some(4));
     // open submissions, oldest first
     let open: Vec<String> = store
@@ -118,7 +127,7 @@ pub fn conformance(store: &dyn Store) {
     // no longer open but still found by id
     store
         .apply(Batch {
-            providers: vec![("ST1".into(), None)],
+            providers: vec![(p(1), None)],
             consents: vec![(
                 key.clone(),
                 Consent {
@@ -140,7 +149,7 @@ pub fn conformance(store: &dyn Store) {
             ..Batch::default()
         })
         .unwrap();
-    assert_eq!(store.provider("ST1").unwrap(), None);
+    assert_eq!(store.provider(&p(1)).unwrap(), None);
     assert_eq!(
         store.consent(&key).unwrap(),
         Some(Consent {
@@ -162,7 +171,7 @@ pub fn conformance(store: &dyn Store) {
     assert_eq!(store.replay("ST1:5").unwrap(), None);
     let record = AccessRecord {
         id: "a1".into(),
-        provider: "ST1".into(),
+        provider: p(1),
         role: Role::Nurse,
         patient,
         data_types: vec![DataType::Allergies],
@@ -226,7 +235,7 @@ fn a_store_with_a_cache_smaller_than_its_data_keeps_everything() {
     };
     let record = |i: u64| AccessRecord {
         id: format!("{i:08}"),
-        provider: format!("ST{i}"),
+        provider: p(i as u8),
         role: Role::Nurse,
         patient: PatientId([(i % 251) as u8; 32]),
         data_types: vec![DataType::Allergies, DataType::Medications],
@@ -325,7 +334,7 @@ fn concurrent_writes_are_all_applied_in_order() {
                     };
                     store
                         .apply(Batch {
-                            providers: vec![(format!("ST{i}"), Some(state))],
+                            providers: vec![(p(i as u8), Some(state))],
                             nonce: Some(i * 100 + j),
                             ..Batch::default()
                         })
@@ -340,7 +349,7 @@ fn concurrent_writes_are_all_applied_in_order() {
     for i in 0..32 {
         // each writer's last write (j = 19, verified) is what stays
         assert_eq!(
-            store.provider(&format!("ST{i}")).unwrap(),
+            store.provider(&p(i as u8)).unwrap(),
             Some(ProviderState::Registered {
                 role: Role::Nurse,
                 status: ProviderStatus::Verified,
@@ -390,7 +399,7 @@ fn acknowledged_writes_survive_a_crash_through_the_journal() {
         store
             .apply(Batch {
                 providers: vec![(
-                    format!("ST{i}"),
+                    p(i as u8),
                     Some(ProviderState::Registered {
                         role: Role::Physician,
                         status: ProviderStatus::Verified,

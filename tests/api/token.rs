@@ -32,7 +32,7 @@ fn verify_with_jwks(jwks: &serde_json::Value, token: &str, audience: &str) -> Ac
 fn access(id: &str, provider: &str, dts: &[DataType], exp_in: u64) -> AccessRecord {
     AccessRecord {
         id: id.into(),
-        provider: provider.into(),
+        provider: provider.parse().unwrap(),
         role: Role::Nurse,
         patient: PatientId([3; 32]),
         data_types: dts.to_vec(),
@@ -114,7 +114,12 @@ fn keys_are_kept_and_rotated_keys_stay_in_the_jwks() {
     let dir = tempfile::tempdir().unwrap();
     let first = TokenIssuer::load_or_generate(dir.path(), "iss", "aud", &ring()).unwrap();
     let old_token = first
-        .issue(&first.claims(&access("a", "ST1", &[DataType::Allergies], 60)))
+        .issue(&first.claims(&access(
+            "a",
+            "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
+            &[DataType::Allergies],
+            60,
+        )))
         .unwrap();
     let again = TokenIssuer::load_or_generate(dir.path(), "iss", "aud", &ring()).unwrap();
     assert_eq!(again.jwks(), first.jwks(), "the same key after a restart");
@@ -162,7 +167,12 @@ fn keys_are_kept_and_rotated_keys_stay_in_the_jwks() {
     assert_ne!(jwks["keys"][0]["kid"], first.jwks()["keys"][0]["kid"]);
     verify_with_jwks(&jwks, &old_token, "aud");
     let new_token = rotated
-        .issue(&rotated.claims(&access("b", "ST1", &[DataType::Allergies], 60)))
+        .issue(&rotated.claims(&access(
+            "b",
+            "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
+            &[DataType::Allergies],
+            60,
+        )))
         .unwrap();
     assert_eq!(
         jsonwebtoken::decode_header(&new_token)
@@ -189,12 +199,22 @@ fn a_token_expires_on_its_exp_second() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TokenIssuer::load_or_generate(dir.path(), "iss", "aud", &ring()).unwrap();
     let live = issuer
-        .issue(&issuer.claims(&access("a", "ST1", &[DataType::Allergies], 60)))
+        .issue(&issuer.claims(&access(
+            "a",
+            "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
+            &[DataType::Allergies],
+            60,
+        )))
         .unwrap();
     assert_eq!(issuer.verify(&live).unwrap().jti, "a");
     // exp = now: expired "on or after" exp (RFC 7519 4.1.4)
     let ending = issuer
-        .issue(&issuer.claims(&access("b", "ST1", &[DataType::Allergies], 0)))
+        .issue(&issuer.claims(&access(
+            "b",
+            "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
+            &[DataType::Allergies],
+            0,
+        )))
         .unwrap();
     assert!(issuer.verify(&ending).is_err());
 }
