@@ -192,7 +192,7 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
         .demo_file
         .context("the devnet wrote no demo identities")?;
     let demo: Demo = serde_json::from_str(&std::fs::read_to_string(&demo_file)?)?;
-    settings.chain.node_url = ready.rpc.clone();
+    settings.chain.node_url = ready.rpc.parse()?;
     // in dev the service acts as the demo responder, which the devnet authorized on chain
     let keys = ServiceKeys {
         stacks: parse_key(&demo.responder.private_key)?,

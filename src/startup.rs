@@ -77,7 +77,7 @@ impl Application {
         let redb = Arc::new(redb);
         let store: Arc<dyn Store> = redb.clone();
         let rpc = NodeClient::new(
-            &settings.chain.node_url,
+            settings.chain.node_url.as_str(),
             Duration::from_millis(settings.chain.request_timeout_ms),
             settings.chain.read_retries,
         );

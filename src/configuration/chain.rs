@@ -9,7 +9,7 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct ChainSettings {
     /// The stacks-node RPC (a real node, or the devnet).
-    pub node_url: String,
+    pub node_url: url::Url,
     /// "testnet" or "mainnet".
     pub network: Network,
     /// The address that deployed patient-consent and access-control.
@@ -28,7 +28,7 @@ impl ChainSettings {
                 self.network
             ));
         }
-        if !self.node_url.starts_with("http://") && !self.node_url.starts_with("https://") {
+        if !["http", "https"].contains(&self.node_url.scheme()) {
             return Err("chain.node_url must be an http(s) URL".into());
         }
         if self.request_timeout_ms == 0 {

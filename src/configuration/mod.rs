@@ -50,7 +50,7 @@ impl Default for Settings {
                 shutdown_timeout_secs: 10,
             },
             chain: ChainSettings {
-                node_url: "http://127.0.0.1:20443".into(),
+                node_url: "http://127.0.0.1:20443".parse().expect("a URL"),
                 network: Network::Testnet,
                 contracts_address: "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM"
                     .parse()
@@ -193,7 +193,7 @@ mod tests {
     fn defaults_file_then_environment() {
         figment::Jail::expect_with(|jail| {
             let d = Settings::load(None).map_err(|e| *e)?;
-            assert_eq!(d.chain.node_url, "http://127.0.0.1:20443");
+            assert_eq!(d.chain.node_url.as_str(), "http://127.0.0.1:20443/");
             assert_eq!(d.follower.max_lag_blocks, 2);
             jail.create_file(
                 "b.toml",
@@ -205,7 +205,7 @@ mod tests {
             jail.set_env("BREAKGLASS_ISSUANCE__GRANTS_PER_MINUTE", "7");
             jail.set_env("BREAKGLASS_ONCALL__ROSTER", "/etc/roster.toml");
             let s = Settings::load(Some(Path::new("b.toml"))).map_err(|e| *e)?;
-            assert_eq!(s.chain.node_url, "http://node:20443");
+            assert_eq!(s.chain.node_url.as_str(), "http://node:20443/");
             assert_eq!(s.submitter.fee, 9);
             // every section can be overridden from the environment
             assert_eq!(s.issuance.grants_per_minute, 7);

@@ -244,7 +244,7 @@ pub fn principal(a: &Address) -> Value {
 /// Settings for a service on free ports against `rpc`, keeping its data in `dir`.
 pub fn settings(rpc: &str, dir: &Path) -> Settings {
     let mut s = Settings::default();
-    s.chain.node_url = rpc.to_string();
+    s.chain.node_url = rpc.parse().unwrap();
     s.server.listen = "127.0.0.1:0".parse().unwrap();
     s.follower.listen = "127.0.0.1:0".parse().unwrap();
     s.follower.poll_interval_ms = 200;
