@@ -83,7 +83,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let r = request::verify(&one, TESTNET_CHAIN_ID, false, now()).unwrap();
             let record = breakglass::store::AccessRecord {
-                id: "x".into(),
+                id: breakglass::domain::AccessId([0; 32]),
                 provider: r.signer,
                 role: Role::Nurse,
                 patient: r.patient,

@@ -75,7 +75,7 @@ fn verified(body: &[u8]) -> Option<AccessRecord> {
         .unwrap_or(0);
     let r = request::verify(body, TESTNET_CHAIN_ID, false, now).ok()?;
     let record = AccessRecord {
-        id: hex::encode(r.message_hash),
+        id: breakglass::domain::AccessId(r.message_hash),
         provider: r.signer,
         role: Role::Nurse,
         patient: r.patient,

@@ -27,7 +27,7 @@ pub const DATA_KEY_ENV: &str = "BREAKGLASS_DATA_KEY";
 /// The names values are sealed under (the associated data): a sealed value opens only under
 /// its own name, so one cannot be passed off as another.
 pub mod names {
-    use crate::domain::PatientId;
+    use crate::domain::{AccessId, PatientId};
 
     /// A patient's contact details.
     pub fn contact(patient: &PatientId) -> String {
@@ -35,12 +35,12 @@ pub mod names {
     }
 
     /// The clinician's reason for an access.
-    pub fn reason(access_id: &str) -> String {
+    pub fn reason(access_id: &AccessId) -> String {
         format!("reason:{access_id}")
     }
 
     /// The patient's notice of an access, as rendered.
-    pub fn notice(access_id: &str) -> String {
+    pub fn notice(access_id: &AccessId) -> String {
         format!("notice:{access_id}")
     }
 }

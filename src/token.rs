@@ -253,7 +253,7 @@ impl TokenIssuer {
             aud: self.audience.clone(),
             exp: access.expires_at,
             iat: access.granted_at,
-            jti: access.id.clone(),
+            jti: access.id.to_string(),
             client_id: "breakglass".into(),
             scope: scopes(&access.data_types).join(" "),
             purpose_of_use: PURPOSE_OF_USE.into(),

@@ -61,7 +61,7 @@ impl BreakGlass {
         now: u64,
         d: Decision,
     ) -> Result<AccessRecord, Refusal> {
-        let id = hex::encode(access_id(now_ms()));
+        let id = access_id(now_ms());
         let reason_hash: [u8; 32] = Sha256::digest(req.reason.as_bytes()).into();
         let sealed = self
             .keyring
@@ -112,7 +112,7 @@ impl BreakGlass {
             &args,
         );
         let notice = crate::notify::notice_for(&self.notify, &access);
-        let announce = (notice.next_at, notice.access_id.clone());
+        let announce = (notice.next_at, notice.access_id);
         let batch = Batch {
             notices: vec![notice],
             accesses: vec![access.clone()],

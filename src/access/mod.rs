@@ -64,7 +64,7 @@ pub struct BreakGlass {
     seconds_per_block: u64,
     notify: crate::configuration::NotifySettings,
     /// Where each grant announces its notice to the notifier (`notify::Notifier::run`).
-    notices: Option<tokio::sync::mpsc::UnboundedSender<(u64, String)>>,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<(u64, crate::domain::AccessId)>>,
     /// How far the follower's view of the chain may be behind (`chain_view`).
     follower: Arc<FollowerStatus>,
     max_lag_blocks: u64,
@@ -114,7 +114,7 @@ impl BreakGlass {
     /// Announces each grant's notice to the notifier.
     pub fn with_notices(
         mut self,
-        notices: tokio::sync::mpsc::UnboundedSender<(u64, String)>,
+        notices: tokio::sync::mpsc::UnboundedSender<(u64, crate::domain::AccessId)>,
     ) -> BreakGlass {
         self.notices = Some(notices);
         self
@@ -215,11 +215,11 @@ impl BreakGlass {
 /// A new access id: the grant time (unix milliseconds, 6 bytes, big-endian) then 26 random
 /// bytes. Ids sort by time, so the store appends them instead of scattering them across its
 /// B-tree, and 208 random bits keep them unguessable.
-pub fn access_id(now_ms: u64) -> [u8; 32] {
+pub fn access_id(now_ms: u64) -> crate::domain::AccessId {
     let mut id = [0u8; 32];
     id[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
     secp256k1::rand::RngCore::fill_bytes(&mut secp256k1::rand::thread_rng(), &mut id[6..]);
-    id
+    crate::domain::AccessId(id)
 }
 
 #[cfg(test)]

@@ -135,14 +135,12 @@ pub fn record_emergency_access_args(
     access: &crate::store::AccessRecord,
     provider: crate::stacks::Address,
 ) -> Result<Vec<String>, String> {
-    let buff32 = |hex_str: &str, what: &str| -> Result<[u8; 32], String> {
-        hex::decode(hex_str)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| format!("{what} is not 32 bytes of hex"))
-    };
+    let reason_hash: [u8; 32] = hex::decode(&access.reason_hash)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| "the reason hash is not 32 bytes of hex".to_string())?;
     Ok([
-        Value::buffer(buff32(&access.id, "the access id")?),
+        Value::buffer(access.id.0),
         Value::Principal(crate::stacks::Principal::Standard(provider)),
         Value::buffer(access.patient.0),
         Value::List(
@@ -153,7 +151,7 @@ pub fn record_emergency_access_args(
                 .collect(),
         ),
         Value::UInt(access.window_blocks.into()),
-        Value::buffer(buff32(&access.reason_hash, "the reason hash")?),
+        Value::buffer(reason_hash),
         Value::Bool(access.degraded),
     ]
     .iter()

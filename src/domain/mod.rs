@@ -1,5 +1,7 @@
 //! Domain newtypes, parsed once at the edge: what the contracts and the service mean by a
-//! patient id, a role, a provider's status, a data type.
+//! patient id, an access id, a role, a provider's status, a data type; `chain.rs` what the
+//! chain says of them, `directory.rs` the off-chain directory's records. A principal is a
+//! `stacks::Address`.
 //!
 //! It must not: do I/O.
 
@@ -13,42 +15,58 @@ pub mod directory;
 
 pub use directory::{Contact, Delegate, Language, ProviderEntry, Verification};
 
-/// A pseudonymous patient id: 32 bytes, the only way a patient appears on chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PatientId(pub [u8; 32]);
+/// A 32-byte id written as 64 hex digits (`0x` accepted on input), in text and in JSON.
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; 32]);
 
-impl fmt::Display for PatientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&hex::encode(self.0))
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let bytes = hex::decode(s.strip_prefix("0x").unwrap_or(s))
+                    .map_err(|_| concat!($what, " is not hex").to_string())?;
+                Ok($name(bytes.try_into().map_err(|_| {
+                    concat!($what, " is not 32 bytes").to_string()
+                })?))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_string())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
-impl FromStr for PatientId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bytes = hex::decode(s.strip_prefix("0x").unwrap_or(s))
-            .map_err(|_| "patient id is not hex".to_string())?;
-        Ok(PatientId(
-            bytes
-                .try_into()
-                .map_err(|_| "patient id is not 32 bytes".to_string())?,
-        ))
-    }
-}
+hex_id!(
+    /// A pseudonymous patient id: 32 bytes, the only way a patient appears on chain.
+    PatientId,
+    "patient id"
+);
 
-impl Serialize for PatientId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for PatientId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
+hex_id!(
+    /// An access's id: the grant time (Unix ms, 6 bytes) then 26 random bytes; on chain as the
+    /// emergency record's key.
+    AccessId,
+    "access id"
+);
 
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {

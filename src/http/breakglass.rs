@@ -157,9 +157,11 @@ async fn access(
             detail: "no access with this id".into(),
         })
     };
-    if id.len() != 64 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return not_found();
-    }
+    let access_id = match id.parse::<crate::domain::AccessId>() {
+        // the id as the service writes it (lower-case hex), not another spelling of it
+        Ok(a) if a.to_string() == id => a,
+        _ => return not_found(),
+    };
     let entitled = match viewer(&req, &bg, &admin, &id) {
         Viewer::Anyone => false,
         Viewer::Entitled => true,
@@ -180,8 +182,10 @@ async fn access(
         }
     };
     let store = &bg.state.store;
-    let (Ok(Some(a)), Ok(sub)) = (store.access(&id), store.submission(&format!("record:{id}")))
-    else {
+    let (Ok(Some(a)), Ok(sub)) = (
+        store.access(&access_id),
+        store.submission(&format!("record:{id}")),
+    ) else {
         return not_found();
     };
     let chain = chain_record(sub.map(|s| s.state));
@@ -194,7 +198,7 @@ async fn access(
         "view": if entitled { "full" } else { "public" },
     });
     if entitled {
-        let notice = match store.notice(&id) {
+        let notice = match store.notice(&access_id) {
             Ok(Some(n)) => super::admin::notice_view(&n),
             _ => json!(null),
         };

@@ -179,7 +179,7 @@ pub fn render(
         when => timestamp(access.granted_at),
         until => timestamp(access.expires_at),
         reason => reason,
-        access_id => &access.id,
+        access_id => access.id.to_string(),
         txid => &proof.txid,
         explorer_url => settings.explorer_tx_url.map(|u| u.replace("{txid}", &proof.txid)),
         contest => settings.contest,

@@ -32,7 +32,7 @@ use message::{NoticeSettings, Proof, Rendered, Templates};
 
 use crate::clock::now_secs;
 use crate::configuration::{NotifySettings, Settings};
-use crate::domain::Contact;
+use crate::domain::{AccessId, Contact};
 use crate::seal::Keyring;
 use crate::store::{apply_async, Batch, Notice, NoticeState, Store, SubmissionState};
 
@@ -44,7 +44,7 @@ pub struct Notifier {
     settings: NotifySettings,
     /// Attempts made whose outcome the store did not take, by access id: recorded again at
     /// the notice's next turn instead of being sent again.
-    unrecorded: Mutex<HashMap<String, Notice>>,
+    unrecorded: Mutex<HashMap<AccessId, Notice>>,
 }
 
 /// The sealed-value name of a notice's message (binds it to its access).
@@ -59,7 +59,7 @@ pub fn notice_for(settings: &NotifySettings, access: &crate::store::AccessRecord
     } else {
         access.expires_at
     };
-    Notice::new(&access.id, access.patient, due)
+    Notice::new(access.id, access.patient, due)
 }
 
 impl Notifier {
@@ -83,7 +83,7 @@ impl Notifier {
     /// found by the next start's read).
     pub async fn run(
         self: Arc<Self>,
-        mut new: mpsc::UnboundedReceiver<(u64, String)>,
+        mut new: mpsc::UnboundedReceiver<(u64, crate::domain::AccessId)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut due = BTreeSet::new();
@@ -112,7 +112,7 @@ impl Notifier {
 
     /// Advances every notice that is due, keeping the ones still open in `due` with when to
     /// look at them again.
-    async fn round(&self, due: &mut BTreeSet<(u64, String)>) {
+    async fn round(&self, due: &mut BTreeSet<(u64, crate::domain::AccessId)>) {
         let now = now_secs();
         while due.first().is_some_and(|(at, _)| *at <= now) {
             if let Some(why) = self.store.stopped() {
@@ -136,7 +136,7 @@ impl Notifier {
         }
     }
 
-    fn unrecorded_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Notice>> {
+    fn unrecorded_lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccessId, Notice>> {
         self.unrecorded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -148,15 +148,14 @@ impl Notifier {
             Ok(()) => next,
             Err(e) => {
                 tracing::error!(access = %notice.access_id, error = %e, "notice: its attempt could not be recorded; recording it again, not sending it again");
-                self.unrecorded_lock()
-                    .insert(notice.access_id.clone(), notice);
+                self.unrecorded_lock().insert(notice.access_id, notice);
                 Some(now + 5)
             }
         }
     }
 
     /// One step for the notice of access `id`, as the store has it.
-    async fn step(&self, id: &str, now: u64) -> Option<u64> {
+    async fn step(&self, id: &AccessId, now: u64) -> Option<u64> {
         match self.store.notice(id) {
             Ok(Some(n)) if n.is_open() => {
                 let read = n.clone();
@@ -274,7 +273,7 @@ impl Notifier {
         notice.message = Some(hex::encode(sealed));
         // durable before the first attempt: a crash from here on re-sends these bytes
         self.save(notice.clone()).await?;
-        Ok(Prepared::Ready(notice))
+        Ok(Prepared::Ready(Box::new(notice)))
     }
 
     /// One step for one notice; when to look at it again, if it stays open.
@@ -282,7 +281,7 @@ impl Notifier {
         let mut notice = match notice.message {
             Some(_) => notice,
             None => match self.prepare(notice, now).await? {
-                Prepared::Ready(n) => n,
+                Prepared::Ready(n) => *n,
                 Prepared::Waiting => return Ok(Some(now + 1)),
                 Prepared::Closed => return Ok(None),
             },
@@ -369,7 +368,7 @@ pub async fn rekey_messages(store: &Arc<dyn Store>, keyring: &Keyring) -> anyhow
 
 enum Prepared {
     /// Rendered and stored: send it.
-    Ready(Notice),
+    Ready(Box<Notice>),
     /// Not on chain yet.
     Waiting,
     /// Nothing to send (no contact).
@@ -385,7 +384,7 @@ mod tests {
 
     fn access(data_types: Vec<DataType>) -> AccessRecord {
         AccessRecord {
-            id: "ab".repeat(32),
+            id: crate::domain::AccessId([0xab; 32]),
             provider: "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".parse().unwrap(),
             role: Role::Nurse,
             patient: PatientId([7; 32]),

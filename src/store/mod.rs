@@ -18,7 +18,7 @@ mod writer;
 use serde::{Deserialize, Serialize};
 
 pub use crate::domain::chain::{Consent, ConsentKey, Preferences, ProviderState};
-use crate::domain::{DataType, PatientId, ProviderEntry, Role};
+use crate::domain::{AccessId, DataType, PatientId, ProviderEntry, Role};
 use crate::stacks::Address;
 pub use journal::Journal;
 pub use redb_store::{Checkpoints, RedbOptions, RedbStore, DEFAULT_CACHE_MIB};
@@ -96,7 +96,7 @@ impl Submission {
 /// A granted break-glass access, as the service recorded it before answering.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessRecord {
-    pub id: String,
+    pub id: AccessId,
     pub provider: Address,
     pub role: Role,
     pub patient: PatientId,
@@ -138,7 +138,7 @@ pub struct AccessRecord {
 /// The patient's notice of one access, from the grant to its delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notice {
-    pub access_id: String,
+    pub access_id: AccessId,
     pub patient: PatientId,
     /// When it should go out (unix seconds): the window's close, or the grant itself for the
     /// data types notified at once.
@@ -177,9 +177,9 @@ pub enum NoticeState {
 }
 
 impl Notice {
-    pub fn new(access_id: &str, patient: PatientId, due_at: u64) -> Notice {
+    pub fn new(access_id: AccessId, patient: PatientId, due_at: u64) -> Notice {
         Notice {
-            access_id: access_id.to_string(),
+            access_id,
             patient,
             due_at,
             next_at: due_at,
@@ -312,8 +312,8 @@ pub trait Store: Send + Sync + 'static {
     fn submissions(&self) -> Result<Vec<Submission>, StoreError>;
     /// The next nonce the submitter will use, as it last wrote it.
     fn nonce(&self) -> Result<Option<u64>, StoreError>;
-    fn access(&self, id: &str) -> Result<Option<AccessRecord>, StoreError>;
-    fn access_ids(&self) -> Result<Vec<String>, StoreError>;
+    fn access(&self, id: &AccessId) -> Result<Option<AccessRecord>, StoreError>;
+    fn access_ids(&self) -> Result<Vec<AccessId>, StoreError>;
     /// When a used request nonce (`signer:nonce`) may be forgotten, if it was used.
     fn replay(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Every used request nonce kept, with when it may be forgotten.
@@ -323,7 +323,7 @@ pub trait Store: Send + Sync + 'static {
     /// A patient's contact, sealed.
     fn contact(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
     fn contact_ids(&self) -> Result<Vec<PatientId>, StoreError>;
-    fn notice(&self, access_id: &str) -> Result<Option<Notice>, StoreError>;
+    fn notice(&self, access_id: &AccessId) -> Result<Option<Notice>, StoreError>;
     /// A provider's directory entry.
     fn directory_entry(&self, principal: &Address) -> Result<Option<ProviderEntry>, StoreError>;
     fn directory_entries(&self) -> Result<Vec<ProviderEntry>, StoreError>;

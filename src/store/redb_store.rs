@@ -382,12 +382,15 @@ impl Store for RedbStore {
         self.get(META, "nonce")
     }
 
-    fn access(&self, id: &str) -> Result<Option<AccessRecord>, StoreError> {
-        self.get(ACCESSES, id)
+    fn access(&self, id: &AccessId) -> Result<Option<AccessRecord>, StoreError> {
+        self.get(ACCESSES, &id.to_string())
     }
 
-    fn access_ids(&self) -> Result<Vec<String>, StoreError> {
-        self.keys(ACCESSES)
+    fn access_ids(&self) -> Result<Vec<AccessId>, StoreError> {
+        self.keys(ACCESSES)?
+            .into_iter()
+            .map(|k| k.parse().map_err(|e: String| StoreError::Corrupt(k, e)))
+            .collect()
     }
 
     fn replay(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -419,8 +422,8 @@ impl Store for RedbStore {
             .collect()
     }
 
-    fn notice(&self, access_id: &str) -> Result<Option<Notice>, StoreError> {
-        self.get(NOTICES, access_id)
+    fn notice(&self, access_id: &AccessId) -> Result<Option<Notice>, StoreError> {
+        self.get(NOTICES, &access_id.to_string())
     }
 
     fn directory_entry(

@@ -111,7 +111,7 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     rows(
         &mut out,
         ACCESSES,
-        batch.accesses.iter().map(|a| (a.id.clone(), a)),
+        batch.accesses.iter().map(|a| (a.id.to_string(), a)),
     )?;
     rows(
         &mut out,
@@ -129,7 +129,7 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     rows(
         &mut out,
         NOTICES,
-        batch.notices.iter().map(|n| (n.access_id.clone(), n)),
+        batch.notices.iter().map(|n| (n.access_id.to_string(), n)),
     )?;
     for (p, e) in &batch.directory {
         out.push((DIRECTORY, p.to_string(), e.as_ref().map(enc).transpose()?));

@@ -537,7 +537,7 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
             serde_json::from_slice(&ring.open(&format!("contact:{id}"), &sealed).unwrap()).unwrap();
         assert_eq!(contact["email"], "luis.perez@example.org");
         // the reason and the notice open with the new key alone
-        let access = store.access(&access_id).unwrap().unwrap();
+        let access = store.access(&access_id.parse().unwrap()).unwrap().unwrap();
         let reason = ring
             .open(
                 &format!("reason:{access_id}"),
@@ -545,7 +545,7 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
             )
             .unwrap();
         assert_eq!(reason, b"anaphylaxis, unresponsive");
-        let notice = store.notice(&access_id).unwrap().unwrap();
+        let notice = store.notice(&access_id.parse().unwrap()).unwrap().unwrap();
         let message = ring
             .open(
                 &format!("notice:{access_id}"),

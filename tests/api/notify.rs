@@ -502,7 +502,7 @@ async fn a_notice_that_cannot_be_prepared_is_dead_lettered_after_the_retry_perio
     let pid = patient_with_contact(&env).await;
     let id = grant(&env, &pid, 1).await;
     // its reason sealed with a key the service does not have (a key retired too early)
-    let mut access = env.app.store.access(&id).unwrap().unwrap();
+    let mut access = env.app.store.access(&id.parse().unwrap()).unwrap().unwrap();
     let stranger = breakglass::seal::Keyring::from_keys(&[[9; 32]]).unwrap();
     access.reason_sealed = hex::encode(stranger.seal(&format!("reason:{id}"), b"x").unwrap());
     env.app

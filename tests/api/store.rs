@@ -1,8 +1,20 @@
 //! Store conformance: every `Store` implementation must pass these (redb now; Redis later).
 
-use breakglass::domain::{DataType, PatientId, ProviderStatus, Purpose, Role};
+use breakglass::domain::{AccessId, DataType, PatientId, ProviderStatus, Purpose, Role};
 use breakglass::stacks::Address;
 use breakglass::store::*;
+
+/// The access id of the tests with one access.
+fn a1() -> AccessId {
+    AccessId([0xa1; 32])
+}
+
+/// An access id, numbered (in order).
+fn numbered(i: u64) -> AccessId {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&i.to_be_bytes());
+    AccessId(id)
+}
 
 /// A principal, numbered.
 fn p(n: u8) -> Address {
@@ -167,10 +179,10 @@ pub fn conformance(store: &dyn Store) {
     assert_eq!(store.tip().unwrap().unwrap().height, 10);
 
     // access records and used request nonces
-    assert_eq!(store.access("a1").unwrap(), None);
+    assert_eq!(store.access(&a1()).unwrap(), None);
     assert_eq!(store.replay("ST1:5").unwrap(), None);
     let record = AccessRecord {
-        id: "a1".into(),
+        id: a1(),
         provider: p(1),
         role: Role::Nurse,
         patient,
@@ -199,8 +211,8 @@ pub fn conformance(store: &dyn Store) {
             ..Batch::default()
         })
         .unwrap();
-    assert_eq!(store.access("a1").unwrap(), Some(record));
-    assert_eq!(store.access_ids().unwrap(), vec!["a1".to_string()]);
+    assert_eq!(store.access(&a1()).unwrap(), Some(record));
+    assert_eq!(store.access_ids().unwrap(), vec![a1()]);
     assert_eq!(store.replay("ST1:5").unwrap(), Some(121));
 
     assert_eq!(store.revoked("a1").unwrap(), None);
@@ -234,7 +246,7 @@ fn a_store_with_a_cache_smaller_than_its_data_keeps_everything() {
         cache_bytes: 64 << 10,
     };
     let record = |i: u64| AccessRecord {
-        id: format!("{i:08}"),
+        id: numbered(i),
         provider: p(i as u8),
         role: Role::Nurse,
         patient: PatientId([(i % 251) as u8; 32]),
@@ -270,12 +282,12 @@ fn a_store_with_a_cache_smaller_than_its_data_keeps_everything() {
         }
         // some answered by the overlay, most by redb through the small cache
         for i in (0..n).step_by(7) {
-            assert_eq!(store.access(&format!("{i:08}")).unwrap(), Some(record(i)));
+            assert_eq!(store.access(&numbered(i)).unwrap(), Some(record(i)));
         }
     }
     let store = RedbStore::open_with(&path, options).unwrap();
     for i in 0..n {
-        assert_eq!(store.access(&format!("{i:08}")).unwrap(), Some(record(i)));
+        assert_eq!(store.access(&numbered(i)).unwrap(), Some(record(i)));
     }
 }
 

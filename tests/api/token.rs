@@ -29,9 +29,16 @@ fn verify_with_jwks(jwks: &serde_json::Value, token: &str, audience: &str) -> Ac
         .claims
 }
 
+/// An access id named in the test (its bytes, zero-padded).
+fn id_of(name: &str) -> breakglass::domain::AccessId {
+    let mut id = [0u8; 32];
+    id[..name.len()].copy_from_slice(name.as_bytes());
+    breakglass::domain::AccessId(id)
+}
+
 fn access(id: &str, provider: &str, dts: &[DataType], exp_in: u64) -> AccessRecord {
     AccessRecord {
-        id: id.into(),
+        id: id_of(id),
         provider: provider.parse().unwrap(),
         role: Role::Nurse,
         patient: PatientId([3; 32]),
@@ -206,7 +213,7 @@ fn a_token_expires_on_its_exp_second() {
             60,
         )))
         .unwrap();
-    assert_eq!(issuer.verify(&live).unwrap().jti, "a");
+    assert_eq!(issuer.verify(&live).unwrap().jti, id_of("a").to_string());
     // exp = now: expired "on or after" exp (RFC 7519 4.1.4)
     let ending = issuer
         .issue(&issuer.claims(&access(
