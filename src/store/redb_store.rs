@@ -288,8 +288,11 @@ impl RedbStore {
         Ok(rows.into_iter().collect())
     }
 
-    /// A table's keys, each a principal.
-    fn principals(&self, table: Table) -> Result<Vec<Address>, StoreError> {
+    /// A table's keys, each parsed (a principal, a patient id, an access id).
+    fn parsed_keys<T: std::str::FromStr<Err = String>>(
+        &self,
+        table: Table,
+    ) -> Result<Vec<T>, StoreError> {
         self.keys(table)?
             .into_iter()
             .map(|k| k.parse().map_err(|e: String| StoreError::Corrupt(k, e)))
@@ -324,7 +327,7 @@ impl Store for RedbStore {
     }
 
     fn providers(&self) -> Result<Vec<Address>, StoreError> {
-        self.principals(PROVIDERS)
+        self.parsed_keys(PROVIDERS)
     }
 
     fn preferences(&self, patient: &PatientId) -> Result<Option<Preferences>, StoreError> {
@@ -332,10 +335,7 @@ impl Store for RedbStore {
     }
 
     fn patients(&self) -> Result<Vec<PatientId>, StoreError> {
-        self.keys(PREFERENCES)?
-            .into_iter()
-            .map(|k| k.parse().map_err(|e: String| StoreError::Corrupt(k, e)))
-            .collect()
+        self.parsed_keys(PREFERENCES)
     }
 
     fn consent(&self, key: &ConsentKey) -> Result<Option<Consent>, StoreError> {
@@ -356,7 +356,7 @@ impl Store for RedbStore {
     }
 
     fn responders(&self) -> Result<Vec<Address>, StoreError> {
-        self.principals(RESPONDERS)
+        self.parsed_keys(RESPONDERS)
     }
 
     fn submission(&self, id: &str) -> Result<Option<Submission>, StoreError> {
@@ -387,10 +387,7 @@ impl Store for RedbStore {
     }
 
     fn access_ids(&self) -> Result<Vec<AccessId>, StoreError> {
-        self.keys(ACCESSES)?
-            .into_iter()
-            .map(|k| k.parse().map_err(|e: String| StoreError::Corrupt(k, e)))
-            .collect()
+        self.parsed_keys(ACCESSES)
     }
 
     fn replay(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -416,10 +413,7 @@ impl Store for RedbStore {
     }
 
     fn contact_ids(&self) -> Result<Vec<PatientId>, StoreError> {
-        self.keys(CONTACTS)?
-            .into_iter()
-            .map(|k| k.parse().map_err(|e: String| StoreError::Corrupt(k, e)))
-            .collect()
+        self.parsed_keys(CONTACTS)
     }
 
     fn notice(&self, access_id: &AccessId) -> Result<Option<Notice>, StoreError> {
