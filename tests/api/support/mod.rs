@@ -23,12 +23,30 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A free port for a process that binds it later, perhaps again after a restart. It is taken
+/// below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up by default), so
+/// that no socket bound to port 0 (every other server the tests start, in parallel) can take it
+/// meanwhile, and it is never handed out twice in this test binary.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768)
+        .min(32768);
+    let (low, span) = (10_000u16, ephemeral_low.saturating_sub(10_000).max(1));
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0);
+        let port = low + (h.finish() % u64::from(span)) as u16;
+        if GIVEN.lock().unwrap().insert(port)
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 pub struct Devnet {
@@ -48,8 +66,11 @@ impl Devnet {
             "0",
             "--exit-with-stdin",
         ];
+        // a port of its own (see `free_port`), so that a test may stop it and start it again
+        // on the same port
+        let port = free_port().to_string();
         if !args.contains(&"--port") {
-            all.extend(["--port", "0"]);
+            all.extend(["--port", &port]);
         }
         all.extend(args);
         let mut child = Command::new("node")
