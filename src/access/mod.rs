@@ -27,6 +27,7 @@ use crate::paging::OnCall;
 use crate::policy::{Policies, Situation};
 pub use crate::refusal::Refusal;
 use crate::request::{self, RequestError};
+use crate::stacks::Address;
 use crate::store::AccessRecord;
 use crate::token::TokenIssuer;
 use grant::{Decision, Window};
@@ -54,7 +55,7 @@ pub struct BreakGlass {
     /// Who is on call (every paging source, combined); read from memory.
     pub oncall: Arc<OnCall>,
     pub metrics: Arc<Metrics>,
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: DefaultKeyedRateLimiter<Address>,
     /// Nonces seen (refused requests included), with when they may be forgotten. Granted
     /// ones are also durable and read back at start, so this alone answers "used before?"
     /// without a store read per request.
@@ -198,7 +199,7 @@ impl BreakGlass {
         };
         let (policy_minutes, rules) =
             self.policies_permit(&signer, role, &req, &situation, chain)?;
-        self.within_rate(&signer)?;
+        self.within_rate(&req.signer)?;
         let decision = Decision {
             role,
             window: Window::of(policy_minutes, prefs.max_window, self.seconds_per_block),

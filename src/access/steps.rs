@@ -150,8 +150,8 @@ impl BreakGlass {
     }
 
     /// Step 8, the clinician's rate of grants.
-    pub(super) fn within_rate(&self, signer: &str) -> Result<(), Refusal> {
-        if self.limiter.check_key(&signer.to_string()).is_err() {
+    pub(super) fn within_rate(&self, signer: &Address) -> Result<(), Refusal> {
+        if self.limiter.check_key(signer).is_err() {
             return Err(Refusal::new(
                 429,
                 "rate-limited",

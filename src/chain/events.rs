@@ -12,24 +12,15 @@ use super::contracts::{self, Contracts};
 use crate::domain::{DataType, PatientId, Purpose};
 use crate::stacks::{Address, Value};
 
+/// What the follower reads of a `/new_block` payload: the height and hash it names (checked
+/// against the node) and the print events (names to read back). Its transactions, results and
+/// parent are not read: the node's own block tells them.
 #[derive(Debug, Clone, Deserialize)]
 pub struct NewBlock {
     pub block_height: u64,
     pub index_block_hash: String,
     #[serde(default)]
-    pub parent_index_block_hash: String,
-    #[serde(default)]
-    pub transactions: Vec<BlockTx>,
-    #[serde(default)]
     pub events: Vec<BlockEvent>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct BlockTx {
-    pub txid: String,
-    pub status: String,
-    #[serde(default)]
-    pub raw_result: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -75,13 +75,25 @@ const AGAIN_WINDOW: u64 = 16;
 /// Observer pushes checked at once; more are answered 503 (the node sends them again).
 const PUSHES_AT_ONCE: usize = 4;
 
+/// A block applied: its index block hash, and what it named, as read for it. `None` when
+/// there is nothing more to read for it: reached by a catch-up (which read every entry), or
+/// beyond `AGAIN_WINDOW` below the tip.
+struct Seen {
+    hash: [u8; 32],
+    named: Option<Named>,
+}
+
+impl Seen {
+    fn read_past(hash: [u8; 32]) -> Seen {
+        Seen { hash, named: None }
+    }
+}
+
 pub struct Follower {
     pub state: ChainState,
     pub status: Arc<FollowerStatus>,
-    /// Index block hashes of the blocks applied lately, by height.
-    recent: Mutex<BTreeMap<u64, [u8; 32]>>,
-    /// The entries read for the blocks at the last `AGAIN_WINDOW` heights, by height.
-    read: Mutex<BTreeMap<u64, Named>>,
+    /// The blocks applied lately, by height.
+    recent: Mutex<BTreeMap<u64, Seen>>,
     pushes: tokio::sync::Semaphore,
     /// A block sent again named more than a block may: the poller re-reads every entry.
     refresh_wanted: AtomicBool,
@@ -92,7 +104,7 @@ impl Follower {
         let mut recent = BTreeMap::new();
         if let Some(tip) = state.store.tip()? {
             status.applied.store(tip.height, Ordering::SeqCst);
-            recent.insert(tip.height, tip.index_block_hash);
+            recent.insert(tip.height, Seen::read_past(tip.index_block_hash));
         }
         // give the node's block stream its chance before polling calls it quiet
         status.last_block_ms.store(now_ms(), Ordering::SeqCst);
@@ -100,7 +112,6 @@ impl Follower {
             state,
             status,
             recent: Mutex::new(recent),
-            read: Mutex::new(BTreeMap::new()),
             pushes: tokio::sync::Semaphore::new(PUSHES_AT_ONCE),
             refresh_wanted: AtomicBool::new(false),
         })
@@ -110,18 +121,31 @@ impl Follower {
         crate::store::apply_async(&self.state.store, batch).await
     }
 
-    fn recent(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, [u8; 32]>> {
+    fn recent(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Seen>> {
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Named>> {
-        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    /// The hash of the block applied at `height`, if it is remembered.
+    fn hash_at(&self, height: u64) -> Option<[u8; 32]> {
+        self.recent().get(&height).map(|s| s.hash)
+    }
+
+    /// Remembers the block applied at `height` (the newest), and forgets the oldest.
+    fn remember(&self, height: u64, seen: Seen) {
+        let mut recent = self.recent();
+        recent.insert(height, seen);
+        while recent.len() > RECENT_BLOCKS {
+            recent.pop_first();
+        }
+        // below the window, a block sent again reads nothing
+        for (_, s) in recent.range_mut(..=height.saturating_sub(AGAIN_WINDOW)) {
+            s.named = None;
+        }
     }
 
     /// Forgets what was applied at `from` and above (abandoned by a reorg).
     fn forget_from(&self, from: u64) {
         self.recent().retain(|h, _| *h < from);
-        self.read().retain(|h, _| *h < from);
     }
 
     /// Applies one `/new_block` payload, once the node confirms it is its block at that
@@ -177,9 +201,9 @@ impl Follower {
         // one block (or catch-up) at a time, and none while a cache fill checks and writes
         let _guard = self.state.apply_lock.lock().await;
         let applied = self.status.applied();
-        let known = self.recent().get(&height).copied();
+        let known = self.hash_at(height);
         if known == Some(pushed) {
-            return self.named_again(height, applied, named).await;
+            return self.named_again(height, named).await;
         }
         if known.is_none() && height <= applied {
             // below the tip and read past (a catch-up): its entries were read since; only
@@ -194,11 +218,10 @@ impl Follower {
         // another block at a height we applied, or a parent that is not the block we applied
         // below it: the chain reorganized
         let reorg = known.is_some()
-            || height.checked_sub(1).is_some_and(|below| {
-                self.recent()
-                    .get(&below)
-                    .is_some_and(|parent| *parent != node_block.header.parent_block_id)
-            });
+            || height
+                .checked_sub(1)
+                .and_then(|below| self.hash_at(below))
+                .is_some_and(|parent| parent != node_block.header.parent_block_id);
         let gap = !reorg && applied > 0 && height > applied + 1;
         let mut batch = Batch::default();
         let mut from = None;
@@ -236,18 +259,13 @@ impl Follower {
         if let Some(from) = from {
             self.forget_from(from.min(height));
         }
-        {
-            let mut recent = self.recent();
-            recent.insert(height, pushed);
-            while recent.len() > RECENT_BLOCKS {
-                recent.pop_first();
-            }
-        }
-        {
-            let mut read = self.read();
-            read.insert(height, named);
-            read.retain(|h, _| h + AGAIN_WINDOW > height);
-        }
+        self.remember(
+            height,
+            Seen {
+                hash: pushed,
+                named: Some(named),
+            },
+        );
         if gap {
             // transactions mined in the missing blocks were not seen
             self.status.skipped_blocks.store(true, Ordering::SeqCst);
@@ -275,22 +293,14 @@ impl Follower {
     /// A block applied already, sent again (by the node after a copy, or by anyone): reads
     /// what it names that was not read for its height, if its height is recent and the total
     /// stays within `MAX_NAMED` (beyond, the poller re-reads everything).
-    async fn named_again(
-        &self,
-        height: u64,
-        applied: u64,
-        named: Named,
-    ) -> Result<Applied, FollowError> {
-        if height + AGAIN_WINDOW <= applied {
-            return Ok(Applied::Again);
-        }
-        let (new, total) = match self.read().get(&height) {
+    async fn named_again(&self, height: u64, named: Named) -> Result<Applied, FollowError> {
+        let (new, total) = match self.recent().get(&height).and_then(|s| s.named.as_ref()) {
             Some(seen) => {
                 let new = named.minus(seen);
                 let total = seen.len() + new.len();
                 (new, total)
             }
-            // reached by a catch-up, which read every entry
+            // nothing more to read for it (see `Seen`)
             None => return Ok(Applied::Again),
         };
         if new.is_empty() {
@@ -313,7 +323,13 @@ impl Follower {
             entries = new.len(),
             "block sent again: read what it named anew"
         );
-        self.read().entry(height).or_default().extend(new);
+        if let Some(seen) = self
+            .recent()
+            .get_mut(&height)
+            .and_then(|s| s.named.as_mut())
+        {
+            seen.extend(new);
+        }
         Ok(Applied::Again)
     }
 
@@ -376,7 +392,7 @@ impl Follower {
         if applied == 0 {
             return Ok(false);
         }
-        let Some(ours) = self.recent().get(&applied).copied() else {
+        let Some(ours) = self.hash_at(applied) else {
             return Ok(false);
         };
         Ok(match self.state.rpc.block_at(applied).await? {
@@ -416,7 +432,7 @@ impl Follower {
             index_block_hash: tip.header.block_id,
         });
         self.write(batch).await?;
-        self.recent().insert(height, tip.header.block_id);
+        self.remember(height, Seen::read_past(tip.header.block_id));
         self.status.applied.store(height, Ordering::SeqCst);
         self.status.last_block_ms.store(now_ms(), Ordering::SeqCst);
         self.status.skipped_blocks.store(true, Ordering::SeqCst);
@@ -431,7 +447,7 @@ impl Follower {
             .recent()
             .range(..=applied)
             .rev()
-            .map(|(h, b)| (*h, *b))
+            .map(|(h, s)| (*h, s.hash))
             .collect();
         for (h, ours) in remembered {
             if let Some(b) = self.state.rpc.block_at(h).await? {

@@ -7,11 +7,11 @@
 //! is used (`BadNonce`), the operation is checked on chain: done means confirmed; not done
 //! means the nonce went to something else, and it is signed again with the node's nonce.
 //! Confirmation comes from the follower, which finds the transaction's bytes in a block the
-//! node serves and reads the operation's effect back from the node; a reorg that abandons the confirming block reopens
-//! the operation as the same signed bytes.
+//! node serves and reads the operation's effect back from the node; a reorg that abandons the
+//! confirming block reopens the operation as the same signed bytes.
 //!
-//! It must not: sign a second transaction for an operation whose first may still be mined, or undo
-//! a confirmation the follower wrote.
+//! It must not: sign a second transaction for an operation whose first may still be mined, or
+//! undo a confirmation the follower wrote.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -143,6 +143,13 @@ pub fn observer(prefix: String) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
+/// Answered so that the node sends the block again (it does until it gets a 200).
+fn send_again(why: &str) -> HttpResponse {
+    HttpResponse::ServiceUnavailable()
+        .insert_header(("Retry-After", "1"))
+        .json(json!({ "applied": false, "detail": why }))
+}
+
 async fn new_block(follower: web::Data<Follower>, block: web::Json<NewBlock>) -> HttpResponse {
     let height = block.block_height;
     match follower.on_block(block.into_inner()).await {
@@ -150,12 +157,8 @@ async fn new_block(follower: web::Data<Follower>, block: web::Json<NewBlock>) ->
             HttpResponse::Ok().json(json!({ "applied": false, "detail": why }))
         }
         // the node sends a block again until it gets a 200
-        Ok(Applied::NotYet(why)) => HttpResponse::ServiceUnavailable()
-            .insert_header(("Retry-After", "1"))
-            .json(json!({ "applied": false, "detail": why })),
-        Ok(Applied::Busy) => HttpResponse::ServiceUnavailable()
-            .insert_header(("Retry-After", "1"))
-            .json(json!({ "applied": false, "detail": "busy checking other blocks" })),
+        Ok(Applied::NotYet(why)) => send_again(&why),
+        Ok(Applied::Busy) => send_again("busy checking other blocks"),
         Ok(_) => HttpResponse::Ok().json(json!({ "applied": true })),
         Err(e) => {
             tracing::error!(height, error = %e, "could not apply block; the node will retry");

@@ -17,8 +17,8 @@
 //! checkpoint (redb commits durably, recording the last applied `seq` in the same commit) the
 //! segments it covers are deleted, or kept as spares that later segments reuse
 //! (`Journal::reuse`): overwriting blocks already on disk makes each sync faster than
-//! appending to a growing file (docs/benchmarks.md). On open, frames with a `seq` above the one redb holds are applied again;
-//! the rest were already in redb's durable state.
+//! appending to a growing file (docs/benchmarks.md). On open, frames with a `seq` above the
+//! one redb holds are applied again; the rest were already in redb's durable state.
 //!
 //! It must not: know what the frames hold (rows are `schema.rs`'s).
 

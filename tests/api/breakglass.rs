@@ -580,16 +580,7 @@ async fn chain_changes_are_honoured_within_a_block() {
     // window: the token lives 30 s, and the chain record is within the patient's preferences
     let patient_key = parse_key(yes["private_key"].as_str().unwrap()).unwrap();
     devnet
-        .call(
-            &patient_key,
-            "patient-consent",
-            "set-emergency-preferences",
-            vec![
-                Value::Bool(true),
-                Value::List(vec![Value::ascii("allergies")]),
-                Value::UInt(3),
-            ],
-        )
+        .set_preferences(&patient_key, true, &["allergies"], 3)
         .await;
     mine_applied(app, devnet, "preferences applied").await;
     let (ok, short) = post(app, &signed(pkey, pid, &["allergies"], 4, now())).await;
@@ -617,14 +608,7 @@ async fn chain_changes_are_honoured_within_a_block() {
     );
 
     // the patient opts out: one block later, refused
-    devnet
-        .call(
-            &patient_key,
-            "patient-consent",
-            "set-emergency-preferences",
-            vec![Value::Bool(false), Value::List(vec![]), Value::UInt(60)],
-        )
-        .await;
+    devnet.set_preferences(&patient_key, false, &[], 60).await;
     let before = devnet.tip().await;
     mine_applied(app, devnet, "opt-out applied").await;
     assert_eq!(devnet.tip().await, before + 1);
@@ -826,12 +810,7 @@ async fn block_hash(devnet: &Devnet, height: u64) -> String {
 
 /// The devnet's block at `height`, as its observers are sent it.
 async fn devnet_block(devnet: &Devnet, height: u64) -> Json {
-    reqwest::get(format!("{}/devnet/blocks/{height}", devnet.rpc))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    devnet.get_json(&format!("/devnet/blocks/{height}")).await
 }
 
 fn tuple(fields: Vec<(&str, Value)>) -> Value {
@@ -1025,6 +1004,22 @@ async fn forged_observer_posts_change_no_decision_readiness_or_confirmation() {
         let (status, _) = push(app, &body).await;
         assert!(status == 400 || status == 200, "{status}");
     }
+    // beyond the observer's 64 MiB body limit: refused (413, or the connection closed on it)
+    let oversized = format!(
+        r#"{{"block_height": {}, "index_block_hash": "0x{}", "events": [], "pad": "{}"}}"#,
+        app.status.applied() + 1,
+        "ab".repeat(32),
+        "x".repeat(65 << 20)
+    );
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/new_block", app.observer_addr))
+        .header("content-type", "application/json")
+        .body(oversized)
+        .send()
+        .await;
+    if let Ok(res) = answer {
+        assert_eq!(res.status().as_u16(), 413);
+    }
     assert_eq!(app.status.applied(), devnet.tip().await);
 }
 
@@ -1089,12 +1084,7 @@ async fn a_reorg_undoes_what_the_abandoned_blocks_did_within_one_block() {
     // broadcast again, mined on the new branch: confirmed again, same txid, its new block
     let pending = txid.as_str().unwrap().trim_start_matches("0x").to_string();
     eventually("broadcast again", SECS, async || {
-        let mempool: Json = reqwest::get(format!("{}/devnet/mempool", devnet.rpc))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let mempool = devnet.get_json("/devnet/mempool").await;
         mempool
             .as_array()?
             .iter()

@@ -117,16 +117,7 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
     assert!(defaults.allow && defaults.is_default && defaults.max_window == 720);
 
     devnet
-        .call(
-            &patient_key,
-            "patient-consent",
-            "set-emergency-preferences",
-            vec![
-                Value::Bool(false),
-                Value::List(vec![Value::ascii("allergies")]),
-                Value::UInt(30),
-            ],
-        )
+        .set_preferences(&patient_key, false, &["allergies"], 30)
         .await;
     devnet.mine().await;
     let opted_out = Preferences {

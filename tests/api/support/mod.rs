@@ -135,30 +135,28 @@ impl Devnet {
             .unwrap();
     }
 
-    pub async fn tip(&self) -> u64 {
-        let v: serde_json::Value = self
-            .http
-            .get(format!("{}/v2/info", self.rpc))
+    /// `GET path` on the devnet, as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}{path}", self.rpc))
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        v["stacks_tip_height"].as_u64().unwrap()
+            .unwrap()
+    }
+
+    pub async fn tip(&self) -> u64 {
+        self.get_json("/v2/info").await["stacks_tip_height"]
+            .as_u64()
+            .unwrap()
     }
 
     pub async fn nonce(&self, who: &Address) -> u64 {
-        let v: serde_json::Value = self
-            .http
-            .get(format!("{}/v2/accounts/{who}?proof=0", self.rpc))
-            .send()
-            .await
+        self.get_json(&format!("/v2/accounts/{who}?proof=0")).await["nonce"]
+            .as_u64()
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["nonce"].as_u64().unwrap()
     }
 
     pub async fn observe(&self, observer: std::net::SocketAddr) {
@@ -214,31 +212,32 @@ impl Devnet {
     }
 
     async fn pending_from(&self, who: &Address) -> u64 {
-        let v: serde_json::Value = self
-            .http
-            .get(format!("{}/devnet/mempool", self.rpc))
-            .send()
+        self.get_json("/devnet/mempool")
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v.as_array()
+            .as_array()
             .unwrap()
             .iter()
             .filter(|t| t["origin"] == who.to_string())
             .count() as u64
     }
 
+    /// The patient (`key`) sets their emergency preferences; sent to the mempool.
+    pub async fn set_preferences(&self, key: &SecretKey, allow: bool, types: &[&str], window: u64) {
+        self.call(
+            key,
+            "patient-consent",
+            "set-emergency-preferences",
+            vec![
+                Value::Bool(allow),
+                Value::List(types.iter().map(|t| Value::ascii(t)).collect()),
+                Value::UInt(window.into()),
+            ],
+        )
+        .await;
+    }
+
     pub async fn receipt(&self, txid: &str) -> serde_json::Value {
-        self.http
-            .get(format!("{}/devnet/tx/{txid}", self.rpc))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get_json(&format!("/devnet/tx/{txid}")).await
     }
 }
 
