@@ -247,6 +247,9 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
         "  responder         {} (the service's key)",
         demo.responder.principal
     );
+    println!(
+        "  reviewer pages    {api}/review   (sign in with the demo reviewer's private_key from the demo identities file)"
+    );
     println!("  demo identities   {demo_file}");
     for p in &demo.providers {
         println!("    {:<11} {}", p.role, p.principal);

@@ -3,6 +3,7 @@
 //! It must not: hold code (it names the modules).
 
 pub mod access;
+pub mod audit;
 pub mod chain;
 pub mod clock;
 pub mod configuration;
@@ -20,6 +21,7 @@ pub mod policy;
 pub mod private_files;
 pub mod refusal;
 pub mod request;
+pub mod review;
 pub mod seal;
 pub mod stacks;
 pub mod startup;

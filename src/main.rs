@@ -61,9 +61,21 @@ enum Command {
     /// Try the running service as a demo clinician would (after `breakglass dev`).
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// The patient directory (contacts for the notices), kept sealed in the store.
     #[command(subcommand)]
     Patients(PatientsCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the whole audit log (with the service stopped, or on a copy of its data
+    /// directory): check every entry's hash and link, then every anchor the service put on
+    /// chain. Prints the head and the latest anchor; exits 1 naming the first entry that does
+    /// not match.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -196,6 +208,28 @@ fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+fn verify_audit(s: &Settings) -> anyhow::Result<Result<serde_json::Value, serde_json::Value>> {
+    use breakglass::audit::verify;
+    let (store, _, runtime) = offline(s)?;
+    let keys = ServiceKeys::load_or_generate(&s.data.dir)?;
+    let responder = keys.stacks_address(s.chain.network.is_mainnet());
+    let rpc = breakglass::chain::rpc::NodeClient::new(
+        s.chain.node_url.as_str(),
+        std::time::Duration::from_millis(s.chain.request_timeout_ms),
+        s.chain.read_retries,
+    );
+    let contracts = breakglass::chain::contracts::Contracts {
+        address: s.chain.contracts_address,
+    };
+    let anchors = runtime.block_on(verify::anchors(&rpc, &contracts, &responder))?;
+    Ok(match verify::check(store.as_ref(), &anchors) {
+        Ok(report) => Ok(serde_json::json!({ "ok": true, "report": report })),
+        Err(e) => {
+            Err(serde_json::json!({ "ok": false, "entry": e.entry(), "error": e.to_string() }))
+        }
+    })
+}
+
 fn import_patients(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     use anyhow::Context;
     let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
@@ -292,6 +326,20 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             print(import_patients(&s, file).map_err(|e| format!("{e:#}")))
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let s = match settings(&cli) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match verify_audit(&s) {
+                Ok(Ok(report)) => print(Ok(report)),
+                Ok(Err(broken)) => {
+                    println!("{broken:#}");
+                    ExitCode::from(1)
+                }
+                Err(e) => print(Err(format!("{e:#}"))),
+            }
         }
         Command::Patients(PatientsCommand::Rekey) => {
             let s = match settings(&cli) {

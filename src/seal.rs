@@ -39,6 +39,11 @@ pub mod names {
         format!("reason:{access_id}")
     }
 
+    /// A reviewer's note on an access.
+    pub fn note(access_id: &AccessId) -> String {
+        format!("note:{access_id}")
+    }
+
     /// The patient's notice of an access, as rendered.
     pub fn notice(access_id: &AccessId) -> String {
         format!("notice:{access_id}")
@@ -180,6 +185,13 @@ impl Keyring {
             .map_err(|_| SealError::Seal)?;
         out.extend_from_slice(&body);
         Ok(out)
+    }
+
+    /// A sealed text kept as hex (a reason, a note), opened under `name`: `None` if it does not
+    /// open (or is not UTF-8).
+    pub fn open_text(&self, name: &str, sealed_hex: &str) -> Option<String> {
+        let sealed = hex::decode(sealed_hex).ok()?;
+        String::from_utf8(self.open(name, &sealed).ok()?).ok()
     }
 
     pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, SealError> {

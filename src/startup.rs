@@ -129,6 +129,16 @@ impl Application {
         };
         let notifier = Arc::new(Notifier::new(&settings, store.clone(), keyring.clone())?);
         let apply_lock = state.apply_lock.clone();
+        let review = web::Data::new(crate::review::Review::new(
+            state.clone(),
+            keyring.clone(),
+            settings.review.clone(),
+            settings.chain.network.chain_id(),
+            mainnet,
+            settings.issuance.issuer.clone(),
+            keys.stacks_address(mainnet),
+        ));
+        let pages = web::Data::new(http::review::Pages::new()?);
         let admin = web::Data::new(http::admin::Admin {
             clients: settings.admin.clients.clone(),
             store: store.clone(),
@@ -159,6 +169,12 @@ impl Application {
                 shutdown_rx.clone(),
             )),
             tokio::spawn(notifier.run(announced, shutdown_rx.clone())),
+            tokio::spawn(crate::audit::anchor::run(
+                store.clone(),
+                settings.audit.schedule(),
+                Duration::from_secs(1),
+                shutdown_rx.clone(),
+            )),
         ];
         let oc = &settings.oncall;
         if let Some(file) = &oc.pagerduty.api_token_file {
@@ -215,6 +231,8 @@ impl Application {
                 .app_data(clients.clone())
                 .app_data(admin.clone())
                 .app_data(paging.clone())
+                .app_data(review.clone())
+                .app_data(pages.clone())
                 .configure(http::api)
         })
         .listen(api_listener)?

@@ -8,7 +8,9 @@
 ;;   - providers: self-registration with hashes of their off-chain identity and credentials,
 ;;     a role, and a status (pending -> verified <-> suspended; any -> revoked, terminal);
 ;;   - consented access requests (checked against patient-consent, logged when granted);
-;;   - emergency (break-glass) access records, one per access id, and one review each;
+;;   - emergency (break-glass) access records, one per access id, and one review each (made by
+;;     the reviewer, or relayed by a responder with the reviewer's SIP-018 signature: see
+;;     "Relayed reviews" below);
 ;;   - anchors of the off-chain hash-chained audit log.
 ;;
 ;; Nothing here holds protected health information: patients appear only as their
@@ -20,13 +22,28 @@
 ;; Direct calls only. Every public function acts for the principal that called it directly:
 ;; it first asserts `(is-eq tx-sender contract-caller)` (for the four status changes, in the
 ;; private `transition` they share) and refuses anything else with ERR-PROXY-CALL, before any
-;; other check; `tx-sender` is then the acting principal. So a contract that the owner, an
-;; authority, a responder, a reviewer or a provider is tricked into calling cannot govern,
-;; credential, record, review, anchor, register or request access in their name (with
-;; `tx-sender` alone it could). A contract may still hold a role and act for itself, as itself,
-;; with `as-contract` (then tx-sender and contract-caller are both the contract). There is no
-;; exception: no function here is meant to be called through another contract on someone's
-;; behalf. This contract only calls patient-consent's read-only functions, which check no caller.
+;; other check; `tx-sender` is then the acting principal (for a relayed review, the responder
+;; relaying it; the review is the signer's: see "Relayed reviews" below). So a contract that
+;; the owner, an authority, a responder, a reviewer or a provider is tricked into calling
+;; cannot govern, credential, record, review, anchor, register or request access in their name
+;; (with `tx-sender` alone it could). A contract may still hold a role and act for itself, as
+;; itself, with `as-contract` (then tx-sender and contract-caller are both the contract). There
+;; is no exception: no function here is meant to be called through another contract on
+;; someone's behalf. This contract only calls patient-consent's read-only functions, which
+;; check no caller.
+;;
+;; Relayed reviews. A reviewer may sign their verdict instead of sending it: reviewers hold no
+;; STX and review in a browser, with a browser key or a wallet's `stx_signStructuredMessage`, so
+;; a responder service (which pays the fee and sends it exactly once, with its own nonces) relays
+;; the signature as `review-emergency-access`'s last argument. The reviewer is then the
+;; principal recovered from that signature, and every rule applies to them, not to the responder
+;; relaying it. The signature is SIP-018 structured data over
+;;   domain  { name: "breakglass", version: "1", chain-id: chain-id }
+;;   message { action: "review", access-id: access-id, verdict: verdict, note-hash: note-hash }
+;; (`get-review-message-hash` gives the 32-byte hash signed), so it binds the access id, the
+;; verdict and the note's hash: it cannot be reused for another access or changed to another
+;; verdict or note (over other data it recovers another principal, not a reviewer), nor used on
+;; another chain. A review is recorded once per access, so the same signature again is refused.
 ;;
 ;; The longest emergency window is patient-consent's MAX-EMERGENCY-WINDOW, read through its
 ;; `get-max-emergency-window`: one definition for the longest window a patient may allow and
@@ -41,7 +58,8 @@
 ;;   u200 ERR-NOT-OWNER              caller is not the contract owner
 ;;   u201 ERR-NOT-AUTHORITY          caller is not a credentialing authority
 ;;   u202 ERR-NOT-RESPONDER          caller is not an authorized responder service
-;;   u203 ERR-NOT-REVIEWER           caller is not a reviewer
+;;   u203 ERR-NOT-REVIEWER           the reviewer (the caller, or a relayed review's signer) is not
+;;                                   a reviewer
 ;;   u204 ERR-ALREADY-REGISTERED     the provider principal is already registered
 ;;   u205 ERR-PROVIDER-NOT-FOUND     no provider registered for that principal (ever)
 ;;   u206 ERR-INVALID-ROLE           role not in ROLES
@@ -65,6 +83,8 @@
 ;;   u223 ERR-NOT-PENDING-OWNER      caller is not the principal proposed as the next owner
 ;;   u224 ERR-PROXY-CALL             the call came through another contract (contract-caller is not
 ;;                                   tx-sender); see "Direct calls only" above
+;;   u225 ERR-BAD-REVIEW-SIGNATURE   a relayed review's signature recovers no public key; see
+;;                                   "Relayed reviews" above
 ;;
 ;; Events (print): every state change prints a tuple with a `topic`:
 ;;   "owner-proposed", "owner-changed", "authority-added", "authority-removed", "responder-added",
@@ -75,6 +95,8 @@
 ;; "emergency-access-recorded" carries, besides the ids, `within-preferences` and `degraded`
 ;; (true when the responder granted the access in degraded mode, its view of the chain older
 ;; than its configured bound), both also stored in the access's record.
+;; "emergency-access-reviewed" names the reviewer (the signer, for a relayed review) and
+;; `relayed-by`: the responder that relayed it, or none when the reviewer sent it.
 
 (define-constant ERR-NOT-OWNER (err u200))
 (define-constant ERR-NOT-AUTHORITY (err u201))
@@ -101,9 +123,10 @@
 (define-constant ERR-SELF-CREDENTIALING (err u222))
 (define-constant ERR-NOT-PENDING-OWNER (err u223))
 (define-constant ERR-PROXY-CALL (err u224))
+(define-constant ERR-BAD-REVIEW-SIGNATURE (err u225))
 
 (define-constant ROLES (list "physician" "nurse" "paramedic" "pharmacist" "reviewer" "admin"))
-(define-constant VERDICTS (list "appropriate" "inappropriate"))
+(define-constant VERDICTS (list "appropriate" "inappropriate" "needs-follow-up"))
 
 ;; Lookup sets filled from the lists at deploy time (`index-of?` would need the argument's
 ;; type to equal the list literal's narrower element type).
@@ -414,19 +437,58 @@
 
 (define-read-only (get-verdicts) VERDICTS)
 
-(define-public (review-emergency-access (access-id (buff 32)) (verdict (string-ascii 16)) (note-hash (buff 32)))
+;; SIP-018 signed structured data: sha256("SIP018" ++ sha256(domain) ++ sha256(message)), each
+;; hashed over its consensus serialization. The domain is fixed at deploy, on this chain.
+(define-constant SIP018-PREFIX 0x534950303138)
+(define-constant REVIEW-DOMAIN-HASH
+  (sha256 (unwrap-panic (to-consensus-buff? { name: "breakglass", version: "1", chain-id: chain-id }))))
+
+;; The 32-byte hash a reviewer signs to have a responder relay their review (see "Relayed
+;; reviews" in the header), for clients and tests to check theirs against.
+(define-read-only (get-review-message-hash (access-id (buff 32)) (verdict (string-ascii 16)) (note-hash (buff 32)))
+  (sha256 (concat SIP018-PREFIX (concat REVIEW-DOMAIN-HASH
+    (sha256 (unwrap-panic (to-consensus-buff?
+      { action: "review", access-id: access-id, verdict: verdict, note-hash: note-hash })))))))
+
+;; The principal whose key made `signature` (65 bytes, RSV: recovery id last) over the review
+;; message; u225 when it recovers no key. Any other signature recovers some other principal.
+(define-private (review-signer (access-id (buff 32)) (verdict (string-ascii 16)) (note-hash (buff 32))
+                               (signature (buff 65)))
+  (let ((message-hash (get-review-message-hash access-id verdict note-hash))
+        (public-key (unwrap! (secp256k1-recover? message-hash signature) ERR-BAD-REVIEW-SIGNATURE)))
+    (ok (unwrap! (principal-of? public-key) ERR-BAD-REVIEW-SIGNATURE))))
+
+;; A reviewer's verdict on an emergency access, once per access. `reviewer-signature` none: the
+;; reviewer is the caller. (some signature): the caller is a responder relaying a review the
+;; reviewer signed in their browser (reviewers hold no STX; the responder pays, and its
+;; submitter sends the transaction exactly once), and the reviewer is the signer, recovered
+;; from the signature over the access id, verdict and note hash (see "Relayed reviews" in the
+;; header). Either way the same rules then apply to the reviewer: a reviewer, a known verdict,
+;; neither the access's provider nor the responder that recorded it, and the first review.
+;;
+;; Checks run cheapest first: the caller (direct; a responder when relayed), the access, then
+;; the signature's recovery (the only costly step, only for a relayed review of an access that
+;; exists), then the reviewer's rules.
+(define-public (review-emergency-access (access-id (buff 32)) (verdict (string-ascii 16)) (note-hash (buff 32))
+                                        (reviewer-signature (optional (buff 65))))
   (begin
     (try! (assert-direct-call))
-    (let ((access (unwrap! (map-get? emergency-accesses access-id) ERR-ACCESS-NOT-FOUND)))
-      (asserts! (is-reviewer tx-sender) ERR-NOT-REVIEWER)
+    (asserts! (or (is-none reviewer-signature) (is-responder tx-sender)) ERR-NOT-RESPONDER)
+    (let ((access (unwrap! (map-get? emergency-accesses access-id) ERR-ACCESS-NOT-FOUND))
+          (reviewer (match reviewer-signature
+                      signature (try! (review-signer access-id verdict note-hash signature))
+                      tx-sender))
+          (relayed-by (if (is-some reviewer-signature) (some tx-sender) none)))
+      (asserts! (is-reviewer reviewer) ERR-NOT-REVIEWER)
       (asserts! (is-some (map-get? known-verdicts verdict)) ERR-INVALID-VERDICT)
-      (asserts! (not (or (is-eq tx-sender (get provider access)) (is-eq tx-sender (get responder access))))
+      (asserts! (not (or (is-eq reviewer (get provider access)) (is-eq reviewer (get responder access))))
                 ERR-SELF-REVIEW)
       (asserts! (map-insert emergency-reviews access-id
-                  { reviewer: tx-sender, verdict: verdict, note-hash: note-hash, block: stacks-block-height })
+                  { reviewer: reviewer, verdict: verdict, note-hash: note-hash, block: stacks-block-height })
                 ERR-ALREADY-REVIEWED)
-      (print { topic: "emergency-access-reviewed", access-id: access-id, reviewer: tx-sender, verdict: verdict,
-               note-hash: note-hash, provider: (get provider access), patient-id: (get patient-id access) })
+      (print { topic: "emergency-access-reviewed", access-id: access-id, reviewer: reviewer, verdict: verdict,
+               note-hash: note-hash, provider: (get provider access), patient-id: (get patient-id access),
+               relayed-by: relayed-by })
       (ok true))))
 
 ;; ---------------------------------------------------------------------------

@@ -71,7 +71,7 @@
                            (fuzz-window window) (sha256 window) degraded))
 
 (define-public (fuzz-review (access uint) (verdict uint))
-  (review-emergency-access (fuzz-access-id access) (fuzz-verdict verdict) (sha256 verdict)))
+  (review-emergency-access (fuzz-access-id access) (fuzz-verdict verdict) (sha256 verdict) none))
 
 ;; Calls through a contract into patient-consent. Rendezvous calls every function of this
 ;; contract directly from a wallet, so in it tx-sender and contract-caller are that wallet; a
@@ -174,11 +174,31 @@
                    (is-none (map-get? emergency-accesses access-id)))
               (ok false))
     (try! (record-emergency-access access-id provider (sha256 pick) (list "allergies") u10 (sha256 verdict) false))
-    (asserts! (is-eq (review-emergency-access access-id (fuzz-verdict verdict) (sha256 verdict))
+    (asserts! (is-eq (review-emergency-access access-id (fuzz-verdict verdict) (sha256 verdict) none)
                      ERR-SELF-REVIEW)
               (err u950))
     (asserts! (is-none (map-get? emergency-reviews access-id)) (err u951))
     (ok true)))
+
+;; A relayed review is recorded only with a reviewer's signature: random bytes recover no key
+;; (u225) or a key no reviewer holds (u203), and nothing is recorded; relayed by a principal
+;; that is not a responder, it is refused (u202) before the access is even looked up.
+(define-public (test-relayed-review-needs-a-reviewer-signature (access-id (buff 32)) (pick uint) (verdict uint)
+                                                               (signature (buff 65)))
+  (let ((provider (fuzz-provider pick)))
+    (asserts! (and (is-verified-provider provider) (is-none (map-get? emergency-accesses access-id))) (ok false))
+    (if (is-responder tx-sender)
+      (begin
+        (try! (record-emergency-access access-id provider (sha256 pick) (list "allergies") u10 (sha256 verdict) false))
+        (let ((result (review-emergency-access access-id (fuzz-verdict verdict) (sha256 verdict) (some signature))))
+          (asserts! (or (is-eq result ERR-BAD-REVIEW-SIGNATURE) (is-eq result ERR-NOT-REVIEWER)) (err u980))
+          (asserts! (is-none (map-get? emergency-reviews access-id)) (err u981))
+          (ok true)))
+      (begin
+        (asserts! (is-eq (review-emergency-access access-id (fuzz-verdict verdict) (sha256 verdict) (some signature))
+                         ERR-NOT-RESPONDER)
+                  (err u982))
+        (ok true)))))
 
 ;; Only authorities change a provider's status.
 (define-public (test-only-authorities-verify (seed uint))

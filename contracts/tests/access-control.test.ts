@@ -12,7 +12,7 @@ const ERR = {
   INVALID_DATA_TYPE: 209, INVALID_PURPOSE: 210, NO_CONSENT: 211, DUPLICATE_ACCESS: 212, INVALID_WINDOW: 213,
   ACCESS_NOT_FOUND: 214, ALREADY_REVIEWED: 215, INVALID_VERDICT: 216, SELF_REVIEW: 217, ANCHOR_REGRESSION: 218,
   ALREADY_MEMBER: 219, NOT_MEMBER: 220, NO_DATA_TYPES: 221, SELF_CREDENTIALING: 222, NOT_PENDING_OWNER: 223,
-  PROXY_CALL: 224,
+  PROXY_CALL: 224, BAD_REVIEW_SIGNATURE: 225,
 };
 const err = (code: number) => Cl.uint(code);
 /** The simnet's trace of the last contract call: every expression evaluated, with the contract called. */
@@ -430,7 +430,7 @@ describe("emergency access", () => {
     ok(C, "record-emergency-access", recordArgs(A, physician), responder);
     const accessId = Cl.bufferFromHex(A.repeat(32));
     const review = (verdict: string, who = reviewer) =>
-      call(C, "review-emergency-access", [accessId, Cl.stringAscii(verdict), hash("cd")], who);
+      call(C, "review-emergency-access", [accessId, Cl.stringAscii(verdict), hash("cd"), Cl.none()], who);
     expect(review("appropriate", stranger).result).toBeErr(err(ERR.NOT_REVIEWER));
     expect(review("appropriate", responder).result).toBeErr(err(ERR.NOT_REVIEWER));
     expect(review("meh").result).toBeErr(err(ERR.INVALID_VERDICT));
@@ -440,28 +440,42 @@ describe("emergency access", () => {
     expect(prints(res)[0]).toEqual(Cl.tuple({
       topic: Cl.stringAscii("emergency-access-reviewed"), "access-id": accessId, reviewer: Cl.principal(reviewer),
       verdict: Cl.stringAscii("inappropriate"), "note-hash": hash("cd"), provider: Cl.principal(physician),
-      "patient-id": id(PATIENT_ID),
+      "patient-id": id(PATIENT_ID), "relayed-by": Cl.none(),
     }));
     expect(Cl.prettyPrint(read(C, "get-emergency-review", [accessId]))).toContain('verdict: "inappropriate"');
     expect(review("appropriate").result).toBeErr(err(ERR.ALREADY_REVIEWED));
     expect(Cl.prettyPrint(read(C, "get-emergency-review", [accessId]))).toContain('verdict: "inappropriate"');
-    expect(read(C, "get-verdicts", [])).toStrictEqual(Cl.list([Cl.stringAscii("appropriate"), Cl.stringAscii("inappropriate")]));
+    expect(read(C, "get-verdicts", [])).toStrictEqual(
+      Cl.list(["appropriate", "inappropriate", "needs-follow-up"].map((v) => Cl.stringAscii(v))));
+  });
+
+  it("accepts every verdict, \"needs-follow-up\" too", () => {
+    setup();
+    const verdicts = ["appropriate", "inappropriate", "needs-follow-up"];
+    verdicts.forEach((verdict, i) => {
+      const n = `e${i}`;
+      ok(C, "record-emergency-access", recordArgs(n, physician), responder);
+      const accessId = Cl.bufferFromHex(n.repeat(32));
+      expect(call(C, "review-emergency-access", [accessId, Cl.stringAscii(verdict), hash("cd"), Cl.none()], reviewer).result)
+        .toBeOk(Cl.bool(true));
+      expect(Cl.prettyPrint(read(C, "get-emergency-review", [accessId]))).toContain(`verdict: "${verdict}"`);
+    });
   });
 
   it("refuses a review of an unknown access (u214) and of one's own access (u217)", () => {
     setup();
     ok(C, "add-reviewer", [Cl.principal(physician)], deployer);
     ok(C, "record-emergency-access", recordArgs(A, physician), responder);
-    expect(call(C, "review-emergency-access", [Cl.bufferFromHex("ee".repeat(32)), Cl.stringAscii("appropriate"), hash("cd")], reviewer).result).toBeErr(err(ERR.ACCESS_NOT_FOUND));
-    expect(call(C, "review-emergency-access", [Cl.bufferFromHex(A.repeat(32)), Cl.stringAscii("appropriate"), hash("cd")], physician).result).toBeErr(err(ERR.SELF_REVIEW));
+    expect(call(C, "review-emergency-access", [Cl.bufferFromHex("ee".repeat(32)), Cl.stringAscii("appropriate"), hash("cd"), Cl.none()], reviewer).result).toBeErr(err(ERR.ACCESS_NOT_FOUND));
+    expect(call(C, "review-emergency-access", [Cl.bufferFromHex(A.repeat(32)), Cl.stringAscii("appropriate"), hash("cd"), Cl.none()], physician).result).toBeErr(err(ERR.SELF_REVIEW));
   });
 
   it("the responder that recorded an access cannot review it (u217)", () => {
     setup();
     ok(C, "add-reviewer", [Cl.principal(responder)], deployer);
     ok(C, "record-emergency-access", recordArgs(A, physician), responder);
-    expect(call(C, "review-emergency-access", [Cl.bufferFromHex(A.repeat(32)), Cl.stringAscii("appropriate"), hash("cd")], responder).result).toBeErr(err(ERR.SELF_REVIEW));
-    expect(call(C, "review-emergency-access", [Cl.bufferFromHex(A.repeat(32)), Cl.stringAscii("appropriate"), hash("cd")], reviewer).result).toBeOk(Cl.bool(true));
+    expect(call(C, "review-emergency-access", [Cl.bufferFromHex(A.repeat(32)), Cl.stringAscii("appropriate"), hash("cd"), Cl.none()], responder).result).toBeErr(err(ERR.SELF_REVIEW));
+    expect(call(C, "review-emergency-access", [Cl.bufferFromHex(A.repeat(32)), Cl.stringAscii("appropriate"), hash("cd"), Cl.none()], reviewer).result).toBeOk(Cl.bool(true));
   });
 });
 

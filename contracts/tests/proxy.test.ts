@@ -60,8 +60,9 @@ const PROXY_SOURCE = `
                                         (data-types (list 8 (string-ascii 32))) (window uint)
                                         (reason-hash (buff 32)) (degraded bool))
   (contract-call? ${ac} record-emergency-access access-id provider patient-id data-types window reason-hash degraded))
-(define-public (review-emergency-access (access-id (buff 32)) (verdict (string-ascii 16)) (note-hash (buff 32)))
-  (contract-call? ${ac} review-emergency-access access-id verdict note-hash))
+(define-public (review-emergency-access (access-id (buff 32)) (verdict (string-ascii 16)) (note-hash (buff 32))
+                                        (reviewer-signature (optional (buff 65))))
+  (contract-call? ${ac} review-emergency-access access-id verdict note-hash reviewer-signature))
 (define-public (anchor-audit (head (buff 32)) (count uint)) (contract-call? ${ac} anchor-audit head count))
 
 ;; the same contract acting for itself, as itself
@@ -159,7 +160,7 @@ const CASES: Case[] = [
     setup: () => { governance(); verifiedProvider(physician, "physician"); },
     state: () => [read(AC, "get-emergency-count", []), read(AC, "get-emergency-access", [ACCESS_ID]),
                   read(AC, "get-patient-emergency-count", [id(PATIENT_ID)])] },
-  { contract: AC, fn: "review-emergency-access", who: reviewer, args: () => [ACCESS_ID, Cl.stringAscii("appropriate"), hash("cd")],
+  { contract: AC, fn: "review-emergency-access", who: reviewer, args: () => [ACCESS_ID, Cl.stringAscii("appropriate"), hash("cd"), Cl.none()],
     setup: () => { governance(); verifiedProvider(physician, "physician"); ok(AC, "record-emergency-access", recordArgs("d0", physician), responder); },
     state: () => [read(AC, "get-emergency-review", [ACCESS_ID])] },
   { contract: AC, fn: "anchor-audit", who: responder, args: () => [hash("01"), Cl.uint(5)],

@@ -154,21 +154,54 @@ impl BreakGlass {
             seen.forget_until(now);
             seen.insert(replay_key.clone(), until)
         };
+        let refused = crate::audit::Event::Refusal {
+            code: String::new(),
+            status: 0,
+            signer: Some(req.signer),
+            patient: Some(req.patient),
+            data_types: req.data_types.clone(),
+        };
         if replayed {
-            return Err(Refusal::new(
+            let r = Refusal::new(
                 401,
                 "replayed-request",
                 "Replayed request",
                 format!("nonce {} was already used by {signer}", req.nonce),
-            ));
+            );
+            self.audit_refusal(refused, &r).await;
+            return Err(r);
         }
         let answer = self.judge(req, signer, replay_key.clone(), now).await;
+        if let Err(r) = &answer {
+            self.audit_refusal(refused, r).await;
+        }
         if answer.as_ref().is_err_and(Refusal::invites_retry) {
             // nothing was recorded: the same signed request may be sent again
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.remove(&replay_key, until);
         }
         answer
+    }
+
+    /// Appends a refusal of a request whose signature verified to the audit log (requests
+    /// that prove no signer are only counted, in `/metrics`: anonymous traffic cannot grow
+    /// the log). A refusal that happened after the access was recorded (no token could be
+    /// signed) is not one: the grant is in the log.
+    async fn audit_refusal(&self, mut event: crate::audit::Event, r: &Refusal) {
+        if r.code == "token-unavailable" {
+            return;
+        }
+        if let crate::audit::Event::Refusal { code, status, .. } = &mut event {
+            *code = r.code.to_string();
+            *status = r.status;
+        }
+        let batch = crate::store::Batch {
+            audit: vec![crate::audit::Record::now(event)],
+            ..Default::default()
+        };
+        if let Err(e) = crate::store::apply_async(&self.state.store, batch).await {
+            tracing::error!(error = %e, code = r.code, "a refusal could not be added to the audit log");
+        }
     }
 
     /// Steps 4 to 8 and the grant, for a verified, fresh request whose nonce is now taken:

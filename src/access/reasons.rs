@@ -11,12 +11,10 @@ use crate::store::{AccessRecord, Batch};
 impl BreakGlass {
     /// The clinician's reason for `access`, unsealed: for the authorized access view only.
     pub fn reason(&self, access: &AccessRecord) -> Option<String> {
-        let sealed = hex::decode(&access.reason_sealed).ok()?;
-        let plain = self
-            .keyring
-            .open(&crate::seal::names::reason(&access.id), &sealed)
-            .ok()?;
-        String::from_utf8(plain).ok()
+        self.keyring.open_text(
+            &crate::seal::names::reason(&access.id),
+            &access.reason_sealed,
+        )
     }
 }
 

@@ -85,11 +85,16 @@ pub struct Named {
     pub patients: BTreeSet<PatientId>,
     pub consents: BTreeSet<(PatientId, Address, DataType, Purpose)>,
     pub responders: BTreeSet<Address>,
+    pub reviewers: BTreeSet<Address>,
 }
 
 impl Named {
     pub fn len(&self) -> usize {
-        self.providers.len() + self.patients.len() + self.consents.len() + self.responders.len()
+        self.providers.len()
+            + self.patients.len()
+            + self.consents.len()
+            + self.responders.len()
+            + self.reviewers.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -111,6 +116,11 @@ impl Named {
                 .difference(&other.responders)
                 .cloned()
                 .collect(),
+            reviewers: self
+                .reviewers
+                .difference(&other.reviewers)
+                .cloned()
+                .collect(),
         }
     }
 
@@ -119,6 +129,7 @@ impl Named {
         self.patients.extend(other.patients);
         self.consents.extend(other.consents);
         self.responders.extend(other.responders);
+        self.reviewers.extend(other.reviewers);
     }
 }
 
@@ -157,6 +168,11 @@ pub fn named(prints: &[Print]) -> Named {
             "responder-added" | "responder-removed" => {
                 if let Some(who) = contracts::principal(f("principal")) {
                     out.responders.insert(who);
+                }
+            }
+            "reviewer-added" | "reviewer-removed" => {
+                if let Some(who) = contracts::principal(f("principal")) {
+                    out.reviewers.insert(who);
                 }
             }
             _ => {}

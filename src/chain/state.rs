@@ -150,6 +150,27 @@ impl ChainState {
         contracts::boolean(Some(&v)).ok_or_else(|| StateError::Shape("is-responder".into()))
     }
 
+    async fn read_reviewer(&self, principal: &Address) -> Result<bool, StateError> {
+        let v = self.read_of_principal("is-reviewer", principal).await?;
+        contracts::boolean(Some(&v)).ok_or_else(|| StateError::Shape("is-reviewer".into()))
+    }
+
+    /// Whether `principal` holds the reviewer role of access-control (governance).
+    pub async fn is_reviewer(&self, principal: &Address) -> Result<bool, StateError> {
+        self.fill(
+            "is-reviewer",
+            |store| store.reviewer(principal),
+            || self.read_reviewer(principal),
+            |r, _| {
+                Some(Batch {
+                    reviewers: vec![(*principal, *r)],
+                    ..Batch::default()
+                })
+            },
+        )
+        .await
+    }
+
     /// Fills a miss: reads with `read` and writes what `keep` makes of it (given the tip it
     /// was read at), unless a block was applied meanwhile, in which case it asks the store
     /// again (the follower may have written the entry) and reads again.
@@ -290,6 +311,12 @@ impl ChainState {
                 batch.responders.push((*who, r));
             }
         }
+        for who in &named.reviewers {
+            if self.store.reviewer(who)?.is_some() {
+                let r = self.read_reviewer(who).await?;
+                batch.reviewers.push((*who, r));
+            }
+        }
         for (patient, provider, data_type, purpose) in &named.consents {
             let key = ConsentKey {
                 patient: *patient,
@@ -319,6 +346,10 @@ impl ChainState {
         for who in self.store.responders()? {
             let r = self.read_responder(&who).await?;
             batch.responders.push((who, r));
+        }
+        for who in self.store.reviewers()? {
+            let r = self.read_reviewer(&who).await?;
+            batch.reviewers.push((who, r));
         }
         for key in self.store.consents()? {
             let c = self.read_consent(&key).await?;

@@ -103,6 +103,26 @@ pub async fn on_chain(
                 _ => OnChain::NotDone,
             })
         }
+        ("review-emergency-access", Some(access_id)) => {
+            let v = rpc
+                .call_read(&contract, "get-emergency-review", &[access_id], sender)
+                .await?;
+            // ours only if it carries our note's hash: another reviewer's verdict on the
+            // same access leaves ours refused (u215)
+            let note_hash = s.args.get(2).and_then(|a| Value::from_hex(a).ok());
+            Ok(match v {
+                Value::Some(review)
+                    if review.as_tuple().and_then(|m| m.get("note-hash")) == note_hash.as_ref() =>
+                {
+                    OnChain::Done {
+                        height: contracts::uint(review.as_tuple().and_then(|m| m.get("block")))
+                            .and_then(|h| u64::try_from(h).ok())
+                            .unwrap_or(0),
+                    }
+                }
+                _ => OnChain::NotDone,
+            })
+        }
         ("anchor-audit", Some(head)) => {
             let count = rpc
                 .call_read(&contract, "get-anchor-count", &[], sender)

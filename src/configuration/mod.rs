@@ -17,11 +17,13 @@ use crate::stacks::Address;
 mod chain;
 mod notify;
 mod oncall;
+mod review;
 mod service;
 
 pub use chain::*;
 pub use notify::*;
 pub use oncall::*;
+pub use review::*;
 pub use service::*;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +42,10 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub directory: DirectorySettings,
     pub notify: NotifySettings,
+    #[serde(default)]
+    pub review: ReviewSettings,
+    #[serde(default)]
+    pub audit: AuditSettings,
 }
 
 impl Default for Settings {
@@ -109,6 +115,8 @@ impl Default for Settings {
                 retry_max_secs: 3600,
                 give_up_after_hours: 72,
             },
+            review: ReviewSettings::default(),
+            audit: AuditSettings::default(),
         }
     }
 }
@@ -148,6 +156,8 @@ impl Settings {
         self.notify.validate()?;
         self.log.validate()?;
         self.oncall.validate()?;
+        self.review.validate()?;
+        self.audit.validate()?;
         for (name, value) in [
             (
                 "server.shutdown_timeout_secs",

@@ -139,6 +139,15 @@ string_enum!(
 );
 
 string_enum!(
+    /// A reviewer's verdict on an emergency access, as access-control knows them.
+    VerdictKind {
+        Appropriate = "appropriate",
+        Inappropriate = "inappropriate",
+        NeedsFollowUp = "needs-follow-up",
+    }
+);
+
+string_enum!(
     /// Purposes of use in patient-consent.
     Purpose {
         Treatment = "treatment",

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod breakglass;
 pub mod paging;
 pub mod problem;
+pub mod review;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -38,7 +39,8 @@ pub fn api(cfg: &mut web::ServiceConfig) {
         .configure(breakglass::routes)
         .configure(tokens::routes)
         .configure(admin::routes)
-        .configure(paging::routes);
+        .configure(paging::routes)
+        .configure(review::routes);
 }
 
 /// Alive, unless the store stopped writing after a failed write: only a restart recovers it

@@ -94,7 +94,26 @@ async fn introspect(
     let Ok(claims) = bg.tokens.verify(token) else {
         return inactive();
     };
-    match bg.state.store.revoked(&claims.jti) {
+    let revoked = bg.state.store.revoked(&claims.jti);
+    // every use of a token we issued is in the audit log before it is answered: reviewers see
+    // what was read, when and by which resource server
+    let used = Batch {
+        audit: vec![crate::audit::Record::now(
+            crate::audit::Event::Introspection {
+                jti: claims.jti.clone(),
+                client: caller.clone(),
+                active: matches!(revoked, Ok(None)),
+                patient: claims.patient.parse().ok(),
+            },
+        )],
+        ..Batch::default()
+    };
+    if let Err(e) = apply_async(&bg.state.store, used).await {
+        tracing::error!(error = %e, "an introspection could not be added to the audit log");
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({ "error": "temporarily_unavailable" }));
+    }
+    match revoked {
         Ok(None) => {}
         Ok(Some(_)) => return inactive(),
         Err(e) => {
@@ -138,6 +157,11 @@ async fn revoke(
             &bg.state.store,
             Batch {
                 revoked: vec![(claims.jti.clone(), claims.exp)],
+                audit: vec![crate::audit::Record::now(crate::audit::Event::Revocation {
+                    jti: claims.jti.clone(),
+                    by: caller.clone(),
+                    patient: claims.patient.parse().ok(),
+                })],
                 ..Batch::default()
             },
         )

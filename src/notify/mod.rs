@@ -192,11 +192,30 @@ impl Notifier {
         self.record(notice, now).await
     }
 
+    /// Writes `notice`; a notice that left `pending` (sent, dead, nobody to tell) is added
+    /// to the audit log in the same write.
     async fn save(&self, notice: Notice) -> anyhow::Result<()> {
+        let state = match &notice.state {
+            NoticeState::Pending => None,
+            NoticeState::Sent { .. } => Some("sent"),
+            NoticeState::Dead { .. } => Some("dead"),
+            NoticeState::NoContact { .. } => Some("no-contact"),
+        };
+        let audit = state
+            .map(|state| {
+                crate::audit::Record::now(crate::audit::Event::Notice {
+                    access: notice.access_id,
+                    patient: notice.patient,
+                    state: state.into(),
+                })
+            })
+            .into_iter()
+            .collect();
         apply_async(
             &self.store,
             Batch {
                 notices: vec![notice],
+                audit,
                 ..Batch::default()
             },
         )

@@ -197,6 +197,26 @@ impl Notice {
     }
 }
 
+/// A reviewer's verdict on an access. Its way to the chain is the operation
+/// `review:<access id>` (the reviewer's signed verdict, sent by the submitter).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub access_id: AccessId,
+    pub reviewer: Address,
+    pub verdict: crate::domain::VerdictKind,
+    /// The reviewer's note, sealed (`seal::names::note`), hex: for reviewers only; on chain
+    /// only as its hash.
+    pub note_sealed: String,
+    /// sha256 of the note's UTF-8 bytes, hex: what `review-emergency-access` carries.
+    pub note_hash: String,
+    /// The reviewer's SIP-018 signature over the verdict (65 bytes RSV, hex).
+    pub signature: String,
+    /// When it was given (Unix s).
+    pub at: u64,
+    /// Whether the verdict revoked the access's token.
+    pub revoked: bool,
+}
+
 /// One atomic, durable write.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Batch {
@@ -205,6 +225,9 @@ pub struct Batch {
     pub preferences: Vec<(PatientId, Preferences)>,
     pub consents: Vec<(ConsentKey, Consent)>,
     pub responders: Vec<(Address, bool)>,
+    /// Whether each principal holds access-control's reviewer role.
+    #[serde(default)]
+    pub reviewers: Vec<(Address, bool)>,
     pub submissions: Vec<Submission>,
     pub nonce: Option<u64>,
     pub accesses: Vec<AccessRecord>,
@@ -221,6 +244,13 @@ pub struct Batch {
     /// `None` removes one.
     #[serde(default)]
     pub paging: Vec<(String, Option<serde_json::Value>)>,
+    /// Events for the audit log, appended in this order after every entry written before
+    /// (the store numbers and links them: `audit`).
+    #[serde(default)]
+    pub audit: Vec<crate::audit::Record>,
+    /// Reviewers' verdicts.
+    #[serde(default)]
+    pub verdicts: Vec<Verdict>,
 }
 
 impl Batch {
@@ -236,6 +266,7 @@ impl Batch {
         self.preferences.extend(later.preferences);
         self.consents.extend(later.consents);
         self.responders.extend(later.responders);
+        self.reviewers.extend(later.reviewers);
         self.submissions.extend(later.submissions);
         self.accesses.extend(later.accesses);
         self.replay.extend(later.replay);
@@ -244,6 +275,8 @@ impl Batch {
         self.notices.extend(later.notices);
         self.directory.extend(later.directory);
         self.paging.extend(later.paging);
+        self.audit.extend(later.audit);
+        self.verdicts.extend(later.verdicts);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -252,6 +285,7 @@ impl Batch {
             && self.preferences.is_empty()
             && self.consents.is_empty()
             && self.responders.is_empty()
+            && self.reviewers.is_empty()
             && self.submissions.is_empty()
             && self.nonce.is_none()
             && self.accesses.is_empty()
@@ -261,6 +295,8 @@ impl Batch {
             && self.notices.is_empty()
             && self.directory.is_empty()
             && self.paging.is_empty()
+            && self.audit.is_empty()
+            && self.verdicts.is_empty()
     }
 }
 
@@ -306,6 +342,8 @@ pub trait Store: Send + Sync + 'static {
     fn consents(&self) -> Result<Vec<ConsentKey>, StoreError>;
     fn responder(&self, principal: &Address) -> Result<Option<bool>, StoreError>;
     fn responders(&self) -> Result<Vec<Address>, StoreError>;
+    fn reviewer(&self, principal: &Address) -> Result<Option<bool>, StoreError>;
+    fn reviewers(&self) -> Result<Vec<Address>, StoreError>;
     fn submission(&self, id: &str) -> Result<Option<Submission>, StoreError>;
     fn open_submissions(&self) -> Result<Vec<Submission>, StoreError>;
     /// Every operation, open or not (for after a reorg: what was confirmed may be undone).
@@ -331,6 +369,18 @@ pub trait Store: Send + Sync + 'static {
     fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
     /// Every notice, oldest access first.
     fn notices(&self) -> Result<Vec<Notice>, StoreError>;
+    /// The audit log's head (none before its first entry).
+    fn audit_head(&self) -> Result<Option<crate::audit::Head>, StoreError>;
+    /// Up to `limit` audit entries from seq `from` on, in order.
+    fn audit_entries(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::Entry>, StoreError>;
+    /// The audit entries about one access, in order.
+    fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError>;
+    fn verdict(&self, access_id: &AccessId) -> Result<Option<Verdict>, StoreError>;
+    fn verdicts(&self) -> Result<Vec<Verdict>, StoreError>;
     /// Why the store stopped writing, if it has: a write failed, and every write fails until
     /// a restart recovers from disk.
     fn stopped(&self) -> Option<String>;

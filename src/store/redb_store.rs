@@ -166,6 +166,14 @@ impl RedbStore {
             }
         }
 
+        let audit_head = {
+            let tx = db.begin_read().map_err(backend)?;
+            let t = tx.open_table(def(META)).map_err(backend)?;
+            match t.get(AUDIT_HEAD).map_err(backend)? {
+                Some(v) => dec(AUDIT_HEAD, v.value())?,
+                None => crate::audit::Head::default(),
+            }
+        };
         let db = Arc::new(db);
         let poisoned: Poison = Arc::new(Mutex::new(None));
         let overlay: Overlay = Arc::new(Mutex::new(HashMap::new()));
@@ -198,6 +206,7 @@ impl RedbStore {
             segment_bytes,
             poisoned: poisoned.clone(),
             announced: false,
+            audit_head,
             writes: journal_writes.clone(),
         };
         let (writer, jobs) = mpsc::channel();
@@ -359,6 +368,14 @@ impl Store for RedbStore {
         self.parsed_keys(RESPONDERS)
     }
 
+    fn reviewer(&self, principal: &Address) -> Result<Option<bool>, StoreError> {
+        self.get(REVIEWERS, &principal.to_string())
+    }
+
+    fn reviewers(&self) -> Result<Vec<Address>, StoreError> {
+        self.parsed_keys(REVIEWERS)
+    }
+
     fn submission(&self, id: &str) -> Result<Option<Submission>, StoreError> {
         self.get(SUBMISSIONS, id)
     }
@@ -443,6 +460,80 @@ impl Store for RedbStore {
 
     fn notices(&self) -> Result<Vec<Notice>, StoreError> {
         self.scan(NOTICES)?.iter().map(|(k, v)| dec(k, v)).collect()
+    }
+
+    fn audit_head(&self) -> Result<Option<crate::audit::Head>, StoreError> {
+        self.get(META, AUDIT_HEAD)
+    }
+
+    fn audit_entries(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::Entry>, StoreError> {
+        // the overlay first (as `scan`): an entry the applier moves meanwhile is in one or
+        // the other
+        let first = audit_key(from.max(1));
+        let pending: BTreeMap<String, Option<Vec<u8>>> = self
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((t, k), _)| *t == AUDIT && *k >= first)
+            .map(|((_, k), (_, v))| (k.clone(), v.clone()))
+            .collect();
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(def(AUDIT)).map_err(backend)?;
+        let mut rows = BTreeMap::new();
+        for row in t.range(first.as_str()..).map_err(backend)?.take(limit) {
+            let (k, v) = row.map_err(backend)?;
+            rows.insert(k.value().to_string(), Some(v.value().to_vec()));
+        }
+        rows.extend(pending);
+        rows.into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .map(|(k, v)| dec(&k, &v))
+            .collect()
+    }
+
+    fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError> {
+        let prefix = format!("{access_id}:");
+        let mut keys: std::collections::BTreeSet<String> = self
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|(t, k)| *t == AUDIT_BY_ACCESS && k.starts_with(&prefix))
+            .map(|(_, k)| k.clone())
+            .collect();
+        {
+            let tx = self.db.begin_read().map_err(backend)?;
+            let t = tx.open_table(def(AUDIT_BY_ACCESS)).map_err(backend)?;
+            for row in t.range(prefix.as_str()..).map_err(backend)? {
+                let (k, _) = row.map_err(backend)?;
+                let k = k.value();
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                keys.insert(k.to_string());
+            }
+        }
+        keys.iter()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter_map(|seq| self.get::<crate::audit::Entry>(AUDIT, seq).transpose())
+            .collect()
+    }
+
+    fn verdict(&self, access_id: &AccessId) -> Result<Option<Verdict>, StoreError> {
+        self.get(VERDICTS, &access_id.to_string())
+    }
+
+    fn verdicts(&self) -> Result<Vec<Verdict>, StoreError> {
+        self.scan(VERDICTS)?
+            .iter()
+            .map(|(k, v)| dec(k, v))
+            .collect()
     }
 
     fn stopped(&self) -> Option<String> {

@@ -26,7 +26,16 @@ pub(super) const NOTICES: Table = "notices";
 pub(super) const DIRECTORY: Table = "provider_directory";
 /// On-call state from the paging integrations (`paging`), JSON values it owns.
 pub(super) const PAGING: Table = "paging";
-pub(super) const TABLES: [Table; 13] = [
+/// The audit log (`audit`), keyed by seq as 20 digits so that key order is log order.
+pub(super) const AUDIT: Table = "audit";
+/// Which audit entries are about which access: `<access id>:<seq>` keys, empty values.
+pub(super) const AUDIT_BY_ACCESS: Table = "audit_by_access";
+/// access-control's reviewers, by principal.
+pub(super) const REVIEWERS: Table = "reviewers";
+/// Reviewers' verdicts, by access id.
+pub(super) const VERDICTS: Table = "verdicts";
+/// New tables go last: a journal frame names a table by its index here.
+pub(super) const TABLES: [Table; 17] = [
     META,
     PROVIDERS,
     PREFERENCES,
@@ -40,10 +49,48 @@ pub(super) const TABLES: [Table; 13] = [
     NOTICES,
     DIRECTORY,
     PAGING,
+    AUDIT,
+    VERDICTS,
+    REVIEWERS,
+    AUDIT_BY_ACCESS,
 ];
 
 pub(super) fn def(name: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
     TableDefinition::new(name)
+}
+
+/// The META key of the audit log's head (`audit::Head`).
+pub(super) const AUDIT_HEAD: &str = "audit_head";
+
+/// The AUDIT key of entry `seq`.
+pub(super) fn audit_key(seq: u64) -> String {
+    format!("{seq:020}")
+}
+
+/// The audit entries for `records`, linked on from `head` (which moves to the last), as rows
+/// with the new head. Only the store's single writer calls this, so the log has one order.
+pub(super) fn audit_rows(
+    head: &mut crate::audit::Head,
+    records: &[crate::audit::Record],
+    out: &mut Rows,
+) -> Result<(), StoreError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    for record in records {
+        let entry = crate::audit::Entry::next(head, record).map_err(backend)?;
+        *head = entry.head();
+        if let Some(access) = record.event.access() {
+            out.push((
+                AUDIT_BY_ACCESS,
+                format!("{access}:{}", audit_key(entry.seq)),
+                Some(Vec::new()),
+            ));
+        }
+        out.push((AUDIT, audit_key(entry.seq), Some(enc(&entry)?)));
+    }
+    out.push((META, AUDIT_HEAD.into(), Some(enc(head)?)));
+    Ok(())
 }
 
 /// The META key of the last journal frame applied to redb.
@@ -105,6 +152,11 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     )?;
     rows(
         &mut out,
+        REVIEWERS,
+        batch.reviewers.iter().map(|(w, y)| (w.to_string(), y)),
+    )?;
+    rows(
+        &mut out,
         SUBMISSIONS,
         batch.submissions.iter().map(|s| (s.id.clone(), s)),
     )?;
@@ -137,6 +189,11 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     for (k, v) in &batch.paging {
         out.push((PAGING, k.clone(), v.as_ref().map(enc).transpose()?));
     }
+    rows(
+        &mut out,
+        VERDICTS,
+        batch.verdicts.iter().map(|v| (v.access_id.to_string(), v)),
+    )?;
     Ok(out)
 }
 

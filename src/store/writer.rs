@@ -74,6 +74,8 @@ pub(super) struct JournalWriter {
     /// Whether the journal's way of writing (direct I/O or buffered) was logged yet.
     pub(super) announced: bool,
     pub(super) writes: Histogram,
+    /// The audit log's head: this thread alone numbers and links entries.
+    pub(super) audit_head: crate::audit::Head,
 }
 
 impl JournalWriter {
@@ -84,7 +86,9 @@ impl JournalWriter {
             )));
         }
         let seq = self.seq + 1;
-        let rows = rows_of(&batch)?;
+        let mut rows = rows_of(&batch)?;
+        let mut head = self.audit_head;
+        audit_rows(&mut head, &batch.audit, &mut rows)?;
         let payload = encode_rows(&rows);
         let started = Instant::now();
         let result = self.append(seq, &payload);
@@ -94,6 +98,7 @@ impl JournalWriter {
             return result;
         }
         self.seq = seq;
+        self.audit_head = head;
         {
             let mut overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
             for (table, key, value) in &rows {

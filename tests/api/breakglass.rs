@@ -196,7 +196,7 @@ async fn suspend(env: &Env, provider: &Json) {
 }
 
 /// The demo authority's suspension of `provider`, sent to the mempool.
-async fn send_suspension(env: &Env, provider: &Json) {
+pub(crate) async fn send_suspension(env: &Env, provider: &Json) {
     let authority = parse_key(env.demo["authority"]["private_key"].as_str().unwrap()).unwrap();
     env.devnet
         .call(
@@ -227,7 +227,11 @@ async fn on_chain(app: &breakglass::startup::Application, access_id: &str) -> St
 }
 
 /// Mines one block and waits until the service has applied it.
-async fn mine_applied(app: &breakglass::startup::Application, devnet: &Devnet, what: &str) {
+pub(crate) async fn mine_applied(
+    app: &breakglass::startup::Application,
+    devnet: &Devnet,
+    what: &str,
+) {
     let before = devnet.tip().await;
     devnet.mine().await;
     eventually(what, SECS, async || {

@@ -13,6 +13,7 @@ mod notify;
 mod paging;
 mod policy;
 mod request;
+mod review;
 mod rpc;
 mod stacks_codec;
 mod store;

@@ -1,0 +1,332 @@
+//! The audit trail: every grant, refusal, token introspection and revocation, notice change,
+//! reviewer sign-in and verdict, as one hash-chained log that no one can rewrite unseen.
+//!
+//! Callers put an `Event` (what happened, with when) in the `Batch` that does the work; the
+//! store's single writer numbers it and links it to the entry before (`Entry`): entry `n`
+//! names the hash of entry `n - 1`, and its own hash is
+//!
+//! ```text
+//! sha256( prev (32 bytes) || seq (u64, big-endian) || at (Unix ms, u64, big-endian) || event )
+//! ```
+//!
+//! where `event` is the event's JSON exactly as stored (kept as raw text, so that what is
+//! hashed is what is read back, whatever later code would serialize). The first entry's `prev`
+//! is 32 zero bytes. The head (the last seq and its hash) is anchored on chain with
+//! `anchor-audit` (`anchor.rs`); `verify` walks the log and names the first entry that does not
+//! match; `fhir.rs` exports entries as FHIR R4 AuditEvents (IHE BALP).
+//!
+//! No protected health information: patients appear as their pseudonymous id, data as data
+//! type names, notes and reasons only as hashes.
+//!
+//! It must not: do I/O (the store writes, `anchor.rs` and `verify` read).
+
+pub mod anchor;
+pub mod fhir;
+pub mod verify;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{AccessId, DataType, PatientId, Role};
+use crate::stacks::Address;
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Event {
+    /// A break-glass access granted (written with the access, before its token leaves).
+    Grant {
+        access: AccessId,
+        clinician: Address,
+        role: Role,
+        patient: PatientId,
+        data_types: Vec<DataType>,
+        /// The window's end (Unix s).
+        expires_at: u64,
+        degraded: bool,
+    },
+    /// A break-glass request refused, with the signer its signature proved (if it did).
+    Refusal {
+        code: String,
+        status: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signer: Option<Address>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        patient: Option<PatientId>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        data_types: Vec<DataType>,
+    },
+    /// A resource server asked whether a token is active (RFC 7662).
+    Introspection {
+        jti: String,
+        client: String,
+        active: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        patient: Option<PatientId>,
+    },
+    /// A token revoked: by a resource server or admin client (`by` names the client) or by a
+    /// reviewer's verdict (`by` is the reviewer's principal).
+    Revocation {
+        jti: String,
+        by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        patient: Option<PatientId>,
+    },
+    /// The patient's notice of an access changed state (`sent`, `dead`, `no-contact`).
+    Notice {
+        access: AccessId,
+        patient: PatientId,
+        state: String,
+    },
+    /// A reviewer's sign-in: `outcome` is `ok` or the refusal's code.
+    SignIn {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reviewer: Option<Address>,
+        outcome: String,
+    },
+    /// A reviewer's verdict on an access (the note's hash; the note stays sealed off chain).
+    Verdict {
+        access: AccessId,
+        reviewer: Address,
+        verdict: String,
+        note_hash: String,
+        patient: PatientId,
+        revoked: bool,
+    },
+}
+
+impl Event {
+    /// The access this event is about, if one.
+    pub fn access(&self) -> Option<AccessId> {
+        match self {
+            Event::Grant { access, .. }
+            | Event::Notice { access, .. }
+            | Event::Verdict { access, .. } => Some(*access),
+            // a token's id is its access's id
+            Event::Introspection { jti, .. } | Event::Revocation { jti, .. } => jti.parse().ok(),
+            Event::Refusal { .. } | Event::SignIn { .. } => None,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Grant { .. } => "grant",
+            Event::Refusal { .. } => "refusal",
+            Event::Introspection { .. } => "introspection",
+            Event::Revocation { .. } => "revocation",
+            Event::Notice { .. } => "notice",
+            Event::SignIn { .. } => "sign-in",
+            Event::Verdict { .. } => "verdict",
+        }
+    }
+}
+
+/// An event to append, with when it happened (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub at: u64,
+    pub event: Event,
+}
+
+impl Record {
+    pub fn now(event: Event) -> Record {
+        Record {
+            at: crate::clock::now_ms(),
+            event,
+        }
+    }
+}
+
+/// The log's last entry: how many entries it holds and the last one's hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Head {
+    pub seq: u64,
+    #[serde(with = "hex32")]
+    pub hash: [u8; 32],
+}
+
+/// One entry of the log, as stored.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    pub at: u64,
+    #[serde(with = "hex32")]
+    pub prev: [u8; 32],
+    #[serde(with = "hex32")]
+    pub hash: [u8; 32],
+    /// The event's JSON, exactly as hashed.
+    pub event: Box<RawValue>,
+}
+
+impl Entry {
+    /// The entry after `head` for `record`.
+    pub fn next(head: &Head, record: &Record) -> Result<Entry, serde_json::Error> {
+        let event = serde_json::value::to_raw_value(&record.event)?;
+        let seq = head.seq + 1;
+        let hash = hash(&head.hash, seq, record.at, event.get());
+        Ok(Entry {
+            seq,
+            at: record.at,
+            prev: head.hash,
+            hash,
+            event,
+        })
+    }
+
+    /// The hash this entry's contents give (equal to `hash` unless it was altered).
+    pub fn computed_hash(&self) -> [u8; 32] {
+        hash(&self.prev, self.seq, self.at, self.event.get())
+    }
+
+    /// The event, parsed.
+    pub fn parsed(&self) -> Result<Event, serde_json::Error> {
+        serde_json::from_str(self.event.get())
+    }
+
+    pub fn head(&self) -> Head {
+        Head {
+            seq: self.seq,
+            hash: self.hash,
+        }
+    }
+}
+
+pub fn hash(prev: &[u8; 32], seq: u64, at: u64, event_json: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(at.to_be_bytes());
+    h.update(event_json.as_bytes());
+    h.finalize().into()
+}
+
+/// Why a stretch of the log does not hold together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Broken {
+    #[error("entry {seq}: its contents do not hash to the hash it carries (altered)")]
+    Altered { seq: u64 },
+    #[error("entry {seq}: it names {found} as the entry before, but entry {} hashes to {expected}", seq - 1)]
+    Unlinked {
+        seq: u64,
+        expected: String,
+        found: String,
+    },
+    #[error("entry {seq}: expected entry {expected} here (an entry is missing or out of place)")]
+    Gap { seq: u64, expected: u64 },
+    #[error("entry {seq}: unreadable: {why}")]
+    Unreadable { seq: u64, why: String },
+}
+
+/// Checks that `entry` follows `head`: the next seq, linked to its hash, and hashing to what
+/// it carries. Returns the new head.
+pub fn follows(head: &Head, entry: &Entry) -> Result<Head, Broken> {
+    if entry.seq != head.seq + 1 {
+        return Err(Broken::Gap {
+            seq: entry.seq,
+            expected: head.seq + 1,
+        });
+    }
+    if entry.prev != head.hash {
+        return Err(Broken::Unlinked {
+            seq: entry.seq,
+            expected: hex::encode(head.hash),
+            found: hex::encode(entry.prev),
+        });
+    }
+    if entry.computed_hash() != entry.hash {
+        return Err(Broken::Altered { seq: entry.seq });
+    }
+    if let Err(e) = entry.parsed() {
+        return Err(Broken::Unreadable {
+            seq: entry.seq,
+            why: e.to_string(),
+        });
+    }
+    Ok(entry.head())
+}
+
+mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        hex::decode(&s)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| serde::de::Error::custom("not 32 bytes of hex"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign_in(n: u64) -> Record {
+        Record {
+            at: 1_700_000_000_000 + n,
+            event: Event::SignIn {
+                reviewer: None,
+                outcome: format!("code-{n}"),
+            },
+        }
+    }
+
+    fn log(n: u64) -> Vec<Entry> {
+        let mut head = Head::default();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let e = Entry::next(&head, &sign_in(i)).unwrap();
+            head = e.head();
+            out.push(e);
+        }
+        out
+    }
+
+    fn walk(entries: &[Entry]) -> Result<Head, Broken> {
+        entries
+            .iter()
+            .try_fold(Head::default(), |h, e| follows(&h, e))
+    }
+
+    #[test]
+    fn a_log_holds_together_and_each_change_is_named() {
+        let entries = log(4);
+        assert_eq!(walk(&entries).unwrap(), entries[3].head());
+
+        // a stored entry's JSON round-trips to the same hash
+        let text = serde_json::to_string(&entries[1]).unwrap();
+        let back: Entry = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.computed_hash(), entries[1].hash);
+
+        // one character of an event changed: that entry is named
+        let altered = text.replace("code-1", "code-9");
+        let mut bad = log(4);
+        bad[1] = serde_json::from_str(&altered).unwrap();
+        assert_eq!(walk(&bad), Err(Broken::Altered { seq: 2 }));
+
+        // an entry removed: a gap at the next
+        let mut gap = log(4);
+        gap.remove(2);
+        assert_eq!(
+            walk(&gap),
+            Err(Broken::Gap {
+                seq: 4,
+                expected: 3
+            })
+        );
+
+        // an entry rewritten with a fresh hash over new contents: the next no longer links
+        let mut rewritten = log(4);
+        let forged = Entry::next(&rewritten[0].head(), &sign_in(7)).unwrap();
+        rewritten[1] = forged;
+        assert!(matches!(
+            walk(&rewritten),
+            Err(Broken::Unlinked { seq: 3, .. })
+        ));
+    }
+}

@@ -1,0 +1,171 @@
+//! `breakglass audit verify`: walks the whole log from its first entry, checks every link and
+//! every entry's hash, then every anchor our service put on chain (`get-anchor`) against the
+//! entry it covers, and names the first entry that does not match.
+//!
+//! It must not: write anything.
+
+use serde::Serialize;
+
+use crate::chain::contracts::{self, Contracts};
+use crate::chain::rpc::NodeClient;
+use crate::stacks::{Address, Value};
+use crate::store::Store;
+
+use super::{follows, Broken, Head};
+
+/// An anchor read from the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Anchor {
+    pub index: u64,
+    pub count: u64,
+    pub head: String,
+    pub block: u64,
+}
+
+/// A log that holds together, and what it was checked against.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub entries: u64,
+    pub head: String,
+    /// Our anchors on chain, each matched against the entry it covers.
+    pub anchors_checked: usize,
+    /// The latest of them.
+    pub latest_anchor: Option<Anchor>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Broken(#[from] Broken),
+    #[error("entry {seq}: anchor {index} on chain (block {block}) names head {anchored} for {seq} entries, but the log's entry {seq} hashes to {found}")]
+    Anchor {
+        seq: u64,
+        index: u64,
+        block: u64,
+        anchored: String,
+        found: String,
+    },
+    #[error("anchor {index} on chain covers {count} entries, but the log holds only {entries}: entries were removed")]
+    Truncated {
+        index: u64,
+        count: u64,
+        entries: u64,
+    },
+    #[error("the store's head (entry {stored}) is not the log's last entry ({walked})")]
+    Head { stored: u64, walked: u64 },
+    #[error("the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("the node: {0}")]
+    Node(#[from] crate::chain::rpc::RpcError),
+}
+
+impl VerifyError {
+    /// The first entry that does not match, when one is to blame.
+    pub fn entry(&self) -> Option<u64> {
+        match self {
+            VerifyError::Broken(
+                Broken::Altered { seq }
+                | Broken::Unlinked { seq, .. }
+                | Broken::Gap { seq, .. }
+                | Broken::Unreadable { seq, .. },
+            ) => Some(*seq),
+            VerifyError::Anchor { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
+}
+
+/// Every anchor `responder` put on chain, oldest first.
+pub async fn anchors(
+    rpc: &NodeClient,
+    contracts: &Contracts,
+    responder: &Address,
+) -> Result<Vec<Anchor>, crate::chain::rpc::RpcError> {
+    let contract = contracts.access_control();
+    let sender = &contracts.address;
+    let n = rpc
+        .call_read(&contract, "get-anchor-count", &[], sender)
+        .await?;
+    let n = contracts::uint(Some(&n)).unwrap_or(0);
+    let mut out = Vec::new();
+    for i in 0..n {
+        let a = rpc
+            .call_read(&contract, "get-anchor", &[Value::UInt(i)], sender)
+            .await?;
+        let Value::Some(t) = a else { continue };
+        let Some(m) = t.as_tuple() else { continue };
+        if contracts::principal(m.get("responder")).as_ref() != Some(responder) {
+            continue;
+        }
+        let num = |k: &str| contracts::uint(m.get(k)).and_then(|v| u64::try_from(v).ok());
+        let (Some(count), Some(block), Some(head)) =
+            (num("count"), num("block"), contracts::buff32(m.get("head")))
+        else {
+            continue;
+        };
+        out.push(Anchor {
+            index: i as u64,
+            count,
+            head: hex::encode(head),
+            block,
+        });
+    }
+    Ok(out)
+}
+
+/// Walks the log in `store` and checks it against `anchors` (oldest first).
+pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyError> {
+    const PAGE: usize = 1024;
+    let mut head = Head::default();
+    let mut next_anchor = 0;
+    let mut checked = 0;
+    loop {
+        let page = store.audit_entries(head.seq + 1, PAGE)?;
+        let last_page = page.len() < PAGE;
+        for entry in &page {
+            head = follows(&head, entry)?;
+            while let Some(a) = anchors.get(next_anchor) {
+                if a.count > head.seq {
+                    break;
+                }
+                if a.count == head.seq {
+                    let found = hex::encode(head.hash);
+                    if found != a.head {
+                        return Err(VerifyError::Anchor {
+                            seq: head.seq,
+                            index: a.index,
+                            block: a.block,
+                            anchored: a.head.clone(),
+                            found,
+                        });
+                    }
+                    checked += 1;
+                }
+                next_anchor += 1;
+            }
+        }
+        if last_page {
+            break;
+        }
+    }
+    if let Some(a) = anchors.iter().find(|a| a.count > head.seq) {
+        return Err(VerifyError::Truncated {
+            index: a.index,
+            count: a.count,
+            entries: head.seq,
+        });
+    }
+    let stored = store.audit_head()?.unwrap_or_default();
+    if stored != head {
+        return Err(VerifyError::Head {
+            stored: stored.seq,
+            walked: head.seq,
+        });
+    }
+    Ok(Report {
+        entries: head.seq,
+        head: hex::encode(head.hash),
+        anchors_checked: checked,
+        latest_anchor: anchors.last().cloned(),
+    })
+}

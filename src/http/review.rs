@@ -1,0 +1,535 @@
+//! The reviewers' pages (server-rendered, `templates/review/`, with `/static/review.js` for
+//! the signatures) and the review API:
+//!
+//! - `GET /review` the queue, `GET /review/accesses/{id}` an access and its verdict form,
+//!   `POST /review/accesses/{id}/verdict`; `GET /review/sign-in`, `POST /review/challenge`,
+//!   `POST /review/sign-in` (JSON), `POST /review/sign-out`;
+//! - `GET /v1/reviews` (the queue as JSON, filters and a cursor), `GET /v1/reviews/{id}`, and
+//!   `GET /v1/audit/export?since=<seq>` (FHIR R4 AuditEvents, NDJSON), for a signed-in reviewer
+//!   or an admin client (HTTP Basic), which reads and never gives a verdict.
+//!
+//! Every page is sent with a Content-Security-Policy that allows only this origin's script and
+//! style, and `no-store`; every form carries the session's CSRF token.
+//!
+//! It must not: do work beyond calling into `review` and the store.
+
+use std::collections::HashMap;
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::{web, HttpRequest, HttpResponse};
+use minijinja::{context, Environment, Value as V};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::admin::Admin;
+use super::problem::problem;
+use crate::clock::now_secs;
+use crate::domain::{AccessId, DataType, Role, VerdictKind};
+use crate::refusal::Refusal;
+use crate::review::listing::Filter;
+use crate::review::verdict::Given;
+use crate::review::{csrf_matches, Review, Session};
+
+const SESSION_COOKIE: &str = "bg_session";
+const CHALLENGE_COOKIE: &str = "bg_challenge";
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+pub const REVIEW_JS: &str = include_str!("../../static/review.js");
+pub const REVIEW_CSS: &str = include_str!("../../static/review.css");
+
+pub struct Pages {
+    env: Environment<'static>,
+}
+
+impl Pages {
+    pub fn new() -> Result<Pages, minijinja::Error> {
+        let mut env = Environment::new();
+        macro_rules! add {
+            ($($name:literal),+) => {
+                $( env.add_template($name, include_str!(concat!("../../templates/", $name)))?; )+
+            };
+        }
+        add!(
+            "review/layout.html",
+            "review/sign_in.html",
+            "review/queue.html",
+            "review/access.html",
+            "review/problem.html"
+        );
+        env.add_filter("time", |secs: u64| -> String {
+            jiff::Timestamp::from_second(secs as i64)
+                .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_default()
+        });
+        env.add_filter("age", |secs: u64| -> String {
+            match secs {
+                s if s < 60 => format!("{s} s"),
+                s if s < 3600 => format!("{} min", s / 60),
+                s if s < 86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+                s => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+            }
+        });
+        Ok(Pages { env })
+    }
+
+    fn render(&self, name: &str, ctx: minijinja::Value) -> HttpResponse {
+        self.render_status(200, name, ctx)
+    }
+
+    fn render_status(&self, status: u16, name: &str, ctx: minijinja::Value) -> HttpResponse {
+        match self.env.get_template(name).and_then(|t| t.render(ctx)) {
+            Ok(html) => page(status)
+                .content_type("text/html; charset=utf-8")
+                .body(html),
+            Err(e) => {
+                tracing::error!(error = %e, template = name, "a review page could not be rendered");
+                page(500)
+                    .content_type("text/plain")
+                    .body("the page could not be rendered")
+            }
+        }
+    }
+
+    /// A refusal as a page, with a way back.
+    fn problem(&self, r: &Refusal, session: Option<&Session>, back: &str) -> HttpResponse {
+        let (back, back_label) = if r.status == 401 {
+            ("/review/sign-in", "Sign in")
+        } else {
+            (back, "Back")
+        };
+        self.render_status(
+            r.status,
+            "review/problem.html",
+            context! { title => r.title, detail => r.detail.clone(), code => r.code, back, back_label,
+                       reviewer => session.map(|s| s.reviewer.to_string()), csrf => session.map(|s| s.csrf.clone()) },
+        )
+    }
+}
+
+fn page(status: u16) -> actix_web::HttpResponseBuilder {
+    let mut b = HttpResponse::build(
+        actix_web::http::StatusCode::from_u16(status)
+            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR),
+    );
+    b.insert_header(("content-security-policy", CSP))
+        .insert_header(("cache-control", "no-store"))
+        .insert_header(("x-content-type-options", "nosniff"))
+        .insert_header(("referrer-policy", "no-referrer"));
+    b
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/review", web::get().to(queue))
+        .route("/review/sign-in", web::get().to(sign_in_page))
+        .route("/review/challenge", web::post().to(challenge))
+        .route("/review/sign-in", web::post().to(sign_in))
+        .route("/review/sign-out", web::post().to(sign_out))
+        .route("/review/accesses/{id}", web::get().to(access_page))
+        .route("/review/accesses/{id}/verdict", web::post().to(verdict))
+        .route("/static/review.js", web::get().to(script))
+        .route("/static/review.css", web::get().to(style))
+        .route("/v1/reviews", web::get().to(api_list))
+        .route("/v1/reviews/{id}", web::get().to(api_detail))
+        .route("/v1/audit/export", web::get().to(export));
+}
+
+async fn script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("cache-control", "no-cache"))
+        .insert_header(("x-content-type-options", "nosniff"))
+        .body(REVIEW_JS)
+}
+
+async fn style() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header(("cache-control", "no-cache"))
+        .insert_header(("x-content-type-options", "nosniff"))
+        .body(REVIEW_CSS)
+}
+
+/// The request's session, if its cookie names an open one whose reviewer may still review.
+async fn session(req: &HttpRequest, review: &Review) -> Result<Session, Refusal> {
+    let Some(cookie) = req.cookie(SESSION_COOKIE) else {
+        return Err(Refusal::new(
+            401,
+            "not-signed-in",
+            "Not signed in",
+            "sign in to review",
+        ));
+    };
+    review.session(cookie.value()).await
+}
+
+/// The session a page is read in; without one, the way to the sign-in page.
+async fn page_session(
+    req: &HttpRequest,
+    review: &Review,
+    pages: &Pages,
+) -> Result<Session, HttpResponse> {
+    session(req, review).await.map_err(|r| match r.status {
+        401 => redirect("/review/sign-in"),
+        _ => pages.problem(&r, None, "/review"),
+    })
+}
+
+fn redirect(to: &str) -> HttpResponse {
+    page(303).insert_header(("location", to)).finish()
+}
+
+/// Who reads the API: a signed-in reviewer, or an admin client.
+enum Reader {
+    Reviewer(Session),
+    Admin,
+}
+
+async fn reader(req: &HttpRequest, review: &Review, admin: &Admin) -> Result<Reader, Refusal> {
+    if req.headers().contains_key("authorization") {
+        return match super::tokens::basic_client(req, &admin.clients) {
+            Some(_) => Ok(Reader::Admin),
+            None => Err(Refusal::new(
+                401,
+                "invalid-client",
+                "Invalid client",
+                "the admin API takes HTTP Basic as a configured admin client",
+            )),
+        };
+    }
+    session(req, review).await.map(Reader::Reviewer)
+}
+
+fn filter_of(req: &HttpRequest) -> Result<Filter, Refusal> {
+    web::Query::<Filter>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| Refusal::new(400, "invalid-filter", "Invalid filter", e.to_string()))
+}
+
+fn access_id(raw: &str) -> Result<AccessId, Refusal> {
+    raw.parse()
+        .map_err(|e: String| Refusal::new(400, "invalid-access-id", "Invalid access id", e))
+}
+
+async fn queue(
+    req: HttpRequest,
+    review: web::Data<Review>,
+    pages: web::Data<Pages>,
+) -> HttpResponse {
+    let s = match page_session(&req, &review, &pages).await {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    let listed = filter_of(&req).and_then(|f| review.list(&f, now_secs()).map(|p| (f, p)));
+    let (filter, listed) = match listed {
+        Ok(fp) => fp,
+        Err(r) => return pages.problem(&r, Some(&s), "/review"),
+    };
+    let next_link = listed.next_cursor.as_ref().map(|c| {
+        let mut f = filter.clone();
+        f.cursor = Some(c.clone());
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&f) {
+            for (k, v) in m {
+                match v {
+                    serde_json::Value::Null => {}
+                    serde_json::Value::String(s) => {
+                        q.append_pair(&k, &s);
+                    }
+                    other => {
+                        q.append_pair(&k, &other.to_string());
+                    }
+                }
+            }
+        }
+        format!("/review?{}", q.finish())
+    });
+    pages.render(
+        "review/queue.html",
+        context! {
+            reviewer => s.reviewer.to_string(), csrf => s.csrf,
+            items => V::from(minijinja::value::Serde(&listed.items)), counts => V::from(minijinja::value::Serde(&listed.counts)),
+            next_cursor => listed.next_cursor, next_link,
+            filter => V::from(minijinja::value::Serde(&filter)),
+            roles => Role::ALL.iter().map(Role::as_str).collect::<Vec<_>>(),
+            data_types => DataType::ALL.iter().map(DataType::as_str).collect::<Vec<_>>(),
+            verdicts => VerdictKind::ALL.iter().map(VerdictKind::as_str).collect::<Vec<_>>(),
+        },
+    )
+}
+
+async fn sign_in_page(review: web::Data<Review>, pages: web::Data<Pages>) -> HttpResponse {
+    pages.render(
+        "review/sign_in.html",
+        context! { mainnet => review.mainnet },
+    )
+}
+
+async fn challenge(review: web::Data<Review>) -> HttpResponse {
+    let c = review.challenge();
+    let cookie = Cookie::build(CHALLENGE_COOKIE, hex::encode(c.nonce))
+        .path("/review")
+        .http_only(true)
+        .secure(review.settings.secure_cookie)
+        .same_site(SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::seconds(
+            review.settings.challenge_secs as i64,
+        ))
+        .finish();
+    page(200).cookie(cookie).json(json!({
+        "domain": c.domain,
+        "message": c.message,
+        "expires_at": c.expires_at,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    message: String,
+    signature: String,
+}
+
+async fn sign_in(req: HttpRequest, body: web::Bytes, review: web::Data<Review>) -> HttpResponse {
+    let Ok(body) = serde_json::from_slice::<SignIn>(&body) else {
+        return problem(&Refusal::new(
+            400,
+            "malformed-request",
+            "Malformed request",
+            "send {\"message\": \"0x…\", \"signature\": \"0x…\"} as JSON",
+        ));
+    };
+    let bound = req.cookie(CHALLENGE_COOKIE);
+    match review
+        .sign_in(
+            &body.message,
+            &body.signature,
+            bound.as_ref().map(|c| c.value()),
+        )
+        .await
+    {
+        Ok((token, _)) => {
+            let cookie = Cookie::build(SESSION_COOKIE, token)
+                .path("/")
+                .http_only(true)
+                .secure(review.settings.secure_cookie)
+                .same_site(SameSite::Strict)
+                .finish();
+            let mut spent = Cookie::build(CHALLENGE_COOKIE, "").path("/review").finish();
+            spent.make_removal();
+            page(200)
+                .cookie(cookie)
+                .cookie(spent)
+                .json(json!({ "redirect": "/review" }))
+        }
+        Err(r) => problem(&r),
+    }
+}
+
+async fn sign_out(
+    req: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+    review: web::Data<Review>,
+    pages: web::Data<Pages>,
+) -> HttpResponse {
+    let s = match session(&req, &review).await {
+        Ok(s) => s,
+        Err(_) => return redirect("/review/sign-in"),
+    };
+    if !csrf_matches(&s, form.get("csrf").map(String::as_str)) {
+        return pages.problem(&csrf_refusal(), Some(&s), "/review");
+    }
+    if let Some(c) = req.cookie(SESSION_COOKIE) {
+        review.sign_out(c.value());
+    }
+    let mut gone = Cookie::build(SESSION_COOKIE, "").path("/").finish();
+    gone.make_removal();
+    let mut answer = redirect("/review/sign-in");
+    let _ = answer.add_cookie(&gone);
+    answer
+}
+
+fn csrf_refusal() -> Refusal {
+    Refusal::new(
+        403,
+        "csrf-mismatch",
+        "Form not accepted",
+        "the form did not carry this session's token: reload the page and try again",
+    )
+}
+
+async fn access_page(
+    req: HttpRequest,
+    path: web::Path<String>,
+    review: web::Data<Review>,
+    pages: web::Data<Pages>,
+) -> HttpResponse {
+    let s = match page_session(&req, &review, &pages).await {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
+    let detail = match access_id(&path) {
+        Ok(id) => review.detail(&id, Some(&s.reviewer), now_secs()).await,
+        Err(r) => Err(r),
+    };
+    match detail {
+        Ok(a) => pages.render(
+            "review/access.html",
+            context! { a => V::from(minijinja::value::Serde(&a)), reviewer => s.reviewer.to_string(), csrf => s.csrf,
+                       domain => review.domain().to_hex() },
+        ),
+        Err(r) => pages.problem(&r, Some(&s), "/review"),
+    }
+}
+
+async fn verdict(
+    req: HttpRequest,
+    path: web::Path<String>,
+    form: Result<web::Form<HashMap<String, String>>, actix_web::Error>,
+    review: web::Data<Review>,
+    pages: web::Data<Pages>,
+) -> HttpResponse {
+    let back = format!("/review/accesses/{}", path.as_str());
+    let s = match session(&req, &review).await {
+        Ok(s) => s,
+        Err(r) => return pages.problem(&r, None, &back),
+    };
+    let Ok(form) = form else {
+        return pages.problem(
+            &Refusal::new(
+                400,
+                "malformed-form",
+                "Malformed form",
+                "the verdict form could not be read",
+            ),
+            Some(&s),
+            &back,
+        );
+    };
+    if !csrf_matches(&s, form.get("csrf").map(String::as_str)) {
+        return pages.problem(&csrf_refusal(), Some(&s), &back);
+    }
+    let id = match access_id(&path) {
+        Ok(id) => id,
+        Err(r) => return pages.problem(&r, Some(&s), "/review"),
+    };
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let given = Given {
+        verdict: field("verdict"),
+        note: field("note"),
+        revoke: field("revoke") == "yes",
+        signature: field("signature"),
+    };
+    match review.give_verdict(&s, &id, given).await {
+        Ok(_) => redirect(&back),
+        Err(r) => pages.problem(&r, Some(&s), &back),
+    }
+}
+
+async fn api_list(
+    req: HttpRequest,
+    review: web::Data<Review>,
+    admin: web::Data<Admin>,
+) -> HttpResponse {
+    if let Err(r) = reader(&req, &review, &admin).await {
+        return problem(&r);
+    }
+    match filter_of(&req).and_then(|f| review.list(&f, now_secs())) {
+        Ok(p) => HttpResponse::Ok()
+            .insert_header(("cache-control", "no-store"))
+            .json(p),
+        Err(r) => problem(&r),
+    }
+}
+
+async fn api_detail(
+    req: HttpRequest,
+    path: web::Path<String>,
+    review: web::Data<Review>,
+    admin: web::Data<Admin>,
+) -> HttpResponse {
+    let viewer = match reader(&req, &review, &admin).await {
+        Ok(Reader::Reviewer(s)) => Some(s.reviewer),
+        Ok(Reader::Admin) => None,
+        Err(r) => return problem(&r),
+    };
+    let detail = match access_id(&path) {
+        Ok(id) => review.detail(&id, viewer.as_ref(), now_secs()).await,
+        Err(r) => Err(r),
+    };
+    match detail {
+        Ok(d) => HttpResponse::Ok()
+            .insert_header(("cache-control", "no-store"))
+            .json(d),
+        Err(r) => problem(&r),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Since {
+    /// Entries after this seq (0: from the first).
+    #[serde(default)]
+    since: u64,
+    limit: Option<usize>,
+}
+
+/// The audit log from `since` on, as FHIR R4 AuditEvents, one per line.
+async fn export(
+    req: HttpRequest,
+    review: web::Data<Review>,
+    admin: web::Data<Admin>,
+) -> HttpResponse {
+    if let Err(r) = reader(&req, &review, &admin).await {
+        return problem(&r);
+    }
+    let Ok(q) = web::Query::<Since>::from_query(req.query_string()) else {
+        return problem(&Refusal::new(
+            400,
+            "invalid-query",
+            "Invalid query",
+            "since is an audit entry's seq (a whole number); limit at most 10000",
+        ));
+    };
+    let limit = q.limit.unwrap_or(10_000).clamp(1, 10_000);
+    let entries = match review.state.store.audit_entries(q.since + 1, limit) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "audit export: store unavailable");
+            return problem(&Refusal::new(
+                503,
+                "store-unavailable",
+                "Store unavailable",
+                "the audit log cannot be read right now; try again",
+            ));
+        }
+    };
+    let mut body = String::new();
+    for e in &entries {
+        match crate::audit::fhir::audit_event(e, &review.service) {
+            Ok(resource) => {
+                body.push_str(&resource.to_string());
+                body.push('\n');
+            }
+            Err(err) => {
+                tracing::error!(seq = e.seq, error = %err, "audit export: an entry could not be read");
+                return problem(&Refusal::new(
+                    500,
+                    "audit-entry-unreadable",
+                    "Audit entry unreadable",
+                    format!(
+                        "entry {} could not be read; run `breakglass audit verify`",
+                        e.seq
+                    ),
+                ));
+            }
+        }
+    }
+    HttpResponse::Ok()
+        .content_type("application/fhir+ndjson")
+        .insert_header(("cache-control", "no-store"))
+        .insert_header((
+            "x-audit-last-seq",
+            entries.last().map_or(q.since, |e| e.seq).to_string(),
+        ))
+        .body(body)
+}

@@ -1,0 +1,441 @@
+//! What reviewers see: the queue of accesses (filtered, oldest first, a page at a time, with
+//! counts) and one access's whole story (the clinician then and now, the reason, on-call facts,
+//! the policies' rules, the window, every use of its token, the chain record, the patient's
+//! notice, the verdict and its way to the chain).
+//!
+//! It must not: show a reason or a note outside the reviewer's view.
+
+use serde::{Deserialize, Serialize};
+
+use super::Review;
+use crate::chain::contracts;
+use crate::domain::{AccessId, DataType, OnCall, PatientId, ProviderEntry, Role, VerdictKind};
+use crate::refusal::Refusal;
+use crate::stacks::{Address, Value};
+use crate::store::{AccessRecord, NoticeState, StoreError, Submission, SubmissionState};
+
+/// Filters of the queue (`GET /v1/reviews`, `GET /review`): all optional.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// Granted at or after (Unix s).
+    pub from: Option<u64>,
+    /// Granted before (Unix s).
+    pub to: Option<u64>,
+    pub provider: Option<String>,
+    pub role: Option<String>,
+    pub patient: Option<String>,
+    pub data_type: Option<String>,
+    pub verdict: Option<String>,
+    /// Only accesses without a verdict.
+    pub pending: Option<bool>,
+    /// Only accesses granted in degraded mode (a stale view of the chain).
+    pub degraded: Option<bool>,
+    /// The last access id of the previous page.
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+}
+
+pub const MAX_PAGE: usize = 200;
+
+/// Where a chain write stands, for people.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OnChain {
+    /// `pending` (not sent yet), `submitted`, `confirmed`, `failed`, or `none`.
+    pub state: &'static str,
+    pub txid: Option<String>,
+    pub height: Option<u64>,
+    pub result: Option<String>,
+}
+
+impl OnChain {
+    fn of(s: Option<&Submission>) -> OnChain {
+        let (state, txid, height, result) = match s.map(|s| &s.state) {
+            None => ("none", None, None, None),
+            Some(SubmissionState::Pending) => ("pending", None, None, None),
+            Some(SubmissionState::Sent {
+                txid, broadcasts, ..
+            }) => (
+                if *broadcasts > 0 {
+                    "submitted"
+                } else {
+                    "pending"
+                },
+                Some(txid.clone()),
+                None,
+                None,
+            ),
+            Some(SubmissionState::Confirmed {
+                txid,
+                height,
+                result,
+                ..
+            }) => (
+                "confirmed",
+                txid.clone(),
+                Some(*height),
+                Some(result.clone()),
+            ),
+            Some(SubmissionState::Failed {
+                txid,
+                height,
+                result,
+            }) => (
+                "failed",
+                Some(txid.clone()),
+                Some(*height),
+                Some(result.clone()),
+            ),
+        };
+        OnChain {
+            state,
+            txid,
+            height,
+            result,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub access_id: AccessId,
+    pub clinician: Address,
+    pub clinician_name: Option<String>,
+    pub role: Role,
+    pub patient: PatientId,
+    pub data_types: Vec<DataType>,
+    pub granted_at: u64,
+    pub expires_at: u64,
+    pub degraded: bool,
+    /// Seconds since the grant.
+    pub age_secs: u64,
+    pub verdict: Option<VerdictKind>,
+    /// The verdict's way to the chain (`none` without a verdict).
+    pub review: OnChain,
+    /// The access's record on chain.
+    pub record: OnChain,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Counts {
+    /// Accesses that match the filters.
+    pub matching: usize,
+    /// Of all accesses, those without a verdict, and the oldest one's age.
+    pub unreviewed: usize,
+    pub oldest_unreviewed_age_secs: Option<u64>,
+    /// Inappropriate verdicts (the privacy office's list).
+    pub inappropriate: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub items: Vec<Summary>,
+    pub next_cursor: Option<String>,
+    pub counts: Counts,
+}
+
+/// One line of an access's audit trail.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrailLine {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: &'static str,
+    pub event: crate::audit::Event,
+}
+
+/// The on-chain emergency record, as the node answers now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainRecord {
+    pub provider_status: Option<String>,
+    pub within_preferences: Option<bool>,
+    pub recorded_at: Option<u64>,
+    pub expires_at: Option<u64>,
+    pub degraded: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerdictView {
+    pub verdict: VerdictKind,
+    pub reviewer: Address,
+    pub note: Option<String>,
+    pub note_hash: String,
+    pub at: u64,
+    pub revoked: bool,
+    pub on_chain: OnChain,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Detail {
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub reason: Option<String>,
+    pub reason_hash: String,
+    pub device: Option<String>,
+    pub on_call: Option<OnCall>,
+    pub rules: Vec<String>,
+    pub window_minutes: u32,
+    pub window_blocks: u64,
+    pub chain_lag_blocks: u64,
+    pub patient_registered: Option<bool>,
+    pub directory: Option<ProviderEntry>,
+    /// The clinician's provider status now, as the chain-state cache has it.
+    pub clinician_status_now: Option<String>,
+    /// The chain's record, read from the node for this view (`None` if it could not be).
+    pub chain_record: Option<ChainRecord>,
+    pub notice: Option<String>,
+    pub token_revoked: bool,
+    pub trail: Vec<TrailLine>,
+    pub verdict: Option<VerdictView>,
+    /// Why the viewer may not give a verdict, if they may not.
+    pub cannot_review: Option<String>,
+}
+
+fn unavailable(e: StoreError) -> Refusal {
+    tracing::error!(error = %e, "store unavailable for the review view");
+    Refusal::new(
+        503,
+        "store-unavailable",
+        "Store unavailable",
+        "the store cannot be read right now; try again",
+    )
+}
+
+fn bad(detail: String) -> Refusal {
+    Refusal::new(400, "invalid-filter", "Invalid filter", detail)
+}
+
+/// A filter, parsed.
+struct Parsed {
+    provider: Option<Address>,
+    role: Option<Role>,
+    patient: Option<PatientId>,
+    data_type: Option<DataType>,
+    verdict: Option<VerdictKind>,
+    cursor: Option<AccessId>,
+}
+
+fn parse<T: std::str::FromStr>(what: &str, v: &Option<String>) -> Result<Option<T>, Refusal>
+where
+    T::Err: std::fmt::Display,
+{
+    v.as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<T>().map_err(|e| bad(format!("{what}: {e}"))))
+        .transpose()
+}
+
+impl Review {
+    fn summary(&self, a: &AccessRecord, now: u64) -> Result<Summary, StoreError> {
+        let store = &self.state.store;
+        let verdict = store.verdict(&a.id)?;
+        let review = store.submission(&format!("review:{}", a.id))?;
+        let record = store.submission(&format!("record:{}", a.id))?;
+        Ok(Summary {
+            access_id: a.id,
+            clinician: a.provider,
+            clinician_name: store.directory_entry(&a.provider)?.map(|e| e.display_name),
+            role: a.role,
+            patient: a.patient,
+            data_types: a.data_types.clone(),
+            granted_at: a.granted_at,
+            expires_at: a.expires_at,
+            degraded: a.degraded,
+            age_secs: now.saturating_sub(a.granted_at),
+            verdict: verdict.map(|v| v.verdict),
+            review: OnChain::of(review.as_ref()),
+            record: OnChain::of(record.as_ref()),
+        })
+    }
+
+    /// The queue: accesses matching `filter`, oldest first, a page at a time.
+    pub fn list(&self, filter: &Filter, now: u64) -> Result<Page, Refusal> {
+        let f = Parsed {
+            provider: parse("provider", &filter.provider)?,
+            role: parse("role", &filter.role)?,
+            patient: parse("patient", &filter.patient)?,
+            data_type: parse("data_type", &filter.data_type)?,
+            verdict: parse("verdict", &filter.verdict)?,
+            cursor: parse("cursor", &filter.cursor)?,
+        };
+        let limit = filter.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+        let store = &self.state.store;
+        let mut counts = Counts {
+            matching: 0,
+            unreviewed: 0,
+            oldest_unreviewed_age_secs: None,
+            inappropriate: 0,
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        // access ids begin with their grant time: key order is grant order
+        for id in store.access_ids().map_err(unavailable)? {
+            let Some(a) = store.access(&id).map_err(unavailable)? else {
+                continue;
+            };
+            let verdict = store.verdict(&id).map_err(unavailable)?.map(|v| v.verdict);
+            match verdict {
+                None => {
+                    counts.unreviewed += 1;
+                    counts
+                        .oldest_unreviewed_age_secs
+                        .get_or_insert(now.saturating_sub(a.granted_at));
+                }
+                Some(VerdictKind::Inappropriate) => counts.inappropriate += 1,
+                Some(_) => {}
+            }
+            let matches = filter.from.is_none_or(|t| a.granted_at >= t)
+                && filter.to.is_none_or(|t| a.granted_at < t)
+                && f.provider.is_none_or(|p| a.provider == p)
+                && f.role.is_none_or(|r| a.role == r)
+                && f.patient.is_none_or(|p| a.patient == p)
+                && f.data_type.is_none_or(|d| a.data_types.contains(&d))
+                && (f.verdict.is_none() || verdict == f.verdict)
+                && (filter.pending != Some(true) || verdict.is_none())
+                && (filter.degraded != Some(true) || a.degraded);
+            if !matches {
+                continue;
+            }
+            counts.matching += 1;
+            if f.cursor.is_some_and(|c| id <= c) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                continue;
+            }
+            items.push(self.summary(&a, now).map_err(unavailable)?);
+        }
+        let next_cursor = more
+            .then(|| items.last().map(|s| s.access_id.to_string()))
+            .flatten();
+        Ok(Page {
+            items,
+            next_cursor,
+            counts,
+        })
+    }
+
+    /// One access's whole story, for `viewer` (a reviewer: whether they may give a verdict).
+    pub async fn detail(
+        &self,
+        id: &AccessId,
+        viewer: Option<&Address>,
+        now: u64,
+    ) -> Result<Detail, Refusal> {
+        let store = &self.state.store;
+        let a = store.access(id).map_err(unavailable)?.ok_or_else(|| {
+            Refusal::new(
+                404,
+                "unknown-access",
+                "Unknown access",
+                "no access with this id was granted here",
+            )
+        })?;
+        let summary = self.summary(&a, now).map_err(unavailable)?;
+        let verdict = store
+            .verdict(id)
+            .map_err(unavailable)?
+            .map(|v| VerdictView {
+                note: self.note(&v),
+                verdict: v.verdict,
+                reviewer: v.reviewer,
+                note_hash: v.note_hash,
+                at: v.at,
+                revoked: v.revoked,
+                on_chain: summary.review.clone(),
+            });
+        let trail = store
+            .audit_of(id)
+            .map_err(unavailable)?
+            .into_iter()
+            .filter_map(|e| {
+                let event = e.parsed().ok()?;
+                Some(TrailLine {
+                    seq: e.seq,
+                    at_ms: e.at,
+                    kind: event.kind(),
+                    event,
+                })
+            })
+            .collect();
+        let notice = store
+            .notice(id)
+            .map_err(unavailable)?
+            .map(|n| match n.state {
+                NoticeState::Pending => "pending".to_string(),
+                NoticeState::Sent { .. } => "sent".to_string(),
+                NoticeState::Dead { reason, .. } => format!("not delivered: {reason}"),
+                NoticeState::NoContact { .. } => "nobody to tell (no contact on file)".to_string(),
+            });
+        let clinician_status_now = match store.provider(&a.provider).map_err(unavailable)? {
+            Some(crate::store::ProviderState::Registered { status, .. }) => {
+                Some(status.to_string())
+            }
+            Some(crate::store::ProviderState::Unregistered) => Some("unregistered".into()),
+            None => None,
+        };
+        let cannot_review = match viewer {
+            None => {
+                Some("admin clients read; only a signed-in reviewer gives a verdict".to_string())
+            }
+            Some(v) if *v == a.provider || *v == self.responder => {
+                Some("you cannot review your own access, or one you recorded".into())
+            }
+            Some(_) if verdict.is_some() => Some("this access has its verdict".into()),
+            Some(_) if summary.record.state != "confirmed" => Some(
+                "the access is not confirmed on chain yet: its verdict can be given once it is"
+                    .into(),
+            ),
+            Some(_) => None,
+        };
+        Ok(Detail {
+            reason: self.reason(&a),
+            reason_hash: a.reason_hash.clone(),
+            device: a.device.clone(),
+            on_call: a.on_call.clone(),
+            rules: a.rules.clone(),
+            window_minutes: a.window_minutes,
+            window_blocks: a.window_blocks,
+            chain_lag_blocks: a.chain_lag_blocks,
+            patient_registered: a.patient_registered,
+            directory: store.directory_entry(&a.provider).map_err(unavailable)?,
+            clinician_status_now,
+            chain_record: self.chain_record(id).await,
+            notice,
+            token_revoked: store
+                .revoked(&id.to_string())
+                .map_err(unavailable)?
+                .is_some(),
+            trail,
+            verdict,
+            cannot_review,
+            summary,
+        })
+    }
+
+    /// The emergency record as the node has it now (not on the break-glass path).
+    async fn chain_record(&self, id: &AccessId) -> Option<ChainRecord> {
+        let c = &self.state.contracts;
+        let v = self
+            .state
+            .rpc
+            .call_read(
+                &c.access_control(),
+                "get-emergency-access",
+                &[Value::Buffer(id.0.to_vec())],
+                &c.address,
+            )
+            .await
+            .ok()?;
+        let Value::Some(t) = v else { return None };
+        let m = t.as_tuple()?;
+        let num = |k: &str| contracts::uint(m.get(k)).and_then(|n| u64::try_from(n).ok());
+        Some(ChainRecord {
+            provider_status: contracts::ascii(m.get("provider-status")).map(str::to_string),
+            within_preferences: contracts::boolean(m.get("within-preferences")),
+            recorded_at: num("recorded-at"),
+            expires_at: num("expires-at"),
+            degraded: contracts::boolean(m.get("degraded")),
+        })
+    }
+}

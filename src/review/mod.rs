@@ -1,0 +1,390 @@
+//! Post-incident review: reviewers sign in with their Stacks key, see every emergency access,
+//! and give a verdict that goes on chain.
+//!
+//! Sign-in (`sign_in`): the service hands out a challenge, SIP-018 structured data under the
+//! break-glass domain,
+//!
+//! ```text
+//! { action: "review-sign-in", nonce: (buff 32), expires-at: uint (Unix s), service: (string-ascii 256) }
+//! ```
+//!
+//! bound to the browser that asked by a `SameSite=Strict` cookie, usable once, until it
+//! expires. A signature over it by a principal that holds access-control's reviewer role and a
+//! verified provider record (the chain-state cache) opens a session: a random token in an
+//! `HttpOnly; Secure; SameSite=Strict` cookie (only its SHA-256 is kept), a CSRF token for
+//! every form, an idle and an absolute timeout. Every request checks the reviewer again in the
+//! cache, which the follower keeps at most a block behind: a reviewer removed or suspended on
+//! chain loses the session within a block.
+//!
+//! Sessions live in this process's memory: a restart signs reviewers out (they sign in again;
+//! nothing else is lost).
+//!
+//! `verdict.rs` gives a verdict; `listing.rs` builds the queue and an access's whole story.
+//!
+//! It must not: let a verdict through without the reviewer's own signature over it, or log a
+//! reason, a note or a session token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+use crate::chain::state::ChainState;
+use crate::clock::{now_ms, now_secs};
+use crate::configuration::ReviewSettings;
+use crate::domain::ProviderStatus;
+use crate::refusal::Refusal;
+use crate::stacks::{sip018, Address, Value};
+use crate::store::{apply_async, Batch, ProviderState};
+
+pub mod listing;
+pub mod verdict;
+
+pub const SIGN_IN_ACTION: &str = "review-sign-in";
+/// The verdict message's `action`.
+pub const VERDICT_ACTION: &str = "review";
+
+/// A reviewer's open session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub reviewer: Address,
+    /// The token every form of this session carries.
+    pub csrf: String,
+    created_ms: u64,
+    last_ms: u64,
+}
+
+pub struct Review {
+    pub state: ChainState,
+    pub keyring: Arc<crate::seal::Keyring>,
+    pub settings: ReviewSettings,
+    pub chain_id: u32,
+    pub mainnet: bool,
+    /// `service` in the sign-in challenge: the issuer URL, so that a signature for another
+    /// service's sign-in is not ours.
+    pub service: String,
+    /// The service's own principal (the responder that records accesses): never a reviewer of
+    /// what it recorded.
+    pub responder: Address,
+    challenges: Mutex<HashMap<[u8; 32], u64>>,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+}
+
+/// A challenge to sign: the domain and message (consensus-serialized, hex) and the nonce that
+/// binds it to the browser that asked.
+pub struct Challenge {
+    pub nonce: [u8; 32],
+    pub domain: String,
+    pub message: String,
+    pub expires_at: u64,
+}
+
+fn random32() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    secp256k1::rand::RngCore::fill_bytes(&mut secp256k1::rand::thread_rng(), &mut b);
+    b
+}
+
+fn refusal(
+    status: u16,
+    code: &'static str,
+    title: &'static str,
+    detail: impl Into<String>,
+) -> Refusal {
+    Refusal::new(status, code, title, detail)
+}
+
+impl Review {
+    pub fn new(
+        state: ChainState,
+        keyring: Arc<crate::seal::Keyring>,
+        settings: ReviewSettings,
+        chain_id: u32,
+        mainnet: bool,
+        service: String,
+        responder: Address,
+    ) -> Review {
+        Review {
+            state,
+            keyring,
+            settings,
+            chain_id,
+            mainnet,
+            service,
+            responder,
+            challenges: Mutex::default(),
+            sessions: Mutex::default(),
+        }
+    }
+
+    pub fn domain(&self) -> Value {
+        crate::request::domain(self.chain_id)
+    }
+
+    /// A new sign-in challenge.
+    pub fn challenge(&self) -> Challenge {
+        let nonce = random32();
+        let now = now_secs();
+        let expires_at = now + self.settings.challenge_secs;
+        {
+            let mut c = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+            c.retain(|_, until| *until > now);
+            c.insert(nonce, expires_at);
+        }
+        let message = Value::Tuple(
+            [
+                ("action".to_string(), Value::Ascii(SIGN_IN_ACTION.into())),
+                ("nonce".to_string(), Value::Buffer(nonce.to_vec())),
+                ("expires-at".to_string(), Value::UInt(expires_at.into())),
+                ("service".to_string(), Value::Ascii(self.service.clone())),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        Challenge {
+            nonce,
+            domain: self.domain().to_hex(),
+            message: message.to_hex(),
+            expires_at,
+        }
+    }
+
+    /// The signer of `signature` over `message` (hex), under our domain.
+    fn signer(&self, message: &Value, signature: &str) -> Result<Address, Refusal> {
+        let sig = hex::decode(signature.strip_prefix("0x").unwrap_or(signature)).map_err(|_| {
+            refusal(
+                400,
+                "malformed-signature",
+                "Malformed signature",
+                "the signature is not hex",
+            )
+        })?;
+        let hash = sip018::message_hash(&self.domain(), message);
+        let key = sip018::recover(&hash, &sig).map_err(|e| {
+            refusal(
+                401,
+                "bad-signature",
+                "Bad signature",
+                format!("the signature does not verify: {e}"),
+            )
+        })?;
+        let (testnet, mainnet) = sip018::principals(&key);
+        Ok(if self.mainnet { mainnet } else { testnet })
+    }
+
+    /// Whether `who` may review now: access-control's reviewer role and a verified provider
+    /// record, as the chain-state cache has them.
+    pub async fn authorized(&self, who: &Address) -> Result<(), Refusal> {
+        let unavailable = |e: crate::chain::state::StateError| {
+            tracing::error!(error = %e, "chain state unavailable for a reviewer check");
+            refusal(
+                503,
+                "chain-state-unavailable",
+                "Chain state unavailable",
+                "the service cannot read the chain state right now; try again",
+            )
+        };
+        if !self.state.is_reviewer(who).await.map_err(unavailable)? {
+            return Err(refusal(
+                403,
+                "not-a-reviewer",
+                "Not a reviewer",
+                format!("{who} does not hold the reviewer role on chain"),
+            ));
+        }
+        match self.state.provider(who).await.map_err(unavailable)? {
+            ProviderState::Registered {
+                status: ProviderStatus::Verified,
+                ..
+            } => Ok(()),
+            ProviderState::Registered { status, .. } => Err(refusal(
+                403,
+                "reviewer-not-verified",
+                "Reviewer not verified",
+                format!("{who}'s provider record is {status} on chain"),
+            )),
+            ProviderState::Unregistered => Err(refusal(
+                403,
+                "reviewer-not-verified",
+                "Reviewer not verified",
+                format!("{who} has no provider record on chain"),
+            )),
+        }
+    }
+
+    /// Checks a signed challenge (`message`, hex) sent back with the nonce cookie `bound`, and
+    /// opens a session: its token (for the cookie) and the session. The challenge is spent
+    /// whatever the outcome. Each outcome with a known signer goes to the audit log.
+    pub async fn sign_in(
+        &self,
+        message: &str,
+        signature: &str,
+        bound: Option<&str>,
+    ) -> Result<(String, Session), Refusal> {
+        let bad = |d: &str| {
+            refusal(
+                400,
+                "malformed-challenge",
+                "Malformed challenge",
+                d.to_string(),
+            )
+        };
+        let value = Value::from_hex(message.strip_prefix("0x").unwrap_or(message))
+            .map_err(|_| bad("the message is not a Clarity value"))?;
+        let fields = value
+            .as_tuple()
+            .ok_or_else(|| bad("the message is not a tuple"))?;
+        if fields.len() != 4
+            || fields.get("action") != Some(&Value::Ascii(SIGN_IN_ACTION.into()))
+            || fields.get("service") != Some(&Value::Ascii(self.service.clone()))
+        {
+            return Err(bad("the message is not this service's sign-in challenge"));
+        }
+        let nonce: [u8; 32] = match fields.get("nonce") {
+            Some(Value::Buffer(b)) => b
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("the nonce is not 32 bytes"))?,
+            _ => return Err(bad("the message has no nonce")),
+        };
+        let expires_at = match fields.get("expires-at") {
+            Some(Value::UInt(n)) => u64::try_from(*n).unwrap_or(u64::MAX),
+            _ => return Err(bad("the message has no expiry")),
+        };
+        // spent now, whatever follows: a challenge is signed in with once
+        let issued = self
+            .challenges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&nonce);
+        if bound != Some(hex::encode(nonce).as_str()) {
+            return Err(refusal(
+                400,
+                "challenge-not-bound",
+                "Challenge from another browser",
+                "sign in from the page that asked for the challenge",
+            ));
+        }
+        match issued {
+            None => {
+                return Err(refusal(
+                    401,
+                    "unknown-challenge",
+                    "Challenge used or unknown",
+                    "this challenge was used already, or not issued here: ask for a new one",
+                ))
+            }
+            Some(until) if until != expires_at => {
+                return Err(bad("the expiry is not the one issued"))
+            }
+            Some(until) if until <= now_secs() => {
+                return Err(refusal(
+                    401,
+                    "expired-challenge",
+                    "Challenge expired",
+                    "the challenge expired before it was sent back: ask for a new one",
+                ))
+            }
+            Some(_) => {}
+        }
+        let reviewer = self.signer(&value, signature)?;
+        let outcome = self.authorized(&reviewer).await;
+        let code = match &outcome {
+            Ok(()) => "ok".to_string(),
+            Err(r) => r.code.to_string(),
+        };
+        self.audit(crate::audit::Event::SignIn {
+            reviewer: Some(reviewer),
+            outcome: code,
+        })
+        .await?;
+        outcome?;
+        let token = random32();
+        let now = now_ms();
+        let session = Session {
+            reviewer,
+            csrf: hex::encode(random32()),
+            created_ms: now,
+            last_ms: now,
+        };
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(Sha256::digest(token).into(), session.clone());
+        tracing::info!(%reviewer, "reviewer signed in");
+        Ok((hex::encode(token), session))
+    }
+
+    /// The session of cookie `token`, if it is open and its reviewer may still review: each
+    /// use keeps it from idling out.
+    pub async fn session(&self, token: &str) -> Result<Session, Refusal> {
+        let signed_out = |d: &str| refusal(401, "not-signed-in", "Not signed in", d.to_string());
+        let Some(key) = hex::decode(token)
+            .ok()
+            .filter(|t| t.len() == 32)
+            .map(|t| <[u8; 32]>::from(Sha256::digest(t)))
+        else {
+            return Err(signed_out("the session cookie is not one of ours: sign in"));
+        };
+        let now = now_ms();
+        let session = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let idle = self.settings.idle_secs * 1000;
+            let max = self.settings.max_secs * 1000;
+            sessions.retain(|_, s| now - s.last_ms < idle && now - s.created_ms < max);
+            let Some(s) = sessions.get_mut(&key) else {
+                return Err(signed_out(
+                    "no open session (it expired, or was never opened): sign in",
+                ));
+            };
+            s.last_ms = now;
+            s.clone()
+        };
+        if let Err(r) = self.authorized(&session.reviewer).await {
+            if r.status != 503 {
+                self.sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+                tracing::info!(reviewer = %session.reviewer, code = r.code, "a reviewer's session ended: no longer authorized on chain");
+            }
+            return Err(r);
+        }
+        Ok(session)
+    }
+
+    pub fn sign_out(&self, token: &str) {
+        if let Ok(t) = hex::decode(token) {
+            let key: [u8; 32] = Sha256::digest(t).into();
+            self.sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+        }
+    }
+
+    /// Appends `event` to the audit log; a sign-in that cannot be logged does not happen.
+    async fn audit(&self, event: crate::audit::Event) -> Result<(), Refusal> {
+        let batch = Batch {
+            audit: vec![crate::audit::Record::now(event)],
+            ..Batch::default()
+        };
+        apply_async(&self.state.store, batch).await.map_err(|e| {
+            tracing::error!(error = %e, "the audit log cannot be written");
+            refusal(
+                503,
+                "audit-unavailable",
+                "Audit trail unavailable",
+                "the audit trail cannot be written right now; try again",
+            )
+        })
+    }
+}
+
+/// Constant-time comparison of a form's CSRF token with the session's.
+pub fn csrf_matches(session: &Session, sent: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    sent.is_some_and(|s| {
+        s.len() == session.csrf.len() && bool::from(s.as_bytes().ct_eq(session.csrf.as_bytes()))
+    })
+}

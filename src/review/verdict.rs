@@ -1,0 +1,236 @@
+//! A reviewer's verdict: checked here as access-control checks it (a known verdict, an access
+//! recorded on chain, not the reviewer's own access nor one this service recorded as them,
+//! once), signed by the reviewer (SIP-018, under the break-glass domain)
+//!
+//! ```text
+//! { action: "review", access-id: (buff 32), verdict: (string-ascii 16), note-hash: (buff 32) }
+//! ```
+//!
+//! and written in one durable write: the verdict with its note sealed, the operation
+//! `review:<access id>` (`review-emergency-access` with the note's hash and the reviewer's
+//! signature, which the responder relays: one transaction, sent by the submitter), the audit
+//! entry, and, for an inappropriate verdict that asks for it, the token's revocation.
+//!
+//! It must not: put the note anywhere but sealed in the store (only its hash leaves).
+
+use sha2::{Digest, Sha256};
+
+use super::{refusal, Review, Session, VERDICT_ACTION};
+use crate::audit::{Event, Record};
+use crate::chain::contracts::ACCESS_CONTROL;
+use crate::chain::submitter;
+use crate::clock::now_secs;
+use crate::domain::{AccessId, VerdictKind};
+use crate::refusal::Refusal;
+use crate::stacks::{sip018, Value};
+use crate::store::{apply_async, Batch, SubmissionState, Verdict};
+
+/// The longest note, in characters.
+pub const MAX_NOTE_CHARS: usize = 4000;
+
+/// What the reviewer sent.
+pub struct Given<'a> {
+    pub verdict: &'a str,
+    pub note: &'a str,
+    pub revoke: bool,
+    pub signature: &'a str,
+}
+
+/// The message a reviewer signs for a verdict.
+pub fn message(access: &AccessId, verdict: VerdictKind, note_hash: &[u8; 32]) -> Value {
+    Value::Tuple(
+        [
+            ("action".to_string(), Value::Ascii(VERDICT_ACTION.into())),
+            ("access-id".to_string(), Value::Buffer(access.0.to_vec())),
+            ("verdict".to_string(), Value::Ascii(verdict.as_str().into())),
+            ("note-hash".to_string(), Value::Buffer(note_hash.to_vec())),
+        ]
+        .into_iter()
+        .collect(),
+    )
+}
+
+impl Review {
+    /// Records `given` as `session`'s verdict on access `id`.
+    pub async fn give_verdict(
+        &self,
+        session: &Session,
+        id: &AccessId,
+        given: Given<'_>,
+    ) -> Result<Verdict, Refusal> {
+        let store = &self.state.store;
+        let unavailable = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "store unavailable for a verdict");
+            refusal(
+                503,
+                "store-unavailable",
+                "Store unavailable",
+                "the verdict could not be recorded; try again",
+            )
+        };
+        let verdict: VerdictKind = given.verdict.parse().map_err(|_| {
+            refusal(
+                400,
+                "invalid-verdict",
+                "Invalid verdict",
+                "the verdict is appropriate, inappropriate or needs-follow-up",
+            )
+        })?;
+        if given.note.chars().count() > MAX_NOTE_CHARS {
+            return Err(refusal(
+                400,
+                "note-too-long",
+                "Note too long",
+                format!("a note is at most {MAX_NOTE_CHARS} characters"),
+            ));
+        }
+        let access = store.access(id).map_err(unavailable)?.ok_or_else(|| {
+            refusal(
+                404,
+                "unknown-access",
+                "Unknown access",
+                "no access with this id was granted here",
+            )
+        })?;
+        let reviewer = session.reviewer;
+        if reviewer == access.provider || reviewer == self.responder {
+            return Err(refusal(
+                403,
+                "self-review",
+                "Self-review",
+                "a reviewer cannot review their own access, or one they recorded",
+            ));
+        }
+        if store.verdict(id).map_err(unavailable)?.is_some() {
+            return Err(refusal(
+                409,
+                "already-reviewed",
+                "Already reviewed",
+                "this access has a verdict already",
+            ));
+        }
+        let recorded = store
+            .submission(&format!("record:{id}"))
+            .map_err(unavailable)?
+            .is_some_and(|s| matches!(s.state, SubmissionState::Confirmed { .. }));
+        if !recorded {
+            return Err(refusal(
+                409,
+                "not-on-chain-yet",
+                "Not on chain yet",
+                "the access is not confirmed on chain yet: its verdict can be given once it is",
+            ));
+        }
+        let note_hash: [u8; 32] = Sha256::digest(given.note.as_bytes()).into();
+        let sig = hex::decode(
+            given
+                .signature
+                .strip_prefix("0x")
+                .unwrap_or(given.signature),
+        )
+        .ok()
+        .filter(|s| s.len() == 65)
+        .ok_or_else(|| {
+            refusal(
+                400,
+                "malformed-signature",
+                "Malformed signature",
+                "the verdict's signature is 65 bytes of hex",
+            )
+        })?;
+        let signed = message(id, verdict, &note_hash);
+        let key =
+            sip018::recover(&sip018::message_hash(&self.domain(), &signed), &sig).map_err(|e| {
+                refusal(
+                    401,
+                    "bad-signature",
+                    "Bad signature",
+                    format!("the verdict's signature does not verify: {e}"),
+                )
+            })?;
+        let (testnet, mainnet) = sip018::principals(&key);
+        if (if self.mainnet { mainnet } else { testnet }) != reviewer {
+            return Err(refusal(
+                401,
+                "bad-signature",
+                "Bad signature",
+                "the verdict was not signed by the signed-in reviewer's key, or not over this verdict and note",
+            ));
+        }
+        let sealed = self
+            .keyring
+            .seal(&crate::seal::names::note(id), given.note.as_bytes())
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not seal a note");
+                refusal(
+                    503,
+                    "seal-unavailable",
+                    "Sealing unavailable",
+                    "the note could not be sealed; try again",
+                )
+            })?;
+        let revoke = given.revoke && verdict == VerdictKind::Inappropriate;
+        let record = Verdict {
+            access_id: *id,
+            reviewer,
+            verdict,
+            note_sealed: hex::encode(sealed),
+            note_hash: hex::encode(note_hash),
+            signature: hex::encode(&sig),
+            at: now_secs(),
+            revoked: revoke,
+        };
+        let op = submitter::operation(
+            &format!("review:{id}"),
+            ACCESS_CONTROL,
+            "review-emergency-access",
+            &[
+                Value::Buffer(id.0.to_vec()).to_hex(),
+                Value::Ascii(verdict.as_str().into()).to_hex(),
+                Value::Buffer(note_hash.to_vec()).to_hex(),
+                Value::Some(Box::new(Value::Buffer(sig))).to_hex(),
+            ],
+        );
+        let mut audit = vec![Record::now(Event::Verdict {
+            access: *id,
+            reviewer,
+            verdict: verdict.as_str().into(),
+            note_hash: record.note_hash.clone(),
+            patient: access.patient,
+            revoked: revoke,
+        })];
+        let mut revoked = Vec::new();
+        if revoke {
+            revoked.push((id.to_string(), access.expires_at));
+            audit.push(Record::now(Event::Revocation {
+                jti: id.to_string(),
+                by: reviewer.to_string(),
+                patient: Some(access.patient),
+            }));
+        }
+        let batch = Batch {
+            verdicts: vec![record.clone()],
+            submissions: vec![op],
+            revoked,
+            audit,
+            ..Batch::default()
+        };
+        apply_async(store, batch).await.map_err(unavailable)?;
+        tracing::info!(access = %id, %reviewer, verdict = %verdict, revoked = revoke, "verdict recorded");
+        Ok(record)
+    }
+
+    /// The note of a verdict, unsealed: for reviewers only.
+    pub fn note(&self, v: &Verdict) -> Option<String> {
+        self.keyring
+            .open_text(&crate::seal::names::note(&v.access_id), &v.note_sealed)
+    }
+
+    /// The clinician's reason for an access, unsealed: for reviewers only.
+    pub fn reason(&self, access: &crate::store::AccessRecord) -> Option<String> {
+        self.keyring.open_text(
+            &crate::seal::names::reason(&access.id),
+            &access.reason_sealed,
+        )
+    }
+}

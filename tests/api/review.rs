@@ -1,0 +1,698 @@
+//! Post-incident review end to end: reviewers signing in with their key (in a real headless
+//! Chromium, and over HTTP for each refusal), verdicts relayed on chain, the hash-chained audit
+//! log, its anchors, `breakglass audit verify`, and the FHIR AuditEvent export.
+
+use std::process::Stdio;
+
+use breakglass::configuration::ResourceServerClient;
+use breakglass::domain::{AccessId, VerdictKind};
+use breakglass::stacks::{sip018, Value};
+use redb::ReadableTable;
+use sha2::{Digest, Sha256};
+
+use serde_json::{json, Value as Json};
+
+use crate::support::*;
+
+const ADMIN_SECRET: &str = "admin-secret-for-review-tests";
+const RS_SECRET: &str = "rs-secret-for-review-tests";
+
+fn client(id: &str, secret: &str) -> ResourceServerClient {
+    ResourceServerClient {
+        id: id.into(),
+        secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+    }
+}
+
+fn base(env: &Env) -> String {
+    format!("http://{}", env.app.api_addr)
+}
+
+fn key_of(p: &Json) -> secp256k1::SecretKey {
+    breakglass::keys::parse_key(p["private_key"].as_str().unwrap()).unwrap()
+}
+
+/// The value of cookie `name` set by `res`, if it sets one.
+fn set_cookie(res: &reqwest::Response, name: &str) -> Option<String> {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .find_map(|h| h.strip_prefix(&format!("{name}=")))
+        .map(|rest| rest.split(';').next().unwrap_or("").to_string())
+        .filter(|v| !v.is_empty())
+}
+
+struct Challenge {
+    message: String,
+    cookie: String,
+}
+
+async fn challenge(base: &str) -> Challenge {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/review/challenge"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let cookie = set_cookie(&res, "bg_challenge").expect("a challenge cookie");
+    let body: Json = res.json().await.unwrap();
+    Challenge {
+        message: body["message"].as_str().unwrap().to_string(),
+        cookie,
+    }
+}
+
+fn sign(message: &Value, key: &secp256k1::SecretKey) -> String {
+    let domain = breakglass::request::domain(breakglass::stacks::tx::TESTNET_CHAIN_ID);
+    format!(
+        "0x{}",
+        hex::encode(sip018::sign(&sip018::message_hash(&domain, message), key))
+    )
+}
+
+fn sign_hex(message_hex: &str, key: &secp256k1::SecretKey) -> String {
+    sign(
+        &Value::from_hex(message_hex.trim_start_matches("0x")).unwrap(),
+        key,
+    )
+}
+
+/// Signs in: (status, problem or answer, session cookie).
+async fn sign_in(
+    base: &str,
+    message: &str,
+    signature: &str,
+    challenge_cookie: Option<&str>,
+) -> (u16, Json, Option<String>) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}/review/sign-in"))
+        .header("content-type", "application/json")
+        .body(json!({ "message": message, "signature": signature }).to_string());
+    if let Some(c) = challenge_cookie {
+        req = req.header("cookie", format!("bg_challenge={c}"));
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let session = set_cookie(&res, "bg_session");
+    (status, res.json().await.unwrap_or(Json::Null), session)
+}
+
+async fn signed_in(base: &str, key: &secp256k1::SecretKey) -> String {
+    let c = challenge(base).await;
+    let (status, body, session) = sign_in(
+        base,
+        &c.message,
+        &sign_hex(&c.message, key),
+        Some(&c.cookie),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    session.expect("a session cookie")
+}
+
+/// GET `path` with a session cookie: (status, body).
+async fn get_with(base: &str, path: &str, session: &str) -> (u16, String) {
+    let res = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{base}{path}"))
+        .header("cookie", format!("bg_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+fn csrf_of(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    html[at..at + 64].to_string()
+}
+
+/// Posts a verdict form; (status, body).
+async fn post_verdict(base: &str, session: &str, id: &str, form: &[(&str, &str)]) -> (u16, String) {
+    let res = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/review/accesses/{id}/verdict"))
+        .header("cookie", format!("bg_session={session}"))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+fn verdict_signature(
+    id: &str,
+    verdict: VerdictKind,
+    note: &str,
+    key: &secp256k1::SecretKey,
+) -> String {
+    let id: AccessId = id.parse().unwrap();
+    let hash: [u8; 32] = Sha256::digest(note.as_bytes()).into();
+    sign(
+        &breakglass::review::verdict::message(&id, verdict, &hash),
+        key,
+    )
+}
+
+/// A demo clinician's grant of the demo patient's allergies: its access id and token.
+async fn grant(env: &Env, role: &str, nonce: u64) -> (String, String) {
+    let p = provider(&env.demo, role);
+    let (status, g) = post(
+        &env.app,
+        &signed(
+            p["private_key"].as_str().unwrap(),
+            patient(&env.demo, true),
+            &["allergies"],
+            nonce,
+            now(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{g}");
+    (
+        g["access_id"].as_str().unwrap().to_string(),
+        g["access_token"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Mines until operation `id` is confirmed; its state.
+async fn mined(env: &Env, op: &str) -> breakglass::store::Submission {
+    eventually(op, SECS, async || {
+        env.devnet.mine().await;
+        let s = env.app.store.submission(op).unwrap()?;
+        matches!(
+            s.state,
+            breakglass::store::SubmissionState::Confirmed { .. }
+        )
+        .then_some(s)
+    })
+    .await
+}
+
+fn txid_of(s: &breakglass::store::Submission) -> String {
+    match &s.state {
+        breakglass::store::SubmissionState::Confirmed { txid: Some(t), .. } => t.clone(),
+        other => panic!("not confirmed with a txid: {other:?}"),
+    }
+}
+
+async fn admin_get(base: &str, path: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .basic_auth("auditor", Some(ADMIN_SECRET))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() {
+    let env = setup(|s| {
+        s.admin.clients = vec![client("auditor", ADMIN_SECRET)];
+        s.resource_servers.clients = vec![client("fhir-server", RS_SECRET)];
+        s.notify.immediate_data_types = vec![breakglass::domain::DataType::Allergies];
+        s.audit.anchor_every_entries = 1_000_000;
+        s.audit.anchor_every_secs = 1;
+    })
+    .await;
+    let base = base(&env);
+    let (id, token) = grant(&env, "nurse", 1).await;
+    mined(&env, &format!("record:{id}")).await;
+    // a resource server reads with the token: its introspection is in the access's trail
+    let introspected = reqwest::Client::new()
+        .post(format!("{base}/v1/token/introspect"))
+        .basic_auth("fhir-server", Some(RS_SECRET))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(introspected.status(), 200);
+    // a refused request, by a signer the service knows
+    let admin = provider(&env.demo, "admin");
+    let (refused, _) = post(
+        &env.app,
+        &signed(
+            admin["private_key"].as_str().unwrap(),
+            patient(&env.demo, true),
+            &["allergies"],
+            1,
+            now(),
+        ),
+    )
+    .await;
+    assert_eq!(refused, 403);
+
+    // the browser: import the key, sign in, the queue, the access, the verdict, confirmed
+    let reviewer = provider(&env.demo, "reviewer");
+    let note = "Paged for anaphylaxis; reason matches the incident.\nNo further action.";
+    let mut flow = tokio::process::Command::new("node")
+        .arg("web/tests/review-flow.mjs")
+        .current_dir(repo())
+        .env("BASE_URL", &base)
+        .env("REVIEWER_KEY", reviewer["private_key"].as_str().unwrap())
+        .env("ACCESS_ID", &id)
+        .env("VERDICT", "inappropriate")
+        .env("NOTE", note)
+        .env("REVOKE", "yes")
+        .env("OUT_DIR", env.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs web/tests/review-flow.mjs (scripts/test installs web/)");
+    // blocks come while the browser waits for its verdict to be confirmed
+    let out = loop {
+        tokio::select! {
+            out = flow.wait() => break out.unwrap(),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(700)) => { env.devnet.mine().await; }
+        }
+    };
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(flow.stdout.as_mut().unwrap(), &mut stdout)
+        .await
+        .unwrap();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(flow.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(
+        out.success(),
+        "the browser flow failed:\n{stdout}\n{stderr}"
+    );
+    let result: Json = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+
+    // the browser posted the note with CRLF line breaks: that is the note whose hash is on chain
+    let posted = note.replace('\n', "\r\n");
+    let note_hash = hex::encode(Sha256::digest(posted.as_bytes()));
+    assert_eq!(result["note_hash"], note_hash);
+    let review = mined(&env, &format!("review:{id}")).await;
+    let receipt = env.devnet.receipt(&txid_of(&review)).await;
+    let shown = receipt.to_string();
+    assert!(shown.contains("review-emergency-access"), "{receipt}");
+    assert!(
+        shown.contains(&note_hash),
+        "the receipt carries the note's hash: {receipt}"
+    );
+    assert!(!shown.contains("anaphylaxis"), "the note stays off chain");
+    let on_chain = env
+        .app
+        .store
+        .verdict(&id.parse().unwrap())
+        .unwrap()
+        .expect("the verdict is stored");
+    assert_eq!(on_chain.verdict, VerdictKind::Inappropriate);
+    assert_eq!(
+        on_chain.reviewer.to_string(),
+        reviewer["principal"].as_str().unwrap()
+    );
+    // the chain's own record of the review names the reviewer (relayed by the service)
+    let read = env
+        .app
+        .submitter
+        .rpc
+        .call_read(
+            &format!("{}.access-control", deployer()),
+            "get-emergency-review",
+            &[Value::Buffer(hex::decode(&id).unwrap())],
+            &deployer(),
+        )
+        .await
+        .unwrap();
+    let read = read.to_string();
+    assert!(
+        read.contains(reviewer["principal"].as_str().unwrap()),
+        "{read}"
+    );
+    assert!(read.contains(&note_hash), "{read}");
+
+    // the inappropriate verdict revoked the token: introspection says so at once
+    let after: Json = reqwest::Client::new()
+        .post(format!("{base}/v1/token/introspect"))
+        .basic_auth("fhir-server", Some(RS_SECRET))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["active"], false, "{after}");
+    assert!(on_chain.revoked);
+
+    // the review API, for an admin client: the access, its verdict, its trail
+    let detail: Json = admin_get(&base, &format!("/v1/reviews/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["verdict"]["verdict"], "inappropriate");
+    assert_eq!(detail["verdict"]["on_chain"]["state"], "confirmed");
+    assert!(
+        detail["cannot_review"].is_string(),
+        "admin clients never give verdicts"
+    );
+    let kinds: Vec<&str> = detail["trail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
+    for k in ["grant", "introspection", "verdict"] {
+        assert!(kinds.contains(&k), "{kinds:?}");
+    }
+    let pending: Json = admin_get(&base, "/v1/reviews?pending=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pending["counts"]["unreviewed"], 0, "{pending}");
+    let flagged: Json = admin_get(&base, "/v1/reviews?verdict=inappropriate")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(flagged["items"][0]["access_id"], id.as_str());
+
+    // the export: every entry as a FHIR R4 AuditEvent, checked by a FHIR validator
+    let export = admin_get(&base, "/v1/audit/export?since=0").await;
+    assert_eq!(export.status(), 200);
+    let ndjson = export.text().await.unwrap();
+    let file = env.dir.path().join("audit.ndjson");
+    std::fs::write(&file, &ndjson).unwrap();
+    let checked = std::process::Command::new("node")
+        .arg("tests/fhir/validate.mjs")
+        .arg(&file)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}\n{}\n{ndjson}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    for kind in [
+        "grant",
+        "refusal",
+        "introspection",
+        "sign-in",
+        "verdict",
+        "revocation",
+    ] {
+        assert!(
+            ndjson.contains(&format!("\"{kind}\"")) || ndjson.contains(kind),
+            "no {kind} in the export"
+        );
+    }
+
+    // the log is anchored; stopped, `audit verify` walks it and matches the latest anchor
+    let anchored = eventually("an anchor", SECS, async || {
+        env.devnet.mine().await;
+        let head = env.app.store.audit_head().unwrap()?;
+        let op = format!("anchor:{}", hex::encode(head.hash));
+        let s = env.app.store.submission(&op).unwrap()?;
+        matches!(
+            s.state,
+            breakglass::store::SubmissionState::Confirmed { .. }
+        )
+        .then_some(head)
+    })
+    .await;
+    let data_dir = env.dir.path().join("service");
+    let responder_key = env.demo["responder"]["private_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rpc = env.devnet.rpc.clone();
+    let Env { app, .. } = env;
+    app.stop().await;
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_breakglass"))
+            .args(["audit", "verify"])
+            .env("BREAKGLASS_DATA__DIR", &data_dir)
+            .env("BREAKGLASS_CHAIN__NODE_URL", &rpc)
+            .env("BREAKGLASS_SERVICE_KEY", &responder_key)
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    assert!(
+        ok.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let report: Json = serde_json::from_slice(&ok.stdout).unwrap();
+    let latest = &report["report"]["latest_anchor"];
+    assert_eq!(latest["head"], hex::encode(anchored.hash), "{report}");
+    assert_eq!(latest["count"], anchored.seq);
+    assert!(report["report"]["entries"].as_u64().unwrap() >= anchored.seq);
+
+    // one entry altered in the store: verify names it
+    let victim = 2u64;
+    {
+        let db = redb::Database::open(data_dir.join("breakglass.redb")).unwrap();
+        let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("audit");
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(table).unwrap();
+            let key = format!("{victim:020}");
+            let row = t.get(key.as_str()).unwrap().unwrap().value().to_vec();
+            let text = String::from_utf8(row).unwrap();
+            let altered = text.replacen("\"at\":1", "\"at\":2", 1);
+            assert_ne!(altered, text);
+            t.insert(key.as_str(), altered.as_bytes()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let broken = verify();
+    assert_eq!(
+        broken.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&broken.stderr)
+    );
+    let why: Json = serde_json::from_slice(&broken.stdout).unwrap();
+    assert_eq!(why["entry"], victim, "{why}");
+    assert!(
+        why["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("entry {victim}")),
+        "{why}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
+    use crate::breakglass::{mine_applied, send_suspension};
+    let env = setup(|s| {
+        s.review.challenge_secs = 2;
+        s.review.idle_secs = 8;
+    })
+    .await;
+    let base = base(&env);
+    let reviewer_p = provider(&env.demo, "reviewer");
+    let reviewer = key_of(reviewer_p);
+    let nurse_p = provider(&env.demo, "nurse");
+    let nurse = key_of(nurse_p);
+    let code = |p: &Json| p["code"].as_str().unwrap_or("").to_string();
+
+    // a non-reviewer's signature: refused, no session
+    let c = challenge(&base).await;
+    let (s, p, session) = sign_in(
+        &base,
+        &c.message,
+        &sign_hex(&c.message, &nurse),
+        Some(&c.cookie),
+    )
+    .await;
+    assert_eq!((s, code(&p)), (403, "not-a-reviewer".into()), "{p}");
+    assert!(session.is_none());
+
+    // a challenge signs in once: sent again, refused
+    let c = challenge(&base).await;
+    let sig = sign_hex(&c.message, &reviewer);
+    let (s, p, session) = sign_in(&base, &c.message, &sig, Some(&c.cookie)).await;
+    assert_eq!(s, 200, "{p}");
+    let session = session.unwrap();
+    let (s, p, again) = sign_in(&base, &c.message, &sig, Some(&c.cookie)).await;
+    assert_eq!((s, code(&p)), (401, "unknown-challenge".into()), "{p}");
+    assert!(again.is_none());
+
+    // from a browser that did not ask for it
+    let c = challenge(&base).await;
+    let (s, p, none) = sign_in(&base, &c.message, &sign_hex(&c.message, &reviewer), None).await;
+    assert_eq!((s, code(&p)), (400, "challenge-not-bound".into()), "{p}");
+    assert!(none.is_none());
+
+    // expired before it came back
+    let c = challenge(&base).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let (s, p, none) = sign_in(
+        &base,
+        &c.message,
+        &sign_hex(&c.message, &reviewer),
+        Some(&c.cookie),
+    )
+    .await;
+    assert_eq!((s, code(&p)), (401, "expired-challenge".into()), "{p}");
+    assert!(none.is_none());
+
+    // a forged session cookie reads nothing; the real one does
+    let (s, _) = get_with(&base, "/v1/reviews", &hex::encode([7u8; 32])).await;
+    assert_eq!(s, 401);
+    let (s, _) = get_with(&base, "/review", "not-even-hex").await;
+    assert_eq!(s, 303, "a page without a session sends to the sign-in page");
+    let (s, body) = get_with(&base, "/v1/reviews", &session).await;
+    assert_eq!(s, 200, "{body}");
+
+    // an access the nurse was granted, recorded on chain
+    let (id, _) = grant(&env, "nurse", 1).await;
+    mined(&env, &format!("record:{id}")).await;
+    let nothing_stored = || {
+        let aid: AccessId = id.parse().unwrap();
+        assert!(env.app.store.verdict(&aid).unwrap().is_none());
+        assert!(env
+            .app
+            .store
+            .submission(&format!("review:{id}"))
+            .unwrap()
+            .is_none());
+    };
+    // (a new session: the first may have idled out while the block was mined)
+    let session = signed_in(&base, &reviewer).await;
+    let (s, page) = get_with(&base, &format!("/review/accesses/{id}"), &session).await;
+    assert_eq!(s, 200);
+    let csrf = csrf_of(&page);
+    let sig = verdict_signature(&id, VerdictKind::Appropriate, "fine", &reviewer);
+
+    // a form without its CSRF token, or with another one
+    for form in [
+        vec![
+            ("verdict", "appropriate"),
+            ("note", "fine"),
+            ("signature", sig.as_str()),
+        ],
+        vec![
+            ("csrf", "0".repeat(64).leak() as &str),
+            ("verdict", "appropriate"),
+            ("note", "fine"),
+            ("signature", sig.as_str()),
+        ],
+    ] {
+        let (s, body) = post_verdict(&base, &session, &id, &form).await;
+        assert_eq!(s, 403);
+        assert!(body.contains("csrf-mismatch"), "{body}");
+        nothing_stored();
+    }
+    // a verdict not signed by the signed-in reviewer, or over another note
+    let nurse_sig = verdict_signature(&id, VerdictKind::Appropriate, "fine", &nurse);
+    let other_note = verdict_signature(&id, VerdictKind::Appropriate, "something else", &reviewer);
+    for sig in [&nurse_sig, &other_note] {
+        let (s, body) = post_verdict(
+            &base,
+            &session,
+            &id,
+            &[
+                ("csrf", &csrf),
+                ("verdict", "appropriate"),
+                ("note", "fine"),
+                ("signature", sig),
+            ],
+        )
+        .await;
+        assert_eq!(s, 401);
+        assert!(body.contains("bad-signature"), "{body}");
+        nothing_stored();
+    }
+
+    // self-review: the nurse, made a reviewer on chain, may sign in, but not judge her own access
+    env.devnet
+        .call(
+            &deployer_key(),
+            "access-control",
+            "add-reviewer",
+            vec![principal(
+                &nurse_p["principal"].as_str().unwrap().parse().unwrap(),
+            )],
+        )
+        .await;
+    mine_applied(&env.app, &env.devnet, "the nurse made a reviewer").await;
+    let nurse_session = signed_in(&base, &nurse).await;
+    let (s, page) = get_with(&base, &format!("/review/accesses/{id}"), &nurse_session).await;
+    assert_eq!(s, 200);
+    assert!(
+        page.contains("cannot review your own access"),
+        "the page says so"
+    );
+    let own = verdict_signature(&id, VerdictKind::Appropriate, "fine", &nurse);
+    let (s, body) = post_verdict(
+        &base,
+        &nurse_session,
+        &id,
+        &[
+            ("csrf", &csrf_of_session(&base, &nurse_session).await),
+            ("verdict", "appropriate"),
+            ("note", "fine"),
+            ("signature", &own),
+        ],
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert!(body.contains("self-review"), "{body}");
+    nothing_stored();
+
+    // an idle session ends
+    let idle = signed_in(&base, &reviewer).await;
+    tokio::time::sleep(std::time::Duration::from_millis(8_500)).await;
+    let (s, _) = get_with(&base, "/v1/reviews", &idle).await;
+    assert_eq!(s, 401, "idle for longer than review.idle_secs");
+
+    // a reviewer suspended on chain loses the session with the block that suspends them
+    let fresh = signed_in(&base, &reviewer).await;
+    let (s, _) = get_with(&base, "/v1/reviews", &fresh).await;
+    assert_eq!(s, 200);
+    send_suspension(&env, reviewer_p).await;
+    mine_applied(&env.app, &env.devnet, "the reviewer's suspension").await;
+    let (s, body) = get_with(&base, "/v1/reviews", &fresh).await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body.contains("reviewer-not-verified"), "{body}");
+    let (s, _) = get_with(&base, "/v1/reviews", &fresh).await;
+    assert_eq!(s, 401, "the session is gone");
+    let c = challenge(&base).await;
+    let (s, p, none) = sign_in(
+        &base,
+        &c.message,
+        &sign_hex(&c.message, &reviewer),
+        Some(&c.cookie),
+    )
+    .await;
+    assert_eq!((s, code(&p)), (403, "reviewer-not-verified".into()), "{p}");
+    assert!(none.is_none());
+    nothing_stored();
+
+    // every sign-in with a known signer is in the audit log, refused ones with their code
+    let mut outcomes = Vec::new();
+    for e in env.app.store.audit_entries(1, 10_000).unwrap() {
+        if let breakglass::audit::Event::SignIn { outcome, .. } = e.parsed().unwrap() {
+            outcomes.push(outcome);
+        }
+    }
+    for o in ["not-a-reviewer", "ok", "reviewer-not-verified"] {
+        assert!(outcomes.iter().any(|x| x == o), "{outcomes:?}");
+    }
+}
+
+/// A session's CSRF token, from its queue page.
+async fn csrf_of_session(base: &str, session: &str) -> String {
+    let (s, page) = get_with(base, "/review", session).await;
+    assert_eq!(s, 200);
+    csrf_of(&page)
+}

@@ -1,0 +1,133 @@
+// npm test: the validator passes samples/good.ndjson (the shapes of BALP.md) and fails
+// samples/bad.ndjson with the right messages; BALP.md's examples are good.ndjson's first lines;
+// good.ndjson is the export of samples/entries.ndjson (a real hash chain, hashed as
+// src/audit/mod.rs hashes), so the service's exporter can be tested against the same pair.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const sample = (name) => join(here, 'samples', name);
+const ndjson = (file) => readFileSync(file, 'utf8').split('\n').filter((l) => l !== '');
+
+function validate(file) {
+  const r = spawnSync(process.execPath, [join(here, 'validate.mjs'), file], { encoding: 'utf8' });
+  const lines = r.stdout.trimEnd().split('\n');
+  return { status: r.status, lines, stderr: r.stderr, last: lines[lines.length - 1] };
+}
+
+const KINDS = ['grant', 'introspection', 'refusal', 'notice', 'sign-in', 'verdict', 'revocation'];
+const kindOf = (r) => r.subtype.find((c) => c.system === 'https://breakglass.example/fhir/CodeSystem/audit-kind').code;
+
+test('good.ndjson: every line is valid FHIR R4 and has its BALP.md shape', () => {
+  const r = validate(sample('good.ndjson'));
+  assert.equal(r.stderr, '');
+  assert.deepEqual(r.lines, ['12 passed, 0 failed']);
+  assert.equal(r.status, 0);
+  const kinds = ndjson(sample('good.ndjson')).map((l) => kindOf(JSON.parse(l)));
+  for (const k of KINDS) assert.ok(kinds.includes(k), `good.ndjson has a ${k}`);
+});
+
+// [line, a message that must be printed for it]
+const EXPECTED = [
+  [2, '[balp] AuditEvent.extension[audit-log-entry].prev: ffff'],
+  [2, 'is not the hash of entry 1 (a3037160c7fc2713c60d110e47c6e9cd31f7746bcfc949f15778e6cf2f89b4ab): the chain is broken'],
+  [3, '[balp] AuditEvent.agent[0].purposeOfUse: must carry http://terminology.hl7.org/CodeSystem/v3-ActReason|BTG'],
+  [4, '[balp] AuditEvent.purposeOfEvent: must carry http://terminology.hl7.org/CodeSystem/v3-ActReason|BTG'],
+  [5, '[fhir] Resource does not have resourceType property, or value is not a valid resource type.'],
+  [5, '[balp] resourceType: is "AuditEvnt", not "AuditEvent"'],
+  [6, '[fhir] AuditEvent.action: Code "X" not found in value set'],
+  [6, '[schema] AuditEvent.action: must be one of C, R, U, D, E'],
+  [7, '[fhir] AuditEvent.outcome: Code "2" not found in value set'],
+  [7, '[balp] AuditEvent.outcome: is "2"; expected "4"'],
+  [8, '[balp] AuditEvent.recorded: "2026-02-30T09:30:00.123Z" is not a real UTC instant'],
+  [9, '[schema] AuditEvent.recorded: is not a valid FHIR instant'],
+  [10, '[balp] AuditEvent.outcome: is "0"; expected "4"'],
+  [11, '[balp] AuditEvent.entity: has no patient (role http://terminology.hl7.org/CodeSystem/object-role|1)'],
+  [12, '[balp] AuditEvent.entity[0].what.identifier.value: must be the 64-hex pseudonymous patient id'],
+  [13, '[fhir] AuditEvent.recordedAt: Unexpected property'],
+  [13, '[schema] AuditEvent: has an unknown property "recordedAt"'],
+  [14, '[fhir] AuditEvent.agent[0].requestor: Missing property'],
+  [15, '[balp] AuditEvent.subtype: unknown kind "noticed"'],
+  [16, '[balp] AuditEvent.extension: needs one https://breakglass.example/fhir/StructureDefinition/audit-log-entry (has 0)'],
+  [17, '[balp] AuditEvent.agent[0].who.identifier.value: "alice" is not a Stacks principal'],
+  [18, '[json] not JSON: '],
+  [19, '[balp] AuditEvent.meta.profile: claims a profile'],
+  [20, '[balp] AuditEvent.entity[1]: data-type "x-rays" is not a data type'],
+  [21, '[balp] AuditEvent.outcomeDesc: absent; expected "inactive"'],
+];
+
+test('bad.ndjson: each broken line fails, with its line number and the reason', () => {
+  const r = validate(sample('bad.ndjson'));
+  assert.equal(r.stderr, '');
+  assert.equal(r.status, 1);
+  assert.equal(r.last, '1 passed, 20 failed');
+  for (const [line, text] of EXPECTED) {
+    assert.ok(
+      r.lines.some((l) => l.startsWith(`line ${line}: `) && l.includes(text)),
+      `line ${line} should report: ${text}\n--- output:\n${r.lines.join('\n')}`,
+    );
+  }
+  // every failing line is reported, and line 1 (a good grant) is not
+  const reported = new Set(r.lines.slice(0, -1).map((l) => Number(/^line (\d+): /.exec(l)?.[1])));
+  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 20 }, (_, i) => i + 2));
+});
+
+test('an empty export is valid', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fhir-audit-'));
+  writeFileSync(join(dir, 'empty.ndjson'), '');
+  const r = validate(join(dir, 'empty.ndjson'));
+  assert.deepEqual(r.lines, ['0 passed, 0 failed']);
+  assert.equal(r.status, 0);
+});
+
+test("BALP.md's examples are good.ndjson's first seven lines, one per kind", () => {
+  const md = readFileSync(join(here, 'BALP.md'), 'utf8');
+  const examples = [...md.matchAll(/```json\n([\s\S]*?)\n```/g)]
+    .map((m) => JSON.parse(m[1]))
+    .filter((j) => j && j.resourceType === 'AuditEvent');
+  const good = ndjson(sample('good.ndjson')).map((l) => JSON.parse(l));
+  for (const ex of examples) {
+    const line = Number(ex.id);
+    assert.ok(line >= 1 && line <= KINDS.length, `example ${ex.id} is one of good.ndjson's first ${KINDS.length} lines`);
+    assert.deepEqual(ex, good[line - 1], `BALP.md's ${kindOf(ex)} example differs from good.ndjson line ${line}`);
+  }
+  assert.deepEqual(examples.map((ex) => ex.id).sort(), KINDS.map((_, i) => String(i + 1)).sort());
+  assert.deepEqual(examples.map(kindOf).sort(), [...KINDS].sort());
+});
+
+test('good.ndjson is the export of entries.ndjson (a real hash chain)', () => {
+  const entries = ndjson(sample('entries.ndjson'));
+  const events = ndjson(sample('good.ndjson')).map((l) => JSON.parse(l));
+  assert.equal(entries.length, events.length);
+  let prev = '0'.repeat(64);
+  entries.forEach((line, i) => {
+    const e = JSON.parse(line);
+    // the event's JSON exactly as stored (and hashed): the raw text after "event":
+    const at = line.indexOf('"event":');
+    assert.ok(at > 0 && line.endsWith('}'));
+    const raw = line.slice(at + '"event":'.length, -1);
+    const h = createHash('sha256');
+    h.update(Buffer.from(e.prev, 'hex'));
+    const nums = Buffer.alloc(16);
+    nums.writeBigUInt64BE(BigInt(e.seq), 0);
+    nums.writeBigUInt64BE(BigInt(e.at), 8);
+    h.update(nums);
+    h.update(raw, 'utf8');
+    assert.equal(e.prev, prev, `entry ${e.seq} links to the one before`);
+    assert.equal(h.digest('hex'), e.hash, `entry ${e.seq} hashes to its hash`);
+    prev = e.hash;
+
+    const r = events[i];
+    const ext = Object.fromEntries(r.extension[0].extension.map((x) => [x.url, x.valueString]));
+    assert.deepEqual(ext, { seq: String(e.seq), hash: e.hash, prev: e.prev });
+    assert.equal(r.id, String(e.seq));
+    assert.equal(r.recorded, new Date(e.at).toISOString());
+    assert.equal(kindOf(r), e.event.kind);
+  });
+});
