@@ -39,6 +39,14 @@ impl ServiceKeys {
         )
     }
 
+    /// Whether a key is there to load (the environment, or a key file in `data_dir`), for
+    /// commands that must not make one.
+    pub fn exists(data_dir: &Path) -> bool {
+        std::env::var_os("BREAKGLASS_SERVICE_KEY").is_some()
+            || std::env::var_os("BREAKGLASS_SERVICE_KEY_FILE").is_some()
+            || service_key_path(data_dir).exists()
+    }
+
     /// From the environment, else from (or newly into) `data_dir`.
     pub fn load_or_generate(data_dir: &Path) -> anyhow::Result<ServiceKeys> {
         if let Ok(hex_key) = std::env::var("BREAKGLASS_SERVICE_KEY") {

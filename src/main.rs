@@ -75,7 +75,11 @@ enum AuditCommand {
     /// directory): check every entry's hash and link, then every anchor the service put on
     /// chain. Prints the head and the latest anchor; exits 1 naming the first entry that does
     /// not match.
-    Verify,
+    Verify {
+        /// The principal whose anchors to check (default: the service's own, from its key).
+        #[arg(long)]
+        responder: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -208,11 +212,23 @@ fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-fn verify_audit(s: &Settings) -> anyhow::Result<Result<serde_json::Value, serde_json::Value>> {
+fn verify_audit(
+    s: &Settings,
+    responder: Option<&str>,
+) -> anyhow::Result<Result<serde_json::Value, serde_json::Value>> {
     use breakglass::audit::verify;
+    let responder: breakglass::stacks::Address = match responder {
+        Some(p) => p.parse().map_err(|e| anyhow::anyhow!("--responder: {e}"))?,
+        // never a new key: anchors would then be checked against a principal that made none
+        None if ServiceKeys::exists(&s.data.dir) => {
+            ServiceKeys::load_or_generate(&s.data.dir)?.stacks_address(s.chain.network.is_mainnet())
+        }
+        None => anyhow::bail!(
+            "no service key in {} or the environment: say whose anchors to check with --responder",
+            s.data.dir.display()
+        ),
+    };
     let (store, _, runtime) = offline(s)?;
-    let keys = ServiceKeys::load_or_generate(&s.data.dir)?;
-    let responder = keys.stacks_address(s.chain.network.is_mainnet());
     let rpc = breakglass::chain::rpc::NodeClient::new(
         s.chain.node_url.as_str(),
         std::time::Duration::from_millis(s.chain.request_timeout_ms),
@@ -327,12 +343,12 @@ fn main() -> ExitCode {
             };
             print(import_patients(&s, file).map_err(|e| format!("{e:#}")))
         }
-        Command::Audit(AuditCommand::Verify) => {
+        Command::Audit(AuditCommand::Verify { responder }) => {
             let s = match settings(&cli) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            match verify_audit(&s) {
+            match verify_audit(&s, responder.as_deref()) {
                 Ok(Ok(report)) => print(Ok(report)),
                 Ok(Err(broken)) => {
                     println!("{broken:#}");

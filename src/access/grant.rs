@@ -113,18 +113,15 @@ impl BreakGlass {
         );
         let notice = crate::notify::notice_for(&self.notify, &access);
         let announce = (notice.next_at, notice.access_id);
-        let granted = crate::audit::Record {
-            at: access.granted_at * 1000,
-            event: crate::audit::Event::Grant {
-                access: access.id,
-                clinician: access.provider,
-                role: access.role,
-                patient: access.patient,
-                data_types: access.data_types.clone(),
-                expires_at: access.expires_at,
-                degraded: access.degraded,
-            },
-        };
+        let granted = crate::audit::Record::now(crate::audit::Event::Grant {
+            access: access.id,
+            clinician: access.provider,
+            role: access.role,
+            patient: access.patient,
+            data_types: access.data_types.clone(),
+            expires_at: access.expires_at,
+            degraded: access.degraded,
+        });
         let batch = Batch {
             audit: vec![granted],
             notices: vec![notice],

@@ -183,13 +183,27 @@ impl BreakGlass {
         answer
     }
 
-    /// Appends a refusal of a request whose signature verified to the audit log (requests
-    /// that prove no signer are only counted, in `/metrics`: anonymous traffic cannot grow
-    /// the log). A refusal that happened after the access was recorded (no token could be
+    /// Appends a refusal of a request signed by a provider the chain knows to the audit log
+    /// (other refusals are only counted, in `/metrics`: anyone can make a key and sign, so
+    /// anonymous traffic cannot grow the log). A refusal that happened after the access was recorded (no token could be
     /// signed) is not one: the grant is in the log.
     async fn audit_refusal(&self, mut event: crate::audit::Event, r: &Refusal) {
         if r.code == "token-unavailable" {
             return;
+        }
+        // a key made on the spot signs as well as any: only signers the chain knows as
+        // providers are logged
+        if let crate::audit::Event::Refusal {
+            signer: Some(signer),
+            ..
+        } = &event
+        {
+            if !matches!(
+                self.state.store.provider(signer),
+                Ok(Some(crate::store::ProviderState::Registered { .. }))
+            ) {
+                return;
+            }
         }
         if let crate::audit::Event::Refusal { code, status, .. } = &mut event {
             *code = r.code.to_string();

@@ -2,7 +2,8 @@
 //! fewer came, the log's head (the last entry's hash and how many entries it covers) becomes
 //! the operation `anchor:<head>` (`anchor-audit`), sent by the chain submitter like any other.
 //! One anchor is open at a time, so they reach the chain in order (the contract refuses an
-//! anchor covering fewer entries than the last).
+//! anchor covering fewer entries than the last one on chain, whichever responder made it: the
+//! contract has one anchored log, so one responder service anchors per deployment).
 //!
 //! It must not: write the log (the store does) or send transactions (the submitter does).
 
@@ -59,9 +60,14 @@ pub struct Anchors {
 }
 
 impl Anchors {
-    /// What the store says: the last anchor operation made, and whether it is still open.
+    /// What the store says: the last anchor operation made, and whether it is still open. A
+    /// log never anchored counts its time from now (the first anchor comes after
+    /// `every_entries` entries or `every`, as later ones do).
     pub fn read(store: &dyn Store) -> Result<Anchors, StoreError> {
-        let mut a = Anchors::default();
+        let mut a = Anchors {
+            made_at: crate::clock::now_ms(),
+            ..Anchors::default()
+        };
         for s in store.submissions()? {
             if let Some(n) = covers(&s) {
                 if n >= a.covered {

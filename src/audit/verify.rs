@@ -1,8 +1,9 @@
 //! `breakglass audit verify`: walks the whole log from its first entry, checks every link and
 //! every entry's hash, then every anchor our service put on chain (`get-anchor`) against the
-//! entry it covers, and names the first entry that does not match.
+//! entry it covers, and names the first entry that does not match. (The command opens the
+//! store as the service would at start, applying what its journal holds.)
 //!
-//! It must not: write anything.
+//! It must not: write to the log.
 
 use serde::Serialize;
 

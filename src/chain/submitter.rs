@@ -107,12 +107,16 @@ pub async fn on_chain(
             let v = rpc
                 .call_read(&contract, "get-emergency-review", &[access_id], sender)
                 .await?;
-            // ours only if it carries our note's hash: another reviewer's verdict on the
-            // same access leaves ours refused (u215)
-            let note_hash = s.args.get(2).and_then(|a| Value::from_hex(a).ok());
+            // ours only if it carries our verdict and note hash: another reviewer's verdict
+            // on the same access leaves ours refused (u215)
+            let arg = |i: usize| s.args.get(i).and_then(|a| Value::from_hex(a).ok());
+            let (verdict, note_hash) = (arg(1), arg(2));
             Ok(match v {
                 Value::Some(review)
-                    if review.as_tuple().and_then(|m| m.get("note-hash")) == note_hash.as_ref() =>
+                    if review.as_tuple().is_some_and(|m| {
+                        m.get("note-hash") == note_hash.as_ref()
+                            && m.get("verdict") == verdict.as_ref()
+                    }) =>
                 {
                     OnChain::Done {
                         height: contracts::uint(review.as_tuple().and_then(|m| m.get("block")))

@@ -265,7 +265,10 @@ async fn sign_in_page(review: web::Data<Review>, pages: web::Data<Pages>) -> Htt
 }
 
 async fn challenge(review: web::Data<Review>) -> HttpResponse {
-    let c = review.challenge();
+    let c = match review.challenge() {
+        Ok(c) => c,
+        Err(r) => return problem(&r),
+    };
     let cookie = Cookie::build(CHALLENGE_COOKIE, hex::encode(c.nonce))
         .path("/review")
         .http_only(true)
@@ -290,6 +293,15 @@ struct SignIn {
 }
 
 async fn sign_in(req: HttpRequest, body: web::Bytes, review: web::Data<Review>) -> HttpResponse {
+    // JSON only: a cross-site form cannot send it without a preflight
+    if !super::breakglass::is_json(&req) {
+        return problem(&Refusal::new(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send the signed challenge as application/json",
+        ));
+    }
     let Ok(body) = serde_json::from_slice::<SignIn>(&body) else {
         return problem(&Refusal::new(
             400,

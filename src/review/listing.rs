@@ -168,6 +168,7 @@ pub struct VerdictView {
 pub struct Detail {
     #[serde(flatten)]
     pub summary: Summary,
+    /// The clinician's reason, unsealed: for a signed-in reviewer only.
     pub reason: Option<String>,
     pub reason_hash: String,
     pub device: Option<String>,
@@ -265,6 +266,12 @@ impl Review {
             oldest_unreviewed_age_secs: None,
             inappropriate: 0,
         };
+        let verdicts: std::collections::HashMap<AccessId, VerdictKind> = store
+            .verdicts()
+            .map_err(unavailable)?
+            .into_iter()
+            .map(|v| (v.access_id, v.verdict))
+            .collect();
         let mut items = Vec::new();
         let mut more = false;
         // access ids begin with their grant time: key order is grant order
@@ -272,7 +279,7 @@ impl Review {
             let Some(a) = store.access(&id).map_err(unavailable)? else {
                 continue;
             };
-            let verdict = store.verdict(&id).map_err(unavailable)?.map(|v| v.verdict);
+            let verdict = verdicts.get(&id).copied();
             match verdict {
                 None => {
                     counts.unreviewed += 1;
@@ -332,11 +339,13 @@ impl Review {
             )
         })?;
         let summary = self.summary(&a, now).map_err(unavailable)?;
+        // the reason and the note are for reviewers only (admin clients read the rest)
+        let reviewer = viewer.is_some();
         let verdict = store
             .verdict(id)
             .map_err(unavailable)?
             .map(|v| VerdictView {
-                note: self.note(&v),
+                note: reviewer.then(|| self.note(&v)).flatten(),
                 verdict: v.verdict,
                 reviewer: v.reviewer,
                 note_hash: v.note_hash,
@@ -389,7 +398,7 @@ impl Review {
             Some(_) => None,
         };
         Ok(Detail {
-            reason: self.reason(&a),
+            reason: reviewer.then(|| self.reason(&a)).flatten(),
             reason_hash: a.reason_hash.clone(),
             device: a.device.clone(),
             on_call: a.on_call.clone(),

@@ -41,6 +41,8 @@ pub mod listing;
 pub mod verdict;
 
 pub const SIGN_IN_ACTION: &str = "review-sign-in";
+/// At most this many sign-in challenges are outstanding at once.
+pub const MAX_CHALLENGES: usize = 10_000;
 /// The verdict message's `action`.
 pub const VERDICT_ACTION: &str = "review";
 
@@ -67,6 +69,9 @@ pub struct Review {
     /// what it recorded.
     pub responder: Address,
     challenges: Mutex<HashMap<[u8; 32], u64>>,
+    /// Held from a verdict's checks to its write, so that two reviewers cannot both record one
+    /// for the same access.
+    pub(crate) verdicts: tokio::sync::Mutex<()>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
 }
 
@@ -113,6 +118,7 @@ impl Review {
             service,
             responder,
             challenges: Mutex::default(),
+            verdicts: tokio::sync::Mutex::default(),
             sessions: Mutex::default(),
         }
     }
@@ -122,13 +128,26 @@ impl Review {
     }
 
     /// A new sign-in challenge.
-    pub fn challenge(&self) -> Challenge {
+    ///
+    /// None while `MAX_CHALLENGES` are outstanding: anyone may ask for one, so their number
+    /// is bounded.
+    pub fn challenge(&self) -> Result<Challenge, Refusal> {
         let nonce = random32();
         let now = now_secs();
         let expires_at = now + self.settings.challenge_secs;
         {
             let mut c = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
-            c.retain(|_, until| *until > now);
+            if c.len() >= MAX_CHALLENGES {
+                c.retain(|_, until| *until > now);
+            }
+            if c.len() >= MAX_CHALLENGES {
+                return Err(refusal(
+                    429,
+                    "too-many-challenges",
+                    "Too many sign-ins at once",
+                    "too many sign-in challenges are outstanding; try again in a minute",
+                ));
+            }
             c.insert(nonce, expires_at);
         }
         let message = Value::Tuple(
@@ -141,12 +160,12 @@ impl Review {
             .into_iter()
             .collect(),
         );
-        Challenge {
+        Ok(Challenge {
             nonce,
             domain: self.domain().to_hex(),
             message: message.to_hex(),
             expires_at,
-        }
+        })
     }
 
     /// The signer of `signature` over `message` (hex), under our domain.
@@ -293,11 +312,20 @@ impl Review {
             Ok(()) => "ok".to_string(),
             Err(r) => r.code.to_string(),
         };
-        self.audit(crate::audit::Event::SignIn {
-            reviewer: Some(reviewer),
-            outcome: code,
-        })
-        .await?;
+        // a key made on the spot signs as well as any: only principals the chain knows (a
+        // provider record, read through the cache, or the reviewer role) are logged, so
+        // anonymous traffic cannot grow the log
+        let known = matches!(
+            self.state.provider(&reviewer).await,
+            Ok(ProviderState::Registered { .. })
+        ) || matches!(self.state.store.reviewer(&reviewer), Ok(Some(true)));
+        if known {
+            self.audit(crate::audit::Event::SignIn {
+                reviewer: Some(reviewer),
+                outcome: code,
+            })
+            .await?;
+        }
         outcome?;
         let token = random32();
         let now = now_ms();
@@ -331,7 +359,9 @@ impl Review {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             let idle = self.settings.idle_secs * 1000;
             let max = self.settings.max_secs * 1000;
-            sessions.retain(|_, s| now - s.last_ms < idle && now - s.created_ms < max);
+            sessions.retain(|_, s| {
+                now.saturating_sub(s.last_ms) < idle && now.saturating_sub(s.created_ms) < max
+            });
             let Some(s) = sessions.get_mut(&key) else {
                 return Err(signed_out(
                     "no open session (it expired, or was never opened): sign in",

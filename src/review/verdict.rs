@@ -1,6 +1,7 @@
-//! A reviewer's verdict: checked here as access-control checks it (a known verdict, an access
-//! recorded on chain, not the reviewer's own access nor one this service recorded as them,
-//! once), signed by the reviewer (SIP-018, under the break-glass domain)
+//! A reviewer's verdict: checked here as access-control will check it (a known verdict, an
+//! access recorded on chain, not the reviewer's own access, not this service's principal (the
+//! responder that records our accesses), once), signed by the reviewer (SIP-018, under the
+//! break-glass domain)
 //!
 //! ```text
 //! { action: "review", access-id: (buff 32), verdict: (string-ascii 16), note-hash: (buff 32) }
@@ -93,6 +94,7 @@ impl Review {
             )
         })?;
         let reviewer = session.reviewer;
+        let _one_at_a_time = self.verdicts.lock().await;
         if reviewer == access.provider || reviewer == self.responder {
             return Err(refusal(
                 403,

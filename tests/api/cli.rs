@@ -340,6 +340,12 @@ async fn dev_runs_the_devnet_and_the_service_with_demo_data() {
     assert!(printed.contains("breakglass dev is running"), "{printed}");
     assert!(printed.contains(&format!("http://127.0.0.1:{api}")));
     assert!(printed.contains("demo identities"));
+    // the reviewer pages' address, and the page is there
+    let review = format!("http://127.0.0.1:{api}/review");
+    assert!(printed.contains(&review), "{printed}");
+    let sign_in = reqwest::get(format!("{review}/sign-in")).await.unwrap();
+    assert_eq!(sign_in.status(), 200);
+    assert!(sign_in.text().await.unwrap().contains("id=\"key-import\""));
     for role in [
         "physician",
         "nurse",

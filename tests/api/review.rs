@@ -357,6 +357,11 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
         detail["cannot_review"].is_string(),
         "admin clients never give verdicts"
     );
+    assert!(
+        detail["reason"].is_null() && detail["verdict"]["note"].is_null(),
+        "the reason and the note are for reviewers only: {detail}"
+    );
+    assert!(!detail.to_string().contains("anaphylaxis"));
     let kinds: Vec<&str> = detail["trail"]
         .as_array()
         .unwrap()
@@ -515,6 +520,20 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     .await;
     assert_eq!((s, code(&p)), (403, "not-a-reviewer".into()), "{p}");
     assert!(session.is_none());
+
+    // a key made on the spot: refused, and not in the audit log (anyone can make keys)
+    let before = env.app.store.audit_head().unwrap();
+    let c = challenge(&base).await;
+    let (s, p, none) = sign_in(
+        &base,
+        &c.message,
+        &sign_hex(&c.message, &new_key()),
+        Some(&c.cookie),
+    )
+    .await;
+    assert_eq!((s, code(&p)), (403, "not-a-reviewer".into()), "{p}");
+    assert!(none.is_none());
+    assert_eq!(env.app.store.audit_head().unwrap(), before);
 
     // a challenge signs in once: sent again, refused
     let c = challenge(&base).await;
