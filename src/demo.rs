@@ -66,3 +66,59 @@ pub async fn request(r: DemoRequest<'_>) -> anyhow::Result<(u16, Json)> {
     let status = res.status().as_u16();
     Ok((status, res.json().await.unwrap_or(Json::Null)))
 }
+
+/// A synthetic International Patient Summary for a demo patient (`breakglass dev` seeds one per
+/// demo patient; tests use it): a FHIR R4 document Bundle with a Composition, the Patient (named
+/// only by their pseudonymous id) and one or two resources per critical data type, coded as the
+/// break-glass scopes expect (`scope.rs`). Everything in it is made up.
+pub fn summary(patient: &PatientId, id_system: &str) -> Json {
+    let subject = serde_json::json!({ "reference": "Patient/p" });
+    let concept = |system: &str, code: &str, display: &str| serde_json::json!({ "coding": [{ "system": system, "code": code, "display": display }], "text": display });
+    let loinc = crate::scope::LOINC;
+    let snomed = "http://snomed.info/sct";
+    let entries = vec![
+        serde_json::json!({ "resourceType": "Composition", "id": "c", "status": "final",
+            "type": concept(loinc, "60591-5", "Patient summary Document"), "subject": subject,
+            "date": "2026-01-01T00:00:00Z", "author": [{ "display": "Demo General Hospital" }],
+            "title": "Emergency summary (synthetic demo data)" }),
+        serde_json::json!({ "resourceType": "Patient", "id": "p",
+            "identifier": [{ "system": id_system, "value": patient.to_string() }] }),
+        serde_json::json!({ "resourceType": "AllergyIntolerance", "id": "a1", "patient": subject,
+            "clinicalStatus": concept("http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "active", "Active"),
+            "criticality": "high", "code": concept(snomed, "91936005", "Allergy to penicillin"),
+            "reaction": [{ "manifestation": [concept(snomed, "39579001", "Anaphylaxis")] }] }),
+        serde_json::json!({ "resourceType": "AllergyIntolerance", "id": "a2", "patient": subject,
+            "criticality": "low", "code": concept(snomed, "300913006", "Shellfish allergy"),
+            "reaction": [{ "manifestation": [concept(snomed, "247472004", "Hives")] }] }),
+        serde_json::json!({ "resourceType": "MedicationStatement", "id": "m1", "status": "active", "subject": subject,
+            "medicationCodeableConcept": concept("http://www.nlm.nih.gov/research/umls/rxnorm", "197361", "Amlodipine 5 mg oral tablet"),
+            "dosage": [{ "text": "one tablet daily" }] }),
+        serde_json::json!({ "resourceType": "Condition", "id": "c1", "subject": subject,
+            "clinicalStatus": concept("http://terminology.hl7.org/CodeSystem/condition-clinical", "active", "Active"),
+            "code": concept(snomed, "38341003", "Hypertension") }),
+        serde_json::json!({ "resourceType": "Observation", "id": "o1", "status": "final", "subject": subject,
+            "code": concept(loinc, "882-1", "ABO and Rh group"),
+            "valueCodeableConcept": concept(snomed, "278149003", "Blood group A Rh(D) positive") }),
+        serde_json::json!({ "resourceType": "Observation", "id": "o2", "status": "final", "subject": subject,
+            "category": [concept(crate::scope::OBSERVATION_CATEGORY, "laboratory", "Laboratory")],
+            "code": concept(loinc, "2345-7", "Glucose [Mass/volume] in Serum or Plasma"),
+            "valueQuantity": { "value": 5.4, "unit": "mmol/L" } }),
+        serde_json::json!({ "resourceType": "Consent", "id": "d1", "status": "active", "patient": subject,
+            "scope": concept("http://terminology.hl7.org/CodeSystem/consentscope", "adr", "Advanced Care Directive"),
+            "category": [concept(loinc, "42348-3", "Advance directives")],
+            "policyRule": concept("http://terminology.hl7.org/CodeSystem/consentpolicycodes", "cric", "Common rule informed consent") }),
+        serde_json::json!({ "resourceType": "Immunization", "id": "i1", "status": "completed", "patient": subject,
+            "vaccineCode": concept("http://hl7.org/fhir/sid/cvx", "115", "Tdap"),
+            "occurrenceDateTime": "2024-05-01" }),
+    ];
+    serde_json::json!({
+        "resourceType": "Bundle", "type": "document",
+        "identifier": { "system": "urn:breakglass:summary", "value": patient.to_string() },
+        "timestamp": "2026-01-01T00:00:00Z",
+        "entry": entries.into_iter().map(|r| {
+            let url = format!("https://demo.breakglass.example/fhir/{}/{}",
+                r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or(""));
+            serde_json::json!({ "fullUrl": url, "resource": r })
+        }).collect::<Vec<_>>(),
+    })
+}

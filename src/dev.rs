@@ -230,6 +230,17 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
     )
     .await?;
 
+    // a synthetic emergency summary per demo patient, its hash recorded on chain by the
+    // service (the demo responder is also a data custodian)
+    for p in &demo.patients {
+        let id: crate::domain::PatientId = p.patient_id.parse().map_err(anyhow::Error::msg)?;
+        let body = crate::demo::summary(&id, &patient_system).to_string();
+        app.vault
+            .import(body.as_bytes())
+            .await
+            .map_err(|r| anyhow::anyhow!("the demo summary: {}", r.detail))?;
+    }
+
     let api = format!("http://{}", app.api_addr);
     println!();
     println!("breakglass dev is running");

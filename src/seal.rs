@@ -39,6 +39,11 @@ pub mod names {
         format!("reason:{access_id}")
     }
 
+    /// A patient's emergency summary (the FHIR bundle as imported).
+    pub fn summary(patient: &PatientId) -> String {
+        format!("summary:{patient}")
+    }
+
     /// A reviewer's note on an access.
     pub fn note(access_id: &AccessId) -> String {
         format!("note:{access_id}")

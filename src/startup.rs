@@ -52,6 +52,8 @@ pub struct Application {
     pub status: Arc<FollowerStatus>,
     pub follower: Arc<Follower>,
     pub submitter: Arc<Submitter>,
+    /// The critical-data vault (imports outside HTTP: `breakglass dev`'s demo summaries).
+    pub vault: Arc<crate::vault::Vault>,
     pub service_principal: String,
     pub policies: Arc<Policies>,
     servers: Vec<(ServerHandle, JoinHandle<std::io::Result<()>>)>,
@@ -97,6 +99,13 @@ impl Application {
             &keyring,
         )?);
         let (announce, announced) = tokio::sync::mpsc::unbounded_channel();
+        let vault = web::Data::from(Arc::new(crate::vault::Vault {
+            state: state.clone(),
+            keyring: keyring.clone(),
+            tokens: tokens.clone(),
+            patient_id_system: settings.directory.patient_id_system.clone(),
+        }));
+        let vault_handle = vault.clone().into_inner();
         let breakglass = web::Data::new(
             BreakGlass::new(
                 &settings,
@@ -233,6 +242,7 @@ impl Application {
                 .app_data(paging.clone())
                 .app_data(review.clone())
                 .app_data(pages.clone())
+                .app_data(vault.clone())
                 .configure(http::api)
         })
         .listen(api_listener)?
@@ -265,6 +275,7 @@ impl Application {
             status,
             follower,
             submitter,
+            vault: vault_handle,
             service_principal: sender.to_string(),
             policies,
             servers,

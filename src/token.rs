@@ -28,31 +28,12 @@ use crate::store::AccessRecord;
 
 pub const PURPOSE_OF_USE: &str = "BTG";
 
-/// SMART v2 scopes (read + search) for a data type's FHIR resources.
+/// SMART v2 granular scopes (read + search) for the data types' FHIR resources (`scope.rs`).
 pub fn scopes(data_types: &[DataType]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for dt in data_types {
-        let resources: &[&str] = match dt {
-            DataType::Allergies => &["AllergyIntolerance"],
-            DataType::Medications => &["MedicationStatement", "MedicationRequest"],
-            DataType::Problems => &["Condition"],
-            DataType::BloodType | DataType::Vitals => &["Observation"],
-            DataType::AdvanceDirectives => &["Consent", "DocumentReference"],
-            DataType::Immunizations => &["Immunization"],
-            DataType::EmergencySummary => &["Bundle"],
-            DataType::LabResults => &["Observation", "DiagnosticReport"],
-            DataType::Procedures => &["Procedure"],
-            DataType::Imaging => &["ImagingStudy"],
-            DataType::ClinicalNotes => &["DocumentReference"],
-        };
-        for r in resources {
-            let s = format!("patient/{r}.rs");
-            if !out.contains(&s) {
-                out.push(s);
-            }
-        }
-    }
-    out
+    crate::scope::of_all(data_types)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,17 +4,20 @@
 ;;   - governance: a contract owner (handed over in two steps: proposed, then accepted) who
 ;;     appoints credentialing authorities (verify, suspend, reinstate and revoke providers,
 ;;     never themselves), responder services (record emergency accesses and anchor the
-;;     off-chain audit log) and reviewers (judge emergency accesses);
+;;     off-chain audit log), reviewers (judge emergency accesses) and data custodians (record
+;;     the hash of each patient's emergency summary);
 ;;   - providers: self-registration with hashes of their off-chain identity and credentials,
 ;;     a role, and a status (pending -> verified <-> suspended; any -> revoked, terminal);
 ;;   - consented access requests (checked against patient-consent, logged when granted);
 ;;   - emergency (break-glass) access records, one per access id, and one review each (made by
 ;;     the reviewer, or relayed by a responder with the reviewer's SIP-018 signature: see
 ;;     "Relayed reviews" below);
-;;   - anchors of the off-chain hash-chained audit log.
+;;   - anchors of the off-chain hash-chained audit log;
+;;   - the SHA-256 of each patient's emergency summary, set by a data custodian (see "Emergency
+;;     summaries" below).
 ;;
 ;; Nothing here holds protected health information: patients appear only as their
-;; pseudonymous 32-byte id; reasons and notes appear only as hashes.
+;; pseudonymous 32-byte id; reasons, notes and emergency summaries appear only as hashes.
 ;;
 ;; A refused call returns an error and changes nothing; the refused transaction itself stays
 ;; on chain with its error code (status abort_by_response), which is how refusals are logged.
@@ -24,13 +27,13 @@
 ;; private `transition` they share) and refuses anything else with ERR-PROXY-CALL, before any
 ;; other check; `tx-sender` is then the acting principal (for a relayed review, the responder
 ;; relaying it; the review is the signer's: see "Relayed reviews" below). So a contract that
-;; the owner, an authority, a responder, a reviewer or a provider is tricked into calling
-;; cannot govern, credential, record, review, anchor, register or request access in their name
-;; (with `tx-sender` alone it could). A contract may still hold a role and act for itself, as
-;; itself, with `as-contract` (then tx-sender and contract-caller are both the contract). There
-;; is no exception: no function here is meant to be called through another contract on
-;; someone's behalf. This contract only calls patient-consent's read-only functions, which
-;; check no caller.
+;; the owner, an authority, a responder, a reviewer, a custodian or a provider is tricked into
+;; calling cannot govern, credential, record, review, anchor, set a summary's hash, register or
+;; request access in their name (with `tx-sender` alone it could). A contract may still hold a
+;; role and act for itself, as itself, with `as-contract` (then tx-sender and contract-caller
+;; are both the contract). There is no exception: no function here is meant to be called
+;; through another contract on someone's behalf. This contract only calls patient-consent's
+;; read-only functions, which check no caller.
 ;;
 ;; Relayed reviews. A reviewer may sign their verdict instead of sending it: reviewers hold no
 ;; STX and review in a browser, with a browser key or a wallet's `stx_signStructuredMessage`, so
@@ -44,6 +47,21 @@
 ;; verdict and the note's hash: it cannot be reused for another access or changed to another
 ;; verdict or note (over other data it recovers another principal, not a reviewer), nor used on
 ;; another chain. A review is recorded once per access, so the same signature again is refused.
+;;
+;; Emergency summaries. Each patient's emergency summary (an IPS-style FHIR R4 Bundle: allergies,
+;; medications, problems, ...) is kept sealed off chain by the hospital's breakglass service; its
+;; SHA-256 is recorded here (`set-summary-hash`), so that a summary changed off chain does not
+;; match when it is read. Each set gives the patient's next version (1 for the first); a summary
+;; withdrawn is cleared (`clear-summary-hash`), and versions go on from the last one set, never
+;; repeating, so that a follower can order what it hears by version. Any 32-byte patient id is
+;; accepted, registered with patient-consent or not: the hospital holds summaries of patients who
+;; never registered, as an emergency access may name them too.
+;;   A data custodian, appointed by the owner like the other roles, writes it, not the patient: the
+;; hospital holds and updates the clinical data, and a patient should not have to sign every
+;; medication change. The patient's control is their emergency preferences (which data types a
+;; break-glass access may open, and for how long), which stay theirs, in patient-consent.
+;;   The hash lives here, not in patient-consent, because patient-consent holds only what a patient
+;; signs; governance and the responder's other records (accesses, reviews, anchors) live here.
 ;;
 ;; The longest emergency window is patient-consent's MAX-EMERGENCY-WINDOW, read through its
 ;; `get-max-emergency-window`: one definition for the longest window a patient may allow and
@@ -85,18 +103,23 @@
 ;;                                   tx-sender); see "Direct calls only" above
 ;;   u225 ERR-BAD-REVIEW-SIGNATURE   a relayed review's signature recovers no public key; see
 ;;                                   "Relayed reviews" above
+;;   u226 ERR-NOT-CUSTODIAN          caller is not a data custodian
+;;   u227 ERR-SUMMARY-NOT-FOUND      no emergency summary hash is recorded for that patient id
 ;;
 ;; Events (print): every state change prints a tuple with a `topic`:
 ;;   "owner-proposed", "owner-changed", "authority-added", "authority-removed", "responder-added",
-;;   "responder-removed", "reviewer-added", "reviewer-removed", "provider-registered",
-;;   "provider-verified", "provider-suspended", "provider-reinstated", "provider-revoked",
-;;   "provider-role-changed", "provider-credentials-updated", "access-granted",
-;;   "emergency-access-recorded", "emergency-access-reviewed", "audit-anchored".
+;;   "responder-removed", "reviewer-added", "reviewer-removed", "custodian-added",
+;;   "custodian-removed", "provider-registered", "provider-verified", "provider-suspended",
+;;   "provider-reinstated", "provider-revoked", "provider-role-changed",
+;;   "provider-credentials-updated", "access-granted", "emergency-access-recorded",
+;;   "emergency-access-reviewed", "audit-anchored", "summary-hash-set", "summary-hash-cleared".
 ;; "emergency-access-recorded" carries, besides the ids, `within-preferences` and `degraded`
 ;; (true when the responder granted the access in degraded mode, its view of the chain older
 ;; than its configured bound), both also stored in the access's record.
 ;; "emergency-access-reviewed" names the reviewer (the signer, for a relayed review) and
 ;; `relayed-by`: the responder that relayed it, or none when the reviewer sent it.
+;; "summary-hash-set" carries the patient id, the hash, the custodian and the new version;
+;; "summary-hash-cleared" the patient id, the custodian and the version cleared.
 
 (define-constant ERR-NOT-OWNER (err u200))
 (define-constant ERR-NOT-AUTHORITY (err u201))
@@ -124,6 +147,8 @@
 (define-constant ERR-NOT-PENDING-OWNER (err u223))
 (define-constant ERR-PROXY-CALL (err u224))
 (define-constant ERR-BAD-REVIEW-SIGNATURE (err u225))
+(define-constant ERR-NOT-CUSTODIAN (err u226))
+(define-constant ERR-SUMMARY-NOT-FOUND (err u227))
 
 (define-constant ROLES (list "physician" "nurse" "paramedic" "pharmacist" "reviewer" "admin"))
 (define-constant VERDICTS (list "appropriate" "inappropriate" "needs-follow-up"))
@@ -153,11 +178,13 @@
 (define-map authorities principal bool)
 (define-map responders principal bool)
 (define-map reviewers principal bool)
+(define-map custodians principal bool)
 
 (define-read-only (get-contract-owner) (var-get contract-owner))
 (define-read-only (is-authority (who principal)) (default-to false (map-get? authorities who)))
 (define-read-only (is-responder (who principal)) (default-to false (map-get? responders who)))
 (define-read-only (is-reviewer (who principal)) (default-to false (map-get? reviewers who)))
+(define-read-only (is-custodian (who principal)) (default-to false (map-get? custodians who)))
 
 (define-private (assert-owner)
   (ok (asserts! (is-eq tx-sender (var-get contract-owner)) ERR-NOT-OWNER)))
@@ -230,6 +257,22 @@
     (try! (assert-owner))
     (asserts! (map-delete reviewers who) ERR-NOT-MEMBER)
     (print { topic: "reviewer-removed", principal: who })
+    (ok true)))
+
+(define-public (add-custodian (who principal))
+  (begin
+    (try! (assert-direct-call))
+    (try! (assert-owner))
+    (asserts! (map-insert custodians who true) ERR-ALREADY-MEMBER)
+    (print { topic: "custodian-added", principal: who })
+    (ok true)))
+
+(define-public (remove-custodian (who principal))
+  (begin
+    (try! (assert-direct-call))
+    (try! (assert-owner))
+    (asserts! (map-delete custodians who) ERR-NOT-MEMBER)
+    (print { topic: "custodian-removed", principal: who })
     (ok true)))
 
 ;; ---------------------------------------------------------------------------
@@ -517,3 +560,38 @@
     (var-set anchor-count (+ index u1))
     (print { topic: "audit-anchored", head: head, count: count, anchor-index: index, responder: tx-sender })
     (ok index)))
+
+;; ---------------------------------------------------------------------------
+;; emergency summaries: the SHA-256 of each patient's sealed off-chain summary, set by a data
+;; custodian (see "Emergency summaries" in the header)
+
+(define-map summary-hashes (buff 32) { hash: (buff 32), custodian: principal, block: uint, version: uint })
+;; The latest version set for each patient, kept when the hash is cleared: versions never repeat.
+(define-map summary-versions (buff 32) uint)
+
+(define-read-only (get-summary-hash (patient-id (buff 32))) (map-get? summary-hashes patient-id))
+(define-read-only (get-summary-version (patient-id (buff 32)))
+  (default-to u0 (map-get? summary-versions patient-id)))
+
+(define-public (set-summary-hash (patient-id (buff 32)) (hash (buff 32)))
+  (let ((version (+ (get-summary-version patient-id) u1)))
+    (try! (assert-direct-call))
+    (asserts! (is-custodian tx-sender) ERR-NOT-CUSTODIAN)
+    (map-set summary-hashes patient-id
+      { hash: hash, custodian: tx-sender, block: stacks-block-height, version: version })
+    (map-set summary-versions patient-id version)
+    (print { topic: "summary-hash-set", patient-id: patient-id, hash: hash, custodian: tx-sender,
+             version: version })
+    (ok version)))
+
+;; A summary withdrawn: its hash is removed (the version count stays, so the next set goes on
+;; from it).
+(define-public (clear-summary-hash (patient-id (buff 32)))
+  (begin
+    (try! (assert-direct-call))
+    (asserts! (is-custodian tx-sender) ERR-NOT-CUSTODIAN)
+    (let ((summary (unwrap! (map-get? summary-hashes patient-id) ERR-SUMMARY-NOT-FOUND)))
+      (map-delete summary-hashes patient-id)
+      (print { topic: "summary-hash-cleared", patient-id: patient-id, custodian: tx-sender,
+               version: (get version summary) })
+      (ok true))))

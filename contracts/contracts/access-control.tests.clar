@@ -3,11 +3,13 @@
 ;;   npx rv . access-control invariant   (random call sequences, then `invariant-` checks)
 ;; Rendezvous appends this file to the contract in its own simnet; it is never deployed.
 ;; The `fuzz-` functions map random numbers onto valid roles, data types, verdicts and a small
-;; set of access ids, so that random call sequences reach real state changes and collisions.
+;; set of access and patient ids, so that random call sequences reach real state changes and
+;; collisions.
 
 ;; State seeded at deploy: wallet_1 and wallet_2 are authorities; wallet_2, wallet_3 and wallet_4
-;; responders; wallet_3 and wallet_4 reviewers; wallet_5 (physician) and wallet_6 (nurse)
-;; verified providers with ids 1 and 2. The deployer stays owner.
+;; responders; wallet_3 and wallet_4 reviewers; wallet_2 and wallet_7 data custodians; wallet_5
+;; (physician) and wallet_6 (nurse) verified providers with ids 1 and 2; the first fuzz patient
+;; (sha256 u0) has a summary hash at version 1, set by wallet_2. The deployer stays owner.
 (map-set authorities 'ST1SJ3DTE5DN7X54YDH5D64R3BCB6A2AG2ZQ8YPD5 true)
 (map-set authorities 'ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG true)
 (map-set responders 'ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG true)
@@ -15,6 +17,11 @@
 (map-set responders 'ST2NEB84ASENDXKYGJPQW86YXQCEFEX2ZQPG87ND true)
 (map-set reviewers 'ST2JHG361ZXG51QTKY2NQCVBPPRRE2KZB1HR05NNC true)
 (map-set reviewers 'ST2NEB84ASENDXKYGJPQW86YXQCEFEX2ZQPG87ND true)
+(map-set custodians 'ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG true)
+(map-set custodians 'ST3PF13W7Z0RRM42A8VZRVFQ75SV1K26RXEP8YGKJ true)
+(map-set summary-hashes (sha256 u0)
+  { hash: (sha256 u100), custodian: 'ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG, block: stacks-block-height, version: u1 })
+(map-set summary-versions (sha256 u0) u1)
 (define-constant FUZZ-PROVIDERS (list 'ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB 'ST3AM1A56AK2C1XAFJ4115ZSV26EB49BVQ10MGCS0))
 (map-set providers 'ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB
   { id: u1, role: "physician", info-hash: (sha256 u1), credentials-hash: (sha256 u1), status: STATUS-VERIFIED,
@@ -43,6 +50,11 @@
 ;; Sixteen possible access ids, so that duplicates happen.
 (define-private (fuzz-access-id (n uint))
   (sha256 (mod n u16)))
+;; Four possible patient ids for summary hashes (the first seeded with one), so that sets,
+;; clears and later sets meet.
+(define-constant FUZZ-PATIENTS (list u0 u1 u2 u3))
+(define-private (fuzz-patient-id (n uint))
+  (sha256 (mod n u4)))
 ;; A valid window: 1 to patient-consent's longest.
 (define-private (fuzz-window (n uint))
   (+ u1 (mod n (contract-call? .patient-consent get-max-emergency-window))))
@@ -72,6 +84,22 @@
 
 (define-public (fuzz-review (access uint) (verdict uint))
   (review-emergency-access (fuzz-access-id access) (fuzz-verdict verdict) (sha256 verdict) none))
+
+(define-public (fuzz-set-summary-hash (patient uint) (seed uint))
+  (set-summary-hash (fuzz-patient-id patient) (sha256 seed)))
+
+(define-public (fuzz-clear-summary-hash (patient uint))
+  (clear-summary-hash (fuzz-patient-id patient)))
+
+;; Notes each fuzz patient's summary version as it is now, for the invariant that versions only
+;; grow (an invariant reads the state after each call, never the state before it).
+(define-map fuzz-seen-summary-versions (buff 32) uint)
+(define-private (note-summary-version (n uint) (noted uint))
+  (begin
+    (map-set fuzz-seen-summary-versions (fuzz-patient-id n) (get-summary-version (fuzz-patient-id n)))
+    (+ noted u1)))
+(define-public (fuzz-note-summary-versions)
+  (ok (fold note-summary-version FUZZ-PATIENTS u0)))
 
 ;; Calls through a contract into patient-consent. Rendezvous calls every function of this
 ;; contract directly from a wallet, so in it tx-sender and contract-caller are that wallet; a
@@ -200,6 +228,37 @@
                   (err u982))
         (ok true)))))
 
+;; Only a custodian sets or clears a summary hash: anyone else is refused (u226), whatever the
+;; patient id (one of the fuzz patients half the time, the first with a hash seeded), and the
+;; hash and version stay as they were.
+(define-public (test-only-custodians-set-summary-hashes (patient-id (buff 32)) (pick uint) (hash (buff 32)))
+  (let ((patient (if (is-eq (mod pick u2) u0) (fuzz-patient-id (/ pick u2)) patient-id))
+        (summary (get-summary-hash patient))
+        (version (get-summary-version patient)))
+    (asserts! (not (is-custodian tx-sender)) (ok false))
+    (asserts! (is-eq (set-summary-hash patient hash) ERR-NOT-CUSTODIAN) (err u990))
+    (asserts! (is-eq (clear-summary-hash patient) ERR-NOT-CUSTODIAN) (err u991))
+    (asserts! (is-eq (get-summary-hash patient) summary) (err u992))
+    (asserts! (is-eq (get-summary-version patient) version) (err u993))
+    (ok true)))
+
+;; A custodian's set is the patient's next version, a clear leaves no hash but keeps the count,
+;; and the set after it goes on from there: a version is never reused.
+(define-public (test-summary-hash-version-grows (patient uint) (seed uint))
+  (let ((patient-id (fuzz-patient-id patient))
+        (before (get-summary-version patient-id)))
+    (asserts! (is-custodian tx-sender) (ok false))
+    (asserts! (is-eq (set-summary-hash patient-id (sha256 seed)) (ok (+ before u1))) (err u994))
+    (asserts! (is-eq (get-summary-hash patient-id)
+                     (some { hash: (sha256 seed), custodian: tx-sender, block: stacks-block-height,
+                             version: (+ before u1) }))
+              (err u995))
+    (try! (clear-summary-hash patient-id))
+    (asserts! (is-none (get-summary-hash patient-id)) (err u996))
+    (asserts! (is-eq (clear-summary-hash patient-id) ERR-SUMMARY-NOT-FOUND) (err u997))
+    (asserts! (is-eq (set-summary-hash patient-id (sha256 (+ seed u1))) (ok (+ before u2))) (err u998))
+    (ok true)))
+
 ;; Only authorities change a provider's status.
 (define-public (test-only-authorities-verify (seed uint))
   (if (is-authority tx-sender)
@@ -264,3 +323,21 @@
   (let ((count (var-get provider-count)))
     (and (is-none (map-get? provider-ids (+ count u1)))
          (or (is-eq count u0) (is-some (map-get? provider-ids count))))))
+
+;; A fuzz patient's summary version never goes below what `fuzz-note-summary-versions` last saw,
+;; a stored hash is always the latest version, and every successful `fuzz-set-summary-hash`
+;; (nothing else: other calls name random patient ids) added exactly one to one patient's count
+;; (the first started at the seeded 1).
+(define-private (summary-version-holds (n uint) (holds bool))
+  (let ((patient-id (fuzz-patient-id n))
+        (version (get-summary-version patient-id)))
+    (and holds
+         (>= version (default-to u0 (map-get? fuzz-seen-summary-versions patient-id)))
+         (match (get-summary-hash patient-id) summary (is-eq (get version summary) version) true))))
+
+(define-private (add-summary-version (n uint) (total uint))
+  (+ total (get-summary-version (fuzz-patient-id n))))
+
+(define-read-only (invariant-summary-versions-only-grow)
+  (and (fold summary-version-holds FUZZ-PATIENTS true)
+       (is-eq (fold add-summary-version FUZZ-PATIENTS u0) (+ u1 (calls "fuzz-set-summary-hash")))))

@@ -131,7 +131,7 @@ describe("restart", () => {
 });
 
 describe("--seed-demo", () => {
-  it("registers and verifies one clinician per role, two patients and a responder, and keeps them across restarts", async () => {
+  it("registers and verifies one clinician per role, two patients and a responder (also a custodian), and keeps them across restarts", async () => {
     const dir = tempDir();
     const d = await startDevnet(["--data-dir", dir, "--seed-demo"]);
     const file = d.ready.demo_file as string;
@@ -146,6 +146,8 @@ describe("--seed-demo", () => {
       expect(Cl.prettyPrint(await c.callRead(AC, "get-provider", [Cl.principal(p.principal)]))).toContain(`role: "${p.role}"`);
     }
     expect(await c.callRead(AC, "is-responder", [Cl.principal(demo.responder.principal)])).toEqual(Cl.bool(true));
+    // the service signs with the responder's key in dev, and records summary hashes as a custodian
+    expect(await c.callRead(AC, "is-custodian", [Cl.principal(demo.responder.principal)])).toEqual(Cl.bool(true));
     const reviewer = demo.providers.find((p: any) => p.role === "reviewer");
     expect(await c.callRead(AC, "is-reviewer", [Cl.principal(reviewer.principal)])).toEqual(Cl.bool(true));
     const [allows, optedOut] = demo.patients;
@@ -161,6 +163,7 @@ describe("--seed-demo", () => {
     const again = await devnet(["--data-dir", dir, "--seed-demo"]);
     expect(JSON.parse(readFileSync(again.ready.demo_file, "utf8"))).toEqual(demo);
     expect(await client(again.rpc).callRead(AC, "is-verified-provider", [Cl.principal(demo.providers[0].principal)])).toEqual(Cl.bool(true));
+    expect(await client(again.rpc).callRead(AC, "is-custodian", [Cl.principal(demo.responder.principal)])).toEqual(Cl.bool(true));
   });
 });
 

@@ -1,6 +1,8 @@
 // --seed-demo: one verified clinician per role, two patients (one who allows emergency access
-// to the critical data types, one who opted out), and an authorized responder, all created by
-// real signed transactions through the devnet's own mempool. Keys are generated per devnet and
+// to the critical data types, one who opted out), and an authorized responder (also a data
+// custodian, so that the service, which signs with the responder's key in dev, records the hash
+// of each patient's emergency summary through its submitter), all created by real signed
+// transactions through the devnet's own mempool. Keys are generated per devnet and
 // written, with mode 0600, to a JSON file the service's dev mode and newcomers sign with.
 import { createHash, randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
@@ -86,6 +88,7 @@ export async function seedDemo(chain: Chain, file: string, log: (m: string) => v
   const reviewer = demo.providers.find((p) => p.role === "reviewer")!;
   txids.push(await send(DEVNET_DEPLOYER_KEY, "access-control", "add-authority", [Cl.principal(demo.authority.principal)]));
   txids.push(await send(DEVNET_DEPLOYER_KEY, "access-control", "add-responder", [Cl.principal(demo.responder.principal)]));
+  txids.push(await send(DEVNET_DEPLOYER_KEY, "access-control", "add-custodian", [Cl.principal(demo.responder.principal)]));
   txids.push(await send(DEVNET_DEPLOYER_KEY, "access-control", "add-reviewer", [Cl.principal(reviewer.principal)]));
   for (const p of demo.providers) {
     txids.push(await send(p.private_key, "access-control", "register-provider",
@@ -107,6 +110,6 @@ export async function seedDemo(chain: Chain, file: string, log: (m: string) => v
     throw new Error(`demo seeding failed: ${failed.map((r) => `${r.function_name} ${r.status} ${r.raw_result ?? ""}`).join("; ")}`);
   }
   writeFileSync(file, JSON.stringify(demo, null, 2) + "\n", { mode: 0o600 });
-  log(`seeded ${demo.providers.length} verified providers, ${demo.patients.length} patients and a responder in ${txids.length} transactions`);
+  log(`seeded ${demo.providers.length} verified providers, ${demo.patients.length} patients and a responder (also a custodian) in ${txids.length} transactions`);
   return demo;
 }

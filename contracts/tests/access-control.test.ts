@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { Cl } from "@stacks/transactions";
 import {
-  PATIENT_ID, authority, call, deployer, governance, hash, id, nurse, ok, patient, physician, prints, read,
+  PATIENT2_ID, PATIENT_ID, authority, call, deployer, governance, hash, id, nurse, ok, patient, physician, prints, read,
   recordArgs, registerPatient, registerProvider, responder, reviewer, stranger, verifiedProvider,
 } from "./helpers";
 
@@ -12,7 +12,7 @@ const ERR = {
   INVALID_DATA_TYPE: 209, INVALID_PURPOSE: 210, NO_CONSENT: 211, DUPLICATE_ACCESS: 212, INVALID_WINDOW: 213,
   ACCESS_NOT_FOUND: 214, ALREADY_REVIEWED: 215, INVALID_VERDICT: 216, SELF_REVIEW: 217, ANCHOR_REGRESSION: 218,
   ALREADY_MEMBER: 219, NOT_MEMBER: 220, NO_DATA_TYPES: 221, SELF_CREDENTIALING: 222, NOT_PENDING_OWNER: 223,
-  PROXY_CALL: 224, BAD_REVIEW_SIGNATURE: 225,
+  PROXY_CALL: 224, BAD_REVIEW_SIGNATURE: 225, NOT_CUSTODIAN: 226, SUMMARY_NOT_FOUND: 227,
 };
 const err = (code: number) => Cl.uint(code);
 /** The simnet's trace of the last contract call: every expression evaluated, with the contract called. */
@@ -28,6 +28,7 @@ describe("governance", () => {
     ["add-authority", "remove-authority", "is-authority", "authority"],
     ["add-responder", "remove-responder", "is-responder", "responder"],
     ["add-reviewer", "remove-reviewer", "is-reviewer", "reviewer"],
+    ["add-custodian", "remove-custodian", "is-custodian", "custodian"],
   ];
   for (const [add, remove, is, name] of roles) {
     it(`${add} / ${remove}: owner only, each once, with events`, () => {
@@ -499,5 +500,118 @@ describe("audit anchors", () => {
     expect(Cl.prettyPrint(read(C, "get-latest-anchor", []))).toContain("count: u9");
     expect(Cl.prettyPrint(read(C, "get-anchor", [Cl.uint(0)]))).toContain("count: u5");
     expect(read(C, "get-anchor", [Cl.uint(3)])).toBeNone();
+  });
+});
+
+describe("emergency summaries", () => {
+  // the service holds the responder's key and is appointed custodian too, as in the devnet demo
+  const custodian = responder;
+  const set = (patientId: string, h: string, who = custodian) =>
+    call(C, "set-summary-hash", [id(patientId), hash(h)], who);
+  const clear = (patientId: string, who = custodian) => call(C, "clear-summary-hash", [id(patientId)], who);
+  const summary = (patientId = PATIENT_ID) => read(C, "get-summary-hash", [id(patientId)]);
+  const version = (patientId = PATIENT_ID) => read(C, "get-summary-version", [id(patientId)]);
+  /** The stored record; `block` defaults to the latest block, the one the last call was mined in. */
+  const record = (h: string, v: number, who = custodian, block = simnet.blockHeight) =>
+    Cl.tuple({ hash: hash(h), custodian: Cl.principal(who), block: Cl.uint(block), version: Cl.uint(v) });
+  function setup() {
+    governance();
+    ok(C, "add-custodian", [Cl.principal(custodian)], deployer);
+  }
+
+  it("a custodian sets a patient's summary hash, version 1 first, with the record and an event", () => {
+    setup();
+    expect(summary()).toBeNone();
+    expect(version()).toBeUint(0);
+    const res = set(PATIENT_ID, "a1");
+    expect(res.result).toBeOk(Cl.uint(1));
+    expect(prints(res)).toEqual([Cl.tuple({
+      topic: Cl.stringAscii("summary-hash-set"), "patient-id": id(PATIENT_ID), hash: hash("a1"),
+      custodian: Cl.principal(custodian), version: Cl.uint(1),
+    })]);
+    expect(summary()).toBeSome(record("a1", 1));
+    expect(version()).toBeUint(1);
+  });
+
+  it("each set is the next version, per patient; the record holds the latest", () => {
+    setup();
+    ok(C, "set-summary-hash", [id(PATIENT_ID), hash("a1")], custodian);
+    simnet.mineEmptyBlocks(3);
+    const second = set(PATIENT_ID, "a2");
+    expect(second.result).toBeOk(Cl.uint(2));
+    expect(summary()).toBeSome(record("a2", 2));
+    // the same hash again is a new version too (an update that changed nothing is still recorded)
+    expect(set(PATIENT_ID, "a2").result).toBeOk(Cl.uint(3));
+    // another custodian continues the same count, and the record names it
+    ok(C, "add-custodian", [Cl.principal(stranger)], deployer);
+    const third = set(PATIENT_ID, "a4", stranger);
+    expect(third.result).toBeOk(Cl.uint(4));
+    expect(Cl.prettyPrint(prints(third)[0])).toContain("version: u4");
+    expect(summary()).toBeSome(record("a4", 4, stranger));
+    const at = simnet.blockHeight;
+    // another patient's count starts at 1, and a patient never registered on chain is accepted
+    expect(read("patient-consent", "get-patient-principal", [id(PATIENT2_ID)])).toBeNone();
+    expect(set(PATIENT2_ID, "b1").result).toBeOk(Cl.uint(1));
+    expect(summary(PATIENT2_ID)).toBeSome(record("b1", 1));
+    expect(summary()).toBeSome(record("a4", 4, stranger, at));
+  });
+
+  it("only custodians set or clear a hash (u226), and nothing changes", () => {
+    setup();
+    ok(C, "set-summary-hash", [id(PATIENT_ID), hash("a1")], custodian);
+    const before = summary();
+    registerPatient();
+    ok(C, "remove-custodian", [Cl.principal(custodian)], deployer);
+    ok(C, "add-custodian", [Cl.principal(nurse)], deployer);
+    // the owner, a responder, an authority, a reviewer, the patient themselves and a stranger
+    for (const who of [deployer, responder, authority, reviewer, patient, stranger]) {
+      const s = set(PATIENT_ID, "ff", who);
+      expect(s.result, who).toBeErr(err(ERR.NOT_CUSTODIAN));
+      expect(s.events).toEqual([]);
+      expect(clear(PATIENT_ID, who).result, who).toBeErr(err(ERR.NOT_CUSTODIAN));
+      // the caller is checked before the summary: no u227 for a patient without one
+      expect(clear(PATIENT2_ID, who).result, who).toBeErr(err(ERR.NOT_CUSTODIAN));
+    }
+    expect(summary()).toEqual(before);
+    expect(version()).toBeUint(1);
+    // the custodian appointed in its place can
+    expect(set(PATIENT_ID, "a2", nurse).result).toBeOk(Cl.uint(2));
+  });
+
+  it("a removed custodian loses its power at once; appointed again, it goes on from the last version", () => {
+    setup();
+    ok(C, "set-summary-hash", [id(PATIENT_ID), hash("a1")], custodian);
+    const at = simnet.blockHeight;
+    ok(C, "remove-custodian", [Cl.principal(custodian)], deployer);
+    expect(read(C, "is-custodian", [Cl.principal(custodian)])).toBeBool(false);
+    expect(set(PATIENT_ID, "a2").result).toBeErr(err(ERR.NOT_CUSTODIAN));
+    expect(clear(PATIENT_ID).result).toBeErr(err(ERR.NOT_CUSTODIAN));
+    expect(summary()).toBeSome(record("a1", 1, custodian, at));
+    // still a responder: the roles are separate
+    expect(read(C, "is-responder", [Cl.principal(custodian)])).toBeBool(true);
+    ok(C, "add-custodian", [Cl.principal(custodian)], deployer);
+    expect(set(PATIENT_ID, "a2").result).toBeOk(Cl.uint(2));
+  });
+
+  it("a custodian clears a withdrawn summary with an event; then none; versions never repeat", () => {
+    setup();
+    ok(C, "set-summary-hash", [id(PATIENT_ID), hash("a1")], custodian);
+    ok(C, "set-summary-hash", [id(PATIENT_ID), hash("a2")], custodian);
+    const res = clear(PATIENT_ID);
+    expect(res.result).toBeOk(Cl.bool(true));
+    expect(prints(res)).toEqual([Cl.tuple({
+      topic: Cl.stringAscii("summary-hash-cleared"), "patient-id": id(PATIENT_ID), custodian: Cl.principal(custodian),
+      version: Cl.uint(2),
+    })]);
+    expect(summary()).toBeNone();
+    expect(version()).toBeUint(2);
+    // nothing left to clear (u227), nor for a patient that never had one
+    const again = clear(PATIENT_ID);
+    expect(again.result).toBeErr(err(ERR.SUMMARY_NOT_FOUND));
+    expect(again.events).toEqual([]);
+    expect(clear(PATIENT2_ID).result).toBeErr(err(ERR.SUMMARY_NOT_FOUND));
+    // a new summary goes on from the last version set
+    expect(set(PATIENT_ID, "a3").result).toBeOk(Cl.uint(3));
+    expect(summary()).toBeSome(record("a3", 3));
   });
 });

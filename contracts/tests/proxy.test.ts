@@ -1,10 +1,11 @@
 // Calls through another contract. A hostile contract forwards every public function of both
-// contracts; the real patient, owner, authority, responder, reviewer or provider is tricked into
-// calling it. Inside the forwarded call tx-sender is still that person, so a contract that
-// authorized with tx-sender alone would act for them. Both contracts refuse any call whose
-// contract-caller is not tx-sender (patient-consent u110, access-control u224): each case below
-// checks the refusal, that nothing changed (through the read-only getters) and that nothing was
-// printed, then makes the same call directly to show it would have worked and changed that state.
+// contracts; the real patient, owner, authority, responder, reviewer, custodian or provider is
+// tricked into calling it. Inside the forwarded call tx-sender is still that person, so a
+// contract that authorized with tx-sender alone would act for them. Both contracts refuse any
+// call whose contract-caller is not tx-sender (patient-consent u110, access-control u224): each
+// case below checks the refusal, that nothing changed (through the read-only getters) and that
+// nothing was printed, then makes the same call directly to show it would have worked and
+// changed that state.
 import { beforeEach, describe, expect, it } from "vitest";
 import { Cl, ClarityValue } from "@stacks/transactions";
 import {
@@ -45,6 +46,8 @@ const PROXY_SOURCE = `
 (define-public (remove-responder (who principal)) (contract-call? ${ac} remove-responder who))
 (define-public (add-reviewer (who principal)) (contract-call? ${ac} add-reviewer who))
 (define-public (remove-reviewer (who principal)) (contract-call? ${ac} remove-reviewer who))
+(define-public (add-custodian (who principal)) (contract-call? ${ac} add-custodian who))
+(define-public (remove-custodian (who principal)) (contract-call? ${ac} remove-custodian who))
 (define-public (register-provider (info-hash (buff 32)) (role (string-ascii 16)) (credentials-hash (buff 32)))
   (contract-call? ${ac} register-provider info-hash role credentials-hash))
 (define-public (update-provider-credentials (info-hash (buff 32)) (credentials-hash (buff 32)))
@@ -64,6 +67,9 @@ const PROXY_SOURCE = `
                                         (reviewer-signature (optional (buff 65))))
   (contract-call? ${ac} review-emergency-access access-id verdict note-hash reviewer-signature))
 (define-public (anchor-audit (head (buff 32)) (count uint)) (contract-call? ${ac} anchor-audit head count))
+(define-public (set-summary-hash (patient-id (buff 32)) (hash (buff 32)))
+  (contract-call? ${ac} set-summary-hash patient-id hash))
+(define-public (clear-summary-hash (patient-id (buff 32))) (contract-call? ${ac} clear-summary-hash patient-id))
 
 ;; the same contract acting for itself, as itself
 (define-public (register-itself (salt (buff 32)))
@@ -133,6 +139,7 @@ const CASES: Case[] = [
   ...membership("add-authority", "remove-authority", "is-authority"),
   ...membership("add-responder", "remove-responder", "is-responder"),
   ...membership("add-reviewer", "remove-reviewer", "is-reviewer"),
+  ...membership("add-custodian", "remove-custodian", "is-custodian"),
 
   // providers, and the authority that credentials them
   { contract: AC, fn: "register-provider", who: physician, args: () => [hash("11"), Cl.stringAscii("physician"), hash("22")],
@@ -165,6 +172,15 @@ const CASES: Case[] = [
     state: () => [read(AC, "get-emergency-review", [ACCESS_ID])] },
   { contract: AC, fn: "anchor-audit", who: responder, args: () => [hash("01"), Cl.uint(5)],
     setup: () => { governance(); }, state: () => [read(AC, "get-anchor-count", []), read(AC, "get-latest-anchor", [])] },
+
+  // the data custodian (here the responder, appointed custodian as in the devnet demo)
+  { contract: AC, fn: "set-summary-hash", who: responder, args: () => [id(PATIENT_ID), hash("a1")],
+    setup: () => { governance(); ok(AC, "add-custodian", [Cl.principal(responder)], deployer); },
+    state: () => [read(AC, "get-summary-hash", [id(PATIENT_ID)]), read(AC, "get-summary-version", [id(PATIENT_ID)])] },
+  { contract: AC, fn: "clear-summary-hash", who: responder, args: () => [id(PATIENT_ID)],
+    setup: () => { governance(); ok(AC, "add-custodian", [Cl.principal(responder)], deployer);
+                   ok(AC, "set-summary-hash", [id(PATIENT_ID), hash("a1")], responder); },
+    state: () => [read(AC, "get-summary-hash", [id(PATIENT_ID)])] },
 ];
 
 describe("calls through another contract", () => {

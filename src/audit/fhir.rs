@@ -233,6 +233,72 @@ pub fn audit_event(entry: &Entry, observer: &str) -> Result<Value, serde_json::E
                 Vec::new(),
             )
         }
+        Event::Read {
+            jti,
+            clinician,
+            patient,
+            resource_types,
+            count,
+        } => {
+            let mut details: Vec<Value> = resource_types
+                .iter()
+                .map(|t| detail("resource-type", t))
+                .collect();
+            details.push(detail("count", &count.to_string()));
+            (
+                json!({ "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation" }),
+                vec![
+                    json!({ "system": "http://hl7.org/fhir/restful-interaction", "code": "search-type", "display": "search type" }),
+                    kind,
+                ],
+                "E",
+                "0",
+                None,
+                true,
+                vec![
+                    clinician_agent(Some(clinician), None),
+                    resource_server(&service),
+                ],
+                vec![
+                    patient_entity(&patient.to_string()),
+                    json!({ "type": entity_type("2", "System Object"), "role": object_role("24", "Query"), "detail": details }),
+                    token_entity(jti, None),
+                ],
+            )
+        }
+        Event::ReadRefusal {
+            code,
+            status,
+            jti,
+            clinician,
+            patient,
+        } => {
+            let mut entities: Vec<Value> = patient
+                .iter()
+                .map(|p| patient_entity(&p.to_string()))
+                .collect();
+            entities.push(json!({ "type": entity_type("2", "System Object"), "role": object_role("24", "Query"),
+                                  "detail": [detail("http-status", &status.to_string())] }));
+            if let Some(j) = jti {
+                entities.push(token_entity(j, None));
+            }
+            (
+                json!({ "system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation" }),
+                vec![
+                    json!({ "system": "http://hl7.org/fhir/restful-interaction", "code": "search-type", "display": "search type" }),
+                    kind,
+                ],
+                "E",
+                if *status >= 500 { "8" } else { "4" },
+                Some(code.clone()),
+                true,
+                vec![
+                    clinician_agent(clinician.as_ref(), None),
+                    resource_server(&service),
+                ],
+                entities,
+            )
+        }
         Event::Verdict {
             access,
             reviewer,
@@ -325,6 +391,11 @@ fn human(who: &Address, r: Option<&str>) -> Value {
         a["role"] = role(r);
     }
     a
+}
+
+/// This service answering a read: the resource server.
+fn resource_server(service: &Value) -> Value {
+    json!({ "type": { "coding": [dcm("110152", "Destination Role ID")] }, "who": service, "requestor": false })
 }
 
 fn client_agent(client: &str) -> Value {

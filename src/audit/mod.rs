@@ -85,6 +85,27 @@ pub enum Event {
         reviewer: Option<Address>,
         outcome: String,
     },
+    /// A read of a patient's summary with a break-glass token (`jti`): which resource types,
+    /// how many resources.
+    Read {
+        jti: String,
+        /// The clinician the token was issued to.
+        clinician: Address,
+        patient: PatientId,
+        resource_types: Vec<String>,
+        count: u64,
+    },
+    /// A refused read (the token, if it verified, and the patient, if the request named one).
+    ReadRefusal {
+        code: String,
+        status: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jti: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clinician: Option<Address>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        patient: Option<PatientId>,
+    },
     /// A reviewer's verdict on an access (the note's hash; the note stays sealed off chain).
     Verdict {
         access: AccessId,
@@ -104,7 +125,10 @@ impl Event {
             | Event::Notice { access, .. }
             | Event::Verdict { access, .. } => Some(*access),
             // a token's id is its access's id
-            Event::Introspection { jti, .. } | Event::Revocation { jti, .. } => jti.parse().ok(),
+            Event::Introspection { jti, .. }
+            | Event::Revocation { jti, .. }
+            | Event::Read { jti, .. } => jti.parse().ok(),
+            Event::ReadRefusal { jti, .. } => jti.as_ref().and_then(|j| j.parse().ok()),
             Event::Refusal { .. } | Event::SignIn { .. } => None,
         }
     }
@@ -118,6 +142,8 @@ impl Event {
             Event::Notice { .. } => "notice",
             Event::SignIn { .. } => "sign-in",
             Event::Verdict { .. } => "verdict",
+            Event::Read { .. } => "read",
+            Event::ReadRefusal { .. } => "read-refusal",
         }
     }
 }

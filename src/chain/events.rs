@@ -86,6 +86,8 @@ pub struct Named {
     pub consents: BTreeSet<(PatientId, Address, DataType, Purpose)>,
     pub responders: BTreeSet<Address>,
     pub reviewers: BTreeSet<Address>,
+    /// Patients whose summary hash changed.
+    pub summaries: BTreeSet<PatientId>,
 }
 
 impl Named {
@@ -95,6 +97,7 @@ impl Named {
             + self.consents.len()
             + self.responders.len()
             + self.reviewers.len()
+            + self.summaries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -121,6 +124,11 @@ impl Named {
                 .difference(&other.reviewers)
                 .cloned()
                 .collect(),
+            summaries: self
+                .summaries
+                .difference(&other.summaries)
+                .cloned()
+                .collect(),
         }
     }
 
@@ -130,6 +138,7 @@ impl Named {
         self.consents.extend(other.consents);
         self.responders.extend(other.responders);
         self.reviewers.extend(other.reviewers);
+        self.summaries.extend(other.summaries);
     }
 }
 
@@ -168,6 +177,11 @@ pub fn named(prints: &[Print]) -> Named {
             "responder-added" | "responder-removed" => {
                 if let Some(who) = contracts::principal(f("principal")) {
                     out.responders.insert(who);
+                }
+            }
+            "summary-hash-set" | "summary-hash-cleared" => {
+                if let Some(p) = contracts::buff32(f("patient-id")) {
+                    out.summaries.insert(PatientId(p));
                 }
             }
             "reviewer-added" | "reviewer-removed" => {

@@ -150,6 +150,65 @@ impl ChainState {
         contracts::boolean(Some(&v)).ok_or_else(|| StateError::Shape("is-responder".into()))
     }
 
+    async fn read_summary_hash(
+        &self,
+        patient: &PatientId,
+    ) -> Result<Option<crate::store::SummaryHash>, StateError> {
+        let c = &self.contracts;
+        let v = self
+            .rpc
+            .call_read(
+                &c.access_control(),
+                "get-summary-hash",
+                &[Value::Buffer(patient.0.to_vec())],
+                self.sender(),
+            )
+            .await?;
+        match v {
+            Value::None => Ok(None),
+            Value::Some(t) => {
+                let m = t
+                    .as_tuple()
+                    .ok_or_else(|| StateError::Shape("get-summary-hash".into()))?;
+                let num = |k: &str| contracts::uint(m.get(k)).and_then(|n| u64::try_from(n).ok());
+                match (
+                    contracts::buff32(m.get("hash")),
+                    num("version"),
+                    num("block"),
+                ) {
+                    (Some(hash), Some(version), Some(block)) => {
+                        Ok(Some(crate::store::SummaryHash {
+                            hash: hex::encode(hash),
+                            version,
+                            block,
+                        }))
+                    }
+                    _ => Err(StateError::Shape("get-summary-hash".into())),
+                }
+            }
+            _ => Err(StateError::Shape("get-summary-hash".into())),
+        }
+    }
+
+    /// The chain's hash of `patient`'s emergency summary (a data custodian's record).
+    pub async fn summary_hash(
+        &self,
+        patient: &PatientId,
+    ) -> Result<Option<crate::store::SummaryHash>, StateError> {
+        self.fill(
+            "get-summary-hash",
+            |store| store.summary_hash(patient),
+            || self.read_summary_hash(patient),
+            |h, _| {
+                Some(Batch {
+                    summary_hashes: vec![(*patient, h.clone())],
+                    ..Batch::default()
+                })
+            },
+        )
+        .await
+    }
+
     async fn read_reviewer(&self, principal: &Address) -> Result<bool, StateError> {
         let v = self.read_of_principal("is-reviewer", principal).await?;
         contracts::boolean(Some(&v)).ok_or_else(|| StateError::Shape("is-reviewer".into()))
@@ -311,6 +370,12 @@ impl ChainState {
                 batch.responders.push((*who, r));
             }
         }
+        for patient in &named.summaries {
+            if self.store.summary_hash(patient)?.is_some() {
+                let h = self.read_summary_hash(patient).await?;
+                batch.summary_hashes.push((*patient, h));
+            }
+        }
         for who in &named.reviewers {
             if self.store.reviewer(who)?.is_some() {
                 let r = self.read_reviewer(who).await?;
@@ -346,6 +411,10 @@ impl ChainState {
         for who in self.store.responders()? {
             let r = self.read_responder(&who).await?;
             batch.responders.push((who, r));
+        }
+        for patient in self.store.summary_hash_ids()? {
+            let h = self.read_summary_hash(&patient).await?;
+            batch.summary_hashes.push((patient, h));
         }
         for who in self.store.reviewers()? {
             let r = self.read_reviewer(&who).await?;

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod breakglass;
+pub mod fhir;
 pub mod paging;
 pub mod problem;
 pub mod review;
@@ -40,7 +41,8 @@ pub fn api(cfg: &mut web::ServiceConfig) {
         .configure(tokens::routes)
         .configure(admin::routes)
         .configure(paging::routes)
-        .configure(review::routes);
+        .configure(review::routes)
+        .configure(fhir::routes);
 }
 
 /// Alive, unless the store stopped writing after a failed write: only a restart recovers it

@@ -251,6 +251,21 @@ pub struct Batch {
     /// Reviewers' verdicts.
     #[serde(default)]
     pub verdicts: Vec<Verdict>,
+    /// Patients' emergency summaries, sealed (`vault`); `None` removes one.
+    #[serde(default)]
+    pub summaries: Vec<(PatientId, Option<Vec<u8>>)>,
+    /// The summaries' hashes as the chain has them (`get-summary-hash`; `None`: no hash).
+    #[serde(default)]
+    pub summary_hashes: Vec<(PatientId, Option<SummaryHash>)>,
+}
+
+/// A summary's hash as recorded on chain by a data custodian.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryHash {
+    /// sha256 of the summary's bytes, hex.
+    pub hash: String,
+    pub version: u64,
+    pub block: u64,
 }
 
 impl Batch {
@@ -277,6 +292,8 @@ impl Batch {
         self.paging.extend(later.paging);
         self.audit.extend(later.audit);
         self.verdicts.extend(later.verdicts);
+        self.summaries.extend(later.summaries);
+        self.summary_hashes.extend(later.summary_hashes);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -297,6 +314,8 @@ impl Batch {
             && self.paging.is_empty()
             && self.audit.is_empty()
             && self.verdicts.is_empty()
+            && self.summaries.is_empty()
+            && self.summary_hashes.is_empty()
     }
 }
 
@@ -379,6 +398,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<crate::audit::Entry>, StoreError>;
     /// The audit entries about one access, in order.
     fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError>;
+    /// A patient's emergency summary, sealed.
+    fn summary(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The chain's hash of a patient's summary, as cached: `None` not cached, `Some(None)`
+    /// the chain has none.
+    fn summary_hash(&self, patient: &PatientId) -> Result<Option<Option<SummaryHash>>, StoreError>;
+    /// Patients whose summary hash is cached.
+    fn summary_hash_ids(&self) -> Result<Vec<PatientId>, StoreError>;
     fn verdict(&self, access_id: &AccessId) -> Result<Option<Verdict>, StoreError>;
     fn verdicts(&self) -> Result<Vec<Verdict>, StoreError>;
     /// Why the store stopped writing, if it has: a write failed, and every write fails until

@@ -525,6 +525,18 @@ impl Store for RedbStore {
             .collect()
     }
 
+    fn summary(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_raw(SUMMARIES, &patient.to_string())
+    }
+
+    fn summary_hash(&self, patient: &PatientId) -> Result<Option<Option<SummaryHash>>, StoreError> {
+        self.get(SUMMARY_HASHES, &patient.to_string())
+    }
+
+    fn summary_hash_ids(&self) -> Result<Vec<PatientId>, StoreError> {
+        self.parsed_keys(SUMMARY_HASHES)
+    }
+
     fn verdict(&self, access_id: &AccessId) -> Result<Option<Verdict>, StoreError> {
         self.get(VERDICTS, &access_id.to_string())
     }

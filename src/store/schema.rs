@@ -30,12 +30,16 @@ pub(super) const PAGING: Table = "paging";
 pub(super) const AUDIT: Table = "audit";
 /// Which audit entries are about which access: `<access id>:<seq>` keys, empty values.
 pub(super) const AUDIT_BY_ACCESS: Table = "audit_by_access";
+/// Emergency summaries, sealed, stored as they are (not JSON).
+pub(super) const SUMMARIES: Table = "summaries";
+/// The chain's summary hashes, by patient id.
+pub(super) const SUMMARY_HASHES: Table = "summary_hashes";
 /// access-control's reviewers, by principal.
 pub(super) const REVIEWERS: Table = "reviewers";
 /// Reviewers' verdicts, by access id.
 pub(super) const VERDICTS: Table = "verdicts";
 /// New tables go last: a journal frame names a table by its index here.
-pub(super) const TABLES: [Table; 17] = [
+pub(super) const TABLES: [Table; 19] = [
     META,
     PROVIDERS,
     PREFERENCES,
@@ -53,6 +57,8 @@ pub(super) const TABLES: [Table; 17] = [
     VERDICTS,
     REVIEWERS,
     AUDIT_BY_ACCESS,
+    SUMMARIES,
+    SUMMARY_HASHES,
 ];
 
 pub(super) fn def(name: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -189,6 +195,14 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     for (k, v) in &batch.paging {
         out.push((PAGING, k.clone(), v.as_ref().map(enc).transpose()?));
     }
+    for (p, sealed) in &batch.summaries {
+        out.push((SUMMARIES, p.to_string(), sealed.clone()));
+    }
+    rows(
+        &mut out,
+        SUMMARY_HASHES,
+        batch.summary_hashes.iter().map(|(p, h)| (p.to_string(), h)),
+    )?;
     rows(
         &mut out,
         VERDICTS,

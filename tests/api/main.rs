@@ -18,4 +18,5 @@ mod rpc;
 mod stacks_codec;
 mod store;
 mod token;
+mod vault;
 mod vectors;

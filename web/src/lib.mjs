@@ -1,6 +1,7 @@
 // The reviewer pages' pure functions: no DOM, no storage, no network. The browser bundle
 // (review.mjs) wires them to the pages; tests/unit.test.mjs runs them in Node (>= 20, whose
-// globalThis.crypto is WebCrypto).
+// globalThis.crypto is WebCrypto). The tablet page (tablet-lib.mjs) builds on them too: hex,
+// keys, `subtle` and `deriveAesKey`, SIP-018 signing, wallets.
 //
 // - The reviewer's key is kept in the browser only encrypted: AES-GCM-256 under a key derived
 //   with PBKDF2-SHA256 (600,000 iterations, 16-byte random salt) from a passphrase; the record's
@@ -104,7 +105,7 @@ export function principalOf(privateKey, network = "testnet") {
   return privateKeyToAddress(normalizePrivateKey(privateKey), network);
 }
 
-function subtle(crypto) {
+export function subtle(crypto) {
   const c = crypto ?? globalThis.crypto;
   if (!c?.subtle) throw new UserError("This browser has no WebCrypto (a secure context, https or localhost, is needed).");
   return c;
@@ -114,7 +115,7 @@ function associatedData(principal) {
   return new TextEncoder().encode(`${STORAGE_KEY}/v1/${principal}`);
 }
 
-async function deriveAesKey(c, passphrase, salt, iterations) {
+export async function deriveAesKey(c, passphrase, salt, iterations) {
   const base = await c.subtle.importKey("raw", new TextEncoder().encode(passphrase), "PBKDF2", false, ["deriveKey"]);
   return c.subtle.deriveKey(
     { name: "PBKDF2", hash: "SHA-256", salt, iterations },

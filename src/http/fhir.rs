@@ -1,0 +1,131 @@
+//! The critical-data vault's FHIR reads and its import:
+//!
+//! - `GET /fhir/Patient/{id}/$summary` (the IPS operation) and `GET /fhir/{Type}?patient={id}`
+//!   (per-type search), with a break-glass token (`Authorization: Bearer`): a FHIR R4
+//!   searchset Bundle of the resources its scopes cover, `Cache-Control: no-store`;
+//! - `POST /v1/admin/summaries`: a patient's summary (a FHIR R4 Bundle), for an admin client.
+//!
+//! It must not: do work beyond calling into `vault`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+
+use super::admin::Admin;
+use super::problem::problem;
+use crate::refusal::Refusal;
+use crate::vault::{bundle, Vault};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/fhir/Patient/{id}/$summary", web::get().to(summary))
+        .route("/fhir/{kind}", web::get().to(search))
+        .route("/v1/admin/summaries", web::post().to(import));
+}
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+fn answer(result: Result<serde_json::Value, Refusal>) -> HttpResponse {
+    match result {
+        Ok(bundle) => HttpResponse::Ok()
+            .content_type("application/fhir+json")
+            .insert_header(("cache-control", "no-store"))
+            .json(bundle),
+        Err(r) => {
+            let mut res = problem(&r);
+            res.headers_mut().insert(
+                actix_web::http::header::CACHE_CONTROL,
+                actix_web::http::header::HeaderValue::from_static("no-store"),
+            );
+            res
+        }
+    }
+}
+
+async fn summary(
+    req: HttpRequest,
+    path: web::Path<String>,
+    vault: web::Data<Vault>,
+) -> HttpResponse {
+    answer(vault.read(bearer(&req), &path, None).await)
+}
+
+#[derive(serde::Deserialize)]
+struct Search {
+    patient: Option<String>,
+}
+
+async fn search(
+    req: HttpRequest,
+    path: web::Path<String>,
+    vault: web::Data<Vault>,
+) -> HttpResponse {
+    let kind = path.into_inner();
+    if !bundle::RESOURCE_TYPES.contains(&kind.as_str()) {
+        return answer(Err(Refusal::new(
+            404,
+            "unknown-resource-type",
+            "Unknown resource type",
+            format!("{kind} is not served here"),
+        )));
+    }
+    let Some(patient) = web::Query::<Search>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.into_inner().patient)
+    else {
+        return answer(Err(Refusal::new(
+            400,
+            "patient-required",
+            "Patient required",
+            "search with ?patient=<patient id>",
+        )));
+    };
+    answer(vault.read(bearer(&req), &patient, Some(&kind)).await)
+}
+
+async fn import(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    vault: web::Data<Vault>,
+    admin: web::Data<Admin>,
+) -> HttpResponse {
+    if super::tokens::basic_client(&req, &admin.clients).is_none() {
+        return problem(&Refusal::new(
+            401,
+            "invalid-client",
+            "Invalid client",
+            "the admin API takes HTTP Basic as a configured admin client",
+        ));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return problem(&Refusal::new(
+                400,
+                "malformed-request",
+                "Malformed request",
+                "the body could not be read",
+            ));
+        };
+        if body.len() + chunk.len() > bundle::MAX_BYTES {
+            return problem(&Refusal::new(
+                413,
+                "summary-too-large",
+                "Summary too large",
+                format!(
+                    "a summary is at most {} bytes; nothing was stored",
+                    bundle::MAX_BYTES
+                ),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    match vault.import(&body).await {
+        Ok(imported) => HttpResponse::Created().json(imported),
+        Err(r) => problem(&r),
+    }
+}

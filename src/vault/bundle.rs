@@ -1,0 +1,216 @@
+//! A patient's emergency summary as imported: an International Patient Summary-style FHIR R4
+//! `Bundle` (a `document` with a `Composition` first, or a `collection`), with the patient's
+//! `Patient` resource naming their pseudonymous id, and the clinical resources the break-glass
+//! scopes can open.
+//!
+//! It must not: do I/O, or put a resource's content in an error (errors name the entry and the
+//! element, never a value).
+
+use serde_json::Value;
+
+use crate::domain::PatientId;
+
+/// The largest summary accepted, in bytes.
+pub const MAX_BYTES: usize = 2 * 1024 * 1024;
+
+/// What a summary may hold besides the Patient and the Composition: the IPS sections' types.
+pub const RESOURCE_TYPES: &[&str] = &[
+    "AllergyIntolerance",
+    "MedicationStatement",
+    "MedicationRequest",
+    "Medication",
+    "Condition",
+    "Observation",
+    "DiagnosticReport",
+    "Consent",
+    "DocumentReference",
+    "Immunization",
+    "Procedure",
+    "ImagingStudy",
+    "Device",
+    "DeviceUseStatement",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+];
+
+/// A summary that passed the checks.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub patient: PatientId,
+    /// The clinical resources (not the Patient, not the Composition), in bundle order.
+    pub resources: Vec<Value>,
+}
+
+fn id_ok(id: &str) -> bool {
+    // FHIR R4 id: [A-Za-z0-9\-\.]{1,64}
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+/// Parses and checks `body` as a summary whose patient is named by an identifier of
+/// `id_system`; the reason it is not one.
+pub fn parse(body: &[u8], id_system: &str) -> Result<Summary, String> {
+    if body.len() > MAX_BYTES {
+        return Err(format!(
+            "the summary is {} bytes; at most {MAX_BYTES} are accepted",
+            body.len()
+        ));
+    }
+    let doc: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    if doc.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err("resourceType: a summary is a FHIR R4 Bundle".into());
+    }
+    match doc.get("type").and_then(Value::as_str) {
+        Some("document" | "collection") => {}
+        Some(other) => {
+            return Err(format!(
+                "Bundle.type: {other:?} is not a summary's (document or collection)"
+            ))
+        }
+        None => return Err("Bundle.type is required".into()),
+    }
+    // FHIR R4 as the specification's structure definitions have it (fhirbolt's generated
+    // models, strict: unknown elements, wrong types and missing required elements refused)
+    let strict = fhirbolt::serde::DeserializationConfig {
+        mode: fhirbolt::serde::DeserializationMode::Strict,
+    };
+    if let Err(e) = fhirbolt::json::from_slice::<fhirbolt::model::r4::Resource>(body, Some(strict))
+    {
+        return Err(format!("not valid FHIR R4: {e}"));
+    }
+    let entries = doc
+        .get("entry")
+        .and_then(Value::as_array)
+        .filter(|e| !e.is_empty())
+        .ok_or("Bundle.entry: a summary has entries")?;
+    let mut patient: Option<PatientId> = None;
+    let mut resources = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("Bundle.entry[{i}]");
+        let resource = entry
+            .get("resource")
+            .filter(|r| r.is_object())
+            .ok_or_else(|| format!("{at}.resource is required"))?;
+        let kind = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("{at}.resource.resourceType is required"))?;
+        if let Some(id) = resource.get("id") {
+            if !id.as_str().is_some_and(id_ok) {
+                return Err(format!("{at}.resource.id is not a FHIR id"));
+            }
+        }
+        match kind {
+            "Patient" => {
+                let ids = resource
+                    .get("identifier")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| format!("{at}: the Patient has no identifier"))?;
+                let named = ids
+                    .iter()
+                    .find(|i| i.get("system").and_then(Value::as_str) == Some(id_system))
+                    .and_then(|i| i.get("value").and_then(Value::as_str))
+                    .ok_or_else(|| {
+                        format!("{at}: the Patient has no identifier of system {id_system}")
+                    })?;
+                let id: PatientId = named
+                    .parse()
+                    .map_err(|e| format!("{at}: the Patient's id: {e}"))?;
+                if patient.replace(id).is_some_and(|p| p != id) {
+                    return Err(format!("{at}: a second, different Patient"));
+                }
+            }
+            "Composition" => {
+                if i != 0 {
+                    return Err(format!("{at}: the Composition comes first in a document"));
+                }
+            }
+            k if RESOURCE_TYPES.contains(&k) => {
+                for element in ["code", "category"] {
+                    if let Some(v) = resource.get(element) {
+                        if !(v.is_object() || v.is_array()) {
+                            return Err(format!(
+                                "{at}.resource.{element} is not a CodeableConcept"
+                            ));
+                        }
+                    }
+                }
+                resources.push(resource.clone());
+            }
+            other => {
+                return Err(format!(
+                    "{at}: a {other} does not belong in an emergency summary"
+                ))
+            }
+        }
+    }
+    if doc.get("type").and_then(Value::as_str) == Some("document")
+        && entries[0]["resource"]["resourceType"] != "Composition"
+    {
+        return Err("Bundle.entry[0]: a document begins with its Composition".into());
+    }
+    let patient = patient.ok_or("the summary has no Patient (whose summary is it?)")?;
+    Ok(Summary { patient, resources })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SYSTEM: &str = "urn:breakglass:patient-id";
+
+    fn demo() -> (PatientId, Value) {
+        let p = PatientId([7; 32]);
+        (p, crate::demo::summary(&p, SYSTEM))
+    }
+
+    #[test]
+    fn the_demo_summary_is_a_summary_and_bad_ones_are_named() {
+        let (p, doc) = demo();
+        let body = serde_json::to_vec(&doc).unwrap();
+        if let Ok(path) = std::env::var("BREAKGLASS_DUMP_SUMMARY") {
+            std::fs::write(path, &body).unwrap();
+        }
+        let s = parse(&body, SYSTEM).unwrap();
+        assert_eq!(s.patient, p);
+        assert_eq!(s.resources.len(), 8);
+
+        let bad = |f: &dyn Fn(&mut Value)| {
+            let mut d = doc.clone();
+            f(&mut d);
+            parse(&serde_json::to_vec(&d).unwrap(), SYSTEM).unwrap_err()
+        };
+        assert!(parse(b"{not json", SYSTEM)
+            .unwrap_err()
+            .starts_with("not JSON"));
+        assert!(bad(&|d| d["resourceType"] = "Patient".into()).contains("Bundle"));
+        assert!(bad(&|d| d["type"] = "transaction".into()).contains("Bundle.type"));
+        assert!(bad(&|d| {
+            d["entry"].as_array_mut().unwrap().remove(1);
+        })
+        .contains("no Patient"));
+        assert!(
+            bad(&|d| d["entry"][1]["resource"]["identifier"][0]["system"] = "other".into())
+                .contains("no identifier of system")
+        );
+        assert!(bad(&|d| d["entry"][2]["resource"] =
+            serde_json::json!({"resourceType": "Basic", "id": "b", "code": {"text": "x"}}))
+        .contains("a Basic does not belong"));
+        assert!(bad(&|d| d["entry"][2]["resource"]["id"] = "a b".into()).contains("not a FHIR id"));
+        // what the FHIR R4 structure definitions refuse
+        assert!(bad(&|d| d["entry"][2]["resource"]["colour"] = "red".into())
+            .contains("not valid FHIR R4"));
+        assert!(bad(&|d| d["entry"][6]["resource"]
+            .as_object_mut()
+            .unwrap()
+            .remove("status")
+            .map(drop)
+            .unwrap_or(()))
+        .contains("missing field `status`"));
+        let huge = vec![b' '; MAX_BYTES + 1];
+        assert!(parse(&huge, SYSTEM).unwrap_err().contains("at most"));
+    }
+}

@@ -1,0 +1,354 @@
+//! The critical-data vault: each patient's emergency summary (`bundle.rs`), stored sealed
+//! (`seal::names::summary`), its SHA-256 recorded on chain by the service as a data custodian
+//! (`set-summary-hash`, through the submitter), and served only to a valid break-glass token
+//! for that patient, only the resources its scopes cover (`scope.rs`), only when the stored
+//! summary still hashes to what the chain says.
+//!
+//! Every read and every refused read goes to the audit log before it is answered: reviewers
+//! see what was actually read.
+//!
+//! It must not: serve anything it could not check against the chain, log clinical content,
+//! or let a token for one patient read another's data.
+
+pub mod bundle;
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::audit::{Event, Record};
+use crate::chain::contracts::ACCESS_CONTROL;
+use crate::chain::state::ChainState;
+use crate::chain::submitter;
+use crate::domain::PatientId;
+use crate::refusal::Refusal;
+use crate::scope::Scope;
+use crate::seal::Keyring;
+use crate::stacks::Value as Clarity;
+use crate::store::{apply_async, Batch};
+use crate::token::TokenIssuer;
+
+pub struct Vault {
+    pub state: ChainState,
+    pub keyring: Arc<Keyring>,
+    pub tokens: Arc<TokenIssuer>,
+    pub patient_id_system: String,
+}
+
+/// Whose token read: its id and the clinician it was issued to.
+#[derive(Debug, Clone)]
+struct Holder {
+    jti: String,
+    clinician: crate::stacks::Address,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Imported {
+    pub patient: PatientId,
+    pub resources: usize,
+    /// sha256 of the stored bytes, hex: what goes on chain.
+    pub hash: String,
+    /// The chain write that records it.
+    pub operation: String,
+}
+
+fn refusal(
+    status: u16,
+    code: &'static str,
+    title: &'static str,
+    detail: impl Into<String>,
+) -> Refusal {
+    Refusal::new(status, code, title, detail)
+}
+
+fn store_unavailable(e: impl std::fmt::Display) -> Refusal {
+    tracing::error!(error = %e, "vault: store unavailable");
+    refusal(
+        503,
+        "store-unavailable",
+        "Store unavailable",
+        "the vault cannot be read or written right now; try again",
+    )
+}
+
+/// The operation that records `hash` as `patient`'s summary hash.
+pub fn operation(patient: &PatientId, hash: &[u8; 32]) -> crate::store::Submission {
+    submitter::operation(
+        &format!("summary:{patient}:{}", hex::encode(hash)),
+        ACCESS_CONTROL,
+        "set-summary-hash",
+        &[
+            Clarity::Buffer(patient.0.to_vec()).to_hex(),
+            Clarity::Buffer(hash.to_vec()).to_hex(),
+        ],
+    )
+}
+
+impl Vault {
+    /// Imports a summary: checked, sealed and stored with the chain write of its hash, in one
+    /// durable write; a bad one is refused with the reason and nothing is stored.
+    pub async fn import(&self, body: &[u8]) -> Result<Imported, Refusal> {
+        let summary = bundle::parse(body, &self.patient_id_system)
+            .map_err(|why| refusal(422, "invalid-summary", "Invalid summary", why))?;
+        let hash: [u8; 32] = Sha256::digest(body).into();
+        let sealed = self
+            .keyring
+            .seal(&crate::seal::names::summary(&summary.patient), body)
+            .map_err(store_unavailable)?;
+        let op = operation(&summary.patient, &hash);
+        let imported = Imported {
+            patient: summary.patient,
+            resources: summary.resources.len(),
+            hash: hex::encode(hash),
+            operation: op.id.clone(),
+        };
+        let known = self
+            .state
+            .store
+            .submission(&op.id)
+            .map_err(store_unavailable)?;
+        let batch = Batch {
+            summaries: vec![(summary.patient, Some(sealed))],
+            // the same bytes again: their hash is recorded (or on its way) already
+            submissions: if known.is_some() {
+                Vec::new()
+            } else {
+                vec![op]
+            },
+            ..Batch::default()
+        };
+        apply_async(&self.state.store, batch)
+            .await
+            .map_err(store_unavailable)?;
+        tracing::info!(patient = %summary.patient, resources = imported.resources, "emergency summary imported");
+        Ok(imported)
+    }
+
+    /// Reads `patient`'s summary with break-glass `token`: the resources its scopes cover
+    /// (of `resource_type` only, when given) as a FHIR searchset Bundle. Each read and each
+    /// refusal is in the audit log before the answer.
+    pub async fn read(
+        &self,
+        token: Option<&str>,
+        patient: &str,
+        resource_type: Option<&str>,
+    ) -> Result<Value, Refusal> {
+        let result = self.read_checked(token, patient, resource_type).await;
+        let event = match &result {
+            Ok((who, patient, bundle)) => Event::Read {
+                jti: who.jti.clone(),
+                clinician: who.clinician,
+                patient: *patient,
+                resource_types: resource_types(bundle),
+                count: bundle["total"].as_u64().unwrap_or(0),
+            },
+            Err((r, who, patient)) => Event::ReadRefusal {
+                code: r.code.to_string(),
+                status: r.status,
+                jti: who.as_ref().map(|w| w.jti.clone()),
+                clinician: who.as_ref().map(|w| w.clinician),
+                patient: *patient,
+            },
+        };
+        let logged = apply_async(
+            &self.state.store,
+            Batch {
+                audit: vec![Record::now(event)],
+                ..Batch::default()
+            },
+        )
+        .await;
+        if let Err(e) = logged {
+            tracing::error!(error = %e, "a read could not be added to the audit log: not served");
+            return Err(refusal(
+                503,
+                "audit-unavailable",
+                "Audit trail unavailable",
+                "the read could not be recorded, so nothing is served; try again",
+            ));
+        }
+        result.map(|(_, _, bundle)| bundle).map_err(|(r, _, _)| r)
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn read_checked(
+        &self,
+        token: Option<&str>,
+        patient: &str,
+        resource_type: Option<&str>,
+    ) -> Result<(Holder, PatientId, Value), (Refusal, Option<Holder>, Option<PatientId>)> {
+        let patient: PatientId = patient.parse().map_err(|e: String| {
+            (
+                refusal(400, "invalid-patient-id", "Invalid patient id", e),
+                None,
+                None,
+            )
+        })?;
+        let p = Some(patient);
+        let token = token.ok_or_else(|| {
+            (
+                refusal(
+                    401,
+                    "no-token",
+                    "No token",
+                    "read with a break-glass token: Authorization: Bearer <token>",
+                ),
+                None,
+                p,
+            )
+        })?;
+        let claims = self.tokens.verify(token).map_err(|why| {
+            (
+                refusal(
+                    401,
+                    "invalid-token",
+                    "Invalid token",
+                    format!("the token is not valid here: {why}"),
+                ),
+                None,
+                p,
+            )
+        })?;
+        let jti = claims.sub.parse().ok().map(|clinician| Holder {
+            jti: claims.jti.clone(),
+            clinician,
+        });
+        match self.state.store.revoked(&claims.jti) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                return Err((
+                    refusal(
+                        401,
+                        "token-revoked",
+                        "Token revoked",
+                        "this access was revoked",
+                    ),
+                    jti,
+                    p,
+                ))
+            }
+            Err(e) => return Err((store_unavailable(e), jti, p)),
+        }
+        if claims.patient != patient.to_string() {
+            return Err((
+                refusal(
+                    403,
+                    "wrong-patient",
+                    "Another patient",
+                    "the token was issued for another patient",
+                ),
+                jti,
+                p,
+            ));
+        }
+        let scopes = crate::scope::parse_claim(&claims.scope);
+        if let Some(kind) = resource_type {
+            if !scopes.iter().any(|s| s.resource == kind) {
+                return Err((
+                    refusal(
+                        403,
+                        "insufficient-scope",
+                        "Not in the token's scope",
+                        format!("the token does not open {kind}"),
+                    ),
+                    jti,
+                    p,
+                ));
+            }
+        }
+        let resources = self
+            .verified(&patient)
+            .await
+            .map_err(|r| (r, jti.clone(), p))?;
+        let granted: Vec<&Value> = resources
+            .iter()
+            .filter(|r| resource_type.is_none_or(|k| r["resourceType"] == k))
+            .filter(|r| scopes.iter().any(|s: &Scope| s.allows(r)))
+            .collect();
+        let bundle = json!({
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": granted.len(),
+            "entry": granted.iter().map(|r| json!({ "resource": r, "search": { "mode": "match" } })).collect::<Vec<_>>(),
+        });
+        let holder = jti.ok_or_else(|| {
+            (
+                refusal(
+                    401,
+                    "invalid-token",
+                    "Invalid token",
+                    "the token names no clinician",
+                ),
+                None,
+                p,
+            )
+        })?;
+        Ok((holder, patient, bundle))
+    }
+
+    /// The patient's summary resources, unsealed, once their bytes hash to the chain's record.
+    async fn verified(&self, patient: &PatientId) -> Result<Vec<Value>, Refusal> {
+        let sealed = self
+            .state
+            .store
+            .summary(patient)
+            .map_err(store_unavailable)?
+            .ok_or_else(|| {
+                refusal(
+                    404,
+                    "no-summary",
+                    "No summary",
+                    "no emergency summary is held for this patient",
+                )
+            })?;
+        let bytes = self
+            .keyring
+            .open(&crate::seal::names::summary(patient), &sealed)
+            .map_err(|e| {
+                tracing::error!(%patient, error = %e, "a sealed summary does not open");
+                refusal(
+                    502,
+                    "summary-integrity",
+                    "Summary failed its integrity check",
+                    "the stored summary could not be opened; nothing is served",
+                )
+            })?;
+        let on_chain = self.state.summary_hash(patient).await.map_err(|e| {
+            tracing::error!(error = %e, "vault: the chain's summary hash could not be read");
+            refusal(
+                503,
+                "chain-state-unavailable",
+                "Chain state unavailable",
+                "the summary's hash on chain could not be read; try again",
+            )
+        })?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+        match on_chain {
+            None => Err(refusal(409, "summary-not-recorded", "Summary not recorded on chain", "the summary's hash is not on chain yet, so it cannot be checked; nothing is served")),
+            Some(h) if h.hash != hash => {
+                tracing::error!(%patient, "the stored summary does not hash to the chain's record");
+                Err(refusal(502, "summary-integrity", "Summary failed its integrity check", "the stored summary does not match its hash on chain (it was changed off chain, or the chain's record was); nothing is served"))
+            }
+            Some(_) => bundle::parse(&bytes, &self.patient_id_system)
+                .map(|s| s.resources)
+                .map_err(|why| {
+                    tracing::error!(%patient, "a stored summary no longer parses: {why}");
+                    refusal(502, "summary-integrity", "Summary failed its integrity check", "the stored summary could not be read; nothing is served")
+                }),
+        }
+    }
+}
+
+fn resource_types(bundle: &Value) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in bundle["entry"].as_array().into_iter().flatten() {
+        if let Some(t) = e["resource"]["resourceType"].as_str() {
+            if !out.iter().any(|x| x == t) {
+                out.push(t.to_string());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,344 @@
+//! The critical-data vault end to end against the seeded devnet: importing summaries (their
+//! hash recorded on chain by the service as a data custodian), reading them with break-glass
+//! tokens (only what the scopes cover), every refused token and read in the audit log, and a
+//! summary changed off chain (or its hash on chain) refused with the integrity code.
+
+use breakglass::configuration::ResourceServerClient;
+use breakglass::domain::PatientId;
+use breakglass::stacks::Value;
+use breakglass::token::{AccessClaims, TokenIssuer};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::support::*;
+
+const ADMIN_SECRET: &str = "admin-secret-for-vault-tests";
+const SYSTEM: &str = "urn:breakglass:patient-id";
+
+async fn import(env: &Env, body: Vec<u8>) -> (u16, Json) {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/admin/summaries", env.app.api_addr))
+        .basic_auth("ops", Some(ADMIN_SECRET))
+        .header("content-type", "application/fhir+json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Json::Null))
+}
+
+async fn read(env: &Env, path: &str, token: &str) -> (u16, Json, Option<String>) {
+    let res = reqwest::Client::new()
+        .get(format!("http://{}{path}", env.app.api_addr))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let cache = res
+        .headers()
+        .get("cache-control")
+        .map(|h| h.to_str().unwrap().to_string());
+    (status, res.json().await.unwrap_or(Json::Null), cache)
+}
+
+/// A token grant for `role` on `patient`'s `data_types`.
+async fn token(env: &Env, role: &str, patient: &str, data_types: &[&str], nonce: u64) -> Json {
+    let p = provider(&env.demo, role);
+    let (status, g) = post(
+        &env.app,
+        &signed(
+            p["private_key"].as_str().unwrap(),
+            patient,
+            data_types,
+            nonce,
+            now(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{g}");
+    g
+}
+
+fn types(bundle: &Json) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every refused read's code in the audit log.
+fn refused_reads(env: &Env) -> Vec<String> {
+    env.app
+        .store
+        .audit_entries(1, 100_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.parsed().unwrap() {
+            breakglass::audit::Event::ReadRefusal { code, .. } => Some(code),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn recorded(env: &Env, op: &str) {
+    eventually(op, SECS, async || {
+        env.devnet.mine().await;
+        let s = env.app.store.submission(op).unwrap()?;
+        matches!(
+            s.state,
+            breakglass::store::SubmissionState::Confirmed { .. }
+        )
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_read_only_what_they_open_and_every_bad_read_is_refused_and_logged() {
+    let env = setup(|s| {
+        s.admin.clients = vec![ResourceServerClient {
+            id: "ops".into(),
+            secret_sha256: hex::encode(Sha256::digest(ADMIN_SECRET.as_bytes())),
+        }];
+    })
+    .await;
+    let patient_hex = patient(&env.demo, true).to_string();
+    let other_hex = patient(&env.demo, false).to_string();
+    let patient_id: PatientId = patient_hex.parse().unwrap();
+
+    // bad bundles: the reason, and nothing stored
+    let stranger = PatientId([9; 32]);
+    let good = breakglass::demo::summary(&stranger, SYSTEM);
+    let mut no_patient = good.clone();
+    no_patient["entry"].as_array_mut().unwrap().remove(1);
+    let mut wrong_type = good.clone();
+    wrong_type["resourceType"] = "Patient".into();
+    let mut not_r4 = good.clone();
+    not_r4["entry"][2]["resource"]["colour"] = "red".into();
+    for (body, status, says) in [
+        (b"{not json".to_vec(), 422, "not JSON"),
+        (serde_json::to_vec(&wrong_type).unwrap(), 422, "Bundle"),
+        (serde_json::to_vec(&no_patient).unwrap(), 422, "no Patient"),
+        (
+            serde_json::to_vec(&not_r4).unwrap(),
+            422,
+            "not valid FHIR R4",
+        ),
+        (vec![b' '; 10 * 1024 * 1024], 413, "at most"),
+    ] {
+        let (s, p) = import(&env, body).await;
+        assert_eq!(s, status, "{p}");
+        assert!(p["detail"].as_str().unwrap().contains(says), "{p}");
+        assert!(env.app.store.summary(&stranger).unwrap().is_none());
+    }
+    let ops_before = env.app.store.submissions().unwrap().len();
+    assert!(env
+        .app
+        .store
+        .submissions()
+        .unwrap()
+        .iter()
+        .all(|s| !s.id.starts_with("summary:")));
+
+    // the demo patient's summary, its hash on chain
+    let body = serde_json::to_vec(&breakglass::demo::summary(&patient_id, SYSTEM)).unwrap();
+    let (s, imported) = import(&env, body.clone()).await;
+    assert_eq!(s, 201, "{imported}");
+    assert_eq!(imported["hash"], hex::encode(Sha256::digest(&body)));
+    assert_eq!(env.app.store.submissions().unwrap().len(), ops_before + 1);
+    recorded(&env, imported["operation"].as_str().unwrap()).await;
+
+    // a nurse who opened allergies reads exactly the allergies
+    let g = token(&env, "nurse", &patient_hex, &["allergies"], 1).await;
+    let t = g["access_token"].as_str().unwrap().to_string();
+    let (s, bundle, cache) = read(&env, &format!("/fhir/Patient/{patient_hex}/$summary"), &t).await;
+    assert_eq!(s, 200, "{bundle}");
+    assert_eq!(cache.as_deref(), Some("no-store"));
+    assert_eq!(types(&bundle), ["AllergyIntolerance", "AllergyIntolerance"]);
+    let (s, search, _) = read(
+        &env,
+        &format!("/fhir/AllergyIntolerance?patient={patient_hex}"),
+        &t,
+    )
+    .await;
+    assert_eq!((s, search["total"].as_u64()), (200, Some(2)));
+    // an unscoped resource type
+    let (s, p, _) = read(&env, &format!("/fhir/Condition?patient={patient_hex}"), &t).await;
+    assert_eq!((s, p["code"].as_str()), (403, Some("insufficient-scope")));
+
+    // blood type opens the ABO observation, never the labs beside it
+    let g = token(&env, "physician", &patient_hex, &["blood-type"], 2).await;
+    assert!(
+        g["scope"]
+            .as_str()
+            .unwrap()
+            .contains("Observation.rs?code=http://loinc.org|882-1"),
+        "{g}"
+    );
+    let (s, bundle, _) = read(
+        &env,
+        &format!("/fhir/Observation?patient={patient_hex}"),
+        g["access_token"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(bundle["total"], 1, "{bundle}");
+    assert_eq!(
+        bundle["entry"][0]["resource"]["code"]["coding"][0]["code"],
+        "882-1"
+    );
+
+    // tokens that must not read
+    let data = env.dir.path().join("service");
+    let keyring = breakglass::seal::Keyring::load_or_generate(&data, None).unwrap();
+    let issuer = |aud: &str| {
+        TokenIssuer::load_or_generate(&data, "http://127.0.0.1:8080", aud, &keyring).unwrap()
+    };
+    let valid = env
+        .app
+        .store
+        .access(&g["access_id"].as_str().unwrap().parse().unwrap())
+        .unwrap()
+        .unwrap();
+    let own = issuer("fhir");
+    let mut claims: AccessClaims = own.claims(&valid);
+    claims.exp = now() - 5;
+    let expired = own.issue(&claims).unwrap();
+    let wrong_aud = issuer("another-resource-server")
+        .issue(&issuer("another-resource-server").claims(&valid))
+        .unwrap();
+    let mut parts: Vec<String> = t.split('.').map(String::from).collect();
+    parts[1] = parts[1].replacen('e', "f", 1);
+    let tampered = parts.join(".");
+    let none = format!(
+        "{}.{}.",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            br#"{"alg":"none","typ":"at+jwt"}"#
+        ),
+        t.split('.').nth(1).unwrap()
+    );
+    let summary = format!("/fhir/Patient/{patient_hex}/$summary");
+    for (what, tok, code) in [
+        ("expired", expired.as_str(), "invalid-token"),
+        ("wrong audience", wrong_aud.as_str(), "invalid-token"),
+        ("tampered", tampered.as_str(), "invalid-token"),
+        ("alg none", none.as_str(), "invalid-token"),
+    ] {
+        let (s, p, _) = read(&env, &summary, tok).await;
+        assert_eq!((s, p["code"].as_str()), (401, Some(code)), "{what}: {p}");
+        assert!(p.get("entry").is_none());
+    }
+    // a token for this patient does not read another's
+    let (s, p, _) = read(&env, &format!("/fhir/Patient/{other_hex}/$summary"), &t).await;
+    assert_eq!((s, p["code"].as_str()), (403, Some("wrong-patient")), "{p}");
+    // a revoked token
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            revoked: vec![(g["access_id"].as_str().unwrap().to_string(), now() + 600)],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (s, p, _) = read(&env, &summary, g["access_token"].as_str().unwrap()).await;
+    assert_eq!((s, p["code"].as_str()), (401, Some("token-revoked")), "{p}");
+    let logged = refused_reads(&env);
+    for code in [
+        "insufficient-scope",
+        "invalid-token",
+        "wrong-patient",
+        "token-revoked",
+    ] {
+        assert!(logged.iter().any(|c| c == code), "{code} not in {logged:?}");
+    }
+    assert!(logged.iter().filter(|c| *c == "invalid-token").count() >= 4);
+
+    // the stored summary changed off chain: refused, nothing served
+    let forged = {
+        let mut d = breakglass::demo::summary(&patient_id, SYSTEM);
+        d["entry"][2]["resource"]["criticality"] = "low".into();
+        serde_json::to_vec(&d).unwrap()
+    };
+    let sealed_forged = keyring
+        .seal(&breakglass::seal::names::summary(&patient_id), &forged)
+        .unwrap();
+    let original = env.app.store.summary(&patient_id).unwrap().unwrap();
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            summaries: vec![(patient_id, Some(sealed_forged))],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let fresh = token(&env, "nurse", &patient_hex, &["allergies"], 4).await;
+    let ft = fresh["access_token"].as_str().unwrap().to_string();
+    let (s, p, _) = read(&env, &summary, &ft).await;
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (502, Some("summary-integrity")),
+        "{p}"
+    );
+    assert!(p.get("entry").is_none() && !p.to_string().contains("Penicillin"));
+    // put back: served again
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            summaries: vec![(patient_id, Some(original))],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(read(&env, &summary, &ft).await.0, 200);
+    // the hash on chain changed (a custodian recorded another): refused within the block
+    let responder =
+        breakglass::keys::parse_key(env.demo["responder"]["private_key"].as_str().unwrap())
+            .unwrap();
+    env.devnet
+        .call(
+            &responder,
+            "access-control",
+            "set-summary-hash",
+            vec![
+                Value::Buffer(patient_id.0.to_vec()),
+                Value::Buffer(vec![0xab; 32]),
+            ],
+        )
+        .await;
+    eventually("the new hash applied", SECS, async || {
+        env.devnet.mine().await;
+        let h = env.app.store.summary_hash(&patient_id).unwrap()??;
+        (h.hash == "ab".repeat(32)).then_some(())
+    })
+    .await;
+    let (s, p, _) = read(&env, &summary, &ft).await;
+    assert_eq!(
+        (s, p["code"].as_str()),
+        (502, Some("summary-integrity")),
+        "{p}"
+    );
+    assert!(
+        refused_reads(&env)
+            .iter()
+            .filter(|c| *c == "summary-integrity")
+            .count()
+            >= 2
+    );
+    let reads = env
+        .app
+        .store
+        .audit_entries(1, 100_000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.parsed().unwrap(), breakglass::audit::Event::Read { .. }))
+        .count();
+    assert!(reads >= 4, "every read is in the audit log: {reads}");
+}

@@ -1,0 +1,698 @@
+// The clinician's tablet page (GET /tablet; bundled into static/tablet.js, loaded with `defer`).
+// Each part runs only if the page has its elements (web/README.md, "Tablet page"):
+// - #key-setup: the clinician's key, imported once and kept encrypted under a PIN;
+// - #request: who the key is (GET /tablet/options), the data types as toggles, the patient id
+//   (typed or scanned), the reason, the device name, the PIN, then the signed POST /v1/break-glass;
+// - #result: the refusal, or the summary read with the granted token, a countdown, and the wipe
+//   at the window's end or on #end.
+// Nothing clinical is written to storage: localStorage holds the encrypted key and the device
+// name only; the token and the data live in this script's memory and the DOM until the wipe.
+// The logic lives in tablet-lib.mjs and lib.mjs (pure functions, tested in Node).
+
+import { UserError, networkFrom, parseDomain, parseKeyRecord, signStructured, walletProvider, walletSign } from "./lib.mjs";
+import {
+  CLOSED_TEXT,
+  DATA_TYPE_LABELS,
+  DEVICE_STORAGE,
+  TABLET_KEY_STORAGE,
+  WARNINGS,
+  breakGlassMessage,
+  countdownText,
+  decryptTabletKey,
+  encryptTabletKey,
+  formatRemaining,
+  normalizeDevice,
+  parseGrant,
+  parseOptions,
+  parsePatientId,
+  patientFromScan,
+  randomNonce,
+  refusalText,
+  requestBody,
+  summaryGroups,
+  summaryPath,
+  walletAddress,
+  warningText,
+} from "./tablet-lib.mjs";
+
+const TOUCH_PX = 44;
+const TICK_MS = 250;
+const OPTIONS_RETRY_MS = 5000;
+const SCAN_EVERY_MS = 200;
+const SCAN_TIMEOUT_MS = 60_000;
+
+const byId = (id) => document.getElementById(id);
+
+function metaContent(name) {
+  return document.querySelector(`meta[name="${name}"]`)?.getAttribute("content") ?? null;
+}
+
+function messageOf(error) {
+  if (error instanceof UserError) return error.message;
+  if (error?.name === "AbortError") return "Stopped.";
+  if (error instanceof TypeError && /fetch|network/i.test(error.message)) {
+    return "The server could not be reached. Check the connection and try again.";
+  }
+  return `Something went wrong: ${error?.message ?? error}`;
+}
+
+async function readJson(response) {
+  try {
+    return await response.json();
+  } catch {
+    return null;
+  }
+}
+
+function storage() {
+  try {
+    return window.localStorage;
+  } catch {
+    return null; // storage disabled
+  }
+}
+
+/** Style set through the CSSOM, which a CSP without 'unsafe-inline' allows. */
+function style(el, props) {
+  if (el) Object.assign(el.style, props);
+  return el;
+}
+
+// A base layout for a touch screen, of zero specificity (:where), so that any stylesheet of the
+// page wins; adopted as a constructed stylesheet, which a CSP without 'unsafe-inline' allows
+// (a <style> element it blocks). Browsers without constructed stylesheets keep the page's CSS.
+const BASE_CSS = `
+:where(body) { font-family: system-ui, sans-serif; font-size: 18px; line-height: 1.4; margin: 0; }
+:where(main) { max-width: 52rem; margin: 0 auto; padding: 1rem; }
+:where(#key-setup, #request) :where(label) { display: block; margin-top: 1rem; font-weight: 600; }
+:where(#data-types) :where(label) { margin-top: 0; font-weight: normal; }
+:where(#key-setup, #request) :where(input:not([type=checkbox]), textarea) { display: block; width: 100%; font: inherit; padding: 0.5rem; }
+:where(#patient) { font-family: ui-monospace, monospace; }
+:where(#reason) { min-height: 6rem; }
+:where(#data-types) { border: 1px solid #888; border-radius: 0.5rem; margin-top: 1rem; }
+:where(.data-type-refusal) { color: #555; font-size: 0.9em; }
+:where(button) { font: inherit; margin-top: 1rem; padding: 0.5rem 1.25rem; border-radius: 0.5rem; }
+:where(#submit) { display: block; width: 100%; background: #b00020; color: #fff; border: 0; font-weight: 700; }
+:where(#submit:disabled) { background: #777; }
+:where(#end) { background: #222; color: #fff; border: 0; }
+:where(#scanner) { display: block; width: 100%; max-height: 50vh; background: #000; margin-top: 0.5rem; }
+:where(#scanner[hidden]) { display: none; }
+:where(#refusal) { border-left: 0.4rem solid #b00020; background: #fdecea; padding: 0.5rem 1rem; }
+:where(#summary section) { margin: 1rem 0; }
+:where(#summary h3) { margin: 0 0 0.25rem; font-size: 1.1rem; }
+:where(#summary li) { margin: 0.25rem 0; }
+:where(#countdown) { font-size: 1.5rem; font-weight: 700; font-variant-numeric: tabular-nums; }
+:where(#status[data-kind="error"]) { color: #b00020; font-weight: 600; }
+:where(:focus-visible) { outline: 3px solid #1a73e8; outline-offset: 2px; }
+`;
+
+function adoptBaseStyles() {
+  try {
+    const sheet = new CSSStyleSheet();
+    sheet.replaceSync(BASE_CSS);
+    document.adoptedStyleSheets = [sheet, ...document.adoptedStyleSheets];
+  } catch {
+    // no constructed stylesheets: the page's CSS and the touch-target floors below
+  }
+}
+
+/** Touch targets of at least 44 px (WCAG 2.5.5) and 16 px text (no zoom on focus), whatever the page's CSS. */
+function ensureTouchTargets(root) {
+  for (const el of root.querySelectorAll("button, input:not([type=hidden]):not([type=checkbox]):not([type=radio]), textarea, select")) {
+    style(el, { minHeight: `${TOUCH_PX}px`, boxSizing: "border-box" });
+    if (el.tagName === "BUTTON") style(el, { minWidth: `${TOUCH_PX}px` });
+    if (Number.parseFloat(getComputedStyle(el).fontSize) < 16) style(el, { fontSize: "16px" });
+  }
+}
+
+function init() {
+  const setup = byId("key-setup");
+  const request = byId("request");
+  const result = byId("result");
+  if (!setup && !request) return;
+  const status = byId("status");
+  const network = networkFrom(metaContent("breakglass-network"));
+  const keyInput = byId("key");
+  const newPin = byId("new-pin");
+  const importButton = byId("import-key");
+  const forgetButton = byId("forget-key"); // optional
+  const who = byId("who");
+  const patient = byId("patient");
+  const scanButton = byId("scan");
+  const video = byId("scanner");
+  const fieldset = byId("data-types");
+  const reason = byId("reason");
+  const device = byId("device");
+  const pin = byId("pin");
+  const submit = byId("submit");
+  const refusal = byId("refusal");
+  const summary = byId("summary");
+  const countdown = byId("countdown");
+  const end = byId("end");
+  const form = request?.tagName === "FORM" ? request : request?.closest("form") ?? null;
+
+  const state = { principal: null, wallet: null, options: null, busy: false, access: null, optionsTimer: null, scan: null };
+
+  function report(text, kind, { focus = kind === "error" } = {}) {
+    if (!status) return;
+    status.textContent = text;
+    status.dataset.kind = kind;
+    if (focus) {
+      if (!status.hasAttribute("tabindex")) status.setAttribute("tabindex", "-1");
+      status.focus();
+    }
+  }
+
+  function loadRecord() {
+    try {
+      return parseKeyRecord(storage()?.getItem(TABLET_KEY_STORAGE));
+    } catch {
+      return null;
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // the key
+
+  function showKeySetup() {
+    if (setup) setup.hidden = false;
+    if (request) request.hidden = true;
+    if (result) result.hidden = true;
+    state.principal = null;
+    keyInput?.focus();
+  }
+
+  function showRequest(principal) {
+    state.principal = principal;
+    if (setup) setup.hidden = true;
+    if (request) request.hidden = false;
+    if (who) who.textContent = principal;
+    const viaWallet = state.wallet !== null;
+    if (pin) pin.hidden = viaWallet;
+    for (const label of document.querySelectorAll('label[for="pin"]')) label.hidden = viaWallet;
+    loadOptions();
+  }
+
+  importButton?.addEventListener("click", async () => {
+    importButton.disabled = true;
+    report("Encrypting the key under the PIN…", "busy");
+    try {
+      const record = await encryptTabletKey(keyInput?.value ?? "", newPin?.value ?? "", { network });
+      const store = storage();
+      if (!store) throw new UserError("This browser does not allow storing the key (local storage is disabled).");
+      store.setItem(TABLET_KEY_STORAGE, JSON.stringify(record));
+      if (keyInput) keyInput.value = "";
+      if (newPin) newPin.value = "";
+      state.wallet = null;
+      report(`Key of ${record.principal} stored on this tablet, encrypted under the PIN.`, "info");
+      showRequest(record.principal);
+      patient?.focus();
+    } catch (error) {
+      report(messageOf(error), "error");
+    } finally {
+      importButton.disabled = false;
+    }
+  });
+
+  forgetButton?.addEventListener("click", () => {
+    closeAccess(null);
+    storage()?.removeItem(TABLET_KEY_STORAGE);
+    state.wallet = null;
+    showKeySetup();
+    report("The key was removed from this tablet.", "info");
+  });
+
+  const provider = walletProvider(window);
+  if (provider && setup) {
+    const walletButton = document.createElement("button");
+    walletButton.type = "button";
+    walletButton.id = "use-wallet";
+    walletButton.textContent = "Use my Stacks wallet instead";
+    setup.append(walletButton);
+    walletButton.addEventListener("click", async () => {
+      walletButton.disabled = true;
+      report("Asking the wallet for its address…", "busy");
+      try {
+        const address = await walletAddress(provider, network);
+        state.wallet = provider;
+        report(`Signing with the wallet of ${address}.`, "info");
+        showRequest(address);
+      } catch (error) {
+        report(messageOf(error), "error");
+      } finally {
+        walletButton.disabled = false;
+      }
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // who the key is, and the data types it may open
+
+  function renderDataTypes(dataTypes) {
+    if (!fieldset) return;
+    for (const child of [...fieldset.children]) if (child.tagName !== "LEGEND") child.remove();
+    for (const d of dataTypes) {
+      const id = `dt-${d.dataType}`;
+      const row = style(document.createElement("div"), { display: "flex", flexWrap: "wrap", alignItems: "center", columnGap: "0.75rem", margin: "0.25rem 0" });
+      row.className = "data-type";
+      const label = style(document.createElement("label"), {
+        display: "inline-flex",
+        alignItems: "center",
+        gap: "0.75rem",
+        minHeight: `${TOUCH_PX}px`,
+        minWidth: "15rem",
+        padding: "0.25rem 0.75rem",
+        boxSizing: "border-box",
+        cursor: d.allowed ? "pointer" : "not-allowed",
+        opacity: d.allowed ? "1" : "0.6",
+      });
+      label.htmlFor = id;
+      const input = style(document.createElement("input"), { width: "28px", height: "28px", margin: "0", flex: "none" });
+      input.type = "checkbox";
+      input.name = "data-type";
+      input.value = d.dataType;
+      input.id = id;
+      input.disabled = !d.allowed;
+      label.append(input, document.createTextNode(d.label));
+      row.append(label);
+      const noteText = d.allowed ? (d.windowMinutes ? `opens for ${d.windowMinutes} min` : "") : d.reason;
+      if (noteText) {
+        const note = document.createElement("span");
+        note.id = `${id}-note`;
+        note.className = d.allowed ? "data-type-window" : "data-type-refusal";
+        note.textContent = noteText;
+        input.setAttribute("aria-describedby", note.id);
+        row.append(note);
+      }
+      fieldset.append(row);
+    }
+  }
+
+  async function loadOptions() {
+    clearTimeout(state.optionsTimer);
+    const principal = state.principal;
+    if (!principal) return;
+    if (submit) submit.disabled = true;
+    state.options = null;
+    report("Loading what you may open…", "busy");
+    try {
+      const response = await fetch(`/tablet/options?principal=${encodeURIComponent(principal)}`, {
+        headers: { Accept: "application/json" },
+        credentials: "same-origin",
+        cache: "no-store",
+      });
+      const body = await readJson(response);
+      if (!response.ok) throw new UserError(refusalText(body, response.status, { during: "options" }).text);
+      if (state.principal !== principal) return;
+      const options = parseOptions(body, principal);
+      state.options = options;
+      if (who) who.textContent = `${principal} — ${options.role ?? "no provider role"} (${options.status})`;
+      renderDataTypes(options.dataTypes);
+      ensureTouchTargets(request);
+      if (!options.usable) {
+        report(options.why, "error", { focus: false });
+        return;
+      }
+      if (submit) submit.disabled = false;
+      report(
+        state.wallet
+          ? "Ready: enter the patient id, choose the data and write the reason."
+          : "Ready: enter the patient id, choose the data, write the reason and your PIN.",
+        "info",
+      );
+    } catch (error) {
+      if (state.principal !== principal) return;
+      report(`${messageOf(error)} Trying again in ${OPTIONS_RETRY_MS / 1000} s.`, "error", { focus: false });
+      state.optionsTimer = setTimeout(loadOptions, OPTIONS_RETRY_MS);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // the request
+
+  function hideRefusal() {
+    if (!refusal) return;
+    refusal.hidden = true;
+    refusal.replaceChildren();
+  }
+
+  function showRefusal(r) {
+    if (result) result.hidden = false;
+    if (!refusal) {
+      report(r.text, "error");
+      return;
+    }
+    const heading = document.createElement("strong");
+    heading.textContent = `${r.heading}.`;
+    const code = document.createElement("code");
+    code.className = "refusal-code";
+    code.textContent = r.code;
+    refusal.replaceChildren(heading, ` ${r.sentence}${r.retry ? ` ${r.retry}` : ""} (code: `, code, ")");
+    refusal.hidden = false;
+    report("", "info");
+    if (!refusal.hasAttribute("tabindex")) refusal.setAttribute("tabindex", "-1");
+    refusal.focus();
+  }
+
+  function setBusy(busy) {
+    state.busy = busy;
+    for (const b of [submit, scanButton]) {
+      if (!b) continue;
+      if (busy) b.setAttribute("aria-busy", "true");
+      else b.removeAttribute("aria-busy");
+    }
+    if (submit) submit.disabled = busy || !state.options?.usable;
+  }
+
+  async function submitRequest() {
+    if (state.busy || state.access || !state.principal) return;
+    const clickedAt = performance.now();
+    setBusy(true);
+    hideRefusal();
+    if (result && !state.access) result.hidden = true;
+    report("Signing the request…", "busy");
+    let key = null;
+    const pinValue = pin?.value ?? "";
+    if (pin) pin.value = "";
+    try {
+      const domainHex = metaContent("breakglass-domain");
+      if (!domainHex) throw new UserError("This page has no signing domain; reload it.");
+      const domain = parseDomain(domainHex);
+      const patientId = parsePatientId(patient?.value);
+      const dataTypes = fieldset ? [...fieldset.querySelectorAll('input[name="data-type"]:checked:not(:disabled)')].map((i) => i.value) : [];
+      const deviceName = normalizeDevice(device?.value);
+      const message = breakGlassMessage({
+        patient: patientId,
+        dataTypes,
+        reason: reason?.value ?? "",
+        nonce: randomNonce(),
+        issuedAt: Math.floor(Date.now() / 1000),
+        device: deviceName,
+      });
+      let signature;
+      if (state.wallet) {
+        report("Waiting for the wallet to sign…", "busy");
+        signature = await walletSign(state.wallet, message, domain);
+      } else {
+        const record = loadRecord();
+        if (!record) {
+          showKeySetup();
+          throw new UserError("No key is stored on this tablet: import it first.");
+        }
+        key = await decryptTabletKey(record, pinValue);
+        signature = signStructured(message, domain, key);
+        key = null; // dropped: only the signature leaves this function
+      }
+      try {
+        if (deviceName) storage()?.setItem(DEVICE_STORAGE, deviceName);
+        else storage()?.removeItem(DEVICE_STORAGE);
+      } catch {
+        // storage full or disabled: the device name is a convenience
+      }
+      report("Sending the request…", "busy");
+      const sentAt = performance.now();
+      const wallAt = Date.now();
+      const response = await fetch("/v1/break-glass", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify(requestBody(message, signature, domain)),
+        credentials: "same-origin",
+        cache: "no-store",
+      });
+      const body = await readJson(response);
+      if (!response.ok) {
+        showRefusal(refusalText(body, response.status, { during: "grant", retryAfter: response.headers.get("Retry-After") }));
+        return;
+      }
+      const grant = parseGrant(body);
+      startAccess(grant, { patientId, dataTypes, clickedAt, sentAt, wallAt });
+    } catch (error) {
+      report(messageOf(error), "error");
+    } finally {
+      key = null;
+      setBusy(false);
+    }
+  }
+
+  submit?.addEventListener("click", (event) => {
+    event.preventDefault();
+    submitRequest();
+  });
+  form?.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submitRequest();
+  });
+  // the sections are not forms: Enter in a PIN field acts as its button
+  for (const [field, button] of [[pin, submit], [newPin, importButton]]) {
+    field?.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.isComposing && !field.form) {
+        event.preventDefault();
+        button?.click();
+      }
+    });
+  }
+
+  if (device) {
+    try {
+      device.value ||= storage()?.getItem(DEVICE_STORAGE) ?? "";
+    } catch {
+      // storage disabled
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // the access: the summary, the countdown, the wipe
+
+  function startAccess(grant, ctx) {
+    const ms = grant.expiresIn * 1000;
+    const access = {
+      token: grant.token,
+      // counted from the request's sending (the server counts from its grant, a little later);
+      // the earlier of the monotonic and the wall clock, so a sleeping tablet does not stretch it
+      deadline: ctx.sentAt + ms,
+      wallDeadline: ctx.wallAt + ms,
+      warned: new Set(WARNINGS.filter((w) => w >= grant.expiresIn)),
+      controller: new AbortController(),
+      timer: null,
+      shown: "",
+    };
+    state.access = access;
+    stopScan();
+    if (reason) reason.value = ""; // the reason was sent; it does not stay on screen
+    if (request) request.hidden = true;
+    if (result) result.hidden = false;
+    hideRefusal();
+    summary?.replaceChildren();
+    if (end) end.hidden = false;
+    if (countdown) {
+      countdown.setAttribute("role", "timer"); // read on demand: a per-second announcement would drown everything else
+      countdown.setAttribute("aria-live", "off");
+    }
+    const names = ctx.dataTypes.map((d) => DATA_TYPE_LABELS[d] ?? d).join(", ");
+    report(`Access granted for ${formatRemaining(grant.expiresIn)} to ${names}. Loading the record…`, "busy");
+    access.timer = setInterval(() => tick(access), TICK_MS);
+    tick(access);
+    if (state.access === access) loadSummary(access, ctx);
+  }
+
+  function remaining(access) {
+    return Math.min(access.deadline - performance.now(), access.wallDeadline - Date.now()) / 1000;
+  }
+
+  function tick(access) {
+    if (state.access !== access) return;
+    const left = remaining(access);
+    if (left <= 0) {
+      closeAccess(CLOSED_TEXT);
+      return;
+    }
+    const text = countdownText(left);
+    if (countdown && text !== access.shown) {
+      countdown.textContent = text;
+      access.shown = text;
+    }
+    for (const w of WARNINGS) {
+      if (left <= w && !access.warned.has(w)) {
+        access.warned.add(w);
+        report(warningText(w), "info");
+      }
+    }
+  }
+
+  async function loadSummary(access, ctx) {
+    try {
+      const response = await fetch(summaryPath(ctx.patientId), {
+        headers: { Authorization: `Bearer ${access.token}`, Accept: "application/fhir+json" },
+        credentials: "same-origin",
+        cache: "no-store",
+        signal: access.controller.signal,
+      });
+      const body = await readJson(response);
+      if (state.access !== access) return;
+      if (!response.ok) {
+        showRefusal(refusalText(body, response.status, { during: "read", retryAfter: response.headers.get("Retry-After") }));
+        return;
+      }
+      const groups = summaryGroups(body);
+      if (state.access !== access || !summary) return;
+      renderSummary(groups);
+      const count = groups.reduce((n, g) => n + g.lines.length, 0);
+      report(count ? `Showing ${count} record${count === 1 ? "" : "s"}.` : "Nothing of the kinds you opened is on record for this patient.", "info");
+      if (!summary.hasAttribute("tabindex")) summary.setAttribute("tabindex", "-1");
+      summary.focus();
+      document.dispatchEvent(new CustomEvent("breakglass:data", { detail: { ms: performance.now() - ctx.clickedAt } }));
+    } catch (error) {
+      if (state.access !== access || error?.name === "AbortError") return;
+      showRefusal({ heading: "The record could not be read", sentence: messageOf(error), retry: null, code: "client-error", text: messageOf(error) });
+    }
+  }
+
+  function renderSummary(groups) {
+    const sections = groups.map((g, i) => {
+      const section = document.createElement("section");
+      section.dataset.resourceType = g.type;
+      const h = document.createElement("h3");
+      h.id = `summary-${i}`;
+      h.textContent = g.title;
+      section.setAttribute("aria-labelledby", h.id);
+      const ul = document.createElement("ul");
+      for (const line of g.lines) {
+        const li = document.createElement("li");
+        li.textContent = line;
+        ul.append(li);
+      }
+      section.append(h, ul);
+      return section;
+    });
+    if (sections.length === 0) {
+      const p = document.createElement("p");
+      p.textContent = "Nothing of the kinds you opened is on record for this patient.";
+      sections.push(p);
+    }
+    summary.replaceChildren(...sections);
+  }
+
+  /** Ends the access on this screen: the data's nodes removed, the token dropped. */
+  function closeAccess(text) {
+    const access = state.access;
+    if (!access) return;
+    state.access = null;
+    clearInterval(access.timer);
+    access.controller.abort();
+    access.token = null;
+    summary?.replaceChildren();
+    summary?.removeAttribute("tabindex");
+    if (countdown) countdown.textContent = "";
+    if (end) end.hidden = true;
+    hideRefusal();
+    if (result) result.hidden = true;
+    if (patient) patient.value = "";
+    if (reason) reason.value = "";
+    for (const box of fieldset?.querySelectorAll('input[name="data-type"]') ?? []) box.checked = false;
+    if (request) request.hidden = false;
+    if (text) report(text, "closed", { focus: true });
+  }
+
+  end?.addEventListener("click", () => closeAccess(CLOSED_TEXT));
+  if (end) end.hidden = true;
+  // leaving the page (or its being put in the back-forward cache) wipes it too
+  window.addEventListener("pagehide", () => {
+    closeAccess(null);
+    stopScan();
+  });
+
+  // -------------------------------------------------------------------------------------------
+  // the patient id from a QR code (where the browser has a BarcodeDetector)
+
+  function stopScan(text) {
+    const s = state.scan;
+    if (!s) return;
+    state.scan = null;
+    clearTimeout(s.timer);
+    for (const track of s.stream?.getTracks?.() ?? []) track.stop();
+    if (video) {
+      video.srcObject = null;
+      video.hidden = true;
+    }
+    if (scanButton) {
+      scanButton.textContent = s.label;
+      scanButton.setAttribute("aria-pressed", "false");
+    }
+    if (text) report(text, "info");
+  }
+
+  async function startScan() {
+    let detector;
+    try {
+      detector = new window.BarcodeDetector({ formats: ["qr_code"] });
+    } catch {
+      detector = new window.BarcodeDetector();
+    }
+    const s = { stream: null, timer: null, label: scanButton.textContent, started: performance.now() };
+    state.scan = s;
+    scanButton.textContent = "Stop the camera";
+    scanButton.setAttribute("aria-pressed", "true");
+    report("Point the camera at the patient's QR code.", "busy");
+    try {
+      s.stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+    } catch (error) {
+      stopScan();
+      report(`The camera could not be opened (${error?.name ?? "error"}): type the patient id.`, "error");
+      return;
+    }
+    if (state.scan !== s) {
+      for (const track of s.stream.getTracks()) track.stop();
+      return;
+    }
+    if (video) {
+      video.muted = true;
+      video.srcObject = s.stream;
+      video.hidden = false;
+      await video.play().catch(() => {});
+    }
+    const look = async () => {
+      if (state.scan !== s) return;
+      if (performance.now() - s.started > SCAN_TIMEOUT_MS) {
+        stopScan("No patient QR code was found; the camera is off.");
+        return;
+      }
+      try {
+        for (const code of await detector.detect(video)) {
+          const id = patientFromScan(code?.rawValue);
+          if (id && state.scan === s) {
+            if (patient) patient.value = id;
+            stopScan("Patient id scanned.");
+            patient?.focus();
+            return;
+          }
+        }
+      } catch {
+        // the video has no frame yet: look again
+      }
+      if (state.scan === s) s.timer = setTimeout(look, SCAN_EVERY_MS);
+    };
+    look();
+  }
+
+  if (scanButton) {
+    const canScan = typeof window.BarcodeDetector === "function" && typeof navigator.mediaDevices?.getUserMedia === "function";
+    scanButton.hidden = !canScan;
+    if (canScan) {
+      scanButton.setAttribute("aria-pressed", "false");
+      scanButton.addEventListener("click", () => (state.scan ? stopScan("The camera is off.") : startScan()));
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // start
+
+  adoptBaseStyles();
+  for (const root of [setup, request, result]) if (root) ensureTouchTargets(root);
+  if (submit) submit.disabled = true;
+  const record = loadRecord();
+  if (record) showRequest(record.principal);
+  else if (setup) showKeySetup();
+}
+
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+else init();
