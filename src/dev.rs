@@ -259,6 +259,9 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
         demo.responder.principal
     );
     println!(
+        "  clinician tablet  {api}/tablet   (import a demo clinician's private_key, then break the glass)"
+    );
+    println!(
         "  reviewer pages    {api}/review   (sign in with the demo reviewer's private_key from the demo identities file)"
     );
     println!("  demo identities   {demo_file}");

@@ -148,6 +148,10 @@ impl Application {
             keys.stacks_address(mainnet),
         ));
         let pages = web::Data::new(http::review::Pages::new()?);
+        let tablet = web::Data::new(http::tablet::TabletPage::new(
+            settings.chain.network.chain_id(),
+            mainnet,
+        )?);
         let admin = web::Data::new(http::admin::Admin {
             clients: settings.admin.clients.clone(),
             store: store.clone(),
@@ -243,6 +247,7 @@ impl Application {
                 .app_data(review.clone())
                 .app_data(pages.clone())
                 .app_data(vault.clone())
+                .app_data(tablet.clone())
                 .configure(http::api)
         })
         .listen(api_listener)?

@@ -260,6 +260,83 @@ impl BreakGlass {
     }
 }
 
+/// What a clinician may ask for, as the tablet shows it before they ask: their role and
+/// status (the chain-state cache), and per data type whether the policies permit it in the
+/// normal situation (on call, a fresh view of the chain) and for how long, or why not.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Options {
+    pub principal: Address,
+    pub role: Option<crate::domain::Role>,
+    pub status: Option<crate::domain::ProviderStatus>,
+    pub data_types: Vec<DataTypeOption>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DataTypeOption {
+    pub data_type: crate::domain::DataType,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_minutes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl BreakGlass {
+    pub async fn options(&self, principal: Address) -> Result<Options, Refusal> {
+        use crate::domain::DataType;
+        use crate::policy::Verdict;
+        let state = self
+            .state
+            .provider(&principal)
+            .await
+            .map_err(Self::unavailable)?;
+        let (role, status) = match state {
+            crate::store::ProviderState::Registered { role, status, .. } => {
+                (Some(role), Some(status))
+            }
+            crate::store::ProviderState::Unregistered => (None, None),
+        };
+        let mut data_types = Vec::new();
+        for dt in DataType::ALL {
+            let option = match role {
+                None => DataTypeOption {
+                    data_type: *dt,
+                    allowed: false,
+                    window_minutes: None,
+                    reason: Some(format!("{principal} is not a provider on chain")),
+                },
+                Some(role) => match self.policies.decide(
+                    &principal.to_string(),
+                    role,
+                    &[*dt],
+                    &Situation::NORMAL,
+                ) {
+                    Ok(Verdict::Permit { window_minutes, .. }) => DataTypeOption {
+                        data_type: *dt,
+                        allowed: true,
+                        window_minutes: Some(window_minutes),
+                        reason: None,
+                    },
+                    Ok(Verdict::Deny { message, .. }) => DataTypeOption {
+                        data_type: *dt,
+                        allowed: false,
+                        window_minutes: None,
+                        reason: Some(message),
+                    },
+                    Err(e) => return Err(Self::unavailable(e)),
+                },
+            };
+            data_types.push(option);
+        }
+        Ok(Options {
+            principal,
+            role,
+            status,
+            data_types,
+        })
+    }
+}
+
 /// A new access id: the grant time (unix milliseconds, 6 bytes, big-endian) then 26 random
 /// bytes. Ids sort by time, so the store appends them instead of scattering them across its
 /// B-tree, and 208 random bits keep them unguessable.

@@ -10,6 +10,7 @@ pub mod fhir;
 pub mod paging;
 pub mod problem;
 pub mod review;
+pub mod tablet;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -42,7 +43,8 @@ pub fn api(cfg: &mut web::ServiceConfig) {
         .configure(admin::routes)
         .configure(paging::routes)
         .configure(review::routes)
-        .configure(fhir::routes);
+        .configure(fhir::routes)
+        .configure(tablet::routes);
 }
 
 /// Alive, unless the store stopped writing after a failed write: only a restart recovers it

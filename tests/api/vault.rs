@@ -342,3 +342,132 @@ async fn tokens_read_only_what_they_open_and_every_bad_read_is_refused_and_logge
         .count();
     assert!(reads >= 4, "every read is in the audit log: {reads}");
 }
+
+/// Runs `web/tests/tablet-flow.mjs` against the service, mining blocks meanwhile; its JSON line.
+pub(crate) async fn tablet_flow(env: &Env, vars: &[(&str, String)]) -> Json {
+    use std::process::Stdio;
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg("web/tests/tablet-flow.mjs")
+        .current_dir(repo())
+        .env("BASE_URL", format!("http://{}", env.app.api_addr))
+        .env("OUT_DIR", env.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut flow = cmd
+        .spawn()
+        .expect("node runs web/tests/tablet-flow.mjs (scripts/test installs web/)");
+    let out = loop {
+        tokio::select! {
+            out = flow.wait() => break out.unwrap(),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(1000)) => { env.devnet.mine().await; }
+        }
+    };
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(flow.stdout.as_mut().unwrap(), &mut stdout)
+        .await
+        .unwrap();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(flow.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(out.success(), "the tablet flow failed:\n{stdout}\n{stderr}");
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nurse_on_the_tablet_sees_the_allergies_for_the_window_and_no_longer() {
+    let env = setup(|s| {
+        s.admin.clients = vec![ResourceServerClient {
+            id: "ops".into(),
+            secret_sha256: hex::encode(Sha256::digest(ADMIN_SECRET.as_bytes())),
+        }];
+        // the patient allows 2 blocks: an 8-second window
+        s.issuance.seconds_per_block = 4;
+    })
+    .await;
+    let patient_hex = patient(&env.demo, true).to_string();
+    let patient_id: PatientId = patient_hex.parse().unwrap();
+    let key = env.demo["patients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["patient_id"] == patient_hex.as_str())
+        .unwrap()["private_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let types = [
+        "allergies",
+        "medications",
+        "problems",
+        "blood-type",
+        "advance-directives",
+        "immunizations",
+    ];
+    env.devnet
+        .set_preferences(&breakglass::keys::parse_key(&key).unwrap(), true, &types, 2)
+        .await;
+    // mined before anything reads the patient's preferences (the first grant does)
+    env.devnet.mine().await;
+    let body = serde_json::to_vec(&breakglass::demo::summary(&patient_id, SYSTEM)).unwrap();
+    let (s, imported) = import(&env, body).await;
+    assert_eq!(s, 201, "{imported}");
+    recorded(&env, imported["operation"].as_str().unwrap()).await;
+
+    let nurse = provider(&env.demo, "nurse");
+    let result = tablet_flow(
+        &env,
+        &[
+            (
+                "CLINICIAN_KEY",
+                nurse["private_key"].as_str().unwrap().to_string(),
+            ),
+            ("PATIENT_ID", patient_hex.clone()),
+            ("DATA_TYPES", "allergies".into()),
+            ("REASON", "anaphylaxis on arrival, unresponsive".into()),
+            ("EXPECT_GONE", "yes".into()),
+        ],
+    )
+    .await;
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(
+        result["resource_types"],
+        serde_json::json!(["AllergyIntolerance"]),
+        "{result}"
+    );
+    let text = result["text"].as_str().unwrap().to_lowercase();
+    assert!(
+        text.contains("penicillin") && text.contains("shellfish"),
+        "{text}"
+    );
+    for never in ["glucose", "abo", "amlodipine", "hypertension"] {
+        assert!(!text.contains(never), "{never} shown: {text}");
+    }
+    assert_eq!(result["gone"], true, "{result}");
+    assert_eq!(result["read_after_window"], 401, "{result}");
+    // what was actually read is in the audit log
+    let reads: Vec<_> = env
+        .app
+        .store
+        .audit_entries(1, 100_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.parsed().unwrap() {
+            breakglass::audit::Event::Read {
+                resource_types,
+                count,
+                ..
+            } => Some((resource_types, count)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reads,
+        vec![(vec!["AllergyIntolerance".to_string()], 2)],
+        "{reads:?}"
+    );
+}
