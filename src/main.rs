@@ -64,9 +64,24 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Patients' emergency summaries (the critical-data vault).
+    #[command(subcommand)]
+    Summaries(SummariesCommand),
     /// The patient directory (contacts for the notices), kept sealed in the store.
     #[command(subcommand)]
     Patients(PatientsCommand),
+}
+
+#[derive(Subcommand)]
+enum SummariesCommand {
+    /// Import a patient's emergency summary (an IPS-style FHIR R4 Bundle) while the service is
+    /// stopped (a running service takes it at POST /v1/admin/summaries): stored sealed, its hash
+    /// recorded on chain by the service once it runs. Prints the patient, the hash and the
+    /// operation; exits 2 with the reason for a bundle it refuses.
+    Import {
+        /// The bundle (JSON).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -246,6 +261,21 @@ fn verify_audit(
     })
 }
 
+fn import_summary(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context;
+    let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let (store, keyring, runtime) = offline(s)?;
+    let imported = runtime
+        .block_on(breakglass::vault::import(
+            &store,
+            &keyring,
+            &s.directory.patient_id_system,
+            &body,
+        ))
+        .map_err(|r| anyhow::anyhow!("{} ({}): {}", r.title, r.code, r.detail))?;
+    Ok(serde_json::to_value(imported)?)
+}
+
 fn import_patients(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     use anyhow::Context;
     let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
@@ -356,6 +386,13 @@ fn main() -> ExitCode {
                 }
                 Err(e) => print(Err(format!("{e:#}"))),
             }
+        }
+        Command::Summaries(SummariesCommand::Import { file }) => {
+            let s = match settings(&cli) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            print(import_summary(&s, file).map_err(|e| format!("{e:#}")))
         }
         Command::Patients(PatientsCommand::Rekey) => {
             let s = match settings(&cli) {

@@ -86,44 +86,54 @@ pub fn operation(patient: &PatientId, hash: &[u8; 32]) -> crate::store::Submissi
     )
 }
 
+/// Imports a summary into `store`: checked, sealed and stored with the chain write of its
+/// hash, in one durable write; a bad one is refused with the reason and nothing is stored.
+/// (`Vault::import` for the running service; `breakglass summaries import` with it stopped.)
+pub async fn import(
+    store: &Arc<dyn crate::store::Store>,
+    keyring: &Keyring,
+    patient_id_system: &str,
+    body: &[u8],
+) -> Result<Imported, Refusal> {
+    let summary = bundle::parse(body, patient_id_system)
+        .map_err(|why| refusal(422, "invalid-summary", "Invalid summary", why))?;
+    let hash: [u8; 32] = Sha256::digest(body).into();
+    let sealed = keyring
+        .seal(&crate::seal::names::summary(&summary.patient), body)
+        .map_err(store_unavailable)?;
+    let op = operation(&summary.patient, &hash);
+    let imported = Imported {
+        patient: summary.patient,
+        resources: summary.resources.len(),
+        hash: hex::encode(hash),
+        operation: op.id.clone(),
+    };
+    let known = store.submission(&op.id).map_err(store_unavailable)?;
+    let batch = Batch {
+        summaries: vec![(summary.patient, Some(sealed))],
+        // the same bytes again: their hash is recorded (or on its way) already
+        submissions: if known.is_some() {
+            Vec::new()
+        } else {
+            vec![op]
+        },
+        ..Batch::default()
+    };
+    apply_async(store, batch).await.map_err(store_unavailable)?;
+    tracing::info!(patient = %summary.patient, resources = imported.resources, "emergency summary imported");
+    Ok(imported)
+}
+
 impl Vault {
-    /// Imports a summary: checked, sealed and stored with the chain write of its hash, in one
-    /// durable write; a bad one is refused with the reason and nothing is stored.
+    /// Imports a summary (`import`).
     pub async fn import(&self, body: &[u8]) -> Result<Imported, Refusal> {
-        let summary = bundle::parse(body, &self.patient_id_system)
-            .map_err(|why| refusal(422, "invalid-summary", "Invalid summary", why))?;
-        let hash: [u8; 32] = Sha256::digest(body).into();
-        let sealed = self
-            .keyring
-            .seal(&crate::seal::names::summary(&summary.patient), body)
-            .map_err(store_unavailable)?;
-        let op = operation(&summary.patient, &hash);
-        let imported = Imported {
-            patient: summary.patient,
-            resources: summary.resources.len(),
-            hash: hex::encode(hash),
-            operation: op.id.clone(),
-        };
-        let known = self
-            .state
-            .store
-            .submission(&op.id)
-            .map_err(store_unavailable)?;
-        let batch = Batch {
-            summaries: vec![(summary.patient, Some(sealed))],
-            // the same bytes again: their hash is recorded (or on its way) already
-            submissions: if known.is_some() {
-                Vec::new()
-            } else {
-                vec![op]
-            },
-            ..Batch::default()
-        };
-        apply_async(&self.state.store, batch)
-            .await
-            .map_err(store_unavailable)?;
-        tracing::info!(patient = %summary.patient, resources = imported.resources, "emergency summary imported");
-        Ok(imported)
+        import(
+            &self.state.store,
+            &self.keyring,
+            &self.patient_id_system,
+            body,
+        )
+        .await
     }
 
     /// Reads `patient`'s summary with break-glass `token`: the resources its scopes cover

@@ -340,6 +340,12 @@ async fn dev_runs_the_devnet_and_the_service_with_demo_data() {
     assert!(printed.contains("breakglass dev is running"), "{printed}");
     assert!(printed.contains(&format!("http://127.0.0.1:{api}")));
     assert!(printed.contains("demo identities"));
+    // the tablet's address, and the page is there
+    let tablet = format!("http://127.0.0.1:{api}/tablet");
+    assert!(printed.contains(&tablet), "{printed}");
+    let page = reqwest::get(&tablet).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("id=\"key-setup\""));
     // the reviewer pages' address, and the page is there
     let review = format!("http://127.0.0.1:{api}/review");
     assert!(printed.contains(&review), "{printed}");
@@ -592,4 +598,40 @@ fn sealed_access(
         "message_hash": "", "signature": "",
     }))
     .unwrap()
+}
+
+#[test]
+fn summaries_import_stores_a_good_bundle_and_names_what_is_wrong_with_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let patient = breakglass::domain::PatientId([5; 32]);
+    let good = dir.path().join("good.json");
+    std::fs::write(
+        &good,
+        breakglass::demo::summary(&patient, "urn:breakglass:patient-id").to_string(),
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"resourceType": "Patient"}"#).unwrap();
+    let run = |file: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_breakglass"))
+            .args(["summaries", "import"])
+            .arg(file)
+            .env("BREAKGLASS_DATA__DIR", dir.path().join("data"))
+            .output()
+            .unwrap()
+    };
+    let refused = run(&bad);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("invalid-summary"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let imported = json(&run(&good));
+    assert_eq!(imported["patient"], patient.to_string());
+    assert_eq!(imported["resources"], 8);
+    assert!(imported["operation"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("summary:{patient}:")));
 }

@@ -21,13 +21,16 @@ function validate(file) {
   return { status: r.status, lines, stderr: r.stderr, last: lines[lines.length - 1] };
 }
 
-const KINDS = ['grant', 'introspection', 'refusal', 'notice', 'sign-in', 'verdict', 'revocation'];
+const KINDS = ['grant', 'introspection', 'refusal', 'notice', 'sign-in', 'verdict', 'revocation', 'read', 'read-refusal'];
+// BALP.md's examples: good.ndjson's first seven lines (one per kind), then the two read kinds'
+// (lines 13 and 14, after the variants 8 to 12)
+const EXAMPLE_LINES = [1, 2, 3, 4, 5, 6, 7, 13, 14];
 const kindOf = (r) => r.subtype.find((c) => c.system === 'https://breakglass.example/fhir/CodeSystem/audit-kind').code;
 
 test('good.ndjson: every line is valid FHIR R4 and has its BALP.md shape', () => {
   const r = validate(sample('good.ndjson'));
   assert.equal(r.stderr, '');
-  assert.deepEqual(r.lines, ['12 passed, 0 failed']);
+  assert.deepEqual(r.lines, ['15 passed, 0 failed']);
   assert.equal(r.status, 0);
   const kinds = ndjson(sample('good.ndjson')).map((l) => kindOf(JSON.parse(l)));
   for (const k of KINDS) assert.ok(kinds.includes(k), `good.ndjson has a ${k}`);
@@ -60,13 +63,16 @@ const EXPECTED = [
   [19, '[balp] AuditEvent.meta.profile: claims a profile'],
   [20, '[balp] AuditEvent.entity[1]: data-type "x-rays" is not a data type'],
   [21, '[balp] AuditEvent.outcomeDesc: absent; expected "inactive"'],
+  [22, '[balp] AuditEvent.purposeOfEvent: must carry http://terminology.hl7.org/CodeSystem/v3-ActReason|BTG'],
+  [23, '[balp] AuditEvent.agent: needs one service agent (type http://dicom.nema.org/resources/ontology/DCM|110152), has 0'],
+  [24, '[balp] AuditEvent.agent[0].who: has no identifier (the Stacks principal)'],
 ];
 
 test('bad.ndjson: each broken line fails, with its line number and the reason', () => {
   const r = validate(sample('bad.ndjson'));
   assert.equal(r.stderr, '');
   assert.equal(r.status, 1);
-  assert.equal(r.last, '1 passed, 20 failed');
+  assert.equal(r.last, '1 passed, 23 failed');
   for (const [line, text] of EXPECTED) {
     assert.ok(
       r.lines.some((l) => l.startsWith(`line ${line}: `) && l.includes(text)),
@@ -75,7 +81,7 @@ test('bad.ndjson: each broken line fails, with its line number and the reason', 
   }
   // every failing line is reported, and line 1 (a good grant) is not
   const reported = new Set(r.lines.slice(0, -1).map((l) => Number(/^line (\d+): /.exec(l)?.[1])));
-  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 20 }, (_, i) => i + 2));
+  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 23 }, (_, i) => i + 2));
 });
 
 test('an empty export is valid', () => {
@@ -86,7 +92,7 @@ test('an empty export is valid', () => {
   assert.equal(r.status, 0);
 });
 
-test("BALP.md's examples are good.ndjson's first seven lines, one per kind", () => {
+test("BALP.md's examples are good.ndjson's first seven lines and lines 13 and 14, one per kind", () => {
   const md = readFileSync(join(here, 'BALP.md'), 'utf8');
   const examples = [...md.matchAll(/```json\n([\s\S]*?)\n```/g)]
     .map((m) => JSON.parse(m[1]))
@@ -94,10 +100,10 @@ test("BALP.md's examples are good.ndjson's first seven lines, one per kind", () 
   const good = ndjson(sample('good.ndjson')).map((l) => JSON.parse(l));
   for (const ex of examples) {
     const line = Number(ex.id);
-    assert.ok(line >= 1 && line <= KINDS.length, `example ${ex.id} is one of good.ndjson's first ${KINDS.length} lines`);
+    assert.ok(EXAMPLE_LINES.includes(line), `example ${ex.id} is one of good.ndjson's lines ${EXAMPLE_LINES.join(', ')}`);
     assert.deepEqual(ex, good[line - 1], `BALP.md's ${kindOf(ex)} example differs from good.ndjson line ${line}`);
   }
-  assert.deepEqual(examples.map((ex) => ex.id).sort(), KINDS.map((_, i) => String(i + 1)).sort());
+  assert.deepEqual(examples.map((ex) => Number(ex.id)).sort((a, b) => a - b), EXAMPLE_LINES);
   assert.deepEqual(examples.map(kindOf).sort(), [...KINDS].sort());
 });
 

@@ -12,9 +12,9 @@
 //   [json]   FHIR JSON rules neither checks: no null, no empty string/array/object (ele-1),
 //            an extension has a value or extensions but not both (ext-1)
 //   [balp]   BALP.md: per kind (grant, refusal, introspection, revocation, notice, sign-in,
-//            verdict) the type, subtypes, action, outcome, purposeOfUse/purposeOfEvent BTG, the
-//            agents, the patient entity and the other entities, and the log-entry extension
-//            (seq, hash, prev; consecutive entries must link)
+//            verdict, read, read-refusal) the type, subtypes, action, outcome,
+//            purposeOfUse/purposeOfEvent BTG, the agents, the patient entity and the other
+//            entities, and the log-entry extension (seq, hash, prev; consecutive entries must link)
 // Exit 0 and "N passed, 0 failed" when every line passes; otherwise each failure as
 // "line K: ...", then "N passed, M failed", exit 1. Usage or I/O errors exit 2.
 
@@ -50,6 +50,8 @@ const OBJECT_ROLE = 'http://terminology.hl7.org/CodeSystem/object-role';
 const BALP_AUTHZ = 'https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType';
 const BALP_AGENT = 'https://profiles.ihe.net/ITI/BALP/CodeSystem/UserAgentTypes';
 const IHE_EVENT = 'urn:ihe:event-type-code';
+const EVENT_TYPE = 'http://terminology.hl7.org/CodeSystem/audit-event-type';
+const RESTFUL = 'http://hl7.org/fhir/restful-interaction';
 
 // [system, code, display]: the display, when present, must be this one
 const C = {
@@ -62,6 +64,8 @@ const C = {
   login: [DCM, '110122', 'Login'],
   authzRole: [BALP_AUTHZ, 'AuthZ-Role', 'Authorization Decision using only Roles'],
   introspect: [IHE_EVENT, 'ITI-102', 'Introspect Token'],
+  rest: [EVENT_TYPE, 'rest', 'RESTful Operation'],
+  searchType: [RESTFUL, 'search-type', 'search type'],
   btg: [ACT_REASON, 'BTG', 'break the glass'],
   ircp: [PARTICIPATION, 'IRCP', 'information recipient'],
   humanuser: [SECURITY_ROLE, 'humanuser', 'human user'],
@@ -85,6 +89,8 @@ const DATA_TYPES = [
 ];
 const VERDICTS = ['appropriate', 'inappropriate', 'needs-follow-up'];
 const NOTICE_OUTCOME = { sent: '0', 'no-contact': '4', dead: '8' };
+// a read's resource types: R4 resource type names (the JSON Schema's list)
+const RESOURCE_TYPES = new Set(Object.keys(fhirSchema.discriminator.mapping));
 
 const HEX64 = /^[0-9a-f]{64}$/;
 // a standard Stacks principal, c32 (the service checks the checksum; this checks the form)
@@ -346,6 +352,40 @@ function checkServiceAgent(s, r, code, requestor) {
   if (a.requestor !== requestor) s.fail(`${path}.requestor`, `must be ${requestor}`);
 }
 
+// a refused request's outcome from its request entity's http-status: 4 for a 4xx, 8 for a 5xx,
+// with the refusal code as outcomeDesc
+function checkStatusOutcome(s, r, epath, details) {
+  const status = s.one(epath, details, 'http-status', (v) => /^[45]\d\d$/.test(v), 'a 4xx or 5xx status');
+  if (status && /^[45]\d\d$/.test(status)) {
+    const expected = Number(status) >= 500 ? '8' : '4';
+    const code = typeof r.outcomeDesc === 'string' && /^[a-z0-9]+(-[a-z0-9]+)*$/.test(r.outcomeDesc) ? r.outcomeDesc : '<the refusal code>';
+    checkOutcome(s, r, expected, code);
+  }
+}
+
+// the one request entity (System Object, role Query, no `what`); returns [entity, path, details]
+function checkQueryEntity(s, r, what) {
+  const reqs = entitiesWith(r, C.roleQuery);
+  if (reqs.length !== 1) {
+    s.fail('AuditEvent.entity', `needs one ${what} entity (role ${show(C.roleQuery)}), has ${reqs.length}`);
+    return [];
+  }
+  const [e, epath] = reqs[0];
+  s.coding(`${epath}.type`, e.type, C.systemObject);
+  return [e, epath, s.details(epath, e)];
+}
+
+// the clinician of a read: IRCP, the requestor, purposeOfUse BTG; `who` the token's clinician
+// (required for a read; a refused read names one only when its token verified)
+function checkReader(s, r, whoRequired) {
+  const [u, path] = oneAgent(s, r, C.ircp, 'clinician');
+  if (!u) return undefined;
+  if (u.who !== undefined || whoRequired) s.principal(`${path}.who`, u.who);
+  if (u.requestor !== true) s.fail(`${path}.requestor`, 'must be true');
+  s.btg(`${path}.purposeOfUse`, u.purposeOfUse);
+  return u;
+}
+
 function checkOutcome(s, r, expected, desc) {
   if (r.outcome !== expected) s.fail('AuditEvent.outcome', `is ${JSON.stringify(r.outcome)}; expected "${expected}"`);
   if (expected === '0') {
@@ -396,18 +436,10 @@ const KINDS = {
     }
     checkServiceAgent(s, r, C.authserver, false);
     checkPatientEntity(s, r, false);
-    const reqs = entitiesWith(r, C.roleQuery);
-    if (reqs.length !== 1) return s.fail('AuditEvent.entity', `needs one request entity (role ${show(C.roleQuery)}), has ${reqs.length}`);
-    const [e, epath] = reqs[0];
-    s.coding(`${epath}.type`, e.type, C.systemObject);
-    const details = s.details(epath, e);
+    const [, epath, details] = checkQueryEntity(s, r, 'request');
+    if (!details) return;
     for (const t of details.get('data-type') || []) if (!DATA_TYPES.includes(t)) s.fail(epath, `data-type "${t}" is not a data type`);
-    const status = s.one(epath, details, 'http-status', (v) => /^[45]\d\d$/.test(v), 'a 4xx or 5xx status');
-    if (status && /^[45]\d\d$/.test(status)) {
-      const expected = Number(status) >= 500 ? '8' : '4';
-      const code = typeof r.outcomeDesc === 'string' && /^[a-z0-9]+(-[a-z0-9]+)*$/.test(r.outcomeDesc) ? r.outcomeDesc : '<the refusal code>';
-      checkOutcome(s, r, expected, code);
-    }
+    checkStatusOutcome(s, r, epath, details);
   },
 
   introspection(s, r) {
@@ -503,9 +535,44 @@ const KINDS = {
       s.one(acc.path, acc.details, 'revoked', (v) => v === 'true' || v === 'false', '"true" or "false"');
     }
   },
+
+  read(s, r) {
+    s.coding('AuditEvent.type', r.type, C.rest);
+    s.codings('AuditEvent.subtype', r.subtype, [C.searchType]);
+    checkOutcome(s, r, '0');
+    checkReader(s, r, true);
+    checkServiceAgent(s, r, C.destinationRole, false);
+    checkPatientEntity(s, r, true);
+    const [, epath, details] = checkQueryEntity(s, r, 'query');
+    if (details) {
+      const types = details.get('resource-type') || [];
+      for (const t of types) if (!RESOURCE_TYPES.has(t)) s.fail(epath, `resource-type "${t}" is not an R4 resource type`);
+      if (new Set(types).size !== types.length) s.fail(epath, 'a resource-type is repeated');
+      const count = s.one(epath, details, 'count', (v) => /^(0|[1-9][0-9]{0,19})$/.test(v), 'a count (decimal)');
+      if (count === '0' && types.length) s.fail(epath, 'a read of no resources has no resource-type');
+      if (count && count !== '0' && /^[1-9][0-9]*$/.test(count) && types.length === 0) s.fail(epath, 'needs a detail "resource-type" for the resources read');
+      if (details.has('http-status')) s.fail(epath, 'a read that was served has no http-status');
+    }
+    checkTokenEntity(s, r);
+  },
+
+  'read-refusal'(s, r) {
+    s.coding('AuditEvent.type', r.type, C.rest);
+    s.codings('AuditEvent.subtype', r.subtype, [C.searchType]);
+    checkReader(s, r, false);
+    checkServiceAgent(s, r, C.destinationRole, false);
+    checkPatientEntity(s, r, false);
+    const [, epath, details] = checkQueryEntity(s, r, 'query');
+    if (details) checkStatusOutcome(s, r, epath, details);
+    // the token, when it verified
+    if (entitiesWith(r, null, C.oauthAgent).length) checkTokenEntity(s, r);
+  },
 };
 
-const ACTION = { grant: 'E', refusal: 'E', introspection: 'E', revocation: 'E', notice: 'R', 'sign-in': 'E', verdict: 'C' };
+const ACTION = {
+  grant: 'E', refusal: 'E', introspection: 'E', revocation: 'E', notice: 'R', 'sign-in': 'E', verdict: 'C',
+  read: 'E', 'read-refusal': 'E',
+};
 
 // The BALP.md checks of one AuditEvent. Returns {messages, entry: {seq, hash, prev} | undefined}.
 export function balpMessages(r) {
