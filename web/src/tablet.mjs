@@ -364,6 +364,24 @@ function init() {
     if (submit) submit.disabled = busy || !state.options?.usable;
   }
 
+  // The PIN's key derivation (PBKDF2, 600,000 rounds) takes about a tenth of a second: it starts
+  // as soon as the PIN field holds a full PIN, so that a tap on "Sign and open" does not wait for
+  // it. The key stays in this closure only until the submit (or a change of PIN, or a minute).
+  let unlocking = null;
+  function forgetUnlock() {
+    if (unlocking) clearTimeout(unlocking.timer);
+    unlocking = null;
+  }
+  pin?.addEventListener("input", () => {
+    forgetUnlock();
+    const value = pin.value;
+    const record = loadRecord();
+    if (!record || state.wallet || !/^\d{6,}$/.test(value)) return;
+    const promise = decryptTabletKey(record, value);
+    promise.catch(() => {}); // a wrong PIN is reported at the submit
+    unlocking = { pin: value, promise, timer: setTimeout(forgetUnlock, 60_000) };
+  });
+
   async function submitRequest() {
     if (state.busy || state.access || !state.principal) return;
     const clickedAt = performance.now();
@@ -399,7 +417,9 @@ function init() {
           showKeySetup();
           throw new UserError("No key is stored on this tablet: import it first.");
         }
-        key = await decryptTabletKey(record, pinValue);
+        const ahead = unlocking && unlocking.pin === pinValue ? unlocking.promise : null;
+        forgetUnlock();
+        key = await (ahead ?? decryptTabletKey(record, pinValue));
         signature = signStructured(message, domain, key);
         key = null; // dropped: only the signature leaves this function
       }

@@ -8,7 +8,8 @@
 // page).
 //
 // env: BASE_URL, CLINICIAN_KEY (hex), PATIENT_ID (64 hex), DATA_TYPES (comma list), REASON;
-// optional RUNS (default 1), EXPECT_GONE ("yes"), DEVICE, CHROMIUM (default /usr/bin/chromium),
+// optional RUNS (default 1), EXPECT_GONE ("yes"), DEVICE, THINK_MS (the pause between the PIN
+// and the tap, default 250), CHROMIUM (default /usr/bin/chromium),
 // OUT_DIR (a screenshot on failure), STEP_TIMEOUT_MS (default 30000), VIEWPORT (default 820x1180,
 // a tablet).
 // stdout: one JSON line, {"ok":true,"runs":N,"submit_to_data_ms":[...],"p50":..,"p95":..,
@@ -159,6 +160,9 @@ async function main(env = process.env) {
         if (env.DEVICE) await page.type("#device", env.DEVICE);
       }
       await page.type("#pin", PIN);
+      // a person lifts a finger from the PIN pad before tapping "Sign and open" (THINK_MS,
+      // default 250): the page uses that moment to derive the PIN's key
+      await wait(Number(env.THINK_MS ?? 250));
       const seen = await page.evaluate(() => window.__tabletFlowData.length);
       const grantsBefore = grants.length;
       await page.click("#submit");
