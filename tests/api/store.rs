@@ -223,6 +223,78 @@ pub fn conformance(store: &dyn Store) {
         })
         .unwrap();
     assert_eq!(store.revoked("a1").unwrap(), Some(600));
+
+    audit_conformance(store);
+}
+
+/// The audit log: entries numbered and linked in the order batches are applied (events in one
+/// batch in their order), the head kept, the index by access; and the tables #19 and #20 added.
+fn audit_conformance(store: &dyn Store) {
+    use breakglass::audit::{follows, Event, Head, Record};
+    let sign_in = |outcome: &str| Record {
+        at: 1_700_000_000_000,
+        event: Event::SignIn {
+            reviewer: Some(p(3)),
+            outcome: outcome.into(),
+        },
+    };
+    let notice = Record {
+        at: 1_700_000_000_001,
+        event: Event::Notice {
+            access: a1(),
+            patient: PatientId([1; 32]),
+            state: "sent".into(),
+        },
+    };
+    assert_eq!(store.audit_head().unwrap(), None);
+    store
+        .apply(Batch {
+            audit: vec![sign_in("ok"), notice.clone()],
+            ..Batch::default()
+        })
+        .unwrap();
+    store
+        .apply(Batch {
+            audit: vec![sign_in("not-a-reviewer")],
+            reviewers: vec![(p(3), true)],
+            ..Batch::default()
+        })
+        .unwrap();
+    let entries = store.audit_entries(1, 10).unwrap();
+    assert_eq!(entries.len(), 3);
+    let head = entries
+        .iter()
+        .try_fold(Head::default(), |h, e| follows(&h, e))
+        .expect("the entries link");
+    assert_eq!(store.audit_head().unwrap(), Some(head));
+    assert_eq!(head.seq, 3);
+    assert_eq!(entries[1].parsed().unwrap(), notice.event);
+    assert_eq!(store.audit_entries(3, 10).unwrap().len(), 1);
+    assert_eq!(store.audit_entries(2, 1).unwrap()[0].seq, 2);
+    let of = store.audit_of(&a1()).unwrap();
+    assert_eq!(of.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(store.reviewer(&p(3)).unwrap(), Some(true));
+    assert_eq!(store.reviewers().unwrap(), vec![p(3)]);
+
+    let patient = PatientId([4; 32]);
+    assert_eq!(store.summary(&patient).unwrap(), None);
+    assert_eq!(store.summary_hash(&patient).unwrap(), None);
+    let hash = SummaryHash {
+        hash: "ab".repeat(32),
+        version: 2,
+        block: 9,
+    };
+    store
+        .apply(Batch {
+            summaries: vec![(patient, Some(vec![1, 2, 3]))],
+            summary_hashes: vec![(patient, Some(hash.clone())), (PatientId([5; 32]), None)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.summary(&patient).unwrap(), Some(vec![1, 2, 3]));
+    assert_eq!(store.summary_hash(&patient).unwrap(), Some(Some(hash)));
+    assert_eq!(store.summary_hash(&PatientId([5; 32])).unwrap(), Some(None));
+    assert_eq!(store.summary_hash_ids().unwrap().len(), 2);
 }
 
 #[test]
@@ -313,6 +385,39 @@ fn redb_store_keeps_everything_across_reopen() {
     assert_eq!(store.tip().unwrap().unwrap().height, 5);
     assert_eq!(store.nonce().unwrap(), Some(8));
     assert_eq!(store.open_submissions().unwrap()[0].state, sent("tx"));
+}
+
+/// The audit log goes on from its head after a reopen: the next entry links to the last one
+/// written before it (the writer reads the head back at open).
+#[test]
+fn the_audit_log_goes_on_across_reopen() {
+    use breakglass::audit::{follows, Event, Head, Record};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let event = |n: u64| Record {
+        at: n,
+        event: Event::SignIn {
+            reviewer: None,
+            outcome: format!("o{n}"),
+        },
+    };
+    for round in 0..3u64 {
+        let store = RedbStore::open(&path).unwrap();
+        store
+            .apply(Batch {
+                audit: vec![event(round * 2), event(round * 2 + 1)],
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    let entries = store.audit_entries(1, 100).unwrap();
+    assert_eq!(entries.len(), 6);
+    let head = entries
+        .iter()
+        .try_fold(Head::default(), |h, e| follows(&h, e))
+        .unwrap();
+    assert_eq!(store.audit_head().unwrap(), Some(head));
 }
 
 #[test]
