@@ -10,6 +10,7 @@
 
 mod applier;
 mod journal;
+mod reads;
 mod redb_store;
 mod schema;
 mod segments;

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
-use serde::de::DeserializeOwned;
 
 use super::applier::*;
 use super::journal::Journal;
+use super::reads::RowSource;
 use super::schema::*;
 use super::segments::*;
 use super::writer::*;
@@ -250,7 +250,9 @@ impl RedbStore {
             .send((batch, reply))
             .map_err(|_| backend("the store's writer stopped"))
     }
+}
 
+impl RowSource for RedbStore {
     /// A value as stored: the overlay (acknowledged, not yet applied) first, then redb.
     fn get_raw(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some((_, v)) = self
@@ -264,10 +266,6 @@ impl RedbStore {
         let tx = self.db.begin_read().map_err(backend)?;
         let t = tx.open_table(def(table)).map_err(backend)?;
         Ok(t.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
-    }
-
-    fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, StoreError> {
-        self.get_raw(table, key)?.map(|v| dec(key, &v)).transpose()
     }
 
     /// Every row of a table, in key order, the overlay's over redb's. The overlay is read
@@ -297,19 +295,40 @@ impl RedbStore {
         Ok(rows.into_iter().collect())
     }
 
-    /// A table's keys, each parsed (a principal, a patient id, an access id).
-    fn parsed_keys<T: std::str::FromStr<Err = String>>(
+    fn scan_from(
         &self,
         table: Table,
-    ) -> Result<Vec<T>, StoreError> {
-        self.keys(table)?
+        start: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        // the overlay first (as `scan`): a row the applier moves meanwhile is in one or the other
+        let pending: BTreeMap<String, Option<Vec<u8>>> = self
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((t, k), _)| *t == table && k.as_str() >= start)
+            .map(|((_, k), (_, v))| (k.clone(), v.clone()))
+            .collect();
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(def(table)).map_err(backend)?;
+        let mut rows = BTreeMap::new();
+        // as many from redb as could be asked for, plus those the overlay removes
+        let removed = pending.values().filter(|v| v.is_none()).count();
+        for row in t
+            .range(start..)
+            .map_err(backend)?
+            .take(limit.saturating_add(removed))
+        {
+            let (k, v) = row.map_err(backend)?;
+            rows.insert(k.value().to_string(), Some(v.value().to_vec()));
+        }
+        rows.extend(pending);
+        Ok(rows
             .into_iter()
-            .map(|k| k.parse().map_err(|e: String| StoreError::Corrupt(k, e)))
-            .collect()
-    }
-
-    fn keys(&self, table: Table) -> Result<Vec<String>, StoreError> {
-        Ok(self.scan(table)?.into_iter().map(|(k, _)| k).collect())
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
     }
 }
 
@@ -327,226 +346,7 @@ impl Store for RedbStore {
         let _ = self.enqueue(batch, Reply::Async(done));
     }
 
-    fn tip(&self) -> Result<Option<Tip>, StoreError> {
-        self.get(META, "tip")
-    }
-
-    fn provider(&self, principal: &Address) -> Result<Option<ProviderState>, StoreError> {
-        self.get(PROVIDERS, &principal.to_string())
-    }
-
-    fn providers(&self) -> Result<Vec<Address>, StoreError> {
-        self.parsed_keys(PROVIDERS)
-    }
-
-    fn preferences(&self, patient: &PatientId) -> Result<Option<Preferences>, StoreError> {
-        self.get(PREFERENCES, &patient.to_string())
-    }
-
-    fn patients(&self) -> Result<Vec<PatientId>, StoreError> {
-        self.parsed_keys(PREFERENCES)
-    }
-
-    fn consent(&self, key: &ConsentKey) -> Result<Option<Consent>, StoreError> {
-        Ok(self
-            .get::<(ConsentKey, Consent)>(CONSENTS, &key.id())?
-            .map(|(_, c)| c))
-    }
-
-    fn consents(&self) -> Result<Vec<ConsentKey>, StoreError> {
-        self.scan(CONSENTS)?
-            .iter()
-            .map(|(k, v)| dec::<(ConsentKey, Consent)>(k, v).map(|(key, _)| key))
-            .collect()
-    }
-
-    fn responder(&self, principal: &Address) -> Result<Option<bool>, StoreError> {
-        self.get(RESPONDERS, &principal.to_string())
-    }
-
-    fn responders(&self) -> Result<Vec<Address>, StoreError> {
-        self.parsed_keys(RESPONDERS)
-    }
-
-    fn reviewer(&self, principal: &Address) -> Result<Option<bool>, StoreError> {
-        self.get(REVIEWERS, &principal.to_string())
-    }
-
-    fn reviewers(&self) -> Result<Vec<Address>, StoreError> {
-        self.parsed_keys(REVIEWERS)
-    }
-
-    fn submission(&self, id: &str) -> Result<Option<Submission>, StoreError> {
-        self.get(SUBMISSIONS, id)
-    }
-
-    fn open_submissions(&self) -> Result<Vec<Submission>, StoreError> {
-        let mut out = self.submissions()?;
-        out.retain(Submission::is_open);
-        Ok(out)
-    }
-
-    fn submissions(&self) -> Result<Vec<Submission>, StoreError> {
-        let mut out = Vec::new();
-        for (k, v) in self.scan(SUBMISSIONS)? {
-            out.push(dec::<Submission>(&k, &v)?);
-        }
-        out.sort_by_key(|s| s.created_at_ms);
-        Ok(out)
-    }
-
-    fn nonce(&self) -> Result<Option<u64>, StoreError> {
-        self.get(META, "nonce")
-    }
-
-    fn access(&self, id: &AccessId) -> Result<Option<AccessRecord>, StoreError> {
-        self.get(ACCESSES, &id.to_string())
-    }
-
-    fn access_ids(&self) -> Result<Vec<AccessId>, StoreError> {
-        self.parsed_keys(ACCESSES)
-    }
-
-    fn replay(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        self.get(REPLAY, key)
-    }
-
-    fn replays(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.scan(REPLAY)?
-            .into_iter()
-            .map(|(k, v)| {
-                let until = dec(&k, &v)?;
-                Ok((k, until))
-            })
-            .collect()
-    }
-
-    fn revoked(&self, jti: &str) -> Result<Option<u64>, StoreError> {
-        self.get(REVOKED, jti)
-    }
-
-    fn contact(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get_raw(CONTACTS, &patient.to_string())
-    }
-
-    fn contact_ids(&self) -> Result<Vec<PatientId>, StoreError> {
-        self.parsed_keys(CONTACTS)
-    }
-
-    fn notice(&self, access_id: &AccessId) -> Result<Option<Notice>, StoreError> {
-        self.get(NOTICES, &access_id.to_string())
-    }
-
-    fn directory_entry(
-        &self,
-        principal: &Address,
-    ) -> Result<Option<crate::domain::ProviderEntry>, StoreError> {
-        self.get(DIRECTORY, &principal.to_string())
-    }
-
-    fn directory_entries(&self) -> Result<Vec<crate::domain::ProviderEntry>, StoreError> {
-        self.scan(DIRECTORY)?
-            .iter()
-            .map(|(k, v)| dec(k, v))
-            .collect()
-    }
-
-    fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
-        self.scan(PAGING)?
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), dec(k, v)?)))
-            .collect()
-    }
-
-    fn notices(&self) -> Result<Vec<Notice>, StoreError> {
-        self.scan(NOTICES)?.iter().map(|(k, v)| dec(k, v)).collect()
-    }
-
-    fn audit_head(&self) -> Result<Option<crate::audit::Head>, StoreError> {
-        self.get(META, AUDIT_HEAD)
-    }
-
-    fn audit_entries(
-        &self,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<crate::audit::Entry>, StoreError> {
-        // the overlay first (as `scan`): an entry the applier moves meanwhile is in one or
-        // the other
-        let first = audit_key(from.max(1));
-        let pending: BTreeMap<String, Option<Vec<u8>>> = self
-            .overlay
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|((t, k), _)| *t == AUDIT && *k >= first)
-            .map(|((_, k), (_, v))| (k.clone(), v.clone()))
-            .collect();
-        let tx = self.db.begin_read().map_err(backend)?;
-        let t = tx.open_table(def(AUDIT)).map_err(backend)?;
-        let mut rows = BTreeMap::new();
-        for row in t.range(first.as_str()..).map_err(backend)?.take(limit) {
-            let (k, v) = row.map_err(backend)?;
-            rows.insert(k.value().to_string(), Some(v.value().to_vec()));
-        }
-        rows.extend(pending);
-        rows.into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .take(limit)
-            .map(|(k, v)| dec(&k, &v))
-            .collect()
-    }
-
-    fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError> {
-        let prefix = format!("{access_id}:");
-        let mut keys: std::collections::BTreeSet<String> = self
-            .overlay
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .filter(|(t, k)| *t == AUDIT_BY_ACCESS && k.starts_with(&prefix))
-            .map(|(_, k)| k.clone())
-            .collect();
-        {
-            let tx = self.db.begin_read().map_err(backend)?;
-            let t = tx.open_table(def(AUDIT_BY_ACCESS)).map_err(backend)?;
-            for row in t.range(prefix.as_str()..).map_err(backend)? {
-                let (k, _) = row.map_err(backend)?;
-                let k = k.value();
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                keys.insert(k.to_string());
-            }
-        }
-        keys.iter()
-            .filter_map(|k| k.strip_prefix(&prefix))
-            .filter_map(|seq| self.get::<crate::audit::Entry>(AUDIT, seq).transpose())
-            .collect()
-    }
-
-    fn summary(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get_raw(SUMMARIES, &patient.to_string())
-    }
-
-    fn summary_hash(&self, patient: &PatientId) -> Result<Option<Option<SummaryHash>>, StoreError> {
-        self.get(SUMMARY_HASHES, &patient.to_string())
-    }
-
-    fn summary_hash_ids(&self) -> Result<Vec<PatientId>, StoreError> {
-        self.parsed_keys(SUMMARY_HASHES)
-    }
-
-    fn verdict(&self, access_id: &AccessId) -> Result<Option<Verdict>, StoreError> {
-        self.get(VERDICTS, &access_id.to_string())
-    }
-
-    fn verdicts(&self) -> Result<Vec<Verdict>, StoreError> {
-        self.scan(VERDICTS)?
-            .iter()
-            .map(|(k, v)| dec(k, v))
-            .collect()
-    }
+    super::reads::typed_reads!();
 
     fn stopped(&self) -> Option<String> {
         poisoned(&self.poisoned)

@@ -1,0 +1,237 @@
+//! The typed reads every `Store` implementation shares, written once over the two reads a
+//! backend provides (`RowSource`): a row by key, and the rows of a table in key order (all, or from a
+//! key). Values are the schema's encoding (`schema.rs`), whatever holds them.
+//!
+//! It must not: know which backend it reads.
+
+use serde::de::DeserializeOwned;
+
+use super::schema::*;
+use super::StoreError;
+
+/// What a backend reads: rows as the schema encodes them.
+pub(super) trait RowSource {
+    /// A row's value, if the table holds the key.
+    fn get_raw(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every row of a table, in key order.
+    fn scan(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Up to `limit` rows of a table from key `start` on, in key order.
+    fn scan_from(
+        &self,
+        table: Table,
+        start: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, StoreError> {
+        self.get_raw(table, key)?.map(|v| dec(key, &v)).transpose()
+    }
+
+    /// A table's keys, each parsed (a principal, a patient id, an access id).
+    fn parsed_keys<T: std::str::FromStr<Err = String>>(
+        &self,
+        table: Table,
+    ) -> Result<Vec<T>, StoreError> {
+        self.scan(table)?
+            .into_iter()
+            .map(|(k, _)| k.parse().map_err(|e: String| StoreError::Corrupt(k, e)))
+            .collect()
+    }
+}
+
+/// The `Store` trait's reads, for an `impl Store` block of a type that implements `RowSource` (with
+/// the store module's names in scope).
+macro_rules! typed_reads {
+    () => {
+        fn tip(&self) -> Result<Option<Tip>, StoreError> {
+            self.get(META, "tip")
+        }
+
+        fn provider(&self, principal: &Address) -> Result<Option<ProviderState>, StoreError> {
+            self.get(PROVIDERS, &principal.to_string())
+        }
+
+        fn providers(&self) -> Result<Vec<Address>, StoreError> {
+            self.parsed_keys(PROVIDERS)
+        }
+
+        fn preferences(&self, patient: &PatientId) -> Result<Option<Preferences>, StoreError> {
+            self.get(PREFERENCES, &patient.to_string())
+        }
+
+        fn patients(&self) -> Result<Vec<PatientId>, StoreError> {
+            self.parsed_keys(PREFERENCES)
+        }
+
+        fn consent(&self, key: &ConsentKey) -> Result<Option<Consent>, StoreError> {
+            Ok(self
+                .get::<(ConsentKey, Consent)>(CONSENTS, &key.id())?
+                .map(|(_, c)| c))
+        }
+
+        fn consents(&self) -> Result<Vec<ConsentKey>, StoreError> {
+            self.scan(CONSENTS)?
+                .iter()
+                .map(|(k, v)| dec::<(ConsentKey, Consent)>(k, v).map(|(key, _)| key))
+                .collect()
+        }
+
+        fn responder(&self, principal: &Address) -> Result<Option<bool>, StoreError> {
+            self.get(RESPONDERS, &principal.to_string())
+        }
+
+        fn responders(&self) -> Result<Vec<Address>, StoreError> {
+            self.parsed_keys(RESPONDERS)
+        }
+
+        fn reviewer(&self, principal: &Address) -> Result<Option<bool>, StoreError> {
+            self.get(REVIEWERS, &principal.to_string())
+        }
+
+        fn reviewers(&self) -> Result<Vec<Address>, StoreError> {
+            self.parsed_keys(REVIEWERS)
+        }
+
+        fn submission(&self, id: &str) -> Result<Option<Submission>, StoreError> {
+            self.get(SUBMISSIONS, id)
+        }
+
+        fn open_submissions(&self) -> Result<Vec<Submission>, StoreError> {
+            let mut out = self.submissions()?;
+            out.retain(Submission::is_open);
+            Ok(out)
+        }
+
+        fn submissions(&self) -> Result<Vec<Submission>, StoreError> {
+            let mut out = Vec::new();
+            for (k, v) in self.scan(SUBMISSIONS)? {
+                out.push(dec::<Submission>(&k, &v)?);
+            }
+            out.sort_by_key(|s| s.created_at_ms);
+            Ok(out)
+        }
+
+        fn nonce(&self) -> Result<Option<u64>, StoreError> {
+            self.get(META, "nonce")
+        }
+
+        fn access(&self, id: &AccessId) -> Result<Option<AccessRecord>, StoreError> {
+            self.get(ACCESSES, &id.to_string())
+        }
+
+        fn access_ids(&self) -> Result<Vec<AccessId>, StoreError> {
+            self.parsed_keys(ACCESSES)
+        }
+
+        fn replay(&self, key: &str) -> Result<Option<u64>, StoreError> {
+            self.get(REPLAY, key)
+        }
+
+        fn replays(&self) -> Result<Vec<(String, u64)>, StoreError> {
+            self.scan(REPLAY)?
+                .into_iter()
+                .map(|(k, v)| {
+                    let until = dec(&k, &v)?;
+                    Ok((k, until))
+                })
+                .collect()
+        }
+
+        fn revoked(&self, jti: &str) -> Result<Option<u64>, StoreError> {
+            self.get(REVOKED, jti)
+        }
+
+        fn contact(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError> {
+            self.get_raw(CONTACTS, &patient.to_string())
+        }
+
+        fn contact_ids(&self) -> Result<Vec<PatientId>, StoreError> {
+            self.parsed_keys(CONTACTS)
+        }
+
+        fn notice(&self, access_id: &AccessId) -> Result<Option<Notice>, StoreError> {
+            self.get(NOTICES, &access_id.to_string())
+        }
+
+        fn directory_entry(
+            &self,
+            principal: &Address,
+        ) -> Result<Option<crate::domain::ProviderEntry>, StoreError> {
+            self.get(DIRECTORY, &principal.to_string())
+        }
+
+        fn directory_entries(&self) -> Result<Vec<crate::domain::ProviderEntry>, StoreError> {
+            self.scan(DIRECTORY)?
+                .iter()
+                .map(|(k, v)| dec(k, v))
+                .collect()
+        }
+
+        fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+            self.scan(PAGING)?
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), dec(k, v)?)))
+                .collect()
+        }
+
+        fn notices(&self) -> Result<Vec<Notice>, StoreError> {
+            self.scan(NOTICES)?.iter().map(|(k, v)| dec(k, v)).collect()
+        }
+
+        fn audit_head(&self) -> Result<Option<crate::audit::Head>, StoreError> {
+            self.get(META, AUDIT_HEAD)
+        }
+
+        fn summary(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError> {
+            self.get_raw(SUMMARIES, &patient.to_string())
+        }
+
+        fn summary_hash(
+            &self,
+            patient: &PatientId,
+        ) -> Result<Option<Option<SummaryHash>>, StoreError> {
+            self.get(SUMMARY_HASHES, &patient.to_string())
+        }
+
+        fn summary_hash_ids(&self) -> Result<Vec<PatientId>, StoreError> {
+            self.parsed_keys(SUMMARY_HASHES)
+        }
+
+        fn verdict(&self, access_id: &AccessId) -> Result<Option<Verdict>, StoreError> {
+            self.get(VERDICTS, &access_id.to_string())
+        }
+
+        fn verdicts(&self) -> Result<Vec<Verdict>, StoreError> {
+            self.scan(VERDICTS)?
+                .iter()
+                .map(|(k, v)| dec(k, v))
+                .collect()
+        }
+
+        fn audit_entries(
+            &self,
+            from: u64,
+            limit: usize,
+        ) -> Result<Vec<crate::audit::Entry>, StoreError> {
+            self.scan_from(AUDIT, &audit_key(from.max(1)), limit)?
+                .iter()
+                .map(|(k, v)| dec(k, v))
+                .collect()
+        }
+
+        fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError> {
+            let prefix = format!("{access_id}:");
+            let mut out = Vec::new();
+            for (k, _) in self.scan_from(AUDIT_BY_ACCESS, &prefix, usize::MAX)? {
+                let Some(seq) = k.strip_prefix(&prefix) else {
+                    break;
+                };
+                if let Some(e) = self.get::<crate::audit::Entry>(AUDIT, seq)? {
+                    out.push(e);
+                }
+            }
+            Ok(out)
+        }
+    };
+}
+pub(super) use typed_reads;
