@@ -12,6 +12,7 @@ mod applier;
 mod journal;
 mod reads;
 mod redb_store;
+mod redis_store;
 mod schema;
 mod segments;
 mod writer;
@@ -23,6 +24,7 @@ use crate::domain::{AccessId, DataType, PatientId, ProviderEntry, Role};
 use crate::stacks::Address;
 pub use journal::Journal;
 pub use redb_store::{Checkpoints, RedbOptions, RedbStore, DEFAULT_CACHE_MIB};
+pub use redis_store::RedisStore;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

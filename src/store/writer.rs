@@ -43,7 +43,7 @@ pub(super) enum Reply {
 }
 
 impl Reply {
-    fn send(self, result: Result<(), StoreError>) {
+    pub(super) fn send(self, result: Result<(), StoreError>) {
         // a caller that went away no longer needs the answer
         let _ = match self {
             Reply::Blocking(tx) => tx.send(result).map_err(|_| ()),

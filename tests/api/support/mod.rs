@@ -484,3 +484,81 @@ pub fn header(raw: &[u8], name: &str) -> String {
         .get_first_value(name)
         .unwrap_or_default()
 }
+
+// --- Redis: a real redis-server per test, persisting every write (AOF, fsync always) ---
+
+/// A real `redis-server` on a free port, its append-only file in `dir`; stopped when dropped.
+/// Fails (never skips) when the server cannot start: `scripts/test` installs it.
+pub struct RedisServer {
+    pub child: Option<std::process::Child>,
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    pub fn start(dir: &Path) -> RedisServer {
+        let mut s = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+        };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts the server (again) on the same port and directory, and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", self.dir.to_str().unwrap()])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs the Debian package)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let up = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok_and(|mut s| {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 64];
+                s.write_all(b"PING\r\n").is_ok()
+                    && s.read(&mut buf)
+                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+            });
+            if up {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the server at once (SIGKILL: no shutdown, no last save).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
