@@ -1,8 +1,8 @@
 //! Durable state behind one `Store` trait: the chain-state cache the follower keeps, the
 //! follower's position, and the transaction submitter's operations and nonce.
 //!
-//! `redb` (embedded, default) implements it here; a Redis implementation for many replicas
-//! follows the same trait and must pass the same conformance tests (`tests/api/store.rs`).
+//! `redb` (embedded, default) and Redis (`redis_store.rs`, for many replicas) implement it,
+//! and pass the same conformance tests (`tests/api/store.rs`); both read through `reads.rs`.
 //! Every write is one `Batch`, applied atomically and durably: a block's cache updates, its
 //! confirmations and the new follower tip land together or not at all.
 //!
