@@ -187,13 +187,10 @@ type Offline = (
 /// The store and the data keys, for commands that run while the service is stopped.
 fn offline(s: &Settings) -> anyhow::Result<Offline> {
     use anyhow::Context;
-    let store: std::sync::Arc<dyn breakglass::store::Store> = std::sync::Arc::new(
-        breakglass::store::RedbStore::open_with(
-            &s.data.dir.join("breakglass.redb"),
-            s.data.store_options(),
-        )
-        .context("opening the store (is the service running? stop it, or use the admin API)")?,
-    );
+    let (store, _) = s
+        .data
+        .open_store()
+        .context("opening the store (is the service running? stop it, or use the admin API)")?;
     let keyring = breakglass::seal::Keyring::load_or_generate(
         &s.data.dir,
         std::env::var(breakglass::seal::DATA_KEY_ENV)

@@ -48,7 +48,8 @@ pub struct Application {
     pub store: Arc<dyn Store>,
     /// The same store, as itself (its fault injection, for tests).
     #[doc(hidden)]
-    pub redb: Arc<RedbStore>,
+    /// The embedded store, when it is the one in use (not with `data.redis_url`).
+    pub redb: Option<Arc<RedbStore>>,
     pub status: Arc<FollowerStatus>,
     pub follower: Arc<Follower>,
     pub submitter: Arc<Submitter>,
@@ -70,14 +71,11 @@ impl Application {
             Some(dir) => Policies::load(dir)?,
             None => Policies::defaults()?,
         });
-        let redb = RedbStore::open_with(
-            &settings.data.dir.join("breakglass.redb"),
-            settings.data.store_options(),
-        )?;
+        let (store, redb) = settings.data.open_store()?;
         let mut metrics = Metrics::new();
-        metrics.register_journal(redb.journal_writes());
-        let redb = Arc::new(redb);
-        let store: Arc<dyn Store> = redb.clone();
+        if let Some(r) = &redb {
+            metrics.register_journal(r.journal_writes());
+        }
         let rpc = NodeClient::new(
             settings.chain.node_url.as_str(),
             Duration::from_millis(settings.chain.request_timeout_ms),

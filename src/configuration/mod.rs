@@ -78,6 +78,8 @@ impl Default for Settings {
             data: DataSettings {
                 dir: PathBuf::from(".data/breakglass"),
                 cache_mib: crate::store::DEFAULT_CACHE_MIB,
+                redis_url: None,
+                redis_prefix: "breakglass:".into(),
             },
             log: LogSettings {
                 format: LogFormat::Json,
@@ -190,6 +192,8 @@ mod tests {
         let data = DataSettings {
             dir: PathBuf::from("d"),
             cache_mib: 3,
+            redis_url: None,
+            redis_prefix: "x:".into(),
         };
         assert_eq!(data.store_options().cache_bytes, 3 << 20);
         assert_eq!(

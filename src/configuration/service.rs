@@ -99,10 +99,51 @@ pub struct DataSettings {
     /// written and not yet checkpointed (up to half of it); what the service's memory grows
     /// by under sustained writes.
     pub cache_mib: usize,
+    /// The shared store of many replicas (`redis://host:port/db`): when set, the store is
+    /// there instead of `breakglass.redb` (keys stay in `dir`). Credentials belong in the
+    /// environment (`BREAKGLASS_DATA__REDIS_URL`), not in a file.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// The prefix of this deployment's keys on that server.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+}
+
+/// The store in use, and the embedded one when it is that.
+pub type OpenStore = (
+    std::sync::Arc<dyn crate::store::Store>,
+    Option<std::sync::Arc<crate::store::RedbStore>>,
+);
+
+fn default_redis_prefix() -> String {
+    "breakglass:".into()
 }
 
 impl DataSettings {
+    /// The store these settings name: Redis when `redis_url` is set, else the embedded store
+    /// (with its journal histogram, for `/metrics`).
+    pub fn open_store(&self) -> Result<OpenStore, crate::store::StoreError> {
+        Ok(match &self.redis_url {
+            Some(url) => (
+                std::sync::Arc::new(crate::store::RedisStore::open(url, &self.redis_prefix)?),
+                None,
+            ),
+            None => {
+                let redb = std::sync::Arc::new(crate::store::RedbStore::open_with(
+                    &self.dir.join("breakglass.redb"),
+                    self.store_options(),
+                )?);
+                (redb.clone(), Some(redb))
+            }
+        })
+    }
+
     pub(super) fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err("data.redis_url is a redis:// or rediss:// URL".into());
+            }
+        }
         if !(1..=65_536).contains(&self.cache_mib) {
             return Err(format!(
                 "data.cache_mib must be from 1 to 65536 (MiB), not {}",

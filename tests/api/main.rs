@@ -12,6 +12,7 @@ mod crash;
 mod notify;
 mod paging;
 mod policy;
+mod replicas;
 mod request;
 mod review;
 mod rpc;

@@ -478,7 +478,11 @@ async fn nothing_is_sent_while_the_store_cannot_record_it() {
     let (_, id) = notice_failing(&env, 1).await;
 
     // the disk fails: the store stops writing, and the orchestrator is told to restart
-    env.app.redb.stop_writing("the disk failed (injected)");
+    env.app
+        .redb
+        .as_ref()
+        .unwrap()
+        .stop_writing("the disk failed (injected)");
     let health = reqwest::get(format!("http://{}/healthz", env.app.api_addr))
         .await
         .unwrap();
