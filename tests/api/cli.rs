@@ -336,7 +336,16 @@ async fn dev_runs_the_devnet_and_the_service_with_demo_data() {
         },
     )
     .await;
-    let printed = text.lock().unwrap().clone();
+    // ready first, then the demo directories and summaries are imported, then it says so
+    let printed = eventually(
+        "breakglass dev says it runs",
+        Duration::from_secs(60),
+        async || {
+            let printed = text.lock().unwrap().clone();
+            printed.contains("Ctrl-C stops both").then_some(printed)
+        },
+    )
+    .await;
     assert!(printed.contains("breakglass dev is running"), "{printed}");
     assert!(printed.contains(&format!("http://127.0.0.1:{api}")));
     assert!(printed.contains("demo identities"));
