@@ -120,12 +120,22 @@ fn page(status: u16) -> actix_web::HttpResponseBuilder {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/review", web::get().to(queue))
-        .route("/review/sign-in", web::get().to(sign_in_page))
         .route("/review/challenge", web::post().to(challenge))
-        .route("/review/sign-in", web::post().to(sign_in))
+        .service(
+            // a signed challenge is a few hundred bytes
+            web::resource("/review/sign-in")
+                .app_data(web::PayloadConfig::new(16 * 1024))
+                .route(web::post().to(sign_in))
+                .route(web::get().to(sign_in_page)),
+        )
         .route("/review/sign-out", web::post().to(sign_out))
         .route("/review/accesses/{id}", web::get().to(access_page))
-        .route("/review/accesses/{id}/verdict", web::post().to(verdict))
+        .service(
+            // a note of 4,000 characters, each up to 4 bytes, percent-encoded
+            web::resource("/review/accesses/{id}/verdict")
+                .app_data(web::FormConfig::default().limit(64 * 1024))
+                .route(web::post().to(verdict)),
+        )
         .route("/static/review.js", web::get().to(script))
         .route("/static/review.css", web::get().to(style))
         .route("/v1/reviews", web::get().to(api_list))

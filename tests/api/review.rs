@@ -521,6 +521,30 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     assert_eq!((s, code(&p)), (403, "not-a-reviewer".into()), "{p}");
     assert!(session.is_none());
 
+    // malformed and oversized sign-ins: refused, no session
+    for (body, status) in [
+        ("not json".to_string(), 400),
+        (
+            json!({"message": "0x00", "signature": "0x00", "extra": 1}).to_string(),
+            400,
+        ),
+        (
+            json!({"message": "0x00", "signature": "0x00"}).to_string(),
+            400,
+        ),
+        ("x".repeat(64 * 1024), 413),
+    ] {
+        let res = reqwest::Client::new()
+            .post(format!("{base}/review/sign-in"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status);
+        assert!(set_cookie(&res, "bg_session").is_none());
+    }
+
     // a key made on the spot: refused, and not in the audit log (anyone can make keys)
     let before = env.app.store.audit_head().unwrap();
     let c = challenge(&base).await;
@@ -631,6 +655,60 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
         assert!(body.contains("bad-signature"), "{body}");
         nothing_stored();
     }
+
+    // a malformed verdict, a note over 4,000 characters, a verdict for an unknown access
+    let long = "é".repeat(4001);
+    let long_sig = verdict_signature(&id, VerdictKind::Appropriate, &long, &reviewer);
+    for (form, status, code) in [
+        (
+            vec![
+                ("csrf", csrf.as_str()),
+                ("verdict", "maybe"),
+                ("note", "fine"),
+                ("signature", sig.as_str()),
+            ],
+            400,
+            "invalid-verdict",
+        ),
+        (
+            vec![
+                ("csrf", csrf.as_str()),
+                ("verdict", "appropriate"),
+                ("note", long.as_str()),
+                ("signature", long_sig.as_str()),
+            ],
+            400,
+            "note-too-long",
+        ),
+        (
+            vec![
+                ("csrf", csrf.as_str()),
+                ("verdict", "appropriate"),
+                ("note", "fine"),
+                ("signature", "0xzz"),
+            ],
+            400,
+            "malformed-signature",
+        ),
+    ] {
+        let (s, body) = post_verdict(&base, &session, &id, &form).await;
+        assert_eq!(s, status, "{body}");
+        assert!(body.contains(code), "{body}");
+        nothing_stored();
+    }
+    let (s, body) = post_verdict(
+        &base,
+        &session,
+        &"ab".repeat(32),
+        &[
+            ("csrf", &csrf),
+            ("verdict", "appropriate"),
+            ("note", "fine"),
+            ("signature", &sig),
+        ],
+    )
+    .await;
+    assert_eq!(s, 404, "{body}");
 
     // self-review: the nurse, made a reviewer on chain, may sign in, but not judge her own access
     env.devnet

@@ -135,6 +135,24 @@ async fn tokens_read_only_what_they_open_and_every_bad_read_is_refused_and_logge
         assert!(p["detail"].as_str().unwrap().contains(says), "{p}");
         assert!(env.app.store.summary(&stranger).unwrap().is_none());
     }
+    // without the admin client's credentials: refused, nothing stored
+    let forged = reqwest::Client::new()
+        .post(format!("http://{}/v1/admin/summaries", env.app.api_addr))
+        .basic_auth("ops", Some("not-the-secret"))
+        .body(serde_json::to_vec(&good).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    assert!(env.app.store.summary(&stranger).unwrap().is_none());
+    // a malformed principal for the tablet's options
+    let bad = reqwest::get(format!(
+        "http://{}/tablet/options?principal=nobody",
+        env.app.api_addr
+    ))
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), 400);
     let ops_before = env.app.store.submissions().unwrap().len();
     assert!(env
         .app
