@@ -139,6 +139,9 @@ fn benches(c: &mut Criterion) {
         tokens.clone(),
         keyring.clone(),
         breakglass::metrics::Metrics::new(),
+        Arc::new(breakglass::coordination::Coordinator::local(
+            settings.issuance.grants_per_minute,
+        )),
     )
     .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod chain;
 pub mod clock;
 pub mod configuration;
+pub mod coordination;
 pub mod demo;
 pub mod dev;
 pub mod directory;

@@ -72,6 +72,11 @@ impl Application {
             None => Policies::defaults()?,
         });
         let (store, redb) = settings.data.open_store()?;
+        let coordination = Arc::new(
+            settings
+                .data
+                .coordinator(settings.issuance.grants_per_minute)?,
+        );
         let mut metrics = Metrics::new();
         if let Some(r) = &redb {
             metrics.register_journal(r.journal_writes());
@@ -113,6 +118,7 @@ impl Application {
                 tokens,
                 keyring.clone(),
                 metrics,
+                coordination.clone(),
             )?
             .with_notices(announce),
         );
@@ -134,7 +140,12 @@ impl Application {
             Some(file) => format!("/{}", crate::configuration::read_path_secret(file)?),
             None => String::new(),
         };
-        let notifier = Arc::new(Notifier::new(&settings, store.clone(), keyring.clone())?);
+        let notifier = Arc::new(Notifier::new(
+            &settings,
+            store.clone(),
+            keyring.clone(),
+            coordination.clone(),
+        )?);
         let apply_lock = state.apply_lock.clone();
         let review = web::Data::new(crate::review::Review::new(
             state.clone(),
@@ -158,18 +169,19 @@ impl Application {
             patient_id_system: settings.directory.patient_id_system.clone(),
             provider_principal_system: settings.directory.provider_principal_system.clone(),
         });
-        let submitter = Arc::new(Submitter {
-            store: store.clone(),
+        let submitter = Arc::new(Submitter::new(
+            store.clone(),
             rpc,
             contracts,
-            key: keys.stacks,
+            keys.stacks,
             sender,
             mainnet,
-            fee: settings.submitter.fee,
-            rebroadcast_after: settings.submitter.rebroadcast_after_blocks,
-            status: status.clone(),
+            &settings.submitter,
+            status.clone(),
             apply_lock,
-        });
+            coordination.clone(),
+            settings.data.lease_ms,
+        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let poll = Duration::from_millis(settings.follower.poll_interval_ms);
@@ -187,6 +199,13 @@ impl Application {
                 shutdown_rx.clone(),
             )),
         ];
+        if oncall.is_shared() {
+            tasks.push(tokio::spawn(paging::reload_every(
+                oncall.clone(),
+                Duration::from_secs(1),
+                shutdown_rx.clone(),
+            )));
+        }
         let oc = &settings.oncall;
         if let Some(file) = &oc.pagerduty.api_token_file {
             paging::load_secrets(file)?;

@@ -13,15 +13,13 @@
 //! It must not: wait on the node on a cache hit, or hand out a token before its access is
 //! durable.
 
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
-
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::sync::Arc;
 
 use crate::chain::state::ChainState;
 use crate::chain::status::FollowerStatus;
 use crate::clock::{now_ms, now_secs};
 use crate::configuration::Settings;
+use crate::coordination::Coordinator;
 use crate::metrics::Metrics;
 use crate::paging::OnCall;
 use crate::policy::{Policies, Situation};
@@ -32,12 +30,10 @@ use crate::store::AccessRecord;
 use crate::token::TokenIssuer;
 use grant::{Decision, Window};
 pub use reasons::rekey_reasons;
-use replay::Seen;
 pub use view::{chain_view, ChainView};
 
 mod grant;
 mod reasons;
-mod replay;
 mod steps;
 mod view;
 
@@ -55,11 +51,9 @@ pub struct BreakGlass {
     /// Who is on call (every paging source, combined); read from memory.
     pub oncall: Arc<OnCall>,
     pub metrics: Arc<Metrics>,
-    limiter: DefaultKeyedRateLimiter<Address>,
-    /// Nonces seen (refused requests included), with when they may be forgotten. Granted
-    /// ones are also durable and read back at start, so this alone answers "used before?"
-    /// without a store read per request.
-    seen: Mutex<Seen>,
+    /// Used nonces (refused requests' included) and rate limits: in memory for one process
+    /// (granted nonces are also durable and read back at start), on Redis for replicas.
+    pub coordination: Arc<Coordinator>,
     chain_id: u32,
     mainnet: bool,
     seconds_per_block: u64,
@@ -74,6 +68,7 @@ pub struct BreakGlass {
 }
 
 impl BreakGlass {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: &Settings,
         state: ChainState,
@@ -82,15 +77,14 @@ impl BreakGlass {
         tokens: Arc<TokenIssuer>,
         keyring: Arc<crate::seal::Keyring>,
         metrics: Metrics,
+        coordination: Arc<Coordinator>,
     ) -> anyhow::Result<BreakGlass> {
-        let oncall = Arc::new(OnCall::load(&settings.oncall, state.store.clone())?);
-        let per_minute =
-            NonZeroU32::new(settings.issuance.grants_per_minute).unwrap_or(NonZeroU32::MIN);
-        let mut seen = Seen::default();
-        for (key, until) in state.store.replays()? {
-            if until > now_secs() {
-                seen.insert(key, until);
-            }
+        let oncall = Arc::new(
+            OnCall::load(&settings.oncall, state.store.clone())?
+                .shared_with_replicas(coordination.is_shared()),
+        );
+        if let Coordinator::Local(local) = coordination.as_ref() {
+            local.remember(state.store.replays()?);
         }
         Ok(BreakGlass {
             state,
@@ -99,8 +93,7 @@ impl BreakGlass {
             keyring,
             oncall,
             metrics: Arc::new(metrics),
-            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
-            seen: Mutex::new(seen),
+            coordination,
             chain_id: settings.chain.network.chain_id(),
             mainnet: settings.chain.network.is_mainnet(),
             seconds_per_block: settings.issuance.seconds_per_block,
@@ -131,6 +124,17 @@ impl BreakGlass {
         )
     }
 
+    /// The shared state of the replicas (Redis) did not answer: nothing was decided.
+    fn coordination_unavailable(e: crate::store::StoreError) -> Refusal {
+        tracing::error!(error = %e, "shared state unavailable");
+        Refusal::new(
+            503,
+            "store-unavailable",
+            "Shared state unavailable",
+            "the service cannot reach its shared store right now; try again",
+        )
+    }
+
     pub async fn request(&self, body: &[u8]) -> Result<Grant, Refusal> {
         let now = now_secs();
         // 1-3. the request, its signature, its freshness
@@ -149,11 +153,11 @@ impl BreakGlass {
         let signer = req.signer.to_string();
         let replay_key = format!("{signer}:{}", req.nonce);
         let until = req.issued_at + 2 * request::MAX_SKEW_SECS;
-        let replayed = {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.forget_until(now);
-            seen.insert(replay_key.clone(), until)
-        };
+        let replayed = !self
+            .coordination
+            .use_nonce(&replay_key, until)
+            .await
+            .map_err(Self::coordination_unavailable)?;
         let refused = crate::audit::Event::Refusal {
             code: String::new(),
             status: 0,
@@ -177,8 +181,7 @@ impl BreakGlass {
         }
         if answer.as_ref().is_err_and(Refusal::invites_retry) {
             // nothing was recorded: the same signed request may be sent again
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.remove(&replay_key, until);
+            self.coordination.give_back(&replay_key, until).await;
         }
         answer
     }
@@ -246,7 +249,7 @@ impl BreakGlass {
         };
         let (policy_minutes, rules) =
             self.policies_permit(&signer, role, &req, &situation, chain)?;
-        self.within_rate(&req.signer)?;
+        self.within_rate(&req.signer).await?;
         let decision = Decision {
             role,
             window: Window::of(policy_minutes, prefs.max_window, self.seconds_per_block),

@@ -46,7 +46,7 @@ impl BreakGlass {
     /// Step 5, on call, by any paging source: why (kept with the access), or `None` when on-call
     /// is not checked.
     pub(super) fn on_call(&self, signer: &str, now: u64) -> Result<Option<OnCallFact>, Refusal> {
-        match self.oncall.lookup(signer, now) {
+        match self.oncall.lookup_fresh(signer, now) {
             Lookup::NotChecked => Ok(None),
             Lookup::OnCall(fact) => Ok(Some(fact)),
             Lookup::NotOnCall => Err(Refusal::new(
@@ -150,8 +150,13 @@ impl BreakGlass {
     }
 
     /// Step 8, the clinician's rate of grants.
-    pub(super) fn within_rate(&self, signer: &Address) -> Result<(), Refusal> {
-        if self.limiter.check_key(signer).is_err() {
+    pub(super) async fn within_rate(&self, signer: &Address) -> Result<(), Refusal> {
+        let within = self
+            .coordination
+            .within_rate(&signer.to_string())
+            .await
+            .map_err(Self::coordination_unavailable)?;
+        if !within {
             return Err(Refusal::new(
                 429,
                 "rate-limited",

@@ -13,7 +13,7 @@
 //! It must not: sign a second transaction for an operation whose first may still be mined, or
 //! undo a confirmation the follower wrote.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +24,10 @@ use super::rpc::{NodeBlock, NodeClient, RpcError};
 use super::state::StateError;
 use super::status::FollowerStatus;
 use crate::clock::now_ms;
+use crate::coordination::Coordinator;
 use crate::stacks::tx::{self, ContractCall};
 use crate::stacks::{Address, Value};
-use crate::store::{Batch, Store, StoreError, Submission, SubmissionState};
+use crate::store::{Batch, Guard, Guarded, Store, StoreError, Submission, SubmissionState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -53,6 +54,13 @@ pub struct Submitter {
     /// The follower's (`ChainState::apply_lock`): a confirmation it writes is never
     /// overwritten by what the submitter read before it.
     pub apply_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Where the submitter's lease is held: one replica at a time signs and broadcasts.
+    pub coordination: Arc<Coordinator>,
+    /// This replica, as the lease's holder.
+    pub holder: String,
+    pub lease_ms: u64,
+    /// The fencing token of the lease this replica holds (0: none), carried by every write.
+    fence: AtomicU64,
 }
 
 /// A new operation, not yet signed (for callers that write it with other state in one batch).
@@ -291,6 +299,62 @@ pub async fn reopen_abandoned(
 }
 
 impl Submitter {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn Store>,
+        rpc: NodeClient,
+        contracts: Contracts,
+        key: SecretKey,
+        sender: Address,
+        mainnet: bool,
+        settings: &crate::configuration::SubmitterSettings,
+        status: Arc<FollowerStatus>,
+        apply_lock: Arc<tokio::sync::Mutex<()>>,
+        coordination: Arc<Coordinator>,
+        lease_ms: u64,
+    ) -> Submitter {
+        Submitter {
+            store,
+            rpc,
+            contracts,
+            key,
+            sender,
+            mainnet,
+            fee: settings.fee,
+            rebroadcast_after: settings.rebroadcast_after_blocks,
+            status,
+            apply_lock,
+            coordination,
+            holder: crate::coordination::replica_id(),
+            lease_ms,
+            fence: AtomicU64::new(0),
+        }
+    }
+
+    /// The lease's name: one per service key.
+    fn lease(&self) -> String {
+        format!("submitter:{}", self.sender)
+    }
+
+    /// Takes or renews the lease: whether this replica holds it now.
+    async fn hold_lease(&self) -> Result<bool, SubmitError> {
+        let token = self
+            .coordination
+            .lease(&self.lease(), &self.holder, self.lease_ms)
+            .await?;
+        let before = self.fence.swap(token.unwrap_or(0), Ordering::SeqCst);
+        match token {
+            Some(t) if t != before => {
+                tracing::info!(holder = %self.holder, fence = t, "this replica now submits the service's transactions")
+            }
+            None if before != 0 => {
+                tracing::info!(holder = %self.holder, "another replica submits the service's transactions now")
+            }
+            _ => {}
+        }
+        Ok(token.is_some())
+    }
+
     async fn write(&self, batch: Batch) -> Result<(), StoreError> {
         crate::store::apply_async(&self.store, batch).await
     }
@@ -315,20 +379,34 @@ impl Submitter {
     ) -> Result<bool, StoreError> {
         let _guard = self.apply_lock.lock().await;
         let now = self.store.submission(&read.id)?.map(|s| s.state);
-        if now.as_ref() != Some(&read.state) {
+        let changed = || {
             tracing::info!(operation = %read.id, "the operation changed meanwhile: kept as it is now");
-            return Ok(false);
+            Ok(false)
+        };
+        if now.as_ref() != Some(&read.state) {
+            return changed();
         }
-        self.write(Batch {
-            submissions: vec![Submission {
-                state,
-                ..read.clone()
-            }],
-            nonce: next_nonce,
-            ..Batch::default()
-        })
-        .await?;
-        Ok(true)
+        let fence = self.fence.load(Ordering::SeqCst);
+        let written = self
+            .write(Batch {
+                submissions: vec![Submission {
+                    state,
+                    ..read.clone()
+                }],
+                nonce: next_nonce,
+                // checked again in the write where other replicas write too (Redis)
+                guard: Some(Guard {
+                    fence: (fence != 0).then(|| (self.lease(), fence)),
+                    submission: Some(read.clone()),
+                }),
+                ..Batch::default()
+            })
+            .await;
+        match written {
+            Ok(()) => Ok(true),
+            Err(StoreError::Guarded(Guarded::Changed)) => changed(),
+            Err(e) => Err(e),
+        }
     }
 
     /// Accepts an operation, durably; the same id again returns what is known of it.
@@ -543,7 +621,11 @@ impl Submitter {
         Ok(())
     }
 
+    /// One round, if this replica holds the lease (else another replica does the work).
     pub async fn tick(&self) -> Result<(), SubmitError> {
+        if !self.hold_lease().await? {
+            return Ok(());
+        }
         self.reconcile().await?;
         self.prepare().await?;
         self.broadcast_due().await
@@ -587,6 +669,10 @@ mod tests {
             rebroadcast_after: 3,
             status: Arc::default(),
             apply_lock: Arc::default(),
+            coordination: Arc::new(Coordinator::local(10)),
+            holder: "test".into(),
+            lease_ms: 10_000,
+            fence: AtomicU64::new(0),
         }
     }
 

@@ -80,6 +80,7 @@ impl Default for Settings {
                 cache_mib: crate::store::DEFAULT_CACHE_MIB,
                 redis_url: None,
                 redis_prefix: "breakglass:".into(),
+                lease_ms: 10_000,
             },
             log: LogSettings {
                 format: LogFormat::Json,
@@ -194,6 +195,7 @@ mod tests {
             cache_mib: 3,
             redis_url: None,
             redis_prefix: "x:".into(),
+            lease_ms: 10_000,
         };
         assert_eq!(data.store_options().cache_bytes, 3 << 20);
         assert_eq!(

@@ -107,6 +107,15 @@ pub struct DataSettings {
     /// The prefix of this deployment's keys on that server.
     #[serde(default = "default_redis_prefix")]
     pub redis_prefix: String,
+    /// With replicas: how long a replica's lease on shared work (the chain submitter, a
+    /// notice being sent) lasts unless renewed. A stopped replica's work is taken over by
+    /// another this long after it stopped.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_lease_ms() -> u64 {
+    10_000
 }
 
 /// The store in use, and the embedded one when it is that.
@@ -138,7 +147,26 @@ impl DataSettings {
         })
     }
 
+    /// What the replicas agree on beside the store: on the same Redis server when there is
+    /// one, else in this process's memory.
+    pub fn coordinator(
+        &self,
+        grants_per_minute: u32,
+    ) -> Result<crate::coordination::Coordinator, crate::store::StoreError> {
+        use crate::coordination::Coordinator;
+        Ok(match &self.redis_url {
+            Some(url) => Coordinator::redis(url, &self.redis_prefix, grants_per_minute)?,
+            None => Coordinator::local(grants_per_minute),
+        })
+    }
+
     pub(super) fn validate(&self) -> Result<(), String> {
+        if !(200..=600_000).contains(&self.lease_ms) {
+            return Err(format!(
+                "data.lease_ms must be from 200 to 600000 (ms), not {}",
+                self.lease_ms
+            ));
+        }
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err("data.redis_url is a redis:// or rediss:// URL".into());

@@ -32,6 +32,7 @@ use message::{NoticeSettings, Proof, Rendered, Templates};
 
 use crate::clock::now_secs;
 use crate::configuration::{NotifySettings, Settings};
+use crate::coordination::Coordinator;
 use crate::domain::{AccessId, Contact};
 use crate::seal::Keyring;
 use crate::store::{apply_async, Batch, Notice, NoticeState, Store, SubmissionState};
@@ -45,6 +46,15 @@ pub struct Notifier {
     /// Attempts made whose outcome the store did not take, by access id: recorded again at
     /// the notice's next turn instead of being sent again.
     unrecorded: Mutex<HashMap<AccessId, Notice>>,
+    /// Where a replica takes a notice's lease before it works on it: one replica at a time
+    /// sends a notice.
+    coordination: Arc<Coordinator>,
+    holder: String,
+    /// How long a notice's lease lasts: longer than an SMTP attempt may take.
+    lease_ms: u64,
+    /// With replicas, how often the open notices are read again from the store: a stopped
+    /// replica's notices are found this way.
+    rescan: Option<Duration>,
 }
 
 /// The sealed-value name of a notice's message (binds it to its access).
@@ -67,7 +77,9 @@ impl Notifier {
         settings: &Settings,
         store: Arc<dyn Store>,
         keyring: Arc<Keyring>,
+        coordination: Arc<Coordinator>,
     ) -> anyhow::Result<Notifier> {
+        let lease_ms = settings.data.lease_ms;
         Ok(Notifier {
             store,
             keyring,
@@ -75,7 +87,28 @@ impl Notifier {
             templates: Templates::new()?,
             settings: settings.notify.clone(),
             unrecorded: Mutex::default(),
+            rescan: coordination
+                .is_shared()
+                .then(|| Duration::from_millis(lease_ms)),
+            coordination,
+            holder: crate::coordination::replica_id(),
+            lease_ms: lease_ms.max(2_000 * settings.notify.smtp.timeout_secs),
         })
+    }
+
+    /// The open notices, as the store has them now.
+    fn open_notices(&self) -> Vec<(u64, AccessId)> {
+        match self.store.notices() {
+            Ok(all) => all
+                .into_iter()
+                .filter(Notice::is_open)
+                .map(|n| (n.next_at, n.access_id))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "notices: could not read the open notices");
+                Vec::new()
+            }
+        }
     }
 
     /// Runs until shutdown. Open notices are read from the store once, at start; after
@@ -86,22 +119,22 @@ impl Notifier {
         mut new: mpsc::UnboundedReceiver<(u64, crate::domain::AccessId)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut due = BTreeSet::new();
-        match self.store.notices() {
-            Ok(all) => due.extend(
-                all.into_iter()
-                    .filter(Notice::is_open)
-                    .map(|n| (n.next_at, n.access_id)),
-            ),
-            Err(e) => tracing::error!(error = %e, "notices: could not read the open notices"),
-        }
+        let mut due: BTreeSet<(u64, AccessId)> = self.open_notices().into_iter().collect();
         let mut tick = tokio::time::interval(Duration::from_millis(self.settings.poll_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut scanned = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     while let Ok(n) = new.try_recv() {
                         due.insert(n);
+                    }
+                    if self.rescan.is_some_and(|every| scanned.elapsed() >= every) {
+                        // other replicas' notices too: each is sent by whoever holds its lease
+                        let known: std::collections::HashSet<AccessId> =
+                            due.iter().map(|(_, id)| *id).collect();
+                        due.extend(self.open_notices().into_iter().filter(|(_, id)| !known.contains(id)));
+                        scanned = std::time::Instant::now();
                     }
                     self.round(&mut due).await;
                 }
@@ -154,8 +187,30 @@ impl Notifier {
         }
     }
 
-    /// One step for the notice of access `id`, as the store has it.
+    /// One step for the notice of access `id`, as the store has it, under the notice's lease
+    /// (another replica holding it works on it: looked at again once it would have lapsed).
     async fn step(&self, id: &AccessId, now: u64) -> Option<u64> {
+        let lease = format!("notice:{id}");
+        match self
+            .coordination
+            .lease(&lease, &self.holder, self.lease_ms)
+            .await
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => return Some(now + self.lease_ms.div_ceil(1000)),
+            Err(e) => {
+                tracing::error!(access = %id, error = %e, "notice: its lease could not be taken");
+                return Some(now + 5);
+            }
+        }
+        let next = self.step_held(id, now).await;
+        if let Err(e) = self.coordination.release(&lease, &self.holder).await {
+            tracing::warn!(access = %id, error = %e, "notice: its lease could not be let go; it lapses");
+        }
+        next
+    }
+
+    async fn step_held(&self, id: &AccessId, now: u64) -> Option<u64> {
         match self.store.notice(id) {
             Ok(Some(n)) if n.is_open() => {
                 let read = n.clone();

@@ -175,12 +175,61 @@ pub struct OnCall {
     webhooks: HashSet<&'static str>,
     /// One change at a time: each is checked against the state, written, then applied.
     writer: tokio::sync::Mutex<()>,
+    /// Whether other replicas change the stored state too (a shared store): then it is read
+    /// again before a change is checked, before a delivery is claimed, before "not on call"
+    /// is answered, and every second (`reload`).
+    shared: bool,
+}
+
+/// The on-call state as stored, and when each synced roster was synced.
+fn read_stored(store: &dyn Store) -> Result<(State, HashMap<String, u64>), StoreError> {
+    let mut state = State::default();
+    let mut synced = HashMap::new();
+    for (key, value) in store.paging()? {
+        let bad = |e: serde_json::Error| StoreError::Corrupt(key.clone(), e.to_string());
+        if let Some(k) = key.strip_prefix(INCIDENT) {
+            state
+                .incidents
+                .insert(k.to_string(), serde_json::from_value(value).map_err(bad)?);
+        } else if let Some(p) = key.strip_prefix(SHIFT) {
+            state
+                .shifts
+                .insert(p.to_string(), serde_json::from_value(value).map_err(bad)?);
+        } else if let Some(source) = key.strip_prefix(ROSTER) {
+            let roster: Roster = serde_json::from_value(value).map_err(bad)?;
+            synced.insert(source.to_string(), roster.synced_at);
+            state.rosters.insert(source.to_string(), roster);
+        } else if let Some(d) = key.strip_prefix(SEEN) {
+            state
+                .seen
+                .insert(d.to_string(), serde_json::from_value(value).map_err(bad)?);
+        }
+    }
+    Ok((state, synced))
 }
 
 const INCIDENT: &str = "incident:";
 const SHIFT: &str = "shift:";
 const ROSTER: &str = "roster:";
 const SEEN: &str = "seen:";
+
+/// Reads the shared on-call state again every `period` (what other replicas applied), off the
+/// break-glass path.
+pub async fn reload_every(
+    oncall: Arc<OnCall>,
+    period: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {
+                let o = oncall.clone();
+                let _ = tokio::task::spawn_blocking(move || o.reload_if_shared()).await;
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
 
 fn json<T: Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
     serde_json::to_value(v).map_err(|e| StoreError::Backend(e.to_string()))
@@ -209,35 +258,18 @@ impl OnCall {
         if !checked {
             tracing::warn!("no on-call source configured: on-call is not checked");
         }
-        let mut state = State::default();
-        let mut health = HashMap::new();
-        for (key, value) in store.paging()? {
-            let bad = |e: serde_json::Error| StoreError::Corrupt(key.clone(), e.to_string());
-            if let Some(k) = key.strip_prefix(INCIDENT) {
-                state
-                    .incidents
-                    .insert(k.to_string(), serde_json::from_value(value).map_err(bad)?);
-            } else if let Some(p) = key.strip_prefix(SHIFT) {
-                state
-                    .shifts
-                    .insert(p.to_string(), serde_json::from_value(value).map_err(bad)?);
-            } else if let Some(source) = key.strip_prefix(ROSTER) {
-                let roster: Roster = serde_json::from_value(value).map_err(bad)?;
+        let (state, synced) = read_stored(store.as_ref())?;
+        let mut health: HashMap<String, SyncHealth> = synced
+            .into_iter()
+            .map(|(source, at)| {
                 // the last good roster, as of when it was synced: its grace period runs on
-                health.insert(
-                    source.to_string(),
-                    SyncHealth {
-                        last_success: Some(roster.synced_at),
-                        ..SyncHealth::default()
-                    },
-                );
-                state.rosters.insert(source.to_string(), roster);
-            } else if let Some(d) = key.strip_prefix(SEEN) {
-                state
-                    .seen
-                    .insert(d.to_string(), serde_json::from_value(value).map_err(bad)?);
-            }
-        }
+                let h = SyncHealth {
+                    last_success: Some(at),
+                    ..SyncHealth::default()
+                };
+                (source, h)
+            })
+            .collect();
         for (source, sync) in [
             ("pagerduty", &settings.pagerduty.sync),
             ("opsgenie", &settings.opsgenie.sync),
@@ -245,8 +277,10 @@ impl OnCall {
             health.entry(source.to_string()).or_default().grace_secs = sync.grace_secs;
         }
         health.retain(|k, _| syncing.contains(k.as_str()));
+        let mut state = state;
         state.sweep(now_secs(), settings.incident_max_secs);
         Ok(OnCall {
+            shared: false,
             mapping: Mapping::load(settings.mapping.as_deref(), store.clone())?,
             store,
             roster_file,
@@ -258,6 +292,64 @@ impl OnCall {
             webhooks,
             writer: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Marks the stored state as shared with other replicas (`shared`).
+    pub fn shared_with_replicas(mut self, shared: bool) -> OnCall {
+        self.shared = shared;
+        self
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Reads the stored state again (what other replicas applied): incidents, shifts, synced
+    /// rosters and claimed deliveries as the store has them now.
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let (stored, synced) = read_stored(self.store.as_ref())?;
+        {
+            let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+            for (source, at) in synced {
+                // only configured syncs have health; another replica's sync counts as ours
+                if let Some(h) = health.get_mut(&source) {
+                    if h.last_success.is_none_or(|s| s < at) {
+                        h.last_success = Some(at);
+                    }
+                }
+            }
+        }
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        state.incidents = stored.incidents;
+        state.shifts = stored.shifts;
+        state.rosters = stored.rosters;
+        for (k, until) in stored.seen {
+            state.seen.entry(k).or_insert(until);
+        }
+        state.sweep(now_secs(), self.incident_max_secs);
+        Ok(())
+    }
+
+    /// Reads the stored state again if other replicas share it; a failed read is logged and
+    /// the state known stands.
+    fn reload_if_shared(&self) {
+        if self.shared {
+            if let Err(e) = self.reload() {
+                tracing::warn!(error = %e, "on-call: the shared state could not be read again");
+            }
+        }
+    }
+
+    /// `lookup`, reading the shared state again before answering "not on call" (another
+    /// replica may have just applied the page).
+    pub fn lookup_fresh(&self, principal: &str, now: u64) -> Lookup {
+        match self.lookup(principal, now) {
+            Lookup::NotOnCall if self.shared => {
+                self.reload_if_shared();
+                self.lookup(principal, now)
+            }
+            found => found,
+        }
     }
 
     /// Whether an incident pages its responders now: open, from a configured source, and
@@ -329,6 +421,7 @@ impl OnCall {
     /// Claims a webhook delivery (`source:id`): false if it was seen within the window (a
     /// replay).
     pub fn claim(&self, delivery: &str, now: u64) -> bool {
+        self.reload_if_shared();
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         state.sweep(now, self.incident_max_secs);
         if state.seen.contains_key(delivery) {
@@ -416,6 +509,7 @@ impl OnCall {
         delivery: Option<(&str, u64)>,
     ) -> Result<Applied, StoreError> {
         let _one_at_a_time = self.writer.lock().await;
+        self.reload_if_shared();
         let (next, forgotten, incident) = {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             let next = self.next(&state, &change);

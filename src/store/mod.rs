@@ -24,7 +24,7 @@ use crate::domain::{AccessId, DataType, PatientId, ProviderEntry, Role};
 use crate::stacks::Address;
 pub use journal::Journal;
 pub use redb_store::{Checkpoints, RedbOptions, RedbStore, DEFAULT_CACHE_MIB};
-pub use redis_store::RedisStore;
+pub use redis_store::{lease_key, RedisStore};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -32,6 +32,40 @@ pub enum StoreError {
     Backend(String),
     #[error("store: corrupt record {0}: {1}")]
     Corrupt(String, String),
+    /// The batch's `Guard` did not hold: nothing was written.
+    #[error("store: {0}")]
+    Guarded(Guarded),
+}
+
+/// Which condition of a batch's `Guard` failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarded {
+    /// The writer no longer holds the lease its fencing token is from.
+    Fenced,
+    /// The operation is not as the writer read it (another writer changed it meanwhile).
+    Changed,
+}
+
+impl std::fmt::Display for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Guarded::Fenced => "the writer's lease was lost: nothing written",
+            Guarded::Changed => "the operation changed since it was read: nothing written",
+        })
+    }
+}
+
+/// Conditions a write holds to, checked with it atomically by a store that several processes
+/// share (Redis). The embedded store belongs to one process, where one submitter writes under
+/// `ChainState::apply_lock` after checking the same conditions: it does not check them again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    /// The lease the writer holds (`coordination`) and its fencing token: the write fails with
+    /// `Guarded::Fenced` unless the lease still carries this token.
+    pub fence: Option<(String, u64)>,
+    /// The operation as the writer read it: the write fails with `Guarded::Changed` unless the
+    /// store holds exactly this.
+    pub submission: Option<Submission>,
 }
 
 /// The last block the follower applied.
@@ -260,6 +294,9 @@ pub struct Batch {
     /// The summaries' hashes as the chain has them (`get-summary-hash`; `None`: no hash).
     #[serde(default)]
     pub summary_hashes: Vec<(PatientId, Option<SummaryHash>)>,
+    /// What must hold for this batch to be written (checked by shared stores: `Guard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Guard>,
 }
 
 /// A summary's hash as recorded on chain by a data custodian.
@@ -297,6 +334,8 @@ impl Batch {
         self.verdicts.extend(later.verdicts);
         self.summaries.extend(later.summaries);
         self.summary_hashes.extend(later.summary_hashes);
+        // merged only by the embedded store's writer, which does not check guards
+        self.guard = None;
     }
 
     pub fn is_empty(&self) -> bool {

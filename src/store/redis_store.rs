@@ -136,6 +136,64 @@ impl RedisStore {
     }
 }
 
+/// Where lease `name` is kept (`coordination`), under the store's `prefix`: a hash of its
+/// holder and fencing token, gone when the lease lapses.
+pub fn lease_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}lease:{name}")
+}
+
+/// A guarded batch: the lease's token and the operation's row are checked, and the rows
+/// written, in one script (atomic on the server). 0: written; 1: fenced; 2: changed.
+const GUARDED: &str = r"
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 1 end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 2 end
+for i = 3, #KEYS do
+  local j = 4 + 3 * (i - 3)
+  if ARGV[j] == 's' then redis.call('HSET', KEYS[i], ARGV[j + 1], ARGV[j + 2])
+  else redis.call('HDEL', KEYS[i], ARGV[j + 1]) end
+end
+return 0
+";
+
+fn guarded(
+    client: &redis::Client,
+    conn: &mut Option<Connection>,
+    prefix: &str,
+    guard: &Guard,
+    rows: &Rows,
+) -> Result<(), StoreError> {
+    let script = redis::Script::new(GUARDED);
+    let (lease, token) = match &guard.fence {
+        Some((name, token)) => (lease_key(prefix, name), token.to_string()),
+        None => (format!("{prefix}lease:"), String::new()),
+    };
+    let (id, expected) = match &guard.submission {
+        Some(s) => (s.id.clone(), enc(s)?),
+        None => (String::new(), Vec::new()),
+    };
+    let answer: i64 = with(client, conn, |c| {
+        let mut call = script.prepare_invoke();
+        call.key(&lease)
+            .key(format!("{prefix}{SUBMISSIONS}"))
+            .arg(&token)
+            .arg(&id)
+            .arg(expected.as_slice());
+        for (table, key, value) in rows {
+            call.key(format!("{prefix}{table}"));
+            match value {
+                Some(v) => call.arg("s").arg(key).arg(v.as_slice()),
+                None => call.arg("d").arg(key).arg(""),
+            };
+        }
+        call.invoke(c)
+    })?;
+    match answer {
+        0 => Ok(()),
+        1 => Err(StoreError::Guarded(Guarded::Fenced)),
+        _ => Err(StoreError::Guarded(Guarded::Changed)),
+    }
+}
+
 /// One batch, one transaction; batches with audit events linked on the head as EXEC finds it.
 fn write(
     client: &redis::Client,
@@ -144,6 +202,12 @@ fn write(
     batch: &Batch,
 ) -> Result<(), StoreError> {
     let base = rows_of(batch)?;
+    if let Some(guard) = &batch.guard {
+        if !batch.audit.is_empty() {
+            return Err(backend("a guarded batch cannot carry audit events"));
+        }
+        return guarded(client, conn, prefix, guard, &base);
+    }
     let meta = format!("{prefix}{META}");
     loop {
         let done: Option<()> = with(client, conn, |c| {

@@ -793,3 +793,145 @@ fn an_acknowledged_write_survives_redis_killed_and_restarted() {
         .unwrap();
     assert_eq!(store.nonce().unwrap(), Some(2));
 }
+
+// --- what replicas agree on beside the rows (`coordination`) ---
+
+/// Two replicas' coordinators on one Redis: a nonce is used once across both, a clinician's
+/// rate counts across both, a lease has one holder until it lapses and then a greater fencing
+/// token, and a write carrying a lapsed lease's token (or over an operation that changed) is
+/// refused and writes nothing. With the server gone they answer errors, never "fresh" or
+/// "yours"; back, they work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cannot_write() {
+    use breakglass::coordination::Coordinator;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = crate::support::RedisServer::start(dir.path());
+    let a = Coordinator::redis(&server.url(), "co:", 3).unwrap();
+    let b = Coordinator::redis(&server.url(), "co:", 3).unwrap();
+    assert!(a.is_shared());
+    let until = crate::support::now() + 60;
+
+    assert!(a.use_nonce("ST1:1", until).await.unwrap());
+    assert!(
+        !b.use_nonce("ST1:1", until).await.unwrap(),
+        "a replay on the other replica"
+    );
+    assert!(!a.use_nonce("ST1:1", until).await.unwrap());
+    b.give_back("ST1:1", until).await;
+    assert!(
+        a.use_nonce("ST1:1", until).await.unwrap(),
+        "given back: fresh again"
+    );
+    // one that may be forgotten now is gone by itself
+    assert!(a
+        .use_nonce("ST1:2", crate::support::now() + 1)
+        .await
+        .unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert!(
+        b.use_nonce("ST1:2", until).await.unwrap(),
+        "expired with its request"
+    );
+
+    // three a minute, across both
+    assert!(a.within_rate("ST1").await.unwrap());
+    assert!(b.within_rate("ST1").await.unwrap());
+    assert!(a.within_rate("ST1").await.unwrap());
+    assert!(
+        !b.within_rate("ST1").await.unwrap(),
+        "the fourth in a minute"
+    );
+    assert!(b.within_rate("ST2").await.unwrap(), "per clinician");
+
+    let t1 = a.lease("submitter:x", "a", 400).await.unwrap().unwrap();
+    assert_eq!(
+        a.lease("submitter:x", "a", 400).await.unwrap(),
+        Some(t1),
+        "renewed"
+    );
+    assert_eq!(
+        b.lease("submitter:x", "b", 400).await.unwrap(),
+        None,
+        "held by a"
+    );
+    b.release("submitter:x", "b").await.unwrap();
+    assert_eq!(
+        b.lease("submitter:x", "b", 400).await.unwrap(),
+        None,
+        "b cannot let a's go"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let t2 = b.lease("submitter:x", "b", 60_000).await.unwrap().unwrap();
+    assert!(t2 > t1, "a lapsed lease taken over with a greater token");
+
+    // the writes a lease guards
+    let store = RedisStore::open(&server.url(), "co:").unwrap();
+    let op = submission("op", SubmissionState::Pending, 1);
+    store
+        .apply(Batch {
+            submissions: vec![op.clone()],
+            ..Batch::default()
+        })
+        .unwrap();
+    let signed = |fence: u64, read: &Submission| Batch {
+        submissions: vec![Submission {
+            state: sent("tx"),
+            ..read.clone()
+        }],
+        nonce: Some(4),
+        guard: Some(Guard {
+            fence: Some(("submitter:x".into(), fence)),
+            submission: Some(read.clone()),
+        }),
+        ..Batch::default()
+    };
+    assert!(matches!(
+        store.apply(signed(t1, &op)),
+        Err(StoreError::Guarded(Guarded::Fenced))
+    ));
+    assert_eq!(
+        store.submission("op").unwrap().unwrap().state,
+        SubmissionState::Pending
+    );
+    assert_eq!(store.nonce().unwrap(), None, "nothing of a fenced write");
+    let stale = Submission {
+        created_at_ms: 0,
+        ..op.clone()
+    };
+    assert!(matches!(
+        store.apply(signed(t2, &stale)),
+        Err(StoreError::Guarded(Guarded::Changed))
+    ));
+    assert_eq!(store.nonce().unwrap(), None);
+    store.apply(signed(t2, &op)).unwrap();
+    assert_eq!(store.submission("op").unwrap().unwrap().state, sent("tx"));
+    assert_eq!(store.nonce().unwrap(), Some(4));
+    b.release("submitter:x", "b").await.unwrap();
+    assert!(
+        matches!(
+            store.apply(signed(t2, &op)),
+            Err(StoreError::Guarded(Guarded::Fenced))
+        ),
+        "a released lease fences too"
+    );
+
+    server.kill();
+    assert!(
+        a.use_nonce("ST1:3", until).await.is_err(),
+        "never fresh unrecorded"
+    );
+    assert!(a.lease("submitter:x", "a", 400).await.is_err());
+    assert!(a.within_rate("ST3").await.is_err());
+    server.restart();
+    let back = crate::support::eventually(
+        "the coordinator reconnects",
+        crate::support::SECS,
+        async || a.use_nonce("ST1:3", until).await.ok(),
+    )
+    .await;
+    assert!(back);
+    assert!(
+        !b.use_nonce("ST1:1", until).await.unwrap(),
+        "used nonces survive the restart (AOF)"
+    );
+}

@@ -10,14 +10,14 @@ use std::collections::HashSet;
 /// forgetting touches only the expired ones (a sweep of every entry, once a second, held the
 /// lock for milliseconds at a thousand requests a second).
 #[derive(Default)]
-pub(super) struct Seen {
+pub struct Seen {
     keys: HashSet<String>,
     by_time: std::collections::BTreeMap<u64, Vec<String>>,
 }
 
 impl Seen {
     /// Records `key`; true if it was already there (a replay).
-    pub(super) fn insert(&mut self, key: String, until: u64) -> bool {
+    pub fn insert(&mut self, key: String, until: u64) -> bool {
         if self.keys.contains(&key) {
             return true;
         }
@@ -27,7 +27,7 @@ impl Seen {
     }
 
     /// Forgets `key`, recorded with `until`, at once (a request that may be sent again).
-    pub(super) fn remove(&mut self, key: &str, until: u64) {
+    pub fn remove(&mut self, key: &str, until: u64) {
         if self.keys.remove(key) {
             if let Some(keys) = self.by_time.get_mut(&until) {
                 keys.retain(|k| k != key);
@@ -39,7 +39,7 @@ impl Seen {
     }
 
     /// Forgets what may be forgotten by `now`.
-    pub(super) fn forget_until(&mut self, now: u64) {
+    pub fn forget_until(&mut self, now: u64) {
         while let Some(entry) = self.by_time.first_entry() {
             if *entry.key() > now {
                 break;

@@ -1,0 +1,137 @@
+//! The coordination of one process, in memory: nonces in `Seen` (the store's `replays`, read
+//! back at start, cover a restart), rate limits by `governor`, leases in a map (one process
+//! holds them all, so a lease only changes hands after it lapses).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::seen::Seen;
+use crate::clock::{now_ms, now_secs};
+
+pub struct Local {
+    seen: Mutex<Seen>,
+    limiter: DefaultKeyedRateLimiter<String>,
+    /// name → (holder, until unix ms, fencing token)
+    leases: Mutex<HashMap<String, (String, u64, u64)>>,
+    fences: std::sync::atomic::AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Local {
+    pub fn new(per_minute: NonZeroU32) -> Local {
+        Local {
+            seen: Mutex::default(),
+            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            leases: Mutex::default(),
+            fences: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Remembers nonces used before a restart (the store's `replays`).
+    pub fn remember(&self, used: impl IntoIterator<Item = (String, u64)>) {
+        let now = now_secs();
+        let mut seen = lock(&self.seen);
+        for (key, until) in used {
+            if until > now {
+                seen.insert(key, until);
+            }
+        }
+    }
+
+    pub(super) fn use_nonce(&self, key: &str, until: u64) -> bool {
+        let mut seen = lock(&self.seen);
+        seen.forget_until(now_secs());
+        !seen.insert(key.to_string(), until)
+    }
+
+    pub(super) fn give_back(&self, key: &str, until: u64) {
+        lock(&self.seen).remove(key, until);
+    }
+
+    pub(super) fn within_rate(&self, who: &str) -> bool {
+        self.limiter.check_key(&who.to_string()).is_ok()
+    }
+
+    pub(super) fn lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Option<u64> {
+        let now = now_ms();
+        let mut leases = lock(&self.leases);
+        match leases.get_mut(name) {
+            Some((h, until, fence)) if h == holder || *until <= now => {
+                if h != holder {
+                    *fence = self
+                        .fences
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                        + 1;
+                    *h = holder.to_string();
+                }
+                *until = now + ttl_ms;
+                Some(*fence)
+            }
+            Some(_) => None,
+            None => {
+                let fence = self
+                    .fences
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    + 1;
+                leases.insert(name.to_string(), (holder.to_string(), now + ttl_ms, fence));
+                Some(fence)
+            }
+        }
+    }
+
+    pub(super) fn release(&self, name: &str, holder: &str) {
+        let mut leases = lock(&self.leases);
+        if leases.get(name).is_some_and(|(h, _, _)| h == holder) {
+            leases.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_has_one_holder_until_it_lapses_and_a_new_holder_gets_a_greater_token() {
+        let l = Local::new(NonZeroU32::new(10).unwrap());
+        let a = l.lease("submitter", "a", 60_000).unwrap();
+        assert_eq!(
+            l.lease("submitter", "a", 60_000),
+            Some(a),
+            "renewed, same token"
+        );
+        assert_eq!(l.lease("submitter", "b", 60_000), None, "held by a");
+        l.release("submitter", "b");
+        assert_eq!(
+            l.lease("submitter", "b", 60_000),
+            None,
+            "b cannot let a's go"
+        );
+        l.release("submitter", "a");
+        let b = l.lease("submitter", "b", 0).unwrap();
+        assert!(b > a);
+        let a2 = l.lease("submitter", "a", 60_000).unwrap();
+        assert!(
+            a2 > b,
+            "b's lapsed at once: a takes it with a greater token"
+        );
+    }
+
+    #[test]
+    fn a_nonce_is_fresh_once_and_again_after_it_is_given_back() {
+        let l = Local::new(NonZeroU32::new(2).unwrap());
+        let until = now_secs() + 60;
+        assert!(l.use_nonce("ST1:1", until));
+        assert!(!l.use_nonce("ST1:1", until));
+        l.give_back("ST1:1", until);
+        assert!(l.use_nonce("ST1:1", until));
+        assert!(l.within_rate("ST1") && l.within_rate("ST1") && !l.within_rate("ST1"));
+        assert!(l.within_rate("ST2"), "per clinician");
+    }
+}

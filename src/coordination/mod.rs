@@ -1,0 +1,120 @@
+//! What replicas agree on besides the store's rows: used request nonces, per-clinician rate
+//! limits, and leases (one holder at a time, each grant of a lease with a fencing token that a
+//! later grant exceeds). One process on the embedded store keeps them in memory (`Local`);
+//! replicas sharing a Redis server keep them there (`Redis`), so a nonce used on one replica is
+//! refused on every other, a clinician's rate counts across all of them, and one replica at a
+//! time holds the chain submitter's lease or a notice's.
+//!
+//! A lease's fencing token goes with the holder's writes (`store::Guard`): the store refuses a
+//! write whose token is no longer the lease's, so a holder that was paused past its lease (and
+//! replaced) cannot write, or sign and broadcast, with what it read before.
+//!
+//! It must not: answer "fresh" for a nonce it could not record, or grant a lease it could not
+//! record (an unreachable server is an error, never a yes).
+
+mod local;
+mod redis;
+mod seen;
+
+use std::num::NonZeroU32;
+
+pub use self::redis::RedisCoordinator;
+use crate::store::StoreError;
+pub use local::Local;
+
+pub enum Coordinator {
+    Local(Local),
+    Redis(RedisCoordinator),
+}
+
+impl Coordinator {
+    /// In memory, for one process; `grants_per_minute` per clinician.
+    pub fn local(grants_per_minute: u32) -> Coordinator {
+        Coordinator::Local(Local::new(per_minute(grants_per_minute)))
+    }
+
+    /// On the Redis server at `url`, under the store's `prefix`.
+    pub fn redis(
+        url: &str,
+        prefix: &str,
+        grants_per_minute: u32,
+    ) -> Result<Coordinator, StoreError> {
+        Ok(Coordinator::Redis(RedisCoordinator::new(
+            url,
+            prefix,
+            per_minute(grants_per_minute),
+        )?))
+    }
+
+    /// Whether other processes share it.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Coordinator::Redis(_))
+    }
+
+    /// Records request nonce `key` (`signer:nonce`) as used until `until` (unix seconds):
+    /// true if it was fresh, false if it was used before (a replay).
+    pub async fn use_nonce(&self, key: &str, until: u64) -> Result<bool, StoreError> {
+        match self {
+            Coordinator::Local(l) => Ok(l.use_nonce(key, until)),
+            Coordinator::Redis(r) => r.use_nonce(key, until).await,
+        }
+    }
+
+    /// Gives nonce `key` back (its request recorded nothing and may be sent again).
+    pub async fn give_back(&self, key: &str, until: u64) {
+        match self {
+            Coordinator::Local(l) => l.give_back(key, until),
+            Coordinator::Redis(r) => {
+                if let Err(e) = r.give_back(key).await {
+                    // kept until it expires: the clinician signs a new request
+                    tracing::warn!(error = %e, "a nonce could not be given back");
+                }
+            }
+        }
+    }
+
+    /// Takes one of `who`'s grants per minute: false when they have none left.
+    pub async fn within_rate(&self, who: &str) -> Result<bool, StoreError> {
+        match self {
+            Coordinator::Local(l) => Ok(l.within_rate(who)),
+            Coordinator::Redis(r) => r.within_rate(who).await,
+        }
+    }
+
+    /// Takes or renews lease `name` for `holder` for `ttl_ms`: its fencing token, or `None`
+    /// while another holder has it.
+    pub async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        match self {
+            Coordinator::Local(l) => Ok(l.lease(name, holder, ttl_ms)),
+            Coordinator::Redis(r) => r.lease(name, holder, ttl_ms).await,
+        }
+    }
+
+    /// Lets lease `name` go, if `holder` has it.
+    pub async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        match self {
+            Coordinator::Local(l) => {
+                l.release(name, holder);
+                Ok(())
+            }
+            Coordinator::Redis(r) => r.release(name, holder).await,
+        }
+    }
+}
+
+fn per_minute(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// Who this process is among the replicas: host name and process id, for leases and logs.
+pub fn replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}:{}", std::process::id())
+}

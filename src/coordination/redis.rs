@@ -1,0 +1,188 @@
+//! The coordination of replicas on their shared Redis server: atomic commands and small Lua
+//! scripts, each one round trip, over the `redis` crate's async connection manager (it
+//! reconnects by itself; a command while the server is away fails at once, within its
+//! timeout, and the caller refuses with 503).
+//!
+//! Keys, under the store's prefix: `nonce:<signer:nonce>` (expires when the request could no
+//! longer be fresh), `rate:<principal>` (the theoretical arrival time of GCRA, the algorithm
+//! `governor` runs for one process), `lease:<name>` (a hash: holder and fencing token, expiring
+//! with the lease) and `fences` (the last token given for each lease name; never expires, so
+//! tokens only grow).
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::Script;
+
+use crate::store::StoreError;
+
+/// How long a command may take before the server counts as unreachable.
+const TIMEOUT: Duration = Duration::from_millis(1500);
+
+pub struct RedisCoordinator {
+    client: ::redis::Client,
+    prefix: String,
+    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    per_minute: u64,
+    lease: Script,
+    release: Script,
+    rate: Script,
+}
+
+/// Whether a command failed because its connection was gone (then it was not run; a retry
+/// that finds its own effect errs on the safe side: a nonce answers "used").
+fn dropped(e: &::redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+fn redis_err(e: ::redis::RedisError) -> StoreError {
+    StoreError::Backend(format!("redis: {e}"))
+}
+
+/// Takes or renews a lease: its token, or -1 while another holder has it.
+const LEASE: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'fence')
+if cur[1] == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(cur[2])
+end
+if not cur[1] then
+  local f = redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+  redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'fence', f)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return f
+end
+return -1
+";
+
+const RELEASE: &str = r"
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// GCRA: one grant every ARGV[1] ms on average, up to ARGV[2] ms of them at once.
+const RATE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new = tat + tonumber(ARGV[1])
+if new - now > tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], new, 'PX', math.ceil(new - now))
+return 1
+";
+
+impl RedisCoordinator {
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        per_minute: NonZeroU32,
+    ) -> Result<RedisCoordinator, StoreError> {
+        Ok(RedisCoordinator {
+            client: ::redis::Client::open(url).map_err(redis_err)?,
+            prefix: prefix.to_string(),
+            conn: tokio::sync::Mutex::new(None),
+            per_minute: u64::from(per_minute.get()),
+            lease: Script::new(LEASE),
+            release: Script::new(RELEASE),
+            rate: Script::new(RATE),
+        })
+    }
+
+    /// The connection, opened on first use and again after it could not be.
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(TIMEOUT))
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let c = self
+            .client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(redis_err)?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `cmd`; a connection found dropped (the server restarted) is replaced by the
+    /// connection manager and the command sent once more.
+    async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> Result<T, StoreError> {
+        let mut c = self.conn().await?;
+        match cmd.query_async(&mut c).await {
+            Err(e) if dropped(&e) => cmd.query_async(&mut c).await.map_err(redis_err),
+            answer => answer.map_err(redis_err),
+        }
+    }
+
+    /// `query` for a script.
+    async fn invoke<T: ::redis::FromRedisValue>(
+        &self,
+        call: &::redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut c = self.conn().await?;
+        match call.invoke_async(&mut c).await {
+            Err(e) if dropped(&e) => call.invoke_async(&mut c).await.map_err(redis_err),
+            answer => answer.map_err(redis_err),
+        }
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}{kind}:{name}", self.prefix)
+    }
+
+    pub(super) async fn use_nonce(&self, key: &str, until: u64) -> Result<bool, StoreError> {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(self.key("nonce", key))
+            .arg(1)
+            .arg("NX")
+            .arg("EXAT")
+            .arg(until);
+        let set: Option<String> = self.query(&cmd).await?;
+        Ok(set.is_some())
+    }
+
+    pub(super) async fn give_back(&self, key: &str) -> Result<(), StoreError> {
+        let mut cmd = ::redis::cmd("DEL");
+        cmd.arg(self.key("nonce", key));
+        self.query::<()>(&cmd).await
+    }
+
+    pub(super) async fn within_rate(&self, who: &str) -> Result<bool, StoreError> {
+        let emission = (60_000 / self.per_minute.max(1)).max(1);
+        let mut call = self.rate.prepare_invoke();
+        call.key(self.key("rate", who))
+            .arg(emission)
+            .arg(emission * self.per_minute);
+        Ok(self.invoke::<i64>(&call).await? == 1)
+    }
+
+    pub(super) async fn lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut call = self.lease.prepare_invoke();
+        call.key(crate::store::lease_key(&self.prefix, name))
+            .key(format!("{}fences", self.prefix))
+            .arg(holder)
+            .arg(ttl_ms.max(1))
+            .arg(name);
+        Ok(u64::try_from(self.invoke::<i64>(&call).await?).ok())
+    }
+
+    pub(super) async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut call = self.release.prepare_invoke();
+        call.key(crate::store::lease_key(&self.prefix, name))
+            .arg(holder);
+        self.invoke::<i64>(&call).await.map(|_| ())
+    }
+}
