@@ -1,6 +1,9 @@
 //! `breakglass dev`: one command for a working system on this machine. It starts the devnet
 //! (the contracts on a local stacks-node stand-in) with demo data, runs the service against
 //! it with the demo responder's key (authorized on chain), and says what to try next.
+//! `--replicas N` runs N service processes instead (this one and N-1 `breakglass serve`
+//! children, on consecutive ports) sharing a local `redis-server` started here with its
+//! append-only file under the data root: the production shape, on one machine.
 //!
 //! It must not: run in production (dev keys, demo data, a local devnet).
 
@@ -92,6 +95,89 @@ pub struct DevOptions {
     pub contracts_dir: PathBuf,
     pub devnet_port: u16,
     pub reset: bool,
+    /// Service processes; more than one share a local redis-server.
+    pub replicas: u16,
+}
+
+/// A free TCP port on the loopback interface (for the local redis-server).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `redis-server` on a free port, persisting to `dir` as production should (an
+/// append-only file synced on every write), and waits until it answers.
+async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
+    std::fs::create_dir_all(dir)?;
+    let port = free_port()?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--dir")
+        .arg(dir)
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting redis-server (on Debian: apt-get install redis-server)")?;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let client = redis::Client::open(url.as_str())?;
+    for _ in 0..100 {
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            if redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok()
+            {
+                return Ok((child, url));
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("redis-server did not answer on {url}")
+}
+
+/// `addr` with its port moved up by `by`.
+fn shifted(addr: std::net::SocketAddr, by: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(addr.ip(), addr.port().saturating_add(by))
+}
+
+/// Replica `i` (from 1) as a child `breakglass serve`: the settings that differ from this
+/// process's go by environment (the rest comes from `BREAKGLASS_CONFIG` and the environment,
+/// inherited).
+fn spawn_replica(i: u16, settings: &Settings, responder_key: &str) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("serve")
+        .env(
+            "BREAKGLASS_SERVER__LISTEN",
+            shifted(settings.server.listen, i).to_string(),
+        )
+        .env(
+            "BREAKGLASS_FOLLOWER__LISTEN",
+            shifted(settings.follower.listen, i).to_string(),
+        )
+        .env(
+            "BREAKGLASS_CHAIN__NODE_URL",
+            settings.chain.node_url.as_str(),
+        )
+        .env("BREAKGLASS_DATA__DIR", &settings.data.dir)
+        .env("BREAKGLASS_SERVICE_KEY", responder_key)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(url) = &settings.data.redis_url {
+        cmd.env("BREAKGLASS_DATA__REDIS_URL", url);
+    }
+    if let Some(file) = &settings.follower.path_secret_file {
+        cmd.env("BREAKGLASS_FOLLOWER__PATH_SECRET_FILE", file);
+    }
+    cmd.spawn().context("starting a replica")
 }
 
 /// Starts the devnet process and waits for its ready line.
@@ -161,6 +247,26 @@ async fn start_devnet(opts: &DevOptions, settings: &Settings) -> anyhow::Result<
     anyhow::bail!("the devnet exited before it was ready")
 }
 
+/// Asks a child to stop (SIGTERM: the service drains its requests; redis-server syncs its
+/// file), and kills it if it has not after ten seconds.
+async fn stop_child(child: &mut Child) {
+    #[cfg(target_os = "linux")]
+    if let Some(pid) = child
+        .id()
+        .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        if tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(if p.is_absolute() {
         p.to_path_buf()
@@ -185,6 +291,14 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
     if settings.follower.path_secret_file.is_none() {
         settings.follower.path_secret_file = Some(dev_path_secret(&settings.data.dir)?);
     }
+    let data_root = absolute(settings.data.dir.parent().unwrap_or(Path::new(".")))?;
+    let redis = if opts.replicas > 1 {
+        let (child, url) = start_redis(&data_root.join("redis")).await?;
+        settings.data.redis_url = Some(url);
+        Some(child)
+    } else {
+        None
+    };
     let (mut devnet, ready) = start_devnet(&opts, &settings).await?;
     // held open for as long as this process lives (Child::wait would close it)
     let _devnet_stdin = devnet.stdin.take();
@@ -209,6 +323,7 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
         settings.directory.patient_id_system.clone(),
         settings.directory.provider_principal_system.clone(),
     );
+    let replica_settings = settings.clone();
     let app = Application::build(settings, keys).await?;
     anyhow::ensure!(
         app.service_principal == demo.responder.principal,
@@ -239,6 +354,27 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
             .import(body.as_bytes())
             .await
             .map_err(|r| anyhow::anyhow!("the demo summary: {}", r.detail))?;
+    }
+
+    // the other replicas, each observed by the devnet
+    let mut replicas = Vec::new();
+    for i in 1..opts.replicas {
+        replicas.push(spawn_replica(
+            i,
+            &replica_settings,
+            &demo.responder.private_key,
+        )?);
+        let observer = format!(
+            "http://{}/{}",
+            shifted(app.observer_addr, i),
+            crate::configuration::read_path_secret(&observer_path)?
+        );
+        reqwest::Client::new()
+            .post(format!("{}/devnet/observers", ready.rpc))
+            .json(&serde_json::json!({ "url": observer }))
+            .send()
+            .await?
+            .error_for_status()?;
     }
 
     let api = format!("http://{}", app.api_addr);
@@ -280,6 +416,17 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
         "  patient notices   {} (one .eml file per notice, when its window closes)",
         data_dir.join("outbox").display()
     );
+    if let Some(url) = &replica_settings.data.redis_url {
+        println!(
+            "  replicas          {} service processes sharing {url}:",
+            opts.replicas
+        );
+        println!("    {api}   (this process)");
+        for (i, child) in replicas.iter().enumerate() {
+            let at = shifted(app.api_addr, i as u16 + 1);
+            println!("    http://{at}   (pid {})", child.id().unwrap_or(0));
+        }
+    }
     println!("Ctrl-C stops both; the chain and the service's store are kept under .data/.");
     println!();
 
@@ -290,8 +437,14 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
             anyhow::bail!("the devnet exited ({})", status?);
         }
     }
+    for mut r in replicas {
+        stop_child(&mut r).await;
+    }
     app.stop().await;
     let _ = devnet.start_kill();
     let _ = devnet.wait().await;
+    if let Some(mut r) = redis {
+        stop_child(&mut r).await;
+    }
     Ok(())
 }

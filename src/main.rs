@@ -48,6 +48,10 @@ enum Command {
         /// Start a new devnet chain.
         #[arg(long)]
         reset: bool,
+        /// Run this many service processes on one local redis-server (from PATH), as
+        /// replicas behind a load balancer would; 1 keeps the embedded store.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+        replicas: u16,
     },
     /// Decode Stacks wire formats; prints JSON, exits 2 on input it cannot read.
     #[command(subcommand)]
@@ -452,6 +456,7 @@ fn main() -> ExitCode {
                         contracts_dir,
                         devnet_port,
                         reset,
+                        replicas,
                     } => {
                         dev::run(
                             s,
@@ -459,6 +464,7 @@ fn main() -> ExitCode {
                                 contracts_dir,
                                 devnet_port,
                                 reset,
+                                replicas,
                             },
                         )
                         .await

@@ -61,6 +61,8 @@ pub struct Submitter {
     pub lease_ms: u64,
     /// The fencing token of the lease this replica holds (0: none), carried by every write.
     fence: AtomicU64,
+    /// When the lease was last taken or renewed (unix ms).
+    renewed_ms: AtomicU64,
 }
 
 /// A new operation, not yet signed (for callers that write it with other state in one batch).
@@ -328,6 +330,7 @@ impl Submitter {
             holder: crate::coordination::replica_id(),
             lease_ms,
             fence: AtomicU64::new(0),
+            renewed_ms: AtomicU64::new(0),
         }
     }
 
@@ -342,6 +345,7 @@ impl Submitter {
             .coordination
             .lease(&self.lease(), &self.holder, self.lease_ms)
             .await?;
+        self.renewed_ms.store(now_ms(), Ordering::SeqCst);
         let before = self.fence.swap(token.unwrap_or(0), Ordering::SeqCst);
         match token {
             Some(t) if t != before => {
@@ -353,6 +357,19 @@ impl Submitter {
             _ => {}
         }
         Ok(token.is_some())
+    }
+
+    /// Renews the lease when a third of it has passed (a long round of signing or
+    /// broadcasting must not outlive it); an error once another replica has it.
+    async fn keep_lease(&self) -> Result<(), SubmitError> {
+        if now_ms().saturating_sub(self.renewed_ms.load(Ordering::SeqCst)) < self.lease_ms / 3 {
+            return Ok(());
+        }
+        if self.hold_lease().await? {
+            Ok(())
+        } else {
+            Err(SubmitError::Store(StoreError::Guarded(Guarded::Fenced)))
+        }
     }
 
     async fn write(&self, batch: Batch) -> Result<(), StoreError> {
@@ -491,6 +508,7 @@ impl Submitter {
             .filter(|s| s.state == SubmissionState::Pending)
             .collect();
         for s in &pending {
+            self.keep_lease().await?;
             let nonce = self.next_nonce().await?;
             if let Some(txid) = self.sign_and_keep(s, nonce).await? {
                 tracing::info!(operation = %s.id, nonce, txid, "transaction signed");
@@ -502,7 +520,14 @@ impl Submitter {
     /// Broadcasts what was never broadcast, and again what has waited K blocks.
     pub async fn broadcast_due(&self) -> Result<(), SubmitError> {
         let tip = self.status.node_tip.load(Ordering::SeqCst);
-        for s in self.store.open_submissions()? {
+        let mut open = self.store.open_submissions()?;
+        // lowest nonce first: the node takes a chain of an account's transactions in order
+        open.sort_by_key(|s| match s.state {
+            SubmissionState::Sent { nonce, .. } => nonce,
+            _ => u64::MAX,
+        });
+        for s in open {
+            self.keep_lease().await?;
             let SubmissionState::Sent {
                 txid,
                 nonce,
@@ -534,6 +559,12 @@ impl Submitter {
                     if reason == "BadNonce" || reason == "ConflictingNonceInMempool" =>
                 {
                     self.nonce_taken(&s, &reason).await?;
+                }
+                Err(RpcError::Rejected { reason, .. }) if reason == "TooMuchChaining" => {
+                    // the node holds as many of our transactions as it takes: the later nonces
+                    // wait for blocks to mine the earlier ones
+                    tracing::debug!(operation = %s.id, "the node's mempool holds enough of ours; the rest wait");
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(operation = %s.id, error = %e, "broadcast failed; will retry")
@@ -673,6 +704,7 @@ mod tests {
             holder: "test".into(),
             lease_ms: 10_000,
             fence: AtomicU64::new(0),
+            renewed_ms: AtomicU64::new(0),
         }
     }
 

@@ -55,6 +55,9 @@ pub struct Notifier {
     /// With replicas, how often the open notices are read again from the store: a stopped
     /// replica's notices are found this way.
     rescan: Option<Duration>,
+    /// With replicas, how long after an attempt started (`Notice::sending_since`) without a
+    /// recorded outcome another replica sends the message again (its sender stopped).
+    takeover_secs: u64,
 }
 
 /// The sealed-value name of a notice's message (binds it to its access).
@@ -93,6 +96,7 @@ impl Notifier {
             coordination,
             holder: crate::coordination::replica_id(),
             lease_ms: lease_ms.max(2_000 * settings.notify.smtp.timeout_secs),
+            takeover_secs: (10 * lease_ms).div_ceil(1000),
         })
     }
 
@@ -190,6 +194,10 @@ impl Notifier {
     /// One step for the notice of access `id`, as the store has it, under the notice's lease
     /// (another replica holding it works on it: looked at again once it would have lapsed).
     async fn step(&self, id: &AccessId, now: u64) -> Option<u64> {
+        if self.rescan.is_some() && self.waiting_for_chain(id) {
+            // nothing to do until the access is on chain: no lease taken for that
+            return Some(now + 1);
+        }
         let lease = format!("notice:{id}");
         match self
             .coordination
@@ -210,8 +218,26 @@ impl Notifier {
         next
     }
 
+    /// Whether the notice has no message yet and its access is not on chain (so it cannot
+    /// have one): as the store says now, false when it cannot tell.
+    fn waiting_for_chain(&self, id: &AccessId) -> bool {
+        let unrendered = matches!(self.store.notice(id), Ok(Some(n)) if n.message.is_none());
+        unrendered
+            && matches!(
+                self.store.submission(&format!("record:{id}")),
+                Ok(Some(s)) if s.is_open()
+            )
+    }
+
     async fn step_held(&self, id: &AccessId, now: u64) -> Option<u64> {
         match self.store.notice(id) {
+            Ok(Some(n))
+                if n.sending_since
+                    .is_some_and(|t| now < t + self.takeover_secs) =>
+            {
+                // another replica sent it and has not recorded how it went (yet)
+                n.sending_since.map(|t| t + self.takeover_secs)
+            }
             Ok(Some(n)) if n.is_open() => {
                 let read = n.clone();
                 match self.advance(n, now).await {
@@ -368,6 +394,13 @@ impl Notifier {
         )?;
         notice.attempts += 1;
         let first = *notice.first_attempt_at.get_or_insert(now);
+        if self.rescan.is_some() {
+            // replicas: the attempt is on record before the message leaves, so that another
+            // replica does not send it while this one records how it went
+            notice.sending_since = Some(now);
+            self.save(notice.clone()).await?;
+            notice.sending_since = None;
+        }
         // servers often quote the address they refuse: it never reaches a log or the store
         let redact = |reason: String| {
             rendered.to.iter().fold(reason, |r, address| {

@@ -191,6 +191,11 @@ pub struct Notice {
     /// The rendered message (envelope and RFC 5322 bytes), sealed, hex; written before the
     /// first send so that every retry sends these same bytes.
     pub message: Option<String>,
+    /// With replicas: when an attempt started whose outcome is not recorded yet (written
+    /// before the message goes to the SMTP server). Another replica sends it again only after
+    /// a grace period, by which a sender still alive has recorded the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sending_since: Option<u64>,
     pub state: NoticeState,
 }
 
@@ -225,6 +230,7 @@ impl Notice {
             last_error: None,
             message_id: None,
             message: None,
+            sending_since: None,
             state: NoticeState::Pending,
         }
     }

@@ -197,8 +197,13 @@ async fn suspend(env: &Env, provider: &Json) {
 
 /// The demo authority's suspension of `provider`, sent to the mempool.
 pub(crate) async fn send_suspension(env: &Env, provider: &Json) {
-    let authority = parse_key(env.demo["authority"]["private_key"].as_str().unwrap()).unwrap();
-    env.devnet
+    send_suspension_by(&env.devnet, &env.demo, provider).await
+}
+
+/// The demo authority's suspension of `provider`, sent to `devnet`'s mempool.
+pub(crate) async fn send_suspension_by(devnet: &Devnet, demo: &Json, provider: &Json) {
+    let authority = parse_key(demo["authority"]["private_key"].as_str().unwrap()).unwrap();
+    devnet
         .call(
             &authority,
             "access-control",

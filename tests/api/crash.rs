@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use breakglass::stacks::Value;
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 
 /// A request from `key` for the patient's allergies, signed by @stacks/transactions.
 /// A grant's access id and token (which shows the whole access, notice included).
@@ -35,19 +35,7 @@ struct Harness {
 impl Harness {
     async fn start() -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let devnet_dir = dir.path().join("devnet");
-        let devnet = Devnet::start(&[
-            "--data-dir",
-            devnet_dir.to_str().unwrap(),
-            "--seed-demo",
-            "--block-time",
-            "0.5",
-        ])
-        .await;
-        let demo: Json = serde_json::from_str(
-            &std::fs::read_to_string(devnet_dir.join("demo-identities.json")).unwrap(),
-        )
-        .unwrap();
+        let (devnet, demo) = demo_devnet(dir.path(), "0.5").await;
         let (api, observer) = (free_port(), free_port());
         devnet
             .observe(format!("127.0.0.1:{observer}").parse().unwrap())
@@ -117,25 +105,7 @@ impl Harness {
     /// on a loaded machine may trail it by a block more than the limit for a moment; such a
     /// refusal records nothing and gives the nonce back).
     async fn post(&self, body: String) -> (u16, Json) {
-        for _ in 0..50 {
-            let res = self
-                .http
-                .post(format!("http://127.0.0.1:{}/v1/break-glass", self.api))
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap();
-            let answer = (
-                res.status().as_u16(),
-                res.json().await.unwrap_or(Json::Null),
-            );
-            if answer.0 != 503 || answer.1["code"] != "chain-state-stale" {
-                return answer;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the service's view of the chain stayed stale for 5 s");
+        post_until_fresh(&self.http, &format!("127.0.0.1:{}", self.api), &body, 5).await
     }
 
     /// The access as the holder of its token sees it (with its notice).
@@ -201,18 +171,7 @@ async fn every_grant_reaches_the_chain_once_across_sigkills() {
     }
     let rpc = breakglass::chain::rpc::NodeClient::new(&devnet.rpc, Duration::from_secs(5), 3);
     let contract = format!("{}.access-control", deployer());
-    for (id, _) in &granted {
-        let record = rpc
-            .call_read(
-                &contract,
-                "get-emergency-access",
-                &[Value::buffer(hex::decode(id).unwrap())],
-                &deployer(),
-            )
-            .await
-            .unwrap();
-        assert!(matches!(record, Value::Some(_)), "{id} is on chain");
-    }
+    assert_on_chain(&devnet.rpc, granted.iter().map(|(id, _)| id)).await;
     assert_eq!(
         rpc.call_read(&contract, "get-emergency-count", &[], &deployer())
             .await
@@ -243,21 +202,9 @@ async fn every_notice_is_delivered_and_never_as_two_different_messages_across_si
     let pid = patient(demo, true).to_string();
 
     // the directory, imported with the CLI before the service starts
-    let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "resource": {
-        "resourceType": "Patient", "identifier": [{ "system": "urn:breakglass:patient-id", "value": pid }],
-        "telecom": [{ "system": "email", "value": "patient@example.org" }] } }] });
-    let file = dir.path().join("patients.json");
-    std::fs::write(&file, bundle.to_string()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakglass"))
-        .args(["patients", "import", file.to_str().unwrap()])
-        .env("BREAKGLASS_DATA__DIR", &data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    import_patient_contact(&pid, dir.path(), |c| {
+        c.env("BREAKGLASS_DATA__DIR", &data);
+    });
 
     let env = [
         ("BREAKGLASS_NOTIFY__TRANSPORT", "smtp".to_string()),

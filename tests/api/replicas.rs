@@ -63,3 +63,499 @@ async fn on_redis_a_grant_waits_for_redis_and_an_outage_is_refused_then_recovere
         .unwrap()
         .is_some());
 }
+
+// --- two service processes on one Redis (#21) ---
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use breakglass::domain::PatientId;
+use breakglass::stacks::Value;
+use futures_util::StreamExt;
+use serde_json::{json, Value as Json};
+
+const FHIR_CLIENT: (&str, &str) = ("fhir-server", "replicas-test-secret");
+
+/// One service process (the binary, as operators run it), on its own ports.
+struct Replica {
+    api: u16,
+    observer: u16,
+    child: Option<tokio::process::Child>,
+}
+
+/// One redis-server, the devnet (mining when the test says), a real SMTP server and two
+/// service processes sharing the Redis, its keys in one data directory: replicas behind a
+/// load balancer.
+struct Cluster {
+    dir: tempfile::TempDir,
+    devnet: Devnet,
+    demo: Json,
+    redis: RedisServer,
+    mail: PathBuf,
+    _smtp: tokio::process::Child,
+    config: PathBuf,
+    replicas: Vec<Replica>,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().unwrap();
+        let (devnet, demo) = demo_devnet(dir.path(), "0").await;
+        let redis = RedisServer::start(&dir.path().join("redis").tap_mkdir());
+        let smtp = free_port();
+        let mail = dir.path().join("mail");
+        let smtp_child = smtp_server(smtp, &mail, 0).await;
+        let roster = dir.path().join("roster.toml");
+        roster_of_all_but_admin(&demo, &roster);
+        let config = dir.path().join("breakglass.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[chain]
+node_url = "{rpc}"
+[data]
+dir = "{data}"
+redis_url = "{redis}"
+lease_ms = 1000
+[follower]
+poll_interval_ms = 200
+max_lag_blocks = 1000
+[submitter]
+interval_ms = 50
+[issuance]
+grants_per_minute = 100000
+[audit]
+anchor_every_entries = 1000000
+anchor_every_secs = 86400
+[oncall]
+roster = "{roster}"
+[notify]
+transport = "smtp"
+immediate_data_types = ["allergies"]
+poll_interval_ms = 50
+retry_initial_secs = 1
+retry_max_secs = 1
+[notify.smtp]
+port = {smtp}
+timeout_secs = 1
+[[resource_servers.clients]]
+id = "{client}"
+secret_sha256 = "{secret}"
+"#,
+                rpc = devnet.rpc,
+                data = dir.path().join("service").display(),
+                redis = redis.url(),
+                roster = roster.display(),
+                client = FHIR_CLIENT.0,
+                secret = hex::encode(sha2::Sha256::digest(FHIR_CLIENT.1)),
+            ),
+        )
+        .unwrap();
+        let mut c = Cluster {
+            dir,
+            devnet,
+            demo,
+            redis,
+            mail,
+            _smtp: smtp_child,
+            config,
+            replicas: Vec::new(),
+            http: reqwest::Client::new(),
+        };
+        c.import_contact();
+        for _ in 0..n {
+            let r = Replica {
+                api: free_port(),
+                observer: free_port(),
+                child: None,
+            };
+            c.devnet
+                .observe(format!("127.0.0.1:{}", r.observer).parse().unwrap())
+                .await;
+            c.replicas.push(r);
+        }
+        for i in 0..n {
+            c.spawn(i);
+            // the first one generates the keys the others read
+            c.ready(i).await;
+        }
+        c
+    }
+
+    /// The patient's contact, imported into Redis with the CLI.
+    fn import_contact(&self) {
+        import_patient_contact(patient(&self.demo, true), self.dir.path(), |c| {
+            c.args(["--config", self.config.to_str().unwrap()]);
+        });
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let r = &self.replicas[i];
+        let log = std::fs::File::create(self.dir.path().join(format!("replica-{i}.log"))).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_breakglass"))
+            .args(["--config", self.config.to_str().unwrap(), "serve"])
+            .env("BREAKGLASS_SERVER__LISTEN", format!("127.0.0.1:{}", r.api))
+            .env(
+                "BREAKGLASS_FOLLOWER__LISTEN",
+                format!("127.0.0.1:{}", r.observer),
+            )
+            .env(
+                "BREAKGLASS_SERVICE_KEY",
+                self.demo["responder"]["private_key"].as_str().unwrap(),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.replicas[i].child = Some(child);
+    }
+
+    async fn ready(&self, i: usize) {
+        let readyz = format!("http://127.0.0.1:{}/readyz", self.replicas[i].api);
+        eventually("replica ready", Duration::from_secs(30), async || {
+            let r = self.http.get(&readyz).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await
+    }
+
+    /// SIGKILL: no shutdown, nothing flushed beyond what it did before.
+    async fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.replicas[i].child.take() {
+            c.start_kill().unwrap();
+            c.wait().await.unwrap();
+        }
+    }
+
+    fn url(&self, i: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.replicas[i].api)
+    }
+
+    /// A request to replica `i`, sent again while the answer is "the view of the chain is
+    /// stale" (nothing recorded, the nonce given back), as a tablet would.
+    async fn post(&self, i: usize, body: &str) -> (u16, Json) {
+        let api = format!("127.0.0.1:{}", self.replicas[i].api);
+        post_until_fresh(&self.http, &api, body, 10).await
+    }
+
+    async fn token_call(&self, i: usize, path: &str, token: &str) -> (u16, Json) {
+        let res = self
+            .http
+            .post(self.url(i, path))
+            .basic_auth(FHIR_CLIENT.0, Some(FHIR_CLIENT.1))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        (
+            res.status().as_u16(),
+            res.json().await.unwrap_or(Json::Null),
+        )
+    }
+
+    /// Mines every transaction the mempool can give, a block each (and one block if none).
+    async fn mine(&self) -> u64 {
+        self.devnet.mine().await["tip"].as_u64().unwrap()
+    }
+
+    /// The replica that holds the chain submitter's lease now.
+    async fn submitter_holder(&self) -> usize {
+        let responder = self.demo["responder"]["principal"].as_str().unwrap();
+        let client = ::redis::Client::open(self.redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let holder: String = ::redis::cmd("HGET")
+            .arg(format!("breakglass:lease:submitter:{responder}"))
+            .arg("holder")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let pid: u32 = holder.rsplit(':').next().unwrap().parse().unwrap();
+        self.replicas
+            .iter()
+            .position(|r| r.child.as_ref().and_then(|c| c.id()) == Some(pid))
+            .unwrap_or_else(|| panic!("the lease's holder {holder} is not a replica"))
+    }
+
+    async fn mempool(&self) -> usize {
+        self.devnet
+            .get_json("/devnet/mempool")
+            .await
+            .as_array()
+            .unwrap()
+            .len()
+    }
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> PathBuf {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
+
+/// A request for the patient's allergies from `key`, signed here (the signature is checked
+/// against an independent implementation elsewhere: `vectors`, `request`).
+fn body(key: &secp256k1::SecretKey, patient: &PatientId, nonce: u64) -> String {
+    let m = breakglass::request::message(
+        patient,
+        &["allergies"],
+        "unresponsive on arrival, suspected anaphylaxis",
+        nonce,
+        now(),
+        Some("er-tablet-2"),
+    );
+    breakglass::request::sign(key, breakglass::stacks::tx::TESTNET_CHAIN_ID, &m).to_string()
+}
+
+/// Mines in the background every 200 ms until dropped (the load phases).
+struct Miner(tokio::task::JoinHandle<()>);
+
+impl Miner {
+    fn start(rpc: &str) -> Miner {
+        let url = format!("{rpc}/devnet/mine");
+        Miner(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            loop {
+                let _ = http.post(&url).send().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for Miner {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Acceptance 2 to 5 of #21 in one run: two replicas take requests spread across both, each
+/// of a hundred re-sent to the other replica (refused as a replay); a revocation on one is
+/// honoured by the other's introspection within the second; a suspension on chain is honoured
+/// by both before another block; Redis is killed and restarted (requests meanwhile get 503,
+/// nothing acknowledged is lost); one replica is SIGKILLed mid-run and the other finishes its
+/// work. At the end every access the store holds is on chain exactly once (the responder's
+/// nonce equals their count) and its notice delivered, each as one message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill_and_a_redis_restart(
+) {
+    let started = Instant::now();
+    let mut c = Cluster::start(2).await;
+    let phase = |what: &str| eprintln!("{:>6.1} s  {what}", started.elapsed().as_secs_f64());
+    phase("two replicas ready");
+    let key = |role: &str| {
+        breakglass::keys::parse_key(provider(&c.demo, role)["private_key"].as_str().unwrap())
+            .unwrap()
+    };
+    let clinicians = [key("physician"), key("nurse"), key("paramedic")];
+    let pharmacist = key("pharmacist");
+    let patient: PatientId = patient(&c.demo, true).parse().unwrap();
+    let mut granted: Vec<String> = Vec::new();
+    let mut nonce = 1u64;
+    let mut next = || {
+        nonce += 1;
+        nonce
+    };
+
+    // 5a. a revocation on replica 0 is honoured by replica 1's introspection at once
+    let (status, g) = c.post(0, &body(&clinicians[0], &patient, next())).await;
+    assert_eq!(status, 201, "{g}");
+    granted.push(g["access_id"].as_str().unwrap().into());
+    let token = g["access_token"].as_str().unwrap();
+    let (status, active) = c.token_call(1, "/v1/token/introspect", token).await;
+    assert_eq!((status, active["active"].clone()), (200, json!(true)));
+    let (status, _) = c.token_call(0, "/v1/token/revoke", token).await;
+    assert_eq!(status, 200);
+    let revoked_at = Instant::now();
+    let (status, inactive) = c.token_call(1, "/v1/token/introspect", token).await;
+    assert_eq!((status, inactive["active"].clone()), (200, json!(false)));
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
+
+    // 5b. a suspension on chain: both refuse the pharmacist once its block is mined, before
+    // any other block
+    for i in 0..2 {
+        let (status, g) = c.post(i, &body(&pharmacist, &patient, next())).await;
+        assert_eq!(status, 201, "{g}");
+        granted.push(g["access_id"].as_str().unwrap().into());
+    }
+    while c.mempool().await > 0 {
+        c.mine().await;
+    }
+    crate::breakglass::send_suspension_by(&c.devnet, &c.demo, provider(&c.demo, "pharmacist"))
+        .await;
+    let suspended_at = c.mine().await;
+    assert_eq!(
+        c.mempool().await,
+        0,
+        "the suspension's block is the last one"
+    );
+    for i in 0..2 {
+        let refused = eventually(
+            "the suspension honoured",
+            Duration::from_secs(10),
+            async || {
+                let (status, answer) = c.post(i, &body(&pharmacist, &patient, next())).await;
+                if status == 201 {
+                    granted.push(answer["access_id"].as_str().unwrap().into());
+                    return None;
+                }
+                Some(answer)
+            },
+        )
+        .await;
+        assert_eq!(refused["code"], "provider-not-verified", "replica {i}");
+    }
+    assert_eq!(
+        c.devnet.tip().await,
+        suspended_at,
+        "no block was mined meanwhile"
+    );
+
+    phase("revocation and suspension honoured by both");
+    // 2. requests spread across both; every fourth re-sent to the other replica
+    let miner = Miner::start(&c.devnet.rpc);
+    let replays = std::sync::atomic::AtomicUsize::new(0);
+    let run = async |c: &Cluster, from: u64, count: u64, replicas: &[usize]| -> Vec<String> {
+        futures_util::stream::iter(from..from + count)
+            .map(|n| {
+                let b = body(
+                    &clinicians[n as usize % clinicians.len()],
+                    &patient,
+                    1_000 + n,
+                );
+                let replays = &replays;
+                async move {
+                    let i = replicas[n as usize % replicas.len()];
+                    let (status, g) = c.post(i, &b).await;
+                    assert_eq!(status, 201, "request {n}: {g}");
+                    if n % 4 == 0 && replicas.len() > 1 {
+                        let other = replicas[(n as usize + 1) % replicas.len()];
+                        let (status, again) = c.post(other, &b).await;
+                        assert_eq!(
+                            (status, again["code"].clone()),
+                            (401, json!("replayed-request")),
+                            "re-sent {n}"
+                        );
+                        replays.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    g["access_id"].as_str().unwrap().to_string()
+                }
+            })
+            .buffer_unordered(6)
+            .collect()
+            .await
+    };
+    granted.extend(run(&c, 0, 250, &[0, 1]).await);
+
+    phase("250 requests, 62 re-sent");
+    // 4. Redis killed and restarted: refused meanwhile, nothing acknowledged lost
+    c.redis.kill();
+    for i in 0..2 {
+        let (status, answer) = c.post(i, &body(&clinicians[0], &patient, next())).await;
+        assert_eq!(status, 503, "replica {i} without Redis: {answer}");
+    }
+    c.redis.restart();
+    for i in 0..2 {
+        let b = body(&clinicians[1], &patient, next());
+        let g = eventually("granted again", SECS, async || {
+            let (status, g) = c.post(i, &b).await;
+            (status == 201).then_some(g)
+        })
+        .await;
+        granted.push(g["access_id"].as_str().unwrap().into());
+    }
+
+    phase("Redis restarted");
+    // 3. the replica that holds the submitter's lease SIGKILLed mid-run, with chain records
+    // and notices in hand; the other takes everything after
+    granted.extend(run(&c, 250, 150, &[0, 1]).await);
+    let holder = c.submitter_holder().await;
+    c.kill(holder).await;
+    phase("the submitting replica killed");
+    granted.extend(run(&c, 400, 100, &[1 - holder]).await);
+    phase("all 500 requests answered");
+    assert_eq!(replays.load(std::sync::atomic::Ordering::SeqCst), 100);
+
+    // every access recorded (acknowledged or not) reaches the chain once and is notified
+    let store = breakglass::store::RedisStore::open(&c.redis.url(), "breakglass:").unwrap();
+    use breakglass::store::Store;
+    let recorded: std::collections::HashSet<String> = store
+        .access_ids()
+        .unwrap()
+        .iter()
+        .map(|id| id.to_string())
+        .collect();
+    for id in &granted {
+        assert!(recorded.contains(id), "acknowledged {id} is in the store");
+    }
+    eventually(
+        "every record confirmed",
+        Duration::from_secs(120),
+        async || {
+            let open = store.open_submissions().unwrap().len();
+            (open == 0).then_some(())
+        },
+    )
+    .await;
+    phase("every record confirmed");
+    drop(miner);
+    let rpc = breakglass::chain::rpc::NodeClient::new(&c.devnet.rpc, Duration::from_secs(5), 3);
+    let contract = format!("{}.access-control", deployer());
+    let count = rpc
+        .call_read(&contract, "get-emergency-count", &[], &deployer())
+        .await
+        .unwrap();
+    assert_eq!(
+        count,
+        Value::UInt(recorded.len() as u128),
+        "each access on chain once"
+    );
+    let responder: breakglass::stacks::Address = c.demo["responder"]["principal"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        c.devnet.nonce(&responder).await,
+        recorded.len() as u64,
+        "one transaction per access, none twice"
+    );
+    assert_on_chain(&c.devnet.rpc, recorded.iter().take(20)).await;
+
+    // notices: each access's notice delivered; a copy of one only for a message the killed
+    // replica was sending at the kill, then byte for byte the same
+    let sent = eventually("every notice sent", Duration::from_secs(120), async || {
+        let notices = store.notices().unwrap();
+        notices
+            .iter()
+            .all(|n| matches!(n.state, breakglass::store::NoticeState::Sent { .. }))
+            .then_some(notices.len())
+    })
+    .await;
+    phase("every notice sent");
+    assert_eq!(sent, recorded.len());
+    let mut by_id: std::collections::HashMap<String, Vec<Vec<u8>>> = Default::default();
+    for (_, raw) in received(&c.mail) {
+        by_id
+            .entry(header(&raw, "Message-ID"))
+            .or_default()
+            .push(raw);
+    }
+    assert_eq!(by_id.len(), recorded.len(), "one message per access");
+    let copies: usize = by_id.values().map(|v| v.len() - 1).sum();
+    assert!(copies <= 1, "{copies} notices sent twice");
+    for messages in by_id.values() {
+        assert!(
+            messages.windows(2).all(|w| w[0] == w[1]),
+            "copies are the same bytes"
+        );
+    }
+}

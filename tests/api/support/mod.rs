@@ -323,6 +323,119 @@ pub fn provider<'a>(demo: &'a Json, role: &str) -> &'a Json {
         .unwrap()
 }
 
+/// The devnet with the demo data in `dir/devnet`, mining every `block_time` seconds (`"0"`:
+/// when told), and the demo's identities.
+pub async fn demo_devnet(dir: &Path, block_time: &str) -> (Devnet, Json) {
+    let devnet_dir = dir.join("devnet");
+    let devnet = Devnet::start(&[
+        "--data-dir",
+        devnet_dir.to_str().unwrap(),
+        "--seed-demo",
+        "--block-time",
+        block_time,
+    ])
+    .await;
+    let demo: Json = serde_json::from_str(
+        &std::fs::read_to_string(devnet_dir.join("demo-identities.json")).unwrap(),
+    )
+    .unwrap();
+    (devnet, demo)
+}
+
+/// Imports an e-mail contact for patient `pid` with `breakglass patients import` (the
+/// command's store and keys chosen by `configure`), as an operator would.
+pub fn import_patient_contact(
+    pid: &str,
+    dir: &Path,
+    configure: impl FnOnce(&mut std::process::Command),
+) {
+    let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "resource": {
+        "resourceType": "Patient", "identifier": [{ "system": "urn:breakglass:patient-id", "value": pid }],
+        "telecom": [{ "system": "email", "value": "patient@example.org" }] } }] });
+    let file = dir.join("patients.json");
+    std::fs::write(&file, bundle.to_string()).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_breakglass"));
+    configure(&mut cmd);
+    succeeded(
+        cmd.args(["patients", "import", file.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+}
+
+/// What a command that must succeed printed (its error output if it failed).
+pub fn succeeded(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Asserts that each access id has its record on the devnet's access-control contract.
+pub async fn assert_on_chain<'i>(rpc: &str, ids: impl IntoIterator<Item = &'i String>) {
+    let rpc = breakglass::chain::rpc::NodeClient::new(rpc, Duration::from_secs(5), 3);
+    let contract = format!("{}.access-control", deployer());
+    for id in ids {
+        let record = rpc
+            .call_read(
+                &contract,
+                "get-emergency-access",
+                &[Value::buffer(hex::decode(id).unwrap())],
+                &deployer(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(record, Value::Some(_)), "{id} is on chain");
+    }
+}
+
+/// Writes a roster file at `path` with every demo provider but the admin on call.
+pub fn roster_of_all_but_admin(demo: &Json, path: &Path) {
+    let on_call: Vec<&str> = demo["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["role"] != "admin")
+        .map(|p| p["principal"].as_str().unwrap())
+        .collect();
+    std::fs::write(
+        path,
+        format!("on_call = {}\n", serde_json::to_string(&on_call).unwrap()),
+    )
+    .unwrap();
+}
+
+/// Posts a break-glass request to the service at `api` (host:port), sent again while the
+/// answer is "the view of the chain is stale, try again" (such a refusal records nothing and
+/// gives the nonce back), as a tablet would; for at most `secs` seconds.
+pub async fn post_until_fresh(
+    http: &reqwest::Client,
+    api: &str,
+    body: &str,
+    secs: u64,
+) -> (u16, Json) {
+    for _ in 0..secs * 10 {
+        let res = http
+            .post(format!("http://{api}/v1/break-glass"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let answer = (
+            res.status().as_u16(),
+            res.json().await.unwrap_or(Json::Null),
+        );
+        if answer.0 != 503 || answer.1["code"] != "chain-state-stale" {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the view of the chain of the service at {api} stayed stale for {secs} s");
+}
+
 pub async fn setup(configure: impl FnOnce(&mut Settings)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let devnet_dir = dir.path().join("devnet");
@@ -332,19 +445,8 @@ pub async fn setup(configure: impl FnOnce(&mut Settings)) -> Env {
     )
     .unwrap();
     // everyone on call but the admin
-    let on_call: Vec<&str> = demo["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["role"] != "admin")
-        .map(|p| p["principal"].as_str().unwrap())
-        .collect();
     let roster = dir.path().join("roster.toml");
-    std::fs::write(
-        &roster,
-        format!("on_call = {}\n", serde_json::to_string(&on_call).unwrap()),
-    )
-    .unwrap();
+    roster_of_all_but_admin(&demo, &roster);
     let mut s = settings(&devnet.rpc, &dir.path().join("service"));
     s.oncall.roster = Some(roster);
     configure(&mut s);
@@ -374,18 +476,14 @@ pub fn now() -> u64 {
 pub fn signed(key: &str, patient: &str, data_types: &[&str], nonce: u64, issued_at: u64) -> String {
     let input = json!({ "private_key": key, "patient": patient, "data_types": data_types,
                         "reason": "unresponsive on arrival, suspected anaphylaxis", "nonce": nonce, "issued_at": issued_at, "device": "er-tablet-2" });
-    let out = std::process::Command::new("node")
-        .arg("scripts/sign-request.mjs")
-        .arg(input.to_string())
-        .current_dir(repo().join("contracts"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    succeeded(
+        std::process::Command::new("node")
+            .arg("scripts/sign-request.mjs")
+            .arg(input.to_string())
+            .current_dir(repo().join("contracts"))
+            .output()
+            .unwrap(),
+    )
 }
 
 pub async fn post(app: &Application, body: &str) -> (u16, Json) {
