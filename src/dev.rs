@@ -106,13 +106,11 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Starts `redis-server` on a free port, persisting to `dir` as production should (an
-/// append-only file synced on every write), and waits until it answers.
-async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
-    std::fs::create_dir_all(dir)?;
-    let port = free_port()?;
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+/// `redis-server` on `port` of the loopback interface, persisting to `dir` as production
+/// should: an append-only file synced on every write, no snapshots.
+pub fn redis_server(port: u16, dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .arg("--dir")
         .arg(dir)
         .args([
@@ -123,7 +121,16 @@ async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
             "--save",
             "",
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// Starts `redis-server` on a free port, persisting to `dir` as production should (an
+/// append-only file synced on every write), and waits until it answers.
+async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
+    std::fs::create_dir_all(dir)?;
+    let port = free_port()?;
+    let child = Command::from(redis_server(port, dir))
         .kill_on_drop(true)
         .spawn()
         .context("starting redis-server (on Debian: apt-get install redis-server)")?;
@@ -427,7 +434,7 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
             println!("    http://{at}   (pid {})", child.id().unwrap_or(0));
         }
     }
-    println!("Ctrl-C stops both; the chain and the service's store are kept under .data/.");
+    println!("Ctrl-C stops everything it started; the chain and the service's store are kept under .data/.");
     println!();
 
     tokio::select! {

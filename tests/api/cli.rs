@@ -295,57 +295,105 @@ fn a_bad_log_filter_or_a_taken_address_stops_the_service_naming_it() {
     );
 }
 
+/// `breakglass dev` running in `dir` with `args`, its API and devnet on free ports, until
+/// it says it runs.
+struct DevRun {
+    child: tokio::process::Child,
+    api: u16,
+    devnet: u16,
+    printed: String,
+}
+
+impl DevRun {
+    async fn start(dir: &std::path::Path, args: &[&str]) -> DevRun {
+        let (api, observer, devnet) = (free_port(), free_port(), free_port());
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_breakglass"))
+            .args(["dev", "--devnet-port", &devnet.to_string()])
+            .args(args)
+            .current_dir(repo())
+            .env("BREAKGLASS_SERVER__LISTEN", format!("127.0.0.1:{api}"))
+            .env(
+                "BREAKGLASS_FOLLOWER__LISTEN",
+                format!("127.0.0.1:{observer}"),
+            )
+            .env("BREAKGLASS_DATA__DIR", dir.join("breakglass"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = text.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                sink.lock().unwrap().push_str(&(l + "\n"));
+            }
+        });
+        let readyz = format!("http://127.0.0.1:{api}/readyz");
+        eventually(
+            "breakglass dev ready",
+            Duration::from_secs(90),
+            async || {
+                reqwest::get(&readyz)
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| ())
+            },
+        )
+        .await;
+        // ready first, then the demo directories and summaries are imported, then it says so
+        let printed = eventually(
+            "breakglass dev says it runs",
+            Duration::from_secs(60),
+            async || {
+                let printed = text.lock().unwrap().clone();
+                printed.contains("Ctrl-C stops").then_some(printed)
+            },
+        )
+        .await;
+        DevRun {
+            child,
+            api,
+            devnet,
+            printed,
+        }
+    }
+
+    /// SIGTERM: it stops what it started, and exits 0.
+    async fn stop(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().unwrap().to_string()])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait())
+            .await
+            .expect("dev stops")
+            .unwrap();
+        assert!(status.success());
+        eventually("devnet stopped", Duration::from_secs(10), async || {
+            reqwest::get(format!("http://127.0.0.1:{}/v2/info", self.devnet))
+                .await
+                .is_err()
+                .then_some(())
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_runs_the_devnet_and_the_service_with_demo_data() {
     let dir = tempfile::tempdir().unwrap();
-    let (api, observer, devnet) = (free_port(), free_port(), free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_breakglass"))
-        .args(["dev", "--devnet-port", &devnet.to_string()])
-        .current_dir(repo())
-        .env("BREAKGLASS_SERVER__LISTEN", format!("127.0.0.1:{api}"))
-        .env(
-            "BREAKGLASS_FOLLOWER__LISTEN",
-            format!("127.0.0.1:{observer}"),
-        )
-        .env("BREAKGLASS_DATA__DIR", dir.path().join("breakglass"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = text.clone();
-    tokio::spawn(async move {
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            sink.lock().unwrap().push_str(&(l + "\n"));
-        }
-    });
-    let readyz = format!("http://127.0.0.1:{api}/readyz");
-    eventually(
-        "breakglass dev ready",
-        Duration::from_secs(90),
-        async || {
-            reqwest::get(&readyz)
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
-        },
-    )
-    .await;
-    // ready first, then the demo directories and summaries are imported, then it says so
-    let printed = eventually(
-        "breakglass dev says it runs",
-        Duration::from_secs(60),
-        async || {
-            let printed = text.lock().unwrap().clone();
-            printed.contains("Ctrl-C stops both").then_some(printed)
-        },
-    )
-    .await;
+    let dev = DevRun::start(dir.path(), &[]).await;
+    let (api, devnet, printed) = (dev.api, dev.devnet, dev.printed.clone());
+    assert!(
+        !printed.contains("replicas"),
+        "one process on the embedded store: {printed}"
+    );
+    assert!(!dir.path().join("redis").exists());
     assert!(printed.contains("breakglass dev is running"), "{printed}");
     assert!(printed.contains(&format!("http://127.0.0.1:{api}")));
     assert!(printed.contains("demo identities"));
@@ -380,22 +428,85 @@ async fn dev_runs_the_devnet_and_the_service_with_demo_data() {
     assert_eq!(info["network_id"], 0x8000_0000u32);
 
     // SIGTERM stops the service and its devnet
-    Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("dev stops")
-        .unwrap();
-    assert!(status.success());
-    eventually("devnet stopped", Duration::from_secs(10), async || {
-        reqwest::get(format!("http://127.0.0.1:{devnet}/v2/info"))
-            .await
-            .is_err()
-            .then_some(())
-    })
+    dev.stop().await;
+}
+
+/// `breakglass dev --replicas 2`: two service processes on a redis-server it started, each
+/// answering, sharing their state: a request granted by one is a replay on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_with_replicas_runs_two_services_on_one_local_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DevRun::start(dir.path(), &["--replicas", "2"]).await;
+    let second = format!("http://127.0.0.1:{}", dev.api + 1);
+    assert!(
+        dev.printed
+            .contains("2 service processes sharing redis://127.0.0.1:"),
+        "{}",
+        dev.printed
+    );
+    assert!(dev.printed.contains(&second), "{}", dev.printed);
+    assert!(dir.path().join("redis/appendonlydir").exists(), "persisted");
+    eventually(
+        "the second replica ready",
+        Duration::from_secs(60),
+        async || {
+            reqwest::get(format!("{second}/readyz"))
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        },
+    )
     .await;
+    let demo: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("devnet/demo-identities.json")).unwrap(),
+    )
+    .unwrap();
+    let nurse = breakglass::keys::parse_key(
+        demo["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["role"] == "nurse")
+            .unwrap()["private_key"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let patient: breakglass::domain::PatientId = demo["patients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["emergency_access"] == true)
+        .unwrap()["patient_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let message = breakglass::request::message(
+        &patient,
+        &["allergies"],
+        "unresponsive on arrival",
+        77,
+        breakglass::clock::now_secs(),
+        None,
+    );
+    let body =
+        breakglass::request::sign(&nurse, breakglass::stacks::tx::TESTNET_CHAIN_ID, &message)
+            .to_string();
+    let http = reqwest::Client::new();
+    let first = post_until_fresh(&http, &format!("127.0.0.1:{}", dev.api), &body, 20).await;
+    assert_eq!(first.0, 201, "{}", first.1);
+    let again = post_until_fresh(&http, &format!("127.0.0.1:{}", dev.api + 1), &body, 20).await;
+    assert_eq!(
+        (again.0, again.1["code"].clone()),
+        (401, serde_json::json!("replayed-request"))
+    );
+    dev.stop().await;
+    assert!(
+        reqwest::get(format!("{second}/readyz")).await.is_err(),
+        "the second replica stopped too"
+    );
 }
 
 #[test]

@@ -610,18 +610,7 @@ impl RedisServer {
 
     /// Starts the server (again) on the same port and directory, and waits until it answers.
     pub fn restart(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--dir", self.dir.to_str().unwrap()])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .stdout(std::process::Stdio::null())
+        let child = breakglass::dev::redis_server(self.port, &self.dir)
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test installs the Debian package)");
