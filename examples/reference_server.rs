@@ -4,9 +4,12 @@
 //! sign one Ed25519 JWT) and `POST /durable` (that crypto and the one unavoidable durable
 //! write: the record appended to the store's own journal, synced, one write per group of
 //! requests waiting for it, and nothing else: no redb, no checkpoints, no chain record or
-//! notice). The last is the floor of a grant's latency on the machine's disk.
+//! notice). The last is the floor of a grant's latency on the machine's disk. Given a Redis
+//! URL, also `POST /durable-redis`: the crypto and the record written to that Redis (one
+//! `HSET` on the multiplexed async connection; the server syncs its append-only file once per
+//! event loop for every write in it): a grant's floor on the shared store.
 //!
-//!   cargo run --release --example reference_server -- <port> <data-dir>
+//!   cargo run --release --example reference_server -- <port> <data-dir> [<redis-url>]
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
@@ -138,6 +141,31 @@ async fn durable(
     }
 }
 
+async fn durable_redis(
+    tokens: web::Data<Arc<TokenIssuer>>,
+    redis: web::Data<redis::aio::ConnectionManager>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let Some(record) = verified(&body) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    let Ok(bytes) = serde_json::to_vec(&record) else {
+        return HttpResponse::InternalServerError().finish();
+    };
+    // as the service does: the token is signed while the write syncs
+    let mut conn = redis.get_ref().clone();
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg("reference:accesses")
+        .arg(record.id.to_string())
+        .arg(bytes);
+    let written = tokio::spawn(async move { cmd.query_async::<i64>(&mut conn).await });
+    let token = tokens.issue(&tokens.claims(&record));
+    match written.await {
+        Ok(Ok(_)) => granted(token),
+        _ => HttpResponse::ServiceUnavailable().finish(),
+    }
+}
+
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     // as the service runs (startup::no_huge_pages)
@@ -156,13 +184,29 @@ async fn main() -> std::io::Result<()> {
             .map_err(std::io::Error::other)?,
     );
     let writer = durable_writer(dir.join("durable.journal"))?;
+    let redis = match args.get(3) {
+        Some(url) => Some(
+            redis::Client::open(url.as_str())
+                .map_err(std::io::Error::other)?
+                .get_connection_manager()
+                .await
+                .map_err(std::io::Error::other)?,
+        ),
+        None => None,
+    };
     HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(web::Data::new(tokens.clone()))
             .app_data(web::Data::new(writer.clone()))
             .route("/hello", web::get().to(hello))
             .route("/crypto", web::post().to(crypto))
-            .route("/durable", web::post().to(durable))
+            .route("/durable", web::post().to(durable));
+        match &redis {
+            Some(r) => app
+                .app_data(web::Data::new(r.clone()))
+                .route("/durable-redis", web::post().to(durable_redis)),
+            None => app,
+        }
     })
     .bind(("127.0.0.1", port))?
     .run()

@@ -340,7 +340,7 @@ impl Batch {
         self.verdicts.extend(later.verdicts);
         self.summaries.extend(later.summaries);
         self.summary_hashes.extend(later.summary_hashes);
-        // merged only by the embedded store's writer, which does not check guards
+        // only unguarded batches are merged (the embedded store does not check guards)
         self.guard = None;
     }
 

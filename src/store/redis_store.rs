@@ -23,13 +23,65 @@ use redis::{Commands, Connection};
 
 use super::reads::RowSource;
 use super::schema::*;
-use super::writer::Reply;
+use super::writer::{Reply, GROUP_COMMIT_MAX};
 use super::*;
+
+/// How many connections read at once (the break-glass path's cache reads, from each runtime
+/// thread, and the background tasks').
+const READERS: usize = 4;
+
+static READ_TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The chain-state cache's tables, also kept in this process's memory as this replica last
+/// wrote or read them: the break-glass path reads them without a round trip. Every block this
+/// replica's follower applies (and every fill) writes through here, so a copy is as fresh as
+/// the replica's own view of the chain, which the grant already checks (`chain_view`).
+const LOCAL: [Table; 5] = [PROVIDERS, PREFERENCES, CONSENTS, RESPONDERS, REVIEWERS];
+/// At most this many rows are kept in memory (then they are dropped and read again).
+const LOCAL_MAX: usize = 200_000;
+
+/// The local copy, and how many writes changed it (a read from Redis is kept only if none
+/// did while it read: it could be older than the write).
+#[derive(Default)]
+struct LocalRows {
+    rows: std::collections::HashMap<(Table, String), Vec<u8>>,
+    writes: u64,
+}
+
+type Local = std::sync::Arc<std::sync::RwLock<LocalRows>>;
+
+/// Applies written rows to the local copy.
+fn remember(local: &Local, rows: &Rows) {
+    if !rows.iter().any(|(table, _, _)| LOCAL.contains(table)) {
+        return;
+    }
+    let mut guard = local.write().unwrap_or_else(|e| e.into_inner());
+    guard.writes += 1;
+    let map = &mut guard.rows;
+    for (table, key, value) in rows {
+        if !LOCAL.contains(table) {
+            continue;
+        }
+        match value {
+            Some(v) => {
+                if map.len() >= LOCAL_MAX {
+                    map.clear();
+                }
+                map.insert((*table, key.clone()), v.clone());
+            }
+            None => {
+                map.remove(&(*table, key.clone()));
+            }
+        }
+    }
+}
 
 pub struct RedisStore {
     client: redis::Client,
     prefix: String,
-    reads: Mutex<Option<Connection>>,
+    local: Local,
+    /// Connections for reads, each used by one reader at a time.
+    reads: Vec<Mutex<Option<Connection>>>,
     writer: Option<mpsc::Sender<(Batch, Reply)>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -103,21 +155,28 @@ impl RedisStore {
             );
         }
         let (writer, jobs) = mpsc::channel::<(Batch, Reply)>();
+        let local = Local::default();
+        let write_local = local.clone();
         let write_client = client.clone();
         let write_prefix = prefix.to_string();
         let thread = std::thread::Builder::new()
             .name("redis-writer".into())
             .spawn(move || {
-                let mut conn = None;
-                for (batch, reply) in jobs {
-                    reply.send(write(&write_client, &mut conn, &write_prefix, &batch));
+                let mut w = Writer::new(write_local);
+                while let Ok(first) = jobs.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(jobs.try_iter().take(GROUP_COMMIT_MAX - 1));
+                    write_group(&write_client, &mut w, &write_prefix, waiting);
                 }
             })
             .map_err(backend)?;
         Ok(RedisStore {
             client,
             prefix: prefix.to_string(),
-            reads: Mutex::new(reads),
+            local,
+            reads: std::iter::once(Mutex::new(reads))
+                .chain((1..READERS).map(|_| Mutex::new(None)))
+                .collect(),
             writer: Some(writer),
             thread: Some(thread),
         })
@@ -131,7 +190,17 @@ impl RedisStore {
         &self,
         f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let mut slot = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        // a free connection if there is one, else wait for one
+        let mut slot = self
+            .reads
+            .iter()
+            .find_map(|m| m.try_lock().ok())
+            .unwrap_or_else(|| {
+                let i = READ_TURN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.reads[i % self.reads.len()]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+            });
         with(&self.client, &mut slot, f)
     }
 }
@@ -194,64 +263,164 @@ fn guarded(
     }
 }
 
-/// One batch, one transaction; batches with audit events linked on the head as EXEC finds it.
+/// The batches waiting for the writer, in order: each run of unguarded ones as one
+/// transaction (one append-only-file sync for all of them: a group commit; every caller in it
+/// gets its result), each guarded one alone (its conditions are its own).
+fn write_group(client: &redis::Client, w: &mut Writer, prefix: &str, waiting: Vec<(Batch, Reply)>) {
+    let mut group = Batch::default();
+    let mut replies = Vec::new();
+    let flush = |group: &mut Batch, replies: &mut Vec<Reply>, w: &mut Writer| {
+        if replies.is_empty() {
+            return;
+        }
+        let result = write(client, w, prefix, &std::mem::take(group));
+        for reply in replies.drain(..) {
+            reply.send(result.clone());
+        }
+    };
+    for (batch, reply) in waiting {
+        if batch.guard.is_some() {
+            flush(&mut group, &mut replies, w);
+            reply.send(write(client, w, prefix, &batch));
+        } else {
+            group.merge(batch);
+            replies.push(reply);
+        }
+    }
+    flush(&mut group, &mut replies, w);
+}
+
+/// A group of rows linked on the audit head the writer expects: written (0) only if the head
+/// is still that one, else the head as it is (another replica wrote), to link again on it.
+const LINKED: &str = r"
+local head = redis.call('HGET', KEYS[1], ARGV[2]) or ''
+if head ~= ARGV[1] then return {1, head} end
+for i = 2, #KEYS do
+  local j = 3 + 3 * (i - 2)
+  if ARGV[j] == 's' then redis.call('HSET', KEYS[i], ARGV[j + 1], ARGV[j + 2])
+  else redis.call('HDEL', KEYS[i], ARGV[j + 1]) end
+end
+return {0, ''}
+";
+
+/// The writer thread's connection and what it knows of the audit head (the encoded head it
+/// last wrote or read: a replica's own writes need no read of it).
+pub(super) struct Writer {
+    conn: Option<Connection>,
+    head: Option<Vec<u8>>,
+    linked: redis::Script,
+    local: Local,
+}
+
+impl Writer {
+    fn new(local: Local) -> Writer {
+        Writer {
+            conn: None,
+            head: None,
+            linked: redis::Script::new(LINKED),
+            local,
+        }
+    }
+}
+
+/// One batch (or group), one round trip: a transaction, or, with audit events, the script
+/// that writes them linked on the head it expects (linked again when another writer moved it).
+/// What it wrote is remembered in the local copy.
 fn write(
     client: &redis::Client,
-    conn: &mut Option<Connection>,
+    w: &mut Writer,
     prefix: &str,
     batch: &Batch,
 ) -> Result<(), StoreError> {
     let base = rows_of(batch)?;
+    write_rows(client, w, prefix, batch, &base)?;
+    remember(&w.local, &base);
+    Ok(())
+}
+
+fn write_rows(
+    client: &redis::Client,
+    w: &mut Writer,
+    prefix: &str,
+    batch: &Batch,
+    base: &Rows,
+) -> Result<(), StoreError> {
     if let Some(guard) = &batch.guard {
         if !batch.audit.is_empty() {
             return Err(backend("a guarded batch cannot carry audit events"));
         }
-        return guarded(client, conn, prefix, guard, &base);
+        return guarded(client, &mut w.conn, prefix, guard, base);
+    }
+    if batch.audit.is_empty() {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (table, key, value) in base {
+            let hash = format!("{prefix}{table}");
+            match value {
+                Some(v) => pipe.hset(hash, key, v.as_slice()).ignore(),
+                None => pipe.hdel(hash, key).ignore(),
+            };
+        }
+        return with(client, &mut w.conn, |c| pipe.query::<()>(c));
     }
     let meta = format!("{prefix}{META}");
+    if w.head.is_none() {
+        let head: Option<Vec<u8>> = with(client, &mut w.conn, |c| c.hget(&meta, AUDIT_HEAD))?;
+        w.head = Some(head.unwrap_or_default());
+    }
     loop {
-        let done: Option<()> = with(client, conn, |c| {
-            let mut rows = base.clone();
-            if !batch.audit.is_empty() {
-                redis::cmd("WATCH").arg(&meta).query::<()>(c)?;
-                let head: Option<Vec<u8>> = c.hget(&meta, AUDIT_HEAD)?;
-                let mut head = match head {
-                    Some(bytes) => dec(AUDIT_HEAD, &bytes).map_err(|e| {
-                        redis::RedisError::from((
-                            redis::ErrorKind::Client,
-                            "audit head",
-                            e.to_string(),
-                        ))
-                    })?,
-                    None => crate::audit::Head::default(),
-                };
-                audit_rows(&mut head, &batch.audit, &mut rows).map_err(|e| {
-                    redis::RedisError::from((redis::ErrorKind::Client, "audit rows", e.to_string()))
-                })?;
-            }
-            let mut pipe = redis::pipe();
-            pipe.atomic();
+        let expected = w.head.clone().unwrap_or_default();
+        let mut head = if expected.is_empty() {
+            crate::audit::Head::default()
+        } else {
+            dec(AUDIT_HEAD, &expected)?
+        };
+        let mut rows = base.clone();
+        audit_rows(&mut head, &batch.audit, &mut rows)?;
+        let new_head = enc(&head)?;
+        let (moved, current): (i64, Vec<u8>) = with(client, &mut w.conn, |c| {
+            let mut call = w.linked.prepare_invoke();
+            call.key(&meta).arg(expected.as_slice()).arg(AUDIT_HEAD);
             for (table, key, value) in &rows {
-                let hash = format!("{prefix}{table}");
+                call.key(format!("{prefix}{table}"));
                 match value {
-                    Some(v) => pipe.hset(hash, key, v.as_slice()).ignore(),
-                    None => pipe.hdel(hash, key).ignore(),
+                    Some(v) => call.arg("s").arg(key).arg(v.as_slice()),
+                    None => call.arg("d").arg(key).arg(""),
                 };
             }
-            // EXEC answers nil when a WATCHed key changed: linked again on the new head
-            let answered: Option<()> = pipe.query(c)?;
-            Ok(answered)
-        })?;
-        if done.is_some() || batch.audit.is_empty() {
+            call.invoke(c)
+        })
+        .inspect_err(|_| w.head = None)?;
+        if moved == 0 || current == new_head {
+            // (the second: a retry after a lost answer finds its own write done)
+            w.head = Some(new_head);
             return Ok(());
         }
+        // another replica appended meanwhile: link after its entries
+        w.head = Some(current);
     }
 }
 
 impl RowSource for RedisStore {
     fn get_raw(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let local = LOCAL.contains(&table);
+        let mut writes = 0;
+        if local {
+            let copy = self.local.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = copy.rows.get(&(table, key.to_string())) {
+                return Ok(Some(v.clone()));
+            }
+            writes = copy.writes;
+        }
         let hash = self.key(table);
-        self.read(|c| c.hget(&hash, key))
+        let value: Option<Vec<u8>> = self.read(|c| c.hget(&hash, key))?;
+        if let (true, Some(v)) = (local, &value) {
+            let mut copy = self.local.write().unwrap_or_else(|e| e.into_inner());
+            if copy.writes == writes && copy.rows.len() < LOCAL_MAX {
+                copy.rows.insert((table, key.to_string()), v.clone());
+            }
+        }
+        Ok(value)
     }
 
     fn scan(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
