@@ -118,16 +118,25 @@ async fn crypto(tokens: web::Data<Arc<TokenIssuer>>, body: web::Bytes) -> HttpRe
     granted(tokens.issue(&tokens.claims(&record)))
 }
 
+/// The verified record and its bytes, or the status to answer instead.
+fn record_and_bytes(body: &[u8]) -> Result<(AccessRecord, Vec<u8>), u16> {
+    let record = verified(body).ok_or(400u16)?;
+    let bytes = serde_json::to_vec(&record).map_err(|_| 500u16)?;
+    Ok((record, bytes))
+}
+
+fn status(code: u16) -> HttpResponse {
+    HttpResponse::new(actix_web::http::StatusCode::from_u16(code).unwrap_or_default())
+}
+
 async fn durable(
     tokens: web::Data<Arc<TokenIssuer>>,
     writer: web::Data<mpsc::Sender<Write>>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let Some(record) = verified(&body) else {
-        return HttpResponse::BadRequest().finish();
-    };
-    let Ok(bytes) = serde_json::to_vec(&record) else {
-        return HttpResponse::InternalServerError().finish();
+    let (record, bytes) = match record_and_bytes(&body) {
+        Ok(r) => r,
+        Err(code) => return status(code),
     };
     // as the service does: the token is signed while the write syncs
     let (done, written) = tokio::sync::oneshot::channel();
@@ -146,11 +155,9 @@ async fn durable_redis(
     redis: web::Data<redis::aio::ConnectionManager>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let Some(record) = verified(&body) else {
-        return HttpResponse::BadRequest().finish();
-    };
-    let Ok(bytes) = serde_json::to_vec(&record) else {
-        return HttpResponse::InternalServerError().finish();
+    let (record, bytes) = match record_and_bytes(&body) {
+        Ok(r) => r,
+        Err(code) => return status(code),
     };
     // as the service does: the token is signed while the write syncs
     let mut conn = redis.get_ref().clone();
