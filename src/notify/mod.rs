@@ -54,7 +54,7 @@ pub struct Notifier {
     lease_ms: u64,
     /// With replicas, how often the open notices are read again from the store: a stopped
     /// replica's notices are found this way.
-    rescan: Option<Duration>,
+    rescan_every: Duration,
     /// With replicas, how long after an attempt started (`Notice::sending_since`) without a
     /// recorded outcome another replica sends the message again (its sender stopped).
     takeover_secs: u64,
@@ -90,14 +90,17 @@ impl Notifier {
             templates: Templates::new()?,
             settings: settings.notify.clone(),
             unrecorded: Mutex::default(),
-            rescan: coordination
-                .is_shared()
-                .then(|| Duration::from_millis(lease_ms)),
+            rescan_every: Duration::from_millis(lease_ms),
             coordination,
             holder: crate::coordination::replica_id(),
             lease_ms: lease_ms.max(2_000 * settings.notify.smtp.timeout_secs),
             takeover_secs: (10 * lease_ms).div_ceil(1000),
         })
+    }
+
+    /// Whether other replicas send notices from the same store.
+    fn replicas(&self) -> bool {
+        self.coordination.is_shared()
     }
 
     /// The open notices, as the store has them now.
@@ -133,7 +136,7 @@ impl Notifier {
                     while let Ok(n) = new.try_recv() {
                         due.insert(n);
                     }
-                    if self.rescan.is_some_and(|every| scanned.elapsed() >= every) {
+                    if self.replicas() && scanned.elapsed() >= self.rescan_every {
                         // other replicas' notices too: each is sent by whoever holds its lease
                         let known: std::collections::HashSet<AccessId> =
                             due.iter().map(|(_, id)| *id).collect();
@@ -194,7 +197,7 @@ impl Notifier {
     /// One step for the notice of access `id`, as the store has it, under the notice's lease
     /// (another replica holding it works on it: looked at again once it would have lapsed).
     async fn step(&self, id: &AccessId, now: u64) -> Option<u64> {
-        if self.rescan.is_some() && self.waiting_for_chain(id) {
+        if self.replicas() && self.waiting_for_chain(id) {
             // nothing to do until the access is on chain: no lease taken for that
             return Some(now + 1);
         }
@@ -394,7 +397,7 @@ impl Notifier {
         )?;
         notice.attempts += 1;
         let first = *notice.first_attempt_at.get_or_insert(now);
-        if self.rescan.is_some() {
+        if self.replicas() {
             // replicas: the attempt is on record before the message leaves, so that another
             // replica does not send it while this one records how it went
             notice.sending_since = Some(now);

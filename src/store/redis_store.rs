@@ -211,27 +211,64 @@ pub fn lease_key(prefix: &str, name: &str) -> String {
     format!("{prefix}lease:{name}")
 }
 
-/// A guarded batch: the lease's token and the operation's row are checked, and the rows
-/// written, in one script (atomic on the server). 0: written; 1: fenced; 2: changed.
-const GUARDED: &str = r"
-if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 1 end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 2 end
-for i = 3, #KEYS do
-  local j = 4 + 3 * (i - 3)
+/// A script that runs `checks` (which return early when a condition fails), then writes the
+/// rows passed after its first `rows_from - 1` keys and `rows_from` arguments (`push_rows`),
+/// and returns `done`: one atomic step on the server.
+fn conditional(checks: &str, rows_from: usize, done: &str) -> redis::Script {
+    redis::Script::new(&format!(
+        r"{checks}
+for i = {rows_from}, #KEYS do
+  local j = {rows_from} + 1 + 3 * (i - {rows_from})
   if ARGV[j] == 's' then redis.call('HSET', KEYS[i], ARGV[j + 1], ARGV[j + 2])
   else redis.call('HDEL', KEYS[i], ARGV[j + 1]) end
 end
-return 0
-";
+return {done}
+"
+    ))
+}
+
+/// Adds `rows` to a `conditional` script's call: each a key (its table's hash) and three
+/// arguments (set or delete, the row's key, its value).
+fn push_rows(call: &mut redis::ScriptInvocation<'_>, prefix: &str, rows: &Rows) {
+    for (table, key, value) in rows {
+        call.key(format!("{prefix}{table}"));
+        match value {
+            Some(v) => call.arg("s").arg(key).arg(v.as_slice()),
+            None => call.arg("d").arg(key).arg(""),
+        };
+    }
+}
+
+/// A guarded batch: the lease's token and the operation's row are checked, and the rows
+/// written. 0: written; 1: fenced; 2: changed.
+fn guarded_script() -> redis::Script {
+    conditional(
+        r"if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 1 end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 2 end",
+        3,
+        "0",
+    )
+}
+
+/// A group of rows linked on the audit head the writer expects: written ({0, ''}) only if the
+/// head is still that one, else {1, the head as it is} (another replica wrote), to link again
+/// on it.
+fn linked_script() -> redis::Script {
+    conditional(
+        r"local head = redis.call('HGET', KEYS[1], ARGV[2]) or ''
+if head ~= ARGV[1] then return {1, head} end",
+        2,
+        "{0, ''}",
+    )
+}
 
 fn guarded(
     client: &redis::Client,
-    conn: &mut Option<Connection>,
+    w: &mut Writer,
     prefix: &str,
     guard: &Guard,
     rows: &Rows,
 ) -> Result<(), StoreError> {
-    let script = redis::Script::new(GUARDED);
     let (lease, token) = match &guard.fence {
         Some((name, token)) => (lease_key(prefix, name), token.to_string()),
         None => (format!("{prefix}lease:"), String::new()),
@@ -240,20 +277,14 @@ fn guarded(
         Some(s) => (s.id.clone(), enc(s)?),
         None => (String::new(), Vec::new()),
     };
-    let answer: i64 = with(client, conn, |c| {
-        let mut call = script.prepare_invoke();
+    let answer: i64 = with(client, &mut w.conn, |c| {
+        let mut call = w.guarded.prepare_invoke();
         call.key(&lease)
             .key(format!("{prefix}{SUBMISSIONS}"))
             .arg(&token)
             .arg(&id)
             .arg(expected.as_slice());
-        for (table, key, value) in rows {
-            call.key(format!("{prefix}{table}"));
-            match value {
-                Some(v) => call.arg("s").arg(key).arg(v.as_slice()),
-                None => call.arg("d").arg(key).arg(""),
-            };
-        }
+        push_rows(&mut call, prefix, rows);
         call.invoke(c)
     })?;
     match answer {
@@ -290,25 +321,13 @@ fn write_group(client: &redis::Client, w: &mut Writer, prefix: &str, waiting: Ve
     flush(&mut group, &mut replies, w);
 }
 
-/// A group of rows linked on the audit head the writer expects: written (0) only if the head
-/// is still that one, else the head as it is (another replica wrote), to link again on it.
-const LINKED: &str = r"
-local head = redis.call('HGET', KEYS[1], ARGV[2]) or ''
-if head ~= ARGV[1] then return {1, head} end
-for i = 2, #KEYS do
-  local j = 3 + 3 * (i - 2)
-  if ARGV[j] == 's' then redis.call('HSET', KEYS[i], ARGV[j + 1], ARGV[j + 2])
-  else redis.call('HDEL', KEYS[i], ARGV[j + 1]) end
-end
-return {0, ''}
-";
-
 /// The writer thread's connection and what it knows of the audit head (the encoded head it
 /// last wrote or read: a replica's own writes need no read of it).
 pub(super) struct Writer {
     conn: Option<Connection>,
     head: Option<Vec<u8>>,
     linked: redis::Script,
+    guarded: redis::Script,
     local: Local,
 }
 
@@ -317,7 +336,8 @@ impl Writer {
         Writer {
             conn: None,
             head: None,
-            linked: redis::Script::new(LINKED),
+            linked: linked_script(),
+            guarded: guarded_script(),
             local,
         }
     }
@@ -349,7 +369,7 @@ fn write_rows(
         if !batch.audit.is_empty() {
             return Err(backend("a guarded batch cannot carry audit events"));
         }
-        return guarded(client, &mut w.conn, prefix, guard, base);
+        return guarded(client, w, prefix, guard, base);
     }
     if batch.audit.is_empty() {
         let mut pipe = redis::pipe();
@@ -381,13 +401,7 @@ fn write_rows(
         let (moved, current): (i64, Vec<u8>) = with(client, &mut w.conn, |c| {
             let mut call = w.linked.prepare_invoke();
             call.key(&meta).arg(expected.as_slice()).arg(AUDIT_HEAD);
-            for (table, key, value) in &rows {
-                call.key(format!("{prefix}{table}"));
-                match value {
-                    Some(v) => call.arg("s").arg(key).arg(v.as_slice()),
-                    None => call.arg("d").arg(key).arg(""),
-                };
-            }
+            push_rows(&mut call, prefix, &rows);
             call.invoke(c)
         })
         .inspect_err(|_| w.head = None)?;
