@@ -177,9 +177,15 @@ pub struct OnCall {
     writer: tokio::sync::Mutex<()>,
     /// Whether other replicas change the stored state too (a shared store): then it is read
     /// again before a change is checked, before a delivery is claimed, before "not on call"
-    /// is answered, and every second (`reload`).
+    /// is answered (at most every `FRESH_MS`), and every second (`reload`).
     shared: bool,
+    /// When the stored state was last read (unix ms).
+    reloaded_ms: std::sync::atomic::AtomicU64,
 }
+
+/// A "not on call" answer reads the shared state again only if it was read longer ago than
+/// this: a stream of refusals costs one read of it per interval, not one per request.
+const FRESH_MS: u64 = 100;
 
 /// The on-call state as stored, and when each synced roster was synced.
 fn read_stored(store: &dyn Store) -> Result<(State, HashMap<String, u64>), StoreError> {
@@ -281,6 +287,7 @@ impl OnCall {
         state.sweep(now_secs(), settings.incident_max_secs);
         Ok(OnCall {
             shared: false,
+            reloaded_ms: std::sync::atomic::AtomicU64::new(0),
             mapping: Mapping::load(settings.mapping.as_deref(), store.clone())?,
             store,
             roster_file,
@@ -307,6 +314,8 @@ impl OnCall {
     /// Reads the stored state again (what other replicas applied): incidents, shifts, synced
     /// rosters and claimed deliveries as the store has them now.
     pub fn reload(&self) -> Result<(), StoreError> {
+        self.reloaded_ms
+            .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
         let (stored, synced) = read_stored(self.store.as_ref())?;
         {
             let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
@@ -343,8 +352,11 @@ impl OnCall {
     /// `lookup`, reading the shared state again before answering "not on call" (another
     /// replica may have just applied the page).
     pub fn lookup_fresh(&self, principal: &str, now: u64) -> Lookup {
+        let read_ms = self.reloaded_ms.load(std::sync::atomic::Ordering::Relaxed);
         match self.lookup(principal, now) {
-            Lookup::NotOnCall if self.shared => {
+            Lookup::NotOnCall
+                if self.shared && crate::clock::now_ms().saturating_sub(read_ms) >= FRESH_MS =>
+            {
                 self.reload_if_shared();
                 self.lookup(principal, now)
             }

@@ -935,3 +935,50 @@ async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cann
         "used nonces survive the restart (AOF)"
     );
 }
+
+/// On-call state changed on one replica (a webhook's shift) is what another replica answers:
+/// read again before it says "not on call", and on its periodic reload when a shift ends.
+#[test]
+fn on_call_state_from_one_replica_is_read_by_another() {
+    use breakglass::paging::{Change, Lookup, OnCall};
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let secrets = dir.path().join("webhook-secrets");
+    std::fs::write(&secrets, "a-secret-of-this-test\n").unwrap();
+    let mut settings = breakglass::configuration::OnCallSettings::default();
+    settings.webhook.secrets_file = Some(secrets);
+    let replica = || {
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(RedisStore::open(&server.url(), "oncall:").unwrap());
+        OnCall::load(&settings, store)
+            .unwrap()
+            .shared_with_replicas(true)
+    };
+    let (a, b) = (replica(), replica());
+    let nurse = p(3).to_string();
+    let now = crate::support::now();
+    assert!(matches!(b.lookup_fresh(&nurse, now), Lookup::NotOnCall));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let shift = |until: u64| Change::Shift {
+        principal: nurse.clone(),
+        fact: breakglass::domain::OnCall::scheduled("webhook", None, Some(now - 60), Some(until)),
+    };
+    rt.block_on(a.apply(shift(now + 3600), None)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    assert!(
+        matches!(b.lookup_fresh(&nurse, now), Lookup::OnCall(_)),
+        "the other replica reads the shift before refusing"
+    );
+    // the shift ended on the first replica: the second's reload says so
+    let end = Change::Shift {
+        principal: nurse.clone(),
+        fact: breakglass::domain::OnCall::scheduled("webhook", None, Some(now - 30), Some(now - 1)),
+    };
+    rt.block_on(a.apply(end, None)).unwrap();
+    assert!(
+        matches!(b.lookup(&nurse, now), Lookup::OnCall(_)),
+        "not read yet"
+    );
+    b.reload().unwrap();
+    assert!(matches!(b.lookup(&nurse, now), Lookup::NotOnCall));
+}
