@@ -15,10 +15,10 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// A refusal that asks to try again (the service could not decide or record, or the
-    /// clinician asked too often) and recorded nothing: the request's nonce is not used up.
-    pub fn invites_retry(&self) -> bool {
-        self.status == 429 || (self.status == 503 && self.code != "token-unavailable")
+    /// Whether the access was recorded although the answer is a refusal (no token could be
+    /// signed after the durable write): the only refusal that uses the request's nonce up.
+    pub fn recorded(&self) -> bool {
+        self.code == "token-unavailable"
     }
 
     pub fn new(

@@ -13,7 +13,7 @@ use crate::clock::now_ms;
 use crate::domain::{OnCall as OnCallFact, Role};
 use crate::refusal::Refusal;
 use crate::request::{self, BreakGlassRequest};
-use crate::store::{apply_started, AccessRecord, Batch};
+use crate::store::{apply_started, AccessRecord, Batch, Guarded, StoreError};
 
 /// How long an access lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +102,7 @@ impl BreakGlass {
         access: AccessRecord,
         req: &BreakGlassRequest,
         replay_key: String,
+        claim: Option<crate::store::Claim>,
     ) -> Result<Grant, Refusal> {
         let args = contracts::record_emergency_access_args(&access, req.signer)
             .map_err(|e| Self::unavailable(format!("the chain record's arguments: {e}")))?;
@@ -128,6 +129,7 @@ impl BreakGlass {
             accesses: vec![access.clone()],
             submissions: vec![record],
             replay: vec![(replay_key, req.issued_at + 2 * request::MAX_SKEW_SECS)],
+            claims: claim.into_iter().collect(),
             ..Batch::default()
         };
         // the write is handed to the journal first, the token signed while it syncs: the
@@ -140,6 +142,15 @@ impl BreakGlass {
         self.metrics
             .audit_write_seconds
             .observe(writing.elapsed().as_secs_f64());
+        match written {
+            Err(StoreError::Guarded(Guarded::Replayed)) => {
+                return Err(super::steps::replayed(&req.signer.to_string(), req.nonce))
+            }
+            Err(StoreError::Guarded(Guarded::RateLimited)) => {
+                return Err(super::steps::rate_limited(&req.signer))
+            }
+            _ => {}
+        }
         if let Err(e) = written {
             tracing::error!(error = %e, access = %access.id, "the access could not be recorded: no token issued");
             return Err(Refusal::new(

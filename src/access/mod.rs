@@ -30,6 +30,7 @@ use crate::store::AccessRecord;
 use crate::token::TokenIssuer;
 use grant::{Decision, Window};
 pub use reasons::rekey_reasons;
+use steps::replayed;
 pub use view::{chain_view, ChainView};
 
 mod grant;
@@ -124,17 +125,6 @@ impl BreakGlass {
         )
     }
 
-    /// The shared state of the replicas (Redis) did not answer: nothing was decided.
-    fn coordination_unavailable(e: crate::store::StoreError) -> Refusal {
-        tracing::error!(error = %e, "shared state unavailable");
-        Refusal::new(
-            503,
-            "store-unavailable",
-            "Shared state unavailable",
-            "the service cannot reach its shared store right now; try again",
-        )
-    }
-
     pub async fn request(&self, body: &[u8]) -> Result<Grant, Refusal> {
         let now = now_secs();
         // 1-3. the request, its signature, its freshness
@@ -153,11 +143,6 @@ impl BreakGlass {
         let signer = req.signer.to_string();
         let replay_key = format!("{signer}:{}", req.nonce);
         let until = req.issued_at + 2 * request::MAX_SKEW_SECS;
-        let replayed = !self
-            .coordination
-            .use_nonce(&replay_key, until)
-            .await
-            .map_err(Self::coordination_unavailable)?;
         let refused = crate::audit::Event::Refusal {
             code: String::new(),
             status: 0,
@@ -165,23 +150,31 @@ impl BreakGlass {
             patient: Some(req.patient),
             data_types: req.data_types.clone(),
         };
-        if replayed {
-            let r = Refusal::new(
-                401,
-                "replayed-request",
-                "Replayed request",
-                format!("nonce {} was already used by {signer}", req.nonce),
-            );
-            self.audit_refusal(refused, &r).await;
-            return Err(r);
-        }
-        let answer = self.judge(req, signer, replay_key.clone(), now).await;
+        // the nonce (and at step 8 the rate): taken now in this process's memory, or, with
+        // replicas, claimed for the grant's write to take in the same synced write
+        let claim = match self.coordination.as_ref() {
+            Coordinator::Local(local) => {
+                if !local.use_nonce(&replay_key, until) {
+                    let r = replayed(&signer, req.nonce);
+                    self.audit_refusal(refused, &r).await;
+                    return Err(r);
+                }
+                None
+            }
+            Coordinator::Redis(shared) => Some(shared.claim(&replay_key, until, &signer)),
+        };
+        let answer = self
+            .judge(req, signer, replay_key.clone(), claim, now)
+            .await;
         if let Err(r) = &answer {
             self.audit_refusal(refused, r).await;
         }
-        if answer.as_ref().is_err_and(Refusal::invites_retry) {
-            // nothing was recorded: the same signed request may be sent again
-            self.coordination.give_back(&replay_key, until).await;
+        if let Coordinator::Local(local) = self.coordination.as_ref() {
+            if answer.as_ref().is_err_and(|r| !r.recorded()) {
+                // only a recorded access uses a nonce up: the same signed request may be sent
+                // again while fresh, and is judged again (as a refused claim takes nothing)
+                local.give_back(&replay_key, until);
+            }
         }
         answer
     }
@@ -191,7 +184,7 @@ impl BreakGlass {
     /// anonymous traffic cannot grow the log). A refusal that happened after the access was recorded (no token could be
     /// signed) is not one: the grant is in the log.
     async fn audit_refusal(&self, mut event: crate::audit::Event, r: &Refusal) {
-        if r.code == "token-unavailable" {
+        if r.recorded() {
             return;
         }
         // a key made on the spot signs as well as any: only signers the chain knows as
@@ -221,13 +214,15 @@ impl BreakGlass {
         }
     }
 
-    /// Steps 4 to 8 and the grant, for a verified, fresh request whose nonce is now taken:
-    /// each step refuses with its own code, or hands on what the next ones need.
+    /// Steps 4 to 8 and the grant, for a verified, fresh request whose nonce is now taken, or
+    /// is claimed (`claim`: the grant's write takes it and the rate): each step refuses with
+    /// its own code, or hands on what the next ones need.
     async fn judge(
         &self,
         req: request::BreakGlassRequest,
         signer: String,
         replay_key: String,
+        claim: Option<crate::store::Claim>,
         now: u64,
     ) -> Result<Grant, Refusal> {
         let role = self.clinician(&req.signer).await?;
@@ -249,7 +244,7 @@ impl BreakGlass {
         };
         let (policy_minutes, rules) =
             self.policies_permit(&signer, role, &req, &situation, chain)?;
-        self.within_rate(&req.signer).await?;
+        self.within_rate(&req.signer)?;
         let decision = Decision {
             role,
             window: Window::of(policy_minutes, prefs.max_window, self.seconds_per_block),
@@ -259,7 +254,7 @@ impl BreakGlass {
             chain,
         };
         let access = self.access_record(&req, now, decision)?;
-        self.record_and_sign(access, &req, replay_key).await
+        self.record_and_sign(access, &req, replay_key, claim).await
     }
 }
 
@@ -355,14 +350,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_refusals_that_recorded_nothing_and_ask_to_try_again_give_the_nonce_back() {
+    fn only_a_refusal_after_the_record_counts_as_recorded() {
         let r = |status, code| Refusal::new(status, code, "", "");
-        assert!(r(429, "rate-limited").invites_retry());
-        assert!(r(503, "chain-state-unavailable").invites_retry());
-        assert!(r(503, "audit-unavailable").invites_retry());
         // the access was recorded, with its nonce
-        assert!(!r(503, "token-unavailable").invites_retry());
-        assert!(!r(403, "policy-denied").invites_retry());
-        assert!(!r(401, "bad-signature").invites_retry());
+        assert!(r(503, "token-unavailable").recorded());
+        for (status, code) in [
+            (429, "rate-limited"),
+            (503, "audit-unavailable"),
+            (403, "policy-denied"),
+            (401, "replayed-request"),
+        ] {
+            assert!(!r(status, code).recorded(), "{code}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! It must not: write anything (the grant does, once every step passed).
 
 use super::{BreakGlass, ChainView};
+use crate::coordination::Coordinator;
 use crate::domain::chain::{Preferences, ProviderState};
 use crate::domain::OnCall as OnCallFact;
 use crate::domain::{ProviderStatus, Role};
@@ -149,21 +150,34 @@ impl BreakGlass {
         ))
     }
 
-    /// Step 8, the clinician's rate of grants.
-    pub(super) async fn within_rate(&self, signer: &Address) -> Result<(), Refusal> {
-        let within = self
-            .coordination
-            .within_rate(&signer.to_string())
-            .await
-            .map_err(Self::coordination_unavailable)?;
-        if !within {
-            return Err(Refusal::new(
-                429,
-                "rate-limited",
-                "Too many requests",
-                format!("{signer} has asked for too many accesses; wait a minute"),
-            ));
+    /// Step 8, the clinician's rate of grants, in this process's memory (with replicas the
+    /// grant's write takes it: `store::Claim`).
+    pub(super) fn within_rate(&self, signer: &Address) -> Result<(), Refusal> {
+        match self.coordination.as_ref() {
+            Coordinator::Local(local) if !local.within_rate(&signer.to_string()) => {
+                Err(rate_limited(signer))
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// Step 3's refusal of a nonce used before.
+pub(super) fn replayed(signer: &str, nonce: u64) -> Refusal {
+    Refusal::new(
+        401,
+        "replayed-request",
+        "Replayed request",
+        format!("nonce {nonce} was already used by {signer}"),
+    )
+}
+
+/// Step 8's refusal.
+pub(super) fn rate_limited(signer: &Address) -> Refusal {
+    Refusal::new(
+        429,
+        "rate-limited",
+        "Too many requests",
+        format!("{signer} has asked for too many accesses; wait a minute"),
+    )
 }

@@ -81,6 +81,8 @@ impl Default for Settings {
                 redis_url: None,
                 redis_prefix: "breakglass:".into(),
                 lease_ms: 10_000,
+                redis_wait_replicas: 0,
+                redis_wait_ms: 1_000,
             },
             log: LogSettings {
                 format: LogFormat::Json,
@@ -196,6 +198,8 @@ mod tests {
             redis_url: None,
             redis_prefix: "x:".into(),
             lease_ms: 10_000,
+            redis_wait_replicas: 0,
+            redis_wait_ms: 1_000,
         };
         assert_eq!(data.store_options().cache_bytes, 3 << 20);
         assert_eq!(

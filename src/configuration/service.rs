@@ -112,6 +112,18 @@ pub struct DataSettings {
     /// another this long after it stopped.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
+    /// How many of the Redis server's own replicas must have each write before it counts as
+    /// done (`WAIT`; 0: the server's synced append-only file is enough). With 1, a failover to
+    /// an acknowledging replica loses no grant; while fewer answer, grants are refused (503).
+    #[serde(default)]
+    pub redis_wait_replicas: u32,
+    /// How long a write waits for those replicas before it fails.
+    #[serde(default = "default_redis_wait_ms")]
+    pub redis_wait_ms: u64,
+}
+
+fn default_redis_wait_ms() -> u64 {
+    1_000
 }
 
 fn default_lease_ms() -> u64 {
@@ -134,7 +146,14 @@ impl DataSettings {
     pub fn open_store(&self) -> Result<OpenStore, crate::store::StoreError> {
         Ok(match &self.redis_url {
             Some(url) => (
-                std::sync::Arc::new(crate::store::RedisStore::open(url, &self.redis_prefix)?),
+                std::sync::Arc::new(crate::store::RedisStore::open_with(
+                    url,
+                    &self.redis_prefix,
+                    crate::store::Acknowledgement {
+                        replicas: self.redis_wait_replicas,
+                        timeout_ms: self.redis_wait_ms,
+                    },
+                )?),
                 None,
             ),
             None => {
@@ -165,6 +184,12 @@ impl DataSettings {
             return Err(format!(
                 "data.lease_ms must be from 200 to 600000 (ms), not {}",
                 self.lease_ms
+            ));
+        }
+        if !(10..=60_000).contains(&self.redis_wait_ms) {
+            return Err(format!(
+                "data.redis_wait_ms must be from 10 to 60000 (ms), not {}",
+                self.redis_wait_ms
             ));
         }
         if let Some(url) = &self.redis_url {

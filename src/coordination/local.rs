@@ -44,17 +44,21 @@ impl Local {
         }
     }
 
-    pub(super) fn use_nonce(&self, key: &str, until: u64) -> bool {
+    /// Records request nonce `key` (`signer:nonce`) as used until `until` (unix seconds):
+    /// true if it was fresh, false if it was used before (a replay).
+    pub fn use_nonce(&self, key: &str, until: u64) -> bool {
         let mut seen = lock(&self.seen);
         seen.forget_until(now_secs());
         !seen.insert(key.to_string(), until)
     }
 
-    pub(super) fn give_back(&self, key: &str, until: u64) {
+    /// Gives nonce `key` back (its request recorded nothing and may be sent again).
+    pub fn give_back(&self, key: &str, until: u64) {
         lock(&self.seen).remove(key, until);
     }
 
-    pub(super) fn within_rate(&self, who: &str) -> bool {
+    /// Takes one of `who`'s grants per minute: false when they have none left.
+    pub fn within_rate(&self, who: &str) -> bool {
         self.limiter.check_key(&who.to_string()).is_ok()
     }
 

@@ -1,9 +1,11 @@
 //! What replicas agree on besides the store's rows: used request nonces, per-clinician rate
 //! limits, and leases (one holder at a time, each grant of a lease with a fencing token that a
-//! later grant exceeds). One process on the embedded store keeps them in memory (`Local`);
-//! replicas sharing a Redis server keep them there (`Redis`), so a nonce used on one replica is
-//! refused on every other, a clinician's rate counts across all of them, and one replica at a
-//! time holds the chain submitter's lease or a notice's.
+//! later grant exceeds). One process on the embedded store keeps them in memory (`Local`: a
+//! request's nonce and rate are taken before its write); replicas sharing a Redis server keep
+//! them there (`Redis`: a request's nonce and rate are a `store::Claim` its grant's write
+//! takes, atomically and in the same synced write), so a nonce used on one replica is refused
+//! on every other, a clinician's rate counts across all of them, and one replica at a time
+//! holds the chain submitter's lease or a notice's.
 //!
 //! A lease's fencing token goes with the holder's writes (`store::Guard`): the store refuses a
 //! write whose token is no longer the lease's, so a holder that was paused past its lease (and
@@ -49,36 +51,6 @@ impl Coordinator {
     /// Whether other processes share it.
     pub fn is_shared(&self) -> bool {
         matches!(self, Coordinator::Redis(_))
-    }
-
-    /// Records request nonce `key` (`signer:nonce`) as used until `until` (unix seconds):
-    /// true if it was fresh, false if it was used before (a replay).
-    pub async fn use_nonce(&self, key: &str, until: u64) -> Result<bool, StoreError> {
-        match self {
-            Coordinator::Local(l) => Ok(l.use_nonce(key, until)),
-            Coordinator::Redis(r) => r.use_nonce(key, until).await,
-        }
-    }
-
-    /// Gives nonce `key` back (its request recorded nothing and may be sent again).
-    pub async fn give_back(&self, key: &str, until: u64) {
-        match self {
-            Coordinator::Local(l) => l.give_back(key, until),
-            Coordinator::Redis(r) => {
-                if let Err(e) = r.give_back(key).await {
-                    // kept until it expires: the clinician signs a new request
-                    tracing::warn!(error = %e, "a nonce could not be given back");
-                }
-            }
-        }
-    }
-
-    /// Takes one of `who`'s grants per minute: false when they have none left.
-    pub async fn within_rate(&self, who: &str) -> Result<bool, StoreError> {
-        match self {
-            Coordinator::Local(l) => Ok(l.within_rate(who)),
-            Coordinator::Redis(r) => r.within_rate(who).await,
-        }
     }
 
     /// Takes or renews lease `name` for `holder` for `ttl_ms`: its fencing token, or `None`

@@ -1,7 +1,8 @@
-//! The coordination of replicas on their shared Redis server: atomic commands and small Lua
-//! scripts, each one round trip, over the `redis` crate's async connection manager (it
-//! reconnects by itself; a command while the server is away fails at once, within its
-//! timeout, and the caller refuses with 503).
+//! The coordination of replicas on their shared Redis server. Leases are small Lua scripts,
+//! each one round trip, over the `redis` crate's async connection manager (it reconnects by
+//! itself; a command while the server is away fails at once, within its timeout, and the
+//! caller sees an error). Nonces and rates are not a round trip of their own: a grant's write
+//! takes them (`claim`, `store::Claim`), in the same synced write as its record.
 //!
 //! Keys, under the store's prefix: `nonce:<signer:nonce>` (expires when the request could no
 //! longer be fresh), `rate:<principal>` (the theoretical arrival time of GCRA, the algorithm
@@ -15,7 +16,7 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::Script;
 
-use crate::store::StoreError;
+use crate::store::{Claim, StoreError};
 
 /// How long a command may take before the server counts as unreachable.
 const TIMEOUT: Duration = Duration::from_millis(1500);
@@ -27,7 +28,6 @@ pub struct RedisCoordinator {
     per_minute: u64,
     lease: Script,
     release: Script,
-    rate: Script,
 }
 
 /// Whether a command failed because its connection was gone (then it was not run; a retry
@@ -63,18 +63,6 @@ end
 return 0
 ";
 
-/// GCRA: one grant every ARGV[1] ms on average, up to ARGV[2] ms of them at once.
-const RATE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new = tat + tonumber(ARGV[1])
-if new - now > tonumber(ARGV[2]) then return 0 end
-redis.call('SET', KEYS[1], new, 'PX', math.ceil(new - now))
-return 1
-";
-
 impl RedisCoordinator {
     pub fn new(
         url: &str,
@@ -88,7 +76,6 @@ impl RedisCoordinator {
             per_minute: u64::from(per_minute.get()),
             lease: Script::new(LEASE),
             release: Script::new(RELEASE),
-            rate: Script::new(RATE),
         })
     }
 
@@ -112,17 +99,8 @@ impl RedisCoordinator {
         Ok(c)
     }
 
-    /// Runs `cmd`; a connection found dropped (the server restarted) is replaced by the
-    /// connection manager and the command sent once more.
-    async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> Result<T, StoreError> {
-        let mut c = self.conn().await?;
-        match cmd.query_async(&mut c).await {
-            Err(e) if dropped(&e) => cmd.query_async(&mut c).await.map_err(redis_err),
-            answer => answer.map_err(redis_err),
-        }
-    }
-
-    /// `query` for a script.
+    /// Runs a script; a connection found dropped (the server restarted) is replaced by the
+    /// connection manager and the script sent once more.
     async fn invoke<T: ::redis::FromRedisValue>(
         &self,
         call: &::redis::ScriptInvocation<'_>,
@@ -134,34 +112,17 @@ impl RedisCoordinator {
         }
     }
 
-    fn key(&self, kind: &str, name: &str) -> String {
-        format!("{}{kind}:{name}", self.prefix)
-    }
-
-    pub(super) async fn use_nonce(&self, key: &str, until: u64) -> Result<bool, StoreError> {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(self.key("nonce", key))
-            .arg(1)
-            .arg("NX")
-            .arg("EXAT")
-            .arg(until);
-        let set: Option<String> = self.query(&cmd).await?;
-        Ok(set.is_some())
-    }
-
-    pub(super) async fn give_back(&self, key: &str) -> Result<(), StoreError> {
-        let mut cmd = ::redis::cmd("DEL");
-        cmd.arg(self.key("nonce", key));
-        self.query::<()>(&cmd).await
-    }
-
-    pub(super) async fn within_rate(&self, who: &str) -> Result<bool, StoreError> {
+    /// A request's claim on nonce `key` (`signer:nonce`, used until `until`) and on one of
+    /// clinician `who`'s grants this minute, for the grant's write to take (`store::Claim`).
+    pub fn claim(&self, key: &str, until: u64, who: &str) -> Claim {
         let emission = (60_000 / self.per_minute.max(1)).max(1);
-        let mut call = self.rate.prepare_invoke();
-        call.key(self.key("rate", who))
-            .arg(emission)
-            .arg(emission * self.per_minute);
-        Ok(self.invoke::<i64>(&call).await? == 1)
+        Claim {
+            nonce_key: crate::store::nonce_key(&self.prefix, key),
+            until,
+            rate_key: crate::store::rate_key(&self.prefix, who),
+            emission_ms: emission,
+            burst_ms: emission * self.per_minute,
+        }
     }
 
     pub(super) async fn lease(

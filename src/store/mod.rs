@@ -24,7 +24,7 @@ use crate::domain::{AccessId, DataType, PatientId, ProviderEntry, Role};
 use crate::stacks::Address;
 pub use journal::Journal;
 pub use redb_store::{Checkpoints, RedbOptions, RedbStore, DEFAULT_CACHE_MIB};
-pub use redis_store::{lease_key, RedisStore};
+pub use redis_store::{lease_key, nonce_key, rate_key, Acknowledgement, RedisStore};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -44,6 +44,10 @@ pub enum Guarded {
     Fenced,
     /// The operation is not as the writer read it (another writer changed it meanwhile).
     Changed,
+    /// A `Claim`'s request nonce was used before (a replay).
+    Replayed,
+    /// A `Claim`'s clinician has no grant left this minute.
+    RateLimited,
 }
 
 impl std::fmt::Display for Guarded {
@@ -51,6 +55,8 @@ impl std::fmt::Display for Guarded {
         f.write_str(match self {
             Guarded::Fenced => "the writer's lease was lost: nothing written",
             Guarded::Changed => "the operation changed since it was read: nothing written",
+            Guarded::Replayed => "the request's nonce was used before: nothing written",
+            Guarded::RateLimited => "the clinician has no grant left this minute: nothing written",
         })
     }
 }
@@ -66,6 +72,24 @@ pub struct Guard {
     /// The operation as the writer read it: the write fails with `Guarded::Changed` unless the
     /// store holds exactly this.
     pub submission: Option<Submission>,
+}
+
+/// A break-glass request's claim on what replicas share, taken by a shared store (Redis)
+/// atomically with the grant's write: its nonce unused (then used until `until`), and one of
+/// the clinician's grants this minute. A batch with a claim that does not hold fails with
+/// `Guarded::Replayed` or `Guarded::RateLimited` and writes nothing; the other batches of its
+/// group are written. One process on the embedded store checks both in memory before the
+/// write (`coordination::Local`) and gives its batches no claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The shared store's key of the nonce (`coordination`), set until `until` (unix seconds).
+    pub nonce_key: String,
+    pub until: u64,
+    /// The clinician's rate (GCRA, as `governor` runs it for one process): the key of their
+    /// theoretical arrival time, one grant every `emission_ms`, at most `burst_ms` ahead.
+    pub rate_key: String,
+    pub emission_ms: u64,
+    pub burst_ms: u64,
 }
 
 /// The last block the follower applied.
@@ -303,6 +327,9 @@ pub struct Batch {
     /// What must hold for this batch to be written (checked by shared stores: `Guard`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<Guard>,
+    /// Requests' claims on nonces and rates, taken with the write by shared stores (`Claim`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<Claim>,
 }
 
 /// A summary's hash as recorded on chain by a data custodian.
@@ -340,6 +367,7 @@ impl Batch {
         self.verdicts.extend(later.verdicts);
         self.summaries.extend(later.summaries);
         self.summary_hashes.extend(later.summary_hashes);
+        self.claims.extend(later.claims);
         // only unguarded batches are merged (the embedded store does not check guards)
         self.guard = None;
     }
@@ -364,6 +392,7 @@ impl Batch {
             && self.verdicts.is_empty()
             && self.summaries.is_empty()
             && self.summary_hashes.is_empty()
+            && self.claims.is_empty()
     }
 }
 

@@ -1,18 +1,25 @@
 //! The shared store of many replicas: the same tables and rows as the embedded store
-//! (`schema.rs`), each table one Redis hash (`<prefix><table>`), every `Batch` one MULTI/EXEC
-//! transaction. Durable before it answers only on a server that syncs its append-only file on
-//! every write (`appendonly yes`, `appendfsync always`: Redis then syncs once per event loop,
-//! a group commit); `open` says so in the log when the server does not.
+//! (`schema.rs`), each table one Redis hash (`<prefix><table>`). Durable before it answers
+//! only on a server that syncs its append-only file on every write (`appendonly yes`,
+//! `appendfsync always`: Redis then syncs once per event loop, a group commit); `open` says so
+//! in the log when the server does not.
 //!
-//! The audit log has one order across every writer: a batch with audit events WATCHes the
-//! head, numbers and links its entries after it and writes them with the new head in its
-//! transaction; if another writer moved the head meanwhile, EXEC fails and the batch is linked
-//! again on the new head.
+//! One writer thread takes every batch waiting at that moment and writes them in one round
+//! trip: a MULTI/EXEC transaction, or, with audit events, a script that links them on the
+//! audit head the writer expects (the head it last wrote: a replica's own writes need no read
+//! of it). The audit log has one order across every writer: if another replica moved the head
+//! meanwhile, the script writes nothing and answers the head as it is, and the group is linked
+//! again on it. The same script takes the grants' claims (`Claim`: a request's nonce unused,
+//! the clinician's rate), so that a grant on Redis costs one synced write in all; a batch whose
+//! claim does not hold is answered `Guarded` and the rest of its group written without it.
 //!
 //! A dropped connection is opened again and the command retried once, so a restarted server is
-//! used again as soon as it answers.
+//! used again as soon as it answers (a retry that finds its own audit head written is done).
 //!
-//! It must not: answer a write before EXEC returned.
+//! With `Acknowledgement`, every write is also waited on until that many of the server's
+//! replicas have it (`WAIT`), so that a failover to one of them loses no acknowledged write.
+//!
+//! It must not: answer a write before the server (and the replicas it needs) did.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -135,6 +142,15 @@ impl RedisStore {
     /// Connects to the server at `url` (`redis://host:port/db`), keeping every table under
     /// `prefix` (so that one server can hold several stores).
     pub fn open(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
+        RedisStore::open_with(url, prefix, Acknowledgement::default())
+    }
+
+    /// `open`, with every write also acknowledged by the server's replicas (`Acknowledgement`).
+    pub fn open_with(
+        url: &str,
+        prefix: &str,
+        acknowledgement: Acknowledgement,
+    ) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(redis_err)?;
         let mut reads = None;
         let config: Vec<String> = with(&client, &mut reads, |c| {
@@ -162,7 +178,7 @@ impl RedisStore {
         let thread = std::thread::Builder::new()
             .name("redis-writer".into())
             .spawn(move || {
-                let mut w = Writer::new(write_local);
+                let mut w = Writer::new(write_local, acknowledgement);
                 while let Ok(first) = jobs.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(jobs.try_iter().take(GROUP_COMMIT_MAX - 1));
@@ -211,31 +227,75 @@ pub fn lease_key(prefix: &str, name: &str) -> String {
     format!("{prefix}lease:{name}")
 }
 
+/// Where request nonce `key` (`signer:nonce`) is kept while used (`Claim`), under the store's
+/// `prefix`: it expires when the request could no longer be fresh.
+pub fn nonce_key(prefix: &str, key: &str) -> String {
+    format!("{prefix}nonce:{key}")
+}
+
+/// Where clinician `who`'s rate is kept (`Claim`: GCRA's theoretical arrival time).
+pub fn rate_key(prefix: &str, who: &str) -> String {
+    format!("{prefix}rate:{who}")
+}
+
 /// A script that runs `checks` (which return early when a condition fails), then writes the
-/// rows passed after its first `rows_from - 1` keys and `rows_from` arguments (`push_rows`),
-/// and returns `done`: one atomic step on the server.
-fn conditional(checks: &str, rows_from: usize, done: &str) -> redis::Script {
+/// rows passed from key `ARGV[1]` and argument `ARGV[2]` on (`push_rows`), and returns
+/// `done`: one atomic step on the server.
+fn conditional(checks: &str, done: &str) -> redis::Script {
     redis::Script::new(&format!(
         r"{checks}
-for i = {rows_from}, #KEYS do
-  local j = {rows_from} + 1 + 3 * (i - {rows_from})
-  if ARGV[j] == 's' then redis.call('HSET', KEYS[i], ARGV[j + 1], ARGV[j + 2])
-  else redis.call('HDEL', KEYS[i], ARGV[j + 1]) end
+local a = tonumber(ARGV[2])
+for i = tonumber(ARGV[1]), #KEYS do
+  local op, last = ARGV[a], a + 1 + tonumber(ARGV[a + 1])
+  for s = a + 2, last, {UNPACKED} do
+    redis.call(op, KEYS[i], unpack(ARGV, s, math.min(s + {UNPACKED} - 1, last)))
+  end
+  a = last + 1
 end
 return {done}
 "
     ))
 }
 
-/// Adds `rows` to a `conditional` script's call: each a key (its table's hash) and three
-/// arguments (set or delete, the row's key, its value).
+/// How many arguments one command of a `conditional` script takes at most (Lua's stack holds
+/// 8,000; even, so that a field and its value stay together).
+const UNPACKED: usize = 4000;
+
+/// Starts a `conditional` script's call whose checks take `keys` keys and `args` arguments
+/// (after the two that say where the rows start).
+fn invocation(script: &redis::Script, keys: usize, args: usize) -> redis::ScriptInvocation<'_> {
+    let mut call = script.prepare_invoke();
+    call.arg(keys + 1).arg(args + 3);
+    call
+}
+
+/// Adds `rows` to a `conditional` script's call, each run of rows of one table and one kind
+/// (set, delete) as one command: its table's hash as a key; `HSET` or `HDEL`, how many
+/// arguments follow, and the fields (with their values) as arguments. Runs keep the rows'
+/// order, so a later write of a row wins.
 fn push_rows(call: &mut redis::ScriptInvocation<'_>, prefix: &str, rows: &Rows) {
-    for (table, key, value) in rows {
+    let mut start = 0;
+    while start < rows.len() {
+        let (table, _, first) = &rows[start];
+        let sets = first.is_some();
+        let end = rows[start..]
+            .iter()
+            .position(|(t, _, v)| t != table || v.is_some() != sets)
+            .map_or(rows.len(), |n| start + n);
+        let run = &rows[start..end];
         call.key(format!("{prefix}{table}"));
-        match value {
-            Some(v) => call.arg("s").arg(key).arg(v.as_slice()),
-            None => call.arg("d").arg(key).arg(""),
-        };
+        if sets {
+            call.arg("HSET").arg(2 * run.len());
+            for (_, key, value) in run {
+                call.arg(key).arg(value.as_deref().unwrap_or_default());
+            }
+        } else {
+            call.arg("HDEL").arg(run.len());
+            for (_, key, _) in run {
+                call.arg(key);
+            }
+        }
+        start = end;
     }
 }
 
@@ -243,21 +303,47 @@ fn push_rows(call: &mut redis::ScriptInvocation<'_>, prefix: &str, rows: &Rows) 
 /// written. 0: written; 1: fenced; 2: changed.
 fn guarded_script() -> redis::Script {
     conditional(
-        r"if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 1 end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 2 end",
-        3,
+        r"if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[3] then return 1 end
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], ARGV[4]) ~= ARGV[5] then return 2 end",
         "0",
     )
 }
 
-/// A group of rows linked on the audit head the writer expects: written ({0, ''}) only if the
-/// head is still that one, else {1, the head as it is} (another replica wrote), to link again
-/// on it.
+/// A group of rows linked on the audit head the writer expects, with its requests' claims:
+/// written ({0, ''}) only if the head is still that one, else {1, the head as it is} (another
+/// replica wrote: link again on it); and only if every claim holds, else {2, which did not}
+/// (`<claim> replayed` or `<claim> rate`, space-separated, from 0: the group is written again
+/// without their batches). Claim c: keys 2 + 2c (its nonce) and 3 + 2c (its rate), arguments
+/// 6 + 3c (the nonce's expiry, unix s), 7 + 3c and 8 + 3c (GCRA: emission and burst, ms).
 fn linked_script() -> redis::Script {
     conditional(
-        r"local head = redis.call('HGET', KEYS[1], ARGV[2]) or ''
-if head ~= ARGV[1] then return {1, head} end",
-        2,
+        r"local head = redis.call('HGET', KEYS[1], ARGV[4]) or ''
+if head ~= ARGV[3] then return {1, head} end
+local n = tonumber(ARGV[5])
+if n > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local used, tats, failed = {}, {}, {}
+  for c = 0, n - 1 do
+    local nonce, rate = KEYS[2 + 2 * c], KEYS[3 + 2 * c]
+    local emission, burst = tonumber(ARGV[7 + 3 * c]), tonumber(ARGV[8 + 3 * c])
+    if used[nonce] or redis.call('EXISTS', nonce) == 1 then
+      table.insert(failed, c .. ' replayed')
+    else
+      local tat = tats[rate] or tonumber(redis.call('GET', rate) or now)
+      if tat < now then tat = now end
+      if tat + emission - now > burst then
+        table.insert(failed, c .. ' rate')
+      else
+        tats[rate] = tat + emission
+        used[nonce] = true
+      end
+    end
+  end
+  if #failed > 0 then return {2, table.concat(failed, ' ')} end
+  for c = 0, n - 1 do redis.call('SET', KEYS[2 + 2 * c], 1, 'EXAT', ARGV[6 + 3 * c]) end
+  for rate, tat in pairs(tats) do redis.call('SET', rate, tat, 'PX', math.ceil(tat - now)) end
+end",
         "{0, ''}",
     )
 }
@@ -278,7 +364,7 @@ fn guarded(
         None => (String::new(), Vec::new()),
     };
     let answer: i64 = with(client, &mut w.conn, |c| {
-        let mut call = w.guarded.prepare_invoke();
+        let mut call = invocation(&w.guarded, 2, 3);
         call.key(&lease)
             .key(format!("{prefix}{SUBMISSIONS}"))
             .arg(&token)
@@ -294,31 +380,83 @@ fn guarded(
     }
 }
 
-/// The batches waiting for the writer, in order: each run of unguarded ones as one
-/// transaction (one append-only-file sync for all of them: a group commit; every caller in it
-/// gets its result), each guarded one alone (its conditions are its own).
+/// The batches waiting for the writer, in order: each run of unguarded ones together
+/// (`write_together`), each guarded one alone (its conditions are its own).
 fn write_group(client: &redis::Client, w: &mut Writer, prefix: &str, waiting: Vec<(Batch, Reply)>) {
-    let mut group = Batch::default();
-    let mut replies = Vec::new();
-    let flush = |group: &mut Batch, replies: &mut Vec<Reply>, w: &mut Writer| {
-        if replies.is_empty() {
-            return;
-        }
-        let result = write(client, w, prefix, &std::mem::take(group));
-        for reply in replies.drain(..) {
-            reply.send(result.clone());
-        }
-    };
+    let mut group = Vec::new();
     for (batch, reply) in waiting {
         if batch.guard.is_some() {
-            flush(&mut group, &mut replies, w);
-            reply.send(write(client, w, prefix, &batch));
+            write_together(client, w, prefix, std::mem::take(&mut group));
+            reply.send(write(client, w, prefix, &batch).map(|_| ()));
         } else {
-            group.merge(batch);
-            replies.push(reply);
+            group.push((batch, reply));
         }
     }
-    flush(&mut group, &mut replies, w);
+    write_together(client, w, prefix, group);
+}
+
+/// Writes `group` as one transaction or script (one append-only-file sync for all of them: a
+/// group commit; every caller in it gets its result). The batches whose claims did not hold
+/// are answered with why, and the others written again without them.
+fn write_together(
+    client: &redis::Client,
+    w: &mut Writer,
+    prefix: &str,
+    mut group: Vec<(Batch, Reply)>,
+) {
+    while !group.is_empty() {
+        let mut merged = Batch::default();
+        for (batch, _) in &group {
+            merged.merge(batch.clone());
+        }
+        let refused = match write(client, w, prefix, &merged) {
+            Ok(Outcome::Written) => Vec::new(),
+            Ok(Outcome::Refused(refused)) => refused,
+            Err(e) => {
+                for (_, reply) in group {
+                    reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        if refused.is_empty() {
+            for (_, reply) in group {
+                reply.send(Ok(()));
+            }
+            return;
+        }
+        // claim i of the group is its owner's
+        let owners: Vec<usize> = group
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (batch, _))| std::iter::repeat_n(i, batch.claims.len()))
+            .collect();
+        let why: std::collections::HashMap<usize, Guarded> = refused
+            .into_iter()
+            .filter_map(|(claim, why)| owners.get(claim).map(|owner| (*owner, why)))
+            .collect();
+        let mut kept = Vec::with_capacity(group.len());
+        if why.is_empty() {
+            let e = backend("redis: the write named claims it was not given");
+            for (_, reply) in group {
+                reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        for (i, (batch, reply)) in group.into_iter().enumerate() {
+            match why.get(&i) {
+                Some(why) => reply.send(Err(StoreError::Guarded(*why))),
+                None => kept.push((batch, reply)),
+            }
+        }
+        group = kept;
+    }
+}
+
+/// What a write found: written, or the claims (by their place in the batch) that did not hold.
+enum Outcome {
+    Written,
+    Refused(Vec<(usize, Guarded)>),
 }
 
 /// The writer thread's connection and what it knows of the audit head (the encoded head it
@@ -329,32 +467,68 @@ pub(super) struct Writer {
     linked: redis::Script,
     guarded: redis::Script,
     local: Local,
+    acknowledgement: Acknowledgement,
 }
 
 impl Writer {
-    fn new(local: Local) -> Writer {
+    fn new(local: Local, acknowledgement: Acknowledgement) -> Writer {
         Writer {
             conn: None,
             head: None,
             linked: linked_script(),
             guarded: guarded_script(),
             local,
+            acknowledgement,
         }
     }
 }
 
+/// How many of the server's replicas must have a write before it counts as done (`WAIT`
+/// after every write), and how long to wait for them. With none (the default) a write is done
+/// once the server synced it to its own append-only file. A write the replicas did not
+/// acknowledge in time is an error for its callers (no token is issued on it), although the
+/// server has it: it is kept, and replicated once they are back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Acknowledgement {
+    pub replicas: u32,
+    pub timeout_ms: u64,
+}
+
 /// One batch (or group), one round trip: a transaction, or, with audit events, the script
-/// that writes them linked on the head it expects (linked again when another writer moved it).
-/// What it wrote is remembered in the local copy.
+/// that writes them linked on the head it expects (linked again when another writer moved it)
+/// and takes their claims. What it wrote is remembered in the local copy.
 fn write(
     client: &redis::Client,
     w: &mut Writer,
     prefix: &str,
     batch: &Batch,
-) -> Result<(), StoreError> {
+) -> Result<Outcome, StoreError> {
     let base = rows_of(batch)?;
-    write_rows(client, w, prefix, batch, &base)?;
-    remember(&w.local, &base);
+    let outcome = write_rows(client, w, prefix, batch, &base)?;
+    if let Outcome::Written = outcome {
+        remember(&w.local, &base);
+        acknowledged(client, w)?;
+    }
+    Ok(outcome)
+}
+
+/// Waits until the replicas the writer needs have what it wrote (`Acknowledgement`).
+fn acknowledged(client: &redis::Client, w: &mut Writer) -> Result<(), StoreError> {
+    let Acknowledgement {
+        replicas,
+        timeout_ms,
+    } = w.acknowledgement;
+    if replicas == 0 {
+        return Ok(());
+    }
+    let acked: u32 = with(client, &mut w.conn, |c| {
+        redis::cmd("WAIT").arg(replicas).arg(timeout_ms).query(c)
+    })?;
+    if acked < replicas {
+        return Err(StoreError::Backend(format!(
+            "redis: written, but acknowledged by {acked} of the {replicas} replicas needed within {timeout_ms} ms"
+        )));
+    }
     Ok(())
 }
 
@@ -364,14 +538,20 @@ fn write_rows(
     prefix: &str,
     batch: &Batch,
     base: &Rows,
-) -> Result<(), StoreError> {
+) -> Result<Outcome, StoreError> {
     if let Some(guard) = &batch.guard {
-        if !batch.audit.is_empty() {
-            return Err(backend("a guarded batch cannot carry audit events"));
+        if !batch.audit.is_empty() || !batch.claims.is_empty() {
+            return Err(backend(
+                "a guarded batch cannot carry audit events or claims",
+            ));
         }
-        return guarded(client, w, prefix, guard, base);
+        return guarded(client, w, prefix, guard, base).map(|()| Outcome::Written);
     }
     if batch.audit.is_empty() {
+        if !batch.claims.is_empty() {
+            // (a claim is known taken by its own write when the audit head moved with it)
+            return Err(backend("a batch with claims carries its audit events"));
+        }
         let mut pipe = redis::pipe();
         pipe.atomic();
         for (table, key, value) in base {
@@ -381,13 +561,14 @@ fn write_rows(
                 None => pipe.hdel(hash, key).ignore(),
             };
         }
-        return with(client, &mut w.conn, |c| pipe.query::<()>(c));
+        return with(client, &mut w.conn, |c| pipe.query::<()>(c)).map(|()| Outcome::Written);
     }
     let meta = format!("{prefix}{META}");
     if w.head.is_none() {
         let head: Option<Vec<u8>> = with(client, &mut w.conn, |c| c.hget(&meta, AUDIT_HEAD))?;
         w.head = Some(head.unwrap_or_default());
     }
+    let claims = &batch.claims;
     loop {
         let expected = w.head.clone().unwrap_or_default();
         let mut head = if expected.is_empty() {
@@ -398,21 +579,63 @@ fn write_rows(
         let mut rows = base.clone();
         audit_rows(&mut head, &batch.audit, &mut rows)?;
         let new_head = enc(&head)?;
-        let (moved, current): (i64, Vec<u8>) = with(client, &mut w.conn, |c| {
-            let mut call = w.linked.prepare_invoke();
-            call.key(&meta).arg(expected.as_slice()).arg(AUDIT_HEAD);
+        let (answer, detail): (i64, Vec<u8>) = with(client, &mut w.conn, |c| {
+            let mut call = invocation(&w.linked, 1 + 2 * claims.len(), 3 + 3 * claims.len());
+            call.key(&meta)
+                .arg(expected.as_slice())
+                .arg(AUDIT_HEAD)
+                .arg(claims.len());
+            for claim in claims {
+                call.key(&claim.nonce_key)
+                    .key(&claim.rate_key)
+                    .arg(claim.until)
+                    .arg(claim.emission_ms)
+                    .arg(claim.burst_ms);
+            }
             push_rows(&mut call, prefix, &rows);
             call.invoke(c)
         })
         .inspect_err(|_| w.head = None)?;
-        if moved == 0 || current == new_head {
-            // (the second: a retry after a lost answer finds its own write done)
-            w.head = Some(new_head);
-            return Ok(());
+        match answer {
+            0 => {
+                w.head = Some(new_head);
+                return Ok(Outcome::Written);
+            }
+            // a retry after a lost answer finds its own write done
+            1 if detail == new_head => {
+                w.head = Some(new_head);
+                return Ok(Outcome::Written);
+            }
+            // another replica appended meanwhile: link after its entries
+            1 => w.head = Some(detail),
+            _ => return Ok(Outcome::Refused(refused_claims(&detail)?)),
         }
-        // another replica appended meanwhile: link after its entries
-        w.head = Some(current);
     }
+}
+
+/// The linked script's list of claims that did not hold (`<claim> replayed|rate ...`).
+fn refused_claims(detail: &[u8]) -> Result<Vec<(usize, Guarded)>, StoreError> {
+    let text = String::from_utf8_lossy(detail);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .chunks(2)
+        .map(|pair| match pair {
+            [claim, why] => {
+                let claim = claim
+                    .parse()
+                    .map_err(|_| backend(format!("redis: a claim's answer: {text}")))?;
+                Ok((
+                    claim,
+                    if *why == "rate" {
+                        Guarded::RateLimited
+                    } else {
+                        Guarded::Replayed
+                    },
+                ))
+            }
+            _ => Err(backend(format!("redis: a claim's answer: {text}"))),
+        })
+        .collect()
 }
 
 impl RowSource for RedisStore {

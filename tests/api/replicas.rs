@@ -33,6 +33,37 @@ async fn on_redis_a_grant_waits_for_redis_and_an_outage_is_refused_then_recovere
         .unwrap()
         .is_some());
     drop(other);
+    // the grant's write took its nonce: the same request again is a replay, refused by that
+    // write, and recorded as a refusal; a refused request took nothing and is judged again
+    let (status, replay) = post(&env.app, &signed(key, pid, &["allergies"], 1, now())).await;
+    assert_eq!(
+        (status, replay["code"].as_str()),
+        (401, Some("replayed-request"))
+    );
+    let opted_out = signed(key, patient(&env.demo, false), &["allergies"], 3, now());
+    for _ in 0..2 {
+        let (status, refused) = post(&env.app, &opted_out).await;
+        assert_eq!(
+            (status, refused["code"].as_str()),
+            (403, Some("patient-opted-out"))
+        );
+    }
+    let refusals: Vec<String> = env
+        .app
+        .store
+        .audit_entries(1, 100)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| {
+            let event: Json = serde_json::from_str(e.event.get()).unwrap();
+            event["code"].as_str().map(str::to_string)
+        })
+        .collect();
+    assert_eq!(
+        refusals,
+        ["replayed-request", "patient-opted-out", "patient-opted-out"]
+    );
+    assert_eq!(env.app.store.access_ids().unwrap().len(), 1, "one access");
 
     redis.kill();
     let (status, refused) = post(&env.app, &signed(key, pid, &["allergies"], 2, now())).await;
@@ -43,7 +74,7 @@ async fn on_redis_a_grant_waits_for_redis_and_an_outage_is_refused_then_recovere
     .await;
 
     redis.restart();
-    // the same request (its nonce was given back: nothing was recorded) is granted once Redis is back
+    // the same request (nothing was recorded, its nonce not taken) is granted once Redis is back
     let again = eventually("granted again", SECS, async || {
         let (status, g) = post(&env.app, &signed(key, pid, &["allergies"], 2, now())).await;
         (status == 201).then_some(g)

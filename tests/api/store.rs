@@ -25,6 +25,33 @@ fn p(n: u8) -> Address {
     }
 }
 
+/// An access record, numbered.
+fn access(i: u64) -> AccessRecord {
+    AccessRecord {
+        id: numbered(i),
+        provider: p(i as u8),
+        role: Role::Nurse,
+        patient: PatientId([(i % 251) as u8; 32]),
+        data_types: vec![DataType::Allergies, DataType::Medications],
+        reason_sealed: "ab".repeat(200),
+        reason_hash: format!("{i:064x}"),
+        device: None,
+        nonce: i,
+        issued_at: i,
+        granted_at: i + 1,
+        expires_at: i + 600,
+        window_minutes: 10,
+        window_blocks: 60,
+        rules: vec!["rule".into()],
+        message_hash: format!("{:064x}", i + 1),
+        signature: format!("{:0130x}", i + 2),
+        on_call: None,
+        degraded: false,
+        chain_lag_blocks: 0,
+        patient_registered: Some(true),
+    }
+}
+
 fn submission(id: &str, state: SubmissionState, at: u64) -> Submission {
     Submission {
         id: id.into(),
@@ -318,29 +345,6 @@ fn a_store_with_a_cache_smaller_than_its_data_keeps_everything() {
         },
         cache_bytes: 64 << 10,
     };
-    let record = |i: u64| AccessRecord {
-        id: numbered(i),
-        provider: p(i as u8),
-        role: Role::Nurse,
-        patient: PatientId([(i % 251) as u8; 32]),
-        data_types: vec![DataType::Allergies, DataType::Medications],
-        reason_sealed: "ab".repeat(200),
-        reason_hash: format!("{i:064x}"),
-        device: None,
-        nonce: i,
-        issued_at: i,
-        granted_at: i + 1,
-        expires_at: i + 600,
-        window_minutes: 10,
-        window_blocks: 60,
-        rules: vec!["rule".into()],
-        message_hash: format!("{:064x}", i + 1),
-        signature: format!("{:0130x}", i + 2),
-        on_call: None,
-        degraded: false,
-        chain_lag_blocks: 0,
-        patient_registered: Some(true),
-    };
     let n = 2_000u64;
     {
         let store = RedbStore::open_with(&path, options).unwrap();
@@ -348,19 +352,19 @@ fn a_store_with_a_cache_smaller_than_its_data_keeps_everything() {
         for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
             store
                 .apply(Batch {
-                    accesses: chunk.iter().map(|&i| record(i)).collect(),
+                    accesses: chunk.iter().map(|&i| access(i)).collect(),
                     ..Batch::default()
                 })
                 .unwrap();
         }
         // some answered by the overlay, most by redb through the small cache
         for i in (0..n).step_by(7) {
-            assert_eq!(store.access(&numbered(i)).unwrap(), Some(record(i)));
+            assert_eq!(store.access(&numbered(i)).unwrap(), Some(access(i)));
         }
     }
     let store = RedbStore::open_with(&path, options).unwrap();
     for i in 0..n {
-        assert_eq!(store.access(&numbered(i)).unwrap(), Some(record(i)));
+        assert_eq!(store.access(&numbered(i)).unwrap(), Some(access(i)));
     }
 }
 
@@ -803,45 +807,120 @@ fn an_acknowledged_write_survives_redis_killed_and_restarted() {
 /// "yours"; back, they work again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cannot_write() {
+    use breakglass::audit::{follows, Event, Head, Record};
     use breakglass::coordination::Coordinator;
     let dir = tempfile::tempdir().unwrap();
     let mut server = crate::support::RedisServer::start(dir.path());
     let a = Coordinator::redis(&server.url(), "co:", 3).unwrap();
     let b = Coordinator::redis(&server.url(), "co:", 3).unwrap();
     assert!(a.is_shared());
+    let open = || -> std::sync::Arc<dyn Store> {
+        std::sync::Arc::new(RedisStore::open(&server.url(), "co:").unwrap())
+    };
+    let (store_a, store_b) = (open(), open());
     let until = crate::support::now() + 60;
+    // a grant's write, as a replica makes it: its access, its audit entry, its claim
+    let mut granted = 0u64;
+    let grant = |on: &Coordinator, key: &str, until: u64, who: &str, n: u64| {
+        let Coordinator::Redis(shared) = on else {
+            unreachable!("shared")
+        };
+        Batch {
+            accesses: vec![access(n)],
+            audit: vec![Record {
+                at: n,
+                event: Event::SignIn {
+                    reviewer: None,
+                    outcome: format!("grant {n}"),
+                },
+            }],
+            claims: vec![shared.claim(key, until, who)],
+            ..Batch::default()
+        }
+    };
+    let refused = |r: Result<(), StoreError>| match r {
+        Err(StoreError::Guarded(g)) => g,
+        other => panic!("refused, not {other:?}"),
+    };
 
-    assert!(a.use_nonce("ST1:1", until).await.unwrap());
-    assert!(
-        !b.use_nonce("ST1:1", until).await.unwrap(),
+    store_a.apply(grant(&a, "ST1:1", until, "ST1", 1)).unwrap();
+    granted += 1;
+    assert_eq!(
+        refused(store_b.apply(grant(&b, "ST1:1", until, "ST1", 2))),
+        Guarded::Replayed,
         "a replay on the other replica"
     );
-    assert!(!a.use_nonce("ST1:1", until).await.unwrap());
-    b.give_back("ST1:1", until).await;
-    assert!(
-        a.use_nonce("ST1:1", until).await.unwrap(),
-        "given back: fresh again"
+    assert_eq!(
+        store_b.access(&numbered(2)).unwrap(),
+        None,
+        "nothing written"
     );
     // one that may be forgotten now is gone by itself
-    assert!(a
-        .use_nonce("ST1:2", crate::support::now() + 1)
-        .await
-        .unwrap());
+    store_a
+        .apply(grant(&a, "ST2:2", crate::support::now() + 1, "ST2", 3))
+        .unwrap();
+    granted += 1;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert!(
-        b.use_nonce("ST1:2", until).await.unwrap(),
-        "expired with its request"
-    );
+    store_b.apply(grant(&b, "ST2:2", until, "ST2", 4)).unwrap();
+    granted += 1;
 
-    // three a minute, across both
-    assert!(a.within_rate("ST1").await.unwrap());
-    assert!(b.within_rate("ST1").await.unwrap());
-    assert!(a.within_rate("ST1").await.unwrap());
-    assert!(
-        !b.within_rate("ST1").await.unwrap(),
+    // three a minute, across both (ST1 has one): the fourth is refused, and takes nothing (its
+    // nonce stays fresh), while another clinician's goes on
+    store_b.apply(grant(&b, "ST1:2", until, "ST1", 5)).unwrap();
+    store_a.apply(grant(&a, "ST1:3", until, "ST1", 6)).unwrap();
+    granted += 2;
+    assert_eq!(
+        refused(store_b.apply(grant(&b, "ST1:4", until, "ST1", 7))),
+        Guarded::RateLimited,
         "the fourth in a minute"
     );
-    assert!(b.within_rate("ST2").await.unwrap(), "per clinician");
+    assert_eq!(
+        refused(store_a.apply(grant(&a, "ST1:4", until, "ST1", 8))),
+        Guarded::RateLimited,
+        "not a replay: the refused claim took no nonce"
+    );
+    store_b.apply(grant(&b, "ST3:1", until, "ST3", 9)).unwrap();
+    granted += 1;
+
+    // in one group (queued behind a large write): a refused claim leaves the others of its
+    // group written, linked
+    let large = apply_started(
+        &store_a,
+        Batch {
+            replay: (0..20_000)
+                .map(|i| (format!("filler:{i}"), until))
+                .collect(),
+            ..Batch::default()
+        },
+    );
+    let answers: Vec<_> = [
+        grant(&a, "ST4:1", until, "ST4", 10),
+        grant(&a, "ST4:1", until, "ST4", 11),
+        grant(&a, "ST1:5", until, "ST1", 12),
+        grant(&a, "ST5:1", until, "ST5", 13),
+    ]
+    .into_iter()
+    .map(|batch| apply_started(&store_a, batch))
+    .collect();
+    large.await.unwrap();
+    let mut outcomes = Vec::new();
+    for answer in answers {
+        outcomes.push(answer.await);
+    }
+    assert!(outcomes[0].is_ok() && outcomes[3].is_ok(), "{outcomes:?}");
+    assert_eq!(refused(outcomes[1].clone()), Guarded::Replayed);
+    assert_eq!(refused(outcomes[2].clone()), Guarded::RateLimited);
+    granted += 2;
+    for (n, written) in [(10, true), (11, false), (12, false), (13, true)] {
+        assert_eq!(store_b.access(&numbered(n)).unwrap().is_some(), written);
+    }
+    let entries = store_b.audit_entries(1, 100).unwrap();
+    assert_eq!(entries.len() as u64, granted, "one entry per written grant");
+    let head = entries
+        .iter()
+        .try_fold(Head::default(), |h, e| follows(&h, e))
+        .expect("one chain");
+    assert_eq!(store_a.audit_head().unwrap(), Some(head));
 
     let t1 = a.lease("submitter:x", "a", 400).await.unwrap().unwrap();
     assert_eq!(
@@ -917,23 +996,21 @@ async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cann
 
     server.kill();
     assert!(
-        a.use_nonce("ST1:3", until).await.is_err(),
-        "never fresh unrecorded"
+        store_a.apply(grant(&a, "ST6:1", until, "ST6", 20)).is_err(),
+        "never written unrecorded"
     );
     assert!(a.lease("submitter:x", "a", 400).await.is_err());
-    assert!(a.within_rate("ST3").await.is_err());
     server.restart();
-    let back = crate::support::eventually(
-        "the coordinator reconnects",
-        crate::support::SECS,
-        async || a.use_nonce("ST1:3", until).await.ok(),
-    )
+    crate::support::eventually("the store reconnects", crate::support::SECS, async || {
+        store_a.apply(grant(&a, "ST6:1", until, "ST6", 20)).ok()
+    })
     .await;
-    assert!(back);
-    assert!(
-        !b.use_nonce("ST1:1", until).await.unwrap(),
+    assert_eq!(
+        refused(store_b.apply(grant(&b, "ST1:1", until, "ST1", 21))),
+        Guarded::Replayed,
         "used nonces survive the restart (AOF)"
     );
+    assert!(b.lease("submitter:y", "b", 400).await.unwrap().is_some());
 }
 
 /// On-call state changed on one replica (a webhook's shift) is what another replica answers:
@@ -981,4 +1058,71 @@ fn on_call_state_from_one_replica_is_read_by_another() {
     );
     b.reload().unwrap();
     assert!(matches!(b.lookup(&nurse, now), Lookup::NotOnCall));
+}
+
+/// With `data.redis_wait_replicas`, a write is done only once the server's replicas have it:
+/// with the replica up a write is acknowledged and readable there; with it down a write fails
+/// (no grant on it) within the wait, and what the primary kept reaches the replica when it is
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waits_for_the_redis_replicas_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary_dir, replica_dir) = (dir.path().join("primary"), dir.path().join("replica"));
+    std::fs::create_dir_all(&primary_dir).unwrap();
+    std::fs::create_dir_all(&replica_dir).unwrap();
+    let primary = crate::support::RedisServer::start(&primary_dir);
+    let mut replica = crate::support::RedisServer::start_replica(&replica_dir, &primary);
+    let store = RedisStore::open_with(
+        &primary.url(),
+        "ack:",
+        Acknowledgement {
+            replicas: 1,
+            timeout_ms: 400,
+        },
+    )
+    .unwrap();
+    let grant = |n: u64| Batch {
+        accesses: vec![access(n)],
+        ..Batch::default()
+    };
+    // the replica links up in its own time: until then a write is not acknowledged
+    crate::support::eventually(
+        "the replica acknowledges",
+        crate::support::SECS,
+        async || store.apply(grant(1)).ok(),
+    )
+    .await;
+    let on_replica = RedisStore::open(&replica.url(), "ack:").unwrap();
+    store.apply(grant(2)).unwrap();
+    assert!(
+        on_replica.access(&numbered(2)).unwrap().is_some(),
+        "acknowledged: the replica has it"
+    );
+
+    replica.kill();
+    let started_unacknowledged = std::time::Instant::now();
+    match store.apply(grant(3)) {
+        Err(StoreError::Backend(why)) => {
+            assert!(why.contains("acknowledged by 0 of the 1"), "{why}")
+        }
+        other => panic!("not acknowledged, not {other:?}"),
+    }
+    let waited = started_unacknowledged.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(400)
+            && waited < std::time::Duration::from_secs(5),
+        "it waited {waited:?}, the wait being 400 ms"
+    );
+    replica.restart();
+    crate::support::eventually("acknowledged again", crate::support::SECS, async || {
+        store.apply(grant(4)).ok()
+    })
+    .await;
+    let on_replica = RedisStore::open(&replica.url(), "ack:").unwrap();
+    for n in [1, 2, 3, 4] {
+        assert!(
+            on_replica.access(&numbered(n)).unwrap().is_some(),
+            "{n} is on the replica"
+        );
+    }
 }

@@ -591,6 +591,8 @@ pub struct RedisServer {
     pub child: Option<std::process::Child>,
     pub port: u16,
     pub dir: std::path::PathBuf,
+    /// What it replicates, if it is a replica (`--replicaof`).
+    pub primary: Option<u16>,
 }
 
 impl RedisServer {
@@ -599,6 +601,19 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir: dir.to_path_buf(),
+            primary: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// A replica of `primary`, its files in `dir`.
+    pub fn start_replica(dir: &Path, primary: &RedisServer) -> RedisServer {
+        let mut s = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            primary: Some(primary.port),
         };
         s.restart();
         s
@@ -610,7 +625,11 @@ impl RedisServer {
 
     /// Starts the server (again) on the same port and directory, and waits until it answers.
     pub fn restart(&mut self) {
-        let child = breakglass::dev::redis_server(self.port, &self.dir)
+        let mut command = breakglass::dev::redis_server(self.port, &self.dir);
+        if let Some(primary) = self.primary {
+            command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+        }
+        let child = command
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test installs the Debian package)");
