@@ -690,33 +690,61 @@ fn redis_store_conforms() {
     conformance(&store);
 }
 
-/// Two stores (two replicas) writing at once to one Redis: nothing lost, and one audit log in
-/// one order, every entry linked to the one before.
+/// An audit event numbered `n`, by writer `w`.
+fn numbered_event(w: usize, n: u64) -> breakglass::audit::Record {
+    breakglass::audit::Record {
+        at: n,
+        event: breakglass::audit::Event::SignIn {
+            reviewer: None,
+            outcome: format!("w{w}-{n}"),
+        },
+    }
+}
+
+/// The audit log of `store` is one chain, each entry linked to the one before, with no event
+/// twice: its events' outcomes.
+fn one_chain(store: &dyn Store) -> Vec<String> {
+    use breakglass::audit::{follows, Head};
+    let entries = store.audit_entries(1, 100_000).unwrap();
+    let head = entries
+        .iter()
+        .try_fold(Head::default(), |h, e| follows(&h, e))
+        .expect("one chain");
+    assert_eq!(
+        store.audit_head().unwrap(),
+        Some(head).filter(|h| h.seq > 0)
+    );
+    let outcomes: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            let event: serde_json::Value = serde_json::from_str(e.event.get()).unwrap();
+            event["outcome"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let distinct: std::collections::HashSet<&String> = outcomes.iter().collect();
+    assert_eq!(distinct.len(), outcomes.len(), "an entry written twice");
+    outcomes
+}
+
+/// Two stores (two replicas) writing at once to one Redis, each from several threads (so that
+/// each keeps groups on the server while the other moves the audit head under them): nothing
+/// lost, and one audit log in one order, every entry linked to the one before.
 #[test]
 fn two_redis_writers_at_once_keep_one_audit_log() {
-    use breakglass::audit::{follows, Event, Head, Record};
     let dir = tempfile::tempdir().unwrap();
     let server = crate::support::RedisServer::start(dir.path());
     let stores: Vec<std::sync::Arc<RedisStore>> = (0..2)
         .map(|_| std::sync::Arc::new(RedisStore::open(&server.url(), "two:").unwrap()))
         .collect();
-    let threads: Vec<_> = stores
-        .iter()
-        .enumerate()
-        .map(|(w, store)| {
-            let store = store.clone();
+    let threads: Vec<_> = (0..8)
+        .map(|w| {
+            let store = stores[w % 2].clone();
             std::thread::spawn(move || {
                 for i in 0..40u64 {
                     store
                         .apply(Batch {
                             replay: vec![(format!("w{w}:{i}"), i)],
-                            audit: vec![Record {
-                                at: i,
-                                event: Event::SignIn {
-                                    reviewer: None,
-                                    outcome: format!("w{w}-{i}"),
-                                },
-                            }],
+                            audit: vec![numbered_event(w, i)],
                             ..Batch::default()
                         })
                         .unwrap();
@@ -728,15 +756,80 @@ fn two_redis_writers_at_once_keep_one_audit_log() {
         t.join().unwrap();
     }
     let reader = &stores[0];
-    assert_eq!(reader.replays().unwrap().len(), 80);
-    let entries = reader.audit_entries(1, 1000).unwrap();
-    assert_eq!(entries.len(), 80);
-    let head = entries
-        .iter()
-        .try_fold(Head::default(), |h, e| follows(&h, e))
-        .expect("one chain");
-    assert_eq!(reader.audit_head().unwrap(), Some(head));
-    assert_eq!(stores[1].audit_head().unwrap(), Some(head));
+    assert_eq!(reader.replays().unwrap().len(), 320);
+    assert_eq!(one_chain(reader.as_ref()).len(), 320);
+    assert_eq!(
+        stores[1].audit_head().unwrap(),
+        reader.audit_head().unwrap()
+    );
+}
+
+/// The writer's connections cut, and Redis SIGKILLed, while many writes wait: every write
+/// acknowledged before is there after the restart, no audit entry is written twice (a write
+/// whose answer was lost is found done by the head it left), and writes go on linked after
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_many_writes_keeps_every_acknowledged_one_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = crate::support::RedisServer::start(dir.path());
+    let store: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(RedisStore::open(&server.url(), "kill:").unwrap());
+    let url = server.url();
+    let admin = move || {
+        redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    };
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    let mut n = 0u64;
+    for round in 0..40 {
+        let writes: Vec<_> = (0..64)
+            .map(|_| {
+                n += 1;
+                let batch = Batch {
+                    replay: vec![(format!("k{n}"), n)],
+                    audit: vec![numbered_event(0, n)],
+                    ..Batch::default()
+                };
+                (n, apply_started(&store, batch))
+            })
+            .collect();
+        if round == 5 || round == 30 {
+            // every connection cut while groups are on the server: answers lost, not writes
+            let _: () = redis::cmd("CLIENT")
+                .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+                .query(&mut admin())
+                .unwrap();
+        }
+
+        if round == 10 {
+            server.kill();
+        }
+        if round == 20 {
+            server.restart();
+        }
+        for (n, write) in writes {
+            match write.await {
+                Ok(()) => acknowledged.push(n),
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    assert!(refused > 0, "the outage refused writes");
+    assert!(
+        acknowledged.iter().any(|&n| n > 64 * 21),
+        "writes go on after the restart"
+    );
+    let outcomes = one_chain(store.as_ref());
+    for n in &acknowledged {
+        assert!(
+            store.replay(&format!("k{n}")).unwrap().is_some(),
+            "{n} lost"
+        );
+        assert!(outcomes.contains(&format!("w0-{n}")), "{n}'s entry lost");
+    }
 }
 
 /// What a store wrote is there for a store opened later (another process, a replica).

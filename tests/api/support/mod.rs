@@ -591,17 +591,22 @@ pub struct RedisServer {
     pub child: Option<std::process::Child>,
     pub port: u16,
     pub dir: std::path::PathBuf,
-    /// What it replicates, if it is a replica (`--replicaof`).
-    pub primary: Option<u16>,
+    /// Its options beyond `dev::redis_server`'s.
+    pub args: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start(dir: &Path) -> RedisServer {
+        RedisServer::start_with(dir, &[])
+    }
+
+    /// A server with more options (e.g. `--enable-debug-command local`).
+    pub fn start_with(dir: &Path, args: &[&str]) -> RedisServer {
         let mut s = RedisServer {
             child: None,
             port: free_port(),
             dir: dir.to_path_buf(),
-            primary: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.restart();
         s
@@ -609,14 +614,8 @@ impl RedisServer {
 
     /// A replica of `primary`, its files in `dir`.
     pub fn start_replica(dir: &Path, primary: &RedisServer) -> RedisServer {
-        let mut s = RedisServer {
-            child: None,
-            port: free_port(),
-            dir: dir.to_path_buf(),
-            primary: Some(primary.port),
-        };
-        s.restart();
-        s
+        let port = primary.port.to_string();
+        RedisServer::start_with(dir, &["--replicaof", "127.0.0.1", &port])
     }
 
     pub fn url(&self) -> String {
@@ -625,11 +624,8 @@ impl RedisServer {
 
     /// Starts the server (again) on the same port and directory, and waits until it answers.
     pub fn restart(&mut self) {
-        let mut command = breakglass::dev::redis_server(self.port, &self.dir);
-        if let Some(primary) = self.primary {
-            command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
-        }
-        let child = command
+        let child = breakglass::dev::redis_server(self.port, &self.dir)
+            .args(&self.args)
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test installs the Debian package)");
