@@ -143,22 +143,22 @@ impl BreakGlass {
             .audit_write_seconds
             .observe(writing.elapsed().as_secs_f64());
         match written {
+            Ok(()) => {}
             Err(StoreError::Guarded(Guarded::Replayed)) => {
                 return Err(super::steps::replayed(&req.signer.to_string(), req.nonce))
             }
             Err(StoreError::Guarded(Guarded::RateLimited)) => {
                 return Err(super::steps::rate_limited(&req.signer))
             }
-            _ => {}
-        }
-        if let Err(e) = written {
-            tracing::error!(error = %e, access = %access.id, "the access could not be recorded: no token issued");
-            return Err(Refusal::new(
-                503,
-                "audit-unavailable",
-                "Audit trail unavailable",
-                "the access could not be recorded, so no token was issued; try again",
-            ));
+            Err(e) => {
+                tracing::error!(error = %e, access = %access.id, "the access could not be recorded: no token issued");
+                return Err(Refusal::new(
+                    503,
+                    "audit-unavailable",
+                    "Audit trail unavailable",
+                    "the access could not be recorded, so no token was issued; try again",
+                ));
+            }
         }
 
         if let Some(n) = &self.notices {

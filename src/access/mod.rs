@@ -8,8 +8,8 @@
 //! `request` reads as the pipeline: verify (`request.rs`), the nonce (taken in this process's
 //! memory, `coordination::Local`; with replicas, a `store::Claim` that the grant's write takes
 //! with the record, so a replay there is refused by that write), then `judge`: the steps
-//! (`steps.rs`), each refusing with its own code, then the grant (`grant.rs`). `view.rs` says how fresh the view of the chain is; `reasons.rs` keeps the
-//! clinician's reason sealed.
+//! (`steps.rs`), each refusing with its own code, then the grant (`grant.rs`). `view.rs` says
+//! how fresh the view of the chain is; `reasons.rs` keeps the clinician's reason sealed.
 //!
 //! It must not: wait on the node on a cache hit, or hand out a token before its access is
 //! durable.
