@@ -412,18 +412,10 @@ fn write_together(
         let refused = match write(client, w, prefix, &merged) {
             Ok(Outcome::Written) => Vec::new(),
             Ok(Outcome::Refused(refused)) => refused,
-            Err(e) => {
-                for (_, reply) in group {
-                    reply.send(Err(e.clone()));
-                }
-                return;
-            }
+            Err(e) => return answer_all(group, Err(e)),
         };
         if refused.is_empty() {
-            for (_, reply) in group {
-                reply.send(Ok(()));
-            }
-            return;
+            return answer_all(group, Ok(()));
         }
         // claim i of the group is its owner's
         let owners: Vec<usize> = group
@@ -438,10 +430,7 @@ fn write_together(
         let mut kept = Vec::with_capacity(group.len());
         if why.is_empty() {
             let e = backend("redis: the write named claims it was not given");
-            for (_, reply) in group {
-                reply.send(Err(e.clone()));
-            }
-            return;
+            return answer_all(group, Err(e));
         }
         for (i, (batch, reply)) in group.into_iter().enumerate() {
             match why.get(&i) {
@@ -450,6 +439,13 @@ fn write_together(
             }
         }
         group = kept;
+    }
+}
+
+/// Gives every caller in `group` the same `result`.
+fn answer_all(group: Vec<(Batch, Reply)>, result: Result<(), StoreError>) {
+    for (_, reply) in group {
+        reply.send(result.clone());
     }
 }
 
