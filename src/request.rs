@@ -66,6 +66,10 @@ struct Body {
 
 fn hex_bytes(what: &str, s: &str) -> Result<Vec<u8>, RequestError> {
     let h = s.strip_prefix("0x").unwrap_or(s);
+    // one optional prefix (the decoder would take a second one)
+    if h.starts_with("0x") {
+        return Err(RequestError::Malformed(format!("{what} is not hex")));
+    }
     hex::decode(h).map_err(|_| RequestError::Malformed(format!("{what} is not hex")))
 }
 
@@ -116,18 +120,33 @@ pub fn verify(
     }
     Ok(BreakGlassRequest {
         signer,
+        patient: fields.patient,
+        data_types: fields.data_types,
+        reason: fields.reason,
+        nonce: fields.nonce,
+        issued_at: fields.issued_at,
+        device: fields.device,
         message_hash: hash,
         signature,
-        ..fields
     })
+}
+
+/// What the message says (the request but its signer, hash and signature).
+struct Fields {
+    patient: PatientId,
+    data_types: Vec<DataType>,
+    reason: String,
+    nonce: u64,
+    issued_at: u64,
+    device: Option<String>,
 }
 
 fn malformed(msg: impl Into<String>) -> RequestError {
     RequestError::Malformed(msg.into())
 }
 
-/// The message's fields; `signer` and `message_hash` are filled by `verify`.
-fn parse_message(message: &Value) -> Result<BreakGlassRequest, RequestError> {
+/// The message's fields.
+fn parse_message(message: &Value) -> Result<Fields, RequestError> {
     let t = message
         .as_tuple()
         .ok_or_else(|| malformed("message is not a tuple"))?;
@@ -220,19 +239,13 @@ fn parse_message(message: &Value) -> Result<BreakGlassRequest, RequestError> {
         },
         Some(_) => return Err(malformed("device must be (optional (string-ascii 64))")),
     };
-    Ok(BreakGlassRequest {
-        signer: Address {
-            version: 0,
-            hash160: [0; 20],
-        },
+    Ok(Fields {
         patient,
         data_types,
         reason,
         nonce,
         issued_at,
         device,
-        message_hash: [0; 32],
-        signature: Vec::new(),
     })
 }
 

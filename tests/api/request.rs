@@ -167,6 +167,10 @@ fn bad_input_catalogue() {
             "signature not hex",
             body(json!({ "message": msg, "signature": "nope" })),
         ),
+        (
+            "message with two 0x prefixes",
+            body(json!({ "message": format!("0x{msg}"), "signature": sig })),
+        ),
     ];
     for (what, b) in malformed {
         assert!(
