@@ -590,13 +590,7 @@ mod tests {
         for i in 0..MAX_UNREGISTERED + 10 {
             let mut hash160 = [0u8; 20];
             hash160[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            st.remember_unregistered(
-                &Address {
-                    version: 26,
-                    hash160,
-                },
-                Some(tip(2)),
-            );
+            st.remember_unregistered(&Address::new(26, hash160).unwrap(), Some(tip(2)));
         }
         let known = st.unregistered.lock().unwrap().len();
         assert_eq!(known, MAX_UNREGISTERED);

@@ -176,13 +176,7 @@ impl R<'_> {
     }
     fn address(&mut self) -> Result<Address, TxError> {
         let version = self.u8()?;
-        if version >= 32 {
-            return Err(TxError::Malformed(format!("address version {version}")));
-        }
-        Ok(Address {
-            version,
-            hash160: self.hash160()?,
-        })
+        Address::new(version, self.hash160()?).map_err(TxError::Malformed)
     }
     fn name(&mut self) -> Result<String, TxError> {
         let n = self.u8()? as usize;
@@ -360,11 +354,9 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedTx, TxError> {
         version,
         chain_id,
         sponsored: auth_type == 0x05,
-        origin: Address {
-            version: address_version,
-            hash160: signer,
-        }
-        .to_string(),
+        origin: Address::new(address_version, signer)
+            .map_err(TxError::Malformed)?
+            .to_string(),
         hash_mode,
         nonce,
         fee,

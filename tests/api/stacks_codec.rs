@@ -12,7 +12,7 @@ fn address() -> impl Strategy<Value = Address> {
         prop_oneof![Just(22u8), Just(20u8), Just(26u8), Just(21u8)],
         any::<[u8; 20]>(),
     )
-        .prop_map(|(version, hash160)| Address { version, hash160 })
+        .prop_map(|(version, hash160)| Address::new(version, hash160).unwrap())
 }
 
 fn value() -> impl Strategy<Value = Value> {

@@ -19,10 +19,7 @@ fn numbered(i: u64) -> AccessId {
 
 /// A principal, numbered.
 fn p(n: u8) -> Address {
-    Address {
-        version: 26,
-        hash160: [n; 20],
-    }
+    Address::new(26, [n; 20]).unwrap()
 }
 
 /// An access record, numbered.

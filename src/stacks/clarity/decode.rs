@@ -51,15 +51,7 @@ impl Reader<'_> {
 
     fn address(&mut self) -> Result<Address, DecodeError> {
         let version = self.u8()?;
-        if version >= 32 {
-            return Err(DecodeError::BadPrincipal(format!(
-                "address version {version}"
-            )));
-        }
-        Ok(Address {
-            version,
-            hash160: self.array()?,
-        })
+        Address::new(version, self.array()?).map_err(DecodeError::BadPrincipal)
     }
 
     pub(super) fn value(&mut self, depth: usize) -> Result<Value, DecodeError> {

@@ -110,13 +110,13 @@ impl Value {
             Value::Bool(false) => out.push(0x04),
             Value::Principal(Principal::Standard(a)) => {
                 out.push(0x05);
-                out.push(a.version);
-                out.extend_from_slice(&a.hash160);
+                out.push(a.version());
+                out.extend_from_slice(a.hash160());
             }
             Value::Principal(Principal::Contract(a, name)) => {
                 out.push(0x06);
-                out.push(a.version);
-                out.extend_from_slice(&a.hash160);
+                out.push(a.version());
+                out.extend_from_slice(a.hash160());
                 out.push(name.len() as u8);
                 out.extend_from_slice(name.as_bytes());
             }
