@@ -128,7 +128,12 @@ impl BreakGlass {
             notices: vec![notice],
             accesses: vec![access.clone()],
             submissions: vec![record],
-            replay: vec![(replay_key, req.issued_at + 2 * request::MAX_SKEW_SECS)],
+            // one process keeps its used nonces as rows (read back at start); replicas' nonces
+            // are their claims
+            replay: match claim {
+                None => vec![(replay_key, req.issued_at + 2 * request::MAX_SKEW_SECS)],
+                Some(_) => Vec::new(),
+            },
             claims: claim.into_iter().collect(),
             ..Batch::default()
         };

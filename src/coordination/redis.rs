@@ -4,11 +4,12 @@
 //! caller sees an error). Nonces and rates are not a round trip of their own: a grant's write
 //! takes them (`claim`, `store::Claim`), in the same synced write as its record.
 //!
-//! Keys, under the store's prefix: `nonce:<signer:nonce>` (expires when the request could no
-//! longer be fresh), `rate:<principal>` (the theoretical arrival time of GCRA, the algorithm
-//! `governor` runs for one process), `lease:<name>` (a hash: holder and fencing token, expiring
-//! with the lease) and `fences` (the last token given for each lease name; never expires, so
-//! tokens only grow).
+//! Keys, under the store's prefix: `nonces` (a sorted set of used `signer:nonce`, each scored
+//! with when the request could no longer be fresh, and forgotten then), `rates` (a hash of each
+//! clinician's theoretical arrival time of GCRA, the algorithm `governor` runs for one
+//! process: one field per clinician), `lease:<name>` (a hash: holder and fencing token,
+//! expiring with the lease) and `fences` (the last token given for each lease name; never
+//! expires, so tokens only grow).
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -117,9 +118,9 @@ impl RedisCoordinator {
     pub fn claim(&self, key: &str, until: u64, who: &str) -> Claim {
         let emission = (60_000 / self.per_minute.max(1)).max(1);
         Claim {
-            nonce_key: crate::store::nonce_key(&self.prefix, key),
+            nonce: key.to_string(),
             until,
-            rate_key: crate::store::rate_key(&self.prefix, who),
+            clinician: who.to_string(),
             emission_ms: emission,
             burst_ms: emission * self.per_minute,
         }

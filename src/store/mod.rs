@@ -24,7 +24,7 @@ use crate::domain::{AccessId, DataType, PatientId, ProviderEntry, Role};
 use crate::stacks::Address;
 pub use journal::Journal;
 pub use redb_store::{Checkpoints, RedbOptions, RedbStore, DEFAULT_CACHE_MIB};
-pub use redis_store::{lease_key, nonce_key, rate_key, Acknowledgement, RedisStore};
+pub use redis_store::{lease_key, Acknowledgement, RedisStore, NONCES, RATES};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -82,12 +82,12 @@ pub struct Guard {
 /// write (`coordination::Local`) and gives its batches no claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
-    /// The shared store's key of the nonce (`coordination`), set until `until` (unix seconds).
-    pub nonce_key: String,
+    /// The request's nonce (`signer:nonce`), used until `until` (unix seconds).
+    pub nonce: String,
     pub until: u64,
-    /// The clinician's rate (GCRA, as `governor` runs it for one process): the key of their
-    /// theoretical arrival time, one grant every `emission_ms`, at most `burst_ms` ahead.
-    pub rate_key: String,
+    /// The clinician whose rate it counts against (GCRA, as `governor` runs it for one
+    /// process): one grant every `emission_ms`, at most `burst_ms` ahead.
+    pub clinician: String,
     pub emission_ms: u64,
     pub burst_ms: u64,
 }

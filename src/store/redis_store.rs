@@ -227,16 +227,15 @@ pub fn lease_key(prefix: &str, name: &str) -> String {
     format!("{prefix}lease:{name}")
 }
 
-/// Where request nonce `key` (`signer:nonce`) is kept while used (`Claim`), under the store's
-/// `prefix`: it expires when the request could no longer be fresh.
-pub fn nonce_key(prefix: &str, key: &str) -> String {
-    format!("{prefix}nonce:{key}")
-}
+/// The sorted set of used request nonces (`Claim`: `signer:nonce`, scored with when the
+/// request could no longer be fresh, unix seconds), under the store's prefix. A group's write
+/// checks and adds all its nonces in one command each, and forgets the stale ones.
+pub const NONCES: &str = "nonces";
 
-/// Where clinician `who`'s rate is kept (`Claim`: GCRA's theoretical arrival time).
-pub fn rate_key(prefix: &str, who: &str) -> String {
-    format!("{prefix}rate:{who}")
-}
+/// The hash of clinicians' rates (`Claim`: GCRA's theoretical arrival time, unix ms, per
+/// clinician), under the store's prefix. A time in the past counts as now, so a field needs no
+/// expiry; there is one per clinician who was ever granted.
+pub const RATES: &str = "rates";
 
 /// A script that runs `checks` (which return early when a condition fails), then writes the
 /// rows passed from key `ARGV[1]` and argument `ARGV[2]` on (`push_rows`), and returns
@@ -313,37 +312,67 @@ if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], ARGV[4]) ~= ARGV[5] then return
 /// written ({0, ''}) only if the head is still that one, else {1, the head as it is} (another
 /// replica wrote: link again on it); and only if every claim holds, else {2, which did not}
 /// (`<claim> replayed` or `<claim> rate`, space-separated, from 0: the group is written again
-/// without their batches). Claim c: keys 2 + 2c (its nonce) and 3 + 2c (its rate), arguments
-/// 6 + 3c (the nonce's expiry, unix s), 7 + 3c and 8 + 3c (GCRA: emission and burst, ms).
+/// without their batches). Keys 2 and 3: `NONCES` and `RATES`. Claim c: arguments 6 + 5c (its
+/// nonce), 7 + 5c (when the nonce may be forgotten, unix s), 8 + 5c (its clinician), 9 + 5c
+/// and 10 + 5c (GCRA: emission and burst, ms). However many claims, the nonces and the rates
+/// are a few commands: stale nonces forgotten, all looked up at once, all set at once.
 fn linked_script() -> redis::Script {
     conditional(
-        r"local head = redis.call('HGET', KEYS[1], ARGV[4]) or ''
-if head ~= ARGV[3] then return {1, head} end
+        &format!(
+            r"local head = redis.call('HGET', KEYS[1], ARGV[4]) or ''
+if head ~= ARGV[3] then return {{1, head}} end
 local n = tonumber(ARGV[5])
 if n > 0 then
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local used, tats, failed = {}, {}, {}
+  local secs = tonumber(t[1])
+  local now = secs * 1000 + math.floor(tonumber(t[2]) / 1000)
+  -- a command per {UNPACKED} arguments at most, its answers joined
+  local function each(op, key, args)
+    local out = {{}}
+    for s = 1, #args, {UNPACKED} do
+      local got = redis.call(op, key, unpack(args, s, math.min(s + {UNPACKED} - 1, #args)))
+      if type(got) == 'table' then for _, v in ipairs(got) do table.insert(out, v) end end
+    end
+    return out
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', secs)
+  local nonces, clinicians = {{}}, {{}}
   for c = 0, n - 1 do
-    local nonce, rate = KEYS[2 + 2 * c], KEYS[3 + 2 * c]
-    local emission, burst = tonumber(ARGV[7 + 3 * c]), tonumber(ARGV[8 + 3 * c])
-    if used[nonce] or redis.call('EXISTS', nonce) == 1 then
+    nonces[c + 1] = ARGV[6 + 5 * c]
+    clinicians[c + 1] = ARGV[8 + 5 * c]
+  end
+  local seen, stored = each('ZMSCORE', KEYS[2], nonces), each('HMGET', KEYS[3], clinicians)
+  local used, tats, failed = {{}}, {{}}, {{}}
+  for c = 0, n - 1 do
+    local nonce, who = nonces[c + 1], clinicians[c + 1]
+    local emission, burst = tonumber(ARGV[9 + 5 * c]), tonumber(ARGV[10 + 5 * c])
+    if used[nonce] or seen[c + 1] then
       table.insert(failed, c .. ' replayed')
     else
-      local tat = tats[rate] or tonumber(redis.call('GET', rate) or now)
+      local tat = tats[who] or tonumber(stored[c + 1] or now)
       if tat < now then tat = now end
       if tat + emission - now > burst then
         table.insert(failed, c .. ' rate')
       else
-        tats[rate] = tat + emission
-        used[nonce] = true
+        tats[who] = tat + emission
+        used[nonce] = tonumber(ARGV[7 + 5 * c])
       end
     end
   end
-  if #failed > 0 then return {2, table.concat(failed, ' ')} end
-  for c = 0, n - 1 do redis.call('SET', KEYS[2 + 2 * c], 1, 'EXAT', ARGV[6 + 3 * c]) end
-  for rate, tat in pairs(tats) do redis.call('SET', rate, tat, 'PX', math.ceil(tat - now)) end
-end",
+  if #failed > 0 then return {{2, table.concat(failed, ' ')}} end
+  local scored, rates = {{}}, {{}}
+  for nonce, untl in pairs(used) do
+    table.insert(scored, untl)
+    table.insert(scored, nonce)
+  end
+  for who, tat in pairs(tats) do
+    table.insert(rates, who)
+    table.insert(rates, tat)
+  end
+  each('ZADD', KEYS[2], scored)
+  each('HSET', KEYS[3], rates)
+end"
+        ),
         "{0, ''}",
     )
 }
@@ -387,7 +416,7 @@ fn write_group(client: &redis::Client, w: &mut Writer, prefix: &str, waiting: Ve
     for (batch, reply) in waiting {
         if batch.guard.is_some() {
             write_together(client, w, prefix, std::mem::take(&mut group));
-            reply.send(write(client, w, prefix, &batch).map(|_| ()));
+            reply.send(write(client, w, prefix, &[&batch]).map(|_| ()));
         } else {
             group.push((batch, reply));
         }
@@ -405,11 +434,8 @@ fn write_together(
     mut group: Vec<(Batch, Reply)>,
 ) {
     while !group.is_empty() {
-        let mut merged = Batch::default();
-        for (batch, _) in &group {
-            merged.merge(batch.clone());
-        }
-        let refused = match write(client, w, prefix, &merged) {
+        let batches: Vec<&Batch> = group.iter().map(|(batch, _)| batch).collect();
+        let refused = match write(client, w, prefix, &batches) {
             Ok(Outcome::Written) => Vec::new(),
             Ok(Outcome::Refused(refused)) => refused,
             Err(e) => return answer_all(group, Err(e)),
@@ -490,17 +516,24 @@ pub struct Acknowledgement {
     pub timeout_ms: u64,
 }
 
-/// One batch (or group), one round trip: a transaction, or, with audit events, the script
-/// that writes them linked on the head it expects (linked again when another writer moved it)
-/// and takes their claims. What it wrote is remembered in the local copy.
+/// One batch (or a group of them, in order, as if merged: `Batch::merge`), one round trip: a
+/// transaction, or, with audit events, the script that writes them linked on the head it
+/// expects (linked again when another writer moved it) and takes their claims. What it wrote
+/// is remembered in the local copy.
 fn write(
     client: &redis::Client,
     w: &mut Writer,
     prefix: &str,
-    batch: &Batch,
+    batches: &[&Batch],
 ) -> Result<Outcome, StoreError> {
-    let base = rows_of(batch)?;
-    let outcome = write_rows(client, w, prefix, batch, &base)?;
+    let mut base = Rows::new();
+    for batch in batches {
+        base.extend(rows_of(batch)?);
+    }
+    // each table's rows together (one command each), in their order within the table, so that
+    // a later write of a row still wins
+    base.sort_by_key(|(table, _, _)| *table);
+    let outcome = write_rows(client, w, prefix, batches, &base)?;
     if let Outcome::Written = outcome {
         remember(&w.local, &base);
         acknowledged(client, w)?;
@@ -532,19 +565,21 @@ fn write_rows(
     client: &redis::Client,
     w: &mut Writer,
     prefix: &str,
-    batch: &Batch,
+    batches: &[&Batch],
     base: &Rows,
 ) -> Result<Outcome, StoreError> {
-    if let Some(guard) = &batch.guard {
-        if !batch.audit.is_empty() || !batch.claims.is_empty() {
+    let audit: Vec<&crate::audit::Record> = batches.iter().flat_map(|b| &b.audit).collect();
+    let claims: Vec<&Claim> = batches.iter().flat_map(|b| &b.claims).collect();
+    if let Some(guard) = batches.iter().find_map(|b| b.guard.as_ref()) {
+        if batches.len() > 1 || !audit.is_empty() || !claims.is_empty() {
             return Err(backend(
-                "a guarded batch cannot carry audit events or claims",
+                "a guarded batch is written alone, without audit events or claims",
             ));
         }
         return guarded(client, w, prefix, guard, base).map(|()| Outcome::Written);
     }
-    if batch.audit.is_empty() {
-        if !batch.claims.is_empty() {
+    if audit.is_empty() {
+        if !claims.is_empty() {
             // (a claim is known taken by its own write when the audit head moved with it)
             return Err(backend("a batch with claims carries its audit events"));
         }
@@ -564,7 +599,6 @@ fn write_rows(
         let head: Option<Vec<u8>> = with(client, &mut w.conn, |c| c.hget(&meta, AUDIT_HEAD))?;
         w.head = Some(head.unwrap_or_default());
     }
-    let claims = &batch.claims;
     loop {
         let expected = w.head.clone().unwrap_or_default();
         let mut head = if expected.is_empty() {
@@ -572,23 +606,26 @@ fn write_rows(
         } else {
             dec(AUDIT_HEAD, &expected)?
         };
-        let mut rows = base.clone();
-        audit_rows(&mut head, &batch.audit, &mut rows)?;
+        let mut linked = Rows::new();
+        audit_rows(&mut head, &audit, &mut linked)?;
         let new_head = enc(&head)?;
         let (answer, detail): (i64, Vec<u8>) = with(client, &mut w.conn, |c| {
-            let mut call = invocation(&w.linked, 1 + 2 * claims.len(), 3 + 3 * claims.len());
+            let mut call = invocation(&w.linked, 3, 3 + 5 * claims.len());
             call.key(&meta)
+                .key(format!("{prefix}{NONCES}"))
+                .key(format!("{prefix}{RATES}"))
                 .arg(expected.as_slice())
                 .arg(AUDIT_HEAD)
                 .arg(claims.len());
-            for claim in claims {
-                call.key(&claim.nonce_key)
-                    .key(&claim.rate_key)
+            for claim in &claims {
+                call.arg(&claim.nonce)
                     .arg(claim.until)
+                    .arg(&claim.clinician)
                     .arg(claim.emission_ms)
                     .arg(claim.burst_ms);
             }
-            push_rows(&mut call, prefix, &rows);
+            push_rows(&mut call, prefix, base);
+            push_rows(&mut call, prefix, &linked);
             call.invoke(c)
         })
         .inspect_err(|_| w.head = None)?;

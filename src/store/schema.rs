@@ -74,20 +74,24 @@ pub(super) fn audit_key(seq: u64) -> String {
 }
 
 /// The audit entries for `records`, linked on from `head` (which moves to the last), as rows
-/// with the new head. Only the store's single writer calls this, so the log has one order.
+/// with the new head: the entries, then their index by access, then the head (each table's
+/// rows together, so that a store writes each table's rows as one command). Only the store's
+/// single writer calls this, so the log has one order.
 pub(super) fn audit_rows(
     head: &mut crate::audit::Head,
-    records: &[crate::audit::Record],
+    records: &[impl std::borrow::Borrow<crate::audit::Record>],
     out: &mut Rows,
 ) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
     }
+    let mut by_access = Vec::new();
     for record in records {
+        let record = record.borrow();
         let entry = crate::audit::Entry::next(head, record).map_err(backend)?;
         *head = entry.head();
         if let Some(access) = record.event.access() {
-            out.push((
+            by_access.push((
                 AUDIT_BY_ACCESS,
                 format!("{access}:{}", audit_key(entry.seq)),
                 Some(Vec::new()),
@@ -95,6 +99,7 @@ pub(super) fn audit_rows(
         }
         out.push((AUDIT, audit_key(entry.seq), Some(enc(&entry)?)));
     }
+    out.append(&mut by_access);
     out.push((META, AUDIT_HEAD.into(), Some(enc(head)?)));
     Ok(())
 }

@@ -953,6 +953,20 @@ async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cann
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     store_b.apply(grant(&b, "ST2:2", until, "ST2", 4)).unwrap();
     granted += 1;
+    // the used nonces are one sorted set, scored with when each may be forgotten: the stale
+    // one was dropped by the next write
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let used: Vec<(String, u64)> = redis::cmd("ZRANGE")
+        .arg(format!("co:{NONCES}"))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(used, vec![("ST1:1".into(), until), ("ST2:2".into(), until)]);
 
     // three a minute, across both (ST1 has one): the fourth is refused, and takes nothing (its
     // nonce stays fresh), while another clinician's goes on
