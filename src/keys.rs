@@ -124,8 +124,7 @@ pub fn rekey_service_key(data_dir: &Path, keyring: &Keyring) -> anyhow::Result<b
 
 /// A hex secp256k1 key; the trailing `01` compressed marker of stacks.js keys is accepted.
 pub fn parse_key(text: &str) -> anyhow::Result<SecretKey> {
-    let bytes = hex::decode(text.trim().trim_start_matches("0x"))
-        .map_err(|_| anyhow::anyhow!("the key is not hex"))?;
+    let bytes = hex::decode(text.trim()).map_err(|_| anyhow::anyhow!("the key is not hex"))?;
     let raw = match bytes.len() {
         32 => &bytes[..],
         33 if bytes[32] == 1 => &bytes[..32],

@@ -64,13 +64,9 @@ struct Body {
     domain: Option<String>,
 }
 
+/// Hex with one optional `0x` (the decoder takes it off).
 fn hex_bytes(what: &str, s: &str) -> Result<Vec<u8>, RequestError> {
-    let h = s.strip_prefix("0x").unwrap_or(s);
-    // one optional prefix (the decoder would take a second one)
-    if h.starts_with("0x") {
-        return Err(RequestError::Malformed(format!("{what} is not hex")));
-    }
-    hex::decode(h).map_err(|_| RequestError::Malformed(format!("{what} is not hex")))
+    hex::decode(s).map_err(|_| RequestError::Malformed(format!("{what} is not hex")))
 }
 
 pub fn domain(chain_id: u32) -> Value {

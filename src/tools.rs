@@ -9,10 +9,11 @@ use crate::stacks::tx::{self, Payload};
 use crate::stacks::{sip018, Value};
 
 fn bytes(what: &str, hex_str: &str) -> Result<Vec<u8>, String> {
-    let h = hex_str.trim().strip_prefix("0x").unwrap_or(hex_str.trim());
-    if h.is_empty() {
+    let h = hex_str.trim();
+    if h.strip_prefix("0x").unwrap_or(h).is_empty() {
         return Err(format!("{what}: empty"));
     }
+    // (one optional `0x`: the decoder takes it off)
     hex::decode(h).map_err(|e| format!("{what}: not hex ({e})"))
 }
 

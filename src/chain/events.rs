@@ -48,10 +48,7 @@ pub struct Print {
 
 /// A 32-byte hash in hex, with or without `0x`.
 pub fn parse_hash32(hex_str: &str) -> Option<[u8; 32]> {
-    hex::decode(hex_str.trim_start_matches("0x"))
-        .ok()?
-        .try_into()
-        .ok()
+    hex::decode(hex_str).ok()?.try_into().ok()
 }
 
 /// The prints of our contracts in a block, in order. Events of failed transactions are not

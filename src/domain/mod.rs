@@ -31,7 +31,7 @@ macro_rules! hex_id {
         impl FromStr for $name {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                let bytes = hex::decode(s.strip_prefix("0x").unwrap_or(s))
+                let bytes = hex::decode(s)
                     .map_err(|_| concat!($what, " is not hex").to_string())?;
                 Ok($name(bytes.try_into().map_err(|_| {
                     concat!($what, " is not 32 bytes").to_string()

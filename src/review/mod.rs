@@ -170,7 +170,7 @@ impl Review {
 
     /// The signer of `signature` over `message` (hex), under our domain.
     fn signer(&self, message: &Value, signature: &str) -> Result<Address, Refusal> {
-        let sig = hex::decode(signature.strip_prefix("0x").unwrap_or(signature)).map_err(|_| {
+        let sig = hex::decode(signature).map_err(|_| {
             refusal(
                 400,
                 "malformed-signature",

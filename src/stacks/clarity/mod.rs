@@ -184,8 +184,7 @@ impl Value {
 
     /// Decodes `0x`-prefixed (or bare) hex, as the node's RPC passes values.
     pub fn from_hex(hex_str: &str) -> Result<Value, DecodeError> {
-        let bytes = hex::decode(hex_str.strip_prefix("0x").unwrap_or(hex_str))
-            .map_err(|_| DecodeError::Truncated(0))?;
+        let bytes = hex::decode(hex_str).map_err(|_| DecodeError::Truncated(0))?;
         Value::deserialize(&bytes)
     }
 

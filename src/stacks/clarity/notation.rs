@@ -252,8 +252,9 @@ fn parse_atom(a: &str) -> Result<Value, String> {
         "none" => return Ok(Value::None),
         _ => {}
     }
-    if let Some(h) = a.strip_prefix("0x") {
-        return hex::decode(h)
+    if a.starts_with("0x") {
+        // (the decoder takes the one `0x` off)
+        return hex::decode(a)
             .map(Value::Buffer)
             .map_err(|e| format!("bad buffer {a}: {e}"));
     }
