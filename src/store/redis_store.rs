@@ -239,16 +239,24 @@ pub const RATES: &str = "rates";
 
 /// A script that runs `checks` (which return early when a condition fails), then writes the
 /// rows passed from key `ARGV[1]` and argument `ARGV[2]` on (`push_rows`), and returns
-/// `done`: one atomic step on the server.
+/// `done`: one atomic step on the server. Both may call `each(op, key, list, first, last)`:
+/// `op` on `key` with `list[first..last]` as arguments, a command per `UNPACKED` of them at
+/// most, their answers joined.
 fn conditional(checks: &str, done: &str) -> redis::Script {
     redis::Script::new(&format!(
-        r"{checks}
+        r"local function each(op, key, list, first, last)
+  local out = {{}}
+  for s = first, last, {UNPACKED} do
+    local got = redis.call(op, key, unpack(list, s, math.min(s + {UNPACKED} - 1, last)))
+    if type(got) == 'table' then for _, v in ipairs(got) do table.insert(out, v) end end
+  end
+  return out
+end
+{checks}
 local a = tonumber(ARGV[2])
 for i = tonumber(ARGV[1]), #KEYS do
   local op, last = ARGV[a], a + 1 + tonumber(ARGV[a + 1])
-  for s = a + 2, last, {UNPACKED} do
-    redis.call(op, KEYS[i], unpack(ARGV, s, math.min(s + {UNPACKED} - 1, last)))
-  end
+  each(op, KEYS[i], ARGV, a + 2, last)
   a = last + 1
 end
 return {done}
@@ -318,31 +326,22 @@ if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], ARGV[4]) ~= ARGV[5] then return
 /// are a few commands: stale nonces forgotten, all looked up at once, all set at once.
 fn linked_script() -> redis::Script {
     conditional(
-        &format!(
-            r"local head = redis.call('HGET', KEYS[1], ARGV[4]) or ''
-if head ~= ARGV[3] then return {{1, head}} end
+        r"local head = redis.call('HGET', KEYS[1], ARGV[4]) or ''
+if head ~= ARGV[3] then return {1, head} end
 local n = tonumber(ARGV[5])
 if n > 0 then
   local t = redis.call('TIME')
   local secs = tonumber(t[1])
   local now = secs * 1000 + math.floor(tonumber(t[2]) / 1000)
-  -- a command per {UNPACKED} arguments at most, its answers joined
-  local function each(op, key, args)
-    local out = {{}}
-    for s = 1, #args, {UNPACKED} do
-      local got = redis.call(op, key, unpack(args, s, math.min(s + {UNPACKED} - 1, #args)))
-      if type(got) == 'table' then for _, v in ipairs(got) do table.insert(out, v) end end
-    end
-    return out
-  end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', secs)
-  local nonces, clinicians = {{}}, {{}}
+  local nonces, clinicians = {}, {}
   for c = 0, n - 1 do
     nonces[c + 1] = ARGV[6 + 5 * c]
     clinicians[c + 1] = ARGV[8 + 5 * c]
   end
-  local seen, stored = each('ZMSCORE', KEYS[2], nonces), each('HMGET', KEYS[3], clinicians)
-  local used, tats, failed = {{}}, {{}}, {{}}
+  local seen = each('ZMSCORE', KEYS[2], nonces, 1, n)
+  local stored = each('HMGET', KEYS[3], clinicians, 1, n)
+  local used, tats, failed = {}, {}, {}
   for c = 0, n - 1 do
     local nonce, who = nonces[c + 1], clinicians[c + 1]
     local emission, burst = tonumber(ARGV[9 + 5 * c]), tonumber(ARGV[10 + 5 * c])
@@ -359,8 +358,8 @@ if n > 0 then
       end
     end
   end
-  if #failed > 0 then return {{2, table.concat(failed, ' ')}} end
-  local scored, rates = {{}}, {{}}
+  if #failed > 0 then return {2, table.concat(failed, ' ')} end
+  local scored, rates = {}, {}
   for nonce, untl in pairs(used) do
     table.insert(scored, untl)
     table.insert(scored, nonce)
@@ -369,10 +368,9 @@ if n > 0 then
     table.insert(rates, who)
     table.insert(rates, tat)
   end
-  each('ZADD', KEYS[2], scored)
-  each('HSET', KEYS[3], rates)
-end"
-        ),
+  each('ZADD', KEYS[2], scored, 1, #scored)
+  each('HSET', KEYS[3], rates, 1, #rates)
+end",
         "{0, ''}",
     )
 }
