@@ -86,7 +86,7 @@ impl BreakGlass {
                 .shared_with_replicas(coordination.is_shared()),
         );
         if let Coordinator::Local(local) = coordination.as_ref() {
-            local.remember(state.store.replays()?);
+            local.recall(state.store.as_ref())?;
         }
         Ok(BreakGlass {
             state,

@@ -10,6 +10,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::seen::Seen;
 use crate::clock::{now_ms, now_secs};
+use crate::store::StoreError;
 
 pub struct Local {
     seen: Mutex<Seen>,
@@ -31,6 +32,26 @@ impl Local {
             leases: Mutex::default(),
             fences: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Remembers the nonces `store` says were used before a restart and are still fresh, and
+    /// has it forget the others (one row a grant would otherwise stay forever, and be read at
+    /// every start). Returns how many it remembers.
+    pub fn recall(&self, store: &dyn crate::store::Store) -> Result<usize, StoreError> {
+        let now = now_secs();
+        let (fresh, stale): (Vec<_>, Vec<_>) = store
+            .replays()?
+            .into_iter()
+            .partition(|(_, until)| *until > now);
+        if !stale.is_empty() {
+            store.apply(crate::store::Batch {
+                replay_forgotten: stale.into_iter().map(|(key, _)| key).collect(),
+                ..Default::default()
+            })?;
+        }
+        let n = fresh.len();
+        self.remember(fresh);
+        Ok(n)
     }
 
     /// Remembers nonces used before a restart (the store's `replays`).

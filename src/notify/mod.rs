@@ -105,12 +105,8 @@ impl Notifier {
 
     /// The open notices, as the store has them now.
     fn open_notices(&self) -> Vec<(u64, AccessId)> {
-        match self.store.notices() {
-            Ok(all) => all
-                .into_iter()
-                .filter(Notice::is_open)
-                .map(|n| (n.next_at, n.access_id))
-                .collect(),
+        match self.store.open_notices() {
+            Ok(open) => open.into_iter().map(|n| (n.next_at, n.access_id)).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "notices: could not read the open notices");
                 Vec::new()

@@ -6,7 +6,12 @@
 //! Every write is one `Batch`, applied atomically and durably: a block's cache updates, its
 //! confirmations and the new follower tip land together or not at all.
 //!
-//! It must not: know about HTTP or the node.
+//! Work that runs again and again reads what is open, not all history: the open operations and
+//! notices are index tables kept by every write of them (`schema::rows_of`), audit pages are
+//! read by number, an access's trail by key prefix.
+//!
+//! It must not: know about HTTP or the node; read a table that grows with every grant from
+//! periodic work.
 
 mod applier;
 mod journal;
@@ -300,6 +305,9 @@ pub struct Batch {
     pub accesses: Vec<AccessRecord>,
     /// Request nonces used, `signer:nonce` with when they may be forgotten (unix seconds).
     pub replay: Vec<(String, u64)>,
+    /// Request nonces no longer kept (their time passed: `coordination::Local::recall`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replay_forgotten: Vec<String>,
     /// Revoked tokens, by `jti`, with their expiry (unix seconds).
     pub revoked: Vec<(String, u64)>,
     /// Patient contacts, sealed (`seal.rs`); `None` removes one.
@@ -358,6 +366,7 @@ impl Batch {
         self.submissions.extend(later.submissions);
         self.accesses.extend(later.accesses);
         self.replay.extend(later.replay);
+        self.replay_forgotten.extend(later.replay_forgotten);
         self.revoked.extend(later.revoked);
         self.contacts.extend(later.contacts);
         self.notices.extend(later.notices);
@@ -383,6 +392,7 @@ impl Batch {
             && self.nonce.is_none()
             && self.accesses.is_empty()
             && self.replay.is_empty()
+            && self.replay_forgotten.is_empty()
             && self.revoked.is_empty()
             && self.contacts.is_empty()
             && self.notices.is_empty()
@@ -441,6 +451,8 @@ pub trait Store: Send + Sync + 'static {
     fn reviewer(&self, principal: &Address) -> Result<Option<bool>, StoreError>;
     fn reviewers(&self) -> Result<Vec<Address>, StoreError>;
     fn submission(&self, id: &str) -> Result<Option<Submission>, StoreError>;
+    /// The operations still open, oldest first: read through an index of them, so that the
+    /// cost follows how many are open, not how many were ever made.
     fn open_submissions(&self) -> Result<Vec<Submission>, StoreError>;
     /// Every operation, open or not (for after a reorg: what was confirmed may be undone).
     fn submissions(&self) -> Result<Vec<Submission>, StoreError>;
@@ -465,6 +477,8 @@ pub trait Store: Send + Sync + 'static {
     fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
     /// Every notice, oldest access first.
     fn notices(&self) -> Result<Vec<Notice>, StoreError>;
+    /// The notices still open (`Notice::is_open`), read through an index of them.
+    fn open_notices(&self) -> Result<Vec<Notice>, StoreError>;
     /// The audit log's head (none before its first entry).
     fn audit_head(&self) -> Result<Option<crate::audit::Head>, StoreError>;
     /// Up to `limit` audit entries from seq `from` on, in order.

@@ -1,6 +1,7 @@
-//! The typed reads every `Store` implementation shares, written once over the two reads a
-//! backend provides (`RowSource`): a row by key, and the rows of a table in key order (all, or from a
-//! key). Values are the schema's encoding (`schema.rs`), whatever holds them.
+//! The typed reads every `Store` implementation shares, written once over the reads a backend
+//! provides (`RowSource`): a row by key (or many at once), and the rows of a table in key order
+//! (all, or those of a key prefix); the open operations and notices through their indexes.
+//! Values are the schema's encoding (`schema.rs`), whatever holds them.
 //!
 //! It must not: know which backend it reads.
 
@@ -15,13 +16,42 @@ pub(super) trait RowSource {
     fn get_raw(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every row of a table, in key order.
     fn scan(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
-    /// Up to `limit` rows of a table from key `start` on, in key order.
-    fn scan_from(
+    /// The rows of a table whose keys start with `prefix`, in key order.
+    fn scan_prefix(&self, table: Table, prefix: &str)
+        -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// The values of `keys` in a table, in their order (`None` where it holds none).
+    fn get_many(&self, table: Table, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.get_raw(table, k)).collect()
+    }
+
+    /// Makes the open indexes whole if they were never built (`open_index_rows`: a store
+    /// written before them). The embedded store builds them when it opens.
+    fn open_indexed(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The rows of `table` that `index` names, decoded, that `keep` keeps: an index may name
+    /// a row closed since (its build raced the write that closed it), never miss an open one.
+    fn indexed<T: DeserializeOwned>(
         &self,
+        index: Table,
         table: Table,
-        start: &str,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Vec<T>, StoreError> {
+        self.open_indexed()?;
+        let keys: Vec<String> = self.scan(index)?.into_iter().map(|(k, _)| k).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, value) in keys.iter().zip(self.get_many(table, &keys)?) {
+            if let Some(value) = value {
+                let item = dec(key, &value)?;
+                if keep(&item) {
+                    out.push(item);
+                }
+            }
+        }
+        Ok(out)
+    }
 
     fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>, StoreError> {
         self.get_raw(table, key)?.map(|v| dec(key, &v)).transpose()
@@ -97,8 +127,8 @@ macro_rules! typed_reads {
         }
 
         fn open_submissions(&self) -> Result<Vec<Submission>, StoreError> {
-            let mut out = self.submissions()?;
-            out.retain(Submission::is_open);
+            let mut out = self.indexed(OPEN_SUBMISSIONS, SUBMISSIONS, Submission::is_open)?;
+            out.sort_by_key(|s: &Submission| s.created_at_ms);
             Ok(out)
         }
 
@@ -178,6 +208,10 @@ macro_rules! typed_reads {
             self.scan(NOTICES)?.iter().map(|(k, v)| dec(k, v)).collect()
         }
 
+        fn open_notices(&self) -> Result<Vec<Notice>, StoreError> {
+            self.indexed(OPEN_NOTICES, NOTICES, Notice::is_open)
+        }
+
         fn audit_head(&self) -> Result<Option<crate::audit::Head>, StoreError> {
             self.get(META, AUDIT_HEAD)
         }
@@ -213,24 +247,28 @@ macro_rules! typed_reads {
             from: u64,
             limit: usize,
         ) -> Result<Vec<crate::audit::Entry>, StoreError> {
-            self.scan_from(AUDIT, &audit_key(from.max(1)), limit)?
-                .iter()
-                .map(|(k, v)| dec(k, v))
+            // entries are numbered without gaps up to the head, which is written with them
+            let from = from.max(1);
+            let last = self.audit_head()?.map_or(0, |head| head.seq);
+            let until = last.min(from.saturating_add(limit as u64).saturating_sub(1));
+            let keys: Vec<String> = (from..=until).map(audit_key).collect();
+            keys.iter()
+                .zip(self.get_many(AUDIT, &keys)?)
+                .filter_map(|(k, v)| v.map(|v| dec(k, &v)))
                 .collect()
         }
 
         fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError> {
             let prefix = format!("{access_id}:");
-            let mut out = Vec::new();
-            for (k, _) in self.scan_from(AUDIT_BY_ACCESS, &prefix, usize::MAX)? {
-                let Some(seq) = k.strip_prefix(&prefix) else {
-                    break;
-                };
-                if let Some(e) = self.get::<crate::audit::Entry>(AUDIT, seq)? {
-                    out.push(e);
-                }
-            }
-            Ok(out)
+            let keys: Vec<String> = self
+                .scan_prefix(AUDIT_BY_ACCESS, &prefix)?
+                .into_iter()
+                .filter_map(|(k, _)| k.strip_prefix(&prefix).map(str::to_string))
+                .collect();
+            keys.iter()
+                .zip(self.get_many(AUDIT, &keys)?)
+                .filter_map(|(k, v)| v.map(|v| dec(k, &v)))
+                .collect()
         }
     };
 }

@@ -166,6 +166,8 @@ impl RedbStore {
             }
         }
 
+        build_open_index(&db, seq)?;
+
         let audit_head = {
             let tx = db.begin_read().map_err(backend)?;
             let t = tx.open_table(def(META)).map_err(backend)?;
@@ -252,6 +254,31 @@ impl RedbStore {
     }
 }
 
+/// Makes the open indexes whole, once, for a store written before them (`open_index_rows`):
+/// durably, before any write of this run.
+fn build_open_index(db: &Database, seq: u64) -> Result<(), StoreError> {
+    let tx = db.begin_read().map_err(backend)?;
+    let all = |table: Table| -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let t = tx.open_table(def(table)).map_err(backend)?;
+        t.iter()
+            .map_err(backend)?
+            .map(|row| {
+                let (k, v) = row.map_err(backend)?;
+                Ok((k.value().to_string(), v.value().to_vec()))
+            })
+            .collect()
+    };
+    let meta = tx.open_table(def(META)).map_err(backend)?;
+    if meta.get(OPEN_INDEXED).map_err(backend)?.is_some() {
+        return Ok(());
+    }
+    let mut rows = open_index_rows(&all(SUBMISSIONS)?, &all(NOTICES)?)?;
+    drop((meta, tx));
+    tracing::info!(open = rows.len(), "indexed the open operations and notices");
+    rows.push((META, OPEN_INDEXED.into(), Some(enc(&true)?)));
+    apply_rows(db, rows.iter(), seq, Durability::Immediate)
+}
+
 impl RowSource for RedbStore {
     /// A value as stored: the overlay (acknowledged, not yet applied) first, then redb.
     fn get_raw(&self, table: Table, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -295,11 +322,10 @@ impl RowSource for RedbStore {
         Ok(rows.into_iter().collect())
     }
 
-    fn scan_from(
+    fn scan_prefix(
         &self,
         table: Table,
-        start: &str,
-        limit: usize,
+        prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         // the overlay first (as `scan`): a row the applier moves meanwhile is in one or the other
         let pending: BTreeMap<String, Option<Vec<u8>>> = self
@@ -307,28 +333,46 @@ impl RowSource for RedbStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|((t, k), _)| *t == table && k.as_str() >= start)
+            .filter(|((t, k), _)| *t == table && k.starts_with(prefix))
             .map(|((_, k), (_, v))| (k.clone(), v.clone()))
             .collect();
         let tx = self.db.begin_read().map_err(backend)?;
         let t = tx.open_table(def(table)).map_err(backend)?;
         let mut rows = BTreeMap::new();
-        // as many from redb as could be asked for, plus those the overlay removes
-        let removed = pending.values().filter(|v| v.is_none()).count();
-        for row in t
-            .range(start..)
-            .map_err(backend)?
-            .take(limit.saturating_add(removed))
-        {
+        for row in t.range(prefix..).map_err(backend)? {
             let (k, v) = row.map_err(backend)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
             rows.insert(k.value().to_string(), Some(v.value().to_vec()));
         }
         rows.extend(pending);
         Ok(rows
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .take(limit)
             .collect())
+    }
+
+    /// As `get_raw` for each key, in one read transaction.
+    fn get_many(&self, table: Table, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let pending: Vec<Option<Option<Vec<u8>>>> = {
+            let overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+            keys.iter()
+                .map(|k| overlay.get(&(table, k.clone())).map(|(_, v)| v.clone()))
+                .collect()
+        };
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(def(table)).map_err(backend)?;
+        keys.iter()
+            .zip(pending)
+            .map(|(k, pending)| match pending {
+                Some(v) => Ok(v),
+                None => Ok(t
+                    .get(k.as_str())
+                    .map_err(backend)?
+                    .map(|v| v.value().to_vec())),
+            })
+            .collect()
     }
 }
 

@@ -91,6 +91,9 @@ pub struct RedisStore {
     reads: Vec<Mutex<Option<Connection>>>,
     writer: Option<mpsc::Sender<(Batch, Reply)>>,
     thread: Option<JoinHandle<()>>,
+    /// Whether this process made the open indexes whole (`open_index_rows`): at the first
+    /// read of one, since the server may be away when the store opens.
+    indexed: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for RedisStore {
@@ -195,6 +198,7 @@ impl RedisStore {
                 .collect(),
             writer: Some(writer),
             thread: Some(thread),
+            indexed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -691,33 +695,85 @@ impl RowSource for RedisStore {
         Ok(value)
     }
 
-    fn scan(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    fn get_many(&self, table: Table, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let hash = self.key(table);
-        let all: BTreeMap<String, Vec<u8>> = self.read(|c| c.hgetall(&hash))?;
-        Ok(all.into_iter().collect())
+        let mut out = Vec::with_capacity(keys.len());
+        // a command per `UNPACKED` keys: the server answers others between them
+        for chunk in keys.chunks(UNPACKED) {
+            let values: Vec<Option<Vec<u8>>> =
+                self.read(|c| redis::cmd("HMGET").arg(&hash).arg(chunk).query(c))?;
+            out.extend(values);
+        }
+        Ok(out)
     }
 
-    fn scan_from(
+    /// Once a process, at its first read of an index: replicas of an earlier version (during
+    /// a rolling upgrade) write no index rows, so one mark for the store would not do.
+    fn open_indexed(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.indexed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // another replica may build them at the same time, from the same rows; an operation
+        // closed meanwhile may stay named (the reads skip it), an open one is never left out
+        // (a write of it since names it itself)
+        let rows = open_index_rows(&self.scan(SUBMISSIONS)?, &self.scan(NOTICES)?)?;
+        if !rows.is_empty() {
+            let mut pipe = redis::pipe();
+            for (table, key, value) in &rows {
+                pipe.hset(self.key(table), key, value.as_deref().unwrap_or_default())
+                    .ignore();
+            }
+            self.read(|c| pipe.query::<()>(c))?;
+        }
+        self.indexed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// In bounded steps (`HSCAN`): the server answers others between them, however large the
+    /// table.
+    fn scan(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.scan_matching(table, "*")
+    }
+
+    fn scan_prefix(
         &self,
         table: Table,
-        start: &str,
-        limit: usize,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        // keys here hold no glob characters
+        self.scan_matching(table, &format!("{prefix}*"))
+    }
+}
+
+impl RedisStore {
+    /// The rows of `table` whose keys match `pattern`, in key order: `HSCAN`, up to a
+    /// thousand fields a step.
+    fn scan_matching(
+        &self,
+        table: Table,
+        pattern: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let hash = self.key(table);
-        let mut keys: Vec<String> = self.read(|c| c.hkeys(&hash))?;
-        keys.retain(|k| k.as_str() >= start);
-        keys.sort();
-        keys.truncate(limit);
-        if keys.is_empty() {
-            return Ok(Vec::new());
+        let mut rows = BTreeMap::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, found): (u64, Vec<(String, Vec<u8>)>) = self.read(|c| {
+                redis::cmd("HSCAN")
+                    .arg(&hash)
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)
+            })?;
+            rows.extend(found);
+            if next == 0 {
+                return Ok(rows.into_iter().collect());
+            }
+            cursor = next;
         }
-        let values: Vec<Option<Vec<u8>>> =
-            self.read(|c| redis::cmd("HMGET").arg(&hash).arg(&keys).query(c))?;
-        Ok(keys
-            .into_iter()
-            .zip(values)
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect())
     }
 }
 

@@ -38,8 +38,15 @@ pub(super) const SUMMARY_HASHES: Table = "summary_hashes";
 pub(super) const REVIEWERS: Table = "reviewers";
 /// Reviewers' verdicts, by access id.
 pub(super) const VERDICTS: Table = "verdicts";
+/// Which operations are open (`Submission::is_open`), by id, empty values: kept with every
+/// write of an operation (`rows_of`), so that the submitter reads the open ones, not every
+/// operation ever made.
+pub(super) const OPEN_SUBMISSIONS: Table = "open_submissions";
+/// Which notices are open (`Notice::is_open`), by access id, empty values: kept as
+/// `OPEN_SUBMISSIONS` is, for the notifier.
+pub(super) const OPEN_NOTICES: Table = "open_notices";
 /// New tables go last: a journal frame names a table by its index here.
-pub(super) const TABLES: [Table; 19] = [
+pub(super) const TABLES: [Table; 21] = [
     META,
     PROVIDERS,
     PREFERENCES,
@@ -59,6 +66,8 @@ pub(super) const TABLES: [Table; 19] = [
     AUDIT_BY_ACCESS,
     SUMMARIES,
     SUMMARY_HASHES,
+    OPEN_SUBMISSIONS,
+    OPEN_NOTICES,
 ];
 
 pub(super) fn def(name: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -102,6 +111,37 @@ pub(super) fn audit_rows(
     out.append(&mut by_access);
     out.push((META, AUDIT_HEAD.into(), Some(enc(head)?)));
     Ok(())
+}
+
+/// The META key that says the embedded store's open indexes (`OPEN_SUBMISSIONS`,
+/// `OPEN_NOTICES`) were built from the tables they index (`open_index_rows`): a store written
+/// before they existed has open operations and notices that no write has indexed yet.
+pub(super) const OPEN_INDEXED: &str = "open_indexed";
+
+/// The rows that make the open indexes whole for a store's `submissions` and `notices` (as
+/// its tables hold them): for a store written before the indexes; every write keeps them
+/// after that.
+pub(super) fn open_index_rows(
+    submissions: &[(String, Vec<u8>)],
+    notices: &[(String, Vec<u8>)],
+) -> Result<Rows, StoreError> {
+    let mut out = Rows::new();
+    for (id, v) in submissions {
+        if dec::<Submission>(id, v)?.is_open() {
+            out.push((OPEN_SUBMISSIONS, id.clone(), Some(Vec::new())));
+        }
+    }
+    for (id, v) in notices {
+        if dec::<Notice>(id, v)?.is_open() {
+            out.push((OPEN_NOTICES, id.clone(), Some(Vec::new())));
+        }
+    }
+    Ok(out)
+}
+
+/// Where `open` is kept in `index`: a row while it is open, none after.
+fn indexed(out: &mut Rows, index: Table, key: String, open: bool) {
+    out.push((index, key, open.then(Vec::new)));
 }
 
 /// The META key of the last journal frame applied to redb.
@@ -171,6 +211,9 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
         SUBMISSIONS,
         batch.submissions.iter().map(|s| (s.id.clone(), s)),
     )?;
+    for s in &batch.submissions {
+        indexed(&mut out, OPEN_SUBMISSIONS, s.id.clone(), s.is_open());
+    }
     rows(
         &mut out,
         ACCESSES,
@@ -181,6 +224,9 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
         REPLAY,
         batch.replay.iter().map(|(k, u)| (k.clone(), u)),
     )?;
+    for key in &batch.replay_forgotten {
+        out.push((REPLAY, key.clone(), None));
+    }
     rows(
         &mut out,
         REVOKED,
@@ -194,6 +240,9 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
         NOTICES,
         batch.notices.iter().map(|n| (n.access_id.to_string(), n)),
     )?;
+    for n in &batch.notices {
+        indexed(&mut out, OPEN_NOTICES, n.access_id.to_string(), n.is_open());
+    }
     for (p, e) in &batch.directory {
         out.push((DIRECTORY, p.to_string(), e.as_ref().map(enc).transpose()?));
     }

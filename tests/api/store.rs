@@ -249,7 +249,150 @@ pub fn conformance(store: &dyn Store) {
         .unwrap();
     assert_eq!(store.revoked("a1").unwrap(), Some(600));
 
+    // notices: the open ones are read through their index, as operations are
+    let due = Notice::new(numbered(1), patient, 10);
+    let sent_notice = Notice {
+        state: NoticeState::Sent { at: 11 },
+        ..Notice::new(numbered(2), patient, 10)
+    };
+    store
+        .apply(Batch {
+            notices: vec![due.clone(), sent_notice.clone()],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.open_notices().unwrap(), vec![due.clone()]);
+    assert_eq!(store.notices().unwrap().len(), 2);
+    store
+        .apply(Batch {
+            notices: vec![Notice {
+                state: NoticeState::Sent { at: 12 },
+                ..due.clone()
+            }],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert!(store.open_notices().unwrap().is_empty());
+    assert_eq!(store.notices().unwrap().len(), 2);
+
     audit_conformance(store);
+}
+
+/// Many operations and notices made and closed, a few left open: what the index holds.
+fn open_and_closed(store: &dyn Store) {
+    for chunk in (0..300u64).collect::<Vec<_>>().chunks(100) {
+        store
+            .apply(Batch {
+                submissions: chunk
+                    .iter()
+                    .map(|&i| submission(&format!("op{i:03}"), SubmissionState::Pending, i))
+                    .collect(),
+                notices: chunk
+                    .iter()
+                    .map(|&i| Notice::new(numbered(i), PatientId([1; 32]), i))
+                    .collect(),
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    // all but every 100th closed
+    let closed = |i: &u64| i % 100 != 7;
+    store
+        .apply(Batch {
+            submissions: (0..300u64)
+                .filter(closed)
+                .map(|i| {
+                    let failed = SubmissionState::Failed {
+                        txid: "t".into(),
+                        height: 1,
+                        result: "(err u1)".into(),
+                    };
+                    submission(&format!("op{i:03}"), failed, i)
+                })
+                .collect(),
+            notices: (0..300u64)
+                .filter(closed)
+                .map(|i| Notice {
+                    state: NoticeState::Sent { at: i },
+                    ..Notice::new(numbered(i), PatientId([1; 32]), i)
+                })
+                .collect(),
+            ..Batch::default()
+        })
+        .unwrap();
+}
+
+/// What `open_and_closed` leaves open.
+fn left_open(store: &dyn Store) -> (Vec<String>, Vec<AccessId>) {
+    let ops = store
+        .open_submissions()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let mut notices: Vec<AccessId> = store
+        .open_notices()
+        .unwrap()
+        .into_iter()
+        .map(|n| n.access_id)
+        .collect();
+    notices.sort_by_key(|id| id.0);
+    (ops, notices)
+}
+
+fn expected_open() -> (Vec<String>, Vec<AccessId>) {
+    (
+        vec!["op007".into(), "op107".into(), "op207".into()],
+        vec![numbered(7), numbered(107), numbered(207)],
+    )
+}
+
+/// The open operations and notices are kept in an index by every write: the index names the
+/// open ones only (the submitter and the notifier read it, not every row ever written), and a
+/// store written before the index existed has it built when it opens.
+#[test]
+fn redb_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
+    use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let table = |name| TableDefinition::<&str, &[u8]>::new(name);
+    {
+        let store = RedbStore::open(&path).unwrap();
+        open_and_closed(&store);
+        assert_eq!(left_open(&store), expected_open());
+    }
+    {
+        // what redb holds (every write checkpointed at close): the open ones only
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let keys = |name| -> Vec<String> {
+            let t = tx.open_table(table(name)).unwrap();
+            t.iter()
+                .unwrap()
+                .map(|r| r.unwrap().0.value().to_string())
+                .collect()
+        };
+        assert_eq!(keys("open_submissions"), expected_open().0);
+        assert_eq!(keys("open_notices").len(), 3);
+        assert_eq!(
+            tx.open_table(table("submissions")).unwrap().len().unwrap(),
+            300
+        );
+    }
+    {
+        // as a store of an earlier version left it: no index, no mark
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.delete_table(table("open_submissions")).unwrap();
+        tx.delete_table(table("open_notices")).unwrap();
+        tx.open_table(table("meta"))
+            .unwrap()
+            .remove("open_indexed")
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(left_open(&store), expected_open());
 }
 
 /// The audit log: entries numbered and linked in the order batches are applied (events in one
@@ -387,6 +530,39 @@ fn redb_store_keeps_everything_across_reopen() {
     assert_eq!(store.tip().unwrap().unwrap().height, 5);
     assert_eq!(store.nonce().unwrap(), Some(8));
     assert_eq!(store.open_submissions().unwrap()[0].state, sent("tx"));
+}
+
+/// One process on the embedded store remembers the request nonces used before a restart that
+/// are still fresh, and the store forgets the others (else a row per grant stays forever and
+/// is read at every start).
+#[test]
+fn a_restart_remembers_fresh_nonces_and_forgets_stale_ones() {
+    use breakglass::coordination::Local;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let now = crate::support::now();
+    {
+        let store = RedbStore::open(&path).unwrap();
+        store
+            .apply(Batch {
+                replay: vec![
+                    ("ST1:1".into(), now - 10),
+                    ("ST1:2".into(), now + 600),
+                    ("ST2:1".into(), now - 1),
+                ],
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    let local = Local::new(std::num::NonZeroU32::new(60).unwrap());
+    assert_eq!(local.recall(&store).unwrap(), 1);
+    assert_eq!(store.replays().unwrap(), vec![("ST1:2".into(), now + 600)]);
+    // the fresh one is a replay; a forgotten one is not kept (its request is stale anyway)
+    assert!(!local.use_nonce("ST1:2", now + 600));
+    assert!(local.use_nonce("ST1:1", now + 600));
+    drop(store);
+    assert_eq!(RedbStore::open(&path).unwrap().replays().unwrap().len(), 1);
 }
 
 /// The audit log goes on from its head after a reopen: the next entry links to the last one
@@ -827,6 +1003,52 @@ async fn redis_killed_under_many_writes_keeps_every_acknowledged_one_once() {
         );
         assert!(outcomes.contains(&format!("w0-{n}")), "{n}'s entry lost");
     }
+}
+
+/// As on redb (`redb_keeps_an_index_of_what_is_open_…`): the index hashes name the open
+/// operations and notices only, and a store written before them has them built at its first
+/// read of one.
+#[test]
+fn redis_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let fields = |conn: &mut redis::Connection, key: &str| -> Vec<String> {
+        let mut f: Vec<String> = redis::cmd("HKEYS").arg(key).query(conn).unwrap();
+        f.sort();
+        f
+    };
+    {
+        let store = RedisStore::open(&server.url(), "index:").unwrap();
+        open_and_closed(&store);
+        assert_eq!(left_open(&store), expected_open());
+    }
+    assert_eq!(
+        fields(&mut conn, "index:open_submissions"),
+        expected_open().0
+    );
+    assert_eq!(fields(&mut conn, "index:open_notices").len(), 3);
+    assert_eq!(fields(&mut conn, "index:submissions").len(), 300);
+    // as a store of an earlier version left it: no index, no mark
+    let _: () = redis::cmd("DEL")
+        .arg("index:open_submissions")
+        .arg("index:open_notices")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HDEL")
+        .arg("index:meta")
+        .arg("open_indexed")
+        .query(&mut conn)
+        .unwrap();
+    let store = RedisStore::open(&server.url(), "index:").unwrap();
+    assert_eq!(left_open(&store), expected_open());
+    assert_eq!(
+        fields(&mut conn, "index:open_submissions"),
+        expected_open().0
+    );
 }
 
 /// What a store wrote is there for a store opened later (another process, a replica).
