@@ -79,6 +79,8 @@ impl Default for Settings {
                 dir: PathBuf::from(".data/breakglass"),
                 cache_mib: crate::store::DEFAULT_CACHE_MIB,
                 redis_url: None,
+                redis_sentinels: Vec::new(),
+                redis_master: String::new(),
                 redis_prefix: "breakglass:".into(),
                 lease_ms: 10_000,
                 redis_wait_replicas: 0,
@@ -196,6 +198,8 @@ mod tests {
             dir: PathBuf::from("d"),
             cache_mib: 3,
             redis_url: None,
+            redis_sentinels: Vec::new(),
+            redis_master: String::new(),
             redis_prefix: "x:".into(),
             lease_ms: 10_000,
             redis_wait_replicas: 0,
@@ -233,6 +237,30 @@ mod tests {
                 s.oncall.roster.as_deref(),
                 Some(Path::new("/etc/roster.toml"))
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sentinels_need_the_primary_url_and_name() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "[data]\nredis_sentinels = [\"redis://s1:26379\", \"redis://s2:26379\"]\n",
+            )?;
+            let e = Settings::load(Some(Path::new("s.toml"))).unwrap_err();
+            assert!(e.to_string().contains("data.redis_url"), "{e}");
+            jail.set_env("BREAKGLASS_DATA__REDIS_URL", "redis://:pw@ignored/2");
+            let e = Settings::load(Some(Path::new("s.toml"))).unwrap_err();
+            assert!(e.to_string().contains("data.redis_master"), "{e}");
+            jail.set_env("BREAKGLASS_DATA__REDIS_MASTER", "breakglass");
+            let s = Settings::load(Some(Path::new("s.toml"))).map_err(|e| *e)?;
+            let target = s.data.redis_target().unwrap();
+            assert_eq!(target.sentinels.len(), 2);
+            assert_eq!(target.master, "breakglass");
+            jail.create_file("t.toml", "[data]\nredis_sentinels = [\"s1:26379\"]\n")?;
+            let e = Settings::load(Some(Path::new("t.toml"))).unwrap_err();
+            assert!(e.to_string().contains("\"s1:26379\""), "{e}");
             Ok(())
         });
     }

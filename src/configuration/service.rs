@@ -104,6 +104,14 @@ pub struct DataSettings {
     /// environment (`BREAKGLASS_DATA__REDIS_URL`), not in a file.
     #[serde(default)]
     pub redis_url: Option<String>,
+    /// Redis Sentinel (`redis://host:port` each): when given, the primary is the one they
+    /// name `redis_master` now, followed through failovers, and `redis_url` gives only its
+    /// credentials and database (its host and port are not used).
+    #[serde(default)]
+    pub redis_sentinels: Vec<String>,
+    /// The name the Sentinels monitor the primary by.
+    #[serde(default)]
+    pub redis_master: String,
     /// The prefix of this deployment's keys on that server.
     #[serde(default = "default_redis_prefix")]
     pub redis_prefix: String,
@@ -141,10 +149,21 @@ fn default_redis_prefix() -> String {
 }
 
 impl DataSettings {
+    /// The shared store's server, when `redis_url` is set.
+    pub fn redis_target(&self) -> Option<crate::store::RedisTarget> {
+        self.redis_url
+            .as_ref()
+            .map(|url| crate::store::RedisTarget {
+                url: url.clone(),
+                sentinels: self.redis_sentinels.clone(),
+                master: self.redis_master.clone(),
+            })
+    }
+
     /// The store these settings name: Redis when `redis_url` is set, else the embedded store
     /// (with its journal histogram, for `/metrics`).
     pub fn open_store(&self) -> Result<OpenStore, crate::store::StoreError> {
-        Ok(match &self.redis_url {
+        Ok(match self.redis_target() {
             Some(url) => (
                 std::sync::Arc::new(crate::store::RedisStore::open_with(
                     url,
@@ -173,8 +192,8 @@ impl DataSettings {
         grants_per_minute: u32,
     ) -> Result<crate::coordination::Coordinator, crate::store::StoreError> {
         use crate::coordination::Coordinator;
-        Ok(match &self.redis_url {
-            Some(url) => Coordinator::redis(url, &self.redis_prefix, grants_per_minute)?,
+        Ok(match self.redis_target() {
+            Some(target) => Coordinator::redis(target, &self.redis_prefix, grants_per_minute)?,
             None => Coordinator::local(grants_per_minute),
         })
     }
@@ -195,6 +214,23 @@ impl DataSettings {
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err("data.redis_url is a redis:// or rediss:// URL".into());
+            }
+        }
+        if !self.redis_sentinels.is_empty() {
+            if self.redis_url.is_none() {
+                return Err("data.redis_sentinels needs data.redis_url (the primary's credentials and database)".into());
+            }
+            if self.redis_master.is_empty() {
+                return Err("data.redis_sentinels needs data.redis_master (the name they monitor the primary by)".into());
+            }
+            if let Some(bad) = self
+                .redis_sentinels
+                .iter()
+                .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+            {
+                return Err(format!(
+                    "data.redis_sentinels are redis:// or rediss:// URLs, not {bad:?}"
+                ));
             }
         }
         if !(1..=65_536).contains(&self.cache_mib) {

@@ -37,7 +37,7 @@ impl Coordinator {
 
     /// On the Redis server at `url`, under the store's `prefix`.
     pub fn redis(
-        url: &str,
+        url: impl Into<crate::store::RedisTarget>,
         prefix: &str,
         grants_per_minute: u32,
     ) -> Result<Coordinator, StoreError> {

@@ -17,24 +17,18 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::Script;
 
-use crate::store::{Claim, StoreError};
+use crate::store::{must_reconnect, Claim, Primary, RedisTarget, StoreError};
 
 /// How long a command may take before the server counts as unreachable.
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
 pub struct RedisCoordinator {
-    client: ::redis::Client,
+    primary: Primary,
     prefix: String,
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
     per_minute: u64,
     lease: Script,
     release: Script,
-}
-
-/// Whether a command failed because its connection was gone (then it was not run; a retry
-/// that finds its own effect errs on the safe side: a nonce answers "used").
-fn dropped(e: &::redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 fn redis_err(e: ::redis::RedisError) -> StoreError {
@@ -66,12 +60,12 @@ return 0
 
 impl RedisCoordinator {
     pub fn new(
-        url: &str,
+        target: impl Into<RedisTarget>,
         prefix: &str,
         per_minute: NonZeroU32,
     ) -> Result<RedisCoordinator, StoreError> {
         Ok(RedisCoordinator {
-            client: ::redis::Client::open(url).map_err(redis_err)?,
+            primary: Primary::open(&target.into()).map_err(redis_err)?,
             prefix: prefix.to_string(),
             conn: tokio::sync::Mutex::new(None),
             per_minute: u64::from(per_minute.get()),
@@ -92,7 +86,10 @@ impl RedisCoordinator {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let c = self
-            .client
+            .primary
+            .client_async()
+            .await
+            .map_err(redis_err)?
             .get_connection_manager_with_config(config)
             .await
             .map_err(redis_err)?;
@@ -100,15 +97,21 @@ impl RedisCoordinator {
         Ok(c)
     }
 
-    /// Runs a script; a connection found dropped (the server restarted) is replaced by the
-    /// connection manager and the script sent once more.
+    /// Runs a script; after a connection found dropped (the server restarted) or on a server
+    /// demoted to a replica (a failover), the connection is opened again, to the primary as
+    /// it is now (`store::Primary`), and the script sent once more (a script that ran and
+    /// lost its answer errs on the safe side: a lease is renewed by its holder).
     async fn invoke<T: ::redis::FromRedisValue>(
         &self,
         call: &::redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut c = self.conn().await?;
         match call.invoke_async(&mut c).await {
-            Err(e) if dropped(&e) => call.invoke_async(&mut c).await.map_err(redis_err),
+            Err(e) if must_reconnect(&e) => {
+                self.conn.lock().await.take();
+                let mut c = self.conn().await?;
+                call.invoke_async(&mut c).await.map_err(redis_err)
+            }
             answer => answer.map_err(redis_err),
         }
     }

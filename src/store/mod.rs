@@ -17,6 +17,7 @@ mod applier;
 mod journal;
 mod reads;
 mod redb_store;
+mod redis_primary;
 mod redis_store;
 mod schema;
 mod segments;
@@ -29,6 +30,7 @@ use crate::domain::{AccessId, DataType, PatientId, ProviderEntry, Role};
 use crate::stacks::Address;
 pub use journal::Journal;
 pub use redb_store::{Checkpoints, RedbOptions, RedbStore, DEFAULT_CACHE_MIB};
+pub use redis_primary::{must_reconnect, Primary, RedisTarget};
 pub use redis_store::{lease_key, Acknowledgement, RedisStore, NONCES, RATES};
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -29,6 +29,7 @@ use std::thread::JoinHandle;
 use redis::{Commands, Connection};
 
 use super::reads::RowSource;
+use super::redis_primary::{must_reconnect, Primary, RedisTarget};
 use super::schema::*;
 use super::writer::{Reply, GROUP_COMMIT_MAX};
 use super::*;
@@ -84,7 +85,7 @@ fn remember(local: &Local, rows: &Rows) {
 }
 
 pub struct RedisStore {
-    client: redis::Client,
+    primary: Primary,
     prefix: String,
     local: Local,
     /// Connections for reads, each used by one reader at a time.
@@ -109,29 +110,29 @@ fn redis_err(e: redis::RedisError) -> StoreError {
     StoreError::Backend(format!("redis: {e}"))
 }
 
-/// Runs `f` on the connection in `slot`, opening it if needed; a dropped connection is opened
-/// again and `f` retried once.
+/// Runs `f` on the connection in `slot`, opening it if needed (to the primary as it is now:
+/// `Primary`); a connection that must be opened again (`must_reconnect`) is, and `f` retried
+/// once.
 fn with<T>(
-    client: &redis::Client,
+    primary: &Primary,
     slot: &mut Option<Connection>,
     mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
 ) -> Result<T, StoreError> {
     for attempt in 0..2 {
         if slot.is_none() {
-            *slot = Some(client.get_connection().map_err(redis_err)?);
+            let conn = primary.client().and_then(|c| c.get_connection());
+            *slot = Some(conn.map_err(redis_err)?);
         }
         let Some(conn) = slot.as_mut() else {
             continue;
         };
         match f(conn) {
             Ok(v) => return Ok(v),
-            Err(e)
-                if attempt == 0
-                    && (e.is_io_error()
-                        || e.is_connection_dropped()
-                        || e.is_unrecoverable_error()) =>
-            {
+            Err(e) if must_reconnect(&e) => {
                 *slot = None;
+                if attempt > 0 {
+                    return Err(redis_err(e));
+                }
             }
             Err(e) => return Err(redis_err(e)),
         }
@@ -142,21 +143,22 @@ fn with<T>(
 }
 
 impl RedisStore {
-    /// Connects to the server at `url` (`redis://host:port/db`), keeping every table under
-    /// `prefix` (so that one server can hold several stores).
-    pub fn open(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
-        RedisStore::open_with(url, prefix, Acknowledgement::default())
+    /// Connects to the server at `target` (`redis://host:port/db`, or a primary found through
+    /// Sentinel: `RedisTarget`), keeping every table under `prefix` (so that one server can
+    /// hold several stores).
+    pub fn open(target: impl Into<RedisTarget>, prefix: &str) -> Result<RedisStore, StoreError> {
+        RedisStore::open_with(target, prefix, Acknowledgement::default())
     }
 
     /// `open`, with every write also acknowledged by the server's replicas (`Acknowledgement`).
     pub fn open_with(
-        url: &str,
+        target: impl Into<RedisTarget>,
         prefix: &str,
         acknowledgement: Acknowledgement,
     ) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(redis_err)?;
+        let primary = Primary::open(&target.into()).map_err(redis_err)?;
         let mut reads = None;
-        let config: Vec<String> = with(&client, &mut reads, |c| {
+        let config: Vec<String> = with(&primary, &mut reads, |c| {
             redis::cmd("CONFIG").arg("GET").arg("append*").query(c)
         })
         .unwrap_or_default();
@@ -176,7 +178,7 @@ impl RedisStore {
         let (writer, jobs) = mpsc::channel::<(Batch, Reply)>();
         let local = Local::default();
         let write_local = local.clone();
-        let write_client = client.clone();
+        let write_primary = primary.clone();
         let write_prefix = prefix.to_string();
         let thread = std::thread::Builder::new()
             .name("redis-writer".into())
@@ -185,12 +187,12 @@ impl RedisStore {
                 while let Ok(first) = jobs.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(jobs.try_iter().take(GROUP_COMMIT_MAX - 1));
-                    write_group(&write_client, &mut w, &write_prefix, waiting);
+                    write_group(&write_primary, &mut w, &write_prefix, waiting);
                 }
             })
             .map_err(backend)?;
         Ok(RedisStore {
-            client,
+            primary,
             prefix: prefix.to_string(),
             local,
             reads: std::iter::once(Mutex::new(reads))
@@ -221,7 +223,7 @@ impl RedisStore {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
             });
-        with(&self.client, &mut slot, f)
+        with(&self.primary, &mut slot, f)
     }
 }
 
@@ -380,7 +382,7 @@ end",
 }
 
 fn guarded(
-    client: &redis::Client,
+    primary: &Primary,
     w: &mut Writer,
     prefix: &str,
     guard: &Guard,
@@ -394,7 +396,7 @@ fn guarded(
         Some(s) => (s.id.clone(), enc(s)?),
         None => (String::new(), Vec::new()),
     };
-    let answer: i64 = with(client, &mut w.conn, |c| {
+    let answer: i64 = with(primary, &mut w.conn, |c| {
         let mut call = invocation(&w.guarded, 2, 3);
         call.key(&lease)
             .key(format!("{prefix}{SUBMISSIONS}"))
@@ -413,31 +415,26 @@ fn guarded(
 
 /// The batches waiting for the writer, in order: each run of unguarded ones together
 /// (`write_together`), each guarded one alone (its conditions are its own).
-fn write_group(client: &redis::Client, w: &mut Writer, prefix: &str, waiting: Vec<(Batch, Reply)>) {
+fn write_group(primary: &Primary, w: &mut Writer, prefix: &str, waiting: Vec<(Batch, Reply)>) {
     let mut group = Vec::new();
     for (batch, reply) in waiting {
         if batch.guard.is_some() {
-            write_together(client, w, prefix, std::mem::take(&mut group));
-            reply.send(write(client, w, prefix, &[&batch]).map(|_| ()));
+            write_together(primary, w, prefix, std::mem::take(&mut group));
+            reply.send(write(primary, w, prefix, &[&batch]).map(|_| ()));
         } else {
             group.push((batch, reply));
         }
     }
-    write_together(client, w, prefix, group);
+    write_together(primary, w, prefix, group);
 }
 
 /// Writes `group` as one transaction or script (one append-only-file sync for all of them: a
 /// group commit; every caller in it gets its result). The batches whose claims did not hold
 /// are answered with why, and the others written again without them.
-fn write_together(
-    client: &redis::Client,
-    w: &mut Writer,
-    prefix: &str,
-    mut group: Vec<(Batch, Reply)>,
-) {
+fn write_together(primary: &Primary, w: &mut Writer, prefix: &str, mut group: Vec<(Batch, Reply)>) {
     while !group.is_empty() {
         let batches: Vec<&Batch> = group.iter().map(|(batch, _)| batch).collect();
-        let refused = match write(client, w, prefix, &batches) {
+        let refused = match write(primary, w, prefix, &batches) {
             Ok(Outcome::Written) => Vec::new(),
             Ok(Outcome::Refused(refused)) => refused,
             Err(e) => return answer_all(group, Err(e)),
@@ -523,7 +520,7 @@ pub struct Acknowledgement {
 /// expects (linked again when another writer moved it) and takes their claims. What it wrote
 /// is remembered in the local copy.
 fn write(
-    client: &redis::Client,
+    primary: &Primary,
     w: &mut Writer,
     prefix: &str,
     batches: &[&Batch],
@@ -535,16 +532,16 @@ fn write(
     // each table's rows together (one command each), in their order within the table, so that
     // a later write of a row still wins
     base.sort_by_key(|(table, _, _)| *table);
-    let outcome = write_rows(client, w, prefix, batches, &base)?;
+    let outcome = write_rows(primary, w, prefix, batches, &base)?;
     if let Outcome::Written = outcome {
         remember(&w.local, &base);
-        acknowledged(client, w)?;
+        acknowledged(primary, w)?;
     }
     Ok(outcome)
 }
 
 /// Waits until the replicas the writer needs have what it wrote (`Acknowledgement`).
-fn acknowledged(client: &redis::Client, w: &mut Writer) -> Result<(), StoreError> {
+fn acknowledged(primary: &Primary, w: &mut Writer) -> Result<(), StoreError> {
     let Acknowledgement {
         replicas,
         timeout_ms,
@@ -552,7 +549,7 @@ fn acknowledged(client: &redis::Client, w: &mut Writer) -> Result<(), StoreError
     if replicas == 0 {
         return Ok(());
     }
-    let acked: u32 = with(client, &mut w.conn, |c| {
+    let acked: u32 = with(primary, &mut w.conn, |c| {
         redis::cmd("WAIT").arg(replicas).arg(timeout_ms).query(c)
     })?;
     if acked < replicas {
@@ -564,7 +561,7 @@ fn acknowledged(client: &redis::Client, w: &mut Writer) -> Result<(), StoreError
 }
 
 fn write_rows(
-    client: &redis::Client,
+    primary: &Primary,
     w: &mut Writer,
     prefix: &str,
     batches: &[&Batch],
@@ -578,7 +575,7 @@ fn write_rows(
                 "a guarded batch is written alone, without audit events or claims",
             ));
         }
-        return guarded(client, w, prefix, guard, base).map(|()| Outcome::Written);
+        return guarded(primary, w, prefix, guard, base).map(|()| Outcome::Written);
     }
     if audit.is_empty() {
         if !claims.is_empty() {
@@ -594,11 +591,11 @@ fn write_rows(
                 None => pipe.hdel(hash, key).ignore(),
             };
         }
-        return with(client, &mut w.conn, |c| pipe.query::<()>(c)).map(|()| Outcome::Written);
+        return with(primary, &mut w.conn, |c| pipe.query::<()>(c)).map(|()| Outcome::Written);
     }
     let meta = format!("{prefix}{META}");
     if w.head.is_none() {
-        let head: Option<Vec<u8>> = with(client, &mut w.conn, |c| c.hget(&meta, AUDIT_HEAD))?;
+        let head: Option<Vec<u8>> = with(primary, &mut w.conn, |c| c.hget(&meta, AUDIT_HEAD))?;
         w.head = Some(head.unwrap_or_default());
     }
     loop {
@@ -611,7 +608,7 @@ fn write_rows(
         let mut linked = Rows::new();
         audit_rows(&mut head, &audit, &mut linked)?;
         let new_head = enc(&head)?;
-        let (answer, detail): (i64, Vec<u8>) = with(client, &mut w.conn, |c| {
+        let (answer, detail): (i64, Vec<u8>) = with(primary, &mut w.conn, |c| {
             let mut call = invocation(&w.linked, 3, 3 + 5 * claims.len());
             call.key(&meta)
                 .key(format!("{prefix}{NONCES}"))

@@ -1452,3 +1452,138 @@ async fn a_write_waits_for_the_redis_replicas_it_needs() {
         );
     }
 }
+
+/// With `data.redis_sentinels`, the store and the coordination follow the primary Sentinel
+/// names: the primary killed, a replica is promoted (and the other made its replica), and
+/// writes (each acknowledged by a replica) go on on it without a restart; what was
+/// acknowledged before is there, the audit log goes on from its head, and a lease is renewed
+/// by its holder with its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_follows_a_sentinel_failover_to_the_promoted_replica() {
+    use breakglass::audit::{follows, Event, Head, Record};
+    use breakglass::coordination::Coordinator;
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let mut primary = crate::support::RedisServer::start(&path("primary"));
+    let replicas = [
+        crate::support::RedisServer::start_replica(&path("replica-a"), &primary),
+        crate::support::RedisServer::start_replica(&path("replica-b"), &primary),
+    ];
+    let sentinel = crate::support::Sentinel::start(&path("sentinel"), &primary, "bg");
+    let query = |url: &str, cmd: &redis::Cmd| -> Option<redis::Value> {
+        let mut c = redis::Client::open(url).ok()?.get_connection().ok()?;
+        cmd.query(&mut c).ok()
+    };
+    crate::support::eventually(
+        "the Sentinel knows both replicas",
+        crate::support::SECS,
+        async || {
+            let known = query(
+                &sentinel.url(),
+                redis::cmd("SENTINEL").arg("REPLICAS").arg("bg"),
+            )?;
+            matches!(known, redis::Value::Array(r) if r.len() == 2).then_some(())
+        },
+    )
+    .await;
+    // the URL's host and port are not used: the Sentinel says where the primary is
+    let target = RedisTarget {
+        url: "redis://127.0.0.1:1/0".into(),
+        sentinels: vec![sentinel.url()],
+        master: "bg".into(),
+    };
+    let store = RedisStore::open_with(
+        &target,
+        "fail:",
+        Acknowledgement {
+            replicas: 1,
+            timeout_ms: 500,
+        },
+    )
+    .unwrap();
+    let coordinator = Coordinator::redis(&target, "fail:", 60).unwrap();
+    let event = |n: u64| Record {
+        at: n,
+        event: Event::SignIn {
+            reviewer: None,
+            outcome: format!("e{n}"),
+        },
+    };
+    let grant = |n: u64| Batch {
+        accesses: vec![access(n)],
+        audit: vec![event(n)],
+        ..Batch::default()
+    };
+    crate::support::eventually("a replica acknowledges", crate::support::SECS, async || {
+        store.apply(grant(1)).ok()
+    })
+    .await;
+    let token = coordinator.lease("submitter:x", "a", 30_000).await.unwrap();
+    assert!(token.is_some());
+    // the lease reached both replicas before the primary goes
+    crate::support::eventually("the lease replicated", crate::support::SECS, async || {
+        let hget = redis::cmd("HGET")
+            .arg("fail:lease:submitter:x")
+            .arg("holder")
+            .clone();
+        replicas
+            .iter()
+            .all(|r| matches!(query(&r.url(), &hget), Some(redis::Value::BulkString(_))))
+            .then_some(())
+    })
+    .await;
+
+    primary.kill();
+    crate::support::eventually(
+        "writes go on on the promoted replica",
+        std::time::Duration::from_secs(60),
+        async || store.apply(grant(2)).ok(),
+    )
+    .await;
+    let master = redis::Value::BulkString(b"master".to_vec());
+    let promoted = replicas
+        .iter()
+        .filter(|r| {
+            matches!(query(&r.url(), &redis::cmd("ROLE")),
+                Some(redis::Value::Array(role)) if role[0] == master)
+        })
+        .count();
+    assert_eq!(promoted, 1, "one replica is the primary now");
+    for n in [1, 2] {
+        assert!(
+            store.access(&numbered(n)).unwrap().is_some(),
+            "{n} is there"
+        );
+    }
+    // one log: the entry written after the failover links to the one before it
+    let entries = store.audit_entries(1, 10).unwrap();
+    let outcomes: Vec<String> = entries
+        .iter()
+        .map(|e| match e.parsed().unwrap() {
+            Event::SignIn { outcome, .. } => outcome,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(outcomes.first().unwrap(), "e1");
+    assert_eq!(outcomes.last().unwrap(), "e2");
+    let mut head = Head::default();
+    for e in &entries {
+        head = follows(&head, e).unwrap_or_else(|b| panic!("entry {} is not linked: {b:?}", e.seq));
+    }
+    assert_eq!(store.audit_head().unwrap(), Some(head));
+    // the coordination found the new primary too: the holder renews with its token
+    let renewed =
+        crate::support::eventually("the lease renewed", crate::support::SECS, async || {
+            coordinator.lease("submitter:x", "a", 30_000).await.ok()
+        })
+        .await;
+    assert_eq!(renewed, token);
+    assert_eq!(
+        coordinator.lease("submitter:x", "b", 30_000).await.unwrap(),
+        None
+    );
+}

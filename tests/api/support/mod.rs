@@ -659,6 +659,60 @@ impl RedisServer {
     }
 }
 
+/// A real Redis Sentinel (`redis-server --sentinel`) on a free port, watching `primary` as
+/// `master`, quick to fail over (down after 300 ms); stopped when dropped.
+pub struct Sentinel {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl Sentinel {
+    pub fn start(dir: &Path, primary: &RedisServer, master: &str) -> Sentinel {
+        let port = free_port();
+        std::fs::create_dir_all(dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+                 sentinel monitor {master} 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds {master} 300\n\
+                 sentinel failover-timeout {master} 2000\n",
+                dir = dir.display(),
+                primary = primary.port,
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs the Debian package)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sentinel did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sentinel { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
