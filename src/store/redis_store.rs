@@ -14,7 +14,8 @@
 //! claim does not hold is answered `Guarded` and the rest of its group written without it.
 //!
 //! A dropped connection is opened again and the command retried once, so a restarted server is
-//! used again as soon as it answers (a retry that finds its own audit head written is done).
+//! used again as soon as it answers (a retry that finds its group written, by the writer's
+//! mark written with it, is done: `linked_script`).
 //!
 //! With `Acknowledgement`, every write is also waited on until that many of the server's
 //! replicas have it (`WAIT`), so that a failover to one of them loses no acknowledged write.
@@ -326,15 +327,20 @@ if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], ARGV[4]) ~= ARGV[5] then return
 /// written ({0, ''}) only if the head is still that one, else {1, the head as it is} (another
 /// replica wrote: link again on it); and only if every claim holds, else {2, which did not}
 /// (`<claim> replayed` or `<claim> rate`, space-separated, from 0: the group is written again
-/// without their batches). Keys 2 and 3: `NONCES` and `RATES`. Claim c: arguments 6 + 5c (its
-/// nonce), 7 + 5c (when the nonce may be forgotten, unix s), 8 + 5c (its clinician), 9 + 5c
-/// and 10 + 5c (GCRA: emission and burst, ms). However many claims, the nonces and the rates
-/// are a few commands: stale nonces forgotten, all looked up at once, all set at once.
+/// without their batches). But first, {3, ''} if the group was written already: its writer's
+/// mark in `META` (argument 5, a field per writer, written with its rows) holds the group's
+/// number (argument 6), so a group sent again after its answer was lost is not written twice,
+/// whoever wrote meanwhile. Keys 2 and 3: `NONCES` and `RATES`. Claim c: arguments 8 + 5c (its
+/// nonce), 9 + 5c (when the nonce may be forgotten, unix s), 10 + 5c (its clinician), 11 + 5c
+/// and 12 + 5c (GCRA: emission and burst, ms); argument 7, how many. However many claims, the
+/// nonces and the rates are a few commands: stale nonces forgotten, all looked up at once, all
+/// set at once.
 fn linked_script() -> redis::Script {
     conditional(
-        r"local head = redis.call('HGET', KEYS[1], ARGV[4]) or ''
+        r"if redis.call('HGET', KEYS[1], ARGV[5]) == ARGV[6] then return {3, ''} end
+local head = redis.call('HGET', KEYS[1], ARGV[4]) or ''
 if head ~= ARGV[3] then return {1, head} end
-local n = tonumber(ARGV[5])
+local n = tonumber(ARGV[7])
 if n > 0 then
   local t = redis.call('TIME')
   local secs = tonumber(t[1])
@@ -342,15 +348,15 @@ if n > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', secs)
   local nonces, clinicians = {}, {}
   for c = 0, n - 1 do
-    nonces[c + 1] = ARGV[6 + 5 * c]
-    clinicians[c + 1] = ARGV[8 + 5 * c]
+    nonces[c + 1] = ARGV[8 + 5 * c]
+    clinicians[c + 1] = ARGV[10 + 5 * c]
   end
   local seen = each('ZMSCORE', KEYS[2], nonces, 1, n)
   local stored = each('HMGET', KEYS[3], clinicians, 1, n)
   local used, tats, failed = {}, {}, {}
   for c = 0, n - 1 do
     local nonce, who = nonces[c + 1], clinicians[c + 1]
-    local emission, burst = tonumber(ARGV[9 + 5 * c]), tonumber(ARGV[10 + 5 * c])
+    local emission, burst = tonumber(ARGV[11 + 5 * c]), tonumber(ARGV[12 + 5 * c])
     if used[nonce] or seen[c + 1] then
       table.insert(failed, c .. ' replayed')
     else
@@ -360,7 +366,7 @@ if n > 0 then
         table.insert(failed, c .. ' rate')
       else
         tats[who] = tat + emission
-        used[nonce] = tonumber(ARGV[7 + 5 * c])
+        used[nonce] = tonumber(ARGV[9 + 5 * c])
       end
     end
   end
@@ -485,6 +491,10 @@ enum Outcome {
 pub(super) struct Writer {
     conn: Option<Connection>,
     head: Option<Vec<u8>>,
+    /// This writer's field in `META` (`written:<replica>:<random>`, one per writer ever
+    /// started) and the number of the last group it wrote linked: what a retry checks.
+    mark: String,
+    groups: u64,
     linked: redis::Script,
     guarded: redis::Script,
     local: Local,
@@ -493,9 +503,14 @@ pub(super) struct Writer {
 
 impl Writer {
     fn new(local: Local, acknowledgement: Acknowledgement) -> Writer {
+        // random: a process started again (in a container, with the same host name and pid)
+        // must not take an old mark for its own
+        let run: u64 = secp256k1::rand::random();
         Writer {
             conn: None,
             head: None,
+            mark: format!("written:{}:{run:016x}", crate::coordination::replica_id()),
+            groups: 0,
             linked: linked_script(),
             guarded: guarded_script(),
             local,
@@ -598,6 +613,9 @@ fn write_rows(
         let head: Option<Vec<u8>> = with(primary, &mut w.conn, |c| c.hget(&meta, AUDIT_HEAD))?;
         w.head = Some(head.unwrap_or_default());
     }
+    // this group's number, kept with its rows: a retry after a lost answer finds it there
+    w.groups += 1;
+    let number = w.groups.to_string();
     loop {
         let expected = w.head.clone().unwrap_or_default();
         let mut head = if expected.is_empty() {
@@ -607,14 +625,17 @@ fn write_rows(
         };
         let mut linked = Rows::new();
         audit_rows(&mut head, &audit, &mut linked)?;
+        linked.push((META, w.mark.clone(), Some(number.clone().into_bytes())));
         let new_head = enc(&head)?;
         let (answer, detail): (i64, Vec<u8>) = with(primary, &mut w.conn, |c| {
-            let mut call = invocation(&w.linked, 3, 3 + 5 * claims.len());
+            let mut call = invocation(&w.linked, 3, 5 + 5 * claims.len());
             call.key(&meta)
                 .key(format!("{prefix}{NONCES}"))
                 .key(format!("{prefix}{RATES}"))
                 .arg(expected.as_slice())
                 .arg(AUDIT_HEAD)
+                .arg(&w.mark)
+                .arg(&number)
                 .arg(claims.len());
             for claim in &claims {
                 call.arg(&claim.nonce)
@@ -629,12 +650,9 @@ fn write_rows(
         })
         .inspect_err(|_| w.head = None)?;
         match answer {
-            0 => {
-                w.head = Some(new_head);
-                return Ok(Outcome::Written);
-            }
-            // a retry after a lost answer finds its own write done
-            1 if detail == new_head => {
+            // written, or found written by a retry after a lost answer (the head may have
+            // moved since: the next write finds out)
+            0 | 3 => {
                 w.head = Some(new_head);
                 return Ok(Outcome::Written);
             }

@@ -1005,6 +1005,63 @@ async fn redis_killed_under_many_writes_keeps_every_acknowledged_one_once() {
     }
 }
 
+/// A group whose answer was lost (the server ran it, the connection dropped before the answer
+/// came) and that another replica wrote after, before the writer could send it again: the
+/// retry finds it written (its writer's mark) and answers it so. Before the mark, the retry
+/// linked it again on the other replica's entries: its audit events were written twice and
+/// its grant answered `replayed-request` (its own nonce), although recorded.
+#[test]
+fn a_group_whose_answer_was_lost_is_found_written_whoever_wrote_after_it() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let proxy = crate::support::LossyProxy::start(server.port);
+    let store = std::sync::Arc::new(RedisStore::open(&proxy.url(), "lost:").unwrap());
+    let other = RedisStore::open(&server.url(), "lost:").unwrap();
+    let now = crate::support::now();
+    let claimed = move |n: u64| Batch {
+        accesses: vec![access(n)],
+        audit: vec![numbered_event(0, n)],
+        claims: vec![Claim {
+            nonce: format!("ST1:{n}"),
+            until: now + 600,
+            clinician: "ST1".into(),
+            emission_ms: 1,
+            burst_ms: 60_000,
+        }],
+        ..Batch::default()
+    };
+    // the script is on the server (a first answer is not an unknown script's)
+    store.apply(claimed(1)).unwrap();
+    proxy.lose_next_script_answer.store(true, Ordering::SeqCst);
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || store.apply(claimed(2)))
+    };
+    proxy
+        .lost
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("an answer was lost");
+    // another replica writes before the retry reaches the server
+    other
+        .apply(Batch {
+            audit: vec![numbered_event(1, 3)],
+            ..Batch::default()
+        })
+        .unwrap();
+    proxy.release.send(()).unwrap();
+    assert_eq!(
+        writer.join().unwrap().map_err(|e| e.to_string()),
+        Ok(()),
+        "written, and answered so"
+    );
+    let outcomes = one_chain(&other);
+    assert_eq!(outcomes, vec!["w0-1", "w0-2", "w1-3"], "each entry once");
+    // the writer goes on linking after the other replica's entry
+    store.apply(claimed(4)).unwrap();
+    assert_eq!(one_chain(&other).last().unwrap(), "w0-4");
+}
+
 /// As on redb (`redb_keeps_an_index_of_what_is_open_…`): the index hashes name the open
 /// operations and notices only, and a store written before them has them built at its first
 /// read of one.

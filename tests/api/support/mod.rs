@@ -659,6 +659,96 @@ impl RedisServer {
     }
 }
 
+/// A TCP proxy in front of a Redis server that can lose one answer: once `lose_next_script_answer`
+/// is set, the next `EVALSHA` goes to the server (which runs it) and its answer is dropped with
+/// the connection; the connection that follows is held (accepted, not served) until `release`
+/// is sent, so that the test can write meanwhile. A fault at a boundary a real network has.
+pub struct LossyProxy {
+    pub port: u16,
+    pub lose_next_script_answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Says when an answer was lost.
+    pub lost: std::sync::mpsc::Receiver<()>,
+    pub release: std::sync::mpsc::Sender<()>,
+}
+
+impl LossyProxy {
+    pub fn start(server_port: u16) -> LossyProxy {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{mpsc, Arc};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let (lost_tx, lost) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let flag = armed.clone();
+        let hold_next = Arc::new(AtomicBool::new(false));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                if hold_next.swap(false, Ordering::SeqCst) {
+                    let _ = released.recv();
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", server_port)) else {
+                    return;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut s_in, mut c_out) = (server, client);
+                let script_sent = Arc::new(AtomicBool::new(false));
+                let sent = script_sent.clone();
+                let arm = flag.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if arm.load(Ordering::SeqCst)
+                            && buf[..n].windows(7).any(|w| w == b"EVALSHA")
+                        {
+                            sent.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    let _ = s_out.shutdown(Shutdown::Both);
+                });
+                let (arm, lost_tx, hold) = (flag.clone(), lost_tx.clone(), hold_next.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if script_sent.load(Ordering::SeqCst) && arm.swap(false, Ordering::SeqCst) {
+                            // the server ran it; its answer never arrives, and the connection
+                            // made next waits
+                            hold.store(true, Ordering::SeqCst);
+                            let _ = c_out.shutdown(Shutdown::Both);
+                            let _ = s_in.shutdown(Shutdown::Both);
+                            let _ = lost_tx.send(());
+                            return;
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        LossyProxy {
+            port,
+            lose_next_script_answer: armed,
+            lost,
+            release,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
 /// A real Redis Sentinel (`redis-server --sentinel`) on a free port, watching `primary` as
 /// `master`, quick to fail over (down after 300 ms); stopped when dropped.
 pub struct Sentinel {
