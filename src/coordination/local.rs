@@ -43,9 +43,10 @@ impl Local {
             .replays()?
             .into_iter()
             .partition(|(_, until)| *until > now);
-        if !stale.is_empty() {
+        // a bounded write each (the first start after a long run may forget very many)
+        for chunk in stale.chunks(10_000) {
             store.apply(crate::store::Batch {
-                replay_forgotten: stale.into_iter().map(|(key, _)| key).collect(),
+                replay_forgotten: chunk.iter().map(|(key, _)| key.clone()).collect(),
                 ..Default::default()
             })?;
         }
