@@ -25,6 +25,18 @@ pub(super) trait RowSource {
         keys.iter().map(|k| self.get_raw(table, k)).collect()
     }
 
+    /// The rows of `keys` that a table holds, decoded, in their order.
+    fn get_each<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        keys: &[String],
+    ) -> Result<Vec<T>, StoreError> {
+        keys.iter()
+            .zip(self.get_many(table, keys)?)
+            .filter_map(|(k, v)| v.map(|v| dec(k, &v)))
+            .collect()
+    }
+
     /// Makes the open indexes whole if they were never built (`open_index_rows`: a store
     /// written before them). The embedded store builds them when it opens.
     fn open_indexed(&self) -> Result<(), StoreError> {
@@ -41,15 +53,8 @@ pub(super) trait RowSource {
     ) -> Result<Vec<T>, StoreError> {
         self.open_indexed()?;
         let keys: Vec<String> = self.scan(index)?.into_iter().map(|(k, _)| k).collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for (key, value) in keys.iter().zip(self.get_many(table, &keys)?) {
-            if let Some(value) = value {
-                let item = dec(key, &value)?;
-                if keep(&item) {
-                    out.push(item);
-                }
-            }
-        }
+        let mut out = self.get_each(table, &keys)?;
+        out.retain(keep);
         Ok(out)
     }
 
@@ -252,10 +257,7 @@ macro_rules! typed_reads {
             let last = self.audit_head()?.map_or(0, |head| head.seq);
             let until = last.min(from.saturating_add(limit as u64).saturating_sub(1));
             let keys: Vec<String> = (from..=until).map(audit_key).collect();
-            keys.iter()
-                .zip(self.get_many(AUDIT, &keys)?)
-                .filter_map(|(k, v)| v.map(|v| dec(k, &v)))
-                .collect()
+            self.get_each(AUDIT, &keys)
         }
 
         fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError> {
@@ -265,10 +267,7 @@ macro_rules! typed_reads {
                 .into_iter()
                 .filter_map(|(k, _)| k.strip_prefix(&prefix).map(str::to_string))
                 .collect();
-            keys.iter()
-                .zip(self.get_many(AUDIT, &keys)?)
-                .filter_map(|(k, v)| v.map(|v| dec(k, &v)))
-                .collect()
+            self.get_each(AUDIT, &keys)
         }
     };
 }

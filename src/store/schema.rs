@@ -128,12 +128,12 @@ pub(super) fn open_index_rows(
     let mut out = Rows::new();
     for (id, v) in submissions {
         if dec::<Submission>(id, v)?.is_open() {
-            out.push((OPEN_SUBMISSIONS, id.clone(), Some(Vec::new())));
+            indexed(&mut out, OPEN_SUBMISSIONS, id.clone(), true);
         }
     }
     for (id, v) in notices {
         if dec::<Notice>(id, v)?.is_open() {
-            out.push((OPEN_NOTICES, id.clone(), Some(Vec::new())));
+            indexed(&mut out, OPEN_NOTICES, id.clone(), true);
         }
     }
     Ok(out)
