@@ -176,6 +176,10 @@ impl Devnet {
     }
 
     /// Signs and posts a call to one of the contracts, returning the txid (not mined).
+    ///
+    /// The key may be one the service sends from too (the demo responder): when the service
+    /// took the same nonce in between, the node answers `ConflictingNonceInMempool` and the
+    /// call is signed again with the next nonce.
     pub async fn call(
         &self,
         key: &SecretKey,
@@ -184,31 +188,43 @@ impl Devnet {
         args: Vec<Value>,
     ) -> String {
         let sender = address_of(key);
-        let signed = tx::sign_contract_call(
-            &ContractCall {
-                contract: deployer(),
-                contract_name: contract.into(),
-                function: function.into(),
-                args,
-                nonce: self.nonce(&sender).await + self.pending_from(&sender).await,
-                fee: 10_000,
-                mainnet: false,
-            },
-            key,
-        )
-        .unwrap();
-        let res = self
-            .http
-            .post(format!("{}/v2/transactions", self.rpc))
-            .header("content-type", "application/octet-stream")
-            .body(signed.bytes)
-            .send()
-            .await
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let signed = tx::sign_contract_call(
+                &ContractCall {
+                    contract: deployer(),
+                    contract_name: contract.into(),
+                    function: function.into(),
+                    args: args.clone(),
+                    nonce: self.nonce(&sender).await + self.pending_from(&sender).await,
+                    fee: 10_000,
+                    mainnet: false,
+                },
+                key,
+            )
             .unwrap();
-        let status = res.status();
-        let body = res.text().await.unwrap();
-        assert_eq!(status, 200, "{function}: {body}");
-        serde_json::from_str(&body).unwrap()
+            let res = self
+                .http
+                .post(format!("{}/v2/transactions", self.rpc))
+                .header("content-type", "application/octet-stream")
+                .body(signed.bytes)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status();
+            let body = res.text().await.unwrap();
+            let raced = status == 400
+                && serde_json::from_str::<Json>(&body).is_ok_and(|b| {
+                    b["reason"] == "ConflictingNonceInMempool" || b["reason"] == "BadNonce"
+                });
+            if raced && attempt < 10 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            assert_eq!(status, 200, "{function}: {body}");
+            return serde_json::from_str(&body).unwrap();
+        }
     }
 
     async fn pending_from(&self, who: &Address) -> u64 {
