@@ -103,9 +103,9 @@ impl Notifier {
         self.coordination.is_shared()
     }
 
-    /// The open notices, as the store has them now.
-    fn open_notices(&self) -> Vec<(u64, AccessId)> {
-        match self.store.open_notices() {
+    /// The open notices, as the store has them now, but those of `known` (not read).
+    fn open_notices(&self, known: &std::collections::HashSet<AccessId>) -> Vec<(u64, AccessId)> {
+        match self.store.open_notices_but(known) {
             Ok(open) => open.into_iter().map(|n| (n.next_at, n.access_id)).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "notices: could not read the open notices");
@@ -122,7 +122,8 @@ impl Notifier {
         mut new: mpsc::UnboundedReceiver<(u64, crate::domain::AccessId)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut due: BTreeSet<(u64, AccessId)> = self.open_notices().into_iter().collect();
+        let mut due: BTreeSet<(u64, AccessId)> =
+            self.open_notices(&Default::default()).into_iter().collect();
         let mut tick = tokio::time::interval(Duration::from_millis(self.settings.poll_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut scanned = std::time::Instant::now();
@@ -136,7 +137,7 @@ impl Notifier {
                         // other replicas' notices too: each is sent by whoever holds its lease
                         let known: std::collections::HashSet<AccessId> =
                             due.iter().map(|(_, id)| *id).collect();
-                        due.extend(self.open_notices().into_iter().filter(|(_, id)| !known.contains(id)));
+                        due.extend(self.open_notices(&known));
                         scanned = std::time::Instant::now();
                     }
                     self.round(&mut due).await;

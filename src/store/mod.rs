@@ -481,6 +481,12 @@ pub trait Store: Send + Sync + 'static {
     fn notices(&self) -> Result<Vec<Notice>, StoreError>;
     /// The notices still open (`Notice::is_open`), read through an index of them.
     fn open_notices(&self) -> Result<Vec<Notice>, StoreError>;
+    /// The open notices but those of `known` (which are not read: a replica's rescan reads
+    /// only the notices it does not hold yet).
+    fn open_notices_but(
+        &self,
+        known: &std::collections::HashSet<AccessId>,
+    ) -> Result<Vec<Notice>, StoreError>;
     /// The audit log's head (none before its first entry).
     fn audit_head(&self) -> Result<Option<crate::audit::Head>, StoreError>;
     /// Up to `limit` audit entries from seq `from` on, in order.

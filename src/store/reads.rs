@@ -43,16 +43,23 @@ pub(super) trait RowSource {
         Ok(())
     }
 
-    /// The rows of `table` that `index` names, decoded, that `keep` keeps: an index may name
-    /// a row closed since (its build raced the write that closed it), never miss an open one.
+    /// The rows of `table` that `index` names (but those whose keys `skip` skips: they are not
+    /// read), decoded, that `keep` keeps: an index may name a row closed since (its build raced
+    /// the write that closed it), never miss an open one.
     fn indexed<T: DeserializeOwned>(
         &self,
         index: Table,
         table: Table,
+        skip: impl Fn(&str) -> bool,
         keep: impl Fn(&T) -> bool,
     ) -> Result<Vec<T>, StoreError> {
         self.open_indexed()?;
-        let keys: Vec<String> = self.scan(index)?.into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = self
+            .scan(index)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !skip(k))
+            .collect();
         let mut out = self.get_each(table, &keys)?;
         out.retain(keep);
         Ok(out)
@@ -132,7 +139,12 @@ macro_rules! typed_reads {
         }
 
         fn open_submissions(&self) -> Result<Vec<Submission>, StoreError> {
-            let mut out = self.indexed(OPEN_SUBMISSIONS, SUBMISSIONS, Submission::is_open)?;
+            let mut out = self.indexed(
+                OPEN_SUBMISSIONS,
+                SUBMISSIONS,
+                |_| false,
+                Submission::is_open,
+            )?;
             out.sort_by_key(|s: &Submission| s.created_at_ms);
             Ok(out)
         }
@@ -214,7 +226,19 @@ macro_rules! typed_reads {
         }
 
         fn open_notices(&self) -> Result<Vec<Notice>, StoreError> {
-            self.indexed(OPEN_NOTICES, NOTICES, Notice::is_open)
+            self.indexed(OPEN_NOTICES, NOTICES, |_| false, Notice::is_open)
+        }
+
+        fn open_notices_but(
+            &self,
+            known: &std::collections::HashSet<AccessId>,
+        ) -> Result<Vec<Notice>, StoreError> {
+            self.indexed(
+                OPEN_NOTICES,
+                NOTICES,
+                |key| key.parse().is_ok_and(|id: AccessId| known.contains(&id)),
+                Notice::is_open,
+            )
         }
 
         fn audit_head(&self) -> Result<Option<crate::audit::Head>, StoreError> {

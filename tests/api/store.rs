@@ -263,6 +263,30 @@ pub fn conformance(store: &dyn Store) {
         .unwrap();
     assert_eq!(store.open_notices().unwrap(), vec![due.clone()]);
     assert_eq!(store.notices().unwrap().len(), 2);
+    // a rescan reads only the open notices it does not hold yet
+    let also = Notice::new(numbered(3), patient, 20);
+    store
+        .apply(Batch {
+            notices: vec![also.clone()],
+            ..Batch::default()
+        })
+        .unwrap();
+    let known = std::collections::HashSet::from([due.access_id]);
+    assert_eq!(store.open_notices_but(&known).unwrap(), vec![also.clone()]);
+    assert_eq!(
+        store.open_notices_but(&Default::default()).unwrap().len(),
+        2
+    );
+    store
+        .apply(Batch {
+            notices: vec![Notice {
+                state: NoticeState::Sent { at: 21 },
+                ..also
+            }],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert!(store.open_notices_but(&known).unwrap().is_empty());
     store
         .apply(Batch {
             notices: vec![Notice {
@@ -273,7 +297,7 @@ pub fn conformance(store: &dyn Store) {
         })
         .unwrap();
     assert!(store.open_notices().unwrap().is_empty());
-    assert_eq!(store.notices().unwrap().len(), 2);
+    assert_eq!(store.notices().unwrap().len(), 3);
 
     audit_conformance(store);
 }
