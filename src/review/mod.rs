@@ -69,8 +69,9 @@ pub struct Review {
     /// what it recorded.
     pub responder: Address,
     challenges: Mutex<HashMap<[u8; 32], u64>>,
-    /// Held from a verdict's checks to its write, so that two reviewers cannot both record one
-    /// for the same access.
+    /// Held from a verdict's checks to its write, so that two reviewers of this process cannot
+    /// both record one for the same access (on a shared store, the write itself refuses a
+    /// second verdict: `store::Guarded::Reviewed`, whichever replica gave the first).
     pub(crate) verdicts: tokio::sync::Mutex<()>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
 }

@@ -51,6 +51,15 @@ pub fn message(access: &AccessId, verdict: VerdictKind, note_hash: &[u8; 32]) ->
     )
 }
 
+fn already_reviewed() -> Refusal {
+    refusal(
+        409,
+        "already-reviewed",
+        "Already reviewed",
+        "this access has a verdict already",
+    )
+}
+
 impl Review {
     /// Records `given` as `session`'s verdict on access `id`.
     pub async fn give_verdict(
@@ -104,12 +113,7 @@ impl Review {
             ));
         }
         if store.verdict(id).map_err(unavailable)?.is_some() {
-            return Err(refusal(
-                409,
-                "already-reviewed",
-                "Already reviewed",
-                "this access has a verdict already",
-            ));
+            return Err(already_reviewed());
         }
         let recorded = store
             .submission(&format!("record:{id}"))
@@ -217,7 +221,14 @@ impl Review {
             audit,
             ..Batch::default()
         };
-        apply_async(store, batch).await.map_err(unavailable)?;
+        match apply_async(store, batch).await {
+            Ok(()) => {}
+            // another replica's reviewer was first (a shared store checks it with the write)
+            Err(crate::store::StoreError::Guarded(crate::store::Guarded::Reviewed)) => {
+                return Err(already_reviewed())
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
         tracing::info!(access = %id, %reviewer, verdict = %verdict, revoked = revoke, "verdict recorded");
         Ok(record)
     }

@@ -55,6 +55,10 @@ pub enum Guarded {
     Replayed,
     /// A `Claim`'s clinician has no grant left this minute.
     RateLimited,
+    /// The batch's verdict is for an access that has one: a verdict is written once. A shared
+    /// store (Redis) checks it with the write; one process on the embedded store gives one
+    /// verdict at a time (`review::Review`) and checks before.
+    Reviewed,
 }
 
 impl std::fmt::Display for Guarded {
@@ -64,6 +68,7 @@ impl std::fmt::Display for Guarded {
             Guarded::Changed => "the operation changed since it was read: nothing written",
             Guarded::Replayed => "the request's nonce was used before: nothing written",
             Guarded::RateLimited => "the clinician has no grant left this minute: nothing written",
+            Guarded::Reviewed => "the access has a verdict already: nothing written",
         })
     }
 }

@@ -334,13 +334,25 @@ if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], ARGV[4]) ~= ARGV[5] then return
 /// nonce), 9 + 5c (when the nonce may be forgotten, unix s), 10 + 5c (its clinician), 11 + 5c
 /// and 12 + 5c (GCRA: emission and burst, ms); argument 7, how many. However many claims, the
 /// nonces and the rates are a few commands: stale nonces forgotten, all looked up at once, all
-/// set at once.
+/// set at once. Then the group's verdicts, each of which must be the first for its access
+/// (key 4: `VERDICTS`; argument 8 + 5n, how many, then their accesses): one that is not is
+/// named as claim n + v, `reviewed`.
 fn linked_script() -> redis::Script {
     conditional(
         r"if redis.call('HGET', KEYS[1], ARGV[5]) == ARGV[6] then return {3, ''} end
 local head = redis.call('HGET', KEYS[1], ARGV[4]) or ''
 if head ~= ARGV[3] then return {1, head} end
 local n = tonumber(ARGV[7])
+local failed, used, tats = {}, {}, {}
+local v0 = 8 + 5 * n
+local reviewed = {}
+for v = 1, tonumber(ARGV[v0]) do
+  local access = ARGV[v0 + v]
+  if reviewed[access] or redis.call('HEXISTS', KEYS[4], access) == 1 then
+    table.insert(failed, (n + v - 1) .. ' reviewed')
+  end
+  reviewed[access] = true
+end
 if n > 0 then
   local t = redis.call('TIME')
   local secs = tonumber(t[1])
@@ -353,7 +365,6 @@ if n > 0 then
   end
   local seen = each('ZMSCORE', KEYS[2], nonces, 1, n)
   local stored = each('HMGET', KEYS[3], clinicians, 1, n)
-  local used, tats, failed = {}, {}, {}
   for c = 0, n - 1 do
     local nonce, who = nonces[c + 1], clinicians[c + 1]
     local emission, burst = tonumber(ARGV[11 + 5 * c]), tonumber(ARGV[12 + 5 * c])
@@ -370,7 +381,9 @@ if n > 0 then
       end
     end
   end
-  if #failed > 0 then return {2, table.concat(failed, ' ')} end
+end
+if #failed > 0 then return {2, table.concat(failed, ' ')} end
+if n > 0 then
   local scored, rates = {}, {}
   for nonce, untl in pairs(used) do
     table.insert(scored, untl)
@@ -448,11 +461,17 @@ fn write_together(primary: &Primary, w: &mut Writer, prefix: &str, mut group: Ve
         if refused.is_empty() {
             return answer_all(group, Ok(()));
         }
-        // claim i of the group is its owner's
+        // claim i of the group is its owner's; after the claims, the verdicts (`linked_script`)
         let owners: Vec<usize> = group
             .iter()
             .enumerate()
             .flat_map(|(i, (batch, _))| std::iter::repeat_n(i, batch.claims.len()))
+            .chain(
+                group
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, (batch, _))| std::iter::repeat_n(i, batch.verdicts.len())),
+            )
             .collect();
         let why: std::collections::HashMap<usize, Guarded> = refused
             .into_iter()
@@ -584,6 +603,11 @@ fn write_rows(
 ) -> Result<Outcome, StoreError> {
     let audit: Vec<&crate::audit::Record> = batches.iter().flat_map(|b| &b.audit).collect();
     let claims: Vec<&Claim> = batches.iter().flat_map(|b| &b.claims).collect();
+    let verdicts: Vec<String> = batches
+        .iter()
+        .flat_map(|b| &b.verdicts)
+        .map(|v| v.access_id.to_string())
+        .collect();
     if let Some(guard) = batches.iter().find_map(|b| b.guard.as_ref()) {
         if batches.len() > 1 || !audit.is_empty() || !claims.is_empty() {
             return Err(backend(
@@ -593,9 +617,12 @@ fn write_rows(
         return guarded(primary, w, prefix, guard, base).map(|()| Outcome::Written);
     }
     if audit.is_empty() {
-        if !claims.is_empty() {
-            // (a claim is known taken by its own write when the audit head moved with it)
-            return Err(backend("a batch with claims carries its audit events"));
+        if !claims.is_empty() || !verdicts.is_empty() {
+            // (a claim is known taken by its own write when the audit head moved with it, and a
+            // verdict is checked by the linked write)
+            return Err(backend(
+                "a batch with claims or a verdict carries its audit events",
+            ));
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -628,10 +655,11 @@ fn write_rows(
         linked.push((META, w.mark.clone(), Some(number.clone().into_bytes())));
         let new_head = enc(&head)?;
         let (answer, detail): (i64, Vec<u8>) = with(primary, &mut w.conn, |c| {
-            let mut call = invocation(&w.linked, 3, 5 + 5 * claims.len());
+            let mut call = invocation(&w.linked, 4, 6 + 5 * claims.len() + verdicts.len());
             call.key(&meta)
                 .key(format!("{prefix}{NONCES}"))
                 .key(format!("{prefix}{RATES}"))
+                .key(format!("{prefix}{VERDICTS}"))
                 .arg(expected.as_slice())
                 .arg(AUDIT_HEAD)
                 .arg(&w.mark)
@@ -643,6 +671,10 @@ fn write_rows(
                     .arg(&claim.clinician)
                     .arg(claim.emission_ms)
                     .arg(claim.burst_ms);
+            }
+            call.arg(verdicts.len());
+            for access in &verdicts {
+                call.arg(access);
             }
             push_rows(&mut call, prefix, base);
             push_rows(&mut call, prefix, &linked);
@@ -663,7 +695,7 @@ fn write_rows(
     }
 }
 
-/// The linked script's list of claims that did not hold (`<claim> replayed|rate ...`).
+/// The linked script's list of claims that did not hold (`<claim> replayed|rate|reviewed ...`).
 fn refused_claims(detail: &[u8]) -> Result<Vec<(usize, Guarded)>, StoreError> {
     let text = String::from_utf8_lossy(detail);
     let words: Vec<&str> = text.split_whitespace().collect();
@@ -674,14 +706,12 @@ fn refused_claims(detail: &[u8]) -> Result<Vec<(usize, Guarded)>, StoreError> {
                 let claim = claim
                     .parse()
                     .map_err(|_| backend(format!("redis: a claim's answer: {text}")))?;
-                Ok((
-                    claim,
-                    if *why == "rate" {
-                        Guarded::RateLimited
-                    } else {
-                        Guarded::Replayed
-                    },
-                ))
+                let why = match *why {
+                    "rate" => Guarded::RateLimited,
+                    "reviewed" => Guarded::Reviewed,
+                    _ => Guarded::Replayed,
+                };
+                Ok((claim, why))
             }
             _ => Err(backend(format!("redis: a claim's answer: {text}"))),
         })

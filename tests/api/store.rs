@@ -1668,3 +1668,74 @@ async fn the_store_follows_a_sentinel_failover_to_the_promoted_replica() {
         None
     );
 }
+
+/// A verdict is written once, whichever replica gives it: two stores on one Redis each write a
+/// verdict for the same accesses at once (in groups with other writes); for each access one is
+/// written and the other refused (`Guarded::Reviewed`) with nothing of its batch written, and
+/// the other writes of its group go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_cannot_both_give_an_access_its_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let stores: Vec<std::sync::Arc<dyn Store>> = (0..2)
+        .map(|_| {
+            std::sync::Arc::new(RedisStore::open(&server.url(), "review:").unwrap())
+                as std::sync::Arc<dyn Store>
+        })
+        .collect();
+    let verdict = |access: u64, by: usize| Batch {
+        verdicts: vec![Verdict {
+            access_id: numbered(access),
+            reviewer: p(by as u8 + 1),
+            verdict: breakglass::domain::VerdictKind::Appropriate,
+            note_sealed: String::new(),
+            note_hash: format!("{by}"),
+            signature: String::new(),
+            at: access,
+            revoked: false,
+        }],
+        replay: vec![(format!("verdict:{access}:{by}"), 1)],
+        audit: vec![numbered_event(by, access)],
+        ..Batch::default()
+    };
+    let mut writes = Vec::new();
+    for access in 0..50u64 {
+        for (by, store) in stores.iter().enumerate() {
+            writes.push(breakglass::store::apply_started(store, verdict(access, by)));
+            // and a write of the same group without a verdict
+            writes.push(breakglass::store::apply_started(
+                store,
+                Batch {
+                    audit: vec![numbered_event(by + 2, access)],
+                    ..Batch::default()
+                },
+            ));
+        }
+    }
+    let results = futures_util::future::join_all(writes).await;
+    let (mut written, mut refused) = (0, 0);
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(()) => written += 1,
+            Err(StoreError::Guarded(Guarded::Reviewed)) if i % 2 == 0 => refused += 1,
+            Err(e) => panic!("write {i}: {e}"),
+        }
+    }
+    assert_eq!((written, refused), (150, 50));
+    let store = &stores[0];
+    assert_eq!(store.verdicts().unwrap().len(), 50);
+    // the refused batches wrote nothing: for each access, the verdict kept is the one whose
+    // replay row and audit event were written, and the other's are not there
+    let replays: std::collections::HashSet<String> = store
+        .replays()
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(replays.len(), 50);
+    for v in store.verdicts().unwrap() {
+        let access = u64::from_be_bytes(v.access_id.0[..8].try_into().unwrap());
+        assert!(replays.contains(&format!("verdict:{access}:{}", v.note_hash)));
+    }
+    assert_eq!(one_chain(store.as_ref()).len(), 150);
+}
