@@ -155,6 +155,7 @@ impl Application {
             mainnet,
             settings.issuance.issuer.clone(),
             keys.stacks_address(mainnet),
+            coordination.clone(),
         ));
         let pages = web::Data::new(http::review::Pages::new()?);
         let tablet = web::Data::new(http::tablet::TabletPage::new(

@@ -18,6 +18,10 @@ pub struct Local {
     /// name → (holder, until unix ms, fencing token)
     leases: Mutex<HashMap<String, (String, u64, u64)>>,
     fences: std::sync::atomic::AtomicU64,
+    /// Sign-in challenges: nonce → until (unix s).
+    challenges: Mutex<HashMap<String, u64>>,
+    /// Sessions: key → (session, last used, unix ms).
+    sessions: Mutex<HashMap<String, (super::OpenSession, u64)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -31,6 +35,8 @@ impl Local {
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
             leases: Mutex::default(),
             fences: std::sync::atomic::AtomicU64::new(0),
+            challenges: Mutex::default(),
+            sessions: Mutex::default(),
         }
     }
 
@@ -116,6 +122,47 @@ impl Local {
         if leases.get(name).is_some_and(|(h, _, _)| h == holder) {
             leases.remove(name);
         }
+    }
+
+    pub(super) fn issue_challenge(&self, nonce: &str, expires_at: u64, max: usize) -> bool {
+        let now = now_secs();
+        let mut c = lock(&self.challenges);
+        if c.len() >= max {
+            c.retain(|_, until| *until > now);
+        }
+        if c.len() >= max {
+            return false;
+        }
+        c.insert(nonce.to_string(), expires_at);
+        true
+    }
+
+    pub(super) fn take_challenge(&self, nonce: &str) -> Option<u64> {
+        lock(&self.challenges).remove(nonce)
+    }
+
+    pub(super) fn open_session(&self, key: &str, session: &super::OpenSession) {
+        lock(&self.sessions).insert(key.to_string(), (session.clone(), session.created_ms));
+    }
+
+    pub(super) fn touch_session(
+        &self,
+        key: &str,
+        idle_ms: u64,
+        max_ms: u64,
+    ) -> Option<super::OpenSession> {
+        let now = now_ms();
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|_, (s, last)| {
+            now.saturating_sub(*last) < idle_ms && now.saturating_sub(s.created_ms) < max_ms
+        });
+        let (s, last) = sessions.get_mut(key)?;
+        *last = now;
+        Some(s.clone())
+    }
+
+    pub(super) fn end_session(&self, key: &str) {
+        lock(&self.sessions).remove(key);
     }
 }
 

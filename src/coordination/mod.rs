@@ -7,6 +7,9 @@
 //! on every other, a clinician's rate counts across all of them, and one replica at a time
 //! holds the chain submitter's lease or a notice's.
 //!
+//! Reviewers' sign-in challenges and sessions are kept the same way (in memory, or on Redis
+//! with an expiry), so that a reviewer moves between replicas without signing in again.
+//!
 //! A lease's fencing token goes with the holder's writes (`store::Guard`): the store refuses a
 //! write whose token is no longer the lease's, so a holder that was paused past its lease (and
 //! replaced) cannot write, or sign and broadcast, with what it read before.
@@ -75,6 +78,85 @@ impl Coordinator {
                 Ok(())
             }
             Coordinator::Redis(r) => r.release(name, holder).await,
+        }
+    }
+}
+
+/// A reviewer's open session as replicas share it (`review::Session`): who signed in, the
+/// CSRF token of its forms, and when it opened (unix ms). Kept under the SHA-256 of its cookie's
+/// token (hex), never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSession {
+    pub reviewer: String,
+    pub csrf: String,
+    pub created_ms: u64,
+}
+
+/// Reviewers' sign-in challenges and sessions: in this process's memory (`Local`), or on Redis,
+/// so that a reviewer signed in on one replica is signed in on all, and a challenge handed out
+/// by one can be signed in with on another, once.
+impl Coordinator {
+    /// Records sign-in challenge `nonce` (hex) as outstanding until `expires_at` (unix s); false
+    /// (nothing recorded) while `max` are outstanding: anyone may ask for one.
+    pub async fn issue_challenge(
+        &self,
+        nonce: &str,
+        expires_at: u64,
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Coordinator::Local(l) => Ok(l.issue_challenge(nonce, expires_at, max)),
+            Coordinator::Redis(r) => r.issue_challenge(nonce, expires_at, max).await,
+        }
+    }
+
+    /// Spends challenge `nonce`: when it was to expire, if it was outstanding (once only).
+    pub async fn take_challenge(&self, nonce: &str) -> Result<Option<u64>, StoreError> {
+        match self {
+            Coordinator::Local(l) => Ok(l.take_challenge(nonce)),
+            Coordinator::Redis(r) => r.take_challenge(nonce).await,
+        }
+    }
+
+    /// Opens session `key` for at most `idle_ms` unused and `max_ms` in all.
+    pub async fn open_session(
+        &self,
+        key: &str,
+        session: &OpenSession,
+        idle_ms: u64,
+        max_ms: u64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Coordinator::Local(l) => {
+                l.open_session(key, session);
+                Ok(())
+            }
+            Coordinator::Redis(r) => r.open_session(key, session, idle_ms.min(max_ms)).await,
+        }
+    }
+
+    /// Session `key`, if it is open, kept from idling out for `idle_ms` more (never past
+    /// `max_ms` after it opened).
+    pub async fn touch_session(
+        &self,
+        key: &str,
+        idle_ms: u64,
+        max_ms: u64,
+    ) -> Result<Option<OpenSession>, StoreError> {
+        match self {
+            Coordinator::Local(l) => Ok(l.touch_session(key, idle_ms, max_ms)),
+            Coordinator::Redis(r) => r.touch_session(key, idle_ms, max_ms).await,
+        }
+    }
+
+    /// Ends session `key`.
+    pub async fn end_session(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Coordinator::Local(l) => {
+                l.end_session(key);
+                Ok(())
+            }
+            Coordinator::Redis(r) => r.end_session(key).await,
         }
     }
 }

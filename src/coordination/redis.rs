@@ -9,7 +9,9 @@
 //! clinician's theoretical arrival time of GCRA, the algorithm `governor` runs for one
 //! process: one field per clinician), `lease:<name>` (a hash: holder and fencing token,
 //! expiring with the lease) and `fences` (the last token given for each lease name; never
-//! expires, so tokens only grow).
+//! expires, so tokens only grow); for reviewers, `challenges` (a sorted set of outstanding
+//! sign-in challenges, scored with their expiry) and `session:<sha256 of the token>` (a hash:
+//! reviewer, CSRF token, when it opened; expiring when it idles out or reaches its maximum).
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -29,6 +31,11 @@ pub struct RedisCoordinator {
     per_minute: u64,
     lease: Script,
     release: Script,
+    issue_challenge: Script,
+    take_challenge: Script,
+    open_session: Script,
+    touch_session: Script,
+    end_session: Script,
 }
 
 fn redis_err(e: ::redis::RedisError) -> StoreError {
@@ -51,6 +58,47 @@ end
 return -1
 ";
 
+/// Records a sign-in challenge (key: the sorted set of outstanding ones, each scored with its
+/// expiry), unless `ARGV[4]` are outstanding: 1 recorded, 0 not.
+const ISSUE_CHALLENGE: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+";
+
+/// Spends a challenge: its expiry, if it was outstanding.
+const TAKE_CHALLENGE: &str = r"
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if expiry then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return expiry
+";
+
+const OPEN_SESSION: &str = r"
+redis.call('HSET', KEYS[1], 'reviewer', ARGV[1], 'csrf', ARGV[2], 'created', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+";
+
+/// A session's fields, its expiry moved to `ARGV[2]` ms from now (`ARGV[1]`, unix ms) but never
+/// past `ARGV[3]` ms after it opened; nil if it is not open.
+const TOUCH_SESSION: &str = r"
+local s = redis.call('HMGET', KEYS[1], 'reviewer', 'csrf', 'created')
+if not s[1] then return nil end
+local ttl = math.min(tonumber(ARGV[2]), tonumber(s[3]) + tonumber(ARGV[3]) - tonumber(ARGV[1]))
+if ttl <= 0 then
+  redis.call('DEL', KEYS[1])
+  return nil
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return s
+";
+
+const END_SESSION: &str = r"
+redis.call('DEL', KEYS[1])
+return 1
+";
+
 const RELEASE: &str = r"
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
   redis.call('DEL', KEYS[1])
@@ -71,6 +119,11 @@ impl RedisCoordinator {
             per_minute: u64::from(per_minute.get()),
             lease: Script::new(LEASE),
             release: Script::new(RELEASE),
+            issue_challenge: Script::new(ISSUE_CHALLENGE),
+            take_challenge: Script::new(TAKE_CHALLENGE),
+            open_session: Script::new(OPEN_SESSION),
+            touch_session: Script::new(TOUCH_SESSION),
+            end_session: Script::new(END_SESSION),
         })
     }
 
@@ -148,6 +201,74 @@ impl RedisCoordinator {
         let mut call = self.release.prepare_invoke();
         call.key(crate::store::lease_key(&self.prefix, name))
             .arg(holder);
+        self.invoke::<i64>(&call).await.map(|_| ())
+    }
+
+    fn session_key(&self, key: &str) -> String {
+        format!("{}session:{key}", self.prefix)
+    }
+
+    pub(super) async fn issue_challenge(
+        &self,
+        nonce: &str,
+        expires_at: u64,
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        let mut call = self.issue_challenge.prepare_invoke();
+        call.key(format!("{}challenges", self.prefix))
+            .arg(nonce)
+            .arg(expires_at)
+            .arg(crate::clock::now_secs())
+            .arg(max);
+        Ok(self.invoke::<i64>(&call).await? == 1)
+    }
+
+    pub(super) async fn take_challenge(&self, nonce: &str) -> Result<Option<u64>, StoreError> {
+        let mut call = self.take_challenge.prepare_invoke();
+        call.key(format!("{}challenges", self.prefix)).arg(nonce);
+        let until: Option<String> = self.invoke(&call).await?;
+        Ok(until.and_then(|u| u.parse().ok()))
+    }
+
+    pub(super) async fn open_session(
+        &self,
+        key: &str,
+        session: &super::OpenSession,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut call = self.open_session.prepare_invoke();
+        call.key(self.session_key(key))
+            .arg(&session.reviewer)
+            .arg(&session.csrf)
+            .arg(session.created_ms)
+            .arg(ttl_ms.max(1));
+        self.invoke::<i64>(&call).await.map(|_| ())
+    }
+
+    pub(super) async fn touch_session(
+        &self,
+        key: &str,
+        idle_ms: u64,
+        max_ms: u64,
+    ) -> Result<Option<super::OpenSession>, StoreError> {
+        let mut call = self.touch_session.prepare_invoke();
+        call.key(self.session_key(key))
+            .arg(crate::clock::now_ms())
+            .arg(idle_ms)
+            .arg(max_ms);
+        let fields: Option<(String, String, u64)> = self.invoke(&call).await?;
+        Ok(
+            fields.map(|(reviewer, csrf, created_ms)| super::OpenSession {
+                reviewer,
+                csrf,
+                created_ms,
+            }),
+        )
+    }
+
+    pub(super) async fn end_session(&self, key: &str) -> Result<(), StoreError> {
+        let mut call = self.end_session.prepare_invoke();
+        call.key(self.session_key(key));
         self.invoke::<i64>(&call).await.map(|_| ())
     }
 }

@@ -275,7 +275,7 @@ async fn sign_in_page(review: web::Data<Review>, pages: web::Data<Pages>) -> Htt
 }
 
 async fn challenge(review: web::Data<Review>) -> HttpResponse {
-    let c = match review.challenge() {
+    let c = match review.challenge().await {
         Ok(c) => c,
         Err(r) => return problem(&r),
     };
@@ -361,7 +361,9 @@ async fn sign_out(
         return pages.problem(&csrf_refusal(), Some(&s), "/review");
     }
     if let Some(c) = req.cookie(SESSION_COOKIE) {
-        review.sign_out(c.value());
+        if let Err(r) = review.sign_out(c.value()).await {
+            return pages.problem(&r, Some(&s), "/review");
+        }
     }
     let mut gone = Cookie::build(SESSION_COOKIE, "").path("/").finish();
     gone.make_removal();

@@ -16,16 +16,17 @@
 //! cache, which the follower keeps at most a block behind: a reviewer removed or suspended on
 //! chain loses the session within a block.
 //!
-//! Sessions live in this process's memory: a restart signs reviewers out (they sign in again;
-//! nothing else is lost).
+//! Challenges and sessions are kept where replicas agree (`coordination`): in this process's
+//! memory on the embedded store (a restart signs reviewers out: they sign in again, nothing
+//! else is lost), on Redis with replicas (a reviewer signed in on one replica is signed in on
+//! every one, and a challenge is spent once, wherever it is sent back).
 //!
 //! `verdict.rs` gives a verdict; `listing.rs` builds the queue and an access's whole story.
 //!
 //! It must not: let a verdict through without the reviewer's own signature over it, or log a
 //! reason, a note or a session token.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -53,7 +54,6 @@ pub struct Session {
     /// The token every form of this session carries.
     pub csrf: String,
     created_ms: u64,
-    last_ms: u64,
 }
 
 pub struct Review {
@@ -68,12 +68,12 @@ pub struct Review {
     /// The service's own principal (the responder that records accesses): never a reviewer of
     /// what it recorded.
     pub responder: Address,
-    challenges: Mutex<HashMap<[u8; 32], u64>>,
     /// Held from a verdict's checks to its write, so that two reviewers of this process cannot
     /// both record one for the same access (on a shared store, the write itself refuses a
     /// second verdict: `store::Guarded::Reviewed`, whichever replica gave the first).
     pub(crate) verdicts: tokio::sync::Mutex<()>,
-    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    /// Where challenges and sessions are kept.
+    coordination: Arc<crate::coordination::Coordinator>,
 }
 
 /// A challenge to sign: the domain and message (consensus-serialized, hex) and the nonce that
@@ -101,6 +101,7 @@ fn refusal(
 }
 
 impl Review {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         state: ChainState,
         keyring: Arc<crate::seal::Keyring>,
@@ -109,6 +110,7 @@ impl Review {
         mainnet: bool,
         service: String,
         responder: Address,
+        coordination: Arc<crate::coordination::Coordinator>,
     ) -> Review {
         Review {
             state,
@@ -118,9 +120,8 @@ impl Review {
             mainnet,
             service,
             responder,
-            challenges: Mutex::default(),
             verdicts: tokio::sync::Mutex::default(),
-            sessions: Mutex::default(),
+            coordination,
         }
     }
 
@@ -132,24 +133,21 @@ impl Review {
     ///
     /// None while `MAX_CHALLENGES` are outstanding: anyone may ask for one, so their number
     /// is bounded.
-    pub fn challenge(&self) -> Result<Challenge, Refusal> {
+    pub async fn challenge(&self) -> Result<Challenge, Refusal> {
         let nonce = random32();
-        let now = now_secs();
-        let expires_at = now + self.settings.challenge_secs;
-        {
-            let mut c = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
-            if c.len() >= MAX_CHALLENGES {
-                c.retain(|_, until| *until > now);
-            }
-            if c.len() >= MAX_CHALLENGES {
-                return Err(refusal(
-                    429,
-                    "too-many-challenges",
-                    "Too many sign-ins at once",
-                    "too many sign-in challenges are outstanding; try again in a minute",
-                ));
-            }
-            c.insert(nonce, expires_at);
+        let expires_at = now_secs() + self.settings.challenge_secs;
+        let room = self
+            .coordination
+            .issue_challenge(&hex::encode(nonce), expires_at, MAX_CHALLENGES)
+            .await
+            .map_err(sessions_unavailable)?;
+        if !room {
+            return Err(refusal(
+                429,
+                "too-many-challenges",
+                "Too many sign-ins at once",
+                "too many sign-in challenges are outstanding; try again in a minute",
+            ));
         }
         let message = Value::Tuple(
             [
@@ -273,10 +271,10 @@ impl Review {
         };
         // spent now, whatever follows: a challenge is signed in with once
         let issued = self
-            .challenges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&nonce);
+            .coordination
+            .take_challenge(&hex::encode(nonce))
+            .await
+            .map_err(sessions_unavailable)?;
         if bound != Some(hex::encode(nonce).as_str()) {
             return Err(refusal(
                 400,
@@ -329,17 +327,24 @@ impl Review {
         }
         outcome?;
         let token = random32();
-        let now = now_ms();
         let session = Session {
             reviewer,
             csrf: hex::encode(random32()),
-            created_ms: now,
-            last_ms: now,
+            created_ms: now_ms(),
         };
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(Sha256::digest(token).into(), session.clone());
+        self.coordination
+            .open_session(
+                &hex::encode(Sha256::digest(token)),
+                &crate::coordination::OpenSession {
+                    reviewer: reviewer.to_string(),
+                    csrf: session.csrf.clone(),
+                    created_ms: session.created_ms,
+                },
+                self.settings.idle_secs * 1000,
+                self.settings.max_secs * 1000,
+            )
+            .await
+            .map_err(sessions_unavailable)?;
         tracing::info!(%reviewer, "reviewer signed in");
         Ok((hex::encode(token), session))
     }
@@ -348,35 +353,37 @@ impl Review {
     /// use keeps it from idling out.
     pub async fn session(&self, token: &str) -> Result<Session, Refusal> {
         let signed_out = |d: &str| refusal(401, "not-signed-in", "Not signed in", d.to_string());
-        let Some(key) = hex::decode(token)
-            .ok()
-            .filter(|t| t.len() == 32)
-            .map(|t| <[u8; 32]>::from(Sha256::digest(t)))
-        else {
+        let Some(key) = session_key(token) else {
             return Err(signed_out("the session cookie is not one of ours: sign in"));
         };
-        let now = now_ms();
-        let session = {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            let idle = self.settings.idle_secs * 1000;
-            let max = self.settings.max_secs * 1000;
-            sessions.retain(|_, s| {
-                now.saturating_sub(s.last_ms) < idle && now.saturating_sub(s.created_ms) < max
-            });
-            let Some(s) = sessions.get_mut(&key) else {
-                return Err(signed_out(
-                    "no open session (it expired, or was never opened): sign in",
-                ));
-            };
-            s.last_ms = now;
-            s.clone()
+        let open = self
+            .coordination
+            .touch_session(
+                &key,
+                self.settings.idle_secs * 1000,
+                self.settings.max_secs * 1000,
+            )
+            .await
+            .map_err(sessions_unavailable)?;
+        let Some(open) = open else {
+            return Err(signed_out(
+                "no open session (it expired, or was never opened): sign in",
+            ));
+        };
+        let Ok(reviewer) = open.reviewer.parse::<Address>() else {
+            return Err(signed_out("the session is not one of ours: sign in"));
+        };
+        let session = Session {
+            reviewer,
+            csrf: open.csrf,
+            created_ms: open.created_ms,
         };
         if let Err(r) = self.authorized(&session.reviewer).await {
             if r.status != 503 {
-                self.sessions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key);
+                self.coordination
+                    .end_session(&key)
+                    .await
+                    .map_err(sessions_unavailable)?;
                 tracing::info!(reviewer = %session.reviewer, code = r.code, "a reviewer's session ended: no longer authorized on chain");
             }
             return Err(r);
@@ -384,13 +391,14 @@ impl Review {
         Ok(session)
     }
 
-    pub fn sign_out(&self, token: &str) {
-        if let Ok(t) = hex::decode(token) {
-            let key: [u8; 32] = Sha256::digest(t).into();
-            self.sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+    pub async fn sign_out(&self, token: &str) -> Result<(), Refusal> {
+        match session_key(token) {
+            Some(key) => self
+                .coordination
+                .end_session(&key)
+                .await
+                .map_err(sessions_unavailable),
+            None => Ok(()),
         }
     }
 
@@ -410,6 +418,24 @@ impl Review {
             )
         })
     }
+}
+
+/// Where a session is kept: the SHA-256 of its cookie's token (32 bytes, hex), hex.
+fn session_key(token: &str) -> Option<String> {
+    hex::decode(token)
+        .ok()
+        .filter(|t| t.len() == 32)
+        .map(|t| hex::encode(Sha256::digest(t)))
+}
+
+fn sessions_unavailable(e: crate::store::StoreError) -> Refusal {
+    tracing::error!(error = %e, "reviewer sessions unavailable");
+    refusal(
+        503,
+        "sessions-unavailable",
+        "Sign-in unavailable",
+        "the service cannot read or keep sign-ins right now; try again",
+    )
 }
 
 /// Constant-time comparison of a form's CSRF token with the session's.

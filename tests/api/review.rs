@@ -132,11 +132,22 @@ fn csrf_of(html: &str) -> String {
 
 /// Posts a verdict form; (status, body).
 async fn post_verdict(base: &str, session: &str, id: &str, form: &[(&str, &str)]) -> (u16, String) {
+    post_form(
+        base,
+        &format!("/review/accesses/{id}/verdict"),
+        session,
+        form,
+    )
+    .await
+}
+
+/// Posts a form with a session cookie; (status, body).
+async fn post_form(base: &str, path: &str, session: &str, form: &[(&str, &str)]) -> (u16, String) {
     let res = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-        .post(format!("{base}/review/accesses/{id}/verdict"))
+        .post(format!("{base}{path}"))
         .header("cookie", format!("bg_session={session}"))
         .form(form)
         .send()
@@ -792,4 +803,48 @@ async fn csrf_of_session(base: &str, session: &str) -> String {
     let (s, page) = get_with(base, "/review", session).await;
     assert_eq!(s, 200);
     csrf_of(&page)
+}
+
+/// Two replicas on one Redis, behind a load balancer without session affinity: a challenge
+/// handed out by one is signed in with on the other, once; the session opened there is open on
+/// both; signing out on one signs out on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewer_moves_between_replicas_without_signing_in_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let url = redis.url();
+    let env = setup(|s| s.data.redis_url = Some(url.clone())).await;
+    let other = app(&env.devnet.rpc, &dir.path().join("other"), |s| {
+        s.data.redis_url = Some(url.clone())
+    })
+    .await;
+    let (a, b) = (base(&env), format!("http://{}", other.api_addr));
+    let reviewer = key_of(provider(&env.demo, "reviewer"));
+
+    // handed out by A, signed in with on B
+    let c = challenge(&a).await;
+    let signature = sign_hex(&c.message, &reviewer);
+    let (status, body, session) = sign_in(&b, &c.message, &signature, Some(&c.cookie)).await;
+    assert_eq!(status, 200, "{body}");
+    let session = session.expect("a session cookie");
+    // spent, on either replica
+    for at in [&a, &b] {
+        let (status, body, none) = sign_in(at, &c.message, &signature, Some(&c.cookie)).await;
+        assert_eq!(
+            (status, body["code"].as_str(), none),
+            (401, Some("unknown-challenge"), None)
+        );
+    }
+    // open on both, with the same CSRF token
+    let csrf = csrf_of_session(&a, &session).await;
+    assert_eq!(csrf_of_session(&b, &session).await, csrf);
+
+    // signed out on A: signed out on B
+    let (status, _) = post_form(&a, "/review/sign-out", &session, &[("csrf", &csrf)]).await;
+    assert_eq!(status, 303);
+    for at in [&a, &b] {
+        let (status, _) = get_with(at, "/review", &session).await;
+        assert_ne!(status, 200, "signed out on {at}");
+    }
+    other.stop().await;
 }

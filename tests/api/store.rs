@@ -1739,3 +1739,65 @@ async fn two_replicas_cannot_both_give_an_access_its_verdict() {
     }
     assert_eq!(one_chain(store.as_ref()).len(), 150);
 }
+
+/// Reviewers' challenges and sessions keep the same rules in one process and across replicas
+/// on Redis: a bounded number of challenges outstanding, each spent once (wherever), and a
+/// session that idles out unused and ends at its maximum however much it is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_challenges_and_sessions_keep_their_rules_in_memory_and_on_redis() {
+    use breakglass::coordination::{Coordinator, OpenSession};
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let local = std::sync::Arc::new(Coordinator::local(10));
+    let shared = (
+        std::sync::Arc::new(Coordinator::redis(&server.url(), "si:", 10).unwrap()),
+        std::sync::Arc::new(Coordinator::redis(&server.url(), "si:", 10).unwrap()),
+    );
+    for (a, b) in [(local.clone(), local), shared] {
+        let later = crate::support::now() + 60;
+        assert!(a.issue_challenge("c1", later, 2).await.unwrap());
+        assert!(b.issue_challenge("c2", later, 2).await.unwrap());
+        assert!(
+            !a.issue_challenge("c3", later, 2).await.unwrap(),
+            "two outstanding"
+        );
+        assert_eq!(b.take_challenge("c1").await.unwrap(), Some(later));
+        assert_eq!(a.take_challenge("c1").await.unwrap(), None, "spent once");
+        assert!(a.issue_challenge("c3", later, 2).await.unwrap());
+
+        let opened = |created_ms| OpenSession {
+            reviewer: "ST1REVIEWER".into(),
+            csrf: "f00d".into(),
+            created_ms,
+        };
+        // idles out after 1 s unused, each use keeping it open
+        a.open_session("s1", &opened(breakglass::clock::now_ms()), 1_000, 60_000)
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let s = b.touch_session("s1", 1_000, 60_000).await.unwrap();
+            assert_eq!(s.map(|s| s.csrf), Some("f00d".to_string()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        assert_eq!(b.touch_session("s1", 1_000, 60_000).await.unwrap(), None);
+        // ends 1.5 s after it opened, used or not
+        a.open_session("s2", &opened(breakglass::clock::now_ms()), 60_000, 1_500)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(b
+            .touch_session("s2", 60_000, 1_500)
+            .await
+            .unwrap()
+            .is_some());
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        assert_eq!(a.touch_session("s2", 60_000, 1_500).await.unwrap(), None);
+        // ended on one, ended on both
+        a.open_session("s3", &opened(breakglass::clock::now_ms()), 60_000, 60_000)
+            .await
+            .unwrap();
+        b.end_session("s3").await.unwrap();
+        assert_eq!(a.touch_session("s3", 60_000, 60_000).await.unwrap(), None);
+    }
+}
