@@ -96,6 +96,9 @@ pub struct RedisStore {
     /// Whether this process made the open indexes whole (`open_index_rows`): at the first
     /// read of one, since the server may be away when the store opens.
     indexed: std::sync::atomic::AtomicBool,
+    /// Whether this process moved sorted tables an earlier version kept as hashes
+    /// (`sorted_whole`).
+    sorted: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for RedisStore {
@@ -202,11 +205,12 @@ impl RedisStore {
             writer: Some(writer),
             thread: Some(thread),
             indexed: std::sync::atomic::AtomicBool::new(false),
+            sorted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     fn key(&self, table: Table) -> String {
-        format!("{}{table}", self.prefix)
+        table_key(&self.prefix, table)
     }
 
     fn read<T>(
@@ -283,10 +287,25 @@ fn invocation(script: &redis::Script, keys: usize, args: usize) -> redis::Script
     call
 }
 
+/// Tables kept as a sorted set rather than a hash: their rows have empty values and are read by
+/// key prefix, each member scored 0 so that the set orders them by their bytes, and
+/// `ZRANGEBYLEX` reads one prefix's rows without walking the others (an access's trail in the
+/// index by access, however long the log).
+const SORTED: [Table; 1] = [AUDIT_BY_ACCESS];
+
+/// Where `table` is kept under `prefix`: a hash, or a sorted set (`SORTED`).
+fn table_key(prefix: &str, table: Table) -> String {
+    if SORTED.contains(&table) {
+        format!("{prefix}sorted:{table}")
+    } else {
+        format!("{prefix}{table}")
+    }
+}
+
 /// Adds `rows` to a `conditional` script's call, each run of rows of one table and one kind
-/// (set, delete) as one command: its table's hash as a key; `HSET` or `HDEL`, how many
-/// arguments follow, and the fields (with their values) as arguments. Runs keep the rows'
-/// order, so a later write of a row wins.
+/// (set, delete) as one command: its table's key; `HSET` or `HDEL` (`ZADD` or `ZREM` for a
+/// sorted table), how many arguments follow, and the fields with their values (members with
+/// their score) as arguments. Runs keep the rows' order, so a later write of a row wins.
 fn push_rows(call: &mut redis::ScriptInvocation<'_>, prefix: &str, rows: &Rows) {
     let mut start = 0;
     while start < rows.len() {
@@ -297,14 +316,21 @@ fn push_rows(call: &mut redis::ScriptInvocation<'_>, prefix: &str, rows: &Rows) 
             .position(|(t, _, v)| t != table || v.is_some() != sets)
             .map_or(rows.len(), |n| start + n);
         let run = &rows[start..end];
-        call.key(format!("{prefix}{table}"));
-        if sets {
+        call.key(table_key(prefix, table));
+        let sorted = SORTED.contains(table);
+        if sets && sorted {
+            call.arg("ZADD").arg(2 * run.len());
+            for (_, key, _) in run {
+                call.arg(0).arg(key);
+            }
+        } else if sets {
             call.arg("HSET").arg(2 * run.len());
             for (_, key, value) in run {
                 call.arg(key).arg(value.as_deref().unwrap_or_default());
             }
         } else {
-            call.arg("HDEL").arg(run.len());
+            call.arg(if sorted { "ZREM" } else { "HDEL" })
+                .arg(run.len());
             for (_, key, _) in run {
                 call.arg(key);
             }
@@ -627,10 +653,12 @@ fn write_rows(
         let mut pipe = redis::pipe();
         pipe.atomic();
         for (table, key, value) in base {
-            let hash = format!("{prefix}{table}");
-            match value {
-                Some(v) => pipe.hset(hash, key, v.as_slice()).ignore(),
-                None => pipe.hdel(hash, key).ignore(),
+            let at = table_key(prefix, table);
+            match (value, SORTED.contains(table)) {
+                (Some(_), true) => pipe.zadd(at, key, 0).ignore(),
+                (None, true) => pipe.zrem(at, key).ignore(),
+                (Some(v), false) => pipe.hset(at, key, v.as_slice()).ignore(),
+                (None, false) => pipe.hdel(at, key).ignore(),
             };
         }
         return with(primary, &mut w.conn, |c| pipe.query::<()>(c)).map(|()| Outcome::Written);
@@ -730,6 +758,10 @@ impl RowSource for RedisStore {
             writes = copy.writes;
         }
         let hash = self.key(table);
+        if SORTED.contains(&table) {
+            let score: Option<f64> = self.read(|c| c.zscore(&hash, key))?;
+            return Ok(score.map(|_| Vec::new()));
+        }
         let value: Option<Vec<u8>> = self.read(|c| c.hget(&hash, key))?;
         if let (true, Some(v)) = (local, &value) {
             let mut copy = self.local.write().unwrap_or_else(|e| e.into_inner());
@@ -741,6 +773,9 @@ impl RowSource for RedisStore {
     }
 
     fn get_many(&self, table: Table, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if SORTED.contains(&table) {
+            return keys.iter().map(|k| self.get_raw(table, k)).collect();
+        }
         let hash = self.key(table);
         let mut out = Vec::with_capacity(keys.len());
         // a command per `UNPACKED` keys: the server answers others between them
@@ -778,6 +813,9 @@ impl RowSource for RedisStore {
     /// In bounded steps (`HSCAN`): the server answers others between them, however large the
     /// table.
     fn scan(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if SORTED.contains(&table) {
+            return self.scan_sorted(table, "");
+        }
         self.scan_matching(table, "*")
     }
 
@@ -786,12 +824,75 @@ impl RowSource for RedisStore {
         table: Table,
         prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if SORTED.contains(&table) {
+            return self.scan_sorted(table, prefix);
+        }
         // keys here hold no glob characters
         self.scan_matching(table, &format!("{prefix}*"))
     }
 }
 
 impl RedisStore {
+    /// The rows of sorted `table` (`SORTED`) whose keys start with `prefix` (ASCII, as every
+    /// key is), in key order: `ZRANGEBYLEX`, a thousand a step, each step after the last.
+    fn scan_sorted(
+        &self,
+        table: Table,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.sorted_whole()?;
+        let set = self.key(table);
+        let (mut min, max) = if prefix.is_empty() {
+            ("-".to_string(), "+".to_string())
+        } else {
+            (format!("[{prefix}"), format!("({prefix}\x7f"))
+        };
+        let mut rows = Vec::new();
+        loop {
+            let page: Vec<String> = self.read(|c| {
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(&set)
+                    .arg(&min)
+                    .arg(&max)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(1000)
+                    .query(c)
+            })?;
+            let last = page.len() < 1000;
+            if let Some(key) = page.last() {
+                min = format!("({key}");
+            }
+            rows.extend(page.into_iter().map(|k| (k, Vec::new())));
+            if last {
+                return Ok(rows);
+            }
+        }
+    }
+
+    /// Once a process, at its first read of a sorted table: a store written by an earlier
+    /// version kept it as a hash (`<prefix><table>`), whose rows are moved into the sorted set
+    /// (a thousand a step) and the hash deleted. As with the open indexes, replicas of the
+    /// earlier version still running write the hash (`deploy/README.md`, upgrading).
+    fn sorted_whole(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.sorted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        for table in SORTED {
+            let old = format!("{}{table}", self.prefix);
+            let set = self.key(table);
+            let rows = self.hscan(&old, "*")?;
+            for page in rows.chunks(1000) {
+                let members: Vec<(u8, &str)> = page.iter().map(|(k, _)| (0, k.as_str())).collect();
+                self.read(|c| c.zadd_multiple::<_, _, _, ()>(&set, &members))?;
+            }
+            self.read(|c| c.del::<_, ()>(&old))?;
+        }
+        self.sorted.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// The rows of `table` whose keys match `pattern`, in key order: `HSCAN`, up to a
     /// thousand fields a step.
     fn scan_matching(
@@ -799,13 +900,17 @@ impl RedisStore {
         table: Table,
         pattern: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let hash = self.key(table);
+        self.hscan(&self.key(table), pattern)
+    }
+
+    /// The fields of `hash` that match `pattern`, with their values, in key order.
+    fn hscan(&self, hash: &str, pattern: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut rows = BTreeMap::new();
         let mut cursor = 0u64;
         loop {
             let (next, found): (u64, Vec<(String, Vec<u8>)>) = self.read(|c| {
                 redis::cmd("HSCAN")
-                    .arg(&hash)
+                    .arg(hash)
                     .arg(cursor)
                     .arg("MATCH")
                     .arg(pattern)

@@ -1093,10 +1093,7 @@ fn a_group_whose_answer_was_lost_is_found_written_whoever_wrote_after_it() {
 fn redis_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
     let dir = tempfile::tempdir().unwrap();
     let server = crate::support::RedisServer::start(dir.path());
-    let mut conn = redis::Client::open(server.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut conn = server.connection();
     let fields = |conn: &mut redis::Connection, key: &str| -> Vec<String> {
         let mut f: Vec<String> = redis::cmd("HKEYS").arg(key).query(conn).unwrap();
         f.sort();
@@ -1800,4 +1797,87 @@ async fn sign_in_challenges_and_sessions_keep_their_rules_in_memory_and_on_redis
         b.end_session("s3").await.unwrap();
         assert_eq!(a.touch_session("s3", 60_000, 60_000).await.unwrap(), None);
     }
+}
+
+/// On Redis the index by access is a sorted set, each access's trail read by its prefix
+/// (`ZRANGEBYLEX`) rather than by walking every entry's row; a store an earlier version wrote
+/// (the index a hash) has it moved into the sorted set at the first read, the trails unchanged.
+#[test]
+fn redis_reads_an_access_trail_by_its_prefix_and_moves_an_older_index() {
+    use breakglass::audit::{Event, Record};
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let mut conn = server.connection();
+    let event = |access: u64, state: &str| Record {
+        at: access,
+        event: Event::Notice {
+            access: numbered(access),
+            patient: PatientId([1; 32]),
+            state: state.into(),
+        },
+    };
+    let trail = |store: &RedisStore, access: u64| -> Vec<u64> {
+        store
+            .audit_of(&numbered(access))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.seq)
+            .collect()
+    };
+    {
+        let store = RedisStore::open(&server.url(), "trail:").unwrap();
+        // 1,500 accesses, two entries each, interleaved: more than a step of the read
+        for round in ["pending", "sent"] {
+            for access in 0..1_500 {
+                store
+                    .apply(Batch {
+                        audit: vec![event(access, round)],
+                        ..Batch::default()
+                    })
+                    .unwrap();
+            }
+        }
+        assert_eq!(trail(&store, 7), vec![8, 1_508]);
+        assert_eq!(trail(&store, 1_499), vec![1_500, 3_000]);
+        assert!(trail(&store, 2_000).is_empty());
+    }
+    let kind: String = redis::cmd("TYPE")
+        .arg("trail:sorted:audit_by_access")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(kind, "zset");
+    let members: u64 = redis::cmd("ZCARD")
+        .arg("trail:sorted:audit_by_access")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(members, 3_000);
+    // as an earlier version kept it: a hash of the same keys, empty values
+    let keys: Vec<String> = redis::cmd("ZRANGE")
+        .arg("trail:sorted:audit_by_access")
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    let mut old = redis::pipe();
+    old.del("trail:sorted:audit_by_access").ignore();
+    for k in &keys {
+        old.hset("trail:audit_by_access", k, "").ignore();
+    }
+    let _: () = old.query(&mut conn).unwrap();
+    let store = RedisStore::open(&server.url(), "trail:").unwrap();
+    assert_eq!(trail(&store, 7), vec![8, 1_508]);
+    assert_eq!(trail(&store, 1_499), vec![1_500, 3_000]);
+    let gone: bool = redis::cmd("EXISTS")
+        .arg("trail:audit_by_access")
+        .query(&mut conn)
+        .unwrap();
+    assert!(!gone, "the hash is moved, then deleted");
+    // and written to the sorted set from then on
+    store
+        .apply(Batch {
+            audit: vec![event(7, "failed")],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(trail(&store, 7), vec![8, 1_508, 3_001]);
 }

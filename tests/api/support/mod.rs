@@ -634,6 +634,14 @@ impl RedisServer {
         RedisServer::start_with(dir, &["--replicaof", "127.0.0.1", &port])
     }
 
+    /// A connection of its own, for a test to look at or change what the store wrote.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
