@@ -53,7 +53,6 @@ pub struct Session {
     pub reviewer: Address,
     /// The token every form of this session carries.
     pub csrf: String,
-    created_ms: u64,
 }
 
 pub struct Review {
@@ -330,15 +329,14 @@ impl Review {
         let session = Session {
             reviewer,
             csrf: hex::encode(random32()),
-            created_ms: now_ms(),
         };
         self.coordination
             .open_session(
-                &hex::encode(Sha256::digest(token)),
+                &key_of(&token),
                 &crate::coordination::OpenSession {
                     reviewer: reviewer.to_string(),
                     csrf: session.csrf.clone(),
-                    created_ms: session.created_ms,
+                    created_ms: now_ms(),
                 },
                 self.settings.idle_secs * 1000,
                 self.settings.max_secs * 1000,
@@ -376,7 +374,6 @@ impl Review {
         let session = Session {
             reviewer,
             csrf: open.csrf,
-            created_ms: open.created_ms,
         };
         if let Err(r) = self.authorized(&session.reviewer).await {
             if r.status != 503 {
@@ -420,12 +417,17 @@ impl Review {
     }
 }
 
-/// Where a session is kept: the SHA-256 of its cookie's token (32 bytes, hex), hex.
+/// Where the session of cookie `token` (32 bytes, hex) is kept, if it is one of ours.
 fn session_key(token: &str) -> Option<String> {
     hex::decode(token)
         .ok()
         .filter(|t| t.len() == 32)
-        .map(|t| hex::encode(Sha256::digest(t)))
+        .map(|t| key_of(&t))
+}
+
+/// Where the session of token `token` is kept: its SHA-256, hex (never the token itself).
+fn key_of(token: &[u8]) -> String {
+    hex::encode(Sha256::digest(token))
 }
 
 fn sessions_unavailable(e: crate::store::StoreError) -> Refusal {

@@ -835,6 +835,48 @@ async fn a_reviewer_moves_between_replicas_without_signing_in_again() {
             (401, Some("unknown-challenge"), None)
         );
     }
+    // refused on the shared state as in one process: a challenge never handed out (its nonce
+    // forged, signed and bound), one sent back from another browser (and spent by that), a
+    // forged, an oversized and a malformed session cookie
+    let mut forged = Value::from_hex(c.message.trim_start_matches("0x")).unwrap();
+    let nonce = [9u8; 32];
+    if let Value::Tuple(fields) = &mut forged {
+        fields.insert("nonce".into(), Value::Buffer(nonce.to_vec()));
+    }
+    let (status, body, none) = sign_in(
+        &b,
+        &forged.to_hex(),
+        &sign(&forged, &reviewer),
+        Some(&hex::encode(nonce)),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str(), none),
+        (401, Some("unknown-challenge"), None)
+    );
+    let c2 = challenge(&a).await;
+    let signature2 = sign_hex(&c2.message, &reviewer);
+    let (status, body, _) = sign_in(&b, &c2.message, &signature2, Some(&c.cookie)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("challenge-not-bound"))
+    );
+    let (status, body, _) = sign_in(&a, &c2.message, &signature2, Some(&c2.cookie)).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("unknown-challenge"))
+    );
+    for cookie in [
+        hex::encode([7u8; 32]),
+        "ab".repeat(4_000),
+        "not-even-hex".into(),
+    ] {
+        for at in [&a, &b] {
+            let (status, _) = get_with(at, "/v1/reviews", &cookie).await;
+            assert_eq!(status, 401, "{} bytes of cookie on {at}", cookie.len());
+        }
+    }
+
     // open on both, with the same CSRF token
     let csrf = csrf_of_session(&a, &session).await;
     assert_eq!(csrf_of_session(&b, &session).await, csrf);
