@@ -208,6 +208,11 @@ impl RedisCoordinator {
         format!("{}session:{key}", self.prefix)
     }
 
+    /// The sorted set of outstanding sign-in challenges.
+    fn challenges_key(&self) -> String {
+        format!("{}challenges", self.prefix)
+    }
+
     pub(super) async fn issue_challenge(
         &self,
         nonce: &str,
@@ -215,7 +220,7 @@ impl RedisCoordinator {
         max: usize,
     ) -> Result<bool, StoreError> {
         let mut call = self.issue_challenge.prepare_invoke();
-        call.key(format!("{}challenges", self.prefix))
+        call.key(self.challenges_key())
             .arg(nonce)
             .arg(expires_at)
             .arg(crate::clock::now_secs())
@@ -225,7 +230,7 @@ impl RedisCoordinator {
 
     pub(super) async fn take_challenge(&self, nonce: &str) -> Result<Option<u64>, StoreError> {
         let mut call = self.take_challenge.prepare_invoke();
-        call.key(format!("{}challenges", self.prefix)).arg(nonce);
+        call.key(self.challenges_key()).arg(nonce);
         let until: Option<String> = self.invoke(&call).await?;
         Ok(until.and_then(|u| u.parse().ok()))
     }

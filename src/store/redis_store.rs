@@ -759,6 +759,7 @@ impl RowSource for RedisStore {
         }
         let hash = self.key(table);
         if SORTED.contains(&table) {
+            self.sorted_whole()?;
             let score: Option<f64> = self.read(|c| c.zscore(&hash, key))?;
             return Ok(score.map(|_| Vec::new()));
         }
