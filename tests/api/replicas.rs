@@ -417,9 +417,25 @@ async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill
         assert_eq!(status, 201, "{g}");
         granted.push(g["access_id"].as_str().unwrap().into());
     }
-    while c.mempool().await > 0 {
-        c.mine().await;
-    }
+    // every grant so far recorded and mined: a record the submitter sends after the mempool
+    // was seen empty would otherwise land in the block after the suspension's
+    let responder: breakglass::stacks::Address = c.demo["responder"]["principal"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    eventually(
+        "the first grants recorded on chain",
+        Duration::from_secs(30),
+        async || {
+            if c.mempool().await > 0 {
+                c.mine().await;
+            }
+            (c.mempool().await == 0 && c.devnet.nonce(&responder).await == granted.len() as u64)
+                .then_some(())
+        },
+    )
+    .await;
     crate::breakglass::send_suspension_by(&c.devnet, &c.demo, provider(&c.demo, "pharmacist"))
         .await;
     let suspended_at = c.mine().await;
@@ -549,11 +565,6 @@ async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill
         Value::UInt(recorded.len() as u128),
         "each access on chain once"
     );
-    let responder: breakglass::stacks::Address = c.demo["responder"]["principal"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
     assert_eq!(
         c.devnet.nonce(&responder).await,
         recorded.len() as u64,
