@@ -154,12 +154,25 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Adds the store journal's own write time (one per group commit, written and durable).
-    pub fn register_journal(&mut self, writes: Histogram) {
+    /// Adds the store's group commits (`GroupMetrics`): each group's durable write, as its
+    /// writer sees it (`store_journal_…` on the embedded store, `store_redis_…` on Redis), and
+    /// how many batches each took.
+    pub fn register_store(&mut self, group: crate::store::GroupMetrics) {
+        let (name, help) = match group.writer {
+            "journal" => (
+                "store_journal_write_duration_seconds",
+                "The store journal's durable writes (one per group of batches), as the journal sees them",
+            ),
+            _ => (
+                "store_redis_write_duration_seconds",
+                "The shared store's synced writes to Redis (one per group of batches, the round trip and any retry), as its writer sees them",
+            ),
+        };
+        self.registry.register(name, help, group.writes);
         self.registry.register(
-            "store_journal_write_duration_seconds",
-            "The store journal's durable writes (one per group of batches), as the journal sees them",
-            writes,
+            "store_group_batches",
+            "How many batches each group commit of the store took (a grant waits for one group's write)",
+            group.batches,
         );
     }
 

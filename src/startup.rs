@@ -78,8 +78,8 @@ impl Application {
                 .coordinator(settings.issuance.grants_per_minute)?,
         );
         let mut metrics = Metrics::new();
-        if let Some(r) = &redb {
-            metrics.register_journal(r.journal_writes());
+        if let Some(group) = store.group_metrics() {
+            metrics.register_store(group);
         }
         let rpc = NodeClient::new(
             settings.chain.node_url.as_str(),

@@ -440,7 +440,35 @@ pub fn apply_started(
     }
 }
 
+/// How a store's group commits go, for `/metrics`: each group's durable write as its writer
+/// sees it (the journal's synced append, or the round trip of Redis's synced write), and how
+/// many batches each group took (a grant waits for one group's write; a group of one at a
+/// steady load means the writer keeps up, groups near `GROUP_COMMIT_MAX` that it does not).
+#[derive(Clone, Debug)]
+pub struct GroupMetrics {
+    /// `journal` or `redis`: the write histogram is `store_<writer>_write_duration_seconds`.
+    pub writer: &'static str,
+    pub writes: prometheus_client::metrics::histogram::Histogram,
+    pub batches: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl GroupMetrics {
+    fn new(writer: &'static str) -> GroupMetrics {
+        GroupMetrics {
+            writer,
+            writes: crate::latency::latency_histogram(),
+            batches: prometheus_client::metrics::histogram::Histogram::new([
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0,
+            ]),
+        }
+    }
+}
+
 pub trait Store: Send + Sync + 'static {
+    /// Its group commits' histograms (`GroupMetrics`), where it commits in groups.
+    fn group_metrics(&self) -> Option<GroupMetrics> {
+        None
+    }
     /// Applies `batch` atomically and durably; blocks until it is.
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
     /// Starts applying `batch` and answers on `done` once it is durable (or failed); never

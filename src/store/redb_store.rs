@@ -7,9 +7,9 @@
 //! redb commit poisons the store: every later write fails (and `ping` with it, so readiness
 //! drops) until the service restarts and recovers from disk.
 //!
-//! `journal_writes` is the journal's own write time, one observation per group, for
-//! `/metrics`: beside a grant's wait for its write (`access`), it shows how much of that wait
-//! is the disk.
+//! `group_metrics` has the journal's own write time, one observation per group, and each
+//! group's batches, for `/metrics`: beside a grant's wait for its write (`access`), they show
+//! how much of that wait is the disk.
 //!
 //! It must not: sync on the applier's path, or answer a write before it is in the journal.
 
@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use super::applier::*;
@@ -58,7 +57,7 @@ pub struct RedbStore {
     threads: Vec<JoinHandle<()>>,
     overlay: Overlay,
     poisoned: Poison,
-    journal_writes: Histogram,
+    metrics: GroupMetrics,
 }
 
 impl Drop for RedbStore {
@@ -195,7 +194,7 @@ impl RedbStore {
             checkpointed: checkpointed.clone(),
             poisoned: poisoned.clone(),
         };
-        let journal_writes = crate::latency::latency_histogram();
+        let metrics = GroupMetrics::new("journal");
         let journal = JournalWriter {
             store_path: path.to_path_buf(),
             spares: spare_paths(path),
@@ -209,7 +208,8 @@ impl RedbStore {
             poisoned: poisoned.clone(),
             announced: false,
             audit_head,
-            writes: journal_writes.clone(),
+            writes: metrics.writes.clone(),
+            batches: metrics.batches.clone(),
         };
         let (writer, jobs) = mpsc::channel();
         let threads = vec![
@@ -229,7 +229,7 @@ impl RedbStore {
             threads: threads.into_iter().rev().collect(),
             overlay,
             poisoned,
-            journal_writes,
+            metrics,
         })
     }
 
@@ -238,11 +238,6 @@ impl RedbStore {
     #[doc(hidden)]
     pub fn stop_writing(&self, why: &str) {
         poison(&self.poisoned, &backend(why));
-    }
-
-    /// How long the journal's durable writes take (one per group commit), for `/metrics`.
-    pub fn journal_writes(&self) -> Histogram {
-        self.journal_writes.clone()
     }
 
     fn enqueue(&self, batch: Batch, reply: Reply) -> Result<(), StoreError> {
@@ -377,6 +372,10 @@ impl RowSource for RedbStore {
 }
 
 impl Store for RedbStore {
+    fn group_metrics(&self) -> Option<GroupMetrics> {
+        Some(self.metrics.clone())
+    }
+
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         let (reply, done) = mpsc::sync_channel(1);
         self.enqueue(batch, Reply::Blocking(reply))?;

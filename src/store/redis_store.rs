@@ -99,6 +99,7 @@ pub struct RedisStore {
     /// Whether this process moved sorted tables an earlier version kept as hashes
     /// (`sorted_whole`).
     sorted: std::sync::atomic::AtomicBool,
+    metrics: GroupMetrics,
 }
 
 impl Drop for RedisStore {
@@ -184,6 +185,8 @@ impl RedisStore {
         let write_local = local.clone();
         let write_primary = primary.clone();
         let write_prefix = prefix.to_string();
+        let metrics = GroupMetrics::new("redis");
+        let (writes, batches) = (metrics.writes.clone(), metrics.batches.clone());
         let thread = std::thread::Builder::new()
             .name("redis-writer".into())
             .spawn(move || {
@@ -191,7 +194,10 @@ impl RedisStore {
                 while let Ok(first) = jobs.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(jobs.try_iter().take(GROUP_COMMIT_MAX - 1));
+                    let (started, size) = (std::time::Instant::now(), waiting.len());
                     write_group(&write_primary, &mut w, &write_prefix, waiting);
+                    writes.observe(started.elapsed().as_secs_f64());
+                    batches.observe(size as f64);
                 }
             })
             .map_err(backend)?;
@@ -206,6 +212,7 @@ impl RedisStore {
             thread: Some(thread),
             indexed: std::sync::atomic::AtomicBool::new(false),
             sorted: std::sync::atomic::AtomicBool::new(false),
+            metrics,
         })
     }
 
@@ -929,6 +936,10 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
+    fn group_metrics(&self) -> Option<GroupMetrics> {
+        Some(self.metrics.clone())
+    }
+
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.writer

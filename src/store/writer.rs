@@ -74,6 +74,8 @@ pub(super) struct JournalWriter {
     /// Whether the journal's way of writing (direct I/O or buffered) was logged yet.
     pub(super) announced: bool,
     pub(super) writes: Histogram,
+    /// How many batches each group took.
+    pub(super) batches: Histogram,
     /// The audit log's head: this thread alone numbers and links entries.
     pub(super) audit_head: crate::audit::Head,
 }
@@ -205,6 +207,7 @@ pub(super) fn journal_loop(mut w: JournalWriter, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let batches = waiting.len();
         let mut merged = Batch::default();
         let mut replies = Vec::with_capacity(waiting.len());
         for (batch, reply) in waiting {
@@ -212,6 +215,7 @@ pub(super) fn journal_loop(mut w: JournalWriter, jobs: mpsc::Receiver<Job>) {
             replies.push(reply);
         }
         let result = w.write(merged);
+        w.batches.observe(batches as f64);
         for reply in replies {
             reply.send(result.clone());
         }

@@ -64,6 +64,11 @@ async fn on_redis_a_grant_waits_for_redis_and_an_outage_is_refused_then_recovere
         ["replayed-request", "patient-opted-out", "patient-opted-out"]
     );
     assert_eq!(env.app.store.access_ids().unwrap().len(), 1, "one access");
+    // operators see the writes to Redis, one per group, and the batches each group took: the
+    // grant and the three refusals at least, as the writer saw them (no journal here)
+    let m = Scrape::of(&env.app).await;
+    m.assert_group_commits("redis", 4.0);
+    assert!(m.value("breakglass_store_redis_write_duration_seconds_sum") > 0.0);
 
     redis.kill();
     let (status, refused) = post(&env.app, &signed(key, pid, &["allergies"], 2, now())).await;

@@ -514,6 +514,50 @@ pub async fn post(app: &Application, body: &str) -> (u16, Json) {
     (status, res.json().await.unwrap_or(Json::Null))
 }
 
+/// A scrape of the service's `/metrics`.
+pub struct Scrape(pub String);
+
+impl Scrape {
+    pub async fn of(app: &Application) -> Scrape {
+        let url = format!("http://{}/metrics", app.api_addr);
+        Scrape(reqwest::get(url).await.unwrap().text().await.unwrap())
+    }
+
+    /// The value of the one series named `series` (with its labels, if any), which must exist.
+    pub fn value(&self, series: &str) -> f64 {
+        let series = format!("{series} ");
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{series} in {}", self.0))
+    }
+
+    /// Asserts the store's group commits were seen by `writer` (`journal` or `redis`, and not
+    /// the other): its writes' histogram, and one observation of batches per group (made right
+    /// after its write's: a scrape between the two sees one fewer) that carried at least
+    /// `batches`. Returns the groups counted.
+    pub fn assert_group_commits(&self, writer: &str, batches: f64) -> f64 {
+        let m = &self.0;
+        let groups = self.value(&format!(
+            "breakglass_store_{writer}_write_duration_seconds_count"
+        ));
+        assert!(groups >= 1.0, "{m}");
+        let counted = self.value("breakglass_store_group_batches_count");
+        assert!(counted == groups || counted + 1.0 == groups, "{m}");
+        assert!(
+            self.value("breakglass_store_group_batches_sum") >= batches,
+            "{m}"
+        );
+        let other = if writer == "journal" {
+            "redis"
+        } else {
+            "journal"
+        };
+        assert!(!m.contains(&format!("store_{other}_write")), "{m}");
+        groups
+    }
+}
+
 pub async fn get(app: &Application, path: &str) -> Json {
     reqwest::get(format!("http://{}{path}", app.api_addr))
         .await
