@@ -158,16 +158,7 @@ impl Metrics {
     /// writer sees it (`store_journal_…` on the embedded store, `store_redis_…` on Redis), and
     /// how many batches each took.
     pub fn register_store(&mut self, group: crate::store::GroupMetrics) {
-        let (name, help) = match group.writer {
-            "journal" => (
-                "store_journal_write_duration_seconds",
-                "The store journal's durable writes (one per group of batches), as the journal sees them",
-            ),
-            _ => (
-                "store_redis_write_duration_seconds",
-                "The shared store's synced writes to Redis (one per group of batches, the round trip and any retry), as its writer sees them",
-            ),
-        };
+        let (name, help) = group.writer.series();
         self.registry.register(name, help, group.writes);
         self.registry.register(
             "store_group_batches",

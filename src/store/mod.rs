@@ -446,14 +446,39 @@ pub fn apply_started(
 /// steady load means the writer keeps up, groups near `GROUP_COMMIT_MAX` that it does not).
 #[derive(Clone, Debug)]
 pub struct GroupMetrics {
-    /// `journal` or `redis`: the write histogram is `store_<writer>_write_duration_seconds`.
-    pub writer: &'static str,
+    /// Who writes the groups.
+    pub writer: GroupWriter,
     pub writes: prometheus_client::metrics::histogram::Histogram,
     pub batches: prometheus_client::metrics::histogram::Histogram,
 }
 
+/// Who writes a store's groups, which names its write histogram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupWriter {
+    /// The embedded store's journal: its synced append.
+    Journal,
+    /// The shared store's writer: its synced write's round trip to Redis.
+    Redis,
+}
+
+impl GroupWriter {
+    /// The write histogram's name and help on `/metrics`.
+    pub fn series(self) -> (&'static str, &'static str) {
+        match self {
+            GroupWriter::Journal => (
+                "store_journal_write_duration_seconds",
+                "The store journal's durable writes (one per group of batches), as the journal sees them",
+            ),
+            GroupWriter::Redis => (
+                "store_redis_write_duration_seconds",
+                "The shared store's synced writes to Redis (one per group of batches, the round trip and any retry), as its writer sees them",
+            ),
+        }
+    }
+}
+
 impl GroupMetrics {
-    fn new(writer: &'static str) -> GroupMetrics {
+    fn new(writer: GroupWriter) -> GroupMetrics {
         GroupMetrics {
             writer,
             writes: crate::latency::latency_histogram(),

@@ -194,7 +194,7 @@ impl RedbStore {
             checkpointed: checkpointed.clone(),
             poisoned: poisoned.clone(),
         };
-        let metrics = GroupMetrics::new("journal");
+        let metrics = GroupMetrics::new(GroupWriter::Journal);
         let journal = JournalWriter {
             store_path: path.to_path_buf(),
             spares: spare_paths(path),

@@ -185,7 +185,7 @@ impl RedisStore {
         let write_local = local.clone();
         let write_primary = primary.clone();
         let write_prefix = prefix.to_string();
-        let metrics = GroupMetrics::new("redis");
+        let metrics = GroupMetrics::new(GroupWriter::Redis);
         let (writes, batches) = (metrics.writes.clone(), metrics.batches.clone());
         let thread = std::thread::Builder::new()
             .name("redis-writer".into())
