@@ -40,6 +40,10 @@ pub struct Gauges {
     pub applied_height: u64,
     pub node_tip_height: u64,
     pub pushes_not_on_chain: u64,
+    /// This replica holds the submitter's lease (signs and broadcasts).
+    pub submitter_lease_held: bool,
+    /// Operations and notices still open, in the store (`None`: it did not answer).
+    pub open: Option<(u64, u64)>,
 }
 
 /// One paging sync's health.
@@ -69,6 +73,9 @@ pub struct Metrics {
     applied_height: Gauge,
     node_tip_height: Gauge,
     pushes_not_on_chain: Gauge,
+    submitter_lease_held: Gauge,
+    chain_records_open: Gauge,
+    notices_open: Gauge,
 }
 
 impl Default for Metrics {
@@ -93,6 +100,9 @@ impl Metrics {
             applied_height: Gauge::default(),
             node_tip_height: Gauge::default(),
             pushes_not_on_chain: Gauge::default(),
+            submitter_lease_held: Gauge::default(),
+            chain_records_open: Gauge::default(),
+            notices_open: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("grants", "Break-glass accesses granted", m.grants.clone());
@@ -151,6 +161,21 @@ impl Metrics {
             "Blocks pushed to the event observer that the node did not confirm (forged, or abandoned since), since start",
             m.pushes_not_on_chain.clone(),
         );
+        registry.register(
+            "submitter_lease_held",
+            "1 while this replica holds the submitter's lease (it alone signs and broadcasts the service's transactions), else 0",
+            m.submitter_lease_held.clone(),
+        );
+        registry.register(
+            "chain_records_open",
+            "Chain operations (access records, verdicts, anchors) not yet confirmed on chain, in the store all replicas share",
+            m.chain_records_open.clone(),
+        );
+        registry.register(
+            "notices_open",
+            "Patient notices not yet sent or dead-lettered, in the store all replicas share",
+            m.notices_open.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -192,6 +217,13 @@ impl Metrics {
         self.applied_height.set(g(gauges.applied_height));
         self.node_tip_height.set(g(gauges.node_tip_height));
         self.pushes_not_on_chain.set(g(gauges.pushes_not_on_chain));
+        self.submitter_lease_held
+            .set(i64::from(gauges.submitter_lease_held));
+        // a store that does not answer leaves the last counts (`/readyz` says it is down)
+        if let Some((records, notices)) = gauges.open {
+            self.chain_records_open.set(g(records));
+            self.notices_open.set(g(notices));
+        }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "metrics encoding failed");

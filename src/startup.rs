@@ -248,6 +248,7 @@ impl Application {
             fresh_ms: settings.follower.fresh_ms(),
             oncall,
             metrics,
+            submitter: submitter.clone(),
         });
         let timeout = settings.server.shutdown_timeout_secs;
         let bind = |what: &str, addr: SocketAddr| {

@@ -359,6 +359,13 @@ impl Submitter {
         Ok(token.is_some())
     }
 
+    /// Whether this replica holds the lease now, as it last took or renewed it (for operators:
+    /// one replica of a deployment at a time).
+    pub fn holds_lease(&self) -> bool {
+        self.fence.load(Ordering::SeqCst) != 0
+            && now_ms().saturating_sub(self.renewed_ms.load(Ordering::SeqCst)) < self.lease_ms
+    }
+
     /// Renews the lease when a third of it has passed (a long round of signing or
     /// broadcasting must not outlive it); an error once another replica has it.
     async fn keep_lease(&self) -> Result<(), SubmitError> {

@@ -32,6 +32,7 @@ pub struct Health {
     pub fresh_ms: u64,
     pub oncall: Arc<crate::paging::OnCall>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub submitter: Arc<crate::chain::submitter::Submitter>,
 }
 
 pub fn api(cfg: &mut web::ServiceConfig) {
@@ -63,11 +64,7 @@ async fn metrics(health: web::Data<Health>) -> HttpResponse {
     let now = crate::clock::now_secs();
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(
-            health
-                .metrics
-                .render(&gauges(&health.oncall, &health.follower, now)),
-        )
+        .body(health.metrics.render(&gauges(&health, now)))
 }
 
 /// Ready when the store answers, the keys are loaded and the follower is within
@@ -173,8 +170,15 @@ async fn new_block(follower: web::Data<Follower>, block: web::Json<NewBlock>) ->
     }
 }
 
-/// The gauges `/metrics` shows, read now from the paging sources and the follower.
-fn gauges(oncall: &crate::paging::OnCall, follower: &FollowerStatus, now: u64) -> Gauges {
+/// The gauges `/metrics` shows, read now from the paging sources, the follower, the submitter
+/// and the store (two counts).
+fn gauges(health: &Health, now: u64) -> Gauges {
+    let (oncall, follower) = (&health.oncall, &health.follower);
+    let open = health
+        .store
+        .open_counts()
+        .inspect_err(|e| tracing::warn!(error = %e, "metrics: the open counts could not be read"))
+        .ok();
     Gauges {
         syncs: oncall
             .health()
@@ -196,5 +200,7 @@ fn gauges(oncall: &crate::paging::OnCall, follower: &FollowerStatus, now: u64) -
         pushes_not_on_chain: follower
             .pushes_not_on_chain
             .load(std::sync::atomic::Ordering::SeqCst),
+        submitter_lease_held: health.submitter.holds_lease(),
+        open,
     }
 }

@@ -539,6 +539,9 @@ pub trait Store: Send + Sync + 'static {
     fn notices(&self) -> Result<Vec<Notice>, StoreError>;
     /// The notices still open (`Notice::is_open`), read through an index of them.
     fn open_notices(&self) -> Result<Vec<Notice>, StoreError>;
+    /// How many operations and notices are open, as their indexes name them (for operators: an
+    /// index may still name a few closed while it was built, never miss an open one).
+    fn open_counts(&self) -> Result<(u64, u64), StoreError>;
     /// The open notices but those of `known` (which are not read: a replica's rescan reads
     /// only the notices it does not hold yet).
     fn open_notices_but(

@@ -37,6 +37,11 @@ pub(super) trait RowSource {
             .collect()
     }
 
+    /// How many rows a table holds (every row read, unless the backend counts them itself).
+    fn count(&self, table: Table) -> Result<u64, StoreError> {
+        Ok(self.scan(table)?.len() as u64)
+    }
+
     /// Makes the open indexes whole if they were never built (`open_index_rows`: a store
     /// written before them). The embedded store builds them when it opens.
     fn open_indexed(&self) -> Result<(), StoreError> {
@@ -227,6 +232,11 @@ macro_rules! typed_reads {
 
         fn open_notices(&self) -> Result<Vec<Notice>, StoreError> {
             self.indexed(OPEN_NOTICES, NOTICES, |_| false, Notice::is_open)
+        }
+
+        fn open_counts(&self) -> Result<(u64, u64), StoreError> {
+            self.open_indexed()?;
+            Ok((self.count(OPEN_SUBMISSIONS)?, self.count(OPEN_NOTICES)?))
         }
 
         fn open_notices_but(

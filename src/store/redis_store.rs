@@ -818,6 +818,16 @@ impl RowSource for RedisStore {
         Ok(())
     }
 
+    /// Counted by the server (`HLEN`, `ZCARD`), without reading the rows.
+    fn count(&self, table: Table) -> Result<u64, StoreError> {
+        let key = self.key(table);
+        if SORTED.contains(&table) {
+            self.sorted_whole()?;
+            return self.read(|c| c.zcard(&key));
+        }
+        self.read(|c| c.hlen(&key))
+    }
+
     /// In bounded steps (`HSCAN`): the server answers others between them, however large the
     /// table.
     fn scan(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

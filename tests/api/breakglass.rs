@@ -106,6 +106,10 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
         assert_eq!(refused, 401);
         previous_token = Some(token.to_string());
         chain_state(app, id, "submitted").await;
+        // operators see the record waiting for its block, and this process submitting it
+        let m = Scrape::of(app).await;
+        assert_eq!(m.value("breakglass_chain_records_open"), 1.0);
+        assert_eq!(m.value("breakglass_submitter_lease_held"), 1.0);
         let start = devnet.tip().await;
         devnet.mine().await;
         let confirmed = chain_state(app, id, "confirmed").await;
@@ -145,6 +149,8 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
     // the journal also wrote what the follower and the submitter stored, in groups that took
     // every grant between them
     assert!(m.assert_group_commits("journal", grants) >= grants);
+    // every record confirmed: none waits
+    assert_eq!(value("breakglass_chain_records_open"), 0.0);
     assert!(
         value("breakglass_audit_write_duration_seconds_sum")
             < value("breakglass_grant_duration_seconds_sum"),

@@ -316,6 +316,21 @@ secret_sha256 = "{secret}"
             .unwrap_or_else(|| panic!("the lease's holder {holder} is not a replica"))
     }
 
+    /// A series of replica `i`'s `/metrics`.
+    async fn gauge(&self, i: usize, series: &str) -> f64 {
+        let url = self.url(i, "/metrics");
+        let text = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        Scrape(text).value(series)
+    }
+
     async fn mempool(&self) -> usize {
         self.devnet
             .get_json("/devnet/mempool")
@@ -530,6 +545,15 @@ async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill
     // and notices in hand; the other takes everything after
     granted.extend(run(&c, 250, 150, &[0, 1]).await);
     let holder = c.submitter_holder().await;
+    // each replica's /metrics says whether it is the one
+    assert_eq!(
+        c.gauge(holder, "breakglass_submitter_lease_held").await,
+        1.0
+    );
+    assert_eq!(
+        c.gauge(1 - holder, "breakglass_submitter_lease_held").await,
+        0.0
+    );
     c.kill(holder).await;
     phase("the submitting replica killed");
     granted.extend(run(&c, 400, 100, &[1 - holder]).await);
@@ -589,6 +613,15 @@ async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill
     .await;
     phase("every notice sent");
     assert_eq!(sent, recorded.len());
+    // and the survivor's /metrics: it submits now, and nothing waits
+    let survivor = 1 - holder;
+    for (series, value) in [
+        ("breakglass_submitter_lease_held", 1.0),
+        ("breakglass_chain_records_open", 0.0),
+        ("breakglass_notices_open", 0.0),
+    ] {
+        assert_eq!(c.gauge(survivor, series).await, value, "{series}");
+    }
     let mut by_id: std::collections::HashMap<String, Vec<Vec<u8>>> = Default::default();
     for (_, raw) in received(&c.mail) {
         by_id

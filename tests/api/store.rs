@@ -76,6 +76,7 @@ pub fn conformance(store: &dyn Store) {
     assert_eq!(store.nonce().unwrap(), None);
     assert_eq!(store.provider(&p(1)).unwrap(), None);
     assert!(store.open_submissions().unwrap().is_empty());
+    assert_eq!(store.open_counts().unwrap(), (0, 0));
 
     let patient = PatientId([7; 32]);
     let key = ConsentKey {
@@ -196,6 +197,7 @@ pub fn conformance(store: &dyn Store) {
     );
     assert!(!store.consent(&key).unwrap().unwrap().is_active_at(1));
     assert_eq!(store.open_submissions().unwrap().len(), 1);
+    assert_eq!(store.open_counts().unwrap().0, 1);
     assert!(matches!(
         store.submission("a").unwrap().unwrap().state,
         SubmissionState::Confirmed { height: 11, .. }
@@ -263,6 +265,8 @@ pub fn conformance(store: &dyn Store) {
         .unwrap();
     assert_eq!(store.open_notices().unwrap(), vec![due.clone()]);
     assert_eq!(store.notices().unwrap().len(), 2);
+    let (_, notices_open) = store.open_counts().unwrap();
+    assert_eq!(notices_open, 1, "what operators see: the one open notice");
     // a rescan reads only the open notices it does not hold yet
     let also = Notice::new(numbered(3), patient, 20);
     store
@@ -298,6 +302,7 @@ pub fn conformance(store: &dyn Store) {
         .unwrap();
     assert!(store.open_notices().unwrap().is_empty());
     assert_eq!(store.notices().unwrap().len(), 3);
+    assert_eq!(store.open_counts().unwrap().1, 0);
 
     audit_conformance(store);
 }
