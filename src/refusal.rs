@@ -16,9 +16,10 @@ pub struct Refusal {
 
 impl Refusal {
     /// Whether the access was recorded although the answer is a refusal (no token could be
-    /// signed after the durable write): the only refusal that uses the request's nonce up.
+    /// signed after the durable write), or may yet be (its write did not answer in time): the
+    /// only refusals that use the request's nonce up.
     pub fn recorded(&self) -> bool {
-        self.code == "token-unavailable"
+        matches!(self.code, "token-unavailable" | "audit-pending")
     }
 
     pub fn new(

@@ -15,6 +15,11 @@ use crate::refusal::Refusal;
 use crate::request::{self, BreakGlassRequest};
 use crate::store::{apply_started, AccessRecord, Batch, Guarded, StoreError};
 
+/// How long a grant waits for its durable write before it is refused (503 `audit-pending`):
+/// far beyond a healthy store's worst (tens of milliseconds at peak), short enough for a
+/// clinician to try again.
+pub(crate) const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long an access lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Window {
@@ -143,7 +148,18 @@ impl BreakGlass {
         let written = apply_started(&self.state.store, batch);
         let claims = self.tokens.claims(&access);
         let token = self.tokens.issue(&claims);
-        let written = written.await;
+        // a store that does not answer (a hung server, a disk stalled) gets a clear refusal
+        // within `WRITE_WAIT`, not a clinician waiting on it; the write may still land (then
+        // the access is recorded, on chain and notified, with no token: `Refusal::recorded`)
+        let Ok(written) = tokio::time::timeout(WRITE_WAIT, written).await else {
+            tracing::error!(access = %access.id, waited_ms = WRITE_WAIT.as_millis() as u64, "the access's durable write did not answer in time: no token issued");
+            return Err(Refusal::new(
+                503,
+                "audit-pending",
+                "Audit trail not answering",
+                "the access could not be recorded in time, so no token was issued; try again (the access may still be recorded, and reviewed as any other)",
+            ));
+        };
         self.metrics
             .audit_write_seconds
             .observe(writing.elapsed().as_secs_f64());

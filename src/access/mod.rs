@@ -355,6 +355,8 @@ mod tests {
         let r = |status, code| Refusal::new(status, code, "", "");
         // the access was recorded, with its nonce
         assert!(r(503, "token-unavailable").recorded());
+        // or may yet be: its write did not answer in time
+        assert!(r(503, "audit-pending").recorded());
         for (status, code) in [
             (429, "rate-limited"),
             (503, "audit-unavailable"),

@@ -15,7 +15,9 @@
 //!
 //! A dropped connection is opened again and the command retried once, so a restarted server is
 //! used again as soon as it answers (a retry that finds its group written, by the writer's
-//! mark written with it, is done: `linked_script`).
+//! mark written with it, is done: `linked_script`). Reads give up on a server that does not
+//! answer (`READ_TIMEOUT`); the writer does not (a group it gave up on could land after a later
+//! one), and a grant stops waiting for it on its own.
 //!
 //! With `Acknowledgement`, every write is also waited on until that many of the server's
 //! replicas have it (`WAIT`), so that a failover to one of them loses no acknowledged write.
@@ -115,17 +117,33 @@ fn redis_err(e: redis::RedisError) -> StoreError {
     StoreError::Backend(format!("redis: {e}"))
 }
 
+/// How long opening a connection may take before the server counts as unreachable.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// How long a read may wait for its answer before the server counts as unreachable (a hung
+/// server, or a host gone without a reset, would otherwise hold the caller until TCP gives up).
+/// Reads only: the writer waits on its connection for as long as the server takes (see
+/// `open_with`), and a grant stops waiting for it on its own (`access::grant`).
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Runs `f` on the connection in `slot`, opening it if needed (to the primary as it is now:
-/// `Primary`); a connection that must be opened again (`must_reconnect`) is, and `f` retried
-/// once.
+/// `Primary`, within `CONNECT_TIMEOUT`, its answers awaited at most `answer_within`); a
+/// connection that must be opened again (`must_reconnect`, a timed-out one too) is, and `f`
+/// retried once.
 fn with<T>(
     primary: &Primary,
     slot: &mut Option<Connection>,
+    answer_within: Option<std::time::Duration>,
     mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
 ) -> Result<T, StoreError> {
     for attempt in 0..2 {
         if slot.is_none() {
-            let conn = primary.client().and_then(|c| c.get_connection());
+            let conn = primary.client().and_then(|c| {
+                let conn = c.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+                conn.set_read_timeout(answer_within)?;
+                conn.set_write_timeout(answer_within)?;
+                Ok(conn)
+            });
             *slot = Some(conn.map_err(redis_err)?);
         }
         let Some(conn) = slot.as_mut() else {
@@ -163,7 +181,7 @@ impl RedisStore {
     ) -> Result<RedisStore, StoreError> {
         let primary = Primary::open(&target.into()).map_err(redis_err)?;
         let mut reads = None;
-        let config: Vec<String> = with(&primary, &mut reads, |c| {
+        let config: Vec<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
             redis::cmd("CONFIG").arg("GET").arg("append*").query(c)
         })
         .unwrap_or_default();
@@ -235,7 +253,7 @@ impl RedisStore {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
             });
-        with(&self.primary, &mut slot, f)
+        with(&self.primary, &mut slot, Some(READ_TIMEOUT), f)
     }
 }
 
@@ -448,7 +466,7 @@ fn guarded(
         Some(s) => (s.id.clone(), enc(s)?),
         None => (String::new(), Vec::new()),
     };
-    let answer: i64 = with(primary, &mut w.conn, |c| {
+    let answer: i64 = with(primary, &mut w.conn, None, |c| {
         let mut call = invocation(&w.guarded, 2, 3);
         call.key(&lease)
             .key(format!("{prefix}{SUBMISSIONS}"))
@@ -602,13 +620,13 @@ fn write(
     let outcome = write_rows(primary, w, prefix, batches, &base)?;
     if let Outcome::Written = outcome {
         remember(&w.local, &base);
-        acknowledged(primary, w)?;
+        acknowledged(w)?;
     }
     Ok(outcome)
 }
 
 /// Waits until the replicas the writer needs have what it wrote (`Acknowledgement`).
-fn acknowledged(primary: &Primary, w: &mut Writer) -> Result<(), StoreError> {
+fn acknowledged(w: &mut Writer) -> Result<(), StoreError> {
     let Acknowledgement {
         replicas,
         timeout_ms,
@@ -616,9 +634,21 @@ fn acknowledged(primary: &Primary, w: &mut Writer) -> Result<(), StoreError> {
     if replicas == 0 {
         return Ok(());
     }
-    let acked: u32 = with(primary, &mut w.conn, |c| {
-        redis::cmd("WAIT").arg(replicas).arg(timeout_ms).query(c)
-    })?;
+    // on the connection that wrote, or not at all: `WAIT` counts the replicas that have this
+    // connection's writes, and a new connection has none (it would be acknowledged at once)
+    let Some(conn) = w.conn.as_mut() else {
+        return Err(backend("redis: the connection that wrote is gone"));
+    };
+    let acked: u32 = redis::cmd("WAIT")
+        .arg(replicas)
+        .arg(timeout_ms)
+        .query(conn)
+        .map_err(|e| {
+            if must_reconnect(&e) {
+                w.conn = None;
+            }
+            redis_err(e)
+        })?;
     if acked < replicas {
         return Err(StoreError::Backend(format!(
             "redis: written, but acknowledged by {acked} of the {replicas} replicas needed within {timeout_ms} ms"
@@ -668,11 +698,13 @@ fn write_rows(
                 (None, false) => pipe.hdel(at, key).ignore(),
             };
         }
-        return with(primary, &mut w.conn, |c| pipe.query::<()>(c)).map(|()| Outcome::Written);
+        return with(primary, &mut w.conn, None, |c| pipe.query::<()>(c))
+            .map(|()| Outcome::Written);
     }
     let meta = format!("{prefix}{META}");
     if w.head.is_none() {
-        let head: Option<Vec<u8>> = with(primary, &mut w.conn, |c| c.hget(&meta, AUDIT_HEAD))?;
+        let head: Option<Vec<u8>> =
+            with(primary, &mut w.conn, None, |c| c.hget(&meta, AUDIT_HEAD))?;
         w.head = Some(head.unwrap_or_default());
     }
     // this group's number, kept with its rows: a retry after a lost answer finds it there
@@ -689,7 +721,7 @@ fn write_rows(
         audit_rows(&mut head, &audit, &mut linked)?;
         linked.push((META, w.mark.clone(), Some(number.clone().into_bytes())));
         let new_head = enc(&head)?;
-        let (answer, detail): (i64, Vec<u8>) = with(primary, &mut w.conn, |c| {
+        let (answer, detail): (i64, Vec<u8>) = with(primary, &mut w.conn, None, |c| {
             let mut call = invocation(&w.linked, 4, 6 + 5 * claims.len() + verdicts.len());
             call.key(&meta)
                 .key(format!("{prefix}{NONCES}"))
@@ -826,6 +858,43 @@ impl RowSource for RedisStore {
             return self.read(|c| c.zcard(&key));
         }
         self.read(|c| c.hlen(&key))
+    }
+
+    /// In one script: each key's index field deleted if its row is still the value found (or
+    /// still gone).
+    fn prune(
+        &self,
+        index: Table,
+        table: Table,
+        closed: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(), StoreError> {
+        let script = redis::Script::new(
+            r"local n = 0
+for i = 1, #ARGV, 3 do
+  local now = redis.call('HGET', KEYS[2], ARGV[i]) or ''
+  local gone = ARGV[i + 1] == '1'
+  if (gone and now == '') or (not gone and now == ARGV[i + 2]) then
+    n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return n",
+        );
+        for chunk in closed.chunks(UNPACKED / 3) {
+            let mut call = script.prepare_invoke();
+            call.key(self.key(index)).key(self.key(table));
+            for (key, value) in chunk {
+                call.arg(key)
+                    .arg(if value.is_none() { "1" } else { "0" })
+                    .arg(value.as_deref().unwrap_or_default());
+            }
+            let pruned: u64 = self.read(|c| call.invoke(c))?;
+            tracing::info!(
+                index,
+                pruned,
+                "open index: closed rows it still named pruned"
+            );
+        }
+        Ok(())
     }
 
     /// In bounded steps (`HSCAN`): the server answers others between them, however large the

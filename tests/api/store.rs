@@ -1132,6 +1132,30 @@ fn redis_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
         fields(&mut conn, "index:open_submissions"),
         expected_open().0
     );
+    assert_eq!(store.open_counts().unwrap(), (3, 3));
+    // a build that raced the closing of rows (a replica starting while others work) names
+    // closed rows, or rows gone: counted until a read finds them closed and prunes them
+    let _: () = redis::cmd("HSET")
+        .arg("index:open_submissions")
+        .arg("op008")
+        .arg("")
+        .arg("op-gone")
+        .arg("")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("index:open_notices")
+        .arg(numbered(8).to_string())
+        .arg("")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(store.open_counts().unwrap(), (5, 4));
+    assert_eq!(left_open(&store), expected_open(), "the reads skip them");
+    assert_eq!(store.open_counts().unwrap(), (3, 3), "and prune them");
+    assert_eq!(
+        fields(&mut conn, "index:open_submissions"),
+        expected_open().0
+    );
 }
 
 /// What a store wrote is there for a store opened later (another process, a replica).

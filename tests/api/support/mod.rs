@@ -725,6 +725,23 @@ impl RedisServer {
             let _ = c.wait();
         }
     }
+
+    /// Stops the server without closing anything (SIGSTOP): connections are accepted by the
+    /// kernel and commands sent, but none is answered, as with a hung server or a host gone
+    /// silent. `resume` goes on where it stopped.
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = self.child.as_ref().expect("a running server").id();
+        let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
 }
 
 /// A TCP proxy in front of a Redis server that can lose one answer: once `lose_next_script_answer`
