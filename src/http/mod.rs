@@ -62,9 +62,18 @@ async fn healthz(health: web::Data<Health>) -> HttpResponse {
 
 async fn metrics(health: web::Data<Health>) -> HttpResponse {
     let now = crate::clock::now_secs();
+    // the store's counts on the blocking pool: a store that does not answer (up to its read
+    // timeouts) holds a scrape, not a worker that grants
+    let store = health.store.clone();
+    let open = web::block(move || store.open_counts().map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|counts| counts)
+        .inspect_err(|e| tracing::warn!(error = %e, "metrics: the open counts could not be read"))
+        .ok();
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(health.metrics.render(&gauges(&health, now)))
+        .body(health.metrics.render(&gauges(&health, open, now)))
 }
 
 /// Ready when the store answers, the keys are loaded and the follower is within
@@ -170,15 +179,10 @@ async fn new_block(follower: web::Data<Follower>, block: web::Json<NewBlock>) ->
     }
 }
 
-/// The gauges `/metrics` shows, read now from the paging sources, the follower, the submitter
-/// and the store (two counts).
-fn gauges(health: &Health, now: u64) -> Gauges {
+/// The gauges `/metrics` shows, read now from the paging sources, the follower and the
+/// submitter, with the store's `open` counts (read by the caller).
+fn gauges(health: &Health, open: Option<(u64, u64)>, now: u64) -> Gauges {
     let (oncall, follower) = (&health.oncall, &health.follower);
-    let open = health
-        .store
-        .open_counts()
-        .inspect_err(|e| tracing::warn!(error = %e, "metrics: the open counts could not be read"))
-        .ok();
     Gauges {
         syncs: oncall
             .health()

@@ -868,8 +868,9 @@ impl RowSource for RedisStore {
         table: Table,
         closed: &[(String, Option<Vec<u8>>)],
     ) -> Result<(), StoreError> {
-        let script = redis::Script::new(
-            r"local n = 0
+        static PRUNE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r"local n = 0
 for i = 1, #ARGV, 3 do
   local now = redis.call('HGET', KEYS[2], ARGV[i]) or ''
   local gone = ARGV[i + 1] == '1'
@@ -878,9 +879,10 @@ for i = 1, #ARGV, 3 do
   end
 end
 return n",
-        );
+            )
+        });
         for chunk in closed.chunks(UNPACKED / 3) {
-            let mut call = script.prepare_invoke();
+            let mut call = PRUNE.prepare_invoke();
             call.key(self.key(index)).key(self.key(table));
             for (key, value) in chunk {
                 call.arg(key)

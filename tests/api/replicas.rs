@@ -387,17 +387,7 @@ secret_sha256 = "{secret}"
 
     /// A series of replica `i`'s `/metrics`.
     async fn gauge(&self, i: usize, series: &str) -> f64 {
-        let url = self.url(i, "/metrics");
-        let text = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        Scrape(text).value(series)
+        Scrape::at(&self.url(i, "")).await.value(series)
     }
 
     async fn mempool(&self) -> usize {

@@ -519,7 +519,12 @@ pub struct Scrape(pub String);
 
 impl Scrape {
     pub async fn of(app: &Application) -> Scrape {
-        let url = format!("http://{}/metrics", app.api_addr);
+        Scrape::at(&format!("http://{}", app.api_addr)).await
+    }
+
+    /// The scrape of the service at `base` (`http://host:port`), e.g. a replica's process.
+    pub async fn at(base: &str) -> Scrape {
+        let url = format!("{base}/metrics");
         Scrape(reqwest::get(url).await.unwrap().text().await.unwrap())
     }
 
