@@ -5,7 +5,7 @@
 //! in the log when the server does not.
 //!
 //! One writer thread takes every batch waiting at that moment and writes them in one round
-//! trip: a MULTI/EXEC transaction, or, with audit events, a script that links them on the
+//! trip: a script that writes their rows, or, with audit events, one that links them on the
 //! audit head the writer expects (the head it last wrote: a replica's own writes need no read
 //! of it). The audit log has one order across every writer: if another replica moved the head
 //! meanwhile, the script writes nothing and answers the head as it is, and the group is linked
@@ -15,9 +15,11 @@
 //!
 //! A dropped connection is opened again and the command retried once, so a restarted server is
 //! used again as soon as it answers (a retry that finds its group written, by the writer's
-//! mark written with it, is done: `linked_script`). Reads give up on a server that does not
-//! answer (`READ_TIMEOUT`); the writer does not (a group it gave up on could land after a later
-//! one), and a grant stops waiting for it on its own.
+//! mark written with it, is done: `conditional`). Reads give up on a server that does not
+//! answer within `READ_TIMEOUT`, the writer within `WRITE_TIMEOUT` (then it tries once more,
+//! on the primary as it is then): every write checks the writer's mark first, so a group it
+//! gave up on never lands after a later one, nor twice. A grant stops waiting sooner, on its
+//! own (`access::grant`).
 //!
 //! With `Acknowledgement`, every write is also waited on until that many of the server's
 //! replicas have it (`WAIT`), so that a failover to one of them loses no acknowledged write.
@@ -122,9 +124,15 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(15
 
 /// How long a read may wait for its answer before the server counts as unreachable (a hung
 /// server, or a host gone without a reset, would otherwise hold the caller until TCP gives up).
-/// Reads only: the writer waits on its connection for as long as the server takes (see
-/// `open_with`), and a grant stops waiting for it on its own (`access::grant`).
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// How long the writer waits for a write's answer (beyond the replicas' acknowledgement, when
+/// it waits for one) before it drops the connection and sends the group again on a new one,
+/// once: far beyond a healthy server's worst, so that a server that hangs, or a primary a
+/// failover replaced while it hung, holds the writer seconds, not until TCP gives up. The group
+/// it gave up on may still be read by the server from the dropped connection; the writer's mark
+/// makes that harmless (`conditional`). A grant does not wait this long (`access::grant`).
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs `f` on the connection in `slot`, opening it if needed (to the primary as it is now:
 /// `Primary`, within `CONNECT_TIMEOUT`, its answers awaited at most `answer_within`); a
@@ -277,10 +285,17 @@ pub const RATES: &str = "rates";
 /// rows passed from key `ARGV[1]` and argument `ARGV[2]` on (`push_rows`), and returns
 /// `done`: one atomic step on the server. Both may call `each(op, key, list, first, last)`:
 /// `op` on `key` with `list[first..last]` as arguments, a command per `UNPACKED` of them at
-/// most, their answers joined.
+/// most, their answers joined; and `written(mark, number)`: whether the writer whose mark
+/// that is (a field of `META`, `KEYS[1]` in every script) wrote its group `number` or a later
+/// one. Every write of the writer checks it first, so a group lands once, and never after a
+/// later one of its writer (a group the writer gave up on, still in a connection it dropped,
+/// that the server reads late).
 fn conditional(checks: &str, done: &str) -> redis::Script {
     redis::Script::new(&format!(
-        r"local function each(op, key, list, first, last)
+        r"local function written(mark, number)
+  return (tonumber(redis.call('HGET', KEYS[1], mark)) or 0) >= tonumber(number)
+end
+local function each(op, key, list, first, last)
   local out = {{}}
   for s = first, last, {UNPACKED} do
     local got = redis.call(op, key, unpack(list, s, math.min(s + {UNPACKED} - 1, last)))
@@ -364,14 +379,22 @@ fn push_rows(call: &mut redis::ScriptInvocation<'_>, prefix: &str, rows: &Rows) 
     }
 }
 
-/// A guarded batch: the lease's token and the operation's row are checked, and the rows
-/// written. 0: written; 1: fenced; 2: changed.
+/// A guarded batch: the lease's token (key 2) and the operation's row (in key 3) are
+/// checked, and the rows written. 0: written; 1: fenced; 2: changed; 3: written already (the
+/// writer's mark, argument 3, holds this group's number, argument 4, or a later one).
 fn guarded_script() -> redis::Script {
     conditional(
-        r"if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[3] then return 1 end
-if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], ARGV[4]) ~= ARGV[5] then return 2 end",
+        r"if written(ARGV[3], ARGV[4]) then return 3 end
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[2], 'fence') ~= ARGV[5] then return 1 end
+if ARGV[6] ~= '' and redis.call('HGET', KEYS[3], ARGV[6]) ~= ARGV[7] then return 2 end",
         "0",
     )
+}
+
+/// A group without audit events or conditions: its rows written, 0; or 3, written already
+/// (the writer's mark, argument 3, holds this group's number, argument 4, or a later one).
+fn plain_script() -> redis::Script {
+    conditional("if written(ARGV[3], ARGV[4]) then return 3 end", "0")
 }
 
 /// A group of rows linked on the audit head the writer expects, with its requests' claims:
@@ -380,17 +403,18 @@ if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], ARGV[4]) ~= ARGV[5] then return
 /// (`<claim> replayed` or `<claim> rate`, space-separated, from 0: the group is written again
 /// without their batches). But first, {3, ''} if the group was written already: its writer's
 /// mark in `META` (argument 5, a field per writer, written with its rows) holds the group's
-/// number (argument 6), so a group sent again after its answer was lost is not written twice,
-/// whoever wrote meanwhile. Keys 2 and 3: `NONCES` and `RATES`. Claim c: arguments 8 + 5c (its
-/// nonce), 9 + 5c (when the nonce may be forgotten, unix s), 10 + 5c (its clinician), 11 + 5c
-/// and 12 + 5c (GCRA: emission and burst, ms); argument 7, how many. However many claims, the
+/// number (argument 6) or a later one, so a group sent again after its answer was lost is not
+/// written twice, whoever wrote meanwhile, nor one given up on written after a later one.
+/// Keys 2 and 3: `NONCES` and `RATES`. Claim c: arguments 8 + 5c (its nonce), 9 + 5c (when
+/// the nonce may be forgotten, unix s), 10 + 5c (its clinician), 11 + 5c and 12 + 5c (GCRA:
+/// emission and burst, ms); argument 7, how many. However many claims, the
 /// nonces and the rates are a few commands: stale nonces forgotten, all looked up at once, all
 /// set at once. Then the group's verdicts, each of which must be the first for its access
 /// (key 4: `VERDICTS`; argument 8 + 5n, how many, then their accesses): one that is not is
 /// named as claim n + v, `reviewed`.
 fn linked_script() -> redis::Script {
     conditional(
-        r"if redis.call('HGET', KEYS[1], ARGV[5]) == ARGV[6] then return {3, ''} end
+        r"if written(ARGV[5], ARGV[6]) then return {3, ''} end
 local head = redis.call('HGET', KEYS[1], ARGV[4]) or ''
 if head ~= ARGV[3] then return {1, head} end
 local n = tonumber(ARGV[7])
@@ -457,6 +481,7 @@ fn guarded(
     prefix: &str,
     guard: &Guard,
     rows: &Rows,
+    number: &str,
 ) -> Result<(), StoreError> {
     let (lease, token) = match &guard.fence {
         Some((name, token)) => (lease_key(prefix, name), token.to_string()),
@@ -466,10 +491,13 @@ fn guarded(
         Some(s) => (s.id.clone(), enc(s)?),
         None => (String::new(), Vec::new()),
     };
-    let answer: i64 = with(primary, &mut w.conn, None, |c| {
-        let mut call = invocation(&w.guarded, 2, 3);
-        call.key(&lease)
+    let answer: i64 = with(primary, &mut w.conn, Some(w.answer_within), |c| {
+        let mut call = invocation(&w.guarded, 3, 5);
+        call.key(format!("{prefix}{META}"))
+            .key(&lease)
             .key(format!("{prefix}{SUBMISSIONS}"))
+            .arg(&w.mark)
+            .arg(number)
             .arg(&token)
             .arg(&id)
             .arg(expected.as_slice());
@@ -477,7 +505,7 @@ fn guarded(
         call.invoke(c)
     })?;
     match answer {
-        0 => Ok(()),
+        0 | 3 => Ok(()),
         1 => Err(StoreError::Guarded(Guarded::Fenced)),
         _ => Err(StoreError::Guarded(Guarded::Changed)),
     }
@@ -498,7 +526,7 @@ fn write_group(primary: &Primary, w: &mut Writer, prefix: &str, waiting: Vec<(Ba
     write_together(primary, w, prefix, group);
 }
 
-/// Writes `group` as one transaction or script (one append-only-file sync for all of them: a
+/// Writes `group` as one script (one append-only-file sync for all of them: a
 /// group commit; every caller in it gets its result). The batches whose claims did not hold
 /// are answered with why, and the others written again without them.
 fn write_together(primary: &Primary, w: &mut Writer, prefix: &str, mut group: Vec<(Batch, Reply)>) {
@@ -567,8 +595,12 @@ pub(super) struct Writer {
     groups: u64,
     linked: redis::Script,
     guarded: redis::Script,
+    plain: redis::Script,
     local: Local,
     acknowledgement: Acknowledgement,
+    /// How long the writer waits for an answer before it drops the connection (and tries once
+    /// more on a new one, found anew: a Sentinel names the primary as it is now).
+    answer_within: std::time::Duration,
 }
 
 impl Writer {
@@ -583,8 +615,11 @@ impl Writer {
             groups: 0,
             linked: linked_script(),
             guarded: guarded_script(),
+            plain: plain_script(),
             local,
             acknowledgement,
+            answer_within: WRITE_TIMEOUT
+                + std::time::Duration::from_millis(acknowledgement.timeout_ms),
         }
     }
 }
@@ -601,9 +636,9 @@ pub struct Acknowledgement {
 }
 
 /// One batch (or a group of them, in order, as if merged: `Batch::merge`), one round trip: a
-/// transaction, or, with audit events, the script that writes them linked on the head it
-/// expects (linked again when another writer moved it) and takes their claims. What it wrote
-/// is remembered in the local copy.
+/// script (`plain_script`, `guarded_script`), or, with audit events, the one that writes them
+/// linked on the head it expects (linked again when another writer moved it) and takes their
+/// claims. What it wrote is remembered in the local copy.
 fn write(
     primary: &Primary,
     w: &mut Writer,
@@ -671,13 +706,22 @@ fn write_rows(
         .flat_map(|b| &b.verdicts)
         .map(|v| v.access_id.to_string())
         .collect();
+    // this group's number, kept with its rows (the writer's mark): a retry after a lost answer
+    // finds it there, and so does a group given up on that the server reads late
+    w.groups += 1;
+    let number = w.groups.to_string();
+    let meta = format!("{prefix}{META}");
+    let field = w.mark.clone();
+    let mark = || (META, field.clone(), Some(number.clone().into_bytes()));
     if let Some(guard) = batches.iter().find_map(|b| b.guard.as_ref()) {
         if batches.len() > 1 || !audit.is_empty() || !claims.is_empty() {
             return Err(backend(
                 "a guarded batch is written alone, without audit events or claims",
             ));
         }
-        return guarded(primary, w, prefix, guard, base).map(|()| Outcome::Written);
+        let marked = [mark()];
+        let rows = base.iter().chain(&marked).cloned().collect();
+        return guarded(primary, w, prefix, guard, &rows, &number).map(|()| Outcome::Written);
     }
     if audit.is_empty() {
         if !claims.is_empty() || !verdicts.is_empty() {
@@ -687,29 +731,22 @@ fn write_rows(
                 "a batch with claims or a verdict carries its audit events",
             ));
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (table, key, value) in base {
-            let at = table_key(prefix, table);
-            match (value, SORTED.contains(table)) {
-                (Some(_), true) => pipe.zadd(at, key, 0).ignore(),
-                (None, true) => pipe.zrem(at, key).ignore(),
-                (Some(v), false) => pipe.hset(at, key, v.as_slice()).ignore(),
-                (None, false) => pipe.hdel(at, key).ignore(),
-            };
-        }
-        return with(primary, &mut w.conn, None, |c| pipe.query::<()>(c))
-            .map(|()| Outcome::Written);
+        let marked = vec![mark()];
+        return with(primary, &mut w.conn, Some(w.answer_within), |c| {
+            let mut call = invocation(&w.plain, 1, 2);
+            call.key(&meta).arg(&w.mark).arg(&number);
+            push_rows(&mut call, prefix, base);
+            push_rows(&mut call, prefix, &marked);
+            call.invoke::<i64>(c)
+        })
+        .map(|_| Outcome::Written);
     }
-    let meta = format!("{prefix}{META}");
     if w.head.is_none() {
-        let head: Option<Vec<u8>> =
-            with(primary, &mut w.conn, None, |c| c.hget(&meta, AUDIT_HEAD))?;
+        let head: Option<Vec<u8>> = with(primary, &mut w.conn, Some(w.answer_within), |c| {
+            c.hget(&meta, AUDIT_HEAD)
+        })?;
         w.head = Some(head.unwrap_or_default());
     }
-    // this group's number, kept with its rows: a retry after a lost answer finds it there
-    w.groups += 1;
-    let number = w.groups.to_string();
     loop {
         let expected = w.head.clone().unwrap_or_default();
         let mut head = if expected.is_empty() {
@@ -719,35 +756,36 @@ fn write_rows(
         };
         let mut linked = Rows::new();
         audit_rows(&mut head, &audit, &mut linked)?;
-        linked.push((META, w.mark.clone(), Some(number.clone().into_bytes())));
+        linked.push(mark());
         let new_head = enc(&head)?;
-        let (answer, detail): (i64, Vec<u8>) = with(primary, &mut w.conn, None, |c| {
-            let mut call = invocation(&w.linked, 4, 6 + 5 * claims.len() + verdicts.len());
-            call.key(&meta)
-                .key(format!("{prefix}{NONCES}"))
-                .key(format!("{prefix}{RATES}"))
-                .key(format!("{prefix}{VERDICTS}"))
-                .arg(expected.as_slice())
-                .arg(AUDIT_HEAD)
-                .arg(&w.mark)
-                .arg(&number)
-                .arg(claims.len());
-            for claim in &claims {
-                call.arg(&claim.nonce)
-                    .arg(claim.until)
-                    .arg(&claim.clinician)
-                    .arg(claim.emission_ms)
-                    .arg(claim.burst_ms);
-            }
-            call.arg(verdicts.len());
-            for access in &verdicts {
-                call.arg(access);
-            }
-            push_rows(&mut call, prefix, base);
-            push_rows(&mut call, prefix, &linked);
-            call.invoke(c)
-        })
-        .inspect_err(|_| w.head = None)?;
+        let (answer, detail): (i64, Vec<u8>) =
+            with(primary, &mut w.conn, Some(w.answer_within), |c| {
+                let mut call = invocation(&w.linked, 4, 6 + 5 * claims.len() + verdicts.len());
+                call.key(&meta)
+                    .key(format!("{prefix}{NONCES}"))
+                    .key(format!("{prefix}{RATES}"))
+                    .key(format!("{prefix}{VERDICTS}"))
+                    .arg(expected.as_slice())
+                    .arg(AUDIT_HEAD)
+                    .arg(&w.mark)
+                    .arg(&number)
+                    .arg(claims.len());
+                for claim in &claims {
+                    call.arg(&claim.nonce)
+                        .arg(claim.until)
+                        .arg(&claim.clinician)
+                        .arg(claim.emission_ms)
+                        .arg(claim.burst_ms);
+                }
+                call.arg(verdicts.len());
+                for access in &verdicts {
+                    call.arg(access);
+                }
+                push_rows(&mut call, prefix, base);
+                push_rows(&mut call, prefix, &linked);
+                call.invoke(c)
+            })
+            .inspect_err(|_| w.head = None)?;
         match answer {
             // written, or found written by a retry after a lost answer (the head may have
             // moved since: the next write finds out)

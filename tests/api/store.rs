@@ -1091,6 +1091,73 @@ fn a_group_whose_answer_was_lost_is_found_written_whoever_wrote_after_it() {
     assert_eq!(one_chain(&other).last().unwrap(), "w0-4");
 }
 
+/// A group the writer gave up on (no answer within its wait: a hung server, a network that
+/// holds a segment) is sent again on a new connection, and the writer goes on; when the server
+/// reads the first copy late, after the writer's later groups, it writes nothing: a row the
+/// later group wrote keeps its value. Before the writer's mark was checked on every write, a
+/// write without audit events (a `MULTI` then) landed late over the later one, and the writer
+/// waited on a connection that never answers until TCP gave up.
+#[test]
+fn a_group_the_writer_gave_up_on_is_sent_again_and_never_lands_after_a_later_one() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let proxy = crate::support::LossyProxy::start(server.port);
+    let store = std::sync::Arc::new(RedisStore::open(&proxy.url(), "late:").unwrap());
+    let mut conn = server.connection();
+    let revoked = |until: u64| Batch {
+        revoked: vec![("jti-late".into(), until)],
+        ..Batch::default()
+    };
+    let mut value = move || -> Option<Vec<u8>> {
+        redis::cmd("HGET")
+            .arg("late:revoked")
+            .arg("jti-late")
+            .query(&mut conn)
+            .unwrap()
+    };
+    // the script is on the server (a first answer is not an unknown script's)
+    store.apply(revoked(1)).unwrap();
+    proxy.hold_next_script.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let (done, written) = std::sync::mpsc::channel();
+    {
+        let store = store.clone();
+        std::thread::spawn(move || done.send(store.apply(revoked(2))));
+    }
+    proxy
+        .held
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the group is held");
+    let written = written
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the writer gave up on the held copy and sent it again");
+    assert_eq!(
+        written.map_err(|e| e.to_string()),
+        Ok(()),
+        "written by the second copy"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
+        "the writer gave up on the first copy after its wait, not {waited:?}"
+    );
+    let second = value().expect("written");
+    store.apply(revoked(3)).unwrap();
+    let third = value().expect("written");
+    assert_ne!(second, third);
+    // the first copy reaches the server now, after the group that followed it
+    proxy.deliver_late.send(()).unwrap();
+    proxy
+        .late_answered
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the server answered the late copy");
+    assert_eq!(value(), Some(third), "the later group's value stays");
+    store.apply(revoked(4)).unwrap();
+    assert_ne!(value(), Some(second), "the writer goes on");
+}
+
 /// As on redb (`redb_keeps_an_index_of_what_is_open_…`): the index hashes name the open
 /// operations and notices only, and a store written before them has them built at its first
 /// read of one.
@@ -1693,6 +1760,136 @@ async fn the_store_follows_a_sentinel_failover_to_the_promoted_replica() {
         coordinator.lease("submitter:x", "b", 30_000).await.unwrap(),
         None
     );
+}
+
+/// A primary that hangs (SIGSTOP: its connections open, nothing answered) is replaced by the
+/// Sentinel's failover, and the writer, which was waiting on it, gives up within its wait and
+/// writes on the promoted replica, without a restart (and so does the coordination, whose
+/// lease holder renews there); when the old primary comes back, the
+/// Sentinel makes it a replica and what the writer gave up on there is gone, nothing else.
+/// Before the writer had a wait, it waited on the hung primary until TCP gave up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_leaves_a_hung_primary_for_the_one_a_failover_promoted() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let primary = crate::support::RedisServer::start(&path("primary"));
+    let replica = crate::support::RedisServer::start_replica(&path("replica"), &primary);
+    let sentinel = crate::support::Sentinel::start(&path("sentinel"), &primary, "bg");
+    let role = |url: &str| -> Option<Vec<u8>> {
+        let mut c = redis::Client::open(url).ok()?.get_connection().ok()?;
+        match redis::cmd("ROLE").query(&mut c).ok()? {
+            redis::Value::Array(role) => match role.first()? {
+                redis::Value::BulkString(r) => Some(r.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    crate::support::eventually(
+        "the Sentinel knows the replica",
+        crate::support::SECS,
+        async || {
+            let mut c = redis::Client::open(sentinel.url())
+                .ok()?
+                .get_connection()
+                .ok()?;
+            let known: redis::Value = redis::cmd("SENTINEL")
+                .arg("REPLICAS")
+                .arg("bg")
+                .query(&mut c)
+                .ok()?;
+            matches!(known, redis::Value::Array(r) if r.len() == 1).then_some(())
+        },
+    )
+    .await;
+    let target = RedisTarget {
+        url: "redis://127.0.0.1:1/0".into(),
+        sentinels: vec![sentinel.url()],
+        master: "bg".into(),
+    };
+    let store = std::sync::Arc::new(RedisStore::open(&target, "hung:").unwrap());
+    let grant = |n: u64| Batch {
+        accesses: vec![access(n)],
+        audit: vec![numbered_event(0, n)],
+        ..Batch::default()
+    };
+    let coordinator = breakglass::coordination::Coordinator::redis(&target, "hung:", 60).unwrap();
+    store.apply(grant(1)).unwrap();
+    let token = coordinator.lease("submitter:x", "a", 60_000).await.unwrap();
+    assert!(token.is_some());
+    crate::support::eventually("the replica has them", crate::support::SECS, async || {
+        let mut c = replica.connection();
+        let n: usize = redis::cmd("HLEN").arg("hung:accesses").query(&mut c).ok()?;
+        let leased: bool = redis::cmd("EXISTS")
+            .arg("hung:lease:submitter:x")
+            .query(&mut c)
+            .ok()?;
+        (n == 1 && leased).then_some(())
+    })
+    .await;
+
+    primary.pause();
+    let started = std::time::Instant::now();
+    let writing = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            // the first write waits on the hung primary; the writer gives up on it, and a
+            // later one finds the promoted replica
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                match store.apply(grant(2)) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if std::time::Instant::now() > deadline => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        })
+    };
+    let written = tokio::time::timeout(Duration::from_secs(90), writing)
+        .await
+        .expect("the writer is not waiting on the hung primary still")
+        .unwrap();
+    assert_eq!(written.map_err(|e| e.to_string()), Ok(()));
+    let took = started.elapsed();
+    assert_eq!(
+        role(&replica.url()).as_deref(),
+        Some(&b"master"[..]),
+        "the replica was promoted"
+    );
+    // the coordination leaves the hung primary too: the holder renews with its token
+    let renewed = tokio::time::timeout(
+        Duration::from_secs(60),
+        crate::support::eventually("the lease renewed", Duration::from_secs(60), async || {
+            coordinator.lease("submitter:x", "a", 60_000).await.ok()
+        }),
+    )
+    .await
+    .expect("the coordination is not waiting on the hung primary still");
+    assert_eq!(renewed, token);
+    primary.resume();
+    crate::support::eventually(
+        "the old primary is made a replica",
+        Duration::from_secs(60),
+        async || (role(&primary.url()).as_deref() == Some(&b"slave"[..])).then_some(()),
+    )
+    .await;
+    store.apply(grant(3)).unwrap();
+    assert_eq!(
+        one_chain(store.as_ref()),
+        vec!["w0-1", "w0-2", "w0-3"],
+        "one log, each entry once (written after {took:?})"
+    );
+    for n in [1, 2, 3] {
+        assert!(
+            store.access(&numbered(n)).unwrap().is_some(),
+            "{n} is there"
+        );
+    }
 }
 
 /// A verdict is written once, whichever replica gives it: two stores on one Redis each write a

@@ -752,13 +752,22 @@ impl RedisServer {
 /// A TCP proxy in front of a Redis server that can lose one answer: once `lose_next_script_answer`
 /// is set, the next `EVALSHA` goes to the server (which runs it) and its answer is dropped with
 /// the connection; the connection that follows is held (accepted, not served) until `release`
-/// is sent, so that the test can write meanwhile. A fault at a boundary a real network has.
+/// is sent, so that the test can write meanwhile. Or deliver one command late: once
+/// `hold_next_script` is set, the next `EVALSHA` is kept from the server (its sender waits for
+/// an answer that does not come, and may drop the connection) until `deliver_late` is sent,
+/// then sent on the connection it came on, as a network that delays a segment does;
+/// `late_answered` says when the server answered it. Faults at a boundary a real network has.
 pub struct LossyProxy {
     pub port: u16,
     pub lose_next_script_answer: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Says when an answer was lost.
     pub lost: std::sync::mpsc::Receiver<()>,
     pub release: std::sync::mpsc::Sender<()>,
+    pub hold_next_script: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Says when a command is held.
+    pub held: std::sync::mpsc::Receiver<()>,
+    pub deliver_late: std::sync::mpsc::Sender<()>,
+    pub late_answered: std::sync::mpsc::Receiver<()>,
 }
 
 impl LossyProxy {
@@ -774,6 +783,12 @@ impl LossyProxy {
         let (release, released) = mpsc::channel::<()>();
         let flag = armed.clone();
         let hold_next = Arc::new(AtomicBool::new(false));
+        let hold_script = Arc::new(AtomicBool::new(false));
+        let (held_tx, held) = mpsc::channel();
+        let (deliver_late, late) = mpsc::channel::<()>();
+        let late = Arc::new(std::sync::Mutex::new(late));
+        let (answered_tx, late_answered) = mpsc::channel();
+        let holding = hold_script.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -789,9 +804,28 @@ impl LossyProxy {
                 let script_sent = Arc::new(AtomicBool::new(false));
                 let sent = script_sent.clone();
                 let arm = flag.clone();
+                let late_sent = Arc::new(AtomicBool::new(false));
+                let (hold, held_tx, late, sent_late) = (
+                    holding.clone(),
+                    held_tx.clone(),
+                    late.clone(),
+                    late_sent.clone(),
+                );
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 1 << 16];
                     while let Ok(n) = c_in.read(&mut buf) {
+                        if n > 0
+                            && buf[..n].windows(7).any(|w| w == b"EVALSHA")
+                            && hold.swap(false, Ordering::SeqCst)
+                        {
+                            let kept = buf[..n].to_vec();
+                            let _ = held_tx.send(());
+                            let _ = late.lock().unwrap().recv();
+                            // sent on its connection, which is then the answer's alone
+                            sent_late.store(true, Ordering::SeqCst);
+                            let _ = s_out.write_all(&kept);
+                            return;
+                        }
                         if n == 0 || s_out.write_all(&buf[..n]).is_err() {
                             break;
                         }
@@ -804,11 +838,18 @@ impl LossyProxy {
                     let _ = s_out.shutdown(Shutdown::Both);
                 });
                 let (arm, lost_tx, hold) = (flag.clone(), lost_tx.clone(), hold_next.clone());
+                let answered_tx = answered_tx.clone();
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 1 << 16];
                     while let Ok(n) = s_in.read(&mut buf) {
                         if n == 0 {
                             break;
+                        }
+                        if late_sent.load(Ordering::SeqCst) {
+                            let _ = answered_tx.send(());
+                            let _ = c_out.shutdown(Shutdown::Both);
+                            let _ = s_in.shutdown(Shutdown::Both);
+                            return;
                         }
                         if script_sent.load(Ordering::SeqCst) && arm.swap(false, Ordering::SeqCst) {
                             // the server ran it; its answer never arrives, and the connection
@@ -831,6 +872,10 @@ impl LossyProxy {
             lose_next_script_answer: armed,
             lost,
             release,
+            hold_next_script: hold_script,
+            held,
+            deliver_late,
+            late_answered,
         }
     }
 
