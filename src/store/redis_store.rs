@@ -281,19 +281,20 @@ pub const NONCES: &str = "nonces";
 /// expiry; there is one per clinician who was ever granted.
 pub const RATES: &str = "rates";
 
-/// A script that runs `checks` (which return early when a condition fails), then writes the
-/// rows passed from key `ARGV[1]` and argument `ARGV[2]` on (`push_rows`), and returns
-/// `done`: one atomic step on the server. Both may call `each(op, key, list, first, last)`:
-/// `op` on `key` with `list[first..last]` as arguments, a command per `UNPACKED` of them at
-/// most, their answers joined; and `written(mark, number)`: whether the writer whose mark
-/// that is (a field of `META`, `KEYS[1]` in every script) wrote its group `number` or a later
-/// one. Every write of the writer checks it first, so a group lands once, and never after a
-/// later one of its writer (a group the writer gave up on, still in a connection it dropped,
-/// that the server reads late).
+/// A script of one of the writer's groups (`invocation`): first {3, ''} if the writer wrote
+/// it already, its mark (a field of `META`, key 1, named by argument 3) holding the group's
+/// number (argument 4) or a later one, so that a group lands once and never after a later one
+/// of its writer (one sent again after its answer was lost, or given up on and read late by
+/// the server from the connection the writer dropped). Then `checks` (which return
+/// {code, detail} early when a condition fails); then the rows passed from key `ARGV[1]` and
+/// argument `ARGV[2]` on (`push_rows`) are written, the mark set to the group's number, and
+/// `done` returned: one atomic step on the server. Both may call
+/// `each(op, key, list, first, last)`: `op` on `key` with `list[first..last]` as arguments, a
+/// command per `UNPACKED` of them at most, their answers joined.
 fn conditional(checks: &str, done: &str) -> redis::Script {
     redis::Script::new(&format!(
-        r"local function written(mark, number)
-  return (tonumber(redis.call('HGET', KEYS[1], mark)) or 0) >= tonumber(number)
+        r"if (tonumber(redis.call('HGET', KEYS[1], ARGV[3])) or 0) >= tonumber(ARGV[4]) then
+  return {{3, ''}}
 end
 local function each(op, key, list, first, last)
   local out = {{}}
@@ -310,6 +311,7 @@ for i = tonumber(ARGV[1]), #KEYS do
   each(op, KEYS[i], ARGV, a + 2, last)
   a = last + 1
 end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
 return {done}
 "
     ))
@@ -319,11 +321,21 @@ return {done}
 /// 8,000; even, so that a field and its value stay together).
 const UNPACKED: usize = 4000;
 
-/// Starts a `conditional` script's call whose checks take `keys` keys and `args` arguments
-/// (after the two that say where the rows start).
-fn invocation(script: &redis::Script, keys: usize, args: usize) -> redis::ScriptInvocation<'_> {
+/// Starts a `conditional` script's call for group `number` of the writer whose mark is
+/// `mark`, under `prefix`, whose checks take `keys` more keys and `args` more arguments.
+fn invocation<'a>(
+    script: &'a redis::Script,
+    prefix: &str,
+    (mark, number): (&str, u64),
+    keys: usize,
+    args: usize,
+) -> redis::ScriptInvocation<'a> {
     let mut call = script.prepare_invoke();
-    call.arg(keys + 1).arg(args + 3);
+    call.key(format!("{prefix}{META}"))
+        .arg(keys + 2)
+        .arg(args + 5)
+        .arg(mark)
+        .arg(number);
     call
 }
 
@@ -379,33 +391,29 @@ fn push_rows(call: &mut redis::ScriptInvocation<'_>, prefix: &str, rows: &Rows) 
     }
 }
 
-/// A guarded batch: the lease's token (key 2) and the operation's row (in key 3) are
-/// checked, and the rows written. 0: written; 1: fenced; 2: changed; 3: written already (the
-/// writer's mark, argument 3, holds this group's number, argument 4, or a later one).
+/// A guarded batch: the lease's token (key 2, argument 5) and the operation's row (argument 6
+/// in key 3, argument 7 its value) are checked, and the rows written. {0, ''}: written;
+/// {1, ''}: fenced; {2, ''}: changed; {3, ''}: written already.
 fn guarded_script() -> redis::Script {
     conditional(
-        r"if written(ARGV[3], ARGV[4]) then return 3 end
-if ARGV[5] ~= '' and redis.call('HGET', KEYS[2], 'fence') ~= ARGV[5] then return 1 end
-if ARGV[6] ~= '' and redis.call('HGET', KEYS[3], ARGV[6]) ~= ARGV[7] then return 2 end",
-        "0",
+        r"if ARGV[5] ~= '' and redis.call('HGET', KEYS[2], 'fence') ~= ARGV[5] then return {1, ''} end
+if ARGV[6] ~= '' and redis.call('HGET', KEYS[3], ARGV[6]) ~= ARGV[7] then return {2, ''} end",
+        "{0, ''}",
     )
 }
 
-/// A group without audit events or conditions: its rows written, 0; or 3, written already
-/// (the writer's mark, argument 3, holds this group's number, argument 4, or a later one).
+/// A group without audit events or conditions: {0, ''}, written; or {3, ''}, written already.
 fn plain_script() -> redis::Script {
-    conditional("if written(ARGV[3], ARGV[4]) then return 3 end", "0")
+    conditional("", "{0, ''}")
 }
 
-/// A group of rows linked on the audit head the writer expects, with its requests' claims:
-/// written ({0, ''}) only if the head is still that one, else {1, the head as it is} (another
-/// replica wrote: link again on it); and only if every claim holds, else {2, which did not}
-/// (`<claim> replayed` or `<claim> rate`, space-separated, from 0: the group is written again
-/// without their batches). But first, {3, ''} if the group was written already: its writer's
-/// mark in `META` (argument 5, a field per writer, written with its rows) holds the group's
-/// number (argument 6) or a later one, so a group sent again after its answer was lost is not
-/// written twice, whoever wrote meanwhile, nor one given up on written after a later one.
-/// Keys 2 and 3: `NONCES` and `RATES`. Claim c: arguments 8 + 5c (its nonce), 9 + 5c (when
+/// A group of rows linked on the audit head the writer expects (argument 5; argument 6, the
+/// head's field in `META`), with its requests' claims: written ({0, ''}) only if the head is
+/// still that one, else {1, the head as it is} (another replica wrote: link again on it); and
+/// only if every claim holds, else {2, which did not} (`<claim> replayed` or `<claim> rate`,
+/// space-separated, from 0: the group is written again without their batches); {3, ''} if the
+/// group was written already (`conditional`), whoever wrote since. Keys 2 and 3: `NONCES`
+/// and `RATES`. Claim c: arguments 8 + 5c (its nonce), 9 + 5c (when
 /// the nonce may be forgotten, unix s), 10 + 5c (its clinician), 11 + 5c and 12 + 5c (GCRA:
 /// emission and burst, ms); argument 7, how many. However many claims, the
 /// nonces and the rates are a few commands: stale nonces forgotten, all looked up at once, all
@@ -414,9 +422,8 @@ fn plain_script() -> redis::Script {
 /// named as claim n + v, `reviewed`.
 fn linked_script() -> redis::Script {
     conditional(
-        r"if written(ARGV[5], ARGV[6]) then return {3, ''} end
-local head = redis.call('HGET', KEYS[1], ARGV[4]) or ''
-if head ~= ARGV[3] then return {1, head} end
+        r"local head = redis.call('HGET', KEYS[1], ARGV[6]) or ''
+if head ~= ARGV[5] then return {1, head} end
 local n = tonumber(ARGV[7])
 local failed, used, tats = {}, {}, {}
 local v0 = 8 + 5 * n
@@ -481,7 +488,7 @@ fn guarded(
     prefix: &str,
     guard: &Guard,
     rows: &Rows,
-    number: &str,
+    number: u64,
 ) -> Result<(), StoreError> {
     let (lease, token) = match &guard.fence {
         Some((name, token)) => (lease_key(prefix, name), token.to_string()),
@@ -491,13 +498,10 @@ fn guarded(
         Some(s) => (s.id.clone(), enc(s)?),
         None => (String::new(), Vec::new()),
     };
-    let answer: i64 = with(primary, &mut w.conn, Some(w.answer_within), |c| {
-        let mut call = invocation(&w.guarded, 3, 5);
-        call.key(format!("{prefix}{META}"))
-            .key(&lease)
+    let (answer, _): (i64, Vec<u8>) = with(primary, &mut w.conn, Some(w.answer_within), |c| {
+        let mut call = invocation(&w.guarded, prefix, (&w.mark, number), 2, 3);
+        call.key(&lease)
             .key(format!("{prefix}{SUBMISSIONS}"))
-            .arg(&w.mark)
-            .arg(number)
             .arg(&token)
             .arg(&id)
             .arg(expected.as_slice());
@@ -706,22 +710,18 @@ fn write_rows(
         .flat_map(|b| &b.verdicts)
         .map(|v| v.access_id.to_string())
         .collect();
-    // this group's number, kept with its rows (the writer's mark): a retry after a lost answer
-    // finds it there, and so does a group given up on that the server reads late
+    // this group's number, kept with its rows (the writer's mark, `conditional`): a retry
+    // after a lost answer finds it there, and so does a group given up on that the server
+    // reads late
     w.groups += 1;
-    let number = w.groups.to_string();
-    let meta = format!("{prefix}{META}");
-    let field = w.mark.clone();
-    let mark = || (META, field.clone(), Some(number.clone().into_bytes()));
+    let number = w.groups;
     if let Some(guard) = batches.iter().find_map(|b| b.guard.as_ref()) {
         if batches.len() > 1 || !audit.is_empty() || !claims.is_empty() {
             return Err(backend(
                 "a guarded batch is written alone, without audit events or claims",
             ));
         }
-        let marked = [mark()];
-        let rows = base.iter().chain(&marked).cloned().collect();
-        return guarded(primary, w, prefix, guard, &rows, &number).map(|()| Outcome::Written);
+        return guarded(primary, w, prefix, guard, base, number).map(|()| Outcome::Written);
     }
     if audit.is_empty() {
         if !claims.is_empty() || !verdicts.is_empty() {
@@ -731,16 +731,15 @@ fn write_rows(
                 "a batch with claims or a verdict carries its audit events",
             ));
         }
-        let marked = vec![mark()];
+        // {0, ''} or {3, ''}: written, by this call or an earlier one
         return with(primary, &mut w.conn, Some(w.answer_within), |c| {
-            let mut call = invocation(&w.plain, 1, 2);
-            call.key(&meta).arg(&w.mark).arg(&number);
+            let mut call = invocation(&w.plain, prefix, (&w.mark, number), 0, 0);
             push_rows(&mut call, prefix, base);
-            push_rows(&mut call, prefix, &marked);
-            call.invoke::<i64>(c)
+            call.invoke::<(i64, Vec<u8>)>(c)
         })
         .map(|_| Outcome::Written);
     }
+    let meta = format!("{prefix}{META}");
     if w.head.is_none() {
         let head: Option<Vec<u8>> = with(primary, &mut w.conn, Some(w.answer_within), |c| {
             c.hget(&meta, AUDIT_HEAD)
@@ -756,19 +755,16 @@ fn write_rows(
         };
         let mut linked = Rows::new();
         audit_rows(&mut head, &audit, &mut linked)?;
-        linked.push(mark());
         let new_head = enc(&head)?;
         let (answer, detail): (i64, Vec<u8>) =
             with(primary, &mut w.conn, Some(w.answer_within), |c| {
-                let mut call = invocation(&w.linked, 4, 6 + 5 * claims.len() + verdicts.len());
-                call.key(&meta)
-                    .key(format!("{prefix}{NONCES}"))
+                let args = 4 + 5 * claims.len() + verdicts.len();
+                let mut call = invocation(&w.linked, prefix, (&w.mark, number), 3, args);
+                call.key(format!("{prefix}{NONCES}"))
                     .key(format!("{prefix}{RATES}"))
                     .key(format!("{prefix}{VERDICTS}"))
                     .arg(expected.as_slice())
                     .arg(AUDIT_HEAD)
-                    .arg(&w.mark)
-                    .arg(&number)
                     .arg(claims.len());
                 for claim in &claims {
                     call.arg(&claim.nonce)
