@@ -80,11 +80,21 @@ async fn metrics(health: web::Data<Health>) -> HttpResponse {
 /// `max_lag_blocks` of a node heard from recently. The paging syncs are reported but do not
 /// make the service unready: a sync that failed closed refuses only the clinicians who are on
 /// call through it alone, while the other sources, token introspection and the reviews go on.
+/// A store that answers but refuses writes (a Redis server at its `maxmemory`) is not ready
+/// either: a grant, an introspection and a revocation are each recorded before they are
+/// answered, so none can be; `store_writes` says why.
 async fn readyz(health: web::Data<Health>) -> HttpResponse {
-    let store_ok = health.store.ping().is_ok();
+    // on the blocking pool: a store that does not answer holds this probe, not a worker
+    let store = health.store.clone();
+    let (store_ok, writes_refused) = web::block(move || match store.ping() {
+        Ok(()) => (true, store.writable().err().map(|e| e.to_string())),
+        Err(_) => (false, Some("the store does not answer".to_string())),
+    })
+    .await
+    .unwrap_or_else(|e| (false, Some(e.to_string())));
     let f = &health.follower;
     let follower_ok = f.in_sync(health.max_lag_blocks, health.fresh_ms);
-    let ready = store_ok && follower_ok && health.keys_loaded;
+    let ready = store_ok && writes_refused.is_none() && follower_ok && health.keys_loaded;
     let now = crate::clock::now_secs();
     let paging: serde_json::Map<String, serde_json::Value> = health
         .oncall
@@ -114,6 +124,7 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
         "checks": {
             "paging": paging,
             "store": store_ok,
+            "store_writes": writes_refused.as_deref().unwrap_or("ok"),
             "keys": health.keys_loaded,
             "follower": {
                 "ok": follower_ok,

@@ -2,7 +2,10 @@
 //! (`schema.rs`), each table one Redis hash (`<prefix><table>`). Durable before it answers
 //! only on a server that syncs its append-only file on every write (`appendonly yes`,
 //! `appendfsync always`: Redis then syncs once per event loop, a group commit); `open` says so
-//! in the log when the server does not.
+//! in the log when the server does not. `open` refuses a server that evicts keys when full
+//! (any `maxmemory-policy` but `noeviction`: used nonces and audit entries would vanish) and one
+//! before Redis 7.0; a full server refuses each write whole (`conditional`), and `writable` says
+//! so.
 //!
 //! One writer thread takes every batch waiting at that moment and writes them in one round
 //! trip: a script that writes their rows, or, with audit events, one that links them on the
@@ -190,7 +193,11 @@ impl RedisStore {
         let primary = Primary::open(&target.into()).map_err(redis_err)?;
         let mut reads = None;
         let config: Vec<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
-            redis::cmd("CONFIG").arg("GET").arg("append*").query(c)
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("append*")
+                .arg("maxmemory-policy")
+                .query(c)
         })
         .unwrap_or_default();
         let setting = |name: &str| {
@@ -199,12 +206,24 @@ impl RedisStore {
                 .find(|kv| kv[0] == name)
                 .map(|kv| kv.get(1).cloned().unwrap_or_default())
         };
+        if let Some(policy) = setting("maxmemory-policy").filter(|p| p != "noeviction") {
+            return Err(StoreError::Backend(format!(
+                "redis: the server evicts keys when it is full (maxmemory-policy {policy}): used nonces, leases and the audit trail would vanish from it; set maxmemory-policy noeviction (a full server then refuses writes, and grants are refused, never issued unrecorded)"
+            )));
+        }
         if setting("appendonly").as_deref() != Some("yes")
             || setting("appendfsync").as_deref() != Some("always")
         {
             tracing::warn!(
-                "the Redis server does not sync every write (appendonly yes, appendfsync always): an acknowledged write can be lost if it stops"
+                "the Redis server does not sync every write (appendonly yes, appendfsync always), or its settings could not be read: an acknowledged write can be lost if it stops"
             );
+        }
+        let server: Option<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
+            redis::cmd("INFO").arg("server").query(c)
+        })
+        .ok();
+        if let Some(too_old) = server.as_deref().and_then(too_old) {
+            return Err(StoreError::Backend(too_old));
         }
         let (writer, jobs) = mpsc::channel::<(Batch, Reply)>();
         let local = Local::default();
@@ -292,8 +311,12 @@ pub const RATES: &str = "rates";
 /// `each(op, key, list, first, last)`: `op` on `key` with `list[first..last]` as arguments, a
 /// command per `UNPACKED` of them at most, their answers joined.
 fn conditional(checks: &str, done: &str) -> redis::Script {
+    // `#!lua`: a script that declares its flags (none: it may write) is refused whole by a
+    // server over its `maxmemory`, before it runs; one that does not is run, and may write
+    // there (Redis 7.0), so that a full server would grow on, or fail a script halfway
     redis::Script::new(&format!(
-        r"if (tonumber(redis.call('HGET', KEYS[1], ARGV[3])) or 0) >= tonumber(ARGV[4]) then
+        r"#!lua
+if (tonumber(redis.call('HGET', KEYS[1], ARGV[3])) or 0) >= tonumber(ARGV[4]) then
   return {{3, ''}}
 end
 local function each(op, key, list, first, last)
@@ -871,7 +894,14 @@ impl RowSource for RedisStore {
         // another replica may build them at the same time, from the same rows; an operation
         // closed meanwhile may stay named (the reads skip it), an open one is never left out
         // (a write of it since names it itself)
-        let rows = open_index_rows(&self.scan(SUBMISSIONS)?, &self.scan(NOTICES)?)?;
+        let mut rows = open_index_rows(&self.scan(SUBMISSIONS)?, &self.scan(NOTICES)?)?;
+        // only what they lack (as a rule nothing: every write names its own rows), so that a
+        // server that refuses writes (full) is still read
+        let mut named = std::collections::HashSet::new();
+        for index in [OPEN_SUBMISSIONS, OPEN_NOTICES] {
+            named.extend(self.scan(index)?.into_iter().map(|(k, _)| (index, k)));
+        }
+        rows.retain(|(table, key, _)| !named.contains(&(*table, key.clone())));
         if !rows.is_empty() {
             let mut pipe = redis::pipe();
             for (table, key, value) in &rows {
@@ -1083,5 +1113,73 @@ impl Store for RedisStore {
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| redis::cmd("PING").query::<String>(c))
             .map(|_| ())
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        let info: String = self.read(|c| redis::cmd("INFO").arg("memory").query(c))?;
+        match over_maxmemory(&info) {
+            None => Ok(()),
+            Some(why) => Err(StoreError::Backend(why)),
+        }
+    }
+}
+
+/// Why a server whose `INFO server` answer is `info` cannot hold the store, if it cannot: a
+/// version before 7.0, whose scripts cannot declare that they write (`conditional`).
+fn too_old(info: &str) -> Option<String> {
+    let version = info_field(info, "redis_version")?;
+    let major: u32 = version.split('.').next()?.parse().ok()?;
+    (major < 7).then(|| {
+        format!(
+            "redis: the server is version {version}; 7.0 or later is needed (the store's scripts declare that they write, so that a full server refuses them whole)"
+        )
+    })
+}
+
+/// Field `name` of an `INFO` answer (`name:value` lines).
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// Why a server whose `INFO memory` answer is `info` refuses writes, if it does: it uses more
+/// than its `maxmemory`, counted as Redis counts it (less what it does not count for eviction),
+/// and so refuses every script that may write (`conditional`) until it has room.
+fn over_maxmemory(info: &str) -> Option<String> {
+    let field = |name| info_field(info, name).and_then(|v| v.parse::<u64>().ok());
+    let max = field("maxmemory").filter(|m| *m > 0)?;
+    let used =
+        field("used_memory")?.saturating_sub(field("mem_not_counted_for_evict").unwrap_or(0));
+    (used > max).then(|| {
+        format!(
+            "redis is out of memory (using {used} bytes of its maxmemory {max}): every write is refused until it has room (raise maxmemory, or give it more memory)"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_before_7_is_too_old_and_a_full_one_says_so() {
+        let server =
+            |v: &str| format!("# Server\r\nredis_version:{v}\r\nredis_mode:standalone\r\n");
+        assert!(too_old(&server("6.2.14")).is_some_and(|why| why.contains("6.2.14")));
+        assert_eq!(too_old(&server("7.0.15")), None);
+        assert_eq!(too_old(&server("7.4.1")), None);
+        assert_eq!(too_old("# Server\r\n"), None, "unknown: not refused");
+        let memory = |used: u64, max: u64, uncounted: u64| {
+            format!("# Memory\r\nused_memory:{used}\r\nused_memory_human:1M\r\nmaxmemory:{max}\r\nmaxmemory_human:2M\r\nmem_not_counted_for_evict:{uncounted}\r\n")
+        };
+        assert_eq!(over_maxmemory(&memory(900, 1000, 0)), None);
+        assert!(over_maxmemory(&memory(1100, 1000, 0)).is_some_and(|why| why.contains("1100")));
+        assert_eq!(
+            over_maxmemory(&memory(1100, 1000, 200)),
+            None,
+            "as Redis counts it"
+        );
+        assert_eq!(over_maxmemory(&memory(1100, 0, 0)), None, "no maxmemory");
     }
 }

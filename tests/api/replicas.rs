@@ -169,6 +169,95 @@ async fn a_hung_redis_is_refused_within_seconds_and_the_service_resumes_with_it(
     );
 }
 
+/// A Redis at its `maxmemory`: a grant is refused at once (503 `audit-unavailable`, no token),
+/// and so is an introspection (each use of a token is recorded before it is answered),
+/// `/readyz` says why (`store_writes`), and everything resumes once the server has room,
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_grants_says_why_and_takes_them_again_once_it_has_room() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let url = redis.url();
+    let secret = "full-redis-test-secret";
+    let env = setup(|s| {
+        s.data.redis_url = Some(url);
+        s.resource_servers.clients = vec![breakglass::configuration::ResourceServerClient {
+            id: "fhir-server".into(),
+            secret_sha256: hex::encode(sha2::Sha256::digest(secret.as_bytes())),
+        }]
+    })
+    .await;
+    let nurse = provider(&env.demo, "nurse");
+    let key = nurse["private_key"].as_str().unwrap();
+    let pid = patient(&env.demo, true);
+    let (status, first) = post(&env.app, &signed(key, pid, &["allergies"], 1, now())).await;
+    assert_eq!(status, 201, "{first}");
+    let readyz = async || {
+        let res = reqwest::get(format!("http://{}/readyz", env.app.api_addr))
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json::<Json>().await.unwrap())
+    };
+    let (status, ready) = readyz().await;
+    assert_eq!(
+        (status, &ready["checks"]["store_writes"]),
+        (200, &json!("ok"))
+    );
+
+    redis.set_maxmemory(1);
+    let asked = Instant::now();
+    let (status, refused) = post(&env.app, &signed(key, pid, &["allergies"], 2, now())).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (503, Some("audit-unavailable")),
+        "{refused}"
+    );
+    assert!(refused.get("access_token").is_none());
+    assert!(asked.elapsed() < Duration::from_secs(2), "refused at once");
+    let (status, ready) = readyz().await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["checks"]["store"], json!(true), "it answers");
+    let why = ready["checks"]["store_writes"].as_str().unwrap();
+    assert!(why.contains("out of memory"), "{why}");
+    let introspect = async || {
+        let res = reqwest::Client::new()
+            .post(format!("http://{}/v1/token/introspect", env.app.api_addr))
+            .basic_auth("fhir-server", Some(secret))
+            .form(&[("token", first["access_token"].as_str().unwrap())])
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json::<Json>().await.unwrap())
+    };
+    let (status, unrecorded) = introspect().await;
+    assert_eq!(
+        (status, &unrecorded["error"]),
+        (503, &json!("temporarily_unavailable")),
+        "no use of a token unrecorded"
+    );
+
+    redis.set_maxmemory(0);
+    let again = eventually("granted again", SECS, async || {
+        let (status, g) = post(&env.app, &signed(key, pid, &["allergies"], 2, now())).await;
+        (status == 201).then_some(g)
+    })
+    .await;
+    assert!(again["access_token"].is_string());
+    let (status, ready) = readyz().await;
+    assert_eq!(
+        (status, &ready["checks"]["store_writes"]),
+        (200, &json!("ok"))
+    );
+    let (status, active) = introspect().await;
+    assert_eq!((status, &active["active"]), (200, &json!(true)), "{active}");
+    assert_eq!(
+        env.app.store.access_ids().unwrap().len(),
+        2,
+        "the refused one left nothing"
+    );
+}
+
 // --- two service processes on one Redis (#21) ---
 
 use std::path::PathBuf;

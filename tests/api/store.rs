@@ -1226,6 +1226,80 @@ fn redis_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
 }
 
 /// What a store wrote is there for a store opened later (another process, a replica).
+/// A Redis server at its `maxmemory` (under `noeviction`, the one policy a store opens on)
+/// refuses a write whole: nothing of it lands (not the operation it closes, not that
+/// operation's row in the open index, not its audit entry), the store says why (`writable`)
+/// and reads go on; once the server has room, the same write lands, linked on the same log.
+#[test]
+fn a_full_redis_refuses_a_write_whole_and_takes_it_once_it_has_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let store = RedisStore::open(&server.url(), "full:").unwrap();
+    store
+        .apply(Batch {
+            submissions: vec![submission("op", sent("tx"), 1)],
+            audit: vec![numbered_event(0, 1)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert!(store.writable().is_ok());
+    let confirmed = SubmissionState::Confirmed {
+        txid: Some("tx".into()),
+        height: 9,
+        result: "(ok true)".into(),
+        nonce: Some(3),
+        raw: Some("00".into()),
+    };
+    // the operation confirmed: its row and its open-index row (a delete, which a full server
+    // would take on its own) in one write, with an audit entry
+    let closing = || Batch {
+        submissions: vec![submission("op", confirmed.clone(), 1)],
+        audit: vec![numbered_event(0, 2)],
+        ..Batch::default()
+    };
+
+    server.set_maxmemory(1);
+    let refused = store
+        .apply(closing())
+        .expect_err("a full server takes no write");
+    assert!(refused.to_string().contains("OOM"), "{refused}");
+    let open = store.open_submissions().unwrap();
+    assert_eq!(open.len(), 1, "still open, and still indexed as open");
+    assert_eq!(open[0].state, sent("tx"));
+    assert_eq!(one_chain(&store), ["w0-1"]);
+    let why = store.writable().expect_err("the store says it is full");
+    assert!(why.to_string().contains("out of memory"), "{why}");
+
+    server.set_maxmemory(0);
+    assert!(store.writable().is_ok());
+    store.apply(closing()).unwrap();
+    assert!(store.open_submissions().unwrap().is_empty());
+    assert_eq!(store.submission("op").unwrap().unwrap().state, confirmed);
+    assert_eq!(one_chain(&store), ["w0-1", "w0-2"]);
+}
+
+/// A Redis server that evicts keys when it is full is refused when the store opens: it would
+/// drop used nonces (a replay granted again), leases and the audit trail without a word.
+#[test]
+fn a_redis_that_evicts_keys_is_refused_at_open() {
+    for policy in ["allkeys-lru", "volatile-ttl"] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = crate::support::RedisServer::start_with(
+            dir.path(),
+            &["--maxmemory", "1gb", "--maxmemory-policy", policy],
+        );
+        let refused = RedisStore::open(&server.url(), "evicts:")
+            .err()
+            .expect("a server that evicts is refused");
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("maxmemory-policy {policy}")),
+            "{refused}"
+        );
+    }
+}
+
 #[test]
 fn a_redis_store_opened_again_reads_what_was_written() {
     let dir = tempfile::tempdir().unwrap();

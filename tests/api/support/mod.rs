@@ -695,6 +695,16 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Sets the server's `maxmemory` (bytes; 0, no limit) at run time, as an operator would.
+    pub fn set_maxmemory(&self, bytes: u64) {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(bytes)
+            .query(&mut self.connection())
+            .unwrap();
+    }
+
     /// Starts the server (again) on the same port and directory, and waits until it answers.
     pub fn restart(&mut self) {
         let child = breakglass::dev::redis_server(self.port, &self.dir)
