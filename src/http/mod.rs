@@ -82,13 +82,14 @@ async fn metrics(health: web::Data<Health>) -> HttpResponse {
 /// call through it alone, while the other sources, token introspection and the reviews go on.
 /// A store that answers but refuses writes (a Redis server at its `maxmemory`) is not ready
 /// either: a grant, an introspection and a revocation are each recorded before they are
-/// answered, so none can be; `store_writes` says why.
+/// answered, so none can be. `store_writes` says why writes fail (the store's error: it does
+/// not answer, it stopped writing, it is full), or `ok`.
 async fn readyz(health: web::Data<Health>) -> HttpResponse {
     // on the blocking pool: a store that does not answer holds this probe, not a worker
     let store = health.store.clone();
     let (store_ok, writes_refused) = web::block(move || match store.ping() {
         Ok(()) => (true, store.writable().err().map(|e| e.to_string())),
-        Err(_) => (false, Some("the store does not answer".to_string())),
+        Err(e) => (false, Some(e.to_string())),
     })
     .await
     .unwrap_or_else(|e| (false, Some(e.to_string())));

@@ -573,8 +573,8 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap read that proves the store answers (for /readyz).
     fn ping(&self) -> Result<(), StoreError>;
     /// Why a store that answers refuses writes now, if it does (a Redis server at its
-    /// `maxmemory`): grants are refused meanwhile, reads go on (for /readyz). Until it has
-    /// room again, not until a restart (that is `stopped`).
+    /// `maxmemory`, until it has room), for /readyz. A store that stopped writing fails its
+    /// `ping` instead.
     fn writable(&self) -> Result<(), StoreError> {
         Ok(())
     }

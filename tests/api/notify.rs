@@ -489,6 +489,14 @@ async fn nothing_is_sent_while_the_store_cannot_record_it() {
     assert_eq!(health.status(), 503);
     let body: Json = health.json().await.unwrap();
     assert_eq!(body["status"], "store-stopped");
+    // and it is not ready, saying why
+    let ready = reqwest::get(format!("http://{}/readyz", env.app.api_addr))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Json = ready.json().await.unwrap();
+    let why = body["checks"]["store_writes"].as_str().unwrap();
+    assert!(why.contains("the disk failed (injected)"), "{body}");
 
     // the server comes up: nothing is sent, since it could not be recorded as sent (an
     // attempt a second, before this change, sent it again every 5 s)
