@@ -521,16 +521,21 @@ fn guarded(
         Some(s) => (s.id.clone(), enc(s)?),
         None => (String::new(), Vec::new()),
     };
-    let (answer, _): (i64, Vec<u8>) = with(primary, &mut w.conn, Some(w.answer_within), |c| {
-        let mut call = invocation(&w.guarded, prefix, (&w.mark, number), 2, 3);
-        call.key(&lease)
-            .key(format!("{prefix}{SUBMISSIONS}"))
-            .arg(&token)
-            .arg(&id)
-            .arg(expected.as_slice());
-        push_rows(&mut call, prefix, rows);
-        call.invoke(c)
-    })?;
+    let (answer, _): (i64, Vec<u8>) = with(
+        primary,
+        &mut w.conn,
+        Some(w.acknowledgement.write_wait()),
+        |c| {
+            let mut call = invocation(&w.guarded, prefix, (&w.mark, number), 2, 3);
+            call.key(&lease)
+                .key(format!("{prefix}{SUBMISSIONS}"))
+                .arg(&token)
+                .arg(&id)
+                .arg(expected.as_slice());
+            push_rows(&mut call, prefix, rows);
+            call.invoke(c)
+        },
+    )?;
     match answer {
         0 | 3 => Ok(()),
         1 => Err(StoreError::Guarded(Guarded::Fenced)),
@@ -625,9 +630,6 @@ pub(super) struct Writer {
     plain: redis::Script,
     local: Local,
     acknowledgement: Acknowledgement,
-    /// How long the writer waits for an answer before it drops the connection (and tries once
-    /// more on a new one, found anew: a Sentinel names the primary as it is now).
-    answer_within: std::time::Duration,
 }
 
 impl Writer {
@@ -645,8 +647,6 @@ impl Writer {
             plain: plain_script(),
             local,
             acknowledgement,
-            answer_within: WRITE_TIMEOUT
-                + std::time::Duration::from_millis(acknowledgement.timeout_ms),
         }
     }
 }
@@ -660,6 +660,15 @@ impl Writer {
 pub struct Acknowledgement {
     pub replicas: u32,
     pub timeout_ms: u64,
+}
+
+impl Acknowledgement {
+    /// How long the writer waits for a write's answer, its `WAIT` included, before it drops
+    /// the connection (and tries once more on a new one, found anew: a Sentinel names the
+    /// primary as it is now).
+    fn write_wait(&self) -> std::time::Duration {
+        WRITE_TIMEOUT + std::time::Duration::from_millis(self.timeout_ms)
+    }
 }
 
 /// One batch (or a group of them, in order, as if merged: `Batch::merge`), one round trip: a
@@ -755,18 +764,26 @@ fn write_rows(
             ));
         }
         // {0, ''} or {3, ''}: written, by this call or an earlier one
-        return with(primary, &mut w.conn, Some(w.answer_within), |c| {
-            let mut call = invocation(&w.plain, prefix, (&w.mark, number), 0, 0);
-            push_rows(&mut call, prefix, base);
-            call.invoke::<(i64, Vec<u8>)>(c)
-        })
+        return with(
+            primary,
+            &mut w.conn,
+            Some(w.acknowledgement.write_wait()),
+            |c| {
+                let mut call = invocation(&w.plain, prefix, (&w.mark, number), 0, 0);
+                push_rows(&mut call, prefix, base);
+                call.invoke::<(i64, Vec<u8>)>(c)
+            },
+        )
         .map(|_| Outcome::Written);
     }
     let meta = format!("{prefix}{META}");
     if w.head.is_none() {
-        let head: Option<Vec<u8>> = with(primary, &mut w.conn, Some(w.answer_within), |c| {
-            c.hget(&meta, AUDIT_HEAD)
-        })?;
+        let head: Option<Vec<u8>> = with(
+            primary,
+            &mut w.conn,
+            Some(w.acknowledgement.write_wait()),
+            |c| c.hget(&meta, AUDIT_HEAD),
+        )?;
         w.head = Some(head.unwrap_or_default());
     }
     loop {
@@ -779,8 +796,11 @@ fn write_rows(
         let mut linked = Rows::new();
         audit_rows(&mut head, &audit, &mut linked)?;
         let new_head = enc(&head)?;
-        let (answer, detail): (i64, Vec<u8>) =
-            with(primary, &mut w.conn, Some(w.answer_within), |c| {
+        let (answer, detail): (i64, Vec<u8>) = with(
+            primary,
+            &mut w.conn,
+            Some(w.acknowledgement.write_wait()),
+            |c| {
                 let args = 4 + 5 * claims.len() + verdicts.len();
                 let mut call = invocation(&w.linked, prefix, (&w.mark, number), 3, args);
                 call.key(format!("{prefix}{NONCES}"))
@@ -803,8 +823,9 @@ fn write_rows(
                 push_rows(&mut call, prefix, base);
                 push_rows(&mut call, prefix, &linked);
                 call.invoke(c)
-            })
-            .inspect_err(|_| w.head = None)?;
+            },
+        )
+        .inspect_err(|_| w.head = None)?;
         match answer {
             // written, or found written by a retry after a lost answer (the head may have
             // moved since: the next write finds out)
