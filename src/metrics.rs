@@ -181,7 +181,7 @@ impl Metrics {
 
     /// Adds the store's group commits (`GroupMetrics`): each group's durable write, as its
     /// writer sees it (`store_journal_…` on the embedded store, `store_redis_…` on Redis), and
-    /// how many batches each took.
+    /// how many batches each took, and how long each batch waited for its group.
     pub fn register_store(&mut self, group: crate::store::GroupMetrics) {
         let (name, help) = group.writer.series();
         self.registry.register(name, help, group.writes);
@@ -189,6 +189,11 @@ impl Metrics {
             "store_group_batches",
             "How many batches each group commit of the store took (a grant waits for one group's write)",
             group.batches,
+        );
+        self.registry.register(
+            "store_batch_wait_duration_seconds",
+            "How long each batch (a grant's write, mostly) waited for the store's writer to take it into a group: behind the group in flight",
+            group.waits,
         );
     }
 

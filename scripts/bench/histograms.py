@@ -12,6 +12,7 @@ NAMES = {
     "breakglass_audit_write_duration_seconds": "  of which the durable write",
     "breakglass_store_journal_write_duration_seconds": "  the journal's write alone",
     "breakglass_store_redis_write_duration_seconds": "  the Redis write alone",
+    "breakglass_store_batch_wait_duration_seconds": "  a batch's wait for its group",
 }
 # not a latency: how many batches (grants, mostly) each group commit took
 GROUPS = ("breakglass_store_group_batches", "  batches per group")

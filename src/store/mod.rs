@@ -450,6 +450,9 @@ pub struct GroupMetrics {
     pub writer: GroupWriter,
     pub writes: prometheus_client::metrics::histogram::Histogram,
     pub batches: prometheus_client::metrics::histogram::Histogram,
+    /// How long each batch waited for the writer to take it into a group (behind the group
+    /// in flight, at a steady load; a writer that does not keep up shows here first).
+    pub waits: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Who writes a store's groups, which names its write histogram.
@@ -485,6 +488,7 @@ impl GroupMetrics {
             batches: prometheus_client::metrics::histogram::Histogram::new([
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0,
             ]),
+            waits: crate::latency::latency_histogram(),
         }
     }
 }

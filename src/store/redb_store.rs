@@ -210,6 +210,7 @@ impl RedbStore {
             audit_head,
             writes: metrics.writes.clone(),
             batches: metrics.batches.clone(),
+            waits: metrics.waits.clone(),
         };
         let (writer, jobs) = mpsc::channel();
         let threads = vec![
@@ -244,7 +245,7 @@ impl RedbStore {
         self.writer
             .as_ref()
             .ok_or_else(|| backend("the store is closed"))?
-            .send((batch, reply))
+            .send((batch, reply, std::time::Instant::now()))
             .map_err(|_| backend("the store's writer stopped"))
     }
 }

@@ -98,7 +98,7 @@ pub struct RedisStore {
     local: Local,
     /// Connections for reads, each used by one reader at a time.
     reads: Vec<Mutex<Option<Connection>>>,
-    writer: Option<mpsc::Sender<(Batch, Reply)>>,
+    writer: Option<mpsc::Sender<super::writer::Job>>,
     thread: Option<JoinHandle<()>>,
     /// Whether this process made the open indexes whole (`open_index_rows`): at the first
     /// read of one, since the server may be away when the store opens.
@@ -225,20 +225,25 @@ impl RedisStore {
         if let Some(too_old) = server.as_deref().and_then(too_old) {
             return Err(StoreError::Backend(too_old));
         }
-        let (writer, jobs) = mpsc::channel::<(Batch, Reply)>();
+        let (writer, jobs) = mpsc::channel::<super::writer::Job>();
         let local = Local::default();
         let write_local = local.clone();
         let write_primary = primary.clone();
         let write_prefix = prefix.to_string();
         let metrics = GroupMetrics::new(GroupWriter::Redis);
-        let (writes, batches) = (metrics.writes.clone(), metrics.batches.clone());
+        let (writes, batches, waits) = (
+            metrics.writes.clone(),
+            metrics.batches.clone(),
+            metrics.waits.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("redis-writer".into())
             .spawn(move || {
                 let mut w = Writer::new(write_local, acknowledgement);
                 while let Ok(first) = jobs.recv() {
-                    let mut waiting = vec![first];
-                    waiting.extend(jobs.try_iter().take(GROUP_COMMIT_MAX - 1));
+                    let mut jobs_taken = vec![first];
+                    jobs_taken.extend(jobs.try_iter().take(GROUP_COMMIT_MAX - 1));
+                    let waiting = super::writer::taken(jobs_taken, &waits);
                     let (started, size) = (std::time::Instant::now(), waiting.len());
                     write_group(&write_primary, &mut w, &write_prefix, waiting);
                     writes.observe(started.elapsed().as_secs_f64());
@@ -1111,7 +1116,7 @@ impl Store for RedisStore {
         self.writer
             .as_ref()
             .ok_or_else(|| backend("the store is closed"))?
-            .send((batch, Reply::Blocking(reply)))
+            .send((batch, Reply::Blocking(reply), std::time::Instant::now()))
             .map_err(|_| backend("the store's writer stopped"))?;
         answer
             .recv()
@@ -1121,7 +1126,7 @@ impl Store for RedisStore {
     fn apply_then(&self, batch: Batch, done: Done) {
         if let Some(w) = &self.writer {
             // if the writer is gone, `done` is dropped with the job and the caller sees it
-            let _ = w.send((batch, Reply::Async(done)));
+            let _ = w.send((batch, Reply::Async(done), std::time::Instant::now()));
         }
     }
 

@@ -34,7 +34,19 @@ pub(super) fn poison(p: &Poison, e: &StoreError) {
         .get_or_insert_with(|| e.to_string());
 }
 
-pub(super) type Job = (Batch, Reply);
+/// A batch, where to answer, and when it was handed to the writer.
+pub(super) type Job = (Batch, Reply, Instant);
+
+/// The jobs a writer took as one group, each one's wait for it observed in `waits`.
+pub(super) fn taken(jobs: Vec<Job>, waits: &Histogram) -> Vec<(Batch, Reply)> {
+    let now = Instant::now();
+    jobs.into_iter()
+        .map(|(batch, reply, queued)| {
+            waits.observe(now.saturating_duration_since(queued).as_secs_f64());
+            (batch, reply)
+        })
+        .collect()
+}
 
 /// Where the writer answers: a thread waiting in `apply`, or a task awaiting `apply_then`.
 pub(super) enum Reply {
@@ -76,6 +88,8 @@ pub(super) struct JournalWriter {
     pub(super) writes: Histogram,
     /// How many batches each group took.
     pub(super) batches: Histogram,
+    /// How long each batch waited for this thread to take it.
+    pub(super) waits: Histogram,
     /// The audit log's head: this thread alone numbers and links entries.
     pub(super) audit_head: crate::audit::Head,
 }
@@ -200,13 +214,14 @@ pub(super) fn journal_loop(mut w: JournalWriter, jobs: mpsc::Receiver<Job>) {
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let mut waiting = vec![first];
-        while waiting.len() < GROUP_COMMIT_MAX {
+        let mut jobs_taken = vec![first];
+        while jobs_taken.len() < GROUP_COMMIT_MAX {
             match jobs.try_recv() {
-                Ok(job) => waiting.push(job),
+                Ok(job) => jobs_taken.push(job),
                 Err(_) => break,
             }
         }
+        let waiting = taken(jobs_taken, &w.waits);
         let batches = waiting.len();
         let mut merged = Batch::default();
         let mut replies = Vec::with_capacity(waiting.len());
