@@ -7,7 +7,11 @@
 //! notice). The last is the floor of a grant's latency on the machine's disk. Given a Redis
 //! URL, also `POST /durable-redis`: the crypto and the record written to that Redis (one
 //! `HSET` on the multiplexed async connection; the server syncs its append-only file once per
-//! event loop for every write in it): a grant's floor on the shared store.
+//! event loop for every write in it): a grant's floor on the shared store. And
+//! `POST /durable-redis-grant-bytes`, for diagnosis only: the same, the record's value
+//! lengthened to as many bytes as a grant's write sends Redis (`GRANT_WRITE_BYTES`), so that
+//! what a grant costs beyond the bytes it must make durable can be told from what its bytes
+//! cost the disk.
 //!
 //!   cargo run --release --example reference_server -- <port> <data-dir> [<redis-url>]
 
@@ -150,15 +154,42 @@ async fn durable(
     }
 }
 
+/// How long the record's value is made for `/durable-redis-grant-bytes`: so that the write
+/// adds as many bytes to Redis's append-only file as a grant's write (3,685 bytes each, in the
+/// load test's grants one at a time, against 738 for `/durable-redis`): its access, audit
+/// entry, notice, chain operation, their indexes, the audit head, its nonce and rate.
+const GRANT_WRITE_BYTES: usize = 3_550;
+
 async fn durable_redis(
     tokens: web::Data<Arc<TokenIssuer>>,
     redis: web::Data<redis::aio::ConnectionManager>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let (record, bytes) = match record_and_bytes(&body) {
+    redis_write(tokens, redis, body, 0).await
+}
+
+async fn durable_redis_grant_bytes(
+    tokens: web::Data<Arc<TokenIssuer>>,
+    redis: web::Data<redis::aio::ConnectionManager>,
+    body: web::Bytes,
+) -> HttpResponse {
+    redis_write(tokens, redis, body, GRANT_WRITE_BYTES).await
+}
+
+/// The crypto and one `HSET` of the record, its value lengthened to `at_least` bytes.
+async fn redis_write(
+    tokens: web::Data<Arc<TokenIssuer>>,
+    redis: web::Data<redis::aio::ConnectionManager>,
+    body: web::Bytes,
+    at_least: usize,
+) -> HttpResponse {
+    let (record, mut bytes) = match record_and_bytes(&body) {
         Ok(r) => r,
         Err(code) => return status(code),
     };
+    if bytes.len() < at_least {
+        bytes.resize(at_least, b' ');
+    }
     // as the service does: the token is signed while the write syncs
     let mut conn = redis.get_ref().clone();
     let mut cmd = redis::cmd("HSET");
@@ -211,7 +242,11 @@ async fn main() -> std::io::Result<()> {
         match &redis {
             Some(r) => app
                 .app_data(web::Data::new(r.clone()))
-                .route("/durable-redis", web::post().to(durable_redis)),
+                .route("/durable-redis", web::post().to(durable_redis))
+                .route(
+                    "/durable-redis-grant-bytes",
+                    web::post().to(durable_redis_grant_bytes),
+                ),
             None => app,
         }
     })

@@ -10,7 +10,7 @@ import re
 import statistics
 import sys
 
-RESULT = re.compile(r"^(.+?)\s{2,}rps=(\d+) p50_us=(\d+) p90_us=(\d+) p99_us=(\d+)")
+RESULT = re.compile(r"^(.+?)\s+rps=(\d+) p50_us=(\d+) p90_us=(\d+) p99_us=(\d+)")
 
 # (what, numerator run, denominator run, field, goal: at least or at most)
 RATIOS = [
@@ -21,6 +21,13 @@ RATIOS = [
      "crypto + Redis write, ~1000 req/s", "p99", ("at most", 1.25)),
     ("Redis: grant peak / crypto only's", "grant on Redis, peak", "crypto only, peak", "rps",
      ("at least", 0.60)),
+    # diagnosis, no goal: the grant against a write of as many bytes as its own
+    ("Redis: grant p50 / a write of its bytes'", "grant on Redis, ~1000 req/s",
+     "crypto + Redis write of a grant's bytes, ~1000 req/s", "p50", None),
+    ("Redis: grant p99 / a write of its bytes'", "grant on Redis, ~1000 req/s",
+     "crypto + Redis write of a grant's bytes, ~1000 req/s", "p99", None),
+    ("Redis: a write of a grant's bytes, p99 / the floor's", "crypto + Redis write of a grant's bytes, ~1000 req/s",
+     "crypto + Redis write, ~1000 req/s", "p99", None),
 ]
 
 
@@ -32,8 +39,8 @@ def rounds(lines):
             continue
         m = RESULT.match(line)
         if m:
-            name, rps, _p50, _p90, p99 = m.groups()
-            out[-1][name.strip()] = {"rps": int(rps), "p99": int(p99)}
+            name, rps, p50, _p90, p99 = m.groups()
+            out[-1][name.strip()] = {"rps": int(rps), "p50": int(p50), "p99": int(p99)}
     return [r for r in out if r]
 
 
