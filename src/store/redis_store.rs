@@ -39,7 +39,7 @@ use redis::{Commands, Connection};
 use super::reads::RowSource;
 use super::redis_primary::{must_reconnect, Primary, RedisTarget};
 use super::schema::*;
-use super::writer::{Reply, GROUP_COMMIT_MAX};
+use super::writer::Reply;
 use super::*;
 
 /// How many connections read at once (the break-glass path's cache reads, from each runtime
@@ -241,9 +241,7 @@ impl RedisStore {
             .spawn(move || {
                 let mut w = Writer::new(write_local, acknowledgement);
                 while let Ok(first) = jobs.recv() {
-                    let mut jobs_taken = vec![first];
-                    jobs_taken.extend(jobs.try_iter().take(GROUP_COMMIT_MAX - 1));
-                    let waiting = super::writer::taken(jobs_taken, &waits);
+                    let waiting = super::writer::group(first, &jobs, &waits);
                     let (started, size) = (std::time::Instant::now(), waiting.len());
                     write_group(&write_primary, &mut w, &write_prefix, waiting);
                     writes.observe(started.elapsed().as_secs_f64());

@@ -37,10 +37,16 @@ pub(super) fn poison(p: &Poison, e: &StoreError) {
 /// A batch, where to answer, and when it was handed to the writer.
 pub(super) type Job = (Batch, Reply, Instant);
 
-/// The jobs a writer took as one group, each one's wait for it observed in `waits`.
-pub(super) fn taken(jobs: Vec<Job>, waits: &Histogram) -> Vec<(Batch, Reply)> {
+/// One group for a writer (the journal's or Redis's): `first` and every job waiting behind it,
+/// `GROUP_COMMIT_MAX` at most, each one's wait for the writer observed in `waits`.
+pub(super) fn group(
+    first: Job,
+    jobs: &mpsc::Receiver<Job>,
+    waits: &Histogram,
+) -> Vec<(Batch, Reply)> {
     let now = Instant::now();
-    jobs.into_iter()
+    std::iter::once(first)
+        .chain(jobs.try_iter().take(GROUP_COMMIT_MAX - 1))
         .map(|(batch, reply, queued)| {
             waits.observe(now.saturating_duration_since(queued).as_secs_f64());
             (batch, reply)
@@ -214,14 +220,7 @@ pub(super) fn journal_loop(mut w: JournalWriter, jobs: mpsc::Receiver<Job>) {
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let mut jobs_taken = vec![first];
-        while jobs_taken.len() < GROUP_COMMIT_MAX {
-            match jobs.try_recv() {
-                Ok(job) => jobs_taken.push(job),
-                Err(_) => break,
-            }
-        }
-        let waiting = taken(jobs_taken, &w.waits);
+        let waiting = group(first, &jobs, &w.waits);
         let batches = waiting.len();
         let mut merged = Batch::default();
         let mut replies = Vec::with_capacity(waiting.len());

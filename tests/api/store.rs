@@ -1225,7 +1225,6 @@ fn redis_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
     );
 }
 
-/// What a store wrote is there for a store opened later (another process, a replica).
 /// A Redis server at its `maxmemory` (under `noeviction`, the one policy a store opens on)
 /// refuses a write whole: nothing of it lands (not the operation it closes, not that
 /// operation's row in the open index, not its audit entry), the store says why (`writable`)
@@ -1300,6 +1299,7 @@ fn a_redis_that_evicts_keys_is_refused_at_open() {
     }
 }
 
+/// What a store wrote is there for a store opened later (another process, a replica).
 #[test]
 fn a_redis_store_opened_again_reads_what_was_written() {
     let dir = tempfile::tempdir().unwrap();
