@@ -1360,6 +1360,23 @@ fn an_acknowledged_write_survives_redis_killed_and_restarted() {
 
 // --- what replicas agree on beside the rows (`coordination`) ---
 
+/// A grant's write as a replica makes it: access `n`, its audit entry, its claim.
+fn claimed(n: u64, claim: Claim) -> Batch {
+    use breakglass::audit::{Event, Record};
+    Batch {
+        accesses: vec![access(n)],
+        audit: vec![Record {
+            at: n,
+            event: Event::SignIn {
+                reviewer: None,
+                outcome: format!("grant {n}"),
+            },
+        }],
+        claims: vec![claim],
+        ..Batch::default()
+    }
+}
+
 /// Two replicas' coordinators on one Redis: a nonce is used once across both, a clinician's
 /// rate counts across both, a lease has one holder until it lapses and then a greater fencing
 /// token, and a write carrying a lapsed lease's token (or over an operation that changed) is
@@ -1367,7 +1384,7 @@ fn an_acknowledged_write_survives_redis_killed_and_restarted() {
 /// "yours"; back, they work again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cannot_write() {
-    use breakglass::audit::{follows, Event, Head, Record};
+    use breakglass::audit::{follows, Head};
     use breakglass::coordination::Coordinator;
     let dir = tempfile::tempdir().unwrap();
     let mut server = crate::support::RedisServer::start(dir.path());
@@ -1385,18 +1402,7 @@ async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cann
         let Coordinator::Redis(shared) = on else {
             unreachable!("shared")
         };
-        Batch {
-            accesses: vec![access(n)],
-            audit: vec![Record {
-                at: n,
-                event: Event::SignIn {
-                    reviewer: None,
-                    outcome: format!("grant {n}"),
-                },
-            }],
-            claims: vec![shared.claim(key, until, who)],
-            ..Batch::default()
-        }
+        claimed(n, shared.claim(key, until, who))
     };
     let refused = |r: Result<(), StoreError>| match r {
         Err(StoreError::Guarded(g)) => g,
@@ -1585,6 +1591,79 @@ async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cann
         "used nonces survive the restart (AOF)"
     );
     assert!(b.lease("submitter:y", "b", 400).await.unwrap().is_some());
+}
+
+/// A burst's used nonces go stale together (their requests were issued within moments): the
+/// writes after it forget them `FORGET_AT_ONCE` (128) at a time, not all in one write that
+/// would hold the server for as long as a burst is large; meanwhile a nonce past its time is
+/// no replay, and a fresh one still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_nonces_are_forgotten_a_bounded_number_a_write_and_count_as_unused() {
+    use breakglass::coordination::Coordinator;
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let Coordinator::Redis(shared) = Coordinator::redis(&server.url(), "st:", 1000).unwrap() else {
+        unreachable!("shared")
+    };
+    let store = RedisStore::open(&server.url(), "st:").unwrap();
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let nonces = format!("st:{NONCES}");
+    let now = crate::support::now();
+    let until = now + 60;
+    // a burst of 1,000 grants' nonces, all stale now
+    let mut burst = redis::cmd("ZADD");
+    burst.arg(&nonces);
+    for i in 0..1000 {
+        burst.arg(now - 5).arg(format!("burst:{i:04}"));
+    }
+    burst.query::<()>(&mut conn).unwrap();
+    let grant = |key: &str, n: u64| claimed(n, shared.claim(key, until, &format!("ST{n}")));
+    let stale = |conn: &mut redis::Connection| -> u64 {
+        redis::cmd("ZCOUNT")
+            .arg(&nonces)
+            .arg("-inf")
+            .arg(crate::support::now())
+            .query(conn)
+            .unwrap()
+    };
+
+    // the last of the burst, claimed again: past its time, so not a replay
+    store.apply(grant("burst:0999", 1)).unwrap();
+    let score: Option<u64> = redis::cmd("ZSCORE")
+        .arg(&nonces)
+        .arg("burst:0999")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(score, Some(until), "claimed anew, fresh until its new time");
+    assert_eq!(
+        stale(&mut conn),
+        1000 - 128 - 1,
+        "one write forgot 128 of the burst, no more"
+    );
+    assert!(
+        matches!(
+            store.apply(grant("burst:0999", 2)),
+            Err(StoreError::Guarded(Guarded::Replayed))
+        ),
+        "fresh again: a replay"
+    );
+    assert_eq!(
+        stale(&mut conn),
+        871 - 128,
+        "a refused write forgets as many"
+    );
+    // the writes that follow forget the rest, 128 each
+    for n in 3..8 {
+        store.apply(grant(&format!("fresh:{n}"), n)).unwrap();
+    }
+    assert_eq!(stale(&mut conn), 871 - 6 * 128);
+    store.apply(grant("fresh:8", 8)).unwrap();
+    assert_eq!(stale(&mut conn), 0, "the burst forgotten");
+    let used: u64 = redis::cmd("ZCARD").arg(&nonces).query(&mut conn).unwrap();
+    assert_eq!(used, 1 + 6, "the fresh nonces kept");
 }
 
 /// On-call state changed on one replica (a webhook's shift) is what another replica answers:
