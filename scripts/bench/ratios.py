@@ -5,12 +5,21 @@ stdin (`name rps=... p50_us=... p99_us=...`), rounds separated by `round N of M`
     python3 scripts/bench/ratios.py < results
 
 A ratio is printed only where both of its runs are in the round (ONLY= may leave some out).
+
+Runs on Redis also report the longest sync of its append-only file (`syncs: <name>
+longest_ms=N`): every write waits for the sync in flight, so a sync of tens of milliseconds (a
+stall of the disk, not of the service) is in the tail of whichever run it falls in, and a p99
+ratio of a round where one run had such a stall and the other not says more about the disk
+than about the grant. For those ratios the rounds without a stall are also given apart.
 """
 import re
 import statistics
 import sys
 
 RESULT = re.compile(r"^(.+?)\s+rps=(\d+) p50_us=(\d+) p90_us=(\d+) p99_us=(\d+)")
+SYNCS = re.compile(r"^syncs: (.+?) seconds_over_5ms=\d+ longest_ms=(\d+)")
+# a sync this long (ms) is a stall of the disk: a quiet run's longest is 2 to 14 ms here
+STALL_MS = 20
 
 # (what, numerator run, denominator run, field, goal: at least or at most)
 RATIOS = [
@@ -41,7 +50,25 @@ def rounds(lines):
         if m:
             name, rps, p50, _p90, p99 = m.groups()
             out[-1][name.strip()] = {"rps": int(rps), "p50": int(p50), "p99": int(p99)}
+        m = SYNCS.match(line)
+        if m and m.group(1) in out[-1]:
+            out[-1][m.group(1)]["sync_ms"] = int(m.group(2))
     return [r for r in out if r]
+
+
+def stalled(run):
+    return run.get("sync_ms", 0) >= STALL_MS
+
+
+def verdict(values, goal):
+    line = " ".join(f"{v:.2f}" for v in values)
+    if len(values) > 1:
+        line += f"  median {statistics.median(values):.2f}"
+    if goal:
+        kind, bound = goal
+        met = [v <= bound if kind == "at most" else v >= bound for v in values]
+        line += f"  (goal {kind} {bound:.2f}: met in {sum(met)} of {len(met)})"
+    return line
 
 
 def main():
@@ -50,19 +77,17 @@ def main():
         return
     print("goals, as ratios within each round" + (" (and their median)" if len(found) > 1 else ""))
     for what, num, den, field, goal in RATIOS:
-        values = [r[num][field] / r[den][field] for r in found
-                  if num in r and den in r and r[den][field] > 0]
-        if not values:
+        pairs = [(r[num], r[den]) for r in found
+                 if num in r and den in r and r[den][field] > 0]
+        if not pairs:
             continue
-        text = " ".join(f"{v:.2f}" for v in values)
-        line = f"  {what:<46} {text}"
-        if len(values) > 1:
-            line += f"  median {statistics.median(values):.2f}"
-        if goal:
-            kind, bound = goal
-            met = [v <= bound if kind == "at most" else v >= bound for v in values]
-            line += f"  (goal {kind} {bound:.2f}: met in {sum(met)} of {len(met)})"
-        print(line)
+        print(f"  {what:<46} " + verdict([n[field] / d[field] for n, d in pairs], goal))
+        if field != "p99" or not any(stalled(n) or stalled(d) for n, d in pairs):
+            continue
+        quiet = [n[field] / d[field] for n, d in pairs if not (stalled(n) or stalled(d))]
+        apart = f"  {'  the rounds without a stall of the disk':<46} "
+        print(apart + (verdict(quiet, goal) if quiet else "none")
+              + f"  ({len(pairs) - len(quiet)} of {len(pairs)} had a sync of {STALL_MS} ms or more)")
 
 
 if __name__ == "__main__":
