@@ -312,7 +312,8 @@ pub const RATES: &str = "rates";
 /// argument `ARGV[2]` on (`push_rows`) are written, the mark set to the group's number, and
 /// `done` returned: one atomic step on the server. Both may call
 /// `each(op, key, list, first, last)`: `op` on `key` with `list[first..last]` as arguments, a
-/// command per `UNPACKED` of them at most, their answers joined.
+/// command per `UNPACKED` of them at most, their answers joined; and read the constants
+/// `UNPACKED` and `FORGET_AT_ONCE` as Lua locals of the same names.
 fn conditional(checks: &str, done: &str) -> redis::Script {
     // `#!lua`: a script that declares its flags (none: it may write) is refused whole by a
     // server over its `maxmemory`, before it runs; one that does not is run, and may write
@@ -322,10 +323,11 @@ fn conditional(checks: &str, done: &str) -> redis::Script {
 if (tonumber(redis.call('HGET', KEYS[1], ARGV[3])) or 0) >= tonumber(ARGV[4]) then
   return {{3, ''}}
 end
+local UNPACKED, FORGET_AT_ONCE = {UNPACKED}, {FORGET_AT_ONCE}
 local function each(op, key, list, first, last)
   local out = {{}}
-  for s = first, last, {UNPACKED} do
-    local got = redis.call(op, key, unpack(list, s, math.min(s + {UNPACKED} - 1, last)))
+  for s = first, last, UNPACKED do
+    local got = redis.call(op, key, unpack(list, s, math.min(s + UNPACKED - 1, last)))
     if type(got) == 'table' then for _, v in ipairs(got) do table.insert(out, v) end end
   end
   return out
@@ -455,7 +457,7 @@ const FORGET_AT_ONCE: usize = 128;
 /// write, so that no write does a burst's worth of work.
 fn linked_script() -> redis::Script {
     conditional(
-        &r"local head = redis.call('HGET', KEYS[1], ARGV[6]) or ''
+        r"local head = redis.call('HGET', KEYS[1], ARGV[6]) or ''
 if head ~= ARGV[5] then return {1, head} end
 local n = tonumber(ARGV[7])
 local failed, used, tats = {}, {}, {}
@@ -472,7 +474,7 @@ if n > 0 then
   local t = redis.call('TIME')
   local secs = tonumber(t[1])
   local now = secs * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', secs, 'LIMIT', 0, {FORGET_AT_ONCE})
+  local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', secs, 'LIMIT', 0, FORGET_AT_ONCE)
   if #stale > 0 then redis.call('ZREM', KEYS[2], unpack(stale)) end
   local nonces, clinicians = {}, {}
   for c = 0, n - 1 do
@@ -511,8 +513,7 @@ if n > 0 then
   end
   each('ZADD', KEYS[2], scored, 1, #scored)
   each('HSET', KEYS[3], rates, 1, #rates)
-end"
-        .replace("{FORGET_AT_ONCE}", &FORGET_AT_ONCE.to_string()),
+end",
         "{0, ''}",
     )
 }
