@@ -6,18 +6,21 @@ stdin (`name rps=... p50_us=... p99_us=...`), rounds separated by `round N of M`
 
 A ratio is printed only where both of its runs are in the round (ONLY= may leave some out).
 
-Runs on Redis also report the longest sync of its append-only file (`syncs: <name>
-longest_ms=N`): every write waits for the sync in flight, so a sync of tens of milliseconds (a
-stall of the disk, not of the service) is in the tail of whichever run it falls in, and a p99
-ratio of a round where one run had such a stall and the other not says more about the disk
-than about the grant. For those ratios the rounds without a stall are also given apart.
+Runs on Redis also report the longest sync of its append-only file and the rewrites of that
+file begun in the run (`syncs: <name> ... longest_ms=N rewrites=R`). Every write waits for the
+sync in flight, so a sync of tens of milliseconds (a stall of the disk, not of the service) is
+in the tail of whichever run it falls in; a rewrite forks Redis with its whole data set (the
+load test's earlier runs' grants, hundreds of thousands) and writes it out compressed, on the
+same two cores and disk, for seconds. A p99 ratio of a round where one run had such an event
+and the other not says more about the host than about the grant, so for those ratios the
+rounds without either are also given apart (beside all rounds, which stay the verdict).
 """
 import re
 import statistics
 import sys
 
 RESULT = re.compile(r"^(.+?)\s+rps=(\d+) p50_us=(\d+) p90_us=(\d+) p99_us=(\d+)")
-SYNCS = re.compile(r"^syncs: (.+?) seconds_over_5ms=\d+ longest_ms=(\d+)")
+SYNCS = re.compile(r"^syncs: (.+?) seconds_over_5ms=\d+ longest_ms=(\d+)(?: rewrites=(\d+))?")
 # a sync this long (ms) is a stall of the disk: a quiet run's longest is 2 to 14 ms here
 STALL_MS = 20
 
@@ -53,11 +56,20 @@ def rounds(lines):
         m = SYNCS.match(line)
         if m and m.group(1) in out[-1]:
             out[-1][m.group(1)]["sync_ms"] = int(m.group(2))
+            out[-1][m.group(1)]["rewrites"] = int(m.group(3) or 0)
     return [r for r in out if r]
 
 
 def stalled(run):
     return run.get("sync_ms", 0) >= STALL_MS
+
+
+def rewritten(run):
+    return run.get("rewrites", 0) > 0
+
+
+def disturbed(run):
+    return stalled(run) or rewritten(run)
 
 
 def verdict(values, goal):
@@ -82,12 +94,15 @@ def main():
         if not pairs:
             continue
         print(f"  {what:<46} " + verdict([n[field] / d[field] for n, d in pairs], goal))
-        if field != "p99" or not any(stalled(n) or stalled(d) for n, d in pairs):
+        if field != "p99" or not any(disturbed(n) or disturbed(d) for n, d in pairs):
             continue
-        quiet = [n[field] / d[field] for n, d in pairs if not (stalled(n) or stalled(d))]
-        apart = f"  {'  the rounds without a stall of the disk':<46} "
+        quiet = [n[field] / d[field] for n, d in pairs if not (disturbed(n) or disturbed(d))]
+        stalls = sum(1 for n, d in pairs if stalled(n) or stalled(d))
+        rewrites = sum(1 for n, d in pairs if rewritten(n) or rewritten(d))
+        apart = f"  {'  the rounds without a stall or a rewrite':<46} "
         print(apart + (verdict(quiet, goal) if quiet else "none")
-              + f"  ({len(pairs) - len(quiet)} of {len(pairs)} had a sync of {STALL_MS} ms or more)")
+              + f"  (of {len(pairs)}: {stalls} had a sync of {STALL_MS} ms or more,"
+              + f" {rewrites} a rewrite of Redis's file)")
 
 
 if __name__ == "__main__":
