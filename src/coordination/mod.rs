@@ -165,10 +165,38 @@ fn per_minute(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
-/// Who this process is among the replicas: host name and process id, for leases and logs.
+/// Who this process is among the replicas, for leases and logs: host name, process id and a
+/// random part drawn once per process (`host:pid:random`). Host and pid alone do not tell two
+/// replicas apart: containers given the same host name each run the service as pid 1, and a
+/// lease held by one would be renewed by the other, the same fencing token in both.
 pub fn replica_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    format!("{host}:{}", std::process::id())
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        let run: u32 = secp256k1::rand::random();
+        format!("{host}:{}:{run:08x}", std::process::id())
+    })
+    .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replica_id;
+
+    #[test]
+    fn a_replica_is_named_by_host_pid_and_a_random_part_drawn_once() {
+        let id = replica_id();
+        let parts: Vec<&str> = id.rsplitn(3, ':').collect();
+        let [random, pid, host] = parts[..] else {
+            panic!("{id} is not host:pid:random");
+        };
+        assert!(!host.is_empty());
+        assert_eq!(pid, std::process::id().to_string());
+        // two containers with the same host name, each the service as pid 1, still differ
+        assert_eq!(random.len(), 8);
+        assert!(u32::from_str_radix(random, 16).is_ok());
+        assert_eq!(replica_id(), id, "the same for the whole process");
+    }
 }

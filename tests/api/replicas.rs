@@ -467,7 +467,8 @@ secret_sha256 = "{secret}"
             .query_async(&mut conn)
             .await
             .unwrap();
-        let pid: u32 = holder.rsplit(':').next().unwrap().parse().unwrap();
+        // host:pid:random
+        let pid: u32 = holder.rsplit(':').nth(1).unwrap().parse().unwrap();
         self.replicas
             .iter()
             .position(|r| r.child.as_ref().and_then(|c| c.id()) == Some(pid))
