@@ -1,5 +1,6 @@
 //! The shared store of many replicas: the same tables and rows as the embedded store
-//! (`schema.rs`), each table one Redis hash (`<prefix><table>`). Durable before it answers
+//! (`schema.rs`), each table one Redis hash (`<prefix><table>`), but the index of the audit
+//! log by access, a sorted set (`SORTED`). Durable before it answers
 //! only on a server that syncs its append-only file on every write (`appendonly yes`,
 //! `appendfsync always`: Redis then syncs once per event loop, a group commit); `open` says so
 //! in the log when the server does not. `open` refuses a server that evicts keys when full
@@ -134,7 +135,11 @@ const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500)
 /// once: far beyond a healthy server's worst, so that a server that hangs, or a primary a
 /// failover replaced while it hung, holds the writer seconds, not until TCP gives up. The group
 /// it gave up on may still be read by the server from the dropped connection; the writer's mark
-/// makes that harmless (`conditional`). A grant does not wait this long (`access::grant`).
+/// keeps it from landing twice or after a later group (`conditional`). When the second copy
+/// fails too, the group's callers are answered with the error (no token) although the first
+/// copy may still land: its access is then recorded (on chain, notified) without a token, as
+/// one the replicas did not acknowledge in time is. A grant does not wait this long
+/// (`access::grant`).
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs `f` on the connection in `slot`, opening it if needed (to the primary as it is now:
@@ -307,7 +312,11 @@ pub const RATES: &str = "rates";
 /// it already, its mark (a field of `META`, key 1, named by argument 3) holding the group's
 /// number (argument 4) or a later one, so that a group lands once and never after a later one
 /// of its writer (one sent again after its answer was lost, or given up on and read late by
-/// the server from the connection the writer dropped). Then `checks` (which return
+/// the server from the connection the writer dropped). That answer comes after a write (the
+/// mark set again as it is), so that a `WAIT` that follows on the connection (the writer's
+/// `Acknowledgement`) counts the replicas that have the group: from Redis 7.2 on, `WAIT`
+/// waits only for the connection's own last write, and a new connection that wrote nothing
+/// would be acknowledged at once, by replicas that may lack the group. Then `checks` (which return
 /// {code, detail} early when a condition fails); then the rows passed from key `ARGV[1]` and
 /// argument `ARGV[2]` on (`push_rows`) are written, the mark set to the group's number, and
 /// `done` returned: one atomic step on the server. Both may call
@@ -320,7 +329,9 @@ fn conditional(checks: &str, done: &str) -> redis::Script {
     // there (Redis 7.0), so that a full server would grow on, or fail a script halfway
     redis::Script::new(&format!(
         r"#!lua
-if (tonumber(redis.call('HGET', KEYS[1], ARGV[3])) or 0) >= tonumber(ARGV[4]) then
+local marked = redis.call('HGET', KEYS[1], ARGV[3])
+if (tonumber(marked) or 0) >= tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], ARGV[3], marked)
   return {{3, ''}}
 end
 local UNPACKED, FORGET_AT_ONCE = {UNPACKED}, {FORGET_AT_ONCE}
@@ -635,7 +646,8 @@ pub(super) struct Writer {
     conn: Option<Connection>,
     head: Option<Vec<u8>>,
     /// This writer's field in `META` (`written:<replica>:<random>`, one per writer ever
-    /// started) and the number of the last group it wrote linked: what a retry checks.
+    /// started) and the number of the last group it sent (each group its own, whatever its
+    /// answer; a retry of a group sends its number again): what the mark is checked against.
     mark: String,
     groups: u64,
     linked: redis::Script,
@@ -1059,8 +1071,10 @@ impl RedisStore {
 
     /// Once a process, at its first read of a sorted table: a store written by an earlier
     /// version kept it as a hash (`<prefix><table>`), whose rows are moved into the sorted set
-    /// (a thousand a step) and the hash deleted. As with the open indexes, replicas of the
-    /// earlier version still running write the hash (`deploy/README.md`, upgrading).
+    /// (a thousand a step: added to the set, then taken from the hash by name). As with the
+    /// open indexes, replicas of the earlier version still running write the hash
+    /// (`deploy/README.md`, upgrading): a row one of them adds during the move stays in the
+    /// hash (the hash is not deleted whole), for the next process's move.
     fn sorted_whole(&self) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering;
         if self.sorted.load(Ordering::Acquire) {
@@ -1072,9 +1086,10 @@ impl RedisStore {
             let rows = self.hscan(&old, "*")?;
             for page in rows.chunks(1000) {
                 let members: Vec<(u8, &str)> = page.iter().map(|(k, _)| (0, k.as_str())).collect();
+                let fields: Vec<&str> = page.iter().map(|(k, _)| k.as_str()).collect();
                 self.read(|c| c.zadd_multiple::<_, _, _, ()>(&set, &members))?;
+                self.read(|c| c.hdel::<_, _, ()>(&old, &fields))?;
             }
-            self.read(|c| c.del::<_, ()>(&old))?;
         }
         self.sorted.store(true, Ordering::Release);
         Ok(())

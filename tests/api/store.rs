@@ -903,6 +903,23 @@ fn numbered_event(w: usize, n: u64) -> breakglass::audit::Record {
     }
 }
 
+/// Grant `n` of clinician ST1 at `now` (its nonce `ST1:n`, a rate it never exceeds), its
+/// audit event writer 0's `n` (`numbered_event`).
+fn st1_grant(n: u64, now: u64) -> Batch {
+    Batch {
+        accesses: vec![access(n)],
+        audit: vec![numbered_event(0, n)],
+        claims: vec![Claim {
+            nonce: format!("ST1:{n}"),
+            until: now + 600,
+            clinician: "ST1".into(),
+            emission_ms: 1,
+            burst_ms: 60_000,
+        }],
+        ..Batch::default()
+    }
+}
+
 /// The audit log of `store` is one chain, each entry linked to the one before, with no event
 /// twice: its events' outcomes.
 fn one_chain(store: &dyn Store) -> Vec<String> {
@@ -1034,6 +1051,28 @@ async fn redis_killed_under_many_writes_keeps_every_acknowledged_one_once() {
     }
 }
 
+/// Has `store` write `batch` through `proxy`, which loses the answer of its script (the server
+/// ran it); returns once the answer is lost, with the writer, which waits to send it again
+/// until the proxy's `release`.
+fn answer_lost(
+    proxy: &crate::support::LossyProxy,
+    store: &std::sync::Arc<RedisStore>,
+    batch: Batch,
+) -> std::thread::JoinHandle<Result<(), StoreError>> {
+    proxy
+        .lose_next_script_answer
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || store.apply(batch))
+    };
+    proxy
+        .lost
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("an answer was lost");
+    writer
+}
+
 /// A group whose answer was lost (the server ran it, the connection dropped before the answer
 /// came) and that another replica wrote after, before the writer could send it again: the
 /// retry finds it written (its writer's mark) and answers it so. Before the mark, the retry
@@ -1041,36 +1080,16 @@ async fn redis_killed_under_many_writes_keeps_every_acknowledged_one_once() {
 /// its grant answered `replayed-request` (its own nonce), although recorded.
 #[test]
 fn a_group_whose_answer_was_lost_is_found_written_whoever_wrote_after_it() {
-    use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let server = crate::support::RedisServer::start(dir.path());
     let proxy = crate::support::LossyProxy::start(server.port);
     let store = std::sync::Arc::new(RedisStore::open(&proxy.url(), "lost:").unwrap());
     let other = RedisStore::open(&server.url(), "lost:").unwrap();
     let now = crate::support::now();
-    let claimed = move |n: u64| Batch {
-        accesses: vec![access(n)],
-        audit: vec![numbered_event(0, n)],
-        claims: vec![Claim {
-            nonce: format!("ST1:{n}"),
-            until: now + 600,
-            clinician: "ST1".into(),
-            emission_ms: 1,
-            burst_ms: 60_000,
-        }],
-        ..Batch::default()
-    };
+    let claimed = move |n: u64| st1_grant(n, now);
     // the script is on the server (a first answer is not an unknown script's)
     store.apply(claimed(1)).unwrap();
-    proxy.lose_next_script_answer.store(true, Ordering::SeqCst);
-    let writer = {
-        let store = store.clone();
-        std::thread::spawn(move || store.apply(claimed(2)))
-    };
-    proxy
-        .lost
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("an answer was lost");
+    let writer = answer_lost(&proxy, &store, claimed(2));
     // another replica writes before the retry reaches the server
     other
         .apply(Batch {
@@ -1089,6 +1108,72 @@ fn a_group_whose_answer_was_lost_is_found_written_whoever_wrote_after_it() {
     // the writer goes on linking after the other replica's entry
     store.apply(claimed(4)).unwrap();
     assert_eq!(one_chain(&other).last().unwrap(), "w0-4");
+}
+
+/// A group whose answer was lost, with replicas' acknowledgement asked for: the retry that
+/// finds it written (`{3}`) writes again (its mark, as it is) before it answers, so that the
+/// `WAIT` that follows on the new connection waits for replicas that have the group. From
+/// Redis 7.2 on, `WAIT` counts a connection's own last write only: had the retry written
+/// nothing, the replicas would be counted at once, whether or not they had the group, and a
+/// token issued on a write a failover could lose. (Debian's 7.0 counts any connection's
+/// writes; its append-only file tells the retry's write here.)
+#[tokio::test]
+async fn a_group_found_written_by_its_retry_is_acknowledged_after_a_write_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, replica) = primary_and_replica(dir.path());
+    let proxy = crate::support::LossyProxy::start(primary.port);
+    let store = std::sync::Arc::new(
+        RedisStore::open_with(
+            &proxy.url(),
+            "acked:",
+            Acknowledgement {
+                replicas: 1,
+                timeout_ms: 2000,
+            },
+        )
+        .unwrap(),
+    );
+    let now = crate::support::now();
+    let claimed = move |n: u64| st1_grant(n, now);
+    until_acknowledged(&store, 100).await;
+    // the script is on the server (a first answer is not an unknown script's)
+    store.apply(claimed(1)).unwrap();
+    let mut conn = primary.connection();
+    // what the primary has written to its append-only file (a `WAIT` adds nothing there,
+    // where it adds its `REPLCONF GETACK` to the replication stream)
+    let mut written = move || -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query(&mut conn)
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("aof_current_size:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the primary's append-only file")
+    };
+    let writer = answer_lost(&proxy, &store, claimed(2));
+    let before = written();
+    proxy.release.send(()).unwrap();
+    assert_eq!(
+        writer.join().unwrap().map_err(|e| e.to_string()),
+        Ok(()),
+        "written, acknowledged, and answered so"
+    );
+    assert!(
+        written() > before,
+        "the retry found the group written and wrote (its mark) before its WAIT"
+    );
+    let on_replica = RedisStore::open(&replica.url(), "acked:").unwrap();
+    assert!(
+        on_replica.access(&numbered(2)).unwrap().is_some(),
+        "the replica has it"
+    );
+    let on_primary = RedisStore::open(&primary.url(), "acked:").unwrap();
+    assert_eq!(
+        one_chain(&on_primary),
+        vec!["w0-1", "w0-2"],
+        "each entry once"
+    );
 }
 
 /// A group the writer gave up on (no answer within its wait: a hung server, a network that
@@ -1713,6 +1798,36 @@ fn on_call_state_from_one_replica_is_read_by_another() {
     assert!(matches!(b.lookup(&nurse, now), Lookup::NotOnCall));
 }
 
+/// A Redis primary and its replica, their files under `dir`.
+fn primary_and_replica(
+    dir: &std::path::Path,
+) -> (crate::support::RedisServer, crate::support::RedisServer) {
+    let (primary_dir, replica_dir) = (dir.join("primary"), dir.join("replica"));
+    std::fs::create_dir_all(&primary_dir).unwrap();
+    std::fs::create_dir_all(&replica_dir).unwrap();
+    let primary = crate::support::RedisServer::start(&primary_dir);
+    let replica = crate::support::RedisServer::start_replica(&replica_dir, &primary);
+    (primary, replica)
+}
+
+/// Writes access `n` until the write is acknowledged: the replica links up in its own time,
+/// and until then a write that needs it is not.
+async fn until_acknowledged(store: &RedisStore, n: u64) {
+    crate::support::eventually(
+        "the replica acknowledges",
+        crate::support::SECS,
+        async || {
+            store
+                .apply(Batch {
+                    accesses: vec![access(n)],
+                    ..Batch::default()
+                })
+                .ok()
+        },
+    )
+    .await;
+}
+
 /// With `data.redis_wait_replicas`, a write is done only once the server's replicas have it:
 /// with the replica up a write is acknowledged and readable there; with it down a write fails
 /// (no grant on it) within the wait, and what the primary kept reaches the replica when it is
@@ -1720,11 +1835,7 @@ fn on_call_state_from_one_replica_is_read_by_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_waits_for_the_redis_replicas_it_needs() {
     let dir = tempfile::tempdir().unwrap();
-    let (primary_dir, replica_dir) = (dir.path().join("primary"), dir.path().join("replica"));
-    std::fs::create_dir_all(&primary_dir).unwrap();
-    std::fs::create_dir_all(&replica_dir).unwrap();
-    let primary = crate::support::RedisServer::start(&primary_dir);
-    let mut replica = crate::support::RedisServer::start_replica(&replica_dir, &primary);
+    let (primary, mut replica) = primary_and_replica(dir.path());
     let store = RedisStore::open_with(
         &primary.url(),
         "ack:",
@@ -1738,13 +1849,7 @@ async fn a_write_waits_for_the_redis_replicas_it_needs() {
         accesses: vec![access(n)],
         ..Batch::default()
     };
-    // the replica links up in its own time: until then a write is not acknowledged
-    crate::support::eventually(
-        "the replica acknowledges",
-        crate::support::SECS,
-        async || store.apply(grant(1)).ok(),
-    )
-    .await;
+    until_acknowledged(&store, 1).await;
     let on_replica = RedisStore::open(&replica.url(), "ack:").unwrap();
     store.apply(grant(2)).unwrap();
     assert!(
