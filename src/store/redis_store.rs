@@ -201,6 +201,7 @@ impl RedisStore {
             redis::cmd("CONFIG")
                 .arg("GET")
                 .arg("append*")
+                .arg("no-appendfsync-on-rewrite")
                 .arg("maxmemory-policy")
                 .query(c)
         })
@@ -216,12 +217,8 @@ impl RedisStore {
                 "redis: the server evicts keys when it is full (maxmemory-policy {policy}): used nonces, leases and the audit trail would vanish from it; set maxmemory-policy noeviction (a full server then refuses writes, and grants are refused, never issued unrecorded)"
             )));
         }
-        if setting("appendonly").as_deref() != Some("yes")
-            || setting("appendfsync").as_deref() != Some("always")
-        {
-            tracing::warn!(
-                "the Redis server does not sync every write (appendonly yes, appendfsync always), or its settings could not be read: an acknowledged write can be lost if it stops"
-            );
+        if let Some(why) = unsynced(&setting) {
+            tracing::warn!("{why}");
         }
         let server: Option<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
             redis::cmd("INFO").arg("server").query(c)
@@ -1185,6 +1182,23 @@ fn too_old(info: &str) -> Option<String> {
     })
 }
 
+/// Why a server whose settings are `setting` (by name, from `CONFIG GET`) may lose a write it
+/// acknowledged, if it may: it does not sync every write to its append-only file
+/// (`appendonly yes`, `appendfsync always`), or stops syncing while it rewrites that file
+/// (`no-appendfsync-on-rewrite yes`: for the seconds a rewrite takes, and a grown file is
+/// rewritten again and again, every write is answered before it is on disk), or its settings
+/// could not be read.
+fn unsynced(setting: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let is = |name: &str, value: &str| setting(name).as_deref() == Some(value);
+    if !is("appendonly", "yes") || !is("appendfsync", "always") {
+        return Some("the Redis server does not sync every write (appendonly yes, appendfsync always), or its settings could not be read: an acknowledged write can be lost if it stops".into());
+    }
+    if !is("no-appendfsync-on-rewrite", "no") {
+        return Some("the Redis server does not sync writes while it rewrites its append-only file (no-appendfsync-on-rewrite yes), or that setting could not be read: a write acknowledged during a rewrite can be lost if it stops; set it to no".into());
+    }
+    None
+}
+
 /// Field `name` of an `INFO` answer (`name:value` lines).
 fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     info.lines()
@@ -1210,6 +1224,40 @@ fn over_maxmemory(info: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_that_may_answer_a_write_before_its_sync_is_named() {
+        fn config<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+            move |name| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        }
+        let synced = [
+            ("appendonly", "yes"),
+            ("appendfsync", "always"),
+            ("no-appendfsync-on-rewrite", "no"),
+        ];
+        assert_eq!(unsynced(&config(&synced)), None);
+        let every_second = [
+            ("appendonly", "yes"),
+            ("appendfsync", "everysec"),
+            ("no-appendfsync-on-rewrite", "no"),
+        ];
+        assert!(unsynced(&config(&every_second)).is_some_and(|w| w.contains("appendfsync always")));
+        let not_on_rewrite = [
+            ("appendonly", "yes"),
+            ("appendfsync", "always"),
+            ("no-appendfsync-on-rewrite", "yes"),
+        ];
+        assert!(unsynced(&config(&not_on_rewrite))
+            .is_some_and(|w| w.contains("no-appendfsync-on-rewrite yes")));
+        // settings that could not be read are no promise
+        assert!(unsynced(&config(&[])).is_some());
+        assert!(unsynced(&config(&synced[..2])).is_some());
+    }
 
     #[test]
     fn a_server_before_7_is_too_old_and_a_full_one_says_so() {
