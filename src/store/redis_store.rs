@@ -2,8 +2,9 @@
 //! (`schema.rs`), each table one Redis hash (`<prefix><table>`), but the index of the audit
 //! log by access, a sorted set (`SORTED`). Durable before it answers
 //! only on a server that syncs its append-only file on every write (`appendonly yes`,
-//! `appendfsync always`: Redis then syncs once per event loop, a group commit); `open` says so
-//! in the log when the server does not. `open` refuses a server that evicts keys when full
+//! `appendfsync always`: Redis then syncs once per event loop, a group commit), its rewrites
+//! of that file included (`no-appendfsync-on-rewrite no`); `open` says so in the log when the
+//! server does not (`unsynced`). `open` refuses a server that evicts keys when full
 //! (any `maxmemory-policy` but `noeviction`: used nonces and audit entries would vanish) and one
 //! before Redis 7.0; a full server refuses each write whole (`conditional`), and `writable` says
 //! so.
