@@ -163,7 +163,7 @@ impl Notifier {
             };
             let unrecorded = self.unrecorded_lock().remove(&id);
             let next = if let Some(notice) = unrecorded {
-                self.record(notice, now).await
+                self.record(notice, now, None).await
             } else {
                 self.step(&id, now).await
             };
@@ -177,12 +177,17 @@ impl Notifier {
         self.unrecorded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records an attempt's outcome; when to look at the notice again, if ever. An outcome the
-    /// store does not take is kept, to be recorded (not sent) again in 5 s.
-    async fn record(&self, notice: Notice, now: u64) -> Option<u64> {
+    /// Records an attempt's outcome (fenced as `save` says); when to look at the notice again,
+    /// if ever. An outcome the store does not take is kept, to be recorded (not sent) again in
+    /// 5 s; one fenced off is dropped (the replica that took the lease has the notice).
+    async fn record(&self, notice: Notice, now: u64, fence: Option<&(String, u64)>) -> Option<u64> {
         let next = notice.is_open().then_some(notice.next_at);
-        match self.save(notice.clone()).await {
+        match self.save(notice.clone(), fence).await {
             Ok(()) => next,
+            Err(e) if fenced(&e) => {
+                tracing::warn!(access = %notice.access_id, "notice: its lease passed to another replica before this one recorded its attempt; left to that one");
+                Some(now + self.lease_ms.div_ceil(1000))
+            }
             Err(e) => {
                 tracing::error!(access = %notice.access_id, error = %e, "notice: its attempt could not be recorded; recording it again, not sending it again");
                 self.unrecorded_lock().insert(notice.access_id, notice);
@@ -199,19 +204,23 @@ impl Notifier {
             return Some(now + 1);
         }
         let lease = format!("notice:{id}");
-        match self
+        let token = match self
             .coordination
             .lease(&lease, &self.holder, self.lease_ms)
             .await
         {
-            Ok(Some(_)) => {}
+            Ok(Some(token)) => token,
             Ok(None) => return Some(now + self.lease_ms.div_ceil(1000)),
             Err(e) => {
                 tracing::error!(access = %id, error = %e, "notice: its lease could not be taken");
                 return Some(now + 5);
             }
-        }
-        let next = self.step_held(id, now).await;
+        };
+        // replicas: the notice's writes up to its sending go with the lease's token, so that a
+        // replica paused past its lease (another took it, and may have sent the notice) writes
+        // nothing and sends nothing when it resumes
+        let fence = self.replicas().then(|| (lease.clone(), token));
+        let next = self.step_held(id, now, fence.as_ref()).await;
         if let Err(e) = self.coordination.release(&lease, &self.holder).await {
             tracing::warn!(access = %id, error = %e, "notice: its lease could not be let go; it lapses");
         }
@@ -229,7 +238,14 @@ impl Notifier {
             )
     }
 
-    async fn step_held(&self, id: &AccessId, now: u64) -> Option<u64> {
+    /// One step for the notice of access `id`, its lease held (its writes fenced with
+    /// `fence`, when replicas share the store).
+    async fn step_held(
+        &self,
+        id: &AccessId,
+        now: u64,
+        fence: Option<&(String, u64)>,
+    ) -> Option<u64> {
         match self.store.notice(id) {
             Ok(Some(n))
                 if n.sending_since
@@ -240,11 +256,15 @@ impl Notifier {
             }
             Ok(Some(n)) if n.is_open() => {
                 let read = n.clone();
-                match self.advance(n, now).await {
+                match self.advance(n, now, fence).await {
                     Ok(next) => next,
+                    Err(e) if fenced(&e) => {
+                        tracing::warn!(access = %id, "notice: its lease passed to another replica while this one worked on it; left to that one");
+                        Some(now + self.lease_ms.div_ceil(1000))
+                    }
                     Err(e) => {
                         tracing::error!(access = %id, error = %e, "notice: could not advance");
-                        self.stuck(read, now).await
+                        self.stuck(read, now, fence).await
                     }
                 }
             }
@@ -259,7 +279,12 @@ impl Notifier {
     /// A notice that could not advance (its access, contact or message could not be read or
     /// rendered): tried again in 5 s, and dead-lettered, where operators see it, once it has
     /// been stuck for the retry period (from its first attempt, or from when it was due).
-    async fn stuck(&self, mut notice: Notice, now: u64) -> Option<u64> {
+    async fn stuck(
+        &self,
+        mut notice: Notice,
+        now: u64,
+        fence: Option<&(String, u64)>,
+    ) -> Option<u64> {
         let hours = self.settings.give_up_after_hours;
         let since = notice.first_attempt_at.unwrap_or(notice.due_at);
         if now < since.saturating_add(hours * 3600) {
@@ -270,12 +295,15 @@ impl Notifier {
             at: now,
             reason: format!("could not be prepared for {hours} hours (the service's log says why)"),
         };
-        self.record(notice, now).await
+        self.record(notice, now, fence).await
     }
 
     /// Writes `notice`; a notice that left `pending` (sent, dead, nobody to tell) is added
-    /// to the audit log in the same write.
-    async fn save(&self, notice: Notice) -> anyhow::Result<()> {
+    /// to the audit log in the same write. A pending one is written only while the lease's
+    /// token is still `fence`'s, if given (else `Guarded::Fenced`, nothing written); one that
+    /// left pending is not fenced (a store's guarded write carries no audit event): a replica
+    /// that sent it, then was paused past its lease, still records what it did.
+    async fn save(&self, notice: Notice, fence: Option<&(String, u64)>) -> anyhow::Result<()> {
         let state = match &notice.state {
             NoticeState::Pending => None,
             NoticeState::Sent { .. } => Some("sent"),
@@ -292,11 +320,18 @@ impl Notifier {
             })
             .into_iter()
             .collect();
+        let guard = fence
+            .filter(|_| state.is_none())
+            .map(|fence| crate::store::Guard {
+                fence: Some(fence.clone()),
+                submission: None,
+            });
         apply_async(
             &self.store,
             Batch {
                 notices: vec![notice],
                 audit,
+                guard,
                 ..Batch::default()
             },
         )
@@ -315,7 +350,12 @@ impl Notifier {
     }
 
     /// Renders and stores the message, if the chain record and the contact allow it yet.
-    async fn prepare(&self, mut notice: Notice, now: u64) -> anyhow::Result<Prepared> {
+    async fn prepare(
+        &self,
+        mut notice: Notice,
+        now: u64,
+        fence: Option<&(String, u64)>,
+    ) -> anyhow::Result<Prepared> {
         let proof = match self
             .store
             .submission(&format!("record:{}", notice.access_id))?
@@ -340,7 +380,7 @@ impl Notifier {
         let Some(contact) = self.contact(&notice)? else {
             tracing::warn!(access = %notice.access_id, "notice: the directory has no contact for the patient; nobody is notified");
             notice.state = NoticeState::NoContact { at: now };
-            self.save(notice).await?;
+            self.save(notice, fence).await?;
             return Ok(Prepared::Closed);
         };
         // the clinician by name only when their directory entry matches the chain
@@ -372,15 +412,20 @@ impl Notifier {
         notice.message_id = Some(rendered.message_id.clone());
         notice.message = Some(hex::encode(sealed));
         // durable before the first attempt: a crash from here on re-sends these bytes
-        self.save(notice.clone()).await?;
+        self.save(notice.clone(), fence).await?;
         Ok(Prepared::Ready(Box::new(notice)))
     }
 
     /// One step for one notice; when to look at it again, if it stays open.
-    async fn advance(&self, notice: Notice, now: u64) -> anyhow::Result<Option<u64>> {
+    async fn advance(
+        &self,
+        notice: Notice,
+        now: u64,
+        fence: Option<&(String, u64)>,
+    ) -> anyhow::Result<Option<u64>> {
         let mut notice = match notice.message {
             Some(_) => notice,
-            None => match self.prepare(notice, now).await? {
+            None => match self.prepare(notice, now, fence).await? {
                 Prepared::Ready(n) => *n,
                 Prepared::Waiting => return Ok(Some(now + 1)),
                 Prepared::Closed => return Ok(None),
@@ -398,7 +443,7 @@ impl Notifier {
             // replicas: the attempt is on record before the message leaves, so that another
             // replica does not send it while this one records how it went
             notice.sending_since = Some(now);
-            self.save(notice.clone()).await?;
+            self.save(notice.clone(), fence).await?;
             notice.sending_since = None;
         }
         // servers often quote the address they refuse: it never reaches a log or the store
@@ -443,8 +488,18 @@ impl Notifier {
                 }
             }
         }
-        Ok(self.record(notice, now).await)
+        Ok(self.record(notice, now, fence).await)
     }
+}
+
+/// Whether `e` is the store's refusal of a write whose lease another replica holds now.
+fn fenced(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::store::StoreError>(),
+        Some(crate::store::StoreError::Guarded(
+            crate::store::Guarded::Fenced
+        ))
+    )
 }
 
 /// Seals every stored notice message that is not sealed with the current data key again with
@@ -529,18 +584,15 @@ mod tests {
         assert_eq!(now.state, NoticeState::Pending);
     }
 
-    #[tokio::test]
-    async fn the_development_transport_writes_the_message_into_the_data_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = Settings::default();
-        let mailer = Mailer::from_settings(&settings.notify, dir.path()).unwrap();
+    /// A notice's message for access `access(Allergies)`.
+    fn rendered(settings: &Settings) -> Rendered {
         let contact = Contact {
             name: None,
             email: Some("ana@example.org".into()),
             language: Language::En,
             delegate: None,
         };
-        let rendered = message::render(
+        message::render(
             &Templates::new().unwrap(),
             &NoticeSettings {
                 from: &settings.notify.from,
@@ -555,14 +607,134 @@ mod tests {
                 txid: "0xfeed".into(),
             },
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// The messages the development transport wrote into `dir`.
+    fn outbox(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir.join("outbox"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn the_development_transport_writes_the_message_into_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::default();
+        let mailer = Mailer::from_settings(&settings.notify, dir.path()).unwrap();
+        let rendered = rendered(&settings);
         mailer.send(&rendered).await.unwrap();
-        let files: Vec<_> = std::fs::read_dir(dir.path().join("outbox"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+        let files = outbox(dir.path());
         assert_eq!(files.len(), 1);
         assert_eq!(std::fs::read(&files[0]).unwrap(), rendered.raw);
         assert!(String::from_utf8_lossy(&rendered.raw).contains("0xfeed"));
+    }
+
+    /// Replicas on Redis: a replica that took a notice's lease, then was paused past it (a
+    /// long GC or VM pause) while another replica took the lease (and may have sent the
+    /// notice), neither writes the notice nor sends it when it resumes: its writes go with
+    /// its lease's token, which is no longer the lease's. Before they did, it marked the notice
+    /// as being sent over the other replica's record and sent it a second time.
+    #[tokio::test]
+    async fn a_replica_paused_past_a_notices_lease_neither_writes_nor_sends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::create_dir_all(dir.path().join("redis")).unwrap();
+        // stopped however the test ends
+        struct Server(std::process::Child);
+        impl Drop for Server {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _redis = Server(
+            crate::dev::redis_server(port, &dir.path().join("redis"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect(
+                    "redis-server must be installed (scripts/test installs the Debian package)",
+                ),
+        );
+        let url = format!("redis://127.0.0.1:{port}/");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::RedisStore::open(url.as_str(), "t:").unwrap());
+        let coordination = Arc::new(Coordinator::redis(url.as_str(), "t:", 10).unwrap());
+        let mut settings = Settings::default();
+        settings.data.dir = dir.path().join("data");
+        let keyring = Arc::new(Keyring::from_keys(&[[7; 32]]).unwrap());
+        let notifier = Notifier::new(
+            &settings,
+            store.clone(),
+            keyring.clone(),
+            coordination.clone(),
+        )
+        .unwrap();
+        // a notice ready to send (its message rendered and sealed), due
+        let now = now_secs();
+        let id = access(vec![DataType::Allergies]).id;
+        let rendered = rendered(&settings);
+        let mut notice = Notice::new(id, PatientId([7; 32]), now);
+        notice.message_id = Some(rendered.message_id.clone());
+        notice.message = Some(hex::encode(
+            keyring
+                .seal(
+                    &crate::seal::names::notice(&id),
+                    &serde_json::to_vec(&rendered).unwrap(),
+                )
+                .unwrap(),
+        ));
+        apply_async(
+            &store,
+            Batch {
+                notices: vec![notice.clone()],
+                ..Batch::default()
+            },
+        )
+        .await
+        .expect("the notice is written");
+        // this replica took the lease; paused past it, another replica took it
+        let lease = format!("notice:{id}");
+        let stale = coordination
+            .lease(&lease, &notifier.holder, 1)
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let taken = coordination
+            .lease(&lease, "another-replica", 60_000)
+            .await
+            .unwrap()
+            .expect("the lease lapsed");
+        assert!(taken > stale);
+        // this replica resumes its step
+        let next = notifier.step_held(&id, now, Some(&(lease, stale))).await;
+        assert!(
+            next.is_some(),
+            "looked at again later, the notice still open"
+        );
+        assert!(outbox(&settings.data.dir).is_empty(), "not sent");
+        assert_eq!(
+            store.notice(&id).unwrap(),
+            Some(notice),
+            "not written: no attempt, not marked as being sent"
+        );
     }
 }
