@@ -4,8 +4,9 @@
 //! with the next local nonce and kept (bytes and txid) *before* it is broadcast, so a crash
 //! at any point leads to broadcasting the same bytes again, never a second transaction. A
 //! transaction not confirmed after K blocks is broadcast again. When the node says its nonce
-//! is used (`BadNonce`), the operation is checked on chain: done means confirmed; not done
-//! means the nonce went to something else, and it is signed again with the node's nonce.
+//! is used (`BadNonce`, or `ConflictingNonceInMempool`), the operation is checked on chain:
+//! done means confirmed; not done means the nonce went to something else, and it is signed
+//! again with the next nonce (after every one signed so far, and not before the node's).
 //! Confirmation comes from the follower, which finds the transaction's bytes in a block the
 //! node serves and reads the operation's effect back from the node; a reorg that abandons the
 //! confirming block reopens the operation as the same signed bytes.
@@ -605,7 +606,14 @@ impl Submitter {
                 }
             }
             OnChain::NotDone => {
-                let nonce = self.rpc.account_nonce(&self.sender).await?;
+                // after every nonce this service has signed for (its transactions still in the
+                // mempool hold the ones after the chain's), or the chain's if that is later:
+                // the chain's alone would sign over our own pending transactions, and move the
+                // next nonce back under them
+                let nonce = self
+                    .next_nonce()
+                    .await?
+                    .max(self.rpc.account_nonce(&self.sender).await?);
                 if self.sign_and_keep(s, nonce).await?.is_some() {
                     tracing::warn!(operation = %s.id, reason, nonce, "nonce was taken by another transaction; signed again");
                 }

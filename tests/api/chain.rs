@@ -192,15 +192,17 @@ async fn confirmed(app: &breakglass::startup::Application, id: &str) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn submitted_operations_are_confirmed_once_across_restarts() {
-    let devnet = Devnet::start(&["--ephemeral"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    // the submitter's own loop is slowed right down: the test drives its steps
-    let slow = |s: &mut breakglass::configuration::Settings| s.submitter.interval_ms = 3_600_000;
-    let app1 = app(&devnet.rpc, dir.path(), slow).await;
-    let service = app1.submitter.sender;
-    devnet.observe(app1.observer_addr).await;
+/// The submitter's own loop slowed right down: the test drives its steps.
+fn slow(s: &mut breakglass::configuration::Settings) {
+    s.submitter.interval_ms = 3_600_000;
+}
+
+/// A service in `dir` on `devnet` (its submitter slowed right down), its key funded and made the
+/// contract's responder, ready.
+async fn responder(devnet: &Devnet, dir: &std::path::Path) -> breakglass::startup::Application {
+    let app = app(&devnet.rpc, dir, slow).await;
+    let service = app.submitter.sender;
+    devnet.observe(app.observer_addr).await;
     devnet.fund(&service).await;
     devnet
         .call(
@@ -211,7 +213,16 @@ async fn submitted_operations_are_confirmed_once_across_restarts() {
         )
         .await;
     devnet.mine().await;
-    eventually("ready", SECS, async || ready(&app1).await.then_some(())).await;
+    eventually("ready", SECS, async || ready(&app).await.then_some(())).await;
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_operations_are_confirmed_once_across_restarts() {
+    let devnet = Devnet::start(&["--ephemeral"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app1 = responder(&devnet, dir.path()).await;
+    let service = app1.submitter.sender;
 
     // 1. an anchor, signed with the service's key, confirmed through the follower
     app1.submitter
@@ -340,6 +351,74 @@ async fn submitted_operations_are_confirmed_once_across_restarts() {
         .unwrap();
     assert_eq!(count, Value::UInt(4));
     app3.stop().await;
+}
+
+/// An operation whose nonce another transaction of the service's key took in the mempool
+/// (`ConflictingNonceInMempool`; not on chain, so not done) is signed again after the
+/// service's own transactions still in flight, and the next nonce stays after it. Before,
+/// it was signed again with the chain's nonce, over the first of them, and the next nonce
+/// went back under them: each later operation met a conflict until blocks caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_whose_nonce_was_taken_is_signed_after_the_ones_in_flight() {
+    let devnet = Devnet::start(&["--ephemeral"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = responder(&devnet, dir.path()).await;
+    let service = app.submitter.sender;
+    let nonce_of = async |id: &str| match state_of(&app, id).await {
+        SubmissionState::Sent { nonce, .. } => nonce,
+        other => panic!("{id}: {other:?}"),
+    };
+    let submit = async |n: u8| {
+        app.submitter
+            .submit(
+                &format!("anchor:{n}"),
+                "access-control",
+                "anchor-audit",
+                &anchor_args(n),
+            )
+            .await
+            .unwrap();
+    };
+    // (anchors of counts 10 to 40: the other transaction's 25 keeps them in order)
+    // two in flight (nonces 0 and 1), a third signed and kept (2), not broadcast yet
+    submit(10).await;
+    submit(20).await;
+    app.submitter.tick().await.unwrap();
+    submit(30).await;
+    app.submitter.prepare().await.unwrap();
+    assert_eq!(nonce_of("anchor:30").await, 2);
+    // something else signed with the service's key takes nonce 2 in the mempool
+    let key = breakglass::keys::ServiceKeys::load_or_generate(dir.path())
+        .unwrap()
+        .stacks;
+    devnet
+        .call(&key, "access-control", "anchor-audit", anchor_args(25))
+        .await;
+    // the third's broadcast meets the conflict: signed again, after all in flight
+    app.submitter.tick().await.unwrap();
+    assert_eq!(
+        nonce_of("anchor:30").await,
+        3,
+        "after 0, 1 and the other's 2"
+    );
+    submit(40).await;
+    app.submitter.tick().await.unwrap();
+    assert_eq!(
+        nonce_of("anchor:40").await,
+        4,
+        "the next nonce did not go back"
+    );
+    app.submitter.tick().await.unwrap();
+    devnet.mine().await;
+    for n in [10, 20, 30, 40] {
+        confirmed(&app, &format!("anchor:{n}")).await;
+    }
+    assert_eq!(
+        devnet.nonce(&service).await,
+        5,
+        "five transactions, none refused"
+    );
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
