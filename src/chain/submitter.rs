@@ -342,11 +342,14 @@ impl Submitter {
 
     /// Takes or renews the lease: whether this replica holds it now.
     async fn hold_lease(&self) -> Result<bool, SubmitError> {
+        // the lease runs from when the server took it, after this: counted from here, it is
+        // never thought held longer than it is (a slow answer shortens it, never lengthens it)
+        let asked = now_ms();
         let token = self
             .coordination
             .lease(&self.lease(), &self.holder, self.lease_ms)
             .await?;
-        self.renewed_ms.store(now_ms(), Ordering::SeqCst);
+        self.renewed_ms.store(asked, Ordering::SeqCst);
         let before = self.fence.swap(token.unwrap_or(0), Ordering::SeqCst);
         match token {
             Some(t) if t != before => {
@@ -421,7 +424,11 @@ impl Submitter {
                 nonce: next_nonce,
                 // checked again in the write where other replicas write too (Redis)
                 guard: Some(Guard {
-                    fence: (fence != 0).then(|| (self.lease(), fence)),
+                    fence: (fence != 0).then(|| crate::store::Fence {
+                        lease: self.lease(),
+                        holder: self.holder.clone(),
+                        token: fence,
+                    }),
                     submission: Some(read.clone()),
                 }),
                 ..Batch::default()

@@ -180,7 +180,12 @@ impl Notifier {
     /// Records an attempt's outcome (fenced as `save` says); when to look at the notice again,
     /// if ever. An outcome the store does not take is kept, to be recorded (not sent) again in
     /// 5 s; one fenced off is dropped (the replica that took the lease has the notice).
-    async fn record(&self, notice: Notice, now: u64, fence: Option<&(String, u64)>) -> Option<u64> {
+    async fn record(
+        &self,
+        notice: Notice,
+        now: u64,
+        fence: Option<&crate::store::Fence>,
+    ) -> Option<u64> {
         let next = notice.is_open().then_some(notice.next_at);
         match self.save(notice.clone(), fence).await {
             Ok(()) => next,
@@ -219,7 +224,11 @@ impl Notifier {
         // replicas: the notice's writes up to its sending go with the lease's token, so that a
         // replica paused past its lease (another took it, and may have sent the notice) writes
         // nothing and sends nothing when it resumes
-        let fence = self.replicas().then(|| (lease.clone(), token));
+        let fence = self.replicas().then(|| crate::store::Fence {
+            lease: lease.clone(),
+            holder: self.holder.clone(),
+            token,
+        });
         let next = self.step_held(id, now, fence.as_ref()).await;
         if let Err(e) = self.coordination.release(&lease, &self.holder).await {
             tracing::warn!(access = %id, error = %e, "notice: its lease could not be let go; it lapses");
@@ -244,7 +253,7 @@ impl Notifier {
         &self,
         id: &AccessId,
         now: u64,
-        fence: Option<&(String, u64)>,
+        fence: Option<&crate::store::Fence>,
     ) -> Option<u64> {
         match self.store.notice(id) {
             Ok(Some(n))
@@ -283,7 +292,7 @@ impl Notifier {
         &self,
         mut notice: Notice,
         now: u64,
-        fence: Option<&(String, u64)>,
+        fence: Option<&crate::store::Fence>,
     ) -> Option<u64> {
         let hours = self.settings.give_up_after_hours;
         let since = notice.first_attempt_at.unwrap_or(notice.due_at);
@@ -303,7 +312,11 @@ impl Notifier {
     /// token is still `fence`'s, if given (else `Guarded::Fenced`, nothing written); one that
     /// left pending is not fenced (a store's guarded write carries no audit event): a replica
     /// that sent it, then was paused past its lease, still records what it did.
-    async fn save(&self, notice: Notice, fence: Option<&(String, u64)>) -> anyhow::Result<()> {
+    async fn save(
+        &self,
+        notice: Notice,
+        fence: Option<&crate::store::Fence>,
+    ) -> anyhow::Result<()> {
         let state = match &notice.state {
             NoticeState::Pending => None,
             NoticeState::Sent { .. } => Some("sent"),
@@ -354,7 +367,7 @@ impl Notifier {
         &self,
         mut notice: Notice,
         now: u64,
-        fence: Option<&(String, u64)>,
+        fence: Option<&crate::store::Fence>,
     ) -> anyhow::Result<Prepared> {
         let proof = match self
             .store
@@ -421,7 +434,7 @@ impl Notifier {
         &self,
         notice: Notice,
         now: u64,
-        fence: Option<&(String, u64)>,
+        fence: Option<&crate::store::Fence>,
     ) -> anyhow::Result<Option<u64>> {
         let mut notice = match notice.message {
             Some(_) => notice,
@@ -725,7 +738,12 @@ mod tests {
             .expect("the lease lapsed");
         assert!(taken > stale);
         // this replica resumes its step
-        let next = notifier.step_held(&id, now, Some(&(lease, stale))).await;
+        let fence = crate::store::Fence {
+            lease,
+            holder: notifier.holder.clone(),
+            token: stale,
+        };
+        let next = notifier.step_held(&id, now, Some(&fence)).await;
         assert!(
             next.is_some(),
             "looked at again later, the notice still open"

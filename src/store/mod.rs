@@ -78,12 +78,23 @@ impl std::fmt::Display for Guarded {
 /// `ChainState::apply_lock` after checking the same conditions: it does not check them again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {
-    /// The lease the writer holds (`coordination`) and its fencing token: the write fails with
-    /// `Guarded::Fenced` unless the lease still carries this token.
-    pub fence: Option<(String, u64)>,
+    /// The lease the writer holds (`coordination`): the write fails with `Guarded::Fenced`
+    /// unless the lease is still this holder's, with this token.
+    pub fence: Option<Fence>,
     /// The operation as the writer read it: the write fails with `Guarded::Changed` unless the
     /// store holds exactly this.
     pub submission: Option<Submission>,
+}
+
+/// A lease as its holder took it: its name, the holder (`coordination::replica_id`) and the
+/// fencing token it was given. Both the holder and the token are checked: a token alone could
+/// be given twice if the server lost the lease's last write (a failover to a replica that had
+/// not received it), the holder tells the two apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub lease: String,
+    pub holder: String,
+    pub token: u64,
 }
 
 /// A break-glass request's claim on what replicas share, taken by a shared store (Redis)

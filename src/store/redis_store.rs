@@ -428,12 +428,15 @@ fn push_rows(call: &mut redis::ScriptInvocation<'_>, prefix: &str, rows: &Rows) 
     }
 }
 
-/// A guarded batch: the lease's token (key 2, argument 5) and the operation's row (argument 6
-/// in key 3, argument 7 its value) are checked, and the rows written. {0, ''}: written;
-/// {1, ''}: fenced; {2, ''}: changed; {3, ''}: written already.
+/// A guarded batch: the lease's token and holder (key 2, arguments 5 and 8) and the operation's
+/// row (argument 6 in key 3, argument 7 its value) are checked, and the rows written.
+/// {0, ''}: written; {1, ''}: fenced; {2, ''}: changed; {3, ''}: written already.
 fn guarded_script() -> redis::Script {
     conditional(
-        r"if ARGV[5] ~= '' and redis.call('HGET', KEYS[2], 'fence') ~= ARGV[5] then return {1, ''} end
+        r"if ARGV[5] ~= '' then
+  local lease = redis.call('HMGET', KEYS[2], 'fence', 'holder')
+  if lease[1] ~= ARGV[5] or lease[2] ~= ARGV[8] then return {1, ''} end
+end
 if ARGV[6] ~= '' and redis.call('HGET', KEYS[3], ARGV[6]) ~= ARGV[7] then return {2, ''} end",
         "{0, ''}",
     )
@@ -535,9 +538,13 @@ fn guarded(
     rows: &Rows,
     number: u64,
 ) -> Result<(), StoreError> {
-    let (lease, token) = match &guard.fence {
-        Some((name, token)) => (lease_key(prefix, name), token.to_string()),
-        None => (format!("{prefix}lease:"), String::new()),
+    let (lease, token, holder) = match &guard.fence {
+        Some(f) => (
+            lease_key(prefix, &f.lease),
+            f.token.to_string(),
+            f.holder.as_str(),
+        ),
+        None => (format!("{prefix}lease:"), String::new(), ""),
     };
     let (id, expected) = match &guard.submission {
         Some(s) => (s.id.clone(), enc(s)?),
@@ -548,12 +555,13 @@ fn guarded(
         &mut w.conn,
         Some(w.acknowledgement.write_wait()),
         |c| {
-            let mut call = invocation(&w.guarded, prefix, (&w.mark, number), 2, 3);
+            let mut call = invocation(&w.guarded, prefix, (&w.mark, number), 2, 4);
             call.key(&lease)
                 .key(format!("{prefix}{SUBMISSIONS}"))
                 .arg(&token)
                 .arg(&id)
-                .arg(expected.as_slice());
+                .arg(expected.as_slice())
+                .arg(holder);
             push_rows(&mut call, prefix, rows);
             call.invoke(c)
         },

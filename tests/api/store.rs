@@ -1617,20 +1617,31 @@ async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cann
             ..Batch::default()
         })
         .unwrap();
-    let signed = |fence: u64, read: &Submission| Batch {
+    let signed_by = |holder: &str, token: u64, read: &Submission| Batch {
         submissions: vec![Submission {
             state: sent("tx"),
             ..read.clone()
         }],
         nonce: Some(4),
         guard: Some(Guard {
-            fence: Some(("submitter:x".into(), fence)),
+            fence: Some(Fence {
+                lease: "submitter:x".into(),
+                holder: holder.into(),
+                token,
+            }),
             submission: Some(read.clone()),
         }),
         ..Batch::default()
     };
+    let signed = |token: u64, read: &Submission| signed_by("b", token, read);
     assert!(matches!(
-        store.apply(signed(t1, &op)),
+        store.apply(signed_by("a", t1, &op)),
+        Err(StoreError::Guarded(Guarded::Fenced))
+    ));
+    // the token given again to another holder (the lease's last write lost in a failover):
+    // the holder tells them apart
+    assert!(matches!(
+        store.apply(signed_by("a", t2, &op)),
         Err(StoreError::Guarded(Guarded::Fenced))
     ));
     assert_eq!(
