@@ -6,7 +6,8 @@
 //! transaction not confirmed after K blocks is broadcast again. When the node says its nonce
 //! is used (`BadNonce`, or `ConflictingNonceInMempool`), the operation is checked on chain:
 //! done means confirmed; not done means the nonce went to something else, and it is signed
-//! again with the next nonce (after every one signed so far, and not before the node's).
+//! again with the lowest nonce from the node's that none of our other open transactions holds
+//! (or the next local one), the next local one never moved back.
 //! Confirmation comes from the follower, which finds the transaction's bytes in a block the
 //! node serves and reads the operation's effect back from the node; a reorg that abandons the
 //! confirming block reopens the operation as the same signed bytes.
@@ -494,9 +495,30 @@ impl Submitter {
         tx::sign_contract_call(&call, &self.key).map_err(|e| SubmitError::Sign(e.to_string()))
     }
 
-    /// Signs the operation's transaction with `nonce` and keeps it, with the next nonce, in one
-    /// durable write: from here on only these bytes are broadcast for it. Returns the txid, or
-    /// `None` if the operation changed since `s` was read (then nothing is written).
+    /// The nonce for operation `s` signed again because its own went to something else: the
+    /// lowest from the chain's next one up that none of this service's other open transactions
+    /// holds (so that a nonce left unused is filled, and none of ours in the mempool is signed
+    /// over), or the next local one past them all. Signed over the chain's nonce alone, it met
+    /// our own first transaction in flight, and the next nonce went back under the others.
+    async fn free_nonce(&self, s: &Submission) -> Result<u64, SubmitError> {
+        let chain = self.rpc.account_nonce(&self.sender).await?;
+        let held: std::collections::BTreeSet<u64> = self
+            .store
+            .open_submissions()?
+            .into_iter()
+            .filter(|o| o.id != s.id)
+            .filter_map(|o| match o.state {
+                SubmissionState::Sent { nonce, .. } => Some(nonce),
+                _ => None,
+            })
+            .collect();
+        let next = self.next_nonce().await?.max(chain);
+        Ok((chain..next).find(|n| !held.contains(n)).unwrap_or(next))
+    }
+
+    /// Signs the operation's transaction with `nonce` and keeps it, with the next nonce (never
+    /// back), in one durable write: from here on only these bytes are broadcast for it. Returns
+    /// the txid, or `None` if the operation changed since `s` was read (then nothing is written).
     async fn sign_and_keep(
         &self,
         s: &Submission,
@@ -510,7 +532,8 @@ impl Submitter {
             sent_at_height: self.status.node_tip.load(Ordering::SeqCst),
             broadcasts: 0,
         };
-        let kept = self.update_with_nonce(s, state, Some(nonce + 1)).await?;
+        let next = self.store.nonce()?.unwrap_or(0).max(nonce + 1);
+        let kept = self.update_with_nonce(s, state, Some(next)).await?;
         Ok(kept.then(|| signed.txid_hex()))
     }
 
@@ -613,14 +636,7 @@ impl Submitter {
                 }
             }
             OnChain::NotDone => {
-                // after every nonce this service has signed for (its transactions still in the
-                // mempool hold the ones after the chain's), or the chain's if that is later:
-                // the chain's alone would sign over our own pending transactions, and move the
-                // next nonce back under them
-                let nonce = self
-                    .next_nonce()
-                    .await?
-                    .max(self.rpc.account_nonce(&self.sender).await?);
+                let nonce = self.free_nonce(s).await?;
                 if self.sign_and_keep(s, nonce).await?.is_some() {
                     tracing::warn!(operation = %s.id, reason, nonce, "nonce was taken by another transaction; signed again");
                 }

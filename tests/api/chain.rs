@@ -354,10 +354,11 @@ async fn submitted_operations_are_confirmed_once_across_restarts() {
 }
 
 /// An operation whose nonce another transaction of the service's key took in the mempool
-/// (`ConflictingNonceInMempool`; not on chain, so not done) is signed again after the
-/// service's own transactions still in flight, and the next nonce stays after it. Before,
-/// it was signed again with the chain's nonce, over the first of them, and the next nonce
-/// went back under them: each later operation met a conflict until blocks caught up.
+/// (`ConflictingNonceInMempool`; not on chain, so not done) is signed again with the lowest
+/// nonce none of the service's own open transactions holds, and the next nonce never goes
+/// back. Before, it was signed again with the chain's nonce, over the first of ours in
+/// flight, and the next nonce went back under them: each later operation met a conflict
+/// until blocks caught up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_whose_nonce_was_taken_is_signed_after_the_ones_in_flight() {
     let devnet = Devnet::start(&["--ephemeral"]).await;
@@ -379,14 +380,15 @@ async fn an_operation_whose_nonce_was_taken_is_signed_after_the_ones_in_flight()
             .await
             .unwrap();
     };
-    // (anchors of counts 10 to 40: the other transaction's 25 keeps them in order)
+    // (anchors of counts 10, 20, then 50 and 30: with the other transaction's 25, in the
+    // order they are mined, each covers more than the last)
     // two in flight (nonces 0 and 1), a third signed and kept (2), not broadcast yet
     submit(10).await;
     submit(20).await;
     app.submitter.tick().await.unwrap();
-    submit(30).await;
+    submit(50).await;
     app.submitter.prepare().await.unwrap();
-    assert_eq!(nonce_of("anchor:30").await, 2);
+    assert_eq!(nonce_of("anchor:50").await, 2);
     // something else signed with the service's key takes nonce 2 in the mempool
     let key = breakglass::keys::ServiceKeys::load_or_generate(dir.path())
         .unwrap()
@@ -394,25 +396,28 @@ async fn an_operation_whose_nonce_was_taken_is_signed_after_the_ones_in_flight()
     devnet
         .call(&key, "access-control", "anchor-audit", anchor_args(25))
         .await;
-    // the third's broadcast meets the conflict: signed again, after all in flight
+    // the third's broadcast meets the conflict: signed again with the lowest nonce none of
+    // ours holds (2, which the other may yet leave unused), not over our own 0
+    app.submitter.tick().await.unwrap();
+    assert_eq!(nonce_of("anchor:50").await, 2, "not over ours in flight");
+    submit(30).await;
     app.submitter.tick().await.unwrap();
     assert_eq!(
         nonce_of("anchor:30").await,
         3,
-        "after 0, 1 and the other's 2"
-    );
-    submit(40).await;
-    app.submitter.tick().await.unwrap();
-    assert_eq!(
-        nonce_of("anchor:40").await,
-        4,
         "the next nonce did not go back"
     );
-    app.submitter.tick().await.unwrap();
+    // the other's transaction is mined with ours: the third's nonce is used, and it is
+    // signed again after them all
     devnet.mine().await;
-    for n in [10, 20, 30, 40] {
+    for n in [10, 20, 30] {
         confirmed(&app, &format!("anchor:{n}")).await;
     }
+    app.submitter.tick().await.unwrap();
+    assert_eq!(nonce_of("anchor:50").await, 4);
+    app.submitter.tick().await.unwrap();
+    devnet.mine().await;
+    confirmed(&app, "anchor:50").await;
     assert_eq!(
         devnet.nonce(&service).await,
         5,
