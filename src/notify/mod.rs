@@ -45,7 +45,7 @@ pub struct Notifier {
     settings: NotifySettings,
     /// Attempts made whose outcome the store did not take, by access id: recorded again at
     /// the notice's next turn instead of being sent again.
-    unrecorded: Mutex<HashMap<AccessId, Notice>>,
+    unrecorded: Mutex<HashMap<AccessId, (Notice, Option<crate::store::Fence>)>>,
     /// Where a replica takes a notice's lease before it works on it: one replica at a time
     /// sends a notice.
     coordination: Arc<Coordinator>,
@@ -162,8 +162,8 @@ impl Notifier {
                 break;
             };
             let unrecorded = self.unrecorded_lock().remove(&id);
-            let next = if let Some(notice) = unrecorded {
-                self.record(notice, now, None).await
+            let next = if let Some((notice, fence)) = unrecorded {
+                self.record(notice, now, fence.as_ref()).await
             } else {
                 self.step(&id, now).await
             };
@@ -173,13 +173,17 @@ impl Notifier {
         }
     }
 
-    fn unrecorded_lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccessId, Notice>> {
+    fn unrecorded_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<AccessId, (Notice, Option<crate::store::Fence>)>> {
         self.unrecorded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records an attempt's outcome (fenced as `save` says); when to look at the notice again,
     /// if ever. An outcome the store does not take is kept, to be recorded (not sent) again in
-    /// 5 s; one fenced off is dropped (the replica that took the lease has the notice).
+    /// 5 s, with the same fence; one fenced off is dropped (the lease lapsed: the replica that
+    /// takes it next, this one or another, finds the attempt `sending_since` and sends it again
+    /// only after ten leases).
     async fn record(
         &self,
         notice: Notice,
@@ -190,12 +194,13 @@ impl Notifier {
         match self.save(notice.clone(), fence).await {
             Ok(()) => next,
             Err(e) if fenced(&e) => {
-                tracing::warn!(access = %notice.access_id, "notice: its lease passed to another replica before this one recorded its attempt; left to that one");
+                tracing::warn!(access = %notice.access_id, "notice: its lease lapsed (or passed to another replica) before this replica recorded its attempt; the attempt is retried after ten leases");
                 Some(now + self.lease_ms.div_ceil(1000))
             }
             Err(e) => {
                 tracing::error!(access = %notice.access_id, error = %e, "notice: its attempt could not be recorded; recording it again, not sending it again");
-                self.unrecorded_lock().insert(notice.access_id, notice);
+                self.unrecorded_lock()
+                    .insert(notice.access_id, (notice, fence.cloned()));
                 Some(now + 5)
             }
         }
@@ -268,7 +273,7 @@ impl Notifier {
                 match self.advance(n, now, fence).await {
                     Ok(next) => next,
                     Err(e) if fenced(&e) => {
-                        tracing::warn!(access = %id, "notice: its lease passed to another replica while this one worked on it; left to that one");
+                        tracing::warn!(access = %id, "notice: its lease lapsed (or passed to another replica) while this replica worked on it; nothing sent");
                         Some(now + self.lease_ms.div_ceil(1000))
                     }
                     Err(e) => {
