@@ -126,8 +126,8 @@ pub fn redis_server(port: u16, dir: &Path) -> std::process::Command {
 }
 
 /// Starts `redis-server` on a free port, persisting to `dir` as production should (an
-/// append-only file synced on every write), and waits until it answers.
-async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
+/// append-only file synced on every write), and waits until it answers; killed when dropped.
+pub(crate) async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
     std::fs::create_dir_all(dir)?;
     let port = free_port()?;
     let child = Command::from(redis_server(port, dir))

@@ -510,7 +510,8 @@ impl Notifier {
     }
 }
 
-/// Whether `e` is the store's refusal of a write whose lease another replica holds now.
+/// Whether `e` is the store's refusal of a write whose lease lapsed (or another replica holds
+/// now).
 fn fenced(e: &anyhow::Error) -> bool {
     matches!(
         e.downcast_ref::<crate::store::StoreError>(),
@@ -656,42 +657,10 @@ mod tests {
     #[tokio::test]
     async fn a_replica_paused_past_a_notices_lease_neither_writes_nor_sends_it() {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        std::fs::create_dir_all(dir.path().join("redis")).unwrap();
-        // stopped however the test ends
-        struct Server(std::process::Child);
-        impl Drop for Server {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let _redis = Server(
-            crate::dev::redis_server(port, &dir.path().join("redis"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect(
-                    "redis-server must be installed (scripts/test installs the Debian package)",
-                ),
-        );
-        let url = format!("redis://127.0.0.1:{port}/");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while redis::Client::open(url.as_str())
-            .and_then(|c| c.get_connection())
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // killed when dropped, however the test ends
+        let (_redis, url) = crate::dev::start_redis(&dir.path().join("redis"))
+            .await
+            .expect("redis-server must be installed (scripts/test installs the Debian package)");
         let store: Arc<dyn Store> =
             Arc::new(crate::store::RedisStore::open(url.as_str(), "t:").unwrap());
         let coordination = Arc::new(Coordinator::redis(url.as_str(), "t:", 10).unwrap());

@@ -906,17 +906,16 @@ fn numbered_event(w: usize, n: u64) -> breakglass::audit::Record {
 /// Grant `n` of clinician ST1 at `now` (its nonce `ST1:n`, a rate it never exceeds), its
 /// audit event writer 0's `n` (`numbered_event`).
 fn st1_grant(n: u64, now: u64) -> Batch {
+    let claim = Claim {
+        nonce: format!("ST1:{n}"),
+        until: now + 600,
+        clinician: "ST1".into(),
+        emission_ms: 1,
+        burst_ms: 60_000,
+    };
     Batch {
-        accesses: vec![access(n)],
         audit: vec![numbered_event(0, n)],
-        claims: vec![Claim {
-            nonce: format!("ST1:{n}"),
-            until: now + 600,
-            clinician: "ST1".into(),
-            emission_ms: 1,
-            burst_ms: 60_000,
-        }],
-        ..Batch::default()
+        ..claimed(n, claim)
     }
 }
 
