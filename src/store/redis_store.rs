@@ -320,14 +320,25 @@ pub const RATES: &str = "rates";
 /// `done` returned: one atomic step on the server. Both may call
 /// `each(op, key, list, first, last)`: `op` on `key` with `list[first..last]` as arguments, a
 /// command per `UNPACKED` of them at most, their answers joined; and read the constants
-/// `UNPACKED` and `FORGET_AT_ONCE` as Lua locals of the same names.
-fn conditional(checks: &str, done: &str) -> redis::Script {
+/// `UNPACKED` and `FORGET_AT_ONCE` as Lua locals of the same names. Given `also`, the checks
+/// also find the `META` field named by that argument in the local `also` (false if none), read
+/// with the mark in one command. The mark is set last, by the rows' last command if that one
+/// sets fields of `META` (`write` puts `META`'s rows last), else by a command of its own: each
+/// command a script calls costs Redis a few microseconds beside its work, and a grant's group
+/// writes the audit head there.
+fn conditional(checks: &str, also: Option<usize>, done: &str) -> redis::Script {
+    let read = match also {
+        Some(arg) => format!(
+            "local got = redis.call('HMGET', KEYS[1], ARGV[3], ARGV[{arg}])\nlocal marked, also = got[1], got[2]"
+        ),
+        None => "local marked = redis.call('HGET', KEYS[1], ARGV[3])".to_string(),
+    };
     // `#!lua`: a script that declares its flags (none: it may write) is refused whole by a
     // server over its `maxmemory`, before it runs; one that does not is run, and may write
     // there (Redis 7.0), so that a full server would grow on, or fail a script halfway
     redis::Script::new(&format!(
         r"#!lua
-local marked = redis.call('HGET', KEYS[1], ARGV[3])
+{read}
 if (tonumber(marked) or 0) >= tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[1], ARGV[3], marked)
   return {{3, ''}}
@@ -343,12 +354,19 @@ local function each(op, key, list, first, last)
 end
 {checks}
 local a = tonumber(ARGV[2])
+local mark = true
+-- the mark last, as the rows' last command if that one sets fields of `META`
 for i = tonumber(ARGV[1]), #KEYS do
   local op, last = ARGV[a], a + 1 + tonumber(ARGV[a + 1])
-  each(op, KEYS[i], ARGV, a + 2, last)
+  if i == #KEYS and op == 'HSET' and KEYS[i] == KEYS[1] and last - a < UNPACKED then
+    redis.call('HSET', KEYS[1], ARGV[3], ARGV[4], unpack(ARGV, a + 2, last))
+    mark = false
+  else
+    each(op, KEYS[i], ARGV, a + 2, last)
+  end
   a = last + 1
 end
-redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+if mark then redis.call('HSET', KEYS[1], ARGV[3], ARGV[4]) end
 return {done}
 "
     ))
@@ -438,13 +456,14 @@ fn guarded_script() -> redis::Script {
   if lease[1] ~= ARGV[5] or lease[2] ~= ARGV[8] then return {1, ''} end
 end
 if ARGV[6] ~= '' and redis.call('HGET', KEYS[3], ARGV[6]) ~= ARGV[7] then return {2, ''} end",
+        None,
         "{0, ''}",
     )
 }
 
 /// A group without audit events or conditions: {0, ''}, written; or {3, ''}, written already.
 fn plain_script() -> redis::Script {
-    conditional("", "{0, ''}")
+    conditional("", None, "{0, ''}")
 }
 
 /// How many stale nonces one write forgets at most (`linked_script`): a burst's nonces,
@@ -469,7 +488,7 @@ const FORGET_AT_ONCE: usize = 128;
 /// write, so that no write does a burst's worth of work.
 fn linked_script() -> redis::Script {
     conditional(
-        r"local head = redis.call('HGET', KEYS[1], ARGV[6]) or ''
+        r"local head = also or ''
 if head ~= ARGV[5] then return {1, head} end
 local n = tonumber(ARGV[7])
 local failed, used, tats = {}, {}, {}
@@ -526,6 +545,7 @@ if n > 0 then
   each('ZADD', KEYS[2], scored, 1, #scored)
   each('HSET', KEYS[3], rates, 1, #rates)
 end",
+        Some(6),
         "{0, ''}",
     )
 }
@@ -717,8 +737,9 @@ fn write(
         base.extend(rows_of(batch)?);
     }
     // each table's rows together (one command each), in their order within the table, so that
-    // a later write of a row still wins
-    base.sort_by_key(|(table, _, _)| *table);
+    // a later write of a row still wins; `META`'s last, so that the group's mark is set with
+    // them (`conditional`)
+    base.sort_by_key(|(table, _, _)| (*table == META, *table));
     let outcome = write_rows(primary, w, prefix, batches, &base)?;
     if let Outcome::Written = outcome {
         remember(&w.local, &base);
