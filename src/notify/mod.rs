@@ -313,10 +313,9 @@ impl Notifier {
     }
 
     /// Writes `notice`; a notice that left `pending` (sent, dead, nobody to tell) is added
-    /// to the audit log in the same write. A pending one is written only while the lease's
-    /// token is still `fence`'s, if given (else `Guarded::Fenced`, nothing written); one that
-    /// left pending is not fenced (a store's guarded write carries no audit event): a replica
-    /// that sent it, then was paused past its lease, still records what it did.
+    /// to the audit log in the same write. Either is written only while the lease is still
+    /// `fence`'s, if given (else `Guarded::Fenced`, nothing written): a replica paused past
+    /// its lease records nothing over the record of the replica that took the notice next.
     async fn save(
         &self,
         notice: Notice,
@@ -338,12 +337,10 @@ impl Notifier {
             })
             .into_iter()
             .collect();
-        let guard = fence
-            .filter(|_| state.is_none())
-            .map(|fence| crate::store::Guard {
-                fence: Some(fence.clone()),
-                submission: None,
-            });
+        let guard = fence.map(|fence| crate::store::Guard {
+            fence: Some(fence.clone()),
+            submission: None,
+        });
         apply_async(
             &self.store,
             Batch {
@@ -725,8 +722,25 @@ mod tests {
         assert!(outbox(&settings.data.dir).is_empty(), "not sent");
         assert_eq!(
             store.notice(&id).unwrap(),
-            Some(notice),
+            Some(notice.clone()),
             "not written: no attempt, not marked as being sent"
+        );
+        // nor does it record an outcome over the other replica's (one it had sent before the
+        // pause): the outcome and its audit entry go with the lease's old token too
+        let audit_before = store.audit_head().unwrap();
+        let mut sent = notice.clone();
+        sent.state = NoticeState::Sent { at: now };
+        sent.attempts = 1;
+        notifier.record(sent, now, Some(&fence)).await;
+        assert_eq!(
+            store.notice(&id).unwrap(),
+            Some(notice),
+            "its outcome not recorded over the lease's new holder's"
+        );
+        assert_eq!(
+            store.audit_head().unwrap(),
+            audit_before,
+            "no audit entry for it"
         );
     }
 }

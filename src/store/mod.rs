@@ -79,7 +79,9 @@ impl std::fmt::Display for Guarded {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {
     /// The lease the writer holds (`coordination`): the write fails with `Guarded::Fenced`
-    /// unless the lease is still this holder's, with this token.
+    /// unless the lease is still this holder's, with this token. A batch with audit events
+    /// may carry one (not a `submission`, nor claims): it is then linked on the audit head as
+    /// any other, its fence checked in the same step.
     pub fence: Option<Fence>,
     /// The operation as the writer read it: the write fails with `Guarded::Changed` unless the
     /// store holds exactly this.

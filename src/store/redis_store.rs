@@ -483,7 +483,10 @@ const FORGET_AT_ONCE: usize = 128;
 /// nonces and the rates are a few commands: stale nonces forgotten, all looked up at once, all
 /// set at once. Then the group's verdicts, each of which must be the first for its access
 /// (key 4: `VERDICTS`; argument 8 + 5n, how many, then their accesses): one that is not is
-/// named as claim n + v, `reviewed`. A nonce past its time counts as unused (its request is
+/// named as claim n + v, `reviewed`. After the verdicts, a lease's fencing token and holder
+/// (key 5, the lease): a batch written alone under a lease (`Guard::fence`) is written only
+/// while the lease is still that holder's with that token, else {4, ''} and nothing written
+/// (the token empty: no lease). A nonce past its time counts as unused (its request is
 /// refused as stale before it is claimed); `FORGET_AT_ONCE` of them at most are forgotten by a
 /// write, so that no write does a burst's worth of work.
 fn linked_script() -> redis::Script {
@@ -493,6 +496,11 @@ if head ~= ARGV[5] then return {1, head} end
 local n = tonumber(ARGV[7])
 local failed, used, tats = {}, {}, {}
 local v0 = 8 + 5 * n
+local f = v0 + tonumber(ARGV[v0]) + 1
+if ARGV[f] ~= '' then
+  local lease = redis.call('HMGET', KEYS[5], 'fence', 'holder')
+  if lease[1] ~= ARGV[f] or lease[2] ~= ARGV[f + 1] then return {4, ''} end
+end
 local reviewed = {}
 for v = 1, tonumber(ARGV[v0]) do
   local access = ARGV[v0 + v]
@@ -550,6 +558,19 @@ end",
     )
 }
 
+/// A fence as a script checks it: the lease's key, its token and its holder (with none, a
+/// key no lease has and an empty token: nothing to check).
+fn fence_args<'a>(prefix: &str, fence: Option<&'a Fence>) -> (String, String, &'a str) {
+    match fence {
+        Some(f) => (
+            lease_key(prefix, &f.lease),
+            f.token.to_string(),
+            f.holder.as_str(),
+        ),
+        None => (format!("{prefix}lease:"), String::new(), ""),
+    }
+}
+
 fn guarded(
     primary: &Primary,
     w: &mut Writer,
@@ -558,14 +579,7 @@ fn guarded(
     rows: &Rows,
     number: u64,
 ) -> Result<(), StoreError> {
-    let (lease, token, holder) = match &guard.fence {
-        Some(f) => (
-            lease_key(prefix, &f.lease),
-            f.token.to_string(),
-            f.holder.as_str(),
-        ),
-        None => (format!("{prefix}lease:"), String::new(), ""),
-    };
+    let (lease, token, holder) = fence_args(prefix, guard.fence.as_ref());
     let (id, expected) = match &guard.submission {
         Some(s) => (s.id.clone(), enc(s)?),
         None => (String::new(), Vec::new()),
@@ -799,14 +813,26 @@ fn write_rows(
     // reads late
     w.groups += 1;
     let number = w.groups;
-    if let Some(guard) = batches.iter().find_map(|b| b.guard.as_ref()) {
-        if batches.len() > 1 || !audit.is_empty() || !claims.is_empty() {
-            return Err(backend(
-                "a guarded batch is written alone, without audit events or claims",
-            ));
-        }
-        return guarded(primary, w, prefix, guard, base, number).map(|()| Outcome::Written);
+    let guard = batches.iter().find_map(|b| b.guard.as_ref());
+    if guard.is_some() && batches.len() > 1 {
+        return Err(backend("a guarded batch is written alone"));
     }
+    // a batch with audit events under a lease alone is linked, its fence checked there
+    let fence = match guard {
+        Some(g) if !audit.is_empty() && g.submission.is_none() && claims.is_empty() => {
+            g.fence.as_ref()
+        }
+        Some(g) => {
+            if !audit.is_empty() || !claims.is_empty() {
+                return Err(backend(
+                    "a batch guarded by an operation is written without audit events or claims",
+                ));
+            }
+            return guarded(primary, w, prefix, g, base, number).map(|()| Outcome::Written);
+        }
+        None => None,
+    };
+    let (lease, token, holder) = fence_args(prefix, fence);
     if audit.is_empty() {
         if !claims.is_empty() || !verdicts.is_empty() {
             // (a claim is known taken by its own write when the audit head moved with it, and a
@@ -853,11 +879,12 @@ fn write_rows(
             &mut w.conn,
             Some(w.acknowledgement.write_wait()),
             |c| {
-                let args = 4 + 5 * claims.len() + verdicts.len();
-                let mut call = invocation(&w.linked, prefix, (&w.mark, number), 3, args);
+                let args = 6 + 5 * claims.len() + verdicts.len();
+                let mut call = invocation(&w.linked, prefix, (&w.mark, number), 4, args);
                 call.key(format!("{prefix}{NONCES}"))
                     .key(format!("{prefix}{RATES}"))
                     .key(format!("{prefix}{VERDICTS}"))
+                    .key(&lease)
                     .arg(expected.as_slice())
                     .arg(AUDIT_HEAD)
                     .arg(claims.len());
@@ -872,6 +899,7 @@ fn write_rows(
                 for access in &verdicts {
                     call.arg(access);
                 }
+                call.arg(&token).arg(holder);
                 push_rows(&mut call, prefix, base);
                 push_rows(&mut call, prefix, &linked);
                 call.invoke(c)
@@ -887,6 +915,8 @@ fn write_rows(
             }
             // another replica appended meanwhile: link after its entries
             1 => w.head = Some(detail),
+            // the lease lapsed, or another replica holds it: nothing written
+            4 => return Err(StoreError::Guarded(Guarded::Fenced)),
             _ => return Ok(Outcome::Refused(refused_claims(&detail)?)),
         }
     }

@@ -1228,6 +1228,65 @@ async fn a_grants_group_reads_and_sets_its_writers_mark_with_the_audit_head() {
     assert_eq!(one_chain(&store), vec!["w0-1", "w0-2"], "each entry once");
 }
 
+/// A batch with audit events under a lease (a notice's outcome, recorded with its audit entry)
+/// is written while the lease is its holder's with its token, linked on the audit head as any
+/// other; once another replica took the lease, it is refused whole (`Guarded::Fenced`): neither
+/// its rows nor its audit entry.
+#[tokio::test]
+async fn a_batch_with_audit_events_under_a_lapsed_lease_writes_nothing() {
+    use breakglass::coordination::Coordinator;
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let store = RedisStore::open(&server.url(), "fenced:").unwrap();
+    let coordination = Coordinator::redis(&server.url(), "fenced:", 3).unwrap();
+    let fenced = |n: u64, token: u64| Batch {
+        accesses: vec![access(n)],
+        audit: vec![numbered_event(0, n)],
+        guard: Some(Guard {
+            fence: Some(Fence {
+                lease: "notice:x".into(),
+                holder: "replica-a".into(),
+                token,
+            }),
+            submission: None,
+        }),
+        ..Batch::default()
+    };
+    let held = coordination
+        .lease("notice:x", "replica-a", 300)
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    store.apply(fenced(1, held)).unwrap();
+    // paused past the lease: another replica took it
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    coordination
+        .lease("notice:x", "replica-b", 60_000)
+        .await
+        .unwrap()
+        .expect("the lease lapsed");
+    assert!(matches!(
+        store.apply(fenced(2, held)),
+        Err(StoreError::Guarded(Guarded::Fenced))
+    ));
+    assert!(
+        store.access(&numbered(1)).unwrap().is_some(),
+        "written while held"
+    );
+    assert!(
+        store.access(&numbered(2)).unwrap().is_none(),
+        "not written once passed"
+    );
+    assert_eq!(
+        one_chain(&store),
+        vec!["w0-1"],
+        "its audit entry not written"
+    );
+    // an unguarded write links on as before
+    store.apply(st1_grant(3, crate::support::now())).unwrap();
+    assert_eq!(one_chain(&store), vec!["w0-1", "w0-3"]);
+}
+
 /// A group the writer gave up on (no answer within its wait: a hung server, a network that
 /// holds a segment) is sent again on a new connection, and the writer goes on; when the server
 /// reads the first copy late, after the writer's later groups, it writes nothing: a row the
