@@ -44,8 +44,8 @@ pub struct Notifier {
     templates: Templates,
     settings: NotifySettings,
     /// Attempts made whose outcome the store did not take, by access id: recorded again at
-    /// the notice's next turn instead of being sent again.
-    unrecorded: Mutex<HashMap<AccessId, (Notice, Option<crate::store::Fence>)>>,
+    /// the notice's next turn instead of being sent again (`record_again`).
+    unrecorded: Mutex<HashMap<AccessId, Notice>>,
     /// Where a replica takes a notice's lease before it works on it: one replica at a time
     /// sends a notice.
     coordination: Arc<Coordinator>,
@@ -162,8 +162,8 @@ impl Notifier {
                 break;
             };
             let unrecorded = self.unrecorded_lock().remove(&id);
-            let next = if let Some((notice, fence)) = unrecorded {
-                self.record(notice, now, fence.as_ref()).await
+            let next = if let Some(notice) = unrecorded {
+                self.record_again(notice, now).await
             } else {
                 self.step(&id, now).await
             };
@@ -173,15 +173,13 @@ impl Notifier {
         }
     }
 
-    fn unrecorded_lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<AccessId, (Notice, Option<crate::store::Fence>)>> {
+    fn unrecorded_lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccessId, Notice>> {
         self.unrecorded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records an attempt's outcome (fenced as `save` says); when to look at the notice again,
     /// if ever. An outcome the store does not take is kept, to be recorded (not sent) again in
-    /// 5 s, with the same fence; one fenced off is dropped (the lease lapsed: the replica that
+    /// 5 s (`record_again`); one fenced off is dropped (the lease lapsed: the replica that
     /// takes it next, this one or another, finds the attempt `sending_since` and sends it again
     /// only after ten leases).
     async fn record(
@@ -199,10 +197,82 @@ impl Notifier {
             }
             Err(e) => {
                 tracing::error!(access = %notice.access_id, error = %e, "notice: its attempt could not be recorded; recording it again, not sending it again");
-                self.unrecorded_lock()
-                    .insert(notice.access_id, (notice, fence.cloned()));
+                self.unrecorded_lock().insert(notice.access_id, notice);
                 Some(now + 5)
             }
+        }
+    }
+
+    /// Records again an attempt's outcome the store did not take; never sends it again. With
+    /// replicas, under the notice's lease taken anew (the attempt's own was let go, or lapsed
+    /// while the store was away), and only while the store still has that attempt in flight
+    /// (open, `sending_since`, the same number of attempts): a replica that took the notice
+    /// over since made an attempt of its own, whose record stands.
+    async fn record_again(&self, notice: Notice, now: u64) -> Option<u64> {
+        if !self.replicas() {
+            return self.record(notice, now, None).await;
+        }
+        let id = notice.access_id;
+        let fence = match self.lease(&id, now).await {
+            Ok(fence) => fence,
+            Err(next) => {
+                self.unrecorded_lock().insert(id, notice);
+                return Some(next);
+            }
+        };
+        let next = match self.store.notice(&id) {
+            Ok(Some(stored))
+                if stored.is_open()
+                    && stored.sending_since.is_some()
+                    && stored.attempts == notice.attempts =>
+            {
+                self.record(notice, now, fence.as_ref()).await
+            }
+            Ok(stored) => {
+                tracing::info!(access = %id, "notice: its attempt's outcome is on record, or another replica has made an attempt since; that record stands");
+                stored.filter(Notice::is_open).map(|n| n.next_at)
+            }
+            Err(e) => {
+                tracing::error!(access = %id, error = %e, "notice: could not be read; recording its attempt again later");
+                self.unrecorded_lock().insert(id, notice);
+                Some(now + 5)
+            }
+        };
+        self.let_go(&id).await;
+        next
+    }
+
+    /// Takes the lease of the notice of access `id`: with replicas, the fence its writes go
+    /// with. Else when to look at the notice again (another replica holds it: once it would
+    /// have lapsed).
+    async fn lease(&self, id: &AccessId, now: u64) -> Result<Option<crate::store::Fence>, u64> {
+        let lease = format!("notice:{id}");
+        match self
+            .coordination
+            .lease(&lease, &self.holder, self.lease_ms)
+            .await
+        {
+            // replicas: the notice's writes go with the lease's token, so that a replica
+            // paused past its lease (another took it, and may have sent the notice) writes
+            // nothing and sends nothing when it resumes
+            Ok(Some(token)) => Ok(self.replicas().then(|| crate::store::Fence {
+                lease,
+                holder: self.holder.clone(),
+                token,
+            })),
+            Ok(None) => Err(now + self.lease_ms.div_ceil(1000)),
+            Err(e) => {
+                tracing::error!(access = %id, error = %e, "notice: its lease could not be taken");
+                Err(now + 5)
+            }
+        }
+    }
+
+    /// Lets the lease of the notice of access `id` go (one not let go lapses).
+    async fn let_go(&self, id: &AccessId) {
+        let lease = format!("notice:{id}");
+        if let Err(e) = self.coordination.release(&lease, &self.holder).await {
+            tracing::warn!(access = %id, error = %e, "notice: its lease could not be let go; it lapses");
         }
     }
 
@@ -213,31 +283,12 @@ impl Notifier {
             // nothing to do until the access is on chain: no lease taken for that
             return Some(now + 1);
         }
-        let lease = format!("notice:{id}");
-        let token = match self
-            .coordination
-            .lease(&lease, &self.holder, self.lease_ms)
-            .await
-        {
-            Ok(Some(token)) => token,
-            Ok(None) => return Some(now + self.lease_ms.div_ceil(1000)),
-            Err(e) => {
-                tracing::error!(access = %id, error = %e, "notice: its lease could not be taken");
-                return Some(now + 5);
-            }
+        let fence = match self.lease(id, now).await {
+            Ok(fence) => fence,
+            Err(next) => return Some(next),
         };
-        // replicas: the notice's writes up to its sending go with the lease's token, so that a
-        // replica paused past its lease (another took it, and may have sent the notice) writes
-        // nothing and sends nothing when it resumes
-        let fence = self.replicas().then(|| crate::store::Fence {
-            lease: lease.clone(),
-            holder: self.holder.clone(),
-            token,
-        });
         let next = self.step_held(id, now, fence.as_ref()).await;
-        if let Err(e) = self.coordination.release(&lease, &self.holder).await {
-            tracing::warn!(access = %id, error = %e, "notice: its lease could not be let go; it lapses");
-        }
+        self.let_go(id).await;
         next
     }
 
@@ -646,16 +697,21 @@ mod tests {
         assert!(String::from_utf8_lossy(&rendered.raw).contains("0xfeed"));
     }
 
-    /// Replicas on Redis: a replica that took a notice's lease, then was paused past it (a
-    /// long GC or VM pause) while another replica took the lease (and may have sent the
-    /// notice), neither writes the notice nor sends it when it resumes: its writes go with
-    /// its lease's token, which is no longer the lease's. Before they did, it marked the notice
-    /// as being sent over the other replica's record and sent it a second time.
-    #[tokio::test]
-    async fn a_replica_paused_past_a_notices_lease_neither_writes_nor_sends_it() {
+    /// A notifier of one replica on a Redis of its own (killed when dropped), and a notice
+    /// ready to send (its message rendered and sealed), due now, in its store.
+    struct OnRedis {
+        _redis: tokio::process::Child,
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        coordination: Arc<Coordinator>,
+        settings: Settings,
+        notifier: Notifier,
+        notice: Notice,
+    }
+
+    async fn on_redis() -> OnRedis {
         let dir = tempfile::tempdir().unwrap();
-        // killed when dropped, however the test ends
-        let (_redis, url) = crate::dev::start_redis(&dir.path().join("redis"))
+        let (redis, url) = crate::dev::start_redis(&dir.path().join("redis"))
             .await
             .expect("redis-server must be installed (scripts/test installs the Debian package)");
         let store: Arc<dyn Store> =
@@ -671,11 +727,9 @@ mod tests {
             coordination.clone(),
         )
         .unwrap();
-        // a notice ready to send (its message rendered and sealed), due
-        let now = now_secs();
         let id = access(vec![DataType::Allergies]).id;
         let rendered = rendered(&settings);
-        let mut notice = Notice::new(id, PatientId([7; 32]), now);
+        let mut notice = Notice::new(id, PatientId([7; 32]), now_secs());
         notice.message_id = Some(rendered.message_id.clone());
         notice.message = Some(hex::encode(
             keyring
@@ -694,8 +748,29 @@ mod tests {
         )
         .await
         .expect("the notice is written");
-        // this replica took the lease; paused past it, another replica took it
+        OnRedis {
+            _redis: redis,
+            _dir: dir,
+            store,
+            coordination,
+            settings,
+            notifier,
+            notice,
+        }
+    }
+
+    /// Replicas on Redis: a replica that took a notice's lease, then was paused past it (a
+    /// long GC or VM pause) while another replica took the lease (and may have sent the
+    /// notice), neither writes the notice nor sends it when it resumes: its writes go with
+    /// its lease's token, which is no longer the lease's. Before they did, it marked the notice
+    /// as being sent over the other replica's record and sent it a second time.
+    #[tokio::test]
+    async fn a_replica_paused_past_a_notices_lease_neither_writes_nor_sends_it() {
+        let t = on_redis().await;
+        let (store, coordination, notifier) = (&t.store, &t.coordination, &t.notifier);
+        let (id, now, notice) = (t.notice.access_id, t.notice.due_at, t.notice.clone());
         let lease = format!("notice:{id}");
+        // this replica took the lease; paused past it, another replica took it
         let stale = coordination
             .lease(&lease, &notifier.holder, 1)
             .await
@@ -719,7 +794,7 @@ mod tests {
             next.is_some(),
             "looked at again later, the notice still open"
         );
-        assert!(outbox(&settings.data.dir).is_empty(), "not sent");
+        assert!(outbox(&t.settings.data.dir).is_empty(), "not sent");
         assert_eq!(
             store.notice(&id).unwrap(),
             Some(notice.clone()),
@@ -742,5 +817,84 @@ mod tests {
             audit_before,
             "no audit entry for it"
         );
+    }
+
+    /// Replicas on Redis: an attempt sent whose outcome the store did not take (Redis away a
+    /// moment) is recorded at the notice's next turn under its lease taken anew, not sent
+    /// again. Before, it was recorded with the attempt's own lease, let go meanwhile: the
+    /// record was refused as fenced, and another replica sent the notice again after the
+    /// takeover period. And once another replica has made an attempt of its own since, that
+    /// replica's record stands.
+    #[tokio::test]
+    async fn an_attempt_not_recorded_is_recorded_under_the_lease_taken_again_and_not_sent_again() {
+        let t = on_redis().await;
+        let (store, coordination, notifier) = (&t.store, &t.coordination, &t.notifier);
+        let (id, now, notice) = (t.notice.access_id, t.notice.due_at, t.notice.clone());
+        let lease = format!("notice:{id}");
+        // the attempt as it is on record before the message left, under a lease since let go
+        coordination
+            .lease(&lease, &notifier.holder, 60_000)
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        let mut sending = notice.clone();
+        sending.attempts = 1;
+        sending.first_attempt_at = Some(now);
+        sending.sending_since = Some(now);
+        let write = |n: Notice| {
+            apply_async(
+                store,
+                Batch {
+                    notices: vec![n],
+                    ..Batch::default()
+                },
+            )
+        };
+        write(sending.clone()).await.unwrap();
+        coordination
+            .release(&lease, &notifier.holder)
+            .await
+            .unwrap();
+        // sent; its outcome kept in memory, the store having refused it
+        let mut sent = sending.clone();
+        sent.sending_since = None;
+        sent.state = NoticeState::Sent { at: now };
+        notifier.unrecorded_lock().insert(id, sent.clone());
+        let audit_before = store.audit_head().unwrap();
+        let mut due = BTreeSet::from([(now, id)]);
+        notifier.round(&mut due).await;
+        assert_eq!(store.notice(&id).unwrap(), Some(sent.clone()), "recorded");
+        assert_ne!(
+            store.audit_head().unwrap(),
+            audit_before,
+            "with its audit entry"
+        );
+        assert!(due.is_empty(), "closed");
+        assert!(notifier.unrecorded_lock().is_empty());
+        assert!(outbox(&t.settings.data.dir).is_empty(), "not sent again");
+        assert!(
+            coordination
+                .lease(&lease, "another-replica", 1_000)
+                .await
+                .unwrap()
+                .is_some(),
+            "its lease let go"
+        );
+
+        // another replica took it over since and made an attempt of its own: that one stands
+        let mut theirs = sending.clone();
+        theirs.attempts = 2;
+        write(theirs.clone()).await.unwrap();
+        coordination
+            .release(&lease, "another-replica")
+            .await
+            .unwrap();
+        notifier.unrecorded_lock().insert(id, sent);
+        let mut due = BTreeSet::from([(now, id)]);
+        notifier.round(&mut due).await;
+        assert_eq!(store.notice(&id).unwrap(), Some(theirs), "theirs stands");
+        assert!(notifier.unrecorded_lock().is_empty(), "ours dropped");
+        assert_eq!(due.len(), 1, "looked at again, still open");
+        assert!(outbox(&t.settings.data.dir).is_empty(), "not sent");
     }
 }
