@@ -9,6 +9,10 @@
 -- sent, so many late requests would mean the latencies leave out time spent waiting to be
 -- sent: coordinated omission). Without RATE, every connection sends again as soon as it has
 -- its answer (peak throughput).
+--
+-- OFFSET=<n> starts at the n-th body (a run in slices takes each slice's bodies after the ones
+-- before it: a nonce is used once). HISTOGRAM=<file> appends every latency measured (µs) and
+-- how many requests took it, a line each, so that slices can be pooled (histograms.py --pool).
 local ffi = require("ffi")
 ffi.cdef [[
   typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
@@ -37,7 +41,7 @@ late = 0
 
 function init(args)
   step = tonumber(os.getenv("THREADS") or "1")
-  i = id
+  i = id + tonumber(os.getenv("OFFSET") or "0")
   if method == "POST" then
     for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
   end
@@ -72,6 +76,15 @@ function done(summary, latency, requests)
   io.write(string.format("RESULT rps=%.0f p50_us=%d p90_us=%d p99_us=%d max_us=%d requests=%d non2xx=%d late=%d\n",
     summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(90),
     latency:percentile(99), latency.max, summary.requests, summary.errors.status, late_total))
+  local histogram = os.getenv("HISTOGRAM")
+  if histogram then
+    local f = assert(io.open(histogram, "a"))
+    for k = 1, #latency do
+      local value, count = latency(k)
+      f:write(string.format("%d %d\n", value, count))
+    end
+    f:close()
+  end
 end
 
 local shown = false

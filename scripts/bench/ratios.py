@@ -33,6 +33,13 @@ RATIOS = [
      "crypto + Redis write, ~1000 req/s", "p99", ("at most", 1.25)),
     ("Redis: grant peak / crypto only's", "grant on Redis, peak", "crypto only, peak", "rps",
      ("at least", 0.60)),
+    # the same goals, from the runs alternated slice by slice (`alternate` in scripts/bench/run)
+    ("grant p99 / its floor's, 1,000 req/s, alternated", "break-glass grant, ~1000 req/s, alternated",
+     "crypto + synced write, ~1000 req/s, alternated", "p99", ("at most", 1.25)),
+    ("Redis: grant p99 / its floor's, 1,000 req/s, alternated", "grant on Redis, ~1000 req/s, alternated",
+     "crypto + Redis write, ~1000 req/s, alternated", "p99", ("at most", 1.25)),
+    ("Redis: grant p50 / its floor's, 1,000 req/s, alternated", "grant on Redis, ~1000 req/s, alternated",
+     "crypto + Redis write, ~1000 req/s, alternated", "p50", None),
     # diagnosis, no goal: the grant against a write of as many bytes as its own
     ("Redis: grant p50 / a write of its bytes'", "grant on Redis, ~1000 req/s",
      "crypto + Redis write of a grant's bytes, ~1000 req/s", "p50", None),
