@@ -103,9 +103,14 @@ impl Notifier {
         self.coordination.is_shared()
     }
 
-    /// The open notices, as the store has them now, but those of `known` (not read).
-    fn open_notices(&self, known: &std::collections::HashSet<AccessId>) -> Vec<(u64, AccessId)> {
-        match self.store.open_notices_but(known) {
+    /// The open notices, as the store has them now, but those of `known` (not read), and only
+    /// those next due by `until`, if given.
+    fn open_notices(
+        &self,
+        known: &std::collections::HashSet<AccessId>,
+        until: Option<u64>,
+    ) -> Vec<(u64, AccessId)> {
+        match self.store.open_notices_but(known, until) {
             Ok(open) => open.into_iter().map(|n| (n.next_at, n.access_id)).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "notices: could not read the open notices");
@@ -122,8 +127,10 @@ impl Notifier {
         mut new: mpsc::UnboundedReceiver<(u64, crate::domain::AccessId)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut due: BTreeSet<(u64, AccessId)> =
-            self.open_notices(&Default::default()).into_iter().collect();
+        let mut due: BTreeSet<(u64, AccessId)> = self
+            .open_notices(&Default::default(), None)
+            .into_iter()
+            .collect();
         let mut tick = tokio::time::interval(Duration::from_millis(self.settings.poll_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut scanned = std::time::Instant::now();
@@ -134,10 +141,13 @@ impl Notifier {
                         due.insert(n);
                     }
                     if self.replicas() && scanned.elapsed() >= self.rescan_every {
-                        // other replicas' notices too: each is sent by whoever holds its lease
+                        // other replicas' notices too, each sent by whoever holds its lease:
+                        // those due before the next rescan (a stopped replica's among them),
+                        // read through the index by due time, however many are open
                         let known: std::collections::HashSet<AccessId> =
                             due.iter().map(|(_, id)| *id).collect();
-                        due.extend(self.open_notices(&known));
+                        let until = now_secs() + self.rescan_every.as_secs().max(1);
+                        due.extend(self.open_notices(&known, Some(until)));
                         scanned = std::time::Instant::now();
                     }
                     self.round(&mut due).await;

@@ -560,10 +560,13 @@ pub trait Store: Send + Sync + 'static {
     /// index may still name a few closed while it was built, never miss an open one).
     fn open_counts(&self) -> Result<(u64, u64), StoreError>;
     /// The open notices but those of `known` (which are not read: a replica's rescan reads
-    /// only the notices it does not hold yet).
+    /// only the notices it does not hold yet), and only those next due by `until` (unix
+    /// seconds), if given: read through the index by that time (`OPEN_NOTICES`), so that a
+    /// rescan costs what is due, not what is open.
     fn open_notices_but(
         &self,
         known: &std::collections::HashSet<AccessId>,
+        until: Option<u64>,
     ) -> Result<Vec<Notice>, StoreError>;
     /// The audit log's head (none before its first entry).
     fn audit_head(&self) -> Result<Option<crate::audit::Head>, StoreError>;

@@ -37,6 +37,12 @@ pub(super) trait RowSource {
             .collect()
     }
 
+    /// The keys of index `index` whose rows say they are due by `until` (`due_at`), in key
+    /// order (every row read, unless the backend keeps the index ordered by that time).
+    fn scan_due(&self, index: Table, until: u64) -> Result<Vec<String>, StoreError> {
+        Ok(due_keys(self.scan(index)?, until))
+    }
+
     /// How many rows a table holds (every row read, unless the backend counts them itself).
     fn count(&self, table: Table) -> Result<u64, StoreError> {
         Ok(self.scan(table)?.len() as u64)
@@ -48,23 +54,24 @@ pub(super) trait RowSource {
         Ok(())
     }
 
-    /// The rows of `table` that `index` names (but those whose keys `skip` skips: they are not
-    /// read), decoded, that `keep` keeps: an index may name a row closed since (its build raced
-    /// the write that closed it), never miss an open one.
+    /// The rows of `table` that `index` names (those due by `until`, if given: `scan_due`; but
+    /// those whose keys `skip` skips: they are not read), decoded, that `keep` keeps: an index
+    /// may name a row closed since (its build raced the write that closed it), never miss an
+    /// open one.
     fn indexed<T: DeserializeOwned>(
         &self,
         index: Table,
         table: Table,
+        until: Option<u64>,
         skip: impl Fn(&str) -> bool,
         keep: impl Fn(&T) -> bool,
     ) -> Result<Vec<T>, StoreError> {
         self.open_indexed()?;
-        let keys: Vec<String> = self
-            .scan(index)?
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| !skip(k))
-            .collect();
+        let named = match until {
+            Some(until) => self.scan_due(index, until)?,
+            None => self.scan(index)?.into_iter().map(|(k, _)| k).collect(),
+        };
+        let keys: Vec<String> = named.into_iter().filter(|k| !skip(k)).collect();
         let mut out = Vec::with_capacity(keys.len());
         let mut closed = Vec::new();
         let values = self.get_many(table, &keys)?;
@@ -118,6 +125,14 @@ pub(super) trait RowSource {
             .map(|(k, _)| k.parse().map_err(|e: String| StoreError::Corrupt(k, e)))
             .collect()
     }
+}
+
+/// The keys of an index's `rows` that are due by `until` (`due_at`), in their order.
+pub(super) fn due_keys(rows: Vec<(String, Vec<u8>)>, until: u64) -> Vec<String> {
+    rows.into_iter()
+        .filter(|(_, v)| due_at(v) <= until)
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// The `Store` trait's reads, for an `impl Store` block of a type that implements `RowSource` (with
@@ -181,6 +196,7 @@ macro_rules! typed_reads {
             let mut out = self.indexed(
                 OPEN_SUBMISSIONS,
                 SUBMISSIONS,
+                None,
                 |_| false,
                 Submission::is_open,
             )?;
@@ -265,7 +281,7 @@ macro_rules! typed_reads {
         }
 
         fn open_notices(&self) -> Result<Vec<Notice>, StoreError> {
-            self.indexed(OPEN_NOTICES, NOTICES, |_| false, Notice::is_open)
+            self.indexed(OPEN_NOTICES, NOTICES, None, |_| false, Notice::is_open)
         }
 
         fn open_counts(&self) -> Result<(u64, u64), StoreError> {
@@ -276,10 +292,12 @@ macro_rules! typed_reads {
         fn open_notices_but(
             &self,
             known: &std::collections::HashSet<AccessId>,
+            until: Option<u64>,
         ) -> Result<Vec<Notice>, StoreError> {
             self.indexed(
                 OPEN_NOTICES,
                 NOTICES,
+                until,
                 |key| key.parse().is_ok_and(|id: AccessId| known.contains(&id)),
                 Notice::is_open,
             )

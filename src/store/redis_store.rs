@@ -407,10 +407,20 @@ fn invocation<'a>(
 /// index by access, however long the log).
 const SORTED: [Table; 1] = [AUDIT_BY_ACCESS];
 
-/// Where `table` is kept under `prefix`: a hash, or a sorted set (`SORTED`).
+/// Tables kept as a sorted set scored by their rows' values (a unix time in seconds, as
+/// decimal text: `schema::due_at`): the open notices, by when each is next due, so that a
+/// replica's rescan reads those due soon (`ZRANGEBYSCORE`), not every open notice. A store
+/// written before kept that index as a hash (`<prefix><table>`): the set is built from the
+/// notices by each process's first read of an index (`open_indexed`), and the hash is left
+/// to replicas of the earlier version still running (`deploy/README.md`, upgrading).
+const SCORED: [Table; 1] = [OPEN_NOTICES];
+
+/// Where `table` is kept under `prefix`: a hash, or a sorted set (`SORTED`, `SCORED`).
 fn table_key(prefix: &str, table: Table) -> String {
     if SORTED.contains(&table) {
         format!("{prefix}sorted:{table}")
+    } else if SCORED.contains(&table) {
+        format!("{prefix}due:{table}")
     } else {
         format!("{prefix}{table}")
     }
@@ -431,8 +441,13 @@ fn push_rows(call: &mut redis::ScriptInvocation<'_>, prefix: &str, rows: &Rows) 
             .map_or(rows.len(), |n| start + n);
         let run = &rows[start..end];
         call.key(table_key(prefix, table));
-        let sorted = SORTED.contains(table);
-        if sets && sorted {
+        let sorted = SORTED.contains(table) || SCORED.contains(table);
+        if sets && SCORED.contains(table) {
+            call.arg("ZADD").arg(2 * run.len());
+            for (_, key, value) in run {
+                call.arg(value.as_deref().unwrap_or_default()).arg(key);
+            }
+        } else if sets && sorted {
             call.arg("ZADD").arg(2 * run.len());
             for (_, key, _) in run {
                 call.arg(0).arg(key);
@@ -969,6 +984,10 @@ impl RowSource for RedisStore {
             let score: Option<f64> = self.read(|c| c.zscore(&hash, key))?;
             return Ok(score.map(|_| Vec::new()));
         }
+        if SCORED.contains(&table) {
+            let score: Option<String> = self.read(|c| c.zscore(&hash, key))?;
+            return Ok(score.map(String::into_bytes));
+        }
         let value: Option<Vec<u8>> = self.read(|c| c.hget(&hash, key))?;
         if let (true, Some(v)) = (local, &value) {
             let mut copy = self.local.write().unwrap_or_else(|e| e.into_inner());
@@ -980,7 +999,7 @@ impl RowSource for RedisStore {
     }
 
     fn get_many(&self, table: Table, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        if SORTED.contains(&table) {
+        if SORTED.contains(&table) || SCORED.contains(&table) {
             return keys.iter().map(|k| self.get_raw(table, k)).collect();
         }
         let hash = self.key(table);
@@ -1015,8 +1034,12 @@ impl RowSource for RedisStore {
         if !rows.is_empty() {
             let mut pipe = redis::pipe();
             for (table, key, value) in &rows {
-                pipe.hset(self.key(table), key, value.as_deref().unwrap_or_default())
-                    .ignore();
+                let value = value.as_deref().unwrap_or_default();
+                if SCORED.contains(table) {
+                    pipe.zadd(self.key(table), key, due_at(value)).ignore();
+                } else {
+                    pipe.hset(self.key(table), key, value).ignore();
+                }
             }
             self.read(|c| pipe.query::<()>(c))?;
         }
@@ -1029,6 +1052,9 @@ impl RowSource for RedisStore {
         let key = self.key(table);
         if SORTED.contains(&table) {
             self.sorted_whole()?;
+            return self.read(|c| c.zcard(&key));
+        }
+        if SCORED.contains(&table) {
             return self.read(|c| c.zcard(&key));
         }
         self.read(|c| c.hlen(&key))
@@ -1045,11 +1071,11 @@ impl RowSource for RedisStore {
         static PRUNE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
             redis::Script::new(
                 r"local n = 0
-for i = 1, #ARGV, 3 do
+for i = 2, #ARGV, 3 do
   local now = redis.call('HGET', KEYS[2], ARGV[i]) or ''
   local gone = ARGV[i + 1] == '1'
   if (gone and now == '') or (not gone and now == ARGV[i + 2]) then
-    n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + redis.call(ARGV[1], KEYS[1], ARGV[i])
   end
 end
 return n",
@@ -1057,7 +1083,13 @@ return n",
         });
         for chunk in closed.chunks(UNPACKED / 3) {
             let mut call = PRUNE.prepare_invoke();
-            call.key(self.key(index)).key(self.key(table));
+            call.key(self.key(index))
+                .key(self.key(table))
+                .arg(if SCORED.contains(&index) {
+                    "ZREM"
+                } else {
+                    "HDEL"
+                });
             for (key, value) in chunk {
                 call.arg(key)
                     .arg(if value.is_none() { "1" } else { "0" })
@@ -1073,8 +1105,8 @@ return n",
         Ok(())
     }
 
-    /// In bounded steps (`HSCAN`): the server answers others between them, however large the
-    /// table.
+    /// In bounded steps (`HSCAN`, `ZSCAN`): the server answers others between them, however
+    /// large the table.
     fn scan(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         if SORTED.contains(&table) {
             return self.scan_sorted(table, "");
@@ -1092,6 +1124,42 @@ return n",
         }
         // keys here hold no glob characters
         self.scan_matching(table, &format!("{prefix}*"))
+    }
+
+    /// For a scored index (`SCORED`), only its members due by `until`, by score
+    /// (`ZRANGEBYSCORE`, `SCAN_PAGE` a step, each from the last one's score on, those of that
+    /// score already read skipped), then in key order.
+    fn scan_due(&self, index: Table, until: u64) -> Result<Vec<String>, StoreError> {
+        if !SCORED.contains(&index) {
+            return Ok(super::reads::due_keys(self.scan(index)?, until));
+        }
+        let set = self.key(index);
+        let (mut from, mut at_from) = ("-inf".to_string(), 0usize);
+        let mut keys = Vec::new();
+        loop {
+            let page: Vec<(String, String)> = self.read(|c| {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&set)
+                    .arg(&from)
+                    .arg(until)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(at_from)
+                    .arg(SCAN_PAGE)
+                    .query(c)
+            })?;
+            let last = page.len() < SCAN_PAGE;
+            if let Some((_, score)) = page.last() {
+                let same = page.iter().rev().take_while(|(_, s)| s == score).count();
+                at_from = if *score == from { at_from + same } else { same };
+                from = score.clone();
+            }
+            keys.extend(page.into_iter().map(|(k, _)| k));
+            if last {
+                keys.sort();
+                return Ok(keys);
+            }
+        }
     }
 }
 
@@ -1159,25 +1227,40 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The rows of `table` whose keys match `pattern`, in key order: `HSCAN`, up to a
-    /// thousand fields a step.
+    /// The rows of `table` whose keys match `pattern`, in key order: `HSCAN` (`ZSCAN` for a
+    /// scored table, its members' scores as their values), `SCAN_PAGE` fields a step.
     fn scan_matching(
         &self,
         table: Table,
         pattern: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.hscan(&self.key(table), pattern)
+        let scan = if SCORED.contains(&table) {
+            "ZSCAN"
+        } else {
+            "HSCAN"
+        };
+        self.scan_with(scan, &self.key(table), pattern)
     }
 
     /// The fields of `hash` that match `pattern`, with their values, in key order; read
     /// `SCAN_PAGE` at a time.
     fn hscan(&self, hash: &str, pattern: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.scan_with("HSCAN", hash, pattern)
+    }
+
+    /// `hscan` with `HSCAN` or `ZSCAN` (members and their scores).
+    fn scan_with(
+        &self,
+        scan: &str,
+        key: &str,
+        pattern: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut rows = BTreeMap::new();
         let mut cursor = 0u64;
         loop {
             let (next, found): (u64, Vec<(String, Vec<u8>)>) = self.read(|c| {
-                redis::cmd("HSCAN")
-                    .arg(hash)
+                redis::cmd(scan)
+                    .arg(key)
                     .arg(cursor)
                     .arg("MATCH")
                     .arg(pattern)

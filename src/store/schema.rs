@@ -42,8 +42,11 @@ pub(super) const VERDICTS: Table = "verdicts";
 /// write of an operation (`rows_of`), so that the submitter reads the open ones, not every
 /// operation ever made.
 pub(super) const OPEN_SUBMISSIONS: Table = "open_submissions";
-/// Which notices are open (`Notice::is_open`), by access id, empty values: kept as
-/// `OPEN_SUBMISSIONS` is, for the notifier.
+/// Which notices are open (`Notice::is_open`), by access id, each valued with when it is next
+/// due (`Notice::next_at`, unix seconds as decimal text; a store written before held empty
+/// values, read as 0: due): kept as `OPEN_SUBMISSIONS` is, for the notifier, whose rescan with
+/// replicas reads only the notices due soon (`RowSource::scan_due`; Redis keeps this index as
+/// a set scored by that time).
 pub(super) const OPEN_NOTICES: Table = "open_notices";
 /// New tables go last: a journal frame names a table by its index here.
 pub(super) const TABLES: [Table; 21] = [
@@ -132,8 +135,9 @@ pub(super) fn open_index_rows(
         }
     }
     for (id, v) in notices {
-        if dec::<Notice>(id, v)?.is_open() {
-            indexed(&mut out, OPEN_NOTICES, id.clone(), true);
+        let notice = dec::<Notice>(id, v)?;
+        if notice.is_open() {
+            due(&mut out, id.clone(), Some(notice.next_at));
         }
     }
     Ok(out)
@@ -142,6 +146,25 @@ pub(super) fn open_index_rows(
 /// Where `open` is kept in `index`: a row while it is open, none after.
 fn indexed(out: &mut Rows, index: Table, key: String, open: bool) {
     out.push((index, key, open.then(Vec::new)));
+}
+
+/// Where a notice is kept in `OPEN_NOTICES`: while it is open, a row valued with when it is
+/// next due; none after.
+fn due(out: &mut Rows, key: String, next_at: Option<u64>) {
+    out.push((
+        OPEN_NOTICES,
+        key,
+        next_at.map(|t| t.to_string().into_bytes()),
+    ));
+}
+
+/// When an `OPEN_NOTICES` row says its notice is next due (an empty value, as a store written
+/// before held: 0, due now).
+pub(super) fn due_at(value: &[u8]) -> u64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The META key of the last journal frame applied to redb.
@@ -241,7 +264,11 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
         batch.notices.iter().map(|n| (n.access_id.to_string(), n)),
     )?;
     for n in &batch.notices {
-        indexed(&mut out, OPEN_NOTICES, n.access_id.to_string(), n.is_open());
+        due(
+            &mut out,
+            n.access_id.to_string(),
+            n.is_open().then_some(n.next_at),
+        );
     }
     for (p, e) in &batch.directory {
         out.push((DIRECTORY, p.to_string(), e.as_ref().map(enc).transpose()?));

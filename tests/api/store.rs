@@ -276,11 +276,37 @@ pub fn conformance(store: &dyn Store) {
         })
         .unwrap();
     let known = std::collections::HashSet::from([due.access_id]);
-    assert_eq!(store.open_notices_but(&known).unwrap(), vec![also.clone()]);
     assert_eq!(
-        store.open_notices_but(&Default::default()).unwrap().len(),
+        store.open_notices_but(&known, None).unwrap(),
+        vec![also.clone()]
+    );
+    assert_eq!(
+        store
+            .open_notices_but(&Default::default(), None)
+            .unwrap()
+            .len(),
         2
     );
+    // and, given a time, only those due by it (a replica's rescan: what is due soon, not all
+    // that is open), as each is next due now: a retry's later time moves it
+    let by = |until| due_by(store, &Default::default(), until);
+    assert_eq!(by(9), vec![], "none due yet");
+    assert_eq!(by(10), vec![due.access_id]);
+    assert_eq!(by(20), vec![due.access_id, also.access_id]);
+    assert_eq!(due_by(store, &known, 20), vec![also.access_id]);
+    let retried = Notice {
+        next_at: 30,
+        attempts: 1,
+        ..due.clone()
+    };
+    store
+        .apply(Batch {
+            notices: vec![retried],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(by(20), vec![also.access_id], "retried at 30");
+    assert_eq!(by(30), vec![due.access_id, also.access_id]);
     store
         .apply(Batch {
             notices: vec![Notice {
@@ -290,7 +316,8 @@ pub fn conformance(store: &dyn Store) {
             ..Batch::default()
         })
         .unwrap();
-    assert!(store.open_notices_but(&known).unwrap().is_empty());
+    assert!(store.open_notices_but(&known, None).unwrap().is_empty());
+    assert!(store.open_notices_but(&known, Some(30)).unwrap().is_empty());
     store
         .apply(Batch {
             notices: vec![Notice {
@@ -305,6 +332,20 @@ pub fn conformance(store: &dyn Store) {
     assert_eq!(store.open_counts().unwrap().1, 0);
 
     audit_conformance(store);
+}
+
+/// The open notices next due by `until` but those of `known`, as a replica's rescan reads them.
+fn due_by(
+    store: &dyn Store,
+    known: &std::collections::HashSet<AccessId>,
+    until: u64,
+) -> Vec<AccessId> {
+    store
+        .open_notices_but(known, Some(until))
+        .unwrap()
+        .into_iter()
+        .map(|n| n.access_id)
+        .collect()
 }
 
 /// Many operations and notices made and closed, a few left open: what the index holds.
@@ -1354,9 +1395,10 @@ fn a_group_the_writer_gave_up_on_is_sent_again_and_never_lands_after_a_later_one
     assert_ne!(value(), Some(second), "the writer goes on");
 }
 
-/// As on redb (`redb_keeps_an_index_of_what_is_open_…`): the index hashes name the open
-/// operations and notices only, and a store written before them has them built at its first
-/// read of one.
+/// As on redb (`redb_keeps_an_index_of_what_is_open_…`): the indexes name the open operations
+/// (a hash) and notices (a set scored by when each is next due) only, and a store written
+/// before them (or with the notices' index as a hash, as before it was scored) has them built
+/// at its first read of one.
 #[test]
 fn redis_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -1376,12 +1418,37 @@ fn redis_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
         fields(&mut conn, "index:open_submissions"),
         expected_open().0
     );
-    assert_eq!(fields(&mut conn, "index:open_notices").len(), 3);
+    let due: Vec<(String, u64)> = redis::cmd("ZRANGE")
+        .arg("index:due:open_notices")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        due,
+        expected_open()
+            .1
+            .iter()
+            .map(|id| (
+                id.to_string(),
+                u64::from_be_bytes(id.0[..8].try_into().unwrap())
+            ))
+            .collect::<Vec<_>>(),
+        "each open notice scored by when it is due (notice i: at i)"
+    );
     assert_eq!(fields(&mut conn, "index:submissions").len(), 300);
-    // as a store of an earlier version left it: no index, no mark
+    // as a store of an earlier version left it: no index, no mark; or the notices' index as
+    // the hash it was before it was scored
     let _: () = redis::cmd("DEL")
         .arg("index:open_submissions")
+        .arg("index:due:open_notices")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
         .arg("index:open_notices")
+        .arg(numbered(7).to_string())
+        .arg("")
         .query(&mut conn)
         .unwrap();
     let _: () = redis::cmd("HDEL")
@@ -1406,10 +1473,10 @@ fn redis_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
         .arg("")
         .query(&mut conn)
         .unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg("index:open_notices")
+    let _: () = redis::cmd("ZADD")
+        .arg("index:due:open_notices")
+        .arg(8)
         .arg(numbered(8).to_string())
-        .arg("")
         .query(&mut conn)
         .unwrap();
     assert_eq!(store.open_counts().unwrap(), (5, 4));
@@ -1419,6 +1486,36 @@ fn redis_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
         fields(&mut conn, "index:open_submissions"),
         expected_open().0
     );
+    // a rescan's read of what is due reads the set by score, however many are open
+    let due = |until| due_by(&store, &Default::default(), until);
+    assert_eq!(due(6), vec![]);
+    assert_eq!(due(107), vec![numbered(7), numbered(107)]);
+    // read a page at a time: many due at the same second, over several pages, all read once
+    store
+        .apply(Batch {
+            notices: (1000..1280u64)
+                .map(|i| {
+                    Notice::new(
+                        numbered(i),
+                        PatientId([1; 32]),
+                        if i < 1250 { 500 } else { 501 },
+                    )
+                })
+                .collect(),
+            ..Batch::default()
+        })
+        .unwrap();
+    let at_500 = due(500);
+    assert_eq!(at_500.len(), 3 + 250);
+    assert_eq!(
+        at_500
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        253,
+        "none twice"
+    );
+    assert_eq!(due(501).len(), 3 + 280);
 }
 
 /// A Redis server at its `maxmemory` (under `noeviction`, the one policy a store opens on)
