@@ -181,7 +181,15 @@ pub struct OnCall {
     shared: bool,
     /// When the stored state was last read (unix ms).
     reloaded_ms: std::sync::atomic::AtomicU64,
+    /// Whether a read of the stored state for a "not on call" answer is still going on (off the
+    /// request's thread: `reload_within`).
+    reading: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How long a "not on call" answer waits for its read of the shared state: a store that does
+/// not answer in time (hung) leaves the answer to the state as last read, and a request is not
+/// held for the store's read timeouts (seconds).
+const FRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A "not on call" answer reads the shared state again only if it was read longer ago than
 /// this: a stream of refusals costs one read of it per interval, not one per request.
@@ -288,6 +296,7 @@ impl OnCall {
         Ok(OnCall {
             shared: false,
             reloaded_ms: std::sync::atomic::AtomicU64::new(0),
+            reading: Arc::default(),
             mapping: Mapping::load(settings.mapping.as_deref(), store.clone())?,
             store,
             roster_file,
@@ -317,6 +326,47 @@ impl OnCall {
         self.reloaded_ms
             .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
         let (stored, synced) = read_stored(self.store.as_ref())?;
+        self.take_stored(stored, synced);
+        Ok(())
+    }
+
+    /// `reload` for a "not on call" answer: the read on a thread of its own, waited for at most
+    /// `FRESH_WAIT` (else the answer is the state as last read, and the read, when it comes,
+    /// is dropped: the periodic `reload` takes the state then); none while one is going on.
+    fn reload_within(&self) {
+        use std::sync::atomic::Ordering;
+        if self.reading.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.reloaded_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
+        let (store, reading) = (self.store.clone(), self.reading.clone());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("oncall-read".into())
+            .spawn(move || {
+                let _ = tx.send(read_stored(store.as_ref()));
+                reading.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.reading.store(false, Ordering::Release);
+            tracing::warn!(error = %e, "on-call: the shared state could not be read again");
+            return;
+        }
+        match rx.recv_timeout(FRESH_WAIT) {
+            Ok(Ok((stored, synced))) => self.take_stored(stored, synced),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "on-call: the shared state could not be read again")
+            }
+            Err(_) => tracing::warn!(
+                waited_ms = FRESH_WAIT.as_millis() as u64,
+                "on-call: the shared state did not answer in time; answered from the state last read"
+            ),
+        }
+    }
+
+    /// Takes the stored state just read as this replica's.
+    fn take_stored(&self, stored: State, synced: HashMap<String, u64>) {
         {
             let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
             for (source, at) in synced {
@@ -336,7 +386,6 @@ impl OnCall {
             state.seen.entry(k).or_insert(until);
         }
         state.sweep(now_secs(), self.incident_max_secs);
-        Ok(())
     }
 
     /// Reads the stored state again if other replicas share it; a failed read is logged and
@@ -357,7 +406,7 @@ impl OnCall {
             Lookup::NotOnCall
                 if self.shared && crate::clock::now_ms().saturating_sub(read_ms) >= FRESH_MS =>
             {
-                self.reload_if_shared();
+                self.reload_within();
                 self.lookup(principal, now)
             }
             found => found,

@@ -2011,6 +2011,19 @@ fn on_call_state_from_one_replica_is_read_by_another() {
     );
     b.reload().unwrap();
     assert!(matches!(b.lookup(&nurse, now), Lookup::NotOnCall));
+    // a hung Redis: "not on call" is answered from the state last read within its short
+    // wait, not after the store's read timeouts (1.5 s, then once more), which held a grant
+    // past its own 5 s wait for its write
+    server.pause();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let asked = std::time::Instant::now();
+    assert!(matches!(b.lookup_fresh(&nurse, now), Lookup::NotOnCall));
+    let waited = asked.elapsed();
+    server.resume();
+    assert!(
+        waited < std::time::Duration::from_secs(1),
+        "answered after {waited:?}"
+    );
 }
 
 /// A Redis primary and its replica, their files under `dir`.
