@@ -503,8 +503,13 @@ pub fn signed(key: &str, patient: &str, data_types: &[&str], nonce: u64, issued_
 }
 
 pub async fn post(app: &Application, body: &str) -> (u16, Json) {
+    post_at(app.api_addr, body).await
+}
+
+/// `post` to the service at `addr`.
+pub async fn post_at(addr: std::net::SocketAddr, body: &str) -> (u16, Json) {
     let res = reqwest::Client::new()
-        .post(format!("http://{}/v1/break-glass", app.api_addr))
+        .post(format!("http://{addr}/v1/break-glass"))
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
