@@ -19,6 +19,7 @@ mod reads;
 mod redb_store;
 mod redis_primary;
 mod redis_store;
+mod redis_writer;
 mod schema;
 mod segments;
 mod writer;

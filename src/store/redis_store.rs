@@ -9,8 +9,8 @@
 //! before Redis 7.0; a full server refuses each write whole (`conditional`), and `writable` says
 //! so.
 //!
-//! One writer thread takes every batch waiting at that moment and writes them in one round
-//! trip: a script that writes their rows, or, with audit events, one that links them on the
+//! The writer (`redis_writer.rs`) takes every batch waiting at that moment and writes them in
+//! one round trip, with up to two such groups in flight on its connection: a script that writes their rows, or, with audit events, one that links them on the
 //! audit head the writer expects (the head it last wrote: a replica's own writes need no read
 //! of it). The audit log has one order across every writer: if another replica moved the head
 //! meanwhile, the script writes nothing and answers the head as it is, and the group is linked
@@ -18,8 +18,8 @@
 //! the clinician's rate), so that a grant on Redis costs one synced write in all; a batch whose
 //! claim does not hold is answered `Guarded` and the rest of its group written without it.
 //!
-//! A dropped connection is opened again and the command retried once, so a restarted server is
-//! used again as soon as it answers (a retry that finds its group written, by the writer's
+//! A dropped connection is opened again and the command (the writer: its groups in flight)
+//! sent again once, so a restarted server is used again as soon as it answers (a retry that finds its group written, by the writer's
 //! mark written with it, is done: `conditional`). Reads give up on a server that does not
 //! answer within `READ_TIMEOUT`, the writer within `WRITE_TIMEOUT` (then it tries once more,
 //! on the primary as it is then): every write checks the writer's mark first, so a group it
@@ -40,6 +40,8 @@ use redis::{Commands, Connection};
 
 use super::reads::RowSource;
 use super::redis_primary::{must_reconnect, Primary, RedisTarget};
+pub use super::redis_writer::Acknowledgement;
+use super::redis_writer::{Call, Job, Writer};
 use super::schema::*;
 use super::writer::Reply;
 use super::*;
@@ -61,15 +63,15 @@ const LOCAL_MAX: usize = 200_000;
 /// The local copy, and how many writes changed it (a read from Redis is kept only if none
 /// did while it read: it could be older than the write).
 #[derive(Default)]
-struct LocalRows {
+pub(super) struct LocalRows {
     rows: std::collections::HashMap<(Table, String), Vec<u8>>,
     writes: u64,
 }
 
-type Local = std::sync::Arc<std::sync::RwLock<LocalRows>>;
+pub(super) type Local = std::sync::Arc<std::sync::RwLock<LocalRows>>;
 
 /// Applies written rows to the local copy.
-fn remember(local: &Local, rows: &Rows) {
+pub(super) fn remember(local: &Local, rows: &Rows) {
     if !rows.iter().any(|(table, _, _)| LOCAL.contains(table)) {
         return;
     }
@@ -100,7 +102,7 @@ pub struct RedisStore {
     local: Local,
     /// Connections for reads, each used by one reader at a time.
     reads: Vec<Mutex<Option<Connection>>>,
-    writer: Option<mpsc::Sender<super::writer::Job>>,
+    writer: Option<tokio::sync::mpsc::UnboundedSender<Job>>,
     thread: Option<JoinHandle<()>>,
     /// Whether this process made the open indexes whole (`open_index_rows`): at the first
     /// read of one, since the server may be away when the store opens.
@@ -120,12 +122,12 @@ impl Drop for RedisStore {
     }
 }
 
-fn redis_err(e: redis::RedisError) -> StoreError {
+pub(super) fn redis_err(e: redis::RedisError) -> StoreError {
     StoreError::Backend(format!("redis: {e}"))
 }
 
 /// How long opening a connection may take before the server counts as unreachable.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+pub(super) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// How long a read may wait for its answer before the server counts as unreachable (a hung
 /// server, or a host gone without a reset, would otherwise hold the caller until TCP gives up).
@@ -141,7 +143,7 @@ const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500)
 /// copy may still land: its access is then recorded (on chain, notified) without a token, as
 /// one the replicas did not acknowledge in time is. A grant does not wait this long
 /// (`access::grant`).
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs `f` on the connection in `slot`, opening it if needed (to the primary as it is now:
 /// `Primary`, within `CONNECT_TIMEOUT`, its answers awaited at most `answer_within`); a
@@ -228,29 +230,23 @@ impl RedisStore {
         if let Some(too_old) = server.as_deref().and_then(too_old) {
             return Err(StoreError::Backend(too_old));
         }
-        let (writer, jobs) = mpsc::channel::<super::writer::Job>();
+        let (writer, jobs) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let local = Local::default();
-        let write_local = local.clone();
-        let write_primary = primary.clone();
-        let write_prefix = prefix.to_string();
         let metrics = GroupMetrics::new(GroupWriter::Redis);
-        let (writes, batches, waits) = (
-            metrics.writes.clone(),
-            metrics.batches.clone(),
-            metrics.waits.clone(),
+        let w = Writer::new(
+            primary.clone(),
+            prefix,
+            local.clone(),
+            acknowledgement,
+            metrics.clone(),
         );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(backend)?;
         let thread = std::thread::Builder::new()
             .name("redis-writer".into())
-            .spawn(move || {
-                let mut w = Writer::new(write_local, acknowledgement);
-                while let Ok(first) = jobs.recv() {
-                    let waiting = super::writer::group(first, &jobs, &waits);
-                    let (started, size) = (std::time::Instant::now(), waiting.len());
-                    write_group(&write_primary, &mut w, &write_prefix, waiting);
-                    writes.observe(started.elapsed().as_secs_f64());
-                    batches.observe(size as f64);
-                }
-            })
+            .spawn(move || runtime.block_on(super::redis_writer::run(w, jobs)))
             .map_err(backend)?;
         Ok(RedisStore {
             primary,
@@ -308,9 +304,12 @@ pub const RATES: &str = "rates";
 
 /// A script of one of the writer's groups (`invocation`): first {3, ''} if the writer wrote
 /// it already, its mark (a field of `META`, key 1, named by argument 3) holding the group's
-/// number (argument 4) or a later one, so that a group lands once and never after a later one
-/// of its writer (one sent again after its answer was lost, or given up on and read late by
-/// the server from the connection the writer dropped). That answer comes after a write (the
+/// number or a later one (argument 4 is `<number>:<after>`), so that a group lands once and
+/// never after a later one of its writer (one sent again after its answer was lost, or given
+/// up on and read late by the server from the connection the writer dropped). Then {5, ''},
+/// nothing written, unless the mark holds `after` (the group sent before it, still in flight
+/// then; 0: none) or a later one: a group sent behind another is written only after it. That
+/// answer comes after a write (the
 /// mark set again as it is), so that a `WAIT` that follows on the connection (the writer's
 /// `Acknowledgement`) counts the replicas that have the group: from Redis 7.2 on, `WAIT`
 /// waits only for the connection's own last write, and a new connection that wrote nothing
@@ -323,7 +322,7 @@ pub const RATES: &str = "rates";
 /// `UNPACKED` and `FORGET_AT_ONCE` as Lua locals of the same names. Given `also`, the checks
 /// also find the `META` field named by that argument in the local `also` (false if none), read
 /// with the mark in one command. The mark is set last, by the rows' last command if that one
-/// sets fields of `META` (`write` puts `META`'s rows last), else by a command of its own: each
+/// sets fields of `META` (the writer puts `META`'s rows last), else by a command of its own: each
 /// command a script calls costs Redis a few microseconds beside its work, and a grant's group
 /// writes the audit head there.
 fn conditional(checks: &str, also: Option<usize>, done: &str) -> redis::Script {
@@ -339,10 +338,12 @@ fn conditional(checks: &str, also: Option<usize>, done: &str) -> redis::Script {
     redis::Script::new(&format!(
         r"#!lua
 {read}
-if (tonumber(marked) or 0) >= tonumber(ARGV[4]) then
+local number, after = string.match(ARGV[4], '^(%d+):(%d+)$')
+if (tonumber(marked) or 0) >= tonumber(number) then
   redis.call('HSET', KEYS[1], ARGV[3], marked)
   return {{3, ''}}
 end
+if (tonumber(marked) or 0) < tonumber(after) then return {{5, ''}} end
 local UNPACKED, FORGET_AT_ONCE = {UNPACKED}, {FORGET_AT_ONCE}
 local function each(op, key, list, first, last)
   local out = {{}}
@@ -359,14 +360,14 @@ local mark = true
 for i = tonumber(ARGV[1]), #KEYS do
   local op, last = ARGV[a], a + 1 + tonumber(ARGV[a + 1])
   if i == #KEYS and op == 'HSET' and KEYS[i] == KEYS[1] and last - a < UNPACKED then
-    redis.call('HSET', KEYS[1], ARGV[3], ARGV[4], unpack(ARGV, a + 2, last))
+    redis.call('HSET', KEYS[1], ARGV[3], number, unpack(ARGV, a + 2, last))
     mark = false
   else
     each(op, KEYS[i], ARGV, a + 2, last)
   end
   a = last + 1
 end
-if mark then redis.call('HSET', KEYS[1], ARGV[3], ARGV[4]) end
+if mark then redis.call('HSET', KEYS[1], ARGV[3], number) end
 return {done}
 "
     ))
@@ -384,20 +385,20 @@ const SCAN_PAGE: usize = 100;
 const UNPACKED: usize = 4000;
 
 /// Starts a `conditional` script's call for group `number` of the writer whose mark is
-/// `mark`, under `prefix`, whose checks take `keys` more keys and `args` more arguments.
-fn invocation<'a>(
-    script: &'a redis::Script,
+/// `mark`, sent behind its group `after` (0: none in flight), under `prefix`, whose checks
+/// take `keys` more keys and `args` more arguments.
+pub(super) fn invocation(
     prefix: &str,
-    (mark, number): (&str, u64),
+    (mark, number, after): (&str, u64, u64),
     keys: usize,
     args: usize,
-) -> redis::ScriptInvocation<'a> {
-    let mut call = script.prepare_invoke();
+) -> Call {
+    let mut call = Call::default();
     call.key(format!("{prefix}{META}"))
         .arg(keys + 2)
         .arg(args + 5)
         .arg(mark)
-        .arg(number);
+        .arg(format!("{number}:{after}"));
     call
 }
 
@@ -430,7 +431,7 @@ fn table_key(prefix: &str, table: Table) -> String {
 /// (set, delete) as one command: its table's key; `HSET` or `HDEL` (`ZADD` or `ZREM` for a
 /// sorted table), how many arguments follow, and the fields with their values (members with
 /// their score) as arguments. Runs keep the rows' order, so a later write of a row wins.
-fn push_rows(call: &mut redis::ScriptInvocation<'_>, prefix: &str, rows: &Rows) {
+pub(super) fn push_rows(call: &mut Call, prefix: &str, rows: &Rows) {
     let mut start = 0;
     while start < rows.len() {
         let (table, _, first) = &rows[start];
@@ -471,7 +472,7 @@ fn push_rows(call: &mut redis::ScriptInvocation<'_>, prefix: &str, rows: &Rows) 
 /// A guarded batch: the lease's token and holder (key 2, arguments 5 and 8) and the operation's
 /// row (argument 6 in key 3, argument 7 its value) are checked, and the rows written.
 /// {0, ''}: written; {1, ''}: fenced; {2, ''}: changed; {3, ''}: written already.
-fn guarded_script() -> redis::Script {
+pub(super) fn guarded_script() -> redis::Script {
     conditional(
         r"if ARGV[5] ~= '' then
   local lease = redis.call('HMGET', KEYS[2], 'fence', 'holder')
@@ -484,7 +485,7 @@ if ARGV[6] ~= '' and redis.call('HGET', KEYS[3], ARGV[6]) ~= ARGV[7] then return
 }
 
 /// A group without audit events or conditions: {0, ''}, written; or {3, ''}, written already.
-fn plain_script() -> redis::Script {
+pub(super) fn plain_script() -> redis::Script {
     conditional("", None, "{0, ''}")
 }
 
@@ -514,7 +515,7 @@ const FORGET_AT_ONCE: usize = 16;
 /// (the token empty: no lease). A nonce past its time counts as unused (its request is
 /// refused as stale before it is claimed); `FORGET_AT_ONCE` of them at most are forgotten by a
 /// write, so that no write does a burst's worth of work.
-fn linked_script() -> redis::Script {
+pub(super) fn linked_script() -> redis::Script {
     conditional(
         r"local head = also or ''
 if head ~= ARGV[5] then return {1, head} end
@@ -585,7 +586,7 @@ end",
 
 /// A fence as a script checks it: the lease's key, its token and its holder (with none, a
 /// key no lease has and an empty token: nothing to check).
-fn fence_args<'a>(prefix: &str, fence: Option<&'a Fence>) -> (String, String, &'a str) {
+pub(super) fn fence_args<'a>(prefix: &str, fence: Option<&'a Fence>) -> (String, String, &'a str) {
     match fence {
         Some(f) => (
             lease_key(prefix, &f.lease),
@@ -594,380 +595,6 @@ fn fence_args<'a>(prefix: &str, fence: Option<&'a Fence>) -> (String, String, &'
         ),
         None => (format!("{prefix}lease:"), String::new(), ""),
     }
-}
-
-fn guarded(
-    primary: &Primary,
-    w: &mut Writer,
-    prefix: &str,
-    guard: &Guard,
-    rows: &Rows,
-    number: u64,
-) -> Result<(), StoreError> {
-    let (lease, token, holder) = fence_args(prefix, guard.fence.as_ref());
-    let (id, expected) = match &guard.submission {
-        Some(s) => (s.id.clone(), enc(s)?),
-        None => (String::new(), Vec::new()),
-    };
-    let (answer, _): (i64, Vec<u8>) = with(
-        primary,
-        &mut w.conn,
-        Some(w.acknowledgement.write_wait()),
-        |c| {
-            let mut call = invocation(&w.guarded, prefix, (&w.mark, number), 2, 4);
-            call.key(&lease)
-                .key(format!("{prefix}{SUBMISSIONS}"))
-                .arg(&token)
-                .arg(&id)
-                .arg(expected.as_slice())
-                .arg(holder);
-            push_rows(&mut call, prefix, rows);
-            call.invoke(c)
-        },
-    )?;
-    match answer {
-        0 | 3 => Ok(()),
-        1 => Err(StoreError::Guarded(Guarded::Fenced)),
-        _ => Err(StoreError::Guarded(Guarded::Changed)),
-    }
-}
-
-/// The batches waiting for the writer, in order: each run of unguarded ones together
-/// (`write_together`), each guarded one alone (its conditions are its own).
-fn write_group(primary: &Primary, w: &mut Writer, prefix: &str, waiting: Vec<(Batch, Reply)>) {
-    let mut group = Vec::new();
-    for (batch, reply) in waiting {
-        if batch.guard.is_some() {
-            write_together(primary, w, prefix, std::mem::take(&mut group));
-            reply.send(write(primary, w, prefix, &[&batch]).map(|_| ()));
-        } else {
-            group.push((batch, reply));
-        }
-    }
-    write_together(primary, w, prefix, group);
-}
-
-/// Writes `group` as one script (one append-only-file sync for all of them: a
-/// group commit; every caller in it gets its result). The batches whose claims did not hold
-/// are answered with why, and the others written again without them.
-fn write_together(primary: &Primary, w: &mut Writer, prefix: &str, mut group: Vec<(Batch, Reply)>) {
-    while !group.is_empty() {
-        let batches: Vec<&Batch> = group.iter().map(|(batch, _)| batch).collect();
-        let refused = match write(primary, w, prefix, &batches) {
-            Ok(Outcome::Written) => Vec::new(),
-            Ok(Outcome::Refused(refused)) => refused,
-            Err(e) => return answer_all(group, Err(e)),
-        };
-        if refused.is_empty() {
-            return answer_all(group, Ok(()));
-        }
-        // claim i of the group is its owner's; after the claims, the verdicts (`linked_script`)
-        let owners: Vec<usize> = group
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (batch, _))| std::iter::repeat_n(i, batch.claims.len()))
-            .chain(
-                group
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, (batch, _))| std::iter::repeat_n(i, batch.verdicts.len())),
-            )
-            .collect();
-        let why: std::collections::HashMap<usize, Guarded> = refused
-            .into_iter()
-            .filter_map(|(claim, why)| owners.get(claim).map(|owner| (*owner, why)))
-            .collect();
-        let mut kept = Vec::with_capacity(group.len());
-        if why.is_empty() {
-            let e = backend("redis: the write named claims it was not given");
-            return answer_all(group, Err(e));
-        }
-        for (i, (batch, reply)) in group.into_iter().enumerate() {
-            match why.get(&i) {
-                Some(why) => reply.send(Err(StoreError::Guarded(*why))),
-                None => kept.push((batch, reply)),
-            }
-        }
-        group = kept;
-    }
-}
-
-/// Gives every caller in `group` the same `result`.
-fn answer_all(group: Vec<(Batch, Reply)>, result: Result<(), StoreError>) {
-    for (_, reply) in group {
-        reply.send(result.clone());
-    }
-}
-
-/// What a write found: written, or the claims (by their place in the batch) that did not hold.
-enum Outcome {
-    Written,
-    Refused(Vec<(usize, Guarded)>),
-}
-
-/// The writer thread's connection and what it knows of the audit head (the encoded head it
-/// last wrote or read: a replica's own writes need no read of it).
-pub(super) struct Writer {
-    conn: Option<Connection>,
-    head: Option<Vec<u8>>,
-    /// This writer's field in `META` (`written:<replica>:<random>`, one per writer ever
-    /// started) and the number of the last group it sent (each group its own, whatever its
-    /// answer; a retry of a group sends its number again): what the mark is checked against.
-    mark: String,
-    groups: u64,
-    linked: redis::Script,
-    guarded: redis::Script,
-    plain: redis::Script,
-    local: Local,
-    acknowledgement: Acknowledgement,
-}
-
-impl Writer {
-    fn new(local: Local, acknowledgement: Acknowledgement) -> Writer {
-        // random: a process started again (in a container, with the same host name and pid)
-        // must not take an old mark for its own
-        let run: u64 = secp256k1::rand::random();
-        Writer {
-            conn: None,
-            head: None,
-            mark: format!("written:{}:{run:016x}", crate::coordination::replica_id()),
-            groups: 0,
-            linked: linked_script(),
-            guarded: guarded_script(),
-            plain: plain_script(),
-            local,
-            acknowledgement,
-        }
-    }
-}
-
-/// How many of the server's replicas must have a write before it counts as done (`WAIT`
-/// after every write), and how long to wait for them. With none (the default) a write is done
-/// once the server synced it to its own append-only file. A write the replicas did not
-/// acknowledge in time is an error for its callers (no token is issued on it), although the
-/// server has it: it is kept, and replicated once they are back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Acknowledgement {
-    pub replicas: u32,
-    pub timeout_ms: u64,
-}
-
-impl Acknowledgement {
-    /// How long the writer waits for a write's answer, its `WAIT` included, before it drops
-    /// the connection (and tries once more on a new one, found anew: a Sentinel names the
-    /// primary as it is now).
-    fn write_wait(&self) -> std::time::Duration {
-        WRITE_TIMEOUT + std::time::Duration::from_millis(self.timeout_ms)
-    }
-}
-
-/// One batch (or a group of them, in order, as if merged: `Batch::merge`), one round trip: a
-/// script (`plain_script`, `guarded_script`), or, with audit events, the one that writes them
-/// linked on the head it expects (linked again when another writer moved it) and takes their
-/// claims. What it wrote is remembered in the local copy.
-fn write(
-    primary: &Primary,
-    w: &mut Writer,
-    prefix: &str,
-    batches: &[&Batch],
-) -> Result<Outcome, StoreError> {
-    let mut base = Rows::new();
-    for batch in batches {
-        base.extend(rows_of(batch)?);
-    }
-    // each table's rows together (one command each), in their order within the table, so that
-    // a later write of a row still wins; `META`'s last, so that the group's mark is set with
-    // them (`conditional`)
-    base.sort_by_key(|(table, _, _)| (*table == META, *table));
-    let outcome = write_rows(primary, w, prefix, batches, &base)?;
-    if let Outcome::Written = outcome {
-        remember(&w.local, &base);
-        acknowledged(w)?;
-    }
-    Ok(outcome)
-}
-
-/// Waits until the replicas the writer needs have what it wrote (`Acknowledgement`).
-fn acknowledged(w: &mut Writer) -> Result<(), StoreError> {
-    let Acknowledgement {
-        replicas,
-        timeout_ms,
-    } = w.acknowledgement;
-    if replicas == 0 {
-        return Ok(());
-    }
-    // on the connection that wrote, or not at all: `WAIT` counts the replicas that have this
-    // connection's writes, and a new connection has none (it would be acknowledged at once)
-    let Some(conn) = w.conn.as_mut() else {
-        return Err(backend("redis: the connection that wrote is gone"));
-    };
-    let acked: u32 = redis::cmd("WAIT")
-        .arg(replicas)
-        .arg(timeout_ms)
-        .query(conn)
-        .map_err(|e| {
-            if must_reconnect(&e) {
-                w.conn = None;
-            }
-            redis_err(e)
-        })?;
-    if acked < replicas {
-        return Err(StoreError::Backend(format!(
-            "redis: written, but acknowledged by {acked} of the {replicas} replicas needed within {timeout_ms} ms"
-        )));
-    }
-    Ok(())
-}
-
-fn write_rows(
-    primary: &Primary,
-    w: &mut Writer,
-    prefix: &str,
-    batches: &[&Batch],
-    base: &Rows,
-) -> Result<Outcome, StoreError> {
-    let audit: Vec<&crate::audit::Record> = batches.iter().flat_map(|b| &b.audit).collect();
-    let claims: Vec<&Claim> = batches.iter().flat_map(|b| &b.claims).collect();
-    let verdicts: Vec<String> = batches
-        .iter()
-        .flat_map(|b| &b.verdicts)
-        .map(|v| v.access_id.to_string())
-        .collect();
-    // this group's number, kept with its rows (the writer's mark, `conditional`): a retry
-    // after a lost answer finds it there, and so does a group given up on that the server
-    // reads late
-    w.groups += 1;
-    let number = w.groups;
-    let guard = batches.iter().find_map(|b| b.guard.as_ref());
-    if guard.is_some() && batches.len() > 1 {
-        return Err(backend("a guarded batch is written alone"));
-    }
-    // a batch with audit events under a lease alone is linked, its fence checked there
-    let fence = match guard {
-        Some(g) if !audit.is_empty() && g.submission.is_none() && claims.is_empty() => {
-            g.fence.as_ref()
-        }
-        Some(g) => {
-            if !audit.is_empty() || !claims.is_empty() {
-                return Err(backend(
-                    "a batch guarded by an operation is written without audit events or claims",
-                ));
-            }
-            return guarded(primary, w, prefix, g, base, number).map(|()| Outcome::Written);
-        }
-        None => None,
-    };
-    let (lease, token, holder) = fence_args(prefix, fence);
-    if audit.is_empty() {
-        if !claims.is_empty() || !verdicts.is_empty() {
-            // (a claim is known taken by its own write when the audit head moved with it, and a
-            // verdict is checked by the linked write)
-            return Err(backend(
-                "a batch with claims or a verdict carries its audit events",
-            ));
-        }
-        // {0, ''} or {3, ''}: written, by this call or an earlier one
-        return with(
-            primary,
-            &mut w.conn,
-            Some(w.acknowledgement.write_wait()),
-            |c| {
-                let mut call = invocation(&w.plain, prefix, (&w.mark, number), 0, 0);
-                push_rows(&mut call, prefix, base);
-                call.invoke::<(i64, Vec<u8>)>(c)
-            },
-        )
-        .map(|_| Outcome::Written);
-    }
-    let meta = format!("{prefix}{META}");
-    if w.head.is_none() {
-        let head: Option<Vec<u8>> = with(
-            primary,
-            &mut w.conn,
-            Some(w.acknowledgement.write_wait()),
-            |c| c.hget(&meta, AUDIT_HEAD),
-        )?;
-        w.head = Some(head.unwrap_or_default());
-    }
-    loop {
-        let expected = w.head.clone().unwrap_or_default();
-        let mut head = if expected.is_empty() {
-            crate::audit::Head::default()
-        } else {
-            dec(AUDIT_HEAD, &expected)?
-        };
-        let mut linked = Rows::new();
-        audit_rows(&mut head, &audit, &mut linked)?;
-        let new_head = enc(&head)?;
-        let (answer, detail): (i64, Vec<u8>) = with(
-            primary,
-            &mut w.conn,
-            Some(w.acknowledgement.write_wait()),
-            |c| {
-                let args = 6 + 5 * claims.len() + verdicts.len();
-                let mut call = invocation(&w.linked, prefix, (&w.mark, number), 4, args);
-                call.key(format!("{prefix}{NONCES}"))
-                    .key(format!("{prefix}{RATES}"))
-                    .key(format!("{prefix}{VERDICTS}"))
-                    .key(&lease)
-                    .arg(expected.as_slice())
-                    .arg(AUDIT_HEAD)
-                    .arg(claims.len());
-                for claim in &claims {
-                    call.arg(&claim.nonce)
-                        .arg(claim.until)
-                        .arg(&claim.clinician)
-                        .arg(claim.emission_ms)
-                        .arg(claim.burst_ms);
-                }
-                call.arg(verdicts.len());
-                for access in &verdicts {
-                    call.arg(access);
-                }
-                call.arg(&token).arg(holder);
-                push_rows(&mut call, prefix, base);
-                push_rows(&mut call, prefix, &linked);
-                call.invoke(c)
-            },
-        )
-        .inspect_err(|_| w.head = None)?;
-        match answer {
-            // written, or found written by a retry after a lost answer (the head may have
-            // moved since: the next write finds out)
-            0 | 3 => {
-                w.head = Some(new_head);
-                return Ok(Outcome::Written);
-            }
-            // another replica appended meanwhile: link after its entries
-            1 => w.head = Some(detail),
-            // the lease lapsed, or another replica holds it: nothing written
-            4 => return Err(StoreError::Guarded(Guarded::Fenced)),
-            _ => return Ok(Outcome::Refused(refused_claims(&detail)?)),
-        }
-    }
-}
-
-/// The linked script's list of claims that did not hold (`<claim> replayed|rate|reviewed ...`).
-fn refused_claims(detail: &[u8]) -> Result<Vec<(usize, Guarded)>, StoreError> {
-    let text = String::from_utf8_lossy(detail);
-    let words: Vec<&str> = text.split_whitespace().collect();
-    words
-        .chunks(2)
-        .map(|pair| match pair {
-            [claim, why] => {
-                let claim = claim
-                    .parse()
-                    .map_err(|_| backend(format!("redis: a claim's answer: {text}")))?;
-                let why = match *why {
-                    "rate" => Guarded::RateLimited,
-                    "reviewed" => Guarded::Reviewed,
-                    _ => Guarded::Replayed,
-                };
-                Ok((claim, why))
-            }
-            _ => Err(backend(format!("redis: a claim's answer: {text}"))),
-        })
-        .collect()
 }
 
 impl RowSource for RedisStore {

@@ -1,0 +1,811 @@
+//! The Redis store's writer: one task, on a thread and runtime of its own, that takes every
+//! batch waiting and writes them as groups, each one script (`redis_store::conditional`) and
+//! one round trip, on one connection to the primary.
+//!
+//! Up to `WINDOW` groups are in flight on that connection at once: a batch that arrives while
+//! a group is on its way is sent at once, behind it on the same connection (Redis runs one
+//! connection's commands in the order they came), instead of waiting for that group's answer
+//! before its own round trip starts. A group sent behind another is written only if that one
+//! was (`after`: the writer's mark holds its number), so that none lands out of order or
+//! linked on a head its predecessor did not leave. Answers are taken in the order sent. When a
+//! group is not written as sent (its claims did not hold, another replica moved the audit
+//! head, its predecessor was not written), nothing more is sent until every group in flight
+//! is answered; then those not written are sent again, in their order, before anything newer.
+//!
+//! A connection that drops, or a group whose answer does not come within the write's wait, is
+//! opened again (on the primary as it is then) and every group in flight sent again on it,
+//! with their numbers, once: the writer's mark makes a copy the server already wrote answer
+//! `written already`, and a copy the server reads late from the dropped connection a no-op.
+//! With `Acknowledgement`, one group is in flight at a time, and each is waited on (`WAIT`,
+//! on the connection that wrote it) before its callers are answered.
+//!
+//! It must not: answer a write before the server (and the replicas it needs) did; send a group
+//! again that an answer said was written.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use redis::aio::MultiplexedConnection;
+
+use super::redis_primary::{must_reconnect, Primary};
+use super::redis_store::{
+    fence_args, guarded_script, invocation, linked_script, plain_script, push_rows, redis_err,
+    remember, Local, CONNECT_TIMEOUT, NONCES, RATES, WRITE_TIMEOUT,
+};
+use super::schema::*;
+use super::writer::{Reply, GROUP_COMMIT_MAX};
+use super::*;
+
+/// How many groups the writer has sent and not had answered, at most: two, so that a batch
+/// never waits for a whole round trip behind the group in flight, while a group that is not
+/// written as sent costs at most one more copy sent in vain.
+const WINDOW: usize = 2;
+
+/// A batch to write, who waits for it, and when it was handed to the writer.
+pub(super) type Job = (Batch, Reply, Instant);
+
+/// What one script writes: a run of batches without a guard, or one guarded batch.
+type Unit = Vec<Job>;
+
+/// How many of the server's replicas must have a write before it counts as done (`WAIT`
+/// after every write), and how long to wait for them. With none (the default) a write is done
+/// once the server synced it to its own append-only file. A write the replicas did not
+/// acknowledge in time is an error for its callers (no token is issued on it), although the
+/// server has it: it is kept, and replicated once they are back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Acknowledgement {
+    pub replicas: u32,
+    pub timeout_ms: u64,
+}
+
+impl Acknowledgement {
+    /// How long the writer waits for a write's answer, its `WAIT` included, before it drops
+    /// the connection (and sends again on a new one, found anew: a Sentinel names the primary
+    /// as it is now).
+    fn write_wait(&self) -> std::time::Duration {
+        WRITE_TIMEOUT + std::time::Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Which script a group is, and for a linked one the head it was linked on and the head it
+/// leaves.
+enum Kind {
+    Plain,
+    Guarded,
+    Linked { expected: Vec<u8>, leaves: Vec<u8> },
+}
+
+/// A group sent and not yet answered.
+struct Sent {
+    unit: Unit,
+    rows: Rows,
+    kind: Kind,
+    number: u64,
+    script: Arc<redis::Script>,
+    cmd: Arc<redis::Cmd>,
+    /// Whether this is the copy sent again on a new connection (there is no third).
+    again: bool,
+    started: Instant,
+    answer: tokio::task::JoinHandle<redis::RedisResult<(i64, Vec<u8>)>>,
+}
+
+/// The writer's connection, what it knows of the audit head, and its groups: waiting to be
+/// sent, in flight, and not written as sent (to be sent again once none is in flight).
+pub(super) struct Writer {
+    primary: Primary,
+    prefix: String,
+    conn: Option<MultiplexedConnection>,
+    /// The encoded audit head as the groups sent leave it (a replica's own writes need no
+    /// read of it); `None`: read it before the next linked group.
+    head: Option<Vec<u8>>,
+    /// This writer's field in `META` (`written:<replica>:<random>`, one per writer ever
+    /// started) and the number of the last group it sent (each group its own, whatever its
+    /// answer; a copy sent again has its number): what the mark is checked against.
+    mark: String,
+    groups: u64,
+    linked: Arc<redis::Script>,
+    guarded: Arc<redis::Script>,
+    plain: Arc<redis::Script>,
+    local: Local,
+    acknowledgement: Acknowledgement,
+    metrics: GroupMetrics,
+    ready: VecDeque<Unit>,
+    flight: VecDeque<Sent>,
+    again: Vec<Unit>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        primary: Primary,
+        prefix: &str,
+        local: Local,
+        acknowledgement: Acknowledgement,
+        metrics: GroupMetrics,
+    ) -> Writer {
+        // random: a process started again (in a container, with the same host name and pid)
+        // must not take an old mark for its own
+        let run: u64 = secp256k1::rand::random();
+        Writer {
+            primary,
+            prefix: prefix.to_string(),
+            conn: None,
+            head: None,
+            mark: format!("written:{}:{run:016x}", crate::coordination::replica_id()),
+            groups: 0,
+            linked: Arc::new(linked_script()),
+            guarded: Arc::new(guarded_script()),
+            plain: Arc::new(plain_script()),
+            local,
+            acknowledgement,
+            metrics,
+            ready: VecDeque::new(),
+            flight: VecDeque::new(),
+            again: Vec::new(),
+        }
+    }
+
+    fn window(&self) -> usize {
+        if self.acknowledgement.replicas > 0 {
+            1
+        } else {
+            WINDOW
+        }
+    }
+
+    /// Whether another group may be sent now.
+    fn room(&self) -> bool {
+        self.flight.len() < self.window() && self.again.is_empty()
+    }
+
+    /// Takes `first` and the jobs waiting behind it into the groups to send: a run of batches
+    /// without a guard joins the last group waiting if that one has none either.
+    fn take(&mut self, first: Job, jobs: &mut tokio::sync::mpsc::UnboundedReceiver<Job>) {
+        let mut job = Some(first);
+        let mut taken = 0;
+        while let Some(j) = job.take() {
+            let joins = j.0.guard.is_none()
+                && self.ready.back().is_some_and(|u| {
+                    u.len() < GROUP_COMMIT_MAX && u.iter().all(|(b, _, _)| b.guard.is_none())
+                });
+            match self.ready.back_mut() {
+                Some(unit) if joins => unit.push(j),
+                _ => self.ready.push_back(vec![j]),
+            }
+            taken += 1;
+            if taken < GROUP_COMMIT_MAX {
+                job = jobs.try_recv().ok();
+            }
+        }
+    }
+
+    /// The connection, opened if there is none (to the primary as it is now).
+    async fn connection(&mut self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(self.acknowledgement.write_wait()));
+        let client = self.primary.client_async().await?;
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// The audit head as the server has it.
+    async fn read_head(&mut self) -> Result<Vec<u8>, StoreError> {
+        let meta = format!("{}{META}", self.prefix);
+        for attempt in 0..2 {
+            let mut conn = self.connection().await.map_err(redis_err)?;
+            let read: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("HGET")
+                .arg(&meta)
+                .arg(AUDIT_HEAD)
+                .query_async(&mut conn)
+                .await;
+            match read {
+                Ok(head) => return Ok(head.unwrap_or_default()),
+                Err(e) if must_reconnect(&e) && attempt == 0 => self.conn = None,
+                Err(e) => {
+                    if must_reconnect(&e) {
+                        self.conn = None;
+                    }
+                    return Err(redis_err(e));
+                }
+            }
+        }
+        Err(backend("redis: the audit head could not be read"))
+    }
+
+    /// Sends `unit` as one group, behind those in flight; a unit that cannot be (its batches
+    /// malformed, the server away) is answered with why.
+    async fn send(&mut self, unit: Unit) {
+        let now = Instant::now();
+        for (_, _, queued) in &unit {
+            let waited = now.saturating_duration_since(*queued);
+            self.metrics.waits.observe(waited.as_secs_f64());
+        }
+        let prepared = self.prepare(&unit).await;
+        let (kind, rows, script, call) = match prepared {
+            Ok(p) => p,
+            Err(e) => return answer_all(unit, Err(e)),
+        };
+        let conn = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                if let Kind::Linked { .. } = kind {
+                    self.head = None;
+                }
+                return answer_all(unit, Err(redis_err(e)));
+            }
+        };
+        if let Kind::Linked { leaves, .. } = &kind {
+            self.head = Some(leaves.clone());
+        }
+        let number = self.groups;
+        let cmd = Arc::new(call.cmd(&script));
+        let answer = tokio::spawn(eval(conn, cmd.clone(), script.clone()));
+        self.flight.push_back(Sent {
+            unit,
+            rows,
+            kind,
+            number,
+            script,
+            cmd,
+            again: false,
+            started: now,
+            answer,
+        });
+    }
+
+    /// The group's script and its call: its rows (each table's together, `META`'s last, so
+    /// that the mark is set with them), and for audit events, their entries linked on the head
+    /// the groups sent leave. Numbers the group.
+    async fn prepare(
+        &mut self,
+        unit: &Unit,
+    ) -> Result<(Kind, Rows, Arc<redis::Script>, Call), StoreError> {
+        let batches: Vec<&Batch> = unit.iter().map(|(b, _, _)| b).collect();
+        let mut base = Rows::new();
+        for batch in &batches {
+            base.extend(rows_of(batch)?);
+        }
+        base.sort_by_key(|(table, _, _)| (*table == META, *table));
+        let audit: Vec<&crate::audit::Record> = batches.iter().flat_map(|b| &b.audit).collect();
+        let claims: Vec<&Claim> = batches.iter().flat_map(|b| &b.claims).collect();
+        let verdicts: Vec<String> = batches
+            .iter()
+            .flat_map(|b| &b.verdicts)
+            .map(|v| v.access_id.to_string())
+            .collect();
+        let guard = batches.iter().find_map(|b| b.guard.as_ref());
+        if guard.is_some() && batches.len() > 1 {
+            return Err(backend("a guarded batch is written alone"));
+        }
+        let prefix = self.prefix.clone();
+        // a batch with audit events under a lease alone is linked, its fence checked there
+        let fence = match guard {
+            Some(g) if !audit.is_empty() && g.submission.is_none() && claims.is_empty() => {
+                g.fence.as_ref()
+            }
+            Some(g) => {
+                if !audit.is_empty() || !claims.is_empty() {
+                    return Err(backend(
+                        "a batch guarded by an operation is written without audit events or claims",
+                    ));
+                }
+                let (lease, token, holder) = fence_args(&prefix, g.fence.as_ref());
+                let (id, expected) = match &g.submission {
+                    Some(s) => (s.id.clone(), enc(s)?),
+                    None => (String::new(), Vec::new()),
+                };
+                let mut call = self.call(2, 4);
+                call.key(&lease)
+                    .key(format!("{prefix}{SUBMISSIONS}"))
+                    .arg(&token)
+                    .arg(&id)
+                    .arg(expected.as_slice())
+                    .arg(holder);
+                push_rows(&mut call, &prefix, &base);
+                return Ok((Kind::Guarded, base, self.guarded.clone(), call));
+            }
+            None => None,
+        };
+        if audit.is_empty() {
+            if !claims.is_empty() || !verdicts.is_empty() {
+                // (a claim is known taken by its own write when the audit head moved with
+                // it, and a verdict is checked by the linked write)
+                return Err(backend(
+                    "a batch with claims or a verdict carries its audit events",
+                ));
+            }
+            let mut call = self.call(0, 0);
+            push_rows(&mut call, &prefix, &base);
+            return Ok((Kind::Plain, base, self.plain.clone(), call));
+        }
+        let expected = match self.head.clone() {
+            Some(head) => head,
+            None => {
+                let head = self.read_head().await?;
+                self.head = Some(head.clone());
+                head
+            }
+        };
+        let mut head = if expected.is_empty() {
+            crate::audit::Head::default()
+        } else {
+            dec(AUDIT_HEAD, &expected)?
+        };
+        let mut linked = Rows::new();
+        audit_rows(&mut head, &audit, &mut linked)?;
+        let leaves = enc(&head)?;
+        let (lease, token, holder) = fence_args(&prefix, fence);
+        let mut call = self.call(4, 6 + 5 * claims.len() + verdicts.len());
+        call.key(format!("{prefix}{NONCES}"))
+            .key(format!("{prefix}{RATES}"))
+            .key(format!("{prefix}{VERDICTS}"))
+            .key(&lease)
+            .arg(expected.as_slice())
+            .arg(AUDIT_HEAD)
+            .arg(claims.len());
+        for claim in &claims {
+            call.arg(&claim.nonce)
+                .arg(claim.until)
+                .arg(&claim.clinician)
+                .arg(claim.emission_ms)
+                .arg(claim.burst_ms);
+        }
+        call.arg(verdicts.len());
+        for access in &verdicts {
+            call.arg(access);
+        }
+        call.arg(&token).arg(holder);
+        push_rows(&mut call, &prefix, &base);
+        push_rows(&mut call, &prefix, &linked);
+        Ok((
+            Kind::Linked { expected, leaves },
+            base,
+            self.linked.clone(),
+            call,
+        ))
+    }
+
+    /// A new group's call: numbered, and written only after the group in flight before it.
+    fn call(&mut self, keys: usize, args: usize) -> Call {
+        self.groups += 1;
+        let after = self.flight.back().map_or(0, |s| s.number);
+        invocation(&self.prefix, (&self.mark, self.groups, after), keys, args)
+    }
+
+    /// Takes the answer of the first group in flight.
+    async fn answered(&mut self, sent: Sent, answer: redis::RedisResult<(i64, Vec<u8>)>) {
+        self.metrics
+            .writes
+            .observe(sent.started.elapsed().as_secs_f64());
+        self.metrics.batches.observe(sent.unit.len() as f64);
+        let (code, detail) = match answer {
+            Ok(a) => a,
+            Err(e) if !sent.again && (must_reconnect(&e) || e.is_timeout()) => {
+                return self.send_again(sent).await;
+            }
+            Err(e) => {
+                if must_reconnect(&e) || e.is_timeout() {
+                    self.conn = None;
+                }
+                // whether it was written is not known: the head is read again
+                self.head = None;
+                return answer_all(sent.unit, Err(redis_err(e)));
+            }
+        };
+        let Sent {
+            unit, rows, kind, ..
+        } = sent;
+        match (code, kind) {
+            // written, or found written by a copy sent again (the head may have moved since:
+            // the next write finds out)
+            (0 | 3, _) => {
+                remember(&self.local, &rows);
+                let acknowledged = self.acknowledged().await;
+                answer_all(unit, acknowledged);
+            }
+            // the group before it was not written: neither was this one
+            (5, _) => self.again.push(unit),
+            (1, Kind::Guarded) => answer_all(unit, Err(StoreError::Guarded(Guarded::Fenced))),
+            (2, Kind::Guarded) => answer_all(unit, Err(StoreError::Guarded(Guarded::Changed))),
+            // another replica appended meanwhile: link after its entries
+            (1, Kind::Linked { .. }) => {
+                self.head = Some(detail);
+                self.again.push(unit);
+            }
+            // the lease lapsed, or another replica holds it: nothing written
+            (4, Kind::Linked { expected, .. }) => {
+                self.head = Some(expected);
+                answer_all(unit, Err(StoreError::Guarded(Guarded::Fenced)));
+            }
+            // claims that did not hold: their batches are answered why, the others sent again
+            (2, Kind::Linked { expected, .. }) => {
+                self.head = Some(expected);
+                match refused(unit, &detail) {
+                    Ok(kept) if !kept.is_empty() => self.again.push(kept),
+                    Ok(_) => {}
+                    Err((unit, e)) => answer_all(unit, Err(e)),
+                }
+            }
+            (code, _) => answer_all(
+                unit,
+                Err(backend(format!("redis: a write answered {code}"))),
+            ),
+        }
+    }
+
+    /// Opens the connection again and sends `first` and every group in flight behind it
+    /// again on it, in their order, with their numbers.
+    async fn send_again(&mut self, first: Sent) {
+        self.conn = None;
+        let mut all: Vec<Sent> = std::iter::once(first)
+            .chain(self.flight.drain(..))
+            .collect();
+        for s in &all {
+            s.answer.abort();
+        }
+        let conn = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.head = None;
+                let e = redis_err(e);
+                for s in all {
+                    answer_all(s.unit, Err(e.clone()));
+                }
+                return;
+            }
+        };
+        for s in &mut all {
+            s.again = true;
+            s.answer = tokio::spawn(eval(conn.clone(), s.cmd.clone(), s.script.clone()));
+        }
+        self.flight.extend(all);
+    }
+
+    /// Waits until the replicas the writer needs have what it wrote (`Acknowledgement`).
+    async fn acknowledged(&mut self) -> Result<(), StoreError> {
+        let Acknowledgement {
+            replicas,
+            timeout_ms,
+        } = self.acknowledgement;
+        if replicas == 0 {
+            return Ok(());
+        }
+        // on the connection that wrote, or not at all: `WAIT` counts the replicas that have
+        // this connection's writes, and a new connection has none (it would be acknowledged
+        // at once)
+        let Some(mut conn) = self.conn.clone() else {
+            return Err(backend("redis: the connection that wrote is gone"));
+        };
+        let acked: u32 = redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout_ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| {
+                if must_reconnect(&e) || e.is_timeout() {
+                    self.conn = None;
+                }
+                redis_err(e)
+            })?;
+        if acked < replicas {
+            return Err(StoreError::Backend(format!(
+                "redis: written, but acknowledged by {acked} of the {replicas} replicas needed within {timeout_ms} ms"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the writer until every sender of `jobs` is gone and what they sent is answered.
+pub(super) async fn run(mut w: Writer, mut jobs: tokio::sync::mpsc::UnboundedReceiver<Job>) {
+    let mut open = true;
+    loop {
+        if w.flight.is_empty() {
+            // what was not written as sent goes first, in its order
+            for unit in w.again.drain(..).rev() {
+                w.ready.push_front(unit);
+            }
+        }
+        while w.room() {
+            if w.ready.is_empty() {
+                match jobs.try_recv() {
+                    Ok(first) => w.take(first, &mut jobs),
+                    Err(_) => break,
+                }
+            }
+            match w.ready.pop_front() {
+                Some(unit) => w.send(unit).await,
+                None => break,
+            }
+        }
+        if w.flight.is_empty() {
+            if !w.ready.is_empty() || !w.again.is_empty() {
+                continue;
+            }
+            if !open {
+                return;
+            }
+            match jobs.recv().await {
+                Some(first) => w.take(first, &mut jobs),
+                None => open = false,
+            }
+            continue;
+        }
+        let room = open && w.room();
+        let Some(front) = w.flight.front_mut() else {
+            continue;
+        };
+        let next = tokio::select! {
+            biased;
+            answer = &mut front.answer => Next::Answer(answer.unwrap_or_else(|e| {
+                Err(redis::RedisError::from(std::io::Error::other(e.to_string())))
+            })),
+            job = jobs.recv(), if room => Next::Job(job.map(Box::new)),
+        };
+        match next {
+            Next::Answer(answer) => {
+                if let Some(sent) = w.flight.pop_front() {
+                    w.answered(sent, answer).await;
+                }
+            }
+            Next::Job(Some(first)) => w.take(*first, &mut jobs),
+            Next::Job(None) => open = false,
+        }
+    }
+}
+
+/// What the writer waited for: the first group's answer, or a job (none: every sender gone).
+enum Next {
+    Answer(redis::RedisResult<(i64, Vec<u8>)>),
+    Job(Option<Box<Job>>),
+}
+
+/// Runs `cmd` (a script's `EVALSHA`) on `conn`, loading `script` first if the server does not
+/// have it (a restarted server).
+async fn eval(
+    mut conn: MultiplexedConnection,
+    cmd: Arc<redis::Cmd>,
+    script: Arc<redis::Script>,
+) -> redis::RedisResult<(i64, Vec<u8>)> {
+    match cmd.query_async(&mut conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(&mut conn).await?;
+            cmd.query_async(&mut conn).await
+        }
+        answer => answer,
+    }
+}
+
+/// Gives every caller in `unit` the same `result`.
+fn answer_all(unit: Unit, result: Result<(), StoreError>) {
+    for (_, reply, _) in unit {
+        reply.send(result.clone());
+    }
+}
+
+/// Answers the batches of `unit` whose claims the linked script named in `detail`
+/// (`<claim> replayed|rate|reviewed ...`: claim i is its batch's, and after the claims the
+/// verdicts) with why, and gives back the others; or the whole unit with an error when the
+/// answer cannot be read.
+fn refused(unit: Unit, detail: &[u8]) -> Result<Unit, (Unit, StoreError)> {
+    let refused = match refused_claims(detail) {
+        Ok(r) => r,
+        Err(e) => return Err((unit, e)),
+    };
+    let owners: Vec<usize> = unit
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (batch, _, _))| std::iter::repeat_n(i, batch.claims.len()))
+        .chain(
+            unit.iter()
+                .enumerate()
+                .flat_map(|(i, (batch, _, _))| std::iter::repeat_n(i, batch.verdicts.len())),
+        )
+        .collect();
+    let why: std::collections::HashMap<usize, Guarded> = refused
+        .into_iter()
+        .filter_map(|(claim, why)| owners.get(claim).map(|owner| (*owner, why)))
+        .collect();
+    if why.is_empty() {
+        return Err((
+            unit,
+            backend("redis: the write named claims it was not given"),
+        ));
+    }
+    let mut kept = Vec::with_capacity(unit.len());
+    for (i, (batch, reply, queued)) in unit.into_iter().enumerate() {
+        match why.get(&i) {
+            Some(why) => reply.send(Err(StoreError::Guarded(*why))),
+            None => kept.push((batch, reply, queued)),
+        }
+    }
+    Ok(kept)
+}
+
+/// The linked script's list of claims that did not hold (`<claim> replayed|rate|reviewed ...`).
+fn refused_claims(detail: &[u8]) -> Result<Vec<(usize, Guarded)>, StoreError> {
+    let text = String::from_utf8_lossy(detail);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .chunks(2)
+        .map(|pair| match pair {
+            [claim, why] => {
+                let claim = claim
+                    .parse()
+                    .map_err(|_| backend(format!("redis: a claim's answer: {text}")))?;
+                let why = match *why {
+                    "rate" => Guarded::RateLimited,
+                    "reviewed" => Guarded::Reviewed,
+                    _ => Guarded::Replayed,
+                };
+                Ok((claim, why))
+            }
+            _ => Err(backend(format!("redis: a claim's answer: {text}"))),
+        })
+        .collect()
+}
+
+/// A script's keys and arguments, gathered before it is sent (`EVALSHA`, `cmd`).
+#[derive(Default)]
+pub(super) struct Call {
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    pub(super) fn key(&mut self, key: impl redis::ToRedisArgs) -> &mut Call {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    pub(super) fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Call {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    fn cmd(&self, script: &redis::Script) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RedisStore, Store};
+
+    fn record(outcome: &str) -> crate::audit::Record {
+        crate::audit::Record {
+            at: 1,
+            event: crate::audit::Event::SignIn {
+                reviewer: None,
+                outcome: outcome.into(),
+            },
+        }
+    }
+
+    fn claim(nonce: &str) -> Claim {
+        Claim {
+            nonce: nonce.into(),
+            until: u64::MAX / 2,
+            clinician: format!("c-{nonce}"),
+            emission_ms: 1,
+            burst_ms: 1_000,
+        }
+    }
+
+    /// Runs a writer on `jobs`, all queued before it starts (so that it takes them at once:
+    /// the first groups go out together, the second behind the first), to the end.
+    fn write_queued(url: &str, prefix: &str, jobs: Vec<Batch>) -> Vec<Result<(), StoreError>> {
+        let primary = Primary::open(&url.into()).unwrap();
+        let metrics = GroupMetrics::new(GroupWriter::Redis);
+        let w = Writer::new(
+            primary,
+            prefix,
+            Local::default(),
+            Acknowledgement::default(),
+            metrics,
+        );
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let answers: Vec<_> = jobs
+            .into_iter()
+            .map(|batch| {
+                let (reply, answer) = std::sync::mpsc::sync_channel(1);
+                tx.send((batch, Reply::Blocking(reply), Instant::now()))
+                    .unwrap();
+                answer
+            })
+            .collect();
+        drop(tx);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(run(w, rx));
+        answers.into_iter().map(|a| a.recv().unwrap()).collect()
+    }
+
+    /// A group sent behind one that is not written as sent (a claim in it replayed) is not
+    /// written before it either: it is sent again after the first group's other batches, so
+    /// that the later write of a row still wins. Without the check of the group before
+    /// (`after`), the second group lands first and the first's retry overwrites it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_behind_one_not_written_as_sent_is_written_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_redis, url) = crate::dev::start_redis(&dir.path().join("redis"))
+            .await
+            .expect("redis-server must be installed (scripts/test installs the Debian package)");
+        let store = RedisStore::open(url.as_str(), "p:").unwrap();
+        let used = Batch {
+            claims: vec![claim("n1")],
+            audit: vec![record("used")],
+            ..Batch::default()
+        };
+        store.apply(used).unwrap();
+        let paging = |v: u64| Batch {
+            paging: vec![("on-call".into(), Some(serde_json::json!(v)))],
+            ..Batch::default()
+        };
+        let jobs = vec![
+            // the first group: a replay, refused, and a batch written again without it
+            Batch {
+                claims: vec![claim("n1")],
+                audit: vec![record("replay")],
+                ..Batch::default()
+            },
+            Batch {
+                claims: vec![claim("n2")],
+                audit: vec![record("first")],
+                ..paging(1)
+            },
+            // the second, behind it (guarded: a group of its own)
+            Batch {
+                guard: Some(Guard {
+                    fence: None,
+                    submission: None,
+                }),
+                ..paging(2)
+            },
+            // the third, after both
+            Batch {
+                audit: vec![record("last")],
+                ..Batch::default()
+            },
+        ];
+        let url2 = url.clone();
+        let answers = tokio::task::spawn_blocking(move || write_queued(&url2, "p:", jobs))
+            .await
+            .unwrap();
+        assert!(
+            matches!(answers[0], Err(StoreError::Guarded(Guarded::Replayed))),
+            "{answers:?}"
+        );
+        assert!(answers[1..].iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(
+            store.paging().unwrap(),
+            vec![("on-call".to_string(), serde_json::json!(2))],
+            "the later write of the row wins"
+        );
+        let outcomes: Vec<String> = store
+            .audit_entries(1, 10)
+            .unwrap()
+            .iter()
+            .map(|e| match e.parsed().unwrap() {
+                crate::audit::Event::SignIn { outcome, .. } => outcome,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(outcomes, ["used", "first", "last"]);
+    }
+}
