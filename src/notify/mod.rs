@@ -256,7 +256,7 @@ impl Notifier {
     /// with. Else when to look at the notice again (another replica holds it: once it would
     /// have lapsed).
     async fn lease(&self, id: &AccessId, now: u64) -> Result<Option<crate::store::Fence>, u64> {
-        let lease = format!("notice:{id}");
+        let lease = lease_name(id);
         match self
             .coordination
             .lease(&lease, &self.holder, self.lease_ms)
@@ -280,8 +280,11 @@ impl Notifier {
 
     /// Lets the lease of the notice of access `id` go (one not let go lapses).
     async fn let_go(&self, id: &AccessId) {
-        let lease = format!("notice:{id}");
-        if let Err(e) = self.coordination.release(&lease, &self.holder).await {
+        if let Err(e) = self
+            .coordination
+            .release(&lease_name(id), &self.holder)
+            .await
+        {
             tracing::warn!(access = %id, error = %e, "notice: its lease could not be let go; it lapses");
         }
     }
@@ -568,6 +571,11 @@ impl Notifier {
     }
 }
 
+/// The lease a replica holds while it works on the notice of access `id` (`coordination`).
+fn lease_name(id: &AccessId) -> String {
+    format!("notice:{id}")
+}
+
 /// Whether `e` is the store's refusal of a write whose lease lapsed (or another replica holds
 /// now).
 fn fenced(e: &anyhow::Error) -> bool {
@@ -779,7 +787,7 @@ mod tests {
         let t = on_redis().await;
         let (store, coordination, notifier) = (&t.store, &t.coordination, &t.notifier);
         let (id, now, notice) = (t.notice.access_id, t.notice.due_at, t.notice.clone());
-        let lease = format!("notice:{id}");
+        let lease = lease_name(&id);
         // this replica took the lease; paused past it, another replica took it
         let stale = coordination
             .lease(&lease, &notifier.holder, 1)
@@ -840,7 +848,7 @@ mod tests {
         let t = on_redis().await;
         let (store, coordination, notifier) = (&t.store, &t.coordination, &t.notifier);
         let (id, now, notice) = (t.notice.access_id, t.notice.due_at, t.notice.clone());
-        let lease = format!("notice:{id}");
+        let lease = lease_name(&id);
         // the attempt as it is on record before the message left, under a lease since let go
         coordination
             .lease(&lease, &notifier.holder, 60_000)

@@ -416,6 +416,11 @@ const SORTED: [Table; 1] = [AUDIT_BY_ACCESS];
 /// to replicas of the earlier version still running (`deploy/README.md`, upgrading).
 const SCORED: [Table; 1] = [OPEN_NOTICES];
 
+/// Whether `table` is kept as a sorted set (`SORTED`, `SCORED`), not a hash.
+fn in_a_set(table: Table) -> bool {
+    SORTED.contains(&table) || SCORED.contains(&table)
+}
+
 /// Where `table` is kept under `prefix`: a hash, or a sorted set (`SORTED`, `SCORED`).
 fn table_key(prefix: &str, table: Table) -> String {
     if SORTED.contains(&table) {
@@ -442,7 +447,7 @@ pub(super) fn push_rows(call: &mut Call, prefix: &str, rows: &Rows) {
             .map_or(rows.len(), |n| start + n);
         let run = &rows[start..end];
         call.key(table_key(prefix, table));
-        let sorted = SORTED.contains(table) || SCORED.contains(table);
+        let sorted = in_a_set(*table);
         if sets && SCORED.contains(table) {
             call.arg("ZADD").arg(2 * run.len());
             for (_, key, value) in run {
@@ -629,7 +634,7 @@ impl RowSource for RedisStore {
     }
 
     fn get_many(&self, table: Table, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        if SORTED.contains(&table) || SCORED.contains(&table) {
+        if in_a_set(table) {
             return keys.iter().map(|k| self.get_raw(table, k)).collect();
         }
         let hash = self.key(table);
