@@ -447,7 +447,7 @@ pub(super) fn push_rows(call: &mut Call, prefix: &str, rows: &Rows) {
             .map_or(rows.len(), |n| start + n);
         let run = &rows[start..end];
         call.key(table_key(prefix, table));
-        let sorted = in_a_set(*table);
+        let sorted = in_a_set(table);
         if sets && SCORED.contains(table) {
             call.arg("ZADD").arg(2 * run.len());
             for (_, key, value) in run {
