@@ -134,8 +134,8 @@ pub(super) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::fro
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// How long the writer waits for a write's answer (beyond the replicas' acknowledgement, when
-/// it waits for one) before it drops the connection and sends the group again on a new one,
-/// once: far beyond a healthy server's worst, so that a server that hangs, or a primary a
+/// it waits for one) before it drops the connection and sends the group, and those in flight
+/// behind it, again on a new one, once (`redis_writer`): far beyond a healthy server's worst, so that a server that hangs, or a primary a
 /// failover replaced while it hung, holds the writer seconds, not until TCP gives up. The group
 /// it gave up on may still be read by the server from the dropped connection; the writer's mark
 /// keeps it from landing twice or after a later group (`conditional`). When the second copy
@@ -145,7 +145,7 @@ const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500)
 /// (`access::grant`).
 pub(super) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs `f` on the connection in `slot`, opening it if needed (to the primary as it is now:
+/// Runs `f` (a read, or the checks at `open`) on the connection in `slot`, opening it if needed (to the primary as it is now:
 /// `Primary`, within `CONNECT_TIMEOUT`, its answers awaited at most `answer_within`); a
 /// connection that must be opened again (`must_reconnect`, a timed-out one too) is, and `f`
 /// retried once.
