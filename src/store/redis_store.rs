@@ -21,7 +21,8 @@
 //! A dropped connection is opened again and the command (the writer: its groups in flight)
 //! sent again once, so a restarted server is used again as soon as it answers (a retry that finds its group written, by the writer's
 //! mark written with it, is done: `conditional`). Reads give up on a server that does not
-//! answer within `READ_TIMEOUT`, the writer within `WRITE_TIMEOUT` (then it tries once more,
+//! answer within `READ_TIMEOUT` (and refuse reads at once for `QUIET_AFTER_TIMEOUT` after
+//! one did not), the writer within `WRITE_TIMEOUT` (then it tries once more,
 //! on the primary as it is then): every write checks the writer's mark first, so a group it
 //! gave up on never lands after a later one, nor twice. A grant stops waiting sooner, on its
 //! own (`access::grant`).
@@ -104,6 +105,8 @@ pub struct RedisStore {
     reads: Vec<Mutex<Option<Connection>>>,
     writer: Option<tokio::sync::mpsc::UnboundedSender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// Whether reads ask the server (`QUIET_AFTER_TIMEOUT`).
+    quiet: Mutex<Quiet>,
     /// Whether this process made the open indexes whole (`open_index_rows`): at the first
     /// read of one, since the server may be away when the store opens.
     indexed: std::sync::atomic::AtomicBool,
@@ -153,17 +156,28 @@ fn with<T>(
     primary: &Primary,
     slot: &mut Option<Connection>,
     answer_within: Option<std::time::Duration>,
-    mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
 ) -> Result<T, StoreError> {
-    for attempt in 0..2 {
+    answered(primary, slot, answer_within, f).map_err(redis_err)
+}
+
+/// `with`, its error as the client gave it.
+fn answered<T>(
+    primary: &Primary,
+    slot: &mut Option<Connection>,
+    answer_within: Option<std::time::Duration>,
+    mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+) -> redis::RedisResult<T> {
+    let mut last = None;
+    for _ in 0..2 {
         if slot.is_none() {
             let conn = primary.client().and_then(|c| {
                 let conn = c.get_connection_with_timeout(CONNECT_TIMEOUT)?;
                 conn.set_read_timeout(answer_within)?;
                 conn.set_write_timeout(answer_within)?;
                 Ok(conn)
-            });
-            *slot = Some(conn.map_err(redis_err)?);
+            })?;
+            *slot = Some(conn);
         }
         let Some(conn) = slot.as_mut() else {
             continue;
@@ -172,16 +186,31 @@ fn with<T>(
             Ok(v) => return Ok(v),
             Err(e) if must_reconnect(&e) => {
                 *slot = None;
-                if attempt > 0 {
-                    return Err(redis_err(e));
-                }
+                last = Some(e);
             }
-            Err(e) => return Err(redis_err(e)),
+            Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Backend(
-        "redis: the connection could not be opened again".into(),
-    ))
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::other("the connection could not be opened again").into()
+    }))
+}
+
+/// How long reads are refused at once after one found no answer within `READ_TIMEOUT` (twice:
+/// `with` tries a new connection), before one read asks the server again (`Quiet`): a hung server
+/// (or a host gone without a reset) would otherwise hold every read for seconds, each caller's
+/// thread with it (the background tasks', an introspection's), where the first one's answer
+/// already says the server is not answering.
+const QUIET_AFTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether reads ask the server: it answers; it did not, and until then every read is refused
+/// at once; or one read asks it again (until then, or until that read's timeouts have passed,
+/// the others are refused: a hung server holds one caller at a time, not each).
+#[derive(Clone, Copy)]
+enum Quiet {
+    Answering,
+    Until(std::time::Instant),
+    Asking(std::time::Instant),
 }
 
 impl RedisStore {
@@ -257,6 +286,7 @@ impl RedisStore {
                 .collect(),
             writer: Some(writer),
             thread: Some(thread),
+            quiet: Mutex::new(Quiet::Answering),
             indexed: std::sync::atomic::AtomicBool::new(false),
             sorted: std::sync::atomic::AtomicBool::new(false),
             metrics,
@@ -265,6 +295,22 @@ impl RedisStore {
 
     fn key(&self, table: Table) -> String {
         table_key(&self.prefix, table)
+    }
+
+    /// Whether a read may ask the server now (`Quiet`): it answers, or it did not and this
+    /// read is the one that asks it again.
+    fn may_ask(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
+        match *quiet {
+            Quiet::Answering => true,
+            Quiet::Until(until) | Quiet::Asking(until) if now < until => false,
+            Quiet::Until(_) | Quiet::Asking(_) => {
+                // a read that asks holds the others at most its own timeouts
+                *quiet = Quiet::Asking(now + 2 * READ_TIMEOUT + CONNECT_TIMEOUT);
+                true
+            }
+        }
     }
 
     fn read<T>(
@@ -282,7 +328,19 @@ impl RedisStore {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
             });
-        with(&self.primary, &mut slot, Some(READ_TIMEOUT), f)
+        if !self.may_ask() {
+            return Err(StoreError::Backend(format!(
+                "redis: the server does not answer (a read found no answer within {} ms); reads are refused at once, and the server asked by one read a second, until it answers",
+                READ_TIMEOUT.as_millis()
+            )));
+        }
+        let result = answered(&self.primary, &mut slot, Some(READ_TIMEOUT), f);
+        let now = std::time::Instant::now();
+        *self.quiet.lock().unwrap_or_else(|e| e.into_inner()) = match &result {
+            Err(e) if e.is_timeout() => Quiet::Until(now + QUIET_AFTER_TIMEOUT),
+            _ => Quiet::Answering,
+        };
+        result.map_err(redis_err)
     }
 }
 

@@ -2026,6 +2026,78 @@ fn on_call_state_from_one_replica_is_read_by_another() {
     );
 }
 
+/// A hung Redis (SIGSTOP: connections accepted, nothing answered) holds one read for its
+/// timeouts (1.5 s, then once more on a new connection); the reads after it are refused at
+/// once, saying why, instead of each holding its caller's thread (a background task's, an
+/// introspection's) for seconds; a second on, one read asks it again (the others still refused
+/// while it waits); and once the server answers again, so do reads, within the second they are
+/// refused for. Before, every read waited 3 s.
+#[test]
+fn reads_of_a_hung_redis_are_refused_at_once_after_one_found_no_answer() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let store = RedisStore::open(server.url().as_str(), "hung:").unwrap();
+    store
+        .apply(Batch {
+            accesses: vec![access(1)],
+            ..Batch::default()
+        })
+        .unwrap();
+    let read = || {
+        let asked = Instant::now();
+        let read = store.access(&numbered(1));
+        (read, asked.elapsed())
+    };
+    assert!(read().0.unwrap().is_some());
+    server.pause();
+    let (first, waited) = read();
+    assert!(first.is_err(), "{first:?}");
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5),
+        "the first read waited {waited:?}"
+    );
+    for _ in 0..3 {
+        let (refused, waited) = read();
+        let why = refused.unwrap_err().to_string();
+        assert!(why.contains("does not answer"), "{why}");
+        assert!(
+            waited < Duration::from_millis(200),
+            "refused after {waited:?}"
+        );
+    }
+    // a second on, one read asks the server again; while it waits, the others are still
+    // refused at once
+    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::scope(|s| {
+        let asking = s.spawn(read);
+        std::thread::sleep(Duration::from_millis(300));
+        let (refused, waited) = read();
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(
+            waited < Duration::from_millis(200),
+            "refused after {waited:?}"
+        );
+        let (asked, waited) = asking.join().unwrap();
+        assert!(asked.is_err(), "{asked:?}");
+        assert!(waited >= Duration::from_millis(1400), "{waited:?}");
+    });
+    server.resume();
+    let back = Instant::now();
+    while !matches!(read().0, Ok(Some(_))) {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "reads did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        back.elapsed() < Duration::from_millis(2500),
+        "read again after {:?}",
+        back.elapsed()
+    );
+}
+
 /// A Redis primary and its replica, their files under `dir`.
 fn primary_and_replica(
     dir: &std::path::Path,
