@@ -204,14 +204,30 @@ fn answered<T>(
 const QUIET_AFTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether reads ask the server: it answers; it did not, and until then every read is refused
-/// at once; or one read asks it again (until then, or until that read's timeouts have passed,
-/// the others are refused: a hung server holds one caller at a time, not each).
+/// at once; or one read asks it again (until then, or until that read's timeouts and its wait
+/// for a connection have passed, the others are refused: a hung server holds one caller at a
+/// time, not each). `generation` counts the changes: only a read let through since the last
+/// one changes it again (a read from before the server stopped answering, finishing late, says
+/// nothing of it now).
 #[derive(Clone, Copy)]
-enum Quiet {
+struct Quiet {
+    mode: Mode,
+    generation: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
     Answering,
     Until(std::time::Instant),
     Asking(std::time::Instant),
 }
+
+/// How long the one read that asks a quiet server again may take at most: its two tries, each
+/// a new connection and a read, and its wait for a connection.
+const ASKING_AT_MOST: std::time::Duration = std::time::Duration::from_millis(
+    (2 * (READ_TIMEOUT.as_millis() + CONNECT_TIMEOUT.as_millis()) + READ_TIMEOUT.as_millis())
+        as u64,
+);
 
 impl RedisStore {
     /// Connects to the server at `target` (`redis://host:port/db`, or a primary found through
@@ -286,7 +302,10 @@ impl RedisStore {
                 .collect(),
             writer: Some(writer),
             thread: Some(thread),
-            quiet: Mutex::new(Quiet::Answering),
+            quiet: Mutex::new(Quiet {
+                mode: Mode::Answering,
+                generation: 0,
+            }),
             indexed: std::sync::atomic::AtomicBool::new(false),
             sorted: std::sync::atomic::AtomicBool::new(false),
             metrics,
@@ -298,18 +317,32 @@ impl RedisStore {
     }
 
     /// Whether a read may ask the server now (`Quiet`): it answers, or it did not and this
-    /// read is the one that asks it again.
-    fn may_ask(&self) -> bool {
+    /// read is the one that asks it again. Its generation, for `asked`.
+    fn may_ask(&self) -> Option<u64> {
         let now = std::time::Instant::now();
         let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
-        match *quiet {
-            Quiet::Answering => true,
-            Quiet::Until(until) | Quiet::Asking(until) if now < until => false,
-            Quiet::Until(_) | Quiet::Asking(_) => {
-                // a read that asks holds the others at most its own timeouts
-                *quiet = Quiet::Asking(now + 2 * READ_TIMEOUT + CONNECT_TIMEOUT);
-                true
+        match quiet.mode {
+            Mode::Answering => Some(quiet.generation),
+            Mode::Until(until) | Mode::Asking(until) if now < until => None,
+            Mode::Until(_) | Mode::Asking(_) => {
+                quiet.generation += 1;
+                quiet.mode = Mode::Asking(now + ASKING_AT_MOST);
+                Some(quiet.generation)
             }
+        }
+    }
+
+    /// What a read let through in `generation` found: no answer in time, or one.
+    fn asked(&self, generation: u64, timed_out: bool) {
+        let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
+        if quiet.generation != generation {
+            return;
+        }
+        if timed_out {
+            quiet.generation += 1;
+            quiet.mode = Mode::Until(std::time::Instant::now() + QUIET_AFTER_TIMEOUT);
+        } else {
+            quiet.mode = Mode::Answering;
         }
     }
 
@@ -317,6 +350,13 @@ impl RedisStore {
         &self,
         f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
+        // refused before it takes a connection: those may all be held by reads of the hung server
+        let Some(generation) = self.may_ask() else {
+            return Err(StoreError::Backend(format!(
+                "redis: the server does not answer (a read found no answer within {} ms); reads are refused at once, and the server asked by one read a second, until it answers",
+                READ_TIMEOUT.as_millis()
+            )));
+        };
         // a free connection if there is one, else wait for one
         let mut slot = self
             .reads
@@ -328,18 +368,9 @@ impl RedisStore {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
             });
-        if !self.may_ask() {
-            return Err(StoreError::Backend(format!(
-                "redis: the server does not answer (a read found no answer within {} ms); reads are refused at once, and the server asked by one read a second, until it answers",
-                READ_TIMEOUT.as_millis()
-            )));
-        }
         let result = answered(&self.primary, &mut slot, Some(READ_TIMEOUT), f);
-        let now = std::time::Instant::now();
-        *self.quiet.lock().unwrap_or_else(|e| e.into_inner()) = match &result {
-            Err(e) if e.is_timeout() => Quiet::Until(now + QUIET_AFTER_TIMEOUT),
-            _ => Quiet::Answering,
-        };
+        drop(slot);
+        self.asked(generation, matches!(&result, Err(e) if e.is_timeout()));
         result.map_err(redis_err)
     }
 }
@@ -1068,6 +1099,30 @@ fn over_maxmemory(info: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a read let through since the last change changes whether reads ask the server: a
+    /// read from before the server stopped answering, answered late, does not let every read
+    /// ask it again; and while one read asks a quiet server, the others are refused.
+    #[tokio::test]
+    async fn reads_from_before_the_server_went_quiet_do_not_wake_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_redis, url) = crate::dev::start_redis(&dir.path().join("redis"))
+            .await
+            .expect("redis-server must be installed (scripts/test installs the Debian package)");
+        let store = RedisStore::open(url.as_str(), "q:").unwrap();
+        let (first, second) = (store.may_ask().unwrap(), store.may_ask().unwrap());
+        store.asked(first, true);
+        assert_eq!(store.may_ask(), None, "refused once one found no answer");
+        store.asked(second, false);
+        assert_eq!(store.may_ask(), None, "a read from before says nothing of it now");
+        tokio::time::sleep(QUIET_AFTER_TIMEOUT + std::time::Duration::from_millis(50)).await;
+        let asking = store.may_ask().expect("a second on, one read asks");
+        assert_eq!(store.may_ask(), None, "the others are refused while it asks");
+        store.asked(second, true);
+        assert_eq!(store.may_ask(), None, "nor does a late timeout");
+        store.asked(asking, false);
+        assert_eq!(store.may_ask(), Some(asking), "it answered: every read asks");
+    }
 
     #[test]
     fn a_server_that_may_answer_a_write_before_its_sync_is_named() {
