@@ -1011,7 +1011,11 @@ impl Store for RedisStore {
         self.writer
             .as_ref()
             .ok_or_else(|| backend("the store is closed"))?
-            .send((batch, Reply::Blocking(reply), std::time::Instant::now()))
+            .send((
+                batch,
+                Reply::Blocking(reply),
+                Some(std::time::Instant::now()),
+            ))
             .map_err(|_| backend("the store's writer stopped"))?;
         answer
             .recv()
@@ -1021,7 +1025,7 @@ impl Store for RedisStore {
     fn apply_then(&self, batch: Batch, done: Done) {
         if let Some(w) = &self.writer {
             // if the writer is gone, `done` is dropped with the job and the caller sees it
-            let _ = w.send((batch, Reply::Async(done), std::time::Instant::now()));
+            let _ = w.send((batch, Reply::Async(done), Some(std::time::Instant::now())));
         }
     }
 
@@ -1114,14 +1118,26 @@ mod tests {
         store.asked(first, true);
         assert_eq!(store.may_ask(), None, "refused once one found no answer");
         store.asked(second, false);
-        assert_eq!(store.may_ask(), None, "a read from before says nothing of it now");
+        assert_eq!(
+            store.may_ask(),
+            None,
+            "a read from before says nothing of it now"
+        );
         tokio::time::sleep(QUIET_AFTER_TIMEOUT + std::time::Duration::from_millis(50)).await;
         let asking = store.may_ask().expect("a second on, one read asks");
-        assert_eq!(store.may_ask(), None, "the others are refused while it asks");
+        assert_eq!(
+            store.may_ask(),
+            None,
+            "the others are refused while it asks"
+        );
         store.asked(second, true);
         assert_eq!(store.may_ask(), None, "nor does a late timeout");
         store.asked(asking, false);
-        assert_eq!(store.may_ask(), Some(asking), "it answered: every read asks");
+        assert_eq!(
+            store.may_ask(),
+            Some(asking),
+            "it answered: every read asks"
+        );
     }
 
     #[test]

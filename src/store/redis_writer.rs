@@ -42,8 +42,9 @@ use super::*;
 /// written as sent costs at most one more copy sent in vain.
 const WINDOW: usize = 2;
 
-/// A batch to write, who waits for it, and when it was handed to the writer.
-pub(super) type Job = (Batch, Reply, Instant);
+/// A batch to write, who waits for it, and when it was handed to the writer (taken when it is
+/// first sent: its wait is counted once, not again when it is sent again).
+pub(super) type Job = (Batch, Reply, Option<Instant>);
 
 /// What one script writes: a run of batches without a guard, or one guarded batch.
 type Unit = Vec<Job>;
@@ -221,10 +222,10 @@ impl Writer {
 
     /// Sends `unit` as one group, behind those in flight; a unit that cannot be (its batches
     /// malformed, the server away) is answered with why.
-    async fn send(&mut self, unit: Unit) {
+    async fn send(&mut self, mut unit: Unit) {
         let now = Instant::now();
-        for (_, _, queued) in &unit {
-            let waited = now.saturating_duration_since(*queued);
+        for queued in unit.iter_mut().filter_map(|(_, _, queued)| queued.take()) {
+            let waited = now.saturating_duration_since(queued);
             self.metrics.waits.observe(waited.as_secs_f64());
         }
         let prepared = self.prepare(&unit).await;
@@ -707,7 +708,12 @@ mod tests {
 
     /// Runs a writer on `jobs`, all queued before it starts (so that it takes them at once:
     /// the first groups go out together, the second behind the first), to the end.
-    fn write_queued(url: &str, prefix: &str, jobs: Vec<Batch>) -> Vec<Result<(), StoreError>> {
+    /// Also gives how many waits for a group its metrics counted.
+    fn write_queued(
+        url: &str,
+        prefix: &str,
+        jobs: Vec<Batch>,
+    ) -> (Vec<Result<(), StoreError>>, String) {
         let primary = Primary::open(&url.into()).unwrap();
         let metrics = GroupMetrics::new(GroupWriter::Redis);
         let w = Writer::new(
@@ -715,14 +721,14 @@ mod tests {
             prefix,
             Local::default(),
             Acknowledgement::default(),
-            metrics,
+            metrics.clone(),
         );
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let answers: Vec<_> = jobs
             .into_iter()
             .map(|batch| {
                 let (reply, answer) = std::sync::mpsc::sync_channel(1);
-                tx.send((batch, Reply::Blocking(reply), Instant::now()))
+                tx.send((batch, Reply::Blocking(reply), Some(Instant::now())))
                     .unwrap();
                 answer
             })
@@ -733,7 +739,19 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(run(w, rx));
-        answers.into_iter().map(|a| a.recv().unwrap()).collect()
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("waits", "", metrics.waits);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let waits = text
+            .lines()
+            .find_map(|l| l.strip_prefix("waits_count "))
+            .unwrap_or_default()
+            .to_string();
+        (
+            answers.into_iter().map(|a| a.recv().unwrap()).collect(),
+            waits,
+        )
     }
 
     /// A group sent behind one that is not written as sent (a claim in it replayed) is not
@@ -784,9 +802,13 @@ mod tests {
             },
         ];
         let url2 = url.clone();
-        let answers = tokio::task::spawn_blocking(move || write_queued(&url2, "p:", jobs))
+        let (answers, waits) = tokio::task::spawn_blocking(move || write_queued(&url2, "p:", jobs))
             .await
             .unwrap();
+        assert_eq!(
+            waits, "4",
+            "each batch's wait counted once, sent again or not"
+        );
         assert!(
             matches!(answers[0], Err(StoreError::Guarded(Guarded::Replayed))),
             "{answers:?}"
