@@ -83,6 +83,8 @@ struct Sent {
     rows: Rows,
     kind: Kind,
     number: u64,
+    /// The audit head as the groups sent before it leave it (`Writer::head` when it was sent).
+    base: Option<Vec<u8>>,
     script: Arc<redis::Script>,
     cmd: Arc<redis::Cmd>,
     /// Whether this is the copy sent again on a new connection (there is no third).
@@ -114,6 +116,9 @@ pub(super) struct Writer {
     ready: VecDeque<Unit>,
     flight: VecDeque<Sent>,
     again: Vec<Unit>,
+    /// Whether a group in flight was not written (nor, then, will those behind it be): nothing
+    /// more is sent until every one is answered.
+    stalled: bool,
 }
 
 impl Writer {
@@ -143,6 +148,7 @@ impl Writer {
             ready: VecDeque::new(),
             flight: VecDeque::new(),
             again: Vec::new(),
+            stalled: false,
         }
     }
 
@@ -156,7 +162,7 @@ impl Writer {
 
     /// Whether another group may be sent now.
     fn room(&self) -> bool {
-        self.flight.len() < self.window() && self.again.is_empty()
+        self.flight.len() < self.window() && self.again.is_empty() && !self.stalled
     }
 
     /// Takes `first` and the jobs waiting behind it into the groups to send: a run of batches
@@ -228,6 +234,7 @@ impl Writer {
             let waited = now.saturating_duration_since(queued);
             self.metrics.waits.observe(waited.as_secs_f64());
         }
+        let base = self.head.clone();
         let prepared = self.prepare(&unit).await;
         let (kind, rows, script, call) = match prepared {
             Ok(p) => p,
@@ -253,6 +260,7 @@ impl Writer {
             rows,
             kind,
             number,
+            base,
             script,
             cmd,
             again: false,
@@ -397,12 +405,25 @@ impl Writer {
                 }
                 // whether it was written is not known: the head is read again
                 self.head = None;
+                self.stalled = true;
                 return answer_all(sent.unit, Err(redis_err(e)));
             }
         };
         let Sent {
-            unit, rows, kind, ..
+            unit,
+            rows,
+            kind,
+            base,
+            ..
         } = sent;
+        if !matches!(code, 0 | 3) {
+            // the first not written: the head is as the groups before it left it (those behind
+            // it answer 5 and leave it so); the answers below may say more
+            if !self.stalled {
+                self.head = base;
+            }
+            self.stalled = true;
+        }
         match (code, kind) {
             // written, or found written by a copy sent again (the head may have moved since:
             // the next write finds out)
@@ -509,6 +530,7 @@ pub(super) async fn run(mut w: Writer, mut jobs: tokio::sync::mpsc::UnboundedRec
     let mut open = true;
     loop {
         if w.flight.is_empty() {
+            w.stalled = false;
             // what was not written as sent goes first, in its order
             for unit in w.again.drain(..).rev() {
                 w.ready.push_front(unit);
@@ -708,12 +730,13 @@ mod tests {
 
     /// Runs a writer on `jobs`, all queued before it starts (so that it takes them at once:
     /// the first groups go out together, the second behind the first), to the end.
-    /// Also gives how many waits for a group its metrics counted.
+    /// Also gives how many waits for a group and how many writes (round trips) its metrics
+    /// counted.
     fn write_queued(
         url: &str,
         prefix: &str,
         jobs: Vec<Batch>,
-    ) -> (Vec<Result<(), StoreError>>, String) {
+    ) -> (Vec<Result<(), StoreError>>, (String, String)) {
         let primary = Primary::open(&url.into()).unwrap();
         let metrics = GroupMetrics::new(GroupWriter::Redis);
         let w = Writer::new(
@@ -741,17 +764,77 @@ mod tests {
         runtime.block_on(run(w, rx));
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register("waits", "", metrics.waits);
+        registry.register("writes", "", metrics.writes);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        let waits = text
-            .lines()
-            .find_map(|l| l.strip_prefix("waits_count "))
-            .unwrap_or_default()
-            .to_string();
+        let count = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}_count ")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let counts = (count("waits"), count("writes"));
         (
             answers.into_iter().map(|a| a.recv().unwrap()).collect(),
-            waits,
+            counts,
         )
+    }
+
+    /// What a writer did with a replay of a used nonce, queued with `jobs` behind it: the
+    /// replay refused as such, every other job written.
+    struct AfterAReplay {
+        _dir: tempfile::TempDir,
+        _redis: tokio::process::Child,
+        store: RedisStore,
+        /// How many waits for a group and writes the writer's metrics counted.
+        counts: (String, String),
+    }
+
+    async fn after_a_replay(jobs: Vec<Batch>) -> AfterAReplay {
+        let dir = tempfile::tempdir().unwrap();
+        let (redis, url) = crate::dev::start_redis(&dir.path().join("redis"))
+            .await
+            .expect("redis-server must be installed (scripts/test installs the Debian package)");
+        let store = RedisStore::open(url.as_str(), "p:").unwrap();
+        let used = |outcome: &str| Batch {
+            claims: vec![claim("n1")],
+            audit: vec![record(outcome)],
+            ..Batch::default()
+        };
+        store.apply(used("used")).unwrap();
+        let jobs = std::iter::once(used("replay")).chain(jobs).collect();
+        let (answers, counts) = tokio::task::spawn_blocking(move || write_queued(&url, "p:", jobs))
+            .await
+            .unwrap();
+        assert!(
+            matches!(answers[0], Err(StoreError::Guarded(Guarded::Replayed))),
+            "{answers:?}"
+        );
+        assert!(answers[1..].iter().all(Result::is_ok), "{answers:?}");
+        AfterAReplay {
+            _dir: dir,
+            _redis: redis,
+            store,
+            counts,
+        }
+    }
+
+    /// `batch`, guarded (by nothing): written alone, a group of its own.
+    fn alone(batch: Batch) -> Batch {
+        Batch {
+            guard: Some(Guard {
+                fence: None,
+                submission: None,
+            }),
+            ..batch
+        }
+    }
+
+    fn paging(v: u64) -> Batch {
+        Batch {
+            paging: vec![("on-call".into(), Some(serde_json::json!(v)))],
+            ..Batch::default()
+        }
     }
 
     /// A group sent behind one that is not written as sent (a claim in it replayed) is not
@@ -760,66 +843,34 @@ mod tests {
     /// (`after`), the second group lands first and the first's retry overwrites it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_behind_one_not_written_as_sent_is_written_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_redis, url) = crate::dev::start_redis(&dir.path().join("redis"))
-            .await
-            .expect("redis-server must be installed (scripts/test installs the Debian package)");
-        let store = RedisStore::open(url.as_str(), "p:").unwrap();
-        let used = Batch {
-            claims: vec![claim("n1")],
-            audit: vec![record("used")],
-            ..Batch::default()
-        };
-        store.apply(used).unwrap();
-        let paging = |v: u64| Batch {
-            paging: vec![("on-call".into(), Some(serde_json::json!(v)))],
-            ..Batch::default()
-        };
-        let jobs = vec![
-            // the first group: a replay, refused, and a batch written again without it
-            Batch {
-                claims: vec![claim("n1")],
-                audit: vec![record("replay")],
-                ..Batch::default()
-            },
+        let done = after_a_replay(vec![
+            // with the replay, the first group: written again without it
             Batch {
                 claims: vec![claim("n2")],
                 audit: vec![record("first")],
                 ..paging(1)
             },
-            // the second, behind it (guarded: a group of its own)
-            Batch {
-                guard: Some(Guard {
-                    fence: None,
-                    submission: None,
-                }),
-                ..paging(2)
-            },
+            // the second, behind it
+            alone(paging(2)),
             // the third, after both
             Batch {
                 audit: vec![record("last")],
                 ..Batch::default()
             },
-        ];
-        let url2 = url.clone();
-        let (answers, waits) = tokio::task::spawn_blocking(move || write_queued(&url2, "p:", jobs))
-            .await
-            .unwrap();
+        ])
+        .await;
+        let (waits, _) = &done.counts;
         assert_eq!(
             waits, "4",
             "each batch's wait counted once, sent again or not"
         );
-        assert!(
-            matches!(answers[0], Err(StoreError::Guarded(Guarded::Replayed))),
-            "{answers:?}"
-        );
-        assert!(answers[1..].iter().all(Result::is_ok), "{answers:?}");
         assert_eq!(
-            store.paging().unwrap(),
+            done.store.paging().unwrap(),
             vec![("on-call".to_string(), serde_json::json!(2))],
             "the later write of the row wins"
         );
-        let outcomes: Vec<String> = store
+        let outcomes: Vec<String> = done
+            .store
             .audit_entries(1, 10)
             .unwrap()
             .iter()
@@ -829,5 +880,30 @@ mod tests {
             })
             .collect();
         assert_eq!(outcomes, ["used", "first", "last"]);
+    }
+
+    /// Once a group in flight is not written, nothing more is sent behind it (it would not be
+    /// written either) until every group in flight is answered: a replay alone, a guarded batch
+    /// sent behind it, and a third batch cost four round trips (the replay; the guarded batch,
+    /// which answers that the one before it was not written; the guarded batch again; the
+    /// third), not six (the third sent behind the second, refused, and sent again, then linked
+    /// again on the head as it is).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_sent_behind_a_group_not_written_until_those_in_flight_are_answered() {
+        let done = after_a_replay(vec![
+            alone(paging(1)),
+            Batch {
+                audit: vec![record("last")],
+                ..Batch::default()
+            },
+        ])
+        .await;
+        let (_, writes) = &done.counts;
+        assert_eq!(writes, "4", "round trips");
+        assert_eq!(
+            done.store.audit_entries(1, 10).unwrap().len(),
+            2,
+            "used, last"
+        );
     }
 }
