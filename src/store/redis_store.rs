@@ -393,11 +393,16 @@ pub const RATES: &str = "rates";
 
 /// A script of one of the writer's groups (`invocation`): first {3, ''} if the writer wrote
 /// it already, its mark (a field of `META`, key 1, named by argument 3) holding the group's
-/// number or a later one (argument 4 is `<number>:<after>`), so that a group lands once and
+/// number or a later one (argument 4 is `<number>:<after>:<again>`: `numbered`), so that a group lands once and
 /// never after a later one of its writer (one sent again after its answer was lost, or given
 /// up on and read late by the server from the connection the writer dropped). Then {5, ''},
 /// nothing written, unless the mark holds `after` (the group sent before it, still in flight
-/// then; 0: none) or a later one: a group sent behind another is written only after it. That
+/// then; 0: none) or a later one: a group sent behind another is written only after it. A copy
+/// sent again (`again` 1: its first copy's answer was lost) that is not written for any reason
+/// retires its number (`<mark>:refused` in `META`), and a copy of a retired number answers
+/// {6, ''} and writes nothing: the first copy, read late by the server from the dropped
+/// connection, cannot land after its group was answered as not written (and sent again under a
+/// new number). The checks run in a function of their own, whose early answer is that refusal. That
 /// answer comes after a write (the
 /// mark set again as it is), so that a `WAIT` that follows on the connection (the writer's
 /// `Acknowledgement`) counts the replicas that have the group: from Redis 7.2 on, `WAIT`
@@ -415,24 +420,25 @@ pub const RATES: &str = "rates";
 /// command a script calls costs Redis a few microseconds beside its work, and a grant's group
 /// writes the audit head there.
 fn conditional(checks: &str, also: Option<usize>, done: &str) -> redis::Script {
-    let read = match also {
-        Some(arg) => format!(
-            "local got = redis.call('HMGET', KEYS[1], ARGV[3], ARGV[{arg}])\nlocal marked, also = got[1], got[2]"
-        ),
-        None => "local marked = redis.call('HGET', KEYS[1], ARGV[3])".to_string(),
-    };
+    let also = also.map(|arg| format!(", ARGV[{arg}]")).unwrap_or_default();
     // `#!lua`: a script that declares its flags (none: it may write) is refused whole by a
     // server over its `maxmemory`, before it runs; one that does not is run, and may write
     // there (Redis 7.0), so that a full server would grow on, or fail a script halfway
     redis::Script::new(&format!(
         r"#!lua
-{read}
-local number, after = string.match(ARGV[4], '^(%d+):(%d+)$')
+local got = redis.call('HMGET', KEYS[1], ARGV[3], ARGV[3] .. ':refused'{also})
+local marked, refused, also = got[1], got[2], got[3]
+local number, after, retire = string.match(ARGV[4], '^(%d+):(%d+):(%d)$')
 if (tonumber(marked) or 0) >= tonumber(number) then
   redis.call('HSET', KEYS[1], ARGV[3], marked)
   return {{3, ''}}
 end
-if (tonumber(marked) or 0) < tonumber(after) then return {{5, ''}} end
+if (tonumber(refused) or 0) >= tonumber(number) then return {{6, ''}} end
+local function retiring(answer)
+  if retire == '1' then redis.call('HSET', KEYS[1], ARGV[3] .. ':refused', number) end
+  return answer
+end
+if (tonumber(marked) or 0) < tonumber(after) then return retiring({{5, ''}}) end
 local UNPACKED, FORGET_AT_ONCE = {UNPACKED}, {FORGET_AT_ONCE}
 local function each(op, key, list, first, last)
   local out = {{}}
@@ -442,7 +448,10 @@ local function each(op, key, list, first, last)
   end
   return out
 end
+local no = (function()
 {checks}
+end)()
+if no then return retiring(no) end
 local a = tonumber(ARGV[2])
 local mark = true
 -- the mark last, as the rows' last command if that one sets fields of `META`
@@ -487,8 +496,14 @@ pub(super) fn invocation(
         .arg(keys + 2)
         .arg(args + 5)
         .arg(mark)
-        .arg(format!("{number}:{after}"));
+        .arg(numbered(number, after, false));
     call
+}
+
+/// A group's argument 4 (`conditional`): its number, the group it was sent behind, and whether
+/// this copy is one sent again, whose refusal retires the number.
+pub(super) fn numbered(number: u64, after: u64, again: bool) -> String {
+    format!("{number}:{after}:{}", u8::from(again))
 }
 
 /// Tables kept as a sorted set rather than a hash: their rows have empty values and are read by

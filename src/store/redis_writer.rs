@@ -30,8 +30,8 @@ use redis::aio::MultiplexedConnection;
 
 use super::redis_primary::{must_reconnect, Primary};
 use super::redis_store::{
-    fence_args, guarded_script, invocation, linked_script, plain_script, push_rows, redis_err,
-    remember, Local, CONNECT_TIMEOUT, NONCES, RATES, WRITE_TIMEOUT,
+    fence_args, guarded_script, invocation, linked_script, numbered, plain_script, push_rows,
+    redis_err, remember, Local, CONNECT_TIMEOUT, NONCES, RATES, WRITE_TIMEOUT,
 };
 use super::schema::*;
 use super::writer::{Reply, GROUP_COMMIT_MAX};
@@ -85,8 +85,10 @@ struct Sent {
     number: u64,
     /// The audit head as the groups sent before it leave it (`Writer::head` when it was sent).
     base: Option<Vec<u8>>,
+    /// The group in flight before it when it was sent (0: none).
+    after: u64,
     script: Arc<redis::Script>,
-    cmd: Arc<redis::Cmd>,
+    call: Call,
     /// Whether this is the copy sent again on a new connection (there is no third).
     again: bool,
     started: Instant,
@@ -253,16 +255,17 @@ impl Writer {
             self.head = Some(leaves.clone());
         }
         let number = self.groups;
-        let cmd = Arc::new(call.cmd(&script));
-        let answer = tokio::spawn(eval(conn, cmd.clone(), script.clone()));
+        let after = self.flight.back().map_or(0, |s| s.number);
+        let answer = tokio::spawn(eval(conn, Arc::new(call.cmd(&script)), script.clone()));
         self.flight.push_back(Sent {
             unit,
             rows,
             kind,
             number,
             base,
+            after,
             script,
-            cmd,
+            call,
             again: false,
             started: now,
             answer,
@@ -432,8 +435,9 @@ impl Writer {
                 let acknowledged = self.acknowledged().await;
                 answer_all(unit, acknowledged);
             }
-            // the group before it was not written: neither was this one
-            (5, _) => self.again.push(unit),
+            // the group before it was not written: neither was this one (6: a copy of it sent
+            // again was refused, and retired its number)
+            (5 | 6, _) => self.again.push(unit),
             (1, Kind::Guarded) => answer_all(unit, Err(StoreError::Guarded(Guarded::Fenced))),
             (2, Kind::Guarded) => answer_all(unit, Err(StoreError::Guarded(Guarded::Changed))),
             // another replica appended meanwhile: link after its entries
@@ -485,7 +489,10 @@ impl Writer {
         };
         for s in &mut all {
             s.again = true;
-            s.answer = tokio::spawn(eval(conn.clone(), s.cmd.clone(), s.script.clone()));
+            // the same group, marked as the copy sent again: refused, it retires its number
+            s.call.args[3] = numbered(s.number, s.after, true).into_bytes();
+            let cmd = Arc::new(s.call.cmd(&s.script));
+            s.answer = tokio::spawn(eval(conn.clone(), cmd, s.script.clone()));
         }
         self.flight.extend(all);
     }
@@ -904,6 +911,60 @@ mod tests {
             done.store.audit_entries(1, 10).unwrap().len(),
             2,
             "used, last"
+        );
+    }
+
+    /// A copy of a group sent again (its first copy's answer lost) that is refused retires the
+    /// group's number: the first copy, read late by the server from the dropped connection,
+    /// then writes nothing, although by then it would pass (here the clinician's rate has room
+    /// again). Before, it landed: a batch answered "rate limited" written after all, and the
+    /// group's other batches written twice once sent again under a new number.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_first_copy_of_a_group_refused_when_sent_again_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_redis, url) = crate::dev::start_redis(&dir.path().join("redis"))
+            .await
+            .expect("redis-server must be installed (scripts/test installs the Debian package)");
+        let store = RedisStore::open(url.as_str(), "l:").unwrap();
+        // one grant every 300 ms, none ahead
+        let rated = |nonce: &str, outcome: &str| Batch {
+            claims: vec![Claim {
+                burst_ms: 300,
+                emission_ms: 300,
+                clinician: "c".into(),
+                ..claim(nonce)
+            }],
+            audit: vec![record(outcome)],
+            ..Batch::default()
+        };
+        store.apply(rated("n1", "first")).unwrap();
+        let mut w = Writer::new(
+            Primary::open(&url.as_str().into()).unwrap(),
+            "l:",
+            Local::default(),
+            Acknowledgement::default(),
+            GroupMetrics::new(GroupWriter::Redis),
+        );
+        let (reply, _answer) = std::sync::mpsc::sync_channel(1);
+        let unit = vec![(rated("n2", "second"), Reply::Blocking(reply), None)];
+        let (_, _, script, mut call) = w.prepare(&unit).await.unwrap();
+        let first = Arc::new(call.cmd(&script));
+        call.args[3] = numbered(w.groups, 0, true).into_bytes();
+        let again = Arc::new(call.cmd(&script));
+        let conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let (code, _) = eval(conn.clone(), again, script.clone()).await.unwrap();
+        assert_eq!(code, 2, "the copy sent again: the rate has no room");
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let (code, _) = eval(conn, first, script).await.unwrap();
+        assert_eq!(code, 6, "the first copy, late: its number retired");
+        assert_eq!(
+            store.audit_entries(1, 10).unwrap().len(),
+            1,
+            "the first grant alone"
         );
     }
 }
