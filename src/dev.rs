@@ -125,6 +125,29 @@ pub fn redis_server(port: u16, dir: &Path) -> std::process::Command {
     cmd
 }
 
+/// A `redis-server` of a unit test's own (`start_redis`) in a temporary directory, which it
+/// also gives for the test's other files; the test fails when the server cannot start.
+#[cfg(test)]
+pub(crate) struct TestRedis {
+    // killed before its directory goes
+    _server: Child,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+#[cfg(test)]
+pub(crate) async fn test_redis() -> TestRedis {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, url) = start_redis(&dir.path().join("redis"))
+        .await
+        .expect("redis-server must be installed (scripts/test installs the Debian package)");
+    TestRedis {
+        _server: server,
+        dir,
+        url,
+    }
+}
+
 /// Starts `redis-server` on a free port, persisting to `dir` as production should (an
 /// append-only file synced on every write), and waits until it answers; killed when dropped.
 pub(crate) async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {

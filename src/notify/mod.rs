@@ -718,8 +718,7 @@ mod tests {
     /// A notifier of one replica on a Redis of its own (killed when dropped), and a notice
     /// ready to send (its message rendered and sealed), due now, in its store.
     struct OnRedis {
-        _redis: tokio::process::Child,
-        _dir: tempfile::TempDir,
+        _redis: crate::dev::TestRedis,
         store: Arc<dyn Store>,
         coordination: Arc<Coordinator>,
         settings: Settings,
@@ -728,15 +727,12 @@ mod tests {
     }
 
     async fn on_redis() -> OnRedis {
-        let dir = tempfile::tempdir().unwrap();
-        let (redis, url) = crate::dev::start_redis(&dir.path().join("redis"))
-            .await
-            .expect("redis-server must be installed (scripts/test installs the Debian package)");
-        let store: Arc<dyn Store> =
-            Arc::new(crate::store::RedisStore::open(url.as_str(), "t:").unwrap());
-        let coordination = Arc::new(Coordinator::redis(url.as_str(), "t:", 10).unwrap());
+        let redis = crate::dev::test_redis().await;
+        let url = redis.url.as_str();
+        let store: Arc<dyn Store> = Arc::new(crate::store::RedisStore::open(url, "t:").unwrap());
+        let coordination = Arc::new(Coordinator::redis(url, "t:", 10).unwrap());
         let mut settings = Settings::default();
-        settings.data.dir = dir.path().join("data");
+        settings.data.dir = redis.dir.path().join("data");
         let keyring = Arc::new(Keyring::from_keys(&[[7; 32]]).unwrap());
         let notifier = Notifier::new(
             &settings,
@@ -768,7 +764,6 @@ mod tests {
         .expect("the notice is written");
         OnRedis {
             _redis: redis,
-            _dir: dir,
             store,
             coordination,
             settings,

@@ -9,23 +9,24 @@
 //! before Redis 7.0; a full server refuses each write whole (`conditional`), and `writable` says
 //! so.
 //!
-//! The writer (`redis_writer.rs`) takes every batch waiting at that moment and writes them in
-//! one round trip, with up to two such groups in flight on its connection: a script that writes their rows, or, with audit events, one that links them on the
-//! audit head the writer expects (the head it last wrote: a replica's own writes need no read
-//! of it). The audit log has one order across every writer: if another replica moved the head
-//! meanwhile, the script writes nothing and answers the head as it is, and the group is linked
-//! again on it. The same script takes the grants' claims (`Claim`: a request's nonce unused,
-//! the clinician's rate), so that a grant on Redis costs one synced write in all; a batch whose
-//! claim does not hold is answered `Guarded` and the rest of its group written without it.
+//! The writer (`redis_writer.rs`) takes every batch waiting at that moment and writes them in one
+//! round trip, with up to two such groups in flight on its connection: a script that writes their
+//! rows, or, with audit events, one that links them on the audit head the writer expects (the head
+//! it last wrote: a replica's own writes need no read of it). The audit log has one order across
+//! every writer: if another replica moved the head meanwhile, the script writes nothing and answers
+//! the head as it is, and the group is linked again on it. The same script takes the grants' claims
+//! (`Claim`: a request's nonce unused, the clinician's rate), so that a grant on Redis costs one
+//! synced write in all; a batch whose claim does not hold is answered `Guarded` and the rest of its
+//! group written without it.
 //!
-//! A dropped connection is opened again and the command (the writer: its groups in flight)
-//! sent again once, so a restarted server is used again as soon as it answers (a retry that finds its group written, by the writer's
-//! mark written with it, is done: `conditional`). Reads give up on a server that does not
-//! answer within `READ_TIMEOUT` (and refuse reads at once for `QUIET_AFTER_TIMEOUT` after
-//! one did not), the writer within `WRITE_TIMEOUT` (then it tries once more,
-//! on the primary as it is then): every write checks the writer's mark first, so a group it
-//! gave up on never lands after a later one, nor twice. A grant stops waiting sooner, on its
-//! own (`access::grant`).
+//! A dropped connection is opened again and the command (the writer: its groups in flight) sent
+//! again once, so a restarted server is used again as soon as it answers (a retry that finds its
+//! group written, by the writer's mark written with it, is done: `conditional`). Reads give up on a
+//! server that does not answer within `READ_TIMEOUT` (and refuse reads at once for
+//! `QUIET_AFTER_TIMEOUT` after one did not), the writer within `WRITE_TIMEOUT` (then it tries once
+//! more, on the primary as it is then): every write checks the writer's mark first, so a group it
+//! gave up on never lands after a later one, nor twice. A grant stops waiting sooner, on its own
+//! (`access::grant`).
 //!
 //! With `Acknowledgement`, every write is also waited on until that many of the server's
 //! replicas have it (`WAIT`), so that a failover to one of them loses no acknowledged write.
@@ -136,22 +137,22 @@ pub(super) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// server, or a host gone without a reset, would otherwise hold the caller until TCP gives up).
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
-/// How long the writer waits for a write's answer (beyond the replicas' acknowledgement, when
-/// it waits for one) before it drops the connection and sends the group, and those in flight
-/// behind it, again on a new one, once (`redis_writer`): far beyond a healthy server's worst, so that a server that hangs, or a primary a
-/// failover replaced while it hung, holds the writer seconds, not until TCP gives up. The group
-/// it gave up on may still be read by the server from the dropped connection; the writer's mark
-/// keeps it from landing twice or after a later group (`conditional`). When the second copy
-/// fails too, the group's callers are answered with the error (no token) although the first
-/// copy may still land: its access is then recorded (on chain, notified) without a token, as
-/// one the replicas did not acknowledge in time is. A grant does not wait this long
-/// (`access::grant`).
+/// How long the writer waits for a write's answer (beyond the replicas' acknowledgement, when it
+/// waits for one) before it drops the connection and sends the group, and those in flight behind
+/// it, again on a new one, once (`redis_writer`): far beyond a healthy server's worst, so that a
+/// server that hangs, or a primary a failover replaced while it hung, holds the writer seconds, not
+/// until TCP gives up. The group it gave up on may still be read by the server from the dropped
+/// connection; the writer's mark keeps it from landing twice or after a later group
+/// (`conditional`). When the second copy fails too, the group's callers are answered with the error
+/// (no token) although the first copy may still land: its access is then recorded (on chain,
+/// notified) without a token, as one the replicas did not acknowledge in time is. A grant does not
+/// wait this long (`access::grant`).
 pub(super) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Runs `f` (a read, or the checks at `open`) on the connection in `slot`, opening it if needed (to the primary as it is now:
-/// `Primary`, within `CONNECT_TIMEOUT`, its answers awaited at most `answer_within`); a
-/// connection that must be opened again (`must_reconnect`, a timed-out one too) is, and `f`
-/// retried once.
+/// Runs `f` (a read, or the checks at `open`) on the connection in `slot`, opening it if needed (to
+/// the primary as it is now: `Primary`, within `CONNECT_TIMEOUT`, its answers awaited at most
+/// `answer_within`); a connection that must be opened again (`must_reconnect`, a timed-out one too)
+/// is, and `f` retried once.
 fn with<T>(
     primary: &Primary,
     slot: &mut Option<Connection>,
@@ -391,34 +392,32 @@ pub const NONCES: &str = "nonces";
 /// expiry; there is one per clinician who was ever granted.
 pub const RATES: &str = "rates";
 
-/// A script of one of the writer's groups (`invocation`): first {3, ''} if the writer wrote
-/// it already, its mark (a field of `META`, key 1, named by argument 3) holding the group's
-/// number or a later one (argument 4 is `<number>:<after>:<again>`: `numbered`), so that a group lands once and
-/// never after a later one of its writer (one sent again after its answer was lost, or given
-/// up on and read late by the server from the connection the writer dropped). Then {5, ''},
-/// nothing written, unless the mark holds `after` (the group sent before it, still in flight
-/// then; 0: none) or a later one: a group sent behind another is written only after it. A copy
-/// sent again (`again` 1: its first copy's answer was lost) that is not written for any reason
-/// retires its number (`<mark>:refused` in `META`), and a copy of a retired number answers
-/// {6, ''} and writes nothing: the first copy, read late by the server from the dropped
-/// connection, cannot land after its group was answered as not written (and sent again under a
-/// new number). The checks run in a function of their own, whose early answer is that refusal. That
-/// answer comes after a write (the
-/// mark set again as it is), so that a `WAIT` that follows on the connection (the writer's
-/// `Acknowledgement`) counts the replicas that have the group: from Redis 7.2 on, `WAIT`
-/// waits only for the connection's own last write, and a new connection that wrote nothing
-/// would be acknowledged at once, by replicas that may lack the group. Then `checks` (which return
-/// {code, detail} early when a condition fails); then the rows passed from key `ARGV[1]` and
-/// argument `ARGV[2]` on (`push_rows`) are written, the mark set to the group's number, and
-/// `done` returned: one atomic step on the server. Both may call
-/// `each(op, key, list, first, last)`: `op` on `key` with `list[first..last]` as arguments, a
-/// command per `UNPACKED` of them at most, their answers joined; and read the constants
-/// `UNPACKED` and `FORGET_AT_ONCE` as Lua locals of the same names. Given `also`, the checks
-/// also find the `META` field named by that argument in the local `also` (false if none), read
-/// with the mark in one command. The mark is set last, by the rows' last command if that one
-/// sets fields of `META` (the writer puts `META`'s rows last), else by a command of its own: each
-/// command a script calls costs Redis a few microseconds beside its work, and a grant's group
-/// writes the audit head there.
+/// A script of one of the writer's groups (`invocation`): first {3, ''} if the writer wrote it
+/// already, its mark (a field of `META`, key 1, named by argument 3) holding the group's number or
+/// a later one (argument 4 is `<number>:<after>:<again>`: `numbered`), so that a group lands once
+/// and never after a later one of its writer (one sent again after its answer was lost, or given up
+/// on and read late by the server from the connection the writer dropped). Then {5, ''}, nothing
+/// written, unless the mark holds `after` (the group sent before it, still in flight then; 0: none)
+/// or a later one: a group sent behind another is written only after it. A copy sent again (`again`
+/// 1: its first copy's answer was lost) that is not written for any reason retires its number
+/// (`<mark>:refused` in `META`), and a copy of a retired number answers {6, ''} and writes nothing:
+/// the first copy, read late by the server from the dropped connection, cannot land after its group
+/// was answered as not written (and sent again under a new number). The checks run in a function of
+/// their own, whose early answer is that refusal. That answer comes after a write (the mark set
+/// again as it is), so that a `WAIT` that follows on the connection (the writer's
+/// `Acknowledgement`) counts the replicas that have the group: from Redis 7.2 on, `WAIT` waits only
+/// for the connection's own last write, and a new connection that wrote nothing would be
+/// acknowledged at once, by replicas that may lack the group. Then `checks` (which return {code,
+/// detail} early when a condition fails); then the rows passed from key `ARGV[1]` and argument
+/// `ARGV[2]` on (`push_rows`) are written, the mark set to the group's number, and `done` returned:
+/// one atomic step on the server. Both may call `each(op, key, list, first, last)`: `op` on `key`
+/// with `list[first..last]` as arguments, a command per `UNPACKED` of them at most, their answers
+/// joined; and read the constants `UNPACKED` and `FORGET_AT_ONCE` as Lua locals of the same names.
+/// Given `also`, the checks also find the `META` field named by that argument in the local `also`
+/// (false if none), read with the mark in one command. The mark is set last, by the rows' last
+/// command if that one sets fields of `META` (the writer puts `META`'s rows last), else by a
+/// command of its own: each command a script calls costs Redis a few microseconds beside its work,
+/// and a grant's group writes the audit head there.
 fn conditional(checks: &str, also: Option<usize>, done: &str) -> redis::Script {
     let also = also.map(|arg| format!(", ARGV[{arg}]")).unwrap_or_default();
     // `#!lua`: a script that declares its flags (none: it may write) is refused whole by a
@@ -1124,11 +1123,8 @@ mod tests {
     /// ask it again; and while one read asks a quiet server, the others are refused.
     #[tokio::test]
     async fn reads_from_before_the_server_went_quiet_do_not_wake_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_redis, url) = crate::dev::start_redis(&dir.path().join("redis"))
-            .await
-            .expect("redis-server must be installed (scripts/test installs the Debian package)");
-        let store = RedisStore::open(url.as_str(), "q:").unwrap();
+        let redis = crate::dev::test_redis().await;
+        let store = RedisStore::open(redis.url.as_str(), "q:").unwrap();
         let (first, second) = (store.may_ask().unwrap(), store.may_ask().unwrap());
         store.asked(first, true);
         assert_eq!(store.may_ask(), None, "refused once one found no answer");

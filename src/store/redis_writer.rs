@@ -255,7 +255,7 @@ impl Writer {
             self.head = Some(leaves.clone());
         }
         let number = self.groups;
-        let after = self.flight.back().map_or(0, |s| s.number);
+        let after = self.behind();
         let answer = tokio::spawn(eval(conn, Arc::new(call.cmd(&script)), script.clone()));
         self.flight.push_back(Sent {
             unit,
@@ -387,8 +387,17 @@ impl Writer {
     /// A new group's call: numbered, and written only after the group in flight before it.
     fn call(&mut self, keys: usize, args: usize) -> Call {
         self.groups += 1;
-        let after = self.flight.back().map_or(0, |s| s.number);
-        invocation(&self.prefix, (&self.mark, self.groups, after), keys, args)
+        invocation(
+            &self.prefix,
+            (&self.mark, self.groups, self.behind()),
+            keys,
+            args,
+        )
+    }
+
+    /// The group a new one is sent behind: the last in flight (0: none).
+    fn behind(&self) -> u64 {
+        self.flight.back().map_or(0, |s| s.number)
     }
 
     /// Takes the answer of the first group in flight.
@@ -790,18 +799,15 @@ mod tests {
     /// What a writer did with a replay of a used nonce, queued with `jobs` behind it: the
     /// replay refused as such, every other job written.
     struct AfterAReplay {
-        _dir: tempfile::TempDir,
-        _redis: tokio::process::Child,
+        _redis: crate::dev::TestRedis,
         store: RedisStore,
         /// How many waits for a group and writes the writer's metrics counted.
         counts: (String, String),
     }
 
     async fn after_a_replay(jobs: Vec<Batch>) -> AfterAReplay {
-        let dir = tempfile::tempdir().unwrap();
-        let (redis, url) = crate::dev::start_redis(&dir.path().join("redis"))
-            .await
-            .expect("redis-server must be installed (scripts/test installs the Debian package)");
+        let redis = crate::dev::test_redis().await;
+        let url = redis.url.clone();
         let store = RedisStore::open(url.as_str(), "p:").unwrap();
         let used = |outcome: &str| Batch {
             claims: vec![claim("n1")],
@@ -819,7 +825,6 @@ mod tests {
         );
         assert!(answers[1..].iter().all(Result::is_ok), "{answers:?}");
         AfterAReplay {
-            _dir: dir,
             _redis: redis,
             store,
             counts,
@@ -921,11 +926,9 @@ mod tests {
     /// group's other batches written twice once sent again under a new number.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_late_first_copy_of_a_group_refused_when_sent_again_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_redis, url) = crate::dev::start_redis(&dir.path().join("redis"))
-            .await
-            .expect("redis-server must be installed (scripts/test installs the Debian package)");
-        let store = RedisStore::open(url.as_str(), "l:").unwrap();
+        let redis = crate::dev::test_redis().await;
+        let url = redis.url.as_str();
+        let store = RedisStore::open(url, "l:").unwrap();
         // one grant every 300 ms, none ahead
         let rated = |nonce: &str, outcome: &str| Batch {
             claims: vec![Claim {
@@ -939,7 +942,7 @@ mod tests {
         };
         store.apply(rated("n1", "first")).unwrap();
         let mut w = Writer::new(
-            Primary::open(&url.as_str().into()).unwrap(),
+            Primary::open(&url.into()).unwrap(),
             "l:",
             Local::default(),
             Acknowledgement::default(),
@@ -951,7 +954,7 @@ mod tests {
         let first = Arc::new(call.cmd(&script));
         call.args[3] = numbered(w.groups, 0, true).into_bytes();
         let again = Arc::new(call.cmd(&script));
-        let conn = redis::Client::open(url.as_str())
+        let conn = redis::Client::open(url)
             .unwrap()
             .get_multiplexed_async_connection()
             .await
