@@ -135,6 +135,38 @@ pub(crate) struct TestRedis {
     pub url: String,
 }
 
+/// An access as a unit test needs one: id `n` repeated, for `data_types`, granted at 1,000
+/// for ten minutes.
+#[cfg(test)]
+pub(crate) fn test_access(
+    n: u8,
+    data_types: Vec<crate::domain::DataType>,
+) -> crate::store::AccessRecord {
+    crate::store::AccessRecord {
+        id: crate::domain::AccessId([n; 32]),
+        provider: "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".parse().unwrap(),
+        role: crate::domain::Role::Nurse,
+        patient: crate::domain::PatientId([7; 32]),
+        data_types,
+        reason_sealed: String::new(),
+        reason_hash: hex::encode([n; 32]),
+        device: None,
+        nonce: u64::from(n),
+        issued_at: 1_000,
+        granted_at: 1_000,
+        expires_at: 1_600,
+        window_minutes: 10,
+        window_blocks: 60,
+        rules: vec![],
+        message_hash: String::new(),
+        signature: String::new(),
+        on_call: None,
+        degraded: false,
+        chain_lag_blocks: 0,
+        patient_registered: Some(true),
+    }
+}
+
 #[cfg(test)]
 pub(crate) async fn test_redis() -> TestRedis {
     let dir = tempfile::tempdir().unwrap();

@@ -44,6 +44,9 @@ pub struct Gauges {
     pub submitter_lease_held: bool,
     /// Operations and notices still open, in the store (`None`: it did not answer).
     pub open: Option<(u64, u64)>,
+    /// Audit log entries whose grants' chain records and notices are not made yet
+    /// (`access::follow_up`; `None`: the store did not answer).
+    pub follow_up_behind: Option<u64>,
 }
 
 /// One paging sync's health.
@@ -76,6 +79,7 @@ pub struct Metrics {
     submitter_lease_held: Gauge,
     chain_records_open: Gauge,
     notices_open: Gauge,
+    follow_up_behind: Gauge,
 }
 
 impl Default for Metrics {
@@ -103,6 +107,7 @@ impl Metrics {
             submitter_lease_held: Gauge::default(),
             chain_records_open: Gauge::default(),
             notices_open: Gauge::default(),
+            follow_up_behind: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("grants", "Break-glass accesses granted", m.grants.clone());
@@ -176,6 +181,11 @@ impl Metrics {
             "Patient notices not yet sent or dead-lettered, in the store all replicas share",
             m.notices_open.clone(),
         );
+        registry.register(
+            "follow_up_behind_entries",
+            "Audit log entries not yet read by the grants' follow-up, which makes each grant's chain record and patient notice (a few while grants come; growing: it is stopped)",
+            m.follow_up_behind.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -228,6 +238,9 @@ impl Metrics {
         if let Some((records, notices)) = gauges.open {
             self.chain_records_open.set(g(records));
             self.notices_open.set(g(notices));
+        }
+        if let Some(behind) = gauges.follow_up_behind {
+            self.follow_up_behind.set(g(behind));
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

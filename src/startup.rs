@@ -102,6 +102,7 @@ impl Application {
             &keyring,
         )?);
         let (announce, announced) = tokio::sync::mpsc::unbounded_channel();
+        let wake = Arc::new(tokio::sync::Notify::new());
         let vault = web::Data::from(Arc::new(crate::vault::Vault {
             state: state.clone(),
             keyring: keyring.clone(),
@@ -120,7 +121,7 @@ impl Application {
                 metrics,
                 coordination.clone(),
             )?
-            .with_notices(announce),
+            .with_follow_up(wake.clone()),
         );
         let oncall = breakglass.oncall.clone();
         let metrics = breakglass.metrics.clone();
@@ -193,6 +194,16 @@ impl Application {
                 shutdown_rx.clone(),
             )),
             tokio::spawn(notifier.run(announced, shutdown_rx.clone())),
+            tokio::spawn(
+                Arc::new(crate::access::follow_up::FollowUp::new(
+                    store.clone(),
+                    settings.notify.clone(),
+                    coordination.clone(),
+                    settings.data.lease_ms,
+                    Some(announce),
+                ))
+                .run(wake, shutdown_rx.clone()),
+            ),
             tokio::spawn(crate::audit::anchor::run(
                 store.clone(),
                 settings.audit.schedule(),

@@ -1,14 +1,13 @@
 //! The grant itself, once every step passed: the window, the access record, then the record,
-//! its chain operation, the patient's notice and the used nonce in one durable write, the token
-//! signed while it syncs and handed out only once the write is durable.
+//! its audit entry and the used nonce in one durable write, the token signed while it syncs and
+//! handed out only once the write is durable. Its chain operation and the patient's notice are
+//! made from the audit entry after it (`follow_up`).
 //!
 //! It must not: hand out a token whose access is not durable.
 
 use sha2::{Digest, Sha256};
 
 use super::{access_id, BreakGlass, ChainView, Grant};
-use crate::chain::contracts::{self, ACCESS_CONTROL};
-use crate::chain::submitter;
 use crate::clock::now_ms;
 use crate::domain::{OnCall as OnCallFact, Role};
 use crate::refusal::Refusal;
@@ -100,8 +99,9 @@ impl BreakGlass {
         })
     }
 
-    /// The record, its chain operation, the notice and the used nonce in one durable write;
-    /// the token signed while it syncs, handed out only once the write is durable.
+    /// The record, its audit entry and the used nonce in one durable write (the chain
+    /// operation and the notice follow from the entry: `follow_up`); the token signed while it
+    /// syncs, handed out only once the write is durable.
     pub(super) async fn record_and_sign(
         &self,
         access: AccessRecord,
@@ -109,16 +109,6 @@ impl BreakGlass {
         replay_key: String,
         claim: Option<crate::store::Claim>,
     ) -> Result<Grant, Refusal> {
-        let args = contracts::record_emergency_access_args(&access, req.signer)
-            .map_err(|e| Self::unavailable(format!("the chain record's arguments: {e}")))?;
-        let record = submitter::operation(
-            &format!("record:{}", access.id),
-            ACCESS_CONTROL,
-            "record-emergency-access",
-            &args,
-        );
-        let notice = crate::notify::notice_for(&self.notify, &access);
-        let announce = (notice.next_at, notice.access_id);
         let granted = crate::audit::Record::now(crate::audit::Event::Grant {
             access: access.id,
             clinician: access.provider,
@@ -130,9 +120,7 @@ impl BreakGlass {
         });
         let batch = Batch {
             audit: vec![granted],
-            notices: vec![notice],
             accesses: vec![access.clone()],
-            submissions: vec![record],
             // one process keeps its used nonces as rows (read back at start); replicas' nonces
             // are their claims
             replay: match claim {
@@ -182,9 +170,10 @@ impl BreakGlass {
             }
         }
 
-        if let Some(n) = &self.notices {
-            // the notifier may have stopped (shutdown): the next start reads it from the store
-            let _ = n.send(announce);
+        if let Some(wake) = &self.follow_up {
+            // its chain record and notice, made from the log (a follow-up stopped by a
+            // shutdown makes them at the next start)
+            wake.notify_one();
         }
 
         let token = token.map_err(|e| {

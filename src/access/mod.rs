@@ -1,9 +1,9 @@
 //! The break-glass path, top to bottom: verify the signed request, refuse replays, look the
 //! clinician up in the chain-state cache, check on-call, the patient's preferences and the
-//! policies, then write the access record, the chain-record operation, the patient's notice
-//! and the used nonce in one durable write, signing the token while it syncs and handing it
-//! out only once the write is durable. No step waits on the node except a cache miss; the
-//! chain record and the notice are background work.
+//! policies, then write the access record, its audit entry and the used nonce in one durable
+//! write, signing the token while it syncs and handing it out only once the write is durable.
+//! No step waits on the node except a cache miss; the chain record and the notice are
+//! background work, made from the audit entry by the grants' follow-up (`follow_up.rs`).
 //!
 //! `request` reads as the pipeline: verify (`request.rs`), the nonce (taken in this process's
 //! memory, `coordination::Local`; with replicas, a `store::Claim` that the grant's write takes
@@ -34,6 +34,7 @@ pub use reasons::rekey_reasons;
 use steps::replayed;
 pub use view::{chain_view, ChainView};
 
+pub mod follow_up;
 mod grant;
 mod reasons;
 mod steps;
@@ -59,9 +60,9 @@ pub struct BreakGlass {
     chain_id: u32,
     mainnet: bool,
     seconds_per_block: u64,
-    notify: crate::configuration::NotifySettings,
-    /// Where each grant announces its notice to the notifier (`notify::Notifier::run`).
-    notices: Option<tokio::sync::mpsc::UnboundedSender<(u64, crate::domain::AccessId)>>,
+    /// What each grant wakes: its follow-up, which makes its chain record and notice
+    /// (`follow_up::FollowUp::run`).
+    follow_up: Option<Arc<tokio::sync::Notify>>,
     /// How far the follower's view of the chain may be behind (`chain_view`).
     follower: Arc<FollowerStatus>,
     max_lag_blocks: u64,
@@ -99,20 +100,16 @@ impl BreakGlass {
             chain_id: settings.chain.network.chain_id(),
             mainnet: settings.chain.network.is_mainnet(),
             seconds_per_block: settings.issuance.seconds_per_block,
-            notify: settings.notify.clone(),
-            notices: None,
+            follow_up: None,
             follower,
             max_lag_blocks: settings.follower.max_lag_blocks,
             fresh_ms: settings.follower.fresh_ms(),
         })
     }
 
-    /// Announces each grant's notice to the notifier.
-    pub fn with_notices(
-        mut self,
-        notices: tokio::sync::mpsc::UnboundedSender<(u64, crate::domain::AccessId)>,
-    ) -> BreakGlass {
-        self.notices = Some(notices);
+    /// Wakes the grants' follow-up after each grant.
+    pub fn with_follow_up(mut self, wake: Arc<tokio::sync::Notify>) -> BreakGlass {
+        self.follow_up = Some(wake);
         self
     }
 

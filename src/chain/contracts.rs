@@ -128,12 +128,11 @@ pub fn buff32(v: Option<&Value>) -> Option<[u8; 32]> {
     }
 }
 
-/// `record-emergency-access`'s arguments for `access`, signed by `provider`, consensus-
-/// serialized (hex): access id, provider, patient id, data types, window in blocks, the
-/// reason's hash, whether the grant was degraded.
+/// `record-emergency-access`'s arguments for `access`, consensus-serialized (hex): access id,
+/// the provider who signed the request, patient id, data types, window in blocks, the reason's
+/// hash, whether the grant was degraded.
 pub fn record_emergency_access_args(
     access: &crate::store::AccessRecord,
-    provider: crate::stacks::Address,
 ) -> Result<Vec<String>, String> {
     let reason_hash: [u8; 32] = hex::decode(&access.reason_hash)
         .ok()
@@ -141,7 +140,7 @@ pub fn record_emergency_access_args(
         .ok_or_else(|| "the reason hash is not 32 bytes of hex".to_string())?;
     Ok([
         Value::buffer(access.id.0),
-        Value::Principal(crate::stacks::Principal::Standard(provider)),
+        Value::Principal(crate::stacks::Principal::Standard(access.provider)),
         Value::buffer(access.patient.0),
         Value::List(
             access

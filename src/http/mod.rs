@@ -65,15 +65,21 @@ async fn metrics(health: web::Data<Health>) -> HttpResponse {
     // the store's counts on the blocking pool: a store that does not answer (up to its read
     // timeouts) holds a scrape, not a worker that grants
     let store = health.store.clone();
-    let open = web::block(move || store.open_counts().map_err(|e| e.to_string()))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|counts| counts)
-        .inspect_err(|e| tracing::warn!(error = %e, "metrics: the open counts could not be read"))
-        .ok();
+    let counts = web::block(move || {
+        let open = store.open_counts()?;
+        // the log's entries the grants' follow-up has not read yet
+        let head = store.audit_head()?.map_or(0, |h| h.seq);
+        let behind = head.saturating_sub(store.followed()?.unwrap_or(0));
+        Ok::<_, crate::store::StoreError>((open, behind))
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|counts| counts.map_err(|e| e.to_string()))
+    .inspect_err(|e| tracing::warn!(error = %e, "metrics: the open counts could not be read"))
+    .ok();
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(health.metrics.render(&gauges(&health, open, now)))
+        .body(health.metrics.render(&gauges(&health, counts, now)))
 }
 
 /// Ready when the store answers, the keys are loaded and the follower is within
@@ -192,8 +198,9 @@ async fn new_block(follower: web::Data<Follower>, block: web::Json<NewBlock>) ->
 }
 
 /// The gauges `/metrics` shows, read now from the paging sources, the follower and the
-/// submitter, with the store's `open` counts (read by the caller).
-fn gauges(health: &Health, open: Option<(u64, u64)>, now: u64) -> Gauges {
+/// submitter, with the store's counts (read by the caller): the open operations and notices,
+/// and the log's entries the grants' follow-up has not read.
+fn gauges(health: &Health, counts: Option<((u64, u64), u64)>, now: u64) -> Gauges {
     let (oncall, follower) = (&health.oncall, &health.follower);
     Gauges {
         syncs: oncall
@@ -217,6 +224,7 @@ fn gauges(health: &Health, open: Option<(u64, u64)>, now: u64) -> Gauges {
             .pushes_not_on_chain
             .load(std::sync::atomic::Ordering::SeqCst),
         submitter_lease_held: health.submitter.holds_lease(),
-        open,
+        open: counts.map(|(open, _)| open),
+        follow_up_behind: counts.map(|(_, behind)| behind),
     }
 }

@@ -1,7 +1,8 @@
 //! Patient notices: after an emergency access, one honest message to the patient (and their
 //! delegate), delivered once.
 //!
-//! The grant writes a pending `Notice` in the same batch as the access. This worker, off the
+//! The grants' follow-up (`access::follow_up`) writes a pending `Notice` for each access,
+//! made from the audit log after the grant, and tells this worker of it. This worker, off the
 //! hot path, takes each notice when it is due (the window's close, or at once for
 //! `notify.immediate_data_types`) and once the access is on chain (the txid is the notice's
 //! proof). It renders the message once, seals it and stores it *before* the first attempt;
@@ -60,8 +61,7 @@ pub struct Notifier {
     takeover_secs: u64,
 }
 
-/// The sealed-value name of a notice's message (binds it to its access).
-/// The notice a grant writes with its access.
+/// The notice of an access (made by the grants' follow-up, from the access).
 pub fn notice_for(settings: &NotifySettings, access: &crate::store::AccessRecord) -> Notice {
     let immediate = access
         .data_types
@@ -120,8 +120,8 @@ impl Notifier {
     }
 
     /// Runs until shutdown. Open notices are read from the store once, at start; after
-    /// that the grants announce theirs on `new` (a notice announced just before a crash is
-    /// found by the next start's read).
+    /// that the grants' follow-up announces each notice it makes on `new` (a notice announced
+    /// just before a crash is found by the next start's read).
     pub async fn run(
         self: Arc<Self>,
         mut new: mpsc::UnboundedReceiver<(u64, crate::domain::AccessId)>,
@@ -626,33 +626,11 @@ enum Prepared {
 mod tests {
     use super::*;
     use crate::domain::Language;
-    use crate::domain::{DataType, PatientId, Role};
+    use crate::domain::{DataType, PatientId};
     use crate::store::AccessRecord;
 
     fn access(data_types: Vec<DataType>) -> AccessRecord {
-        AccessRecord {
-            id: crate::domain::AccessId([0xab; 32]),
-            provider: "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".parse().unwrap(),
-            role: Role::Nurse,
-            patient: PatientId([7; 32]),
-            data_types,
-            reason_sealed: String::new(),
-            reason_hash: String::new(),
-            device: None,
-            nonce: 1,
-            issued_at: 1_000,
-            granted_at: 1_000,
-            expires_at: 1_600,
-            window_minutes: 10,
-            window_blocks: 60,
-            rules: vec![],
-            message_hash: String::new(),
-            signature: String::new(),
-            on_call: None,
-            degraded: false,
-            chain_lag_blocks: 0,
-            patient_registered: Some(true),
-        }
+        crate::dev::test_access(0xab, data_types)
     }
 
     #[test]

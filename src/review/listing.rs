@@ -49,6 +49,20 @@ pub struct OnChain {
 }
 
 impl OnChain {
+    /// An access's chain record: made by the grants' follow-up just after the grant, and
+    /// pending until then, as it is once made.
+    fn record(s: Option<&Submission>) -> OnChain {
+        match s {
+            None => OnChain {
+                state: "pending",
+                txid: None,
+                height: None,
+                result: None,
+            },
+            made => OnChain::of(made),
+        }
+    }
+
     fn of(s: Option<&Submission>) -> OnChain {
         let (state, txid, height, result) = match s.map(|s| &s.state) {
             None => ("none", None, None, None),
@@ -244,7 +258,7 @@ impl Review {
             age_secs: now.saturating_sub(a.granted_at),
             verdict: verdict.map(|v| v.verdict),
             review: OnChain::of(review.as_ref()),
-            record: OnChain::of(record.as_ref()),
+            record: OnChain::record(record.as_ref()),
         })
     }
 

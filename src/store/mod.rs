@@ -180,6 +180,15 @@ impl Submission {
     }
 }
 
+/// A granted access as the grants' follow-up reads it (`Store::granted`): the record, and
+/// whether its notice and its chain record's operation are made already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    pub access: AccessRecord,
+    pub noticed: bool,
+    pub recorded: bool,
+}
+
 /// A granted break-glass access, as the service recorded it before answering.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessRecord {
@@ -323,6 +332,10 @@ pub struct Batch {
     pub reviewers: Vec<(Address, bool)>,
     pub submissions: Vec<Submission>,
     pub nonce: Option<u64>,
+    /// How far the grants' follow-up has read the audit log (`access::follow_up`): the seq of
+    /// the last entry whose grant has its chain operation and notice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followed: Option<u64>,
     pub accesses: Vec<AccessRecord>,
     /// Request nonces used, `signer:nonce` with when they may be forgotten (unix seconds).
     pub replay: Vec<(String, u64)>,
@@ -379,6 +392,9 @@ impl Batch {
         if later.nonce.is_some() {
             self.nonce = later.nonce;
         }
+        if later.followed.is_some() {
+            self.followed = later.followed;
+        }
         self.providers.extend(later.providers);
         self.preferences.extend(later.preferences);
         self.consents.extend(later.consents);
@@ -411,6 +427,7 @@ impl Batch {
             && self.reviewers.is_empty()
             && self.submissions.is_empty()
             && self.nonce.is_none()
+            && self.followed.is_none()
             && self.accesses.is_empty()
             && self.replay.is_empty()
             && self.replay_forgotten.is_empty()
@@ -548,6 +565,12 @@ pub trait Store: Send + Sync + 'static {
     fn contact(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
     fn contact_ids(&self) -> Result<Vec<PatientId>, StoreError>;
     fn notice(&self, access_id: &AccessId) -> Result<Option<Notice>, StoreError>;
+    /// The accesses of `ids` the store holds, in their order, each with whether its notice and
+    /// its chain record's operation (`record:<id>`) are held too: what the grants' follow-up
+    /// reads (`access::follow_up`), a few reads for any number of them.
+    fn granted(&self, ids: &[AccessId]) -> Result<Vec<Granted>, StoreError>;
+    /// How far the grants' follow-up has read the audit log (`Batch::followed`).
+    fn followed(&self) -> Result<Option<u64>, StoreError>;
     /// A provider's directory entry.
     fn directory_entry(&self, principal: &Address) -> Result<Option<ProviderEntry>, StoreError>;
     fn directory_entries(&self) -> Result<Vec<ProviderEntry>, StoreError>;

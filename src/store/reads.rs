@@ -255,6 +255,31 @@ macro_rules! typed_reads {
             self.get(NOTICES, &access_id.to_string())
         }
 
+        fn granted(&self, ids: &[AccessId]) -> Result<Vec<Granted>, StoreError> {
+            let keys: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            let records: Vec<String> = keys.iter().map(|k| format!("record:{k}")).collect();
+            let accesses = self.get_many(ACCESSES, &keys)?;
+            let notices = self.get_many(NOTICES, &keys)?;
+            let operations = self.get_many(SUBMISSIONS, &records)?;
+            let mut out = Vec::new();
+            for (((key, access), notice), operation) in
+                keys.iter().zip(accesses).zip(notices).zip(operations)
+            {
+                if let Some(access) = access {
+                    out.push(Granted {
+                        access: dec(key, &access)?,
+                        noticed: notice.is_some(),
+                        recorded: operation.is_some(),
+                    });
+                }
+            }
+            Ok(out)
+        }
+
+        fn followed(&self) -> Result<Option<u64>, StoreError> {
+            self.get(META, FOLLOWED)
+        }
+
         fn directory_entry(
             &self,
             principal: &Address,

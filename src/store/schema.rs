@@ -80,6 +80,9 @@ pub(super) fn def(name: Table) -> TableDefinition<'static, &'static str, &'stati
 /// The META key of the audit log's head (`audit::Head`).
 pub(super) const AUDIT_HEAD: &str = "audit_head";
 
+/// The META key of how far the grants' follow-up has read the log (`Batch::followed`).
+pub(super) const FOLLOWED: &str = "followed";
+
 /// The AUDIT key of entry `seq`.
 pub(super) fn audit_key(seq: u64) -> String {
     format!("{seq:020}")
@@ -205,6 +208,9 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     }
     if let Some(n) = batch.nonce {
         out.push((META, "nonce".into(), Some(enc(&n)?)));
+    }
+    if let Some(seq) = batch.followed {
+        out.push((META, FOLLOWED.into(), Some(enc(&seq)?)));
     }
     for (w, s) in &batch.providers {
         out.push((PROVIDERS, w.to_string(), s.as_ref().map(enc).transpose()?));

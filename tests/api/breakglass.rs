@@ -149,8 +149,10 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
     // the journal also wrote what the follower and the submitter stored, in groups that took
     // every grant between them
     assert!(m.assert_group_commits("journal", grants) >= grants);
-    // every record confirmed: none waits
+    // every record confirmed: none waits; every grant followed up (its chain record and
+    // notice made from the audit log)
     assert_eq!(value("breakglass_chain_records_open"), 0.0);
+    assert_eq!(value("breakglass_follow_up_behind_entries"), 0.0);
     assert!(
         value("breakglass_audit_write_duration_seconds_sum")
             < value("breakglass_grant_duration_seconds_sum"),

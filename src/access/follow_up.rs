@@ -1,0 +1,499 @@
+//! What a grant leaves to do once its token is out: its chain record (the operation
+//! `record:<access>`, sent by the chain submitter) and its patient's notice (sent by the
+//! notifier), both made from the audit log.
+//!
+//! A grant's durable write holds what the token needs behind it: the access, its audit entry
+//! and its claims (nonce and rate). Every grant is in the log, in order, so the rest is derived
+//! from it here, off the break-glass path: this task reads the log from where it last stopped
+//! (`Store::followed`), makes each granted access's operation and notice, and writes them with
+//! its new place in the log in one write. Each is made once, even across crashes (a restart
+//! reads on from the place written with the last ones made), and a grant is never left without
+//! them (its audit entry is durable before its token leaves). With replicas, one follows at a
+//! time (a lease; its writes fenced, so a replica paused past its lease writes nothing).
+//!
+//! Grants wake it; it also looks every `TICK` (grants on other replicas, a wake missed). Under
+//! load it writes at most once every `SPACING`, each write carrying every grant since the last:
+//! its writes share the store with the grants', and fewer, larger ones cost the store less.
+//!
+//! It must not: send anything (the submitter and the notifier do), or make an operation or a
+//! notice that is there already (a grant written by an earlier version made its own with it).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::chain::contracts::{self, ACCESS_CONTROL};
+use crate::chain::submitter;
+use crate::configuration::NotifySettings;
+use crate::coordination::Coordinator;
+use crate::domain::AccessId;
+use crate::store::{AccessRecord, Batch, Fence, Guard, Store, StoreError, Submission};
+
+/// How many log entries one write covers at most.
+const AT_ONCE: usize = 512;
+/// How often it looks at the log without being woken.
+const TICK: Duration = Duration::from_millis(250);
+/// The least time between two writes while grants keep coming.
+const SPACING: Duration = Duration::from_millis(50);
+/// The lease replicas take to follow: one per store.
+const LEASE: &str = "follow-up";
+
+/// The chain record's operation for `access` (its arguments are the access's own fields).
+pub fn record_operation(access: &AccessRecord) -> Result<Submission, String> {
+    let args = contracts::record_emergency_access_args(access)?;
+    Ok(submitter::operation(
+        &format!("record:{}", access.id),
+        ACCESS_CONTROL,
+        "record-emergency-access",
+        &args,
+    ))
+}
+
+pub struct FollowUp {
+    store: Arc<dyn Store>,
+    notify: NotifySettings,
+    coordination: Arc<Coordinator>,
+    holder: String,
+    lease_ms: u64,
+    /// The notifier, told of each notice made (when it is due, and its access).
+    notices: Option<mpsc::UnboundedSender<(u64, AccessId)>>,
+}
+
+/// The follow-up's lease as last asked for: when, and the fence it gave (`None`: another
+/// replica holds it, or the ask failed).
+#[derive(Default)]
+struct Lease {
+    asked: Option<Instant>,
+    held: Option<Option<Fence>>,
+}
+
+/// One step's outcome.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Followed {
+    /// Log entries passed (0: the log had nothing new).
+    pub entries: usize,
+    /// Grants among them whose operation or notice was made.
+    pub grants: usize,
+}
+
+impl FollowUp {
+    pub fn new(
+        store: Arc<dyn Store>,
+        notify: NotifySettings,
+        coordination: Arc<Coordinator>,
+        lease_ms: u64,
+        notices: Option<mpsc::UnboundedSender<(u64, AccessId)>>,
+    ) -> FollowUp {
+        FollowUp {
+            store,
+            notify,
+            coordination,
+            holder: crate::coordination::replica_id(),
+            lease_ms,
+            notices,
+        }
+    }
+
+    /// With replicas, the lease to follow under, taken or renewed (`Ok(None)`: another
+    /// replica follows now); one process follows alone, unfenced.
+    async fn fence(&self) -> Result<Option<Option<Fence>>, StoreError> {
+        if !self.coordination.is_shared() {
+            return Ok(Some(None));
+        }
+        let token = self
+            .coordination
+            .lease(LEASE, &self.holder, self.lease_ms)
+            .await?;
+        Ok(token.map(|token| {
+            Some(Fence {
+                lease: LEASE.into(),
+                holder: self.holder.clone(),
+                token,
+            })
+        }))
+    }
+
+    /// Reads the log on from where the last step stopped and writes what its grants lack,
+    /// with the new place, fenced with `fence`.
+    pub async fn step(&self, fence: Option<Fence>) -> Result<Followed, StoreError> {
+        let store = self.store.clone();
+        let notify = self.notify.clone();
+        // the store's reads block: off the runtime's threads
+        let planned = tokio::task::spawn_blocking(move || plan(store.as_ref(), &notify))
+            .await
+            .map_err(|e| StoreError::Backend(format!("the follow-up's reads: {e}")))??;
+        let Some((mut batch, followed)) = planned else {
+            return Ok(Followed::default());
+        };
+        let announce: Vec<(u64, AccessId)> = batch
+            .notices
+            .iter()
+            .map(|n| (n.next_at, n.access_id))
+            .collect();
+        batch.guard = fence.map(|f| Guard {
+            fence: Some(f),
+            submission: None,
+        });
+        crate::store::apply_async(&self.store, batch).await?;
+        if let Some(tx) = &self.notices {
+            for n in announce {
+                // the notifier may have stopped (shutdown): the next start reads it from the store
+                let _ = tx.send(n);
+            }
+        }
+        Ok(followed)
+    }
+
+    /// The lease as last taken, if it is still good for a while; else taken or renewed now,
+    /// which a replica that does not hold it tries at most every third of a lease (each try
+    /// is a write to the store).
+    async fn lease(&self, lease: &mut Lease) -> Result<Option<Option<Fence>>, StoreError> {
+        let third = Duration::from_millis(self.lease_ms / 3);
+        if lease.asked.is_some_and(|at| at.elapsed() < third) {
+            return Ok(lease.held.clone());
+        }
+        // counted from before the ask: never thought held longer than it is
+        let asked = Instant::now();
+        let held = self.fence().await;
+        lease.asked = Some(asked);
+        lease.held = held.as_ref().ok().cloned().flatten();
+        held
+    }
+
+    /// Follows the log until `shutdown`, woken by grants (`wake`) or every `TICK`.
+    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+        let mut last_write: Option<Instant> = None;
+        let mut lease = Lease::default();
+        loop {
+            let more = match self.lease(&mut lease).await {
+                Ok(Some(fence)) => match self.step(fence).await {
+                    Ok(f) => {
+                        if f.grants > 0 {
+                            tracing::debug!(
+                                entries = f.entries,
+                                grants = f.grants,
+                                "grants followed up"
+                            );
+                        }
+                        if f.entries > 0 {
+                            last_write = Some(Instant::now());
+                        }
+                        f.entries == AT_ONCE
+                    }
+                    Err(e) => {
+                        if matches!(e, StoreError::Guarded(crate::store::Guarded::Fenced)) {
+                            // another replica took the lease: asked again at once
+                            lease = Lease::default();
+                        }
+                        tracing::warn!(error = %e, "the grants' follow-up could not be written; trying again");
+                        false
+                    }
+                },
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the grants' follow-up: its lease could not be taken");
+                    false
+                }
+            };
+            if !more {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(TICK) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+            // grants keep coming: one write for every grant of the next `SPACING`
+            if let Some(wait) = last_write.and_then(|at| SPACING.checked_sub(at.elapsed())) {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+}
+
+/// The next step's write, and what it covers: the operations and notices of the grants among
+/// the log's next entries that lack them, and the new place (`None`: nothing new in the log).
+fn plan(
+    store: &dyn Store,
+    notify: &NotifySettings,
+) -> Result<Option<(Batch, Followed)>, StoreError> {
+    let from = store.followed()?.map_or(1, |seq| seq + 1);
+    let entries = store.audit_entries(from, AT_ONCE)?;
+    let Some(last) = entries.last() else {
+        return Ok(None);
+    };
+    let mut ids = Vec::new();
+    for entry in &entries {
+        match entry.parsed() {
+            Ok(crate::audit::Event::Grant { access, .. }) => ids.push(access),
+            Ok(_) => {}
+            // the log's own check (`audit::verify`) reports it; a grant is never written so
+            Err(e) => {
+                tracing::error!(seq = entry.seq, error = %e, "an audit entry that does not parse: passed over by the follow-up")
+            }
+        }
+    }
+    let granted = store.granted(&ids)?;
+    if granted.len() < ids.len() {
+        // a grant's access is written with its entry, in the same write
+        tracing::error!(
+            missing = ids.len() - granted.len(),
+            "grants in the audit log without their access record: no chain record or notice can be made for them"
+        );
+    }
+    let mut batch = Batch {
+        followed: Some(last.seq),
+        ..Batch::default()
+    };
+    let mut grants = 0;
+    for g in granted {
+        if !g.recorded {
+            match record_operation(&g.access) {
+                Ok(op) => batch.submissions.push(op),
+                Err(e) => {
+                    tracing::error!(access = %g.access.id, error = %e, "the chain record's arguments: not recorded on chain")
+                }
+            }
+        }
+        if !g.noticed {
+            batch
+                .notices
+                .push(crate::notify::notice_for(notify, &g.access));
+        }
+        grants += usize::from(!g.recorded || !g.noticed);
+    }
+    Ok(Some((
+        batch,
+        Followed {
+            entries: entries.len(),
+            grants,
+        },
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev::test_access as access;
+    use crate::domain::DataType;
+    use crate::store::{NoticeState, RedbStore, SubmissionState};
+
+    /// A grant's write as the grant makes it: the access and its audit entry.
+    fn grant(a: &AccessRecord) -> Batch {
+        Batch {
+            audit: vec![crate::audit::Record::now(crate::audit::Event::Grant {
+                access: a.id,
+                clinician: a.provider,
+                role: a.role,
+                patient: a.patient,
+                data_types: a.data_types.clone(),
+                expires_at: a.expires_at,
+                degraded: a.degraded,
+            })],
+            accesses: vec![a.clone()],
+            ..Batch::default()
+        }
+    }
+
+    fn follow_up(store: &Arc<dyn Store>, coordination: Coordinator) -> FollowUp {
+        let mut notify = crate::configuration::Settings::default().notify;
+        notify.immediate_data_types = vec![DataType::Allergies];
+        FollowUp::new(store.clone(), notify, Arc::new(coordination), 60_000, None)
+    }
+
+    fn on_redb() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        (dir, store)
+    }
+
+    /// Each grant in the log gets its chain record and its notice (due at once for an
+    /// immediate data type, at the window's close else), once: a second step finds nothing
+    /// new, and leaves what the submitter and the notifier did since as they left it.
+    #[tokio::test]
+    async fn each_grant_gets_its_chain_record_and_notice_once() {
+        let (_dir, store) = on_redb();
+        let (now, later) = (
+            access(1, vec![DataType::Allergies]),
+            access(2, vec![DataType::Problems]),
+        );
+        crate::store::apply_async(&store, grant(&now))
+            .await
+            .unwrap();
+        // an entry that is not a grant, between them
+        let refusal = Batch {
+            audit: vec![crate::audit::Record::now(crate::audit::Event::Refusal {
+                code: "not-on-call".into(),
+                status: 403,
+                signer: None,
+                patient: None,
+                data_types: vec![],
+            })],
+            ..Batch::default()
+        };
+        crate::store::apply_async(&store, refusal).await.unwrap();
+        crate::store::apply_async(&store, grant(&later))
+            .await
+            .unwrap();
+        let f = follow_up(&store, Coordinator::local(10));
+
+        assert_eq!(
+            f.step(None).await.unwrap(),
+            Followed {
+                entries: 3,
+                grants: 2
+            }
+        );
+        assert_eq!(store.followed().unwrap(), Some(3));
+        for a in [&now, &later] {
+            let op = store
+                .submission(&format!("record:{}", a.id))
+                .unwrap()
+                .expect("its chain record");
+            assert_eq!(
+                op,
+                Submission {
+                    created_at_ms: op.created_at_ms,
+                    ..record_operation(a).unwrap()
+                }
+            );
+            let notice = store.notice(&a.id).unwrap().expect("its notice");
+            assert_eq!(notice.patient, a.patient);
+        }
+        assert_eq!(
+            store.notice(&now.id).unwrap().unwrap().due_at,
+            now.granted_at
+        );
+        assert_eq!(
+            store.notice(&later.id).unwrap().unwrap().due_at,
+            later.expires_at
+        );
+
+        // the submitter and the notifier move on; a second step changes nothing
+        let mut op = store
+            .submission(&format!("record:{}", now.id))
+            .unwrap()
+            .unwrap();
+        op.state = SubmissionState::Failed {
+            txid: "t".into(),
+            height: 1,
+            result: "(err u1)".into(),
+        };
+        let mut notice = store.notice(&now.id).unwrap().unwrap();
+        notice.state = NoticeState::NoContact { at: 1 };
+        crate::store::apply_async(
+            &store,
+            Batch {
+                submissions: vec![op.clone()],
+                notices: vec![notice.clone()],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(f.step(None).await.unwrap(), Followed::default());
+        assert_eq!(store.submission(&op.id).unwrap(), Some(op));
+        assert_eq!(store.notice(&now.id).unwrap(), Some(notice));
+
+        // a grant after: only it
+        let third = access(3, vec![DataType::Allergies]);
+        crate::store::apply_async(&store, grant(&third))
+            .await
+            .unwrap();
+        assert_eq!(
+            f.step(None).await.unwrap(),
+            Followed {
+                entries: 1,
+                grants: 1
+            }
+        );
+        assert_eq!(store.followed().unwrap(), Some(4));
+        assert!(store.notice(&third.id).unwrap().is_some());
+    }
+
+    /// A grant written by an earlier version made its chain record and notice in its own
+    /// write: they are passed over as they are, not made again (a notice made again would be
+    /// pending once more, and sent twice).
+    #[tokio::test]
+    async fn a_grant_that_made_its_own_is_passed_over() {
+        let (_dir, store) = on_redb();
+        let a = access(1, vec![DataType::Allergies]);
+        let mut op = record_operation(&a).unwrap();
+        op.state = SubmissionState::Failed {
+            txid: "t".into(),
+            height: 1,
+            result: "(err u1)".into(),
+        };
+        let mut notice =
+            crate::notify::notice_for(&crate::configuration::Settings::default().notify, &a);
+        notice.state = NoticeState::NoContact { at: 1 };
+        let mut batch = grant(&a);
+        batch.submissions.push(op.clone());
+        batch.notices.push(notice.clone());
+        crate::store::apply_async(&store, batch).await.unwrap();
+
+        let f = follow_up(&store, Coordinator::local(10));
+        assert_eq!(
+            f.step(None).await.unwrap(),
+            Followed {
+                entries: 1,
+                grants: 0
+            }
+        );
+        assert_eq!(store.followed().unwrap(), Some(1));
+        assert_eq!(store.submission(&op.id).unwrap(), Some(op));
+        assert_eq!(store.notice(&a.id).unwrap(), Some(notice));
+    }
+
+    /// Replicas on Redis: one follows at a time (the lease), and a replica paused past its
+    /// lease, another following meanwhile, writes nothing when it resumes: each grant's chain
+    /// record and notice are made once, by the replica that holds the lease.
+    #[tokio::test]
+    async fn one_replica_follows_at_a_time_and_a_paused_one_writes_nothing() {
+        let redis = crate::dev::test_redis().await;
+        let url = redis.url.as_str();
+        let store: Arc<dyn Store> = Arc::new(crate::store::RedisStore::open(url, "t:").unwrap());
+        let a = access(1, vec![DataType::Allergies]);
+        crate::store::apply_async(&store, grant(&a)).await.unwrap();
+        let mut first = follow_up(&store, Coordinator::redis(url, "t:", 10).unwrap());
+        let mut second = follow_up(&store, Coordinator::redis(url, "t:", 10).unwrap());
+        first.holder = "first".into();
+        second.holder = "second".into();
+
+        // the first takes the lease for 1 ms, and is paused past it; the second takes it
+        first.lease_ms = 1;
+        let stale = first.fence().await.unwrap().expect("the lease is free");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let held = second.fence().await.unwrap().expect("the lease lapsed");
+        assert!(
+            first.fence().await.unwrap().is_none(),
+            "the second holds it now"
+        );
+
+        // the first resumes: fenced, nothing written
+        let refused = first.step(stale).await.unwrap_err();
+        assert!(
+            matches!(refused, StoreError::Guarded(crate::store::Guarded::Fenced)),
+            "{refused}"
+        );
+        assert_eq!(store.followed().unwrap(), None);
+        assert!(store.notice(&a.id).unwrap().is_none());
+
+        assert_eq!(
+            second.step(held).await.unwrap(),
+            Followed {
+                entries: 1,
+                grants: 1
+            }
+        );
+        assert_eq!(store.followed().unwrap(), Some(1));
+        assert!(store.notice(&a.id).unwrap().is_some());
+        assert!(store
+            .submission(&format!("record:{}", a.id))
+            .unwrap()
+            .is_some());
+    }
+}
