@@ -11,9 +11,12 @@
 //! them (its audit entry is durable before its token leaves). With replicas, one follows at a
 //! time (a lease; its writes fenced, so a replica paused past its lease writes nothing).
 //!
-//! Grants wake it; it also looks every `TICK` (grants on other replicas, a wake missed). Under
-//! load it writes at most once every `SPACING`, each write carrying every grant since the last:
-//! its writes share the store with the grants', and fewer, larger ones cost the store less.
+//! Grants wake it; it also looks every `TICK` (grants on other replicas, a wake missed). Its
+//! writes share the store with the grants', one command at a time on Redis, so each is kept
+//! short: `GRANTS_AT_ONCE` grants at most (the rest follow at once in the next write), and under
+//! a steady load one write every `SPACING`, carrying the grants since the last. A write of
+//! every grant of 50 ms (~50 at 1,000 req/s) held Redis ~1.1 ms, and the grants that came
+//! meanwhile waited it out: the grants' tail grew (docs/benchmarks.md).
 //!
 //! It must not: send anything (the submitter and the notifier do), or make an operation or a
 //! notice that is there already (a grant written by an earlier version made its own with it).
@@ -30,12 +33,15 @@ use crate::coordination::Coordinator;
 use crate::domain::AccessId;
 use crate::store::{AccessRecord, Batch, Fence, Guard, Store, StoreError, Submission};
 
-/// How many log entries one write covers at most.
-const AT_ONCE: usize = 512;
+/// How many grants one write covers at most.
+const GRANTS_AT_ONCE: usize = 16;
+/// How many log entries one step reads at most (other entries, refusals say, pass between the
+/// grants).
+const ENTRIES_AT_ONCE: usize = 4 * GRANTS_AT_ONCE;
 /// How often it looks at the log without being woken.
 const TICK: Duration = Duration::from_millis(250);
-/// The least time between two writes while grants keep coming.
-const SPACING: Duration = Duration::from_millis(50);
+/// The least time between two writes that each caught up with the log.
+const SPACING: Duration = Duration::from_millis(10);
 /// The lease replicas take to follow: one per store.
 const LEASE: &str = "follow-up";
 
@@ -75,6 +81,8 @@ pub struct Followed {
     pub entries: usize,
     /// Grants among them whose operation or notice was made.
     pub grants: usize,
+    /// The log holds more after them (a step stops at `GRANTS_AT_ONCE` grants).
+    pub more: bool,
 }
 
 impl FollowUp {
@@ -179,7 +187,7 @@ impl FollowUp {
                         if f.entries > 0 {
                             last_write = Some(Instant::now());
                         }
-                        f.entries == AT_ONCE
+                        f.more
                     }
                     Err(e) => {
                         if matches!(e, StoreError::Guarded(crate::store::Guarded::Fenced)) {
@@ -196,14 +204,15 @@ impl FollowUp {
                     false
                 }
             };
-            if !more {
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(TICK) => {}
-                    _ = shutdown.changed() => break,
-                }
+            if more {
+                continue;
             }
-            // grants keep coming: one write for every grant of the next `SPACING`
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => break,
+            }
+            // grants keep coming: one write for the grants of the next `SPACING`
             if let Some(wait) = last_write.and_then(|at| SPACING.checked_sub(at.elapsed())) {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -215,18 +224,23 @@ impl FollowUp {
 }
 
 /// The next step's write, and what it covers: the operations and notices of the grants among
-/// the log's next entries that lack them, and the new place (`None`: nothing new in the log).
+/// the log's next entries that lack them (up to `GRANTS_AT_ONCE` grants), and the new place
+/// (`None`: nothing new in the log).
 fn plan(
     store: &dyn Store,
     notify: &NotifySettings,
 ) -> Result<Option<(Batch, Followed)>, StoreError> {
     let from = store.followed()?.map_or(1, |seq| seq + 1);
-    let entries = store.audit_entries(from, AT_ONCE)?;
-    let Some(last) = entries.last() else {
-        return Ok(None);
-    };
+    let mut entries = store.audit_entries(from, ENTRIES_AT_ONCE)?;
+    let mut more = entries.len() == ENTRIES_AT_ONCE;
     let mut ids = Vec::new();
-    for entry in &entries {
+    for (i, entry) in entries.iter().enumerate() {
+        if ids.len() == GRANTS_AT_ONCE {
+            // the rest in the next write
+            more = true;
+            entries.truncate(i);
+            break;
+        }
         match entry.parsed() {
             Ok(crate::audit::Event::Grant { access, .. }) => ids.push(access),
             Ok(_) => {}
@@ -236,6 +250,9 @@ fn plan(
             }
         }
     }
+    let Some(last) = entries.last() else {
+        return Ok(None);
+    };
     let granted = store.granted(&ids)?;
     if granted.len() < ids.len() {
         // a grant's access is written with its entry, in the same write
@@ -270,6 +287,7 @@ fn plan(
         Followed {
             entries: entries.len(),
             grants,
+            more,
         },
     )))
 }
@@ -344,7 +362,8 @@ mod tests {
             f.step(None).await.unwrap(),
             Followed {
                 entries: 3,
-                grants: 2
+                grants: 2,
+                more: false,
             }
         );
         assert_eq!(store.followed().unwrap(), Some(3));
@@ -407,11 +426,57 @@ mod tests {
             f.step(None).await.unwrap(),
             Followed {
                 entries: 1,
-                grants: 1
+                grants: 1,
+                more: false,
             }
         );
         assert_eq!(store.followed().unwrap(), Some(4));
         assert!(store.notice(&third.id).unwrap().is_some());
+    }
+
+    /// A write covers `GRANTS_AT_ONCE` grants at most (a longer one holds Redis, and the grants
+    /// behind it, longer): a burst is followed in several writes, one after the other, each
+    /// saying whether more are waiting.
+    #[tokio::test]
+    async fn a_burst_is_followed_a_bounded_number_of_grants_a_write() {
+        let (_dir, store) = on_redb();
+        let burst = GRANTS_AT_ONCE + 3;
+        for n in 1..=burst {
+            let a = access(n as u8, vec![DataType::Problems]);
+            crate::store::apply_async(&store, grant(&a)).await.unwrap();
+        }
+        let f = follow_up(&store, Coordinator::local(10));
+        let first = f.step(None).await.unwrap();
+        assert_eq!(
+            first,
+            Followed {
+                entries: GRANTS_AT_ONCE,
+                grants: GRANTS_AT_ONCE,
+                more: true,
+            }
+        );
+        assert_eq!(store.followed().unwrap(), Some(GRANTS_AT_ONCE as u64));
+        assert!(store
+            .notice(&access(GRANTS_AT_ONCE as u8, vec![]).id)
+            .unwrap()
+            .is_some());
+        assert!(store
+            .notice(&access(burst as u8, vec![]).id)
+            .unwrap()
+            .is_none());
+        let rest = f.step(None).await.unwrap();
+        assert_eq!(
+            rest,
+            Followed {
+                entries: 3,
+                grants: 3,
+                more: false,
+            }
+        );
+        assert!(store
+            .notice(&access(burst as u8, vec![]).id)
+            .unwrap()
+            .is_some());
     }
 
     /// A grant written by an earlier version made its chain record and notice in its own
@@ -440,7 +505,8 @@ mod tests {
             f.step(None).await.unwrap(),
             Followed {
                 entries: 1,
-                grants: 0
+                grants: 0,
+                more: false,
             }
         );
         assert_eq!(store.followed().unwrap(), Some(1));
@@ -486,7 +552,8 @@ mod tests {
             second.step(held).await.unwrap(),
             Followed {
                 entries: 1,
-                grants: 1
+                grants: 1,
+                more: false,
             }
         );
         assert_eq!(store.followed().unwrap(), Some(1));
