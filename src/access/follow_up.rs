@@ -6,10 +6,12 @@
 //! and its claims (nonce and rate). Every grant is in the log, in order, so the rest is derived
 //! from it here, off the break-glass path: this task reads the log from where it last stopped
 //! (`Store::followed`), makes each granted access's operation and notice, and writes them with
-//! its new place in the log in one write. Each is made once, even across crashes (a restart
-//! reads on from the place written with the last ones made), and a grant is never left without
-//! them (its audit entry is durable before its token leaves). With replicas, one follows at a
-//! time (a lease; its writes fenced, so a replica paused past its lease writes nothing).
+//! its new place in the log in one write, written only if the place is still the one it read.
+//! Each is made once, even across crashes (a restart reads on from the place written with the
+//! last ones made), and a grant is never left without them (its audit entry is durable before
+//! its token leaves; a grant it cannot follow stops it, it does not pass it over). With
+//! replicas, one follows at a time (a lease; its writes fenced, so a replica paused past its
+//! lease writes nothing).
 //!
 //! Grants wake it; it also looks every `TICK` (grants on other replicas, a wake missed). Its
 //! writes share the store with the grants', one command at a time on Redis, so each is kept
@@ -31,7 +33,7 @@ use crate::chain::submitter;
 use crate::configuration::NotifySettings;
 use crate::coordination::Coordinator;
 use crate::domain::AccessId;
-use crate::store::{AccessRecord, Batch, Fence, Guard, Store, StoreError, Submission};
+use crate::store::{AccessRecord, Batch, Fence, Store, StoreError, Submission};
 
 /// How many grants one write covers at most.
 const GRANTS_AT_ONCE: usize = 16;
@@ -139,10 +141,9 @@ impl FollowUp {
             .iter()
             .map(|n| (n.next_at, n.access_id))
             .collect();
-        batch.guard = fence.map(|f| Guard {
-            fence: Some(f),
-            submission: None,
-        });
+        if let Some(guard) = &mut batch.guard {
+            guard.fence = fence;
+        }
         crate::store::apply_async(&self.store, batch).await?;
         if let Some(tx) = &self.notices {
             for n in announce {
@@ -153,12 +154,14 @@ impl FollowUp {
         Ok(followed)
     }
 
-    /// The lease as last taken, if it is still good for a while; else taken or renewed now,
-    /// which a replica that does not hold it tries at most every third of a lease (each try
-    /// is a write to the store).
+    /// The lease as last taken, if it is still good for a while (a third of it left to run);
+    /// else taken or renewed now (a replica that does not hold it asks at each step).
     async fn lease(&self, lease: &mut Lease) -> Result<Option<Option<Fence>>, StoreError> {
-        let third = Duration::from_millis(self.lease_ms / 3);
-        if lease.asked.is_some_and(|at| at.elapsed() < third) {
+        if lease.held.is_some()
+            && lease
+                .asked
+                .is_some_and(|at| at.elapsed() < self.renew_after())
+        {
             return Ok(lease.held.clone());
         }
         // counted from before the ask: never thought held longer than it is
@@ -169,7 +172,13 @@ impl FollowUp {
         held
     }
 
-    /// Follows the log until `shutdown`, woken by grants (`wake`) or every `TICK`.
+    /// When the lease is renewed: after a third of it.
+    fn renew_after(&self) -> Duration {
+        Duration::from_millis(self.lease_ms / 3)
+    }
+
+    /// Follows the log until `shutdown`, woken by grants (`wake`) or every `TICK` (or a third
+    /// of the lease, if shorter: the lease is renewed in time).
     pub async fn run(self: Arc<Self>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
         let mut last_write: Option<Instant> = None;
         let mut lease = Lease::default();
@@ -204,12 +213,15 @@ impl FollowUp {
                     false
                 }
             };
+            if *shutdown.borrow() {
+                break;
+            }
             if more {
                 continue;
             }
             tokio::select! {
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(TICK.min(self.renew_after())) => {}
                 _ = shutdown.changed() => break,
             }
             // grants keep coming: one write for the grants of the next `SPACING`
@@ -225,68 +237,93 @@ impl FollowUp {
 
 /// The next step's write, and what it covers: the operations and notices of the grants among
 /// the log's next entries that lack them (up to `GRANTS_AT_ONCE` grants), and the new place
-/// (`None`: nothing new in the log).
+/// (`None`: nothing new in the log). A grant is never passed over: an entry that does not
+/// parse (one written by a later version, say), a grant without its access, or one whose
+/// chain record cannot be made, stops the follow-up before it, with an error, until a replica
+/// that can follow it does (`follow_up_behind_entries` grows meanwhile).
 fn plan(
     store: &dyn Store,
     notify: &NotifySettings,
 ) -> Result<Option<(Batch, Followed)>, StoreError> {
-    let from = store.followed()?.map_or(1, |seq| seq + 1);
+    let place = store.followed()?;
+    let from = place.map_or(1, |seq| seq + 1);
     let mut entries = store.audit_entries(from, ENTRIES_AT_ONCE)?;
+    if entries.is_empty() {
+        return Ok(None);
+    }
     let mut more = entries.len() == ENTRIES_AT_ONCE;
-    let mut ids = Vec::new();
+    // where the step ends (the entries before it are followed), and why if it is stuck there
+    let mut end = entries.len();
+    let mut stuck: Option<(u64, String)> = None;
+    let mut grants: Vec<(usize, AccessId)> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
-        if ids.len() == GRANTS_AT_ONCE {
+        if grants.len() == GRANTS_AT_ONCE {
             // the rest in the next write
-            more = true;
-            entries.truncate(i);
+            (end, more) = (i, true);
             break;
         }
         match entry.parsed() {
-            Ok(crate::audit::Event::Grant { access, .. }) => ids.push(access),
+            Ok(crate::audit::Event::Grant { access, .. }) => grants.push((i, access)),
             Ok(_) => {}
-            // the log's own check (`audit::verify`) reports it; a grant is never written so
             Err(e) => {
-                tracing::error!(seq = entry.seq, error = %e, "an audit entry that does not parse: passed over by the follow-up")
+                (end, more) = (i, false);
+                stuck = Some((entry.seq, format!("the entry does not parse: {e}")));
+                break;
             }
         }
     }
-    let Some(last) = entries.last() else {
-        return Ok(None);
-    };
-    let granted = store.granted(&ids)?;
-    if granted.len() < ids.len() {
-        // a grant's access is written with its entry, in the same write
-        tracing::error!(
-            missing = ids.len() - granted.len(),
-            "grants in the audit log without their access record: no chain record or notice can be made for them"
-        );
-    }
-    let mut batch = Batch {
-        followed: Some(last.seq),
-        ..Batch::default()
-    };
-    let mut grants = 0;
-    for g in granted {
-        if !g.recorded {
-            match record_operation(&g.access) {
-                Ok(op) => batch.submissions.push(op),
-                Err(e) => {
-                    tracing::error!(access = %g.access.id, error = %e, "the chain record's arguments: not recorded on chain")
-                }
+    let ids: Vec<AccessId> = grants.iter().map(|(_, id)| *id).collect();
+    let mut held: std::collections::HashMap<AccessId, crate::store::Granted> = store
+        .granted(&ids)?
+        .into_iter()
+        .map(|g| (g.access.id, g))
+        .collect();
+    let mut batch = Batch::default();
+    let mut made = 0;
+    for (i, id) in grants {
+        let entry = &entries[i];
+        let Some(g) = held.remove(&id) else {
+            // a grant's access is written with its entry, in the same write
+            (end, more) = (i, false);
+            stuck = Some((entry.seq, format!("access {id} is not in the store")));
+            break;
+        };
+        let operation = match (g.recorded, record_operation(&g.access)) {
+            (true, _) => None,
+            (false, Ok(op)) => Some(op),
+            (false, Err(e)) => {
+                (end, more) = (i, false);
+                stuck = Some((entry.seq, format!("access {id}'s chain record: {e}")));
+                break;
             }
-        }
+        };
+        batch.submissions.extend(operation);
         if !g.noticed {
             batch
                 .notices
                 .push(crate::notify::notice_for(notify, &g.access));
         }
-        grants += usize::from(!g.recorded || !g.noticed);
+        made += usize::from(!g.recorded || !g.noticed);
     }
+    if let Some((seq, why)) = &stuck {
+        tracing::error!(seq, why = %why, "the grants' follow-up stops at this audit entry: no chain record or notice is made for it or any grant after it until it can be followed");
+    }
+    entries.truncate(end);
+    let Some(last) = entries.last() else {
+        let (seq, why) = stuck.unwrap_or_default();
+        return Err(StoreError::Corrupt(format!("audit entry {seq}"), why));
+    };
+    batch.followed = Some(last.seq);
+    // written only if the place is still the one read (a write reported failed may land late)
+    batch.guard = Some(crate::store::Guard {
+        followed: Some(place),
+        ..crate::store::Guard::default()
+    });
     Ok(Some((
         batch,
         Followed {
             entries: entries.len(),
-            grants,
+            grants: made,
             more,
         },
     )))
@@ -477,6 +514,80 @@ mod tests {
             .notice(&access(burst as u8, vec![]).id)
             .unwrap()
             .is_some());
+    }
+
+    /// A grant is never passed over: one whose access the store lacks (or an entry that does
+    /// not parse) stops the follow-up before it, the grants before it followed, and an error
+    /// after them; the place stays, so that a replica that can follow it does.
+    #[tokio::test]
+    async fn the_follow_up_stops_before_a_grant_it_cannot_follow() {
+        let (_dir, store) = on_redb();
+        let (first, orphan, after) = (
+            access(1, vec![DataType::Allergies]),
+            access(2, vec![DataType::Allergies]),
+            access(3, vec![DataType::Allergies]),
+        );
+        crate::store::apply_async(&store, grant(&first))
+            .await
+            .unwrap();
+        let mut without_access = grant(&orphan);
+        without_access.accesses.clear();
+        crate::store::apply_async(&store, without_access)
+            .await
+            .unwrap();
+        crate::store::apply_async(&store, grant(&after))
+            .await
+            .unwrap();
+        let f = follow_up(&store, Coordinator::local(10));
+
+        assert_eq!(
+            f.step(None).await.unwrap(),
+            Followed {
+                entries: 1,
+                grants: 1,
+                more: false,
+            }
+        );
+        assert_eq!(store.followed().unwrap(), Some(1));
+        let stuck = f.step(None).await.unwrap_err();
+        assert!(matches!(stuck, StoreError::Corrupt(..)), "{stuck}");
+        assert_eq!(store.followed().unwrap(), Some(1));
+        assert!(store.notice(&after.id).unwrap().is_none());
+    }
+
+    /// Replicas on Redis: a follow-up write is written only if the place it was planned from
+    /// is still the store's (a write of the same grants reported failed may land late): else
+    /// nothing, and what the other write made stays as the submitter and notifier left it.
+    #[tokio::test]
+    async fn a_write_planned_from_a_place_that_moved_writes_nothing() {
+        let redis = crate::dev::test_redis().await;
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::RedisStore::open(&redis.url, "t:").unwrap());
+        let a = access(1, vec![DataType::Allergies]);
+        crate::store::apply_async(&store, grant(&a)).await.unwrap();
+        let notify = crate::configuration::Settings::default().notify;
+        let (late, _) = plan(store.as_ref(), &notify).unwrap().unwrap();
+        let (first, _) = plan(store.as_ref(), &notify).unwrap().unwrap();
+        crate::store::apply_async(&store, first).await.unwrap();
+        let mut notice = store.notice(&a.id).unwrap().unwrap();
+        notice.state = NoticeState::NoContact { at: 1 };
+        crate::store::apply_async(
+            &store,
+            Batch {
+                notices: vec![notice.clone()],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+
+        let refused = crate::store::apply_async(&store, late).await.unwrap_err();
+        assert!(
+            matches!(refused, StoreError::Guarded(crate::store::Guarded::Changed)),
+            "{refused}"
+        );
+        assert_eq!(store.notice(&a.id).unwrap(), Some(notice));
+        assert_eq!(store.followed().unwrap(), Some(1));
     }
 
     /// A grant written by an earlier version made its chain record and notice in its own

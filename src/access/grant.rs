@@ -109,6 +109,11 @@ impl BreakGlass {
         replay_key: String,
         claim: Option<crate::store::Claim>,
     ) -> Result<Grant, Refusal> {
+        // the chain record is made from the access after the token (`follow_up`): its
+        // arguments are checked now, so that no token leaves for an access that could not be
+        // recorded on chain
+        crate::chain::contracts::record_emergency_access_args(&access)
+            .map_err(|e| Self::unavailable(format!("the chain record's arguments: {e}")))?;
         let granted = crate::audit::Record::now(crate::audit::Event::Grant {
             access: access.id,
             clinician: access.provider,

@@ -431,6 +431,7 @@ impl Submitter {
                         token: fence,
                     }),
                     submission: Some(read.clone()),
+                    ..Guard::default()
                 }),
                 ..Batch::default()
             })

@@ -403,7 +403,7 @@ impl Notifier {
             .collect();
         let guard = fence.map(|fence| crate::store::Guard {
             fence: Some(fence.clone()),
-            submission: None,
+            ..crate::store::Guard::default()
         });
         apply_async(
             &self.store,

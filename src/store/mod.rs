@@ -77,7 +77,7 @@ impl std::fmt::Display for Guarded {
 /// Conditions a write holds to, checked with it atomically by a store that several processes
 /// share (Redis). The embedded store belongs to one process, where one submitter writes under
 /// `ChainState::apply_lock` after checking the same conditions: it does not check them again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guard {
     /// The lease the writer holds (`coordination`): the write fails with `Guarded::Fenced`
     /// unless the lease is still this holder's, with this token. A batch with audit events
@@ -87,6 +87,12 @@ pub struct Guard {
     /// The operation as the writer read it: the write fails with `Guarded::Changed` unless the
     /// store holds exactly this.
     pub submission: Option<Submission>,
+    /// The grants' follow-up's place in the log as it read it (`Batch::followed`; `Some(None)`:
+    /// none yet): the write fails with `Guarded::Changed` unless the store holds exactly this,
+    /// so that what it made from the log after that place is made once, even when a write of
+    /// it reported failed lands late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub followed: Option<Option<u64>>,
 }
 
 /// A lease as its holder took it: its name, the holder (`coordination::replica_id`) and the

@@ -313,13 +313,21 @@ impl Writer {
                     Some(s) => (s.id.clone(), enc(s)?),
                     None => (String::new(), Vec::new()),
                 };
-                let mut call = self.call(2, 4);
+                // the follow-up's place: its field in META (none: not checked), and its value
+                // as read (empty: none yet)
+                let (field, place) = match &g.followed {
+                    Some(place) => (FOLLOWED, place.map(|p| enc(&p)).transpose()?),
+                    None => ("", None),
+                };
+                let mut call = self.call(2, 6);
                 call.key(&lease)
                     .key(format!("{prefix}{SUBMISSIONS}"))
                     .arg(&token)
                     .arg(&id)
                     .arg(expected.as_slice())
-                    .arg(holder);
+                    .arg(holder)
+                    .arg(field)
+                    .arg(place.unwrap_or_default().as_slice());
                 push_rows(&mut call, &prefix, &base);
                 return Ok((Kind::Guarded, base, self.guarded.clone(), call));
             }
@@ -834,10 +842,7 @@ mod tests {
     /// `batch`, guarded (by nothing): written alone, a group of its own.
     fn alone(batch: Batch) -> Batch {
         Batch {
-            guard: Some(Guard {
-                fence: None,
-                submission: None,
-            }),
+            guard: Some(Guard::default()),
             ..batch
         }
     }

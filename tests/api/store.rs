@@ -1290,6 +1290,7 @@ async fn a_batch_with_audit_events_under_a_lapsed_lease_writes_nothing() {
                 token,
             }),
             submission: None,
+            ..Guard::default()
         }),
         ..Batch::default()
     };
@@ -1838,6 +1839,7 @@ async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cann
                 token,
             }),
             submission: Some(read.clone()),
+            ..Guard::default()
         }),
         ..Batch::default()
     };
