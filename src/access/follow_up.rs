@@ -353,6 +353,13 @@ mod tests {
         }
     }
 
+    /// Writes `batch`, which must be written.
+    async fn put(store: &Arc<dyn Store>, batch: Batch) {
+        crate::store::apply_async(store, batch)
+            .await
+            .expect("the batch is written");
+    }
+
     fn follow_up(store: &Arc<dyn Store>, coordination: Coordinator) -> FollowUp {
         let mut notify = crate::configuration::Settings::default().notify;
         notify.immediate_data_types = vec![DataType::Allergies];
@@ -375,9 +382,7 @@ mod tests {
             access(1, vec![DataType::Allergies]),
             access(2, vec![DataType::Problems]),
         );
-        crate::store::apply_async(&store, grant(&now))
-            .await
-            .unwrap();
+        put(&store, grant(&now)).await;
         // an entry that is not a grant, between them
         let refusal = Batch {
             audit: vec![crate::audit::Record::now(crate::audit::Event::Refusal {
@@ -389,10 +394,8 @@ mod tests {
             })],
             ..Batch::default()
         };
-        crate::store::apply_async(&store, refusal).await.unwrap();
-        crate::store::apply_async(&store, grant(&later))
-            .await
-            .unwrap();
+        put(&store, refusal).await;
+        put(&store, grant(&later)).await;
         let f = follow_up(&store, Coordinator::local(10));
 
         assert_eq!(
@@ -456,9 +459,7 @@ mod tests {
 
         // a grant after: only it
         let third = access(3, vec![DataType::Allergies]);
-        crate::store::apply_async(&store, grant(&third))
-            .await
-            .unwrap();
+        put(&store, grant(&third)).await;
         assert_eq!(
             f.step(None).await.unwrap(),
             Followed {
@@ -480,7 +481,7 @@ mod tests {
         let burst = GRANTS_AT_ONCE + 3;
         for n in 1..=burst {
             let a = access(n as u8, vec![DataType::Problems]);
-            crate::store::apply_async(&store, grant(&a)).await.unwrap();
+            put(&store, grant(&a)).await;
         }
         let f = follow_up(&store, Coordinator::local(10));
         let first = f.step(None).await.unwrap();
@@ -527,17 +528,11 @@ mod tests {
             access(2, vec![DataType::Allergies]),
             access(3, vec![DataType::Allergies]),
         );
-        crate::store::apply_async(&store, grant(&first))
-            .await
-            .unwrap();
+        put(&store, grant(&first)).await;
         let mut without_access = grant(&orphan);
         without_access.accesses.clear();
-        crate::store::apply_async(&store, without_access)
-            .await
-            .unwrap();
-        crate::store::apply_async(&store, grant(&after))
-            .await
-            .unwrap();
+        put(&store, without_access).await;
+        put(&store, grant(&after)).await;
         let f = follow_up(&store, Coordinator::local(10));
 
         assert_eq!(
@@ -564,11 +559,11 @@ mod tests {
         let store: Arc<dyn Store> =
             Arc::new(crate::store::RedisStore::open(&redis.url, "t:").unwrap());
         let a = access(1, vec![DataType::Allergies]);
-        crate::store::apply_async(&store, grant(&a)).await.unwrap();
+        put(&store, grant(&a)).await;
         let notify = crate::configuration::Settings::default().notify;
         let (late, _) = plan(store.as_ref(), &notify).unwrap().unwrap();
         let (first, _) = plan(store.as_ref(), &notify).unwrap().unwrap();
-        crate::store::apply_async(&store, first).await.unwrap();
+        put(&store, first).await;
         let mut notice = store.notice(&a.id).unwrap().unwrap();
         notice.state = NoticeState::NoContact { at: 1 };
         crate::store::apply_async(
@@ -609,7 +604,7 @@ mod tests {
         let mut batch = grant(&a);
         batch.submissions.push(op.clone());
         batch.notices.push(notice.clone());
-        crate::store::apply_async(&store, batch).await.unwrap();
+        put(&store, batch).await;
 
         let f = follow_up(&store, Coordinator::local(10));
         assert_eq!(
@@ -634,7 +629,7 @@ mod tests {
         let url = redis.url.as_str();
         let store: Arc<dyn Store> = Arc::new(crate::store::RedisStore::open(url, "t:").unwrap());
         let a = access(1, vec![DataType::Allergies]);
-        crate::store::apply_async(&store, grant(&a)).await.unwrap();
+        put(&store, grant(&a)).await;
         let mut first = follow_up(&store, Coordinator::redis(url, "t:", 10).unwrap());
         let mut second = follow_up(&store, Coordinator::redis(url, "t:", 10).unwrap());
         first.holder = "first".into();
