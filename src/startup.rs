@@ -333,6 +333,7 @@ impl Application {
             tasks,
             shutdown,
             shutdown_timeout,
+            vault,
             ..
         } = self;
         let _ = shutdown.send(true);
@@ -346,7 +347,9 @@ impl Application {
             for t in tasks {
                 let _ = t.await;
             }
-            drop((redb, status, follower, submitter));
+            // every copy of the store held here goes too (the vault's, left held, made every
+            // stop wait out its whole timeout)
+            drop((redb, status, follower, submitter, vault));
             // HTTP workers drop their copies of the shared state as they wind down; the store
             // (and its file lock) is released only when the last copy is gone
             while Arc::strong_count(&store) > 1 {

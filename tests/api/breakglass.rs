@@ -1261,3 +1261,32 @@ async fn non_json_is_415_and_an_unregistered_patient_is_a_visible_decision() {
     .await;
     assert_eq!(full["patient_registered"], false, "{full}");
 }
+
+/// A graceful stop ends once everything has ended, not at its timeout: every part that holds
+/// the store lets it go (the vault held it to the end, so every stop, each rolling deploy's
+/// included, waited out the whole `server.shutdown_timeout_secs`, 10 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_ends_when_everything_has_ended_not_at_its_timeout() {
+    let env = setup(|s| s.server.shutdown_timeout_secs = 120).await;
+    let (status, granted) = post(
+        &env.app,
+        &signed(
+            provider(&env.demo, "nurse")["private_key"]
+                .as_str()
+                .unwrap(),
+            patient(&env.demo, true),
+            &["allergies"],
+            1,
+            now(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{granted}");
+    let started = std::time::Instant::now();
+    env.app.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(60),
+        "stopped after {took:?}: it waited for its timeout (120 s), so something still held the store"
+    );
+}
