@@ -44,6 +44,9 @@ const ENTRIES_AT_ONCE: usize = 4 * GRANTS_AT_ONCE;
 const TICK: Duration = Duration::from_millis(250);
 /// The least time between two writes that each caught up with the log.
 const SPACING: Duration = Duration::from_millis(10);
+/// How long it waits after a step that failed (the store away, a grant it cannot follow),
+/// whatever wakes it: the grants keep coming, and each would try (and log) again.
+const AFTER_A_FAILURE: Duration = Duration::from_secs(1);
 /// The lease replicas take to follow: one per store.
 const LEASE: &str = "follow-up";
 
@@ -183,6 +186,7 @@ impl FollowUp {
         let mut last_write: Option<Instant> = None;
         let mut lease = Lease::default();
         loop {
+            let mut failed = false;
             let more = match self.lease(&mut lease).await {
                 Ok(Some(fence)) => match self.step(fence).await {
                     Ok(f) => {
@@ -204,12 +208,14 @@ impl FollowUp {
                             lease = Lease::default();
                         }
                         tracing::warn!(error = %e, "the grants' follow-up could not be written; trying again");
+                        failed = true;
                         false
                     }
                 },
                 Ok(None) => false,
                 Err(e) => {
                     tracing::warn!(error = %e, "the grants' follow-up: its lease could not be taken");
+                    failed = true;
                     false
                 }
             };
@@ -217,6 +223,13 @@ impl FollowUp {
                 break;
             }
             if more {
+                continue;
+            }
+            if failed {
+                tokio::select! {
+                    _ = tokio::time::sleep(AFTER_A_FAILURE) => {}
+                    _ = shutdown.changed() => break,
+                }
                 continue;
             }
             tokio::select! {
