@@ -35,7 +35,7 @@ use crate::coordination::Coordinator;
 use crate::domain::AccessId;
 use crate::store::{AccessRecord, Batch, Fence, Store, StoreError, Submission};
 
-/// How many grants one write covers at most.
+/// How many grants one write makes the operation or notice of, at most.
 const GRANTS_AT_ONCE: usize = 16;
 /// How many log entries one step reads at most (other entries, refusals say, pass between the
 /// grants).
@@ -249,7 +249,7 @@ impl FollowUp {
 }
 
 /// The next step's write, and what it covers: the operations and notices of the grants among
-/// the log's next entries that lack them (up to `GRANTS_AT_ONCE` grants), and the new place
+/// the log's next entries that lack them (up to `GRANTS_AT_ONCE` such grants), and the new place
 /// (`None`: nothing new in the log). A grant is never passed over: an entry that does not
 /// parse (one written by a later version, say), a grant without its access, or one whose
 /// chain record cannot be made, stops the follow-up before it, with an error, until a replica
@@ -270,11 +270,6 @@ fn plan(
     let mut stuck: Option<(u64, String)> = None;
     let mut grants: Vec<(usize, AccessId)> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
-        if grants.len() == GRANTS_AT_ONCE {
-            // the rest in the next write
-            (end, more) = (i, true);
-            break;
-        }
         match entry.parsed() {
             Ok(crate::audit::Event::Grant { access, .. }) => grants.push((i, access)),
             Ok(_) => {}
@@ -301,6 +296,13 @@ fn plan(
             stuck = Some((entry.seq, format!("access {id} is not in the store")));
             break;
         };
+        // only the grants that lack something count (a first run on a long log passes those an
+        // earlier version made whole 64 entries at a time)
+        if (!g.recorded || !g.noticed) && made == GRANTS_AT_ONCE {
+            // the rest in the next write
+            (end, more) = (i, true);
+            break;
+        }
         let operation = match (g.recorded, record_operation(&g.access)) {
             (true, _) => None,
             (false, Ok(op)) => Some(op),
@@ -600,7 +602,7 @@ mod tests {
 
     /// A grant written by an earlier version made its chain record and notice in its own
     /// write: they are passed over as they are, not made again (a notice made again would be
-    /// pending once more, and sent twice).
+    /// pending once more, and sent twice), and do not count against a write's bound.
     #[tokio::test]
     async fn a_grant_that_made_its_own_is_passed_over() {
         let (_dir, store) = on_redb();
@@ -618,19 +620,35 @@ mod tests {
         batch.submissions.push(op.clone());
         batch.notices.push(notice.clone());
         put(&store, batch).await;
+        // more of them than one write makes rows for, then a grant of this version: the ones
+        // made whole do not count against the bound, so one step follows them all
+        let old = GRANTS_AT_ONCE + 3;
+        for n in 2..2 + old {
+            let b = access(n as u8, vec![DataType::Problems]);
+            let mut batch = grant(&b);
+            batch.submissions.push(record_operation(&b).unwrap());
+            batch.notices.push(crate::notify::notice_for(
+                &crate::configuration::Settings::default().notify,
+                &b,
+            ));
+            put(&store, batch).await;
+        }
+        let new = access(2 + old as u8, vec![DataType::Problems]);
+        put(&store, grant(&new)).await;
 
         let f = follow_up(&store, Coordinator::local(10));
         assert_eq!(
             f.step(None).await.unwrap(),
             Followed {
-                entries: 1,
-                grants: 0,
+                entries: old + 2,
+                grants: 1,
                 more: false,
             }
         );
-        assert_eq!(store.followed().unwrap(), Some(1));
+        assert_eq!(store.followed().unwrap(), Some(old as u64 + 2));
         assert_eq!(store.submission(&op.id).unwrap(), Some(op));
         assert_eq!(store.notice(&a.id).unwrap(), Some(notice));
+        assert!(store.notice(&new.id).unwrap().is_some());
     }
 
     /// Replicas on Redis: one follows at a time (the lease), and a replica paused past its
