@@ -368,6 +368,15 @@ mod tests {
         }
     }
 
+    /// What a step went over: `entries` entries, `grants` grants made whole, `more` waiting.
+    fn went(entries: usize, grants: usize, more: bool) -> Followed {
+        Followed {
+            entries,
+            grants,
+            more,
+        }
+    }
+
     /// Writes `batch`, which must be written.
     async fn put(store: &Arc<dyn Store>, batch: Batch) {
         crate::store::apply_async(store, batch)
@@ -413,14 +422,7 @@ mod tests {
         put(&store, grant(&later)).await;
         let f = follow_up(&store, Coordinator::local(10));
 
-        assert_eq!(
-            f.step(None).await.unwrap(),
-            Followed {
-                entries: 3,
-                grants: 2,
-                more: false,
-            }
-        );
+        assert_eq!(f.step(None).await.unwrap(), went(3, 2, false));
         assert_eq!(store.followed().unwrap(), Some(3));
         for a in [&now, &later] {
             let op = store
@@ -475,14 +477,7 @@ mod tests {
         // a grant after: only it
         let third = access(3, vec![DataType::Allergies]);
         put(&store, grant(&third)).await;
-        assert_eq!(
-            f.step(None).await.unwrap(),
-            Followed {
-                entries: 1,
-                grants: 1,
-                more: false,
-            }
-        );
+        assert_eq!(f.step(None).await.unwrap(), went(1, 1, false));
         assert_eq!(store.followed().unwrap(), Some(4));
         assert!(store.notice(&third.id).unwrap().is_some());
     }
@@ -500,14 +495,7 @@ mod tests {
         }
         let f = follow_up(&store, Coordinator::local(10));
         let first = f.step(None).await.unwrap();
-        assert_eq!(
-            first,
-            Followed {
-                entries: GRANTS_AT_ONCE,
-                grants: GRANTS_AT_ONCE,
-                more: true,
-            }
-        );
+        assert_eq!(first, went(GRANTS_AT_ONCE, GRANTS_AT_ONCE, true));
         assert_eq!(store.followed().unwrap(), Some(GRANTS_AT_ONCE as u64));
         assert!(store
             .notice(&access(GRANTS_AT_ONCE as u8, vec![]).id)
@@ -518,14 +506,7 @@ mod tests {
             .unwrap()
             .is_none());
         let rest = f.step(None).await.unwrap();
-        assert_eq!(
-            rest,
-            Followed {
-                entries: 3,
-                grants: 3,
-                more: false,
-            }
-        );
+        assert_eq!(rest, went(3, 3, false));
         assert!(store
             .notice(&access(burst as u8, vec![]).id)
             .unwrap()
@@ -550,14 +531,7 @@ mod tests {
         put(&store, grant(&after)).await;
         let f = follow_up(&store, Coordinator::local(10));
 
-        assert_eq!(
-            f.step(None).await.unwrap(),
-            Followed {
-                entries: 1,
-                grants: 1,
-                more: false,
-            }
-        );
+        assert_eq!(f.step(None).await.unwrap(), went(1, 1, false));
         assert_eq!(store.followed().unwrap(), Some(1));
         let stuck = f.step(None).await.unwrap_err();
         assert!(matches!(stuck, StoreError::Corrupt(..)), "{stuck}");
@@ -637,14 +611,7 @@ mod tests {
         put(&store, grant(&new)).await;
 
         let f = follow_up(&store, Coordinator::local(10));
-        assert_eq!(
-            f.step(None).await.unwrap(),
-            Followed {
-                entries: old + 2,
-                grants: 1,
-                more: false,
-            }
-        );
+        assert_eq!(f.step(None).await.unwrap(), went(old + 2, 1, false));
         assert_eq!(store.followed().unwrap(), Some(old as u64 + 2));
         assert_eq!(store.submission(&op.id).unwrap(), Some(op));
         assert_eq!(store.notice(&a.id).unwrap(), Some(notice));
@@ -685,14 +652,7 @@ mod tests {
         assert_eq!(store.followed().unwrap(), None);
         assert!(store.notice(&a.id).unwrap().is_none());
 
-        assert_eq!(
-            second.step(held).await.unwrap(),
-            Followed {
-                entries: 1,
-                grants: 1,
-                more: false,
-            }
-        );
+        assert_eq!(second.step(held).await.unwrap(), went(1, 1, false));
         assert_eq!(store.followed().unwrap(), Some(1));
         assert!(store.notice(&a.id).unwrap().is_some());
         assert!(store
