@@ -2290,10 +2290,12 @@ async fn the_store_follows_a_sentinel_failover_to_the_promoted_replica() {
     // one log: the entry written after the failover links to the one before it. Read until
     // the Sentinel has settled: a read connection opened in the failover's last moments may
     // still be on a server the write had not reached (CI, once: access 2 found, the head read
-    // at 1 from another connection)
+    // at 1 from another connection; and once more at 7bd4af0, 20 s of reads not settling:
+    // the failover's own wait, 60 s, is given here too, as a replica left on the old primary
+    // is resynced from the new one)
     let entries = crate::support::eventually(
         "both grants and their log read on the promoted primary",
-        crate::support::SECS,
+        std::time::Duration::from_secs(60),
         async || {
             let found = [1, 2]
                 .iter()
