@@ -11,7 +11,8 @@
 //! `POST /durable-redis-grant-bytes`, for diagnosis only: the same, the record's value
 //! lengthened to as many bytes as a grant's write sends Redis (`GRANT_WRITE_BYTES`), so that
 //! what a grant costs beyond the bytes it must make durable can be told from what its bytes
-//! cost the disk.
+//! cost the disk. And `POST /durable-redis-unlinked-grant`, for diagnosis too: the crypto and
+//! one script doing what a grant's write must on Redis whatever orders it (`UNLINKED_GRANT`).
 //!
 //!   cargo run --release --example reference_server -- <port> <data-dir> [<redis-url>]
 
@@ -204,6 +205,71 @@ async fn redis_write(
     }
 }
 
+/// For diagnosis only: what a grant's write on Redis must do whatever orders it, as one script
+/// sent from the request's own thread on the multiplexed connection, as the floor's `HSET` is
+/// (no writer thread, no group, no audit head checked or linked): the nonce checked unused and
+/// taken, the clinician's rate counted in its window and taken, the audit event numbered, and
+/// the access and the event written. Its distance from `/durable-redis` is what such a write
+/// costs beyond the floor's; the service's grant adds the writer's order and the audit links.
+const UNLINKED_GRANT: &str = r"
+if redis.call('ZSCORE', KEYS[3], ARGV[4]) then return -1 end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[6])
+if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then return -2 end
+local seq = redis.call('HINCRBY', KEYS[5], 'audit-seq', 1)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], seq, ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
+return seq
+";
+
+async fn durable_redis_unlinked_grant(
+    tokens: web::Data<Arc<TokenIssuer>>,
+    redis: web::Data<redis::aio::ConnectionManager>,
+    script: web::Data<redis::Script>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let (record, bytes) = match record_and_bytes(&body) {
+        Ok(r) => r,
+        Err(code) => return status(code),
+    };
+    let id = record.id.to_string();
+    let event = serde_json::json!({ "grant": &record, "at": record.granted_at });
+    let Ok(event) = serde_json::to_vec(&event) else {
+        return status(500);
+    };
+    let rate = format!("reference:rate:{}", record.provider);
+    let nonce = format!("{}:{}", record.provider, record.nonce);
+    let (expires, now) = (record.issued_at + 600, record.granted_at);
+    let mut conn = redis.get_ref().clone();
+    let script = script.into_inner();
+    // as the service does: the token is signed while the write syncs
+    let written = tokio::spawn(async move {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key("reference:accesses")
+            .key("reference:audit")
+            .key("reference:nonces")
+            .key(rate)
+            .key("reference:meta")
+            .arg(&id)
+            .arg(bytes)
+            .arg(event)
+            .arg(nonce)
+            .arg(expires)
+            .arg(now.saturating_sub(3600))
+            .arg(now)
+            .arg(1_000_000_000u64);
+        invocation.invoke_async::<i64>(&mut conn).await
+    });
+    let token = tokens.issue(&tokens.claims(&record));
+    match written.await {
+        Ok(Ok(seq)) if seq > 0 => granted(token),
+        Ok(Ok(_)) => status(409),
+        _ => HttpResponse::ServiceUnavailable().finish(),
+    }
+}
+
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     // as the service runs (startup::no_huge_pages)
@@ -242,7 +308,12 @@ async fn main() -> std::io::Result<()> {
         match &redis {
             Some(r) => app
                 .app_data(web::Data::new(r.clone()))
+                .app_data(web::Data::new(redis::Script::new(UNLINKED_GRANT)))
                 .route("/durable-redis", web::post().to(durable_redis))
+                .route(
+                    "/durable-redis-unlinked-grant",
+                    web::post().to(durable_redis_unlinked_grant),
+                )
                 .route(
                     "/durable-redis-grant-bytes",
                     web::post().to(durable_redis_grant_bytes),
