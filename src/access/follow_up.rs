@@ -539,6 +539,65 @@ mod tests {
         assert!(store.notice(&after.id).unwrap().is_none());
     }
 
+    /// After a step that failed, the follow-up waits `AFTER_A_FAILURE` whatever wakes it: the
+    /// grants keep coming, and each would make it try (and log) again at once. Here the grant it
+    /// could not follow becomes followable just after the failure and wakes come every 10 ms:
+    /// its notice is made a second after the failure, not at the next wake (without the wait,
+    /// within milliseconds). The step that fails is woken 500 ms before the grant is fixed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_failed_step_it_waits_before_trying_again_whatever_wakes_it() {
+        let (_dir, store) = on_redb();
+        let (first, orphan) = (
+            access(1, vec![DataType::Allergies]),
+            access(2, vec![DataType::Allergies]),
+        );
+        put(&store, grant(&first)).await;
+        let mut without_access = grant(&orphan);
+        without_access.accesses.clear();
+        put(&store, without_access).await;
+        let f = Arc::new(follow_up(&store, Coordinator::local(10)));
+        let wake = Arc::new(Notify::new());
+        let (stop, shutdown) = watch::channel(false);
+        let running = tokio::spawn(f.run(wake.clone(), shutdown));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while store.followed().unwrap() != Some(1) {
+            assert!(Instant::now() < deadline, "the first grant followed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // the next step, woken, stops at the grant without its access
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            store.followed().unwrap(),
+            Some(1),
+            "stopped before the orphan"
+        );
+        let fixed = Instant::now();
+        put(
+            &store,
+            Batch {
+                accesses: vec![orphan.clone()],
+                ..Batch::default()
+            },
+        )
+        .await;
+        while store.notice(&orphan.id).unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the grant followed once it can be"
+            );
+            wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let waited = fixed.elapsed();
+        assert!(
+            waited >= AFTER_A_FAILURE - Duration::from_millis(500) - Duration::from_millis(200),
+            "tried again {waited:?} after the grant could be followed, woken every 10 ms"
+        );
+        stop.send(true).unwrap();
+        running.await.unwrap();
+    }
+
     /// Replicas on Redis: a follow-up write is written only if the place it was planned from
     /// is still the store's (a write of the same grants reported failed may land late): else
     /// nothing, and what the other write made stays as the submitter and notifier left it.
