@@ -12,7 +12,7 @@
 //! lengthened to as many bytes as a grant's write sends Redis (`GRANT_WRITE_BYTES`), so that
 //! what a grant costs beyond the bytes it must make durable can be told from what its bytes
 //! cost the disk. And `POST /durable-redis-unlinked-grant`, for diagnosis too: the crypto and
-//! one script doing what a grant's write must on Redis whatever orders it (`UNLINKED_GRANT`).
+//! a grant's durable work on Redis as one script, without its order (`UNLINKED_GRANT`).
 //!
 //!   cargo run --release --example reference_server -- <port> <data-dir> [<redis-url>]
 
@@ -207,21 +207,31 @@ async fn redis_write(
     }
 }
 
-/// For diagnosis only: what a grant's write on Redis must do whatever orders it, as one script
-/// sent from the request's own thread on the multiplexed connection, as the floor's `HSET` is
-/// (no writer thread, no group, no audit head checked or linked): the nonce checked unused and
-/// taken, the clinician's rate counted in its window and taken, the audit event numbered, and
-/// the access and the event written. Its distance from `/durable-redis` is what such a write
-/// costs beyond the floor's; the service's grant adds the writer's order and the audit links.
+/// For diagnosis only: a grant's durable work on Redis without its order, as one script sent
+/// from the request's own thread on the multiplexed connection, as the floor's `HSET` is (no
+/// writer thread, no group, no writer's mark, no audit head checked or linked). As the
+/// service's grant script does (`linked_script`): up to 16 stale nonces forgotten, the nonce
+/// looked up and taken, the clinician's rate (GCRA) looked up and taken, and the access, the
+/// audit event (numbered here: `HINCRBY`) and its by-access index written. Its distance from
+/// `/durable-redis` is what that work costs beyond the floor's write; the service's grant adds
+/// the writer's order and the audit links.
 const UNLINKED_GRANT: &str = r"
-if redis.call('ZSCORE', KEYS[3], ARGV[4]) then return -1 end
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[6])
-if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then return -2 end
+local t = redis.call('TIME')
+local secs = tonumber(t[1])
+local now = secs * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', secs, 'LIMIT', 0, 16)
+if #stale > 0 then redis.call('ZREM', KEYS[3], unpack(stale)) end
+local seen = redis.call('ZSCORE', KEYS[3], ARGV[4])
+if seen and tonumber(seen) > secs then return -1 end
+local tat = tonumber(redis.call('HGET', KEYS[4], ARGV[6]) or now)
+if tat < now then tat = now end
+if tat + tonumber(ARGV[7]) - now > tonumber(ARGV[8]) then return -2 end
 local seq = redis.call('HINCRBY', KEYS[5], 'audit-seq', 1)
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], seq, ARGV[3])
+redis.call('HSET', KEYS[6], ARGV[1] .. ':' .. seq, '')
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-redis.call('ZADD', KEYS[4], ARGV[7], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[6], tat + tonumber(ARGV[7]))
 return seq
 ";
 
@@ -240,9 +250,9 @@ async fn durable_redis_unlinked_grant(
     let Ok(event) = serde_json::to_vec(&event) else {
         return status(500);
     };
-    let rate = format!("reference:rate:{}", record.provider);
-    let nonce = format!("{}:{}", record.provider, record.nonce);
-    let (expires, now) = (record.issued_at + 600, record.granted_at);
+    let clinician = record.provider.to_string();
+    let nonce = format!("{clinician}:{}", record.nonce);
+    let until = record.issued_at + 600;
     let mut conn = redis.get_ref().clone();
     let script = script.into_inner();
     // as the service does: the token is signed while the write syncs
@@ -252,21 +262,24 @@ async fn durable_redis_unlinked_grant(
             .key("reference:accesses")
             .key("reference:audit")
             .key("reference:nonces")
-            .key(rate)
+            .key("reference:rates")
             .key("reference:meta")
+            .key("reference:audit-by-access")
             .arg(&id)
             .arg(bytes)
             .arg(event)
             .arg(nonce)
-            .arg(expires)
-            .arg(now.saturating_sub(3600))
-            .arg(now)
-            .arg(1_000_000_000u64);
+            .arg(until)
+            .arg(clinician)
+            // GCRA: an emission of 1 ms, a burst no load test reaches
+            .arg(1u64)
+            .arg(1_000_000_000_000u64);
         invocation.invoke_async::<i64>(&mut conn).await
     });
     let token = tokens.issue(&tokens.claims(&record));
     match written.await {
         Ok(Ok(seq)) if seq > 0 => granted(token),
+        Ok(Ok(-2)) => status(429),
         Ok(Ok(_)) => status(409),
         _ => HttpResponse::ServiceUnavailable().finish(),
     }
