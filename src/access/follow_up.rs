@@ -384,6 +384,17 @@ mod tests {
             .expect("the batch is written");
     }
 
+    /// Writes a grant (access 1), then one whose access is not in the store (access 2, which
+    /// it returns): the follow-up can follow the first and not the second.
+    async fn a_grant_then_an_orphan(store: &Arc<dyn Store>) -> AccessRecord {
+        put(store, grant(&access(1, vec![DataType::Allergies]))).await;
+        let orphan = access(2, vec![DataType::Allergies]);
+        let mut without_access = grant(&orphan);
+        without_access.accesses.clear();
+        put(store, without_access).await;
+        orphan
+    }
+
     fn follow_up(store: &Arc<dyn Store>, coordination: Coordinator) -> FollowUp {
         let mut notify = crate::configuration::Settings::default().notify;
         notify.immediate_data_types = vec![DataType::Allergies];
@@ -519,15 +530,8 @@ mod tests {
     #[tokio::test]
     async fn the_follow_up_stops_before_a_grant_it_cannot_follow() {
         let (_dir, store) = on_redb();
-        let (first, orphan, after) = (
-            access(1, vec![DataType::Allergies]),
-            access(2, vec![DataType::Allergies]),
-            access(3, vec![DataType::Allergies]),
-        );
-        put(&store, grant(&first)).await;
-        let mut without_access = grant(&orphan);
-        without_access.accesses.clear();
-        put(&store, without_access).await;
+        a_grant_then_an_orphan(&store).await;
+        let after = access(3, vec![DataType::Allergies]);
         put(&store, grant(&after)).await;
         let f = follow_up(&store, Coordinator::local(10));
 
@@ -548,14 +552,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_a_failed_step_it_waits_before_trying_again_whatever_wakes_it() {
         let (_dir, store) = on_redb();
-        let (first, orphan) = (
-            access(1, vec![DataType::Allergies]),
-            access(2, vec![DataType::Allergies]),
-        );
-        put(&store, grant(&first)).await;
-        let mut without_access = grant(&orphan);
-        without_access.accesses.clear();
-        put(&store, without_access).await;
+        let orphan = a_grant_then_an_orphan(&store).await;
         let f = Arc::new(follow_up(&store, Coordinator::local(10)));
         let wake = Arc::new(Notify::new());
         let (stop, shutdown) = watch::channel(false);
