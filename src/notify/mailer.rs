@@ -1,6 +1,9 @@
 //! Where notices go: an SMTP server (STARTTLS, implicit TLS or plain for a local relay; AUTH
 //! with the password from `BREAKGLASS_SMTP_PASSWORD`), or `.eml` files in `data.dir/outbox`
 //! for development. Failures are sorted into permanent (dead-letter) and transient (retry).
+//! A send to an SMTP server ends within `notify.smtp.timeout_secs`, whatever the server does
+//! (the client's own timeout covers its connect only): the notice's lease, twice that, outlasts
+//! it.
 //!
 //! It must not: render or decide (it sends the stored bytes).
 
@@ -17,7 +20,8 @@ use crate::configuration::{MailTransport, NotifySettings, SmtpTls};
 pub const SMTP_PASSWORD_ENV: &str = "BREAKGLASS_SMTP_PASSWORD";
 
 pub enum Mailer {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// The transport, and how long a send may take in all.
+    Smtp(AsyncSmtpTransport<Tokio1Executor>, Duration),
     File(AsyncFileTransport<Tokio1Executor>),
 }
 
@@ -39,6 +43,7 @@ impl Mailer {
             }
             MailTransport::Smtp => {
                 let smtp = &s.smtp;
+                let deadline = Duration::from_secs(smtp.timeout_secs);
                 let mut b = match smtp.tls {
                     SmtpTls::None => {
                         AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
@@ -49,7 +54,7 @@ impl Mailer {
                     SmtpTls::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)?,
                 }
                 .port(smtp.port)
-                .timeout(Some(Duration::from_secs(smtp.timeout_secs)));
+                .timeout(Some(deadline));
                 if let Some(user) = &smtp.username {
                     let password = std::env::var(SMTP_PASSWORD_ENV).map_err(|_| {
                         anyhow::anyhow!(
@@ -58,7 +63,7 @@ impl Mailer {
                     })?;
                     b = b.credentials(Credentials::new(user.clone(), password));
                 }
-                Mailer::Smtp(b.build())
+                Mailer::Smtp(b.build(), deadline)
             }
         })
     }
@@ -76,17 +81,22 @@ impl Mailer {
         let envelope = Envelope::new(Some(from), to)
             .map_err(|e| SendError::Permanent(format!("bad envelope: {e}")))?;
         match self {
-            Mailer::Smtp(t) => t
-                .send_raw(&envelope, &m.raw)
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    if e.is_permanent() {
-                        SendError::Permanent(e.to_string())
-                    } else {
-                        SendError::Transient(e.to_string())
-                    }
-                }),
+            // a server that stops answering after the connect (a tarpit, a stalled relay) would
+            // hold the send, and the notice's lease with it, for as long as the connection
+            // lasts: the send is dropped at the deadline, its connection closed (the client
+            // keeps no pool). The message may still have been taken: sent again, it can
+            // arrive twice, as the same message
+            Mailer::Smtp(t, deadline) => {
+                match tokio::time::timeout(*deadline, t.send_raw(&envelope, &m.raw)).await {
+                    Err(_) => Err(SendError::Transient(format!(
+                        "the SMTP server did not finish the send within {} s",
+                        deadline.as_secs()
+                    ))),
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) if e.is_permanent() => Err(SendError::Permanent(e.to_string())),
+                    Ok(Err(e)) => Err(SendError::Transient(e.to_string())),
+                }
+            }
             Mailer::File(t) => t
                 .send_raw(&envelope, &m.raw)
                 .await

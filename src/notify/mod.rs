@@ -94,7 +94,7 @@ impl Notifier {
             coordination,
             holder: crate::coordination::replica_id(),
             lease_ms: lease_ms.max(2_000 * settings.notify.smtp.timeout_secs),
-            takeover_secs: (10 * lease_ms).div_ceil(1000),
+            takeover_secs: takeover_secs(lease_ms, settings.notify.smtp.timeout_secs),
         })
     }
 
@@ -188,10 +188,12 @@ impl Notifier {
     }
 
     /// Records an attempt's outcome (fenced as `save` says); when to look at the notice again,
-    /// if ever. An outcome the store does not take is kept, to be recorded (not sent) again in
-    /// 5 s (`record_again`); one fenced off is dropped (the lease lapsed: the replica that
-    /// takes it next, this one or another, finds the attempt `sending_since` and sends it again
-    /// only after ten leases).
+    /// if ever. An outcome the store does not take, or takes no longer under this lease (it
+    /// lapsed while the message was sent), is kept, to be recorded (not sent) again in 5 s
+    /// under the lease taken anew, and only while the store still shows that attempt in flight
+    /// (`record_again`): dropped, the replica that took the notice next would find the attempt
+    /// `sending_since` and send the message again after the takeover period, this replica
+    /// knowing it was taken.
     async fn record(
         &self,
         notice: Notice,
@@ -202,8 +204,9 @@ impl Notifier {
         match self.save(notice.clone(), fence).await {
             Ok(()) => next,
             Err(e) if fenced(&e) => {
-                tracing::warn!(access = %notice.access_id, "notice: its lease lapsed (or passed to another replica) before this replica recorded its attempt; the attempt is retried after ten leases");
-                Some(now + self.lease_ms.div_ceil(1000))
+                tracing::warn!(access = %notice.access_id, "notice: its lease lapsed (or passed to another replica) before this replica recorded its attempt; recording it again under the lease taken anew, if that attempt is still the one in flight");
+                self.unrecorded_lock().insert(notice.access_id, notice);
+                Some(now + 5)
             }
             Err(e) => {
                 tracing::error!(access = %notice.access_id, error = %e, "notice: its attempt could not be recorded; recording it again, not sending it again");
@@ -516,6 +519,9 @@ impl Notifier {
                 .keyring
                 .open(&crate::seal::names::notice(&notice.access_id), &sealed)?,
         )?;
+        // the attempt's own time: a round that took long (a slow send before this one) must
+        // not write an attempt that another replica would find already past its takeover
+        let now = now_secs().max(now);
         notice.attempts += 1;
         let first = *notice.first_attempt_at.get_or_insert(now);
         if self.replicas() {
@@ -569,6 +575,17 @@ impl Notifier {
         }
         Ok(self.record(notice, now, fence).await)
     }
+}
+
+/// With replicas, how long another replica waits after an attempt started without a recorded
+/// outcome before it sends the message again: ten `data.lease_ms`, and at least four SMTP
+/// timeouts (twice the notice's lease), so that a send, which ends within one, and its record
+/// (again under the lease taken anew if it lapsed meanwhile) come well before it whatever the
+/// two settings are.
+fn takeover_secs(data_lease_ms: u64, smtp_timeout_secs: u64) -> u64 {
+    (10 * data_lease_ms)
+        .div_ceil(1000)
+        .max(4 * smtp_timeout_secs)
 }
 
 /// The lease a replica holds while it works on the notice of access `id` (`coordination`).
@@ -820,18 +837,9 @@ mod tests {
     async fn an_attempt_not_recorded_is_recorded_under_the_lease_taken_again_and_not_sent_again() {
         let t = on_redis().await;
         let (store, coordination, notifier) = (&t.store, &t.coordination, &t.notifier);
-        let (id, now, notice) = (t.notice.access_id, t.notice.due_at, t.notice.clone());
+        let (id, now) = (t.notice.access_id, t.notice.due_at);
         let lease = lease_name(&id);
-        // the attempt as it is on record before the message left, under a lease since let go
-        coordination
-            .lease(&lease, &notifier.holder, 60_000)
-            .await
-            .unwrap()
-            .expect("the lease is free");
-        let mut sending = notice.clone();
-        sending.attempts = 1;
-        sending.first_attempt_at = Some(now);
-        sending.sending_since = Some(now);
+        let (sending, _) = in_flight(&t).await;
         let write = |n: Notice| {
             apply_async(
                 store,
@@ -841,15 +849,8 @@ mod tests {
                 },
             )
         };
-        write(sending.clone()).await.unwrap();
-        coordination
-            .release(&lease, &notifier.holder)
-            .await
-            .unwrap();
         // sent; its outcome kept in memory, the store having refused it
-        let mut sent = sending.clone();
-        sent.sending_since = None;
-        sent.state = NoticeState::Sent { at: now };
+        let sent = sent(&sending, now);
         notifier.unrecorded_lock().insert(id, sent.clone());
         let audit_before = store.audit_head().unwrap();
         let mut due = BTreeSet::from([(now, id)]);
@@ -887,5 +888,171 @@ mod tests {
         assert!(notifier.unrecorded_lock().is_empty(), "ours dropped");
         assert_eq!(due.len(), 1, "looked at again, still open");
         assert!(outbox(&t.settings.data.dir).is_empty(), "not sent");
+    }
+
+    /// The attempt of `t`'s notice as it is on record before its message left (attempt 1,
+    /// `sending_since`), under the notice's lease since let go (lapsed): the attempt and the
+    /// fence it was made under.
+    async fn in_flight(t: &OnRedis) -> (Notice, crate::store::Fence) {
+        let (id, now) = (t.notice.access_id, t.notice.due_at);
+        let lease = lease_name(&id);
+        let token = t
+            .coordination
+            .lease(&lease, &t.notifier.holder, 60_000)
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        let mut sending = t.notice.clone();
+        sending.attempts = 1;
+        sending.first_attempt_at = Some(now);
+        sending.sending_since = Some(now);
+        apply_async(
+            &t.store,
+            Batch {
+                notices: vec![sending.clone()],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+        t.coordination
+            .release(&lease, &t.notifier.holder)
+            .await
+            .unwrap();
+        let fence = crate::store::Fence {
+            lease,
+            holder: t.notifier.holder.clone(),
+            token,
+        };
+        (sending, fence)
+    }
+
+    /// `sending`'s outcome once its message was taken.
+    fn sent(sending: &Notice, now: u64) -> Notice {
+        let mut sent = sending.clone();
+        sent.sending_since = None;
+        sent.state = NoticeState::Sent { at: now };
+        sent
+    }
+
+    /// Replicas on Redis: a message sent while the notice's lease lapsed (a send, or a pause,
+    /// longer than the lease) has its outcome refused under that lease; it is kept and recorded
+    /// at the notice's next turn under the lease taken anew, not sent again. Before, it was
+    /// dropped: the store still showed the attempt in flight, and a replica sent the message a
+    /// second time after the takeover period, although this one knew it had been taken.
+    #[tokio::test]
+    async fn an_outcome_fenced_off_after_its_send_is_recorded_under_the_lease_taken_again() {
+        let t = on_redis().await;
+        let (store, notifier) = (&t.store, &t.notifier);
+        let (id, now) = (t.notice.access_id, t.notice.due_at);
+        let (sending, lapsed) = in_flight(&t).await;
+        let sent = sent(&sending, now);
+        let audit_before = store.audit_head().unwrap();
+        let next = notifier.record(sent.clone(), now, Some(&lapsed)).await;
+        assert_eq!(next, Some(now + 5), "looked at again in 5 s");
+        assert_eq!(
+            store.notice(&id).unwrap(),
+            Some(sending),
+            "nothing written under the lapsed lease"
+        );
+        assert_eq!(
+            notifier.unrecorded_lock().get(&id),
+            Some(&sent),
+            "its outcome kept"
+        );
+        let mut due = BTreeSet::from([(now, id)]);
+        notifier.round(&mut due).await;
+        assert_eq!(store.notice(&id).unwrap(), Some(sent), "recorded");
+        assert_ne!(
+            store.audit_head().unwrap(),
+            audit_before,
+            "with its audit entry"
+        );
+        assert!(due.is_empty(), "closed");
+        assert!(outbox(&t.settings.data.dir).is_empty(), "not sent again");
+    }
+
+    /// Replicas on Redis, an SMTP server that accepts the connection and never answers: the
+    /// send ends at `notify.smtp.timeout_secs` (the client's own timeout covers its connect
+    /// only: before, the send, and the notice's lease with it, was held as long as the
+    /// connection lasted), as a transient failure retried later. The attempt goes on record
+    /// with its own time, not the round's: a round held up by slow sends before it wrote an
+    /// attempt another replica found past its takeover period.
+    #[tokio::test]
+    async fn a_send_to_a_server_that_never_answers_ends_at_the_smtp_timeout() {
+        let t = on_redis().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let mut settings = t.settings.clone();
+        settings.notify.transport = crate::configuration::MailTransport::Smtp;
+        settings.notify.smtp.host = "127.0.0.1".into();
+        settings.notify.smtp.port = port;
+        settings.notify.smtp.tls = crate::configuration::SmtpTls::None;
+        settings.notify.smtp.timeout_secs = 1;
+        let notifier = Notifier::new(
+            &settings,
+            t.store.clone(),
+            Arc::new(Keyring::from_keys(&[[7; 32]]).unwrap()),
+            t.coordination.clone(),
+        )
+        .unwrap();
+        let id = t.notice.access_id;
+        let fence = notifier.lease(&id, now_secs()).await.unwrap();
+        let started = now_secs();
+        let round_began = started - 1_000;
+        let step = tokio::time::timeout(
+            Duration::from_secs(10),
+            notifier.step_held(&id, round_began, fence.as_ref()),
+        );
+        let attempt = async {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                assert!(std::time::Instant::now() < deadline, "an attempt on record");
+                if let Some(n) = t
+                    .store
+                    .notice(&id)
+                    .unwrap()
+                    .filter(|n| n.sending_since.is_some())
+                {
+                    return n;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let (next, attempt) = tokio::join!(step, attempt);
+        let next = next.expect("the send ended within 10 s");
+        assert!(
+            attempt.sending_since >= Some(started),
+            "the attempt on record with its own time ({:?}), not the round's ({round_began})",
+            attempt.sending_since
+        );
+        let after = t.store.notice(&id).unwrap().unwrap();
+        assert_eq!(after.state, NoticeState::Pending, "not sent");
+        assert_eq!((after.attempts, after.sending_since), (1, None));
+        let error = after.last_error.unwrap_or_default();
+        assert!(error.contains("within 1 s"), "{error}");
+        let retry = settings.notify.retry_initial_secs;
+        assert!(
+            after.next_at >= started + retry && next == Some(after.next_at),
+            "retried {retry} s after the attempt: {} (next look {next:?})",
+            after.next_at
+        );
+        silent.abort();
+    }
+
+    /// Another replica sends a message again only after ten `data.lease_ms` and four SMTP
+    /// timeouts (a send ends within one): a short lease does not bring it within reach of a
+    /// send still going.
+    #[test]
+    fn a_notice_is_taken_over_after_ten_leases_and_four_smtp_timeouts() {
+        assert_eq!(takeover_secs(10_000, 15), 100);
+        assert_eq!(takeover_secs(200, 15), 60);
+        assert_eq!(takeover_secs(1_000, 1), 10);
     }
 }

@@ -90,7 +90,8 @@ pub struct Guard {
     /// The grants' follow-up's place in the log as it read it (`Batch::followed`; `Some(None)`:
     /// none yet): the write fails with `Guarded::Changed` unless the store holds exactly this,
     /// so that what it made from the log after that place is made once, even when a write of
-    /// it reported failed lands late.
+    /// it reported failed lands late. Not with audit events (Redis refuses such a batch: its
+    /// linked script checks the fence only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub followed: Option<Option<u64>>,
 }

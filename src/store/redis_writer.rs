@@ -300,6 +300,12 @@ impl Writer {
         // a batch with audit events under a lease alone is linked, its fence checked there
         let fence = match guard {
             Some(g) if !audit.is_empty() && g.submission.is_none() && claims.is_empty() => {
+                if g.followed.is_some() {
+                    // the linked script checks the fence only: refused, not written unchecked
+                    return Err(backend(
+                        "a batch guarded by the follow-up's place is written without audit events",
+                    ));
+                }
                 g.fence.as_ref()
             }
             Some(g) => {
@@ -974,5 +980,31 @@ mod tests {
             1,
             "the first grant alone"
         );
+    }
+
+    /// A batch with audit events and the follow-up's place as its guard is refused: the linked
+    /// script checks a fence only, so the place would go unchecked (today the follow-up's
+    /// batches carry no audit events; one that did is refused, not written unchecked).
+    #[tokio::test]
+    async fn a_batch_with_audit_events_guarded_by_the_follow_ups_place_is_refused() {
+        let redis = crate::dev::test_redis().await;
+        let store = RedisStore::open(redis.url.as_str(), "f:").unwrap();
+        let refused = store.apply(Batch {
+            audit: vec![record("followed")],
+            guard: Some(Guard {
+                followed: Some(Some(7)),
+                ..Guard::default()
+            }),
+            ..Batch::default()
+        });
+        assert!(
+            matches!(&refused, Err(StoreError::Backend(why)) if why.contains("follow-up's place")),
+            "{refused:?}"
+        );
+        assert!(
+            store.audit_entries(1, 10).unwrap().is_empty(),
+            "nothing written"
+        );
+        assert_eq!(store.followed().unwrap(), None);
     }
 }
