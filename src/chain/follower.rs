@@ -402,12 +402,19 @@ impl Follower {
         })
     }
 
-    /// Re-reads every cached entry and jumps to the node's tip, read after the entries so
-    /// that they are at least as new as the tip they land with. `reorg`: operations confirmed
-    /// in blocks above the last one still on the node's chain are read back too.
+    /// Jumps to the node's tip and re-reads every cached entry, the tip read before the
+    /// entries so that they are at least as new as the tip they land with (read after them, a
+    /// block mined while they were read, a suspension say, would be marked read past with the
+    /// entry as it was before it). `reorg`: operations confirmed in blocks above the last one
+    /// still on the node's chain are read back too.
     async fn catch_up(&self, applied: u64, reorg: bool) -> Result<(), FollowError> {
         // one block (or catch-up) at a time, and none while a cache fill checks and writes
         let _guard = self.state.apply_lock.lock().await;
+        let info = self.state.rpc.info().await?;
+        let height = info.stacks_tip_height;
+        let Some(tip) = self.state.rpc.block_at(height).await? else {
+            return Err(StateError::Unsettled(format!("the node's tip block {height}")).into());
+        };
         let mut batch = Batch::default();
         self.state.refresh_all(&mut batch).await?;
         if reorg {
@@ -422,11 +429,6 @@ impl Follower {
             .await?;
             self.forget_from(from);
         }
-        let info = self.state.rpc.info().await?;
-        let height = info.stacks_tip_height;
-        let Some(tip) = self.state.rpc.block_at(height).await? else {
-            return Err(StateError::Unsettled(format!("the node's tip block {height}")).into());
-        };
         batch.tip = Some(Tip {
             height,
             index_block_hash: tip.header.block_id,

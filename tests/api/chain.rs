@@ -482,3 +482,172 @@ async fn readiness_follows_the_node_through_an_outage() {
     .await;
     app.stop().await;
 }
+
+/// A proxy in front of the node's RPC that forwards every request, and once `hold`s needle is
+/// set, answers the first request whose body holds it with the node's answer only after the
+/// test has done what it is told to (`told`, then `done`): something the node does while that
+/// answer is on its way.
+struct HoldingProxy {
+    url: String,
+    hold: std::sync::Arc<std::sync::Mutex<Option<Hold>>>,
+    server: actix_web::dev::ServerHandle,
+}
+
+struct Hold {
+    needle: String,
+    told: tokio::sync::oneshot::Sender<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl HoldingProxy {
+    fn start(upstream: &str) -> HoldingProxy {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        type Held = std::sync::Arc<std::sync::Mutex<Option<Hold>>>;
+        async fn forward(
+            req: HttpRequest,
+            body: web::Bytes,
+            to: web::Data<(String, reqwest::Client, Held)>,
+        ) -> HttpResponse {
+            let (upstream, client, hold) = to.get_ref();
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let mut ask = client.request(
+                req.method().as_str().parse().unwrap(),
+                format!("{upstream}{path}"),
+            );
+            if let Some(ct) = req.headers().get("content-type") {
+                ask = ask.header("content-type", ct.as_bytes());
+            }
+            let res = ask.body(body.to_vec()).send().await.unwrap();
+            let status = res.status().as_u16();
+            let ct = res
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap_or_default().to_string());
+            let answer = res.bytes().await.unwrap();
+            let held = {
+                let mut hold = hold.lock().unwrap();
+                let holds = hold
+                    .as_ref()
+                    .is_some_and(|h| String::from_utf8_lossy(&body).contains(h.needle.as_str()));
+                if holds {
+                    hold.take()
+                } else {
+                    None
+                }
+            };
+            if let Some(h) = held {
+                h.told.send(()).unwrap();
+                h.done.await.unwrap();
+            }
+            let mut out =
+                HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+            if let Some(ct) = ct {
+                out.content_type(ct);
+            }
+            out.body(answer)
+        }
+        let hold: Held = Default::default();
+        let data = web::Data::new((upstream.to_string(), reqwest::Client::new(), hold.clone()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(forward))
+        })
+        .listen(listener)
+        .unwrap()
+        .workers(2)
+        .disable_signals()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        HoldingProxy {
+            url,
+            hold,
+            server: handle,
+        }
+    }
+
+    /// Holds the node's answer to the next request whose body holds `needle` until `done`
+    /// fires; `told` fires once that answer is read.
+    fn hold(
+        &self,
+        needle: String,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (told, told_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        *self.hold.lock().unwrap() = Some(Hold { needle, told, done });
+        (told_rx, done_tx)
+    }
+}
+
+/// A catch-up reads the node's tip before it re-reads the cached entries, so that they are at
+/// least as new as the tip they land with. Here a suspension is mined while the catch-up's read
+/// of the nurse's entry is on its way back: the entry says verified, as it was when read, and
+/// the follower must not mark the suspension's block as read past with it. Before, it read the
+/// tip after the entries: the block was marked read (its push then found it known and read
+/// nothing), and the nurse stayed verified in the cache until another block named them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_mined_while_a_catch_up_reads_is_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (devnet, demo) = demo_devnet(dir.path(), "0").await;
+    let proxy = HoldingProxy::start(&devnet.rpc);
+    // the node's pushes go nowhere: the follower catches up by polling, every 5 s of quiet
+    let app = app(&proxy.url, &dir.path().join("service"), |s| {
+        s.chain.request_timeout_ms = 60_000;
+    })
+    .await;
+    let nurse = provider(&demo, "nurse");
+    let who: breakglass::stacks::Address = nurse["principal"].as_str().unwrap().parse().unwrap();
+    eventually("the first catch-up", SECS, async || {
+        (app.status.applied() == devnet.tip().await).then_some(())
+    })
+    .await;
+    let verified = app.follower.state.provider(&who).await.unwrap();
+    assert!(
+        matches!(
+            verified,
+            ProviderState::Registered {
+                status: ProviderStatus::Verified,
+                ..
+            }
+        ),
+        "{verified:?}"
+    );
+    // the next catch-up's read of the nurse's entry is held, and the suspension mined meanwhile
+    let (told, done) = proxy.hold(
+        principal(&who)
+            .to_hex()
+            .trim_start_matches("0x")
+            .to_string(),
+    );
+    devnet.mine_empty(1).await;
+    tokio::time::timeout(Duration::from_secs(30), told)
+        .await
+        .expect("a catch-up read the nurse's entry")
+        .unwrap();
+    crate::breakglass::send_suspension_by(&devnet, &demo, nurse).await;
+    devnet.mine().await;
+    done.send(()).unwrap();
+    eventually(
+        "the suspension in the cache",
+        Duration::from_secs(30),
+        async || {
+            matches!(
+                app.store.provider(&who).unwrap(),
+                Some(ProviderState::Registered {
+                    status: ProviderStatus::Suspended,
+                    ..
+                })
+            )
+            .then_some(())
+        },
+    )
+    .await;
+    app.stop().await;
+    proxy.server.stop(false).await;
+}
