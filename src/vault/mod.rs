@@ -86,6 +86,15 @@ pub fn operation(patient: &PatientId, hash: &[u8; 32]) -> crate::store::Submissi
     )
 }
 
+/// The `n`th operation of an id (the first is the id itself).
+fn numbered(id: &str, n: usize) -> String {
+    if n == 1 {
+        id.to_string()
+    } else {
+        format!("{id}:{n}")
+    }
+}
+
 /// Imports a summary into `store`: checked, sealed and stored with the chain write of its
 /// hash, in one durable write; a bad one is refused with the reason and nothing is stored.
 /// (`Vault::import` for the running service; `breakglass summaries import` with it stopped.)
@@ -101,22 +110,49 @@ pub async fn import(
     let sealed = keyring
         .seal(&crate::seal::names::summary(&summary.patient), body)
         .map_err(store_unavailable)?;
-    let op = operation(&summary.patient, &hash);
+    let mut op = operation(&summary.patient, &hash);
+    // the operations that recorded these bytes so far: the first under `operation`'s id, each
+    // later one (the bytes imported again after another summary replaced them) under
+    // `<id>:<n>`, n from 2
+    let mut n = 1;
+    let mut latest = None;
+    loop {
+        let id = numbered(&op.id, n);
+        if store.submission(&id).map_err(store_unavailable)?.is_none() {
+            break;
+        }
+        latest = Some(id);
+        n += 1;
+    }
+    // the same bytes as the summary stored now: their hash is recorded (or on its way) by the
+    // latest of those already; else (new bytes, or bytes another summary replaced since, whose
+    // hash the chain no longer holds) by an operation of their own
+    let stored_now = match store.summary(&summary.patient).map_err(store_unavailable)? {
+        Some(sealed) => keyring
+            .open(&crate::seal::names::summary(&summary.patient), &sealed)
+            .map(|bytes| <[u8; 32]>::from(Sha256::digest(bytes)) == hash)
+            .unwrap_or(false),
+        None => false,
+    };
+    let submissions = match latest {
+        Some(id) if stored_now => {
+            op.id = id;
+            Vec::new()
+        }
+        _ => {
+            op.id = numbered(&op.id, n);
+            vec![op.clone()]
+        }
+    };
     let imported = Imported {
         patient: summary.patient,
         resources: summary.resources.len(),
         hash: hex::encode(hash),
-        operation: op.id.clone(),
+        operation: op.id,
     };
-    let known = store.submission(&op.id).map_err(store_unavailable)?;
     let batch = Batch {
         summaries: vec![(summary.patient, Some(sealed))],
-        // the same bytes again: their hash is recorded (or on its way) already
-        submissions: if known.is_some() {
-            Vec::new()
-        } else {
-            vec![op]
-        },
+        submissions,
         ..Batch::default()
     };
     apply_async(store, batch).await.map_err(store_unavailable)?;

@@ -15,6 +15,17 @@ use crate::support::*;
 const ADMIN_SECRET: &str = "admin-secret-for-vault-tests";
 const SYSTEM: &str = "urn:breakglass:patient-id";
 
+/// The seeded devnet and the service, with the admin client `ops` that imports summaries.
+async fn with_an_admin_client() -> Env {
+    setup(|s| {
+        s.admin.clients = vec![ResourceServerClient {
+            id: "ops".into(),
+            secret_sha256: hex::encode(Sha256::digest(ADMIN_SECRET.as_bytes())),
+        }];
+    })
+    .await
+}
+
 async fn import(env: &Env, body: Vec<u8>) -> (u16, Json) {
     let res = reqwest::Client::new()
         .post(format!("http://{}/v1/admin/summaries", env.app.api_addr))
@@ -99,13 +110,7 @@ async fn recorded(env: &Env, op: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_read_only_what_they_open_and_every_bad_read_is_refused_and_logged() {
-    let env = setup(|s| {
-        s.admin.clients = vec![ResourceServerClient {
-            id: "ops".into(),
-            secret_sha256: hex::encode(Sha256::digest(ADMIN_SECRET.as_bytes())),
-        }];
-    })
-    .await;
+    let env = with_an_admin_client().await;
     let patient_hex = patient(&env.demo, true).to_string();
     let other_hex = patient(&env.demo, false).to_string();
     let patient_id: PatientId = patient_hex.parse().unwrap();
@@ -488,4 +493,65 @@ async fn a_nurse_on_the_tablet_sees_the_allergies_for_the_window_and_no_longer()
         vec![(vec!["AllergyIntolerance".to_string()], 2)],
         "{reads:?}"
     );
+}
+
+/// A summary imported again after another replaced it is recorded on chain again: the chain
+/// then holds its hash, and the vault serves it. Before, its first operation's id was found
+/// and nothing was sent: the chain kept the other summary's hash, and every read of the
+/// patient's summary was refused with `summary-integrity`. The same bytes as the summary
+/// stored now make no new operation (a retried import).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_imported_again_after_another_is_recorded_again() {
+    let env = with_an_admin_client().await;
+    let patient_hex = patient(&env.demo, true).to_string();
+    let patient_id: PatientId = patient_hex.parse().unwrap();
+    let first = serde_json::to_vec(&breakglass::demo::summary(&patient_id, SYSTEM)).unwrap();
+    let second = {
+        let mut d = breakglass::demo::summary(&patient_id, SYSTEM);
+        d["entry"][2]["resource"]["criticality"] = "low".into();
+        serde_json::to_vec(&d).unwrap()
+    };
+    let mut operations = Vec::new();
+    for body in [&first, &second, &first] {
+        let (s, imported) = import(&env, body.clone()).await;
+        assert_eq!(s, 201, "{imported}");
+        let op = imported["operation"].as_str().unwrap().to_string();
+        recorded(&env, &op).await;
+        operations.push(op);
+    }
+    assert_eq!(operations.len(), 3);
+    assert_ne!(operations[2], operations[0], "an operation of its own");
+    let on_chain = env
+        .app
+        .follower
+        .state
+        .rpc
+        .call_read(
+            &format!("{}.access-control", deployer()),
+            "get-summary-hash",
+            &[Value::buffer(patient_id.0)],
+            &deployer(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        on_chain
+            .to_hex()
+            .contains(&hex::encode(Sha256::digest(&first))),
+        "the chain holds the first summary's hash again: {on_chain:?}"
+    );
+    let g = token(&env, "nurse", &patient_hex, &["allergies"], 1).await;
+    let (s, bundle, _) = read(
+        &env,
+        &format!("/fhir/Patient/{patient_hex}/$summary"),
+        g["access_token"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{bundle}");
+    // the same bytes as stored now: no new operation, the latest named
+    let ops_before = env.app.store.submissions().unwrap().len();
+    let (s, imported) = import(&env, first.clone()).await;
+    assert_eq!(s, 201, "{imported}");
+    assert_eq!(imported["operation"].as_str(), Some(operations[2].as_str()));
+    assert_eq!(env.app.store.submissions().unwrap().len(), ops_before);
 }
