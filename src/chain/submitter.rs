@@ -193,6 +193,26 @@ fn confirmed(txid: &str, nonce: u64, raw: &str, height: u64, result: String) -> 
     }
 }
 
+/// Whether `s` records a patient's summary hash and a later summary operation of the same
+/// patient is in the store: the vault holds that later summary, so `s`'s hash is no longer
+/// wanted on chain, whatever the chain holds now. Signed again with a new nonce, it would run
+/// after the later one and put back a hash the stored summary no longer has (every read of it
+/// then refused, `summary-integrity`); mined beside the later one, it was not refused.
+fn superseded(store: &dyn Store, s: &Submission) -> Result<bool, StoreError> {
+    if s.function != "set-summary-hash" {
+        return Ok(false);
+    }
+    let Some(patient) = s.args.first() else {
+        return Ok(false);
+    };
+    let prefix = s.id.split(':').take(2).collect::<Vec<_>>().join(":") + ":";
+    Ok(store.submissions_prefixed(&prefix)?.iter().any(|later| {
+        later.function == s.function
+            && later.args.first() == Some(patient)
+            && later.created_at_ms > s.created_at_ms
+    }))
+}
+
 /// Confirms the operations whose signed transactions are in `block`, a block the node served
 /// at its height: a transaction carries its signature, so its bytes in the node's block prove
 /// it was mined there (what a pushed payload lists is not believed). One whose effect reads
@@ -239,6 +259,16 @@ pub async fn confirmations(
                     raw,
                     height,
                     "mined (no read-only function tells its effect)".into(),
+                )
+            }
+            OnChain::NotDone if superseded(store, &s)? => {
+                tracing::info!(operation = %s.id, txid, height, "operation mined; a later summary of the patient has replaced its hash");
+                confirmed(
+                    txid,
+                    *nonce,
+                    raw,
+                    height,
+                    "mined; a later summary of the patient has replaced its hash".into(),
                 )
             }
             OnChain::NotDone => {
@@ -634,6 +664,19 @@ impl Submitter {
                 };
                 if self.update(s, state).await? {
                     tracing::info!(operation = %s.id, height, "operation found on chain");
+                }
+            }
+            OnChain::NotDone if superseded(self.store.as_ref(), s)? => {
+                // not signed again: its hash is no longer wanted (the nonce it had is used)
+                let state = SubmissionState::Confirmed {
+                    txid: None,
+                    height: self.status.node_tip.load(Ordering::SeqCst),
+                    result: format!("{reason}; a later summary of the patient has replaced its hash: not sent again"),
+                    nonce: None,
+                    raw: None,
+                };
+                if self.update(s, state).await? {
+                    tracing::info!(operation = %s.id, reason, "a later summary of the patient replaced this one: not sent again");
                 }
             }
             OnChain::NotDone => {

@@ -558,6 +558,9 @@ pub trait Store: Send + Sync + 'static {
     fn open_submissions(&self) -> Result<Vec<Submission>, StoreError>;
     /// Every operation, open or not (for after a reorg: what was confirmed may be undone).
     fn submissions(&self) -> Result<Vec<Submission>, StoreError>;
+    /// The operations whose ids start with `prefix`, oldest first (e.g. a patient's summary
+    /// hashes: `summary:<patient>:`).
+    fn submissions_prefixed(&self, prefix: &str) -> Result<Vec<Submission>, StoreError>;
     /// The next nonce the submitter will use, as it last wrote it.
     fn nonce(&self) -> Result<Option<u64>, StoreError>;
     fn access(&self, id: &AccessId) -> Result<Option<AccessRecord>, StoreError>;

@@ -205,8 +205,17 @@ macro_rules! typed_reads {
         }
 
         fn submissions(&self) -> Result<Vec<Submission>, StoreError> {
+            self.submissions_prefixed("")
+        }
+
+        fn submissions_prefixed(&self, prefix: &str) -> Result<Vec<Submission>, StoreError> {
+            let rows = if prefix.is_empty() {
+                self.scan(SUBMISSIONS)?
+            } else {
+                self.scan_prefix(SUBMISSIONS, prefix)?
+            };
             let mut out = Vec::new();
-            for (k, v) in self.scan(SUBMISSIONS)? {
+            for (k, v) in rows {
                 out.push(dec::<Submission>(&k, &v)?);
             }
             out.sort_by_key(|s| s.created_at_ms);

@@ -160,6 +160,18 @@ pub fn conformance(store: &dyn Store) {
         .map(|s| s.id)
         .collect();
     assert_eq!(open, vec!["a", "b"]);
+    // every operation, or those of an id prefix, oldest first
+    let ids = |prefix: &str| -> Vec<String> {
+        store
+            .submissions_prefixed(prefix)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect()
+    };
+    assert_eq!(ids(""), vec!["a", "b"]);
+    assert_eq!(ids("b"), vec!["b"]);
+    assert!(ids("c").is_empty());
 
     // later writes replace; a provider set to None leaves the cache; closed submissions are
     // no longer open but still found by id

@@ -95,6 +95,23 @@ fn refused_reads(env: &Env) -> Vec<String> {
         .collect()
 }
 
+/// `patient`'s summary hash as the chain has it (`get-summary-hash`), hex.
+async fn hash_on_chain(env: &Env, patient: &PatientId) -> String {
+    env.app
+        .follower
+        .state
+        .rpc
+        .call_read(
+            &format!("{}.access-control", deployer()),
+            "get-summary-hash",
+            &[Value::buffer(patient.0)],
+            &deployer(),
+        )
+        .await
+        .unwrap()
+        .to_hex()
+}
+
 async fn recorded(env: &Env, op: &str) {
     eventually(op, SECS, async || {
         env.devnet.mine().await;
@@ -495,6 +512,50 @@ async fn a_nurse_on_the_tablet_sees_the_allergies_for_the_window_and_no_longer()
     );
 }
 
+/// Two summaries of `patient`: the demo's, and the same with one allergy's criticality changed.
+fn two_summaries(patient: &PatientId) -> (Vec<u8>, Vec<u8>) {
+    let first = breakglass::demo::summary(patient, SYSTEM);
+    let mut second = first.clone();
+    second["entry"][2]["resource"]["criticality"] = "low".into();
+    (
+        serde_json::to_vec(&first).unwrap(),
+        serde_json::to_vec(&second).unwrap(),
+    )
+}
+
+/// Imports each of `bodies` in turn, each recorded on chain before the next: their operations.
+async fn imported_and_recorded<const N: usize>(env: &Env, bodies: [&Vec<u8>; N]) -> Vec<String> {
+    let mut operations = Vec::new();
+    for body in bodies {
+        let (s, imported) = import(env, body.clone()).await;
+        assert_eq!(s, 201, "{imported}");
+        let op = imported["operation"].as_str().unwrap().to_string();
+        recorded(env, &op).await;
+        operations.push(op);
+    }
+    operations
+}
+
+/// The chain holds `body`'s hash as `patient`'s summary hash, and a nurse's token reads the
+/// summary stored (not refused as changed off chain).
+async fn served_as_on_chain(env: &Env, patient_hex: &str, body: &[u8]) {
+    let patient_id: PatientId = patient_hex.parse().unwrap();
+    assert!(
+        hash_on_chain(env, &patient_id)
+            .await
+            .contains(&hex::encode(Sha256::digest(body))),
+        "the chain holds the hash of the summary stored"
+    );
+    let g = token(env, "nurse", patient_hex, &["allergies"], 1).await;
+    let (s, bundle, _) = read(
+        env,
+        &format!("/fhir/Patient/{patient_hex}/$summary"),
+        g["access_token"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{bundle}");
+}
+
 /// A summary imported again after another replaced it is recorded on chain again: the chain
 /// then holds its hash, and the vault serves it. Before, its first operation's id was found
 /// and nothing was sent: the chain kept the other summary's hash, and every read of the
@@ -505,53 +566,78 @@ async fn a_summary_imported_again_after_another_is_recorded_again() {
     let env = with_an_admin_client().await;
     let patient_hex = patient(&env.demo, true).to_string();
     let patient_id: PatientId = patient_hex.parse().unwrap();
-    let first = serde_json::to_vec(&breakglass::demo::summary(&patient_id, SYSTEM)).unwrap();
-    let second = {
-        let mut d = breakglass::demo::summary(&patient_id, SYSTEM);
-        d["entry"][2]["resource"]["criticality"] = "low".into();
-        serde_json::to_vec(&d).unwrap()
-    };
-    let mut operations = Vec::new();
-    for body in [&first, &second, &first] {
-        let (s, imported) = import(&env, body.clone()).await;
-        assert_eq!(s, 201, "{imported}");
-        let op = imported["operation"].as_str().unwrap().to_string();
-        recorded(&env, &op).await;
-        operations.push(op);
-    }
+    let (first, second) = two_summaries(&patient_id);
+    let operations = imported_and_recorded(&env, [&first, &second, &first]).await;
     assert_eq!(operations.len(), 3);
     assert_ne!(operations[2], operations[0], "an operation of its own");
-    let on_chain = env
-        .app
-        .follower
-        .state
-        .rpc
-        .call_read(
-            &format!("{}.access-control", deployer()),
-            "get-summary-hash",
-            &[Value::buffer(patient_id.0)],
-            &deployer(),
-        )
-        .await
-        .unwrap();
-    assert!(
-        on_chain
-            .to_hex()
-            .contains(&hex::encode(Sha256::digest(&first))),
-        "the chain holds the first summary's hash again: {on_chain:?}"
-    );
-    let g = token(&env, "nurse", &patient_hex, &["allergies"], 1).await;
-    let (s, bundle, _) = read(
-        &env,
-        &format!("/fhir/Patient/{patient_hex}/$summary"),
-        g["access_token"].as_str().unwrap(),
-    )
-    .await;
-    assert_eq!(s, 200, "{bundle}");
+    served_as_on_chain(&env, &patient_hex, &first).await;
     // the same bytes as stored now: no new operation, the latest named
     let ops_before = env.app.store.submissions().unwrap().len();
     let (s, imported) = import(&env, first.clone()).await;
     assert_eq!(s, 201, "{imported}");
     assert_eq!(imported["operation"].as_str(), Some(operations[2].as_str()));
     assert_eq!(env.app.store.submissions().unwrap().len(), ops_before);
+}
+
+/// A summary operation whose confirmation the follower skipped (blocks caught up by reading
+/// state), its nonce since used, is found replaced by the patient's later summary: closed, not
+/// signed again. Before, the chain's hash (the later one's) was not its own, so it was signed
+/// again with a new nonce and ran after the later one: the chain held the first hash again, the
+/// vault the later summary, and every read of it was refused (`summary-integrity`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_operation_replaced_by_a_later_one_is_not_sent_again() {
+    use breakglass::store::SubmissionState;
+    let env = with_an_admin_client().await;
+    let patient_hex = patient(&env.demo, true).to_string();
+    let patient_id: PatientId = patient_hex.parse().unwrap();
+    let (first, second) = two_summaries(&patient_id);
+    let ops = imported_and_recorded(&env, [&first, &second]).await;
+    let service = env.app.submitter.sender;
+    let nonce_before = env.devnet.nonce(&service).await;
+    // the first's confirmation skipped: it is on record as sent, its nonce used since
+    let mut skipped = env.app.store.submission(&ops[0]).unwrap().unwrap();
+    let SubmissionState::Confirmed {
+        txid: Some(txid),
+        nonce: Some(nonce),
+        raw: Some(raw),
+        height,
+        ..
+    } = skipped.state.clone()
+    else {
+        panic!("{skipped:?}");
+    };
+    skipped.state = SubmissionState::Sent {
+        txid,
+        nonce,
+        raw,
+        sent_at_height: height,
+        broadcasts: 1,
+    };
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            submissions: vec![skipped],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    env.app
+        .status
+        .skipped_blocks
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    env.app.submitter.reconcile().await.unwrap();
+    env.app.submitter.tick().await.unwrap();
+    env.devnet.mine().await;
+    let closed = env.app.store.submission(&ops[0]).unwrap().unwrap();
+    assert!(
+        matches!(&closed.state, SubmissionState::Confirmed { result, .. } if result.contains("later summary")),
+        "{closed:?}"
+    );
+    assert_eq!(
+        env.devnet.nonce(&service).await,
+        nonce_before,
+        "nothing signed again"
+    );
+    served_as_on_chain(&env, &patient_hex, &second).await;
 }
