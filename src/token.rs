@@ -245,3 +245,19 @@ impl TokenIssuer {
         }
     }
 }
+
+/// Whether the clinician a token was issued to (`sub`) is no longer verified on chain, as the
+/// chain-state cache has them now (suspended, or no longer registered, since the grant): their
+/// token is then not honoured, whatever its expiry. A holder the cache has no entry for (one
+/// it let go) is not refused on that ground: it was verified when the token was issued.
+pub fn holder_no_longer_verified(
+    store: &dyn crate::store::Store,
+    claims: &AccessClaims,
+) -> Result<bool, crate::store::StoreError> {
+    let Ok(holder) = claims.sub.parse::<crate::stacks::Address>() else {
+        return Ok(false);
+    };
+    Ok(store
+        .provider(&holder)?
+        .is_some_and(|state| !state.is_verified()))
+}

@@ -23,6 +23,20 @@ pub enum ProviderState {
     },
 }
 
+impl ProviderState {
+    /// Registered and verified: what a grant asks of its clinician, and a token's holder must
+    /// still be for it to be honoured.
+    pub fn is_verified(&self) -> bool {
+        matches!(
+            self,
+            ProviderState::Registered {
+                status: ProviderStatus::Verified,
+                ..
+            }
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Preferences {
     pub allow: bool,

@@ -277,6 +277,22 @@ impl Vault {
             }
             Err(e) => return Err((store_unavailable(e), jti, p)),
         }
+        match crate::token::holder_no_longer_verified(self.state.store.as_ref(), &claims) {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err((
+                    refusal(
+                        403,
+                        "provider-not-verified",
+                        "Provider not verified",
+                        "the token's clinician is no longer verified on chain (suspended since it was issued)",
+                    ),
+                    jti,
+                    p,
+                ))
+            }
+            Err(e) => return Err((store_unavailable(e), jti, p)),
+        }
         if claims.patient != patient.to_string() {
             return Err((
                 refusal(

@@ -439,17 +439,91 @@ async fn every_refusal_has_its_code_and_leaves_no_trace() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resource_servers_introspect_and_revoke_tokens() {
+/// A resource server's form post of `token` to `path` (introspect, revoke), as `user`:`pass`.
+async fn as_resource_server(
+    app: &breakglass::startup::Application,
+    path: &str,
+    user: &str,
+    pass: &str,
+    token: &str,
+) -> (u16, Json) {
+    let res = reqwest::Client::new()
+        .post(format!("http://{}{path}", app.api_addr))
+        .basic_auth(user, Some(pass))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json::<Json>().await.unwrap_or(Json::Null))
+}
+
+/// The service with the resource server `fhir-server` (its secret `secret`).
+async fn with_a_resource_server(secret: &str) -> Env {
     use sha2::Digest;
-    let secret = "s3cret-for-this-test";
-    let env = setup(|s| {
+    setup(|s| {
         s.resource_servers.clients = vec![breakglass::configuration::ResourceServerClient {
             id: "fhir-server".into(),
             secret_sha256: hex::encode(sha2::Sha256::digest(secret.as_bytes())),
         }]
     })
-    .await;
+    .await
+}
+
+/// A clinician suspended on chain after their grant: their token is no longer honoured,
+/// whatever its expiry: introspection says inactive, and the vault refuses it
+/// (`provider-not-verified`). Before, both honoured it until it expired (a lost tablet, its
+/// clinician suspended, kept reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clinician_suspended_after_the_grant_has_their_token_refused() {
+    let secret = "s3cret-for-this-test";
+    let env = with_a_resource_server(secret).await;
+    let nurse = provider(&env.demo, "nurse").clone();
+    let patient_hex = patient(&env.demo, true).to_string();
+    let (status, grant) = ask_for_allergies(&env.app, &nurse, &patient_hex, 1).await;
+    assert_eq!(status, 201, "{grant}");
+    let token = grant["access_token"].as_str().unwrap();
+    let introspected = async || {
+        as_resource_server(
+            &env.app,
+            "/v1/token/introspect",
+            "fhir-server",
+            secret,
+            token,
+        )
+        .await
+        .1
+    };
+    let summary = async || {
+        let res = reqwest::Client::new()
+            .get(format!(
+                "http://{}/fhir/Patient/{patient_hex}/$summary",
+                env.app.api_addr
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json::<Json>().await.unwrap_or(Json::Null))
+    };
+    assert_eq!(introspected().await["active"], true);
+    let (s, before) = summary().await;
+    assert_ne!(before["code"], "provider-not-verified", "{s} {before}");
+    suspend(&env, &nurse).await;
+    assert_eq!(introspected().await, json!({ "active": false }));
+    let (s, after) = summary().await;
+    assert_eq!(
+        (s, &after["code"]),
+        (403, &json!("provider-not-verified")),
+        "{after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_servers_introspect_and_revoke_tokens() {
+    let secret = "s3cret-for-this-test";
+    let env = with_a_resource_server(secret).await;
     let (app, demo) = (&env.app, &env.demo);
     let nurse = provider(demo, "nurse");
     let (status, grant) = post(
@@ -465,17 +539,8 @@ async fn resource_servers_introspect_and_revoke_tokens() {
     .await;
     assert_eq!(status, 201);
     let token = grant["access_token"].as_str().unwrap();
-    let http = reqwest::Client::new();
     let call = async |path: &str, user: &str, pass: &str, token: &str| {
-        let res = http
-            .post(format!("http://{}{path}", app.api_addr))
-            .basic_auth(user, Some(pass))
-            .form(&[("token", token)])
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json::<Json>().await.unwrap_or(Json::Null))
+        as_resource_server(app, path, user, pass, token).await
     };
 
     let (s, body) = call("/v1/token/introspect", "fhir-server", secret, token).await;
