@@ -8,6 +8,11 @@
 //! that is not a registered provider is not written to the store (anyone can sign a request
 //! with a new key): it is remembered in memory until the next block, within a bound.
 //!
+//! With replicas sharing a store, the turns are kept in the store's writes: a fill is written
+//! only while the tip is the one it read before asking the node (`Guard::tip`), with a new
+//! mark (`Batch::filled`); a block is written only while the mark is the one its writer read
+//! before it looked at what the cache holds (`Guard::filled`), else it looks again.
+//!
 //! It must not: keep an answer read while a block was applied (it could be older than the block).
 
 use std::collections::HashMap;
@@ -252,10 +257,27 @@ impl ChainState {
             let v = read().await?;
             let _guard = self.apply_lock.lock().await;
             if self.store.tip()? == before {
-                if let Some(batch) = keep(&v, before) {
-                    self.write(batch).await?;
+                let Some(batch) = keep(&v, before) else {
+                    return Ok(v);
+                };
+                // written only while the store's tip is still `before` (another replica sharing
+                // the store may apply a block between this check and the write), with a new
+                // fills' mark (a block another replica is applying, which looked at the cache
+                // before this lands, is then written only after it looks again)
+                let mark: [u8; 16] = secp256k1::rand::random();
+                let guarded = Batch {
+                    filled: Some(hex::encode(mark)),
+                    guard: Some(crate::store::Guard {
+                        tip: Some(before),
+                        ..crate::store::Guard::default()
+                    }),
+                    ..batch
+                };
+                match self.write(guarded).await {
+                    Ok(()) => return Ok(v),
+                    Err(StoreError::Guarded(crate::store::Guarded::Changed)) => continue,
+                    Err(e) => return Err(e.into()),
                 }
-                return Ok(v);
             }
         }
         Err(StateError::Unsettled(what.to_string()))
@@ -498,12 +520,64 @@ mod tests {
         .await
     }
 
+    /// The fill gave the provider as suspended, and the store holds them so.
+    fn suspended_in_the_end(st: &ChainState, got: ProviderState) {
+        assert_eq!(got, provider(ProviderStatus::Suspended));
+        assert_eq!(
+            st.store.provider(&who()).unwrap(),
+            Some(provider(ProviderStatus::Suspended))
+        );
+    }
+
     /// A cache at block 1, with nothing filled yet.
     fn at_block_one() -> (tempfile::TempDir, ChainState) {
         let dir = tempfile::tempdir().unwrap();
         let st = state(dir.path());
         st.store.apply(block(1, vec![])).unwrap();
         (dir, st)
+    }
+
+    /// Replicas sharing Redis: another replica applies block 2 (the provider not cached, so
+    /// not read back) after this one's fill checked the tip and before its write lands. The
+    /// fill's write is refused (the tip is no longer the one it read), and it reads again: it
+    /// never lands the answer read at block 1 over block 2. Before, it landed, and every
+    /// replica kept the provider verified after their suspension until a block named them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fill_is_not_written_over_a_block_another_replica_applied_after_its_check() {
+        let redis = crate::dev::test_redis().await;
+        let url = redis.url.as_str();
+        let mut st = state(redis.dir.path());
+        st.store = Arc::new(crate::store::RedisStore::open(url, "r:").unwrap());
+        let other = crate::store::RedisStore::open(url, "r:").unwrap();
+        st.store.apply(block(1, vec![])).unwrap();
+        let reads = AtomicUsize::new(0);
+        let kept = AtomicUsize::new(0);
+        let got = st
+            .fill(
+                "get-provider",
+                |store| store.provider(&who()),
+                || async {
+                    Ok(if reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                        provider(ProviderStatus::Verified)
+                    } else {
+                        provider(ProviderStatus::Suspended)
+                    })
+                },
+                |s, _| {
+                    if kept.fetch_add(1, Ordering::SeqCst) == 0 {
+                        // between this replica's check of the tip and its write
+                        other.apply(block(2, vec![])).unwrap();
+                    }
+                    Some(Batch {
+                        providers: vec![(who(), Some(s.clone()))],
+                        ..Batch::default()
+                    })
+                },
+            )
+            .await
+            .unwrap();
+        suspended_in_the_end(&st, got);
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "read again at block 2");
     }
 
     #[tokio::test]
@@ -525,11 +599,7 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(got, provider(ProviderStatus::Suspended));
-        assert_eq!(
-            st.store.provider(&who()).unwrap(),
-            Some(provider(ProviderStatus::Suspended))
-        );
+        suspended_in_the_end(&st, got);
         assert_eq!(
             reads.load(Ordering::SeqCst),
             1,

@@ -140,7 +140,7 @@ pub(super) fn due_keys(rows: Vec<(String, Vec<u8>)>, until: u64) -> Vec<String> 
 macro_rules! typed_reads {
     () => {
         fn tip(&self) -> Result<Option<Tip>, StoreError> {
-            self.get(META, "tip")
+            self.get(META, TIP)
         }
 
         fn provider(&self, principal: &Address) -> Result<Option<ProviderState>, StoreError> {
@@ -287,6 +287,10 @@ macro_rules! typed_reads {
 
         fn followed(&self) -> Result<Option<u64>, StoreError> {
             self.get(META, FOLLOWED)
+        }
+
+        fn filled(&self) -> Result<Option<String>, StoreError> {
+            self.get(META, FILLED)
         }
 
         fn directory_entry(

@@ -319,11 +319,18 @@ impl Writer {
                     Some(s) => (s.id.clone(), enc(s)?),
                     None => (String::new(), Vec::new()),
                 };
-                // the follow-up's place: its field in META (none: not checked), and its value
-                // as read (empty: none yet)
-                let (field, place) = match &g.followed {
-                    Some(place) => (FOLLOWED, place.map(|p| enc(&p)).transpose()?),
-                    None => ("", None),
+                // the follow-up's place, a fill's tip or a block's fills' mark: its field in
+                // META (none: not checked), and its value as read (empty: none yet)
+                let (field, place) = match (&g.followed, &g.tip, &g.filled) {
+                    (Some(place), None, None) => (FOLLOWED, place.map(|p| enc(&p)).transpose()?),
+                    (None, Some(tip), None) => (TIP, tip.as_ref().map(enc).transpose()?),
+                    (None, None, Some(mark)) => (FILLED, mark.as_ref().map(enc).transpose()?),
+                    (None, None, None) => ("", None),
+                    _ => {
+                        return Err(backend(
+                            "a batch is guarded by one of the follow-up's place, the tip and the fills' mark",
+                        ))
+                    }
                 };
                 let mut call = self.call(2, 6);
                 call.key(&lease)

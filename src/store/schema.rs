@@ -82,6 +82,10 @@ pub(super) const AUDIT_HEAD: &str = "audit_head";
 
 /// The META key of how far the grants' follow-up has read the log (`Batch::followed`).
 pub(super) const FOLLOWED: &str = "followed";
+/// The META key of the chain tip the follower applied last (`Batch::tip`).
+pub(super) const TIP: &str = "tip";
+/// The META key of the last cache fill's mark (`Batch::filled`).
+pub(super) const FILLED: &str = "filled";
 
 /// The AUDIT key of entry `seq`.
 pub(super) fn audit_key(seq: u64) -> String {
@@ -204,13 +208,16 @@ pub(super) fn rows<T: Serialize>(
 pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     let mut out = Rows::new();
     if let Some(tip) = &batch.tip {
-        out.push((META, "tip".into(), Some(enc(tip)?)));
+        out.push((META, TIP.into(), Some(enc(tip)?)));
     }
     if let Some(n) = batch.nonce {
         out.push((META, "nonce".into(), Some(enc(&n)?)));
     }
     if let Some(seq) = batch.followed {
         out.push((META, FOLLOWED.into(), Some(enc(&seq)?)));
+    }
+    if let Some(mark) = &batch.filled {
+        out.push((META, FILLED.into(), Some(enc(mark)?)));
     }
     for (w, s) in &batch.providers {
         out.push((PROVIDERS, w.to_string(), s.as_ref().map(enc).transpose()?));
