@@ -30,7 +30,7 @@ use super::state::{ChainState, StateError};
 use super::status::FollowerStatus;
 use super::submitter;
 use crate::clock::now_ms;
-use crate::store::{Batch, Guarded, StoreError, Tip};
+use crate::store::{Batch, StoreError, Tip};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
@@ -223,25 +223,39 @@ impl Follower {
                 .and_then(|below| self.hash_at(below))
                 .is_some_and(|parent| parent != node_block.header.parent_block_id);
         let gap = !reorg && applied > 0 && height > applied + 1;
-        let mut tries = 0;
-        let from = loop {
-            // the fills' mark before the cache is looked at (`written_unless_filled`)
-            let filled = self.state.store.filled()?;
-            let mut batch = Batch::default();
-            let from = self
-                .block_batch(&node_block, &named, (reorg, gap, applied), &mut batch)
-                .await?;
-            batch.tip = Some(Tip {
-                height,
-                index_block_hash: pushed,
-            });
-            if self
-                .written_unless_filled(batch, filled, &mut tries)
-                .await?
-            {
-                break from;
+        let mut batch = Batch::default();
+        let mut from = None;
+        if reorg {
+            let fork = self.fork_point(applied).await?;
+            tracing::warn!(height, applied, from = fork, "reorg: the node's chain left blocks we applied; re-reading the cache and our confirmations");
+            self.state.refresh_all(&mut batch).await?;
+            submitter::reopen_abandoned(
+                fork,
+                &self.state.rpc,
+                &self.state.contracts,
+                self.state.store.as_ref(),
+                &mut batch,
+            )
+            .await?;
+            from = Some(fork);
+        } else if gap || named.len() > events::MAX_NAMED {
+            if gap {
+                tracing::warn!(
+                    from = applied,
+                    to = height,
+                    "gap in the block stream: re-reading the cache"
+                );
             }
-        };
+            self.state.refresh_all(&mut batch).await?;
+        } else {
+            self.state.reread(&named, &mut batch).await?;
+        }
+        self.confirm(&node_block, &mut batch).await?;
+        batch.tip = Some(Tip {
+            height,
+            index_block_hash: pushed,
+        });
+        self.write(batch).await?;
         if let Some(from) = from {
             self.forget_from(from.min(height));
         }
@@ -261,68 +275,6 @@ impl Follower {
         self.status.node_tip.fetch_max(height, Ordering::SeqCst);
         tracing::info!(height, "block applied");
         Ok(Applied::Block)
-    }
-
-    /// Writes `batch` (a block's changes, or a catch-up's) only while the fills' mark is
-    /// `filled`, the one read before the batch's makings looked at what the cache holds: false
-    /// when a fill (another replica's, sharing the store) landed meanwhile, as it may have
-    /// cached an entry the batch changes without reading it back (`Guard::filled`): to be made
-    /// again, `FILLED_TRIES` times at most (counted in `tries`).
-    async fn written_unless_filled(
-        &self,
-        batch: Batch,
-        filled: Option<String>,
-        tries: &mut usize,
-    ) -> Result<bool, FollowError> {
-        match self.write(unless_filled(batch, filled)).await {
-            Ok(()) => Ok(true),
-            Err(StoreError::Guarded(Guarded::Changed)) if *tries < FILLED_TRIES => {
-                *tries += 1;
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// What block `node_block` changes, into `batch`: the entries it names read back (all of
-    /// them after a reorg or a gap, and then our confirmations from the fork point too), and
-    /// our operations it mined; the fork point, after a reorg.
-    async fn block_batch(
-        &self,
-        node_block: &NodeBlock,
-        named: &Named,
-        (reorg, gap, applied): (bool, bool, u64),
-        batch: &mut Batch,
-    ) -> Result<Option<u64>, FollowError> {
-        let height = node_block.header.height;
-        let mut from = None;
-        if reorg {
-            let fork = self.fork_point(applied).await?;
-            tracing::warn!(height, applied, from = fork, "reorg: the node's chain left blocks we applied; re-reading the cache and our confirmations");
-            self.state.refresh_all(batch).await?;
-            submitter::reopen_abandoned(
-                fork,
-                &self.state.rpc,
-                &self.state.contracts,
-                self.state.store.as_ref(),
-                batch,
-            )
-            .await?;
-            from = Some(fork);
-        } else if gap || named.len() > events::MAX_NAMED {
-            if gap {
-                tracing::warn!(
-                    from = applied,
-                    to = height,
-                    "gap in the block stream: re-reading the cache"
-                );
-            }
-            self.state.refresh_all(batch).await?;
-        } else {
-            self.state.reread(named, batch).await?;
-        }
-        self.confirm(node_block, batch).await?;
-        Ok(from)
     }
 
     /// Our operations whose transactions `block` (the node's) mined.
@@ -463,40 +415,25 @@ impl Follower {
         let Some(tip) = self.state.rpc.block_at(height).await? else {
             return Err(StateError::Unsettled(format!("the node's tip block {height}")).into());
         };
-        let mut tries = 0;
-        let from = loop {
-            // the fills' mark before the cache is looked at (`written_unless_filled`)
-            let filled = self.state.store.filled()?;
-            let mut batch = Batch::default();
-            self.state.refresh_all(&mut batch).await?;
-            let from = if reorg {
-                let from = self.fork_point(applied).await?;
-                submitter::reopen_abandoned(
-                    from,
-                    &self.state.rpc,
-                    &self.state.contracts,
-                    self.state.store.as_ref(),
-                    &mut batch,
-                )
-                .await?;
-                Some(from)
-            } else {
-                None
-            };
-            batch.tip = Some(Tip {
-                height,
-                index_block_hash: tip.header.block_id,
-            });
-            if self
-                .written_unless_filled(batch, filled, &mut tries)
-                .await?
-            {
-                break from;
-            }
-        };
-        if let Some(from) = from {
+        let mut batch = Batch::default();
+        self.state.refresh_all(&mut batch).await?;
+        if reorg {
+            let from = self.fork_point(applied).await?;
+            submitter::reopen_abandoned(
+                from,
+                &self.state.rpc,
+                &self.state.contracts,
+                self.state.store.as_ref(),
+                &mut batch,
+            )
+            .await?;
             self.forget_from(from);
         }
+        batch.tip = Some(Tip {
+            height,
+            index_block_hash: tip.header.block_id,
+        });
+        self.write(batch).await?;
         self.remember(height, Seen::read_past(tip.header.block_id));
         self.status.applied.store(height, Ordering::SeqCst);
         self.status.last_block_ms.store(now_ms(), Ordering::SeqCst);
@@ -539,20 +476,5 @@ impl Follower {
                 _ = shutdown.changed() => break,
             }
         }
-    }
-}
-
-/// How many times a block (or a catch-up) looks at the cache again when another replica's
-/// fills keep landing while it does, before it fails (the node sends the block again).
-const FILLED_TRIES: usize = 5;
-
-/// `batch`, to be written only while the fills' mark is still `filled` (`Guard::filled`).
-fn unless_filled(batch: Batch, filled: Option<String>) -> Batch {
-    Batch {
-        guard: Some(crate::store::Guard {
-            filled: Some(filled),
-            ..crate::store::Guard::default()
-        }),
-        ..batch
     }
 }

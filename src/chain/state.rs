@@ -8,10 +8,9 @@
 //! that is not a registered provider is not written to the store (anyone can sign a request
 //! with a new key): it is remembered in memory until the next block, within a bound.
 //!
-//! With replicas sharing a store, the turns are kept in the store's writes: a fill is written
-//! only while the tip is the one it read before asking the node (`Guard::tip`), with a new
-//! mark (`Batch::filled`); a block is written only while the mark is the one its writer read
-//! before it looked at what the cache holds (`Guard::filled`), else it looks again.
+//! With replicas sharing a store, the lock is one process's: a fill is also written only while
+//! the store's tip is the one it read before asking the node (`Guard::tip`), so that it never
+//! lands after a block another replica applied meanwhile.
 //!
 //! It must not: keep an answer read while a block was applied (it could be older than the block).
 
@@ -260,13 +259,9 @@ impl ChainState {
                 let Some(batch) = keep(&v, before) else {
                     return Ok(v);
                 };
-                // written only while the store's tip is still `before` (another replica sharing
-                // the store may apply a block between this check and the write), with a new
-                // fills' mark (a block another replica is applying, which looked at the cache
-                // before this lands, is then written only after it looks again)
-                let mark: [u8; 16] = secp256k1::rand::random();
+                // written only while the store's tip is still `before`: another replica sharing
+                // the store may apply a block between this check and the write
                 let guarded = Batch {
-                    filled: Some(hex::encode(mark)),
                     guard: Some(crate::store::Guard {
                         tip: Some(before),
                         ..crate::store::Guard::default()

@@ -104,8 +104,8 @@ async fn break_glass(
     }
 }
 
-/// Who may see the whole of an access: the holder of its own token (while it is valid and not
-/// revoked), or an admin client.
+/// Who may see the whole of an access: the holder of its own token (while it is valid, not
+/// revoked, and its clinician still verified on chain), or an admin client.
 enum Viewer {
     Anyone,
     Entitled,
@@ -124,7 +124,14 @@ fn viewer(
     if let Some(token) = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")) {
         return match bg.tokens.verify(token) {
             Ok(c) if c.jti == access_id => match bg.state.store.revoked(&c.jti) {
-                Ok(None) => Viewer::Entitled,
+                Ok(None) => {
+                    match crate::token::holder_no_longer_verified(bg.state.store.as_ref(), &c) {
+                        Ok(false) => Viewer::Entitled,
+                        _ => {
+                            Viewer::Refused("the token's clinician is no longer verified on chain")
+                        }
+                    }
+                }
                 _ => Viewer::Refused("the token was revoked"),
             },
             Ok(_) => Viewer::Refused("the token is for another access"),

@@ -66,7 +66,7 @@ impl std::fmt::Display for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Guarded::Fenced => "the writer's lease was lost: nothing written",
-            Guarded::Changed => "what the write was guarded on (an operation, the follow-up's place, the tip or the fills' mark) changed since it was read: nothing written",
+            Guarded::Changed => "what the write was guarded on (an operation, the follow-up's place or the tip) changed since it was read: nothing written",
             Guarded::Replayed => "the request's nonce was used before: nothing written",
             Guarded::RateLimited => "the clinician has no grant left this minute: nothing written",
             Guarded::Reviewed => "the access has a verdict already: nothing written",
@@ -97,16 +97,9 @@ pub struct Guard {
     /// The chain tip as a cache fill read it before it asked the node (`Some(None)`: none
     /// yet): the write fails with `Guarded::Changed` unless the store's tip is still exactly
     /// this, so that a fill never lands after a block another replica applied while it read
-    /// (that block may have changed the entry). One of `followed`, `tip` and `filled` at most.
+    /// (that block may have changed the entry). Not with `followed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tip: Option<Option<Tip>>,
-    /// The fills' mark (`Batch::filled`) as a block's writer read it before it looked at what
-    /// the cache holds (`Some(None)`: none yet): the write fails with `Guarded::Changed` unless
-    /// it is still this, so that a fill another replica wrote meanwhile (of an entry the block
-    /// may have changed, and which the block did not read back as it was not cached yet) is
-    /// seen by the block's next try.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filled: Option<Option<String>>,
 }
 
 /// A lease as its holder took it: its name, the holder (`coordination::replica_id`) and the
@@ -356,11 +349,6 @@ pub struct Batch {
     /// the last entry whose grant has its chain operation and notice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub followed: Option<u64>,
-    /// A cache fill's mark, new with each fill (`chain::state`): a block another replica
-    /// applies is written only if the mark is still the one it read before it looked at what
-    /// the cache holds (`Guard::filled`), so that it never lands over a fill it did not see.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filled: Option<String>,
     pub accesses: Vec<AccessRecord>,
     /// Request nonces used, `signer:nonce` with when they may be forgotten (unix seconds).
     pub replay: Vec<(String, u64)>,
@@ -420,9 +408,6 @@ impl Batch {
         if later.followed.is_some() {
             self.followed = later.followed;
         }
-        if later.filled.is_some() {
-            self.filled = later.filled;
-        }
         self.providers.extend(later.providers);
         self.preferences.extend(later.preferences);
         self.consents.extend(later.consents);
@@ -456,7 +441,6 @@ impl Batch {
             && self.submissions.is_empty()
             && self.nonce.is_none()
             && self.followed.is_none()
-            && self.filled.is_none()
             && self.accesses.is_empty()
             && self.replay.is_empty()
             && self.replay_forgotten.is_empty()
@@ -603,8 +587,6 @@ pub trait Store: Send + Sync + 'static {
     fn granted(&self, ids: &[AccessId]) -> Result<Vec<Granted>, StoreError>;
     /// How far the grants' follow-up has read the audit log (`Batch::followed`).
     fn followed(&self) -> Result<Option<u64>, StoreError>;
-    /// The last cache fill's mark (`Batch::filled`).
-    fn filled(&self) -> Result<Option<String>, StoreError>;
     /// A provider's directory entry.
     fn directory_entry(&self, principal: &Address) -> Result<Option<ProviderEntry>, StoreError>;
     fn directory_entries(&self) -> Result<Vec<ProviderEntry>, StoreError>;

@@ -289,10 +289,6 @@ macro_rules! typed_reads {
             self.get(META, FOLLOWED)
         }
 
-        fn filled(&self) -> Result<Option<String>, StoreError> {
-            self.get(META, FILLED)
-        }
-
         fn directory_entry(
             &self,
             principal: &Address,

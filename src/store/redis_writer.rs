@@ -300,10 +300,10 @@ impl Writer {
         // a batch with audit events under a lease alone is linked, its fence checked there
         let fence = match guard {
             Some(g) if !audit.is_empty() && g.submission.is_none() && claims.is_empty() => {
-                if g.followed.is_some() {
+                if g.followed.is_some() || g.tip.is_some() {
                     // the linked script checks the fence only: refused, not written unchecked
                     return Err(backend(
-                        "a batch guarded by the follow-up's place is written without audit events",
+                        "a batch guarded by the follow-up's place or the tip is written without audit events",
                     ));
                 }
                 g.fence.as_ref()
@@ -319,19 +319,17 @@ impl Writer {
                     Some(s) => (s.id.clone(), enc(s)?),
                     None => (String::new(), Vec::new()),
                 };
-                // the follow-up's place, a fill's tip or a block's fills' mark: its field in
-                // META (none: not checked), and its value as read (empty: none yet)
-                let (field, place) = match (&g.followed, &g.tip, &g.filled) {
-                    (Some(place), None, None) => (FOLLOWED, place.map(|p| enc(&p)).transpose()?),
-                    (None, Some(tip), None) => (TIP, tip.as_ref().map(enc).transpose()?),
-                    (None, None, Some(mark)) => (FILLED, mark.as_ref().map(enc).transpose()?),
-                    (None, None, None) => ("", None),
-                    _ => {
-                        return Err(backend(
-                            "a batch is guarded by one of the follow-up's place, the tip and the fills' mark",
-                        ))
-                    }
-                };
+                // the follow-up's place, or a fill's tip: its field in META (none: not
+                // checked), and its value as read (empty: none yet)
+                let (field, place) =
+                    match (&g.followed, &g.tip) {
+                        (Some(place), None) => (FOLLOWED, place.map(|p| enc(&p)).transpose()?),
+                        (None, Some(tip)) => (TIP, tip.as_ref().map(enc).transpose()?),
+                        (None, None) => ("", None),
+                        (Some(_), Some(_)) => return Err(backend(
+                            "a batch is guarded by the follow-up's place or by the tip, not both",
+                        )),
+                    };
                 let mut call = self.call(2, 6);
                 call.key(&lease)
                     .key(format!("{prefix}{SUBMISSIONS}"))

@@ -84,8 +84,6 @@ pub(super) const AUDIT_HEAD: &str = "audit_head";
 pub(super) const FOLLOWED: &str = "followed";
 /// The META key of the chain tip the follower applied last (`Batch::tip`).
 pub(super) const TIP: &str = "tip";
-/// The META key of the last cache fill's mark (`Batch::filled`).
-pub(super) const FILLED: &str = "filled";
 
 /// The AUDIT key of entry `seq`.
 pub(super) fn audit_key(seq: u64) -> String {
@@ -215,9 +213,6 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     }
     if let Some(seq) = batch.followed {
         out.push((META, FOLLOWED.into(), Some(enc(&seq)?)));
-    }
-    if let Some(mark) = &batch.filled {
-        out.push((META, FILLED.into(), Some(enc(mark)?)));
     }
     for (w, s) in &batch.providers {
         out.push((PROVIDERS, w.to_string(), s.as_ref().map(enc).transpose()?));

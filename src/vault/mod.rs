@@ -114,16 +114,12 @@ pub async fn import(
     // the operations that recorded these bytes so far: the first under `operation`'s id, each
     // later one (the bytes imported again after another summary replaced them) under
     // `<id>:<n>`, n from 2
-    let mut n = 1;
-    let mut latest = None;
-    loop {
-        let id = numbered(&op.id, n);
-        if store.submission(&id).map_err(store_unavailable)?.is_none() {
-            break;
-        }
-        latest = Some(id);
-        n += 1;
-    }
+    let made = store
+        .submissions_prefixed(&op.id)
+        .map_err(store_unavailable)?
+        .len();
+    let latest = (made > 0).then(|| numbered(&op.id, made));
+    let n = made + 1;
     // the same bytes as the summary stored now: their hash is recorded (or on its way) by the
     // latest of those already; else (new bytes, or bytes another summary replaced since, whose
     // hash the chain no longer holds) by an operation of their own

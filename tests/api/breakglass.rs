@@ -471,9 +471,9 @@ async fn with_a_resource_server(secret: &str) -> Env {
 }
 
 /// A clinician suspended on chain after their grant: their token is no longer honoured,
-/// whatever its expiry: introspection says inactive, and the vault refuses it
-/// (`provider-not-verified`). Before, both honoured it until it expired (a lost tablet, its
-/// clinician suspended, kept reading).
+/// whatever its expiry: introspection says inactive, the vault refuses it
+/// (`provider-not-verified`), and it no longer shows the whole access. Before, all three
+/// honoured it until it expired (a lost tablet, its clinician suspended, kept reading).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clinician_suspended_after_the_grant_has_their_token_refused() {
     let secret = "s3cret-for-this-test";
@@ -517,6 +517,13 @@ async fn a_clinician_suspended_after_the_grant_has_their_token_refused() {
         (s, &after["code"]),
         (403, &json!("provider-not-verified")),
         "{after}"
+    );
+    // nor does it show the whole access any more
+    let (refused, problem) =
+        access_with_token(&env.app, grant["access_id"].as_str().unwrap(), token).await;
+    assert_eq!(
+        (refused, &problem["code"]),
+        (401, &json!("invalid-credentials"))
     );
 }
 

@@ -945,12 +945,10 @@ fn redis_store_conforms() {
     conformance(&store);
 }
 
-/// Replicas sharing Redis: a cache fill is written only while the tip is the one it read
-/// before it asked the node (`Guard::tip`), with a new fills' mark; a block only while the
-/// mark is the one its writer read before it looked at the cache (`Guard::filled`). Either
-/// refused writes nothing.
+/// Replicas sharing Redis: a cache fill is written only while the store's tip is the one it
+/// read before it asked the node (`Guard::tip`); refused, it writes nothing.
 #[test]
-fn fills_and_blocks_on_redis_are_written_only_over_what_they_read() {
+fn a_fill_on_redis_is_written_only_over_the_tip_it_read() {
     let dir = tempfile::tempdir().unwrap();
     let server = crate::support::RedisServer::start(dir.path());
     let store = RedisStore::open(&server.url(), "t:").unwrap();
@@ -963,34 +961,31 @@ fn fills_and_blocks_on_redis_are_written_only_over_what_they_read() {
         status: ProviderStatus::Verified,
         info_hash: None,
     };
-    let suspended = ProviderState::Registered {
-        role: Role::Nurse,
-        status: ProviderStatus::Suspended,
-        info_hash: None,
-    };
-    let fill = |before: Option<Tip>, mark: &str| Batch {
+    let fill = |before: Option<Tip>| Batch {
         providers: vec![(p(1), Some(verified.clone()))],
-        filled: Some(mark.into()),
         guard: Some(Guard {
             tip: Some(before),
             ..Guard::default()
         }),
         ..Batch::default()
     };
-    let block = |height: u64, filled: Option<String>, state: Option<ProviderState>| Batch {
+    let block = |height: u64| Batch {
         tip: Some(tip(height)),
-        providers: state.map(|s| (p(1), Some(s))).into_iter().collect(),
-        guard: Some(Guard {
-            filled: Some(filled),
-            ..Guard::default()
-        }),
         ..Batch::default()
     };
-    store.apply(block(1, None, None)).unwrap();
-    // a fill read at block 1; block 2 written meanwhile (by another replica): refused
-    store.apply(block(2, None, None)).unwrap();
+    // before any block: a fill read with no tip
+    store.apply(fill(None)).unwrap();
+    store.apply(block(1)).unwrap();
+    store.apply(block(2)).unwrap();
+    // a fill read at block 1, block 2 written meanwhile (by another replica): refused
+    store
+        .apply(Batch {
+            providers: vec![(p(1), None)],
+            ..Batch::default()
+        })
+        .unwrap();
     assert!(matches!(
-        store.apply(fill(Some(tip(1)), "m1")),
+        store.apply(fill(Some(tip(1)))),
         Err(StoreError::Guarded(Guarded::Changed))
     ));
     assert_eq!(
@@ -998,24 +993,10 @@ fn fills_and_blocks_on_redis_are_written_only_over_what_they_read() {
         None,
         "nothing of it written"
     );
-    assert_eq!(store.filled().unwrap(), None);
-    // read at block 2: written, with its mark
-    let mark_before = store.filled().unwrap();
-    store.apply(fill(Some(tip(2)), "m2")).unwrap();
-    assert_eq!(store.provider(&p(1)).unwrap(), Some(verified.clone()));
-    assert_eq!(store.filled().unwrap(), Some("m2".into()));
-    // a block whose writer looked at the cache before that fill landed (the provider was not
-    // cached then, so not read back): refused; looked at again, it reads the provider back
-    assert!(matches!(
-        store.apply(block(3, mark_before, None)),
-        Err(StoreError::Guarded(Guarded::Changed))
-    ));
-    assert_eq!(store.tip().unwrap(), Some(tip(2)), "nothing of it written");
-    store
-        .apply(block(3, store.filled().unwrap(), Some(suspended.clone())))
-        .unwrap();
-    assert_eq!(store.provider(&p(1)).unwrap(), Some(suspended));
-    assert_eq!(store.tip().unwrap(), Some(tip(3)));
+    // read at block 2: written
+    store.apply(fill(Some(tip(2)))).unwrap();
+    assert_eq!(store.provider(&p(1)).unwrap(), Some(verified));
+    assert_eq!(store.tip().unwrap(), Some(tip(2)));
 }
 
 /// An audit event numbered `n`, by writer `w`.
