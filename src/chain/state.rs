@@ -10,7 +10,8 @@
 //!
 //! With replicas sharing a store, the lock is one process's: a fill is also written only while
 //! the store's tip is the one it read before asking the node (`Guard::tip`), so that it never
-//! lands after a block another replica applied meanwhile.
+//! lands after a block another replica applied meanwhile; and a block drops the entries it names
+//! but did not read back (`reread`), so that one filled meanwhile does not outlive it.
 //!
 //! It must not: keep an answer read while a block was applied (it could be older than the block).
 
@@ -368,35 +369,49 @@ impl ChainState {
 
     /// Reads back from the node the entries a block names that the cache holds (an entry it
     /// does not hold is read on its first use anyway), into `batch`, to land with the block.
+    /// Those it does not hold are dropped by the same write (`Batch::uncached`): with replicas
+    /// sharing the store, another replica's fill, read before this block, may land between
+    /// this look and the write, and would otherwise outlive the block it is older than.
     pub async fn reread(&self, named: &Named, batch: &mut Batch) -> Result<(), StateError> {
+        let u = &mut batch.uncached;
         for who in &named.providers {
             if self.store.provider(who)?.is_some() {
                 let s = self.read_provider(who).await?;
                 batch.providers.push((*who, Some(s)));
+            } else {
+                u.providers.push(*who);
             }
         }
         for patient in &named.patients {
             if self.store.preferences(patient)?.is_some() {
                 let p = self.read_preferences(patient).await?;
                 batch.preferences.push((*patient, p));
+            } else {
+                u.preferences.push(*patient);
             }
         }
         for who in &named.responders {
             if self.store.responder(who)?.is_some() {
                 let r = self.read_responder(who).await?;
                 batch.responders.push((*who, r));
+            } else {
+                u.responders.push(*who);
             }
         }
         for patient in &named.summaries {
             if self.store.summary_hash(patient)?.is_some() {
                 let h = self.read_summary_hash(patient).await?;
                 batch.summary_hashes.push((*patient, h));
+            } else {
+                u.summary_hashes.push(*patient);
             }
         }
         for who in &named.reviewers {
             if self.store.reviewer(who)?.is_some() {
                 let r = self.read_reviewer(who).await?;
                 batch.reviewers.push((*who, r));
+            } else {
+                u.reviewers.push(*who);
             }
         }
         for (patient, provider, data_type, purpose) in &named.consents {
@@ -409,6 +424,8 @@ impl ChainState {
             if self.store.consent(&key)?.is_some() {
                 let c = self.read_consent(&key).await?;
                 batch.consents.push((key, c));
+            } else {
+                u.consents.push(key);
             }
         }
         Ok(())
@@ -532,6 +549,19 @@ mod tests {
         (dir, st)
     }
 
+    /// Two replicas' stores on one Redis (killed when dropped) at block 1: this one's cache
+    /// state, and the other's store.
+    async fn two_replicas_at_block_one(
+    ) -> (crate::dev::TestRedis, ChainState, crate::store::RedisStore) {
+        let redis = crate::dev::test_redis().await;
+        let url = redis.url.as_str();
+        let mut st = state(redis.dir.path());
+        st.store = Arc::new(crate::store::RedisStore::open(url, "r:").unwrap());
+        let other = crate::store::RedisStore::open(url, "r:").unwrap();
+        st.store.apply(block(1, vec![])).unwrap();
+        (redis, st, other)
+    }
+
     /// Replicas sharing Redis: another replica applies block 2 (the provider not cached, so
     /// not read back) after this one's fill checked the tip and before its write lands. The
     /// fill's write is refused (the tip is no longer the one it read), and it reads again: it
@@ -539,12 +569,7 @@ mod tests {
     /// replica kept the provider verified after their suspension until a block named them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fill_is_not_written_over_a_block_another_replica_applied_after_its_check() {
-        let redis = crate::dev::test_redis().await;
-        let url = redis.url.as_str();
-        let mut st = state(redis.dir.path());
-        st.store = Arc::new(crate::store::RedisStore::open(url, "r:").unwrap());
-        let other = crate::store::RedisStore::open(url, "r:").unwrap();
-        st.store.apply(block(1, vec![])).unwrap();
+        let (_redis, st, other) = two_replicas_at_block_one().await;
         let reads = AtomicUsize::new(0);
         let kept = AtomicUsize::new(0);
         let got = st
@@ -573,6 +598,39 @@ mod tests {
             .unwrap();
         suspended_in_the_end(&st, got);
         assert_eq!(reads.load(Ordering::SeqCst), 2, "read again at block 2");
+    }
+
+    /// Replicas sharing Redis: a block names the provider, who is not cached when this replica
+    /// looks, so it is not read back; another replica's fill, read before the block, lands
+    /// before the block's write. The block's write drops the entry: the fill does not outlive
+    /// the block it is older than (the next use reads it again). Before, it stayed, verified
+    /// after the suspension, until a block named the provider again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_block_drops_what_it_names_and_did_not_read_back() {
+        let (redis, st, other) = two_replicas_at_block_one().await;
+        let named = Named {
+            providers: [who()].into(),
+            ..Named::default()
+        };
+        let mut batch = block(2, vec![]);
+        st.reread(&named, &mut batch).await.unwrap();
+        // the other replica's fill, read at block 1, lands now
+        other
+            .apply(Batch {
+                providers: vec![(who(), Some(provider(ProviderStatus::Verified)))],
+                guard: Some(crate::store::Guard {
+                    tip: Some(Some(tip(1))),
+                    ..crate::store::Guard::default()
+                }),
+                ..Batch::default()
+            })
+            .unwrap();
+        st.store.apply(batch).unwrap();
+        assert_eq!(st.store.provider(&who()).unwrap(), None, "dropped");
+        // in Redis, for a replica that reads it next (the one that filled it keeps its own
+        // copy until its follower applies the block, which finds it cached and reads it back)
+        let third = crate::store::RedisStore::open(redis.url.as_str(), "r:").unwrap();
+        assert_eq!(third.provider(&who()).unwrap(), None);
     }
 
     #[tokio::test]

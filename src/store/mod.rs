@@ -332,6 +332,29 @@ pub struct Verdict {
     pub revoked: bool,
 }
 
+/// Chain-state cache entries to drop (`Batch::uncached`).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uncached {
+    pub providers: Vec<Address>,
+    /// Patients' emergency preferences.
+    pub preferences: Vec<PatientId>,
+    pub consents: Vec<ConsentKey>,
+    pub responders: Vec<Address>,
+    pub reviewers: Vec<Address>,
+    pub summary_hashes: Vec<PatientId>,
+}
+
+impl Uncached {
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+            && self.preferences.is_empty()
+            && self.consents.is_empty()
+            && self.responders.is_empty()
+            && self.reviewers.is_empty()
+            && self.summary_hashes.is_empty()
+    }
+}
+
 /// One atomic, durable write.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Batch {
@@ -379,6 +402,11 @@ pub struct Batch {
     /// The summaries' hashes as the chain has them (`get-summary-hash`; `None`: no hash).
     #[serde(default)]
     pub summary_hashes: Vec<(PatientId, Option<SummaryHash>)>,
+    /// Chain-state cache entries dropped (written before this batch's own entries): a block
+    /// drops those it names but did not read back, not being cached when it looked, in case
+    /// another replica's fill cached one since (`chain::state::reread`).
+    #[serde(default, skip_serializing_if = "Uncached::is_empty")]
+    pub uncached: Uncached,
     /// What must hold for this batch to be written (checked by shared stores: `Guard`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<Guard>,
@@ -426,6 +454,13 @@ impl Batch {
         self.verdicts.extend(later.verdicts);
         self.summaries.extend(later.summaries);
         self.summary_hashes.extend(later.summary_hashes);
+        let u = later.uncached;
+        self.uncached.providers.extend(u.providers);
+        self.uncached.preferences.extend(u.preferences);
+        self.uncached.consents.extend(u.consents);
+        self.uncached.responders.extend(u.responders);
+        self.uncached.reviewers.extend(u.reviewers);
+        self.uncached.summary_hashes.extend(u.summary_hashes);
         self.claims.extend(later.claims);
         // only unguarded batches are merged (the embedded store does not check guards)
         self.guard = None;
@@ -454,6 +489,7 @@ impl Batch {
             && self.summaries.is_empty()
             && self.summary_hashes.is_empty()
             && self.claims.is_empty()
+            && self.uncached.is_empty()
     }
 }
 

@@ -214,6 +214,21 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     if let Some(seq) = batch.followed {
         out.push((META, FOLLOWED.into(), Some(enc(&seq)?)));
     }
+    // dropped first: an entry the same batch writes is kept
+    let u = &batch.uncached;
+    let dropped = (u.providers.iter().map(|w| (PROVIDERS, w.to_string())))
+        .chain(u.preferences.iter().map(|p| (PREFERENCES, p.to_string())))
+        .chain(u.consents.iter().map(|k| (CONSENTS, k.id())))
+        .chain(u.responders.iter().map(|w| (RESPONDERS, w.to_string())))
+        .chain(u.reviewers.iter().map(|w| (REVIEWERS, w.to_string())))
+        .chain(
+            u.summary_hashes
+                .iter()
+                .map(|p| (SUMMARY_HASHES, p.to_string())),
+        );
+    for (table, key) in dropped {
+        out.push((table, key, None));
+    }
     for (w, s) in &batch.providers {
         out.push((PROVIDERS, w.to_string(), s.as_ref().map(enc).transpose()?));
     }

@@ -160,6 +160,32 @@ pub fn conformance(store: &dyn Store) {
         .map(|s| s.id)
         .collect();
     assert_eq!(open, vec!["a", "b"]);
+    // cache entries dropped, before the same batch's own entries are written
+    store
+        .apply(Batch {
+            providers: vec![(p(7), Some(ProviderState::Unregistered))],
+            responders: vec![(p(8), true)],
+            ..Batch::default()
+        })
+        .unwrap();
+    store
+        .apply(Batch {
+            uncached: Uncached {
+                providers: vec![p(7)],
+                responders: vec![p(8), p(6)],
+                ..Uncached::default()
+            },
+            responders: vec![(p(6), false)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.provider(&p(7)).unwrap(), None);
+    assert_eq!(store.responder(&p(8)).unwrap(), None);
+    assert_eq!(
+        store.responder(&p(6)).unwrap(),
+        Some(false),
+        "written after the drop"
+    );
     // every operation, or those of an id prefix, oldest first
     let ids = |prefix: &str| -> Vec<String> {
         store
