@@ -213,10 +213,26 @@ fn superseded(store: &dyn Store, s: &Submission) -> Result<bool, StoreError> {
     }))
 }
 
+/// Whether the nonce of our signed transaction `raw` is used on chain (by it, or by another
+/// transaction of the account): its bytes found in a block prove no more than that they are
+/// there, since another transaction may carry a copy of them. A transaction that cannot be
+/// decoded counts as used (as before this check).
+async fn nonce_used(rpc: &NodeClient, raw: &[u8]) -> Result<bool, StateError> {
+    let Ok(tx) = crate::stacks::tx::decode(raw) else {
+        return Ok(true);
+    };
+    let Ok(origin) = tx.origin.parse::<crate::stacks::Address>() else {
+        return Ok(true);
+    };
+    Ok(rpc.account_nonce(&origin).await? > tx.nonce)
+}
+
 /// Confirms the operations whose signed transactions are in `block`, a block the node served
-/// at its height: a transaction carries its signature, so its bytes in the node's block prove
-/// it was mined there (what a pushed payload lists is not believed). One whose effect reads
-/// back on chain is confirmed; one mined without its effect failed (the contract refused it).
+/// at its height: a transaction carries its signature, so its bytes in the node's block show
+/// it may be mined there (what a pushed payload lists is not believed). One whose effect reads
+/// back on chain is confirmed; one without its effect failed (the contract refused it), once
+/// its nonce is used: else the bytes were a copy inside another transaction, and it stays
+/// sent.
 pub async fn confirmations(
     block: &NodeBlock,
     rpc: &NodeClient,
@@ -232,10 +248,10 @@ pub async fn confirmations(
         else {
             continue;
         };
-        match hex::decode(raw) {
-            Ok(bytes) if block.contains_tx(&bytes) => {}
+        let bytes = match hex::decode(raw) {
+            Ok(bytes) if block.contains_tx(&bytes) => bytes,
             _ => continue,
-        }
+        };
         let state = match on_chain(rpc, contracts, &s)
             .await
             .map_err(StateError::from)?
@@ -260,6 +276,12 @@ pub async fn confirmations(
                     height,
                     "mined (no read-only function tells its effect)".into(),
                 )
+            }
+            OnChain::NotDone if !nonce_used(rpc, &bytes).await? => {
+                // its bytes are in the block, but not as our transaction: another one carries
+                // a copy of them (in a `buff` argument, say); ours is still on its way
+                tracing::warn!(operation = %s.id, txid, height, "the block holds a copy of this operation's transaction, but its nonce is not used yet: still in flight");
+                continue;
             }
             OnChain::NotDone if superseded(store, &s)? => {
                 tracing::info!(operation = %s.id, txid, height, "operation mined; a later summary of the patient has replaced its hash");

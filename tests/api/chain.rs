@@ -651,3 +651,73 @@ async fn a_suspension_mined_while_a_catch_up_reads_is_not_lost() {
     app.stop().await;
     proxy.server.stop(false).await;
 }
+
+/// Our signed transaction's bytes found in a block are not taken for it being mined unless its
+/// nonce is used: another transaction can carry a copy of them (in a `buff` argument, say), and
+/// ours, still on its way, is not marked failed; one mined and refused by the contract is. Before, an operation without its effect on
+/// chain whose bytes a block held was marked failed for good, though its transaction was
+/// still to be mined (and if dropped, its nonce left every later one waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_our_transaction_inside_a_block_does_not_fail_its_operation() {
+    let devnet = Devnet::start(&["--ephemeral"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = responder(&devnet, dir.path()).await;
+    app.submitter
+        .submit(
+            "anchor:7",
+            "access-control",
+            "anchor-audit",
+            &anchor_args(7),
+        )
+        .await
+        .unwrap();
+    app.submitter.prepare().await.unwrap();
+    let SubmissionState::Sent { raw, .. } = state_of(&app, "anchor:7").await else {
+        panic!("signed and kept");
+    };
+    // a block the node served, with a copy of our transaction's bytes inside it
+    let rpc = &app.follower.state.rpc;
+    let mut block = rpc.block_at(devnet.tip().await).await.unwrap().unwrap();
+    block.bytes.extend(hex::decode(&raw).unwrap());
+    let mut batch = breakglass::store::Batch::default();
+    breakglass::chain::submitter::confirmations(
+        &block,
+        rpc,
+        &app.follower.state.contracts,
+        app.store.as_ref(),
+        &mut batch,
+    )
+    .await
+    .unwrap();
+    assert!(
+        batch.submissions.is_empty(),
+        "nothing marked: {:?}",
+        batch.submissions
+    );
+    // ours, sent and mined, is confirmed as usual
+    app.submitter.tick().await.unwrap();
+    devnet.mine().await;
+    confirmed(&app, "anchor:7").await;
+    // and one the contract refuses when it is mined (an anchor covering fewer entries than the
+    // last), its nonce used, is marked failed
+    app.submitter
+        .submit(
+            "anchor:5",
+            "access-control",
+            "anchor-audit",
+            &anchor_args(5),
+        )
+        .await
+        .unwrap();
+    app.submitter.tick().await.unwrap();
+    devnet.mine().await;
+    eventually("anchor:5 failed", SECS, async || {
+        matches!(
+            state_of(&app, "anchor:5").await,
+            SubmissionState::Failed { .. }
+        )
+        .then_some(())
+    })
+    .await;
+    app.stop().await;
+}
