@@ -237,10 +237,12 @@ pub(crate) async fn mine_applied(
     devnet: &Devnet,
     what: &str,
 ) {
-    let before = devnet.tip().await;
+    // the block mined, and any mined beside it (the one with the transactions sent may not be
+    // the first above the tip read before)
     devnet.mine().await;
+    let mined = devnet.tip().await;
     eventually(what, SECS, async || {
-        (app.status.applied() > before).then_some(())
+        (app.status.applied() >= mined).then_some(())
     })
     .await;
 }
