@@ -246,18 +246,35 @@ impl TokenIssuer {
     }
 }
 
-/// Whether the clinician a token was issued to (`sub`) is no longer verified on chain, as the
-/// chain-state cache has them now (suspended, or no longer registered, since the grant): their
-/// token is then not honoured, whatever its expiry. A holder the cache has no entry for (one
-/// it let go) is not refused on that ground: it was verified when the token was issued.
-pub fn holder_no_longer_verified(
+/// Where a token that verified stands now, as the store has it: what every use of it (the
+/// vault, introspection, the access view) honours or refuses alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Honoured,
+    /// Its access was revoked (by a resource server, or by a reviewer's verdict).
+    Revoked,
+    /// Its clinician (`sub`) is no longer verified on chain, as the chain-state cache has them
+    /// now (suspended, or no longer registered, since the grant), whatever its expiry. A holder
+    /// the cache has no entry for (one it let go) is not refused on that ground: it was
+    /// verified when the token was issued.
+    HolderNotVerified,
+}
+
+pub fn standing(
     store: &dyn crate::store::Store,
     claims: &AccessClaims,
-) -> Result<bool, crate::store::StoreError> {
+) -> Result<Standing, crate::store::StoreError> {
+    if store.revoked(&claims.jti)?.is_some() {
+        return Ok(Standing::Revoked);
+    }
     let Ok(holder) = claims.sub.parse::<crate::stacks::Address>() else {
-        return Ok(false);
+        return Ok(Standing::Honoured);
     };
-    Ok(store
-        .provider(&holder)?
-        .is_some_and(|state| !state.is_verified()))
+    Ok(
+        if store.provider(&holder)?.is_some_and(|s| !s.is_verified()) {
+            Standing::HolderNotVerified
+        } else {
+            Standing::Honoured
+        },
+    )
 }

@@ -123,17 +123,15 @@ fn viewer(
     };
     if let Some(token) = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")) {
         return match bg.tokens.verify(token) {
-            Ok(c) if c.jti == access_id => match bg.state.store.revoked(&c.jti) {
-                Ok(None) => {
-                    match crate::token::holder_no_longer_verified(bg.state.store.as_ref(), &c) {
-                        Ok(false) => Viewer::Entitled,
-                        _ => {
-                            Viewer::Refused("the token's clinician is no longer verified on chain")
-                        }
+            Ok(c) if c.jti == access_id => {
+                match crate::token::standing(bg.state.store.as_ref(), &c) {
+                    Ok(crate::token::Standing::Honoured) => Viewer::Entitled,
+                    Ok(crate::token::Standing::HolderNotVerified) => {
+                        Viewer::Refused("the token's clinician is no longer verified on chain")
                     }
+                    _ => Viewer::Refused("the token was revoked"),
                 }
-                _ => Viewer::Refused("the token was revoked"),
-            },
+            }
             Ok(_) => Viewer::Refused("the token is for another access"),
             Err(_) => Viewer::Refused("the token is not valid (expired, or not ours)"),
         };

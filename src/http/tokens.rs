@@ -94,9 +94,8 @@ async fn introspect(
     let Ok(claims) = bg.tokens.verify(token) else {
         return inactive();
     };
-    let revoked = bg.state.store.revoked(&claims.jti);
-    // a clinician suspended since the grant: the token is not honoured
-    let unverified = crate::token::holder_no_longer_verified(bg.state.store.as_ref(), &claims);
+    // revoked, or its clinician suspended since the grant: not honoured
+    let standing = crate::token::standing(bg.state.store.as_ref(), &claims);
     // every use of a token we issued is in the audit log before it is answered: reviewers see
     // what was read, when and by which resource server
     let used = Batch {
@@ -104,7 +103,7 @@ async fn introspect(
             crate::audit::Event::Introspection {
                 jti: claims.jti.clone(),
                 client: caller.clone(),
-                active: matches!((&revoked, &unverified), (Ok(None), Ok(false))),
+                active: matches!(standing, Ok(crate::token::Standing::Honoured)),
                 patient: claims.patient.parse().ok(),
             },
         )],
@@ -115,10 +114,10 @@ async fn introspect(
         return HttpResponse::ServiceUnavailable()
             .json(json!({ "error": "temporarily_unavailable" }));
     }
-    match (revoked, unverified) {
-        (Ok(None), Ok(false)) => {}
-        (Ok(Some(_)), _) | (_, Ok(true)) => return inactive(),
-        (Err(e), _) | (_, Err(e)) => {
+    match standing {
+        Ok(crate::token::Standing::Honoured) => {}
+        Ok(_) => return inactive(),
+        Err(e) => {
             tracing::error!(error = %e, "revocation list or chain-state cache unavailable");
             return HttpResponse::ServiceUnavailable()
                 .json(json!({ "error": "temporarily_unavailable" }));

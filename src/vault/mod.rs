@@ -27,7 +27,7 @@ use crate::scope::Scope;
 use crate::seal::Keyring;
 use crate::stacks::Value as Clarity;
 use crate::store::{apply_async, Batch};
-use crate::token::TokenIssuer;
+use crate::token::{Standing, TokenIssuer};
 
 pub struct Vault {
     pub state: ChainState,
@@ -257,9 +257,9 @@ impl Vault {
             jti: claims.jti.clone(),
             clinician,
         });
-        match self.state.store.revoked(&claims.jti) {
-            Ok(None) => {}
-            Ok(Some(_)) => {
+        match crate::token::standing(self.state.store.as_ref(), &claims) {
+            Ok(Standing::Honoured) => {}
+            Ok(Standing::Revoked) => {
                 return Err((
                     refusal(
                         401,
@@ -271,11 +271,7 @@ impl Vault {
                     p,
                 ))
             }
-            Err(e) => return Err((store_unavailable(e), jti, p)),
-        }
-        match crate::token::holder_no_longer_verified(self.state.store.as_ref(), &claims) {
-            Ok(false) => {}
-            Ok(true) => {
+            Ok(Standing::HolderNotVerified) => {
                 return Err((
                     refusal(
                         403,
