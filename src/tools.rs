@@ -42,6 +42,7 @@ pub fn decode_tx(hex_str: &str) -> Result<Json, String> {
             contract,
             function,
             args,
+            ..
         } => {
             out["type"] = json!("contract-call");
             out["contract"] = json!(contract);

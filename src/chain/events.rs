@@ -1,6 +1,7 @@
 //! The event-observer payload (`POST /new_block`) and which cache entries its contract print
-//! events name. Pure functions. A payload is only a hint: the follower checks the block
-//! against the node and reads every named entry back from it.
+//! events name, and which the node's block names by its own calls to our contracts (`called`).
+//! Pure functions. A payload is only a hint: the follower checks the block against the node
+//! and reads every named entry back from it.
 //!
 //! It must not: take a value from a pushed event (only names).
 
@@ -10,6 +11,7 @@ use serde::Deserialize;
 
 use super::contracts::{self, Contracts};
 use crate::domain::{DataType, PatientId, Purpose};
+use crate::stacks::tx::{DecodedTx, Payload};
 use crate::stacks::{Address, Value};
 
 /// What the follower reads of a `/new_block` payload: the height and hash it names (checked
@@ -192,6 +194,122 @@ pub fn named(prints: &[Print]) -> Named {
     out
 }
 
+/// A patient-consent call acts for the patient who sent it: what it may have changed of theirs
+/// (their id is read from the node, `get-patient-id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForPatient {
+    Preferences,
+    Consent(Address, DataType, Purpose),
+}
+
+/// What the node's own block names through its transactions (`called`): the calls to our
+/// contracts, by function and arguments, with or without their events.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Called {
+    pub named: Named,
+    /// Patient-consent calls, by sender: their patient's entries are named once the sender's
+    /// patient id is read.
+    pub by_patients: Vec<(Address, ForPatient)>,
+}
+
+/// The cache entries the calls to our contracts among `txs` (the node's block, decoded) may
+/// have changed, whatever their results (a call refused changed nothing; its entries are read
+/// back all the same, harmlessly). A pushed payload's events name the same entries when it is
+/// whole; a copy whose events were stripped names nothing, and the block's own transactions
+/// still do. Every function of ours acts for its direct caller (`tx-sender` equals
+/// `contract-caller`), so a call made by another contract (one holding a role, or a contract
+/// that is a patient) is not among the block's calls to ours: only its events name it.
+pub fn called(txs: &[DecodedTx], contracts: &Contracts) -> Called {
+    let mut out = Called::default();
+    for tx in txs {
+        let Payload::ContractCall {
+            contract,
+            function,
+            values,
+            ..
+        } = &tx.payload
+        else {
+            continue;
+        };
+        let Ok(sender) = tx.origin.parse::<Address>() else {
+            continue;
+        };
+        let arg = |i: usize| values.get(i);
+        let named = &mut out.named;
+        if *contract == contracts.access_control() {
+            match function.as_str() {
+                "register-provider" | "update-provider-credentials" => {
+                    named.providers.insert(sender);
+                }
+                "verify-provider" | "suspend-provider" | "reinstate-provider"
+                | "revoke-provider" | "set-provider-role" => {
+                    if let Some(who) = contracts::principal(arg(0)) {
+                        named.providers.insert(who);
+                    }
+                }
+                "add-responder" | "remove-responder" => {
+                    if let Some(who) = contracts::principal(arg(0)) {
+                        named.responders.insert(who);
+                    }
+                }
+                "add-reviewer" | "remove-reviewer" => {
+                    if let Some(who) = contracts::principal(arg(0)) {
+                        named.reviewers.insert(who);
+                    }
+                }
+                "set-summary-hash" | "clear-summary-hash" => {
+                    if let Some(p) = contracts::buff32(arg(0)) {
+                        named.summaries.insert(PatientId(p));
+                    }
+                }
+                _ => {}
+            }
+        } else if *contract == contracts.patient_consent() {
+            // (provider, data type, purpose) as each consent function takes them
+            let consent = |purpose: Option<Purpose>| {
+                Some(ForPatient::Consent(
+                    contracts::principal(arg(0))?,
+                    contracts::ascii(arg(1))?.parse().ok()?,
+                    purpose?,
+                ))
+            };
+            let what = match function.as_str() {
+                "register-patient" => {
+                    if let Some(Value::Buffer(salt)) = arg(0) {
+                        named.patients.insert(derive_patient_id(&sender, salt));
+                    }
+                    None
+                }
+                "set-emergency-preferences" => Some(ForPatient::Preferences),
+                "grant-consent-for-purpose" | "revoke-consent-for-purpose" => {
+                    consent(contracts::ascii(arg(2)).and_then(|p| p.parse().ok()))
+                }
+                // the contract's DEFAULT-PURPOSE
+                "grant-consent" | "revoke-consent" => consent(Some(Purpose::Treatment)),
+                _ => None,
+            };
+            if let Some(what) = what {
+                out.by_patients.push((sender, what));
+            }
+        }
+    }
+    out
+}
+
+/// A patient's id as `derive-patient-id` makes it: sha256 of the principal's consensus bytes,
+/// then the salt.
+pub fn derive_patient_id(patient: &Address, salt: &[u8]) -> PatientId {
+    use sha2::{Digest, Sha256};
+    let principal = Value::Principal(crate::stacks::Principal::Standard(*patient)).serialize();
+    PatientId(
+        Sha256::new()
+            .chain_update(principal)
+            .chain_update(salt)
+            .finalize()
+            .into(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +347,105 @@ mod tests {
         assert_eq!(named.patients, BTreeSet::from([PatientId([7; 32])]));
         assert_eq!(named.responders, BTreeSet::from([who.parse().unwrap()]));
         assert_eq!(named.len(), 3);
+    }
+
+    fn call(origin: &str, contract: &str, function: &str, values: Vec<Value>) -> DecodedTx {
+        DecodedTx {
+            txid: String::new(),
+            version: 0x80,
+            chain_id: 0x8000_0000,
+            sponsored: false,
+            origin: origin.into(),
+            hash_mode: 0,
+            nonce: 0,
+            fee: 0,
+            anchor_mode: 3,
+            post_condition_mode: "deny",
+            post_conditions: 0,
+            payload: Payload::ContractCall {
+                contract: contract.into(),
+                function: function.into(),
+                args: vec![],
+                values,
+            },
+        }
+    }
+
+    #[test]
+    fn a_blocks_calls_to_our_contracts_name_what_they_may_change() {
+        let deployer: Address = "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".parse().unwrap();
+        let ours = Contracts { address: deployer };
+        let (ac, pc) = (ours.access_control(), ours.patient_consent());
+        let who = "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB";
+        let other = "ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG";
+        let p = contracts::principal_value(who).unwrap();
+        let txs = vec![
+            call(other, &ac, "suspend-provider", vec![p.clone()]),
+            call(who, &ac, "register-provider", vec![]),
+            call(other, &ac, "add-reviewer", vec![p.clone()]),
+            call(
+                other,
+                &ac,
+                "set-summary-hash",
+                vec![Value::buffer([5; 32]), Value::buffer([6; 32])],
+            ),
+            call(other, &pc, "register-patient", vec![Value::buffer([1; 32])]),
+            call(other, &pc, "set-emergency-preferences", vec![]),
+            call(
+                other,
+                &pc,
+                "grant-consent",
+                vec![p.clone(), Value::ascii("allergies"), Value::UInt(9)],
+            ),
+            call(
+                other,
+                &pc,
+                "revoke-consent-for-purpose",
+                vec![
+                    p.clone(),
+                    Value::ascii("allergies"),
+                    Value::ascii("research"),
+                ],
+            ),
+            // not ours, or nothing cached: named by nothing
+            call(
+                other,
+                &format!("{deployer}.patient-consent-v2"),
+                "suspend-provider",
+                vec![p.clone()],
+            ),
+            call(other, &ac, "record-emergency-access", vec![]),
+            call(
+                other,
+                &ac,
+                "suspend-provider",
+                vec![Value::ascii("not a principal")],
+            ),
+        ];
+        let called = called(&txs, &ours);
+        let who: Address = who.parse().unwrap();
+        let other: Address = other.parse().unwrap();
+        assert_eq!(called.named.providers, BTreeSet::from([who]));
+        assert_eq!(called.named.reviewers, BTreeSet::from([who]));
+        assert_eq!(called.named.summaries, BTreeSet::from([PatientId([5; 32])]));
+        assert_eq!(
+            called.named.patients,
+            BTreeSet::from([derive_patient_id(&other, &[1; 32])])
+        );
+        assert_eq!(called.named.len(), 4);
+        assert_eq!(
+            called.by_patients,
+            vec![
+                (other, ForPatient::Preferences),
+                (
+                    other,
+                    ForPatient::Consent(who, DataType::Allergies, Purpose::Treatment)
+                ),
+                (
+                    other,
+                    ForPatient::Consent(who, DataType::Allergies, Purpose::Research)
+                ),
+            ]
+        );
     }
 }

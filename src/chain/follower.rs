@@ -5,9 +5,10 @@
 //! Anyone who can reach the observer port can POST a block, so a push is only a hint. A block
 //! is applied only once the node's RPC serves a block with the same index block hash at its
 //! height (`GET /v3/blocks/height/{h}`, header hashed here); then the cache entries its print
-//! events name are read back from the node (the events' values are never used), and our
-//! operations whose signed bytes are in the node's block are confirmed once their effect
-//! reads back on chain (the push's list of transactions is not used). A block applies as one
+//! events name, and those the node's block names by its own calls to our contracts (so a copy
+//! with its events stripped names them too), are read back from the node (the events' values
+//! are never used), and our operations whose txids are in the node's block are confirmed once
+//! their effect reads back on chain (the push's list of transactions is not used). A block applies as one
 //! batch: those reads, the confirmations and the new tip. The same block sent again reads only
 //! what it names anew (so a stripped copy sent first loses nothing of the node's push). After
 //! a gap (missed blocks, a node that went away, a restart), every cached entry is re-read from
@@ -197,7 +198,10 @@ impl Follower {
                 )));
             }
         };
-        let named = events::named(&events::prints(&block, &self.state.contracts));
+        // what its events name, and what the node's block itself names by its calls to our
+        // contracts (a copy with its events stripped still names those)
+        let mut named = events::named(&events::prints(&block, &self.state.contracts));
+        named.extend(self.state.named_by_calls(&node_block).await?);
         // one block (or catch-up) at a time, and none while a cache fill checks and writes
         let _guard = self.state.apply_lock.lock().await;
         let applied = self.status.applied();

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::stacks::block::{decode_header, BlockHeader};
+use crate::stacks::block::{decode_block, decode_header, BlockHeader, HeaderError};
+use crate::stacks::tx::DecodedTx;
 use crate::stacks::{Address, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,19 +52,56 @@ pub struct NodeInfo {
     pub burn_block_height: u64,
 }
 
-/// A block as the node serves it: its header, decoded, and all its bytes (the header, then
-/// its transactions as they were mined).
+/// A block as the node serves it: its header, decoded, all its bytes (the header, then its
+/// transactions as they were mined), and those transactions, decoded (`None` if one is of a
+/// kind the decoder does not know: a later epoch's).
 #[derive(Debug, Clone)]
 pub struct NodeBlock {
     pub header: BlockHeader,
     pub bytes: Vec<u8>,
+    pub txs: Option<Vec<DecodedTx>>,
 }
 
 impl NodeBlock {
-    /// Whether `tx` (a signed transaction's bytes) was mined in this block. A transaction
-    /// carries its signature, so its bytes appear in a block only when it is in there.
+    /// The block in `bytes`: its header, and its transactions if they decode.
+    pub fn decode(bytes: Vec<u8>) -> Result<NodeBlock, HeaderError> {
+        match decode_block(&bytes) {
+            Ok((header, txs)) => Ok(NodeBlock {
+                header,
+                bytes,
+                txs: Some(txs),
+            }),
+            Err(e) => {
+                let header = decode_header(&bytes)?;
+                tracing::warn!(height = header.height, error = %e, "the node's block has transactions this service cannot decode: its own transactions are found by their bytes, and only its events name what it changed");
+                Ok(NodeBlock {
+                    header,
+                    bytes,
+                    txs: None,
+                })
+            }
+        }
+    }
+
+    /// Whether `tx` (a signed transaction's bytes) was mined in this block: one of its
+    /// transactions has its txid. If they did not decode, whether its bytes are in the
+    /// block's (they may then be a copy carried inside another transaction: `exact` is false).
     pub fn contains_tx(&self, tx: &[u8]) -> bool {
-        !tx.is_empty() && memchr::memmem::find(&self.bytes, tx).is_some()
+        if tx.is_empty() {
+            return false;
+        }
+        match &self.txs {
+            Some(txs) => {
+                let id = hex::encode(crate::stacks::tx::txid(tx));
+                txs.iter().any(|t| t.txid == id)
+            }
+            None => memchr::memmem::find(&self.bytes, tx).is_some(),
+        }
+    }
+
+    /// Whether `contains_tx` matched whole transactions by txid, not bytes.
+    pub fn exact(&self) -> bool {
+        self.txs.is_some()
     }
 }
 
@@ -171,13 +209,8 @@ impl NodeClient {
             let body = res.bytes().await.map_err(unreachable)?;
             match status {
                 404 => Ok(None),
-                200 => decode_header(&body)
-                    .map(|header| {
-                        Some(NodeBlock {
-                            header,
-                            bytes: Vec::from(body),
-                        })
-                    })
+                200 => NodeBlock::decode(Vec::from(body))
+                    .map(Some)
                     .map_err(|e| RpcError::Decode {
                         call: call.into(),
                         detail: e.to_string(),
@@ -284,4 +317,62 @@ impl NodeClient {
 
 fn truncate(s: &str) -> String {
     s.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The block of `tests/data/block-vectors.json` (made by @stacks/transactions), and its
+    /// transactions' bytes.
+    fn vector_block() -> (Vec<u8>, Vec<Vec<u8>>) {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/block-vectors.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let txs = v["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| hex::decode(t["tx_hex"].as_str().unwrap()).unwrap())
+            .collect();
+        (
+            hex::decode(v["block"]["hex"].as_str().unwrap()).unwrap(),
+            txs,
+        )
+    }
+
+    #[test]
+    fn a_blocks_transactions_are_matched_whole_by_txid() {
+        let (bytes, txs) = vector_block();
+        let block = NodeBlock::decode(bytes).unwrap();
+        assert!(block.exact());
+        assert!(txs.iter().all(|tx| block.contains_tx(tx)));
+        // bytes inside the block that are not one of its transactions: not mined there
+        let call = txs.last().unwrap();
+        assert!(!block.contains_tx(&call[..call.len() - 1]));
+        assert!(!block.contains_tx(&call[1..]));
+        assert!(!block.contains_tx(&[]));
+    }
+
+    #[test]
+    fn a_block_with_a_transaction_of_an_unknown_kind_is_searched_by_bytes() {
+        let (bytes, txs) = vector_block();
+        let header = decode_header(&bytes).unwrap();
+        // one more transaction, of a payload kind no epoch has yet
+        let count_at = bytes.len() - txs.iter().map(Vec::len).sum::<usize>() - 4;
+        let mut later = bytes.clone();
+        later[count_at..count_at + 4].copy_from_slice(&(txs.len() as u32 + 1).to_be_bytes());
+        let mut unknown = txs[0].clone();
+        let payload_at = unknown.len() - (1 + 20 * 3 + 32 + 4 + 1 + 20);
+        assert_eq!(unknown[payload_at], 0x07, "a tenure change's payload");
+        unknown[payload_at] = 0x09;
+        later.extend(unknown);
+        let block = NodeBlock::decode(later).unwrap();
+        assert_eq!(block.header, header);
+        assert!(!block.exact());
+        assert!(txs.iter().all(|tx| block.contains_tx(tx)));
+        // a byte search cannot tell a copy from the transaction
+        let call = txs.last().unwrap();
+        assert!(block.contains_tx(&call[1..]));
+    }
 }

@@ -20,8 +20,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use super::contracts::{self, Contracts};
-use super::events::Named;
-use super::rpc::{NodeClient, RpcError};
+use super::events::{self, ForPatient, Named};
+use super::rpc::{NodeBlock, NodeClient, RpcError};
 use crate::domain::PatientId;
 use crate::stacks::{Address, Principal, Value};
 use crate::store::{
@@ -372,6 +372,62 @@ impl ChainState {
     /// Those it does not hold are dropped by the same write (`Batch::uncached`): with replicas
     /// sharing the store, another replica's fill, read before this block, may land between
     /// this look and the write, and would otherwise outlive the block it is older than.
+    /// What the node's `block` names through its own calls to our contracts
+    /// (`events::called`), each patient-consent caller's patient id read from the node; nothing
+    /// if its transactions did not decode.
+    pub async fn named_by_calls(&self, block: &NodeBlock) -> Result<Named, StateError> {
+        let Some(txs) = &block.txs else {
+            return Ok(Named::default());
+        };
+        let called = events::called(txs, &self.contracts);
+        let mut named = called.named;
+        let mut ids: HashMap<Address, Option<PatientId>> = HashMap::new();
+        for (sender, what) in called.by_patients {
+            let patient = match ids.get(&sender) {
+                Some(id) => *id,
+                None => {
+                    let id = self.patient_of(&sender).await?;
+                    ids.insert(sender, id);
+                    id
+                }
+            };
+            let Some(patient) = patient else {
+                continue; // not a patient: the call changed nothing
+            };
+            match what {
+                ForPatient::Preferences => {
+                    named.patients.insert(patient);
+                }
+                ForPatient::Consent(provider, data_type, purpose) => {
+                    named
+                        .consents
+                        .insert((patient, provider, data_type, purpose));
+                }
+            }
+        }
+        Ok(named)
+    }
+
+    /// The patient id `who` registered, as the node has it.
+    async fn patient_of(&self, who: &Address) -> Result<Option<PatientId>, StateError> {
+        let v = self
+            .rpc
+            .call_read(
+                &self.contracts.patient_consent(),
+                "get-patient-id",
+                &[Value::Principal(Principal::Standard(*who))],
+                self.sender(),
+            )
+            .await?;
+        match v {
+            Value::None => Ok(None),
+            Value::Some(id) => contracts::buff32(Some(&id))
+                .map(|id| Some(PatientId(id)))
+                .ok_or_else(|| StateError::Shape("get-patient-id".into())),
+            _ => Err(StateError::Shape("get-patient-id".into())),
+        }
+    }
+
     pub async fn reread(&self, named: &Named, batch: &mut Batch) -> Result<(), StateError> {
         let u = &mut batch.uncached;
         for who in &named.providers {

@@ -228,11 +228,12 @@ async fn nonce_used(rpc: &NodeClient, raw: &[u8]) -> Result<bool, StateError> {
 }
 
 /// Confirms the operations whose signed transactions are in `block`, a block the node served
-/// at its height: a transaction carries its signature, so its bytes in the node's block show
-/// it may be mined there (what a pushed payload lists is not believed). One whose effect reads
-/// back on chain is confirmed; one without its effect failed (the contract refused it), once
-/// its nonce is used: else the bytes were a copy inside another transaction, and it stays
-/// sent.
+/// at its height: one of its transactions has our transaction's txid (what a pushed payload
+/// lists is not believed). One whose effect reads back on chain is confirmed; one without its
+/// effect failed (the contract refused it). A block whose transactions did not decode is
+/// searched for our bytes instead, which may be a copy inside another transaction (a `buff`
+/// argument, say): one found so without its effect failed only once its nonce is used, else
+/// it stays sent.
 pub async fn confirmations(
     block: &NodeBlock,
     rpc: &NodeClient,
@@ -277,7 +278,7 @@ pub async fn confirmations(
                     "mined (no read-only function tells its effect)".into(),
                 )
             }
-            OnChain::NotDone if !nonce_used(rpc, &bytes).await? => {
+            OnChain::NotDone if !block.exact() && !nonce_used(rpc, &bytes).await? => {
                 // its bytes are in the block, but not as our transaction: another one carries
                 // a copy of them (in a `buff` argument, say); ours is still on its way
                 tracing::warn!(operation = %s.id, txid, height, "the block holds a copy of this operation's transaction, but its nonce is not used yet: still in flight");

@@ -1,5 +1,6 @@
-//! Nakamoto block headers (SIP-005 encoding, as stacks-core's `NakamotoBlockHeader`): enough
-//! of a block served by `GET /v3/blocks/height/{h}` to name it. A block's hash is sha512/256
+//! Nakamoto blocks (SIP-005 encoding, as stacks-core's `NakamotoBlock`): the header, enough
+//! of a block served by `GET /v3/blocks/height/{h}` to name it, and the transactions after it
+//! (`decode_block`: a u32 count, then each transaction, `tx::decode_prefix`). A block's hash is sha512/256
 //! of its header without the signer signatures (signers sign that hash); its index block hash,
 //! the id the event observer and the RPC use, is sha512/256 of the block hash then the
 //! consensus hash. Safe on untrusted bytes: every length is checked before it is read.
@@ -7,6 +8,8 @@
 //! It must not: trust a length before checking it.
 
 use sha2::{Digest, Sha512_256};
+
+use super::tx::{decode_prefix, DecodedTx};
 
 /// Header versions from this one on (the low 7 bits; the high bit marks a shadow block) end
 /// with a list of problematic transactions (stacks-core `NAKAMOTO_BLOCK_VERSION_EPOCH_4`).
@@ -29,7 +32,7 @@ pub struct BlockHeader {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("not a Nakamoto block header: {0}")]
+#[error("not a Nakamoto block: {0}")]
 pub struct HeaderError(String);
 
 struct Reader<'a> {
@@ -74,6 +77,33 @@ impl<'a> Reader<'a> {
 
 /// Reads the header at the start of `bytes` (a whole block or the header alone).
 pub fn decode_header(bytes: &[u8]) -> Result<BlockHeader, HeaderError> {
+    header_and_length(bytes).map(|(header, _)| header)
+}
+
+/// Reads a whole block: its header and its transactions, in order. Refused if a transaction
+/// is of a kind this decoder does not know, or bytes are left over.
+pub fn decode_block(bytes: &[u8]) -> Result<(BlockHeader, Vec<DecodedTx>), HeaderError> {
+    let (header, at) = header_and_length(bytes)?;
+    let mut r = Reader { bytes, at };
+    let count = r.u32("the transactions' count")?;
+    let mut txs = Vec::new();
+    for i in 0..count {
+        let (tx, used) = decode_prefix(&bytes[r.at..])
+            .map_err(|e| HeaderError(format!("transaction {i}: {e}")))?;
+        r.at += used;
+        txs.push(tx);
+    }
+    if r.at != bytes.len() {
+        return Err(HeaderError(format!(
+            "{} bytes after the last transaction",
+            bytes.len() - r.at
+        )));
+    }
+    Ok((header, txs))
+}
+
+/// The header at the start of `bytes`, and how many bytes it took.
+fn header_and_length(bytes: &[u8]) -> Result<(BlockHeader, usize), HeaderError> {
     let mut r = Reader { bytes, at: 0 };
     let version = r.take(1, "version")?[0];
     let height = r.u64("chain_length")?;
@@ -115,13 +145,16 @@ pub fn decode_header(bytes: &[u8]) -> Result<BlockHeader, HeaderError> {
         .chain_update(consensus_hash)
         .finalize()
         .into();
-    Ok(BlockHeader {
-        height,
-        consensus_hash,
-        parent_block_id,
-        timestamp,
-        block_id,
-    })
+    Ok((
+        BlockHeader {
+            height,
+            consensus_hash,
+            parent_block_id,
+            timestamp,
+            block_id,
+        },
+        r.at,
+    ))
 }
 
 #[cfg(test)]

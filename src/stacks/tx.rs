@@ -1,5 +1,7 @@
 //! Stacks transactions (SIP-005): signed contract calls built with stacks-rs, and a decoder
-//! for any single transaction, used by the operator tools and to check what we send.
+//! for any transaction a Nakamoto block holds (every payload kind stacks-core serializes),
+//! used by the operator tools, to check what we send, and to walk a block's transactions
+//! (`decode_prefix`: one transaction at the start of a slice, and how long it is).
 //!
 //! It must not: do I/O, or panic on any input it decodes.
 
@@ -121,6 +123,9 @@ pub enum Payload {
         contract: String,
         function: String,
         args: Vec<String>,
+        /// The arguments as values (`args` is their notation).
+        #[serde(skip)]
+        values: Vec<Value>,
     },
     TokenTransfer {
         recipient: String,
@@ -132,9 +137,18 @@ pub enum Payload {
         clarity_version: Option<u8>,
         code_bytes: usize,
     },
-    Other {
-        payload_type: u8,
+    /// A coinbase: of epoch 2 (`vrf_proof: false`), or of a Nakamoto tenure.
+    Coinbase {
+        alt_recipient: Option<String>,
+        vrf_proof: bool,
     },
+    /// A tenure change (`cause`: 0 a block found, 1 an extension, later ones extensions of
+    /// one budget).
+    TenureChange {
+        cause: u8,
+        previous_tenure_blocks: u32,
+    },
+    PoisonMicroblock,
 }
 
 struct R<'a> {
@@ -256,6 +270,15 @@ impl R<'_> {
                 self.value()?;
                 self.u8()?;
             }
+            // staking (epoch 4): a condition code and an amount
+            0x03 => {
+                self.u8()?;
+                self.u64()?;
+            }
+            // a PoX operation (epoch 4): a condition code
+            0x04 => {
+                self.u8()?;
+            }
             k => return Err(TxError::Malformed(format!("post-condition type {k}"))),
         }
         Ok(())
@@ -264,6 +287,28 @@ impl R<'_> {
 
 /// Decodes one whole transaction; trailing bytes are an error.
 pub fn decode(bytes: &[u8]) -> Result<DecodedTx, TxError> {
+    let (tx, used) = decode_prefix(bytes)?;
+    if used != bytes.len() {
+        return Err(TxError::Malformed(format!(
+            "{} trailing bytes",
+            bytes.len() - used
+        )));
+    }
+    Ok(tx)
+}
+
+/// A microblock header (epoch 2, named by a poison-microblock transaction): version,
+/// sequence, parent, merkle root, signature.
+const MICROBLOCK_HEADER_BYTES: usize = 1 + 2 + 32 + 32 + 65;
+const COINBASE_BYTES: usize = 32;
+const VRF_PROOF_BYTES: usize = 80;
+/// A tenure change's fields: three consensus hashes, the previous tenure's last block, its
+/// block count, the cause, the miner's key hash.
+const TENURE_CHANGE_BYTES: usize = 20 + 20 + 20 + 32 + 4;
+
+/// Decodes the transaction at the start of `bytes`; returns it (its txid over the bytes it
+/// took) and how many bytes it took.
+pub fn decode_prefix(bytes: &[u8]) -> Result<(DecodedTx, usize), TxError> {
     let mut r = R { b: bytes, pos: 0 };
     let version = r.u8()?;
     let mainnet = match version {
@@ -298,14 +343,15 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedTx, TxError> {
             let contract = r.name()?;
             let function = r.name()?;
             let n = r.u32()?;
-            let mut args = Vec::new();
+            let mut values = Vec::new();
             for _ in 0..n {
-                args.push(r.value()?.to_string());
+                values.push(r.value()?);
             }
             Payload::ContractCall {
                 contract: format!("{address}.{contract}"),
                 function,
-                args,
+                args: values.iter().map(Value::to_string).collect(),
+                values,
             }
         }
         0x00 => {
@@ -331,25 +377,72 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedTx, TxError> {
                 code_bytes: n,
             }
         }
-        t => {
-            // coinbase, tenure change and the like: identify, do not interpret
-            r.pos = bytes.len();
-            Payload::Other { payload_type: t }
+        0x03 => {
+            r.take(2 * MICROBLOCK_HEADER_BYTES)?;
+            Payload::PoisonMicroblock
         }
+        0x04 => {
+            r.take(COINBASE_BYTES)?;
+            Payload::Coinbase {
+                alt_recipient: None,
+                vrf_proof: false,
+            }
+        }
+        0x05 => {
+            r.take(COINBASE_BYTES)?;
+            let recipient = r.value()?;
+            if !matches!(recipient, Value::Principal(_)) {
+                return Err(TxError::Malformed(
+                    "coinbase recipient is not a principal".into(),
+                ));
+            }
+            Payload::Coinbase {
+                alt_recipient: Some(recipient.to_string()),
+                vrf_proof: false,
+            }
+        }
+        0x07 => {
+            let fields = r.take(TENURE_CHANGE_BYTES)?;
+            let blocks = u32::from_be_bytes(
+                fields[TENURE_CHANGE_BYTES - 4..]
+                    .try_into()
+                    .unwrap_or([0; 4]),
+            );
+            let cause = r.u8()?;
+            r.hash160()?;
+            Payload::TenureChange {
+                cause,
+                previous_tenure_blocks: blocks,
+            }
+        }
+        0x08 => {
+            r.take(COINBASE_BYTES)?;
+            let alt_recipient = match r.value()? {
+                Value::None => None,
+                Value::Some(p) if matches!(*p, Value::Principal(_)) => Some(p.to_string()),
+                _ => {
+                    return Err(TxError::Malformed(
+                        "coinbase recipient is not an optional principal".into(),
+                    ))
+                }
+            };
+            r.take(VRF_PROOF_BYTES)?;
+            Payload::Coinbase {
+                alt_recipient,
+                vrf_proof: true,
+            }
+        }
+        t => return Err(TxError::Malformed(format!("payload type {t}"))),
     };
-    if r.pos != bytes.len() {
-        return Err(TxError::Malformed(format!(
-            "{} trailing bytes",
-            bytes.len() - r.pos
-        )));
-    }
+    let used = r.pos;
+    let bytes = &bytes[..used];
     let address_version = match (mainnet, hash_mode) {
         (true, 0x00) => MAINNET_SINGLE_SIG,
         (true, _) => MAINNET_MULTI_SIG,
         (false, 0x00) => TESTNET_SINGLE_SIG,
         (false, _) => TESTNET_MULTI_SIG,
     };
-    Ok(DecodedTx {
+    let tx = DecodedTx {
         txid: hex::encode(txid(bytes)),
         version,
         chain_id,
@@ -364,5 +457,6 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedTx, TxError> {
         post_condition_mode,
         post_conditions,
         payload,
-    })
+    };
+    Ok((tx, used))
 }

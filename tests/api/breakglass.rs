@@ -805,22 +805,41 @@ async fn a_record_the_contract_refuses_is_marked_failed() {
     );
 }
 
-/// The node's block, copied and sent first with its events stripped (the id is the node's, so
-/// it checks out): the node's own push of it, arriving after, still has its effects read.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stripped_copy_of_the_nodes_block_sent_first_loses_none_of_its_effects() {
-    // the node's pushes go to a path without the secret (not found, retried): this test is
-    // the only sender, so it decides the order
+/// A service whose observer is at a secret path the devnet does not know: the devnet's pushes
+/// are not found (and retried), so the test is the only sender and decides the order. The
+/// poller does not catch up while the test sends (it waits for 30 s of quiet at this interval).
+async fn the_only_sender() -> (Env, tempfile::TempDir) {
     let secret_dir = tempfile::tempdir().unwrap();
     let secret_file = secret_dir.path().join("observer-path");
     std::fs::write(&secret_file, "a-secret-observer-path").unwrap();
     let env = setup(|s| {
         s.follower.path_secret_file = Some(secret_file);
-        // no catch-up from the poller while the test sends the blocks (it waits for 30 s of
-        // quiet at this interval)
         s.follower.poll_interval_ms = 10_000;
     })
     .await;
+    (env, secret_dir)
+}
+
+/// Posts `block` to the observer at the secret path of `the_only_sender`; its status.
+async fn secretly(app: &breakglass::startup::Application, block: Json) -> u16 {
+    reqwest::Client::new()
+        .post(format!(
+            "http://{}/a-secret-observer-path/new_block",
+            app.observer_addr
+        ))
+        .json(&block)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The node's block, copied and sent first with its events stripped (the id is the node's, so
+/// it checks out): the node's own push of it, arriving after, still has its effects read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripped_copy_of_the_nodes_block_sent_first_loses_none_of_its_effects() {
+    let (env, _secret) = the_only_sender().await;
     let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
     let paramedic = provider(demo, "paramedic");
     let yes = patient(demo, true);
@@ -830,19 +849,7 @@ async fn a_stripped_copy_of_the_nodes_block_sent_first_loses_none_of_its_effects
     send_suspension(&env, paramedic).await;
     devnet.mine().await;
     let tip = devnet.tip().await;
-    let observer = |block: Json| async move {
-        reqwest::Client::new()
-            .post(format!(
-                "http://{}/a-secret-observer-path/new_block",
-                app.observer_addr
-            ))
-            .json(&block)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    let observer = |block: Json| secretly(app, block);
     // in order, as the node sends them; the block with the suspension is copied, stripped,
     // and that copy sent first
     let mut suspended_at = None;
@@ -872,6 +879,83 @@ async fn a_stripped_copy_of_the_nodes_block_sent_first_loses_none_of_its_effects
     assert_eq!(observer(real).await, 200);
     assert!(height <= tip);
     assert_eq!(app.status.applied(), tip);
+}
+
+/// The node's blocks, copied with their events stripped, and those copies their only pushes
+/// (the node's own never arrive): the blocks' own calls to our contracts, read from the node's
+/// blocks, name what they changed, so a suspension and a patient's opt-out in them are read all
+/// the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripped_copies_alone_still_name_what_the_blocks_calls_changed() {
+    let (env, _secret) = the_only_sender().await;
+    let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
+    let (paramedic, nurse) = (provider(demo, "paramedic"), provider(demo, "nurse"));
+    let (yes, no) = (patient(demo, true), patient(demo, false));
+    // cached: both clinicians, and the patient who allows emergency access
+    assert_eq!(ask_for_allergies(app, paramedic, yes, 1).await.0, 201);
+    assert_eq!(ask_for_allergies(app, nurse, yes, 1).await.0, 201);
+    assert_eq!(ask_for_allergies(app, nurse, no, 2).await.0, 403);
+
+    let start = devnet.tip().await;
+    send_suspension(&env, paramedic).await;
+    let yes_key = demo["patients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["patient_id"] == yes)
+        .unwrap()["private_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    devnet
+        .set_preferences(&parse_key(&yes_key).unwrap(), false, &[], 60)
+        .await;
+    devnet.mine().await;
+    let tip = devnet.tip().await;
+    let mut stripped_any = false;
+    for height in start + 1..=tip {
+        let mut block = devnet_block(devnet, height).await;
+        stripped_any |= !block["events"].as_array().unwrap().is_empty();
+        block["events"] = json!([]);
+        block["transactions"] = json!([]);
+        assert_eq!(secretly(app, block).await, 200);
+    }
+    assert!(stripped_any, "the blocks had events to strip");
+    assert_eq!(app.status.applied(), tip);
+
+    let (status, body) = ask_for_allergies(app, paramedic, yes, 2).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("provider-not-verified")),
+        "the suspension was read from the block's call: {body}"
+    );
+    let (status, body) = ask_for_allergies(app, nurse, yes, 3).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("patient-opted-out")),
+        "the opt-out was read from the block's call: {body}"
+    );
+    // a registration names the patient id the contract derives
+    let who: breakglass::stacks::Address = nurse["principal"].as_str().unwrap().parse().unwrap();
+    let derived = app
+        .follower
+        .state
+        .rpc
+        .call_read(
+            &format!("{}.patient-consent", deployer()),
+            "derive-patient-id",
+            &[
+                Value::Principal(breakglass::stacks::Principal::Standard(who)),
+                Value::buffer([3; 32]),
+            ],
+            &deployer(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        derived,
+        Value::buffer(breakglass::chain::events::derive_patient_id(&who, &[3; 32]).0)
+    );
 }
 
 async fn push(app: &breakglass::startup::Application, block: &Json) -> (u16, Json) {

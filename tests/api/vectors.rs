@@ -121,6 +121,7 @@ fn contract_calls_sign_to_the_same_bytes_and_txid() {
                 contract,
                 function,
                 args,
+                ..
             } => {
                 assert_eq!(contract, s(case, "contract"));
                 assert_eq!(function, s(case, "function"));
@@ -179,4 +180,100 @@ fn addresses_from_public_keys() {
         assert!(!parsed.is_mainnet());
         assert!(s(case, "mainnet").parse::<Address>().unwrap().is_mainnet());
     }
+}
+
+/// Transactions of every payload kind a Nakamoto block holds, and a block of them, made by
+/// @stacks/transactions (`contracts/scripts/block-vectors.ts`, `tests/data/block-vectors.json`):
+/// each decodes with its txid, and the block walks to the same transactions in order.
+#[test]
+fn every_kind_of_transaction_in_a_block_decodes_with_its_txid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/block-vectors.json");
+    let v: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases = v["transactions"].as_array().unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    for case in cases {
+        let raw = unhex(s(case, "tx_hex"));
+        let decoded = tx::decode(&raw).unwrap_or_else(|e| panic!("{}: {e}", s(case, "kind")));
+        assert_eq!(decoded.txid, s(case, "txid"), "{}", s(case, "kind"));
+        assert_eq!(decoded.nonce, case["nonce"].as_u64().unwrap());
+        assert_eq!(decoded.sponsored, case["sponsored"].as_bool().unwrap());
+        if !s(case, "origin").is_empty() {
+            assert_eq!(decoded.origin, s(case, "origin"));
+        }
+        // one byte short, or one byte more, is refused
+        assert!(tx::decode(&raw[..raw.len() - 1]).is_err());
+        assert!(tx::decode(&[raw.as_slice(), &[0]].concat()).is_err());
+        let kind = match &decoded.payload {
+            Payload::ContractCall {
+                contract,
+                function,
+                values,
+                ..
+            } => {
+                assert_eq!(contract, s(case, "contract"));
+                assert_eq!(function, s(case, "function"));
+                let args: Vec<String> = values
+                    .iter()
+                    .map(|a| a.to_hex().trim_start_matches("0x").to_string())
+                    .collect();
+                let expected: Vec<String> = case["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().trim_start_matches("0x").to_string())
+                    .collect();
+                assert_eq!(args, expected);
+                "contract-call"
+            }
+            Payload::TenureChange { cause: 0, .. } => "tenure-change",
+            Payload::TenureChange { cause: 1, .. } => "tenure-extend",
+            Payload::Coinbase { .. } => "coinbase",
+            Payload::TokenTransfer { .. } => "token-transfer",
+            Payload::SmartContract { .. } => "smart-contract",
+            other => panic!("decoded as {other:?}"),
+        };
+        assert_eq!(kind, s(case, "kind"));
+        kinds.insert(kind);
+    }
+    assert_eq!(kinds.len(), 6, "every kind is in the vectors: {kinds:?}");
+
+    let block = &v["block"];
+    let bytes = unhex(s(block, "hex"));
+    let (header, txs) = breakglass::stacks::block::decode_block(&bytes).unwrap();
+    assert_eq!(header.height, block["height"].as_u64().unwrap());
+    assert_eq!(hex::encode(header.block_id), s(block, "index_block_hash"));
+    let txids: Vec<&str> = txs.iter().map(|t| t.txid.as_str()).collect();
+    let expected: Vec<&str> = block["txids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(txids, expected);
+    // a block cut short, or with bytes after its last transaction, is refused
+    assert!(breakglass::stacks::block::decode_block(&bytes[..bytes.len() - 1]).is_err());
+    assert!(breakglass::stacks::block::decode_block(&[bytes.as_slice(), &[0]].concat()).is_err());
+}
+
+/// A poison-microblock transaction (epoch 2; @stacks/transactions does not write its headers),
+/// laid out as stacks-core's `TransactionPayload::PoisonMicroblock`: two microblock headers.
+#[test]
+fn a_poison_microblock_transaction_decodes() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/block-vectors.json");
+    let v: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    // a signed coinbase's authorization and modes, with its payload swapped for a poison one
+    let coinbase = v["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| s(c, "kind") == "coinbase")
+        .unwrap();
+    let raw = unhex(s(coinbase, "tx_hex"));
+    let payload_at = raw.len() - (1 + 32 + 1 + 80); // type, coinbase, none, vrf proof
+    assert_eq!(raw[payload_at], 0x08);
+    let header = |seq: u8| [vec![0u8, 0, seq], vec![7; 32], vec![8; 32], vec![9; 65]].concat();
+    let poison = [&raw[..payload_at], &[0x03], &header(1), &header(2)].concat();
+    let decoded = tx::decode(&poison).unwrap();
+    assert!(matches!(decoded.payload, Payload::PoisonMicroblock));
+    assert!(tx::decode(&poison[..poison.len() - 1]).is_err());
 }
