@@ -15,7 +15,7 @@ use cedar_policy::{
 };
 use serde_json::json;
 
-use crate::domain::{DataType, OnCall, Role};
+use crate::domain::{covering, DataType, OnCall, Role};
 
 pub const DEFAULT_SCHEMA: &str = include_str!("../policies/breakglass.cedarschema");
 pub const DEFAULT_POLICIES: &str = include_str!("../policies/breakglass.cedar");
@@ -288,9 +288,36 @@ impl Policies {
             .to_string()
     }
 
-    /// Decides a request: every data type must be permitted; the window is the shortest of
-    /// the permits that decided. `situation` is the policies' `context`.
+    /// Decides a request: every data type it opens (`domain::covering`: the emergency
+    /// summary opens its sections too) must be permitted; the window is the shortest of the
+    /// permits that decided. `situation` is the policies' `context`.
     pub fn decide(
+        &self,
+        provider: &str,
+        role: Role,
+        data_types: &[DataType],
+        situation: &Situation,
+    ) -> Result<Verdict, PolicyError> {
+        let verdict = self.decide_each(provider, role, &covering(data_types), situation)?;
+        Ok(match verdict {
+            Verdict::Deny {
+                data_type,
+                rule,
+                message,
+            } if !data_types.contains(&data_type) => Verdict::Deny {
+                data_type,
+                rule,
+                message: format!(
+                    "{message}, a section of the {} asked for",
+                    DataType::EmergencySummary
+                ),
+            },
+            v => v,
+        })
+    }
+
+    /// `decide` over data types already covering what they open.
+    fn decide_each(
         &self,
         provider: &str,
         role: Role,
@@ -486,5 +513,69 @@ mod tests {
             .unwrap()
             .table
             .is_none());
+    }
+
+    /// The emergency summary opens its sections: a policy that keeps one closed keeps the
+    /// summary closed, whether the table or Cedar decides.
+    #[test]
+    fn the_summary_is_permitted_only_where_each_of_its_sections_is() {
+        let who = "ST000000000000000000002AMW42H";
+        let defaults = Policies::defaults().unwrap();
+        assert!(matches!(
+            defaults.decide(
+                who,
+                Role::Physician,
+                &[DataType::EmergencySummary],
+                &Situation::NORMAL
+            ),
+            Ok(Verdict::Permit {
+                window_minutes: 15,
+                ..
+            })
+        ));
+        let no_directives = format!(
+            "{DEFAULT_POLICIES}\n@id(\"no-directives\")\nforbid (principal, action, resource == Breakglass::DataType::\"advance-directives\");"
+        );
+        // and the same policy read by Cedar at each request (it names a provider)
+        let by_cedar = format!(
+            "{no_directives}\n@id(\"y\")\nforbid (principal == Breakglass::Provider::\"nobody\", action, resource);"
+        );
+        for source in [&no_directives, &by_cedar] {
+            let policies = Policies::from_sources(DEFAULT_SCHEMA, source).unwrap();
+            assert_eq!(policies.table.is_some(), source == &no_directives);
+            match policies
+                .decide(
+                    who,
+                    Role::Physician,
+                    &[DataType::EmergencySummary],
+                    &Situation::NORMAL,
+                )
+                .unwrap()
+            {
+                Verdict::Deny {
+                    data_type,
+                    rule,
+                    message,
+                } => {
+                    assert_eq!(data_type, DataType::AdvanceDirectives);
+                    assert_eq!(rule.as_deref(), Some("no-directives"));
+                    assert!(
+                        message.contains("a section of the emergency-summary"),
+                        "{message}"
+                    );
+                }
+                v => panic!("the summary opened past its section's forbid: {v:?}"),
+            }
+            // its other sections alone are still permitted
+            assert!(matches!(
+                policies.decide(
+                    who,
+                    Role::Physician,
+                    &[DataType::Allergies],
+                    &Situation::NORMAL
+                ),
+                Ok(Verdict::Permit { .. })
+            ));
+        }
     }
 }

@@ -165,17 +165,10 @@ pub fn of(data_type: DataType) -> Vec<Scope> {
         ],
         DataType::Immunizations => vec![Scope::bare("Immunization")],
         // the whole critical set, as the IPS operation returns it
-        DataType::EmergencySummary => [
-            DataType::Allergies,
-            DataType::Medications,
-            DataType::Problems,
-            DataType::BloodType,
-            DataType::AdvanceDirectives,
-            DataType::Immunizations,
-        ]
-        .into_iter()
-        .flat_map(of)
-        .collect(),
+        DataType::EmergencySummary => DataType::SUMMARY_SECTIONS
+            .into_iter()
+            .flat_map(of)
+            .collect(),
         DataType::Procedures => vec![Scope::bare("Procedure")],
         DataType::Imaging => vec![Scope::bare("ImagingStudy")],
         DataType::ClinicalNotes => vec![Scope::with(

@@ -7,6 +7,7 @@
 use super::{BreakGlass, ChainView};
 use crate::coordination::Coordinator;
 use crate::domain::chain::{Preferences, ProviderState};
+use crate::domain::DataType;
 use crate::domain::OnCall as OnCallFact;
 use crate::domain::{ProviderStatus, Role};
 use crate::paging::Lookup;
@@ -59,7 +60,8 @@ impl BreakGlass {
         }
     }
 
-    /// Step 6, the patient's own emergency preferences allow every data type asked for.
+    /// Step 6, the patient's own emergency preferences allow every data type asked for, and
+    /// every section of the emergency summary if it is asked for (`domain::covering`).
     pub(super) async fn patient_allows(
         &self,
         req: &BreakGlassRequest,
@@ -77,16 +79,20 @@ impl BreakGlass {
                 "the patient has opted out of emergency access",
             ));
         }
-        if let Some(dt) = req
-            .data_types
-            .iter()
+        if let Some(dt) = crate::domain::covering(&req.data_types)
+            .into_iter()
             .find(|d| !prefs.data_types.contains(d))
         {
+            let part = if req.data_types.contains(&dt) {
+                String::new()
+            } else {
+                format!(", a section of the {}", DataType::EmergencySummary)
+            };
             return Err(Refusal::new(
                 403,
                 "data-type-not-allowed-by-patient",
                 "Not allowed by the patient",
-                format!("the patient does not allow emergency access to {dt}"),
+                format!("the patient does not allow emergency access to {dt}{part}"),
             ));
         }
         Ok(prefs)

@@ -138,6 +138,42 @@ string_enum!(
     }
 );
 
+impl DataType {
+    /// The sections of the emergency summary (the IPS's critical set): opening the summary
+    /// opens each of them (`scope::of`), so a patient's preference or a policy that keeps one
+    /// closed keeps the summary closed too (`covering`).
+    pub const SUMMARY_SECTIONS: [DataType; 6] = [
+        DataType::Allergies,
+        DataType::Medications,
+        DataType::Problems,
+        DataType::BloodType,
+        DataType::AdvanceDirectives,
+        DataType::Immunizations,
+    ];
+
+    /// The data types opening `self` opens: itself, and for the summary each of its sections.
+    pub fn opens(self) -> Vec<DataType> {
+        match self {
+            DataType::EmergencySummary => std::iter::once(self)
+                .chain(DataType::SUMMARY_SECTIONS)
+                .collect(),
+            _ => vec![self],
+        }
+    }
+}
+
+/// Every data type that asking for `data_types` opens (`DataType::opens`), each once, in order:
+/// what a patient's preferences and the policies must allow.
+pub fn covering(data_types: &[DataType]) -> Vec<DataType> {
+    let mut out = Vec::new();
+    for dt in data_types.iter().flat_map(|d| d.opens()) {
+        if !out.contains(&dt) {
+            out.push(dt);
+        }
+    }
+    out
+}
+
 string_enum!(
     /// A reviewer's verdict on an emergency access, as access-control knows them.
     VerdictKind {

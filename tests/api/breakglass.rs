@@ -745,6 +745,64 @@ async fn an_access_granted_before_a_suspension_still_lands_on_chain() {
     );
 }
 
+/// A patient who allows the emergency summary but keeps one of its sections closed: the
+/// summary, which would open that section too, is refused, naming it; the sections they
+/// allow are still granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_is_refused_where_the_patient_keeps_one_of_its_sections_closed() {
+    let env = setup(|_| {}).await;
+    let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
+    let physician = provider(demo, "physician");
+    let yes = patient(demo, true);
+    let patient_key = demo["patients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["patient_id"] == yes)
+        .unwrap()["private_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = physician["private_key"].as_str().unwrap();
+    let prefer = async |types: &[&str]| {
+        devnet
+            .set_preferences(&parse_key(&patient_key).unwrap(), true, types, 10)
+            .await;
+        mine_applied(app, devnet, "preferences applied").await;
+    };
+    let sections = [
+        "allergies",
+        "medications",
+        "blood-type",
+        "advance-directives",
+        "immunizations",
+        "emergency-summary",
+    ];
+    prefer(&[&sections[..], &["problems"]].concat()).await;
+    let (status, body) = post(app, &signed(key, yes, &["emergency-summary"], 1, now())).await;
+    assert_eq!(status, 201, "{body}");
+
+    // every section but the problems list
+    prefer(&sections).await;
+    let (status, body) = post(app, &signed(key, yes, &["emergency-summary"], 2, now())).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("data-type-not-allowed-by-patient")),
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("problems, a section of the emergency-summary"),
+        "{detail}"
+    );
+    let (status, body) = post(
+        app,
+        &signed(key, yes, &["allergies", "medications"], 3, now()),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}
+
 // --- trust only the chain: forged observer posts, reorgs, a stale view ---
 
 /// A `/new_block` payload naming `prints` (Clarity tuples, as access-control or patient-consent
