@@ -19,15 +19,10 @@ use crate::domain::{covering, DataType, OnCall, Role};
 
 pub const DEFAULT_SCHEMA: &str = include_str!("../policies/breakglass.cedarschema");
 pub const DEFAULT_POLICIES: &str = include_str!("../policies/breakglass.cedar");
-const CRITICAL: [DataType; 7] = [
-    DataType::Allergies,
-    DataType::Medications,
-    DataType::Problems,
-    DataType::BloodType,
-    DataType::AdvanceDirectives,
-    DataType::Immunizations,
-    DataType::EmergencySummary,
-];
+/// The critical (emergency) data types: the summary and its sections.
+fn critical(dt: DataType) -> bool {
+    dt == DataType::EmergencySummary || DataType::SUMMARY_SECTIONS.contains(&dt)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -384,7 +379,7 @@ impl Policies {
         for dt in data_types {
             entities.push(json!({
                 "uid": { "type": "Breakglass::DataType", "id": dt.as_str() },
-                "attrs": { "critical": CRITICAL.contains(dt) },
+                "attrs": { "critical": critical(*dt) },
                 "parents": []
             }));
         }

@@ -745,6 +745,19 @@ async fn an_access_granted_before_a_suspension_still_lands_on_chain() {
     );
 }
 
+/// The demo patient `id`'s private key.
+fn patient_key(demo: &Json, id: &str) -> String {
+    demo["patients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["patient_id"] == id)
+        .unwrap()["private_key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// A patient who allows the emergency summary but keeps one of its sections closed: the
 /// summary, which would open that section too, is refused, naming it; the sections they
 /// allow are still granted.
@@ -754,15 +767,7 @@ async fn the_summary_is_refused_where_the_patient_keeps_one_of_its_sections_clos
     let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
     let physician = provider(demo, "physician");
     let yes = patient(demo, true);
-    let patient_key = demo["patients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["patient_id"] == yes)
-        .unwrap()["private_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let patient_key = patient_key(demo, yes);
     let key = physician["private_key"].as_str().unwrap();
     let prefer = async |types: &[&str]| {
         devnet
@@ -956,15 +961,7 @@ async fn stripped_copies_alone_still_name_what_the_blocks_calls_changed() {
 
     let start = devnet.tip().await;
     send_suspension(&env, paramedic).await;
-    let yes_key = demo["patients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["patient_id"] == yes)
-        .unwrap()["private_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let yes_key = patient_key(demo, yes);
     devnet
         .set_preferences(&parse_key(&yes_key).unwrap(), false, &[], 60)
         .await;
