@@ -67,21 +67,41 @@ impl WebhookError {
     }
 }
 
-/// Whether any `v1=<hex>` signature of `header` (comma-separated: PagerDuty sends one per
-/// active secret while a secret rotates) is the HMAC-SHA256 of `message` under any of
-/// `secrets`.
-pub fn verify_v1(header: &str, message: &[&[u8]], secrets: &[Vec<u8>]) -> bool {
-    let signatures: Vec<Vec<u8>> = header
+/// At most this many `v1=` signatures of a header are looked at: a sender sends one per active
+/// secret (two while one rotates).
+const MAX_SIGNATURES: usize = 8;
+
+/// The `v1=<hex>` signatures of `header` that can be an HMAC-SHA256 (32 bytes), the first
+/// `MAX_SIGNATURES` of them.
+fn v1_signatures(header: &str) -> Vec<[u8; 32]> {
+    header
         .split(',')
         .filter_map(|s| s.trim().strip_prefix("v1="))
-        .filter_map(|h| hex::decode(h).ok())
-        .collect();
-    let message = message.concat();
-    secrets.iter().any(|secret| {
+        .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+        .take(MAX_SIGNATURES)
+        .collect()
+}
+
+/// Whether any `v1=<hex>` signature of `header` (comma-separated: PagerDuty sends one per
+/// active secret while a secret rotates) is the HMAC-SHA256 of `message` under any of
+/// `secrets`. The message is signed once per secret, whatever the header holds, and each
+/// signature compared with it in constant time.
+pub fn verify_v1(header: &str, message: &[&[u8]], secrets: &[Vec<u8>]) -> bool {
+    use subtle::ConstantTimeEq;
+    let signatures = v1_signatures(header);
+    if signatures.is_empty() {
+        return false;
+    }
+    secrets.iter().fold(false, |ok, secret| {
         let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-        signatures
-            .iter()
-            .any(|s| hmac::verify(&key, &message, s).is_ok())
+        let mut context = hmac::Context::with_key(&key);
+        for part in message {
+            context.update(part);
+        }
+        let tag = context.sign();
+        signatures.iter().fold(ok, |ok, s| {
+            ok | bool::from(s.as_slice().ct_eq(tag.as_ref()))
+        })
     })
 }
 
@@ -113,6 +133,18 @@ pub fn rfc3339(s: &str) -> Result<i64, WebhookError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_yields_a_few_signatures_of_an_hmacs_length_at_most() {
+        let tag = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        // thousands of candidates, empty or not, cost as much as eight: the message is signed
+        // once per secret, and only the first eight of an HMAC's length are compared
+        let flood = format!("{}v1={tag}", "v1=,".repeat(30_000));
+        assert!(v1_signatures(&flood).len() == 1);
+        let many = vec![format!("v1={tag}"); 30_000].join(",");
+        assert_eq!(v1_signatures(&many).len(), MAX_SIGNATURES);
+        assert!(v1_signatures("v1=00ff, v1=, v0=00").is_empty());
+    }
 
     #[test]
     fn a_v1_signature_verifies_under_any_current_secret() {
