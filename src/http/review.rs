@@ -353,9 +353,16 @@ async fn sign_out(
     review: web::Data<Review>,
     pages: web::Data<Pages>,
 ) -> HttpResponse {
-    let s = match session(&req, &review).await {
+    // the session as it is open, whatever the chain says of its reviewer now (and while the
+    // chain cannot be read): signing out always ends it
+    let open = match req.cookie(SESSION_COOKIE) {
+        Some(c) => review.open_session(c.value()).await,
+        None => return redirect("/review/sign-in"),
+    };
+    let s = match open {
         Ok(s) => s,
-        Err(_) => return redirect("/review/sign-in"),
+        Err(r) if r.status == 401 => return redirect("/review/sign-in"),
+        Err(r) => return pages.problem(&r, None, "/review"),
     };
     if !csrf_matches(&s, form.get("csrf").map(String::as_str)) {
         return pages.problem(&csrf_refusal(), Some(&s), "/review");

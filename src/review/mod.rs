@@ -350,6 +350,24 @@ impl Review {
     /// The session of cookie `token`, if it is open and its reviewer may still review: each
     /// use keeps it from idling out.
     pub async fn session(&self, token: &str) -> Result<Session, Refusal> {
+        let session = self.open_session(token).await?;
+        if let Err(r) = self.authorized(&session.reviewer).await {
+            if r.status != 503 {
+                let key = session_key(token).unwrap_or_default();
+                self.coordination
+                    .end_session(&key)
+                    .await
+                    .map_err(sessions_unavailable)?;
+                tracing::info!(reviewer = %session.reviewer, code = r.code, "a reviewer's session ended: no longer authorized on chain");
+            }
+            return Err(r);
+        }
+        Ok(session)
+    }
+
+    /// The session of cookie `token`, if it is open, whether or not its reviewer may still
+    /// review (signing out needs no more, and must work while the chain cannot be read).
+    pub async fn open_session(&self, token: &str) -> Result<Session, Refusal> {
         let signed_out = |d: &str| refusal(401, "not-signed-in", "Not signed in", d.to_string());
         let Some(key) = session_key(token) else {
             return Err(signed_out("the session cookie is not one of ours: sign in"));
@@ -371,21 +389,10 @@ impl Review {
         let Ok(reviewer) = open.reviewer.parse::<Address>() else {
             return Err(signed_out("the session is not one of ours: sign in"));
         };
-        let session = Session {
+        Ok(Session {
             reviewer,
             csrf: open.csrf,
-        };
-        if let Err(r) = self.authorized(&session.reviewer).await {
-            if r.status != 503 {
-                self.coordination
-                    .end_session(&key)
-                    .await
-                    .map_err(sessions_unavailable)?;
-                tracing::info!(reviewer = %session.reviewer, code = r.code, "a reviewer's session ended: no longer authorized on chain");
-            }
-            return Err(r);
-        }
-        Ok(session)
+        })
     }
 
     pub async fn sign_out(&self, token: &str) -> Result<(), Refusal> {

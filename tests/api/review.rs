@@ -799,6 +799,60 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
 }
 
 /// A session's CSRF token, from its queue page.
+/// Signing out ends the session even while the chain cannot be read (the reviewer's entry no
+/// longer cached and the node down): once the node is back, the cookie opens nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_ends_the_session_while_the_node_is_down() {
+    let mut env = setup(|_| {}).await;
+    let base = base(&env);
+    let reviewer = provider(&env.demo, "reviewer");
+    let session = signed_in(&base, &key_of(reviewer)).await;
+    let csrf = csrf_of_session(&base, &session).await;
+
+    // the reviewer's entries leave the cache, and the node goes away
+    let who: breakglass::stacks::Address = reviewer["principal"].as_str().unwrap().parse().unwrap();
+    let mut batch = breakglass::store::Batch::default();
+    batch.uncached.reviewers.push(who);
+    batch.uncached.providers.push(who);
+    breakglass::store::apply_async(&env.app.store, batch)
+        .await
+        .unwrap();
+    let port = env.devnet.rpc.rsplit(':').next().unwrap().to_string();
+    env.devnet.kill().await;
+    let (status, _) = get_with(&base, "/review", &session).await;
+    assert_eq!(
+        status, 503,
+        "the session cannot be checked against the chain"
+    );
+
+    let (status, _) = post_form(&base, "/review/sign-out", &session, &[("csrf", &csrf)]).await;
+    assert_eq!(status, 303);
+
+    let data_dir = env.dir.path().join("devnet");
+    let observer = format!("http://{}", env.app.observer_addr);
+    env.devnet = Devnet::start(&[
+        "--port",
+        &port,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--observer",
+        &observer,
+    ])
+    .await;
+    eventually("the reviewer's entry read again", SECS, async || {
+        env.app
+            .follower
+            .state
+            .is_reviewer(&who)
+            .await
+            .ok()
+            .filter(|r| *r)
+    })
+    .await;
+    let (status, _) = get_with(&base, "/review", &session).await;
+    assert_eq!(status, 303, "signed out: the page sends to the sign-in");
+}
+
 async fn csrf_of_session(base: &str, session: &str) -> String {
     let (s, page) = get_with(base, "/review", session).await;
     assert_eq!(s, 200);
