@@ -204,12 +204,15 @@ impl Application {
                 ))
                 .run(wake, shutdown_rx.clone()),
             ),
-            tokio::spawn(crate::audit::anchor::run(
-                store.clone(),
-                settings.audit.schedule(),
-                Duration::from_secs(1),
-                shutdown_rx.clone(),
-            )),
+            tokio::spawn(
+                crate::audit::anchor::Anchorer::new(
+                    store.clone(),
+                    coordination.clone(),
+                    settings.data.lease_ms,
+                    settings.audit.schedule(),
+                )
+                .run(Duration::from_secs(1), shutdown_rx.clone()),
+            ),
         ];
         if oncall.is_shared() {
             tasks.push(tokio::spawn(paging::reload_every(

@@ -3,7 +3,9 @@
 //! the operation `anchor:<head>` (`anchor-audit`), sent by the chain submitter like any other.
 //! One anchor is open at a time, so they reach the chain in order (the contract refuses an
 //! anchor covering fewer entries than the last one on chain, whichever responder made it: the
-//! contract has one anchored log, so one responder service anchors per deployment).
+//! contract has one anchored log, so one responder service anchors per deployment). With
+//! replicas, one anchors at a time: it holds a lease (`LEASE`), reads what the store holds when
+//! it takes it, and its writes are fenced, so a replica paused past its lease makes no anchor.
 //!
 //! It must not: write the log (the store does) or send transactions (the submitter does).
 
@@ -12,8 +14,12 @@ use std::time::Duration;
 
 use crate::chain::contracts::ACCESS_CONTROL;
 use crate::chain::submitter;
+use crate::coordination::Coordinator;
 use crate::stacks::Value;
-use crate::store::{Batch, Store, StoreError, Submission};
+use crate::store::{Batch, Fence, Guard, Store, StoreError, Submission};
+
+/// The lease replicas take to anchor: one per store.
+const LEASE: &str = "audit-anchor";
 
 use super::Head;
 
@@ -116,42 +122,192 @@ impl Anchors {
     }
 }
 
-/// Makes the anchors that are due until `shutdown`, looking every `tick`.
-pub async fn run(
+/// The anchoring of one replica: its lease's holder name, and what it read of the anchors
+/// under the lease token it last held (read again when it takes the lease anew).
+pub struct Anchorer {
     store: Arc<dyn Store>,
+    coordination: Arc<Coordinator>,
+    holder: String,
+    lease_ms: u64,
     schedule: Schedule,
-    tick: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut anchors = match Anchors::read(store.as_ref()) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "audit anchoring could not read the store: not anchoring");
-            return;
+    /// The lease token it read `Anchors` under (`0` without replicas), and what it read.
+    read: Option<(u64, Anchors)>,
+}
+
+impl Anchorer {
+    pub fn new(
+        store: Arc<dyn Store>,
+        coordination: Arc<Coordinator>,
+        lease_ms: u64,
+        schedule: Schedule,
+    ) -> Anchorer {
+        Anchorer {
+            store,
+            coordination,
+            holder: crate::coordination::replica_id(),
+            lease_ms,
+            schedule,
+            read: None,
         }
-    };
-    loop {
-        match anchors.due(store.as_ref(), schedule, crate::clock::now_ms()) {
-            Ok(Some(op)) => {
-                let id = op.id.clone();
-                let batch = Batch {
-                    submissions: vec![op],
-                    ..Batch::default()
-                };
-                match crate::store::apply_async(&store, batch).await {
-                    Ok(()) => tracing::info!(operation = %id, "audit head to be anchored on chain"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not queue an audit anchor");
-                        anchors = Anchors::read(store.as_ref()).unwrap_or_default();
-                    }
+    }
+
+    /// One look: the anchor it made, if one was due (with replicas, only while it holds the
+    /// lease, its write fenced with it).
+    pub async fn step(&mut self, now_ms: u64) -> Result<Option<String>, StoreError> {
+        let fence = if self.coordination.is_shared() {
+            match self
+                .coordination
+                .lease(LEASE, &self.holder, self.lease_ms)
+                .await?
+            {
+                Some(token) => Some(Fence {
+                    lease: LEASE.into(),
+                    holder: self.holder.clone(),
+                    token,
+                }),
+                None => {
+                    // another replica anchors; read again when this one takes over
+                    self.read = None;
+                    return Ok(None);
                 }
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "audit anchoring could not read the store"),
+        } else {
+            None
+        };
+        let token = fence.as_ref().map_or(0, |f| f.token);
+        let anchors = match &mut self.read {
+            Some((t, a)) if *t == token => a,
+            _ => {
+                let a = Anchors::read(self.store.as_ref())?;
+                &mut self.read.insert((token, a)).1
+            }
+        };
+        let Some(op) = anchors.due(self.store.as_ref(), self.schedule, now_ms)? else {
+            return Ok(None);
+        };
+        let id = op.id.clone();
+        let batch = Batch {
+            submissions: vec![op],
+            guard: fence.map(|fence| Guard {
+                fence: Some(fence),
+                ..Guard::default()
+            }),
+            ..Batch::default()
+        };
+        if let Err(e) = crate::store::apply_async(&self.store, batch).await {
+            // what the store holds is read again
+            self.read = None;
+            return Err(e);
         }
-        tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = shutdown.changed() => break,
+        tracing::info!(operation = %id, "audit head to be anchored on chain");
+        Ok(Some(id))
+    }
+
+    /// Makes the anchors that are due until `shutdown`, looking every `tick`.
+    pub async fn run(mut self, tick: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.step(crate::clock::now_ms()).await {
+                tracing::warn!(error = %e, "audit anchoring could not read or write the store");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.changed() => break,
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Event, Record};
+    use crate::store::{RedisStore, SubmissionState};
+
+    async fn entry(store: &Arc<dyn Store>) {
+        let batch = Batch {
+            audit: vec![Record::now(Event::SignIn {
+                reviewer: None,
+                outcome: "unknown-signer".into(),
+            })],
+            ..Batch::default()
+        };
+        crate::store::apply_async(store, batch).await.unwrap();
+    }
+
+    /// The anchor `id` mined (the submitter's part).
+    async fn mined(store: &Arc<dyn Store>, id: &str) {
+        let mut op = store.submission(id).unwrap().unwrap();
+        op.state = SubmissionState::Confirmed {
+            txid: None,
+            height: 1,
+            result: "(ok true)".into(),
+            nonce: None,
+            raw: None,
+        };
+        let batch = Batch {
+            submissions: vec![op],
+            ..Batch::default()
+        };
+        crate::store::apply_async(store, batch).await.unwrap();
+    }
+
+    /// Replicas on one Redis: one anchors at a time (the other makes none while the first
+    /// holds the lease, where before each made its own anchor of the same log); once the
+    /// first stops, the other takes over after the lease and anchors on from what the store
+    /// holds; the first, back, makes none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_replicas_one_anchors_at_a_time_and_another_takes_over_after_its_lease() {
+        let redis = crate::dev::test_redis().await;
+        let store: Arc<dyn Store> = Arc::new(RedisStore::open(redis.url.as_str(), "a:").unwrap());
+        let coordination = Arc::new(Coordinator::redis(redis.url.as_str(), "a:", 60).unwrap());
+        let lease_ms = 1_000;
+        let replica = |holder: &str| Anchorer {
+            store: Arc::new(RedisStore::open(redis.url.as_str(), "a:").unwrap()),
+            coordination: coordination.clone(),
+            holder: holder.into(),
+            lease_ms,
+            schedule: Schedule {
+                every_entries: 1,
+                every: Duration::from_secs(3_600),
+            },
+            read: None,
+        };
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        let now = crate::clock::now_ms;
+
+        // both look before anything is logged (each remembers what it read)
+        assert_eq!(a.step(now()).await.unwrap(), None);
+        assert_eq!(b.step(now()).await.unwrap(), None);
+        entry(&store).await;
+        let first = a.step(now()).await.unwrap().expect("a anchors");
+        // while a's anchor is open, the log grows: b makes no anchor of its own
+        entry(&store).await;
+        assert_eq!(b.step(now()).await.unwrap(), None, "a holds the lease");
+        mined(&store, &first).await;
+        assert_eq!(b.step(now()).await.unwrap(), None, "a holds the lease");
+        let second = a.step(now()).await.unwrap().expect("a anchors on");
+
+        // a stops; its anchor is mined and the log grows
+        mined(&store, &second).await;
+        entry(&store).await;
+        entry(&store).await;
+        tokio::time::sleep(Duration::from_millis(lease_ms + 300)).await;
+        let third = b.step(now()).await.unwrap().expect("b took over");
+        assert_eq!(a.step(now()).await.unwrap(), None, "b holds the lease");
+
+        let anchors: Vec<u64> = store
+            .submissions()
+            .unwrap()
+            .iter()
+            .filter_map(covers)
+            .collect();
+        let head = store.audit_head().unwrap().unwrap();
+        assert_eq!(anchors.len(), 3, "{anchors:?}");
+        let covered: Vec<u64> = [&first, &second, &third]
+            .iter()
+            .map(|id| covers(&store.submission(id).unwrap().unwrap()).unwrap())
+            .collect();
+        assert_eq!(covered, vec![1, 2, head.seq]);
+        assert_eq!(head.seq, 4);
     }
 }
