@@ -114,16 +114,22 @@ pub async fn anchors(
     Ok(out)
 }
 
-/// Walks the log in `store` and checks it against `anchors` (oldest first).
+/// Walks the log in `store` up to its head as read first (entries appended meanwhile, by a
+/// service still running, are left for the next check), and checks it against `anchors`
+/// (oldest first, read before).
 pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyError> {
     const PAGE: usize = 1024;
+    let stored = store.audit_head()?.unwrap_or_default();
     let mut head = Head::default();
     let mut next_anchor = 0;
     let mut checked = 0;
-    loop {
+    'walk: loop {
         let page = store.audit_entries(head.seq + 1, PAGE)?;
         let last_page = page.len() < PAGE;
         for entry in &page {
+            if head.seq == stored.seq {
+                break 'walk;
+            }
             head = follows(&head, entry)?;
             while let Some(a) = anchors.get(next_anchor) {
                 if a.count > head.seq {
@@ -145,7 +151,7 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
                 next_anchor += 1;
             }
         }
-        if last_page {
+        if last_page || head.seq == stored.seq {
             break;
         }
     }
@@ -156,7 +162,6 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
             entries: head.seq,
         });
     }
-    let stored = store.audit_head()?.unwrap_or_default();
     if stored != head {
         return Err(VerifyError::Head {
             stored: stored.seq,
@@ -169,4 +174,70 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
         anchors_checked: checked,
         latest_anchor: anchors.last().cloned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Event, Record};
+    use crate::store::{Batch, RedbStore};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    fn entries(n: usize) -> Batch {
+        Batch {
+            audit: (0..n)
+                .map(|_| {
+                    Record::now(Event::SignIn {
+                        reviewer: None,
+                        outcome: "unknown-signer".into(),
+                    })
+                })
+                .collect(),
+            ..Batch::default()
+        }
+    }
+
+    /// A log checked while the service goes on writing to it (on Redis, `audit verify` reads
+    /// the live store): the walk stops at the head it read first and the log verifies. Before,
+    /// it walked on past that head and compared with the head read after, which had moved.
+    #[test]
+    fn a_log_still_written_to_verifies_up_to_the_head_read_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        for _ in 0..6 {
+            store.apply(entries(500)).unwrap();
+        }
+        let writing = Arc::new(AtomicBool::new(true));
+        let writer = {
+            let (store, writing) = (store.clone(), writing.clone());
+            std::thread::spawn(move || {
+                let mut written = 0;
+                while writing.load(Ordering::SeqCst) {
+                    store.apply(entries(1)).unwrap();
+                    written += 1;
+                }
+                written
+            })
+        };
+        // the writer under way
+        let start = store.audit_head().unwrap().unwrap().seq;
+        while store.audit_head().unwrap().unwrap().seq < start + 3 {
+            std::thread::yield_now();
+        }
+        let mut reports = Vec::new();
+        for _ in 0..5 {
+            reports.push(check(store.as_ref(), &[]));
+        }
+        writing.store(false, Ordering::SeqCst);
+        let written = writer.join().unwrap();
+        assert!(written > 3);
+        for r in reports {
+            let r = r.expect("the log verifies up to the head read first");
+            assert!(r.entries >= 3_000);
+        }
+        // and whole once the writing stopped
+        let head = store.audit_head().unwrap().unwrap();
+        assert_eq!(check(store.as_ref(), &[]).unwrap().entries, head.seq);
+    }
 }
