@@ -184,6 +184,25 @@ pub struct OnCall {
     /// Whether a read of the stored state for a "not on call" answer is still going on (off the
     /// request's thread: `reload_within`).
     reading: Arc<std::sync::atomic::AtomicBool>,
+    /// A test's step between a change's check and its write (another replica's write, say).
+    #[cfg(test)]
+    between: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+/// How many times a change is checked and written again when another replica changed its row
+/// meanwhile (`store::Guard::paging`), before the change is answered as failed (503: the
+/// sender sends it again).
+const CHANGED_TRIES: usize = 5;
+
+/// The stored row a change writes.
+fn row_of(change: &Change) -> String {
+    match change {
+        Change::Page { source, id, .. } | Change::Resolved { source, id, .. } => {
+            format!("{INCIDENT}{source}:{id}")
+        }
+        Change::Shift { principal, .. } => format!("{SHIFT}{principal}"),
+        Change::Synced { source, .. } => format!("{ROSTER}{source}"),
+    }
 }
 
 /// How long a "not on call" answer waits for its read of the shared state: a store that does
@@ -307,6 +326,8 @@ impl OnCall {
             incident_max_secs: settings.incident_max_secs,
             webhooks,
             writer: tokio::sync::Mutex::new(()),
+            #[cfg(test)]
+            between: Mutex::new(None),
         })
     }
 
@@ -556,7 +577,17 @@ impl OnCall {
                 }
                 Some(change.clone())
             }
-            Change::Synced { .. } => Some(change.clone()),
+            Change::Synced { source, roster } => {
+                // another replica's round that began later wrote first
+                if state
+                    .rosters
+                    .get(source)
+                    .is_some_and(|c| c.synced_at > roster.synced_at)
+                {
+                    return None;
+                }
+                Some(change.clone())
+            }
         }
     }
 
@@ -564,16 +595,58 @@ impl OnCall {
     /// made what `lookup` reads. A webhook's claimed delivery is written with it (so a replay
     /// after a restart is still one), or released if the write fails (so the sender's retry
     /// is not taken for a replay).
+    ///
+    /// With replicas, the row it writes is read before the state it is checked against, and
+    /// the write is guarded by that row (`store::Guard::paging`): if another replica changed
+    /// it meanwhile, the change is checked again against the state read anew.
     pub async fn apply(
         &self,
         change: Change,
         delivery: Option<(&str, u64)>,
     ) -> Result<Applied, StoreError> {
         let _one_at_a_time = self.writer.lock().await;
+        let mut tries = 1;
+        loop {
+            match self.apply_once(&change, delivery).await {
+                Err(StoreError::Guarded(crate::store::Guarded::Changed))
+                    if tries < CHANGED_TRIES =>
+                {
+                    tries += 1;
+                    tracing::debug!(
+                        row = row_of(&change),
+                        "on-call: another replica changed the row meanwhile: checked again"
+                    );
+                }
+                Err(e) => {
+                    if let Some((d, _)) = delivery {
+                        self.unclaim(d);
+                    }
+                    return Err(e);
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn apply_once(
+        &self,
+        change: &Change,
+        delivery: Option<(&str, u64)>,
+    ) -> Result<Applied, StoreError> {
+        let guard = if self.shared {
+            let row = row_of(change);
+            let read = self.store.paging_row(&row)?;
+            Some(crate::store::Guard {
+                paging: Some((row, read)),
+                ..crate::store::Guard::default()
+            })
+        } else {
+            None
+        };
         self.reload_if_shared();
         let (next, forgotten, incident) = {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-            let next = self.next(&state, &change);
+            let next = self.next(&state, change);
             let forgotten = std::mem::take(&mut state.forgotten);
             let incident = match &next {
                 Some(Change::Page { source, id, .. } | Change::Resolved { source, id, .. }) => {
@@ -639,12 +712,19 @@ impl OnCall {
         }
         let batch = Batch {
             paging: rows,
+            guard,
             ..Batch::default()
         };
+        #[cfg(test)]
+        if let Some(step) = self
+            .between
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            step();
+        }
         if let Err(e) = apply_async(&self.store, batch).await {
-            if let Some((d, _)) = delivery {
-                self.unclaim(d);
-            }
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             state.forgotten.extend(forgotten);
             return Err(e);
@@ -753,5 +833,97 @@ mod tests {
         state.sweep(101, 3600);
         assert!(state.seen.is_empty());
         assert_eq!(state.forgotten, vec![format!("{SEEN}webhook:d1")]);
+    }
+
+    fn page(acknowledged: bool, at: u64) -> Change {
+        Change::Page {
+            source: "pagerduty".into(),
+            id: "i1".into(),
+            service: None,
+            responders: vec!["ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".into()],
+            replace: true,
+            acknowledged: Some(acknowledged),
+            at,
+        }
+    }
+
+    /// Replicas on one Redis: another replica resolves an incident between this one's check of
+    /// an older acknowledgement and its write. The write is refused (the incident's row
+    /// changed since it was read), the acknowledgement checked again, and superseded: the
+    /// incident stays resolved. Before, the older acknowledgement was written over the resolve
+    /// and its responder stayed on call for every replica.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_event_checked_before_another_replicas_write_does_not_undo_it() {
+        let redis = crate::dev::test_redis().await;
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::RedisStore::open(redis.url.as_str(), "p:").unwrap());
+        let oncall = OnCall::load(&OnCallSettings::default(), store.clone())
+            .unwrap()
+            .shared_with_replicas(true);
+        let t = now_secs();
+        assert_eq!(
+            oncall.apply(page(false, t), None).await.unwrap(),
+            Applied::Changed
+        );
+        let row = format!("{INCIDENT}pagerduty:i1");
+        let resolved = Incident {
+            source: "pagerduty".into(),
+            id: "i1".into(),
+            service: None,
+            responders: vec![],
+            since: t,
+            updated: t + 7,
+            resolved: true,
+            acknowledged: false,
+        };
+        let other = {
+            let (store, row, resolved) = (store.clone(), row.clone(), resolved.clone());
+            move || {
+                store
+                    .apply(Batch {
+                        paging: vec![(row, Some(json(&resolved).unwrap()))],
+                        ..Batch::default()
+                    })
+                    .unwrap()
+            }
+        };
+        *oncall.between.lock().unwrap() = Some(Box::new(other));
+        assert_eq!(
+            oncall.apply(page(true, t + 5), None).await.unwrap(),
+            Applied::Superseded
+        );
+        assert_eq!(
+            store.paging_row(&row).unwrap(),
+            Some(json(&resolved).unwrap())
+        );
+    }
+
+    /// Of two replicas' syncs, the roster of the round that began later stands, whichever
+    /// wrote last.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_synced_roster_does_not_replace_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let oncall = OnCall::load(&OnCallSettings::default(), store).unwrap();
+        let synced = |at: u64| Change::Synced {
+            source: "pagerduty".into(),
+            roster: Roster {
+                on_call: HashMap::new(),
+                synced_at: at,
+            },
+        };
+        assert_eq!(
+            oncall.apply(synced(120), None).await.unwrap(),
+            Applied::Changed
+        );
+        assert_eq!(
+            oncall.apply(synced(100), None).await.unwrap(),
+            Applied::Superseded
+        );
+        assert_eq!(
+            oncall.apply(synced(130), None).await.unwrap(),
+            Applied::Changed
+        );
     }
 }

@@ -66,7 +66,7 @@ impl std::fmt::Display for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Guarded::Fenced => "the writer's lease was lost: nothing written",
-            Guarded::Changed => "what the write was guarded on (an operation, the follow-up's place or the tip) changed since it was read: nothing written",
+            Guarded::Changed => "what the write was guarded on (an operation, a paging row, the follow-up's place or the tip) changed since it was read: nothing written",
             Guarded::Replayed => "the request's nonce was used before: nothing written",
             Guarded::RateLimited => "the clinician has no grant left this minute: nothing written",
             Guarded::Reviewed => "the access has a verdict already: nothing written",
@@ -87,6 +87,12 @@ pub struct Guard {
     /// The operation as the writer read it: the write fails with `Guarded::Changed` unless the
     /// store holds exactly this.
     pub submission: Option<Submission>,
+    /// A paging row as the writer read it (`Store::paging_row`; `None`: absent): the write
+    /// fails with `Guarded::Changed` unless the store holds exactly this, so that of two
+    /// replicas changing one incident, shift or roster at once, the one that read it before
+    /// the other's write reads it again. Not with `submission`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paging: Option<(String, Option<serde_json::Value>)>,
     /// The grants' follow-up's place in the log as it read it (`Batch::followed`; `Some(None)`:
     /// none yet): the write fails with `Guarded::Changed` unless the store holds exactly this,
     /// so that what it made from the log after that place is made once, even when a write of
@@ -628,6 +634,8 @@ pub trait Store: Send + Sync + 'static {
     fn directory_entries(&self) -> Result<Vec<ProviderEntry>, StoreError>;
     /// Every on-call entry of the paging integrations.
     fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
+    /// One on-call entry of the paging integrations.
+    fn paging_row(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError>;
     /// Every notice, oldest access first.
     fn notices(&self) -> Result<Vec<Notice>, StoreError>;
     /// The notices still open (`Notice::is_open`), read through an index of them.

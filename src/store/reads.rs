@@ -303,6 +303,10 @@ macro_rules! typed_reads {
                 .collect()
         }
 
+        fn paging_row(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+            self.get(PAGING, key)
+        }
+
         fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
             self.scan(PAGING)?
                 .iter()

@@ -577,17 +577,18 @@ pub(super) fn push_rows(call: &mut Call, prefix: &str, rows: &Rows) {
     }
 }
 
-/// A guarded batch: the lease's token and holder (key 2, arguments 5 and 8), the operation's
-/// row (argument 6 in key 3, argument 7 its value) and a field of `META` (argument 9, read with
-/// the mark; argument 10 its value, empty for none) are checked, each only if named, and the
-/// rows written. {0, ''}: written; {1, ''}: fenced; {2, ''}: changed; {3, ''}: written already.
+/// A guarded batch: the lease's token and holder (key 2, arguments 5 and 8), a row (argument 6
+/// in key 3: an operation's, or a paging row's; argument 7 its value, empty for absent) and a
+/// field of `META` (argument 9, read with the mark; argument 10 its value, empty for none) are
+/// checked, each only if named, and the rows written. {0, ''}: written; {1, ''}: fenced;
+/// {2, ''}: changed; {3, ''}: written already.
 pub(super) fn guarded_script() -> redis::Script {
     conditional(
         r"if ARGV[5] ~= '' then
   local lease = redis.call('HMGET', KEYS[2], 'fence', 'holder')
   if lease[1] ~= ARGV[5] or lease[2] ~= ARGV[8] then return {1, ''} end
 end
-if ARGV[6] ~= '' and redis.call('HGET', KEYS[3], ARGV[6]) ~= ARGV[7] then return {2, ''} end
+if ARGV[6] ~= '' and (redis.call('HGET', KEYS[3], ARGV[6]) or '') ~= ARGV[7] then return {2, ''} end
 if ARGV[9] ~= '' and (also or '') ~= ARGV[10] then return {2, ''} end",
         Some(9),
         "{0, ''}",

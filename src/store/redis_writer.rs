@@ -315,9 +315,20 @@ impl Writer {
                     ));
                 }
                 let (lease, token, holder) = fence_args(&prefix, g.fence.as_ref());
-                let (id, expected) = match &g.submission {
-                    Some(s) => (s.id.clone(), enc(s)?),
-                    None => (String::new(), Vec::new()),
+                // the row guarded: an operation, or a paging row (empty: absent)
+                let (table, id, expected) = match (&g.submission, &g.paging) {
+                    (Some(s), None) => (SUBMISSIONS, s.id.clone(), enc(s)?),
+                    (None, Some((key, row))) => (
+                        PAGING,
+                        key.clone(),
+                        row.as_ref().map(enc).transpose()?.unwrap_or_default(),
+                    ),
+                    (None, None) => (SUBMISSIONS, String::new(), Vec::new()),
+                    (Some(_), Some(_)) => {
+                        return Err(backend(
+                            "a batch is guarded by an operation or by a paging row, not both",
+                        ))
+                    }
                 };
                 // the follow-up's place, or a fill's tip: its field in META (none: not
                 // checked), and its value as read (empty: none yet)
@@ -332,7 +343,7 @@ impl Writer {
                     };
                 let mut call = self.call(2, 6);
                 call.key(&lease)
-                    .key(format!("{prefix}{SUBMISSIONS}"))
+                    .key(format!("{prefix}{table}"))
                     .arg(&token)
                     .arg(&id)
                     .arg(expected.as_slice())
