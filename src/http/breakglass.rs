@@ -108,7 +108,11 @@ async fn break_glass(
 /// revoked, and its clinician still verified on chain), or an admin client.
 enum Viewer {
     Anyone,
-    Entitled,
+    /// The holder of the access's token: the whole access but the clinician's reason (resource
+    /// servers log tokens, so a token opens nothing the clinician wrote).
+    Holder,
+    /// An admin client: the whole access.
+    Admin,
     Refused(&'static str),
 }
 
@@ -125,7 +129,7 @@ fn viewer(
         return match bg.tokens.verify(token) {
             Ok(c) if c.jti == access_id => {
                 match crate::token::standing(bg.state.store.as_ref(), &c) {
-                    Ok(crate::token::Standing::Honoured) => Viewer::Entitled,
+                    Ok(crate::token::Standing::Honoured) => Viewer::Holder,
                     Ok(crate::token::Standing::HolderNotVerified) => {
                         Viewer::Refused("the token's clinician is no longer verified on chain")
                     }
@@ -137,7 +141,7 @@ fn viewer(
         };
     }
     match super::tokens::basic_client(req, &admin.clients) {
-        Some(_) => Viewer::Entitled,
+        Some(_) => Viewer::Admin,
         None => Viewer::Refused("not an admin client"),
     }
 }
@@ -146,7 +150,8 @@ fn viewer(
 /// stands (pending -> submitted -> confirmed) and the window; the rest (the clinician, the
 /// patient's pseudonymous id, the data types, the rules, why the clinician counted as on call,
 /// the patient's notice) only the holder of the access's token (`Authorization: Bearer`) and
-/// admin clients (HTTP Basic).
+/// admin clients (HTTP Basic); the clinician's reason, admin clients alone (its hash to the
+/// token's holder, as in the token).
 async fn access(
     req: HttpRequest,
     bg: web::Data<BreakGlass>,
@@ -167,9 +172,10 @@ async fn access(
         Ok(a) if a.to_string() == id => a,
         _ => return not_found(),
     };
-    let entitled = match viewer(&req, &bg, &admin, &id) {
-        Viewer::Anyone => false,
-        Viewer::Entitled => true,
+    let (entitled, admin_client) = match viewer(&req, &bg, &admin, &id) {
+        Viewer::Anyone => (false, false),
+        Viewer::Holder => (true, false),
+        Viewer::Admin => (true, true),
         Viewer::Refused(why) => {
             let mut answer = problem(&Refusal {
                 status: 401,
@@ -207,7 +213,8 @@ async fn access(
             Ok(Some(n)) => super::admin::notice_view(&n),
             _ => json!(null),
         };
-        // the reason is only ever shown here, to those entitled: never in a token or a log
+        // the reason is only ever shown here, to admin clients: never in a token, to its
+        // holder, or in a log
         let more = json!({
             "notice": notice,
             "provider": a.provider,
@@ -215,7 +222,7 @@ async fn access(
             "patient": a.patient,
             "patient_registered": a.patient_registered,
             "data_types": a.data_types,
-            "reason": bg.reason(&a),
+            "reason": if admin_client { bg.reason(&a) } else { None },
             "reason_hash": a.reason_hash,
             "rules": a.rules,
             // why the clinician counted as on call: the paging source, service and incident

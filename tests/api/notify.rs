@@ -122,6 +122,11 @@ async fn patient_with_contact(env: &Env) -> String {
 async fn notice_failing(env: &Env, attempts: u64) -> (String, String) {
     let pid = patient_with_contact(env).await;
     let id = grant(env, &pid, 1).await;
+    // an admin client reads the clinician's reason (a token's holder does not)
+    assert_eq!(
+        access_view(env, &id).await["reason"],
+        "unresponsive on arrival, suspected anaphylaxis"
+    );
     eventually("failed attempts", Duration::from_secs(60), async || {
         env.devnet.mine().await;
         let a = access_view(env, &id).await;
