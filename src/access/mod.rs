@@ -257,8 +257,9 @@ impl BreakGlass {
 }
 
 /// What a clinician may ask for, as the tablet shows it before they ask: their role and
-/// status (the chain-state cache), and per data type whether the policies permit it in the
-/// normal situation (on call, a fresh view of the chain) and for how long, or why not.
+/// status (the chain-state cache), and per data type whether the policies permit it with the
+/// clinician's on-call state as a request now would see it, on a fresh view of the chain, and
+/// for how long, or why not.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Options {
     pub principal: Address,
@@ -292,6 +293,19 @@ impl BreakGlass {
             }
             crate::store::ProviderState::Unregistered => (None, None),
         };
+        // what the policies see of the clinician's on-call state, as a request now would (a
+        // policy may read it): none when not on call (the request is then refused for that)
+        let on_call = match self
+            .oncall
+            .lookup_fresh(&principal.to_string(), crate::clock::now_secs())
+        {
+            crate::paging::Lookup::OnCall(fact) => Some(fact),
+            _ => None,
+        };
+        let situation = Situation {
+            on_call: on_call.as_ref(),
+            ..Situation::NORMAL
+        };
         let mut data_types = Vec::new();
         for dt in DataType::ALL {
             let option = match role {
@@ -301,26 +315,26 @@ impl BreakGlass {
                     window_minutes: None,
                     reason: Some(format!("{principal} is not a provider on chain")),
                 },
-                Some(role) => match self.policies.decide(
-                    &principal.to_string(),
-                    role,
-                    &[*dt],
-                    &Situation::NORMAL,
-                ) {
-                    Ok(Verdict::Permit { window_minutes, .. }) => DataTypeOption {
-                        data_type: *dt,
-                        allowed: true,
-                        window_minutes: Some(window_minutes),
-                        reason: None,
-                    },
-                    Ok(Verdict::Deny { message, .. }) => DataTypeOption {
-                        data_type: *dt,
-                        allowed: false,
-                        window_minutes: None,
-                        reason: Some(message),
-                    },
-                    Err(e) => return Err(Self::unavailable(e)),
-                },
+                Some(role) => {
+                    match self
+                        .policies
+                        .decide(&principal.to_string(), role, &[*dt], &situation)
+                    {
+                        Ok(Verdict::Permit { window_minutes, .. }) => DataTypeOption {
+                            data_type: *dt,
+                            allowed: true,
+                            window_minutes: Some(window_minutes),
+                            reason: None,
+                        },
+                        Ok(Verdict::Deny { message, .. }) => DataTypeOption {
+                            data_type: *dt,
+                            allowed: false,
+                            window_minutes: None,
+                            reason: Some(message),
+                        },
+                        Err(e) => return Err(Self::unavailable(e)),
+                    }
+                }
             };
             data_types.push(option);
         }

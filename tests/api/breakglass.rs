@@ -1326,6 +1326,48 @@ async fn a_reorg_undoes_what_the_abandoned_blocks_did_within_one_block() {
     assert!(on_chain(app, &id).await.starts_with("(some"));
 }
 
+/// The tablet's options are decided as a request would be, on-call state included: with a
+/// policy that lets pharmacists break the glass only while on call, an on-call pharmacist's
+/// options open what a request grants. Before, they were decided as if no one were on call,
+/// and the tablet greyed out (and would not send) what the API grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tablets_options_are_decided_with_the_clinicians_on_call_state() {
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("breakglass.cedarschema"),
+        breakglass::policy::DEFAULT_SCHEMA,
+    )
+    .unwrap();
+    let on_call_only = format!(
+        "{}\n@id(\"pharmacists-only-on-call\")\nforbid (principal, action, resource) when {{ principal.role == \"pharmacist\" && !(context has on_call) }};",
+        breakglass::policy::DEFAULT_POLICIES
+    );
+    std::fs::write(policies.path().join("breakglass.cedar"), on_call_only).unwrap();
+    let dir = policies.path().to_path_buf();
+    // the roster has everyone on call but the admin
+    let env = setup(move |s| s.policy.dir = Some(dir)).await;
+    let pharmacist = provider(&env.demo, "pharmacist");
+    let options: Json = reqwest::get(format!(
+        "http://{}/tablet/options?principal={}",
+        env.app.api_addr,
+        pharmacist["principal"].as_str().unwrap()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let allergies = options["data_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["data_type"] == "allergies")
+        .unwrap();
+    assert_eq!(allergies["allowed"], true, "{options}");
+    let (status, body) = ask_for_allergies(&env.app, pharmacist, patient(&env.demo, true), 1).await;
+    assert_eq!(status, 201, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_view_of_the_chain_refuses_unless_a_degraded_policy_permits() {
     // the hospital's degraded mode: while stale, allergies and blood type only
