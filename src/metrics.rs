@@ -68,6 +68,12 @@ pub struct Metrics {
     /// A grant's wait for its durable write (the audit trail), as the request sees it.
     pub audit_write_seconds: Histogram,
     pub refusals: Family<Code, Counter>,
+    /// Refusals of a provider the chain knows left out of the audit log (beyond their
+    /// clinician's share of entries a minute, `access::REFUSAL_ENTRIES_PER_MINUTE`).
+    pub refusals_unlogged: Counter,
+    /// Refused vault reads without a verified token left out of the audit log (beyond
+    /// `vault::ANONYMOUS_REFUSAL_ENTRIES_PER_MINUTE`).
+    pub vault_refusals_unlogged: Counter,
     pub webhooks: Family<Webhook, Counter>,
     sync_up: Family<Source, Gauge>,
     sync_last_success: Family<Source, Gauge>,
@@ -96,6 +102,8 @@ impl Metrics {
             grant_seconds: latency_histogram(),
             audit_write_seconds: latency_histogram(),
             refusals: Family::default(),
+            refusals_unlogged: Counter::default(),
+            vault_refusals_unlogged: Counter::default(),
             webhooks: Family::default(),
             sync_up: Family::default(),
             sync_last_success: Family::default(),
@@ -125,6 +133,16 @@ impl Metrics {
             "refusals",
             "Break-glass requests refused, by code",
             m.refusals.clone(),
+        );
+        registry.register(
+            "refusals_unlogged",
+            "Refusals of providers the chain knows not written to the audit log: beyond their clinician's entries a minute",
+            m.refusals_unlogged.clone(),
+        );
+        registry.register(
+            "vault_refusals_unlogged",
+            "Refused vault reads without a verified token not written to the audit log: beyond their entries a minute",
+            m.vault_refusals_unlogged.clone(),
         );
         registry.register(
             "paging_webhooks",

@@ -103,13 +103,6 @@ impl Application {
         )?);
         let (announce, announced) = tokio::sync::mpsc::unbounded_channel();
         let wake = Arc::new(tokio::sync::Notify::new());
-        let vault = web::Data::from(Arc::new(crate::vault::Vault {
-            state: state.clone(),
-            keyring: keyring.clone(),
-            tokens: tokens.clone(),
-            patient_id_system: settings.directory.patient_id_system.clone(),
-        }));
-        let vault_handle = vault.clone().into_inner();
         let breakglass = web::Data::new(
             BreakGlass::new(
                 &settings,
@@ -125,6 +118,14 @@ impl Application {
         );
         let oncall = breakglass.oncall.clone();
         let metrics = breakglass.metrics.clone();
+        let vault = web::Data::from(Arc::new(crate::vault::Vault::new(
+            state.clone(),
+            keyring.clone(),
+            breakglass.tokens.clone(),
+            settings.directory.patient_id_system.clone(),
+            metrics.clone(),
+        )));
+        let vault_handle = vault.clone().into_inner();
         let paging = web::Data::new(http::paging::Paging {
             oncall: oncall.clone(),
             metrics: metrics.clone(),

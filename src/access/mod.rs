@@ -68,7 +68,16 @@ pub struct BreakGlass {
     max_lag_blocks: u64,
     /// How recently the node must have answered to count as reachable.
     fresh_ms: u64,
+    /// Each signer's share of refusal entries in the audit log (`REFUSAL_ENTRIES_PER_MINUTE`).
+    refusal_entries: governor::DefaultKeyedRateLimiter<Address>,
 }
+
+/// How many refusals of one signer a minute go to the audit log (in each process); the rest
+/// are counted (`refusals_unlogged` in `/metrics`). Anyone may register as a provider (a
+/// pending one) and sign requests that are refused, each refusal a synced write beside the
+/// grants: without a bound, one registration could grow the log, and hold up the grants'
+/// writes, without end.
+pub const REFUSAL_ENTRIES_PER_MINUTE: u32 = 20;
 
 impl BreakGlass {
     #[allow(clippy::too_many_arguments)]
@@ -104,6 +113,10 @@ impl BreakGlass {
             follower,
             max_lag_blocks: settings.follower.max_lag_blocks,
             fresh_ms: settings.follower.fresh_ms(),
+            refusal_entries: governor::RateLimiter::keyed(governor::Quota::per_minute(
+                std::num::NonZeroU32::new(REFUSAL_ENTRIES_PER_MINUTE)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            )),
         })
     }
 
@@ -177,10 +190,11 @@ impl BreakGlass {
         answer
     }
 
-    /// Appends a refusal of a request signed by a provider the chain knows to the audit log
-    /// (other refusals are only counted, in `/metrics`: anyone can make a key and sign, so
-    /// anonymous traffic cannot grow the log). A refusal that happened after the access was recorded (no token could be
-    /// signed) is not one: the grant is in the log.
+    /// Appends a refusal of a request signed by a provider the chain knows to the audit log,
+    /// `REFUSAL_ENTRIES_PER_MINUTE` of each signer at most (other refusals are only counted, in
+    /// `/metrics`: anyone can make a key and sign, or register as a provider, so anonymous
+    /// traffic cannot grow the log without bound). A refusal that happened after the access
+    /// was recorded (no token could be signed) is not one: the grant is in the log.
     async fn audit_refusal(&self, mut event: crate::audit::Event, r: &Refusal) {
         if r.recorded() {
             return;
@@ -196,6 +210,10 @@ impl BreakGlass {
                 self.state.store.provider(signer),
                 Ok(Some(crate::store::ProviderState::Registered { .. }))
             ) {
+                return;
+            }
+            if self.refusal_entries.check_key(signer).is_err() {
+                self.metrics.refusals_unlogged.inc();
                 return;
             }
         }

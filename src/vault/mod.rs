@@ -34,7 +34,18 @@ pub struct Vault {
     pub keyring: Arc<Keyring>,
     pub tokens: Arc<TokenIssuer>,
     pub patient_id_system: String,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// The audit log's share of refused reads without a verified token
+    /// (`ANONYMOUS_REFUSAL_ENTRIES_PER_MINUTE`).
+    anonymous_refusals: governor::DefaultDirectRateLimiter,
 }
+
+/// How many refused reads a minute without a verified token (none, or a forged or expired one)
+/// go to the audit log (in each process); the rest are counted (`vault_refusals_unlogged` in
+/// `/metrics`). Anyone can send such reads, each refusal a synced write beside the grants':
+/// unbounded, they would grow the log and hold up the grants' writes. Refusals of a verified
+/// token's holder are always logged.
+pub const ANONYMOUS_REFUSAL_ENTRIES_PER_MINUTE: u32 = 60;
 
 /// Whose token read: its id and the clinician it was issued to.
 #[derive(Debug, Clone)]
@@ -157,6 +168,27 @@ pub async fn import(
 }
 
 impl Vault {
+    pub fn new(
+        state: ChainState,
+        keyring: Arc<Keyring>,
+        tokens: Arc<TokenIssuer>,
+        patient_id_system: String,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Vault {
+        let per_minute = std::num::NonZeroU32::new(ANONYMOUS_REFUSAL_ENTRIES_PER_MINUTE)
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        Vault {
+            state,
+            keyring,
+            tokens,
+            patient_id_system,
+            metrics,
+            anonymous_refusals: governor::RateLimiter::direct(governor::Quota::per_minute(
+                per_minute,
+            )),
+        }
+    }
+
     /// Imports a summary (`import`).
     pub async fn import(&self, body: &[u8]) -> Result<Imported, Refusal> {
         import(
@@ -170,7 +202,8 @@ impl Vault {
 
     /// Reads `patient`'s summary with break-glass `token`: the resources its scopes cover
     /// (of `resource_type` only, when given) as a FHIR searchset Bundle. Each read and each
-    /// refusal is in the audit log before the answer.
+    /// refusal of a verified token's holder is in the audit log before the answer; refusals
+    /// without one, `ANONYMOUS_REFUSAL_ENTRIES_PER_MINUTE` at most (the rest counted).
     pub async fn read(
         &self,
         token: Option<&str>,
@@ -186,6 +219,10 @@ impl Vault {
                 resource_types: resource_types(bundle),
                 count: bundle["total"].as_u64().unwrap_or(0),
             },
+            Err((r, None, _)) if self.anonymous_refusals.check().is_err() => {
+                self.metrics.vault_refusals_unlogged.inc();
+                return Err(r.clone());
+            }
             Err((r, who, patient)) => Event::ReadRefusal {
                 code: r.code.to_string(),
                 status: r.status,

@@ -746,6 +746,59 @@ async fn an_access_granted_before_a_suspension_still_lands_on_chain() {
     );
 }
 
+/// A clinician the chain knows but no longer verifies sends the same refused request again
+/// and again (its nonce is given back each time): each minute, only their share of refusals
+/// goes to the audit log, the rest are counted. Before, each was a synced entry: anyone who
+/// registers as a provider (pending) could grow the log, beside the grants' writes, without
+/// end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_signers_refusals_are_logged_up_to_their_share_a_minute() {
+    let env = setup(|_| {}).await;
+    let (app, demo) = (&env.app, &env.demo);
+    let nurse = provider(demo, "nurse");
+    suspend(&env, nurse).await;
+    let signer: breakglass::stacks::Address = nurse["principal"].as_str().unwrap().parse().unwrap();
+    let logged = || {
+        app.store
+            .audit_entries(1, 100_000)
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                let event = e.event.get();
+                event.contains("provider-not-verified") && event.contains(&signer.to_string())
+            })
+            .count()
+    };
+    let before = logged();
+    let body = signed(
+        nurse["private_key"].as_str().unwrap(),
+        patient(demo, true),
+        &["allergies"],
+        1,
+        now(),
+    );
+    let n = breakglass::access::REFUSAL_ENTRIES_PER_MINUTE as usize + 7;
+    for _ in 0..n {
+        let (status, problem) = post(app, &body).await;
+        assert_eq!(
+            (status, &problem["code"]),
+            (403, &json!("provider-not-verified"))
+        );
+    }
+    let share = breakglass::access::REFUSAL_ENTRIES_PER_MINUTE as usize;
+    assert!(
+        logged() - before <= share && logged() - before >= share - 1,
+        "{}",
+        logged() - before
+    );
+    assert!(
+        Scrape::of(app)
+            .await
+            .value("breakglass_refusals_unlogged_total")
+            >= 7.0
+    );
+}
+
 /// The demo patient `id`'s private key.
 fn patient_key(demo: &Json, id: &str) -> String {
     demo["patients"]
