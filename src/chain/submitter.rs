@@ -117,26 +117,51 @@ pub async fn on_chain(
         }
         ("review-emergency-access", Some(access_id)) => {
             let v = rpc
-                .call_read(&contract, "get-emergency-review", &[access_id], sender)
+                .call_read(
+                    &contract,
+                    "get-emergency-review",
+                    std::slice::from_ref(&access_id),
+                    sender,
+                )
                 .await?;
-            // ours only if it carries our verdict and note hash: another reviewer's verdict
-            // on the same access leaves ours refused (u215)
+            // ours only if it carries our verdict and note hash, by our reviewer (the signer of
+            // the review we relay): another reviewer's verdict on the same access leaves ours
+            // refused (u215), even one with the same verdict and note (an empty note's hash is
+            // everyone's)
             let arg = |i: usize| s.args.get(i).and_then(|a| Value::from_hex(a).ok());
             let (verdict, note_hash) = (arg(1), arg(2));
-            Ok(match v {
-                Value::Some(review)
-                    if review.as_tuple().is_some_and(|m| {
-                        m.get("note-hash") == note_hash.as_ref()
-                            && m.get("verdict") == verdict.as_ref()
-                    }) =>
+            let Value::Some(review) = v else {
+                return Ok(OnChain::NotDone);
+            };
+            let ours = match (review.as_tuple(), &verdict, &note_hash) {
+                (Some(m), Some(verdict), Some(note_hash))
+                    if m.get("note-hash") == Some(note_hash)
+                        && m.get("verdict") == Some(verdict) =>
                 {
-                    OnChain::Done {
-                        height: contracts::uint(review.as_tuple().and_then(|m| m.get("block")))
-                            .and_then(|h| u64::try_from(h).ok())
-                            .unwrap_or(0),
+                    match arg(3) {
+                        Some(Value::Some(signature)) => {
+                            let signer = relayed_reviewer(
+                                rpc,
+                                contracts,
+                                [access_id, verdict.clone(), note_hash.clone()],
+                                &signature,
+                            )
+                            .await?;
+                            signer.is_some() && contracts::principal(m.get("reviewer")) == signer
+                        }
+                        _ => true,
                     }
                 }
-                _ => OnChain::NotDone,
+                _ => false,
+            };
+            Ok(if ours {
+                OnChain::Done {
+                    height: contracts::uint(review.as_tuple().and_then(|m| m.get("block")))
+                        .and_then(|h| u64::try_from(h).ok())
+                        .unwrap_or(0),
+                }
+            } else {
+                OnChain::NotDone
             })
         }
         ("set-summary-hash", Some(patient)) => {
@@ -180,6 +205,41 @@ pub async fn on_chain(
         }
         _ => Ok(OnChain::Unknown),
     }
+}
+
+/// The reviewer whose `signature` (a `buff 65`) over a review (`args`: access id, verdict,
+/// note hash) a relayed review names: the principal the contract recovers from it, over the
+/// hash the contract itself gives (`get-review-message-hash`); `None` if none recovers.
+async fn relayed_reviewer(
+    rpc: &NodeClient,
+    contracts: &Contracts,
+    args: [Value; 3],
+    signature: &Value,
+) -> Result<Option<crate::stacks::Address>, RpcError> {
+    let Value::Buffer(signature) = signature else {
+        return Ok(None);
+    };
+    let hash = rpc
+        .call_read(
+            &contracts.access_control(),
+            "get-review-message-hash",
+            &args,
+            &contracts.address,
+        )
+        .await?;
+    let Some(hash) = contracts::buff32(Some(&hash)) else {
+        return Ok(None);
+    };
+    Ok(crate::stacks::sip018::recover(&hash, signature)
+        .ok()
+        .map(|key| {
+            let (testnet, mainnet) = crate::stacks::sip018::principals(&key);
+            if contracts.address.is_mainnet() {
+                mainnet
+            } else {
+                testnet
+            }
+        }))
 }
 
 /// A confirmation of `s`, sent as `txid` (nonce `nonce`, bytes `raw`), found on chain at `height`.

@@ -239,11 +239,21 @@ where
         .transpose()
 }
 
+/// Whether a verdict's operation failed: the chain refused it.
+fn failed(op: Option<&Submission>) -> bool {
+    op.is_some_and(|s| matches!(s.state, SubmissionState::Failed { .. }))
+}
+
 impl Review {
     fn summary(&self, a: &AccessRecord, now: u64) -> Result<Summary, StoreError> {
         let store = &self.state.store;
         let verdict = store.verdict(&a.id)?;
-        let review = store.submission(&format!("review:{}", a.id))?;
+        let review = match &verdict {
+            Some(v) => store.submission(&v.operation())?,
+            None => None,
+        };
+        // a verdict the chain refused leaves the access to be reviewed again
+        let verdict = verdict.filter(|_| !failed(review.as_ref()));
         let record = store.submission(&format!("record:{}", a.id))?;
         Ok(Summary {
             access_id: a.id,
@@ -280,12 +290,18 @@ impl Review {
             oldest_unreviewed_age_secs: None,
             inappropriate: 0,
         };
-        let verdicts: std::collections::HashMap<AccessId, VerdictKind> = store
-            .verdicts()
-            .map_err(unavailable)?
-            .into_iter()
-            .map(|v| (v.access_id, v.verdict))
-            .collect();
+        let mut verdicts: std::collections::HashMap<AccessId, VerdictKind> = Default::default();
+        for v in store.verdicts().map_err(unavailable)? {
+            // a verdict the chain refused leaves the access to be reviewed again
+            if !failed(
+                store
+                    .submission(&v.operation())
+                    .map_err(unavailable)?
+                    .as_ref(),
+            ) {
+                verdicts.insert(v.access_id, v.verdict);
+            }
+        }
         let mut items = Vec::new();
         let mut more = false;
         // access ids begin with their grant time: key order is grant order
@@ -404,7 +420,7 @@ impl Review {
             Some(v) if *v == a.provider || *v == self.responder => {
                 Some("you cannot review your own access, or one you recorded".into())
             }
-            Some(_) if verdict.is_some() => Some("this access has its verdict".into()),
+            Some(_) if summary.verdict.is_some() => Some("this access has its verdict".into()),
             Some(_) if summary.record.state != "confirmed" => Some(
                 "the access is not confirmed on chain yet: its verdict can be given once it is"
                     .into(),

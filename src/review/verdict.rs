@@ -10,7 +10,10 @@
 //! and written in one durable write: the verdict with its note sealed, the operation
 //! `review:<access id>` (`review-emergency-access` with the note's hash and the reviewer's
 //! signature, which the responder relays: one transaction, sent by the submitter), the audit
-//! entry, and, for an inappropriate verdict that asks for it, the token's revocation.
+//! entry, and, for an inappropriate verdict that asks for it, the token's revocation. A verdict
+//! the chain refused (its operation failed: the reviewer lost their role meanwhile, say) leaves
+//! the access to be reviewed again: the next verdict is its next attempt
+//! (`review:<access id>:<n>`).
 //!
 //! It must not: put the note anywhere but sealed in the store (only its hash leaves).
 
@@ -112,9 +115,21 @@ impl Review {
                 "a reviewer cannot review their own access, or one they recorded",
             ));
         }
-        if store.verdict(id).map_err(unavailable)?.is_some() {
-            return Err(already_reviewed());
-        }
+        // a verdict stands once given, unless the chain refused it: then another may be given,
+        // the access's next attempt
+        let attempt = match store.verdict(id).map_err(unavailable)? {
+            None => 0,
+            Some(v) => {
+                let failed = store
+                    .submission(&v.operation())
+                    .map_err(unavailable)?
+                    .is_some_and(|s| matches!(s.state, SubmissionState::Failed { .. }));
+                if !failed {
+                    return Err(already_reviewed());
+                }
+                v.attempt + 1
+            }
+        };
         let recorded = store
             .submission(&format!("record:{id}"))
             .map_err(unavailable)?
@@ -185,9 +200,10 @@ impl Review {
             signature: hex::encode(&sig),
             at: now_secs(),
             revoked: revoke,
+            attempt,
         };
         let op = submitter::operation(
-            &format!("review:{id}"),
+            &record.operation(),
             ACCESS_CONTROL,
             "review-emergency-access",
             &[

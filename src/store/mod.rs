@@ -319,7 +319,9 @@ impl Notice {
 }
 
 /// A reviewer's verdict on an access. Its way to the chain is the operation
-/// `review:<access id>` (the reviewer's signed verdict, sent by the submitter).
+/// `review:<access id>` (the reviewer's signed verdict, sent by the submitter); a verdict given
+/// after the one before it failed on chain is the access's next `attempt`, with its own row and
+/// operation (`Verdict::key`, `Verdict::operation`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub access_id: AccessId,
@@ -336,6 +338,26 @@ pub struct Verdict {
     pub at: u64,
     /// Whether the verdict revoked the access's token.
     pub revoked: bool,
+    /// Which verdict on its access this is: 0 the first, then one more for each given after
+    /// the one before failed on chain.
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+impl Verdict {
+    /// Its row's key: the access id, then `:<attempt>` after the first. A shared store writes a
+    /// row once (`Guarded::Reviewed`), so two replicas' verdicts on one attempt cannot both land.
+    pub fn key(&self) -> String {
+        match self.attempt {
+            0 => self.access_id.to_string(),
+            n => format!("{}:{n}", self.access_id),
+        }
+    }
+
+    /// Its operation's id: `review:<access id>`, then `:<attempt>` after the first.
+    pub fn operation(&self) -> String {
+        format!("review:{}", self.key())
+    }
 }
 
 /// Chain-state cache entries to drop (`Batch::uncached`).
@@ -669,7 +691,9 @@ pub trait Store: Send + Sync + 'static {
     fn summary_hash(&self, patient: &PatientId) -> Result<Option<Option<SummaryHash>>, StoreError>;
     /// Patients whose summary hash is cached.
     fn summary_hash_ids(&self) -> Result<Vec<PatientId>, StoreError>;
+    /// The access's latest verdict (its highest attempt).
     fn verdict(&self, access_id: &AccessId) -> Result<Option<Verdict>, StoreError>;
+    /// Every access's latest verdict.
     fn verdicts(&self) -> Result<Vec<Verdict>, StoreError>;
     /// Why the store stopped writing, if it has: a write failed, and every write fails until
     /// a restart recovers from disk.

@@ -361,14 +361,30 @@ macro_rules! typed_reads {
         }
 
         fn verdict(&self, access_id: &AccessId) -> Result<Option<Verdict>, StoreError> {
-            self.get(VERDICTS, &access_id.to_string())
+            let Some(mut v) = self.get::<Verdict>(VERDICTS, &access_id.to_string())? else {
+                return Ok(None);
+            };
+            // each later attempt was given after the one before failed (rare: one read each)
+            while let Some(next) =
+                self.get::<Verdict>(VERDICTS, &format!("{access_id}:{}", v.attempt + 1))?
+            {
+                v = next;
+            }
+            Ok(Some(v))
         }
 
         fn verdicts(&self) -> Result<Vec<Verdict>, StoreError> {
-            self.scan(VERDICTS)?
-                .iter()
-                .map(|(k, v)| dec(k, v))
-                .collect()
+            let mut latest: std::collections::BTreeMap<AccessId, Verdict> = Default::default();
+            for (k, v) in self.scan(VERDICTS)? {
+                let v: Verdict = dec(&k, &v)?;
+                if latest
+                    .get(&v.access_id)
+                    .is_none_or(|l| l.attempt < v.attempt)
+                {
+                    latest.insert(v.access_id, v);
+                }
+            }
+            Ok(latest.into_values().collect())
         }
 
         fn audit_entries(

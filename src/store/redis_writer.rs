@@ -290,7 +290,7 @@ impl Writer {
         let verdicts: Vec<String> = batches
             .iter()
             .flat_map(|b| &b.verdicts)
-            .map(|v| v.access_id.to_string())
+            .map(Verdict::key)
             .collect();
         let guard = batches.iter().find_map(|b| b.guard.as_ref());
         if guard.is_some() && batches.len() > 1 {

@@ -310,7 +310,7 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     rows(
         &mut out,
         VERDICTS,
-        batch.verdicts.iter().map(|v| (v.access_id.to_string(), v)),
+        batch.verdicts.iter().map(|v| (v.key(), v)),
     )?;
     Ok(out)
 }

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use serde_json::{json, Value as Json};
 
+use crate::breakglass::mine_applied;
 use crate::support::*;
 
 const ADMIN_SECRET: &str = "admin-secret-for-review-tests";
@@ -799,6 +800,201 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
 }
 
 /// A session's CSRF token, from its queue page.
+/// Another reviewer reviews an access directly on chain with the same verdict and an empty
+/// note (whose hash is everyone's); our reviewer's relayed verdict, the same, is refused by the
+/// contract (u215). Its operation is failed, not confirmed: the chain's review names the other
+/// reviewer. Before, verdict and note hash matching, ours was confirmed, and the pages and the
+/// audit trail gave our reviewer the other's verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_verdict_is_confirmed_only_as_its_reviewers() {
+    let env = setup(|_| {}).await;
+    let base = base(&env);
+    let (id, _) = grant(&env, "nurse", 1).await;
+    mined(&env, &format!("record:{id}")).await;
+
+    // the physician, made a reviewer, reviews directly on chain
+    let physician = provider(&env.demo, "physician");
+    let physician_key = key_of(physician);
+    env.devnet
+        .call(
+            &deployer_key(),
+            "access-control",
+            "add-reviewer",
+            vec![principal(
+                &physician["principal"].as_str().unwrap().parse().unwrap(),
+            )],
+        )
+        .await;
+    mine_applied(&env.app, &env.devnet, "the physician made a reviewer").await;
+    let empty: [u8; 32] = Sha256::digest(b"").into();
+    env.devnet
+        .call(
+            &physician_key,
+            "access-control",
+            "review-emergency-access",
+            vec![
+                Value::buffer(hex::decode(&id).unwrap()),
+                Value::ascii("appropriate"),
+                Value::buffer(empty),
+                Value::None,
+            ],
+        )
+        .await;
+    mine_applied(&env.app, &env.devnet, "the physician's review").await;
+
+    // our reviewer gives the same verdict, with an empty note, through the service
+    let reviewer = key_of(provider(&env.demo, "reviewer"));
+    let session = signed_in(&base, &reviewer).await;
+    let csrf = csrf_of_session(&base, &session).await;
+    let sig = verdict_signature(&id, VerdictKind::Appropriate, "", &reviewer);
+    let (s, body) = post_verdict(
+        &base,
+        &session,
+        &id,
+        &[
+            ("csrf", &csrf),
+            ("verdict", "appropriate"),
+            ("note", ""),
+            ("signature", &sig),
+        ],
+    )
+    .await;
+    assert_eq!(s, 303, "{body}");
+    let op = format!("review:{id}");
+    let failed = eventually("the relayed verdict refused on chain", SECS, async || {
+        env.app.submitter.tick().await.unwrap();
+        env.devnet.mine().await;
+        let s = env.app.store.submission(&op).unwrap()?;
+        match s.state {
+            breakglass::store::SubmissionState::Failed { .. } => Some(s),
+            breakglass::store::SubmissionState::Confirmed { .. } => {
+                panic!("confirmed as ours: {s:?}")
+            }
+            _ => None,
+        }
+    })
+    .await;
+    assert!(format!("{failed:?}").contains("refused"), "{failed:?}");
+}
+
+/// A verdict the chain refuses (its reviewer lost the role before it was mined) leaves the
+/// access to be reviewed again: it is pending in the queue, and another reviewer's verdict is
+/// the access's next attempt (`review:<id>:1`), which reaches the chain. Before, the failed
+/// verdict stood: every later one was refused as `already-reviewed`, and the access was never
+/// reviewed on chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_the_chain_refused_leaves_the_access_to_be_reviewed_again() {
+    let env = setup(|s| s.admin.clients = vec![client("auditor", ADMIN_SECRET)]).await;
+    let base = base(&env);
+    let (id, _) = grant(&env, "nurse", 1).await;
+    mined(&env, &format!("record:{id}")).await;
+    let physician = provider(&env.demo, "physician");
+    let reviewer_p = provider(&env.demo, "reviewer");
+    let as_principal = |p: &Json| principal(&p["principal"].as_str().unwrap().parse().unwrap());
+    env.devnet
+        .call(
+            &deployer_key(),
+            "access-control",
+            "add-reviewer",
+            vec![as_principal(physician)],
+        )
+        .await;
+    mine_applied(&env.app, &env.devnet, "the physician made a reviewer").await;
+
+    // the reviewer's removal is sent, then their verdict given (the service has not seen the
+    // removal yet): mined after the removal, the verdict is refused
+    env.devnet
+        .call(
+            &deployer_key(),
+            "access-control",
+            "remove-reviewer",
+            vec![as_principal(reviewer_p)],
+        )
+        .await;
+    let reviewer = key_of(reviewer_p);
+    let session = signed_in(&base, &reviewer).await;
+    let sig = verdict_signature(&id, VerdictKind::Appropriate, "fine", &reviewer);
+    let (s, body) = post_verdict(
+        &base,
+        &session,
+        &id,
+        &[
+            ("csrf", &csrf_of_session(&base, &session).await),
+            ("verdict", "appropriate"),
+            ("note", "fine"),
+            ("signature", &sig),
+        ],
+    )
+    .await;
+    assert_eq!(s, 303, "{body}");
+    eventually("the verdict refused on chain", SECS, async || {
+        env.app.submitter.tick().await.unwrap();
+        env.devnet.mine().await;
+        let s = env.app.store.submission(&format!("review:{id}")).unwrap()?;
+        matches!(s.state, breakglass::store::SubmissionState::Failed { .. }).then_some(())
+    })
+    .await;
+    let pending: Json = admin_get(&base, "/v1/reviews?pending=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        pending["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["access_id"] == id.as_str() && i["review"]["state"] == "failed"),
+        "{pending}"
+    );
+
+    // the physician reviews it: the next attempt, on chain
+    let physician_key = key_of(physician);
+    let session = signed_in(&base, &physician_key).await;
+    let sig = verdict_signature(&id, VerdictKind::NeedsFollowUp, "call back", &physician_key);
+    let (s, body) = post_verdict(
+        &base,
+        &session,
+        &id,
+        &[
+            ("csrf", &csrf_of_session(&base, &session).await),
+            ("verdict", "needs-follow-up"),
+            ("note", "call back"),
+            ("signature", &sig),
+        ],
+    )
+    .await;
+    assert_eq!(s, 303, "{body}");
+    mined(&env, &format!("review:{id}:1")).await;
+    let latest = env
+        .app
+        .store
+        .verdict(&id.parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (latest.attempt, latest.verdict),
+        (1, VerdictKind::NeedsFollowUp)
+    );
+    // and it stands: a third is refused
+    let (s, body) = post_verdict(
+        &base,
+        &session,
+        &id,
+        &[
+            ("csrf", &csrf_of_session(&base, &session).await),
+            ("verdict", "appropriate"),
+            ("note", ""),
+            (
+                "signature",
+                &verdict_signature(&id, VerdictKind::Appropriate, "", &physician_key),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(s, 409, "{body}");
+}
+
 /// Signing out ends the session even while the chain cannot be read (the reviewer's entry no
 /// longer cached and the node down): once the node is back, the cookie opens nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

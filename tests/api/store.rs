@@ -2570,7 +2570,7 @@ async fn two_replicas_cannot_both_give_an_access_its_verdict() {
                 as std::sync::Arc<dyn Store>
         })
         .collect();
-    let verdict = |access: u64, by: usize| Batch {
+    let attempt_verdict = |access: u64, by: usize, attempt: u32| Batch {
         verdicts: vec![Verdict {
             access_id: numbered(access),
             reviewer: p(by as u8 + 1),
@@ -2580,11 +2580,13 @@ async fn two_replicas_cannot_both_give_an_access_its_verdict() {
             signature: String::new(),
             at: access,
             revoked: false,
+            attempt,
         }],
-        replay: vec![(format!("verdict:{access}:{by}"), 1)],
+        replay: vec![(format!("verdict:{access}:{by}:{attempt}"), 1)],
         audit: vec![numbered_event(by, access)],
         ..Batch::default()
     };
+    let verdict = |access: u64, by: usize| attempt_verdict(access, by, 0);
     let mut writes = Vec::new();
     for access in 0..50u64 {
         for (by, store) in stores.iter().enumerate() {
@@ -2622,9 +2624,29 @@ async fn two_replicas_cannot_both_give_an_access_its_verdict() {
     assert_eq!(replays.len(), 50);
     for v in store.verdicts().unwrap() {
         let access = u64::from_be_bytes(v.access_id.0[..8].try_into().unwrap());
-        assert!(replays.contains(&format!("verdict:{access}:{}", v.note_hash)));
+        assert!(replays.contains(&format!("verdict:{access}:{}:0", v.note_hash)));
     }
     assert_eq!(one_chain(store.as_ref()).len(), 150);
+
+    // an access's next attempt (its verdict refused on chain): one of the two again, and it is
+    // the access's verdict from then on
+    let again = futures_util::future::join_all(
+        stores
+            .iter()
+            .enumerate()
+            .map(|(by, store)| breakglass::store::apply_started(store, attempt_verdict(0, by, 1))),
+    )
+    .await;
+    assert_eq!(again.iter().filter(|r| r.is_ok()).count(), 1, "{again:?}");
+    let latest = store.verdict(&numbered(0)).unwrap().unwrap();
+    assert_eq!(latest.attempt, 1);
+    assert_eq!(latest.operation(), format!("review:{}:1", numbered(0)));
+    assert_eq!(store.verdicts().unwrap().len(), 50);
+    assert!(store
+        .verdicts()
+        .unwrap()
+        .iter()
+        .any(|v| v.access_id == numbered(0) && v.attempt == 1));
 }
 
 /// Reviewers' challenges and sessions keep the same rules in one process and across replicas
