@@ -522,7 +522,15 @@ async fn export(
         ));
     };
     let limit = q.limit.unwrap_or(10_000).clamp(1, 10_000);
-    let entries = match review.state.store.audit_entries(q.since + 1, limit) {
+    let Some(from) = q.since.checked_add(1) else {
+        return problem(&Refusal::new(
+            400,
+            "invalid-query",
+            "Invalid query",
+            "since is an audit entry's seq (a whole number); limit at most 10000",
+        ));
+    };
+    let entries = match review.state.store.audit_entries(from, limit) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "audit export: store unavailable");

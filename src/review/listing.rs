@@ -192,7 +192,7 @@ pub struct Detail {
     pub window_blocks: u64,
     pub chain_lag_blocks: u64,
     pub patient_registered: Option<bool>,
-    pub directory: Option<ProviderEntry>,
+    pub directory: Option<DirectoryView>,
     /// The clinician's provider status now, as the chain-state cache has it.
     pub clinician_status_now: Option<String>,
     /// The chain's record, read from the node for this view (`None` if it could not be).
@@ -237,6 +237,27 @@ where
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<T>().map_err(|e| bad(format!("{what}: {e}"))))
         .transpose()
+}
+
+/// A clinician's directory entry as reviewers see it: who they are, not how to page them (paging
+/// ids stay in `paging/`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectoryView {
+    pub display_name: String,
+    pub role: Role,
+    pub department: Option<String>,
+    pub organization: Option<String>,
+}
+
+impl DirectoryView {
+    fn of(e: ProviderEntry) -> DirectoryView {
+        DirectoryView {
+            display_name: e.display_name,
+            role: e.role,
+            department: e.department,
+            organization: e.organization,
+        }
+    }
 }
 
 /// Whether a verdict's operation failed: the chain refused it.
@@ -403,7 +424,9 @@ impl Review {
             .map(|n| match n.state {
                 NoticeState::Pending => "pending".to_string(),
                 NoticeState::Sent { .. } => "sent".to_string(),
-                NoticeState::Dead { reason, .. } => format!("not delivered: {reason}"),
+                // the server's reply may echo the patient's address: operators read it in the
+                // notices' admin list, reviewers only that it failed
+                NoticeState::Dead { .. } => "not delivered".to_string(),
                 NoticeState::NoContact { .. } => "nobody to tell (no contact on file)".to_string(),
             });
         let clinician_status_now = match store.provider(&a.provider).map_err(unavailable)? {
@@ -437,7 +460,10 @@ impl Review {
             window_blocks: a.window_blocks,
             chain_lag_blocks: a.chain_lag_blocks,
             patient_registered: a.patient_registered,
-            directory: store.directory_entry(&a.provider).map_err(unavailable)?,
+            directory: store
+                .directory_entry(&a.provider)
+                .map_err(unavailable)?
+                .map(DirectoryView::of),
             clinician_status_now,
             chain_record: self.chain_record(id).await,
             notice,

@@ -357,12 +357,44 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     assert_eq!(after["active"], false, "{after}");
     assert!(on_chain.revoked);
 
-    // the review API, for an admin client: the access, its verdict, its trail
+    // the review API, for an admin client: the access, its verdict, its trail; the clinician
+    // as the directory has them, but not how to page them
+    let clinician = env
+        .app
+        .store
+        .access(&id.parse().unwrap())
+        .unwrap()
+        .unwrap()
+        .provider;
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            directory: vec![(
+                clinician,
+                Some(breakglass::domain::ProviderEntry {
+                    principal: clinician,
+                    display_name: "Nurse Bo Demo".into(),
+                    role: breakglass::domain::Role::Nurse,
+                    department: Some("Emergency".into()),
+                    organization: None,
+                    paging_ids: vec!["PAGER-7731".into(), "bo@hospital.example".into()],
+                }),
+            )],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let detail: Json = admin_get(&base, &format!("/v1/reviews/{id}"))
         .await
         .json()
         .await
         .unwrap();
+    assert_eq!(detail["directory"]["display_name"], "Nurse Bo Demo");
+    assert!(
+        !detail.to_string().contains("PAGER-7731") && !detail.to_string().contains("bo@"),
+        "{detail}"
+    );
     assert_eq!(detail["verdict"]["verdict"], "inappropriate");
     assert_eq!(detail["verdict"]["on_chain"]["state"], "confirmed");
     assert!(
@@ -397,6 +429,8 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     assert_eq!(flagged["items"][0]["access_id"], id.as_str());
 
     // the export: every entry as a FHIR R4 AuditEvent, checked by a FHIR validator
+    let past_the_end = admin_get(&base, &format!("/v1/audit/export?since={}", u64::MAX)).await;
+    assert_eq!(past_the_end.status(), 400);
     let export = admin_get(&base, "/v1/audit/export?since=0").await;
     assert_eq!(export.status(), 200);
     let ndjson = export.text().await.unwrap();
