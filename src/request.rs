@@ -11,8 +11,8 @@
 //!   device: (optional (string-ascii 64)) }
 //! ```
 //!
-//! Parsing is strict: exactly these fields and types, known data types without repeats, a
-//! non-empty reason. Verification recovers the signer (low-S signatures only) and checks the
+//! Parsing is strict: these fields and types and no others (`device` may be left out),
+//! known data types without repeats, a non-empty reason. Verification recovers the signer (low-S signatures only) and checks the
 //! clock skew; replay is checked by the caller against the nonces it has seen.
 //!
 //! It must not: touch the store or the node (it checks the bytes and the signature only).

@@ -54,8 +54,9 @@ pub struct BreakGlass {
     /// Who is on call (every paging source, combined); read from memory.
     pub oncall: Arc<OnCall>,
     pub metrics: Arc<Metrics>,
-    /// Used nonces (refused requests' included) and rate limits: in memory for one process
-    /// (granted nonces are also durable and read back at start), on Redis for replicas.
+    /// Used nonces (a refused request's given back, so it may be sent again while fresh) and
+    /// rate limits: in memory for one process (granted nonces are also durable and read back
+    /// at start), on Redis for replicas.
     pub coordination: Arc<Coordinator>,
     chain_id: u32,
     mainnet: bool,

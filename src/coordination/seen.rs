@@ -1,6 +1,7 @@
-//! The nonces already used, in memory: every verified request's (refused ones included), so
-//! that "used before?" needs no store read. Granted ones are also durable (the grant's batch)
-//! and read back at start.
+//! The nonces already used, in memory, so that "used before?" needs no store read: a
+//! verified request's while it is judged, and a granted one's until it is stale (a refused
+//! request's is given back: the same signed request may be sent again while fresh, and is
+//! judged again). Granted ones are also durable (the grant's batch) and read back at start.
 //!
 //! It must not: decide a grant (it only answers whether a nonce was seen).
 

@@ -27,11 +27,15 @@ pub fn load_roster(path: &Path) -> anyhow::Result<HashSet<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("reading the roster {}: {e}", path.display()))?;
     let r: File = toml_from(&text)?;
-    for p in &r.on_call {
-        p.parse::<crate::stacks::Address>()
-            .map_err(|e| anyhow::anyhow!("roster {}: {e}", path.display()))?;
-    }
-    Ok(r.on_call.into_iter().collect())
+    // each principal written as every principal is (lookups compare the text)
+    r.on_call
+        .iter()
+        .map(|p| {
+            p.parse::<crate::stacks::Address>()
+                .map(|a| a.to_string())
+                .map_err(|e| anyhow::anyhow!("roster {}: {e}", path.display()))
+        })
+        .collect()
 }
 
 /// Reads a secrets file: one secret a line, blank lines ignored.

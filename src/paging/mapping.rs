@@ -53,10 +53,12 @@ impl Mapping {
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let f: File = toml_from(&text).map_err(|e| bad(e.to_string()))?;
         for (id, principal) in f.responders {
-            principal
+            // the paging id or email is not named (the error reaches logs and `/readyz`)
+            let address = principal
                 .parse::<crate::stacks::Address>()
-                .map_err(|e| bad(format!("{id}: {e}")))?;
-            out.insert(id.to_lowercase(), principal);
+                .map_err(|e| bad(format!("the principal {principal:?} of an entry: {e}")))?;
+            // as every principal is written elsewhere (lookups compare the text)
+            out.insert(id.to_lowercase(), address.to_string());
         }
         Ok(out)
     }
@@ -75,13 +77,60 @@ impl Mapping {
     }
 
     /// The principal of the first of `ids` (a user id, an email) that maps; a principal
-    /// itself maps to itself.
+    /// itself maps to itself, written as every principal is (c32 decoding also takes lower
+    /// case and look-alike letters, and lookups compare the text).
     pub fn resolve(map: &HashMap<String, String>, ids: &[&str]) -> Option<String> {
         ids.iter().find_map(|id| {
-            if id.parse::<crate::stacks::Address>().is_ok() {
-                return Some(id.to_string());
+            if let Ok(address) = id.parse::<crate::stacks::Address>() {
+                return Some(address.to_string());
             }
             map.get(&id.to_lowercase()).cloned()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A principal spelled another way (lower case, c32's look-alike letters) maps to the
+    /// principal as every lookup writes it; so does a mapping file's.
+    #[test]
+    fn principals_are_written_one_way_whatever_their_spelling() {
+        let canonical = "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM";
+        // c32 reads the text after its `S` in either case
+        let lower = format!("S{}", canonical[1..].to_lowercase());
+        // c32 reads O as 0
+        let look_alike = canonical.replace('0', "O");
+        let empty = HashMap::new();
+        for spelling in [canonical.to_string(), lower.clone(), look_alike] {
+            assert_eq!(
+                Mapping::resolve(&empty, &[spelling.as_str()]).as_deref(),
+                Some(canonical),
+                "{spelling}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mapping.toml");
+        std::fs::write(&file, format!("[responders]\n\"PXYZ123\" = \"{lower}\"\n")).unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let mapping = Mapping::load(Some(&file), store).unwrap();
+        assert_eq!(
+            mapping
+                .snapshot()
+                .unwrap()
+                .get("pxyz123")
+                .map(String::as_str),
+            Some(canonical)
+        );
+        // a bad principal's error names the principal, not the paging id
+        std::fs::write(
+            &file,
+            "[responders]\n\"ana@hospital.example\" = \"ST-not\"\n",
+        )
+        .unwrap();
+        let e = mapping.snapshot().unwrap_err().to_string();
+        assert!(e.contains("ST-not") && !e.contains("ana@"), "{e}");
     }
 }
