@@ -131,9 +131,13 @@ struct State {
     rosters: HashMap<String, Roster>,
     /// webhook deliveries seen (`source:delivery id`) → forget after (unix seconds)
     seen: HashMap<String, u64>,
-    /// store keys to delete with the next write (expired deliveries, aged-out incidents)
-    forgotten: Vec<String>,
+    /// store keys to delete with the next writes (expired deliveries, aged-out incidents),
+    /// each once however often a reload finds it again
+    forgotten: std::collections::BTreeSet<String>,
 }
+
+/// How many aged-out rows one write deletes at most (the rest with the writes after it).
+const FORGET_AT_ONCE: usize = 100;
 
 impl State {
     /// Drops what has aged out, remembering to delete it from the store.
@@ -144,14 +148,14 @@ impl State {
             // when it was accepted: kept through the last second it could be accepted again
             let keep = *until >= now;
             if !keep {
-                forgotten.push(format!("{SEEN}{k}"));
+                forgotten.insert(format!("{SEEN}{k}"));
             }
             keep
         });
         self.incidents.retain(|k, i| {
             let keep = i.since.max(i.updated) + incident_max_secs > now;
             if !keep {
-                forgotten.push(format!("{INCIDENT}{k}"));
+                forgotten.insert(format!("{INCIDENT}{k}"));
             }
             keep
         });
@@ -647,7 +651,9 @@ impl OnCall {
         let (next, forgotten, incident) = {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             let next = self.next(&state, change);
-            let forgotten = std::mem::take(&mut state.forgotten);
+            let forgotten: Vec<String> = std::iter::from_fn(|| state.forgotten.pop_first())
+                .take(FORGET_AT_ONCE)
+                .collect();
             let incident = match &next {
                 Some(Change::Page { source, id, .. } | Change::Resolved { source, id, .. }) => {
                     state.incidents.get(&format!("{source}:{id}")).cloned()
@@ -656,8 +662,14 @@ impl OnCall {
             };
             (next, forgotten, incident)
         };
-        let mut rows: Vec<(String, Option<serde_json::Value>)> =
-            forgotten.iter().map(|k| (k.clone(), None)).collect();
+        // with replicas, a row is deleted only if it is still aged out as stored now: another
+        // replica may have written it anew since this one found it aged out (a new page)
+        let mut rows: Vec<(String, Option<serde_json::Value>)> = Vec::new();
+        for key in &forgotten {
+            if !self.shared || self.aged_out(key)? {
+                rows.push((key.clone(), None));
+            }
+        }
         let mut new_incident = None;
         match &next {
             Some(Change::Page {
@@ -752,6 +764,22 @@ impl OnCall {
         Ok(Applied::Changed)
     }
 
+    /// Whether the stored row `key` (a delivery or an incident) is there and aged out now.
+    fn aged_out(&self, key: &str) -> Result<bool, StoreError> {
+        let Some(row) = self.store.paging_row(key)? else {
+            return Ok(false);
+        };
+        let now = now_secs();
+        Ok(if key.starts_with(SEEN) {
+            serde_json::from_value::<u64>(row).is_ok_and(|until| until < now)
+        } else if key.starts_with(INCIDENT) {
+            serde_json::from_value::<Incident>(row)
+                .is_ok_and(|i| i.since.max(i.updated) + self.incident_max_secs <= now)
+        } else {
+            false
+        })
+    }
+
     /// An open incident, as known now.
     pub fn incident(&self, source: &str, id: &str) -> Option<Incident> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
@@ -832,7 +860,14 @@ mod tests {
         assert!(state.forgotten.is_empty());
         state.sweep(101, 3600);
         assert!(state.seen.is_empty());
-        assert_eq!(state.forgotten, vec![format!("{SEEN}webhook:d1")]);
+        assert_eq!(
+            state.forgotten,
+            std::collections::BTreeSet::from([format!("{SEEN}webhook:d1")])
+        );
+        // found aged out again (another reload): still one row to delete
+        state.seen.insert("webhook:d1".into(), 100);
+        state.sweep(101, 3600);
+        assert_eq!(state.forgotten.len(), 1);
     }
 
     fn page(acknowledged: bool, at: u64) -> Change {
@@ -925,5 +960,74 @@ mod tests {
             oncall.apply(synced(130), None).await.unwrap(),
             Applied::Changed
         );
+    }
+
+    /// Replicas on one Redis: this one found an incident aged out (and would delete its row
+    /// with its next write); another pages it anew meanwhile. This one's next write leaves the
+    /// new row. Before, it deleted it, and the new incident's responder dropped off call
+    /// everywhere.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_aged_out_row_written_anew_by_another_replica_is_not_deleted() {
+        let redis = crate::dev::test_redis().await;
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::RedisStore::open(redis.url.as_str(), "q:").unwrap());
+        let settings = OnCallSettings::default();
+        let row = format!("{INCIDENT}pagerduty:i1");
+        let incident = |since: u64| Incident {
+            source: "pagerduty".into(),
+            id: "i1".into(),
+            service: None,
+            responders: vec!["ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".into()],
+            since,
+            updated: since,
+            resolved: false,
+            acknowledged: false,
+        };
+        let write = |i: &Incident| {
+            store
+                .apply(Batch {
+                    paging: vec![(row.clone(), Some(json(i).unwrap()))],
+                    ..Batch::default()
+                })
+                .unwrap()
+        };
+        let t = now_secs();
+        write(&incident(t - 2 * settings.incident_max_secs));
+        // found aged out as it loads
+        let oncall = OnCall::load(&settings, store.clone())
+            .unwrap()
+            .shared_with_replicas(true);
+        // another replica pages it anew
+        let fresh = incident(t);
+        write(&fresh);
+        let shift = Change::Shift {
+            principal: "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".into(),
+            fact: Fact {
+                source: "webhook".into(),
+                service: None,
+                since: Some(t),
+                until: Some(t + 600),
+                incident: None,
+                acknowledged: false,
+            },
+        };
+        assert_eq!(oncall.apply(shift, None).await.unwrap(), Applied::Changed);
+        assert_eq!(store.paging_row(&row).unwrap(), Some(json(&fresh).unwrap()));
+
+        // aged out as stored: deleted with the next write
+        write(&incident(t - 2 * settings.incident_max_secs));
+        oncall.reload().unwrap();
+        oncall.apply(synced_now(), None).await.unwrap();
+        assert_eq!(store.paging_row(&row).unwrap(), None);
+    }
+
+    fn synced_now() -> Change {
+        Change::Synced {
+            source: "pagerduty".into(),
+            roster: Roster {
+                on_call: HashMap::new(),
+                synced_at: now_secs(),
+            },
+        }
     }
 }
