@@ -239,17 +239,54 @@ impl Source for OnCalls {
                     .as_ref()
                     .or(e.escalation_policy.as_ref())
                     .and_then(|r| r.summary.clone().or(Some(r.id.clone())));
-                roster.on_call.entry(principal).or_insert(Fact::scheduled(
-                    "pagerduty",
-                    service,
-                    since,
-                    until,
-                ));
+                keep_longest(
+                    &mut roster.on_call,
+                    principal,
+                    Fact::scheduled("pagerduty", service, since, until),
+                );
             }
             if !page.more || page.oncalls.is_empty() {
                 return Ok(roster);
             }
             offset += page.limit.unwrap_or(PAGE).max(page.oncalls.len() as u64);
+        }
+    }
+}
+
+/// Adds `fact` to `on_call` for `principal`, unless they are there on call for longer already:
+/// a user on call through several entries (an escalation until 10:05, a schedule until 18:00)
+/// is on call until the last of them ends (an entry without an end, for good).
+fn keep_longest(
+    on_call: &mut std::collections::HashMap<String, Fact>,
+    principal: String,
+    fact: Fact,
+) {
+    let end = |f: &Fact| f.until.unwrap_or(u64::MAX);
+    match on_call.get(&principal) {
+        Some(held) if end(held) >= end(&fact) => {}
+        _ => {
+            on_call.insert(principal, fact);
+        }
+    }
+}
+
+#[cfg(test)]
+mod longest_tests {
+    use super::*;
+
+    #[test]
+    fn a_user_on_call_through_several_entries_is_on_call_until_the_last_ends() {
+        let mut on_call = std::collections::HashMap::new();
+        let until = |u: Option<u64>| Fact::scheduled("pagerduty", None, Some(100), u);
+        for (fact, expected) in [
+            (until(Some(105)), Some(105)),
+            (until(Some(1_800)), Some(1_800)),
+            (until(Some(900)), Some(1_800)),
+            (until(None), None),
+            (until(Some(5_000)), None),
+        ] {
+            keep_longest(&mut on_call, "ST1".into(), fact);
+            assert_eq!(on_call["ST1"].until, expected);
         }
     }
 }
