@@ -70,10 +70,7 @@ impl BreakGlass {
         let sealed = self
             .keyring
             .seal(&crate::seal::names::reason(&id), req.reason.as_bytes())
-            .map_err(|e| {
-                tracing::error!(error = %e, "sealing the reason failed");
-                Self::unavailable("sealing the reason")
-            })?;
+            .map_err(|e| Self::internal("the reason could not be sealed", e))?;
         Ok(AccessRecord {
             id,
             provider: req.signer,
@@ -113,7 +110,7 @@ impl BreakGlass {
         // arguments are checked now, so that no token leaves for an access that could not be
         // recorded on chain
         crate::chain::contracts::record_emergency_access_args(&access)
-            .map_err(|e| Self::unavailable(format!("the chain record's arguments: {e}")))?;
+            .map_err(|e| Self::internal("the access's chain record could not be made", e))?;
         let granted = crate::audit::Record::now(crate::audit::Event::Grant {
             access: access.id,
             clinician: access.provider,

@@ -137,6 +137,30 @@ impl BreakGlass {
         )
     }
 
+    /// The policies could not be evaluated (a fault of the policies or the service, not of the
+    /// request or the chain: trying again does not help).
+    fn policy_error(e: impl std::fmt::Display) -> Refusal {
+        tracing::error!(error = %e, "the policies could not be evaluated");
+        Refusal::new(
+            500,
+            "policy-error",
+            "Policy error",
+            "the break-glass policies could not be evaluated: tell the service's operators",
+        )
+    }
+
+    /// A fault of the service itself (its keys, the record it would write): trying again does
+    /// not help.
+    fn internal(what: &str, e: impl std::fmt::Display) -> Refusal {
+        tracing::error!(error = %e, "{what}");
+        Refusal::new(
+            500,
+            "internal-error",
+            "Internal error",
+            format!("{what}: tell the service's operators"),
+        )
+    }
+
     pub async fn request(&self, body: &[u8]) -> Result<Grant, Refusal> {
         let now = now_secs();
         // 1-3. the request, its signature, its freshness
@@ -351,7 +375,7 @@ impl BreakGlass {
                             window_minutes: None,
                             reason: Some(message),
                         },
-                        Err(e) => return Err(Self::unavailable(e)),
+                        Err(e) => return Err(Self::policy_error(e)),
                     }
                 }
             };

@@ -112,7 +112,7 @@ impl BreakGlass {
         let decide = |situation: &Situation| {
             self.policies
                 .decide(signer, role, &req.data_types, situation)
-                .map_err(Self::unavailable)
+                .map_err(Self::policy_error)
         };
         let message = match decide(situation)? {
             Verdict::Permit {

@@ -429,12 +429,24 @@ async fn every_refusal_has_its_code_and_leaves_no_trace() {
         (third, problem["code"].as_str().unwrap()),
         (429, "rate-limited")
     );
-    // "try again": the same signed request may be sent again (its nonce was not used up)
-    let (again, problem) = post(app, &third_body).await;
-    assert_eq!(
-        (again, problem["code"].as_str().unwrap()),
-        (429, "rate-limited")
-    );
+    // "try again": the same signed request may be sent again (its nonce was not used up),
+    // and the answer says when
+    let again = reqwest::Client::new()
+        .post(format!("http://{}/v1/break-glass", app.api_addr))
+        .header("content-type", "application/json")
+        .body(third_body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 429);
+    let retry_after: u64 = again.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 0);
+    let problem: Json = again.json().await.unwrap();
+    assert_eq!(problem["code"], "rate-limited");
     assert_eq!(
         app.store.access_ids().unwrap().len(),
         2,
