@@ -104,6 +104,15 @@ async fn break_glass(
     }
 }
 
+fn store_unavailable() -> HttpResponse {
+    problem(&Refusal {
+        status: 503,
+        code: "store-unavailable",
+        title: "Store unavailable",
+        detail: "the store cannot be read right now; try again".into(),
+    })
+}
+
 /// Who may see the whole of an access: the holder of its own token (while it is valid, not
 /// revoked, and its clinician still verified on chain), or an admin client.
 enum Viewer {
@@ -114,6 +123,8 @@ enum Viewer {
     /// An admin client: the whole access.
     Admin,
     Refused(&'static str),
+    /// The store could not tell whether the token still stands.
+    Unavailable,
 }
 
 fn viewer(
@@ -133,7 +144,11 @@ fn viewer(
                     Ok(crate::token::Standing::HolderNotVerified) => {
                         Viewer::Refused("the token's clinician is no longer verified on chain")
                     }
-                    _ => Viewer::Refused("the token was revoked"),
+                    Ok(crate::token::Standing::Revoked) => Viewer::Refused("the token was revoked"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the store cannot tell a token's standing");
+                        Viewer::Unavailable
+                    }
                 }
             }
             Ok(_) => Viewer::Refused("the token is for another access"),
@@ -176,6 +191,7 @@ async fn access(
         Viewer::Anyone => (false, false),
         Viewer::Holder => (true, false),
         Viewer::Admin => (true, true),
+        Viewer::Unavailable => return store_unavailable(),
         Viewer::Refused(why) => {
             let mut answer = problem(&Refusal {
                 status: 401,
@@ -193,11 +209,16 @@ async fn access(
         }
     };
     let store = &bg.state.store;
-    let (Ok(Some(a)), Ok(sub)) = (
+    let (a, sub) = match (
         store.access(&access_id),
         store.submission(&format!("record:{id}")),
-    ) else {
-        return not_found();
+    ) {
+        (Ok(Some(a)), Ok(sub)) => (a, sub),
+        (Ok(None), _) => return not_found(),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "the store cannot be read for an access");
+            return store_unavailable();
+        }
     };
     let chain = chain_record(sub.map(|s| s.state));
     let mut view = json!({
