@@ -124,17 +124,24 @@ impl Local {
         }
     }
 
-    pub(super) fn issue_challenge(&self, nonce: &str, expires_at: u64, max: usize) -> bool {
+    pub(super) fn issue_challenge(&self, nonce: &str, expires_at: u64, max: usize) {
         let now = now_secs();
         let mut c = lock(&self.challenges);
         if c.len() >= max {
             c.retain(|_, until| *until > now);
         }
-        if c.len() >= max {
-            return false;
+        while c.len() >= max.max(1) {
+            // the one to expire first (the oldest: all live as long)
+            let Some(first) = c
+                .iter()
+                .min_by_key(|(k, until)| (**until, (*k).clone()))
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            c.remove(&first);
         }
         c.insert(nonce.to_string(), expires_at);
-        true
     }
 
     pub(super) fn take_challenge(&self, nonce: &str) -> Option<u64> {

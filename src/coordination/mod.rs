@@ -96,16 +96,21 @@ pub struct OpenSession {
 /// so that a reviewer signed in on one replica is signed in on all, and a challenge handed out
 /// by one can be signed in with on another, once.
 impl Coordinator {
-    /// Records sign-in challenge `nonce` (hex) as outstanding until `expires_at` (unix s); false
-    /// (nothing recorded) while `max` are outstanding: anyone may ask for one.
+    /// Records sign-in challenge `nonce` (hex) as outstanding until `expires_at` (unix s). At
+    /// most `max` are outstanding (anyone may ask for one): beyond, the one to expire first is
+    /// let go, so that a flood of asks cannot keep reviewers from signing in (each reviewer's
+    /// challenge stands until `max` more have been asked for after it).
     pub async fn issue_challenge(
         &self,
         nonce: &str,
         expires_at: u64,
         max: usize,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         match self {
-            Coordinator::Local(l) => Ok(l.issue_challenge(nonce, expires_at, max)),
+            Coordinator::Local(l) => {
+                l.issue_challenge(nonce, expires_at, max);
+                Ok(())
+            }
             Coordinator::Redis(r) => r.issue_challenge(nonce, expires_at, max).await,
         }
     }

@@ -59,10 +59,11 @@ return -1
 ";
 
 /// Records a sign-in challenge (key: the sorted set of outstanding ones, each scored with its
-/// expiry), unless `ARGV[4]` are outstanding: 1 recorded, 0 not.
+/// expiry); with `ARGV[4]` outstanding, the ones to expire first are let go to make room.
 const ISSUE_CHALLENGE: &str = r"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+local over = redis.call('ZCARD', KEYS[1]) - math.max(tonumber(ARGV[4]), 1) + 1
+if over > 0 then redis.call('ZPOPMIN', KEYS[1], over) end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 ";
@@ -218,14 +219,15 @@ impl RedisCoordinator {
         nonce: &str,
         expires_at: u64,
         max: usize,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let mut call = self.issue_challenge.prepare_invoke();
         call.key(self.challenges_key())
             .arg(nonce)
             .arg(expires_at)
             .arg(crate::clock::now_secs())
             .arg(max);
-        Ok(self.invoke::<i64>(&call).await? == 1)
+        self.invoke::<i64>(&call).await?;
+        Ok(())
     }
 
     pub(super) async fn take_challenge(&self, nonce: &str) -> Result<Option<u64>, StoreError> {
