@@ -54,6 +54,12 @@ pub fn message(access: &AccessId, verdict: VerdictKind, note_hash: &[u8; 32]) ->
     )
 }
 
+/// A note's length as the reviewer typed it: a form sends each line break as CRLF, which the
+/// page's `maxlength` counts as one character.
+fn note_chars(note: &str) -> usize {
+    note.chars().count() - note.matches("\r\n").count()
+}
+
 fn already_reviewed() -> Refusal {
     refusal(
         409,
@@ -89,7 +95,7 @@ impl Review {
                 "the verdict is appropriate, inappropriate or needs-follow-up",
             )
         })?;
-        if given.note.chars().count() > MAX_NOTE_CHARS {
+        if note_chars(given.note) > MAX_NOTE_CHARS {
             return Err(refusal(
                 400,
                 "note-too-long",
@@ -163,7 +169,7 @@ impl Review {
         let key =
             sip018::recover(&sip018::message_hash(&self.domain(), &signed), &sig).map_err(|e| {
                 refusal(
-                    401,
+                    400,
                     "bad-signature",
                     "Bad signature",
                     format!("the verdict's signature does not verify: {e}"),
@@ -172,7 +178,7 @@ impl Review {
         let (testnet, mainnet) = sip018::principals(&key);
         if (if self.mainnet { mainnet } else { testnet }) != reviewer {
             return Err(refusal(
-                401,
+                400,
                 "bad-signature",
                 "Bad signature",
                 "the verdict was not signed by the signed-in reviewer's key, or not over this verdict and note",
@@ -261,5 +267,18 @@ impl Review {
             &crate::seal::names::reason(&access.id),
             &access.reason_sealed,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_break_counts_as_one_character_of_a_note() {
+        let typed = format!("{}{}", "a".repeat(3_990), "\r\n".repeat(10));
+        assert_eq!(note_chars(&typed), MAX_NOTE_CHARS);
+        assert_eq!(note_chars("a\nb"), 3);
+        assert_eq!(note_chars("ü\r\n"), 2);
     }
 }

@@ -697,7 +697,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
             ],
         )
         .await;
-        assert_eq!(s, 401);
+        assert_eq!(s, 400, "signed in, the verdict's signature is bad input");
         assert!(body.contains("bad-signature"), "{body}");
         nothing_stored();
     }
