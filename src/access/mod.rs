@@ -267,7 +267,7 @@ impl BreakGlass {
         now: u64,
     ) -> Result<Grant, Refusal> {
         let role = self.clinician(&req.signer).await?;
-        let on_call = self.on_call(&signer, now)?;
+        let on_call = self.on_call(&signer, now).await?;
         let prefs = self.patient_allows(&req).await?;
         let chain = chain_view(
             &self.follower,
@@ -341,6 +341,7 @@ impl BreakGlass {
         let on_call = match self
             .oncall
             .lookup_fresh(&principal.to_string(), crate::clock::now_secs())
+            .await
         {
             crate::paging::Lookup::OnCall(fact) => Some(fact),
             _ => None,

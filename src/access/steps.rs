@@ -47,8 +47,12 @@ impl BreakGlass {
 
     /// Step 5, on call, by any paging source: why (kept with the access), or `None` when on-call
     /// is not checked.
-    pub(super) fn on_call(&self, signer: &str, now: u64) -> Result<Option<OnCallFact>, Refusal> {
-        match self.oncall.lookup_fresh(signer, now) {
+    pub(super) async fn on_call(
+        &self,
+        signer: &str,
+        now: u64,
+    ) -> Result<Option<OnCallFact>, Refusal> {
+        match self.oncall.lookup_fresh(signer, now).await {
             Lookup::NotChecked => Ok(None),
             Lookup::OnCall(fact) => Ok(Some(fact)),
             Lookup::NotOnCall => Err(Refusal::new(

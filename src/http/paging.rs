@@ -124,7 +124,7 @@ impl Paging {
             Ok(v) => v,
             Err(e) => return self.refused(source, e),
         };
-        if !self.oncall.claim(&v.id, now) {
+        if !self.oncall.claim(&v.id, now).await {
             return self.refused(source, WebhookError::Replayed(v.id));
         }
         let mut what = match &v.change {

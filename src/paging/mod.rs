@@ -139,6 +139,23 @@ struct State {
 /// How many aged-out rows one write deletes at most (the rest with the writes after it).
 const FORGET_AT_ONCE: usize = 100;
 
+/// Whether the stored row `key` (a delivery or an incident) is there and aged out now
+/// (incidents after `incident_max_secs`).
+fn aged_out(store: &dyn Store, key: &str, incident_max_secs: u64) -> Result<bool, StoreError> {
+    let Some(row) = store.paging_row(key)? else {
+        return Ok(false);
+    };
+    let now = now_secs();
+    Ok(if key.starts_with(SEEN) {
+        serde_json::from_value::<u64>(row).is_ok_and(|until| until < now)
+    } else if key.starts_with(INCIDENT) {
+        serde_json::from_value::<Incident>(row)
+            .is_ok_and(|i| i.since.max(i.updated) + incident_max_secs <= now)
+    } else {
+        false
+    })
+}
+
 impl State {
     /// Drops what has aged out, remembering to delete it from the store.
     fn sweep(&mut self, now: u64, incident_max_secs: u64) {
@@ -355,10 +372,11 @@ impl OnCall {
         Ok(())
     }
 
-    /// `reload` for a "not on call" answer: the read on a thread of its own, waited for at most
-    /// `FRESH_WAIT` (else the answer is the state as last read, and the read, when it comes,
-    /// is dropped: the periodic `reload` takes the state then); none while one is going on.
-    fn reload_within(&self) {
+    /// `reload` for a "not on call" answer: the read on the blocking pool (the request's
+    /// thread serves other requests meanwhile), waited for at most `FRESH_WAIT` (else the
+    /// answer is the state as last read, and the read, when it comes, is dropped: the periodic
+    /// `reload` takes the state then); none while one is going on.
+    async fn reload_within(&self) {
         use std::sync::atomic::Ordering;
         if self.reading.swap(true, Ordering::AcqRel) {
             return;
@@ -366,22 +384,19 @@ impl OnCall {
         self.reloaded_ms
             .store(crate::clock::now_ms(), Ordering::Relaxed);
         let (store, reading) = (self.store.clone(), self.reading.clone());
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let spawned = std::thread::Builder::new()
-            .name("oncall-read".into())
-            .spawn(move || {
-                let _ = tx.send(read_stored(store.as_ref()));
-                reading.store(false, Ordering::Release);
-            });
-        if let Err(e) = spawned {
-            self.reading.store(false, Ordering::Release);
-            tracing::warn!(error = %e, "on-call: the shared state could not be read again");
-            return;
-        }
-        match rx.recv_timeout(FRESH_WAIT) {
-            Ok(Ok((stored, synced))) => self.take_stored(stored, synced),
-            Ok(Err(e)) => {
+        let read = tokio::task::spawn_blocking(move || {
+            let read = read_stored(store.as_ref());
+            reading.store(false, Ordering::Release);
+            read
+        });
+        match tokio::time::timeout(FRESH_WAIT, read).await {
+            Ok(Ok(Ok((stored, synced)))) => self.take_stored(stored, synced),
+            Ok(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "on-call: the shared state could not be read again")
+            }
+            Ok(Err(e)) => {
+                self.reading.store(false, Ordering::Release);
+                tracing::warn!(error = %e, "on-call: the shared state's read stopped")
             }
             Err(_) => tracing::warn!(
                 waited_ms = FRESH_WAIT.as_millis() as u64,
@@ -423,15 +438,44 @@ impl OnCall {
         }
     }
 
+    /// `reload_if_shared` with the store's read on the blocking pool: the request's thread
+    /// serves other requests (grants) meanwhile.
+    async fn reload_if_shared_async(&self) {
+        if !self.shared {
+            return;
+        }
+        self.reloaded_ms
+            .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || read_stored(store.as_ref())).await {
+            Ok(Ok((stored, synced))) => self.take_stored(stored, synced),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "on-call: the shared state could not be read again")
+            }
+            Err(e) => tracing::warn!(error = %e, "on-call: the shared state's read stopped"),
+        }
+    }
+
+    /// `f` of the store, on the blocking pool (its reads block).
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Backend(format!("a store read stopped: {e}")))?
+    }
+
     /// `lookup`, reading the shared state again before answering "not on call" (another
     /// replica may have just applied the page).
-    pub fn lookup_fresh(&self, principal: &str, now: u64) -> Lookup {
+    pub async fn lookup_fresh(&self, principal: &str, now: u64) -> Lookup {
         let read_ms = self.reloaded_ms.load(std::sync::atomic::Ordering::Relaxed);
         match self.lookup(principal, now) {
             Lookup::NotOnCall
                 if self.shared && crate::clock::now_ms().saturating_sub(read_ms) >= FRESH_MS =>
             {
-                self.reload_within();
+                self.reload_within().await;
                 self.lookup(principal, now)
             }
             found => found,
@@ -506,8 +550,8 @@ impl OnCall {
 
     /// Claims a webhook delivery (`source:id`): false if it was seen within the window (a
     /// replay).
-    pub fn claim(&self, delivery: &str, now: u64) -> bool {
-        self.reload_if_shared();
+    pub async fn claim(&self, delivery: &str, now: u64) -> bool {
+        self.reload_if_shared_async().await;
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         state.sweep(now, self.incident_max_secs);
         if state.seen.contains_key(delivery) {
@@ -639,7 +683,8 @@ impl OnCall {
     ) -> Result<Applied, StoreError> {
         let guard = if self.shared {
             let row = row_of(change);
-            let read = self.store.paging_row(&row)?;
+            let key = row.clone();
+            let read = self.off_thread(move |s| s.paging_row(&key)).await?;
             Some(crate::store::Guard {
                 paging: Some((row, read)),
                 ..crate::store::Guard::default()
@@ -647,7 +692,7 @@ impl OnCall {
         } else {
             None
         };
-        self.reload_if_shared();
+        self.reload_if_shared_async().await;
         let (next, forgotten, incident) = {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             let next = self.next(&state, change);
@@ -664,12 +709,21 @@ impl OnCall {
         };
         // with replicas, a row is deleted only if it is still aged out as stored now: another
         // replica may have written it anew since this one found it aged out (a new page)
-        let mut rows: Vec<(String, Option<serde_json::Value>)> = Vec::new();
-        for key in &forgotten {
-            if !self.shared || self.aged_out(key)? {
-                rows.push((key.clone(), None));
-            }
-        }
+        let mut rows: Vec<(String, Option<serde_json::Value>)> = if self.shared {
+            let (keys, max_secs) = (forgotten.clone(), self.incident_max_secs);
+            self.off_thread(move |s| {
+                let mut out = Vec::new();
+                for key in keys {
+                    if aged_out(s, &key, max_secs)? {
+                        out.push((key, None));
+                    }
+                }
+                Ok(out)
+            })
+            .await?
+        } else {
+            forgotten.iter().map(|k| (k.clone(), None)).collect()
+        };
         let mut new_incident = None;
         match &next {
             Some(Change::Page {
@@ -762,22 +816,6 @@ impl OnCall {
             None => return Ok(Applied::Superseded),
         }
         Ok(Applied::Changed)
-    }
-
-    /// Whether the stored row `key` (a delivery or an incident) is there and aged out now.
-    fn aged_out(&self, key: &str) -> Result<bool, StoreError> {
-        let Some(row) = self.store.paging_row(key)? else {
-            return Ok(false);
-        };
-        let now = now_secs();
-        Ok(if key.starts_with(SEEN) {
-            serde_json::from_value::<u64>(row).is_ok_and(|until| until < now)
-        } else if key.starts_with(INCIDENT) {
-            serde_json::from_value::<Incident>(row)
-                .is_ok_and(|i| i.since.max(i.updated) + self.incident_max_secs <= now)
-        } else {
-            false
-        })
     }
 
     /// An open incident, as known now.

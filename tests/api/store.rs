@@ -2081,8 +2081,11 @@ fn on_call_state_from_one_replica_is_read_by_another() {
     let (a, b) = (replica(), replica());
     let nurse = p(3).to_string();
     let now = crate::support::now();
-    assert!(matches!(b.lookup_fresh(&nurse, now), Lookup::NotOnCall));
     let rt = tokio::runtime::Runtime::new().unwrap();
+    assert!(matches!(
+        rt.block_on(b.lookup_fresh(&nurse, now)),
+        Lookup::NotOnCall
+    ));
     let shift = |until: u64| Change::Shift {
         principal: nurse.clone(),
         fact: breakglass::domain::OnCall::scheduled("webhook", None, Some(now - 60), Some(until)),
@@ -2090,7 +2093,7 @@ fn on_call_state_from_one_replica_is_read_by_another() {
     rt.block_on(a.apply(shift(now + 3600), None)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(150));
     assert!(
-        matches!(b.lookup_fresh(&nurse, now), Lookup::OnCall(_)),
+        matches!(rt.block_on(b.lookup_fresh(&nurse, now)), Lookup::OnCall(_)),
         "the other replica reads the shift before refusing"
     );
     // the shift ended on the first replica: the second's reload says so
@@ -2111,7 +2114,10 @@ fn on_call_state_from_one_replica_is_read_by_another() {
     server.pause();
     std::thread::sleep(std::time::Duration::from_millis(150));
     let asked = std::time::Instant::now();
-    assert!(matches!(b.lookup_fresh(&nurse, now), Lookup::NotOnCall));
+    assert!(matches!(
+        rt.block_on(b.lookup_fresh(&nurse, now)),
+        Lookup::NotOnCall
+    ));
     let waited = asked.elapsed();
     server.resume();
     assert!(
