@@ -33,11 +33,57 @@ pub struct Paging {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1/paging")
-            .app_data(web::PayloadConfig::new(MAX_WEBHOOK_BYTES))
             .route("/pagerduty", web::post().to(pagerduty))
             .route("/opsgenie", web::post().to(opsgenie))
             .route("/webhook", web::post().to(generic)),
     );
+}
+
+/// A webhook's body, read up to `MAX_WEBHOOK_BYTES`: beyond, or unreadable, refused as a problem
+/// (413 `webhook-too-large`, 400 `malformed-webhook`) and counted, before anything else is read.
+async fn body_of(
+    source: &str,
+    mut payload: web::Payload,
+    paging: &Paging,
+) -> Result<web::Bytes, HttpResponse> {
+    use futures_util::StreamExt;
+    let refused = |status: u16, code: &'static str, title: &'static str, detail: String| {
+        paging
+            .metrics
+            .webhooks
+            .get_or_create(&Webhook {
+                source: source.into(),
+                outcome: code.into(),
+            })
+            .inc();
+        problem(&Refusal {
+            status,
+            code,
+            title,
+            detail,
+        })
+    };
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return Err(refused(
+                400,
+                "malformed-webhook",
+                "Malformed webhook",
+                "the body could not be read".into(),
+            ));
+        };
+        if body.len() + chunk.len() > MAX_WEBHOOK_BYTES {
+            return Err(refused(
+                413,
+                "webhook-too-large",
+                "Webhook too large",
+                format!("a webhook is at most {MAX_WEBHOOK_BYTES} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn header<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
@@ -162,7 +208,15 @@ impl Paging {
     }
 }
 
-async fn pagerduty(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) -> HttpResponse {
+async fn pagerduty(
+    req: HttpRequest,
+    paging: web::Data<Paging>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let body = match body_of("pagerduty", payload, &paging).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let signature = header(&req, "x-pagerduty-signature");
     paging
         .receive(
@@ -174,7 +228,15 @@ async fn pagerduty(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes
         .await
 }
 
-async fn opsgenie(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) -> HttpResponse {
+async fn opsgenie(
+    req: HttpRequest,
+    paging: web::Data<Paging>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let body = match body_of("opsgenie", payload, &paging).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let token = header(&req, "x-breakglass-token");
     paging
         .receive(
@@ -186,7 +248,15 @@ async fn opsgenie(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes)
         .await
 }
 
-async fn generic(req: HttpRequest, paging: web::Data<Paging>, body: web::Bytes) -> HttpResponse {
+async fn generic(
+    req: HttpRequest,
+    paging: web::Data<Paging>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let body = match body_of("webhook", payload, &paging).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let (ts, sig) = (
         header(&req, "x-breakglass-timestamp"),
         header(&req, "x-breakglass-signature"),

@@ -335,6 +335,7 @@ async fn a_pagerduty_incident_puts_its_assignee_on_call_until_it_is_resolved() {
     future_event["event"]["occurred_at"] = json!(rfc3339(now() + 3600));
     let future = serde_json::to_vec(&future_event).unwrap();
     let malformed = br#"{"event": {"id": "x", "event_type": "incident.triggered""#.to_vec();
+    let oversized = vec![b' '; 256 * 1024 + 1];
     let no_data = serde_json::to_vec(&json!({"event": {"id": "y", "event_type": "incident.triggered", "occurred_at": rfc3339(now()), "data": {"assignees": "PXPGF42"}}})).unwrap();
     let cases: Vec<Case> = vec![
         (
@@ -393,6 +394,13 @@ async fn a_pagerduty_incident_puts_its_assignee_on_call_until_it_is_resolved() {
             &no_data,
             400,
             "malformed-webhook",
+        ),
+        (
+            "over 256 KiB",
+            pd_sig(&["new-secret"], &oversized),
+            &oversized,
+            413,
+            "webhook-too-large",
         ),
     ];
     for (what, headers, body, status, code) in &cases {
