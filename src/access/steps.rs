@@ -130,34 +130,38 @@ impl BreakGlass {
             }
             Verdict::Deny { message, .. } => message,
         };
+        let denied =
+            |message: String| Refusal::new(403, "policy-denied", "Denied by policy", message);
+        if !chain.stale {
+            return Err(denied(message));
+        }
         let fresh = Situation {
             chain_lag_blocks: 0,
             chain_reachable: true,
             chain_stale: false,
             ..*situation
         };
-        if chain.stale && matches!(decide(&fresh)?, Verdict::Permit { .. }) {
-            let lag = if chain.lag_blocks == u64::MAX {
-                "has never been confirmed by the node".to_string()
-            } else {
-                format!("may be {} blocks old", chain.lag_blocks)
-            };
-            return Err(Refusal::new(
-                503,
-                "chain-state-stale",
-                "Chain state stale",
-                format!(
-                    "the service's view of the chain {lag} (the limit is {}), so a suspension or an opt-out could be missed: {message}; try again",
-                    self.max_lag_blocks
-                ),
-            ));
+        match decide(&fresh)? {
+            // a fresh view would permit: the staleness is the reason
+            Verdict::Permit { .. } => {
+                let lag = if chain.lag_blocks == u64::MAX {
+                    "has never been confirmed by the node".to_string()
+                } else {
+                    format!("may be {} blocks old", chain.lag_blocks)
+                };
+                Err(Refusal::new(
+                    503,
+                    "chain-state-stale",
+                    "Chain state stale",
+                    format!(
+                        "the service's view of the chain {lag} (the limit is {}), so a suspension or an opt-out could be missed: {message}; try again",
+                        self.max_lag_blocks
+                    ),
+                ))
+            }
+            // refused on any view: that refusal, with its own rule (not the staleness's)
+            Verdict::Deny { message, .. } => Err(denied(message)),
         }
-        Err(Refusal::new(
-            403,
-            "policy-denied",
-            "Denied by policy",
-            message,
-        ))
     }
 
     /// Step 8, the clinician's rate of grants, in this process's memory (with replicas the

@@ -1497,12 +1497,18 @@ async fn a_stale_view_of_the_chain_refuses_unless_a_degraded_policy_permits() {
         (503, &json!("chain-state-stale")),
         "{body}"
     );
-    // what the policies refuse on any view is refused as such, not as a stale view
+    // what the policies refuse on any view is refused as such, not as a stale view, naming
+    // the rule that refuses it on a fresh one
     let (status, body) = ask(&["advance-directives"]).await;
     assert_eq!(
         (status, &body["code"]),
         (403, &json!("policy-denied")),
         "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        !detail.contains("chain-state-stale") && detail.contains("advance-directives"),
+        "{detail}"
     );
 
     // the node is back, with the same chain: normal again without waiting for a block
