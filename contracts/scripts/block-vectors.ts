@@ -90,6 +90,16 @@ add("smart-contract", await makeContractDeploy({ contractName: "hello", codeBody
                                          function: "set-emergency-preferences", args: args.map((a) => Cl.serialize(a)) });
 }
 {
+  // post-condition mode Originator (SIP-040)
+  const args = [Cl.bufferFromHex(hex(32, "cd"))];
+  const tx = await makeContractCall({
+    contractAddress: DEPLOYER, contractName: "access-control", functionName: "clear-summary-hash", functionArgs: args,
+    fee: 700, nonce: 5, senderKey: clinician, network, postConditionMode: PostConditionMode.Originator,
+  });
+  add("contract-call", tx, clinician, 5, { contract: `${DEPLOYER}.access-control`, function: "clear-summary-hash",
+                                           args: args.map((a) => Cl.serialize(a)) });
+}
+{
   // a 2-of-3 multisig origin, unsigned (no fields yet): still a well-formed transaction
   const args = [Cl.bufferFromHex(hex(32, "ab"))];
   const tx = await makeUnsignedContractCall({

@@ -199,9 +199,16 @@ impl Follower {
             }
         };
         // what its events name, and what the node's block itself names by its calls to our
-        // contracts (a copy with its events stripped still names those)
+        // contracts (a copy with its events stripped still names those): read from the node
+        // only for a block to apply (one applied read them then, one a catch-up read past needs
+        // none), before the lock; `Some(None)`: not known that way, read as a gap
         let mut named = events::named(&events::prints(&block, &self.state.contracts));
-        named.extend(self.state.named_by_calls(&node_block).await?);
+        let (known, applied) = (self.hash_at(height), self.status.applied());
+        let by_calls = if known == Some(pushed) || (known.is_none() && height <= applied) {
+            None
+        } else {
+            Some(self.state.named_by_calls(&node_block).await?)
+        };
         // one block (or catch-up) at a time, and none while a cache fill checks and writes
         let _guard = self.state.apply_lock.lock().await;
         let applied = self.status.applied();
@@ -219,6 +226,15 @@ impl Follower {
             }
             return Ok(Applied::Again);
         }
+        // to apply: the names its calls gave (read before the lock; none if the follower moved
+        // meanwhile: then as a gap, every cached entry read again)
+        let unnamed = match by_calls {
+            Some(Some(by_calls)) => {
+                named.extend(by_calls);
+                false
+            }
+            _ => true,
+        };
         // another block at a height we applied, or a parent that is not the block we applied
         // below it: the chain reorganized
         let reorg = known.is_some()
@@ -242,12 +258,17 @@ impl Follower {
             )
             .await?;
             from = Some(fork);
-        } else if gap || named.len() > events::MAX_NAMED {
+        } else if gap || unnamed || named.len() > events::MAX_NAMED {
             if gap {
                 tracing::warn!(
                     from = applied,
                     to = height,
                     "gap in the block stream: re-reading the cache"
+                );
+            } else if unnamed {
+                tracing::warn!(
+                    height,
+                    "what the node's block changed is not known from its calls (a transaction of a kind this service does not decode, or too many patients' calls): re-reading the cache"
                 );
             }
             self.state.refresh_all(&mut batch).await?;

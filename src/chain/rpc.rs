@@ -73,7 +73,7 @@ impl NodeBlock {
             }),
             Err(e) => {
                 let header = decode_header(&bytes)?;
-                tracing::warn!(height = header.height, error = %e, "the node's block has transactions this service cannot decode: its own transactions are found by their bytes, and only its events name what it changed");
+                tracing::warn!(height = header.height, error = %e, "the node's block has transactions this service cannot decode: our transactions are found in it by their bytes, and every cached entry is read again");
                 Ok(NodeBlock {
                     header,
                     bytes,

@@ -55,7 +55,13 @@ pub struct ChainState {
     pub apply_lock: Arc<tokio::sync::Mutex<()>>,
     /// Principals the node said are not registered, with the tip they were read at.
     unregistered: Arc<Mutex<HashMap<Address, Option<Tip>>>>,
+    /// Patients' ids by the principal that registered them (`get-patient-id`): a registered
+    /// id never changes, so each is read from the node once (`PATIENT_IDS_KEPT` at most).
+    patient_ids: Arc<Mutex<HashMap<Address, PatientId>>>,
 }
+
+/// How many patients' ids `ChainState` keeps by principal (then it forgets them all).
+const PATIENT_IDS_KEPT: usize = 50_000;
 
 impl ChainState {
     pub fn new(store: Arc<dyn Store>, rpc: NodeClient, contracts: Contracts) -> ChainState {
@@ -65,6 +71,7 @@ impl ChainState {
             contracts,
             apply_lock: Arc::default(),
             unregistered: Arc::default(),
+            patient_ids: Arc::default(),
         }
     }
 
@@ -367,19 +374,21 @@ impl ChainState {
         .await
     }
 
-    /// Reads back from the node the entries a block names that the cache holds (an entry it
-    /// does not hold is read on its first use anyway), into `batch`, to land with the block.
-    /// Those it does not hold are dropped by the same write (`Batch::uncached`): with replicas
-    /// sharing the store, another replica's fill, read before this block, may land between
-    /// this look and the write, and would otherwise outlive the block it is older than.
     /// What the node's `block` names through its own calls to our contracts
-    /// (`events::called`), each patient-consent caller's patient id read from the node; nothing
-    /// if its transactions did not decode.
-    pub async fn named_by_calls(&self, block: &NodeBlock) -> Result<Named, StateError> {
+    /// (`events::called`), each patient-consent caller's patient id read from the node (once:
+    /// kept). `None` when that is not known this way: its transactions did not decode (a later
+    /// epoch's kind), or its patient-consent callers are more than `events::MAX_NAMED` (each a
+    /// read); the block is then read as a gap (every cached entry read again).
+    pub async fn named_by_calls(&self, block: &NodeBlock) -> Result<Option<Named>, StateError> {
         let Some(txs) = &block.txs else {
-            return Ok(Named::default());
+            return Ok(None);
         };
         let called = events::called(txs, &self.contracts);
+        let callers: std::collections::BTreeSet<&Address> =
+            called.by_patients.iter().map(|(a, _)| a).collect();
+        if callers.len() > events::MAX_NAMED {
+            return Ok(None);
+        }
         let mut named = called.named;
         let mut ids: HashMap<Address, Option<PatientId>> = HashMap::new();
         for (sender, what) in called.by_patients {
@@ -405,11 +414,32 @@ impl ChainState {
                 }
             }
         }
-        Ok(named)
+        Ok(Some(named))
     }
 
-    /// The patient id `who` registered, as the node has it.
+    /// The patient id `who` registered, as the node has it (kept once read).
     async fn patient_of(&self, who: &Address) -> Result<Option<PatientId>, StateError> {
+        let kept = |ids: &Mutex<HashMap<Address, PatientId>>| {
+            ids.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(who)
+                .copied()
+        };
+        if let Some(id) = kept(&self.patient_ids) {
+            return Ok(Some(id));
+        }
+        let id = self.read_patient_of(who).await?;
+        if let Some(id) = id {
+            let mut ids = self.patient_ids.lock().unwrap_or_else(|p| p.into_inner());
+            if ids.len() >= PATIENT_IDS_KEPT {
+                ids.clear();
+            }
+            ids.insert(*who, id);
+        }
+        Ok(id)
+    }
+
+    async fn read_patient_of(&self, who: &Address) -> Result<Option<PatientId>, StateError> {
         let v = self
             .rpc
             .call_read(
@@ -428,6 +458,11 @@ impl ChainState {
         }
     }
 
+    /// Reads back from the node the entries a block names that the cache holds (an entry it
+    /// does not hold is read on its first use anyway), into `batch`, to land with the block.
+    /// Those it does not hold are dropped by the same write (`Batch::uncached`): with replicas
+    /// sharing the store, another replica's fill, read before this block, may land between
+    /// this look and the write, and would otherwise outlive the block it is older than.
     pub async fn reread(&self, named: &Named, batch: &mut Batch) -> Result<(), StateError> {
         let u = &mut batch.uncached;
         for who in &named.providers {

@@ -331,6 +331,8 @@ pub fn decode_prefix(bytes: &[u8]) -> Result<(DecodedTx, usize), TxError> {
     let post_condition_mode = match r.u8()? {
         0x01 => "allow",
         0x02 => "deny",
+        // deny for the originator's assets, allow for others (SIP-040)
+        0x03 => "originator",
         m => return Err(TxError::Malformed(format!("post-condition mode {m}"))),
     };
     let post_conditions = r.u32()? as usize;

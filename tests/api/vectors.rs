@@ -191,9 +191,11 @@ fn every_kind_of_transaction_in_a_block_decodes_with_its_txid() {
     let v: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let cases = v["transactions"].as_array().unwrap();
     let mut kinds = std::collections::BTreeSet::new();
+    let mut modes = std::collections::BTreeSet::new();
     for case in cases {
         let raw = unhex(s(case, "tx_hex"));
         let decoded = tx::decode(&raw).unwrap_or_else(|e| panic!("{}: {e}", s(case, "kind")));
+        modes.insert(decoded.post_condition_mode);
         assert_eq!(decoded.txid, s(case, "txid"), "{}", s(case, "kind"));
         assert_eq!(decoded.nonce, case["nonce"].as_u64().unwrap());
         assert_eq!(decoded.sponsored, case["sponsored"].as_bool().unwrap());
@@ -236,6 +238,11 @@ fn every_kind_of_transaction_in_a_block_decodes_with_its_txid() {
         kinds.insert(kind);
     }
     assert_eq!(kinds.len(), 6, "every kind is in the vectors: {kinds:?}");
+    assert_eq!(
+        modes,
+        ["allow", "deny", "originator"].into_iter().collect(),
+        "every post-condition mode"
+    );
 
     let block = &v["block"];
     let bytes = unhex(s(block, "hex"));
