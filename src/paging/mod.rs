@@ -139,21 +139,26 @@ struct State {
 /// How many aged-out rows one write deletes at most (the rest with the writes after it).
 const FORGET_AT_ONCE: usize = 100;
 
-/// Whether the stored row `key` (a delivery or an incident) is there and aged out now
+/// The stored row `key` (a delivery or an incident) as it is, if it is there and aged out now
 /// (incidents after `incident_max_secs`).
-fn aged_out(store: &dyn Store, key: &str, incident_max_secs: u64) -> Result<bool, StoreError> {
+fn aged_out(
+    store: &dyn Store,
+    key: &str,
+    incident_max_secs: u64,
+) -> Result<Option<serde_json::Value>, StoreError> {
     let Some(row) = store.paging_row(key)? else {
-        return Ok(false);
+        return Ok(None);
     };
     let now = now_secs();
-    Ok(if key.starts_with(SEEN) {
-        serde_json::from_value::<u64>(row).is_ok_and(|until| until < now)
+    let aged = if key.starts_with(SEEN) {
+        serde_json::from_value::<u64>(row.clone()).is_ok_and(|until| until < now)
     } else if key.starts_with(INCIDENT) {
-        serde_json::from_value::<Incident>(row)
+        serde_json::from_value::<Incident>(row.clone())
             .is_ok_and(|i| i.since.max(i.updated) + incident_max_secs <= now)
     } else {
         false
-    })
+    };
+    Ok(aged.then_some(row))
 }
 
 impl State {
@@ -441,19 +446,21 @@ impl OnCall {
     /// `reload_if_shared` with the store's read on the blocking pool: the request's thread
     /// serves other requests (grants) meanwhile.
     async fn reload_if_shared_async(&self) {
+        if let Err(e) = self.reload_shared().await {
+            tracing::warn!(error = %e, "on-call: the shared state could not be read again");
+        }
+    }
+
+    /// Reads the stored state again if other replicas share it, on the blocking pool.
+    async fn reload_shared(&self) -> Result<(), StoreError> {
         if !self.shared {
-            return;
+            return Ok(());
         }
         self.reloaded_ms
             .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || read_stored(store.as_ref())).await {
-            Ok(Ok((stored, synced))) => self.take_stored(stored, synced),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "on-call: the shared state could not be read again")
-            }
-            Err(e) => tracing::warn!(error = %e, "on-call: the shared state's read stopped"),
-        }
+        let (stored, synced) = self.off_thread(read_stored).await?;
+        self.take_stored(stored, synced);
+        Ok(())
     }
 
     /// `f` of the store, on the blocking pool (its reads block).
@@ -692,7 +699,10 @@ impl OnCall {
         } else {
             None
         };
-        self.reload_if_shared_async().await;
+        // checked against the state as stored now, read after the guarded row: without it (the
+        // read failed), the state in memory may be older than the row, and the change is not
+        // made (the sender sends it again)
+        self.reload_shared().await?;
         let (next, forgotten, incident) = {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             let next = self.next(&state, change);
@@ -709,18 +719,10 @@ impl OnCall {
         };
         // with replicas, a row is deleted only if it is still aged out as stored now: another
         // replica may have written it anew since this one found it aged out (a new page)
+        // one process deletes the rows it found aged out with the change; replicas each after
+        // it, on its own, guarded by the row as read (`forget_shared`)
         let mut rows: Vec<(String, Option<serde_json::Value>)> = if self.shared {
-            let (keys, max_secs) = (forgotten.clone(), self.incident_max_secs);
-            self.off_thread(move |s| {
-                let mut out = Vec::new();
-                for key in keys {
-                    if aged_out(s, &key, max_secs)? {
-                        out.push((key, None));
-                    }
-                }
-                Ok(out)
-            })
-            .await?
+            Vec::new()
         } else {
             forgotten.iter().map(|k| (k.clone(), None)).collect()
         };
@@ -795,6 +797,9 @@ impl OnCall {
             state.forgotten.extend(forgotten);
             return Err(e);
         }
+        if self.shared {
+            self.forget_shared(forgotten).await;
+        }
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = new_incident {
             state.incidents.insert(format!("{}:{}", i.source, i.id), i);
@@ -816,6 +821,54 @@ impl OnCall {
             None => return Ok(Applied::Superseded),
         }
         Ok(Applied::Changed)
+    }
+
+    /// With replicas, deletes the rows `keys` still aged out as stored, each by a write of its
+    /// own guarded by the row as read (`store::Guard::paging`): one another replica wrote anew
+    /// meanwhile (a new page) stays. Rows it could not read or delete are kept for the next
+    /// write.
+    async fn forget_shared(&self, keys: Vec<String>) {
+        let max_secs = self.incident_max_secs;
+        let read = {
+            let keys = keys.clone();
+            self.off_thread(move |s| {
+                let mut out = Vec::new();
+                for key in keys {
+                    if let Some(row) = aged_out(s, &key, max_secs)? {
+                        out.push((key, row));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+        };
+        let aged = match read {
+            Ok(aged) => aged,
+            Err(e) => {
+                tracing::warn!(error = %e, "on-call: aged-out rows could not be read; kept for the next write");
+                let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+                state.forgotten.extend(keys);
+                return;
+            }
+        };
+        for (key, row) in aged {
+            let batch = Batch {
+                paging: vec![(key.clone(), None)],
+                guard: Some(crate::store::Guard {
+                    paging: Some((key.clone(), Some(row))),
+                    ..crate::store::Guard::default()
+                }),
+                ..Batch::default()
+            };
+            match apply_async(&self.store, batch).await {
+                Ok(()) | Err(StoreError::Guarded(crate::store::Guarded::Changed)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "on-call: an aged-out row could not be deleted; kept for the next write");
+                    let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+                    state.forgotten.insert(key);
+                }
+            }
+        }
     }
 
     /// An open incident, as known now.
