@@ -148,6 +148,41 @@ impl Review {
                 "the access is not confirmed on chain yet: its verdict can be given once it is",
             ));
         }
+        // reviewed on chain already (directly, by a reviewer who holds STX, or through another
+        // responder): the contract would refuse ours (u215), and the responder pay for nothing
+        let on_chain = self
+            .state
+            .rpc
+            .call_read(
+                &self.state.contracts.access_control(),
+                "get-emergency-review",
+                &[Value::Buffer(id.0.to_vec())],
+                &self.state.contracts.address,
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "the node cannot be asked for an access's review");
+                refusal(
+                    503,
+                    "chain-state-unavailable",
+                    "Chain state unavailable",
+                    "the chain could not be asked whether the access is reviewed; try again",
+                )
+            })?;
+        if let Value::Some(review) = on_chain {
+            let m = review.as_tuple();
+            let field = |k: &str| m.and_then(|m| m.get(k)).map(ToString::to_string);
+            return Err(refusal(
+                409,
+                "reviewed-on-chain",
+                "Reviewed on chain",
+                format!(
+                    "the access has a review on chain already: {} by {}",
+                    field("verdict").unwrap_or_default(),
+                    field("reviewer").unwrap_or_default()
+                ),
+            ));
+        }
         let note_hash: [u8; 32] = Sha256::digest(given.note.as_bytes()).into();
         let sig = hex::decode(
             given

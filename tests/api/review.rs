@@ -833,12 +833,13 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     }
 }
 
-/// A session's CSRF token, from its queue page.
 /// Another reviewer reviews an access directly on chain with the same verdict and an empty
-/// note (whose hash is everyone's); our reviewer's relayed verdict, the same, is refused by the
-/// contract (u215). Its operation is failed, not confirmed: the chain's review names the other
-/// reviewer. Before, verdict and note hash matching, ours was confirmed, and the pages and the
-/// audit trail gave our reviewer the other's verdict.
+/// note (whose hash is everyone's), mined just before our reviewer's relayed verdict, the
+/// same, which the contract refuses (u215). Its operation is failed, not confirmed: the chain's
+/// review names the other reviewer. Before, verdict and note hash matching, ours was confirmed,
+/// and the pages and the audit trail gave our reviewer the other's verdict. A verdict given
+/// after is refused at once (409 `reviewed-on-chain`): the responder pays for no transaction the
+/// contract would refuse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relayed_verdict_is_confirmed_only_as_its_reviewers() {
     let env = setup(|_| {}).await;
@@ -874,9 +875,9 @@ async fn a_relayed_verdict_is_confirmed_only_as_its_reviewers() {
             ],
         )
         .await;
-    mine_applied(&env.app, &env.devnet, "the physician's review").await;
 
-    // our reviewer gives the same verdict, with an empty note, through the service
+    // our reviewer gives the same verdict, with an empty note, through the service, before the
+    // physician's review is mined (the service sees no review on chain yet)
     let reviewer = key_of(provider(&env.demo, "reviewer"));
     let session = signed_in(&base, &reviewer).await;
     let csrf = csrf_of_session(&base, &session).await;
@@ -909,6 +910,22 @@ async fn a_relayed_verdict_is_confirmed_only_as_its_reviewers() {
     })
     .await;
     assert!(format!("{failed:?}").contains("refused"), "{failed:?}");
+    // and no verdict is taken for it since: the chain has its review
+    let sig = verdict_signature(&id, VerdictKind::Inappropriate, "", &reviewer);
+    let (s, body) = post_verdict(
+        &base,
+        &session,
+        &id,
+        &[
+            ("csrf", &csrf),
+            ("verdict", "inappropriate"),
+            ("note", ""),
+            ("signature", &sig),
+        ],
+    )
+    .await;
+    assert_eq!(s, 409, "{body}");
+    assert!(body.contains("reviewed-on-chain"), "{body}");
 }
 
 /// A verdict the chain refuses (its reviewer lost the role before it was mined) leaves the
@@ -1083,6 +1100,7 @@ async fn signing_out_ends_the_session_while_the_node_is_down() {
     assert_eq!(status, 303, "signed out: the page sends to the sign-in");
 }
 
+/// A session's CSRF token, from its queue page.
 async fn csrf_of_session(base: &str, session: &str) -> String {
     let (s, page) = get_with(base, "/review", session).await;
     assert_eq!(s, 200);
