@@ -230,8 +230,19 @@ async fn access(
         "view": if entitled { "full" } else { "public" },
     });
     if entitled {
+        // the mail server's replies (which may echo the patient's address) to admin clients
+        // only; the token's holder sees where the notice stands
         let notice = match store.notice(&access_id) {
-            Ok(Some(n)) => super::admin::notice_view(&n),
+            Ok(Some(n)) if admin_client => super::admin::notice_view(&n),
+            Ok(Some(n)) => {
+                let mut v = super::admin::notice_view(&n);
+                if let Some(m) = v.as_object_mut() {
+                    m.retain(|k, _| {
+                        ["access_id", "state", "due_at", "attempts", "at"].contains(&k.as_str())
+                    });
+                }
+                v
+            }
             _ => json!(null),
         };
         // the reason is only ever shown here, to admin clients: never in a token, to its

@@ -87,6 +87,11 @@ async fn notify_env_with(
 
 /// Breaks the glass for `patient` as the nurse; the access id.
 async fn grant(env: &Env, patient: &str, nonce: u64) -> String {
+    granted(env, patient, nonce).await.0
+}
+
+/// Breaks the glass for `patient` as the nurse; the access id and its token.
+async fn granted(env: &Env, patient: &str, nonce: u64) -> (String, String) {
     let key = provider(&env.demo, "nurse")["private_key"]
         .as_str()
         .unwrap();
@@ -96,7 +101,10 @@ async fn grant(env: &Env, patient: &str, nonce: u64) -> String {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    body["access_id"].as_str().unwrap().to_string()
+    (
+        body["access_id"].as_str().unwrap().to_string(),
+        body["access_token"].as_str().unwrap().to_string(),
+    )
 }
 
 /// An access as an admin client sees it: the whole of it, with its notice.
@@ -121,7 +129,7 @@ async fn patient_with_contact(env: &Env) -> String {
 /// `attempts` times (no SMTP server yet): the patient id and the access id.
 async fn notice_failing(env: &Env, attempts: u64) -> (String, String) {
     let pid = patient_with_contact(env).await;
-    let id = grant(env, &pid, 1).await;
+    let (id, token) = granted(env, &pid, 1).await;
     // an admin client reads the clinician's reason (a token's holder does not)
     assert_eq!(
         access_view(env, &id).await["reason"],
@@ -134,6 +142,13 @@ async fn notice_failing(env: &Env, attempts: u64) -> (String, String) {
             .then_some(())
     })
     .await;
+    // the mail server's errors to admin clients only; the token's holder sees where the notice
+    // stands
+    assert!(access_view(env, &id).await["notice"]["last_error"].is_string());
+    let (status, held) = access_with_token(&env.app, &id, &token).await;
+    assert_eq!(status, 200, "{held}");
+    assert_eq!(held["notice"]["state"], "pending", "{held}");
+    assert!(held["notice"].get("last_error").is_none(), "{held}");
     (pid, id)
 }
 
