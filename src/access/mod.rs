@@ -337,14 +337,18 @@ impl BreakGlass {
             crate::store::ProviderState::Unregistered => (None, None),
         };
         // what the policies see of the clinician's on-call state, as a request now would (a
-        // policy may read it): none when not on call (the request is then refused for that)
-        let on_call = match self
-            .oncall
-            .lookup_fresh(&principal.to_string(), crate::clock::now_secs())
-            .await
-        {
-            crate::paging::Lookup::OnCall(fact) => Some(fact),
-            _ => None,
+        // policy may read it): none when not on call (the request is then refused for that);
+        // looked up for providers the chain knows only
+        let on_call = match role {
+            Some(_) => match self
+                .oncall
+                .lookup_fresh(&principal.to_string(), crate::clock::now_secs())
+                .await
+            {
+                crate::paging::Lookup::OnCall(fact) => Some(fact),
+                _ => None,
+            },
+            None => None,
         };
         let situation = Situation {
             on_call: on_call.as_ref(),

@@ -12,14 +12,20 @@ use super::seen::Seen;
 use crate::clock::{now_ms, now_secs};
 use crate::store::StoreError;
 
+/// Outstanding sign-in challenges: nonce → until (unix s), and (until, nonce) in order.
+type Challenges = (
+    HashMap<String, u64>,
+    std::collections::BTreeSet<(u64, String)>,
+);
+
 pub struct Local {
     seen: Mutex<Seen>,
     limiter: DefaultKeyedRateLimiter<String>,
     /// name → (holder, until unix ms, fencing token)
     leases: Mutex<HashMap<String, (String, u64, u64)>>,
     fences: std::sync::atomic::AtomicU64,
-    /// Sign-in challenges: nonce → until (unix s).
-    challenges: Mutex<HashMap<String, u64>>,
+    /// Sign-in challenges: nonce → until (unix s), and the same ordered by until.
+    challenges: Mutex<Challenges>,
     /// Sessions: key → (session, last used, unix ms).
     sessions: Mutex<HashMap<String, (super::OpenSession, u64)>>,
 }
@@ -126,26 +132,28 @@ impl Local {
 
     pub(super) fn issue_challenge(&self, nonce: &str, expires_at: u64, max: usize) {
         let now = now_secs();
-        let mut c = lock(&self.challenges);
-        if c.len() >= max {
-            c.retain(|_, until| *until > now);
-        }
-        while c.len() >= max.max(1) {
-            // the one to expire first (the oldest: all live as long)
-            let Some(first) = c
-                .iter()
-                .min_by_key(|(k, until)| (**until, (*k).clone()))
-                .map(|(k, _)| k.clone())
-            else {
+        let mut guard = lock(&self.challenges);
+        let (by_nonce, by_expiry) = &mut *guard;
+        // the expired, then the ones to expire first while full (all live as long: the oldest)
+        while let Some((until, first)) = by_expiry.first().cloned() {
+            if until > now && by_expiry.len() < max.max(1) {
                 break;
-            };
-            c.remove(&first);
+            }
+            by_expiry.pop_first();
+            by_nonce.remove(&first);
         }
-        c.insert(nonce.to_string(), expires_at);
+        if let Some(before) = by_nonce.insert(nonce.to_string(), expires_at) {
+            by_expiry.remove(&(before, nonce.to_string()));
+        }
+        by_expiry.insert((expires_at, nonce.to_string()));
     }
 
     pub(super) fn take_challenge(&self, nonce: &str) -> Option<u64> {
-        lock(&self.challenges).remove(nonce)
+        let mut guard = lock(&self.challenges);
+        let (by_nonce, by_expiry) = &mut *guard;
+        let until = by_nonce.remove(nonce)?;
+        by_expiry.remove(&(until, nonce.to_string()));
+        Some(until)
     }
 
     pub(super) fn open_session(&self, key: &str, session: &super::OpenSession) {
