@@ -4,8 +4,9 @@
 //! for that patient, only the resources its scopes cover (`scope.rs`), only when the stored
 //! summary still hashes to what the chain says.
 //!
-//! Every read and every refused read goes to the audit log before it is answered: reviewers
-//! see what was actually read.
+//! Every read, and every refused read of a verified token's holder, goes to the audit log
+//! before it is answered: reviewers see what was actually read. Refused reads without a
+//! verified token go to it 60 a minute at most, the rest counted (anyone can send them).
 //!
 //! It must not: serve anything it could not check against the chain, log clinical content,
 //! or let a token for one patient read another's data.
