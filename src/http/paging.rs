@@ -39,53 +39,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// A webhook's body, read up to `MAX_WEBHOOK_BYTES`: beyond, or unreadable, refused as a problem
-/// (413 `webhook-too-large`, 400 `malformed-webhook`) and counted, before anything else is read.
-async fn body_of(
-    source: &str,
-    mut payload: web::Payload,
-    paging: &Paging,
-) -> Result<web::Bytes, HttpResponse> {
-    use futures_util::StreamExt;
-    let refused = |status: u16, code: &'static str, title: &'static str, detail: String| {
-        paging
-            .metrics
-            .webhooks
-            .get_or_create(&Webhook {
-                source: source.into(),
-                outcome: code.into(),
-            })
-            .inc();
-        problem(&Refusal {
-            status,
-            code,
-            title,
-            detail,
-        })
-    };
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return Err(refused(
-                400,
-                "malformed-webhook",
-                "Malformed webhook",
-                "the body could not be read".into(),
-            ));
-        };
-        if body.len() + chunk.len() > MAX_WEBHOOK_BYTES {
-            return Err(refused(
-                413,
-                "webhook-too-large",
-                "Webhook too large",
-                format!("a webhook is at most {MAX_WEBHOOK_BYTES} bytes"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
-}
-
 fn header<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -123,16 +76,62 @@ impl Paging {
             .inc();
     }
 
-    /// The common path of every source: the secrets (re-read at each delivery, off the
-    /// runtime), the signature before anything else is read, then the mapping, the body, its
-    /// age, the replay claim and the durable apply.
+    /// A webhook's body, read up to `MAX_WEBHOOK_BYTES`: beyond, or unreadable, refused as a
+    /// problem (413 `webhook-too-large`, 400 `malformed-webhook`) and counted.
+    async fn body(
+        &self,
+        source: &str,
+        mut payload: web::Payload,
+    ) -> Result<web::Bytes, HttpResponse> {
+        use futures_util::StreamExt;
+        let refused = |status: u16, code: &'static str, title: &'static str, detail: String| {
+            self.count(source, code);
+            problem(&Refusal {
+                status,
+                code,
+                title,
+                detail,
+            })
+        };
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let Ok(chunk) = chunk else {
+                return Err(refused(
+                    400,
+                    "malformed-webhook",
+                    "Malformed webhook",
+                    "the body could not be read".into(),
+                ));
+            };
+            if body.len() + chunk.len() > MAX_WEBHOOK_BYTES {
+                return Err(refused(
+                    413,
+                    "webhook-too-large",
+                    "Webhook too large",
+                    format!("a webhook is at most {MAX_WEBHOOK_BYTES} bytes"),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+
+    /// The common path of every source: its body (bounded, before anything else), the secrets
+    /// (re-read at each delivery, off the runtime), the signature before anything else of the
+    /// body is read, then the mapping, the body, its age, the replay claim and the durable
+    /// apply.
     async fn receive(
         &self,
         source: &str,
+        payload: web::Payload,
         secrets: &Option<PathBuf>,
-        verify: impl FnOnce(&[Vec<u8>]) -> Result<(), WebhookError>,
-        read: impl FnOnce(&HashMap<String, String>) -> Result<Delivery, WebhookError>,
+        verify: impl FnOnce(&[Vec<u8>], &[u8]) -> Result<(), WebhookError>,
+        read: impl FnOnce(&[u8], &HashMap<String, String>) -> Result<Delivery, WebhookError>,
     ) -> HttpResponse {
+        let body = match self.body(source, payload).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
+        };
         let Some(path) = secrets.clone() else {
             return problem(&Refusal {
                 status: 404,
@@ -153,7 +152,7 @@ impl Paging {
             Ok(Err(e)) => return unavailable(source, "the webhook secrets", e),
             Err(e) => return unavailable(source, "the webhook secrets", e),
         };
-        if let Err(e) = verify(&secrets) {
+        if let Err(e) = verify(&secrets, &body) {
             return self.refused(source, e);
         }
         let oncall = self.oncall.clone();
@@ -163,7 +162,7 @@ impl Paging {
             Err(e) => return unavailable(source, "the responder mapping", e),
         };
         let now = now_secs();
-        let v = match read(&map).and_then(|v| {
+        let v = match read(&body, &map).and_then(|v| {
             webhook::fresh(v.at, now, self.oncall.window_secs)?;
             Ok(v)
         }) {
@@ -213,17 +212,14 @@ async fn pagerduty(
     paging: web::Data<Paging>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let body = match body_of("pagerduty", payload, &paging).await {
-        Ok(body) => body,
-        Err(refused) => return refused,
-    };
     let signature = header(&req, "x-pagerduty-signature");
     paging
         .receive(
             "pagerduty",
+            payload,
             &paging.pagerduty_secrets,
-            |secrets| pagerduty::verify(signature, &body, secrets),
-            |map| pagerduty::parse(&body, map),
+            |secrets, body| pagerduty::verify(signature, body, secrets),
+            pagerduty::parse,
         )
         .await
 }
@@ -233,17 +229,14 @@ async fn opsgenie(
     paging: web::Data<Paging>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let body = match body_of("opsgenie", payload, &paging).await {
-        Ok(body) => body,
-        Err(refused) => return refused,
-    };
     let token = header(&req, "x-breakglass-token");
     paging
         .receive(
             "opsgenie",
+            payload,
             &paging.opsgenie_secrets,
-            |secrets| opsgenie::verify(token, secrets),
-            |map| opsgenie::parse(&body, map),
+            |secrets, _| opsgenie::verify(token, secrets),
+            opsgenie::parse,
         )
         .await
 }
@@ -253,10 +246,6 @@ async fn generic(
     paging: web::Data<Paging>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let body = match body_of("webhook", payload, &paging).await {
-        Ok(body) => body,
-        Err(refused) => return refused,
-    };
     let (ts, sig) = (
         header(&req, "x-breakglass-timestamp"),
         header(&req, "x-breakglass-signature"),
@@ -264,10 +253,11 @@ async fn generic(
     paging
         .receive(
             "webhook",
+            payload,
             &paging.webhook_secrets,
-            |secrets| generic::verify(ts, sig, &body, secrets),
+            |secrets, body| generic::verify(ts, sig, body, secrets),
             // `verify` passed: the timestamp is there, and signed
-            |map| generic::parse(ts.unwrap_or_default(), &body, map),
+            |body, map| generic::parse(ts.unwrap_or_default(), body, map),
         )
         .await
 }

@@ -1391,23 +1391,29 @@ async fn a_reorg_undoes_what_the_abandoned_blocks_did_within_one_block() {
     assert!(on_chain(app, &id).await.starts_with("(some"));
 }
 
+/// A policy directory (for `policy.dir`): the default schema and `policies`.
+fn policies_dir(policies: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("breakglass.cedarschema"),
+        breakglass::policy::DEFAULT_SCHEMA,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("breakglass.cedar"), policies).unwrap();
+    dir
+}
+
 /// The tablet's options are decided as a request would be, on-call state included: with a
 /// policy that lets pharmacists break the glass only while on call, an on-call pharmacist's
 /// options open what a request grants. Before, they were decided as if no one were on call,
 /// and the tablet greyed out (and would not send) what the API grants.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tablets_options_are_decided_with_the_clinicians_on_call_state() {
-    let policies = tempfile::tempdir().unwrap();
-    std::fs::write(
-        policies.path().join("breakglass.cedarschema"),
-        breakglass::policy::DEFAULT_SCHEMA,
-    )
-    .unwrap();
     let on_call_only = format!(
         "{}\n@id(\"pharmacists-only-on-call\")\nforbid (principal, action, resource) when {{ principal.role == \"pharmacist\" && !(context has on_call) }};",
         breakglass::policy::DEFAULT_POLICIES
     );
-    std::fs::write(policies.path().join("breakglass.cedar"), on_call_only).unwrap();
+    let policies = policies_dir(&on_call_only);
     let dir = policies.path().to_path_buf();
     // the roster has everyone on call but the admin
     let env = setup(move |s| s.policy.dir = Some(dir)).await;
@@ -1436,18 +1442,12 @@ async fn the_tablets_options_are_decided_with_the_clinicians_on_call_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_view_of_the_chain_refuses_unless_a_degraded_policy_permits() {
     // the hospital's degraded mode: while stale, allergies and blood type only
-    let policies = tempfile::tempdir().unwrap();
-    std::fs::write(
-        policies.path().join("breakglass.cedarschema"),
-        breakglass::policy::DEFAULT_SCHEMA,
-    )
-    .unwrap();
     let degraded = breakglass::policy::DEFAULT_POLICIES.replace(
         "when { context.chain_stale };",
         r#"when { context.chain_stale && !([Breakglass::DataType::"allergies", Breakglass::DataType::"blood-type"].contains(resource)) };"#,
     );
     assert_ne!(degraded, breakglass::policy::DEFAULT_POLICIES);
-    std::fs::write(policies.path().join("breakglass.cedar"), degraded).unwrap();
+    let policies = policies_dir(&degraded);
     let dir = policies.path().to_path_buf();
     let mut env = setup(move |s| {
         s.issuance.seconds_per_block = 1;

@@ -157,6 +157,32 @@ async fn post_form(base: &str, path: &str, session: &str, form: &[(&str, &str)])
     (res.status().as_u16(), res.text().await.unwrap())
 }
 
+/// `key`'s verdict on access `id`, signed over `note` and posted with `session` and its CSRF
+/// token; (status, body).
+async fn give_verdict(
+    base: &str,
+    session: &str,
+    id: &str,
+    verdict: VerdictKind,
+    note: &str,
+    key: &secp256k1::SecretKey,
+) -> (u16, String) {
+    let signature = verdict_signature(id, verdict, note, key);
+    let csrf = csrf_of_session(base, session).await;
+    post_verdict(
+        base,
+        session,
+        id,
+        &[
+            ("csrf", &csrf),
+            ("verdict", verdict.as_str()),
+            ("note", note),
+            ("signature", &signature),
+        ],
+    )
+    .await
+}
+
 fn verdict_signature(
     id: &str,
     verdict: VerdictKind,
@@ -880,18 +906,13 @@ async fn a_relayed_verdict_is_confirmed_only_as_its_reviewers() {
     // physician's review is mined (the service sees no review on chain yet)
     let reviewer = key_of(provider(&env.demo, "reviewer"));
     let session = signed_in(&base, &reviewer).await;
-    let csrf = csrf_of_session(&base, &session).await;
-    let sig = verdict_signature(&id, VerdictKind::Appropriate, "", &reviewer);
-    let (s, body) = post_verdict(
+    let (s, body) = give_verdict(
         &base,
         &session,
         &id,
-        &[
-            ("csrf", &csrf),
-            ("verdict", "appropriate"),
-            ("note", ""),
-            ("signature", &sig),
-        ],
+        VerdictKind::Appropriate,
+        "",
+        &reviewer,
     )
     .await;
     assert_eq!(s, 303, "{body}");
@@ -911,17 +932,13 @@ async fn a_relayed_verdict_is_confirmed_only_as_its_reviewers() {
     .await;
     assert!(format!("{failed:?}").contains("refused"), "{failed:?}");
     // and no verdict is taken for it since: the chain has its review
-    let sig = verdict_signature(&id, VerdictKind::Inappropriate, "", &reviewer);
-    let (s, body) = post_verdict(
+    let (s, body) = give_verdict(
         &base,
         &session,
         &id,
-        &[
-            ("csrf", &csrf),
-            ("verdict", "inappropriate"),
-            ("note", ""),
-            ("signature", &sig),
-        ],
+        VerdictKind::Inappropriate,
+        "",
+        &reviewer,
     )
     .await;
     assert_eq!(s, 409, "{body}");
@@ -964,17 +981,13 @@ async fn a_verdict_the_chain_refused_leaves_the_access_to_be_reviewed_again() {
         .await;
     let reviewer = key_of(reviewer_p);
     let session = signed_in(&base, &reviewer).await;
-    let sig = verdict_signature(&id, VerdictKind::Appropriate, "fine", &reviewer);
-    let (s, body) = post_verdict(
+    let (s, body) = give_verdict(
         &base,
         &session,
         &id,
-        &[
-            ("csrf", &csrf_of_session(&base, &session).await),
-            ("verdict", "appropriate"),
-            ("note", "fine"),
-            ("signature", &sig),
-        ],
+        VerdictKind::Appropriate,
+        "fine",
+        &reviewer,
     )
     .await;
     assert_eq!(s, 303, "{body}");
@@ -1002,17 +1015,13 @@ async fn a_verdict_the_chain_refused_leaves_the_access_to_be_reviewed_again() {
     // the physician reviews it: the next attempt, on chain
     let physician_key = key_of(physician);
     let session = signed_in(&base, &physician_key).await;
-    let sig = verdict_signature(&id, VerdictKind::NeedsFollowUp, "call back", &physician_key);
-    let (s, body) = post_verdict(
+    let (s, body) = give_verdict(
         &base,
         &session,
         &id,
-        &[
-            ("csrf", &csrf_of_session(&base, &session).await),
-            ("verdict", "needs-follow-up"),
-            ("note", "call back"),
-            ("signature", &sig),
-        ],
+        VerdictKind::NeedsFollowUp,
+        "call back",
+        &physician_key,
     )
     .await;
     assert_eq!(s, 303, "{body}");
@@ -1028,19 +1037,13 @@ async fn a_verdict_the_chain_refused_leaves_the_access_to_be_reviewed_again() {
         (1, VerdictKind::NeedsFollowUp)
     );
     // and it stands: a third is refused
-    let (s, body) = post_verdict(
+    let (s, body) = give_verdict(
         &base,
         &session,
         &id,
-        &[
-            ("csrf", &csrf_of_session(&base, &session).await),
-            ("verdict", "appropriate"),
-            ("note", ""),
-            (
-                "signature",
-                &verdict_signature(&id, VerdictKind::Appropriate, "", &physician_key),
-            ),
-        ],
+        VerdictKind::Appropriate,
+        "",
+        &physician_key,
     )
     .await;
     assert_eq!(s, 409, "{body}");
