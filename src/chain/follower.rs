@@ -103,7 +103,12 @@ pub struct Follower {
 impl Follower {
     pub fn new(state: ChainState, status: Arc<FollowerStatus>) -> Result<Follower, StoreError> {
         let mut recent = BTreeMap::new();
-        if let Some(tip) = state.store.tip()? {
+        // (a catch-up's mark on a store that had no tip yet is not a block applied)
+        if let Some(tip) = state
+            .store
+            .tip()?
+            .filter(|t| t.height > 0 || t.refreshing.is_none())
+        {
             status.applied.store(tip.height, Ordering::SeqCst);
             recent.insert(tip.height, Seen::read_past(tip.index_block_hash));
         }
@@ -276,10 +281,7 @@ impl Follower {
             self.state.reread(&named, &mut batch).await?;
         }
         self.confirm(&node_block, &mut batch).await?;
-        batch.tip = Some(Tip {
-            height,
-            index_block_hash: pushed,
-        });
+        batch.tip = Some(Tip::new(height, pushed));
         self.write(batch).await?;
         if let Some(from) = from {
             self.forget_from(from.min(height));
@@ -454,10 +456,7 @@ impl Follower {
             .await?;
             self.forget_from(from);
         }
-        batch.tip = Some(Tip {
-            height,
-            index_block_hash: tip.header.block_id,
-        });
+        batch.tip = Some(Tip::new(height, tip.header.block_id));
         self.write(batch).await?;
         self.remember(height, Seen::read_past(tip.header.block_id));
         self.status.applied.store(height, Ordering::SeqCst);

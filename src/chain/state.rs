@@ -524,7 +524,24 @@ impl ChainState {
 
     /// Re-reads every cached entry from the node, for after a gap in the block stream or a
     /// reorg. The result goes into `batch` so that it lands with the new tip.
+    ///
+    /// Other replicas fill the same cache meanwhile: a fill that read the node before this
+    /// catch-up looked, and landed before its write, would be kept under the tip the catch-up
+    /// moves to without being read again (it is not in the list read here), though the chain
+    /// may have changed it since. So the stored tip is marked first (`Tip::refreshing`): a
+    /// fill checked against the tip it read before cannot land after the mark, and every one
+    /// that landed before it is in the list.
     pub async fn refresh_all(&self, batch: &mut Batch) -> Result<(), StateError> {
+        let stored = self.store.tip()?;
+        let marked = Tip {
+            refreshing: Some(mark()),
+            ..stored.unwrap_or(Tip::new(0, [0; 32]))
+        };
+        self.write(Batch {
+            tip: Some(marked),
+            ..Batch::default()
+        })
+        .await?;
         for who in self.store.providers()? {
             let s = self.read_provider(&who).await?;
             batch.providers.push((who, Some(s)));
@@ -553,6 +570,21 @@ impl ChainState {
     }
 }
 
+/// A catch-up's mark of the tip (`Tip::refreshing`): random, so that no two catch-ups, on
+/// any replica, mark a tip alike.
+fn mark() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    // the system's generator does not fail on the systems this runs on; a clock's
+    // nanoseconds would do nearly as well
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+    }
+    u64::from_le_bytes(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -579,10 +611,7 @@ mod tests {
     }
 
     fn tip(height: u64) -> Tip {
-        Tip {
-            height,
-            index_block_hash: [height as u8; 32],
-        }
+        Tip::new(height, [height as u8; 32])
     }
 
     fn provider(status: ProviderStatus) -> ProviderState {
@@ -689,6 +718,63 @@ mod tests {
             .unwrap();
         suspended_in_the_end(&st, got);
         assert_eq!(reads.load(Ordering::SeqCst), 2, "read again at block 2");
+    }
+
+    /// Replicas sharing Redis: this replica catches up (a gap, say) while another fills the
+    /// provider, who is not cached when the catch-up lists what to read again. The fill read
+    /// the node before the catch-up began (verified, at block 1) and would land before the
+    /// catch-up's write: it is refused (the catch-up marked the tip first), reads again, and
+    /// what stays under the catch-up's tip is the provider as the node has them now. Before, the
+    /// fill landed as read, the catch-up moved the tip past it, and the provider stayed
+    /// verified after their suspension until a block named them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fill_read_before_another_replicas_catch_up_does_not_outlive_it() {
+        let (redis, st, other) = two_replicas_at_block_one().await;
+        let mut filler = state(redis.dir.path());
+        filler.store = Arc::new(other);
+        let reads = AtomicUsize::new(0);
+        let caught_up = tokio::sync::Mutex::new(None);
+        let got = filler
+            .fill(
+                "get-provider",
+                |store| store.provider(&who()),
+                || async {
+                    if reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                        // while the filler reads the node, the catch-up lists what to read
+                        let mut batch = Batch::default();
+                        st.refresh_all(&mut batch).await.unwrap();
+                        assert!(batch.providers.is_empty(), "not cached yet");
+                        *caught_up.lock().await = Some(batch);
+                        Ok(provider(ProviderStatus::Verified))
+                    } else {
+                        Ok(provider(ProviderStatus::Suspended))
+                    }
+                },
+                |s, _| {
+                    Some(Batch {
+                        providers: vec![(who(), Some(s.clone()))],
+                        ..Batch::default()
+                    })
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "read again after the mark");
+        assert_eq!(got, provider(ProviderStatus::Suspended));
+        // the catch-up's write, with the node's tip
+        let batch = caught_up.lock().await.take().unwrap();
+        st.store
+            .apply(Batch {
+                tip: Some(tip(2)),
+                ..batch
+            })
+            .unwrap();
+        let third = crate::store::RedisStore::open(redis.url.as_str(), "r:").unwrap();
+        assert_eq!(third.tip().unwrap(), Some(tip(2)), "the mark cleared");
+        assert_eq!(
+            third.provider(&who()).unwrap(),
+            Some(provider(ProviderStatus::Suspended))
+        );
     }
 
     /// Replicas sharing Redis: a block names the provider, who is not cached when this replica

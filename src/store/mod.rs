@@ -142,6 +142,23 @@ pub struct Claim {
 pub struct Tip {
     pub height: u64,
     pub index_block_hash: [u8; 32],
+    /// Set while a catch-up re-reads the whole cache (`ChainState::refresh_all`), to a number
+    /// of its own: the tip as stored then differs from any a cache fill read before, so that
+    /// such a fill, read at an older state of the chain, cannot land (its guard fails) beside
+    /// the entries the catch-up re-reads and be kept under the tip it moves to. The catch-up's
+    /// write, with the new tip, clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshing: Option<u64>,
+}
+
+impl Tip {
+    pub fn new(height: u64, index_block_hash: [u8; 32]) -> Tip {
+        Tip {
+            height,
+            index_block_hash,
+            refreshing: None,
+        }
+    }
 }
 
 /// A logical chain write and where it stands. Its id names the operation (one transaction

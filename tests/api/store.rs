@@ -99,10 +99,7 @@ pub fn conformance(store: &dyn Store) {
     };
     store
         .apply(Batch {
-            tip: Some(Tip {
-                height: 10,
-                index_block_hash: [1; 32],
-            }),
+            tip: Some(Tip::new(10, [1; 32])),
             providers: vec![
                 (p(1), Some(verified.clone())),
                 (p(9), Some(ProviderState::Unregistered)),
@@ -124,13 +121,7 @@ pub fn conformance(store: &dyn Store) {
             ..Batch::default()
         })
         .unwrap();
-    assert_eq!(
-        store.tip().unwrap(),
-        Some(Tip {
-            height: 10,
-            index_block_hash: [1; 32]
-        })
-    );
+    assert_eq!(store.tip().unwrap(), Some(Tip::new(10, [1; 32])));
     assert_eq!(store.provider(&p(1)).unwrap(), Some(verified));
     assert_eq!(
         store.provider(&p(9)).unwrap(),
@@ -624,10 +615,7 @@ fn redb_store_keeps_everything_across_reopen() {
         let store = RedbStore::open(&path).unwrap();
         store
             .apply(Batch {
-                tip: Some(Tip {
-                    height: 5,
-                    index_block_hash: [9; 32],
-                }),
+                tip: Some(Tip::new(5, [9; 32])),
                 submissions: vec![submission("op", sent("tx"), 1)],
                 nonce: Some(8),
                 ..Batch::default()
@@ -978,10 +966,7 @@ fn a_fill_on_redis_is_written_only_over_the_tip_it_read() {
     let dir = tempfile::tempdir().unwrap();
     let server = crate::support::RedisServer::start(dir.path());
     let store = RedisStore::open(&server.url(), "t:").unwrap();
-    let tip = |height: u64| Tip {
-        height,
-        index_block_hash: [height as u8; 32],
-    };
+    let tip = |height: u64| Tip::new(height, [height as u8; 32]);
     let verified = ProviderState::Registered {
         role: Role::Nurse,
         status: ProviderStatus::Verified,
