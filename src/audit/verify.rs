@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::chain::contracts::{self, Contracts};
 use crate::chain::rpc::NodeClient;
 use crate::stacks::{Address, Value};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 use super::{follows, Broken, Head};
 
@@ -114,6 +114,19 @@ pub async fn anchors(
     Ok(out)
 }
 
+/// An entry whose bytes are not an entry at all (not JSON, say) is named as the entry that
+/// breaks the log, by its number, as an altered one is: not reported as the store failing.
+/// Entries are read in order, so the first such entry past `walked` is the one named.
+fn unreadable(e: StoreError, walked: u64) -> VerifyError {
+    match e {
+        StoreError::Corrupt(key, why) => match key.parse::<u64>() {
+            Ok(seq) if seq > walked => VerifyError::Broken(Broken::Unreadable { seq, why }),
+            _ => VerifyError::Store(StoreError::Corrupt(key, why)),
+        },
+        e => VerifyError::Store(e),
+    }
+}
+
 /// Walks the log in `store` up to its head as read first (entries appended meanwhile, by a
 /// service still running, are left for the next check), and checks it against `anchors`
 /// (oldest first, read before).
@@ -124,7 +137,9 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
     let mut next_anchor = 0;
     let mut checked = 0;
     'walk: loop {
-        let page = store.audit_entries(head.seq + 1, PAGE)?;
+        let page = store
+            .audit_entries(head.seq + 1, PAGE)
+            .map_err(|e| unreadable(e, head.seq))?;
         let last_page = page.len() < PAGE;
         for entry in &page {
             if head.seq == stored.seq {

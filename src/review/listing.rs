@@ -9,10 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use super::Review;
 use crate::chain::contracts;
-use crate::domain::{AccessId, DataType, OnCall, PatientId, ProviderEntry, Role, VerdictKind};
+use crate::domain::{
+    AccessId, DataType, OnCall, PatientId, ProviderEntry, Role, VerdictKind, Verification,
+};
 use crate::refusal::Refusal;
 use crate::stacks::{Address, Value};
-use crate::store::{AccessRecord, NoticeState, StoreError, Submission, SubmissionState};
+use crate::store::{
+    AccessRecord, NoticeState, ProviderState, StoreError, Submission, SubmissionState,
+};
 
 /// Filters of the queue (`GET /v1/reviews`, `GET /review`): all optional.
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -114,7 +118,12 @@ impl OnChain {
 pub struct Summary {
     pub access_id: AccessId,
     pub clinician: Address,
+    /// The name the provider directory gives the clinician.
     pub clinician_name: Option<String>,
+    /// How that directory entry stands against the clinician's on-chain `info-hash` (`None`:
+    /// not checked, the chain could not be read): a name from an entry that is not what was
+    /// registered (`mismatch`, `not-on-chain`), or not checked, is shown flagged.
+    pub clinician_entry: Option<Verification>,
     pub role: Role,
     pub patient: PatientId,
     pub data_types: Vec<DataType>,
@@ -240,18 +249,22 @@ where
 }
 
 /// A clinician's directory entry as reviewers see it: who they are, not how to page them (paging
-/// ids stay in `paging/`).
+/// ids stay in `paging/`), and whether the entry is what was registered on chain for them.
 #[derive(Debug, Clone, Serialize)]
 pub struct DirectoryView {
     pub display_name: String,
     pub role: Role,
     pub department: Option<String>,
     pub organization: Option<String>,
+    /// `None`: not checked (the chain could not be read).
+    pub verification: Option<Verification>,
 }
 
 impl DirectoryView {
-    fn of(e: ProviderEntry) -> DirectoryView {
+    /// `chain`: the clinician as the chain has them (`None`: it could not be read).
+    fn of(e: ProviderEntry, chain: Option<&ProviderState>) -> DirectoryView {
         DirectoryView {
+            verification: chain.map(|c| e.verification(Some(c))),
             display_name: e.display_name,
             role: e.role,
             department: e.department,
@@ -266,7 +279,27 @@ fn failed(op: Option<&Submission>) -> bool {
 }
 
 impl Review {
-    fn summary(&self, a: &AccessRecord, now: u64) -> Result<Summary, StoreError> {
+    /// The clinician as the chain has them: from the cache, or read from the node on a miss
+    /// (`None` if it cannot be).
+    async fn on_chain(&self, who: &Address) -> Option<ProviderState> {
+        match self.state.provider(who).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "a clinician's directory entry not checked against the chain");
+                None
+            }
+        }
+    }
+
+    /// The clinician's directory entry, checked against the chain.
+    async fn directory_view(&self, who: &Address) -> Result<Option<DirectoryView>, StoreError> {
+        Ok(match self.state.store.directory_entry(who)? {
+            Some(e) => Some(DirectoryView::of(e, self.on_chain(who).await.as_ref())),
+            None => None,
+        })
+    }
+
+    async fn summary(&self, a: &AccessRecord, now: u64) -> Result<Summary, StoreError> {
         let store = &self.state.store;
         let verdict = store.verdict(&a.id)?;
         let review = match &verdict {
@@ -276,10 +309,12 @@ impl Review {
         // a verdict the chain refused leaves the access to be reviewed again
         let verdict = verdict.filter(|_| !failed(review.as_ref()));
         let record = store.submission(&format!("record:{}", a.id))?;
+        let entry = self.directory_view(&a.provider).await?;
         Ok(Summary {
             access_id: a.id,
             clinician: a.provider,
-            clinician_name: store.directory_entry(&a.provider)?.map(|e| e.display_name),
+            clinician_entry: entry.as_ref().and_then(|e| e.verification),
+            clinician_name: entry.map(|e| e.display_name),
             role: a.role,
             patient: a.patient,
             data_types: a.data_types.clone(),
@@ -294,7 +329,7 @@ impl Review {
     }
 
     /// The queue: accesses matching `filter`, oldest first, a page at a time.
-    pub fn list(&self, filter: &Filter, now: u64) -> Result<Page, Refusal> {
+    pub async fn list(&self, filter: &Filter, now: u64) -> Result<Page, Refusal> {
         let f = Parsed {
             provider: parse("provider", &filter.provider)?,
             role: parse("role", &filter.role)?,
@@ -361,7 +396,7 @@ impl Review {
                 more = true;
                 continue;
             }
-            items.push(self.summary(&a, now).map_err(unavailable)?);
+            items.push(self.summary(&a, now).await.map_err(unavailable)?);
         }
         let next_cursor = more
             .then(|| items.last().map(|s| s.access_id.to_string()))
@@ -389,7 +424,7 @@ impl Review {
                 "no access with this id was granted here",
             )
         })?;
-        let summary = self.summary(&a, now).map_err(unavailable)?;
+        let summary = self.summary(&a, now).await.map_err(unavailable)?;
         // the reason and the note are for reviewers only (admin clients read the rest)
         let reviewer = viewer.is_some();
         let verdict = store
@@ -429,11 +464,10 @@ impl Review {
                 NoticeState::Dead { .. } => "not delivered".to_string(),
                 NoticeState::NoContact { .. } => "nobody to tell (no contact on file)".to_string(),
             });
-        let clinician_status_now = match store.provider(&a.provider).map_err(unavailable)? {
-            Some(crate::store::ProviderState::Registered { status, .. }) => {
-                Some(status.to_string())
-            }
-            Some(crate::store::ProviderState::Unregistered) => Some("unregistered".into()),
+        let chain_now = store.provider(&a.provider).map_err(unavailable)?;
+        let clinician_status_now = match &chain_now {
+            Some(ProviderState::Registered { status, .. }) => Some(status.to_string()),
+            Some(ProviderState::Unregistered) => Some("unregistered".into()),
             None => None,
         };
         let cannot_review = match viewer {
@@ -460,10 +494,10 @@ impl Review {
             window_blocks: a.window_blocks,
             chain_lag_blocks: a.chain_lag_blocks,
             patient_registered: a.patient_registered,
-            directory: store
-                .directory_entry(&a.provider)
-                .map_err(unavailable)?
-                .map(DirectoryView::of),
+            directory: self
+                .directory_view(&a.provider)
+                .await
+                .map_err(unavailable)?,
             clinician_status_now,
             chain_record: self.chain_record(id).await,
             notice,

@@ -239,6 +239,19 @@ fn txid_of(s: &breakglass::store::Submission) -> String {
     }
 }
 
+/// Puts `entry` in the provider directory, as an import would.
+async fn in_directory(env: &Env, entry: breakglass::domain::ProviderEntry) {
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            directory: vec![(entry.principal, Some(entry))],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+}
+
 async fn admin_get(base: &str, path: &str) -> reqwest::Response {
     reqwest::Client::new()
         .get(format!("{base}{path}"))
@@ -392,25 +405,18 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
         .unwrap()
         .unwrap()
         .provider;
-    breakglass::store::apply_async(
-        &env.app.store,
-        breakglass::store::Batch {
-            directory: vec![(
-                clinician,
-                Some(breakglass::domain::ProviderEntry {
-                    principal: clinician,
-                    display_name: "Nurse Bo Demo".into(),
-                    role: breakglass::domain::Role::Nurse,
-                    department: Some("Emergency".into()),
-                    organization: None,
-                    paging_ids: vec!["PAGER-7731".into(), "bo@hospital.example".into()],
-                }),
-            )],
-            ..Default::default()
+    in_directory(
+        &env,
+        breakglass::domain::ProviderEntry {
+            principal: clinician,
+            display_name: "Nurse Bo Demo".into(),
+            role: breakglass::domain::Role::Nurse,
+            department: Some("Emergency".into()),
+            organization: None,
+            paging_ids: vec!["PAGER-7731".into(), "bo@hospital.example".into()],
         },
     )
-    .await
-    .unwrap();
+    .await;
     let detail: Json = admin_get(&base, &format!("/v1/reviews/{id}"))
         .await
         .json()
@@ -420,6 +426,46 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     assert!(
         !detail.to_string().contains("PAGER-7731") && !detail.to_string().contains("bo@"),
         "{detail}"
+    );
+    // that entry is not what was registered on chain for the nurse ("Nurse Ben Demo"): it is
+    // flagged wherever its name is shown, and the one registered is not
+    assert_eq!(detail["directory"]["verification"], "mismatch", "{detail}");
+    let in_queue = |page: &Json| {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["access_id"] == id.as_str())
+            .cloned()
+            .unwrap()
+    };
+    let queue: Json = admin_get(&base, "/v1/reviews").await.json().await.unwrap();
+    assert_eq!(in_queue(&queue)["clinician_entry"], "mismatch", "{queue}");
+    let nurse = provider(&env.demo, "nurse");
+    in_directory(
+        &env,
+        breakglass::domain::ProviderEntry {
+            principal: clinician,
+            display_name: nurse["display_name"].as_str().unwrap().into(),
+            role: breakglass::domain::Role::Nurse,
+            department: nurse["department"].as_str().map(Into::into),
+            organization: nurse["organization"].as_str().map(Into::into),
+            paging_ids: vec![],
+        },
+    )
+    .await;
+    let registered: Json = admin_get(&base, &format!("/v1/reviews/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(registered["directory"]["verification"], "verified");
+    let queue: Json = admin_get(&base, "/v1/reviews").await.json().await.unwrap();
+    let row = in_queue(&queue);
+    assert_eq!(
+        (&row["clinician_name"], &row["clinician_entry"]),
+        (&nurse["display_name"], &json!("verified")),
+        "{queue}"
     );
     assert_eq!(detail["verdict"]["verdict"], "inappropriate");
     assert_eq!(detail["verdict"]["on_chain"]["state"], "confirmed");
@@ -532,38 +578,49 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     assert!(report["report"]["entries"].as_u64().unwrap() >= anchored.seq);
 
     // one entry altered in the store: verify names it
-    let victim = 2u64;
-    {
+    let rewrite = |seq: u64, with: &dyn Fn(String) -> Vec<u8>| {
         let db = redb::Database::open(data_dir.join("breakglass.redb")).unwrap();
         let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("audit");
         let tx = db.begin_write().unwrap();
         {
             let mut t = tx.open_table(table).unwrap();
-            let key = format!("{victim:020}");
+            let key = format!("{seq:020}");
             let row = t.get(key.as_str()).unwrap().unwrap().value().to_vec();
-            let text = String::from_utf8(row).unwrap();
-            let altered = text.replacen("\"at\":1", "\"at\":2", 1);
-            assert_ne!(altered, text);
-            t.insert(key.as_str(), altered.as_bytes()).unwrap();
+            t.insert(
+                key.as_str(),
+                with(String::from_utf8(row).unwrap()).as_slice(),
+            )
+            .unwrap();
         }
         tx.commit().unwrap();
-    }
-    let broken = verify();
-    assert_eq!(
-        broken.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&broken.stderr)
-    );
-    let why: Json = serde_json::from_slice(&broken.stdout).unwrap();
-    assert_eq!(why["entry"], victim, "{why}");
-    assert!(
-        why["error"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("entry {victim}")),
-        "{why}"
-    );
+    };
+    let names = |seq: u64, what: &str| {
+        let broken = verify();
+        assert_eq!(
+            broken.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&broken.stderr)
+        );
+        let why: Json = serde_json::from_slice(&broken.stdout).unwrap();
+        assert_eq!(why["entry"], seq, "{why}");
+        assert!(why["error"].as_str().unwrap().contains(what), "{why}");
+    };
+    let victim = 2u64;
+    rewrite(victim, &|text| {
+        let altered = text.replacen("\"at\":1", "\"at\":2", 1);
+        assert_ne!(altered, text);
+        altered.into_bytes()
+    });
+    names(victim, &format!("entry {victim}"));
+
+    // one entry's bytes are not an entry at all: verify names it too, not the store
+    rewrite(victim, &|text| {
+        text.replacen("\"at\":2", "\"at\":1", 1).into_bytes()
+    });
+    let garbled = victim + 1;
+    rewrite(garbled, &|_| b"\x00not an entry".to_vec());
+    names(garbled, &format!("entry {garbled}: unreadable"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -681,10 +738,35 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
             .unwrap()
             .is_none());
     };
+    // the nurse's directory entry says another name than the one registered on chain: the
+    // pages show it flagged
+    let nurse_principal = nurse_p["principal"].as_str().unwrap().parse().unwrap();
+    in_directory(
+        &env,
+        breakglass::domain::ProviderEntry {
+            principal: nurse_principal,
+            display_name: "Dr. Not The Nurse".into(),
+            role: breakglass::domain::Role::Physician,
+            department: None,
+            organization: None,
+            paging_ids: vec![],
+        },
+    )
+    .await;
     // (a new session: the first may have idled out while the block was mined)
     let session = signed_in(&base, &reviewer).await;
     let (s, page) = get_with(&base, &format!("/review/accesses/{id}"), &session).await;
     assert_eq!(s, 200);
+    assert!(
+        page.contains("Dr. Not The Nurse") && page.contains("not what was registered on chain"),
+        "{page}"
+    );
+    let (s, queue) = get_with(&base, "/review", &session).await;
+    assert_eq!(s, 200);
+    assert!(
+        queue.contains("Dr. Not The Nurse") && queue.contains("name not as registered on chain"),
+        "{queue}"
+    );
     let csrf = csrf_of(&page);
     let sig = verdict_signature(&id, VerdictKind::Appropriate, "fine", &reviewer);
 
