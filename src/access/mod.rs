@@ -71,7 +71,18 @@ pub struct BreakGlass {
     fresh_ms: u64,
     /// Each signer's share of refusal entries in the audit log (`REFUSAL_ENTRIES_PER_MINUTE`).
     refusal_entries: governor::DefaultKeyedRateLimiter<Address>,
+    /// The refusals logged of each signed request (its replay key and the refusal's code), with
+    /// when the request stops being fresh (`LOGGED_REFUSALS_MAX` at most).
+    logged_refusals: std::sync::Mutex<std::collections::HashMap<(String, &'static str), u64>>,
 }
+
+/// How many logged refusals of signed requests are remembered at most (in each process), so
+/// that the same request refused for the same reason again goes to the audit log once: a
+/// captured refused request, replayed while fresh, would otherwise use up its clinician's
+/// share of entries (`REFUSAL_ENTRIES_PER_MINUTE`), leaving their own next refusals unlogged.
+/// Beyond it (a flood of distinct requests, which the share bounds), requests are not
+/// remembered and the share alone applies.
+const LOGGED_REFUSALS_MAX: usize = 10_000;
 
 /// How many refusals of one signer a minute go to the audit log (in each process); the rest
 /// are counted (`refusals_unlogged` in `/metrics`). Anyone may register as a provider (a
@@ -118,6 +129,7 @@ impl BreakGlass {
                 std::num::NonZeroU32::new(REFUSAL_ENTRIES_PER_MINUTE)
                     .unwrap_or(std::num::NonZeroU32::MIN),
             )),
+            logged_refusals: Default::default(),
         })
     }
 
@@ -192,7 +204,7 @@ impl BreakGlass {
             Coordinator::Local(local) => {
                 if !local.use_nonce(&replay_key, until) {
                     let r = replayed(&signer, req.nonce);
-                    self.audit_refusal(refused, &r).await;
+                    self.audit_refusal(refused, &r, (&replay_key, until)).await;
                     return Err(r);
                 }
                 None
@@ -203,7 +215,7 @@ impl BreakGlass {
             .judge(req, signer, replay_key.clone(), claim, now)
             .await;
         if let Err(r) = &answer {
-            self.audit_refusal(refused, r).await;
+            self.audit_refusal(refused, r, (&replay_key, until)).await;
         }
         if let Coordinator::Local(local) = self.coordination.as_ref() {
             if answer.as_ref().is_err_and(|r| !r.recorded()) {
@@ -219,8 +231,15 @@ impl BreakGlass {
     /// `REFUSAL_ENTRIES_PER_MINUTE` of each signer at most (other refusals are only counted, in
     /// `/metrics`: anyone can make a key and sign, or register as a provider, so anonymous
     /// traffic cannot grow the log without bound). A refusal that happened after the access
-    /// was recorded (no token could be signed) is not one: the grant is in the log.
-    async fn audit_refusal(&self, mut event: crate::audit::Event, r: &Refusal) {
+    /// was recorded (no token could be signed) is not one: the grant is in the log. The same
+    /// signed request (`request`: its replay key and when it stops being fresh) refused again
+    /// for the same reason is counted, not logged again (`LOGGED_REFUSALS_MAX`).
+    async fn audit_refusal(
+        &self,
+        mut event: crate::audit::Event,
+        r: &Refusal,
+        request: (&str, u64),
+    ) {
         if r.recorded() {
             return;
         }
@@ -237,9 +256,28 @@ impl BreakGlass {
             ) {
                 return;
             }
-            if self.refusal_entries.check_key(signer).is_err() {
+            let (key, until) = request;
+            let once = (key.to_string(), r.code);
+            let mut logged = self
+                .logged_refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now = now_secs();
+            if logged.get(&once).is_some_and(|fresh| *fresh >= now) {
+                drop(logged);
                 self.metrics.refusals_unlogged.inc();
                 return;
+            }
+            if self.refusal_entries.check_key(signer).is_err() {
+                drop(logged);
+                self.metrics.refusals_unlogged.inc();
+                return;
+            }
+            if logged.len() >= LOGGED_REFUSALS_MAX {
+                logged.retain(|_, fresh| *fresh >= now);
+            }
+            if logged.len() < LOGGED_REFUSALS_MAX {
+                logged.insert(once, until);
             }
         }
         if let crate::audit::Event::Refusal { code, status, .. } = &mut event {
