@@ -73,7 +73,21 @@ pub struct BreakGlass {
     refusal_entries: governor::DefaultKeyedRateLimiter<Address>,
     /// The refusals logged of each signed request (its replay key and the refusal's code), with
     /// when the request stops being fresh (`LOGGED_REFUSALS_MAX` at most).
-    logged_refusals: std::sync::Mutex<std::collections::HashMap<(String, &'static str), u64>>,
+    logged_refusals: std::sync::Mutex<std::collections::HashMap<RefusalOf, u64>>,
+}
+
+/// One signed request refused for one reason: its replay key (`signer:nonce`) and the code.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RefusalOf {
+    replay_key: String,
+    code: &'static str,
+}
+
+/// A signed request, as its refusals are logged: its replay key and when it stops being fresh.
+#[derive(Debug, Clone, Copy)]
+struct Signed<'a> {
+    replay_key: &'a str,
+    fresh_until: u64,
 }
 
 /// How many logged refusals of signed requests are remembered at most (in each process), so
@@ -204,7 +218,11 @@ impl BreakGlass {
             Coordinator::Local(local) => {
                 if !local.use_nonce(&replay_key, until) {
                     let r = replayed(&signer, req.nonce);
-                    self.audit_refusal(refused, &r, (&replay_key, until)).await;
+                    let sent = Signed {
+                        replay_key: &replay_key,
+                        fresh_until: until,
+                    };
+                    self.audit_refusal(refused, &r, sent).await;
                     return Err(r);
                 }
                 None
@@ -215,7 +233,11 @@ impl BreakGlass {
             .judge(req, signer, replay_key.clone(), claim, now)
             .await;
         if let Err(r) = &answer {
-            self.audit_refusal(refused, r, (&replay_key, until)).await;
+            let sent = Signed {
+                replay_key: &replay_key,
+                fresh_until: until,
+            };
+            self.audit_refusal(refused, r, sent).await;
         }
         if let Coordinator::Local(local) = self.coordination.as_ref() {
             if answer.as_ref().is_err_and(|r| !r.recorded()) {
@@ -238,11 +260,12 @@ impl BreakGlass {
         &self,
         mut event: crate::audit::Event,
         r: &Refusal,
-        request: (&str, u64),
+        request: Signed<'_>,
     ) {
         if r.recorded() {
             return;
         }
+        let mut remembered = None;
         // a key made on the spot signs as well as any: only signers the chain knows as
         // providers are logged
         if let crate::audit::Event::Refusal {
@@ -256,8 +279,10 @@ impl BreakGlass {
             ) {
                 return;
             }
-            let (key, until) = request;
-            let once = (key.to_string(), r.code);
+            let once = RefusalOf {
+                replay_key: request.replay_key.to_string(),
+                code: r.code,
+            };
             let mut logged = self
                 .logged_refusals
                 .lock()
@@ -277,7 +302,8 @@ impl BreakGlass {
                 logged.retain(|_, fresh| *fresh >= now);
             }
             if logged.len() < LOGGED_REFUSALS_MAX {
-                logged.insert(once, until);
+                logged.insert(once.clone(), request.fresh_until);
+                remembered = Some(once);
             }
         }
         if let crate::audit::Event::Refusal { code, status, .. } = &mut event {
@@ -290,6 +316,13 @@ impl BreakGlass {
         };
         if let Err(e) = crate::store::apply_async(&self.state.store, batch).await {
             tracing::error!(error = %e, code = r.code, "a refusal could not be added to the audit log");
+            // not logged: the next copy of the request is logged in its place
+            if let Some(once) = remembered {
+                self.logged_refusals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&once);
+            }
         }
     }
 

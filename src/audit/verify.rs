@@ -115,15 +115,17 @@ pub async fn anchors(
 }
 
 /// An entry whose bytes are not an entry at all (not JSON, say) is named as the entry that
-/// breaks the log, by its number, as an altered one is: not reported as the store failing.
-/// Entries are read in order, so the first such entry past `walked` is the one named.
-fn unreadable(e: StoreError, walked: u64) -> VerifyError {
+/// breaks the log, by its number, as an altered one is: not reported as the store failing. A
+/// page's read fails at its first such entry (entries are read in order): its number, if it
+/// is one past `walked`.
+fn unreadable(e: &StoreError, walked: u64) -> Option<(u64, String)> {
     match e {
-        StoreError::Corrupt(key, why) => match key.parse::<u64>() {
-            Ok(seq) if seq > walked => VerifyError::Broken(Broken::Unreadable { seq, why }),
-            _ => VerifyError::Store(StoreError::Corrupt(key, why)),
-        },
-        e => VerifyError::Store(e),
+        StoreError::Corrupt(key, why) => key
+            .parse::<u64>()
+            .ok()
+            .filter(|seq| *seq > walked)
+            .map(|seq| (seq, why.clone())),
+        _ => None,
     }
 }
 
@@ -137,10 +139,22 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
     let mut next_anchor = 0;
     let mut checked = 0;
     'walk: loop {
-        let page = store
-            .audit_entries(head.seq + 1, PAGE)
-            .map_err(|e| unreadable(e, head.seq))?;
-        let last_page = page.len() < PAGE;
+        // an unreadable entry is named once the entries before it are checked (one of them,
+        // altered, may be the first to break the log)
+        let (page, last_page, broken) = match store.audit_entries(head.seq + 1, PAGE) {
+            Ok(page) => {
+                let last = page.len() < PAGE;
+                (page, last, None)
+            }
+            Err(e) => match unreadable(&e, head.seq) {
+                Some((seq, why)) => {
+                    let before =
+                        store.audit_entries(head.seq + 1, (seq - head.seq - 1) as usize)?;
+                    (before, true, Some(Broken::Unreadable { seq, why }))
+                }
+                None => return Err(e.into()),
+            },
+        };
         for entry in &page {
             if head.seq == stored.seq {
                 break 'walk;
@@ -165,6 +179,13 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
                 }
                 next_anchor += 1;
             }
+        }
+        if let Some(broken) = broken {
+            // (an entry past the head read first is left for the next check)
+            if head.seq < stored.seq {
+                return Err(broken.into());
+            }
+            break;
         }
         if last_page || head.seq == stored.seq {
             break;

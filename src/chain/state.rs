@@ -11,7 +11,9 @@
 //! With replicas sharing a store, the lock is one process's: a fill is also written only while
 //! the store's tip is the one it read before asking the node (`Guard::tip`), so that it never
 //! lands after a block another replica applied meanwhile; and a block drops the entries it names
-//! but did not read back (`reread`), so that one filled meanwhile does not outlive it.
+//! but did not read back (`reread`), so that one filled meanwhile does not outlive it; and a
+//! catch-up marks the tip before it lists what to read again (`Tip::refreshing`), so that a
+//! fill read before it cannot land unread under the tip it moves to.
 //!
 //! It must not: keep an answer read while a block was applied (it could be older than the block).
 
@@ -522,6 +524,32 @@ impl ChainState {
         Ok(())
     }
 
+    /// Marks the stored tip for a catch-up (`refresh_all`), over the tip as read (another
+    /// replica's tip written meanwhile is not put back): the tip as marked.
+    async fn mark_tip(&self) -> Result<Tip, StateError> {
+        for _ in 0..FILL_ATTEMPTS {
+            let stored = self.store.tip()?;
+            let marked = Tip {
+                refreshing: Some(mark()),
+                ..stored.unwrap_or(Tip::new(0, [0; 32]))
+            };
+            let batch = Batch {
+                tip: Some(marked),
+                guard: Some(crate::store::Guard {
+                    tip: Some(stored),
+                    ..crate::store::Guard::default()
+                }),
+                ..Batch::default()
+            };
+            match self.write(batch).await {
+                Ok(()) => return Ok(marked),
+                Err(StoreError::Guarded(crate::store::Guarded::Changed)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StateError::Unsettled("the tip, to mark it".into()))
+    }
+
     /// Re-reads every cached entry from the node, for after a gap in the block stream or a
     /// reorg. The result goes into `batch` so that it lands with the new tip.
     ///
@@ -530,18 +558,12 @@ impl ChainState {
     /// moves to without being read again (it is not in the list read here), though the chain
     /// may have changed it since. So the stored tip is marked first (`Tip::refreshing`): a
     /// fill checked against the tip it read before cannot land after the mark, and every one
-    /// that landed before it is in the list.
+    /// that landed before it is in the list. (Left open: another replica writing the very tip
+    /// the mark was put on again, while applying that block late, clears the mark; a fill read
+    /// before it could then land. Guarding the catch-up's write on the mark would close that,
+    /// but any block another replica applies during a long catch-up would then refuse it.)
     pub async fn refresh_all(&self, batch: &mut Batch) -> Result<(), StateError> {
-        let stored = self.store.tip()?;
-        let marked = Tip {
-            refreshing: Some(mark()),
-            ..stored.unwrap_or(Tip::new(0, [0; 32]))
-        };
-        self.write(Batch {
-            tip: Some(marked),
-            ..Batch::default()
-        })
-        .await?;
+        self.mark_tip().await?;
         for who in self.store.providers()? {
             let s = self.read_provider(&who).await?;
             batch.providers.push((who, Some(s)));

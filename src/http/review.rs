@@ -229,10 +229,7 @@ async fn queue(
         Ok(s) => s,
         Err(answer) => return answer,
     };
-    let listed = match filter_of(&req) {
-        Ok(f) => review.list(&f, now_secs()).await.map(|p| (f, p)),
-        Err(r) => Err(r),
-    };
+    let listed = filter_of(&req).and_then(|f| review.list(&f, now_secs()).map(|p| (f, p)));
     let (filter, listed) = match listed {
         Ok(fp) => fp,
         Err(r) => return pages.problem(&r, Some(&s), "/review"),
@@ -467,11 +464,7 @@ async fn api_list(
     if let Err(r) = reader(&req, &review, &admin).await {
         return problem(&r);
     }
-    let listed = match filter_of(&req) {
-        Ok(f) => review.list(&f, now_secs()).await,
-        Err(r) => Err(r),
-    };
-    match listed {
+    match filter_of(&req).and_then(|f| review.list(&f, now_secs())) {
         Ok(p) => HttpResponse::Ok()
             .insert_header(("cache-control", "no-store"))
             .json(p),

@@ -42,6 +42,10 @@ pub struct Filter {
 
 pub const MAX_PAGE: usize = 200;
 
+/// How many access records the queue reads at once: every access is read for the counts, and
+/// one read each (a round trip each on Redis) made a queue of a year's accesses take seconds.
+const READ_AT_ONCE: usize = 1_000;
+
 /// Where a chain write stands, for people.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct OnChain {
@@ -121,8 +125,9 @@ pub struct Summary {
     /// The name the provider directory gives the clinician.
     pub clinician_name: Option<String>,
     /// How that directory entry stands against the clinician's on-chain `info-hash` (`None`:
-    /// not checked, the chain could not be read): a name from an entry that is not what was
-    /// registered (`mismatch`, `not-on-chain`), or not checked, is shown flagged.
+    /// no entry, or not checked: the queue reads the chain-state cache only, the access's view
+    /// the node on a miss): a name from an entry that is not what was registered (`mismatch`,
+    /// `not-on-chain`), or not checked, is shown flagged.
     pub clinician_entry: Option<Verification>,
     pub role: Role,
     pub patient: PatientId,
@@ -279,27 +284,38 @@ fn failed(op: Option<&Submission>) -> bool {
 }
 
 impl Review {
-    /// The clinician as the chain has them: from the cache, or read from the node on a miss
-    /// (`None` if it cannot be).
-    async fn on_chain(&self, who: &Address) -> Option<ProviderState> {
-        match self.state.provider(who).await {
+    /// The clinician's directory entry, checked against the chain as the node has them (the
+    /// cache, or one read on a miss; not checked if that read fails).
+    async fn directory_view(&self, who: &Address) -> Result<Option<DirectoryView>, StoreError> {
+        let Some(e) = self.state.store.directory_entry(who)? else {
+            return Ok(None);
+        };
+        let chain = match self.state.provider(who).await {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "a clinician's directory entry not checked against the chain");
                 None
             }
-        }
+        };
+        Ok(Some(DirectoryView::of(e, chain.as_ref())))
     }
 
-    /// The clinician's directory entry, checked against the chain.
-    async fn directory_view(&self, who: &Address) -> Result<Option<DirectoryView>, StoreError> {
-        Ok(match self.state.store.directory_entry(who)? {
-            Some(e) => Some(DirectoryView::of(e, self.on_chain(who).await.as_ref())),
+    /// The same from the chain-state cache alone (not checked on a miss): a queue's page names
+    /// up to `MAX_PAGE` clinicians, and must not wait on the node for each.
+    fn directory_cached(&self, who: &Address) -> Result<Option<DirectoryView>, StoreError> {
+        let store = &self.state.store;
+        Ok(match store.directory_entry(who)? {
+            Some(e) => Some(DirectoryView::of(e, store.provider(who)?.as_ref())),
             None => None,
         })
     }
 
-    async fn summary(&self, a: &AccessRecord, now: u64) -> Result<Summary, StoreError> {
+    fn summary(
+        &self,
+        a: &AccessRecord,
+        now: u64,
+        entry: Option<&DirectoryView>,
+    ) -> Result<Summary, StoreError> {
         let store = &self.state.store;
         let verdict = store.verdict(&a.id)?;
         let review = match &verdict {
@@ -309,12 +325,11 @@ impl Review {
         // a verdict the chain refused leaves the access to be reviewed again
         let verdict = verdict.filter(|_| !failed(review.as_ref()));
         let record = store.submission(&format!("record:{}", a.id))?;
-        let entry = self.directory_view(&a.provider).await?;
         Ok(Summary {
             access_id: a.id,
             clinician: a.provider,
-            clinician_entry: entry.as_ref().and_then(|e| e.verification),
-            clinician_name: entry.map(|e| e.display_name),
+            clinician_entry: entry.and_then(|e| e.verification),
+            clinician_name: entry.map(|e| e.display_name.clone()),
             role: a.role,
             patient: a.patient,
             data_types: a.data_types.clone(),
@@ -329,7 +344,7 @@ impl Review {
     }
 
     /// The queue: accesses matching `filter`, oldest first, a page at a time.
-    pub async fn list(&self, filter: &Filter, now: u64) -> Result<Page, Refusal> {
+    pub fn list(&self, filter: &Filter, now: u64) -> Result<Page, Refusal> {
         let f = Parsed {
             provider: parse("provider", &filter.provider)?,
             role: parse("role", &filter.role)?,
@@ -347,56 +362,67 @@ impl Review {
             inappropriate: 0,
         };
         let mut verdicts: std::collections::HashMap<AccessId, VerdictKind> = Default::default();
-        for v in store.verdicts().map_err(unavailable)? {
+        let given = store.verdicts().map_err(unavailable)?;
+        let operations: Vec<String> = given.iter().map(|v| v.operation()).collect();
+        let reviews = store.submissions_named(&operations).map_err(unavailable)?;
+        for (v, review) in given.into_iter().zip(reviews) {
             // a verdict the chain refused leaves the access to be reviewed again
-            if !failed(
-                store
-                    .submission(&v.operation())
-                    .map_err(unavailable)?
-                    .as_ref(),
-            ) {
+            if !failed(review.as_ref()) {
                 verdicts.insert(v.access_id, v.verdict);
             }
         }
-        let mut items = Vec::new();
+        let mut page = Vec::new();
         let mut more = false;
-        // access ids begin with their grant time: key order is grant order
-        for id in store.access_ids().map_err(unavailable)? {
-            let Some(a) = store.access(&id).map_err(unavailable)? else {
-                continue;
-            };
-            let verdict = verdicts.get(&id).copied();
-            match verdict {
-                None => {
-                    counts.unreviewed += 1;
-                    counts
-                        .oldest_unreviewed_age_secs
-                        .get_or_insert(now.saturating_sub(a.granted_at));
+        // access ids begin with their grant time: key order is grant order; the records are
+        // read `READ_AT_ONCE` at a time (the counts need every one)
+        let ids = store.access_ids().map_err(unavailable)?;
+        for chunk in ids.chunks(READ_AT_ONCE) {
+            for a in store.accesses(chunk).map_err(unavailable)? {
+                let verdict = verdicts.get(&a.id).copied();
+                match verdict {
+                    None => {
+                        counts.unreviewed += 1;
+                        counts
+                            .oldest_unreviewed_age_secs
+                            .get_or_insert(now.saturating_sub(a.granted_at));
+                    }
+                    Some(VerdictKind::Inappropriate) => counts.inappropriate += 1,
+                    Some(_) => {}
                 }
-                Some(VerdictKind::Inappropriate) => counts.inappropriate += 1,
-                Some(_) => {}
+                let matches = filter.from.is_none_or(|t| a.granted_at >= t)
+                    && filter.to.is_none_or(|t| a.granted_at < t)
+                    && f.provider.is_none_or(|p| a.provider == p)
+                    && f.role.is_none_or(|r| a.role == r)
+                    && f.patient.is_none_or(|p| a.patient == p)
+                    && f.data_type.is_none_or(|d| a.data_types.contains(&d))
+                    && (f.verdict.is_none() || verdict == f.verdict)
+                    && (filter.pending != Some(true) || verdict.is_none())
+                    && (filter.degraded != Some(true) || a.degraded);
+                if !matches {
+                    continue;
+                }
+                counts.matching += 1;
+                if f.cursor.is_some_and(|c| a.id <= c) {
+                    continue;
+                }
+                if page.len() == limit {
+                    more = true;
+                    continue;
+                }
+                page.push(a);
             }
-            let matches = filter.from.is_none_or(|t| a.granted_at >= t)
-                && filter.to.is_none_or(|t| a.granted_at < t)
-                && f.provider.is_none_or(|p| a.provider == p)
-                && f.role.is_none_or(|r| a.role == r)
-                && f.patient.is_none_or(|p| a.patient == p)
-                && f.data_type.is_none_or(|d| a.data_types.contains(&d))
-                && (f.verdict.is_none() || verdict == f.verdict)
-                && (filter.pending != Some(true) || verdict.is_none())
-                && (filter.degraded != Some(true) || a.degraded);
-            if !matches {
-                continue;
-            }
-            counts.matching += 1;
-            if f.cursor.is_some_and(|c| id <= c) {
-                continue;
-            }
-            if items.len() == limit {
-                more = true;
-                continue;
-            }
-            items.push(self.summary(&a, now).await.map_err(unavailable)?);
+        }
+        let mut entries: std::collections::HashMap<Address, Option<DirectoryView>> =
+            Default::default();
+        let mut items = Vec::with_capacity(page.len());
+        for a in &page {
+            let entry = match entries.entry(a.provider) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(self.directory_cached(&a.provider).map_err(unavailable)?)
+                }
+            };
+            items.push(self.summary(a, now, entry.as_ref()).map_err(unavailable)?);
         }
         let next_cursor = more
             .then(|| items.last().map(|s| s.access_id.to_string()))
@@ -424,7 +450,13 @@ impl Review {
                 "no access with this id was granted here",
             )
         })?;
-        let summary = self.summary(&a, now).await.map_err(unavailable)?;
+        let directory = self
+            .directory_view(&a.provider)
+            .await
+            .map_err(unavailable)?;
+        let summary = self
+            .summary(&a, now, directory.as_ref())
+            .map_err(unavailable)?;
         // the reason and the note are for reviewers only (admin clients read the rest)
         let reviewer = viewer.is_some();
         let verdict = store
@@ -494,10 +526,7 @@ impl Review {
             window_blocks: a.window_blocks,
             chain_lag_blocks: a.chain_lag_blocks,
             patient_registered: a.patient_registered,
-            directory: self
-                .directory_view(&a.provider)
-                .await
-                .map_err(unavailable)?,
+            directory,
             clinician_status_now,
             chain_record: self.chain_record(id).await,
             notice,

@@ -652,6 +652,11 @@ pub trait Store: Send + Sync + 'static {
     fn nonce(&self) -> Result<Option<u64>, StoreError>;
     fn access(&self, id: &AccessId) -> Result<Option<AccessRecord>, StoreError>;
     fn access_ids(&self) -> Result<Vec<AccessId>, StoreError>;
+    /// The accesses of `ids` that are stored, in that order, read together (a command per
+    /// thousands on Redis, not a round trip each).
+    fn accesses(&self, ids: &[AccessId]) -> Result<Vec<AccessRecord>, StoreError>;
+    /// The operations named `ids`, each or `None`, in that order, read together.
+    fn submissions_named(&self, ids: &[String]) -> Result<Vec<Option<Submission>>, StoreError>;
     /// When a used request nonce (`signer:nonce`) may be forgotten, if it was used.
     fn replay(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Every used request nonce kept, with when it may be forgotten.

@@ -234,6 +234,18 @@ macro_rules! typed_reads {
             self.parsed_keys(ACCESSES)
         }
 
+        fn accesses(&self, ids: &[AccessId]) -> Result<Vec<AccessRecord>, StoreError> {
+            let keys: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            self.get_each(ACCESSES, &keys)
+        }
+
+        fn submissions_named(&self, ids: &[String]) -> Result<Vec<Option<Submission>>, StoreError> {
+            ids.iter()
+                .zip(self.get_many(SUBMISSIONS, ids)?)
+                .map(|(k, v)| v.map(|v| dec(k, &v)).transpose())
+                .collect()
+        }
+
         fn replay(&self, key: &str) -> Result<Option<u64>, StoreError> {
             self.get(REPLAY, key)
         }

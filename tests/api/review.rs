@@ -467,6 +467,36 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
         (&nurse["display_name"], &json!("verified")),
         "{queue}"
     );
+    // the nurse no longer in the chain-state cache: the queue does not wait on the node for
+    // them (the name shown as not checked); the access's view reads the node, and the queue
+    // has them checked again after it
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            uncached: breakglass::store::Uncached {
+                providers: vec![clinician],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let queue: Json = admin_get(&base, "/v1/reviews").await.json().await.unwrap();
+    let row = in_queue(&queue);
+    assert_eq!(
+        (&row["clinician_name"], &row["clinician_entry"]),
+        (&nurse["display_name"], &Json::Null),
+        "{queue}"
+    );
+    let read: Json = admin_get(&base, &format!("/v1/reviews/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["directory"]["verification"], "verified", "{read}");
+    let queue: Json = admin_get(&base, "/v1/reviews").await.json().await.unwrap();
+    assert_eq!(in_queue(&queue)["clinician_entry"], "verified", "{queue}");
     assert_eq!(detail["verdict"]["verdict"], "inappropriate");
     assert_eq!(detail["verdict"]["on_chain"]["state"], "confirmed");
     assert!(
@@ -614,12 +644,14 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     });
     names(victim, &format!("entry {victim}"));
 
-    // one entry's bytes are not an entry at all: verify names it too, not the store
+    // one entry's bytes are not an entry at all: verify names it too, not the store, once the
+    // entries before it are checked (the altered one still breaks the log first)
+    let garbled = victim + 1;
+    rewrite(garbled, &|_| b"\x00not an entry".to_vec());
+    names(victim, &format!("entry {victim}"));
     rewrite(victim, &|text| {
         text.replacen("\"at\":2", "\"at\":1", 1).into_bytes()
     });
-    let garbled = victim + 1;
-    rewrite(garbled, &|_| b"\x00not an entry".to_vec());
     names(garbled, &format!("entry {garbled}: unreadable"));
 }
 

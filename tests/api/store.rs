@@ -231,6 +231,15 @@ pub fn conformance(store: &dyn Store) {
         store.submission("a").unwrap().unwrap().state,
         SubmissionState::Confirmed { height: 11, .. }
     ));
+    // several operations read together, in the order named, an absent one as none
+    let together = store
+        .submissions_named(&["none".into(), "a".into(), "none".into()])
+        .unwrap();
+    assert_eq!(
+        together,
+        vec![None, store.submission("a").unwrap(), None],
+        "{together:?}"
+    );
     // the tip a batch does not name stays
     assert_eq!(store.tip().unwrap().unwrap().height, 10);
 
@@ -267,8 +276,14 @@ pub fn conformance(store: &dyn Store) {
             ..Batch::default()
         })
         .unwrap();
-    assert_eq!(store.access(&a1()).unwrap(), Some(record));
+    assert_eq!(store.access(&a1()).unwrap(), Some(record.clone()));
     assert_eq!(store.access_ids().unwrap(), vec![a1()]);
+    // several read together: those stored, in the order named
+    assert_eq!(
+        store.accesses(&[numbered(7), a1(), numbered(8)]).unwrap(),
+        vec![record]
+    );
+    assert!(store.accesses(&[]).unwrap().is_empty());
     assert_eq!(store.replay("ST1:5").unwrap(), Some(121));
 
     assert_eq!(store.revoked("a1").unwrap(), None);
