@@ -2,7 +2,9 @@
 //! (`seal::names::summary`), its SHA-256 recorded on chain by the service as a data custodian
 //! (`set-summary-hash`, through the submitter), and served only to a valid break-glass token
 //! for that patient, only the resources its scopes cover (`scope.rs`), only when the stored
-//! summary still hashes to what the chain says.
+//! summary still hashes to what the chain says. The token's revocation (and its clinician's
+//! standing) is checked first and again once the summary is checked, which may wait on the
+//! node: nothing is served past a revocation written meanwhile.
 //!
 //! Every read, and every refused read of a verified token's holder, goes to the audit log
 //! before it is answered: reviewers see what was actually read. Refused reads without a
@@ -295,34 +297,7 @@ impl Vault {
             jti: claims.jti.clone(),
             clinician,
         });
-        match crate::token::standing(self.state.store.as_ref(), &claims) {
-            Ok(Standing::Honoured) => {}
-            Ok(Standing::Revoked) => {
-                return Err((
-                    refusal(
-                        401,
-                        "token-revoked",
-                        "Token revoked",
-                        "this access was revoked",
-                    ),
-                    jti,
-                    p,
-                ))
-            }
-            Ok(Standing::HolderNotVerified) => {
-                return Err((
-                    refusal(
-                        403,
-                        "provider-not-verified",
-                        "Provider not verified",
-                        "the token's clinician is no longer verified on chain (suspended since it was issued)",
-                    ),
-                    jti,
-                    p,
-                ))
-            }
-            Err(e) => return Err((store_unavailable(e), jti, p)),
-        }
+        self.honoured(&claims).map_err(|r| (r, jti.clone(), p))?;
         if claims.patient != patient.to_string() {
             return Err((
                 refusal(
@@ -354,6 +329,9 @@ impl Vault {
             .verified(&patient)
             .await
             .map_err(|r| (r, jti.clone(), p))?;
+        // and again once the summary is checked: that check may have waited on the node, and
+        // a revocation (or a suspension) that landed meanwhile must not be served past
+        self.honoured(&claims).map_err(|r| (r, jti.clone(), p))?;
         let granted: Vec<&Value> = resources
             .iter()
             .filter(|r| resource_type.is_none_or(|k| r["resourceType"] == k))
@@ -378,6 +356,26 @@ impl Vault {
             )
         })?;
         Ok((holder, patient, bundle))
+    }
+
+    /// Whether the token is still honoured: not revoked, its clinician not suspended since.
+    fn honoured(&self, claims: &crate::token::AccessClaims) -> Result<(), Refusal> {
+        match crate::token::standing(self.state.store.as_ref(), claims) {
+            Ok(Standing::Honoured) => Ok(()),
+            Ok(Standing::Revoked) => Err(refusal(
+                401,
+                "token-revoked",
+                "Token revoked",
+                "this access was revoked",
+            )),
+            Ok(Standing::HolderNotVerified) => Err(refusal(
+                403,
+                "provider-not-verified",
+                "Provider not verified",
+                "the token's clinician is no longer verified on chain (suspended since it was issued)",
+            )),
+            Err(e) => Err(store_unavailable(e)),
+        }
     }
 
     /// The patient's summary resources, unsealed, once their bytes hash to the chain's record.

@@ -112,6 +112,19 @@ async fn hash_on_chain(env: &Env, patient: &PatientId) -> String {
         .to_hex()
 }
 
+/// Revokes the token of grant `g`, as the revocation endpoint writes it.
+async fn revoke(env: &Env, g: &Json) {
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            revoked: vec![(g["access_id"].as_str().unwrap().to_string(), now() + 600)],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+}
+
 async fn recorded(env: &Env, op: &str) {
     eventually(op, SECS, async || {
         env.devnet.mine().await;
@@ -277,15 +290,7 @@ async fn tokens_read_only_what_they_open_and_every_bad_read_is_refused_and_logge
     let (s, p, _) = read(&env, &format!("/fhir/Patient/{other_hex}/$summary"), &t).await;
     assert_eq!((s, p["code"].as_str()), (403, Some("wrong-patient")), "{p}");
     // a revoked token
-    breakglass::store::apply_async(
-        &env.app.store,
-        breakglass::store::Batch {
-            revoked: vec![(g["access_id"].as_str().unwrap().to_string(), now() + 600)],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    revoke(&env, &g).await;
     let (s, p, _) = read(&env, &summary, g["access_token"].as_str().unwrap()).await;
     assert_eq!((s, p["code"].as_str()), (401, Some("token-revoked")), "{p}");
     let logged = refused_reads(&env);
@@ -662,4 +667,60 @@ async fn a_summary_operation_replaced_by_a_later_one_is_not_sent_again() {
         "nothing signed again"
     );
     served_as_on_chain(&env, &patient_hex, &second).await;
+}
+
+/// A token revoked while the vault checks the summary against the chain (its hash not cached:
+/// the vault asks the node, and waits) is refused when the check is done: the revocation is
+/// looked at again before anything is served. Before, it was looked at only first, and the
+/// summary went out after the revocation was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_while_the_vault_asks_the_node_is_refused() {
+    let mut proxied = None;
+    let env = setup(|s| {
+        s.admin.clients = vec![ResourceServerClient {
+            id: "ops".into(),
+            secret_sha256: hex::encode(Sha256::digest(ADMIN_SECRET.as_bytes())),
+        }];
+        let proxy = HoldingProxy::start(s.chain.node_url.as_str().trim_end_matches('/'));
+        s.chain.node_url = proxy.url.parse().unwrap();
+        proxied = Some(proxy);
+    })
+    .await;
+    let proxy = proxied.unwrap();
+    let patient_hex = patient(&env.demo, true).to_string();
+    let patient_id: PatientId = patient_hex.parse().unwrap();
+    let body = serde_json::to_vec(&breakglass::demo::summary(&patient_id, SYSTEM)).unwrap();
+    let (s, imported) = import(&env, body).await;
+    assert_eq!(s, 201, "{imported}");
+    recorded(&env, imported["operation"].as_str().unwrap()).await;
+    let g = token(&env, "nurse", &patient_hex, &["allergies"], 1).await;
+    let t = g["access_token"].as_str().unwrap().to_string();
+    let summary = format!("/fhir/Patient/{patient_hex}/$summary");
+    let (s, bundle, _) = read(&env, &summary, &t).await;
+    assert_eq!(s, 200, "{bundle}");
+
+    // the summary's hash no longer cached: the next read asks the node, and while the node's
+    // answer is held, the token is revoked
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            uncached: breakglass::store::Uncached {
+                summary_hashes: vec![patient_id],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (told, done) = proxy.hold(patient_hex.clone());
+    let revoke = async {
+        told.await.unwrap();
+        revoke(&env, &g).await;
+        done.send(()).unwrap();
+    };
+    let ((s, p, _), ()) = tokio::join!(read(&env, &summary, &t), revoke);
+    assert_eq!((s, p["code"].as_str()), (401, Some("token-revoked")), "{p}");
+    assert!(p.get("entry").is_none(), "{p}");
+    assert!(refused_reads(&env).iter().any(|c| c == "token-revoked"));
 }

@@ -959,3 +959,105 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A proxy in front of the node's RPC that forwards every request, and once `hold`s needle is
+/// set, answers the first request whose body holds it with the node's answer only after the
+/// test has done what it is told to (`told`, then `done`): something the node does while that
+/// answer is on its way.
+pub struct HoldingProxy {
+    pub url: String,
+    hold: std::sync::Arc<std::sync::Mutex<Option<Hold>>>,
+    pub server: actix_web::dev::ServerHandle,
+}
+
+struct Hold {
+    needle: String,
+    told: tokio::sync::oneshot::Sender<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl HoldingProxy {
+    pub fn start(upstream: &str) -> HoldingProxy {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        type Held = std::sync::Arc<std::sync::Mutex<Option<Hold>>>;
+        async fn forward(
+            req: HttpRequest,
+            body: web::Bytes,
+            to: web::Data<(String, reqwest::Client, Held)>,
+        ) -> HttpResponse {
+            let (upstream, client, hold) = to.get_ref();
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let mut ask = client.request(
+                req.method().as_str().parse().unwrap(),
+                format!("{upstream}{path}"),
+            );
+            if let Some(ct) = req.headers().get("content-type") {
+                ask = ask.header("content-type", ct.as_bytes());
+            }
+            let res = ask.body(body.to_vec()).send().await.unwrap();
+            let status = res.status().as_u16();
+            let ct = res
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap_or_default().to_string());
+            let answer = res.bytes().await.unwrap();
+            let held = {
+                let mut hold = hold.lock().unwrap();
+                let holds = hold
+                    .as_ref()
+                    .is_some_and(|h| String::from_utf8_lossy(&body).contains(h.needle.as_str()));
+                if holds {
+                    hold.take()
+                } else {
+                    None
+                }
+            };
+            if let Some(h) = held {
+                h.told.send(()).unwrap();
+                h.done.await.unwrap();
+            }
+            let mut out =
+                HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+            if let Some(ct) = ct {
+                out.content_type(ct);
+            }
+            out.body(answer)
+        }
+        let hold: Held = Default::default();
+        let data = web::Data::new((upstream.to_string(), reqwest::Client::new(), hold.clone()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(forward))
+        })
+        .listen(listener)
+        .unwrap()
+        .workers(2)
+        .disable_signals()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        HoldingProxy {
+            url,
+            hold,
+            server: handle,
+        }
+    }
+
+    /// Holds the node's answer to the next request whose body holds `needle` until `done`
+    /// fires; `told` fires once that answer is read.
+    pub fn hold(
+        &self,
+        needle: String,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (told, told_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        *self.hold.lock().unwrap() = Some(Hold { needle, told, done });
+        (told_rx, done_tx)
+    }
+}
