@@ -69,7 +69,8 @@ pub struct Metrics {
     pub audit_write_seconds: Histogram,
     pub refusals: Family<Code, Counter>,
     /// Refusals of a provider the chain knows left out of the audit log (beyond their
-    /// clinician's share of entries a minute, `access::REFUSAL_ENTRIES_PER_MINUTE`).
+    /// clinician's share of entries a minute, `access::REFUSAL_ENTRIES_PER_MINUTE`, or the same
+    /// signed request refused again for the same reason).
     pub refusals_unlogged: Counter,
     /// Refused vault reads without a verified token left out of the audit log (beyond
     /// `vault::ANONYMOUS_REFUSAL_ENTRIES_PER_MINUTE`).
@@ -136,7 +137,7 @@ impl Metrics {
         );
         registry.register(
             "refusals_unlogged",
-            "Refusals of providers the chain knows not written to the audit log: beyond their clinician's entries a minute",
+            "Refusals of providers the chain knows not written to the audit log: beyond their clinician's entries a minute, or the same signed request refused again for the same reason",
             m.refusals_unlogged.clone(),
         );
         registry.register(

@@ -71,22 +71,24 @@ pub struct BreakGlass {
     fresh_ms: u64,
     /// Each signer's share of refusal entries in the audit log (`REFUSAL_ENTRIES_PER_MINUTE`).
     refusal_entries: governor::DefaultKeyedRateLimiter<Address>,
-    /// The refusals logged of each signed request (its replay key and the refusal's code), with
+    /// The refusals logged of each signed request (what was signed and the refusal's code), with
     /// when the request stops being fresh (`LOGGED_REFUSALS_MAX` at most).
     logged_refusals: std::sync::Mutex<std::collections::HashMap<RefusalOf, u64>>,
 }
 
-/// One signed request refused for one reason: its replay key (`signer:nonce`) and the code.
+/// One signed request refused for one reason: the SIP-018 hash of what was signed (a request
+/// signed anew with the same nonce, which a refusal gives back, is another request) and the
+/// code.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct RefusalOf {
-    replay_key: String,
+    message_hash: [u8; 32],
     code: &'static str,
 }
 
-/// A signed request, as its refusals are logged: its replay key and when it stops being fresh.
+/// A signed request, as its refusals are logged: what was signed and when it stops being fresh.
 #[derive(Debug, Clone, Copy)]
-struct Signed<'a> {
-    replay_key: &'a str,
+struct Signed {
+    message_hash: [u8; 32],
     fresh_until: u64,
 }
 
@@ -204,6 +206,7 @@ impl BreakGlass {
         })?;
         let signer = req.signer.to_string();
         let replay_key = format!("{signer}:{}", req.nonce);
+        let message_hash = req.message_hash;
         let until = req.issued_at + 2 * request::MAX_SKEW_SECS;
         let refused = crate::audit::Event::Refusal {
             code: String::new(),
@@ -219,7 +222,7 @@ impl BreakGlass {
                 if !local.use_nonce(&replay_key, until) {
                     let r = replayed(&signer, req.nonce);
                     let sent = Signed {
-                        replay_key: &replay_key,
+                        message_hash,
                         fresh_until: until,
                     };
                     self.audit_refusal(refused, &r, sent).await;
@@ -234,7 +237,7 @@ impl BreakGlass {
             .await;
         if let Err(r) = &answer {
             let sent = Signed {
-                replay_key: &replay_key,
+                message_hash,
                 fresh_until: until,
             };
             self.audit_refusal(refused, r, sent).await;
@@ -256,12 +259,7 @@ impl BreakGlass {
     /// was recorded (no token could be signed) is not one: the grant is in the log. The same
     /// signed request (`request`: its replay key and when it stops being fresh) refused again
     /// for the same reason is counted, not logged again (`LOGGED_REFUSALS_MAX`).
-    async fn audit_refusal(
-        &self,
-        mut event: crate::audit::Event,
-        r: &Refusal,
-        request: Signed<'_>,
-    ) {
+    async fn audit_refusal(&self, mut event: crate::audit::Event, r: &Refusal, request: Signed) {
         if r.recorded() {
             return;
         }
@@ -280,7 +278,7 @@ impl BreakGlass {
                 return;
             }
             let once = RefusalOf {
-                replay_key: request.replay_key.to_string(),
+                message_hash: request.message_hash,
                 code: r.code,
             };
             let mut logged = self

@@ -312,6 +312,23 @@ impl ChainState {
         .await
     }
 
+    /// The provider as the cache has them, never asking the node: stored, or known to be
+    /// unregistered since the last block; `None` if neither (or the store cannot be read).
+    pub fn cached_provider(&self, principal: &Address) -> Option<ProviderState> {
+        let cached = || -> Result<Option<ProviderState>, StoreError> {
+            Ok(match self.store.provider(principal)? {
+                Some(s) => Some(s),
+                None => self
+                    .known_unregistered(principal, &self.store.tip()?)
+                    .then_some(ProviderState::Unregistered),
+            })
+        };
+        cached().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the chain-state cache could not be read");
+            None
+        })
+    }
+
     fn known_unregistered(&self, principal: &Address, tip: &Option<Tip>) -> bool {
         let known = self.unregistered.lock().unwrap_or_else(|p| p.into_inner());
         known.get(principal) == Some(tip)

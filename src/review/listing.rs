@@ -303,11 +303,11 @@ impl Review {
     /// The same from the chain-state cache alone (not checked on a miss): a queue's page names
     /// up to `MAX_PAGE` clinicians, and must not wait on the node for each.
     fn directory_cached(&self, who: &Address) -> Result<Option<DirectoryView>, StoreError> {
-        let store = &self.state.store;
-        Ok(match store.directory_entry(who)? {
-            Some(e) => Some(DirectoryView::of(e, store.provider(who)?.as_ref())),
-            None => None,
-        })
+        Ok(self
+            .state
+            .store
+            .directory_entry(who)?
+            .map(|e| DirectoryView::of(e, self.state.cached_provider(who).as_ref())))
     }
 
     fn summary(

@@ -103,7 +103,8 @@ pub struct Guard {
     /// The chain tip as a cache fill read it before it asked the node (`Some(None)`: none
     /// yet): the write fails with `Guarded::Changed` unless the store's tip is still exactly
     /// this, so that a fill never lands after a block another replica applied while it read
-    /// (that block may have changed the entry). Not with `followed`.
+    /// (that block may have changed the entry). A catch-up's mark (`Tip::refreshing`) is put
+    /// under the same guard, over the tip it read. Not with `followed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tip: Option<Option<Tip>>,
 }

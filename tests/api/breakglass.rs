@@ -809,6 +809,17 @@ async fn a_known_signers_refusals_are_logged_up_to_their_share_a_minute() {
         .await
         .value("breakglass_refusals_unlogged_total");
     assert!(unlogged >= 29.0, "{unlogged}");
+    // the nonce a refusal gave back, signed anew for another patient: another request, logged
+    let other = signed(
+        nurse["private_key"].as_str().unwrap(),
+        patient(demo, false),
+        &["allergies"],
+        1,
+        now(),
+    );
+    refused(&other).await;
+    assert_eq!(logged() - before, 2);
+    let before = before + 1;
     // distinct requests: the share
     let n = breakglass::access::REFUSAL_ENTRIES_PER_MINUTE as usize + 7;
     for nonce in 0..n {

@@ -281,9 +281,20 @@ pub fn conformance(store: &dyn Store) {
     // several read together: those stored, in the order named
     assert_eq!(
         store.accesses(&[numbered(7), a1(), numbered(8)]).unwrap(),
-        vec![record]
+        vec![record.clone()]
     );
     assert!(store.accesses(&[]).unwrap().is_empty());
+    store
+        .apply(Batch {
+            accesses: vec![access(9)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(
+        store.accesses(&[a1(), numbered(9)]).unwrap(),
+        vec![record, access(9)],
+        "in the order named, not the keys'"
+    );
     assert_eq!(store.replay("ST1:5").unwrap(), Some(121));
 
     assert_eq!(store.revoked("a1").unwrap(), None);
