@@ -26,7 +26,7 @@ use super::problem::problem;
 use crate::clock::now_secs;
 use crate::domain::{AccessId, DataType, Role, VerdictKind};
 use crate::refusal::Refusal;
-use crate::review::listing::Filter;
+use crate::review::listing::{Filter, Page};
 use crate::review::verdict::Given;
 use crate::review::{csrf_matches, Review, Session};
 
@@ -220,6 +220,24 @@ fn access_id(raw: &str) -> Result<AccessId, Refusal> {
         .map_err(|e: String| Refusal::new(400, "invalid-access-id", "Invalid access id", e))
 }
 
+/// The queue's page for `filter`, read on the blocking pool: it reads every access for its
+/// counts (tenths of a second for tens of thousands on Redis), which on the HTTP worker would
+/// hold up the break-glass requests that worker serves.
+async fn listed(review: &web::Data<Review>, filter: &Filter) -> Result<Page, Refusal> {
+    let (review, filter) = (review.clone(), filter.clone());
+    web::block(move || review.list(&filter, now_secs()))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the review queue's read did not finish");
+            Err(Refusal::new(
+                500,
+                "internal-error",
+                "Internal error",
+                "the review queue could not be read: tell the service's operators",
+            ))
+        })
+}
+
 async fn queue(
     req: HttpRequest,
     review: web::Data<Review>,
@@ -229,7 +247,10 @@ async fn queue(
         Ok(s) => s,
         Err(answer) => return answer,
     };
-    let listed = filter_of(&req).and_then(|f| review.list(&f, now_secs()).map(|p| (f, p)));
+    let listed = match filter_of(&req) {
+        Ok(f) => listed(&review, &f).await.map(|p| (f, p)),
+        Err(r) => Err(r),
+    };
     let (filter, listed) = match listed {
         Ok(fp) => fp,
         Err(r) => return pages.problem(&r, Some(&s), "/review"),
@@ -464,7 +485,11 @@ async fn api_list(
     if let Err(r) = reader(&req, &review, &admin).await {
         return problem(&r);
     }
-    match filter_of(&req).and_then(|f| review.list(&f, now_secs())) {
+    let page = match filter_of(&req) {
+        Ok(f) => listed(&review, &f).await,
+        Err(r) => Err(r),
+    };
+    match page {
         Ok(p) => HttpResponse::Ok()
             .insert_header(("cache-control", "no-store"))
             .json(p),
