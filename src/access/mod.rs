@@ -206,8 +206,11 @@ impl BreakGlass {
         })?;
         let signer = req.signer.to_string();
         let replay_key = format!("{signer}:{}", req.nonce);
-        let message_hash = req.message_hash;
         let until = req.issued_at + 2 * request::MAX_SKEW_SECS;
+        let sent = Signed {
+            message_hash: req.message_hash,
+            fresh_until: until,
+        };
         let refused = crate::audit::Event::Refusal {
             code: String::new(),
             status: 0,
@@ -221,10 +224,6 @@ impl BreakGlass {
             Coordinator::Local(local) => {
                 if !local.use_nonce(&replay_key, until) {
                     let r = replayed(&signer, req.nonce);
-                    let sent = Signed {
-                        message_hash,
-                        fresh_until: until,
-                    };
                     self.audit_refusal(refused, &r, sent).await;
                     return Err(r);
                 }
@@ -236,10 +235,6 @@ impl BreakGlass {
             .judge(req, signer, replay_key.clone(), claim, now)
             .await;
         if let Err(r) = &answer {
-            let sent = Signed {
-                message_hash,
-                fresh_until: until,
-            };
             self.audit_refusal(refused, r, sent).await;
         }
         if let Coordinator::Local(local) = self.coordination.as_ref() {

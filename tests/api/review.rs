@@ -183,6 +183,21 @@ async fn give_verdict(
     .await
 }
 
+/// Signs `key`'s reviewer in and gives their verdict on `id`, which the service takes (303):
+/// the session.
+async fn verdict_taken(
+    base: &str,
+    id: &str,
+    verdict: VerdictKind,
+    note: &str,
+    key: &secp256k1::SecretKey,
+) -> String {
+    let session = signed_in(base, key).await;
+    let (s, body) = give_verdict(base, &session, id, verdict, note, key).await;
+    assert_eq!(s, 303, "{body}");
+    session
+}
+
 fn verdict_signature(
     id: &str,
     verdict: VerdictKind,
@@ -1019,17 +1034,7 @@ async fn a_relayed_verdict_is_confirmed_only_as_its_reviewers() {
     // our reviewer gives the same verdict, with an empty note, through the service, before the
     // physician's review is mined (the service sees no review on chain yet)
     let reviewer = key_of(provider(&env.demo, "reviewer"));
-    let session = signed_in(&base, &reviewer).await;
-    let (s, body) = give_verdict(
-        &base,
-        &session,
-        &id,
-        VerdictKind::Appropriate,
-        "",
-        &reviewer,
-    )
-    .await;
-    assert_eq!(s, 303, "{body}");
+    let session = verdict_taken(&base, &id, VerdictKind::Appropriate, "", &reviewer).await;
     let op = format!("review:{id}");
     let failed = eventually("the relayed verdict refused on chain", SECS, async || {
         env.app.submitter.tick().await.unwrap();
@@ -1094,17 +1099,7 @@ async fn a_verdict_the_chain_refused_leaves_the_access_to_be_reviewed_again() {
         )
         .await;
     let reviewer = key_of(reviewer_p);
-    let session = signed_in(&base, &reviewer).await;
-    let (s, body) = give_verdict(
-        &base,
-        &session,
-        &id,
-        VerdictKind::Appropriate,
-        "fine",
-        &reviewer,
-    )
-    .await;
-    assert_eq!(s, 303, "{body}");
+    verdict_taken(&base, &id, VerdictKind::Appropriate, "fine", &reviewer).await;
     eventually("the verdict refused on chain", SECS, async || {
         env.app.submitter.tick().await.unwrap();
         env.devnet.mine().await;
@@ -1128,17 +1123,14 @@ async fn a_verdict_the_chain_refused_leaves_the_access_to_be_reviewed_again() {
 
     // the physician reviews it: the next attempt, on chain
     let physician_key = key_of(physician);
-    let session = signed_in(&base, &physician_key).await;
-    let (s, body) = give_verdict(
+    let session = verdict_taken(
         &base,
-        &session,
         &id,
         VerdictKind::NeedsFollowUp,
         "call back",
         &physician_key,
     )
     .await;
-    assert_eq!(s, 303, "{body}");
     mined(&env, &format!("review:{id}:1")).await;
     let latest = env
         .app
