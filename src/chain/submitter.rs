@@ -253,22 +253,37 @@ fn confirmed(txid: &str, nonce: u64, raw: &str, height: u64, result: String) -> 
     }
 }
 
-/// Whether `s` records a patient's summary hash and a later summary operation of the same
-/// patient is in the store: the vault holds that later summary, so `s`'s hash is no longer
-/// wanted on chain, whatever the chain holds now. Signed again with a new nonce, it would run
-/// after the later one and put back a hash the stored summary no longer has (every read of it
-/// then refused, `summary-integrity`); mined beside the later one, it was not refused.
+/// Whether `s` records a patient's summary hash that is not the hash of the summary stored
+/// now: the vault holds another (later) summary, so `s`'s hash is no longer wanted on chain,
+/// whatever the chain holds now. Signed again with a new nonce, it would run after the later
+/// one and put back a hash the stored summary no longer has (every read of it then refused,
+/// `summary-integrity`); mined beside the later one, it was not refused.
+///
+/// Which summary is stored is its digest, written with it (`Store::summary_digest`), not the
+/// operations' times: those are each importing replica's clock, and two replicas' clocks may
+/// order two imports the other way round from the store. A summary stored before digests were
+/// kept has none: then a later operation of the same patient (by those times) supersedes.
 fn superseded(store: &dyn Store, s: &Submission) -> Result<bool, StoreError> {
     if s.function != "set-summary-hash" {
         return Ok(false);
     }
-    let Some(patient) = s.args.first() else {
+    let buffer = |i: usize| match s.args.get(i).map(|a| Value::from_hex(a)) {
+        Some(Ok(Value::Buffer(b))) => Some(b),
+        _ => None,
+    };
+    let (Some(patient), Some(hash)) = (buffer(0), buffer(1)) else {
         return Ok(false);
     };
+    let Ok(patient) = <[u8; 32]>::try_from(patient).map(crate::domain::PatientId) else {
+        return Ok(false);
+    };
+    if let Some(stored) = store.summary_digest(&patient)? {
+        return Ok(stored != hex::encode(hash));
+    }
     let prefix = s.id.split(':').take(2).collect::<Vec<_>>().join(":") + ":";
     Ok(store.submissions_prefixed(&prefix)?.iter().any(|later| {
         later.function == s.function
-            && later.args.first() == Some(patient)
+            && later.args.first() == s.args.first()
             && later.created_at_ms > s.created_at_ms
     }))
 }
@@ -931,5 +946,59 @@ mod tests {
             sub.store.submission("record:01").unwrap().unwrap().state,
             failed
         );
+    }
+
+    /// A patient's summary operation is superseded when the summary stored is another: its
+    /// digest decides, not the operations' times, which are each importing replica's clock.
+    /// Here the first import's replica ran a minute ahead, so by times the second summary's
+    /// operation (the summary stored) looked replaced and the first's did not: the first's
+    /// hash would have been signed again over the stored summary's. A store without the
+    /// digest (written before it was kept) still goes by times.
+    #[test]
+    fn a_summary_operation_is_superseded_by_the_summary_stored_not_by_clocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
+        let patient = crate::domain::PatientId([3; 32]);
+        let (first_hash, second_hash) = ([1u8; 32], [2u8; 32]);
+        let mut first = crate::vault::operation(&patient, &first_hash);
+        let mut second = crate::vault::operation(&patient, &second_hash);
+        second.created_at_ms = 1_000_000;
+        first.created_at_ms = second.created_at_ms + 60_000;
+        store
+            .apply(Batch {
+                submissions: vec![first.clone(), second.clone()],
+                ..Batch::default()
+            })
+            .unwrap();
+        // no digest stored: by times
+        assert!(superseded(&store, &second).unwrap());
+        assert!(!superseded(&store, &first).unwrap());
+        // the second summary stored (after the first, whatever the clocks said)
+        store
+            .apply(Batch {
+                summaries: vec![(patient, Some(vec![9]))],
+                summary_digests: vec![(patient, Some(hex::encode(second_hash)))],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(superseded(&store, &first).unwrap());
+        assert!(!superseded(&store, &second).unwrap());
+        // another patient's summary decides nothing for this one's operations
+        let other = crate::domain::PatientId([4; 32]);
+        store
+            .apply(Batch {
+                summary_digests: vec![(other, Some(hex::encode(first_hash)))],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(superseded(&store, &first).unwrap());
+        // an operation of another kind never is
+        let record = operation(
+            "record:01",
+            "access-control",
+            "record-emergency-access",
+            &[],
+        );
+        assert!(!superseded(&store, &record).unwrap());
     }
 }

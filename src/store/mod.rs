@@ -445,6 +445,10 @@ pub struct Batch {
     /// Patients' emergency summaries, sealed (`vault`); `None` removes one.
     #[serde(default)]
     pub summaries: Vec<(PatientId, Option<Vec<u8>>)>,
+    /// The SHA-256 of each summary's plain bytes (hex), written with it (`vault::import`):
+    /// which summary is stored, for what no replica's clock can tell (`submitter::superseded`).
+    #[serde(default)]
+    pub summary_digests: Vec<(PatientId, Option<String>)>,
     /// The summaries' hashes as the chain has them (`get-summary-hash`; `None`: no hash).
     #[serde(default)]
     pub summary_hashes: Vec<(PatientId, Option<SummaryHash>)>,
@@ -499,6 +503,7 @@ impl Batch {
         self.audit.extend(later.audit);
         self.verdicts.extend(later.verdicts);
         self.summaries.extend(later.summaries);
+        self.summary_digests.extend(later.summary_digests);
         self.summary_hashes.extend(later.summary_hashes);
         let u = later.uncached;
         self.uncached.providers.extend(u.providers);
@@ -533,6 +538,7 @@ impl Batch {
             && self.audit.is_empty()
             && self.verdicts.is_empty()
             && self.summaries.is_empty()
+            && self.summary_digests.is_empty()
             && self.summary_hashes.is_empty()
             && self.claims.is_empty()
             && self.uncached.is_empty()
@@ -709,6 +715,9 @@ pub trait Store: Send + Sync + 'static {
     fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError>;
     /// A patient's emergency summary, sealed.
     fn summary(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The SHA-256 (hex) of the patient's summary stored, if it was stored with it (a store
+    /// written before digests were kept has none until the summary is imported again).
+    fn summary_digest(&self, patient: &PatientId) -> Result<Option<String>, StoreError>;
     /// The chain's hash of a patient's summary, as cached: `None` not cached, `Some(None)`
     /// the chain has none.
     fn summary_hash(&self, patient: &PatientId) -> Result<Option<Option<SummaryHash>>, StoreError>;

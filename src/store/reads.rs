@@ -361,6 +361,10 @@ macro_rules! typed_reads {
             self.get_raw(SUMMARIES, &patient.to_string())
         }
 
+        fn summary_digest(&self, patient: &PatientId) -> Result<Option<String>, StoreError> {
+            self.get(SUMMARY_DIGESTS, &patient.to_string())
+        }
+
         fn summary_hash(
             &self,
             patient: &PatientId,

@@ -48,8 +48,10 @@ pub(super) const OPEN_SUBMISSIONS: Table = "open_submissions";
 /// replicas reads only the notices due soon (`RowSource::scan_due`; Redis keeps this index as
 /// a set scored by that time).
 pub(super) const OPEN_NOTICES: Table = "open_notices";
+/// The SHA-256 of each stored summary's plain bytes, hex, by patient id (`Batch::summary_digests`).
+pub(super) const SUMMARY_DIGESTS: Table = "summary_digests";
 /// New tables go last: a journal frame names a table by its index here.
-pub(super) const TABLES: [Table; 21] = [
+pub(super) const TABLES: [Table; 22] = [
     META,
     PROVIDERS,
     PREFERENCES,
@@ -71,6 +73,7 @@ pub(super) const TABLES: [Table; 21] = [
     SUMMARY_HASHES,
     OPEN_SUBMISSIONS,
     OPEN_NOTICES,
+    SUMMARY_DIGESTS,
 ];
 
 pub(super) fn def(name: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -301,6 +304,13 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     }
     for (p, sealed) in &batch.summaries {
         out.push((SUMMARIES, p.to_string(), sealed.clone()));
+    }
+    for (p, digest) in &batch.summary_digests {
+        out.push((
+            SUMMARY_DIGESTS,
+            p.to_string(),
+            digest.as_ref().map(enc).transpose()?,
+        ));
     }
     rows(
         &mut out,

@@ -162,6 +162,7 @@ pub async fn import(
     };
     let batch = Batch {
         summaries: vec![(summary.patient, Some(sealed))],
+        summary_digests: vec![(summary.patient, Some(imported.hash.clone()))],
         submissions,
         ..Batch::default()
     };

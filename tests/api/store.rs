@@ -580,14 +580,30 @@ fn audit_conformance(store: &dyn Store) {
     store
         .apply(Batch {
             summaries: vec![(patient, Some(vec![1, 2, 3]))],
+            summary_digests: vec![(patient, Some("cd".repeat(32)))],
             summary_hashes: vec![(patient, Some(hash.clone())), (PatientId([5; 32]), None)],
             ..Batch::default()
         })
         .unwrap();
     assert_eq!(store.summary(&patient).unwrap(), Some(vec![1, 2, 3]));
+    assert_eq!(
+        store.summary_digest(&patient).unwrap(),
+        Some("cd".repeat(32))
+    );
+    assert_eq!(store.summary_digest(&PatientId([5; 32])).unwrap(), None);
     assert_eq!(store.summary_hash(&patient).unwrap(), Some(Some(hash)));
     assert_eq!(store.summary_hash(&PatientId([5; 32])).unwrap(), Some(None));
     assert_eq!(store.summary_hash_ids().unwrap().len(), 2);
+    // a removal removes the digest too
+    store
+        .apply(Batch {
+            summaries: vec![(patient, None)],
+            summary_digests: vec![(patient, None)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.summary(&patient).unwrap(), None);
+    assert_eq!(store.summary_digest(&patient).unwrap(), None);
 }
 
 #[test]

@@ -610,7 +610,8 @@ async fn a_summary_imported_again_after_another_is_recorded_again() {
 /// state), its nonce since used, is found replaced by the patient's later summary: closed, not
 /// signed again. Before, the chain's hash (the later one's) was not its own, so it was signed
 /// again with a new nonce and ran after the later one: the chain held the first hash again, the
-/// vault the later summary, and every read of it was refused (`summary-integrity`).
+/// vault the later summary, and every read of it was refused (`summary-integrity`). The summary
+/// stored decides which is later, not the operations' times (each importing replica's clock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_summary_operation_replaced_by_a_later_one_is_not_sent_again() {
     use breakglass::store::SubmissionState;
@@ -640,6 +641,10 @@ async fn a_summary_operation_replaced_by_a_later_one_is_not_sent_again() {
         sent_at_height: height,
         broadcasts: 1,
     };
+    // made on a replica whose clock ran a minute ahead: by the operations' times it is the
+    // later one; the summary stored (imported after it) says otherwise
+    let later = env.app.store.submission(&ops[1]).unwrap().unwrap();
+    skipped.created_at_ms = later.created_at_ms + 60_000;
     breakglass::store::apply_async(
         &env.app.store,
         breakglass::store::Batch {
