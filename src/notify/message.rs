@@ -34,9 +34,34 @@ mod hex_bytes {
     }
 }
 
-/// The chain record the notice points to.
-pub struct Proof {
-    pub txid: String,
+/// The chain record the notice points to, as the notice says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// Recorded by this transaction (its id, hex).
+    Transaction(String),
+    /// Recorded under the access id by a transaction this service does not know (the chain
+    /// had the record already).
+    AccessId,
+    /// Not recorded: the contract refused the record. The notice says so, not a proof.
+    NotRecorded,
+}
+
+impl Proof {
+    /// The templates' name for it.
+    fn kind(&self) -> &'static str {
+        match self {
+            Proof::Transaction(_) => "transaction",
+            Proof::AccessId => "access-id",
+            Proof::NotRecorded => "not-recorded",
+        }
+    }
+
+    fn txid(&self) -> Option<&str> {
+        match self {
+            Proof::Transaction(txid) => Some(txid),
+            _ => None,
+        }
+    }
 }
 
 pub struct Templates {
@@ -180,8 +205,9 @@ pub fn render(
         until => timestamp(access.expires_at),
         reason => reason,
         access_id => access.id.to_string(),
-        txid => &proof.txid,
-        explorer_url => settings.explorer_tx_url.map(|u| u.replace("{txid}", &proof.txid)),
+        proof => proof.kind(),
+        txid => proof.txid(),
+        explorer_url => proof.txid().and_then(|t| settings.explorer_tx_url.map(|u| u.replace("{txid}", t))),
         contest => settings.contest,
     };
     let code = lang.code();

@@ -445,13 +445,11 @@ impl Notifier {
         {
             Some(SubmissionState::Confirmed {
                 txid: Some(txid), ..
-            }) => Proof { txid },
-            Some(SubmissionState::Confirmed { txid: None, .. })
-            | Some(SubmissionState::Failed { .. }) => {
-                // recorded by someone else's transaction, or not at all: the notice still
-                // goes out, naming the access id
-                Proof { txid: "-".into() }
-            }
+            }) => Proof::Transaction(txid),
+            // recorded by someone else's transaction: under the access id the notice names
+            Some(SubmissionState::Confirmed { txid: None, .. }) => Proof::AccessId,
+            // not at all: the notice still goes out, and says so
+            Some(SubmissionState::Failed { .. }) => Proof::NotRecorded,
             // not on chain yet: look again soon
             _ => return Ok(Prepared::Waiting),
         };
@@ -666,28 +664,100 @@ mod tests {
 
     /// A notice's message for access `access(Allergies)`.
     fn rendered(settings: &Settings) -> Rendered {
+        rendered_in(
+            settings,
+            Language::En,
+            None,
+            &Proof::Transaction("0xfeed".into()),
+        )
+    }
+
+    fn rendered_in(
+        settings: &Settings,
+        language: Language,
+        explorer_tx_url: Option<&str>,
+        proof: &Proof,
+    ) -> Rendered {
         let contact = Contact {
             name: None,
             email: Some("ana@example.org".into()),
-            language: Language::En,
+            language,
             delegate: None,
         };
         message::render(
             &Templates::new().unwrap(),
             &NoticeSettings {
                 from: &settings.notify.from,
-                explorer_tx_url: None,
+                explorer_tx_url,
                 contest: "call us",
             },
             &access(vec![DataType::Allergies]),
             "unresponsive",
             None,
             &contact,
-            &Proof {
-                txid: "0xfeed".into(),
-            },
+            proof,
         )
         .unwrap()
+    }
+
+    /// The notice says how the access is on chain: by its transaction (with the explorer's
+    /// link), under its access id when the chain had the record already, or, when the
+    /// contract refused the record, that it could not be recorded, in both languages and both
+    /// parts. Before, the last two said "recorded … in transaction -", linking to `…/-`.
+    #[test]
+    fn the_notice_says_how_the_access_is_on_chain_or_that_it_is_not() {
+        let settings = Settings::default();
+        let explorer = "https://explorer.example/txid/{txid}";
+        let parts = |language, proof: &Proof| -> Vec<String> {
+            let raw = rendered_in(&settings, language, Some(explorer), proof).raw;
+            let mail = mailparse::parse_mail(&raw).unwrap();
+            let parts: Vec<String> = mail
+                .subparts
+                .iter()
+                .map(|p| p.get_body().unwrap())
+                .collect();
+            assert_eq!(parts.len(), 2, "text and html");
+            parts
+        };
+        let cases = [
+            (
+                Language::En,
+                "recorded on the Stacks blockchain in transaction",
+                "under the access id above",
+                "could not be recorded on the Stacks blockchain",
+            ),
+            (
+                Language::Es,
+                "registrado en la cadena de bloques Stacks en la transacción",
+                "con el id. de acceso indicado arriba",
+                "no pudo registrarse en la cadena de bloques Stacks",
+            ),
+        ];
+        for (language, by_tx, by_id, not_recorded) in cases {
+            for part in parts(language, &Proof::Transaction("0xfeed".into())) {
+                assert!(part.contains(by_tx) && part.contains("0xfeed"), "{part}");
+                // (the html part escapes the link's slashes)
+                let link = part.replace("&#x2f;", "/");
+                assert!(
+                    link.contains("https://explorer.example/txid/0xfeed"),
+                    "{part}"
+                );
+                assert!(!part.contains(not_recorded), "{part}");
+            }
+            for part in parts(language, &Proof::AccessId) {
+                assert!(part.contains(by_id), "{part}");
+                assert!(
+                    !part.contains(by_tx) && !part.contains(not_recorded),
+                    "{part}"
+                );
+                assert!(!part.contains("explorer.example"), "{part}");
+            }
+            for part in parts(language, &Proof::NotRecorded) {
+                assert!(part.contains(not_recorded), "{part}");
+                assert!(!part.contains(by_tx) && !part.contains(by_id), "{part}");
+                assert!(!part.contains("explorer.example"), "{part}");
+            }
+        }
     }
 
     /// The messages the development transport wrote into `dir`.
