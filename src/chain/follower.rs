@@ -107,7 +107,7 @@ impl Follower {
         if let Some(tip) = state
             .store
             .tip()?
-            .filter(|t| t.height > 0 || t.refreshing.is_none())
+            .filter(|t| t.height > 0 || t.index_block_hash != [0; 32])
         {
             status.applied.store(tip.height, Ordering::SeqCst);
             recent.insert(tip.height, Seen::read_past(tip.index_block_hash));
@@ -224,11 +224,9 @@ impl Follower {
         if known.is_none() && height <= applied {
             // below the tip and read past (a catch-up): its entries were read since; only
             // our transactions it mined are looked for
-            let mut batch = Batch::default();
-            self.confirm(&node_block, &mut batch).await?;
-            if !batch.submissions.is_empty() {
-                self.write(batch).await?;
-            }
+            let mut changes = Vec::new();
+            self.confirm(&node_block, &mut changes).await?;
+            submitter::write_changes(&self.state.store, changes).await?;
             return Ok(Applied::Again);
         }
         // to apply: the names its calls gave (read before the lock; none if the follower moved
@@ -249,6 +247,7 @@ impl Follower {
                 .is_some_and(|parent| parent != node_block.header.parent_block_id);
         let gap = !reorg && applied > 0 && height > applied + 1;
         let mut batch = Batch::default();
+        let mut changes = Vec::new();
         let mut from = None;
         if reorg {
             let fork = self.fork_point(applied).await?;
@@ -259,7 +258,7 @@ impl Follower {
                 &self.state.rpc,
                 &self.state.contracts,
                 self.state.store.as_ref(),
-                &mut batch,
+                &mut changes,
             )
             .await?;
             from = Some(fork);
@@ -280,8 +279,11 @@ impl Follower {
         } else {
             self.state.reread(&named, &mut batch).await?;
         }
-        self.confirm(&node_block, &mut batch).await?;
-        batch.tip = Some(Tip::new(height, pushed));
+        self.confirm(&node_block, &mut changes).await?;
+        // the operations first: a block whose write fails after them is applied again, and
+        // finds them done
+        submitter::write_changes(&self.state.store, changes).await?;
+        batch.tip = Some(Tip::applied(height, pushed));
         self.write(batch).await?;
         if let Some(from) = from {
             self.forget_from(from.min(height));
@@ -305,13 +307,17 @@ impl Follower {
     }
 
     /// Our operations whose transactions `block` (the node's) mined.
-    async fn confirm(&self, block: &NodeBlock, batch: &mut Batch) -> Result<(), FollowError> {
+    async fn confirm(
+        &self,
+        block: &NodeBlock,
+        changes: &mut Vec<submitter::Change>,
+    ) -> Result<(), FollowError> {
         submitter::confirmations(
             block,
             &self.state.rpc,
             &self.state.contracts,
             self.state.store.as_ref(),
-            batch,
+            changes,
         )
         .await
         .map_err(FollowError::from)
@@ -446,17 +452,19 @@ impl Follower {
         self.state.refresh_all(&mut batch).await?;
         if reorg {
             let from = self.fork_point(applied).await?;
+            let mut changes = Vec::new();
             submitter::reopen_abandoned(
                 from,
                 &self.state.rpc,
                 &self.state.contracts,
                 self.state.store.as_ref(),
-                &mut batch,
+                &mut changes,
             )
             .await?;
+            submitter::write_changes(&self.state.store, changes).await?;
             self.forget_from(from);
         }
-        batch.tip = Some(Tip::new(height, tip.header.block_id));
+        batch.tip = Some(Tip::applied(height, tip.header.block_id));
         self.write(batch).await?;
         self.remember(height, Seen::read_past(tip.header.block_id));
         self.status.applied.store(height, Ordering::SeqCst);

@@ -12,8 +12,10 @@
 //! the store's tip is the one it read before asking the node (`Guard::tip`), so that it never
 //! lands after a block another replica applied meanwhile; and a block drops the entries it names
 //! but did not read back (`reread`), so that one filled meanwhile does not outlive it; and a
-//! catch-up marks the tip before it lists what to read again (`Tip::refreshing`), so that a
-//! fill read before it cannot land unread under the tip it moves to.
+//! catch-up marks the tip before it lists what to read again, so that a fill read before it
+//! cannot land unread under the tip it moves to. Every write of the tip is its own
+//! (`Tip::written`): another replica applying the same block again, late, does not put back
+//! the tip such a fill read.
 //!
 //! It must not: keep an answer read while a block was applied (it could be older than the block).
 
@@ -547,7 +549,7 @@ impl ChainState {
         for _ in 0..FILL_ATTEMPTS {
             let stored = self.store.tip()?;
             let marked = Tip {
-                refreshing: Some(mark()),
+                written: Some(mark()),
                 ..stored.unwrap_or(Tip::new(0, [0; 32]))
             };
             let batch = Batch {
@@ -573,12 +575,10 @@ impl ChainState {
     /// Other replicas fill the same cache meanwhile: a fill that read the node before this
     /// catch-up looked, and landed before its write, would be kept under the tip the catch-up
     /// moves to without being read again (it is not in the list read here), though the chain
-    /// may have changed it since. So the stored tip is marked first (`Tip::refreshing`): a
-    /// fill checked against the tip it read before cannot land after the mark, and every one
-    /// that landed before it is in the list. (Left open: another replica writing the very tip
-    /// the mark was put on again, while applying that block late, clears the mark; a fill read
-    /// before it could then land. Guarding the catch-up's write on the mark would close that,
-    /// but any block another replica applies during a long catch-up would then refuse it.)
+    /// may have changed it since. So the stored tip is marked first (`Tip::written`): a fill
+    /// checked against the tip it read before cannot land after the mark, and every one that
+    /// landed before it is in the list. Another replica applying the tip's block again, late,
+    /// writes a number of its own over the mark, never the tip such a fill read.
     pub async fn refresh_all(&self, batch: &mut Batch) -> Result<(), StateError> {
         self.mark_tip().await?;
         for who in self.store.providers()? {
@@ -609,9 +609,9 @@ impl ChainState {
     }
 }
 
-/// A catch-up's mark of the tip (`Tip::refreshing`): random, so that no two catch-ups, on
-/// any replica, mark a tip alike.
-fn mark() -> u64 {
+/// A write's number for the tip (`Tip::written`): random, so that no two writes of a tip, on
+/// any replica, leave it alike.
+pub(crate) fn mark() -> u64 {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 8];
     // the system's generator does not fail on the systems this runs on; a clock's
@@ -812,6 +812,55 @@ mod tests {
         assert_eq!(third.tip().unwrap(), Some(tip(2)), "the mark cleared");
         assert_eq!(
             third.provider(&who()).unwrap(),
+            Some(provider(ProviderStatus::Suspended))
+        );
+    }
+
+    /// Replicas sharing Redis: as above, but between the catch-up's mark and the fill's write
+    /// a third replica applies block 1 again, late (its follower behind), writing the same
+    /// block's tip over the mark. The tip it writes is its own (`Tip::applied`), not the one
+    /// the fill read before the mark, so the fill is still refused and reads again. Before,
+    /// the late write put back exactly the tip the fill had read: the fill landed as read,
+    /// unread by the catch-up, and the provider stayed verified after their suspension.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_block_applied_again_late_does_not_let_a_fill_from_before_a_catch_up_land() {
+        let (redis, st, other) = two_replicas_at_block_one().await;
+        let mut filler = state(redis.dir.path());
+        filler.store = Arc::new(other);
+        let late = crate::store::RedisStore::open(redis.url.as_str(), "r:").unwrap();
+        let reads = AtomicUsize::new(0);
+        let got = filler
+            .fill(
+                "get-provider",
+                |store| store.provider(&who()),
+                || async {
+                    if reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                        let mut batch = Batch::default();
+                        st.refresh_all(&mut batch).await.unwrap();
+                        // block 1 again, as the late replica's follower writes it
+                        late.apply(Batch {
+                            tip: Some(Tip::applied(1, [1; 32])),
+                            ..Batch::default()
+                        })
+                        .unwrap();
+                        Ok(provider(ProviderStatus::Verified))
+                    } else {
+                        Ok(provider(ProviderStatus::Suspended))
+                    }
+                },
+                |s, _| {
+                    Some(Batch {
+                        providers: vec![(who(), Some(s.clone()))],
+                        ..Batch::default()
+                    })
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "read again");
+        assert_eq!(got, provider(ProviderStatus::Suspended));
+        assert_eq!(
+            late.provider(&who()).unwrap(),
             Some(provider(ProviderStatus::Suspended))
         );
     }

@@ -308,13 +308,13 @@ async fn nonce_used(rpc: &NodeClient, raw: &[u8]) -> Result<bool, StateError> {
 /// effect failed (the contract refused it). A block whose transactions did not decode is
 /// searched for our bytes instead, which may be a copy inside another transaction (a `buff`
 /// argument, say): one found so without its effect failed only once its nonce is used, else
-/// it stays sent.
+/// it stays sent. The changes go to `changes`, to be written with `write_changes`.
 pub async fn confirmations(
     block: &NodeBlock,
     rpc: &NodeClient,
     contracts: &Contracts,
     store: &dyn Store,
-    batch: &mut Batch,
+    changes: &mut Vec<Change>,
 ) -> Result<(), StateError> {
     let height = block.header.height;
     for s in store.open_submissions()? {
@@ -379,20 +379,21 @@ pub async fn confirmations(
                 }
             }
         };
-        batch.submissions.push(Submission { state, ..s.clone() });
+        changes.push(Change { read: s, state });
     }
     Ok(())
 }
 
 /// After a reorg from `from` (blocks at that height and above abandoned): every operation
 /// confirmed there is read back; one no longer on chain is reopened as the same signed bytes
-/// (broadcast again at once), one mined again elsewhere gets its new height.
+/// (broadcast again at once), one mined again elsewhere gets its new height. The changes go to
+/// `changes`, to be written with `write_changes`.
 pub async fn reopen_abandoned(
     from: u64,
     rpc: &NodeClient,
     contracts: &Contracts,
     store: &dyn Store,
-    batch: &mut Batch,
+    changes: &mut Vec<Change>,
 ) -> Result<(), StateError> {
     for s in store.submissions()? {
         let SubmissionState::Confirmed {
@@ -425,7 +426,72 @@ pub async fn reopen_abandoned(
                 }
             }
         };
-        batch.submissions.push(Submission { state, ..s.clone() });
+        changes.push(Change { read: s, state });
+    }
+    Ok(())
+}
+
+/// A change the follower found for an operation (mined: confirmed or failed; its block
+/// abandoned by a reorg: reopened), and the operation as it read it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub read: Submission,
+    pub state: SubmissionState,
+}
+
+/// How many times a change is written over an operation broadcast again meanwhile.
+const CHANGE_ATTEMPTS: usize = 3;
+
+/// Writes the follower's changes to operations, each guarded on the operation as it read it
+/// (checked with the write by a store replicas share; one process's follower holds the apply
+/// lock the submitter writes under). With replicas, another replica's submitter may have
+/// changed one since: signed it again with a new nonce, after the node said its nonce was
+/// used. Written unguarded, the change put the old transaction back over the new one, whose
+/// nonce was then never broadcast, and every later transaction of the service waited behind
+/// it in the node's mempool. A change to an operation still in flight as the same
+/// transaction (broadcast again meanwhile) is written over it as it is now; any other change
+/// made meanwhile stands, and the follower's is dropped (a new transaction is confirmed when
+/// it is mined).
+pub async fn write_changes(store: &Arc<dyn Store>, changes: Vec<Change>) -> Result<(), StoreError> {
+    for Change { mut read, state } in changes {
+        for _ in 0..CHANGE_ATTEMPTS {
+            let batch = Batch {
+                submissions: vec![Submission {
+                    state: state.clone(),
+                    ..read.clone()
+                }],
+                guard: Some(Guard {
+                    submission: Some(read.clone()),
+                    ..Guard::default()
+                }),
+                ..Batch::default()
+            };
+            match crate::store::apply_async(store, batch).await {
+                Ok(()) => break,
+                Err(StoreError::Guarded(Guarded::Changed)) => {
+                    let now = store.submission(&read.id)?;
+                    match (&read.state, now) {
+                        (
+                            SubmissionState::Sent { txid: was, .. },
+                            Some(
+                                now @ Submission {
+                                    state: SubmissionState::Sent { .. },
+                                    ..
+                                },
+                            ),
+                        ) if matches!(&now.state, SubmissionState::Sent { txid, .. } if txid == was) =>
+                        {
+                            read = now;
+                        }
+                        _ => {
+                            tracing::info!(operation = %read.id, "the operation changed since the block was read: kept as it is now");
+                            break;
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     Ok(())
 }
@@ -1000,5 +1066,103 @@ mod tests {
             &[],
         );
         assert!(!superseded(&store, &record).unwrap());
+    }
+
+    /// Replicas sharing Redis: this replica's follower read an operation as sent (its
+    /// transaction mined and refused), and before its change landed another replica's
+    /// submitter signed the operation again with a new nonce (the node had said its nonce was
+    /// used). The follower's change does not put the old transaction back: the new one, whose
+    /// nonce the service's later transactions wait behind, stays to be broadcast. Before, it
+    /// was written unguarded, and the new nonce was never broadcast. A change to an operation
+    /// only broadcast again meanwhile (the same transaction) is written over it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_followers_change_never_puts_back_a_transaction_signed_again_meanwhile() {
+        let redis = crate::dev::test_redis().await;
+        let open = || -> Arc<dyn Store> {
+            Arc::new(crate::store::RedisStore::open(redis.url.as_str(), "r:").unwrap())
+        };
+        let (follower, other) = (open(), open());
+        let read = Submission {
+            state: sent(1),
+            ..operation(
+                "record:01",
+                "access-control",
+                "record-emergency-access",
+                &[],
+            )
+        };
+        follower
+            .apply(Batch {
+                submissions: vec![read.clone()],
+                ..Batch::default()
+            })
+            .unwrap();
+        let again = Submission {
+            state: SubmissionState::Sent {
+                txid: "cd".repeat(32),
+                nonce: 9,
+                raw: "01".into(),
+                sent_at_height: 11,
+                broadcasts: 0,
+            },
+            ..read.clone()
+        };
+        other
+            .apply(Batch {
+                submissions: vec![again.clone()],
+                ..Batch::default()
+            })
+            .unwrap();
+        let refused = SubmissionState::Failed {
+            txid: "ab".repeat(32),
+            height: 12,
+            result: "mined, but its effect is not on chain".into(),
+        };
+        write_changes(
+            &follower,
+            vec![Change {
+                read: read.clone(),
+                state: refused,
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            follower.submission("record:01").unwrap(),
+            Some(again.clone())
+        );
+
+        // the new transaction broadcast again by the other replica, then found mined by the
+        // follower that read it before that: confirmed over it
+        let broadcast = Submission {
+            state: SubmissionState::Sent {
+                txid: "cd".repeat(32),
+                nonce: 9,
+                raw: "01".into(),
+                sent_at_height: 14,
+                broadcasts: 1,
+            },
+            ..read.clone()
+        };
+        other
+            .apply(Batch {
+                submissions: vec![broadcast],
+                ..Batch::default()
+            })
+            .unwrap();
+        let mined = confirmed(&"cd".repeat(32), 9, "01", 15, "(ok true)".into());
+        write_changes(
+            &follower,
+            vec![Change {
+                read: again,
+                state: mined.clone(),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            follower.submission("record:01").unwrap().unwrap().state,
+            mined
+        );
     }
 }

@@ -103,7 +103,7 @@ pub struct Guard {
     /// The chain tip as a cache fill read it before it asked the node (`Some(None)`: none
     /// yet): the write fails with `Guarded::Changed` unless the store's tip is still exactly
     /// this, so that a fill never lands after a block another replica applied while it read
-    /// (that block may have changed the entry). A catch-up's mark (`Tip::refreshing`) is put
+    /// (that block may have changed the entry). A catch-up's mark (`Tip::written`) is put
     /// under the same guard, over the tip it read. Not with `followed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tip: Option<Option<Tip>>,
@@ -143,21 +143,37 @@ pub struct Claim {
 pub struct Tip {
     pub height: u64,
     pub index_block_hash: [u8; 32],
-    /// Set while a catch-up re-reads the whole cache (`ChainState::refresh_all`), to a number
-    /// of its own: the tip as stored then differs from any a cache fill read before, so that
-    /// such a fill, read at an older state of the chain, cannot land (its guard fails) beside
-    /// the entries the catch-up re-reads and be kept under the tip it moves to. The catch-up's
-    /// write, with the new tip, clears it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refreshing: Option<u64>,
+    /// A number of this write's own (random): set by every write of the tip, a block applied
+    /// (`Tip::applied`) or a catch-up's mark (`ChainState::refresh_all`), so that the tip as
+    /// stored differs from any a cache fill read before it. Such a fill, read at an older
+    /// state of the chain, then cannot land (its guard fails): not after a block, not beside
+    /// the entries a catch-up re-reads, and not after another replica applied the same block
+    /// again, late, over a catch-up's mark (the tip it writes is its own, not the one the fill
+    /// read). Stored under its first name, `refreshing`, so that a tip stored before reads
+    /// back as the same bytes.
+    #[serde(
+        default,
+        rename = "refreshing",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub written: Option<u64>,
 }
 
 impl Tip {
+    /// A tip without a write's number (a store written before, or a test's).
     pub fn new(height: u64, index_block_hash: [u8; 32]) -> Tip {
         Tip {
             height,
             index_block_hash,
-            refreshing: None,
+            written: None,
+        }
+    }
+
+    /// A block's tip as the follower writes it: with a number of its own.
+    pub fn applied(height: u64, index_block_hash: [u8; 32]) -> Tip {
+        Tip {
+            written: Some(crate::chain::state::mark()),
+            ..Tip::new(height, index_block_hash)
         }
     }
 }
