@@ -868,39 +868,57 @@ return n",
     }
 
     /// For a scored index (`SCORED`), only its members due by `until`, by score
-    /// (`ZRANGEBYSCORE`, `SCAN_PAGE` a step, each from the last one's score on, those of that
-    /// score already read skipped), then in key order.
+    /// (`ZRANGEBYSCORE`, `SCAN_PAGE` a step), then in key order.
     fn scan_due(&self, index: Table, until: u64) -> Result<Vec<String>, StoreError> {
         if !SCORED.contains(&index) {
             return Ok(super::reads::due_keys(self.scan(index)?, until));
         }
+        self.scan_due_paged(index, until, || {})
+    }
+}
+
+impl RedisStore {
+    /// `scan_due` on a scored index, `between` called after each full page (a test's turn to
+    /// change the index meanwhile, as another replica may). A page that ends within a score's
+    /// members is followed by every member of that score, read at once, and the next page
+    /// starts past that score: paged by an offset within it instead, a member of that score
+    /// removed meanwhile (a notice closed by another replica) moved the rest up by one, and
+    /// the next page skipped one never read (a burst's notices share one due second).
+    fn scan_due_paged(
+        &self,
+        index: Table,
+        until: u64,
+        mut between: impl FnMut(),
+    ) -> Result<Vec<String>, StoreError> {
         let set = self.key(index);
-        let (mut from, mut at_from) = ("-inf".to_string(), 0usize);
+        let range = |from: &str, to: &str, limit: Option<usize>| {
+            self.read(|c| {
+                let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                cmd.arg(&set).arg(from).arg(to).arg("WITHSCORES");
+                if let Some(limit) = limit {
+                    cmd.arg("LIMIT").arg(0).arg(limit);
+                }
+                cmd.query::<Vec<(String, String)>>(c)
+            })
+        };
+        let until = until.to_string();
+        let mut from = "-inf".to_string();
         let mut keys = Vec::new();
         loop {
-            let page: Vec<(String, String)> = self.read(|c| {
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(&set)
-                    .arg(&from)
-                    .arg(until)
-                    .arg("WITHSCORES")
-                    .arg("LIMIT")
-                    .arg(at_from)
-                    .arg(SCAN_PAGE)
-                    .query(c)
-            })?;
-            let last = page.len() < SCAN_PAGE;
-            if let Some((_, score)) = page.last() {
-                let same = page.iter().rev().take_while(|(_, s)| s == score).count();
-                at_from = if *score == from { at_from + same } else { same };
-                from = score.clone();
-            }
-            keys.extend(page.into_iter().map(|(k, _)| k));
-            if last {
-                keys.sort();
-                return Ok(keys);
-            }
+            let page = range(&from, &until, Some(SCAN_PAGE))?;
+            let Some((_, last)) = page.last().cloned().filter(|_| page.len() == SCAN_PAGE) else {
+                keys.extend(page.into_iter().map(|(k, _)| k));
+                break;
+            };
+            between();
+            keys.extend(page.into_iter().filter(|(_, s)| *s != last).map(|(k, _)| k));
+            keys.extend(range(&last, &last, None)?.into_iter().map(|(k, _)| k));
+            from = format!("({last}");
         }
+        // (a member scored again meanwhile may have been read twice)
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
     }
 }
 
@@ -1152,6 +1170,61 @@ mod tests {
             Some(asking),
             "it answered: every read asks"
         );
+    }
+
+    /// A burst's notices share one due second, more of them than a page: another replica
+    /// closes one of the first page's (its member removed) before the next page is read. Every
+    /// member never removed is still found. Before, the next page was read from an offset
+    /// within that second, which the removal had moved past one never read.
+    #[tokio::test]
+    async fn a_member_removed_between_pages_does_not_hide_another_of_the_same_score() {
+        let redis = crate::dev::test_redis().await;
+        let store = RedisStore::open(redis.url.as_str(), "d:").unwrap();
+        let set = store.key(OPEN_NOTICES);
+        let members: Vec<String> = (0..SCAN_PAGE + 50).map(|i| format!("k{i:04}")).collect();
+        let mut conn = redis::Client::open(redis.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        for m in &members {
+            let _: () = redis::cmd("ZADD")
+                .arg(&set)
+                .arg(100)
+                .arg(m)
+                .query(&mut conn)
+                .unwrap();
+        }
+        // a later one, and one not due
+        let _: () = redis::cmd("ZADD")
+            .arg(&set)
+            .arg(150)
+            .arg("later")
+            .arg(300)
+            .arg("not-due")
+            .query(&mut conn)
+            .unwrap();
+        let mut removed = false;
+        let found = store
+            .scan_due_paged(OPEN_NOTICES, 200, || {
+                if !removed {
+                    let _: () = redis::cmd("ZREM")
+                        .arg(&set)
+                        .arg(&members[0])
+                        .query(&mut conn)
+                        .unwrap();
+                    removed = true;
+                }
+            })
+            .unwrap();
+        assert!(removed, "more than a page");
+        for m in members.iter().skip(1).chain([&"later".to_string()]) {
+            assert!(found.contains(m), "{m} not found");
+        }
+        assert!(!found.contains(&"not-due".to_string()));
+        let mut sorted = found.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(found, sorted, "in key order, once each");
     }
 
     #[test]

@@ -300,10 +300,10 @@ impl Writer {
         // a batch with audit events under a lease alone is linked, its fence checked there
         let fence = match guard {
             Some(g) if !audit.is_empty() && g.submission.is_none() && claims.is_empty() => {
-                if g.followed.is_some() || g.tip.is_some() {
+                if g.followed.is_some() || g.tip.is_some() || g.paging.is_some() {
                     // the linked script checks the fence only: refused, not written unchecked
                     return Err(backend(
-                        "a batch guarded by the follow-up's place or the tip is written without audit events",
+                        "a batch guarded by the follow-up's place, the tip or a paging row is written without audit events",
                     ));
                 }
                 g.fence.as_ref()
@@ -998,29 +998,45 @@ mod tests {
         );
     }
 
-    /// A batch with audit events and the follow-up's place as its guard is refused: the linked
-    /// script checks a fence only, so the place would go unchecked (today the follow-up's
-    /// batches carry no audit events; one that did is refused, not written unchecked).
+    /// A batch with audit events and the follow-up's place, the tip or a paging row as its
+    /// guard is refused: the linked script checks a fence only, so the guard would go
+    /// unchecked (today no such batch carries audit events; one that did is refused, not
+    /// written unchecked).
     #[tokio::test]
-    async fn a_batch_with_audit_events_guarded_by_the_follow_ups_place_is_refused() {
+    async fn a_batch_with_audit_events_and_a_guard_the_linked_write_cannot_check_is_refused() {
         let redis = crate::dev::test_redis().await;
         let store = RedisStore::open(redis.url.as_str(), "f:").unwrap();
-        let refused = store.apply(Batch {
-            audit: vec![record("followed")],
-            guard: Some(Guard {
+        let guards = [
+            Guard {
                 followed: Some(Some(7)),
                 ..Guard::default()
-            }),
-            ..Batch::default()
-        });
-        assert!(
-            matches!(&refused, Err(StoreError::Backend(why)) if why.contains("follow-up's place")),
-            "{refused:?}"
-        );
+            },
+            Guard {
+                tip: Some(None),
+                ..Guard::default()
+            },
+            Guard {
+                paging: Some(("incident:1".into(), None)),
+                ..Guard::default()
+            },
+        ];
+        for guard in guards {
+            let refused = store.apply(Batch {
+                audit: vec![record("guarded")],
+                paging: vec![("incident:1".into(), Some(serde_json::json!({"on": true})))],
+                guard: Some(guard.clone()),
+                ..Batch::default()
+            });
+            assert!(
+                matches!(&refused, Err(StoreError::Backend(why)) if why.contains("written without audit events")),
+                "{guard:?}: {refused:?}"
+            );
+        }
         assert!(
             store.audit_entries(1, 10).unwrap().is_empty(),
             "nothing written"
         );
         assert_eq!(store.followed().unwrap(), None);
+        assert_eq!(store.paging_row("incident:1").unwrap(), None);
     }
 }
