@@ -4,10 +4,12 @@
 //! only on a server that syncs its append-only file on every write (`appendonly yes`,
 //! `appendfsync always`: Redis then syncs once per event loop, a group commit), its rewrites
 //! of that file included (`no-appendfsync-on-rewrite no`); `open` says so in the log when the
-//! server does not (`unsynced`). `open` refuses a server that evicts keys when full
-//! (any `maxmemory-policy` but `noeviction`: used nonces and audit entries would vanish) and one
-//! before Redis 7.0; a full server refuses each write whole (`conditional`), and `writable` says
-//! so.
+//! server does not (`unsynced`), and, with Sentinel and no write waiting for a replica, when the
+//! primary takes writes without replicas (`cut_off_writes`). `open` refuses a server that evicts
+//! keys when full (any `maxmemory-policy` but `noeviction`, read from `INFO`: used nonces and
+//! audit entries would vanish) and one before Redis 7.0; a full server refuses each write whole
+//! (`conditional`), and `writable` says so, as it does of a server that evicts keys now (after a
+//! failover, the promoted one).
 //!
 //! The writer (`redis_writer.rs`) takes every batch waiting at that moment and writes them in one
 //! round trip, with up to two such groups in flight on its connection: a script that writes their
@@ -244,14 +246,14 @@ impl RedisStore {
         prefix: &str,
         acknowledgement: Acknowledgement,
     ) -> Result<RedisStore, StoreError> {
-        let primary = Primary::open(&target.into()).map_err(redis_err)?;
+        let target = target.into();
+        let primary = Primary::open(&target).map_err(redis_err)?;
         let mut reads = None;
         let config: Vec<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
             redis::cmd("CONFIG")
                 .arg("GET")
                 .arg("append*")
                 .arg("no-appendfsync-on-rewrite")
-                .arg("maxmemory-policy")
                 .query(c)
         })
         .unwrap_or_default();
@@ -261,10 +263,14 @@ impl RedisStore {
                 .find(|kv| kv[0] == name)
                 .map(|kv| kv.get(1).cloned().unwrap_or_default())
         };
-        if let Some(policy) = setting("maxmemory-policy").filter(|p| p != "noeviction") {
-            return Err(StoreError::Backend(format!(
-                "redis: the server evicts keys when it is full (maxmemory-policy {policy}): used nonces, leases and the audit trail would vanish from it; set maxmemory-policy noeviction (a full server then refuses writes, and grants are refused, never issued unrecorded)"
-            )));
+        // from `INFO`, which a server that refuses `CONFIG` (a managed one) still answers; a
+        // server not answering now is checked by `writable` (every /readyz) once it does
+        let memory: Option<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
+            redis::cmd("INFO").arg("memory").query(c)
+        })
+        .ok();
+        if let Some(why) = memory.as_deref().and_then(evicting) {
+            return Err(StoreError::Backend(why));
         }
         if let Some(why) = unsynced(&setting) {
             tracing::warn!("{why}");
@@ -275,6 +281,15 @@ impl RedisStore {
         .ok();
         if let Some(too_old) = server.as_deref().and_then(too_old) {
             return Err(StoreError::Backend(too_old));
+        }
+        if !target.sentinels.is_empty() && acknowledgement.replicas == 0 {
+            let replication: Option<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
+                redis::cmd("INFO").arg("replication").query(c)
+            })
+            .ok();
+            if let Some(why) = replication.as_deref().and_then(cut_off_writes) {
+                tracing::warn!("{why}");
+            }
         }
         let (writer, jobs) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let local = Local::default();
@@ -1077,7 +1092,8 @@ impl Store for RedisStore {
 
     fn writable(&self) -> Result<(), StoreError> {
         let info: String = self.read(|c| redis::cmd("INFO").arg("memory").query(c))?;
-        match over_maxmemory(&info) {
+        // the server read now: after a failover, the replica promoted
+        match evicting(&info).or_else(|| over_maxmemory(&info)) {
             None => Ok(()),
             Some(why) => Err(StoreError::Backend(why)),
         }
@@ -1118,6 +1134,32 @@ fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     info.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .map(str::trim)
+}
+
+/// Why a primary failed over by Sentinel, whose `INFO replication` answer is `info`, may take
+/// writes that the failover then throws away, when no write waits for a replica
+/// (`data.redis_wait_replicas` 0): it does not refuse writes without replicas
+/// (`min-replicas-to-write` unset, so `min_slaves_good_slaves` is not in the answer). Cut off
+/// with some of the service's replicas from its Sentinels and its own replicas, it goes on
+/// answering their grants while the Sentinels promote another; when the partition heals it is
+/// made a replica of that one, and every write it took meanwhile is gone: grants with tokens
+/// issued, and no record, audit entry or notice left of them.
+fn cut_off_writes(info: &str) -> Option<String> {
+    info_field(info, "min_slaves_good_slaves").is_none().then(|| {
+        "redis: with Sentinel and data.redis_wait_replicas 0, a primary cut off from its Sentinels and replicas goes on taking grants that the failover then throws away; set min-replicas-to-write 1 and min-replicas-max-lag 10 on every Redis server (it then refuses writes without a replica, and grants are refused), or data.redis_wait_replicas 1".to_string()
+    })
+}
+
+/// Why a server whose `INFO memory` answer is `info` cannot hold the store, if it cannot: it
+/// evicts keys when it is full (`maxmemory_policy` other than `noeviction`, or not given).
+fn evicting(info: &str) -> Option<String> {
+    match info_field(info, "maxmemory_policy") {
+        Some("noeviction") => None,
+        policy => Some(format!(
+            "redis: the server evicts keys when it is full (maxmemory-policy {}): used nonces, leases and the audit trail would vanish from it; set maxmemory-policy noeviction (a full server then refuses writes, and grants are refused, never issued unrecorded)",
+            policy.unwrap_or("not given by INFO memory")
+        )),
+    }
 }
 
 /// Why a server whose `INFO memory` answer is `info` refuses writes, if it does: it uses more
@@ -1259,6 +1301,50 @@ mod tests {
         // settings that could not be read are no promise
         assert!(unsynced(&config(&[])).is_some());
         assert!(unsynced(&config(&synced[..2])).is_some());
+    }
+
+    /// A primary that takes writes without a replica is named (Sentinel, no write waiting for
+    /// one); one set to refuse them (`min-replicas-to-write`) is not. Read from real servers.
+    #[test]
+    fn a_primary_that_writes_without_replicas_is_named() {
+        let replication = |args: &[&str]| {
+            let dir = tempfile::tempdir().unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = crate::dev::redis_server(port, dir.path())
+                .args(args)
+                .spawn()
+                .unwrap();
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+            let mut info = None;
+            for _ in 0..100 {
+                if let Ok(mut c) = client.get_connection() {
+                    info = redis::cmd("INFO")
+                        .arg("replication")
+                        .query::<String>(&mut c)
+                        .ok();
+                    if info.is_some() {
+                        break;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            info.expect("redis-server answers")
+        };
+        let alone = replication(&[]);
+        assert!(cut_off_writes(&alone).is_some_and(|why| why.contains("min-replicas-to-write")));
+        let guarded = replication(&[
+            "--min-replicas-to-write",
+            "1",
+            "--min-replicas-max-lag",
+            "10",
+        ]);
+        assert_eq!(cut_off_writes(&guarded), None);
     }
 
     #[test]

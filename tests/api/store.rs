@@ -1710,6 +1710,53 @@ fn a_redis_that_evicts_keys_is_refused_at_open() {
             "{refused}"
         );
     }
+    // a server that refuses `CONFIG` (a managed one) is asked through `INFO`: refused too
+    // (before, its policy was not read, and it was taken)
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start_with(
+        dir.path(),
+        &[
+            "--maxmemory-policy",
+            "allkeys-lru",
+            "--rename-command",
+            "CONFIG",
+            "",
+        ],
+    );
+    let refused = RedisStore::open(&server.url(), "evicts:")
+        .err()
+        .expect("a server that evicts is refused, CONFIG or not");
+    assert!(
+        refused.to_string().contains("maxmemory-policy allkeys-lru"),
+        "{refused}"
+    );
+}
+
+/// A server that starts evicting keys once the store is open (after a failover, the promoted
+/// replica set up otherwise; or a setting changed) is not ready: `writable` (every /readyz)
+/// reads the server as it is now. Before, the policy was read once, at open.
+#[test]
+fn a_redis_that_evicts_keys_after_the_store_opened_is_not_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let store = RedisStore::open(&server.url(), "later:").unwrap();
+    assert!(store.writable().is_ok());
+    let policy = |p: &str| {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(p)
+            .query(&mut server.connection())
+            .unwrap();
+    };
+    policy("allkeys-lru");
+    let why = store.writable().expect_err("evicting now");
+    assert!(
+        why.to_string().contains("maxmemory-policy allkeys-lru"),
+        "{why}"
+    );
+    policy("noeviction");
+    assert!(store.writable().is_ok());
 }
 
 /// What a store wrote is there for a store opened later (another process, a replica).
