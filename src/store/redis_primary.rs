@@ -52,12 +52,17 @@ enum Source {
     Sentinel(Box<Sentinels>),
 }
 
-/// One client for blocking callers and one for tasks (each asks the Sentinels in its own way,
-/// and holds its own connections to them).
+/// The Sentinels' client, with its connections to them. Blocking callers ask through it too
+/// (`Primary::client`): the crate's blocking lookup sets no timeout on its connections (to the
+/// Sentinels, and to the primary they name for its `ROLE`), so a silent host held a store read,
+/// and every read waiting for a connection behind it, for the system's TCP timeouts (minutes).
 struct Sentinels {
-    blocking: std::sync::Mutex<SentinelClient>,
     tasks: tokio::sync::Mutex<SentinelClient>,
 }
+
+/// How long a blocking caller waits at most for the primary's address from the Sentinels
+/// (the lookup's own connections time out sooner: 1 s to connect, 500 ms an answer).
+const LOOKUP_AT_MOST: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn sentinel_client(target: &RedisTarget) -> RedisResult<SentinelClient> {
     let primary = target.url.as_str().into_connection_info()?;
@@ -77,23 +82,46 @@ impl Primary {
             Source::Fixed(Client::open(target.url.as_str())?)
         } else {
             Source::Sentinel(Box::new(Sentinels {
-                blocking: std::sync::Mutex::new(sentinel_client(target)?),
                 tasks: tokio::sync::Mutex::new(sentinel_client(target)?),
             }))
         };
         Ok(Primary(Arc::new(source)))
     }
 
-    /// A client for the primary, for a blocking caller (Sentinel asked now).
+    /// A client for the primary, for a blocking caller (Sentinel asked now, on a thread of its
+    /// own: the caller may be on a runtime's thread; within `LOOKUP_AT_MOST`, else an error).
     pub fn client(&self) -> RedisResult<Client> {
-        match self.0.as_ref() {
-            Source::Fixed(c) => Ok(c.clone()),
-            Source::Sentinel(s) => s
-                .blocking
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_client(),
+        if let Source::Fixed(c) = self.0.as_ref() {
+            return Ok(c.clone());
         }
+        let timed_out = || -> RedisError {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the Sentinels did not name the primary in time",
+            )
+            .into()
+        };
+        let primary = self.clone();
+        let (found, answer) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("redis-sentinel".into())
+            .spawn(move || {
+                let client = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(RedisError::from)
+                    .and_then(|runtime| {
+                        runtime.block_on(async {
+                            tokio::time::timeout(LOOKUP_AT_MOST, primary.client_async())
+                                .await
+                                .unwrap_or_else(|_| Err(timed_out()))
+                        })
+                    });
+                let _ = found.send(client);
+            })?;
+        answer
+            .recv_timeout(LOOKUP_AT_MOST + std::time::Duration::from_millis(500))
+            .unwrap_or_else(|_| Err(timed_out()))
     }
 
     /// A client for the primary, for a task (Sentinel asked now).
@@ -113,4 +141,35 @@ pub fn must_reconnect(e: &RedisError) -> bool {
         || e.is_unrecoverable_error()
         || e.is_connection_refusal()
         || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Sentinel whose host takes connections and then says nothing (hung, or a partition
+    /// after the connect): a blocking caller asking it for the primary gets an error within
+    /// seconds. Before, the crate's blocking lookup waited on it without a timeout, holding a
+    /// store read, and every read queued behind it, for the system's TCP timeouts.
+    #[test]
+    fn a_silent_sentinel_does_not_hold_a_blocking_caller() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        // accepted (by the kernel's backlog) and never answered
+        let primary = Primary::open(&RedisTarget {
+            url: "redis://127.0.0.1:1/0".into(),
+            sentinels: vec![format!("redis://127.0.0.1:{port}/")],
+            master: "breakglass".into(),
+        })
+        .unwrap();
+        let (done, answer) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(primary.client().map(|_| ()));
+        });
+        let got = answer
+            .recv_timeout(LOOKUP_AT_MOST + std::time::Duration::from_secs(5))
+            .expect("answered within seconds");
+        assert!(got.is_err(), "no primary named");
+        drop(silent);
+    }
 }
