@@ -59,7 +59,14 @@ pub struct Notifier {
     /// With replicas, how long after an attempt started (`Notice::sending_since`) without a
     /// recorded outcome another replica sends the message again (its sender stopped).
     takeover_secs: u64,
+    /// Other replicas' attempts seen in flight (`sending_since`, with the notice's attempts),
+    /// by access id, and when this replica first saw each (`in_flight_wait`).
+    in_flight: Mutex<HashMap<AccessId, ((u64, u32), std::time::Instant)>>,
 }
+
+/// How many attempts in flight a replica times at once (`Notifier::in_flight`); past it, the
+/// times start again (a takeover put off, never brought forward).
+const IN_FLIGHT_TIMED: usize = 10_000;
 
 /// The notice of an access (made by the grants' follow-up, from the access).
 pub fn notice_for(settings: &NotifySettings, access: &crate::store::AccessRecord) -> Notice {
@@ -95,6 +102,7 @@ impl Notifier {
             holder: crate::coordination::replica_id(),
             lease_ms: lease_ms.max(2_000 * settings.notify.smtp.timeout_secs),
             takeover_secs: takeover_secs(lease_ms, settings.notify.smtp.timeout_secs),
+            in_flight: Mutex::default(),
         })
     }
 
@@ -327,14 +335,14 @@ impl Notifier {
         now: u64,
         fence: Option<&crate::store::Fence>,
     ) -> Option<u64> {
-        match self.store.notice(id) {
-            Ok(Some(n))
-                if n.sending_since
-                    .is_some_and(|t| now < t + self.takeover_secs) =>
-            {
+        let notice = self.store.notice(id);
+        if let Ok(Some(n)) = &notice {
+            if let Some(wait) = self.in_flight_wait(n) {
                 // another replica sent it and has not recorded how it went (yet)
-                n.sending_since.map(|t| t + self.takeover_secs)
+                return Some(now + wait);
             }
+        }
+        match notice {
             Ok(Some(n)) if n.is_open() => {
                 let read = n.clone();
                 match self.advance(n, now, fence).await {
@@ -352,9 +360,51 @@ impl Notifier {
             Ok(_) => None,
             Err(e) => {
                 tracing::error!(access = %id, error = %e, "notice: could not be read");
+                // the store away: attempts seen in flight are timed again once it is back
+                // (their senders could not record them meanwhile)
+                self.in_flight_lock().clear();
                 Some(now + 5)
             }
         }
+    }
+
+    fn in_flight_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<AccessId, ((u64, u32), std::time::Instant)>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// With an attempt of the notice in flight (`sending_since`: sent by a replica that has
+    /// not recorded how it went), how many seconds more this replica leaves it to its sender
+    /// before it sends the message again: the takeover period, timed on this replica's own
+    /// clock from when it first saw that attempt. `sending_since` is the sender's clock,
+    /// which may run ahead of or behind this one's: timed from it, a replica whose clock ran a
+    /// takeover period ahead sent the message again at once. `None` once the period has
+    /// passed, or with no attempt in flight.
+    fn in_flight_wait(&self, n: &Notice) -> Option<u64> {
+        let mut seen = self.in_flight_lock();
+        let Some(since) = n.sending_since.filter(|_| n.is_open()) else {
+            seen.remove(&n.access_id);
+            return None;
+        };
+        let attempt = (since, n.attempts);
+        let first = match seen.get(&n.access_id) {
+            Some((a, at)) if *a == attempt => *at,
+            _ => {
+                if seen.len() >= IN_FLIGHT_TIMED {
+                    seen.clear();
+                }
+                let at = std::time::Instant::now();
+                seen.insert(n.access_id, (attempt, at));
+                at
+            }
+        };
+        let waited = first.elapsed().as_secs();
+        if waited >= self.takeover_secs {
+            seen.remove(&n.access_id);
+            return None;
+        }
+        Some(self.takeover_secs - waited)
     }
 
     /// A notice that could not advance (its access, contact or message could not be read or
@@ -958,6 +1008,43 @@ mod tests {
         assert!(notifier.unrecorded_lock().is_empty(), "ours dropped");
         assert_eq!(due.len(), 1, "looked at again, still open");
         assert!(outbox(&t.settings.data.dir).is_empty(), "not sent");
+    }
+
+    /// Replicas on Redis: another replica's attempt in flight whose `sending_since` was
+    /// written by a clock far behind this replica's (or this one's far ahead) is left to its
+    /// sender for the takeover period timed from when this replica first sees it, on its own
+    /// clock; then it is sent again, once. Before, the period was timed from `sending_since`,
+    /// and the message went out again at once, while its sender may still have been sending.
+    #[tokio::test]
+    async fn another_replicas_attempt_in_flight_is_timed_on_this_replicas_clock() {
+        let mut t = on_redis().await;
+        t.notifier.takeover_secs = 1;
+        let (id, now) = (t.notice.access_id, t.notice.due_at);
+        let (mut sending, _) = in_flight(&t).await;
+        sending.sending_since = Some(now - 3_600);
+        apply_async(
+            &t.store,
+            Batch {
+                notices: vec![sending.clone()],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+        let next = t.notifier.step(&id, now).await;
+        assert_eq!(next, Some(now + 1), "left to its sender for the period");
+        assert!(outbox(&t.settings.data.dir).is_empty(), "not sent at once");
+        assert_eq!(t.store.notice(&id).unwrap(), Some(sending));
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        t.notifier.step(&id, now_secs()).await;
+        assert_eq!(
+            outbox(&t.settings.data.dir).len(),
+            1,
+            "sent again once the period passed on this replica's clock"
+        );
+        let after = t.store.notice(&id).unwrap().unwrap();
+        assert_eq!(after.attempts, 2);
+        assert!(matches!(after.state, NoticeState::Sent { .. }), "{after:?}");
     }
 
     /// The attempt of `t`'s notice as it is on record before its message left (attempt 1,
