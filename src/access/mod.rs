@@ -229,7 +229,7 @@ impl BreakGlass {
                 }
                 None
             }
-            Coordinator::Redis(shared) => Some(shared.claim(&replay_key, until, &signer)),
+            Coordinator::Redis(shared) => Some(shared.claim(&replay_key, until, now, &signer)),
         };
         let answer = self
             .judge(req, signer, replay_key.clone(), claim, now)

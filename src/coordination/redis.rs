@@ -170,13 +170,14 @@ impl RedisCoordinator {
         }
     }
 
-    /// A request's claim on nonce `key` (`signer:nonce`, used until `until`) and on one of
-    /// clinician `who`'s grants this minute, for the grant's write to take (`store::Claim`).
-    pub fn claim(&self, key: &str, until: u64, who: &str) -> Claim {
+    /// A request's claim on nonce `key` (`signer:nonce`, used until `until` on this replica's
+    /// clock, whose time is `now`) and on one of clinician `who`'s grants this minute, for the
+    /// grant's write to take (`store::Claim`).
+    pub fn claim(&self, key: &str, until: u64, now: u64, who: &str) -> Claim {
         let emission = (60_000 / self.per_minute.max(1)).max(1);
         Claim {
             nonce: key.to_string(),
-            until,
+            keep_secs: until.saturating_sub(now),
             clinician: who.to_string(),
             emission_ms: emission,
             burst_ms: emission * self.per_minute,

@@ -59,10 +59,13 @@ pub struct Notifier {
     /// With replicas, how long after an attempt started (`Notice::sending_since`) without a
     /// recorded outcome another replica sends the message again (its sender stopped).
     takeover_secs: u64,
-    /// Other replicas' attempts seen in flight (`sending_since`, with the notice's attempts),
-    /// by access id, and when this replica first saw each (`in_flight_wait`).
-    in_flight: Mutex<HashMap<AccessId, ((u64, u32), std::time::Instant)>>,
+    /// Other replicas' attempts seen in flight, by access id, and when this replica first saw
+    /// each (`in_flight_wait`).
+    in_flight: Mutex<HashMap<AccessId, (Attempt, std::time::Instant)>>,
 }
+
+/// An attempt of a notice, as the store has it: `sending_since` and the notice's attempts.
+type Attempt = (u64, u32);
 
 /// How many attempts in flight a replica times at once (`Notifier::in_flight`); past it, the
 /// times start again (a takeover put off, never brought forward).
@@ -370,7 +373,7 @@ impl Notifier {
 
     fn in_flight_lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<AccessId, ((u64, u32), std::time::Instant)>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<AccessId, (Attempt, std::time::Instant)>> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 

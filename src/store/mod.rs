@@ -121,16 +121,20 @@ pub struct Fence {
 }
 
 /// A break-glass request's claim on what replicas share, taken by a shared store (Redis)
-/// atomically with the grant's write: its nonce unused (then used until `until`), and one of
+/// atomically with the grant's write: its nonce unused (then used for `keep_secs`), and one of
 /// the clinician's grants this minute. A batch with a claim that does not hold fails with
 /// `Guarded::Replayed` or `Guarded::RateLimited` and writes nothing; the other batches of its
 /// group are written. One process on the embedded store checks both in memory before the
 /// write (`coordination::Local`) and gives its batches no claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
-    /// The request's nonce (`signer:nonce`), used until `until` (unix seconds).
+    /// The request's nonce (`signer:nonce`), used for `keep_secs` from the write, counted on
+    /// the server's clock (`TIME`): how long the replica that made the claim, on its own clock,
+    /// may still take the request as fresh, with a clock skew to spare. An absolute time from
+    /// the replica's clock, compared with the server's, let a replica whose clock ran more than
+    /// a skew behind the server's grant a replay the server counted as past its time.
     pub nonce: String,
-    pub until: u64,
+    pub keep_secs: u64,
     /// The clinician whose rate it counts against (GCRA, as `governor` runs it for one
     /// process): one grant every `emission_ms`, at most `burst_ms` ahead.
     pub clinician: String,

@@ -629,8 +629,8 @@ const FORGET_AT_ONCE: usize = 16;
 /// only if every claim holds, else {2, which did not} (`<claim> replayed` or `<claim> rate`,
 /// space-separated, from 0: the group is written again without their batches); {3, ''} if the
 /// group was written already (`conditional`), whoever wrote since. Keys 2 and 3: `NONCES`
-/// and `RATES`. Claim c: arguments 8 + 5c (its nonce), 9 + 5c (when
-/// the nonce may be forgotten, unix s), 10 + 5c (its clinician), 11 + 5c and 12 + 5c (GCRA:
+/// and `RATES`. Claim c: arguments 8 + 5c (its nonce), 9 + 5c (how long
+/// the nonce is kept, s, from the server's `TIME`), 10 + 5c (its clinician), 11 + 5c and 12 + 5c (GCRA:
 /// emission and burst, ms); argument 7, how many. However many claims, the
 /// nonces and the rates are a few commands: stale nonces forgotten, all looked up at once, all
 /// set at once. Then the group's verdicts, each of which must be the first for its access
@@ -686,7 +686,7 @@ if n > 0 then
         table.insert(failed, c .. ' rate')
       else
         tats[who] = tat + emission
-        used[nonce] = tonumber(ARGV[9 + 5 * c])
+        used[nonce] = secs + tonumber(ARGV[9 + 5 * c])
       end
     end
   end

@@ -394,7 +394,7 @@ impl Writer {
             .arg(claims.len());
         for claim in &claims {
             call.arg(&claim.nonce)
-                .arg(claim.until)
+                .arg(claim.keep_secs)
                 .arg(&claim.clinician)
                 .arg(claim.emission_ms)
                 .arg(claim.burst_ms);
@@ -767,7 +767,7 @@ mod tests {
     fn claim(nonce: &str) -> Claim {
         Claim {
             nonce: nonce.into(),
-            until: u64::MAX / 2,
+            keep_secs: u64::MAX / 4,
             clinician: format!("c-{nonce}"),
             emission_ms: 1,
             burst_ms: 1_000,

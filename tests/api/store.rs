@@ -1063,12 +1063,12 @@ fn numbered_event(w: usize, n: u64) -> breakglass::audit::Record {
     }
 }
 
-/// Grant `n` of clinician ST1 at `now` (its nonce `ST1:n`, a rate it never exceeds), its
-/// audit event writer 0's `n` (`numbered_event`).
-fn st1_grant(n: u64, now: u64) -> Batch {
+/// Grant `n` of clinician ST1 (its nonce `ST1:n`, a rate it never exceeds), its audit event
+/// writer 0's `n` (`numbered_event`).
+fn st1_grant(n: u64) -> Batch {
     let claim = Claim {
         nonce: format!("ST1:{n}"),
-        until: now + 600,
+        keep_secs: 600,
         clinician: "ST1".into(),
         emission_ms: 1,
         burst_ms: 60_000,
@@ -1244,8 +1244,7 @@ fn a_group_whose_answer_was_lost_is_found_written_whoever_wrote_after_it() {
     let proxy = crate::support::LossyProxy::start(server.port);
     let store = std::sync::Arc::new(RedisStore::open(&proxy.url(), "lost:").unwrap());
     let other = RedisStore::open(&server.url(), "lost:").unwrap();
-    let now = crate::support::now();
-    let claimed = move |n: u64| st1_grant(n, now);
+    let claimed = st1_grant;
     // the script is on the server (a first answer is not an unknown script's)
     store.apply(claimed(1)).unwrap();
     let writer = answer_lost(&proxy, &store, claimed(2));
@@ -1292,8 +1291,7 @@ async fn a_group_found_written_by_its_retry_is_acknowledged_after_a_write_of_its
         )
         .unwrap(),
     );
-    let now = crate::support::now();
-    let claimed = move |n: u64| st1_grant(n, now);
+    let claimed = st1_grant;
     until_acknowledged(&store, 100).await;
     // the script is on the server (a first answer is not an unknown script's)
     store.apply(claimed(1)).unwrap();
@@ -1345,15 +1343,14 @@ async fn a_grants_group_reads_and_sets_its_writers_mark_with_the_audit_head() {
     let dir = tempfile::tempdir().unwrap();
     let server = crate::support::RedisServer::start(dir.path());
     let store = RedisStore::open(&server.url(), "few:").unwrap();
-    let now = crate::support::now();
     // the script is on the server
-    store.apply(st1_grant(1, now)).unwrap();
+    store.apply(st1_grant(1)).unwrap();
     let mut conn = server.connection();
     let () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query(&mut conn)
         .unwrap();
-    store.apply(st1_grant(2, now)).unwrap();
+    store.apply(st1_grant(2)).unwrap();
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(&mut conn)
@@ -1444,7 +1441,7 @@ async fn a_batch_with_audit_events_under_a_lapsed_lease_writes_nothing() {
         "its audit entry not written"
     );
     // an unguarded write links on as before
-    store.apply(st1_grant(3, crate::support::now())).unwrap();
+    store.apply(st1_grant(3)).unwrap();
     assert_eq!(one_chain(&store), vec!["w0-1", "w0-3"]);
 }
 
@@ -1837,6 +1834,43 @@ fn claimed(n: u64, claim: Claim) -> Batch {
     }
 }
 
+/// A replica whose clock runs behind the server's by more than a request's freshness claims a
+/// nonce: it stays used on the server for as long as that replica may take the request as
+/// fresh, counted on the server's clock. Before, the claim carried the time on the replica's
+/// clock, which the server already counted as past: the same signed request sent to that
+/// replica again was granted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nonce_claimed_by_a_replica_whose_clock_runs_behind_stays_used() {
+    use breakglass::coordination::Coordinator;
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let Coordinator::Redis(shared) = Coordinator::redis(&server.url(), "sk:", 1000).unwrap() else {
+        unreachable!("shared")
+    };
+    let store = RedisStore::open(&server.url(), "sk:").unwrap();
+    // its clock 200 s behind: the request fresh on it until 120 s from its now
+    let behind = crate::support::now() - 200;
+    let claim = shared.claim("ST1:7", behind + 120, behind, "ST1");
+    store.apply(claimed(1, claim.clone())).unwrap();
+    assert!(
+        matches!(
+            store.apply(claimed(2, claim)),
+            Err(StoreError::Guarded(Guarded::Replayed))
+        ),
+        "sent again: a replay"
+    );
+    let score: Option<u64> = redis::cmd("ZSCORE")
+        .arg(format!("sk:{NONCES}"))
+        .arg("ST1:7")
+        .query(&mut server.connection())
+        .unwrap();
+    let now = crate::support::now();
+    assert!(
+        score.is_some_and(|s| s >= now + 118 && s <= now + 121),
+        "kept 120 s on the server's clock: {score:?} at {now}"
+    );
+}
+
 /// Two replicas' coordinators on one Redis: a nonce is used once across both, a clinician's
 /// rate counts across both, a lease has one holder until it lapses and then a greater fencing
 /// token, and a write carrying a lapsed lease's token (or over an operation that changed) is
@@ -1862,7 +1896,7 @@ async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cann
         let Coordinator::Redis(shared) = on else {
             unreachable!("shared")
         };
-        claimed(n, shared.claim(key, until, who))
+        claimed(n, shared.claim(key, until, crate::support::now(), who))
     };
     let refused = |r: Result<(), StoreError>| match r {
         Err(StoreError::Guarded(g)) => g,
@@ -2092,7 +2126,12 @@ async fn stale_nonces_are_forgotten_a_bounded_number_a_write_and_count_as_unused
         burst.arg(now - 5).arg(format!("burst:{i:04}"));
     }
     burst.query::<()>(&mut conn).unwrap();
-    let grant = |key: &str, n: u64| claimed(n, shared.claim(key, until, &format!("ST{n}")));
+    let grant = |key: &str, n: u64| {
+        claimed(
+            n,
+            shared.claim(key, until, crate::support::now(), &format!("ST{n}")),
+        )
+    };
     let stale = |conn: &mut redis::Connection| -> u64 {
         redis::cmd("ZCOUNT")
             .arg(&nonces)
@@ -2109,7 +2148,11 @@ async fn stale_nonces_are_forgotten_a_bounded_number_a_write_and_count_as_unused
         .arg("burst:0099")
         .query(&mut conn)
         .unwrap();
-    assert_eq!(score, Some(until), "claimed anew, fresh until its new time");
+    let kept = |score: Option<u64>| score.is_some_and(|s| s.abs_diff(until) <= 1);
+    assert!(
+        kept(score),
+        "claimed anew, fresh until its new time: {score:?}"
+    );
     assert_eq!(
         stale(&mut conn),
         100 - 16 - 1,
