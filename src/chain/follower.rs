@@ -224,9 +224,8 @@ impl Follower {
         if known.is_none() && height <= applied {
             // below the tip and read past (a catch-up): its entries were read since; only
             // our transactions it mined are looked for
-            let mut changes = Vec::new();
-            self.confirm(&node_block, &mut changes).await?;
-            submitter::write_changes(&self.state.store, changes).await?;
+            self.write_with_changes(Batch::default(), None, Some(&node_block))
+                .await?;
             return Ok(Applied::Again);
         }
         // to apply: the names its calls gave (read before the lock; none if the follower moved
@@ -247,20 +246,11 @@ impl Follower {
                 .is_some_and(|parent| parent != node_block.header.parent_block_id);
         let gap = !reorg && applied > 0 && height > applied + 1;
         let mut batch = Batch::default();
-        let mut changes = Vec::new();
         let mut from = None;
         if reorg {
             let fork = self.fork_point(applied).await?;
             tracing::warn!(height, applied, from = fork, "reorg: the node's chain left blocks we applied; re-reading the cache and our confirmations");
             self.state.refresh_all(&mut batch).await?;
-            submitter::reopen_abandoned(
-                fork,
-                &self.state.rpc,
-                &self.state.contracts,
-                self.state.store.as_ref(),
-                &mut changes,
-            )
-            .await?;
             from = Some(fork);
         } else if gap || unnamed || named.len() > events::MAX_NAMED {
             if gap {
@@ -279,12 +269,9 @@ impl Follower {
         } else {
             self.state.reread(&named, &mut batch).await?;
         }
-        self.confirm(&node_block, &mut changes).await?;
-        // the operations first: a block whose write fails after them is applied again, and
-        // finds them done
-        submitter::write_changes(&self.state.store, changes).await?;
-        batch.tip = Some(Tip::applied(height, pushed));
-        self.write(batch).await?;
+        batch.tip = self.tip_to_write(height, pushed)?;
+        self.write_with_changes(batch, from, Some(&node_block))
+            .await?;
         if let Some(from) = from {
             self.forget_from(from.min(height));
         }
@@ -307,20 +294,65 @@ impl Follower {
     }
 
     /// Our operations whose transactions `block` (the node's) mined.
-    async fn confirm(
+    /// The tip to write for block `height` (`hash`): none when the store's tip is that block
+    /// already (another replica sharing the store applied it), so that its number stays
+    /// (`Tip::written`): a fill another replica guarded on it is not refused for nothing, nor
+    /// a catch-up's mark put on it cleared. Written again, each replica following the node
+    /// would change the tip once a block per replica.
+    fn tip_to_write(&self, height: u64, hash: [u8; 32]) -> Result<Option<Tip>, StoreError> {
+        let stored = self.state.store.tip()?;
+        Ok(
+            (!stored.is_some_and(|t| t.height == height && t.index_block_hash == hash))
+                .then(|| Tip::applied(height, hash)),
+        )
+    }
+
+    /// Writes `batch` (a block's, or a catch-up's) with the changes to our operations: those
+    /// a reorg from `reopened_from` abandoned (`submitter::reopen_abandoned`), then those
+    /// `confirmed_by` mined (`submitter::confirmations`), each guarded on the operation as
+    /// read, in the same write. With replicas, another replica's submitter may change one of
+    /// them meanwhile (sign it again with a new nonce, after the node said its nonce was used):
+    /// the write is then refused (`Guarded::Changed`), and the changes are found again and
+    /// written with the batch, `submitter::CHANGE_ATTEMPTS` times at most. Written unguarded,
+    /// a change put the old transaction back over the new one, whose nonce then was never
+    /// broadcast, every later transaction of the service waiting behind it. (One process's
+    /// submitter writes under the apply lock held here.)
+    async fn write_with_changes(
         &self,
-        block: &NodeBlock,
-        changes: &mut Vec<submitter::Change>,
+        batch: Batch,
+        reopened_from: Option<u64>,
+        confirmed_by: Option<&NodeBlock>,
     ) -> Result<(), FollowError> {
-        submitter::confirmations(
-            block,
+        let (rpc, contracts, store) = (
             &self.state.rpc,
             &self.state.contracts,
             self.state.store.as_ref(),
-            changes,
+        );
+        for _ in 0..submitter::CHANGE_ATTEMPTS {
+            let mut changes = Vec::new();
+            if let Some(from) = reopened_from {
+                submitter::reopen_abandoned(from, rpc, contracts, store, &mut changes).await?;
+            }
+            if let Some(block) = confirmed_by {
+                submitter::confirmations(block, rpc, contracts, store, &mut changes).await?;
+            }
+            if changes.is_empty() && batch.is_empty() {
+                return Ok(());
+            }
+            let mut attempt = batch.clone();
+            submitter::with_changes(&mut attempt, changes);
+            match self.write(attempt).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Guarded(crate::store::Guarded::Changed)) => {
+                    tracing::info!("an operation changed while the block was applied (another replica's submitter): its changes found again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StateError::Unsettled(
+            "our operations, changed by another replica while a block was applied".into(),
         )
-        .await
-        .map_err(FollowError::from)
+        .into())
     }
 
     /// A block applied already, sent again (by the node after a copy, or by anyone): reads
@@ -450,22 +482,16 @@ impl Follower {
         };
         let mut batch = Batch::default();
         self.state.refresh_all(&mut batch).await?;
-        if reorg {
-            let from = self.fork_point(applied).await?;
-            let mut changes = Vec::new();
-            submitter::reopen_abandoned(
-                from,
-                &self.state.rpc,
-                &self.state.contracts,
-                self.state.store.as_ref(),
-                &mut changes,
-            )
-            .await?;
-            submitter::write_changes(&self.state.store, changes).await?;
+        let from = if reorg {
+            Some(self.fork_point(applied).await?)
+        } else {
+            None
+        };
+        batch.tip = self.tip_to_write(height, tip.header.block_id)?;
+        self.write_with_changes(batch, from, None).await?;
+        if let Some(from) = from {
             self.forget_from(from);
         }
-        batch.tip = Some(Tip::applied(height, tip.header.block_id));
-        self.write(batch).await?;
         self.remember(height, Seen::read_past(tip.header.block_id));
         self.status.applied.store(height, Ordering::SeqCst);
         self.status.last_block_ms.store(now_ms(), Ordering::SeqCst);
@@ -508,5 +534,51 @@ impl Follower {
                 _ = shutdown.changed() => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A block whose tip the store has already (another replica applied it) leaves the tip
+    /// as stored, its number with it; any other block's tip is written, with a number of its
+    /// own.
+    #[test]
+    fn a_block_already_the_stored_tip_leaves_it_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let state = ChainState::new(
+            store.clone(),
+            // never asked here
+            crate::chain::rpc::NodeClient::new(
+                "http://127.0.0.1:9",
+                std::time::Duration::from_millis(10),
+                0,
+            ),
+            crate::chain::contracts::Contracts {
+                address: "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap(),
+            },
+        );
+        let follower = Follower::new(state, Arc::default()).unwrap();
+        let first = follower
+            .tip_to_write(7, [7; 32])
+            .unwrap()
+            .expect("none stored");
+        assert!(first.written.is_some());
+        store
+            .apply(Batch {
+                tip: Some(first),
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(follower.tip_to_write(7, [7; 32]).unwrap(), None, "kept");
+        let other = follower
+            .tip_to_write(7, [8; 32])
+            .unwrap()
+            .expect("another block");
+        assert_ne!(other.written, first.written);
+        assert!(follower.tip_to_write(8, [8; 32]).unwrap().is_some());
     }
 }

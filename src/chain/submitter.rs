@@ -439,61 +439,24 @@ pub struct Change {
     pub state: SubmissionState,
 }
 
-/// How many times a change is written over an operation broadcast again meanwhile.
-const CHANGE_ATTEMPTS: usize = 3;
+/// How many times the follower finds its changes to operations again when another replica
+/// changed one meanwhile (`Follower::write_with_changes`).
+pub const CHANGE_ATTEMPTS: usize = 3;
 
-/// Writes the follower's changes to operations, each guarded on the operation as it read it
-/// (checked with the write by a store replicas share; one process's follower holds the apply
-/// lock the submitter writes under). With replicas, another replica's submitter may have
-/// changed one since: signed it again with a new nonce, after the node said its nonce was
-/// used. Written unguarded, the change put the old transaction back over the new one, whose
-/// nonce was then never broadcast, and every later transaction of the service waited behind
-/// it in the node's mempool. A change to an operation still in flight as the same
-/// transaction (broadcast again meanwhile) is written over it as it is now; any other change
-/// made meanwhile stands, and the follower's is dropped (a new transaction is confirmed when
-/// it is mined).
-pub async fn write_changes(store: &Arc<dyn Store>, changes: Vec<Change>) -> Result<(), StoreError> {
-    for Change { mut read, state } in changes {
-        for _ in 0..CHANGE_ATTEMPTS {
-            let batch = Batch {
-                submissions: vec![Submission {
-                    state: state.clone(),
-                    ..read.clone()
-                }],
-                guard: Some(Guard {
-                    submission: Some(read.clone()),
-                    ..Guard::default()
-                }),
-                ..Batch::default()
-            };
-            match crate::store::apply_async(store, batch).await {
-                Ok(()) => break,
-                Err(StoreError::Guarded(Guarded::Changed)) => {
-                    let now = store.submission(&read.id)?;
-                    match (&read.state, now) {
-                        (
-                            SubmissionState::Sent { txid: was, .. },
-                            Some(
-                                now @ Submission {
-                                    state: SubmissionState::Sent { .. },
-                                    ..
-                                },
-                            ),
-                        ) if matches!(&now.state, SubmissionState::Sent { txid, .. } if txid == was) =>
-                        {
-                            read = now;
-                        }
-                        _ => {
-                            tracing::info!(operation = %read.id, "the operation changed since the block was read: kept as it is now");
-                            break;
-                        }
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+/// Puts the follower's `changes` into `batch`, each guarded on the operation as it read it
+/// (`Guard::submissions`): the batch is written only if none changed since.
+pub fn with_changes(batch: &mut Batch, changes: Vec<Change>) {
+    for Change { read, state } in changes {
+        batch.submissions.push(Submission {
+            state,
+            ..read.clone()
+        });
+        batch
+            .guard
+            .get_or_insert_with(Guard::default)
+            .submissions
+            .push(read);
     }
-    Ok(())
 }
 
 impl Submitter {
@@ -624,7 +587,7 @@ impl Submitter {
                         holder: self.holder.clone(),
                         token: fence,
                     }),
-                    submission: Some(read.clone()),
+                    submissions: vec![read.clone()],
                     ..Guard::default()
                 }),
                 ..Batch::default()
@@ -1068,101 +1031,92 @@ mod tests {
         assert!(!superseded(&store, &record).unwrap());
     }
 
-    /// Replicas sharing Redis: this replica's follower read an operation as sent (its
-    /// transaction mined and refused), and before its change landed another replica's
-    /// submitter signed the operation again with a new nonce (the node had said its nonce was
-    /// used). The follower's change does not put the old transaction back: the new one, whose
-    /// nonce the service's later transactions wait behind, stays to be broadcast. Before, it
-    /// was written unguarded, and the new nonce was never broadcast. A change to an operation
-    /// only broadcast again meanwhile (the same transaction) is written over it.
+    /// Replicas sharing Redis: this replica's follower read two operations as sent (one
+    /// mined and refused, one mined with its effect), and before its block's write landed
+    /// another replica's submitter signed the first again with a new nonce (the node had said
+    /// its nonce was used). The block's write, with the follower's changes (`with_changes`), is
+    /// refused whole: neither change nor the block's tip lands over the new transaction, whose
+    /// nonce the service's later transactions wait behind. Before, the changes were written
+    /// unguarded, and the new nonce was never broadcast. Found again over the operations as
+    /// they are now (the follower's next attempt), they are written with the block.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_followers_change_never_puts_back_a_transaction_signed_again_meanwhile() {
+    async fn a_followers_changes_never_put_back_a_transaction_signed_again_meanwhile() {
         let redis = crate::dev::test_redis().await;
         let open = || -> Arc<dyn Store> {
             Arc::new(crate::store::RedisStore::open(redis.url.as_str(), "r:").unwrap())
         };
         let (follower, other) = (open(), open());
-        let read = Submission {
-            state: sent(1),
-            ..operation(
-                "record:01",
-                "access-control",
-                "record-emergency-access",
-                &[],
-            )
-        };
-        follower
-            .apply(Batch {
-                submissions: vec![read.clone()],
-                ..Batch::default()
-            })
-            .unwrap();
-        let again = Submission {
+        let op = |id: &str, txid: &str, nonce: u64| Submission {
             state: SubmissionState::Sent {
-                txid: "cd".repeat(32),
-                nonce: 9,
-                raw: "01".into(),
-                sent_at_height: 11,
-                broadcasts: 0,
+                txid: txid.repeat(32),
+                nonce,
+                raw: "00".into(),
+                sent_at_height: 10,
+                broadcasts: 1,
             },
-            ..read.clone()
+            ..operation(id, "access-control", "record-emergency-access", &[])
         };
-        other
-            .apply(Batch {
-                submissions: vec![again.clone()],
+        let (refused, mined) = (op("record:01", "ab", 4), op("record:02", "cd", 5));
+        let write = |store: &Arc<dyn Store>, submissions: Vec<Submission>| {
+            store
+                .apply(Batch {
+                    submissions,
+                    ..Batch::default()
+                })
+                .unwrap()
+        };
+        write(&follower, vec![refused.clone(), mined.clone()]);
+        let block = |changes: Vec<Change>| {
+            let mut batch = Batch {
+                tip: Some(crate::store::Tip::applied(12, [12; 32])),
                 ..Batch::default()
-            })
-            .unwrap();
-        let refused = SubmissionState::Failed {
+            };
+            with_changes(&mut batch, changes);
+            batch
+        };
+        let failed = SubmissionState::Failed {
             txid: "ab".repeat(32),
             height: 12,
             result: "mined, but its effect is not on chain".into(),
         };
-        write_changes(
-            &follower,
-            vec![Change {
-                read: read.clone(),
-                state: refused,
-            }],
-        )
-        .await
-        .unwrap();
+        let done = confirmed(&"cd".repeat(32), 5, "00", 12, "(ok true)".into());
+        let changes = vec![
+            Change {
+                read: refused.clone(),
+                state: failed,
+            },
+            Change {
+                read: mined.clone(),
+                state: done.clone(),
+            },
+        ];
+        // the other replica signs the first again, with nonce 9
+        let again = op("record:01", "ef", 9);
+        write(&other, vec![again.clone()]);
+        assert!(matches!(
+            follower.apply(block(changes)),
+            Err(StoreError::Guarded(Guarded::Changed))
+        ));
         assert_eq!(
             follower.submission("record:01").unwrap(),
             Some(again.clone())
         );
-
-        // the new transaction broadcast again by the other replica, then found mined by the
-        // follower that read it before that: confirmed over it
-        let broadcast = Submission {
-            state: SubmissionState::Sent {
-                txid: "cd".repeat(32),
-                nonce: 9,
-                raw: "01".into(),
-                sent_at_height: 14,
-                broadcasts: 1,
-            },
-            ..read.clone()
-        };
-        other
-            .apply(Batch {
-                submissions: vec![broadcast],
-                ..Batch::default()
-            })
-            .unwrap();
-        let mined = confirmed(&"cd".repeat(32), 9, "01", 15, "(ok true)".into());
-        write_changes(
-            &follower,
-            vec![Change {
-                read: again,
-                state: mined.clone(),
-            }],
-        )
-        .await
-        .unwrap();
         assert_eq!(
-            follower.submission("record:01").unwrap().unwrap().state,
-            mined
+            follower.submission("record:02").unwrap(),
+            Some(mined.clone())
         );
+        assert_eq!(follower.tip().unwrap(), None, "nor the block");
+        // found again: the first is in flight as its new transaction, not in this block
+        let changes = vec![Change {
+            read: mined,
+            state: done.clone(),
+        }];
+        follower.apply(block(changes)).unwrap();
+        assert_eq!(follower.submission("record:01").unwrap(), Some(again));
+        assert_eq!(
+            follower.submission("record:02").unwrap().unwrap().state,
+            done
+        );
+        assert_eq!(follower.tip().unwrap().map(|t| t.height), Some(12));
     }
 }

@@ -363,9 +363,10 @@ impl Notifier {
             Ok(_) => None,
             Err(e) => {
                 tracing::error!(access = %id, error = %e, "notice: could not be read");
-                // the store away: attempts seen in flight are timed again once it is back
-                // (their senders could not record them meanwhile)
-                self.in_flight_lock().clear();
+                // (the store away: its attempt in flight, if any, is timed again once it is
+                // back, its sender having been unable to record it meanwhile; only this
+                // notice's, so that one that cannot be read delays no other's)
+                self.in_flight_lock().remove(id);
                 Some(now + 5)
             }
         }

@@ -81,16 +81,18 @@ impl std::fmt::Display for Guarded {
 pub struct Guard {
     /// The lease the writer holds (`coordination`): the write fails with `Guarded::Fenced`
     /// unless the lease is still this holder's, with this token. A batch with audit events
-    /// may carry one (not a `submission`, nor claims): it is then linked on the audit head as
+    /// may carry one (not `submissions`, nor claims): it is then linked on the audit head as
     /// any other, its fence checked in the same step.
     pub fence: Option<Fence>,
-    /// The operation as the writer read it: the write fails with `Guarded::Changed` unless the
-    /// store holds exactly this.
-    pub submission: Option<Submission>,
+    /// The operations as the writer read them: the write fails with `Guarded::Changed` unless
+    /// the store holds exactly these (the submitter's change of one; the follower's changes
+    /// with its block).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub submissions: Vec<Submission>,
     /// A paging row as the writer read it (`Store::paging_row`; `None`: absent): the write
     /// fails with `Guarded::Changed` unless the store holds exactly this, so that of two
     /// replicas changing one incident, shift or roster at once, the one that read it before
-    /// the other's write reads it again. Not with `submission`.
+    /// the other's write reads it again. Not with `submissions`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paging: Option<(String, Option<serde_json::Value>)>,
     /// The grants' follow-up's place in the log as it read it (`Batch::followed`; `Some(None)`:

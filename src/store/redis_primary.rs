@@ -62,7 +62,7 @@ struct Sentinels {
 
 /// How long a blocking caller waits at most for the primary's address from the Sentinels
 /// (the lookup's own connections time out sooner: 1 s to connect, 500 ms an answer).
-const LOOKUP_AT_MOST: std::time::Duration = std::time::Duration::from_secs(3);
+pub(super) const LOOKUP_AT_MOST: std::time::Duration = std::time::Duration::from_secs(3);
 
 fn sentinel_client(target: &RedisTarget) -> RedisResult<SentinelClient> {
     let primary = target.url.as_str().into_connection_info()?;

@@ -226,10 +226,13 @@ enum Mode {
 }
 
 /// How long the one read that asks a quiet server again may take at most: its two tries, each
-/// a new connection and a read, and its wait for a connection.
+/// a new connection (with Sentinel, the primary asked for first) and a read, and its wait for
+/// a connection.
 const ASKING_AT_MOST: std::time::Duration = std::time::Duration::from_millis(
-    (2 * (READ_TIMEOUT.as_millis() + CONNECT_TIMEOUT.as_millis()) + READ_TIMEOUT.as_millis())
-        as u64,
+    (2 * (READ_TIMEOUT.as_millis()
+        + CONNECT_TIMEOUT.as_millis()
+        + super::redis_primary::LOOKUP_AT_MOST.as_millis())
+        + READ_TIMEOUT.as_millis()) as u64,
 );
 
 impl RedisStore {
@@ -592,20 +595,22 @@ pub(super) fn push_rows(call: &mut Call, prefix: &str, rows: &Rows) {
     }
 }
 
-/// A guarded batch: the lease's token and holder (key 2, arguments 5 and 8), a row (argument 6
-/// in key 3: an operation's, or a paging row's; argument 7 its value, empty for absent) and a
-/// field of `META` (argument 9, read with the mark; argument 10 its value, empty for none) are
-/// checked, each only if named, and the rows written. {0, ''}: written; {1, ''}: fenced;
-/// {2, ''}: changed; {3, ''}: written already.
+/// A guarded batch: the lease's token and holder (key 2, arguments 5 and 6), a field of `META`
+/// (argument 7, read with the mark; argument 8 its value, empty for none), and rows of key 3
+/// (argument 9, how many; then each one's key and value, empty for absent: operations, or a
+/// paging row) are checked, each only if named, and the rows written. {0, ''}: written;
+/// {1, ''}: fenced; {2, ''}: changed; {3, ''}: written already.
 pub(super) fn guarded_script() -> redis::Script {
     conditional(
         r"if ARGV[5] ~= '' then
   local lease = redis.call('HMGET', KEYS[2], 'fence', 'holder')
-  if lease[1] ~= ARGV[5] or lease[2] ~= ARGV[8] then return {1, ''} end
+  if lease[1] ~= ARGV[5] or lease[2] ~= ARGV[6] then return {1, ''} end
 end
-if ARGV[6] ~= '' and (redis.call('HGET', KEYS[3], ARGV[6]) or '') ~= ARGV[7] then return {2, ''} end
-if ARGV[9] ~= '' and (also or '') ~= ARGV[10] then return {2, ''} end",
-        Some(9),
+if ARGV[7] ~= '' and (also or '') ~= ARGV[8] then return {2, ''} end
+for i = 1, tonumber(ARGV[9]) do
+  if (redis.call('HGET', KEYS[3], ARGV[8 + 2 * i]) or '') ~= ARGV[9 + 2 * i] then return {2, ''} end
+end",
+        Some(7),
         "{0, ''}",
     )
 }

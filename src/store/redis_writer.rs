@@ -299,7 +299,7 @@ impl Writer {
         let prefix = self.prefix.clone();
         // a batch with audit events under a lease alone is linked, its fence checked there
         let fence = match guard {
-            Some(g) if !audit.is_empty() && g.submission.is_none() && claims.is_empty() => {
+            Some(g) if !audit.is_empty() && g.submissions.is_empty() && claims.is_empty() => {
                 if g.followed.is_some() || g.tip.is_some() || g.paging.is_some() {
                     // the linked script checks the fence only: refused, not written unchecked
                     return Err(backend(
@@ -315,18 +315,24 @@ impl Writer {
                     ));
                 }
                 let (lease, token, holder) = fence_args(&prefix, g.fence.as_ref());
-                // the row guarded: an operation, or a paging row (empty: absent)
-                let (table, id, expected) = match (&g.submission, &g.paging) {
-                    (Some(s), None) => (SUBMISSIONS, s.id.clone(), enc(s)?),
-                    (None, Some((key, row))) => (
-                        PAGING,
-                        key.clone(),
-                        row.as_ref().map(enc).transpose()?.unwrap_or_default(),
+                // the rows guarded: operations, or a paging row (empty: absent)
+                let (table, rows) = match (g.submissions.as_slice(), &g.paging) {
+                    (read, None) => (
+                        SUBMISSIONS,
+                        read.iter()
+                            .map(|s| Ok((s.id.clone(), enc(s)?)))
+                            .collect::<Result<Vec<_>, StoreError>>()?,
                     ),
-                    (None, None) => (SUBMISSIONS, String::new(), Vec::new()),
-                    (Some(_), Some(_)) => {
+                    ([], Some((key, row))) => (
+                        PAGING,
+                        vec![(
+                            key.clone(),
+                            row.as_ref().map(enc).transpose()?.unwrap_or_default(),
+                        )],
+                    ),
+                    (_, Some(_)) => {
                         return Err(backend(
-                            "a batch is guarded by an operation or by a paging row, not both",
+                            "a batch is guarded by operations or by a paging row, not both",
                         ))
                     }
                 };
@@ -341,15 +347,17 @@ impl Writer {
                             "a batch is guarded by the follow-up's place or by the tip, not both",
                         )),
                     };
-                let mut call = self.call(2, 6);
+                let mut call = self.call(2, 5 + 2 * rows.len());
                 call.key(&lease)
                     .key(format!("{prefix}{table}"))
                     .arg(&token)
-                    .arg(&id)
-                    .arg(expected.as_slice())
                     .arg(holder)
                     .arg(field)
-                    .arg(place.unwrap_or_default().as_slice());
+                    .arg(place.unwrap_or_default().as_slice())
+                    .arg(rows.len());
+                for (id, expected) in &rows {
+                    call.arg(id).arg(expected.as_slice());
+                }
                 push_rows(&mut call, &prefix, &base);
                 return Ok((Kind::Guarded, base, self.guarded.clone(), call));
             }

@@ -1405,7 +1405,6 @@ async fn a_batch_with_audit_events_under_a_lapsed_lease_writes_nothing() {
                 holder: "replica-a".into(),
                 token,
             }),
-            submission: None,
             ..Guard::default()
         }),
         ..Batch::default()
@@ -2038,7 +2037,7 @@ async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cann
                 holder: holder.into(),
                 token,
             }),
-            submission: Some(read.clone()),
+            submissions: vec![read.clone()],
             ..Guard::default()
         }),
         ..Batch::default()
