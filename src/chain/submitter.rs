@@ -261,8 +261,10 @@ fn confirmed(txid: &str, nonce: u64, raw: &str, height: u64, result: String) -> 
 ///
 /// Which summary is stored is its digest, written with it (`Store::summary_digest`), not the
 /// operations' times: those are each importing replica's clock, and two replicas' clocks may
-/// order two imports the other way round from the store. A summary stored before digests were
-/// kept has none: then a later operation of the same patient (by those times) supersedes.
+/// order two imports the other way round from the store. A summary stored without one (before
+/// digests were kept, or by such a version during a rolling upgrade: the digest beside it is
+/// then another summary's, found so by its sealed bytes) falls back to those times: a later
+/// operation of the same patient supersedes.
 fn superseded(store: &dyn Store, s: &Submission) -> Result<bool, StoreError> {
     if s.function != "set-summary-hash" {
         return Ok(false);
@@ -277,8 +279,13 @@ fn superseded(store: &dyn Store, s: &Submission) -> Result<bool, StoreError> {
     let Ok(patient) = <[u8; 32]>::try_from(patient).map(crate::domain::PatientId) else {
         return Ok(false);
     };
-    if let Some(stored) = store.summary_digest(&patient)? {
-        return Ok(stored != hex::encode(hash));
+    if let Some(digest) = store.summary_digest(&patient)? {
+        if store
+            .summary(&patient)?
+            .is_some_and(|sealed| digest.describes(&sealed))
+        {
+            return Ok(digest.plain != hex::encode(hash));
+        }
     }
     let prefix = s.id.split(':').take(2).collect::<Vec<_>>().join(":") + ":";
     Ok(store.submissions_prefixed(&prefix)?.iter().any(|later| {
@@ -981,16 +988,20 @@ mod tests {
     /// digest decides, not the operations' times, which are each importing replica's clock.
     /// Here the first import's replica ran a minute ahead, so by times the second summary's
     /// operation (the summary stored) looked replaced and the first's did not: the first's
-    /// hash would have been signed again over the stored summary's. A store without the
-    /// digest (written before it was kept) still goes by times.
+    /// hash would have been signed again over the stored summary's. A summary stored without
+    /// a digest (before they were kept, or by such a version during a rolling upgrade: the
+    /// digest beside it is then another summary's) still goes by times.
     #[test]
     fn a_summary_operation_is_superseded_by_the_summary_stored_not_by_clocks() {
+        use sha2::Digest;
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("store.redb")).unwrap();
         let patient = crate::domain::PatientId([3; 32]);
-        let (first_hash, second_hash) = ([1u8; 32], [2u8; 32]);
-        let mut first = crate::vault::operation(&patient, &first_hash);
-        let mut second = crate::vault::operation(&patient, &second_hash);
+        let (first_plain, second_plain) = (b"first summary".to_vec(), b"second summary".to_vec());
+        let (first_sealed, second_sealed) = (vec![1u8; 40], vec![2u8; 40]);
+        let hash = |plain: &[u8]| <[u8; 32]>::from(sha2::Sha256::digest(plain));
+        let mut first = crate::vault::operation(&patient, &hash(&first_plain));
+        let mut second = crate::vault::operation(&patient, &hash(&second_plain));
         second.created_at_ms = 1_000_000;
         first.created_at_ms = second.created_at_ms + 60_000;
         store
@@ -1003,24 +1014,36 @@ mod tests {
         assert!(superseded(&store, &second).unwrap());
         assert!(!superseded(&store, &first).unwrap());
         // the second summary stored (after the first, whatever the clocks said)
-        store
-            .apply(Batch {
-                summaries: vec![(patient, Some(vec![9]))],
-                summary_digests: vec![(patient, Some(hex::encode(second_hash)))],
-                ..Batch::default()
-            })
-            .unwrap();
+        let stored = |sealed: &Vec<u8>, digest: Option<crate::store::SummaryDigest>| {
+            store
+                .apply(Batch {
+                    summaries: vec![(patient, Some(sealed.clone()))],
+                    summary_digests: digest.map(|d| (patient, Some(d))).into_iter().collect(),
+                    ..Batch::default()
+                })
+                .unwrap()
+        };
+        let second_digest = crate::store::SummaryDigest::of(&second_plain, &second_sealed);
+        stored(&second_sealed, Some(second_digest));
         assert!(superseded(&store, &first).unwrap());
         assert!(!superseded(&store, &second).unwrap());
         // another patient's summary decides nothing for this one's operations
         let other = crate::domain::PatientId([4; 32]);
         store
             .apply(Batch {
-                summary_digests: vec![(other, Some(hex::encode(first_hash)))],
+                summary_digests: vec![(
+                    other,
+                    Some(crate::store::SummaryDigest::of(&first_plain, &first_sealed)),
+                )],
                 ..Batch::default()
             })
             .unwrap();
         assert!(superseded(&store, &first).unwrap());
+        // the first stored again by a version without digests: the second's digest is not
+        // the stored summary's, and times decide again (here, rightly: the first is stored)
+        stored(&first_sealed, None);
+        assert!(superseded(&store, &second).unwrap());
+        assert!(!superseded(&store, &first).unwrap());
         // an operation of another kind never is
         let record = operation(
             "record:01",

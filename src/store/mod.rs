@@ -467,10 +467,10 @@ pub struct Batch {
     /// Patients' emergency summaries, sealed (`vault`); `None` removes one.
     #[serde(default)]
     pub summaries: Vec<(PatientId, Option<Vec<u8>>)>,
-    /// The SHA-256 of each summary's plain bytes (hex), written with it (`vault::import`):
-    /// which summary is stored, for what no replica's clock can tell (`submitter::superseded`).
+    /// Each summary's digests, written with it (`vault::import`): which summary is stored,
+    /// for what no replica's clock can tell (`submitter::superseded`).
     #[serde(default)]
-    pub summary_digests: Vec<(PatientId, Option<String>)>,
+    pub summary_digests: Vec<(PatientId, Option<SummaryDigest>)>,
     /// The summaries' hashes as the chain has them (`get-summary-hash`; `None`: no hash).
     #[serde(default)]
     pub summary_hashes: Vec<(PatientId, Option<SummaryHash>)>,
@@ -485,6 +485,34 @@ pub struct Batch {
     /// Requests' claims on nonces and rates, taken with the write by shared stores (`Claim`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub claims: Vec<Claim>,
+}
+
+/// What a stored summary is: the SHA-256 of its plain bytes (what goes on chain) and of its
+/// sealed bytes as stored, which tell whether the digest is still the stored summary's (a
+/// version of the service from before the digests, during a rolling upgrade say, writes a
+/// summary without one, and the one beside it is then another summary's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryDigest {
+    /// hex
+    pub plain: String,
+    /// hex
+    pub sealed: String,
+}
+
+impl SummaryDigest {
+    pub fn of(plain: &[u8], sealed: &[u8]) -> SummaryDigest {
+        use sha2::Digest;
+        SummaryDigest {
+            plain: hex::encode(sha2::Sha256::digest(plain)),
+            sealed: hex::encode(sha2::Sha256::digest(sealed)),
+        }
+    }
+
+    /// Whether this is the digest of the summary whose sealed bytes are `sealed`.
+    pub fn describes(&self, sealed: &[u8]) -> bool {
+        use sha2::Digest;
+        self.sealed == hex::encode(sha2::Sha256::digest(sealed))
+    }
 }
 
 /// A summary's hash as recorded on chain by a data custodian.
@@ -737,9 +765,9 @@ pub trait Store: Send + Sync + 'static {
     fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError>;
     /// A patient's emergency summary, sealed.
     fn summary(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
-    /// The SHA-256 (hex) of the patient's summary stored, if it was stored with it (a store
-    /// written before digests were kept has none until the summary is imported again).
-    fn summary_digest(&self, patient: &PatientId) -> Result<Option<String>, StoreError>;
+    /// The digests of the patient's summary as last written with them (`SummaryDigest`; a
+    /// store written before they were kept has none until the summary is imported again).
+    fn summary_digest(&self, patient: &PatientId) -> Result<Option<SummaryDigest>, StoreError>;
     /// The chain's hash of a patient's summary, as cached: `None` not cached, `Some(None)`
     /// the chain has none.
     fn summary_hash(&self, patient: &PatientId) -> Result<Option<Option<SummaryHash>>, StoreError>;

@@ -361,7 +361,7 @@ macro_rules! typed_reads {
             self.get_raw(SUMMARIES, &patient.to_string())
         }
 
-        fn summary_digest(&self, patient: &PatientId) -> Result<Option<String>, StoreError> {
+        fn summary_digest(&self, patient: &PatientId) -> Result<Option<SummaryDigest>, StoreError> {
             self.get(SUMMARY_DIGESTS, &patient.to_string())
         }
 

@@ -48,7 +48,7 @@ pub(super) const OPEN_SUBMISSIONS: Table = "open_submissions";
 /// replicas reads only the notices due soon (`RowSource::scan_due`; Redis keeps this index as
 /// a set scored by that time).
 pub(super) const OPEN_NOTICES: Table = "open_notices";
-/// The SHA-256 of each stored summary's plain bytes, hex, by patient id (`Batch::summary_digests`).
+/// Each stored summary's digests (`SummaryDigest`), by patient id (`Batch::summary_digests`).
 pub(super) const SUMMARY_DIGESTS: Table = "summary_digests";
 /// New tables go last: a journal frame names a table by its index here.
 pub(super) const TABLES: [Table; 22] = [

@@ -160,9 +160,10 @@ pub async fn import(
         hash: hex::encode(hash),
         operation: op.id,
     };
+    let digest = crate::store::SummaryDigest::of(body, &sealed);
     let batch = Batch {
         summaries: vec![(summary.patient, Some(sealed))],
-        summary_digests: vec![(summary.patient, Some(imported.hash.clone()))],
+        summary_digests: vec![(summary.patient, Some(digest))],
         submissions,
         ..Batch::default()
     };

@@ -580,16 +580,15 @@ fn audit_conformance(store: &dyn Store) {
     store
         .apply(Batch {
             summaries: vec![(patient, Some(vec![1, 2, 3]))],
-            summary_digests: vec![(patient, Some("cd".repeat(32)))],
+            summary_digests: vec![(patient, Some(SummaryDigest::of(b"plain", &[1, 2, 3])))],
             summary_hashes: vec![(patient, Some(hash.clone())), (PatientId([5; 32]), None)],
             ..Batch::default()
         })
         .unwrap();
     assert_eq!(store.summary(&patient).unwrap(), Some(vec![1, 2, 3]));
-    assert_eq!(
-        store.summary_digest(&patient).unwrap(),
-        Some("cd".repeat(32))
-    );
+    let digest = store.summary_digest(&patient).unwrap().unwrap();
+    assert_eq!(digest, SummaryDigest::of(b"plain", &[1, 2, 3]));
+    assert!(digest.describes(&[1, 2, 3]) && !digest.describes(&[1, 2]));
     assert_eq!(store.summary_digest(&PatientId([5; 32])).unwrap(), None);
     assert_eq!(store.summary_hash(&patient).unwrap(), Some(Some(hash)));
     assert_eq!(store.summary_hash(&PatientId([5; 32])).unwrap(), Some(None));
