@@ -899,11 +899,13 @@ return n",
 
 impl RedisStore {
     /// `scan_due` on a scored index, `between` called after each full page (a test's turn to
-    /// change the index meanwhile, as another replica may). A page that ends within a score's
-    /// members is followed by every member of that score, read at once, and the next page
-    /// starts past that score: paged by an offset within it instead, a member of that score
-    /// removed meanwhile (a notice closed by another replica) moved the rest up by one, and
-    /// the next page skipped one never read (a burst's notices share one due second).
+    /// change the index meanwhile, as another replica may). Each page after the first starts
+    /// right after the last member read, found by its rank when the page is read
+    /// (`after_script`), so that a member removed meanwhile (a notice closed by another
+    /// replica) never moves one unread past the next page: paged by an offset within a score,
+    /// such a removal skipped one (a burst's notices share one due second). A page never reads
+    /// more than `SCAN_PAGE` members, however many share a second. When the last member read is
+    /// gone, the next page starts at its score again (what is read twice is kept once).
     fn scan_due_paged(
         &self,
         index: Table,
@@ -911,35 +913,66 @@ impl RedisStore {
         mut between: impl FnMut(),
     ) -> Result<Vec<String>, StoreError> {
         let set = self.key(index);
-        let range = |from: &str, to: &str, limit: Option<usize>| {
+        let from_score = |from: &str| {
             self.read(|c| {
-                let mut cmd = redis::cmd("ZRANGEBYSCORE");
-                cmd.arg(&set).arg(from).arg(to).arg("WITHSCORES");
-                if let Some(limit) = limit {
-                    cmd.arg("LIMIT").arg(0).arg(limit);
-                }
-                cmd.query::<Vec<(String, String)>>(c)
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&set)
+                    .arg(from)
+                    .arg(until)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(SCAN_PAGE)
+                    .query::<Vec<(String, String)>>(c)
             })
         };
-        let until = until.to_string();
-        let mut from = "-inf".to_string();
+        let after = after_script();
+        let due = |score: &str| score.parse::<f64>().is_ok_and(|s| s <= until as f64);
         let mut keys = Vec::new();
+        let mut page = from_score("-inf")?;
         loop {
-            let page = range(&from, &until, Some(SCAN_PAGE))?;
-            let Some((_, last)) = page.last().cloned().filter(|_| page.len() == SCAN_PAGE) else {
-                keys.extend(page.into_iter().map(|(k, _)| k));
+            let full = page.len() == SCAN_PAGE;
+            let last = page.last().cloned();
+            let mut past = false;
+            for (key, score) in page {
+                if !due(&score) {
+                    // (a page read by rank runs on past the due ones)
+                    past = true;
+                    break;
+                }
+                keys.push(key);
+            }
+            let Some((member, score)) = last.filter(|_| full && !past) else {
                 break;
             };
             between();
-            keys.extend(page.into_iter().filter(|(_, s)| *s != last).map(|(k, _)| k));
-            keys.extend(range(&last, &last, None)?.into_iter().map(|(k, _)| k));
-            from = format!("({last}");
+            page = match self.read(|c| {
+                after
+                    .key(&set)
+                    .arg(&member)
+                    .arg(SCAN_PAGE)
+                    .invoke::<Option<Vec<(String, String)>>>(c)
+            })? {
+                Some(next) => next,
+                None => from_score(&score)?,
+            };
         }
-        // (a member scored again meanwhile may have been read twice)
+        // (a member read again, or scored again meanwhile, is kept once)
         keys.sort();
         keys.dedup();
         Ok(keys)
     }
+}
+
+/// The `ARGV[2]` members after member `ARGV[1]` of sorted set `KEYS[1]`, by rank, with their
+/// scores, its rank read in the same step; `false` if it is not in the set.
+fn after_script() -> redis::Script {
+    redis::Script::new(
+        r"#!lua flags=no-writes
+local r = redis.call('ZRANK', KEYS[1], ARGV[1])
+if not r then return false end
+return redis.call('ZRANGE', KEYS[1], r + 1, r + tonumber(ARGV[2]), 'WITHSCORES')",
+    )
 }
 
 impl RedisStore {
@@ -1219,59 +1252,75 @@ mod tests {
         );
     }
 
-    /// A burst's notices share one due second, more of them than a page: another replica
-    /// closes one of the first page's (its member removed) before the next page is read. Every
-    /// member never removed is still found. Before, the next page was read from an offset
-    /// within that second, which the removal had moved past one never read.
+    /// A burst's notices share one due second, more of them than two pages: another replica
+    /// closes one of those read (its member removed) before the next page is read, the first
+    /// of the page or its last, the one the next page starts after. Every member never
+    /// removed is still found, once, and none not due. Before, the next page was read from an
+    /// offset within that second, which the removal had moved past one never read.
     #[tokio::test]
     async fn a_member_removed_between_pages_does_not_hide_another_of_the_same_score() {
         let redis = crate::dev::test_redis().await;
         let store = RedisStore::open(redis.url.as_str(), "d:").unwrap();
         let set = store.key(OPEN_NOTICES);
-        let members: Vec<String> = (0..SCAN_PAGE + 50).map(|i| format!("k{i:04}")).collect();
+        let members: Vec<String> = (0..2 * SCAN_PAGE + 50)
+            .map(|i| format!("k{i:04}"))
+            .collect();
         let mut conn = redis::Client::open(redis.url.as_str())
             .unwrap()
             .get_connection()
             .unwrap();
+        let mut add = |score: u64, member: &str| {
+            let _: () = redis::cmd("ZADD")
+                .arg(&set)
+                .arg(score)
+                .arg(member)
+                .query(&mut conn)
+                .unwrap();
+        };
         for m in &members {
+            add(100, m);
+        }
+        // a later one, and one not due
+        add(150, "later");
+        add(300, "not-due");
+        for removed in [0, SCAN_PAGE - 1] {
+            let mut conn = redis::Client::open(redis.url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let mut pages = 0;
+            let found = store
+                .scan_due_paged(OPEN_NOTICES, 200, || {
+                    if pages == 0 {
+                        let _: () = redis::cmd("ZREM")
+                            .arg(&set)
+                            .arg(&members[removed])
+                            .query(&mut conn)
+                            .unwrap();
+                    }
+                    pages += 1;
+                })
+                .unwrap();
+            assert!(pages >= 2, "more than two pages");
+            for m in members.iter().chain([&"later".to_string()]) {
+                assert!(
+                    found.contains(m) || *m == members[removed],
+                    "{m} not found (k{removed:04} removed)"
+                );
+            }
+            assert!(!found.contains(&"not-due".to_string()));
+            let mut sorted = found.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(found, sorted, "in key order, once each");
+            // back for the next round
             let _: () = redis::cmd("ZADD")
                 .arg(&set)
                 .arg(100)
-                .arg(m)
+                .arg(&members[removed])
                 .query(&mut conn)
                 .unwrap();
         }
-        // a later one, and one not due
-        let _: () = redis::cmd("ZADD")
-            .arg(&set)
-            .arg(150)
-            .arg("later")
-            .arg(300)
-            .arg("not-due")
-            .query(&mut conn)
-            .unwrap();
-        let mut removed = false;
-        let found = store
-            .scan_due_paged(OPEN_NOTICES, 200, || {
-                if !removed {
-                    let _: () = redis::cmd("ZREM")
-                        .arg(&set)
-                        .arg(&members[0])
-                        .query(&mut conn)
-                        .unwrap();
-                    removed = true;
-                }
-            })
-            .unwrap();
-        assert!(removed, "more than a page");
-        for m in members.iter().skip(1).chain([&"later".to_string()]) {
-            assert!(found.contains(m), "{m} not found");
-        }
-        assert!(!found.contains(&"not-due".to_string()));
-        let mut sorted = found.clone();
-        sorted.sort();
-        sorted.dedup();
-        assert_eq!(found, sorted, "in key order, once each");
     }
 
     #[test]
