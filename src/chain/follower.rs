@@ -293,7 +293,6 @@ impl Follower {
         Ok(Applied::Block)
     }
 
-    /// Our operations whose transactions `block` (the node's) mined.
     /// The tip to write for block `height` (`hash`): none when the store's tip is that block
     /// already (another replica sharing the store applied it), so that its number stays
     /// (`Tip::written`): a fill another replica guarded on it is not refused for nothing, nor

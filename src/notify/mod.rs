@@ -287,6 +287,9 @@ impl Notifier {
             Ok(None) => Err(now + self.lease_ms.div_ceil(1000)),
             Err(e) => {
                 tracing::error!(access = %id, error = %e, "notice: its lease could not be taken");
+                // the store away: an attempt in flight is timed again once it is back (its
+                // sender could not record its outcome meanwhile either)
+                self.in_flight_lock().remove(id);
                 Err(now + 5)
             }
         }

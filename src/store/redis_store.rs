@@ -905,7 +905,8 @@ impl RedisStore {
     /// replica) never moves one unread past the next page: paged by an offset within a score,
     /// such a removal skipped one (a burst's notices share one due second). A page never reads
     /// more than `SCAN_PAGE` members, however many share a second. When the last member read is
-    /// gone, the next page starts at its score again (what is read twice is kept once).
+    /// gone, or scored again (its notice written by another replica: its rank moved), the next
+    /// page starts at its score as read (what is read twice is kept once).
     fn scan_due_paged(
         &self,
         index: Table,
@@ -950,6 +951,7 @@ impl RedisStore {
                 after
                     .key(&set)
                     .arg(&member)
+                    .arg(&score)
                     .arg(SCAN_PAGE)
                     .invoke::<Option<Vec<(String, String)>>>(c)
             })? {
@@ -964,14 +966,16 @@ impl RedisStore {
     }
 }
 
-/// The `ARGV[2]` members after member `ARGV[1]` of sorted set `KEYS[1]`, by rank, with their
-/// scores, its rank read in the same step; `false` if it is not in the set.
+/// The `ARGV[3]` members after member `ARGV[1]` of sorted set `KEYS[1]`, by rank, with their
+/// scores, its rank read in the same step; `false` if it is not in the set with score
+/// `ARGV[2]` (as read: scored again since, its rank would skip those between).
 fn after_script() -> redis::Script {
     redis::Script::new(
         r"#!lua flags=no-writes
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or score ~= ARGV[2] then return false end
 local r = redis.call('ZRANK', KEYS[1], ARGV[1])
-if not r then return false end
-return redis.call('ZRANGE', KEYS[1], r + 1, r + tonumber(ARGV[2]), 'WITHSCORES')",
+return redis.call('ZRANGE', KEYS[1], r + 1, r + tonumber(ARGV[3]), 'WITHSCORES')",
     )
 }
 
@@ -1254,9 +1258,10 @@ mod tests {
 
     /// A burst's notices share one due second, more of them than two pages: another replica
     /// closes one of those read (its member removed) before the next page is read, the first
-    /// of the page or its last, the one the next page starts after. Every member never
-    /// removed is still found, once, and none not due. Before, the next page was read from an
-    /// offset within that second, which the removal had moved past one never read.
+    /// of the page or its last, the one the next page starts after; or writes that last one
+    /// again, due later (scored again). Every member never removed is still found, once, and
+    /// none not due. Before, the next page was read from an offset within that second, which
+    /// the removal had moved past one never read.
     #[tokio::test]
     async fn a_member_removed_between_pages_does_not_hide_another_of_the_same_score() {
         let redis = crate::dev::test_redis().await;
@@ -1283,7 +1288,7 @@ mod tests {
         // a later one, and one not due
         add(150, "later");
         add(300, "not-due");
-        for removed in [0, SCAN_PAGE - 1] {
+        for (removed, rescored) in [(0, false), (SCAN_PAGE - 1, false), (SCAN_PAGE - 1, true)] {
             let mut conn = redis::Client::open(redis.url.as_str())
                 .unwrap()
                 .get_connection()
@@ -1292,11 +1297,16 @@ mod tests {
             let found = store
                 .scan_due_paged(OPEN_NOTICES, 200, || {
                     if pages == 0 {
-                        let _: () = redis::cmd("ZREM")
-                            .arg(&set)
-                            .arg(&members[removed])
-                            .query(&mut conn)
-                            .unwrap();
+                        let mut change = if rescored {
+                            let mut c = redis::cmd("ZADD");
+                            c.arg(&set).arg(160);
+                            c
+                        } else {
+                            let mut c = redis::cmd("ZREM");
+                            c.arg(&set);
+                            c
+                        };
+                        let () = change.arg(&members[removed]).query(&mut conn).unwrap();
                     }
                     pages += 1;
                 })
@@ -1304,8 +1314,8 @@ mod tests {
             assert!(pages >= 2, "more than two pages");
             for m in members.iter().chain([&"later".to_string()]) {
                 assert!(
-                    found.contains(m) || *m == members[removed],
-                    "{m} not found (k{removed:04} removed)"
+                    found.contains(m) || (*m == members[removed] && !rescored),
+                    "{m} not found (k{removed:04} removed, or scored again: {rescored})"
                 );
             }
             assert!(!found.contains(&"not-due".to_string()));
