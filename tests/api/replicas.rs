@@ -832,3 +832,84 @@ async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill
         );
     }
 }
+
+/// Replicas on Redis: while this replica's follower applies the block that mines an access's
+/// chain record (its check of the record on chain held on its way back), another replica's
+/// submitter signs that operation again with a new nonce, as it does when the node says the
+/// nonce is used. The follower's write is refused and made again over the operation as it is
+/// now: the new transaction stays, to be broadcast, and the block is applied. Before, the
+/// follower wrote the old transaction back over it as confirmed, and the new nonce was never
+/// broadcast (every later transaction of the service waiting behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_applied_while_another_replica_signs_an_operation_again_keeps_the_new_one() {
+    use breakglass::store::{Batch, Submission, SubmissionState};
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let url = redis.url();
+    let mut proxied = None;
+    let env = setup(|s| {
+        s.data.redis_url = Some(url);
+        let proxy = HoldingProxy::start(s.chain.node_url.as_str().trim_end_matches('/'));
+        s.chain.node_url = proxy.url.parse().unwrap();
+        proxied = Some(proxy);
+    })
+    .await;
+    let proxy = proxied.unwrap();
+    let nurse = provider(&env.demo, "nurse");
+    let key = nurse["private_key"].as_str().unwrap();
+    let (status, g) = post(
+        &env.app,
+        &signed(key, patient(&env.demo, true), &["allergies"], 1, now()),
+    )
+    .await;
+    assert_eq!(status, 201, "{g}");
+    let store = &env.app.store;
+    let id = store.access_ids().unwrap()[0];
+    let op = format!("record:{id}");
+    let read = eventually("its chain record sent", SECS, async || {
+        store.submission(&op).unwrap().filter(
+            |s| matches!(&s.state, SubmissionState::Sent { broadcasts, .. } if *broadcasts > 0),
+        )
+    })
+    .await;
+    // the follower's check of the record on chain, once the block mining it is pushed
+    let needle = read.args[0].trim_start_matches("0x").to_string();
+    let (told, done) = proxy.hold(needle);
+    let mined = env.devnet.mine().await;
+    tokio::time::timeout(Duration::from_secs(30), told)
+        .await
+        .expect("the follower checked the record on chain")
+        .unwrap();
+    // meanwhile another replica's submitter signs it again
+    let again = Submission {
+        state: SubmissionState::Sent {
+            txid: "ee".repeat(32),
+            nonce: 9_999,
+            raw: "00".into(),
+            sent_at_height: 0,
+            broadcasts: 1,
+        },
+        ..read.clone()
+    };
+    breakglass::store::apply_async(
+        store,
+        Batch {
+            submissions: vec![again.clone()],
+            ..Batch::default()
+        },
+    )
+    .await
+    .unwrap();
+    done.send(()).unwrap();
+    let tip = mined["tip"].as_u64().unwrap();
+    eventually("the block applied", SECS, async || {
+        (env.app.status.applied() >= tip).then_some(())
+    })
+    .await;
+    let now = store.submission(&op).unwrap().unwrap();
+    assert!(
+        matches!(&now.state, SubmissionState::Sent { txid, nonce: 9_999, .. } if *txid == "ee".repeat(32)),
+        "the new transaction stays: {now:?}"
+    );
+    proxy.server.stop(false).await;
+}
