@@ -37,6 +37,17 @@ const FILL_ATTEMPTS: usize = 3;
 /// How many unregistered principals are remembered (until the next block) at most.
 const MAX_UNREGISTERED: usize = 4096;
 
+/// What the node said a principal is not: remembered in memory until the next block, never
+/// stored, since anyone can make a key and sign with it (a sign-in, a request), and every
+/// stored entry is read again from the node by each catch-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Not {
+    /// A registered provider (`get-provider`).
+    Provider,
+    /// A reviewer (`is-reviewer`).
+    Reviewer,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(transparent)]
@@ -57,8 +68,9 @@ pub struct ChainState {
     /// Held while a block (or a catch-up) is applied, and while a fill or the submitter
     /// checks what the store holds and writes over it.
     pub apply_lock: Arc<tokio::sync::Mutex<()>>,
-    /// Principals the node said are not registered, with the tip they were read at.
-    unregistered: Arc<Mutex<HashMap<Address, Option<Tip>>>>,
+    /// Principals the node said are not registered providers, or not reviewers (`Not`), with
+    /// the tip they were read at.
+    unregistered: Arc<Mutex<HashMap<(Address, Not), Option<Tip>>>>,
     /// Patients' ids by the principal that registered them (`get-patient-id`): a registered
     /// id never changes, so each is read from the node once (`PATIENT_IDS_KEPT` at most).
     patient_ids: Arc<Mutex<HashMap<Address, PatientId>>>,
@@ -230,15 +242,27 @@ impl ChainState {
         contracts::boolean(Some(&v)).ok_or_else(|| StateError::Shape("is-reviewer".into()))
     }
 
-    /// Whether `principal` holds the reviewer role of access-control (governance).
+    /// Whether `principal` holds the reviewer role of access-control (governance). A
+    /// principal that does not is remembered in memory, not stored (`Not`): anyone can sign a
+    /// sign-in with a key made on the spot, and each such row stored would be read from the
+    /// node again by every catch-up, under the lock blocks wait on.
     pub async fn is_reviewer(&self, principal: &Address) -> Result<bool, StateError> {
         self.fill(
             "is-reviewer",
-            |store| store.reviewer(principal),
+            |store| match store.reviewer(principal)? {
+                Some(r) => Ok(Some(r)),
+                None => Ok(self
+                    .known_not(Not::Reviewer, principal, &store.tip()?)
+                    .then_some(false)),
+            },
             || self.read_reviewer(principal),
-            |r, _| {
+            |r, tip| {
+                if !*r {
+                    self.remember_not(Not::Reviewer, principal, tip);
+                    return None;
+                }
                 Some(Batch {
-                    reviewers: vec![(*principal, *r)],
+                    reviewers: vec![(*principal, true)],
                     ..Batch::default()
                 })
             },
@@ -296,13 +320,13 @@ impl ChainState {
             |store| match store.provider(principal)? {
                 Some(s) => Ok(Some(s)),
                 None => Ok(self
-                    .known_unregistered(principal, &store.tip()?)
+                    .known_not(Not::Provider, principal, &store.tip()?)
                     .then_some(ProviderState::Unregistered)),
             },
             || self.read_provider(principal),
             |s, tip| {
                 if *s == ProviderState::Unregistered {
-                    self.remember_unregistered(principal, tip);
+                    self.remember_not(Not::Provider, principal, tip);
                     return None;
                 }
                 Some(Batch {
@@ -321,7 +345,7 @@ impl ChainState {
             Ok(match self.store.provider(principal)? {
                 Some(s) => Some(s),
                 None => self
-                    .known_unregistered(principal, &self.store.tip()?)
+                    .known_not(Not::Provider, principal, &self.store.tip()?)
                     .then_some(ProviderState::Unregistered),
             })
         };
@@ -331,17 +355,17 @@ impl ChainState {
         })
     }
 
-    fn known_unregistered(&self, principal: &Address, tip: &Option<Tip>) -> bool {
+    fn known_not(&self, not: Not, principal: &Address, tip: &Option<Tip>) -> bool {
         let known = self.unregistered.lock().unwrap_or_else(|p| p.into_inner());
-        known.get(principal) == Some(tip)
+        known.get(&(*principal, not)) == Some(tip)
     }
 
-    fn remember_unregistered(&self, principal: &Address, tip: Option<Tip>) {
+    fn remember_not(&self, not: Not, principal: &Address, tip: Option<Tip>) {
         let mut known = self.unregistered.lock().unwrap_or_else(|p| p.into_inner());
         // what was read at an older tip is of no use any more
         known.retain(|_, at| *at == tip);
         if known.len() < MAX_UNREGISTERED {
-            known.insert(*principal, tip);
+            known.insert((*principal, not), tip);
         }
     }
 
@@ -967,18 +991,22 @@ mod tests {
     fn unregistered_principals_are_remembered_until_the_next_block_within_a_bound() {
         let dir = tempfile::tempdir().unwrap();
         let st = state(dir.path());
-        st.remember_unregistered(&who(), Some(tip(1)));
-        assert!(st.known_unregistered(&who(), &Some(tip(1))));
-        assert!(!st.known_unregistered(&who(), &Some(tip(2))));
+        st.remember_not(Not::Provider, &who(), Some(tip(1)));
+        assert!(st.known_not(Not::Provider, &who(), &Some(tip(1))));
+        assert!(!st.known_not(Not::Provider, &who(), &Some(tip(2))));
         let other: Address = "ST000000000000000000002AMW42H".parse().unwrap();
-        assert!(!st.known_unregistered(&other, &Some(tip(1))));
+        assert!(!st.known_not(Not::Provider, &other, &Some(tip(1))));
         // a newer block forgets what was read before it
-        st.remember_unregistered(&other, Some(tip(2)));
-        assert!(!st.known_unregistered(&who(), &Some(tip(1))));
+        st.remember_not(Not::Provider, &other, Some(tip(2)));
+        assert!(!st.known_not(Not::Provider, &who(), &Some(tip(1))));
         for i in 0..MAX_UNREGISTERED + 10 {
             let mut hash160 = [0u8; 20];
             hash160[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            st.remember_unregistered(&Address::new(26, hash160).unwrap(), Some(tip(2)));
+            st.remember_not(
+                Not::Provider,
+                &Address::new(26, hash160).unwrap(),
+                Some(tip(2)),
+            );
         }
         let known = st.unregistered.lock().unwrap().len();
         assert_eq!(known, MAX_UNREGISTERED);

@@ -721,19 +721,22 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
         assert!(set_cookie(&res, "bg_session").is_none());
     }
 
-    // a key made on the spot: refused, and not in the audit log (anyone can make keys)
+    // a key made on the spot: refused, and not in the audit log (anyone can make keys), nor
+    // in the chain-state cache (each catch-up would read it from the node again)
     let before = env.app.store.audit_head().unwrap();
     let c = challenge(&base).await;
+    let made = new_key();
     let (s, p, none) = sign_in(
         &base,
         &c.message,
-        &sign_hex(&c.message, &new_key()),
+        &sign_hex(&c.message, &made),
         Some(&c.cookie),
     )
     .await;
     assert_eq!((s, code(&p)), (403, "not-a-reviewer".into()), "{p}");
     assert!(none.is_none());
     assert_eq!(env.app.store.audit_head().unwrap(), before);
+    assert_eq!(env.app.store.reviewer(&address_of(&made)).unwrap(), None);
 
     // a challenge signs in once: sent again, refused
     let c = challenge(&base).await;
