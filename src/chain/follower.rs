@@ -377,6 +377,11 @@ impl Follower {
                 "a block sent again names too many entries: every entry will be re-read"
             );
             self.refresh_wanted.store(true, Ordering::SeqCst);
+            // the re-read reads every entry: nothing more to read for this block, so that the
+            // same copy sent again (anyone can post one) does not ask for another
+            if let Some(seen) = self.recent().get_mut(&height) {
+                seen.named = None;
+            }
             return Ok(Applied::Again);
         }
         let mut batch = Batch::default();
@@ -540,14 +545,9 @@ impl Follower {
 mod tests {
     use super::*;
 
-    /// A block whose tip the store has already (another replica applied it) leaves the tip
-    /// as stored, its number with it; any other block's tip is written, with a number of its
-    /// own.
-    #[test]
-    fn a_block_already_the_stored_tip_leaves_it_as_it_is() {
-        let dir = tempfile::tempdir().unwrap();
+    fn follower(dir: &std::path::Path) -> (Arc<dyn crate::store::Store>, Follower) {
         let store: Arc<dyn crate::store::Store> =
-            Arc::new(crate::store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+            Arc::new(crate::store::RedbStore::open(&dir.join("s.redb")).unwrap());
         let state = ChainState::new(
             store.clone(),
             // never asked here
@@ -560,7 +560,50 @@ mod tests {
                 address: "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap(),
             },
         );
-        let follower = Follower::new(state, Arc::default()).unwrap();
+        (store, Follower::new(state, Arc::default()).unwrap())
+    }
+
+    /// A copy of a recent block naming more than a block may (its events are the poster's:
+    /// anyone can post one) asks for one re-read of every entry, once: the same copy sent
+    /// again asks for none. Before, each copy asked for another, every poll a full re-read
+    /// under the lock blocks and fills wait on.
+    #[tokio::test]
+    async fn a_copy_naming_too_much_asks_for_one_re_read_however_often_it_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, follower) = follower(dir.path());
+        follower.remember(
+            5,
+            Seen {
+                hash: [5; 32],
+                named: Some(Named::default()),
+            },
+        );
+        let too_much = || Named {
+            providers: (0..=events::MAX_NAMED as u64)
+                .map(|i| {
+                    let mut hash160 = [0u8; 20];
+                    hash160[..8].copy_from_slice(&i.to_be_bytes());
+                    crate::stacks::Address::new(26, hash160).unwrap()
+                })
+                .collect(),
+            ..Named::default()
+        };
+        follower.named_again(5, too_much()).await.unwrap();
+        assert!(follower.refresh_wanted.swap(false, Ordering::SeqCst));
+        follower.named_again(5, too_much()).await.unwrap();
+        assert!(
+            !follower.refresh_wanted.load(Ordering::SeqCst),
+            "sent again: no second re-read"
+        );
+    }
+
+    /// A block whose tip the store has already (another replica applied it) leaves the tip
+    /// as stored, its number with it; any other block's tip is written, with a number of its
+    /// own.
+    #[test]
+    fn a_block_already_the_stored_tip_leaves_it_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, follower) = follower(dir.path());
         let first = follower
             .tip_to_write(7, [7; 32])
             .unwrap()
