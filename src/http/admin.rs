@@ -30,18 +30,13 @@ pub struct Admin {
 const MAX_IMPORT_BYTES: usize = 16 * 1024 * 1024;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/v1/admin/patients")
-            .app_data(web::PayloadConfig::new(MAX_IMPORT_BYTES))
-            .route(web::post().to(import_patients)),
-    )
-    .service(
-        web::resource("/v1/admin/providers")
-            .app_data(web::PayloadConfig::new(MAX_IMPORT_BYTES))
-            .route(web::post().to(import_providers))
-            .route(web::get().to(providers)),
-    )
-    .route("/v1/admin/notices", web::get().to(notices));
+    cfg.service(web::resource("/v1/admin/patients").route(web::post().to(import_patients)))
+        .service(
+            web::resource("/v1/admin/providers")
+                .route(web::post().to(import_providers))
+                .route(web::get().to(providers)),
+        )
+        .route("/v1/admin/notices", web::get().to(notices));
 }
 
 fn store_unavailable(detail: &str) -> HttpResponse {
@@ -60,6 +55,37 @@ fn unauthorized() -> HttpResponse {
         title: "Invalid client",
         detail: "the admin API takes HTTP Basic as a configured admin client".into(),
     })
+}
+
+/// A directory import's body, once its client is known: credentials are checked before any
+/// of it is read, and it is read as it arrives, up to `MAX_IMPORT_BYTES` (413
+/// `import-too-large`); else the refusal to answer.
+async fn import_body(
+    req: &HttpRequest,
+    admin: &Admin,
+    payload: web::Payload,
+) -> Result<web::Bytes, HttpResponse> {
+    if super::tokens::basic_client(req, &admin.clients).is_none() {
+        return Err(unauthorized());
+    }
+    super::body::bounded(payload, MAX_IMPORT_BYTES)
+        .await
+        .map_err(|unread| match unread {
+            super::body::Unread::Unreadable => problem(&Refusal {
+                status: 400,
+                code: "malformed-request",
+                title: "Malformed request",
+                detail: "the body could not be read".into(),
+            }),
+            super::body::Unread::TooLarge => problem(&Refusal {
+                status: 413,
+                code: "import-too-large",
+                title: "Import too large",
+                detail: format!(
+                    "a directory import is at most {MAX_IMPORT_BYTES} bytes; nothing was imported"
+                ),
+            }),
+        })
 }
 
 /// The answer to a directory import: the report, the bundle's refusal, or a store failure.
@@ -94,11 +120,12 @@ fn import_answer(
 async fn import_patients(
     req: HttpRequest,
     admin: web::Data<Admin>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
-    if super::tokens::basic_client(&req, &admin.clients).is_none() {
-        return unauthorized();
-    }
+    let body = match import_body(&req, &admin, payload).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let result = crate::directory::import(
         &admin.store,
         &admin.keyring,
@@ -117,11 +144,12 @@ async fn import_patients(
 async fn import_providers(
     req: HttpRequest,
     admin: web::Data<Admin>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
-    if super::tokens::basic_client(&req, &admin.clients).is_none() {
-        return unauthorized();
-    }
+    let body = match import_body(&req, &admin, payload).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let result =
         crate::directory::import_providers(&admin.store, &admin.provider_principal_system, &body)
             .await;

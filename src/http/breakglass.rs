@@ -4,7 +4,6 @@
 //! It must not: decide (it calls `access`), or show the reason outside the authorized view.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
 
 use crate::access::BreakGlass;
@@ -35,7 +34,7 @@ pub(super) fn is_json(req: &HttpRequest) -> bool {
 async fn break_glass(
     bg: web::Data<BreakGlass>,
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> HttpResponse {
     if !is_json(&req) {
         bg.metrics
@@ -52,26 +51,25 @@ async fn break_glass(
                 .into(),
         });
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
+    let body = match super::body::bounded(payload, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(super::body::Unread::Unreadable) => {
             return problem(&Refusal {
                 status: 400,
                 code: "malformed-request",
                 title: "Malformed request",
                 detail: "the body could not be read".into(),
-            });
-        };
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            })
+        }
+        Err(super::body::Unread::TooLarge) => {
             return problem(&Refusal {
                 status: 413,
                 code: "request-too-large",
                 title: "Request too large",
                 detail: format!("a break-glass request is at most {MAX_BODY_BYTES} bytes"),
-            });
+            })
         }
-        body.extend_from_slice(&chunk);
-    }
+    };
     let started = std::time::Instant::now();
     match bg.request(&body).await {
         Ok(grant) => {

@@ -8,7 +8,6 @@
 //! It must not: do work beyond calling into `vault`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 
 use super::admin::Admin;
 use super::problem::problem;
@@ -89,7 +88,7 @@ async fn search(
 
 async fn import(
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     vault: web::Data<Vault>,
     admin: web::Data<Admin>,
 ) -> HttpResponse {
@@ -101,17 +100,17 @@ async fn import(
             "the admin API takes HTTP Basic as a configured admin client",
         ));
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
+    let body = match super::body::bounded(payload, bundle::MAX_BYTES).await {
+        Ok(body) => body,
+        Err(super::body::Unread::Unreadable) => {
             return problem(&Refusal::new(
                 400,
                 "malformed-request",
                 "Malformed request",
                 "the body could not be read",
-            ));
-        };
-        if body.len() + chunk.len() > bundle::MAX_BYTES {
+            ))
+        }
+        Err(super::body::Unread::TooLarge) => {
             return problem(&Refusal::new(
                 413,
                 "summary-too-large",
@@ -120,10 +119,9 @@ async fn import(
                     "a summary is at most {} bytes; nothing was stored",
                     bundle::MAX_BYTES
                 ),
-            ));
+            ))
         }
-        body.extend_from_slice(&chunk);
-    }
+    };
     match vault.import(&body).await {
         Ok(imported) => HttpResponse::Created().json(imported),
         Err(r) => problem(&r),

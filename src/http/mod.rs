@@ -5,6 +5,7 @@
 //! It must not: do work beyond calling into `access`, `chain`, `paging` and the store.
 
 pub mod admin;
+pub mod body;
 pub mod breakglass;
 pub mod fhir;
 pub mod paging;

@@ -78,12 +78,7 @@ impl Paging {
 
     /// A webhook's body, read up to `MAX_WEBHOOK_BYTES`: beyond, or unreadable, refused as a
     /// problem (413 `webhook-too-large`, 400 `malformed-webhook`) and counted.
-    async fn body(
-        &self,
-        source: &str,
-        mut payload: web::Payload,
-    ) -> Result<web::Bytes, HttpResponse> {
-        use futures_util::StreamExt;
+    async fn body(&self, source: &str, payload: web::Payload) -> Result<web::Bytes, HttpResponse> {
         let refused = |status: u16, code: &'static str, title: &'static str, detail: String| {
             self.count(source, code);
             problem(&Refusal {
@@ -93,27 +88,22 @@ impl Paging {
                 detail,
             })
         };
-        let mut body = web::BytesMut::new();
-        while let Some(chunk) = payload.next().await {
-            let Ok(chunk) = chunk else {
-                return Err(refused(
+        super::body::bounded(payload, MAX_WEBHOOK_BYTES)
+            .await
+            .map_err(|unread| match unread {
+                super::body::Unread::Unreadable => refused(
                     400,
                     "malformed-webhook",
                     "Malformed webhook",
                     "the body could not be read".into(),
-                ));
-            };
-            if body.len() + chunk.len() > MAX_WEBHOOK_BYTES {
-                return Err(refused(
+                ),
+                super::body::Unread::TooLarge => refused(
                     413,
                     "webhook-too-large",
                     "Webhook too large",
                     format!("a webhook is at most {MAX_WEBHOOK_BYTES} bytes"),
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body.freeze())
+                ),
+            })
     }
 
     /// The common path of every source: its body (bounded, before anything else), the secrets

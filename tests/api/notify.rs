@@ -197,6 +197,38 @@ async fn a_granted_access_is_notified_once_with_its_proof() {
     ]);
     let (status, _) = import(&env.app, &doc, false).await;
     assert_eq!(status, 401);
+    // a body past the bound: refused for its credentials before it is read, and with them
+    // refused as too large with a code, nothing imported
+    let oversized = |auth: bool| {
+        let mut req = reqwest::Client::new()
+            .post(format!("http://{}/v1/admin/patients", env.app.api_addr))
+            .body(vec![b' '; 16 * 1024 * 1024 + 1]);
+        if auth {
+            req = req.basic_auth(ADMIN.0, Some(ADMIN.1));
+        }
+        async move {
+            match req.send().await {
+                Ok(res) => (
+                    res.status().as_u16(),
+                    res.json::<Json>().await.unwrap_or(Json::Null),
+                ),
+                // refused before the body is all sent: the connection closed on the rest
+                Err(e) => panic!("no answer: {e}"),
+            }
+        }
+    };
+    let (status, p) = oversized(false).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (401, Some("invalid-client")),
+        "{p}"
+    );
+    let (status, p) = oversized(true).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (413, Some("import-too-large")),
+        "{p}"
+    );
     let (status, report) = import(&env.app, &doc, true).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["imported"], 1);

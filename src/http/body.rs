@@ -1,0 +1,30 @@
+//! Request bodies read as they arrive, up to a bound: a body past it is refused before the
+//! rest is read, never buffered whole first (a `web::Bytes` extractor reads up to its limit
+//! before the handler runs, credentials unchecked).
+//!
+//! It must not: decide what a refusal says (each caller names its own code).
+
+use actix_web::web;
+use futures_util::StreamExt;
+
+/// Why a body was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unread {
+    /// The connection failed while it was read.
+    Unreadable,
+    /// It is longer than the bound.
+    TooLarge,
+}
+
+/// The body of `payload`, at most `max` bytes.
+pub async fn bounded(mut payload: web::Payload, max: usize) -> Result<web::Bytes, Unread> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| Unread::Unreadable)?;
+        if body.len() + chunk.len() > max {
+            return Err(Unread::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
