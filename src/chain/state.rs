@@ -37,6 +37,9 @@ const FILL_ATTEMPTS: usize = 3;
 /// How many unregistered principals are remembered (until the next block) at most.
 const MAX_UNREGISTERED: usize = 4096;
 
+/// What the node said principals are not, with the tip each was read at.
+type KnownNot = HashMap<(Address, Not), Option<Tip>>;
+
 /// What the node said a principal is not: remembered in memory until the next block, never
 /// stored, since anyone can make a key and sign with it (a sign-in, a request), and every
 /// stored entry is read again from the node by each catch-up.
@@ -70,7 +73,7 @@ pub struct ChainState {
     pub apply_lock: Arc<tokio::sync::Mutex<()>>,
     /// Principals the node said are not registered providers, or not reviewers (`Not`), with
     /// the tip they were read at.
-    unregistered: Arc<Mutex<HashMap<(Address, Not), Option<Tip>>>>,
+    unregistered: Arc<Mutex<KnownNot>>,
     /// Patients' ids by the principal that registered them (`get-patient-id`): a registered
     /// id never changes, so each is read from the node once (`PATIENT_IDS_KEPT` at most).
     patient_ids: Arc<Mutex<HashMap<Address, PatientId>>>,
