@@ -103,6 +103,44 @@ impl Review {
                 format!("a note is at most {MAX_NOTE_CHARS} characters"),
             ));
         }
+        // the signature first: a bad one costs no read of the store or the node, nor a turn
+        // of the one-at-a-time lock
+        let note_hash: [u8; 32] = Sha256::digest(given.note.as_bytes()).into();
+        let sig = hex::decode(
+            given
+                .signature
+                .strip_prefix("0x")
+                .unwrap_or(given.signature),
+        )
+        .ok()
+        .filter(|s| s.len() == 65)
+        .ok_or_else(|| {
+            refusal(
+                400,
+                "malformed-signature",
+                "Malformed signature",
+                "the verdict's signature is 65 bytes of hex",
+            )
+        })?;
+        let signed = message(id, verdict, &note_hash);
+        let key =
+            sip018::recover(&sip018::message_hash(&self.domain(), &signed), &sig).map_err(|e| {
+                refusal(
+                    400,
+                    "bad-signature",
+                    "Bad signature",
+                    format!("the verdict's signature does not verify: {e}"),
+                )
+            })?;
+        let (testnet, mainnet) = sip018::principals(&key);
+        if (if self.mainnet { mainnet } else { testnet }) != session.reviewer {
+            return Err(refusal(
+                400,
+                "bad-signature",
+                "Bad signature",
+                "the verdict was not signed by the signed-in reviewer's key, or not over this verdict and note",
+            ));
+        }
         let access = store.access(id).map_err(unavailable)?.ok_or_else(|| {
             refusal(
                 404,
@@ -181,42 +219,6 @@ impl Review {
                     field("verdict").unwrap_or_default(),
                     field("reviewer").unwrap_or_default()
                 ),
-            ));
-        }
-        let note_hash: [u8; 32] = Sha256::digest(given.note.as_bytes()).into();
-        let sig = hex::decode(
-            given
-                .signature
-                .strip_prefix("0x")
-                .unwrap_or(given.signature),
-        )
-        .ok()
-        .filter(|s| s.len() == 65)
-        .ok_or_else(|| {
-            refusal(
-                400,
-                "malformed-signature",
-                "Malformed signature",
-                "the verdict's signature is 65 bytes of hex",
-            )
-        })?;
-        let signed = message(id, verdict, &note_hash);
-        let key =
-            sip018::recover(&sip018::message_hash(&self.domain(), &signed), &sig).map_err(|e| {
-                refusal(
-                    400,
-                    "bad-signature",
-                    "Bad signature",
-                    format!("the verdict's signature does not verify: {e}"),
-                )
-            })?;
-        let (testnet, mainnet) = sip018::principals(&key);
-        if (if self.mainnet { mainnet } else { testnet }) != reviewer {
-            return Err(refusal(
-                400,
-                "bad-signature",
-                "Bad signature",
-                "the verdict was not signed by the signed-in reviewer's key, or not over this verdict and note",
             ));
         }
         let sealed = self

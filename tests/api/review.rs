@@ -900,10 +900,27 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
         assert!(body.contains(code), "{body}");
         nothing_stored();
     }
+    // (signed over the unknown access: a signature over another is refused first, before
+    // the store or the node is read)
+    let unknown = "ab".repeat(32);
+    let unknown_sig = verdict_signature(&unknown, VerdictKind::Appropriate, "fine", &reviewer);
     let (s, body) = post_verdict(
         &base,
         &session,
-        &"ab".repeat(32),
+        &unknown,
+        &[
+            ("csrf", &csrf),
+            ("verdict", "appropriate"),
+            ("note", "fine"),
+            ("signature", &unknown_sig),
+        ],
+    )
+    .await;
+    assert_eq!(s, 404, "{body}");
+    let (s, body) = post_verdict(
+        &base,
+        &session,
+        &unknown,
         &[
             ("csrf", &csrf),
             ("verdict", "appropriate"),
@@ -912,7 +929,8 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
         ],
     )
     .await;
-    assert_eq!(s, 404, "{body}");
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("bad-signature"), "{body}");
 
     // self-review: the nurse, made a reviewer on chain, may sign in, but not judge her own access
     env.devnet
