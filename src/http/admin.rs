@@ -234,6 +234,18 @@ async fn notices(
     if super::tokens::basic_client(&req, &admin.clients).is_none() {
         return unauthorized();
     }
+    const STATES: [&str; 4] = ["pending", "sent", "dead", "no_contact"];
+    if let Some(state) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
+        return problem(&Refusal {
+            status: 400,
+            code: "unknown-state",
+            title: "Unknown state",
+            detail: format!(
+                "a notice's state is one of {}, not {state:?}",
+                STATES.join(", ")
+            ),
+        });
+    }
     let all = match admin.store.notices() {
         Ok(n) => n,
         Err(e) => {

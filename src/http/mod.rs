@@ -158,8 +158,33 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
 /// a failure answers 500 so that the node sends it again.
 pub fn observer(prefix: String) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
-        cfg.app_data(web::JsonConfig::default().limit(64 * 1024 * 1024))
-            .route(&format!("{prefix}/new_block"), web::post().to(new_block));
+        cfg.app_data(
+            web::JsonConfig::default()
+                .limit(64 * 1024 * 1024)
+                // a body that is not a block's JSON: a problem, as every refusal here is
+                .error_handler(|e, _| {
+                    use actix_web::error::JsonPayloadError::{Overflow, OverflowKnownLength};
+                    let refusal = match &e {
+                        Overflow { .. } | OverflowKnownLength { .. } => {
+                            crate::refusal::Refusal::new(
+                                413,
+                                "event-too-large",
+                                "Event too large",
+                                format!("an event is at most 64 MiB: {e}"),
+                            )
+                        }
+                        _ => crate::refusal::Refusal::new(
+                            400,
+                            "malformed-event",
+                            "Malformed event",
+                            format!("not a block event: {e}"),
+                        ),
+                    };
+                    actix_web::error::InternalError::from_response(e, problem::problem(&refusal))
+                        .into()
+                }),
+        )
+        .route(&format!("{prefix}/new_block"), web::post().to(new_block));
         if prefix.is_empty() {
             cfg.default_service(web::to(|| async { HttpResponse::Ok().finish() }));
         } else {

@@ -21,8 +21,24 @@ use crate::store::{apply_async, Batch};
 pub struct Clients(pub Vec<ResourceServerClient>);
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/token/introspect", web::post().to(introspect))
-        .route("/v1/token/revoke", web::post().to(revoke));
+    cfg.service(
+        web::scope("/v1/token")
+            // a body that is not a form (RFC 7662, 7009: `application/x-www-form-urlencoded`)
+            // is answered as the other refusals here are, not with the framework's text
+            .app_data(web::FormConfig::default().error_handler(|e, _| {
+                let detail = e.to_string();
+                actix_web::error::InternalError::from_response(
+                    e,
+                    HttpResponse::BadRequest().json(json!({
+                        "error": "invalid_request",
+                        "error_description": format!("the body is not a form: {detail}"),
+                    })),
+                )
+                .into()
+            }))
+            .route("/introspect", web::post().to(introspect))
+            .route("/revoke", web::post().to(revoke)),
+    );
 }
 
 /// The client id, when the Basic credentials match a configured client.

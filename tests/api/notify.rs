@@ -412,6 +412,9 @@ async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
         .map(|r| (r.status().as_u16(), ()))
         .unwrap();
     assert_eq!(status, 401);
+    // a state that is none: refused, not an empty list
+    let refused = admin_get(&env.app, "/v1/admin/notices?state=delivered").await;
+    assert_eq!(refused["code"], "unknown-state", "{refused}");
 }
 
 fn practitioner(id: &str, principal: &str, name: &str) -> Json {
