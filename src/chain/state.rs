@@ -363,6 +363,14 @@ impl ChainState {
         known.get(&(*principal, not)) == Some(tip)
     }
 
+    /// Forgets what the node said `principal` was not: a block names them (with replicas, the
+    /// tip this was remembered at may be the very block's, another replica having stored it
+    /// first, and this replica's node behind it when it was asked).
+    fn forget_not(&self, not: Not, principal: &Address) {
+        let mut known = self.unregistered.lock().unwrap_or_else(|p| p.into_inner());
+        known.remove(&(*principal, not));
+    }
+
     fn remember_not(&self, not: Not, principal: &Address, tip: Option<Tip>) {
         let mut known = self.unregistered.lock().unwrap_or_else(|p| p.into_inner());
         // what was read at an older tip is of no use any more
@@ -514,6 +522,8 @@ impl ChainState {
     pub async fn reread(&self, named: &Named, batch: &mut Batch) -> Result<(), StateError> {
         let u = &mut batch.uncached;
         for who in &named.providers {
+            // what the node said it was not, it may be since this block
+            self.forget_not(Not::Provider, who);
             if self.store.provider(who)?.is_some() {
                 let s = self.read_provider(who).await?;
                 batch.providers.push((*who, Some(s)));
@@ -546,6 +556,7 @@ impl ChainState {
             }
         }
         for who in &named.reviewers {
+            self.forget_not(Not::Reviewer, who);
             if self.store.reviewer(who)?.is_some() {
                 let r = self.read_reviewer(who).await?;
                 batch.reviewers.push((*who, r));
@@ -988,6 +999,27 @@ mod tests {
         .await;
         assert!(matches!(got, Err(StateError::Unsettled(_))), "{got:?}");
         assert_eq!(st.store.provider(&who()).unwrap(), None, "nothing was kept");
+    }
+
+    /// A block that names a principal remembered as not a reviewer, or not registered,
+    /// forgets that, whatever the tip: with replicas the answer may have been read from a
+    /// node behind the block another replica stored, at that very tip, and this replica's
+    /// applying the block leaves the tip as it is.
+    #[tokio::test]
+    async fn a_block_naming_a_principal_forgets_what_it_was_not() {
+        let (_dir, st) = at_block_one();
+        let tip = st.store.tip().unwrap();
+        st.remember_not(Not::Reviewer, &who(), tip);
+        st.remember_not(Not::Provider, &who(), tip);
+        let named = Named {
+            reviewers: [who()].into(),
+            providers: [who()].into(),
+            ..Named::default()
+        };
+        let mut batch = Batch::default();
+        st.reread(&named, &mut batch).await.unwrap();
+        assert!(!st.known_not(Not::Reviewer, &who(), &tip));
+        assert!(!st.known_not(Not::Provider, &who(), &tip));
     }
 
     #[test]
