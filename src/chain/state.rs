@@ -811,31 +811,20 @@ mod tests {
         filler.store = Arc::new(other);
         let reads = AtomicUsize::new(0);
         let caught_up = tokio::sync::Mutex::new(None);
-        let got = filler
-            .fill(
-                "get-provider",
-                |store| store.provider(&who()),
-                || async {
-                    if reads.fetch_add(1, Ordering::SeqCst) == 0 {
-                        // while the filler reads the node, the catch-up lists what to read
-                        let mut batch = Batch::default();
-                        st.refresh_all(&mut batch).await.unwrap();
-                        assert!(batch.providers.is_empty(), "not cached yet");
-                        *caught_up.lock().await = Some(batch);
-                        Ok(provider(ProviderStatus::Verified))
-                    } else {
-                        Ok(provider(ProviderStatus::Suspended))
-                    }
-                },
-                |s, _| {
-                    Some(Batch {
-                        providers: vec![(who(), Some(s.clone()))],
-                        ..Batch::default()
-                    })
-                },
-            )
-            .await
-            .unwrap();
+        let got = fill_provider(&filler, || async {
+            if reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                // while the filler reads the node, the catch-up lists what to read
+                let mut batch = Batch::default();
+                st.refresh_all(&mut batch).await.unwrap();
+                assert!(batch.providers.is_empty(), "not cached yet");
+                *caught_up.lock().await = Some(batch);
+                Ok(provider(ProviderStatus::Verified))
+            } else {
+                Ok(provider(ProviderStatus::Suspended))
+            }
+        })
+        .await
+        .unwrap();
         assert_eq!(reads.load(Ordering::SeqCst), 2, "read again after the mark");
         assert_eq!(got, provider(ProviderStatus::Suspended));
         // the catch-up's write, with the node's tip
@@ -867,34 +856,23 @@ mod tests {
         filler.store = Arc::new(other);
         let late = crate::store::RedisStore::open(redis.url.as_str(), "r:").unwrap();
         let reads = AtomicUsize::new(0);
-        let got = filler
-            .fill(
-                "get-provider",
-                |store| store.provider(&who()),
-                || async {
-                    if reads.fetch_add(1, Ordering::SeqCst) == 0 {
-                        let mut batch = Batch::default();
-                        st.refresh_all(&mut batch).await.unwrap();
-                        // block 1 again, as the late replica's follower writes it
-                        late.apply(Batch {
-                            tip: Some(Tip::applied(1, [1; 32])),
-                            ..Batch::default()
-                        })
-                        .unwrap();
-                        Ok(provider(ProviderStatus::Verified))
-                    } else {
-                        Ok(provider(ProviderStatus::Suspended))
-                    }
-                },
-                |s, _| {
-                    Some(Batch {
-                        providers: vec![(who(), Some(s.clone()))],
-                        ..Batch::default()
-                    })
-                },
-            )
-            .await
-            .unwrap();
+        let got = fill_provider(&filler, || async {
+            if reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                let mut batch = Batch::default();
+                st.refresh_all(&mut batch).await.unwrap();
+                // block 1 again, as the late replica's follower writes it
+                late.apply(Batch {
+                    tip: Some(Tip::applied(1, [1; 32])),
+                    ..Batch::default()
+                })
+                .unwrap();
+                Ok(provider(ProviderStatus::Verified))
+            } else {
+                Ok(provider(ProviderStatus::Suspended))
+            }
+        })
+        .await
+        .unwrap();
         assert_eq!(reads.load(Ordering::SeqCst), 2, "read again");
         assert_eq!(got, provider(ProviderStatus::Suspended));
         assert_eq!(

@@ -321,7 +321,7 @@ async fn nonce_used(rpc: &NodeClient, raw: &[u8]) -> Result<bool, StateError> {
 /// effect failed (the contract refused it). A block whose transactions did not decode is
 /// searched for our bytes instead, which may be a copy inside another transaction (a `buff`
 /// argument, say): one found so without its effect failed only once its nonce is used, else
-/// it stays sent. The changes go to `changes`, to be written with `write_changes`.
+/// it stays sent. The changes go to `changes`, written with the block (`Follower::write_with_changes`).
 pub async fn confirmations(
     block: &NodeBlock,
     rpc: &NodeClient,
@@ -400,7 +400,7 @@ pub async fn confirmations(
 /// After a reorg from `from` (blocks at that height and above abandoned): every operation
 /// confirmed there is read back; one no longer on chain is reopened as the same signed bytes
 /// (broadcast again at once), one mined again elsewhere gets its new height. The changes go to
-/// `changes`, to be written with `write_changes`.
+/// `changes`, written with the block (`Follower::write_with_changes`).
 pub async fn reopen_abandoned(
     from: u64,
     rpc: &NodeClient,

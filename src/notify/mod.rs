@@ -1029,15 +1029,7 @@ mod tests {
         let (id, now) = (t.notice.access_id, t.notice.due_at);
         let (mut sending, _) = in_flight(&t).await;
         sending.sending_since = Some(now - 3_600);
-        apply_async(
-            &t.store,
-            Batch {
-                notices: vec![sending.clone()],
-                ..Batch::default()
-            },
-        )
-        .await
-        .unwrap();
+        written(&t.store, &sending).await;
         let next = t.notifier.step(&id, now).await;
         assert_eq!(next, Some(now + 1), "left to its sender for the period");
         assert!(outbox(&t.settings.data.dir).is_empty(), "not sent at once");
@@ -1052,6 +1044,19 @@ mod tests {
         let after = t.store.notice(&id).unwrap().unwrap();
         assert_eq!(after.attempts, 2);
         assert!(matches!(after.state, NoticeState::Sent { .. }), "{after:?}");
+    }
+
+    /// Writes `n` to `store` as it is.
+    async fn written(store: &Arc<dyn Store>, n: &Notice) {
+        apply_async(
+            store,
+            Batch {
+                notices: vec![n.clone()],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
     }
 
     /// The attempt of `t`'s notice as it is on record before its message left (attempt 1,
@@ -1070,15 +1075,7 @@ mod tests {
         sending.attempts = 1;
         sending.first_attempt_at = Some(now);
         sending.sending_since = Some(now);
-        apply_async(
-            &t.store,
-            Batch {
-                notices: vec![sending.clone()],
-                ..Batch::default()
-            },
-        )
-        .await
-        .unwrap();
+        written(&t.store, &sending).await;
         t.coordination
             .release(&lease, &t.notifier.holder)
             .await

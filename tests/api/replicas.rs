@@ -849,9 +849,7 @@ async fn a_block_applied_while_another_replica_signs_an_operation_again_keeps_th
     let mut proxied = None;
     let env = setup(|s| {
         s.data.redis_url = Some(url);
-        let proxy = HoldingProxy::start(s.chain.node_url.as_str().trim_end_matches('/'));
-        s.chain.node_url = proxy.url.parse().unwrap();
-        proxied = Some(proxy);
+        proxied = Some(HoldingProxy::in_front_of_node(s));
     })
     .await;
     let proxy = proxied.unwrap();

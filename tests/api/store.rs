@@ -1736,14 +1736,7 @@ fn a_redis_that_evicts_keys_after_the_store_opened_is_not_writable() {
     let server = crate::support::RedisServer::start(dir.path());
     let store = RedisStore::open(&server.url(), "later:").unwrap();
     assert!(store.writable().is_ok());
-    let policy = |p: &str| {
-        let () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory-policy")
-            .arg(p)
-            .query(&mut server.connection())
-            .unwrap();
-    };
+    let policy = |p: &str| server.config_set("maxmemory-policy", p);
     policy("allkeys-lru");
     let why = store.writable().expect_err("evicting now");
     assert!(
@@ -1832,6 +1825,27 @@ fn claimed(n: u64, claim: Claim) -> Batch {
     }
 }
 
+/// A Redis of its own (its files in the directory kept), with a replica's coordinator (its
+/// claims) and store on it under `prefix`.
+fn claims_on_redis(
+    prefix: &str,
+) -> (
+    tempfile::TempDir,
+    crate::support::RedisServer,
+    breakglass::coordination::RedisCoordinator,
+    RedisStore,
+) {
+    use breakglass::coordination::Coordinator;
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let Coordinator::Redis(shared) = Coordinator::redis(&server.url(), prefix, 1000).unwrap()
+    else {
+        unreachable!("shared")
+    };
+    let store = RedisStore::open(&server.url(), prefix).unwrap();
+    (dir, server, shared, store)
+}
+
 /// A replica whose clock runs behind the server's by more than a request's freshness claims a
 /// nonce: it stays used on the server for as long as that replica may take the request as
 /// fresh, counted on the server's clock. Before, the claim carried the time on the replica's
@@ -1839,13 +1853,7 @@ fn claimed(n: u64, claim: Claim) -> Batch {
 /// replica again was granted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_claimed_by_a_replica_whose_clock_runs_behind_stays_used() {
-    use breakglass::coordination::Coordinator;
-    let dir = tempfile::tempdir().unwrap();
-    let server = crate::support::RedisServer::start(dir.path());
-    let Coordinator::Redis(shared) = Coordinator::redis(&server.url(), "sk:", 1000).unwrap() else {
-        unreachable!("shared")
-    };
-    let store = RedisStore::open(&server.url(), "sk:").unwrap();
+    let (_dir, server, shared, store) = claims_on_redis("sk:");
     // its clock 200 s behind: the request fresh on it until 120 s from its now
     let behind = crate::support::now() - 200;
     let claim = shared.claim("ST1:7", behind + 120, behind, "ST1");
@@ -2103,13 +2111,7 @@ async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cann
 /// no replay, and a fresh one still is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_nonces_are_forgotten_a_bounded_number_a_write_and_count_as_unused() {
-    use breakglass::coordination::Coordinator;
-    let dir = tempfile::tempdir().unwrap();
-    let server = crate::support::RedisServer::start(dir.path());
-    let Coordinator::Redis(shared) = Coordinator::redis(&server.url(), "st:", 1000).unwrap() else {
-        unreachable!("shared")
-    };
-    let store = RedisStore::open(&server.url(), "st:").unwrap();
+    let (_dir, server, shared, store) = claims_on_redis("st:");
     let mut conn = redis::Client::open(server.url())
         .unwrap()
         .get_connection()

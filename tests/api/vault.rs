@@ -686,9 +686,7 @@ async fn a_token_revoked_while_the_vault_asks_the_node_is_refused() {
             id: "ops".into(),
             secret_sha256: hex::encode(Sha256::digest(ADMIN_SECRET.as_bytes())),
         }];
-        let proxy = HoldingProxy::start(s.chain.node_url.as_str().trim_end_matches('/'));
-        s.chain.node_url = proxy.url.parse().unwrap();
-        proxied = Some(proxy);
+        proxied = Some(HoldingProxy::in_front_of_node(s));
     })
     .await;
     let proxy = proxied.unwrap();

@@ -703,10 +703,15 @@ impl RedisServer {
 
     /// Sets the server's `maxmemory` (bytes; 0, no limit) at run time, as an operator would.
     pub fn set_maxmemory(&self, bytes: u64) {
+        self.config_set("maxmemory", &bytes.to_string());
+    }
+
+    /// Sets one of the server's settings at run time (`CONFIG SET`), as an operator would.
+    pub fn config_set(&self, name: &str, value: &str) {
         let () = redis::cmd("CONFIG")
             .arg("SET")
-            .arg("maxmemory")
-            .arg(bytes)
+            .arg(name)
+            .arg(value)
             .query(&mut self.connection())
             .unwrap();
     }
@@ -1044,6 +1049,13 @@ impl HoldingProxy {
             hold,
             server: handle,
         }
+    }
+
+    /// A proxy started in front of the node `s` names, `s` then naming the proxy.
+    pub fn in_front_of_node(s: &mut Settings) -> HoldingProxy {
+        let proxy = HoldingProxy::start(s.chain.node_url.as_str().trim_end_matches('/'));
+        s.chain.node_url = proxy.url.parse().unwrap();
+        proxy
     }
 
     /// Holds the node's answer to the next request whose body holds `needle` until `done`
