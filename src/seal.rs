@@ -9,6 +9,10 @@
 //! Every key found opens; the current one seals. Rotation: `breakglass keys rotate-data` adds a
 //! key, `breakglass patients rekey` seals everything sealed before (contacts, the accesses'
 //! reasons, stored notices, token signing keys) again with it, then old keys can go.
+//!
+//! Each data key also gives a MAC key (HKDF-SHA256 of it, `MAC_INFO`): `mac` tags what the
+//! service hands out and must know again without keeping it (a reviewer's sign-in challenge),
+//! with the current key; `mac_matches` knows a tag by any key of the ring, as `open` does.
 
 use std::path::{Path, PathBuf};
 
@@ -16,11 +20,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
+use ring::{hkdf, hmac};
 use sha2::{Digest, Sha256};
 
 const VERSION: u8 = 1;
 const KID_LEN: usize = 8;
 const HEADER: usize = 1 + KID_LEN + NONCE_LEN;
+/// The HKDF info a data key's MAC key is derived with.
+const MAC_INFO: &[u8] = b"breakglass mac v1";
+/// A MAC tag's length: 128 bits.
+pub const TAG_LEN: usize = 16;
 /// The environment variable with the current data key.
 pub const DATA_KEY_ENV: &str = "BREAKGLASS_DATA_KEY";
 
@@ -70,6 +79,8 @@ pub enum SealError {
 struct Key {
     id: [u8; KID_LEN],
     key: LessSafeKey,
+    /// The MAC key derived from it.
+    mac: hmac::Key,
 }
 
 /// The data keys: the current one seals, all of them open.
@@ -83,9 +94,15 @@ fn key_of(bytes: &[u8]) -> anyhow::Result<Key> {
     id.copy_from_slice(&Sha256::digest(bytes)[..KID_LEN]);
     let unbound = UnboundKey::new(&AES_256_GCM, bytes)
         .map_err(|_| anyhow::anyhow!("a data key must be 32 bytes"))?;
+    let mac = hkdf::Salt::new(hkdf::HKDF_SHA256, &[])
+        .extract(bytes)
+        .expand(&[MAC_INFO], hmac::HMAC_SHA256)
+        .map_err(|_| anyhow::anyhow!("a data key's MAC key cannot be derived"))?
+        .into();
     Ok(Key {
         id,
         key: LessSafeKey::new(unbound),
+        mac,
     })
 }
 
@@ -219,6 +236,21 @@ impl Keyring {
         Ok(plain.to_vec())
     }
 
+    /// The tag of `data` under `purpose` (`purpose` and `data` length-framed, so that no two
+    /// pairs are the same bytes), by the current key.
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> Result<[u8; TAG_LEN], SealError> {
+        Ok(tag_of(&self.current()?.mac, purpose, data))
+    }
+
+    /// Whether `tag` is `data`'s under `purpose` by a key of the ring (compared in constant
+    /// time).
+    pub fn mac_matches(&self, purpose: &str, data: &[u8], tag: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.keys
+            .iter()
+            .any(|k| bool::from(tag_of(&k.mac, purpose, data).ct_eq(tag)))
+    }
+
     /// Whether `sealed` is sealed with the current key (else `reseal` seals it again).
     pub fn is_current(&self, sealed: &[u8]) -> bool {
         self.keys
@@ -235,6 +267,16 @@ impl Keyring {
         let plain = self.open(name, sealed)?;
         self.seal(name, &plain).map(Some)
     }
+}
+
+fn tag_of(key: &hmac::Key, purpose: &str, data: &[u8]) -> [u8; TAG_LEN] {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(&(purpose.len() as u64).to_be_bytes());
+    ctx.update(purpose.as_bytes());
+    ctx.update(data);
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&ctx.sign().as_ref()[..TAG_LEN]);
+    tag
 }
 
 #[cfg(test)]
@@ -286,5 +328,32 @@ mod tests {
         ));
         // two seals of the same value differ (fresh nonces)
         assert_ne!(old.seal("n", b"v").unwrap(), old.seal("n", b"v").unwrap());
+    }
+
+    #[test]
+    fn a_tag_is_known_by_any_key_of_the_ring_and_only_for_its_purpose_and_data() {
+        let old = Keyring::from_keys(&[[1; 32]]).unwrap();
+        let ring = Keyring::from_keys(&[[1; 32], [2; 32]]).unwrap();
+        let tag = old.mac("challenge", b"nonce").unwrap();
+        assert!(old.mac_matches("challenge", b"nonce", &tag));
+        // rotated: the old key's tags still match, new ones are the new key's
+        assert!(ring.mac_matches("challenge", b"nonce", &tag));
+        assert_ne!(ring.mac("challenge", b"nonce").unwrap(), tag);
+        assert!(!old.mac_matches(
+            "challenge",
+            b"nonce",
+            &ring.mac("challenge", b"nonce").unwrap()
+        ));
+        // another purpose, other data, a key not in the ring, a cut tag: no
+        assert!(!ring.mac_matches("challengE", b"nonce", &tag));
+        assert!(!ring.mac_matches("challeng", b"enonce", &tag));
+        assert!(!ring.mac_matches("challenge", b"nonce!", &tag));
+        assert!(!Keyring::from_keys(&[[3; 32]])
+            .unwrap()
+            .mac_matches("challenge", b"nonce", &tag));
+        assert!(!ring.mac_matches("challenge", b"nonce", &tag[..8]));
+        // not the data key itself used as a MAC key
+        let plain = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &[1; 32]), b"nonce");
+        assert!(!old.mac_matches("challenge", b"nonce", &plain.as_ref()[..TAG_LEN]));
     }
 }

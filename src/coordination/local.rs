@@ -12,7 +12,7 @@ use super::seen::Seen;
 use crate::clock::{now_ms, now_secs};
 use crate::store::StoreError;
 
-/// Outstanding sign-in challenges: nonce → until (unix s), and (until, nonce) in order.
+/// Spent sign-in challenges: nonce → until (unix s), and (until, nonce) in order.
 type Challenges = (
     HashMap<String, u64>,
     std::collections::BTreeSet<(u64, String)>,
@@ -24,7 +24,8 @@ pub struct Local {
     /// name → (holder, until unix ms, fencing token)
     leases: Mutex<HashMap<String, (String, u64, u64)>>,
     fences: std::sync::atomic::AtomicU64,
-    /// Sign-in challenges: nonce → until (unix s), and the same ordered by until.
+    /// Spent sign-in challenges: nonce → until (unix s), and the same ordered by until, kept
+    /// until then.
     challenges: Mutex<Challenges>,
     /// Sessions: key → (session, last used, unix ms).
     sessions: Mutex<HashMap<String, (super::OpenSession, u64)>>,
@@ -130,30 +131,24 @@ impl Local {
         }
     }
 
-    pub(super) fn issue_challenge(&self, nonce: &str, expires_at: u64, max: usize) {
+    pub(super) fn spend_challenge(&self, nonce: &str, until: u64) -> bool {
         let now = now_secs();
         let mut guard = lock(&self.challenges);
         let (by_nonce, by_expiry) = &mut *guard;
-        // the expired, then the ones to expire first while full (all live as long: the oldest)
-        while let Some((until, first)) = by_expiry.first().cloned() {
-            if until > now && by_expiry.len() < max.max(1) {
+        // the ones past their time could not be used again anyway
+        while let Some((first_until, first)) = by_expiry.first().cloned() {
+            if first_until > now {
                 break;
             }
             by_expiry.pop_first();
             by_nonce.remove(&first);
         }
-        if let Some(before) = by_nonce.insert(nonce.to_string(), expires_at) {
-            by_expiry.remove(&(before, nonce.to_string()));
+        if by_nonce.contains_key(nonce) {
+            return false;
         }
-        by_expiry.insert((expires_at, nonce.to_string()));
-    }
-
-    pub(super) fn take_challenge(&self, nonce: &str) -> Option<u64> {
-        let mut guard = lock(&self.challenges);
-        let (by_nonce, by_expiry) = &mut *guard;
-        let until = by_nonce.remove(nonce)?;
-        by_expiry.remove(&(until, nonce.to_string()));
-        Some(until)
+        by_nonce.insert(nonce.to_string(), until);
+        by_expiry.insert((until, nonce.to_string()));
+        true
     }
 
     pub(super) fn open_session(&self, key: &str, session: &super::OpenSession) {

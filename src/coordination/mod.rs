@@ -92,34 +92,18 @@ pub struct OpenSession {
     pub created_ms: u64,
 }
 
-/// Reviewers' sign-in challenges and sessions: in this process's memory (`Local`), or on Redis,
-/// so that a reviewer signed in on one replica is signed in on all, and a challenge handed out
-/// by one can be signed in with on another, once.
+/// Reviewers' spent sign-in challenges and sessions: in this process's memory (`Local`), or on
+/// Redis, so that a reviewer signed in on one replica is signed in on all, and a challenge handed
+/// out by one can be signed in with on another, once.
 impl Coordinator {
-    /// Records sign-in challenge `nonce` (hex) as outstanding until `expires_at` (unix s). At
-    /// most `max` are outstanding (anyone may ask for one): beyond, the one to expire first is
-    /// let go, so that a flood of asks cannot keep reviewers from signing in (each reviewer's
-    /// challenge stands until `max` more have been asked for after it).
-    pub async fn issue_challenge(
-        &self,
-        nonce: &str,
-        expires_at: u64,
-        max: usize,
-    ) -> Result<(), StoreError> {
+    /// Spends sign-in challenge `nonce` (hex), good until `until` (unix s): whether it was
+    /// unspent (once only, on every replica). Challenges are not kept when handed out (they
+    /// carry their own proof, `review::Review::challenge`); only a spent one is, until it could
+    /// no longer be used anyway.
+    pub async fn spend_challenge(&self, nonce: &str, until: u64) -> Result<bool, StoreError> {
         match self {
-            Coordinator::Local(l) => {
-                l.issue_challenge(nonce, expires_at, max);
-                Ok(())
-            }
-            Coordinator::Redis(r) => r.issue_challenge(nonce, expires_at, max).await,
-        }
-    }
-
-    /// Spends challenge `nonce`: when it was to expire, if it was outstanding (once only).
-    pub async fn take_challenge(&self, nonce: &str) -> Result<Option<u64>, StoreError> {
-        match self {
-            Coordinator::Local(l) => Ok(l.take_challenge(nonce)),
-            Coordinator::Redis(r) => r.take_challenge(nonce).await,
+            Coordinator::Local(l) => Ok(l.spend_challenge(nonce, until)),
+            Coordinator::Redis(r) => r.spend_challenge(nonce, until).await,
         }
     }
 

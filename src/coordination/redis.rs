@@ -9,8 +9,8 @@
 //! clinician's theoretical arrival time of GCRA, the algorithm `governor` runs for one
 //! process: one field per clinician), `lease:<name>` (a hash: holder and fencing token,
 //! expiring with the lease) and `fences` (the last token given for each lease name; never
-//! expires, so tokens only grow); for reviewers, `challenges` (a sorted set of outstanding
-//! sign-in challenges, scored with their expiry) and `session:<sha256 of the token>` (a hash:
+//! expires, so tokens only grow); for reviewers, `challenge:<nonce>` (a spent sign-in
+//! challenge, expiring a minute after the challenge does) and `session:<sha256 of the token>` (a hash:
 //! reviewer, CSRF token, when it opened; expiring when it idles out or reaches its maximum).
 
 use std::num::NonZeroU32;
@@ -31,8 +31,7 @@ pub struct RedisCoordinator {
     per_minute: u64,
     lease: Script,
     release: Script,
-    issue_challenge: Script,
-    take_challenge: Script,
+    spend_challenge: Script,
     open_session: Script,
     touch_session: Script,
     end_session: Script,
@@ -58,21 +57,9 @@ end
 return -1
 ";
 
-/// Records a sign-in challenge (key: the sorted set of outstanding ones, each scored with its
-/// expiry); with `ARGV[4]` outstanding, the ones to expire first are let go to make room.
-const ISSUE_CHALLENGE: &str = r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
-local over = redis.call('ZCARD', KEYS[1]) - math.max(tonumber(ARGV[4]), 1) + 1
-if over > 0 then redis.call('ZPOPMIN', KEYS[1], over) end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return 1
-";
-
-/// Spends a challenge: its expiry, if it was outstanding.
-const TAKE_CHALLENGE: &str = r"
-local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if expiry then redis.call('ZREM', KEYS[1], ARGV[1]) end
-return expiry
+/// Spends a sign-in challenge: 1 if it was not spent yet (kept `ARGV[1]` s), else nil.
+const SPEND_CHALLENGE: &str = r"
+return redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
 ";
 
 const OPEN_SESSION: &str = r"
@@ -120,8 +107,7 @@ impl RedisCoordinator {
             per_minute: u64::from(per_minute.get()),
             lease: Script::new(LEASE),
             release: Script::new(RELEASE),
-            issue_challenge: Script::new(ISSUE_CHALLENGE),
-            take_challenge: Script::new(TAKE_CHALLENGE),
+            spend_challenge: Script::new(SPEND_CHALLENGE),
             open_session: Script::new(OPEN_SESSION),
             touch_session: Script::new(TOUCH_SESSION),
             end_session: Script::new(END_SESSION),
@@ -210,32 +196,20 @@ impl RedisCoordinator {
         format!("{}session:{key}", self.prefix)
     }
 
-    /// The sorted set of outstanding sign-in challenges.
-    fn challenges_key(&self) -> String {
-        format!("{}challenges", self.prefix)
-    }
-
-    pub(super) async fn issue_challenge(
+    /// Spends challenge `nonce` (good until `until`, unix s): kept a minute past that, so
+    /// that a replica whose clock runs behind this one's still finds it spent. A spend whose
+    /// answer was lost and is sent again finds it spent: the reviewer asks for a new one.
+    pub(super) async fn spend_challenge(
         &self,
         nonce: &str,
-        expires_at: u64,
-        max: usize,
-    ) -> Result<(), StoreError> {
-        let mut call = self.issue_challenge.prepare_invoke();
-        call.key(self.challenges_key())
-            .arg(nonce)
-            .arg(expires_at)
-            .arg(crate::clock::now_secs())
-            .arg(max);
-        self.invoke::<i64>(&call).await?;
-        Ok(())
-    }
-
-    pub(super) async fn take_challenge(&self, nonce: &str) -> Result<Option<u64>, StoreError> {
-        let mut call = self.take_challenge.prepare_invoke();
-        call.key(self.challenges_key()).arg(nonce);
-        let until: Option<String> = self.invoke(&call).await?;
-        Ok(until.and_then(|u| u.parse().ok()))
+        until: u64,
+    ) -> Result<bool, StoreError> {
+        let keep = until.saturating_sub(crate::clock::now_secs()).max(1) + 60;
+        let mut call = self.spend_challenge.prepare_invoke();
+        call.key(format!("{}challenge:{nonce}", self.prefix))
+            .arg(keep);
+        let spent: Option<String> = self.invoke(&call).await?;
+        Ok(spent.is_some())
     }
 
     pub(super) async fn open_session(

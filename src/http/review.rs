@@ -296,7 +296,7 @@ async fn sign_in_page(review: web::Data<Review>, pages: web::Data<Pages>) -> Htt
 }
 
 async fn challenge(review: web::Data<Review>) -> HttpResponse {
-    let c = match review.challenge().await {
+    let c = match review.challenge() {
         Ok(c) => c,
         Err(r) => return problem(&r),
     };

@@ -9,14 +9,18 @@
 //! ```
 //!
 //! bound to the browser that asked by a `SameSite=Strict` cookie, usable once, until it
-//! expires. A signature over it by a principal that holds access-control's reviewer role and a
-//! verified provider record (the chain-state cache) opens a session: a random token in an
+//! expires. Its nonce carries its own proof (16 random bytes and a MAC of them, the expiry and
+//! the service, by the data keys: `seal::Keyring::mac`), so handing one out stores nothing:
+//! anyone may ask for as many as they like without pushing a reviewer's out. A challenge is
+//! kept only once spent, by a signer the chain knows, until it expires. A signature over it by
+//! a principal that holds access-control's reviewer role and a verified provider record (the
+//! chain-state cache) opens a session: a random token in an
 //! `HttpOnly; Secure; SameSite=Strict` cookie (only its SHA-256 is kept), a CSRF token for
 //! every form, an idle and an absolute timeout. Every request checks the reviewer again in the
 //! cache, which the follower keeps at most a block behind: a reviewer removed or suspended on
 //! chain loses the session within a block.
 //!
-//! Challenges and sessions are kept where replicas agree (`coordination`): in this process's
+//! Spent challenges and sessions are kept where replicas agree (`coordination`): in this process's
 //! memory on the embedded store (a restart signs reviewers out: they sign in again, nothing
 //! else is lost), on Redis with replicas (a reviewer signed in on one replica is signed in on
 //! every one, and a challenge is spent once, wherever it is sent back).
@@ -42,8 +46,8 @@ pub mod listing;
 pub mod verdict;
 
 pub const SIGN_IN_ACTION: &str = "review-sign-in";
-/// At most this many sign-in challenges are outstanding at once.
-pub const MAX_CHALLENGES: usize = 10_000;
+/// The purpose a challenge's MAC is made under (`seal::Keyring::mac`).
+const CHALLENGE_MAC: &str = "review-sign-in-challenge";
 /// The verdict message's `action`.
 pub const VERDICT_ACTION: &str = "review";
 
@@ -128,16 +132,22 @@ impl Review {
         crate::request::domain(self.chain_id)
     }
 
-    /// A new sign-in challenge. Anyone may ask for one, so at most `MAX_CHALLENGES` are
-    /// outstanding: beyond, the oldest is let go (a flood of asks makes a reviewer sign in again
-    /// at worst, never refuses them).
-    pub async fn challenge(&self) -> Result<Challenge, Refusal> {
-        let nonce = random32();
+    /// A new sign-in challenge. Anyone may ask for one, so nothing is kept: its nonce is 16
+    /// random bytes and their MAC with its expiry and this service (`challenge_mac`), which
+    /// `sign_in` checks.
+    pub fn challenge(&self) -> Result<Challenge, Refusal> {
+        let random = random32();
         let expires_at = now_secs() + self.settings.challenge_secs;
-        self.coordination
-            .issue_challenge(&hex::encode(nonce), expires_at, MAX_CHALLENGES)
-            .await
-            .map_err(sessions_unavailable)?;
+        let mut nonce = [0u8; 32];
+        nonce[..16].copy_from_slice(&random[..16]);
+        let tag = self
+            .keyring
+            .mac(
+                CHALLENGE_MAC,
+                &self.challenge_data(&random[..16], expires_at),
+            )
+            .map_err(|e| sessions_unavailable(crate::store::StoreError::Backend(e.to_string())))?;
+        nonce[16..].copy_from_slice(&tag);
         let message = Value::Tuple(
             [
                 ("action".to_string(), Value::Ascii(SIGN_IN_ACTION.into())),
@@ -154,6 +164,15 @@ impl Review {
             message: message.to_hex(),
             expires_at,
         })
+    }
+
+    /// What a challenge's MAC is over: its random half, its expiry and this service.
+    fn challenge_data(&self, random: &[u8], expires_at: u64) -> Vec<u8> {
+        let mut data = Vec::with_capacity(24 + self.service.len());
+        data.extend_from_slice(random);
+        data.extend_from_slice(&expires_at.to_be_bytes());
+        data.extend_from_slice(self.service.as_bytes());
+        data
     }
 
     /// The signer of `signature` over `message` (hex), under our domain.
@@ -258,12 +277,6 @@ impl Review {
             Some(Value::UInt(n)) => u64::try_from(*n).unwrap_or(u64::MAX),
             _ => return Err(bad("the message has no expiry")),
         };
-        // spent now, whatever follows: a challenge is signed in with once
-        let issued = self
-            .coordination
-            .take_challenge(&hex::encode(nonce))
-            .await
-            .map_err(sessions_unavailable)?;
         if bound != Some(hex::encode(nonce).as_str()) {
             return Err(refusal(
                 400,
@@ -272,48 +285,62 @@ impl Review {
                 "sign in from the page that asked for the challenge",
             ));
         }
-        match issued {
-            None => {
-                return Err(refusal(
-                    401,
-                    "unknown-challenge",
-                    "Challenge used or unknown",
-                    "this challenge was used already, or not issued here: ask for a new one",
-                ))
-            }
-            Some(until) if until != expires_at => {
-                return Err(bad("the expiry is not the one issued"))
-            }
-            Some(until) if until <= now_secs() => {
-                return Err(refusal(
-                    401,
-                    "expired-challenge",
-                    "Challenge expired",
-                    "the challenge expired before it was sent back: ask for a new one",
-                ))
-            }
-            Some(_) => {}
+        let data = self.challenge_data(&nonce[..16], expires_at);
+        if !self.keyring.mac_matches(CHALLENGE_MAC, &data, &nonce[16..]) {
+            // not handed out here, or its expiry changed since
+            return Err(refusal(
+                401,
+                "unknown-challenge",
+                "Challenge used or unknown",
+                "this challenge was used already, or not issued here: ask for a new one",
+            ));
+        }
+        if expires_at <= now_secs() {
+            return Err(refusal(
+                401,
+                "expired-challenge",
+                "Challenge expired",
+                "the challenge expired before it was sent back: ask for a new one",
+            ));
         }
         let reviewer = self.signer(&value, signature)?;
         let outcome = self.authorized(&reviewer).await;
-        let code = match &outcome {
-            Ok(()) => "ok".to_string(),
-            Err(r) => r.code.to_string(),
-        };
         // a key made on the spot signs as well as any: only principals the chain knows (a
-        // provider record, read through the cache, or the reviewer role) are logged, so
-        // anonymous traffic cannot grow the log
+        // provider record, read through the cache, or the reviewer role) spend a challenge and
+        // are logged, so anonymous traffic cannot grow the log or the spent challenges (theirs
+        // is refused, and may be sent again: refused again)
         let known = matches!(
             self.state.provider(&reviewer).await,
             Ok(ProviderState::Registered { .. })
         ) || matches!(self.state.store.reviewer(&reviewer), Ok(Some(true)));
-        if known {
-            self.audit(crate::audit::Event::SignIn {
-                reviewer: Some(reviewer),
-                outcome: code,
-            })
-            .await?;
+        let outcome = match (known, outcome) {
+            (false, Err(r)) => return Err(r),
+            (_, outcome) => outcome,
+        };
+        // spent now, whatever follows: a challenge is signed in with once (a copy sent again is
+        // refused before it is logged again)
+        let unspent = self
+            .coordination
+            .spend_challenge(&hex::encode(nonce), expires_at)
+            .await
+            .map_err(sessions_unavailable)?;
+        if !unspent {
+            return Err(refusal(
+                401,
+                "unknown-challenge",
+                "Challenge used or unknown",
+                "this challenge was used already, or not issued here: ask for a new one",
+            ));
         }
+        let code = match &outcome {
+            Ok(()) => "ok".to_string(),
+            Err(r) => r.code.to_string(),
+        };
+        self.audit(crate::audit::Event::SignIn {
+            reviewer: Some(reviewer),
+            outcome: code,
+        })
+        .await?;
         outcome?;
         let token = random32();
         let session = Session {

@@ -79,6 +79,21 @@ fn sign_hex(message_hex: &str, key: &secp256k1::SecretKey) -> String {
     )
 }
 
+/// Signs `c` in with `key`, from the browser that asked for it.
+async fn sign_in_as(
+    base: &str,
+    c: &Challenge,
+    key: &secp256k1::SecretKey,
+) -> (u16, Json, Option<String>) {
+    sign_in(
+        base,
+        &c.message,
+        &sign_hex(&c.message, key),
+        Some(&c.cookie),
+    )
+    .await
+}
+
 /// Signs in: (status, problem or answer, session cookie).
 async fn sign_in(
     base: &str,
@@ -101,13 +116,7 @@ async fn sign_in(
 
 async fn signed_in(base: &str, key: &secp256k1::SecretKey) -> String {
     let c = challenge(base).await;
-    let (status, body, session) = sign_in(
-        base,
-        &c.message,
-        &sign_hex(&c.message, key),
-        Some(&c.cookie),
-    )
-    .await;
+    let (status, body, session) = sign_in_as(base, &c, key).await;
     assert_eq!(status, 200, "{body}");
     session.expect("a session cookie")
 }
@@ -687,15 +696,33 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
 
     // a non-reviewer's signature: refused, no session
     let c = challenge(&base).await;
-    let (s, p, session) = sign_in(
+    let (s, p, session) = sign_in_as(&base, &c, &nurse).await;
+    assert_eq!((s, code(&p)), (403, "not-a-reviewer".into()), "{p}");
+    assert!(session.is_none());
+    // logged once: the same copy sent again finds its challenge spent, and is not logged again
+    let logged = env.app.store.audit_head().unwrap();
+    let (s, p, _) = sign_in_as(&base, &c, &nurse).await;
+    assert_eq!((s, code(&p)), (401, "unknown-challenge".into()), "{p}");
+    assert_eq!(env.app.store.audit_head().unwrap(), logged);
+
+    // a challenge whose expiry was moved (signed and bound as handed out): not ours
+    let c = challenge(&base).await;
+    let mut later = Value::from_hex(c.message.trim_start_matches("0x")).unwrap();
+    if let Value::Tuple(fields) = &mut later {
+        let Some(Value::UInt(at)) = fields.get("expires-at").cloned() else {
+            panic!("a challenge has an expiry")
+        };
+        fields.insert("expires-at".into(), Value::UInt(at + 3_600));
+    }
+    let (s, p, none) = sign_in(
         &base,
-        &c.message,
-        &sign_hex(&c.message, &nurse),
+        &later.to_hex(),
+        &sign(&later, &reviewer),
         Some(&c.cookie),
     )
     .await;
-    assert_eq!((s, code(&p)), (403, "not-a-reviewer".into()), "{p}");
-    assert!(session.is_none());
+    assert_eq!((s, code(&p)), (401, "unknown-challenge".into()), "{p}");
+    assert!(none.is_none());
 
     // malformed and oversized sign-ins: refused, no session
     for (body, status) in [
@@ -726,17 +753,14 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     let before = env.app.store.audit_head().unwrap();
     let c = challenge(&base).await;
     let made = new_key();
-    let (s, p, none) = sign_in(
-        &base,
-        &c.message,
-        &sign_hex(&c.message, &made),
-        Some(&c.cookie),
-    )
-    .await;
+    let (s, p, none) = sign_in_as(&base, &c, &made).await;
     assert_eq!((s, code(&p)), (403, "not-a-reviewer".into()), "{p}");
     assert!(none.is_none());
     assert_eq!(env.app.store.audit_head().unwrap(), before);
     assert_eq!(env.app.store.reviewer(&address_of(&made)).unwrap(), None);
+    // nor does it spend the challenge (nothing is kept for it): sent again, refused the same
+    let (s, p, _) = sign_in_as(&base, &c, &made).await;
+    assert_eq!((s, code(&p)), (403, "not-a-reviewer".into()), "{p}");
 
     // a challenge signs in once: sent again, refused
     let c = challenge(&base).await;
@@ -757,13 +781,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     // expired before it came back
     let c = challenge(&base).await;
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
-    let (s, p, none) = sign_in(
-        &base,
-        &c.message,
-        &sign_hex(&c.message, &reviewer),
-        Some(&c.cookie),
-    )
-    .await;
+    let (s, p, none) = sign_in_as(&base, &c, &reviewer).await;
     assert_eq!((s, code(&p)), (401, "expired-challenge".into()), "{p}");
     assert!(none.is_none());
 
@@ -978,13 +996,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     let (s, _) = get_with(&base, "/v1/reviews", &fresh).await;
     assert_eq!(s, 401, "the session is gone");
     let c = challenge(&base).await;
-    let (s, p, none) = sign_in(
-        &base,
-        &c.message,
-        &sign_hex(&c.message, &reviewer),
-        Some(&c.cookie),
-    )
-    .await;
+    let (s, p, none) = sign_in_as(&base, &c, &reviewer).await;
     assert_eq!((s, code(&p)), (403, "reviewer-not-verified".into()), "{p}");
     assert!(none.is_none());
     nothing_stored();
@@ -1238,12 +1250,31 @@ async fn a_reviewer_moves_between_replicas_without_signing_in_again() {
     let redis = RedisServer::start(dir.path());
     let url = redis.url();
     let env = setup(|s| s.data.redis_url = Some(url.clone())).await;
-    let other = app(&env.devnet.rpc, &dir.path().join("other"), |s| {
+    let other = replica(&env, &dir.path().join("other"), |s| {
         s.data.redis_url = Some(url.clone())
     })
     .await;
     let (a, b) = (base(&env), format!("http://{}", other.api_addr));
     let reviewer = key_of(provider(&env.demo, "reviewer"));
+
+    // handing challenges out keeps nothing on the shared state: anyone may ask for any number
+    // without pushing a reviewer's out
+    let kept = || -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg("*challenge*")
+            .query(&mut redis.connection())
+            .unwrap()
+    };
+    let first = challenge(&a).await;
+    futures_util::future::join_all((0..200).map(|_| challenge(&b))).await;
+    assert_eq!(
+        kept(),
+        Vec::<String>::new(),
+        "asking for challenges wrote nothing"
+    );
+    let (status, body, _) = sign_in_as(&b, &first, &reviewer).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(kept().len(), 1, "a spent challenge is kept");
 
     // handed out by A, signed in with on B
     let c = challenge(&a).await;
@@ -1260,8 +1291,9 @@ async fn a_reviewer_moves_between_replicas_without_signing_in_again() {
         );
     }
     // refused on the shared state as in one process: a challenge never handed out (its nonce
-    // forged, signed and bound), one sent back from another browser (and spent by that), a
-    // forged, an oversized and a malformed session cookie
+    // forged, signed and bound), one sent back from another browser (which does not spend it:
+    // its own browser still signs in with it), a forged, an oversized and a malformed session
+    // cookie
     let mut forged = Value::from_hex(c.message.trim_start_matches("0x")).unwrap();
     let nonce = [9u8; 32];
     if let Value::Tuple(fields) = &mut forged {
@@ -1285,11 +1317,9 @@ async fn a_reviewer_moves_between_replicas_without_signing_in_again() {
         (status, body["code"].as_str()),
         (400, Some("challenge-not-bound"))
     );
-    let (status, body, _) = sign_in(&a, &c2.message, &signature2, Some(&c2.cookie)).await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (401, Some("unknown-challenge"))
-    );
+    let (status, body, own) = sign_in(&a, &c2.message, &signature2, Some(&c2.cookie)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(own.is_some());
     for cookie in [
         hex::encode([7u8; 32]),
         "ab".repeat(4_000),

@@ -481,6 +481,24 @@ pub async fn setup(configure: impl FnOnce(&mut Settings)) -> Env {
     }
 }
 
+/// Another replica of `env`'s service, its data in `dir`: as deploy/README.md has replicas, with
+/// the same service key, data key and token signing keys (`env`'s key files copied).
+pub async fn replica(env: &Env, dir: &Path, configure: impl FnOnce(&mut Settings)) -> Application {
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    for file in std::fs::read_dir(env.dir.path().join("service/keys")).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, keys.join(file.file_name().unwrap())).unwrap();
+    }
+    let mut s = settings(&env.devnet.rpc, dir);
+    configure(&mut s);
+    let keys = ServiceKeys {
+        stacks: parse_key(env.demo["responder"]["private_key"].as_str().unwrap()).unwrap(),
+        source: KeySource::Env,
+    };
+    Application::build(s, keys).await.unwrap()
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
