@@ -59,8 +59,6 @@ pub enum Applied {
     /// The node has no block at that height (yet): the push is answered so that the node
     /// sends it again.
     NotYet(String),
-    /// Too many pushes being checked at once: answered so that the node sends it again.
-    Busy,
     /// Not the node's block at that height (forged, or abandoned since): nothing changed.
     NotOnChain(String),
 }
@@ -73,8 +71,14 @@ const RECENT_BLOCKS: usize = 512;
 /// node's own push arriving after a copy that named fewer); older ones read nothing.
 const AGAIN_WINDOW: u64 = 16;
 
-/// Observer pushes checked at once; more are answered 503 (the node sends them again).
+/// Observer pushes read and checked at once; more are answered 503 (the node sends them
+/// again), before their bodies are read.
 const PUSHES_AT_ONCE: usize = 4;
+
+/// One of the `PUSHES_AT_ONCE` pushes read or checked at once (`Follower::admit`).
+pub struct Admitted<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
 
 /// A block applied: its index block hash, and what it named, as read for it. `None` when
 /// there is nothing more to read for it: reached by a catch-up (which read every entry), or
@@ -154,14 +158,24 @@ impl Follower {
         self.recent().retain(|h, _| *h < from);
     }
 
+    /// A push let in, if fewer than `PUSHES_AT_ONCE` are being read or checked (else it is
+    /// answered so that the node sends it again): taken before its body is read.
+    pub fn admit(&self) -> Option<Admitted<'_>> {
+        self.pushes
+            .try_acquire()
+            .ok()
+            .map(|permit| Admitted { _permit: permit })
+    }
+
     /// Applies one `/new_block` payload, once the node confirms it is its block at that
     /// height; returns once what it changed is durable. Nothing in the payload is believed
     /// but its height and hash, and those only as the node confirms them; its print events
     /// only name entries to read back.
-    pub async fn on_block(&self, block: NewBlock) -> Result<Applied, FollowError> {
-        let Ok(_permit) = self.pushes.try_acquire() else {
-            return Ok(Applied::Busy);
-        };
+    pub async fn on_block(
+        &self,
+        block: NewBlock,
+        _admitted: Admitted<'_>,
+    ) -> Result<Applied, FollowError> {
         let applied = self.apply_block(block).await;
         if let Ok(Applied::NotOnChain(_)) = &applied {
             self.status

@@ -68,7 +68,7 @@ async fn import_body(
     if super::tokens::basic_client(req, &admin.clients).is_none() {
         return Err(unauthorized());
     }
-    super::body::bounded(payload, MAX_IMPORT_BYTES)
+    super::body::bounded(req, payload, MAX_IMPORT_BYTES)
         .await
         .map_err(|unread| match unread {
             super::body::Unread::Unreadable => problem(&Refusal {

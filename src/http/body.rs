@@ -1,10 +1,11 @@
-//! Request bodies read as they arrive, up to a bound: a body past it is refused before the
-//! rest is read, never buffered whole first (a `web::Bytes` extractor reads up to its limit
+//! Request bodies read as they arrive, up to a bound: a body that declares a length past it
+//! (`Content-Length`) is refused before any of it is read, and one that runs past it before the
+//! rest is read; never buffered whole first (a `web::Bytes` extractor reads up to its limit
 //! before the handler runs, credentials unchecked).
 //!
 //! It must not: decide what a refusal says (each caller names its own code).
 
-use actix_web::web;
+use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
 /// Why a body was not read.
@@ -16,8 +17,20 @@ pub enum Unread {
     TooLarge,
 }
 
-/// The body of `payload`, at most `max` bytes.
-pub async fn bounded(mut payload: web::Payload, max: usize) -> Result<web::Bytes, Unread> {
+/// The body of `req`, `payload`, at most `max` bytes.
+pub async fn bounded(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    max: usize,
+) -> Result<web::Bytes, Unread> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(Unread::TooLarge);
+    }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|_| Unread::Unreadable)?;

@@ -51,7 +51,7 @@ async fn break_glass(
                 .into(),
         });
     }
-    let body = match super::body::bounded(payload, MAX_BODY_BYTES).await {
+    let body = match super::body::bounded(&req, payload, MAX_BODY_BYTES).await {
         Ok(body) => body,
         Err(super::body::Unread::Unreadable) => {
             return problem(&Refusal {

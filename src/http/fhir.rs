@@ -100,7 +100,7 @@ async fn import(
             "the admin API takes HTTP Basic as a configured admin client",
         ));
     }
-    let body = match super::body::bounded(payload, bundle::MAX_BYTES).await {
+    let body = match super::body::bounded(&req, payload, bundle::MAX_BYTES).await {
         Ok(body) => body,
         Err(super::body::Unread::Unreadable) => {
             return problem(&Refusal::new(

@@ -158,33 +158,7 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
 /// a failure answers 500 so that the node sends it again.
 pub fn observer(prefix: String) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
-        cfg.app_data(
-            web::JsonConfig::default()
-                .limit(64 * 1024 * 1024)
-                // a body that is not a block's JSON: a problem, as every refusal here is
-                .error_handler(|e, _| {
-                    use actix_web::error::JsonPayloadError::{Overflow, OverflowKnownLength};
-                    let refusal = match &e {
-                        Overflow { .. } | OverflowKnownLength { .. } => {
-                            crate::refusal::Refusal::new(
-                                413,
-                                "event-too-large",
-                                "Event too large",
-                                format!("an event is at most 64 MiB: {e}"),
-                            )
-                        }
-                        _ => crate::refusal::Refusal::new(
-                            400,
-                            "malformed-event",
-                            "Malformed event",
-                            format!("not a block event: {e}"),
-                        ),
-                    };
-                    actix_web::error::InternalError::from_response(e, problem::problem(&refusal))
-                        .into()
-                }),
-        )
-        .route(&format!("{prefix}/new_block"), web::post().to(new_block));
+        cfg.route(&format!("{prefix}/new_block"), web::post().to(new_block));
         if prefix.is_empty() {
             cfg.default_service(web::to(|| async { HttpResponse::Ok().finish() }));
         } else {
@@ -206,15 +180,65 @@ fn send_again(why: &str) -> HttpResponse {
         .json(json!({ "applied": false, "detail": why }))
 }
 
-async fn new_block(follower: web::Data<Follower>, block: web::Json<NewBlock>) -> HttpResponse {
+/// The largest `/new_block` body read (a block's JSON with its transactions and events).
+const MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
+/// How long a `/new_block` body may take to arrive, once admitted.
+const EVENT_READ_AT_MOST: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn new_block(
+    req: actix_web::HttpRequest,
+    follower: web::Data<Follower>,
+    payload: web::Payload,
+) -> HttpResponse {
+    // admitted before its body is read, so that no more than a few bodies are in memory at
+    // once, however many are posted (the node sends a block again until it gets a 200)
+    let Some(admitted) = follower.admit() else {
+        return send_again("busy checking other blocks");
+    };
+    let refused = |status, code, title, detail: String| {
+        problem::problem(&crate::refusal::Refusal::new(status, code, title, detail))
+    };
+    let read = tokio::time::timeout(
+        EVENT_READ_AT_MOST,
+        body::bounded(&req, payload, MAX_EVENT_BYTES),
+    );
+    let body = match read.await {
+        Ok(Ok(body)) => body,
+        Ok(Err(body::Unread::TooLarge)) => {
+            return refused(
+                413,
+                "event-too-large",
+                "Event too large",
+                format!("an event is at most {MAX_EVENT_BYTES} bytes"),
+            )
+        }
+        Ok(Err(body::Unread::Unreadable)) | Err(_) => {
+            return refused(
+                400,
+                "malformed-event",
+                "Malformed event",
+                "the body could not be read in time".into(),
+            )
+        }
+    };
+    let block: NewBlock = match serde_json::from_slice(&body) {
+        Ok(block) => block,
+        Err(e) => {
+            return refused(
+                400,
+                "malformed-event",
+                "Malformed event",
+                format!("not a block event: {e}"),
+            )
+        }
+    };
     let height = block.block_height;
-    match follower.on_block(block.into_inner()).await {
+    match follower.on_block(block, admitted).await {
         Ok(Applied::NotOnChain(why)) => {
             HttpResponse::Ok().json(json!({ "applied": false, "detail": why }))
         }
         // the node sends a block again until it gets a 200
         Ok(Applied::NotYet(why)) => send_again(&why),
-        Ok(Applied::Busy) => send_again("busy checking other blocks"),
         Ok(_) => HttpResponse::Ok().json(json!({ "applied": true })),
         Err(e) => {
             tracing::error!(height, error = %e, "could not apply block; the node will retry");

@@ -78,7 +78,12 @@ impl Paging {
 
     /// A webhook's body, read up to `MAX_WEBHOOK_BYTES`: beyond, or unreadable, refused as a
     /// problem (413 `webhook-too-large`, 400 `malformed-webhook`) and counted.
-    async fn body(&self, source: &str, payload: web::Payload) -> Result<web::Bytes, HttpResponse> {
+    async fn body(
+        &self,
+        source: &str,
+        req: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<web::Bytes, HttpResponse> {
         let refused = |status: u16, code: &'static str, title: &'static str, detail: String| {
             self.count(source, code);
             problem(&Refusal {
@@ -88,7 +93,7 @@ impl Paging {
                 detail,
             })
         };
-        super::body::bounded(payload, MAX_WEBHOOK_BYTES)
+        super::body::bounded(req, payload, MAX_WEBHOOK_BYTES)
             .await
             .map_err(|unread| match unread {
                 super::body::Unread::Unreadable => refused(
@@ -113,12 +118,13 @@ impl Paging {
     async fn receive(
         &self,
         source: &str,
+        req: &HttpRequest,
         payload: web::Payload,
         secrets: &Option<PathBuf>,
         verify: impl FnOnce(&[Vec<u8>], &[u8]) -> Result<(), WebhookError>,
         read: impl FnOnce(&[u8], &HashMap<String, String>) -> Result<Delivery, WebhookError>,
     ) -> HttpResponse {
-        let body = match self.body(source, payload).await {
+        let body = match self.body(source, req, payload).await {
             Ok(body) => body,
             Err(refused) => return refused,
         };
@@ -206,6 +212,7 @@ async fn pagerduty(
     paging
         .receive(
             "pagerduty",
+            &req,
             payload,
             &paging.pagerduty_secrets,
             |secrets, body| pagerduty::verify(signature, body, secrets),
@@ -223,6 +230,7 @@ async fn opsgenie(
     paging
         .receive(
             "opsgenie",
+            &req,
             payload,
             &paging.opsgenie_secrets,
             |secrets, _| opsgenie::verify(token, secrets),
@@ -243,6 +251,7 @@ async fn generic(
     paging
         .receive(
             "webhook",
+            &req,
             payload,
             &paging.webhook_secrets,
             |secrets, body| generic::verify(ts, sig, body, secrets),

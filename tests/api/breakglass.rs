@@ -384,6 +384,9 @@ async fn every_refusal_has_its_code_and_leaves_no_trace() {
             assert!(problem.get("access_token").is_none());
         }
     }
+    // a body declared past the bound is refused before any of it is sent
+    let mut declared = stalled_post(app.api_addr, "/v1/break-glass", 10 << 20, b"").await;
+    assert_eq!(answered(&mut declared, SECS).await, Some(413));
     let (_, nurse_ad) = post(
         app,
         &signed(&key("nurse"), yes, &["advance-directives"], 11, t),
@@ -1358,6 +1361,36 @@ async fn forged_observer_posts_change_no_decision_readiness_or_confirmation() {
         assert_eq!(res.status().as_u16(), 413);
     }
     assert_eq!(app.status.applied(), devnet.tip().await);
+
+    // pushes are let in before their bodies are read: four slow ones hold every place, so a
+    // fifth is sent back at once (the node sends it again) rather than read into memory too;
+    // once they are gone, pushes are read again
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        slow.push(
+            stalled_post(
+                app.observer_addr,
+                "/new_block",
+                1 << 20,
+                b"{\"block_height\":",
+            )
+            .await,
+        );
+    }
+    eventually("the slow pushes admitted", SECS, async || {
+        let (status, _) = push(app, &json!({ "block_height": "x" })).await;
+        (status == 503).then_some(())
+    })
+    .await;
+    drop(slow);
+    eventually("pushes read again", SECS, async || {
+        let (status, p) = push(app, &json!({ "block_height": "x" })).await;
+        (status == 400 && p["code"] == "malformed-event").then_some(())
+    })
+    .await;
+    // one that declares more than the bound is refused before any of its body is sent
+    let mut declared = stalled_post(app.observer_addr, "/new_block", 65 << 20, b"").await;
+    assert_eq!(answered(&mut declared, SECS).await, Some(413));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -499,6 +499,40 @@ pub async fn replica(env: &Env, dir: &Path, configure: impl FnOnce(&mut Settings
     Application::build(s, keys).await.unwrap()
 }
 
+/// A POST to `path` at `addr` on a connection of its own that declares `declared` bytes of
+/// body and sends only `sent` of them (held open: a slow or stalled client).
+pub async fn stalled_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    declared: usize,
+    sent: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    stream
+}
+
+/// The status of the answer on `stream`, if one arrives within `wait`.
+pub async fn answered(stream: &mut tokio::net::TcpStream, wait: Duration) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(wait, stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .strip_prefix("HTTP/1.1 ")?
+        .get(..3)?
+        .parse()
+        .ok()
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
