@@ -31,7 +31,7 @@ use super::state::{ChainState, StateError};
 use super::status::FollowerStatus;
 use super::submitter;
 use crate::clock::now_ms;
-use crate::store::{Batch, StoreError, Tip};
+use crate::store::{Batch, Guard, StoreError, Tip};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
@@ -78,6 +78,15 @@ const PUSHES_AT_ONCE: usize = 4;
 /// One of the `PUSHES_AT_ONCE` pushes read or checked at once (`Follower::admit`).
 pub struct Admitted<'a> {
     _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+/// What a block's write does with the tip (`Follower::tip_to_write`).
+#[derive(Debug, PartialEq)]
+enum TipWrite {
+    /// Writes this block's tip, a number of its own.
+    Write(Tip),
+    /// Keeps the tip as stored (this block), and is guarded on it.
+    Keep(Tip),
 }
 
 /// A block applied: its index block hash, and what it named, as read for it. `None` when
@@ -238,7 +247,7 @@ impl Follower {
         if known.is_none() && height <= applied {
             // below the tip and read past (a catch-up): its entries were read since; only
             // our transactions it mined are looked for
-            self.write_with_changes(Batch::default(), None, Some(&node_block))
+            self.write_with_changes(Batch::default(), None, None, Some(&node_block))
                 .await?;
             return Ok(Applied::Again);
         }
@@ -283,8 +292,7 @@ impl Follower {
         } else {
             self.state.reread(&named, &mut batch).await?;
         }
-        batch.tip = self.tip_to_write(height, pushed)?;
-        self.write_with_changes(batch, from, Some(&node_block))
+        self.write_with_changes(batch, Some((height, pushed)), from, Some(&node_block))
             .await?;
         if let Some(from) = from {
             self.forget_from(from.min(height));
@@ -307,17 +315,19 @@ impl Follower {
         Ok(Applied::Block)
     }
 
-    /// The tip to write for block `height` (`hash`): none when the store's tip is that block
-    /// already (another replica sharing the store applied it), so that its number stays
-    /// (`Tip::written`): a fill another replica guarded on it is not refused for nothing, nor
-    /// a catch-up's mark put on it cleared. Written again, each replica following the node
-    /// would change the tip once a block per replica.
-    fn tip_to_write(&self, height: u64, hash: [u8; 32]) -> Result<Option<Tip>, StoreError> {
-        let stored = self.state.store.tip()?;
-        Ok(
-            (!stored.is_some_and(|t| t.height == height && t.index_block_hash == hash))
-                .then(|| Tip::applied(height, hash)),
-        )
+    /// The tip to write for block `height` (`hash`), or, when the store's tip is that block
+    /// already (another replica sharing the store applied it), the tip as stored, to be kept
+    /// and guarded on (`TipWrite::Keep`): its number stays (`Tip::written`), so that a fill
+    /// another replica guarded on it is not refused for nothing, nor a catch-up's mark put on
+    /// it cleared. Written again, each replica following the node would change the tip once a
+    /// block per replica.
+    fn tip_to_write(&self, height: u64, hash: [u8; 32]) -> Result<TipWrite, StoreError> {
+        Ok(match self.state.store.tip()? {
+            Some(stored) if stored.height == height && stored.index_block_hash == hash => {
+                TipWrite::Keep(stored)
+            }
+            _ => TipWrite::Write(Tip::applied(height, hash)),
+        })
     }
 
     /// Writes `batch` (a block's, or a catch-up's) with the changes to our operations: those
@@ -330,9 +340,16 @@ impl Follower {
     /// a change put the old transaction back over the new one, whose nonce then was never
     /// broadcast, every later transaction of the service waiting behind it. (One process's
     /// submitter writes under the apply lock held here.)
+    ///
+    /// The tip of block `tip` (height, hash; none for a block read past) is decided at each attempt (`tip_to_write`); one
+    /// kept as stored guards the write, so that when another replica writes another block at
+    /// that height meanwhile (a reorg it saw first), this block's rows do not land under that
+    /// tip unnoticed: the next attempt writes this block's tip over it, which the next block's
+    /// parent then tells right or wrong.
     async fn write_with_changes(
         &self,
         batch: Batch,
+        tip: Option<(u64, [u8; 32])>,
         reopened_from: Option<u64>,
         confirmed_by: Option<&NodeBlock>,
     ) -> Result<(), FollowError> {
@@ -349,15 +366,13 @@ impl Follower {
             if let Some(block) = confirmed_by {
                 submitter::confirmations(block, rpc, contracts, store, &mut changes).await?;
             }
-            if changes.is_empty() && batch.is_empty() {
+            let Some(attempt) = self.attempt(&batch, tip, changes)? else {
                 return Ok(());
-            }
-            let mut attempt = batch.clone();
-            submitter::with_changes(&mut attempt, changes);
+            };
             match self.write(attempt).await {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Guarded(crate::store::Guarded::Changed)) => {
-                    tracing::info!("an operation changed while the block was applied (another replica's submitter): its changes found again");
+                    tracing::info!("an operation or the tip changed while the block was applied (another replica): the changes and the tip found again");
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -366,6 +381,32 @@ impl Follower {
             "our operations, changed by another replica while a block was applied".into(),
         )
         .into())
+    }
+
+    /// One attempt at the write of `batch` for block `tip` with `changes` (see
+    /// `write_with_changes`): none when there is nothing to write.
+    fn attempt(
+        &self,
+        batch: &Batch,
+        tip: Option<(u64, [u8; 32])>,
+        changes: Vec<submitter::Change>,
+    ) -> Result<Option<Batch>, StoreError> {
+        let mut attempt = batch.clone();
+        match tip
+            .map(|(height, hash)| self.tip_to_write(height, hash))
+            .transpose()?
+        {
+            Some(TipWrite::Write(new)) => attempt.tip = Some(new),
+            Some(TipWrite::Keep(_)) | None if changes.is_empty() && batch.is_empty() => {
+                return Ok(None);
+            }
+            Some(TipWrite::Keep(stored)) => {
+                attempt.guard.get_or_insert_with(Guard::default).tip = Some(Some(stored));
+            }
+            None => {}
+        }
+        submitter::with_changes(&mut attempt, changes);
+        Ok(Some(attempt))
     }
 
     /// A block applied already, sent again (by the node after a copy, or by anyone): reads
@@ -505,8 +546,8 @@ impl Follower {
         } else {
             None
         };
-        batch.tip = self.tip_to_write(height, tip.header.block_id)?;
-        self.write_with_changes(batch, from, None).await?;
+        self.write_with_changes(batch, Some((height, tip.header.block_id)), from, None)
+            .await?;
         if let Some(from) = from {
             self.forget_from(from);
         }
@@ -560,8 +601,14 @@ mod tests {
     use super::*;
 
     fn follower(dir: &std::path::Path) -> (Arc<dyn crate::store::Store>, Follower) {
-        let store: Arc<dyn crate::store::Store> =
-            Arc::new(crate::store::RedbStore::open(&dir.join("s.redb")).unwrap());
+        follower_on(Arc::new(
+            crate::store::RedbStore::open(&dir.join("s.redb")).unwrap(),
+        ))
+    }
+
+    fn follower_on(
+        store: Arc<dyn crate::store::Store>,
+    ) -> (Arc<dyn crate::store::Store>, Follower) {
         let state = ChainState::new(
             store.clone(),
             // never asked here
@@ -611,6 +658,13 @@ mod tests {
         );
     }
 
+    fn written(t: TipWrite) -> Tip {
+        match t {
+            TipWrite::Write(tip) => tip,
+            TipWrite::Keep(stored) => panic!("kept {stored:?}, to write expected"),
+        }
+    }
+
     /// A block whose tip the store has already (another replica applied it) leaves the tip
     /// as stored, its number with it; any other block's tip is written, with a number of its
     /// own.
@@ -618,10 +672,7 @@ mod tests {
     fn a_block_already_the_stored_tip_leaves_it_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let (store, follower) = follower(dir.path());
-        let first = follower
-            .tip_to_write(7, [7; 32])
-            .unwrap()
-            .expect("none stored");
+        let first = written(follower.tip_to_write(7, [7; 32]).unwrap());
         assert!(first.written.is_some());
         store
             .apply(Batch {
@@ -629,12 +680,71 @@ mod tests {
                 ..Batch::default()
             })
             .unwrap();
-        assert_eq!(follower.tip_to_write(7, [7; 32]).unwrap(), None, "kept");
-        let other = follower
-            .tip_to_write(7, [8; 32])
-            .unwrap()
-            .expect("another block");
+        assert_eq!(
+            follower.tip_to_write(7, [7; 32]).unwrap(),
+            TipWrite::Keep(first),
+            "kept"
+        );
+        let other = written(follower.tip_to_write(7, [8; 32]).unwrap());
         assert_ne!(other.written, first.written);
-        assert!(follower.tip_to_write(8, [8; 32]).unwrap().is_some());
+        written(follower.tip_to_write(8, [8; 32]).unwrap());
+    }
+
+    /// Replicas sharing Redis: this replica applies block A, whose tip another replica stored
+    /// already, so it keeps that tip; before its rows land, a third replica writes block B at
+    /// the same height (a reorg it saw first). The rows read for A are not written under B's
+    /// tip: the write guarded on the tip as kept is refused, and written again with A's own
+    /// tip over B's, which the next block's parent then tells right or wrong. Before, A's rows
+    /// landed under B's tip, and the next block (B's child) found nothing amiss.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocks_rows_do_not_land_under_another_block_stored_at_its_height_meanwhile() {
+        use crate::store::Store;
+        let redis = crate::dev::test_redis().await;
+        let url = redis.url.as_str();
+        let (store, follower) =
+            follower_on(Arc::new(crate::store::RedisStore::open(url, "f:").unwrap()));
+        let other = crate::store::RedisStore::open(url, "f:").unwrap();
+        let a = Tip::applied(7, [7; 32]);
+        other
+            .apply(Batch {
+                tip: Some(a),
+                ..Batch::default()
+            })
+            .unwrap();
+        let who: crate::stacks::Address =
+            "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap();
+        let rows = Batch {
+            reviewers: vec![(who, true)],
+            ..Batch::default()
+        };
+        // the write made (the tip decided), then block B stored by another replica, then the
+        // write sent
+        let attempt = follower
+            .attempt(&rows, Some((7, [7; 32])), vec![])
+            .unwrap()
+            .expect("rows to write");
+        assert_eq!(attempt.tip, None, "A's tip kept as stored");
+        let b = Tip::applied(7, [8; 32]);
+        other
+            .apply(Batch {
+                tip: Some(b),
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(matches!(
+            store.apply(attempt),
+            Err(StoreError::Guarded(crate::store::Guarded::Changed))
+        ));
+        assert_eq!(store.reviewer(&who).unwrap(), None, "not under B's tip");
+        assert_eq!(store.tip().unwrap(), Some(b));
+        // the block's write, as the follower makes it: A's rows with A's own tip
+        follower
+            .write_with_changes(rows, Some((7, [7; 32])), None, None)
+            .await
+            .unwrap();
+        let stored = store.tip().unwrap().unwrap();
+        assert_eq!((stored.height, stored.index_block_hash), (7, [7; 32]));
+        assert_ne!(stored.written, a.written, "a tip of its own");
+        assert_eq!(store.reviewer(&who).unwrap(), Some(true));
     }
 }
