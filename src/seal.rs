@@ -189,6 +189,11 @@ impl Keyring {
             .unwrap_or_default()
     }
 
+    /// Every key's id, hex, the current one first.
+    pub fn ids(&self) -> Vec<String> {
+        self.keys.iter().rev().map(|k| hex::encode(k.id)).collect()
+    }
+
     pub fn seal(&self, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let key = self.current()?;
         let mut nonce = [0u8; NONCE_LEN];

@@ -63,6 +63,34 @@ pub struct Application {
     shutdown_timeout: Duration,
 }
 
+/// How long a replica waits at start for its store to answer whether its keys agree with the
+/// other replicas' (Redis starting beside it): past that it does not start.
+const KEYS_CHECK_AT_MOST: Duration = Duration::from_secs(15);
+
+/// Stops a replica whose keys are not the other replicas' (`Coordinator::agree_on_keys`), or
+/// whose store does not answer within `KEYS_CHECK_AT_MOST`: it never runs unchecked, since its
+/// background work (the chain submitter, the notifier) would act with those keys as soon as
+/// the store answered.
+async fn agree_on_keys(
+    coordination: &crate::coordination::Coordinator,
+    ours: &crate::coordination::ReplicaKeys,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + KEYS_CHECK_AT_MOST;
+    loop {
+        match coordination.agree_on_keys(ours).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(why)) => anyhow::bail!("{why}"),
+            Err(e) if tokio::time::Instant::now() >= deadline => anyhow::bail!(
+                "this replica's keys could not be checked against the other replicas' (the store does not answer: {e}); it starts once they can be"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "the store does not answer yet: this replica's keys are checked against the other replicas' once it does");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 impl Application {
     pub async fn build(settings: Settings, keys: ServiceKeys) -> anyhow::Result<Application> {
         let mainnet = settings.chain.network.is_mainnet();
@@ -101,6 +129,15 @@ impl Application {
             &settings.issuance.audience,
             &keyring,
         )?);
+        // replicas sharing a store must run with the same keys: one started with others (a
+        // first run on a new host generates its own) is stopped here, before it seals, signs
+        // or sends anything the others cannot open, verify or continue
+        let ours = crate::coordination::ReplicaKeys {
+            data: keyring.ids(),
+            token: tokens.kids(),
+            responder: keys.stacks_address(mainnet).to_string(),
+        };
+        agree_on_keys(&coordination, &ours).await?;
         let (announce, announced) = tokio::sync::mpsc::unbounded_channel();
         let wake = Arc::new(tokio::sync::Notify::new());
         let breakglass = web::Data::new(

@@ -217,6 +217,14 @@ impl TokenIssuer {
         Ok(claims)
     }
 
+    /// The signing keys' ids, the current one first.
+    pub fn kids(&self) -> Vec<String> {
+        std::iter::once(&self.current)
+            .chain(self.older.iter().rev())
+            .map(|k| k.kid.clone())
+            .collect()
+    }
+
     /// The public keys as a JWK Set (RFC 7517, OKP keys per RFC 8037).
     pub fn jwks(&self) -> serde_json::Value {
         let keys: Vec<_> = std::iter::once(&self.current)

@@ -82,6 +82,81 @@ impl Coordinator {
     }
 }
 
+/// The keys a replica runs with, which every replica sharing a store must share
+/// (deploy/README.md): what one seals, signs or sends, the others open, verify and continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaKeys {
+    /// The data keys' ids (`seal::Keyring::ids`), the current one first.
+    pub data: Vec<String>,
+    /// The token signing keys' ids (`token::TokenIssuer::kids`), the current one first.
+    pub token: Vec<String>,
+    /// The service's principal (its Stacks key's).
+    pub responder: String,
+}
+
+/// What the replicas sharing a store run with, as the first to start recorded it (and a
+/// replica that rotated a key since).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub data: String,
+    pub token: String,
+    pub responder: String,
+}
+
+/// Whether `ours` can work beside replicas that run with `recorded`: an error saying what
+/// differs and what to do; else whether to record ours instead (this replica seals or signs
+/// with a newer key the others' record does not name yet: a rotation).
+pub fn agree(ours: &ReplicaKeys, recorded: &Recorded) -> Result<bool, String> {
+    if ours.responder != recorded.responder {
+        return Err(format!(
+            "this replica's service key is {}'s, the replicas sharing its store run as {}: give every replica the same service key (BREAKGLASS_SERVICE_KEY or the same key file)",
+            ours.responder, recorded.responder
+        ));
+    }
+    if !ours.data.contains(&recorded.data) {
+        return Err(format!(
+            "this replica has no data key {} (its own: {}), which the replicas sharing its store seal with: it could not open what they sealed, nor they what it seals; copy data.dir/keys from one of them (or set BREAKGLASS_DATA_KEY to theirs) before it starts",
+            recorded.data,
+            ours.data.join(", ")
+        ));
+    }
+    if !ours.token.contains(&recorded.token) {
+        return Err(format!(
+            "this replica has no token signing key {} (its own: {}), which the replicas sharing its store sign with: their tokens would not verify here; copy data.dir/keys from one of them before it starts",
+            recorded.token,
+            ours.token.join(", ")
+        ));
+    }
+    Ok(ours.data.first() != Some(&recorded.data) || ours.token.first() != Some(&recorded.token))
+}
+
+impl Coordinator {
+    /// Checks this replica's keys against those the replicas sharing its store run with
+    /// (`agree`): the first to start records its own; one that has them all but seals or
+    /// signs with a newer one records that (a rotation: the others need it too, and are
+    /// warned of at their next start). `Ok(None)`: agreed; `Ok(Some(why))`: this replica
+    /// must not start. In one process, nothing to agree with.
+    pub async fn agree_on_keys(&self, ours: &ReplicaKeys) -> Result<Option<String>, StoreError> {
+        let Coordinator::Redis(r) = self else {
+            return Ok(None);
+        };
+        let recorded = r.record_keys(ours, false).await?;
+        match agree(ours, &recorded) {
+            Err(why) => Ok(Some(why)),
+            Ok(false) => Ok(None),
+            Ok(true) => {
+                tracing::warn!(
+                    data_key = ours.data.first().map(String::as_str).unwrap_or(""),
+                    token_key = ours.token.first().map(String::as_str).unwrap_or(""),
+                    "this replica seals or signs with a newer key than the other replicas recorded: recorded now; every replica needs it (copy data.dir/keys), each is refused at its next start without it"
+                );
+                r.record_keys(ours, true).await?;
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// A reviewer's open session as replicas share it (`review::Session`): who signed in, the
 /// CSRF token of its forms, and when it opened (unix ms). Kept under the SHA-256 of its cookie's
 /// token (hex), never the token itself.
@@ -172,7 +247,77 @@ pub fn replica_id() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::replica_id;
+    use super::{agree, replica_id, Coordinator, ReplicaKeys};
+
+    fn keys(data: &[&str], token: &[&str], responder: &str) -> ReplicaKeys {
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        ReplicaKeys {
+            data: own(data),
+            token: own(token),
+            responder: responder.into(),
+        }
+    }
+
+    /// Replicas on one Redis: the first to start records its keys; one with another data
+    /// key, token key or service key is refused, saying which; one that rotated (the recorded
+    /// key still in its ring, a newer one current) records its own, after which a replica
+    /// with only the old key is refused. In one process there is nothing to agree with.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_on_one_store_agree_on_their_keys_or_do_not_start() {
+        let redis = crate::dev::test_redis().await;
+        let on_redis = || Coordinator::redis(redis.url.as_str(), "k:", 10).unwrap();
+        let first = keys(&["d1"], &["t1"], "ST1RESPONDER");
+        assert_eq!(on_redis().agree_on_keys(&first).await.unwrap(), None);
+        assert_eq!(
+            on_redis().agree_on_keys(&first).await.unwrap(),
+            None,
+            "again"
+        );
+        for (other, names) in [
+            (keys(&["d9"], &["t1"], "ST1RESPONDER"), "no data key d1"),
+            (
+                keys(&["d1"], &["t9"], "ST1RESPONDER"),
+                "no token signing key t1",
+            ),
+            (keys(&["d1"], &["t1"], "ST2OTHER"), "run as ST1RESPONDER"),
+        ] {
+            let why = on_redis().agree_on_keys(&other).await.unwrap();
+            assert!(why.as_deref().is_some_and(|w| w.contains(names)), "{why:?}");
+        }
+        let rotated = keys(&["d2", "d1"], &["t2", "t1"], "ST1RESPONDER");
+        assert_eq!(on_redis().agree_on_keys(&rotated).await.unwrap(), None);
+        let why = on_redis().agree_on_keys(&first).await.unwrap();
+        assert!(why.is_some_and(|w| w.contains("no data key d2")));
+        assert_eq!(on_redis().agree_on_keys(&rotated).await.unwrap(), None);
+        let local = Coordinator::local(10);
+        assert_eq!(local.agree_on_keys(&first).await.unwrap(), None);
+    }
+
+    #[test]
+    fn keys_agree_when_the_recorded_ones_are_in_the_ring_and_the_responder_is_the_same() {
+        let recorded = super::Recorded {
+            data: "d1".into(),
+            token: "t1".into(),
+            responder: "ST1".into(),
+        };
+        assert_eq!(agree(&keys(&["d1"], &["t1"], "ST1"), &recorded), Ok(false));
+        assert_eq!(
+            agree(&keys(&["d2", "d1"], &["t1"], "ST1"), &recorded),
+            Ok(true)
+        );
+        assert_eq!(
+            agree(&keys(&["d1"], &["t2", "t1"], "ST1"), &recorded),
+            Ok(true)
+        );
+        // an older key beside the recorded one: nothing to record
+        assert_eq!(
+            agree(&keys(&["d1", "d0"], &["t1"], "ST1"), &recorded),
+            Ok(false)
+        );
+        assert!(agree(&keys(&["d2"], &["t1"], "ST1"), &recorded).is_err());
+        assert!(agree(&keys(&["d1"], &["t2"], "ST1"), &recorded).is_err());
+        assert!(agree(&keys(&["d1"], &["t1"], "ST2"), &recorded).is_err());
+    }
 
     #[test]
     fn a_replica_is_named_by_host_pid_and_a_random_part_drawn_once() {

@@ -11,7 +11,9 @@
 //! expiring with the lease) and `fences` (the last token given for each lease name; never
 //! expires, so tokens only grow); for reviewers, `challenge:<nonce>` (a spent sign-in
 //! challenge, expiring a minute after the challenge does) and `session:<sha256 of the token>` (a hash:
-//! reviewer, CSRF token, when it opened; expiring when it idles out or reaches its maximum).
+//! reviewer, CSRF token, when it opened; expiring when it idles out or reaches its maximum);
+//! `replica-keys` (a hash: the current data key's and token key's ids and the service's
+//! principal the replicas run with, recorded by the first to start).
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -32,6 +34,7 @@ pub struct RedisCoordinator {
     lease: Script,
     release: Script,
     spend_challenge: Script,
+    record_keys: Script,
     open_session: Script,
     touch_session: Script,
     end_session: Script,
@@ -60,6 +63,15 @@ return -1
 /// Spends a sign-in challenge: 1 if it was not spent yet (kept `ARGV[1]` s), else nil.
 const SPEND_CHALLENGE: &str = r"
 return redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
+";
+
+/// The keys the replicas run with (`KEYS[1]`, a hash): recorded as `ARGV` when there are none
+/// yet, or when `ARGV[4]` is 1; the record as it then is.
+const RECORD_KEYS: &str = r"
+if ARGV[4] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'data', ARGV[1], 'token', ARGV[2], 'responder', ARGV[3])
+end
+return redis.call('HMGET', KEYS[1], 'data', 'token', 'responder')
 ";
 
 const OPEN_SESSION: &str = r"
@@ -108,6 +120,7 @@ impl RedisCoordinator {
             lease: Script::new(LEASE),
             release: Script::new(RELEASE),
             spend_challenge: Script::new(SPEND_CHALLENGE),
+            record_keys: Script::new(RECORD_KEYS),
             open_session: Script::new(OPEN_SESSION),
             touch_session: Script::new(TOUCH_SESSION),
             end_session: Script::new(END_SESSION),
@@ -210,6 +223,29 @@ impl RedisCoordinator {
             .arg(keep);
         let spent: Option<String> = self.invoke(&call).await?;
         Ok(spent.is_some())
+    }
+
+    /// The keys the replicas run with as recorded, `ours` recorded first when there is no
+    /// record yet, or when `replace`.
+    pub(super) async fn record_keys(
+        &self,
+        ours: &super::ReplicaKeys,
+        replace: bool,
+    ) -> Result<super::Recorded, StoreError> {
+        let first = |v: &[String]| v.first().cloned().unwrap_or_default();
+        let mut call = self.record_keys.prepare_invoke();
+        call.key(format!("{}replica-keys", self.prefix))
+            .arg(first(&ours.data))
+            .arg(first(&ours.token))
+            .arg(&ours.responder)
+            .arg(if replace { "1" } else { "0" });
+        let (data, token, responder): (Option<String>, Option<String>, Option<String>) =
+            self.invoke(&call).await?;
+        Ok(super::Recorded {
+            data: data.unwrap_or_default(),
+            token: token.unwrap_or_default(),
+            responder: responder.unwrap_or_default(),
+        })
     }
 
     pub(super) async fn open_session(

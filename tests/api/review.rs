@@ -1250,6 +1250,19 @@ async fn a_reviewer_moves_between_replicas_without_signing_in_again() {
     let redis = RedisServer::start(dir.path());
     let url = redis.url();
     let env = setup(|s| s.data.redis_url = Some(url.clone())).await;
+    // a replica started with keys of its own (a first run on a new host generates them) does
+    // not start: it could not open or verify what the others seal and sign
+    let mut fresh = settings(&env.devnet.rpc, &dir.path().join("fresh"));
+    fresh.data.redis_url = Some(url.clone());
+    let responder = breakglass::keys::ServiceKeys {
+        stacks: key_of(&env.demo["responder"]),
+        source: breakglass::keys::KeySource::Env,
+    };
+    let refused = breakglass::startup::Application::build(fresh, responder)
+        .await
+        .err()
+        .expect("a replica with other keys is refused");
+    assert!(refused.to_string().contains("no data key"), "{refused}");
     let other = replica(&env, &dir.path().join("other"), |s| {
         s.data.redis_url = Some(url.clone())
     })
