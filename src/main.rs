@@ -204,8 +204,34 @@ fn offline(s: &Settings) -> anyhow::Result<Offline> {
     Ok((store, keyring, tokio::runtime::Runtime::new()?))
 }
 
-fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
+/// `offline`, for a command that seals: with replicas, what it seals must open on every one (a
+/// first run on a new host generates a data key of its own), so its data key must be theirs.
+fn offline_sealing(s: &Settings) -> anyhow::Result<Offline> {
     let (store, keyring, runtime) = offline(s)?;
+    let coordination = s.data.coordinator(s.issuance.grants_per_minute)?;
+    if let Some(why) = runtime.block_on(coordination.agree_on_data_key(&keyring.ids()))? {
+        anyhow::bail!("{why}");
+    }
+    Ok((store, keyring, runtime))
+}
+
+/// A new data key, recorded as the one the replicas sharing a Redis seal with (each is refused
+/// at its next start until it has it).
+fn rotate_data_key(s: &Settings) -> anyhow::Result<serde_json::Value> {
+    let file = breakglass::seal::generate_key(&s.data.dir)?;
+    let ring = breakglass::seal::Keyring::load_or_generate(&s.data.dir, None)?;
+    let coordination = s.data.coordinator(s.issuance.grants_per_minute)?;
+    let recorded = tokio::runtime::Runtime::new()?
+        .block_on(coordination.publish_data_key(&ring.current_id()))?;
+    Ok(serde_json::json!({
+        "file": file,
+        "key_id": ring.current_id(),
+        "recorded_for_replicas": recorded,
+    }))
+}
+
+fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
+    let (store, keyring, runtime) = offline_sealing(s)?;
     // everything sealed with the data key: contacts, the accesses' reasons, stored notices,
     // the token signing keys
     let (contacts, reasons, messages) = runtime.block_on(async {
@@ -265,7 +291,7 @@ fn verify_audit(
 fn import_summary(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     use anyhow::Context;
     let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let (store, keyring, runtime) = offline(s)?;
+    let (store, keyring, runtime) = offline_sealing(s)?;
     let imported = runtime
         .block_on(breakglass::vault::import(
             &store,
@@ -280,7 +306,7 @@ fn import_summary(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde_
 fn import_patients(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
     use anyhow::Context;
     let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let (store, keyring, runtime) = offline(s)?;
+    let (store, keyring, runtime) = offline_sealing(s)?;
     let report = runtime.block_on(breakglass::directory::import(
         &store,
         &keyring,
@@ -407,14 +433,7 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            print(
-                breakglass::seal::generate_key(&s.data.dir)
-                    .and_then(|file| {
-                        let ring = breakglass::seal::Keyring::load_or_generate(&s.data.dir, None)?;
-                        Ok(serde_json::json!({ "file": file, "key_id": ring.current_id() }))
-                    })
-                    .map_err(|e| format!("{e:#}")),
-            )
+            print(rotate_data_key(&s).map_err(|e| format!("{e:#}")))
         }
         Command::Keys(KeysCommand::Show) => {
             let s = match settings(&cli) {

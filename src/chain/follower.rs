@@ -87,6 +87,10 @@ enum TipWrite {
     Write(Tip),
     /// Keeps the tip as stored (this block), and is guarded on it.
     Keep(Tip),
+    /// Writes nothing: the tip kept before moved past this block.
+    Passed,
+    /// Is not applied now: the tip kept before is another block at this height now.
+    Contested,
 }
 
 /// A block applied: its index block hash, and what it named, as read for it. `None` when
@@ -315,17 +319,27 @@ impl Follower {
         Ok(Applied::Block)
     }
 
-    /// The tip to write for block `height` (`hash`), or, when the store's tip is that block
-    /// already (another replica sharing the store applied it), the tip as stored, to be kept
-    /// and guarded on (`TipWrite::Keep`): its number stays (`Tip::written`), so that a fill
-    /// another replica guarded on it is not refused for nothing, nor a catch-up's mark put on
-    /// it cleared. Written again, each replica following the node would change the tip once a
-    /// block per replica.
-    fn tip_to_write(&self, height: u64, hash: [u8; 32]) -> Result<TipWrite, StoreError> {
+    /// What the write of block `height` (`hash`) does with the tip: writes its own, or, when
+    /// the store's tip is that block already (another replica sharing the store applied it),
+    /// keeps the tip as stored and is guarded on it (`TipWrite::Keep`), so that its number
+    /// stays (`Tip::written`): a fill another replica guarded on it is not refused for nothing,
+    /// nor a catch-up's mark put on it cleared. (Written again, each replica following the node
+    /// would change the tip once a block per replica.) `kept_before`: an earlier attempt kept
+    /// it and was refused, so the tip changed since: past this block (another replica applied a
+    /// later one, `Passed`), or to another block at its height (a reorg another replica saw
+    /// first, `Contested`).
+    fn tip_to_write(
+        &self,
+        height: u64,
+        hash: [u8; 32],
+        kept_before: bool,
+    ) -> Result<TipWrite, StoreError> {
         Ok(match self.state.store.tip()? {
             Some(stored) if stored.height == height && stored.index_block_hash == hash => {
                 TipWrite::Keep(stored)
             }
+            Some(stored) if kept_before && stored.height > height => TipWrite::Passed,
+            Some(stored) if kept_before && stored.height == height => TipWrite::Contested,
             _ => TipWrite::Write(Tip::applied(height, hash)),
         })
     }
@@ -341,11 +355,14 @@ impl Follower {
     /// broadcast, every later transaction of the service waiting behind it. (One process's
     /// submitter writes under the apply lock held here.)
     ///
-    /// The tip of block `tip` (height, hash; none for a block read past) is decided at each attempt (`tip_to_write`); one
-    /// kept as stored guards the write, so that when another replica writes another block at
-    /// that height meanwhile (a reorg it saw first), this block's rows do not land under that
-    /// tip unnoticed: the next attempt writes this block's tip over it, which the next block's
-    /// parent then tells right or wrong.
+    /// The tip of block `tip` (height, hash; none for a block read past) is decided at each
+    /// attempt (`tip_to_write`). One kept as stored guards the write: refused, the tip changed
+    /// since. Moved past this block (another replica applied a later one, having applied this
+    /// one, its rows and changes with it), nothing is written: rows read for this block would
+    /// land over the later block's, and its tip under it. Moved to another block at this height
+    /// (a reorg another replica saw first), the block is not applied now (an error: the node's
+    /// push is answered so that it is sent again, the poller tries again), and is checked with
+    /// the node again from the start.
     async fn write_with_changes(
         &self,
         batch: Batch,
@@ -358,6 +375,7 @@ impl Follower {
             &self.state.contracts,
             self.state.store.as_ref(),
         );
+        let mut kept_before = false;
         for _ in 0..submitter::CHANGE_ATTEMPTS {
             let mut changes = Vec::new();
             if let Some(from) = reopened_from {
@@ -366,9 +384,11 @@ impl Follower {
             if let Some(block) = confirmed_by {
                 submitter::confirmations(block, rpc, contracts, store, &mut changes).await?;
             }
-            let Some(attempt) = self.attempt(&batch, tip, changes)? else {
+            let Some(attempt) = self.attempt(&batch, tip, changes, kept_before)? else {
                 return Ok(());
             };
+            kept_before =
+                attempt.tip.is_none() && attempt.guard.as_ref().is_some_and(|g| g.tip.is_some());
             match self.write(attempt).await {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Guarded(crate::store::Guarded::Changed)) => {
@@ -384,19 +404,28 @@ impl Follower {
     }
 
     /// One attempt at the write of `batch` for block `tip` with `changes` (see
-    /// `write_with_changes`): none when there is nothing to write.
+    /// `write_with_changes`; `kept_before`: the last attempt kept the tip and was refused):
+    /// none when there is nothing to write.
     fn attempt(
         &self,
         batch: &Batch,
         tip: Option<(u64, [u8; 32])>,
         changes: Vec<submitter::Change>,
-    ) -> Result<Option<Batch>, StoreError> {
+        kept_before: bool,
+    ) -> Result<Option<Batch>, FollowError> {
         let mut attempt = batch.clone();
         match tip
-            .map(|(height, hash)| self.tip_to_write(height, hash))
+            .map(|(height, hash)| self.tip_to_write(height, hash, kept_before))
             .transpose()?
         {
             Some(TipWrite::Write(new)) => attempt.tip = Some(new),
+            Some(TipWrite::Passed) => return Ok(None),
+            Some(TipWrite::Contested) => {
+                return Err(StateError::Unsettled(
+                    "another block stored at this height by another replica meanwhile".into(),
+                )
+                .into())
+            }
             Some(TipWrite::Keep(_)) | None if changes.is_empty() && batch.is_empty() => {
                 return Ok(None);
             }
@@ -661,7 +690,7 @@ mod tests {
     fn written(t: TipWrite) -> Tip {
         match t {
             TipWrite::Write(tip) => tip,
-            TipWrite::Keep(stored) => panic!("kept {stored:?}, to write expected"),
+            other => panic!("{other:?}, to write expected"),
         }
     }
 
@@ -672,7 +701,7 @@ mod tests {
     fn a_block_already_the_stored_tip_leaves_it_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let (store, follower) = follower(dir.path());
-        let first = written(follower.tip_to_write(7, [7; 32]).unwrap());
+        let first = written(follower.tip_to_write(7, [7; 32], false).unwrap());
         assert!(first.written.is_some());
         store
             .apply(Batch {
@@ -681,21 +710,22 @@ mod tests {
             })
             .unwrap();
         assert_eq!(
-            follower.tip_to_write(7, [7; 32]).unwrap(),
+            follower.tip_to_write(7, [7; 32], false).unwrap(),
             TipWrite::Keep(first),
             "kept"
         );
-        let other = written(follower.tip_to_write(7, [8; 32]).unwrap());
+        let other = written(follower.tip_to_write(7, [8; 32], false).unwrap());
         assert_ne!(other.written, first.written);
-        written(follower.tip_to_write(8, [8; 32]).unwrap());
+        written(follower.tip_to_write(8, [8; 32], false).unwrap());
     }
 
     /// Replicas sharing Redis: this replica applies block A, whose tip another replica stored
-    /// already, so it keeps that tip; before its rows land, a third replica writes block B at
-    /// the same height (a reorg it saw first). The rows read for A are not written under B's
-    /// tip: the write guarded on the tip as kept is refused, and written again with A's own
-    /// tip over B's, which the next block's parent then tells right or wrong. Before, A's rows
-    /// landed under B's tip, and the next block (B's child) found nothing amiss.
+    /// already, so it keeps that tip and guards its write on it. Before its rows land, another
+    /// replica writes block B at the same height (a reorg it saw first): the write is refused,
+    /// and the block is not applied now (to be checked with the node again), rather than its
+    /// rows landing under B's tip unnoticed. Or another replica applies the next block C: the
+    /// write is refused, and nothing is written, neither rows read for A over C's nor A's tip
+    /// under C's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_blocks_rows_do_not_land_under_another_block_stored_at_its_height_meanwhile() {
         use crate::store::Store;
@@ -704,47 +734,50 @@ mod tests {
         let (store, follower) =
             follower_on(Arc::new(crate::store::RedisStore::open(url, "f:").unwrap()));
         let other = crate::store::RedisStore::open(url, "f:").unwrap();
-        let a = Tip::applied(7, [7; 32]);
-        other
-            .apply(Batch {
-                tip: Some(a),
-                ..Batch::default()
-            })
-            .unwrap();
+        let stored_by_other = |tip: Tip| {
+            other
+                .apply(Batch {
+                    tip: Some(tip),
+                    ..Batch::default()
+                })
+                .unwrap()
+        };
         let who: crate::stacks::Address =
             "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap();
         let rows = Batch {
             reviewers: vec![(who, true)],
             ..Batch::default()
         };
-        // the write made (the tip decided), then block B stored by another replica, then the
-        // write sent
-        let attempt = follower
-            .attempt(&rows, Some((7, [7; 32])), vec![])
-            .unwrap()
-            .expect("rows to write");
-        assert_eq!(attempt.tip, None, "A's tip kept as stored");
-        let b = Tip::applied(7, [8; 32]);
-        other
-            .apply(Batch {
-                tip: Some(b),
-                ..Batch::default()
-            })
-            .unwrap();
-        assert!(matches!(
-            store.apply(attempt),
-            Err(StoreError::Guarded(crate::store::Guarded::Changed))
-        ));
-        assert_eq!(store.reviewer(&who).unwrap(), None, "not under B's tip");
-        assert_eq!(store.tip().unwrap(), Some(b));
-        // the block's write, as the follower makes it: A's rows with A's own tip
-        follower
-            .write_with_changes(rows, Some((7, [7; 32])), None, None)
-            .await
-            .unwrap();
-        let stored = store.tip().unwrap().unwrap();
-        assert_eq!((stored.height, stored.index_block_hash), (7, [7; 32]));
-        assert_ne!(stored.written, a.written, "a tip of its own");
-        assert_eq!(store.reviewer(&who).unwrap(), Some(true));
+        let a = (7, [7; 32]);
+        for (then, moved) in [
+            (Tip::applied(7, [8; 32]), "another block at its height"),
+            (Tip::applied(8, [9; 32]), "the next block"),
+        ] {
+            stored_by_other(Tip::applied(a.0, a.1));
+            // the write made (the tip kept), then the tip moved by another replica, then the
+            // write sent
+            let attempt = follower
+                .attempt(&rows, Some(a), vec![], false)
+                .unwrap()
+                .expect("rows to write");
+            assert_eq!(attempt.tip, None, "A's tip kept as stored");
+            stored_by_other(then);
+            assert!(
+                matches!(
+                    store.apply(attempt),
+                    Err(StoreError::Guarded(crate::store::Guarded::Changed))
+                ),
+                "{moved}"
+            );
+            // the next attempt
+            let next = follower.attempt(&rows, Some(a), vec![], true);
+            if then.height == a.0 {
+                assert!(next.is_err(), "{moved}: not applied now");
+            } else {
+                assert!(next.unwrap().is_none(), "{moved}: nothing to write");
+            }
+            assert_eq!(store.reviewer(&who).unwrap(), None, "{moved}");
+            assert_eq!(store.tip().unwrap(), Some(then), "{moved}");
+        }
     }
 }

@@ -104,55 +104,75 @@ pub struct Recorded {
 }
 
 /// Whether `ours` can work beside replicas that run with `recorded`: an error saying what
-/// differs and what to do; else whether to record ours instead (this replica seals or signs
-/// with a newer key the others' record does not name yet: a rotation).
-pub fn agree(ours: &ReplicaKeys, recorded: &Recorded) -> Result<bool, String> {
+/// differs and what to do. The current keys must be the recorded ones, not merely in the ring:
+/// keys generated on a first run on a new host stay beside keys copied after, and (newer)
+/// would be current; a rotation is recorded by `keys rotate-data` (`publish_data_key`).
+pub fn agree(ours: &ReplicaKeys, recorded: &Recorded) -> Result<(), String> {
     if ours.responder != recorded.responder {
         return Err(format!(
             "this replica's service key is {}'s, the replicas sharing its store run as {}: give every replica the same service key (BREAKGLASS_SERVICE_KEY or the same key file)",
             ours.responder, recorded.responder
         ));
     }
-    if !ours.data.contains(&recorded.data) {
+    data_key_agrees(&ours.data, &recorded.data)?;
+    let current = ours.token.first().map(String::as_str).unwrap_or("");
+    if current != recorded.token {
         return Err(format!(
-            "this replica has no data key {} (its own: {}), which the replicas sharing its store seal with: it could not open what they sealed, nor they what it seals; copy data.dir/keys from one of them (or set BREAKGLASS_DATA_KEY to theirs) before it starts",
-            recorded.data,
-            ours.data.join(", ")
+            "this replica signs tokens with key {current}, the replicas sharing its store with {}: their tokens would not verify here, nor this one's there; make data.dir/keys the same as theirs (copy it over, removing token keys generated here)",
+            recorded.token
         ));
     }
-    if !ours.token.contains(&recorded.token) {
+    Ok(())
+}
+
+/// Whether data keys `ours` (the current one first) seal with `recorded`'s key.
+fn data_key_agrees(ours: &[String], recorded: &str) -> Result<(), String> {
+    let current = ours.first().map(String::as_str).unwrap_or("");
+    if current == recorded {
+        return Ok(());
+    }
+    if ours.iter().any(|k| k == recorded) {
         return Err(format!(
-            "this replica has no token signing key {} (its own: {}), which the replicas sharing its store sign with: their tokens would not verify here; copy data.dir/keys from one of them before it starts",
-            recorded.token,
-            ours.token.join(", ")
+            "this replica seals with data key {current}, the replicas sharing its store with {recorded}: remove the data keys generated here from data.dir/keys (or BREAKGLASS_DATA_KEY), or, to rotate, record the new key with `breakglass keys rotate-data` and give it to every replica"
         ));
     }
-    Ok(ours.data.first() != Some(&recorded.data) || ours.token.first() != Some(&recorded.token))
+    Err(format!(
+        "this replica has no data key {recorded} (its own: {}), which the replicas sharing its store seal with: it could not open what they sealed, nor they what it seals; make data.dir/keys the same as theirs (copy it over, removing the keys generated here) or set BREAKGLASS_DATA_KEY to theirs",
+        ours.join(", ")
+    ))
 }
 
 impl Coordinator {
     /// Checks this replica's keys against those the replicas sharing its store run with
-    /// (`agree`): the first to start records its own; one that has them all but seals or
-    /// signs with a newer one records that (a rotation: the others need it too, and are
-    /// warned of at their next start). `Ok(None)`: agreed; `Ok(Some(why))`: this replica
-    /// must not start. In one process, nothing to agree with.
+    /// (`agree`); the first to start records its own. `Ok(None)`: agreed; `Ok(Some(why))`:
+    /// this replica must not start. In one process, nothing to agree with.
     pub async fn agree_on_keys(&self, ours: &ReplicaKeys) -> Result<Option<String>, StoreError> {
         let Coordinator::Redis(r) = self else {
             return Ok(None);
         };
-        let recorded = r.record_keys(ours, false).await?;
-        match agree(ours, &recorded) {
-            Err(why) => Ok(Some(why)),
-            Ok(false) => Ok(None),
-            Ok(true) => {
-                tracing::warn!(
-                    data_key = ours.data.first().map(String::as_str).unwrap_or(""),
-                    token_key = ours.token.first().map(String::as_str).unwrap_or(""),
-                    "this replica seals or signs with a newer key than the other replicas recorded: recorded now; every replica needs it (copy data.dir/keys), each is refused at its next start without it"
-                );
-                r.record_keys(ours, true).await?;
-                Ok(None)
-            }
+        let recorded = r.record_keys(ours).await?;
+        Ok(agree(ours, &recorded).err())
+    }
+
+    /// Whether data keys `ours` (the current one first) are those the replicas sharing this
+    /// store seal with, for a command that seals while the service is stopped: `Ok(Some(why))`
+    /// when not. Nothing recorded yet, or one process: nothing to agree with.
+    pub async fn agree_on_data_key(&self, ours: &[String]) -> Result<Option<String>, StoreError> {
+        let Coordinator::Redis(r) = self else {
+            return Ok(None);
+        };
+        Ok(match r.recorded_keys().await? {
+            Some(recorded) => data_key_agrees(ours, &recorded.data).err(),
+            None => None,
+        })
+    }
+
+    /// Records `id` as the data key the replicas sharing this store seal with (a rotation, by
+    /// `keys rotate-data`): a replica started without it is refused from now on.
+    pub async fn publish_data_key(&self, id: &str) -> Result<bool, StoreError> {
+        match self {
+            Coordinator::Local(_) => Ok(false),
+            Coordinator::Redis(r) => r.publish_data_key(id).await,
         }
     }
 }
@@ -259,64 +279,80 @@ mod tests {
     }
 
     /// Replicas on one Redis: the first to start records its keys; one with another data
-    /// key, token key or service key is refused, saying which; one that rotated (the recorded
-    /// key still in its ring, a newer one current) records its own, after which a replica
-    /// with only the old key is refused. In one process there is nothing to agree with.
+    /// key, token key or service key is refused, saying which, and so is one with the recorded
+    /// keys but a newer current one (generated on a first run, then the others' copied beside
+    /// it) until a rotation records it, after which a replica with only the old key is refused.
+    /// Commands that seal offline are checked on the data key alone. In one process there is
+    /// nothing to agree with.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replicas_on_one_store_agree_on_their_keys_or_do_not_start() {
         let redis = crate::dev::test_redis().await;
         let on_redis = || Coordinator::redis(redis.url.as_str(), "k:", 10).unwrap();
         let first = keys(&["d1"], &["t1"], "ST1RESPONDER");
+        let shared = on_redis();
+        assert_eq!(
+            shared.agree_on_data_key(&first.data).await.unwrap(),
+            None,
+            "none yet"
+        );
+        assert!(
+            !shared.publish_data_key("d0").await.unwrap(),
+            "none to change"
+        );
         assert_eq!(on_redis().agree_on_keys(&first).await.unwrap(), None);
         assert_eq!(
             on_redis().agree_on_keys(&first).await.unwrap(),
             None,
             "again"
         );
+        let rotated = keys(&["d2", "d1"], &["t1"], "ST1RESPONDER");
         for (other, names) in [
             (keys(&["d9"], &["t1"], "ST1RESPONDER"), "no data key d1"),
-            (
-                keys(&["d1"], &["t9"], "ST1RESPONDER"),
-                "no token signing key t1",
-            ),
+            (keys(&["d1"], &["t9", "t1"], "ST1RESPONDER"), "with key t9"),
             (keys(&["d1"], &["t1"], "ST2OTHER"), "run as ST1RESPONDER"),
+            (rotated.clone(), "seals with data key d2"),
         ] {
             let why = on_redis().agree_on_keys(&other).await.unwrap();
             assert!(why.as_deref().is_some_and(|w| w.contains(names)), "{why:?}");
         }
-        let rotated = keys(&["d2", "d1"], &["t2", "t1"], "ST1RESPONDER");
+        assert!(shared.publish_data_key("d2").await.unwrap());
         assert_eq!(on_redis().agree_on_keys(&rotated).await.unwrap(), None);
         let why = on_redis().agree_on_keys(&first).await.unwrap();
         assert!(why.is_some_and(|w| w.contains("no data key d2")));
-        assert_eq!(on_redis().agree_on_keys(&rotated).await.unwrap(), None);
+        assert_eq!(shared.agree_on_data_key(&rotated.data).await.unwrap(), None);
+        assert!(shared
+            .agree_on_data_key(&first.data)
+            .await
+            .unwrap()
+            .is_some());
         let local = Coordinator::local(10);
         assert_eq!(local.agree_on_keys(&first).await.unwrap(), None);
+        assert_eq!(local.agree_on_data_key(&first.data).await.unwrap(), None);
     }
 
     #[test]
-    fn keys_agree_when_the_recorded_ones_are_in_the_ring_and_the_responder_is_the_same() {
+    fn keys_agree_only_when_the_current_ones_are_the_recorded_ones() {
         let recorded = super::Recorded {
             data: "d1".into(),
             token: "t1".into(),
             responder: "ST1".into(),
         };
-        assert_eq!(agree(&keys(&["d1"], &["t1"], "ST1"), &recorded), Ok(false));
+        assert_eq!(agree(&keys(&["d1"], &["t1"], "ST1"), &recorded), Ok(()));
+        // older keys beside the recorded ones
         assert_eq!(
-            agree(&keys(&["d2", "d1"], &["t1"], "ST1"), &recorded),
-            Ok(true)
+            agree(&keys(&["d1", "d0"], &["t1", "t0"], "ST1"), &recorded),
+            Ok(())
         );
-        assert_eq!(
-            agree(&keys(&["d1"], &["t2", "t1"], "ST1"), &recorded),
-            Ok(true)
-        );
-        // an older key beside the recorded one: nothing to record
-        assert_eq!(
-            agree(&keys(&["d1", "d0"], &["t1"], "ST1"), &recorded),
-            Ok(false)
-        );
-        assert!(agree(&keys(&["d2"], &["t1"], "ST1"), &recorded).is_err());
-        assert!(agree(&keys(&["d1"], &["t2"], "ST1"), &recorded).is_err());
-        assert!(agree(&keys(&["d1"], &["t1"], "ST2"), &recorded).is_err());
+        for ours in [
+            keys(&["d2", "d1"], &["t1"], "ST1"),
+            keys(&["d1"], &["t2", "t1"], "ST1"),
+            keys(&["d2"], &["t1"], "ST1"),
+            keys(&["d1"], &["t2"], "ST1"),
+            keys(&["d1"], &["t1"], "ST2"),
+            keys(&[], &[], "ST1"),
+        ] {
+            assert!(agree(&ours, &recorded).is_err(), "{ours:?}");
+        }
     }
 
     #[test]

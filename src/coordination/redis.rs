@@ -10,7 +10,7 @@
 //! process: one field per clinician), `lease:<name>` (a hash: holder and fencing token,
 //! expiring with the lease) and `fences` (the last token given for each lease name; never
 //! expires, so tokens only grow); for reviewers, `challenge:<nonce>` (a spent sign-in
-//! challenge, expiring a minute after the challenge does) and `session:<sha256 of the token>` (a hash:
+//! challenge, expiring ten minutes after the challenge does) and `session:<sha256 of the token>` (a hash:
 //! reviewer, CSRF token, when it opened; expiring when it idles out or reaches its maximum);
 //! `replica-keys` (a hash: the current data key's and token key's ids and the service's
 //! principal the replicas run with, recorded by the first to start).
@@ -35,6 +35,7 @@ pub struct RedisCoordinator {
     release: Script,
     spend_challenge: Script,
     record_keys: Script,
+    publish_data_key: Script,
     open_session: Script,
     touch_session: Script,
     end_session: Script,
@@ -66,12 +67,19 @@ return redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
 ";
 
 /// The keys the replicas run with (`KEYS[1]`, a hash): recorded as `ARGV` when there are none
-/// yet, or when `ARGV[4]` is 1; the record as it then is.
+/// yet; the record as it then is.
 const RECORD_KEYS: &str = r"
-if ARGV[4] == '1' or redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'data', ARGV[1], 'token', ARGV[2], 'responder', ARGV[3])
 end
 return redis.call('HMGET', KEYS[1], 'data', 'token', 'responder')
+";
+
+/// The data key the replicas seal with set to `ARGV[1]`, if they recorded their keys: 1 if so.
+const PUBLISH_DATA_KEY: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'data', ARGV[1])
+return 1
 ";
 
 const OPEN_SESSION: &str = r"
@@ -121,6 +129,7 @@ impl RedisCoordinator {
             release: Script::new(RELEASE),
             spend_challenge: Script::new(SPEND_CHALLENGE),
             record_keys: Script::new(RECORD_KEYS),
+            publish_data_key: Script::new(PUBLISH_DATA_KEY),
             open_session: Script::new(OPEN_SESSION),
             touch_session: Script::new(TOUCH_SESSION),
             end_session: Script::new(END_SESSION),
@@ -209,7 +218,7 @@ impl RedisCoordinator {
         format!("{}session:{key}", self.prefix)
     }
 
-    /// Spends challenge `nonce` (good until `until`, unix s): kept a minute past that, so
+    /// Spends challenge `nonce` (good until `until`, unix s): kept ten minutes past that, so
     /// that a replica whose clock runs behind this one's still finds it spent. A spend whose
     /// answer was lost and is sent again finds it spent: the reviewer asks for a new one.
     pub(super) async fn spend_challenge(
@@ -217,7 +226,7 @@ impl RedisCoordinator {
         nonce: &str,
         until: u64,
     ) -> Result<bool, StoreError> {
-        let keep = until.saturating_sub(crate::clock::now_secs()).max(1) + 60;
+        let keep = until.saturating_sub(crate::clock::now_secs()).max(1) + 600;
         let mut call = self.spend_challenge.prepare_invoke();
         call.key(format!("{}challenge:{nonce}", self.prefix))
             .arg(keep);
@@ -225,20 +234,22 @@ impl RedisCoordinator {
         Ok(spent.is_some())
     }
 
+    fn replica_keys_key(&self) -> String {
+        format!("{}replica-keys", self.prefix)
+    }
+
     /// The keys the replicas run with as recorded, `ours` recorded first when there is no
-    /// record yet, or when `replace`.
+    /// record yet.
     pub(super) async fn record_keys(
         &self,
         ours: &super::ReplicaKeys,
-        replace: bool,
     ) -> Result<super::Recorded, StoreError> {
         let first = |v: &[String]| v.first().cloned().unwrap_or_default();
         let mut call = self.record_keys.prepare_invoke();
-        call.key(format!("{}replica-keys", self.prefix))
+        call.key(self.replica_keys_key())
             .arg(first(&ours.data))
             .arg(first(&ours.token))
-            .arg(&ours.responder)
-            .arg(if replace { "1" } else { "0" });
+            .arg(&ours.responder);
         let (data, token, responder): (Option<String>, Option<String>, Option<String>) =
             self.invoke(&call).await?;
         Ok(super::Recorded {
@@ -246,6 +257,32 @@ impl RedisCoordinator {
             token: token.unwrap_or_default(),
             responder: responder.unwrap_or_default(),
         })
+    }
+
+    /// The keys the replicas run with, if they recorded them.
+    pub(super) async fn recorded_keys(&self) -> Result<Option<super::Recorded>, StoreError> {
+        let mut c = self.conn().await?;
+        let (data, token, responder): (Option<String>, Option<String>, Option<String>) =
+            ::redis::cmd("HMGET")
+                .arg(self.replica_keys_key())
+                .arg("data")
+                .arg("token")
+                .arg("responder")
+                .query_async(&mut c)
+                .await
+                .map_err(redis_err)?;
+        Ok(data.map(|data| super::Recorded {
+            data,
+            token: token.unwrap_or_default(),
+            responder: responder.unwrap_or_default(),
+        }))
+    }
+
+    /// Records data key `id` as the one the replicas seal with, if they recorded their keys.
+    pub(super) async fn publish_data_key(&self, id: &str) -> Result<bool, StoreError> {
+        let mut call = self.publish_data_key.prepare_invoke();
+        call.key(self.replica_keys_key()).arg(id);
+        Ok(self.invoke::<i64>(&call).await? == 1)
     }
 
     pub(super) async fn open_session(

@@ -212,12 +212,23 @@ async fn new_block(
                 format!("an event is at most {MAX_EVENT_BYTES} bytes"),
             )
         }
-        Ok(Err(body::Unread::Unreadable)) | Err(_) => {
+        Ok(Err(body::Unread::Unreadable)) => {
             return refused(
                 400,
                 "malformed-event",
                 "Malformed event",
-                "the body could not be read in time".into(),
+                "the body could not be read".into(),
+            )
+        }
+        Err(_) => {
+            return refused(
+                408,
+                "event-too-slow",
+                "Event too slow",
+                format!(
+                    "the body did not arrive within {} s",
+                    EVENT_READ_AT_MOST.as_secs()
+                ),
             )
         }
     };

@@ -77,6 +77,10 @@ pub struct Review {
     pub(crate) verdicts: tokio::sync::Mutex<()>,
     /// Where challenges and sessions are kept.
     coordination: Arc<crate::coordination::Coordinator>,
+    /// Drawn at start and in every challenge's MAC when this process keeps spent challenges
+    /// in its memory alone: a challenge handed out before a restart, maybe spent then, is
+    /// unknown after it. Zero with replicas, whose spent challenges are kept on Redis.
+    epoch: [u8; 16],
 }
 
 /// A challenge to sign: the domain and message (consensus-serialized, hex) and the nonce that
@@ -124,6 +128,13 @@ impl Review {
             service,
             responder,
             verdicts: tokio::sync::Mutex::default(),
+            epoch: if coordination.is_shared() {
+                [0; 16]
+            } else {
+                let mut epoch = [0; 16];
+                epoch.copy_from_slice(&random32()[..16]);
+                epoch
+            },
             coordination,
         }
     }
@@ -166,9 +177,11 @@ impl Review {
         })
     }
 
-    /// What a challenge's MAC is over: its random half, its expiry and this service.
+    /// What a challenge's MAC is over: its random half, its expiry, this process's epoch (one
+    /// process) and this service.
     fn challenge_data(&self, random: &[u8], expires_at: u64) -> Vec<u8> {
-        let mut data = Vec::with_capacity(24 + self.service.len());
+        let mut data = Vec::with_capacity(40 + self.service.len());
+        data.extend_from_slice(&self.epoch);
         data.extend_from_slice(random);
         data.extend_from_slice(&expires_at.to_be_bytes());
         data.extend_from_slice(self.service.as_bytes());
@@ -239,8 +252,10 @@ impl Review {
     }
 
     /// Checks a signed challenge (`message`, hex) sent back with the nonce cookie `bound`, and
-    /// opens a session: its token (for the cookie) and the session. The challenge is spent
-    /// whatever the outcome. Each outcome with a known signer goes to the audit log.
+    /// opens a session: its token (for the cookie) and the session. A challenge that is ours,
+    /// unexpired and signed by a principal the chain knows is spent whatever the outcome, and
+    /// the outcome goes to the audit log; one signed by a key the chain does not know is
+    /// refused without either.
     pub async fn sign_in(
         &self,
         message: &str,
@@ -470,4 +485,67 @@ pub fn csrf_matches(session: &Session, sent: Option<&str>) -> bool {
     sent.is_some_and(|s| {
         s.len() == session.csrf.len() && bool::from(s.as_bytes().ct_eq(session.csrf.as_bytes()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Review;
+    use crate::coordination::Coordinator;
+
+    fn review(coordination: Coordinator) -> Review {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let contracts = crate::chain::contracts::Contracts {
+            address: "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap(),
+        };
+        let state = crate::chain::state::ChainState::new(
+            store,
+            // never asked here: a challenge that is not ours is refused before the chain is
+            crate::chain::rpc::NodeClient::new(
+                "http://127.0.0.1:9",
+                std::time::Duration::from_millis(10),
+                0,
+            ),
+            contracts.clone(),
+        );
+        Review::new(
+            state,
+            Arc::new(crate::seal::Keyring::from_keys(&[[5; 32]]).unwrap()),
+            crate::configuration::ReviewSettings::default(),
+            crate::stacks::tx::TESTNET_CHAIN_ID,
+            false,
+            "https://breakglass.example".into(),
+            contracts.address,
+            Arc::new(coordination),
+        )
+    }
+
+    /// Whether `to` knows `from`'s challenge as one of its own (a signature that is not one
+    /// is refused after that check, an unknown challenge before it).
+    async fn knows(from: &Review, to: &Review) -> bool {
+        let c = from.challenge().unwrap();
+        let nonce = hex::encode(c.nonce);
+        let refused = to
+            .sign_in(&c.message, "00", Some(&nonce))
+            .await
+            .expect_err("not signed");
+        refused.code != "unknown-challenge"
+    }
+
+    /// One process keeps the challenges it spent in its memory alone: a restart must not make
+    /// one handed out (and maybe spent) before it good again, so each process's challenges are
+    /// its own. Replicas keep them on Redis, and know each other's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_challenge_from_before_a_restart_is_unknown_after_it_but_known_across_replicas() {
+        let before = review(Coordinator::local(10));
+        assert!(knows(&before, &before).await);
+        let after = review(Coordinator::local(10));
+        assert!(!knows(&before, &after).await, "restarted");
+        let redis = crate::dev::test_redis().await;
+        let replica = || review(Coordinator::redis(redis.url.as_str(), "rv:", 10).unwrap());
+        assert!(knows(&replica(), &replica()).await, "replicas");
+    }
 }

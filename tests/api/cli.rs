@@ -701,6 +701,72 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
 }
 
 /// An access record whose reason is sealed with `ring`'s current key.
+/// With replicas on Redis, a command that seals with the service stopped does so only with the
+/// data key the replicas recorded: on a host whose data key is its own (generated at its first
+/// run) `patients import` is refused, saying which key is missing; `keys rotate-data` records
+/// a new key for the replicas, after which the command seals with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_commands_that_seal_use_the_data_key_the_replicas_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("redis")).unwrap();
+    let redis = crate::support::RedisServer::start(&dir.path().join("redis"));
+    let prefix = breakglass::configuration::Settings::default()
+        .data
+        .redis_prefix;
+    let theirs = "0f".repeat(8);
+    let coordination =
+        breakglass::coordination::Coordinator::redis(&redis.url(), &prefix, 10).unwrap();
+    let replicas = breakglass::coordination::ReplicaKeys {
+        data: vec![theirs.clone()],
+        token: vec!["their-token-key".into()],
+        responder: "ST1RESPONDER".into(),
+    };
+    assert_eq!(coordination.agree_on_keys(&replicas).await.unwrap(), None);
+    let bundle = serde_json::json!({ "resourceType": "Bundle", "type": "collection", "entry": [
+        { "resource": { "resourceType": "Patient", "id": "a",
+            "identifier": [{ "system": "urn:breakglass:patient-id", "value": "e".repeat(64) }],
+            "telecom": [{ "system": "email", "value": "ana@example.org" }] } },
+    ]});
+    let file = dir.path().join("patients.json");
+    std::fs::write(&file, bundle.to_string()).unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_breakglass"))
+            .args(args)
+            .env("BREAKGLASS_DATA__DIR", &data)
+            .env("BREAKGLASS_DATA__REDIS_URL", redis.url())
+            .env_remove("BREAKGLASS_DATA_KEY")
+            .output()
+            .unwrap()
+    };
+    let refused = run(&["patients", "import", file.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains(&format!("no data key {theirs}")), "{why}");
+    let store = breakglass::store::RedisStore::open(redis.url().as_str(), &prefix).unwrap();
+    let pid: breakglass::domain::PatientId = "e".repeat(64).parse().unwrap();
+    {
+        use breakglass::store::Store;
+        assert_eq!(store.contact(&pid).unwrap(), None, "nothing sealed");
+    }
+    let rotated = json(&run(&["keys", "rotate-data"]));
+    assert_eq!(rotated["recorded_for_replicas"], true, "{rotated}");
+    let ours = rotated["key_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        coordination
+            .agree_on_data_key(std::slice::from_ref(&theirs))
+            .await
+            .unwrap()
+            .map(|why| why.contains(&format!("no data key {ours}"))),
+        Some(true),
+        "the replicas' old key is refused now"
+    );
+    let imported = json(&run(&["patients", "import", file.to_str().unwrap()]));
+    assert_eq!(imported["imported"], 1, "{imported}");
+    use breakglass::store::Store;
+    assert!(store.contact(&pid).unwrap().is_some());
+}
+
 fn sealed_access(
     ring: &breakglass::seal::Keyring,
     access_id: &str,

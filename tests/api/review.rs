@@ -1263,6 +1263,17 @@ async fn a_reviewer_moves_between_replicas_without_signing_in_again() {
         .err()
         .expect("a replica with other keys is refused");
     assert!(refused.to_string().contains("no data key"), "{refused}");
+    // the others' keys copied beside the ones it generated (newer, so current): refused still
+    let refused = build_replica(&env, &dir.path().join("fresh"), |s| {
+        s.data.redis_url = Some(url.clone())
+    })
+    .await
+    .err()
+    .expect("a replica sealing with a key of its own is refused");
+    assert!(
+        refused.to_string().contains("seals with data key"),
+        "{refused}"
+    );
     let other = replica(&env, &dir.path().join("other"), |s| {
         s.data.redis_url = Some(url.clone())
     })

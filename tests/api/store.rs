@@ -2792,7 +2792,7 @@ async fn sign_in_challenges_and_sessions_keep_their_rules_in_memory_and_on_redis
         assert!(!a.spend_challenge("c1", later).await.unwrap(), "spent once");
         assert!(b.spend_challenge("c2", later).await.unwrap());
         // a spent challenge is kept until it could not be used anyway, then let go: in one
-        // process at its expiry, on Redis a minute after (replicas' clocks differ)
+        // process at its expiry, on Redis ten minutes after (replicas' clocks differ)
         let soon = crate::support::now() + 1;
         assert!(a.spend_challenge("c3", soon).await.unwrap());
         tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;

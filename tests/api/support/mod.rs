@@ -484,6 +484,16 @@ pub async fn setup(configure: impl FnOnce(&mut Settings)) -> Env {
 /// Another replica of `env`'s service, its data in `dir`: as deploy/README.md has replicas, with
 /// the same service key, data key and token signing keys (`env`'s key files copied).
 pub async fn replica(env: &Env, dir: &Path, configure: impl FnOnce(&mut Settings)) -> Application {
+    build_replica(env, dir, configure).await.unwrap()
+}
+
+/// `replica`, built: `env`'s key files copied into `dir/keys` (beside any there), its service
+/// key the responder's.
+pub async fn build_replica(
+    env: &Env,
+    dir: &Path,
+    configure: impl FnOnce(&mut Settings),
+) -> anyhow::Result<Application> {
     let keys = dir.join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     for file in std::fs::read_dir(env.dir.path().join("service/keys")).unwrap() {
@@ -496,7 +506,7 @@ pub async fn replica(env: &Env, dir: &Path, configure: impl FnOnce(&mut Settings
         stacks: parse_key(env.demo["responder"]["private_key"].as_str().unwrap()).unwrap(),
         source: KeySource::Env,
     };
-    Application::build(s, keys).await.unwrap()
+    Application::build(s, keys).await
 }
 
 /// A POST to `path` at `addr` on a connection of its own that declares `declared` bytes of
