@@ -171,8 +171,13 @@ enum KeysCommand {
     /// Print the service's Stacks principal (generating its key on first run).
     Show,
     /// Add a new data key (data.dir/keys/data-*.key, 0600): it seals from now on, the older
-    /// ones still open. Then `patients rekey`, then older keys can be removed.
+    /// ones still open. Then `patients rekey`, then older keys can be removed. With replicas
+    /// on Redis, only on a host with their keys; the new key is recorded as theirs.
     RotateData,
+    /// With replicas on Redis: record this host's current keys (data and token signing key) as
+    /// the ones every replica must run with, after a rotation made by hand (a new
+    /// BREAKGLASS_DATA_KEY, a newer token key file); only on a host with their keys.
+    Publish,
 }
 
 fn settings(cli: &Cli) -> Result<Settings, ExitCode> {
@@ -215,14 +220,91 @@ fn offline_sealing(s: &Settings) -> anyhow::Result<Offline> {
     Ok((store, keyring, runtime))
 }
 
-/// A new data key, recorded as the one the replicas sharing a Redis seal with (each is refused
-/// at its next start until it has it).
+/// This host's keys as a replica runs with them, none generated: its data keys (with
+/// `BREAKGLASS_DATA_KEY`), its token signing keys and its service key.
+fn host_keys(s: &Settings) -> anyhow::Result<breakglass::coordination::ReplicaKeys> {
+    let env_key = std::env::var(breakglass::seal::DATA_KEY_ENV).ok();
+    anyhow::ensure!(
+        env_key.is_some() || breakglass::seal::has_keys(&s.data.dir),
+        "no data key in {} or {}: this is not a replica's host",
+        s.data.dir.join("keys").display(),
+        breakglass::seal::DATA_KEY_ENV
+    );
+    anyhow::ensure!(
+        breakglass::token::has_keys(&s.data.dir),
+        "no token signing key in {}: this is not a replica's host",
+        s.data.dir.join("keys").display()
+    );
+    anyhow::ensure!(
+        ServiceKeys::exists(&s.data.dir),
+        "no service key in {} or the environment: this is not a replica's host",
+        s.data.dir.display()
+    );
+    let ring = breakglass::seal::Keyring::load_or_generate(&s.data.dir, env_key.as_deref())?;
+    let tokens = breakglass::token::TokenIssuer::load_or_generate(&s.data.dir, "", "", &ring)?;
+    Ok(breakglass::coordination::ReplicaKeys {
+        data: ring.ids(),
+        token: tokens.kids(),
+        responder: ServiceKeys::load_or_generate(&s.data.dir)?
+            .stacks_address(s.chain.network.is_mainnet())
+            .to_string(),
+    })
+}
+
+/// Records this host's current keys for the replicas sharing its Redis (`keys publish`).
+fn publish_keys(s: &Settings) -> anyhow::Result<serde_json::Value> {
+    use breakglass::coordination::Published;
+    let ours = host_keys(s)?;
+    let coordination = s.data.coordinator(s.issuance.grants_per_minute)?;
+    match tokio::runtime::Runtime::new()?.block_on(coordination.publish_keys(&ours))? {
+        Published::Refused(why) => anyhow::bail!("{why}"),
+        published => Ok(serde_json::json!({
+            "recorded_for_replicas": published == Published::Recorded,
+            "data_key": ours.data.first(),
+            "token_key": ours.token.first(),
+        })),
+    }
+}
+
+/// A new data key; with replicas on Redis, only on a host that runs with their keys (checked
+/// before the key is made), and recorded as the one they seal with (each is refused at its next
+/// start until it has it).
 fn rotate_data_key(s: &Settings) -> anyhow::Result<serde_json::Value> {
+    use breakglass::coordination::Published;
+    anyhow::ensure!(
+        std::env::var_os(breakglass::seal::DATA_KEY_ENV).is_none(),
+        "the current data key comes from {}: rotate it there (the new key in the variable, the old one kept as a file in data.dir/keys so that it still opens), then `breakglass keys publish`",
+        breakglass::seal::DATA_KEY_ENV
+    );
+    let coordination = s.data.coordinator(s.issuance.grants_per_minute)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let shared = coordination.is_shared();
+    if shared {
+        let before = host_keys(s)?;
+        if let Some(why) = runtime.block_on(coordination.agree_on_keys(&before))? {
+            anyhow::bail!("{why}");
+        }
+    }
     let file = breakglass::seal::generate_key(&s.data.dir)?;
     let ring = breakglass::seal::Keyring::load_or_generate(&s.data.dir, None)?;
-    let coordination = s.data.coordinator(s.issuance.grants_per_minute)?;
-    let recorded = tokio::runtime::Runtime::new()?
-        .block_on(coordination.publish_data_key(&ring.current_id()))?;
+    let recorded = if shared {
+        let published =
+            host_keys(s).and_then(|ours| Ok(runtime.block_on(coordination.publish_keys(&ours))?));
+        match published {
+            Ok(Published::Recorded) => true,
+            Ok(Published::NothingRecorded) => false,
+            Ok(Published::Refused(why)) => {
+                std::fs::remove_file(&file)?;
+                anyhow::bail!("{why}");
+            }
+            Err(e) => {
+                std::fs::remove_file(&file)?;
+                return Err(e);
+            }
+        }
+    } else {
+        false
+    };
     Ok(serde_json::json!({
         "file": file,
         "key_id": ring.current_id(),
@@ -434,6 +516,13 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             print(rotate_data_key(&s).map_err(|e| format!("{e:#}")))
+        }
+        Command::Keys(KeysCommand::Publish) => {
+            let s = match settings(&cli) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            print(publish_keys(&s).map_err(|e| format!("{e:#}")))
         }
         Command::Keys(KeysCommand::Show) => {
             let s = match settings(&cli) {

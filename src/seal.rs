@@ -123,6 +123,11 @@ fn key_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Whether `data_dir/keys` holds a data key.
+pub fn has_keys(data_dir: &Path) -> bool {
+    key_files(&data_dir.join("keys")).is_ok_and(|f| !f.is_empty())
+}
+
 /// Writes a new random data key into `data_dir/keys`; it becomes the current one.
 pub fn generate_key(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let dir = data_dir.join("keys");

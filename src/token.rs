@@ -124,6 +124,14 @@ pub fn rekey(data_dir: &Path, keyring: &Keyring) -> anyhow::Result<usize> {
     Ok(n)
 }
 
+/// Whether `data_dir/keys` holds a token signing key (sealed, or plain to be sealed).
+pub fn has_keys(data_dir: &Path) -> bool {
+    let dir = data_dir.join("keys");
+    ["key", "pk8"]
+        .iter()
+        .any(|ext| key_files(&dir, ext).is_ok_and(|f| !f.is_empty()))
+}
+
 impl TokenIssuer {
     /// Loads the signing keys of `data_dir/keys/token-*.key`, sealed with `keyring` (the newest
     /// signs), generating the first one when there is none.

@@ -87,7 +87,8 @@ enum TipWrite {
     Write(Tip),
     /// Keeps the tip as stored (this block), and is guarded on it.
     Keep(Tip),
-    /// Writes nothing: the tip kept before moved past this block.
+    /// Writes no rows and no tip (the changes to our operations alone): the tip kept before
+    /// moved past this block.
     Passed,
     /// Is not applied now: the tip kept before is another block at this height now.
     Contested,
@@ -357,9 +358,9 @@ impl Follower {
     ///
     /// The tip of block `tip` (height, hash; none for a block read past) is decided at each
     /// attempt (`tip_to_write`). One kept as stored guards the write: refused, the tip changed
-    /// since. Moved past this block (another replica applied a later one, having applied this
-    /// one, its rows and changes with it), nothing is written: rows read for this block would
-    /// land over the later block's, and its tip under it. Moved to another block at this height
+    /// since. Moved past this block (another replica applied a later one), only the changes to
+    /// our operations are written: rows read for this block would land over the later block's,
+    /// and its tip under it. Moved to another block at this height
     /// (a reorg another replica saw first), the block is not applied now (an error: the node's
     /// push is answered so that it is sent again, the poller tries again), and is checked with
     /// the node again from the start.
@@ -419,7 +420,16 @@ impl Follower {
             .transpose()?
         {
             Some(TipWrite::Write(new)) => attempt.tip = Some(new),
-            Some(TipWrite::Passed) => return Ok(None),
+            Some(TipWrite::Passed) => {
+                // nor the rows read for it: only what it changed of our operations (the
+                // replica whose tip was kept may have been a catch-up's, which looks for none)
+                if changes.is_empty() {
+                    return Ok(None);
+                }
+                let mut attempt = Batch::default();
+                submitter::with_changes(&mut attempt, changes);
+                return Ok(Some(attempt));
+            }
             Some(TipWrite::Contested) => {
                 return Err(StateError::Unsettled(
                     "another block stored at this height by another replica meanwhile".into(),
@@ -724,8 +734,8 @@ mod tests {
     /// replica writes block B at the same height (a reorg it saw first): the write is refused,
     /// and the block is not applied now (to be checked with the node again), rather than its
     /// rows landing under B's tip unnoticed. Or another replica applies the next block C: the
-    /// write is refused, and nothing is written, neither rows read for A over C's nor A's tip
-    /// under C's.
+    /// write is refused, and only what A changed of our operations is written, neither rows
+    /// read for A over C's nor A's tip under C's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_blocks_rows_do_not_land_under_another_block_stored_at_its_height_meanwhile() {
         use crate::store::Store;
@@ -769,12 +779,34 @@ mod tests {
                 ),
                 "{moved}"
             );
-            // the next attempt
-            let next = follower.attempt(&rows, Some(a), vec![], true);
+            // the next attempt, with what the block changed of an operation of ours
+            let op = submitter::operation("record:01", "access-control", "record", &[]);
+            store
+                .apply(Batch {
+                    submissions: vec![op.clone()],
+                    ..Batch::default()
+                })
+                .unwrap();
+            let failed = crate::store::SubmissionState::Failed {
+                txid: "ab".repeat(32),
+                height: a.0,
+                result: "refused".into(),
+            };
+            let change = submitter::Change {
+                read: op.clone(),
+                state: failed.clone(),
+            };
+            let next = follower.attempt(&rows, Some(a), vec![change], true);
             if then.height == a.0 {
                 assert!(next.is_err(), "{moved}: not applied now");
+                assert_eq!(store.submission(&op.id).unwrap(), Some(op), "{moved}");
             } else {
-                assert!(next.unwrap().is_none(), "{moved}: nothing to write");
+                // the change alone: neither the rows nor the tip
+                let next = next.unwrap().expect("the change");
+                assert!(next.reviewers.is_empty() && next.tip.is_none(), "{moved}");
+                store.apply(next).unwrap();
+                let changed = store.submission(&op.id).unwrap().unwrap();
+                assert_eq!(changed.state, failed, "{moved}");
             }
             assert_eq!(store.reviewer(&who).unwrap(), None, "{moved}");
             assert_eq!(store.tip().unwrap(), Some(then), "{moved}");

@@ -94,8 +94,8 @@ pub struct ReplicaKeys {
     pub responder: String,
 }
 
-/// What the replicas sharing a store run with, as the first to start recorded it (and a
-/// replica that rotated a key since).
+/// What the replicas sharing a store run with, as the first to start recorded it (and
+/// `keys rotate-data` or `keys publish` since: `Coordinator::publish_keys`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
     pub data: String,
@@ -106,7 +106,8 @@ pub struct Recorded {
 /// Whether `ours` can work beside replicas that run with `recorded`: an error saying what
 /// differs and what to do. The current keys must be the recorded ones, not merely in the ring:
 /// keys generated on a first run on a new host stay beside keys copied after, and (newer)
-/// would be current; a rotation is recorded by `keys rotate-data` (`publish_data_key`).
+/// would be current; a rotation is recorded by `keys rotate-data` or `keys publish`
+/// (`Coordinator::publish_keys`).
 pub fn agree(ours: &ReplicaKeys, recorded: &Recorded) -> Result<(), String> {
     if ours.responder != recorded.responder {
         return Err(format!(
@@ -118,7 +119,7 @@ pub fn agree(ours: &ReplicaKeys, recorded: &Recorded) -> Result<(), String> {
     let current = ours.token.first().map(String::as_str).unwrap_or("");
     if current != recorded.token {
         return Err(format!(
-            "this replica signs tokens with key {current}, the replicas sharing its store with {}: their tokens would not verify here, nor this one's there; make data.dir/keys the same as theirs (copy it over, removing token keys generated here)",
+            "this replica signs tokens with key {current}, the replicas sharing its store with {}: their tokens would not verify here, nor this one's there; make data.dir/keys the same as theirs (copy it over, removing token keys generated here), or, if its newer key is a rotation, record it with `breakglass keys publish` and give it to every replica",
             recorded.token
         ));
     }
@@ -133,7 +134,7 @@ fn data_key_agrees(ours: &[String], recorded: &str) -> Result<(), String> {
     }
     if ours.iter().any(|k| k == recorded) {
         return Err(format!(
-            "this replica seals with data key {current}, the replicas sharing its store with {recorded}: remove the data keys generated here from data.dir/keys (or BREAKGLASS_DATA_KEY), or, to rotate, record the new key with `breakglass keys rotate-data` and give it to every replica"
+            "this replica seals with data key {current}, the replicas sharing its store with {recorded}: remove the data keys generated here from data.dir/keys (or BREAKGLASS_DATA_KEY), or, if its newer key is a rotation, record it with `breakglass keys publish` and give it to every replica"
         ));
     }
     Err(format!(
@@ -167,14 +168,48 @@ impl Coordinator {
         })
     }
 
-    /// Records `id` as the data key the replicas sharing this store seal with (a rotation, by
-    /// `keys rotate-data`): a replica started without it is refused from now on.
-    pub async fn publish_data_key(&self, id: &str) -> Result<bool, StoreError> {
-        match self {
-            Coordinator::Local(_) => Ok(false),
-            Coordinator::Redis(r) => r.publish_data_key(id).await,
+    /// Records this host's current keys (`ours`) as the ones the replicas sharing this store
+    /// run with: a rotation (`keys rotate-data`, `keys publish`), after which a replica
+    /// started without them is refused. Only from a host that has the recorded keys and the
+    /// same service key (not a host set up on its own), and only over the record as read (two
+    /// rotations at once: one is refused).
+    pub async fn publish_keys(&self, ours: &ReplicaKeys) -> Result<Published, StoreError> {
+        let Coordinator::Redis(r) = self else {
+            return Ok(Published::NothingRecorded);
+        };
+        let Some(recorded) = r.recorded_keys().await? else {
+            return Ok(Published::NothingRecorded);
+        };
+        if ours.responder != recorded.responder
+            || !ours.data.contains(&recorded.data)
+            || !ours.token.contains(&recorded.token)
+        {
+            return Ok(Published::Refused(format!(
+                "this host does not run with the replicas' keys (data key {}, token key {}, service {}): a rotation is recorded from a host that has them, its new keys beside them",
+                recorded.data, recorded.token, recorded.responder
+            )));
         }
+        Ok(if r.publish_keys(&recorded, ours).await? {
+            Published::Recorded
+        } else {
+            Published::Refused(
+                "the replicas' keys were recorded again meanwhile (another rotation): run it again"
+                    .into(),
+            )
+        })
     }
+}
+
+/// What `Coordinator::publish_keys` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Recorded: the replicas run with these keys from now on.
+    Recorded,
+    /// No replicas' keys to change (one process, or none recorded yet: the first replica to
+    /// start records its own).
+    NothingRecorded,
+    /// Not recorded, and why.
+    Refused(String),
 }
 
 /// A reviewer's open session as replicas share it (`review::Session`): who signed in, the
@@ -281,11 +316,13 @@ mod tests {
     /// Replicas on one Redis: the first to start records its keys; one with another data
     /// key, token key or service key is refused, saying which, and so is one with the recorded
     /// keys but a newer current one (generated on a first run, then the others' copied beside
-    /// it) until a rotation records it, after which a replica with only the old key is refused.
-    /// Commands that seal offline are checked on the data key alone. In one process there is
-    /// nothing to agree with.
+    /// it) until a rotation records it: only from a host with the recorded keys, only over the
+    /// record as read. After it, a replica with only the old keys is refused. Commands that
+    /// seal offline are checked on the data key alone. In one process there is nothing to
+    /// agree with.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replicas_on_one_store_agree_on_their_keys_or_do_not_start() {
+        use super::Published;
         let redis = crate::dev::test_redis().await;
         let on_redis = || Coordinator::redis(redis.url.as_str(), "k:", 10).unwrap();
         let first = keys(&["d1"], &["t1"], "ST1RESPONDER");
@@ -295,9 +332,9 @@ mod tests {
             None,
             "none yet"
         );
-        assert!(
-            !shared.publish_data_key("d0").await.unwrap(),
-            "none to change"
+        assert_eq!(
+            shared.publish_keys(&first).await.unwrap(),
+            Published::NothingRecorded
         );
         assert_eq!(on_redis().agree_on_keys(&first).await.unwrap(), None);
         assert_eq!(
@@ -305,7 +342,7 @@ mod tests {
             None,
             "again"
         );
-        let rotated = keys(&["d2", "d1"], &["t1"], "ST1RESPONDER");
+        let rotated = keys(&["d2", "d1"], &["t2", "t1"], "ST1RESPONDER");
         for (other, names) in [
             (keys(&["d9"], &["t1"], "ST1RESPONDER"), "no data key d1"),
             (keys(&["d1"], &["t9", "t1"], "ST1RESPONDER"), "with key t9"),
@@ -315,7 +352,21 @@ mod tests {
             let why = on_redis().agree_on_keys(&other).await.unwrap();
             assert!(why.as_deref().is_some_and(|w| w.contains(names)), "{why:?}");
         }
-        assert!(shared.publish_data_key("d2").await.unwrap());
+        // a host set up on its own cannot record its keys for the replicas
+        for foreign in [
+            keys(&["d9", "d8"], &["t1"], "ST1RESPONDER"),
+            keys(&["d2", "d1"], &["t9"], "ST1RESPONDER"),
+            keys(&["d2", "d1"], &["t2", "t1"], "ST2OTHER"),
+        ] {
+            assert!(matches!(
+                shared.publish_keys(&foreign).await.unwrap(),
+                Published::Refused(_)
+            ));
+        }
+        assert_eq!(
+            shared.publish_keys(&rotated).await.unwrap(),
+            Published::Recorded
+        );
         assert_eq!(on_redis().agree_on_keys(&rotated).await.unwrap(), None);
         let why = on_redis().agree_on_keys(&first).await.unwrap();
         assert!(why.is_some_and(|w| w.contains("no data key d2")));
@@ -328,6 +379,10 @@ mod tests {
         let local = Coordinator::local(10);
         assert_eq!(local.agree_on_keys(&first).await.unwrap(), None);
         assert_eq!(local.agree_on_data_key(&first.data).await.unwrap(), None);
+        assert_eq!(
+            local.publish_keys(&rotated).await.unwrap(),
+            Published::NothingRecorded
+        );
     }
 
     #[test]

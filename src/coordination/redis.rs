@@ -35,7 +35,7 @@ pub struct RedisCoordinator {
     release: Script,
     spend_challenge: Script,
     record_keys: Script,
-    publish_data_key: Script,
+    publish_keys: Script,
     open_session: Script,
     touch_session: Script,
     end_session: Script,
@@ -75,10 +75,12 @@ end
 return redis.call('HMGET', KEYS[1], 'data', 'token', 'responder')
 ";
 
-/// The data key the replicas seal with set to `ARGV[1]`, if they recorded their keys: 1 if so.
-const PUBLISH_DATA_KEY: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'data', ARGV[1])
+/// The keys the replicas run with set to data key `ARGV[3]` and token key `ARGV[4]`, if they
+/// are still `ARGV[1]` and `ARGV[2]`: 1 if so.
+const PUBLISH_KEYS: &str = r"
+local cur = redis.call('HMGET', KEYS[1], 'data', 'token')
+if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'data', ARGV[3], 'token', ARGV[4])
 return 1
 ";
 
@@ -129,7 +131,7 @@ impl RedisCoordinator {
             release: Script::new(RELEASE),
             spend_challenge: Script::new(SPEND_CHALLENGE),
             record_keys: Script::new(RECORD_KEYS),
-            publish_data_key: Script::new(PUBLISH_DATA_KEY),
+            publish_keys: Script::new(PUBLISH_KEYS),
             open_session: Script::new(OPEN_SESSION),
             touch_session: Script::new(TOUCH_SESSION),
             end_session: Script::new(END_SESSION),
@@ -278,10 +280,20 @@ impl RedisCoordinator {
         }))
     }
 
-    /// Records data key `id` as the one the replicas seal with, if they recorded their keys.
-    pub(super) async fn publish_data_key(&self, id: &str) -> Result<bool, StoreError> {
-        let mut call = self.publish_data_key.prepare_invoke();
-        call.key(self.replica_keys_key()).arg(id);
+    /// Records `ours`' current keys as the ones the replicas run with, if the record is still
+    /// `recorded`.
+    pub(super) async fn publish_keys(
+        &self,
+        recorded: &super::Recorded,
+        ours: &super::ReplicaKeys,
+    ) -> Result<bool, StoreError> {
+        let first = |v: &[String]| v.first().cloned().unwrap_or_default();
+        let mut call = self.publish_keys.prepare_invoke();
+        call.key(self.replica_keys_key())
+            .arg(&recorded.data)
+            .arg(&recorded.token)
+            .arg(first(&ours.data))
+            .arg(first(&ours.token));
         Ok(self.invoke::<i64>(&call).await? == 1)
     }
 

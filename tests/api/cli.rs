@@ -700,26 +700,31 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Bundle"));
 }
 
-/// An access record whose reason is sealed with `ring`'s current key.
-/// With replicas on Redis, a command that seals with the service stopped does so only with the
-/// data key the replicas recorded: on a host whose data key is its own (generated at its first
-/// run) `patients import` is refused, saying which key is missing; `keys rotate-data` records
-/// a new key for the replicas, after which the command seals with it.
+/// With replicas on Redis, keys are the replicas': a command that seals with the service
+/// stopped does so only with the data key they recorded (a new host, whose data key is its own,
+/// is refused, saying which key it lacks), and `keys rotate-data` runs only on a host with their
+/// keys (none made elsewhere), recording the new key for them: a replica with the old key alone
+/// is refused from then on, and the host seals with the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_replicas_commands_that_seal_use_the_data_key_the_replicas_recorded() {
+    use breakglass::store::Store;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("redis")).unwrap();
     let redis = crate::support::RedisServer::start(&dir.path().join("redis"));
     let prefix = breakglass::configuration::Settings::default()
         .data
         .redis_prefix;
-    let theirs = "0f".repeat(8);
     let coordination =
         breakglass::coordination::Coordinator::redis(&redis.url(), &prefix, 10).unwrap();
+    // a replica's host: its keys, recorded as the replicas' (as its service did at start)
+    let host = dir.path().join("host");
+    let ring = breakglass::seal::Keyring::load_or_generate(&host, None).unwrap();
+    let tokens = breakglass::token::TokenIssuer::load_or_generate(&host, "", "", &ring).unwrap();
+    let service = breakglass::keys::ServiceKeys::load_or_generate(&host).unwrap();
     let replicas = breakglass::coordination::ReplicaKeys {
-        data: vec![theirs.clone()],
-        token: vec!["their-token-key".into()],
-        responder: "ST1RESPONDER".into(),
+        data: ring.ids(),
+        token: tokens.kids(),
+        responder: service.stacks_address(false).to_string(),
     };
     assert_eq!(coordination.agree_on_keys(&replicas).await.unwrap(), None);
     let bundle = serde_json::json!({ "resourceType": "Bundle", "type": "collection", "entry": [
@@ -729,44 +734,72 @@ async fn with_replicas_commands_that_seal_use_the_data_key_the_replicas_recorded
     ]});
     let file = dir.path().join("patients.json");
     std::fs::write(&file, bundle.to_string()).unwrap();
-    let data = dir.path().join("data");
-    let run = |args: &[&str]| {
+    let run = |data: &std::path::Path, args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_breakglass"))
             .args(args)
-            .env("BREAKGLASS_DATA__DIR", &data)
+            .env("BREAKGLASS_DATA__DIR", data)
             .env("BREAKGLASS_DATA__REDIS_URL", redis.url())
             .env_remove("BREAKGLASS_DATA_KEY")
+            .env_remove("BREAKGLASS_SERVICE_KEY")
             .output()
             .unwrap()
     };
-    let refused = run(&["patients", "import", file.to_str().unwrap()]);
-    assert_eq!(refused.status.code(), Some(2));
-    let why = String::from_utf8_lossy(&refused.stderr);
-    assert!(why.contains(&format!("no data key {theirs}")), "{why}");
     let store = breakglass::store::RedisStore::open(redis.url().as_str(), &prefix).unwrap();
     let pid: breakglass::domain::PatientId = "e".repeat(64).parse().unwrap();
-    {
-        use breakglass::store::Store;
-        assert_eq!(store.contact(&pid).unwrap(), None, "nothing sealed");
-    }
-    let rotated = json(&run(&["keys", "rotate-data"]));
-    assert_eq!(rotated["recorded_for_replicas"], true, "{rotated}");
-    let ours = rotated["key_id"].as_str().unwrap().to_string();
-    assert_eq!(
-        coordination
-            .agree_on_data_key(std::slice::from_ref(&theirs))
-            .await
-            .unwrap()
-            .map(|why| why.contains(&format!("no data key {ours}"))),
-        Some(true),
-        "the replicas' old key is refused now"
+    let data_keys = |data: &std::path::Path| {
+        std::fs::read_dir(data.join("keys"))
+            .map(|d| {
+                d.filter(|f| {
+                    f.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("data-")
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+
+    // a new host: refused, nothing sealed, no key made by rotate-data
+    let new_host = dir.path().join("new");
+    let refused = run(&new_host, &["patients", "import", file.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains(&format!("no data key {}", replicas.data[0])),
+        "{why}"
     );
-    let imported = json(&run(&["patients", "import", file.to_str().unwrap()]));
+    assert_eq!(store.contact(&pid).unwrap(), None, "nothing sealed");
+    let keys_before = data_keys(&new_host);
+    let refused = run(&new_host, &["keys", "rotate-data"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(data_keys(&new_host), keys_before, "no key made");
+    let refused = run(&new_host, &["keys", "publish"]);
+    assert_eq!(refused.status.code(), Some(2), "not a replica's host");
+
+    // the replica's host: rotates, recorded for the replicas
+    let rotated = json(&run(&host, &["keys", "rotate-data"]));
+    assert_eq!(rotated["recorded_for_replicas"], true, "{rotated}");
+    let new_key = rotated["key_id"].as_str().unwrap().to_string();
+    let why = coordination.agree_on_keys(&replicas).await.unwrap();
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains(&format!("no data key {new_key}"))),
+        "the old key alone is refused now: {why:?}"
+    );
+    let imported = json(&run(&host, &["patients", "import", file.to_str().unwrap()]));
     assert_eq!(imported["imported"], 1, "{imported}");
-    use breakglass::store::Store;
-    assert!(store.contact(&pid).unwrap().is_some());
+    let sealed = store.contact(&pid).unwrap().unwrap();
+    let ring = breakglass::seal::Keyring::load_or_generate(&host, None).unwrap();
+    assert_eq!(ring.current_id(), new_key);
+    assert!(ring.is_current(&sealed), "sealed with the new key");
+    // published again from the same host: nothing changes, and it agrees
+    let again = json(&run(&host, &["keys", "publish"]));
+    assert_eq!(again["data_key"], new_key.as_str());
 }
 
+/// An access record whose reason is sealed with `ring`'s current key.
 fn sealed_access(
     ring: &breakglass::seal::Keyring,
     access_id: &str,
