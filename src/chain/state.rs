@@ -520,17 +520,26 @@ impl ChainState {
     /// sharing the store, another replica's fill, read before this block, may land between
     /// this look and the write, and would otherwise outlive the block it is older than.
     pub async fn reread(&self, named: &Named, batch: &mut Batch) -> Result<(), StateError> {
-        let u = &mut batch.uncached;
         for who in &named.providers {
             // what the node said it was not, it may be since this block
             self.forget_not(Not::Provider, who);
             if self.store.provider(who)?.is_some() {
                 let s = self.read_provider(who).await?;
-                batch.providers.push((*who, Some(s)));
+                keep_provider(batch, *who, s);
             } else {
-                u.providers.push(*who);
+                batch.uncached.providers.push(*who);
             }
         }
+        for who in &named.reviewers {
+            self.forget_not(Not::Reviewer, who);
+            if self.store.reviewer(who)?.is_some() {
+                let r = self.read_reviewer(who).await?;
+                keep_reviewer(batch, *who, r);
+            } else {
+                batch.uncached.reviewers.push(*who);
+            }
+        }
+        let u = &mut batch.uncached;
         for patient in &named.patients {
             if self.store.preferences(patient)?.is_some() {
                 let p = self.read_preferences(patient).await?;
@@ -553,15 +562,6 @@ impl ChainState {
                 batch.summary_hashes.push((*patient, h));
             } else {
                 u.summary_hashes.push(*patient);
-            }
-        }
-        for who in &named.reviewers {
-            self.forget_not(Not::Reviewer, who);
-            if self.store.reviewer(who)?.is_some() {
-                let r = self.read_reviewer(who).await?;
-                batch.reviewers.push((*who, r));
-            } else {
-                u.reviewers.push(*who);
             }
         }
         for (patient, provider, data_type, purpose) in &named.consents {
@@ -621,7 +621,7 @@ impl ChainState {
         self.mark_tip().await?;
         for who in self.store.providers()? {
             let s = self.read_provider(&who).await?;
-            batch.providers.push((who, Some(s)));
+            keep_provider(batch, who, s);
         }
         for patient in self.store.patients()? {
             let p = self.read_preferences(&patient).await?;
@@ -637,13 +637,36 @@ impl ChainState {
         }
         for who in self.store.reviewers()? {
             let r = self.read_reviewer(&who).await?;
-            batch.reviewers.push((who, r));
+            keep_reviewer(batch, who, r);
         }
         for key in self.store.consents()? {
             let c = self.read_consent(&key).await?;
             batch.consents.push((key, c));
         }
         Ok(())
+    }
+}
+
+/// A provider's entry as read back from the node, into `batch`: kept if registered, else
+/// dropped. What a principal is not is never stored (anyone can make a key), and a row that
+/// says so (stored by a version before that, or a registration undone) would be read from the
+/// node again by every catch-up; the next use reads it once, and remembers it until the next
+/// block.
+fn keep_provider(batch: &mut Batch, who: Address, state: ProviderState) {
+    if state == ProviderState::Unregistered {
+        batch.uncached.providers.push(who);
+    } else {
+        batch.providers.push((who, Some(state)));
+    }
+}
+
+/// A reviewer's entry as read back from the node, into `batch`: kept if they hold the role,
+/// else dropped (as `keep_provider`).
+fn keep_reviewer(batch: &mut Batch, who: Address, reviewer: bool) {
+    if reviewer {
+        batch.reviewers.push((who, true));
+    } else {
+        batch.uncached.reviewers.push(who);
     }
 }
 

@@ -550,6 +550,56 @@ async fn a_suspension_mined_while_a_catch_up_reads_is_not_lost() {
     proxy.server.stop(false).await;
 }
 
+/// What a principal is not (a reviewer, a registered provider) is not kept in the cache: rows
+/// that said so, stored by an earlier version, are dropped by the next catch-up, which used to
+/// read each from the node again (every catch-up, for every key anyone had signed in with),
+/// while a real reviewer's and provider's rows stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_drops_what_principals_are_not_and_keeps_what_they_are() {
+    use breakglass::store::{Batch, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let (devnet, demo) = demo_devnet(dir.path(), "0").await;
+    let service = dir.path().join("service");
+    let (made, nurse, reviewer) = (
+        address_of(&new_key()),
+        provider(&demo, "nurse")["principal"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+        provider(&demo, "reviewer")["principal"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    );
+    {
+        std::fs::create_dir_all(&service).unwrap();
+        let store = breakglass::store::RedbStore::open(&service.join("breakglass.redb")).unwrap();
+        store
+            .apply(Batch {
+                reviewers: vec![(made, false), (nurse, false), (reviewer, true)],
+                providers: vec![(made, Some(ProviderState::Unregistered))],
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    // the node's pushes go nowhere: the follower catches up by polling
+    let app = app(&devnet.rpc, &service, |_| {}).await;
+    eventually("the first catch-up", SECS, async || {
+        (app.status.applied() == devnet.tip().await).then_some(())
+    })
+    .await;
+    assert_eq!(app.store.reviewer(&made).unwrap(), None);
+    assert_eq!(app.store.reviewer(&nurse).unwrap(), None);
+    assert_eq!(app.store.provider(&made).unwrap(), None);
+    assert_eq!(app.store.reviewer(&reviewer).unwrap(), Some(true));
+    // and what they are not is still answered (from the node, then from memory)
+    assert!(!app.follower.state.is_reviewer(&nurse).await.unwrap());
+    assert!(app.follower.state.is_reviewer(&reviewer).await.unwrap());
+    app.stop().await;
+}
+
 /// Our signed transaction's bytes found in a block are not taken for it being mined unless its
 /// nonce is used: another transaction can carry a copy of them (in a `buff` argument, say), and
 /// ours, still on its way, is not marked failed; one mined and refused by the contract is. Before, an operation without its effect on
