@@ -281,7 +281,7 @@ fn rotate_data_key(s: &Settings) -> anyhow::Result<serde_json::Value> {
     let shared = coordination.is_shared();
     if shared {
         let before = host_keys(s)?;
-        if let Some(why) = runtime.block_on(coordination.agree_on_keys(&before))? {
+        if let Some(why) = runtime.block_on(coordination.keys_agree(&before))? {
             anyhow::bail!("{why}");
         }
     }
@@ -297,10 +297,13 @@ fn rotate_data_key(s: &Settings) -> anyhow::Result<serde_json::Value> {
                 std::fs::remove_file(&file)?;
                 anyhow::bail!("{why}");
             }
-            Err(e) => {
-                std::fs::remove_file(&file)?;
-                return Err(e);
-            }
+            // it may have been recorded (the answer lost): the key is kept, to be recorded
+            // or removed by hand, never removed while the replicas may be told to use it
+            Err(e) => anyhow::bail!(
+                "the new data key {} ({}) was made, but whether it is recorded for the replicas is not known ({e:#}): record it with `breakglass keys publish`, or remove the file",
+                ring.current_id(),
+                file.display()
+            ),
         }
     } else {
         false

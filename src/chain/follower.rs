@@ -388,7 +388,9 @@ impl Follower {
             let Some(attempt) = self.attempt(&batch, tip, changes, kept_before)? else {
                 return Ok(());
             };
-            kept_before =
+            // once kept (and refused), the tip is never written over a later one by a later
+            // attempt: it stays passed, contested or kept
+            kept_before |=
                 attempt.tip.is_none() && attempt.guard.as_ref().is_some_and(|g| g.tip.is_some());
             match self.write(attempt).await {
                 Ok(()) => return Ok(()),

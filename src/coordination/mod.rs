@@ -155,6 +155,19 @@ impl Coordinator {
         Ok(agree(ours, &recorded).err())
     }
 
+    /// Whether `ours` are the keys the replicas sharing this store run with (`agree`), read
+    /// without recording anything: `Ok(Some(why))` when not; nothing recorded yet, or one
+    /// process: nothing to agree with.
+    pub async fn keys_agree(&self, ours: &ReplicaKeys) -> Result<Option<String>, StoreError> {
+        let Coordinator::Redis(r) = self else {
+            return Ok(None);
+        };
+        Ok(match r.recorded_keys().await? {
+            Some(recorded) => agree(ours, &recorded).err(),
+            None => None,
+        })
+    }
+
     /// Whether data keys `ours` (the current one first) are those the replicas sharing this
     /// store seal with, for a command that seals while the service is stopped: `Ok(Some(why))`
     /// when not. Nothing recorded yet, or one process: nothing to agree with.
@@ -332,9 +345,18 @@ mod tests {
             None,
             "none yet"
         );
+        assert_eq!(shared.keys_agree(&first).await.unwrap(), None, "none yet");
         assert_eq!(
             shared.publish_keys(&first).await.unwrap(),
             Published::NothingRecorded
+        );
+        let Coordinator::Redis(r) = &shared else {
+            unreachable!()
+        };
+        assert_eq!(
+            r.recorded_keys().await.unwrap(),
+            None,
+            "checks record nothing"
         );
         assert_eq!(on_redis().agree_on_keys(&first).await.unwrap(), None);
         assert_eq!(
@@ -367,6 +389,15 @@ mod tests {
             shared.publish_keys(&rotated).await.unwrap(),
             Published::Recorded
         );
+        // sent again after its answer was lost (over the record as first read): recorded
+        let before = super::Recorded {
+            data: "d1".into(),
+            token: "t1".into(),
+            responder: "ST1RESPONDER".into(),
+        };
+        assert!(r.publish_keys(&before, &rotated).await.unwrap());
+        assert_eq!(shared.keys_agree(&rotated).await.unwrap(), None);
+        assert!(shared.keys_agree(&first).await.unwrap().is_some());
         assert_eq!(on_redis().agree_on_keys(&rotated).await.unwrap(), None);
         let why = on_redis().agree_on_keys(&first).await.unwrap();
         assert!(why.is_some_and(|w| w.contains("no data key d2")));

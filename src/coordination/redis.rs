@@ -76,9 +76,11 @@ return redis.call('HMGET', KEYS[1], 'data', 'token', 'responder')
 ";
 
 /// The keys the replicas run with set to data key `ARGV[3]` and token key `ARGV[4]`, if they
-/// are still `ARGV[1]` and `ARGV[2]`: 1 if so.
+/// are still `ARGV[1]` and `ARGV[2]` (or are those already: sent again after its answer was
+/// lost): 1 if so.
 const PUBLISH_KEYS: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'data', 'token')
+if cur[1] == ARGV[3] and cur[2] == ARGV[4] then return 1 end
 if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'data', ARGV[3], 'token', ARGV[4])
 return 1
