@@ -1391,6 +1391,9 @@ async fn forged_observer_posts_change_no_decision_readiness_or_confirmation() {
     // one that declares more than the bound is refused before any of its body is sent
     let mut declared = stalled_post(app.observer_addr, "/new_block", 65 << 20, b"").await;
     assert_eq!(answered(&mut declared, SECS).await, Some(413));
+    // one whose body does not come is let go after 10 s, its place with it
+    let mut stalled = stalled_post(app.observer_addr, "/new_block", 1 << 10, b"{").await;
+    assert_eq!(answered(&mut stalled, SECS).await, Some(408));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
