@@ -1,6 +1,7 @@
 //! `breakglass`: the command line. `serve` runs the service, `dev` runs it with a local devnet
 //! and demo data, `stacks ...` are operator tools for what is on the wire, `keys show` names
-//! the service's Stacks principal (to authorize it as a responder on chain).
+//! the service's Stacks principal (to authorize it as a responder on chain), `keys rotate-data`
+//! and `keys publish` rotate keys (with replicas on Redis, recording them for the replicas).
 //!
 //! It must not: hold logic (each command calls into the library).
 
@@ -81,7 +82,8 @@ enum SummariesCommand {
     /// Import a patient's emergency summary (an IPS-style FHIR R4 Bundle) while the service is
     /// stopped (a running service takes it at POST /v1/admin/summaries): stored sealed, its hash
     /// recorded on chain by the service once it runs. Prints the patient, the hash and the
-    /// operation; exits 2 with the reason for a bundle it refuses.
+    /// operation; exits 2 with the reason for a bundle it refuses. With replicas on Redis, only
+    /// with the data key they recorded.
     Import {
         /// The bundle (JSON).
         file: PathBuf,
@@ -105,14 +107,17 @@ enum AuditCommand {
 enum PatientsCommand {
     /// Import a FHIR R4 bundle of Patient resources into the store while the service is
     /// stopped (a running service takes the same bundle at POST /v1/admin/patients). Prints
-    /// how many were imported and each refused entry with its reason.
+    /// how many were imported and each refused entry with its reason. With replicas on Redis,
+    /// only with the data key they recorded.
     Import {
         /// The bundle (JSON).
         file: PathBuf,
     },
     /// Seal everything sealed with an older data key again with the current one (after `keys
-    /// rotate-data`): contacts, the accesses' reasons, stored notices, token signing keys, the
-    /// generated service key; with the service stopped; prints how many of each were re-sealed.
+    /// rotate-data`, or a rotation by hand recorded with `keys publish`): contacts, the
+    /// accesses' reasons, stored notices, token signing keys, the generated service key; with
+    /// the service stopped (with replicas on Redis, only with the data key they recorded);
+    /// prints how many of each were re-sealed.
     Rekey,
 }
 
@@ -171,8 +176,9 @@ enum KeysCommand {
     /// Print the service's Stacks principal (generating its key on first run).
     Show,
     /// Add a new data key (data.dir/keys/data-*.key, 0600): it seals from now on, the older
-    /// ones still open. Then `patients rekey`, then older keys can be removed. With replicas
-    /// on Redis, only on a host with their keys; the new key is recorded as theirs.
+    /// ones still open. Then `patients rekey`, then older keys can be removed. Refused while
+    /// BREAKGLASS_DATA_KEY is set (rotate it there, then `keys publish`). With replicas on
+    /// Redis, only on a host with their keys; the new key is recorded as theirs.
     RotateData,
     /// With replicas on Redis: record this host's current keys (data and token signing key) as
     /// the ones every replica must run with, after a rotation made by hand (a new

@@ -7,8 +7,10 @@
 //! ciphertext and tag. Keys: `BREAKGLASS_DATA_KEY` (32 bytes, base64url) when set, else the
 //! newest `data_dir/keys/data-*.key` (32 random bytes, mode 0600, generated at first run).
 //! Every key found opens; the current one seals. Rotation: `breakglass keys rotate-data` adds a
-//! key, `breakglass patients rekey` seals everything sealed before (contacts, the accesses'
-//! reasons, stored notices, token signing keys) again with it, then old keys can go.
+//! key (refused while `BREAKGLASS_DATA_KEY` is set: rotate it there; with replicas on Redis,
+//! recorded for them, and a rotation by hand with `keys publish`), `breakglass patients rekey`
+//! seals everything sealed before (contacts, the accesses' reasons, stored notices, token
+//! signing keys) again with it, then old keys can go.
 //!
 //! Each data key also gives a MAC key (HKDF-SHA256 of it, `MAC_INFO`): `mac` tags what the
 //! service hands out and must know again without keeping it (a reviewer's sign-in challenge),

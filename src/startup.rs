@@ -81,7 +81,7 @@ async fn agree_on_keys(
             Ok(None) => return Ok(()),
             Ok(Some(why)) => anyhow::bail!("{why}"),
             Err(e) if tokio::time::Instant::now() >= deadline => anyhow::bail!(
-                "this replica's keys could not be checked against the other replicas' (the store does not answer: {e}); it starts once they can be"
+                "this replica's keys could not be checked against the other replicas' (the store does not answer: {e}); start it again once the store answers"
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "the store does not answer yet: this replica's keys are checked against the other replicas' once it does");

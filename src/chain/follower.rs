@@ -9,7 +9,8 @@
 //! with its events stripped names them too), are read back from the node (the events' values
 //! are never used), and our operations whose txids are in the node's block are confirmed once
 //! their effect reads back on chain (the push's list of transactions is not used). A block applies as one
-//! batch: those reads, the confirmations and the new tip. The same block sent again reads only
+//! batch: those reads, the confirmations and the new tip (with replicas, the tip another replica
+//! stored for the block kept, and the write guarded on it: `write_with_changes`). The same block sent again reads only
 //! what it names anew (so a stripped copy sent first loses nothing of the node's push). After
 //! a gap (missed blocks, a node that went away, a restart), every cached entry is re-read from
 //! the node and lands with the new tip. After a reorg (another block at a height applied, a

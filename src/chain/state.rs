@@ -5,8 +5,9 @@
 //! A fill and the follower's blocks take turns (`apply_lock`): a fill keeps what it read only
 //! if no block was applied while it read, since that block may have changed the entry (a
 //! suspension, an opt-out) after the node answered; otherwise it looks again. A principal
-//! that is not a registered provider is not written to the store (anyone can sign a request
-//! with a new key): it is remembered in memory until the next block, within a bound.
+//! that is not a registered provider, or not a reviewer, is not written to the store (anyone
+//! can sign a request with a new key): it is remembered in memory until the next block, within
+//! a bound; a cached row read back as "not" by a block or a catch-up is dropped.
 //!
 //! With replicas sharing a store, the lock is one process's: a fill is also written only while
 //! the store's tip is the one it read before asking the node (`Guard::tip`), so that it never

@@ -7,8 +7,12 @@
 //! on every other, a clinician's rate counts across all of them, and one replica at a time
 //! holds the chain submitter's lease or a notice's.
 //!
-//! Reviewers' sign-in challenges and sessions are kept the same way (in memory, or on Redis
-//! with an expiry), so that a reviewer moves between replicas without signing in again.
+//! Reviewers' spent sign-in challenges and sessions are kept the same way (in memory, or on
+//! Redis with an expiry), so that a reviewer moves between replicas without signing in again.
+//!
+//! Replicas on Redis also agree on their keys (`agree_on_keys`, `publish_keys`: the hash
+//! `replica-keys`): a replica whose current data key, token signing key or service key is not
+//! the recorded one does not start.
 //!
 //! A lease's fencing token goes with the holder's writes (`store::Guard`): the store refuses a
 //! write whose token is no longer the lease's, so a holder that was paused past its lease (and

@@ -61,7 +61,7 @@ end
 return -1
 ";
 
-/// Spends a sign-in challenge: 1 if it was not spent yet (kept `ARGV[1]` s), else nil.
+/// Spends a sign-in challenge: OK if it was not spent yet (kept `ARGV[1]` s), else nil.
 const SPEND_CHALLENGE: &str = r"
 return redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
 ";

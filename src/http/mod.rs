@@ -155,7 +155,9 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
 /// path, so only who knows it reaches `/new_block`; a second layer, since a pushed block is
 /// checked against the node anyway). `/new_block` answers 200 once the block is durably
 /// applied, or found not to be the node's (the node must not resend a block it abandoned);
-/// a failure answers 500 so that the node sends it again.
+/// a failure answers 500, four pushes already being read or checked 503 (before the body is
+/// read), so that the node sends it again; a body past 64 MiB 413, not in within 10 s 408,
+/// not a block's JSON 400.
 pub fn observer(prefix: String) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         cfg.route(&format!("{prefix}/new_block"), web::post().to(new_block));

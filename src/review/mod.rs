@@ -12,7 +12,8 @@
 //! expires. Its nonce carries its own proof (16 random bytes and a MAC of them, the expiry and
 //! the service, by the data keys: `seal::Keyring::mac`), so handing one out stores nothing:
 //! anyone may ask for as many as they like without pushing a reviewer's out. A challenge is
-//! kept only once spent, by a signer the chain knows, until it expires. A signature over it by
+//! kept only once spent, by a signer the chain knows, until it expires (on Redis, ten minutes
+//! past). A signature over it by
 //! a principal that holds access-control's reviewer role and a verified provider record (the
 //! chain-state cache) opens a session: a random token in an
 //! `HttpOnly; Secure; SameSite=Strict` cookie (only its SHA-256 is kept), a CSRF token for
@@ -253,8 +254,8 @@ impl Review {
 
     /// Checks a signed challenge (`message`, hex) sent back with the nonce cookie `bound`, and
     /// opens a session: its token (for the cookie) and the session. A challenge that is ours,
-    /// unexpired and signed by a principal the chain knows is spent whatever the outcome, and
-    /// the outcome goes to the audit log; one signed by a key the chain does not know is
+    /// unexpired, sent back from the browser it was bound to and signed by a principal the chain
+    /// knows is spent whatever the outcome, and the outcome goes to the audit log; any other is
     /// refused without either.
     pub async fn sign_in(
         &self,
