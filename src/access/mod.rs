@@ -74,6 +74,9 @@ pub struct BreakGlass {
     /// The refusals logged of each signed request (what was signed and the refusal's code), with
     /// when the request stops being fresh (`LOGGED_REFUSALS_MAX` at most).
     logged_refusals: std::sync::Mutex<std::collections::HashMap<RefusalOf, u64>>,
+    /// The tablet's options asked for principals the cache does not know, each a read from the
+    /// node (`OPTIONS_LOOKUPS_PER_SECOND`, all askers together).
+    options_lookups: governor::DefaultDirectRateLimiter,
 }
 
 /// One signed request refused for one reason: the SIP-018 hash of what was signed (a request
@@ -106,6 +109,11 @@ const LOGGED_REFUSALS_MAX: usize = 10_000;
 /// grants: without a bound, one registration could grow the log, and hold up the grants'
 /// writes, without end.
 pub const REFUSAL_ENTRIES_PER_MINUTE: u32 = 20;
+
+/// How many principals the cache does not know `/tablet/options` asks the node about a second,
+/// all askers together: anyone may ask, and each is a read from the node; beyond, 503 (the
+/// page asks again). A clinician who has used the service, or whom a block named, is cached.
+pub const OPTIONS_LOOKUPS_PER_SECOND: u32 = 20;
 
 impl BreakGlass {
     #[allow(clippy::too_many_arguments)]
@@ -146,6 +154,10 @@ impl BreakGlass {
                     .unwrap_or(std::num::NonZeroU32::MIN),
             )),
             logged_refusals: Default::default(),
+            options_lookups: governor::RateLimiter::direct(governor::Quota::per_second(
+                std::num::NonZeroU32::new(OPTIONS_LOOKUPS_PER_SECOND)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            )),
         })
     }
 
@@ -389,6 +401,17 @@ impl BreakGlass {
     pub async fn options(&self, principal: Address) -> Result<Options, Refusal> {
         use crate::domain::DataType;
         use crate::policy::Verdict;
+        // anyone may ask: a principal the cache does not know is a read from the node, and
+        // those are bounded for all askers together
+        if self.state.cached_provider(&principal).is_none() && self.options_lookups.check().is_err()
+        {
+            return Err(Refusal::new(
+                503,
+                "too-many-lookups",
+                "Too many lookups",
+                "too many principals the service does not know were asked about just now: try again in a moment",
+            ));
+        }
         let state = self
             .state
             .provider(&principal)

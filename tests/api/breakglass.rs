@@ -1516,6 +1516,41 @@ async fn the_tablets_options_are_decided_with_the_clinicians_on_call_state() {
         .find(|o| o["data_type"] == "allergies")
         .unwrap();
     assert_eq!(allergies["allowed"], true, "{options}");
+
+    // anyone may ask about any principal, each unknown one a read from the node: a flood of
+    // them is bounded for all askers together (503 too-many-lookups beyond), while a known
+    // clinician's options are answered from the cache throughout
+    let ask = |principal: String| {
+        let url = format!(
+            "http://{}/tablet/options?principal={principal}",
+            env.app.api_addr
+        );
+        async move {
+            let res = reqwest::get(url).await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Json>().await.unwrap_or(Json::Null))
+        }
+    };
+    let flood =
+        futures_util::future::join_all((0..60).map(|_| ask(address_of(&new_key()).to_string())));
+    let known = ask(pharmacist["principal"].as_str().unwrap().to_string());
+    let (answers, (known_status, _)) = tokio::join!(flood, known);
+    assert_eq!(known_status, 200, "a known clinician is never bounded");
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        answers.iter().all(|(s, _)| *s == 200 || *s == 503),
+        "{answers:?}"
+    );
+    assert!(
+        !refused.is_empty(),
+        "some of 60 unknown at once are refused"
+    );
+    assert!(
+        answers.len() - refused.len() >= 20,
+        "a second's share is answered"
+    );
+    assert_eq!(refused[0].1["code"], "too-many-lookups", "{:?}", refused[0]);
+
     let (status, body) = ask_for_allergies(&env.app, pharmacist, patient(&env.demo, true), 1).await;
     assert_eq!(status, 201, "{body}");
 }
