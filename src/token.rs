@@ -202,8 +202,8 @@ impl TokenIssuer {
     pub fn verify(&self, token: &str) -> Result<AccessClaims, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
         let kid = header.kid.ok_or("the token names no key")?;
-        let key = std::iter::once(&self.current)
-            .chain(self.older.iter())
+        let key = self
+            .keys()
             .find(|k| k.kid == kid)
             .ok_or("the token's key is not ours")?;
         let mut v = jsonwebtoken::Validation::new(Algorithm::EdDSA);
@@ -225,18 +225,20 @@ impl TokenIssuer {
         Ok(claims)
     }
 
+    /// The signing keys, the current one first, then the newest older one first.
+    fn keys(&self) -> impl Iterator<Item = &SigningKey> {
+        std::iter::once(&self.current).chain(self.older.iter().rev())
+    }
+
     /// The signing keys' ids, the current one first.
     pub fn kids(&self) -> Vec<String> {
-        std::iter::once(&self.current)
-            .chain(self.older.iter().rev())
-            .map(|k| k.kid.clone())
-            .collect()
+        self.keys().map(|k| k.kid.clone()).collect()
     }
 
     /// The public keys as a JWK Set (RFC 7517, OKP keys per RFC 8037).
     pub fn jwks(&self) -> serde_json::Value {
-        let keys: Vec<_> = std::iter::once(&self.current)
-            .chain(self.older.iter().rev())
+        let keys: Vec<_> = self
+            .keys()
             .map(|k| json!({ "kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(&k.public), "kid": k.kid, "use": "sig", "alg": "EdDSA" }))
             .collect();
         json!({ "keys": keys })
