@@ -192,15 +192,28 @@ async fn providers(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
 
 #[derive(serde::Deserialize)]
 struct NoticeQuery {
-    state: Option<String>,
+    state: Option<StateName>,
 }
 
-fn state_name(s: &NoticeState) -> &'static str {
-    match s {
-        NoticeState::Pending => "pending",
-        NoticeState::Sent { .. } => "sent",
-        NoticeState::Dead { .. } => "dead",
-        NoticeState::NoContact { .. } => "no_contact",
+/// A notice's state by name, as notices are listed and filtered (`?state=`): one list, so
+/// that a state shown can always be asked for, and one asked for that is none is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+enum StateName {
+    Pending,
+    Sent,
+    Dead,
+    NoContact,
+}
+
+impl StateName {
+    fn of(s: &NoticeState) -> StateName {
+        match s {
+            NoticeState::Pending => StateName::Pending,
+            NoticeState::Sent { .. } => StateName::Sent,
+            NoticeState::Dead { .. } => StateName::Dead,
+            NoticeState::NoContact { .. } => StateName::NoContact,
+        }
     }
 }
 
@@ -209,7 +222,7 @@ pub fn notice_view(n: &crate::store::Notice) -> serde_json::Value {
     let mut v = json!({
         "access_id": n.access_id,
         "patient": n.patient,
-        "state": state_name(&n.state),
+        "state": StateName::of(&n.state),
         "due_at": n.due_at,
         "attempts": n.attempts,
         "message_id": n.message_id,
@@ -226,26 +239,22 @@ pub fn notice_view(n: &crate::store::Notice) -> serde_json::Value {
     v
 }
 
-async fn notices(
-    req: HttpRequest,
-    admin: web::Data<Admin>,
-    q: web::Query<NoticeQuery>,
-) -> HttpResponse {
+async fn notices(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
     if super::tokens::basic_client(&req, &admin.clients).is_none() {
         return unauthorized();
     }
-    const STATES: [&str; 4] = ["pending", "sent", "dead", "no_contact"];
-    if let Some(state) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
-        return problem(&Refusal {
-            status: 400,
-            code: "unknown-state",
-            title: "Unknown state",
-            detail: format!(
-                "a notice's state is one of {}, not {state:?}",
-                STATES.join(", ")
-            ),
-        });
-    }
+    // read after the credentials (an extractor would answer first, in its own words)
+    let q = match web::Query::<NoticeQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => {
+            return problem(&Refusal {
+                status: 400,
+                code: "unknown-state",
+                title: "Unknown state",
+                detail: format!("not a notice's state: {e}"),
+            })
+        }
+    };
     let all = match admin.store.notices() {
         Ok(n) => n,
         Err(e) => {
@@ -255,7 +264,7 @@ async fn notices(
     };
     let list: Vec<_> = all
         .iter()
-        .filter(|n| q.state.as_deref().is_none_or(|s| s == state_name(&n.state)))
+        .filter(|n| q.state.is_none_or(|s| s == StateName::of(&n.state)))
         .map(notice_view)
         .collect();
     HttpResponse::Ok().json(json!({ "notices": list }))
