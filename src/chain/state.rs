@@ -95,6 +95,23 @@ impl ChainState {
         }
     }
 
+    /// Over `store`, with a node that is never asked (nothing listens there: a test that
+    /// reaches it fails), for unit tests that read through their own `read` or the store.
+    #[cfg(test)]
+    pub(crate) fn without_node(store: Arc<dyn Store>) -> ChainState {
+        ChainState::new(
+            store,
+            NodeClient::new(
+                "http://127.0.0.1:9",
+                std::time::Duration::from_millis(10),
+                0,
+            ),
+            Contracts {
+                address: "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap(),
+            },
+        )
+    }
+
     fn sender(&self) -> &Address {
         &self.contracts.address
     }
@@ -689,7 +706,6 @@ pub(crate) fn mark() -> u64 {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
 
     use super::*;
 
@@ -702,13 +718,8 @@ mod tests {
     const WHO: &str = "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB";
 
     fn state(dir: &std::path::Path) -> ChainState {
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.join("store.redb")).unwrap());
         // the node is never asked here: each test reads through its own `read`
-        let rpc = NodeClient::new("http://127.0.0.1:9", Duration::from_millis(10), 0);
-        let contracts = Contracts {
-            address: WHO.parse().unwrap(),
-        };
-        ChainState::new(store, rpc, contracts)
+        ChainState::without_node(Arc::new(RedbStore::open(&dir.join("store.redb")).unwrap()))
     }
 
     fn tip(height: u64) -> Tip {

@@ -93,6 +93,24 @@ pub struct Challenge {
     pub expires_at: u64,
 }
 
+/// Why a signature names no signer (`Review::signer_of`).
+pub(crate) enum Unsigned {
+    /// Not 65 bytes of hex.
+    Malformed,
+    /// It does not verify over the message under our domain.
+    DoesNotVerify(String),
+}
+
+/// A challenge that is not ours, or was spent already.
+fn unknown_challenge() -> Refusal {
+    refusal(
+        401,
+        "unknown-challenge",
+        "Challenge used or unknown",
+        "this challenge was used already, or not issued here: ask for a new one",
+    )
+}
+
 fn random32() -> [u8; 32] {
     let mut b = [0u8; 32];
     secp256k1::rand::RngCore::fill_bytes(&mut secp256k1::rand::thread_rng(), &mut b);
@@ -189,27 +207,42 @@ impl Review {
         data
     }
 
-    /// The signer of `signature` over `message` (hex), under our domain.
-    fn signer(&self, message: &Value, signature: &str) -> Result<Address, Refusal> {
-        let sig = hex::decode(signature).map_err(|_| {
-            refusal(
-                400,
-                "malformed-signature",
-                "Malformed signature",
-                "the signature is not hex",
-            )
-        })?;
+    /// The principal whose key made `signature` (65 bytes of hex, an optional `0x`) over
+    /// `message` under our domain (a sign-in's, a verdict's), and the signature's bytes.
+    pub(crate) fn signer_of(
+        &self,
+        message: &Value,
+        signature: &str,
+    ) -> Result<(Address, Vec<u8>), Unsigned> {
+        let sig = hex::decode(signature)
+            .ok()
+            .filter(|s| s.len() == 65)
+            .ok_or(Unsigned::Malformed)?;
         let hash = sip018::message_hash(&self.domain(), message);
-        let key = sip018::recover(&hash, &sig).map_err(|e| {
-            refusal(
-                401,
-                "bad-signature",
-                "Bad signature",
-                format!("the signature does not verify: {e}"),
-            )
-        })?;
+        let key =
+            sip018::recover(&hash, &sig).map_err(|e| Unsigned::DoesNotVerify(e.to_string()))?;
         let (testnet, mainnet) = sip018::principals(&key);
-        Ok(if self.mainnet { mainnet } else { testnet })
+        Ok((if self.mainnet { mainnet } else { testnet }, sig))
+    }
+
+    /// The signer of a sign-in's `signature` over `message`.
+    fn signer(&self, message: &Value, signature: &str) -> Result<Address, Refusal> {
+        self.signer_of(message, signature)
+            .map(|(signer, _)| signer)
+            .map_err(|u| match u {
+                Unsigned::Malformed => refusal(
+                    400,
+                    "malformed-signature",
+                    "Malformed signature",
+                    "the signature is not 65 bytes of hex",
+                ),
+                Unsigned::DoesNotVerify(e) => refusal(
+                    401,
+                    "bad-signature",
+                    "Bad signature",
+                    format!("the signature does not verify: {e}"),
+                ),
+            })
     }
 
     /// Whether `who` may review now: access-control's reviewer role and a verified provider
@@ -304,12 +337,7 @@ impl Review {
         let data = self.challenge_data(&nonce[..16], expires_at);
         if !self.keyring.mac_matches(CHALLENGE_MAC, &data, &nonce[16..]) {
             // not handed out here, or its expiry changed since
-            return Err(refusal(
-                401,
-                "unknown-challenge",
-                "Challenge used or unknown",
-                "this challenge was used already, or not issued here: ask for a new one",
-            ));
+            return Err(unknown_challenge());
         }
         if expires_at <= now_secs() {
             return Err(refusal(
@@ -341,12 +369,7 @@ impl Review {
             .await
             .map_err(sessions_unavailable)?;
         if !unspent {
-            return Err(refusal(
-                401,
-                "unknown-challenge",
-                "Challenge used or unknown",
-                "this challenge was used already, or not issued here: ask for a new one",
-            ));
+            return Err(unknown_challenge());
         }
         let code = match &outcome {
             Ok(()) => "ok".to_string(),
@@ -497,21 +520,11 @@ mod tests {
 
     fn review(coordination: Coordinator) -> Review {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn crate::store::Store> =
-            Arc::new(crate::store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
-        let contracts = crate::chain::contracts::Contracts {
-            address: "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap(),
-        };
-        let state = crate::chain::state::ChainState::new(
-            store,
-            // never asked here: a challenge that is not ours is refused before the chain is
-            crate::chain::rpc::NodeClient::new(
-                "http://127.0.0.1:9",
-                std::time::Duration::from_millis(10),
-                0,
-            ),
-            contracts.clone(),
-        );
+        // the node is never asked: a challenge that is not ours is refused before the chain is
+        let state = crate::chain::state::ChainState::without_node(Arc::new(
+            crate::store::RedbStore::open(&dir.path().join("s.redb")).unwrap(),
+        ));
+        let responder = state.contracts.address;
         Review::new(
             state,
             Arc::new(crate::seal::Keyring::from_keys(&[[5; 32]]).unwrap()),
@@ -519,7 +532,7 @@ mod tests {
             crate::stacks::tx::TESTNET_CHAIN_ID,
             false,
             "https://breakglass.example".into(),
-            contracts.address,
+            responder,
             Arc::new(coordination),
         )
     }

@@ -26,7 +26,7 @@ use crate::chain::submitter;
 use crate::clock::now_secs;
 use crate::domain::{AccessId, VerdictKind};
 use crate::refusal::Refusal;
-use crate::stacks::{sip018, Value};
+use crate::stacks::Value;
 use crate::store::{apply_async, Batch, SubmissionState, Verdict};
 
 /// The longest note, in characters.
@@ -106,34 +106,24 @@ impl Review {
         // the signature first: a bad one costs no read of the store or the node, nor a turn
         // of the one-at-a-time lock
         let note_hash: [u8; 32] = Sha256::digest(given.note.as_bytes()).into();
-        let sig = hex::decode(
-            given
-                .signature
-                .strip_prefix("0x")
-                .unwrap_or(given.signature),
-        )
-        .ok()
-        .filter(|s| s.len() == 65)
-        .ok_or_else(|| {
-            refusal(
-                400,
-                "malformed-signature",
-                "Malformed signature",
-                "the verdict's signature is 65 bytes of hex",
-            )
-        })?;
         let signed = message(id, verdict, &note_hash);
-        let key =
-            sip018::recover(&sip018::message_hash(&self.domain(), &signed), &sig).map_err(|e| {
-                refusal(
+        let (signer, sig) = self
+            .signer_of(&signed, given.signature)
+            .map_err(|u| match u {
+                super::Unsigned::Malformed => refusal(
+                    400,
+                    "malformed-signature",
+                    "Malformed signature",
+                    "the verdict's signature is 65 bytes of hex",
+                ),
+                super::Unsigned::DoesNotVerify(e) => refusal(
                     400,
                     "bad-signature",
                     "Bad signature",
                     format!("the verdict's signature does not verify: {e}"),
-                )
+                ),
             })?;
-        let (testnet, mainnet) = sip018::principals(&key);
-        if (if self.mainnet { mainnet } else { testnet }) != session.reviewer {
+        if signer != session.reviewer {
             return Err(refusal(
                 400,
                 "bad-signature",
