@@ -386,13 +386,12 @@ impl Follower {
             if let Some(block) = confirmed_by {
                 submitter::confirmations(block, rpc, contracts, store, &mut changes).await?;
             }
-            let Some(attempt) = self.attempt(&batch, tip, changes, kept_before)? else {
+            let Some((attempt, kept)) = self.attempt(&batch, tip, changes, kept_before)? else {
                 return Ok(());
             };
             // once kept (and refused), the tip is never written over a later one by a later
             // attempt: it stays passed, contested or kept
-            kept_before |=
-                attempt.tip.is_none() && attempt.guard.as_ref().is_some_and(|g| g.tip.is_some());
+            kept_before |= kept;
             match self.write(attempt).await {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Guarded(crate::store::Guarded::Changed)) => {
@@ -408,16 +407,18 @@ impl Follower {
     }
 
     /// One attempt at the write of `batch` for block `tip` with `changes` (see
-    /// `write_with_changes`; `kept_before`: the last attempt kept the tip and was refused):
-    /// none when there is nothing to write.
+    /// `write_with_changes`; `kept_before`: an earlier attempt kept the tip and was refused):
+    /// none when there is nothing to write; else the write, and whether it keeps the tip as
+    /// stored (guarded on it).
     fn attempt(
         &self,
         batch: &Batch,
         tip: Option<(u64, [u8; 32])>,
         changes: Vec<submitter::Change>,
         kept_before: bool,
-    ) -> Result<Option<Batch>, FollowError> {
+    ) -> Result<Option<(Batch, bool)>, FollowError> {
         let mut attempt = batch.clone();
+        let mut kept = false;
         match tip
             .map(|(height, hash)| self.tip_to_write(height, hash, kept_before))
             .transpose()?
@@ -431,7 +432,7 @@ impl Follower {
                 }
                 let mut attempt = Batch::default();
                 submitter::with_changes(&mut attempt, changes);
-                return Ok(Some(attempt));
+                return Ok(Some((attempt, false)));
             }
             Some(TipWrite::Contested) => {
                 return Err(StateError::Unsettled(
@@ -444,11 +445,12 @@ impl Follower {
             }
             Some(TipWrite::Keep(stored)) => {
                 attempt.guard.get_or_insert_with(Guard::default).tip = Some(Some(stored));
+                kept = true;
             }
             None => {}
         }
         submitter::with_changes(&mut attempt, changes);
-        Ok(Some(attempt))
+        Ok(Some((attempt, kept)))
     }
 
     /// A block applied already, sent again (by the node after a copy, or by anyone): reads
@@ -651,18 +653,7 @@ mod tests {
     fn follower_on(
         store: Arc<dyn crate::store::Store>,
     ) -> (Arc<dyn crate::store::Store>, Follower) {
-        let state = ChainState::new(
-            store.clone(),
-            // never asked here
-            crate::chain::rpc::NodeClient::new(
-                "http://127.0.0.1:9",
-                std::time::Duration::from_millis(10),
-                0,
-            ),
-            crate::chain::contracts::Contracts {
-                address: "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap(),
-            },
-        );
+        let state = ChainState::without_node(store.clone());
         (store, Follower::new(state, Arc::default()).unwrap())
     }
 
@@ -769,11 +760,12 @@ mod tests {
             stored_by_other(Tip::applied(a.0, a.1));
             // the write made (the tip kept), then the tip moved by another replica, then the
             // write sent
-            let attempt = follower
+            let (attempt, kept) = follower
                 .attempt(&rows, Some(a), vec![], false)
                 .unwrap()
                 .expect("rows to write");
             assert_eq!(attempt.tip, None, "A's tip kept as stored");
+            assert!(kept, "{moved}");
             stored_by_other(then);
             assert!(
                 matches!(
@@ -805,8 +797,9 @@ mod tests {
                 assert_eq!(store.submission(&op.id).unwrap(), Some(op), "{moved}");
             } else {
                 // the change alone: neither the rows nor the tip
-                let next = next.unwrap().expect("the change");
+                let (next, kept) = next.unwrap().expect("the change");
                 assert!(next.reviewers.is_empty() && next.tip.is_none(), "{moved}");
+                assert!(!kept, "{moved}");
                 store.apply(next).unwrap();
                 let changed = store.submission(&op.id).unwrap().unwrap();
                 assert_eq!(changed.state, failed, "{moved}");
