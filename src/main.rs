@@ -266,8 +266,8 @@ fn publish_keys(s: &Settings) -> anyhow::Result<serde_json::Value> {
         Published::Refused(why) => anyhow::bail!("{why}"),
         published => Ok(serde_json::json!({
             "recorded_for_replicas": published == Published::Recorded,
-            "data_key": ours.data.first(),
-            "token_key": ours.token.first(),
+            "data_key": ours.current_data(),
+            "token_key": ours.current_token(),
         })),
     }
 }

@@ -98,6 +98,23 @@ pub struct ReplicaKeys {
     pub responder: String,
 }
 
+impl ReplicaKeys {
+    /// The data key's id it seals with (none: empty).
+    pub fn current_data(&self) -> &str {
+        current(&self.data)
+    }
+
+    /// The token signing key's id it signs with (none: empty).
+    pub fn current_token(&self) -> &str {
+        current(&self.token)
+    }
+}
+
+/// The first of `ids` (the current key's), or empty.
+fn current(ids: &[String]) -> &str {
+    ids.first().map(String::as_str).unwrap_or("")
+}
+
 /// What the replicas sharing a store run with, as the first to start recorded it (and
 /// `keys rotate-data` or `keys publish` since: `Coordinator::publish_keys`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +137,7 @@ pub fn agree(ours: &ReplicaKeys, recorded: &Recorded) -> Result<(), String> {
         ));
     }
     data_key_agrees(&ours.data, &recorded.data)?;
-    let current = ours.token.first().map(String::as_str).unwrap_or("");
+    let current = ours.current_token();
     if current != recorded.token {
         return Err(format!(
             "this replica signs tokens with key {current}, the replicas sharing its store with {}: their tokens would not verify here, nor this one's there; make data.dir/keys the same as theirs (copy it over, removing token keys generated here), or, if its newer key is a rotation, record it with `breakglass keys publish` and give it to every replica",
@@ -132,7 +149,7 @@ pub fn agree(ours: &ReplicaKeys, recorded: &Recorded) -> Result<(), String> {
 
 /// Whether data keys `ours` (the current one first) seal with `recorded`'s key.
 fn data_key_agrees(ours: &[String], recorded: &str) -> Result<(), String> {
-    let current = ours.first().map(String::as_str).unwrap_or("");
+    let current = current(ours);
     if current == recorded {
         return Ok(());
     }

@@ -248,11 +248,10 @@ impl RedisCoordinator {
         &self,
         ours: &super::ReplicaKeys,
     ) -> Result<super::Recorded, StoreError> {
-        let first = |v: &[String]| v.first().cloned().unwrap_or_default();
         let mut call = self.record_keys.prepare_invoke();
         call.key(self.replica_keys_key())
-            .arg(first(&ours.data))
-            .arg(first(&ours.token))
+            .arg(ours.current_data())
+            .arg(ours.current_token())
             .arg(&ours.responder);
         let (data, token, responder): (Option<String>, Option<String>, Option<String>) =
             self.invoke(&call).await?;
@@ -289,13 +288,12 @@ impl RedisCoordinator {
         recorded: &super::Recorded,
         ours: &super::ReplicaKeys,
     ) -> Result<bool, StoreError> {
-        let first = |v: &[String]| v.first().cloned().unwrap_or_default();
         let mut call = self.publish_keys.prepare_invoke();
         call.key(self.replica_keys_key())
             .arg(&recorded.data)
             .arg(&recorded.token)
-            .arg(first(&ours.data))
-            .arg(first(&ours.token));
+            .arg(ours.current_data())
+            .arg(ours.current_token());
         Ok(self.invoke::<i64>(&call).await? == 1)
     }
 

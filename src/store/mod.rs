@@ -501,18 +501,21 @@ pub struct SummaryDigest {
 
 impl SummaryDigest {
     pub fn of(plain: &[u8], sealed: &[u8]) -> SummaryDigest {
-        use sha2::Digest;
         SummaryDigest {
-            plain: hex::encode(sha2::Sha256::digest(plain)),
-            sealed: hex::encode(sha2::Sha256::digest(sealed)),
+            plain: sha256_hex(plain),
+            sealed: sha256_hex(sealed),
         }
     }
 
     /// Whether this is the digest of the summary whose sealed bytes are `sealed`.
     pub fn describes(&self, sealed: &[u8]) -> bool {
-        use sha2::Digest;
-        self.sealed == hex::encode(sha2::Sha256::digest(sealed))
+        self.sealed == sha256_hex(sealed)
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// A summary's hash as recorded on chain by a data custodian.
