@@ -273,26 +273,24 @@ pub enum Standing {
     Revoked,
     /// Its clinician (`sub`) is no longer verified on chain, as the chain-state cache has them
     /// now (suspended, or no longer registered, since the grant), whatever its expiry. A holder
-    /// the cache has no entry for (one it let go) is not refused on that ground: it was
-    /// verified when the token was issued.
+    /// the cache has no entry for (one it let go: a block named them while another replica
+    /// filled them) is read from the node, as any miss is: honoured only if verified there.
     HolderNotVerified,
 }
 
-pub fn standing(
-    store: &dyn crate::store::Store,
+pub async fn standing(
+    state: &crate::chain::state::ChainState,
     claims: &AccessClaims,
-) -> Result<Standing, crate::store::StoreError> {
-    if store.revoked(&claims.jti)?.is_some() {
+) -> Result<Standing, crate::chain::state::StateError> {
+    if state.store.revoked(&claims.jti)?.is_some() {
         return Ok(Standing::Revoked);
     }
     let Ok(holder) = claims.sub.parse::<crate::stacks::Address>() else {
         return Ok(Standing::Honoured);
     };
-    Ok(
-        if store.provider(&holder)?.is_some_and(|s| !s.is_verified()) {
-            Standing::HolderNotVerified
-        } else {
-            Standing::Honoured
-        },
-    )
+    Ok(if state.provider(&holder).await?.is_verified() {
+        Standing::Honoured
+    } else {
+        Standing::HolderNotVerified
+    })
 }

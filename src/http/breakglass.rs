@@ -125,7 +125,7 @@ enum Viewer {
     Unavailable,
 }
 
-fn viewer(
+async fn viewer(
     req: &HttpRequest,
     bg: &BreakGlass,
     admin: &super::admin::Admin,
@@ -137,7 +137,7 @@ fn viewer(
     if let Some(token) = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")) {
         return match bg.tokens.verify(token) {
             Ok(c) if c.jti == access_id => {
-                match crate::token::standing(bg.state.store.as_ref(), &c) {
+                match crate::token::standing(&bg.state, &c).await {
                     Ok(crate::token::Standing::Honoured) => Viewer::Holder,
                     Ok(crate::token::Standing::HolderNotVerified) => {
                         Viewer::Refused("the token's clinician is no longer verified on chain")
@@ -185,7 +185,7 @@ async fn access(
         Ok(a) if a.to_string() == id => a,
         _ => return not_found(),
     };
-    let (entitled, admin_client) = match viewer(&req, &bg, &admin, &id) {
+    let (entitled, admin_client) = match viewer(&req, &bg, &admin, &id).await {
         Viewer::Anyone => (false, false),
         Viewer::Holder => (true, false),
         Viewer::Admin => (true, true),

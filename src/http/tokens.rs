@@ -111,7 +111,7 @@ async fn introspect(
         return inactive();
     };
     // revoked, or its clinician suspended since the grant: not honoured
-    let standing = crate::token::standing(bg.state.store.as_ref(), &claims);
+    let standing = crate::token::standing(&bg.state, &claims).await;
     // every use of a token we issued is in the audit log before it is answered: reviewers see
     // what was read, when and by which resource server
     let used = Batch {

@@ -299,7 +299,9 @@ impl Vault {
             jti: claims.jti.clone(),
             clinician,
         });
-        self.honoured(&claims).map_err(|r| (r, jti.clone(), p))?;
+        self.honoured(&claims)
+            .await
+            .map_err(|r| (r, jti.clone(), p))?;
         if claims.patient != patient.to_string() {
             return Err((
                 refusal(
@@ -333,7 +335,9 @@ impl Vault {
             .map_err(|r| (r, jti.clone(), p))?;
         // and again once the summary is checked: that check may have waited on the node, and
         // a revocation (or a suspension) that landed meanwhile must not be served past
-        self.honoured(&claims).map_err(|r| (r, jti.clone(), p))?;
+        self.honoured(&claims)
+            .await
+            .map_err(|r| (r, jti.clone(), p))?;
         let granted: Vec<&Value> = resources
             .iter()
             .filter(|r| resource_type.is_none_or(|k| r["resourceType"] == k))
@@ -361,8 +365,8 @@ impl Vault {
     }
 
     /// Whether the token is still honoured: not revoked, its clinician not suspended since.
-    fn honoured(&self, claims: &crate::token::AccessClaims) -> Result<(), Refusal> {
-        match crate::token::standing(self.state.store.as_ref(), claims) {
+    async fn honoured(&self, claims: &crate::token::AccessClaims) -> Result<(), Refusal> {
+        match crate::token::standing(&self.state, claims).await {
             Ok(Standing::Honoured) => Ok(()),
             Ok(Standing::Revoked) => Err(refusal(
                 401,

@@ -543,6 +543,27 @@ async fn a_clinician_suspended_after_the_grant_has_their_token_refused() {
         (refused, &problem["code"]),
         (401, &json!("invalid-credentials"))
     );
+    // nor once the cache lets the clinician go (with replicas: a block naming them, applied
+    // by one replica, drops the row another filled meanwhile): a miss is read from the node,
+    // not taken as verified. Before, all three honoured the token again.
+    let who: breakglass::stacks::Address = nurse["principal"].as_str().unwrap().parse().unwrap();
+    let mut let_go = breakglass::store::Batch::default();
+    let_go.uncached.providers.push(who);
+    env.app.store.apply(let_go).unwrap();
+    assert_eq!(env.app.store.provider(&who).unwrap(), None);
+    assert_eq!(introspected().await, json!({ "active": false }));
+    let (s, after) = summary().await;
+    assert_eq!(
+        (s, &after["code"]),
+        (403, &json!("provider-not-verified")),
+        "{after}"
+    );
+    let (refused, problem) =
+        access_with_token(&env.app, grant["access_id"].as_str().unwrap(), token).await;
+    assert_eq!(
+        (refused, &problem["code"]),
+        (401, &json!("invalid-credentials"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
