@@ -74,9 +74,10 @@ pub struct BreakGlass {
     /// The refusals logged of each signed request (what was signed and the refusal's code), with
     /// when the request stops being fresh (`LOGGED_REFUSALS_MAX` at most).
     logged_refusals: std::sync::Mutex<std::collections::HashMap<RefusalOf, u64>>,
-    /// The tablet's options asked for principals the cache does not know, each a read from the
-    /// node (`OPTIONS_LOOKUPS_PER_SECOND`, all askers together).
-    options_lookups: governor::DefaultDirectRateLimiter,
+    /// Principals the cache does not know, asked about by the tablet's options or signing a
+    /// break-glass request, each a read from the node (`LOOKUPS_PER_SECOND`, all askers
+    /// together: `bounded_lookup`).
+    lookups: governor::DefaultDirectRateLimiter,
 }
 
 /// One signed request refused for one reason: the SIP-018 hash of what was signed (a request
@@ -110,10 +111,13 @@ const LOGGED_REFUSALS_MAX: usize = 10_000;
 /// writes, without end.
 pub const REFUSAL_ENTRIES_PER_MINUTE: u32 = 20;
 
-/// How many principals the cache does not know `/tablet/options` asks the node about a second,
-/// all askers together: anyone may ask, and each is a read from the node; beyond, 503 (the
-/// page asks again). A clinician who has used the service, or whom a block named, is cached.
-pub const OPTIONS_LOOKUPS_PER_SECOND: u32 = 20;
+/// How many principals the cache does not know the service asks the node about a second, for
+/// `/tablet/options` and break-glass requests together: anyone may ask, or sign a request with
+/// a key made on the spot, and each is a read from the node (which the follower reads too);
+/// beyond, 503 `too-many-lookups` (the page asks again; a refused request may be sent again
+/// as it is). A clinician who has used the service, or whom a block named, is cached and
+/// never bounded.
+pub const LOOKUPS_PER_SECOND: u32 = 20;
 
 impl BreakGlass {
     #[allow(clippy::too_many_arguments)]
@@ -154,8 +158,8 @@ impl BreakGlass {
                     .unwrap_or(std::num::NonZeroU32::MIN),
             )),
             logged_refusals: Default::default(),
-            options_lookups: governor::RateLimiter::direct(governor::Quota::per_second(
-                std::num::NonZeroU32::new(OPTIONS_LOOKUPS_PER_SECOND)
+            lookups: governor::RateLimiter::direct(governor::Quota::per_second(
+                std::num::NonZeroU32::new(LOOKUPS_PER_SECOND)
                     .unwrap_or(std::num::NonZeroU32::MIN),
             )),
         })
@@ -398,13 +402,10 @@ pub struct DataTypeOption {
 }
 
 impl BreakGlass {
-    pub async fn options(&self, principal: Address) -> Result<Options, Refusal> {
-        use crate::domain::DataType;
-        use crate::policy::Verdict;
-        // anyone may ask: a principal the cache does not know is a read from the node, and
-        // those are bounded for all askers together
-        if self.state.cached_provider(&principal).is_none() && self.options_lookups.check().is_err()
-        {
+    /// Refuses (503 `too-many-lookups`) to look `principal` up when the cache does not know
+    /// them and `LOOKUPS_PER_SECOND` such lookups were made this second already.
+    fn bounded_lookup(&self, principal: &Address) -> Result<(), Refusal> {
+        if self.state.cached_provider(principal).is_none() && self.lookups.check().is_err() {
             return Err(Refusal::new(
                 503,
                 "too-many-lookups",
@@ -412,6 +413,14 @@ impl BreakGlass {
                 "too many principals the service does not know were asked about just now: try again in a moment",
             ));
         }
+        Ok(())
+    }
+
+    pub async fn options(&self, principal: Address) -> Result<Options, Refusal> {
+        use crate::domain::DataType;
+        use crate::policy::Verdict;
+        // anyone may ask
+        self.bounded_lookup(&principal)?;
         let state = self
             .state
             .provider(&principal)

@@ -18,7 +18,10 @@ use crate::stacks::Address;
 
 impl BreakGlass {
     /// Step 4, the clinician, as the chain has them: registered and verified, with their role.
+    /// A signer the cache does not know is looked up within `LOOKUPS_PER_SECOND` (any key
+    /// signs: one made on the spot per request was a read from the node each).
     pub(super) async fn clinician(&self, signer: &Address) -> Result<Role, Refusal> {
+        self.bounded_lookup(signer)?;
         match self
             .state
             .provider(signer)

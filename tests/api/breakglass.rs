@@ -1574,6 +1574,51 @@ async fn the_tablets_options_are_decided_with_the_clinicians_on_call_state() {
 
     let (status, body) = ask_for_allergies(&env.app, pharmacist, patient(&env.demo, true), 1).await;
     assert_eq!(status, 201, "{body}");
+
+    // and so are break-glass requests signed with keys made on the spot, within the same
+    // bound (before, each was a read from the node, without end), while a known clinician's
+    // request is granted throughout; a refused one may be sent again as it is
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let patient_id: breakglass::domain::PatientId = patient(&env.demo, true).parse().unwrap();
+    let sign = |key: &secp256k1::SecretKey, nonce: u64| {
+        let m = breakglass::request::message(
+            &patient_id,
+            &["allergies"],
+            "unresponsive on arrival",
+            nonce,
+            now(),
+            Some("er-tablet-2"),
+        );
+        breakglass::request::sign(key, breakglass::stacks::tx::TESTNET_CHAIN_ID, &m).to_string()
+    };
+    let strangers: Vec<String> = (0..60).map(|i| sign(&new_key(), i)).collect();
+    let nurse_key = parse_key(provider(&env.demo, "nurse")["private_key"].as_str().unwrap()).unwrap();
+    let known = sign(&nurse_key, 77);
+    let flood = futures_util::future::join_all(strangers.iter().map(|b| post(&env.app, b)));
+    let (answers, (known_status, known_body)) = tokio::join!(flood, post(&env.app, &known));
+    assert_eq!(known_status, 201, "a known clinician is never bounded: {known_body}");
+    let codes: Vec<&str> = answers
+        .iter()
+        .map(|(_, b)| b["code"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        codes
+            .iter()
+            .all(|c| *c == "unknown-provider" || *c == "too-many-lookups"),
+        "{answers:?}"
+    );
+    let bounded = codes.iter().filter(|c| **c == "too-many-lookups").count();
+    assert!(bounded > 0, "some of 60 unknown signers at once are refused");
+    assert!(60 - bounded >= 20, "a second's share is looked up");
+    let (status, _) = answers
+        .iter()
+        .find(|(_, b)| b["code"] == "too-many-lookups")
+        .unwrap();
+    assert_eq!(*status, 503);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let again = &strangers[codes.iter().position(|c| *c == "too-many-lookups").unwrap()];
+    let (status, body) = post(&env.app, again).await;
+    assert_eq!((status, &body["code"]), (403, &json!("unknown-provider")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
