@@ -645,7 +645,8 @@ const FORGET_AT_ONCE: usize = 16;
 /// while the lease is still that holder's with that token, else {4, ''} and nothing written
 /// (the token empty: no lease). A nonce past its time counts as unused (its request is
 /// refused as stale before it is claimed); `FORGET_AT_ONCE` of them at most are forgotten by a
-/// write, so that no write does a burst's worth of work.
+/// write, so that no write does a burst's worth of work, and none by a refused one (which
+/// writes nothing but its retirement: `conditional`).
 pub(super) fn linked_script() -> redis::Script {
     conditional(
         r"local head = also or ''
@@ -666,12 +667,11 @@ for v = 1, tonumber(ARGV[v0]) do
   end
   reviewed[access] = true
 end
+local secs
 if n > 0 then
   local t = redis.call('TIME')
-  local secs = tonumber(t[1])
+  secs = tonumber(t[1])
   local now = secs * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', secs, 'LIMIT', 0, FORGET_AT_ONCE)
-  if #stale > 0 then redis.call('ZREM', KEYS[2], unpack(stale)) end
   local nonces, clinicians = {}, {}
   for c = 0, n - 1 do
     nonces[c + 1] = ARGV[8 + 5 * c]
@@ -698,6 +698,9 @@ if n > 0 then
 end
 if #failed > 0 then return {2, table.concat(failed, ' ')} end
 if n > 0 then
+  -- (a stale nonce counts as unused above: forgotten only by a group that writes)
+  local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', secs, 'LIMIT', 0, FORGET_AT_ONCE)
+  if #stale > 0 then redis.call('ZREM', KEYS[2], unpack(stale)) end
   local scored, rates = {}, {}
   for nonce, untl in pairs(used) do
     table.insert(scored, untl)
