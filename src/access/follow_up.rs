@@ -468,6 +468,8 @@ mod tests {
             txid: "t".into(),
             height: 1,
             result: "(err u1)".into(),
+            nonce: None,
+            raw: None,
         };
         let mut notice = store.notice(&now.id).unwrap().unwrap();
         notice.state = NoticeState::NoContact { at: 1 };
@@ -643,6 +645,8 @@ mod tests {
             txid: "t".into(),
             height: 1,
             result: "(err u1)".into(),
+            nonce: None,
+            raw: None,
         };
         let mut notice =
             crate::notify::notice_for(&crate::configuration::Settings::default().notify, &a);

@@ -795,6 +795,8 @@ mod tests {
                 txid: "ab".repeat(32),
                 height: a.0,
                 result: "refused".into(),
+                nonce: None,
+                raw: None,
             };
             let change = submitter::Change {
                 read: op.clone(),

@@ -389,6 +389,8 @@ pub async fn confirmations(
                     height,
                     result: "mined, but its effect is not on chain: the contract refused the call"
                         .into(),
+                    nonce: Some(*nonce),
+                    raw: Some(raw.clone()),
                 }
             }
         };
@@ -398,9 +400,12 @@ pub async fn confirmations(
 }
 
 /// After a reorg from `from` (blocks at that height and above abandoned): every operation
-/// confirmed there is read back; one no longer on chain is reopened as the same signed bytes
-/// (broadcast again at once), one mined again elsewhere gets its new height. The changes go to
-/// `changes`, written with the block (`Follower::write_with_changes`).
+/// confirmed there, or mined there and refused by the contract, is read back; one whose effect
+/// is not on chain is reopened as the same signed bytes (broadcast again at once: a refused
+/// one's nonce is unused on the new branch, and every later transaction of the service waits
+/// for it), one whose effect is on chain (mined again elsewhere) is confirmed at its new
+/// height. The changes go to `changes`, written with the block
+/// (`Follower::write_with_changes`).
 pub async fn reopen_abandoned(
     from: u64,
     rpc: &NodeClient,
@@ -409,15 +414,22 @@ pub async fn reopen_abandoned(
     changes: &mut Vec<Change>,
 ) -> Result<(), StateError> {
     for s in store.submissions()? {
-        let SubmissionState::Confirmed {
-            txid: Some(txid),
-            height,
-            result,
-            nonce: Some(nonce),
-            raw: Some(raw),
-        } = &s.state
-        else {
-            continue;
+        let (txid, height, result, nonce, raw, refused) = match &s.state {
+            SubmissionState::Confirmed {
+                txid: Some(txid),
+                height,
+                result,
+                nonce: Some(nonce),
+                raw: Some(raw),
+            } => (txid, height, result, nonce, raw, false),
+            SubmissionState::Failed {
+                txid,
+                height,
+                result,
+                nonce: Some(nonce),
+                raw: Some(raw),
+            } => (txid, height, result, nonce, raw, true),
+            _ => continue,
         };
         if *height < from {
             continue;
@@ -426,10 +438,17 @@ pub async fn reopen_abandoned(
             .await
             .map_err(StateError::from)?
         {
-            OnChain::Done { height: now } if now == *height => continue,
-            OnChain::Done { height: now } => confirmed(txid, *nonce, raw, now, result.clone()),
+            OnChain::Done { height: now } if now == *height && !refused => continue,
+            OnChain::Done { height: now } => {
+                let result = if refused {
+                    "its effect reads back on chain".into()
+                } else {
+                    result.clone()
+                };
+                confirmed(txid, *nonce, raw, now, result)
+            }
             OnChain::NotDone | OnChain::Unknown => {
-                tracing::warn!(operation = %s.id, txid, height, "a reorg abandoned the block that confirmed this operation: reopened");
+                tracing::warn!(operation = %s.id, txid, height, "a reorg abandoned the block that mined this operation: reopened");
                 SubmissionState::Sent {
                     txid: txid.clone(),
                     nonce: *nonce,
@@ -831,6 +850,8 @@ impl Submitter {
                     txid: String::new(),
                     height: self.status.node_tip.load(Ordering::SeqCst),
                     result: format!("{reason}; cannot tell whether it ran"),
+                    nonce: None,
+                    raw: None,
                 };
                 if !self.update(s, state).await? {
                     return Ok(());
@@ -982,6 +1003,8 @@ mod tests {
             txid: "ab".repeat(32),
             height: 13,
             result: "(err u205)".into(),
+            nonce: None,
+            raw: None,
         };
         assert!(sub.update(&now, failed.clone()).await.unwrap());
         assert_eq!(
@@ -1107,6 +1130,8 @@ mod tests {
             txid: "ab".repeat(32),
             height: 12,
             result: "mined, but its effect is not on chain".into(),
+            nonce: None,
+            raw: None,
         };
         let done = confirmed(&"cd".repeat(32), 5, "00", 12, "(ok true)".into());
         let both = |first: &Submission, second: &Submission| {

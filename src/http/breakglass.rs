@@ -288,6 +288,7 @@ fn chain_record(state: Option<SubmissionState>) -> Json {
             txid,
             height,
             result,
+            ..
         }) => json!({ "state": "failed", "txid": txid, "block_height": height, "result": result }),
     }
 }

@@ -102,6 +102,7 @@ impl OnChain {
                 txid,
                 height,
                 result,
+                ..
             }) => (
                 "failed",
                 Some(txid.clone()),

@@ -222,11 +222,18 @@ pub enum SubmissionState {
         #[serde(default)]
         raw: Option<String>,
     },
-    /// Mined with an error response that no retry can change.
+    /// Mined with an error response that no retry can change. The signed transaction is kept
+    /// (`nonce`, `raw`; none for one whose transaction is not known) so that a reorg that
+    /// abandons its block reopens it as the same bytes: its nonce unused on the new branch,
+    /// every later transaction of the service would wait behind it.
     Failed {
         txid: String,
         height: u64,
         result: String,
+        #[serde(default)]
+        nonce: Option<u64>,
+        #[serde(default)]
+        raw: Option<String>,
     },
 }
 

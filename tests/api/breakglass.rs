@@ -995,6 +995,42 @@ async fn a_record_the_contract_refuses_is_marked_failed() {
             .contains("refused"),
         "{failed}"
     );
+
+    // a reorg abandons the block that mined it (the node drops its transactions): its nonce
+    // is unused on the new branch, so it is reopened and sent again as the same transaction.
+    // Before, it stayed failed, and every later transaction of the service waited behind its
+    // nonce for ever: the next access's record below was never mined.
+    let fork = devnet.post("/devnet/fork?depth=1", json!({})).await;
+    assert_eq!(fork["tip"], json!(tip + 2), "{fork}");
+    let reopened = chain_state(app, &id, "submitted").await;
+    assert_eq!(reopened["chain"]["txid"], sent["chain"]["txid"], "{reopened}");
+    let principal = demo["responder"]["principal"].as_str().unwrap().parse().unwrap();
+    devnet
+        .call(
+            &deployer_key(),
+            "access-control",
+            "add-responder",
+            vec![Value::Principal(principal)],
+        )
+        .await;
+    let (status, body) =
+        ask_for_allergies(app, provider(demo, "nurse"), patient(demo, true), 2).await;
+    assert_eq!(status, 201, "{body}");
+    let next = body["access_id"].as_str().unwrap().to_string();
+    chain_state(app, &next, "submitted").await;
+    devnet.mine().await;
+    chain_state(app, &next, "confirmed").await;
+    assert!(on_chain(app, &next).await.starts_with("(some"));
+    // the first, mined again on the new branch (before or after the service was a responder
+    // again, as the block ordered them): settled there, same transaction
+    let again = eventually("mined again", SECS, async || {
+        let s = get(app, &format!("/v1/accesses/{id}")).await;
+        let settled = ["confirmed", "failed"].contains(&s["chain"]["state"].as_str()?);
+        let height = s["chain"]["block_height"].as_u64()?;
+        (settled && height > tip + 2).then_some(s)
+    })
+    .await;
+    assert_eq!(again["chain"]["txid"], sent["chain"]["txid"], "{again}");
 }
 
 /// A service whose observer is at a secret path the devnet does not know: the devnet's pushes
