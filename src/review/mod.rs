@@ -78,6 +78,10 @@ pub struct Review {
     pub(crate) verdicts: tokio::sync::Mutex<()>,
     /// Where challenges and sessions are kept.
     coordination: Arc<crate::coordination::Coordinator>,
+    /// Each signer's share of refused sign-ins spent and logged
+    /// (`access::REFUSAL_ENTRIES_PER_MINUTE`, as break-glass refusals): anyone may register as
+    /// a provider, and each refused sign-in of one was a synced write of the audit log.
+    refused_sign_ins: governor::DefaultKeyedRateLimiter<Address>,
     /// Drawn at start and in every challenge's MAC when this process keeps spent challenges
     /// in its memory alone: a challenge handed out before a restart, maybe spent then, is
     /// unknown after it. Zero with replicas, whose spent challenges are kept on Redis.
@@ -155,6 +159,10 @@ impl Review {
                 epoch
             },
             coordination,
+            refused_sign_ins: governor::RateLimiter::keyed(governor::Quota::per_minute(
+                std::num::NonZeroU32::new(crate::access::REFUSAL_ENTRIES_PER_MINUTE)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            )),
         }
     }
 
@@ -359,6 +367,12 @@ impl Review {
         ) || matches!(self.state.store.reviewer(&reviewer), Ok(Some(true)));
         let outcome = match (known, outcome) {
             (false, Err(r)) => return Err(r),
+            // beyond the signer's share of refusals logged: refused as well, neither spent nor
+            // logged (sent again, refused again)
+            (true, Err(r)) if self.refused_sign_ins.check_key(&reviewer).is_err() => {
+                tracing::warn!(signer = %reviewer, code = r.code, "a refused sign-in beyond the signer's share: not logged");
+                return Err(r);
+            }
             (_, outcome) => outcome,
         };
         // spent now, whatever follows: a challenge is signed in with once (a copy sent again is

@@ -1011,6 +1011,33 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     for o in ["not-a-reviewer", "ok", "reviewer-not-verified"] {
         assert!(outcomes.iter().any(|x| x == o), "{outcomes:?}");
     }
+
+    // a provider's refused sign-ins are logged up to their share (as break-glass refusals):
+    // anyone may register as a provider, and each was a synced write of the log. Beyond it,
+    // refused all the same, not logged (the nurse is a reviewer by now: the pharmacist)
+    let pharmacist = key_of(provider(&env.demo, "pharmacist"));
+    let pharmacist_at = address_of(&pharmacist);
+    let logged = || {
+        env.app
+            .store
+            .audit_entries(1, 100_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| {
+                matches!(e.parsed().unwrap(), breakglass::audit::Event::SignIn { reviewer: Some(r), .. } if r == pharmacist_at)
+            })
+            .count()
+    };
+    let before = logged();
+    let share = breakglass::access::REFUSAL_ENTRIES_PER_MINUTE as usize;
+    for _ in 0..share + 10 {
+        let c = challenge(&base).await;
+        let (s, p, _) = sign_in_as(&base, &c, &pharmacist).await;
+        assert_eq!((s, code(&p)), (403, "not-a-reviewer".into()), "{p}");
+    }
+    let added = logged() - before;
+    assert!(added <= share + 1, "{added} logged of {}", share + 10);
+    assert!(added >= share, "{added} logged: a share is");
 }
 
 /// Another reviewer reviews an access directly on chain with the same verdict and an empty
