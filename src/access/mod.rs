@@ -159,8 +159,7 @@ impl BreakGlass {
             )),
             logged_refusals: Default::default(),
             lookups: governor::RateLimiter::direct(governor::Quota::per_second(
-                std::num::NonZeroU32::new(LOOKUPS_PER_SECOND)
-                    .unwrap_or(std::num::NonZeroU32::MIN),
+                std::num::NonZeroU32::new(LOOKUPS_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN),
             )),
         })
     }

@@ -345,9 +345,7 @@ impl Follower {
             Some(stored) if stored.height == height && stored.index_block_hash == hash => {
                 TipWrite::Keep(stored)
             }
-            Some(stored) if stored.height > height && (kept_before || !reorg) => {
-                TipWrite::Passed
-            }
+            Some(stored) if stored.height > height && (kept_before || !reorg) => TipWrite::Passed,
             Some(stored) if kept_before && stored.height == height => TipWrite::Contested,
             _ => TipWrite::Write(Tip::applied(height, hash)),
         })
@@ -394,7 +392,8 @@ impl Follower {
             if let Some(block) = confirmed_by {
                 submitter::confirmations(block, rpc, contracts, store, &mut changes).await?;
             }
-            let Some((attempt, kept)) = self.attempt(&batch, tip, changes, kept_before, reorg)? else {
+            let Some((attempt, kept)) = self.attempt(&batch, tip, changes, kept_before, reorg)?
+            else {
                 return Ok(());
             };
             // once kept (and refused), the tip is never written over a later one by a later

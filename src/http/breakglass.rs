@@ -136,19 +136,17 @@ async fn viewer(
     };
     if let Some(token) = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")) {
         return match bg.tokens.verify(token) {
-            Ok(c) if c.jti == access_id => {
-                match crate::token::standing(&bg.state, &c).await {
-                    Ok(crate::token::Standing::Honoured) => Viewer::Holder,
-                    Ok(crate::token::Standing::HolderNotVerified) => {
-                        Viewer::Refused("the token's clinician is no longer verified on chain")
-                    }
-                    Ok(crate::token::Standing::Revoked) => Viewer::Refused("the token was revoked"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "the store cannot tell a token's standing");
-                        Viewer::Unavailable
-                    }
+            Ok(c) if c.jti == access_id => match crate::token::standing(&bg.state, &c).await {
+                Ok(crate::token::Standing::Honoured) => Viewer::Holder,
+                Ok(crate::token::Standing::HolderNotVerified) => {
+                    Viewer::Refused("the token's clinician is no longer verified on chain")
                 }
-            }
+                Ok(crate::token::Standing::Revoked) => Viewer::Refused("the token was revoked"),
+                Err(e) => {
+                    tracing::error!(error = %e, "the store cannot tell a token's standing");
+                    Viewer::Unavailable
+                }
+            },
             Ok(_) => Viewer::Refused("the token is for another access"),
             Err(_) => Viewer::Refused("the token is not valid (expired, or not ours)"),
         };

@@ -1003,8 +1003,15 @@ async fn a_record_the_contract_refuses_is_marked_failed() {
     let fork = devnet.post("/devnet/fork?depth=1", json!({})).await;
     assert_eq!(fork["tip"], json!(tip + 2), "{fork}");
     let reopened = chain_state(app, &id, "submitted").await;
-    assert_eq!(reopened["chain"]["txid"], sent["chain"]["txid"], "{reopened}");
-    let principal = demo["responder"]["principal"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        reopened["chain"]["txid"], sent["chain"]["txid"],
+        "{reopened}"
+    );
+    let principal = demo["responder"]["principal"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     devnet
         .call(
             &deployer_key(),
@@ -1628,11 +1635,19 @@ async fn the_tablets_options_are_decided_with_the_clinicians_on_call_state() {
         breakglass::request::sign(key, breakglass::stacks::tx::TESTNET_CHAIN_ID, &m).to_string()
     };
     let strangers: Vec<String> = (0..60).map(|i| sign(&new_key(), i)).collect();
-    let nurse_key = parse_key(provider(&env.demo, "nurse")["private_key"].as_str().unwrap()).unwrap();
+    let nurse_key = parse_key(
+        provider(&env.demo, "nurse")["private_key"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     let known = sign(&nurse_key, 77);
     let flood = futures_util::future::join_all(strangers.iter().map(|b| post(&env.app, b)));
     let (answers, (known_status, known_body)) = tokio::join!(flood, post(&env.app, &known));
-    assert_eq!(known_status, 201, "a known clinician is never bounded: {known_body}");
+    assert_eq!(
+        known_status, 201,
+        "a known clinician is never bounded: {known_body}"
+    );
     let codes: Vec<&str> = answers
         .iter()
         .map(|(_, b)| b["code"].as_str().unwrap_or(""))
@@ -1644,7 +1659,10 @@ async fn the_tablets_options_are_decided_with_the_clinicians_on_call_state() {
         "{answers:?}"
     );
     let bounded = codes.iter().filter(|c| **c == "too-many-lookups").count();
-    assert!(bounded > 0, "some of 60 unknown signers at once are refused");
+    assert!(
+        bounded > 0,
+        "some of 60 unknown signers at once are refused"
+    );
     assert!(60 - bounded >= 20, "a second's share is looked up");
     let (status, _) = answers
         .iter()
