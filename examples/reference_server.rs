@@ -89,7 +89,8 @@ fn verified(body: &[u8]) -> Option<AccessRecord> {
         patient: r.patient,
         data_types: r.data_types,
         reason_sealed: String::new(),
-        // as the grant does: the token carries the reason's hash, never the reason
+        // as the grant does: the token carries a hash of the reason (there salted), never the
+        // reason; the same work here
         reason_hash: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(r.reason.as_bytes())),
         device: r.device,
         nonce: r.nonce,

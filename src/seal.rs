@@ -45,9 +45,16 @@ pub mod names {
         format!("contact:{patient}")
     }
 
-    /// The clinician's reason for an access.
+    /// The clinician's reason for an access, as recorded before reasons were salted (the
+    /// reason alone).
     pub fn reason(access_id: &AccessId) -> String {
         format!("reason:{access_id}")
+    }
+
+    /// The clinician's reason for an access with the salt of its commitment (`salt ‖ reason`:
+    /// `access::reasons`).
+    pub fn salted_reason(access_id: &AccessId) -> String {
+        format!("salted-reason:{access_id}")
     }
 
     /// A patient's emergency summary (the FHIR bundle as imported).

@@ -48,7 +48,8 @@ pub struct AccessClaims {
     pub scope: String,
     pub purpose_of_use: String,
     pub patient: String,
-    /// The SHA-256 of the clinician's reason, hex: the `reason-hash` of the chain record.
+    /// The salted commitment to the clinician's reason (`access::reasons`), hex: the
+    /// `reason-hash` of the chain record.
     /// Never the reason itself: resource servers log tokens, and the reason is clinical free
     /// text, kept sealed and shown only in the authorized access view.
     pub reason_hash: String,

@@ -5,8 +5,6 @@
 //!
 //! It must not: hand out a token whose access is not durable.
 
-use sha2::{Digest, Sha256};
-
 use super::{access_id, BreakGlass, ChainView, Grant};
 use crate::clock::now_ms;
 use crate::domain::{OnCall as OnCallFact, Role};
@@ -66,10 +64,8 @@ impl BreakGlass {
         d: Decision,
     ) -> Result<AccessRecord, Refusal> {
         let id = access_id(now_ms());
-        let reason_hash: [u8; 32] = Sha256::digest(req.reason.as_bytes()).into();
-        let sealed = self
-            .keyring
-            .seal(&crate::seal::names::reason(&id), req.reason.as_bytes())
+        // its commitment, salted, is what the chain and the token carry (`reasons`)
+        let reason = super::reasons::seal(&self.keyring, &id, &req.reason)
             .map_err(|e| Self::internal("the reason could not be sealed", e))?;
         Ok(AccessRecord {
             id,
@@ -77,8 +73,8 @@ impl BreakGlass {
             role: d.role,
             patient: req.patient,
             data_types: req.data_types.clone(),
-            reason_sealed: hex::encode(sealed),
-            reason_hash: hex::encode(reason_hash),
+            reason_sealed: reason.sealed,
+            reason_hash: reason.hash,
             device: req.device.clone(),
             nonce: req.nonce,
             issued_at: req.issued_at,

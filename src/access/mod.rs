@@ -36,7 +36,7 @@ pub use view::{chain_view, ChainView};
 
 pub mod follow_up;
 mod grant;
-mod reasons;
+pub mod reasons;
 mod steps;
 mod view;
 

@@ -1,20 +1,96 @@
-//! The clinician's reason for an access: sealed at rest (`seal::names::reason`), unsealed
-//! only for the authorized access view, and sealed again after a data-key rotation.
+//! The clinician's reason for an access: sealed at rest with the salt of its commitment
+//! (`seal::names::salted_reason`), unsealed only for the authorized views (the access view's
+//! admin clients, reviewers, the patient's notice), and sealed again after a data-key rotation.
 //!
-//! It must not: log or return a reason anywhere but the authorized view.
+//! The chain record and the token carry the reason's commitment, SHA-256(salt ‖ reason) with
+//! 32 random bytes of salt, never the reason: a reason is short clinical text, often one of a
+//! few phrases, and the SHA-256 of the reason alone (as recorded before, `names::reason`) is
+//! found by hashing candidate phrases, tying a patient's pseudonymous id on chain to a
+//! condition. Whoever may read the reason gets its salt with it, to check the chain's hash.
+//!
+//! It must not: log or return a reason or its salt anywhere but the authorized views.
 
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+
 use super::BreakGlass;
+use crate::domain::AccessId;
+use crate::seal::{names, Keyring, SealError};
 use crate::store::{AccessRecord, Batch};
+
+/// How many random bytes salt a reason's commitment.
+pub const SALT_LEN: usize = 32;
+
+/// A reason as recorded: sealed with its salt (hex), and its commitment (hex).
+pub struct Sealed {
+    pub sealed: String,
+    pub hash: String,
+}
+
+/// Seals access `id`'s `reason` with a new salt, and commits to it.
+pub fn seal(keyring: &Keyring, id: &AccessId, reason: &str) -> Result<Sealed, SealError> {
+    let mut plain = vec![0u8; SALT_LEN];
+    secp256k1::rand::RngCore::fill_bytes(&mut secp256k1::rand::thread_rng(), &mut plain);
+    plain.extend_from_slice(reason.as_bytes());
+    Ok(Sealed {
+        hash: hex::encode(Sha256::digest(&plain)),
+        sealed: hex::encode(keyring.seal(&names::salted_reason(id), &plain)?),
+    })
+}
+
+/// An access's reason, unsealed, and the salt its commitment was made with (none for one
+/// recorded before reasons were salted: its hash is the reason's own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    pub text: String,
+    pub salt: Option<[u8; SALT_LEN]>,
+}
+
+impl Reason {
+    /// What the chain record's `reason-hash` is, hex.
+    pub fn commitment(&self) -> String {
+        let mut h = Sha256::new();
+        if let Some(salt) = &self.salt {
+            h.update(salt);
+        }
+        h.update(self.text.as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+/// `access`'s reason, unsealed with the key it was sealed with: `None` if it does not open
+/// (or was recorded before reasons were kept).
+pub fn open(keyring: &Keyring, access: &AccessRecord) -> Option<Reason> {
+    let (name, sealed) = sealed_as(keyring, access)?;
+    let plain = keyring.open(&name, &sealed).ok()?;
+    if name == names::reason(&access.id) {
+        return Some(Reason {
+            text: String::from_utf8(plain).ok()?,
+            salt: None,
+        });
+    }
+    let (salt, text) = plain.split_at_checked(SALT_LEN)?;
+    Some(Reason {
+        text: String::from_utf8(text.to_vec()).ok()?,
+        salt: Some(salt.try_into().ok()?),
+    })
+}
+
+/// The name `access`'s reason was sealed under (salted, or as before salts), and its bytes.
+fn sealed_as(keyring: &Keyring, access: &AccessRecord) -> Option<(String, Vec<u8>)> {
+    let sealed = hex::decode(&access.reason_sealed).ok()?;
+    let salted = names::salted_reason(&access.id);
+    if keyring.open(&salted, &sealed).is_ok() {
+        return Some((salted, sealed));
+    }
+    Some((names::reason(&access.id), sealed))
+}
 
 impl BreakGlass {
     /// The clinician's reason for `access`, unsealed: for the authorized access view only.
-    pub fn reason(&self, access: &AccessRecord) -> Option<String> {
-        self.keyring.open_text(
-            &crate::seal::names::reason(&access.id),
-            &access.reason_sealed,
-        )
+    pub fn reason(&self, access: &AccessRecord) -> Option<Reason> {
+        open(&self.keyring, access)
     }
 }
 
@@ -33,8 +109,11 @@ pub async fn rekey_reasons(
         if access.reason_sealed.is_empty() {
             continue; // recorded before reasons were kept
         }
-        let name = crate::seal::names::reason(&access.id);
-        let Some(sealed) = keyring.reseal(&name, &hex::decode(&access.reason_sealed)?)? else {
+        // under the name it was sealed with (salted, or as before salts)
+        let Some((name, sealed)) = sealed_as(keyring, &access) else {
+            continue;
+        };
+        let Some(sealed) = keyring.reseal(&name, &sealed)? else {
             continue;
         };
         access.reason_sealed = hex::encode(sealed);
@@ -46,4 +125,49 @@ pub async fn rekey_reasons(
     }
     crate::store::apply_async(store, batch).await?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access_with(id: AccessId, sealed: String, hash: String) -> AccessRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "provider": "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM", "role": "nurse",
+            "patient": "00".repeat(32), "data_types": ["allergies"], "reason_sealed": sealed,
+            "reason_hash": hash, "device": null, "nonce": 1, "issued_at": 1000,
+            "granted_at": 1000, "expires_at": 1600, "window_minutes": 10, "window_blocks": 60,
+            "rules": [], "message_hash": "", "signature": "",
+        }))
+        .unwrap()
+    }
+
+    /// A reason's hash is its salted commitment, which the reason and its salt, unsealed,
+    /// give back; the same reason twice gives two hashes, neither the reason's own SHA-256
+    /// (what a guess of the phrase finds). One recorded before salts still opens, its hash
+    /// the reason's own.
+    #[test]
+    fn a_reasons_hash_is_salted_and_its_salt_opens_with_it() {
+        let ring = Keyring::from_keys(&[[1; 32]]).unwrap();
+        let reason = "suspected opioid overdose";
+        let id = crate::access::access_id(1_000);
+        let first = seal(&ring, &id, reason).unwrap();
+        let again = seal(&ring, &id, reason).unwrap();
+        assert_ne!(first.hash, again.hash);
+        assert_ne!(first.hash, hex::encode(Sha256::digest(reason)));
+        let opened = open(&ring, &access_with(id, first.sealed, first.hash.clone())).unwrap();
+        assert_eq!(opened.text, reason);
+        assert!(opened.salt.is_some());
+        assert_eq!(opened.commitment(), first.hash);
+
+        let before = ring.seal(&names::reason(&id), reason.as_bytes()).unwrap();
+        let unsalted = hex::encode(Sha256::digest(reason));
+        let old = access_with(id, hex::encode(before), unsalted.clone());
+        let opened = open(&ring, &old).unwrap();
+        assert_eq!((opened.text.as_str(), opened.salt), (reason, None));
+        assert_eq!(opened.commitment(), unsalted);
+        // another key's seal does not open
+        let other = Keyring::from_keys(&[[2; 32]]).unwrap();
+        assert_eq!(open(&other, &old), None);
+    }
 }

@@ -243,6 +243,7 @@ async fn access(
         };
         // the reason is only ever shown here, to admin clients: never in a token, to its
         // holder, or in a log
+        let reason = admin_client.then(|| bg.reason(&a)).flatten();
         let more = json!({
             "notice": notice,
             "provider": a.provider,
@@ -250,7 +251,10 @@ async fn access(
             "patient": a.patient,
             "patient_registered": a.patient_registered,
             "data_types": a.data_types,
-            "reason": if admin_client { bg.reason(&a) } else { None },
+            "reason": reason.as_ref().map(|r| &r.text),
+            // with the salt its hash was made with: SHA-256(salt ‖ reason) is the chain's
+            // `reason-hash` (none for an access recorded before salts: the reason's own)
+            "reason_salt": reason.as_ref().and_then(|r| r.salt).map(hex::encode),
             "reason_hash": a.reason_hash,
             "rules": a.rules,
             // why the clinician counted as on call: the paging source, service and incident

@@ -525,10 +525,9 @@ impl Notifier {
             let chain = self.store.provider(&access.provider).ok().flatten();
             e.verification(chain.as_ref()) == crate::domain::Verification::Verified
         });
-        let reason = String::from_utf8(self.keyring.open(
-            &crate::seal::names::reason(&access.id),
-            &hex::decode(&access.reason_sealed)?,
-        )?)?;
+        let reason = crate::access::reasons::open(&self.keyring, &access)
+            .ok_or_else(|| anyhow::anyhow!("the access's reason does not open"))?
+            .text;
         let rendered = message::render(
             &self.templates,
             &NoticeSettings {

@@ -290,10 +290,7 @@ impl Review {
 
     /// The clinician's reason for an access, unsealed: for reviewers only.
     pub fn reason(&self, access: &crate::store::AccessRecord) -> Option<String> {
-        self.keyring.open_text(
-            &crate::seal::names::reason(&access.id),
-            &access.reason_sealed,
-        )
+        crate::access::reasons::open(&self.keyring, access).map(|r| r.text)
     }
 }
 

@@ -88,9 +88,17 @@ async fn each_role_breaks_the_glass_and_the_access_lands_on_chain() {
         let reason = "unresponsive on arrival, suspected anaphylaxis";
         assert!(full["reason"].is_null(), "{full}");
         assert!(!full.to_string().contains("anaphylaxis"), "{full}");
-        let reason_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(reason));
-        assert_eq!(full["reason_hash"], reason_hash);
+        // its hash is salted (`access::reasons`): the SHA-256 of the reason alone, which anyone
+        // reading the chain or a token log could find by hashing likely phrases, is not it
+        let unsalted = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(reason));
+        let reason_hash = full["reason_hash"].as_str().unwrap();
+        assert_eq!(hex::decode(reason_hash).map(|h| h.len()), Ok(32));
+        assert_ne!(reason_hash, unsalted);
         assert_eq!(claims["reason_hash"], reason_hash, "{claims}");
+        assert!(
+            full.get("reason_salt").is_none_or(|s| s.is_null()),
+            "{full}"
+        );
         assert!(claims.get("reason").is_none(), "{claims}");
         assert!(!token_payload(token).contains("anaphylaxis"));
         assert_eq!(claims["degraded"], false);

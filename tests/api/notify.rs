@@ -130,11 +130,22 @@ async fn patient_with_contact(env: &Env) -> String {
 async fn notice_failing(env: &Env, attempts: u64) -> (String, String) {
     let pid = patient_with_contact(env).await;
     let (id, token) = granted(env, &pid, 1).await;
-    // an admin client reads the clinician's reason (a token's holder does not)
-    assert_eq!(
-        access_view(env, &id).await["reason"],
-        "unresponsive on arrival, suspected anaphylaxis"
-    );
+    // an admin client reads the clinician's reason (a token's holder does not), with the salt
+    // of the hash the chain and the token carry: SHA-256(salt ‖ reason), which it can check
+    let view = access_view(env, &id).await;
+    let reason = "unresponsive on arrival, suspected anaphylaxis";
+    assert_eq!(view["reason"], reason);
+    let mut salted = hex::decode(view["reason_salt"].as_str().unwrap()).unwrap();
+    assert_eq!(salted.len(), 32);
+    salted.extend_from_slice(reason.as_bytes());
+    let commitment = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&salted));
+    assert_eq!(view["reason_hash"], commitment, "{view}");
+    let token_hash = token.split('.').nth(1).map(|p| {
+        let p =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&p).unwrap()["reason_hash"].clone()
+    });
+    assert_eq!(token_hash, Some(json!(commitment)));
     eventually("failed attempts", Duration::from_secs(60), async || {
         env.devnet.mine().await;
         let a = access_view(env, &id).await;
