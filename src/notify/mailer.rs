@@ -68,12 +68,13 @@ impl Mailer {
         })
     }
 
-    pub async fn send(&self, m: &Rendered) -> Result<(), SendError> {
-        let to =
-            m.to.iter()
-                .map(|a| a.parse())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| SendError::Permanent(format!("bad recipient address: {e}")))?;
+    /// Sends `m`'s bytes to `to` (one of its recipients, or all).
+    pub async fn send(&self, m: &Rendered, to: &[&str]) -> Result<(), SendError> {
+        let to = to
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SendError::Permanent(format!("bad recipient address: {e}")))?;
         let from = m
             .from
             .parse()

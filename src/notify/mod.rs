@@ -591,14 +591,37 @@ impl Notifier {
                 r.replace(address.as_str(), "<recipient>")
             })
         };
-        match self.mailer.send(&rendered).await.map_err(|e| match e {
-            SendError::Permanent(r) => SendError::Permanent(redact(r)),
-            SendError::Transient(r) => SendError::Transient(redact(r)),
-        }) {
-            Ok(()) => {
-                tracing::info!(access = %notice.access_id, attempts = notice.attempts, "notice sent");
+        // to each recipient still waiting, alone: one refusing it for good (a delegate's
+        // mailbox gone) does not keep it from the others
+        let mut waiting = None;
+        let mut refused = None;
+        for (i, to) in rendered.to.iter().enumerate() {
+            let place = u8::try_from(i).unwrap_or(u8::MAX);
+            if notice.delivered.contains(&place) || notice.refused.contains(&place) {
+                continue;
+            }
+            match self.mailer.send(&rendered, &[to.as_str()]).await {
+                Ok(()) => notice.delivered.push(place),
+                Err(SendError::Permanent(reason)) => {
+                    notice.refused.push(place);
+                    refused = Some(redact(reason));
+                }
+                Err(SendError::Transient(reason)) => waiting = Some(redact(reason)),
+            }
+        }
+        let outcome = match (waiting, refused) {
+            (Some(reason), _) => Err(SendError::Transient(reason)),
+            (None, refused) if notice.delivered.is_empty() => Err(SendError::Permanent(
+                refused.unwrap_or_else(|| "every recipient refused it".into()),
+            )),
+            (None, refused) => Ok(refused),
+        };
+        match outcome {
+            Ok(refused) => {
+                tracing::info!(access = %notice.access_id, attempts = notice.attempts, recipients = notice.delivered.len(), refused = notice.refused.len(), "notice sent");
                 notice.state = NoticeState::Sent { at: now_secs() };
-                notice.last_error = None;
+                // a recipient who refused it for good, while another has it, is said
+                notice.last_error = refused.map(|r| format!("a recipient refused it: {r}"));
             }
             Err(SendError::Permanent(reason)) => {
                 tracing::error!(access = %notice.access_id, %reason, "notice refused for good: dead-lettered");
@@ -829,7 +852,8 @@ mod tests {
         let settings = Settings::default();
         let mailer = Mailer::from_settings(&settings.notify, dir.path()).unwrap();
         let rendered = rendered(&settings);
-        mailer.send(&rendered).await.unwrap();
+        let to: Vec<&str> = rendered.to.iter().map(String::as_str).collect();
+        mailer.send(&rendered, &to).await.unwrap();
         let files = outbox(dir.path());
         assert_eq!(files.len(), 1);
         assert_eq!(std::fs::read(&files[0]).unwrap(), rendered.raw);

@@ -321,6 +321,14 @@ pub struct Notice {
     /// a grace period, by which a sender still alive has recorded the outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sending_since: Option<u64>,
+    /// Which of the message's recipients (their places in its envelope, never their
+    /// addresses) have it, and which refused it for good: each is sent to alone, so that one
+    /// refusing it (a delegate's mailbox gone) does not keep it from the others, and a retry
+    /// goes to those still waiting only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivered: Vec<u8>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<u8>,
     pub state: NoticeState,
 }
 
@@ -356,6 +364,8 @@ impl Notice {
             message_id: None,
             message: None,
             sending_since: None,
+            delivered: Vec::new(),
+            refused: Vec::new(),
             state: NoticeState::Pending,
         }
     }

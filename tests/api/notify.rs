@@ -397,6 +397,30 @@ async fn smtp_down_then_up_delivers_once_and_a_550_is_dead_lettered() {
         "operators see no address"
     );
     assert_eq!(received(&mail).len(), 1);
+
+    // a delegate whose address is refused for good does not keep the notice from the patient:
+    // each recipient is sent to alone. Before, the one envelope was refused whole, and the
+    // notice dead-lettered: the patient never told
+    let mut with_delegate = patient_resource(&pid, "ana@example.org", "en");
+    with_delegate["contact"] = json!([{ "relationship": [{ "text": "guardian" }],
+        "telecom": [{ "system": "email", "value": "bounce-guardian@example.org" }] }]);
+    let (status, _) = import(&env.app, &bundle(vec![with_delegate]), true).await;
+    assert_eq!(status, 200);
+    let told = grant(&env, &pid, 3).await;
+    let a = notice_reaches(&env, &told, "sent").await;
+    assert_eq!(a["notice"]["attempts"], 1, "{a}");
+    let got = received(&mail);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].0["to"], json!(["ana@example.org"]));
+    assert_eq!(
+        header(&got[1].1, "Message-ID"),
+        format!("<{told}@hospital.example>")
+    );
+    let said = a["notice"].to_string();
+    assert!(
+        said.contains("550") && !said.contains("bounce-guardian"),
+        "{a}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
