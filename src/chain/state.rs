@@ -75,6 +75,11 @@ pub struct ChainState {
     /// Principals the node said are not registered providers, or not reviewers (`Not`), with
     /// the tip they were read at.
     unregistered: Arc<Mutex<KnownNot>>,
+    /// Patient ids the node said are not registered, with the preferences it gave for them
+    /// (the contract's defaults) and the tip they were read at: remembered until the next
+    /// block, never stored, as what principals are not (anyone the chain knows as a clinician
+    /// may ask about any id, and every stored entry is read again by each catch-up).
+    unregistered_patients: Arc<Mutex<HashMap<PatientId, (Preferences, Option<Tip>)>>>,
     /// Patients' ids by the principal that registered them (`get-patient-id`): a registered
     /// id never changes, so each is read from the node once (`PATIENT_IDS_KEPT` at most).
     patient_ids: Arc<Mutex<HashMap<Address, PatientId>>>,
@@ -91,6 +96,7 @@ impl ChainState {
             contracts,
             apply_lock: Arc::default(),
             unregistered: Arc::default(),
+            unregistered_patients: Arc::default(),
             patient_ids: Arc::default(),
         }
     }
@@ -403,12 +409,17 @@ impl ChainState {
             "get-emergency-preferences",
             // an entry cached before registration was read is read again
             |store| {
-                Ok(store
-                    .preferences(patient)?
-                    .filter(|p| p.registered.is_some()))
+                Ok(match store.preferences(patient)? {
+                    Some(p) if p.registered.is_some() => Some(p),
+                    _ => self.known_unregistered(patient, &store.tip()?),
+                })
             },
             || self.read_preferences(patient),
-            |p, _| {
+            |p, tip| {
+                if p.registered == Some(false) {
+                    self.remember_unregistered(patient, p.clone(), tip);
+                    return None;
+                }
                 Some(Batch {
                     preferences: vec![(*patient, p.clone())],
                     ..Batch::default()
@@ -416,6 +427,31 @@ impl ChainState {
             },
         )
         .await
+    }
+
+    /// The preferences the node gave for unregistered `patient` at `tip`, if that is when
+    /// they were read.
+    fn known_unregistered(&self, patient: &PatientId, tip: &Option<Tip>) -> Option<Preferences> {
+        let known = self
+            .unregistered_patients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        known
+            .get(patient)
+            .filter(|(_, at)| at == tip)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn remember_unregistered(&self, patient: &PatientId, p: Preferences, tip: Option<Tip>) {
+        let mut known = self
+            .unregistered_patients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // what was read at an older tip is of no use any more
+        known.retain(|_, (_, at)| *at == tip);
+        if known.len() < MAX_UNREGISTERED {
+            known.insert(*patient, (p, tip));
+        }
     }
 
     pub async fn consent(&self, key: &ConsentKey) -> Result<Consent, StateError> {
@@ -557,15 +593,19 @@ impl ChainState {
                 batch.uncached.reviewers.push(*who);
             }
         }
-        let u = &mut batch.uncached;
         for patient in &named.patients {
+            self.unregistered_patients
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(patient);
             if self.store.preferences(patient)?.is_some() {
                 let p = self.read_preferences(patient).await?;
-                batch.preferences.push((*patient, p));
+                keep_preferences(batch, *patient, p);
             } else {
-                u.preferences.push(*patient);
+                batch.uncached.preferences.push(*patient);
             }
         }
+        let u = &mut batch.uncached;
         for who in &named.responders {
             if self.store.responder(who)?.is_some() {
                 let r = self.read_responder(who).await?;
@@ -643,7 +683,7 @@ impl ChainState {
         }
         for patient in self.store.patients()? {
             let p = self.read_preferences(&patient).await?;
-            batch.preferences.push((patient, p));
+            keep_preferences(batch, patient, p);
         }
         for who in self.store.responders()? {
             let r = self.read_responder(&who).await?;
@@ -662,6 +702,17 @@ impl ChainState {
             batch.consents.push((key, c));
         }
         Ok(())
+    }
+}
+
+/// A patient's preferences as read back from the node, into `batch`: kept if the id is
+/// registered, else dropped (as `keep_provider`: rows for unregistered ids, stored before
+/// they were remembered in memory instead, were read again by every catch-up).
+fn keep_preferences(batch: &mut Batch, patient: PatientId, p: Preferences) {
+    if p.registered == Some(false) {
+        batch.uncached.preferences.push(patient);
+    } else {
+        batch.preferences.push((patient, p));
     }
 }
 

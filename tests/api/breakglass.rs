@@ -1831,6 +1831,22 @@ async fn non_json_is_415_and_an_unregistered_patient_is_a_visible_decision() {
     )
     .await;
     assert_eq!(full["patient_registered"], false, "{full}");
+    // what the node said of an unregistered id is remembered until the next block, not
+    // stored: any clinician may ask about any id, and each stored one was read again by every
+    // catch-up, without end
+    let pid: breakglass::domain::PatientId = unregistered.parse().unwrap();
+    assert_eq!(app.store.preferences(&pid).unwrap(), None);
+    let stored = app.store.patients().unwrap().len();
+    for i in 0..5u8 {
+        let id = hex::encode([0x60 + i; 32]);
+        let (status, body) = post(
+            app,
+            &signed(key, &id, &["allergies"], 10 + u64::from(i), now()),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    assert_eq!(app.store.patients().unwrap().len(), stored);
 }
 
 /// A graceful stop ends once everything has ended, not at its timeout: every part that holds

@@ -573,6 +573,19 @@ async fn a_catch_up_drops_what_principals_are_not_and_keeps_what_they_are() {
             .parse()
             .unwrap(),
     );
+    // and a patient id no one registered, and one registered (as stored before ids the node
+    // says are not registered were remembered in memory instead)
+    let (nobody, registered): (breakglass::domain::PatientId, breakglass::domain::PatientId) = (
+        breakglass::domain::PatientId([0x5a; 32]),
+        patient(&demo, true).parse().unwrap(),
+    );
+    let prefs = |registered| breakglass::store::Preferences {
+        allow: true,
+        data_types: vec![],
+        max_window: 1,
+        is_default: true,
+        registered: Some(registered),
+    };
     {
         std::fs::create_dir_all(&service).unwrap();
         let store = breakglass::store::RedbStore::open(&service.join("breakglass.redb")).unwrap();
@@ -580,6 +593,7 @@ async fn a_catch_up_drops_what_principals_are_not_and_keeps_what_they_are() {
             .apply(Batch {
                 reviewers: vec![(made, false), (nurse, false), (reviewer, true)],
                 providers: vec![(made, Some(ProviderState::Unregistered))],
+                preferences: vec![(nobody, prefs(false)), (registered, prefs(true))],
                 ..Batch::default()
             })
             .unwrap();
@@ -594,6 +608,10 @@ async fn a_catch_up_drops_what_principals_are_not_and_keeps_what_they_are() {
     assert_eq!(app.store.reviewer(&nurse).unwrap(), None);
     assert_eq!(app.store.provider(&made).unwrap(), None);
     assert_eq!(app.store.reviewer(&reviewer).unwrap(), Some(true));
+    assert_eq!(app.store.preferences(&nobody).unwrap(), None);
+    let kept = app.store.preferences(&registered).unwrap().unwrap();
+    assert_eq!(kept.registered, Some(true));
+    assert_ne!(kept.max_window, 1, "read again from the node");
     // and what they are not is still answered (from the node, then from memory)
     assert!(!app.follower.state.is_reviewer(&nurse).await.unwrap());
     assert!(app.follower.state.is_reviewer(&reviewer).await.unwrap());
