@@ -41,6 +41,10 @@ const MAX_UNREGISTERED: usize = 4096;
 /// What the node said principals are not, with the tip each was read at.
 type KnownNot = HashMap<(Address, Not), Option<Tip>>;
 
+/// Patient ids the node said are not registered, with the preferences it gave for them and
+/// the tip each was read at.
+type KnownUnregistered = HashMap<PatientId, (Preferences, Option<Tip>)>;
+
 /// What the node said a principal is not: remembered in memory until the next block, never
 /// stored, since anyone can make a key and sign with it (a sign-in, a request), and every
 /// stored entry is read again from the node by each catch-up.
@@ -79,7 +83,7 @@ pub struct ChainState {
     /// (the contract's defaults) and the tip they were read at: remembered until the next
     /// block, never stored, as what principals are not (anyone the chain knows as a clinician
     /// may ask about any id, and every stored entry is read again by each catch-up).
-    unregistered_patients: Arc<Mutex<HashMap<PatientId, (Preferences, Option<Tip>)>>>,
+    unregistered_patients: Arc<Mutex<KnownUnregistered>>,
     /// Patients' ids by the principal that registered them (`get-patient-id`): a registered
     /// id never changes, so each is read from the node once (`PATIENT_IDS_KEPT` at most).
     patient_ids: Arc<Mutex<HashMap<Address, PatientId>>>,
