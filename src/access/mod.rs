@@ -115,8 +115,8 @@ pub const REFUSAL_ENTRIES_PER_MINUTE: u32 = 20;
 /// `/tablet/options` and break-glass requests together: anyone may ask, or sign a request with
 /// a key made on the spot, and each is a read from the node (which the follower reads too);
 /// beyond, 503 `too-many-lookups` (the page asks again; a refused request may be sent again
-/// as it is). A clinician who has used the service, or whom a block named, is cached and
-/// never bounded.
+/// as it is). A clinician the cache holds (one who has used the service since a block last
+/// named them) is never bounded.
 pub const LOOKUPS_PER_SECOND: u32 = 20;
 
 impl BreakGlass {
