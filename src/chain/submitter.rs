@@ -863,11 +863,22 @@ impl Submitter {
     }
 
     /// After the follower skipped blocks, an operation mined in them was never seen: any sent
-    /// transaction whose nonce the chain has used is checked on chain now.
+    /// transaction whose nonce the chain has used is checked on chain now. Until every one is
+    /// checked (a read of the store or the node, or a write, that fails), the next tick checks
+    /// again.
     pub async fn reconcile(&self) -> Result<(), SubmitError> {
         if !self.status.skipped_blocks.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
+        let checked = self.reconcile_sent().await;
+        if checked.is_err() {
+            self.status.skipped_blocks.store(true, Ordering::SeqCst);
+        }
+        checked
+    }
+
+    /// `reconcile`'s check of the sent operations.
+    async fn reconcile_sent(&self) -> Result<(), SubmitError> {
         let sent: Vec<Submission> = self
             .store
             .open_submissions()?
@@ -877,13 +888,7 @@ impl Submitter {
         if sent.is_empty() {
             return Ok(());
         }
-        let used = match self.rpc.account_nonce(&self.sender).await {
-            Ok(n) => n,
-            Err(e) => {
-                self.status.skipped_blocks.store(true, Ordering::SeqCst);
-                return Err(e.into());
-            }
-        };
+        let used = self.rpc.account_nonce(&self.sender).await?;
         for s in sent {
             if let SubmissionState::Sent { nonce, .. } = s.state {
                 if nonce < used {

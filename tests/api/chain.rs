@@ -681,5 +681,44 @@ async fn a_copy_of_our_transaction_inside_a_block_does_not_fail_its_operation() 
         .then_some(())
     })
     .await;
+
+    // after skipped blocks, a check of the operations they may have mined that cannot finish
+    // (here the store refuses the write of what it found) is made again at the next tick.
+    // Before, the mark was cleared first and put back only when the node's nonce could not be
+    // read: the rest stayed sent for good
+    let mut seen_as_sent = app.store.submission("anchor:7").unwrap().unwrap();
+    let SubmissionState::Confirmed {
+        txid: Some(txid),
+        nonce: Some(nonce),
+        raw: Some(raw),
+        ..
+    } = seen_as_sent.state.clone()
+    else {
+        panic!("anchor:7 confirmed with its transaction");
+    };
+    seen_as_sent.state = SubmissionState::Sent {
+        txid,
+        nonce,
+        raw,
+        sent_at_height: 1,
+        broadcasts: 1,
+    };
+    breakglass::store::apply_async(
+        &app.store,
+        breakglass::store::Batch {
+            submissions: vec![seen_as_sent],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let skipped = &app.status.skipped_blocks;
+    skipped.store(true, std::sync::atomic::Ordering::SeqCst);
+    app.redb.as_ref().unwrap().stop_writing("the disk is gone");
+    assert!(app.submitter.reconcile().await.is_err());
+    assert!(
+        skipped.load(std::sync::atomic::Ordering::SeqCst),
+        "checked again at the next tick"
+    );
     app.stop().await;
 }
