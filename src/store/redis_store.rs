@@ -369,12 +369,15 @@ impl RedisStore {
         &self,
         f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        // refused before it takes a connection: those may all be held by reads of the hung server
-        let Some(generation) = self.may_ask() else {
-            return Err(StoreError::Backend(format!(
+        let quiet = || {
+            StoreError::Backend(format!(
                 "redis: the server does not answer (a read found no answer within {} ms); reads are refused at once, and the server asked by one read a second, until it answers",
                 READ_TIMEOUT.as_millis()
-            )));
+            ))
+        };
+        // refused before it takes a connection: those may all be held by reads of the hung server
+        let Some(generation) = self.may_ask() else {
+            return Err(quiet());
         };
         // a free connection if there is one, else wait for one
         let mut slot = self
@@ -387,9 +390,23 @@ impl RedisStore {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
             });
+        // and again once it has one: a read that waited for a connection while another found
+        // no answer is refused too, not let through to wait its own timeouts (each waiting
+        // read did, one after another, for as many rounds as there were reads per connection)
+        if self
+            .quiet
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+            != generation
+        {
+            return Err(quiet());
+        }
         let result = answered(&self.primary, &mut slot, Some(READ_TIMEOUT), f);
-        drop(slot);
+        // what it found is said before the connection is let go, so that a read waiting for
+        // it sees it
         self.asked(generation, matches!(&result, Err(e) if e.is_timeout()));
+        drop(slot);
         result.map_err(redis_err)
     }
 }

@@ -2247,6 +2247,36 @@ fn on_call_state_from_one_replica_is_read_by_another() {
     );
 }
 
+/// Many reads at once of a hung Redis: those that waited for a connection while the first
+/// ones found no answer are refused when they get one, not let through to wait their own
+/// timeouts. Before, each did, one round of the store's connections after another: twelve
+/// readers' last answered after ~9 s, where none waits much past the first ones' ~3 s now.
+#[test]
+fn reads_waiting_for_a_connection_to_a_hung_redis_are_refused_once_one_found_no_answer() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let store = RedisStore::open(server.url().as_str(), "hung-many:").unwrap();
+    assert!(store.access(&numbered(1)).unwrap().is_none());
+    server.pause();
+    let waited: Vec<(bool, Duration)> = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..12)
+            .map(|_| {
+                s.spawn(|| {
+                    let asked = Instant::now();
+                    let read = store.access(&numbered(1));
+                    (read.is_err(), asked.elapsed())
+                })
+            })
+            .collect();
+        readers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    server.resume();
+    assert!(waited.iter().all(|(err, _)| *err), "{waited:?}");
+    let longest = waited.iter().map(|(_, w)| *w).max().unwrap();
+    assert!(longest < Duration::from_secs(7), "{waited:?}");
+}
+
 /// A hung Redis (SIGSTOP: connections accepted, nothing answered) holds one read for its
 /// timeouts (1.5 s, then once more on a new connection); the reads after it are refused at
 /// once, saying why, instead of each holding its caller's thread (a background task's, an
