@@ -26,10 +26,18 @@ use crate::store::{must_reconnect, Claim, Primary, RedisTarget, StoreError};
 /// How long a command may take before the server counts as unreachable.
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// How long opening the connection may take, its retries included (`conn`).
+const CONNECT_WITHIN: Duration = Duration::from_millis(3000);
+
+/// How long after the connection could not be opened callers are refused at once (`conn`).
+const REFUSED_AFTER_FAILED_CONNECT: Duration = Duration::from_secs(1);
+
 pub struct RedisCoordinator {
     primary: Primary,
     prefix: String,
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    /// When the connection last could not be opened.
+    failed_connect: std::sync::Mutex<Option<std::time::Instant>>,
     per_minute: u64,
     lease: Script,
     release: Script,
@@ -128,6 +136,7 @@ impl RedisCoordinator {
             primary: Primary::open(&target.into()).map_err(redis_err)?,
             prefix: prefix.to_string(),
             conn: tokio::sync::Mutex::new(None),
+            failed_connect: std::sync::Mutex::new(None),
             per_minute: u64::from(per_minute.get()),
             lease: Script::new(LEASE),
             release: Script::new(RELEASE),
@@ -140,27 +149,64 @@ impl RedisCoordinator {
         })
     }
 
-    /// The connection, opened on first use and again after it could not be.
+    /// The connection, opened on first use and again after it could not be, within
+    /// `CONNECT_WITHIN`. For `REFUSED_AFTER_FAILED_CONNECT` after an attempt failed, callers
+    /// are refused at once: each caller waiting for the attempt in hand made one of its own
+    /// after it, in turn (a hung server held the last of ten reviewers' requests for a minute).
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let refused = || {
+            self.failed_connect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|at| at.elapsed() < REFUSED_AFTER_FAILED_CONNECT)
+                .then(|| {
+                    StoreError::Backend(
+                        "redis: the connection could not be opened just now; tried again within a second".into(),
+                    )
+                })
+        };
+        if let Some(e) = refused() {
+            return Err(e);
+        }
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
+        }
+        // (an attempt that failed while this caller waited for it)
+        if let Some(e) = refused() {
+            return Err(e);
         }
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(TIMEOUT))
             .set_connection_timeout(Some(TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let c = self
-            .primary
-            .client_async()
-            .await
-            .map_err(redis_err)?
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(redis_err)?;
-        *slot = Some(c.clone());
-        Ok(c)
+        let opened = tokio::time::timeout(CONNECT_WITHIN, async {
+            self.primary
+                .client_async()
+                .await?
+                .get_connection_manager_with_config(config)
+                .await
+        })
+        .await;
+        let failed = |e: StoreError| {
+            *self
+                .failed_connect
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+            Err(e)
+        };
+        match opened {
+            Ok(Ok(c)) => {
+                *slot = Some(c.clone());
+                Ok(c)
+            }
+            Ok(Err(e)) => failed(redis_err(e)),
+            Err(_) => failed(StoreError::Backend(format!(
+                "redis: the connection was not opened within {} ms",
+                CONNECT_WITHIN.as_millis()
+            ))),
+        }
     }
 
     /// Runs a script; after a connection found dropped (the server restarted) or on a server
@@ -337,5 +383,36 @@ impl RedisCoordinator {
         let mut call = self.end_session.prepare_invoke();
         call.key(self.session_key(key));
         self.invoke::<i64>(&call).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Redis host that takes connections and says nothing (hung, or cut off after the
+    /// connect): callers at once all have their answer within one attempt's time, the later
+    /// ones refused at once after it failed. Before, each made an attempt of its own behind the
+    /// lock, one after another: the eighth waited for eight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_of_a_silent_redis_are_not_queued_behind_each_others_connects() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("redis://{}/", silent.local_addr().unwrap());
+        let c = std::sync::Arc::new(
+            RedisCoordinator::new(url.as_str(), "silent:", NonZeroU32::MIN).unwrap(),
+        );
+        let started = std::time::Instant::now();
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move { c.lease(&format!("l{i}"), "me", 1000).await })
+            })
+            .collect();
+        for call in calls {
+            assert!(call.await.unwrap().is_err());
+        }
+        let took = started.elapsed();
+        assert!(took < CONNECT_WITHIN + TIMEOUT * 2, "{took:?}");
+        drop(silent);
     }
 }
