@@ -88,9 +88,8 @@ enum TipWrite {
     Write(Tip),
     /// Keeps the tip as stored (this block), and is guarded on it.
     Keep(Tip),
-    /// Writes no rows and no tip (the changes to our operations alone): the stored tip is past
-    /// this block (another replica applied a later one, before this block's write or since
-    /// an attempt kept the tip).
+    /// Writes no rows and no tip (the changes to our operations alone): the tip kept before
+    /// moved past this block.
     Passed,
     /// Is not applied now: the tip kept before is another block at this height now.
     Contested,
@@ -327,25 +326,25 @@ impl Follower {
     /// keeps the tip as stored and is guarded on it (`TipWrite::Keep`), so that its number
     /// stays (`Tip::written`): a fill another replica guarded on it is not refused for nothing,
     /// nor a catch-up's mark put on it cleared. (Written again, each replica following the node
-    /// would change the tip once a block per replica.) A tip past this block (another replica
-    /// applied a later one, before this block's write or between its attempts) is `Passed`:
-    /// written, this block's tip would move the replicas' tip back under the later block's.
-    /// Not so for a block that left a fork (`reorg`) at its first attempt: the tip past it may
-    /// be a block of the fork left (by this replica or another), which its write replaces.
-    /// `kept_before`: an earlier attempt kept the tip and was refused, so the tip changed since;
-    /// to another block at its height, it is `Contested` (a reorg another replica saw first).
+    /// would change the tip once a block per replica.) `kept_before`: an earlier attempt kept
+    /// it and was refused, so the tip changed since: past this block (another replica applied a
+    /// later one, `Passed`), or to another block at its height (a reorg another replica saw
+    /// first, `Contested`). A block whose tip another replica moved past before this one's
+    /// first attempt is still written, rows and tip (the replicas' tip back under the later
+    /// block's until the next one): each replica on Redis keeps a copy of the cache's rows
+    /// that only its own writes refresh (`redis_store::LocalRows`), and written as `Passed`,
+    /// the block's rows were left out of it, stale until a restart.
     fn tip_to_write(
         &self,
         height: u64,
         hash: [u8; 32],
         kept_before: bool,
-        reorg: bool,
     ) -> Result<TipWrite, StoreError> {
         Ok(match self.state.store.tip()? {
             Some(stored) if stored.height == height && stored.index_block_hash == hash => {
                 TipWrite::Keep(stored)
             }
-            Some(stored) if stored.height > height && (kept_before || !reorg) => TipWrite::Passed,
+            Some(stored) if kept_before && stored.height > height => TipWrite::Passed,
             Some(stored) if kept_before && stored.height == height => TipWrite::Contested,
             _ => TipWrite::Write(Tip::applied(height, hash)),
         })
@@ -383,7 +382,6 @@ impl Follower {
             self.state.store.as_ref(),
         );
         let mut kept_before = false;
-        let reorg = reopened_from.is_some();
         for _ in 0..submitter::CHANGE_ATTEMPTS {
             let mut changes = Vec::new();
             if let Some(from) = reopened_from {
@@ -392,8 +390,7 @@ impl Follower {
             if let Some(block) = confirmed_by {
                 submitter::confirmations(block, rpc, contracts, store, &mut changes).await?;
             }
-            let Some((attempt, kept)) = self.attempt(&batch, tip, changes, kept_before, reorg)?
-            else {
+            let Some((attempt, kept)) = self.attempt(&batch, tip, changes, kept_before)? else {
                 return Ok(());
             };
             // once kept (and refused), the tip is never written over a later one by a later
@@ -423,12 +420,11 @@ impl Follower {
         tip: Option<(u64, [u8; 32])>,
         changes: Vec<submitter::Change>,
         kept_before: bool,
-        reorg: bool,
     ) -> Result<Option<(Batch, bool)>, FollowError> {
         let mut attempt = batch.clone();
         let mut kept = false;
         match tip
-            .map(|(height, hash)| self.tip_to_write(height, hash, kept_before, reorg))
+            .map(|(height, hash)| self.tip_to_write(height, hash, kept_before))
             .transpose()?
         {
             Some(TipWrite::Write(new)) => attempt.tip = Some(new),
@@ -713,7 +709,7 @@ mod tests {
     fn a_block_already_the_stored_tip_leaves_it_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let (store, follower) = follower(dir.path());
-        let first = written(follower.tip_to_write(7, [7; 32], false, false).unwrap());
+        let first = written(follower.tip_to_write(7, [7; 32], false).unwrap());
         assert!(first.written.is_some());
         store
             .apply(Batch {
@@ -722,13 +718,13 @@ mod tests {
             })
             .unwrap();
         assert_eq!(
-            follower.tip_to_write(7, [7; 32], false, false).unwrap(),
+            follower.tip_to_write(7, [7; 32], false).unwrap(),
             TipWrite::Keep(first),
             "kept"
         );
-        let other = written(follower.tip_to_write(7, [8; 32], false, false).unwrap());
+        let other = written(follower.tip_to_write(7, [8; 32], false).unwrap());
         assert_ne!(other.written, first.written);
-        written(follower.tip_to_write(8, [8; 32], false, false).unwrap());
+        written(follower.tip_to_write(8, [8; 32], false).unwrap());
     }
 
     /// Replicas sharing Redis: this replica applies block A, whose tip another replica stored
@@ -769,7 +765,7 @@ mod tests {
             // the write made (the tip kept), then the tip moved by another replica, then the
             // write sent
             let (attempt, kept) = follower
-                .attempt(&rows, Some(a), vec![], false, false)
+                .attempt(&rows, Some(a), vec![], false)
                 .unwrap()
                 .expect("rows to write");
             assert_eq!(attempt.tip, None, "A's tip kept as stored");
@@ -801,7 +797,7 @@ mod tests {
                 read: op.clone(),
                 state: failed.clone(),
             };
-            let next = follower.attempt(&rows, Some(a), vec![change], true, false);
+            let next = follower.attempt(&rows, Some(a), vec![change], true);
             if then.height == a.0 {
                 assert!(next.is_err(), "{moved}: not applied now");
                 assert_eq!(store.submission(&op.id).unwrap(), Some(op), "{moved}");
@@ -817,20 +813,5 @@ mod tests {
             assert_eq!(store.reviewer(&who).unwrap(), None, "{moved}");
             assert_eq!(store.tip().unwrap(), Some(then), "{moved}");
         }
-        // a replica whose push of A comes after another applied the next block: at its first
-        // attempt, neither A's rows nor its tip under the later one (before, the replicas' tip
-        // went back to A's, and fills guarded on the later one were refused)
-        let later = Tip::applied(10, [10; 32]);
-        stored_by_other(later);
-        let first = follower.attempt(&rows, Some((9, [9; 32])), vec![], false, false);
-        assert!(matches!(first, Ok(None)), "nothing of A to write");
-        assert_eq!(store.tip().unwrap(), Some(later));
-        // unless A left a fork: the tip past it may be the fork's, which A's write replaces
-        let (left, _) = follower
-            .attempt(&rows, Some((9, [9; 32])), vec![], false, true)
-            .unwrap()
-            .expect("A's rows, after a reorg");
-        assert_eq!(left.tip.map(|t| t.height), Some(9));
-        assert_eq!(left.reviewers, rows.reviewers);
     }
 }
