@@ -403,8 +403,8 @@ pub async fn confirmations(
 /// confirmed there, or mined there and refused by the contract, is read back; one whose effect
 /// is not on chain is reopened as the same signed bytes (broadcast again at once: a refused
 /// one's nonce is unused on the new branch, and every later transaction of the service waits
-/// for it), one whose effect is on chain (mined again elsewhere) is confirmed at its new
-/// height. The changes go to `changes`, written with the block
+/// for it; one whose nonce is used stays refused), one whose effect is on chain (mined again
+/// elsewhere) is confirmed at its new height. The changes go to `changes`, written with the block
 /// (`Follower::write_with_changes`).
 pub async fn reopen_abandoned(
     from: u64,
@@ -446,6 +446,15 @@ pub async fn reopen_abandoned(
                     result.clone()
                 };
                 confirmed(txid, *nonce, raw, now, result)
+            }
+            // a refused one whose nonce the node's chain has used was not abandoned (its block
+            // survived: the fork point is below it, or not known after a restart), or was mined
+            // again: it stays as it is. Reopened, its broadcast would be refused for its nonce,
+            // and the operation signed again under a new one: a second transaction for it
+            OnChain::NotDone | OnChain::Unknown
+                if refused && nonce_used(rpc, &hex::decode(raw).unwrap_or_default()).await? =>
+            {
+                continue;
             }
             OnChain::NotDone | OnChain::Unknown => {
                 tracing::warn!(operation = %s.id, txid, height, "a reorg abandoned the block that mined this operation: reopened");
@@ -905,7 +914,11 @@ impl Submitter {
         if !self.hold_lease().await? {
             return Ok(());
         }
-        self.reconcile().await?;
+        // a check that cannot finish now is made again at the next tick; the rest of this one
+        // goes on (one operation's check failing for good would hold every other back)
+        if let Err(e) = self.reconcile().await {
+            tracing::warn!(error = %e, "the check of operations mined in skipped blocks did not finish: again at the next tick");
+        }
         self.prepare().await?;
         self.broadcast_due().await
     }

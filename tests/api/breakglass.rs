@@ -627,6 +627,33 @@ async fn resource_servers_introspect_and_revoke_tokens() {
         call("/v1/token/revoke", "someone", secret, token).await.0,
         401
     );
+    // credentials are checked before any of the body is read: a request without them whose
+    // body never comes is answered at once (before, up to 16 KiB was read first, for anyone),
+    // and a body past the bound is refused as soon as it declares so
+    for path in ["/v1/token/introspect", "/v1/token/revoke"] {
+        let mut stalled = stalled_post_as(
+            app.api_addr,
+            path,
+            "application/x-www-form-urlencoded",
+            1 << 10,
+            b"token=",
+        )
+        .await;
+        assert_eq!(
+            answered(&mut stalled, std::time::Duration::from_secs(2)).await,
+            Some(401),
+            "{path}"
+        );
+    }
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/token/introspect", app.api_addr))
+        .basic_auth("fhir-server", Some(secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}&pad={}", "x".repeat(20_000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
     // a forged or garbled token is simply inactive
     assert_eq!(
         call(
@@ -1003,6 +1030,21 @@ async fn a_record_the_contract_refuses_is_marked_failed() {
             .contains("refused"),
         "{failed}"
     );
+
+    // a reorg from below it whose branch kept its block (a fork point not known after a
+    // restart is 0) leaves it as it is: its nonce is used, and reopened it would be signed
+    // again under a new one
+    let mut changes = Vec::new();
+    breakglass::chain::submitter::reopen_abandoned(
+        0,
+        &app.follower.state.rpc,
+        &app.follower.state.contracts,
+        app.store.as_ref(),
+        &mut changes,
+    )
+    .await
+    .unwrap();
+    assert!(changes.is_empty(), "{changes:?}");
 
     // a reorg abandons the block that mined it (the node drops its transactions): its nonce
     // is unused on the new branch, so it is reopened and sent again as the same transaction.
