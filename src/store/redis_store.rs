@@ -392,14 +392,13 @@ impl RedisStore {
             });
         // and again once it has one: a read that waited for a connection while another found
         // no answer is refused too, not let through to wait its own timeouts (each waiting
-        // read did, one after another, for as many rounds as there were reads per connection)
-        if self
-            .quiet
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .generation
-            != generation
-        {
+        // read did, one after another, for as many rounds as there were reads per connection);
+        // unless the server answers again by then
+        let stale = {
+            let q = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
+            q.generation != generation && !matches!(q.mode, Mode::Answering)
+        };
+        if stale {
             return Err(quiet());
         }
         let result = answered(&self.primary, &mut slot, Some(READ_TIMEOUT), f);
