@@ -2,8 +2,8 @@
 //! with the password from `BREAKGLASS_SMTP_PASSWORD`), or `.eml` files in `data.dir/outbox`
 //! for development. Failures are sorted into permanent (dead-letter) and transient (retry).
 //! A send to an SMTP server ends within `notify.smtp.timeout_secs`, whatever the server does
-//! (the client's own timeout covers its connect only): the notice's lease, twice that, outlasts
-//! it.
+//! (the client's own timeout covers its connect only): a notice's lease, one timeout more than
+//! its recipients' sends (each sent to alone), outlasts them.
 //!
 //! It must not: render or decide (it sends the stored bytes).
 

@@ -103,7 +103,8 @@ impl Notifier {
             rescan_every: Duration::from_millis(lease_ms),
             coordination,
             holder: crate::coordination::replica_id(),
-            lease_ms: lease_ms.max(2_000 * settings.notify.smtp.timeout_secs),
+            lease_ms: lease_ms
+                .max((RECIPIENTS_MAX + 1) * 1_000 * settings.notify.smtp.timeout_secs),
             takeover_secs: takeover_secs(lease_ms, settings.notify.smtp.timeout_secs),
             in_flight: Mutex::default(),
         })
@@ -654,15 +655,20 @@ impl Notifier {
     }
 }
 
+/// How many recipients a notice has at most: the patient and their delegate
+/// (`Contact::recipients`), each sent to alone, each send within one SMTP timeout: an attempt
+/// ends within that many, and the notice's lease is one more (at least).
+const RECIPIENTS_MAX: u64 = 2;
+
 /// With replicas, how long another replica waits after an attempt started without a recorded
-/// outcome before it sends the message again: ten `data.lease_ms`, and at least four SMTP
-/// timeouts (twice the notice's lease), so that a send, which ends within one, and its record
-/// (again under the lease taken anew if it lapsed meanwhile) come well before it whatever the
-/// two settings are.
+/// outcome before it sends the message again: ten `data.lease_ms`, and at least twice the
+/// notice's lease in SMTP timeouts (`RECIPIENTS_MAX` sends and one more), so that an
+/// attempt's sends and its record (again under the lease taken anew if it lapsed meanwhile)
+/// come well before it whatever the two settings are.
 fn takeover_secs(data_lease_ms: u64, smtp_timeout_secs: u64) -> u64 {
     (10 * data_lease_ms)
         .div_ceil(1000)
-        .max(4 * smtp_timeout_secs)
+        .max(2 * (RECIPIENTS_MAX + 1) * smtp_timeout_secs)
 }
 
 /// The lease a replica holds while it works on the notice of access `id` (`coordination`).
@@ -1230,13 +1236,13 @@ mod tests {
         silent.abort();
     }
 
-    /// Another replica sends a message again only after ten `data.lease_ms` and four SMTP
-    /// timeouts (a send ends within one): a short lease does not bring it within reach of a
-    /// send still going.
+    /// Another replica sends a message again only after ten `data.lease_ms` and six SMTP
+    /// timeouts (an attempt's sends, one per recipient, end within two): a short lease does not
+    /// bring it within reach of an attempt still going.
     #[test]
-    fn a_notice_is_taken_over_after_ten_leases_and_four_smtp_timeouts() {
+    fn a_notice_is_taken_over_after_ten_leases_and_six_smtp_timeouts() {
         assert_eq!(takeover_secs(10_000, 15), 100);
-        assert_eq!(takeover_secs(200, 15), 60);
+        assert_eq!(takeover_secs(200, 15), 90);
         assert_eq!(takeover_secs(1_000, 1), 10);
     }
 }
