@@ -111,10 +111,10 @@ impl Paging {
             })
     }
 
-    /// The common path of every source: its body (bounded, before anything else), the secrets
-    /// (re-read at each delivery, off the runtime), the signature before anything else of the
-    /// body is read, then the mapping, the body, its age, the replay claim and the durable
-    /// apply.
+    /// The common path of every source: whether it is configured (before any of the body is
+    /// read), its body (bounded), the secrets (re-read at each delivery, off the runtime), the
+    /// signature before anything else of the body is read, then the mapping, the body, its
+    /// age, the replay claim and the durable apply.
     async fn receive(
         &self,
         source: &str,
@@ -124,10 +124,6 @@ impl Paging {
         verify: impl FnOnce(&[Vec<u8>], &[u8]) -> Result<(), WebhookError>,
         read: impl FnOnce(&[u8], &HashMap<String, String>) -> Result<Delivery, WebhookError>,
     ) -> HttpResponse {
-        let body = match self.body(source, req, payload).await {
-            Ok(body) => body,
-            Err(refused) => return refused,
-        };
         let Some(path) = secrets.clone() else {
             return problem(&Refusal {
                 status: 404,
@@ -142,6 +138,10 @@ impl Paging {
                     }
                 ),
             });
+        };
+        let body = match self.body(source, req, payload).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
         };
         let secrets = match web::block(move || load_secrets(&path)).await {
             Ok(Ok(s)) => s,

@@ -2,10 +2,11 @@
 //! authenticate with HTTP Basic as a configured client. A revoked token is inactive at once,
 //! for every replica that shares the store.
 //!
+//! A request's credentials are checked before any of its body is read, and its body (a form,
+//! `MAX_FORM_BYTES` at most) is read as it arrives (`body::bounded`).
+//!
 //! It must not: accept a client that is not configured, or tell an unknown token from an expired
 //! one.
-
-use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::STANDARD;
@@ -20,25 +21,22 @@ use crate::store::{apply_async, Batch};
 
 pub struct Clients(pub Vec<ResourceServerClient>);
 
+/// How long a form posted here may be: a token and a hint, with room to spare.
+pub const MAX_FORM_BYTES: usize = 16 * 1024;
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1/token")
-            // a body that is not a form (RFC 7662, 7009: `application/x-www-form-urlencoded`)
-            // is answered as the other refusals here are, not with the framework's text
-            .app_data(web::FormConfig::default().error_handler(|e, _| {
-                let detail = e.to_string();
-                actix_web::error::InternalError::from_response(
-                    e,
-                    HttpResponse::BadRequest().json(json!({
-                        "error": "invalid_request",
-                        "error_description": format!("the body is not a form: {detail}"),
-                    })),
-                )
-                .into()
-            }))
             .route("/introspect", web::post().to(introspect))
             .route("/revoke", web::post().to(revoke)),
     );
+}
+
+fn invalid_request(description: String) -> Box<HttpResponse> {
+    Box::new(
+        HttpResponse::BadRequest()
+            .json(json!({ "error": "invalid_request", "error_description": description })),
+    )
 }
 
 /// The client id, when the Basic credentials match a configured client.
@@ -76,29 +74,55 @@ fn unauthorized() -> HttpResponse {
                       "detail": "resource servers authenticate with HTTP Basic as a configured client", "code": "invalid-client" }))
 }
 
-/// The authenticated caller and the `token` form field, or the answer to give instead.
-fn caller_and_token<'f>(
+/// The authenticated caller (before any of the body is read) and the `token` field of the
+/// form posted (RFC 7662, 7009: `application/x-www-form-urlencoded`), or the answer to give
+/// instead.
+async fn caller_and_token(
     req: &HttpRequest,
-    form: &'f HashMap<String, String>,
+    payload: web::Payload,
     clients: &Clients,
-) -> Result<(String, &'f str), Box<HttpResponse>> {
+) -> Result<(String, String), Box<HttpResponse>> {
     let caller = client(req, clients).ok_or_else(|| Box::new(unauthorized()))?;
-    let token =
-        form.get("token").ok_or_else(|| {
-            Box::new(HttpResponse::BadRequest().json(
-                json!({ "error": "invalid_request", "error_description": "token is required" }),
-            ))
+    let form = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';').next().is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        });
+    if !form {
+        return Err(invalid_request(
+            "the body is not a form (application/x-www-form-urlencoded)".into(),
+        ));
+    }
+    let body = super::body::bounded(req, payload, MAX_FORM_BYTES)
+        .await
+        .map_err(|unread| match unread {
+            super::body::Unread::TooLarge => {
+                Box::new(HttpResponse::PayloadTooLarge().json(json!({
+                    "error": "invalid_request",
+                    "error_description": format!("the form is at most {MAX_FORM_BYTES} bytes"),
+                })))
+            }
+            super::body::Unread::Unreadable => invalid_request("the body could not be read".into()),
         })?;
+    let token = url::form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| invalid_request("token is required".into()))?;
     Ok((caller, token))
 }
 
 async fn introspect(
     req: HttpRequest,
-    form: web::Form<HashMap<String, String>>,
+    payload: web::Payload,
     bg: web::Data<BreakGlass>,
     clients: web::Data<Clients>,
 ) -> HttpResponse {
-    let (caller, token) = match caller_and_token(&req, &form, &clients) {
+    let (caller, token) = match caller_and_token(&req, payload, &clients).await {
         Ok(ct) => ct,
         Err(answer) => return *answer,
     };
@@ -107,7 +131,7 @@ async fn introspect(
             .insert_header(("cache-control", "no-store"))
             .json(json!({ "active": false }))
     };
-    let Ok(claims) = bg.tokens.verify(token) else {
+    let Ok(claims) = bg.tokens.verify(&token) else {
         return inactive();
     };
     // revoked, or its clinician suspended since the grant: not honoured
@@ -160,16 +184,16 @@ async fn introspect(
 
 async fn revoke(
     req: HttpRequest,
-    form: web::Form<HashMap<String, String>>,
+    payload: web::Payload,
     bg: web::Data<BreakGlass>,
     clients: web::Data<Clients>,
 ) -> HttpResponse {
-    let (caller, token) = match caller_and_token(&req, &form, &clients) {
+    let (caller, token) = match caller_and_token(&req, payload, &clients).await {
         Ok(ct) => ct,
         Err(answer) => return *answer,
     };
     // RFC 7009: an invalid or unknown token is answered 200 as well
-    if let Ok(claims) = bg.tokens.verify(token) {
+    if let Ok(claims) = bg.tokens.verify(&token) {
         if let Err(e) = apply_async(
             &bg.state.store,
             Batch {

@@ -832,12 +832,18 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
         (403, Some("not-on-call")),
         "{body}"
     );
-    // a source that is not configured is a clear 404
+    // a source that is not configured is a clear 404, before any of the body is read (one
+    // that never comes is answered at once; before, up to 256 KiB was read first, for anyone)
     let (status, body) = deliver(app, "/v1/paging/pagerduty", &[], b"{}").await;
     assert_eq!(
         (status, body["code"].as_str()),
         (404, Some("paging-source-not-configured")),
         "{body}"
+    );
+    let mut stalled = stalled_post(app.api_addr, "/v1/paging/pagerduty", 1 << 10, b"{").await;
+    assert_eq!(
+        answered(&mut stalled, std::time::Duration::from_secs(2)).await,
+        Some(404)
     );
 }
 

@@ -517,10 +517,21 @@ pub async fn stalled_post(
     declared: usize,
     sent: &[u8],
 ) -> tokio::net::TcpStream {
+    stalled_post_as(addr, path, "application/json", declared, sent).await
+}
+
+/// `stalled_post` with another `Content-Type`.
+pub async fn stalled_post_as(
+    addr: std::net::SocketAddr,
+    path: &str,
+    content_type: &str,
+    declared: usize,
+    sent: &[u8],
+) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {declared}\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(sent).await.unwrap();
