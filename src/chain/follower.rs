@@ -429,13 +429,19 @@ impl Follower {
         {
             Some(TipWrite::Write(new)) => attempt.tip = Some(new),
             Some(TipWrite::Passed) => {
-                // nor the rows read for it: only what it changed of our operations (the
-                // replica whose tip was kept may have been a catch-up's, which looks for none)
-                if changes.is_empty() {
+                // nor the rows read for it over the later block's: the entries it names are
+                // dropped instead (read again on use), so that this replica's copy of them
+                // (`redis_store::LocalRows`, which only its own writes refresh) is not left as it
+                // was before the block; and what it changed of our operations (the replica whose
+                // tip was kept may have been a catch-up's, which looks for none)
+                let mut attempt = Batch {
+                    uncached: crate::store::Uncached::named_by(batch),
+                    ..Batch::default()
+                };
+                submitter::with_changes(&mut attempt, changes);
+                if attempt.is_empty() {
                     return Ok(None);
                 }
-                let mut attempt = Batch::default();
-                submitter::with_changes(&mut attempt, changes);
                 return Ok(Some((attempt, false)));
             }
             Some(TipWrite::Contested) => {
@@ -802,13 +808,30 @@ mod tests {
                 assert!(next.is_err(), "{moved}: not applied now");
                 assert_eq!(store.submission(&op.id).unwrap(), Some(op), "{moved}");
             } else {
-                // the change alone: neither the rows nor the tip
+                // the change, and the entries A names dropped: neither its rows nor its tip
                 let (next, kept) = next.unwrap().expect("the change");
                 assert!(next.reviewers.is_empty() && next.tip.is_none(), "{moved}");
+                assert_eq!(next.uncached.reviewers, vec![who], "{moved}");
                 assert!(!kept, "{moved}");
+                // this replica's copy of the entry (its own write) is older than what the
+                // other replica stored for the later block: dropped, it is read again.
+                // Before, the copy stayed as it was, stale until a restart
+                store
+                    .apply(Batch {
+                        reviewers: vec![(who, true)],
+                        ..Batch::default()
+                    })
+                    .unwrap();
+                other
+                    .apply(Batch {
+                        reviewers: vec![(who, false)],
+                        ..Batch::default()
+                    })
+                    .unwrap();
                 store.apply(next).unwrap();
                 let changed = store.submission(&op.id).unwrap().unwrap();
                 assert_eq!(changed.state, failed, "{moved}");
+                assert_eq!(store.reviewer(&who).unwrap(), None, "{moved}");
             }
             assert_eq!(store.reviewer(&who).unwrap(), None, "{moved}");
             assert_eq!(store.tip().unwrap(), Some(then), "{moved}");

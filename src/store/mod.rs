@@ -430,6 +430,22 @@ pub struct Uncached {
 }
 
 impl Uncached {
+    /// Every chain-state cache entry `batch` sets or drops.
+    pub fn named_by(batch: &Batch) -> Uncached {
+        let mut u = batch.uncached.clone();
+        u.providers.extend(batch.providers.iter().map(|(k, _)| *k));
+        u.preferences
+            .extend(batch.preferences.iter().map(|(k, _)| *k));
+        u.consents
+            .extend(batch.consents.iter().map(|(k, _)| k.clone()));
+        u.responders
+            .extend(batch.responders.iter().map(|(k, _)| *k));
+        u.reviewers.extend(batch.reviewers.iter().map(|(k, _)| *k));
+        u.summary_hashes
+            .extend(batch.summary_hashes.iter().map(|(k, _)| *k));
+        u
+    }
+
     pub fn is_empty(&self) -> bool {
         self.providers.is_empty()
             && self.preferences.is_empty()
