@@ -62,9 +62,8 @@ impl Reason {
 /// `access`'s reason, unsealed with the key it was sealed with: `None` if it does not open
 /// (or was recorded before reasons were kept).
 pub fn open(keyring: &Keyring, access: &AccessRecord) -> Option<Reason> {
-    let (name, sealed) = sealed_as(keyring, access)?;
-    let plain = keyring.open(&name, &sealed).ok()?;
-    if name == names::reason(&access.id) {
+    let (salted, plain) = opened(keyring, access).ok()?;
+    if !salted {
         return Some(Reason {
             text: String::from_utf8(plain).ok()?,
             salt: None,
@@ -77,14 +76,23 @@ pub fn open(keyring: &Keyring, access: &AccessRecord) -> Option<Reason> {
     })
 }
 
-/// The name `access`'s reason was sealed under (salted, or as before salts), and its bytes.
-fn sealed_as(keyring: &Keyring, access: &AccessRecord) -> Option<(String, Vec<u8>)> {
-    let sealed = hex::decode(&access.reason_sealed).ok()?;
-    let salted = names::salted_reason(&access.id);
-    if keyring.open(&salted, &sealed).is_ok() {
-        return Some((salted, sealed));
+/// The name `access`'s reason was sealed under (salted, or as before salts: whichever opens
+/// it), and its sealed bytes opened once.
+fn opened(keyring: &Keyring, access: &AccessRecord) -> anyhow::Result<(bool, Vec<u8>)> {
+    let sealed = hex::decode(&access.reason_sealed)?;
+    if let Ok(plain) = keyring.open(&name(&access.id, true), &sealed) {
+        return Ok((true, plain));
     }
-    Some((names::reason(&access.id), sealed))
+    Ok((false, keyring.open(&name(&access.id, false), &sealed)?))
+}
+
+/// The name a reason is sealed under: with its salt, or as before salts.
+fn name(id: &AccessId, salted: bool) -> String {
+    if salted {
+        names::salted_reason(id)
+    } else {
+        names::reason(id)
+    }
 }
 
 impl BreakGlass {
@@ -109,14 +117,12 @@ pub async fn rekey_reasons(
         if access.reason_sealed.is_empty() {
             continue; // recorded before reasons were kept
         }
+        if keyring.is_current(&hex::decode(&access.reason_sealed)?) {
+            continue;
+        }
         // under the name it was sealed with (salted, or as before salts)
-        let Some((name, sealed)) = sealed_as(keyring, &access) else {
-            continue;
-        };
-        let Some(sealed) = keyring.reseal(&name, &sealed)? else {
-            continue;
-        };
-        access.reason_sealed = hex::encode(sealed);
+        let (salted, plain) = opened(keyring, &access)?;
+        access.reason_sealed = hex::encode(keyring.seal(&name(&access.id, salted), &plain)?);
         batch.accesses.push(access);
         n += 1;
         if batch.accesses.len() == 1000 {
