@@ -38,12 +38,52 @@ const FILL_ATTEMPTS: usize = 3;
 /// How many unregistered principals are remembered (until the next block) at most.
 const MAX_UNREGISTERED: usize = 4096;
 
-/// What the node said principals are not, with the tip each was read at.
-type KnownNot = HashMap<(Address, Not), Option<Tip>>;
+/// What the node said of keys, each with the tip it was read at: kept in memory until the next
+/// block (`MAX_UNREGISTERED` at most), never stored.
+struct AtTip<K, V> {
+    known: HashMap<K, (V, Option<Tip>)>,
+}
 
-/// Patient ids the node said are not registered, with the preferences it gave for them and
-/// the tip each was read at.
-type KnownUnregistered = HashMap<PatientId, (Preferences, Option<Tip>)>;
+impl<K, V> Default for AtTip<K, V> {
+    fn default() -> Self {
+        AtTip {
+            known: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> AtTip<K, V> {
+    /// What was said of `key`, if it was read at `tip`.
+    fn get(&self, key: &K, tip: &Option<Tip>) -> Option<V> {
+        self.known
+            .get(key)
+            .filter(|(_, at)| at == tip)
+            .map(|(v, _)| v.clone())
+    }
+
+    fn remember(&mut self, key: K, value: V, tip: Option<Tip>) {
+        // what was read at an older tip is of no use any more
+        self.known.retain(|_, (_, at)| *at == tip);
+        if self.known.len() < MAX_UNREGISTERED {
+            self.known.insert(key, (value, tip));
+        }
+    }
+
+    fn forget(&mut self, key: &K) {
+        self.known.remove(key);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.known.len()
+    }
+}
+
+/// What the node said principals are not.
+type KnownNot = AtTip<(Address, Not), ()>;
+
+/// Patient ids the node said are not registered, with the preferences it gave for them.
+type KnownUnregistered = AtTip<PatientId, Preferences>;
 
 /// What the node said a principal is not: remembered in memory until the next block, never
 /// stored, since anyone can make a key and sign with it (a sign-in, a request), and every
@@ -388,7 +428,7 @@ impl ChainState {
 
     fn known_not(&self, not: Not, principal: &Address, tip: &Option<Tip>) -> bool {
         let known = self.unregistered.lock().unwrap_or_else(|p| p.into_inner());
-        known.get(&(*principal, not)) == Some(tip)
+        known.get(&(*principal, not), tip).is_some()
     }
 
     /// Forgets what the node said `principal` was not: a block names them (with replicas, the
@@ -396,16 +436,12 @@ impl ChainState {
     /// first, and this replica's node behind it when it was asked).
     fn forget_not(&self, not: Not, principal: &Address) {
         let mut known = self.unregistered.lock().unwrap_or_else(|p| p.into_inner());
-        known.remove(&(*principal, not));
+        known.forget(&(*principal, not));
     }
 
     fn remember_not(&self, not: Not, principal: &Address, tip: Option<Tip>) {
         let mut known = self.unregistered.lock().unwrap_or_else(|p| p.into_inner());
-        // what was read at an older tip is of no use any more
-        known.retain(|_, at| *at == tip);
-        if known.len() < MAX_UNREGISTERED {
-            known.insert((*principal, not), tip);
-        }
+        known.remember((*principal, not), (), tip);
     }
 
     pub async fn preferences(&self, patient: &PatientId) -> Result<Preferences, StateError> {
@@ -440,10 +476,7 @@ impl ChainState {
             .unregistered_patients
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        known
-            .get(patient)
-            .filter(|(_, at)| at == tip)
-            .map(|(p, _)| p.clone())
+        known.get(patient, tip)
     }
 
     fn remember_unregistered(&self, patient: &PatientId, p: Preferences, tip: Option<Tip>) {
@@ -451,11 +484,7 @@ impl ChainState {
             .unregistered_patients
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        // what was read at an older tip is of no use any more
-        known.retain(|_, (_, at)| *at == tip);
-        if known.len() < MAX_UNREGISTERED {
-            known.insert(*patient, (p, tip));
-        }
+        known.remember(*patient, p, tip);
     }
 
     pub async fn consent(&self, key: &ConsentKey) -> Result<Consent, StateError> {
@@ -601,7 +630,7 @@ impl ChainState {
             self.unregistered_patients
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(patient);
+                .forget(patient);
             if self.store.preferences(patient)?.is_some() {
                 let p = self.read_preferences(patient).await?;
                 keep_preferences(batch, *patient, p);
