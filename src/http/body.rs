@@ -17,6 +17,55 @@ pub enum Unread {
     TooLarge,
 }
 
+/// Why a form was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnreadForm {
+    /// The body is not sent as a form.
+    NotAForm,
+    /// Its body was not read.
+    Body(Unread),
+}
+
+/// A form's fields, in the order they came.
+pub struct Form(Vec<(String, String)>);
+
+impl Form {
+    /// The first value of field `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The form posted in `req` (`application/x-www-form-urlencoded`), at most `max` bytes, read
+/// as `bounded` reads: call it after the request's credentials are checked.
+pub async fn form(
+    req: &HttpRequest,
+    payload: web::Payload,
+    max: usize,
+) -> Result<Form, UnreadForm> {
+    let is_form = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(UnreadForm::NotAForm);
+    }
+    let body = bounded(req, payload, max).await.map_err(UnreadForm::Body)?;
+    Ok(Form(
+        url::form_urlencoded::parse(&body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+    ))
+}
+
 /// The body of `req`, `payload`, at most `max` bytes.
 pub async fn bounded(
     req: &HttpRequest,

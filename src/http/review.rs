@@ -9,11 +9,10 @@
 //!   or an admin client (HTTP Basic), which reads and never gives a verdict.
 //!
 //! Every page is sent with a Content-Security-Policy that allows only this origin's script and
-//! style, and `no-store`; every form carries the session's CSRF token.
+//! style, and `no-store`; every form carries the session's CSRF token, and is read (as it
+//! arrives, within its bound) only once the session is checked.
 //!
 //! It must not: do work beyond calling into `review` and the store.
-
-use std::collections::HashMap;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -130,12 +129,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/review/sign-out", web::post().to(sign_out))
         .route("/review/accesses/{id}", web::get().to(access_page))
-        .service(
-            // a note of 4,000 characters, each up to 4 bytes, percent-encoded
-            web::resource("/review/accesses/{id}/verdict")
-                .app_data(web::FormConfig::default().limit(64 * 1024))
-                .route(web::post().to(verdict)),
-        )
+        .route("/review/accesses/{id}/verdict", web::post().to(verdict))
         .route("/static/review.js", web::get().to(script))
         .route("/static/review.css", web::get().to(style))
         .route("/v1/reviews", web::get().to(api_list))
@@ -370,7 +364,7 @@ async fn sign_in(req: HttpRequest, body: web::Bytes, review: web::Data<Review>) 
 
 async fn sign_out(
     req: HttpRequest,
-    form: web::Form<HashMap<String, String>>,
+    payload: web::Payload,
     review: web::Data<Review>,
     pages: web::Data<Pages>,
 ) -> HttpResponse {
@@ -385,7 +379,11 @@ async fn sign_out(
         Err(r) if r.status == 401 => return redirect("/review/sign-in"),
         Err(r) => return pages.problem(&r, None, "/review"),
     };
-    if !csrf_matches(&s, form.get("csrf").map(String::as_str)) {
+    let form = match read_form(&req, payload, SIGN_OUT_FORM_BYTES).await {
+        Ok(form) => form,
+        Err(r) => return pages.problem(&r, Some(&s), "/review"),
+    };
+    if !csrf_matches(&s, form.get("csrf")) {
         return pages.problem(&csrf_refusal(), Some(&s), "/review");
     }
     if let Some(c) = req.cookie(SESSION_COOKIE) {
@@ -398,6 +396,36 @@ async fn sign_out(
     let mut answer = redirect("/review/sign-in");
     let _ = answer.add_cookie(&gone);
     answer
+}
+
+/// A verdict's form: a note of 4,000 characters, each up to 4 bytes, percent-encoded.
+const VERDICT_FORM_BYTES: usize = 64 * 1024;
+/// A sign-out's form: its CSRF token.
+const SIGN_OUT_FORM_BYTES: usize = 4 * 1024;
+
+/// The form of a request whose session is checked (none is read before: anyone may post).
+async fn read_form(
+    req: &HttpRequest,
+    payload: web::Payload,
+    max: usize,
+) -> Result<super::body::Form, Refusal> {
+    use super::body::{Unread, UnreadForm};
+    super::body::form(req, payload, max)
+        .await
+        .map_err(|unread| match unread {
+            UnreadForm::Body(Unread::TooLarge) => Refusal::new(
+                413,
+                "form-too-large",
+                "Form too large",
+                format!("the form is at most {} KiB", max / 1024),
+            ),
+            UnreadForm::NotAForm | UnreadForm::Body(Unread::Unreadable) => Refusal::new(
+                400,
+                "malformed-form",
+                "Malformed form",
+                "the form could not be read",
+            ),
+        })
 }
 
 fn csrf_refusal() -> Refusal {
@@ -436,7 +464,7 @@ async fn access_page(
 async fn verdict(
     req: HttpRequest,
     path: web::Path<String>,
-    form: Result<web::Form<HashMap<String, String>>, actix_web::Error>,
+    payload: web::Payload,
     review: web::Data<Review>,
     pages: web::Data<Pages>,
 ) -> HttpResponse {
@@ -445,26 +473,18 @@ async fn verdict(
         Ok(s) => s,
         Err(r) => return pages.problem(&r, None, &back),
     };
-    let Ok(form) = form else {
-        return pages.problem(
-            &Refusal::new(
-                400,
-                "malformed-form",
-                "Malformed form",
-                "the verdict form could not be read",
-            ),
-            Some(&s),
-            &back,
-        );
+    let form = match read_form(&req, payload, VERDICT_FORM_BYTES).await {
+        Ok(form) => form,
+        Err(r) => return pages.problem(&r, Some(&s), &back),
     };
-    if !csrf_matches(&s, form.get("csrf").map(String::as_str)) {
+    if !csrf_matches(&s, form.get("csrf")) {
         return pages.problem(&csrf_refusal(), Some(&s), &back);
     }
     let id = match access_id(&path) {
         Ok(id) => id,
         Err(r) => return pages.problem(&r, Some(&s), "/review"),
     };
-    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let field = |k: &str| form.get(k).unwrap_or("");
     let given = Given {
         verdict: field("verdict"),
         note: field("note"),

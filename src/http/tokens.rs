@@ -3,7 +3,7 @@
 //! for every replica that shares the store.
 //!
 //! A request's credentials are checked before any of its body is read, and its body (a form,
-//! `MAX_FORM_BYTES` at most) is read as it arrives (`body::bounded`).
+//! `MAX_FORM_BYTES` at most) is read as it arrives (`body::form`).
 //!
 //! It must not: accept a client that is not configured, or tell an unknown token from an expired
 //! one.
@@ -15,6 +15,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::body::{Unread, UnreadForm};
 use crate::access::BreakGlass;
 use crate::configuration::ResourceServerClient;
 use crate::store::{apply_async, Batch};
@@ -83,35 +84,25 @@ async fn caller_and_token(
     clients: &Clients,
 ) -> Result<(String, String), Box<HttpResponse>> {
     let caller = client(req, clients).ok_or_else(|| Box::new(unauthorized()))?;
-    let form = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';').next().is_some_and(|t| {
-                t.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        });
-    if !form {
-        return Err(invalid_request(
-            "the body is not a form (application/x-www-form-urlencoded)".into(),
-        ));
-    }
-    let body = super::body::bounded(req, payload, MAX_FORM_BYTES)
+    let form = super::body::form(req, payload, MAX_FORM_BYTES)
         .await
         .map_err(|unread| match unread {
-            super::body::Unread::TooLarge => {
+            UnreadForm::Body(Unread::TooLarge) => {
                 Box::new(HttpResponse::PayloadTooLarge().json(json!({
                     "error": "invalid_request",
                     "error_description": format!("the form is at most {MAX_FORM_BYTES} bytes"),
                 })))
             }
-            super::body::Unread::Unreadable => invalid_request("the body could not be read".into()),
+            UnreadForm::NotAForm => {
+                invalid_request("the body is not a form (application/x-www-form-urlencoded)".into())
+            }
+            UnreadForm::Body(Unread::Unreadable) => {
+                invalid_request("the body could not be read".into())
+            }
         })?;
-    let token = url::form_urlencoded::parse(&body)
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_owned())
+    let token = form
+        .get("token")
+        .map(str::to_owned)
         .ok_or_else(|| invalid_request("token is required".into()))?;
     Ok((caller, token))
 }

@@ -918,6 +918,60 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
         assert!(body.contains(code), "{body}");
         nothing_stored();
     }
+    // a verdict not sent as a form, or past the form's bound (a note's 4,000 characters,
+    // percent-encoded, are well within it): refused as such, nothing stored
+    for (content_type, body, status, code) in [
+        (
+            "application/json",
+            json!({ "csrf": csrf, "verdict": "appropriate", "note": "fine", "signature": sig })
+                .to_string(),
+            400,
+            "malformed-form",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            format!(
+                "csrf={csrf}&verdict=appropriate&signature={sig}&note={}",
+                "x".repeat(70 * 1024)
+            ),
+            413,
+            "form-too-large",
+        ),
+    ] {
+        let res = reqwest::Client::new()
+            .post(format!("{base}/review/accesses/{id}/verdict"))
+            .header("cookie", format!("bg_session={session}"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status);
+        let body = res.text().await.unwrap();
+        assert!(body.contains(code), "{body}");
+        nothing_stored();
+    }
+    // a verdict or a sign-out posted without a session is refused before any of its form is
+    // read: one whose body never comes is answered at once (before, up to 64 KiB was read
+    // first, for anyone)
+    for (path, status) in [
+        (format!("/review/accesses/{id}/verdict"), 401),
+        ("/review/sign-out".to_string(), 303),
+    ] {
+        let mut stalled = stalled_post_as(
+            env.app.api_addr,
+            &path,
+            "application/x-www-form-urlencoded",
+            32 * 1024,
+            b"csrf=",
+        )
+        .await;
+        assert_eq!(
+            answered(&mut stalled, std::time::Duration::from_secs(2)).await,
+            Some(status),
+            "{path}"
+        );
+    }
     // (signed over the unknown access: a signature over another is refused first, before
     // the store or the node is read)
     let unknown = "ab".repeat(32);
