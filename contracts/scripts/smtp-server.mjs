@@ -1,6 +1,9 @@
 // A real SMTP server for the service's tests (nodemailer's smtp-server): accepts every message
 // and writes it, byte for byte, to <dir>/<n>.eml with its envelope in <n>.json. Recipients
-// whose local part starts with "bounce" are refused with 550 (a permanent failure).
+// whose local part starts with "bounce" are refused with 550 (a permanent failure). A recipient
+// whose local part starts with "hold" is, the first time it is named, never answered: the
+// server writes <dir>/held-<address> and keeps the client waiting (a crash test kills the
+// client then); named again, it is accepted.
 //
 //   node scripts/smtp-server.mjs --port <port> --dir <dir> [--delay-ms <ms>]
 // --delay-ms holds each final reply that long after the message is written (a slow server: a
@@ -19,6 +22,7 @@ const dir = arg("dir", "./mail");
 const delayMs = Number(arg("delay-ms", "0"));
 mkdirSync(dir, { recursive: true });
 let count = 0;
+const held = new Set();
 
 const server = new SMTPServer({
   authOptional: true,
@@ -30,6 +34,11 @@ const server = new SMTPServer({
       const err = new Error(`5.1.1 <${address.address}>: mailbox unavailable`);
       err.responseCode = 550;
       return callback(err);
+    }
+    if (address.address.split("@")[0].startsWith("hold") && !held.has(address.address)) {
+      held.add(address.address);
+      writeFileSync(join(dir, `held-${address.address}`), "");
+      return; // never answered
     }
     callback();
   },

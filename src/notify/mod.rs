@@ -579,10 +579,11 @@ impl Notifier {
         let now = now_secs().max(now);
         notice.attempts += 1;
         let first = *notice.first_attempt_at.get_or_insert(now);
-        if self.replicas() {
+        let sending_since = self.replicas().then_some(now);
+        if sending_since.is_some() {
             // replicas: the attempt is on record before the message leaves, so that another
             // replica does not send it while this one records how it went
-            notice.sending_since = Some(now);
+            notice.sending_since = sending_since;
             self.save(notice.clone(), fence).await?;
             notice.sending_since = None;
         }
@@ -596,18 +597,38 @@ impl Notifier {
         // mailbox gone) does not keep it from the others
         let mut waiting = None;
         let mut refused = None;
-        for (i, to) in rendered.to.iter().enumerate() {
-            let place = u8::try_from(i).unwrap_or(u8::MAX);
-            if notice.delivered.contains(&place) || notice.refused.contains(&place) {
-                continue;
-            }
-            match self.mailer.send(&rendered, &[to.as_str()]).await {
-                Ok(()) => notice.delivered.push(place),
+        let to: Vec<(u8, &String)> = (0u8..)
+            .zip(&rendered.to)
+            .filter(|(place, _)| {
+                !notice.delivered.contains(place) && !notice.refused.contains(place)
+            })
+            .collect();
+        for (n, &(place, address)) in to.iter().enumerate() {
+            let answered = match self.mailer.send(&rendered, &[address.as_str()]).await {
+                Ok(()) => {
+                    notice.delivered.push(place);
+                    true
+                }
                 Err(SendError::Permanent(reason)) => {
                     notice.refused.push(place);
                     refused = Some(redact(reason));
+                    true
                 }
-                Err(SendError::Transient(reason)) => waiting = Some(redact(reason)),
+                Err(SendError::Transient(reason)) => {
+                    waiting = Some(redact(reason));
+                    false
+                }
+            };
+            if answered && n + 1 < to.len() {
+                // recorded before the next recipient's send: a crash during it leaves this
+                // one's answer on record, and the next attempt does not send it here again
+                let mut progress = notice.clone();
+                progress.sending_since = sending_since;
+                if let Err(e) = self.save(progress, fence).await {
+                    tracing::warn!(access = %notice.access_id, error = %e, "notice: a recipient's answer could not be recorded; the others are sent to later");
+                    waiting = Some("a recipient's answer could not be recorded".into());
+                    break;
+                }
             }
         }
         let outcome = match (waiting, refused) {

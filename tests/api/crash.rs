@@ -291,3 +291,73 @@ async fn every_notice_is_delivered_and_never_as_two_different_messages_across_si
         got.len()
     );
 }
+
+/// A notice goes to the patient and to their delegate, each alone. The service is killed
+/// while the delegate's send hangs (the SMTP server never answers its first `RCPT`): the
+/// patient's delivery was recorded before it, so after the restart the notice goes to the
+/// delegate only. Before, what each recipient had was recorded after the last send, and the
+/// patient was sent it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_a_notices_recipients_does_not_send_it_again_to_the_first() {
+    let h = Harness::start().await;
+    let smtp = free_port();
+    let mail = h.dir.path().join("mail");
+    let _smtp = smtp_server(smtp, &mail, 0).await;
+    let data = h.data();
+    let pid = patient(&h.demo, true).to_string();
+    let delegate = "hold-guardian@example.org";
+    import_patient_contacts(&pid, Some(delegate), h.dir.path(), |c| {
+        c.env("BREAKGLASS_DATA__DIR", &data);
+    });
+    let env = [
+        ("BREAKGLASS_NOTIFY__TRANSPORT", "smtp".to_string()),
+        ("BREAKGLASS_NOTIFY__SMTP__PORT", smtp.to_string()),
+        (
+            "BREAKGLASS_NOTIFY__IMMEDIATE_DATA_TYPES",
+            "[\"allergies\"]".to_string(),
+        ),
+        ("BREAKGLASS_NOTIFY__POLL_INTERVAL_MS", "50".to_string()),
+    ];
+    let mut service = h.spawn(&env);
+    h.ready().await;
+    let key = provider(&h.demo, "physician")["private_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, answer) = h.post(allergies(&key, &pid, 7001)).await;
+    assert_eq!(status, 201, "{answer}");
+    let access = granted_access(&answer);
+
+    // the patient has it, and the delegate's send hangs: killed there
+    let held = mail.join(format!("held-{delegate}"));
+    eventually(
+        "the delegate's send held",
+        Duration::from_secs(60),
+        async || held.exists().then_some(()),
+    )
+    .await;
+    let to = |got: &[(Json, Vec<u8>)], address: &str| {
+        got.iter()
+            .filter(|(envelope, _)| envelope["to"] == serde_json::json!([address]))
+            .count()
+    };
+    assert_eq!(to(&received(&mail), "patient@example.org"), 1);
+    service.start_kill().unwrap();
+    service.wait().await.unwrap();
+
+    let _service = h.spawn(&env);
+    h.ready().await;
+    eventually("the notice sent", Duration::from_secs(60), async || {
+        let a = h.access(&access).await?;
+        (a["notice"]["state"] == "sent").then_some(())
+    })
+    .await;
+    let got = received(&mail);
+    assert_eq!(to(&got, delegate), 1, "the delegate has it once");
+    assert_eq!(
+        to(&got, "patient@example.org"),
+        1,
+        "the patient has it once, not again after the restart"
+    );
+    assert_eq!(got.len(), 2);
+}

@@ -365,9 +365,24 @@ pub fn import_patient_contact(
     dir: &Path,
     configure: impl FnOnce(&mut std::process::Command),
 ) {
-    let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "resource": {
+    import_patient_contacts(pid, None, dir, configure)
+}
+
+/// `import_patient_contact`, with a delegate's address too (a contact of the patient).
+pub fn import_patient_contacts(
+    pid: &str,
+    delegate: Option<&str>,
+    dir: &Path,
+    configure: impl FnOnce(&mut std::process::Command),
+) {
+    let mut patient = json!({
         "resourceType": "Patient", "identifier": [{ "system": "urn:breakglass:patient-id", "value": pid }],
-        "telecom": [{ "system": "email", "value": "patient@example.org" }] } }] });
+        "telecom": [{ "system": "email", "value": "patient@example.org" }] });
+    if let Some(delegate) = delegate {
+        patient["contact"] = json!([{ "relationship": [{ "text": "guardian" }],
+            "telecom": [{ "system": "email", "value": delegate }] }]);
+    }
+    let bundle = json!({ "resourceType": "Bundle", "type": "collection", "entry": [{ "resource": patient }] });
     let file = dir.join("patients.json");
     std::fs::write(&file, bundle.to_string()).unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_breakglass"));
