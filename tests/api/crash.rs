@@ -21,6 +21,20 @@ fn allergies(key: &str, patient: &str, nonce: u64) -> String {
     signed(key, patient, &["allergies"], nonce, now())
 }
 
+/// The service's settings that send notices of allergies at once, to the SMTP server on
+/// `port`, looked for every 50 ms.
+fn notices_by_smtp(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("BREAKGLASS_NOTIFY__TRANSPORT", "smtp".to_string()),
+        ("BREAKGLASS_NOTIFY__SMTP__PORT", port.to_string()),
+        (
+            "BREAKGLASS_NOTIFY__IMMEDIATE_DATA_TYPES",
+            "[\"allergies\"]".to_string(),
+        ),
+        ("BREAKGLASS_NOTIFY__POLL_INTERVAL_MS", "50".to_string()),
+    ]
+}
+
 /// The devnet (mining every half second, while the service keeps dying) with demo data, and
 /// the service binary run as its own process, as operators run it, so that SIGKILL is real.
 struct Harness {
@@ -206,17 +220,11 @@ async fn every_notice_is_delivered_and_never_as_two_different_messages_across_si
         c.env("BREAKGLASS_DATA__DIR", &data);
     });
 
-    let env = [
-        ("BREAKGLASS_NOTIFY__TRANSPORT", "smtp".to_string()),
-        ("BREAKGLASS_NOTIFY__SMTP__PORT", smtp.to_string()),
-        (
-            "BREAKGLASS_NOTIFY__IMMEDIATE_DATA_TYPES",
-            "[\"allergies\"]".to_string(),
-        ),
-        ("BREAKGLASS_NOTIFY__POLL_INTERVAL_MS", "50".to_string()),
+    let mut env = notices_by_smtp(smtp);
+    env.extend([
         ("BREAKGLASS_NOTIFY__RETRY_INITIAL_SECS", "1".to_string()),
         ("BREAKGLASS_NOTIFY__RETRY_MAX_SECS", "1".to_string()),
-    ];
+    ]);
     let notice_state = async |id: &(String, String)| -> Option<String> {
         let s = h.access(id).await?;
         s["notice"]["state"].as_str().map(str::to_string)
@@ -309,15 +317,7 @@ async fn a_crash_between_a_notices_recipients_does_not_send_it_again_to_the_firs
     import_patient_contacts(&pid, Some(delegate), h.dir.path(), |c| {
         c.env("BREAKGLASS_DATA__DIR", &data);
     });
-    let env = [
-        ("BREAKGLASS_NOTIFY__TRANSPORT", "smtp".to_string()),
-        ("BREAKGLASS_NOTIFY__SMTP__PORT", smtp.to_string()),
-        (
-            "BREAKGLASS_NOTIFY__IMMEDIATE_DATA_TYPES",
-            "[\"allergies\"]".to_string(),
-        ),
-        ("BREAKGLASS_NOTIFY__POLL_INTERVAL_MS", "50".to_string()),
-    ];
+    let env = notices_by_smtp(smtp);
     let mut service = h.spawn(&env);
     h.ready().await;
     let key = provider(&h.demo, "physician")["private_key"]
