@@ -1711,6 +1711,67 @@ async fn the_tablets_options_are_decided_with_the_clinicians_on_call_state() {
     let again = &strangers[codes.iter().position(|c| *c == "too-many-lookups").unwrap()];
     let (status, body) = post(&env.app, again).await;
     assert_eq!((status, &body["code"]), (403, &json!("unknown-provider")));
+
+    // a clinician the cache does not hold yet (the nurse has not used the service), but whom
+    // the hospital's provider directory lists, is not kept waiting by such a flood: her
+    // requests sent while the bound is spent, and kept spent
+    let nurse = provider(&env.demo, "nurse");
+    let nurse_principal: breakglass::stacks::Address =
+        nurse["principal"].as_str().unwrap().parse().unwrap();
+    assert!(env.app.store.provider(&nurse_principal).unwrap().is_none());
+    in_directory(
+        &env,
+        breakglass::domain::ProviderEntry {
+            principal: nurse_principal,
+            display_name: "Nurse on the ward".into(),
+            role: breakglass::domain::Role::Nurse,
+            department: None,
+            organization: None,
+            paging_ids: vec![],
+        },
+    )
+    .await;
+    // (signed first: the signer is a process of its own, waited for on this task)
+    let nurse_key = nurse["private_key"].as_str().unwrap();
+    let requests: Vec<String> = (78..81)
+        .map(|nonce| {
+            signed(
+                nurse_key,
+                patient(&env.demo, true),
+                &["allergies"],
+                nonce,
+                now(),
+            )
+        })
+        .collect();
+    let spent = std::sync::atomic::AtomicBool::new(false);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let flooding = futures_util::future::join_all((0..8).map(|_| async {
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let (status, _) = ask(address_of(&new_key()).to_string()).await;
+            if status == 503 {
+                spent.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }));
+    let nurse_asks = async {
+        while !spent.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let mut answers = Vec::new();
+        for body in &requests {
+            answers.push(post(&env.app, body).await);
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        answers
+    };
+    let (_, answers) = tokio::join!(flooding, nurse_asks);
+    for (status, body) in answers {
+        assert_eq!(
+            status, 201,
+            "a clinician of the directory is never bounded: {body}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

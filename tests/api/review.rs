@@ -264,18 +264,6 @@ fn txid_of(s: &breakglass::store::Submission) -> String {
 }
 
 /// Puts `entry` in the provider directory, as an import would.
-async fn in_directory(env: &Env, entry: breakglass::domain::ProviderEntry) {
-    breakglass::store::apply_async(
-        &env.app.store,
-        breakglass::store::Batch {
-            directory: vec![(entry.principal, Some(entry))],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-}
-
 async fn admin_get(base: &str, path: &str) -> reqwest::Response {
     reqwest::Client::new()
         .get(format!("{base}{path}"))

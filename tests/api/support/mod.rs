@@ -1161,3 +1161,16 @@ impl HoldingProxy {
         (told_rx, done_tx)
     }
 }
+
+/// Puts `entry` in the service's provider directory (as an import would).
+pub async fn in_directory(env: &Env, entry: breakglass::domain::ProviderEntry) {
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            directory: vec![(entry.principal, Some(entry))],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+}
