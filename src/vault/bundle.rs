@@ -34,6 +34,20 @@ pub const RESOURCE_TYPES: &[&str] = &[
     "Organization",
 ];
 
+/// What a resource may hold inside it (`contained`): what a medication is, and who made or
+/// keeps a record. None is a data type's resource, nor about the patient: one that were would
+/// be served under another data type's scope (a Condition inside an AllergyIntolerance, read
+/// with an allergies token).
+pub const CONTAINED_TYPES: &[&str] = &[
+    "Medication",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+];
+
+/// The elements through which a resource names its patient.
+const PATIENT_ELEMENTS: &[&str] = &["subject", "patient"];
+
 /// A summary that passed the checks.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -87,6 +101,8 @@ pub fn parse(body: &[u8], id_system: &str) -> Result<Summary, String> {
         .filter(|e| !e.is_empty())
         .ok_or("Bundle.entry: a summary has entries")?;
     let mut patient: Option<PatientId> = None;
+    // how references name the summary's Patient: `Patient/<id>`, and its entry's `fullUrl`
+    let mut patient_refs: Vec<String> = Vec::new();
     let mut resources = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let at = format!("Bundle.entry[{i}]");
@@ -122,6 +138,18 @@ pub fn parse(body: &[u8], id_system: &str) -> Result<Summary, String> {
                 if patient.replace(id).is_some_and(|p| p != id) {
                     return Err(format!("{at}: a second, different Patient"));
                 }
+                patient_refs.extend(
+                    resource
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .map(|id| format!("Patient/{id}")),
+                );
+                patient_refs.extend(
+                    entry
+                        .get("fullUrl")
+                        .and_then(Value::as_str)
+                        .map(String::from),
+                );
             }
             "Composition" => {
                 if i != 0 {
@@ -136,6 +164,22 @@ pub fn parse(body: &[u8], id_system: &str) -> Result<Summary, String> {
                                 "{at}.resource.{element} is not a CodeableConcept"
                             ));
                         }
+                    }
+                }
+                for (j, inner) in resource
+                    .get("contained")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let kind = inner.get("resourceType").and_then(Value::as_str);
+                    if !kind.is_some_and(|k| CONTAINED_TYPES.contains(&k)) {
+                        return Err(format!(
+                            "{at}.resource.contained[{j}]: a {} may not be contained (only {}: it would be served with the resource that holds it)",
+                            kind.unwrap_or("resource without a type"),
+                            CONTAINED_TYPES.join(", ")
+                        ));
                     }
                 }
                 resources.push(resource.clone());
@@ -153,7 +197,48 @@ pub fn parse(body: &[u8], id_system: &str) -> Result<Summary, String> {
         return Err("Bundle.entry[0]: a document begins with its Composition".into());
     }
     let patient = patient.ok_or("the summary has no Patient (whose summary is it?)")?;
+    // each resource that names a patient names the summary's: another's would be served with
+    // this patient's token
+    for (i, entry) in entries.iter().enumerate() {
+        for element in PATIENT_ELEMENTS {
+            let Some(named) = entry["resource"].get(*element) else {
+                continue;
+            };
+            if !names_patient(named, &patient, &patient_refs, id_system) {
+                return Err(format!(
+                    "Bundle.entry[{i}].resource.{element}: names another patient than the summary's Patient"
+                ));
+            }
+        }
+    }
     Ok(Summary { patient, resources })
+}
+
+/// Whether Reference `named` is to the summary's Patient: by one of `refs` (`Patient/<id>`,
+/// its entry's `fullUrl`) or an absolute URL ending in `/Patient/<id>`, and by its identifier
+/// of `id_system`, if it carries one (it must carry one or the other).
+fn names_patient(named: &Value, patient: &PatientId, refs: &[String], id_system: &str) -> bool {
+    let reference = named.get("reference").and_then(Value::as_str);
+    let by_reference = reference.map(|r| {
+        refs.iter().any(|known| {
+            r == known
+                || (known.starts_with("Patient/")
+                    && r.contains("://")
+                    && r.ends_with(&format!("/{known}")))
+        })
+    });
+    let identifier = named.get("identifier");
+    let by_identifier = identifier.map(|i| {
+        i.get("system").and_then(Value::as_str) == Some(id_system)
+            && i.get("value")
+                .and_then(Value::as_str)
+                .and_then(|v| v.parse::<PatientId>().ok())
+                == Some(*patient)
+    });
+    match (by_reference, by_identifier) {
+        (None, None) => false,
+        (r, i) => r.unwrap_or(true) && i.unwrap_or(true),
+    }
 }
 
 #[cfg(test)]
@@ -210,6 +295,58 @@ mod tests {
             .map(drop)
             .unwrap_or(()))
         .contains("missing field `status`"));
+        // another patient's resource, by reference or identifier, or by a reference that
+        // cannot be told to be the patient's
+        for named in [
+            serde_json::json!({ "reference": "Patient/other" }),
+            serde_json::json!({ "reference": "https://elsewhere.example/fhir/Patient/other" }),
+            serde_json::json!({ "identifier": { "system": SYSTEM, "value": PatientId([8; 32]).to_string() } }),
+            serde_json::json!({ "reference": "Patient/p", "identifier": { "system": SYSTEM, "value": PatientId([8; 32]).to_string() } }),
+            serde_json::json!({ "display": "someone" }),
+        ] {
+            assert!(
+                bad(&|d| d["entry"][2]["resource"]["patient"] = named.clone())
+                    .contains("entry[2].resource.patient: names another patient"),
+                "{named}"
+            );
+            assert!(
+                bad(&|d| d["entry"][5]["resource"]["subject"] = named.clone())
+                    .contains("entry[5].resource.subject: names another patient")
+            );
+        }
+        // and the patient's, however named
+        for named in [
+            serde_json::json!({ "reference": "https://demo.breakglass.example/fhir/Patient/p" }),
+            serde_json::json!({ "reference": "https://mirror.example/fhir/Patient/p" }),
+            serde_json::json!({ "identifier": { "system": SYSTEM, "value": p.to_string() } }),
+        ] {
+            let mut d = doc.clone();
+            d["entry"][2]["resource"]["patient"] = named.clone();
+            assert!(
+                parse(&serde_json::to_vec(&d).unwrap(), SYSTEM).is_ok(),
+                "{named}"
+            );
+        }
+        // a resource held inside another, of a data type's own (a diagnosis inside an
+        // allergy, which an allergies token would read), is refused; what a medication is, held
+        // in its statement, is not
+        let condition = serde_json::json!([{ "resourceType": "Condition", "id": "hidden",
+            "subject": { "reference": "Patient/p" }, "code": { "text": "x" } }]);
+        assert!(
+            bad(&|d| d["entry"][2]["resource"]["contained"] = condition.clone())
+                .contains("contained[0]: a Condition may not be contained")
+        );
+        let mut d = doc.clone();
+        d["entry"][4]["resource"]["contained"] = serde_json::json!([{ "resourceType": "Medication",
+            "id": "med", "code": { "text": "x" } }]);
+        d["entry"][4]["resource"]["medicationReference"] =
+            serde_json::json!({ "reference": "#med" });
+        d["entry"][4]["resource"]
+            .as_object_mut()
+            .unwrap()
+            .remove("medicationCodeableConcept");
+        let s = parse(&serde_json::to_vec(&d).unwrap(), SYSTEM).unwrap();
+        assert_eq!(s.resources[2]["contained"][0]["resourceType"], "Medication");
         let huge = vec![b' '; MAX_BYTES + 1];
         assert!(parse(&huge, SYSTEM).unwrap_err().contains("at most"));
     }

@@ -7,7 +7,7 @@ use breakglass::configuration::ResourceServerClient;
 use breakglass::domain::PatientId;
 use breakglass::stacks::Value;
 use breakglass::token::{AccessClaims, TokenIssuer};
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 
 use crate::support::*;
@@ -154,6 +154,14 @@ async fn tokens_read_only_what_they_open_and_every_bad_read_is_refused_and_logge
     wrong_type["resourceType"] = "Patient".into();
     let mut not_r4 = good.clone();
     not_r4["entry"][2]["resource"]["colour"] = "red".into();
+    // another patient's allergy in this patient's summary: it would be served with this
+    // patient's token
+    let mut another_patients = good.clone();
+    another_patients["entry"][2]["resource"]["patient"] = json!({ "reference": "Patient/other" });
+    // a diagnosis held inside an allergy: an allergies token would read it
+    let mut hidden = good.clone();
+    hidden["entry"][2]["resource"]["contained"] = json!([{ "resourceType": "Condition",
+        "id": "c", "subject": { "reference": "Patient/p" }, "code": { "text": "x" } }]);
     for (body, status, says) in [
         (b"{not json".to_vec(), 422, "not JSON"),
         (serde_json::to_vec(&wrong_type).unwrap(), 422, "Bundle"),
@@ -162,6 +170,16 @@ async fn tokens_read_only_what_they_open_and_every_bad_read_is_refused_and_logge
             serde_json::to_vec(&not_r4).unwrap(),
             422,
             "not valid FHIR R4",
+        ),
+        (
+            serde_json::to_vec(&another_patients).unwrap(),
+            422,
+            "names another patient",
+        ),
+        (
+            serde_json::to_vec(&hidden).unwrap(),
+            422,
+            "a Condition may not be contained",
         ),
         (vec![b' '; 10 * 1024 * 1024], 413, "at most"),
     ] {
