@@ -159,7 +159,8 @@ impl Paging {
         };
         let now = now_secs();
         let v = match read(&body, &map).and_then(|v| {
-            webhook::fresh(v.at, now, self.oncall.window_secs)?;
+            let releases = v.change.as_ref().is_some_and(|c| c.releases(now));
+            webhook::fresh(v.at, now, self.oncall.window_secs, releases)?;
             Ok(v)
         }) {
             Ok(v) => v,
@@ -172,7 +173,8 @@ impl Paging {
             Some(Change::Page { responders, .. }) if responders.is_empty() => "no-responder",
             Some(Change::Page { .. }) => "on-call",
             Some(Change::Resolved { .. }) => "off-call",
-            Some(Change::Shift { fact, .. }) if fact.until.is_some_and(|u| u <= now) => "off-call",
+            // a shift that ended
+            Some(c) if c.releases(now) => "off-call",
             Some(Change::Shift { .. }) => "on-call",
             Some(Change::Synced { .. }) | None => "ignored",
         };

@@ -10,7 +10,8 @@
 //!
 //! The timestamp must be within the window and is signed with the body, so a delivery cannot
 //! be re-dated; the signed bytes name the delivery, so the same one twice is a replay. An
-//! `on_call_until` in the past takes the responder off call.
+//! `on_call_until` in the past takes the responder off call (such a delivery is taken however
+//! late it comes); one more than `SHIFT_MAX_SECS` after the timestamp is refused.
 //!
 //! It must not: accept a delivery without a valid signature.
 
@@ -21,6 +22,10 @@ use serde::Deserialize;
 use super::webhook::{self, WebhookError};
 use super::{Change, Mapping};
 use crate::domain::OnCall as Fact;
+
+/// The longest shift one delivery puts someone on call for: one mistaken or stolen delivery
+/// does not keep them on call for good (a secret rotated does not end what it started).
+pub const SHIFT_MAX_SECS: i64 = 7 * 86_400;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +65,12 @@ pub fn parse(
     let b: Body = serde_json::from_slice(body)
         .map_err(|e| WebhookError::Malformed(format!("not a paging webhook: {e}")))?;
     let until = webhook::rfc3339(&b.on_call_until)?;
+    if until.saturating_sub(at) > SHIFT_MAX_SECS {
+        return Err(WebhookError::Malformed(format!(
+            "on_call_until is more than {} days after the delivery: a shift is at most that long (send another as it goes on)",
+            SHIFT_MAX_SECS / 86_400
+        )));
+    }
     let principal = Mapping::resolve(map, &[b.responder.as_str()]).ok_or_else(|| {
         WebhookError::Malformed(format!(
             "responder {:?} maps to no provider (mapping file or directory paging ids)",

@@ -113,6 +113,17 @@ pub enum Change {
     Synced { source: String, roster: Roster },
 }
 
+impl Change {
+    /// Whether it only takes responders off call (at `now`): an incident over, a shift ended.
+    pub fn releases(&self, now: u64) -> bool {
+        match self {
+            Change::Resolved { .. } => true,
+            Change::Shift { fact, .. } => fact.until.is_some_and(|u| u <= now),
+            Change::Page { .. } | Change::Synced { .. } => false,
+        }
+    }
+}
+
 /// What a change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {

@@ -114,10 +114,19 @@ pub fn verify_token(token: &str, secrets: &[Vec<u8>]) -> bool {
         .fold(false, |ok, s| ok | bool::from(token.as_bytes().ct_eq(s)))
 }
 
-/// Refuses a webhook whose own time (unix seconds) is further than `window` from `now`.
-pub fn fresh(at: i64, now: u64, window: u64) -> Result<(), WebhookError> {
+/// Refuses a webhook whose own time (unix seconds) is further than `window` from `now`; one
+/// that only `releases` someone (an incident resolved, a shift ended) only when it is that far
+/// ahead. A release sent late (its sender retrying through an outage of ours) still takes its
+/// responders off call: refused, they stayed on call until the incident aged out. Taken late,
+/// or again, it changes nothing that is newer than it (`OnCall::apply` sets it aside).
+pub fn fresh(at: i64, now: u64, window: u64, releases: bool) -> Result<(), WebhookError> {
     let age = i64::try_from(now).unwrap_or(i64::MAX).saturating_sub(at);
-    if age.unsigned_abs() > window {
+    let beyond = if releases {
+        age < 0 && age.unsigned_abs() > window
+    } else {
+        age.unsigned_abs() > window
+    };
+    if beyond {
         return Err(WebhookError::Stale { age, window });
     }
     Ok(())
@@ -170,15 +179,19 @@ mod tests {
         assert!(verify_token("a-secret", &secrets));
         assert!(!verify_token("a-secret ", &secrets));
         assert!(!verify_token("", &secrets));
-        assert!(fresh(1000, 1100, 100).is_ok());
+        assert!(fresh(1000, 1100, 100, false).is_ok());
+        // a release, however late, but not from beyond the window ahead
+        assert!(fresh(1000, 100_000, 100, true).is_ok());
+        assert!(fresh(1100, 1000, 100, true).is_ok());
+        assert!(fresh(1101, 1000, 100, true).is_err());
         assert_eq!(
-            fresh(1000, 1101, 100),
+            fresh(1000, 1101, 100, false),
             Err(WebhookError::Stale {
                 age: 101,
                 window: 100
             })
         );
-        assert!(fresh(1201, 1100, 100).is_err());
+        assert!(fresh(1201, 1100, 100, false).is_err());
         assert_eq!(rfc3339("2020-10-02T18:45:22.169Z"), Ok(1601664322));
         assert!(rfc3339("yesterday").is_err());
     }

@@ -573,7 +573,7 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
 
     // Opsgenie: created (no one answers yet), then acknowledged by the physician
     let t = now();
-    let created = opsgenie_body("opsgenie-create.json", t, "System");
+    let created = opsgenie_body("opsgenie-create.json", t - 291, "System");
     let (status, body) = deliver(app, og, &token("og-token-2"), &created).await;
     assert_eq!(
         (status, body["change"].as_str()),
@@ -586,7 +586,8 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
         (403, Some("not-on-call")),
         "{body}"
     );
-    let acked = opsgenie_body("opsgenie-acknowledge.json", t + 1, "fili@ifountain.com");
+    // (dated near the window's far end: the close below, dated after it, comes late)
+    let acked = opsgenie_body("opsgenie-acknowledge.json", t - 290, "fili@ifountain.com");
     let (status, body) = deliver(app, og, &token("og-token-1"), &acked).await;
     assert_eq!(
         (status, body["change"].as_str()),
@@ -604,8 +605,10 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
     assert_eq!(view["on_call"]["acknowledged"], true);
 
     // Opsgenie forgeries and replays change nothing
-    let stale = opsgenie_body("opsgenie-close.json", t - 3600, "fili@ifountain.com");
-    let close = opsgenie_body("opsgenie-close.json", t + 2, "fili@ifountain.com");
+    // a page an hour old is refused; a close an hour ahead too
+    let stale = opsgenie_body("opsgenie-acknowledge.json", t - 3600, "fili@ifountain.com");
+    let ahead = opsgenie_body("opsgenie-close.json", t + 3600, "fili@ifountain.com");
+    let close = opsgenie_body("opsgenie-close.json", t - 289, "fili@ifountain.com");
     let cases: Vec<Case> = vec![
         ("no token", vec![], &close, 401, "bad-webhook-signature"),
         (
@@ -619,6 +622,13 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
             "an hour old",
             token("og-token-1"),
             &stale,
+            401,
+            "stale-webhook",
+        ),
+        (
+            "an hour ahead",
+            token("og-token-1"),
+            &ahead,
             401,
             "stale-webhook",
         ),
@@ -657,7 +667,11 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
         status, 201,
         "the refused closes left the physician on call: {body}"
     );
-    // closed: off call
+    // closed: off call, though the close comes after the window (its sender retrying through
+    // an outage of ours, say): refused, the physician stayed on call until the alert aged out
+    while now() <= t + 12 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let (status, body) = deliver(app, og, &token("og-token-1"), &close).await;
     assert_eq!(
         (status, body["change"].as_str()),
@@ -686,6 +700,11 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
             .unwrap();
     let bad_until =
         serde_json::to_vec(&json!({"responder": "pager-77", "on_call_until": "tomorrow"})).unwrap();
+    // on call for good through one delivery (a mistaken or stolen one)
+    let for_good = serde_json::to_vec(
+        &json!({"responder": "pager-77", "on_call_until": rfc3339(now() + 8 * 86_400)}),
+    )
+    .unwrap();
     let cases: Vec<Case> = vec![
         ("no signature", vec![], &shift, 401, "bad-webhook-signature"),
         (
@@ -733,6 +752,13 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
             "bad time",
             generic_headers("hook-secret", ts, &bad_until),
             &bad_until,
+            400,
+            "malformed-webhook",
+        ),
+        (
+            "a shift of eight days",
+            generic_headers("hook-secret", ts, &for_good),
+            &for_good,
             400,
             "malformed-webhook",
         ),
