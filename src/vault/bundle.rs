@@ -93,7 +93,10 @@ pub fn parse(body: &[u8], id_system: &str) -> Result<Summary, String> {
     };
     if let Err(e) = fhirbolt::json::from_slice::<fhirbolt::model::r4::Resource>(body, Some(strict))
     {
-        return Err(format!("not valid FHIR R4: {e}"));
+        return Err(format!(
+            "not valid FHIR R4: {}",
+            without_values(&e.to_string())
+        ));
     }
     let entries = doc
         .get("entry")
@@ -212,6 +215,41 @@ pub fn parse(body: &[u8], id_system: &str) -> Result<Summary, String> {
         }
     }
     Ok(Summary { patient, resources })
+}
+
+/// A deserializer's message with what it quotes of the document left out: serde says what it
+/// did not expect with its value (`invalid type: string "Penicillin…", expected …`) or its
+/// name (`unknown field `…``), which may be clinical content; what it expected (the
+/// specification's element names) stays.
+fn without_values(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some((at, prefix)) = [
+        "invalid type: ",
+        "invalid value: ",
+        "unknown field ",
+        "unknown variant ",
+    ]
+    .iter()
+    .filter_map(|p| rest.find(p).map(|at| (at, *p)))
+    .min()
+    {
+        let start = at + prefix.len();
+        let end = rest[start..]
+            .find(", expected")
+            .map_or(rest.len(), |e| start + e);
+        out.push_str(&rest[..start]);
+        // the kind of value (`string`, `integer`, `map`), not the value
+        let kind = rest[start..end]
+            .split(['"', '`'])
+            .next()
+            .unwrap_or("")
+            .trim();
+        out.push_str(if kind.is_empty() { "(not shown)" } else { kind });
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether Reference `named` is to the summary's Patient: by one of `refs` (`Patient/<id>`,
@@ -347,6 +385,31 @@ mod tests {
             .remove("medicationCodeableConcept");
         let s = parse(&serde_json::to_vec(&d).unwrap(), SYSTEM).unwrap();
         assert_eq!(s.resources[2]["contained"][0]["resourceType"], "Medication");
+        // what the document holds is not quoted back: neither a value of the wrong type nor an
+        // unknown element's name (clinical content, either)
+        for err in [
+            bad(&|d| d["entry"][2]["resource"]["code"] = "Penicillin secret".into()),
+            bad(&|d| d["entry"][2]["resource"]["criticality"] = 5417.into()),
+            bad(&|d| d["entry"][2]["resource"]["Penicillin secret"] = 5.into()),
+        ] {
+            assert!(err.contains("not valid FHIR R4"), "{err}");
+            assert!(
+                !err.contains("Penicillin") && !err.contains("5417"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            without_values("invalid type: string \"Penicillin\", expected a map"),
+            "invalid type: string, expected a map"
+        );
+        assert_eq!(
+            without_values("unknown field `HIV`, expected one of `id`, `meta`"),
+            "unknown field (not shown), expected one of `id`, `meta`"
+        );
+        assert_eq!(
+            without_values("invalid type: integer `5`, expected a string"),
+            "invalid type: integer, expected a string"
+        );
         let huge = vec![b' '; MAX_BYTES + 1];
         assert!(parse(&huge, SYSTEM).unwrap_err().contains("at most"));
     }
