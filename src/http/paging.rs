@@ -111,16 +111,19 @@ impl Paging {
             })
     }
 
-    /// The common path of every source: whether it is configured (before any of the body is
-    /// read), its body (bounded), the secrets (re-read at each delivery, off the runtime), the
-    /// signature before anything else of the body is read, then the mapping, the body, its
-    /// age, the replay claim and the durable apply.
+    /// The common path of every source: whether it is configured, the secrets (re-read at each
+    /// delivery, off the runtime) and what of the credentials the headers carry (`early`: a
+    /// token whole, a signature's presence), all before any of the body is read; then its body
+    /// (bounded), the signature over it before anything else of the body is read, the mapping,
+    /// the body, its age, the replay claim and the durable apply.
+    #[allow(clippy::too_many_arguments)]
     async fn receive(
         &self,
         source: &str,
         req: &HttpRequest,
         payload: web::Payload,
         secrets: &Option<PathBuf>,
+        early: impl FnOnce(&[Vec<u8>]) -> Result<(), WebhookError>,
         verify: impl FnOnce(&[Vec<u8>], &[u8]) -> Result<(), WebhookError>,
         read: impl FnOnce(&[u8], &HashMap<String, String>) -> Result<Delivery, WebhookError>,
     ) -> HttpResponse {
@@ -139,14 +142,17 @@ impl Paging {
                 ),
             });
         };
-        let body = match self.body(source, req, payload).await {
-            Ok(body) => body,
-            Err(refused) => return refused,
-        };
         let secrets = match web::block(move || load_secrets(&path)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return unavailable(source, "the webhook secrets", e),
             Err(e) => return unavailable(source, "the webhook secrets", e),
+        };
+        if let Err(e) = early(&secrets) {
+            return self.refused(source, e);
+        }
+        let body = match self.body(source, req, payload).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
         };
         if let Err(e) = verify(&secrets, &body) {
             return self.refused(source, e);
@@ -217,6 +223,7 @@ async fn pagerduty(
             &req,
             payload,
             &paging.pagerduty_secrets,
+            |_| webhook::required(signature, "X-PagerDuty-Signature").map(drop),
             |secrets, body| pagerduty::verify(signature, body, secrets),
             pagerduty::parse,
         )
@@ -235,7 +242,9 @@ async fn opsgenie(
             &req,
             payload,
             &paging.opsgenie_secrets,
-            |secrets, _| opsgenie::verify(token, secrets),
+            // a header: checked whole before the body is read
+            |secrets| opsgenie::verify(token, secrets),
+            |_, _| Ok(()),
             opsgenie::parse,
         )
         .await
@@ -256,6 +265,10 @@ async fn generic(
             &req,
             payload,
             &paging.webhook_secrets,
+            |_| {
+                webhook::required(ts, "X-Breakglass-Timestamp")?;
+                webhook::required(sig, "X-Breakglass-Signature").map(drop)
+            },
             |secrets, body| generic::verify(ts, sig, body, secrets),
             // `verify` passed: the timestamp is there, and signed
             |body, map| generic::parse(ts.unwrap_or_default(), body, map),

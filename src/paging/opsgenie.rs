@@ -86,9 +86,10 @@ pub fn parse(
     let at_secs = u64::try_from(at).unwrap_or(0);
     let change = match d.action.as_str() {
         "Create" | "Acknowledge" | "TakeOwnership" | "AssignOwnership" | "UnAcknowledge" => {
-            // who answers: the new owner, or the user who acted
+            // who answers: the new owner (never the user who assigned it: without an owner,
+            // no one), or the user who acted
             let who = match d.action.as_str() {
-                "AssignOwnership" => a.owner.clone().or(a.username.clone()),
+                "AssignOwnership" => a.owner.clone(),
                 "Create" | "UnAcknowledge" => None,
                 _ => a.username.clone(),
             };
@@ -255,5 +256,36 @@ impl Source for OnCalls {
             }
         }
         Ok(roster)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn responders(action: &str, owner: Option<&str>) -> Vec<String> {
+        let map: HashMap<String, String> = [("ana@h.example", "ST1ANA"), ("bo@h.example", "ST1BO")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let body = serde_json::json!({ "action": action, "alert": { "alertId": "a1",
+            "updatedAt": 1_700_000_000_000_000_000u64, "username": "ana@h.example", "owner": owner } });
+        match parse(&serde_json::to_vec(&body).unwrap(), &map)
+            .unwrap()
+            .change
+        {
+            Some(Change::Page { responders, .. }) => responders,
+            _ => panic!("not a page"),
+        }
+    }
+
+    #[test]
+    fn an_assigned_alert_pages_its_new_owner_never_the_user_who_assigned_it() {
+        assert_eq!(
+            responders("AssignOwnership", Some("bo@h.example")),
+            ["ST1BO"]
+        );
+        assert!(responders("AssignOwnership", None).is_empty());
+        assert_eq!(responders("TakeOwnership", None), ["ST1ANA"]);
     }
 }

@@ -662,6 +662,17 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
             "opsgenie {what}: {b}"
         );
     }
+    // credentials carried in headers are checked before any of the body is read: a post
+    // without them whose body never comes is answered at once (before, up to 256 KiB was read
+    // first, for anyone)
+    for path in [og, hook] {
+        let mut stalled = stalled_post(app.api_addr, path, 1 << 10, b"{").await;
+        assert_eq!(
+            answered(&mut stalled, std::time::Duration::from_secs(2)).await,
+            Some(401),
+            "{path}"
+        );
+    }
     let (status, body) = break_glass(&env, "physician", 3).await;
     assert_eq!(
         status, 201,
