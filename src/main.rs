@@ -324,22 +324,26 @@ fn rotate_data_key(s: &Settings) -> anyhow::Result<serde_json::Value> {
 fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
     let (store, keyring, runtime) = offline_sealing(s)?;
     // everything sealed with the data key: contacts, the accesses' reasons, stored notices,
-    // the token signing keys
-    let (contacts, reasons, messages) = runtime.block_on(async {
+    // emergency summaries, reviewers' notes, the token signing keys
+    let (contacts, reasons, messages, summaries, notes) = runtime.block_on(async {
         anyhow::Ok((
             breakglass::directory::rekey(&store, &keyring).await?,
             breakglass::access::rekey_reasons(&store, &keyring).await?,
             breakglass::notify::rekey_messages(&store, &keyring).await?,
+            breakglass::vault::rekey_summaries(&store, &keyring).await?,
+            breakglass::review::verdict::rekey_notes(&store, &keyring).await?,
         ))
     })?;
     let token_keys = breakglass::token::rekey(&s.data.dir, &keyring)?;
     let service_key = usize::from(breakglass::keys::rekey_service_key(&s.data.dir, &keyring)?);
     Ok(serde_json::json!({
-        "resealed": contacts + reasons + messages + token_keys + service_key,
+        "resealed": contacts + reasons + messages + summaries + notes + token_keys + service_key,
         "service_key": service_key,
         "contacts": contacts,
         "reasons": reasons,
         "notice_messages": messages,
+        "summaries": summaries,
+        "notes": notes,
         "token_keys": token_keys,
         "key_id": keyring.current_id(),
     }))

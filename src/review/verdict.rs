@@ -294,6 +294,31 @@ impl Review {
     }
 }
 
+/// Seals every verdict's note (each attempt's) that is not sealed with the current data key
+/// again with it (after `keys rotate-data`, with `patients rekey`). Returns how many were
+/// re-sealed.
+pub async fn rekey_notes(
+    store: &std::sync::Arc<dyn crate::store::Store>,
+    keyring: &crate::seal::Keyring,
+) -> anyhow::Result<usize> {
+    let mut n = 0;
+    let mut batch = Batch::default();
+    for mut v in store.every_verdict()? {
+        let name = crate::seal::names::note(&v.access_id);
+        let Some(sealed) = keyring.reseal(&name, &hex::decode(&v.note_sealed)?)? else {
+            continue;
+        };
+        v.note_sealed = hex::encode(sealed);
+        batch.verdicts.push(v);
+        n += 1;
+        if batch.verdicts.len() == 1000 {
+            apply_async(store, std::mem::take(&mut batch)).await?;
+        }
+    }
+    apply_async(store, batch).await?;
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -801,6 +801,8 @@ pub trait Store: Send + Sync + 'static {
     fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError>;
     /// A patient's emergency summary, sealed.
     fn summary(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The patients whose summaries are stored.
+    fn summary_patients(&self) -> Result<Vec<PatientId>, StoreError>;
     /// The digests of the patient's summary as last written with them (`SummaryDigest`; a
     /// store written before they were kept has none until the summary is imported again).
     fn summary_digest(&self, patient: &PatientId) -> Result<Option<SummaryDigest>, StoreError>;
@@ -813,6 +815,8 @@ pub trait Store: Send + Sync + 'static {
     fn verdict(&self, access_id: &AccessId) -> Result<Option<Verdict>, StoreError>;
     /// Every access's latest verdict.
     fn verdicts(&self) -> Result<Vec<Verdict>, StoreError>;
+    /// Every verdict, each attempt of each access.
+    fn every_verdict(&self) -> Result<Vec<Verdict>, StoreError>;
     /// Why the store stopped writing, if it has: a write failed, and every write fails until
     /// a restart recovers from disk.
     fn stopped(&self) -> Option<String>;

@@ -361,6 +361,10 @@ macro_rules! typed_reads {
             self.get_raw(SUMMARIES, &patient.to_string())
         }
 
+        fn summary_patients(&self) -> Result<Vec<PatientId>, StoreError> {
+            self.parsed_keys(SUMMARIES)
+        }
+
         fn summary_digest(&self, patient: &PatientId) -> Result<Option<SummaryDigest>, StoreError> {
             self.get(SUMMARY_DIGESTS, &patient.to_string())
         }
@@ -389,10 +393,16 @@ macro_rules! typed_reads {
             Ok(Some(v))
         }
 
+        fn every_verdict(&self) -> Result<Vec<Verdict>, StoreError> {
+            self.scan(VERDICTS)?
+                .iter()
+                .map(|(k, v)| dec(k, v))
+                .collect()
+        }
+
         fn verdicts(&self) -> Result<Vec<Verdict>, StoreError> {
             let mut latest: std::collections::BTreeMap<AccessId, Verdict> = Default::default();
-            for (k, v) in self.scan(VERDICTS)? {
-                let v: Verdict = dec(&k, &v)?;
+            for v in self.every_verdict()? {
                 if latest
                     .get(&v.access_id)
                     .is_none_or(|l| l.attempt < v.attempt)

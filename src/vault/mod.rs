@@ -172,6 +172,33 @@ pub async fn import(
     Ok(imported)
 }
 
+/// Seals every stored summary that is not sealed with the current data key again with it
+/// (after `keys rotate-data`, with `patients rekey`), with its digest (the sealed bytes are
+/// new; the plain bytes, whose hash is on chain, are not). Returns how many were re-sealed.
+pub async fn rekey_summaries(
+    store: &Arc<dyn crate::store::Store>,
+    keyring: &Keyring,
+) -> anyhow::Result<usize> {
+    let mut batch = Batch::default();
+    for patient in store.summary_patients()? {
+        let Some(sealed) = store.summary(&patient)? else {
+            continue;
+        };
+        if keyring.is_current(&sealed) {
+            continue;
+        }
+        let name = crate::seal::names::summary(&patient);
+        let plain = keyring.open(&name, &sealed)?;
+        let sealed = keyring.seal(&name, &plain)?;
+        let digest = crate::store::SummaryDigest::of(&plain, &sealed);
+        batch.summaries.push((patient, Some(sealed)));
+        batch.summary_digests.push((patient, Some(digest)));
+    }
+    let n = batch.summaries.len();
+    apply_async(store, batch).await?;
+    Ok(n)
+}
+
 impl Vault {
     pub fn new(
         state: ChainState,

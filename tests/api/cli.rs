@@ -629,10 +629,35 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
         notice.message = Some(hex::encode(message));
         // and a token signing key, sealed with it at first use
         breakglass::token::TokenIssuer::load_or_generate(&data, "iss", "aud", &ring).unwrap();
+        // the patient's emergency summary, and a reviewer's verdict with its note (two
+        // attempts: the first failed on chain)
+        let pid: breakglass::domain::PatientId = id.parse().unwrap();
+        let summary = breakglass::demo::summary(&pid, "urn:breakglass:patient-id").to_string();
+        let sealed_summary = ring
+            .seal(&format!("summary:{id}"), summary.as_bytes())
+            .unwrap();
+        let verdict = |attempt: u32, note: &str| -> breakglass::store::Verdict {
+            serde_json::from_value(serde_json::json!({
+                "access_id": access_id, "reviewer": "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
+                "verdict": "appropriate", "note_hash": "", "signature": "", "at": 1000,
+                "revoked": false, "attempt": attempt,
+                "note_sealed": hex::encode(ring.seal(&format!("note:{access_id}"), note.as_bytes()).unwrap()),
+            }))
+            .unwrap()
+        };
         store
             .apply(breakglass::store::Batch {
                 accesses: vec![access],
                 notices: vec![notice],
+                summaries: vec![(pid, Some(sealed_summary.clone()))],
+                summary_digests: vec![(
+                    pid,
+                    Some(breakglass::store::SummaryDigest::of(
+                        summary.as_bytes(),
+                        &sealed_summary,
+                    )),
+                )],
+                verdicts: vec![verdict(0, "first note"), verdict(1, "second note")],
                 ..Default::default()
             })
             .unwrap();
@@ -645,13 +670,17 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
             &rekeyed["contacts"],
             &rekeyed["reasons"],
             &rekeyed["notice_messages"],
+            &rekeyed["summaries"],
+            &rekeyed["notes"],
             &rekeyed["token_keys"]
         ),
         (
-            &serde_json::json!(4),
+            &serde_json::json!(7),
             &serde_json::json!(1),
             &serde_json::json!(1),
             &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(2),
             &serde_json::json!(1)
         ),
         "{rekeyed}"
@@ -685,6 +714,24 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
             )
             .unwrap();
         assert_eq!(message, b"the rendered message");
+        // the summary, whose digest still describes it (the vault serves it), and both notes
+        let sealed = store.summary(&pid).unwrap().unwrap();
+        let summary = ring.open(&format!("summary:{id}"), &sealed).unwrap();
+        assert_eq!(
+            store.summary_digest(&pid).unwrap().unwrap(),
+            breakglass::store::SummaryDigest::of(&summary, &sealed)
+        );
+        let mut notes: Vec<String> = store
+            .every_verdict()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                ring.open_text(&format!("note:{access_id}"), &v.note_sealed)
+                    .unwrap()
+            })
+            .collect();
+        notes.sort();
+        assert_eq!(notes, ["first note", "second note"]);
         // the token signing key too
         breakglass::token::TokenIssuer::load_or_generate(&data, "iss", "aud", &ring).unwrap();
     }
