@@ -500,6 +500,10 @@ pub struct Batch {
     /// Patients' emergency summaries, sealed (`vault`); `None` removes one.
     #[serde(default)]
     pub summaries: Vec<(PatientId, Option<Vec<u8>>)>,
+    /// The summaries before them, kept while the chain records the new ones' hashes
+    /// (`vault::import`); `None` removes one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_summaries: Vec<(PatientId, Option<Vec<u8>>)>,
     /// Each summary's digests, written with it (`vault::import`): which summary is stored,
     /// for what no replica's clock can tell (`submitter::superseded`).
     #[serde(default)]
@@ -589,6 +593,7 @@ impl Batch {
         self.audit.extend(later.audit);
         self.verdicts.extend(later.verdicts);
         self.summaries.extend(later.summaries);
+        self.previous_summaries.extend(later.previous_summaries);
         self.summary_digests.extend(later.summary_digests);
         self.summary_hashes.extend(later.summary_hashes);
         let u = later.uncached;
@@ -624,6 +629,7 @@ impl Batch {
             && self.audit.is_empty()
             && self.verdicts.is_empty()
             && self.summaries.is_empty()
+            && self.previous_summaries.is_empty()
             && self.summary_digests.is_empty()
             && self.summary_hashes.is_empty()
             && self.claims.is_empty()
@@ -801,6 +807,9 @@ pub trait Store: Send + Sync + 'static {
     fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError>;
     /// A patient's emergency summary, sealed.
     fn summary(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// A patient's summary before the stored one, sealed, kept while the chain records the
+    /// stored one's hash.
+    fn previous_summary(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
     /// The patients whose summaries are stored.
     fn summary_patients(&self) -> Result<Vec<PatientId>, StoreError>;
     /// The digests of the patient's summary as last written with them (`SummaryDigest`; a

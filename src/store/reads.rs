@@ -361,6 +361,10 @@ macro_rules! typed_reads {
             self.get_raw(SUMMARIES, &patient.to_string())
         }
 
+        fn previous_summary(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError> {
+            self.get_raw(PREVIOUS_SUMMARIES, &patient.to_string())
+        }
+
         fn summary_patients(&self) -> Result<Vec<PatientId>, StoreError> {
             self.parsed_keys(SUMMARIES)
         }

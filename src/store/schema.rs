@@ -50,8 +50,11 @@ pub(super) const OPEN_SUBMISSIONS: Table = "open_submissions";
 pub(super) const OPEN_NOTICES: Table = "open_notices";
 /// Each stored summary's digests (`SummaryDigest`), by patient id (`Batch::summary_digests`).
 pub(super) const SUMMARY_DIGESTS: Table = "summary_digests";
+/// Each patient's summary before the one stored, while the chain records the stored one's
+/// hash: the one the chain still has (`Batch::previous_summaries`), sealed as `SUMMARIES`.
+pub(super) const PREVIOUS_SUMMARIES: Table = "previous_summaries";
 /// New tables go last: a journal frame names a table by its index here.
-pub(super) const TABLES: [Table; 22] = [
+pub(super) const TABLES: [Table; 23] = [
     META,
     PROVIDERS,
     PREFERENCES,
@@ -74,6 +77,7 @@ pub(super) const TABLES: [Table; 22] = [
     OPEN_SUBMISSIONS,
     OPEN_NOTICES,
     SUMMARY_DIGESTS,
+    PREVIOUS_SUMMARIES,
 ];
 
 pub(super) fn def(name: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -304,6 +308,9 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     }
     for (p, sealed) in &batch.summaries {
         out.push((SUMMARIES, p.to_string(), sealed.clone()));
+    }
+    for (p, sealed) in &batch.previous_summaries {
+        out.push((PREVIOUS_SUMMARIES, p.to_string(), sealed.clone()));
     }
     for (p, digest) in &batch.summary_digests {
         out.push((

@@ -2,7 +2,9 @@
 //! (`seal::names::summary`), its SHA-256 recorded on chain by the service as a data custodian
 //! (`set-summary-hash`, through the submitter), and served only to a valid break-glass token
 //! for that patient, only the resources its scopes cover (`scope.rs`), only when the stored
-//! summary still hashes to what the chain says. The token's revocation (and its clinician's
+//! summary still hashes to what the chain says. An import keeps the summary it replaces, if the
+//! chain has its hash, until the chain has the new one's: reads serve it meanwhile (with an
+//! `OperationOutcome` saying so), not a refusal. The token's revocation (and its clinician's
 //! standing) is checked first and again once the summary is checked, which may wait on the
 //! node: nothing is served past a revocation written meanwhile.
 //!
@@ -137,12 +139,23 @@ pub async fn import(
     // the same bytes as the summary stored now: their hash is recorded (or on its way) by the
     // latest of those already; else (new bytes, or bytes another summary replaced since, whose
     // hash the chain no longer holds) by an operation of their own
-    let stored_now = match store.summary(&summary.patient).map_err(store_unavailable)? {
-        Some(sealed) => keyring
-            .open(&crate::seal::names::summary(&summary.patient), &sealed)
-            .map(|bytes| <[u8; 32]>::from(Sha256::digest(bytes)) == hash)
-            .unwrap_or(false),
-        None => false,
+    let stored = store.summary(&summary.patient).map_err(store_unavailable)?;
+    let stored_hash = stored.as_ref().and_then(|sealed| {
+        keyring
+            .open(&crate::seal::names::summary(&summary.patient), sealed)
+            .ok()
+            .map(|bytes| hex::encode(Sha256::digest(bytes)))
+    });
+    let stored_now = stored_hash.as_deref() == Some(hex::encode(hash).as_str());
+    // the summary stored now, if the chain has its hash, is kept as the one before this one
+    // until the chain has this one's: clinicians read it meanwhile (the new one is not yet
+    // checked against the chain). One whose hash the chain does not have yet is not: the one
+    // kept before it stays
+    let previous = match (&stored, &stored_hash) {
+        (Some(sealed), Some(h)) if !stored_now && on_chain(store, &summary.patient, h)? => {
+            vec![(summary.patient, Some(sealed.clone()))]
+        }
+        _ => Vec::new(),
     };
     let submissions = match latest {
         Some(id) if stored_now => {
@@ -164,6 +177,7 @@ pub async fn import(
     let batch = Batch {
         summaries: vec![(summary.patient, Some(sealed))],
         summary_digests: vec![(summary.patient, Some(digest))],
+        previous_summaries: previous,
         submissions,
         ..Batch::default()
     };
@@ -172,9 +186,40 @@ pub async fn import(
     Ok(imported)
 }
 
-/// Seals every stored summary that is not sealed with the current data key again with it
-/// (after `keys rotate-data`, with `patients rekey`), with its digest (the sealed bytes are
-/// new; the plain bytes, whose hash is on chain, are not). Returns how many were re-sealed.
+/// Whether the chain has `hash` (hex) as `patient`'s summary hash, as this service knows
+/// without asking it: its cached hash, or an operation of ours that recorded it, confirmed.
+fn on_chain(
+    store: &Arc<dyn crate::store::Store>,
+    patient: &PatientId,
+    hash: &str,
+) -> Result<bool, Refusal> {
+    if matches!(store.summary_hash(patient), Ok(Some(Some(h))) if h.hash == hash) {
+        return Ok(true);
+    }
+    Ok(store
+        .submissions_prefixed(&format!("summary:{patient}:{hash}"))
+        .map_err(store_unavailable)?
+        .iter()
+        .any(|s| matches!(s.state, crate::store::SubmissionState::Confirmed { .. })))
+}
+
+/// Whether an operation of ours is recording `hash` (hex) as `patient`'s summary hash.
+fn recording(
+    store: &Arc<dyn crate::store::Store>,
+    patient: &PatientId,
+    hash: &str,
+) -> Result<bool, Refusal> {
+    Ok(store
+        .submissions_prefixed(&format!("summary:{patient}:{hash}"))
+        .map_err(store_unavailable)?
+        .iter()
+        .any(crate::store::Submission::is_open))
+}
+
+/// Seals every stored summary (and the one kept before it) that is not sealed with the current
+/// data key again with it (after `keys rotate-data`, with `patients rekey`), with its digest
+/// (the sealed bytes are new; the plain bytes, whose hash is on chain, are not). Returns how
+/// many were re-sealed.
 pub async fn rekey_summaries(
     store: &Arc<dyn crate::store::Store>,
     keyring: &Keyring,
@@ -194,7 +239,15 @@ pub async fn rekey_summaries(
         batch.summaries.push((patient, Some(sealed)));
         batch.summary_digests.push((patient, Some(digest)));
     }
-    let n = batch.summaries.len();
+    for patient in store.summary_patients()? {
+        let name = crate::seal::names::summary(&patient);
+        if let Some(sealed) = store.previous_summary(&patient)? {
+            if let Some(sealed) = keyring.reseal(&name, &sealed)? {
+                batch.previous_summaries.push((patient, Some(sealed)));
+            }
+        }
+    }
+    let n = batch.summaries.len() + batch.previous_summaries.len();
     apply_async(store, batch).await?;
     Ok(n)
 }
@@ -356,7 +409,7 @@ impl Vault {
                 ));
             }
         }
-        let resources = self
+        let (resources, previous) = self
             .verified(&patient)
             .await
             .map_err(|r| (r, jti.clone(), p))?;
@@ -370,11 +423,22 @@ impl Vault {
             .filter(|r| resource_type.is_none_or(|k| r["resourceType"] == k))
             .filter(|r| scopes.iter().any(|s: &Scope| s.allows(r)))
             .collect();
+        let mut entries: Vec<Value> = granted
+            .iter()
+            .map(|r| json!({ "resource": r, "search": { "mode": "match" } }))
+            .collect();
+        if previous {
+            // said, for whoever reads it: not the newest summary, the one the chain checks
+            entries.push(json!({ "resource": { "resourceType": "OperationOutcome", "issue": [{
+                "severity": "information", "code": "informational",
+                "diagnostics": "the patient's summary was updated and its hash is being recorded on chain: this is the summary before it, as the chain has it" }] },
+                "search": { "mode": "outcome" } }));
+        }
         let bundle = json!({
             "resourceType": "Bundle",
             "type": "searchset",
             "total": granted.len(),
-            "entry": granted.iter().map(|r| json!({ "resource": r, "search": { "mode": "match" } })).collect::<Vec<_>>(),
+            "entry": entries,
         });
         let holder = jti.ok_or_else(|| {
             (
@@ -411,8 +475,10 @@ impl Vault {
         }
     }
 
-    /// The patient's summary resources, unsealed, once their bytes hash to the chain's record.
-    async fn verified(&self, patient: &PatientId) -> Result<Vec<Value>, Refusal> {
+    /// The patient's summary resources, unsealed, once their bytes hash to the chain's record:
+    /// the stored summary's, or, while the chain records its hash, the one before it, which
+    /// the chain has (`true`).
+    async fn verified(&self, patient: &PatientId) -> Result<(Vec<Value>, bool), Refusal> {
         let sealed = self
             .state
             .store
@@ -448,25 +514,62 @@ impl Vault {
             )
         })?;
         let hash = hex::encode(Sha256::digest(&bytes));
-        match on_chain {
-            None => Err(refusal(409, "summary-not-recorded", "Summary not recorded on chain", "the summary's hash is not on chain yet, so it cannot be checked; nothing is served")),
-            Some(h) if h.hash != hash => {
-                tracing::error!(%patient, "the stored summary does not hash to the chain's record");
-                Err(refusal(502, "summary-integrity", "Summary failed its integrity check", "the stored summary does not match its hash on chain (it was changed off chain, or the chain's record was); nothing is served"))
+        let Some(on_chain) = on_chain else {
+            return Err(refusal(409, "summary-not-recorded", "Summary not recorded on chain", "the summary's hash is not on chain yet, so it cannot be checked; nothing is served"));
+        };
+        let (bytes, previous) = if on_chain.hash == hash {
+            (bytes, false)
+        } else {
+            match self.previous(patient, &on_chain.hash)? {
+                Some(bytes) => (bytes, true),
+                None if recording(&self.state.store, patient, &hash)? => {
+                    tracing::info!(%patient, "a summary whose hash the chain does not have yet, and none before it that it has: nothing served until it does");
+                    return Err(refusal(409, "summary-update-pending", "Summary update pending", "the summary was updated and its hash is not on chain yet, so it cannot be checked; try again in a minute"));
+                }
+                None => {
+                    tracing::error!(%patient, "the stored summary does not hash to the chain's record");
+                    return Err(refusal(502, "summary-integrity", "Summary failed its integrity check", "the stored summary does not match its hash on chain (it was changed off chain, or the chain's record was); nothing is served"));
+                }
             }
-            Some(_) => bundle::parse(&bytes, &self.patient_id_system)
-                .map(|s| s.resources)
-                .map_err(|why| {
-                    tracing::error!(%patient, "a stored summary no longer parses: {why}");
-                    refusal(502, "summary-integrity", "Summary failed its integrity check", "the stored summary could not be read; nothing is served")
-                }),
-        }
+        };
+        bundle::parse(&bytes, &self.patient_id_system)
+            .map(|s| (s.resources, previous))
+            .map_err(|why| {
+                tracing::error!(%patient, "a stored summary no longer parses: {why}");
+                refusal(
+                    502,
+                    "summary-integrity",
+                    "Summary failed its integrity check",
+                    "the stored summary could not be read; nothing is served",
+                )
+            })
+    }
+
+    /// The patient's summary kept before the stored one, unsealed, if it hashes to `hash` (the
+    /// chain's record, which the stored one's has not replaced yet).
+    fn previous(&self, patient: &PatientId, hash: &str) -> Result<Option<Vec<u8>>, Refusal> {
+        let Some(sealed) = self
+            .state
+            .store
+            .previous_summary(patient)
+            .map_err(store_unavailable)?
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .keyring
+            .open(&crate::seal::names::summary(patient), &sealed)
+            .ok()
+            .filter(|bytes| hex::encode(Sha256::digest(bytes)) == hash))
     }
 }
 
 fn resource_types(bundle: &Value) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for e in bundle["entry"].as_array().into_iter().flatten() {
+        if e["search"]["mode"] != "match" {
+            continue;
+        }
         if let Some(t) = e["resource"]["resourceType"].as_str() {
             if !out.iter().any(|x| x == t) {
                 out.push(t.to_string());

@@ -657,6 +657,14 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
                         &sealed_summary,
                     )),
                 )],
+                // (and the one before it, kept while the chain records this one)
+                previous_summaries: vec![(
+                    pid,
+                    Some(
+                        ring.seal(&format!("summary:{id}"), b"the one before")
+                            .unwrap(),
+                    ),
+                )],
                 verdicts: vec![verdict(0, "first note"), verdict(1, "second note")],
                 ..Default::default()
             })
@@ -675,11 +683,11 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
             &rekeyed["token_keys"]
         ),
         (
-            &serde_json::json!(7),
+            &serde_json::json!(8),
             &serde_json::json!(1),
             &serde_json::json!(1),
             &serde_json::json!(1),
-            &serde_json::json!(1),
+            &serde_json::json!(2),
             &serde_json::json!(2),
             &serde_json::json!(1)
         ),
@@ -732,6 +740,11 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
             .collect();
         notes.sort();
         assert_eq!(notes, ["first note", "second note"]);
+        let before = store.previous_summary(&pid).unwrap().unwrap();
+        assert_eq!(
+            ring.open(&format!("summary:{id}"), &before).unwrap(),
+            b"the one before"
+        );
         // the token signing key too
         breakglass::token::TokenIssuer::load_or_generate(&data, "iss", "aud", &ring).unwrap();
     }

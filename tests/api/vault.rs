@@ -744,3 +744,51 @@ async fn a_token_revoked_while_the_vault_asks_the_node_is_refused() {
     assert_eq!((s, p["code"].as_str()), (401, Some("token-revoked")), "{p}");
     assert!(refused_reads(&env).iter().any(|c| c == "token-revoked"));
 }
+
+/// A summary updated is read as the chain has it until the chain has the update's hash: the
+/// summary before it, with an `OperationOutcome` saying so, then the update. Before, every read
+/// between was refused (502 `summary-integrity`) and logged as a summary changed off chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updated_summary_is_read_as_the_chain_has_it_until_the_chain_has_the_update() {
+    let env = with_an_admin_client().await;
+    let patient_hex = patient(&env.demo, true).to_string();
+    let patient_id: PatientId = patient_hex.parse().unwrap();
+    let (first, second) = two_summaries(&patient_id);
+    let mut third: Json = serde_json::from_slice(&second).unwrap();
+    third["entry"][2]["resource"]["criticality"] = "unable-to-assess".into();
+    let third = serde_json::to_vec(&third).unwrap();
+    imported_and_recorded(&env, [&first]).await;
+    let g = token(&env, "nurse", &patient_hex, &["allergies"], 1).await;
+    let path = format!("/fhir/Patient/{patient_hex}/$summary");
+    let reads = async || {
+        let (s, bundle, _) = read(&env, &path, g["access_token"].as_str().unwrap()).await;
+        assert_eq!(s, 200, "{bundle}");
+        let entries = bundle["entry"].as_array().unwrap().clone();
+        let criticality = entries
+            .iter()
+            .find(|e| e["resource"]["id"] == "a1")
+            .map(|e| e["resource"]["criticality"].clone())
+            .unwrap();
+        let said = entries.iter().any(|e| {
+            e["resource"]["resourceType"] == "OperationOutcome" && e["search"]["mode"] == "outcome"
+        });
+        (criticality, said, bundle["total"].clone())
+    };
+    assert_eq!(reads().await, (json!("high"), false, json!(2)));
+    // updated, twice, neither on chain yet: the summary the chain has is read, and said so
+    for body in [&second, &third] {
+        let (s, imported) = import(&env, body.clone()).await;
+        assert_eq!(s, 201, "{imported}");
+        assert_eq!(reads().await, (json!("high"), true, json!(2)));
+    }
+    // once the chain has the latest's hash: it
+    let op = format!(
+        "summary:{patient_hex}:{}",
+        hex::encode(Sha256::digest(&third))
+    );
+    recorded(&env, &op).await;
+    eventually("the update read", SECS, async || {
+        (reads().await == (json!("unable-to-assess"), false, json!(2))).then_some(())
+    })
+    .await;
+}
