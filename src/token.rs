@@ -279,6 +279,56 @@ pub enum Standing {
     HolderNotVerified,
 }
 
+impl Standing {
+    /// The refusal of a token that stands so (none for one honoured): the same status and
+    /// code wherever it is used.
+    pub fn refusal(self) -> Option<crate::refusal::Refusal> {
+        use crate::refusal::Refusal;
+        match self {
+            Standing::Honoured => None,
+            Standing::Revoked => Some(Refusal::new(
+                401,
+                "token-revoked",
+                "Token revoked",
+                "this access was revoked",
+            )),
+            Standing::HolderNotVerified => Some(Refusal::new(
+                403,
+                "provider-not-verified",
+                "Provider not verified",
+                "the token's clinician is no longer verified on chain (suspended since it was issued)",
+            )),
+        }
+    }
+}
+
+/// The refusal when a token's standing cannot be told (`standing` failed): the store could not
+/// be read, or the node, asked about a clinician the cache does not hold.
+pub fn standing_unknown(e: &crate::chain::state::StateError) -> crate::refusal::Refusal {
+    use crate::chain::state::StateError;
+    use crate::refusal::Refusal;
+    match e {
+        StateError::Store(_) => {
+            tracing::error!(error = %e, "the store cannot tell a token's standing");
+            Refusal::new(
+                503,
+                "store-unavailable",
+                "Store unavailable",
+                "the store cannot be read right now; try again",
+            )
+        }
+        _ => {
+            tracing::error!(error = %e, "the node cannot tell a token's clinician's standing");
+            Refusal::new(
+                503,
+                "chain-state-unavailable",
+                "Chain state unavailable",
+                "the chain could not be asked whether the token's clinician is still verified; try again",
+            )
+        }
+    }
+}
+
 pub async fn standing(
     state: &crate::chain::state::ChainState,
     claims: &AccessClaims,

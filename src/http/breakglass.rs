@@ -121,8 +121,9 @@ enum Viewer {
     /// An admin client: the whole access.
     Admin,
     Refused(&'static str),
-    /// The store could not tell whether the token still stands.
-    Unavailable,
+    /// The token verified, but does not stand (revoked, its clinician no longer verified), or
+    /// where it stands could not be told: refused as the vault refuses it.
+    NotHonoured(Refusal),
 }
 
 async fn viewer(
@@ -137,15 +138,10 @@ async fn viewer(
     if let Some(token) = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")) {
         return match bg.tokens.verify(token) {
             Ok(c) if c.jti == access_id => match crate::token::standing(&bg.state, &c).await {
-                Ok(crate::token::Standing::Honoured) => Viewer::Holder,
-                Ok(crate::token::Standing::HolderNotVerified) => {
-                    Viewer::Refused("the token's clinician is no longer verified on chain")
-                }
-                Ok(crate::token::Standing::Revoked) => Viewer::Refused("the token was revoked"),
-                Err(e) => {
-                    tracing::error!(error = %e, "the store cannot tell a token's standing");
-                    Viewer::Unavailable
-                }
+                Ok(standing) => standing
+                    .refusal()
+                    .map_or(Viewer::Holder, Viewer::NotHonoured),
+                Err(e) => Viewer::NotHonoured(crate::token::standing_unknown(&e)),
             },
             Ok(_) => Viewer::Refused("the token is for another access"),
             Err(_) => Viewer::Refused("the token is not valid (expired, or not ours)"),
@@ -187,7 +183,7 @@ async fn access(
         Viewer::Anyone => (false, false),
         Viewer::Holder => (true, false),
         Viewer::Admin => (true, true),
-        Viewer::Unavailable => return store_unavailable(),
+        Viewer::NotHonoured(refusal) => return problem(&refusal),
         Viewer::Refused(why) => {
             let mut answer = problem(&Refusal {
                 status: 401,

@@ -32,7 +32,7 @@ use crate::scope::Scope;
 use crate::seal::Keyring;
 use crate::stacks::Value as Clarity;
 use crate::store::{apply_async, Batch};
-use crate::token::{Standing, TokenIssuer};
+use crate::token::TokenIssuer;
 
 pub struct Vault {
     pub state: ChainState,
@@ -458,20 +458,8 @@ impl Vault {
     /// Whether the token is still honoured: not revoked, its clinician not suspended since.
     async fn honoured(&self, claims: &crate::token::AccessClaims) -> Result<(), Refusal> {
         match crate::token::standing(&self.state, claims).await {
-            Ok(Standing::Honoured) => Ok(()),
-            Ok(Standing::Revoked) => Err(refusal(
-                401,
-                "token-revoked",
-                "Token revoked",
-                "this access was revoked",
-            )),
-            Ok(Standing::HolderNotVerified) => Err(refusal(
-                403,
-                "provider-not-verified",
-                "Provider not verified",
-                "the token's clinician is no longer verified on chain (suspended since it was issued)",
-            )),
-            Err(e) => Err(store_unavailable(e)),
+            Ok(standing) => standing.refusal().map_or(Ok(()), Err),
+            Err(e) => Err(crate::token::standing_unknown(&e)),
         }
     }
 
