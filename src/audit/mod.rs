@@ -288,6 +288,14 @@ mod hex32 {
     }
 }
 
+/// The first of entries `from..=until` that `entries` (read in order, as a store gives them)
+/// does not hold: entries are numbered without gaps, and one missing must not be skipped over
+/// by a reader that goes on from the last it read (the export's cursor).
+pub fn first_missing(from: u64, until: u64, entries: &[Entry]) -> Option<u64> {
+    let mut held = entries.iter().map(|e| e.seq);
+    (from..=until).find(|seq| held.next() != Some(*seq))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +319,20 @@ mod tests {
             out.push(e);
         }
         out
+    }
+
+    #[test]
+    fn an_entry_missing_from_a_read_is_named_wherever_it_is() {
+        let entries = log(6);
+        assert_eq!(first_missing(1, 6, &entries), None);
+        assert_eq!(first_missing(3, 6, &entries[2..]), None);
+        assert_eq!(first_missing(1, 0, &[]), None, "an empty log");
+        for gone in 0..6 {
+            let mut read = log(6);
+            read.remove(gone);
+            assert_eq!(first_missing(1, 6, &read), Some(gone as u64 + 1));
+        }
+        assert_eq!(first_missing(1, 6, &[]), Some(1));
     }
 
     fn walk(entries: &[Entry]) -> Result<Head, Broken> {

@@ -575,8 +575,24 @@ async fn export(
             "since is an audit entry's seq (a whole number); limit at most 10000",
         ));
     };
-    let entries = match review.state.store.audit_entries(from, limit) {
-        Ok(e) => e,
+    let unreadable = |what: String| {
+        tracing::error!(%what, "audit export: the log cannot be exported past it");
+        problem(&Refusal::new(
+            500,
+            "audit-entry-unreadable",
+            "Audit entry unreadable",
+            format!("{what}; run `breakglass audit verify`"),
+        ))
+    };
+    let store = &review.state.store;
+    let read = store
+        .audit_head()
+        .and_then(|head| Ok((head, store.audit_entries(from, limit)?)));
+    let (head, entries) = match read {
+        Ok(read) => read,
+        Err(crate::store::StoreError::Corrupt(key, _)) => {
+            return unreadable(format!("the log's row {key} could not be read"))
+        }
         Err(e) => {
             tracing::error!(error = %e, "audit export: store unavailable");
             return problem(&Refusal::new(
@@ -587,6 +603,23 @@ async fn export(
             ));
         }
     };
+    let head = head.map_or(0, |h| h.seq);
+    if q.since > head {
+        // a cursor past the log's end: the store was restored from an older copy, or lost its
+        // tail (a failover); entries numbered from here on would be missed, not repeated
+        return problem(&Refusal::new(
+            409,
+            "cursor-past-head",
+            "Cursor past the log's end",
+            format!("the audit log ends at entry {head}, before {}: the store lost entries the cursor read (a restore, a failover); export from {head} and compare", q.since),
+        ));
+    }
+    // entries are numbered without gaps up to the head: one missing is not skipped over (the
+    // cursor would pass it)
+    let until = head.min(from.saturating_add(limit as u64 - 1));
+    if let Some(missing) = crate::audit::first_missing(from, until, &entries) {
+        return unreadable(format!("entry {missing} is missing"));
+    }
     let mut body = String::new();
     for e in &entries {
         match crate::audit::fhir::audit_event(e, &review.service) {
