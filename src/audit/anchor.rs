@@ -18,6 +18,9 @@ use crate::coordination::Coordinator;
 use crate::stacks::Value;
 use crate::store::{Batch, Fence, Guard, Store, StoreError, Submission};
 
+/// What every anchor operation's id begins with (then the head's hash).
+pub const ANCHOR_PREFIX: &str = "anchor:";
+
 /// The lease replicas take to anchor: one per store.
 const LEASE: &str = "audit-anchor";
 
@@ -33,7 +36,7 @@ pub struct Schedule {
 /// The operation that anchors `head`.
 pub fn operation(head: &Head) -> Submission {
     submitter::operation(
-        &format!("anchor:{}", hex::encode(head.hash)),
+        &format!("{ANCHOR_PREFIX}{}", hex::encode(head.hash)),
         ACCESS_CONTROL,
         "anchor-audit",
         &[
@@ -74,7 +77,8 @@ impl Anchors {
             made_at: crate::clock::now_ms(),
             ..Anchors::default()
         };
-        for s in store.submissions()? {
+        // the anchors alone (not every operation ever made: one a grant), by their ids' prefix
+        for s in store.submissions_prefixed(ANCHOR_PREFIX)? {
             if let Some(n) = covers(&s) {
                 if n >= a.covered {
                     a.covered = n;
@@ -222,6 +226,38 @@ mod tests {
     use super::*;
     use crate::audit::{Event, Record};
     use crate::store::{RedisStore, SubmissionState};
+
+    /// The anchors are read by their ids' prefix, not among every operation ever made (one a
+    /// grant, read whole at each start and takeover): an operation of another kind that does
+    /// not decode does not stop the anchoring.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_anchors_are_read_by_their_ids_alone() {
+        let redis = crate::dev::test_redis().await;
+        let store = RedisStore::open(redis.url.as_str(), "b:").unwrap();
+        let anchor = operation(&Head {
+            seq: 7,
+            hash: [3; 32],
+        });
+        store
+            .apply(Batch {
+                submissions: vec![anchor.clone()],
+                ..Batch::default()
+            })
+            .unwrap();
+        let mut raw = redis::Client::open(redis.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        redis::cmd("HSET")
+            .arg("b:submissions")
+            .arg("record:garbled")
+            .arg(b"\x00not an operation".as_slice())
+            .query::<()>(&mut raw)
+            .unwrap();
+        assert!(store.submissions().is_err(), "the garbled row is there");
+        let a = Anchors::read(&store).unwrap();
+        assert_eq!((a.covered, a.open), (7, Some(anchor.id)));
+    }
 
     async fn entry(store: &Arc<dyn Store>) {
         let batch = Batch {
