@@ -320,10 +320,17 @@ macro_rules! typed_reads {
         }
 
         fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
-            self.scan(PAGING)?
+            Ok(self
+                .scan(PAGING)?
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), dec(k, v)?)))
-                .collect()
+                .filter_map(|(k, v)| match dec(k, v) {
+                    Ok(v) => Some((k.clone(), v)),
+                    Err(e) => {
+                        tracing::error!(key = %k, error = %e, "an on-call row is not JSON: left out");
+                        None
+                    }
+                })
+                .collect())
         }
 
         fn notices(&self) -> Result<Vec<Notice>, StoreError> {
