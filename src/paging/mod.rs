@@ -828,18 +828,30 @@ impl OnCall {
                 state.shifts.insert(principal, fact);
             }
             Some(Change::Synced { source, roster }) => {
-                let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-                let h = health.entry(source.clone()).or_default();
-                h.last_success = Some(roster.synced_at);
-                h.last_attempt = Some(roster.synced_at);
-                h.last_error = None;
-                h.consecutive_failures = 0;
+                self.synced(&source, roster.synced_at);
                 state.rosters.insert(source, roster);
             }
             Some(_) => {}
-            None => return Ok(Applied::Superseded),
+            None => {
+                if let Change::Synced { source, roster } = change {
+                    // a round that succeeded, though another replica's later one stands: its
+                    // source is as healthy as that says (its errors before are over)
+                    self.synced(source, roster.synced_at);
+                }
+                return Ok(Applied::Superseded);
+            }
         }
         Ok(Applied::Changed)
+    }
+
+    /// Records a sync round of `source` that began at `at` and succeeded.
+    fn synced(&self, source: &str, at: u64) {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let h = health.entry(source.to_string()).or_default();
+        h.last_success = h.last_success.max(Some(at));
+        h.last_attempt = h.last_attempt.max(Some(at));
+        h.last_error = None;
+        h.consecutive_failures = 0;
     }
 
     /// With replicas, deletes the rows `keys` still aged out as stored, each by a write of its
@@ -1120,10 +1132,17 @@ mod tests {
             oncall.apply(synced(120), None).await.unwrap(),
             Applied::Changed
         );
+        // a round that failed, then one that succeeded but was set aside (another replica's
+        // later round stands): the source is healthy again (before, its error and count of
+        // failures stayed, /readyz said degraded and alerts fired while syncs worked)
+        oncall.sync_failed("pagerduty", 110, "timed out".into());
         assert_eq!(
-            oncall.apply(synced(100), None).await.unwrap(),
+            oncall.apply(synced(115), None).await.unwrap(),
             Applied::Superseded
         );
+        let h = &oncall.health()["pagerduty"];
+        assert_eq!((h.consecutive_failures, &h.last_error), (0, &None));
+        assert_eq!(h.last_success, Some(120));
         assert_eq!(
             oncall.apply(synced(130), None).await.unwrap(),
             Applied::Changed
