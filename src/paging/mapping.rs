@@ -46,6 +46,7 @@ impl Mapping {
             responders: HashMap<String, String>,
         }
         let mut out = HashMap::new();
+        let mut ambiguous = std::collections::HashSet::new();
         let Some(path) = &self.file else {
             return Ok(out);
         };
@@ -57,35 +58,86 @@ impl Mapping {
             let address = principal
                 .parse::<crate::stacks::Address>()
                 .map_err(|e| bad(format!("the principal {principal:?} of an entry: {e}")))?;
-            // as every principal is written elsewhere (lookups compare the text)
-            out.insert(id.to_lowercase(), address.to_string());
+            // as every principal is written elsewhere (lookups compare the text); two entries
+            // that differ only in case, for two principals, map to no one
+            let id = id.to_lowercase();
+            if out
+                .insert(id.clone(), address.to_string())
+                .is_some_and(|before| before != address.to_string())
+            {
+                ambiguous.insert(id);
+            }
         }
+        settle(&mut out, ambiguous, "the mapping file");
         Ok(out)
     }
 
     /// The mapping now, for one webhook or sync round.
     pub fn snapshot(&self) -> Result<HashMap<String, String>, MappingError> {
         let mut map = HashMap::new();
+        let mut ambiguous = std::collections::HashSet::new();
         for e in self.store.directory_entries()? {
             for id in &e.paging_ids {
-                map.insert(id.to_lowercase(), e.principal.to_string());
+                let id = id.to_lowercase();
+                let principal = e.principal.to_string();
+                if map
+                    .insert(id.clone(), principal.clone())
+                    .is_some_and(|before| before != principal)
+                {
+                    ambiguous.insert(id);
+                }
             }
         }
+        // a paging id two clinicians' entries carry (a typo, an import's mistake) maps to
+        // neither: its pages would reach the wrong clinician
+        settle(&mut map, ambiguous, "the provider directory");
         // the operator's file wins over the directory
         map.extend(self.read_file()?);
         Ok(map)
     }
 
-    /// The principal of the first of `ids` (a user id, an email) that maps; a principal
-    /// itself maps to itself, written as every principal is (c32 decoding also takes lower
-    /// case and look-alike letters, and lookups compare the text).
+    /// The principal that `ids` (a user's id, email: one person's) map to; a principal itself
+    /// maps to itself, written as every principal is (c32 decoding also takes lower case and
+    /// look-alike letters, and lookups compare the text). None when none maps, or when two
+    /// map to different principals (the sources disagree about who this is).
     pub fn resolve(map: &HashMap<String, String>, ids: &[&str]) -> Option<String> {
-        ids.iter().find_map(|id| {
-            if let Ok(address) = id.parse::<crate::stacks::Address>() {
-                return Some(address.to_string());
+        let mut found: Option<String> = None;
+        for id in ids {
+            let principal = match id.parse::<crate::stacks::Address>() {
+                Ok(address) => Some(address.to_string()),
+                Err(_) => map.get(&id.to_lowercase()).cloned(),
+            };
+            match (&found, principal) {
+                (_, None) => {}
+                (None, p) => found = p,
+                (Some(f), Some(p)) if *f == p => {}
+                (Some(_), Some(_)) => {
+                    tracing::warn!("a paged user's ids map to two principals: mapped to no one (see the mapping file and the directory's pager ids)");
+                    return None;
+                }
             }
-            map.get(&id.to_lowercase()).cloned()
-        })
+        }
+        found
+    }
+}
+
+/// Leaves out of `map` the paging ids that named two principals in `source` (logged by count:
+/// paging ids can be staff emails).
+fn settle(
+    map: &mut HashMap<String, String>,
+    ambiguous: std::collections::HashSet<String>,
+    source: &str,
+) {
+    if ambiguous.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        ids = ambiguous.len(),
+        source,
+        "paging ids that name two principals map to no one"
+    );
+    for id in ambiguous {
+        map.remove(&id);
     }
 }
 
@@ -132,5 +184,56 @@ mod tests {
         .unwrap();
         let e = mapping.snapshot().unwrap_err().to_string();
         assert!(e.contains("ST-not") && !e.contains("ana@"), "{e}");
+    }
+
+    /// A paging id two clinicians' directory entries carry maps to neither (before, the later
+    /// principal in key order took the other's pages), and a paged user whose ids the sources
+    /// map to two principals maps to no one (before, the first id's won, the directory's
+    /// user id over the operator's file's email).
+    #[test]
+    fn a_paging_id_that_names_two_clinicians_maps_to_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let (a, b) = (
+            "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM",
+            "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB",
+        );
+        let entry = |principal: &str, ids: &[&str]| crate::domain::ProviderEntry {
+            principal: principal.parse().unwrap(),
+            display_name: "someone".into(),
+            role: crate::domain::Role::Nurse,
+            department: None,
+            organization: None,
+            paging_ids: ids.iter().map(|i| i.to_string()).collect(),
+        };
+        store
+            .apply(crate::store::Batch {
+                directory: vec![
+                    (a.parse().unwrap(), Some(entry(a, &["PX1", "PA"]))),
+                    (b.parse().unwrap(), Some(entry(b, &["px1", "PB"]))),
+                ],
+                ..Default::default()
+            })
+            .unwrap();
+        let file = dir.path().join("mapping.toml");
+        std::fs::write(&file, format!("[responders]\n\"bo@h.example\" = \"{a}\"\n")).unwrap();
+        let map = Mapping::load(Some(&file), store)
+            .unwrap()
+            .snapshot()
+            .unwrap();
+        assert_eq!(map.get("px1"), None);
+        assert_eq!(map.get("pa").map(String::as_str), Some(a));
+        assert_eq!(Mapping::resolve(&map, &["PX1"]), None);
+        // one person's ids, mapped alike, and mapped apart
+        assert_eq!(
+            Mapping::resolve(&map, &["PA", "bo@h.example"]).as_deref(),
+            Some(a)
+        );
+        assert_eq!(Mapping::resolve(&map, &["PB", "bo@h.example"]), None);
+        assert_eq!(
+            Mapping::resolve(&map, &["PB", "nobody@h.example"]).as_deref(),
+            Some(b)
+        );
     }
 }
