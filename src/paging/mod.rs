@@ -255,32 +255,24 @@ const FRESH_MS: u64 = 100;
 fn read_stored(store: &dyn Store) -> Result<(State, HashMap<String, u64>), StoreError> {
     let mut state = State::default();
     let mut synced = HashMap::new();
-    // a row that does not read as what its key says is left out, logged: the rest of who is on
-    // call is read (before, one such row failed the whole read, and each replica went on
-    // answering from what it knew last, however old). Left out, it puts no one on call
     for (key, value) in store.paging()? {
-        let read = (|| -> Result<(), serde_json::Error> {
-            if let Some(k) = key.strip_prefix(INCIDENT) {
-                state
-                    .incidents
-                    .insert(k.to_string(), serde_json::from_value(value)?);
-            } else if let Some(p) = key.strip_prefix(SHIFT) {
-                state
-                    .shifts
-                    .insert(p.to_string(), serde_json::from_value(value)?);
-            } else if let Some(source) = key.strip_prefix(ROSTER) {
-                let roster: Roster = serde_json::from_value(value)?;
-                synced.insert(source.to_string(), roster.synced_at);
-                state.rosters.insert(source.to_string(), roster);
-            } else if let Some(d) = key.strip_prefix(SEEN) {
-                state
-                    .seen
-                    .insert(d.to_string(), serde_json::from_value(value)?);
-            }
-            Ok(())
-        })();
-        if let Err(e) = read {
-            tracing::error!(%key, error = %e, "an on-call row does not read as its kind: left out");
+        let bad = |e: serde_json::Error| StoreError::Corrupt(key.clone(), e.to_string());
+        if let Some(k) = key.strip_prefix(INCIDENT) {
+            state
+                .incidents
+                .insert(k.to_string(), serde_json::from_value(value).map_err(bad)?);
+        } else if let Some(p) = key.strip_prefix(SHIFT) {
+            state
+                .shifts
+                .insert(p.to_string(), serde_json::from_value(value).map_err(bad)?);
+        } else if let Some(source) = key.strip_prefix(ROSTER) {
+            let roster: Roster = serde_json::from_value(value).map_err(bad)?;
+            synced.insert(source.to_string(), roster.synced_at);
+            state.rosters.insert(source.to_string(), roster);
+        } else if let Some(d) = key.strip_prefix(SEEN) {
+            state
+                .seen
+                .insert(d.to_string(), serde_json::from_value(value).map_err(bad)?);
         }
     }
     Ok((state, synced))
@@ -1052,64 +1044,6 @@ mod tests {
         assert_eq!(
             store.paging_row(&row).unwrap(),
             Some(json(&resolved).unwrap())
-        );
-    }
-
-    /// Replicas on one Redis: another replica resolves the incident, and a row that does not
-    /// read (not JSON, or not what its key says) sits beside it. This replica reads the
-    /// resolve and leaves the bad rows out. Before, either row failed the whole read, and this
-    /// replica answered from what it knew last: the responder on call until the incident aged
-    /// out.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_row_that_does_not_read_does_not_keep_another_replicas_resolve_from_this_one() {
-        let redis = crate::dev::test_redis().await;
-        let store: Arc<dyn Store> =
-            Arc::new(crate::store::RedisStore::open(redis.url.as_str(), "r:").unwrap());
-        let mut settings = OnCallSettings::default();
-        settings.pagerduty.webhook_secrets_file = Some("pagerduty-secrets".into());
-        let oncall = OnCall::load(&settings, store.clone())
-            .unwrap()
-            .shared_with_replicas(true);
-        let t = now_secs();
-        oncall.apply(page(false, t), None).await.unwrap();
-        let who = "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM";
-        assert!(matches!(oncall.lookup(who, t), Lookup::OnCall(_)));
-        let resolved = Incident {
-            source: "pagerduty".into(),
-            id: "i1".into(),
-            service: None,
-            responders: vec![],
-            since: t,
-            updated: t + 1,
-            resolved: true,
-            acknowledged: false,
-        };
-        store
-            .apply(Batch {
-                paging: vec![
-                    (
-                        format!("{INCIDENT}pagerduty:i1"),
-                        Some(json(&resolved).unwrap()),
-                    ),
-                    (format!("{SEEN}bad"), Some(serde_json::json!("not a time"))),
-                ],
-                ..Batch::default()
-            })
-            .unwrap();
-        let mut raw = redis::Client::open(redis.url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        redis::cmd("HSET")
-            .arg("r:paging")
-            .arg(format!("{INCIDENT}garbled"))
-            .arg(b"\x00not json".as_slice())
-            .query::<()>(&mut raw)
-            .unwrap();
-        oncall.reload_if_shared();
-        assert!(
-            matches!(oncall.lookup(who, t), Lookup::NotOnCall),
-            "the resolve read"
         );
     }
 

@@ -775,8 +775,7 @@ pub trait Store: Send + Sync + 'static {
     /// A provider's directory entry.
     fn directory_entry(&self, principal: &Address) -> Result<Option<ProviderEntry>, StoreError>;
     fn directory_entries(&self) -> Result<Vec<ProviderEntry>, StoreError>;
-    /// Every on-call entry of the paging integrations; one that is not JSON is left out (and
-    /// logged): the rest of who is on call does not wait on it.
+    /// Every on-call entry of the paging integrations.
     fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
     /// One on-call entry of the paging integrations.
     fn paging_row(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError>;

@@ -320,17 +320,10 @@ macro_rules! typed_reads {
         }
 
         fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
-            Ok(self
-                .scan(PAGING)?
+            self.scan(PAGING)?
                 .iter()
-                .filter_map(|(k, v)| match dec(k, v) {
-                    Ok(v) => Some((k.clone(), v)),
-                    Err(e) => {
-                        tracing::error!(key = %k, error = %e, "an on-call row is not JSON: left out");
-                        None
-                    }
-                })
-                .collect())
+                .map(|(k, v)| Ok((k.clone(), dec(k, v)?)))
+                .collect()
         }
 
         fn notices(&self) -> Result<Vec<Notice>, StoreError> {
