@@ -217,10 +217,11 @@ pub fn parse(body: &[u8], id_system: &str) -> Result<Summary, String> {
     Ok(Summary { patient, resources })
 }
 
-/// A deserializer's message with what it quotes of the document left out: serde says what it
-/// did not expect with its value (`invalid type: string "Penicillin…", expected …`) or its
-/// name (`unknown field `…``), which may be clinical content; what it expected (the
-/// specification's element names) stays.
+/// A deserializer's message with what it says of the document left out: serde says what it
+/// did not expect with its value (`invalid type: string "Penicillin…", expected …`, or
+/// unquoted: `invalid value: HIV positive, expected a boolean`) or its name (`unknown field
+/// `…``), which may be clinical content; what it expected (the specification's element
+/// names) stays.
 fn without_values(message: &str) -> String {
     let mut out = String::new();
     let mut rest = message;
@@ -239,13 +240,9 @@ fn without_values(message: &str) -> String {
             .find(", expected")
             .map_or(rest.len(), |e| start + e);
         out.push_str(&rest[..start]);
-        // the kind of value (`string`, `integer`, `map`), not the value
-        let kind = rest[start..end]
-            .split(['"', '`'])
-            .next()
-            .unwrap_or("")
-            .trim();
-        out.push_str(if kind.is_empty() { "(not shown)" } else { kind });
+        // not even its kind: a value of another kind is said without quotes (`invalid value:
+        // HIV positive, expected a boolean`)
+        out.push_str("(not shown)");
         rest = &rest[end..];
     }
     out.push_str(rest);
@@ -400,7 +397,11 @@ mod tests {
         }
         assert_eq!(
             without_values("invalid type: string \"Penicillin\", expected a map"),
-            "invalid type: string, expected a map"
+            "invalid type: (not shown), expected a map"
+        );
+        assert_eq!(
+            without_values("invalid value: HIV positive, expected a boolean"),
+            "invalid value: (not shown), expected a boolean"
         );
         assert_eq!(
             without_values("unknown field `HIV`, expected one of `id`, `meta`"),
@@ -408,7 +409,7 @@ mod tests {
         );
         assert_eq!(
             without_values("invalid type: integer `5`, expected a string"),
-            "invalid type: integer, expected a string"
+            "invalid type: (not shown), expected a string"
         );
         let huge = vec![b' '; MAX_BYTES + 1];
         assert!(parse(&huge, SYSTEM).unwrap_err().contains("at most"));

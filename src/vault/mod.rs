@@ -3,8 +3,8 @@
 //! (`set-summary-hash`, through the submitter), and served only to a valid break-glass token
 //! for that patient, only the resources its scopes cover (`scope.rs`), only when the stored
 //! summary still hashes to what the chain says. An import keeps the summary it replaces, if the
-//! chain has its hash, until the chain has the new one's: reads serve it meanwhile (with an
-//! `OperationOutcome` saying so), not a refusal. The token's revocation (and its clinician's
+//! chain has its hash: while the new one's hash is on its way to the chain (its operation
+//! open), reads serve the kept one (with an `OperationOutcome` saying so), not a refusal. The token's revocation (and its clinician's
 //! standing) is checked first and again once the summary is checked, which may wait on the
 //! node: nothing is served past a revocation written meanwhile.
 //!
@@ -193,14 +193,22 @@ fn on_chain(
     patient: &PatientId,
     hash: &str,
 ) -> Result<bool, Refusal> {
-    if matches!(store.summary_hash(patient), Ok(Some(Some(h))) if h.hash == hash) {
-        return Ok(true);
+    // the cache, when it holds the chain's hash (or that it has none), says
+    if let Ok(Some(cached)) = store.summary_hash(patient) {
+        return Ok(cached.is_some_and(|h| h.hash == hash));
     }
-    Ok(store
-        .submissions_prefixed(&format!("summary:{patient}:{hash}"))
+    // else the latest of our operations of the patient's summary mined: one that recorded this
+    // hash once, and another since, does not count
+    let latest = store
+        .submissions_prefixed(&format!("summary:{patient}:"))
         .map_err(store_unavailable)?
-        .iter()
-        .any(|s| matches!(s.state, crate::store::SubmissionState::Confirmed { .. })))
+        .into_iter()
+        .filter_map(|s| match s.state {
+            crate::store::SubmissionState::Confirmed { height, .. } => Some((height, s.id)),
+            _ => None,
+        })
+        .max_by_key(|(height, _)| *height);
+    Ok(latest.is_some_and(|(_, id)| id.starts_with(&format!("summary:{patient}:{hash}"))))
 }
 
 /// Whether an operation of ours is recording `hash` (hex) as `patient`'s summary hash.
@@ -216,6 +224,9 @@ fn recording(
         .any(crate::store::Submission::is_open))
 }
 
+/// How many summaries `rekey_summaries` writes at once.
+const REKEY_BATCH: usize = 32;
+
 /// Seals every stored summary (and the one kept before it) that is not sealed with the current
 /// data key again with it (after `keys rotate-data`, with `patients rekey`), with its digest
 /// (the sealed bytes are new; the plain bytes, whose hash is on chain, are not). Returns how
@@ -225,6 +236,7 @@ pub async fn rekey_summaries(
     keyring: &Keyring,
 ) -> anyhow::Result<usize> {
     let mut batch = Batch::default();
+    let mut n = 0;
     for patient in store.summary_patients()? {
         let Some(sealed) = store.summary(&patient)? else {
             continue;
@@ -233,21 +245,31 @@ pub async fn rekey_summaries(
             continue;
         }
         let name = crate::seal::names::summary(&patient);
-        let plain = keyring.open(&name, &sealed)?;
+        let plain = keyring.open(&name, &sealed).map_err(|e| {
+            anyhow::anyhow!("the summary of patient {patient} does not open ({e}): those before it are sealed again; restore its key to the ring, or import it again")
+        })?;
         let sealed = keyring.seal(&name, &plain)?;
         let digest = crate::store::SummaryDigest::of(&plain, &sealed);
         batch.summaries.push((patient, Some(sealed)));
         batch.summary_digests.push((patient, Some(digest)));
+        n += 1;
+        // (summaries are up to 2 MiB each: written a few at a time)
+        if batch.summaries.len() == REKEY_BATCH {
+            apply_async(store, std::mem::take(&mut batch)).await?;
+        }
     }
     for patient in store.summary_patients()? {
         let name = crate::seal::names::summary(&patient);
         if let Some(sealed) = store.previous_summary(&patient)? {
             if let Some(sealed) = keyring.reseal(&name, &sealed)? {
                 batch.previous_summaries.push((patient, Some(sealed)));
+                n += 1;
+                if batch.previous_summaries.len() == REKEY_BATCH {
+                    apply_async(store, std::mem::take(&mut batch)).await?;
+                }
             }
         }
     }
-    let n = batch.summaries.len() + batch.previous_summaries.len();
     apply_async(store, batch).await?;
     Ok(n)
 }
@@ -507,18 +529,21 @@ impl Vault {
         };
         let (bytes, previous) = if on_chain.hash == hash {
             (bytes, false)
-        } else {
+        } else if recording(&self.state.store, patient, &hash)? {
+            // an update on its way to the chain: the summary before it, if the chain has its
+            // hash, is read meanwhile
             match self.previous(patient, &on_chain.hash)? {
                 Some(bytes) => (bytes, true),
-                None if recording(&self.state.store, patient, &hash)? => {
+                None => {
                     tracing::info!(%patient, "a summary whose hash the chain does not have yet, and none before it that it has: nothing served until it does");
                     return Err(refusal(409, "summary-update-pending", "Summary update pending", "the summary was updated and its hash is not on chain yet, so it cannot be checked; try again in a minute"));
                 }
-                None => {
-                    tracing::error!(%patient, "the stored summary does not hash to the chain's record");
-                    return Err(refusal(502, "summary-integrity", "Summary failed its integrity check", "the stored summary does not match its hash on chain (it was changed off chain, or the chain's record was); nothing is served"));
-                }
             }
+        } else {
+            // none on its way (recorded and changed since, or refused): the chain and the
+            // store disagree
+            tracing::error!(%patient, "the stored summary does not hash to the chain's record");
+            return Err(refusal(502, "summary-integrity", "Summary failed its integrity check", "the stored summary does not match its hash on chain (it was changed off chain, or the chain's record was); nothing is served"));
         };
         bundle::parse(&bytes, &self.patient_id_system)
             .map(|s| (s.resources, previous))

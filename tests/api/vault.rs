@@ -791,4 +791,52 @@ async fn an_updated_summary_is_read_as_the_chain_has_it_until_the_chain_has_the_
         (reads().await == (json!("unable-to-assess"), false, json!(2))).then_some(())
     })
     .await;
+    // the first imported again (its first operation mined long ago, the chain's hash another's
+    // since), then another: the summary kept is still the one the chain has, and is read
+    // (before, the first's old confirmed operation counted it as on chain: it was kept instead,
+    // and the reads refused 409)
+    for body in [first.clone(), {
+        let mut fifth: Json = serde_json::from_slice(&third).unwrap();
+        fifth["entry"][2]["resource"]["criticality"] = "low".into();
+        fifth["entry"][3]["resource"]["criticality"] = "unable-to-assess".into();
+        serde_json::to_vec(&fifth).unwrap()
+    }] {
+        let (s, imported) = import(&env, body).await;
+        assert_eq!(s, 201, "{imported}");
+    }
+    assert_eq!(reads().await, (json!("unable-to-assess"), true, json!(2)));
+    // an update the chain will not have (its operation failed): not on its way, so the chain
+    // and the store disagree, and nothing is served, as before (not the kept summary)
+    let mut fourth: Json = serde_json::from_slice(&third).unwrap();
+    fourth["entry"][3]["resource"]["criticality"] = "high".into();
+    let (s, imported) = import(&env, serde_json::to_vec(&fourth).unwrap()).await;
+    assert_eq!(s, 201, "{imported}");
+    let mut refused = env
+        .app
+        .store
+        .submission(imported["operation"].as_str().unwrap())
+        .unwrap()
+        .unwrap();
+    refused.state = breakglass::store::SubmissionState::Failed {
+        txid: "00".repeat(32),
+        height: 1,
+        result: "(err u226)".into(),
+        nonce: None,
+        raw: None,
+    };
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            submissions: vec![refused],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (s, bundle, _) = read(&env, &path, g["access_token"].as_str().unwrap()).await;
+    assert_eq!(
+        (s, &bundle["code"]),
+        (502, &json!("summary-integrity")),
+        "{bundle}"
+    );
 }
