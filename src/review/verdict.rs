@@ -309,9 +309,9 @@ pub async fn rekey_notes(
             continue;
         };
         v.note_sealed = hex::encode(sealed);
-        batch.verdicts.push(v);
+        batch.resealed_verdicts.push(v);
         n += 1;
-        if batch.verdicts.len() == 1000 {
+        if batch.resealed_verdicts.len() == 1000 {
             apply_async(store, std::mem::take(&mut batch)).await?;
         }
     }
@@ -322,6 +322,69 @@ pub async fn rekey_notes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On Redis too (where a new verdict must be the first of its access, and comes with its
+    /// audit entry): each attempt's note is sealed again with the current key, and opens with
+    /// it alone. Before, the rekey's write was refused there, and the rotation stopped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notes_are_sealed_again_on_redis_too() {
+        let redis = crate::dev::test_redis().await;
+        let store: std::sync::Arc<dyn crate::store::Store> =
+            std::sync::Arc::new(crate::store::RedisStore::open(redis.url.as_str(), "v:").unwrap());
+        let (old, new) = ([1; 32], [2; 32]);
+        let before = crate::seal::Keyring::from_keys(&[old]).unwrap();
+        let id = crate::access::access_id(7);
+        let verdict = |attempt: u32| Verdict {
+            access_id: id,
+            reviewer: "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".parse().unwrap(),
+            verdict: VerdictKind::Appropriate,
+            note_sealed: hex::encode(
+                before
+                    .seal(
+                        &crate::seal::names::note(&id),
+                        format!("note {attempt}").as_bytes(),
+                    )
+                    .unwrap(),
+            ),
+            note_hash: String::new(),
+            signature: String::new(),
+            at: 1_000,
+            revoked: false,
+            attempt,
+        };
+        for attempt in [0, 1] {
+            apply_async(
+                &store,
+                Batch {
+                    verdicts: vec![verdict(attempt)],
+                    audit: vec![Record::now(Event::SignIn {
+                        reviewer: None,
+                        outcome: "a verdict's entry".into(),
+                    })],
+                    ..Batch::default()
+                },
+            )
+            .await
+            .unwrap();
+        }
+        // (the current key last)
+        let both = crate::seal::Keyring::from_keys(&[old, new]).unwrap();
+        assert_eq!(rekey_notes(&store, &both).await.unwrap(), 2);
+        let after = crate::seal::Keyring::from_keys(&[new]).unwrap();
+        let mut notes: Vec<String> = store
+            .every_verdict()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                after
+                    .open_text(&crate::seal::names::note(&id), &v.note_sealed)
+                    .unwrap()
+            })
+            .collect();
+        notes.sort();
+        assert_eq!(notes, ["note 0", "note 1"]);
+        assert_eq!(rekey_notes(&store, &both).await.unwrap(), 0);
+    }
 
     #[test]
     fn a_line_break_counts_as_one_character_of_a_note() {

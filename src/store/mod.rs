@@ -497,6 +497,11 @@ pub struct Batch {
     /// Reviewers' verdicts.
     #[serde(default)]
     pub verdicts: Vec<Verdict>,
+    /// Verdicts already stored, written again with their notes sealed with the current data
+    /// key (`patients rekey`): not new verdicts, so neither checked as one (shared stores
+    /// refuse a second verdict of an access) nor logged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resealed_verdicts: Vec<Verdict>,
     /// Patients' emergency summaries, sealed (`vault`); `None` removes one.
     #[serde(default)]
     pub summaries: Vec<(PatientId, Option<Vec<u8>>)>,
@@ -592,6 +597,7 @@ impl Batch {
         self.paging.extend(later.paging);
         self.audit.extend(later.audit);
         self.verdicts.extend(later.verdicts);
+        self.resealed_verdicts.extend(later.resealed_verdicts);
         self.summaries.extend(later.summaries);
         self.previous_summaries.extend(later.previous_summaries);
         self.summary_digests.extend(later.summary_digests);
@@ -628,6 +634,7 @@ impl Batch {
             && self.paging.is_empty()
             && self.audit.is_empty()
             && self.verdicts.is_empty()
+            && self.resealed_verdicts.is_empty()
             && self.summaries.is_empty()
             && self.previous_summaries.is_empty()
             && self.summary_digests.is_empty()

@@ -327,7 +327,11 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     rows(
         &mut out,
         VERDICTS,
-        batch.verdicts.iter().map(|v| (v.key(), v)),
+        batch
+            .verdicts
+            .iter()
+            .chain(&batch.resealed_verdicts)
+            .map(|v| (v.key(), v)),
     )?;
     Ok(out)
 }
