@@ -131,14 +131,22 @@ impl BreakGlass {
         // the write is handed to the journal first, the token signed while it syncs: the
         // token leaves only once the record is durable, and is dropped if it never is
         let writing = std::time::Instant::now();
-        let written = apply_started(&self.state.store, batch);
+        let mut written = Box::pin(apply_started(&self.state.store, batch));
         let claims = self.tokens.claims(&access);
         let token = self.tokens.issue(&claims);
         // a store that does not answer (a hung server, a disk stalled) gets a clear refusal
         // within `WRITE_WAIT`, not a clinician waiting on it; the write may still land (then
         // the access is recorded, on chain and notified, with no token: `Refusal::recorded`)
-        let Ok(written) = tokio::time::timeout(WRITE_WAIT, written).await else {
+        let Ok(written) = tokio::time::timeout(WRITE_WAIT, &mut written).await else {
             tracing::error!(access = %access.id, waited_ms = WRITE_WAIT.as_millis() as u64, "the access's durable write did not answer in time: no token issued");
+            // if it lands after all, its record says the token never left
+            tokio::spawn(withheld(
+                self.state.store.clone(),
+                written,
+                access.id,
+                access.patient,
+                access.expires_at,
+            ));
             return Err(Refusal::new(
                 503,
                 "audit-pending",
@@ -189,5 +197,51 @@ impl BreakGlass {
             access,
             token,
         })
+    }
+}
+
+/// Who revokes a token that never left: the service, for a grant whose durable write answered
+/// after the clinician was refused (`audit-pending`).
+pub const WITHHELD_BY: &str = "breakglass: token never issued (the grant's write answered late)";
+
+/// Waits for `written`, a grant's write that did not answer in time (its clinician refused
+/// 503 `audit-pending`, no token issued). If it lands, the access is on record as any grant
+/// (recorded on chain, notified, reviewed), so its token is revoked in the log beside it: a
+/// reviewer reads that it never left, and no copy of it is honoured. (A process that stops
+/// meanwhile does not: the access then reads as any grant.)
+async fn withheld(
+    store: std::sync::Arc<dyn crate::store::Store>,
+    written: std::pin::Pin<Box<impl std::future::Future<Output = Result<(), StoreError>>>>,
+    access: crate::domain::AccessId,
+    patient: crate::domain::PatientId,
+    expires_at: u64,
+) {
+    let landed = match written.await {
+        Ok(()) => true,
+        // an error may have landed all the same (acknowledged by fewer replicas than asked, a
+        // copy sent from a dropped connection): once it could have, the store says
+        Err(_) => {
+            tokio::time::sleep(WRITE_WAIT).await;
+            let store = store.clone();
+            matches!(
+                tokio::task::spawn_blocking(move || store.access(&access)).await,
+                Ok(Ok(Some(_)))
+            )
+        }
+    };
+    if !landed {
+        return;
+    }
+    let batch = Batch {
+        revoked: vec![(access.to_string(), expires_at)],
+        audit: vec![crate::audit::Record::now(crate::audit::Event::Revocation {
+            jti: access.to_string(),
+            by: WITHHELD_BY.into(),
+            patient: Some(patient),
+        })],
+        ..Batch::default()
+    };
+    if let Err(e) = crate::store::apply_async(&store, batch).await {
+        tracing::error!(%access, error = %e, "a grant written after its clinician was refused could not be marked as never issued");
     }
 }

@@ -36,6 +36,7 @@ pub use view::{chain_view, ChainView};
 
 pub mod follow_up;
 mod grant;
+pub use grant::WITHHELD_BY;
 pub mod reasons;
 mod steps;
 mod view;
@@ -78,7 +79,16 @@ pub struct BreakGlass {
     /// break-glass request, each a read from the node (`LOOKUPS_PER_SECOND`, all askers
     /// together: `bounded_lookup`).
     lookups: governor::DefaultDirectRateLimiter,
+    /// Each principal the provider directory lists, past `lookups`: one lookup every
+    /// `LISTED_LOOKUP_SECS` (keyed by listed principals only, so as many as the staff).
+    listed_lookups: governor::DefaultKeyedRateLimiter<Address>,
 }
+
+/// How often a principal the provider directory lists is looked up on the node past the
+/// shared bound (`bounded_lookup`): a registered clinician is cached after one, but one the
+/// chain does not know is remembered only until the next block, and not at all once that
+/// memory is full.
+pub const LISTED_LOOKUP_SECS: u64 = 5;
 
 /// One signed request refused for one reason: the SIP-018 hash of what was signed (a request
 /// signed anew with the same nonce, which a refusal gives back, is another request) and the
@@ -116,8 +126,8 @@ pub const REFUSAL_ENTRIES_PER_MINUTE: u32 = 20;
 /// a key made on the spot, and each is a read from the node (which the follower reads too);
 /// beyond, 503 `too-many-lookups` (the page asks again; a refused request may be sent again
 /// as it is). A clinician the cache holds (one who has used the service since a block last
-/// named them), or the provider directory lists, is never bounded: the directory is as long as
-/// the hospital's staff, and what the node says of each is cached until a block names them.
+/// named them) is never bounded, nor is one the provider directory lists, beyond one lookup of
+/// each every `LISTED_LOOKUP_SECS`: the directory is as long as the hospital's staff.
 pub const LOOKUPS_PER_SECOND: u32 = 20;
 
 impl BreakGlass {
@@ -162,6 +172,10 @@ impl BreakGlass {
             lookups: governor::RateLimiter::direct(governor::Quota::per_second(
                 std::num::NonZeroU32::new(LOOKUPS_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN),
             )),
+            listed_lookups: governor::RateLimiter::keyed(
+                governor::Quota::with_period(std::time::Duration::from_secs(LISTED_LOOKUP_SECS))
+                    .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN)),
+            ),
         })
     }
 
@@ -405,11 +419,13 @@ impl BreakGlass {
     /// Refuses (503 `too-many-lookups`) to look `principal` up when the cache does not know
     /// them, `LOOKUPS_PER_SECOND` such lookups were made this second already, and they are not
     /// in the provider directory (the hospital's clinicians, imported by its operators: a
-    /// flood of keys made on the spot does not keep them waiting).
+    /// flood of keys made on the spot does not keep them waiting), or were looked up in the
+    /// last `LISTED_LOOKUP_SECS` past that bound.
     fn bounded_lookup(&self, principal: &Address) -> Result<(), Refusal> {
+        let listed = || matches!(self.state.store.directory_entry(principal), Ok(Some(_)));
         if self.state.cached_provider(principal).is_none()
             && self.lookups.check().is_err()
-            && !matches!(self.state.store.directory_entry(principal), Ok(Some(_)))
+            && !(listed() && self.listed_lookups.check_key(principal).is_ok())
         {
             return Err(Refusal::new(
                 503,

@@ -189,6 +189,31 @@ async fn a_hung_redis_is_refused_within_seconds_and_the_service_resumes_with_it(
         (401, Some("replayed-request")),
         "{replay}"
     );
+    // and its record says its token never left: revoked beside it, by the service (before, it
+    // read as any grant whose clinician had the data)
+    let withheld = accesses
+        .iter()
+        .find(|id| {
+            let id = id.to_string();
+            id != first["access_id"].as_str().unwrap() && id != again["access_id"].as_str().unwrap()
+        })
+        .unwrap();
+    eventually("the withheld token revoked", SECS, async || {
+        store.revoked(&withheld.to_string()).unwrap().map(drop)
+    })
+    .await;
+    let trail: Vec<breakglass::audit::Event> = store
+        .audit_of(withheld)
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str(e.event.get()).unwrap())
+        .collect();
+    assert!(
+        trail.iter().any(|e| matches!(e,
+            breakglass::audit::Event::Revocation { by, .. } if by == breakglass::access::WITHHELD_BY)),
+        "{:?}",
+        trail.iter().map(breakglass::audit::Event::kind).collect::<Vec<_>>()
+    );
 }
 
 /// A Redis at its `maxmemory`: a grant is refused at once (503 `audit-unavailable`, no token),
