@@ -77,6 +77,7 @@ async fn import_body(
                 title: "Malformed request",
                 detail: "the body could not be read".into(),
             }),
+            super::body::Unread::TooSlow => problem(&super::body::too_slow()),
             super::body::Unread::TooLarge => problem(&Refusal {
                 status: 413,
                 code: "import-too-large",

@@ -1,6 +1,6 @@
-//! Request bodies read as they arrive, up to a bound: a body that declares a length past it
-//! (`Content-Length`) is refused before any of it is read, and one that runs past it before the
-//! rest is read; never buffered whole first (a `web::Bytes` extractor reads up to its limit
+//! Request bodies read as they arrive, up to a bound and within `BODY_SECS`: a body that
+//! declares a length past it (`Content-Length`) is refused before any of it is read, and one
+//! that runs past it before the rest is read; never buffered whole first (a `web::Bytes` extractor reads up to its limit
 //! before the handler runs, credentials unchecked).
 //!
 //! It must not: decide what a refusal says (each caller names its own code).
@@ -15,7 +15,13 @@ pub enum Unread {
     Unreadable,
     /// It is longer than the bound.
     TooLarge,
+    /// It did not arrive within `BODY_SECS`.
+    TooSlow,
 }
+
+/// How long a body may take to arrive, from when it is first read: a client that declares a
+/// length and sends part of it (or none) holds its connection and its buffer no longer.
+pub const BODY_SECS: u64 = 10;
 
 /// Why a form was not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +30,16 @@ pub enum UnreadForm {
     NotAForm,
     /// Its body was not read.
     Body(Unread),
+}
+
+/// The refusal of a body that did not arrive within `BODY_SECS` (408 `body-too-slow`).
+pub fn too_slow() -> crate::refusal::Refusal {
+    crate::refusal::Refusal::new(
+        408,
+        "body-too-slow",
+        "Body too slow",
+        format!("the request's body did not arrive within {BODY_SECS} s; send it again"),
+    )
 }
 
 /// A form's fields, in the order they came.
@@ -80,13 +96,18 @@ pub async fn bounded(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(Unread::TooLarge);
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| Unread::Unreadable)?;
-        if body.len() + chunk.len() > max {
-            return Err(Unread::TooLarge);
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|_| Unread::Unreadable)?;
+            if body.len() + chunk.len() > max {
+                return Err(Unread::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(BODY_SECS), read)
+        .await
+        .unwrap_or(Err(Unread::TooSlow))
 }

@@ -61,6 +61,7 @@ async fn break_glass(
                 detail: "the body could not be read".into(),
             })
         }
+        Err(super::body::Unread::TooSlow) => return problem(&super::body::too_slow()),
         Err(super::body::Unread::TooLarge) => {
             return problem(&Refusal {
                 status: 413,
@@ -109,6 +110,18 @@ fn store_unavailable() -> HttpResponse {
         title: "Store unavailable",
         detail: "the store cannot be read right now; try again".into(),
     })
+}
+
+/// `refusal` as a problem; a 401 with the scheme to authenticate with (RFC 6750).
+fn challenged(refusal: &Refusal) -> HttpResponse {
+    let mut answer = problem(refusal);
+    if refusal.status == 401 {
+        answer.headers_mut().insert(
+            actix_web::http::header::WWW_AUTHENTICATE,
+            actix_web::http::header::HeaderValue::from_static("Bearer realm=\"breakglass\""),
+        );
+    }
+    answer
 }
 
 /// Who may see the whole of an access: the holder of its own token (while it is valid, not
@@ -183,21 +196,16 @@ async fn access(
         Viewer::Anyone => (false, false),
         Viewer::Holder => (true, false),
         Viewer::Admin => (true, true),
-        Viewer::NotHonoured(refusal) => return problem(&refusal),
+        Viewer::NotHonoured(refusal) => return challenged(&refusal),
         Viewer::Refused(why) => {
-            let mut answer = problem(&Refusal {
+            return challenged(&Refusal {
                 status: 401,
                 code: "invalid-credentials",
                 title: "Invalid credentials",
                 detail: format!(
                     "{why}: the whole access is shown to the holder of its token and to admin clients; without credentials, where its chain record stands"
                 ),
-            });
-            answer.headers_mut().insert(
-                actix_web::http::header::WWW_AUTHENTICATE,
-                actix_web::http::header::HeaderValue::from_static("Bearer realm=\"breakglass\""),
-            );
-            return answer;
+            })
         }
     };
     let store = &bg.state.store;

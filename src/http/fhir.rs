@@ -110,6 +110,7 @@ async fn import(
                 "the body could not be read",
             ))
         }
+        Err(super::body::Unread::TooSlow) => return problem(&super::body::too_slow()),
         Err(super::body::Unread::TooLarge) => {
             return problem(&Refusal::new(
                 413,

@@ -184,8 +184,6 @@ fn send_again(why: &str) -> HttpResponse {
 
 /// The largest `/new_block` body read (a block's JSON with its transactions and events).
 const MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
-/// How long a `/new_block` body may take to arrive, once admitted.
-const EVENT_READ_AT_MOST: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn new_block(
     req: actix_web::HttpRequest,
@@ -200,13 +198,9 @@ async fn new_block(
     let refused = |status, code, title, detail: String| {
         problem::problem(&crate::refusal::Refusal::new(status, code, title, detail))
     };
-    let read = tokio::time::timeout(
-        EVENT_READ_AT_MOST,
-        body::bounded(&req, payload, MAX_EVENT_BYTES),
-    );
-    let body = match read.await {
-        Ok(Ok(body)) => body,
-        Ok(Err(body::Unread::TooLarge)) => {
+    let body = match body::bounded(&req, payload, MAX_EVENT_BYTES).await {
+        Ok(body) => body,
+        Err(body::Unread::TooLarge) => {
             return refused(
                 413,
                 "event-too-large",
@@ -214,7 +208,7 @@ async fn new_block(
                 format!("an event is at most {MAX_EVENT_BYTES} bytes"),
             )
         }
-        Ok(Err(body::Unread::Unreadable)) => {
+        Err(body::Unread::Unreadable) => {
             return refused(
                 400,
                 "malformed-event",
@@ -222,15 +216,12 @@ async fn new_block(
                 "the body could not be read".into(),
             )
         }
-        Err(_) => {
+        Err(body::Unread::TooSlow) => {
             return refused(
                 408,
                 "event-too-slow",
                 "Event too slow",
-                format!(
-                    "the body did not arrive within {} s",
-                    EVENT_READ_AT_MOST.as_secs()
-                ),
+                format!("the body did not arrive within {} s", body::BODY_SECS),
             )
         }
     };

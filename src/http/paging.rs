@@ -102,6 +102,10 @@ impl Paging {
                     "Malformed webhook",
                     "the body could not be read".into(),
                 ),
+                super::body::Unread::TooSlow => {
+                    let r = super::body::too_slow();
+                    refused(r.status, r.code, r.title, r.detail)
+                }
                 super::body::Unread::TooLarge => refused(
                     413,
                     "webhook-too-large",

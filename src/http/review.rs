@@ -419,6 +419,7 @@ async fn read_form(
                 "Form too large",
                 format!("the form is at most {} KiB", max / 1024),
             ),
+            UnreadForm::Body(Unread::TooSlow) => super::body::too_slow(),
             UnreadForm::NotAForm | UnreadForm::Body(Unread::Unreadable) => Refusal::new(
                 400,
                 "malformed-form",

@@ -99,6 +99,12 @@ async fn caller_and_token(
             UnreadForm::Body(Unread::Unreadable) => {
                 invalid_request("the body could not be read".into())
             }
+            UnreadForm::Body(Unread::TooSlow) => {
+                Box::new(HttpResponse::RequestTimeout().json(json!({
+                    "error": "invalid_request",
+                    "error_description": format!("the form did not arrive within {} s", super::body::BODY_SECS),
+                })))
+            }
         })?;
     let token = form
         .get("token")

@@ -673,6 +673,30 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
             "{path}"
         );
     }
+    // and one that carries a signature (anyone can write one) whose body never comes is let go
+    // after ten seconds (before, it held its connection and its buffer for good)
+    let mut stalled = stalled_post_with(
+        app.api_addr,
+        hook,
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Breakglass-Timestamp", "1"),
+            ("X-Breakglass-Signature", "v1=00"),
+        ],
+        1 << 10,
+        b"{",
+    )
+    .await;
+    let waited = std::time::Instant::now();
+    assert_eq!(
+        answered(&mut stalled, std::time::Duration::from_secs(20)).await,
+        Some(408)
+    );
+    assert!(
+        waited.elapsed() >= std::time::Duration::from_secs(8),
+        "{:?}",
+        waited.elapsed()
+    );
     let (status, body) = break_glass(&env, "physician", 3).await;
     assert_eq!(
         status, 201,

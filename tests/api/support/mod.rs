@@ -543,10 +543,32 @@ pub async fn stalled_post_as(
     declared: usize,
     sent: &[u8],
 ) -> tokio::net::TcpStream {
+    stalled_post_with(
+        addr,
+        path,
+        &[("Content-Type", content_type)],
+        declared,
+        sent,
+    )
+    .await
+}
+
+/// `stalled_post` with these headers (a `Content-Type` among them).
+pub async fn stalled_post_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    declared: usize,
+    sent: &[u8],
+) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let headers: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {declared}\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {declared}\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(sent).await.unwrap();
