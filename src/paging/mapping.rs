@@ -39,7 +39,11 @@ impl Mapping {
         Ok(m)
     }
 
-    fn read_file(&self) -> Result<HashMap<String, String>, MappingError> {
+    /// The file's entries, and the ids it names two principals for (left out of them).
+    #[allow(clippy::type_complexity)]
+    fn read_file(
+        &self,
+    ) -> Result<(HashMap<String, String>, std::collections::HashSet<String>), MappingError> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct File {
@@ -48,7 +52,7 @@ impl Mapping {
         let mut out = HashMap::new();
         let mut ambiguous = std::collections::HashSet::new();
         let Some(path) = &self.file else {
-            return Ok(out);
+            return Ok((out, ambiguous));
         };
         let bad = |e: String| MappingError::File(path.display().to_string(), e);
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
@@ -68,8 +72,8 @@ impl Mapping {
                 ambiguous.insert(id);
             }
         }
-        settle(&mut out, ambiguous, "the mapping file");
-        Ok(out)
+        settle(&mut out, &ambiguous, "the mapping file");
+        Ok((out, ambiguous))
     }
 
     /// The mapping now, for one webhook or sync round.
@@ -90,9 +94,14 @@ impl Mapping {
         }
         // a paging id two clinicians' entries carry (a typo, an import's mistake) maps to
         // neither: its pages would reach the wrong clinician
-        settle(&mut map, ambiguous, "the provider directory");
-        // the operator's file wins over the directory
-        map.extend(self.read_file()?);
+        settle(&mut map, &ambiguous, "the provider directory");
+        // the operator's file wins over the directory, and an id it names two principals for
+        // maps to no one (not to the directory's)
+        let (file, ambiguous) = self.read_file()?;
+        map.extend(file);
+        for id in &ambiguous {
+            map.remove(id);
+        }
         Ok(map)
     }
 
@@ -125,7 +134,7 @@ impl Mapping {
 /// paging ids can be staff emails).
 fn settle(
     map: &mut HashMap<String, String>,
-    ambiguous: std::collections::HashSet<String>,
+    ambiguous: &std::collections::HashSet<String>,
     source: &str,
 ) {
     if ambiguous.is_empty() {
@@ -137,7 +146,7 @@ fn settle(
         "paging ids that name two principals map to no one"
     );
     for id in ambiguous {
-        map.remove(&id);
+        map.remove(id);
     }
 }
 
@@ -217,15 +226,23 @@ mod tests {
             })
             .unwrap();
         let file = dir.path().join("mapping.toml");
-        std::fs::write(&file, format!("[responders]\n\"bo@h.example\" = \"{a}\"\n")).unwrap();
+        // (and the file names PA in two spellings for two principals: no one, not the
+        // directory's)
+        std::fs::write(
+            &file,
+            format!(
+                "[responders]\n\"bo@h.example\" = \"{a}\"\n\"pa\" = \"{a}\"\n\"PA\" = \"{b}\"\n"
+            ),
+        )
+        .unwrap();
         let map = Mapping::load(Some(&file), store)
             .unwrap()
             .snapshot()
             .unwrap();
         assert_eq!(map.get("px1"), None);
-        assert_eq!(map.get("pa").map(String::as_str), Some(a));
+        assert_eq!(map.get("pa"), None);
         assert_eq!(Mapping::resolve(&map, &["PX1"]), None);
-        // one person's ids, mapped alike, and mapped apart
+        // one person's ids: one that maps beside one that maps to no one, and two mapped apart
         assert_eq!(
             Mapping::resolve(&map, &["PA", "bo@h.example"]).as_deref(),
             Some(a)
