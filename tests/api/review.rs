@@ -263,7 +263,7 @@ fn txid_of(s: &breakglass::store::Submission) -> String {
     }
 }
 
-/// Puts `entry` in the provider directory, as an import would.
+/// A GET as the admin client `auditor`.
 async fn admin_get(base: &str, path: &str) -> reqwest::Response {
     reqwest::Client::new()
         .get(format!("{base}{path}"))
