@@ -130,11 +130,16 @@ pub async fn import(
     // the operations that recorded these bytes so far: the first under `operation`'s id, each
     // later one (the bytes imported again after another summary replaced them) under
     // `<id>:<n>`, n from 2
-    let made = store
+    let ops = store
         .submissions_prefixed(&op.id)
-        .map_err(store_unavailable)?
-        .len();
-    let latest = (made > 0).then(|| numbered(&op.id, made));
+        .map_err(store_unavailable)?;
+    let made = ops.len();
+    // (one the chain refused records nothing: the same bytes again get an operation of their own)
+    let refused = ops
+        .iter()
+        .find(|s| s.id == numbered(&op.id, made))
+        .is_some_and(|s| matches!(s.state, crate::store::SubmissionState::Failed { .. }));
+    let latest = (made > 0 && !refused).then(|| numbered(&op.id, made));
     let n = made + 1;
     // the same bytes as the summary stored now: their hash is recorded (or on its way) by the
     // latest of those already; else (new bytes, or bytes another summary replaced since, whose
@@ -211,17 +216,23 @@ fn on_chain(
     Ok(latest.is_some_and(|(_, id)| id.starts_with(&format!("summary:{patient}:{hash}"))))
 }
 
-/// Whether an operation of ours is recording `hash` (hex) as `patient`'s summary hash.
+/// Whether an operation of ours is recording `hash` (hex) as `patient`'s summary hash: open,
+/// or mined after the block the chain's hash was read at (`cached`: the cache has not caught
+/// up with it yet).
 fn recording(
     store: &Arc<dyn crate::store::Store>,
     patient: &PatientId,
     hash: &str,
+    cached: &crate::store::SummaryHash,
 ) -> Result<bool, Refusal> {
     Ok(store
         .submissions_prefixed(&format!("summary:{patient}:{hash}"))
         .map_err(store_unavailable)?
         .iter()
-        .any(crate::store::Submission::is_open))
+        .any(|s| match s.state {
+            crate::store::SubmissionState::Confirmed { height, .. } => height > cached.block,
+            _ => s.is_open(),
+        }))
 }
 
 /// How many summaries `rekey_summaries` writes at once.
@@ -245,9 +256,13 @@ pub async fn rekey_summaries(
             continue;
         }
         let name = crate::seal::names::summary(&patient);
-        let plain = keyring.open(&name, &sealed).map_err(|e| {
-            anyhow::anyhow!("the summary of patient {patient} does not open ({e}): those before it are sealed again; restore its key to the ring, or import it again")
-        })?;
+        let plain = match keyring.open(&name, &sealed) {
+            Ok(plain) => plain,
+            Err(e) => {
+                apply_async(store, batch).await?;
+                anyhow::bail!("the summary of patient {patient} does not open ({e}): those before it are sealed again; restore its key to the ring, or import it again");
+            }
+        };
         let sealed = keyring.seal(&name, &plain)?;
         let digest = crate::store::SummaryDigest::of(&plain, &sealed);
         batch.summaries.push((patient, Some(sealed)));
@@ -529,7 +544,7 @@ impl Vault {
         };
         let (bytes, previous) = if on_chain.hash == hash {
             (bytes, false)
-        } else if recording(&self.state.store, patient, &hash)? {
+        } else if recording(&self.state.store, patient, &hash, &on_chain)? {
             // an update on its way to the chain: the summary before it, if the chain has its
             // hash, is read meanwhile
             match self.previous(patient, &on_chain.hash)? {

@@ -811,6 +811,7 @@ async fn an_updated_summary_is_read_as_the_chain_has_it_until_the_chain_has_the_
     fourth["entry"][3]["resource"]["criticality"] = "high".into();
     let (s, imported) = import(&env, serde_json::to_vec(&fourth).unwrap()).await;
     assert_eq!(s, 201, "{imported}");
+    let refused_op = imported["operation"].as_str().unwrap().to_string();
     let mut refused = env
         .app
         .store
@@ -839,4 +840,42 @@ async fn an_updated_summary_is_read_as_the_chain_has_it_until_the_chain_has_the_
         (502, &json!("summary-integrity")),
         "{bundle}"
     );
+    // the same bytes imported again: an operation of their own, the refused one recording
+    // nothing (before, it was named again, nothing was sent, and the reads stayed refused)
+    let (s, again) = import(&env, serde_json::to_vec(&fourth).unwrap()).await;
+    assert_eq!(s, 201, "{again}");
+    let op = again["operation"].as_str().unwrap();
+    assert_ne!(op, refused_op);
+    assert!(env.app.store.submission(op).unwrap().unwrap().is_open());
+    // an update whose operation is on record as mined, in a block after the chain's hash the
+    // cache holds (the submitter found it so before the follower applied that block): on its
+    // way still, the kept summary read (before: 502 and an integrity alarm until the cache
+    // caught up)
+    let mut sixth: Json = serde_json::from_slice(&third).unwrap();
+    sixth["entry"][3]["resource"]["criticality"] = "unable-to-assess".into();
+    let (s, imported) = import(&env, serde_json::to_vec(&sixth).unwrap()).await;
+    assert_eq!(s, 201, "{imported}");
+    let mut mined = env
+        .app
+        .store
+        .submission(imported["operation"].as_str().unwrap())
+        .unwrap()
+        .unwrap();
+    mined.state = breakglass::store::SubmissionState::Confirmed {
+        txid: None,
+        height: 1_000_000,
+        result: "(ok u9)".into(),
+        nonce: None,
+        raw: None,
+    };
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            submissions: vec![mined],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(reads().await, (json!("unable-to-assess"), true, json!(2)));
 }
