@@ -167,6 +167,16 @@ impl BreakGlass {
             }
             Err(e) => {
                 tracing::error!(error = %e, access = %access.id, "the access could not be recorded: no token issued");
+                // an error may have landed all the same (acknowledged by fewer replicas than
+                // asked, a copy sent from a dropped connection): if it did, its record says
+                // the token never left
+                tokio::spawn(withheld(
+                    self.state.store.clone(),
+                    Box::pin(std::future::ready(Err(e))),
+                    access.id,
+                    access.patient,
+                    access.expires_at,
+                ));
                 return Err(Refusal::new(
                     503,
                     "audit-unavailable",
@@ -200,12 +210,23 @@ impl BreakGlass {
     }
 }
 
-/// Who revokes a token that never left: the service, for a grant whose durable write answered
-/// after the clinician was refused (`audit-pending`).
-pub const WITHHELD_BY: &str = "breakglass: token never issued (the grant's write answered late)";
+/// Who revokes a token that never left: the service, for a grant whose durable write landed
+/// though the clinician was refused (`audit-pending`, `audit-unavailable`).
+pub const WITHHELD_BY: &str =
+    "breakglass: token never issued (its grant was refused before its write was known to land)";
 
-/// Waits for `written`, a grant's write that did not answer in time (its clinician refused
-/// 503 `audit-pending`, no token issued). If it lands, the access is on record as any grant
+/// How many times `withheld` asks the store whether a refused grant's write landed.
+const WITHHELD_CHECKS: usize = 12;
+
+/// How many refused grants' writes are watched at once (`withheld`): during an outage every
+/// grant is refused, and each watch holds a task for up to a minute; past this, one is not
+/// watched (logged).
+const WITHHELD_WATCHED: usize = 1024;
+
+static WITHHELD_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(WITHHELD_WATCHED);
+
+/// Waits for `written`, a grant's write that did not answer in time or answered an error (its
+/// clinician refused 503 `audit-pending` or `audit-unavailable`, no token issued). If it lands, the access is on record as any grant
 /// (recorded on chain, notified, reviewed), so its token is revoked in the log beside it: a
 /// reviewer reads that it never left, and no copy of it is honoured. (A process that stops
 /// meanwhile does not: the access then reads as any grant.)
@@ -216,17 +237,31 @@ async fn withheld(
     patient: crate::domain::PatientId,
     expires_at: u64,
 ) {
+    let Ok(_slot) = WITHHELD_SLOTS.try_acquire() else {
+        tracing::error!(%access, "too many refused grants watched at once: if this one's write lands, its token reads as issued");
+        return;
+    };
     let landed = match written.await {
         Ok(()) => true,
         // an error may have landed all the same (acknowledged by fewer replicas than asked, a
-        // copy sent from a dropped connection): once it could have, the store says
+        // copy sent from a dropped connection): once it could have, the store says; asked
+        // again while it does not answer (a server still hung), for a minute
         Err(_) => {
-            tokio::time::sleep(WRITE_WAIT).await;
-            let store = store.clone();
-            matches!(
-                tokio::task::spawn_blocking(move || store.access(&access)).await,
-                Ok(Ok(Some(_)))
-            )
+            let mut landed = None;
+            for _ in 0..WITHHELD_CHECKS {
+                tokio::time::sleep(WRITE_WAIT).await;
+                let store = store.clone();
+                if let Ok(Ok(read)) =
+                    tokio::task::spawn_blocking(move || store.access(&access)).await
+                {
+                    landed = Some(read.is_some());
+                    break;
+                }
+            }
+            landed.unwrap_or_else(|| {
+                tracing::error!(%access, "whether a grant refused for its write landed could not be read: if it did, its token reads as issued");
+                false
+            })
         }
     };
     if !landed {
