@@ -184,6 +184,8 @@ fn send_again(why: &str) -> HttpResponse {
 
 /// The largest `/new_block` body read (a block's JSON with its transactions and events).
 const MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
+/// How long a `/new_block` body may take to arrive, once admitted (the node is near).
+const EVENT_READ_AT_MOST: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn new_block(
     req: actix_web::HttpRequest,
@@ -198,7 +200,8 @@ async fn new_block(
     let refused = |status, code, title, detail: String| {
         problem::problem(&crate::refusal::Refusal::new(status, code, title, detail))
     };
-    let body = match body::bounded(&req, payload, MAX_EVENT_BYTES).await {
+    let body = match body::bounded_within(&req, payload, MAX_EVENT_BYTES, EVENT_READ_AT_MOST).await
+    {
         Ok(body) => body,
         Err(body::Unread::TooLarge) => {
             return refused(
@@ -221,7 +224,10 @@ async fn new_block(
                 408,
                 "event-too-slow",
                 "Event too slow",
-                format!("the body did not arrive within {} s", body::BODY_SECS),
+                format!(
+                    "the body did not arrive within {} s",
+                    EVENT_READ_AT_MOST.as_secs()
+                ),
             )
         }
     };

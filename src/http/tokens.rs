@@ -102,7 +102,7 @@ async fn caller_and_token(
             UnreadForm::Body(Unread::TooSlow) => {
                 Box::new(HttpResponse::RequestTimeout().json(json!({
                     "error": "invalid_request",
-                    "error_description": format!("the form did not arrive within {} s", super::body::BODY_SECS),
+                    "error_description": "the form did not arrive in time",
                 })))
             }
         })?;

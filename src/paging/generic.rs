@@ -66,16 +66,22 @@ pub fn parse(
         .map_err(|e| WebhookError::Malformed(format!("not a paging webhook: {e}")))?;
     let until = webhook::rfc3339(&b.on_call_until)?;
     if until.saturating_sub(at) > SHIFT_MAX_SECS {
-        return Err(WebhookError::Malformed(format!(
-            "on_call_until is more than {} days after the delivery: a shift is at most that long (send another as it goes on)",
-            SHIFT_MAX_SECS / 86_400
-        )));
+        return Err(WebhookError::NotTaken {
+            code: "shift-too-long",
+            detail: format!(
+                "on_call_until is more than {} days after the delivery: a shift is at most that long (send another as it goes on)",
+                SHIFT_MAX_SECS / 86_400
+            ),
+        });
     }
     let principal = Mapping::resolve(map, &[b.responder.as_str()]).ok_or_else(|| {
-        WebhookError::Malformed(format!(
-            "responder {:?} maps to no provider (mapping file or directory paging ids)",
-            b.responder
-        ))
+        WebhookError::NotTaken {
+            code: "unknown-responder",
+            detail: format!(
+                "responder {:?} maps to no provider, or to two (mapping file or directory paging ids)",
+                b.responder
+            ),
+        }
     })?;
     // the signed bytes name the delivery: a resend of them is a replay, whichever of its
     // signatures it carries

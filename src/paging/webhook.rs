@@ -39,6 +39,9 @@ pub enum WebhookError {
     Stale { age: i64, window: u64 },
     #[error("delivery {0} was already received")]
     Replayed(String),
+    /// Well formed and signed, but not something this service takes: `code` says which.
+    #[error("{detail}")]
+    NotTaken { code: &'static str, detail: String },
 }
 
 impl WebhookError {
@@ -47,6 +50,7 @@ impl WebhookError {
             WebhookError::Malformed(_) => 400,
             WebhookError::BadSignature(_) | WebhookError::Stale { .. } => 401,
             WebhookError::Replayed(_) => 409,
+            WebhookError::NotTaken { .. } => 422,
         }
     }
     pub fn code(&self) -> &'static str {
@@ -55,6 +59,7 @@ impl WebhookError {
             WebhookError::BadSignature(_) => "bad-webhook-signature",
             WebhookError::Stale { .. } => "stale-webhook",
             WebhookError::Replayed(_) => "replayed-webhook",
+            WebhookError::NotTaken { code, .. } => code,
         }
     }
     pub fn title(&self) -> &'static str {
@@ -63,6 +68,7 @@ impl WebhookError {
             WebhookError::BadSignature(_) => "Bad webhook signature",
             WebhookError::Stale { .. } => "Stale webhook",
             WebhookError::Replayed(_) => "Replayed webhook",
+            WebhookError::NotTaken { .. } => "Webhook not taken",
         }
     }
 }

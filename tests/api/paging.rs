@@ -780,8 +780,8 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
             "unknown responder",
             generic_headers("hook-secret", ts, &unknown),
             &unknown,
-            400,
-            "malformed-webhook",
+            422,
+            "unknown-responder",
         ),
         (
             "bad time",
@@ -794,8 +794,8 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
             "a shift of eight days",
             generic_headers("hook-secret", ts, &for_good),
             &for_good,
-            400,
-            "malformed-webhook",
+            422,
+            "shift-too-long",
         ),
     ];
     for (what, headers, body, status, code) in &cases {
