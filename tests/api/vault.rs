@@ -663,15 +663,7 @@ async fn a_summary_operation_replaced_by_a_later_one_is_not_sent_again() {
     // later one; the summary stored (imported after it) says otherwise
     let later = env.app.store.submission(&ops[1]).unwrap().unwrap();
     skipped.created_at_ms = later.created_at_ms + 60_000;
-    breakglass::store::apply_async(
-        &env.app.store,
-        breakglass::store::Batch {
-            submissions: vec![skipped],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    written(&env, skipped).await;
     env.app
         .status
         .skipped_blocks
@@ -745,6 +737,26 @@ async fn a_token_revoked_while_the_vault_asks_the_node_is_refused() {
     assert!(refused_reads(&env).iter().any(|c| c == "token-revoked"));
 }
 
+/// Operation `id` put in `state` in the store (what the submitter would write), not on chain.
+async fn settled(env: &Env, id: &str, state: breakglass::store::SubmissionState) {
+    let mut op = env.app.store.submission(id).unwrap().unwrap();
+    op.state = state;
+    written(env, op).await;
+}
+
+/// `op` written to the store as it is.
+async fn written(env: &Env, op: breakglass::store::Submission) {
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            submissions: vec![op],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+}
+
 /// A summary updated is read as the chain has it until the chain has the update's hash: the
 /// summary before it, with an `OperationOutcome` saying so, then the update. Before, every read
 /// between was refused (502 `summary-integrity`) and logged as a summary changed off chain.
@@ -812,28 +824,18 @@ async fn an_updated_summary_is_read_as_the_chain_has_it_until_the_chain_has_the_
     let (s, imported) = import(&env, serde_json::to_vec(&fourth).unwrap()).await;
     assert_eq!(s, 201, "{imported}");
     let refused_op = imported["operation"].as_str().unwrap().to_string();
-    let mut refused = env
-        .app
-        .store
-        .submission(imported["operation"].as_str().unwrap())
-        .unwrap()
-        .unwrap();
-    refused.state = breakglass::store::SubmissionState::Failed {
-        txid: "00".repeat(32),
-        height: 1,
-        result: "(err u226)".into(),
-        nonce: None,
-        raw: None,
-    };
-    breakglass::store::apply_async(
-        &env.app.store,
-        breakglass::store::Batch {
-            submissions: vec![refused],
-            ..Default::default()
+    settled(
+        &env,
+        &refused_op,
+        breakglass::store::SubmissionState::Failed {
+            txid: "00".repeat(32),
+            height: 1,
+            result: "(err u226)".into(),
+            nonce: None,
+            raw: None,
         },
     )
-    .await
-    .unwrap();
+    .await;
     let (s, bundle, _) = read(&env, &path, g["access_token"].as_str().unwrap()).await;
     assert_eq!(
         (s, &bundle["code"]),
@@ -855,27 +857,17 @@ async fn an_updated_summary_is_read_as_the_chain_has_it_until_the_chain_has_the_
     sixth["entry"][3]["resource"]["criticality"] = "unable-to-assess".into();
     let (s, imported) = import(&env, serde_json::to_vec(&sixth).unwrap()).await;
     assert_eq!(s, 201, "{imported}");
-    let mut mined = env
-        .app
-        .store
-        .submission(imported["operation"].as_str().unwrap())
-        .unwrap()
-        .unwrap();
-    mined.state = breakglass::store::SubmissionState::Confirmed {
-        txid: None,
-        height: 1_000_000,
-        result: "(ok u9)".into(),
-        nonce: None,
-        raw: None,
-    };
-    breakglass::store::apply_async(
-        &env.app.store,
-        breakglass::store::Batch {
-            submissions: vec![mined],
-            ..Default::default()
+    settled(
+        &env,
+        imported["operation"].as_str().unwrap(),
+        breakglass::store::SubmissionState::Confirmed {
+            txid: None,
+            height: 1_000_000,
+            result: "(ok u9)".into(),
+            nonce: None,
+            raw: None,
         },
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(reads().await, (json!("unable-to-assess"), true, json!(2)));
 }
