@@ -547,6 +547,9 @@ struct Since {
     /// Entries after this seq (0: from the first).
     #[serde(default)]
     since: u64,
+    /// The hash of entry `since` as the reader read it (`X-Audit-Last-Hash`): checked, so that
+    /// a log that lost its tail and grew back past the cursor is not read on as if it had not.
+    since_hash: Option<String>,
     limit: Option<usize>,
 }
 
@@ -604,6 +607,7 @@ async fn export(
             ));
         }
     };
+    let head_hash = head.as_ref().map(|h| hex::encode(h.hash));
     let head = head.map_or(0, |h| h.seq);
     if q.since > head {
         // a cursor past the log's end: the store was restored from an older copy, or lost its
@@ -614,6 +618,35 @@ async fn export(
             "Cursor past the log's end",
             format!("the audit log ends at entry {head}, before {}: the store lost entries the cursor read (a restore, a failover); export from {head} and compare", q.since),
         ));
+    }
+    if let (Some(expected), true) = (&q.since_hash, q.since > 0) {
+        let at = match store.audit_entries(q.since, 1) {
+            Ok(at) => at,
+            Err(crate::store::StoreError::Corrupt(key, _)) => {
+                return unreadable(format!("the log's row {key} could not be read"))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit export: store unavailable");
+                return problem(&Refusal::new(
+                    503,
+                    "store-unavailable",
+                    "Store unavailable",
+                    "the audit log cannot be read right now; try again",
+                ));
+            }
+        };
+        let found = at
+            .first()
+            .filter(|e| e.seq == q.since)
+            .map(|e| hex::encode(e.hash));
+        if found.as_deref() != Some(expected.to_ascii_lowercase().as_str()) {
+            return problem(&Refusal::new(
+                409,
+                "cursor-mismatch",
+                "Cursor not in the log",
+                format!("entry {} is not the one the cursor read: the store lost entries it read and numbered new ones under them (a restore, a failover); export from 0 and compare", q.since),
+            ));
+        }
     }
     // entries are numbered without gaps up to the head: one missing is not skipped over (the
     // cursor would pass it)
@@ -642,12 +675,22 @@ async fn export(
             }
         }
     }
-    HttpResponse::Ok()
+    let mut answer = HttpResponse::Ok();
+    answer
         .content_type("application/fhir+ndjson")
         .insert_header(("cache-control", "no-store"))
         .insert_header((
             "x-audit-last-seq",
             entries.last().map_or(q.since, |e| e.seq).to_string(),
-        ))
-        .body(body)
+        ));
+    // the hash of that entry, for the next export's `since_hash`
+    let last_hash = match entries.last() {
+        Some(e) => Some(hex::encode(e.hash)),
+        None if q.since == head => head_hash,
+        None => None,
+    };
+    if let Some(hash) = last_hash {
+        answer.insert_header(("x-audit-last-hash", hash));
+    }
+    answer.body(body)
 }

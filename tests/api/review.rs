@@ -548,7 +548,8 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     // a cursor past the log's end (the store restored from an older copy, or its tail lost in
     // a failover): said, not answered as if nothing were new (before: 200, empty, and the
     // entries numbered anew under the cursor never exported)
-    let head = env.app.store.audit_head().unwrap().unwrap().seq;
+    let head_entry = env.app.store.audit_head().unwrap().unwrap();
+    let head = head_entry.seq;
     let ahead = admin_get(&base, &format!("/v1/audit/export?since={}", head + 5)).await;
     assert_eq!(ahead.status(), 409);
     let said: Json = ahead.json().await.unwrap();
@@ -559,6 +560,30 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
         at_end.headers()["x-audit-last-seq"].to_str().unwrap(),
         head.to_string()
     );
+    // and the cursor's entry, named by its hash (`X-Audit-Last-Hash`), is checked: a log that
+    // lost entries the cursor read and grew back past it is said to (before, read on as if not)
+    let last_hash = at_end.headers()["x-audit-last-hash"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(last_hash, hex::encode(head_entry.hash));
+    let on = admin_get(
+        &base,
+        &format!("/v1/audit/export?since={head}&since_hash={last_hash}"),
+    )
+    .await;
+    assert_eq!(on.status(), 200);
+    let lost = admin_get(
+        &base,
+        &format!(
+            "/v1/audit/export?since={head}&since_hash={}",
+            "00".repeat(32)
+        ),
+    )
+    .await;
+    assert_eq!(lost.status(), 409);
+    let said: Json = lost.json().await.unwrap();
+    assert_eq!(said["code"], "cursor-mismatch", "{said}");
     let export = admin_get(&base, "/v1/audit/export?since=0").await;
     assert_eq!(export.status(), 200);
     let ndjson = export.text().await.unwrap();
