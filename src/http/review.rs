@@ -589,10 +589,16 @@ async fn export(
         ))
     };
     let store = &review.state.store;
-    let read = store
-        .audit_head()
-        .and_then(|head| Ok((head, store.audit_entries(from, limit)?)));
-    let (head, entries) = match read {
+    // (and the cursor's entry, when the reader names it by its hash)
+    let named = q.since_hash.as_ref().filter(|_| q.since > 0);
+    let read = store.audit_head().and_then(|head| {
+        let at = match named {
+            Some(_) => store.audit_entries(q.since, 1)?,
+            None => Vec::new(),
+        };
+        Ok((head, at, store.audit_entries(from, limit)?))
+    });
+    let (head, at, entries) = match read {
         Ok(read) => read,
         Err(crate::store::StoreError::Corrupt(key, _)) => {
             return unreadable(format!("the log's row {key} could not be read"))
@@ -619,22 +625,7 @@ async fn export(
             format!("the audit log ends at entry {head}, before {}: the store lost entries the cursor read (a restore, a failover); export from {head} and compare", q.since),
         ));
     }
-    if let (Some(expected), true) = (&q.since_hash, q.since > 0) {
-        let at = match store.audit_entries(q.since, 1) {
-            Ok(at) => at,
-            Err(crate::store::StoreError::Corrupt(key, _)) => {
-                return unreadable(format!("the log's row {key} could not be read"))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "audit export: store unavailable");
-                return problem(&Refusal::new(
-                    503,
-                    "store-unavailable",
-                    "Store unavailable",
-                    "the audit log cannot be read right now; try again",
-                ));
-            }
-        };
+    if let Some(expected) = named {
         let found = at
             .first()
             .filter(|e| e.seq == q.since)
