@@ -64,13 +64,7 @@ impl Mapping {
                 .map_err(|e| bad(format!("the principal {principal:?} of an entry: {e}")))?;
             // as every principal is written elsewhere (lookups compare the text); two entries
             // that differ only in case, for two principals, map to no one
-            let id = id.to_lowercase();
-            if out
-                .insert(id.clone(), address.to_string())
-                .is_some_and(|before| before != address.to_string())
-            {
-                ambiguous.insert(id);
-            }
+            claim(&mut out, &mut ambiguous, &id, address.to_string());
         }
         settle(&mut out, &ambiguous, "the mapping file");
         Ok((out, ambiguous))
@@ -82,14 +76,7 @@ impl Mapping {
         let mut ambiguous = std::collections::HashSet::new();
         for e in self.store.directory_entries()? {
             for id in &e.paging_ids {
-                let id = id.to_lowercase();
-                let principal = e.principal.to_string();
-                if map
-                    .insert(id.clone(), principal.clone())
-                    .is_some_and(|before| before != principal)
-                {
-                    ambiguous.insert(id);
-                }
+                claim(&mut map, &mut ambiguous, id, e.principal.to_string());
             }
         }
         // a paging id two clinicians' entries carry (a typo, an import's mistake) maps to
@@ -127,6 +114,23 @@ impl Mapping {
             }
         }
         found
+    }
+}
+
+/// Maps paging id `id` (lower-cased) to `principal` in `map`; one it mapped to another
+/// principal already goes into `ambiguous`.
+fn claim(
+    map: &mut HashMap<String, String>,
+    ambiguous: &mut std::collections::HashSet<String>,
+    id: &str,
+    principal: String,
+) {
+    let id = id.to_lowercase();
+    if map
+        .insert(id.clone(), principal.clone())
+        .is_some_and(|before| before != principal)
+    {
+        ambiguous.insert(id);
     }
 }
 
