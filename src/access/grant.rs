@@ -226,10 +226,11 @@ const WITHHELD_WATCHED: usize = 1024;
 static WITHHELD_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(WITHHELD_WATCHED);
 
 /// Waits for `written`, a grant's write that did not answer in time or answered an error (its
-/// clinician refused 503 `audit-pending` or `audit-unavailable`, no token issued). If it lands, the access is on record as any grant
-/// (recorded on chain, notified, reviewed), so its token is revoked in the log beside it: a
-/// reviewer reads that it never left, and no copy of it is honoured. (A process that stops
-/// meanwhile does not: the access then reads as any grant.)
+/// clinician refused 503 `audit-pending` or `audit-unavailable`, no token issued). If it
+/// lands, the access is on record as any grant (recorded on chain, notified, reviewed), so its
+/// token is revoked in the log beside it: a reviewer reads that it never left, and no copy of
+/// it is honoured. (A process that stops meanwhile does not: the access then reads as any
+/// grant.)
 async fn withheld(
     store: std::sync::Arc<dyn crate::store::Store>,
     written: std::pin::Pin<Box<impl std::future::Future<Output = Result<(), StoreError>>>>,

@@ -1,7 +1,7 @@
 //! Request bodies read as they arrive, up to a bound and in time (`bounded`): a body that
 //! declares a length past it (`Content-Length`) is refused before any of it is read, and one
-//! that runs past it before the rest is read; never buffered whole first (a `web::Bytes` extractor reads up to its limit
-//! before the handler runs, credentials unchecked).
+//! that runs past it before the rest is read; never buffered whole first (a `web::Bytes`
+//! extractor reads up to its limit before the handler runs, credentials unchecked).
 //!
 //! It must not: decide what a refusal says (each caller names its own code).
 
@@ -15,7 +15,7 @@ pub enum Unread {
     Unreadable,
     /// It is longer than the bound.
     TooLarge,
-    /// It did not arrive within `BODY_SECS`.
+    /// It did not arrive in time (`bounded`).
     TooSlow,
 }
 

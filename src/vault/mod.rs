@@ -3,8 +3,9 @@
 //! (`set-summary-hash`, through the submitter), and served only to a valid break-glass token
 //! for that patient, only the resources its scopes cover (`scope.rs`), only when the stored
 //! summary still hashes to what the chain says. An import keeps the summary it replaces, if the
-//! chain has its hash: while the new one's hash is on its way to the chain (its operation
-//! open), reads serve the kept one (with an `OperationOutcome` saying so), not a refusal. The token's revocation (and its clinician's
+//! chain has its hash: while the new one's hash is on its way to the chain (its operation open,
+//! or mined after the block of the hash the cache holds), reads serve the kept one (with an
+//! `OperationOutcome` saying so), not a refusal. The token's revocation (and its clinician's
 //! standing) is checked first and again once the summary is checked, which may wait on the
 //! node: nothing is served past a revocation written meanwhile.
 //!
@@ -92,7 +93,7 @@ fn store_unavailable(e: impl std::fmt::Display) -> Refusal {
 /// The operation that records `hash` as `patient`'s summary hash.
 pub fn operation(patient: &PatientId, hash: &[u8; 32]) -> crate::store::Submission {
     submitter::operation(
-        &format!("summary:{patient}:{}", hex::encode(hash)),
+        &operation_prefix(patient, &hex::encode(hash)),
         ACCESS_CONTROL,
         "set-summary-hash",
         &[
@@ -145,12 +146,10 @@ pub async fn import(
     // latest of those already; else (new bytes, or bytes another summary replaced since, whose
     // hash the chain no longer holds) by an operation of their own
     let stored = store.summary(&summary.patient).map_err(store_unavailable)?;
-    let stored_hash = stored.as_ref().and_then(|sealed| {
-        keyring
-            .open(&crate::seal::names::summary(&summary.patient), sealed)
-            .ok()
-            .map(|bytes| hex::encode(Sha256::digest(bytes)))
-    });
+    let stored_hash = stored
+        .as_ref()
+        .and_then(|sealed| opened(keyring, &summary.patient, sealed).ok())
+        .map(|(_, hash)| hash);
     let stored_now = stored_hash.as_deref() == Some(hex::encode(hash).as_str());
     // the summary stored now, if the chain has its hash, is kept as the one before this one
     // until the chain has this one's: clinicians read it meanwhile (the new one is not yet
@@ -191,6 +190,24 @@ pub async fn import(
     Ok(imported)
 }
 
+/// What the ids of `patient`'s summary operations recording `hash` (hex; "" for any) begin
+/// with.
+fn operation_prefix(patient: &PatientId, hash: &str) -> String {
+    format!("summary:{patient}:{hash}")
+}
+
+/// `patient`'s summary `sealed`, opened, and the SHA-256 of its bytes (hex: what the chain
+/// records).
+fn opened(
+    keyring: &Keyring,
+    patient: &PatientId,
+    sealed: &[u8],
+) -> Result<(Vec<u8>, String), crate::seal::SealError> {
+    let bytes = keyring.open(&crate::seal::names::summary(patient), sealed)?;
+    let hash = hex::encode(Sha256::digest(&bytes));
+    Ok((bytes, hash))
+}
+
 /// Whether the chain has `hash` (hex) as `patient`'s summary hash, as this service knows
 /// without asking it: its cached hash, or an operation of ours that recorded it, confirmed.
 fn on_chain(
@@ -205,7 +222,7 @@ fn on_chain(
     // else the latest of our operations of the patient's summary mined: one that recorded this
     // hash once, and another since, does not count
     let latest = store
-        .submissions_prefixed(&format!("summary:{patient}:"))
+        .submissions_prefixed(&operation_prefix(patient, ""))
         .map_err(store_unavailable)?
         .into_iter()
         .filter_map(|s| match s.state {
@@ -213,7 +230,7 @@ fn on_chain(
             _ => None,
         })
         .max_by_key(|(height, _)| *height);
-    Ok(latest.is_some_and(|(_, id)| id.starts_with(&format!("summary:{patient}:{hash}"))))
+    Ok(latest.is_some_and(|(_, id)| id.starts_with(&operation_prefix(patient, hash))))
 }
 
 /// Whether an operation of ours is recording `hash` (hex) as `patient`'s summary hash: open,
@@ -226,7 +243,7 @@ fn recording(
     cached: &crate::store::SummaryHash,
 ) -> Result<bool, Refusal> {
     Ok(store
-        .submissions_prefixed(&format!("summary:{patient}:{hash}"))
+        .submissions_prefixed(&operation_prefix(patient, hash))
         .map_err(store_unavailable)?
         .iter()
         .any(|s| match s.state {
@@ -517,18 +534,15 @@ impl Vault {
                     "no emergency summary is held for this patient",
                 )
             })?;
-        let bytes = self
-            .keyring
-            .open(&crate::seal::names::summary(patient), &sealed)
-            .map_err(|e| {
-                tracing::error!(%patient, error = %e, "a sealed summary does not open");
-                refusal(
-                    502,
-                    "summary-integrity",
-                    "Summary failed its integrity check",
-                    "the stored summary could not be opened; nothing is served",
-                )
-            })?;
+        let (bytes, hash) = opened(&self.keyring, patient, &sealed).map_err(|e| {
+            tracing::error!(%patient, error = %e, "a sealed summary does not open");
+            refusal(
+                502,
+                "summary-integrity",
+                "Summary failed its integrity check",
+                "the stored summary could not be opened; nothing is served",
+            )
+        })?;
         let on_chain = self.state.summary_hash(patient).await.map_err(|e| {
             tracing::error!(error = %e, "vault: the chain's summary hash could not be read");
             refusal(
@@ -538,7 +552,6 @@ impl Vault {
                 "the summary's hash on chain could not be read; try again",
             )
         })?;
-        let hash = hex::encode(Sha256::digest(&bytes));
         let Some(on_chain) = on_chain else {
             return Err(refusal(409, "summary-not-recorded", "Summary not recorded on chain", "the summary's hash is not on chain yet, so it cannot be checked; nothing is served"));
         };
@@ -584,11 +597,10 @@ impl Vault {
         else {
             return Ok(None);
         };
-        Ok(self
-            .keyring
-            .open(&crate::seal::names::summary(patient), &sealed)
+        Ok(opened(&self.keyring, patient, &sealed)
             .ok()
-            .filter(|bytes| hex::encode(Sha256::digest(bytes)) == hash))
+            .filter(|(_, h)| h == hash)
+            .map(|(bytes, _)| bytes))
     }
 }
 
