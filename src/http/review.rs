@@ -571,12 +571,16 @@ async fn export(
         ));
     };
     let limit = q.limit.unwrap_or(10_000).clamp(1, 10_000);
-    let Some(from) = q.since.checked_add(1) else {
+    let hash_ok = |h: &String| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    let (Some(from), true) = (
+        q.since.checked_add(1),
+        q.since_hash.as_ref().is_none_or(hash_ok),
+    ) else {
         return problem(&Refusal::new(
             400,
             "invalid-query",
             "Invalid query",
-            "since is an audit entry's seq (a whole number); limit at most 10000",
+            "since is an audit entry's seq (a whole number), since_hash its hash (64 hex digits); limit at most 10000",
         ));
     };
     let unreadable = |what: String| {

@@ -584,6 +584,17 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     assert_eq!(lost.status(), 409);
     let said: Json = lost.json().await.unwrap();
     assert_eq!(said["code"], "cursor-mismatch", "{said}");
+    // a hash that is not one, or far too long: bad input, not a mismatch
+    for bad in ["zz".to_string(), "ab".repeat(4_000)] {
+        let malformed = admin_get(
+            &base,
+            &format!("/v1/audit/export?since={head}&since_hash={bad}"),
+        )
+        .await;
+        assert_eq!(malformed.status(), 400);
+        let said: Json = malformed.json().await.unwrap();
+        assert_eq!(said["code"], "invalid-query", "{said}");
+    }
     let export = admin_get(&base, "/v1/audit/export?since=0").await;
     assert_eq!(export.status(), 200);
     let ndjson = export.text().await.unwrap();
