@@ -9,7 +9,7 @@
 //! Every key found opens; the current one seals. Rotation: `breakglass keys rotate-data` adds a
 //! key (refused while `BREAKGLASS_DATA_KEY` is set: rotate it there; with replicas on Redis,
 //! recorded for them, and a rotation by hand with `keys publish`), `breakglass patients rekey`
-//! seals everything sealed before (contacts, the accesses' reasons, stored notices, token
+//! seals everything sealed before (contacts, the accesses' reasons, reviewers' notes, stored notices, token
 //! signing keys) again with it, then old keys can go.
 //!
 //! Each data key also gives a MAC key (HKDF-SHA256 of it, `MAC_INFO`): `mac` tags what the
@@ -62,9 +62,15 @@ pub mod names {
         format!("summary:{patient}")
     }
 
-    /// A reviewer's note on an access.
+    /// A reviewer's note on an access, as recorded before notes were salted (the note alone).
     pub fn note(access_id: &AccessId) -> String {
         format!("note:{access_id}")
+    }
+
+    /// A reviewer's note on an access with the salt of its commitment (`salt ‖ note`:
+    /// `review::verdict`).
+    pub fn salted_note(access_id: &AccessId) -> String {
+        format!("salted-note:{access_id}")
     }
 
     /// The patient's notice of an access, as rendered.
@@ -286,6 +292,98 @@ impl Keyring {
         let plain = self.open(name, sealed)?;
         self.seal(name, &plain).map(Some)
     }
+}
+
+/// How many random bytes salt a commitment to a text (a reason, a note).
+pub const SALT_LEN: usize = 32;
+
+/// A short text that goes off this service only as its commitment, SHA-256(salt ‖ text) with
+/// `SALT_LEN` random bytes of salt (a clinician's reason, a reviewer's note: often one of a few
+/// phrases, whose own SHA-256 a guess finds), sealed with its salt as `salt ‖ text` under a
+/// name of its own; one sealed before salts (the text alone, under another name) has none.
+/// Whoever may read the text gets its salt with it, to check the commitment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub text: String,
+    pub salt: Option<[u8; SALT_LEN]>,
+}
+
+impl Committed {
+    /// The commitment: SHA-256(salt ‖ text), or the text's own for one without a salt.
+    pub fn commitment(&self) -> [u8; 32] {
+        commitment(
+            self.salt.as_ref().map(|s| &s[..]).unwrap_or_default(),
+            &self.text,
+        )
+    }
+
+    /// `salt ‖ text`, as sealed (the text alone without a salt).
+    pub fn plain(&self) -> Vec<u8> {
+        let mut plain = self.salt.map(|s| s.to_vec()).unwrap_or_default();
+        plain.extend_from_slice(self.text.as_bytes());
+        plain
+    }
+}
+
+/// SHA-256(salt ‖ text).
+pub fn commitment(salt: &[u8], text: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(text.as_bytes());
+    h.finalize().into()
+}
+
+/// Which of the two names a committed text was sealed under (`true`: `salted`, with its salt;
+/// `false`: `plain`, from before salts), and its bytes opened once.
+pub fn open_either(
+    keyring: &Keyring,
+    salted: &str,
+    plain: &str,
+    sealed: &[u8],
+) -> Result<(bool, Vec<u8>), SealError> {
+    if let Ok(bytes) = keyring.open(salted, sealed) {
+        return Ok((true, bytes));
+    }
+    Ok((false, keyring.open(plain, sealed)?))
+}
+
+/// A committed text sealed under `salted` (with its salt) or `plain` (before salts), opened:
+/// `None` if it opens under neither, or is not UTF-8.
+pub fn open_committed(
+    keyring: &Keyring,
+    salted: &str,
+    plain: &str,
+    sealed_hex: &str,
+) -> Option<Committed> {
+    let sealed = hex::decode(sealed_hex).ok()?;
+    let (with_salt, bytes) = open_either(keyring, salted, plain, &sealed).ok()?;
+    if !with_salt {
+        return Some(Committed {
+            text: String::from_utf8(bytes).ok()?,
+            salt: None,
+        });
+    }
+    let (salt, text) = bytes.split_at_checked(SALT_LEN)?;
+    Some(Committed {
+        text: String::from_utf8(text.to_vec()).ok()?,
+        salt: Some(salt.try_into().ok()?),
+    })
+}
+
+/// A committed text sealed under `salted` or `plain` sealed again with the current key under
+/// the name it had, or `None` when it already is.
+pub fn reseal_either(
+    keyring: &Keyring,
+    salted: &str,
+    plain: &str,
+    sealed: &[u8],
+) -> anyhow::Result<Option<Vec<u8>>> {
+    if keyring.is_current(sealed) {
+        return Ok(None);
+    }
+    let (with_salt, bytes) = open_either(keyring, salted, plain, sealed)?;
+    let name = if with_salt { salted } else { plain };
+    Ok(Some(keyring.seal(name, &bytes)?))
 }
 
 fn tag_of(key: &hmac::Key, purpose: &str, data: &[u8]) -> [u8; TAG_LEN] {

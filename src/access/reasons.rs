@@ -12,15 +12,10 @@
 
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 use super::BreakGlass;
 use crate::domain::AccessId;
-use crate::seal::{names, Keyring, SealError};
+use crate::seal::{names, open_committed, reseal_either, Committed, Keyring, SealError, SALT_LEN};
 use crate::store::{AccessRecord, Batch};
-
-/// How many random bytes salt a reason's commitment.
-pub const SALT_LEN: usize = 32;
 
 /// A reason as recorded: sealed with its salt (hex), and its commitment (hex).
 pub struct Sealed {
@@ -30,69 +25,31 @@ pub struct Sealed {
 
 /// Seals access `id`'s `reason` with a new salt, and commits to it.
 pub fn seal(keyring: &Keyring, id: &AccessId, reason: &str) -> Result<Sealed, SealError> {
-    let mut plain = vec![0u8; SALT_LEN];
-    secp256k1::rand::RngCore::fill_bytes(&mut secp256k1::rand::thread_rng(), &mut plain);
-    plain.extend_from_slice(reason.as_bytes());
+    let mut salt = [0u8; SALT_LEN];
+    secp256k1::rand::RngCore::fill_bytes(&mut secp256k1::rand::thread_rng(), &mut salt);
+    let reason = Committed {
+        text: reason.into(),
+        salt: Some(salt),
+    };
     Ok(Sealed {
-        hash: hex::encode(Sha256::digest(&plain)),
-        sealed: hex::encode(keyring.seal(&names::salted_reason(id), &plain)?),
+        hash: hex::encode(reason.commitment()),
+        sealed: hex::encode(keyring.seal(&names::salted_reason(id), &reason.plain())?),
     })
 }
 
 /// An access's reason, unsealed, and the salt its commitment was made with (none for one
 /// recorded before reasons were salted: its hash is the reason's own).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reason {
-    pub text: String,
-    pub salt: Option<[u8; SALT_LEN]>,
-}
-
-impl Reason {
-    /// What the chain record's `reason-hash` is, hex.
-    pub fn commitment(&self) -> String {
-        let mut h = Sha256::new();
-        if let Some(salt) = &self.salt {
-            h.update(salt);
-        }
-        h.update(self.text.as_bytes());
-        hex::encode(h.finalize())
-    }
-}
+pub type Reason = Committed;
 
 /// `access`'s reason, unsealed with the key it was sealed with: `None` if it does not open
 /// (or was recorded before reasons were kept).
 pub fn open(keyring: &Keyring, access: &AccessRecord) -> Option<Reason> {
-    let (salted, plain) = opened(keyring, access).ok()?;
-    if !salted {
-        return Some(Reason {
-            text: String::from_utf8(plain).ok()?,
-            salt: None,
-        });
-    }
-    let (salt, text) = plain.split_at_checked(SALT_LEN)?;
-    Some(Reason {
-        text: String::from_utf8(text.to_vec()).ok()?,
-        salt: Some(salt.try_into().ok()?),
-    })
-}
-
-/// The name `access`'s reason was sealed under (salted, or as before salts: whichever opens
-/// it), and its sealed bytes opened once.
-fn opened(keyring: &Keyring, access: &AccessRecord) -> anyhow::Result<(bool, Vec<u8>)> {
-    let sealed = hex::decode(&access.reason_sealed)?;
-    if let Ok(plain) = keyring.open(&name(&access.id, true), &sealed) {
-        return Ok((true, plain));
-    }
-    Ok((false, keyring.open(&name(&access.id, false), &sealed)?))
-}
-
-/// The name a reason is sealed under: with its salt, or as before salts.
-fn name(id: &AccessId, salted: bool) -> String {
-    if salted {
-        names::salted_reason(id)
-    } else {
-        names::reason(id)
-    }
+    open_committed(
+        keyring,
+        &names::salted_reason(&access.id),
+        &names::reason(&access.id),
+        &access.reason_sealed,
+    )
 }
 
 impl BreakGlass {
@@ -117,12 +74,17 @@ pub async fn rekey_reasons(
         if access.reason_sealed.is_empty() {
             continue; // recorded before reasons were kept
         }
-        if keyring.is_current(&hex::decode(&access.reason_sealed)?) {
-            continue;
-        }
         // under the name it was sealed with (salted, or as before salts)
-        let (salted, plain) = opened(keyring, &access)?;
-        access.reason_sealed = hex::encode(keyring.seal(&name(&access.id, salted), &plain)?);
+        let Some(sealed) = reseal_either(
+            keyring,
+            &names::salted_reason(&access.id),
+            &names::reason(&access.id),
+            &hex::decode(&access.reason_sealed)?,
+        )?
+        else {
+            continue;
+        };
+        access.reason_sealed = hex::encode(sealed);
         batch.accesses.push(access);
         n += 1;
         if batch.accesses.len() == 1000 {
@@ -136,6 +98,7 @@ pub async fn rekey_reasons(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn access_with(id: AccessId, sealed: String, hash: String) -> AccessRecord {
         serde_json::from_value(serde_json::json!({
@@ -164,14 +127,14 @@ mod tests {
         let opened = open(&ring, &access_with(id, first.sealed, first.hash.clone())).unwrap();
         assert_eq!(opened.text, reason);
         assert!(opened.salt.is_some());
-        assert_eq!(opened.commitment(), first.hash);
+        assert_eq!(hex::encode(opened.commitment()), first.hash);
 
         let before = ring.seal(&names::reason(&id), reason.as_bytes()).unwrap();
         let unsalted = hex::encode(Sha256::digest(reason));
         let old = access_with(id, hex::encode(before), unsalted.clone());
         let opened = open(&ring, &old).unwrap();
         assert_eq!((opened.text.as_str(), opened.salt), (reason, None));
-        assert_eq!(opened.commitment(), unsalted);
+        assert_eq!(hex::encode(opened.commitment()), unsalted);
         // another key's seal does not open
         let other = Keyring::from_keys(&[[2; 32]]).unwrap();
         assert_eq!(open(&other, &old), None);

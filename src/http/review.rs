@@ -489,6 +489,7 @@ async fn verdict(
     let given = Given {
         verdict: field("verdict"),
         note: field("note"),
+        note_salt: field("note_salt"),
         revoke: field("revoke") == "yes",
         signature: field("signature"),
     };

@@ -187,6 +187,9 @@ pub struct VerdictView {
     pub verdict: VerdictKind,
     pub reviewer: Address,
     pub note: Option<String>,
+    /// The salt the note's hash was made with (hex; none for a note recorded before salts:
+    /// its hash is the note's own): for a signed-in reviewer only, with the note.
+    pub note_salt: Option<String>,
     pub note_hash: String,
     pub at: u64,
     pub revoked: bool,
@@ -460,18 +463,19 @@ impl Review {
             .map_err(unavailable)?;
         // the reason and the note are for reviewers only (admin clients read the rest)
         let reviewer = viewer.is_some();
-        let verdict = store
-            .verdict(id)
-            .map_err(unavailable)?
-            .map(|v| VerdictView {
-                note: reviewer.then(|| self.note(&v)).flatten(),
+        let verdict = store.verdict(id).map_err(unavailable)?.map(|v| {
+            let note = reviewer.then(|| self.note(&v)).flatten();
+            VerdictView {
+                note_salt: note.as_ref().and_then(|n| n.salt).map(hex::encode),
+                note: note.map(|n| n.text),
                 verdict: v.verdict,
                 reviewer: v.reviewer,
                 note_hash: v.note_hash,
                 at: v.at,
                 revoked: v.revoked,
                 on_chain: summary.review.clone(),
-            });
+            }
+        });
         let trail = store
             .audit_of(id)
             .map_err(unavailable)?

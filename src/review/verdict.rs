@@ -7,7 +7,14 @@
 //! { action: "review", access-id: (buff 32), verdict: (string-ascii 16), note-hash: (buff 32) }
 //! ```
 //!
-//! and written in one durable write: the verdict with its note sealed, the operation
+//! The note's hash is its commitment, SHA-256(salt ‖ note), with 32 random bytes of salt the
+//! reviewer's page draws and posts with the note (`note_salt`): a note is short text about a
+//! patient's care, often one of a few phrases, whose own SHA-256 (on chain and in the audit
+//! export) a guess would find. The salt is sealed with the note (`seal::names::salted_note`)
+//! and shown with it to reviewers, to check the chain's hash; a note recorded before salts
+//! opens as before, its hash the note's own.
+//!
+//! It is written in one durable write: the verdict with its note sealed, the operation
 //! `review:<access id>` (`review-emergency-access` with the note's hash and the reviewer's
 //! signature, which the responder relays: one transaction, sent by the submitter), the audit
 //! entry, and, for an inappropriate verdict that asks for it, the token's revocation. A verdict
@@ -15,9 +22,7 @@
 //! the access to be reviewed again: the next verdict is its next attempt
 //! (`review:<access id>:<n>`).
 //!
-//! It must not: put the note anywhere but sealed in the store (only its hash leaves).
-
-use sha2::{Digest, Sha256};
+//! It must not: put the note anywhere but sealed in the store (only its salted hash leaves).
 
 use super::{refusal, Review, Session, VERDICT_ACTION};
 use crate::audit::{Event, Record};
@@ -26,6 +31,7 @@ use crate::chain::submitter;
 use crate::clock::now_secs;
 use crate::domain::{AccessId, VerdictKind};
 use crate::refusal::Refusal;
+use crate::seal::{names, Committed, SALT_LEN};
 use crate::stacks::Value;
 use crate::store::{apply_async, Batch, SubmissionState, Verdict};
 
@@ -36,6 +42,8 @@ pub const MAX_NOTE_CHARS: usize = 4000;
 pub struct Given<'a> {
     pub verdict: &'a str,
     pub note: &'a str,
+    /// The salt of the note's commitment: 32 bytes, hex.
+    pub note_salt: &'a str,
     pub revoke: bool,
     pub signature: &'a str,
 }
@@ -103,9 +111,24 @@ impl Review {
                 format!("a note is at most {MAX_NOTE_CHARS} characters"),
             ));
         }
+        let salt: [u8; SALT_LEN] = hex::decode(given.note_salt)
+            .ok()
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| {
+                refusal(
+                    400,
+                    "invalid-note-salt",
+                    "Invalid note salt",
+                    "the note's salt is 32 random bytes, as 64 hexadecimal characters",
+                )
+            })?;
+        let note = Committed {
+            text: given.note.into(),
+            salt: Some(salt),
+        };
         // the signature first: a bad one costs no read of the store or the node, nor a turn
         // of the one-at-a-time lock
-        let note_hash: [u8; 32] = Sha256::digest(given.note.as_bytes()).into();
+        let note_hash = note.commitment();
         let signed = message(id, verdict, &note_hash);
         let (signer, sig) = self
             .signer_of(&signed, given.signature)
@@ -213,7 +236,7 @@ impl Review {
         }
         let sealed = self
             .keyring
-            .seal(&crate::seal::names::note(id), given.note.as_bytes())
+            .seal(&names::salted_note(id), &note.plain())
             .map_err(|e| {
                 tracing::error!(error = %e, "could not seal a note");
                 refusal(
@@ -282,10 +305,14 @@ impl Review {
         Ok(record)
     }
 
-    /// The note of a verdict, unsealed: for reviewers only.
-    pub fn note(&self, v: &Verdict) -> Option<String> {
-        self.keyring
-            .open_text(&crate::seal::names::note(&v.access_id), &v.note_sealed)
+    /// The note of a verdict, unsealed, with its salt: for reviewers only.
+    pub fn note(&self, v: &Verdict) -> Option<Committed> {
+        crate::seal::open_committed(
+            &self.keyring,
+            &names::salted_note(&v.access_id),
+            &names::note(&v.access_id),
+            &v.note_sealed,
+        )
     }
 
     /// The clinician's reason for an access, unsealed: for reviewers only.
@@ -304,8 +331,13 @@ pub async fn rekey_notes(
     let mut n = 0;
     let mut batch = Batch::default();
     for mut v in store.every_verdict()? {
-        let name = crate::seal::names::note(&v.access_id);
-        let Some(sealed) = keyring.reseal(&name, &hex::decode(&v.note_sealed)?)? else {
+        let Some(sealed) = crate::seal::reseal_either(
+            keyring,
+            &names::salted_note(&v.access_id),
+            &names::note(&v.access_id),
+            &hex::decode(&v.note_sealed)?,
+        )?
+        else {
             continue;
         };
         v.note_sealed = hex::encode(sealed);
@@ -325,7 +357,8 @@ mod tests {
 
     /// On Redis too (where a new verdict must be the first of its access, and comes with its
     /// audit entry): each attempt's note is sealed again with the current key, and opens with
-    /// it alone. Before, the rekey's write was refused there, and the rotation stopped.
+    /// it alone, under the name it had: a note from before salts as it was, a salted one with
+    /// its salt. Before, the rekey's write was refused there, and the rotation stopped.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn notes_are_sealed_again_on_redis_too() {
         let redis = crate::dev::test_redis().await;
@@ -334,6 +367,11 @@ mod tests {
         let (old, new) = ([1; 32], [2; 32]);
         let before = crate::seal::Keyring::from_keys(&[old]).unwrap();
         let id = crate::access::access_id(7);
+        // attempt 0 from before salts, attempt 1 salted
+        let note = |attempt: u32| Committed {
+            text: format!("note {attempt}"),
+            salt: (attempt == 1).then_some([9; SALT_LEN]),
+        };
         let verdict = |attempt: u32| Verdict {
             access_id: id,
             reviewer: "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".parse().unwrap(),
@@ -341,8 +379,12 @@ mod tests {
             note_sealed: hex::encode(
                 before
                     .seal(
-                        &crate::seal::names::note(&id),
-                        format!("note {attempt}").as_bytes(),
+                        &if attempt == 1 {
+                            names::salted_note(&id)
+                        } else {
+                            names::note(&id)
+                        },
+                        &note(attempt).plain(),
                     )
                     .unwrap(),
             ),
@@ -371,18 +413,22 @@ mod tests {
         let both = crate::seal::Keyring::from_keys(&[old, new]).unwrap();
         assert_eq!(rekey_notes(&store, &both).await.unwrap(), 2);
         let after = crate::seal::Keyring::from_keys(&[new]).unwrap();
-        let mut notes: Vec<String> = store
+        let mut notes: Vec<(u32, Committed)> = store
             .every_verdict()
             .unwrap()
             .iter()
             .map(|v| {
-                after
-                    .open_text(&crate::seal::names::note(&id), &v.note_sealed)
-                    .unwrap()
+                let opened = crate::seal::open_committed(
+                    &after,
+                    &names::salted_note(&id),
+                    &names::note(&id),
+                    &v.note_sealed,
+                );
+                (v.attempt, opened.unwrap())
             })
             .collect();
-        notes.sort();
-        assert_eq!(notes, ["note 0", "note 1"]);
+        notes.sort_by_key(|(attempt, _)| *attempt);
+        assert_eq!(notes, [(0, note(0)), (1, note(1))]);
         assert_eq!(rekey_notes(&store, &both).await.unwrap(), 0);
     }
 

@@ -186,6 +186,7 @@ async fn give_verdict(
             ("csrf", &csrf),
             ("verdict", verdict.as_str()),
             ("note", note),
+            ("note_salt", NOTE_SALT),
             ("signature", &signature),
         ],
     )
@@ -207,14 +208,28 @@ async fn verdict_taken(
     session
 }
 
+/// The salt the tests' verdicts post with their notes (a page draws one for each verdict).
+const NOTE_SALT: &str = "5a17ed5a17ed5a17ed5a17ed5a17ed5a17ed5a17ed5a17ed5a17ed5a17ed5a17";
+
+/// `key`'s signature over its verdict on `id` with `note`, salted with `NOTE_SALT`.
 fn verdict_signature(
     id: &str,
     verdict: VerdictKind,
     note: &str,
     key: &secp256k1::SecretKey,
 ) -> String {
+    salted_verdict_signature(id, verdict, note, NOTE_SALT, key)
+}
+
+fn salted_verdict_signature(
+    id: &str,
+    verdict: VerdictKind,
+    note: &str,
+    salt: &str,
+    key: &secp256k1::SecretKey,
+) -> String {
     let id: AccessId = id.parse().unwrap();
-    let hash: [u8; 32] = Sha256::digest(note.as_bytes()).into();
+    let hash = breakglass::seal::commitment(&hex::decode(salt).unwrap(), note);
     sign(
         &breakglass::review::verdict::message(&id, verdict, &hash),
         key,
@@ -350,10 +365,16 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     let result: Json = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(result["ok"], true, "{result}");
 
-    // the browser posted the note with CRLF line breaks: that is the note whose hash is on chain
+    // the browser posted the note with CRLF line breaks and a salt of its own: the hash of
+    // both is on chain, not the note's own (which a guess would find)
     let posted = note.replace('\n', "\r\n");
-    let note_hash = hex::encode(Sha256::digest(posted.as_bytes()));
+    let salt = result["note_salt"].as_str().unwrap();
+    let note_hash = hex::encode(breakglass::seal::commitment(
+        &hex::decode(salt).unwrap(),
+        &posted,
+    ));
     assert_eq!(result["note_hash"], note_hash);
+    let unsalted = hex::encode(Sha256::digest(posted.as_bytes()));
     let review = mined(&env, &format!("review:{id}")).await;
     let receipt = env.devnet.receipt(&txid_of(&review)).await;
     let shown = receipt.to_string();
@@ -363,6 +384,7 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
         "the receipt carries the note's hash: {receipt}"
     );
     assert!(!shown.contains("anaphylaxis"), "the note stays off chain");
+    assert!(!shown.contains(&unsalted), "{receipt}");
     let on_chain = env
         .app
         .store
@@ -393,6 +415,14 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
         "{read}"
     );
     assert!(read.contains(&note_hash), "{read}");
+    // the reviewer's page shows the note with its salt, to check the chain's hash by
+    let session = signed_in(&base, &key_of(reviewer)).await;
+    let (s, page) = get_with(&base, &format!("/review/accesses/{id}"), &session).await;
+    assert_eq!(s, 200);
+    assert!(
+        page.contains(salt) && page.contains(&note_hash) && page.contains("anaphylaxis"),
+        "{page}"
+    );
 
     // the inappropriate verdict revoked the token: introspection says so at once
     let after: Json = reqwest::Client::new()
@@ -516,10 +546,12 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
         "admin clients never give verdicts"
     );
     assert!(
-        detail["reason"].is_null() && detail["verdict"]["note"].is_null(),
+        detail["reason"].is_null()
+            && detail["verdict"]["note"].is_null()
+            && detail["verdict"]["note_salt"].is_null(),
         "the reason and the note are for reviewers only: {detail}"
     );
-    assert!(!detail.to_string().contains("anaphylaxis"));
+    assert!(!detail.to_string().contains("anaphylaxis") && !detail.to_string().contains(salt));
     let kinds: Vec<&str> = detail["trail"]
         .as_array()
         .unwrap()
@@ -881,12 +913,14 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
         vec![
             ("verdict", "appropriate"),
             ("note", "fine"),
+            ("note_salt", NOTE_SALT),
             ("signature", sig.as_str()),
         ],
         vec![
             ("csrf", "0".repeat(64).leak() as &str),
             ("verdict", "appropriate"),
             ("note", "fine"),
+            ("note_salt", NOTE_SALT),
             ("signature", sig.as_str()),
         ],
     ] {
@@ -895,10 +929,26 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
         assert!(body.contains("csrf-mismatch"), "{body}");
         nothing_stored();
     }
-    // a verdict not signed by the signed-in reviewer, or over another note
+    // a verdict not signed by the signed-in reviewer, or over another note, or over the note
+    // with another salt than the one posted, or over the note's own hash (unsalted)
     let nurse_sig = verdict_signature(&id, VerdictKind::Appropriate, "fine", &nurse);
     let other_note = verdict_signature(&id, VerdictKind::Appropriate, "something else", &reviewer);
-    for sig in [&nurse_sig, &other_note] {
+    let other_salt = salted_verdict_signature(
+        &id,
+        VerdictKind::Appropriate,
+        "fine",
+        &"11".repeat(32),
+        &reviewer,
+    );
+    let unsalted = sign(
+        &breakglass::review::verdict::message(
+            &id.parse().unwrap(),
+            VerdictKind::Appropriate,
+            &Sha256::digest(b"fine").into(),
+        ),
+        &reviewer,
+    );
+    for sig in [&nurse_sig, &other_note, &other_salt, &unsalted] {
         let (s, body) = post_verdict(
             &base,
             &session,
@@ -907,6 +957,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
                 ("csrf", &csrf),
                 ("verdict", "appropriate"),
                 ("note", "fine"),
+                ("note_salt", NOTE_SALT),
                 ("signature", sig),
             ],
         )
@@ -916,15 +967,49 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
         nothing_stored();
     }
 
-    // a malformed verdict, a note over 4,000 characters, a verdict for an unknown access
+    // a malformed verdict, a note over 4,000 characters, a note's salt missing or not 32
+    // bytes of hex, a verdict for an unknown access
     let long = "é".repeat(4001);
     let long_sig = verdict_signature(&id, VerdictKind::Appropriate, &long, &reviewer);
     for (form, status, code) in [
         (
             vec![
                 ("csrf", csrf.as_str()),
+                ("verdict", "appropriate"),
+                ("note", "fine"),
+                ("signature", sig.as_str()),
+            ],
+            400,
+            "invalid-note-salt",
+        ),
+        (
+            vec![
+                ("csrf", csrf.as_str()),
+                ("verdict", "appropriate"),
+                ("note", "fine"),
+                ("note_salt", &NOTE_SALT[2..]),
+                ("signature", sig.as_str()),
+            ],
+            400,
+            "invalid-note-salt",
+        ),
+        (
+            vec![
+                ("csrf", csrf.as_str()),
+                ("verdict", "appropriate"),
+                ("note", "fine"),
+                ("note_salt", "zz".repeat(32).leak()),
+                ("signature", sig.as_str()),
+            ],
+            400,
+            "invalid-note-salt",
+        ),
+        (
+            vec![
+                ("csrf", csrf.as_str()),
                 ("verdict", "maybe"),
                 ("note", "fine"),
+                ("note_salt", NOTE_SALT),
                 ("signature", sig.as_str()),
             ],
             400,
@@ -935,6 +1020,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
                 ("csrf", csrf.as_str()),
                 ("verdict", "appropriate"),
                 ("note", long.as_str()),
+                ("note_salt", NOTE_SALT),
                 ("signature", long_sig.as_str()),
             ],
             400,
@@ -945,6 +1031,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
                 ("csrf", csrf.as_str()),
                 ("verdict", "appropriate"),
                 ("note", "fine"),
+                ("note_salt", NOTE_SALT),
                 ("signature", "0xzz"),
             ],
             400,
@@ -1026,6 +1113,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
                 ("csrf", &csrf),
                 ("verdict", "appropriate"),
                 ("note", "fine"),
+                ("note_salt", NOTE_SALT),
                 ("signature", signature),
             ],
         )
@@ -1062,6 +1150,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
             ("csrf", &csrf_of_session(&base, &nurse_session).await),
             ("verdict", "appropriate"),
             ("note", "fine"),
+            ("note_salt", NOTE_SALT),
             ("signature", &own),
         ],
     )

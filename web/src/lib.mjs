@@ -271,10 +271,24 @@ export function normalizeNote(note) {
   return String(note ?? "").replace(/\r\n|\r|\n/g, "\r\n");
 }
 
-/** SHA-256 of the normalized note's UTF-8 bytes (32 bytes). */
-export async function noteHash(note, { crypto } = {}) {
+/** 32 random bytes: the salt of a note's hash, drawn for each verdict. */
+export function newNoteSalt({ crypto } = {}) {
+  return subtle(crypto).getRandomValues(new Uint8Array(32));
+}
+
+/**
+ * The note's hash as the chain records it: SHA-256 of the salt (32 bytes) and the normalized
+ * note's UTF-8 bytes. A note is short text about a patient's care, often one of a few phrases;
+ * without the salt its hash would be found by hashing guesses.
+ */
+export async function noteHash(note, salt, { crypto } = {}) {
+  if (!(salt instanceof Uint8Array) || salt.length !== 32) throw new UserError("The note's salt is not 32 bytes.");
   const c = subtle(crypto);
-  return new Uint8Array(await c.subtle.digest("SHA-256", new TextEncoder().encode(normalizeNote(note))));
+  const text = new TextEncoder().encode(normalizeNote(note));
+  const bytes = new Uint8Array(salt.length + text.length);
+  bytes.set(salt);
+  bytes.set(text, salt.length);
+  return new Uint8Array(await c.subtle.digest("SHA-256", bytes));
 }
 
 /** `{action: "review", access-id, verdict, note-hash}` for an access id (64 hex) and a verdict. */

@@ -11,7 +11,9 @@ import {
   UserError,
   decryptKey,
   encryptKey,
+  bytesToHex,
   networkFrom,
+  newNoteSalt,
   noteHash,
   parseChallenge,
   parseDomain,
@@ -221,6 +223,7 @@ function initVerdict() {
   const status = byId("verdict-status");
   const passphrase = byId("verdict-passphrase");
   const signatureInput = form.querySelector('input[name="signature"]');
+  const saltInput = form.querySelector('input[name="note_salt"]');
   const submitButton = form.querySelector('button[type="submit"], input[type="submit"]');
   let walletButton = null;
 
@@ -231,18 +234,20 @@ function initVerdict() {
     if (!domainHex) throw new UserError("This page has no signing domain; reload it.");
     const domain = parseDomain(domainHex);
     const note = form.querySelector('textarea[name="note"]')?.value ?? "";
+    if (!signatureInput || !saltInput) throw new UserError("This page's form has no signature or salt field; reload it.");
+    const salt = newNoteSalt();
     const message = reviewMessage({
       accessId: form.dataset.accessId,
       verdict,
-      noteHash: await noteHash(note),
+      noteHash: await noteHash(note, salt),
     });
     const signature = await sign(message, domain);
-    if (!signatureInput) throw new UserError("This page's form has no signature field; reload it.");
     signatureInput.value = signature;
+    saltInput.value = bytesToHex(salt);
     if (passphrase) passphrase.value = "";
     report(status, "Signed. Submitting the verdict…", "busy");
     submitting = true;
-    form.submit(); // a native post: csrf, verdict, note, revoke, signature (the passphrase has no name)
+    form.submit(); // a native post: csrf, verdict, note, revoke, signature, note_salt (the passphrase has no name)
   }
 
   async function run(sign) {

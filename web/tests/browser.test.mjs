@@ -2,6 +2,7 @@
 // fake-service.mjs. Needs Chromium (web/setup installs it); BREAKGLASS_SKIP_BROWSER=1 skips.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -69,8 +70,10 @@ test("review-flow.mjs: key import, sign-in, verdict with the note as CRLF, confi
     assert.equal(verdict.verdict, "needs-follow-up");
     assert.equal(verdict.note, NOTE.replace(/\n/g, "\r\n"), "Chromium submits the textarea with CRLF");
     assert.equal(verdict.noteHash, result.note_hash);
+    assert.equal(verdict.noteSalt, result.note_salt);
+    assert.notEqual(verdict.noteHash, createHash("sha256").update(verdict.note).digest("hex"), "the hash is salted");
     assert.match(verdict.contentType, /^application\/x-www-form-urlencoded/);
-    assert.deepEqual(verdict.fieldNames.sort(), ["csrf", "note", "signature", "verdict"]);
+    assert.deepEqual(verdict.fieldNames.sort(), ["csrf", "note", "note_salt", "signature", "verdict"]);
     // the page was reloaded while the review was pending
     const states = service.state.chainStates.filter((s) => s.startsWith("Review"));
     assert.ok(states.length >= 2 && states[0] === "Review: pending" && states.at(-1) === "Review: confirmed", states.join(", "));

@@ -138,6 +138,7 @@ export async function startFakeService({ reviewer, accessId, confirmAfterMs = 25
         ? `<p>Verdict: ${escape(verdict.verdict)}</p>`
         : `<form id="verdict" method="post" action="/review/accesses/${accessId}/verdict" data-access-id="${accessId}">
   <input type="hidden" name="csrf" value="${who.csrf}"><input type="hidden" name="signature" value="">
+  <input type="hidden" name="note_salt" value="">
   <fieldset><legend>Verdict</legend>
     <label><input type="radio" name="verdict" value="appropriate"> Appropriate</label>
     <label><input type="radio" name="verdict" value="inappropriate"> Inappropriate</label>
@@ -162,7 +163,9 @@ export async function startFakeService({ reviewer, accessId, confirmAfterMs = 25
       if (fields.get("csrf") !== who.csrf) return refuse("csrf", "bad token");
       const verdict = fields.get("verdict");
       const note = fields.get("note") ?? "";
-      const noteHash = createHash("sha256").update(Buffer.from(note, "utf8")).digest();
+      const noteSalt = fields.get("note_salt") ?? "";
+      if (!/^[0-9a-f]{64}$/.test(noteSalt)) return refuse("note-salt", noteSalt);
+      const noteHash = createHash("sha256").update(Buffer.from(noteSalt, "hex")).update(Buffer.from(note, "utf8")).digest();
       let message;
       try {
         message = tupleCV({
@@ -185,6 +188,7 @@ export async function startFakeService({ reviewer, accessId, confirmAfterMs = 25
         at: Date.now(),
         verdict,
         note,
+        noteSalt,
         noteHash: noteHash.toString("hex"),
         revoke: fields.get("revoke"),
         fieldNames: [...fields.keys()],

@@ -7,7 +7,8 @@
 // env: BASE_URL, REVIEWER_KEY (hex), ACCESS_ID (64 hex), VERDICT, NOTE; optional CHROMIUM (default
 // /usr/bin/chromium), OUT_DIR (a screenshot on failure), STEP_TIMEOUT_MS (default 30000),
 // CONFIRM_TIMEOUT_MS (default 60000).
-// stdout: one JSON line, {"ok":true,"steps":[...],"note_hash":"<hex>",...} and exit 0, or
+// stdout: one JSON line, {"ok":true,"steps":[...],"note_salt":"<hex>","note_hash":"<hex>",...} (the
+// salt the page posted, and the hash of it and the note posted) and exit 0, or
 // {"ok":false,"step":...,"error":...,"html":<page text excerpt>,...} and exit 1.
 
 import { mkdirSync } from "node:fs";
@@ -135,9 +136,12 @@ async function main(env = process.env) {
     if (typed) await page.type("#note", typed);
     const value = await page.$eval("#note", (el) => el.value);
     if (value !== typed) throw new Error(`the note typed reads ${JSON.stringify(value)}`);
-    out.note_hash = bytesToHex(await noteHash(note));
     if (env.REVOKE === "yes") await page.click('input[name="revoke"]');
     await page.type("#verdict-passphrase", PASSPHRASE);
+    let posted = null;
+    page.on("request", (r) => {
+      if (r.method() === "POST" && new URL(r.url()).pathname.endsWith("/verdict")) posted = new URLSearchParams(r.postData() ?? "");
+    });
     await page.evaluate(() => (window.__reviewFlowMark = true));
     await page.click('form#verdict button[type="submit"]');
     await until(
@@ -148,6 +152,10 @@ async function main(env = process.env) {
     );
     const verdictError = await page.evaluate(() => (window.__reviewFlowMark === true ? document.querySelector("#verdict-status")?.textContent : null));
     if (verdictError) throw new Error(`verdict refused: ${verdictError}`);
+    if (!posted) throw new Error("the verdict's post was not seen");
+    out.note_salt = posted.get("note_salt") ?? "";
+    if (!/^[0-9a-f]{64}$/.test(out.note_salt)) throw new Error(`the page posted the salt ${JSON.stringify(out.note_salt)}`);
+    out.note_hash = bytesToHex(await noteHash(posted.get("note") ?? "", new Uint8Array(Buffer.from(out.note_salt, "hex"))));
     done("verdict");
 
     step = "confirmed";

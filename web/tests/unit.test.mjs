@@ -21,6 +21,7 @@ import {
   encryptKey,
   normalizeNote,
   normalizePrivateKey,
+  newNoteSalt,
   noteHash,
   parseChallenge,
   parseDomain,
@@ -90,20 +91,29 @@ test("encryption refuses a short passphrase and stored records of the wrong shap
   }
 });
 
-test("a note is normalized to CRLF as a browser submits a textarea, then hashed as UTF-8", async () => {
+test("a note is normalized to CRLF as a browser submits a textarea, then hashed as UTF-8 after a salt of 32 random bytes", async () => {
   assert.equal(normalizeNote("a\nb\r\nc\rd"), "a\r\nb\r\nc\r\nd");
   assert.equal(normalizeNote("\n\n"), "\r\n\r\n");
   assert.equal(normalizeNote("x\r\n"), "x\r\n");
   assert.equal(normalizeNote(""), "");
   const note = "Paged at 02:10.\nRecord opened — café, ½ dose";
-  const expected = createHash("sha256").update(Buffer.from(note.replace(/\n/g, "\r\n"), "utf8")).digest("hex");
-  assert.equal(bytesToHex(await noteHash(note)), expected);
-  assert.equal(bytesToHex(await noteHash(note.replace(/\n/g, "\r\n"))), expected);
-  assert.equal(bytesToHex(await noteHash("")), createHash("sha256").update("").digest("hex"));
+  const salt = newNoteSalt();
+  const expected = createHash("sha256").update(salt).update(Buffer.from(note.replace(/\n/g, "\r\n"), "utf8")).digest("hex");
+  assert.equal(bytesToHex(await noteHash(note, salt)), expected);
+  assert.equal(bytesToHex(await noteHash(note.replace(/\n/g, "\r\n"), salt)), expected);
+  assert.equal(bytesToHex(await noteHash("", salt)), createHash("sha256").update(salt).digest("hex"));
+  // salted: not the note's own hash, and another salt another hash
+  assert.notEqual(bytesToHex(await noteHash("fine", salt)), createHash("sha256").update("fine").digest("hex"));
+  const other = newNoteSalt();
+  assert.equal(other.length, 32);
+  assert.notEqual(bytesToHex(other), bytesToHex(salt));
+  assert.notEqual(bytesToHex(await noteHash(note, other)), expected);
+  await assert.rejects(noteHash(note), UserError);
+  await assert.rejects(noteHash(note, new Uint8Array(31)), UserError);
 });
 
 test("the review message is the tuple the service rebuilds, and its signature recovers to the key's principal", async () => {
-  const hash = await noteHash("reviewed\nok");
+  const hash = await noteHash("reviewed\nok", newNoteSalt());
   const message = reviewMessage({ accessId: `0x${ACCESS_ID.toUpperCase()}`, verdict: "needs-follow-up", noteHash: hash });
   const expected = tupleCV({
     action: stringAsciiCV("review"),
