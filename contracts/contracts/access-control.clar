@@ -92,8 +92,8 @@
 ;;   u215 ERR-ALREADY-REVIEWED       the emergency access already has a review
 ;;   u216 ERR-INVALID-VERDICT        verdict not in VERDICTS
 ;;   u217 ERR-SELF-REVIEW            a reviewer cannot review an access they opened or recorded
-;;   u218 ERR-ANCHOR-REGRESSION      an audit anchor's count is below the previous anchor's, or
-;;                                   the same with another head
+;;   u218 ERR-ANCHOR-REGRESSION      an audit anchor's count is below the same responder's previous
+;;                                   anchor's, or the same with another head
 ;;   u219 ERR-ALREADY-MEMBER         the principal already holds that governance role
 ;;   u220 ERR-NOT-MEMBER             the principal does not hold that governance role
 ;;   u221 ERR-NO-DATA-TYPES          an emergency access must name at least one data type
@@ -544,19 +544,26 @@
 (define-read-only (get-anchor (index uint)) (map-get? anchors index))
 (define-read-only (get-latest-anchor)
   (if (is-eq (var-get anchor-count) u0) none (map-get? anchors (- (var-get anchor-count) u1))))
+;; Each responder anchors its own log: its anchors grow on their own, and another responder's
+;; (of another log) neither hold them back nor stand for them.
+(define-map latest-anchor-index principal uint)
+(define-read-only (get-latest-anchor-of (responder principal))
+  (match (map-get? latest-anchor-index responder) index (map-get? anchors index) none))
 
 (define-public (anchor-audit (head (buff 32)) (count uint))
   (let ((index (var-get anchor-count)))
     (try! (assert-direct-call))
     (asserts! (is-responder tx-sender) ERR-NOT-RESPONDER)
-    ;; the audit log only grows: an anchor covering fewer entries than the last is refused, and
-    ;; one covering as many must name the same head (another would fork the anchored history)
-    (asserts! (match (get-latest-anchor)
+    ;; the responder's audit log only grows: an anchor covering fewer entries than its last is
+    ;; refused, and one covering as many must name the same head (another would fork the
+    ;; anchored history)
+    (asserts! (match (get-latest-anchor-of tx-sender)
                 last (or (> count (get count last))
                          (and (is-eq count (get count last)) (is-eq head (get head last))))
                 true)
               ERR-ANCHOR-REGRESSION)
     (map-set anchors index { head: head, count: count, block: stacks-block-height, responder: tx-sender })
+    (map-set latest-anchor-index tx-sender index)
     (var-set anchor-count (+ index u1))
     (print { topic: "audit-anchored", head: head, count: count, anchor-index: index, responder: tx-sender })
     (ok index)))

@@ -501,6 +501,26 @@ describe("audit anchors", () => {
     expect(Cl.prettyPrint(read(C, "get-anchor", [Cl.uint(0)]))).toContain("count: u5");
     expect(read(C, "get-anchor", [Cl.uint(3)])).toBeNone();
   });
+
+  it("each responder's anchors grow on their own: another's larger count does not block ours (u218 per responder)", () => {
+    governance();
+    const other = stranger;
+    ok(C, "add-responder", [Cl.principal(other)], deployer);
+    expect(read(C, "get-latest-anchor-of", [Cl.principal(responder)])).toBeNone();
+    expect(call(C, "anchor-audit", [hash("01"), Cl.uint(5)], responder).result).toBeOk(Cl.uint(0));
+    // another responder's log is far longer: its anchor neither blocks ours nor counts as ours
+    expect(call(C, "anchor-audit", [hash("aa"), Cl.uint(1000)], other).result).toBeOk(Cl.uint(1));
+    expect(call(C, "anchor-audit", [hash("02"), Cl.uint(9)], responder).result).toBeOk(Cl.uint(2));
+    expect(Cl.prettyPrint(read(C, "get-latest-anchor-of", [Cl.principal(responder)]))).toContain("count: u9");
+    expect(Cl.prettyPrint(read(C, "get-latest-anchor-of", [Cl.principal(other)]))).toContain("count: u1000");
+    // each is still held to its own: ours below 9, theirs below 1000, or the same count forked
+    expect(call(C, "anchor-audit", [hash("03"), Cl.uint(8)], responder).result).toBeErr(err(ERR.ANCHOR_REGRESSION));
+    expect(call(C, "anchor-audit", [hash("03"), Cl.uint(9)], responder).result).toBeErr(err(ERR.ANCHOR_REGRESSION));
+    expect(call(C, "anchor-audit", [hash("bb"), Cl.uint(999)], other).result).toBeErr(err(ERR.ANCHOR_REGRESSION));
+    expect(call(C, "anchor-audit", [hash("02"), Cl.uint(9)], responder).result).toBeOk(Cl.uint(3));
+    expect(read(C, "get-anchor-count", [])).toBeUint(4);
+    expect(Cl.prettyPrint(read(C, "get-latest-anchor", []))).toContain(`responder: '${responder}`);
+  });
 });
 
 describe("emergency summaries", () => {
