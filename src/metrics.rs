@@ -37,6 +37,8 @@ pub struct Gauges {
     pub syncs: Vec<SyncGauge>,
     /// Principals on call, by source.
     pub on_call: Vec<(String, u64)>,
+    /// Stored on-call rows that do not read as their kind (read as closed).
+    pub on_call_unreadable: u64,
     pub applied_height: u64,
     pub node_tip_height: u64,
     pub pushes_not_on_chain: u64,
@@ -80,6 +82,7 @@ pub struct Metrics {
     sync_last_success: Family<Source, Gauge>,
     sync_failures: Family<Source, Gauge>,
     on_call: Family<Source, Gauge>,
+    on_call_unreadable: Gauge,
     applied_height: Gauge,
     node_tip_height: Gauge,
     pushes_not_on_chain: Gauge,
@@ -110,6 +113,7 @@ impl Metrics {
             sync_last_success: Family::default(),
             sync_failures: Family::default(),
             on_call: Family::default(),
+            on_call_unreadable: Gauge::default(),
             applied_height: Gauge::default(),
             node_tip_height: Gauge::default(),
             pushes_not_on_chain: Gauge::default(),
@@ -169,6 +173,11 @@ impl Metrics {
             "paging_on_call",
             "Clinicians on call now, by source",
             m.on_call.clone(),
+        );
+        registry.register(
+            "paging_unreadable_rows",
+            "Stored on-call rows that do not read as their kind: they put no one on call, and only a release replaces them",
+            m.on_call_unreadable.clone(),
         );
         registry.register(
             "chain_applied_height",
@@ -248,6 +257,7 @@ impl Metrics {
                 })
                 .set(g(*n));
         }
+        self.on_call_unreadable.set(g(gauges.on_call_unreadable));
         self.applied_height.set(g(gauges.applied_height));
         self.node_tip_height.set(g(gauges.node_tip_height));
         self.pushes_not_on_chain.set(g(gauges.pushes_not_on_chain));

@@ -278,6 +278,7 @@ fn gauges(health: &Health, counts: Option<((u64, u64), u64)>, now: u64) -> Gauge
             .into_iter()
             .map(|(source, n)| (source, n as u64))
             .collect(),
+        on_call_unreadable: oncall.unreadable() as u64,
         applied_height: follower.applied(),
         node_tip_height: follower.node_tip(),
         pushes_not_on_chain: follower

@@ -145,6 +145,9 @@ struct State {
     /// store keys to delete with the next writes (expired deliveries, aged-out incidents),
     /// each once however often a reload finds it again
     forgotten: std::collections::BTreeSet<String>,
+    /// stored rows that do not read as their kind (not JSON, or not what their key says: a
+    /// row written by another version, say), by key: read as closed (`read_stored`)
+    unreadable: std::collections::BTreeSet<String>,
 }
 
 /// How many aged-out rows one write deletes at most (the rest with the writes after it).
@@ -252,30 +255,59 @@ const FRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 const FRESH_MS: u64 = 100;
 
 /// The on-call state as stored, and when each synced roster was synced.
-fn read_stored(store: &dyn Store) -> Result<(State, HashMap<String, u64>), StoreError> {
+///
+/// A row that does not read as its kind is read as closed, and the rest of the state read
+/// (one such row failing the whole read left every replica answering from what it knew last,
+/// however old): an incident, shift or roster that does not read puts no one on call, and
+/// only a change that cannot put anyone on call by it replaces it (`may_replace`: a resolve,
+/// a shift that ended, a sync's roster), so that a page replayed over a resolved incident's
+/// row does not open it again; a delivery that does not read counts as seen (a replay is
+/// refused), until `seen_until` if it is read so no more. Each is named in `unreadable`.
+fn read_stored(
+    store: &dyn Store,
+    seen_until: u64,
+) -> Result<(State, HashMap<String, u64>), StoreError> {
+    fn of<T: serde::de::DeserializeOwned>(value: Option<serde_json::Value>) -> Option<T> {
+        serde_json::from_value(value?).ok()
+    }
     let mut state = State::default();
     let mut synced = HashMap::new();
     for (key, value) in store.paging()? {
-        let bad = |e: serde_json::Error| StoreError::Corrupt(key.clone(), e.to_string());
-        if let Some(k) = key.strip_prefix(INCIDENT) {
-            state
-                .incidents
-                .insert(k.to_string(), serde_json::from_value(value).map_err(bad)?);
+        let read = if let Some(k) = key.strip_prefix(INCIDENT) {
+            of(value)
+                .map(|i| state.incidents.insert(k.to_string(), i))
+                .is_some()
         } else if let Some(p) = key.strip_prefix(SHIFT) {
-            state
-                .shifts
-                .insert(p.to_string(), serde_json::from_value(value).map_err(bad)?);
+            of(value)
+                .map(|f| state.shifts.insert(p.to_string(), f))
+                .is_some()
         } else if let Some(source) = key.strip_prefix(ROSTER) {
-            let roster: Roster = serde_json::from_value(value).map_err(bad)?;
-            synced.insert(source.to_string(), roster.synced_at);
-            state.rosters.insert(source.to_string(), roster);
+            of::<Roster>(value)
+                .map(|roster| {
+                    synced.insert(source.to_string(), roster.synced_at);
+                    state.rosters.insert(source.to_string(), roster);
+                })
+                .is_some()
         } else if let Some(d) = key.strip_prefix(SEEN) {
+            let until: Option<u64> = of(value);
             state
                 .seen
-                .insert(d.to_string(), serde_json::from_value(value).map_err(bad)?);
+                .insert(d.to_string(), until.unwrap_or(seen_until));
+            until.is_some()
+        } else {
+            true
+        };
+        if !read {
+            state.unreadable.insert(key);
         }
     }
     Ok((state, synced))
+}
+
+/// Whether `change` may replace its row when that row does not read: only if it cannot put
+/// anyone on call by what the row held (`read_stored`).
+fn may_replace(change: &Change, now: u64) -> bool {
+    change.releases(now) || matches!(change, Change::Synced { .. })
 }
 
 const INCIDENT: &str = "incident:";
@@ -328,7 +360,11 @@ impl OnCall {
         if !checked {
             tracing::warn!("no on-call source configured: on-call is not checked");
         }
-        let (state, synced) = read_stored(store.as_ref())?;
+        let now = now_secs();
+        let (state, synced) = read_stored(store.as_ref(), now + 2 * settings.webhook_window_secs)?;
+        if !state.unreadable.is_empty() {
+            tracing::error!(rows = ?state.unreadable, "on-call rows that do not read as their kind: read as closed");
+        }
         let mut health: HashMap<String, SyncHealth> = synced
             .into_iter()
             .map(|(source, at)| {
@@ -383,9 +419,15 @@ impl OnCall {
     pub fn reload(&self) -> Result<(), StoreError> {
         self.reloaded_ms
             .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
-        let (stored, synced) = read_stored(self.store.as_ref())?;
+        let (stored, synced) = read_stored(self.store.as_ref(), self.seen_until())?;
         self.take_stored(stored, synced);
         Ok(())
+    }
+
+    /// Until when a delivery claimed now is a replay (and one whose row does not read counts
+    /// as seen).
+    fn seen_until(&self) -> u64 {
+        now_secs() + 2 * self.window_secs
     }
 
     /// `reload` for a "not on call" answer: the read on the blocking pool (the request's
@@ -400,8 +442,9 @@ impl OnCall {
         self.reloaded_ms
             .store(crate::clock::now_ms(), Ordering::Relaxed);
         let (store, reading) = (self.store.clone(), self.reading.clone());
+        let seen_until = self.seen_until();
         let read = tokio::task::spawn_blocking(move || {
-            let read = read_stored(store.as_ref());
+            let read = read_stored(store.as_ref(), seen_until);
             reading.store(false, Ordering::Release);
             read
         });
@@ -441,6 +484,11 @@ impl OnCall {
         for (k, until) in stored.seen {
             state.seen.entry(k).or_insert(until);
         }
+        let new: Vec<&String> = stored.unreadable.difference(&state.unreadable).collect();
+        if !new.is_empty() {
+            tracing::error!(rows = ?new, "on-call rows that do not read as their kind: read as closed");
+        }
+        state.unreadable = stored.unreadable;
         state.sweep(now_secs(), self.incident_max_secs);
     }
 
@@ -469,7 +517,8 @@ impl OnCall {
         }
         self.reloaded_ms
             .store(crate::clock::now_ms(), std::sync::atomic::Ordering::Relaxed);
-        let (stored, synced) = self.off_thread(read_stored).await?;
+        let seen_until = self.seen_until();
+        let (stored, synced) = self.off_thread(move |s| read_stored(s, seen_until)).await?;
         self.take_stored(stored, synced);
         Ok(())
     }
@@ -716,6 +765,15 @@ impl OnCall {
         self.reload_shared().await?;
         let (next, forgotten, incident) = {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let row = row_of(change);
+            if state.unreadable.contains(&row) && !may_replace(change, now_secs()) {
+                tracing::error!(%row, "on-call: a change to a row that does not read refused (only a release replaces it)");
+                return Err(StoreError::Corrupt(
+                    row,
+                    "the stored row does not read: only a change that releases may replace it"
+                        .into(),
+                ));
+            }
             let next = self.next(&state, change);
             let forgotten: Vec<String> = std::iter::from_fn(|| state.forgotten.pop_first())
                 .take(FORGET_AT_ONCE)
@@ -812,6 +870,12 @@ impl OnCall {
             self.forget_shared(forgotten).await;
         }
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if next.is_some() {
+            state.unreadable.remove(&row_of(change));
+        }
+        if let Some((d, _)) = delivery {
+            state.unreadable.remove(&format!("{SEEN}{d}"));
+        }
         if let Some(i) = new_incident {
             state.incidents.insert(format!("{}:{}", i.source, i.id), i);
         }
@@ -913,6 +977,12 @@ impl OnCall {
         h.consecutive_failures += 1;
     }
 
+    /// How many stored rows do not read as their kind (read as closed: `read_stored`).
+    pub fn unreadable(&self) -> usize {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        state.unreadable.len()
+    }
+
     /// The sync sources' health, by source.
     pub fn health(&self) -> HashMap<String, SyncHealth> {
         self.health
@@ -994,6 +1064,134 @@ mod tests {
             acknowledged: Some(acknowledged),
             at,
         }
+    }
+
+    /// Replicas on one Redis, beside rows that do not read as their kind (garbled bytes; JSON
+    /// of another shape, as another version might write): the rest of the state is read (another
+    /// replica's resolve is seen), and each such row is read as closed. An incident or shift
+    /// that does not read puts no one on call, and is replaced only by a change that releases
+    /// (a page replayed over a resolved incident's row would open it again); a delivery that
+    /// does not read counts as seen. Before, any one of them failed the whole read, and each
+    /// replica answered from what it knew last (the resolved incident's responder on call).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_that_do_not_read_are_read_as_closed_and_the_rest_is_read() {
+        let redis = crate::dev::test_redis().await;
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::RedisStore::open(redis.url.as_str(), "u:").unwrap());
+        let mut settings = OnCallSettings::default();
+        settings.pagerduty.webhook_secrets_file = Some("pagerduty-secrets".into());
+        settings.webhook.secrets_file = Some("webhook-secrets".into());
+        let oncall = OnCall::load(&settings, store.clone())
+            .unwrap()
+            .shared_with_replicas(true);
+        let t = now_secs();
+        let who = "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM";
+        let nurse = "ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG";
+        oncall.apply(page(false, t - 10), None).await.unwrap();
+        assert!(matches!(oncall.lookup(who, t), Lookup::OnCall(_)));
+
+        // another replica resolves i1; beside it, an incident of garbled bytes, a shift and a
+        // delivery of another shape
+        let resolved = Incident {
+            source: "pagerduty".into(),
+            id: "i1".into(),
+            service: None,
+            responders: vec![],
+            since: t - 10,
+            updated: t - 5,
+            resolved: true,
+            acknowledged: false,
+        };
+        let other_shape = serde_json::json!({"version": 2, "rows": ["x"]});
+        store
+            .apply(Batch {
+                paging: vec![
+                    (
+                        format!("{INCIDENT}pagerduty:i1"),
+                        Some(json(&resolved).unwrap()),
+                    ),
+                    (format!("{SHIFT}{nurse}"), Some(other_shape.clone())),
+                    (format!("{SEEN}webhook:d9"), Some(other_shape.clone())),
+                ],
+                ..Batch::default()
+            })
+            .unwrap();
+        let mut raw = redis::Client::open(redis.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        redis::cmd("HSET")
+            .arg("u:paging")
+            .arg(format!("{INCIDENT}pagerduty:garbled"))
+            .arg(b"\x00not json".as_slice())
+            .query::<()>(&mut raw)
+            .unwrap();
+        oncall.reload().unwrap();
+        assert!(
+            matches!(oncall.lookup(who, t), Lookup::NotOnCall),
+            "the resolve is read beside the rows that do not read"
+        );
+        assert_eq!(oncall.unreadable(), 3);
+        // the delivery that does not read counts as seen: its replay is refused
+        assert!(!oncall.claim("webhook:d9", t).await);
+        assert!(oncall.claim("webhook:d10", t).await);
+
+        // i1's tombstone now of another shape: a page replayed over it is refused, not a
+        // new incident; a resolve replaces it, and a later page then opens it again
+        store
+            .apply(Batch {
+                paging: vec![(format!("{INCIDENT}pagerduty:i1"), Some(other_shape.clone()))],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(matches!(
+            oncall.apply(page(false, t - 8), None).await,
+            Err(StoreError::Corrupt(..))
+        ));
+        oncall.reload().unwrap();
+        assert!(matches!(oncall.lookup(who, t), Lookup::NotOnCall));
+        let resolve = Change::Resolved {
+            source: "pagerduty".into(),
+            id: "i1".into(),
+            at: t - 4,
+        };
+        assert_eq!(oncall.apply(resolve, None).await.unwrap(), Applied::Changed);
+        assert_eq!(
+            oncall.unreadable(),
+            3,
+            "i1 reads again (the garbled one, the shift and the delivery do not)"
+        );
+        oncall.apply(page(false, t - 2), None).await.unwrap();
+        assert!(matches!(oncall.lookup(who, t), Lookup::OnCall(_)));
+
+        // the shift that does not read puts no one on call; a shift putting the nurse on
+        // call is refused over it, one that ended replaces it
+        assert!(matches!(oncall.lookup(nurse, t), Lookup::NotOnCall));
+        let shift = |until: u64| Change::Shift {
+            principal: nurse.into(),
+            fact: Fact::scheduled("webhook", None, Some(t - 60), Some(until)),
+        };
+        assert!(matches!(
+            oncall.apply(shift(t + 3600), None).await,
+            Err(StoreError::Corrupt(..))
+        ));
+        assert!(matches!(oncall.lookup(nurse, t), Lookup::NotOnCall));
+        assert_eq!(
+            oncall.apply(shift(t - 1), None).await.unwrap(),
+            Applied::Changed
+        );
+        assert_eq!(oncall.unreadable(), 2);
+        let later = Change::Shift {
+            principal: nurse.into(),
+            fact: Fact::scheduled("webhook", None, Some(t), Some(t + 3600)),
+        };
+        oncall.apply(later, None).await.unwrap();
+        assert!(matches!(oncall.lookup(nurse, t), Lookup::OnCall(_)));
+
+        // on one machine too: the state loads (before: the service did not start)
+        let one = OnCall::load(&settings, store.clone()).unwrap();
+        assert_eq!(one.unreadable(), 2);
+        assert!(matches!(one.lookup(who, t), Lookup::OnCall(_)));
     }
 
     /// Replicas on one Redis: another replica resolves an incident between this one's check of

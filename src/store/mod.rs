@@ -782,8 +782,9 @@ pub trait Store: Send + Sync + 'static {
     /// A provider's directory entry.
     fn directory_entry(&self, principal: &Address) -> Result<Option<ProviderEntry>, StoreError>;
     fn directory_entries(&self) -> Result<Vec<ProviderEntry>, StoreError>;
-    /// Every on-call entry of the paging integrations.
-    fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError>;
+    /// Every on-call entry of the paging integrations; `None` for one that is not JSON (its
+    /// reader decides what a row it cannot read means: `paging::read_stored`).
+    fn paging(&self) -> Result<Vec<(String, Option<serde_json::Value>)>, StoreError>;
     /// One on-call entry of the paging integrations.
     fn paging_row(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError>;
     /// Every notice, oldest access first.

@@ -319,11 +319,15 @@ macro_rules! typed_reads {
             self.get(PAGING, key)
         }
 
-        fn paging(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
-            self.scan(PAGING)?
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), dec(k, v)?)))
-                .collect()
+        fn paging(&self) -> Result<Vec<(String, Option<serde_json::Value>)>, StoreError> {
+            Ok(self
+                .scan(PAGING)?
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = serde_json::from_slice(&v).ok();
+                    (k, v)
+                })
+                .collect())
         }
 
         fn notices(&self) -> Result<Vec<Notice>, StoreError> {

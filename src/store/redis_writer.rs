@@ -913,7 +913,7 @@ mod tests {
         );
         assert_eq!(
             done.store.paging().unwrap(),
-            vec![("on-call".to_string(), serde_json::json!(2))],
+            vec![("on-call".to_string(), Some(serde_json::json!(2)))],
             "the later write of the row wins"
         );
         let outcomes: Vec<String> = done
