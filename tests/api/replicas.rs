@@ -216,6 +216,82 @@ async fn a_hung_redis_is_refused_within_seconds_and_the_service_resumes_with_it(
     );
 }
 
+/// A grant whose write answered an error that landed all the same (acknowledged by fewer of
+/// Redis's replicas than `data.redis_wait_replicas` asks: the primary has it): the clinician
+/// is refused 503 `audit-unavailable`, no token issued, and the access, on record as any
+/// grant, has its token revoked beside it by the service, so that its record says the token
+/// never left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_refused_on_a_write_that_landed_all_the_same_reads_as_never_issued() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary_dir, replica_dir) = (dir.path().join("primary"), dir.path().join("replica"));
+    std::fs::create_dir_all(&primary_dir).unwrap();
+    std::fs::create_dir_all(&replica_dir).unwrap();
+    let primary = RedisServer::start(&primary_dir);
+    let mut replica = RedisServer::start_replica(&replica_dir, &primary);
+    eventually("the replica linked", SECS, async || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut replica.connection())
+            .unwrap();
+        info.contains("master_link_status:up").then_some(())
+    })
+    .await;
+    let url = primary.url();
+    let env = setup(|s| {
+        s.data.redis_url = Some(url);
+        s.data.redis_wait_replicas = 1;
+        s.data.redis_wait_ms = 500;
+    })
+    .await;
+    let nurse = provider(&env.demo, "nurse");
+    let key = nurse["private_key"].as_str().unwrap();
+    let pid = patient(&env.demo, true);
+    let (status, first) = post(&env.app, &signed(key, pid, &["allergies"], 1, now())).await;
+    assert_eq!(status, 201, "{first}");
+
+    replica.kill();
+    let (status, refused) = post(&env.app, &signed(key, pid, &["allergies"], 2, now())).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (503, Some("audit-unavailable")),
+        "{refused}"
+    );
+    assert!(refused.get("access_token").is_none(), "{refused}");
+    let store = &env.app.store;
+    let accesses = store.access_ids().unwrap();
+    assert_eq!(
+        accesses.len(),
+        2,
+        "the refused grant's write landed: {accesses:?}"
+    );
+    let withheld = accesses
+        .iter()
+        .find(|id| id.to_string() != first["access_id"].as_str().unwrap())
+        .unwrap();
+    eventually("the withheld token revoked", SECS, async || {
+        store.revoked(&withheld.to_string()).unwrap().map(drop)
+    })
+    .await;
+    let trail: Vec<breakglass::audit::Event> = store
+        .audit_of(withheld)
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str(e.event.get()).unwrap())
+        .collect();
+    assert!(
+        trail.iter().any(|e| matches!(e,
+            breakglass::audit::Event::Revocation { by, .. } if by == breakglass::access::WITHHELD_BY)),
+        "{:?}",
+        trail.iter().map(breakglass::audit::Event::kind).collect::<Vec<_>>()
+    );
+    // the grant that was answered keeps its token
+    assert!(store
+        .revoked(first["access_id"].as_str().unwrap())
+        .unwrap()
+        .is_none());
+}
+
 /// A Redis at its `maxmemory`: a grant is refused at once (503 `audit-unavailable`, no token),
 /// and so is an introspection (each use of a token is recorded before it is answered),
 /// `/readyz` says why (`store_writes`), and everything resumes once the server has room,
