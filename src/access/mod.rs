@@ -421,11 +421,24 @@ impl BreakGlass {
     /// in the provider directory (the hospital's clinicians, imported by its operators: a
     /// flood of keys made on the spot does not keep them waiting), or were looked up in the
     /// last `LISTED_LOOKUP_SECS` past that bound.
+    /// A directory that cannot be read is 503 `store-unavailable` (not `too-many-lookups`: the
+    /// clinician's client would wait for a bound that is not the cause).
     fn bounded_lookup(&self, principal: &Address) -> Result<(), Refusal> {
-        let listed = || matches!(self.state.store.directory_entry(principal), Ok(Some(_)));
+        let listed = || match self.state.store.directory_entry(principal) {
+            Ok(entry) => Ok(entry.is_some()),
+            Err(e) => {
+                tracing::error!(error = %e, "the provider directory could not be read for a lookup past the bound");
+                Err(Refusal::new(
+                    503,
+                    "store-unavailable",
+                    "Store unavailable",
+                    "the store cannot be read right now; try again",
+                ))
+            }
+        };
         if self.state.cached_provider(principal).is_none()
             && self.lookups.check().is_err()
-            && !(listed() && self.listed_lookups.check_key(principal).is_ok())
+            && !(listed()? && self.listed_lookups.check_key(principal).is_ok())
         {
             return Err(Refusal::new(
                 503,

@@ -292,6 +292,47 @@ async fn a_grant_refused_on_a_write_that_landed_all_the_same_reads_as_never_issu
         .is_none());
 }
 
+/// Past the bound on lookups of principals the cache does not know, a store that does not
+/// answer whether a principal is in the provider directory is 503 `store-unavailable`, not
+/// `too-many-lookups` (before, the failed read counted as "not listed", and the clinician's
+/// client was told to wait for a bound that was not the cause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_that_cannot_be_read_past_the_lookup_bound_is_said_to_be_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let url = redis.url();
+    let env = setup(|s| s.data.redis_url = Some(url)).await;
+    let addr = env.app.api_addr;
+    redis.pause();
+    // more principals no one knows than the bound lets through in a second, at once
+    let asked = futures_util::future::join_all((0..120).map(|_| async move {
+        let who = address_of(&new_key());
+        let res = reqwest::get(format!("http://{addr}/tablet/options?principal={who}"))
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body: Json = res.json().await.unwrap_or(Json::Null);
+        (
+            status,
+            body["code"].as_str().unwrap_or_default().to_string(),
+        )
+    }))
+    .await;
+    redis.resume();
+    let codes: Vec<&str> = asked.iter().map(|(_, c)| c.as_str()).collect();
+    println!("{codes:?}");
+    assert!(
+        !codes.contains(&"too-many-lookups"),
+        "the directory was not read, yet the bound was blamed: {codes:?}"
+    );
+    assert!(
+        asked
+            .iter()
+            .any(|(s, c)| *s == 503 && c == "store-unavailable"),
+        "{codes:?}"
+    );
+}
+
 /// A Redis at its `maxmemory`: a grant is refused at once (503 `audit-unavailable`, no token),
 /// and so is an introspection (each use of a token is recorded before it is answered),
 /// `/readyz` says why (`store_writes`), and everything resumes once the server has room,
