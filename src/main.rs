@@ -321,8 +321,34 @@ fn rotate_data_key(s: &Settings) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// Refuses while a replica runs on the shared store: each running replica contends for the
+/// submitter's lease, and one holds it, renewed every few seconds. An offline command that
+/// writes rows the replicas write too (`patients rekey` reads each row, then writes it sealed
+/// anew) would overwrite what a running replica wrote between its read and its write (a
+/// summary imported meanwhile, say). On the embedded store the file's lock keeps the service
+/// out already.
+fn no_replica_running(s: &Settings, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let coordination = s.data.coordinator(s.issuance.grants_per_minute)?;
+    if !coordination.is_shared() || !ServiceKeys::exists(&s.data.dir) {
+        return Ok(());
+    }
+    let sender =
+        ServiceKeys::load_or_generate(&s.data.dir)?.stacks_address(s.chain.network.is_mainnet());
+    let lease = format!("submitter:{sender}");
+    let holder = format!("offline:{}", breakglass::coordination::replica_id());
+    runtime.block_on(async {
+        match coordination.lease(&lease, &holder, 1_000).await? {
+            Some(_) => coordination.release(&lease, &holder).await.map_err(anyhow::Error::from),
+            None => anyhow::bail!(
+                "a replica is running on this store (it holds the lease {lease}): stop every replica first (deploy/README.md, data-key rotation step 3)"
+            ),
+        }
+    })
+}
+
 fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
     let (store, keyring, runtime) = offline_sealing(s)?;
+    no_replica_running(s, &runtime)?;
     // everything sealed with the data key: contacts, the accesses' reasons, stored notices,
     // emergency summaries, reviewers' notes, the token signing keys
     let (contacts, reasons, messages, summaries, notes) = runtime.block_on(async {

@@ -857,6 +857,31 @@ async fn with_replicas_commands_that_seal_use_the_data_key_the_replicas_recorded
     // published again from the same host: nothing changes, and it agrees
     let again = json(&run(&host, &["keys", "publish"]));
     assert_eq!(again["data_key"], new_key.as_str());
+
+    // `patients rekey` rewrites rows the replicas write: refused while one runs (it holds the
+    // submitter's lease), nothing resealed; run once none does
+    let lease = format!("submitter:{}", replicas.responder);
+    assert!(coordination
+        .lease(&lease, "a-running-replica", 30_000)
+        .await
+        .unwrap()
+        .is_some());
+    let refused = run(&host, &["patients", "rekey"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("a replica is running"), "{why}");
+    coordination
+        .release(&lease, "a-running-replica")
+        .await
+        .unwrap();
+    let rekeyed = json(&run(&host, &["patients", "rekey"]));
+    assert_eq!(rekeyed["key_id"], new_key.as_str(), "{rekeyed}");
+    // (and it let the lease go: a replica takes it at once)
+    assert!(coordination
+        .lease(&lease, "a-replica-started-after", 30_000)
+        .await
+        .unwrap()
+        .is_some());
 }
 
 /// An access record whose reason is sealed with `ring`'s current key.
