@@ -1,6 +1,9 @@
 //! `breakglass audit verify`: walks the whole log from its first entry, checks every link and
 //! every entry's hash, then every anchor our service put on chain (`get-anchor`) against the
-//! entry it covers, and names the first entry that does not match. (The command opens the
+//! entry it covers, and names the first entry that does not match; then the log's index by
+//! access (what a reviewer's trail of an access is read through) against the entries the log
+//! holds: a row missing (an entry hidden from its access's trail) or naming an entry that is not
+//! about its access is named. (The command opens the
 //! store as the service would at start, applying what its journal holds.)
 //!
 //! It must not: write to the log.
@@ -54,6 +57,10 @@ pub enum VerifyError {
     },
     #[error("the store's head (entry {stored}) is not the log's last entry ({walked})")]
     Head { stored: u64, walked: u64 },
+    #[error("entry {seq}: it is about access {access}, but the index of the log by access does not name it there (a reviewer's trail of that access does not show it)")]
+    Unindexed { seq: u64, access: String },
+    #[error("entry {seq}: the index of the log by access names it for access {access}, which it is not about (it would show in that access's trail)")]
+    Misindexed { seq: u64, access: String },
     #[error("the store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("the node: {0}")]
@@ -70,7 +77,9 @@ impl VerifyError {
                 | Broken::Gap { seq, .. }
                 | Broken::Unreadable { seq, .. },
             ) => Some(*seq),
-            VerifyError::Anchor { seq, .. } => Some(*seq),
+            VerifyError::Anchor { seq, .. }
+            | VerifyError::Unindexed { seq, .. }
+            | VerifyError::Misindexed { seq, .. } => Some(*seq),
             _ => None,
         }
     }
@@ -138,6 +147,8 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
     let mut head = Head::default();
     let mut next_anchor = 0;
     let mut checked = 0;
+    // (access, entry) of every entry about an access, as the index by access must name them
+    let mut indexed = std::collections::BTreeSet::new();
     'walk: loop {
         // an unreadable entry is named once the entries before it are checked (one of them,
         // altered, may be the first to break the log)
@@ -160,6 +171,9 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
                 break 'walk;
             }
             head = follows(&head, entry)?;
+            if let Some(access) = entry.parsed().ok().and_then(|e| e.access()) {
+                indexed.insert((access, entry.seq));
+            }
             while let Some(a) = anchors.get(next_anchor) {
                 if a.count > head.seq {
                     break;
@@ -202,6 +216,26 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
         return Err(VerifyError::Head {
             stored: stored.seq,
             walked: head.seq,
+        });
+    }
+    // (rows for entries past the head read first are a running service's, left for later)
+    let index: std::collections::BTreeSet<_> = store
+        .audit_index()?
+        .into_iter()
+        .filter(|(_, seq)| *seq <= head.seq)
+        .collect();
+    let missing = indexed.difference(&index).map(|(a, seq)| (*seq, a));
+    let extra = index.difference(&indexed).map(|(a, seq)| (*seq, a));
+    if let Some((seq, access)) = missing
+        .clone()
+        .chain(extra.clone())
+        .min_by_key(|(seq, _)| *seq)
+    {
+        let access = access.to_string();
+        return Err(if missing.clone().any(|(s, _)| s == seq) {
+            VerifyError::Unindexed { seq, access }
+        } else {
+            VerifyError::Misindexed { seq, access }
         });
     }
     Ok(Report {
@@ -275,5 +309,77 @@ mod tests {
         // and whole once the writing stopped
         let head = store.audit_head().unwrap().unwrap();
         assert_eq!(check(store.as_ref(), &[]).unwrap().entries, head.seq);
+    }
+
+    /// The index of the log by access (what a reviewer's trail is read through) is checked
+    /// against the log: a row dropped (an entry hidden from its access's trail) or added
+    /// (another entry shown in an access's trail) is named by its entry. Before, the walk
+    /// checked the log alone, and the trails read through the index were trusted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_index_row_dropped_or_added_is_named() {
+        let redis = crate::dev::test_redis().await;
+        let store = crate::store::RedisStore::open(redis.url.as_str(), "ix:").unwrap();
+        let (a, b) = (crate::access::access_id(1), crate::access::access_id(2));
+        let verdict = |access| {
+            Record::now(Event::Verdict {
+                access,
+                reviewer: "ST1PQHQKV0RJXZFY1DGX8MNSNYVE3VGZJSRTPGZGM".parse().unwrap(),
+                verdict: "appropriate".into(),
+                note_hash: String::new(),
+                patient: crate::domain::PatientId([1; 32]),
+                revoked: false,
+            })
+        };
+        let mut batch = entries(1);
+        batch.audit.extend([verdict(a), verdict(b), verdict(a)]);
+        store.apply(batch).unwrap();
+        assert_eq!(check(&store, &[]).unwrap().entries, 4);
+
+        let mut raw = redis::Client::open(redis.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let row = |access: &crate::domain::AccessId, seq: u64| format!("{access}:{seq:020}");
+        // (kept as a sorted set, each row a member of score 0)
+        let add = |raw: &mut redis::Connection, member: String| {
+            redis::cmd("ZADD")
+                .arg("ix:sorted:audit_by_access")
+                .arg(0)
+                .arg(member)
+                .query::<()>(raw)
+                .unwrap()
+        };
+        let remove = |raw: &mut redis::Connection, member: String| {
+            redis::cmd("ZREM")
+                .arg("ix:sorted:audit_by_access")
+                .arg(member)
+                .query::<()>(raw)
+                .unwrap()
+        };
+        // entry 4 (about a) dropped from the index
+        remove(&mut raw, row(&a, 4));
+        assert_eq!(
+            store.audit_of(&a).unwrap().len(),
+            1,
+            "hidden from a's trail"
+        );
+        match check(&store, &[]) {
+            Err(VerifyError::Unindexed { seq: 4, access }) => assert_eq!(access, a.to_string()),
+            other => panic!("{other:?}"),
+        }
+        add(&mut raw, row(&a, 4));
+        assert_eq!(check(&store, &[]).unwrap().entries, 4);
+        // entry 3 (about b) named for a too, and the sign-in (about none) for b
+        add(&mut raw, row(&a, 3));
+        match check(&store, &[]) {
+            Err(e @ VerifyError::Misindexed { seq: 3, .. }) => assert_eq!(e.entry(), Some(3)),
+            other => panic!("{other:?}"),
+        }
+        remove(&mut raw, row(&a, 3));
+        add(&mut raw, row(&b, 1));
+        assert!(matches!(
+            check(&store, &[]),
+            Err(VerifyError::Misindexed { seq: 1, .. })
+        ));
     }
 }

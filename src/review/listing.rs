@@ -170,6 +170,10 @@ pub struct TrailLine {
     pub at_ms: u64,
     pub kind: &'static str,
     pub event: crate::audit::Event,
+    /// Whether the entry hashes to the hash it carries and the log's next entry (or its head)
+    /// links to it: an entry edited in the store is shown flagged (`audit verify` walks the
+    /// whole log, and checks it against the chain's anchors).
+    pub intact: bool,
 }
 
 /// The on-chain emergency record, as the node answers now.
@@ -288,6 +292,40 @@ fn failed(op: Option<&Submission>) -> bool {
 }
 
 impl Review {
+    /// Access `id`'s audit trail, read through the log's index by access: only the entries
+    /// about it (a row of the index naming another entry is left out, logged), each said
+    /// intact or not (`TrailLine::intact`).
+    fn trail(&self, id: &AccessId) -> Result<Vec<TrailLine>, crate::store::StoreError> {
+        let store = &self.state.store;
+        let head = store.audit_head()?;
+        let mut lines = Vec::new();
+        for e in store.audit_of(id)? {
+            let Ok(event) = e.parsed() else {
+                tracing::error!(seq = e.seq, access = %id, "an entry of an access's trail does not read");
+                continue;
+            };
+            if event.access() != Some(*id) {
+                tracing::error!(seq = e.seq, access = %id, "the log's index names an entry for an access it is not about: left out of the trail (audit verify names it)");
+                continue;
+            }
+            let linked = match &head {
+                Some(h) if h.seq == e.seq => h.hash == e.hash,
+                _ => store
+                    .audit_entries(e.seq + 1, 1)?
+                    .first()
+                    .is_some_and(|next| next.seq == e.seq + 1 && next.prev == e.hash),
+            };
+            lines.push(TrailLine {
+                seq: e.seq,
+                at_ms: e.at,
+                kind: event.kind(),
+                intact: linked && e.computed_hash() == e.hash,
+                event,
+            });
+        }
+        Ok(lines)
+    }
+
     /// The clinician's directory entry, checked against the chain as the node has them (the
     /// cache, or one read on a miss; not checked if that read fails).
     async fn directory_view(&self, who: &Address) -> Result<Option<DirectoryView>, StoreError> {
@@ -476,20 +514,7 @@ impl Review {
                 on_chain: summary.review.clone(),
             }
         });
-        let trail = store
-            .audit_of(id)
-            .map_err(unavailable)?
-            .into_iter()
-            .filter_map(|e| {
-                let event = e.parsed().ok()?;
-                Some(TrailLine {
-                    seq: e.seq,
-                    at_ms: e.at,
-                    kind: event.kind(),
-                    event,
-                })
-            })
-            .collect();
+        let trail = self.trail(id).map_err(unavailable)?;
         let notice = store
             .notice(id)
             .map_err(unavailable)?

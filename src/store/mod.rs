@@ -813,6 +813,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<crate::audit::Entry>, StoreError>;
     /// The audit entries about one access, in order.
     fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError>;
+    /// Every row of the audit log's index by access, as the access and entry number it names
+    /// (for `audit verify`, which checks it against the log); a row that names neither is
+    /// `Corrupt`.
+    fn audit_index(&self) -> Result<Vec<(AccessId, u64)>, StoreError>;
     /// A patient's emergency summary, sealed.
     fn summary(&self, patient: &PatientId) -> Result<Option<Vec<u8>>, StoreError>;
     /// A patient's summary before the stored one, sealed, kept while the chain records the

@@ -434,6 +434,19 @@ macro_rules! typed_reads {
             self.get_each(AUDIT, &keys)
         }
 
+        fn audit_index(&self) -> Result<Vec<(AccessId, u64)>, StoreError> {
+            self.scan(AUDIT_BY_ACCESS)?
+                .into_iter()
+                .map(|(k, _)| {
+                    k.split_once(':')
+                        .and_then(|(a, seq)| Some((a.parse().ok()?, seq.parse().ok()?)))
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(k.clone(), "not <access id>:<entry number>".into())
+                        })
+                })
+                .collect()
+        }
+
         fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError> {
             let prefix = format!("{access_id}:");
             let keys: Vec<String> = self

@@ -1576,3 +1576,83 @@ async fn a_reviewer_moves_between_replicas_without_signing_in_again() {
     }
     other.stop().await;
 }
+
+/// An access's trail, read through the log's index by access, shows only the entries about
+/// that access, and flags one that does not verify against the log: on Redis, one grant's
+/// entry edited in place, and an index row added that names another access's grant for it.
+/// Before, the trail showed whatever the index named, as it read, unflagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_trail_shows_its_own_entries_and_flags_an_edited_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let url = redis.url();
+    let env = setup(|s| {
+        s.data.redis_url = Some(url);
+        s.admin.clients = vec![client("auditor", ADMIN_SECRET)];
+    })
+    .await;
+    let base = base(&env);
+    let (mine, _) = grant(&env, "nurse", 1).await;
+    let (other, _) = grant(&env, "physician", 1).await;
+    let trail = async |id: &str| -> Vec<Json> {
+        let detail: Json = admin_get(&base, &format!("/v1/reviews/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        detail["trail"].as_array().unwrap().clone()
+    };
+    let before = trail(&mine).await;
+    assert!(
+        !before.is_empty() && before.iter().all(|t| t["intact"] == true),
+        "{before:?}"
+    );
+    let seq = before[0]["seq"].as_u64().unwrap();
+    let other_seq = trail(&other).await[0]["seq"].as_u64().unwrap();
+
+    let mut raw = redis.connection();
+    let index: Vec<String> = redis::cmd("KEYS")
+        .arg("*sorted:audit_by_access")
+        .query(&mut raw)
+        .unwrap();
+    let prefix = index[0].strip_suffix("sorted:audit_by_access").unwrap();
+    // the grant's entry edited in place (its data type), its hash left as it was
+    let log = format!("{prefix}audit");
+    let field = format!("{seq:020}");
+    let entry: String = redis::cmd("HGET")
+        .arg(&log)
+        .arg(&field)
+        .query(&mut raw)
+        .unwrap();
+    let edited = entry.replace("allergies", "medications");
+    assert_ne!(edited, entry);
+    redis::cmd("HSET")
+        .arg(&log)
+        .arg(&field)
+        .arg(&edited)
+        .query::<()>(&mut raw)
+        .unwrap();
+    // and the other access's grant named in this access's index
+    redis::cmd("ZADD")
+        .arg(&index[0])
+        .arg(0)
+        .arg(format!("{mine}:{other_seq:020}"))
+        .query::<()>(&mut raw)
+        .unwrap();
+
+    let after = trail(&mine).await;
+    let seqs: Vec<u64> = after.iter().map(|t| t["seq"].as_u64().unwrap()).collect();
+    assert!(
+        !seqs.contains(&other_seq),
+        "another access's entry shown: {after:?}"
+    );
+    let edited = after.iter().find(|t| t["seq"] == seq).unwrap();
+    assert_eq!(edited["intact"], false, "{edited}");
+    assert!(
+        after
+            .iter()
+            .filter(|t| t["seq"] != seq)
+            .all(|t| t["intact"] == true),
+        "{after:?}"
+    );
+}
