@@ -327,16 +327,19 @@ fn rotate_data_key(s: &Settings) -> anyhow::Result<serde_json::Value> {
 /// anew) would overwrite what a running replica wrote between its read and its write (a
 /// summary imported meanwhile, say). On the embedded store the file's lock keeps the service
 /// out already.
+///
+/// (The lease is the one of the principal the replicas recorded as theirs, not this host's
+/// key's; none recorded: no replica ever started on the store.) A replica whose lease lapsed
+/// just then, or one started after the check, is not seen: the check is for the common
+/// mistake, the maintenance window is the rule.
 fn no_replica_running(s: &Settings, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let coordination = s.data.coordinator(s.issuance.grants_per_minute)?;
-    if !coordination.is_shared() || !ServiceKeys::exists(&s.data.dir) {
-        return Ok(());
-    }
-    let sender =
-        ServiceKeys::load_or_generate(&s.data.dir)?.stacks_address(s.chain.network.is_mainnet());
-    let lease = format!("submitter:{sender}");
     let holder = format!("offline:{}", breakglass::coordination::replica_id());
     runtime.block_on(async {
+        let Some(responder) = coordination.recorded_responder().await? else {
+            return Ok(());
+        };
+        let lease = format!("submitter:{responder}");
         match coordination.lease(&lease, &holder, 1_000).await? {
             Some(_) => coordination.release(&lease, &holder).await.map_err(anyhow::Error::from),
             None => anyhow::bail!(

@@ -183,6 +183,9 @@ pub async fn on_chain(
             })
         }
         ("anchor-audit", Some(head)) => {
+            // ours only if by the principal that signed it (another responder may anchor the
+            // same head, copied from our event): from the signed transaction, when kept
+            let signer = signed_by(s);
             let count = rpc
                 .call_read(&contract, "get-anchor-count", &[], sender)
                 .await?;
@@ -193,7 +196,12 @@ pub async fn on_chain(
                     .await?;
                 if let Value::Some(t) = &a {
                     let m = t.as_tuple();
-                    if m.and_then(|m| m.get("head")) == Some(&head) {
+                    let by = contracts::principal(m.and_then(|m| m.get("responder")));
+                    if m.and_then(|m| m.get("head")) == Some(&head)
+                        && signer
+                            .as_ref()
+                            .is_none_or(|signer| by.is_some_and(|by| by.to_string() == *signer))
+                    {
                         let height = contracts::uint(m.and_then(|m| m.get("block")))
                             .and_then(|h| u64::try_from(h).ok())
                             .unwrap_or(0);
@@ -205,6 +213,20 @@ pub async fn on_chain(
         }
         _ => Ok(OnChain::Unknown),
     }
+}
+
+/// The principal whose key signed operation `s`'s transaction, if it is kept (`raw`).
+fn signed_by(s: &Submission) -> Option<String> {
+    let raw = match &s.state {
+        SubmissionState::Sent { raw, .. } => Some(raw),
+        SubmissionState::Confirmed { raw, .. } | SubmissionState::Failed { raw, .. } => {
+            raw.as_ref()
+        }
+        _ => None,
+    }?;
+    crate::stacks::tx::decode(&hex::decode(raw).ok()?)
+        .ok()
+        .map(|tx| tx.origin)
 }
 
 /// The reviewer whose `signature` (a `buff 65`) over a review (`args`: access id, verdict,

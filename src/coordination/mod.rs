@@ -202,6 +202,15 @@ impl Coordinator {
         })
     }
 
+    /// The principal the replicas sharing this store run as, as the first to start recorded
+    /// it: `None` when none has started (or one process).
+    pub async fn recorded_responder(&self) -> Result<Option<String>, StoreError> {
+        let Coordinator::Redis(r) = self else {
+            return Ok(None);
+        };
+        Ok(r.recorded_keys().await?.map(|recorded| recorded.responder))
+    }
+
     /// Records this host's current keys (`ours`) as the ones the replicas sharing this store
     /// run with: a rotation (`keys rotate-data`, `keys publish`), after which a replica
     /// started without them is refused. Only from a host that has the recorded keys and the

@@ -256,19 +256,39 @@ const FRESH_MS: u64 = 100;
 
 /// The on-call state as stored, and when each synced roster was synced.
 ///
-/// A row that does not read as its kind is read as closed, and the rest of the state read
-/// (one such row failing the whole read left every replica answering from what it knew last,
-/// however old): an incident, shift or roster that does not read puts no one on call, and
-/// only a change that cannot put anyone on call by it replaces it (`may_replace`: a resolve,
-/// a shift that ended, a sync's roster), so that a page replayed over a resolved incident's
-/// row does not open it again; a delivery that does not read counts as seen (a replay is
-/// refused), until `seen_until` if it is read so no more. Each is named in `unreadable`.
+/// A row that does not read as its kind (not JSON, not of its shape, or with a field its kind
+/// does not have: a row another version wrote, whose meaning this one cannot be sure of) is
+/// read as closed, and the rest of the state read (one such row failing the whole read left
+/// every replica answering from what it knew last, however old): an incident, shift or roster
+/// that does not read puts no one on call, and is replaced only by a change that does not
+/// build on it (`may_replace`: a resolve, a shift that ended, or a sync's whole roster of its
+/// source), so that a page replayed over a resolved incident's row does not open it again; a
+/// delivery that does not read counts as seen (a replay is refused), until `seen_until` if it
+/// is read so no more. Each is named in `unreadable`.
 fn read_stored(
     store: &dyn Store,
     seen_until: u64,
 ) -> Result<(State, HashMap<String, u64>), StoreError> {
-    fn of<T: serde::de::DeserializeOwned>(value: Option<serde_json::Value>) -> Option<T> {
-        serde_json::from_value(value?).ok()
+    fn of<T: serde::de::DeserializeOwned + serde::Serialize>(
+        value: Option<serde_json::Value>,
+    ) -> Option<T> {
+        let value = value?;
+        let read: T = serde_json::from_value(value.clone()).ok()?;
+        // a field this version does not know (not null), at any depth, may change what the row
+        // means (a field renamed, say, read as absent): the row does not read
+        let known = serde_json::to_value(&read).ok()?;
+        (!unknown_fields(&value, &known)).then_some(read)
+    }
+    fn unknown_fields(given: &serde_json::Value, known: &serde_json::Value) -> bool {
+        use serde_json::Value::{Array, Object};
+        match (given, known) {
+            (Object(g), Object(k)) => g.iter().any(|(key, v)| match k.get(key) {
+                Some(kv) => unknown_fields(v, kv),
+                None => !v.is_null(),
+            }),
+            (Array(g), Array(k)) => g.iter().zip(k).any(|(v, kv)| unknown_fields(v, kv)),
+            _ => false,
+        }
     }
     let mut state = State::default();
     let mut synced = HashMap::new();
@@ -751,11 +771,18 @@ impl OnCall {
         let guard = if self.shared {
             let row = row_of(change);
             let key = row.clone();
-            let read = self.off_thread(move |s| s.paging_row(&key)).await?;
-            Some(crate::store::Guard {
-                paging: Some((row, read)),
-                ..crate::store::Guard::default()
-            })
+            match self.off_thread(move |s| s.paging_row(&key)).await {
+                Ok(read) => Some(crate::store::Guard {
+                    paging: Some((row, read)),
+                    ..crate::store::Guard::default()
+                }),
+                // a row that is not JSON cannot be guarded on as read: a change that may
+                // replace it (`may_replace`) is written over it unguarded (another replica's
+                // change of it meanwhile is lost, or written after: either reads), any other
+                // is refused below as over a row that does not read
+                Err(StoreError::Corrupt(..)) if may_replace(change, now_secs()) => None,
+                Err(e) => return Err(e),
+            }
         } else {
             None
         };
@@ -921,8 +948,15 @@ impl OnCall {
             self.off_thread(move |s| {
                 let mut out = Vec::new();
                 for key in keys {
-                    if let Some(row) = aged_out(s, &key, max_secs)? {
-                        out.push((key, row));
+                    match aged_out(s, &key, max_secs) {
+                        Ok(Some(row)) => out.push((key, row)),
+                        Ok(None) => {}
+                        // a row that is not JSON is left (read as closed: `read_stored`);
+                        // the others are deleted
+                        Err(StoreError::Corrupt(..)) => {
+                            tracing::warn!(%key, "on-call: a row that does not read is not deleted as aged out");
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
                 Ok(out)
@@ -1110,7 +1144,15 @@ mod tests {
                         format!("{INCIDENT}pagerduty:i1"),
                         Some(json(&resolved).unwrap()),
                     ),
-                    (format!("{SHIFT}{nurse}"), Some(other_shape.clone())),
+                    // a shift as a later version might write it, its end renamed: read as
+                    // this version reads it, it would never end
+                    (
+                        format!("{SHIFT}{nurse}"),
+                        Some(serde_json::json!({
+                            "source": "webhook", "service": null, "since": t - 60, "until": null,
+                            "incident": null, "acknowledged": false, "ends_at": t - 1,
+                        })),
+                    ),
                     (format!("{SEEN}webhook:d9"), Some(other_shape.clone())),
                 ],
                 ..Batch::default()
@@ -1161,6 +1203,35 @@ mod tests {
             3,
             "i1 reads again (the garbled one, the shift and the delivery do not)"
         );
+        // the garbled incident (not JSON): a page over it refused, a resolve replaces it
+        let garbled_page = Change::Page {
+            source: "pagerduty".into(),
+            id: "garbled".into(),
+            service: None,
+            responders: vec![who.into()],
+            replace: true,
+            acknowledged: None,
+            at: t - 3,
+        };
+        assert!(matches!(
+            oncall.apply(garbled_page, None).await,
+            Err(StoreError::Corrupt(..))
+        ));
+        let garbled_resolve = Change::Resolved {
+            source: "pagerduty".into(),
+            id: "garbled".into(),
+            at: t - 3,
+        };
+        assert_eq!(
+            oncall.apply(garbled_resolve, None).await.unwrap(),
+            Applied::Changed
+        );
+        oncall.reload().unwrap();
+        assert_eq!(
+            oncall.unreadable(),
+            2,
+            "the garbled row replaced by the resolve"
+        );
         oncall.apply(page(false, t - 2), None).await.unwrap();
         assert!(matches!(oncall.lookup(who, t), Lookup::OnCall(_)));
 
@@ -1180,7 +1251,7 @@ mod tests {
             oncall.apply(shift(t - 1), None).await.unwrap(),
             Applied::Changed
         );
-        assert_eq!(oncall.unreadable(), 2);
+        assert_eq!(oncall.unreadable(), 1);
         let later = Change::Shift {
             principal: nurse.into(),
             fact: Fact::scheduled("webhook", None, Some(t), Some(t + 3600)),
@@ -1190,7 +1261,7 @@ mod tests {
 
         // on one machine too: the state loads (before: the service did not start)
         let one = OnCall::load(&settings, store.clone()).unwrap();
-        assert_eq!(one.unreadable(), 2);
+        assert_eq!(one.unreadable(), 1);
         assert!(matches!(one.lookup(who, t), Lookup::OnCall(_)));
     }
 

@@ -297,9 +297,12 @@ impl Review {
     /// intact or not (`TrailLine::intact`).
     fn trail(&self, id: &AccessId) -> Result<Vec<TrailLine>, crate::store::StoreError> {
         let store = &self.state.store;
+        let entries = store.audit_of(id)?;
+        // (the head read after the entries: each entry read is at or before it, though more
+        // were appended meanwhile)
         let head = store.audit_head()?;
         let mut lines = Vec::new();
-        for e in store.audit_of(id)? {
+        for e in entries {
             let Ok(event) = e.parsed() else {
                 tracing::error!(seq = e.seq, access = %id, "an entry of an access's trail does not read");
                 continue;
@@ -310,10 +313,15 @@ impl Review {
             }
             let linked = match &head {
                 Some(h) if h.seq == e.seq => h.hash == e.hash,
-                _ => store
-                    .audit_entries(e.seq + 1, 1)?
-                    .first()
-                    .is_some_and(|next| next.seq == e.seq + 1 && next.prev == e.hash),
+                // (a next entry that does not read leaves this one unproven, not the page
+                // unanswered)
+                _ => match store.audit_entries(e.seq + 1, 1) {
+                    Ok(next) => next
+                        .first()
+                        .is_some_and(|next| next.seq == e.seq + 1 && next.prev == e.hash),
+                    Err(crate::store::StoreError::Corrupt(..)) => false,
+                    Err(e) => return Err(e),
+                },
             };
             lines.push(TrailLine {
                 seq: e.seq,

@@ -384,10 +384,12 @@ pub struct Verdict {
     pub access_id: AccessId,
     pub reviewer: Address,
     pub verdict: crate::domain::VerdictKind,
-    /// The reviewer's note, sealed (`seal::names::note`), hex: for reviewers only; on chain
+    /// The reviewer's note, sealed with the salt of its hash (`seal::names::salted_note`; one
+    /// recorded before salts alone, `seal::names::note`), hex: for reviewers only; on chain
     /// only as its hash.
     pub note_sealed: String,
-    /// sha256 of the note's UTF-8 bytes, hex: what `review-emergency-access` carries.
+    /// SHA-256 of the salt and the note's UTF-8 bytes (of the note alone before salts), hex:
+    /// what `review-emergency-access` carries.
     pub note_hash: String,
     /// The reviewer's SIP-018 signature over the verdict (65 bytes RSV, hex).
     pub signature: String,
