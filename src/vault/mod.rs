@@ -485,7 +485,7 @@ impl Vault {
             // said, for whoever reads it: not the newest summary, the one the chain checks
             entries.push(json!({ "resource": { "resourceType": "OperationOutcome", "issue": [{
                 "severity": "information", "code": "informational",
-                "diagnostics": "the patient's summary was updated and its hash is being recorded on chain: this is the summary before it, as the chain has it" }] },
+                "diagnostics": "this is the patient's previous summary: a newer one was imported and is still being recorded, so it cannot be shown yet; what changed (a new allergy or medication) may be missing" }] },
                 "search": { "mode": "outcome" } }));
         }
         let bundle = json!({

@@ -538,6 +538,28 @@ export function summaryGroups(bundle) {
     .sort((a, b) => (GROUP_ORDER.get(a.type) ?? GROUPS.length) - (GROUP_ORDER.get(b.type) ?? GROUPS.length) || a.type.localeCompare(b.type));
 }
 
+/**
+ * What the server says about the summary itself, for the clinician to read before it: the
+ * diagnostics of the Bundle's OperationOutcome entries (the vault serving the summary before a
+ * newer one still being recorded, say), each cut to a line's length. Refused (UserError) unless
+ * it is a Bundle.
+ */
+export function summaryNotes(bundle) {
+  if (!bundle || typeof bundle !== "object" || bundle.resourceType !== "Bundle") {
+    throw new UserError("The server's answer is not a FHIR Bundle.");
+  }
+  const notes = [];
+  for (const entry of Array.isArray(bundle.entry) ? bundle.entry : []) {
+    const r = entry?.resource;
+    if (r?.resourceType !== "OperationOutcome") continue;
+    for (const issue of Array.isArray(r.issue) ? r.issue : []) {
+      const text = str(issue?.diagnostics) ?? conceptText(issue?.details);
+      if (text) notes.push(clip(text));
+    }
+  }
+  return notes;
+}
+
 // ---------------------------------------------------------------------------------------------
 // wallets
 

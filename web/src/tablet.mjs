@@ -30,6 +30,7 @@ import {
   refusalText,
   requestBody,
   summaryGroups,
+  summaryNotes,
   summaryPath,
   walletAddress,
   warningText,
@@ -101,6 +102,7 @@ const BASE_CSS = `
 :where(#summary section) { margin: 1rem 0; }
 :where(#summary h3) { margin: 0 0 0.25rem; font-size: 1.1rem; }
 :where(#summary li) { margin: 0.25rem 0; }
+:where(.summary-note) { border-left: 0.4rem solid #b26a00; background: #fff4e5; padding: 0.5rem 1rem; }
 :where(#countdown) { font-size: 1.5rem; font-weight: 700; font-variant-numeric: tabular-nums; }
 :where(#status[data-kind="error"]) { color: #b00020; font-weight: 600; }
 :where(:focus-visible) { outline: 3px solid #1a73e8; outline-offset: 2px; }
@@ -554,10 +556,12 @@ function init() {
         return;
       }
       const groups = summaryGroups(body);
+      const notes = summaryNotes(body);
       if (state.access !== access || !summary) return;
-      renderSummary(groups);
+      renderSummary(groups, notes);
       const count = groups.reduce((n, g) => n + g.lines.length, 0);
-      report(count ? `Showing ${count} record${count === 1 ? "" : "s"}.` : "Nothing of the kinds you opened is on record for this patient.", "info");
+      const shown = count ? `Showing ${count} record${count === 1 ? "" : "s"}.` : "Nothing of the kinds you opened is on record for this patient.";
+      report(notes.length ? `${shown} Read the note above the records first.` : shown, "info");
       if (!summary.hasAttribute("tabindex")) summary.setAttribute("tabindex", "-1");
       summary.focus();
       document.dispatchEvent(new CustomEvent("breakglass:data", { detail: { ms: performance.now() - ctx.clickedAt } }));
@@ -567,7 +571,16 @@ function init() {
     }
   }
 
-  function renderSummary(groups) {
+  function renderSummary(groups, notes) {
+    // the server's notes on the summary itself come first, where the focus lands
+    const noted = notes.map((text) => {
+      const p = document.createElement("p");
+      p.className = "summary-note";
+      const strong = document.createElement("strong");
+      strong.textContent = "Note: ";
+      p.append(strong, text);
+      return p;
+    });
     const sections = groups.map((g, i) => {
       const section = document.createElement("section");
       section.dataset.resourceType = g.type;
@@ -589,7 +602,7 @@ function init() {
       p.textContent = "Nothing of the kinds you opened is on record for this patient.";
       sections.push(p);
     }
-    summary.replaceChildren(...sections);
+    summary.replaceChildren(...noted, ...sections);
   }
 
   /** Ends the access on this screen: the data's nodes removed, the token dropped. */

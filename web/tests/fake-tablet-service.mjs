@@ -45,7 +45,7 @@ export function tabletPage(domainHex, network = "testnet") {
   <button id="submit" type="button">Open the record</button></section>
 <section id="result" hidden><h2>Emergency access</h2>
   <p id="refusal" role="alert" hidden></p>
-  <div id="summary" aria-live="polite"></div>
+  <div id="summary" tabindex="-1"></div>
   <p id="countdown" aria-live="polite"></p>
   <button id="end" type="button">End access now</button></section>
 <p id="status" role="status" aria-live="polite" tabindex="-1"></p>
@@ -216,7 +216,8 @@ export function parseBreakGlass(cv) {
  * Starts the stand-in on 127.0.0.1 (a free port). options: clinicians ({principal: {role,
  * status}}), windowSeconds (overrides the policy's minutes), summaryDelayMs.
  * Returned: url, domainHex, state (options, grants, refusals, reads, bodies), refuseNext(problem)
- * and refuseReadNext(problem) (the next grant or summary read answers that problem), close().
+ * and refuseReadNext(problem) (the next grant or summary read answers that problem),
+ * noteNextSummary(text) (the next summary carries an OperationOutcome saying text), close().
  */
 export async function startFakeTabletService({ clinicians = {}, windowSeconds = null, summaryDelayMs = 0 } = {}) {
   const domain = tupleCV({ name: stringAsciiCV("breakglass"), version: stringAsciiCV("1"), "chain-id": uintCV(CHAIN_ID) });
@@ -226,6 +227,7 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
   const nonces = new Set();
   let refuseNext = null;
   let refuseReadNext = null;
+  let noteNext = null;
   let bundle = null;
 
   async function body(req) {
@@ -354,6 +356,8 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
     if (summaryDelayMs) await new Promise((r) => setTimeout(r, summaryDelayMs));
     const record = sampleRecord(patient);
     const resources = grant.dataTypes.flatMap((d) => record[d] ?? []);
+    const note = noteNext;
+    noteNext = null;
     read(200);
     return json(
       res,
@@ -365,6 +369,10 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
         entry: [
           { fullUrl: "urn:uuid:composition", resource: { resourceType: "Composition", status: "final", type: cc("Patient summary Document", LOINC, "60591-5"), title: "Patient summary" } },
           ...resources.map((r) => ({ fullUrl: `urn:uuid:${r.id}`, resource: r })),
+          // as the vault says it serves the summary before one still being recorded
+          ...(note
+            ? [{ resource: { resourceType: "OperationOutcome", issue: [{ severity: "information", code: "informational", diagnostics: note }] }, search: { mode: "outcome" } }]
+            : []),
         ],
       },
       "application/fhir+json",
@@ -411,6 +419,7 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
     state,
     refuseNext: (p) => (refuseNext = p),
     refuseReadNext: (p) => (refuseReadNext = p),
+    noteNextSummary: (text) => (noteNext = text),
     close: () => new Promise((resolve) => { server.closeAllConnections?.(); server.close(resolve); }),
   };
 }

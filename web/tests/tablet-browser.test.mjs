@@ -330,6 +330,24 @@ test("tablet page: a refused grant and a refused read show in #refusal (role=ale
     assert.deepEqual([closed.result, closed.patient, closed.checked], [true, "", 0]);
     assert.deepEqual(closed.storage, ["breakglass.tablet.key"]);
     assert.ok(!/Penicillin|O Rh/.test(closed.html), "nothing of the record is left in the DOM");
+
+    // a summary the server says is not the newest (the one before an update still being
+    // recorded): its note is shown first, where the focus lands, and the status points to it
+    const NOTE = "this is the patient's previous summary: a newer one was imported and is still being recorded";
+    service.noteNextSummary(NOTE);
+    await fill(page, { dataTypes: ["allergies"] });
+    await page.click("#submit");
+    await page.waitForSelector("#summary li");
+    const noted = await page.evaluate(() => ({
+      first: document.querySelector("#summary").firstElementChild?.className,
+      text: document.querySelector("#summary .summary-note")?.textContent,
+      visible: (document.querySelector("#summary .summary-note")?.getBoundingClientRect().height ?? 0) > 0,
+      focus: document.activeElement?.id,
+      status: document.querySelector("#status").textContent,
+    }));
+    assert.deepEqual(noted, { first: "summary-note", text: `Note: ${NOTE}`, visible: true, focus: "summary", status: "Showing 2 records. Read the note above the records first." });
+    await page.click("#end");
+    await page.waitForFunction(() => document.querySelector("#summary").childElementCount === 0);
     assert.deepEqual(service.state.refusals, ["rate-limited", "vault-unavailable"]);
     assert.deepEqual(await page.evaluate(() => window.__violations), []);
     assert.deepEqual(problems, []);

@@ -34,6 +34,7 @@ import {
   refusalText,
   requestBody,
   summaryGroups,
+  summaryNotes,
   summaryPath,
   walletAddress,
   warningText,
@@ -364,6 +365,19 @@ test("a FHIR Bundle reads as groups of lines, most urgent first, the blood type 
   assert.equal([...odd[0].lines[0]].length, 400);
   assert.deepEqual(summaryGroups({ resourceType: "Bundle", type: "searchset" }), []);
   assert.throws(() => summaryGroups({ resourceType: "OperationOutcome" }), /not a FHIR Bundle/);
+  // the server's notes on the summary itself: its OperationOutcome entries, not records
+  assert.deepEqual(summaryNotes(bundle), []);
+  const noted = {
+    resourceType: "Bundle",
+    entry: [
+      { resource: { resourceType: "AllergyIntolerance", code: { text: "Peanut" } } },
+      { resource: { resourceType: "OperationOutcome", issue: [{ severity: "information", diagnostics: "a newer summary is being recorded" }, { details: { text: "second" } }, {}] }, search: { mode: "outcome" } },
+    ],
+  };
+  assert.deepEqual(summaryNotes(noted), ["a newer summary is being recorded", "second"]);
+  assert.deepEqual(summaryGroups(noted).map((g) => g.type), ["AllergyIntolerance"]);
+  assert.equal([...summaryNotes({ resourceType: "Bundle", entry: [{ resource: { resourceType: "OperationOutcome", issue: [{ diagnostics: "y".repeat(900) }] } }] })[0]].length, 400);
+  assert.throws(() => summaryNotes({ resourceType: "OperationOutcome" }), /not a FHIR Bundle/);
   assert.throws(() => summaryGroups(null), UserError);
   assert.equal(conceptText({ coding: [{ code: "X1" }] }), "X1");
   assert.equal(conceptText(undefined), null);
