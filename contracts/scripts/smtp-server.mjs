@@ -3,14 +3,15 @@
 // whose local part starts with "bounce" are refused with 550 (a permanent failure). A recipient
 // whose local part starts with "hold" is, the first time it is named, never answered: the
 // server writes <dir>/held-<address> and keeps the client waiting (a crash test kills the
-// client then); named again, it is accepted.
+// client then); named again, it is accepted. With --refuse-senders-while <file>, every sender is
+// refused with 553 5.7.1 (a relay's policy, as after its setup changed) while that file exists.
 //
-//   node scripts/smtp-server.mjs --port <port> --dir <dir> [--delay-ms <ms>]
+//   node scripts/smtp-server.mjs --port <port> --dir <dir> [--delay-ms <ms>] [--refuse-senders-while <file>]
 // --delay-ms holds each final reply that long after the message is written (a slow server: a
 // client that dies meanwhile has delivered the message without hearing so).
 // Prints {"ready":true,"port":<port>} once listening; stops on SIGTERM or when stdin closes.
 import { SMTPServer } from "smtp-server";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 const arg = (name, fallback) => {
@@ -20,6 +21,7 @@ const arg = (name, fallback) => {
 const port = Number(arg("port", "2525"));
 const dir = arg("dir", "./mail");
 const delayMs = Number(arg("delay-ms", "0"));
+const refuseSendersWhile = arg("refuse-senders-while", null);
 mkdirSync(dir, { recursive: true });
 let count = 0;
 const held = new Set();
@@ -28,6 +30,14 @@ const server = new SMTPServer({
   authOptional: true,
   disabledCommands: ["STARTTLS"],
   logger: false,
+  onMailFrom(address, _session, callback) {
+    if (refuseSendersWhile && existsSync(refuseSendersWhile)) {
+      const err = new Error(`5.7.1 <${address.address}>: sender not allowed by policy`);
+      err.responseCode = 553;
+      return callback(err);
+    }
+    callback();
+  },
   onRcptTo(address, _session, callback) {
     if (address.address.split("@")[0].startsWith("bounce")) {
       // as real servers do, the refusal quotes the address

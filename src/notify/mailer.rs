@@ -1,6 +1,10 @@
 //! Where notices go: an SMTP server (STARTTLS, implicit TLS or plain for a local relay; AUTH
 //! with the password from `BREAKGLASS_SMTP_PASSWORD`), or `.eml` files in `data.dir/outbox`
-//! for development. Failures are sorted into permanent (dead-letter) and transient (retry).
+//! for development. Failures are sorted into permanent (dead-letter) and transient (retry): a
+//! reply is permanent only when it refuses the recipient's mailbox (`refuses_mailbox`); every
+//! other failure, 5xx replies about the service's own setup included (authentication, a sender
+//! or relay refused by policy), is retried until `notify.give_up_after_hours`, so that a
+//! rotated password does not dead-letter every notice sent meanwhile.
 //! A send to an SMTP server ends within `notify.smtp.timeout_secs`, whatever the server does
 //! (the client's own timeout covers its connect only): a notice's lease, one timeout more than
 //! its recipients' sends (each sent to alone), outlasts them.
@@ -94,7 +98,7 @@ impl Mailer {
                         deadline.as_secs()
                     ))),
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) if e.is_permanent() => Err(SendError::Permanent(e.to_string())),
+                    Ok(Err(e)) if refuses_mailbox(&e) => Err(SendError::Permanent(e.to_string())),
                     Ok(Err(e)) => Err(SendError::Transient(e.to_string())),
                 }
             }
@@ -104,5 +108,66 @@ impl Mailer {
                 .map(|_| ())
                 .map_err(|e| SendError::Transient(e.to_string())),
         }
+    }
+}
+
+/// Whether an SMTP failure refuses the recipient's mailbox for good: a 5xx reply of the
+/// mailbox kind (550 unavailable, 551 not local, 552 over its storage, 553 name not allowed)
+/// whose enhanced status code (RFC 3463), if the server gives one, is an addressing or
+/// mailbox one (`5.1.x`, `5.2.x`) and not the sender's (`5.1.7`, `5.1.8`). A policy refusal
+/// (`5.7.x`: relaying denied, authentication required), a refused login (530, 534, 535), a
+/// command the server does not take (500-504) or a failed transaction (554) say nothing of the
+/// recipient: the service's setup or the server's, retried.
+fn refuses_mailbox(e: &lettre::transport::smtp::Error) -> bool {
+    let Some(code) = e.status().filter(|_| e.is_permanent()) else {
+        return false;
+    };
+    if !matches!(u16::from(code), 550..=553) {
+        return false;
+    }
+    match enhanced_code(&e.to_string()) {
+        None => true,
+        Some((1, 7 | 8)) => false,
+        Some((subject, _)) => matches!(subject, 1 | 2),
+    }
+}
+
+/// The first enhanced status code `5.x.y` in a reply's text, as (x, y).
+fn enhanced_code(text: &str) -> Option<(u16, u16)> {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .find_map(|word| {
+            let mut parts = word.split('.');
+            let (class, subject, detail) = (parts.next()?, parts.next()?, parts.next()?);
+            if class != "5" || parts.next().is_some() || subject.len() > 3 || detail.len() > 3 {
+                return None;
+            }
+            Some((subject.parse().ok()?, detail.parse().ok()?))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_enhanced_code_of_a_reply_is_found_in_its_text() {
+        assert_eq!(
+            enhanced_code("permanent error (550): 5.1.1 <a@b>: mailbox unavailable"),
+            Some((1, 1))
+        );
+        assert_eq!(
+            enhanced_code("permanent error (553): 5.7.1 sender not allowed"),
+            Some((7, 1))
+        );
+        assert_eq!(
+            enhanced_code("permanent error (550): mailbox unavailable"),
+            None
+        );
+        // an address's digits or a version are not a code
+        assert_eq!(
+            enhanced_code("permanent error (550): <u5.1@x.example> 1.2.3 gone"),
+            None
+        );
+        assert_eq!(enhanced_code("permanent error (550) 5.1.10.2"), None);
     }
 }

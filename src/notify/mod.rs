@@ -587,11 +587,13 @@ impl Notifier {
             self.save(notice.clone(), fence).await?;
             notice.sending_since = None;
         }
-        // servers often quote the address they refuse: it never reaches a log or the store
+        // servers often quote the address they refuse (in any case): it never reaches a log
+        // or the store
         let redact = |reason: String| {
-            rendered.to.iter().fold(reason, |r, address| {
-                r.replace(address.as_str(), "<recipient>")
-            })
+            rendered
+                .to
+                .iter()
+                .fold(reason, |r, address| redacted(&r, address))
         };
         // to each recipient still waiting, alone: one refusing it for good (a delegate's
         // mailbox gone) does not keep it from the others
@@ -632,7 +634,12 @@ impl Notifier {
             }
         }
         let outcome = match (waiting, refused) {
-            (Some(reason), _) => Err(SendError::Transient(reason)),
+            // a recipient refused for good meanwhile is said beside why the others wait
+            (Some(reason), Some(r)) => Err(SendError::Transient(format!(
+                "{reason}; {} refused it for good: {r}",
+                refused_recipients(&notice.refused, rendered.to.len())
+            ))),
+            (Some(reason), None) => Err(SendError::Transient(reason)),
             (None, refused) if notice.delivered.is_empty() => Err(SendError::Permanent(
                 refused.unwrap_or_else(|| "every recipient refused it".into()),
             )),
@@ -642,8 +649,15 @@ impl Notifier {
             Ok(refused) => {
                 tracing::info!(access = %notice.access_id, attempts = notice.attempts, recipients = notice.delivered.len(), refused = notice.refused.len(), "notice sent");
                 notice.state = NoticeState::Sent { at: now_secs() };
-                // a recipient who refused it for good, while another has it, is said
-                notice.last_error = refused.map(|r| format!("a recipient refused it: {r}"));
+                // a recipient who refused it for good, while another has it, is said, in this
+                // attempt or an earlier one (the patient's mailbox gone, the delegate told)
+                notice.last_error = (!notice.refused.is_empty()).then(|| {
+                    let who = refused_recipients(&notice.refused, rendered.to.len());
+                    match refused {
+                        Some(r) => format!("{who} refused it for good: {r}"),
+                        None => format!("{who} refused it for good in an earlier attempt"),
+                    }
+                });
             }
             Err(SendError::Permanent(reason)) => {
                 tracing::error!(access = %notice.access_id, %reason, "notice refused for good: dead-lettered");
@@ -673,6 +687,36 @@ impl Notifier {
             }
         }
         Ok(self.record(notice, now, fence).await)
+    }
+}
+
+/// `text` with every occurrence of `address` (in any ASCII case) as `<recipient>`.
+fn redacted(text: &str, address: &str) -> String {
+    if address.is_empty() {
+        return text.to_string();
+    }
+    let (lower, needle) = (text.to_ascii_lowercase(), address.to_ascii_lowercase());
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    while let Some(i) = lower[at..].find(&needle) {
+        out.push_str(&text[at..at + i]);
+        out.push_str("<recipient>");
+        at += i + needle.len();
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+/// Who of a notice's `count` recipients refused it (their places: with two, the patient's
+/// first, then the delegate's: `Contact::recipients`), in words.
+fn refused_recipients(places: &[u8], count: usize) -> &'static str {
+    if count < 2 {
+        return "the recipient's address";
+    }
+    match (places.contains(&0), places.iter().any(|p| *p > 0)) {
+        (true, true) => "the patient's and the delegate's addresses",
+        (true, false) => "the patient's address",
+        _ => "the delegate's address",
     }
 }
 
@@ -745,6 +789,29 @@ enum Prepared {
 
 #[cfg(test)]
 mod tests {
+    /// A server's reply quoting the address in another case is redacted all the same (it was
+    /// kept, unsealed, in the notice's error and logged).
+    #[test]
+    fn an_address_quoted_in_any_case_is_redacted() {
+        let reply = "550 5.1.1 <Ana.Perez@Example.org>: no mailbox; ana.perez@example.org unknown";
+        assert_eq!(
+            super::redacted(reply, "ana.perez@example.org"),
+            "550 5.1.1 <<recipient>>: no mailbox; <recipient> unknown"
+        );
+        assert_eq!(super::redacted("café ü", "x@y"), "café ü");
+    }
+
+    #[test]
+    fn who_refused_a_notice_is_said_by_their_place() {
+        use super::refused_recipients as who;
+        assert_eq!(who(&[0], 2), "the patient's address");
+        assert_eq!(who(&[1], 2), "the delegate's address");
+        assert_eq!(
+            who(&[0, 1], 2),
+            "the patient's and the delegate's addresses"
+        );
+        assert_eq!(who(&[0], 1), "the recipient's address");
+    }
     use super::*;
     use crate::domain::Language;
     use crate::domain::{DataType, PatientId};

@@ -423,6 +423,37 @@ async fn smtp_down_then_up_delivers_once_and_a_550_is_dead_lettered() {
     );
 }
 
+/// A 5xx about the service's own setup, not the recipient's mailbox (the relay refusing our
+/// sender by policy, `553 5.7.1`, as after its setup changed; a refused login alike) is
+/// retried, not dead-lettered: once the relay takes the sender again, the notice goes. Before,
+/// every 5xx was permanent, and each notice tried meanwhile was dead for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_the_services_own_setup_is_retried_not_dead_lettered() {
+    let port = free_port();
+    let env = notify_env(port).await;
+    let mail = env.dir.path().join("mail");
+    let gate = env.dir.path().join("refuse-senders");
+    std::fs::write(&gate, "").unwrap();
+    let _smtp = smtp_server_with(
+        port,
+        &mail,
+        0,
+        &["--refuse-senders-while", gate.to_str().unwrap()],
+    )
+    .await;
+    let (_, id) = notice_failing(&env, 3).await;
+    let a = access_view(&env, &id).await;
+    assert_eq!(a["notice"]["state"], "pending", "{a}");
+    assert!(
+        a["notice"]["last_error"].as_str().unwrap().contains("553"),
+        "{a}"
+    );
+    assert!(received(&mail).is_empty());
+    std::fs::remove_file(&gate).unwrap();
+    notice_reaches(&env, &id, "sent").await;
+    assert_eq!(received(&mail).len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
     let port = free_port();

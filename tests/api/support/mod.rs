@@ -715,10 +715,16 @@ pub fn patient(demo: &Json, allows: bool) -> &str {
 
 /// A real SMTP server, writing what it receives to `dir`.
 pub async fn smtp_server(port: u16, dir: &Path, delay_ms: u64) -> Child {
+    smtp_server_with(port, dir, delay_ms, &[]).await
+}
+
+/// `smtp_server` with more of its options (`--refuse-senders-while <file>`).
+pub async fn smtp_server_with(port: u16, dir: &Path, delay_ms: u64, args: &[&str]) -> Child {
     let mut child = Command::new("node")
         .args(["scripts/smtp-server.mjs", "--port", &port.to_string()])
         .args(["--delay-ms", &delay_ms.to_string(), "--dir"])
         .arg(dir)
+        .args(args)
         .current_dir(repo().join("contracts"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
