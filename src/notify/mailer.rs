@@ -83,6 +83,7 @@ impl Mailer {
             .from
             .parse()
             .map_err(|e| SendError::Permanent(format!("bad sender address: {e}")))?;
+        let raw = addressed(&m.raw, &to);
         let envelope = Envelope::new(Some(from), to)
             .map_err(|e| SendError::Permanent(format!("bad envelope: {e}")))?;
         match self {
@@ -92,7 +93,7 @@ impl Mailer {
             // keeps no pool). The message may still have been taken: sent again, it can
             // arrive twice, as the same message
             Mailer::Smtp(t, deadline) => {
-                match tokio::time::timeout(*deadline, t.send_raw(&envelope, &m.raw)).await {
+                match tokio::time::timeout(*deadline, t.send_raw(&envelope, &raw)).await {
                     Err(_) => Err(SendError::Transient(format!(
                         "the SMTP server did not finish the send within {} s",
                         deadline.as_secs()
@@ -103,12 +104,32 @@ impl Mailer {
                 }
             }
             Mailer::File(t) => t
-                .send_raw(&envelope, &m.raw)
+                .send_raw(&envelope, &raw)
                 .await
                 .map(|_| ())
                 .map_err(|e| SendError::Transient(e.to_string())),
         }
     }
+}
+
+/// A notice's bytes as `to` receive them: with a `To:` header naming them alone (a notice is
+/// stored without one, so that the patient and their delegate do not see each other's
+/// address). One stored with its own `To:` (before) is sent as it is.
+fn addressed<'a>(raw: &'a [u8], to: &[lettre::Address]) -> std::borrow::Cow<'a, [u8]> {
+    let headers = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw, |end| &raw[..end]);
+    let has_to = headers
+        .split(|b| *b == b'\n')
+        .any(|line| line.len() >= 3 && line[..3].eq_ignore_ascii_case(b"to:"));
+    if has_to || to.is_empty() {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let names: Vec<String> = to.iter().map(ToString::to_string).collect();
+    let mut out = format!("To: {}\r\n", names.join(", ")).into_bytes();
+    out.extend_from_slice(raw);
+    std::borrow::Cow::Owned(out)
 }
 
 /// Whether an SMTP failure refuses the recipient's mailbox for good: a 5xx reply of the
@@ -148,6 +169,19 @@ fn enhanced_code(text: &str) -> Option<(u16, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A copy names its recipient alone; a message stored with its own `To:` (before notices
+    /// were stored without one) is sent as it is, not with a second.
+    #[test]
+    fn each_copy_is_addressed_to_its_recipient_alone() {
+        let ana: lettre::Address = "ana@example.org".parse().unwrap();
+        let raw = b"From: p@h.example\r\nSubject: x\r\n\r\nbody with\r\nTo: not a header\r\n";
+        let sent = addressed(raw, std::slice::from_ref(&ana));
+        assert!(sent.starts_with(b"To: ana@example.org\r\nFrom: "));
+        assert!(sent.ends_with(raw));
+        let old = b"From: p@h.example\r\nTO: ana@example.org, bo@example.org\r\n\r\nbody";
+        assert_eq!(&*addressed(old, &[ana]), &old[..]);
+    }
 
     #[test]
     fn the_enhanced_code_of_a_reply_is_found_in_its_text() {

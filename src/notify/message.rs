@@ -219,10 +219,17 @@ pub fn render(
         .message_id(Some(message_id.clone()))
         .subject(subject.trim())
         .date_now();
+    // no `To:` here: each recipient's copy names them alone (`mailer::addressed`), so that the
+    // patient and their delegate do not see each other's address
     let recipients = contact.recipients();
-    for to in &recipients {
-        builder = builder.to(to.parse()?);
-    }
+    let envelope = lettre::address::Envelope::new(
+        Some(from.email.clone()),
+        recipients
+            .iter()
+            .map(|to| to.parse())
+            .collect::<Result<Vec<lettre::Address>, _>>()?,
+    )?;
+    builder = builder.envelope(envelope);
     let message = builder.multipart(MultiPart::alternative_plain_html(text, html))?;
     Ok(Rendered {
         from: from.email.to_string(),

@@ -360,4 +360,13 @@ async fn a_crash_between_a_notices_recipients_does_not_send_it_again_to_the_firs
         "the patient has it once, not again after the restart"
     );
     assert_eq!(got.len(), 2);
+    // each copy names its recipient alone: the patient and their delegate do not see each
+    // other's address
+    for (envelope, raw) in &got {
+        assert_eq!(
+            header(raw, "To"),
+            envelope["to"][0].as_str().unwrap(),
+            "{envelope}"
+        );
+    }
 }

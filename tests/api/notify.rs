@@ -412,6 +412,8 @@ async fn smtp_down_then_up_delivers_once_and_a_550_is_dead_lettered() {
     let got = received(&mail);
     assert_eq!(got.len(), 2);
     assert_eq!(got[1].0["to"], json!(["ana@example.org"]));
+    // the copy names its recipient alone: not the delegate's address beside it
+    assert_eq!(header(&got[1].1, "To"), "ana@example.org");
     assert_eq!(
         header(&got[1].1, "Message-ID"),
         format!("<{told}@hospital.example>")
