@@ -106,7 +106,20 @@ pub async fn on_chain(
             let v = rpc
                 .call_read(&contract, "get-emergency-access", &[access_id], sender)
                 .await?;
+            // ours only if recorded by the principal that signed it: another responder may
+            // record the same id first (ours is then refused, u212)
+            let signer = signed_by(s);
+            let ours = |record: &Value| {
+                signer.as_ref().is_none_or(|signer| {
+                    contracts::principal(record.as_tuple().and_then(|m| m.get("responder")))
+                        .is_some_and(|by| by.to_string() == *signer)
+                })
+            };
             Ok(match v {
+                Value::Some(record) if !ours(&record) => {
+                    tracing::error!(operation = %s.id, "the access's id is recorded on chain by another responder: ours is not");
+                    OnChain::NotDone
+                }
                 Value::Some(record) => OnChain::Done {
                     height: contracts::uint(record.as_tuple().and_then(|m| m.get("recorded-at")))
                         .and_then(|h| u64::try_from(h).ok())
@@ -184,8 +197,26 @@ pub async fn on_chain(
         }
         ("anchor-audit", Some(head)) => {
             // ours only if by the principal that signed it (another responder may anchor the
-            // same head, copied from our event): from the signed transaction, when kept
+            // same head, copied from our event): from the signed transaction, when kept. Our
+            // latest anchor first (anchors are made one at a time, in order), then the last
+            // fifty of every responder
             let signer = signed_by(s);
+            if let Some(signer) = &signer {
+                if let Some(by) = contracts::principal_value(signer) {
+                    let latest = rpc
+                        .call_read(&contract, "get-latest-anchor-of", &[by], sender)
+                        .await?;
+                    if let Value::Some(t) = &latest {
+                        let m = t.as_tuple();
+                        if m.and_then(|m| m.get("head")) == Some(&head) {
+                            let height = contracts::uint(m.and_then(|m| m.get("block")))
+                                .and_then(|h| u64::try_from(h).ok())
+                                .unwrap_or(0);
+                            return Ok(OnChain::Done { height });
+                        }
+                    }
+                }
+            }
             let count = rpc
                 .call_read(&contract, "get-anchor-count", &[], sender)
                 .await?;
