@@ -177,7 +177,12 @@ impl Application {
         let follower = Arc::new(Follower::new(state.clone(), status.clone())?);
         let observer_prefix = match &settings.follower.path_secret_file {
             Some(file) => format!("/{}", crate::configuration::read_path_secret(file)?),
-            None => String::new(),
+            None => {
+                if !settings.follower.listen.ip().is_loopback() {
+                    tracing::warn!(listen = %settings.follower.listen, "the event observer listens beyond this host without follower.path_secret_file: whoever reaches its port can hold its places with slow posts (one each) and make the node send blocks again; set a secret path, or keep the port reachable by the node alone");
+                }
+                String::new()
+            }
         };
         let notifier = Arc::new(Notifier::new(
             &settings,

@@ -73,12 +73,27 @@ const RECENT_BLOCKS: usize = 512;
 const AGAIN_WINDOW: u64 = 16;
 
 /// Observer pushes read and checked at once; more are answered 503 (the node sends them
-/// again), before their bodies are read.
+/// again), before their bodies are read. One peer holds one of them at most: the node sends
+/// its payloads one after another, and a client that sends a body slowly (until its 10 s run
+/// out, again and again) holds one place, not every one.
 const PUSHES_AT_ONCE: usize = 4;
 
-/// One of the `PUSHES_AT_ONCE` pushes read or checked at once (`Follower::admit`).
+/// One of the `PUSHES_AT_ONCE` pushes read or checked at once (`Follower::admit`), and the
+/// peer it came from, let go with it.
 pub struct Admitted<'a> {
     _permit: tokio::sync::SemaphorePermit<'a>,
+    peer: Option<(
+        std::net::IpAddr,
+        &'a Mutex<std::collections::HashSet<std::net::IpAddr>>,
+    )>,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some((ip, peers)) = self.peer.take() {
+            peers.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+        }
+    }
 }
 
 /// What a block's write does with the tip (`Follower::tip_to_write`).
@@ -115,6 +130,8 @@ pub struct Follower {
     /// The blocks applied lately, by height.
     recent: Mutex<BTreeMap<u64, Seen>>,
     pushes: tokio::sync::Semaphore,
+    /// The peers whose pushes hold a place now (`admit`).
+    pushing: Mutex<std::collections::HashSet<std::net::IpAddr>>,
     /// A block sent again named more than a block may: the poller re-reads every entry.
     refresh_wanted: AtomicBool,
 }
@@ -138,6 +155,7 @@ impl Follower {
             status,
             recent: Mutex::new(recent),
             pushes: tokio::sync::Semaphore::new(PUSHES_AT_ONCE),
+            pushing: Mutex::default(),
             refresh_wanted: AtomicBool::new(false),
         })
     }
@@ -173,13 +191,40 @@ impl Follower {
         self.recent().retain(|h, _| *h < from);
     }
 
-    /// A push let in, if fewer than `PUSHES_AT_ONCE` are being read or checked (else it is
-    /// answered so that the node sends it again): taken before its body is read.
-    pub fn admit(&self) -> Option<Admitted<'_>> {
-        self.pushes
-            .try_acquire()
-            .ok()
-            .map(|permit| Admitted { _permit: permit })
+    /// A push from `peer` let in, if fewer than `PUSHES_AT_ONCE` are being read or checked
+    /// and none from `peer` is (unless it is this host) (else it is answered so that the node
+    /// sends it again): taken before its body is read.
+    pub fn admit(&self, peer: Option<std::net::IpAddr>) -> Option<Admitted<'_>> {
+        // (a node on this host, beside whoever else may post from it, is not held to it)
+        let peer = match peer.filter(|ip| !ip.is_loopback()) {
+            Some(ip) => {
+                if !self
+                    .pushing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(ip)
+                {
+                    return None;
+                }
+                Some((ip, &self.pushing))
+            }
+            None => None,
+        };
+        // (a peer taken above is let go again if no place is free: `Admitted`'s drop)
+        let mut admitted = Admitted {
+            _permit: match self.pushes.try_acquire() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    if let Some((ip, peers)) = peer {
+                        peers.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+                    }
+                    return None;
+                }
+            },
+            peer: None,
+        };
+        admitted.peer = peer;
+        Some(admitted)
     }
 
     /// Applies one `/new_block` payload, once the node confirms it is its block at that
@@ -653,6 +698,34 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One peer holds one place at most (a client sending bodies slowly holds one, not all
+    /// four); another peer is let in beside it, and the peer again once its push is done.
+    /// This host is not held to it.
+    #[test]
+    fn a_peer_holds_one_place_at_most() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, f) = follower(dir.path());
+        let ip = |n: u8| Some(std::net::IpAddr::from([10, 0, 0, n]));
+        let first = f.admit(ip(1)).expect("let in");
+        assert!(f.admit(ip(1)).is_none(), "a second from the same peer");
+        let others: Vec<_> = (2..=4)
+            .map(|n| f.admit(ip(n)).expect("another peer"))
+            .collect();
+        assert!(f.admit(ip(5)).is_none(), "every place taken");
+        drop(first);
+        let again = f.admit(ip(1)).expect("its place back");
+        drop((again, others));
+        let local = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+        let here: Vec<_> = (0..4).map(|_| f.admit(local).expect("this host")).collect();
+        assert!(f.admit(local).is_none());
+        drop(here);
+        // a peer refused for want of a place is not left holding one
+        let all: Vec<_> = (1..=4).map(|n| f.admit(ip(n)).unwrap()).collect();
+        assert!(f.admit(ip(9)).is_none());
+        drop(all);
+        assert!(f.admit(ip(9)).is_some());
+    }
 
     fn follower(dir: &std::path::Path) -> (Arc<dyn crate::store::Store>, Follower) {
         follower_on(Arc::new(

@@ -155,8 +155,8 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
 /// path, so only who knows it reaches `/new_block`; a second layer, since a pushed block is
 /// checked against the node anyway). `/new_block` answers 200 once the block is durably
 /// applied, or found not to be the node's (the node must not resend a block it abandoned);
-/// a failure answers 500, four pushes already being read or checked 503 (before the body is
-/// read), so that the node sends it again; a body past 64 MiB 413, not in within 10 s 408,
+/// a failure answers 500, four pushes already being read or checked, or one from the same
+/// peer, 503 (before the body is read), so that the node sends it again; a body past 64 MiB 413, not in within 10 s 408,
 /// not a block's JSON 400.
 pub fn observer(prefix: String) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
@@ -194,7 +194,7 @@ async fn new_block(
 ) -> HttpResponse {
     // admitted before its body is read, so that no more than a few bodies are in memory at
     // once, however many are posted (the node sends a block again until it gets a 200)
-    let Some(admitted) = follower.admit() else {
+    let Some(admitted) = follower.admit(req.peer_addr().map(|a| a.ip())) else {
         return send_again("busy checking other blocks");
     };
     let refused = |status, code, title, detail: String| {
