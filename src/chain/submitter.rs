@@ -800,8 +800,27 @@ impl Submitter {
         for s in &pending {
             self.keep_lease().await?;
             let nonce = self.next_nonce().await?;
-            if let Some(txid) = self.sign_and_keep(s, nonce).await? {
-                tracing::info!(operation = %s.id, nonce, txid, "transaction signed");
+            match self.sign_and_keep(s, nonce).await {
+                Ok(Some(txid)) => {
+                    tracing::info!(operation = %s.id, nonce, txid, "transaction signed")
+                }
+                Ok(None) => {}
+                // an operation that cannot be made a transaction (its arguments do not decode:
+                // written by another version, say) never will be: failed, with why, so that
+                // the operations after it are signed (it stopped every one, every tick). No
+                // nonce was taken for it
+                Err(SubmitError::Sign(why)) => {
+                    tracing::error!(operation = %s.id, %why, "an operation cannot be signed: failed");
+                    let failed = SubmissionState::Failed {
+                        txid: String::new(),
+                        height: 0,
+                        result: format!("not signed: {why}"),
+                        nonce: None,
+                        raw: None,
+                    };
+                    self.update(s, failed).await?;
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(pending.len())
