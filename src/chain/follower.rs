@@ -319,10 +319,20 @@ impl Follower {
                 .and_then(|below| self.hash_at(below))
                 .is_some_and(|parent| parent != node_block.header.parent_block_id);
         let gap = !reorg && applied > 0 && height > applied + 1;
+        // a gap may hide a reorg (its first blocks not pushed, or a later block posted first):
+        // whether the block we applied last is still the node's says
+        let left = if gap {
+            self.left_behind(applied).await?
+        } else {
+            None
+        };
         let mut batch = Batch::default();
         let mut from = None;
-        if reorg {
-            let fork = self.fork_point(applied).await?;
+        if reorg || left.is_some() {
+            let fork = match left {
+                Some(fork) => fork,
+                None => self.fork_point(applied).await?,
+            };
             tracing::warn!(height, applied, from = fork, "reorg: the node's chain left blocks we applied; re-reading the cache and our confirmations");
             self.state.refresh_all(&mut batch).await?;
             from = Some(fork);
@@ -643,7 +653,8 @@ impl Follower {
         let from = if reorg {
             Some(self.fork_point(applied).await?)
         } else {
-            None
+            // (a reorg the poller did not see: the block we applied last left the chain since)
+            self.left_behind(applied).await?
         };
         self.write_with_changes(batch, Some((height, tip.header.block_id)), from, None)
             .await?;
@@ -656,6 +667,16 @@ impl Follower {
         self.status.skipped_blocks.store(true, Ordering::SeqCst);
         tracing::info!(height, "caught up with the node by reading its state");
         Ok(())
+    }
+
+    /// Where the blocks we applied left the node's chain (`fork_point`), if the one we applied
+    /// last (`applied`) did: `None` while it is still the node's (or none was applied).
+    async fn left_behind(&self, applied: u64) -> Result<Option<u64>, FollowError> {
+        if applied == 0 || self.hash_at(applied).is_none() {
+            return Ok(None);
+        }
+        let fork = self.fork_point(applied).await?;
+        Ok((fork <= applied).then_some(fork))
     }
 
     /// The lowest height from which the blocks we applied may be abandoned: one above the

@@ -767,3 +767,94 @@ async fn an_operation_that_cannot_be_signed_fails_and_holds_nothing_back() {
     devnet.mine().await;
     confirmed(&app, "anchor:1").await;
 }
+
+/// A reorg the pushes did not show (the node's new branch posted from its tip, its first
+/// blocks not: a gap) is seen all the same: the block applied last is no longer the node's, so
+/// what it confirmed is reopened. Before, a gap was read as blocks missed on the same chain:
+/// the operation stayed confirmed in the abandoned block, and the transaction, not mined on
+/// the new branch, left its nonce unused under every later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorg_behind_a_gap_in_the_pushes_reopens_what_it_abandoned() {
+    let devnet = Devnet::start(&["--ephemeral"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // no observer registered and the poller asleep: the test posts the node's blocks itself
+    let app = app(&devnet.rpc, dir.path(), |s| {
+        slow(s);
+        s.follower.poll_interval_ms = 3_600_000;
+    })
+    .await;
+    let service = app.submitter.sender;
+    devnet.fund(&service).await;
+    devnet
+        .call(
+            &deployer_key(),
+            "access-control",
+            "add-responder",
+            vec![principal(&service)],
+        )
+        .await;
+    devnet.mine().await;
+    let observer = app.observer_addr;
+    let (observer, rpc) = (observer, devnet.rpc.clone());
+    let push = async |h: u64| {
+        let got = reqwest::get(format!("{rpc}/devnet/blocks/{h}"))
+            .await
+            .unwrap();
+        if got.status() == 404 {
+            return; // not a block this devnet mined (its genesis)
+        }
+        let block: serde_json::Value = got.json().await.unwrap();
+        let res = reqwest::Client::new()
+            .post(format!("http://{observer}/new_block"))
+            .json(&block)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        assert_eq!(status, 200, "block {h}: {}", res.text().await.unwrap());
+    };
+    for h in 1..=devnet.tip().await {
+        push(h).await;
+    }
+    app.submitter
+        .submit(
+            "anchor:1",
+            "access-control",
+            "anchor-audit",
+            &anchor_args(1),
+        )
+        .await
+        .unwrap();
+    app.submitter.tick().await.unwrap();
+    devnet.mine().await;
+    let mined = devnet.tip().await;
+    push(mined).await;
+    match state_of(&app, "anchor:1").await {
+        SubmissionState::Confirmed { height, .. } => assert_eq!(height, mined),
+        other => panic!("{other:?}"),
+    }
+
+    // the node moves to a branch without that block, two blocks past it; only its tip is
+    // posted
+    let fork = devnet
+        .post("/devnet/fork?depth=1", serde_json::json!({}))
+        .await;
+    assert_eq!(fork["tip"], serde_json::json!(mined + 1), "{fork}");
+    devnet.mine_empty(1).await;
+    let tip = devnet.tip().await;
+    assert_eq!(tip, mined + 2);
+    push(tip).await;
+    assert!(
+        matches!(
+            state_of(&app, "anchor:1").await,
+            SubmissionState::Sent { .. }
+        ),
+        "reopened, to be sent again as the same transaction: {:?}",
+        state_of(&app, "anchor:1").await
+    );
+    // sent again, it is mined on the new branch
+    app.submitter.tick().await.unwrap();
+    devnet.mine().await;
+    push(devnet.tip().await).await;
+    confirmed(&app, "anchor:1").await;
+}
