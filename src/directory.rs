@@ -53,13 +53,38 @@ fn human_name(v: &Value) -> Option<String> {
     (!full.is_empty()).then(|| full.join(" "))
 }
 
-/// The email of a `telecom` list (the `home` one first), or an error naming the problem.
+/// Whether a FHIR `period` ended before `today` (`YYYY-MM-DD`): its `end` (a date, or a
+/// dateTime, to the year, month or day) is before today at the precision it gives.
+fn ended(period: Option<&Value>, today: &str) -> bool {
+    let Some(end) = period.and_then(|p| p.get("end")).and_then(Value::as_str) else {
+        return false;
+    };
+    let end = end.get(..10).unwrap_or(end);
+    today.get(..end.len()).is_some_and(|t| end < t)
+}
+
+/// Today's date, `YYYY-MM-DD` (UTC), as FHIR periods are compared to it.
+fn today() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%d").to_string()
+}
+
+/// Relationships (HL7 v2 table 0131, as FHIR's `patient-contactrelationship`) whose contact
+/// is not told of an access: an employer, an agency, an insurer, a billing contact, a person
+/// preparing a referral. A contact of another kind (next of kin, emergency contact, guardian
+/// as text) is.
+const NOT_TOLD: [&str; 6] = ["E", "F", "I", "S", "BP", "PR"];
+
+/// The email of a `telecom` list (the `home` one first; none marked `old` or whose period
+/// ended), or an error naming the problem.
 fn email_of(telecom: Option<&Value>) -> Result<Option<String>, String> {
     let Some(list) = telecom else { return Ok(None) };
     let list = list.as_array().ok_or("telecom is not a list")?;
+    let today = today();
     let mut emails: Vec<(&Value, &str)> = list
         .iter()
         .filter(|t| t.get("system").and_then(Value::as_str) == Some("email"))
+        .filter(|t| t.get("use").and_then(Value::as_str) != Some("old"))
+        .filter(|t| !ended(t.get("period"), &today))
         .map(|t| (t, t.get("value").and_then(Value::as_str).unwrap_or("")))
         .collect();
     emails.sort_by_key(|(t, _)| t.get("use").and_then(Value::as_str) != Some("home"));
@@ -100,11 +125,25 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
         .and_then(Language::from_tag)
         .unwrap_or(Language::En);
     let mut delegate = None;
+    let today = today();
     for c in resource
         .get("contact")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
+        // a contact whose period ended, or of a kind not told (an employer, an insurer), is
+        // not the delegate
+        .filter(|c| !ended(c.get("period"), &today))
+        .filter(|c| {
+            !c.get("relationship")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.get("coding").and_then(Value::as_array))
+                .flatten()
+                .filter_map(|coding| coding.get("code").and_then(Value::as_str))
+                .any(|code| NOT_TOLD.contains(&code))
+        })
     {
         if let Some(email) = email_of(c.get("telecom")).map_err(|e| format!("contact {e}"))? {
             delegate = Some(Delegate {
@@ -458,4 +497,57 @@ pub async fn import_providers(
         imported,
         rejected: parsed.rejected,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The patient's address is a current one (not one marked `old`, nor one whose period
+    /// ended), and the delegate a current contact of a kind that is told (not an employer or
+    /// an insurer, nor a contact whose period ended). Before, the first listed was taken: a
+    /// notice with the reason and the data went to an old address, or to the employer.
+    #[test]
+    fn the_notice_goes_to_current_addresses_and_contacts_of_a_kind_told() {
+        let id = "ab".repeat(32);
+        let resource = serde_json::json!({
+            "resourceType": "Patient",
+            "identifier": [{ "system": "urn:p", "value": id }],
+            "telecom": [
+                { "system": "email", "value": "old@example.org", "use": "old" },
+                { "system": "email", "value": "ended@example.org", "period": { "end": "2020-03-01" } },
+                { "system": "email", "value": "work@example.org", "use": "work",
+                  "period": { "start": "2020-03-02", "end": "2999-12-31" } },
+            ],
+            "contact": [
+                { "relationship": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v2-0131", "code": "E" }] }],
+                  "telecom": [{ "system": "email", "value": "hr@employer.example" }] },
+                { "relationship": [{ "coding": [{ "code": "N" }] }], "period": { "end": "2021" },
+                  "telecom": [{ "system": "email", "value": "ex@example.org" }] },
+                { "relationship": [{ "text": "guardian" }],
+                  "telecom": [{ "system": "email", "value": "guardian@example.org" }] },
+            ],
+        });
+        let (_, contact) = patient(&resource, "urn:p").unwrap();
+        assert_eq!(contact.email.as_deref(), Some("work@example.org"));
+        let delegate = contact.delegate.unwrap();
+        assert_eq!(delegate.email, "guardian@example.org");
+        assert_eq!(delegate.relationship.as_deref(), Some("guardian"));
+    }
+
+    #[test]
+    fn a_period_ends_at_the_precision_it_gives() {
+        let p = |end: &str| serde_json::json!({ "end": end });
+        let today = "2026-12-06";
+        assert!(ended(Some(&p("2026-12-05")), today));
+        assert!(
+            !ended(Some(&p("2026-12-06")), today),
+            "through its last day"
+        );
+        assert!(!ended(Some(&p("2026-12")), today));
+        assert!(ended(Some(&p("2025")), today));
+        assert!(!ended(Some(&p("2026-12-06T23:00:00Z")), today));
+        assert!(!ended(Some(&serde_json::json!({ "start": "2020" })), today));
+        assert!(!ended(None, today));
+    }
 }
