@@ -486,7 +486,9 @@ impl Notifier {
         let plain = self
             .keyring
             .open(&crate::seal::names::contact(&notice.patient), &sealed)?;
-        Ok(Some(serde_json::from_slice(&plain)?))
+        Ok(Some(
+            serde_json::from_slice(&plain).map_err(|e| undecodable("the patient's contact", &e))?,
+        ))
     }
 
     /// Renders and stores the message, if the chain record and the contact allow it yet.
@@ -573,7 +575,8 @@ impl Notifier {
             &self
                 .keyring
                 .open(&crate::seal::names::notice(&notice.access_id), &sealed)?,
-        )?;
+        )
+        .map_err(|e| undecodable("the stored message", &e))?;
         // the attempt's own time: a round that took long (a slow send before this one) must
         // not write an attempt that another replica would find already past its takeover
         let now = now_secs().max(now);
@@ -690,6 +693,17 @@ impl Notifier {
     }
 }
 
+/// Why sealed JSON (a contact, a message) does not decode, without the values serde would
+/// quote (an address, a name): the kind of fault and where. The error is logged.
+fn undecodable(what: &str, e: &serde_json::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what} does not decode ({:?} at line {}, column {})",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
 /// `text` with every occurrence of `address` (in any ASCII case) as `<recipient>`.
 fn redacted(text: &str, address: &str) -> String {
     if address.is_empty() {
@@ -799,6 +813,25 @@ mod tests {
             "550 5.1.1 <<recipient>>: no mailbox; <recipient> unknown"
         );
         assert_eq!(super::redacted("café ü", "x@y"), "café ü");
+    }
+
+    /// A contact that does not decode is said without what serde would quote of it.
+    #[test]
+    fn a_contact_that_does_not_decode_is_not_quoted() {
+        let e = serde_json::from_slice::<crate::domain::Contact>(
+            br#"{"name": 7, "email": "ana@example.org"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains('7'), "serde quotes it: {e}");
+        let said = super::undecodable("the patient's contact", &e).to_string();
+        assert!(
+            said.starts_with("the patient's contact does not decode (Data at line 1"),
+            "{said}"
+        );
+        let e =
+            serde_json::from_slice::<crate::domain::Contact>(br#"{"email": ["ana@example.org"]}"#)
+                .unwrap_err();
+        assert!(!super::undecodable("x", &e).to_string().contains("ana"));
     }
 
     #[test]
@@ -950,7 +983,10 @@ mod tests {
         mailer.send(&rendered, &to).await.unwrap();
         let files = outbox(dir.path());
         assert_eq!(files.len(), 1);
-        assert_eq!(std::fs::read(&files[0]).unwrap(), rendered.raw);
+        // the stored bytes, behind the recipient's own `To:`
+        let mut expected = format!("To: {}\r\n", to.join(", ")).into_bytes();
+        expected.extend_from_slice(&rendered.raw);
+        assert_eq!(std::fs::read(&files[0]).unwrap(), expected);
         assert!(String::from_utf8_lossy(&rendered.raw).contains("0xfeed"));
     }
 
