@@ -1,6 +1,7 @@
 // A real SMTP server for the service's tests (nodemailer's smtp-server): accepts every message
 // and writes it, byte for byte, to <dir>/<n>.eml with its envelope in <n>.json. Recipients
-// whose local part starts with "bounce" are refused with 550 (a permanent failure). A recipient
+// whose local part starts with "bounce" are refused with 550 (a permanent failure), those whose
+// local part starts with "later" with 450 (a transient one, every time). A recipient
 // whose local part starts with "hold" is, the first time it is named, never answered: the
 // server writes <dir>/held-<address> and keeps the client waiting (a crash test kills the
 // client then); named again, it is accepted. With --refuse-senders-while <file>, every sender is
@@ -43,6 +44,12 @@ const server = new SMTPServer({
       // as real servers do, the refusal quotes the address
       const err = new Error(`5.1.1 <${address.address}>: mailbox unavailable`);
       err.responseCode = 550;
+      return callback(err);
+    }
+    if (address.address.split("@")[0].startsWith("later")) {
+      // a mailbox that is never reached, for now (greylisting, a full disk): a 4xx
+      const err = new Error(`4.2.0 <${address.address}>: try again later`);
+      err.responseCode = 450;
       return callback(err);
     }
     if (address.address.split("@")[0].startsWith("hold") && !held.has(address.address)) {

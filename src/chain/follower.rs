@@ -88,6 +88,18 @@ pub struct Admitted<'a> {
     )>,
 }
 
+/// The address a peer is counted by in `Follower::admit`: an IPv4-mapped address as its IPv4
+/// one, an IPv6 one as its /64.
+fn peer_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         if let Some((ip, peers)) = self.peer.take() {
@@ -195,8 +207,10 @@ impl Follower {
     /// and none from `peer` is (unless it is this host) (else it is answered so that the node
     /// sends it again): taken before its body is read.
     pub fn admit(&self, peer: Option<std::net::IpAddr>) -> Option<Admitted<'_>> {
-        // (a node on this host, beside whoever else may post from it, is not held to it)
-        let peer = match peer.filter(|ip| !ip.is_loopback()) {
+        // (a node on this host, beside whoever else may post from it, is not held to it; an
+        // IPv4 peer seen on an IPv6 socket is that IPv4 address, and an IPv6 peer its /64,
+        // which one host holds whole)
+        let peer = match peer.map(peer_key).filter(|ip| !ip.is_loopback()) {
             Some(ip) => {
                 if !self
                     .pushing
@@ -741,6 +755,18 @@ mod tests {
         let here: Vec<_> = (0..4).map(|_| f.admit(local).expect("this host")).collect();
         assert!(f.admit(local).is_none());
         drop(here);
+        // this host on an IPv6 socket (IPv4-mapped) is this host too
+        let mapped: std::net::IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let here: Vec<_> = (0..2)
+            .map(|_| f.admit(Some(mapped)).expect("this host"))
+            .collect();
+        drop(here);
+        // an IPv6 host's addresses in one /64 are one peer
+        let one: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let held = f.admit(Some(one)).unwrap();
+        assert!(f.admit(Some(other)).is_none(), "the same /64");
+        drop(held);
         // a peer refused for want of a place is not left holding one
         let all: Vec<_> = (1..=4).map(|n| f.admit(ip(n)).unwrap()).collect();
         assert!(f.admit(ip(9)).is_none());

@@ -805,20 +805,12 @@ impl Submitter {
                     tracing::info!(operation = %s.id, nonce, txid, "transaction signed")
                 }
                 Ok(None) => {}
-                // an operation that cannot be made a transaction (its arguments do not decode:
-                // written by another version, say) never will be: failed, with why, so that
-                // the operations after it are signed (it stopped every one, every tick). No
-                // nonce was taken for it
+                // an operation this replica cannot make a transaction of (its arguments do not
+                // decode: written by a newer version during an upgrade, say) is left pending,
+                // for a replica that can, and the operations after it are signed (it stopped
+                // every one, every tick). No nonce was taken for it
                 Err(SubmitError::Sign(why)) => {
-                    tracing::error!(operation = %s.id, %why, "an operation cannot be signed: failed");
-                    let failed = SubmissionState::Failed {
-                        txid: String::new(),
-                        height: 0,
-                        result: format!("not signed: {why}"),
-                        nonce: None,
-                        raw: None,
-                    };
-                    self.update(s, failed).await?;
+                    tracing::error!(operation = %s.id, %why, "an operation cannot be signed here: left pending, the others signed");
                 }
                 Err(e) => return Err(e),
             }

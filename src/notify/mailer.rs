@@ -74,6 +74,7 @@ impl Mailer {
 
     /// Sends `m`'s bytes to `to` (one of its recipients, or all).
     pub async fn send(&self, m: &Rendered, to: &[&str]) -> Result<(), SendError> {
+        let to_names = to;
         let to = to
             .iter()
             .map(|a| a.parse())
@@ -99,7 +100,9 @@ impl Mailer {
                         deadline.as_secs()
                     ))),
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) if refuses_mailbox(&e) => Err(SendError::Permanent(e.to_string())),
+                    Ok(Err(e)) if refuses_mailbox(&e, to_names, &m.from) => {
+                        Err(SendError::Permanent(e.to_string()))
+                    }
                     Ok(Err(e)) => Err(SendError::Transient(e.to_string())),
                 }
             }
@@ -132,24 +135,41 @@ fn addressed<'a>(raw: &'a [u8], to: &[lettre::Address]) -> std::borrow::Cow<'a, 
     std::borrow::Cow::Owned(out)
 }
 
-/// Whether an SMTP failure refuses the recipient's mailbox for good: a 5xx reply of the
-/// mailbox kind (550 unavailable, 551 not local, 552 over its storage, 553 name not allowed)
-/// whose enhanced status code (RFC 3463), if the server gives one, is an addressing or
-/// mailbox one (`5.1.x`, `5.2.x`) and not the sender's (`5.1.7`, `5.1.8`). A policy refusal
-/// (`5.7.x`: relaying denied, authentication required), a refused login (530, 534, 535), a
-/// command the server does not take (500-504) or a failed transaction (554) say nothing of the
-/// recipient: the service's setup or the server's, retried.
-fn refuses_mailbox(e: &lettre::transport::smtp::Error) -> bool {
-    let Some(code) = e.status().filter(|_| e.is_permanent()) else {
-        return false;
-    };
-    if !matches!(u16::from(code), 550..=553) {
+/// Whether an SMTP failure refuses the recipient's mailbox for good (`refuses`, over the
+/// reply's code and text).
+fn refuses_mailbox(e: &lettre::transport::smtp::Error, recipients: &[&str], sender: &str) -> bool {
+    e.status()
+        .filter(|_| e.is_permanent())
+        .is_some_and(|code| refuses(u16::from(code), &e.to_string(), recipients, sender))
+}
+
+/// Whether a reply (`code`, `text`) refuses the recipient's mailbox for good. The client does
+/// not say which command was refused, so the reply must: a 5xx of the mailbox kind (550
+/// unavailable, 551 not local, 552 over its storage, 553 name not allowed) that names the
+/// recipient (each is sent to alone) and not the sender, or, naming neither, whose enhanced
+/// status code (RFC 3463) is the recipient's: an addressing one but for the sender's
+/// (`5.1.1`-`5.1.6`, `5.1.10`), a mailbox one (`5.2.x`), or the "recipient rejected" some
+/// servers give as `5.4.1` and `5.5.0`. Anything else is the service's setup or the server's
+/// (a sender or relay refused by policy, `5.7.x` or `5.1.0`/`5.1.7`/`5.1.8`; a refused login,
+/// 530, 534, 535; 500-504; 554; a 550 that names nothing): retried until the notice gives up.
+fn refuses(code: u16, text: &str, recipients: &[&str], sender: &str) -> bool {
+    if !matches!(code, 550..=553) {
         return false;
     }
-    match enhanced_code(&e.to_string()) {
-        None => true,
-        Some((1, 7 | 8)) => false,
-        Some((subject, _)) => matches!(subject, 1 | 2),
+    let lower = text.to_ascii_lowercase();
+    let names =
+        |address: &str| !address.is_empty() && lower.contains(&address.to_ascii_lowercase());
+    if !sender.is_empty() && names(sender) {
+        return false;
+    }
+    if recipients.iter().any(|r| names(r)) {
+        return true;
+    }
+    match enhanced_code(text) {
+        Some((1, detail)) => matches!(detail, 1..=6 | 10),
+        Some((2, _)) => true,
+        Some((4, 1)) | Some((5, 0)) => code == 550,
+        _ => false,
     }
 }
 
@@ -181,6 +201,63 @@ mod tests {
         assert!(sent.ends_with(raw));
         let old = b"From: p@h.example\r\nTO: ana@example.org, bo@example.org\r\n\r\nbody";
         assert_eq!(&*addressed(old, &[ana]), &old[..]);
+    }
+
+    /// Only a refusal of the recipient's mailbox is for good: one naming the recipient, or,
+    /// naming neither address, with a recipient's enhanced code; one naming the sender, a
+    /// policy's, or a bare 550 is retried.
+    #[test]
+    fn only_a_refusal_of_the_recipients_mailbox_is_for_good() {
+        let (to, from) = (["ana@example.org"], "notices@hospital.example");
+        let r = |code, text: &str| refuses(code, text, &to, from);
+        // the recipient's
+        assert!(r(
+            550,
+            "permanent error (550): 5.1.1 <Ana@Example.org>: mailbox unavailable"
+        ));
+        assert!(r(
+            550,
+            "permanent error (550): <ana@example.org> no such user"
+        ));
+        assert!(r(550, "permanent error (550): 5.1.1 user unknown"));
+        assert!(r(552, "permanent error (552): 5.2.2 mailbox full"));
+        assert!(r(
+            550,
+            "permanent error (550): 5.5.0 Requested action not taken: mailbox unavailable"
+        ));
+        assert!(r(
+            550,
+            "permanent error (550): 5.4.1 Recipient address rejected: Access denied"
+        ));
+        // the sender's, the server's, or the service's setup
+        assert!(!r(
+            553,
+            "permanent error (553): 5.7.1 <notices@hospital.example>: Sender address rejected"
+        ));
+        assert!(!r(
+            550,
+            "permanent error (550): 5.1.0 <notices@hospital.example>: Sender address rejected"
+        ));
+        assert!(!r(
+            550,
+            "permanent error (550): 5.1.0 Sender address rejected"
+        ));
+        assert!(!r(553, "permanent error (553): 5.1.8 bad sender domain"));
+        assert!(!r(550, "permanent error (550): relay not permitted"));
+        assert!(!r(550, "permanent error (550): Administrative prohibition"));
+        assert!(!r(
+            550,
+            "permanent error (550): 5.7.1 Service unavailable; client host blocked"
+        ));
+        assert!(!r(
+            535,
+            "permanent error (535): 5.7.8 Authentication credentials invalid"
+        ));
+        assert!(!r(
+            554,
+            "permanent error (554): 5.0.0 transaction failed <ana@example.org>"
+        ));
+        assert!(!r(552, "permanent error (552): 5.3.4 message too big"));
     }
 
     #[test]

@@ -668,7 +668,16 @@ impl Notifier {
             }
             Err(SendError::Transient(reason)) => {
                 let give_up = first + self.settings.give_up_after_hours * 3600;
-                if now >= give_up {
+                if now >= give_up && !notice.delivered.is_empty() {
+                    // one recipient has it (the patient, say) and the other never could: sent,
+                    // saying who did not get it and why
+                    tracing::warn!(access = %notice.access_id, %reason, "notice: a recipient still failing after the retry period; the others have it");
+                    notice.state = NoticeState::Sent { at: now_secs() };
+                    notice.last_error = Some(format!(
+                        "a recipient could not be reached in {} hours: {reason}",
+                        self.settings.give_up_after_hours
+                    ));
+                } else if now >= give_up {
                     tracing::error!(access = %notice.access_id, %reason, "notice still failing after the retry period: dead-lettered");
                     notice.state = NoticeState::Dead {
                         at: now,

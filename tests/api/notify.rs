@@ -456,6 +456,37 @@ async fn a_refusal_of_the_services_own_setup_is_retried_not_dead_lettered() {
     assert_eq!(received(&mail).len(), 1);
 }
 
+/// A recipient still failing when the notice gives up (the delegate's mailbox answering 4xx),
+/// while the other has it (the patient): the notice is sent, saying who could not be reached.
+/// Before, the whole notice was dead-lettered, as if the patient had not been told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giving_up_on_one_recipient_keeps_the_others_delivery() {
+    let port = free_port();
+    let env = notify_env_with(port, |s| s.notify.give_up_after_hours = 0).await;
+    let mail = env.dir.path().join("mail");
+    let _smtp = smtp_server(port, &mail, 0).await;
+    let pid = patient(&env.demo, true).to_string();
+    let mut with_delegate = patient_resource(&pid, "ana@example.org", "en");
+    with_delegate["contact"] = json!([{ "relationship": [{ "text": "guardian" }],
+        "telecom": [{ "system": "email", "value": "later-guardian@example.org" }] }]);
+    let (status, _) = import(&env.app, &bundle(vec![with_delegate]), true).await;
+    assert_eq!(status, 200);
+    let id = grant(&env, &pid, 1).await;
+    let a = notice_reaches(&env, &id, "sent").await;
+    let said = a["notice"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        said.contains("could not be reached") && said.contains("450"),
+        "{a}"
+    );
+    assert!(!said.contains("later-guardian"), "{a}");
+    let got = received(&mail);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0["to"], json!(["ana@example.org"]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
     let port = free_port();
