@@ -1982,3 +1982,60 @@ async fn a_stop_ends_when_everything_has_ended_not_at_its_timeout() {
         "stopped after {took:?}: it waited for its timeout (120 s), so something still held the store"
     );
 }
+
+/// Another responder records our access's id first (its arguments copied from our
+/// transaction, as anyone reading the mempool could): ours is refused on chain (u212), and the
+/// operation reads as failed, not as confirmed on the other's record. Before, any record of
+/// the id counted as ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_recorded_first_by_another_responder_is_not_taken_for_ours() {
+    let env = setup(|s| s.submitter.interval_ms = 3_600_000).await;
+    let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
+    let (status, body) =
+        ask_for_allergies(app, provider(demo, "nurse"), patient(demo, true), 901).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["access_id"].as_str().unwrap().to_string();
+    let op = format!("record:{id}");
+    // (made from the log by the grants' follow-up; the submitter asleep, it stays pending)
+    let read = eventually("the record's operation", SECS, async || {
+        app.store.submission(&op).unwrap()
+    })
+    .await;
+    let other = new_key();
+    devnet.fund(&address_of(&other)).await;
+    devnet
+        .call(
+            &deployer_key(),
+            "access-control",
+            "add-responder",
+            vec![principal(&address_of(&other))],
+        )
+        .await;
+    devnet.mine().await;
+    let args: Vec<Value> = read
+        .args
+        .iter()
+        .map(|a| Value::from_hex(a).unwrap())
+        .collect();
+    devnet
+        .call(&other, "access-control", "record-emergency-access", args)
+        .await;
+    devnet.mine().await;
+    // ours, sent after it, is mined and refused
+    app.submitter.tick().await.unwrap();
+    devnet.mine().await;
+    let state = eventually("ours settled", SECS, async || {
+        let s = app.store.submission(&op).unwrap()?.state;
+        (!matches!(
+            s,
+            breakglass::store::SubmissionState::Pending
+                | breakglass::store::SubmissionState::Sent { .. }
+        ))
+        .then_some(s)
+    })
+    .await;
+    assert!(
+        matches!(state, breakglass::store::SubmissionState::Failed { .. }),
+        "{state:?}"
+    );
+}
