@@ -551,7 +551,8 @@ export function summaryNotes(bundle) {
   const notes = [];
   for (const entry of Array.isArray(bundle.entry) ? bundle.entry : []) {
     const r = entry?.resource;
-    if (r?.resourceType !== "OperationOutcome") continue;
+    // the server's own outcome entries only (search mode "outcome"), not a record's resource
+    if (r?.resourceType !== "OperationOutcome" || entry?.search?.mode !== "outcome") continue;
     for (const issue of Array.isArray(r.issue) ? r.issue : []) {
       const text = str(issue?.diagnostics) ?? conceptText(issue?.details);
       if (text) notes.push(clip(text));

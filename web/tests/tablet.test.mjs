@@ -376,7 +376,9 @@ test("a FHIR Bundle reads as groups of lines, most urgent first, the blood type 
   };
   assert.deepEqual(summaryNotes(noted), ["a newer summary is being recorded", "second"]);
   assert.deepEqual(summaryGroups(noted).map((g) => g.type), ["AllergyIntolerance"]);
-  assert.equal([...summaryNotes({ resourceType: "Bundle", entry: [{ resource: { resourceType: "OperationOutcome", issue: [{ diagnostics: "y".repeat(900) }] } }] })[0]].length, 400);
+  assert.equal([...summaryNotes({ resourceType: "Bundle", entry: [{ resource: { resourceType: "OperationOutcome", issue: [{ diagnostics: "y".repeat(900) }] }, search: { mode: "outcome" } }] })[0]].length, 400);
+  // an OperationOutcome that is not the server's outcome entry is not its note
+  assert.deepEqual(summaryNotes({ resourceType: "Bundle", entry: [{ resource: { resourceType: "OperationOutcome", issue: [{ diagnostics: "x" }] }, search: { mode: "match" } }] }), []);
   assert.throws(() => summaryNotes({ resourceType: "OperationOutcome" }), /not a FHIR Bundle/);
   assert.throws(() => summaryGroups(null), UserError);
   assert.equal(conceptText({ coding: [{ code: "X1" }] }), "X1");
