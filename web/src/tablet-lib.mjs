@@ -45,6 +45,8 @@ export const MAX_DATA_TYPES = 8;
 export const MAX_REASON_CHARS = 500;
 export const MAX_DEVICE_CHARS = 64;
 export const CLOSED_TEXT = "The access window has closed; the data was removed from this screen.";
+/** What the status says once the clinician closed the record on this tablet (the window runs on). */
+export const ENDED_TEXT = "The record was closed on this tablet; the data was removed from this screen. The access itself stays open until its window ends.";
 
 /** The service's data types (src/domain: DataType), with the words a clinician reads. */
 export const DATA_TYPE_LABELS = Object.freeze({

@@ -12,6 +12,7 @@
 import { UserError, networkFrom, parseDomain, parseKeyRecord, signStructured, walletProvider, walletSign } from "./lib.mjs";
 import {
   CLOSED_TEXT,
+  ENDED_TEXT,
   DATA_TYPE_LABELS,
   DEVICE_STORAGE,
   TABLET_KEY_STORAGE,
@@ -626,7 +627,7 @@ function init() {
     if (text) report(text, "closed", { focus: true });
   }
 
-  end?.addEventListener("click", () => closeAccess(CLOSED_TEXT));
+  end?.addEventListener("click", () => closeAccess(ENDED_TEXT));
   if (end) end.hidden = true;
   // leaving the page (or its being put in the back-forward cache) wipes it too
   window.addEventListener("pagehide", () => {

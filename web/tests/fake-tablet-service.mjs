@@ -47,7 +47,7 @@ export function tabletPage(domainHex, network = "testnet") {
   <p id="refusal" role="alert" hidden></p>
   <div id="summary" tabindex="-1"></div>
   <p id="countdown" aria-live="polite"></p>
-  <button id="end" type="button">End access now</button></section>
+  <button id="end" type="button">Close the record on this tablet</button></section>
 <p id="status" role="status" aria-live="polite" tabindex="-1"></p>
 </main></body></html>`;
 }

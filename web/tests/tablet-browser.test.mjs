@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import { deserializeCV, signStructuredData } from "@stacks/transactions";
 import puppeteer from "puppeteer-core";
 import { principalOf } from "../src/lib.mjs";
-import { CLOSED_TEXT } from "../src/tablet-lib.mjs";
+import { ENDED_TEXT } from "../src/tablet-lib.mjs";
 import { startFakeTabletService } from "./fake-tablet-service.mjs";
 import { launchOptions } from "./review-flow.mjs";
 import { PIN } from "./tablet-flow.mjs";
@@ -299,7 +299,7 @@ test("tablet page: a refused grant and a refused read show in #refusal (role=ale
     assert.equal(await page.$eval("#countdown", (el) => el.getAttribute("aria-live")), "off");
     assert.equal(await page.$eval("#reason", (el) => el.value), "", "the reason does not stay on screen once sent");
     await page.click("#end");
-    await page.waitForFunction((t) => document.querySelector("#status").textContent === t, {}, CLOSED_TEXT);
+    await page.waitForFunction((t) => document.querySelector("#status").textContent === t, {}, ENDED_TEXT);
     assert.equal(await page.evaluate(() => document.activeElement?.id), "status");
 
     // granted and read: the summary, then #end wipes it and resets the form
@@ -326,7 +326,7 @@ test("tablet page: a refused grant and a refused read show in #refusal (role=ale
       storage: Object.keys(localStorage),
       html: document.body.innerHTML,
     }));
-    assert.equal(closed.status, CLOSED_TEXT);
+    assert.equal(closed.status, ENDED_TEXT);
     assert.deepEqual([closed.result, closed.patient, closed.checked], [true, "", 0]);
     assert.deepEqual(closed.storage, ["breakglass.tablet.key"]);
     assert.ok(!/Penicillin|O Rh/.test(closed.html), "nothing of the record is left in the DOM");
