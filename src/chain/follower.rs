@@ -210,7 +210,11 @@ impl Follower {
         // (a node on this host, beside whoever else may post from it, is not held to it; an
         // IPv4 peer seen on an IPv6 socket is that IPv4 address, and an IPv6 peer its /64,
         // which one host holds whole)
-        let peer = match peer.map(peer_key).filter(|ip| !ip.is_loopback()) {
+        let peer = match peer
+            .map(|ip| ip.to_canonical())
+            .filter(|ip| !ip.is_loopback())
+            .map(peer_key)
+        {
             Some(ip) => {
                 if !self
                     .pushing
@@ -759,6 +763,11 @@ mod tests {
         let mapped: std::net::IpAddr = "::ffff:127.0.0.1".parse().unwrap();
         let here: Vec<_> = (0..2)
             .map(|_| f.admit(Some(mapped)).expect("this host"))
+            .collect();
+        drop(here);
+        let v6_local: std::net::IpAddr = "::1".parse().unwrap();
+        let here: Vec<_> = (0..2)
+            .map(|_| f.admit(Some(v6_local)).expect("this host"))
             .collect();
         drop(here);
         // an IPv6 host's addresses in one /64 are one peer

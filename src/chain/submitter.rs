@@ -67,6 +67,10 @@ pub struct Submitter {
     renewed_ms: AtomicU64,
 }
 
+/// How long an operation that cannot be signed here stays pending (for a replica of a newer
+/// version, during an upgrade) before it is failed.
+pub const UNSIGNABLE_FOR_MS: u64 = 3_600_000;
+
 /// A new operation, not yet signed (for callers that write it with other state in one batch).
 pub fn operation(id: &str, contract_name: &str, function: &str, args_hex: &[String]) -> Submission {
     Submission {
@@ -808,9 +812,24 @@ impl Submitter {
                 // an operation this replica cannot make a transaction of (its arguments do not
                 // decode: written by a newer version during an upgrade, say) is left pending,
                 // for a replica that can, and the operations after it are signed (it stopped
-                // every one, every tick). No nonce was taken for it
-                Err(SubmitError::Sign(why)) => {
+                // every one, every tick); past `UNSIGNABLE_FOR_MS` it is failed, with why, so
+                // that what waits on it (a notice, the next anchor, a verdict) goes on. No
+                // nonce was taken for it
+                Err(SubmitError::Sign(why))
+                    if now_ms().saturating_sub(s.created_at_ms) < UNSIGNABLE_FOR_MS =>
+                {
                     tracing::error!(operation = %s.id, %why, "an operation cannot be signed here: left pending, the others signed");
+                }
+                Err(SubmitError::Sign(why)) => {
+                    tracing::error!(operation = %s.id, %why, "an operation could not be signed for an hour: failed");
+                    let failed = SubmissionState::Failed {
+                        txid: String::new(),
+                        height: 0,
+                        result: format!("not signed: {why}"),
+                        nonce: None,
+                        raw: None,
+                    };
+                    self.update(s, failed).await?;
                 }
                 Err(e) => return Err(e),
             }

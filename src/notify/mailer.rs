@@ -145,32 +145,59 @@ fn refuses_mailbox(e: &lettre::transport::smtp::Error, recipients: &[&str], send
 
 /// Whether a reply (`code`, `text`) refuses the recipient's mailbox for good. The client does
 /// not say which command was refused, so the reply must: a 5xx of the mailbox kind (550
-/// unavailable, 551 not local, 552 over its storage, 553 name not allowed) that names the
-/// recipient (each is sent to alone) and not the sender, or, naming neither, whose enhanced
-/// status code (RFC 3463) is the recipient's: an addressing one but for the sender's
-/// (`5.1.1`-`5.1.6`, `5.1.10`), a mailbox one (`5.2.x`), or the "recipient rejected" some
-/// servers give as `5.4.1` and `5.5.0`. Anything else is the service's setup or the server's
-/// (a sender or relay refused by policy, `5.7.x` or `5.1.0`/`5.1.7`/`5.1.8`; a refused login,
-/// 530, 534, 535; 500-504; 554; a 550 that names nothing): retried until the notice gives up.
+/// unavailable, 551 not local, 552 over its storage, 553 name not allowed), not a policy's or
+/// the sender's by its enhanced status code (RFC 3463: `5.7.x` relaying denied, blocked;
+/// `5.1.0`, `5.1.7`, `5.1.8` the sender's address), that names the recipient (each is sent to
+/// alone) and not the sender, or else whose enhanced code is the recipient's: an addressing
+/// one (`5.1.1`-`5.1.6`, `5.1.10`), a mailbox one (`5.2.x`), or the "recipient rejected" some
+/// servers give as 550 `5.4.1` and `5.5.0`. Anything else is the service's setup or the
+/// server's (a refused login, 530, 534, 535; 500-504; 554; a 550 that names nothing):
+/// retried until the notice gives up.
 fn refuses(code: u16, text: &str, recipients: &[&str], sender: &str) -> bool {
     if !matches!(code, 550..=553) {
         return false;
     }
-    let lower = text.to_ascii_lowercase();
-    let names =
-        |address: &str| !address.is_empty() && lower.contains(&address.to_ascii_lowercase());
-    if !sender.is_empty() && names(sender) {
+    let enhanced = enhanced_code(text);
+    if matches!(enhanced, Some((7, _)) | Some((1, 0 | 7 | 8))) {
         return false;
     }
-    if recipients.iter().any(|r| names(r)) {
+    let (to_named, from_named) = (
+        recipients.iter().any(|r| names(text, r)),
+        names(text, sender),
+    );
+    if to_named && !from_named {
         return true;
     }
-    match enhanced_code(text) {
+    match enhanced {
         Some((1, detail)) => matches!(detail, 1..=6 | 10),
         Some((2, _)) => true,
         Some((4, 1)) | Some((5, 0)) => code == 550,
         _ => false,
     }
+}
+
+/// Whether `text` names `address` whole (in any ASCII case): not as part of a longer address
+/// (`notices@h` is not named by `patient.notices@h`).
+fn names(text: &str, address: &str) -> bool {
+    if address.is_empty() {
+        return false;
+    }
+    let (lower, needle) = (text.to_ascii_lowercase(), address.to_ascii_lowercase());
+    let part = |b: u8| b.is_ascii_alphanumeric() || b"._%+-@".contains(&b);
+    let bytes = lower.as_bytes();
+    lower.match_indices(&needle).any(|(i, _)| {
+        let before = i.checked_sub(1).map(|j| bytes[j]);
+        let end = i + needle.len();
+        // (a full stop after it ends a sentence, not the address)
+        let after = bytes.get(end).copied();
+        let after_next = bytes.get(end + 1).copied();
+        !before.is_some_and(part)
+            && match after {
+                None => true,
+                Some(b'.') => !after_next.is_some_and(|b| b.is_ascii_alphanumeric()),
+                Some(b) => !part(b),
+            }
+    })
 }
 
 /// The first enhanced status code `5.x.y` in a reply's text, as (x, y).
@@ -258,6 +285,29 @@ mod tests {
             "permanent error (554): 5.0.0 transaction failed <ana@example.org>"
         ));
         assert!(!r(552, "permanent error (552): 5.3.4 message too big"));
+        // a policy's refusal quoting the recipient is still the policy's
+        assert!(!r(
+            550,
+            "permanent error (550): 5.7.1 <ana@example.org>... Relaying denied"
+        ));
+        assert!(!r(
+            550,
+            "permanent error (550): 5.7.1 message to ana@example.org blocked as spam"
+        ));
+        // an address is named whole: the recipient inside a longer address is not it
+        assert!(!r(550, "permanent error (550): <xana@example.org> unknown"));
+        assert!(r(550, "permanent error (550): mailbox ana@example.org."));
+        let r2 = |text: &str| {
+            refuses(
+                550,
+                text,
+                &["patient.notices@h.example"],
+                "notices@h.example",
+            )
+        };
+        assert!(r2(
+            "permanent error (550): <patient.notices@h.example> no such user"
+        ));
     }
 
     #[test]

@@ -673,8 +673,13 @@ impl Notifier {
                     // saying who did not get it and why
                     tracing::warn!(access = %notice.access_id, %reason, "notice: a recipient still failing after the retry period; the others have it");
                     notice.state = NoticeState::Sent { at: now_secs() };
+                    let unreached: Vec<u8> = (0u8..)
+                        .take(rendered.to.len())
+                        .filter(|p| !notice.delivered.contains(p) && !notice.refused.contains(p))
+                        .collect();
                     notice.last_error = Some(format!(
-                        "a recipient could not be reached in {} hours: {reason}",
+                        "{} could not be reached in {} hours: {reason}",
+                        refused_recipients(&unreached, rendered.to.len()),
                         self.settings.give_up_after_hours
                     ));
                 } else if now >= give_up {

@@ -725,7 +725,8 @@ async fn a_copy_of_our_transaction_inside_a_block_does_not_fail_its_operation() 
 
 /// An operation this replica cannot make a transaction of (its arguments do not decode:
 /// written by a newer version during an upgrade, say) is left pending, for a replica that can,
-/// and the operations after it are signed and sent. Before, its error ended every tick before
+/// and the operations after it are signed and sent; one that could not be signed for an hour
+/// is failed, so that what waits on it goes on. Before, its error ended every tick before
 /// anything after it was signed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_that_cannot_be_signed_holds_nothing_back() {
@@ -738,9 +739,16 @@ async fn an_operation_that_cannot_be_signed_holds_nothing_back() {
         "anchor-audit",
         &["not a clarity value".to_string()],
     );
+    let mut old = breakglass::chain::submitter::operation(
+        "0-garbled-long-ago",
+        "access-control",
+        "anchor-audit",
+        &["not a clarity value".to_string()],
+    );
+    old.created_at_ms -= breakglass::chain::submitter::UNSIGNABLE_FOR_MS + 1_000;
     app.store
         .apply(breakglass::store::Batch {
-            submissions: vec![garbled],
+            submissions: vec![garbled, old],
             ..breakglass::store::Batch::default()
         })
         .unwrap();
@@ -755,6 +763,13 @@ async fn an_operation_that_cannot_be_signed_holds_nothing_back() {
         .unwrap();
     app.submitter.tick().await.unwrap();
     assert_eq!(state_of(&app, "0-garbled").await, SubmissionState::Pending);
+    match state_of(&app, "0-garbled-long-ago").await {
+        SubmissionState::Failed { result, nonce, .. } => {
+            assert!(result.starts_with("not signed"), "{result}");
+            assert_eq!(nonce, None, "no nonce taken for it");
+        }
+        other => panic!("{other:?}"),
+    }
     match state_of(&app, "anchor:1").await {
         SubmissionState::Sent { nonce, .. } => assert_eq!(nonce, 0, "the first nonce"),
         other => panic!("{other:?}"),

@@ -478,7 +478,7 @@ async fn giving_up_on_one_recipient_keeps_the_others_delivery() {
         .unwrap_or_default()
         .to_string();
     assert!(
-        said.contains("could not be reached") && said.contains("450"),
+        said.contains("the delegate's address could not be reached") && said.contains("450"),
         "{a}"
     );
     assert!(!said.contains("later-guardian"), "{a}");

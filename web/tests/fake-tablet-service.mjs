@@ -45,7 +45,7 @@ export function tabletPage(domainHex, network = "testnet") {
   <button id="submit" type="button">Open the record</button></section>
 <section id="result" hidden><h2>Emergency access</h2>
   <p id="refusal" role="alert" hidden></p>
-  <div id="summary" tabindex="-1"></div>
+  <div id="summary" role="region" aria-label="The patient's data" tabindex="-1"></div>
   <p id="countdown" aria-live="polite"></p>
   <button id="end" type="button">Close the record on this tablet</button></section>
 <p id="status" role="status" aria-live="polite" tabindex="-1"></p>
