@@ -135,6 +135,17 @@ pub(crate) struct TestRedis {
     pub url: String,
 }
 
+#[cfg(test)]
+impl TestRedis {
+    /// A plain connection to the server, for a test to write what the store would not.
+    pub(crate) fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
 /// An access as a unit test needs one: id `n` repeated, for `data_types`, granted at 1,000
 /// for ten minutes.
 #[cfg(test)]

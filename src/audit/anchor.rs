@@ -244,10 +244,7 @@ mod tests {
                 ..Batch::default()
             })
             .unwrap();
-        let mut raw = redis::Client::open(redis.url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
+        let mut raw = redis.connection();
         redis::cmd("HSET")
             .arg("b:submissions")
             .arg("record:garbled")

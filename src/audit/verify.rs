@@ -335,10 +335,7 @@ mod tests {
         store.apply(batch).unwrap();
         assert_eq!(check(&store, &[]).unwrap().entries, 4);
 
-        let mut raw = redis::Client::open(redis.url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
+        let mut raw = redis.connection();
         let row = |access: &crate::domain::AccessId, seq: u64| format!("{access}:{seq:020}");
         // (kept as a sorted set, each row a member of score 0)
         let add = |raw: &mut redis::Connection, member: String| {

@@ -1158,10 +1158,7 @@ mod tests {
                 ..Batch::default()
             })
             .unwrap();
-        let mut raw = redis::Client::open(redis.url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
+        let mut raw = redis.connection();
         redis::cmd("HSET")
             .arg("u:paging")
             .arg(format!("{INCIDENT}pagerduty:garbled"))

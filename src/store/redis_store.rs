@@ -1289,10 +1289,7 @@ mod tests {
         let members: Vec<String> = (0..2 * SCAN_PAGE + 50)
             .map(|i| format!("k{i:04}"))
             .collect();
-        let mut conn = redis::Client::open(redis.url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
+        let mut conn = redis.connection();
         let mut add = |score: u64, member: &str| {
             let _: () = redis::cmd("ZADD")
                 .arg(&set)
@@ -1308,10 +1305,7 @@ mod tests {
         add(150, "later");
         add(300, "not-due");
         for (removed, rescored) in [(0, false), (SCAN_PAGE - 1, false), (SCAN_PAGE - 1, true)] {
-            let mut conn = redis::Client::open(redis.url.as_str())
-                .unwrap()
-                .get_connection()
-                .unwrap();
+            let mut conn = redis.connection();
             let mut pages = 0;
             let found = store
                 .scan_due_paged(OPEN_NOTICES, 200, || {

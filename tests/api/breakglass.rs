@@ -2002,16 +2002,7 @@ async fn an_access_recorded_first_by_another_responder_is_not_taken_for_ours() {
     })
     .await;
     let other = new_key();
-    devnet.fund(&address_of(&other)).await;
-    devnet
-        .call(
-            &deployer_key(),
-            "access-control",
-            "add-responder",
-            vec![principal(&address_of(&other))],
-        )
-        .await;
-    devnet.mine().await;
+    devnet.make_responder(&address_of(&other)).await;
     let args: Vec<Value> = read
         .args
         .iter()

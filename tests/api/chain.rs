@@ -201,18 +201,8 @@ fn slow(s: &mut breakglass::configuration::Settings) {
 /// contract's responder, ready.
 async fn responder(devnet: &Devnet, dir: &std::path::Path) -> breakglass::startup::Application {
     let app = app(&devnet.rpc, dir, slow).await;
-    let service = app.submitter.sender;
     devnet.observe(app.observer_addr).await;
-    devnet.fund(&service).await;
-    devnet
-        .call(
-            &deployer_key(),
-            "access-control",
-            "add-responder",
-            vec![principal(&service)],
-        )
-        .await;
-    devnet.mine().await;
+    devnet.make_responder(&app.submitter.sender).await;
     eventually("ready", SECS, async || ready(&app).await.then_some(())).await;
     app
 }
@@ -793,19 +783,8 @@ async fn a_reorg_behind_a_gap_in_the_pushes_reopens_what_it_abandoned() {
         s.follower.poll_interval_ms = 3_600_000;
     })
     .await;
-    let service = app.submitter.sender;
-    devnet.fund(&service).await;
-    devnet
-        .call(
-            &deployer_key(),
-            "access-control",
-            "add-responder",
-            vec![principal(&service)],
-        )
-        .await;
-    devnet.mine().await;
-    let observer = app.observer_addr;
-    let (observer, rpc) = (observer, devnet.rpc.clone());
+    devnet.make_responder(&app.submitter.sender).await;
+    let (observer, rpc) = (app.observer_addr, devnet.rpc.clone());
     let push = async |h: u64| {
         let got = reqwest::get(format!("{rpc}/devnet/blocks/{h}"))
             .await

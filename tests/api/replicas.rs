@@ -198,22 +198,7 @@ async fn a_hung_redis_is_refused_within_seconds_and_the_service_resumes_with_it(
             id != first["access_id"].as_str().unwrap() && id != again["access_id"].as_str().unwrap()
         })
         .unwrap();
-    eventually("the withheld token revoked", SECS, async || {
-        store.revoked(&withheld.to_string()).unwrap().map(drop)
-    })
-    .await;
-    let trail: Vec<breakglass::audit::Event> = store
-        .audit_of(withheld)
-        .unwrap()
-        .iter()
-        .map(|e| serde_json::from_str(e.event.get()).unwrap())
-        .collect();
-    assert!(
-        trail.iter().any(|e| matches!(e,
-            breakglass::audit::Event::Revocation { by, .. } if by == breakglass::access::WITHHELD_BY)),
-        "{:?}",
-        trail.iter().map(breakglass::audit::Event::kind).collect::<Vec<_>>()
-    );
+    withheld_token_revoked(store, withheld).await;
 }
 
 /// A grant whose write answered an error that landed all the same (acknowledged by fewer of
@@ -269,22 +254,7 @@ async fn a_grant_refused_on_a_write_that_landed_all_the_same_reads_as_never_issu
         .iter()
         .find(|id| id.to_string() != first["access_id"].as_str().unwrap())
         .unwrap();
-    eventually("the withheld token revoked", SECS, async || {
-        store.revoked(&withheld.to_string()).unwrap().map(drop)
-    })
-    .await;
-    let trail: Vec<breakglass::audit::Event> = store
-        .audit_of(withheld)
-        .unwrap()
-        .iter()
-        .map(|e| serde_json::from_str(e.event.get()).unwrap())
-        .collect();
-    assert!(
-        trail.iter().any(|e| matches!(e,
-            breakglass::audit::Event::Revocation { by, .. } if by == breakglass::access::WITHHELD_BY)),
-        "{:?}",
-        trail.iter().map(breakglass::audit::Event::kind).collect::<Vec<_>>()
-    );
+    withheld_token_revoked(store, withheld).await;
     // the grant that was answered keeps its token
     assert!(store
         .revoked(first["access_id"].as_str().unwrap())
@@ -330,6 +300,30 @@ async fn a_directory_that_cannot_be_read_past_the_lookup_bound_is_said_to_be_the
             .iter()
             .any(|(s, c)| *s == 503 && c == "store-unavailable"),
         "{codes:?}"
+    );
+}
+
+/// Waits until access `withheld`'s token is revoked in `store`, and checks its trail says by
+/// the service, as a token that never left (`access::WITHHELD_BY`).
+async fn withheld_token_revoked(
+    store: &std::sync::Arc<dyn breakglass::store::Store>,
+    withheld: &breakglass::domain::AccessId,
+) {
+    eventually("the withheld token revoked", SECS, async || {
+        store.revoked(&withheld.to_string()).unwrap().map(drop)
+    })
+    .await;
+    let trail: Vec<breakglass::audit::Event> = store
+        .audit_of(withheld)
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str(e.event.get()).unwrap())
+        .collect();
+    assert!(
+        trail.iter().any(|e| matches!(e,
+            breakglass::audit::Event::Revocation { by, .. } if by == breakglass::access::WITHHELD_BY)),
+        "{:?}",
+        trail.iter().map(breakglass::audit::Event::kind).collect::<Vec<_>>()
     );
 }
 

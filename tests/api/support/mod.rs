@@ -175,6 +175,19 @@ impl Devnet {
         .await;
     }
 
+    /// Funds `who` and has the deployer make them a responder of access-control, mined.
+    pub async fn make_responder(&self, who: &Address) {
+        self.fund(who).await;
+        self.call(
+            &deployer_key(),
+            "access-control",
+            "add-responder",
+            vec![principal(who)],
+        )
+        .await;
+        self.mine().await;
+    }
+
     /// Signs and posts a call to one of the contracts, returning the txid (not mined).
     ///
     /// The key may be one the service sends from too (the demo responder): when the service
