@@ -275,7 +275,12 @@ function init() {
       input.name = "data-type";
       input.value = d.dataType;
       input.id = id;
-      input.disabled = !d.allowed;
+      if (!d.allowed) {
+        // refused, yet focusable: a keyboard or screen reader reaches it and hears why
+        // (aria-describedby below), where `disabled` would skip it; it cannot be checked
+        input.setAttribute("aria-disabled", "true");
+        input.addEventListener("click", (e) => e.preventDefault());
+      }
       label.append(input, document.createTextNode(d.label));
       row.append(label);
       const noteText = d.allowed ? (d.windowMinutes ? `opens for ${d.windowMinutes} min` : "") : d.reason;
@@ -400,7 +405,7 @@ function init() {
       if (!domainHex) throw new UserError("This page has no signing domain; reload it.");
       const domain = parseDomain(domainHex);
       const patientId = parsePatientId(patient?.value);
-      const dataTypes = fieldset ? [...fieldset.querySelectorAll('input[name="data-type"]:checked:not(:disabled)')].map((i) => i.value) : [];
+      const dataTypes = fieldset ? [...fieldset.querySelectorAll('input[name="data-type"]:checked:not([aria-disabled="true"])')].map((i) => i.value) : [];
       const deviceName = normalizeDevice(device?.value);
       const message = breakGlassMessage({
         patient: patientId,

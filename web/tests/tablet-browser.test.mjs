@@ -212,7 +212,8 @@ test("tablet page: touch targets, labels and reasons of refused data types, the 
       const rows = [...document.querySelectorAll('#data-types input[name="data-type"]')].map((input) => ({
         value: input.value,
         id: input.id,
-        disabled: input.disabled,
+        disabled: input.getAttribute("aria-disabled") === "true",
+        focusable: !input.disabled && input.tabIndex >= 0,
         label: document.querySelector(`label[for="${input.id}"]`)?.textContent,
         described: input.getAttribute("aria-describedby") ? document.getElementById(input.getAttribute("aria-describedby"))?.textContent : null,
       }));
@@ -228,14 +229,26 @@ test("tablet page: touch targets, labels and reasons of refused data types, the 
     assert.ok(layout.targets.some((t) => t.id === "dt-allergies"), "the data types' labels are the touch targets");
     const byValue = Object.fromEntries(layout.rows.map((r) => [r.value, r]));
     assert.equal(layout.rows.length, 12);
-    assert.deepEqual(byValue.allergies, { value: "allergies", id: "dt-allergies", disabled: false, label: "Allergies", described: "opens for 60 min" });
+    assert.deepEqual(byValue.allergies, { value: "allergies", id: "dt-allergies", disabled: false, focusable: true, label: "Allergies", described: "opens for 60 min" });
     assert.deepEqual(byValue["lab-results"], {
       value: "lab-results",
       id: "dt-lab-results",
       disabled: true,
+      focusable: true,
       label: "Lab results",
       described: "role nurse may not open lab-results (no policy permits it)",
     });
+    // a refused data type is reached by the keyboard (its reason read with it), and neither a
+    // key nor a tap checks it
+    await page.focus("#dt-lab-results");
+    await page.keyboard.press("Tab");
+    await page.keyboard.down("Shift");
+    await page.keyboard.press("Tab");
+    await page.keyboard.up("Shift");
+    assert.equal(await page.evaluate(() => document.activeElement?.id), "dt-lab-results", "Tab and Shift+Tab pass through it");
+    await page.keyboard.press("Space");
+    await page.click('label[for="dt-lab-results"]');
+    assert.equal(await page.$eval("#dt-lab-results", (el) => el.checked), false);
     assert.equal(layout.scanHidden, !layout.hasDetector);
 
     // the reason is required: refused in the page, the focus on #status, nothing sent

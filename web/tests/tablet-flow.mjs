@@ -136,7 +136,7 @@ async function main(env = process.env) {
     for (const d of dataTypes) {
       const box = await page.$(`#dt-${d}`);
       if (!box) throw new Error(`the page offers no data type ${d}`);
-      if (await box.evaluate((el) => el.disabled)) {
+      if (await box.evaluate((el) => el.getAttribute("aria-disabled") === "true")) {
         const why = await page.evaluate((id) => document.getElementById(`${id}-note`)?.textContent ?? "", `dt-${d}`);
         throw new Error(`data type ${d} is not open to this clinician: ${why}`);
       }
