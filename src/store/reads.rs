@@ -57,7 +57,7 @@ pub(super) trait RowSource {
     /// The rows of `table` that `index` names (those due by `until`, if given: `scan_due`; but
     /// those whose keys `skip` skips: they are not read), decoded, that `keep` keeps: an index
     /// may name a row closed since (its build raced the write that closed it), never miss an
-    /// open one.
+    /// open one. A row that does not decode is left out (logged), not the read's failure.
     fn indexed<T: DeserializeOwned>(
         &self,
         index: Table,
@@ -77,14 +77,18 @@ pub(super) trait RowSource {
         let values = self.get_many(table, &keys)?;
         for (key, value) in keys.into_iter().zip(values) {
             match value {
-                Some(v) => {
-                    let row: T = dec(&key, &v)?;
-                    if keep(&row) {
-                        out.push(row);
-                    } else {
-                        closed.push((key, Some(v)));
+                Some(v) => match dec::<T>(&key, &v) {
+                    Ok(row) if keep(&row) => out.push(row),
+                    Ok(_) => closed.push((key, Some(v))),
+                    // one row that does not decode (a later version's, a fault of the disk)
+                    // does not keep every other open operation or notice from its worker: it
+                    // is left out, said at each read, and stays indexed until a write
+                    // replaces it
+                    Err(StoreError::Corrupt(key, why)) => {
+                        tracing::error!(table, key, error = %why, "an open row does not decode: left out; the others are read");
                     }
-                }
+                    Err(e) => return Err(e),
+                },
                 None => closed.push((key, None)),
             }
         }

@@ -140,16 +140,19 @@ pub(super) fn open_index_rows(
     submissions: &[(String, Vec<u8>)],
     notices: &[(String, Vec<u8>)],
 ) -> Result<Rows, StoreError> {
+    // a row that does not decode (a later version's, a fault of the disk) is indexed as open
+    // and due: the reads of the open rows then say it, each time, instead of it stopping the
+    // store from opening or being forgotten
     let mut out = Rows::new();
     for (id, v) in submissions {
-        if dec::<Submission>(id, v)?.is_open() {
+        if dec::<Submission>(id, v).map_or(true, |s| s.is_open()) {
             indexed(&mut out, OPEN_SUBMISSIONS, id.clone(), true);
         }
     }
     for (id, v) in notices {
-        let notice = dec::<Notice>(id, v)?;
-        if notice.is_open() {
-            due(&mut out, id.clone(), Some(notice.next_at));
+        match dec::<Notice>(id, v) {
+            Ok(notice) if !notice.is_open() => {}
+            read => due(&mut out, id.clone(), Some(read.map_or(0, |n| n.next_at))),
         }
     }
     Ok(out)

@@ -506,20 +506,140 @@ fn redb_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
             300
         );
     }
-    {
-        // as a store of an earlier version left it: no index, no mark
-        let db = redb::Database::open(&path).unwrap();
-        let tx = db.begin_write().unwrap();
-        tx.delete_table(table("open_submissions")).unwrap();
-        tx.delete_table(table("open_notices")).unwrap();
-        tx.open_table(table("meta"))
-            .unwrap()
-            .remove("open_indexed")
-            .unwrap();
-        tx.commit().unwrap();
-    }
+    // as a store of an earlier version left it: no index, no mark
+    unindexed(&path);
     let store = RedbStore::open(&path).unwrap();
     assert_eq!(left_open(&store), expected_open());
+}
+
+/// Takes the open indexes and their mark out of the redb store at `path`, as a store of a
+/// version before them has none.
+fn unindexed(path: &std::path::Path) {
+    let table = |name| redb::TableDefinition::<&str, &[u8]>::new(name);
+    let db = redb::Database::open(path).unwrap();
+    let tx = db.begin_write().unwrap();
+    tx.delete_table(table("open_submissions")).unwrap();
+    tx.delete_table(table("open_notices")).unwrap();
+    tx.open_table(table("meta"))
+        .unwrap()
+        .remove("open_indexed")
+        .unwrap();
+    tx.commit().unwrap();
+}
+
+/// A notice's access id for a row that does not decode.
+fn garbled() -> AccessId {
+    numbered(900)
+}
+
+/// An open operation and an open notice whose rows do not decode (a later version's, a fault
+/// of the disk) are left out of the open rows the submitter and the notifier read, and the
+/// rest are read: before, one such row made every read of them fail (on redb, until a restart
+/// that failed the same way), and the store of an older version, whose indexes are built when
+/// it opens, did not open at all.
+#[test]
+fn an_open_row_that_does_not_decode_keeps_no_other_from_its_worker_on_redb() {
+    use redb::{ReadableDatabase, TableDefinition};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let table = |name| TableDefinition::<&str, &[u8]>::new(name);
+    {
+        let store = RedbStore::open(&path).unwrap();
+        open_and_closed(&store);
+    }
+    let id = garbled().to_string();
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        for (name, key, value) in [
+            ("submissions", "op-bad", &b"not json"[..]),
+            ("open_submissions", "op-bad", b""),
+            ("notices", id.as_str(), b"{\"access_id\": 7"),
+            ("open_notices", id.as_str(), b"0"),
+        ] {
+            tx.open_table(table(name))
+                .unwrap()
+                .insert(key, value)
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    {
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(left_open(&store), expected_open());
+        assert_eq!(
+            due_by(&store, &Default::default(), 107),
+            vec![numbered(7), numbered(107)]
+        );
+    }
+    // as a store of an earlier version left it: its indexes are built when it opens
+    unindexed(&path);
+    {
+        let store = RedbStore::open(&path).expect("a row that does not decode does not stop it");
+        assert_eq!(left_open(&store), expected_open());
+    }
+    // the rows that do not decode stay indexed (each read says them), not forgotten
+    let db = redb::Database::open(&path).unwrap();
+    let tx = db.begin_read().unwrap();
+    assert!(tx
+        .open_table(table("open_submissions"))
+        .unwrap()
+        .get("op-bad")
+        .unwrap()
+        .is_some());
+    assert!(tx
+        .open_table(table("open_notices"))
+        .unwrap()
+        .get(id.as_str())
+        .unwrap()
+        .is_some());
+}
+
+/// As on redb, on Redis.
+#[test]
+fn an_open_row_that_does_not_decode_keeps_no_other_from_its_worker_on_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let mut conn = server.connection();
+    let store = RedisStore::open(&server.url(), "garbled:").unwrap();
+    open_and_closed(&store);
+    let id = garbled().to_string();
+    let mut run = |cmd: &mut redis::Cmd| {
+        let _: () = cmd.query(&mut conn).unwrap();
+    };
+    run(redis::cmd("HSET")
+        .arg("garbled:submissions")
+        .arg("op-bad")
+        .arg("not json"));
+    run(redis::cmd("HSET")
+        .arg("garbled:open_submissions")
+        .arg("op-bad")
+        .arg(""));
+    run(redis::cmd("HSET")
+        .arg("garbled:notices")
+        .arg(&id)
+        .arg("{\"access_id\": 7"));
+    run(redis::cmd("ZADD")
+        .arg("garbled:due:open_notices")
+        .arg(0)
+        .arg(&id));
+    assert_eq!(left_open(&store), expected_open());
+    assert_eq!(
+        due_by(&store, &Default::default(), 107),
+        vec![numbered(7), numbered(107)]
+    );
+    // as a store of an earlier version left it: its indexes built by the first read
+    run(redis::cmd("DEL")
+        .arg("garbled:open_submissions")
+        .arg("garbled:due:open_notices"));
+    run(redis::cmd("HDEL").arg("garbled:meta").arg("open_indexed"));
+    let store = RedisStore::open(&server.url(), "garbled:").unwrap();
+    assert_eq!(left_open(&store), expected_open());
+    assert_eq!(
+        store.open_counts().unwrap(),
+        (4, 4),
+        "the rows that do not decode stay indexed"
+    );
 }
 
 /// The audit log: entries numbered and linked in the order batches are applied (events in one
