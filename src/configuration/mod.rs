@@ -121,6 +121,7 @@ impl Default for Settings {
                 retry_initial_secs: 30,
                 retry_max_secs: 3600,
                 give_up_after_hours: 72,
+                chain_wait_hours: 24,
             },
             review: ReviewSettings::default(),
             audit: AuditSettings::default(),

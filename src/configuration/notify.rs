@@ -56,6 +56,9 @@ pub struct NotifySettings {
     pub retry_initial_secs: u64,
     pub retry_max_secs: u64,
     pub give_up_after_hours: u64,
+    /// How long after it is due a notice waits for its access's chain record: then it goes
+    /// out saying the record is on its way (the patient is not kept waiting on the chain).
+    pub chain_wait_hours: u64,
 }
 
 impl NotifySettings {

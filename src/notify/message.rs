@@ -44,6 +44,9 @@ pub enum Proof {
     AccessId,
     /// Not recorded: the contract refused the record. The notice says so, not a proof.
     NotRecorded,
+    /// Not on chain yet after `notify.chain_wait_hours` (the node away, the record stuck):
+    /// the notice says it is on its way, and goes out instead of waiting longer.
+    Pending,
 }
 
 impl Proof {
@@ -53,6 +56,7 @@ impl Proof {
             Proof::Transaction(_) => "transaction",
             Proof::AccessId => "access-id",
             Proof::NotRecorded => "not-recorded",
+            Proof::Pending => "pending",
         }
     }
 

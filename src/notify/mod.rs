@@ -5,7 +5,8 @@
 //! made from the audit log after the grant, and tells this worker of it. This worker, off the
 //! hot path, takes each notice when it is due (the window's close, or at once for
 //! `notify.immediate_data_types`) and once the access is on chain (the txid is the notice's
-//! proof). It renders the message once, seals it and stores it *before* the first attempt;
+//! proof), or `notify.chain_wait_hours` after it was due if the chain has not taken the record
+//! by then (the notice then says it is on its way). It renders the message once, seals it and stores it *before* the first attempt;
 //! every attempt after that, including after a crash, sends those same bytes with the same
 //! `Message-ID`, so a patient may at worst get the same message twice, never two different
 //! notices. A permanent refusal (SMTP 5xx, a bad address) or 72 hours of transient failures
@@ -310,7 +311,7 @@ impl Notifier {
     /// One step for the notice of access `id`, as the store has it, under the notice's lease
     /// (another replica holding it works on it: looked at again once it would have lapsed).
     async fn step(&self, id: &AccessId, now: u64) -> Option<u64> {
-        if self.replicas() && self.waiting_for_chain(id) {
+        if self.replicas() && self.waiting_for_chain(id, now) {
             // nothing to do until the access is on chain: no lease taken for that
             return Some(now + 1);
         }
@@ -323,15 +324,24 @@ impl Notifier {
         next
     }
 
-    /// Whether the notice has no message yet and its access is not on chain (so it cannot
-    /// have one): as the store says now, false when it cannot tell.
-    fn waiting_for_chain(&self, id: &AccessId) -> bool {
-        let unrendered = matches!(self.store.notice(id), Ok(Some(n)) if n.message.is_none());
+    /// Whether the notice has no message yet and waits for its access to be on chain (so it
+    /// cannot have one yet): as the store says now, false when it cannot tell.
+    fn waiting_for_chain(&self, id: &AccessId, now: u64) -> bool {
+        let unrendered = matches!(self.store.notice(id),
+            Ok(Some(n)) if n.message.is_none() && !self.waited_for_chain(&n, now));
         unrendered
             && matches!(
                 self.store.submission(&format!("record:{id}")),
                 Ok(Some(s)) if s.is_open()
             )
+    }
+
+    /// Whether the notice has waited for its access's chain record as long as it may
+    /// (`notify.chain_wait_hours` after it was due): it goes out without it.
+    fn waited_for_chain(&self, notice: &Notice, now: u64) -> bool {
+        now >= notice
+            .due_at
+            .saturating_add(self.settings.chain_wait_hours.saturating_mul(3600))
     }
 
     /// One step for the notice of access `id`, its lease held (its writes fenced with
@@ -510,6 +520,8 @@ impl Notifier {
             Some(SubmissionState::Confirmed { txid: None, .. }) => Proof::AccessId,
             // not at all: the notice still goes out, and says so
             Some(SubmissionState::Failed { .. }) => Proof::NotRecorded,
+            // not on chain for long (the node away): it goes out saying the record is on its way
+            _ if self.waited_for_chain(&notice, now) => Proof::Pending,
             // not on chain yet: look again soon
             _ => return Ok(Prepared::Waiting),
         };
@@ -921,9 +933,9 @@ mod tests {
     }
 
     /// The notice says how the access is on chain: by its transaction (with the explorer's
-    /// link), under its access id when the chain had the record already, or, when the
-    /// contract refused the record, that it could not be recorded, in both languages and both
-    /// parts. Before, the last two said "recorded … in transaction -", linking to `…/-`.
+    /// link), under its access id when the chain had the record already, when the contract
+    /// refused the record, that it could not be recorded, or, when the chain has not taken it
+    /// in `notify.chain_wait_hours`, that it is on its way, in both languages and both parts. Before, the last two said "recorded … in transaction -", linking to `…/-`.
     #[test]
     fn the_notice_says_how_the_access_is_on_chain_or_that_it_is_not() {
         let settings = Settings::default();
@@ -943,17 +955,25 @@ mod tests {
             (
                 Language::En,
                 "recorded on the Stacks blockchain in transaction",
-                "under the access id above",
+                "recorded on the Stacks blockchain under the access id above",
                 "could not be recorded on the Stacks blockchain",
+                "not on the Stacks blockchain yet",
             ),
             (
                 Language::Es,
                 "registrado en la cadena de bloques Stacks en la transacción",
-                "con el id. de acceso indicado arriba",
+                "registrado en la cadena de bloques Stacks con el id. de acceso indicado arriba",
                 "no pudo registrarse en la cadena de bloques Stacks",
+                "aún no está en la cadena de bloques Stacks",
             ),
         ];
-        for (language, by_tx, by_id, not_recorded) in cases {
+        for (language, by_tx, by_id, not_recorded, pending) in cases {
+            for part in parts(language, &Proof::Pending) {
+                assert!(part.contains(pending), "{part}");
+                for other in [by_tx, by_id, not_recorded, "explorer.example"] {
+                    assert!(!part.contains(other), "{part}");
+                }
+            }
             for part in parts(language, &Proof::Transaction("0xfeed".into())) {
                 assert!(part.contains(by_tx) && part.contains("0xfeed"), "{part}");
                 // (the html part escapes the link's slashes)

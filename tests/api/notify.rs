@@ -487,6 +487,42 @@ async fn giving_up_on_one_recipient_keeps_the_others_delivery() {
     assert_eq!(got[0].0["to"], json!(["ana@example.org"]));
 }
 
+/// No block mined (the chain stalled), the access's chain record is not on chain: its notice
+/// waits for it no longer than `notify.chain_wait_hours` after it is due (here none), then goes
+/// out once, saying the record is on its way, not naming a transaction. Before, it waited on
+/// the chain without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_waits_for_the_chain_record_a_bounded_time_then_says_it_is_on_its_way() {
+    let port = free_port();
+    let env = notify_env_with(port, |s| s.notify.chain_wait_hours = 0).await;
+    let mail = env.dir.path().join("mail");
+    let _smtp = smtp_server(port, &mail, 0).await;
+    let pid = patient_with_contact(&env).await;
+    let id = grant(&env, &pid, 1).await;
+    let a = eventually("the notice sent", Duration::from_secs(60), async || {
+        let a = access_view(&env, &id).await;
+        (a["notice"]["state"] == "sent").then_some(a)
+    })
+    .await;
+    assert_ne!(a["chain"]["state"], "confirmed", "{a}");
+    let got = received(&mail);
+    assert_eq!(got.len(), 1);
+    let (text, html) = text_parts(&got[0].1);
+    for part in [&text, &html] {
+        assert!(part.contains("not on the Stacks blockchain yet"), "{part}");
+        assert!(part.contains(&id), "{part}");
+        assert!(!part.contains("in transaction"), "{part}");
+    }
+    // sent once: the record's arrival later does not send it again
+    eventually("the record on chain", Duration::from_secs(60), async || {
+        env.devnet.mine().await;
+        (access_view(&env, &id).await["chain"]["state"] == "confirmed").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(received(&mail).len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
     let port = free_port();
