@@ -567,6 +567,35 @@ impl Notifier {
         Ok(Prepared::Ready(Box::new(notice)))
     }
 
+    /// Marks the message's recipients whom the patient's contact, as the directory has it
+    /// now, no longer names (a delegate removed, an address changed: compared whole, in any
+    /// case) as withdrawn, so that no retry goes to them. True when that leaves nobody to send
+    /// to and nobody who has it: the message is to be made again.
+    fn withdraw(&self, notice: &mut Notice, rendered: &Rendered) -> bool {
+        let contact = match self.contact(notice) {
+            Ok(contact) => contact,
+            Err(e) => {
+                // the message goes as made: telling the patient comes first
+                tracing::warn!(access = %notice.access_id, error = %e, "notice: the patient's contact could not be read; sent to the recipients it was made for");
+                return false;
+            }
+        };
+        let named: Vec<String> = contact
+            .iter()
+            .flat_map(|c| c.recipients())
+            .map(str::to_lowercase)
+            .collect();
+        for (place, address) in (0u8..).zip(&rendered.to) {
+            if notice.waits_on(place) && !named.contains(&address.to_lowercase()) {
+                tracing::info!(access = %notice.access_id, recipient = place, "notice: a recipient is no longer the patient's contact; not sent to");
+                notice.withdrawn.push(place);
+            }
+        }
+        let places = rendered.to.len() as u8;
+        let waiting = (0..places).any(|p| notice.waits_on(p));
+        !waiting && notice.delivered.is_empty() && !notice.withdrawn.is_empty()
+    }
+
     /// One step for one notice; when to look at it again, if it stays open.
     async fn advance(
         &self,
@@ -589,6 +618,18 @@ impl Notifier {
                 .open(&crate::seal::names::notice(&notice.access_id), &sealed)?,
         )
         .map_err(|e| undecodable("the stored message", &e))?;
+        if self.withdraw(&mut notice, &rendered) {
+            // nobody it was made for is a recipient now, and nobody has it: made again for
+            // the contact as the directory has it (a new address), or nobody to tell
+            notice.message = None;
+            notice.message_id = None;
+            notice.withdrawn.clear();
+            notice.refused.clear();
+            return match self.prepare(notice, now, fence).await? {
+                Prepared::Ready(_) | Prepared::Waiting => Ok(Some(now + 1)),
+                Prepared::Closed => Ok(None),
+            };
+        }
         // the attempt's own time: a round that took long (a slow send before this one) must
         // not write an attempt that another replica would find already past its takeover
         let now = now_secs().max(now);
@@ -616,9 +657,7 @@ impl Notifier {
         let mut refused = None;
         let to: Vec<(u8, &String)> = (0u8..)
             .zip(&rendered.to)
-            .filter(|(place, _)| {
-                !notice.delivered.contains(place) && !notice.refused.contains(place)
-            })
+            .filter(|(place, _)| notice.waits_on(*place))
             .collect();
         for (n, &(place, address)) in to.iter().enumerate() {
             let answered = match self.mailer.send(&rendered, &[address.as_str()]).await {
@@ -666,13 +705,24 @@ impl Notifier {
                 notice.state = NoticeState::Sent { at: now_secs() };
                 // a recipient who refused it for good, while another has it, is said, in this
                 // attempt or an earlier one (the patient's mailbox gone, the delegate told)
-                notice.last_error = (!notice.refused.is_empty()).then(|| {
+                let refusal = (!notice.refused.is_empty()).then(|| {
                     let who = refused_recipients(&notice.refused, rendered.to.len());
                     match refused {
                         Some(r) => format!("{who} refused it for good: {r}"),
                         None => format!("{who} refused it for good in an earlier attempt"),
                     }
                 });
+                // and one the directory no longer names, not sent to
+                let withdrawn = (!notice.withdrawn.is_empty()).then(|| {
+                    format!(
+                        "not sent to {}, no longer the patient's contact",
+                        refused_recipients(&notice.withdrawn, rendered.to.len())
+                    )
+                });
+                notice.last_error = match (refusal, withdrawn) {
+                    (Some(r), Some(w)) => Some(format!("{r}; {w}")),
+                    (r, w) => r.or(w),
+                };
             }
             Err(SendError::Permanent(reason)) => {
                 tracing::error!(access = %notice.access_id, %reason, "notice refused for good: dead-lettered");
@@ -687,7 +737,7 @@ impl Notifier {
                     notice.state = NoticeState::Sent { at: now_secs() };
                     let unreached: Vec<u8> = (0u8..)
                         .take(rendered.to.len())
-                        .filter(|p| !notice.delivered.contains(p) && !notice.refused.contains(p))
+                        .filter(|p| notice.waits_on(*p))
                         .collect();
                     notice.last_error = Some(format!(
                         "{} could not be reached in {} hours: {reason}",

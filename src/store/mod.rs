@@ -329,6 +329,10 @@ pub struct Notice {
     pub delivered: Vec<u8>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<u8>,
+    /// Which recipients the directory no longer names (a delegate removed since the message
+    /// was made): not sent to again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withdrawn: Vec<u8>,
     pub state: NoticeState,
 }
 
@@ -366,12 +370,21 @@ impl Notice {
             sending_since: None,
             delivered: Vec::new(),
             refused: Vec::new(),
+            withdrawn: Vec::new(),
             state: NoticeState::Pending,
         }
     }
 
     pub fn is_open(&self) -> bool {
         self.state == NoticeState::Pending
+    }
+
+    /// Whether the recipient at `place` is still to be sent to: it has not had the message,
+    /// nor refused it for good, nor been withdrawn.
+    pub fn waits_on(&self, place: u8) -> bool {
+        !self.delivered.contains(&place)
+            && !self.refused.contains(&place)
+            && !self.withdrawn.contains(&place)
     }
 }
 

@@ -487,6 +487,78 @@ async fn giving_up_on_one_recipient_keeps_the_others_delivery() {
     assert_eq!(got[0].0["to"], json!(["ana@example.org"]));
 }
 
+/// A patient's contact changed while their notice is retried: a recipient the directory no
+/// longer names (a delegate removed) is not sent to again, and a message made only for
+/// addresses no longer the patient's is made again for the one that is. Before, every retry
+/// went to the recipients as first made, until the retry period ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_the_directory_no_longer_names_is_not_sent_to_again() {
+    let port = free_port();
+    let env = notify_env(port).await;
+    let mail = env.dir.path().join("mail");
+    let _smtp = smtp_server(port, &mail, 0).await;
+    let pid = patient(&env.demo, true).to_string();
+    let with = |email: &str, delegate: Option<&str>| {
+        let mut p = patient_resource(&pid, email, "en");
+        if let Some(d) = delegate {
+            p["contact"] = json!([{ "relationship": [{ "text": "guardian" }],
+                "telecom": [{ "system": "email", "value": d }] }]);
+        }
+        bundle(vec![p])
+    };
+    let set = async |doc: Json| assert_eq!(import(&env.app, &doc, true).await.0, 200);
+    let attempts = async |id: &str| {
+        let a = access_view(&env, id).await;
+        a["notice"]["attempts"].as_u64().unwrap_or(0)
+    };
+
+    // both addresses deferred (the test server answers 450 to `later*`): nobody has it
+    set(with(
+        "later-ana@example.org",
+        Some("later-guardian@example.org"),
+    ))
+    .await;
+    let first = grant(&env, &pid, 1).await;
+    eventually("two attempts", Duration::from_secs(60), async || {
+        env.devnet.mine().await;
+        (attempts(&first).await >= 2).then_some(())
+    })
+    .await;
+    // the patient's address changes, the delegate is removed: made again for the new address
+    set(with("ana@example.org", None)).await;
+    let a = notice_reaches(&env, &first, "sent").await;
+    assert!(a["notice"]["last_error"].is_null(), "{a}");
+    let got = received(&mail);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0["to"], json!(["ana@example.org"]));
+    assert_eq!(header(&got[0].1, "To"), "ana@example.org");
+
+    // the patient has it, the delegate's is deferred; the delegate is removed: sent, saying so
+    set(with("ana@example.org", Some("later-guardian@example.org"))).await;
+    let second = grant(&env, &pid, 2).await;
+    eventually(
+        "delivered to the patient",
+        Duration::from_secs(60),
+        async || {
+            env.devnet.mine().await;
+            (received(&mail).len() == 2 && attempts(&second).await >= 2).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        access_view(&env, &second).await["notice"]["state"],
+        "pending"
+    );
+    set(with("ana@example.org", None)).await;
+    let a = notice_reaches(&env, &second, "sent").await;
+    assert_eq!(
+        a["notice"]["last_error"],
+        "not sent to the delegate's address, no longer the patient's contact",
+        "{a}"
+    );
+    assert_eq!(received(&mail).len(), 2);
+}
+
 /// No block mined (the chain stalled), the access's chain record is not on chain: its notice
 /// waits for it no longer than `notify.chain_wait_hours` after it is due (here none), then goes
 /// out once, saying the record is on its way, not naming a transaction. Before, it waited on
