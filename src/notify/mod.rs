@@ -570,19 +570,24 @@ impl Notifier {
     /// Marks the message's recipients whom the patient's contact, as the directory has it
     /// now, no longer names (a delegate removed, an address changed: compared whole, in any
     /// case) as withdrawn, so that no retry goes to them. True when that leaves nobody to send
-    /// to and nobody who has it: the message is to be made again.
+    /// to and nobody who has it: the message is to be made again. A contact that cannot be
+    /// read, or is gone, withdraws nobody.
     fn withdraw(&self, notice: &mut Notice, rendered: &Rendered) -> bool {
         let contact = match self.contact(notice) {
-            Ok(contact) => contact,
+            Ok(Some(contact)) => contact,
+            // the message goes as made: telling the patient comes first
+            Ok(None) => {
+                tracing::warn!(access = %notice.access_id, "notice: the directory no longer has the patient's contact; sent to the recipients it was made for");
+                return false;
+            }
             Err(e) => {
-                // the message goes as made: telling the patient comes first
                 tracing::warn!(access = %notice.access_id, error = %e, "notice: the patient's contact could not be read; sent to the recipients it was made for");
                 return false;
             }
         };
         let named: Vec<String> = contact
-            .iter()
-            .flat_map(|c| c.recipients())
+            .recipients()
+            .into_iter()
             .map(str::to_lowercase)
             .collect();
         for (place, address) in (0u8..).zip(&rendered.to) {
