@@ -57,7 +57,8 @@ pub struct NotifySettings {
     pub retry_max_secs: u64,
     pub give_up_after_hours: u64,
     /// How long after it is due a notice waits for its access's chain record: then it goes
-    /// out saying the record is on its way (the patient is not kept waiting on the chain).
+    /// out saying the record is not confirmed yet (the patient is not kept waiting on the
+    /// chain). 0: a notice never waits for the chain.
     pub chain_wait_hours: u64,
 }
 

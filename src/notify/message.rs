@@ -45,7 +45,7 @@ pub enum Proof {
     /// Not recorded: the contract refused the record. The notice says so, not a proof.
     NotRecorded,
     /// Not on chain yet after `notify.chain_wait_hours` (the node away, the record stuck):
-    /// the notice says it is on its way, and goes out instead of waiting longer.
+    /// the notice says it is not confirmed yet, and goes out instead of waiting longer.
     Pending,
 }
 

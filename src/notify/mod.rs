@@ -6,7 +6,7 @@
 //! hot path, takes each notice when it is due (the window's close, or at once for
 //! `notify.immediate_data_types`) and once the access is on chain (the txid is the notice's
 //! proof), or `notify.chain_wait_hours` after it was due if the chain has not taken the record
-//! by then (the notice then says it is on its way). It renders the message once, seals it and stores it *before* the first attempt;
+//! by then (the notice then says the record is not confirmed yet). It renders the message once, seals it and stores it *before* the first attempt;
 //! every attempt after that, including after a crash, sends those same bytes with the same
 //! `Message-ID`, so a patient may at worst get the same message twice, never two different
 //! notices. A permanent refusal (SMTP 5xx, a bad address) or 72 hours of transient failures
@@ -520,7 +520,7 @@ impl Notifier {
             Some(SubmissionState::Confirmed { txid: None, .. }) => Proof::AccessId,
             // not at all: the notice still goes out, and says so
             Some(SubmissionState::Failed { .. }) => Proof::NotRecorded,
-            // not on chain for long (the node away): it goes out saying the record is on its way
+            // not on chain for long (the node away): it goes out saying the record is not confirmed yet
             _ if self.waited_for_chain(&notice, now) => Proof::Pending,
             // not on chain yet: look again soon
             _ => return Ok(Prepared::Waiting),
@@ -567,38 +567,55 @@ impl Notifier {
         Ok(Prepared::Ready(Box::new(notice)))
     }
 
-    /// Marks the message's recipients whom the patient's contact, as the directory has it
-    /// now, no longer names (a delegate removed, an address changed: compared whole, in any
-    /// case) as withdrawn, so that no retry goes to them. True when that leaves nobody to send
-    /// to and nobody who has it: the message is to be made again. A contact that cannot be
-    /// read, or is gone, withdraws nobody.
-    fn withdraw(&self, notice: &mut Notice, rendered: &Rendered) -> bool {
+    /// The message's recipients as the patient's contact names them now (read again before
+    /// each attempt): one it no longer names (a delegate removed, an address changed; compared
+    /// whole, in any case) is withdrawn, not sent to again; one it names that the message was
+    /// not made for is added (the same message, sealed again with it), so that a patient's new
+    /// address has it; one withdrawn and named again waits again. A contact that cannot be
+    /// read, or is gone, changes nothing. The contact, if read.
+    fn follow_directory(
+        &self,
+        notice: &mut Notice,
+        rendered: &mut Rendered,
+    ) -> anyhow::Result<Option<Contact>> {
         let contact = match self.contact(notice) {
             Ok(Some(contact)) => contact,
             // the message goes as made: telling the patient comes first
             Ok(None) => {
                 tracing::warn!(access = %notice.access_id, "notice: the directory no longer has the patient's contact; sent to the recipients it was made for");
-                return false;
+                return Ok(None);
             }
             Err(e) => {
                 tracing::warn!(access = %notice.access_id, error = %e, "notice: the patient's contact could not be read; sent to the recipients it was made for");
-                return false;
+                return Ok(None);
             }
         };
-        let named: Vec<String> = contact
-            .recipients()
-            .into_iter()
-            .map(str::to_lowercase)
-            .collect();
+        let named = contact.recipients();
         for (place, address) in (0u8..).zip(&rendered.to) {
-            if notice.waits_on(place) && !named.contains(&address.to_lowercase()) {
+            if named.iter().any(|n| same_address(n, address)) {
+                notice.withdrawn.retain(|p| *p != place);
+            } else if notice.waits_on(place) {
                 tracing::info!(access = %notice.access_id, recipient = place, "notice: a recipient is no longer the patient's contact; not sent to");
                 notice.withdrawn.push(place);
             }
         }
-        let places = rendered.to.len() as u8;
-        let waiting = (0..places).any(|p| notice.waits_on(p));
-        !waiting && notice.delivered.is_empty() && !notice.withdrawn.is_empty()
+        let mut added = false;
+        for address in named {
+            let new = !rendered.to.iter().any(|a| same_address(a, address));
+            if new && rendered.to.len() < PLACES_MAX {
+                tracing::info!(access = %notice.access_id, recipient = rendered.to.len(), "notice: an address the patient's contact names now is added");
+                rendered.to.push(address.to_string());
+                added = true;
+            }
+        }
+        if added {
+            let sealed = self.keyring.seal(
+                &crate::seal::names::notice(&notice.access_id),
+                &serde_json::to_vec(&rendered)?,
+            )?;
+            notice.message = Some(hex::encode(sealed));
+        }
+        Ok(Some(contact))
     }
 
     /// One step for one notice; when to look at it again, if it stays open.
@@ -617,24 +634,16 @@ impl Notifier {
             },
         };
         let sealed = hex::decode(notice.message.as_deref().unwrap_or_default())?;
-        let rendered: Rendered = serde_json::from_slice(
+        let mut rendered: Rendered = serde_json::from_slice(
             &self
                 .keyring
                 .open(&crate::seal::names::notice(&notice.access_id), &sealed)?,
         )
         .map_err(|e| undecodable("the stored message", &e))?;
-        if self.withdraw(&mut notice, &rendered) {
-            // nobody it was made for is a recipient now, and nobody has it: made again for
-            // the contact as the directory has it (a new address), or nobody to tell
-            notice.message = None;
-            notice.message_id = None;
-            notice.withdrawn.clear();
-            notice.refused.clear();
-            return match self.prepare(notice, now, fence).await? {
-                Prepared::Ready(_) | Prepared::Waiting => Ok(Some(now + 1)),
-                Prepared::Closed => Ok(None),
-            };
-        }
+        let contact = self.follow_directory(&mut notice, &mut rendered)?;
+        let rendered = rendered;
+        // who a recipient is, for what the notice says of them
+        let who = |places: &[u8]| recipients_named(places, &rendered.to, contact.as_ref());
         // the attempt's own time: a round that took long (a slow send before this one) must
         // not write an attempt that another replica would find already past its takeover
         let now = now_secs().max(now);
@@ -696,12 +705,18 @@ impl Notifier {
             // a recipient refused for good meanwhile is said beside why the others wait
             (Some(reason), Some(r)) => Err(SendError::Transient(format!(
                 "{reason}; {} refused it for good: {r}",
-                refused_recipients(&notice.refused, rendered.to.len())
+                who(&notice.refused)
             ))),
             (Some(reason), None) => Err(SendError::Transient(reason)),
-            (None, refused) if notice.delivered.is_empty() => Err(SendError::Permanent(
-                refused.unwrap_or_else(|| "every recipient refused it".into()),
-            )),
+            (None, refused) if notice.delivered.is_empty() => {
+                Err(SendError::Permanent(refused.unwrap_or_else(|| {
+                    if notice.refused.is_empty() {
+                        "the directory names no address for it any more".into()
+                    } else {
+                        "every recipient refused it".into()
+                    }
+                })))
+            }
             (None, refused) => Ok(refused),
         };
         match outcome {
@@ -711,19 +726,20 @@ impl Notifier {
                 // a recipient who refused it for good, while another has it, is said, in this
                 // attempt or an earlier one (the patient's mailbox gone, the delegate told)
                 let refusal = (!notice.refused.is_empty()).then(|| {
-                    let who = refused_recipients(&notice.refused, rendered.to.len());
+                    let who = who(&notice.refused);
                     match refused {
                         Some(r) => format!("{who} refused it for good: {r}"),
                         None => format!("{who} refused it for good in an earlier attempt"),
                     }
                 });
                 // and one the directory no longer names, not sent to
-                let withdrawn = (!notice.withdrawn.is_empty()).then(|| {
-                    format!(
-                        "not sent to {}, no longer the patient's contact",
-                        refused_recipients(&notice.withdrawn, rendered.to.len())
-                    )
-                });
+                let withdrawn = match notice.withdrawn.len() {
+                    0 => None,
+                    1 => Some("not sent to an address the directory no longer names".to_string()),
+                    n => Some(format!(
+                        "not sent to {n} addresses the directory no longer names"
+                    )),
+                };
                 notice.last_error = match (refusal, withdrawn) {
                     (Some(r), Some(w)) => Some(format!("{r}; {w}")),
                     (r, w) => r.or(w),
@@ -746,7 +762,7 @@ impl Notifier {
                         .collect();
                     notice.last_error = Some(format!(
                         "{} could not be reached in {} hours: {reason}",
-                        refused_recipients(&unreached, rendered.to.len()),
+                        who(&unreached),
                         self.settings.give_up_after_hours
                     ));
                 } else if now >= give_up {
@@ -804,6 +820,43 @@ fn redacted(text: &str, address: &str) -> String {
 
 /// Who of a notice's `count` recipients refused it (their places: with two, the patient's
 /// first, then the delegate's: `Contact::recipients`), in words.
+fn recipients_named(places: &[u8], to: &[String], contact: Option<&Contact>) -> String {
+    let Some(contact) = contact else {
+        return refused_recipients(places, to.len()).into();
+    };
+    let is = |address: &Option<&str>, place: &u8| {
+        let at = to.get(usize::from(*place));
+        address.zip(at).is_some_and(|(a, b)| same_address(a, b))
+    };
+    let patient = contact.email.as_deref();
+    let delegate = contact.delegate.as_ref().map(|d| d.email.as_str());
+    let patients = places.iter().any(|p| is(&patient, p));
+    let delegates = places.iter().any(|p| is(&delegate, p));
+    let others = places.iter().any(|p| !is(&patient, p) && !is(&delegate, p));
+    let mut names = Vec::new();
+    match (patients, delegates) {
+        (true, true) => names.push("the patient's and the delegate's addresses"),
+        (true, false) => names.push("the patient's address"),
+        (false, true) => names.push("the delegate's address"),
+        (false, false) => {}
+    }
+    if others {
+        names.push("an address the directory no longer names");
+    }
+    names.join(" and ")
+}
+
+/// Whether two addresses are one (compared whole, in any case).
+fn same_address(a: &str, b: &str) -> bool {
+    a.to_lowercase() == b.to_lowercase()
+}
+
+/// How many addresses a notice's message may be sent to in all: its first recipients and those
+/// the directory named since (each change of address one more).
+const PLACES_MAX: usize = 8;
+
+/// Who the recipients at `places` are, by place alone (the patient first, then the delegate),
+/// for a notice whose contact could not be read.
 fn refused_recipients(places: &[u8], count: usize) -> &'static str {
     if count < 2 {
         return "the recipient's address";
@@ -990,7 +1043,7 @@ mod tests {
     /// The notice says how the access is on chain: by its transaction (with the explorer's
     /// link), under its access id when the chain had the record already, when the contract
     /// refused the record, that it could not be recorded, or, when the chain has not taken it
-    /// in `notify.chain_wait_hours`, that it is on its way, in both languages and both parts. Before, the last two said "recorded … in transaction -", linking to `…/-`.
+    /// in `notify.chain_wait_hours`, that it is not confirmed yet, in both languages and both parts. Before, the last two said "recorded … in transaction -", linking to `…/-`.
     #[test]
     fn the_notice_says_how_the_access_is_on_chain_or_that_it_is_not() {
         let settings = Settings::default();
@@ -1012,14 +1065,14 @@ mod tests {
                 "recorded on the Stacks blockchain in transaction",
                 "recorded on the Stacks blockchain under the access id above",
                 "could not be recorded on the Stacks blockchain",
-                "not on the Stacks blockchain yet",
+                "is not confirmed yet",
             ),
             (
                 Language::Es,
                 "registrado en la cadena de bloques Stacks en la transacción",
                 "registrado en la cadena de bloques Stacks con el id. de acceso indicado arriba",
                 "no pudo registrarse en la cadena de bloques Stacks",
-                "aún no está en la cadena de bloques Stacks",
+                "aún no está confirmado",
             ),
         ];
         for (language, by_tx, by_id, not_recorded, pending) in cases {

@@ -85,7 +85,15 @@ pub(super) trait RowSource {
                     // is left out, said at each read, and stays indexed until a write
                     // replaces it
                     Err(StoreError::Corrupt(key, why)) => {
-                        tracing::error!(table, key, error = %why, "an open row does not decode: left out; the others are read");
+                        if first_said(table, &key) {
+                            tracing::error!(table, key, error = %why, "an open row does not decode: left out; the others are read");
+                        } else {
+                            tracing::debug!(
+                                table,
+                                key,
+                                "an open row that does not decode left out again"
+                            );
+                        }
                     }
                     Err(e) => return Err(e),
                 },
@@ -463,3 +471,17 @@ macro_rules! typed_reads {
     };
 }
 pub(super) use typed_reads;
+
+/// Whether this is the first time this process says that the open row `key` of `table` does
+/// not decode: said once at error level (each read would say it again, several times a
+/// second), after that at debug. Up to 1,024 rows are remembered; past that, said again.
+fn first_said(table: Table, key: &str) -> bool {
+    static SAID: std::sync::Mutex<Option<std::collections::HashSet<String>>> =
+        std::sync::Mutex::new(None);
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    let said = said.get_or_insert_with(Default::default);
+    if said.len() >= 1024 {
+        said.clear();
+    }
+    said.insert(format!("{table}/{key}"))
+}
