@@ -145,10 +145,10 @@ async fn viewer(
     admin: &super::admin::Admin,
     access_id: &str,
 ) -> Viewer {
-    let Some(header) = req.headers().get("authorization") else {
+    if req.headers().get("authorization").is_none() {
         return Viewer::Anyone;
-    };
-    if let Some(token) = header.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")) {
+    }
+    if let Some(token) = super::credentials(req, "Bearer") {
         return match bg.tokens.verify(token) {
             Ok(c) if c.jti == access_id => match crate::token::standing(&bg.state, &c).await {
                 Ok(standing) => standing

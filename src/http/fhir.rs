@@ -21,11 +21,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get("authorization")?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    super::credentials(req, "Bearer")
 }
 
 fn answer(result: Result<serde_json::Value, Refusal>) -> HttpResponse {

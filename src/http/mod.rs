@@ -36,6 +36,16 @@ pub struct Health {
     pub submitter: Arc<crate::chain::submitter::Submitter>,
 }
 
+/// The credentials of the request's `Authorization` header in `scheme` (`Bearer`, `Basic`),
+/// the scheme matched in any case (RFC 9110 §11.1).
+pub fn credentials<'a>(req: &'a actix_web::HttpRequest, scheme: &str) -> Option<&'a str> {
+    let header = req.headers().get("authorization")?.to_str().ok()?;
+    let (given, credentials) = header.split_once(' ')?;
+    given
+        .eq_ignore_ascii_case(scheme)
+        .then(|| credentials.trim_start())
+}
+
 pub fn api(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))

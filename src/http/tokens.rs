@@ -48,8 +48,7 @@ fn client(req: &HttpRequest, clients: &Clients) -> Option<String> {
 /// The client id, when the request's HTTP Basic credentials match one of `clients` (the
 /// secret compared by its SHA-256, in constant time).
 pub fn basic_client(req: &HttpRequest, clients: &[ResourceServerClient]) -> Option<String> {
-    let header = req.headers().get("authorization")?.to_str().ok()?;
-    let encoded = header.strip_prefix("Basic ")?;
+    let encoded = super::credentials(req, "Basic")?;
     let decoded = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
     let (id, secret) = decoded.split_once(':')?;
     let digest = hex::encode(Sha256::digest(secret.as_bytes()));

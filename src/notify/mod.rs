@@ -72,10 +72,10 @@ type Attempt = (u64, u32);
 /// times start again (a takeover put off, never brought forward).
 const IN_FLIGHT_TIMED: usize = 10_000;
 
-/// The notice of an access (made by the grants' follow-up, from the access).
+/// The notice of an access (made by the grants' follow-up, from the access): at once if it
+/// opens a data type notified at once, itself or as a section of the emergency summary.
 pub fn notice_for(settings: &NotifySettings, access: &crate::store::AccessRecord) -> Notice {
-    let immediate = access
-        .data_types
+    let immediate = crate::domain::covering(&access.data_types)
         .iter()
         .any(|d| settings.immediate_data_types.contains(d));
     let due = if immediate {
@@ -1000,6 +1000,9 @@ mod tests {
         );
         assert_eq!(now.due_at, 1_000);
         assert_eq!(now.state, NoticeState::Pending);
+        // the emergency summary opens advance directives as one of its sections
+        let summary = notice_for(&s, &access(vec![DataType::EmergencySummary]));
+        assert_eq!(summary.due_at, 1_000);
     }
 
     /// A notice's message for access `access(Allergies)`.

@@ -613,6 +613,31 @@ async fn resource_servers_introspect_and_revoke_tokens() {
     assert_eq!(body["jti"], grant["access_id"]);
     assert_eq!(body["purpose_of_use"], "BTG");
     assert_eq!(body["scope"], grant["scope"]);
+    // an authorization scheme is matched in any case (RFC 9110): `basic`, and `bearer` for the
+    // access view (before, both were refused as credentials of no one)
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("fhir-server:{secret}"));
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/token/introspect", app.api_addr))
+        .header("authorization", format!("basic {basic}"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.json::<Json>().await.unwrap()["active"], true);
+    let id = grant["access_id"].as_str().unwrap();
+    let res = reqwest::Client::new()
+        .get(format!("http://{}/v1/accesses/{id}", app.api_addr))
+        .header("authorization", format!("bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(
+        res.json::<Json>().await.unwrap()["provider"],
+        nurse["principal"]
+    );
     // the wrong secret, or none: 401, and nothing said of the token
     assert_eq!(
         call("/v1/token/introspect", "fhir-server", "guess", token)
