@@ -68,6 +68,9 @@ async fn import_body(
     if super::tokens::basic_client(req, &admin.clients).is_none() {
         return Err(unauthorized());
     }
+    if let Some(refused) = super::breakglass::not_json(req, "a directory (a FHIR bundle)") {
+        return Err(problem(&refused));
+    }
     super::body::bounded(req, payload, MAX_IMPORT_BYTES)
         .await
         .map_err(|unread| match unread {
@@ -244,7 +247,20 @@ async fn notices(req: HttpRequest, admin: web::Data<Admin>) -> HttpResponse {
     if super::tokens::basic_client(&req, &admin.clients).is_none() {
         return unauthorized();
     }
-    // read after the credentials (an extractor would answer first, in its own words)
+    // read after the credentials (an extractor would answer first, in its own words); a
+    // parameter that is not `state` (`?status=dead`) is refused, not read as no filter
+    let asked =
+        web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .map(|q| q.into_inner())
+            .unwrap_or_default();
+    if let Some(other) = asked.keys().find(|k| k.as_str() != "state") {
+        return problem(&Refusal {
+            status: 400,
+            code: "unknown-parameter",
+            title: "Unknown parameter",
+            detail: format!("notices are filtered by `state` alone, not by {other:?}"),
+        });
+    }
     let q = match web::Query::<NoticeQuery>::from_query(req.query_string()) {
         Ok(q) => q.into_inner(),
         Err(e) => {

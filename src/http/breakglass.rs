@@ -19,6 +19,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/.well-known/jwks.json", web::get().to(jwks));
 }
 
+/// The refusal of a request whose body, `what`, does not say it is JSON (415
+/// `unsupported-media-type`). Required of every JSON body: a browser sends a cross-site form's
+/// post (`text/plain`) without asking first, and with the credentials it holds for the site.
+pub(super) fn not_json(req: &HttpRequest, what: &str) -> Option<Refusal> {
+    (!is_json(req)).then(|| Refusal {
+        status: 415,
+        code: "unsupported-media-type",
+        title: "Unsupported media type",
+        detail: format!("{what} is JSON: send it with Content-Type: application/json"),
+    })
+}
+
 /// Whether the request says its body is JSON (`application/json`, or a `+json` type).
 pub(super) fn is_json(req: &HttpRequest) -> bool {
     req.headers()
@@ -36,20 +48,14 @@ async fn break_glass(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    if !is_json(&req) {
+    if let Some(refused) = not_json(&req, "a break-glass request") {
         bg.metrics
             .refusals
             .get_or_create(&crate::metrics::Code {
-                code: "unsupported-media-type".into(),
+                code: refused.code.into(),
             })
             .inc();
-        return problem(&Refusal {
-            status: 415,
-            code: "unsupported-media-type",
-            title: "Unsupported media type",
-            detail: "a break-glass request is JSON: send it with Content-Type: application/json"
-                .into(),
-        });
+        return problem(&refused);
     }
     let body = match super::body::bounded(&req, payload, MAX_BODY_BYTES).await {
         Ok(body) => body,

@@ -96,6 +96,9 @@ async fn import(
             "the admin API takes HTTP Basic as a configured admin client",
         ));
     }
+    if let Some(refused) = super::breakglass::not_json(&req, "a summary (a FHIR bundle)") {
+        return problem(&refused);
+    }
     let body = match super::body::bounded(&req, payload, bundle::MAX_BYTES).await {
         Ok(body) => body,
         Err(super::body::Unread::Unreadable) => {

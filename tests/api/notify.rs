@@ -632,6 +632,9 @@ async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
     // a state that is none: refused, not an empty list
     let refused = admin_get(&env.app, "/v1/admin/notices?state=delivered").await;
     assert_eq!(refused["code"], "unknown-state", "{refused}");
+    // a filter by another name: refused, not read as no filter (every notice listed)
+    let refused = admin_get(&env.app, "/v1/admin/notices?status=dead").await;
+    assert_eq!(refused["code"], "unknown-parameter", "{refused}");
 }
 
 fn practitioner(id: &str, principal: &str, name: &str) -> Json {
@@ -674,13 +677,29 @@ async fn the_provider_directory_is_checked_against_the_chain_and_names_verified_
         practitioner("x1", nurse["principal"].as_str().unwrap(), "Nobody"),
         practitioner_role("zz", "nurse"),
     ]);
-    let res = reqwest::Client::new()
-        .post(format!("http://{}/v1/admin/providers", env.app.api_addr))
-        .basic_auth(ADMIN.0, Some(ADMIN.1))
-        .body(doc.to_string())
-        .send()
-        .await
-        .unwrap();
+    let posted = async |content_type: &str| {
+        reqwest::Client::new()
+            .post(format!("http://{}/v1/admin/providers", env.app.api_addr))
+            .basic_auth(ADMIN.0, Some(ADMIN.1))
+            .header("content-type", content_type)
+            .body(doc.to_string())
+            .send()
+            .await
+            .unwrap()
+    };
+    // a body that does not say it is JSON (a cross-site form's, with the credentials a browser
+    // holds): refused before it is read, nothing imported
+    let res = posted("text/plain").await;
+    assert_eq!(res.status(), 415);
+    let refused: Json = res.json().await.unwrap();
+    assert_eq!(refused["code"], "unsupported-media-type", "{refused}");
+    assert!(
+        admin_get(&env.app, "/v1/admin/providers").await["providers"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let res = posted("application/fhir+json; charset=utf-8").await;
     assert_eq!(res.status(), 200);
     let report: Json = res.json().await.unwrap();
     assert_eq!(report["imported"], 2, "{report}");

@@ -198,6 +198,17 @@ async fn tokens_read_only_what_they_open_and_every_bad_read_is_refused_and_logge
         .unwrap();
     assert_eq!(forged.status(), 401);
     assert!(env.app.store.summary(&stranger).unwrap().is_none());
+    // with them, a body that does not say it is JSON (a cross-site form's): 415, nothing stored
+    let form = reqwest::Client::new()
+        .post(format!("http://{}/v1/admin/summaries", env.app.api_addr))
+        .basic_auth("ops", Some(ADMIN_SECRET))
+        .header("content-type", "text/plain")
+        .body(serde_json::to_vec(&good).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 415);
+    assert!(env.app.store.summary(&stranger).unwrap().is_none());
     // a malformed principal for the tablet's options
     let bad = reqwest::get(format!(
         "http://{}/tablet/options?principal=nobody",
