@@ -121,9 +121,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/review", web::get().to(queue))
         .route("/review/challenge", web::post().to(challenge))
         .service(
-            // a signed challenge is a few hundred bytes
             web::resource("/review/sign-in")
-                .app_data(web::PayloadConfig::new(16 * 1024))
                 .route(web::post().to(sign_in))
                 .route(web::get().to(sign_in_page)),
         )
@@ -317,16 +315,39 @@ struct SignIn {
     signature: String,
 }
 
-async fn sign_in(req: HttpRequest, body: web::Bytes, review: web::Data<Review>) -> HttpResponse {
+/// How long a signed challenge may be: a few hundred bytes.
+const MAX_SIGN_IN_BYTES: usize = 16 * 1024;
+
+async fn sign_in(
+    req: HttpRequest,
+    payload: web::Payload,
+    review: web::Data<Review>,
+) -> HttpResponse {
     // JSON only: a cross-site form cannot send it without a preflight
-    if !super::breakglass::is_json(&req) {
-        return problem(&Refusal::new(
-            415,
-            "unsupported-media-type",
-            "Unsupported media type",
-            "send the signed challenge as application/json",
-        ));
+    if let Some(refused) = super::breakglass::not_json(&req, "a signed challenge") {
+        return problem(&refused);
     }
+    // read as it arrives, within its bound and in time (a body that never comes holds nothing)
+    let body = match super::body::bounded(&req, payload, MAX_SIGN_IN_BYTES).await {
+        Ok(body) => body,
+        Err(super::body::Unread::TooSlow) => return problem(&super::body::too_slow()),
+        Err(super::body::Unread::TooLarge) => {
+            return problem(&Refusal::new(
+                413,
+                "request-too-large",
+                "Request too large",
+                format!("a signed challenge is at most {MAX_SIGN_IN_BYTES} bytes"),
+            ))
+        }
+        Err(super::body::Unread::Unreadable) => {
+            return problem(&Refusal::new(
+                400,
+                "malformed-request",
+                "Malformed request",
+                "the body could not be read",
+            ))
+        }
+    };
     let Ok(body) = serde_json::from_slice::<SignIn>(&body) else {
         return problem(&Refusal::new(
             400,

@@ -816,6 +816,12 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
             .unwrap();
         assert_eq!(res.status().as_u16(), status);
         assert!(set_cookie(&res, "bg_session").is_none());
+        // each refusal a problem with a code (the one past the bound was the framework's text)
+        let p: Json = res.json().await.unwrap();
+        assert!(p["code"].is_string(), "{p}");
+        if status == 413 {
+            assert_eq!(p["code"], "request-too-large", "{p}");
+        }
     }
 
     // a key made on the spot: refused, and not in the audit log (anyone can make keys), nor
