@@ -137,6 +137,29 @@ struct Fields {
     device: Option<String>,
 }
 
+/// Whether a reason reads as what it says, to the patient's notice and the reviewer: at least
+/// one letter or digit (one of zero-width or invisible characters alone says nothing), no
+/// control character but a line break or tab, and no bidirectional override, embedding or
+/// isolate (which reorder the text as shown: U+202A-U+202E, U+2066-U+2069).
+fn readable_reason(r: &str) -> Result<(), RequestError> {
+    if !r.chars().any(char::is_alphanumeric) {
+        return Err(malformed(
+            "reason must say why in words (a letter or digit at least)",
+        ));
+    }
+    let reorders = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if let Some(c) = r
+        .chars()
+        .find(|&c| (c.is_control() && !matches!(c, '\n' | '\r' | '\t')) || reorders(c))
+    {
+        return Err(malformed(format!(
+            "reason must not hold control or direction characters (U+{:04X})",
+            u32::from(c)
+        )));
+    }
+    Ok(())
+}
+
 fn malformed(msg: impl Into<String>) -> RequestError {
     RequestError::Malformed(msg.into())
 }
@@ -204,6 +227,7 @@ fn parse_message(message: &Value) -> Result<Fields, RequestError> {
     };
     let reason = match get("reason")? {
         Value::Utf8(r) if !r.trim().is_empty() && r.chars().count() <= MAX_REASON_CHARS => {
+            readable_reason(r)?;
             r.clone()
         }
         Value::Utf8(_) => {

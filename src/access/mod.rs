@@ -337,7 +337,17 @@ impl BreakGlass {
             audit: vec![crate::audit::Record::now(event)],
             ..Default::default()
         };
-        if let Err(e) = crate::store::apply_async(&self.state.store, batch).await {
+        // waited on no longer than a grant's write: a stalled store delays the refusal's answer
+        // by that much at most (the entry may still land)
+        let written = crate::store::apply_async(&self.state.store, batch);
+        let Ok(written) = tokio::time::timeout(grant::WRITE_WAIT, written).await else {
+            tracing::error!(
+                code = r.code,
+                "a refusal's audit entry did not answer in time; the refusal is answered"
+            );
+            return;
+        };
+        if let Err(e) = written {
             tracing::error!(error = %e, code = r.code, "a refusal could not be added to the audit log");
             // not logged: the next copy of the request is logged in its place
             if let Some(once) = remembered {

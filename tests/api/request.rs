@@ -121,6 +121,16 @@ fn a_good_request_verifies_with_every_field() {
     assert_eq!(r.reason, "unconscious, suspected anaphylaxis");
     assert_eq!((r.nonce, r.issued_at), (1, NOW));
     assert_eq!(r.device.as_deref(), Some("tablet-3"));
+    // a reason in any script, over lines, is taken as written
+    for reason in [
+        "bewusstlos,\nallergische Reaktion",
+        "意識不明",
+        "فاقد الوعي",
+        "9 / 10 pain 👩\u{200D}⚕️",
+    ] {
+        let m = with_field("reason", Value::Utf8(reason.into()));
+        assert_eq!(check(&body(signed(&m))).unwrap().reason, reason);
+    }
     let without_device = with_field("device", Value::None);
     assert_eq!(check(&body(signed(&without_device))).unwrap().device, None);
     // and with our own domain stated
@@ -240,6 +250,23 @@ fn bad_input_catalogue() {
             with_field("reason", Value::Utf8("x".repeat(501))),
         ),
         ("reason as ascii", with_field("reason", Value::ascii("why"))),
+        // a reason that says nothing as shown, or is not shown as it is
+        (
+            "invisible reason",
+            with_field("reason", Value::Utf8("\u{200B}\u{2060}".into())),
+        ),
+        (
+            "reason of punctuation",
+            with_field("reason", Value::Utf8("...".into())),
+        ),
+        (
+            "reason with a control character",
+            with_field("reason", Value::Utf8("fell\u{7}".into())),
+        ),
+        (
+            "reason reordered as shown",
+            with_field("reason", Value::Utf8("allergy \u{202E}ti deen".into())),
+        ),
         ("negative nonce", with_field("nonce", Value::Int(-1))),
         (
             "nonce beyond 64 bits",
