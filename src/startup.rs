@@ -303,6 +303,7 @@ impl Application {
             keys_loaded: true,
             max_lag_blocks: settings.follower.max_lag_blocks,
             fresh_ms: settings.follower.fresh_ms(),
+            seconds_per_block: settings.issuance.seconds_per_block,
             oncall,
             metrics,
             submitter: submitter.clone(),

@@ -39,7 +39,7 @@ mod grant;
 pub use grant::WITHHELD_BY;
 pub mod reasons;
 mod steps;
-mod view;
+pub(crate) mod view;
 
 pub struct Grant {
     pub access: AccessRecord,

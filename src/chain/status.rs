@@ -6,8 +6,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::clock::now_ms;
-
 /// What readiness and the submitter need to know of the follower, shared and lock-free.
 #[derive(Debug, Default)]
 pub struct FollowerStatus {
@@ -33,14 +31,5 @@ impl FollowerStatus {
     }
     pub fn lag(&self) -> u64 {
         self.node_tip().saturating_sub(self.applied())
-    }
-    /// Within `max_lag` blocks of a node heard from within `fresh_ms`.
-    pub fn in_sync(&self, max_lag: u64, fresh_ms: u64) -> bool {
-        let heard =
-            now_ms().saturating_sub(self.last_poll_ok_ms.load(Ordering::SeqCst)) <= fresh_ms;
-        heard
-            && self.node_reachable.load(Ordering::SeqCst)
-            && self.applied() > 0
-            && self.lag() <= max_lag
     }
 }

@@ -31,6 +31,7 @@ pub struct Health {
     pub keys_loaded: bool,
     pub max_lag_blocks: u64,
     pub fresh_ms: u64,
+    pub seconds_per_block: u64,
     pub oncall: Arc<crate::paging::OnCall>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub submitter: Arc<crate::chain::submitter::Submitter>,
@@ -93,8 +94,10 @@ async fn metrics(health: web::Data<Health>) -> HttpResponse {
         .body(health.metrics.render(&gauges(&health, counts, now)))
 }
 
-/// Ready when the store answers, the keys are loaded and the follower is within
-/// `max_lag_blocks` of a node heard from recently. The paging syncs are reported but do not
+/// Ready when the store answers, the keys are loaded and the service's view of the chain is not
+/// stale: the follower within `max_lag_blocks` of the node, and the node silent for no longer
+/// than that many blocks' time (`access::view::chain_view`, as the grants judge it: a poll that
+/// failed once does not take every replica out of a load balancer while grants go on). The paging syncs are reported but do not
 /// make the service unready: a sync that failed closed refuses only the clinicians who are on
 /// call through it alone, while the other sources, token introspection and the reviews go on.
 /// A store that answers but refuses writes (a Redis server at its `maxmemory`) is not ready
@@ -111,7 +114,14 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
     .await
     .unwrap_or_else(|e| (false, Some(e.to_string())));
     let f = &health.follower;
-    let follower_ok = f.in_sync(health.max_lag_blocks, health.fresh_ms);
+    let view = crate::access::view::chain_view(
+        f,
+        crate::clock::now_ms(),
+        health.seconds_per_block,
+        health.max_lag_blocks,
+        health.fresh_ms,
+    );
+    let follower_ok = !view.stale;
     let ready = store_ok && writes_refused.is_none() && follower_ok && health.keys_loaded;
     let now = crate::clock::now_secs();
     let paging: serde_json::Map<String, serde_json::Value> = health
@@ -148,7 +158,8 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
                 "ok": follower_ok,
                 "applied_height": f.applied(),
                 "node_tip_height": f.node_tip(),
-                "node_reachable": f.node_reachable.load(std::sync::atomic::Ordering::SeqCst),
+                "node_reachable": view.reachable,
+                "lag_blocks": (view.lag_blocks != u64::MAX).then_some(view.lag_blocks),
                 "max_lag_blocks": health.max_lag_blocks,
             }
         }

@@ -430,7 +430,11 @@ async fn readiness_follows_the_node_through_an_outage() {
     ];
     let mut devnet = Devnet::start(&devnet_args).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = app(&devnet.rpc, dir.path(), |_| {}).await;
+    // the view goes stale after 3 blocks' time without the node: 6 s
+    let app = app(&devnet.rpc, dir.path(), |s| {
+        s.issuance.seconds_per_block = 2
+    })
+    .await;
     devnet.observe(app.observer_addr).await;
     eventually("ready", SECS, async || ready(&app).await.then_some(())).await;
     devnet.mine_empty(3).await;
@@ -441,6 +445,20 @@ async fn readiness_follows_the_node_through_an_outage() {
     .await;
 
     devnet.kill().await;
+    // a node away for less than the grants' staleness leaves the service ready, as its grants
+    // go on (before, the first failed poll made every replica unready at once)
+    let killed = std::time::Instant::now();
+    eventually("a poll that failed", SECS, async || {
+        (!app
+            .status
+            .node_reachable
+            .load(std::sync::atomic::Ordering::SeqCst))
+        .then_some(())
+    })
+    .await;
+    if killed.elapsed() < Duration::from_secs(3) {
+        assert!(ready(&app).await, "ready while the view is not yet stale");
+    }
     eventually("not ready while the node is down", SECS, async || {
         (!ready(&app).await).then_some(())
     })
