@@ -75,20 +75,7 @@ pub struct BreakGlass {
     /// The refusals logged of each signed request (what was signed and the refusal's code), with
     /// when the request stops being fresh (`LOGGED_REFUSALS_MAX` at most).
     logged_refusals: std::sync::Mutex<std::collections::HashMap<RefusalOf, u64>>,
-    /// Principals the cache does not know, asked about by the tablet's options or signing a
-    /// break-glass request, each a read from the node (`LOOKUPS_PER_SECOND`, all askers
-    /// together: `bounded_lookup`).
-    lookups: governor::DefaultDirectRateLimiter,
-    /// Each principal the provider directory lists, past `lookups`: one lookup every
-    /// `LISTED_LOOKUP_SECS` (keyed by listed principals only, so as many as the staff).
-    listed_lookups: governor::DefaultKeyedRateLimiter<Address>,
 }
-
-/// How often a principal the provider directory lists is looked up on the node past the
-/// shared bound (`bounded_lookup`): a registered clinician is cached after one, but one the
-/// chain does not know is remembered only until the next block, and not at all once that
-/// memory is full.
-pub const LISTED_LOOKUP_SECS: u64 = 5;
 
 /// One signed request refused for one reason: the SIP-018 hash of what was signed (a request
 /// signed anew with the same nonce, which a refusal gives back, is another request) and the
@@ -120,15 +107,6 @@ const LOGGED_REFUSALS_MAX: usize = 10_000;
 /// grants: without a bound, one registration could grow the log, and hold up the grants'
 /// writes, without end.
 pub const REFUSAL_ENTRIES_PER_MINUTE: u32 = 20;
-
-/// How many principals the cache does not know the service asks the node about a second, for
-/// `/tablet/options` and break-glass requests together: anyone may ask, or sign a request with
-/// a key made on the spot, and each is a read from the node (which the follower reads too);
-/// beyond, 503 `too-many-lookups` (the page asks again; a refused request may be sent again
-/// as it is). A clinician the cache holds (one who has used the service since a block last
-/// named them) is never bounded, nor is one the provider directory lists, beyond one lookup of
-/// each every `LISTED_LOOKUP_SECS`: the directory is as long as the hospital's staff.
-pub const LOOKUPS_PER_SECOND: u32 = 20;
 
 impl BreakGlass {
     #[allow(clippy::too_many_arguments)]
@@ -169,13 +147,6 @@ impl BreakGlass {
                     .unwrap_or(std::num::NonZeroU32::MIN),
             )),
             logged_refusals: Default::default(),
-            lookups: governor::RateLimiter::direct(governor::Quota::per_second(
-                std::num::NonZeroU32::new(LOOKUPS_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN),
-            )),
-            listed_lookups: governor::RateLimiter::keyed(
-                governor::Quota::with_period(std::time::Duration::from_secs(LISTED_LOOKUP_SECS))
-                    .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN)),
-            ),
         })
     }
 
@@ -426,38 +397,10 @@ pub struct DataTypeOption {
 }
 
 impl BreakGlass {
-    /// Refuses (503 `too-many-lookups`) to look `principal` up when the cache does not know
-    /// them, `LOOKUPS_PER_SECOND` such lookups were made this second already, and they are not
-    /// in the provider directory (the hospital's clinicians, imported by its operators: a
-    /// flood of keys made on the spot does not keep them waiting), or were looked up in the
-    /// last `LISTED_LOOKUP_SECS` past that bound.
-    /// A directory that cannot be read is 503 `store-unavailable` (not `too-many-lookups`: the
-    /// clinician's client would wait for a bound that is not the cause).
+    /// The shared bound on lookups of principals the cache does not know
+    /// (`ChainState::bounded_lookup`).
     fn bounded_lookup(&self, principal: &Address) -> Result<(), Refusal> {
-        let listed = || match self.state.store.directory_entry(principal) {
-            Ok(entry) => Ok(entry.is_some()),
-            Err(e) => {
-                tracing::error!(error = %e, "the provider directory could not be read for a lookup past the bound");
-                Err(Refusal::new(
-                    503,
-                    "store-unavailable",
-                    "Store unavailable",
-                    "the store cannot be read right now; try again",
-                ))
-            }
-        };
-        if self.state.cached_provider(principal).is_none()
-            && self.lookups.check().is_err()
-            && !(listed()? && self.listed_lookups.check_key(principal).is_ok())
-        {
-            return Err(Refusal::new(
-                503,
-                "too-many-lookups",
-                "Too many lookups",
-                "too many principals the service does not know were asked about just now: try again in a moment",
-            ));
-        }
-        Ok(())
+        self.state.bounded_lookup(principal)
     }
 
     pub async fn options(&self, principal: Address) -> Result<Options, Refusal> {

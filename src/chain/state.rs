@@ -127,7 +127,30 @@ pub struct ChainState {
     /// Patients' ids by the principal that registered them (`get-patient-id`): a registered
     /// id never changes, so each is read from the node once (`PATIENT_IDS_KEPT` at most).
     patient_ids: Arc<Mutex<HashMap<Address, PatientId>>>,
+    /// Principals the cache does not know, asked about by the tablet's options, signing a
+    /// break-glass request or a reviewer's sign-in, each a read from the node
+    /// (`LOOKUPS_PER_SECOND`, all askers together: `bounded_lookup`).
+    lookups: Arc<governor::DefaultDirectRateLimiter>,
+    /// Each principal the provider directory lists, past `lookups`: one lookup every
+    /// `LISTED_LOOKUP_SECS` (keyed by listed principals only, so as many as the staff).
+    listed_lookups: Arc<governor::DefaultKeyedRateLimiter<Address>>,
 }
+
+/// How often a principal the provider directory lists is looked up on the node past the
+/// shared bound (`bounded_lookup`): a registered clinician is cached after one, but one the
+/// chain does not know is remembered only until the next block, and not at all once that
+/// memory is full.
+pub const LISTED_LOOKUP_SECS: u64 = 5;
+
+/// How many principals the cache does not know the service asks the node about a second, for
+/// `/tablet/options`, break-glass requests and reviewers' sign-ins together: anyone may ask, or
+/// sign a request or a challenge with a key made on the spot, and each is a read from the node
+/// (which the follower reads too);
+/// beyond, 503 `too-many-lookups` (the page asks again; a refused request may be sent again
+/// as it is). A clinician the cache holds (one who has used the service since a block last
+/// named them) is never bounded, nor is one the provider directory lists, beyond one lookup of
+/// each every `LISTED_LOOKUP_SECS`: the directory is as long as the hospital's staff.
+pub const LOOKUPS_PER_SECOND: u32 = 20;
 
 /// How many patients' ids `ChainState` keeps by principal (then it forgets them all).
 const PATIENT_IDS_KEPT: usize = 50_000;
@@ -142,7 +165,48 @@ impl ChainState {
             unregistered: Arc::default(),
             unregistered_patients: Arc::default(),
             patient_ids: Arc::default(),
+            lookups: Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+                std::num::NonZeroU32::new(LOOKUPS_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN),
+            ))),
+            listed_lookups: Arc::new(governor::RateLimiter::keyed(
+                governor::Quota::with_period(std::time::Duration::from_secs(LISTED_LOOKUP_SECS))
+                    .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN)),
+            )),
         }
+    }
+
+    /// Refuses (503 `too-many-lookups`) to look `principal` up when the cache does not know
+    /// them, `LOOKUPS_PER_SECOND` such lookups were made this second already, and they are not
+    /// in the provider directory (the hospital's clinicians, imported by its operators: a
+    /// flood of keys made on the spot does not keep them waiting), or were looked up in the
+    /// last `LISTED_LOOKUP_SECS` past that bound.
+    /// A directory that cannot be read is 503 `store-unavailable` (not `too-many-lookups`: the
+    /// clinician's client would wait for a bound that is not the cause).
+    pub fn bounded_lookup(&self, principal: &Address) -> Result<(), crate::refusal::Refusal> {
+        let listed = || match self.store.directory_entry(principal) {
+            Ok(entry) => Ok(entry.is_some()),
+            Err(e) => {
+                tracing::error!(error = %e, "the provider directory could not be read for a lookup past the bound");
+                Err(crate::refusal::Refusal::new(
+                    503,
+                    "store-unavailable",
+                    "Store unavailable",
+                    "the store cannot be read right now; try again",
+                ))
+            }
+        };
+        if self.cached_provider(principal).is_none()
+            && self.lookups.check().is_err()
+            && !(listed()? && self.listed_lookups.check_key(principal).is_ok())
+        {
+            return Err(crate::refusal::Refusal::new(
+                503,
+                "too-many-lookups",
+                "Too many lookups",
+                "too many principals the service does not know were asked about just now: try again in a moment",
+            ));
+        }
+        Ok(())
     }
 
     /// Over `store`, with a node that is never asked (nothing listens there: a test that

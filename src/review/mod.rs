@@ -356,6 +356,9 @@ impl Review {
             ));
         }
         let reviewer = self.signer(&value, signature)?;
+        // a principal the cache does not know is read from the node: within the bound all
+        // askers share (a key made on the spot signs a challenge as well as any)
+        self.state.bounded_lookup(&reviewer)?;
         let outcome = self.authorized(&reviewer).await;
         // a key made on the spot signs as well as any: only principals the chain knows (a
         // provider record, read through the cache, or the reviewer role) spend a challenge and

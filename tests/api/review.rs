@@ -764,6 +764,29 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     let nurse = key_of(nurse_p);
     let code = |p: &Json| p["code"].as_str().unwrap_or("").to_string();
 
+    // keys made on the spot, each a principal the node is asked about, signing in at once:
+    // held to the lookups all askers share (each was read from the node, twice, without end)
+    let mut strangers = Vec::new();
+    for _ in 0..40 {
+        strangers.push((challenge(&base).await, new_key()));
+    }
+    let tries =
+        futures_util::future::join_all(strangers.iter().map(|(c, k)| sign_in_as(&base, c, k)))
+            .await;
+    let bounded = tries
+        .iter()
+        .filter(|(s, p, _)| *s == 503 && code(p) == "too-many-lookups")
+        .count();
+    assert!(bounded >= 10, "{bounded} of 40 bounded");
+    assert!(tries.iter().all(|(s, p, session)| session.is_none()
+        && matches!(
+            (s, code(p).as_str()),
+            (403, "not-a-reviewer") | (503, "too-many-lookups")
+        )));
+    // the bound refills within a second: the reviewer signs in
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    signed_in(&base, &reviewer).await;
+
     // a non-reviewer's signature: refused, no session
     let c = challenge(&base).await;
     let (s, p, session) = sign_in_as(&base, &c, &nurse).await;
