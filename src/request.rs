@@ -139,18 +139,20 @@ struct Fields {
 
 /// Whether a reason reads as what it says, to the patient's notice and the reviewer: at least
 /// one letter or digit (one of zero-width or invisible characters alone says nothing), no
-/// control character but a line break or tab, and no bidirectional override, embedding or
-/// isolate (which reorder the text as shown: U+202A-U+202E, U+2066-U+2069).
+/// control character but a line break (of any kind) or tab, no bidirectional override,
+/// embedding or isolate (which reorder the text as shown: U+202A-U+202E, U+2066-U+2069), and no
+/// tag character (invisible text: U+E0000-U+E007F).
 fn readable_reason(r: &str) -> Result<(), RequestError> {
     if !r.chars().any(char::is_alphanumeric) {
         return Err(malformed(
             "reason must say why in words (a letter or digit at least)",
         ));
     }
-    let reorders = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    let hidden = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{E0000}'..='\u{E007F}');
+    let breaks = |c: char| matches!(c, '\n' | '\r' | '\t' | '\u{0B}' | '\u{0C}' | '\u{85}');
     if let Some(c) = r
         .chars()
-        .find(|&c| (c.is_control() && !matches!(c, '\n' | '\r' | '\t')) || reorders(c))
+        .find(|&c| (c.is_control() && !breaks(c)) || hidden(c))
     {
         return Err(malformed(format!(
             "reason must not hold control or direction characters (U+{:04X})",

@@ -316,6 +316,13 @@ impl BreakGlass {
                 code = r.code,
                 "a refusal's audit entry did not answer in time; the refusal is answered"
             );
+            // it may not land: the next copy of the request is logged (twice at worst)
+            if let Some(once) = remembered {
+                self.logged_refusals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&once);
+            }
             return;
         };
         if let Err(e) = written {

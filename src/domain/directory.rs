@@ -52,17 +52,6 @@ pub struct Contact {
     pub delegate: Option<Delegate>,
 }
 
-impl Contact {
-    /// Everyone the notice goes to: the patient and their delegate.
-    pub fn recipients(&self) -> Vec<&str> {
-        self.email
-            .iter()
-            .map(String::as_str)
-            .chain(self.delegate.iter().map(|d| d.email.as_str()))
-            .collect()
-    }
-}
-
 /// A provider's entry in the off-chain directory. Not protected health information, so kept
 /// in the clear; shown as verified only while it hashes to the provider's on-chain
 /// `info-hash`.

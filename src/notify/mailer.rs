@@ -119,20 +119,25 @@ impl Mailer {
 /// stored without one, so that the patient and their delegate do not see each other's
 /// address). One stored with its own `To:` (before) is sent as it is.
 fn addressed<'a>(raw: &'a [u8], to: &[lettre::Address]) -> std::borrow::Cow<'a, [u8]> {
-    let headers = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(raw, |end| &raw[..end]);
-    let has_to = headers
-        .split(|b| *b == b'\n')
-        .any(|line| line.len() >= 3 && line[..3].eq_ignore_ascii_case(b"to:"));
-    if has_to || to.is_empty() {
+    if has_own_to(raw) || to.is_empty() {
         return std::borrow::Cow::Borrowed(raw);
     }
     let names: Vec<String> = to.iter().map(ToString::to_string).collect();
     let mut out = format!("To: {}\r\n", names.join(", ")).into_bytes();
     out.extend_from_slice(raw);
     std::borrow::Cow::Owned(out)
+}
+
+/// Whether a message was stored with its own `To:` (before each copy named its recipient
+/// alone): it names every recipient it was made for.
+pub(super) fn has_own_to(raw: &[u8]) -> bool {
+    let headers = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw, |end| &raw[..end]);
+    headers
+        .split(|b| *b == b'\n')
+        .any(|line| line.len() >= 3 && line[..3].eq_ignore_ascii_case(b"to:"))
 }
 
 /// Whether an SMTP failure refuses the recipient's mailbox for good (`refuses`, over the

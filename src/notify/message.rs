@@ -19,9 +19,62 @@ use crate::store::AccessRecord;
 pub struct Rendered {
     pub from: String,
     pub to: Vec<String>,
+    /// Whose address each of `to` is (none in a message made before they were kept: then a
+    /// message of two is the patient's and the delegate's, in that order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub whose: Vec<Whom>,
     pub message_id: String,
     #[serde(with = "hex_bytes")]
     pub raw: Vec<u8>,
+}
+
+/// Whose address a recipient of a notice is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Whom {
+    Patient,
+    Delegate,
+}
+
+impl Rendered {
+    /// Whose address the recipient at `place` is, if the message says (or its two places do).
+    pub fn whose(&self, place: u8) -> Option<Whom> {
+        let place = usize::from(place);
+        match self.whose.get(place) {
+            Some(w) => Some(*w),
+            None if self.whose.is_empty() && self.to.len() == 2 => {
+                [Whom::Patient, Whom::Delegate].get(place).copied()
+            }
+            None => None,
+        }
+    }
+}
+
+/// The addresses a notice goes to, whose each is: the patient's, then the delegate's (one
+/// address that is both is sent to once, as the patient's).
+pub fn recipients(contact: &Contact) -> Vec<(&str, Whom)> {
+    let mut out: Vec<(&str, Whom)> = Vec::new();
+    let named = contact
+        .email
+        .iter()
+        .map(|e| (e.as_str(), Whom::Patient))
+        .chain(
+            contact
+                .delegate
+                .iter()
+                .map(|d| (d.email.as_str(), Whom::Delegate)),
+        );
+    for (address, whom) in named {
+        if !out.iter().any(|(a, _)| same_address(a, address)) {
+            out.push((address, whom));
+        }
+    }
+    out
+}
+
+/// Whether two addresses are one (compared whole, in any case).
+pub fn same_address(a: &str, b: &str) -> bool {
+    a.to_lowercase() == b.to_lowercase()
 }
 
 mod hex_bytes {
@@ -225,19 +278,20 @@ pub fn render(
         .date_now();
     // no `To:` here: each recipient's copy names them alone (`mailer::addressed`), so that the
     // patient and their delegate do not see each other's address
-    let recipients = contact.recipients();
+    let recipients = recipients(contact);
     let envelope = lettre::address::Envelope::new(
         Some(from.email.clone()),
         recipients
             .iter()
-            .map(|to| to.parse())
+            .map(|(to, _)| to.parse())
             .collect::<Result<Vec<lettre::Address>, _>>()?,
     )?;
     builder = builder.envelope(envelope);
     let message = builder.multipart(MultiPart::alternative_plain_html(text, html))?;
     Ok(Rendered {
         from: from.email.to_string(),
-        to: recipients.iter().map(|r| r.to_string()).collect(),
+        to: recipients.iter().map(|(r, _)| r.to_string()).collect(),
+        whose: recipients.iter().map(|(_, w)| *w).collect(),
         message_id,
         raw: message.formatted(),
     })

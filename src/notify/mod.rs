@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 pub use mailer::{Mailer, SendError};
-use message::{NoticeSettings, Proof, Rendered, Templates};
+use message::{same_address, NoticeSettings, Proof, Rendered, Templates, Whom};
 
 use crate::clock::now_secs;
 use crate::configuration::{NotifySettings, Settings};
@@ -569,10 +569,12 @@ impl Notifier {
 
     /// The message's recipients as the patient's contact names them now (read again before
     /// each attempt): one it no longer names (a delegate removed, an address changed; compared
-    /// whole, in any case) is withdrawn, not sent to again; one it names that the message was
-    /// not made for is added (the same message, sealed again with it), so that a patient's new
-    /// address has it; one withdrawn and named again waits again. A contact that cannot be
-    /// read, or is gone, changes nothing. The contact, if read.
+    /// whole, in any case) is withdrawn, not sent to again; a new address of someone who does
+    /// not have the message yet (the patient's, the delegate's) is added to it (the same
+    /// message, sealed again with it), so that the patient's new address has it, and nobody
+    /// gets it twice; one withdrawn and named again waits again. A contact that cannot be read,
+    /// or is gone, changes nothing, nor does a message stored with its own `To:` (made before
+    /// each copy named its recipient alone) have an address added. The contact, if read.
     fn follow_directory(
         &self,
         notice: &mut Notice,
@@ -590,9 +592,9 @@ impl Notifier {
                 return Ok(None);
             }
         };
-        let named = contact.recipients();
+        let named = message::recipients(&contact);
         for (place, address) in (0u8..).zip(&rendered.to) {
-            if named.iter().any(|n| same_address(n, address)) {
+            if named.iter().any(|(n, _)| same_address(n, address)) {
                 notice.withdrawn.retain(|p| *p != place);
             } else if notice.waits_on(place) {
                 tracing::info!(access = %notice.access_id, recipient = place, "notice: a recipient is no longer the patient's contact; not sent to");
@@ -600,13 +602,37 @@ impl Notifier {
             }
         }
         let mut added = false;
-        for address in named {
-            let new = !rendered.to.iter().any(|a| same_address(a, address));
-            if new && rendered.to.len() < PLACES_MAX {
-                tracing::info!(access = %notice.access_id, recipient = rendered.to.len(), "notice: an address the patient's contact names now is added");
-                rendered.to.push(address.to_string());
-                added = true;
+        let has = |rendered: &Rendered, whom: Whom| {
+            notice
+                .delivered
+                .iter()
+                .any(|p| rendered.whose(*p).is_none_or(|w| w == whom))
+        };
+        for (address, whom) in named {
+            if rendered.to.iter().any(|a| same_address(a, address))
+                || has(rendered, whom)
+                || mailer::has_own_to(&rendered.raw)
+            {
+                continue;
             }
+            if rendered.to.len() >= PLACES_MAX {
+                tracing::warn!(access = %notice.access_id, "notice: its recipients changed too often; a new address is not added");
+                continue;
+            }
+            if rendered.whose.len() < rendered.to.len() {
+                // a message made before it said whose each address is: said now, as it reads
+                let whose: Vec<Option<Whom>> = (0..rendered.to.len() as u8)
+                    .map(|p| rendered.whose(p))
+                    .collect();
+                let Some(whose) = whose.into_iter().collect::<Option<Vec<Whom>>>() else {
+                    continue;
+                };
+                rendered.whose = whose;
+            }
+            tracing::info!(access = %notice.access_id, recipient = rendered.to.len(), "notice: a new address the patient's contact names is added");
+            rendered.to.push(address.to_string());
+            rendered.whose.push(whom);
+            added = true;
         }
         if added {
             let sealed = self.keyring.seal(
@@ -640,10 +666,10 @@ impl Notifier {
                 .open(&crate::seal::names::notice(&notice.access_id), &sealed)?,
         )
         .map_err(|e| undecodable("the stored message", &e))?;
-        let contact = self.follow_directory(&mut notice, &mut rendered)?;
+        self.follow_directory(&mut notice, &mut rendered)?;
         let rendered = rendered;
         // who a recipient is, for what the notice says of them
-        let who = |places: &[u8]| recipients_named(places, &rendered.to, contact.as_ref());
+        let who = |places: &[u8]| recipients_named(places, &rendered);
         // the attempt's own time: a round that took long (a slow send before this one) must
         // not write an attempt that another replica would find already past its takeover
         let now = now_secs().max(now);
@@ -711,7 +737,7 @@ impl Notifier {
             (None, refused) if notice.delivered.is_empty() => {
                 Err(SendError::Permanent(refused.unwrap_or_else(|| {
                     if notice.refused.is_empty() {
-                        "the directory names no address for it any more".into()
+                        "no address it was made for is the patient's contact any more".into()
                     } else {
                         "every recipient refused it".into()
                     }
@@ -818,45 +844,31 @@ fn redacted(text: &str, address: &str) -> String {
     out
 }
 
-/// Who of a notice's `count` recipients refused it (their places: with two, the patient's
-/// first, then the delegate's: `Contact::recipients`), in words.
-fn recipients_named(places: &[u8], to: &[String], contact: Option<&Contact>) -> String {
-    let Some(contact) = contact else {
-        return refused_recipients(places, to.len()).into();
+/// Who the recipients at `places` are: the patient's address, the delegate's, or both (for a
+/// message that does not say whose, by place alone: `refused_recipients`).
+fn recipients_named(places: &[u8], rendered: &Rendered) -> String {
+    let whose: Option<Vec<Whom>> = places.iter().map(|p| rendered.whose(*p)).collect();
+    let Some(whose) = whose else {
+        return refused_recipients(places, rendered.to.len()).into();
     };
-    let is = |address: &Option<&str>, place: &u8| {
-        let at = to.get(usize::from(*place));
-        address.zip(at).is_some_and(|(a, b)| same_address(a, b))
-    };
-    let patient = contact.email.as_deref();
-    let delegate = contact.delegate.as_ref().map(|d| d.email.as_str());
-    let patients = places.iter().any(|p| is(&patient, p));
-    let delegates = places.iter().any(|p| is(&delegate, p));
-    let others = places.iter().any(|p| !is(&patient, p) && !is(&delegate, p));
-    let mut names = Vec::new();
-    match (patients, delegates) {
-        (true, true) => names.push("the patient's and the delegate's addresses"),
-        (true, false) => names.push("the patient's address"),
-        (false, true) => names.push("the delegate's address"),
-        (false, false) => {}
+    match (
+        whose.contains(&Whom::Patient),
+        whose.contains(&Whom::Delegate),
+    ) {
+        (true, true) => "the patient's and the delegate's addresses",
+        (true, false) => "the patient's address",
+        (false, true) => "the delegate's address",
+        (false, false) => "no address",
     }
-    if others {
-        names.push("an address the directory no longer names");
-    }
-    names.join(" and ")
-}
-
-/// Whether two addresses are one (compared whole, in any case).
-fn same_address(a: &str, b: &str) -> bool {
-    a.to_lowercase() == b.to_lowercase()
+    .into()
 }
 
 /// How many addresses a notice's message may be sent to in all: its first recipients and those
 /// the directory named since (each change of address one more).
 const PLACES_MAX: usize = 8;
 
-/// Who the recipients at `places` are, by place alone (the patient first, then the delegate),
-/// for a notice whose contact could not be read.
+/// Who of a notice's `count` recipients are at `places` (with two, the patient's first, then
+/// the delegate's, as a message made before it said whose), in words.
 fn refused_recipients(places: &[u8], count: usize) -> &'static str {
     if count < 2 {
         return "the recipient's address";
@@ -869,7 +881,7 @@ fn refused_recipients(places: &[u8], count: usize) -> &'static str {
 }
 
 /// How many recipients a notice has at most: the patient and their delegate
-/// (`Contact::recipients`), each sent to alone, each send within one SMTP timeout: an attempt
+/// (`message::recipients`), each sent to alone, each send within one SMTP timeout: an attempt
 /// ends within that many, and the notice's lease is one more (at least).
 const RECIPIENTS_MAX: u64 = 2;
 

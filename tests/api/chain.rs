@@ -430,9 +430,9 @@ async fn readiness_follows_the_node_through_an_outage() {
     ];
     let mut devnet = Devnet::start(&devnet_args).await;
     let dir = tempfile::tempdir().unwrap();
-    // the view goes stale after 3 blocks' time without the node: 6 s
+    // the view goes stale after 3 blocks' time without the node: 9 s
     let app = app(&devnet.rpc, dir.path(), |s| {
-        s.issuance.seconds_per_block = 2
+        s.issuance.seconds_per_block = 3
     })
     .await;
     devnet.observe(app.observer_addr).await;
@@ -447,7 +447,6 @@ async fn readiness_follows_the_node_through_an_outage() {
     devnet.kill().await;
     // a node away for less than the grants' staleness leaves the service ready, as its grants
     // go on (before, the first failed poll made every replica unready at once)
-    let killed = std::time::Instant::now();
     eventually("a poll that failed", SECS, async || {
         (!app
             .status
@@ -456,9 +455,7 @@ async fn readiness_follows_the_node_through_an_outage() {
         .then_some(())
     })
     .await;
-    if killed.elapsed() < Duration::from_secs(3) {
-        assert!(ready(&app).await, "ready while the view is not yet stale");
-    }
+    assert!(ready(&app).await, "ready while the view is not yet stale");
     eventually("not ready while the node is down", SECS, async || {
         (!ready(&app).await).then_some(())
     })

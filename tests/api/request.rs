@@ -124,6 +124,8 @@ fn a_good_request_verifies_with_every_field() {
     // a reason in any script, over lines, is taken as written
     for reason in [
         "bewusstlos,\nallergische Reaktion",
+        "pasted\u{0C}text\u{85}over\u{2028}lines\u{0B}",
+        "Er\u{AD}brechen, \u{200F}נפל",
         "意識不明",
         "فاقد الوعي",
         "9 / 10 pain 👩\u{200D}⚕️",
@@ -266,6 +268,10 @@ fn bad_input_catalogue() {
         (
             "reason reordered as shown",
             with_field("reason", Value::Utf8("allergy \u{202E}ti deen".into())),
+        ),
+        (
+            "reason with hidden text",
+            with_field("reason", Value::Utf8("fall \u{E0069}\u{E0067}".into())),
         ),
         ("negative nonce", with_field("nonce", Value::Int(-1))),
         (
