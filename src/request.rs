@@ -155,7 +155,7 @@ fn readable_reason(r: &str) -> Result<(), RequestError> {
         .find(|&c| (c.is_control() && !breaks(c)) || hidden(c))
     {
         return Err(malformed(format!(
-            "reason must not hold control or direction characters (U+{:04X})",
+            "reason must not hold control, direction or hidden characters (U+{:04X})",
             u32::from(c)
         )));
     }

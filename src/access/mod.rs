@@ -74,7 +74,7 @@ pub struct BreakGlass {
     refusal_entries: governor::DefaultKeyedRateLimiter<Address>,
     /// The refusals logged of each signed request (what was signed and the refusal's code), with
     /// when the request stops being fresh (`LOGGED_REFUSALS_MAX` at most).
-    logged_refusals: std::sync::Mutex<std::collections::HashMap<RefusalOf, u64>>,
+    logged_refusals: Arc<std::sync::Mutex<std::collections::HashMap<RefusalOf, u64>>>,
 }
 
 /// One signed request refused for one reason: the SIP-018 hash of what was signed (a request
@@ -309,30 +309,40 @@ impl BreakGlass {
             ..Default::default()
         };
         // waited on no longer than a grant's write: a stalled store delays the refusal's answer
-        // by that much at most (the entry may still land)
-        let written = crate::store::apply_async(&self.state.store, batch);
-        let Ok(written) = tokio::time::timeout(grant::WRITE_WAIT, written).await else {
-            tracing::error!(
-                code = r.code,
-                "a refusal's audit entry did not answer in time; the refusal is answered"
-            );
-            // it may not land: the next copy of the request is logged (twice at worst)
-            if let Some(once) = remembered {
-                self.logged_refusals
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&once);
-            }
-            return;
-        };
-        if let Err(e) = written {
-            tracing::error!(error = %e, code = r.code, "a refusal could not be added to the audit log");
+        // by that much at most; the entry may still land, and is watched until it does or not
+        let store = self.state.store.clone();
+        let mut written =
+            tokio::spawn(async move { crate::store::apply_async(&store, batch).await });
+        let forget = move |logged: &std::sync::Mutex<std::collections::HashMap<RefusalOf, u64>>| {
             // not logged: the next copy of the request is logged in its place
-            if let Some(once) = remembered {
-                self.logged_refusals
+            if let Some(once) = &remembered {
+                logged
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .remove(&once);
+                    .remove(once);
+            }
+        };
+        match tokio::time::timeout(grant::WRITE_WAIT, &mut written).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::error!(error = %e, code = r.code, "a refusal could not be added to the audit log");
+                forget(&self.logged_refusals);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, code = r.code, "a refusal's audit write stopped");
+                forget(&self.logged_refusals);
+            }
+            Err(_) => {
+                tracing::error!(
+                    code = r.code,
+                    "a refusal's audit entry did not answer in time; the refusal is answered"
+                );
+                let logged = self.logged_refusals.clone();
+                tokio::spawn(async move {
+                    if !matches!(written.await, Ok(Ok(()))) {
+                        forget(&logged);
+                    }
+                });
             }
         }
     }
@@ -376,8 +386,15 @@ impl BreakGlass {
             on_call,
             chain,
         };
-        let access = self.access_record(&req, now, decision)?;
-        self.record_and_sign(access, &req, replay_key, claim).await
+        let answer = match self.access_record(&req, now, decision) {
+            Ok(access) => self.record_and_sign(access, &req, replay_key, claim).await,
+            Err(r) => Err(r),
+        };
+        if answer.as_ref().is_err_and(|r| !r.recorded()) {
+            // nothing recorded: the grant it took of the clinician's rate is given back
+            self.give_back_rate(&req.signer);
+        }
+        answer
     }
 }
 

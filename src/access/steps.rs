@@ -177,6 +177,14 @@ impl BreakGlass {
             _ => Ok(()),
         }
     }
+
+    /// Gives back the grant `within_rate` took of `signer` (the grant recorded nothing, so it
+    /// used nothing up: on Redis the write takes it, and a write that did not land took none).
+    pub(super) fn give_back_rate(&self, signer: &Address) {
+        if let Coordinator::Local(local) = self.coordination.as_ref() {
+            local.give_back_rate(&signer.to_string());
+        }
+    }
 }
 
 /// Step 3's refusal of a nonce used before.

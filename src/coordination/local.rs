@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-
 use super::seen::Seen;
 use crate::clock::{now_ms, now_secs};
 use crate::store::StoreError;
@@ -20,7 +18,13 @@ type Challenges = (
 
 pub struct Local {
     seen: Mutex<Seen>,
-    limiter: DefaultKeyedRateLimiter<String>,
+    /// Each clinician's rate of grants (GCRA, as a grant's write takes it on Redis: one every
+    /// `emission_ms`, at most `burst_ms` ahead): when their next grant is due, unix ms. Kept
+    /// here rather than in a rate limiter crate's cells, because a grant refused after its cell
+    /// was taken (its write failed: nothing recorded) gives the cell back.
+    rates: Mutex<HashMap<String, u64>>,
+    emission_ms: u64,
+    burst_ms: u64,
     /// name → (holder, until unix ms, fencing token)
     leases: Mutex<HashMap<String, (String, u64, u64)>>,
     fences: std::sync::atomic::AtomicU64,
@@ -39,7 +43,9 @@ impl Local {
     pub fn new(per_minute: NonZeroU32) -> Local {
         Local {
             seen: Mutex::default(),
-            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            rates: Mutex::default(),
+            emission_ms: (60_000 / u64::from(per_minute.get())).max(1),
+            burst_ms: (60_000 / u64::from(per_minute.get())).max(1) * u64::from(per_minute.get()),
             leases: Mutex::default(),
             fences: std::sync::atomic::AtomicU64::new(0),
             challenges: Mutex::default(),
@@ -94,7 +100,25 @@ impl Local {
 
     /// Takes one of `who`'s grants per minute: false when they have none left.
     pub fn within_rate(&self, who: &str) -> bool {
-        self.limiter.check_key(&who.to_string()).is_ok()
+        let now = now_ms();
+        let mut rates = lock(&self.rates);
+        if rates.len() >= RATES_KEPT {
+            // those whose rate is back to full need no row
+            rates.retain(|_, tat| *tat > now);
+        }
+        let tat = rates.get(who).copied().unwrap_or(0).max(now);
+        if tat + self.emission_ms - now > self.burst_ms {
+            return false;
+        }
+        rates.insert(who.to_string(), tat + self.emission_ms);
+        true
+    }
+
+    /// Gives back one of `who`'s grants taken by `within_rate` (its grant recorded nothing).
+    pub fn give_back_rate(&self, who: &str) {
+        if let Some(tat) = lock(&self.rates).get_mut(who) {
+            *tat = tat.saturating_sub(self.emission_ms);
+        }
     }
 
     pub(super) fn lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Option<u64> {
@@ -176,6 +200,9 @@ impl Local {
     }
 }
 
+/// How many clinicians' rates are kept before those back to full are dropped.
+const RATES_KEPT: usize = 10_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,5 +243,8 @@ mod tests {
         assert!(l.use_nonce("ST1:1", until));
         assert!(l.within_rate("ST1") && l.within_rate("ST1") && !l.within_rate("ST1"));
         assert!(l.within_rate("ST2"), "per clinician");
+        // a grant that recorded nothing gives its cell back: one more, and no more
+        l.give_back_rate("ST1");
+        assert!(l.within_rate("ST1") && !l.within_rate("ST1"));
     }
 }

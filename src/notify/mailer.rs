@@ -117,27 +117,31 @@ impl Mailer {
 
 /// A notice's bytes as `to` receive them: with a `To:` header naming them alone (a notice is
 /// stored without one, so that the patient and their delegate do not see each other's
-/// address). One stored with its own `To:` (before) is sent as it is.
+/// address). One stored with its own `To:` (before) has it replaced, folded lines and all.
 fn addressed<'a>(raw: &'a [u8], to: &[lettre::Address]) -> std::borrow::Cow<'a, [u8]> {
-    if has_own_to(raw) || to.is_empty() {
+    if to.is_empty() {
         return std::borrow::Cow::Borrowed(raw);
     }
     let names: Vec<String> = to.iter().map(ToString::to_string).collect();
     let mut out = format!("To: {}\r\n", names.join(", ")).into_bytes();
-    out.extend_from_slice(raw);
-    std::borrow::Cow::Owned(out)
-}
-
-/// Whether a message was stored with its own `To:` (before each copy named its recipient
-/// alone): it names every recipient it was made for.
-pub(super) fn has_own_to(raw: &[u8]) -> bool {
-    let headers = raw
+    let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .map_or(raw, |end| &raw[..end]);
-    headers
-        .split(|b| *b == b'\n')
-        .any(|line| line.len() >= 3 && line[..3].eq_ignore_ascii_case(b"to:"))
+        .map_or(raw.len(), |end| end + 2);
+    let mut in_to = false;
+    for line in raw[..end].split_inclusive(|b| *b == b'\n') {
+        let folded = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        in_to = if folded {
+            in_to
+        } else {
+            line.len() >= 3 && line[..3].eq_ignore_ascii_case(b"to:")
+        };
+        if !in_to {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(&raw[end..]);
+    std::borrow::Cow::Owned(out)
 }
 
 /// Whether an SMTP failure refuses the recipient's mailbox for good (`refuses`, over the
@@ -223,7 +227,7 @@ mod tests {
     use super::*;
 
     /// A copy names its recipient alone; a message stored with its own `To:` (before notices
-    /// were stored without one) is sent as it is, not with a second.
+    /// were stored without one) has it replaced: the patient and the delegate saw each other.
     #[test]
     fn each_copy_is_addressed_to_its_recipient_alone() {
         let ana: lettre::Address = "ana@example.org".parse().unwrap();
@@ -231,8 +235,12 @@ mod tests {
         let sent = addressed(raw, std::slice::from_ref(&ana));
         assert!(sent.starts_with(b"To: ana@example.org\r\nFrom: "));
         assert!(sent.ends_with(raw));
-        let old = b"From: p@h.example\r\nTO: ana@example.org, bo@example.org\r\n\r\nbody";
-        assert_eq!(&*addressed(old, &[ana]), &old[..]);
+        // one stored with its own `To:` naming both (folded) has it replaced
+        let old = b"From: p@h.example\r\nTO: ana@example.org,\r\n bo@example.org\r\nSubject: x\r\n\r\nbody\r\nTo: y\r\n";
+        assert_eq!(
+            &*addressed(old, &[ana]),
+            &b"To: ana@example.org\r\nFrom: p@h.example\r\nSubject: x\r\n\r\nbody\r\nTo: y\r\n"[..]
+        );
     }
 
     /// Only a refusal of the recipient's mailbox is for good: one naming the recipient, or,

@@ -20,7 +20,8 @@ pub struct Rendered {
     pub from: String,
     pub to: Vec<String>,
     /// Whose address each of `to` is (none in a message made before they were kept: then a
-    /// message of two is the patient's and the delegate's, in that order).
+    /// message of two is the patient's and the delegate's, in that order, and one of one the
+    /// patient's, as a contact with an email names it first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub whose: Vec<Whom>,
     pub message_id: String,
@@ -37,15 +38,16 @@ pub enum Whom {
 }
 
 impl Rendered {
-    /// Whose address the recipient at `place` is, if the message says (or its two places do).
+    /// Whose address the recipient at `place` is: as the message says, or, for one made before
+    /// it said, by place (`whose`).
     pub fn whose(&self, place: u8) -> Option<Whom> {
         let place = usize::from(place);
-        match self.whose.get(place) {
-            Some(w) => Some(*w),
-            None if self.whose.is_empty() && self.to.len() == 2 => {
-                [Whom::Patient, Whom::Delegate].get(place).copied()
-            }
-            None => None,
+        if !self.whose.is_empty() {
+            return self.whose.get(place).copied();
+        }
+        match self.to.len() {
+            1 | 2 => [Whom::Patient, Whom::Delegate].get(place).copied(),
+            _ => None,
         }
     }
 }

@@ -572,9 +572,9 @@ impl Notifier {
     /// whole, in any case) is withdrawn, not sent to again; a new address of someone who does
     /// not have the message yet (the patient's, the delegate's) is added to it (the same
     /// message, sealed again with it), so that the patient's new address has it, and nobody
-    /// gets it twice; one withdrawn and named again waits again. A contact that cannot be read,
-    /// or is gone, changes nothing, nor does a message stored with its own `To:` (made before
-    /// each copy named its recipient alone) have an address added. The contact, if read.
+    /// gets it twice; one withdrawn and named again waits again (unless its owner has it
+    /// meanwhile). A contact that cannot be read, or is gone, changes nothing. The contact, if
+    /// read.
     fn follow_directory(
         &self,
         notice: &mut Notice,
@@ -595,23 +595,21 @@ impl Notifier {
         let named = message::recipients(&contact);
         for (place, address) in (0u8..).zip(&rendered.to) {
             if named.iter().any(|(n, _)| same_address(n, address)) {
-                notice.withdrawn.retain(|p| *p != place);
+                // named again: waits again, unless its owner has it meanwhile elsewhere
+                if notice.withdrawn.contains(&place)
+                    && !has(notice, rendered, rendered.whose(place))
+                {
+                    notice.withdrawn.retain(|p| *p != place);
+                }
             } else if notice.waits_on(place) {
                 tracing::info!(access = %notice.access_id, recipient = place, "notice: a recipient is no longer the patient's contact; not sent to");
                 notice.withdrawn.push(place);
             }
         }
         let mut added = false;
-        let has = |rendered: &Rendered, whom: Whom| {
-            notice
-                .delivered
-                .iter()
-                .any(|p| rendered.whose(*p).is_none_or(|w| w == whom))
-        };
         for (address, whom) in named {
             if rendered.to.iter().any(|a| same_address(a, address))
-                || has(rendered, whom)
-                || mailer::has_own_to(&rendered.raw)
+                || has(notice, rendered, Some(whom))
             {
                 continue;
             }
@@ -844,6 +842,15 @@ fn redacted(text: &str, address: &str) -> String {
     out
 }
 
+/// Whether `whom` has the notice's message already, at any of their addresses (a place whose
+/// owner the message does not say counts as anyone's).
+fn has(notice: &Notice, rendered: &Rendered, whom: Option<Whom>) -> bool {
+    notice.delivered.iter().any(|p| {
+        let owner = rendered.whose(*p);
+        owner.is_none() || whom.is_none() || owner == whom
+    })
+}
+
 /// Who the recipients at `places` are: the patient's address, the delegate's, or both (for a
 /// message that does not say whose, by place alone: `refused_recipients`).
 fn recipients_named(places: &[u8], rendered: &Rendered) -> String {
@@ -978,6 +985,52 @@ mod tests {
             serde_json::from_slice::<crate::domain::Contact>(br#"{"email": ["ana@example.org"]}"#)
                 .unwrap_err();
         assert!(!super::undecodable("x", &e).to_string().contains("ana"));
+    }
+
+    /// A message says whose each address is; one made before it did is read by place (one
+    /// address: the patient's; two: the patient's, then the delegate's), and one address that
+    /// is both the patient's and the delegate's is one recipient.
+    #[test]
+    fn whose_each_address_is() {
+        use message::{recipients, Whom};
+        let with = |to: &[&str], whose: Vec<Whom>| Rendered {
+            from: "p@h.example".into(),
+            to: to.iter().map(|a| a.to_string()).collect(),
+            whose,
+            message_id: "<x@h.example>".into(),
+            raw: vec![],
+        };
+        let old: Rendered = serde_json::from_str(
+            r#"{"from": "p@h.example", "to": ["a@x", "d@x"], "message_id": "<x@h.example>", "raw": ""}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (old.whose(0), old.whose(1)),
+            (Some(Whom::Patient), Some(Whom::Delegate))
+        );
+        assert_eq!(with(&["a@x"], vec![]).whose(0), Some(Whom::Patient));
+        let later = with(
+            &["d@x", "a2@x", "a3@x"],
+            vec![Whom::Delegate, Whom::Patient, Whom::Patient],
+        );
+        assert_eq!(later.whose(0), Some(Whom::Delegate));
+        assert_eq!(recipients_named(&[1, 2], &later), "the patient's address");
+        assert_eq!(
+            recipients_named(&[0, 2], &later),
+            "the patient's and the delegate's addresses"
+        );
+        assert_eq!(with(&["a@x", "b@x", "c@x"], vec![]).whose(2), None);
+        let both = Contact {
+            name: None,
+            email: Some("Ana@Example.org".into()),
+            language: Language::En,
+            delegate: Some(crate::domain::Delegate {
+                name: None,
+                relationship: None,
+                email: "ana@example.org".into(),
+            }),
+        };
+        assert_eq!(recipients(&both), vec![("Ana@Example.org", Whom::Patient)]);
     }
 
     #[test]
