@@ -1,6 +1,7 @@
 //! The coordination of one process, in memory: nonces in `Seen` (the store's `replays`, read
-//! back at start, cover a restart), rate limits by `governor`, leases in a map (one process
-//! holds them all, so a lease only changes hands after it lapses).
+//! back at start, cover a restart), each clinician's rate (GCRA, as the grant's write on Redis
+//! takes it, so that a grant that recorded nothing gives its cell back), leases in a map (one
+//! process holds them all, so a lease only changes hands after it lapses).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
