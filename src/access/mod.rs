@@ -308,42 +308,32 @@ impl BreakGlass {
             audit: vec![crate::audit::Record::now(event)],
             ..Default::default()
         };
-        // waited on no longer than a grant's write: a stalled store delays the refusal's answer
-        // by that much at most; the entry may still land, and is watched until it does or not
-        let store = self.state.store.clone();
-        let mut written =
-            tokio::spawn(async move { crate::store::apply_async(&store, batch).await });
-        let forget = move |logged: &std::sync::Mutex<std::collections::HashMap<RefusalOf, u64>>| {
-            // not logged: the next copy of the request is logged in its place
-            if let Some(once) = &remembered {
-                logged
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(once);
+        // handed to the store now, and waited on no longer than a grant's write: a stalled
+        // store delays the refusal's answer by that much at most. Its outcome is taken by a task
+        // of its own (which holds no store, and outlives this request if it must): an entry that
+        // did not land is forgotten as logged, so that the next copy of the request is logged
+        let written = crate::store::apply_started(&self.state.store, batch);
+        let logged = self.logged_refusals.clone();
+        let code = r.code;
+        let outcome = tokio::spawn(async move {
+            if let Err(e) = written.await {
+                tracing::error!(error = %e, code, "a refusal could not be added to the audit log");
+                if let Some(once) = &remembered {
+                    logged
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(once);
+                }
             }
-        };
-        match tokio::time::timeout(grant::WRITE_WAIT, &mut written).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => {
-                tracing::error!(error = %e, code = r.code, "a refusal could not be added to the audit log");
-                forget(&self.logged_refusals);
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, code = r.code, "a refusal's audit write stopped");
-                forget(&self.logged_refusals);
-            }
-            Err(_) => {
-                tracing::error!(
-                    code = r.code,
-                    "a refusal's audit entry did not answer in time; the refusal is answered"
-                );
-                let logged = self.logged_refusals.clone();
-                tokio::spawn(async move {
-                    if !matches!(written.await, Ok(Ok(()))) {
-                        forget(&logged);
-                    }
-                });
-            }
+        });
+        if tokio::time::timeout(grant::WRITE_WAIT, outcome)
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                code,
+                "a refusal's audit entry did not answer in time; the refusal is answered"
+            );
         }
     }
 

@@ -20,10 +20,12 @@ type Challenges = (
 pub struct Local {
     seen: Mutex<Seen>,
     /// Each clinician's rate of grants (GCRA, as a grant's write takes it on Redis: one every
-    /// `emission_ms`, at most `burst_ms` ahead): when their next grant is due, unix ms. Kept
+    /// `emission_ms`, at most `burst_ms` ahead): when their next grant is due, in ms on a
+    /// monotonic clock from `started` (a wall clock stepped back would refuse them all). Kept
     /// here rather than in a rate limiter crate's cells, because a grant refused after its cell
     /// was taken (its write failed: nothing recorded) gives the cell back.
     rates: Mutex<HashMap<String, u64>>,
+    started: std::time::Instant,
     emission_ms: u64,
     burst_ms: u64,
     /// name → (holder, until unix ms, fencing token)
@@ -45,6 +47,7 @@ impl Local {
         Local {
             seen: Mutex::default(),
             rates: Mutex::default(),
+            started: std::time::Instant::now(),
             emission_ms: (60_000 / u64::from(per_minute.get())).max(1),
             burst_ms: (60_000 / u64::from(per_minute.get())).max(1) * u64::from(per_minute.get()),
             leases: Mutex::default(),
@@ -101,7 +104,8 @@ impl Local {
 
     /// Takes one of `who`'s grants per minute: false when they have none left.
     pub fn within_rate(&self, who: &str) -> bool {
-        let now = now_ms();
+        // from 1 minute in, so that a clinician never seen reads as full
+        let now = self.started.elapsed().as_millis() as u64 + 60_000;
         let mut rates = lock(&self.rates);
         if rates.len() >= RATES_KEPT {
             // those whose rate is back to full need no row

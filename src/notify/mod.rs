@@ -593,6 +593,19 @@ impl Notifier {
             }
         };
         let named = message::recipients(&contact);
+        if rendered.whose.is_empty() && rendered.to.len() == 1 {
+            // a message of one address made before it said whose: the delegate's if the
+            // contact names it as the delegate's alone (a contact with a delegate and no email)
+            let only_delegates = named
+                .iter()
+                .all(|(a, w)| !same_address(a, &rendered.to[0]) || *w == Whom::Delegate)
+                && named.iter().any(|(a, _)| same_address(a, &rendered.to[0]));
+            rendered.whose = vec![if only_delegates {
+                Whom::Delegate
+            } else {
+                Whom::Patient
+            }];
+        }
         for (place, address) in (0u8..).zip(&rendered.to) {
             if named.iter().any(|(n, _)| same_address(n, address)) {
                 // named again: waits again, unless its owner has it meanwhile elsewhere
@@ -1410,6 +1423,61 @@ mod tests {
     }
 
     /// Writes `n` to `store` as it is.
+    /// A message of one address made before it said whose, the delegate's (a contact with a
+    /// delegate and no email of the patient's), delivered there: once the patient's address is
+    /// in the directory, it is added (before, the one address read as the patient's, who then
+    /// counted as told, and was never sent to).
+    #[tokio::test]
+    async fn a_delegates_copy_made_before_whose_is_not_taken_for_the_patients() {
+        let t = on_redis().await;
+        let keyring = Keyring::from_keys(&[[7; 32]]).unwrap();
+        let contact = |email: Option<&str>| Contact {
+            name: None,
+            email: email.map(str::to_string),
+            language: Language::En,
+            delegate: Some(crate::domain::Delegate {
+                name: None,
+                relationship: None,
+                email: "guardian@example.org".into(),
+            }),
+        };
+        let mut rendered = rendered(&t.settings);
+        rendered.to = vec!["guardian@example.org".into()];
+        rendered.whose = vec![];
+        let mut notice = t.notice.clone();
+        notice.delivered = vec![0];
+        let seal = |c: &Contact| {
+            keyring
+                .seal(
+                    &crate::seal::names::contact(&notice.patient),
+                    &serde_json::to_vec(c).unwrap(),
+                )
+                .unwrap()
+        };
+        apply_async(
+            &t.store,
+            Batch {
+                contacts: vec![(
+                    notice.patient,
+                    Some(seal(&contact(Some("ana@example.org")))),
+                )],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+        t.notifier
+            .follow_directory(&mut notice, &mut rendered)
+            .unwrap()
+            .expect("the contact is read");
+        assert_eq!(rendered.to, vec!["guardian@example.org", "ana@example.org"]);
+        assert_eq!(
+            rendered.whose,
+            vec![message::Whom::Delegate, message::Whom::Patient]
+        );
+        assert!(notice.waits_on(1) && !notice.waits_on(0));
+    }
+
     async fn written(store: &Arc<dyn Store>, n: &Notice) {
         apply_async(
             store,
