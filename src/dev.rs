@@ -137,6 +137,17 @@ pub(crate) struct TestRedis {
 
 #[cfg(test)]
 impl TestRedis {
+    /// Sends the server signal `sig` (`STOP`: it stops answering, as a hung server; `CONT`).
+    pub(crate) fn signal(&self, sig: &str) {
+        let pid = self._server.id().expect("the server runs");
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{sig} {pid}");
+    }
+
     /// A plain connection to the server, for a test to write what the store would not.
     pub(crate) fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url.as_str())

@@ -68,6 +68,9 @@ pub struct Notifier {
 /// An attempt of a notice, as the store has it: `sending_since` and the notice's attempts.
 type Attempt = (u64, u32);
 
+/// How often the open notices are read again while the start's read of them has not succeeded.
+const UNREAD_RETRY_SECS: u64 = 5;
+
 /// How many attempts in flight a replica times at once (`Notifier::in_flight`); past it, the
 /// times start again (a takeover put off, never brought forward).
 const IN_FLIGHT_TIMED: usize = 10_000;
@@ -117,33 +120,33 @@ impl Notifier {
     }
 
     /// The open notices, as the store has them now, but those of `known` (not read), and only
-    /// those next due by `until`, if given.
+    /// those next due by `until`, if given; `None` (logged) when they could not be read.
     fn open_notices(
         &self,
         known: &std::collections::HashSet<AccessId>,
         until: Option<u64>,
-    ) -> Vec<(u64, AccessId)> {
+    ) -> Option<Vec<(u64, AccessId)>> {
         match self.store.open_notices_but(known, until) {
-            Ok(open) => open.into_iter().map(|n| (n.next_at, n.access_id)).collect(),
+            Ok(open) => Some(open.into_iter().map(|n| (n.next_at, n.access_id)).collect()),
             Err(e) => {
                 tracing::error!(error = %e, "notices: could not read the open notices");
-                Vec::new()
+                None
             }
         }
     }
 
-    /// Runs until shutdown. Open notices are read from the store once, at start; after
-    /// that the grants' follow-up announces each notice it makes on `new` (a notice announced
-    /// just before a crash is found by the next start's read).
+    /// Runs until shutdown. Open notices are read from the store once, at start (a read that
+    /// fails is made again every `UNREAD_RETRY_SECS` until one does: before, they waited for
+    /// the next start); after that the grants' follow-up announces each notice it makes on
+    /// `new` (a notice announced just before a crash is found by the next start's read).
     pub async fn run(
         self: Arc<Self>,
         mut new: mpsc::UnboundedReceiver<(u64, crate::domain::AccessId)>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut due: BTreeSet<(u64, AccessId)> = self
-            .open_notices(&Default::default(), None)
-            .into_iter()
-            .collect();
+        let first = self.open_notices(&Default::default(), None);
+        let mut unread = first.is_none();
+        let mut due: BTreeSet<(u64, AccessId)> = first.into_iter().flatten().collect();
         let mut tick = tokio::time::interval(Duration::from_millis(self.settings.poll_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut scanned = std::time::Instant::now();
@@ -153,6 +156,17 @@ impl Notifier {
                     while let Ok(n) = new.try_recv() {
                         due.insert(n);
                     }
+                    if unread && scanned.elapsed() >= Duration::from_secs(UNREAD_RETRY_SECS) {
+                        // the start's read failed: every open notice, read again
+                        let known: std::collections::HashSet<AccessId> =
+                            due.iter().map(|(_, id)| *id).collect();
+                        if let Some(open) = self.open_notices(&known, None) {
+                            tracing::info!(open = open.len(), "notices: the open notices read");
+                            due.extend(open);
+                            unread = false;
+                        }
+                        scanned = std::time::Instant::now();
+                    }
                     if self.replicas() && scanned.elapsed() >= self.rescan_every {
                         // other replicas' notices too, each sent by whoever holds its lease:
                         // those due before the next rescan (a stopped replica's among them),
@@ -160,7 +174,7 @@ impl Notifier {
                         let known: std::collections::HashSet<AccessId> =
                             due.iter().map(|(_, id)| *id).collect();
                         let until = now_secs() + self.rescan_every.as_secs().max(1);
-                        due.extend(self.open_notices(&known, Some(until)));
+                        due.extend(self.open_notices(&known, Some(until)).into_iter().flatten());
                         scanned = std::time::Instant::now();
                     }
                     self.round(&mut due).await;
@@ -1216,7 +1230,7 @@ mod tests {
     /// A notifier of one replica on a Redis of its own (killed when dropped), and a notice
     /// ready to send (its message rendered and sealed), due now, in its store.
     struct OnRedis {
-        _redis: crate::dev::TestRedis,
+        redis: crate::dev::TestRedis,
         store: Arc<dyn Store>,
         coordination: Arc<Coordinator>,
         settings: Settings,
@@ -1225,10 +1239,20 @@ mod tests {
     }
 
     async fn on_redis() -> OnRedis {
+        on_redis_with(true).await
+    }
+
+    /// As `on_redis`; with `shared` false, the notifier coordinates in its own memory, as one
+    /// process on the embedded store does (no rescans of other replicas' notices).
+    async fn on_redis_with(shared: bool) -> OnRedis {
         let redis = crate::dev::test_redis().await;
         let url = redis.url.as_str();
         let store: Arc<dyn Store> = Arc::new(crate::store::RedisStore::open(url, "t:").unwrap());
-        let coordination = Arc::new(Coordinator::redis(url, "t:", 10).unwrap());
+        let coordination = Arc::new(if shared {
+            Coordinator::redis(url, "t:", 10).unwrap()
+        } else {
+            Coordinator::local(10)
+        });
         let mut settings = Settings::default();
         settings.data.dir = redis.dir.path().join("data");
         let keyring = Arc::new(Keyring::from_keys(&[[7; 32]]).unwrap());
@@ -1261,13 +1285,40 @@ mod tests {
         .await
         .expect("the notice is written");
         OnRedis {
-            _redis: redis,
+            redis,
             store,
             coordination,
             settings,
             notifier,
             notice,
         }
+    }
+
+    /// One process (no rescans): the open notices could not be read at start (the store did
+    /// not answer), and are read again until they are, then sent. Before, they waited for
+    /// the next start.
+    #[tokio::test]
+    async fn open_notices_that_could_not_be_read_at_start_are_read_again() {
+        let t = on_redis_with(false).await;
+        t.redis.signal("STOP");
+        let notifier = Arc::new(t.notifier);
+        let (_announce, new) = mpsc::unbounded_channel();
+        let (stop, shutdown) = watch::channel(false);
+        let run = tokio::spawn(notifier.clone().run(new, shutdown));
+        // the start's read gives up on the server within seconds
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        t.redis.signal("CONT");
+        let mut sent = false;
+        for _ in 0..150 {
+            if !outbox(&t.settings.data.dir).is_empty() {
+                sent = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stop.send(true).unwrap();
+        run.await.unwrap();
+        assert!(sent, "the notice was read again and sent");
     }
 
     /// Replicas on Redis: a replica that took a notice's lease, then was paused past it (a
