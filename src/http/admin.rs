@@ -68,27 +68,20 @@ async fn import_body(
     if super::tokens::basic_client(req, &admin.clients).is_none() {
         return Err(unauthorized());
     }
-    if let Some(refused) = super::breakglass::not_json(req, "a directory (a FHIR bundle)") {
+    if let Some(refused) = super::body::not_json(req, "a directory (a FHIR bundle)") {
         return Err(problem(&refused));
     }
     super::body::bounded(req, payload, MAX_IMPORT_BYTES)
         .await
-        .map_err(|unread| match unread {
-            super::body::Unread::Unreadable => problem(&Refusal {
-                status: 400,
-                code: "malformed-request",
-                title: "Malformed request",
-                detail: "the body could not be read".into(),
-            }),
-            super::body::Unread::TooSlow => problem(&super::body::too_slow()),
-            super::body::Unread::TooLarge => problem(&Refusal {
+        .map_err(|unread| {
+            problem(&super::body::refusal(unread, || Refusal {
                 status: 413,
                 code: "import-too-large",
                 title: "Import too large",
                 detail: format!(
                     "a directory import is at most {MAX_IMPORT_BYTES} bytes; nothing was imported"
                 ),
-            }),
+            }))
         })
 }
 

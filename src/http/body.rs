@@ -45,6 +45,49 @@ pub fn too_slow() -> crate::refusal::Refusal {
     )
 }
 
+/// The refusal of a body that was not read (`unread`), as a problem: 400 `malformed-request`
+/// when the connection failed, 408 `body-too-slow`, or `too_large` past its bound (each body
+/// says its own bound and what it is).
+pub fn refusal(
+    unread: Unread,
+    too_large: impl FnOnce() -> crate::refusal::Refusal,
+) -> crate::refusal::Refusal {
+    match unread {
+        Unread::Unreadable => crate::refusal::Refusal::new(
+            400,
+            "malformed-request",
+            "Malformed request",
+            "the body could not be read",
+        ),
+        Unread::TooSlow => too_slow(),
+        Unread::TooLarge => too_large(),
+    }
+}
+
+/// The refusal of a request whose body, `what`, does not say it is JSON (415
+/// `unsupported-media-type`). Required of every JSON body: a browser sends a cross-site form's
+/// post (`text/plain`) without asking first, and with the credentials it holds for the site.
+pub fn not_json(req: &HttpRequest, what: &str) -> Option<crate::refusal::Refusal> {
+    (!is_json(req)).then(|| crate::refusal::Refusal {
+        status: 415,
+        code: "unsupported-media-type",
+        title: "Unsupported media type",
+        detail: format!("{what} is JSON: send it with Content-Type: application/json"),
+    })
+}
+
+/// Whether the request says its body is JSON (`application/json`, or a `+json` type).
+fn is_json(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .is_some_and(|t| {
+            t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
+        })
+}
+
 /// A form's fields, in the order they came.
 pub struct Form(Vec<(String, String)>);
 

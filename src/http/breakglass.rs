@@ -19,36 +19,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/.well-known/jwks.json", web::get().to(jwks));
 }
 
-/// The refusal of a request whose body, `what`, does not say it is JSON (415
-/// `unsupported-media-type`). Required of every JSON body: a browser sends a cross-site form's
-/// post (`text/plain`) without asking first, and with the credentials it holds for the site.
-pub(super) fn not_json(req: &HttpRequest, what: &str) -> Option<Refusal> {
-    (!is_json(req)).then(|| Refusal {
-        status: 415,
-        code: "unsupported-media-type",
-        title: "Unsupported media type",
-        detail: format!("{what} is JSON: send it with Content-Type: application/json"),
-    })
-}
-
-/// Whether the request says its body is JSON (`application/json`, or a `+json` type).
-pub(super) fn is_json(req: &HttpRequest) -> bool {
-    req.headers()
-        .get(actix_web::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|t| t.trim().to_ascii_lowercase())
-        .is_some_and(|t| {
-            t == "application/json" || (t.starts_with("application/") && t.ends_with("+json"))
-        })
-}
-
 async fn break_glass(
     bg: web::Data<BreakGlass>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    if let Some(refused) = not_json(&req, "a break-glass request") {
+    if let Some(refused) = super::body::not_json(&req, "a break-glass request") {
         bg.metrics
             .refusals
             .get_or_create(&crate::metrics::Code {
@@ -59,22 +35,13 @@ async fn break_glass(
     }
     let body = match super::body::bounded(&req, payload, MAX_BODY_BYTES).await {
         Ok(body) => body,
-        Err(super::body::Unread::Unreadable) => {
-            return problem(&Refusal {
-                status: 400,
-                code: "malformed-request",
-                title: "Malformed request",
-                detail: "the body could not be read".into(),
-            })
-        }
-        Err(super::body::Unread::TooSlow) => return problem(&super::body::too_slow()),
-        Err(super::body::Unread::TooLarge) => {
-            return problem(&Refusal {
+        Err(unread) => {
+            return problem(&super::body::refusal(unread, || Refusal {
                 status: 413,
                 code: "request-too-large",
                 title: "Request too large",
                 detail: format!("a break-glass request is at most {MAX_BODY_BYTES} bytes"),
-            })
+            }))
         }
     };
     let started = std::time::Instant::now();

@@ -96,30 +96,23 @@ async fn import(
             "the admin API takes HTTP Basic as a configured admin client",
         ));
     }
-    if let Some(refused) = super::breakglass::not_json(&req, "a summary (a FHIR bundle)") {
+    if let Some(refused) = super::body::not_json(&req, "a summary (a FHIR bundle)") {
         return problem(&refused);
     }
     let body = match super::body::bounded(&req, payload, bundle::MAX_BYTES).await {
         Ok(body) => body,
-        Err(super::body::Unread::Unreadable) => {
-            return problem(&Refusal::new(
-                400,
-                "malformed-request",
-                "Malformed request",
-                "the body could not be read",
-            ))
-        }
-        Err(super::body::Unread::TooSlow) => return problem(&super::body::too_slow()),
-        Err(super::body::Unread::TooLarge) => {
-            return problem(&Refusal::new(
-                413,
-                "summary-too-large",
-                "Summary too large",
-                format!(
-                    "a summary is at most {} bytes; nothing was stored",
-                    bundle::MAX_BYTES
-                ),
-            ))
+        Err(unread) => {
+            return problem(&super::body::refusal(unread, || {
+                Refusal::new(
+                    413,
+                    "summary-too-large",
+                    "Summary too large",
+                    format!(
+                        "a summary is at most {} bytes; nothing was stored",
+                        bundle::MAX_BYTES
+                    ),
+                )
+            }))
         }
     };
     match vault.import(&body).await {

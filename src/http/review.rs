@@ -324,28 +324,21 @@ async fn sign_in(
     review: web::Data<Review>,
 ) -> HttpResponse {
     // JSON only: a cross-site form cannot send it without a preflight
-    if let Some(refused) = super::breakglass::not_json(&req, "a signed challenge") {
+    if let Some(refused) = super::body::not_json(&req, "a signed challenge") {
         return problem(&refused);
     }
     // read as it arrives, within its bound and in time (a body that never comes holds nothing)
     let body = match super::body::bounded(&req, payload, MAX_SIGN_IN_BYTES).await {
         Ok(body) => body,
-        Err(super::body::Unread::TooSlow) => return problem(&super::body::too_slow()),
-        Err(super::body::Unread::TooLarge) => {
-            return problem(&Refusal::new(
-                413,
-                "request-too-large",
-                "Request too large",
-                format!("a signed challenge is at most {MAX_SIGN_IN_BYTES} bytes"),
-            ))
-        }
-        Err(super::body::Unread::Unreadable) => {
-            return problem(&Refusal::new(
-                400,
-                "malformed-request",
-                "Malformed request",
-                "the body could not be read",
-            ))
+        Err(unread) => {
+            return problem(&super::body::refusal(unread, || {
+                Refusal::new(
+                    413,
+                    "request-too-large",
+                    "Request too large",
+                    format!("a signed challenge is at most {MAX_SIGN_IN_BYTES} bytes"),
+                )
+            }))
         }
     };
     let Ok(body) = serde_json::from_slice::<SignIn>(&body) else {

@@ -181,6 +181,19 @@ fn anchor_args(n: u8) -> Vec<Value> {
     vec![Value::buffer([n; 32]), Value::UInt(n.into())]
 }
 
+/// Hands the submitter operation `anchor:n`, an anchor of the audit log (`anchor_args(n)`).
+async fn submit_anchor(app: &breakglass::startup::Application, n: u8) {
+    app.submitter
+        .submit(
+            &format!("anchor:{n}"),
+            "access-control",
+            "anchor-audit",
+            &anchor_args(n),
+        )
+        .await
+        .unwrap();
+}
+
 async fn state_of(app: &breakglass::startup::Application, id: &str) -> SubmissionState {
     app.store.submission(id).unwrap().unwrap().state
 }
@@ -215,15 +228,7 @@ async fn submitted_operations_are_confirmed_once_across_restarts() {
     let service = app1.submitter.sender;
 
     // 1. an anchor, signed with the service's key, confirmed through the follower
-    app1.submitter
-        .submit(
-            "anchor:1",
-            "access-control",
-            "anchor-audit",
-            &anchor_args(1),
-        )
-        .await
-        .unwrap();
+    submit_anchor(&app1, 1).await;
     app1.submitter.tick().await.unwrap();
     assert!(matches!(
         state_of(&app1, "anchor:1").await,
@@ -233,29 +238,13 @@ async fn submitted_operations_are_confirmed_once_across_restarts() {
     confirmed(&app1, "anchor:1").await;
 
     // 2. signed and kept, then the service dies before it broadcasts
-    app1.submitter
-        .submit(
-            "anchor:2",
-            "access-control",
-            "anchor-audit",
-            &anchor_args(2),
-        )
-        .await
-        .unwrap();
+    submit_anchor(&app1, 2).await;
     app1.submitter.prepare().await.unwrap();
     let SubmissionState::Sent { txid: txid2, .. } = state_of(&app1, "anchor:2").await else {
         panic!("not signed")
     };
     // 3. broadcast, then the service dies before the block
-    app1.submitter
-        .submit(
-            "anchor:3",
-            "access-control",
-            "anchor-audit",
-            &anchor_args(3),
-        )
-        .await
-        .unwrap();
+    submit_anchor(&app1, 3).await;
     app1.submitter.tick().await.unwrap();
     app1.stop().await;
 
@@ -300,15 +289,7 @@ async fn submitted_operations_are_confirmed_once_across_restarts() {
 
     // 4. broadcast and mined while no follower listens: a rebroadcast meets BadNonce, and the
     //    chain says the operation is done
-    app2.submitter
-        .submit(
-            "anchor:4",
-            "access-control",
-            "anchor-audit",
-            &anchor_args(4),
-        )
-        .await
-        .unwrap();
+    submit_anchor(&app2, 4).await;
     app2.submitter.tick().await.unwrap();
     app2.stop().await;
     devnet.mine().await;
@@ -360,15 +341,7 @@ async fn an_operation_whose_nonce_was_taken_is_signed_after_the_ones_in_flight()
         other => panic!("{id}: {other:?}"),
     };
     let submit = async |n: u8| {
-        app.submitter
-            .submit(
-                &format!("anchor:{n}"),
-                "access-control",
-                "anchor-audit",
-                &anchor_args(n),
-            )
-            .await
-            .unwrap();
+        submit_anchor(&app, n).await;
     };
     // (anchors of counts 10, 20, then 50 and 30: with the other transaction's 25, in the
     // order they are mined, each covers more than the last)
@@ -633,15 +606,7 @@ async fn a_copy_of_our_transaction_inside_a_block_does_not_fail_its_operation() 
     let devnet = Devnet::start(&["--ephemeral"]).await;
     let dir = tempfile::tempdir().unwrap();
     let app = responder(&devnet, dir.path()).await;
-    app.submitter
-        .submit(
-            "anchor:7",
-            "access-control",
-            "anchor-audit",
-            &anchor_args(7),
-        )
-        .await
-        .unwrap();
+    submit_anchor(&app, 7).await;
     app.submitter.prepare().await.unwrap();
     let SubmissionState::Sent { raw, .. } = state_of(&app, "anchor:7").await else {
         panic!("signed and kept");
@@ -667,15 +632,7 @@ async fn a_copy_of_our_transaction_inside_a_block_does_not_fail_its_operation() 
     confirmed(&app, "anchor:7").await;
     // and one the contract refuses when it is mined (an anchor covering fewer entries than the
     // last), its nonce used, is marked failed
-    app.submitter
-        .submit(
-            "anchor:5",
-            "access-control",
-            "anchor-audit",
-            &anchor_args(5),
-        )
-        .await
-        .unwrap();
+    submit_anchor(&app, 5).await;
     app.submitter.tick().await.unwrap();
     devnet.mine().await;
     eventually("anchor:5 failed", SECS, async || {
@@ -757,15 +714,7 @@ async fn an_operation_that_cannot_be_signed_holds_nothing_back() {
             ..breakglass::store::Batch::default()
         })
         .unwrap();
-    app.submitter
-        .submit(
-            "anchor:1",
-            "access-control",
-            "anchor-audit",
-            &anchor_args(1),
-        )
-        .await
-        .unwrap();
+    submit_anchor(&app, 1).await;
     app.submitter.tick().await.unwrap();
     assert_eq!(state_of(&app, "0-garbled").await, SubmissionState::Pending);
     match state_of(&app, "0-garbled-long-ago").await {
@@ -820,15 +769,7 @@ async fn a_reorg_behind_a_gap_in_the_pushes_reopens_what_it_abandoned() {
     for h in 1..=devnet.tip().await {
         push(h).await;
     }
-    app.submitter
-        .submit(
-            "anchor:1",
-            "access-control",
-            "anchor-audit",
-            &anchor_args(1),
-        )
-        .await
-        .unwrap();
+    submit_anchor(&app, 1).await;
     app.submitter.tick().await.unwrap();
     devnet.mine().await;
     let mined = devnet.tip().await;

@@ -20,6 +20,14 @@ fn patient_resource(id: &str, email: &str, language: &str) -> Json {
             "communication": [{ "language": { "coding": [{ "system": "urn:ietf:bcp:47", "code": language }] }, "preferred": true }] })
 }
 
+/// `patient_resource` (English) with a guardian whose email is `delegate`.
+fn with_delegate(id: &str, email: &str, delegate: &str) -> Json {
+    let mut p = patient_resource(id, email, "en");
+    p["contact"] = json!([{ "relationship": [{ "text": "guardian" }],
+        "telecom": [{ "system": "email", "value": delegate }] }]);
+    p
+}
+
 fn bundle(resources: Vec<Json>) -> Json {
     json!({ "resourceType": "Bundle", "type": "collection",
             "entry": resources.into_iter().map(|r| json!({ "resource": r })).collect::<Vec<_>>() })
@@ -402,10 +410,12 @@ async fn smtp_down_then_up_delivers_once_and_a_550_is_dead_lettered() {
     // a delegate whose address is refused for good does not keep the notice from the patient:
     // each recipient is sent to alone. Before, the one envelope was refused whole, and the
     // notice dead-lettered: the patient never told
-    let mut with_delegate = patient_resource(&pid, "ana@example.org", "en");
-    with_delegate["contact"] = json!([{ "relationship": [{ "text": "guardian" }],
-        "telecom": [{ "system": "email", "value": "bounce-guardian@example.org" }] }]);
-    let (status, _) = import(&env.app, &bundle(vec![with_delegate]), true).await;
+    let doc = bundle(vec![with_delegate(
+        &pid,
+        "ana@example.org",
+        "bounce-guardian@example.org",
+    )]);
+    let (status, _) = import(&env.app, &doc, true).await;
     assert_eq!(status, 200);
     let told = grant(&env, &pid, 3).await;
     let a = notice_reaches(&env, &told, "sent").await;
@@ -467,10 +477,12 @@ async fn giving_up_on_one_recipient_keeps_the_others_delivery() {
     let mail = env.dir.path().join("mail");
     let _smtp = smtp_server(port, &mail, 0).await;
     let pid = patient(&env.demo, true).to_string();
-    let mut with_delegate = patient_resource(&pid, "ana@example.org", "en");
-    with_delegate["contact"] = json!([{ "relationship": [{ "text": "guardian" }],
-        "telecom": [{ "system": "email", "value": "later-guardian@example.org" }] }]);
-    let (status, _) = import(&env.app, &bundle(vec![with_delegate]), true).await;
+    let doc = bundle(vec![with_delegate(
+        &pid,
+        "ana@example.org",
+        "later-guardian@example.org",
+    )]);
+    let (status, _) = import(&env.app, &doc, true).await;
     assert_eq!(status, 200);
     let id = grant(&env, &pid, 1).await;
     let a = notice_reaches(&env, &id, "sent").await;
@@ -500,12 +512,10 @@ async fn a_recipient_the_directory_no_longer_names_is_not_sent_to_again() {
     let _smtp = smtp_server(port, &mail, 0).await;
     let pid = patient(&env.demo, true).to_string();
     let with = |email: &str, delegate: Option<&str>| {
-        let mut p = patient_resource(&pid, email, "en");
-        if let Some(d) = delegate {
-            p["contact"] = json!([{ "relationship": [{ "text": "guardian" }],
-                "telecom": [{ "system": "email", "value": d }] }]);
-        }
-        bundle(vec![p])
+        bundle(vec![match delegate {
+            Some(d) => with_delegate(&pid, email, d),
+            None => patient_resource(&pid, email, "en"),
+        }])
     };
     let set = async |doc: Json| assert_eq!(import(&env.app, &doc, true).await.0, 200);
     let attempts = async |id: &str| {
