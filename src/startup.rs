@@ -213,6 +213,7 @@ impl Application {
             keyring,
             patient_id_system: settings.directory.patient_id_system.clone(),
             provider_principal_system: settings.directory.provider_principal_system.clone(),
+            contacts_imported: notifier.contacts_imported(),
         });
         let submitter = Arc::new(Submitter::new(
             store.clone(),

@@ -24,6 +24,9 @@ pub struct Admin {
     pub keyring: Arc<Keyring>,
     pub patient_id_system: String,
     pub provider_principal_system: String,
+    /// Told after patients' contacts are imported: the notifier then looks again at the
+    /// notices that had nobody to tell (`Notifier::contacts_imported`).
+    pub contacts_imported: Arc<tokio::sync::Notify>,
 }
 
 /// A FHIR bundle of a few thousand patients fits.
@@ -130,6 +133,10 @@ async fn import_patients(
         &body,
     )
     .await;
+    if result.as_ref().is_ok_and(|r| r.imported > 0) {
+        // a patient nobody could tell of an access may be reachable now
+        admin.contacts_imported.notify_one();
+    }
     import_answer(
         "patient",
         "not-a-patient-bundle",
@@ -225,6 +232,10 @@ pub fn notice_view(n: &crate::store::Notice) -> serde_json::Value {
         "message_id": n.message_id,
         "last_error": n.last_error,
     });
+    if let Some(at) = n.reopened {
+        // nobody could be told at first; the patient's contact was imported since
+        v["reopened_at"] = json!(at);
+    }
     match &n.state {
         NoticeState::Sent { at } | NoticeState::NoContact { at } => v["at"] = json!(at),
         NoticeState::Dead { at, reason } => {

@@ -11,7 +11,8 @@
 //! `Message-ID`, so a patient may at worst get the same message twice, never two different
 //! notices. A permanent refusal (SMTP 5xx, a bad address) or 72 hours of transient failures
 //! make the notice dead: listed for operators (`GET /v1/admin/notices`) and shown with the
-//! access. A patient the directory cannot reach gets `no_contact`, visible the same way.
+//! access. A patient the directory cannot reach gets `no_contact`, visible the same way, and
+//! is told after all once a contact is imported (`reopen_reachable`).
 //!
 //! Nothing is sent while the store has stopped writing (a failed write: only a restart
 //! recovers it), since what was sent could not be recorded; and an attempt whose outcome
@@ -63,6 +64,9 @@ pub struct Notifier {
     /// Other replicas' attempts seen in flight, by access id, and when this replica first saw
     /// each (`in_flight_wait`).
     in_flight: Mutex<HashMap<AccessId, (Attempt, std::time::Instant)>>,
+    /// Told when patients' contacts were imported (`contacts_imported`): the notices closed
+    /// with nobody to tell are looked at again then, not only every `RECHECK_UNCONTACTED_SECS`.
+    contacts: Arc<tokio::sync::Notify>,
 }
 
 /// An attempt of a notice, as the store has it: `sending_since` and the notice's attempts.
@@ -70,6 +74,11 @@ type Attempt = (u64, u32);
 
 /// How often the open notices are read again while the start's read of them has not succeeded.
 const UNREAD_RETRY_SECS: u64 = 5;
+
+/// How often the notices closed with nobody to tell are checked against the directory (a
+/// contact imported on another replica, or one whose import raced the notice's closing): a
+/// patient whose contact arrives later is told after all (`reopen_reachable`).
+const RECHECK_UNCONTACTED_SECS: u64 = 60;
 
 /// How many attempts in flight a replica times at once (`Notifier::in_flight`); past it, the
 /// times start again (a takeover put off, never brought forward).
@@ -111,7 +120,14 @@ impl Notifier {
                 .max((RECIPIENTS_MAX + 1) * 1_000 * settings.notify.smtp.timeout_secs),
             takeover_secs: takeover_secs(lease_ms, settings.notify.smtp.timeout_secs),
             in_flight: Mutex::default(),
+            contacts: Arc::default(),
         })
+    }
+
+    /// What to tell when patients' contacts were imported: the notices closed with nobody to
+    /// tell are looked at again at once (`reopen_reachable`).
+    pub fn contacts_imported(&self) -> Arc<tokio::sync::Notify> {
+        self.contacts.clone()
     }
 
     /// Whether other replicas send notices from the same store.
@@ -150,9 +166,16 @@ impl Notifier {
         let mut tick = tokio::time::interval(Duration::from_millis(self.settings.poll_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut scanned = std::time::Instant::now();
+        // at start, then every RECHECK_UNCONTACTED_SECS and after each import of contacts
+        let mut rechecked: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
+                () = self.contacts.notified() => rechecked = None,
                 _ = tick.tick() => {
+                    if rechecked.is_none_or(|at| at.elapsed() >= Duration::from_secs(RECHECK_UNCONTACTED_SECS)) {
+                        due.extend(self.reopen_reachable(now_secs()).await);
+                        rechecked = Some(std::time::Instant::now());
+                    }
                     while let Ok(n) = new.try_recv() {
                         due.insert(n);
                     }
@@ -182,6 +205,64 @@ impl Notifier {
                 _ = shutdown.changed() => break,
             }
         }
+    }
+
+    /// The notices closed with nobody to tell (`NoticeState::NoContact`) whose patient has a
+    /// contact now (imported since), opened again, due at once: the patient is told after all,
+    /// of an access however old (the message says when it was). Each is opened under its lease
+    /// and only if the store still has it closed so (another replica may have opened it, and
+    /// sent it since); its audit entry `no-contact` stays, and the one its outcome adds follows
+    /// it. Those that could not be read or written are tried again at the next check.
+    async fn reopen_reachable(&self, now: u64) -> Vec<(u64, AccessId)> {
+        let closed = match self.store.uncontacted_notices() {
+            Ok(closed) if closed.is_empty() => return Vec::new(),
+            Ok(closed) => closed,
+            Err(e) => {
+                tracing::warn!(error = %e, "notices: could not read those with nobody to tell; read again later");
+                return Vec::new();
+            }
+        };
+        let patients: Vec<_> = closed.iter().map(|n| n.patient).collect();
+        let reachable = match self.store.have_contacts(&patients) {
+            Ok(reachable) => reachable,
+            Err(e) => {
+                tracing::warn!(error = %e, "notices: could not read the directory for those with nobody to tell; read again later");
+                return Vec::new();
+            }
+        };
+        let mut opened = Vec::new();
+        for notice in closed
+            .into_iter()
+            .zip(reachable)
+            .filter_map(|(n, yes)| yes.then_some(n))
+        {
+            let id = notice.access_id;
+            let Ok(fence) = self.lease(&id, now).await else {
+                continue;
+            };
+            match self.store.notice(&id) {
+                Ok(Some(mut notice)) if matches!(notice.state, NoticeState::NoContact { .. }) => {
+                    notice.state = NoticeState::Pending;
+                    notice.reopened = Some(now);
+                    notice.next_at = now;
+                    match self.save(notice, fence.as_ref()).await {
+                        Ok(()) => {
+                            tracing::info!(access = %id, "notice: the patient has a contact now; the notice goes out after all");
+                            opened.push((now, id));
+                        }
+                        Err(e) => {
+                            tracing::warn!(access = %id, error = %e, "notice: could not be opened again for the patient's new contact; tried again later");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(access = %id, error = %e, "notice: could not be read to open it again; tried again later");
+                }
+            }
+            self.let_go(&id).await;
+        }
+        opened
     }
 
     /// Advances every notice that is due, keeping the ones still open in `due` with when to
@@ -1319,6 +1400,67 @@ mod tests {
         stop.send(true).unwrap();
         run.await.unwrap();
         assert!(sent, "the notice was read again and sent");
+    }
+
+    /// A notice closed with nobody to tell is opened again once its patient has a contact
+    /// (imported later), due at once, by one replica: under the notice's lease (another
+    /// replica holding it leaves it to the next check) and only while the store has it closed
+    /// so (a second replica's check opens nothing). Before, `no_contact` was final: a patient
+    /// whose contact came later was never told.
+    #[tokio::test]
+    async fn a_notice_with_nobody_to_tell_is_opened_once_its_patient_has_a_contact() {
+        let t = on_redis().await;
+        let (store, notifier) = (&t.store, &t.notifier);
+        let id = t.notice.access_id;
+        let mut closed = t.notice.clone();
+        closed.state = NoticeState::NoContact { at: 1 };
+        let write = |batch| apply_async(store, batch);
+        write(Batch {
+            notices: vec![closed.clone()],
+            ..Batch::default()
+        })
+        .await
+        .unwrap();
+        let now = now_secs();
+        assert!(
+            notifier.reopen_reachable(now).await.is_empty(),
+            "no contact yet"
+        );
+        write(Batch {
+            contacts: vec![(closed.patient, Some(b"sealed".to_vec()))],
+            ..Batch::default()
+        })
+        .await
+        .unwrap();
+        let lease = lease_name(&id);
+        t.coordination
+            .lease(&lease, "another-replica", 60_000)
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        assert!(
+            notifier.reopen_reachable(now).await.is_empty(),
+            "another holds it"
+        );
+        assert_eq!(store.notice(&id).unwrap(), Some(closed.clone()));
+        t.coordination
+            .release(&lease, "another-replica")
+            .await
+            .unwrap();
+        assert_eq!(notifier.reopen_reachable(now).await, vec![(now, id)]);
+        let opened = store.notice(&id).unwrap().unwrap();
+        assert!(opened.is_open());
+        assert_eq!((opened.reopened, opened.next_at), (Some(now), now));
+        assert!(store.uncontacted_notices().unwrap().is_empty());
+        let other = Notifier::new(
+            &t.settings,
+            store.clone(),
+            notifier.keyring.clone(),
+            t.coordination.clone(),
+        )
+        .unwrap();
+        assert!(other.reopen_reachable(now + 1).await.is_empty());
+        assert_eq!(store.notice(&id).unwrap(), Some(opened));
     }
 
     /// Replicas on Redis: a replica that took a notice's lease, then was paused past it (a

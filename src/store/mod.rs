@@ -333,6 +333,10 @@ pub struct Notice {
     /// was made): not sent to again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub withdrawn: Vec<u8>,
+    /// When it was opened again after nobody could be told (`NoticeState::NoContact`): the
+    /// patient's contact was imported since (unix seconds; `Notifier::reopen_reachable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reopened: Option<u64>,
     pub state: NoticeState,
 }
 
@@ -371,6 +375,7 @@ impl Notice {
             delivered: Vec::new(),
             refused: Vec::new(),
             withdrawn: Vec::new(),
+            reopened: None,
             state: NoticeState::Pending,
         }
     }
@@ -806,6 +811,11 @@ pub trait Store: Send + Sync + 'static {
     fn notices(&self) -> Result<Vec<Notice>, StoreError>;
     /// The notices still open (`Notice::is_open`), read through an index of them.
     fn open_notices(&self) -> Result<Vec<Notice>, StoreError>;
+    /// The notices closed with nobody to tell (`NoticeState::NoContact`), read through an
+    /// index of them.
+    fn uncontacted_notices(&self) -> Result<Vec<Notice>, StoreError>;
+    /// Which of `patients` have a contact, in their order (read at once, not opened).
+    fn have_contacts(&self, patients: &[PatientId]) -> Result<Vec<bool>, StoreError>;
     /// How many operations and notices are open, as their indexes name them (for operators: an
     /// index may still name a few closed while it was built, never miss an open one).
     fn open_counts(&self) -> Result<(u64, u64), StoreError>;

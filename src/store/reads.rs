@@ -350,6 +350,25 @@ macro_rules! typed_reads {
             self.indexed(OPEN_NOTICES, NOTICES, None, |_| false, Notice::is_open)
         }
 
+        fn uncontacted_notices(&self) -> Result<Vec<Notice>, StoreError> {
+            self.indexed(
+                UNCONTACTED,
+                NOTICES,
+                None,
+                |_| false,
+                |n: &Notice| matches!(n.state, NoticeState::NoContact { .. }),
+            )
+        }
+
+        fn have_contacts(&self, patients: &[PatientId]) -> Result<Vec<bool>, StoreError> {
+            let keys: Vec<String> = patients.iter().map(ToString::to_string).collect();
+            Ok(self
+                .get_many(CONTACTS, &keys)?
+                .iter()
+                .map(Option::is_some)
+                .collect())
+        }
+
         fn open_counts(&self) -> Result<(u64, u64), StoreError> {
             self.open_indexed()?;
             Ok((self.count(OPEN_SUBMISSIONS)?, self.count(OPEN_NOTICES)?))

@@ -250,7 +250,8 @@ impl RedbStore {
     }
 }
 
-/// Makes the open indexes whole, once, for a store written before them (`open_index_rows`):
+/// Makes the open indexes (and the index of notices with nobody to tell) whole, once, for a
+/// store written before them (`open_index_rows`):
 /// durably, before any write of this run.
 fn build_open_index(db: &Database, seq: u64) -> Result<(), StoreError> {
     let tx = db.begin_read().map_err(backend)?;
@@ -265,13 +266,16 @@ fn build_open_index(db: &Database, seq: u64) -> Result<(), StoreError> {
             .collect()
     };
     let meta = tx.open_table(def(META)).map_err(backend)?;
-    if meta.get(OPEN_INDEXED).map_err(backend)?.is_some() {
+    if meta.get(OPEN_INDEXED).map_err(backend)?.is_some()
+        && meta.get(UNCONTACTED_INDEXED).map_err(backend)?.is_some()
+    {
         return Ok(());
     }
     let mut rows = open_index_rows(&all(SUBMISSIONS)?, &all(NOTICES)?)?;
     drop((meta, tx));
     tracing::info!(open = rows.len(), "indexed the open operations and notices");
     rows.push((META, OPEN_INDEXED.into(), Some(enc(&true)?)));
+    rows.push((META, UNCONTACTED_INDEXED.into(), Some(enc(&true)?)));
     apply_rows(db, rows.iter(), seq, Durability::Immediate)
 }
 

@@ -807,7 +807,7 @@ impl RowSource for RedisStore {
         // only what they lack (as a rule nothing: every write names its own rows), so that a
         // server that refuses writes (full) is still read
         let mut named = std::collections::HashSet::new();
-        for index in [OPEN_SUBMISSIONS, OPEN_NOTICES] {
+        for index in [OPEN_SUBMISSIONS, OPEN_NOTICES, UNCONTACTED] {
             named.extend(self.scan(index)?.into_iter().map(|(k, _)| (index, k)));
         }
         rows.retain(|(table, key, _)| !named.contains(&(*table, key.clone())));

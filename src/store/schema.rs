@@ -53,8 +53,13 @@ pub(super) const SUMMARY_DIGESTS: Table = "summary_digests";
 /// Each patient's summary before the one stored, while the chain records the stored one's
 /// hash: the one the chain still has (`Batch::previous_summaries`), sealed as `SUMMARIES`.
 pub(super) const PREVIOUS_SUMMARIES: Table = "previous_summaries";
+/// Which notices were closed with nobody to tell (`NoticeState::NoContact`), by access id,
+/// each valued with its patient's id: kept with every write of such a notice and of one
+/// opened again from it (`Notice::reopened`), so that the notifier finds the notices a
+/// contact imported since can reach without reading every notice ever made.
+pub(super) const UNCONTACTED: Table = "uncontacted_notices";
 /// New tables go last: a journal frame names a table by its index here.
-pub(super) const TABLES: [Table; 23] = [
+pub(super) const TABLES: [Table; 24] = [
     META,
     PROVIDERS,
     PREFERENCES,
@@ -78,6 +83,7 @@ pub(super) const TABLES: [Table; 23] = [
     OPEN_NOTICES,
     SUMMARY_DIGESTS,
     PREVIOUS_SUMMARIES,
+    UNCONTACTED,
 ];
 
 pub(super) fn def(name: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -133,6 +139,11 @@ pub(super) fn audit_rows(
 /// before they existed has open operations and notices that no write has indexed yet.
 pub(super) const OPEN_INDEXED: &str = "open_indexed";
 
+/// The META key that says the embedded store's index of notices with nobody to tell
+/// (`UNCONTACTED`) was built with the open indexes (`open_index_rows`): a store written
+/// before it has such notices that no write has indexed.
+pub(super) const UNCONTACTED_INDEXED: &str = "uncontacted_indexed";
+
 /// The rows that make the open indexes whole for a store's `submissions` and `notices` (as
 /// its tables hold them): for a store written before the indexes; every write keeps them
 /// after that.
@@ -149,12 +160,18 @@ pub(super) fn open_index_rows(
             indexed(&mut out, OPEN_SUBMISSIONS, id.clone(), true);
         }
     }
+    let mut uncontacted = Rows::new();
     for (id, v) in notices {
         match dec::<Notice>(id, v) {
-            Ok(notice) if !notice.is_open() => {}
+            Ok(notice) if !notice.is_open() => {
+                if let Some(row) = uncontacted_row(&notice) {
+                    uncontacted.push(row);
+                }
+            }
             read => due(&mut out, id.clone(), Some(read.map_or(0, |n| n.next_at))),
         }
     }
+    out.append(&mut uncontacted);
     Ok(out)
 }
 
@@ -171,6 +188,26 @@ fn due(out: &mut Rows, key: String, next_at: Option<u64>) {
         key,
         next_at.map(|t| t.to_string().into_bytes()),
     ));
+}
+
+/// Where a notice is kept in `UNCONTACTED`: a row (its patient's id) while nobody can be told
+/// (`NoticeState::NoContact`), none once it is opened again (`Notice::reopened`); nothing to
+/// write for any other notice (none of them was ever there), so that the follow-up's and the
+/// notifier's writes carry no more rows than before.
+fn uncontacted_row(notice: &Notice) -> Option<Row> {
+    let key = notice.access_id.to_string();
+    if matches!(notice.state, crate::store::NoticeState::NoContact { .. }) {
+        Some((
+            UNCONTACTED,
+            key,
+            Some(notice.patient.to_string().into_bytes()),
+        ))
+    } else {
+        notice
+            .reopened
+            .is_some()
+            .then_some((UNCONTACTED, key, None))
+    }
 }
 
 /// When an `OPEN_NOTICES` row says its notice is next due (an empty value, as a store written
@@ -303,6 +340,7 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
             n.is_open().then_some(n.next_at),
         );
     }
+    out.extend(batch.notices.iter().filter_map(uncontacted_row));
     for (p, e) in &batch.directory {
         out.push((DIRECTORY, p.to_string(), e.as_ref().map(enc).transpose()?));
     }

@@ -647,6 +647,39 @@ async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
     // a filter by another name: refused, not read as no filter (every notice listed)
     let refused = admin_get(&env.app, "/v1/admin/notices?status=dead").await;
     assert_eq!(refused["code"], "unknown-parameter", "{refused}");
+
+    // the patient's contact imported later: the patient is told after all, once, of the
+    // access they could not be told of (the message says when it was)
+    let (status, _) = import(
+        &env.app,
+        &bundle(vec![patient_resource(&pid, "late@example.org", "en")]),
+        true,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // at once (the import tells the notifier), not at its next check of the directory (60 s)
+    let a = eventually("notice sent", Duration::from_secs(30), async || {
+        let a = access_view(&env, &id).await;
+        (a["notice"]["state"] == "sent").then_some(a)
+    })
+    .await;
+    assert!(a["notice"]["reopened_at"].is_u64(), "{a}");
+    let got = received(&mail);
+    assert_eq!(got.len(), 1, "one message");
+    assert_eq!(got[0].0["to"], json!(["late@example.org"]));
+    assert!(notices(&env.app, "no_contact").await.is_empty());
+    // the audit trail has both: nobody to tell, then the notice sent
+    let trail = env.app.store.audit_of(&id.parse().unwrap()).unwrap();
+    let states: Vec<String> = trail
+        .iter()
+        .map(|e| serde_json::from_str::<Json>(e.event.get()).unwrap())
+        .filter(|e| e["kind"] == "notice")
+        .map(|e| e["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["no-contact", "sent"], "{trail:?}");
+    // and nothing is sent again: a later check of the directory finds nothing to open
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(received(&mail).len(), 1);
 }
 
 fn practitioner(id: &str, principal: &str, name: &str) -> Json {

@@ -3092,3 +3092,136 @@ fn redis_reads_an_access_trail_by_its_prefix_and_moves_an_older_index() {
         .unwrap();
     assert_eq!(trail(&store, 7), vec![8, 1_508, 3_001]);
 }
+
+/// Notices closed with nobody to tell, for patients 1 and 2 (and one sent, one open): what
+/// `uncontacted_notices` reads, in access order.
+fn nobody_to_tell(store: &dyn Store) {
+    let notice = |i: u64, patient: u8, state: NoticeState| Notice {
+        state,
+        ..Notice::new(numbered(i), PatientId([patient; 32]), i)
+    };
+    store
+        .apply(Batch {
+            notices: vec![
+                notice(1, 1, NoticeState::NoContact { at: 1 }),
+                notice(2, 2, NoticeState::NoContact { at: 2 }),
+                notice(3, 2, NoticeState::Sent { at: 3 }),
+                notice(4, 3, NoticeState::Pending),
+            ],
+            ..Batch::default()
+        })
+        .unwrap();
+}
+
+fn uncontacted(store: &dyn Store) -> Vec<AccessId> {
+    let mut ids: Vec<AccessId> = store
+        .uncontacted_notices()
+        .unwrap()
+        .into_iter()
+        .map(|n| n.access_id)
+        .collect();
+    ids.sort_by_key(|id| id.0);
+    ids
+}
+
+/// The notices with nobody to tell are kept in an index by every write of them, and leave it
+/// when opened again (a contact imported since: `Notice::reopened`), so that the notifier
+/// finds those a new contact reaches without reading every notice; which patients have a
+/// contact is read at once.
+fn uncontacted_conformance(store: &dyn Store) {
+    nobody_to_tell(store);
+    assert_eq!(uncontacted(store), vec![numbered(1), numbered(2)]);
+    store
+        .apply(Batch {
+            contacts: vec![(PatientId([2; 32]), Some(b"sealed".to_vec()))],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(
+        store
+            .have_contacts(&[PatientId([1; 32]), PatientId([2; 32]), PatientId([9; 32])])
+            .unwrap(),
+        vec![false, true, false]
+    );
+    let mut opened = store.notice(&numbered(2)).unwrap().unwrap();
+    opened.state = NoticeState::Pending;
+    opened.reopened = Some(10);
+    opened.next_at = 10;
+    store
+        .apply(Batch {
+            notices: vec![opened.clone()],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(uncontacted(store), vec![numbered(1)]);
+    assert!(store
+        .open_notices()
+        .unwrap()
+        .iter()
+        .any(|n| n.access_id == numbered(2)));
+    // sent since: not back in the index
+    opened.state = NoticeState::Sent { at: 11 };
+    store
+        .apply(Batch {
+            notices: vec![opened],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(uncontacted(store), vec![numbered(1)]);
+}
+
+#[test]
+fn redb_keeps_an_index_of_notices_with_nobody_to_tell_and_builds_it_for_an_older_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    {
+        let store = RedbStore::open(&path).unwrap();
+        uncontacted_conformance(&store);
+    }
+    // as a store of the version before it left it: no index, no mark (the open indexes built)
+    {
+        let table = |name| redb::TableDefinition::<&str, &[u8]>::new(name);
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.delete_table(table("uncontacted_notices")).unwrap();
+        tx.open_table(table("meta"))
+            .unwrap()
+            .remove("uncontacted_indexed")
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(uncontacted(&store), vec![numbered(1)]);
+}
+
+#[test]
+fn redis_keeps_an_index_of_notices_with_nobody_to_tell_and_builds_it_for_an_older_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let mut conn = server.connection();
+    {
+        let store = RedisStore::open(&server.url(), "u:").unwrap();
+        uncontacted_conformance(&store);
+    }
+    // as a store of the version before it left it: no index (each process builds what the
+    // indexes lack at its first read of one)
+    let _: () = redis::cmd("DEL")
+        .arg("u:uncontacted_notices")
+        .query(&mut conn)
+        .unwrap();
+    let store = RedisStore::open(&server.url(), "u:").unwrap();
+    assert_eq!(uncontacted(&store), vec![numbered(1)]);
+    // a build that raced a notice's opening names it: the read skips and prunes it
+    let _: () = redis::cmd("HSET")
+        .arg("u:uncontacted_notices")
+        .arg(numbered(2).to_string())
+        .arg(PatientId([2; 32]).to_string())
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(uncontacted(&store), vec![numbered(1)]);
+    let left: Vec<String> = redis::cmd("HKEYS")
+        .arg("u:uncontacted_notices")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(left, vec![numbered(1).to_string()]);
+}
