@@ -8,14 +8,16 @@
 //! configured system (`directory.patient_id_system`), 32 bytes hex; its email is a `telecom`
 //! with `system: email` (the `use: home` one first); its language the `communication` marked
 //! `preferred` (BCP 47; languages without templates fall back to English); a delegate is a
-//! `contact` with an email (relationship kept as its display text).
+//! `contact` with an email (relationship kept as its display text). Every current email and
+//! delegate is kept with the ends of its periods, in the order they are chosen in, so that
+//! who is told is judged on the day a notice goes (`Contact::current`), not at the import.
 //!
 //! It must not: log or return contact details (they are sealed before they are stored).
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::domain::{Contact, Delegate, Language, PatientId, ProviderEntry};
+use crate::domain::{Contact, Dated, Delegate, Language, PatientId, ProviderEntry};
 
 /// An entry the import refused, and why (the reason names fields, never their values).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -53,18 +55,19 @@ fn human_name(v: &Value) -> Option<String> {
     (!full.is_empty()).then(|| full.join(" "))
 }
 
+/// A FHIR `period`'s end, as given.
+fn end_of(period: Option<&Value>) -> Option<&str> {
+    period.and_then(|p| p.get("end")).and_then(Value::as_str)
+}
+
 /// Whether a FHIR `period` ended before `today` (`YYYY-MM-DD`): its `end` (a date, or a
 /// dateTime, to the year, month or day) is before today at the precision it gives.
 fn ended(period: Option<&Value>, today: &str) -> bool {
-    let Some(end) = period.and_then(|p| p.get("end")).and_then(Value::as_str) else {
-        return false;
-    };
-    let end = end.get(..10).unwrap_or(end);
-    today.get(..end.len()).is_some_and(|t| end < t)
+    end_of(period).is_some_and(|end| crate::domain::directory::ended_by(end, today))
 }
 
 /// Today's date, `YYYY-MM-DD` (UTC), as FHIR periods are compared to it.
-fn today() -> String {
+pub fn today() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%d").to_string()
 }
 
@@ -74,10 +77,14 @@ fn today() -> String {
 /// as text) is.
 const NOT_TOLD: [&str; 6] = ["E", "F", "I", "S", "BP", "PR"];
 
-/// The email of a `telecom` list (the `home` one first; none marked `old` or whose period
-/// ended), or an error naming the problem.
-fn email_of(telecom: Option<&Value>) -> Result<Option<String>, String> {
-    let Some(list) = telecom else { return Ok(None) };
+/// The emails of a `telecom` list in the order they are chosen in (the `home` ones first; none
+/// marked `old` or whose period ended), each with its period's end: the first must be a valid
+/// address (else an error naming the problem, as it is the one used now); a later one that is
+/// not is left out (it could never be sent to).
+fn emails_of(telecom: Option<&Value>) -> Result<Vec<Dated<String>>, String> {
+    let Some(list) = telecom else {
+        return Ok(Vec::new());
+    };
     let list = list.as_array().ok_or("telecom is not a list")?;
     let today = today();
     let mut emails: Vec<(&Value, &str)> = list
@@ -88,11 +95,20 @@ fn email_of(telecom: Option<&Value>) -> Result<Option<String>, String> {
         .map(|t| (t, t.get("value").and_then(Value::as_str).unwrap_or("")))
         .collect();
     emails.sort_by_key(|(t, _)| t.get("use").and_then(Value::as_str) != Some("home"));
-    match emails.first() {
-        None => Ok(None),
-        Some((_, e)) if valid_email(e) => Ok(Some(e.to_string())),
-        Some(_) => Err("telecom email is not a valid address".into()),
+    if emails.first().is_some_and(|(_, e)| !valid_email(e)) {
+        return Err("telecom email is not a valid address".into());
     }
+    Ok(emails
+        .into_iter()
+        .filter(|(_, e)| valid_email(e))
+        .map(|(t, e)| Dated {
+            value: e.to_string(),
+            until: end_of(t.get("period"))
+                .map(str::to_string)
+                .into_iter()
+                .collect(),
+        })
+        .collect())
 }
 
 fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), String> {
@@ -111,7 +127,7 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
     let id: PatientId = value
         .parse()
         .map_err(|_| "the patient identifier is not 32 bytes of hex".to_string())?;
-    let email = email_of(resource.get("telecom"))?;
+    let emails = emails_of(resource.get("telecom"))?;
     let language = resource
         .get("communication")
         .and_then(Value::as_array)
@@ -124,7 +140,7 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
         .and_then(|c| c.pointer("/language/coding/0/code").and_then(Value::as_str))
         .and_then(Language::from_tag)
         .unwrap_or(Language::En);
-    let mut delegate = None;
+    let mut delegates: Vec<Dated<Delegate>> = Vec::new();
     let today = today();
     for c in resource
         .get("contact")
@@ -145,29 +161,47 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
                 .any(|code| NOT_TOLD.contains(&code))
         })
     {
-        if let Some(email) = email_of(c.get("telecom")).map_err(|e| format!("contact {e}"))? {
-            delegate = Some(Delegate {
-                name: c.get("name").and_then(human_name),
-                relationship: c
-                    .pointer("/relationship/0/text")
-                    .or_else(|| c.pointer("/relationship/0/coding/0/display"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                email,
-            });
-            break;
-        }
+        // the first contact with an email is the delegate now: its address must be valid; a
+        // later one, the delegate once the first's period ends, is left out if it is not
+        let emails = match emails_of(c.get("telecom")) {
+            Ok(emails) => emails,
+            Err(e) if delegates.is_empty() => return Err(format!("contact {e}")),
+            Err(_) => continue,
+        };
+        let name = c.get("name").and_then(human_name);
+        let relationship = c
+            .pointer("/relationship/0/text")
+            .or_else(|| c.pointer("/relationship/0/coding/0/display"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let ends = end_of(c.get("period"));
+        delegates.extend(emails.into_iter().map(|e| {
+            Dated {
+                value: Delegate {
+                    name: name.clone(),
+                    relationship: relationship.clone(),
+                    email: e.value,
+                },
+                until: e
+                    .until
+                    .into_iter()
+                    .chain(ends.map(str::to_string))
+                    .collect(),
+            }
+        }));
     }
-    if email.is_none() && delegate.is_none() {
+    if emails.is_empty() && delegates.is_empty() {
         return Err("no email for the patient or a contact".into());
     }
     Ok((
         id,
         Contact {
             name: resource.get("name").and_then(human_name),
-            email,
+            email: emails.first().map(|e| e.value.clone()),
             language,
-            delegate,
+            delegate: delegates.first().map(|d| d.value.clone()),
+            emails,
+            delegates,
         },
     ))
 }
@@ -530,9 +564,68 @@ mod tests {
         });
         let (_, contact) = patient(&resource, "urn:p").unwrap();
         assert_eq!(contact.email.as_deref(), Some("work@example.org"));
-        let delegate = contact.delegate.unwrap();
+        assert_eq!(contact.emails[0].until, vec!["2999-12-31".to_string()]);
+        let delegate = contact.delegate.clone().unwrap();
         assert_eq!(delegate.email, "guardian@example.org");
         assert_eq!(delegate.relationship.as_deref(), Some("guardian"));
+        assert_eq!(contact.delegates.len(), 1);
+        assert_eq!(contact.clone().current("2026-12-06"), contact);
+    }
+
+    /// Every address and delegate the directory names is kept with when it stops holding,
+    /// and which are told is judged on the day a notice goes (`Contact::current`): a
+    /// guardian's period that ends after the import (a minor come of age) leaves the next
+    /// contact told in their place, an address given up the next one. Before, the import chose
+    /// once, and a former guardian was told of every later access.
+    #[test]
+    fn addresses_and_delegates_are_judged_on_the_day_a_notice_goes() {
+        let id = "ab".repeat(32);
+        let resource = serde_json::json!({
+            "resourceType": "Patient",
+            "identifier": [{ "system": "urn:p", "value": id }],
+            "telecom": [
+                { "system": "email", "value": "home@example.org", "use": "home",
+                  "period": { "end": "2999-01" } },
+                { "system": "email", "value": "not an address" },
+                { "system": "email", "value": "work@example.org", "use": "work" },
+            ],
+            "contact": [
+                { "relationship": [{ "text": "guardian" }], "period": { "end": "2999-06-30" },
+                  "telecom": [{ "system": "email", "value": "guardian@example.org" }] },
+                { "relationship": [{ "text": "a later one, not an address" }],
+                  "telecom": [{ "system": "email", "value": "nope" }] },
+                { "relationship": [{ "coding": [{ "code": "N", "display": "next of kin" }] }],
+                  "telecom": [{ "system": "email", "value": "kin@example.org",
+                                "period": { "end": "3000" } }] },
+            ],
+        });
+        let (_, contact) = patient(&resource, "urn:p").unwrap();
+        let on = |day: &str| {
+            let c = contact.clone().current(day);
+            (
+                c.email,
+                c.delegate
+                    .map(|d| (d.email, d.relationship.unwrap_or_default())),
+            )
+        };
+        let some = |s: &str| Some(s.to_string());
+        let guardian = some("guardian@example.org").zip(some("guardian"));
+        let kin = some("kin@example.org").zip(some("next of kin"));
+        assert_eq!(
+            on("2999-01-31"),
+            (some("home@example.org"), guardian.clone())
+        );
+        assert_eq!(on("2999-02-01"), (some("work@example.org"), guardian));
+        assert_eq!(on("2999-07-01"), (some("work@example.org"), kin.clone()));
+        assert_eq!(on("3000-12-31"), (some("work@example.org"), kin));
+        assert_eq!(on("3001-01-01"), (some("work@example.org"), None));
+        // a contact sealed before the lists were kept stands as it was
+        let older = Contact {
+            emails: Vec::new(),
+            delegates: Vec::new(),
+            ..contact.clone()
+        };
+        assert_eq!(older.clone().current("3001-01-01"), older);
     }
 
     #[test]

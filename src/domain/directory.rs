@@ -47,9 +47,72 @@ pub struct Delegate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
     pub name: Option<String>,
+    /// The patient's address: as the directory named it when imported; as of a day, the
+    /// first of `emails` whose period has not ended (`current`).
     pub email: Option<String>,
     pub language: Language,
+    /// The delegate told beside the patient (a guardian, next of kin): as `email` is, the
+    /// first of `delegates` whose period has not ended.
     pub delegate: Option<Delegate>,
+    /// Every address of the patient's the directory named, in the order they are chosen in,
+    /// each with when it stops being theirs (a contact sealed before these were kept has
+    /// none, and `email` stands as it is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emails: Vec<Dated<String>>,
+    /// Every delegate the directory named, in the order they are chosen in, each with when
+    /// they stop being one (their relationship's period, their address's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delegates: Vec<Dated<Delegate>>,
+}
+
+/// An address, or a delegate, with the ends of the periods it holds within (FHIR `period.end`,
+/// as given: a date or a dateTime, to the year, month or day): it holds until any of them has
+/// ended (`ended_by`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dated<T> {
+    pub value: T,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub until: Vec<String>,
+}
+
+impl<T> Dated<T> {
+    /// Whether it still holds on `today` (`YYYY-MM-DD`).
+    pub fn holds(&self, today: &str) -> bool {
+        !self.until.iter().any(|end| ended_by(end, today))
+    }
+}
+
+/// Whether a FHIR period whose `end` is `end` (a date or a dateTime, to the year, month or day)
+/// ended before `today` (`YYYY-MM-DD`): its end is before today at the precision it gives, so
+/// that a period holds through its last day (month, year).
+pub fn ended_by(end: &str, today: &str) -> bool {
+    let end = end.get(..10).unwrap_or(end);
+    today.get(..end.len()).is_some_and(|t| end < t)
+}
+
+impl Contact {
+    /// The contact as it stands on `today` (`YYYY-MM-DD`): its address the first of `emails`
+    /// that still holds, its delegate the first of `delegates` (none when none does). Judged
+    /// when a notice goes, not when the directory was imported: a guardian whose guardianship
+    /// ended since, or an address given up since, is not told. A contact sealed before these
+    /// lists were kept stands as it is.
+    pub fn current(mut self, today: &str) -> Contact {
+        if !self.emails.is_empty() {
+            self.email = self
+                .emails
+                .iter()
+                .find(|e| e.holds(today))
+                .map(|e| e.value.clone());
+        }
+        if !self.delegates.is_empty() {
+            self.delegate = self
+                .delegates
+                .iter()
+                .find(|d| d.holds(today))
+                .map(|d| d.value.clone());
+        }
+        self
+    }
 }
 
 /// A provider's entry in the off-chain directory. Not protected health information, so kept

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub mod chain;
 pub mod directory;
 
-pub use directory::{Contact, Delegate, Language, ProviderEntry, Verification};
+pub use directory::{Contact, Dated, Delegate, Language, ProviderEntry, Verification};
 
 /// A 32-byte id written as 64 hex digits (`0x` accepted on input), in text and in JSON.
 macro_rules! hex_id {

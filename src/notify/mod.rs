@@ -237,6 +237,16 @@ impl Notifier {
             .filter_map(|(n, yes)| yes.then_some(n))
         {
             let id = notice.access_id;
+            // one whose addresses all ended would close again at once, and open again here at
+            // every check
+            match self.reaches(&notice) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(access = %id, error = %e, "notice: the patient's contact could not be read to open it again; tried again later");
+                    continue;
+                }
+            }
             let Ok(fence) = self.lease(&id, now).await else {
                 continue;
             };
@@ -584,6 +594,8 @@ impl Notifier {
         Ok(())
     }
 
+    /// The patient's contact as it stands today (`Contact::current`: an address or a delegate
+    /// whose period ended since the import is not named), if the directory has one.
     fn contact(&self, notice: &Notice) -> anyhow::Result<Option<Contact>> {
         let Some(sealed) = self.store.contact(&notice.patient)? else {
             return Ok(None);
@@ -591,9 +603,17 @@ impl Notifier {
         let plain = self
             .keyring
             .open(&crate::seal::names::contact(&notice.patient), &sealed)?;
-        Ok(Some(
-            serde_json::from_slice(&plain).map_err(|e| undecodable("the patient's contact", &e))?,
-        ))
+        let contact: Contact =
+            serde_json::from_slice(&plain).map_err(|e| undecodable("the patient's contact", &e))?;
+        Ok(Some(contact.current(&crate::directory::today())))
+    }
+
+    /// Whether the directory reaches the patient of `notice` today: a contact that names an
+    /// address still theirs, or a delegate still one.
+    fn reaches(&self, notice: &Notice) -> anyhow::Result<bool> {
+        Ok(self
+            .contact(notice)?
+            .is_some_and(|c| !message::recipients(&c).is_empty()))
     }
 
     /// Renders and stores the message, if the chain record and the contact allow it yet.
@@ -624,7 +644,11 @@ impl Notifier {
             .store
             .access(&notice.access_id)?
             .ok_or_else(|| anyhow::anyhow!("no access record"))?;
-        let Some(contact) = self.contact(&notice)? else {
+        // a contact whose addresses' and delegates' periods all ended since is none
+        let Some(contact) = self
+            .contact(&notice)?
+            .filter(|c| !message::recipients(c).is_empty())
+        else {
             tracing::warn!(access = %notice.access_id, "notice: the directory has no contact for the patient; nobody is notified");
             notice.state = NoticeState::NoContact { at: now };
             self.save(notice, fence).await?;
@@ -1137,6 +1161,8 @@ mod tests {
                 relationship: None,
                 email: "ana@example.org".into(),
             }),
+            emails: Vec::new(),
+            delegates: Vec::new(),
         };
         assert_eq!(recipients(&both), vec![("Ana@Example.org", Whom::Patient)]);
     }
@@ -1199,6 +1225,8 @@ mod tests {
             email: Some("ana@example.org".into()),
             language,
             delegate: None,
+            emails: Vec::new(),
+            delegates: Vec::new(),
         };
         message::render(
             &Templates::new().unwrap(),
@@ -1426,12 +1454,38 @@ mod tests {
             notifier.reopen_reachable(now).await.is_empty(),
             "no contact yet"
         );
-        write(Batch {
-            contacts: vec![(closed.patient, Some(b"sealed".to_vec()))],
-            ..Batch::default()
-        })
-        .await
-        .unwrap();
+        let contact = |until: &[&str]| {
+            let contact = Contact {
+                name: None,
+                email: Some("ana@example.org".into()),
+                language: Language::En,
+                delegate: None,
+                emails: vec![crate::domain::Dated {
+                    value: "ana@example.org".into(),
+                    until: until.iter().map(|u| u.to_string()).collect(),
+                }],
+                delegates: Vec::new(),
+            };
+            let sealed = notifier
+                .keyring
+                .seal(
+                    &crate::seal::names::contact(&closed.patient),
+                    &serde_json::to_vec(&contact).unwrap(),
+                )
+                .unwrap();
+            Batch {
+                contacts: vec![(closed.patient, Some(sealed))],
+                ..Batch::default()
+            }
+        };
+        // a contact whose only address was given up since: nobody to tell still (opened, it
+        // would close again, and open again at every check)
+        write(contact(&["2020-01-01"])).await.unwrap();
+        assert!(
+            notifier.reopen_reachable(now).await.is_empty(),
+            "nobody reached"
+        );
+        write(contact(&[])).await.unwrap();
         let lease = lease_name(&id);
         t.coordination
             .lease(&lease, "another-replica", 60_000)
@@ -1633,6 +1687,8 @@ mod tests {
                 relationship: None,
                 email: "guardian@example.org".into(),
             }),
+            emails: Vec::new(),
+            delegates: Vec::new(),
         };
         let mut rendered = rendered(&t.settings);
         rendered.to = vec!["guardian@example.org".into()];
@@ -1669,6 +1725,75 @@ mod tests {
             vec![message::Whom::Delegate, message::Whom::Patient]
         );
         assert!(notice.waits_on(1) && !notice.waits_on(0));
+    }
+
+    /// A delegate whose period ended after the directory was imported (a guardianship ended)
+    /// is not sent a notice's retry, and the contact named next in their place is: who is told
+    /// is judged when the notice goes, from the periods the import kept.
+    #[tokio::test]
+    async fn a_delegate_whose_period_ended_since_the_import_is_not_told() {
+        let t = on_redis().await;
+        let delegate = |email: &str, relationship: &str| crate::domain::Delegate {
+            name: None,
+            relationship: Some(relationship.into()),
+            email: email.into(),
+        };
+        fn dated<T>(value: T, until: &[&str]) -> crate::domain::Dated<T> {
+            crate::domain::Dated {
+                value,
+                until: until.iter().map(|u| u.to_string()).collect(),
+            }
+        }
+        // as imported in 2019: the guardian then, until the end of 2020
+        let contact = Contact {
+            name: None,
+            email: Some("ana@example.org".into()),
+            language: Language::En,
+            delegate: Some(delegate("guardian@example.org", "guardian")),
+            emails: vec![dated("ana@example.org".to_string(), &[])],
+            delegates: vec![
+                dated(
+                    delegate("guardian@example.org", "guardian"),
+                    &["2020-12-31"],
+                ),
+                dated(delegate("kin@example.org", "next of kin"), &[]),
+            ],
+        };
+        let mut notice = t.notice.clone();
+        let sealed = t
+            .notifier
+            .keyring
+            .seal(
+                &crate::seal::names::contact(&notice.patient),
+                &serde_json::to_vec(&contact).unwrap(),
+            )
+            .unwrap();
+        apply_async(
+            &t.store,
+            Batch {
+                contacts: vec![(notice.patient, Some(sealed))],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut rendered = rendered(&t.settings);
+        rendered.to = vec!["ana@example.org".into(), "guardian@example.org".into()];
+        rendered.whose = vec![message::Whom::Patient, message::Whom::Delegate];
+        let now = t
+            .notifier
+            .follow_directory(&mut notice, &mut rendered)
+            .unwrap()
+            .expect("the contact is read");
+        assert_eq!(
+            now.delegate.map(|d| d.email).as_deref(),
+            Some("kin@example.org")
+        );
+        assert_eq!(
+            rendered.to,
+            vec!["ana@example.org", "guardian@example.org", "kin@example.org"]
+        );
+        assert!(notice.waits_on(0) && !notice.waits_on(1) && notice.waits_on(2));
     }
 
     async fn written(store: &Arc<dyn Store>, n: &Notice) {
