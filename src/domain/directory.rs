@@ -97,21 +97,25 @@ impl Contact {
     /// ended since, or an address given up since, is not told. A contact sealed before these
     /// lists were kept stands as it is.
     pub fn current(mut self, today: &str) -> Contact {
-        if !self.emails.is_empty() {
-            self.email = self
-                .emails
-                .iter()
-                .find(|e| e.holds(today))
-                .map(|e| e.value.clone());
+        if let Some(email) = Dated::first_holding(&self.emails, today) {
+            self.email = email;
         }
-        if !self.delegates.is_empty() {
-            self.delegate = self
-                .delegates
-                .iter()
-                .find(|d| d.holds(today))
-                .map(|d| d.value.clone());
+        if let Some(delegate) = Dated::first_holding(&self.delegates, today) {
+            self.delegate = delegate;
         }
         self
+    }
+}
+
+impl<T: Clone> Dated<T> {
+    /// Of `list`, the first that holds on `today` (`Some(None)`: none does); `None` for an
+    /// empty list (nothing kept: what was chosen at the import stands).
+    fn first_holding(list: &[Dated<T>], today: &str) -> Option<Option<T>> {
+        (!list.is_empty()).then(|| {
+            list.iter()
+                .find(|d| d.holds(today))
+                .map(|d| d.value.clone())
+        })
     }
 }
 
