@@ -201,6 +201,54 @@ async fn a_hung_redis_is_refused_within_seconds_and_the_service_resumes_with_it(
     withheld_token_revoked(store, withheld).await;
 }
 
+/// A refusal's audit entry is waited on no longer than a grant's write: with Redis hung, a
+/// request the policies refuse is answered in its own words within ~5 s (on Redis the writer's
+/// `WRITE_TIMEOUT` and the refusal's `WRITE_WAIT` are both 5 s: this shows the answer, not which
+/// of the two gave it), not held nor answered as the store's failure; its entry lands when the
+/// server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_answered_in_its_own_words_while_redis_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let url = redis.url();
+    let env = setup(|s| s.data.redis_url = Some(url)).await;
+    let key = provider(&env.demo, "nurse")["private_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // a patient who opted out, read once (kept in the replica's memory from then on)
+    let opted_out = patient(&env.demo, false);
+    let (status, _) = post(&env.app, &signed(&key, opted_out, &["allergies"], 1, now())).await;
+    assert_eq!(status, 403);
+
+    redis.pause();
+    let (addr, body) = (
+        env.app.api_addr,
+        signed(&key, opted_out, &["allergies"], 2, now()),
+    );
+    let ((status, refused), waited) =
+        timed(move || async move { post_at(addr, &body).await }).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (403, Some("patient-opted-out")),
+        "{refused}"
+    );
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(8),
+        "refusal answered after {waited:?}: its entry is waited on for 5 s"
+    );
+    redis.resume();
+    eventually("both refusals in the audit log", SECS, async || {
+        let entries = env.app.store.audit_entries(1, 100).ok()?;
+        let refusals = entries
+            .iter()
+            .filter(|e| e.event.get().contains("patient-opted-out"))
+            .count();
+        (refusals == 2).then_some(())
+    })
+    .await;
+}
+
 /// A grant whose write answered an error that landed all the same (acknowledged by fewer of
 /// Redis's replicas than `data.redis_wait_replicas` asks: the primary has it): the clinician
 /// is refused 503 `audit-unavailable`, no token issued, and the access, on record as any
