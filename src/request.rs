@@ -140,8 +140,10 @@ struct Fields {
 /// Whether a reason reads as what it says, to the patient's notice and the reviewer: at least
 /// one letter or digit (one of zero-width or invisible characters alone says nothing), no
 /// control character but a line break (of any kind) or tab, no bidirectional override,
-/// embedding or isolate (which reorder the text as shown: U+202A-U+202E, U+2066-U+2069), and no
-/// tag character (invisible text: U+E0000-U+E007F).
+/// embedding or isolate (which reorder the text as shown: U+202A-U+202E, U+2066-U+2069), no
+/// tag character (invisible text: U+E0000-U+E007F), no variation selector but right after a
+/// character shown (an emoji's form, an ideograph's variant: a run of them carries hidden text, a
+/// byte each), and no more than two characters shown as nothing in a row.
 fn readable_reason(r: &str) -> Result<(), RequestError> {
     if !r.chars().any(char::is_alphanumeric) {
         return Err(malformed(
@@ -159,7 +161,57 @@ fn readable_reason(r: &str) -> Result<(), RequestError> {
             u32::from(c)
         )));
     }
+    // characters shown as nothing can carry hidden text in runs (a byte a variation
+    // selector, a bit a zero-width space): a variation selector only right after a character
+    // that is shown (an emoji's, an ideograph's variant), and no more than two shown as
+    // nothing in a row (an emoji's selector then its joiner)
+    let mut before: Option<char> = None;
+    let mut unseen = 0;
+    for c in r.chars() {
+        if variation_selector(c) && before.is_none_or(|b| shown_as_nothing(b) || b.is_whitespace())
+        {
+            return Err(malformed(format!(
+                "reason must not hold a variation selector that follows no character it varies (U+{:04X})",
+                u32::from(c)
+            )));
+        }
+        unseen = if shown_as_nothing(c) { unseen + 1 } else { 0 };
+        if unseen > 2 {
+            return Err(malformed(format!(
+                "reason must not hold runs of characters shown as nothing (U+{:04X})",
+                u32::from(c)
+            )));
+        }
+        before = Some(c);
+    }
     Ok(())
+}
+
+/// Variation selectors: an emoji's text or picture form, a CJK ideograph's variant.
+fn variation_selector(c: char) -> bool {
+    matches!(c, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' | '\u{180B}'..='\u{180D}' | '\u{180F}')
+}
+
+/// Characters a reason may hold that are shown as nothing: variation selectors, zero-width
+/// spaces, joiners and marks, the soft hyphen, invisible operators, fillers.
+fn shown_as_nothing(c: char) -> bool {
+    variation_selector(c)
+        || matches!(
+            c,
+            '\u{AD}'
+                | '\u{34F}'
+                | '\u{61C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{206A}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{1D173}'..='\u{1D17A}'
+        )
 }
 
 fn malformed(msg: impl Into<String>) -> RequestError {

@@ -129,6 +129,10 @@ fn a_good_request_verifies_with_every_field() {
         "意識不明",
         "فاقد الوعي",
         "9 / 10 pain 👩\u{200D}⚕️",
+        // an emoji's selector then its joiner; an ideograph's variant; a keycap
+        "rainbow flag tattoo 🏳\u{FE0F}\u{200D}🌈",
+        "葛\u{E0100}城 family name",
+        "GCS 1\u{FE0F}\u{20E3}",
     ] {
         let m = with_field("reason", Value::Utf8(reason.into()));
         assert_eq!(check(&body(signed(&m))).unwrap().reason, reason);
@@ -272,6 +276,22 @@ fn bad_input_catalogue() {
         (
             "reason with hidden text",
             with_field("reason", Value::Utf8("fall \u{E0069}\u{E0067}".into())),
+        ),
+        // a byte a variation selector, a bit a zero-width space: hidden text in runs
+        (
+            "reason with text hidden in variation selectors",
+            with_field(
+                "reason",
+                Value::Utf8(format!("fall{}", "\u{E0100}\u{E0148}".repeat(8))),
+            ),
+        ),
+        (
+            "reason with a variation selector after a space",
+            with_field("reason", Value::Utf8("fall \u{FE0F}".into())),
+        ),
+        (
+            "reason with text hidden in zero-width characters",
+            with_field("reason", Value::Utf8("fa\u{200B}\u{200C}\u{200B}ll".into())),
         ),
         ("negative nonce", with_field("nonce", Value::Int(-1))),
         (
