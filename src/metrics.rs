@@ -46,6 +46,9 @@ pub struct Gauges {
     pub submitter_lease_held: bool,
     /// Operations and notices still open, in the store (`None`: it did not answer).
     pub open: Option<(u64, u64)>,
+    /// Notices closed with nobody to tell (no contact on file), in the store (`None`: it did
+    /// not answer).
+    pub uncontacted: Option<u64>,
     /// Audit log entries whose grants' chain records and notices are not made yet
     /// (`access::follow_up`; `None`: the store did not answer).
     pub follow_up_behind: Option<u64>,
@@ -89,6 +92,7 @@ pub struct Metrics {
     submitter_lease_held: Gauge,
     chain_records_open: Gauge,
     notices_open: Gauge,
+    notices_uncontacted: Gauge,
     follow_up_behind: Gauge,
 }
 
@@ -120,6 +124,7 @@ impl Metrics {
             submitter_lease_held: Gauge::default(),
             chain_records_open: Gauge::default(),
             notices_open: Gauge::default(),
+            notices_uncontacted: Gauge::default(),
             follow_up_behind: Gauge::default(),
             registry: Registry::default(),
         };
@@ -210,6 +215,11 @@ impl Metrics {
             m.notices_open.clone(),
         );
         registry.register(
+            "notices_uncontacted",
+            "Patient notices with nobody to tell (no contact on file, or none still current): each goes out once the patient's contact is imported",
+            m.notices_uncontacted.clone(),
+        );
+        registry.register(
             "follow_up_behind_entries",
             "Audit log entries not yet read by the grants' follow-up, which makes each grant's chain record and patient notice (a few while grants come; growing: it is stopped)",
             m.follow_up_behind.clone(),
@@ -267,6 +277,9 @@ impl Metrics {
         if let Some((records, notices)) = gauges.open {
             self.chain_records_open.set(g(records));
             self.notices_open.set(g(notices));
+        }
+        if let Some(n) = gauges.uncontacted {
+            self.notices_uncontacted.set(g(n));
         }
         if let Some(behind) = gauges.follow_up_behind {
             self.follow_up_behind.set(g(behind));

@@ -79,10 +79,11 @@ async fn metrics(health: web::Data<Health>) -> HttpResponse {
     let store = health.store.clone();
     let counts = web::block(move || {
         let open = store.open_counts()?;
+        let uncontacted = store.uncontacted_count()?;
         // the log's entries the grants' follow-up has not read yet
         let head = store.audit_head()?.map_or(0, |h| h.seq);
         let behind = head.saturating_sub(store.followed()?.unwrap_or(0));
-        Ok::<_, crate::store::StoreError>((open, behind))
+        Ok::<_, crate::store::StoreError>((open, uncontacted, behind))
     })
     .await
     .map_err(|e| e.to_string())
@@ -281,7 +282,7 @@ async fn new_block(
 /// The gauges `/metrics` shows, read now from the paging sources, the follower and the
 /// submitter, with the store's counts (read by the caller): the open operations and notices,
 /// and the log's entries the grants' follow-up has not read.
-fn gauges(health: &Health, counts: Option<((u64, u64), u64)>, now: u64) -> Gauges {
+fn gauges(health: &Health, counts: Option<((u64, u64), u64, u64)>, now: u64) -> Gauges {
     let (oncall, follower) = (&health.oncall, &health.follower);
     Gauges {
         syncs: oncall
@@ -306,7 +307,8 @@ fn gauges(health: &Health, counts: Option<((u64, u64), u64)>, now: u64) -> Gauge
             .pushes_not_on_chain
             .load(std::sync::atomic::Ordering::SeqCst),
         submitter_lease_held: health.submitter.holds_lease(),
-        open: counts.map(|(open, _)| open),
-        follow_up_behind: counts.map(|(_, behind)| behind),
+        open: counts.map(|(open, _, _)| open),
+        uncontacted: counts.map(|(_, uncontacted, _)| uncontacted),
+        follow_up_behind: counts.map(|(_, _, behind)| behind),
     }
 }

@@ -814,6 +814,9 @@ pub trait Store: Send + Sync + 'static {
     /// The notices closed with nobody to tell (`NoticeState::NoContact`), read through an
     /// index of them.
     fn uncontacted_notices(&self) -> Result<Vec<Notice>, StoreError>;
+    /// How many notices are closed with nobody to tell, as their index names them (for
+    /// operators).
+    fn uncontacted_count(&self) -> Result<u64, StoreError>;
     /// Which of `patients` have a contact, in their order (read at once, not opened).
     fn have_contacts(&self, patients: &[PatientId]) -> Result<Vec<bool>, StoreError>;
     /// How many operations and notices are open, as their indexes name them (for operators: an

@@ -360,6 +360,11 @@ macro_rules! typed_reads {
             )
         }
 
+        fn uncontacted_count(&self) -> Result<u64, StoreError> {
+            self.open_indexed()?;
+            self.count(UNCONTACTED)
+        }
+
         fn have_contacts(&self, patients: &[PatientId]) -> Result<Vec<bool>, StoreError> {
             let keys: Vec<String> = patients.iter().map(ToString::to_string).collect();
             Ok(self

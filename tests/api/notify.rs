@@ -634,6 +634,9 @@ async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
     assert_eq!(listed[0]["access_id"], id.as_str());
     assert_eq!(listed[0]["patient"], pid.as_str());
     assert!(received(&mail).is_empty());
+    // operators see how many patients nobody could tell
+    let m = Scrape::of(&env.app).await;
+    assert_eq!(m.value("breakglass_notices_uncontacted"), 1.0);
     let (status, _) = reqwest::Client::new()
         .get(format!("http://{}/v1/admin/notices", env.app.api_addr))
         .send()
@@ -668,6 +671,12 @@ async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
     assert_eq!(got.len(), 1, "one message");
     assert_eq!(got[0].0["to"], json!(["late@example.org"]));
     assert!(notices(&env.app, "no_contact").await.is_empty());
+    assert_eq!(
+        Scrape::of(&env.app)
+            .await
+            .value("breakglass_notices_uncontacted"),
+        0.0
+    );
     // the audit trail has both: nobody to tell, then the notice sent
     let trail = env.app.store.audit_of(&id.parse().unwrap()).unwrap();
     let states: Vec<String> = trail
