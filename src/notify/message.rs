@@ -240,6 +240,9 @@ pub struct NoticeSettings<'a> {
     pub from: &'a str,
     pub explorer_tx_url: Option<&'a str>,
     pub contest: &'a str,
+    /// Whether the notice comes late: nobody could be told at first, and the patient's
+    /// contact was imported since (`Notice::reopened`). The message says so.
+    pub late: bool,
 }
 
 /// The notice of `access` for `contact`.
@@ -268,6 +271,7 @@ pub fn render(
         txid => proof.txid(),
         explorer_url => proof.txid().and_then(|t| settings.explorer_tx_url.map(|u| u.replace("{txid}", t))),
         contest => settings.contest,
+        late => settings.late,
     };
     let code = lang.code();
     let subject = templates.render(&format!("notice.{code}.subject"), &ctx)?;

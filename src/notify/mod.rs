@@ -668,6 +668,7 @@ impl Notifier {
                 from: &self.settings.from,
                 explorer_tx_url: self.settings.explorer_tx_url.as_deref(),
                 contest: &self.settings.contest,
+                late: notice.reopened.is_some(),
             },
             &access,
             &reason,
@@ -1234,6 +1235,7 @@ mod tests {
                 from: &settings.notify.from,
                 explorer_tx_url,
                 contest: "call us",
+                late: false,
             },
             &access(vec![DataType::Allergies]),
             "unresponsive",
@@ -1308,6 +1310,49 @@ mod tests {
                 assert!(part.contains(not_recorded), "{part}");
                 assert!(!part.contains(by_tx) && !part.contains(by_id), "{part}");
                 assert!(!part.contains("explorer.example"), "{part}");
+            }
+        }
+    }
+
+    /// A notice that comes late (nobody could be told at first; the patient's contact was
+    /// imported since) says why, in both languages and both parts; one on time does not.
+    #[test]
+    fn a_late_notice_says_why_it_is_late() {
+        let settings = Settings::default();
+        for (language, why) in [
+            (Language::En, "We could not reach you when it happened"),
+            (Language::Es, "No pudimos contactarle cuando ocurrió"),
+        ] {
+            let contact = Contact {
+                name: None,
+                email: Some("ana@example.org".into()),
+                language,
+                delegate: None,
+                emails: Vec::new(),
+                delegates: Vec::new(),
+            };
+            for late in [true, false] {
+                let raw = message::render(
+                    &Templates::new().unwrap(),
+                    &NoticeSettings {
+                        from: &settings.notify.from,
+                        explorer_tx_url: None,
+                        contest: "call us",
+                        late,
+                    },
+                    &access(vec![DataType::Allergies]),
+                    "unresponsive",
+                    None,
+                    &contact,
+                    &Proof::AccessId,
+                )
+                .unwrap()
+                .raw;
+                let mail = mailparse::parse_mail(&raw).unwrap();
+                for part in &mail.subparts {
+                    let body = part.get_body().unwrap();
+                    assert_eq!(body.contains(why), late, "{body}");
+                }
             }
         }
     }

@@ -670,6 +670,11 @@ async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
     let got = received(&mail);
     assert_eq!(got.len(), 1, "one message");
     assert_eq!(got[0].0["to"], json!(["late@example.org"]));
+    let (text, _) = text_parts(&got[0].1);
+    assert!(
+        text.contains("We could not reach you when it happened"),
+        "{text}"
+    );
     assert!(notices(&env.app, "no_contact").await.is_empty());
     assert_eq!(
         Scrape::of(&env.app)
