@@ -166,15 +166,13 @@ impl Notifier {
         let mut tick = tokio::time::interval(Duration::from_millis(self.settings.poll_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut scanned = std::time::Instant::now();
-        // at start, then every RECHECK_UNCONTACTED_SECS and after each import of contacts
-        let mut rechecked: Option<std::time::Instant> = None;
+        let (reopened, mut opened) = mpsc::unbounded_channel();
+        let recheck = tokio::spawn(self.clone().recheck(reopened, shutdown.clone()));
         loop {
             tokio::select! {
-                () = self.contacts.notified() => rechecked = None,
                 _ = tick.tick() => {
-                    if rechecked.is_none_or(|at| at.elapsed() >= Duration::from_secs(RECHECK_UNCONTACTED_SECS)) {
-                        due.extend(self.reopen_reachable(now_secs()).await);
-                        rechecked = Some(std::time::Instant::now());
+                    while let Ok(n) = opened.try_recv() {
+                        due.insert(n);
                     }
                     while let Ok(n) = new.try_recv() {
                         due.insert(n);
@@ -205,16 +203,40 @@ impl Notifier {
                 _ = shutdown.changed() => break,
             }
         }
+        // (a notice it was opening is opened or not: its lease lapses either way)
+        recheck.abort();
     }
 
-    /// The notices closed with nobody to tell (`NoticeState::NoContact`) whose patient has a
-    /// contact now (imported since), opened again, due at once: the patient is told after all,
-    /// of an access however old (the message says when it was). Each is opened under its lease
-    /// and only if the store still has it closed so (another replica may have opened it, and
-    /// sent it since); its audit entry `no-contact` stays, and the one its outcome adds follows
-    /// it. Those that could not be read or written are tried again at the next check.
+    /// Looks at the notices closed with nobody to tell (`reopen_reachable`) at start, every
+    /// `RECHECK_UNCONTACTED_SECS` and after each import of contacts, in a task of its own (a
+    /// bulk import's many notices do not hold back the notices due), handing those opened again
+    /// to the notifier's loop on `opened`.
+    async fn recheck(
+        self: Arc<Self>,
+        opened: mpsc::UnboundedSender<(u64, AccessId)>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            for due in self.reopen_reachable(now_secs()).await {
+                let _ = opened.send(due);
+            }
+            tokio::select! {
+                () = self.contacts.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(RECHECK_UNCONTACTED_SECS)) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    /// The notices closed with nobody to tell (`NoticeState::NoContact`) whose patient the
+    /// directory reaches now (a contact imported since), opened again, due at once: the patient
+    /// is told after all, of an access however old (the message says when it was, and why it
+    /// comes late). The index names each notice's patient: the directory is read for those
+    /// patients at once, and each contact found opened once (not each notice's, nor any
+    /// notice of a patient without one). Those that could not be read or written are tried
+    /// again at the next check.
     async fn reopen_reachable(&self, now: u64) -> Vec<(u64, AccessId)> {
-        let closed = match self.store.uncontacted_notices() {
+        let closed = match self.store.uncontacted() {
             Ok(closed) if closed.is_empty() => return Vec::new(),
             Ok(closed) => closed,
             Err(e) => {
@@ -222,56 +244,74 @@ impl Notifier {
                 return Vec::new();
             }
         };
-        let patients: Vec<_> = closed.iter().map(|n| n.patient).collect();
-        let reachable = match self.store.have_contacts(&patients) {
-            Ok(reachable) => reachable,
+        let patients: Vec<_> = closed
+            .iter()
+            .map(|(_, p)| *p)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let present = match self.store.have_contacts(&patients) {
+            Ok(present) => present,
             Err(e) => {
                 tracing::warn!(error = %e, "notices: could not read the directory for those with nobody to tell; read again later");
                 return Vec::new();
             }
         };
-        let mut opened = Vec::new();
-        for notice in closed
+        // one whose addresses all ended would close again at once, and open again here at
+        // every check: only a contact that reaches someone today opens them
+        let reached: std::collections::HashSet<_> = patients
             .into_iter()
-            .zip(reachable)
-            .filter_map(|(n, yes)| yes.then_some(n))
-        {
-            let id = notice.access_id;
-            // one whose addresses all ended would close again at once, and open again here at
-            // every check
-            match self.reaches(&notice) {
-                Ok(true) => {}
-                Ok(false) => continue,
+            .zip(present)
+            .filter(|(_, present)| *present)
+            .filter(|(patient, _)| match self.reaches(patient) {
+                Ok(reaches) => reaches,
                 Err(e) => {
-                    tracing::warn!(access = %id, error = %e, "notice: the patient's contact could not be read to open it again; tried again later");
-                    continue;
+                    tracing::warn!(error = %e, "notices: a patient's contact could not be read to open their notices again; tried again later");
+                    false
                 }
+            })
+            .map(|(patient, _)| patient)
+            .collect();
+        let mut opened = Vec::new();
+        for (id, patient) in closed {
+            if reached.contains(&patient) && self.reopen(&id, now).await {
+                opened.push((now, id));
             }
-            let Ok(fence) = self.lease(&id, now).await else {
-                continue;
-            };
-            match self.store.notice(&id) {
-                Ok(Some(mut notice)) if matches!(notice.state, NoticeState::NoContact { .. }) => {
-                    notice.state = NoticeState::Pending;
-                    notice.reopened = Some(now);
-                    notice.next_at = now;
-                    match self.save(notice, fence.as_ref()).await {
-                        Ok(()) => {
-                            tracing::info!(access = %id, "notice: the patient has a contact now; the notice goes out after all");
-                            opened.push((now, id));
-                        }
-                        Err(e) => {
-                            tracing::warn!(access = %id, error = %e, "notice: could not be opened again for the patient's new contact; tried again later");
-                        }
+        }
+        opened
+    }
+
+    /// Opens the notice of access `id` again, due at once, under its lease and only if the
+    /// store still has it closed with nobody to tell (another replica may have opened it, and
+    /// sent it, since this one read the index); its audit entry `no-contact` stays, and the one
+    /// its outcome adds follows it. Whether it did.
+    async fn reopen(&self, id: &AccessId, now: u64) -> bool {
+        let Ok(fence) = self.lease(id, now).await else {
+            return false;
+        };
+        let opened = match self.store.notice(id) {
+            Ok(Some(mut notice)) if matches!(notice.state, NoticeState::NoContact { .. }) => {
+                notice.state = NoticeState::Pending;
+                notice.reopened = Some(now);
+                notice.next_at = now;
+                match self.save(notice, fence.as_ref()).await {
+                    Ok(()) => {
+                        tracing::info!(access = %id, "notice: the patient has a contact now; the notice goes out after all");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(access = %id, error = %e, "notice: could not be opened again for the patient's new contact; tried again later");
+                        false
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(access = %id, error = %e, "notice: could not be read to open it again; tried again later");
-                }
             }
-            self.let_go(&id).await;
-        }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(access = %id, error = %e, "notice: could not be read to open it again; tried again later");
+                false
+            }
+        };
+        self.let_go(id).await;
         opened
     }
 
@@ -532,7 +572,9 @@ impl Notifier {
 
     /// A notice that could not advance (its access, contact or message could not be read or
     /// rendered): tried again in 5 s, and dead-lettered, where operators see it, once it has
-    /// been stuck for the retry period (from its first attempt, or from when it was due).
+    /// been stuck for the retry period (from its first attempt, or from when it was due, or
+    /// opened again: a notice of an old access opened for a contact imported since is not
+    /// dead-lettered by its first failed read).
     async fn stuck(
         &self,
         mut notice: Notice,
@@ -540,7 +582,11 @@ impl Notifier {
         fence: Option<&crate::store::Fence>,
     ) -> Option<u64> {
         let hours = self.settings.give_up_after_hours;
-        let since = notice.first_attempt_at.unwrap_or(notice.due_at);
+        let since = notice.first_attempt_at.unwrap_or(
+            notice
+                .reopened
+                .map_or(notice.due_at, |at| at.max(notice.due_at)),
+        );
         if now < since.saturating_add(hours * 3600) {
             return Some(now + 5);
         }
@@ -597,22 +643,27 @@ impl Notifier {
     /// The patient's contact as it stands today (`Contact::current`: an address or a delegate
     /// whose period ended since the import is not named), if the directory has one.
     fn contact(&self, notice: &Notice) -> anyhow::Result<Option<Contact>> {
-        let Some(sealed) = self.store.contact(&notice.patient)? else {
+        self.contact_of(&notice.patient)
+    }
+
+    /// `patient`'s contact as it stands today (`contact`).
+    fn contact_of(&self, patient: &crate::domain::PatientId) -> anyhow::Result<Option<Contact>> {
+        let Some(sealed) = self.store.contact(patient)? else {
             return Ok(None);
         };
         let plain = self
             .keyring
-            .open(&crate::seal::names::contact(&notice.patient), &sealed)?;
+            .open(&crate::seal::names::contact(patient), &sealed)?;
         let contact: Contact =
             serde_json::from_slice(&plain).map_err(|e| undecodable("the patient's contact", &e))?;
         Ok(Some(contact.current(&crate::directory::today())))
     }
 
-    /// Whether the directory reaches the patient of `notice` today: a contact that names an
-    /// address still theirs, or a delegate still one.
-    fn reaches(&self, notice: &Notice) -> anyhow::Result<bool> {
+    /// Whether the directory reaches `patient` today: a contact that names an address still
+    /// theirs, or a delegate still one.
+    fn reaches(&self, patient: &crate::domain::PatientId) -> anyhow::Result<bool> {
         Ok(self
-            .contact(notice)?
+            .contact_of(patient)?
             .is_some_and(|c| !message::recipients(&c).is_empty()))
     }
 
@@ -901,6 +952,15 @@ impl Notifier {
                     (Some(r), Some(w)) => Some(format!("{r}; {w}")),
                     (r, w) => r.or(w),
                 };
+            }
+            Err(SendError::Permanent(_))
+                if notice.delivered.is_empty() && notice.refused.is_empty() =>
+            {
+                // nobody refused it: the directory names nobody it can go to any more (an
+                // address given up, a guardianship ended since it was made), as for a notice
+                // never made: closed with nobody to tell, and sent once a contact reaches someone
+                tracing::warn!(access = %notice.access_id, "notice: the directory no longer names anyone to tell; nobody is notified until it does");
+                notice.state = NoticeState::NoContact { at: now };
             }
             Err(SendError::Permanent(reason)) => {
                 tracing::error!(access = %notice.access_id, %reason, "notice refused for good: dead-lettered");
@@ -1550,7 +1610,7 @@ mod tests {
         let opened = store.notice(&id).unwrap().unwrap();
         assert!(opened.is_open());
         assert_eq!((opened.reopened, opened.next_at), (Some(now), now));
-        assert!(store.uncontacted_notices().unwrap().is_empty());
+        assert!(store.uncontacted().unwrap().is_empty());
         let other = Notifier::new(
             &t.settings,
             store.clone(),
@@ -1559,7 +1619,19 @@ mod tests {
         )
         .unwrap();
         assert!(other.reopen_reachable(now + 1).await.is_empty());
-        assert_eq!(store.notice(&id).unwrap(), Some(opened));
+        assert_eq!(store.notice(&id).unwrap(), Some(opened.clone()));
+        // a replica that read the index before the first opened it (and sent it since) opens
+        // nothing under the lease: the store no longer has it closed so
+        let mut sent = opened;
+        sent.state = NoticeState::Sent { at: now };
+        write(Batch {
+            notices: vec![sent.clone()],
+            ..Batch::default()
+        })
+        .await
+        .unwrap();
+        assert!(!other.reopen(&id, now + 2).await);
+        assert_eq!(store.notice(&id).unwrap(), Some(sent));
     }
 
     /// Replicas on Redis: a replica that took a notice's lease, then was paused past it (a
@@ -1770,6 +1842,82 @@ mod tests {
             vec![message::Whom::Delegate, message::Whom::Patient]
         );
         assert!(notice.waits_on(1) && !notice.waits_on(0));
+    }
+
+    /// A notice made for an address the directory no longer names (given up since), with
+    /// nobody else to tell, is closed with nobody to tell (and indexed, to go out once a
+    /// contact reaches someone), not dead-lettered as if refused.
+    #[tokio::test]
+    async fn a_notice_whose_every_address_ended_has_nobody_to_tell() {
+        let t = on_redis().await;
+        let id = t.notice.access_id;
+        let contact = Contact {
+            name: None,
+            email: Some("ana@example.org".into()),
+            language: Language::En,
+            delegate: None,
+            emails: vec![crate::domain::Dated {
+                value: "ana@example.org".into(),
+                until: vec!["2020-01-01".into()],
+            }],
+            delegates: Vec::new(),
+        };
+        let sealed = t
+            .notifier
+            .keyring
+            .seal(
+                &crate::seal::names::contact(&t.notice.patient),
+                &serde_json::to_vec(&contact).unwrap(),
+            )
+            .unwrap();
+        apply_async(
+            &t.store,
+            Batch {
+                contacts: vec![(t.notice.patient, Some(sealed))],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+        let next = t.notifier.step_held(&id, now_secs(), None).await;
+        assert_eq!(next, None, "closed");
+        let closed = t.store.notice(&id).unwrap().unwrap();
+        assert!(
+            matches!(closed.state, NoticeState::NoContact { .. }),
+            "{closed:?}"
+        );
+        assert_eq!(t.store.uncontacted().unwrap(), vec![(id, t.notice.patient)]);
+        assert!(outbox(&t.settings.data.dir).is_empty());
+    }
+
+    /// A notice of an old access opened again (its patient's contact imported since) that
+    /// cannot be prepared at once (a read that failed) is tried again, not dead-lettered: its
+    /// retry period runs from when it was opened, not from when it was due months ago.
+    #[tokio::test]
+    async fn a_notice_opened_again_is_not_dead_lettered_by_its_first_failure() {
+        let t = on_redis().await;
+        let now = now_secs();
+        let mut notice = t.notice.clone();
+        notice.due_at = now - 90 * 24 * 3600;
+        notice.next_at = now;
+        notice.reopened = Some(now);
+        assert_eq!(
+            t.notifier.stuck(notice.clone(), now, None).await,
+            Some(now + 5)
+        );
+        assert!(t
+            .store
+            .notice(&notice.access_id)
+            .unwrap()
+            .unwrap()
+            .is_open());
+        // one never closed, due as long ago: past its retry period, dead-lettered
+        notice.reopened = None;
+        assert_eq!(t.notifier.stuck(notice.clone(), now, None).await, None);
+        assert!(matches!(
+            t.store.notice(&notice.access_id).unwrap().unwrap().state,
+            NoticeState::Dead { .. }
+        ));
     }
 
     /// A delegate whose period ended after the directory was imported (a guardianship ended)

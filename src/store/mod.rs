@@ -811,9 +811,10 @@ pub trait Store: Send + Sync + 'static {
     fn notices(&self) -> Result<Vec<Notice>, StoreError>;
     /// The notices still open (`Notice::is_open`), read through an index of them.
     fn open_notices(&self) -> Result<Vec<Notice>, StoreError>;
-    /// The notices closed with nobody to tell (`NoticeState::NoContact`), read through an
-    /// index of them.
-    fn uncontacted_notices(&self) -> Result<Vec<Notice>, StoreError>;
+    /// The notices closed with nobody to tell (`NoticeState::NoContact`), as their index names
+    /// them: each access id with its patient's (the notices themselves are not read; an index
+    /// built while one was opened again may still name it, never miss one).
+    fn uncontacted(&self) -> Result<Vec<(AccessId, PatientId)>, StoreError>;
     /// How many notices are closed with nobody to tell, as their index names them (for
     /// operators).
     fn uncontacted_count(&self) -> Result<u64, StoreError>;

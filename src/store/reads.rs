@@ -350,14 +350,16 @@ macro_rules! typed_reads {
             self.indexed(OPEN_NOTICES, NOTICES, None, |_| false, Notice::is_open)
         }
 
-        fn uncontacted_notices(&self) -> Result<Vec<Notice>, StoreError> {
-            self.indexed(
-                UNCONTACTED,
-                NOTICES,
-                None,
-                |_| false,
-                |n: &Notice| matches!(n.state, NoticeState::NoContact { .. }),
-            )
+        fn uncontacted(&self) -> Result<Vec<(AccessId, PatientId)>, StoreError> {
+            self.open_indexed()?;
+            Ok(self
+                .scan(UNCONTACTED)?
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let patient = std::str::from_utf8(&v).ok()?.parse().ok()?;
+                    Some((k.parse().ok()?, patient))
+                })
+                .collect())
         }
 
         fn uncontacted_count(&self) -> Result<u64, StoreError> {
