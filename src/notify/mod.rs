@@ -1559,38 +1559,14 @@ mod tests {
             notifier.reopen_reachable(now).await.is_empty(),
             "no contact yet"
         );
-        let contact = |until: &[&str]| {
-            let contact = Contact {
-                name: None,
-                email: Some("ana@example.org".into()),
-                language: Language::En,
-                delegate: None,
-                emails: vec![crate::domain::Dated {
-                    value: "ana@example.org".into(),
-                    until: until.iter().map(|u| u.to_string()).collect(),
-                }],
-                delegates: Vec::new(),
-            };
-            let sealed = notifier
-                .keyring
-                .seal(
-                    &crate::seal::names::contact(&closed.patient),
-                    &serde_json::to_vec(&contact).unwrap(),
-                )
-                .unwrap();
-            Batch {
-                contacts: vec![(closed.patient, Some(sealed))],
-                ..Batch::default()
-            }
-        };
         // a contact whose only address was given up since: nobody to tell still (opened, it
         // would close again, and open again at every check)
-        write(contact(&["2020-01-01"])).await.unwrap();
+        contact_written(&t, &ana(&["2020-01-01"])).await;
         assert!(
             notifier.reopen_reachable(now).await.is_empty(),
             "nobody reached"
         );
-        write(contact(&[])).await.unwrap();
+        contact_written(&t, &ana(&[])).await;
         let lease = lease_name(&id);
         t.coordination
             .lease(&lease, "another-replica", 60_000)
@@ -1794,7 +1770,6 @@ mod tests {
     #[tokio::test]
     async fn a_delegates_copy_made_before_whose_is_not_taken_for_the_patients() {
         let t = on_redis().await;
-        let keyring = Keyring::from_keys(&[[7; 32]]).unwrap();
         let contact = |email: Option<&str>| Contact {
             name: None,
             email: email.map(str::to_string),
@@ -1812,26 +1787,7 @@ mod tests {
         rendered.whose = vec![];
         let mut notice = t.notice.clone();
         notice.delivered = vec![0];
-        let seal = |c: &Contact| {
-            keyring
-                .seal(
-                    &crate::seal::names::contact(&notice.patient),
-                    &serde_json::to_vec(c).unwrap(),
-                )
-                .unwrap()
-        };
-        apply_async(
-            &t.store,
-            Batch {
-                contacts: vec![(
-                    notice.patient,
-                    Some(seal(&contact(Some("ana@example.org")))),
-                )],
-                ..Batch::default()
-            },
-        )
-        .await
-        .unwrap();
+        contact_written(&t, &contact(Some("ana@example.org"))).await;
         t.notifier
             .follow_directory(&mut notice, &mut rendered)
             .unwrap()
@@ -1851,34 +1807,7 @@ mod tests {
     async fn a_notice_whose_every_address_ended_has_nobody_to_tell() {
         let t = on_redis().await;
         let id = t.notice.access_id;
-        let contact = Contact {
-            name: None,
-            email: Some("ana@example.org".into()),
-            language: Language::En,
-            delegate: None,
-            emails: vec![crate::domain::Dated {
-                value: "ana@example.org".into(),
-                until: vec!["2020-01-01".into()],
-            }],
-            delegates: Vec::new(),
-        };
-        let sealed = t
-            .notifier
-            .keyring
-            .seal(
-                &crate::seal::names::contact(&t.notice.patient),
-                &serde_json::to_vec(&contact).unwrap(),
-            )
-            .unwrap();
-        apply_async(
-            &t.store,
-            Batch {
-                contacts: vec![(t.notice.patient, Some(sealed))],
-                ..Batch::default()
-            },
-        )
-        .await
-        .unwrap();
+        contact_written(&t, &ana(&["2020-01-01"])).await;
         let next = t.notifier.step_held(&id, now_secs(), None).await;
         assert_eq!(next, None, "closed");
         let closed = t.store.notice(&id).unwrap().unwrap();
@@ -1953,23 +1882,7 @@ mod tests {
             ],
         };
         let mut notice = t.notice.clone();
-        let sealed = t
-            .notifier
-            .keyring
-            .seal(
-                &crate::seal::names::contact(&notice.patient),
-                &serde_json::to_vec(&contact).unwrap(),
-            )
-            .unwrap();
-        apply_async(
-            &t.store,
-            Batch {
-                contacts: vec![(notice.patient, Some(sealed))],
-                ..Batch::default()
-            },
-        )
-        .await
-        .unwrap();
+        contact_written(&t, &contact).await;
         let mut rendered = rendered(&t.settings);
         rendered.to = vec!["ana@example.org".into(), "guardian@example.org".into()];
         rendered.whose = vec![message::Whom::Patient, message::Whom::Delegate];
@@ -1987,6 +1900,42 @@ mod tests {
             vec!["ana@example.org", "guardian@example.org", "kin@example.org"]
         );
         assert!(notice.waits_on(0) && !notice.waits_on(1) && notice.waits_on(2));
+    }
+
+    /// Ana's contact: her address alone, held until the ends `until` (none: for good).
+    fn ana(until: &[&str]) -> Contact {
+        Contact {
+            name: None,
+            email: Some("ana@example.org".into()),
+            language: Language::En,
+            delegate: None,
+            emails: vec![crate::domain::Dated {
+                value: "ana@example.org".into(),
+                until: until.iter().map(|u| u.to_string()).collect(),
+            }],
+            delegates: Vec::new(),
+        }
+    }
+
+    /// Writes `contact` as `t`'s patient's, sealed as the directory's import seals it.
+    async fn contact_written(t: &OnRedis, contact: &Contact) {
+        let sealed = t
+            .notifier
+            .keyring
+            .seal(
+                &crate::seal::names::contact(&t.notice.patient),
+                &serde_json::to_vec(contact).unwrap(),
+            )
+            .unwrap();
+        apply_async(
+            &t.store,
+            Batch {
+                contacts: vec![(t.notice.patient, Some(sealed))],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
     }
 
     async fn written(store: &Arc<dyn Store>, n: &Notice) {

@@ -123,14 +123,19 @@ async fn access_view(env: &Env, id: &str) -> Json {
 /// The demo patient who allows emergency access, with an email contact in the directory.
 async fn patient_with_contact(env: &Env) -> String {
     let pid = patient(&env.demo, true).to_string();
+    contact_imported(env, &pid, "ana@example.org").await;
+    pid
+}
+
+/// Imports `email` (English) as the contact of patient `pid`.
+async fn contact_imported(env: &Env, pid: &str, email: &str) {
     let (status, _) = import(
         &env.app,
-        &bundle(vec![patient_resource(&pid, "ana@example.org", "en")]),
+        &bundle(vec![patient_resource(pid, email, "en")]),
         true,
     )
     .await;
     assert_eq!(status, 200);
-    pid
 }
 
 /// A patient with a contact, and an access to their record whose notice has failed
@@ -653,13 +658,7 @@ async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
 
     // the patient's contact imported later: the patient is told after all, once, of the
     // access they could not be told of (the message says when it was)
-    let (status, _) = import(
-        &env.app,
-        &bundle(vec![patient_resource(&pid, "late@example.org", "en")]),
-        true,
-    )
-    .await;
-    assert_eq!(status, 200);
+    contact_imported(&env, &pid, "late@example.org").await;
     // at once (the import tells the notifier), not at its next check of the directory (60 s)
     let a = eventually("notice sent", Duration::from_secs(30), async || {
         let a = access_view(&env, &id).await;
@@ -693,13 +692,7 @@ async fn a_patient_without_a_contact_is_recorded_and_the_gap_is_visible() {
     assert_eq!(states, ["no-contact", "sent"], "{trail:?}");
     // and nothing is sent again: a later check of the directory (another import nudges one)
     // finds nothing to open
-    let (status, _) = import(
-        &env.app,
-        &bundle(vec![patient_resource(&pid, "late@example.org", "en")]),
-        true,
-    )
-    .await;
-    assert_eq!(status, 200);
+    contact_imported(&env, &pid, "late@example.org").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(received(&mail).len(), 1);
     assert_eq!(access_view(&env, &id).await["notice"]["state"], "sent");
