@@ -141,9 +141,14 @@ struct Fields {
 /// one letter or digit (one of zero-width or invisible characters alone says nothing), no
 /// control character but a line break (of any kind) or tab, no bidirectional override,
 /// embedding or isolate (which reorder the text as shown: U+202A-U+202E, U+2066-U+2069), no
-/// tag character (invisible text: U+E0000-U+E007F), no variation selector but right after a
-/// character shown (an emoji's form, an ideograph's variant: a run of them carries hidden text, a
-/// byte each), and no more than two characters shown as nothing in a row.
+/// tag character (invisible text: U+E0000-U+E007F), no code point Unicode has not assigned,
+/// and no hidden text in the characters shown as nothing (Unicode's default-ignorable code
+/// points: variation selectors, zero-width spaces and joiners, the soft hyphen, fillers): a
+/// variation selector only right after a character it varies (an emoji's form after an emoji,
+/// an ideograph's variant after an ideograph, four of those at most, a Mongolian letter's form
+/// after a Mongolian letter), one shown as nothing only after a character shown (a direction
+/// mark anywhere), no more than two in a row (an emoji's selector then its joiner), and no
+/// more of them than a quarter of the characters shown (beyond eight).
 fn readable_reason(r: &str) -> Result<(), RequestError> {
     if !r.chars().any(char::is_alphanumeric) {
         return Err(malformed(
@@ -152,66 +157,95 @@ fn readable_reason(r: &str) -> Result<(), RequestError> {
     }
     let hidden = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{E0000}'..='\u{E007F}');
     let breaks = |c: char| matches!(c, '\n' | '\r' | '\t' | '\u{0B}' | '\u{0C}' | '\u{85}');
+    let unassigned = |c: char| {
+        icu_properties::CodePointMapData::<icu_properties::props::GeneralCategory>::new().get(c)
+            == icu_properties::props::GeneralCategory::Unassigned
+    };
     if let Some(c) = r
         .chars()
-        .find(|&c| (c.is_control() && !breaks(c)) || hidden(c))
+        .find(|&c| (c.is_control() && !breaks(c)) || hidden(c) || unassigned(c))
     {
         return Err(malformed(format!(
-            "reason must not hold control, direction or hidden characters (U+{:04X})",
+            "reason must not hold control, direction, hidden or unassigned characters (U+{:04X})",
             u32::from(c)
         )));
     }
-    // characters shown as nothing can carry hidden text in runs (a byte a variation
-    // selector, a bit a zero-width space): a variation selector only right after a character
-    // that is shown (an emoji's, an ideograph's variant), and no more than two shown as
-    // nothing in a row (an emoji's selector then its joiner)
-    let mut before: Option<char> = None;
-    let mut unseen = 0;
+    unseen_text(r).map_err(|(c, why)| {
+        malformed(format!(
+            "reason must not hold {why} (U+{:04X}): text can hide in them",
+            u32::from(c)
+        ))
+    })
+}
+
+/// How many ideographic variation selectors (U+E0100-U+E01EF: 240 of them, a byte each) a
+/// reason may hold: a name or two written with a variant of its ideograph.
+const IDEOGRAPHIC_VARIANTS_MAX: usize = 4;
+
+/// The characters shown as nothing in `r` (`readable_reason`), checked; the first that may carry
+/// hidden text, and why, if one does.
+fn unseen_text(r: &str) -> Result<(), (char, &'static str)> {
+    use icu_properties::props::{
+        Alphabetic, DefaultIgnorableCodePoint, Emoji, Ideographic, VariationSelector,
+    };
+    use icu_properties::CodePointSetData;
+    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+    let selector = CodePointSetData::new::<VariationSelector>();
+    let (emoji, ideograph) = (
+        CodePointSetData::new::<Emoji>(),
+        CodePointSetData::new::<Ideographic>(),
+    );
+    let alphabetic = CodePointSetData::new::<Alphabetic>();
+    let direction_mark = |c: char| matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}');
+    let (mut before, mut run, mut unseen, mut shown, mut variants) = (None::<char>, 0, 0, 0, 0);
     for c in r.chars() {
-        if variation_selector(c) && before.is_none_or(|b| shown_as_nothing(b) || b.is_whitespace())
-        {
-            return Err(malformed(format!(
-                "reason must not hold a variation selector that follows no character it varies (U+{:04X})",
-                u32::from(c)
-            )));
+        if !ignorable.contains(c) {
+            run = 0;
+            if !c.is_whitespace() {
+                shown += 1;
+            }
+            before = Some(c);
+            continue;
         }
-        unseen = if shown_as_nothing(c) { unseen + 1 } else { 0 };
-        if unseen > 2 {
-            return Err(malformed(format!(
-                "reason must not hold runs of characters shown as nothing (U+{:04X})",
-                u32::from(c)
-            )));
+        unseen += 1;
+        run += 1;
+        let after_shown = before.filter(|b| !b.is_whitespace() && !ignorable.contains(*b));
+        if selector.contains(c) {
+            let varies = after_shown.is_some_and(|b| match c {
+                '\u{E0100}'..='\u{E01EF}' => ideograph.contains(b),
+                '\u{FE0E}' | '\u{FE0F}' => emoji.contains(b),
+                '\u{180B}'..='\u{180F}' => ('\u{1800}'..='\u{18AF}').contains(&b),
+                _ => ideograph.contains(b) || !alphabetic.contains(b),
+            });
+            if !varies {
+                return Err((c, "a variation selector after a character it does not vary"));
+            }
+            if matches!(c, '\u{E0100}'..='\u{E01EF}') {
+                variants += 1;
+                if variants > IDEOGRAPHIC_VARIANTS_MAX {
+                    return Err((c, "more than four ideographic variation selectors"));
+                }
+            }
+        } else if !direction_mark(c) && before.is_none_or(|b| b.is_whitespace()) {
+            return Err((
+                c,
+                "a character shown as nothing that follows no character shown",
+            ));
+        }
+        if run > 2 {
+            return Err((c, "runs of characters shown as nothing"));
         }
         before = Some(c);
     }
+    if unseen > 8 + shown / 4 {
+        let last = r
+            .chars()
+            .rev()
+            .find(|c| ignorable.contains(*c))
+            .unwrap_or(' ');
+        return Err((last, "that many characters shown as nothing"));
+    }
     Ok(())
-}
-
-/// Variation selectors: an emoji's text or picture form, a CJK ideograph's variant.
-fn variation_selector(c: char) -> bool {
-    matches!(c, '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' | '\u{180B}'..='\u{180D}' | '\u{180F}')
-}
-
-/// Characters a reason may hold that are shown as nothing: variation selectors, zero-width
-/// spaces, joiners and marks, the soft hyphen, invisible operators, fillers.
-fn shown_as_nothing(c: char) -> bool {
-    variation_selector(c)
-        || matches!(
-            c,
-            '\u{AD}'
-                | '\u{34F}'
-                | '\u{61C}'
-                | '\u{115F}'
-                | '\u{1160}'
-                | '\u{180E}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{206A}'..='\u{206F}'
-                | '\u{3164}'
-                | '\u{FEFF}'
-                | '\u{FFA0}'
-                | '\u{1D173}'..='\u{1D17A}'
-        )
 }
 
 fn malformed(msg: impl Into<String>) -> RequestError {

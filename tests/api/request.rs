@@ -133,6 +133,10 @@ fn a_good_request_verifies_with_every_field() {
         "rainbow flag tattoo 🏳\u{FE0F}\u{200D}🌈",
         "葛\u{E0100}城 family name",
         "GCS 1\u{FE0F}\u{20E3}",
+        // joiners and non-joiners inside words, a skin tone
+        "بیمار می\u{200C}خواهد، بی\u{200C}هوش است",
+        "क्\u{200D}षति, बेहोश",
+        "👍\u{1F3FD} stable, 葛\u{E0100}西 and 辻\u{E0100}",
     ] {
         let m = with_field("reason", Value::Utf8(reason.into()));
         assert_eq!(check(&body(signed(&m))).unwrap().reason, reason);
@@ -290,8 +294,34 @@ fn bad_input_catalogue() {
             with_field("reason", Value::Utf8("fall \u{FE0F}".into())),
         ),
         (
+            "reason with text hidden in a variation selector a letter",
+            with_field(
+                "reason",
+                Value::Utf8("c\u{E0148}h\u{E0155}e\u{E0142}s\u{E0150}t".into()),
+            ),
+        ),
+        (
+            "reason with more ideographic variants than a name has",
+            with_field("reason", Value::Utf8("葛\u{E0100}".repeat(5))),
+        ),
+        (
             "reason with text hidden in zero-width characters",
             with_field("reason", Value::Utf8("fa\u{200B}\u{200C}\u{200B}ll".into())),
+        ),
+        (
+            "reason with text hidden in zero-width characters after spaces",
+            with_field(
+                "reason",
+                Value::Utf8(format!("fall{}", " \u{200B}\u{200C}".repeat(20))),
+            ),
+        ),
+        (
+            "reason with text hidden in zero-width characters between letters",
+            with_field("reason", Value::Utf8("f\u{200B}\u{200C}".repeat(20))),
+        ),
+        (
+            "reason with an unassigned code point",
+            with_field("reason", Value::Utf8("fall\u{E0080}".into())),
         ),
         ("negative nonce", with_field("nonce", Value::Int(-1))),
         (
