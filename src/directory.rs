@@ -60,6 +60,11 @@ fn end_of(period: Option<&Value>) -> Option<&str> {
     period.and_then(|p| p.get("end")).and_then(Value::as_str)
 }
 
+/// A FHIR `period`'s start, as given.
+fn start_of(period: Option<&Value>) -> Option<&str> {
+    period.and_then(|p| p.get("start")).and_then(Value::as_str)
+}
+
 /// Whether a FHIR `period` ended before `today` (`YYYY-MM-DD`): its `end` (a date, or a
 /// dateTime, to the year, month or day) is before today at the precision it gives.
 fn ended(period: Option<&Value>, today: &str) -> bool {
@@ -103,6 +108,10 @@ fn emails_of(telecom: Option<&Value>) -> Result<Vec<Dated<String>>, String> {
         .filter(|(_, e)| valid_email(e))
         .map(|(t, e)| Dated {
             value: e.to_string(),
+            from: start_of(t.get("period"))
+                .map(str::to_string)
+                .into_iter()
+                .collect(),
             until: end_of(t.get("period"))
                 .map(str::to_string)
                 .into_iter()
@@ -174,7 +183,7 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
             .or_else(|| c.pointer("/relationship/0/coding/0/display"))
             .and_then(Value::as_str)
             .map(str::to_string);
-        let ends = end_of(c.get("period"));
+        let (starts, ends) = (start_of(c.get("period")), end_of(c.get("period")));
         delegates.extend(emails.into_iter().map(|e| {
             Dated {
                 value: Delegate {
@@ -182,6 +191,11 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
                     relationship: relationship.clone(),
                     email: e.value,
                 },
+                from: e
+                    .from
+                    .into_iter()
+                    .chain(starts.map(str::to_string))
+                    .collect(),
                 until: e
                     .until
                     .into_iter()
@@ -565,6 +579,7 @@ mod tests {
         let (_, contact) = patient(&resource, "urn:p").unwrap();
         assert_eq!(contact.email.as_deref(), Some("work@example.org"));
         assert_eq!(contact.emails[0].until, vec!["2999-12-31".to_string()]);
+        assert_eq!(contact.emails[0].from, vec!["2020-03-02".to_string()]);
         let delegate = contact.delegate.clone().unwrap();
         assert_eq!(delegate.email, "guardian@example.org");
         assert_eq!(delegate.relationship.as_deref(), Some("guardian"));
@@ -619,6 +634,26 @@ mod tests {
         assert_eq!(on("2999-07-01"), (some("work@example.org"), kin.clone()));
         assert_eq!(on("3000-12-31"), (some("work@example.org"), kin));
         assert_eq!(on("3001-01-01"), (some("work@example.org"), None));
+        // a period that has not started yet: not told before it does
+        let mut later = contact.clone();
+        later.delegates[0].from = vec!["2999-03".into()];
+        later.emails[0].from = vec!["2999-01-15T00:00:00Z".into()];
+        let on = |day: &str| {
+            let c = later.clone().current(day);
+            (c.email, c.delegate.map(|d| d.email))
+        };
+        assert_eq!(
+            on("2999-01-14"),
+            (some("work@example.org"), some("kin@example.org"))
+        );
+        assert_eq!(
+            on("2999-01-20"),
+            (some("home@example.org"), some("kin@example.org"))
+        );
+        assert_eq!(
+            on("2999-03-01"),
+            (some("work@example.org"), some("guardian@example.org"))
+        );
         // a contact sealed before the lists were kept stands as it was
         let older = Contact {
             emails: Vec::new(),

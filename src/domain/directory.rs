@@ -65,21 +65,32 @@ pub struct Contact {
     pub delegates: Vec<Dated<Delegate>>,
 }
 
-/// An address, or a delegate, with the ends of the periods it holds within (FHIR `period.end`,
-/// as given: a date or a dateTime, to the year, month or day): it holds until any of them has
-/// ended (`ended_by`).
+/// An address, or a delegate, with the starts and ends of the periods it holds within (FHIR
+/// `period.start` and `period.end`, as given: a date or a dateTime, to the year, month or day):
+/// it holds once every one has started (`started_by`) and until any has ended (`ended_by`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dated<T> {
     pub value: T,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub until: Vec<String>,
 }
 
 impl<T> Dated<T> {
-    /// Whether it still holds on `today` (`YYYY-MM-DD`).
+    /// Whether it holds on `today` (`YYYY-MM-DD`).
     pub fn holds(&self, today: &str) -> bool {
-        !self.until.iter().any(|end| ended_by(end, today))
+        self.from.iter().all(|start| started_by(start, today))
+            && !self.until.iter().any(|end| ended_by(end, today))
     }
+}
+
+/// Whether a FHIR period whose `start` is `start` (a date or a dateTime, to the year, month or
+/// day) has started by `today` (`YYYY-MM-DD`): its start is today or before at the precision it
+/// gives (a period that starts this month holds all of it).
+pub fn started_by(start: &str, today: &str) -> bool {
+    let start = start.get(..10).unwrap_or(start);
+    today.get(..start.len()).is_some_and(|t| start <= t)
 }
 
 /// Whether a FHIR period whose `end` is `end` (a date or a dateTime, to the year, month or day)

@@ -1863,6 +1863,7 @@ mod tests {
         fn dated<T>(value: T, until: &[&str]) -> crate::domain::Dated<T> {
             crate::domain::Dated {
                 value,
+                from: Vec::new(),
                 until: until.iter().map(|u| u.to_string()).collect(),
             }
         }
@@ -1911,6 +1912,7 @@ mod tests {
             delegate: None,
             emails: vec![crate::domain::Dated {
                 value: "ana@example.org".into(),
+                from: Vec::new(),
                 until: until.iter().map(|u| u.to_string()).collect(),
             }],
             delegates: Vec::new(),
