@@ -8,9 +8,10 @@
 //! configured system (`directory.patient_id_system`), 32 bytes hex; its email is a `telecom`
 //! with `system: email` (the `use: home` one first); its language the `communication` marked
 //! `preferred` (BCP 47; languages without templates fall back to English); a delegate is a
-//! `contact` with an email (relationship kept as its display text). Every current email and
-//! delegate is kept with the ends of its periods, in the order they are chosen in, so that
-//! who is told is judged on the day a notice goes (`Contact::current`), not at the import.
+//! `contact` with an email (relationship kept as its display text). Every email and delegate
+//! whose period has not ended is kept with the starts and ends of its periods (FHIR dates, or
+//! dateTimes as their UTC day; anything else refused), in the order they are chosen in, so
+//! that who is told is judged on the day a notice goes (`Contact::current`), not at the import.
 //!
 //! It must not: log or return contact details (they are sealed before they are stored).
 
@@ -55,20 +56,36 @@ fn human_name(v: &Value) -> Option<String> {
     (!full.is_empty()).then(|| full.join(" "))
 }
 
-/// A FHIR `period`'s end, as given.
-fn end_of(period: Option<&Value>) -> Option<&str> {
-    period.and_then(|p| p.get("end")).and_then(Value::as_str)
+/// A FHIR `period`'s start and end, each as the periods are compared (`boundary`), or an
+/// error naming the one that is not a FHIR date or dateTime.
+fn period_of(period: Option<&Value>) -> Result<(Option<String>, Option<String>), String> {
+    let at = |name: &str| -> Result<Option<String>, String> {
+        match period.and_then(|p| p.get(name)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(v)) => boundary(v)
+                .map(Some)
+                .ok_or_else(|| format!("period {name} is not a FHIR date or dateTime")),
+            Some(_) => Err(format!("period {name} is not a FHIR date or dateTime")),
+        }
+    };
+    Ok((at("start")?, at("end")?))
 }
 
-/// A FHIR `period`'s start, as given.
-fn start_of(period: Option<&Value>) -> Option<&str> {
-    period.and_then(|p| p.get("start")).and_then(Value::as_str)
-}
-
-/// Whether a FHIR `period` ended before `today` (`YYYY-MM-DD`): its `end` (a date, or a
-/// dateTime, to the year, month or day) is before today at the precision it gives.
-fn ended(period: Option<&Value>, today: &str) -> bool {
-    end_of(period).is_some_and(|end| crate::domain::directory::ended_by(end, today))
+/// A FHIR date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`) as given, or a dateTime (with its zone, as FHIR
+/// requires) as its day in UTC: what `Dated` compares to today, at the precision it gives.
+fn boundary(v: &str) -> Option<String> {
+    if v.contains('T') {
+        let t: jiff::Timestamp = v.parse().ok()?;
+        return Some(t.strftime("%Y-%m-%d").to_string());
+    }
+    let date = match v.len() {
+        4 if v.bytes().all(|b| b.is_ascii_digit()) => return Some(v.to_string()),
+        7 => format!("{v}-01"),
+        10 => v.to_string(),
+        _ => return None,
+    };
+    date.parse::<jiff::civil::Date>().ok()?;
+    Some(v.to_string())
 }
 
 /// Today's date, `YYYY-MM-DD` (UTC), as FHIR periods are compared to it.
@@ -83,39 +100,47 @@ pub fn today() -> String {
 const NOT_TOLD: [&str; 6] = ["E", "F", "I", "S", "BP", "PR"];
 
 /// The emails of a `telecom` list in the order they are chosen in (the `home` ones first; none
-/// marked `old` or whose period ended), each with its period's end: the first must be a valid
-/// address (else an error naming the problem, as it is the one used now); a later one that is
-/// not is left out (it could never be sent to).
+/// marked `old` or whose period ended), each with its period's start and end (`period_of`):
+/// the first must be a valid address with a valid period (else an error naming the problem,
+/// as it is the one chosen first); a later one that is not is left out (it could never be sent
+/// to, or never judged).
 fn emails_of(telecom: Option<&Value>) -> Result<Vec<Dated<String>>, String> {
     let Some(list) = telecom else {
         return Ok(Vec::new());
     };
     let list = list.as_array().ok_or("telecom is not a list")?;
     let today = today();
-    let mut emails: Vec<(&Value, &str)> = list
+    let mut emails: Vec<(&Value, &str, _)> = list
         .iter()
         .filter(|t| t.get("system").and_then(Value::as_str) == Some("email"))
         .filter(|t| t.get("use").and_then(Value::as_str) != Some("old"))
-        .filter(|t| !ended(t.get("period"), &today))
-        .map(|t| (t, t.get("value").and_then(Value::as_str).unwrap_or("")))
+        .map(|t| {
+            let value = t.get("value").and_then(Value::as_str).unwrap_or("");
+            (t, value, period_of(t.get("period")))
+        })
+        .filter(|(_, _, period)| {
+            !matches!(period, Ok((_, Some(end))) if crate::domain::directory::ended_by(end, &today))
+        })
         .collect();
-    emails.sort_by_key(|(t, _)| t.get("use").and_then(Value::as_str) != Some("home"));
-    if emails.first().is_some_and(|(_, e)| !valid_email(e)) {
-        return Err("telecom email is not a valid address".into());
+    emails.sort_by_key(|(t, _, _)| t.get("use").and_then(Value::as_str) != Some("home"));
+    if let Some((_, e, period)) = emails.first() {
+        if !valid_email(e) {
+            return Err("telecom email is not a valid address".into());
+        }
+        if let Err(why) = period {
+            return Err(format!("telecom email {why}"));
+        }
     }
     Ok(emails
         .into_iter()
-        .filter(|(_, e)| valid_email(e))
-        .map(|(t, e)| Dated {
-            value: e.to_string(),
-            from: start_of(t.get("period"))
-                .map(str::to_string)
-                .into_iter()
-                .collect(),
-            until: end_of(t.get("period"))
-                .map(str::to_string)
-                .into_iter()
-                .collect(),
+        .filter(|(_, e, _)| valid_email(e))
+        .filter_map(|(_, e, period)| {
+            let (from, until) = period.ok()?;
+            Some(Dated {
+                value: e.to_string(),
+                from: from.into_iter().collect(),
+                until: until.into_iter().collect(),
+            })
         })
         .collect())
 }
@@ -156,9 +181,7 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        // a contact whose period ended, or of a kind not told (an employer, an insurer), is
-        // not the delegate
-        .filter(|c| !ended(c.get("period"), &today))
+        // a contact of a kind not told (an employer, an insurer) is not the delegate
         .filter(|c| {
             !c.get("relationship")
                 .and_then(Value::as_array)
@@ -170,8 +193,20 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
                 .any(|code| NOT_TOLD.contains(&code))
         })
     {
-        // the first contact with an email is the delegate now: its address must be valid; a
-        // later one, the delegate once the first's period ends, is left out if it is not
+        // the first contact with an email is the delegate first: its address and periods must
+        // be valid; a later one, the delegate once the first's period ends, is left out if not
+        let (starts, ends) = match period_of(c.get("period")) {
+            Ok(period) => period,
+            Err(e) if delegates.is_empty() => return Err(format!("contact {e}")),
+            Err(_) => continue,
+        };
+        // one whose period ended is not told
+        if ends
+            .as_deref()
+            .is_some_and(|end| crate::domain::directory::ended_by(end, &today))
+        {
+            continue;
+        }
         let emails = match emails_of(c.get("telecom")) {
             Ok(emails) => emails,
             Err(e) if delegates.is_empty() => return Err(format!("contact {e}")),
@@ -183,40 +218,31 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
             .or_else(|| c.pointer("/relationship/0/coding/0/display"))
             .and_then(Value::as_str)
             .map(str::to_string);
-        let (starts, ends) = (start_of(c.get("period")), end_of(c.get("period")));
-        delegates.extend(emails.into_iter().map(|e| {
-            Dated {
-                value: Delegate {
-                    name: name.clone(),
-                    relationship: relationship.clone(),
-                    email: e.value,
-                },
-                from: e
-                    .from
-                    .into_iter()
-                    .chain(starts.map(str::to_string))
-                    .collect(),
-                until: e
-                    .until
-                    .into_iter()
-                    .chain(ends.map(str::to_string))
-                    .collect(),
-            }
+        delegates.extend(emails.into_iter().map(|e| Dated {
+            value: Delegate {
+                name: name.clone(),
+                relationship: relationship.clone(),
+                email: e.value,
+            },
+            from: e.from.into_iter().chain(starts.clone()).collect(),
+            until: e.until.into_iter().chain(ends.clone()).collect(),
         }));
     }
     if emails.is_empty() && delegates.is_empty() {
         return Err("no email for the patient or a contact".into());
     }
+    // `email` and `delegate` as they stand today, for a replica of a version before the lists
     Ok((
         id,
         Contact {
             name: resource.get("name").and_then(human_name),
-            email: emails.first().map(|e| e.value.clone()),
+            email: None,
             language,
-            delegate: delegates.first().map(|d| d.value.clone()),
+            delegate: None,
             emails,
             delegates,
-        },
+        }
+        .current(&today),
     ))
 }
 
@@ -663,19 +689,86 @@ mod tests {
         assert_eq!(older.clone().current("3001-01-01"), older);
     }
 
+    /// A period holds from its start through its end at the precision each gives; a
+    /// dateTime is taken as its day in UTC (an end late on the 5th in Honolulu is the 6th in
+    /// UTC); anything that is not a FHIR date or dateTime is refused at the import, not read
+    /// as text that never, or always, starts or ends.
     #[test]
-    fn a_period_ends_at_the_precision_it_gives() {
-        let p = |end: &str| serde_json::json!({ "end": end });
+    fn a_period_holds_at_the_precision_it_gives() {
+        use crate::domain::directory::{ended_by, started_by};
+        let p = |start: Option<&str>, end: Option<&str>| {
+            period_of(Some(&serde_json::json!({ "start": start, "end": end })))
+        };
+        let end = |v: &str| p(None, Some(v)).unwrap().1.unwrap();
+        let start = |v: &str| p(Some(v), None).unwrap().0.unwrap();
         let today = "2026-12-06";
-        assert!(ended(Some(&p("2026-12-05")), today));
-        assert!(
-            !ended(Some(&p("2026-12-06")), today),
-            "through its last day"
+        assert!(ended_by(&end("2026-12-05"), today));
+        assert!(!ended_by(&end("2026-12-06"), today), "through its last day");
+        assert!(!ended_by(&end("2026-12"), today));
+        assert!(ended_by(&end("2025"), today));
+        assert!(!ended_by(&end("2026-12-06T23:00:00Z"), today));
+        assert_eq!(end("2026-12-05T23:00:00-10:00"), "2026-12-06");
+        assert!(!ended_by(&end("2026-12-05T23:00:00-10:00"), today));
+        assert!(started_by(&start("2026-12"), today));
+        assert!(started_by(&start("2026-12-06"), today));
+        assert!(!started_by(&start("2026-12-07"), today));
+        assert!(!started_by(&start("2027"), today));
+        assert!(!started_by(&start("2026-12-06T23:00:00-10:00"), today));
+        assert_eq!(p(None, None), Ok((None, None)));
+        for bad in [
+            "TBD",
+            "03/05/2027",
+            "2027-13",
+            "2027-02-30",
+            "2027-03-05T10:00",
+            "27",
+        ] {
+            assert!(p(Some(bad), None).is_err(), "{bad}");
+            assert!(p(None, Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    /// A patient whose first email's or first contact's period cannot be read is refused with
+    /// a reason (as an address that is not one); a later one's is left out.
+    #[test]
+    fn a_period_that_is_not_a_date_is_refused_at_the_import() {
+        let id = "ab".repeat(32);
+        let with = |telecom: serde_json::Value, contact: serde_json::Value| {
+            patient(
+                &serde_json::json!({
+                    "resourceType": "Patient",
+                    "identifier": [{ "system": "urn:p", "value": id }],
+                    "telecom": telecom,
+                    "contact": contact,
+                }),
+                "urn:p",
+            )
+        };
+        let email = |v: &str, end: &str| serde_json::json!({ "system": "email", "value": v, "period": { "end": end } });
+        let refused = with(
+            serde_json::json!([email("a@example.org", "TBD")]),
+            serde_json::json!([]),
         );
-        assert!(!ended(Some(&p("2026-12")), today));
-        assert!(ended(Some(&p("2025")), today));
-        assert!(!ended(Some(&p("2026-12-06T23:00:00Z")), today));
-        assert!(!ended(Some(&serde_json::json!({ "start": "2020" })), today));
-        assert!(!ended(None, today));
+        assert_eq!(
+            refused.unwrap_err(),
+            "telecom email period end is not a FHIR date or dateTime"
+        );
+        let (_, later) = with(
+            serde_json::json!([
+                email("a@example.org", "2999"),
+                email("b@example.org", "TBD")
+            ]),
+            serde_json::json!([]),
+        )
+        .unwrap();
+        assert_eq!(later.emails.len(), 1, "the later one left out");
+        let guardian = serde_json::json!([
+            { "relationship": [{ "text": "guardian" }], "period": { "start": "soon" },
+              "telecom": [{ "system": "email", "value": "g@example.org" }] },
+        ]);
+        assert_eq!(
+            with(serde_json::json!([]), guardian).unwrap_err(),
+            "contact period start is not a FHIR date or dateTime"
+        );
     }
 }

@@ -140,33 +140,23 @@ struct Fields {
 /// Whether a reason reads as what it says, to the patient's notice and the reviewer: at least
 /// one letter or digit (one of zero-width or invisible characters alone says nothing), no
 /// control character but a line break (of any kind) or tab, no bidirectional override,
-/// embedding or isolate (which reorder the text as shown: U+202A-U+202E, U+2066-U+2069), no
-/// tag character (invisible text: U+E0000-U+E007F), no code point Unicode has not assigned,
-/// and no hidden text in the characters shown as nothing (Unicode's default-ignorable code
-/// points: variation selectors, zero-width spaces and joiners, the soft hyphen, fillers): a
-/// variation selector only right after a character it varies (an emoji's form after an emoji,
-/// an ideograph's variant after an ideograph, four of those at most, a Mongolian letter's form
-/// after a Mongolian letter), one shown as nothing only after a character shown (a direction
-/// mark anywhere), no more than two in a row (an emoji's selector then its joiner), and no
-/// more of them than a quarter of the characters shown (beyond eight).
+/// embedding or isolate (which reorder the text as shown: U+202A-U+202E, U+2066-U+2069), and
+/// no hidden text in the characters shown as nothing (Unicode's default-ignorable code points:
+/// `unseen_text`).
 fn readable_reason(r: &str) -> Result<(), RequestError> {
     if !r.chars().any(char::is_alphanumeric) {
         return Err(malformed(
             "reason must say why in words (a letter or digit at least)",
         ));
     }
-    let hidden = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{E0000}'..='\u{E007F}');
+    let reordering = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
     let breaks = |c: char| matches!(c, '\n' | '\r' | '\t' | '\u{0B}' | '\u{0C}' | '\u{85}');
-    let unassigned = |c: char| {
-        icu_properties::CodePointMapData::<icu_properties::props::GeneralCategory>::new().get(c)
-            == icu_properties::props::GeneralCategory::Unassigned
-    };
     if let Some(c) = r
         .chars()
-        .find(|&c| (c.is_control() && !breaks(c)) || hidden(c) || unassigned(c))
+        .find(|&c| (c.is_control() && !breaks(c)) || reordering(c))
     {
         return Err(malformed(format!(
-            "reason must not hold control, direction, hidden or unassigned characters (U+{:04X})",
+            "reason must not hold control or direction characters (U+{:04X})",
             u32::from(c)
         )));
     }
@@ -179,54 +169,109 @@ fn readable_reason(r: &str) -> Result<(), RequestError> {
 }
 
 /// How many ideographic variation selectors (U+E0100-U+E01EF: 240 of them, a byte each) a
-/// reason may hold: a name or two written with a variant of its ideograph.
-const IDEOGRAPHIC_VARIANTS_MAX: usize = 4;
+/// reason may hold: a few names written with a variant of their ideographs.
+const IDEOGRAPHIC_VARIANTS_MAX: usize = 8;
 
-/// The characters shown as nothing in `r` (`readable_reason`), checked; the first that may carry
-/// hidden text, and why, if one does.
+/// How many flags of a subdivision (an emoji tag sequence: a black flag, two to six tag
+/// letters or digits, a cancel tag: England's, Scotland's, Wales's) a reason may hold.
+const TAGGED_FLAGS_MAX: usize = 2;
+
+/// The characters shown as nothing in `r` (Unicode's default-ignorable code points), checked
+/// for hidden text; the first that may carry it, and why, if one does. Each is taken only where
+/// text uses it, and no more of them than text does:
+/// - a variation selector right after a character it varies: an emoji's form (U+FE0E, U+FE0F)
+///   after an emoji, an ideograph's variant (U+E0100-U+E01EF, `IDEOGRAPHIC_VARIANTS_MAX` at
+///   most) after an ideograph, a standardized variant (U+FE00-U+FE0D) after an ideograph or a
+///   symbol, a Mongolian form (U+180B-U+180F) after a Mongolian letter;
+/// - a joiner or non-joiner (U+200C, U+200D), the soft hyphen, a zero-width space, the word
+///   joiner or the combining grapheme joiner after a character shown (a joiner also after an
+///   emoji's form: a ZWJ sequence);
+/// - a direction mark (LRM, RLM, ALM) anywhere;
+/// - tag characters only as a subdivision flag's (`TAGGED_FLAGS_MAX` at most);
+/// - no other (invisible operators, fillers, deprecated format characters, the BOM, the ones
+///   Unicode has not assigned);
+/// - two in a row at most (an emoji's form then its joiner), and no more of them in all than
+///   eight and half the characters shown (text hyphenated at every syllable, Burmese spaced).
 fn unseen_text(r: &str) -> Result<(), (char, &'static str)> {
     use icu_properties::props::{
-        Alphabetic, DefaultIgnorableCodePoint, Emoji, Ideographic, VariationSelector,
+        DefaultIgnorableCodePoint, Emoji, GeneralCategory, Ideographic, VariationSelector,
     };
-    use icu_properties::CodePointSetData;
+    use icu_properties::{CodePointMapData, CodePointSetData};
     let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
     let selector = CodePointSetData::new::<VariationSelector>();
     let (emoji, ideograph) = (
         CodePointSetData::new::<Emoji>(),
         CodePointSetData::new::<Ideographic>(),
     );
-    let alphabetic = CodePointSetData::new::<Alphabetic>();
-    let direction_mark = |c: char| matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}');
-    let (mut before, mut run, mut unseen, mut shown, mut variants) = (None::<char>, 0, 0, 0, 0);
-    for c in r.chars() {
+    let category = CodePointMapData::<GeneralCategory>::new();
+    let symbol = |c: char| {
+        matches!(
+            category.get(c),
+            GeneralCategory::MathSymbol | GeneralCategory::OtherSymbol
+        )
+    };
+    let tag = |c: char| matches!(c, '\u{E0000}'..='\u{E007F}');
+    let chars: Vec<char> = r.chars().collect();
+    let (mut run, mut unseen, mut shown, mut variants, mut flags) = (0, 0, 0, 0, 0);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\u{1F3F4}' && chars.get(i + 1).copied().is_some_and(tag) {
+            // a subdivision flag: its tags, letters or digits, end with a cancel tag
+            let letters = chars[i + 1..]
+                .iter()
+                .take_while(
+                    |t| matches!(**t, '\u{E0030}'..='\u{E0039}' | '\u{E0061}'..='\u{E007A}'),
+                )
+                .count();
+            let cancel = chars.get(i + 1 + letters) == Some(&'\u{E007F}');
+            flags += 1;
+            if !(2..=6).contains(&letters) || !cancel || flags > TAGGED_FLAGS_MAX {
+                return Err((chars[i + 1], "tag characters but a flag's"));
+            }
+            (shown, run) = (shown + 1, 0);
+            i += letters + 2;
+            continue;
+        }
+        i += 1;
         if !ignorable.contains(c) {
             run = 0;
             if !c.is_whitespace() {
                 shown += 1;
             }
-            before = Some(c);
             continue;
         }
         unseen += 1;
         run += 1;
+        let before = i.checked_sub(2).map(|b| chars[b]);
         let after_shown = before.filter(|b| !b.is_whitespace() && !ignorable.contains(*b));
-        if selector.contains(c) {
-            let varies = after_shown.is_some_and(|b| match c {
-                '\u{E0100}'..='\u{E01EF}' => ideograph.contains(b),
-                '\u{FE0E}' | '\u{FE0F}' => emoji.contains(b),
-                '\u{180B}'..='\u{180F}' => ('\u{1800}'..='\u{18AF}').contains(&b),
-                _ => ideograph.contains(b) || !alphabetic.contains(b),
-            });
-            if !varies {
-                return Err((c, "a variation selector after a character it does not vary"));
-            }
-            if matches!(c, '\u{E0100}'..='\u{E01EF}') {
+        let taken = match c {
+            '\u{E0100}'..='\u{E01EF}' => {
                 variants += 1;
                 if variants > IDEOGRAPHIC_VARIANTS_MAX {
-                    return Err((c, "more than four ideographic variation selectors"));
+                    return Err((c, "more ideographic variation selectors than names hold"));
                 }
+                after_shown.is_some_and(|b| ideograph.contains(b))
             }
-        } else if !direction_mark(c) && before.is_none_or(|b| b.is_whitespace()) {
+            '\u{FE0E}' | '\u{FE0F}' => after_shown.is_some_and(|b| emoji.contains(b)),
+            '\u{FE00}'..='\u{FE0D}' => {
+                after_shown.is_some_and(|b| ideograph.contains(b) || symbol(b))
+            }
+            '\u{180B}'..='\u{180D}' | '\u{180F}' => {
+                after_shown.is_some_and(|b| ('\u{1820}'..='\u{18AA}').contains(&b))
+            }
+            // an emoji's form, then its joiner: a ZWJ sequence
+            '\u{200D}' => after_shown.is_some() || before == Some('\u{FE0F}'),
+            '\u{200C}' | '\u{00AD}' | '\u{200B}' | '\u{2060}' | '\u{034F}' => after_shown.is_some(),
+            '\u{200E}' | '\u{200F}' | '\u{061C}' => true,
+            _ => {
+                return Err((c, "characters shown as nothing that text does not use"));
+            }
+        };
+        if !taken {
+            if selector.contains(c) {
+                return Err((c, "a variation selector after a character it does not vary"));
+            }
             return Err((
                 c,
                 "a character shown as nothing that follows no character shown",
@@ -235,13 +280,13 @@ fn unseen_text(r: &str) -> Result<(), (char, &'static str)> {
         if run > 2 {
             return Err((c, "runs of characters shown as nothing"));
         }
-        before = Some(c);
     }
-    if unseen > 8 + shown / 4 {
-        let last = r
-            .chars()
+    if unseen > 8 + shown / 2 {
+        let last = chars
+            .iter()
             .rev()
-            .find(|c| ignorable.contains(*c))
+            .find(|c| ignorable.contains(**c))
+            .copied()
             .unwrap_or(' ');
         return Err((last, "that many characters shown as nothing"));
     }

@@ -47,20 +47,20 @@ pub struct Delegate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
     pub name: Option<String>,
-    /// The patient's address: as the directory named it when imported; as of a day, the
-    /// first of `emails` whose period has not ended (`current`).
+    /// The patient's address: the first of `emails` whose periods hold on the day it is
+    /// judged (`current`: at the import, and again when a notice goes).
     pub email: Option<String>,
     pub language: Language,
     /// The delegate told beside the patient (a guardian, next of kin): as `email` is, the
-    /// first of `delegates` whose period has not ended.
+    /// first of `delegates` whose periods hold.
     pub delegate: Option<Delegate>,
     /// Every address of the patient's the directory named, in the order they are chosen in,
-    /// each with when it stops being theirs (a contact sealed before these were kept has
-    /// none, and `email` stands as it is).
+    /// each with when it starts and stops being theirs (a contact sealed before these were
+    /// kept has none, and `email` stands as it is).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub emails: Vec<Dated<String>>,
     /// Every delegate the directory named, in the order they are chosen in, each with when
-    /// they stop being one (their relationship's period, their address's).
+    /// they start and stop being one (their relationship's period, their address's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delegates: Vec<Dated<Delegate>>,
 }
@@ -103,10 +103,10 @@ pub fn ended_by(end: &str, today: &str) -> bool {
 
 impl Contact {
     /// The contact as it stands on `today` (`YYYY-MM-DD`): its address the first of `emails`
-    /// that still holds, its delegate the first of `delegates` (none when none does). Judged
-    /// when a notice goes, not when the directory was imported: a guardian whose guardianship
-    /// ended since, or an address given up since, is not told. A contact sealed before these
-    /// lists were kept stands as it is.
+    /// that holds, its delegate the first of `delegates` (none when none does). Judged when a
+    /// notice goes, not when the directory was imported: a guardian whose guardianship ended
+    /// since (or has not started), or an address given up since, is not told. A contact sealed
+    /// before these lists were kept stands as it is.
     pub fn current(mut self, today: &str) -> Contact {
         if let Some(email) = Dated::first_holding(&self.emails, today) {
             self.email = email;

@@ -53,6 +53,10 @@ pub struct Notifier {
     /// sends a notice.
     coordination: Arc<Coordinator>,
     holder: String,
+    /// Who takes a notice's lease to open it again (`reopen`): not `holder`, whose leases are
+    /// its own again when taken twice, so that the check never lets go of a lease this
+    /// replica's loop holds while it sends.
+    recheck_holder: String,
     /// How long a notice's lease lasts: longer than an SMTP attempt may take.
     lease_ms: u64,
     /// With replicas, how often the open notices are read again from the store: a stopped
@@ -115,6 +119,7 @@ impl Notifier {
             unrecorded: Mutex::default(),
             rescan_every: Duration::from_millis(lease_ms),
             coordination,
+            recheck_holder: format!("{}/recheck", crate::coordination::replica_id()),
             holder: crate::coordination::replica_id(),
             lease_ms: lease_ms
                 .max((RECIPIENTS_MAX + 1) * 1_000 * settings.notify.smtp.timeout_secs),
@@ -284,9 +289,14 @@ impl Notifier {
     /// Opens the notice of access `id` again, due at once, under its lease and only if the
     /// store still has it closed with nobody to tell (another replica may have opened it, and
     /// sent it, since this one read the index); its audit entry `no-contact` stays, and the one
-    /// its outcome adds follows it. Whether it did.
+    /// its outcome adds follows it. Nobody has its message (a notice closed so was delivered
+    /// to nobody): one made before it closed is made again, for whom the directory names now
+    /// and saying it comes late, and its retry period runs from now. One the index still names
+    /// though it was opened (an index built while another replica opened it) is written again
+    /// as it is, which takes it out of the index. Whether it opened it.
     async fn reopen(&self, id: &AccessId, now: u64) -> bool {
-        let Ok(fence) = self.lease(id, now).await else {
+        let holder = &self.recheck_holder;
+        let Ok(fence) = self.lease_as(id, now, holder).await else {
             return false;
         };
         let opened = match self.store.notice(id) {
@@ -294,6 +304,13 @@ impl Notifier {
                 notice.state = NoticeState::Pending;
                 notice.reopened = Some(now);
                 notice.next_at = now;
+                notice.first_attempt_at = None;
+                notice.sending_since = None;
+                notice.last_error = None;
+                notice.message = None;
+                notice.message_id = None;
+                notice.withdrawn.clear();
+                notice.refused.clear();
                 match self.save(notice, fence.as_ref()).await {
                     Ok(()) => {
                         tracing::info!(access = %id, "notice: the patient has a contact now; the notice goes out after all");
@@ -305,13 +322,27 @@ impl Notifier {
                     }
                 }
             }
+            Ok(Some(notice)) if notice.reopened.is_some() => {
+                let again = Batch {
+                    notices: vec![notice],
+                    guard: fence.map(|fence| crate::store::Guard {
+                        fence: Some(fence),
+                        ..crate::store::Guard::default()
+                    }),
+                    ..Batch::default()
+                };
+                if let Err(e) = apply_async(&self.store, again).await {
+                    tracing::warn!(access = %id, error = %e, "notice: opened already, its row in the index of those with nobody to tell could not be taken out; tried again later");
+                }
+                false
+            }
             Ok(_) => false,
             Err(e) => {
                 tracing::warn!(access = %id, error = %e, "notice: could not be read to open it again; tried again later");
                 false
             }
         };
-        self.let_go(id).await;
+        self.let_go_as(id, holder).await;
         opened
     }
 
@@ -417,18 +448,24 @@ impl Notifier {
     /// with. Else when to look at the notice again (another replica holds it: once it would
     /// have lapsed).
     async fn lease(&self, id: &AccessId, now: u64) -> Result<Option<crate::store::Fence>, u64> {
+        self.lease_as(id, now, &self.holder).await
+    }
+
+    /// `lease`, for `holder`.
+    async fn lease_as(
+        &self,
+        id: &AccessId,
+        now: u64,
+        holder: &str,
+    ) -> Result<Option<crate::store::Fence>, u64> {
         let lease = lease_name(id);
-        match self
-            .coordination
-            .lease(&lease, &self.holder, self.lease_ms)
-            .await
-        {
+        match self.coordination.lease(&lease, holder, self.lease_ms).await {
             // replicas: the notice's writes go with the lease's token, so that a replica
             // paused past its lease (another took it, and may have sent the notice) writes
             // nothing and sends nothing when it resumes
             Ok(Some(token)) => Ok(self.replicas().then(|| crate::store::Fence {
                 lease,
-                holder: self.holder.clone(),
+                holder: holder.to_string(),
                 token,
             })),
             Ok(None) => Err(now + self.lease_ms.div_ceil(1000)),
@@ -444,11 +481,12 @@ impl Notifier {
 
     /// Lets the lease of the notice of access `id` go (one not let go lapses).
     async fn let_go(&self, id: &AccessId) {
-        if let Err(e) = self
-            .coordination
-            .release(&lease_name(id), &self.holder)
-            .await
-        {
+        self.let_go_as(id, &self.holder).await;
+    }
+
+    /// `let_go`, for `holder`.
+    async fn let_go_as(&self, id: &AccessId, holder: &str) {
+        if let Err(e) = self.coordination.release(&lease_name(id), holder).await {
             tracing::warn!(access = %id, error = %e, "notice: its lease could not be let go; it lapses");
         }
     }
@@ -641,7 +679,8 @@ impl Notifier {
     }
 
     /// The patient's contact as it stands today (`Contact::current`: an address or a delegate
-    /// whose period ended since the import is not named), if the directory has one.
+    /// whose period ended since the import, or has not started, is not named), if the
+    /// directory has one.
     fn contact(&self, notice: &Notice) -> anyhow::Result<Option<Contact>> {
         self.contact_of(&notice.patient)
     }
@@ -1582,6 +1621,26 @@ mod tests {
             .release(&lease, "another-replica")
             .await
             .unwrap();
+        // this replica's own loop holds it (a lease is its holder's again when taken twice):
+        // the check leaves the notice alone, and does not let go of the loop's lease
+        t.coordination
+            .lease(&lease, &notifier.holder, 60_000)
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        assert!(notifier.reopen_reachable(now).await.is_empty());
+        assert!(
+            t.coordination
+                .lease(&lease, "another-replica", 60_000)
+                .await
+                .unwrap()
+                .is_none(),
+            "the loop's lease is still held"
+        );
+        t.coordination
+            .release(&lease, &notifier.holder)
+            .await
+            .unwrap();
         assert_eq!(notifier.reopen_reachable(now).await, vec![(now, id)]);
         let opened = store.notice(&id).unwrap().unwrap();
         assert!(opened.is_open());
@@ -1607,7 +1666,25 @@ mod tests {
         .await
         .unwrap();
         assert!(!other.reopen(&id, now + 2).await);
+        assert_eq!(store.notice(&id).unwrap(), Some(sent.clone()));
+        // an index built while it was opened names it still: the check takes it out (a write
+        // of it as it is), and logs nothing
+        let mut conn = redis::Client::open(t.redis.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let () = redis::cmd("HSET")
+            .arg("t:uncontacted_notices")
+            .arg(id.to_string())
+            .arg(closed.patient.to_string())
+            .query(&mut conn)
+            .unwrap();
+        assert_eq!(store.uncontacted().unwrap(), vec![(id, closed.patient)]);
+        let head = store.audit_head().unwrap();
+        assert!(other.reopen_reachable(now + 3).await.is_empty());
+        assert!(store.uncontacted().unwrap().is_empty());
         assert_eq!(store.notice(&id).unwrap(), Some(sent));
+        assert_eq!(store.audit_head().unwrap(), head);
     }
 
     /// Replicas on Redis: a replica that took a notice's lease, then was paused past it (a
@@ -1817,6 +1894,19 @@ mod tests {
         );
         assert_eq!(t.store.uncontacted().unwrap(), vec![(id, t.notice.patient)]);
         assert!(outbox(&t.settings.data.dir).is_empty());
+        // once an address holds again it is opened and made again: for that address, saying it
+        // comes late, its retry period from now (the attempt that closed it set its first)
+        assert!(closed.first_attempt_at.is_some() && closed.message.is_some());
+        contact_written(&t, &ana(&[])).await;
+        let now = now_secs();
+        assert_eq!(t.notifier.reopen_reachable(now).await, vec![(now, id)]);
+        let opened = t.store.notice(&id).unwrap().unwrap();
+        assert!(opened.is_open());
+        assert_eq!(
+            (opened.first_attempt_at, &opened.message, &opened.withdrawn),
+            (None, &None, &vec![])
+        );
+        assert_eq!(t.notifier.stuck(opened, now, None).await, Some(now + 5));
     }
 
     /// A notice of an old access opened again (its patient's contact imported since) that
