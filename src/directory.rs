@@ -71,12 +71,16 @@ fn period_of(period: Option<&Value>) -> Result<(Option<String>, Option<String>),
     Ok((at("start")?, at("end")?))
 }
 
-/// A FHIR date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`) as given, or a dateTime (with its zone, as FHIR
-/// requires) as its day in UTC: what `Dated` compares to today, at the precision it gives.
+/// A FHIR date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`) as given, or a dateTime as its day in UTC (one
+/// without the zone FHIR requires, as exports often write it, as its own day): what `Dated`
+/// compares to today, at the precision it gives.
 fn boundary(v: &str) -> Option<String> {
     if v.contains('T') {
-        let t: jiff::Timestamp = v.parse().ok()?;
-        return Some(t.strftime("%Y-%m-%d").to_string());
+        if let Ok(t) = v.parse::<jiff::Timestamp>() {
+            return Some(t.strftime("%Y-%m-%d").to_string());
+        }
+        let local: jiff::civil::DateTime = v.parse().ok()?;
+        return Some(local.date().to_string());
     }
     let date = match v.len() {
         4 if v.bytes().all(|b| b.is_ascii_digit()) => return Some(v.to_string()),
@@ -195,6 +199,14 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
     {
         // the first contact with an email is the delegate first: its address and periods must
         // be valid; a later one, the delegate once the first's period ends, is left out if not
+        // (one without an email, a phone number alone, is not looked at further)
+        let has_email = c.get("telecom").and_then(Value::as_array).is_some_and(|t| {
+            t.iter()
+                .any(|t| t.get("system").and_then(Value::as_str) == Some("email"))
+        });
+        if !has_email {
+            continue;
+        }
         let (starts, ends) = match period_of(c.get("period")) {
             Ok(period) => period,
             Err(e) if delegates.is_empty() => return Err(format!("contact {e}")),
@@ -715,12 +727,14 @@ mod tests {
         assert!(!started_by(&start("2027"), today));
         assert!(!started_by(&start("2026-12-06T23:00:00-10:00"), today));
         assert_eq!(p(None, None), Ok((None, None)));
+        // a dateTime without the zone FHIR requires (as exports write it): its own day
+        assert_eq!(end("2027-03-05T23:30:00"), "2027-03-05");
         for bad in [
             "TBD",
             "03/05/2027",
             "2027-13",
             "2027-02-30",
-            "2027-03-05T10:00",
+            "2027-03-05T25:00:00",
             "27",
         ] {
             assert!(p(Some(bad), None).is_err(), "{bad}");
@@ -770,5 +784,13 @@ mod tests {
             with(serde_json::json!([]), guardian).unwrap_err(),
             "contact period start is not a FHIR date or dateTime"
         );
+        // a contact without an email (a phone number alone) is not read further
+        let phone = serde_json::json!([
+            { "relationship": [{ "text": "neighbour" }], "period": { "start": "unknown" },
+              "telecom": [{ "system": "phone", "value": "+1 555 0100" }] },
+        ]);
+        let (_, contact) =
+            with(serde_json::json!([email("a@example.org", "2999")]), phone).unwrap();
+        assert!(contact.delegates.is_empty());
     }
 }

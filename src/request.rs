@@ -172,9 +172,13 @@ fn readable_reason(r: &str) -> Result<(), RequestError> {
 /// reason may hold: a few names written with a variant of their ideographs.
 const IDEOGRAPHIC_VARIANTS_MAX: usize = 8;
 
-/// How many flags of a subdivision (an emoji tag sequence: a black flag, two to six tag
-/// letters or digits, a cancel tag: England's, Scotland's, Wales's) a reason may hold.
+/// How many flags of a subdivision (an emoji tag sequence: a black flag, its tags, a cancel
+/// tag) a reason may hold.
 const TAGGED_FLAGS_MAX: usize = 2;
+
+/// The subdivisions whose flags emoji show (Unicode's recommended tag sequences): England,
+/// Scotland, Wales. Any other tags would show as a black flag, with text hidden in them.
+const TAGGED_FLAGS: [&str; 3] = ["gbeng", "gbsct", "gbwls"];
 
 /// The characters shown as nothing in `r` (Unicode's default-ignorable code points), checked
 /// for hidden text; the first that may carry it, and why, if one does. Each is taken only where
@@ -217,16 +221,16 @@ fn unseen_text(r: &str) -> Result<(), (char, &'static str)> {
     while i < chars.len() {
         let c = chars[i];
         if c == '\u{1F3F4}' && chars.get(i + 1).copied().is_some_and(tag) {
-            // a subdivision flag: its tags, letters or digits, end with a cancel tag
-            let letters = chars[i + 1..]
+            // a subdivision's flag: its tags spell the subdivision, and a cancel tag ends them
+            let tags: String = chars[i + 1..]
                 .iter()
-                .take_while(
-                    |t| matches!(**t, '\u{E0030}'..='\u{E0039}' | '\u{E0061}'..='\u{E007A}'),
-                )
-                .count();
+                .take_while(|t| matches!(**t, '\u{E0020}'..='\u{E007E}'))
+                .filter_map(|t| char::from_u32(u32::from(*t) - 0xE0000))
+                .collect();
+            let letters = tags.chars().count();
             let cancel = chars.get(i + 1 + letters) == Some(&'\u{E007F}');
             flags += 1;
-            if !(2..=6).contains(&letters) || !cancel || flags > TAGGED_FLAGS_MAX {
+            if !TAGGED_FLAGS.contains(&tags.as_str()) || !cancel || flags > TAGGED_FLAGS_MAX {
                 return Err((chars[i + 1], "tag characters but a flag's"));
             }
             (shown, run) = (shown + 1, 0);

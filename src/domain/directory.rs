@@ -66,8 +66,9 @@ pub struct Contact {
 }
 
 /// An address, or a delegate, with the starts and ends of the periods it holds within (FHIR
-/// `period.start` and `period.end`, as given: a date or a dateTime, to the year, month or day):
-/// it holds once every one has started (`started_by`) and until any has ended (`ended_by`).
+/// `period.start` and `period.end`: a date as given, to the year, month or day, or a dateTime
+/// as its UTC day, `directory::period_of`): it holds once every one has started (`started_by`)
+/// and until any has ended (`ended_by`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dated<T> {
     pub value: T,

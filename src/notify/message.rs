@@ -240,9 +240,11 @@ pub struct NoticeSettings<'a> {
     pub from: &'a str,
     pub explorer_tx_url: Option<&'a str>,
     pub contest: &'a str,
-    /// Whether the notice comes late: nobody could be told at first, and the patient's
-    /// contact was imported since (`Notice::reopened`). The message says so.
-    pub late: bool,
+    /// When the notice was opened again, if it was: nobody could be told at first, and the
+    /// patient's contact was imported since (`Notice::reopened`). The message says it comes
+    /// late, and has a Message-ID of its own (`<access id.reopened@domain>`): a message made
+    /// before the notice closed may have reached someone, and one Message-ID names one message.
+    pub reopened: Option<u64>,
 }
 
 /// The notice of `access` for `contact`.
@@ -258,7 +260,10 @@ pub fn render(
     let lang = contact.language;
     let from: Mailbox = settings.from.parse()?;
     let domain = from.email.domain().to_string();
-    let message_id = format!("<{}@{domain}>", access.id);
+    let message_id = match settings.reopened {
+        Some(at) => format!("<{}.{at}@{domain}>", access.id),
+        None => format!("<{}@{domain}>", access.id),
+    };
     let ctx = context! {
         name => &contact.name,
         who => who(access.role, provider, lang),
@@ -271,7 +276,7 @@ pub fn render(
         txid => proof.txid(),
         explorer_url => proof.txid().and_then(|t| settings.explorer_tx_url.map(|u| u.replace("{txid}", t))),
         contest => settings.contest,
-        late => settings.late,
+        late => settings.reopened.is_some(),
     };
     let code = lang.code();
     let subject = templates.render(&format!("notice.{code}.subject"), &ctx)?;

@@ -9,7 +9,8 @@
 //! by then (the notice then says the record is not confirmed yet). It renders the message once, seals it and stores it *before* the first attempt;
 //! every attempt after that, including after a crash, sends those same bytes with the same
 //! `Message-ID`, so a patient may at worst get the same message twice, never two different
-//! notices. A permanent refusal (SMTP 5xx, a bad address) or 72 hours of transient failures
+//! notices under one `Message-ID` (a notice closed with nobody to tell and opened again for a
+//! contact imported since is made again, under a `Message-ID` of its own). A permanent refusal (SMTP 5xx, a bad address) or 72 hours of transient failures
 //! make the notice dead: listed for operators (`GET /v1/admin/notices`) and shown with the
 //! access. A patient the directory cannot reach gets `no_contact`, visible the same way, and
 //! is told after all once a contact is imported (`reopen_reachable`).
@@ -289,9 +290,11 @@ impl Notifier {
     /// Opens the notice of access `id` again, due at once, under its lease and only if the
     /// store still has it closed with nobody to tell (another replica may have opened it, and
     /// sent it, since this one read the index); its audit entry `no-contact` stays, and the one
-    /// its outcome adds follows it. Nobody has its message (a notice closed so was delivered
-    /// to nobody): one made before it closed is made again, for whom the directory names now
-    /// and saying it comes late, and its retry period runs from now. One the index still names
+    /// its outcome adds follows it. Nobody is on record as having its message (a notice closed
+    /// so was delivered to nobody): one made before it closed is made again, for whom the
+    /// directory names now and saying it comes late, under a Message-ID of its own (an attempt
+    /// whose delivery was never recorded may have reached someone with the one before), and its
+    /// attempts and retry period start again. One the index still names
     /// though it was opened (an index built while another replica opened it) is written again
     /// as it is, which takes it out of the index. Whether it opened it.
     async fn reopen(&self, id: &AccessId, now: u64) -> bool {
@@ -305,6 +308,7 @@ impl Notifier {
                 notice.reopened = Some(now);
                 notice.next_at = now;
                 notice.first_attempt_at = None;
+                notice.attempts = 0;
                 notice.sending_since = None;
                 notice.last_error = None;
                 notice.message = None;
@@ -758,7 +762,7 @@ impl Notifier {
                 from: &self.settings.from,
                 explorer_tx_url: self.settings.explorer_tx_url.as_deref(),
                 contest: &self.settings.contest,
-                late: notice.reopened.is_some(),
+                reopened: notice.reopened,
             },
             &access,
             &reason,
@@ -1334,7 +1338,7 @@ mod tests {
                 from: &settings.notify.from,
                 explorer_tx_url,
                 contest: "call us",
-                late: false,
+                reopened: None,
             },
             &access(vec![DataType::Allergies]),
             "unresponsive",
@@ -1437,7 +1441,7 @@ mod tests {
                         from: &settings.notify.from,
                         explorer_tx_url: None,
                         contest: "call us",
-                        late,
+                        reopened: late.then_some(1_700_000_000),
                     },
                     &access(vec![DataType::Allergies]),
                     "unresponsive",
@@ -1452,6 +1456,9 @@ mod tests {
                     let body = part.get_body().unwrap();
                     assert_eq!(body.contains(why), late, "{body}");
                 }
+                // a message of its own: its own Message-ID
+                let id = String::from_utf8_lossy(&raw).contains(".1700000000@");
+                assert_eq!(id, late);
             }
         }
     }

@@ -164,7 +164,8 @@ pub(super) fn open_index_rows(
     for (id, v) in notices {
         match dec::<Notice>(id, v) {
             Ok(notice) if !notice.is_open() => {
-                if let Some(row) = uncontacted_row(&notice) {
+                // (a build writes what is there: a notice's removal from the index is not a row)
+                if let Some(row @ (_, _, Some(_))) = uncontacted_row(&notice) {
                     uncontacted.push(row);
                 }
             }

@@ -142,6 +142,10 @@ fn a_good_request_verifies_with_every_field() {
         "Be\u{AD}wusst\u{AD}lo\u{AD}sig\u{AD}keit, Ver\u{AD}dacht auf Ana\u{AD}phy\u{AD}la\u{AD}xie",
         "သတိ\u{200B}လစ်\u{200B}နေ\u{200B}သည်",
         "chest pain ❤\u{FE0F} #\u{FE0F}\u{20E3} 👁\u{FE0F}\u{200D}🗨\u{FE0F}",
+        // soft hyphens at every syllable: more than a quarter of the characters shown
+        &"ka\u{AD}".repeat(20),
+        // a character Unicode assigns after this build's data (an emoji to come) shows
+        "pain \u{1FAFF}",
     ] {
         let m = with_field("reason", Value::Utf8(reason.into()));
         assert_eq!(check(&body(signed(&m))).unwrap().reason, reason);
@@ -311,6 +315,13 @@ fn bad_input_catalogue() {
             with_field(
                 "reason",
                 Value::Utf8("🏴\u{E0067}\u{E0062}\u{E0065}\u{E006E}\u{E0067} fell".into()),
+            ),
+        ),
+        (
+            "reason with a flag of tags emoji do not show",
+            with_field(
+                "reason",
+                Value::Utf8("fell 🏴\u{E0075}\u{E0073}\u{E0063}\u{E0061}\u{E007F}".into()),
             ),
         ),
         (

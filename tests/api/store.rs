@@ -3214,4 +3214,6 @@ fn redis_keeps_an_index_of_notices_with_nobody_to_tell_and_builds_it_for_an_olde
         .unwrap();
     let store = RedisStore::open(&server.url(), "u:").unwrap();
     assert_eq!(uncontacted(&store), vec![numbered(1)]);
+    // and names only it: the notice opened again since is no row at all (not an empty one)
+    assert_eq!(store.uncontacted_count().unwrap(), 1);
 }
