@@ -79,6 +79,11 @@ fn boundary(v: &str) -> Option<String> {
         if let Ok(t) = v.parse::<jiff::Timestamp>() {
             return Some(t.strftime("%Y-%m-%d").to_string());
         }
+        // (to the second, as FHIR writes a dateTime: not an hour alone, nor a week date)
+        let b = v.as_bytes();
+        if b.len() < 19 || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+            return None;
+        }
         let local: jiff::civil::DateTime = v.parse().ok()?;
         return Some(local.date().to_string());
     }
@@ -199,12 +204,10 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
     {
         // the first contact with an email is the delegate first: its address and periods must
         // be valid; a later one, the delegate once the first's period ends, is left out if not
-        // (one without an email, a phone number alone, is not looked at further)
-        let has_email = c.get("telecom").and_then(Value::as_array).is_some_and(|t| {
-            t.iter()
-                .any(|t| t.get("system").and_then(Value::as_str) == Some("email"))
-        });
-        if !has_email {
+        // (one without an email to keep, a phone number alone, an old address, is not looked
+        // at further)
+        let emails = emails_of(c.get("telecom"));
+        if emails.as_ref().is_ok_and(Vec::is_empty) {
             continue;
         }
         let (starts, ends) = match period_of(c.get("period")) {
@@ -219,7 +222,7 @@ fn patient(resource: &Value, id_system: &str) -> Result<(PatientId, Contact), St
         {
             continue;
         }
-        let emails = match emails_of(c.get("telecom")) {
+        let emails = match emails {
             Ok(emails) => emails,
             Err(e) if delegates.is_empty() => return Err(format!("contact {e}")),
             Err(_) => continue,
@@ -735,6 +738,8 @@ mod tests {
             "2027-13",
             "2027-02-30",
             "2027-03-05T25:00:00",
+            "2027-03-05T10:00",
+            "2027-03-05T10",
             "27",
         ] {
             assert!(p(Some(bad), None).is_err(), "{bad}");
@@ -791,6 +796,13 @@ mod tests {
         ]);
         let (_, contact) =
             with(serde_json::json!([email("a@example.org", "2999")]), phone).unwrap();
+        assert!(contact.delegates.is_empty());
+        // nor one whose only email is an old one
+        let old = serde_json::json!([
+            { "relationship": [{ "text": "neighbour" }], "period": { "start": "unknown" },
+              "telecom": [{ "system": "email", "value": "n@example.org", "use": "old" }] },
+        ]);
+        let (_, contact) = with(serde_json::json!([email("a@example.org", "2999")]), old).unwrap();
         assert!(contact.delegates.is_empty());
     }
 }

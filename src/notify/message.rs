@@ -1,5 +1,6 @@
 //! Rendering a notice: the patient's language, plain-text and HTML parts from the templates in
-//! `templates/`, a `Message-ID` fixed by the access id. What it may say: who (the clinician's
+//! `templates/`, a `Message-ID` fixed by the access id (and, for a notice opened again after
+//! nobody could be told, by when it was opened). What it may say: who (the clinician's
 //! role, never their key), which kinds of data (names only, never values), when, the stated
 //! reason, the chain record, and how to contest.
 //!

@@ -427,10 +427,13 @@ impl Notifier {
             }
         };
         let next = match self.store.notice(&id) {
+            // (the same message too: a notice opened again starts its attempts again, under a
+            // Message-ID of its own)
             Ok(Some(stored))
                 if stored.is_open()
                     && stored.sending_since.is_some()
-                    && stored.attempts == notice.attempts =>
+                    && stored.attempts == notice.attempts
+                    && stored.message_id == notice.message_id =>
             {
                 self.record(notice, now, fence.as_ref()).await
             }
@@ -2121,6 +2124,30 @@ mod tests {
         );
         assert!(due.is_empty(), "closed");
         assert!(outbox(&t.settings.data.dir).is_empty(), "not sent again");
+    }
+
+    /// An outcome kept from before the notice closed with nobody to tell and was opened again
+    /// (made again, its attempts from 0, under a Message-ID of its own) is not recorded over
+    /// the new message's attempt in flight, though their numbers match.
+    #[tokio::test]
+    async fn an_outcome_kept_from_before_a_notice_was_opened_again_is_not_recorded_over_it() {
+        let t = on_redis().await;
+        let (store, notifier) = (&t.store, &t.notifier);
+        let (id, now) = (t.notice.access_id, t.notice.due_at);
+        let (mut sending, lapsed) = in_flight(&t).await;
+        let old = sent(&sending, now);
+        // the old outcome kept; the notice, meanwhile, closed, opened again and made again
+        notifier.record(old, now, Some(&lapsed)).await;
+        sending.reopened = Some(now + 1);
+        sending.message_id = Some(format!("<{id}.{}@hospital.example>", now + 1));
+        written(store, &sending).await;
+        let mut due = BTreeSet::from([(now, id)]);
+        notifier.round(&mut due).await;
+        assert_eq!(
+            store.notice(&id).unwrap(),
+            Some(sending),
+            "not written over"
+        );
     }
 
     /// Replicas on Redis, an SMTP server that accepts the connection and never answers: the

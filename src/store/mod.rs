@@ -311,7 +311,8 @@ pub struct Notice {
     pub first_attempt_at: Option<u64>,
     /// The last failure (an SMTP reply or an I/O error: never an address or clinical data).
     pub last_error: Option<String>,
-    /// `<access id@domain>`, fixed when the message is rendered.
+    /// `<access id@domain>` (`<access id.<when opened again>@domain>` for a notice opened again
+    /// after nobody could be told: `reopened`), fixed when the message is rendered.
     pub message_id: Option<String>,
     /// The rendered message (envelope and RFC 5322 bytes), sealed, hex; written before the
     /// first send so that every retry sends these same bytes.
