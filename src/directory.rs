@@ -10,8 +10,10 @@
 //! `preferred` (BCP 47; languages without templates fall back to English); a delegate is a
 //! `contact` with an email (relationship kept as its display text). Every email and delegate
 //! whose period has not ended is kept with the starts and ends of its periods (FHIR dates, or
-//! dateTimes as their UTC day; anything else refused), in the order they are chosen in, so
-//! that who is told is judged on the day a notice goes (`Contact::current`), not at the import.
+//! dateTimes as their UTC day, one without a zone as its own; anything else refuses the
+//! patient for the first email or contact, and leaves a later one out), in the order they are
+//! chosen in, so that who is told is judged on the day a notice goes (`Contact::current`), not
+//! at the import.
 //!
 //! It must not: log or return contact details (they are sealed before they are stored).
 

@@ -141,8 +141,9 @@ struct Fields {
 /// one letter or digit (one of zero-width or invisible characters alone says nothing), no
 /// control character but a line break (of any kind) or tab, no bidirectional override,
 /// embedding or isolate (which reorder the text as shown: U+202A-U+202E, U+2066-U+2069), and
-/// no hidden text in the characters shown as nothing (Unicode's default-ignorable code points:
-/// `unseen_text`).
+/// the characters shown as nothing (Unicode's default-ignorable code points) only where text
+/// uses them and no more than it does (`unseen_text`): what could hide in them is bounded, a
+/// few bits each at most.
 fn readable_reason(r: &str) -> Result<(), RequestError> {
     if !r.chars().any(char::is_alphanumeric) {
         return Err(malformed(
@@ -182,11 +183,13 @@ const TAGGED_FLAGS: [&str; 3] = ["gbeng", "gbsct", "gbwls"];
 
 /// The characters shown as nothing in `r` (Unicode's default-ignorable code points), checked
 /// for hidden text; the first that may carry it, and why, if one does. Each is taken only where
-/// text uses it, and no more of them than text does:
+/// text uses it, and no more of them than text does (what is left to hide in them is which of
+/// a few is used where, under a cap):
 /// - a variation selector right after a character it varies: an emoji's form (U+FE0E, U+FE0F)
 ///   after an emoji, an ideograph's variant (U+E0100-U+E01EF, `IDEOGRAPHIC_VARIANTS_MAX` at
 ///   most) after an ideograph, a standardized variant (U+FE00-U+FE0D) after an ideograph or a
-///   symbol, a Mongolian form (U+180B-U+180F) after a Mongolian letter;
+///   symbol, a Mongolian form (U+180B-U+180D, U+180F) or the vowel separator (U+180E) after a
+///   Mongolian letter;
 /// - a joiner or non-joiner (U+200C, U+200D), the soft hyphen, a zero-width space, the word
 ///   joiner or the combining grapheme joiner after a character shown (a joiner also after an
 ///   emoji's form: a ZWJ sequence);
@@ -261,7 +264,8 @@ fn unseen_text(r: &str) -> Result<(), (char, &'static str)> {
             '\u{FE00}'..='\u{FE0D}' => {
                 after_shown.is_some_and(|b| ideograph.contains(b) || symbol(b))
             }
-            '\u{180B}'..='\u{180D}' | '\u{180F}' => {
+            // a Mongolian letter's form, or the vowel separator before a final a or e
+            '\u{180B}'..='\u{180F}' => {
                 after_shown.is_some_and(|b| ('\u{1820}'..='\u{18AA}').contains(&b))
             }
             // an emoji's form, then its joiner: a ZWJ sequence

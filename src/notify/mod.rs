@@ -294,7 +294,8 @@ impl Notifier {
     /// so was delivered to nobody): one made before it closed is made again, for whom the
     /// directory names now and saying it comes late, under a Message-ID of its own (an attempt
     /// whose delivery was never recorded may have reached someone with the one before), and its
-    /// attempts and retry period start again. One the index still names
+    /// attempts and retry period start again. One the index still names (whose patient the
+    /// directory reaches: the others are not read)
     /// though it was opened (an index built while another replica opened it) is written again
     /// as it is, which takes it out of the index. Whether it opened it.
     async fn reopen(&self, id: &AccessId, now: u64) -> bool {
@@ -1000,11 +1001,13 @@ impl Notifier {
                 };
             }
             Err(SendError::Permanent(_))
-                if notice.delivered.is_empty() && notice.refused.is_empty() =>
+                if notice.delivered.is_empty() && !notice.withdrawn.is_empty() =>
             {
-                // nobody refused it: the directory names nobody it can go to any more (an
-                // address given up, a guardianship ended since it was made), as for a notice
-                // never made: closed with nobody to tell, and sent once a contact reaches someone
+                // nobody has it, and not everybody refused it: the directory names nobody else
+                // it can go to (an address given up, a guardianship ended since it was made;
+                // a delegate's mailbox that refused it is no reason not to tell the patient),
+                // as for a notice never made: closed with nobody to tell, and sent once a
+                // contact reaches someone
                 tracing::warn!(access = %notice.access_id, "notice: the directory no longer names anyone to tell; nobody is notified until it does");
                 notice.state = NoticeState::NoContact { at: now };
             }
@@ -1917,6 +1920,41 @@ mod tests {
             (None, &None, &vec![])
         );
         assert_eq!(t.notifier.stuck(opened, now, None).await, Some(now + 5));
+    }
+
+    /// A notice whose delegate's mailbox refused it for good, and whose patient the directory
+    /// no longer names (an address given up since), has nobody to tell, not everybody refusing
+    /// it: it closes so (and goes out once the patient's new address is imported), not dead
+    /// as "every recipient refused it".
+    #[tokio::test]
+    async fn a_notice_refused_by_its_delegate_alone_waits_for_the_patient() {
+        let t = on_redis().await;
+        let id = t.notice.access_id;
+        let mut rendered = rendered(&t.settings);
+        rendered.to = vec!["ana@example.org".into(), "guardian@example.org".into()];
+        rendered.whose = vec![message::Whom::Patient, message::Whom::Delegate];
+        let mut notice = t.notice.clone();
+        notice.message = Some(hex::encode(
+            t.notifier
+                .keyring
+                .seal(
+                    &crate::seal::names::notice(&id),
+                    &serde_json::to_vec(&rendered).unwrap(),
+                )
+                .unwrap(),
+        ));
+        notice.refused = vec![1];
+        notice.attempts = 1;
+        notice.first_attempt_at = Some(now_secs());
+        written(&t.store, &notice).await;
+        contact_written(&t, &ana(&["2020-01-01"])).await;
+        assert_eq!(t.notifier.step_held(&id, now_secs(), None).await, None);
+        let closed = t.store.notice(&id).unwrap().unwrap();
+        assert!(
+            matches!(closed.state, NoticeState::NoContact { .. }),
+            "{closed:?}"
+        );
+        assert_eq!(t.store.uncontacted().unwrap(), vec![(id, t.notice.patient)]);
     }
 
     /// A notice of an old access opened again (its patient's contact imported since) that

@@ -335,7 +335,8 @@ pub struct Notice {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub withdrawn: Vec<u8>,
     /// When it was opened again after nobody could be told (`NoticeState::NoContact`): the
-    /// patient's contact was imported since (unix seconds; `Notifier::reopen_reachable`).
+    /// directory reaches the patient since (a contact imported, or a period of one imported
+    /// before begun; unix seconds; `Notifier::reopen_reachable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reopened: Option<u64>,
     pub state: NoticeState,
@@ -814,7 +815,8 @@ pub trait Store: Send + Sync + 'static {
     fn open_notices(&self) -> Result<Vec<Notice>, StoreError>;
     /// The notices closed with nobody to tell (`NoticeState::NoContact`), as their index names
     /// them: each access id with its patient's (the notices themselves are not read; an index
-    /// built while one was opened again may still name it, never miss one).
+    /// built while one was opened again may still name it; one closed by a replica of a
+    /// version before the index is missed until a process of this one builds it again).
     fn uncontacted(&self) -> Result<Vec<(AccessId, PatientId)>, StoreError>;
     /// How many notices are closed with nobody to tell, as their index names them (for
     /// operators).

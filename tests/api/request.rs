@@ -146,6 +146,8 @@ fn a_good_request_verifies_with_every_field() {
         &"ka\u{AD}".repeat(20),
         // a character Unicode assigns after this build's data (an emoji to come) shows
         "pain \u{1FAFF}",
+        // traditional Mongolian: the vowel separator before a final a
+        "ᠬᠠᠷᠠ\u{180E}ᠠ ᠦᠪᠳᠡᠭ",
     ] {
         let m = with_field("reason", Value::Utf8(reason.into()));
         assert_eq!(check(&body(signed(&m))).unwrap().reason, reason);
