@@ -216,7 +216,7 @@ impl Metrics {
         );
         registry.register(
             "notices_uncontacted",
-            "Patient notices with nobody to tell (no contact on file, or none still current): each goes out once the patient's contact is imported",
+            "Patient notices with nobody to tell (no contact on file, or none still current): each goes out once the directory reaches the patient (a contact imported, or a period of one begun)",
             m.notices_uncontacted.clone(),
         );
         registry.register(

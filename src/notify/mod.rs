@@ -1330,6 +1330,17 @@ mod tests {
         explorer_tx_url: Option<&str>,
         proof: &Proof,
     ) -> Rendered {
+        rendered_opened(settings, language, explorer_tx_url, proof, None)
+    }
+
+    /// `rendered_in`, for a notice opened again at `reopened`, if given.
+    fn rendered_opened(
+        settings: &Settings,
+        language: Language,
+        explorer_tx_url: Option<&str>,
+        proof: &Proof,
+        reopened: Option<u64>,
+    ) -> Rendered {
         let contact = Contact {
             name: None,
             email: Some("ana@example.org".into()),
@@ -1344,7 +1355,7 @@ mod tests {
                 from: &settings.notify.from,
                 explorer_tx_url,
                 contest: "call us",
-                reopened: None,
+                reopened,
             },
             &access(vec![DataType::Allergies]),
             "unresponsive",
@@ -1432,30 +1443,14 @@ mod tests {
             (Language::En, "We could not reach you when it happened"),
             (Language::Es, "No pudimos contactarle cuando ocurrió"),
         ] {
-            let contact = Contact {
-                name: None,
-                email: Some("ana@example.org".into()),
-                language,
-                delegate: None,
-                emails: Vec::new(),
-                delegates: Vec::new(),
-            };
             for late in [true, false] {
-                let raw = message::render(
-                    &Templates::new().unwrap(),
-                    &NoticeSettings {
-                        from: &settings.notify.from,
-                        explorer_tx_url: None,
-                        contest: "call us",
-                        reopened: late.then_some(1_700_000_000),
-                    },
-                    &access(vec![DataType::Allergies]),
-                    "unresponsive",
+                let raw = rendered_opened(
+                    &settings,
+                    language,
                     None,
-                    &contact,
                     &Proof::AccessId,
+                    late.then_some(1_700_000_000),
                 )
-                .unwrap()
                 .raw;
                 let mail = mailparse::parse_mail(&raw).unwrap();
                 for part in &mail.subparts {
