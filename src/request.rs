@@ -192,10 +192,11 @@ const TAGGED_FLAGS: [&str; 3] = ["gbeng", "gbsct", "gbwls"];
 ///   Mongolian letter;
 /// - a joiner or non-joiner (U+200C, U+200D), the soft hyphen, a zero-width space, the word
 ///   joiner or the combining grapheme joiner after a character shown (a joiner also after an
-///   emoji's form: a ZWJ sequence);
-/// - a direction mark (LRM, RLM, ALM) anywhere;
+///   emoji's form: a ZWJ sequence; a zero-width space also at the start of a line);
+/// - a direction mark (LRM, RLM, ALM) anywhere, and the byte order mark as the first character
+///   (text pasted from a file that begins with one);
 /// - tag characters only as a subdivision flag's (`TAGGED_FLAGS_MAX` at most);
-/// - no other (invisible operators, fillers, deprecated format characters, the BOM, the ones
+/// - no other (invisible operators, fillers, deprecated format characters, the BOM elsewhere, the ones
 ///   Unicode has not assigned);
 /// - two in a row at most (an emoji's form then its joiner), and no more of them in all than
 ///   eight and half the characters shown (text hyphenated at every syllable, Burmese spaced).
@@ -218,6 +219,7 @@ fn unseen_text(r: &str) -> Result<(), (char, &'static str)> {
         )
     };
     let tag = |c: char| matches!(c, '\u{E0000}'..='\u{E007F}');
+    let line_break = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
     let chars: Vec<char> = r.chars().collect();
     let (mut run, mut unseen, mut shown, mut variants, mut flags) = (0, 0, 0, 0, 0);
     let mut i = 0;
@@ -269,9 +271,13 @@ fn unseen_text(r: &str) -> Result<(), (char, &'static str)> {
                 after_shown.is_some_and(|b| ('\u{1820}'..='\u{18AA}').contains(&b))
             }
             // an emoji's form, then its joiner: a ZWJ sequence
-            '\u{200D}' => after_shown.is_some() || before == Some('\u{FE0F}'),
-            '\u{200C}' | '\u{00AD}' | '\u{200B}' | '\u{2060}' | '\u{034F}' => after_shown.is_some(),
+            '\u{200D}' => after_shown.is_some() || matches!(before, Some('\u{FE0E}' | '\u{FE0F}')),
+            // a word break where a line starts, as in Thai or Burmese pasted over lines
+            '\u{200B}' => after_shown.is_some() || before.is_some_and(line_break),
+            '\u{200C}' | '\u{00AD}' | '\u{2060}' | '\u{034F}' => after_shown.is_some(),
             '\u{200E}' | '\u{200F}' | '\u{061C}' => true,
+            // the byte order mark a pasted text may begin with, there alone
+            '\u{FEFF}' => before.is_none(),
             _ => {
                 return Err((c, "characters shown as nothing that text does not use"));
             }

@@ -148,6 +148,11 @@ fn a_good_request_verifies_with_every_field() {
         "pain \u{1FAFF}",
         // traditional Mongolian: the vowel separator before a final a
         "ᠬᠠᠷᠠ\u{180E}ᠠ ᠦᠪᠳᠡᠭ",
+        // pasted: a byte order mark first; Thai over lines, a word break where one starts
+        "\u{FEFF}unconscious, found at home",
+        "หมดสติ\u{200B}ที่บ้าน\n\u{200B}แพ้ยา",
+        // an emoji shown as text in a ZWJ sequence
+        "burn ❤\u{FE0E}\u{200D}🔥 on the arm",
     ] {
         let m = with_field("reason", Value::Utf8(reason.into()));
         assert_eq!(check(&body(signed(&m))).unwrap().reason, reason);
@@ -307,6 +312,18 @@ fn bad_input_catalogue() {
         (
             "reason with a zero-width space after a space",
             with_field("reason", Value::Utf8("fall \u{200B}x".into())),
+        ),
+        (
+            "reason with a byte order mark inside",
+            with_field("reason", Value::Utf8("fall\u{FEFF}x".into())),
+        ),
+        (
+            "reason with a byte order mark after the first",
+            with_field("reason", Value::Utf8("\u{FEFF}\u{FEFF}fall".into())),
+        ),
+        (
+            "reason with a zero-width space after a tab",
+            with_field("reason", Value::Utf8("fall\t\u{200B}x".into())),
         ),
         (
             "reason with an invisible operator",
