@@ -82,7 +82,8 @@
 ;;   u205 ERR-PROVIDER-NOT-FOUND     no provider registered for that principal (ever)
 ;;   u206 ERR-INVALID-ROLE           role not in ROLES
 ;;   u207 ERR-INVALID-TRANSITION     the provider's status does not allow this change
-;;   u208 ERR-PROVIDER-NOT-VERIFIED  the provider is not verified at this block
+;;   u208 ERR-PROVIDER-NOT-VERIFIED  the provider (or the reviewer, whose own provider record
+;;                                   must be verified to review) is not verified at this block
 ;;   u209 ERR-INVALID-DATA-TYPE      a data type unknown to patient-consent
 ;;   u210 ERR-INVALID-PURPOSE        a purpose unknown to patient-consent
 ;;   u211 ERR-NO-CONSENT             the patient has no active consent for this request
@@ -506,8 +507,11 @@
 ;; reviewer signed in their browser (reviewers hold no STX; the responder pays, and its
 ;; submitter sends the transaction exactly once), and the reviewer is the signer, recovered
 ;; from the signature over the access id, verdict and note hash (see "Relayed reviews" in the
-;; header). Either way the same rules then apply to the reviewer: a reviewer, a known verdict,
-;; neither the access's provider nor the responder that recorded it, and the first review.
+;; header). Either way the same rules then apply to the reviewer: a reviewer whose provider
+;; record is verified at this block (one suspended or revoked by an authority, or never
+;; credentialed, cannot judge: u208, as a signature made before a suspension and relayed after
+;; it), a known verdict, neither the access's provider nor the responder that recorded it, and
+;; the first review.
 ;;
 ;; Checks run cheapest first: the caller (direct; a responder when relayed), the access, then
 ;; the signature's recovery (the only costly step, only for a relayed review of an access that
@@ -523,6 +527,7 @@
                       tx-sender))
           (relayed-by (if (is-some reviewer-signature) (some tx-sender) none)))
       (asserts! (is-reviewer reviewer) ERR-NOT-REVIEWER)
+      (asserts! (is-verified-provider reviewer) ERR-PROVIDER-NOT-VERIFIED)
       (asserts! (is-some (map-get? known-verdicts verdict)) ERR-INVALID-VERDICT)
       (asserts! (not (or (is-eq reviewer (get provider access)) (is-eq reviewer (get responder access))))
                 ERR-SELF-REVIEW)

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { Cl } from "@stacks/transactions";
 import {
   PATIENT2_ID, PATIENT_ID, authority, call, deployer, governance, hash, id, nurse, ok, patient, physician, prints, read,
-  recordArgs, registerPatient, registerProvider, responder, reviewer, stranger, verifiedProvider,
+  recordArgs, registerPatient, registerProvider, responder, reviewer, stranger, verifiedProvider, verifiedReviewer,
 } from "./helpers";
 
 const C = "access-control";
@@ -280,6 +280,7 @@ describe("emergency access", () => {
   function setup() {
     governance();
     verifiedProvider(physician, "physician");
+    verifiedProvider(reviewer, "reviewer");
   }
 
   it("a responder records an access for a verified provider, with indexes and an event", () => {
@@ -450,6 +451,33 @@ describe("emergency access", () => {
       Cl.list(["appropriate", "inappropriate", "needs-follow-up"].map((v) => Cl.stringAscii(v))));
   });
 
+  it("a reviewer must be a verified provider to review (u208): not one suspended, revoked or never credentialed", () => {
+    setup();
+    ok(C, "record-emergency-access", recordArgs(A, physician), responder);
+    const accessId = Cl.bufferFromHex(A.repeat(32));
+    const review = (who = reviewer) =>
+      call(C, "review-emergency-access", [accessId, Cl.stringAscii("appropriate"), hash("cd"), Cl.none()], who);
+    // a reviewer with no provider record at all
+    ok(C, "add-reviewer", [Cl.principal(nurse)], deployer);
+    expect(review(nurse).result).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    // registered, not verified yet
+    registerProvider(nurse, "reviewer");
+    expect(review(nurse).result).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    // suspended by an authority: refused until reinstated
+    ok(C, "suspend-provider", [Cl.principal(reviewer)], authority);
+    expect(review().result).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    expect(read(C, "get-emergency-review", [accessId])).toBeNone();
+    ok(C, "reinstate-provider", [Cl.principal(reviewer)], authority);
+    ok(C, "record-emergency-access", recordArgs("a2", physician), responder);
+    expect(review().result).toBeOk(Cl.bool(true));
+    // revoked: refused for good
+    ok(C, "revoke-provider", [Cl.principal(reviewer)], authority);
+    const second = Cl.bufferFromHex("a2".repeat(32));
+    expect(call(C, "review-emergency-access", [second, Cl.stringAscii("appropriate"), hash("cd"), Cl.none()], reviewer).result)
+      .toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    expect(read(C, "get-emergency-review", [second])).toBeNone();
+  });
+
   it("accepts every verdict, \"needs-follow-up\" too", () => {
     setup();
     const verdicts = ["appropriate", "inappropriate", "needs-follow-up"];
@@ -473,7 +501,7 @@ describe("emergency access", () => {
 
   it("the responder that recorded an access cannot review it (u217)", () => {
     setup();
-    ok(C, "add-reviewer", [Cl.principal(responder)], deployer);
+    verifiedReviewer(responder);
     ok(C, "record-emergency-access", recordArgs(A, physician), responder);
     expect(call(C, "review-emergency-access", [Cl.bufferFromHex(A.repeat(32)), Cl.stringAscii("appropriate"), hash("cd"), Cl.none()], responder).result).toBeErr(err(ERR.SELF_REVIEW));
     expect(call(C, "review-emergency-access", [Cl.bufferFromHex(A.repeat(32)), Cl.stringAscii("appropriate"), hash("cd"), Cl.none()], reviewer).result).toBeOk(Cl.bool(true));

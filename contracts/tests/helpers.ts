@@ -68,6 +68,13 @@ export function verifiedProvider(who: string, role: string) {
   ok("access-control", "verify-provider", [Cl.principal(who)], authority);
 }
 
+/** `who` made a reviewer by the owner and, as a reviewer must be to review, a provider the
+ * authority verified (after `governance`). */
+export function verifiedReviewer(who: string) {
+  ok("access-control", "add-reviewer", [Cl.principal(who)], deployer);
+  verifiedProvider(who, "reviewer");
+}
+
 /** The arguments of access-control's record-emergency-access; `degraded` last, as there. */
 export function recordArgs(accessId: string, provider: string, patientId = PATIENT_ID,
                            dataTypes = ["allergies"], window = 60, degraded = false) {

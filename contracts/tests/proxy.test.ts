@@ -168,7 +168,8 @@ const CASES: Case[] = [
     state: () => [read(AC, "get-emergency-count", []), read(AC, "get-emergency-access", [ACCESS_ID]),
                   read(AC, "get-patient-emergency-count", [id(PATIENT_ID)])] },
   { contract: AC, fn: "review-emergency-access", who: reviewer, args: () => [ACCESS_ID, Cl.stringAscii("appropriate"), hash("cd"), Cl.none()],
-    setup: () => { governance(); verifiedProvider(physician, "physician"); ok(AC, "record-emergency-access", recordArgs("d0", physician), responder); },
+    setup: () => { governance(); verifiedProvider(physician, "physician"); verifiedProvider(reviewer, "reviewer");
+                   ok(AC, "record-emergency-access", recordArgs("d0", physician), responder); },
     state: () => [read(AC, "get-emergency-review", [ACCESS_ID])] },
   { contract: AC, fn: "anchor-audit", who: responder, args: () => [hash("01"), Cl.uint(5)],
     setup: () => { governance(); }, state: () => [read(AC, "get-anchor-count", []), read(AC, "get-latest-anchor", [])] },

@@ -11,11 +11,11 @@ import { createHash } from "node:crypto";
 import { Cl, ClarityValue, encodeStructuredDataBytes, privateKeyToAddress, signStructuredData } from "@stacks/transactions";
 import {
   PATIENT_ID, authority, call, deployer, governance, hash, id, ok, physician, prints, read, recordArgs,
-  registerProvider, responder, reviewer, stranger, verifiedProvider,
+  registerProvider, responder, reviewer, stranger, verifiedProvider, verifiedReviewer,
 } from "./helpers";
 
 const C = "access-control";
-const ERR = { NOT_RESPONDER: 202, NOT_REVIEWER: 203, ACCESS_NOT_FOUND: 214, ALREADY_REVIEWED: 215,
+const ERR = { NOT_RESPONDER: 202, NOT_REVIEWER: 203, PROVIDER_NOT_VERIFIED: 208, ACCESS_NOT_FOUND: 214, ALREADY_REVIEWED: 215,
   INVALID_VERDICT: 216, SELF_REVIEW: 217, BAD_REVIEW_SIGNATURE: 225 };
 const err = (code: number) => Cl.uint(code);
 const lastTrace = () =>
@@ -51,7 +51,7 @@ function relay(signature: string | null, verdict = "appropriate", sender = respo
 function setup() {
   governance();
   verifiedProvider(physician, "physician");
-  ok(C, "add-reviewer", [Cl.principal(signer.principal)], deployer);
+  verifiedReviewer(signer.principal);
   ok(C, "record-emergency-access", recordArgs(A, physician), responder);
 }
 
@@ -97,6 +97,16 @@ describe("relayed reviews", () => {
     ok(C, "remove-reviewer", [Cl.principal(signer.principal)], deployer);
     expect(relay(sign(signer.privateKey)).result).toBeErr(err(ERR.NOT_REVIEWER));
     expect(read(C, "get-emergency-review", [accessId()])).toBeNone();
+  });
+
+  it("a signature made before its reviewer was suspended is refused when relayed after (u208), and stands once reinstated", () => {
+    setup();
+    const signature = sign(signer.privateKey);
+    ok(C, "suspend-provider", [Cl.principal(signer.principal)], authority);
+    expect(relay(signature).result).toBeErr(err(ERR.PROVIDER_NOT_VERIFIED));
+    expect(read(C, "get-emergency-review", [accessId()])).toBeNone();
+    ok(C, "reinstate-provider", [Cl.principal(signer.principal)], authority);
+    expect(relay(signature).result).toBeOk(Cl.bool(true));
   });
 
   it("only a responder relays (u202), before the access is looked up or the signature recovered", () => {
@@ -180,7 +190,7 @@ describe("relayed reviews", () => {
     // a second responder, also a reviewer, records an access; its signature relayed by the first
     const recorder = key("responder and reviewer");
     ok(C, "add-responder", [Cl.principal(recorder.principal)], deployer);
-    ok(C, "add-reviewer", [Cl.principal(recorder.principal)], deployer);
+    verifiedReviewer(recorder.principal);
     verifiedProvider(physician, "physician");
     ok(C, "record-emergency-access", recordArgs("d1", physician), recorder.principal);
     expect(relay(sign(recorder.privateKey, "appropriate", accessId("d1")), "appropriate", responder, accessId("d1")).result)
