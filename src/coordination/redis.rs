@@ -8,8 +8,9 @@
 //! with when the request could no longer be fresh, and forgotten then), `rates` (a hash of each
 //! clinician's theoretical arrival time of GCRA, the algorithm `governor` runs for one
 //! process: one field per clinician), `lease:<name>` (a hash: holder and fencing token,
-//! expiring with the lease) and `fences` (the last token given for each lease name; never
-//! expires, so tokens only grow); for reviewers, `challenge:<nonce>` (a spent sign-in
+//! expiring with the lease) and `fences` (field `*`: the last token given, for any lease; never
+//! expires, so tokens only grow; an earlier version kept a field per lease name, read still to
+//! go beyond it); for reviewers, `challenge:<nonce>` (a spent sign-in
 //! challenge, expiring ten minutes after the challenge does) and `session:<sha256 of the token>` (a hash:
 //! reviewer, CSRF token, when it opened; expiring when it idles out or reaches its maximum);
 //! `replica-keys` (a hash: the current data key's and token key's ids and the service's
@@ -53,7 +54,11 @@ fn redis_err(e: ::redis::RedisError) -> StoreError {
     StoreError::Backend(format!("redis: {e}"))
 }
 
-/// Takes or renews a lease: its token, or -1 while another holder has it.
+/// Takes or renews a lease: its token, or -1 while another holder has it. Tokens come from one
+/// counter for every lease (`fences`' field `*`; a field per lease name, as before 2026-12-06,
+/// grew by one every notice, for ever), so that they grow for each name as before; a name an
+/// earlier version counted on its own (its field, which replicas of that version still use while
+/// an upgrade rolls) is given a token beyond that field's.
 const LEASE: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'holder', 'fence')
 if cur[1] == ARGV[1] then
@@ -61,7 +66,9 @@ if cur[1] == ARGV[1] then
   return tonumber(cur[2])
 end
 if not cur[1] then
-  local f = redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+  local counted = redis.call('HMGET', KEYS[2], '*', ARGV[3])
+  local f = math.max(tonumber(counted[1]) or 0, tonumber(counted[2]) or 0) + 1
+  redis.call('HSET', KEYS[2], '*', f)
   redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'fence', f)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return f

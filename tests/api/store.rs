@@ -2144,6 +2144,38 @@ async fn replicas_share_nonces_rates_and_leases_on_redis_and_a_lapsed_lease_cann
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let t2 = b.lease("submitter:x", "b", 60_000).await.unwrap().unwrap();
     assert!(t2 > t1, "a lapsed lease taken over with a greater token");
+    {
+        // a lease a notice: the tokens' record does not grow with them
+        let mut c = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let fences = |c: &mut redis::Connection| -> usize {
+            redis::cmd("HLEN").arg("co:fences").query(c).unwrap()
+        };
+        let before = fences(&mut c);
+        let mut last = t2;
+        for n in 0..50 {
+            let name = format!("notice:{n}");
+            let t = a.lease(&name, "a", 60_000).await.unwrap().unwrap();
+            assert!(t > last, "tokens grow across names");
+            last = t;
+            a.release(&name, "a").await.unwrap();
+        }
+        assert_eq!(fences(&mut c), before, "no field a lease name");
+        // a name an earlier version counted on its own is given a token beyond its count
+        redis::cmd("HSET")
+            .arg("co:fences")
+            .arg("notice:old")
+            .arg(last + 100)
+            .query::<()>(&mut c)
+            .unwrap();
+        let t = a.lease("notice:old", "a", 60_000).await.unwrap().unwrap();
+        assert_eq!(t, last + 101);
+        a.release("notice:old", "a").await.unwrap();
+        assert!(a.lease("notice:1", "a", 60_000).await.unwrap().unwrap() > t);
+        a.release("notice:1", "a").await.unwrap();
+    }
 
     // the writes a lease guards
     let store = RedisStore::open(&server.url(), "co:").unwrap();
