@@ -549,6 +549,12 @@ impl Notifier {
                 // another replica sent it and has not recorded how it went (yet)
                 return Some(now + wait);
             }
+            if n.is_open() && n.next_at > now {
+                // not due yet as the store has it: another replica tried it since this one
+                // learnt when it was due, and set when to try again (each replica trying it
+                // at once would cut its backoff by as many replicas)
+                return Some(n.next_at);
+            }
         }
         match notice {
             Ok(Some(n)) if n.is_open() => {
@@ -1980,6 +1986,45 @@ mod tests {
             t.store.notice(&notice.access_id).unwrap().unwrap().state,
             NoticeState::Dead { .. }
         ));
+    }
+
+    /// A notice another replica tried since this one learnt it was due, and put off (its
+    /// attempt failed, its retry set for later), is not tried again before then: each replica's
+    /// stale due time cut the backoff against a failing relay by as many replicas.
+    #[tokio::test]
+    async fn a_notice_put_off_by_another_replica_is_not_tried_before_its_time() {
+        let t = on_redis().await;
+        let now = now_secs();
+        let mut notice = t.notice.clone();
+        notice.attempts = 1;
+        notice.first_attempt_at = Some(now - 60);
+        notice.next_at = now + 600;
+        notice.last_error = Some("451 try again later".into());
+        apply_async(
+            &t.store,
+            Batch {
+                notices: vec![notice.clone()],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+        // this replica's due set still says it is due now
+        assert_eq!(
+            t.notifier.step(&notice.access_id, now).await,
+            Some(now + 600)
+        );
+        let stored = t.store.notice(&notice.access_id).unwrap().unwrap();
+        assert!(stored.is_open(), "{:?}", stored.state);
+        assert_eq!(stored.attempts, 1, "not tried again");
+        // at its time it is
+        assert_eq!(t.notifier.step(&notice.access_id, now + 600).await, None);
+        let stored = t.store.notice(&notice.access_id).unwrap().unwrap();
+        assert!(
+            matches!(stored.state, NoticeState::Sent { .. }),
+            "{:?}",
+            stored.state
+        );
     }
 
     /// A delegate whose period ended after the directory was imported (a guardianship ended)
