@@ -549,10 +549,11 @@ impl Notifier {
                 // another replica sent it and has not recorded how it went (yet)
                 return Some(now + wait);
             }
-            if n.is_open() && n.next_at > now {
+            if n.is_open() && n.next_at > now.max(now_secs()) {
                 // not due yet as the store has it: another replica tried it since this one
                 // learnt when it was due, and set when to try again (each replica trying it
-                // at once would cut its backoff by as many replicas)
+                // at once would cut its backoff by as many replicas); judged by the time now,
+                // not by when a long round began
                 return Some(n.next_at);
             }
         }
