@@ -49,6 +49,10 @@ const SPACING: Duration = Duration::from_millis(10);
 const AFTER_A_FAILURE: Duration = Duration::from_secs(1);
 /// The lease replicas take to follow: one per store.
 const LEASE: &str = "follow-up";
+/// How long a replica that cannot follow the log's next entry (one written by a later version,
+/// say, during an upgrade) leaves the lease to the others: another, which may follow it,
+/// takes it at its next step. Held and renewed, it kept every replica from following.
+const STAND_ASIDE: Duration = Duration::from_secs(5);
 
 /// The chain record's operation for `access` (its arguments are the access's own fields).
 pub fn record_operation(access: &AccessRecord) -> Result<Submission, String> {
@@ -185,9 +189,14 @@ impl FollowUp {
     pub async fn run(self: Arc<Self>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
         let mut last_write: Option<Instant> = None;
         let mut lease = Lease::default();
+        let mut aside_until: Option<Instant> = None;
         loop {
             let mut failed = false;
-            let more = match self.lease(&mut lease).await {
+            let asked = match aside_until {
+                Some(until) if Instant::now() < until => Ok(None),
+                _ => self.lease(&mut lease).await,
+            };
+            let more = match asked {
                 Ok(Some(fence)) => match self.step(fence).await {
                     Ok(f) => {
                         if f.grants > 0 {
@@ -206,6 +215,12 @@ impl FollowUp {
                         if matches!(e, StoreError::Guarded(crate::store::Guarded::Fenced)) {
                             // another replica took the lease: asked again at once
                             lease = Lease::default();
+                        } else if matches!(e, StoreError::Corrupt(..))
+                            && self.coordination.is_shared()
+                        {
+                            // an entry this replica cannot follow: another replica may
+                            self.let_go(&mut lease).await;
+                            aside_until = Some(Instant::now() + STAND_ASIDE);
                         }
                         tracing::warn!(error = %e, "the grants' follow-up could not be written; trying again");
                         failed = true;
@@ -243,6 +258,19 @@ impl FollowUp {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => break,
                 }
+            }
+        }
+        // stopping: another replica follows at once, not once the lease lapses
+        self.let_go(&mut lease).await;
+    }
+
+    /// Lets the lease go, if this replica holds it (replicas only).
+    async fn let_go(&self, lease: &mut Lease) {
+        let held = matches!(lease.held, Some(Some(_)));
+        *lease = Lease::default();
+        if held {
+            if let Err(e) = self.coordination.release(LEASE, &self.holder).await {
+                tracing::warn!(error = %e, "the grants' follow-up: its lease could not be let go; it lapses");
             }
         }
     }
@@ -596,6 +624,74 @@ mod tests {
         );
         stop.send(true).unwrap();
         running.await.unwrap();
+    }
+
+    /// Replicas on Redis: a replica that cannot follow the log's next entry lets the lease go
+    /// and leaves it to the others a while (another, of a later version say, may follow it:
+    /// held and renewed, it kept them all from following for as long as it ran); and a replica
+    /// that stops lets it go, so that another follows at once, not once it lapses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_that_cannot_follow_or_stops_lets_another_follow() {
+        let redis = crate::dev::test_redis().await;
+        let url = redis.url.as_str();
+        let store: Arc<dyn Store> = Arc::new(crate::store::RedisStore::open(url, "t:").unwrap());
+        let orphan = a_grant_then_an_orphan(&store).await;
+        let mut first = follow_up(&store, Coordinator::redis(url, "t:", 10).unwrap());
+        let mut second = follow_up(&store, Coordinator::redis(url, "t:", 10).unwrap());
+        first.holder = "first".into();
+        second.holder = "second".into();
+        let wake = Arc::new(Notify::new());
+        let (stop, shutdown) = watch::channel(false);
+        let running = tokio::spawn(Arc::new(first).run(wake.clone(), shutdown));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while store.followed().unwrap() != Some(1) {
+            assert!(Instant::now() < deadline, "the first grant followed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // stuck before the orphan, the first lets the lease (60 s) go within a step or two
+        let held = loop {
+            assert!(
+                Instant::now() < deadline,
+                "the lease let go by the replica that cannot follow"
+            );
+            if let Some(fence) = second.fence().await.unwrap() {
+                break fence;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // the second follows once it can
+        put(
+            &store,
+            Batch {
+                accesses: vec![orphan.clone()],
+                ..Batch::default()
+            },
+        )
+        .await;
+        assert_eq!(second.step(held).await.unwrap(), went(1, 1, false));
+        assert!(store.notice(&orphan.id).unwrap().is_some());
+        second
+            .coordination
+            .release(LEASE, &second.holder)
+            .await
+            .unwrap();
+        // the first takes it again, then stops: let go at once
+        put(&store, grant(&access(4, vec![DataType::Allergies]))).await;
+        while store.followed().unwrap() != Some(3) {
+            assert!(Instant::now() < deadline, "the first follows again");
+            wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            second.fence().await.unwrap().is_none(),
+            "the first holds it"
+        );
+        stop.send(true).unwrap();
+        running.await.unwrap();
+        assert!(
+            second.fence().await.unwrap().is_some(),
+            "let go by the replica that stopped"
+        );
     }
 
     /// Replicas on Redis: a follow-up write is written only if the place it was planned from

@@ -1020,6 +1020,19 @@ impl Submitter {
                 _ = shutdown.changed() => break,
             }
         }
+        self.let_go().await;
+    }
+
+    /// Lets the lease go, if this replica holds it (stopping, between rounds): another replica
+    /// submits at once, not once it lapses (a rolling restart held the chain records back a
+    /// lease each).
+    async fn let_go(&self) {
+        if self.fence.swap(0, Ordering::SeqCst) == 0 {
+            return;
+        }
+        if let Err(e) = self.coordination.release(&self.lease(), &self.holder).await {
+            tracing::warn!(error = %e, "the submitter's lease could not be let go; it lapses");
+        }
     }
 }
 
@@ -1060,6 +1073,29 @@ mod tests {
             sent_at_height: 10,
             broadcasts,
         }
+    }
+
+    /// A replica that stops lets the submitter's lease go: another submits at once, not once
+    /// it lapses.
+    #[tokio::test]
+    async fn a_submitter_that_stops_lets_its_lease_go() {
+        let redis = crate::dev::test_redis().await;
+        let dir = tempfile::tempdir().unwrap();
+        let coordination = Arc::new(Coordinator::redis(&redis.url, "t:", 10).unwrap());
+        let mut sub = submitter(dir.path());
+        sub.coordination = coordination.clone();
+        sub.lease_ms = 60_000;
+        let sub = Arc::new(sub);
+        assert!(sub.hold_lease().await.unwrap());
+        let name = format!("submitter:{SENDER}");
+        let other = || coordination.lease(&name, "other", 60_000);
+        assert_eq!(other().await.unwrap(), None, "held");
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(sub.clone().run(Duration::from_secs(3600), shutdown));
+        stop.send(true).unwrap();
+        running.await.unwrap();
+        assert!(other().await.unwrap().is_some(), "let go");
+        assert!(!sub.holds_lease());
     }
 
     #[tokio::test]
