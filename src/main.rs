@@ -592,6 +592,12 @@ fn main() -> ExitCode {
                 eprintln!("breakglass: {e}");
                 return ExitCode::from(2);
             }
+            if !is_dev && s.notify.transport == breakglass::configuration::MailTransport::File {
+                tracing::warn!(
+                    outbox = %s.data.dir.join("outbox").display(),
+                    "notify.transport is \"file\": patients' notices are written to the outbox, not emailed; a deployment sets notify.transport = \"smtp\" (/readyz checks.notices says which)"
+                );
+            }
             startup::no_huge_pages();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,

@@ -308,6 +308,7 @@ impl Application {
             oncall,
             metrics,
             submitter: submitter.clone(),
+            notices_emailed: settings.notify.transport == crate::configuration::MailTransport::Smtp,
         });
         let timeout = settings.server.shutdown_timeout_secs;
         let bind = |what: &str, addr: SocketAddr| {

@@ -35,6 +35,9 @@ pub struct Health {
     pub oncall: Arc<crate::paging::OnCall>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub submitter: Arc<crate::chain::submitter::Submitter>,
+    /// Whether notices are emailed (`notify.transport = "smtp"`), or only written to the
+    /// outbox (`"file"`: development; a deployment so set tells no patient).
+    pub notices_emailed: bool,
 }
 
 /// The credentials of the request's `Authorization` header in `scheme` (`Bearer`, `Basic`),
@@ -155,6 +158,11 @@ async fn readyz(health: web::Data<Health>) -> HttpResponse {
             "store": store_ok,
             "store_writes": writes_refused.as_deref().unwrap_or("ok"),
             "keys": health.keys_loaded,
+            // (not a condition of readiness: grants go on; it says a notice reaches nobody)
+            "notices": {
+                "transport": if health.notices_emailed { "smtp" } else { "file" },
+                "emailed": health.notices_emailed,
+            },
             "follower": {
                 "ok": follower_ok,
                 "applied_height": f.applied(),

@@ -11,6 +11,7 @@
 //!
 //! It must not: render or decide (it sends the stored bytes).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -41,8 +42,10 @@ impl Mailer {
     pub fn from_settings(s: &NotifySettings, data_dir: &Path) -> anyhow::Result<Mailer> {
         Ok(match s.transport {
             MailTransport::File => {
+                // the messages in the clear, as a mailbox holds them: the service's user's alone
                 let dir = data_dir.join("outbox");
                 std::fs::create_dir_all(&dir)?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
                 Mailer::File(AsyncFileTransport::new(dir))
             }
             MailTransport::Smtp => {

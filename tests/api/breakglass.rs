@@ -1420,6 +1420,12 @@ async fn forged_observer_posts_change_no_decision_readiness_or_confirmation() {
         json!(tip),
         "{ready}"
     );
+    // the tests' notices go to the outbox: said, so that a deployment left so is seen
+    assert_eq!(
+        ready["checks"]["notices"],
+        json!({"transport": "file", "emailed": false}),
+        "{ready}"
+    );
     assert!(app.store.tip().unwrap().unwrap().height <= tip);
     assert_eq!(app.status.node_tip(), tip);
     // operators see them

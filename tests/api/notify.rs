@@ -849,6 +849,11 @@ async fn nothing_is_sent_while_the_store_cannot_record_it() {
     let body: Json = ready.json().await.unwrap();
     let why = body["checks"]["store_writes"].as_str().unwrap();
     assert!(why.contains("the disk failed (injected)"), "{body}");
+    assert_eq!(
+        body["checks"]["notices"],
+        json!({"transport": "smtp", "emailed": true}),
+        "{body}"
+    );
 
     // the server comes up: nothing is sent, since it could not be recorded as sent (an
     // attempt a second, before this change, sent it again every 5 s)
@@ -938,6 +943,10 @@ async fn the_proof_survives_the_rebroadcast_path(transport: MailTransport) {
         MailTransport::Smtp => received(&mail).pop().unwrap().1,
         MailTransport::File => {
             let outbox = env.dir.path().join("service").join("outbox");
+            // the messages in the clear: the service's user's alone
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&outbox).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "outbox mode {mode:o}");
             let eml = std::fs::read_dir(&outbox)
                 .unwrap()
                 .filter_map(|e| e.ok().map(|e| e.path()))
