@@ -19,6 +19,9 @@ pub struct ChainSettings {
     pub read_retries: u32,
 }
 
+/// The most retries of a failed read `chain.read_retries` may ask for.
+pub const MAX_READ_RETRIES: u32 = 8;
+
 impl ChainSettings {
     pub(super) fn validate(&self) -> Result<(), String> {
         let address = self.contracts_address;
@@ -33,6 +36,13 @@ impl ChainSettings {
         }
         if self.request_timeout_ms == 0 {
             return Err("chain.request_timeout_ms must be positive".into());
+        }
+        // each retry waits twice as long as the one before: 8 already wait ~a minute in all
+        if self.read_retries > MAX_READ_RETRIES {
+            return Err(format!(
+                "chain.read_retries ({}) must be at most {MAX_READ_RETRIES}: each retry waits twice the one before, and a grant may wait on a read",
+                self.read_retries
+            ));
         }
         Ok(())
     }

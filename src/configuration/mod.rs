@@ -166,6 +166,8 @@ impl Settings {
         self.oncall.validate()?;
         self.review.validate()?;
         self.audit.validate()?;
+        service::validate_clients("resource_servers", &self.resource_servers.clients)?;
+        service::validate_clients("admin", &self.admin.clients)?;
         for (name, value) in [
             (
                 "server.shutdown_timeout_secs",
@@ -173,6 +175,11 @@ impl Settings {
             ),
             ("follower.poll_interval_ms", self.follower.poll_interval_ms),
             ("submitter.interval_ms", self.submitter.interval_ms),
+            // (0 would sign a transaction again at every block, its first never given a chance)
+            (
+                "submitter.rebroadcast_after_blocks",
+                self.submitter.rebroadcast_after_blocks,
+            ),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be positive"));
@@ -304,6 +311,92 @@ mod tests {
             jail.set_env("BREAKGLASS_ONCALL__WEBHOOK_WINDOW_SECS", "0");
             let e = Settings::load(None).unwrap_err();
             assert!(e.to_string().contains("webhook_window_secs"), "{e}");
+            Ok(())
+        });
+    }
+
+    /// A client's secret hash as `sha256sum` prints it (with its `  -`), the secret itself, an
+    /// id twice or one with a colon: each refused at start, naming the entry; before, that
+    /// client's every call was refused as `invalid-client`, and nothing said why.
+    #[test]
+    fn clients_that_could_never_authenticate_are_refused_at_start() {
+        let digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        figment::Jail::expect_with(|jail| {
+            let load = |jail: &mut figment::Jail, section: &str, clients: &str| {
+                jail.create_file("c.toml", &format!("[{section}]\nclients = [{clients}]\n"))
+                    .unwrap();
+                Settings::load(Some(Path::new("c.toml")))
+            };
+            let good = format!("{{ id = \"fhir\", secret_sha256 = \"{digest}\" }}");
+            let s = load(jail, "resource_servers", &good).map_err(|e| *e)?;
+            assert_eq!(s.resource_servers.clients.len(), 1);
+            for (section, clients, named) in [
+                (
+                    "resource_servers",
+                    format!("{{ id = \"fhir\", secret_sha256 = \"{digest}  -\" }}"),
+                    "resource_servers.clients[0].secret_sha256",
+                ),
+                (
+                    "admin",
+                    "{ id = \"ops\", secret_sha256 = \"the secret itself\" }".to_string(),
+                    "admin.clients[0].secret_sha256",
+                ),
+                (
+                    "admin",
+                    format!("{good}, {good}"),
+                    "admin.clients[1].id \"fhir\" is given twice",
+                ),
+                (
+                    "resource_servers",
+                    format!("{{ id = \"a:b\", secret_sha256 = \"{digest}\" }}"),
+                    "resource_servers.clients[0].id",
+                ),
+            ] {
+                let e = load(jail, section, &clients).unwrap_err();
+                assert!(e.to_string().contains(named), "{clients}: {e}");
+            }
+            Ok(())
+        });
+    }
+
+    /// Numbers that would make the service misbehave rather than fail: a notice dead-lettered
+    /// at its first failure, a transaction signed again every block, reads retried for hours,
+    /// a password sent in the clear.
+    #[test]
+    fn settings_that_would_misbehave_are_refused_at_start() {
+        figment::Jail::expect_with(|jail| {
+            for (var, value, named) in [
+                (
+                    "BREAKGLASS_NOTIFY__GIVE_UP_AFTER_HOURS",
+                    "0",
+                    "notify.give_up_after_hours",
+                ),
+                (
+                    "BREAKGLASS_SUBMITTER__REBROADCAST_AFTER_BLOCKS",
+                    "0",
+                    "submitter.rebroadcast_after_blocks",
+                ),
+                ("BREAKGLASS_CHAIN__READ_RETRIES", "9", "chain.read_retries"),
+                (
+                    "BREAKGLASS_NOTIFY__SMTP__USERNAME",
+                    "relay-user",
+                    "notify.smtp.username",
+                ),
+            ] {
+                jail.clear_env();
+                jail.set_env("BREAKGLASS_NOTIFY__SMTP__HOST", "relay.hospital.example");
+                jail.set_env(var, value);
+                let e = Settings::load(None).unwrap_err();
+                assert!(e.to_string().contains(named), "{var}={value}: {e}");
+            }
+            jail.clear_env();
+            jail.set_env("BREAKGLASS_CHAIN__READ_RETRIES", "8");
+            jail.set_env("BREAKGLASS_NOTIFY__SMTP__USERNAME", "relay-user");
+            // plain to a relay on this host (the default host) crosses no network
+            Settings::load(None).map_err(|e| *e)?;
+            jail.set_env("BREAKGLASS_NOTIFY__SMTP__HOST", "relay.hospital.example");
+            jail.set_env("BREAKGLASS_NOTIFY__SMTP__TLS", "starttls");
+            Settings::load(None).map_err(|e| *e)?;
             Ok(())
         });
     }

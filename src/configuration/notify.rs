@@ -71,10 +71,23 @@ impl NotifySettings {
             ("notify.retry_initial_secs", self.retry_initial_secs),
             ("notify.poll_interval_ms", self.poll_interval_ms),
             ("notify.smtp.timeout_secs", self.smtp.timeout_secs),
+            // (0 would dead-letter a notice at its first failure, a relay restarting say)
+            ("notify.give_up_after_hours", self.give_up_after_hours),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be positive"));
             }
+        }
+        let host = self.smtp.host.trim_matches(|c| c == '[' || c == ']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if self.smtp.username.is_some() && self.smtp.tls == SmtpTls::None && !loopback {
+            return Err(format!(
+                "notify.smtp.username is set with notify.smtp.tls = \"none\" to {}: the password would cross the network in the clear (use \"starttls\" or \"implicit\")",
+                self.smtp.host
+            ));
         }
         if self.retry_max_secs < self.retry_initial_secs {
             return Err(format!(

@@ -38,6 +38,38 @@ pub struct ResourceServerClient {
     pub secret_sha256: String,
 }
 
+/// Checks the clients of section `section` (`resource_servers`, `admin`): each id given once,
+/// usable in HTTP Basic (no colon), and each secret's SHA-256 as 64 hex digits. A digest pasted
+/// with `sha256sum`'s trailing `  -`, or the secret itself, refused every call of that client
+/// as `invalid-client`, and nothing said why.
+pub(super) fn validate_clients(
+    section: &str,
+    clients: &[ResourceServerClient],
+) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in clients.iter().enumerate() {
+        let at = format!("{section}.clients[{i}]");
+        if c.id.trim().is_empty() || c.id.contains(':') || c.id != c.id.trim() {
+            return Err(format!(
+                "{at}.id {:?} must be a name without a colon or surrounding spaces (HTTP Basic sends it before one)",
+                c.id
+            ));
+        }
+        if !seen.insert(c.id.as_str()) {
+            return Err(format!(
+                "{at}.id {:?} is given twice in {section}.clients",
+                c.id
+            ));
+        }
+        if c.secret_sha256.len() != 64 || !c.secret_sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{at}.secret_sha256 must be the secret's SHA-256 as 64 hex digits (the first field of `printf %s \"$SECRET\" | sha256sum`), not the secret"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuanceSettings {
