@@ -136,7 +136,7 @@ impl Metrics {
         );
         registry.register(
             "audit_write_duration_seconds",
-            "A grant's wait for its durable write (access record, chain operation, notice)",
+            "A grant's wait for its durable write (access record, audit entry, nonce and rate claims), those given up on after 5 s included",
             m.audit_write_seconds.clone(),
         );
         registry.register(

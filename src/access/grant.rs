@@ -138,6 +138,10 @@ impl BreakGlass {
         // within `WRITE_WAIT`, not a clinician waiting on it; the write may still land (then
         // the access is recorded, on chain and notified, with no token: `Refusal::recorded`)
         let Ok(written) = tokio::time::timeout(WRITE_WAIT, &mut written).await else {
+            // the wait as long as it was: the histogram's tail holds the writes given up on
+            self.metrics
+                .audit_write_seconds
+                .observe(writing.elapsed().as_secs_f64());
             tracing::error!(access = %access.id, waited_ms = WRITE_WAIT.as_millis() as u64, "the access's durable write did not answer in time: no token issued");
             // if it lands after all, its record says the token never left
             tokio::spawn(withheld(

@@ -24,19 +24,23 @@ async fn break_glass(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    if let Some(refused) = super::body::not_json(&req, "a break-glass request") {
+    // every refusal counted by its code, those of the body's form and size too
+    let refused = |r: Refusal| {
         bg.metrics
             .refusals
             .get_or_create(&crate::metrics::Code {
-                code: refused.code.into(),
+                code: r.code.into(),
             })
             .inc();
-        return problem(&refused);
+        problem(&r)
+    };
+    if let Some(r) = super::body::not_json(&req, "a break-glass request") {
+        return refused(r);
     }
     let body = match super::body::bounded(&req, payload, MAX_BODY_BYTES).await {
         Ok(body) => body,
         Err(unread) => {
-            return problem(&super::body::refusal(unread, || Refusal {
+            return refused(super::body::refusal(unread, || Refusal {
                 status: 413,
                 code: "request-too-large",
                 title: "Request too large",
@@ -64,15 +68,7 @@ async fn break_glass(
                     "access": format!("/v1/accesses/{}", a.id),
                 }))
         }
-        Err(r) => {
-            bg.metrics
-                .refusals
-                .get_or_create(&crate::metrics::Code {
-                    code: r.code.into(),
-                })
-                .inc();
-            problem(&r)
-        }
+        Err(r) => refused(r),
     }
 }
 

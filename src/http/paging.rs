@@ -43,17 +43,20 @@ fn header<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn unavailable(source: &str, what: &str, e: impl std::fmt::Display) -> HttpResponse {
-    tracing::error!(source, error = %e, "{what} cannot be read");
-    problem(&Refusal {
-        status: 503,
-        code: "paging-unavailable",
-        title: "Paging state unavailable",
-        detail: format!("{what} cannot be read; try again"),
-    })
-}
-
 impl Paging {
+    /// 503 `paging-unavailable` (what the delivery needs cannot be read or written: the page
+    /// is not applied, and the paging system sends it again), counted as every other outcome.
+    fn unavailable(&self, source: &str, what: &str, e: impl std::fmt::Display) -> HttpResponse {
+        tracing::error!(source, error = %e, "{what} cannot be read");
+        self.count(source, "paging-unavailable");
+        problem(&Refusal {
+            status: 503,
+            code: "paging-unavailable",
+            title: "Paging state unavailable",
+            detail: format!("{what} cannot be read; try again"),
+        })
+    }
+
     fn refused(&self, source: &str, e: WebhookError) -> HttpResponse {
         // the code only: the detail can name a paging id or an email, and goes to the sender
         tracing::warn!(source, code = e.code(), "paging webhook refused");
@@ -132,6 +135,7 @@ impl Paging {
         read: impl FnOnce(&[u8], &HashMap<String, String>) -> Result<Delivery, WebhookError>,
     ) -> HttpResponse {
         let Some(path) = secrets.clone() else {
+            self.count(source, "paging-source-not-configured");
             return problem(&Refusal {
                 status: 404,
                 code: "paging-source-not-configured",
@@ -148,8 +152,8 @@ impl Paging {
         };
         let secrets = match web::block(move || load_secrets(&path)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return unavailable(source, "the webhook secrets", e),
-            Err(e) => return unavailable(source, "the webhook secrets", e),
+            Ok(Err(e)) => return self.unavailable(source, "the webhook secrets", e),
+            Err(e) => return self.unavailable(source, "the webhook secrets", e),
         };
         if let Err(e) = early(&secrets) {
             return self.refused(source, e);
@@ -164,8 +168,8 @@ impl Paging {
         let oncall = self.oncall.clone();
         let map = match web::block(move || oncall.mapping.snapshot()).await {
             Ok(Ok(m)) => m,
-            Ok(Err(e)) => return unavailable(source, "the responder mapping", e),
-            Err(e) => return unavailable(source, "the responder mapping", e),
+            Ok(Err(e)) => return self.unavailable(source, "the responder mapping", e),
+            Err(e) => return self.unavailable(source, "the responder mapping", e),
         };
         let now = now_secs();
         let v = match read(&body, &map).and_then(|v| {
@@ -201,7 +205,7 @@ impl Paging {
             match self.oncall.apply(change, Some((&v.id, until))).await {
                 Ok(Applied::Changed) => {}
                 Ok(Applied::Superseded) => what = "superseded",
-                Err(e) => return unavailable(source, "the on-call state", e),
+                Err(e) => return self.unavailable(source, "the on-call state", e),
             }
         }
         tracing::info!(source, delivery = %v.id, change = what, "paging webhook accepted");

@@ -395,6 +395,17 @@ async fn every_refusal_has_its_code_and_leaves_no_trace() {
     // a body declared past the bound is refused before any of it is sent
     let mut declared = stalled_post(app.api_addr, "/v1/break-glass", 10 << 20, b"").await;
     assert_eq!(answered(&mut declared, SECS).await, Some(413));
+    // each counted by its code, as the refusals of the request itself are
+    let m = reqwest::get(format!("http://{}/metrics", app.api_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (code, n) in [("request-too-large", 3.0), ("bad-signature", 4.0)] {
+        let line = format!(r#"breakglass_refusals_total{{code="{code}"}}"#);
+        assert_eq!(crate::support::metric(&m, &line), Some(n), "{line}");
+    }
     let (_, nurse_ad) = post(
         app,
         &signed(&key("nurse"), yes, &["advance-directives"], 11, t),

@@ -121,13 +121,6 @@ async fn text(app: &breakglass::startup::Application, path: &str) -> String {
         .unwrap()
 }
 
-/// The value of one metric line (`name{labels}`) in an exposition.
-fn metric(exposition: &str, series: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
 #[test]
 fn pagerduty_signatures_agree_with_independent_vectors_and_rotation() {
     // computed outside this project (the fixtures' README): HMAC-SHA256 of the file bytes
@@ -425,7 +418,7 @@ async fn a_pagerduty_incident_puts_its_assignee_on_call_until_it_is_resolved() {
     }
     let m = text(app, "/metrics").await;
     assert_eq!(
-        metric(
+        crate::support::metric(
             &m,
             r#"breakglass_paging_webhooks_total{source="pagerduty",outcome="accepted"}"#
         ),
@@ -433,14 +426,15 @@ async fn a_pagerduty_incident_puts_its_assignee_on_call_until_it_is_resolved() {
         "{m}"
     );
     assert_eq!(
-        metric(
+        crate::support::metric(
             &m,
             r#"breakglass_paging_webhooks_total{source="pagerduty",outcome="replayed-webhook"}"#
         ),
         Some(2.0)
     );
     assert!(
-        metric(&m, r#"breakglass_refusals_total{code="not-on-call"}"#).is_some_and(|n| n >= 5.0)
+        crate::support::metric(&m, r#"breakglass_refusals_total{code="not-on-call"}"#)
+            .is_some_and(|n| n >= 5.0)
     );
 
     // a delivery dated before the resolve (late, or out of order) does not bring it back
@@ -906,6 +900,31 @@ async fn opsgenie_and_generic_webhooks_put_responders_on_call_and_refuse_forgeri
         answered(&mut stalled, std::time::Duration::from_secs(2)).await,
         Some(404)
     );
+    // the secrets cannot be read: 503, the page not applied (the sender tries again); and
+    // operators see both, as every other outcome
+    let secrets = dir.path().join("hook-secrets");
+    std::fs::remove_file(&secrets).unwrap();
+    let (status, body) = deliver(
+        app,
+        hook,
+        &generic_headers("hook-secret", now(), &tie),
+        &tie,
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("paging-unavailable")),
+        "{body}"
+    );
+    let m = text(app, "/metrics").await;
+    for (source, outcome, n) in [
+        ("pagerduty", "paging-source-not-configured", 2.0),
+        ("webhook", "paging-unavailable", 1.0),
+    ] {
+        let line =
+            format!(r#"breakglass_paging_webhooks_total{{source="{source}",outcome="{outcome}"}}"#);
+        assert_eq!(crate::support::metric(&m, &line), Some(n), "{line}\n{m}");
+    }
 }
 
 // --- the stand-in for the PagerDuty and Opsgenie REST APIs (not the real services) ---
@@ -1087,7 +1106,7 @@ async fn on_call_syncs_page_wait_out_rate_limits_and_fail_closed_after_the_grace
     );
     let app = &env.app;
     let on_call = |m: &str, source: &str| {
-        metric(
+        crate::support::metric(
             m,
             &format!("breakglass_paging_on_call{{source=\"{source}\"}}"),
         )
@@ -1227,12 +1246,12 @@ async fn on_call_syncs_page_wait_out_rate_limits_and_fail_closed_after_the_grace
     );
     let m = text(app, "/metrics").await;
     assert_eq!(
-        metric(&m, r#"breakglass_paging_sync_up{source="pagerduty"}"#),
+        crate::support::metric(&m, r#"breakglass_paging_sync_up{source="pagerduty"}"#),
         Some(1.0),
         "{m}"
     );
     assert!(
-        metric(
+        crate::support::metric(
             &m,
             r#"breakglass_paging_sync_consecutive_failures{source="pagerduty"}"#
         ) >= Some(1.0),
@@ -1255,12 +1274,12 @@ async fn on_call_syncs_page_wait_out_rate_limits_and_fail_closed_after_the_grace
     .await;
     let m = text(app, "/metrics").await;
     assert_eq!(
-        metric(&m, r#"breakglass_paging_sync_up{source="pagerduty"}"#),
+        crate::support::metric(&m, r#"breakglass_paging_sync_up{source="pagerduty"}"#),
         Some(0.0),
         "{m}"
     );
     assert_eq!(
-        metric(&m, r#"breakglass_paging_sync_up{source="opsgenie"}"#),
+        crate::support::metric(&m, r#"breakglass_paging_sync_up{source="opsgenie"}"#),
         Some(0.0),
         "{m}"
     );

@@ -1215,3 +1215,10 @@ pub async fn in_directory(env: &Env, entry: breakglass::domain::ProviderEntry) {
     .await
     .unwrap();
 }
+
+/// The value of one metric line (`name{labels}`) in an exposition.
+pub fn metric(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
