@@ -97,6 +97,9 @@ pub struct DevOptions {
     pub reset: bool,
     /// Service processes; more than one share a local redis-server.
     pub replicas: u16,
+    /// The configuration file this process read (`--config`), which the other replicas read
+    /// too.
+    pub config: Option<PathBuf>,
 }
 
 /// A free TCP port on the loopback interface (for the local redis-server).
@@ -234,10 +237,18 @@ fn shifted(addr: std::net::SocketAddr, by: u16) -> std::net::SocketAddr {
 }
 
 /// Replica `i` (from 1) as a child `breakglass serve`: the settings that differ from this
-/// process's go by environment (the rest comes from `BREAKGLASS_CONFIG` and the environment,
-/// inherited).
-fn spawn_replica(i: u16, settings: &Settings, responder_key: &str) -> anyhow::Result<Child> {
+/// process's go by environment (the rest comes from `config`, this process's configuration
+/// file, and the environment, inherited).
+fn spawn_replica(
+    i: u16,
+    settings: &Settings,
+    responder_key: &str,
+    config: Option<&Path>,
+) -> anyhow::Result<Child> {
     let mut cmd = Command::new(std::env::current_exe()?);
+    if let Some(file) = config {
+        cmd.env("BREAKGLASS_CONFIG", absolute(file)?);
+    }
     cmd.arg("serve")
         .env(
             "BREAKGLASS_SERVER__LISTEN",
@@ -447,6 +458,7 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
             i,
             &replica_settings,
             &demo.responder.private_key,
+            opts.config.as_deref(),
         )?);
         let observer = format!(
             "http://{}/{}",

@@ -199,20 +199,31 @@ type Offline = (
     tokio::runtime::Runtime,
 );
 
-/// The store and the data keys, for commands that run while the service is stopped.
-fn offline(s: &Settings) -> anyhow::Result<Offline> {
+/// The store, for commands that run while the service is stopped and open nothing sealed.
+fn offline_store(
+    s: &Settings,
+) -> anyhow::Result<(
+    std::sync::Arc<dyn breakglass::store::Store>,
+    tokio::runtime::Runtime,
+)> {
     use anyhow::Context;
     let (store, _) = s
         .data
         .open_store()
         .context("opening the store (is the service running? stop it, or use the admin API)")?;
+    Ok((store, tokio::runtime::Runtime::new()?))
+}
+
+/// The store and the data keys, for commands that run while the service is stopped.
+fn offline(s: &Settings) -> anyhow::Result<Offline> {
+    let (store, runtime) = offline_store(s)?;
     let keyring = breakglass::seal::Keyring::load_or_generate(
         &s.data.dir,
         std::env::var(breakglass::seal::DATA_KEY_ENV)
             .ok()
             .as_deref(),
     )?;
-    Ok((store, keyring, tokio::runtime::Runtime::new()?))
+    Ok((store, keyring, runtime))
 }
 
 /// `offline`, for a command that seals: with replicas, what it seals must open on every one (a
@@ -394,7 +405,9 @@ fn verify_audit(
             s.data.dir.display()
         ),
     };
-    let (store, _, runtime) = offline(s)?;
+    // the store alone: a check run on an operator's host makes no data key there (a host with
+    // a key of its own is refused as a replica until it is removed)
+    let (store, runtime) = offline_store(s)?;
     let rpc = breakglass::chain::rpc::NodeClient::new(
         s.chain.node_url.as_str(),
         std::time::Duration::from_millis(s.chain.request_timeout_ms),
@@ -621,6 +634,7 @@ fn main() -> ExitCode {
                                 devnet_port,
                                 reset,
                                 replicas,
+                                config: cli.config.clone(),
                             },
                         )
                         .await

@@ -436,7 +436,14 @@ async fn dev_runs_the_devnet_and_the_service_with_demo_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_with_replicas_runs_two_services_on_one_local_redis() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = DevRun::start(dir.path(), &["--replicas", "2"]).await;
+    // a configuration file the replicas read too (its audience is in every token)
+    let config = dir.path().join("ward.toml");
+    std::fs::write(&config, "[issuance]\naudience = \"fhir-ward-3\"\n").unwrap();
+    let dev = DevRun::start(
+        dir.path(),
+        &["--replicas", "2", "--config", config.to_str().unwrap()],
+    )
+    .await;
     let second = format!("http://127.0.0.1:{}", dev.api + 1);
     assert!(
         dev.printed
@@ -502,6 +509,33 @@ async fn dev_with_replicas_runs_two_services_on_one_local_redis() {
         (again.0, again.1["code"].clone()),
         (401, serde_json::json!("replayed-request"))
     );
+    // a new request granted by the second replica: under the same configuration file
+    let message = breakglass::request::message(
+        &patient,
+        &["medications"],
+        "unresponsive on arrival",
+        78,
+        breakglass::clock::now_secs(),
+        None,
+    );
+    let body =
+        breakglass::request::sign(&nurse, breakglass::stacks::tx::TESTNET_CHAIN_ID, &message)
+            .to_string();
+    let second_grant =
+        post_until_fresh(&http, &format!("127.0.0.1:{}", dev.api + 1), &body, 20).await;
+    assert_eq!(second_grant.0, 201, "{}", second_grant.1);
+    for grant in [&first.1, &second_grant.1] {
+        let token = grant["access_token"].as_str().unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        use base64::Engine as _;
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["aud"], "fhir-ward-3", "{claims}");
+    }
     dev.stop().await;
     assert!(
         reqwest::get(format!("{second}/readyz")).await.is_err(),

@@ -676,6 +676,10 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
         .as_str()
         .unwrap()
         .to_string();
+    let responder_principal = env.demo["responder"]["principal"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let rpc = env.devnet.rpc.clone();
     let Env { app, .. } = env;
     app.stop().await;
@@ -698,6 +702,35 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     let report: Json = serde_json::from_slice(&ok.stdout).unwrap();
     let latest = &report["report"]["latest_anchor"];
     assert_eq!(latest["head"], hex::encode(anchored.hash), "{report}");
+    // on a host with the store alone (an operator's), the check makes no key there
+    let bare = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        data_dir.join("breakglass.redb"),
+        bare.path().join("breakglass.redb"),
+    )
+    .unwrap();
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_breakglass"))
+        .args(["audit", "verify", "--responder", &responder_principal])
+        .env("BREAKGLASS_DATA__DIR", bare.path())
+        .env("BREAKGLASS_CHAIN__NODE_URL", &rpc)
+        .env_remove("BREAKGLASS_SERVICE_KEY")
+        .env_remove("BREAKGLASS_DATA_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let made: Vec<_> = std::fs::read_dir(bare.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        made,
+        vec![std::ffi::OsString::from("breakglass.redb")],
+        "{made:?}"
+    );
     assert_eq!(latest["count"], anchored.seq);
     assert!(report["report"]["entries"].as_u64().unwrap() >= anchored.seq);
 
