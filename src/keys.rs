@@ -49,17 +49,20 @@ impl ServiceKeys {
 
     /// From the environment, else from (or newly into) `data_dir`.
     pub fn load_or_generate(data_dir: &Path) -> anyhow::Result<ServiceKeys> {
+        // (the variable or the file named: a bad key otherwise said only "not hex")
         if let Ok(hex_key) = std::env::var("BREAKGLASS_SERVICE_KEY") {
             return Ok(ServiceKeys {
-                stacks: parse_key(&hex_key)?,
+                stacks: parse_key(&hex_key)
+                    .map_err(|e| anyhow::anyhow!("BREAKGLASS_SERVICE_KEY: {e}"))?,
                 source: KeySource::Env,
             });
         }
         if let Ok(file) = std::env::var("BREAKGLASS_SERVICE_KEY_FILE") {
-            let text =
-                fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("reading {file}: {e}"))?;
+            let text = fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("BREAKGLASS_SERVICE_KEY_FILE: reading {file}: {e}"))?;
             return Ok(ServiceKeys {
-                stacks: parse_key(&text)?,
+                stacks: parse_key(&text)
+                    .map_err(|e| anyhow::anyhow!("BREAKGLASS_SERVICE_KEY_FILE: {file}: {e}"))?,
                 source: KeySource::File,
             });
         }

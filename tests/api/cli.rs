@@ -193,6 +193,24 @@ fn keys_are_generated_once_with_mode_0600() {
     let env = json(&env);
     assert_eq!(env["principal"], deployer().to_string());
     assert!(!dir.path().join("other/keys").exists());
+    // a bad key says where it came from
+    let key_file = dir.path().join("service.key");
+    std::fs::write(&key_file, "not a key\n").unwrap();
+    for (var, value) in [
+        ("BREAKGLASS_SERVICE_KEY", "0xnope"),
+        ("BREAKGLASS_SERVICE_KEY_FILE", key_file.to_str().unwrap()),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_breakglass"))
+            .args(["keys", "show"])
+            .env("BREAKGLASS_DATA__DIR", dir.path().join("other"))
+            .env_remove("BREAKGLASS_SERVICE_KEY")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(var) && said.contains("not hex"), "{said}");
+    }
 }
 
 #[test]
