@@ -192,8 +192,11 @@ impl Anchorer {
         let id = op.id.clone();
         let batch = Batch {
             submissions: vec![op],
+            // made once: a write of it whose answer was lost, landed and read since, is not
+            // put back as pending by this one (its transaction would be signed twice)
             guard: fence.map(|fence| Guard {
                 fence: Some(fence),
+                absent: vec![id.clone()],
                 ..Guard::default()
             }),
             ..Batch::default()

@@ -89,6 +89,13 @@ pub struct Guard {
     /// with its block).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub submissions: Vec<Submission>,
+    /// Operations the write makes, by id, which must not be there yet (`Guarded::Changed`
+    /// else): a second write of the same new operation (an import sent again to another
+    /// replica, a write whose answer was lost read as not made) must not put back as pending
+    /// one the submitter signed meanwhile, which it would sign again. With `submissions`, not
+    /// with a paging row.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<String>,
     /// A paging row as the writer read it (`Store::paging_row`; `None`: absent): the write
     /// fails with `Guarded::Changed` unless the store holds exactly this, so that of two
     /// replicas changing one incident, shift or roster at once, the one that read it before

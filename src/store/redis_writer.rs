@@ -299,7 +299,12 @@ impl Writer {
         let prefix = self.prefix.clone();
         // a batch with audit events under a lease alone is linked, its fence checked there
         let fence = match guard {
-            Some(g) if !audit.is_empty() && g.submissions.is_empty() && claims.is_empty() => {
+            Some(g)
+                if !audit.is_empty()
+                    && g.submissions.is_empty()
+                    && g.absent.is_empty()
+                    && claims.is_empty() =>
+            {
                 if g.followed.is_some() || g.tip.is_some() || g.paging.is_some() {
                     // the linked script checks the fence only: refused, not written unchecked
                     return Err(backend(
@@ -315,14 +320,21 @@ impl Writer {
                     ));
                 }
                 let (lease, token, holder) = fence_args(&prefix, g.fence.as_ref());
-                // the rows guarded: operations, or a paging row (empty: absent)
+                // the rows guarded: operations (as read, or absent), or a paging row (empty:
+                // absent)
                 let (table, rows) = match (g.submissions.as_slice(), &g.paging) {
                     (read, None) => (
                         SUBMISSIONS,
                         read.iter()
                             .map(|s| Ok((s.id.clone(), enc(s)?)))
+                            .chain(g.absent.iter().map(|id| Ok((id.clone(), Vec::new()))))
                             .collect::<Result<Vec<_>, StoreError>>()?,
                     ),
+                    ([], Some(_)) if !g.absent.is_empty() => {
+                        return Err(backend(
+                            "a batch is guarded by operations or by a paging row, not both",
+                        ))
+                    }
                     ([], Some((key, row))) => (
                         PAGING,
                         vec![(

@@ -123,6 +123,37 @@ pub async fn import(
 ) -> Result<Imported, Refusal> {
     let summary = bundle::parse(body, patient_id_system)
         .map_err(|why| refusal(422, "invalid-summary", "Invalid summary", why))?;
+    // the same bytes imported at once on another replica (a client sending it again) may make
+    // the operation first: read again, it is then the operation of these bytes
+    let attempt = match import_once(store, keyring, &summary, body).await {
+        Err(Imports::Raced) => import_once(store, keyring, &summary, body).await,
+        done => done,
+    };
+    attempt.map_err(|e| match e {
+        Imports::Refused(r) => r,
+        Imports::Raced => store_unavailable("the summary's operation was made twice meanwhile"),
+    })
+}
+
+/// Why an import's attempt did not store it.
+enum Imports {
+    Refused(Refusal),
+    /// Its new operation was made meanwhile by another import of the same bytes.
+    Raced,
+}
+
+impl From<Refusal> for Imports {
+    fn from(r: Refusal) -> Imports {
+        Imports::Refused(r)
+    }
+}
+
+async fn import_once(
+    store: &Arc<dyn crate::store::Store>,
+    keyring: &Keyring,
+    summary: &bundle::Summary,
+    body: &[u8],
+) -> Result<Imported, Imports> {
     let hash: [u8; 32] = Sha256::digest(body).into();
     let sealed = keyring
         .seal(&crate::seal::names::summary(&summary.patient), body)
@@ -178,14 +209,27 @@ pub async fn import(
         operation: op.id,
     };
     let digest = crate::store::SummaryDigest::of(body, &sealed);
+    // a new operation is made only if it is not there yet: a second import of these bytes that
+    // read before the first was written would otherwise put it back as pending, signed or not
+    let guard = (!submissions.is_empty()).then(|| crate::store::Guard {
+        absent: submissions.iter().map(|s| s.id.clone()).collect(),
+        ..crate::store::Guard::default()
+    });
     let batch = Batch {
         summaries: vec![(summary.patient, Some(sealed))],
         summary_digests: vec![(summary.patient, Some(digest))],
         previous_summaries: previous,
         submissions,
+        guard,
         ..Batch::default()
     };
-    apply_async(store, batch).await.map_err(store_unavailable)?;
+    match apply_async(store, batch).await {
+        Ok(()) => {}
+        Err(crate::store::StoreError::Guarded(crate::store::Guarded::Changed)) => {
+            return Err(Imports::Raced)
+        }
+        Err(e) => return Err(store_unavailable(e).into()),
+    }
     tracing::info!(patient = %summary.patient, resources = imported.resources, "emergency summary imported");
     Ok(imported)
 }

@@ -1173,6 +1173,45 @@ fn a_fill_on_redis_is_written_only_over_the_tip_it_read() {
     assert_eq!(store.tip().unwrap(), Some(tip(2)));
 }
 
+/// Replicas sharing Redis: an operation made new (`Guard::absent`: a summary's import, an
+/// anchor) is written only if it is not there yet. The same import sent again to another
+/// replica, which read before the first was written, must not put back as pending the
+/// operation the submitter signed meanwhile: it would be signed again, a second transaction.
+#[test]
+fn a_new_operation_on_redis_is_made_once_not_put_back_over_its_signing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let store = RedisStore::open(&server.url(), "t:").unwrap();
+    let made = |id: &str| Batch {
+        submissions: vec![submission(id, SubmissionState::Pending, 1)],
+        guard: Some(Guard {
+            absent: vec![id.into()],
+            ..Guard::default()
+        }),
+        ..Batch::default()
+    };
+    store.apply(made("summary:x")).unwrap();
+    // signed by the submitter
+    store
+        .apply(Batch {
+            submissions: vec![submission("summary:x", sent("tx1"), 1)],
+            ..Batch::default()
+        })
+        .unwrap();
+    // the second import's write lands: refused, the signed operation as it was
+    assert!(matches!(
+        store.apply(made("summary:x")),
+        Err(StoreError::Guarded(Guarded::Changed))
+    ));
+    assert_eq!(
+        store.submission("summary:x").unwrap().unwrap().state,
+        sent("tx1")
+    );
+    // another operation is made as before
+    store.apply(made("summary:y")).unwrap();
+    assert!(store.submission("summary:y").unwrap().is_some());
+}
+
 /// An audit event numbered `n`, by writer `w`.
 fn numbered_event(w: usize, n: u64) -> breakglass::audit::Record {
     breakglass::audit::Record {
