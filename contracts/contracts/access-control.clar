@@ -475,7 +475,8 @@
         (map-set patient-emergency-counts patient-id (+ patient-index u1))
         (print { topic: "emergency-access-recorded", access-id: access-id, provider: provider,
                  provider-role: role, provider-status: status, patient-id: patient-id,
-                 data-types: data-types, window: window,
+                 data-types: data-types, window: window, responder: tx-sender,
+                 recorded-at: stacks-block-height, expires-at: (+ stacks-block-height window),
                  reason-hash: reason-hash, within-preferences: within, degraded: degraded, index: index })
         (ok index)))))
 

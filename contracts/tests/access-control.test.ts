@@ -292,6 +292,9 @@ describe("emergency access", () => {
       topic: Cl.stringAscii("emergency-access-recorded"), "access-id": accessId, provider: Cl.principal(physician),
       "provider-role": Cl.stringAscii("physician"), "provider-status": Cl.stringAscii("verified"), "patient-id": id(PATIENT_ID),
       "data-types": Cl.list([Cl.stringAscii("allergies"), Cl.stringAscii("medications")]), window: Cl.uint(60),
+      // who recorded it (a reviewer's self-review rule names it) and its window's blocks, as the record holds them
+      responder: Cl.principal(responder), "recorded-at": Cl.uint(simnet.blockHeight),
+      "expires-at": Cl.uint(simnet.blockHeight + 60),
       "reason-hash": hash("ab"), "within-preferences": Cl.bool(true), degraded: Cl.bool(false), index: Cl.uint(0),
     }));
     const rec = Cl.prettyPrint(read(C, "get-emergency-access", [accessId]));
