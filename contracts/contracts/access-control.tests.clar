@@ -8,8 +8,10 @@
 
 ;; State seeded at deploy: wallet_1 and wallet_2 are authorities; wallet_2, wallet_3 and wallet_4
 ;; responders; wallet_3 and wallet_4 reviewers; wallet_2 and wallet_7 data custodians; wallet_5
-;; (physician) and wallet_6 (nurse) verified providers with ids 1 and 2; the first fuzz patient
-;; (sha256 u0) has a summary hash at version 1, set by wallet_2. The deployer stays owner.
+;; (physician) and wallet_6 (nurse) verified providers with ids 1 and 2, and wallet_3 (reviewer)
+;; with id 3; wallet_4 a reviewer with no provider record, who may not review (u208); the first
+;; fuzz patient (sha256 u0) has a summary hash at version 1, set by wallet_2. The deployer stays
+;; owner.
 (map-set authorities 'ST1SJ3DTE5DN7X54YDH5D64R3BCB6A2AG2ZQ8YPD5 true)
 (map-set authorities 'ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG true)
 (map-set responders 'ST2CY5V39NHDPWSXMW9QDT3HC3GD6Q6XX4CFRK9AG true)
@@ -29,9 +31,13 @@
 (map-set providers 'ST3AM1A56AK2C1XAFJ4115ZSV26EB49BVQ10MGCS0
   { id: u2, role: "nurse", info-hash: (sha256 u2), credentials-hash: (sha256 u2), status: STATUS-VERIFIED,
     registered-at: stacks-block-height, updated-at: stacks-block-height, verified-by: none })
+(map-set providers 'ST2JHG361ZXG51QTKY2NQCVBPPRRE2KZB1HR05NNC
+  { id: u3, role: "reviewer", info-hash: (sha256 u3), credentials-hash: (sha256 u3), status: STATUS-VERIFIED,
+    registered-at: stacks-block-height, updated-at: stacks-block-height, verified-by: none })
 (map-set provider-ids u1 'ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB)
 (map-set provider-ids u2 'ST3AM1A56AK2C1XAFJ4115ZSV26EB49BVQ10MGCS0)
-(var-set provider-count u2)
+(map-set provider-ids u3 'ST2JHG361ZXG51QTKY2NQCVBPPRRE2KZB1HR05NNC)
+(var-set provider-count u3)
 
 (define-constant FUZZ-DATA-TYPES (list "allergies" "medications" "problems" "blood-type" "advance-directives"
                                        "immunizations" "emergency-summary" "clinical-notes"))
@@ -195,7 +201,9 @@
       (ok true))))
 
 ;; The responder that recorded an access never reviews it, whatever the verdict (wallet_3 and
-;; wallet_4 are responders and reviewers); that a review is recorded once is an invariant below.
+;; wallet_4 are responders and reviewers): u217, or u208 first for a reviewer whose own provider
+;; record is not verified (wallet_4, or wallet_3 once a random run suspended it); that a review
+;; is recorded once is an invariant below.
 (define-public (test-no-review-by-its-recorder (access-id (buff 32)) (pick uint) (verdict uint))
   (let ((provider (fuzz-provider pick)))
     (asserts! (and (is-reviewer tx-sender) (is-responder tx-sender) (is-verified-provider provider)
@@ -203,9 +211,28 @@
               (ok false))
     (try! (record-emergency-access access-id provider (sha256 pick) (list "allergies") u10 (sha256 verdict) false))
     (asserts! (is-eq (review-emergency-access access-id (fuzz-verdict verdict) (sha256 verdict) none)
-                     ERR-SELF-REVIEW)
+                     (if (is-verified-provider tx-sender) ERR-SELF-REVIEW ERR-PROVIDER-NOT-VERIFIED))
               (err u950))
     (asserts! (is-none (map-get? emergency-reviews access-id)) (err u951))
+    (ok true)))
+
+;; A reviewer whose own provider record is not verified never reviews (u208), and nothing is
+;; recorded: an access recorded before (any responder's), else one they record as a responder.
+(define-public (test-an-unverified-reviewer-never-reviews (access-id (buff 32)) (pick uint) (verdict uint))
+  (begin
+    (asserts! (and (is-reviewer tx-sender) (not (is-verified-provider tx-sender))
+                   (is-none (map-get? emergency-reviews access-id))
+                   (or (is-some (map-get? emergency-accesses access-id))
+                       (and (is-responder tx-sender) (is-verified-provider (fuzz-provider pick)))))
+              (ok false))
+    (if (is-none (map-get? emergency-accesses access-id))
+      (try! (record-emergency-access access-id (fuzz-provider pick) (sha256 pick) (list "allergies") u10
+                                     (sha256 verdict) false))
+      u0)
+    (asserts! (is-eq (review-emergency-access access-id (fuzz-verdict verdict) (sha256 verdict) none)
+                     ERR-PROVIDER-NOT-VERIFIED)
+              (err u955))
+    (asserts! (is-none (map-get? emergency-reviews access-id)) (err u956))
     (ok true)))
 
 ;; A relayed review is recorded only with a reviewer's signature: random bytes recover no key
