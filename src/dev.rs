@@ -236,6 +236,9 @@ fn shifted(addr: std::net::SocketAddr, by: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::new(addr.ip(), addr.port().saturating_add(by))
 }
 
+/// Set in the environment of the replicas `breakglass dev --replicas` starts.
+pub const DEV_REPLICA_ENV: &str = "BREAKGLASS_DEV_REPLICA";
+
 /// Replica `i` (from 1) as a child `breakglass serve`: the settings that differ from this
 /// process's go by environment (the rest comes from `config`, this process's configuration
 /// file, and the environment, inherited).
@@ -249,6 +252,8 @@ fn spawn_replica(
     if let Some(file) = config {
         cmd.env("BREAKGLASS_CONFIG", absolute(file)?);
     }
+    // (a replica of a development run: its outbox is meant, not a deployment's mistake)
+    cmd.env(DEV_REPLICA_ENV, "1");
     cmd.arg("serve")
         .env(
             "BREAKGLASS_SERVER__LISTEN",

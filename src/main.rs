@@ -605,7 +605,11 @@ fn main() -> ExitCode {
                 eprintln!("breakglass: {e}");
                 return ExitCode::from(2);
             }
-            if !is_dev && s.notify.transport == breakglass::configuration::MailTransport::File {
+            let dev_replica = std::env::var_os(dev::DEV_REPLICA_ENV).is_some();
+            if !is_dev
+                && !dev_replica
+                && s.notify.transport == breakglass::configuration::MailTransport::File
+            {
                 tracing::warn!(
                     outbox = %s.data.dir.join("outbox").display(),
                     "notify.transport is \"file\": patients' notices are written to the outbox, not emailed; a deployment sets notify.transport = \"smtp\" (/readyz checks.notices says which)"

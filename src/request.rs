@@ -219,7 +219,13 @@ fn unseen_text(r: &str) -> Result<(), (char, &'static str)> {
         )
     };
     let tag = |c: char| matches!(c, '\u{E0000}'..='\u{E007F}');
-    let line_break = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
+    // (as `readable_reason` takes them: a vertical tab or form feed pasted breaks a line too)
+    let line_break = |c: char| {
+        matches!(
+            c,
+            '\n' | '\r' | '\u{0B}' | '\u{0C}' | '\u{85}' | '\u{2028}' | '\u{2029}'
+        )
+    };
     let chars: Vec<char> = r.chars().collect();
     let (mut run, mut unseen, mut shown, mut variants, mut flags) = (0, 0, 0, 0, 0);
     let mut i = 0;
@@ -272,8 +278,12 @@ fn unseen_text(r: &str) -> Result<(), (char, &'static str)> {
             }
             // an emoji's form, then its joiner: a ZWJ sequence
             '\u{200D}' => after_shown.is_some() || matches!(before, Some('\u{FE0E}' | '\u{FE0F}')),
-            // a word break where a line starts, as in Thai or Burmese pasted over lines
-            '\u{200B}' => after_shown.is_some() || before.is_some_and(line_break),
+            // a word break where a line starts, as in Thai or Burmese pasted over lines (the
+            // first line too, after the byte order mark it may begin with)
+            '\u{200B}' => {
+                after_shown.is_some()
+                    || before.is_none_or(|b| line_break(b) || (b == '\u{FEFF}' && i == 2))
+            }
             '\u{200C}' | '\u{00AD}' | '\u{2060}' | '\u{034F}' => after_shown.is_some(),
             '\u{200E}' | '\u{200F}' | '\u{061C}' => true,
             // the byte order mark a pasted text may begin with, there alone

@@ -83,7 +83,11 @@ impl NotifySettings {
             || host
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
-        if self.smtp.username.is_some() && self.smtp.tls == SmtpTls::None && !loopback {
+        if self.transport == MailTransport::Smtp
+            && self.smtp.username.is_some()
+            && self.smtp.tls == SmtpTls::None
+            && !loopback
+        {
             return Err(format!(
                 "notify.smtp.username is set with notify.smtp.tls = \"none\" to {}: the password would cross the network in the clear (use \"starttls\" or \"implicit\")",
                 self.smtp.host

@@ -55,9 +55,9 @@ pub(super) fn validate_clients(
                 c.id
             ));
         }
-        if !seen.insert(c.id.as_str()) {
+        if !seen.insert((c.id.as_str(), c.secret_sha256.to_ascii_lowercase())) {
             return Err(format!(
-                "{at}.id {:?} is given twice in {section}.clients",
+                "{at} is given twice in {section}.clients (id {:?} with the same secret)",
                 c.id
             ));
         }

@@ -56,9 +56,10 @@ fn redis_err(e: ::redis::RedisError) -> StoreError {
 
 /// Takes or renews a lease: its token, or -1 while another holder has it. Tokens come from one
 /// counter for every lease (`fences`' field `*`; a field per lease name, as before 2026-12-06,
-/// grew by one every notice, for ever), so that they grow for each name as before; a name an
-/// earlier version counted on its own (its field, which replicas of that version still use while
-/// an upgrade rolls) is given a token beyond that field's.
+/// grew by one every notice, for ever); a name an earlier version counted on its own (its
+/// field, which replicas of that version still use while an upgrade rolls) is given a token
+/// beyond that field's. A token is checked with its holder, by equality: nothing relies on the
+/// order of two holders' tokens (an old replica's next may be lower than a new one's).
 const LEASE: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'holder', 'fence')
 if cur[1] == ARGV[1] then

@@ -549,11 +549,16 @@ impl Notifier {
                 // another replica sent it and has not recorded how it went (yet)
                 return Some(now + wait);
             }
-            if n.is_open() && n.next_at > now.max(now_secs()) {
+            let now_here = now.max(now_secs());
+            if n.is_open()
+                && n.next_at > now_here
+                && n.next_at <= now_here.saturating_add(self.settings.retry_max_secs)
+            {
                 // not due yet as the store has it: another replica tried it since this one
                 // learnt when it was due, and set when to try again (each replica trying it
                 // at once would cut its backoff by as many replicas); judged by the time now,
-                // not by when a long round began
+                // not by when a long round began. A time further off than any backoff comes
+                // from a clock ahead of this one's: not waited for
                 return Some(n.next_at);
             }
         }
@@ -2018,7 +2023,45 @@ mod tests {
         let stored = t.store.notice(&notice.access_id).unwrap().unwrap();
         assert!(stored.is_open(), "{:?}", stored.state);
         assert_eq!(stored.attempts, 1, "not tried again");
-        // at its time it is
+        // put off beyond any backoff (by a replica whose clock runs ahead): not waited for
+        let mut ahead = notice.clone();
+        ahead.next_at = now + t.settings.notify.retry_max_secs + 600;
+        apply_async(
+            &t.store,
+            Batch {
+                notices: vec![ahead],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(t.notifier.step(&notice.access_id, now).await, None);
+        let stored = t.store.notice(&notice.access_id).unwrap().unwrap();
+        assert!(
+            matches!(stored.state, NoticeState::Sent { .. }),
+            "{:?}",
+            stored.state
+        );
+    }
+
+    /// As above, at its time: sent.
+    #[tokio::test]
+    async fn a_notice_put_off_by_another_replica_is_tried_at_its_time() {
+        let t = on_redis().await;
+        let now = now_secs();
+        let mut notice = t.notice.clone();
+        notice.attempts = 1;
+        notice.first_attempt_at = Some(now - 60);
+        notice.next_at = now + 600;
+        apply_async(
+            &t.store,
+            Batch {
+                notices: vec![notice.clone()],
+                ..Batch::default()
+            },
+        )
+        .await
+        .unwrap();
         assert_eq!(t.notifier.step(&notice.access_id, now + 600).await, None);
         let stored = t.store.notice(&notice.access_id).unwrap().unwrap();
         assert!(

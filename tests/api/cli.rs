@@ -297,20 +297,31 @@ fn a_bad_log_filter_or_a_taken_address_stops_the_service_naming_it() {
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).to_string(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
         )
     };
-    let (code, stderr) = serve(&[("BREAKGLASS_LOG", "breakglass=loud".into())]);
+    let (code, stderr, _) = serve(&[("BREAKGLASS_LOG", "breakglass=loud".into())]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("BREAKGLASS_LOG"), "{stderr}");
     // the port the observer wants is taken by another program
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (code, stderr) = serve(&[("BREAKGLASS_FOLLOWER__LISTEN", addr.clone())]);
+    let (code, stderr, _) = serve(&[("BREAKGLASS_FOLLOWER__LISTEN", addr.clone())]);
     assert_ne!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(&format!("follower.listen {addr}")),
         "{stderr}"
     );
+    // on the embedded defaults, notices go to the outbox, not by email: said at start
+    let outbox = "notify.transport is \\\"file\\\"";
+    assert!(stderr.contains(outbox), "{stderr}");
+    for quiet in [
+        ("BREAKGLASS_NOTIFY__TRANSPORT", "smtp".to_string()),
+        ("BREAKGLASS_DEV_REPLICA", "1".to_string()),
+    ] {
+        let (_, log, _) = serve(&[("BREAKGLASS_FOLLOWER__LISTEN", addr.clone()), quiet.clone()]);
+        assert!(!log.contains(outbox), "{quiet:?}: {log}");
+    }
 }
 
 /// `breakglass dev` running in `dir` with `args`, its API and devnet on free ports, until

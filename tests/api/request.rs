@@ -151,6 +151,8 @@ fn a_good_request_verifies_with_every_field() {
         // pasted: a byte order mark first; Thai over lines, a word break where one starts
         "\u{FEFF}unconscious, found at home",
         "หมดสติ\u{200B}ที่บ้าน\n\u{200B}แพ้ยา",
+        "\u{200B}หมดสติ\u{0C}\u{200B}แพ้ยา",
+        "\u{FEFF}\u{200B}หมดสติ",
         // an emoji shown as text in a ZWJ sequence
         "burn ❤\u{FE0E}\u{200D}🔥 on the arm",
     ] {
