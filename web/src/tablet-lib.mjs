@@ -273,10 +273,47 @@ export function summaryPath(patient) {
   return `/fhir/Patient/${parsePatientId(patient)}/$summary`;
 }
 
+// What a clinician can do about each refusal the service gives, in plain words: the service's
+// own sentence says why (and names the principal, the nonce or the data type), this says what
+// next. A code without an entry shows the service's sentence alone.
+const UNAVAILABLE = "The service cannot confirm this right now: try again in a moment. If it goes on, follow the hospital's downtime procedure.";
+const CLOSE_AND_AGAIN = "This access no longer opens the record: close it, and break the glass again if you still need the data.";
+export const NEXT_STEPS = Object.freeze({
+  "stale-request": "This tablet's clock may be wrong: set its date and time to automatic, then sign again.",
+  "bad-signature": "Reload this page and sign again; if it happens again, import your key again.",
+  "wrong-domain": "Reload this page and sign again: it was made for another network or version of the service.",
+  "replayed-request": "Sign a new request (each one is recorded as an access of its own).",
+  "rate-limited": "Wait a moment, then sign again.",
+  "unknown-provider": "This key is not registered as a clinician on the chain: check it is your key, or ask the credentialing office.",
+  "provider-not-verified": "Your credentials are not verified now (pending, suspended or revoked): ask the credentialing office.",
+  "not-on-call": "No paging system shows you on call for this: acknowledge the page, or ask the on-call lead to page you, then sign again.",
+  "patient-opted-out": "The patient refused emergency access to their records: treat without them, by the hospital's usual routes.",
+  "data-type-not-allowed-by-patient": "Untick what the patient did not allow, then sign again.",
+  "policy-denied": "Your role may not open this: untick it, or ask a colleague whose role may.",
+  "chain-state-stale": UNAVAILABLE,
+  "chain-state-unavailable": UNAVAILABLE,
+  "too-many-lookups": UNAVAILABLE,
+  "store-unavailable": UNAVAILABLE,
+  "audit-unavailable": UNAVAILABLE,
+  "token-unavailable": UNAVAILABLE,
+  "audit-pending": "The service did not record the access in time, so nothing opened (it may still be recorded): try again in a moment.",
+  "invalid-token": CLOSE_AND_AGAIN,
+  "token-revoked": CLOSE_AND_AGAIN,
+  "no-token": CLOSE_AND_AGAIN,
+  "insufficient-scope": CLOSE_AND_AGAIN,
+  "wrong-patient": CLOSE_AND_AGAIN,
+  "summary-integrity": "The stored record does not match the one on chain: do not rely on it, and tell the service's operators.",
+  "summary-update-pending": "The record is being updated: read it again in a minute.",
+  "no-summary": "No emergency summary is on file for this patient.",
+  "summary-not-recorded": "No emergency summary is on file for this patient.",
+  "malformed-request": "Check the patient id (64 characters from the wristband) and the reason, then sign again.",
+  "invalid-patient-id": "Check the patient id (64 characters from the wristband), then sign again.",
+});
+
 /**
- * An RFC 9457 problem for #refusal: the sentence to read (`detail`, else `title`), the stable
- * `code`, and a one-line `text`. `during` is "grant", "read" or "options"; `retryAfter` the
- * Retry-After header, if any.
+ * An RFC 9457 problem for #refusal: the sentence to read (`detail`, else `title`), what to do
+ * next (`NEXT_STEPS`, by code), the stable `code`, and a one-line `text`. `during` is "grant",
+ * "read" or "options"; `retryAfter` the Retry-After header, if any.
  */
 export function refusalText(problem, status, { during = "grant", retryAfter = null } = {}) {
   const p = problem && typeof problem === "object" ? problem : {};
@@ -290,9 +327,11 @@ export function refusalText(problem, status, { during = "grant", retryAfter = nu
   const code = typeof p.code === "string" && /^[A-Za-z0-9._-]{1,64}$/.test(p.code) ? p.code : httpStatus ? `http-${httpStatus}` : "unknown";
   const seconds = Number.parseInt(retryAfter ?? "", 10);
   const retry = Number.isFinite(seconds) && seconds >= 0 ? `You may try again in ${seconds} s.` : null;
+  // (a wait the server gave says what to do already for a code whose next step is to wait)
+  const next = Object.hasOwn(NEXT_STEPS, code) && !(retry && code === "rate-limited") ? NEXT_STEPS[code] : null;
   const heading = title && detail ? `${lead}: ${title}` : lead;
-  const text = `${heading}. ${sentence}${retry ? ` ${retry}` : ""} (code: ${code})`;
-  return { heading, sentence, code, retry, text };
+  const text = `${heading}. ${sentence}${retry ? ` ${retry}` : ""}${next ? ` ${next}` : ""} (code: ${code})`;
+  return { heading, sentence, code, retry, next, text };
 }
 
 // ---------------------------------------------------------------------------------------------

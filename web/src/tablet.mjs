@@ -42,6 +42,16 @@ const TICK_MS = 250;
 const OPTIONS_RETRY_MS = 5000;
 const SCAN_EVERY_MS = 200;
 const SCAN_TIMEOUT_MS = 60_000;
+// How long a request may go unanswered before the page says so (a stalled connection would
+// keep the button busy for minutes).
+const FETCH_TIMEOUT_MS = 15_000;
+// How long a typed PIN stays in its field unused (the page's <meta name="breakglass-pin-idle-ms">
+// may say otherwise): a tablet put down with a PIN in it would sign for whoever picks it up.
+const PIN_IDLE_MS = 60_000;
+// A grant whose answer was lost on the way (the connection dropped) is sent again, as signed,
+// while it is this fresh (the service takes a request for 60 s): if the first never arrived,
+// this one is granted; if it did, the service says so (`replayed-request`).
+const RESEND_WITHIN_S = 45;
 
 const byId = (id) => document.getElementById(id);
 
@@ -49,13 +59,36 @@ function metaContent(name) {
   return document.querySelector(`meta[name="${name}"]`)?.getAttribute("content") ?? null;
 }
 
+const UNREACHABLE = "The server could not be reached. Check the connection and try again.";
+
+/** An error of the connection, not an answer: the server may not have had the request. */
+class NetworkError extends UserError {}
+
 function messageOf(error) {
   if (error instanceof UserError) return error.message;
   if (error?.name === "AbortError") return "Stopped.";
-  if (error instanceof TypeError && /fetch|network/i.test(error.message)) {
-    return "The server could not be reached. Check the connection and try again.";
-  }
   return `Something went wrong: ${error?.message ?? error}`;
+}
+
+/**
+ * `fetch`, given up on after `FETCH_TIMEOUT_MS` (and on `signal`); a connection that fails or
+ * stalls is a `NetworkError` with a sentence for the clinician (browsers word it differently:
+ * Chromium "Failed to fetch", Safari "Load failed"; each a TypeError).
+ */
+async function fetchAnswer(url, init = {}) {
+  const timeout = typeof AbortSignal.timeout === "function" ? AbortSignal.timeout(FETCH_TIMEOUT_MS) : null;
+  const signals = [init.signal, timeout].filter(Boolean);
+  const signal = signals.length > 1 && typeof AbortSignal.any === "function" ? AbortSignal.any(signals) : signals[0];
+  try {
+    return await fetch(url, { ...init, signal });
+  } catch (error) {
+    if (init.signal?.aborted) throw error; // stopped by the page itself
+    if (error?.name === "TimeoutError" || timeout?.aborted) {
+      throw new NetworkError(`The server did not answer within ${FETCH_TIMEOUT_MS / 1000} s. Check the connection and try again.`);
+    }
+    if (error instanceof TypeError) throw new NetworkError(UNREACHABLE);
+    throw error;
+  }
 }
 
 async function readJson(response) {
@@ -154,7 +187,10 @@ function init() {
   const end = byId("end");
   const form = request?.tagName === "FORM" ? request : request?.closest("form") ?? null;
 
-  const state = { principal: null, wallet: null, options: null, busy: false, access: null, optionsTimer: null, scan: null };
+  // clockOffsetMs: the server's clock less this tablet's, from the Date of its last answer (a
+  // request is refused as stale 60 s off the server's clock: the tablet's own may be anything)
+  const state = { principal: null, wallet: null, options: null, busy: false, access: null, optionsTimer: null, scan: null, clockOffsetMs: 0, clockNote: null };
+  const pinIdleMs = Number.parseInt(metaContent("breakglass-pin-idle-ms") ?? "", 10) || PIN_IDLE_MS;
 
   function report(text, kind, { focus = kind === "error" } = {}) {
     if (!status) return;
@@ -217,7 +253,24 @@ function init() {
     }
   });
 
+  // two taps, a few seconds apart at most: one gloved slip next to "Sign and open" would remove
+  // the key, to be pasted again in hex in the middle of an emergency
+  let forgetArmed = null;
   forgetButton?.addEventListener("click", () => {
+    if (!forgetArmed) {
+      const label = forgetButton.textContent;
+      forgetButton.textContent = "Tap again to remove your key from this tablet";
+      forgetArmed = setTimeout(() => {
+        forgetArmed = null;
+        forgetButton.textContent = label;
+      }, 5000);
+      forgetArmed.label = label;
+      report("Your key stays on this tablet unless you tap that button again.", "info");
+      return;
+    }
+    clearTimeout(forgetArmed);
+    forgetButton.textContent = forgetArmed.label;
+    forgetArmed = null;
     closeAccess(null);
     storage()?.removeItem(TABLET_KEY_STORAGE);
     state.wallet = null;
@@ -304,17 +357,19 @@ function init() {
     state.options = null;
     report("Loading what you may open…", "busy");
     try {
-      const response = await fetch(`/tablet/options?principal=${encodeURIComponent(principal)}`, {
+      const asked = Date.now();
+      const response = await fetchAnswer(`/tablet/options?principal=${encodeURIComponent(principal)}`, {
         headers: { Accept: "application/json" },
         credentials: "same-origin",
         cache: "no-store",
       });
+      learnClock(response, asked);
       const body = await readJson(response);
       if (!response.ok) throw new UserError(refusalText(body, response.status, { during: "options" }).text);
       if (state.principal !== principal) return;
       const options = parseOptions(body, principal);
       state.options = options;
-      if (who) who.textContent = `${principal} — ${options.role ?? "no provider role"} (${options.status})`;
+      if (who) who.textContent = `${principal} — ${options.role ?? "no provider role"} (${options.status})${state.clockNote ? `. ${state.clockNote}` : ""}`;
       renderDataTypes(options.dataTypes);
       ensureTouchTargets(request);
       if (!options.usable) {
@@ -333,6 +388,27 @@ function init() {
       report(`${messageOf(error)} Trying again in ${OPTIONS_RETRY_MS / 1000} s.`, "error", { focus: false });
       state.optionsTimer = setTimeout(loadOptions, OPTIONS_RETRY_MS);
     }
+  }
+
+  /** The server's clock from an answer's Date (whole seconds), less this tablet's then. */
+  function learnClock(response, askedAt) {
+    const server = Date.parse(response.headers.get("Date") ?? "");
+    if (!Number.isFinite(server)) return;
+    const here = (askedAt + Date.now()) / 2;
+    // within the header's second: this tablet's clock is taken as right
+    const offset = Math.abs(server + 500 - here) <= 1500 ? 0 : server + 500 - here;
+    state.clockOffsetMs = offset;
+    state.clockNote = null;
+    if (Math.abs(offset) >= 30_000) {
+      const minutes = Math.round(Math.abs(offset) / 60_000);
+      const off = minutes >= 1 ? `${minutes} min` : `${Math.round(Math.abs(offset) / 1000)} s`;
+      state.clockNote = `This tablet's clock is ${off} ${offset > 0 ? "behind" : "ahead"}: requests are dated by the service's clock.`;
+    }
+  }
+
+  /** Now, as the service's clock has it (unix seconds). */
+  function serverNow() {
+    return Math.floor((Date.now() + state.clockOffsetMs) / 1000);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -355,7 +431,7 @@ function init() {
     const code = document.createElement("code");
     code.className = "refusal-code";
     code.textContent = r.code;
-    refusal.replaceChildren(heading, ` ${r.sentence}${r.retry ? ` ${r.retry}` : ""} (code: `, code, ")");
+    refusal.replaceChildren(heading, ` ${r.sentence}${r.retry ? ` ${r.retry}` : ""}${r.next ? ` ${r.next}` : ""} (code: `, code, ")");
     refusal.hidden = false;
     report("", "info");
     if (!refusal.hasAttribute("tabindex")) refusal.setAttribute("tabindex", "-1");
@@ -380,8 +456,24 @@ function init() {
     if (unlocking) clearTimeout(unlocking.timer);
     unlocking = null;
   }
+  // a PIN left in its field is cleared after `pinIdleMs` without a keystroke, and whenever the
+  // page is hidden (the tablet locked, another app): with it the key it unlocked
+  let pinIdle = null;
+  function clearPin(text) {
+    clearTimeout(pinIdle);
+    pinIdle = null;
+    forgetUnlock();
+    if (!pin?.value) return;
+    pin.value = "";
+    if (text) report(text, "info", { focus: false });
+  }
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "hidden") clearPin(null);
+  });
   pin?.addEventListener("input", () => {
     forgetUnlock();
+    clearTimeout(pinIdle);
+    pinIdle = setTimeout(() => clearPin("The PIN was cleared after a minute unused: type it again to sign."), pinIdleMs);
     const value = pin.value;
     const record = loadRecord();
     if (!record || state.wallet || !/^\d{6,}$/.test(value)) return;
@@ -399,7 +491,7 @@ function init() {
     report("Signing the request…", "busy");
     let key = null;
     const pinValue = pin?.value ?? "";
-    if (pin) pin.value = "";
+    clearPin(null);
     try {
       const domainHex = metaContent("breakglass-domain");
       if (!domainHex) throw new UserError("This page has no signing domain; reload it.");
@@ -412,7 +504,7 @@ function init() {
         dataTypes,
         reason: reason?.value ?? "",
         nonce: randomNonce(),
-        issuedAt: Math.floor(Date.now() / 1000),
+        issuedAt: serverNow(),
         device: deviceName,
       });
       let signature;
@@ -438,18 +530,40 @@ function init() {
         // storage full or disabled: the device name is a convenience
       }
       report("Sending the request…", "busy");
-      const sentAt = performance.now();
-      const wallAt = Date.now();
-      const response = await fetch("/v1/break-glass", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify(requestBody(message, signature, domain)),
-        credentials: "same-origin",
-        cache: "no-store",
-      });
+      let sentAt = performance.now();
+      let wallAt = Date.now();
+      const signed = JSON.stringify(requestBody(message, signature, domain));
+      const send = () =>
+        fetchAnswer("/v1/break-glass", {
+          method: "POST",
+          headers: { "Content-Type": "application/json", Accept: "application/json" },
+          body: signed,
+          credentials: "same-origin",
+          cache: "no-store",
+        });
+      let response;
+      try {
+        response = await send();
+      } catch (error) {
+        // the answer lost: the same signed request once more while it is fresh (a new one
+        // would be a second access if the first was granted)
+        if (!(error instanceof NetworkError) || serverNow() - message.issuedAt > RESEND_WITHIN_S) throw error;
+        report("The connection dropped: sending the same request again…", "busy");
+        sentAt = performance.now();
+        wallAt = Date.now();
+        response = await send();
+      }
       const body = await readJson(response);
       if (!response.ok) {
-        showRefusal(refusalText(body, response.status, { during: "grant", retryAfter: response.headers.get("Retry-After") }));
+        const refused = refusalText(body, response.status, { during: "grant", retryAfter: response.headers.get("Retry-After") });
+        if (refused.code === "replayed-request") {
+          // its nonce is new (drawn for it): sent again after a lost answer, by this page or by
+          // the browser itself (Chromium sends a request again when a kept-alive connection
+          // drops before the answer), the first copy arrived, and its answer was lost
+          refused.sentence = "Your request reached the service and was granted, but its answer was lost on the way back.";
+          refused.next = "Sign again to open the record: a second access is recorded, and reviewers see both.";
+        }
+        showRefusal(refused);
         return;
       }
       const grant = parseGrant(body);
@@ -547,9 +661,34 @@ function init() {
     }
   }
 
+  // after a read that failed for a reason that may pass (the connection, the service busy, an
+  // update being recorded), read again with the same token while the window is open: breaking
+  // the glass again would record a second access and tell the patient twice
+  let readAgain = null;
+  function offerReadAgain(access, ctx) {
+    if (!result || state.access !== access) return;
+    if (!readAgain) {
+      readAgain = document.createElement("button");
+      readAgain.type = "button";
+      readAgain.id = "read-again";
+      readAgain.textContent = "Read the record again";
+      end?.parentElement ? end.parentElement.insertBefore(readAgain, end) : result.append(readAgain);
+      ensureTouchTargets(result);
+    }
+    readAgain.hidden = false;
+    readAgain.onclick = () => {
+      readAgain.hidden = true;
+      hideRefusal();
+      report("Reading the record again…", "busy");
+      loadSummary(access, ctx);
+    };
+  }
+  const passing = (status, code) => status >= 500 || status === 408 || status === 429 || code === "summary-update-pending";
+
   async function loadSummary(access, ctx) {
+    if (readAgain) readAgain.hidden = true;
     try {
-      const response = await fetch(summaryPath(ctx.patientId), {
+      const response = await fetchAnswer(summaryPath(ctx.patientId), {
         headers: { Authorization: `Bearer ${access.token}`, Accept: "application/fhir+json" },
         credentials: "same-origin",
         cache: "no-store",
@@ -558,7 +697,9 @@ function init() {
       const body = await readJson(response);
       if (state.access !== access) return;
       if (!response.ok) {
-        showRefusal(refusalText(body, response.status, { during: "read", retryAfter: response.headers.get("Retry-After") }));
+        const refused = refusalText(body, response.status, { during: "read", retryAfter: response.headers.get("Retry-After") });
+        showRefusal(refused);
+        if (passing(response.status, refused.code)) offerReadAgain(access, ctx);
         return;
       }
       const groups = summaryGroups(body);
@@ -573,7 +714,8 @@ function init() {
       document.dispatchEvent(new CustomEvent("breakglass:data", { detail: { ms: performance.now() - ctx.clickedAt } }));
     } catch (error) {
       if (state.access !== access || error?.name === "AbortError") return;
-      showRefusal({ heading: "The record could not be read", sentence: messageOf(error), retry: null, code: "client-error", text: messageOf(error) });
+      showRefusal({ heading: "The record could not be read", sentence: messageOf(error), retry: null, next: null, code: error instanceof NetworkError ? "network-error" : "client-error", text: messageOf(error) });
+      if (error instanceof NetworkError) offerReadAgain(access, ctx);
     }
   }
 
@@ -623,6 +765,7 @@ function init() {
     summary?.removeAttribute("tabindex");
     if (countdown) countdown.textContent = "";
     if (end) end.hidden = true;
+    if (readAgain) readAgain.hidden = true;
     hideRefusal();
     if (result) result.hidden = true;
     if (patient) patient.value = "";

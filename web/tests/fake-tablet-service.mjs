@@ -14,7 +14,13 @@ import { ClarityType, serializeCV, stringAsciiCV, tupleCV, uintCV } from "@stack
 import { decodeCV, signerPrincipal, strip0x } from "../src/lib.mjs";
 import { DATA_TYPES } from "../src/tablet-lib.mjs";
 
-const bundlePath = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "static", "tablet.js");
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const bundlePath = join(root, "static", "tablet.js");
+
+/** The service's own page (templates/tablet.html, as src/http/tablet.rs fills it in). */
+export function realTabletPage(domainHex, network = "testnet") {
+  return readFileSync(join(root, "templates", "tablet.html"), "utf8").replaceAll("{{ domain }}", domainHex).replaceAll("{{ network }}", network);
+}
 const HALF_ORDER = 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0n;
 const CHAIN_ID = 2147483648;
 
@@ -41,7 +47,7 @@ export function tabletPage(domainHex, network = "testnet") {
   <fieldset id="data-types"><legend>Data to open</legend></fieldset>
   <label for="reason">Why you need it</label><textarea id="reason" maxlength="500"></textarea>
   <label for="device">Device name (optional)</label><input id="device" maxlength="64" autocomplete="off">
-  <label for="pin">PIN</label><input id="pin" type="password" inputmode="numeric" autocomplete="current-password">
+  <label for="pin">PIN</label><input id="pin" type="password" inputmode="numeric" autocomplete="one-time-code">
   <button id="submit" type="button">Open the record</button></section>
 <section id="result" hidden><h2>Emergency access</h2>
   <p id="refusal" role="alert" hidden></p>
@@ -214,12 +220,18 @@ export function parseBreakGlass(cv) {
 
 /**
  * Starts the stand-in on 127.0.0.1 (a free port). options: clinicians ({principal: {role,
- * status}}), windowSeconds (overrides the policy's minutes), summaryDelayMs.
+ * status}}), windowSeconds (overrides the policy's minutes), summaryDelayMs, clockMs (the
+ * server's clock this far from the machine's: its Date headers and its freshness check),
+ * realPage (serve templates/tablet.html and static/review.css, not this file's page), pinIdleMs
+ * (the page's <meta name="breakglass-pin-idle-ms">).
  * Returned: url, domainHex, state (options, grants, refusals, reads, bodies), refuseNext(problem)
  * and refuseReadNext(problem) (the next grant or summary read answers that problem),
- * noteNextSummary(text) (the next summary carries an OperationOutcome saying text), close().
+ * noteNextSummary(text) (the next summary carries an OperationOutcome saying text),
+ * dropNextGrantAnswer() (the next grant is made, and its connection cut before the answer),
+ * dropReads(on) (each summary read's connection is cut while on: a browser sends a request
+ * again by itself once, when a kept-alive connection drops), close().
  */
-export async function startFakeTabletService({ clinicians = {}, windowSeconds = null, summaryDelayMs = 0 } = {}) {
+export async function startFakeTabletService({ clinicians = {}, windowSeconds = null, summaryDelayMs = 0, clockMs = 0, realPage = false, pinIdleMs = null } = {}) {
   const domain = tupleCV({ name: stringAsciiCV("breakglass"), version: stringAsciiCV("1"), "chain-id": uintCV(CHAIN_ID) });
   const domainHex = `0x${serializeCV(domain)}`;
   const state = { options: [], grants: [], refusals: [], reads: [], bodies: [] };
@@ -228,7 +240,10 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
   let refuseNext = null;
   let refuseReadNext = null;
   let noteNext = null;
+  let dropGrantAnswer = false;
+  let dropRead = false;
   let bundle = null;
+  const serverNow = () => Date.now() + clockMs;
 
   async function body(req) {
     const chunks = [];
@@ -236,7 +251,7 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
     return Buffer.concat(chunks).toString("utf8");
   }
   function send(res, status, type, text, headers = {}) {
-    res.writeHead(status, { "Content-Type": type, "Cache-Control": "no-store", ...headers });
+    res.writeHead(status, { "Content-Type": type, "Cache-Control": "no-store", Date: new Date(serverNow()).toUTCString(), ...headers });
     res.end(text);
   }
   const json = (res, status, value, type = "application/json") => send(res, status, type, JSON.stringify(value));
@@ -297,7 +312,7 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
     } catch (e) {
       return problem(res, 401, "bad-signature", "Bad signature", `the signature does not verify: ${e.message}`);
     }
-    const now = Math.floor(Date.now() / 1000);
+    const now = Math.floor(serverNow() / 1000);
     if (Math.abs(now - fields.issuedAt) > 60) {
       return problem(res, 401, "stale-request", "Stale request", `the request was issued at ${fields.issuedAt}, ${Math.abs(now - fields.issuedAt)} s away from the server's clock (at most 60 s)`);
     }
@@ -320,6 +335,11 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
     const accessId = randomBytes(32).toString("hex");
     tokens.set(token, { patient: fields.patient, dataTypes: fields.dataTypes, expiresAt: Date.now() + seconds * 1000 });
     state.grants.push({ signer, ...fields, nonce: fields.nonce.toString(), token, accessId, messageHex: String(posted.message).toLowerCase() });
+    if (dropGrantAnswer) {
+      // granted and recorded; the answer, with its token, lost on the way back
+      dropGrantAnswer = false;
+      return res.socket.destroy();
+    }
     res.writeHead(201, { "Content-Type": "application/json", "Cache-Control": "no-store" });
     return res.end(
       JSON.stringify({
@@ -346,6 +366,10 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
     if (grant.patient !== patient) {
       read(403);
       return problem(res, 403, "wrong-patient", "Another patient", "the token opens another patient's record");
+    }
+    if (dropRead) {
+      read(0);
+      return res.socket.destroy();
     }
     if (refuseReadNext) {
       const r = refuseReadNext;
@@ -390,8 +414,13 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
       bundle ??= readFileSync(bundlePath);
       return send(res, 200, "text/javascript; charset=utf-8", bundle);
     }
+    if (route === "GET /static/review.css") {
+      return send(res, 200, "text/css; charset=utf-8", readFileSync(join(root, "static", "review.css")));
+    }
     if (route === "GET /tablet") {
-      return send(res, 200, "text/html; charset=utf-8", tabletPage(domainHex), { "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer" });
+      let page = realPage ? realTabletPage(domainHex) : tabletPage(domainHex);
+      if (pinIdleMs) page = page.replace("<title>", `<meta name="breakglass-pin-idle-ms" content="${pinIdleMs}"><title>`);
+      return send(res, 200, "text/html; charset=utf-8", page, { "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer" });
     }
     if (route === "GET /tablet/options") {
       const principal = url.searchParams.get("principal") ?? "";
@@ -420,6 +449,8 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
     refuseNext: (p) => (refuseNext = p),
     refuseReadNext: (p) => (refuseReadNext = p),
     noteNextSummary: (text) => (noteNext = text),
+    dropNextGrantAnswer: () => (dropGrantAnswer = true),
+    dropReads: (on) => (dropRead = on),
     close: () => new Promise((resolve) => { server.closeAllConnections?.(); server.close(resolve); }),
   };
 }

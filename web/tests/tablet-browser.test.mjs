@@ -392,6 +392,82 @@ test("tablet page: a clinician without a verified role cannot submit, and the pa
   }
 });
 
+test("tablet page (the service's own template and stylesheet): a wrong tablet clock, a lost grant answer, a read that failed, a PIN left unused, the key's removal", { skip, timeout: 90_000 }, async () => {
+  // the service's clock 5 minutes ahead of this tablet's: requests are dated by the service's
+  const service = await startFakeTabletService({ clinicians: nurse(), clockMs: 5 * 60_000, realPage: true, pinIdleMs: 400 });
+  const { page, context, problems } = await tabletPage(service);
+  try {
+    await importKey(page);
+    assert.match(await page.$eval("#who", (el) => el.textContent), /This tablet's clock is 5 min behind: requests are dated by the service's clock\./);
+    // the stylesheet shows "Sign and open" as not pressable until it may sign
+    const grey = await page.$eval("#submit", (el) => {
+      el.disabled = true;
+      const off = getComputedStyle(el).backgroundColor;
+      el.disabled = false;
+      return [off, getComputedStyle(el).backgroundColor];
+    });
+    assert.notEqual(grey[0], grey[1], `disabled and enabled look alike: ${grey}`);
+
+    // the grant's answer lost: the same signed request sent again once; granted already, so
+    // the page says the answer was lost (not a replay by someone else) and what to do
+    service.dropNextGrantAnswer();
+    await fill(page, { dataTypes: ["allergies"] });
+    await page.click("#submit");
+    await page.waitForSelector("#refusal:not([hidden])");
+    const lost = await page.$eval("#refusal", (el) => el.textContent);
+    assert.match(lost, /reached the service and was granted, but its answer was lost/, lost);
+    assert.match(lost, /Sign again to open the record: a second access is recorded/, lost);
+    assert.equal(service.state.grants.length, 1, "granted once");
+    assert.equal(service.state.bodies.length, 2);
+    assert.deepEqual(service.state.bodies[0], service.state.bodies[1], "sent again as signed, not signed anew");
+    // (and it was dated by the service's clock: accepted, 5 minutes from the tablet's)
+    assert.ok(Math.abs(service.state.grants[0].issuedAt - (Date.now() + 5 * 60_000) / 1000) < 30);
+
+    // granted, the read's connection cut: "Read the record again" reads with the same token
+    service.dropReads(true);
+    await page.type("#pin", PIN); // the form as it was: a new request, signed anew
+    await page.click("#submit");
+    await page.waitForSelector("#read-again:not([hidden])");
+    service.dropReads(false);
+    assert.match(await page.$eval("#refusal", (el) => el.textContent), /could not be reached[\s\S]*code: network-error/);
+    const touch = await page.$eval("#read-again", (el) => el.getBoundingClientRect().height);
+    assert.ok(touch >= 44, `${touch}`);
+    await page.click("#read-again");
+    await page.waitForSelector("#summary li");
+    assert.equal(await page.$eval("#read-again", (el) => el.hidden), true);
+    assert.equal(service.state.grants.length, 2, "no second access for the second read");
+    const reads = service.state.reads.map((r) => r.status);
+    assert.deepEqual([reads.at(-1), reads.slice(0, -1).every((r) => r === 0)], [200, true], `${reads}`);
+    await page.click("#end");
+    await page.waitForFunction(() => document.querySelector("#summary").childElementCount === 0);
+
+    // a PIN typed and left: cleared after the page's idle time, and when the page is hidden
+    await page.type("#pin", PIN);
+    await page.waitForFunction(() => document.querySelector("#pin").value === "", { timeout: 5000 });
+    assert.match(await page.$eval("#status", (el) => el.textContent), /The PIN was cleared after a minute unused/);
+    await page.type("#pin", PIN);
+    await page.evaluate(() => {
+      Object.defineProperty(document, "visibilityState", { value: "hidden", configurable: true });
+      document.dispatchEvent(new Event("visibilitychange"));
+    });
+    assert.equal(await page.$eval("#pin", (el) => el.value), "");
+    assert.equal(await page.$eval("#pin", (el) => el.getAttribute("autocomplete")), "one-time-code");
+
+    // the key is removed only by a second tap
+    await page.click("#forget-key");
+    assert.deepEqual(await page.evaluate(() => Object.keys(localStorage).filter((k) => k.includes("key"))), ["breakglass.tablet.key"]);
+    assert.match(await page.$eval("#forget-key", (el) => el.textContent), /Tap again/);
+    await page.click("#forget-key");
+    await page.waitForSelector("#key-setup:not([hidden])");
+    assert.deepEqual(await page.evaluate(() => Object.keys(localStorage).filter((k) => k.includes("key"))), []);
+    assert.deepEqual(await page.evaluate(() => window.__violations), []);
+    assert.deepEqual(problems, []);
+  } finally {
+    await context.close();
+    await service.close();
+  }
+});
+
 test("tablet page: #scan opens the rear camera, fills #patient from the first QR code that is a patient id, and stops the camera", { skip, timeout: 60_000 }, async () => {
   const service = await startFakeTabletService({ clinicians: nurse() });
   const { page, context, problems } = await tabletPage(service, {

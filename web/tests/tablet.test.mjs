@@ -283,10 +283,20 @@ test("a grant is read for its token and window; a refusal as its sentence and co
   );
   assert.equal(r.sentence, "Role nurse may not open lab-results (no policy permits it).");
   assert.equal(r.code, "policy-denied");
-  assert.equal(r.text, "Access refused: Refused by policy. Role nurse may not open lab-results (no policy permits it). (code: policy-denied)");
+  // what to do next, in plain words, after the service's own sentence
+  assert.equal(r.next, "Your role may not open this: untick it, or ask a colleague whose role may.");
+  assert.equal(r.text, "Access refused: Refused by policy. Role nurse may not open lab-results (no policy permits it). Your role may not open this: untick it, or ask a colleague whose role may. (code: policy-denied)");
   const busy = refusalText({ title: "Rate limited", detail: "too many requests", code: "rate-limited" }, 429, { retryAfter: "7" });
   assert.equal(busy.retry, "You may try again in 7 s.");
-  assert.match(busy.text, /You may try again in 7 s\. \(code: rate-limited\)$/);
+  assert.match(busy.text, /You may try again in 7 s\. \(code: rate-limited\)$/, "the wait given says it: no second next step");
+  assert.equal(refusalText({ code: "rate-limited", detail: "too many" }, 429).next, "Wait a moment, then sign again.");
+  const stale = refusalText({ code: "stale-request", title: "Stale request", detail: "the request was issued at 1, 125 s away from the server's clock (at most 60 s)" }, 401);
+  assert.match(stale.text, /set its date and time to automatic, then sign again\. \(code: stale-request\)$/);
+  // every code a clinician meets has its next step; one the service does not give has none
+  for (const code of ["not-on-call", "patient-opted-out", "data-type-not-allowed-by-patient", "provider-not-verified", "unknown-provider", "chain-state-stale", "audit-pending", "token-revoked", "summary-integrity", "summary-update-pending"]) {
+    assert.ok(refusalText({ code, detail: "d" }, 403).next, code);
+  }
+  assert.equal(refusalText({ code: "made-up", detail: "d" }, 403).next, null);
   const read = refusalText({ title: "Invalid token", detail: "the token is not valid (expired, revoked, or not ours)", code: "invalid-token" }, 401, { during: "read" });
   assert.equal(read.heading, "The record could not be read: Invalid token");
   // no problem body (a proxy's 502): the status stands in
