@@ -201,6 +201,25 @@ impl TokenIssuer {
 
     /// Verifies a token's signature (by any of our keys), issuer, audience and expiry.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, String> {
+        let claims = self.ours(token)?;
+        // expired "on or after" exp (RFC 7519 4.1.4); the library lets its last second pass
+        if claims.exp <= crate::clock::now_secs() {
+            return Err("the token has expired".into());
+        }
+        Ok(claims)
+    }
+
+    /// A token of ours whose window has closed (its signature, issuer and audience verified):
+    /// its claims, for the audit log of a use of it after its time; `None` for any other.
+    pub fn expired(&self, token: &str) -> Option<AccessClaims> {
+        self.ours(token)
+            .ok()
+            .filter(|c| c.exp <= crate::clock::now_secs())
+    }
+
+    /// A token's claims, its signature (by any of our keys), issuer and audience verified, its
+    /// expiry not.
+    fn ours(&self, token: &str) -> Result<AccessClaims, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
         let kid = header.kid.ok_or("the token names no key")?;
         let key = self
@@ -211,19 +230,15 @@ impl TokenIssuer {
         v.set_audience(&[&self.audience]);
         v.set_issuer(&[&self.issuer]);
         v.leeway = 0;
+        v.validate_exp = false; // judged by the callers, to the second
         v.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss", "jti"]);
-        let claims = jsonwebtoken::decode::<AccessClaims>(
+        jsonwebtoken::decode::<AccessClaims>(
             token,
             &jsonwebtoken::DecodingKey::from_ed_der(&key.public),
             &v,
         )
         .map(|d| d.claims)
-        .map_err(|e| e.to_string())?;
-        // expired "on or after" exp (RFC 7519 4.1.4); the library lets its last second pass
-        if claims.exp <= crate::clock::now_secs() {
-            return Err("the token has expired".into());
-        }
-        Ok(claims)
+        .map_err(|e| e.to_string())
     }
 
     /// The signing keys, the current one first, then the newest older one first.

@@ -2,8 +2,9 @@
 //! fewer came, the log's head (the last entry's hash and how many entries it covers) becomes
 //! the operation `anchor:<head>` (`anchor-audit`), sent by the chain submitter like any other.
 //! One anchor is open at a time, so they reach the chain in order (the contract refuses an
-//! anchor covering fewer entries than the last one on chain, whichever responder made it: the
-//! contract has one anchored log, so one responder service anchors per deployment). With
+//! anchor covering fewer entries than the same responder's last: each responder anchors its
+//! own log). One the chain refused covers nothing: its head is anchored again, `every` after
+//! it, under an id of its own (`anchor:<head>:<n>`). With
 //! replicas, one anchors at a time: it holds a lease (`LEASE`), reads what the store holds when
 //! it takes it, and its writes are fenced, so a replica paused past its lease makes no anchor.
 //!
@@ -57,6 +58,11 @@ pub fn covers(s: &Submission) -> Option<u64> {
     }
 }
 
+/// Whether the chain refused anchor operation `s` (mined with an error).
+fn failed(s: &Submission) -> bool {
+    matches!(s.state, crate::store::SubmissionState::Failed { .. })
+}
+
 /// What the anchoring task remembers between ticks.
 #[derive(Debug, Default)]
 pub struct Anchors {
@@ -80,6 +86,10 @@ impl Anchors {
         // the anchors alone (not every operation ever made: one a grant), by their ids' prefix
         for s in store.submissions_prefixed(ANCHOR_PREFIX)? {
             if let Some(n) = covers(&s) {
+                // one the chain refused covers nothing: its head is anchored again
+                if failed(&s) {
+                    continue;
+                }
                 if n >= a.covered {
                     a.covered = n;
                     a.made_at = s.created_at_ms;
@@ -102,6 +112,13 @@ impl Anchors {
         if let Some(id) = &self.open {
             match store.submission(id)? {
                 Some(s) if s.is_open() => return Ok(None),
+                Some(s) if failed(&s) => {
+                    // refused on chain: what it covered is to be anchored again, `every` after
+                    // it was made (not at once: what refused it may hold a while)
+                    let made_at = self.made_at;
+                    *self = Anchors::read(store)?;
+                    self.made_at = made_at;
+                }
                 _ => self.open = None,
             }
         }
@@ -113,11 +130,22 @@ impl Anchors {
         if new == 0 || (new < schedule.every_entries && !waited) {
             return Ok(None);
         }
-        let op = operation(&head);
-        if store.submission(&op.id)?.is_some() {
-            // this head was anchored already (the same head cannot be anchored twice)
+        let mut op = operation(&head);
+        // this head's anchors so far (`anchor:<head>`, then `anchor:<head>:<n>` for each made
+        // again after the chain refused the one before)
+        let made = store.submissions_prefixed(&op.id)?;
+        if made.iter().any(|s| !failed(s)) {
+            // this head was anchored already, or is being (the same head is anchored once)
             self.covered = head.seq;
             return Ok(None);
+        }
+        if !made.is_empty() {
+            // refused before: again once `every` has passed since (what refused it, a responder
+            // not authorized say, may hold a while, and each attempt costs a fee)
+            if !waited {
+                return Ok(None);
+            }
+            op.id = format!("{}:{}", op.id, made.len() + 1);
         }
         self.covered = head.seq;
         self.made_at = now_ms;
@@ -285,6 +313,57 @@ mod tests {
             ..Batch::default()
         };
         crate::store::apply_async(store, batch).await.unwrap();
+    }
+
+    /// An anchor the chain refused covers nothing: its head is anchored again (under an id of
+    /// its own), `every` after it was made. Before, its id stood for the head for good and its
+    /// entries counted as covered: the log's tail stayed unanchored while no entry came.
+    #[tokio::test]
+    async fn a_refused_anchor_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let schedule = Schedule {
+            every_entries: 1,
+            every: Duration::from_secs(600),
+        };
+        entry(&store).await;
+        let mut anchors = Anchors::read(store.as_ref()).unwrap();
+        let first = anchors
+            .due(store.as_ref(), schedule, 1_000)
+            .unwrap()
+            .unwrap();
+        let mut refused = first.clone();
+        refused.state = SubmissionState::Failed {
+            txid: "ab".repeat(32),
+            height: 2,
+            result: "(err u202)".into(),
+            nonce: Some(0),
+            raw: None,
+        };
+        store
+            .apply(Batch {
+                submissions: vec![refused],
+                ..Batch::default()
+            })
+            .unwrap();
+        // not at once; `every` after the refused one was made, under an id of its own
+        assert_eq!(anchors.due(store.as_ref(), schedule, 2_000).unwrap(), None);
+        let again = anchors
+            .due(store.as_ref(), schedule, 1_000 + 600_000)
+            .unwrap()
+            .expect("made again");
+        assert_eq!(again.id, format!("{}:2", first.id));
+        assert_eq!((covers(&again), again.args.clone()), (Some(1), first.args));
+        // a process started since reads the refused one as covering nothing
+        store
+            .apply(Batch {
+                submissions: vec![again.clone()],
+                ..Batch::default()
+            })
+            .unwrap();
+        let read = Anchors::read(store.as_ref()).unwrap();
+        assert_eq!((read.covered, read.open), (1, Some(again.id)));
     }
 
     /// Replicas on one Redis: one anchors at a time (the other makes none while the first

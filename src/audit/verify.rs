@@ -57,6 +57,8 @@ pub enum VerifyError {
     },
     #[error("the store's head (entry {stored}) is not the log's last entry ({walked})")]
     Head { stored: u64, walked: u64 },
+    #[error("entry {seq}: it is in the log past its head (entry {head}), which was set back: the entries after the head are hidden from every reader")]
+    PastHead { seq: u64, head: u64 },
     #[error("entry {seq}: it is about access {access}, but the index of the log by access does not name it there (a reviewer's trail of that access does not show it)")]
     Unindexed { seq: u64, access: String },
     #[error("entry {seq}: the index of the log by access names it for access {access}, which it is not about (it would show in that access's trail)")]
@@ -78,6 +80,7 @@ impl VerifyError {
                 | Broken::Unreadable { seq, .. },
             ) => Some(*seq),
             VerifyError::Anchor { seq, .. }
+            | VerifyError::PastHead { seq, .. }
             | VerifyError::Unindexed { seq, .. }
             | VerifyError::Misindexed { seq, .. } => Some(*seq),
             _ => None,
@@ -216,6 +219,17 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
         return Err(VerifyError::Head {
             stored: stored.seq,
             walked: head.seq,
+        });
+    }
+    // every reader stops at the head: an entry past it (the head set back, or its row
+    // removed) hides the rest of the log. One a running service wrote since the head was read
+    // moved the head with it, in the same write
+    if store.audit_row_exists(head.seq + 1)?
+        && store.audit_head()?.unwrap_or_default().seq == stored.seq
+    {
+        return Err(VerifyError::PastHead {
+            seq: head.seq + 1,
+            head: head.seq,
         });
     }
     // (rows for entries past the head read first are a running service's, left for later)
@@ -377,6 +391,54 @@ mod tests {
         assert!(matches!(
             check(&store, &[]),
             Err(VerifyError::Misindexed { seq: 1, .. })
+        ));
+    }
+
+    /// Every reader stops at the log's head: a head set back (or its row removed) hid the
+    /// entries after it from the export, the trails and this check, which said the log was
+    /// whole. Entries past the head are named.
+    #[tokio::test]
+    async fn entries_past_a_head_set_back_are_named() {
+        let redis = crate::dev::test_redis().await;
+        let store = crate::store::RedisStore::open(redis.url.as_str(), "ph:").unwrap();
+        store.apply(entries(4)).unwrap();
+        assert_eq!(check(&store, &[]).unwrap().entries, 4);
+        let second = store.audit_entries(2, 1).unwrap().remove(0);
+        let mut raw = redis.connection();
+        let head = |raw: &mut redis::Connection, head: Option<Head>| {
+            let cmd = match head {
+                Some(h) => {
+                    let mut c = redis::cmd("HSET");
+                    c.arg("ph:meta")
+                        .arg("audit_head")
+                        .arg(serde_json::to_string(&h).unwrap());
+                    c
+                }
+                None => {
+                    let mut c = redis::cmd("HDEL");
+                    c.arg("ph:meta").arg("audit_head");
+                    c
+                }
+            };
+            cmd.query::<()>(raw).unwrap();
+        };
+        head(
+            &mut raw,
+            Some(Head {
+                seq: 2,
+                hash: second.hash,
+            }),
+        );
+        let hidden = check(&store, &[]).unwrap_err();
+        assert!(
+            matches!(hidden, VerifyError::PastHead { seq: 3, head: 2 }),
+            "{hidden}"
+        );
+        assert_eq!(hidden.entry(), Some(3));
+        head(&mut raw, None);
+        assert!(matches!(
+            check(&store, &[]),
+            Err(VerifyError::PastHead { seq: 1, head: 0 })
         ));
     }
 }

@@ -608,12 +608,13 @@ async fn export(
         ))
     };
     let store = &review.state.store;
-    // (and the cursor's entry, when the reader names it by its hash)
+    // (and the cursor's entry: the page's first entry must link to it, and the reader may name
+    // it by its hash)
     let named = q.since_hash.as_ref().filter(|_| q.since > 0);
     let read = store.audit_head().and_then(|head| {
-        let at = match named {
-            Some(_) => store.audit_entries(q.since, 1)?,
-            None => Vec::new(),
+        let at = match q.since {
+            0 => Vec::new(),
+            since => store.audit_entries(since, 1)?,
         };
         Ok((head, at, store.audit_entries(from, limit)?))
     });
@@ -663,6 +664,28 @@ async fn export(
     let until = head.min(from.saturating_add(limit as u64 - 1));
     if let Some(missing) = crate::audit::first_missing(from, until, &entries) {
         return unreadable(format!("entry {missing} is missing"));
+    }
+    // every entry exported hashes as stored and links to the one before it (the cursor's, for
+    // the first): an entry altered in the store is not handed on as if it were whole (a SIEM
+    // can check the links it is given, not recompute the hashes)
+    let start = match q.since {
+        0 => Some(crate::audit::Head::default()),
+        since => at
+            .first()
+            .filter(|e| e.seq == since)
+            .map(|e| crate::audit::Head {
+                seq: e.seq,
+                hash: e.hash,
+            }),
+    };
+    let Some(start) = start else {
+        return unreadable(format!("entry {} is missing", q.since));
+    };
+    if let Err(broken) = entries
+        .iter()
+        .try_fold(start, |h, e| crate::audit::follows(&h, e))
+    {
+        return unreadable(format!("the log does not hold together there: {broken}"));
     }
     let mut body = String::new();
     for e in &entries {

@@ -127,28 +127,27 @@ async fn introspect(
             .insert_header(("cache-control", "no-store"))
             .json(json!({ "active": false }))
     };
-    let Ok(claims) = bg.tokens.verify(&token) else {
-        return inactive();
+    let claims = match bg.tokens.verify(&token) {
+        Ok(claims) => claims,
+        Err(_) => {
+            // one of ours whose window closed, still presented: that use is in the log too
+            // (a resource server reading on after the window is what reviewers look for)
+            if let Some(claims) = bg.tokens.expired(&token) {
+                if let Err(unlogged) = logged(&bg, &claims, &caller, false).await {
+                    return unlogged;
+                }
+                tracing::info!(access = %claims.jti, client = %caller, "an expired token introspected");
+            }
+            return inactive();
+        }
     };
     // revoked, or its clinician suspended since the grant: not honoured
     let standing = crate::token::standing(&bg.state, &claims).await;
     // every use of a token we issued is in the audit log before it is answered: reviewers see
     // what was read, when and by which resource server
-    let used = Batch {
-        audit: vec![crate::audit::Record::now(
-            crate::audit::Event::Introspection {
-                jti: claims.jti.clone(),
-                client: caller.clone(),
-                active: matches!(standing, Ok(crate::token::Standing::Honoured)),
-                patient: claims.patient.parse().ok(),
-            },
-        )],
-        ..Batch::default()
-    };
-    if let Err(e) = apply_async(&bg.state.store, used).await {
-        tracing::error!(error = %e, "an introspection could not be added to the audit log");
-        return HttpResponse::ServiceUnavailable()
-            .json(json!({ "error": "temporarily_unavailable" }));
+    let active = matches!(standing, Ok(crate::token::Standing::Honoured));
+    if let Err(unlogged) = logged(&bg, &claims, &caller, active).await {
+        return unlogged;
     }
     match standing {
         Ok(crate::token::Standing::Honoured) => {}
@@ -176,6 +175,31 @@ async fn introspect(
             "purpose_of_use": claims.purpose_of_use,
             "patient": claims.patient,
         }))
+}
+
+/// An introspection of token `claims` by `caller`, answered `active` or not, written to the
+/// audit log; else the answer to give (503: nothing is answered unlogged).
+async fn logged(
+    bg: &BreakGlass,
+    claims: &crate::token::AccessClaims,
+    caller: &str,
+    active: bool,
+) -> Result<(), HttpResponse> {
+    let used = Batch {
+        audit: vec![crate::audit::Record::now(
+            crate::audit::Event::Introspection {
+                jti: claims.jti.clone(),
+                client: caller.to_string(),
+                active,
+                patient: claims.patient.parse().ok(),
+            },
+        )],
+        ..Batch::default()
+    };
+    apply_async(&bg.state.store, used).await.map_err(|e| {
+        tracing::error!(error = %e, "an introspection could not be added to the audit log");
+        HttpResponse::ServiceUnavailable().json(json!({ "error": "temporarily_unavailable" }))
+    })
 }
 
 async fn revoke(

@@ -850,6 +850,9 @@ pub trait Store: Send + Sync + 'static {
         from: u64,
         limit: usize,
     ) -> Result<Vec<crate::audit::Entry>, StoreError>;
+    /// Whether the audit log holds a row for entry `seq`, past its head or not (`audit
+    /// verify`: every other reader stops at the head).
+    fn audit_row_exists(&self, seq: u64) -> Result<bool, StoreError>;
     /// The audit entries about one access, in order.
     fn audit_of(&self, access_id: &AccessId) -> Result<Vec<crate::audit::Entry>, StoreError>;
     /// Every row of the audit log's index by access, as the access and entry number it names

@@ -472,6 +472,13 @@ macro_rules! typed_reads {
             self.get_each(AUDIT, &keys)
         }
 
+        fn audit_row_exists(&self, seq: u64) -> Result<bool, StoreError> {
+            Ok(self
+                .get_many(AUDIT, &[audit_key(seq)])?
+                .into_iter()
+                .any(|row| row.is_some()))
+        }
+
         fn audit_index(&self) -> Result<Vec<(AccessId, u64)>, StoreError> {
             self.scan(AUDIT_BY_ACCESS)?
                 .into_iter()

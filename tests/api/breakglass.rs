@@ -624,6 +624,36 @@ async fn resource_servers_introspect_and_revoke_tokens() {
     assert_eq!(body["jti"], grant["access_id"]);
     assert_eq!(body["purpose_of_use"], "BTG");
     assert_eq!(body["scope"], grant["scope"]);
+    // the same access's token once its window has closed (made with the service's own key),
+    // presented again: inactive, and that use is in the audit log too (a resource server
+    // reading on after the window is what reviewers look for)
+    let data = env.dir.path().join("service");
+    let ring = breakglass::seal::Keyring::load_or_generate(&data, None).unwrap();
+    let tokens = breakglass::token::TokenIssuer::load_or_generate(
+        &data,
+        body["iss"].as_str().unwrap(),
+        body["aud"].as_str().unwrap(),
+        &ring,
+    )
+    .unwrap();
+    let mut ended = tokens.verify(token).expect("the service's own token");
+    ended.exp = now() - 1;
+    let ended = tokens.issue(&ended).unwrap();
+    let logged = app.store.audit_head().unwrap().unwrap().seq;
+    let (s, body) = call("/v1/token/introspect", "fhir-server", secret, &ended).await;
+    assert_eq!((s, &body), (200, &json!({ "active": false })));
+    let entries = app.store.audit_entries(logged + 1, 10).unwrap();
+    let uses: Vec<Json> = entries
+        .iter()
+        .map(|e| serde_json::from_str(e.event.get()).unwrap())
+        .filter(|e: &Json| e["kind"] == "introspection")
+        .collect();
+    assert_eq!(uses.len(), 1, "{uses:?}");
+    assert_eq!(
+        (&uses[0]["jti"], &uses[0]["active"], &uses[0]["client"]),
+        (&grant["access_id"], &json!(false), &json!("fhir-server")),
+        "{uses:?}"
+    );
     // an authorization scheme is matched in any case (RFC 9110): `basic`, and `bearer` for the
     // access view (before, both were refused as credentials of no one)
     use base64::Engine as _;
