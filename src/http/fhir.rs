@@ -24,18 +24,35 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
     super::credentials(req, "Bearer")
 }
 
+/// A read's answer: never stored by a cache, never sniffed as another type; a refusal of the
+/// token (401) says how to authenticate and, for a token given, that it is not valid (RFC 6750
+/// section 3).
 fn answer(result: Result<serde_json::Value, Refusal>) -> HttpResponse {
+    use actix_web::http::header::{self, HeaderValue};
     match result {
         Ok(bundle) => HttpResponse::Ok()
             .content_type("application/fhir+json")
             .insert_header(("cache-control", "no-store"))
+            .insert_header(("x-content-type-options", "nosniff"))
             .json(bundle),
         Err(r) => {
             let mut res = problem(&r);
-            res.headers_mut().insert(
-                actix_web::http::header::CACHE_CONTROL,
-                actix_web::http::header::HeaderValue::from_static("no-store"),
+            let headers = res.headers_mut();
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
             );
+            if r.status == 401 {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(if r.code == "no-token" {
+                        "Bearer realm=\"breakglass\""
+                    } else {
+                        "Bearer realm=\"breakglass\", error=\"invalid_token\""
+                    }),
+                );
+            }
             res
         }
     }

@@ -54,6 +54,23 @@ async fn read(env: &Env, path: &str, token: &str) -> (u16, Json, Option<String>)
     (status, res.json().await.unwrap_or(Json::Null), cache)
 }
 
+/// The headers of a read of `path` (with `token`, if any), by name.
+async fn answered_headers(
+    env: &Env,
+    path: &str,
+    token: Option<&str>,
+) -> std::collections::HashMap<String, String> {
+    let mut req = reqwest::Client::new().get(format!("http://{}{path}", env.app.api_addr));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await.unwrap();
+    res.headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect()
+}
+
 /// A token grant for `role` on `patient`'s `data_types`.
 async fn token(env: &Env, role: &str, patient: &str, data_types: &[&str], nonce: u64) -> Json {
     let p = provider(&env.demo, role);
@@ -314,7 +331,53 @@ async fn tokens_read_only_what_they_open_and_every_bad_read_is_refused_and_logge
         let (s, p, _) = read(&env, &summary, tok).await;
         assert_eq!((s, p["code"].as_str()), (401, Some(code)), "{what}: {p}");
         assert!(p.get("entry").is_none());
+        // said as RFC 6750 says, never cached or sniffed
+        let h = answered_headers(&env, &summary, Some(tok)).await;
+        assert_eq!(
+            [
+                &h["www-authenticate"],
+                &h["cache-control"],
+                &h["x-content-type-options"]
+            ],
+            [
+                "Bearer realm=\"breakglass\", error=\"invalid_token\"",
+                "no-store",
+                "nosniff"
+            ],
+            "{what}"
+        );
     }
+    let h = answered_headers(&env, &summary, None).await;
+    assert_eq!(
+        h["www-authenticate"], "Bearer realm=\"breakglass\"",
+        "no token"
+    );
+    // the tablet's page, as served: its own origin only, never framed, cached or sniffed
+    let h = answered_headers(&env, "/tablet", None).await;
+    let csp = &h["content-security-policy"];
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} not in {csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(
+        [
+            &h["cache-control"],
+            &h["x-content-type-options"],
+            &h["referrer-policy"]
+        ],
+        ["no-store", "nosniff", "no-referrer"]
+    );
+    let h = answered_headers(&env, &summary, Some(t.as_str())).await;
+    assert_eq!(
+        [&h["cache-control"], &h["x-content-type-options"]],
+        ["no-store", "nosniff"]
+    );
     // a token for this patient does not read another's
     let (s, p, _) = read(&env, &format!("/fhir/Patient/{other_hex}/$summary"), &t).await;
     assert_eq!((s, p["code"].as_str()), (403, Some("wrong-patient")), "{p}");
