@@ -397,11 +397,6 @@ pub struct Options {
     pub principal: Address,
     pub role: Option<crate::domain::Role>,
     pub status: Option<crate::domain::ProviderStatus>,
-    /// Whether a paging source shows the clinician on call now (a request now is refused
-    /// `not-on-call` if not); absent when on-call is not checked, or for a principal the chain
-    /// does not know as a provider.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub on_call: Option<bool>,
     pub data_types: Vec<DataTypeOption>,
 }
 
@@ -441,18 +436,16 @@ impl BreakGlass {
         // what the policies see of the clinician's on-call state, as a request now would (a
         // policy may read it): none when not on call (the request is then refused for that);
         // looked up for providers the chain knows only
-        let lookup = match role {
-            Some(_) => Some(
-                self.oncall
-                    .lookup_fresh(&principal.to_string(), crate::clock::now_secs())
-                    .await,
-            ),
+        let on_call = match role {
+            Some(_) => match self
+                .oncall
+                .lookup_fresh(&principal.to_string(), crate::clock::now_secs())
+                .await
+            {
+                crate::paging::Lookup::OnCall(fact) => Some(fact),
+                _ => None,
+            },
             None => None,
-        };
-        let (on_call, on_call_now) = match lookup {
-            Some(crate::paging::Lookup::OnCall(fact)) => (Some(fact), Some(true)),
-            Some(crate::paging::Lookup::NotOnCall) => (None, Some(false)),
-            Some(crate::paging::Lookup::NotChecked) | None => (None, None),
         };
         let situation = Situation {
             on_call: on_call.as_ref(),
@@ -494,7 +487,6 @@ impl BreakGlass {
             principal,
             role,
             status,
-            on_call: on_call_now,
             data_types,
         })
     }

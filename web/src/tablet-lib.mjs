@@ -250,13 +250,7 @@ export function parseOptions(json, principal) {
   if (role === null) why = `${json.principal ?? principal ?? "This key"} is not a registered provider: break-glass requests from it are refused.`;
   else if (status !== "verified") why = `Your provider status is "${status}", not verified: break-glass requests are refused until an authority verifies you.`;
   else if (!dataTypes.some((d) => d.allowed)) why = `No data type is open to the role ${role}.`;
-  // not a reason to stop the clinician (the paging state may arrive in a moment, and the
-  // service decides): said before they fill in the form, not after (`not-on-call`)
-  const offCall =
-    json.on_call === false && why === null
-      ? "No paging system shows you on call right now: a request would be refused (not on call). Acknowledge the page for this patient first; this page looks again every 15 s."
-      : null;
-  return { principal: json.principal ?? principal ?? null, role, status, onCall: typeof json.on_call === "boolean" ? json.on_call : null, offCall, usable: why === null, why, dataTypes };
+  return { principal: json.principal ?? principal ?? null, role, status, usable: why === null, why, dataTypes };
 }
 
 /** The 201 answer of POST /v1/break-glass. */

@@ -40,8 +40,6 @@ import {
 const TOUCH_PX = 44;
 const TICK_MS = 250;
 const OPTIONS_RETRY_MS = 5000;
-// How often the page looks again while no paging source shows the clinician on call.
-const OFF_CALL_RECHECK_MS = 15_000;
 const SCAN_EVERY_MS = 200;
 const SCAN_TIMEOUT_MS = 60_000;
 // How long a request may go unanswered before the page says so (a stalled connection would
@@ -351,17 +349,13 @@ function init() {
     }
   }
 
-  async function loadOptions({ quiet = false } = {}) {
+  async function loadOptions() {
     clearTimeout(state.optionsTimer);
     const principal = state.principal;
     if (!principal) return;
-    // (looked at again in the background: the form and its ticks stay as they are)
-    const checked = quiet ? new Set([...(fieldset?.querySelectorAll('input[name="data-type"]:checked') ?? [])].map((i) => i.value)) : null;
-    if (!quiet) {
-      if (submit) submit.disabled = true;
-      state.options = null;
-      report("Loading what you may open…", "busy");
-    }
+    if (submit) submit.disabled = true;
+    state.options = null;
+    report("Loading what you may open…", "busy");
     try {
       const asked = Date.now();
       const response = await fetchAnswer(`/tablet/options?principal=${encodeURIComponent(principal)}`, {
@@ -377,23 +371,12 @@ function init() {
       state.options = options;
       if (who) who.textContent = `${principal} — ${options.role ?? "no provider role"} (${options.status})${state.clockNote ? `. ${state.clockNote}` : ""}`;
       renderDataTypes(options.dataTypes);
-      for (const box of fieldset?.querySelectorAll('input[name="data-type"]') ?? []) {
-        if (checked?.has(box.value) && box.getAttribute("aria-disabled") !== "true") box.checked = true;
-      }
       ensureTouchTargets(request);
       if (!options.usable) {
         report(options.why, "error", { focus: false });
         return;
       }
       if (submit) submit.disabled = false;
-      if (options.offCall) {
-        report(options.offCall, "error", { focus: false });
-        // looked at again until a page puts them on call (while the form is shown)
-        state.optionsTimer = setTimeout(() => {
-          if (!state.access && !state.busy) loadOptions({ quiet: true });
-        }, OFF_CALL_RECHECK_MS);
-        return;
-      }
       report(
         state.wallet
           ? "Ready: enter the patient id, choose the data and write the reason."
@@ -486,8 +469,6 @@ function init() {
   }
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "hidden") clearPin(null);
-    // back on screen: what the clinician may open, and whether they are on call, as it is now
-    else if (state.principal && state.options && !state.access && !state.busy) loadOptions({ quiet: true });
   });
   pin?.addEventListener("input", () => {
     forgetUnlock();

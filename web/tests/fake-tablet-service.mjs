@@ -223,8 +223,7 @@ export function parseBreakGlass(cv) {
  * status}}), windowSeconds (overrides the policy's minutes), summaryDelayMs, clockMs (the
  * server's clock this far from the machine's: its Date headers and its freshness check),
  * realPage (serve templates/tablet.html and static/review.css, not this file's page), pinIdleMs
- * (the page's <meta name="breakglass-pin-idle-ms">), onCall (null: not checked; false: the
- * options say so and a grant is refused not-on-call; setOnCall(on) changes it).
+ * (the page's <meta name="breakglass-pin-idle-ms">).
  * Returned: url, domainHex, state (options, grants, refusals, reads, bodies), refuseNext(problem)
  * and refuseReadNext(problem) (the next grant or summary read answers that problem),
  * noteNextSummary(text) (the next summary carries an OperationOutcome saying text),
@@ -232,7 +231,7 @@ export function parseBreakGlass(cv) {
  * dropReads(on) (each summary read's connection is cut while on: a browser sends a request
  * again by itself once, when a kept-alive connection drops), close().
  */
-export async function startFakeTabletService({ clinicians = {}, windowSeconds = null, summaryDelayMs = 0, clockMs = 0, realPage = false, pinIdleMs = null, onCall = null } = {}) {
+export async function startFakeTabletService({ clinicians = {}, windowSeconds = null, summaryDelayMs = 0, clockMs = 0, realPage = false, pinIdleMs = null } = {}) {
   const domain = tupleCV({ name: stringAsciiCV("breakglass"), version: stringAsciiCV("1"), "chain-id": uintCV(CHAIN_ID) });
   const domainHex = `0x${serializeCV(domain)}`;
   const state = { options: [], grants: [], refusals: [], reads: [], bodies: [] };
@@ -242,7 +241,6 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
   let refuseReadNext = null;
   let noteNext = null;
   let dropGrantAnswer = false;
-  let onCallNow = onCall; // null: on-call not checked
   let dropRead = false;
   let bundle = null;
   const serverNow = () => Date.now() + clockMs;
@@ -270,7 +268,6 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
       principal,
       role,
       status: who?.status ?? "unknown",
-      ...(role && onCallNow !== null ? { on_call: onCallNow } : {}),
       data_types: DATA_TYPES.map((d) =>
         d in allowed
           ? { data_type: d, allowed: true, window_minutes: allowed[d] }
@@ -322,7 +319,6 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
     const who = clinicians[signer];
     if (!who) return problem(res, 403, "unknown-provider", "Unknown provider", `${signer} is not a registered provider`);
     if (who.status !== "verified") return problem(res, 403, "provider-not-verified", "Provider not verified", `${signer} is ${who.status}, not verified`);
-    if (onCallNow === false) return problem(res, 403, "not-on-call", "Not on call", `${signer} is not on call according to any paging source`);
     const allowed = POLICY[who.role] ?? {};
     const denied = fields.dataTypes.find((d) => !(d in allowed));
     if (denied) return problem(res, 403, "policy-denied", "Refused by policy", `role ${who.role} may not open ${denied} (no policy permits it)`);
@@ -455,7 +451,6 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
     noteNextSummary: (text) => (noteNext = text),
     dropNextGrantAnswer: () => (dropGrantAnswer = true),
     dropReads: (on) => (dropRead = on),
-    setOnCall: (on) => (onCallNow = on),
     close: () => new Promise((resolve) => { server.closeAllConnections?.(); server.close(resolve); }),
   };
 }

@@ -468,31 +468,6 @@ test("tablet page (the service's own template and stylesheet): a wrong tablet cl
   }
 });
 
-test("tablet page: a clinician no paging source shows on call is told before filling the form, and again once paged", { skip, timeout: 60_000 }, async () => {
-  const service = await startFakeTabletService({ clinicians: nurse(), onCall: false });
-  const { page, context, problems } = await tabletPage(service);
-  try {
-    await importKey(page);
-    await page.waitForFunction(() => /No paging system shows you on call/.test(document.querySelector("#status").textContent));
-    // not stopped: the paging state may arrive in a moment, and the service decides
-    assert.equal(await page.$eval("#submit", (el) => el.disabled), false);
-    await page.click('label[for="dt-allergies"]');
-    // paged meanwhile; the page back on screen looks again, the form as it was
-    service.setOnCall(true);
-    await page.evaluate(() => {
-      Object.defineProperty(document, "visibilityState", { value: "visible", configurable: true });
-      document.dispatchEvent(new Event("visibilitychange"));
-    });
-    await page.waitForFunction(() => /^Ready/.test(document.querySelector("#status").textContent));
-    assert.equal(await page.$eval("#dt-allergies", (el) => el.checked), true, "the ticks kept");
-    assert.ok(service.state.options.length >= 2);
-    assert.deepEqual(problems, []);
-  } finally {
-    await context.close();
-    await service.close();
-  }
-});
-
 test("tablet page: #scan opens the rear camera, fills #patient from the first QR code that is a patient id, and stops the camera", { skip, timeout: 60_000 }, async () => {
   const service = await startFakeTabletService({ clinicians: nurse() });
   const { page, context, problems } = await tabletPage(service, {

@@ -267,16 +267,6 @@ test("options: data types with their windows or reasons; a key without a verifie
   assert.throws(() => parseOptions("nope", PRINCIPAL), UserError);
 });
 
-test("options say whether the clinician is on call, without stopping them", () => {
-  const base = { principal: "ST1", role: "nurse", status: "verified", data_types: [{ data_type: "allergies", allowed: true, window_minutes: 60 }] };
-  const off = parseOptions({ ...base, on_call: false }, "ST1");
-  assert.equal(off.usable, true);
-  assert.equal(off.onCall, false);
-  assert.match(off.offCall, /No paging system shows you on call right now/);
-  assert.equal(parseOptions({ ...base, on_call: true }, "ST1").offCall, null);
-  assert.equal(parseOptions(base, "ST1").onCall, null, "on-call not checked");
-});
-
 test("a grant is read for its token and window; a refusal as its sentence and code", () => {
   assert.deepEqual(parseGrant({ access_token: "t", expires_in: 299.7, scope: "patient/AllergyIntolerance.rs", access_id: "ab" }), {
     token: "t",
