@@ -279,7 +279,7 @@ export function summaryPath(patient) {
 const UNAVAILABLE = "The service cannot confirm this right now: try again in a moment. If it goes on, follow the hospital's downtime procedure.";
 const CLOSE_AND_AGAIN = "This access no longer opens the record: close it, and break the glass again if you still need the data.";
 export const NEXT_STEPS = Object.freeze({
-  "stale-request": "This tablet's clock may be wrong: set its date and time to automatic, then sign again.",
+  "stale-request": "This tablet's clock differs from the service's: sign again (the page now dates requests by the service's clock); if it happens again, set the tablet's date and time to automatic.",
   "bad-signature": "Reload this page and sign again; if it happens again, import your key again.",
   "wrong-domain": "Reload this page and sign again: it was made for another network or version of the service.",
   "replayed-request": "Sign a new request (each one is recorded as an access of its own).",

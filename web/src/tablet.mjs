@@ -76,18 +76,28 @@ function messageOf(error) {
  * Chromium "Failed to fetch", Safari "Load failed"; each a TypeError).
  */
 async function fetchAnswer(url, init = {}) {
-  const timeout = typeof AbortSignal.timeout === "function" ? AbortSignal.timeout(FETCH_TIMEOUT_MS) : null;
-  const signals = [init.signal, timeout].filter(Boolean);
-  const signal = signals.length > 1 && typeof AbortSignal.any === "function" ? AbortSignal.any(signals) : signals[0];
+  // one controller of its own, aborted by the page's signal or the timer (no AbortSignal.any
+  // or AbortSignal.timeout needed: Safari before 17.4 has neither of both)
+  const controller = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    controller.abort();
+  }, FETCH_TIMEOUT_MS);
+  const stop = () => controller.abort();
+  init.signal?.addEventListener("abort", stop, { once: true });
   try {
-    return await fetch(url, { ...init, signal });
+    return await fetch(url, { ...init, signal: controller.signal });
   } catch (error) {
     if (init.signal?.aborted) throw error; // stopped by the page itself
-    if (error?.name === "TimeoutError" || timeout?.aborted) {
+    if (timedOut && error?.name === "AbortError") {
       throw new NetworkError(`The server did not answer within ${FETCH_TIMEOUT_MS / 1000} s. Check the connection and try again.`);
     }
     if (error instanceof TypeError) throw new NetworkError(UNREACHABLE);
     throw error;
+  } finally {
+    clearTimeout(timer);
+    init.signal?.removeEventListener("abort", stop);
   }
 }
 
@@ -473,7 +483,8 @@ function init() {
   pin?.addEventListener("input", () => {
     forgetUnlock();
     clearTimeout(pinIdle);
-    pinIdle = setTimeout(() => clearPin("The PIN was cleared after a minute unused: type it again to sign."), pinIdleMs);
+    const idle = pinIdleMs % 60_000 === 0 ? `${pinIdleMs / 60_000} min` : `${Math.max(1, Math.round(pinIdleMs / 1000))} s`;
+    pinIdle = setTimeout(() => clearPin(`The PIN was cleared after ${idle} unused: type it again to sign.`), pinIdleMs);
     const value = pin.value;
     const record = loadRecord();
     if (!record || state.wallet || !/^\d{6,}$/.test(value)) return;
@@ -491,6 +502,8 @@ function init() {
     report("Signing the request…", "busy");
     let key = null;
     const pinValue = pin?.value ?? "";
+    // the key the PIN unlocked while it was typed, taken before the field is cleared
+    const ahead = unlocking && unlocking.pin === pinValue ? unlocking.promise : null;
     clearPin(null);
     try {
       const domainHex = metaContent("breakglass-domain");
@@ -517,8 +530,6 @@ function init() {
           showKeySetup();
           throw new UserError("No key is stored on this tablet: import it first.");
         }
-        const ahead = unlocking && unlocking.pin === pinValue ? unlocking.promise : null;
-        forgetUnlock();
         key = await (ahead ?? decryptTabletKey(record, pinValue));
         signature = signStructured(message, domain, key);
         key = null; // dropped: only the signature leaves this function
@@ -553,6 +564,9 @@ function init() {
         wallAt = Date.now();
         response = await send();
       }
+      // the service's clock as it answered (a tablet clock corrected meanwhile, or off from the
+      // start): the next request is dated by it
+      learnClock(response, wallAt);
       const body = await readJson(response);
       if (!response.ok) {
         const refused = refusalText(body, response.status, { during: "grant", retryAfter: response.headers.get("Retry-After") });
@@ -560,8 +574,8 @@ function init() {
           // its nonce is new (drawn for it): sent again after a lost answer, by this page or by
           // the browser itself (Chromium sends a request again when a kept-alive connection
           // drops before the answer), the first copy arrived, and its answer was lost
-          refused.sentence = "Your request reached the service and was granted, but its answer was lost on the way back.";
-          refused.next = "Sign again to open the record: a second access is recorded, and reviewers see both.";
+          refused.sentence = "Your request reached the service, and may have been granted, but its answer was lost on the way back.";
+          refused.next = "Sign again to open the record: if the first was granted, a second access is recorded, and reviewers see both.";
         }
         showRefusal(refused);
         return;
@@ -683,7 +697,8 @@ function init() {
       loadSummary(access, ctx);
     };
   }
-  const passing = (status, code) => status >= 500 || status === 408 || status === 429 || code === "summary-update-pending";
+  const passing = (status, code) =>
+    (status >= 500 && !["summary-integrity", "internal-error"].includes(code)) || status === 408 || status === 429 || code === "summary-update-pending";
 
   async function loadSummary(access, ctx) {
     if (readAgain) readAgain.hidden = true;

@@ -228,6 +228,7 @@ export function parseBreakGlass(cv) {
  * and refuseReadNext(problem) (the next grant or summary read answers that problem),
  * noteNextSummary(text) (the next summary carries an OperationOutcome saying text),
  * dropNextGrantAnswer() (the next grant is made, and its connection cut before the answer),
+ * closeConnections(on) (every answer closes its connection: nothing is kept alive),
  * dropReads(on) (each summary read's connection is cut while on: a browser sends a request
  * again by itself once, when a kept-alive connection drops), close().
  */
@@ -241,6 +242,7 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
   let refuseReadNext = null;
   let noteNext = null;
   let dropGrantAnswer = false;
+  let closing = false;
   let dropRead = false;
   let bundle = null;
   const serverNow = () => Date.now() + clockMs;
@@ -251,7 +253,7 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
     return Buffer.concat(chunks).toString("utf8");
   }
   function send(res, status, type, text, headers = {}) {
-    res.writeHead(status, { "Content-Type": type, "Cache-Control": "no-store", Date: new Date(serverNow()).toUTCString(), ...headers });
+    res.writeHead(status, { "Content-Type": type, "Cache-Control": "no-store", Date: new Date(serverNow()).toUTCString(), ...(closing ? { Connection: "close" } : {}), ...headers });
     res.end(text);
   }
   const json = (res, status, value, type = "application/json") => send(res, status, type, JSON.stringify(value));
@@ -451,6 +453,7 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
     noteNextSummary: (text) => (noteNext = text),
     dropNextGrantAnswer: () => (dropGrantAnswer = true),
     dropReads: (on) => (dropRead = on),
+    closeConnections: (on) => (closing = on),
     close: () => new Promise((resolve) => { server.closeAllConnections?.(); server.close(resolve); }),
   };
 }

@@ -291,7 +291,7 @@ test("a grant is read for its token and window; a refusal as its sentence and co
   assert.match(busy.text, /You may try again in 7 s\. \(code: rate-limited\)$/, "the wait given says it: no second next step");
   assert.equal(refusalText({ code: "rate-limited", detail: "too many" }, 429).next, "Wait a moment, then sign again.");
   const stale = refusalText({ code: "stale-request", title: "Stale request", detail: "the request was issued at 1, 125 s away from the server's clock (at most 60 s)" }, 401);
-  assert.match(stale.text, /set its date and time to automatic, then sign again\. \(code: stale-request\)$/);
+  assert.match(stale.text, /sign again \(the page now dates requests by the service's clock\); if it happens again, set the tablet's date and time to automatic\. \(code: stale-request\)$/);
   // every code a clinician meets has its next step; one the service does not give has none
   for (const code of ["not-on-call", "patient-opted-out", "data-type-not-allowed-by-patient", "provider-not-verified", "unknown-provider", "chain-state-stale", "audit-pending", "token-revoked", "summary-integrity", "summary-update-pending"]) {
     assert.ok(refusalText({ code, detail: "d" }, 403).next, code);
