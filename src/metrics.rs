@@ -80,6 +80,9 @@ pub struct Metrics {
     /// Refused vault reads without a verified token left out of the audit log (beyond
     /// `vault::ANONYMOUS_REFUSAL_ENTRIES_PER_MINUTE`).
     pub vault_refusals_unlogged: Counter,
+    /// Introspections of our tokens whose window had closed left out of the audit log (beyond
+    /// `access::EXPIRED_INTROSPECTIONS_PER_MINUTE`, or not written: answered inactive all the same).
+    pub expired_introspections_unlogged: Counter,
     pub webhooks: Family<Webhook, Counter>,
     sync_up: Family<Source, Gauge>,
     sync_last_success: Family<Source, Gauge>,
@@ -112,6 +115,7 @@ impl Metrics {
             refusals: Family::default(),
             refusals_unlogged: Counter::default(),
             vault_refusals_unlogged: Counter::default(),
+            expired_introspections_unlogged: Counter::default(),
             webhooks: Family::default(),
             sync_up: Family::default(),
             sync_last_success: Family::default(),
@@ -153,6 +157,11 @@ impl Metrics {
             "vault_refusals_unlogged",
             "Refused vault reads without a verified token not written to the audit log: beyond their entries a minute",
             m.vault_refusals_unlogged.clone(),
+        );
+        registry.register(
+            "expired_introspections_unlogged",
+            "Introspections of tokens whose window had closed not written to the audit log: beyond their entries a minute, or the store not answering (answered inactive all the same)",
+            m.expired_introspections_unlogged.clone(),
         );
         registry.register(
             "paging_webhooks",

@@ -198,6 +198,7 @@ impl Application {
             settings.chain.network.chain_id(),
             mainnet,
             settings.issuance.issuer.clone(),
+            settings.directory.clone(),
             keys.stacks_address(mainnet),
             coordination.clone(),
         ));

@@ -41,6 +41,12 @@ pub mod reasons;
 mod steps;
 pub(crate) mod view;
 
+/// How many introspections of our tokens whose window had closed go to the audit log a minute
+/// (in each process); the rest are counted (`expired_introspections_unlogged` in `/metrics`).
+/// A resource server introspects each token it is shown: unbounded, anyone holding an old one
+/// would grow the log.
+pub const EXPIRED_INTROSPECTIONS_PER_MINUTE: u32 = 60;
+
 pub struct Grant {
     pub access: AccessRecord,
     pub token: String,
@@ -72,6 +78,9 @@ pub struct BreakGlass {
     fresh_ms: u64,
     /// Each signer's share of refusal entries in the audit log (`REFUSAL_ENTRIES_PER_MINUTE`).
     refusal_entries: governor::DefaultKeyedRateLimiter<Address>,
+    /// The audit log's share of introspections of our tokens whose window had closed
+    /// (`EXPIRED_INTROSPECTIONS_PER_MINUTE`).
+    pub expired_introspections: governor::DefaultDirectRateLimiter,
     /// The refusals logged of each signed request (what was signed and the refusal's code), with
     /// when the request stops being fresh (`LOGGED_REFUSALS_MAX` at most).
     logged_refusals: Arc<std::sync::Mutex<std::collections::HashMap<RefusalOf, u64>>>,
@@ -147,6 +156,10 @@ impl BreakGlass {
                     .unwrap_or(std::num::NonZeroU32::MIN),
             )),
             logged_refusals: Default::default(),
+            expired_introspections: governor::RateLimiter::direct(governor::Quota::per_minute(
+                std::num::NonZeroU32::new(EXPIRED_INTROSPECTIONS_PER_MINUTE)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            )),
         })
     }
 

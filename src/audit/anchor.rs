@@ -84,20 +84,29 @@ impl Anchors {
             ..Anchors::default()
         };
         // the anchors alone (not every operation ever made: one a grant), by their ids' prefix
+        let (mut newest_refused, mut anchored) = (None, false);
         for s in store.submissions_prefixed(ANCHOR_PREFIX)? {
             if let Some(n) = covers(&s) {
-                // one the chain refused covers nothing: its head is anchored again
+                // one the chain refused covers nothing: its head is anchored again (timed
+                // from it, below)
                 if failed(&s) {
+                    newest_refused = newest_refused.max(Some(s.created_at_ms));
                     continue;
                 }
                 if n >= a.covered {
                     a.covered = n;
                     a.made_at = s.created_at_ms;
+                    anchored = true;
                 }
                 if s.is_open() {
                     a.open = Some(s.id.clone());
                 }
             }
+        }
+        // (a refusal newer than the last anchor made: the next is timed from it, as the
+        // process that saw it would have)
+        if let Some(at) = newest_refused.filter(|at| !anchored || *at > a.made_at) {
+            a.made_at = at;
         }
         Ok(a)
     }
@@ -140,9 +149,14 @@ impl Anchors {
             return Ok(None);
         }
         if !made.is_empty() {
-            // refused before: again once `every` has passed since (what refused it, a responder
-            // not authorized say, may hold a while, and each attempt costs a fee)
-            if !waited {
+            // refused before: again once `every` has passed since, doubling with each refusal
+            // up to a day (what refused it, a responder not authorized say, may hold a while,
+            // and each attempt costs a fee)
+            let backoff = schedule
+                .every
+                .saturating_mul(1 << (made.len() - 1).min(16))
+                .min(Duration::from_secs(24 * 3600).max(schedule.every));
+            if now_ms.saturating_sub(self.made_at) < backoff.as_millis() as u64 {
                 return Ok(None);
             }
             op.id = format!("{}:{}", op.id, made.len() + 1);
@@ -334,6 +348,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut refused = first.clone();
+        refused.created_at_ms = 1_000; // (the times of this test's clock)
         refused.state = SubmissionState::Failed {
             txid: "ab".repeat(32),
             height: 2,
@@ -363,7 +378,36 @@ mod tests {
             })
             .unwrap();
         let read = Anchors::read(store.as_ref()).unwrap();
-        assert_eq!((read.covered, read.open), (1, Some(again.id)));
+        assert_eq!((read.covered, read.open), (1, Some(again.id.clone())));
+        // refused again: the next waits twice as long (each attempt costs a fee), timed from
+        // the refused one's making (as a process started since reads it)
+        let mut refused = again.clone();
+        refused.created_at_ms = 1_000 + 600_000;
+        refused.state = SubmissionState::Failed {
+            txid: "cd".repeat(32),
+            height: 3,
+            result: "(err u202)".into(),
+            nonce: Some(1),
+            raw: None,
+        };
+        store
+            .apply(Batch {
+                submissions: vec![refused],
+                ..Batch::default()
+            })
+            .unwrap();
+        let mut later = Anchors::read(store.as_ref()).unwrap();
+        assert_eq!((later.covered, later.made_at), (0, 1_000 + 600_000));
+        let at = 1_000 + 600_000;
+        assert_eq!(
+            later.due(store.as_ref(), schedule, at + 600_000).unwrap(),
+            None
+        );
+        let third = later
+            .due(store.as_ref(), schedule, at + 1_200_000)
+            .unwrap()
+            .expect("made again after twice the time");
+        assert_eq!(third.id, format!("{}:3", first.id));
     }
 
     /// Replicas on one Redis: one anchors at a time (the other makes none while the first

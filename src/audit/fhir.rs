@@ -36,8 +36,58 @@ type Shape<'a> = (
     Vec<Value>,
 );
 
-/// The AuditEvent for `entry`; `observer` names this service (its issuer URL).
-pub fn audit_event(entry: &Entry, observer: &str) -> Result<Value, serde_json::Error> {
+/// What an export names by the service's settings: this service (its issuer URL) and the
+/// identifier systems of patients and of clinicians (`directory.patient_id_system`,
+/// `directory.provider_principal_system`: the systems the vault's `Patient` and the provider
+/// directory use, so that a SIEM joins on them).
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'a> {
+    pub observer: &'a str,
+    pub patient_id_system: &'a str,
+    pub principal_system: &'a str,
+}
+
+impl<'a> Names<'a> {
+    /// This service under `observer`, with the default identifier systems.
+    pub fn of(observer: &'a str) -> Names<'a> {
+        Names {
+            observer,
+            patient_id_system: PATIENT_ID,
+            principal_system: PRINCIPAL,
+        }
+    }
+}
+
+/// The AuditEvent for `entry`, named as `names` says.
+pub fn audit_event(entry: &Entry, names: &Names) -> Result<Value, serde_json::Error> {
+    let mut r = audit_event_of(entry, names.observer)?;
+    if (names.patient_id_system, names.principal_system) != (PATIENT_ID, PRINCIPAL) {
+        named(&mut r, names);
+    }
+    Ok(r)
+}
+
+/// Every identifier `system` of a patient or a clinician in `v` as `names` gives them.
+fn named(v: &mut Value, names: &Names) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(system)) = o.get_mut("system") {
+                if system == PATIENT_ID {
+                    *system = names.patient_id_system.to_string();
+                } else if system == PRINCIPAL {
+                    *system = names.principal_system.to_string();
+                }
+            }
+            o.values_mut().for_each(|v| named(v, names));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|v| named(v, names)),
+        _ => {}
+    }
+}
+
+/// The AuditEvent for `entry` under the default identifier systems; `observer` names this
+/// service (its issuer URL).
+fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Error> {
     let event = entry.parsed()?;
     let service = json!({ "type": "Device", "identifier": { "system": "urn:ietf:rfc:3986", "value": observer }, "display": "breakglass" });
     let authserver = json!({
@@ -470,12 +520,49 @@ mod tests {
         for (line, (entry, expected)) in entries.lines().zip(good.lines()).enumerate() {
             let entry: Entry = serde_json::from_str(entry).unwrap();
             assert_eq!(entry.computed_hash(), entry.hash, "line {}", line + 1);
-            let made = audit_event(&entry, "https://breakglass.example").unwrap();
+            let made = audit_event(&entry, &Names::of("https://breakglass.example")).unwrap();
             let expected: Value = serde_json::from_str(expected).unwrap();
             assert_eq!(made, expected, "line {}:\n{made:#}\n{expected:#}", line + 1);
             n += 1;
         }
         assert_eq!(n, good.lines().count());
         assert!(n >= 7, "one sample of each kind at least");
+    }
+
+    /// A hospital's own identifier systems (its MPI's for patients, its directory's for
+    /// clinicians) name the patients and clinicians of every event, as the vault's `Patient`
+    /// and the directory do: a SIEM joins the export with them. Before, the defaults always.
+    #[test]
+    fn the_export_names_patients_and_clinicians_in_the_configured_systems() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fhir/samples/");
+        let entries = std::fs::read_to_string(format!("{dir}entries.ndjson")).unwrap();
+        let names = Names {
+            observer: "https://breakglass.example",
+            patient_id_system: "urn:oid:2.16.840.1.113883.3.999.1",
+            principal_system: "https://hospital.example/fhir/NamingSystem/stacks",
+        };
+        let (mut patients, mut clinicians) = (0, 0);
+        for entry in entries.lines() {
+            let entry: Entry = serde_json::from_str(entry).unwrap();
+            let made = audit_event(&entry, &names).unwrap().to_string();
+            let default = audit_event(&entry, &Names::of(names.observer))
+                .unwrap()
+                .to_string();
+            assert!(
+                !made.contains(PATIENT_ID) && !made.contains(PRINCIPAL),
+                "{made}"
+            );
+            patients += made.matches(names.patient_id_system).count();
+            clinicians += made.matches(names.principal_system).count();
+            assert_eq!(
+                made.matches(names.patient_id_system).count(),
+                default.matches(PATIENT_ID).count()
+            );
+            assert_eq!(
+                made.matches(names.principal_system).count(),
+                default.matches(PRINCIPAL).count()
+            );
+        }
+        assert!(patients > 0 && clinicians > 0);
     }
 }

@@ -688,8 +688,13 @@ async fn export(
         return unreadable(format!("the log does not hold together there: {broken}"));
     }
     let mut body = String::new();
+    let names = crate::audit::fhir::Names {
+        observer: &review.service,
+        patient_id_system: &review.directory.patient_id_system,
+        principal_system: &review.directory.provider_principal_system,
+    };
     for e in &entries {
-        match crate::audit::fhir::audit_event(e, &review.service) {
+        match crate::audit::fhir::audit_event(e, &names) {
             Ok(resource) => {
                 body.push_str(&resource.to_string());
                 body.push('\n');

@@ -69,6 +69,9 @@ pub struct Review {
     /// `service` in the sign-in challenge: the issuer URL, so that a signature for another
     /// service's sign-in is not ours.
     pub service: String,
+    /// The identifier systems of patients and clinicians (`directory`), as the audit export
+    /// names them.
+    pub directory: crate::configuration::DirectorySettings,
     /// The service's own principal (the responder that records accesses): never a reviewer of
     /// what it recorded.
     pub responder: Address,
@@ -139,6 +142,7 @@ impl Review {
         chain_id: u32,
         mainnet: bool,
         service: String,
+        directory: crate::configuration::DirectorySettings,
         responder: Address,
         coordination: Arc<crate::coordination::Coordinator>,
     ) -> Review {
@@ -149,6 +153,7 @@ impl Review {
             chain_id,
             mainnet,
             service,
+            directory,
             responder,
             verdicts: tokio::sync::Mutex::default(),
             epoch: if coordination.is_shared() {
@@ -549,6 +554,7 @@ mod tests {
             crate::stacks::tx::TESTNET_CHAIN_ID,
             false,
             "https://breakglass.example".into(),
+            crate::configuration::Settings::default().directory,
             responder,
             Arc::new(coordination),
         )

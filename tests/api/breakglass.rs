@@ -654,6 +654,30 @@ async fn resource_servers_introspect_and_revoke_tokens() {
         (&grant["access_id"], &json!(false), &json!("fhir-server")),
         "{uses:?}"
     );
+    // up to a share a minute: a resource server asked with an old token each time it is shown
+    // one would otherwise grow the log without end; beyond it, counted, answered the same
+    for _ in 0..2 * breakglass::access::EXPIRED_INTROSPECTIONS_PER_MINUTE {
+        let (s, body) = call("/v1/token/introspect", "fhir-server", secret, &ended).await;
+        assert_eq!((s, &body), (200, &json!({ "active": false })));
+    }
+    let entries = app.store.audit_entries(logged + 1, 1_000).unwrap();
+    let kinds = entries
+        .iter()
+        .map(|e| serde_json::from_str::<Json>(e.event.get()).unwrap())
+        .filter(|e| e["kind"] == "introspection" && e["active"] == false)
+        .count();
+    let m = reqwest::get(format!("http://{}/metrics", app.api_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let unlogged = crate::support::metric(&m, "breakglass_expired_introspections_unlogged_total")
+        .unwrap_or(0.0) as usize;
+    // (the share refills a token a second while they are sent)
+    let share = breakglass::access::EXPIRED_INTROSPECTIONS_PER_MINUTE as usize;
+    assert!((share..share + 8).contains(&kinds), "{kinds} logged");
+    assert_eq!(kinds + unlogged, 2 * share + 1, "each logged or counted");
     // an authorization scheme is matched in any case (RFC 9110): `basic`, and `bearer` for the
     // access view (before, both were refused as credentials of no one)
     use base64::Engine as _;

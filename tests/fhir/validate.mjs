@@ -33,8 +33,10 @@ export const BASE = 'https://breakglass.example/fhir';
 export const EXT_LOG_ENTRY = `${BASE}/StructureDefinition/audit-log-entry`;
 export const CS_KIND = `${BASE}/CodeSystem/audit-kind`;
 export const CS_ROLE = `${BASE}/CodeSystem/provider-role`;
-const SYS_PRINCIPAL = 'urn:breakglass:stacks-principal';
-const SYS_PATIENT = 'urn:breakglass:patient-id';
+// the service's `directory` settings, read from the same environment variables the service
+// reads (an export of a service with other systems is checked against those)
+const SYS_PRINCIPAL = process.env.BREAKGLASS_DIRECTORY__PROVIDER_PRINCIPAL_SYSTEM || 'urn:breakglass:stacks-principal';
+const SYS_PATIENT = process.env.BREAKGLASS_DIRECTORY__PATIENT_ID_SYSTEM || 'urn:breakglass:patient-id';
 const SYS_ACCESS = 'urn:breakglass:access-id';
 const SYS_CLIENT = 'urn:breakglass:client-id';
 const SYS_URI = 'urn:ietf:rfc:3986';
