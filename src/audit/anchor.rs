@@ -3,8 +3,9 @@
 //! the operation `anchor:<head>` (`anchor-audit`), sent by the chain submitter like any other.
 //! One anchor is open at a time, so they reach the chain in order (the contract refuses an
 //! anchor covering fewer entries than the same responder's last: each responder anchors its
-//! own log). One the chain refused covers nothing: its head is anchored again, `every` after
-//! it, under an id of its own (`anchor:<head>:<n>`). With
+//! own log). One the chain refused covers nothing: its head is anchored again, under an id of
+//! its own (`anchor:<head>:<n>`), and each refusal since the last anchor taken doubles the wait
+//! before the next (from `every`, up to a day), whatever its head. With
 //! replicas, one anchors at a time: it holds a lease (`LEASE`), reads what the store holds when
 //! it takes it, and its writes are fenced, so a replica paused past its lease makes no anchor.
 //!
@@ -72,6 +73,9 @@ pub struct Anchors {
     made_at: u64,
     /// The open anchor's id, if one is open.
     open: Option<String>,
+    /// How many anchors the chain refused since the last it took (whatever their heads): the
+    /// next waits `every` doubled as many times less one, up to a day.
+    refused: u32,
 }
 
 impl Anchors {
@@ -85,12 +89,14 @@ impl Anchors {
         };
         // the anchors alone (not every operation ever made: one a grant), by their ids' prefix
         let (mut newest_refused, mut anchored) = (None, false);
+        let mut refusals = Vec::new();
         for s in store.submissions_prefixed(ANCHOR_PREFIX)? {
             if let Some(n) = covers(&s) {
                 // one the chain refused covers nothing: its head is anchored again (timed
                 // from it, below)
                 if failed(&s) {
                     newest_refused = newest_refused.max(Some(s.created_at_ms));
+                    refusals.push(s.created_at_ms);
                     continue;
                 }
                 if n >= a.covered {
@@ -108,6 +114,11 @@ impl Anchors {
         if let Some(at) = newest_refused.filter(|at| !anchored || *at > a.made_at) {
             a.made_at = at;
         }
+        let since = if anchored { a.made_at } else { 0 };
+        a.refused = refusals
+            .iter()
+            .filter(|at| !anchored || **at >= since)
+            .count() as u32;
         Ok(a)
     }
 
@@ -128,7 +139,10 @@ impl Anchors {
                     *self = Anchors::read(store)?;
                     self.made_at = made_at;
                 }
-                _ => self.open = None,
+                _ => {
+                    self.open = None;
+                    self.refused = 0;
+                }
             }
         }
         let Some(head) = store.audit_head()? else {
@@ -139,28 +153,32 @@ impl Anchors {
         if new == 0 || (new < schedule.every_entries && !waited) {
             return Ok(None);
         }
-        let mut op = operation(&head);
-        // this head's anchors so far (`anchor:<head>`, then `anchor:<head>:<n>` for each made
-        // again after the chain refused the one before)
-        let made = store.submissions_prefixed(&op.id)?;
-        if made.iter().any(|s| !failed(s)) {
-            // this head was anchored already, or is being (the same head is anchored once)
-            self.covered = head.seq;
-            return Ok(None);
-        }
-        if !made.is_empty() {
-            // refused before: again once `every` has passed since, doubling with each refusal
-            // up to a day (what refused it, a responder not authorized say, may hold a while,
-            // and each attempt costs a fee)
+        if self.refused > 0 {
+            // refused since the last anchor taken: again once `every` has passed, doubling
+            // with each refusal up to a day, whatever the head (what refused it, a responder
+            // not authorized say, may hold a while, and each attempt costs a fee)
             let backoff = schedule
                 .every
-                .saturating_mul(1 << (made.len() - 1).min(16))
+                .saturating_mul(1 << (self.refused - 1).min(16))
                 .min(Duration::from_secs(24 * 3600).max(schedule.every));
             if now_ms.saturating_sub(self.made_at) < backoff.as_millis() as u64 {
                 return Ok(None);
             }
-            op.id = format!("{}:{}", op.id, made.len() + 1);
         }
+        let mut op = operation(&head);
+        // this head's anchors so far, each by its id (`anchor:<head>`, then `anchor:<head>:<n>`
+        // for each made again after the chain refused the one before): read one by one, not
+        // by a scan of every operation ever made
+        let mut n = 1;
+        while let Some(made) = store.submission(&submitter::numbered(&op.id, n))? {
+            if !failed(&made) {
+                // this head was anchored already, or is being (the same head is anchored once)
+                self.covered = head.seq;
+                return Ok(None);
+            }
+            n += 1;
+        }
+        op.id = submitter::numbered(&op.id, n);
         self.covered = head.seq;
         self.made_at = now_ms;
         self.open = Some(op.id.clone());
@@ -403,11 +421,17 @@ mod tests {
             later.due(store.as_ref(), schedule, at + 600_000).unwrap(),
             None
         );
+        // whatever the head: a new entry does not make one sooner (each would be a fee)
+        entry(&store).await;
+        assert_eq!(
+            later.due(store.as_ref(), schedule, at + 600_000).unwrap(),
+            None
+        );
         let third = later
             .due(store.as_ref(), schedule, at + 1_200_000)
             .unwrap()
             .expect("made again after twice the time");
-        assert_eq!(third.id, format!("{}:3", first.id));
+        assert_eq!(covers(&third), Some(2), "the head as it is now");
     }
 
     /// Replicas on one Redis: one anchors at a time (the other makes none while the first

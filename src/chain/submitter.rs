@@ -71,6 +71,16 @@ pub struct Submitter {
 /// version, during an upgrade) before it is failed.
 pub const UNSIGNABLE_FOR_MS: u64 = 3_600_000;
 
+/// The `n`th operation of an id (the first is the id itself, then `<id>:2`, `<id>:3`…): an
+/// operation made again after the chain refused the one before, or for bytes recorded again.
+pub fn numbered(id: &str, n: usize) -> String {
+    if n == 1 {
+        id.to_string()
+    } else {
+        format!("{id}:{n}")
+    }
+}
+
 /// A new operation, not yet signed (for callers that write it with other state in one batch).
 pub fn operation(id: &str, contract_name: &str, function: &str, args_hex: &[String]) -> Submission {
     Submission {

@@ -41,6 +41,10 @@ use crate::domain::{AccessId, Contact};
 use crate::seal::Keyring;
 use crate::store::{apply_async, Batch, Notice, NoticeState, Store, SubmissionState};
 
+/// How far another replica's clock may run ahead of this one's before a retry time it set is
+/// taken for a clock's error rather than a backoff (`step_held`).
+const CLOCK_MARGIN_SECS: u64 = 60;
+
 pub struct Notifier {
     pub store: Arc<dyn Store>,
     pub keyring: Arc<Keyring>,
@@ -552,13 +556,17 @@ impl Notifier {
             let now_here = now.max(now_secs());
             if n.is_open()
                 && n.next_at > now_here
-                && n.next_at <= now_here.saturating_add(self.settings.retry_max_secs)
+                && n.next_at
+                    <= now_here
+                        .saturating_add(self.settings.retry_max_secs)
+                        .saturating_add(CLOCK_MARGIN_SECS)
             {
                 // not due yet as the store has it: another replica tried it since this one
                 // learnt when it was due, and set when to try again (each replica trying it
                 // at once would cut its backoff by as many replicas); judged by the time now,
-                // not by when a long round began. A time further off than any backoff comes
-                // from a clock ahead of this one's: not waited for
+                // not by when a long round began. A time further off than any backoff (and a
+                // minute more: replicas' clocks differ by seconds) comes from a clock ahead of
+                // this one's: not waited for
                 return Some(n.next_at);
             }
         }

@@ -103,15 +103,6 @@ pub fn operation(patient: &PatientId, hash: &[u8; 32]) -> crate::store::Submissi
     )
 }
 
-/// The `n`th operation of an id (the first is the id itself).
-fn numbered(id: &str, n: usize) -> String {
-    if n == 1 {
-        id.to_string()
-    } else {
-        format!("{id}:{n}")
-    }
-}
-
 /// Imports a summary into `store`: checked, sealed and stored with the chain write of its
 /// hash, in one durable write; a bad one is refused with the reason and nothing is stored.
 /// (`Vault::import` for the running service; `breakglass summaries import` with it stopped.)
@@ -174,9 +165,9 @@ async fn import_once(
     // (one the chain refused records nothing: the same bytes again get an operation of their own)
     let refused = ops
         .iter()
-        .find(|s| s.id == numbered(&op.id, made))
+        .find(|s| s.id == crate::chain::submitter::numbered(&op.id, made))
         .is_some_and(|s| matches!(s.state, crate::store::SubmissionState::Failed { .. }));
-    let latest = (made > 0 && !refused).then(|| numbered(&op.id, made));
+    let latest = (made > 0 && !refused).then(|| crate::chain::submitter::numbered(&op.id, made));
     let n = made + 1;
     // the same bytes as the summary stored now: their hash is recorded (or on its way) by the
     // latest of those already; else (new bytes, or bytes another summary replaced since, whose
@@ -203,7 +194,7 @@ async fn import_once(
             Vec::new()
         }
         _ => {
-            op.id = numbered(&op.id, n);
+            op.id = crate::chain::submitter::numbered(&op.id, n);
             vec![op.clone()]
         }
     };

@@ -15,8 +15,14 @@ const here = dirname(fileURLToPath(import.meta.url));
 const sample = (name) => join(here, 'samples', name);
 const ndjson = (file) => readFileSync(file, 'utf8').split('\n').filter((l) => l !== '');
 
+// the samples are of the default identifier systems, whatever the shell's environment says of
+// a service's (validate.mjs reads them from there)
+const env = { ...process.env };
+delete env.BREAKGLASS_DIRECTORY__PATIENT_ID_SYSTEM;
+delete env.BREAKGLASS_DIRECTORY__PROVIDER_PRINCIPAL_SYSTEM;
+
 function validate(file) {
-  const r = spawnSync(process.execPath, [join(here, 'validate.mjs'), file], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [join(here, 'validate.mjs'), file], { encoding: 'utf8', env });
   const lines = r.stdout.trimEnd().split('\n');
   return { status: r.status, lines, stderr: r.stderr, last: lines[lines.length - 1] };
 }

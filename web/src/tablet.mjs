@@ -71,9 +71,11 @@ function messageOf(error) {
 }
 
 /**
- * `fetch`, given up on after `FETCH_TIMEOUT_MS` (and on `signal`); a connection that fails or
- * stalls is a `NetworkError` with a sentence for the clinician (browsers word it differently:
- * Chromium "Failed to fetch", Safari "Load failed"; each a TypeError).
+ * `fetch` and its JSON body (`{response, body}`; body null when it is not JSON), the two given
+ * up on after `FETCH_TIMEOUT_MS` together (and on `signal`): a body that stalls halfway is a
+ * timeout too. A connection that fails or stalls is a `NetworkError` with a sentence for the
+ * clinician (browsers word it differently: Chromium "Failed to fetch", Safari "Load failed";
+ * each a TypeError).
  */
 async function fetchAnswer(url, init = {}) {
   // one controller of its own, aborted by the page's signal or the timer (no AbortSignal.any
@@ -87,7 +89,14 @@ async function fetchAnswer(url, init = {}) {
   const stop = () => controller.abort();
   init.signal?.addEventListener("abort", stop, { once: true });
   try {
-    return await fetch(url, { ...init, signal: controller.signal });
+    const response = await fetch(url, { ...init, signal: controller.signal });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (error) {
+      if (controller.signal.aborted) throw error; // stopped or timed out while it came
+    }
+    return { response, body };
   } catch (error) {
     if (init.signal?.aborted) throw error; // stopped by the page itself
     if (timedOut && error?.name === "AbortError") {
@@ -98,14 +107,6 @@ async function fetchAnswer(url, init = {}) {
   } finally {
     clearTimeout(timer);
     init.signal?.removeEventListener("abort", stop);
-  }
-}
-
-async function readJson(response) {
-  try {
-    return await response.json();
-  } catch {
-    return null;
   }
 }
 
@@ -368,13 +369,12 @@ function init() {
     report("Loading what you may open…", "busy");
     try {
       const asked = Date.now();
-      const response = await fetchAnswer(`/tablet/options?principal=${encodeURIComponent(principal)}`, {
+      const { response, body } = await fetchAnswer(`/tablet/options?principal=${encodeURIComponent(principal)}`, {
         headers: { Accept: "application/json" },
         credentials: "same-origin",
         cache: "no-store",
       });
       learnClock(response, asked);
-      const body = await readJson(response);
       if (!response.ok) throw new UserError(refusalText(body, response.status, { during: "options" }).text);
       if (state.principal !== principal) return;
       const options = parseOptions(body, principal);
@@ -552,9 +552,9 @@ function init() {
           credentials: "same-origin",
           cache: "no-store",
         });
-      let response;
+      let answer;
       try {
-        response = await send();
+        answer = await send();
       } catch (error) {
         // the answer lost: the same signed request once more while it is fresh (a new one
         // would be a second access if the first was granted)
@@ -562,12 +562,12 @@ function init() {
         report("The connection dropped: sending the same request again…", "busy");
         sentAt = performance.now();
         wallAt = Date.now();
-        response = await send();
+        answer = await send();
       }
+      const { response, body } = answer;
       // the service's clock as it answered (a tablet clock corrected meanwhile, or off from the
       // start): the next request is dated by it
       learnClock(response, wallAt);
-      const body = await readJson(response);
       if (!response.ok) {
         const refused = refusalText(body, response.status, { during: "grant", retryAfter: response.headers.get("Retry-After") });
         if (refused.code === "replayed-request") {
@@ -703,13 +703,12 @@ function init() {
   async function loadSummary(access, ctx) {
     if (readAgain) readAgain.hidden = true;
     try {
-      const response = await fetchAnswer(summaryPath(ctx.patientId), {
+      const { response, body } = await fetchAnswer(summaryPath(ctx.patientId), {
         headers: { Authorization: `Bearer ${access.token}`, Accept: "application/fhir+json" },
         credentials: "same-origin",
         cache: "no-store",
         signal: access.controller.signal,
       });
-      const body = await readJson(response);
       if (state.access !== access) return;
       if (!response.ok) {
         const refused = refusalText(body, response.status, { during: "read", retryAfter: response.headers.get("Retry-After") });

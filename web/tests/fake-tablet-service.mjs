@@ -342,7 +342,7 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
       dropGrantAnswer = false;
       return res.socket.destroy();
     }
-    res.writeHead(201, { "Content-Type": "application/json", "Cache-Control": "no-store" });
+    res.writeHead(201, { "Content-Type": "application/json", "Cache-Control": "no-store", Date: new Date(serverNow()).toUTCString(), ...(closing ? { Connection: "close" } : {}) });
     return res.end(
       JSON.stringify({
         access_token: token,
