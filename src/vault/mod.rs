@@ -157,10 +157,15 @@ async fn import_once(
     let mut op = operation(&summary.patient, &hash);
     // the operations that recorded these bytes so far: the first under `operation`'s id, each
     // later one (the bytes imported again after another summary replaced them) under
-    // `<id>:<n>`, n from 2
-    let ops = store
-        .submissions_prefixed(&op.id)
-        .map_err(store_unavailable)?;
+    // `<id>:<n>`, n from 2; read by their ids, one by one (not by a scan of every operation
+    // ever made, one a grant: on Redis an HSCAN of the whole table at each import)
+    let mut ops = Vec::new();
+    while let Some(s) = store
+        .submission(&crate::chain::submitter::numbered(&op.id, ops.len() + 1))
+        .map_err(store_unavailable)?
+    {
+        ops.push(s);
+    }
     let made = ops.len();
     // (one the chain refused records nothing: the same bytes again get an operation of their own)
     let refused = ops
