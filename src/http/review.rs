@@ -568,7 +568,9 @@ struct Since {
     limit: Option<usize>,
 }
 
-/// The audit log from `since` on, as FHIR R4 AuditEvents, one per line.
+/// The audit log from `since` on, as FHIR R4 AuditEvents, one per line: read, checked and
+/// mapped on the blocking pool (a page is 10,000 entries at most, megabytes: on the HTTP
+/// worker it would hold up the break-glass requests that worker serves).
 async fn export(
     req: HttpRequest,
     review: web::Data<Review>,
@@ -585,13 +587,44 @@ async fn export(
             "since is an audit entry's seq (a whole number); limit at most 10000",
         ));
     };
+    let q = q.into_inner();
+    let page = web::block(move || exported(&review, &q))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "audit export: the read did not finish");
+            Err(Refusal::new(
+                500,
+                "internal-error",
+                "Internal error",
+                "the audit log could not be exported: tell the service's operators",
+            ))
+        });
+    let (body, last_seq, last_hash) = match page {
+        Ok(page) => page,
+        Err(r) => return problem(&r),
+    };
+    let mut answer = HttpResponse::Ok();
+    answer
+        .content_type("application/fhir+ndjson")
+        .insert_header(("cache-control", "no-store"))
+        .insert_header(("x-audit-last-seq", last_seq.to_string()));
+    // the hash of that entry, for the next export's `since_hash`
+    if let Some(hash) = last_hash {
+        answer.insert_header(("x-audit-last-hash", hash));
+    }
+    answer.body(body)
+}
+
+/// The export's page for `q`: its NDJSON, the last entry's seq and hash (the cursor's when the
+/// page is empty); or why not.
+fn exported(review: &Review, q: &Since) -> Result<(String, u64, Option<String>), Refusal> {
     let limit = q.limit.unwrap_or(10_000).clamp(1, 10_000);
     let hash_ok = |h: &String| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
     let (Some(from), true) = (
         q.since.checked_add(1),
         q.since_hash.as_ref().is_none_or(hash_ok),
     ) else {
-        return problem(&Refusal::new(
+        return Err(Refusal::new(
             400,
             "invalid-query",
             "Invalid query",
@@ -600,12 +633,12 @@ async fn export(
     };
     let unreadable = |what: String| {
         tracing::error!(%what, "audit export: the log cannot be exported past it");
-        problem(&Refusal::new(
+        Refusal::new(
             500,
             "audit-entry-unreadable",
             "Audit entry unreadable",
             format!("{what}; run `breakglass audit verify`"),
-        ))
+        )
     };
     let store = &review.state.store;
     // (and the cursor's entry: the page's first entry must link to it, and the reader may name
@@ -621,11 +654,11 @@ async fn export(
     let (head, at, entries) = match read {
         Ok(read) => read,
         Err(crate::store::StoreError::Corrupt(key, _)) => {
-            return unreadable(format!("the log's row {key} could not be read"))
+            return Err(unreadable(format!("the log's row {key} could not be read")))
         }
         Err(e) => {
             tracing::error!(error = %e, "audit export: store unavailable");
-            return problem(&Refusal::new(
+            return Err(Refusal::new(
                 503,
                 "store-unavailable",
                 "Store unavailable",
@@ -638,7 +671,7 @@ async fn export(
     if q.since > head {
         // a cursor past the log's end: the store was restored from an older copy, or lost its
         // tail (a failover); entries numbered from here on would be missed, not repeated
-        return problem(&Refusal::new(
+        return Err(Refusal::new(
             409,
             "cursor-past-head",
             "Cursor past the log's end",
@@ -651,7 +684,7 @@ async fn export(
             .filter(|e| e.seq == q.since)
             .map(|e| hex::encode(e.hash));
         if found.as_deref() != Some(expected.to_ascii_lowercase().as_str()) {
-            return problem(&Refusal::new(
+            return Err(Refusal::new(
                 409,
                 "cursor-mismatch",
                 "Cursor not in the log",
@@ -663,7 +696,7 @@ async fn export(
     // cursor would pass it)
     let until = head.min(from.saturating_add(limit as u64 - 1));
     if let Some(missing) = crate::audit::first_missing(from, until, &entries) {
-        return unreadable(format!("entry {missing} is missing"));
+        return Err(unreadable(format!("entry {missing} is missing")));
     }
     // every entry exported hashes as stored and links to the one before it (the cursor's, for
     // the first): an entry altered in the store is not handed on as if it were whole (a SIEM
@@ -679,13 +712,15 @@ async fn export(
             }),
     };
     let Some(start) = start else {
-        return unreadable(format!("entry {} is missing", q.since));
+        return Err(unreadable(format!("entry {} is missing", q.since)));
     };
     if let Err(broken) = entries
         .iter()
         .try_fold(start, |h, e| crate::audit::follows(&h, e))
     {
-        return unreadable(format!("the log does not hold together there: {broken}"));
+        return Err(unreadable(format!(
+            "the log does not hold together there: {broken}"
+        )));
     }
     let mut body = String::new();
     let names = crate::audit::fhir::Names {
@@ -701,7 +736,7 @@ async fn export(
             }
             Err(err) => {
                 tracing::error!(seq = e.seq, error = %err, "audit export: an entry could not be read");
-                return problem(&Refusal::new(
+                return Err(Refusal::new(
                     500,
                     "audit-entry-unreadable",
                     "Audit entry unreadable",
@@ -713,22 +748,11 @@ async fn export(
             }
         }
     }
-    let mut answer = HttpResponse::Ok();
-    answer
-        .content_type("application/fhir+ndjson")
-        .insert_header(("cache-control", "no-store"))
-        .insert_header((
-            "x-audit-last-seq",
-            entries.last().map_or(q.since, |e| e.seq).to_string(),
-        ));
-    // the hash of that entry, for the next export's `since_hash`
+    let last_seq = entries.last().map_or(q.since, |e| e.seq);
     let last_hash = match entries.last() {
         Some(e) => Some(hex::encode(e.hash)),
         None if q.since == head => head_hash,
         None => None,
     };
-    if let Some(hash) = last_hash {
-        answer.insert_header(("x-audit-last-hash", hash));
-    }
-    answer.body(body)
+    Ok((body, last_seq, last_hash))
 }
