@@ -412,6 +412,18 @@ mod tests {
             .expect("the batch is written");
     }
 
+    /// Writes the access of a grant written without it (`a_grant_then_an_orphan`'s second).
+    async fn access_written(store: &Arc<dyn Store>, access: &AccessRecord) {
+        put(
+            store,
+            Batch {
+                accesses: vec![access.clone()],
+                ..Batch::default()
+            },
+        )
+        .await;
+    }
+
     /// Writes a grant (access 1), then one whose access is not in the store (access 2, which
     /// it returns): the follow-up can follow the first and not the second.
     async fn a_grant_then_an_orphan(store: &Arc<dyn Store>) -> AccessRecord {
@@ -601,14 +613,7 @@ mod tests {
             "stopped before the orphan"
         );
         let fixed = Instant::now();
-        put(
-            &store,
-            Batch {
-                accesses: vec![orphan.clone()],
-                ..Batch::default()
-            },
-        )
-        .await;
+        access_written(&store, &orphan).await;
         while store.notice(&orphan.id).unwrap().is_none() {
             assert!(
                 Instant::now() < deadline,
@@ -660,14 +665,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         // the second follows once it can
-        put(
-            &store,
-            Batch {
-                accesses: vec![orphan.clone()],
-                ..Batch::default()
-            },
-        )
-        .await;
+        access_written(&store, &orphan).await;
         assert_eq!(second.step(held).await.unwrap(), went(1, 1, false));
         assert!(store.notice(&orphan.id).unwrap().is_some());
         second

@@ -347,6 +347,25 @@ mod tests {
         crate::store::apply_async(store, batch).await.unwrap();
     }
 
+    /// Anchor `op`, made at `at` (ms), refused on chain under `nonce`.
+    fn refuse(store: &Arc<dyn Store>, op: &Submission, at: u64, nonce: u64) {
+        let mut refused = op.clone();
+        refused.created_at_ms = at;
+        refused.state = SubmissionState::Failed {
+            txid: format!("{nonce:064x}"),
+            height: 2 + nonce,
+            result: "(err u202)".into(),
+            nonce: Some(nonce),
+            raw: None,
+        };
+        store
+            .apply(Batch {
+                submissions: vec![refused],
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+
     /// An anchor the chain refused covers nothing: its head is anchored again (under an id of
     /// its own), `every` after it was made. Before, its id stood for the head for good and its
     /// entries counted as covered: the log's tail stayed unanchored while no entry came.
@@ -365,21 +384,8 @@ mod tests {
             .due(store.as_ref(), schedule, 1_000)
             .unwrap()
             .unwrap();
-        let mut refused = first.clone();
-        refused.created_at_ms = 1_000; // (the times of this test's clock)
-        refused.state = SubmissionState::Failed {
-            txid: "ab".repeat(32),
-            height: 2,
-            result: "(err u202)".into(),
-            nonce: Some(0),
-            raw: None,
-        };
-        store
-            .apply(Batch {
-                submissions: vec![refused],
-                ..Batch::default()
-            })
-            .unwrap();
+        // (the times of this test's clock)
+        refuse(&store, &first, 1_000, 0);
         // not at once; `every` after the refused one was made, under an id of its own
         assert_eq!(anchors.due(store.as_ref(), schedule, 2_000).unwrap(), None);
         let again = anchors
@@ -399,21 +405,7 @@ mod tests {
         assert_eq!((read.covered, read.open), (1, Some(again.id.clone())));
         // refused again: the next waits twice as long (each attempt costs a fee), timed from
         // the refused one's making (as a process started since reads it)
-        let mut refused = again.clone();
-        refused.created_at_ms = 1_000 + 600_000;
-        refused.state = SubmissionState::Failed {
-            txid: "cd".repeat(32),
-            height: 3,
-            result: "(err u202)".into(),
-            nonce: Some(1),
-            raw: None,
-        };
-        store
-            .apply(Batch {
-                submissions: vec![refused],
-                ..Batch::default()
-            })
-            .unwrap();
+        refuse(&store, &again, 1_000 + 600_000, 1);
         let mut later = Anchors::read(store.as_ref()).unwrap();
         assert_eq!((later.covered, later.made_at), (0, 1_000 + 600_000));
         let at = 1_000 + 600_000;

@@ -2009,10 +2009,28 @@ mod tests {
     async fn a_notice_put_off_by_another_replica_is_not_tried_before_its_time() {
         let t = on_redis().await;
         let now = now_secs();
+        let notice = put_off(&t, now, now + 600).await;
+        // this replica's due set still says it is due now
+        assert_eq!(
+            t.notifier.step(&notice.access_id, now).await,
+            Some(now + 600)
+        );
+        let stored = t.store.notice(&notice.access_id).unwrap().unwrap();
+        assert!(stored.is_open(), "{:?}", stored.state);
+        assert_eq!(stored.attempts, 1, "not tried again");
+        // put off beyond any backoff (by a replica whose clock runs ahead): not waited for
+        put_off(&t, now, now + t.settings.notify.retry_max_secs + 600).await;
+        assert_eq!(t.notifier.step(&notice.access_id, now).await, None);
+        assert_sent(&t, &notice.access_id);
+    }
+
+    /// `t`'s notice as another replica leaves it after a failed attempt at `now`: to be tried
+    /// again at `next_at`.
+    async fn put_off(t: &OnRedis, now: u64, next_at: u64) -> Notice {
         let mut notice = t.notice.clone();
         notice.attempts = 1;
         notice.first_attempt_at = Some(now - 60);
-        notice.next_at = now + 600;
+        notice.next_at = next_at;
         notice.last_error = Some("451 try again later".into());
         apply_async(
             &t.store,
@@ -2023,28 +2041,11 @@ mod tests {
         )
         .await
         .unwrap();
-        // this replica's due set still says it is due now
-        assert_eq!(
-            t.notifier.step(&notice.access_id, now).await,
-            Some(now + 600)
-        );
-        let stored = t.store.notice(&notice.access_id).unwrap().unwrap();
-        assert!(stored.is_open(), "{:?}", stored.state);
-        assert_eq!(stored.attempts, 1, "not tried again");
-        // put off beyond any backoff (by a replica whose clock runs ahead): not waited for
-        let mut ahead = notice.clone();
-        ahead.next_at = now + t.settings.notify.retry_max_secs + 600;
-        apply_async(
-            &t.store,
-            Batch {
-                notices: vec![ahead],
-                ..Batch::default()
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(t.notifier.step(&notice.access_id, now).await, None);
-        let stored = t.store.notice(&notice.access_id).unwrap().unwrap();
+        notice
+    }
+
+    fn assert_sent(t: &OnRedis, id: &AccessId) {
+        let stored = t.store.notice(id).unwrap().unwrap();
         assert!(
             matches!(stored.state, NoticeState::Sent { .. }),
             "{:?}",
@@ -2057,26 +2058,9 @@ mod tests {
     async fn a_notice_put_off_by_another_replica_is_tried_at_its_time() {
         let t = on_redis().await;
         let now = now_secs();
-        let mut notice = t.notice.clone();
-        notice.attempts = 1;
-        notice.first_attempt_at = Some(now - 60);
-        notice.next_at = now + 600;
-        apply_async(
-            &t.store,
-            Batch {
-                notices: vec![notice.clone()],
-                ..Batch::default()
-            },
-        )
-        .await
-        .unwrap();
+        let notice = put_off(&t, now, now + 600).await;
         assert_eq!(t.notifier.step(&notice.access_id, now + 600).await, None);
-        let stored = t.store.notice(&notice.access_id).unwrap().unwrap();
-        assert!(
-            matches!(stored.state, NoticeState::Sent { .. }),
-            "{:?}",
-            stored.state
-        );
+        assert_sent(&t, &notice.access_id);
     }
 
     /// A delegate whose period ended after the directory was imported (a guardianship ended)

@@ -396,12 +396,7 @@ async fn every_refusal_has_its_code_and_leaves_no_trace() {
     let mut declared = stalled_post(app.api_addr, "/v1/break-glass", 10 << 20, b"").await;
     assert_eq!(answered(&mut declared, SECS).await, Some(413));
     // each counted by its code, as the refusals of the request itself are
-    let m = reqwest::get(format!("http://{}/metrics", app.api_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = crate::support::metrics(app).await;
     for (code, n) in [("request-too-large", 3.0), ("bad-signature", 4.0)] {
         let line = format!(r#"breakglass_refusals_total{{code="{code}"}}"#);
         assert_eq!(crate::support::metric(&m, &line), Some(n), "{line}");
@@ -667,12 +662,7 @@ async fn resource_servers_introspect_and_revoke_tokens() {
         .map(|e| serde_json::from_str::<Json>(e.event.get()).unwrap())
         .filter(|e| e["kind"] == "introspection" && e["active"] == false)
         .count();
-    let m = reqwest::get(format!("http://{}/metrics", app.api_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = crate::support::metrics(app).await;
     let unlogged = crate::support::metric(&m, "breakglass_expired_introspections_unlogged_total")
         .unwrap_or(0.0) as usize;
     // (the share refills a token a second while they are sent)

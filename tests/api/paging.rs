@@ -112,15 +112,6 @@ async fn break_glass_at(
     post(app, &body).await
 }
 
-async fn text(app: &breakglass::startup::Application, path: &str) -> String {
-    reqwest::get(format!("http://{}{path}", app.api_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[test]
 fn pagerduty_signatures_agree_with_independent_vectors_and_rotation() {
     // computed outside this project (the fixtures' README): HMAC-SHA256 of the file bytes

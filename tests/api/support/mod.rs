@@ -692,6 +692,16 @@ impl Scrape {
     }
 }
 
+/// A GET of `path`'s body as text.
+pub async fn text(app: &Application, path: &str) -> String {
+    reqwest::get(format!("http://{}{path}", app.api_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn get(app: &Application, path: &str) -> Json {
     reqwest::get(format!("http://{}{path}", app.api_addr))
         .await
@@ -1221,4 +1231,9 @@ pub fn metric(exposition: &str, series: &str) -> Option<f64> {
     exposition
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// The service's `/metrics` exposition.
+pub async fn metrics(app: &Application) -> String {
+    text(app, "/metrics").await
 }
