@@ -634,6 +634,27 @@ async fn resource_servers_introspect_and_revoke_tokens() {
     let mut ended = tokens.verify(token).expect("the service's own token");
     ended.exp = now() - 1;
     let ended = tokens.issue(&ended).unwrap();
+    // a forged one (the same claims, expired, signed by a key not ours): inactive, and not
+    // logged (only a use of a token we issued is)
+    let elsewhere = tempfile::tempdir().unwrap();
+    let forger = breakglass::token::TokenIssuer::load_or_generate(
+        elsewhere.path(),
+        body["iss"].as_str().unwrap(),
+        body["aud"].as_str().unwrap(),
+        &breakglass::seal::Keyring::load_or_generate(elsewhere.path(), None).unwrap(),
+    )
+    .unwrap();
+    let mut forged = tokens.verify(token).unwrap();
+    forged.exp = now() - 1;
+    let forged = forger.issue(&forged).unwrap();
+    let before = app.store.audit_head().unwrap().unwrap().seq;
+    let (s, answer) = call("/v1/token/introspect", "fhir-server", secret, &forged).await;
+    assert_eq!((s, &answer), (200, &json!({ "active": false })));
+    assert_eq!(
+        app.store.audit_head().unwrap().unwrap().seq,
+        before,
+        "not logged"
+    );
     let logged = app.store.audit_head().unwrap().unwrap().seq;
     let (s, body) = call("/v1/token/introspect", "fhir-server", secret, &ended).await;
     assert_eq!((s, &body), (200, &json!({ "active": false })));
