@@ -335,6 +335,53 @@ export function refusalText(problem, status, { during = "grant", retryAfter = nu
 }
 
 // ---------------------------------------------------------------------------------------------
+// a request's freshness
+
+/** How far from its clock the service takes a request's issued-at (src/request.rs MAX_SKEW_SECS). */
+export const MAX_SKEW_S = 60;
+/**
+ * The oldest a signed request may be when it is sent: the rest of MAX_SKEW_S is left to the
+ * network (a request is given up on after 15 s). Also how long a request whose answer was lost
+ * is sent again.
+ */
+export const SEND_WITHIN_S = MAX_SKEW_S - 15;
+
+/**
+ * How old (in seconds) a request dated `issuedAt` (unix s, by the service's clock) is: by the
+ * service's clock as the page has it now (`serverNowS`), and by the monotonic clock since it was
+ * dated (`elapsedMs`), whichever says older (a tablet clock set back meanwhile, or a monotonic
+ * clock that stood still while the tablet slept, does not make it look younger). Unknown
+ * (not numbers) is too old.
+ */
+export function requestAge(issuedAt, serverNowS, elapsedMs) {
+  const age = Math.max(serverNowS - issuedAt, elapsedMs / 1000);
+  return Number.isNaN(age) ? Infinity : age;
+}
+
+/** Seconds in words: "50 s", "1 min 10 s", "3 min" (unknown: more than SEND_WITHIN_S). */
+function durationText(seconds) {
+  if (!Number.isFinite(seconds)) return `more than ${SEND_WITHIN_S} s`;
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  return s % 60 ? `${m} min ${s % 60} s` : `${m} min`;
+}
+
+/**
+ * What the page says when the wallet's approval took `seconds`, so long that the signed request
+ * would be refused as stale (`SEND_WITHIN_S`): it was not sent. The first time the wallet is
+ * asked once more, for a request dated anew; `again` (the second time too) the clinician is
+ * asked to tap `button` again.
+ */
+export function walletTooSlowText(seconds, { again = false, button = "Sign and open" } = {}) {
+  const took = durationText(seconds);
+  if (!again) {
+    return `The wallet's approval took ${took}: too long for the service to accept the request (it must be approved within ${SEND_WITHIN_S} s), so it was not sent. The wallet is asking again, for a fresh request: approve it now.`;
+  }
+  return `The wallet's approval took too long again (${took}; a request must be approved within ${SEND_WITHIN_S} s), so it was not sent. Tap "${button}" again to sign a fresh request, and approve it in the wallet within ${SEND_WITHIN_S} s.`;
+}
+
+// ---------------------------------------------------------------------------------------------
 // the countdown
 
 /** Seconds as m:ss, or h:mm:ss from an hour (never negative). */

@@ -15,6 +15,7 @@ import {
   ENDED_TEXT,
   DATA_TYPE_LABELS,
   DEVICE_STORAGE,
+  SEND_WITHIN_S,
   TABLET_KEY_STORAGE,
   WARNINGS,
   breakGlassMessage,
@@ -29,11 +30,13 @@ import {
   patientFromScan,
   randomNonce,
   refusalText,
+  requestAge,
   requestBody,
   summaryGroups,
   summaryNotes,
   summaryPath,
   walletAddress,
+  walletTooSlowText,
   warningText,
 } from "./tablet-lib.mjs";
 
@@ -51,7 +54,7 @@ const PIN_IDLE_MS = 60_000;
 // A grant whose answer was lost on the way (the connection dropped) is sent again, as signed,
 // while it is this fresh (the service takes a request for 60 s): if the first never arrived,
 // this one is granted; if it did, the service says so (`replayed-request`).
-const RESEND_WITHIN_S = 45;
+const RESEND_WITHIN_S = SEND_WITHIN_S;
 
 const byId = (id) => document.getElementById(id);
 
@@ -512,28 +515,28 @@ function init() {
       const patientId = parsePatientId(patient?.value);
       const dataTypes = fieldset ? [...fieldset.querySelectorAll('input[name="data-type"]:checked:not([aria-disabled="true"])')].map((i) => i.value) : [];
       const deviceName = normalizeDevice(device?.value);
-      const message = breakGlassMessage({
-        patient: patientId,
-        dataTypes,
-        reason: reason?.value ?? "",
-        nonce: randomNonce(),
-        issuedAt: serverNow(),
-        device: deviceName,
-      });
+      // dated now, by the service's clock: `datedAt` (monotonic) to tell its age by
+      const dated = () => {
+        const issuedAt = serverNow();
+        const message = breakGlassMessage({ patient: patientId, dataTypes, reason: reason?.value ?? "", nonce: randomNonce(), issuedAt, device: deviceName });
+        return { message, issuedAt, datedAt: performance.now() };
+      };
+      let request;
       let signature;
       if (state.wallet) {
-        report("Waiting for the wallet to sign…", "busy");
-        signature = await walletSign(state.wallet, message, domain);
+        ({ signature, ...request } = await walletSigned(dated, domain));
       } else {
+        request = dated();
         const record = loadRecord();
         if (!record) {
           showKeySetup();
           throw new UserError("No key is stored on this tablet: import it first.");
         }
         key = await (ahead ?? decryptTabletKey(record, pinValue));
-        signature = signStructured(message, domain, key);
+        signature = signStructured(request.message, domain, key);
         key = null; // dropped: only the signature leaves this function
       }
+      const { message, issuedAt, datedAt } = request;
       try {
         if (deviceName) storage()?.setItem(DEVICE_STORAGE, deviceName);
         else storage()?.removeItem(DEVICE_STORAGE);
@@ -558,7 +561,7 @@ function init() {
       } catch (error) {
         // the answer lost: the same signed request once more while it is fresh (a new one
         // would be a second access if the first was granted)
-        if (!(error instanceof NetworkError) || serverNow() - message.issuedAt > RESEND_WITHIN_S) throw error;
+        if (!(error instanceof NetworkError) || requestAge(issuedAt, serverNow(), performance.now() - datedAt) > RESEND_WITHIN_S) throw error;
         report("The connection dropped: sending the same request again…", "busy");
         sentAt = performance.now();
         wallAt = Date.now();
@@ -587,6 +590,26 @@ function init() {
     } finally {
       key = null;
       setBusy(false);
+    }
+  }
+
+  /**
+   * A request signed by the wallet: `{message, issuedAt, datedAt, signature}`, `dated()` giving
+   * the message. A person may leave the wallet's prompt open for minutes, and the service
+   * refuses a request dated more than 60 s from its clock (`stale-request`): one approved later
+   * than `SEND_WITHIN_S` is not sent. The wallet is asked once more, for a request dated anew,
+   * saying why; if that one too comes back late, the clinician is told to tap again.
+   */
+  async function walletSigned(dated, domain) {
+    for (let again = false; ; again = true) {
+      const request = dated();
+      if (!again) report("Waiting for the wallet to sign…", "busy");
+      const signature = await walletSign(state.wallet, request.message, domain);
+      const age = requestAge(request.issuedAt, serverNow(), performance.now() - request.datedAt);
+      if (age <= SEND_WITHIN_S) return { ...request, signature };
+      const button = submit?.textContent.trim() || undefined;
+      if (again) throw new UserError(walletTooSlowText(age, { again, button }));
+      report(walletTooSlowText(age), "busy");
     }
   }
 

@@ -221,7 +221,8 @@ export function parseBreakGlass(cv) {
 /**
  * Starts the stand-in on 127.0.0.1 (a free port). options: clinicians ({principal: {role,
  * status}}), windowSeconds (overrides the policy's minutes), summaryDelayMs, clockMs (the
- * server's clock this far from the machine's: its Date headers and its freshness check),
+ * server's clock this far from the machine's: its Date headers and its freshness check; moved on
+ * by shiftClock(ms)),
  * realPage (serve templates/tablet.html and static/review.css, not this file's page), pinIdleMs
  * (the page's <meta name="breakglass-pin-idle-ms">).
  * Returned: url, domainHex, state (options, grants, refusals, reads, bodies), refuseNext(problem)
@@ -230,7 +231,8 @@ export function parseBreakGlass(cv) {
  * dropNextGrantAnswer() (the next grant is made, and its connection cut before the answer),
  * closeConnections(on) (every answer closes its connection: nothing is kept alive),
  * dropReads(on) (each summary read's connection is cut while on: a browser sends a request
- * again by itself once, when a kept-alive connection drops), close().
+ * again by itself once, when a kept-alive connection drops), shiftClock(ms) (the server's clock
+ * jumps ms ahead: time passed, as for a page whose clocks jump as much), close().
  */
 export async function startFakeTabletService({ clinicians = {}, windowSeconds = null, summaryDelayMs = 0, clockMs = 0, realPage = false, pinIdleMs = null } = {}) {
   const domain = tupleCV({ name: stringAsciiCV("breakglass"), version: stringAsciiCV("1"), "chain-id": uintCV(CHAIN_ID) });
@@ -454,6 +456,7 @@ export async function startFakeTabletService({ clinicians = {}, windowSeconds = 
     dropNextGrantAnswer: () => (dropGrantAnswer = true),
     dropReads: (on) => (dropRead = on),
     closeConnections: (on) => (closing = on),
+    shiftClock: (ms) => (clockMs += ms),
     close: () => new Promise((resolve) => { server.closeAllConnections?.(); server.close(resolve); }),
   };
 }

@@ -74,6 +74,41 @@ async function tabletPage(service, { setup } = {}) {
   return { page, context, problems };
 }
 
+/**
+ * The page's clocks (Date.now and performance.now) made to jump: `window.__jump(ms)` moves both
+ * ms ahead at once, as if that time had passed (a wallet's prompt left open for minutes, without
+ * the test waiting for them). The fake service's clock is moved as much by its shiftClock(ms).
+ */
+async function jumpingClocks(page) {
+  await page.evaluateOnNewDocument(() => {
+    let jumped = 0;
+    const wall = Date.now.bind(Date);
+    const monotonic = performance.now.bind(performance);
+    Date.now = () => wall() + jumped;
+    performance.now = () => monotonic() + jumped;
+    window.__jump = (ms) => {
+      jumped += ms;
+    };
+  });
+}
+
+/** The statuses #status shows from now on, in window.__statuses. */
+async function recordStatuses(page) {
+  await page.evaluate(() => {
+    window.__statuses = [];
+    const status = document.querySelector("#status");
+    new MutationObserver(() => window.__statuses.push(status.textContent)).observe(status, { childList: true, characterData: true, subtree: true });
+  });
+}
+
+/** Until a submit has ended: access granted, refused, or an error in #status. */
+async function settled(page) {
+  await page.waitForFunction(() => {
+    const status = document.querySelector("#status").dataset.kind;
+    return document.querySelector("#end")?.hidden === false || document.querySelector("#refusal")?.hidden === false || status === "error";
+  });
+}
+
 async function importKey(page, key = KEY) {
   await page.waitForSelector("#key-setup:not([hidden])");
   await page.type("#key", key);
@@ -599,6 +634,135 @@ test("tablet page: with a Stacks wallet and no stored key, the wallet gives the 
     assert.deepEqual(calls, ["stx_getAddresses", "stx_signStructuredMessage"]);
     assert.equal(service.state.grants[0].signer, principalOf(KEY));
     assert.deepEqual(await page.evaluate(() => Object.keys(localStorage)), []);
+    assert.deepEqual(problems, []);
+  } finally {
+    await context.close();
+    await service.close();
+  }
+});
+
+test("tablet page: a request the wallet approved too late to be accepted is not sent; the wallet is asked once more, for a fresh one, then the clinician is told to tap again", { skip, timeout: 60_000 }, async () => {
+  const service = await startFakeTabletService({ clinicians: nurse() });
+  const calls = [];
+  const signed = []; // the issued-at of each message the wallet signed
+  const approvals = []; // how long each approval takes, in turn (ms; the clocks jump as much)
+  const { page, context, problems } = await tabletPage(service, {
+    setup: async (p) => {
+      await jumpingClocks(p);
+      await p.exposeFunction("__walletSign", async (message, domain) => {
+        const took = approvals.shift() ?? 0;
+        service.shiftClock(took);
+        const cv = deserializeCV(message);
+        signed.push(Number(cv.value["issued-at"].value));
+        return { took, signature: await signStructuredData({ message: cv, domain: deserializeCV(domain), privateKey: KEY }) };
+      });
+      await p.exposeFunction("__walletCall", (method) => calls.push(method));
+      await p.evaluateOnNewDocument((address) => {
+        window.LeatherProvider = {
+          async request(method, params) {
+            await window.__walletCall(method);
+            if (method === "stx_getAddresses") return { jsonrpc: "2.0", result: { addresses: [{ symbol: "STX", address }] } };
+            if (method === "stx_signStructuredMessage") {
+              const { took, signature } = await window.__walletSign(params.message, params.domain);
+              window.__jump(took); // the prompt stayed open this long
+              return { jsonrpc: "2.0", result: { signature, publicKey: "" } };
+            }
+            return { jsonrpc: "2.0", error: { code: -32601, message: "unknown method" } };
+          },
+        };
+      }, principalOf(KEY));
+    },
+  });
+  const SIGN = "stx_signStructuredMessage";
+  try {
+    await page.waitForSelector("#use-wallet");
+    await page.click("#use-wallet");
+    await page.waitForSelector("#request:not([hidden])");
+    await page.waitForFunction(() => !document.querySelector("#submit").disabled);
+    await fill(page, { dataTypes: ["medications"], pin: null });
+    await recordStatuses(page);
+
+    // approved after 70 s (the service takes a request 60 s off its clock): not sent; the wallet
+    // asked at once for a request dated anew, approved in a moment, granted
+    approvals.push(70_000, 0);
+    await page.click("#submit");
+    await settled(page);
+    assert.deepEqual(service.state.refusals, [], "no stale request was sent");
+    assert.deepEqual(calls, ["stx_getAddresses", SIGN, SIGN]);
+    assert.equal(service.state.bodies.length, 1, "only the fresh request was sent");
+    await page.waitForSelector("#summary li");
+    assert.equal(service.state.grants[0].issuedAt, signed[1], "the second message was sent");
+    assert.ok(signed[1] - signed[0] >= 70, `dated anew: ${signed}`);
+    const statuses = await page.evaluate(() => window.__statuses);
+    const asked = statuses.find((t) => /wallet's approval/.test(t));
+    assert.match(
+      asked ?? statuses.join(" | "),
+      /^The wallet's approval took 1 min 1[01] s: too long for the service to accept the request \(it must be approved within 45 s\), so it was not sent\. The wallet is asking again, for a fresh request: approve it now\.$/,
+    );
+    await page.click("#end");
+    await page.waitForFunction(() => document.querySelector("#summary").childElementCount === 0);
+
+    // both approvals too late: nothing sent, the wallet not asked a third time, and the
+    // clinician told to tap again
+    await fill(page, { dataTypes: ["medications"], pin: null });
+    await recordStatuses(page);
+    approvals.push(70_000, 120_000);
+    await page.click("#submit");
+    await settled(page);
+    assert.equal(service.state.bodies.length, 1, "no stale request was sent");
+    assert.deepEqual(calls.slice(3), [SIGN, SIGN]);
+    const told = await page.evaluate(() => ({
+      status: document.querySelector("#status").textContent,
+      focused: document.activeElement?.id,
+      statuses: window.__statuses,
+      submit: document.querySelector("#submit").disabled,
+      refusal: document.querySelector("#refusal").hidden,
+    }));
+    assert.ok(told.statuses.some((t) => /The wallet is asking again, for a fresh request/.test(t)), told.statuses.join(" | "));
+    assert.match(
+      told.status,
+      /^The wallet's approval took too long again \(2 min( \d s)?; a request must be approved within 45 s\), so it was not sent\. Tap "Open the record" again to sign a fresh request, and approve it in the wallet within 45 s\.$/,
+    );
+    assert.deepEqual([told.focused, told.submit, told.refusal], ["status", false, true]);
+
+    // tapped again, approved in time: granted
+    await page.click("#submit");
+    await settled(page);
+    await page.waitForSelector("#summary li");
+    assert.deepEqual(calls.slice(5), [SIGN]);
+    assert.equal(service.state.bodies.length, 2);
+    assert.equal(service.state.grants.length, 2);
+    assert.deepEqual(service.state.refusals, []);
+    assert.deepEqual(await page.evaluate(() => window.__violations), []);
+    assert.deepEqual(problems, []);
+  } finally {
+    await context.close();
+    await service.close();
+  }
+});
+
+test("tablet page: a request whose connection dropped is not sent again once it is too old for the service (45 s)", { skip, timeout: 60_000 }, async () => {
+  const service = await startFakeTabletService({ clinicians: nurse() });
+  const { page, context, problems } = await tabletPage(service, { setup: jumpingClocks });
+  try {
+    await importKey(page);
+    await fill(page);
+    await page.setRequestInterception(true);
+    const posts = [];
+    page.on("request", async (request) => {
+      if (request.method() !== "POST") return request.continue();
+      posts.push(request.postData());
+      // the connection drops 50 s after the request was sent (the clocks jump as much)
+      await page.evaluate(() => window.__jump(50_000));
+      service.shiftClock(50_000);
+      return request.abort("connectionreset");
+    });
+    await recordStatuses(page);
+    await page.click("#submit");
+    await page.waitForFunction(() => document.querySelector("#status").dataset.kind === "error");
+    assert.match(await page.$eval("#status", (el) => el.textContent), /could not be reached/);
+    assert.equal(posts.length, 1, "not sent again");
+    assert.ok(!(await page.evaluate(() => window.__statuses)).some((t) => /sending the same request again/.test(t)));
     assert.deepEqual(problems, []);
   } finally {
     await context.close();

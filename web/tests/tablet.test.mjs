@@ -1,6 +1,7 @@
 // The tablet page's pure functions (src/tablet-lib.mjs), in Node's WebCrypto: node --test tests/
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import {
   Cl,
@@ -16,6 +17,8 @@ import { STORAGE_KEY, UserError, decryptKey, encryptKey, principalOf, signStruct
 import {
   CLOSED_TEXT,
   DATA_TYPES,
+  MAX_SKEW_S,
+  SEND_WITHIN_S,
   TABLET_KEY_STORAGE,
   WrongPinError,
   breakGlassMessage,
@@ -32,11 +35,13 @@ import {
   patientFromScan,
   randomNonce,
   refusalText,
+  requestAge,
   requestBody,
   summaryGroups,
   summaryNotes,
   summaryPath,
   walletAddress,
+  walletTooSlowText,
   warningText,
 } from "../src/tablet-lib.mjs";
 import { parseBreakGlass, sampleRecord } from "./fake-tablet-service.mjs";
@@ -304,6 +309,34 @@ test("a grant is read for its token and window; a refusal as its sentence and co
   assert.equal(bare.code, "http-502");
   assert.equal(bare.sentence, "The server answered 502.");
   assert.equal(refusalText({ code: "<b>x</b>", detail: "d" }, 400).code, "http-400", "a code that is not a token is not shown");
+});
+
+test("a request's age is the older of the service's clock and the monotonic one; one older than the service takes, less 15 s, is not sent", () => {
+  // the service's allowance as src/request.rs has it
+  const rust = readFileSync(new URL("../../src/request.rs", import.meta.url), "utf8");
+  assert.equal(MAX_SKEW_S, Number(/pub const MAX_SKEW_SECS: u64 = (\d+);/.exec(rust)?.[1]));
+  assert.equal(SEND_WITHIN_S, MAX_SKEW_S - 15);
+  assert.equal(requestAge(1000, 1030, 30_000), 30);
+  // the tablet's clock set back while the wallet's prompt was open: the monotonic clock counts
+  assert.equal(requestAge(1000, 990, 70_400), 70.4);
+  // the monotonic clock stood still while the tablet slept: the wall clock counts
+  assert.equal(requestAge(1000, 1300, 2_000), 300);
+  assert.equal(requestAge(undefined, 1030, Number.NaN), Infinity, "unknown is too old");
+  assert.equal(requestAge(1000, 1000 + SEND_WITHIN_S, 0) > SEND_WITHIN_S, false);
+  assert.equal(requestAge(1000, 1000, SEND_WITHIN_S * 1000 + 1) > SEND_WITHIN_S, true);
+});
+
+test("a wallet's approval that took too long: the wallet is asked once more, then the clinician told to tap again", () => {
+  assert.equal(
+    walletTooSlowText(70.4),
+    "The wallet's approval took 1 min 10 s: too long for the service to accept the request (it must be approved within 45 s), so it was not sent. The wallet is asking again, for a fresh request: approve it now.",
+  );
+  assert.equal(
+    walletTooSlowText(180, { again: true }),
+    'The wallet\'s approval took too long again (3 min; a request must be approved within 45 s), so it was not sent. Tap "Sign and open" again to sign a fresh request, and approve it in the wallet within 45 s.',
+  );
+  assert.match(walletTooSlowText(46, { again: true, button: "Open the record" }), /\(46 s; .*Tap "Open the record" again/);
+  assert.match(walletTooSlowText(Infinity), /^The wallet's approval took more than 45 s: too long/, "an age not known");
 });
 
 test("the countdown reads m:ss (h:mm:ss from an hour), rounding up, never below zero", () => {
