@@ -4,7 +4,8 @@
 //! with object-role 1, the token as a `UserOauthAgent` entity). No BALP profile is claimed in
 //! `meta.profile`: BALP's REST profiles describe reading FHIR data, which the resource servers
 //! do (they log their own reads); ours are authorization decisions, token checks, notices,
-//! sign-ins and verdicts. Every event carries its log entry's seq, hash and previous hash (an
+//! sign-ins and sign-outs, verdicts, reviewers' and admin clients' views of an access, and
+//! admin clients' imports. Every event carries its log entry's seq, hash and previous hash (an
 //! extension), so that a SIEM can tie it to the hash-chained log.
 //!
 //! It must not: do I/O.
@@ -159,10 +160,7 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
                 .map(|d| detail("data-type", d.as_str()))
                 .collect();
             details.push(detail("http-status", &status.to_string()));
-            let mut entities: Vec<Value> = patient
-                .iter()
-                .map(|p| patient_entity(&p.to_string()))
-                .collect();
+            let mut entities = patient_entities(patient);
             entities.push(json!({
                 "type": entity_type("2", "System Object"),
                 "role": object_role("24", "Query"),
@@ -189,10 +187,7 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
             active,
             patient,
         } => {
-            let mut entities: Vec<Value> = patient
-                .iter()
-                .map(|p| patient_entity(&p.to_string()))
-                .collect();
+            let mut entities = patient_entities(patient);
             entities.push(token_entity(
                 jti,
                 Some(vec![detail("active", &active.to_string())]),
@@ -212,15 +207,9 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
             )
         }
         Event::Revocation { jti, by, patient } => {
-            let mut entities: Vec<Value> = patient
-                .iter()
-                .map(|p| patient_entity(&p.to_string()))
-                .collect();
+            let mut entities = patient_entities(patient);
             entities.push(token_entity(jti, None));
-            let who = match by.parse::<Address>() {
-                Ok(reviewer) => human(&reviewer, Some("reviewer")),
-                Err(_) => client_agent(by),
-            };
+            let who = reviewer_or_client(by);
             (
                 dcm("110113", "Security Alert"),
                 vec![dcm("110138", "Emergency Override Stopped"), kind],
@@ -323,10 +312,7 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
             clinician,
             patient,
         } => {
-            let mut entities: Vec<Value> = patient
-                .iter()
-                .map(|p| patient_entity(&p.to_string()))
-                .collect();
+            let mut entities = patient_entities(patient);
             entities.push(json!({ "type": entity_type("2", "System Object"), "role": object_role("24", "Query"),
                                   "detail": [detail("http-status", &status.to_string())] }));
             if let Some(j) = jti {
@@ -376,6 +362,67 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
                 ),
             ],
         ),
+        Event::View {
+            access,
+            patient,
+            by,
+            reason,
+        } => {
+            let who = reviewer_or_client(by);
+            (
+                dcm("110110", "Patient Record"),
+                vec![kind],
+                "R",
+                "0",
+                None,
+                true,
+                vec![who, authserver],
+                vec![
+                    patient_entity(&patient.to_string()),
+                    access_entity(
+                        &access.to_string(),
+                        vec![detail("reason-shown", &reason.to_string())],
+                    ),
+                ],
+            )
+        }
+        Event::SignOut { reviewer } => (
+            dcm("110114", "User Authentication"),
+            vec![dcm("110123", "Logout"), kind],
+            "E",
+            "0",
+            None,
+            false,
+            vec![
+                json!({ "type": { "coding": [human_type()] }, "who": principal(reviewer), "requestor": true }),
+                authserver,
+            ],
+            Vec::new(),
+        ),
+        Event::Import {
+            by,
+            what,
+            patient,
+            count,
+            hash,
+        } => {
+            let mut entities = patient_entities(patient);
+            entities.push(json!({
+                "type": entity_type("2", "System Object"),
+                "role": object_role("4", "Domain Resource"),
+                "detail": [detail("imported", what), detail("count", &count.to_string()), detail("sha256", hash)],
+            }));
+            (
+                dcm("110107", "Import"),
+                vec![kind],
+                "C",
+                "0",
+                None,
+                false,
+                vec![client_agent(by), resource_server(&service)],
+                entities,
+            )
+        }
     };
     r["type"] = type_;
     r["subtype"] = Value::Array(subtypes);
@@ -448,6 +495,14 @@ fn resource_server(service: &Value) -> Value {
     json!({ "type": { "coding": [dcm("110152", "Destination Role ID")] }, "who": service, "requestor": false })
 }
 
+/// `by` a reviewer (a principal) or a client (its id).
+fn reviewer_or_client(by: &str) -> Value {
+    match by.parse::<Address>() {
+        Ok(reviewer) => human(&reviewer, Some("reviewer")),
+        Err(_) => client_agent(by),
+    }
+}
+
 fn client_agent(client: &str) -> Value {
     json!({
         "type": { "coding": [dcm("110150", "Application")] },
@@ -462,6 +517,14 @@ fn entity_type(code: &str, display: &str) -> Value {
 
 fn object_role(code: &str, display: &str) -> Value {
     json!({ "system": "http://terminology.hl7.org/CodeSystem/object-role", "code": code, "display": display })
+}
+
+/// The patient's entity, if the event names one.
+fn patient_entities(patient: &Option<crate::domain::PatientId>) -> Vec<Value> {
+    patient
+        .iter()
+        .map(|p| patient_entity(&p.to_string()))
+        .collect()
 }
 
 fn patient_entity(patient: &str) -> Value {

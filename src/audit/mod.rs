@@ -115,6 +115,30 @@ pub enum Event {
         patient: PatientId,
         revoked: bool,
     },
+    /// An access's record read by someone other than its token's holder: a reviewer (`by`,
+    /// their principal) or an admin client (`by`, its id). `reason`: whether the reason (and a
+    /// verdict's note) were shown. Logged before the answer, once per reader and access a
+    /// while on each replica (`review::views`): a page that refreshes itself is one view.
+    View {
+        access: AccessId,
+        patient: PatientId,
+        by: String,
+        reason: bool,
+    },
+    /// A reviewer signed out.
+    SignOut { reviewer: Address },
+    /// Data an admin client (`by`) imported: a patient's emergency summary (`what`
+    /// `summary`, its patient, `count` its resources), or the patient or provider directory
+    /// (`patients`, `providers`: `count` the entries taken). `hash`: the SHA-256 of the
+    /// imported bytes, hex, to tell which file it was. Logged once the import is stored.
+    Import {
+        by: String,
+        what: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        patient: Option<PatientId>,
+        count: u64,
+        hash: String,
+    },
 }
 
 impl Event {
@@ -123,13 +147,17 @@ impl Event {
         match self {
             Event::Grant { access, .. }
             | Event::Notice { access, .. }
-            | Event::Verdict { access, .. } => Some(*access),
+            | Event::Verdict { access, .. }
+            | Event::View { access, .. } => Some(*access),
             // a token's id is its access's id
             Event::Introspection { jti, .. }
             | Event::Revocation { jti, .. }
             | Event::Read { jti, .. } => jti.parse().ok(),
             Event::ReadRefusal { jti, .. } => jti.as_ref().and_then(|j| j.parse().ok()),
-            Event::Refusal { .. } | Event::SignIn { .. } => None,
+            Event::Refusal { .. }
+            | Event::SignIn { .. }
+            | Event::SignOut { .. }
+            | Event::Import { .. } => None,
         }
     }
 
@@ -144,6 +172,9 @@ impl Event {
             Event::Verdict { .. } => "verdict",
             Event::Read { .. } => "read",
             Event::ReadRefusal { .. } => "read-refusal",
+            Event::View { .. } => "view",
+            Event::SignOut { .. } => "sign-out",
+            Event::Import { .. } => "import",
         }
     }
 }

@@ -100,8 +100,8 @@ enum Viewer {
     /// The holder of the access's token: the whole access but the clinician's reason (resource
     /// servers log tokens, so a token opens nothing the clinician wrote).
     Holder,
-    /// An admin client: the whole access.
-    Admin,
+    /// An admin client (its id): the whole access.
+    Admin(String),
     Refused(&'static str),
     /// The token verified, but does not stand (revoked, its clinician no longer verified), or
     /// where it stands could not be told: refused as the vault refuses it.
@@ -130,7 +130,7 @@ async fn viewer(
         };
     }
     match super::tokens::basic_client(req, &admin.clients) {
-        Some(_) => Viewer::Admin,
+        Some(client) => Viewer::Admin(client),
         None => Viewer::Refused("not an admin client"),
     }
 }
@@ -145,6 +145,7 @@ async fn access(
     req: HttpRequest,
     bg: web::Data<BreakGlass>,
     admin: web::Data<super::admin::Admin>,
+    review: web::Data<crate::review::Review>,
     id: web::Path<String>,
 ) -> HttpResponse {
     let id = id.into_inner();
@@ -162,9 +163,9 @@ async fn access(
         _ => return not_found(),
     };
     let (entitled, admin_client) = match viewer(&req, &bg, &admin, &id).await {
-        Viewer::Anyone => (false, false),
-        Viewer::Holder => (true, false),
-        Viewer::Admin => (true, true),
+        Viewer::Anyone => (false, None),
+        Viewer::Holder => (true, None),
+        Viewer::Admin(client) => (true, Some(client)),
         Viewer::NotHonoured(refusal) => return challenged(&refusal),
         Viewer::Refused(why) => {
             return challenged(&Refusal {
@@ -202,7 +203,7 @@ async fn access(
         // the mail server's replies (which may echo the patient's address) to admin clients
         // only; the token's holder sees where the notice stands
         let notice = match store.notice(&access_id) {
-            Ok(Some(n)) if admin_client => super::admin::notice_view(&n),
+            Ok(Some(n)) if admin_client.is_some() => super::admin::notice_view(&n),
             Ok(Some(n)) => {
                 let mut v = super::admin::notice_view(&n);
                 if let Some(m) = v.as_object_mut() {
@@ -215,8 +216,17 @@ async fn access(
             _ => json!(null),
         };
         // the reason is only ever shown here, to admin clients: never in a token, to its
-        // holder, or in a log
-        let reason = admin_client.then(|| bg.reason(&a)).flatten();
+        // holder, or in a log; and an admin client's read is in the audit log before the
+        // answer (none: nothing shown)
+        if let Some(client) = &admin_client {
+            if let Err(r) = review
+                .viewed(&access_id, a.patient, client.clone(), true)
+                .await
+            {
+                return problem(&r);
+            }
+        }
+        let reason = admin_client.is_some().then(|| bg.reason(&a)).flatten();
         let more = json!({
             "notice": notice,
             "provider": a.provider,

@@ -105,14 +105,14 @@ async fn import(
     vault: web::Data<Vault>,
     admin: web::Data<Admin>,
 ) -> HttpResponse {
-    if super::tokens::basic_client(&req, &admin.clients).is_none() {
+    let Some(client) = super::tokens::basic_client(&req, &admin.clients) else {
         return problem(&Refusal::new(
             401,
             "invalid-client",
             "Invalid client",
             "the admin API takes HTTP Basic as a configured admin client",
         ));
-    }
+    };
     if let Some(refused) = super::body::not_json(&req, "a summary (a FHIR bundle)") {
         return problem(&refused);
     }
@@ -132,8 +132,21 @@ async fn import(
             }))
         }
     };
-    match vault.import(&body).await {
-        Ok(imported) => HttpResponse::Created().json(imported),
+    let imported = match vault.import(&body).await {
+        Ok(imported) => imported,
+        Err(r) => return problem(&r),
+    };
+    let logged = super::admin::logged_import(
+        &admin.store,
+        client,
+        "summary",
+        Some(imported.patient),
+        imported.resources as u64,
+        &body,
+    )
+    .await;
+    match logged {
+        Ok(()) => HttpResponse::Created().json(imported),
         Err(r) => problem(&r),
     }
 }

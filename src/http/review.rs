@@ -27,6 +27,7 @@ use crate::domain::{AccessId, DataType, Role, VerdictKind};
 use crate::refusal::Refusal;
 use crate::review::listing::{Filter, Page};
 use crate::review::verdict::Given;
+use crate::review::views::Viewer;
 use crate::review::{csrf_matches, Review, Session};
 
 const SESSION_COOKIE: &str = "bg_session";
@@ -183,13 +184,14 @@ fn redirect(to: &str) -> HttpResponse {
 /// Who reads the API: a signed-in reviewer, or an admin client.
 enum Reader {
     Reviewer(Session),
-    Admin,
+    /// An admin client, by its id.
+    Admin(String),
 }
 
 async fn reader(req: &HttpRequest, review: &Review, admin: &Admin) -> Result<Reader, Refusal> {
     if req.headers().contains_key("authorization") {
         return match super::tokens::basic_client(req, &admin.clients) {
-            Some(_) => Ok(Reader::Admin),
+            Some(client) => Ok(Reader::Admin(client)),
             None => Err(Refusal::new(
                 401,
                 "invalid-client",
@@ -401,7 +403,7 @@ async fn sign_out(
         return pages.problem(&csrf_refusal(), Some(&s), "/review");
     }
     if let Some(c) = req.cookie(SESSION_COOKIE) {
-        if let Err(r) = review.sign_out(c.value()).await {
+        if let Err(r) = review.sign_out(c.value(), &s.reviewer).await {
             return pages.problem(&r, Some(&s), "/review");
         }
     }
@@ -463,7 +465,11 @@ async fn access_page(
         Err(answer) => return answer,
     };
     let detail = match access_id(&path) {
-        Ok(id) => review.detail(&id, Some(&s.reviewer), now_secs()).await,
+        Ok(id) => {
+            review
+                .shown(&id, Viewer::Reviewer(&s.reviewer), now_secs())
+                .await
+        }
         Err(r) => Err(r),
     };
     match detail {
@@ -539,13 +545,16 @@ async fn api_detail(
     review: web::Data<Review>,
     admin: web::Data<Admin>,
 ) -> HttpResponse {
-    let viewer = match reader(&req, &review, &admin).await {
-        Ok(Reader::Reviewer(s)) => Some(s.reviewer),
-        Ok(Reader::Admin) => None,
+    let reader = match reader(&req, &review, &admin).await {
+        Ok(r) => r,
         Err(r) => return problem(&r),
     };
+    let viewer = match &reader {
+        Reader::Reviewer(s) => Viewer::Reviewer(&s.reviewer),
+        Reader::Admin(client) => Viewer::Client(client),
+    };
     let detail = match access_id(&path) {
-        Ok(id) => review.detail(&id, viewer.as_ref(), now_secs()).await,
+        Ok(id) => review.shown(&id, viewer, now_secs()).await,
         Err(r) => Err(r),
     };
     match detail {

@@ -45,6 +45,7 @@ use crate::store::{apply_async, Batch, ProviderState};
 
 pub mod listing;
 pub mod verdict;
+pub mod views;
 
 pub const SIGN_IN_ACTION: &str = "review-sign-in";
 /// The purpose a challenge's MAC is made under (`seal::Keyring::mac`).
@@ -81,6 +82,8 @@ pub struct Review {
     pub(crate) verdicts: tokio::sync::Mutex<()>,
     /// Where challenges and sessions are kept.
     coordination: Arc<crate::coordination::Coordinator>,
+    /// The views of accesses logged lately (`views`).
+    views: views::Views,
     /// Each signer's share of refused sign-ins spent and logged
     /// (`access::REFUSAL_ENTRIES_PER_MINUTE`, as break-glass refusals): anyone may register as
     /// a provider, and each refused sign-in of one was a synced write of the audit log.
@@ -164,6 +167,7 @@ impl Review {
                 epoch
             },
             coordination,
+            views: views::Views::default(),
             refused_sign_ins: governor::RateLimiter::keyed(governor::Quota::per_minute(
                 std::num::NonZeroU32::new(crate::access::REFUSAL_ENTRIES_PER_MINUTE)
                     .unwrap_or(std::num::NonZeroU32::MIN),
@@ -473,18 +477,29 @@ impl Review {
         })
     }
 
-    pub async fn sign_out(&self, token: &str) -> Result<(), Refusal> {
-        match session_key(token) {
-            Some(key) => self
-                .coordination
+    /// Ends `reviewer`'s session `token`, then logs it: a sign-out the log cannot take ends
+    /// the session all the same (logged as an error), since keeping it open would be worse.
+    pub async fn sign_out(&self, token: &str, reviewer: &Address) -> Result<(), Refusal> {
+        if let Some(key) = session_key(token) {
+            self.coordination
                 .end_session(&key)
                 .await
-                .map_err(sessions_unavailable),
-            None => Ok(()),
+                .map_err(sessions_unavailable)?;
+            if self
+                .audit(crate::audit::Event::SignOut {
+                    reviewer: *reviewer,
+                })
+                .await
+                .is_err()
+            {
+                tracing::error!(reviewer = %reviewer, "a sign-out is not in the audit log: the session ended all the same");
+            }
         }
+        Ok(())
     }
 
-    /// Appends `event` to the audit log; a sign-in that cannot be logged does not happen.
+    /// Appends `event` to the audit log; a sign-in or a view that cannot be logged does not
+    /// happen.
     async fn audit(&self, event: crate::audit::Event) -> Result<(), Refusal> {
         let batch = Batch {
             audit: vec![crate::audit::Record::now(event)],

@@ -257,6 +257,18 @@ async fn a_granted_access_is_notified_once_with_its_proof() {
     let (status, report) = import(&env.app, &doc, true).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["imported"], 1);
+    // in the audit log once taken (the refused posts above are not): by whom, how many, which
+    // bytes (whose contacts changed is in the bytes, not the log)
+    assert_eq!(
+        logged(&*env.app.store, "import"),
+        [breakglass::audit::Event::Import {
+            by: ADMIN.0.into(),
+            what: "patients".into(),
+            patient: None,
+            count: 1,
+            hash: hex::encode(sha2::Sha256::digest(doc.to_string().as_bytes())),
+        }]
+    );
     let rejected: Vec<(u64, String)> = report["rejected"]
         .as_array()
         .unwrap()
@@ -764,6 +776,17 @@ async fn the_provider_directory_is_checked_against_the_chain_and_names_verified_
     assert_eq!(res.status(), 200);
     let report: Json = res.json().await.unwrap();
     assert_eq!(report["imported"], 2, "{report}");
+    // in the audit log once taken (the refused post above is not): by whom, how many, which bytes
+    assert_eq!(
+        logged(&*env.app.store, "import"),
+        [breakglass::audit::Event::Import {
+            by: ADMIN.0.into(),
+            what: "providers".into(),
+            patient: None,
+            count: 2,
+            hash: hex::encode(sha2::Sha256::digest(doc.to_string().as_bytes())),
+        }]
+    );
     let rejected: Vec<&str> = report["rejected"]
         .as_array()
         .unwrap()

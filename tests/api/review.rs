@@ -1736,4 +1736,62 @@ async fn an_access_trail_shows_its_own_entries_and_flags_an_edited_one() {
     }
     let after_it = admin_get(&base, &format!("/v1/audit/export?since={seq}")).await;
     assert_eq!(after_it.status(), 200);
+
+    // every read of an access's record by someone other than its token's holder is in its
+    // trail, once a while per reader and access, however often the page reloads: the admin
+    // client's through the reviewers' API (read three times above: no reason shown), its
+    // read of /v1/accesses (the reason shown), a reviewer's page read twice (the reason shown)
+    let views = async |id: &str| -> Vec<(String, bool)> {
+        trail(id)
+            .await
+            .iter()
+            .filter(|t| t["kind"] == "view")
+            .map(|t| {
+                assert_eq!(t["event"]["access"], id, "{t}");
+                assert_eq!(t["intact"], true, "{t}");
+                let by = t["event"]["by"].as_str().unwrap().to_string();
+                (by, t["event"]["reason"].as_bool().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(views(&other).await, [("auditor".to_string(), false)]);
+    let read = admin_get(&base, &format!("/v1/accesses/{other}")).await;
+    assert_eq!(read.status(), 200);
+    assert!(read.json::<Json>().await.unwrap()["reason"].is_string());
+    let reviewer = provider(&env.demo, "reviewer");
+    let principal = reviewer["principal"].as_str().unwrap().to_string();
+    let session = signed_in(&base, &key_of(reviewer)).await;
+    for _ in 0..2 {
+        let (status, page) = get_with(&base, &format!("/review/accesses/{other}"), &session).await;
+        assert_eq!(status, 200, "{page}");
+    }
+    assert_eq!(
+        views(&other).await,
+        [
+            ("auditor".to_string(), false),
+            ("auditor".to_string(), true),
+            (principal.clone(), true)
+        ]
+    );
+    // a sign-out is logged, as a sign-in is
+    let csrf = csrf_of_session(&base, &session).await;
+    let (status, _) = post_form(&base, "/review/sign-out", &session, &[("csrf", &csrf)]).await;
+    assert_eq!(status, 303);
+    let head = env.app.store.audit_head().unwrap().unwrap();
+    let last = env.app.store.audit_entries(head.seq, 1).unwrap();
+    assert_eq!(
+        last[0].parsed().unwrap(),
+        breakglass::audit::Event::SignOut {
+            reviewer: principal.parse().unwrap()
+        }
+    );
+    // a read the log cannot take shows nothing: Redis full, an admin client's first read of
+    // an access with its reason is refused, the reason not in the answer
+    redis.set_maxmemory(1);
+    let refused = admin_get(&base, &format!("/v1/accesses/{mine}")).await;
+    assert_eq!(refused.status(), 503);
+    let p: Json = refused.json().await.unwrap();
+    assert_eq!(p["code"], "audit-unavailable", "{p}");
+    assert!(p.get("reason").is_none(), "{p}");
+    redis.set_maxmemory(0);
 }

@@ -249,6 +249,18 @@ async fn tokens_read_only_what_they_open_and_every_bad_read_is_refused_and_logge
     assert_eq!(s, 201, "{imported}");
     assert_eq!(imported["hash"], hex::encode(Sha256::digest(&body)));
     assert_eq!(env.app.store.submissions().unwrap().len(), ops_before + 1);
+    // in the audit log once stored (the refused imports above are not): by whom, of which
+    // patient, how many resources, which bytes
+    assert_eq!(
+        logged(&*env.app.store, "import"),
+        [breakglass::audit::Event::Import {
+            by: "ops".into(),
+            what: "summary".into(),
+            patient: Some(patient_id),
+            count: imported["resources"].as_u64().unwrap(),
+            hash: hex::encode(Sha256::digest(&body)),
+        }]
+    );
     recorded(&env, imported["operation"].as_str().unwrap()).await;
 
     // a nurse who opened allergies reads exactly the allergies

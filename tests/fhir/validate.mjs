@@ -12,7 +12,7 @@
 //   [json]   FHIR JSON rules neither checks: no null, no empty string/array/object (ele-1),
 //            an extension has a value or extensions but not both (ext-1)
 //   [balp]   BALP.md: per kind (grant, refusal, introspection, revocation, notice, sign-in,
-//            verdict, read, read-refusal) the type, subtypes, action, outcome,
+//            sign-out, verdict, view, import, read, read-refusal) the type, subtypes, action, outcome,
 //            purposeOfUse/purposeOfEvent BTG, the agents, the patient entity and the other
 //            entities, and the log-entry extension (seq, hash, prev; consecutive entries must link)
 // Exit 0 and "N passed, 0 failed" when every line passes; otherwise each failure as
@@ -64,6 +64,10 @@ const C = {
   overrideStarted: [DCM, '110127', 'Emergency Override Started'],
   overrideStopped: [DCM, '110138', 'Emergency Override Stopped'],
   login: [DCM, '110122', 'Login'],
+  logout: [DCM, '110123', 'Logout'],
+  patientRecord: [DCM, '110110', 'Patient Record'],
+  import: [DCM, '110107', 'Import'],
+  roleDomainResource: [OBJECT_ROLE, '4', 'Domain Resource'],
   authzRole: [BALP_AUTHZ, 'AuthZ-Role', 'Authorization Decision using only Roles'],
   introspect: [IHE_EVENT, 'ITI-102', 'Introspect Token'],
   rest: [EVENT_TYPE, 'rest', 'RESTful Operation'],
@@ -90,6 +94,7 @@ const DATA_TYPES = [
   'emergency-summary', 'vitals', 'lab-results', 'procedures', 'imaging', 'clinical-notes',
 ];
 const VERDICTS = ['appropriate', 'inappropriate', 'needs-follow-up'];
+const IMPORTED = ['summary', 'patients', 'providers'];
 const NOTICE_OUTCOME = { sent: '0', 'no-contact': '4', dead: '8' };
 // a read's resource types: R4 resource type names (the JSON Schema's list)
 const RESOURCE_TYPES = new Set(Object.keys(fhirSchema.discriminator.mapping));
@@ -388,6 +393,25 @@ function checkReader(s, r, whoRequired) {
   return u;
 }
 
+// one requesting agent, a reviewer (humanuser, role reviewer, a principal) or a client
+// (Application, a client id)
+function checkReviewerOrClient(s, r, what, client) {
+  const people = agentsOfType(r, C.humanuser);
+  const apps = agentsOfType(r, C.application);
+  if (people.length + apps.length !== 1) {
+    s.fail('AuditEvent.agent', `needs one ${what} (a reviewer, ${show(C.humanuser)}, or ${client}, ${show(C.application)}), has ${people.length + apps.length}`);
+    return;
+  }
+  const [[a, path]] = people.length === 1 ? people : apps;
+  if (people.length === 1) {
+    s.principal(`${path}.who`, a.who);
+    s.roleCode(path, a, ['reviewer']);
+  } else {
+    s.client(`${path}.who`, a.who);
+  }
+  if (a.requestor !== true) s.fail(`${path}.requestor`, 'must be true');
+}
+
 function checkOutcome(s, r, expected, desc) {
   if (r.outcome !== expected) s.fail('AuditEvent.outcome', `is ${JSON.stringify(r.outcome)}; expected "${expected}"`);
   if (expected === '0') {
@@ -466,20 +490,7 @@ const KINDS = {
     s.coding('AuditEvent.type', r.type, C.securityAlert);
     s.codings('AuditEvent.subtype', r.subtype, [C.overrideStopped]);
     checkOutcome(s, r, '0');
-    const people = agentsOfType(r, C.humanuser);
-    const apps = agentsOfType(r, C.application);
-    if (people.length + apps.length !== 1) {
-      s.fail('AuditEvent.agent', `needs one revoking agent (a reviewer, ${show(C.humanuser)}, or a client, ${show(C.application)}), has ${people.length + apps.length}`);
-    } else if (people.length === 1) {
-      const [a, path] = people[0];
-      s.principal(`${path}.who`, a.who);
-      s.roleCode(path, a, ['reviewer']);
-      if (a.requestor !== true) s.fail(`${path}.requestor`, 'must be true');
-    } else {
-      const [a, path] = apps[0];
-      s.client(`${path}.who`, a.who);
-      if (a.requestor !== true) s.fail(`${path}.requestor`, 'must be true');
-    }
+    checkReviewerOrClient(s, r, 'revoking agent', 'a client');
     checkServiceAgent(s, r, C.authserver, false);
     checkPatientEntity(s, r, false);
     checkTokenEntity(s, r);
@@ -538,6 +549,55 @@ const KINDS = {
     }
   },
 
+  'sign-out'(s, r) {
+    s.coding('AuditEvent.type', r.type, C.userAuthentication);
+    s.codings('AuditEvent.subtype', r.subtype, [C.logout]);
+    checkOutcome(s, r, '0');
+    const [u, path] = oneAgent(s, r, C.humanuser, 'reviewer');
+    if (u) {
+      s.principal(`${path}.who`, u.who);
+      if (u.requestor !== true) s.fail(`${path}.requestor`, 'must be true');
+    }
+    checkServiceAgent(s, r, C.authserver, false);
+    if (arr(r.entity).some((e) => e && isCoding(e.role, C.rolePatient))) s.fail('AuditEvent.entity', 'a sign-out concerns no patient');
+  },
+
+  view(s, r) {
+    s.coding('AuditEvent.type', r.type, C.patientRecord);
+    checkOutcome(s, r, '0');
+    checkReviewerOrClient(s, r, 'reader', 'an admin client');
+    checkServiceAgent(s, r, C.authserver, false);
+    checkPatientEntity(s, r, true);
+    const acc = checkAccessEntity(s, r);
+    if (acc.details) s.one(acc.path, acc.details, 'reason-shown', (v) => v === 'true' || v === 'false', '"true" or "false"');
+  },
+
+  import(s, r) {
+    s.coding('AuditEvent.type', r.type, C.import);
+    checkOutcome(s, r, '0');
+    const [a, path] = oneAgent(s, r, C.application, 'admin client');
+    if (a) {
+      s.client(`${path}.who`, a.who);
+      if (a.requestor !== true) s.fail(`${path}.requestor`, 'must be true');
+    }
+    checkServiceAgent(s, r, C.destinationRole, false);
+    const list = entitiesWith(r, C.roleDomainResource);
+    if (list.length !== 1) {
+      s.fail('AuditEvent.entity', `needs one imported-data entity (role ${show(C.roleDomainResource)}), has ${list.length}`);
+      return;
+    }
+    const [e, epath] = list[0];
+    s.coding(`${epath}.type`, e.type, C.systemObject);
+    const details = s.details(epath, e);
+    if (!details) return;
+    const what = s.one(epath, details, 'imported', (v) => IMPORTED.includes(v), IMPORTED.join(', '));
+    // a summary is one patient's; a directory names none
+    checkPatientEntity(s, r, what === 'summary');
+    if (what && what !== 'summary' && entitiesWith(r, C.rolePatient).length) s.fail('AuditEvent.entity', `an import of ${what} names no patient`);
+    s.one(epath, details, 'count', (v) => /^(0|[1-9][0-9]{0,19})$/.test(v), 'a count (decimal)');
+    s.one(epath, details, 'sha256', (v) => HEX64.test(v), '64 hex');
+  },
+
   read(s, r) {
     s.coding('AuditEvent.type', r.type, C.rest);
     s.codings('AuditEvent.subtype', r.subtype, [C.searchType]);
@@ -573,7 +633,7 @@ const KINDS = {
 
 const ACTION = {
   grant: 'E', refusal: 'E', introspection: 'E', revocation: 'E', notice: 'R', 'sign-in': 'E', verdict: 'C',
-  read: 'E', 'read-refusal': 'E',
+  read: 'E', 'read-refusal': 'E', view: 'R', 'sign-out': 'E', import: 'C',
 };
 
 // The BALP.md checks of one AuditEvent. Returns {messages, entry: {seq, hash, prev} | undefined}.
@@ -636,7 +696,8 @@ export function balpMessages(r) {
     return { messages: s.msgs, entry };
   }
   if (r.action !== ACTION[kind]) s.fail('AuditEvent.action', `is ${JSON.stringify(r.action)}; a ${kind} is "${ACTION[kind]}"`);
-  if (kind !== 'sign-in') s.btg('AuditEvent.purposeOfEvent', r.purposeOfEvent);
+  // every event of a break-glass access carries BTG; sign-ins, sign-outs and imports are of none
+  if (!['sign-in', 'sign-out', 'import'].includes(kind)) s.btg('AuditEvent.purposeOfEvent', r.purposeOfEvent);
   if (arr(r.agent).filter((a) => a && a.requestor === true).length !== 1) {
     s.fail('AuditEvent.agent', 'exactly one agent is the requestor');
   }

@@ -1237,3 +1237,15 @@ pub fn metric(exposition: &str, series: &str) -> Option<f64> {
 pub async fn metrics(app: &Application) -> String {
     text(app, "/metrics").await
 }
+
+/// The events of kind `kind` in `store`'s audit log, oldest first.
+pub fn logged(store: &dyn breakglass::store::Store, kind: &str) -> Vec<breakglass::audit::Event> {
+    let head = store.audit_head().unwrap().map_or(0, |h| h.seq);
+    store
+        .audit_entries(1, head as usize)
+        .unwrap()
+        .iter()
+        .map(|e| e.parsed().unwrap())
+        .filter(|e| e.kind() == kind)
+        .collect()
+}

@@ -1,0 +1,135 @@
+//! Reads of an access's record by reviewers and admin clients, logged (`audit::Event::View`)
+//! before the answer, and remembered a while so that a page that refreshes itself (the
+//! reviewer's access page reloads every 2 s while its chain record is pending) logs one view,
+//! not one a reload.
+//!
+//! It must not: show a record whose view it could not log, or let a full memory hide a view
+//! (full, it forgets, and the next views are logged again).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::Review;
+use crate::domain::{AccessId, PatientId};
+use crate::refusal::Refusal;
+use crate::stacks::Address;
+
+/// A reader's views of one access are logged once in this long (on each replica).
+pub const AGAIN_AFTER: Duration = Duration::from_secs(15 * 60);
+/// How many (reader, access) pairs are remembered at most.
+const REMEMBERED: usize = 10_000;
+
+/// Who reads an access's record.
+#[derive(Debug, Clone, Copy)]
+pub enum Viewer<'a> {
+    /// A signed-in reviewer: the reason and notes are shown.
+    Reviewer(&'a Address),
+    /// An admin client (its id).
+    Client(&'a str),
+}
+
+type Key = (String, AccessId, bool);
+
+/// The views logged lately, with when.
+#[derive(Default)]
+pub struct Views {
+    logged: Mutex<HashMap<Key, Instant>>,
+}
+
+impl Views {
+    fn due(&self, key: &Key, now: Instant) -> bool {
+        let logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        logged
+            .get(key)
+            .is_none_or(|at| now.duration_since(*at) >= AGAIN_AFTER)
+    }
+
+    fn logged(&self, key: Key, now: Instant) {
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.len() >= REMEMBERED {
+            logged.retain(|_, at| now.duration_since(*at) < AGAIN_AFTER);
+            if logged.len() >= REMEMBERED {
+                logged.clear();
+            }
+        }
+        logged.insert(key, now);
+    }
+}
+
+impl Review {
+    /// Access `id`'s whole story for `viewer`, once its view is in the audit log (503
+    /// `audit-unavailable` if it cannot be written: nothing is shown).
+    pub async fn shown(
+        &self,
+        id: &AccessId,
+        viewer: Viewer<'_>,
+        now: u64,
+    ) -> Result<super::listing::Detail, Refusal> {
+        let (reviewer, by) = match viewer {
+            Viewer::Reviewer(r) => (Some(r), r.to_string()),
+            Viewer::Client(c) => (None, c.to_string()),
+        };
+        let detail = self.detail(id, reviewer, now).await?;
+        self.viewed(id, detail.summary.patient, by, reviewer.is_some())
+            .await?;
+        Ok(detail)
+    }
+
+    /// Logs that `by` read access `access` (of `patient`), `reason` whether its reason was
+    /// shown, unless that was logged less than `AGAIN_AFTER` ago here.
+    pub async fn viewed(
+        &self,
+        access: &AccessId,
+        patient: PatientId,
+        by: String,
+        reason: bool,
+    ) -> Result<(), Refusal> {
+        let key = (by, *access, reason);
+        if !self.views.due(&key, Instant::now()) {
+            return Ok(());
+        }
+        self.audit(crate::audit::Event::View {
+            access: *access,
+            patient,
+            by: key.0.clone(),
+            reason,
+        })
+        .await?;
+        self.views.logged(key, Instant::now());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(by: &str, n: u8) -> Key {
+        (by.to_string(), AccessId([n; 32]), true)
+    }
+
+    #[test]
+    fn a_view_is_due_again_after_a_while_and_a_full_memory_forgets() {
+        let views = Views::default();
+        let t0 = Instant::now();
+        assert!(views.due(&key("a", 1), t0));
+        views.logged(key("a", 1), t0);
+        assert!(!views.due(&key("a", 1), t0 + Duration::from_secs(60)));
+        assert!(views.due(&key("b", 1), t0), "another reader's");
+        assert!(views.due(&key("a", 2), t0), "another access");
+        assert!(
+            views.due(&(String::from("a"), AccessId([1; 32]), false), t0),
+            "without the reason"
+        );
+        assert!(views.due(&key("a", 1), t0 + AGAIN_AFTER));
+        // full of recent views: forgotten, so the next are logged again (never hidden)
+        for n in 0..REMEMBERED {
+            views.logged((n.to_string(), AccessId([0; 32]), true), t0);
+        }
+        views.logged(key("c", 3), t0);
+        assert!(views.due(&key("a", 1), t0 + Duration::from_secs(1)));
+        assert!(!views.due(&key("c", 3), t0 + Duration::from_secs(1)));
+        assert!(views.logged.lock().unwrap().len() <= REMEMBERED);
+    }
+}
