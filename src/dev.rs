@@ -436,12 +436,14 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
         &keyring,
         &patient_system,
         patients.to_string().as_bytes(),
+        "dev:demo",
     )
     .await?;
     crate::directory::import_providers(
         &app.store,
         &provider_system,
         practitioners.to_string().as_bytes(),
+        "dev:demo",
     )
     .await?;
 
@@ -451,7 +453,7 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
         let id: crate::domain::PatientId = p.patient_id.parse().map_err(anyhow::Error::msg)?;
         let body = crate::demo::summary(&id, &patient_system).to_string();
         app.vault
-            .import(body.as_bytes())
+            .import(body.as_bytes(), "dev:demo")
             .await
             .map_err(|r| anyhow::anyhow!("the demo summary: {}", r.detail))?;
     }

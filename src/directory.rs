@@ -343,11 +343,14 @@ pub struct ImportReport {
 }
 
 /// Imports a FHIR bundle of `Patient` resources into the store, each contact sealed.
+/// `by` (an admin client's id, or `audit::command_line`) is in the audit log with them, in the
+/// same write.
 pub async fn import(
     store: &std::sync::Arc<dyn crate::store::Store>,
     keyring: &crate::seal::Keyring,
     id_system: &str,
     body: &[u8],
+    by: &str,
 ) -> Result<ImportReport, ImportError> {
     let parsed = parse_patients(body, id_system).map_err(ImportError::Rejected)?;
     let mut contacts = Vec::with_capacity(parsed.patients.len());
@@ -359,7 +362,15 @@ pub async fn import(
         contacts.push((*id, Some(sealed)));
     }
     let imported = contacts.len();
-    write_contacts(store, contacts).await?;
+    write(
+        store,
+        crate::store::Batch {
+            contacts,
+            audit: imported_by(by, "patients", imported, body),
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok(ImportReport {
         imported,
         rejected: parsed.rejected,
@@ -564,11 +575,24 @@ pub fn parse_practitioners(body: &[u8], principal_system: &str) -> Result<Parsed
     Ok(out)
 }
 
-/// Imports a FHIR bundle of practitioners into the provider directory.
+/// The audit entry of an import by `by` of `count` entries of `what` (none if nothing was
+/// taken: nothing changed).
+fn imported_by(by: &str, what: &str, count: usize, body: &[u8]) -> Vec<crate::audit::Record> {
+    (count > 0)
+        .then(|| {
+            crate::audit::Record::now(crate::audit::Event::import(by, what, None, count, body))
+        })
+        .into_iter()
+        .collect()
+}
+
+/// Imports a FHIR bundle of practitioners into the provider directory, `by` in the audit log
+/// with them, in the same write.
 pub async fn import_providers(
     store: &std::sync::Arc<dyn crate::store::Store>,
     principal_system: &str,
     body: &[u8],
+    by: &str,
 ) -> Result<ImportReport, ImportError> {
     let parsed = parse_practitioners(body, principal_system).map_err(ImportError::Rejected)?;
     let imported = parsed.providers.len();
@@ -580,6 +604,7 @@ pub async fn import_providers(
                 .into_iter()
                 .map(|e| (e.principal, Some(e)))
                 .collect(),
+            audit: imported_by(by, "providers", imported, body),
             ..Default::default()
         },
     )

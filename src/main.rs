@@ -435,6 +435,7 @@ fn import_summary(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde_
             &keyring,
             &s.directory.patient_id_system,
             &body,
+            &breakglass::audit::command_line(),
         ))
         .map_err(|r| anyhow::anyhow!("{} ({}): {}", r.title, r.code, r.detail))?;
     Ok(serde_json::to_value(imported)?)
@@ -449,6 +450,7 @@ fn import_patients(s: &Settings, file: &std::path::Path) -> anyhow::Result<serde
         &keyring,
         &s.directory.patient_id_system,
         &body,
+        &breakglass::audit::command_line(),
     ))?;
     Ok(serde_json::to_value(report)?)
 }

@@ -282,6 +282,28 @@ impl FollowUp {
 /// parse (one written by a later version, say), a grant without its access, or one whose
 /// chain record cannot be made, stops the follow-up before it, with an error, until a replica
 /// that can follow it does (`follow_up_behind_entries` grows meanwhile).
+/// What following `entry` takes: a grant's access id, or nothing. An entry that does not
+/// parse is passed over when it says it is of another kind than a grant (an event of a later
+/// version, a reviewer's view, say: the follow-up makes nothing of those), never when it is or
+/// may be a grant.
+fn to_follow(entry: &crate::audit::Entry) -> Result<Option<AccessId>, String> {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        kind: &'a str,
+    }
+    match entry.parsed() {
+        Ok(crate::audit::Event::Grant { access, .. }) => Ok(Some(access)),
+        Ok(_) => Ok(None),
+        Err(e) => match serde_json::from_str::<Kind>(entry.event.get()) {
+            Ok(k) if k.kind != "grant" => {
+                tracing::warn!(seq = entry.seq, kind = k.kind, "an audit entry of a kind this version does not read (a later version's?): passed over, it is not a grant");
+                Ok(None)
+            }
+            _ => Err(format!("the entry does not parse: {e}")),
+        },
+    }
+}
+
 fn plan(
     store: &dyn Store,
     notify: &NotifySettings,
@@ -298,12 +320,12 @@ fn plan(
     let mut stuck: Option<(u64, String)> = None;
     let mut grants: Vec<(usize, AccessId)> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
-        match entry.parsed() {
-            Ok(crate::audit::Event::Grant { access, .. }) => grants.push((i, access)),
-            Ok(_) => {}
-            Err(e) => {
+        match to_follow(entry) {
+            Ok(Some(access)) => grants.push((i, access)),
+            Ok(None) => {}
+            Err(why) => {
                 (end, more) = (i, false);
-                stuck = Some((entry.seq, format!("the entry does not parse: {e}")));
+                stuck = Some((entry.seq, why));
                 break;
             }
         }
@@ -564,6 +586,39 @@ mod tests {
             .notice(&access(burst as u8, vec![]).id)
             .unwrap()
             .is_some());
+    }
+
+    /// An entry of a kind this version does not read (a later version's) is passed over,
+    /// unless it is a grant, or does not say what it is: a grant is never passed over. Before,
+    /// any entry that did not parse stopped the follow-up, so that an older version run after
+    /// a newer one had logged a view made no chain record or notice again.
+    #[test]
+    fn an_entry_of_a_later_kind_is_passed_over_unless_it_may_be_a_grant() {
+        let entry = |event: &str| -> crate::audit::Entry {
+            serde_json::from_str(&format!(
+                r#"{{"seq":7,"at":1,"prev":"{z}","hash":"{z}","event":{event}}}"#,
+                z = "00".repeat(32)
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            to_follow(&entry(r#"{"kind":"later-kind","what":1}"#)),
+            Ok(None)
+        );
+        assert_eq!(
+            to_follow(&entry(r#"{"kind":"sign-in","outcome":"ok"}"#)),
+            Ok(None)
+        );
+        for stuck in [
+            r#"{"kind":"grant","access":"not an id"}"#,
+            r#"{"what":"no kind"}"#,
+            r#"[1,2]"#,
+        ] {
+            assert!(to_follow(&entry(stuck)).is_err(), "{stuck}");
+        }
+        let a = access(1, vec![DataType::Allergies]);
+        let granted = serde_json::to_string(&grant(&a).audit[0].event).unwrap();
+        assert_eq!(to_follow(&entry(&granted)), Ok(Some(a.id)));
     }
 
     /// A grant is never passed over: one whose access the store lacks (or an entry that does

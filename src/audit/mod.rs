@@ -116,8 +116,8 @@ pub enum Event {
         revoked: bool,
     },
     /// An access's record read by someone other than its token's holder: a reviewer (`by`,
-    /// their principal) or an admin client (`by`, its id). `reason`: whether the reason (and a
-    /// verdict's note) were shown. Logged before the answer, once per reader and access a
+    /// their principal) or an admin client (`by`, its id). `reason`: whether the clinician's
+    /// reason was shown (a reviewer also sees a verdict's note). Logged before the answer, once per reader and access a
     /// while on each replica (`review::views`): a page that refreshes itself is one view.
     View {
         access: AccessId,
@@ -141,7 +141,31 @@ pub enum Event {
     },
 }
 
+/// Who imported from the command line (`breakglass summaries import`, `patients import`): the
+/// operating system's user, after `cli:` (no admin client's id holds a colon).
+pub fn command_line() -> String {
+    format!("cli:{}", std::env::var("USER").unwrap_or_default())
+}
+
 impl Event {
+    /// An import by `by` of `count` entries of `what` (of `patient`) from `body`'s bytes.
+    pub fn import(
+        by: &str,
+        what: &str,
+        patient: Option<PatientId>,
+        count: usize,
+        body: &[u8],
+    ) -> Event {
+        use sha2::Digest;
+        Event::Import {
+            by: by.to_string(),
+            what: what.to_string(),
+            patient,
+            count: count as u64,
+            hash: hex::encode(Sha256::digest(body)),
+        }
+    }
+
     /// The access this event is about, if one.
     pub fn access(&self) -> Option<AccessId> {
         match self {

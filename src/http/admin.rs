@@ -89,45 +89,8 @@ async fn import_body(
         })
 }
 
-/// Logs an import that was stored: admin client `by` imported `what` (of `patient`), `count`
-/// entries, `body`'s bytes. The import stands either way; if its entry cannot be written the
-/// answer says so (503 `audit-unavailable`), and the same import sent again (which changes
-/// nothing twice) is logged then.
-pub(super) async fn logged_import(
-    store: &Arc<dyn Store>,
-    by: String,
-    what: &str,
-    patient: Option<crate::domain::PatientId>,
-    count: u64,
-    body: &[u8],
-) -> Result<(), Refusal> {
-    use sha2::Digest;
-    let batch = crate::store::Batch {
-        audit: vec![crate::audit::Record::now(crate::audit::Event::Import {
-            by,
-            what: what.to_string(),
-            patient,
-            count,
-            hash: hex::encode(sha2::Sha256::digest(body)),
-        })],
-        ..crate::store::Batch::default()
-    };
-    crate::store::apply_async(store, batch).await.map_err(|e| {
-        tracing::error!(error = %e, what, "an import is stored but not in the audit log");
-        Refusal {
-            status: 503,
-            code: "audit-unavailable",
-            title: "Audit trail unavailable",
-            detail: "the import was stored, but its entry in the audit trail could not be written: send it again (the same import changes nothing twice) once the service is back".into(),
-        }
-    })
-}
-
-/// The answer to a directory import: the report (once logged), the bundle's refusal, or a
-/// store failure.
-async fn import_answer(
-    admin: &Admin,
-    (client, body): (String, web::Bytes),
+/// The answer to a directory import: the report, the bundle's refusal, or a store failure.
+fn import_answer(
     what: &'static str,
     code: &'static str,
     title: &'static str,
@@ -140,23 +103,6 @@ async fn import_answer(
                 rejected = report.rejected.len(),
                 "{what} directory import"
             );
-            let entries = if what == "patient" {
-                "patients"
-            } else {
-                "providers"
-            };
-            if let Err(r) = logged_import(
-                &admin.store,
-                client,
-                entries,
-                None,
-                report.imported as u64,
-                &body,
-            )
-            .await
-            {
-                return problem(&r);
-            }
             HttpResponse::Ok().json(report)
         }
         Err(crate::directory::ImportError::Rejected(reason)) => problem(&Refusal {
@@ -186,6 +132,7 @@ async fn import_patients(
         &admin.keyring,
         &admin.patient_id_system,
         &body,
+        &client,
     )
     .await;
     if result.as_ref().is_ok_and(|r| r.imported > 0) {
@@ -193,14 +140,11 @@ async fn import_patients(
         admin.contacts_imported.notify_one();
     }
     import_answer(
-        &admin,
-        (client, body),
         "patient",
         "not-a-patient-bundle",
         "Not a FHIR bundle of patients",
         result,
     )
-    .await
 }
 
 async fn import_providers(
@@ -212,18 +156,19 @@ async fn import_providers(
         Ok(body) => body,
         Err(refused) => return refused,
     };
-    let result =
-        crate::directory::import_providers(&admin.store, &admin.provider_principal_system, &body)
-            .await;
+    let result = crate::directory::import_providers(
+        &admin.store,
+        &admin.provider_principal_system,
+        &body,
+        &client,
+    )
+    .await;
     import_answer(
-        &admin,
-        (client, body),
         "provider",
         "not-a-practitioner-bundle",
         "Not a FHIR bundle of practitioners",
         result,
     )
-    .await
 }
 
 /// The provider directory, each entry with how it stands against the chain.

@@ -218,15 +218,15 @@ async fn access(
         // the reason is only ever shown here, to admin clients: never in a token, to its
         // holder, or in a log; and an admin client's read is in the audit log before the
         // answer (none: nothing shown)
+        let reason = admin_client.is_some().then(|| bg.reason(&a)).flatten();
         if let Some(client) = &admin_client {
             if let Err(r) = review
-                .viewed(&access_id, a.patient, client.clone(), true)
+                .viewed(&access_id, a.patient, client.clone(), reason.is_some())
                 .await
             {
                 return problem(&r);
             }
         }
-        let reason = admin_client.is_some().then(|| bg.reason(&a)).flatten();
         let more = json!({
             "notice": notice,
             "provider": a.provider,

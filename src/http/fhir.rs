@@ -132,21 +132,8 @@ async fn import(
             }))
         }
     };
-    let imported = match vault.import(&body).await {
-        Ok(imported) => imported,
-        Err(r) => return problem(&r),
-    };
-    let logged = super::admin::logged_import(
-        &admin.store,
-        client,
-        "summary",
-        Some(imported.patient),
-        imported.resources as u64,
-        &body,
-    )
-    .await;
-    match logged {
-        Ok(()) => HttpResponse::Created().json(imported),
+    match vault.import(&body, &client).await {
+        Ok(imported) => HttpResponse::Created().json(imported),
         Err(r) => problem(&r),
     }
 }

@@ -425,6 +425,8 @@ impl Review {
             )
             .await
             .map_err(sessions_unavailable)?;
+        // (their reads in this session are logged anew, not taken as seen in the last)
+        self.views.forget(&reviewer.to_string());
         tracing::info!(%reviewer, "reviewer signed in");
         Ok((hex::encode(token), session))
     }

@@ -45,6 +45,12 @@ impl Views {
             .is_none_or(|at| now.duration_since(*at) >= AGAIN_AFTER)
     }
 
+    /// Forgets `by`'s views: their next are logged (a reviewer signed in again).
+    pub fn forget(&self, by: &str) {
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        logged.retain(|(who, _, _), _| who != by);
+    }
+
     fn logged(&self, key: Key, now: Instant) {
         let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
         if logged.len() >= REMEMBERED {
@@ -71,7 +77,7 @@ impl Review {
             Viewer::Client(c) => (None, c.to_string()),
         };
         let detail = self.detail(id, reviewer, now).await?;
-        self.viewed(id, detail.summary.patient, by, reviewer.is_some())
+        self.viewed(id, detail.summary.patient, by, detail.reason.is_some())
             .await?;
         Ok(detail)
     }
@@ -123,13 +129,18 @@ mod tests {
             "without the reason"
         );
         assert!(views.due(&key("a", 1), t0 + AGAIN_AFTER));
-        // full of recent views: forgotten, so the next are logged again (never hidden)
+        // a reader signed in again: their views are logged again, no one else's
+        views.logged(key("b", 1), t0);
+        views.forget("a");
+        assert!(views.due(&key("a", 1), t0));
+        assert!(!views.due(&key("b", 1), t0));
+        views.logged(key("a", 1), t0);
+        // full of recent views (the memory holds "a" and "b", and fills up as these are
+        // remembered): forgotten, so the next are logged again (never hidden)
         for n in 0..REMEMBERED {
             views.logged((n.to_string(), AccessId([0; 32]), true), t0);
         }
-        views.logged(key("c", 3), t0);
         assert!(views.due(&key("a", 1), t0 + Duration::from_secs(1)));
-        assert!(!views.due(&key("c", 3), t0 + Duration::from_secs(1)));
         assert!(views.logged.lock().unwrap().len() <= REMEMBERED);
     }
 }

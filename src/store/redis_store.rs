@@ -659,7 +659,9 @@ const FORGET_AT_ONCE: usize = 16;
 /// named as claim n + v, `reviewed`. After the verdicts, a lease's fencing token and holder
 /// (key 5, the lease): a batch written alone under a lease (`Guard::fence`) is written only
 /// while the lease is still that holder's with that token, else {4, ''} and nothing written
-/// (the token empty: no lease). A nonce past its time counts as unused (its request is
+/// (the token empty: no lease); and the operations it makes new (`Guard::absent`: argument
+/// f + 2, how many, then their ids, in key 6, `SUBMISSIONS`) must not be there yet, else
+/// {7, ''} and nothing written. A nonce past its time counts as unused (its request is
 /// refused as stale before it is claimed); `FORGET_AT_ONCE` of them at most are forgotten by a
 /// write, so that no write does a burst's worth of work, and none by a refused one (which
 /// writes nothing but its retirement: `conditional`).
@@ -674,6 +676,9 @@ local f = v0 + tonumber(ARGV[v0]) + 1
 if ARGV[f] ~= '' then
   local lease = redis.call('HMGET', KEYS[5], 'fence', 'holder')
   if lease[1] ~= ARGV[f] or lease[2] ~= ARGV[f + 1] then return {4, ''} end
+end
+for i = 1, tonumber(ARGV[f + 2]) do
+  if redis.call('HEXISTS', KEYS[6], ARGV[f + 2 + i]) == 1 then return {7, ''} end
 end
 local reviewed = {}
 for v = 1, tonumber(ARGV[v0]) do

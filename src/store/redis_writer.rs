@@ -297,21 +297,17 @@ impl Writer {
             return Err(backend("a guarded batch is written alone"));
         }
         let prefix = self.prefix.clone();
-        // a batch with audit events under a lease alone is linked, its fence checked there
-        let fence = match guard {
-            Some(g)
-                if !audit.is_empty()
-                    && g.submissions.is_empty()
-                    && g.absent.is_empty()
-                    && claims.is_empty() =>
-            {
+        // a batch with audit events under a lease alone, or making operations new, is linked,
+        // its fence and the operations' absence checked there
+        let (fence, absent) = match guard {
+            Some(g) if !audit.is_empty() && g.submissions.is_empty() && claims.is_empty() => {
                 if g.followed.is_some() || g.tip.is_some() || g.paging.is_some() {
                     // the linked script checks the fence only: refused, not written unchecked
                     return Err(backend(
                         "a batch guarded by the follow-up's place, the tip or a paging row is written without audit events",
                     ));
                 }
-                g.fence.as_ref()
+                (g.fence.as_ref(), g.absent.as_slice())
             }
             Some(g) => {
                 if !audit.is_empty() || !claims.is_empty() {
@@ -373,7 +369,7 @@ impl Writer {
                 push_rows(&mut call, &prefix, &base);
                 return Ok((Kind::Guarded, base, self.guarded.clone(), call));
             }
-            None => None,
+            None => (None, &[][..]),
         };
         if audit.is_empty() {
             if !claims.is_empty() || !verdicts.is_empty() {
@@ -404,11 +400,12 @@ impl Writer {
         audit_rows(&mut head, &audit, &mut linked)?;
         let leaves = enc(&head)?;
         let (lease, token, holder) = fence_args(&prefix, fence);
-        let mut call = self.call(4, 6 + 5 * claims.len() + verdicts.len());
+        let mut call = self.call(5, 7 + 5 * claims.len() + verdicts.len() + absent.len());
         call.key(format!("{prefix}{NONCES}"))
             .key(format!("{prefix}{RATES}"))
             .key(format!("{prefix}{VERDICTS}"))
             .key(&lease)
+            .key(format!("{prefix}{SUBMISSIONS}"))
             .arg(expected.as_slice())
             .arg(AUDIT_HEAD)
             .arg(claims.len());
@@ -423,7 +420,10 @@ impl Writer {
         for access in &verdicts {
             call.arg(access);
         }
-        call.arg(&token).arg(holder);
+        call.arg(&token).arg(holder).arg(absent.len());
+        for id in absent {
+            call.arg(id);
+        }
         push_rows(&mut call, &prefix, &base);
         push_rows(&mut call, &prefix, &linked);
         Ok((
@@ -508,6 +508,11 @@ impl Writer {
             (4, Kind::Linked { expected, .. }) => {
                 self.head = Some(expected);
                 answer_all(unit, Err(StoreError::Guarded(Guarded::Fenced)));
+            }
+            // an operation it would make new is there already: nothing written
+            (7, Kind::Linked { expected, .. }) => {
+                self.head = Some(expected);
+                answer_all(unit, Err(StoreError::Guarded(Guarded::Changed)));
             }
             // claims that did not hold: their batches are answered why, the others sent again
             (2, Kind::Linked { expected, .. }) => {

@@ -106,11 +106,14 @@ pub fn operation(patient: &PatientId, hash: &[u8; 32]) -> crate::store::Submissi
 /// Imports a summary into `store`: checked, sealed and stored with the chain write of its
 /// hash, in one durable write; a bad one is refused with the reason and nothing is stored.
 /// (`Vault::import` for the running service; `breakglass summaries import` with it stopped.)
+/// `by` (an admin client's id, or `audit::command_line`) is in the audit log with it, in the
+/// same write.
 pub async fn import(
     store: &Arc<dyn crate::store::Store>,
     keyring: &Keyring,
     patient_id_system: &str,
     body: &[u8],
+    by: &str,
 ) -> Result<Imported, Refusal> {
     let summary = bundle::parse(body, patient_id_system)
         .map_err(|why| refusal(422, "invalid-summary", "Invalid summary", why))?;
@@ -121,8 +124,8 @@ pub async fn import(
     let _importing = ONE_AT_A_TIME.lock().await;
     // the same bytes imported at once on another replica (a client sending it again) may make
     // the operation first: read again, it is then the operation of these bytes
-    let attempt = match import_once(store, keyring, &summary, body).await {
-        Err(Imports::Raced) => import_once(store, keyring, &summary, body).await,
+    let attempt = match import_once(store, keyring, &summary, body, by).await {
+        Err(Imports::Raced) => import_once(store, keyring, &summary, body, by).await,
         done => done,
     };
     attempt.map_err(|e| match e {
@@ -149,6 +152,7 @@ async fn import_once(
     keyring: &Keyring,
     summary: &bundle::Summary,
     body: &[u8],
+    by: &str,
 ) -> Result<Imported, Imports> {
     let hash: [u8; 32] = Sha256::digest(body).into();
     let sealed = keyring
@@ -222,6 +226,13 @@ async fn import_once(
         previous_summaries: previous,
         submissions,
         guard,
+        audit: vec![crate::audit::Record::now(Event::import(
+            by,
+            "summary",
+            Some(summary.patient),
+            summary.resources.len(),
+            body,
+        ))],
         ..Batch::default()
     };
     match apply_async(store, batch).await {
@@ -374,12 +385,13 @@ impl Vault {
     }
 
     /// Imports a summary (`import`).
-    pub async fn import(&self, body: &[u8]) -> Result<Imported, Refusal> {
+    pub async fn import(&self, body: &[u8], by: &str) -> Result<Imported, Refusal> {
         import(
             &self.state.store,
             &self.keyring,
             &self.patient_id_system,
             body,
+            by,
         )
         .await
     }

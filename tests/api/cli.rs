@@ -984,6 +984,7 @@ fn summaries_import_stores_a_good_bundle_and_names_what_is_wrong_with_a_bad_one(
             .args(["summaries", "import"])
             .arg(file)
             .env("BREAKGLASS_DATA__DIR", dir.path().join("data"))
+            .env("USER", "ops-on-call")
             .output()
             .unwrap()
     };
@@ -1001,4 +1002,18 @@ fn summaries_import_stores_a_good_bundle_and_names_what_is_wrong_with_a_bad_one(
         .as_str()
         .unwrap()
         .starts_with(&format!("summary:{patient}:")));
+    // in the audit log with it, by the command line's user (the bad one is not)
+    let store =
+        breakglass::store::RedbStore::open(&dir.path().join("data").join("breakglass.redb"))
+            .unwrap();
+    assert_eq!(
+        crate::support::logged(&store, "import"),
+        [breakglass::audit::Event::Import {
+            by: "cli:ops-on-call".into(),
+            what: "summary".into(),
+            patient: Some(patient),
+            count: 8,
+            hash: imported["hash"].as_str().unwrap().into(),
+        }]
+    );
 }

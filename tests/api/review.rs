@@ -1786,12 +1786,25 @@ async fn an_access_trail_shows_its_own_entries_and_flags_an_edited_one() {
         }
     );
     // a read the log cannot take shows nothing: Redis full, an admin client's first read of
-    // an access with its reason is refused, the reason not in the answer
+    // an access with its reason is refused, the reason not in the answer; and so is a
+    // reviewer's page (signed in again: their reads are logged anew, the one before included)
+    let again = signed_in(&base, &key_of(reviewer)).await;
+    let (status, page) = get_with(&base, &format!("/review/accesses/{other}"), &again).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        views(&other).await.len(),
+        4,
+        "read again after signing in again"
+    );
     redis.set_maxmemory(1);
     let refused = admin_get(&base, &format!("/v1/accesses/{mine}")).await;
     assert_eq!(refused.status(), 503);
     let p: Json = refused.json().await.unwrap();
     assert_eq!(p["code"], "audit-unavailable", "{p}");
     assert!(p.get("reason").is_none(), "{p}");
+    let (status, page) = get_with(&base, &format!("/review/accesses/{mine}"), &again).await;
+    assert_eq!(status, 503, "{page}");
+    assert!(page.contains("audit-unavailable"), "{page}");
+    assert!(!page.contains("suspected anaphylaxis"), "{page}");
     redis.set_maxmemory(0);
 }

@@ -1210,6 +1210,31 @@ fn a_new_operation_on_redis_is_made_once_not_put_back_over_its_signing() {
     // another operation is made as before
     store.apply(made("summary:y")).unwrap();
     assert!(store.submission("summary:y").unwrap().is_some());
+    // with the import's audit entry in the same write (linked on the audit head): refused
+    // whole, the signed operation as it was and the entry not appended
+    let logged = |id: &str, n: u64| Batch {
+        audit: vec![numbered_event(0, n)],
+        ..made(id)
+    };
+    store.apply(logged("summary:z", 1)).unwrap();
+    store
+        .apply(Batch {
+            submissions: vec![submission("summary:z", sent("tx2"), 1)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert!(matches!(
+        store.apply(logged("summary:z", 2)),
+        Err(StoreError::Guarded(Guarded::Changed))
+    ));
+    assert_eq!(
+        store.submission("summary:z").unwrap().unwrap().state,
+        sent("tx2")
+    );
+    assert_eq!(store.audit_head().unwrap().unwrap().seq, 1);
+    store.apply(logged("summary:w", 3)).unwrap();
+    assert!(store.submission("summary:w").unwrap().is_some());
+    assert_eq!(store.audit_head().unwrap().unwrap().seq, 2);
 }
 
 /// An audit event numbered `n`, by writer `w`.
