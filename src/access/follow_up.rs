@@ -412,6 +412,7 @@ mod tests {
                 data_types: a.data_types.clone(),
                 expires_at: a.expires_at,
                 degraded: a.degraded,
+                record: Some(a.digest()),
             })],
             accesses: vec![a.clone()],
             ..Batch::default()

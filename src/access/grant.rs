@@ -115,6 +115,7 @@ impl BreakGlass {
             data_types: access.data_types.clone(),
             expires_at: access.expires_at,
             degraded: access.degraded,
+            record: Some(access.digest()),
         });
         let batch = Batch {
             audit: vec![granted],

@@ -119,6 +119,7 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
             data_types,
             expires_at,
             degraded,
+            record,
         } => {
             let mut details: Vec<Value> = data_types
                 .iter()
@@ -126,6 +127,7 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
                 .collect();
             details.push(detail("expires-at", &instant_ms(expires_at * 1000)));
             details.push(detail("degraded", &degraded.to_string()));
+            details.extend(record.as_ref().map(|r| detail("record-sha256", r)));
             (
                 dcm("110113", "Security Alert"),
                 vec![

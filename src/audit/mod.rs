@@ -45,6 +45,10 @@ pub enum Event {
         /// The window's end (Unix s).
         expires_at: u64,
         degraded: bool,
+        /// What was granted, as `store::AccessRecord::digest` (none before 2026-12-06, night):
+        /// the access record as stored is checked against it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        record: Option<String>,
     },
     /// A break-glass request refused, with the signer its signature proved (if it did).
     Refusal {

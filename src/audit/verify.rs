@@ -3,7 +3,9 @@
 //! entry it covers, and names the first entry that does not match; then the log's index by
 //! access (what a reviewer's trail of an access is read through) against the entries the log
 //! holds: a row missing (an entry hidden from its access's trail) or naming an entry that is not
-//! about its access is named. (The command opens the
+//! about its access is named; and every grant's access record against what its entry says was
+//! granted (`AccessRecord::digest`, in grants logged since 2026-12-06, night): one altered or
+//! removed in the store since is named. (The command opens the
 //! store as the service would at start, applying what its journal holds.)
 //!
 //! It must not: write to the log.
@@ -63,6 +65,12 @@ pub enum VerifyError {
     Unindexed { seq: u64, access: String },
     #[error("entry {seq}: the index of the log by access names it for access {access}, which it is not about (it would show in that access's trail)")]
     Misindexed { seq: u64, access: String },
+    #[error("entry {seq}: access {access}'s record in the store is not what this grant logged ({why}): it was altered since")]
+    AccessAltered {
+        seq: u64,
+        access: String,
+        why: &'static str,
+    },
     #[error("the store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("the node: {0}")]
@@ -82,7 +90,8 @@ impl VerifyError {
             VerifyError::Anchor { seq, .. }
             | VerifyError::PastHead { seq, .. }
             | VerifyError::Unindexed { seq, .. }
-            | VerifyError::Misindexed { seq, .. } => Some(*seq),
+            | VerifyError::Misindexed { seq, .. }
+            | VerifyError::AccessAltered { seq, .. } => Some(*seq),
             _ => None,
         }
     }
@@ -141,6 +150,46 @@ fn unreadable(e: &StoreError, walked: u64) -> Option<(u64, String)> {
     }
 }
 
+/// The first grant of `page` whose access record is not what it logged (altered, or gone),
+/// the page's records read together.
+fn records_altered(
+    store: &dyn Store,
+    page: &[super::Entry],
+) -> Result<Option<VerifyError>, StoreError> {
+    let grants: Vec<(u64, crate::domain::AccessId, String)> = page
+        .iter()
+        .filter_map(|e| match e.parsed() {
+            Ok(super::Event::Grant {
+                access,
+                record: Some(digest),
+                ..
+            }) => Some((e.seq, access, digest)),
+            _ => None,
+        })
+        .collect();
+    if grants.is_empty() {
+        return Ok(None);
+    }
+    let ids: Vec<_> = grants.iter().map(|(_, a, _)| *a).collect();
+    let stored: std::collections::HashMap<_, _> = store
+        .accesses(&ids)?
+        .into_iter()
+        .map(|a| (a.id, a.digest()))
+        .collect();
+    Ok(grants.into_iter().find_map(|(seq, access, digest)| {
+        let why = match stored.get(&access) {
+            None => "no record",
+            Some(d) if *d != digest => "a field differs",
+            Some(_) => return None,
+        };
+        Some(VerifyError::AccessAltered {
+            seq,
+            access: access.to_string(),
+            why,
+        })
+    }))
+}
+
 /// Walks the log in `store` up to its head as read first (entries appended meanwhile, by a
 /// service still running, are left for the next check), and checks it against `anchors`
 /// (oldest first, read before).
@@ -152,6 +201,8 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
     let mut checked = 0;
     // (access, entry) of every entry about an access, as the index by access must name them
     let mut indexed = std::collections::BTreeSet::new();
+    // the first grant whose access record is not as it logged
+    let mut altered: Option<VerifyError> = None;
     'walk: loop {
         // an unreadable entry is named once the entries before it are checked (one of them,
         // altered, may be the first to break the log)
@@ -169,6 +220,9 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
                 None => return Err(e.into()),
             },
         };
+        if altered.is_none() {
+            altered = records_altered(store, &page)?;
+        }
         for entry in &page {
             if head.seq == stored.seq {
                 break 'walk;
@@ -252,6 +306,9 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
             VerifyError::Misindexed { seq, access }
         });
     }
+    if let Some(e) = altered {
+        return Err(e);
+    }
     Ok(Report {
         entries: head.seq,
         head: hex::encode(head.hash),
@@ -280,6 +337,58 @@ mod tests {
                 .collect(),
             ..Batch::default()
         }
+    }
+
+    /// Every grant's access record is checked against the digest its entry carries: one edited
+    /// in the store since (its rules, say, to make a grant look allowed) or removed is named
+    /// by its grant's entry; a key rotation's new sealing of the reason is not an alteration.
+    /// Before, access records lay outside the hash chain: a record edited in place went unseen.
+    #[test]
+    fn an_access_record_altered_since_its_grant_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let granted = |a: &crate::store::AccessRecord| Batch {
+            audit: vec![Record::now(Event::Grant {
+                access: a.id,
+                clinician: a.provider,
+                role: a.role,
+                patient: a.patient,
+                data_types: a.data_types.clone(),
+                expires_at: a.expires_at,
+                degraded: a.degraded,
+                record: Some(a.digest()),
+            })],
+            accesses: vec![a.clone()],
+            ..Batch::default()
+        };
+        let rewritten = |a: crate::store::AccessRecord| Batch {
+            accesses: vec![a],
+            ..Batch::default()
+        };
+        let a = crate::dev::test_access(1, vec![crate::domain::DataType::Allergies]);
+        let b = crate::dev::test_access(2, vec![crate::domain::DataType::Allergies]);
+        store.apply(entries(3)).unwrap();
+        store.apply(granted(&a)).unwrap();
+        store.apply(granted(&b)).unwrap();
+        assert!(check(&store, &[]).is_ok());
+        // the reason sealed again (a data key's rotation): the same grant
+        let mut resealed = a.clone();
+        resealed.reason_sealed = "ab".repeat(40);
+        store.apply(rewritten(resealed)).unwrap();
+        assert!(check(&store, &[]).is_ok());
+        // the rules edited in place
+        let mut edited = b.clone();
+        edited.rules = vec!["on-call-nurse-allergies".into()];
+        store.apply(rewritten(edited)).unwrap();
+        match check(&store, &[]) {
+            Err(e @ VerifyError::AccessAltered { seq: 5, why, .. }) => {
+                assert_eq!(why, "a field differs");
+                assert_eq!(e.entry(), Some(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        store.apply(rewritten(b)).unwrap();
+        assert!(check(&store, &[]).is_ok());
     }
 
     /// A log checked while the service goes on writing to it (on Redis, `audit verify` reads

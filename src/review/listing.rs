@@ -222,6 +222,10 @@ pub struct Detail {
     pub notice: Option<String>,
     pub token_revoked: bool,
     pub trail: Vec<TrailLine>,
+    /// Whether the access record as stored is what its grant's audit entry says was granted
+    /// (`AccessRecord::digest`): `false`, altered in the store since; `None`, not told (a grant
+    /// logged before its entries carried the digest, or no grant entry in the trail).
+    pub record_intact: Option<bool>,
     pub verdict: Option<VerdictView>,
     /// Why the viewer may not give a verdict, if they may not.
     pub cannot_review: Option<String>,
@@ -523,6 +527,13 @@ impl Review {
             }
         });
         let trail = self.trail(id).map_err(unavailable)?;
+        let record_intact = trail.iter().find_map(|t| match &t.event {
+            crate::audit::Event::Grant {
+                record: Some(digest),
+                ..
+            } => Some(*digest == a.digest()),
+            _ => None,
+        });
         let notice = store
             .notice(id)
             .map_err(unavailable)?
@@ -572,6 +583,7 @@ impl Review {
                 .revoked(&id.to_string())
                 .map_err(unavailable)?
                 .is_some(),
+            record_intact,
             trail,
             verdict,
             cannot_review,

@@ -304,6 +304,65 @@ pub struct AccessRecord {
     pub patient_registered: Option<bool>,
 }
 
+impl AccessRecord {
+    /// SHA-256 (hex) of what was granted: every field as granted but the sealed reason (which
+    /// a key rotation seals again; its hash is in), in a fixed form. The grant's audit entry
+    /// carries it (`audit::Event::Grant::record`), so that a record altered in the store since
+    /// is told: the reviewer's view flags it, `audit verify` names it. Fields added after
+    /// 2026-12-06 are not in it unless added here under a new form.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        #[derive(Serialize)]
+        struct Granted<'a> {
+            id: &'a AccessId,
+            provider: &'a Address,
+            role: &'a Role,
+            patient: &'a PatientId,
+            data_types: &'a [DataType],
+            reason_hash: &'a str,
+            device: &'a Option<String>,
+            nonce: u64,
+            issued_at: u64,
+            granted_at: u64,
+            expires_at: u64,
+            window_minutes: u32,
+            window_blocks: u64,
+            rules: &'a [String],
+            message_hash: &'a str,
+            signature: &'a str,
+            on_call: &'a Option<crate::domain::OnCall>,
+            degraded: bool,
+            chain_lag_blocks: u64,
+            patient_registered: Option<bool>,
+        }
+        let granted = Granted {
+            id: &self.id,
+            provider: &self.provider,
+            role: &self.role,
+            patient: &self.patient,
+            data_types: &self.data_types,
+            reason_hash: &self.reason_hash,
+            device: &self.device,
+            nonce: self.nonce,
+            issued_at: self.issued_at,
+            granted_at: self.granted_at,
+            expires_at: self.expires_at,
+            window_minutes: self.window_minutes,
+            window_blocks: self.window_blocks,
+            rules: &self.rules,
+            message_hash: &self.message_hash,
+            signature: &self.signature,
+            on_call: &self.on_call,
+            degraded: self.degraded,
+            chain_lag_blocks: self.chain_lag_blocks,
+            patient_registered: self.patient_registered,
+        };
+        // (serializing these types cannot fail: no maps with non-string keys)
+        let bytes = serde_json::to_vec(&granted).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(bytes))
+    }
+}
+
 /// The patient's notice of one access, from the grant to its delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notice {

@@ -1785,6 +1785,34 @@ async fn an_access_trail_shows_its_own_entries_and_flags_an_edited_one() {
             reviewer: principal.parse().unwrap()
         }
     );
+    // an access record edited in place (its rules, to make the grant look allowed) is flagged
+    // against what its grant logged; the other stands
+    let intact = async |id: &str| {
+        admin_get(&base, &format!("/v1/reviews/{id}"))
+            .await
+            .json::<Json>()
+            .await
+            .unwrap()["record_intact"]
+            .clone()
+    };
+    assert_eq!(intact(&mine).await, json!(true));
+    let accesses = format!("{prefix}accesses");
+    let row: String = redis::cmd("HGET")
+        .arg(&accesses)
+        .arg(&mine)
+        .query(&mut raw)
+        .unwrap();
+    let mut record: Json = serde_json::from_str(&row).unwrap();
+    record["rules"] = json!(["on-call-nurse-allergies"]);
+    redis::cmd("HSET")
+        .arg(&accesses)
+        .arg(&mine)
+        .arg(record.to_string())
+        .query::<()>(&mut raw)
+        .unwrap();
+    assert_eq!(intact(&mine).await, json!(false));
+    assert_eq!(intact(&other).await, json!(true));
+
     // a read the log cannot take shows nothing: Redis full, an admin client's first read of
     // an access with its reason is refused, the reason not in the answer; and so is a
     // reviewer's page (signed in again: their reads are logged anew, the one before included)
