@@ -404,16 +404,7 @@ mod tests {
     /// A grant's write as the grant makes it: the access and its audit entry.
     fn grant(a: &AccessRecord) -> Batch {
         Batch {
-            audit: vec![crate::audit::Record::now(crate::audit::Event::Grant {
-                access: a.id,
-                clinician: a.provider,
-                role: a.role,
-                patient: a.patient,
-                data_types: a.data_types.clone(),
-                expires_at: a.expires_at,
-                degraded: a.degraded,
-                record: Some(a.digest()),
-            })],
+            audit: vec![crate::audit::Record::now(a.granted())],
             accesses: vec![a.clone()],
             ..Batch::default()
         }

@@ -107,16 +107,7 @@ impl BreakGlass {
         // recorded on chain
         crate::chain::contracts::record_emergency_access_args(&access)
             .map_err(|e| Self::internal("the access's chain record could not be made", e))?;
-        let granted = crate::audit::Record::now(crate::audit::Event::Grant {
-            access: access.id,
-            clinician: access.provider,
-            role: access.role,
-            patient: access.patient,
-            data_types: access.data_types.clone(),
-            expires_at: access.expires_at,
-            degraded: access.degraded,
-            record: Some(access.digest()),
-        });
+        let granted = crate::audit::Record::now(access.granted());
         let batch = Batch {
             audit: vec![granted],
             accesses: vec![access.clone()],

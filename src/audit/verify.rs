@@ -348,16 +348,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
         let granted = |a: &crate::store::AccessRecord| Batch {
-            audit: vec![Record::now(Event::Grant {
-                access: a.id,
-                clinician: a.provider,
-                role: a.role,
-                patient: a.patient,
-                data_types: a.data_types.clone(),
-                expires_at: a.expires_at,
-                degraded: a.degraded,
-                record: Some(a.digest()),
-            })],
+            audit: vec![Record::now(a.granted())],
             accesses: vec![a.clone()],
             ..Batch::default()
         };

@@ -305,6 +305,20 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
+    /// The grant's audit event: who, for whom, what, until when, and the record's digest.
+    pub fn granted(&self) -> crate::audit::Event {
+        crate::audit::Event::Grant {
+            access: self.id,
+            clinician: self.provider,
+            role: self.role,
+            patient: self.patient,
+            data_types: self.data_types.clone(),
+            expires_at: self.expires_at,
+            degraded: self.degraded,
+            record: Some(self.digest()),
+        }
+    }
+
     /// SHA-256 (hex) of what was granted: every field as granted but the sealed reason (which
     /// a key rotation seals again; its hash is in), in a fixed form. The grant's audit entry
     /// carries it (`audit::Event::Grant::record`), so that a record altered in the store since
