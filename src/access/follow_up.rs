@@ -276,12 +276,6 @@ impl FollowUp {
     }
 }
 
-/// The next step's write, and what it covers: the operations and notices of the grants among
-/// the log's next entries that lack them (up to `GRANTS_AT_ONCE` such grants), and the new place
-/// (`None`: nothing new in the log). A grant is never passed over: an entry that does not
-/// parse (one written by a later version, say), a grant without its access, or one whose
-/// chain record cannot be made, stops the follow-up before it, with an error, until a replica
-/// that can follow it does (`follow_up_behind_entries` grows meanwhile).
 /// What following `entry` takes: a grant's access id, or nothing. An entry that does not
 /// parse is passed over when it says it is of another kind than a grant (an event of a later
 /// version, a reviewer's view, say: the follow-up makes nothing of those), never when it is or
@@ -304,6 +298,12 @@ fn to_follow(entry: &crate::audit::Entry) -> Result<Option<AccessId>, String> {
     }
 }
 
+/// The next step's write, and what it covers: the operations and notices of the grants among
+/// the log's next entries that lack them (up to `GRANTS_AT_ONCE` such grants), and the new place
+/// (`None`: nothing new in the log). A grant is never passed over: an entry that does not
+/// parse and is or may be a grant (`to_follow`), a grant without its access, or one whose
+/// chain record cannot be made, stops the follow-up before it, with an error, until a replica
+/// that can follow it does (`follow_up_behind_entries` grows meanwhile).
 fn plan(
     store: &dyn Store,
     notify: &NotifySettings,

@@ -146,9 +146,18 @@ pub enum Event {
 }
 
 /// Who imported from the command line (`breakglass summaries import`, `patients import`): the
-/// operating system's user, after `cli:` (no admin client's id holds a colon).
+/// operating system's user, after `cli:` (no admin client's id holds a colon): `USER`, else
+/// `LOGNAME` (a container's shell may set neither: then `uid <n>`).
 pub fn command_line() -> String {
-    format!("cli:{}", std::env::var("USER").unwrap_or_default())
+    let named = ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|u| !u.is_empty());
+    #[cfg(target_os = "linux")]
+    let user = named.unwrap_or_else(|| format!("uid {}", rustix::process::getuid().as_raw()));
+    #[cfg(not(target_os = "linux"))]
+    let user = named.unwrap_or_else(|| "unknown".into());
+    format!("cli:{user}")
 }
 
 impl Event {

@@ -150,37 +150,47 @@ fn unreadable(e: &StoreError, walked: u64) -> Option<(u64, String)> {
     }
 }
 
-/// The first grant of `page` whose access record is not what it logged (altered, or gone),
-/// the page's records read together.
+/// The first of `grants` (entry, access, the digest it logged) whose access record is not
+/// what it logged: altered, unreadable, or gone. Their records are read together; if one of
+/// them does not read, one at a time, so that it is named.
 fn records_altered(
     store: &dyn Store,
-    page: &[super::Entry],
+    grants: &[(u64, crate::domain::AccessId, String)],
 ) -> Result<Option<VerifyError>, StoreError> {
-    let grants: Vec<(u64, crate::domain::AccessId, String)> = page
-        .iter()
-        .filter_map(|e| match e.parsed() {
-            Ok(super::Event::Grant {
-                access,
-                record: Some(digest),
-                ..
-            }) => Some((e.seq, access, digest)),
-            _ => None,
-        })
-        .collect();
     if grants.is_empty() {
         return Ok(None);
     }
     let ids: Vec<_> = grants.iter().map(|(_, a, _)| *a).collect();
-    let stored: std::collections::HashMap<_, _> = store
-        .accesses(&ids)?
-        .into_iter()
-        .map(|a| (a.id, a.digest()))
-        .collect();
-    Ok(grants.into_iter().find_map(|(seq, access, digest)| {
+    let stored: std::collections::HashMap<_, Option<String>> = match store.accesses(&ids) {
+        Ok(records) => records
+            .into_iter()
+            .map(|a| (a.id, Some(a.digest())))
+            .collect(),
+        Err(StoreError::Corrupt(..)) => {
+            let mut each = std::collections::HashMap::new();
+            for id in &ids {
+                match store.access(id) {
+                    Ok(Some(a)) => {
+                        each.insert(*id, Some(a.digest()));
+                    }
+                    Ok(None) => {}
+                    Err(StoreError::Corrupt(..)) => {
+                        each.insert(*id, None);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            each
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(grants.iter().find_map(|(seq, access, digest)| {
+        let (seq, access) = (*seq, *access);
         let why = match stored.get(&access) {
             None => "no record",
-            Some(d) if *d != digest => "a field differs",
-            Some(_) => return None,
+            Some(None) => "its record does not read",
+            Some(Some(d)) if d != digest => "a field differs",
+            Some(Some(_)) => return None,
         };
         Some(VerifyError::AccessAltered {
             seq,
@@ -201,8 +211,10 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
     let mut checked = 0;
     // (access, entry) of every entry about an access, as the index by access must name them
     let mut indexed = std::collections::BTreeSet::new();
-    // the first grant whose access record is not as it logged
+    // the first grant whose access record is not as it logged, and the grants walked whose
+    // records are still to check (a page's at a time, read together)
     let mut altered: Option<VerifyError> = None;
+    let mut grants = Vec::new();
     'walk: loop {
         // an unreadable entry is named once the entries before it are checked (one of them,
         // altered, may be the first to break the log)
@@ -221,15 +233,29 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
             },
         };
         if altered.is_none() {
-            altered = records_altered(store, &page)?;
+            altered = records_altered(store, &std::mem::take(&mut grants))?;
         }
+        grants.clear();
         for entry in &page {
             if head.seq == stored.seq {
                 break 'walk;
             }
             head = follows(&head, entry)?;
-            if let Some(access) = entry.parsed().ok().and_then(|e| e.access()) {
-                indexed.insert((access, entry.seq));
+            match entry.parsed() {
+                Ok(super::Event::Grant {
+                    access,
+                    record: Some(digest),
+                    ..
+                }) => {
+                    indexed.insert((access, entry.seq));
+                    grants.push((entry.seq, access, digest));
+                }
+                Ok(event) => {
+                    if let Some(access) = event.access() {
+                        indexed.insert((access, entry.seq));
+                    }
+                }
+                Err(_) => {}
             }
             while let Some(a) = anchors.get(next_anchor) {
                 if a.count > head.seq {
@@ -306,6 +332,9 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
             VerifyError::Misindexed { seq, access }
         });
     }
+    if altered.is_none() {
+        altered = records_altered(store, &grants)?;
+    }
     if let Some(e) = altered {
         return Err(e);
     }
@@ -380,6 +409,41 @@ mod tests {
         }
         store.apply(rewritten(b)).unwrap();
         assert!(check(&store, &[]).is_ok());
+    }
+
+    /// An access record that does not read at all (overwritten in Redis) is named by its
+    /// grant, not reported as the store failing (which left the rest of the log unchecked).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_access_record_that_does_not_read_is_named_by_its_grant() {
+        let redis = crate::dev::test_redis().await;
+        let store = crate::store::RedisStore::open(redis.url.as_str(), "v:").unwrap();
+        let a = crate::dev::test_access(1, vec![crate::domain::DataType::Allergies]);
+        let b = crate::dev::test_access(2, vec![crate::domain::DataType::Allergies]);
+        for x in [&a, &b] {
+            let batch = Batch {
+                audit: vec![Record::now(x.granted())],
+                accesses: vec![x.clone()],
+                ..Batch::default()
+            };
+            store.apply(batch).unwrap();
+        }
+        assert!(check(&store, &[]).is_ok());
+        let mut raw = redis::Client::open(redis.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let () = redis::cmd("HSET")
+            .arg("v:accesses")
+            .arg(b.id.to_string())
+            .arg("{not a record")
+            .query(&mut raw)
+            .unwrap();
+        match check(&store, &[]) {
+            Err(VerifyError::AccessAltered { seq: 2, why, .. }) => {
+                assert_eq!(why, "its record does not read")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A log checked while the service goes on writing to it (on Redis, `audit verify` reads

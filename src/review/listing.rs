@@ -223,8 +223,9 @@ pub struct Detail {
     pub token_revoked: bool,
     pub trail: Vec<TrailLine>,
     /// Whether the access record as stored is what its grant's audit entry says was granted
-    /// (`AccessRecord::digest`): `false`, altered in the store since; `None`, not told (a grant
-    /// logged before its entries carried the digest, or no grant entry in the trail).
+    /// (`AccessRecord::digest`): `false`, the record or that entry altered in the store since;
+    /// `None`, not told (a grant logged before its entries carried the digest, or no grant
+    /// entry in the trail).
     pub record_intact: Option<bool>,
     pub verdict: Option<VerdictView>,
     /// Why the viewer may not give a verdict, if they may not.
@@ -527,11 +528,12 @@ impl Review {
             }
         });
         let trail = self.trail(id).map_err(unavailable)?;
+        // (a grant's entry that does not verify proves nothing of the record either)
         let record_intact = trail.iter().find_map(|t| match &t.event {
             crate::audit::Event::Grant {
                 record: Some(digest),
                 ..
-            } => Some(*digest == a.digest()),
+            } => Some(t.intact && *digest == a.digest()),
             _ => None,
         });
         let notice = store

@@ -319,13 +319,24 @@ impl AccessRecord {
         }
     }
 
-    /// SHA-256 (hex) of what was granted: every field as granted but the sealed reason (which
-    /// a key rotation seals again; its hash is in), in a fixed form. The grant's audit entry
+    /// `v1:` and the SHA-256 (hex) of what was granted: every field as granted but the sealed
+    /// reason (which a key rotation seals again; its hash is in), in a form fixed here (the
+    /// on-call basis field by field, not as `OnCall` serializes). The grant's audit entry
     /// carries it (`audit::Event::Grant::record`), so that a record altered in the store since
-    /// is told: the reviewer's view flags it, `audit verify` names it. Fields added after
-    /// 2026-12-06 are not in it unless added here under a new form.
+    /// is told: the reviewer's view flags it, `audit verify` names it. A field added to the
+    /// record (or to `OnCall`) later is not in it unless added under a new form (`v2:`), with
+    /// this one still read for the grants before.
     pub fn digest(&self) -> String {
         use sha2::Digest;
+        #[derive(Serialize)]
+        struct OnCallV1<'a> {
+            source: &'a str,
+            service: &'a Option<String>,
+            since: Option<u64>,
+            until: Option<u64>,
+            incident: &'a Option<String>,
+            acknowledged: bool,
+        }
         #[derive(Serialize)]
         struct Granted<'a> {
             id: &'a AccessId,
@@ -344,7 +355,7 @@ impl AccessRecord {
             rules: &'a [String],
             message_hash: &'a str,
             signature: &'a str,
-            on_call: &'a Option<crate::domain::OnCall>,
+            on_call: Option<OnCallV1<'a>>,
             degraded: bool,
             chain_lag_blocks: u64,
             patient_registered: Option<bool>,
@@ -366,14 +377,21 @@ impl AccessRecord {
             rules: &self.rules,
             message_hash: &self.message_hash,
             signature: &self.signature,
-            on_call: &self.on_call,
+            on_call: self.on_call.as_ref().map(|o| OnCallV1 {
+                source: &o.source,
+                service: &o.service,
+                since: o.since,
+                until: o.until,
+                incident: &o.incident,
+                acknowledged: o.acknowledged,
+            }),
             degraded: self.degraded,
             chain_lag_blocks: self.chain_lag_blocks,
             patient_registered: self.patient_registered,
         };
         // (serializing these types cannot fail: no maps with non-string keys)
         let bytes = serde_json::to_vec(&granted).unwrap_or_default();
-        hex::encode(sha2::Sha256::digest(bytes))
+        format!("v1:{}", hex::encode(sha2::Sha256::digest(bytes)))
     }
 }
 
