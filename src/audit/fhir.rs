@@ -127,7 +127,7 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
                 .collect();
             details.push(detail("expires-at", &instant_ms(expires_at * 1000)));
             details.push(detail("degraded", &degraded.to_string()));
-            details.extend(record.as_ref().map(|r| detail("record-sha256", r)));
+            details.extend(record.as_ref().map(|r| detail("record-digest", r)));
             (
                 dcm("110113", "Security Alert"),
                 vec![

@@ -1,5 +1,9 @@
 //! The audit trail: every grant, refusal, token introspection and revocation, notice change,
-//! reviewer sign-in and verdict, as one hash-chained log that no one can rewrite unseen.
+//! reviewer sign-in and sign-out, verdict, vault read and refused read, reviewer's or admin
+//! client's view of an access, and import, as one hash-chained log that no one can rewrite
+//! unseen. A later version may add kinds: this one's follow-up passes over an entry of a kind
+//! it does not read unless that kind is `grant` (`access::follow_up`), so a grant is never
+//! logged under any other kind.
 //!
 //! Callers put an `Event` (what happened, with when) in the `Batch` that does the work; the
 //! store's single writer numbers it and links it to the entry before (`Entry`): entry `n`

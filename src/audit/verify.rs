@@ -150,6 +150,20 @@ fn unreadable(e: &StoreError, walked: u64) -> Option<(u64, String)> {
     }
 }
 
+/// The access an entry of a kind this version does not read names (its `access` field), if
+/// it names one.
+fn named_access(entry: &super::Entry) -> Option<crate::domain::AccessId> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        access: String,
+    }
+    serde_json::from_str::<Named>(entry.event.get())
+        .ok()?
+        .access
+        .parse()
+        .ok()
+}
+
 /// The first of `grants` (entry, access, the digest it logged) whose access record is not
 /// what it logged: altered, unreadable, or gone. Their records are read together; if one of
 /// them does not read, one at a time, so that it is named.
@@ -255,7 +269,13 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
                         indexed.insert((access, entry.seq));
                     }
                 }
-                Err(_) => {}
+                // a kind this version does not read (a later version's): indexed under the
+                // access it names, if it names one, as that version indexes it
+                Err(_) => {
+                    if let Some(access) = named_access(entry) {
+                        indexed.insert((access, entry.seq));
+                    }
+                }
             }
             while let Some(a) = anchors.get(next_anchor) {
                 if a.count > head.seq {
@@ -320,22 +340,27 @@ pub fn check(store: &dyn Store, anchors: &[Anchor]) -> Result<Report, VerifyErro
         .collect();
     let missing = indexed.difference(&index).map(|(a, seq)| (*seq, a));
     let extra = index.difference(&indexed).map(|(a, seq)| (*seq, a));
-    if let Some((seq, access)) = missing
+    let misindexed = missing
         .clone()
         .chain(extra.clone())
         .min_by_key(|(seq, _)| *seq)
-    {
-        let access = access.to_string();
-        return Err(if missing.clone().any(|(s, _)| s == seq) {
-            VerifyError::Unindexed { seq, access }
-        } else {
-            VerifyError::Misindexed { seq, access }
+        .map(|(seq, access)| {
+            let access = access.to_string();
+            if missing.clone().any(|(s, _)| s == seq) {
+                VerifyError::Unindexed { seq, access }
+            } else {
+                VerifyError::Misindexed { seq, access }
+            }
         });
-    }
     if altered.is_none() {
         altered = records_altered(store, &grants)?;
     }
-    if let Some(e) = altered {
+    // the first entry that does not match, whether its index row or its grant's record
+    if let Some(e) = [misindexed, altered]
+        .into_iter()
+        .flatten()
+        .min_by_key(VerifyError::entry)
+    {
         return Err(e);
     }
     Ok(Report {
@@ -444,6 +469,40 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // and one removed
+        let () = redis::cmd("HDEL")
+            .arg("v:accesses")
+            .arg(b.id.to_string())
+            .query(&mut raw)
+            .unwrap();
+        match check(&store, &[]) {
+            Err(VerifyError::AccessAltered { seq: 2, why, .. }) => assert_eq!(why, "no record"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// An entry of a kind this version does not read (a later version's) is indexed under the
+    /// access it names, as that version indexes it: its index row is not reported as naming an
+    /// entry not about its access.
+    #[test]
+    fn an_entry_of_a_later_kind_is_indexed_under_the_access_it_names() {
+        let entry = |event: &str| -> crate::audit::Entry {
+            serde_json::from_str(&format!(
+                r#"{{"seq":7,"at":1,"prev":"{z}","hash":"{z}","event":{event}}}"#,
+                z = "00".repeat(32)
+            ))
+            .unwrap()
+        };
+        let id = "ab".repeat(32);
+        assert_eq!(
+            named_access(&entry(&format!(r#"{{"kind":"later","access":"{id}"}}"#))),
+            Some(id.parse().unwrap())
+        );
+        assert_eq!(named_access(&entry(r#"{"kind":"later"}"#)), None);
+        assert_eq!(
+            named_access(&entry(r#"{"kind":"later","access":"x"}"#)),
+            None
+        );
     }
 
     /// A log checked while the service goes on writing to it (on Redis, `audit verify` reads

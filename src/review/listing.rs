@@ -528,12 +528,14 @@ impl Review {
             }
         });
         let trail = self.trail(id).map_err(unavailable)?;
-        // (a grant's entry that does not verify proves nothing of the record either)
+        // (a grant's entry that does not verify proves nothing of the record either: its
+        // digest may have been edited or removed with the record)
         let record_intact = trail.iter().find_map(|t| match &t.event {
+            crate::audit::Event::Grant { .. } if !t.intact => Some(false),
             crate::audit::Event::Grant {
                 record: Some(digest),
                 ..
-            } => Some(t.intact && *digest == a.digest()),
+            } => Some(*digest == a.digest()),
             _ => None,
         });
         let notice = store

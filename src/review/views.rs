@@ -1,7 +1,7 @@
 //! Reads of an access's record by reviewers and admin clients, logged (`audit::Event::View`)
 //! before the answer, and remembered a while so that a page that refreshes itself (the
-//! reviewer's access page reloads every 2 s while its chain record is pending) logs one view,
-//! not one a reload.
+//! reviewer's access page reloads every 2 s while a verdict's chain record is on its way) logs
+//! one view, not one a reload.
 //!
 //! It must not: show a record whose view it could not log, or let a full memory hide a view
 //! (full, it forgets, and the next views are logged again).

@@ -93,7 +93,8 @@ pub struct Guard {
     /// else): a second write of the same new operation (an import sent again to another
     /// replica, a write whose answer was lost read as not made) must not put back as pending
     /// one the submitter signed meanwhile, which it would sign again. With `submissions`, not
-    /// with a paging row.
+    /// with a paging row; a batch with audit events may carry it (a summary's import with its
+    /// entry: on Redis the linked write checks it, as a fence).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<String>,
     /// A paging row as the writer read it (`Store::paging_row`; `None`: absent): the write

@@ -446,8 +446,9 @@ const KINDS = {
         s.fail(acc.path, 'expires-at is not after recorded');
       }
       s.one(acc.path, acc.details, 'degraded', (v) => v === 'true' || v === 'false', '"true" or "false"');
-      // the access record as granted (grants logged since 2026-12-06, night)
-      if (acc.details.has('record-sha256')) s.one(acc.path, acc.details, 'record-sha256', (v) => HEX64.test(v), '64 hex');
+      // the access record as granted (grants logged since 2026-12-06, night): its digest's
+      // form, then the SHA-256
+      if (acc.details.has('record-digest')) s.one(acc.path, acc.details, 'record-digest', (v) => /^v1:[0-9a-f]{64}$/.test(v), '"v1:" and 64 hex');
     }
     const tok = checkTokenEntity(s, r);
     if (tok.jti && acc.access && tok.jti !== acc.access) s.fail(tok.path, 'the token of a grant has the access id as its jti');
