@@ -586,13 +586,7 @@ mod tests {
     /// a newer one had logged a view made no chain record or notice again.
     #[test]
     fn an_entry_of_a_later_kind_is_passed_over_unless_it_may_be_a_grant() {
-        let entry = |event: &str| -> crate::audit::Entry {
-            serde_json::from_str(&format!(
-                r#"{{"seq":7,"at":1,"prev":"{z}","hash":"{z}","event":{event}}}"#,
-                z = "00".repeat(32)
-            ))
-            .unwrap()
-        };
+        let entry = crate::audit::test_entry;
         assert_eq!(
             to_follow(&entry(r#"{"kind":"later-kind","what":1}"#)),
             Ok(None)

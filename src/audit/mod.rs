@@ -368,6 +368,16 @@ pub fn first_missing(from: u64, until: u64, entries: &[Entry]) -> Option<u64> {
     (from..=until).find(|seq| held.next() != Some(*seq))
 }
 
+/// An entry 7 holding `event` (JSON as stored, any kind), for tests of readers.
+#[cfg(test)]
+pub(crate) fn test_entry(event: &str) -> Entry {
+    serde_json::from_str(&format!(
+        r#"{{"seq":7,"at":1,"prev":"{z}","hash":"{z}","event":{event}}}"#,
+        z = "00".repeat(32)
+    ))
+    .unwrap_or_else(|e| panic!("{event}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

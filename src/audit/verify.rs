@@ -486,13 +486,7 @@ mod tests {
     /// entry not about its access.
     #[test]
     fn an_entry_of_a_later_kind_is_indexed_under_the_access_it_names() {
-        let entry = |event: &str| -> crate::audit::Entry {
-            serde_json::from_str(&format!(
-                r#"{{"seq":7,"at":1,"prev":"{z}","hash":"{z}","event":{event}}}"#,
-                z = "00".repeat(32)
-            ))
-            .unwrap()
-        };
+        let entry = crate::audit::test_entry;
         let id = "ab".repeat(32);
         assert_eq!(
             named_access(&entry(&format!(r#"{{"kind":"later","access":"{id}"}}"#))),
