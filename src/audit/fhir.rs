@@ -388,19 +388,33 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
                 ],
             )
         }
-        Event::SignOut { reviewer } => (
-            dcm("110114", "User Authentication"),
-            vec![dcm("110123", "Logout"), kind],
-            "E",
-            "0",
-            None,
-            false,
-            vec![
-                json!({ "type": { "coding": [human_type()] }, "who": principal(reviewer), "requestor": true }),
-                authserver,
-            ],
-            Vec::new(),
-        ),
+        Event::SignOut { reviewer, ended } => {
+            // ended by the service: it is the requestor, and the session's entity says why
+            let mut service = authserver;
+            service["requestor"] = ended.is_some().into();
+            (
+                dcm("110114", "User Authentication"),
+                vec![dcm("110123", "Logout"), kind],
+                "E",
+                "0",
+                None,
+                false,
+                vec![
+                    json!({ "type": { "coding": [human_type()] }, "who": principal(reviewer), "requestor": ended.is_none() }),
+                    service,
+                ],
+                ended
+                    .iter()
+                    .map(|code| {
+                        json!({
+                            "type": entity_type("2", "System Object"),
+                            "role": object_role("13", "Security Resource"),
+                            "detail": [detail("ended", code)],
+                        })
+                    })
+                    .collect(),
+            )
+        }
         Event::Import {
             by,
             what,

@@ -133,8 +133,13 @@ pub enum Event {
         by: String,
         reason: bool,
     },
-    /// A reviewer signed out.
-    SignOut { reviewer: Address },
+    /// A reviewer signed out; or, `ended` the refusal's code, the service ended their session
+    /// (the reviewer no longer authorized on chain: suspended, their role removed).
+    SignOut {
+        reviewer: Address,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ended: Option<String>,
+    },
     /// Data an admin client (`by`) imported: a patient's emergency summary (`what`
     /// `summary`, its patient, `count` its resources), or the patient or provider directory
     /// (`patients`, `providers`: `count` the entries taken). `hash`: the SHA-256 of the

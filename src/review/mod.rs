@@ -443,6 +443,14 @@ impl Review {
                     .await
                     .map_err(sessions_unavailable)?;
                 tracing::info!(reviewer = %session.reviewer, code = r.code, "a reviewer's session ended: no longer authorized on chain");
+                // (ended all the same when the log cannot take it)
+                let ended = crate::audit::Event::SignOut {
+                    reviewer: session.reviewer,
+                    ended: Some(r.code.to_string()),
+                };
+                if self.audit(ended).await.is_err() {
+                    tracing::error!(reviewer = %session.reviewer, "a session's end is not in the audit log: it ended all the same");
+                }
             }
             return Err(r);
         }
@@ -490,6 +498,7 @@ impl Review {
             if self
                 .audit(crate::audit::Event::SignOut {
                     reviewer: *reviewer,
+                    ended: None,
                 })
                 .await
                 .is_err()

@@ -1238,6 +1238,28 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     assert!(body.contains("reviewer-not-verified"), "{body}");
     let (s, _) = get_with(&base, "/v1/reviews", &fresh).await;
     assert_eq!(s, 401, "the session is gone");
+    // and its end is in the log, by the service, with why
+    let ended: Vec<_> = env
+        .app
+        .store
+        .audit_entries(1, 10_000)
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e.parsed().unwrap() {
+            breakglass::audit::Event::SignOut {
+                reviewer: who,
+                ended: Some(code),
+            } => Some((who.to_string(), code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ended,
+        [(
+            reviewer_p["principal"].as_str().unwrap().to_string(),
+            "reviewer-not-verified".to_string()
+        )]
+    );
     let c = challenge(&base).await;
     let (s, p, none) = sign_in_as(&base, &c, &reviewer).await;
     assert_eq!((s, code(&p)), (403, "reviewer-not-verified".into()), "{p}");
@@ -1782,7 +1804,8 @@ async fn an_access_trail_shows_its_own_entries_and_flags_an_edited_one() {
     assert_eq!(
         last[0].parsed().unwrap(),
         breakglass::audit::Event::SignOut {
-            reviewer: principal.parse().unwrap()
+            reviewer: principal.parse().unwrap(),
+            ended: None,
         }
     );
     // an access record edited in place (its rules, to make the grant look allowed) is flagged

@@ -37,7 +37,7 @@ const kindOf = (r) => r.subtype.find((c) => c.system === 'https://breakglass.exa
 test('good.ndjson: every line is valid FHIR R4 and has its BALP.md shape', () => {
   const r = validate(sample('good.ndjson'));
   assert.equal(r.stderr, '');
-  assert.deepEqual(r.lines, ['21 passed, 0 failed']);
+  assert.deepEqual(r.lines, ['22 passed, 0 failed']);
   assert.equal(r.status, 0);
   const kinds = ndjson(sample('good.ndjson')).map((l) => kindOf(JSON.parse(l)));
   for (const k of KINDS) assert.ok(kinds.includes(k), `good.ndjson has a ${k}`);
@@ -77,13 +77,14 @@ const EXPECTED = [
   [26, '[balp] AuditEvent.agent[0].who.identifier.value: "alice" is not a Stacks principal'],
   [27, '[balp] AuditEvent.entity: an import of patients names no patient'],
   [28, '[balp] AuditEvent.entity[1]: detail "record-digest" is'],
+  [29, '[balp] AuditEvent.agent[0].requestor: must be false (the service ended the session)'],
 ];
 
 test('bad.ndjson: each broken line fails, with its line number and the reason', () => {
   const r = validate(sample('bad.ndjson'));
   assert.equal(r.stderr, '');
   assert.equal(r.status, 1);
-  assert.equal(r.last, '1 passed, 27 failed');
+  assert.equal(r.last, '1 passed, 28 failed');
   for (const [line, text] of EXPECTED) {
     assert.ok(
       r.lines.some((l) => l.startsWith(`line ${line}: `) && l.includes(text)),
@@ -92,7 +93,7 @@ test('bad.ndjson: each broken line fails, with its line number and the reason', 
   }
   // every failing line is reported, and line 1 (a good grant) is not
   const reported = new Set(r.lines.slice(0, -1).map((l) => Number(/^line (\d+): /.exec(l)?.[1])));
-  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 27 }, (_, i) => i + 2));
+  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 28 }, (_, i) => i + 2));
 });
 
 test('an empty export is valid', () => {

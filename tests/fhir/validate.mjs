@@ -556,12 +556,22 @@ const KINDS = {
     s.coding('AuditEvent.type', r.type, C.userAuthentication);
     s.codings('AuditEvent.subtype', r.subtype, [C.logout]);
     checkOutcome(s, r, '0');
+    // signed out by the reviewer; or the session ended by the service (the reviewer no longer
+    // authorized): the service is then the requestor, and the session's entity says why
+    const ended = entitiesWith(r, C.roleSecurityResource);
+    if (ended.length > 1) s.fail('AuditEvent.entity', `at most one session entity (role ${show(C.roleSecurityResource)}), has ${ended.length}`);
+    const byService = ended.length === 1;
+    if (byService) {
+      const [e, epath] = ended[0];
+      s.coding(`${epath}.type`, e.type, C.systemObject);
+      s.one(epath, s.details(epath, e), 'ended', (v) => /^[a-z0-9]+(-[a-z0-9]+)*$/.test(v), 'the refusal code');
+    }
     const [u, path] = oneAgent(s, r, C.humanuser, 'reviewer');
     if (u) {
       s.principal(`${path}.who`, u.who);
-      if (u.requestor !== true) s.fail(`${path}.requestor`, 'must be true');
+      if (u.requestor !== !byService) s.fail(`${path}.requestor`, byService ? 'must be false (the service ended the session)' : 'must be true');
     }
-    checkServiceAgent(s, r, C.authserver, false);
+    checkServiceAgent(s, r, C.authserver, byService);
     if (arr(r.entity).some((e) => e && isCoding(e.role, C.rolePatient))) s.fail('AuditEvent.entity', 'a sign-out concerns no patient');
   },
 
