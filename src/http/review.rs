@@ -219,17 +219,24 @@ fn access_id(raw: &str) -> Result<AccessId, Refusal> {
 /// hold up the break-glass requests that worker serves.
 async fn listed(review: &web::Data<Review>, filter: &Filter) -> Result<Page, Refusal> {
     let (review, filter) = (review.clone(), filter.clone());
-    web::block(move || review.list(&filter, now_secs()))
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "the review queue's read did not finish");
-            Err(Refusal::new(
-                500,
-                "internal-error",
-                "Internal error",
-                "the review queue could not be read: tell the service's operators",
-            ))
-        })
+    on_blocking_pool("the review queue", move || review.list(&filter, now_secs())).await
+}
+
+/// `read` on the blocking pool (a long read on an HTTP worker holds up the break-glass
+/// requests that worker serves); `what` names it if it does not finish.
+async fn on_blocking_pool<T: Send + 'static>(
+    what: &'static str,
+    read: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    web::block(read).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, what, "a read on the blocking pool did not finish");
+        Err(Refusal::new(
+            500,
+            "internal-error",
+            "Internal error",
+            format!("{what} could not be read: tell the service's operators"),
+        ))
+    })
 }
 
 async fn queue(
@@ -597,17 +604,7 @@ async fn export(
         ));
     };
     let q = q.into_inner();
-    let page = web::block(move || exported(&review, &q))
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "audit export: the read did not finish");
-            Err(Refusal::new(
-                500,
-                "internal-error",
-                "Internal error",
-                "the audit log could not be exported: tell the service's operators",
-            ))
-        });
+    let page = on_blocking_pool("the audit log's page", move || exported(&review, &q)).await;
     let (body, last_seq, last_hash) = match page {
         Ok(page) => page,
         Err(r) => return problem(&r),
