@@ -325,6 +325,22 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     .await;
     assert_eq!(refused, 403);
 
+    // the access's record edited in the store since its grant (the device it was asked from):
+    // the page says so, in the browser, and the reviewer still gives a verdict
+    let access_id: AccessId = id.parse().unwrap();
+    let granted = env.app.store.access(&access_id).unwrap().unwrap();
+    let mut edited = granted.clone();
+    edited.device = Some("er-tablet-9".into());
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            accesses: vec![edited],
+            ..breakglass::store::Batch::default()
+        },
+    )
+    .await
+    .unwrap();
+
     // the browser: import the key, sign in, the queue, the access, the verdict, confirmed
     let reviewer = provider(&env.demo, "reviewer");
     let note = "Paged for anaphylaxis; reason matches the incident.\nNo further action.";
@@ -364,6 +380,30 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     );
     let result: Json = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(result["ok"], true, "{result}");
+    assert!(
+        result["record_altered"]
+            .as_str()
+            .is_some_and(|t| t.contains("not what its audit entry says was granted")),
+        "{result}"
+    );
+    // and the reviewer's reading of the page, its reason shown, is in the log
+    let principal = reviewer["principal"].as_str().unwrap();
+    assert!(
+        logged(&*env.app.store, "view").iter().any(|e| matches!(e,
+            breakglass::audit::Event::View { by, reason: true, access, .. }
+                if by == principal && *access == access_id)),
+        "a view by {principal}"
+    );
+    // (put back as granted: `audit verify` below names an altered record, as its own test shows)
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            accesses: vec![granted],
+            ..breakglass::store::Batch::default()
+        },
+    )
+    .await
+    .unwrap();
 
     // the browser posted the note with CRLF line breaks and a salt of its own: the hash of
     // both is on chain, not the note's own (which a guess would find)

@@ -129,6 +129,8 @@ async function main(env = process.env) {
 
     step = "verdict";
     await page.waitForSelector("form#verdict");
+    // the notice of a record that is not what its grant logged, as the page shows it (if it does)
+    out.record_altered = await page.$eval("#record-altered", (el) => (el.checkVisibility() ? el.textContent.trim() : null)).catch(() => null);
     const formAccessId = await page.$eval("form#verdict", (f) => f.dataset.accessId);
     if (formAccessId?.toLowerCase() !== accessId) throw new Error(`the form is for access ${formAccessId}, not ${accessId}`);
     await page.click(`form#verdict input[name="verdict"][value="${verdict}"]`);
