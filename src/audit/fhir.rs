@@ -4,8 +4,8 @@
 //! with object-role 1, the token as a `UserOauthAgent` entity). No BALP profile is claimed in
 //! `meta.profile`: BALP's REST profiles describe reading FHIR data, which the resource servers
 //! do (they log their own reads); ours are authorization decisions, token checks, notices,
-//! sign-ins and sign-outs, verdicts, reviewers' and admin clients' views of an access, and
-//! admin clients' imports. Every event carries its log entry's seq, hash and previous hash (an
+//! sign-ins and sign-outs, verdicts, reviewers' and admin clients' views of an access, admin
+//! clients' imports, and chain writes that failed. Every event carries its log entry's seq, hash and previous hash (an
 //! extension), so that a SIEM can tie it to the hash-chained log.
 //!
 //! It must not: do I/O.
@@ -22,6 +22,10 @@ const PRINCIPAL: &str = "urn:breakglass:stacks-principal";
 const PATIENT_ID: &str = "urn:breakglass:patient-id";
 const ACCESS_ID: &str = "urn:breakglass:access-id";
 const CLIENT_ID: &str = "urn:breakglass:client-id";
+/// A chain operation of the service's, by its id (`record:<access>`, `review:<access>`…).
+const OPERATION_ID: &str = "urn:breakglass:chain-operation";
+/// A contract of the deployment, by its name (`access-control`, `patient-consent`).
+const CONTRACT_ID: &str = "urn:breakglass:contract";
 const ENTRY: &str = "https://breakglass.example/fhir/StructureDefinition/audit-log-entry";
 
 /// An event's parts: type, subtypes, action, outcome, outcome description, whether its purpose
@@ -436,6 +440,52 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
                 None,
                 false,
                 vec![client_agent(by), resource_server(&service)],
+                entities,
+            )
+        }
+        Event::ChainFailure {
+            operation,
+            contract,
+            function,
+            access,
+            txid,
+            height,
+            result,
+            cleared,
+        } => {
+            // the service's write to the chain (the contract the destination): failed, or
+            // (cleared) a failure logged before that no longer holds
+            let mut details = vec![
+                detail("function", function),
+                detail("height", &height.to_string()),
+                detail("cleared", &cleared.to_string()),
+                detail("result", result),
+            ];
+            details.extend(txid.as_ref().map(|t| detail("txid", t)));
+            let mut entities = vec![json!({
+                "what": { "identifier": { "system": OPERATION_ID, "value": operation } },
+                "type": entity_type("2", "System Object"),
+                "role": object_role("4", "Domain Resource"),
+                "detail": details,
+            })];
+            entities.extend(access.iter().map(|a| {
+                access_entity(&a.to_string(), vec![detail("chain-operation", operation)])
+            }));
+            (
+                dcm("110106", "Export"),
+                vec![kind],
+                "C",
+                if *cleared { "0" } else { "8" },
+                (!cleared).then(|| result.clone()),
+                access.is_some(),
+                vec![
+                    json!({ "type": { "coding": [dcm("110153", "Source Role ID")] }, "who": service, "requestor": true }),
+                    json!({
+                        "type": { "coding": [dcm("110152", "Destination Role ID")] },
+                        "who": { "identifier": { "system": CONTRACT_ID, "value": contract } },
+                        "requestor": false,
+                    }),
+                ],
                 entities,
             )
         }

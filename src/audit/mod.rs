@@ -1,7 +1,7 @@
 //! The audit trail: every grant, refusal, token introspection and revocation, notice change,
 //! reviewer sign-in and sign-out, verdict, vault read and refused read, reviewer's or admin
-//! client's view of an access, and import, as one hash-chained log that no one can rewrite
-//! unseen. A later version may add kinds: this one's follow-up passes over an entry of a kind
+//! client's view of an access, import, and chain operation that failed, as one hash-chained
+//! log that no one can rewrite unseen. A later version may add kinds: this one's follow-up passes over an entry of a kind
 //! it does not read unless that kind is `grant` (`access::follow_up`), so a grant is never
 //! logged under any other kind.
 //!
@@ -152,6 +152,26 @@ pub enum Event {
         count: u64,
         hash: String,
     },
+    /// One of the service's chain operations failed (its state `Failed`: the contract
+    /// refused it when mined, it could not be signed, or whether it ran cannot be told), or,
+    /// `cleared`, such a failure no longer holds (a reorg abandoned the block that refused it:
+    /// sent again, or its effect reads back on chain). `operation` its id, `access` the access
+    /// it records or reviews (a chain record, a verdict), `result` why, as the submitter or
+    /// the follower found it. Logged in the write that changes its state, guarded on the
+    /// state read (`chain::submitter::failure_entry`): once, whichever replica finds it.
+    ChainFailure {
+        operation: String,
+        contract: String,
+        function: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        access: Option<AccessId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        txid: Option<String>,
+        height: u64,
+        result: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cleared: bool,
+    },
 }
 
 /// Who imported from the command line (`breakglass summaries import`, `patients import`): the
@@ -195,6 +215,7 @@ impl Event {
             | Event::Notice { access, .. }
             | Event::Verdict { access, .. }
             | Event::View { access, .. } => Some(*access),
+            Event::ChainFailure { access, .. } => *access,
             // a token's id is its access's id
             Event::Introspection { jti, .. }
             | Event::Revocation { jti, .. }
@@ -221,6 +242,7 @@ impl Event {
             Event::View { .. } => "view",
             Event::SignOut { .. } => "sign-out",
             Event::Import { .. } => "import",
+            Event::ChainFailure { .. } => "chain-failure",
         }
     }
 }

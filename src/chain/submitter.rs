@@ -93,6 +93,69 @@ pub fn operation(id: &str, contract_name: &str, function: &str, args_hex: &[Stri
     }
 }
 
+/// The audit entry of `read`'s change to `state`, if the change is one the log keeps: the
+/// operation failing (`Failed`), or a failure logged before that no longer holds (out of
+/// `Failed`: a reorg abandoned the block that refused it). Written in the same write as the
+/// change, guarded on `read` (`Guard::submissions`), so that of the replicas that find the
+/// change, the one whose write lands logs it, once.
+pub fn failure_entry(read: &Submission, state: &SubmissionState) -> Option<crate::audit::Record> {
+    let was_failed = matches!(read.state, SubmissionState::Failed { .. });
+    let (txid, height, result, cleared) = match (state, was_failed) {
+        (
+            SubmissionState::Failed {
+                txid,
+                height,
+                result,
+                ..
+            },
+            false,
+        ) => (Some(txid.clone()), *height, result.clone(), false),
+        (SubmissionState::Failed { .. }, true) | (_, false) => return None,
+        (
+            SubmissionState::Confirmed {
+                txid,
+                height,
+                result,
+                ..
+            },
+            true,
+        ) => (txid.clone(), *height, result.clone(), true),
+        (
+            SubmissionState::Sent {
+                txid,
+                sent_at_height,
+                ..
+            },
+            true,
+        ) => (
+            Some(txid.clone()),
+            *sent_at_height,
+            "sent again: a reorg abandoned the block that refused it".into(),
+            true,
+        ),
+        (SubmissionState::Pending, true) => (None, 0, "to be signed again".into(), true),
+    };
+    // (the access an operation records or reviews is in its id: `record:<access>`,
+    // `review:<access>` and its later attempts, `review:<access>:<n>`)
+    let access = ["record:", "review:"]
+        .iter()
+        .find_map(|p| read.id.strip_prefix(p))
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|a| a.parse().ok());
+    Some(crate::audit::Record::now(
+        crate::audit::Event::ChainFailure {
+            operation: read.id.clone(),
+            contract: read.contract_name.clone(),
+            function: read.function.clone(),
+            access,
+            txid: txid.filter(|t| !t.is_empty()),
+            height,
+            result,
+            cleared,
+        },
+    ))
+}
+
 /// Where an operation stands on chain, as the node's read-only functions tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnChain {
@@ -552,9 +615,11 @@ pub struct Change {
 pub const CHANGE_ATTEMPTS: usize = 3;
 
 /// Puts the follower's `changes` into `batch`, each guarded on the operation as it read it
-/// (`Guard::submissions`): the batch is written only if none changed since.
+/// (`Guard::submissions`): the batch is written only if none changed since; with the audit
+/// entry of each that fails, or whose failure no longer holds (`failure_entry`).
 pub fn with_changes(batch: &mut Batch, changes: Vec<Change>) {
     for Change { read, state } in changes {
+        batch.audit.extend(failure_entry(&read, &state));
         batch.submissions.push(Submission {
             state,
             ..read.clone()
@@ -681,8 +746,10 @@ impl Submitter {
             return changed();
         }
         let fence = self.fence.load(Ordering::SeqCst);
+        let audit = failure_entry(read, &state).into_iter().collect();
         let written = self
             .write(Batch {
+                audit,
                 submissions: vec![Submission {
                     state,
                     ..read.clone()
@@ -1307,6 +1374,11 @@ mod tests {
                 Some(second)
             );
             assert_eq!(follower.tip().unwrap(), None, "nor the block");
+            assert_eq!(
+                follower.audit_head().unwrap(),
+                None,
+                "nor its failure's entry"
+            );
         };
         // the other replica broadcasts the second again (the last row guarded)
         let mut broadcast = mined.clone();
@@ -1325,11 +1397,159 @@ mod tests {
             state: done.clone(),
         }];
         follower.apply(block(changes)).unwrap();
-        assert_eq!(follower.submission("record:01").unwrap(), Some(again));
+        assert_eq!(
+            follower.submission("record:01").unwrap(),
+            Some(again.clone())
+        );
         assert_eq!(
             follower.submission("record:02").unwrap().unwrap().state,
             done
         );
         assert_eq!(follower.tip().unwrap().map(|t| t.height), Some(12));
+        assert_eq!(
+            follower.audit_head().unwrap(),
+            None,
+            "a confirmation is not logged"
+        );
+
+        // the first's new transaction mined and refused: both replicas' followers find it
+        // in the next block, over the operation as they read it; one write lands, with the
+        // failure's entry, and the other is refused whole: one entry
+        let next = |store: &Arc<dyn Store>| {
+            let mut batch = Batch {
+                tip: Some(crate::store::Tip::applied(13, [13; 32])),
+                ..Batch::default()
+            };
+            with_changes(
+                &mut batch,
+                vec![Change {
+                    read: again.clone(),
+                    state: failed.clone(),
+                }],
+            );
+            store.apply(batch)
+        };
+        next(&other).unwrap();
+        assert!(matches!(
+            next(&follower),
+            Err(StoreError::Guarded(Guarded::Changed))
+        ));
+        let entries = follower.audit_entries(1, 10).unwrap();
+        assert_eq!(entries.len(), 1, "one entry");
+        match entries[0].parsed().unwrap() {
+            crate::audit::Event::ChainFailure {
+                operation,
+                access,
+                txid,
+                height,
+                cleared,
+                ..
+            } => {
+                assert_eq!(operation, "record:01");
+                assert_eq!(access, None, "01 is no access's id");
+                assert_eq!((txid, height, cleared), (Some("ab".repeat(32)), 12, false));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Which changes of an operation's state are logged, and as what: into `Failed`, with
+    /// why; out of it (a reorg), cleared; none else. The access is read from the id of a
+    /// chain record's or a verdict's operation (a later attempt's too).
+    #[test]
+    fn an_operation_failing_or_no_longer_failed_is_logged() {
+        let access = "7f".repeat(32);
+        let sent = |id: &str| Submission {
+            state: SubmissionState::Sent {
+                txid: "ab".repeat(32),
+                nonce: 4,
+                raw: "00".into(),
+                sent_at_height: 10,
+                broadcasts: 1,
+            },
+            ..operation(id, "access-control", "review-emergency-access", &[])
+        };
+        let failed = SubmissionState::Failed {
+            txid: "ab".repeat(32),
+            height: 12,
+            result: "refused".into(),
+            nonce: Some(4),
+            raw: Some("00".into()),
+        };
+        let done = confirmed(&"ab".repeat(32), 4, "00", 13, "(ok true)".into());
+        let entry = |read: &Submission, state: &SubmissionState| {
+            failure_entry(read, state).map(|r| match r.event {
+                crate::audit::Event::ChainFailure {
+                    operation,
+                    access,
+                    txid,
+                    height,
+                    result,
+                    cleared,
+                    ..
+                } => (
+                    operation,
+                    access.map(|a| a.to_string()),
+                    txid,
+                    height,
+                    result,
+                    cleared,
+                ),
+                other => panic!("{other:?}"),
+            })
+        };
+        for id in [format!("record:{access}"), format!("review:{access}:2")] {
+            let read = sent(&id);
+            assert_eq!(
+                entry(&read, &failed),
+                Some((
+                    id.clone(),
+                    Some(access.clone()),
+                    Some("ab".repeat(32)),
+                    12,
+                    "refused".into(),
+                    false
+                ))
+            );
+            assert_eq!(entry(&read, &done), None, "confirmed");
+            assert_eq!(entry(&read, &SubmissionState::Pending), None);
+            let was_failed = Submission {
+                state: failed.clone(),
+                ..read.clone()
+            };
+            assert_eq!(entry(&was_failed, &failed), None, "failed already");
+            let (_, _, _, height, _, cleared) = entry(&was_failed, &done).unwrap();
+            assert_eq!(
+                (height, cleared),
+                (13, true),
+                "its effect on chain after a reorg"
+            );
+            let (_, _, txid, height, _, cleared) = entry(&was_failed, &read.state).unwrap();
+            assert_eq!(
+                (txid, height, cleared),
+                (Some("ab".repeat(32)), 10, true),
+                "sent again"
+            );
+        }
+        // an anchor names no access; a failure with no transaction names none
+        let anchor = operation("anchor:9", "access-control", "anchor-audit", &[]);
+        let unsigned = SubmissionState::Failed {
+            txid: String::new(),
+            height: 0,
+            result: "not signed: bad argument".into(),
+            nonce: None,
+            raw: None,
+        };
+        assert_eq!(
+            entry(&anchor, &unsigned),
+            Some((
+                "anchor:9".into(),
+                None,
+                None,
+                0,
+                "not signed: bad argument".into(),
+                false
+            ))
+        );
     }
 }

@@ -81,12 +81,12 @@ impl std::fmt::Display for Guarded {
 pub struct Guard {
     /// The lease the writer holds (`coordination`): the write fails with `Guarded::Fenced`
     /// unless the lease is still this holder's, with this token. A batch with audit events
-    /// may carry one (not `submissions`, nor claims): it is then linked on the audit head as
-    /// any other, its fence checked in the same step.
+    /// may carry a guard (not with claims, nor a paging row): it is then linked on the audit
+    /// head as any other, its guard checked in the same step.
     pub fence: Option<Fence>,
     /// The operations as the writer read them: the write fails with `Guarded::Changed` unless
     /// the store holds exactly these (the submitter's change of one; the follower's changes
-    /// with its block).
+    /// with its block; either one's entry of an operation that failed, with it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub submissions: Vec<Submission>,
     /// Operations the write makes, by id, which must not be there yet (`Guarded::Changed`
@@ -106,15 +106,15 @@ pub struct Guard {
     /// The grants' follow-up's place in the log as it read it (`Batch::followed`; `Some(None)`:
     /// none yet): the write fails with `Guarded::Changed` unless the store holds exactly this,
     /// so that what it made from the log after that place is made once, even when a write of
-    /// it reported failed lands late. Not with audit events (Redis refuses such a batch: its
-    /// linked script checks the fence only).
+    /// it reported failed lands late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub followed: Option<Option<u64>>,
     /// The chain tip as a cache fill read it before it asked the node (`Some(None)`: none
     /// yet): the write fails with `Guarded::Changed` unless the store's tip is still exactly
     /// this, so that a fill never lands after a block another replica applied while it read
     /// (that block may have changed the entry). A catch-up's mark (`Tip::written`) is put
-    /// under the same guard, over the tip it read. Not with `followed`.
+    /// under the same guard, over the tip it read. Not with `followed`; with audit events (a
+    /// block's write with an operation it failed), checked by Redis's linked write too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tip: Option<Option<Tip>>,
 }

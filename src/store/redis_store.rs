@@ -659,9 +659,12 @@ const FORGET_AT_ONCE: usize = 16;
 /// named as claim n + v, `reviewed`. After the verdicts, a lease's fencing token and holder
 /// (key 5, the lease): a batch written alone under a lease (`Guard::fence`) is written only
 /// while the lease is still that holder's with that token, else {4, ''} and nothing written
-/// (the token empty: no lease); and the operations it makes new (`Guard::absent`: argument
-/// f + 2, how many, then their ids, in key 6, `SUBMISSIONS`) must not be there yet, else
-/// {7, ''} and nothing written. A nonce past its time counts as unused (its request is
+/// (the token empty: no lease); the operations it is guarded on (`Guard::submissions`, as
+/// read, and `Guard::absent`, made new: argument f + 2, how many, then each one's id and its
+/// value as read, empty for absent, in key 6, `SUBMISSIONS`) must be as read, and the field of
+/// `META` it is guarded on (argument g = f + 3 + 2 × that many: the follow-up's place or the
+/// tip, empty for none; argument g + 1 its value as read, empty for none) too, else {7, ''}
+/// and nothing written. A nonce past its time counts as unused (its request is
 /// refused as stale before it is claimed); `FORGET_AT_ONCE` of them at most are forgotten by a
 /// write, so that no write does a burst's worth of work, and none by a refused one (which
 /// writes nothing but its retirement: `conditional`).
@@ -678,8 +681,10 @@ if ARGV[f] ~= '' then
   if lease[1] ~= ARGV[f] or lease[2] ~= ARGV[f + 1] then return {4, ''} end
 end
 for i = 1, tonumber(ARGV[f + 2]) do
-  if redis.call('HEXISTS', KEYS[6], ARGV[f + 2 + i]) == 1 then return {7, ''} end
+  if (redis.call('HGET', KEYS[6], ARGV[f + 1 + 2 * i]) or '') ~= ARGV[f + 2 + 2 * i] then return {7, ''} end
 end
+local g = f + 3 + 2 * tonumber(ARGV[f + 2])
+if ARGV[g] ~= '' and (redis.call('HGET', KEYS[1], ARGV[g]) or '') ~= ARGV[g + 1] then return {7, ''} end
 local reviewed = {}
 for v = 1, tonumber(ARGV[v0]) do
   local access = ARGV[v0 + v]

@@ -297,64 +297,30 @@ impl Writer {
             return Err(backend("a guarded batch is written alone"));
         }
         let prefix = self.prefix.clone();
-        // a batch with audit events under a lease alone, or making operations new, is linked,
-        // its fence and the operations' absence checked there
-        let (fence, absent) = match guard {
-            Some(g) if !audit.is_empty() && g.submissions.is_empty() && claims.is_empty() => {
-                if g.followed.is_some() || g.tip.is_some() || g.paging.is_some() {
-                    // the linked script checks the fence only: refused, not written unchecked
+        // a batch with audit events under a guard (a lease, operations as read or not there
+        // yet, the follow-up's place or the tip) is linked, its guard checked there
+        let (fence, guarded, field, place) = match guard {
+            Some(g) if !audit.is_empty() && claims.is_empty() => {
+                if g.paging.is_some() {
+                    // the linked script checks no paging row: refused, not written unchecked
                     return Err(backend(
-                        "a batch guarded by the follow-up's place, the tip or a paging row is written without audit events",
+                        "a batch guarded by a paging row is written without audit events",
                     ));
                 }
-                (g.fence.as_ref(), g.absent.as_slice())
+                let (rows, field, place) = guarded_rows(g)?;
+                (g.fence.as_ref(), rows, field, place)
             }
             Some(g) => {
-                if !audit.is_empty() || !claims.is_empty() {
-                    return Err(backend(
-                        "a batch guarded by an operation is written without audit events or claims",
-                    ));
+                if !claims.is_empty() {
+                    return Err(backend("a guarded batch is written without claims"));
                 }
                 let (lease, token, holder) = fence_args(&prefix, g.fence.as_ref());
-                // the rows guarded: operations (as read, or absent), or a paging row (empty:
-                // absent)
-                let (table, rows) = match (g.submissions.as_slice(), &g.paging) {
-                    (read, None) => (
-                        SUBMISSIONS,
-                        read.iter()
-                            .map(|s| Ok((s.id.clone(), enc(s)?)))
-                            .chain(g.absent.iter().map(|id| Ok((id.clone(), Vec::new()))))
-                            .collect::<Result<Vec<_>, StoreError>>()?,
-                    ),
-                    ([], Some(_)) if !g.absent.is_empty() => {
-                        return Err(backend(
-                            "a batch is guarded by operations or by a paging row, not both",
-                        ))
-                    }
-                    ([], Some((key, row))) => (
-                        PAGING,
-                        vec![(
-                            key.clone(),
-                            row.as_ref().map(enc).transpose()?.unwrap_or_default(),
-                        )],
-                    ),
-                    (_, Some(_)) => {
-                        return Err(backend(
-                            "a batch is guarded by operations or by a paging row, not both",
-                        ))
-                    }
+                let (rows, field, place) = guarded_rows(g)?;
+                let table = if g.paging.is_some() {
+                    PAGING
+                } else {
+                    SUBMISSIONS
                 };
-                // the follow-up's place, or a fill's tip: its field in META (none: not
-                // checked), and its value as read (empty: none yet)
-                let (field, place) =
-                    match (&g.followed, &g.tip) {
-                        (Some(place), None) => (FOLLOWED, place.map(|p| enc(&p)).transpose()?),
-                        (None, Some(tip)) => (TIP, tip.as_ref().map(enc).transpose()?),
-                        (None, None) => ("", None),
-                        (Some(_), Some(_)) => return Err(backend(
-                            "a batch is guarded by the follow-up's place or by the tip, not both",
-                        )),
-                    };
                 let mut call = self.call(2, 5 + 2 * rows.len());
                 call.key(&lease)
                     .key(format!("{prefix}{table}"))
@@ -369,7 +335,7 @@ impl Writer {
                 push_rows(&mut call, &prefix, &base);
                 return Ok((Kind::Guarded, base, self.guarded.clone(), call));
             }
-            None => (None, &[][..]),
+            None => (None, Vec::new(), "", None),
         };
         if audit.is_empty() {
             if !claims.is_empty() || !verdicts.is_empty() {
@@ -400,7 +366,7 @@ impl Writer {
         audit_rows(&mut head, &audit, &mut linked)?;
         let leaves = enc(&head)?;
         let (lease, token, holder) = fence_args(&prefix, fence);
-        let mut call = self.call(5, 7 + 5 * claims.len() + verdicts.len() + absent.len());
+        let mut call = self.call(5, 9 + 5 * claims.len() + verdicts.len() + 2 * guarded.len());
         call.key(format!("{prefix}{NONCES}"))
             .key(format!("{prefix}{RATES}"))
             .key(format!("{prefix}{VERDICTS}"))
@@ -420,10 +386,11 @@ impl Writer {
         for access in &verdicts {
             call.arg(access);
         }
-        call.arg(&token).arg(holder).arg(absent.len());
-        for id in absent {
-            call.arg(id);
+        call.arg(&token).arg(holder).arg(guarded.len());
+        for (id, expected) in &guarded {
+            call.arg(id).arg(expected.as_slice());
         }
+        call.arg(field).arg(place.unwrap_or_default().as_slice());
         push_rows(&mut call, &prefix, &base);
         push_rows(&mut call, &prefix, &linked);
         Ok((
@@ -509,7 +476,7 @@ impl Writer {
                 self.head = Some(expected);
                 answer_all(unit, Err(StoreError::Guarded(Guarded::Fenced)));
             }
-            // an operation it would make new is there already: nothing written
+            // an operation or a field of `META` it is guarded on is not as read: nothing written
             (7, Kind::Linked { expected, .. }) => {
                 self.head = Some(expected);
                 answer_all(unit, Err(StoreError::Guarded(Guarded::Changed)));
@@ -678,6 +645,42 @@ async fn eval(
 }
 
 /// Gives every caller in `unit` the same `result`.
+/// What a guarded batch's script checks besides the fence: rows of `SUBMISSIONS` (the
+/// operations as read, and those made new, empty: absent), or of `PAGING` (one row, empty:
+/// absent); and a field of `META` (the follow-up's place or the tip; "": none) with its value
+/// as read (none: not there yet).
+type GuardedRows = (Vec<(String, Vec<u8>)>, &'static str, Option<Vec<u8>>);
+
+fn guarded_rows(g: &Guard) -> Result<GuardedRows, StoreError> {
+    let rows = match (g.submissions.as_slice(), &g.paging) {
+        (read, None) => read
+            .iter()
+            .map(|s| Ok((s.id.clone(), enc(s)?)))
+            .chain(g.absent.iter().map(|id| Ok((id.clone(), Vec::new()))))
+            .collect::<Result<Vec<_>, StoreError>>()?,
+        ([], Some((key, row))) if g.absent.is_empty() => vec![(
+            key.clone(),
+            row.as_ref().map(enc).transpose()?.unwrap_or_default(),
+        )],
+        _ => {
+            return Err(backend(
+                "a batch is guarded by operations or by a paging row, not both",
+            ))
+        }
+    };
+    let (field, place) = match (&g.followed, &g.tip) {
+        (Some(place), None) => (FOLLOWED, place.map(|p| enc(&p)).transpose()?),
+        (None, Some(tip)) => (TIP, tip.as_ref().map(enc).transpose()?),
+        (None, None) => ("", None),
+        (Some(_), Some(_)) => {
+            return Err(backend(
+                "a batch is guarded by the follow-up's place or by the tip, not both",
+            ))
+        }
+    };
+    Ok((rows, field, place))
+}
+
 fn answer_all(unit: Unit, result: Result<(), StoreError>) {
     for (_, reply, _) in unit {
         reply.send(result.clone());
@@ -1023,45 +1026,124 @@ mod tests {
         );
     }
 
-    /// A batch with audit events and the follow-up's place, the tip or a paging row as its
-    /// guard is refused: the linked script checks a fence only, so the guard would go
-    /// unchecked (today no such batch carries audit events; one that did is refused, not
-    /// written unchecked).
+    /// A batch with audit events under a guard is linked, its guard checked in the same step:
+    /// the operations as read (and those made new, absent), the follow-up's place, the tip.
+    /// Written while each holds; refused whole, nothing appended, once one changed (of two
+    /// replicas failing one operation with its entry, one writes). A paging row as its guard
+    /// is refused: the linked script does not check one.
     #[tokio::test]
-    async fn a_batch_with_audit_events_and_a_guard_the_linked_write_cannot_check_is_refused() {
+    async fn a_batch_with_audit_events_is_written_only_while_its_guard_holds() {
         let redis = crate::dev::test_redis().await;
         let store = RedisStore::open(redis.url.as_str(), "f:").unwrap();
-        let guards = [
-            Guard {
-                followed: Some(Some(7)),
-                ..Guard::default()
+        let op = crate::chain::submitter::operation("record:01", "access-control", "r", &[]);
+        let tip = Tip::applied(7, [7; 32]);
+        store
+            .apply(Batch {
+                submissions: vec![op.clone()],
+                tip: Some(tip),
+                followed: Some(3),
+                ..Batch::default()
+            })
+            .unwrap();
+        let failed = crate::store::Submission {
+            state: crate::store::SubmissionState::Failed {
+                txid: String::new(),
+                height: 7,
+                result: "refused".into(),
+                nonce: None,
+                raw: None,
             },
-            Guard {
-                tip: Some(None),
-                ..Guard::default()
-            },
-            Guard {
-                paging: Some(("incident:1".into(), None)),
-                ..Guard::default()
-            },
+            ..op.clone()
+        };
+        let read_as = |read: &crate::store::Submission| Guard {
+            submissions: vec![read.clone()],
+            ..Guard::default()
+        };
+        let cases = [
+            // as read, with the tip: written (the operation failed, with its entry)
+            (
+                Guard {
+                    tip: Some(Some(tip)),
+                    ..read_as(&op)
+                },
+                true,
+            ),
+            // the operation as it was: changed since (another replica failed it)
+            (read_as(&op), false),
+            (read_as(&failed), true),
+            // the tip as it was before a later block, or before any
+            (
+                Guard {
+                    tip: Some(Some(Tip::applied(6, [6; 32]))),
+                    ..read_as(&failed)
+                },
+                false,
+            ),
+            (
+                Guard {
+                    tip: Some(None),
+                    ..Guard::default()
+                },
+                false,
+            ),
+            // the follow-up's place
+            (
+                Guard {
+                    followed: Some(Some(3)),
+                    ..Guard::default()
+                },
+                true,
+            ),
+            (
+                Guard {
+                    followed: Some(Some(2)),
+                    ..Guard::default()
+                },
+                false,
+            ),
+            // an operation to make new, there already
+            (
+                Guard {
+                    absent: vec![op.id.clone()],
+                    ..Guard::default()
+                },
+                false,
+            ),
         ];
-        for guard in guards {
-            let refused = store.apply(Batch {
-                audit: vec![record("guarded")],
-                paging: vec![("incident:1".into(), Some(serde_json::json!({"on": true})))],
+        for (n, (guard, written)) in cases.into_iter().enumerate() {
+            let before = store.audit_head().unwrap().map_or(0, |h| h.seq);
+            let result = store.apply(Batch {
+                submissions: vec![failed.clone()],
+                audit: vec![record(&format!("guarded {n}"))],
                 guard: Some(guard.clone()),
                 ..Batch::default()
             });
-            assert!(
-                matches!(&refused, Err(StoreError::Backend(why)) if why.contains("written without audit events")),
-                "{guard:?}: {refused:?}"
-            );
+            let after = store.audit_head().unwrap().map_or(0, |h| h.seq);
+            if written {
+                result.unwrap_or_else(|e| panic!("{n}: {e}"));
+                assert_eq!(after, before + 1, "{n}: its entry");
+            } else {
+                assert!(
+                    matches!(&result, Err(StoreError::Guarded(Guarded::Changed))),
+                    "{n} {guard:?}: {result:?}"
+                );
+                assert_eq!(after, before, "{n}: nothing appended");
+            }
         }
+        assert_eq!(store.submission(&op.id).unwrap(), Some(failed));
+        let refused = store.apply(Batch {
+            audit: vec![record("guarded")],
+            paging: vec![("incident:1".into(), Some(serde_json::json!({"on": true})))],
+            guard: Some(Guard {
+                paging: Some(("incident:1".into(), None)),
+                ..Guard::default()
+            }),
+            ..Batch::default()
+        });
         assert!(
-            store.audit_entries(1, 10).unwrap().is_empty(),
-            "nothing written"
+            matches!(&refused, Err(StoreError::Backend(why)) if why.contains("written without audit events")),
+            "{refused:?}"
         );
-        assert_eq!(store.followed().unwrap(), None);
         assert_eq!(store.paging_row("incident:1").unwrap(), None);
     }
 }

@@ -730,6 +730,15 @@ async fn an_operation_that_cannot_be_signed_holds_nothing_back() {
     }
     devnet.mine().await;
     confirmed(&app, "anchor:1").await;
+    // the failure is in the audit log, once, with why (the one left pending is not)
+    app.submitter.tick().await.unwrap();
+    let failures = logged(app.store.as_ref(), "chain-failure");
+    assert!(
+        matches!(&failures[..], [breakglass::audit::Event::ChainFailure {
+            operation, function, access: None, txid: None, result, cleared: false, ..
+        }] if operation == "0-garbled-long-ago" && function == "anchor-audit" && result.starts_with("not signed")),
+        "{failures:?}"
+    );
 }
 
 /// A reorg the pushes did not show (the node's new branch posted from its tip, its first

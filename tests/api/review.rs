@@ -1477,6 +1477,51 @@ async fn a_verdict_the_chain_refused_leaves_the_access_to_be_reviewed_again() {
             .any(|i| i["access_id"] == id.as_str() && i["review"]["state"] == "failed"),
         "{pending}"
     );
+    // the refusal is in the log, once (the submitter ticks again and the follower sees later
+    // blocks: no second entry), in the access's trail, with why
+    for _ in 0..2 {
+        env.app.submitter.tick().await.unwrap();
+        mine_applied(&env.app, &env.devnet, "a block after the refusal").await;
+    }
+    let failures = logged(env.app.store.as_ref(), "chain-failure");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    match &failures[0] {
+        breakglass::audit::Event::ChainFailure {
+            operation,
+            contract,
+            function,
+            access,
+            txid,
+            result,
+            cleared,
+            ..
+        } => {
+            assert_eq!(operation, &format!("review:{id}"));
+            assert_eq!(
+                (contract.as_str(), function.as_str()),
+                ("access-control", "review-emergency-access")
+            );
+            assert_eq!(access.map(|a| a.to_string()), Some(id.clone()));
+            assert!(
+                txid.is_some() && !cleared && result.contains("refused"),
+                "{result}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let detail: Json = admin_get(&base, &format!("/v1/reviews/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        detail["trail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["kind"] == "chain-failure" && t["intact"] == true),
+        "{detail}"
+    );
 
     // the physician reviews it: the next attempt, on chain
     let physician_key = key_of(physician);
@@ -1489,6 +1534,13 @@ async fn a_verdict_the_chain_refused_leaves_the_access_to_be_reviewed_again() {
     )
     .await;
     mined(&env, &format!("review:{id}:1")).await;
+    // the reviewer's page says it in the access's trail
+    let (status, page) = get_with(&base, &format!("/review/accesses/{id}"), &session).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("chain-failure: <code>review-emergency-access</code> failed (mined, but its effect is not on chain"),
+        "{page}"
+    );
     let latest = env
         .app
         .store

@@ -12,7 +12,7 @@
 //   [json]   FHIR JSON rules neither checks: no null, no empty string/array/object (ele-1),
 //            an extension has a value or extensions but not both (ext-1)
 //   [balp]   BALP.md: per kind (grant, refusal, introspection, revocation, notice, sign-in,
-//            sign-out, verdict, view, import, read, read-refusal) the type, subtypes, action, outcome,
+//            sign-out, verdict, view, import, chain-failure, read, read-refusal) the type, subtypes, action, outcome,
 //            purposeOfUse/purposeOfEvent BTG, the agents, the patient entity and the other
 //            entities, and the log-entry extension (seq, hash, prev; consecutive entries must link)
 // Exit 0 and "N passed, 0 failed" when every line passes; otherwise each failure as
@@ -39,6 +39,8 @@ const SYS_PRINCIPAL = process.env.BREAKGLASS_DIRECTORY__PROVIDER_PRINCIPAL_SYSTE
 const SYS_PATIENT = process.env.BREAKGLASS_DIRECTORY__PATIENT_ID_SYSTEM || 'urn:breakglass:patient-id';
 const SYS_ACCESS = 'urn:breakglass:access-id';
 const SYS_CLIENT = 'urn:breakglass:client-id';
+const SYS_OPERATION = 'urn:breakglass:chain-operation';
+const SYS_CONTRACT = 'urn:breakglass:contract';
 const SYS_URI = 'urn:ietf:rfc:3986';
 const JTI_PREFIX = 'urn:ietf:params:oauth:jti:';
 
@@ -100,6 +102,14 @@ const NOTICE_OUTCOME = { sent: '0', 'no-contact': '4', dead: '8' };
 const RESOURCE_TYPES = new Set(Object.keys(fhirSchema.discriminator.mapping));
 
 const HEX64 = /^[0-9a-f]{64}$/;
+// a chain operation's id: its kind, then what it is about (`record:<access>`, `review:<access>`
+// and `review:<access>:<n>`, `summary:<patient>:<hash>`, `anchor:<...>`)
+const OPERATION = /^[a-z][a-z-]*:[0-9A-Za-z:._-]+$/;
+// the operations of an access: its chain record, its verdicts
+const ACCESS_OPERATION = /^(?:record|review):([0-9a-f]{64})(?::[1-9][0-9]*)?$/;
+// Clarity's names: a contract's, a function's
+const CONTRACT_NAME = /^[a-zA-Z][a-zA-Z0-9_-]{0,39}$/;
+const FUNCTION_NAME = /^[a-zA-Z][a-zA-Z0-9_!?+<>=/*-]{0,127}$/;
 // a standard Stacks principal, c32 (the service checks the checksum; this checks the form)
 const PRINCIPAL = /^S[PMTN][0-9A-HJKMNP-TV-Z]{24,41}$/;
 const RECORDED = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
@@ -611,6 +621,56 @@ const KINDS = {
     s.one(epath, details, 'sha256', (v) => HEX64.test(v), '64 hex');
   },
 
+  // one of the service's chain writes failed, or (cleared) a failure logged before no longer
+  // holds: an export to the contract, outcome 8 with why, or 0
+  'chain-failure'(s, r) {
+    s.coding('AuditEvent.type', r.type, C.export);
+    checkServiceAgent(s, r, C.sourceRole, true);
+    const [d, dpath] = oneAgent(s, r, C.destinationRole, 'destination (the contract)');
+    if (d) {
+      const id = d.who && d.who.identifier;
+      if (!id || id.system !== SYS_CONTRACT || !CONTRACT_NAME.test(id.value || '')) {
+        s.fail(`${dpath}.who`, `must be {system: ${SYS_CONTRACT}, value: <the contract's name>}`);
+      }
+      if (d.requestor !== false) s.fail(`${dpath}.requestor`, 'must be false');
+    }
+    if (entitiesWith(r, C.rolePatient).length) s.fail('AuditEvent.entity', 'a chain failure names no patient');
+    const list = entitiesWith(r, C.roleDomainResource);
+    if (list.length !== 1) {
+      s.fail('AuditEvent.entity', `needs one operation entity (role ${show(C.roleDomainResource)}), has ${list.length}`);
+      return;
+    }
+    const [e, epath] = list[0];
+    s.coding(`${epath}.type`, e.type, C.systemObject);
+    const id = e.what && e.what.identifier;
+    const op = id && typeof id.value === 'string' && OPERATION.test(id.value) ? id.value : undefined;
+    if (!id || id.system !== SYS_OPERATION || !op) {
+      s.fail(`${epath}.what.identifier`, `must be {system: ${SYS_OPERATION}, value: <the operation's id>}`);
+    }
+    const details = s.details(epath, e);
+    if (details) {
+      s.one(epath, details, 'function', (v) => FUNCTION_NAME.test(v), 'a Clarity function name');
+      s.one(epath, details, 'height', (v) => /^(0|[1-9][0-9]{0,19})$/.test(v), 'a block height (decimal)');
+      if (details.has('txid')) s.one(epath, details, 'txid', (v) => HEX64.test(v), '64 hex');
+      const result = s.one(epath, details, 'result', (v) => v.length > 0, 'why, as found');
+      const cleared = s.one(epath, details, 'cleared', (v) => v === 'true' || v === 'false', '"true" or "false"');
+      if (cleared === 'true') checkOutcome(s, r, '0');
+      else if (cleared === 'false' && result) checkOutcome(s, r, '8', result);
+    }
+    // an access's operation (its record, a verdict) names that access and is of a break-glass
+    // access (BTG); any other (an anchor, a summary's hash) names none
+    const ofAccess = op && ACCESS_OPERATION.exec(op);
+    if (ofAccess) {
+      const acc = checkAccessEntity(s, r);
+      if (acc.access && acc.access !== ofAccess[1]) s.fail(acc.path, `is access ${acc.access}; the operation ${op} is of ${ofAccess[1]}`);
+      if (acc.details) s.one(acc.path, acc.details, 'chain-operation', (v) => v === op, `the operation's id (${op})`);
+      s.btg('AuditEvent.purposeOfEvent', r.purposeOfEvent);
+    } else if (op) {
+      if (entitiesWith(r, C.roleSecurityResource).length) s.fail('AuditEvent.entity', `the operation ${op} is of no access: names none`);
+      if (r.purposeOfEvent !== undefined) s.fail('AuditEvent.purposeOfEvent', `the operation ${op} is of no break-glass access: no BTG`);
+    }
+  },
+
   read(s, r) {
     s.coding('AuditEvent.type', r.type, C.rest);
     s.codings('AuditEvent.subtype', r.subtype, [C.searchType]);
@@ -646,7 +706,7 @@ const KINDS = {
 
 const ACTION = {
   grant: 'E', refusal: 'E', introspection: 'E', revocation: 'E', notice: 'R', 'sign-in': 'E', verdict: 'C',
-  read: 'E', 'read-refusal': 'E', view: 'R', 'sign-out': 'E', import: 'C',
+  read: 'E', 'read-refusal': 'E', view: 'R', 'sign-out': 'E', import: 'C', 'chain-failure': 'C',
 };
 
 // The BALP.md checks of one AuditEvent. Returns {messages, entry: {seq, hash, prev} | undefined}.
@@ -710,7 +770,8 @@ export function balpMessages(r) {
   }
   if (r.action !== ACTION[kind]) s.fail('AuditEvent.action', `is ${JSON.stringify(r.action)}; a ${kind} is "${ACTION[kind]}"`);
   // every event of a break-glass access carries BTG; sign-ins, sign-outs and imports are of none
-  if (!['sign-in', 'sign-out', 'import'].includes(kind)) s.btg('AuditEvent.purposeOfEvent', r.purposeOfEvent);
+  // (a chain failure's kind checks its own: BTG when it is an access's operation)
+  if (!['sign-in', 'sign-out', 'import', 'chain-failure'].includes(kind)) s.btg('AuditEvent.purposeOfEvent', r.purposeOfEvent);
   if (arr(r.agent).filter((a) => a && a.requestor === true).length !== 1) {
     s.fail('AuditEvent.agent', 'exactly one agent is the requestor');
   }
