@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::access::BreakGlass;
+use crate::audit::{Event, Record};
 use crate::chain::contracts::Contracts;
 use crate::chain::follower::Follower;
 use crate::chain::rpc::NodeClient;
@@ -138,6 +139,25 @@ impl Application {
             responder: keys.stacks_address(mainnet).to_string(),
         };
         agree_on_keys(&coordination, &ours).await?;
+        // this process's start, with the keys it runs with, logged before it serves or does
+        // anything (a store that cannot take it cannot take a grant's entry either: the
+        // process stops, and its orchestrator starts it again)
+        let start = Event::Start {
+            replica: crate::coordination::replica_id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            data_key: keyring.current_id(),
+            token_key: tokens.kids().first().cloned().unwrap_or_default(),
+            responder: keys.stacks_address(mainnet),
+        };
+        crate::store::apply_async(
+            &store,
+            crate::store::Batch {
+                audit: vec![Record::now(start)],
+                ..crate::store::Batch::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("the audit log could not record this start: {e}"))?;
         let (announce, announced) = tokio::sync::mpsc::unbounded_channel();
         let wake = Arc::new(tokio::sync::Notify::new());
         let breakglass = web::Data::new(
@@ -400,6 +420,17 @@ impl Application {
             // every copy of the store held here goes too (the vault's, left held, made every
             // stop wait out its whole timeout)
             drop((redb, status, follower, submitter, vault));
+            // the stop, logged once nothing else runs (a log that cannot take it is said so:
+            // the stop goes on)
+            let stop = crate::store::Batch {
+                audit: vec![Record::now(Event::Stop {
+                    replica: crate::coordination::replica_id(),
+                })],
+                ..crate::store::Batch::default()
+            };
+            if let Err(e) = crate::store::apply_async(&store, stop).await {
+                tracing::warn!(error = %e, "this stop could not be logged");
+            }
             // HTTP workers drop their copies of the shared state as they wind down; the store
             // (and its file lock) is released only when the last copy is gone
             while Arc::strong_count(&store) > 1 {

@@ -5,7 +5,7 @@
 //! `meta.profile`: BALP's REST profiles describe reading FHIR data, which the resource servers
 //! do (they log their own reads); ours are authorization decisions, token checks, notices,
 //! sign-ins and sign-outs, verdicts, reviewers' and admin clients' views of an access, admin
-//! clients' imports, and chain writes that failed. Every event carries its log entry's seq, hash and previous hash (an
+//! clients' imports, chain writes that failed, and the service's starts and stops. Every event carries its log entry's seq, hash and previous hash (an
 //! extension), so that a SIEM can tie it to the hash-chained log.
 //!
 //! It must not: do I/O.
@@ -24,6 +24,8 @@ const ACCESS_ID: &str = "urn:breakglass:access-id";
 const CLIENT_ID: &str = "urn:breakglass:client-id";
 /// A chain operation of the service's, by its id (`record:<access>`, `review:<access>`…).
 const OPERATION_ID: &str = "urn:breakglass:chain-operation";
+/// One process of the service: host, process id and a random part (`coordination::replica_id`).
+const REPLICA_ID: &str = "urn:breakglass:replica";
 /// A contract of the deployment, by its name (`access-control`, `patient-consent`).
 const CONTRACT_ID: &str = "urn:breakglass:contract";
 const ENTRY: &str = "https://breakglass.example/fhir/StructureDefinition/audit-log-entry";
@@ -443,6 +445,40 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
                 entities,
             )
         }
+        Event::Start {
+            replica,
+            version,
+            data_key,
+            token_key,
+            responder,
+        } => (
+            dcm("110100", "Application Activity"),
+            vec![dcm("110120", "Application Start"), kind],
+            "E",
+            "0",
+            None,
+            false,
+            vec![application_agent(&service)],
+            vec![replica_entity(
+                replica,
+                vec![
+                    detail("version", version),
+                    detail("data-key", data_key),
+                    detail("token-key", token_key),
+                    detail("responder", &responder.to_string()),
+                ],
+            )],
+        ),
+        Event::Stop { replica } => (
+            dcm("110100", "Application Activity"),
+            vec![dcm("110121", "Application Stop"), kind],
+            "E",
+            "0",
+            None,
+            false,
+            vec![application_agent(&service)],
+            vec![replica_entity(replica, Vec::new())],
+        ),
         Event::ChainFailure {
             operation,
             contract,
@@ -575,6 +611,24 @@ fn client_agent(client: &str) -> Value {
         "who": { "type": "Device", "identifier": { "system": CLIENT_ID, "value": client } },
         "requestor": true,
     })
+}
+
+/// The service as the application that started or stopped (DICOM's Application Activity).
+fn application_agent(service: &Value) -> Value {
+    json!({ "type": { "coding": [dcm("110150", "Application")] }, "who": service, "requestor": true })
+}
+
+/// One process of the service (a replica), with `details` when it has any.
+fn replica_entity(replica: &str, details: Vec<Value>) -> Value {
+    let mut e = json!({
+        "what": { "identifier": { "system": REPLICA_ID, "value": replica } },
+        "type": entity_type("2", "System Object"),
+        "role": object_role("4", "Domain Resource"),
+    });
+    if !details.is_empty() {
+        e["detail"] = Value::Array(details);
+    }
+    e
 }
 
 fn entity_type(code: &str, display: &str) -> Value {

@@ -1,7 +1,8 @@
 //! The audit trail: every grant, refusal, token introspection and revocation, notice change,
 //! reviewer sign-in and sign-out, verdict, vault read and refused read, reviewer's or admin
-//! client's view of an access, import, and chain operation that failed, as one hash-chained
-//! log that no one can rewrite unseen. A later version may add kinds: this one's follow-up passes over an entry of a kind
+//! client's view of an access, import, chain operation that failed, and start and stop of
+//! each of the service's processes (with the keys it runs with), as one hash-chained log that
+//! no one can rewrite unseen. A later version may add kinds: this one's follow-up passes over an entry of a kind
 //! it does not read unless that kind is `grant` (`access::follow_up`), so a grant is never
 //! logged under any other kind.
 //!
@@ -152,6 +153,21 @@ pub enum Event {
         count: u64,
         hash: String,
     },
+    /// A process of the service started (each replica's, at each start), before it served or
+    /// did anything: which one (`replica`: host, process id and a random part), its version,
+    /// and the keys it runs with: the current data key's id (what it seals with), the current
+    /// token signing key's id, and the responder's principal (what it records on chain as). A
+    /// key rotation shows as the next starts' keys.
+    Start {
+        replica: String,
+        version: String,
+        data_key: String,
+        token_key: String,
+        responder: Address,
+    },
+    /// A process of the service stopped, as asked (one that crashed or was killed logs none:
+    /// its next start follows its start).
+    Stop { replica: String },
     /// One of the service's chain operations failed (its state `Failed`: the contract
     /// refused it when mined, it could not be signed, or whether it ran cannot be told), or,
     /// `cleared`, such a failure no longer holds (a reorg abandoned the block that refused it:
@@ -216,6 +232,7 @@ impl Event {
             | Event::Verdict { access, .. }
             | Event::View { access, .. } => Some(*access),
             Event::ChainFailure { access, .. } => *access,
+            Event::Start { .. } | Event::Stop { .. } => None,
             // a token's id is its access's id
             Event::Introspection { jti, .. }
             | Event::Revocation { jti, .. }
@@ -243,6 +260,8 @@ impl Event {
             Event::SignOut { .. } => "sign-out",
             Event::Import { .. } => "import",
             Event::ChainFailure { .. } => "chain-failure",
+            Event::Start { .. } => "start",
+            Event::Stop { .. } => "stop",
         }
     }
 }

@@ -148,7 +148,14 @@ pub fn failure_entry(read: &Submission, state: &SubmissionState) -> Option<crate
             contract: read.contract_name.clone(),
             function: read.function.clone(),
             access,
-            txid: txid.filter(|t| !t.is_empty()),
+            // (a failure with no transaction of its own, its nonce taken and its effect
+            // unknown, names the one it was sent as)
+            txid: txid
+                .filter(|t| !t.is_empty())
+                .or_else(|| match &read.state {
+                    SubmissionState::Sent { txid, .. } => Some(txid.clone()),
+                    _ => None,
+                }),
             height,
             result,
             cleared,
@@ -1531,6 +1538,17 @@ mod tests {
                 "sent again"
             );
         }
+        // one whose nonce another transaction took, its effect unknown, names the transaction
+        // it was sent as
+        let unknown = SubmissionState::Failed {
+            txid: String::new(),
+            height: 14,
+            result: "BadNonce; cannot tell whether it ran".into(),
+            nonce: None,
+            raw: None,
+        };
+        let (_, _, txid, _, _, _) = entry(&sent("record:x"), &unknown).unwrap();
+        assert_eq!(txid, Some("ab".repeat(32)));
         // an anchor names no access; a failure with no transaction names none
         let anchor = operation("anchor:9", "access-control", "anchor-audit", &[]);
         let unsigned = SubmissionState::Failed {

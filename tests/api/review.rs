@@ -1954,3 +1954,73 @@ async fn an_access_trail_shows_its_own_entries_and_flags_an_edited_one() {
     assert!(!page.contains("suspected anaphylaxis"), "{page}");
     redis.set_maxmemory(0);
 }
+
+/// Each start of a process of the service is in the audit log before it serves, with the keys
+/// it runs with (the data key it seals with, its token signing key, the responder), so that a
+/// key rotation shows at the next start; and each stop it is asked for, after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_start_and_stop_is_logged_with_the_keys_it_runs_with() {
+    use breakglass::audit::Event;
+    let devnet = Devnet::start(&["--ephemeral"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_key = || {
+        breakglass::seal::Keyring::load_or_generate(dir.path(), None)
+            .unwrap()
+            .current_id()
+    };
+    let starts_and_stops = |store: &dyn breakglass::store::Store| -> Vec<Event> {
+        store
+            .audit_entries(1, 10_000)
+            .unwrap()
+            .iter()
+            .map(|e| e.parsed().unwrap())
+            .filter(|e| matches!(e, Event::Start { .. } | Event::Stop { .. }))
+            .collect()
+    };
+    let first = app(&devnet.rpc, dir.path(), |_| {}).await;
+    let (before, responder) = (data_key(), first.submitter.sender);
+    let token_key = {
+        let ring = breakglass::seal::Keyring::load_or_generate(dir.path(), None).unwrap();
+        breakglass::token::TokenIssuer::load_or_generate(dir.path(), "", "", &ring)
+            .unwrap()
+            .kids()[0]
+            .clone()
+    };
+    let logged = starts_and_stops(first.store.as_ref());
+    let replica = breakglass::coordination::replica_id();
+    assert_eq!(
+        logged,
+        vec![Event::Start {
+            replica: replica.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            data_key: before.clone(),
+            token_key: token_key.clone(),
+            responder,
+        }]
+    );
+    first.stop().await;
+
+    // the data key rotated: the next start names the new one
+    breakglass::seal::generate_key(dir.path()).unwrap();
+    let after = data_key();
+    assert_ne!(after, before);
+    let second = app(&devnet.rpc, dir.path(), |_| {}).await;
+    let logged = starts_and_stops(second.store.as_ref());
+    assert_eq!(logged.len(), 3, "{logged:?}");
+    assert_eq!(
+        logged[1],
+        Event::Stop {
+            replica: replica.clone()
+        }
+    );
+    assert!(
+        matches!(&logged[2], Event::Start { data_key, token_key: t, .. } if *data_key == after && *t == token_key),
+        "{logged:?}"
+    );
+    second.stop().await;
+    let store = breakglass::store::RedbStore::open(&dir.path().join("breakglass.redb")).unwrap();
+    assert_eq!(
+        starts_and_stops(&store).last(),
+        Some(&Event::Stop { replica })
+    );
+}

@@ -12,7 +12,7 @@
 //   [json]   FHIR JSON rules neither checks: no null, no empty string/array/object (ele-1),
 //            an extension has a value or extensions but not both (ext-1)
 //   [balp]   BALP.md: per kind (grant, refusal, introspection, revocation, notice, sign-in,
-//            sign-out, verdict, view, import, chain-failure, read, read-refusal) the type, subtypes, action, outcome,
+//            sign-out, verdict, view, import, chain-failure, start, stop, read, read-refusal) the type, subtypes, action, outcome,
 //            purposeOfUse/purposeOfEvent BTG, the agents, the patient entity and the other
 //            entities, and the log-entry extension (seq, hash, prev; consecutive entries must link)
 // Exit 0 and "N passed, 0 failed" when every line passes; otherwise each failure as
@@ -41,6 +41,7 @@ const SYS_ACCESS = 'urn:breakglass:access-id';
 const SYS_CLIENT = 'urn:breakglass:client-id';
 const SYS_OPERATION = 'urn:breakglass:chain-operation';
 const SYS_CONTRACT = 'urn:breakglass:contract';
+const SYS_REPLICA = 'urn:breakglass:replica';
 const SYS_URI = 'urn:ietf:rfc:3986';
 const JTI_PREFIX = 'urn:ietf:params:oauth:jti:';
 
@@ -69,6 +70,9 @@ const C = {
   logout: [DCM, '110123', 'Logout'],
   patientRecord: [DCM, '110110', 'Patient Record'],
   import: [DCM, '110107', 'Import'],
+  appActivity: [DCM, '110100', 'Application Activity'],
+  appStart: [DCM, '110120', 'Application Start'],
+  appStop: [DCM, '110121', 'Application Stop'],
   roleDomainResource: [OBJECT_ROLE, '4', 'Domain Resource'],
   authzRole: [BALP_AUTHZ, 'AuthZ-Role', 'Authorization Decision using only Roles'],
   introspect: [IHE_EVENT, 'ITI-102', 'Introspect Token'],
@@ -107,6 +111,10 @@ const HEX64 = /^[0-9a-f]{64}$/;
 const OPERATION = /^[a-z][a-z-]*:[0-9A-Za-z:._-]+$/;
 // the operations of an access: its chain record, its verdicts
 const ACCESS_OPERATION = /^(?:record|review):([0-9a-f]{64})(?::[1-9][0-9]*)?$/;
+// a process of the service: host, process id, 8 hex drawn at its start
+const REPLICA = /^[^:\s]{1,253}:[0-9]{1,10}:[0-9a-f]{8}$/;
+// a key's id: the data key's (hex), a token signing key's
+const KEY_ID = /^[A-Za-z0-9._-]{1,128}$/;
 // Clarity's names: a contract's, a function's
 const CONTRACT_NAME = /^[a-zA-Z][a-zA-Z0-9_-]{0,39}$/;
 const FUNCTION_NAME = /^[a-zA-Z][a-zA-Z0-9_!?+<>=/*-]{0,127}$/;
@@ -392,6 +400,23 @@ function checkQueryEntity(s, r, what) {
   return [e, epath, s.details(epath, e)];
 }
 
+// the one process entity of a start or stop (System Object, Domain Resource, a replica's id);
+// no patient, no other entity. Returns [path, details]
+function checkReplicaEntity(s, r) {
+  const list = entitiesWith(r, C.roleDomainResource);
+  if (list.length !== 1 || arr(r.entity).length !== 1) {
+    s.fail('AuditEvent.entity', `needs one process entity (role ${show(C.roleDomainResource)}) and no other, has ${arr(r.entity).length}`);
+    return [];
+  }
+  const [e, epath] = list[0];
+  s.coding(`${epath}.type`, e.type, C.systemObject);
+  const id = e.what && e.what.identifier;
+  if (!id || id.system !== SYS_REPLICA || !REPLICA.test(id.value || '')) {
+    s.fail(`${epath}.what.identifier`, `must be {system: ${SYS_REPLICA}, value: <host>:<pid>:<8 hex>}`);
+  }
+  return [epath, s.details(epath, e)];
+}
+
 // the clinician of a read: IRCP, the requestor, purposeOfUse BTG; `who` the token's clinician
 // (required for a read; a refused read names one only when its token verified)
 function checkReader(s, r, whoRequired) {
@@ -671,6 +696,30 @@ const KINDS = {
     }
   },
 
+  // a process of the service started, with the keys it runs with
+  start(s, r) {
+    s.coding('AuditEvent.type', r.type, C.appActivity);
+    s.codings('AuditEvent.subtype', r.subtype, [C.appStart]);
+    checkOutcome(s, r, '0');
+    checkServiceAgent(s, r, C.application, true);
+    const [epath, details] = checkReplicaEntity(s, r);
+    if (!details) return;
+    s.one(epath, details, 'version', (v) => /^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/.test(v), 'a version (semver)');
+    s.one(epath, details, 'data-key', (v) => KEY_ID.test(v), "the data key's id");
+    s.one(epath, details, 'token-key', (v) => KEY_ID.test(v), "the token signing key's id");
+    s.one(epath, details, 'responder', (v) => PRINCIPAL.test(v), 'a Stacks principal');
+  },
+
+  // a process of the service stopped, as asked
+  stop(s, r) {
+    s.coding('AuditEvent.type', r.type, C.appActivity);
+    s.codings('AuditEvent.subtype', r.subtype, [C.appStop]);
+    checkOutcome(s, r, '0');
+    checkServiceAgent(s, r, C.application, true);
+    const [epath, details] = checkReplicaEntity(s, r);
+    if (details && details.size) s.fail(epath, 'a stop has no details');
+  },
+
   read(s, r) {
     s.coding('AuditEvent.type', r.type, C.rest);
     s.codings('AuditEvent.subtype', r.subtype, [C.searchType]);
@@ -707,6 +756,7 @@ const KINDS = {
 const ACTION = {
   grant: 'E', refusal: 'E', introspection: 'E', revocation: 'E', notice: 'R', 'sign-in': 'E', verdict: 'C',
   read: 'E', 'read-refusal': 'E', view: 'R', 'sign-out': 'E', import: 'C', 'chain-failure': 'C',
+  start: 'E', stop: 'E',
 };
 
 // The BALP.md checks of one AuditEvent. Returns {messages, entry: {seq, hash, prev} | undefined}.
@@ -769,9 +819,11 @@ export function balpMessages(r) {
     return { messages: s.msgs, entry };
   }
   if (r.action !== ACTION[kind]) s.fail('AuditEvent.action', `is ${JSON.stringify(r.action)}; a ${kind} is "${ACTION[kind]}"`);
-  // every event of a break-glass access carries BTG; sign-ins, sign-outs and imports are of none
-  // (a chain failure's kind checks its own: BTG when it is an access's operation)
-  if (!['sign-in', 'sign-out', 'import', 'chain-failure'].includes(kind)) s.btg('AuditEvent.purposeOfEvent', r.purposeOfEvent);
+  // every event of a break-glass access carries BTG; sign-ins, sign-outs, imports, starts and
+  // stops are of none (a chain failure's kind checks its own: BTG when it is an access's
+  // operation)
+  if (['start', 'stop'].includes(kind) && r.purposeOfEvent !== undefined) s.fail('AuditEvent.purposeOfEvent', `a ${kind} is of no break-glass access: none`);
+  if (!['sign-in', 'sign-out', 'import', 'chain-failure', 'start', 'stop'].includes(kind)) s.btg('AuditEvent.purposeOfEvent', r.purposeOfEvent);
   if (arr(r.agent).filter((a) => a && a.requestor === true).length !== 1) {
     s.fail('AuditEvent.agent', 'exactly one agent is the requestor');
   }
