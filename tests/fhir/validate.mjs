@@ -400,6 +400,16 @@ function checkQueryEntity(s, r, what) {
   return [e, epath, s.details(epath, e)];
 }
 
+// a start's or stop's type, subtype, outcome, the service as the application, and its process
+// entity (`checkReplicaEntity`): returns [path, details] of that entity
+function checkApplicationActivity(s, r, subtype) {
+  s.coding('AuditEvent.type', r.type, C.appActivity);
+  s.codings('AuditEvent.subtype', r.subtype, [subtype]);
+  checkOutcome(s, r, '0');
+  checkServiceAgent(s, r, C.application, true);
+  return checkReplicaEntity(s, r);
+}
+
 // the one process entity of a start or stop (System Object, Domain Resource, a replica's id);
 // no patient, no other entity. Returns [path, details]
 function checkReplicaEntity(s, r) {
@@ -698,11 +708,7 @@ const KINDS = {
 
   // a process of the service started, with the keys it runs with
   start(s, r) {
-    s.coding('AuditEvent.type', r.type, C.appActivity);
-    s.codings('AuditEvent.subtype', r.subtype, [C.appStart]);
-    checkOutcome(s, r, '0');
-    checkServiceAgent(s, r, C.application, true);
-    const [epath, details] = checkReplicaEntity(s, r);
+    const [epath, details] = checkApplicationActivity(s, r, C.appStart);
     if (!details) return;
     s.one(epath, details, 'version', (v) => /^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/.test(v), 'a version (semver)');
     s.one(epath, details, 'data-key', (v) => KEY_ID.test(v), "the data key's id");
@@ -712,11 +718,7 @@ const KINDS = {
 
   // a process of the service stopped, as asked
   stop(s, r) {
-    s.coding('AuditEvent.type', r.type, C.appActivity);
-    s.codings('AuditEvent.subtype', r.subtype, [C.appStop]);
-    checkOutcome(s, r, '0');
-    checkServiceAgent(s, r, C.application, true);
-    const [epath, details] = checkReplicaEntity(s, r);
+    const [epath, details] = checkApplicationActivity(s, r, C.appStop);
     if (details && details.size) s.fail(epath, 'a stop has no details');
   },
 
