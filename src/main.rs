@@ -376,8 +376,30 @@ fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
     })?;
     let token_keys = breakglass::token::rekey(&s.data.dir, &keyring)?;
     let service_key = usize::from(breakglass::keys::rekey_service_key(&s.data.dir, &keyring)?);
+    let resealed = contacts + reasons + messages + summaries + notes + token_keys + service_key;
+    // in the audit log once done (what was resealed stays resealed if the log cannot take it:
+    // run again, which reseals nothing and logs)
+    let rekey = breakglass::audit::Event::Rekey {
+        by: breakglass::audit::command_line(),
+        data_key: keyring.current_id(),
+        resealed: resealed as u64,
+    };
+    runtime
+        .block_on(breakglass::store::apply_async(
+            &store,
+            breakglass::store::Batch {
+                audit: vec![breakglass::audit::Record::now(rekey)],
+                ..breakglass::store::Batch::default()
+            },
+        ))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{resealed} resealed with the data key {}, but the audit log could not record it ({e}): run `patients rekey` again to log it",
+                keyring.current_id()
+            )
+        })?;
     Ok(serde_json::json!({
-        "resealed": contacts + reasons + messages + summaries + notes + token_keys + service_key,
+        "resealed": resealed,
         "service_key": service_key,
         "contacts": contacts,
         "reasons": reasons,

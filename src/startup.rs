@@ -92,6 +92,31 @@ async fn agree_on_keys(
     }
 }
 
+/// Logs this process's start (`start`), once it is ready to run: the write is tried again for
+/// up to `KEYS_CHECK_AT_MOST` (a store that fails over as the process starts), then the start
+/// fails (a store that cannot take it cannot take a grant's entry either; the orchestrator
+/// starts the process again). (A write that landed but was reported failed, its replicas'
+/// acknowledgement late, is written again: two starts of one process, never none.)
+async fn log_start(store: &Arc<dyn Store>, start: Event) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + KEYS_CHECK_AT_MOST;
+    loop {
+        let batch = crate::store::Batch {
+            audit: vec![Record::now(start.clone())],
+            ..crate::store::Batch::default()
+        };
+        match crate::store::apply_async(store, batch).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!("the audit log could not record this start: {e}")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the audit log does not take this start yet: tried again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 impl Application {
     pub async fn build(settings: Settings, keys: ServiceKeys) -> anyhow::Result<Application> {
         let mainnet = settings.chain.network.is_mainnet();
@@ -139,25 +164,6 @@ impl Application {
             responder: keys.stacks_address(mainnet).to_string(),
         };
         agree_on_keys(&coordination, &ours).await?;
-        // this process's start, with the keys it runs with, logged before it serves or does
-        // anything (a store that cannot take it cannot take a grant's entry either: the
-        // process stops, and its orchestrator starts it again)
-        let start = Event::Start {
-            replica: crate::coordination::replica_id(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            data_key: keyring.current_id(),
-            token_key: tokens.kids().first().cloned().unwrap_or_default(),
-            responder: keys.stacks_address(mainnet),
-        };
-        crate::store::apply_async(
-            &store,
-            crate::store::Batch {
-                audit: vec![Record::now(start)],
-                ..crate::store::Batch::default()
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("the audit log could not record this start: {e}"))?;
         let (announce, announced) = tokio::sync::mpsc::unbounded_channel();
         let wake = Arc::new(tokio::sync::Notify::new());
         let breakglass = web::Data::new(
@@ -249,6 +255,42 @@ impl Application {
             coordination.clone(),
             settings.data.lease_ms,
         ));
+        // every secrets file read and both ports bound before the start is logged: a start
+        // that fails after it would leave the log a start of a process that never ran
+        let oc = &settings.oncall;
+        for file in [
+            &oc.pagerduty.api_token_file,
+            &oc.opsgenie.api_key_file,
+            &oc.pagerduty.webhook_secrets_file,
+            &oc.opsgenie.webhook_secrets_file,
+            &oc.webhook.secrets_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            paging::load_secrets(file)?;
+        }
+        let bind = |what: &str, addr: SocketAddr| {
+            TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("{what} {addr}: {e}"))
+        };
+        let api_listener = bind("server.listen", settings.server.listen)?;
+        let observer_listener = bind("follower.listen", settings.follower.listen)?;
+        log_start(
+            &store,
+            Event::Start {
+                replica: crate::coordination::replica_id(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                data_key: admin.keyring.current_id(),
+                token_key: breakglass
+                    .tokens
+                    .kids()
+                    .first()
+                    .cloned()
+                    .unwrap_or_default(),
+                responder: sender,
+            },
+        )
+        .await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let poll = Duration::from_millis(settings.follower.poll_interval_ms);
@@ -286,9 +328,7 @@ impl Application {
                 shutdown_rx.clone(),
             )));
         }
-        let oc = &settings.oncall;
         if let Some(file) = &oc.pagerduty.api_token_file {
-            paging::load_secrets(file)?;
             tasks.push(tokio::spawn(paging::sync::run(
                 paging::pagerduty::OnCalls::new(&oc.pagerduty),
                 file.clone(),
@@ -298,7 +338,6 @@ impl Application {
             )));
         }
         if let Some(file) = &oc.opsgenie.api_key_file {
-            paging::load_secrets(file)?;
             tasks.push(tokio::spawn(paging::sync::run(
                 paging::opsgenie::OnCalls::new(&oc.opsgenie),
                 file.clone(),
@@ -307,18 +346,6 @@ impl Application {
                 shutdown_rx,
             )));
         }
-        // a webhook secrets file that cannot be read stops the service here, not at the first page
-        for file in [
-            &oc.pagerduty.webhook_secrets_file,
-            &oc.opsgenie.webhook_secrets_file,
-            &oc.webhook.secrets_file,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            paging::load_secrets(file)?;
-        }
-
         let health = web::Data::new(http::Health {
             store: store.clone(),
             follower: status.clone(),
@@ -332,10 +359,6 @@ impl Application {
             notices_emailed: settings.notify.transport == crate::configuration::MailTransport::Smtp,
         });
         let timeout = settings.server.shutdown_timeout_secs;
-        let bind = |what: &str, addr: SocketAddr| {
-            TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("{what} {addr}: {e}"))
-        };
-        let api_listener = bind("server.listen", settings.server.listen)?;
         let api_addr = api_listener.local_addr()?;
         let api = HttpServer::new(move || {
             App::new()
@@ -355,7 +378,6 @@ impl Application {
         .shutdown_timeout(timeout)
         .run();
         let follower_data = web::Data::from(follower.clone());
-        let observer_listener = bind("follower.listen", settings.follower.listen)?;
         let observer_addr = observer_listener.local_addr()?;
         let observer = HttpServer::new(move || {
             App::new()

@@ -5,8 +5,9 @@
 //! `meta.profile`: BALP's REST profiles describe reading FHIR data, which the resource servers
 //! do (they log their own reads); ours are authorization decisions, token checks, notices,
 //! sign-ins and sign-outs, verdicts, reviewers' and admin clients' views of an access, admin
-//! clients' imports, chain writes that failed, and the service's starts and stops. Every event carries its log entry's seq, hash and previous hash (an
-//! extension), so that a SIEM can tie it to the hash-chained log.
+//! clients' imports, chain writes that failed, the service's starts and stops, and rekeys.
+//! Every event carries its log entry's seq, hash and previous hash (an extension), so that a
+//! SIEM can tie it to the hash-chained log.
 //!
 //! It must not: do I/O.
 
@@ -26,6 +27,8 @@ const CLIENT_ID: &str = "urn:breakglass:client-id";
 const OPERATION_ID: &str = "urn:breakglass:chain-operation";
 /// One process of the service: host, process id and a random part (`coordination::replica_id`).
 const REPLICA_ID: &str = "urn:breakglass:replica";
+/// A data key, by its id (hex: `seal::Keyring::current_id`).
+const DATA_KEY_ID: &str = "urn:breakglass:data-key";
 /// A contract of the deployment, by its name (`access-control`, `patient-consent`).
 const CONTRACT_ID: &str = "urn:breakglass:contract";
 const ENTRY: &str = "https://breakglass.example/fhir/StructureDefinition/audit-log-entry";
@@ -468,6 +471,25 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
                     detail("responder", &responder.to_string()),
                 ],
             )],
+        ),
+        Event::Rekey {
+            by,
+            data_key,
+            resealed,
+        } => (
+            dcm("110113", "Security Alert"),
+            vec![dcm("110129", "Security Configuration"), kind],
+            "U",
+            "0",
+            None,
+            false,
+            vec![client_agent(by), resource_server(&service)],
+            vec![json!({
+                "what": { "identifier": { "system": DATA_KEY_ID, "value": data_key } },
+                "type": entity_type("2", "System Object"),
+                "role": object_role("13", "Security Resource"),
+                "detail": [detail("resealed", &resealed.to_string())],
+            })],
         ),
         Event::Stop { replica } => (
             dcm("110100", "Application Activity"),

@@ -1,7 +1,7 @@
 //! The audit trail: every grant, refusal, token introspection and revocation, notice change,
 //! reviewer sign-in and sign-out, verdict, vault read and refused read, reviewer's or admin
-//! client's view of an access, import, chain operation that failed, and start and stop of
-//! each of the service's processes (with the keys it runs with), as one hash-chained log that
+//! client's view of an access, import, chain operation that failed, start and stop of each of
+//! the service's processes (with the keys it runs with), and rekey, as one hash-chained log that
 //! no one can rewrite unseen. A later version may add kinds: this one's follow-up passes over an entry of a kind
 //! it does not read unless that kind is `grant` (`access::follow_up`), so a grant is never
 //! logged under any other kind.
@@ -153,8 +153,8 @@ pub enum Event {
         count: u64,
         hash: String,
     },
-    /// A process of the service started (each replica's, at each start), before it served or
-    /// did anything: which one (`replica`: host, process id and a random part), its version,
+    /// A process of the service started (each replica's, at each start), once ready to run and
+    /// before it serves: which one (`replica`: host, process id and a random part), its version,
     /// and the keys it runs with: the current data key's id (what it seals with), the current
     /// token signing key's id, and the responder's principal (what it records on chain as). A
     /// key rotation shows as the next starts' keys.
@@ -165,8 +165,17 @@ pub enum Event {
         token_key: String,
         responder: Address,
     },
+    /// Everything sealed with the data key sealed anew with `data_key`, the current one
+    /// (`breakglass patients rekey`, by `by`, `cli:<user>`): contacts, reasons, notices,
+    /// summaries, notes and the token and service keys' files, `resealed` of them. Logged once
+    /// the rekey is done (a rekey that could not log is said so, and run again).
+    Rekey {
+        by: String,
+        data_key: String,
+        resealed: u64,
+    },
     /// A process of the service stopped, as asked (one that crashed or was killed logs none:
-    /// its next start follows its start).
+    /// its start is followed by no stop of its `replica`; a process started again has another).
     Stop { replica: String },
     /// One of the service's chain operations failed (its state `Failed`: the contract
     /// refused it when mined, it could not be signed, or whether it ran cannot be told), or,
@@ -232,7 +241,7 @@ impl Event {
             | Event::Verdict { access, .. }
             | Event::View { access, .. } => Some(*access),
             Event::ChainFailure { access, .. } => *access,
-            Event::Start { .. } | Event::Stop { .. } => None,
+            Event::Start { .. } | Event::Stop { .. } | Event::Rekey { .. } => None,
             // a token's id is its access's id
             Event::Introspection { jti, .. }
             | Event::Revocation { jti, .. }
@@ -262,6 +271,7 @@ impl Event {
             Event::ChainFailure { .. } => "chain-failure",
             Event::Start { .. } => "start",
             Event::Stop { .. } => "stop",
+            Event::Rekey { .. } => "rekey",
         }
     }
 }

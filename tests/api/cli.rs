@@ -757,6 +757,21 @@ fn patients_import_seals_the_directory_and_names_refused_entries() {
         "{rekeyed}"
     );
     assert_eq!(run(&["patients", "rekey"])["resealed"], 0);
+    // each rekey in the audit log, by the command line's user, with the key it sealed with
+    {
+        let store = breakglass::store::RedbStore::open(&data.join("breakglass.redb")).unwrap();
+        let user = breakglass::audit::command_line();
+        let rekeys = crate::support::logged(&store, "rekey");
+        let key = rotated["key_id"].as_str().unwrap();
+        assert_eq!(
+            rekeys,
+            [8, 0].map(|resealed| breakglass::audit::Event::Rekey {
+                by: user.clone(),
+                data_key: key.into(),
+                resealed,
+            }),
+        );
+    }
     std::fs::remove_file(&old_keys[0]).unwrap();
     {
         let store = breakglass::store::RedbStore::open(&data.join("breakglass.redb")).unwrap();

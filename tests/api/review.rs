@@ -1957,7 +1957,8 @@ async fn an_access_trail_shows_its_own_entries_and_flags_an_edited_one() {
 
 /// Each start of a process of the service is in the audit log before it serves, with the keys
 /// it runs with (the data key it seals with, its token signing key, the responder), so that a
-/// key rotation shows at the next start; and each stop it is asked for, after it.
+/// key rotation shows at the next start; and each stop it is asked for, after it. A start that
+/// fails (its port taken) logs none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_start_and_stop_is_logged_with_the_keys_it_runs_with() {
     use breakglass::audit::Event;
@@ -1999,6 +2000,15 @@ async fn each_start_and_stop_is_logged_with_the_keys_it_runs_with() {
         }]
     );
     first.stop().await;
+
+    // a start that fails (its port taken) logs nothing: the start is logged once the process
+    // is ready to run
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut s = settings(&devnet.rpc, dir.path());
+    s.server.listen = taken.local_addr().unwrap();
+    let keys = breakglass::keys::ServiceKeys::load_or_generate(dir.path()).unwrap();
+    assert!(breakglass::startup::Application::build(s, keys).await.is_err());
+    drop(taken);
 
     // the data key rotated: the next start names the new one
     breakglass::seal::generate_key(dir.path()).unwrap();

@@ -27,18 +27,18 @@ function validate(file) {
   return { status: r.status, lines, stderr: r.stderr, last: lines[lines.length - 1] };
 }
 
-const KINDS = ['grant', 'introspection', 'refusal', 'notice', 'sign-in', 'verdict', 'revocation', 'read', 'read-refusal', 'view', 'sign-out', 'import', 'chain-failure', 'start', 'stop'];
+const KINDS = ['grant', 'introspection', 'refusal', 'notice', 'sign-in', 'verdict', 'revocation', 'read', 'read-refusal', 'view', 'sign-out', 'import', 'chain-failure', 'start', 'stop', 'rekey'];
 // BALP.md's examples: good.ndjson's first seven lines (one per kind), then the two read kinds'
 // (lines 13 and 14, after the variants 8 to 12), a reviewer's view (16: an admin client's is
 // 17), a sign-out (18), a summary's import (19: a directory's is 20) and a verdict's chain
-// failure (23: an anchor's is 24, a cleared one 25), a start (26) and a stop (27)
-const EXAMPLE_LINES = [1, 2, 3, 4, 5, 6, 7, 13, 14, 16, 18, 19, 23, 26, 27];
+// failure (23: an anchor's is 24, a cleared one 25), a start (26), a stop (27) and a rekey (28)
+const EXAMPLE_LINES = [1, 2, 3, 4, 5, 6, 7, 13, 14, 16, 18, 19, 23, 26, 27, 28];
 const kindOf = (r) => r.subtype.find((c) => c.system === 'https://breakglass.example/fhir/CodeSystem/audit-kind').code;
 
 test('good.ndjson: every line is valid FHIR R4 and has its BALP.md shape', () => {
   const r = validate(sample('good.ndjson'));
   assert.equal(r.stderr, '');
-  assert.deepEqual(r.lines, ['27 passed, 0 failed']);
+  assert.deepEqual(r.lines, ['28 passed, 0 failed']);
   assert.equal(r.status, 0);
   const kinds = ndjson(sample('good.ndjson')).map((l) => kindOf(JSON.parse(l)));
   for (const k of KINDS) assert.ok(kinds.includes(k), `good.ndjson has a ${k}`);
@@ -85,13 +85,14 @@ const EXPECTED = [
   [33, '[balp] AuditEvent.purposeOfEvent: a start is of no break-glass access: none'],
   [34, '[balp] AuditEvent.entity[0]: a stop has no details'],
   [35, '[balp] AuditEvent.entity[0]: detail "responder" is "alice"; expected a Stacks principal'],
+  [36, '[balp] AuditEvent.agent[0].who: a rekey is run from the command line: cli:<user>, not "auditor"'],
 ];
 
 test('bad.ndjson: each broken line fails, with its line number and the reason', () => {
   const r = validate(sample('bad.ndjson'));
   assert.equal(r.stderr, '');
   assert.equal(r.status, 1);
-  assert.equal(r.last, '1 passed, 34 failed');
+  assert.equal(r.last, '1 passed, 35 failed');
   for (const [line, text] of EXPECTED) {
     assert.ok(
       r.lines.some((l) => l.startsWith(`line ${line}: `) && l.includes(text)),
@@ -100,7 +101,7 @@ test('bad.ndjson: each broken line fails, with its line number and the reason', 
   }
   // every failing line is reported, and line 1 (a good grant) is not
   const reported = new Set(r.lines.slice(0, -1).map((l) => Number(/^line (\d+): /.exec(l)?.[1])));
-  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 34 }, (_, i) => i + 2));
+  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 35 }, (_, i) => i + 2));
 });
 
 test('an empty export is valid', () => {
@@ -111,7 +112,7 @@ test('an empty export is valid', () => {
   assert.equal(r.status, 0);
 });
 
-test("BALP.md's examples are good.ndjson's first seven lines and lines 13, 14, 16, 18, 19, 23, 26 and 27, one per kind", () => {
+test("BALP.md's examples are good.ndjson's first seven lines and lines 13, 14, 16, 18, 19, 23, 26, 27 and 28, one per kind", () => {
   const md = readFileSync(join(here, 'BALP.md'), 'utf8');
   const examples = [...md.matchAll(/```json\n([\s\S]*?)\n```/g)]
     .map((m) => JSON.parse(m[1]))

@@ -12,7 +12,8 @@
 //   [json]   FHIR JSON rules neither checks: no null, no empty string/array/object (ele-1),
 //            an extension has a value or extensions but not both (ext-1)
 //   [balp]   BALP.md: per kind (grant, refusal, introspection, revocation, notice, sign-in,
-//            sign-out, verdict, view, import, chain-failure, start, stop, read, read-refusal) the type, subtypes, action, outcome,
+//            sign-out, verdict, view, import, chain-failure, start, stop, rekey, read,
+//            read-refusal) the type, subtypes, action, outcome,
 //            purposeOfUse/purposeOfEvent BTG, the agents, the patient entity and the other
 //            entities, and the log-entry extension (seq, hash, prev; consecutive entries must link)
 // Exit 0 and "N passed, 0 failed" when every line passes; otherwise each failure as
@@ -42,6 +43,7 @@ const SYS_CLIENT = 'urn:breakglass:client-id';
 const SYS_OPERATION = 'urn:breakglass:chain-operation';
 const SYS_CONTRACT = 'urn:breakglass:contract';
 const SYS_REPLICA = 'urn:breakglass:replica';
+const SYS_DATA_KEY = 'urn:breakglass:data-key';
 const SYS_URI = 'urn:ietf:rfc:3986';
 const JTI_PREFIX = 'urn:ietf:params:oauth:jti:';
 
@@ -71,6 +73,7 @@ const C = {
   patientRecord: [DCM, '110110', 'Patient Record'],
   import: [DCM, '110107', 'Import'],
   appActivity: [DCM, '110100', 'Application Activity'],
+  securityConfiguration: [DCM, '110129', 'Security Configuration'],
   appStart: [DCM, '110120', 'Application Start'],
   appStop: [DCM, '110121', 'Application Stop'],
   roleDomainResource: [OBJECT_ROLE, '4', 'Domain Resource'],
@@ -706,6 +709,34 @@ const KINDS = {
     }
   },
 
+  // everything sealed with the data key sealed anew, from the command line
+  rekey(s, r) {
+    s.coding('AuditEvent.type', r.type, C.securityAlert);
+    s.codings('AuditEvent.subtype', r.subtype, [C.securityConfiguration]);
+    checkOutcome(s, r, '0');
+    const [a, path] = oneAgent(s, r, C.application, 'operator (the command line)');
+    if (a) {
+      s.client(`${path}.who`, a.who);
+      const by = a.who && a.who.identifier && a.who.identifier.value;
+      if (typeof by === 'string' && !by.startsWith('cli:')) s.fail(`${path}.who`, `a rekey is run from the command line: cli:<user>, not ${JSON.stringify(by)}`);
+      if (a.requestor !== true) s.fail(`${path}.requestor`, 'must be true');
+    }
+    checkServiceAgent(s, r, C.destinationRole, false);
+    const list = entitiesWith(r, C.roleSecurityResource);
+    if (list.length !== 1 || arr(r.entity).length !== 1) {
+      s.fail('AuditEvent.entity', `needs one data key entity (role ${show(C.roleSecurityResource)}) and no other, has ${arr(r.entity).length}`);
+      return;
+    }
+    const [e, epath] = list[0];
+    s.coding(`${epath}.type`, e.type, C.systemObject);
+    const id = e.what && e.what.identifier;
+    if (!id || id.system !== SYS_DATA_KEY || !/^[0-9a-f]{16}$/.test(id.value || '')) {
+      s.fail(`${epath}.what.identifier`, `must be {system: ${SYS_DATA_KEY}, value: <the data key's id, 16 hex>}`);
+    }
+    const details = s.details(epath, e);
+    if (details) s.one(epath, details, 'resealed', (v) => /^(0|[1-9][0-9]{0,19})$/.test(v), 'a count (decimal)');
+  },
+
   // a process of the service started, with the keys it runs with
   start(s, r) {
     const [epath, details] = checkApplicationActivity(s, r, C.appStart);
@@ -758,7 +789,7 @@ const KINDS = {
 const ACTION = {
   grant: 'E', refusal: 'E', introspection: 'E', revocation: 'E', notice: 'R', 'sign-in': 'E', verdict: 'C',
   read: 'E', 'read-refusal': 'E', view: 'R', 'sign-out': 'E', import: 'C', 'chain-failure': 'C',
-  start: 'E', stop: 'E',
+  start: 'E', stop: 'E', rekey: 'U',
 };
 
 // The BALP.md checks of one AuditEvent. Returns {messages, entry: {seq, hash, prev} | undefined}.
@@ -821,11 +852,11 @@ export function balpMessages(r) {
     return { messages: s.msgs, entry };
   }
   if (r.action !== ACTION[kind]) s.fail('AuditEvent.action', `is ${JSON.stringify(r.action)}; a ${kind} is "${ACTION[kind]}"`);
-  // every event of a break-glass access carries BTG; sign-ins, sign-outs, imports, starts and
-  // stops are of none (a chain failure's kind checks its own: BTG when it is an access's
+  // every event of a break-glass access carries BTG; sign-ins, sign-outs, imports, starts,
+  // stops and rekeys are of none (a chain failure's kind checks its own: BTG when it is an access's
   // operation)
-  if (['start', 'stop'].includes(kind) && r.purposeOfEvent !== undefined) s.fail('AuditEvent.purposeOfEvent', `a ${kind} is of no break-glass access: none`);
-  if (!['sign-in', 'sign-out', 'import', 'chain-failure', 'start', 'stop'].includes(kind)) s.btg('AuditEvent.purposeOfEvent', r.purposeOfEvent);
+  if (['start', 'stop', 'rekey'].includes(kind) && r.purposeOfEvent !== undefined) s.fail('AuditEvent.purposeOfEvent', `a ${kind} is of no break-glass access: none`);
+  if (!['sign-in', 'sign-out', 'import', 'chain-failure', 'start', 'stop', 'rekey'].includes(kind)) s.btg('AuditEvent.purposeOfEvent', r.purposeOfEvent);
   if (arr(r.agent).filter((a) => a && a.requestor === true).length !== 1) {
     s.fail('AuditEvent.agent', 'exactly one agent is the requestor');
   }
