@@ -65,7 +65,8 @@ pub struct Application {
 }
 
 /// How long a replica waits at start for its store to answer whether its keys agree with the
-/// other replicas' (Redis starting beside it): past that it does not start.
+/// other replicas' (Redis starting beside it), and then to take its start's entry
+/// (`log_start`): past either, it does not start.
 const KEYS_CHECK_AT_MOST: Duration = Duration::from_secs(15);
 
 /// Stops a replica whose keys are not the other replicas' (`Coordinator::agree_on_keys`), or
@@ -275,6 +276,10 @@ impl Application {
         };
         let api_listener = bind("server.listen", settings.server.listen)?;
         let observer_listener = bind("follower.listen", settings.follower.listen)?;
+        let (api_addr, observer_addr) =
+            (api_listener.local_addr()?, observer_listener.local_addr()?);
+        // (the ports take connections from here on: while the store does not take the start,
+        // they wait in the listeners' backlog, and `/readyz` does not answer yet)
         log_start(
             &store,
             Event::Start {
@@ -359,7 +364,6 @@ impl Application {
             notices_emailed: settings.notify.transport == crate::configuration::MailTransport::Smtp,
         });
         let timeout = settings.server.shutdown_timeout_secs;
-        let api_addr = api_listener.local_addr()?;
         let api = HttpServer::new(move || {
             App::new()
                 .app_data(health.clone())
@@ -378,7 +382,6 @@ impl Application {
         .shutdown_timeout(timeout)
         .run();
         let follower_data = web::Data::from(follower.clone());
-        let observer_addr = observer_listener.local_addr()?;
         let observer = HttpServer::new(move || {
             App::new()
                 .app_data(follower_data.clone())

@@ -2007,7 +2007,9 @@ async fn each_start_and_stop_is_logged_with_the_keys_it_runs_with() {
     let mut s = settings(&devnet.rpc, dir.path());
     s.server.listen = taken.local_addr().unwrap();
     let keys = breakglass::keys::ServiceKeys::load_or_generate(dir.path()).unwrap();
-    assert!(breakglass::startup::Application::build(s, keys).await.is_err());
+    assert!(breakglass::startup::Application::build(s, keys)
+        .await
+        .is_err());
     drop(taken);
 
     // the data key rotated: the next start names the new one
