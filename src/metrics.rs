@@ -42,6 +42,7 @@ pub struct Gauges {
     pub applied_height: u64,
     pub node_tip_height: u64,
     pub pushes_not_on_chain: u64,
+    pub operations_failed: u64,
     /// This replica holds the submitter's lease (signs and broadcasts).
     pub submitter_lease_held: bool,
     /// Operations and notices still open, in the store (`None`: it did not answer).
@@ -92,6 +93,7 @@ pub struct Metrics {
     applied_height: Gauge,
     node_tip_height: Gauge,
     pushes_not_on_chain: Gauge,
+    operations_failed: Gauge,
     submitter_lease_held: Gauge,
     chain_records_open: Gauge,
     notices_open: Gauge,
@@ -125,6 +127,7 @@ impl Metrics {
             applied_height: Gauge::default(),
             node_tip_height: Gauge::default(),
             pushes_not_on_chain: Gauge::default(),
+            operations_failed: Gauge::default(),
             submitter_lease_held: Gauge::default(),
             chain_records_open: Gauge::default(),
             notices_open: Gauge::default(),
@@ -209,6 +212,11 @@ impl Metrics {
             m.pushes_not_on_chain.clone(),
         );
         registry.register(
+            "chain_operations_failed",
+            "The service's chain operations (access records, verdicts, anchors, summaries' hashes) this process found failed and logged so, since start: the contract refused one, one could not be signed, or whether one ran cannot be told (each in the audit log as a chain-failure)",
+            m.operations_failed.clone(),
+        );
+        registry.register(
             "submitter_lease_held",
             "1 while this replica holds the submitter's lease (it alone signs and broadcasts the service's transactions), else 0",
             m.submitter_lease_held.clone(),
@@ -280,6 +288,7 @@ impl Metrics {
         self.applied_height.set(g(gauges.applied_height));
         self.node_tip_height.set(g(gauges.node_tip_height));
         self.pushes_not_on_chain.set(g(gauges.pushes_not_on_chain));
+        self.operations_failed.set(g(gauges.operations_failed));
         self.submitter_lease_held
             .set(i64::from(gauges.submitter_lease_held));
         // a store that does not answer leaves the last counts (`/readyz` says it is down)

@@ -463,6 +463,10 @@ impl Follower {
             if let Some(block) = confirmed_by {
                 submitter::confirmations(block, rpc, contracts, store, &mut changes).await?;
             }
+            let failed = changes
+                .iter()
+                .filter(|c| submitter::newly_failed(&c.read, &c.state))
+                .count() as u64;
             let Some((attempt, kept)) = self.attempt(&batch, tip, changes, kept_before)? else {
                 return Ok(());
             };
@@ -470,7 +474,12 @@ impl Follower {
             // attempt: it stays passed, contested or kept
             kept_before |= kept;
             match self.write(attempt).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.status
+                        .operations_failed
+                        .fetch_add(failed, Ordering::SeqCst);
+                    return Ok(());
+                }
                 Err(StoreError::Guarded(crate::store::Guarded::Changed)) => {
                     tracing::info!("an operation or the tip changed while the block was applied (another replica): the changes and the tip found again");
                 }

@@ -20,6 +20,10 @@ pub struct FollowerStatus {
     /// Blocks pushed to the observer that the node did not confirm (forged, or abandoned
     /// since), since start: for operators.
     pub pushes_not_on_chain: AtomicU64,
+    /// The service's chain operations this process found failed and logged so (the contract
+    /// refused one, one could not be signed, or whether one ran cannot be told), since start:
+    /// for operators (each replica counts those its own writes logged).
+    pub operations_failed: AtomicU64,
 }
 
 impl FollowerStatus {

@@ -93,6 +93,12 @@ pub fn operation(id: &str, contract_name: &str, function: &str, args_hex: &[Stri
     }
 }
 
+/// Whether `read`'s change to `state` is its failure (into `Failed`).
+pub fn newly_failed(read: &Submission, state: &SubmissionState) -> bool {
+    !matches!(read.state, SubmissionState::Failed { .. })
+        && matches!(state, SubmissionState::Failed { .. })
+}
+
 /// The audit entry of `read`'s change to `state`, if the change is one the log keeps: the
 /// operation failing (`Failed`), or a failure logged before that no longer holds (out of
 /// `Failed`: a reorg abandoned the block that refused it). Written in the same write as the
@@ -753,7 +759,8 @@ impl Submitter {
             return changed();
         }
         let fence = self.fence.load(Ordering::SeqCst);
-        let audit = failure_entry(read, &state).into_iter().collect();
+        let audit: Vec<_> = failure_entry(read, &state).into_iter().collect();
+        let fails = newly_failed(read, &state);
         let written = self
             .write(Batch {
                 audit,
@@ -776,7 +783,12 @@ impl Submitter {
             })
             .await;
         match written {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                if fails {
+                    self.status.operations_failed.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(true)
+            }
             Err(StoreError::Guarded(Guarded::Changed)) => changed(),
             Err(e) => Err(e),
         }

@@ -314,6 +314,9 @@ fn gauges(health: &Health, counts: Option<((u64, u64), u64, u64)>, now: u64) -> 
         pushes_not_on_chain: follower
             .pushes_not_on_chain
             .load(std::sync::atomic::Ordering::SeqCst),
+        operations_failed: follower
+            .operations_failed
+            .load(std::sync::atomic::Ordering::SeqCst),
         submitter_lease_held: health.submitter.holds_lease(),
         open: counts.map(|(open, _, _)| open),
         uncontacted: counts.map(|(_, uncontacted, _)| uncontacted),

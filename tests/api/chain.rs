@@ -739,6 +739,13 @@ async fn an_operation_that_cannot_be_signed_holds_nothing_back() {
         }] if operation == "0-garbled-long-ago" && function == "anchor-audit" && result.starts_with("not signed")),
         "{failures:?}"
     );
+    // and counted for operators
+    assert_eq!(
+        app.status
+            .operations_failed
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }
 
 /// A reorg the pushes did not show (the node's new branch posted from its tip, its first

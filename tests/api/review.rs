@@ -691,6 +691,7 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
         "sign-in",
         "verdict",
         "revocation",
+        "start",
     ] {
         assert!(
             ndjson.contains(&format!("\"{kind}\"")) || ndjson.contains(kind),
@@ -1521,6 +1522,17 @@ async fn a_verdict_the_chain_refused_leaves_the_access_to_be_reviewed_again() {
             .iter()
             .any(|t| t["kind"] == "chain-failure" && t["intact"] == true),
         "{detail}"
+    );
+    // and counted for operators, by the follower that found it
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\nbreakglass_chain_operations_failed 1\n"),
+        "{metrics}"
     );
 
     // the physician reviews it: the next attempt, on chain
