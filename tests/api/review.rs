@@ -694,7 +694,7 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
         "start",
     ] {
         assert!(
-            ndjson.contains(&format!("\"{kind}\"")) || ndjson.contains(kind),
+            ndjson.contains(&format!("\"code\":\"{kind}\"")),
             "no {kind} in the export"
         );
     }
