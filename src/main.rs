@@ -387,10 +387,7 @@ fn rekey_patients(s: &Settings) -> anyhow::Result<serde_json::Value> {
     runtime
         .block_on(breakglass::store::apply_async(
             &store,
-            breakglass::store::Batch {
-                audit: vec![breakglass::audit::Record::now(rekey)],
-                ..breakglass::store::Batch::default()
-            },
+            breakglass::store::Batch::logging(rekey),
         ))
         .map_err(|e| {
             anyhow::anyhow!(

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::access::BreakGlass;
-use crate::audit::{Event, Record};
+use crate::audit::Event;
 use crate::chain::contracts::Contracts;
 use crate::chain::follower::Follower;
 use crate::chain::rpc::NodeClient;
@@ -28,7 +28,7 @@ use crate::notify::Notifier;
 use crate::paging;
 use crate::policy::Policies;
 use crate::seal::Keyring;
-use crate::store::{RedbStore, Store};
+use crate::store::{Batch, RedbStore, Store};
 use crate::token::TokenIssuer;
 
 /// Turns transparent huge pages off for this process (and what it starts). mimalloc asks for
@@ -101,11 +101,7 @@ async fn agree_on_keys(
 async fn log_start(store: &Arc<dyn Store>, start: Event) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + KEYS_CHECK_AT_MOST;
     loop {
-        let batch = crate::store::Batch {
-            audit: vec![Record::now(start.clone())],
-            ..crate::store::Batch::default()
-        };
-        match crate::store::apply_async(store, batch).await {
+        match crate::store::apply_async(store, Batch::logging(start.clone())).await {
             Ok(()) => return Ok(()),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 anyhow::bail!("the audit log could not record this start: {e}")
@@ -447,12 +443,9 @@ impl Application {
             drop((redb, status, follower, submitter, vault));
             // the stop, logged once nothing else runs (a log that cannot take it is said so:
             // the stop goes on)
-            let stop = crate::store::Batch {
-                audit: vec![Record::now(Event::Stop {
-                    replica: crate::coordination::replica_id(),
-                })],
-                ..crate::store::Batch::default()
-            };
+            let stop = Batch::logging(Event::Stop {
+                replica: crate::coordination::replica_id(),
+            });
             if let Err(e) = crate::store::apply_async(&store, stop).await {
                 tracing::warn!(error = %e, "this stop could not be logged");
             }

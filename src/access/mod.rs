@@ -317,10 +317,7 @@ impl BreakGlass {
             *code = r.code.to_string();
             *status = r.status;
         }
-        let batch = crate::store::Batch {
-            audit: vec![crate::audit::Record::now(event)],
-            ..Default::default()
-        };
+        let batch = crate::store::Batch::logging(event);
         // handed to the store now, and waited on no longer than a grant's write: a stalled
         // store delays the refusal's answer by that much at most. Its outcome is taken by a task
         // of its own (which holds no store, and outlives this request if it must): an entry that

@@ -93,10 +93,14 @@ pub fn operation(id: &str, contract_name: &str, function: &str, args_hex: &[Stri
     }
 }
 
-/// Whether `read`'s change to `state` is its failure (into `Failed`).
+/// Whether `read`'s change to `state` is its failure (into `Failed`): what `failure_entry`
+/// logs as not cleared.
 pub fn newly_failed(read: &Submission, state: &SubmissionState) -> bool {
-    !matches!(read.state, SubmissionState::Failed { .. })
-        && matches!(state, SubmissionState::Failed { .. })
+    !is_failed(&read.state) && is_failed(state)
+}
+
+fn is_failed(state: &SubmissionState) -> bool {
+    matches!(state, SubmissionState::Failed { .. })
 }
 
 /// The audit entry of `read`'s change to `state`, if the change is one the log keeps: the
@@ -105,8 +109,7 @@ pub fn newly_failed(read: &Submission, state: &SubmissionState) -> bool {
 /// change, guarded on `read` (`Guard::submissions`), so that of the replicas that find the
 /// change, the one whose write lands logs it, once.
 pub fn failure_entry(read: &Submission, state: &SubmissionState) -> Option<crate::audit::Record> {
-    let was_failed = matches!(read.state, SubmissionState::Failed { .. });
-    let (txid, height, result, cleared) = match (state, was_failed) {
+    let (txid, height, result, cleared) = match (state, is_failed(&read.state)) {
         (
             SubmissionState::Failed {
                 txid,

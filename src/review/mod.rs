@@ -512,19 +512,17 @@ impl Review {
     /// Appends `event` to the audit log; a sign-in or a view that cannot be logged does not
     /// happen.
     async fn audit(&self, event: crate::audit::Event) -> Result<(), Refusal> {
-        let batch = Batch {
-            audit: vec![crate::audit::Record::now(event)],
-            ..Batch::default()
-        };
-        apply_async(&self.state.store, batch).await.map_err(|e| {
-            tracing::error!(error = %e, "the audit log cannot be written");
-            refusal(
-                503,
-                "audit-unavailable",
-                "Audit trail unavailable",
-                "the audit trail cannot be written right now; try again",
-            )
-        })
+        apply_async(&self.state.store, Batch::logging(event))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "the audit log cannot be written");
+                refusal(
+                    503,
+                    "audit-unavailable",
+                    "Audit trail unavailable",
+                    "the audit trail cannot be written right now; try again",
+                )
+            })
     }
 }
 

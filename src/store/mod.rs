@@ -691,6 +691,14 @@ pub struct SummaryHash {
 }
 
 impl Batch {
+    /// A write of `event` to the audit log alone, as happening now.
+    pub fn logging(event: crate::audit::Event) -> Batch {
+        Batch {
+            audit: vec![crate::audit::Record::now(event)],
+            ..Batch::default()
+        }
+    }
+
     /// Appends `later`, as if it were applied after this batch.
     pub fn merge(&mut self, later: Batch) {
         if later.tip.is_some() {

@@ -307,7 +307,8 @@ impl Writer {
                         "a batch guarded by a paging row is written without audit events",
                     ));
                 }
-                let (rows, field, place) = guarded_rows(g)?;
+                // (the table is `SUBMISSIONS`: a paging row is refused above)
+                let (_, rows, field, place) = guarded_rows(g)?;
                 (g.fence.as_ref(), rows, field, place)
             }
             Some(g) => {
@@ -315,12 +316,7 @@ impl Writer {
                     return Err(backend("a guarded batch is written without claims"));
                 }
                 let (lease, token, holder) = fence_args(&prefix, g.fence.as_ref());
-                let (rows, field, place) = guarded_rows(g)?;
-                let table = if g.paging.is_some() {
-                    PAGING
-                } else {
-                    SUBMISSIONS
-                };
+                let (table, rows, field, place) = guarded_rows(g)?;
                 let mut call = self.call(2, 5 + 2 * rows.len());
                 call.key(&lease)
                     .key(format!("{prefix}{table}"))
@@ -644,24 +640,28 @@ async fn eval(
     }
 }
 
-/// Gives every caller in `unit` the same `result`.
-/// What a guarded batch's script checks besides the fence: rows of `SUBMISSIONS` (the
-/// operations as read, and those made new, empty: absent), or of `PAGING` (one row, empty:
+/// What a guarded batch's script checks besides the fence: rows of a table, `SUBMISSIONS` (the
+/// operations as read, and those made new, empty: absent) or `PAGING` (one row, empty:
 /// absent); and a field of `META` (the follow-up's place or the tip; "": none) with its value
 /// as read (none: not there yet).
-type GuardedRows = (Vec<(String, Vec<u8>)>, &'static str, Option<Vec<u8>>);
+type GuardedRows = (Table, Vec<(String, Vec<u8>)>, &'static str, Option<Vec<u8>>);
 
 fn guarded_rows(g: &Guard) -> Result<GuardedRows, StoreError> {
-    let rows = match (g.submissions.as_slice(), &g.paging) {
-        (read, None) => read
-            .iter()
-            .map(|s| Ok((s.id.clone(), enc(s)?)))
-            .chain(g.absent.iter().map(|id| Ok((id.clone(), Vec::new()))))
-            .collect::<Result<Vec<_>, StoreError>>()?,
-        ([], Some((key, row))) if g.absent.is_empty() => vec![(
-            key.clone(),
-            row.as_ref().map(enc).transpose()?.unwrap_or_default(),
-        )],
+    let (table, rows) = match (g.submissions.as_slice(), &g.paging) {
+        (read, None) => (
+            SUBMISSIONS,
+            read.iter()
+                .map(|s| Ok((s.id.clone(), enc(s)?)))
+                .chain(g.absent.iter().map(|id| Ok((id.clone(), Vec::new()))))
+                .collect::<Result<Vec<_>, StoreError>>()?,
+        ),
+        ([], Some((key, row))) if g.absent.is_empty() => (
+            PAGING,
+            vec![(
+                key.clone(),
+                row.as_ref().map(enc).transpose()?.unwrap_or_default(),
+            )],
+        ),
         _ => {
             return Err(backend(
                 "a batch is guarded by operations or by a paging row, not both",
@@ -678,9 +678,10 @@ fn guarded_rows(g: &Guard) -> Result<GuardedRows, StoreError> {
             ))
         }
     };
-    Ok((rows, field, place))
+    Ok((table, rows, field, place))
 }
 
+/// Gives every caller in `unit` the same `result`.
 fn answer_all(unit: Unit, result: Result<(), StoreError>) {
     for (_, reply, _) in unit {
         reply.send(result.clone());

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::audit::{Event, Record};
+use crate::audit::Event;
 use crate::chain::contracts::ACCESS_CONTROL;
 use crate::chain::state::ChainState;
 use crate::chain::submitter;
@@ -427,14 +427,7 @@ impl Vault {
                 patient: *patient,
             },
         };
-        let logged = apply_async(
-            &self.state.store,
-            Batch {
-                audit: vec![Record::now(event)],
-                ..Batch::default()
-            },
-        )
-        .await;
+        let logged = apply_async(&self.state.store, Batch::logging(event)).await;
         if let Err(e) = logged {
             tracing::error!(error = %e, "a read could not be added to the audit log: not served");
             return Err(refusal(

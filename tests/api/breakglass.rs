@@ -1507,12 +1507,7 @@ async fn forged_observer_posts_change_no_decision_readiness_or_confirmation() {
     assert!(app.store.tip().unwrap().unwrap().height <= tip);
     assert_eq!(app.status.node_tip(), tip);
     // operators see them
-    let metrics = reqwest::get(format!("http://{}/metrics", app.api_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text(app, "/metrics").await;
     assert!(
         metrics.contains("breakglass_chain_pushes_not_on_chain 2"),
         "{metrics}"
