@@ -340,6 +340,24 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     )
     .await
     .unwrap();
+    // and a chain failure in its trail, as the submitter or the follower logs one (how it is
+    // logged: `a_verdict_the_chain_refused_leaves_the_access_to_be_reviewed_again`): the page
+    // says which call failed and why
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch::logging(breakglass::audit::Event::ChainFailure {
+            operation: format!("review:{id}:9"),
+            contract: "access-control".into(),
+            function: "review-emergency-access".into(),
+            access: Some(access_id),
+            txid: Some("ab".repeat(32)),
+            height: 3,
+            result: "mined, but its effect is not on chain".into(),
+            cleared: false,
+        }),
+    )
+    .await
+    .unwrap();
 
     // the browser: import the key, sign in, the queue, the access, the verdict, confirmed
     let reviewer = provider(&env.demo, "reviewer");
@@ -384,6 +402,13 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
         result["record_altered"]
             .as_str()
             .is_some_and(|t| t.contains("not what its audit entry says was granted")),
+        "{result}"
+    );
+    assert!(
+        result["trail"].as_array().unwrap().iter().any(|l| l
+            .as_str()
+            .unwrap()
+            .ends_with("chain-failure: review-emergency-access failed (mined, but its effect is not on chain)")),
         "{result}"
     );
     // and the reviewer's reading of the page, its reason shown, is in the log
@@ -1524,12 +1549,7 @@ async fn a_verdict_the_chain_refused_leaves_the_access_to_be_reviewed_again() {
         "{detail}"
     );
     // and counted for operators, by the follower that found it
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text(&env.app, "/metrics").await;
     assert!(
         metrics.contains("\nbreakglass_chain_operations_failed 1\n"),
         "{metrics}"

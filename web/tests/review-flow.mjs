@@ -131,6 +131,8 @@ async function main(env = process.env) {
     await page.waitForSelector("form#verdict");
     // the notice of a record that is not what its grant logged, as the page shows it (if it does)
     out.record_altered = await page.$eval("#record-altered", (el) => (el.checkVisibility() ? el.textContent.trim() : null)).catch(() => null);
+    // the access's trail, each line as the page shows it
+    out.trail = await page.$$eval("ol.trail li", (els) => els.map((el) => el.textContent.replace(/\s+/g, " ").trim()));
     const formAccessId = await page.$eval("form#verdict", (f) => f.dataset.accessId);
     if (formAccessId?.toLowerCase() !== accessId) throw new Error(`the form is for access ${formAccessId}, not ${accessId}`);
     await page.click(`form#verdict input[name="verdict"][value="${verdict}"]`);
