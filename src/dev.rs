@@ -5,6 +5,12 @@
 //! children, on consecutive ports) sharing a local `redis-server` started here with its
 //! append-only file under the data root: the production shape, on one machine.
 //!
+//! What it starts runs in process groups of its own, so that Ctrl-C in the terminal reaches
+//! this process alone, which stops them in order: the replicas (each logs its stop while the
+//! store is there), itself, the devnet, and Redis last. Each is also told to stop when this
+//! process dies (`PR_SET_PDEATHSIG`; the devnet sees its stdin close too): none outlives it,
+//! and no second Redis ever writes the append-only file an orphaned first one still holds.
+//!
 //! It must not: run in production (dev keys, demo data, a local devnet).
 
 use std::path::{Path, PathBuf};
@@ -210,7 +216,10 @@ pub(crate) async fn test_redis() -> TestRedis {
 pub(crate) async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
     std::fs::create_dir_all(dir)?;
     let port = free_port()?;
-    let child = Command::from(redis_server(port, dir))
+    let mut cmd = Command::from(redis_server(port, dir));
+    cmd.arg("--logfile").arg(dir.join("redis.log"));
+    on_its_own(&mut cmd);
+    let child = cmd
         .kill_on_drop(true)
         .spawn()
         .context("starting redis-server (on Debian: apt-get install redis-server)")?;
@@ -229,6 +238,31 @@ pub(crate) async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     anyhow::bail!("redis-server did not answer on {url}")
+}
+
+/// `cmd` in a process group of its own (a terminal's Ctrl-C reaches this process, which stops
+/// it in its turn), sent SIGTERM when this process dies.
+fn on_its_own(cmd: &mut Command) {
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    {
+        let parent = rustix::process::getpid();
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: it makes two system calls (prctl, getppid) and
+        // builds an error from a number, allocating nothing and taking no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::TERM,
+                ))?;
+                // this process died before the death signal was set: it will never come
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(rustix::io::Errno::SRCH.into());
+                }
+                Ok(())
+            });
+        }
+    }
 }
 
 /// `addr` with its port moved up by `by`.
@@ -271,6 +305,7 @@ fn spawn_replica(
         .env("BREAKGLASS_SERVICE_KEY", responder_key)
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    on_its_own(&mut cmd);
     if let Some(url) = &settings.data.redis_url {
         cmd.env("BREAKGLASS_DATA__REDIS_URL", url);
     }
@@ -325,13 +360,15 @@ async fn start_devnet(opts: &DevOptions, settings: &Settings) -> anyhow::Result<
     if opts.reset {
         args.push("--reset".into());
     }
-    let mut child = Command::new("node")
-        .args(&args)
+    let mut cmd = Command::new("node");
+    cmd.args(&args)
         .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    on_its_own(&mut cmd);
+    let mut child = cmd
         .spawn()
         .context("starting the devnet (is Node.js 20+ installed?)")?;
     let stdout = child.stdout.take().context("devnet stdout")?;
@@ -533,21 +570,25 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
     println!("Ctrl-C stops everything it started; the chain and the service's store are kept under .data/.");
     println!();
 
-    tokio::select! {
-        r = wait_for_signal() => r?,
-        status = devnet.wait() => {
-            app.stop().await;
-            anyhow::bail!("the devnet exited ({})", status?);
-        }
-    }
+    // (what it started is in process groups of their own: Ctrl-C reaches this process alone)
+    let devnet_exited = tokio::select! {
+        r = wait_for_signal() => { r?; None }
+        status = devnet.wait() => Some(status),
+    };
+    // the replicas first, each logging its stop in the store they share, then this one
     for mut r in replicas {
         stop_child(&mut r).await;
     }
     app.stop().await;
-    let _ = devnet.start_kill();
-    let _ = devnet.wait().await;
+    if devnet_exited.is_none() {
+        let _ = devnet.start_kill();
+        let _ = devnet.wait().await;
+    }
     if let Some(mut r) = redis {
         stop_child(&mut r).await;
     }
-    Ok(())
+    match devnet_exited {
+        Some(status) => anyhow::bail!("the devnet exited ({})", status?),
+        None => Ok(()),
+    }
 }

@@ -348,6 +348,8 @@ impl DevRun {
             .env("BREAKGLASS_DATA__DIR", dir.join("breakglass"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
+            // a group of its own, as a terminal's foreground job: `interrupt` is its Ctrl-C
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -393,11 +395,19 @@ impl DevRun {
     }
 
     /// SIGTERM: it stops what it started, and exits 0.
-    async fn stop(mut self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().unwrap().to_string()])
-            .status()
-            .unwrap();
+    async fn stop(self) {
+        let pid = self.child.id().unwrap().to_string();
+        self.stopped_by(&["-TERM", &pid]).await
+    }
+
+    /// Ctrl-C in its terminal (SIGINT to its whole process group): as `stop`.
+    async fn interrupt(self) {
+        let group = format!("-{}", self.child.id().unwrap());
+        self.stopped_by(&["-INT", "--", &group]).await
+    }
+
+    async fn stopped_by(mut self, kill: &[&str]) {
+        assert!(Command::new("kill").args(kill).status().unwrap().success());
         let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait())
             .await
             .expect("dev stops")
@@ -565,11 +575,76 @@ async fn dev_with_replicas_runs_two_services_on_one_local_redis() {
         .unwrap();
         assert_eq!(claims["aud"], "fhir-ward-3", "{claims}");
     }
-    dev.stop().await;
+    // Ctrl-C: each replica stops in turn and logs it, Redis last (stopped by `dev`, never by
+    // the terminal's signal, which reached `dev` alone)
+    dev.interrupt().await;
     assert!(
         reqwest::get(format!("{second}/readyz")).await.is_err(),
         "the second replica stopped too"
     );
+    let redis_log = std::fs::read_to_string(dir.path().join("redis/redis.log")).unwrap();
+    assert!(
+        redis_log.contains("Received SIGTERM") && !redis_log.contains("SIGINT"),
+        "{redis_log}"
+    );
+    let redis = crate::support::RedisServer::start(&dir.path().join("redis"));
+    let store = breakglass::store::RedisStore::open(&redis.url(), "breakglass:").unwrap();
+    let replicas = |kind| {
+        let mut ids: Vec<String> = crate::support::logged(&store, kind)
+            .into_iter()
+            .map(|e| match e {
+                breakglass::audit::Event::Start { replica, .. }
+                | breakglass::audit::Event::Stop { replica } => replica,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    let started = replicas("start");
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert_eq!(replicas("stop"), started, "each replica's stop is logged");
+}
+
+/// `breakglass dev --replicas 2` killed outright (no chance to stop what it started): its
+/// replicas and its Redis stop too (told by the kernel), none left holding the append-only
+/// file a next run would open with a Redis of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_dev_started_stops_when_it_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = DevRun::start(dir.path(), &["--replicas", "2"]).await;
+    let second = format!("http://127.0.0.1:{}/readyz", dev.api + 1);
+    eventually(
+        "the second replica ready",
+        Duration::from_secs(60),
+        async || {
+            reqwest::get(&second)
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        },
+    )
+    .await;
+    let redis = dev
+        .printed
+        .split("sharing redis://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("{}", dev.printed))
+        .to_string();
+    assert!(std::net::TcpStream::connect(&redis).is_ok());
+    dev.child.start_kill().unwrap();
+    dev.child.wait().await.unwrap();
+    eventually(
+        "the replica and Redis gone",
+        Duration::from_secs(20),
+        async || {
+            (reqwest::get(&second).await.is_err() && std::net::TcpStream::connect(&redis).is_err())
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[test]
