@@ -333,6 +333,20 @@ struct DevRun {
     printed: String,
 }
 
+/// Waits until the service on `port` says it is ready.
+async fn ready_at(port: u16, within: Duration) {
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
+    let what = format!("the service on port {port} ready");
+    eventually(&what, within, async || {
+        reqwest::get(&readyz)
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(|_| ())
+    })
+    .await;
+}
+
 impl DevRun {
     async fn start(dir: &std::path::Path, args: &[&str]) -> DevRun {
         let (api, observer, devnet) = (free_port(), free_port(), free_port());
@@ -363,19 +377,7 @@ impl DevRun {
                 sink.lock().unwrap().push_str(&(l + "\n"));
             }
         });
-        let readyz = format!("http://127.0.0.1:{api}/readyz");
-        eventually(
-            "breakglass dev ready",
-            Duration::from_secs(90),
-            async || {
-                reqwest::get(&readyz)
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 200)
-                    .map(|_| ())
-            },
-        )
-        .await;
+        ready_at(api, Duration::from_secs(90)).await;
         // ready first, then the demo directories and summaries are imported, then it says so
         let printed = eventually(
             "breakglass dev says it runs",
@@ -492,18 +494,7 @@ async fn dev_with_replicas_runs_two_services_on_one_local_redis() {
     );
     assert!(dev.printed.contains(&second), "{}", dev.printed);
     assert!(dir.path().join("redis/appendonlydir").exists(), "persisted");
-    eventually(
-        "the second replica ready",
-        Duration::from_secs(60),
-        async || {
-            reqwest::get(format!("{second}/readyz"))
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
-        },
-    )
-    .await;
+    ready_at(dev.api + 1, Duration::from_secs(60)).await;
     let demo: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("devnet/demo-identities.json")).unwrap(),
     )
@@ -613,19 +604,8 @@ async fn dev_with_replicas_runs_two_services_on_one_local_redis() {
 async fn what_dev_started_stops_when_it_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let mut dev = DevRun::start(dir.path(), &["--replicas", "2"]).await;
+    ready_at(dev.api + 1, Duration::from_secs(60)).await;
     let second = format!("http://127.0.0.1:{}/readyz", dev.api + 1);
-    eventually(
-        "the second replica ready",
-        Duration::from_secs(60),
-        async || {
-            reqwest::get(&second)
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
-        },
-    )
-    .await;
     let redis = dev
         .printed
         .split("sharing redis://")
