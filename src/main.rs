@@ -23,7 +23,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "breakglass",
-    version,
+    version = breakglass::startup::VERSION,
     about = "Emergency-access responder for a Stacks-based medical record system"
 )]
 struct Cli {

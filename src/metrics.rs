@@ -241,6 +241,11 @@ impl Metrics {
             "Audit log entries not yet read by the grants' follow-up, which makes each grant's chain record and patient notice (a few while grants come; growing: it is stopped)",
             m.follow_up_behind.clone(),
         );
+        registry.register(
+            "build",
+            "This process's build: the crate's version and the commit it was built from",
+            prometheus_client::metrics::info::Info::new(vec![("version", crate::startup::VERSION)]),
+        );
         Metrics { registry, ..m }
     }
 

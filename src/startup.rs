@@ -31,6 +31,10 @@ use crate::seal::Keyring;
 use crate::store::{Batch, RedbStore, Store};
 use crate::token::TokenIssuer;
 
+/// This build: the crate's version and, as its build metadata, the commit it was built from
+/// (`build.rs`: `0.1.0+1a2b3c4d5e6f`), logged with each start and shown in `/metrics`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("BREAKGLASS_BUILD"));
+
 /// Turns transparent huge pages off for this process (and what it starts). mimalloc asks for
 /// them where the kernel allows it (`madvise`), and the kernel then zeroes a whole 2 MiB page,
 /// or first compacts memory to find one, inside whichever request touches it first: stalls of
@@ -280,7 +284,7 @@ impl Application {
             &store,
             Event::Start {
                 replica: crate::coordination::replica_id(),
-                version: env!("CARGO_PKG_VERSION").into(),
+                version: VERSION.into(),
                 data_key: admin.keyring.current_id(),
                 token_key: breakglass
                     .tokens

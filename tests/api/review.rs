@@ -2021,11 +2021,29 @@ async fn each_start_and_stop_is_logged_with_the_keys_it_runs_with() {
     };
     let logged = starts_and_stops(first.store.as_ref());
     let replica = breakglass::coordination::replica_id();
+    // the build is named by the commit checked out (what this test was built from)
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let build = format!(
+        "{}+{}",
+        env!("CARGO_PKG_VERSION"),
+        String::from_utf8(commit.stdout).unwrap().trim()
+    );
+    assert_eq!(build.len(), "0.1.0+".len() + 12, "{build}");
+    assert!(
+        crate::support::metrics(&first)
+            .await
+            .contains(&format!("breakglass_build_info{{version=\"{build}\"}} 1")),
+        "this build in /metrics"
+    );
     assert_eq!(
         logged,
         vec![Event::Start {
             replica: replica.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            version: build.clone(),
             data_key: before.clone(),
             token_key: token_key.clone(),
             responder,
