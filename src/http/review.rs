@@ -472,11 +472,7 @@ async fn access_page(
         Err(answer) => return answer,
     };
     let detail = match access_id(&path) {
-        Ok(id) => {
-            review
-                .shown(&id, Viewer::Reviewer(&s.reviewer), now_secs())
-                .await
-        }
+        Ok(id) => review.shown(&id, Viewer::Reviewer(&s), now_secs()).await,
         Err(r) => Err(r),
     };
     match detail {
@@ -557,7 +553,7 @@ async fn api_detail(
         Err(r) => return problem(&r),
     };
     let viewer = match &reader {
-        Reader::Reviewer(s) => Viewer::Reviewer(&s.reviewer),
+        Reader::Reviewer(s) => Viewer::Reviewer(s),
         Reader::Admin(client) => Viewer::Client(client),
     };
     let detail = match access_id(&path) {

@@ -59,6 +59,9 @@ pub struct Session {
     pub reviewer: Address,
     /// The token every form of this session carries.
     pub csrf: String,
+    /// Where the session is kept (the SHA-256 of its cookie's token, hex): the same on every
+    /// replica, another for each sign-in. Never logged or shown.
+    pub id: String,
 }
 
 pub struct Review {
@@ -411,10 +414,11 @@ impl Review {
         let session = Session {
             reviewer,
             csrf: hex::encode(random32()),
+            id: key_of(&token),
         };
         self.coordination
             .open_session(
-                &key_of(&token),
+                &session.id,
                 &crate::coordination::OpenSession {
                     reviewer: reviewer.to_string(),
                     csrf: session.csrf.clone(),
@@ -425,8 +429,6 @@ impl Review {
             )
             .await
             .map_err(sessions_unavailable)?;
-        // (their reads in this session are logged anew, not taken as seen in the last)
-        self.views.forget(&reviewer.to_string());
         tracing::info!(%reviewer, "reviewer signed in");
         Ok((hex::encode(token), session))
     }
@@ -484,6 +486,7 @@ impl Review {
         Ok(Session {
             reviewer,
             csrf: open.csrf,
+            id: key,
         })
     }
 

@@ -1,7 +1,8 @@
 //! Reads of an access's record by reviewers and admin clients, logged (`audit::Event::View`)
 //! before the answer, and remembered a while so that a page that refreshes itself (the
 //! reviewer's access page reloads every 2 s while a verdict's chain record is on its way) logs
-//! one view, not one a reload.
+//! one view, not one a reload. A reviewer's views are remembered by session: in a session
+//! opened anew (on whichever replica), each access's first read is logged again.
 //!
 //! It must not: show a record whose view it could not log, or let a full memory hide a view
 //! (full, it forgets, and the next views are logged again).
@@ -13,7 +14,6 @@ use std::time::{Duration, Instant};
 use super::Review;
 use crate::domain::{AccessId, PatientId};
 use crate::refusal::Refusal;
-use crate::stacks::Address;
 
 /// A reader's views of one access are logged once in this long (on each replica).
 pub const AGAIN_AFTER: Duration = Duration::from_secs(15 * 60);
@@ -23,12 +23,13 @@ const REMEMBERED: usize = 10_000;
 /// Who reads an access's record.
 #[derive(Debug, Clone, Copy)]
 pub enum Viewer<'a> {
-    /// A signed-in reviewer: the reason and notes are shown.
-    Reviewer(&'a Address),
+    /// A signed-in reviewer, in their session: the reason and notes are shown.
+    Reviewer(&'a super::Session),
     /// An admin client (its id).
     Client(&'a str),
 }
 
+/// (who read, and for a reviewer in which session; the access; whether its reason was shown)
 type Key = (String, AccessId, bool);
 
 /// The views logged lately, with when.
@@ -43,12 +44,6 @@ impl Views {
         logged
             .get(key)
             .is_none_or(|at| now.duration_since(*at) >= AGAIN_AFTER)
-    }
-
-    /// Forgets `by`'s views: their next are logged (a reviewer signed in again).
-    pub fn forget(&self, by: &str) {
-        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
-        logged.retain(|(who, _, _), _| who != by);
     }
 
     fn logged(&self, key: Key, now: Instant) {
@@ -72,18 +67,22 @@ impl Review {
         viewer: Viewer<'_>,
         now: u64,
     ) -> Result<super::listing::Detail, Refusal> {
-        let (reviewer, by) = match viewer {
-            Viewer::Reviewer(r) => (Some(r), r.to_string()),
-            Viewer::Client(c) => (None, c.to_string()),
+        let (reviewer, by, reading) = match viewer {
+            Viewer::Reviewer(s) => (
+                Some(&s.reviewer),
+                s.reviewer.to_string(),
+                format!("{} {}", s.reviewer, s.id),
+            ),
+            Viewer::Client(c) => (None, c.to_string(), c.to_string()),
         };
         let detail = self.detail(id, reviewer, now).await?;
-        self.viewed(id, detail.summary.patient, by, detail.reason.is_some())
-            .await?;
+        let key = (reading, *id, detail.reason.is_some());
+        self.logged_view(key, detail.summary.patient, by).await?;
         Ok(detail)
     }
 
-    /// Logs that `by` read access `access` (of `patient`), `reason` whether its reason was
-    /// shown, unless that was logged less than `AGAIN_AFTER` ago here.
+    /// Logs that admin client `by` read access `access` (of `patient`), `reason` whether its
+    /// reason was shown, unless that was logged less than `AGAIN_AFTER` ago here.
     pub async fn viewed(
         &self,
         access: &AccessId,
@@ -91,15 +90,21 @@ impl Review {
         by: String,
         reason: bool,
     ) -> Result<(), Refusal> {
-        let key = (by, *access, reason);
+        self.logged_view((by.clone(), *access, reason), patient, by)
+            .await
+    }
+
+    /// Logs the view `key` as read by `by`, unless it was logged less than `AGAIN_AFTER` ago
+    /// here.
+    async fn logged_view(&self, key: Key, patient: PatientId, by: String) -> Result<(), Refusal> {
         if !self.views.due(&key, Instant::now()) {
             return Ok(());
         }
         self.audit(crate::audit::Event::View {
-            access: *access,
+            access: key.1,
             patient,
-            by: key.0.clone(),
-            reason,
+            by,
+            reason: key.2,
         })
         .await?;
         self.views.logged(key, Instant::now());
@@ -129,12 +134,6 @@ mod tests {
             "without the reason"
         );
         assert!(views.due(&key("a", 1), t0 + AGAIN_AFTER));
-        // a reader signed in again: their views are logged again, no one else's
-        views.logged(key("b", 1), t0);
-        views.forget("a");
-        assert!(views.due(&key("a", 1), t0));
-        assert!(!views.due(&key("b", 1), t0));
-        views.logged(key("a", 1), t0);
         // full of recent views (the memory holds "a" and "b", and fills up as these are
         // remembered): forgotten, so the next are logged again (never hidden)
         for n in 0..REMEMBERED {

@@ -1775,6 +1775,20 @@ async fn a_reviewer_moves_between_replicas_without_signing_in_again() {
     let csrf = csrf_of_session(&a, &session).await;
     assert_eq!(csrf_of_session(&b, &session).await, csrf);
 
+    // an access read on B: logged once in the session, however often its page reloads
+    let (access, _) = grant(&env, "nurse", 4_101).await;
+    let page = format!("/review/accesses/{access}");
+    let views = || {
+        logged(&*env.app.store, "view")
+            .into_iter()
+            .filter(|e| matches!(e, breakglass::audit::Event::View { access: a, .. } if a.to_string() == access))
+            .count()
+    };
+    for _ in 0..3 {
+        assert_eq!(get_with(&b, &page, &session).await.0, 200);
+    }
+    assert_eq!(views(), 1);
+
     // signed out on A: signed out on B
     let (status, _) = post_form(&a, "/review/sign-out", &session, &[("csrf", &csrf)]).await;
     assert_eq!(status, 303);
@@ -1782,6 +1796,11 @@ async fn a_reviewer_moves_between_replicas_without_signing_in_again() {
         let (status, _) = get_with(at, "/review", &session).await;
         assert_ne!(status, 200, "signed out on {at}");
     }
+    // signed in again on A, the access read on B: a new session's read, logged (B remembers
+    // the last session's, not this one's)
+    let again = signed_in(&a, &reviewer).await;
+    assert_eq!(get_with(&b, &page, &again).await.0, 200);
+    assert_eq!(views(), 2, "the new session's first read is logged");
     other.stop().await;
 }
 
