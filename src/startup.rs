@@ -325,6 +325,12 @@ impl Application {
                 )
                 .run(Duration::from_secs(1), shutdown_rx.clone()),
             ),
+            tokio::spawn(
+                review
+                    .clone()
+                    .into_inner()
+                    .end_lapsed_sessions(review.lapse_check_every(), shutdown_rx.clone()),
+            ),
         ];
         if oncall.is_shared() {
             tasks.push(tokio::spawn(paging::reload_every(

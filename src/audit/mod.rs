@@ -126,16 +126,19 @@ pub enum Event {
     },
     /// An access's record read by someone other than its token's holder: a reviewer (`by`,
     /// their principal) or an admin client (`by`, its id). `reason`: whether the clinician's
-    /// reason was shown (a reviewer also sees a verdict's note). Logged before the answer, once per reader and access a
-    /// while on each replica (`review::views`): a page that refreshes itself is one view.
+    /// reason was shown (a reviewer also sees a verdict's note). Logged before the answer, once per reader (a
+    /// reviewer's session, an admin client) and access a while on each replica
+    /// (`review::views`): a page that refreshes itself is one view.
     View {
         access: AccessId,
         patient: PatientId,
         by: String,
         reason: bool,
     },
-    /// A reviewer signed out; or, `ended` the refusal's code, the service ended their session
-    /// (the reviewer no longer authorized on chain: suspended, their role removed).
+    /// A reviewer signed out; or the service ended their session, `ended` why: the refusal's
+    /// code (the reviewer no longer authorized on chain: suspended, their role removed), or
+    /// `idle` / `max-age` (its time ran out: unused for `review.idle_secs`, or open for
+    /// `review.max_secs`; logged once, by whichever replica takes it out, within a minute).
     SignOut {
         reviewer: Address,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,7 +157,8 @@ pub enum Event {
         hash: String,
     },
     /// A process of the service started (each replica's, at each start), once ready to run and
-    /// before it serves: which one (`replica`: host, process id and a random part), its version,
+    /// before it serves: which one (`replica`: host, process id and a random part), its build
+    /// (`startup::VERSION`: `0.1.0+<commit>`),
     /// and the keys it runs with: the current data key's id (what it seals with), the current
     /// token signing key's id, and the responder's principal (what it records on chain as). A
     /// key rotation shows as the next starts' keys.

@@ -192,10 +192,12 @@ impl Local {
     ) -> Option<super::OpenSession> {
         let now = now_ms();
         let mut sessions = lock(&self.sessions);
-        sessions.retain(|_, (s, last)| {
-            now.saturating_sub(*last) < idle_ms && now.saturating_sub(s.created_ms) < max_ms
-        });
         let (s, last) = sessions.get_mut(key)?;
+        // (one whose time ran out stays until `lapsed_sessions` takes it out, and its end is
+        // logged)
+        if until(s, *last, idle_ms, max_ms) <= now {
+            return None;
+        }
         *last = now;
         Some(s.clone())
     }
@@ -203,6 +205,39 @@ impl Local {
     pub(super) fn end_session(&self, key: &str) {
         lock(&self.sessions).remove(key);
     }
+
+    pub(super) fn lapsed_sessions(
+        &self,
+        now: u64,
+        idle_ms: u64,
+        max_ms: u64,
+        limit: usize,
+    ) -> Vec<Option<super::Lapsed>> {
+        let mut sessions = lock(&self.sessions);
+        let lapsed: Vec<(String, u64)> = sessions
+            .iter()
+            .map(|(k, (s, last))| (k.clone(), until(s, *last, idle_ms, max_ms)))
+            .filter(|(_, until)| *until <= now)
+            .take(limit)
+            .collect();
+        lapsed
+            .into_iter()
+            .filter_map(|(k, until_ms)| {
+                let (s, _) = sessions.remove(&k)?;
+                Some(Some(super::Lapsed {
+                    reviewer: s.reviewer,
+                    created_ms: s.created_ms,
+                    until_ms,
+                }))
+            })
+            .collect()
+    }
+}
+
+/// Until when session `s`, last used at `last` (unix ms), is open.
+fn until(s: &super::OpenSession, last: u64, idle_ms: u64, max_ms: u64) -> u64 {
+    last.saturating_add(idle_ms)
+        .min(s.created_ms.saturating_add(max_ms))
 }
 
 /// How many clinicians' rates are kept before those back to full are dropped.

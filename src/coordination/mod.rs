@@ -265,6 +265,27 @@ pub struct OpenSession {
     pub created_ms: u64,
 }
 
+/// A reviewer's session whose time ran out, taken out by `lapsed_sessions`: who, when it
+/// opened and until when it was open (unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lapsed {
+    pub reviewer: String,
+    pub created_ms: u64,
+    pub until_ms: u64,
+}
+
+impl Lapsed {
+    /// Why it ended: `max-age` (it reached `max_ms` after it opened) or `idle` (unused for the
+    /// idle timeout).
+    pub fn why(&self, max_ms: u64) -> &'static str {
+        if self.until_ms >= self.created_ms.saturating_add(max_ms) {
+            "max-age"
+        } else {
+            "idle"
+        }
+    }
+}
+
 /// Reviewers' spent sign-in challenges and sessions: in this process's memory (`Local`), or on
 /// Redis, so that a reviewer signed in on one replica is signed in on all, and a challenge handed
 /// out by one can be signed in with on another, once.
@@ -321,6 +342,22 @@ impl Coordinator {
             Coordinator::Redis(r) => r.end_session(key).await,
         }
     }
+
+    /// Takes out at most `limit` sessions whose time ran out by `now_ms` (unused for `idle_ms`,
+    /// or open for `max_ms`), each once, on every replica, for their ends to be logged; `None`
+    /// for one whose record was gone (not taken out within a day of its time).
+    pub async fn lapsed_sessions(
+        &self,
+        now_ms: u64,
+        idle_ms: u64,
+        max_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Option<Lapsed>>, StoreError> {
+        match self {
+            Coordinator::Local(l) => Ok(l.lapsed_sessions(now_ms, idle_ms, max_ms, limit)),
+            Coordinator::Redis(r) => r.lapsed_sessions(now_ms, limit).await,
+        }
+    }
 }
 
 fn per_minute(n: u32) -> NonZeroU32 {
@@ -345,7 +382,93 @@ pub fn replica_id() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{agree, replica_id, Coordinator, ReplicaKeys};
+    use super::{agree, replica_id, Coordinator, Lapsed, OpenSession, ReplicaKeys};
+
+    /// Sessions whose time ran out are taken out once, with why, whichever process asks (one
+    /// in memory; two on one Redis): an unused one by its idle timeout, one in use by its
+    /// maximum; one in use is not, nor one signed out; a session whose time ran out is not
+    /// open, and waits to be taken out (its end logged), not dropped unseen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_whose_time_ran_out_are_taken_out_once_with_why() {
+        let redis = crate::dev::test_redis().await;
+        let on_redis = || Coordinator::redis(redis.url.as_str(), "s:", 10).unwrap();
+        let local = Coordinator::local(10);
+        let (a, b) = (on_redis(), on_redis());
+        for (first, second) in [(&local, &local), (&a, &b)] {
+            let (idle, max) = (1_000, 1_500);
+            let now = crate::clock::now_ms();
+            let open = |who: &str, created_ms| OpenSession {
+                reviewer: who.into(),
+                csrf: "c".into(),
+                created_ms,
+            };
+            // "idle" left unused; "max" used 0.6 s later (its maximum before its idle
+            // timeout, then); "out" signed out
+            for (key, who) in [("idle", "r1"), ("max", "r2"), ("out", "r3")] {
+                first
+                    .open_session(key, &open(who, now), idle, max)
+                    .await
+                    .unwrap();
+            }
+            first.end_session("out").await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            assert!(first
+                .touch_session("max", idle, max)
+                .await
+                .unwrap()
+                .is_some());
+            assert_eq!(
+                second
+                    .lapsed_sessions(now + 100, idle, max, 10)
+                    .await
+                    .unwrap(),
+                vec![],
+                "none ran out yet"
+            );
+            let mut taken = second
+                .lapsed_sessions(now + 2_000, idle, max, 10)
+                .await
+                .unwrap();
+            taken.sort_by_key(|l| l.as_ref().map(|l| l.reviewer.clone()));
+            assert_eq!(
+                taken,
+                vec![
+                    Some(Lapsed {
+                        reviewer: "r1".into(),
+                        created_ms: now,
+                        until_ms: now + 1_000
+                    }),
+                    Some(Lapsed {
+                        reviewer: "r2".into(),
+                        created_ms: now,
+                        until_ms: now + 1_500
+                    }),
+                ]
+            );
+            let why: Vec<_> = taken.iter().flatten().map(|l| l.why(max)).collect();
+            assert_eq!(why, ["idle", "max-age"]);
+            assert_eq!(
+                first
+                    .lapsed_sessions(now + 2_000, idle, max, 10)
+                    .await
+                    .unwrap(),
+                vec![],
+                "each once"
+            );
+            // one whose time ran out (opened 2 s ago, idle 1 s): not open, then taken out
+            first
+                .open_session("late", &open("r4", now - 2_000), idle, max)
+                .await
+                .unwrap();
+            assert_eq!(first.touch_session("late", idle, max).await.unwrap(), None);
+            let late = second
+                .lapsed_sessions(crate::clock::now_ms(), idle, max, 10)
+                .await
+                .unwrap();
+            assert_eq!(late.len(), 1);
+            assert_eq!(late[0].as_ref().unwrap().reviewer, "r4");
+        }
+    }
 
     fn keys(data: &[&str], token: &[&str], responder: &str) -> ReplicaKeys {
         let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();

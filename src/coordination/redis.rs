@@ -11,8 +11,10 @@
 //! expiring with the lease) and `fences` (field `*`: the last token given, for any lease; never
 //! expires, so tokens only grow; an earlier version kept a field per lease name, read still to
 //! go beyond it); for reviewers, `challenge:<nonce>` (a spent sign-in
-//! challenge, expiring ten minutes after the challenge does) and `session:<sha256 of the token>` (a hash:
-//! reviewer, CSRF token, when it opened; expiring when it idles out or reaches its maximum);
+//! challenge, expiring ten minutes after the challenge does), `session:<sha256 of the token>` (a hash:
+//! reviewer, CSRF token, when it opened, until when it is open; kept a day past that, for its
+//! end to be logged) and `sessions-due` (a sorted set of the open sessions' keys, each scored
+//! with until when it is open: `lapsed_sessions` takes out those whose time ran out);
 //! `replica-keys` (a hash: the current data key's and token key's ids and the service's
 //! principal the replicas run with, recorded by the first to start).
 
@@ -48,6 +50,7 @@ pub struct RedisCoordinator {
     open_session: Script,
     touch_session: Script,
     end_session: Script,
+    lapsed_sessions: Script,
 }
 
 fn redis_err(e: ::redis::RedisError) -> StoreError {
@@ -102,30 +105,66 @@ redis.call('HSET', KEYS[1], 'data', ARGV[3], 'token', ARGV[4])
 return 1
 ";
 
+/// Session `KEYS[1]` opened at `ARGV[3]` (unix ms), open until `ARGV[4]` ms later, in
+/// `sessions-due` (`KEYS[2]`) by then; the hash kept `ARGV[5]` ms longer, for its end to be
+/// logged.
 const OPEN_SESSION: &str = r"
-redis.call('HSET', KEYS[1], 'reviewer', ARGV[1], 'csrf', ARGV[2], 'created', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local upto = tonumber(ARGV[3]) + tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'reviewer', ARGV[1], 'csrf', ARGV[2], 'created', ARGV[3], 'until', upto)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) + tonumber(ARGV[5]))
+redis.call('ZADD', KEYS[2], upto, KEYS[1])
 return 1
 ";
 
-/// A session's fields, its expiry moved to `ARGV[2]` ms from now (`ARGV[1]`, unix ms) but never
-/// past `ARGV[3]` ms after it opened; nil if it is not open.
+/// A session's fields, kept open until `ARGV[2]` ms from now (`ARGV[1]`, unix ms) but never
+/// past `ARGV[3]` ms after it opened; nil if it is not open (one whose time ran out is left for
+/// `LAPSED_SESSIONS`, which logs its end). Its time is moved only when that gains a tenth of
+/// the idle timeout or more: a reviewer's requests are not each a synced write (a session ends
+/// between nine tenths of the idle timeout and all of it after its last use). A session opened
+/// by an earlier version, without `until`, joins `sessions-due` here.
 const TOUCH_SESSION: &str = r"
-local s = redis.call('HMGET', KEYS[1], 'reviewer', 'csrf', 'created')
+local s = redis.call('HMGET', KEYS[1], 'reviewer', 'csrf', 'created', 'until')
 if not s[1] then return nil end
-local ttl = math.min(tonumber(ARGV[2]), tonumber(s[3]) + tonumber(ARGV[3]) - tonumber(ARGV[1]))
-if ttl <= 0 then
-  redis.call('DEL', KEYS[1])
+local now = tonumber(ARGV[1])
+local last = tonumber(s[3]) + tonumber(ARGV[3])
+if s[4] then last = math.min(last, tonumber(s[4])) end
+if now >= last then
+  redis.call('ZADD', KEYS[2], last, KEYS[1])
   return nil
 end
-redis.call('PEXPIRE', KEYS[1], ttl)
-return s
+local upto = math.min(now + tonumber(ARGV[2]), tonumber(s[3]) + tonumber(ARGV[3]))
+if s[4] and upto - tonumber(s[4]) < tonumber(ARGV[2]) / 10 then return {s[1], s[2], s[3]} end
+redis.call('HSET', KEYS[1], 'until', upto)
+redis.call('PEXPIRE', KEYS[1], upto - now + tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], upto, KEYS[1])
+return {s[1], s[2], s[3]}
 ";
 
 const END_SESSION: &str = r"
 redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], KEYS[1])
 return 1
 ";
+
+/// Takes out at most `ARGV[2]` sessions of `sessions-due` (`KEYS[1]`) whose time ran out by
+/// `ARGV[1]` (unix ms): each once, whichever replica asks. For each: reviewer, when it opened
+/// and until when it was open (false when its hash is gone: kept a day past its time, it was
+/// not taken out then).
+const LAPSED_SESSIONS: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, key in ipairs(due) do
+  local s = redis.call('HMGET', key, 'reviewer', 'created', 'until')
+  redis.call('ZREM', KEYS[1], key)
+  redis.call('DEL', key)
+  table.insert(out, {s[1] or false, s[2] or false, s[3] or false})
+end
+return out
+";
+
+/// How long a session's hash is kept after its time ran out, for its end to be logged by
+/// whichever replica takes it out next.
+const LAPSED_KEPT_MS: u64 = 24 * 3600 * 1000;
 
 const RELEASE: &str = r"
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
@@ -154,6 +193,7 @@ impl RedisCoordinator {
             open_session: Script::new(OPEN_SESSION),
             touch_session: Script::new(TOUCH_SESSION),
             end_session: Script::new(END_SESSION),
+            lapsed_sessions: Script::new(LAPSED_SESSIONS),
         })
     }
 
@@ -276,6 +316,10 @@ impl RedisCoordinator {
         format!("{}session:{key}", self.prefix)
     }
 
+    fn sessions_due_key(&self) -> String {
+        format!("{}sessions-due", self.prefix)
+    }
+
     /// Spends challenge `nonce` (good until `until`, unix s): kept ten minutes past that, so
     /// that a replica whose clock runs behind this one's still finds it spent. A spend whose
     /// answer was lost and is sent again finds it spent: the reviewer asks for a new one.
@@ -359,10 +403,12 @@ impl RedisCoordinator {
     ) -> Result<(), StoreError> {
         let mut call = self.open_session.prepare_invoke();
         call.key(self.session_key(key))
+            .key(self.sessions_due_key())
             .arg(&session.reviewer)
             .arg(&session.csrf)
             .arg(session.created_ms)
-            .arg(ttl_ms.max(1));
+            .arg(ttl_ms.max(1))
+            .arg(LAPSED_KEPT_MS);
         self.invoke::<i64>(&call).await.map(|_| ())
     }
 
@@ -374,9 +420,11 @@ impl RedisCoordinator {
     ) -> Result<Option<super::OpenSession>, StoreError> {
         let mut call = self.touch_session.prepare_invoke();
         call.key(self.session_key(key))
+            .key(self.sessions_due_key())
             .arg(crate::clock::now_ms())
             .arg(idle_ms)
-            .arg(max_ms);
+            .arg(max_ms)
+            .arg(LAPSED_KEPT_MS);
         let fields: Option<(String, String, u64)> = self.invoke(&call).await?;
         Ok(
             fields.map(|(reviewer, csrf, created_ms)| super::OpenSession {
@@ -389,8 +437,30 @@ impl RedisCoordinator {
 
     pub(super) async fn end_session(&self, key: &str) -> Result<(), StoreError> {
         let mut call = self.end_session.prepare_invoke();
-        call.key(self.session_key(key));
+        call.key(self.session_key(key)).key(self.sessions_due_key());
         self.invoke::<i64>(&call).await.map(|_| ())
+    }
+
+    pub(super) async fn lapsed_sessions(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Option<super::Lapsed>>, StoreError> {
+        let mut call = self.lapsed_sessions.prepare_invoke();
+        call.key(self.sessions_due_key()).arg(now_ms).arg(limit);
+        type Row = (Option<String>, Option<u64>, Option<u64>);
+        let rows: Vec<Row> = self.invoke(&call).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| match row {
+                (Some(reviewer), Some(created_ms), Some(until_ms)) => Some(super::Lapsed {
+                    reviewer,
+                    created_ms,
+                    until_ms,
+                }),
+                _ => None,
+            })
+            .collect())
     }
 }
 

@@ -512,6 +512,70 @@ impl Review {
         Ok(())
     }
 
+    /// Takes out the sessions whose time ran out (unused for `review.idle_secs`, or open for
+    /// `review.max_secs`) and logs each one's end, `LAPSED_AT_ONCE` at most, in one write: a
+    /// sign-out with `ended` `idle` or `max-age`. Each is taken out once, whichever replica
+    /// asks; one the log could not take is said in this process's log (its session is over
+    /// all the same). How many were logged.
+    pub async fn log_lapsed_sessions(&self) -> Result<usize, crate::store::StoreError> {
+        let (idle_ms, max_ms) = (
+            self.settings.idle_secs * 1000,
+            self.settings.max_secs * 1000,
+        );
+        let lapsed = self
+            .coordination
+            .lapsed_sessions(now_ms(), idle_ms, max_ms, LAPSED_AT_ONCE)
+            .await?;
+        let mut ends = Vec::new();
+        for l in lapsed {
+            match l.as_ref().and_then(|l| Some((l.reviewer.parse::<Address>().ok()?, l))) {
+                Some((reviewer, l)) => ends.push(crate::audit::Event::SignOut {
+                    reviewer,
+                    ended: Some(l.why(max_ms).to_string()),
+                }),
+                None => tracing::error!(
+                    "a reviewer's session ended unlogged: its record was gone (taken out over a day after its time, or not ours)"
+                ),
+            }
+        }
+        if ends.is_empty() {
+            return Ok(0);
+        }
+        let n = ends.len();
+        let batch = Batch {
+            audit: ends.into_iter().map(crate::audit::Record::now).collect(),
+            ..Batch::default()
+        };
+        if let Err(e) = apply_async(&self.state.store, batch).await {
+            tracing::error!(error = %e, sessions = n, "reviewers' sessions that timed out are not in the audit log: they ended all the same");
+            return Err(e);
+        }
+        Ok(n)
+    }
+
+    /// `log_lapsed_sessions` every `every`, until `shutdown`.
+    pub async fn end_lapsed_sessions(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            if let Err(e) = self.log_lapsed_sessions().await {
+                tracing::warn!(error = %e, "reviewers' sessions that timed out could not be taken out");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    /// How often `end_lapsed_sessions` looks: a tenth of the idle timeout, between a second and
+    /// a minute (an ended session's entry comes that long after its time at most).
+    pub fn lapse_check_every(&self) -> std::time::Duration {
+        std::time::Duration::from_millis((self.settings.idle_secs * 100).clamp(1_000, 60_000))
+    }
+
     /// Appends `event` to the audit log; a sign-in or a view that cannot be logged does not
     /// happen.
     async fn audit(&self, event: crate::audit::Event) -> Result<(), Refusal> {
@@ -528,6 +592,9 @@ impl Review {
             })
     }
 }
+
+/// How many timed-out sessions one look takes out and logs at most (the rest at the next).
+const LAPSED_AT_ONCE: usize = 100;
 
 /// Where the session of cookie `token` (32 bytes, hex) is kept, if it is one of ours.
 fn session_key(token: &str) -> Option<String> {

@@ -1304,7 +1304,8 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     assert!(body.contains("reviewer-not-verified"), "{body}");
     let (s, _) = get_with(&base, "/v1/reviews", &fresh).await;
     assert_eq!(s, 401, "the session is gone");
-    // and its end is in the log, by the service, with why
+    // and its end is in the log, by the service, with why (beside the ends of the sessions
+    // that idled out, the one above among them)
     let ended: Vec<_> = env
         .app
         .store
@@ -1315,7 +1316,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
             breakglass::audit::Event::SignOut {
                 reviewer: who,
                 ended: Some(code),
-            } => Some((who.to_string(), code)),
+            } if code != "idle" => Some((who.to_string(), code)),
             _ => None,
         })
         .collect();
@@ -1801,6 +1802,60 @@ async fn a_reviewer_moves_between_replicas_without_signing_in_again() {
     let again = signed_in(&a, &reviewer).await;
     assert_eq!(get_with(&b, &page, &again).await.0, 200);
     assert_eq!(views(), 2, "the new session's first read is logged");
+    other.stop().await;
+}
+
+/// A session left unused past `review.idle_secs` ends, and its end is in the audit log once (a
+/// sign-out the service ended, `ended` `idle`), whichever replica takes it out: two on one
+/// Redis, and one process on its own store. The session is not open after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_idles_out_is_logged_as_ended_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let url = redis.url();
+    let idle = |s: &mut breakglass::configuration::Settings| {
+        s.review.idle_secs = 1;
+        s.review.max_secs = 600;
+    };
+    let env = setup(|s| {
+        idle(s);
+        s.data.redis_url = Some(url.clone());
+    })
+    .await;
+    let other = replica(&env, &dir.path().join("other"), |s| {
+        idle(s);
+        s.data.redis_url = Some(url.clone());
+    })
+    .await;
+    let alone = setup(idle).await;
+    for (env, signed_in_at) in [(&env, base(&env)), (&alone, base(&alone))] {
+        let reviewer = key_of(provider(&env.demo, "reviewer"));
+        let principal = provider(&env.demo, "reviewer")["principal"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let session = signed_in(&signed_in_at, &reviewer).await;
+        assert_eq!(get_with(&signed_in_at, "/review", &session).await.0, 200);
+        let ended = || {
+            logged(&*env.app.store, "sign-out")
+                .into_iter()
+                .filter(|e| {
+                    matches!(e, breakglass::audit::Event::SignOut { reviewer, ended }
+                        if reviewer.to_string() == principal && ended.as_deref() == Some("idle"))
+                })
+                .count()
+        };
+        eventually(
+            "the session's end logged",
+            std::time::Duration::from_secs(15),
+            async || (ended() > 0).then_some(()),
+        )
+        .await;
+        // the replicas keep looking: logged once
+        tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+        assert_eq!(ended(), 1);
+        assert_eq!(get_with(&signed_in_at, "/review", &session).await.0, 303);
+    }
     other.stop().await;
 }
 
