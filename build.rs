@@ -1,37 +1,59 @@
 //! Names the build the binary is: `BREAKGLASS_BUILD`, the commit it was built from (`git
-//! rev-parse`), or `BREAKGLASS_BUILD_ID` when set (an image built from a copy without its
-//! repository), else `unknown`. The service logs it with each start and shows it in
-//! `/metrics` (`breakglass_build_info`), so that which build each replica ran can be told.
+//! rev-parse`, in this crate's own repository), or `BREAKGLASS_BUILD_ID` when set (an image
+//! built from a copy without its repository; letters, digits, `.` and `-`), else `unknown`.
+//! The service logs it with each start and shows it in `/metrics` (`breakglass_build_info`),
+//! so that which build each replica ran can be told. (Changes not committed are not named.)
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+const ID_ENV: &str = "BREAKGLASS_BUILD_ID";
+
+/// `git -C <this crate> <args>`, its output trimmed, if it succeeded.
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
 fn main() {
-    println!("cargo:rerun-if-env-changed=BREAKGLASS_BUILD_ID");
-    // run again when the commit checked out changes: HEAD, and the branch it names (a file of
-    // its own, or a line of packed-refs); only files that are there (one that is not would
-    // make every build run this again)
-    let git = Path::new(".git");
-    let mut watched = vec![git.join("HEAD"), git.join("packed-refs")];
-    if let Ok(head) = std::fs::read_to_string(git.join("HEAD")) {
-        if let Some(branch) = head.trim().strip_prefix("ref: ") {
-            watched.push(git.join(branch));
+    println!("cargo:rerun-if-env-changed={ID_ENV}");
+    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let given = std::env::var(ID_ENV).ok().filter(|id| !id.is_empty());
+    if let Some(id) = &given {
+        assert!(
+            id.len() <= 64
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'),
+            "{ID_ENV} may hold letters, digits, '.' and '-' (64 at most), not {id:?}"
+        );
+    }
+    // only this crate's own repository (not one it was copied into)
+    let ours = git(&dir, &["rev-parse", "--show-toplevel"])
+        .is_some_and(|top| Path::new(&top).canonicalize().ok() == dir.canonicalize().ok());
+    let commit = ours
+        .then(|| git(&dir, &["rev-parse", "--short=12", "HEAD"]))
+        .flatten();
+    if ours {
+        // run again when the commit checked out changes: HEAD and its log, which every
+        // commit, checkout and reset writes (in a worktree too, wherever git keeps them)
+        for file in ["HEAD", "logs/HEAD"] {
+            if let Some(path) = git(
+                &dir,
+                &["rev-parse", "--path-format=absolute", "--git-path", file],
+            ) {
+                if Path::new(&path).is_file() {
+                    println!("cargo:rerun-if-changed={path}");
+                }
+            }
         }
     }
-    for file in watched.iter().filter(|f| f.is_file()) {
-        println!("cargo:rerun-if-changed={}", file.display());
-    }
-    let id = std::env::var("BREAKGLASS_BUILD_ID")
-        .ok()
-        .filter(|id| !id.is_empty())
-        .or_else(|| {
-            let out = Command::new("git")
-                .args(["rev-parse", "--short=12", "HEAD"])
-                .output()
-                .ok()?;
-            let id = String::from_utf8(out.stdout).ok()?.trim().to_string();
-            (out.status.success() && !id.is_empty()).then_some(id)
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let id = given.or(commit).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=BREAKGLASS_BUILD={id}");
 }

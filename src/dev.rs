@@ -242,10 +242,14 @@ pub(crate) async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
 
 /// `cmd` in a process group of its own (a terminal's Ctrl-C reaches this process, which stops
 /// it in its turn), sent SIGTERM when this process dies.
+/// (Linux only: elsewhere, with no death signal, a child in a group of its own would outlive
+/// a `dev` killed before it stops them, so children stay in the terminal's group.) Called from
+/// `run`'s own thread (the death signal follows the thread that spawned, which lives as long as
+/// `dev`), never from a blocking task's.
 fn on_its_own(cmd: &mut Command) {
-    cmd.process_group(0);
     #[cfg(target_os = "linux")]
     {
+        cmd.process_group(0);
         let parent = rustix::process::getpid();
         // SAFETY: the closure runs in the child between fork and exec, where only
         // async-signal-safe calls are allowed: it makes two system calls (prctl, getppid) and
@@ -581,8 +585,7 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
     }
     app.stop().await;
     if devnet_exited.is_none() {
-        let _ = devnet.start_kill();
-        let _ = devnet.wait().await;
+        stop_child(&mut devnet).await;
     }
     if let Some(mut r) = redis {
         stop_child(&mut r).await;

@@ -598,8 +598,8 @@ async fn dev_with_replicas_runs_two_services_on_one_local_redis() {
 }
 
 /// `breakglass dev --replicas 2` killed outright (no chance to stop what it started): its
-/// replicas and its Redis stop too (told by the kernel), none left holding the append-only
-/// file a next run would open with a Redis of its own.
+/// replicas, its devnet and its Redis stop too (told by the kernel), none left holding the
+/// append-only file a next run would open with a Redis of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_dev_started_stops_when_it_is_killed() {
     let dir = tempfile::tempdir().unwrap();
@@ -613,15 +613,20 @@ async fn what_dev_started_stops_when_it_is_killed() {
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_else(|| panic!("{}", dev.printed))
         .to_string();
-    assert!(std::net::TcpStream::connect(&redis).is_ok());
+    let devnet = format!("127.0.0.1:{}", dev.devnet);
+    for up in [&redis, &devnet] {
+        assert!(std::net::TcpStream::connect(up).is_ok(), "{up}");
+    }
     dev.child.start_kill().unwrap();
     dev.child.wait().await.unwrap();
     eventually(
-        "the replica and Redis gone",
+        "the replica, the devnet and Redis gone",
         Duration::from_secs(20),
         async || {
-            (reqwest::get(&second).await.is_err() && std::net::TcpStream::connect(&redis).is_err())
-                .then_some(())
+            (reqwest::get(&second).await.is_err()
+                && std::net::TcpStream::connect(&redis).is_err()
+                && std::net::TcpStream::connect(&devnet).is_err())
+            .then_some(())
         },
     )
     .await;
