@@ -36,6 +36,8 @@ pub struct Local {
     challenges: Mutex<Challenges>,
     /// Sessions: key → (session, last used, unix ms).
     sessions: Mutex<HashMap<String, (super::OpenSession, u64)>>,
+    /// Sessions taken out, their ends not logged yet: key → (what it was, taken when).
+    ending: Mutex<HashMap<String, (super::Lapsed, u64)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -54,6 +56,7 @@ impl Local {
             fences: std::sync::atomic::AtomicU64::new(0),
             challenges: Mutex::default(),
             sessions: Mutex::default(),
+            ending: Mutex::default(),
         }
     }
 
@@ -202,8 +205,8 @@ impl Local {
         Some(s.clone())
     }
 
-    pub(super) fn end_session(&self, key: &str) {
-        lock(&self.sessions).remove(key);
+    pub(super) fn end_session(&self, key: &str) -> bool {
+        lock(&self.sessions).remove(key).is_some()
     }
 
     pub(super) fn lapsed_sessions(
@@ -212,25 +215,47 @@ impl Local {
         idle_ms: u64,
         max_ms: u64,
         limit: usize,
-    ) -> Vec<Option<super::Lapsed>> {
+    ) -> Vec<super::Claimed> {
         let mut sessions = lock(&self.sessions);
+        let mut ending = lock(&self.ending);
+        let mut out = Vec::new();
+        for (key, (lapsed, taken)) in ending.iter_mut() {
+            if out.len() < limit && *taken + super::ENDING_LEASE_MS <= now {
+                *taken = now;
+                out.push(super::Claimed {
+                    key: key.clone(),
+                    lapsed: Some(lapsed.clone()),
+                });
+            }
+        }
         let lapsed: Vec<(String, u64)> = sessions
             .iter()
             .map(|(k, (s, last))| (k.clone(), until(s, *last, idle_ms, max_ms)))
             .filter(|(_, until)| *until <= now)
-            .take(limit)
+            .take(limit - out.len())
             .collect();
-        lapsed
-            .into_iter()
-            .filter_map(|(k, until_ms)| {
-                let (s, _) = sessions.remove(&k)?;
-                Some(Some(super::Lapsed {
+        for (key, until_ms) in lapsed {
+            if let Some((s, _)) = sessions.remove(&key) {
+                let lapsed = super::Lapsed {
                     reviewer: s.reviewer,
                     created_ms: s.created_ms,
                     until_ms,
-                }))
-            })
-            .collect()
+                };
+                ending.insert(key.clone(), (lapsed.clone(), now));
+                out.push(super::Claimed {
+                    key,
+                    lapsed: Some(lapsed),
+                });
+            }
+        }
+        out
+    }
+
+    pub(super) fn sessions_ended(&self, keys: &[String]) {
+        let mut ending = lock(&self.ending);
+        for key in keys {
+            ending.remove(key);
+        }
     }
 }
 

@@ -274,6 +274,19 @@ pub struct Lapsed {
     pub until_ms: u64,
 }
 
+/// A session taken out by `lapsed_sessions` (its key), and what it was, if its record was
+/// still there. `sessions_ended` once its end is logged; one not ended within
+/// `ENDING_LEASE_MS` is taken out again (by any replica).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub key: String,
+    pub lapsed: Option<Lapsed>,
+}
+
+/// How long a session taken out waits for its end to be logged before it may be taken out
+/// again (its taker stopped, or could not write the log).
+pub const ENDING_LEASE_MS: u64 = 5 * 60 * 1000;
+
 impl Lapsed {
     /// Why it ended: `max-age` (it reached `max_ms` after it opened) or `idle` (unused for the
     /// idle timeout).
@@ -332,30 +345,39 @@ impl Coordinator {
         }
     }
 
-    /// Ends session `key`.
-    pub async fn end_session(&self, key: &str) -> Result<(), StoreError> {
+    /// Ends session `key`: whether it was open (or waiting to be taken out).
+    pub async fn end_session(&self, key: &str) -> Result<bool, StoreError> {
         match self {
-            Coordinator::Local(l) => {
-                l.end_session(key);
-                Ok(())
-            }
+            Coordinator::Local(l) => Ok(l.end_session(key)),
             Coordinator::Redis(r) => r.end_session(key).await,
         }
     }
 
     /// Takes out at most `limit` sessions whose time ran out by `now_ms` (unused for `idle_ms`,
-    /// or open for `max_ms`), each once, on every replica, for their ends to be logged; `None`
-    /// for one whose record was gone (not taken out within a day of its time).
+    /// or open for `max_ms`), each by one replica, for their ends to be logged (then
+    /// `sessions_ended`); a session taken out `ENDING_LEASE_MS` ago and not ended since comes
+    /// again.
     pub async fn lapsed_sessions(
         &self,
         now_ms: u64,
         idle_ms: u64,
         max_ms: u64,
         limit: usize,
-    ) -> Result<Vec<Option<Lapsed>>, StoreError> {
+    ) -> Result<Vec<Claimed>, StoreError> {
         match self {
             Coordinator::Local(l) => Ok(l.lapsed_sessions(now_ms, idle_ms, max_ms, limit)),
             Coordinator::Redis(r) => r.lapsed_sessions(now_ms, limit).await,
+        }
+    }
+
+    /// The sessions `keys`, taken out by `lapsed_sessions`, ended: their ends are logged.
+    pub async fn sessions_ended(&self, keys: &[String]) -> Result<(), StoreError> {
+        match self {
+            Coordinator::Local(l) => {
+                l.sessions_ended(keys);
+                Ok(())
+            }
+            Coordinator::Redis(r) => r.sessions_ended(keys).await,
         }
     }
 }
@@ -382,20 +404,32 @@ pub fn replica_id() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{agree, replica_id, Coordinator, Lapsed, OpenSession, ReplicaKeys};
+    use super::{agree, replica_id, Claimed, Coordinator, OpenSession, ReplicaKeys};
 
     /// Sessions whose time ran out are taken out once, with why, whichever process asks (one
     /// in memory; two on one Redis): an unused one by its idle timeout, one in use by its
-    /// maximum; one in use is not, nor one signed out; a session whose time ran out is not
-    /// open, and waits to be taken out (its end logged), not dropped unseen.
+    /// maximum; one in use is not, nor one signed out. A session taken out is not open, and
+    /// cannot be signed out (its end is logged as its time's); one whose end was not logged
+    /// comes again after `ENDING_LEASE_MS`, and once ended, never.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sessions_whose_time_ran_out_are_taken_out_once_with_why() {
         let redis = crate::dev::test_redis().await;
         let on_redis = || Coordinator::redis(redis.url.as_str(), "s:", 10).unwrap();
         let local = Coordinator::local(10);
         let (a, b) = (on_redis(), on_redis());
+        let reviewers = |claimed: &[Claimed]| {
+            let mut r: Vec<(String, String, u64, u64)> = claimed
+                .iter()
+                .map(|c| {
+                    let l = c.lapsed.clone().expect("its record");
+                    (c.key.clone(), l.reviewer, l.created_ms, l.until_ms)
+                })
+                .collect();
+            r.sort();
+            r
+        };
         for (first, second) in [(&local, &local), (&a, &b)] {
-            let (idle, max) = (1_000, 1_500);
+            let (idle, max) = (2_000, 2_500);
             let now = crate::clock::now_ms();
             let open = |who: &str, created_ms| OpenSession {
                 reviewer: who.into(),
@@ -410,7 +444,7 @@ mod tests {
                     .await
                     .unwrap();
             }
-            first.end_session("out").await.unwrap();
+            assert!(first.end_session("out").await.unwrap());
             tokio::time::sleep(std::time::Duration::from_millis(600)).await;
             assert!(first
                 .touch_session("max", idle, max)
@@ -425,48 +459,51 @@ mod tests {
                 vec![],
                 "none ran out yet"
             );
-            let mut taken = second
-                .lapsed_sessions(now + 2_000, idle, max, 10)
+            let taken = second
+                .lapsed_sessions(now + 3_000, idle, max, 10)
                 .await
                 .unwrap();
-            taken.sort_by_key(|l| l.as_ref().map(|l| l.reviewer.clone()));
             assert_eq!(
-                taken,
-                vec![
-                    Some(Lapsed {
-                        reviewer: "r1".into(),
-                        created_ms: now,
-                        until_ms: now + 1_000
-                    }),
-                    Some(Lapsed {
-                        reviewer: "r2".into(),
-                        created_ms: now,
-                        until_ms: now + 1_500
-                    }),
+                reviewers(&taken),
+                [
+                    ("idle".into(), "r1".into(), now, now + 2_000),
+                    ("max".into(), "r2".into(), now, now + 2_500)
                 ]
             );
-            let why: Vec<_> = taken.iter().flatten().map(|l| l.why(max)).collect();
+            let mut why: Vec<_> = taken
+                .iter()
+                .map(|c| c.lapsed.as_ref().unwrap().why(max))
+                .collect();
+            why.sort();
             assert_eq!(why, ["idle", "max-age"]);
             assert_eq!(
                 first
-                    .lapsed_sessions(now + 2_000, idle, max, 10)
+                    .lapsed_sessions(now + 3_000, idle, max, 10)
                     .await
                     .unwrap(),
                 vec![],
-                "each once"
+                "each by one"
             );
-            // one whose time ran out (opened 2 s ago, idle 1 s): not open, then taken out
-            first
-                .open_session("late", &open("r4", now - 2_000), idle, max)
-                .await
-                .unwrap();
-            assert_eq!(first.touch_session("late", idle, max).await.unwrap(), None);
-            let late = second
-                .lapsed_sessions(crate::clock::now_ms(), idle, max, 10)
-                .await
-                .unwrap();
-            assert_eq!(late.len(), 1);
-            assert_eq!(late[0].as_ref().unwrap().reviewer, "r4");
+            // taken out: not open, not signed out
+            assert_eq!(first.touch_session("idle", idle, max).await.unwrap(), None);
+            assert!(!first.end_session("idle").await.unwrap());
+            // "max"'s end logged, "idle"'s not (its taker stopped): "idle" comes again after
+            // the lease, once
+            second.sessions_ended(&["max".to_string()]).await.unwrap();
+            let later = now + 3_000 + super::ENDING_LEASE_MS;
+            let again = first.lapsed_sessions(later, idle, max, 10).await.unwrap();
+            assert_eq!(
+                reviewers(&again),
+                [("idle".into(), "r1".into(), now, now + 2_000)]
+            );
+            first.sessions_ended(&["idle".to_string()]).await.unwrap();
+            assert_eq!(
+                second
+                    .lapsed_sessions(later + super::ENDING_LEASE_MS, idle, max, 10)
+                    .await
+                    .unwrap(),
+                vec![]
+            );
         }
     }
 

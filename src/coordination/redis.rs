@@ -13,8 +13,10 @@
 //! go beyond it); for reviewers, `challenge:<nonce>` (a spent sign-in
 //! challenge, expiring ten minutes after the challenge does), `session:<sha256 of the token>` (a hash:
 //! reviewer, CSRF token, when it opened, until when it is open; kept a day past that, for its
-//! end to be logged) and `sessions-due` (a sorted set of the open sessions' keys, each scored
-//! with until when it is open: `lapsed_sessions` takes out those whose time ran out);
+//! end to be logged), `sessions-due` (a sorted set of the open sessions' keys, each scored
+//! with until when it is open: `lapsed_sessions` takes out those whose time ran out) and
+//! `sessions-ending` (those taken out, scored with when, until their ends are logged:
+//! `sessions_ended`);
 //! `replica-keys` (a hash: the current data key's and token key's ids and the service's
 //! principal the replicas run with, recorded by the first to start).
 
@@ -51,6 +53,7 @@ pub struct RedisCoordinator {
     touch_session: Script,
     end_session: Script,
     lapsed_sessions: Script,
+    sessions_ended: Script,
 }
 
 fn redis_err(e: ::redis::RedisError) -> StoreError {
@@ -110,60 +113,92 @@ return 1
 /// logged.
 const OPEN_SESSION: &str = r"
 local upto = tonumber(ARGV[3]) + tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], 'reviewer', ARGV[1], 'csrf', ARGV[2], 'created', ARGV[3], 'until', upto)
+redis.call('HSET', KEYS[1], 'reviewer', ARGV[1], 'csrf', ARGV[2], 'created', ARGV[3], 'until', string.format('%d', upto))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) + tonumber(ARGV[5]))
 redis.call('ZADD', KEYS[2], upto, KEYS[1])
 return 1
 ";
 
 /// A session's fields, kept open until `ARGV[2]` ms from now (`ARGV[1]`, unix ms) but never
-/// past `ARGV[3]` ms after it opened; nil if it is not open (one whose time ran out is left for
-/// `LAPSED_SESSIONS`, which logs its end). Its time is moved only when that gains a tenth of
-/// the idle timeout or more: a reviewer's requests are not each a synced write (a session ends
-/// between nine tenths of the idle timeout and all of it after its last use). A session opened
-/// by an earlier version, without `until`, joins `sessions-due` here.
+/// past `ARGV[3]` ms after it opened; nil if it is not open: taken out (in `sessions-ending`,
+/// `KEYS[3]`), or its time ran out (left in `sessions-due`, `KEYS[2]`, for
+/// `LAPSED_SESSIONS`). Its time is moved only when that gains a tenth of the idle timeout or
+/// more, or reaches its maximum: a reviewer's requests are not each a synced write
+/// (a session ends between nine tenths of the idle timeout and all of it after its last use). A
+/// session opened by an earlier version, without `until`, joins `sessions-due` here.
 const TOUCH_SESSION: &str = r"
 local s = redis.call('HMGET', KEYS[1], 'reviewer', 'csrf', 'created', 'until')
-if not s[1] then return nil end
+if not s[1] or redis.call('ZSCORE', KEYS[3], KEYS[1]) then return nil end
 local now = tonumber(ARGV[1])
-local last = tonumber(s[3]) + tonumber(ARGV[3])
-if s[4] then last = math.min(last, tonumber(s[4])) end
+local idle = tonumber(ARGV[2])
+local cap = tonumber(s[3]) + tonumber(ARGV[3])
+local last = cap
+if s[4] then last = math.min(cap, tonumber(s[4])) end
 if now >= last then
   redis.call('ZADD', KEYS[2], last, KEYS[1])
   return nil
 end
-local upto = math.min(now + tonumber(ARGV[2]), tonumber(s[3]) + tonumber(ARGV[3]))
-if s[4] and upto - tonumber(s[4]) < tonumber(ARGV[2]) / 10 then return {s[1], s[2], s[3]} end
-redis.call('HSET', KEYS[1], 'until', upto)
+local upto = math.min(now + idle, cap)
+if s[4] then
+  local was = tonumber(s[4])
+  if upto == was or (upto - was < idle / 10 and upto < cap) then
+    return {s[1], s[2], s[3]}
+  end
+end
+redis.call('HSET', KEYS[1], 'until', string.format('%d', upto))
 redis.call('PEXPIRE', KEYS[1], upto - now + tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[2], upto, KEYS[1])
 return {s[1], s[2], s[3]}
 ";
 
+/// Ends session `KEYS[1]` (out of `sessions-due`, `KEYS[2]`): 1 if it was open. One taken out
+/// already (in `sessions-ending`, `KEYS[3]`: its time ran out) is left to be logged as such: 0.
 const END_SESSION: &str = r"
-redis.call('DEL', KEYS[1])
+if redis.call('ZSCORE', KEYS[3], KEYS[1]) then return 0 end
+local n = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], KEYS[1])
-return 1
+return n
 ";
 
-/// Takes out at most `ARGV[2]` sessions of `sessions-due` (`KEYS[1]`) whose time ran out by
-/// `ARGV[1]` (unix ms): each once, whichever replica asks. For each: reviewer, when it opened
-/// and until when it was open (false when its hash is gone: kept a day past its time, it was
-/// not taken out then).
+/// Takes out at most `ARGV[2]` sessions whose time ran out by `ARGV[1]` (unix ms): first
+/// those taken out more than `ARGV[3]` ms ago and not ended since (their taker stopped before
+/// their ends were logged), then those of `sessions-due` (`KEYS[1]`); each moved to
+/// `sessions-ending` (`KEYS[2]`), scored with now, so that one replica takes it (again only
+/// after `ARGV[3]`). For each: its key, reviewer, when it opened and until when it was open
+/// (`''` where its hash has none: gone, or opened by an earlier version).
 const LAPSED_SESSIONS: &str = r"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
 local out = {}
-for _, key in ipairs(due) do
+local function take(key, upto)
   local s = redis.call('HMGET', key, 'reviewer', 'created', 'until')
+  if s[1] and not s[3] and upto then
+    redis.call('HSET', key, 'until', upto)
+    s[3] = upto
+  end
   redis.call('ZREM', KEYS[1], key)
-  redis.call('DEL', key)
-  table.insert(out, {s[1] or false, s[2] or false, s[3] or false})
+  redis.call('ZADD', KEYS[2], now, key)
+  table.insert(out, {key, s[1] or '', s[2] or '', s[3] or upto or ''})
+end
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]), 'LIMIT', 0, limit)
+for _, key in ipairs(stale) do take(key, false) end
+if #stale < limit then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit - #stale)
+  for i = 1, #due, 2 do take(due[i], due[i + 1]) end
 end
 return out
 ";
 
-/// How long a session's hash is kept after its time ran out, for its end to be logged by
-/// whichever replica takes it out next.
+/// The sessions `ARGV` (their keys), taken out and their ends logged: out of
+/// `sessions-ending` (`KEYS[1]`), their hashes gone.
+const SESSIONS_ENDED: &str = r"
+for _, key in ipairs(ARGV) do
+  redis.call('ZREM', KEYS[1], key)
+  redis.call('DEL', key)
+end
+return 1
+";
+
 const LAPSED_KEPT_MS: u64 = 24 * 3600 * 1000;
 
 const RELEASE: &str = r"
@@ -194,6 +229,7 @@ impl RedisCoordinator {
             touch_session: Script::new(TOUCH_SESSION),
             end_session: Script::new(END_SESSION),
             lapsed_sessions: Script::new(LAPSED_SESSIONS),
+            sessions_ended: Script::new(SESSIONS_ENDED),
         })
     }
 
@@ -320,6 +356,10 @@ impl RedisCoordinator {
         format!("{}sessions-due", self.prefix)
     }
 
+    fn sessions_ending_key(&self) -> String {
+        format!("{}sessions-ending", self.prefix)
+    }
+
     /// Spends challenge `nonce` (good until `until`, unix s): kept ten minutes past that, so
     /// that a replica whose clock runs behind this one's still finds it spent. A spend whose
     /// answer was lost and is sent again finds it spent: the reviewer asks for a new one.
@@ -421,6 +461,7 @@ impl RedisCoordinator {
         let mut call = self.touch_session.prepare_invoke();
         call.key(self.session_key(key))
             .key(self.sessions_due_key())
+            .key(self.sessions_ending_key())
             .arg(crate::clock::now_ms())
             .arg(idle_ms)
             .arg(max_ms)
@@ -435,32 +476,56 @@ impl RedisCoordinator {
         )
     }
 
-    pub(super) async fn end_session(&self, key: &str) -> Result<(), StoreError> {
+    pub(super) async fn end_session(&self, key: &str) -> Result<bool, StoreError> {
         let mut call = self.end_session.prepare_invoke();
-        call.key(self.session_key(key)).key(self.sessions_due_key());
-        self.invoke::<i64>(&call).await.map(|_| ())
+        call.key(self.session_key(key))
+            .key(self.sessions_due_key())
+            .key(self.sessions_ending_key());
+        self.invoke::<i64>(&call).await.map(|n| n > 0)
     }
 
     pub(super) async fn lapsed_sessions(
         &self,
         now_ms: u64,
         limit: usize,
-    ) -> Result<Vec<Option<super::Lapsed>>, StoreError> {
+    ) -> Result<Vec<super::Claimed>, StoreError> {
         let mut call = self.lapsed_sessions.prepare_invoke();
-        call.key(self.sessions_due_key()).arg(now_ms).arg(limit);
-        type Row = (Option<String>, Option<u64>, Option<u64>);
-        let rows: Vec<Row> = self.invoke(&call).await?;
+        call.key(self.sessions_due_key())
+            .key(self.sessions_ending_key())
+            .arg(now_ms)
+            .arg(limit)
+            .arg(super::ENDING_LEASE_MS);
+        let rows: Vec<Vec<String>> = self.invoke(&call).await?;
+        let prefix = format!("{}session:", self.prefix);
         Ok(rows
             .into_iter()
-            .map(|row| match row {
-                (Some(reviewer), Some(created_ms), Some(until_ms)) => Some(super::Lapsed {
-                    reviewer,
-                    created_ms,
-                    until_ms,
-                }),
-                _ => None,
+            .filter_map(|row| {
+                let [key, reviewer, created, until] = <[String; 4]>::try_from(row).ok()?;
+                let lapsed = (|| {
+                    Some(super::Lapsed {
+                        reviewer: Some(reviewer).filter(|r| !r.is_empty())?,
+                        created_ms: created.parse().ok()?,
+                        until_ms: until.parse().ok()?,
+                    })
+                })();
+                Some(super::Claimed {
+                    key: key.strip_prefix(&prefix).unwrap_or(&key).to_string(),
+                    lapsed,
+                })
             })
             .collect())
+    }
+
+    pub(super) async fn sessions_ended(&self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut call = self.sessions_ended.prepare_invoke();
+        call.key(self.sessions_ending_key());
+        for key in keys {
+            call.arg(self.session_key(key));
+        }
+        self.invoke::<i64>(&call).await.map(|_| ())
     }
 }
 

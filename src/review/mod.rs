@@ -440,17 +440,19 @@ impl Review {
         if let Err(r) = self.authorized(&session.reviewer).await {
             if r.status != 503 {
                 let key = session_key(token).unwrap_or_default();
-                self.coordination
+                let open = self
+                    .coordination
                     .end_session(&key)
                     .await
                     .map_err(sessions_unavailable)?;
                 tracing::info!(reviewer = %session.reviewer, code = r.code, "a reviewer's session ended: no longer authorized on chain");
-                // (ended all the same when the log cannot take it)
+                // (ended all the same when the log cannot take it; one whose time ran out
+                // meanwhile is logged as such)
                 let ended = crate::audit::Event::SignOut {
                     reviewer: session.reviewer,
                     ended: Some(r.code.to_string()),
                 };
-                if self.audit(ended).await.is_err() {
+                if open && self.audit(ended).await.is_err() {
                     tracing::error!(reviewer = %session.reviewer, "a session's end is not in the audit log: it ended all the same");
                 }
             }
@@ -494,17 +496,20 @@ impl Review {
     /// the session all the same (logged as an error), since keeping it open would be worse.
     pub async fn sign_out(&self, token: &str, reviewer: &Address) -> Result<(), Refusal> {
         if let Some(key) = session_key(token) {
-            self.coordination
+            let ended = self
+                .coordination
                 .end_session(&key)
                 .await
                 .map_err(sessions_unavailable)?;
-            if self
-                .audit(crate::audit::Event::SignOut {
-                    reviewer: *reviewer,
-                    ended: None,
-                })
-                .await
-                .is_err()
+            // (one taken out meanwhile, its time run out, is logged as such)
+            if ended
+                && self
+                    .audit(crate::audit::Event::SignOut {
+                        reviewer: *reviewer,
+                        ended: None,
+                    })
+                    .await
+                    .is_err()
             {
                 tracing::error!(reviewer = %reviewer, "a sign-out is not in the audit log: the session ended all the same");
             }
@@ -513,44 +518,54 @@ impl Review {
     }
 
     /// Takes out the sessions whose time ran out (unused for `review.idle_secs`, or open for
-    /// `review.max_secs`) and logs each one's end, `LAPSED_AT_ONCE` at most, in one write: a
-    /// sign-out with `ended` `idle` or `max-age`. Each is taken out once, whichever replica
-    /// asks; one the log could not take is said in this process's log (its session is over
-    /// all the same). How many were logged.
+    /// `review.max_secs`) and logs each one's end, `LAPSED_AT_ONCE` a write: a sign-out with
+    /// `ended` `idle` or `max-age`. Each is taken out by one replica, and ended once its entry
+    /// is written; one whose entry could not be written is taken out again later
+    /// (`coordination::ENDING_LEASE_MS`), by whichever replica looks then. How many were
+    /// logged.
     pub async fn log_lapsed_sessions(&self) -> Result<usize, crate::store::StoreError> {
         let (idle_ms, max_ms) = (
             self.settings.idle_secs * 1000,
             self.settings.max_secs * 1000,
         );
-        let lapsed = self
-            .coordination
-            .lapsed_sessions(now_ms(), idle_ms, max_ms, LAPSED_AT_ONCE)
-            .await?;
-        let mut ends = Vec::new();
-        for l in lapsed {
-            match l.as_ref().and_then(|l| Some((l.reviewer.parse::<Address>().ok()?, l))) {
-                Some((reviewer, l)) => ends.push(crate::audit::Event::SignOut {
-                    reviewer,
-                    ended: Some(l.why(max_ms).to_string()),
-                }),
-                None => tracing::error!(
-                    "a reviewer's session ended unlogged: its record was gone (taken out over a day after its time, or not ours)"
-                ),
+        let mut logged = 0;
+        // (a backlog, after the store was away say, is taken out write after write)
+        for _ in 0..LAPSED_WRITES_AT_ONCE {
+            let claimed = self
+                .coordination
+                .lapsed_sessions(now_ms(), idle_ms, max_ms, LAPSED_AT_ONCE)
+                .await?;
+            let mut ends = Vec::new();
+            for c in &claimed {
+                match c.lapsed.as_ref().and_then(|l| Some((l.reviewer.parse::<Address>().ok()?, l))) {
+                    Some((reviewer, l)) => ends.push(crate::audit::Event::SignOut {
+                        reviewer,
+                        ended: Some(l.why(max_ms).to_string()),
+                    }),
+                    None => tracing::error!(
+                        "a reviewer's session ended unlogged: its record was gone (ended by an older version, or not taken out within a day of its time)"
+                    ),
+                }
+            }
+            let n = ends.len();
+            if n > 0 {
+                let batch = Batch {
+                    audit: ends.into_iter().map(crate::audit::Record::now).collect(),
+                    ..Batch::default()
+                };
+                if let Err(e) = apply_async(&self.state.store, batch).await {
+                    tracing::error!(error = %e, sessions = n, "the ends of reviewers' sessions that timed out could not be logged: taken out again later");
+                    return Err(e);
+                }
+            }
+            let keys: Vec<String> = claimed.iter().map(|c| c.key.clone()).collect();
+            self.coordination.sessions_ended(&keys).await?;
+            logged += n;
+            if claimed.len() < LAPSED_AT_ONCE {
+                break;
             }
         }
-        if ends.is_empty() {
-            return Ok(0);
-        }
-        let n = ends.len();
-        let batch = Batch {
-            audit: ends.into_iter().map(crate::audit::Record::now).collect(),
-            ..Batch::default()
-        };
-        if let Err(e) = apply_async(&self.state.store, batch).await {
-            tracing::error!(error = %e, sessions = n, "reviewers' sessions that timed out are not in the audit log: they ended all the same");
-            return Err(e);
-        }
-        Ok(n)
+        Ok(logged)
     }
 
     /// `log_lapsed_sessions` every `every`, until `shutdown`.
@@ -593,8 +608,10 @@ impl Review {
     }
 }
 
-/// How many timed-out sessions one look takes out and logs at most (the rest at the next).
+/// How many timed-out sessions one write logs the ends of at most.
 const LAPSED_AT_ONCE: usize = 100;
+/// How many such writes one look makes at most (the rest at the next look).
+const LAPSED_WRITES_AT_ONCE: usize = 10;
 
 /// Where the session of cookie `token` (32 bytes, hex) is kept, if it is one of ours.
 fn session_key(token: &str) -> Option<String> {

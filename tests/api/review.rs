@@ -121,6 +121,25 @@ async fn signed_in(base: &str, key: &secp256k1::SecretKey) -> String {
     session.expect("a session cookie")
 }
 
+/// What the log took after `head`, but the ends of sessions that timed out (logged by the
+/// service's own task whenever their time runs out).
+fn logged_since(
+    store: &dyn breakglass::store::Store,
+    head: Option<breakglass::audit::Head>,
+) -> Vec<breakglass::audit::Event> {
+    let from = head.map_or(0, |h| h.seq) + 1;
+    store
+        .audit_entries(from, 10_000)
+        .unwrap()
+        .iter()
+        .map(|e| e.parsed().unwrap())
+        .filter(|e| {
+            !matches!(e, breakglass::audit::Event::SignOut { ended: Some(why), .. }
+                if why == "idle" || why == "max-age")
+        })
+        .collect()
+}
+
 /// GET `path` with a session cookie: (status, body).
 async fn get_with(base: &str, path: &str, session: &str) -> (u16, String) {
     let res = reqwest::Client::builder()
@@ -895,7 +914,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     let logged = env.app.store.audit_head().unwrap();
     let (s, p, _) = sign_in_as(&base, &c, &nurse).await;
     assert_eq!((s, code(&p)), (401, "unknown-challenge".into()), "{p}");
-    assert_eq!(env.app.store.audit_head().unwrap(), logged);
+    assert_eq!(logged_since(&*env.app.store, logged), []);
 
     // a challenge whose expiry was moved (signed and bound as handed out): not ours
     let c = challenge(&base).await;
@@ -954,7 +973,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     let (s, p, none) = sign_in_as(&base, &c, &made).await;
     assert_eq!((s, code(&p)), (403, "not-a-reviewer".into()), "{p}");
     assert!(none.is_none());
-    assert_eq!(env.app.store.audit_head().unwrap(), before);
+    assert_eq!(logged_since(&*env.app.store, before), []);
     assert_eq!(env.app.store.reviewer(&address_of(&made)).unwrap(), None);
     // nor does it spend the challenge (nothing is kept for it): sent again, refused the same
     let (s, p, _) = sign_in_as(&base, &c, &made).await;
@@ -1292,6 +1311,22 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     tokio::time::sleep(std::time::Duration::from_millis(8_500)).await;
     let (s, _) = get_with(&base, "/v1/reviews", &idle).await;
     assert_eq!(s, 401, "idle for longer than review.idle_secs");
+    // and its end is logged, by the service, as an idle timeout
+    let principal = reviewer_p["principal"].as_str().unwrap().to_string();
+    eventually(
+        "the idle session's end logged",
+        std::time::Duration::from_secs(15),
+        async || {
+            crate::support::logged(&*env.app.store, "sign-out")
+                .iter()
+                .any(|e| {
+                    matches!(e, breakglass::audit::Event::SignOut { reviewer, ended: Some(why) }
+                    if reviewer.to_string() == principal && why == "idle")
+                })
+                .then_some(())
+        },
+    )
+    .await;
 
     // a reviewer suspended on chain loses the session with the block that suspends them
     let fresh = signed_in(&base, &reviewer).await;
