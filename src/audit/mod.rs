@@ -138,7 +138,8 @@ pub enum Event {
     /// A reviewer signed out; or the service ended their session, `ended` why: the refusal's
     /// code (the reviewer no longer authorized on chain: suspended, their role removed), or
     /// `idle` / `max-age` (its time ran out: unused for `review.idle_secs`, or open for
-    /// `review.max_secs`; logged once, by whichever replica takes it out, within a minute).
+    /// `review.max_secs`; logged by whichever replica takes it out, within a minute while the
+    /// store answers, once but after a failure to mark it, then again five minutes later).
     SignOut {
         reviewer: Address,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -488,9 +488,19 @@ mod tests {
             assert_eq!(first.touch_session("idle", idle, max).await.unwrap(), None);
             assert!(!first.end_session("idle").await.unwrap());
             // "max"'s end logged, "idle"'s not (its taker stopped): "idle" comes again after
-            // the lease, once
+            // the lease (on Redis by its own clock: the claims made older here), once
             second.sessions_ended(&["max".to_string()]).await.unwrap();
             let later = now + 3_000 + super::ENDING_LEASE_MS;
+            if first.is_shared() {
+                let _: () = redis::cmd("ZUNIONSTORE")
+                    .arg("s:sessions-ending")
+                    .arg(1)
+                    .arg("s:sessions-ending")
+                    .arg("WEIGHTS")
+                    .arg(0)
+                    .query(&mut redis.connection())
+                    .unwrap();
+            }
             let again = first.lapsed_sessions(later, idle, max, 10).await.unwrap();
             assert_eq!(
                 reviewers(&again),
@@ -503,6 +513,31 @@ mod tests {
                     .await
                     .unwrap(),
                 vec![]
+            );
+            // one whose time ran out (opened 3 s ago), not taken out yet: not open, waiting
+            // to be taken out (not dropped unseen); another signed out twice (its answer lost,
+            // sent again): ended both times
+            first
+                .open_session("late", &open("r4", now - 3_000), idle, max)
+                .await
+                .unwrap();
+            assert_eq!(first.touch_session("late", idle, max).await.unwrap(), None);
+            first
+                .open_session("twice", &open("r5", now), idle, max)
+                .await
+                .unwrap();
+            assert!(first.end_session("twice").await.unwrap());
+            if first.is_shared() {
+                assert!(first.end_session("twice").await.unwrap(), "sent again");
+            }
+            assert_eq!(first.touch_session("twice", idle, max).await.unwrap(), None);
+            let late = second
+                .lapsed_sessions(crate::clock::now_ms(), idle, max, 10)
+                .await
+                .unwrap();
+            assert_eq!(
+                reviewers(&late),
+                [("late".into(), "r4".into(), now - 3_000, now - 1_000)]
             );
         }
     }

@@ -127,8 +127,8 @@ return 1
 /// (a session ends between nine tenths of the idle timeout and all of it after its last use). A
 /// session opened by an earlier version, without `until`, joins `sessions-due` here.
 const TOUCH_SESSION: &str = r"
-local s = redis.call('HMGET', KEYS[1], 'reviewer', 'csrf', 'created', 'until')
-if not s[1] or redis.call('ZSCORE', KEYS[3], KEYS[1]) then return nil end
+local s = redis.call('HMGET', KEYS[1], 'reviewer', 'csrf', 'created', 'until', 'ended')
+if not s[1] or s[5] or redis.call('ZSCORE', KEYS[3], KEYS[1]) then return nil end
 local now = tonumber(ARGV[1])
 local idle = tonumber(ARGV[2])
 local cap = tonumber(s[3]) + tonumber(ARGV[3])
@@ -151,36 +151,45 @@ redis.call('ZADD', KEYS[2], upto, KEYS[1])
 return {s[1], s[2], s[3]}
 ";
 
-/// Ends session `KEYS[1]` (out of `sessions-due`, `KEYS[2]`): 1 if it was open. One taken out
-/// already (in `sessions-ending`, `KEYS[3]`: its time ran out) is left to be logged as such: 0.
+/// Ends session `KEYS[1]` (marked `ended`, kept a minute so that the same call sent again,
+/// its answer lost, answers the same; out of `sessions-due`, `KEYS[2]`): 1 if it was open or
+/// ended so already. One taken out already (in `sessions-ending`, `KEYS[3]`: its time ran out)
+/// is left to be logged as such: 0.
 const END_SESSION: &str = r"
 if redis.call('ZSCORE', KEYS[3], KEYS[1]) then return 0 end
-local n = redis.call('DEL', KEYS[1])
+local s = redis.call('HMGET', KEYS[1], 'reviewer', 'ended')
 redis.call('ZREM', KEYS[2], KEYS[1])
-return n
+if not s[1] then return 0 end
+if s[2] then return 1 end
+redis.call('HSET', KEYS[1], 'ended', '1')
+redis.call('PEXPIRE', KEYS[1], 60000)
+return 1
 ";
 
 /// Takes out at most `ARGV[2]` sessions whose time ran out by `ARGV[1]` (unix ms): first
-/// those taken out more than `ARGV[3]` ms ago and not ended since (their taker stopped before
-/// their ends were logged), then those of `sessions-due` (`KEYS[1]`); each moved to
-/// `sessions-ending` (`KEYS[2]`), scored with now, so that one replica takes it (again only
-/// after `ARGV[3]`). For each: its key, reviewer, when it opened and until when it was open
-/// (`''` where its hash has none: gone, or opened by an earlier version).
+/// those taken out more than `ARGV[3]` ms ago (by Redis's clock) and not ended since (their
+/// taker stopped, or could not log their ends), then those of `sessions-due` (`KEYS[1]`);
+/// each moved to `sessions-ending` (`KEYS[2]`), scored with Redis's time, so that one replica
+/// takes it (again only after `ARGV[3]`). For each: its key, reviewer, when it opened and
+/// until when it was open (`''` where its hash has none: gone, or opened by an earlier
+/// version).
 const LAPSED_SESSIONS: &str = r"
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 local function take(key, upto)
   local s = redis.call('HMGET', key, 'reviewer', 'created', 'until')
   if s[1] and not s[3] and upto then
-    redis.call('HSET', key, 'until', upto)
-    s[3] = upto
+    s[3] = string.format('%d', tonumber(upto))
+    redis.call('HSET', key, 'until', s[3])
   end
   redis.call('ZREM', KEYS[1], key)
-  redis.call('ZADD', KEYS[2], now, key)
-  table.insert(out, {key, s[1] or '', s[2] or '', s[3] or upto or ''})
+  redis.call('ZADD', KEYS[2], clock, key)
+  table.insert(out, {key, s[1] or '', s[2] or '', s[3] or ''})
 end
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]), 'LIMIT', 0, limit)
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', clock - tonumber(ARGV[3]), 'LIMIT', 0, limit)
 for _, key in ipairs(stale) do take(key, false) end
 if #stale < limit then
   local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit - #stale)

@@ -519,10 +519,11 @@ impl Review {
 
     /// Takes out the sessions whose time ran out (unused for `review.idle_secs`, or open for
     /// `review.max_secs`) and logs each one's end, `LAPSED_AT_ONCE` a write: a sign-out with
-    /// `ended` `idle` or `max-age`. Each is taken out by one replica, and ended once its entry
-    /// is written; one whose entry could not be written is taken out again later
-    /// (`coordination::ENDING_LEASE_MS`), by whichever replica looks then. How many were
-    /// logged.
+    /// `ended` `idle` or `max-age`. Each is taken out by one replica, and marked ended once its
+    /// entry is written; one whose entry could not be written (or, rarely, that could not be
+    /// marked) is taken out again later (`coordination::ENDING_LEASE_MS`), by whichever
+    /// replica looks then: logged at least once, and twice only after such a failure. How many
+    /// were logged.
     pub async fn log_lapsed_sessions(&self) -> Result<usize, crate::store::StoreError> {
         let (idle_ms, max_ms) = (
             self.settings.idle_secs * 1000,
@@ -558,8 +559,21 @@ impl Review {
                     return Err(e);
                 }
             }
+            // (not marked ended, they would be taken out and logged again after the lease:
+            // tried again before that)
             let keys: Vec<String> = claimed.iter().map(|c| c.key.clone()).collect();
-            self.coordination.sessions_ended(&keys).await?;
+            let mut marked = self.coordination.sessions_ended(&keys).await;
+            for _ in 0..3 {
+                if marked.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                marked = self.coordination.sessions_ended(&keys).await;
+            }
+            if let Err(e) = marked {
+                tracing::error!(error = %e, sessions = keys.len(), "sessions whose ends are logged could not be marked ended: they will be logged again in five minutes");
+                return Err(e);
+            }
             logged += n;
             if claimed.len() < LAPSED_AT_ONCE {
                 break;

@@ -1311,22 +1311,6 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     tokio::time::sleep(std::time::Duration::from_millis(8_500)).await;
     let (s, _) = get_with(&base, "/v1/reviews", &idle).await;
     assert_eq!(s, 401, "idle for longer than review.idle_secs");
-    // and its end is logged, by the service, as an idle timeout
-    let principal = reviewer_p["principal"].as_str().unwrap().to_string();
-    eventually(
-        "the idle session's end logged",
-        std::time::Duration::from_secs(15),
-        async || {
-            crate::support::logged(&*env.app.store, "sign-out")
-                .iter()
-                .any(|e| {
-                    matches!(e, breakglass::audit::Event::SignOut { reviewer, ended: Some(why) }
-                    if reviewer.to_string() == principal && why == "idle")
-                })
-                .then_some(())
-        },
-    )
-    .await;
 
     // a reviewer suspended on chain loses the session with the block that suspends them
     let fresh = signed_in(&base, &reviewer).await;
@@ -1849,7 +1833,7 @@ async fn a_session_that_idles_out_is_logged_as_ended_once() {
     let redis = RedisServer::start(dir.path());
     let url = redis.url();
     let idle = |s: &mut breakglass::configuration::Settings| {
-        s.review.idle_secs = 1;
+        s.review.idle_secs = 3;
         s.review.max_secs = 600;
     };
     let env = setup(|s| {
@@ -1882,7 +1866,7 @@ async fn a_session_that_idles_out_is_logged_as_ended_once() {
         };
         eventually(
             "the session's end logged",
-            std::time::Duration::from_secs(15),
+            std::time::Duration::from_secs(20),
             async || (ended() > 0).then_some(()),
         )
         .await;
