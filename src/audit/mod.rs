@@ -139,7 +139,8 @@ pub enum Event {
     /// code (the reviewer no longer authorized on chain: suspended, their role removed), or
     /// `idle` / `max-age` (its time ran out: unused for `review.idle_secs`, or open for
     /// `review.max_secs`; logged by whichever replica takes it out, within a minute while the
-    /// store answers, once but after a failure to mark it, then again five minutes later).
+    /// store answers, once but after a failure to mark it, then again five minutes later), or
+    /// `stopped` (one process on its own store kept it in its memory, and stopped).
     SignOut {
         reviewer: Address,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -251,6 +251,11 @@ impl Local {
         out
     }
 
+    /// Every open session, taken out (this process stops: they end with it).
+    pub(super) fn take_open_sessions(&self) -> Vec<super::OpenSession> {
+        lock(&self.sessions).drain().map(|(_, (s, _))| s).collect()
+    }
+
     pub(super) fn sessions_ended(&self, keys: &[String]) {
         let mut ending = lock(&self.ending);
         for key in keys {

@@ -370,6 +370,16 @@ impl Coordinator {
         }
     }
 
+    /// The sessions that end because this process stops, taken out: in memory, every open
+    /// one (a restart forgets them); on Redis none (they go on on the other replicas, and on
+    /// this one when it starts again).
+    pub fn sessions_ending_with_this_process(&self) -> Vec<OpenSession> {
+        match self {
+            Coordinator::Local(l) => l.take_open_sessions(),
+            Coordinator::Redis(_) => Vec::new(),
+        }
+    }
+
     /// The sessions `keys`, taken out by `lapsed_sessions`, ended: their ends are logged.
     pub async fn sessions_ended(&self, keys: &[String]) -> Result<(), StoreError> {
         match self {

@@ -597,6 +597,30 @@ impl Review {
                 _ = shutdown.changed() => break,
             }
         }
+        // the sessions this process kept in its memory end with it: logged (`ended`
+        // `stopped`), after those whose time ran out
+        let _ = self.log_lapsed_sessions().await;
+        let ends: Vec<_> = self
+            .coordination
+            .sessions_ending_with_this_process()
+            .into_iter()
+            .filter_map(|s| {
+                Some(crate::audit::Event::SignOut {
+                    reviewer: s.reviewer.parse().ok()?,
+                    ended: Some("stopped".into()),
+                })
+            })
+            .collect();
+        if !ends.is_empty() {
+            let n = ends.len();
+            let batch = Batch {
+                audit: ends.into_iter().map(crate::audit::Record::now).collect(),
+                ..Batch::default()
+            };
+            if let Err(e) = apply_async(&self.state.store, batch).await {
+                tracing::error!(error = %e, sessions = n, "the ends of reviewers' sessions this stop ends could not be logged");
+            }
+        }
     }
 
     /// How often `end_lapsed_sessions` looks: a tenth of the idle timeout, between a second and

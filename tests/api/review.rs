@@ -1878,6 +1878,38 @@ async fn a_session_that_idles_out_is_logged_as_ended_once() {
     other.stop().await;
 }
 
+/// One process on its own store keeps reviewers' sessions in its memory: when it stops they
+/// end, and their ends are logged (`ended` `stopped`) before its stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_a_process_forgets_when_it_stops_are_logged_as_ended() {
+    let env = setup(|_| {}).await;
+    let reviewer = provider(&env.demo, "reviewer");
+    let principal = reviewer["principal"].as_str().unwrap().to_string();
+    let session = signed_in(&base(&env), &key_of(reviewer)).await;
+    assert_eq!(get_with(&base(&env), "/review", &session).await.0, 200);
+    let Env { app, dir, .. } = env;
+    app.stop().await;
+    let store =
+        breakglass::store::RedbStore::open(&dir.path().join("service/breakglass.redb")).unwrap();
+    use breakglass::store::Store as _;
+    let head = store.audit_head().unwrap().unwrap();
+    let last: Vec<_> = store
+        .audit_entries(head.seq - 1, 2)
+        .unwrap()
+        .iter()
+        .map(|e| e.parsed().unwrap())
+        .collect();
+    assert!(
+        matches!(&last[0], breakglass::audit::Event::SignOut { reviewer, ended: Some(why) }
+            if reviewer.to_string() == principal && why == "stopped"),
+        "{last:?}"
+    );
+    assert!(
+        matches!(last[1], breakglass::audit::Event::Stop { .. }),
+        "{last:?}"
+    );
+}
+
 /// An access's trail, read through the log's index by access, shows only the entries about
 /// that access, and flags one that does not verify against the log: on Redis, one grant's
 /// entry edited in place, and an index row added that names another access's grant for it.
