@@ -570,6 +570,10 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
             let at = shifted(app.api_addr, i as u16 + 1);
             println!("    http://{at}   (pid {})", child.id().unwrap_or(0));
         }
+        println!(
+            "    Redis's log       {}",
+            data_root.join("redis/redis.log").display()
+        );
     }
     println!("Ctrl-C stops everything it started; the chain and the service's store are kept under .data/.");
     println!();

@@ -567,13 +567,19 @@ async fn dev_with_replicas_runs_two_services_on_one_local_redis() {
         assert_eq!(claims["aud"], "fhir-ward-3", "{claims}");
     }
     // Ctrl-C: each replica stops in turn and logs it, Redis last (stopped by `dev`, never by
-    // the terminal's signal, which reached `dev` alone)
+    // the terminal's signal, which reached `dev` alone); its log where `dev` said
+    let printed = dev.printed.clone();
     dev.interrupt().await;
     assert!(
         reqwest::get(format!("{second}/readyz")).await.is_err(),
         "the second replica stopped too"
     );
-    let redis_log = std::fs::read_to_string(dir.path().join("redis/redis.log")).unwrap();
+    let log_file = dir.path().join("redis/redis.log");
+    assert!(
+        printed.contains(&log_file.display().to_string()),
+        "{printed}"
+    );
+    let redis_log = std::fs::read_to_string(&log_file).unwrap();
     assert!(
         redis_log.contains("Received SIGTERM") && !redis_log.contains("SIGINT"),
         "{redis_log}"
