@@ -548,17 +548,9 @@ impl Review {
                     ),
                 }
             }
-            let n = ends.len();
-            if n > 0 {
-                let batch = Batch {
-                    audit: ends.into_iter().map(crate::audit::Record::now).collect(),
-                    ..Batch::default()
-                };
-                if let Err(e) = apply_async(&self.state.store, batch).await {
-                    tracing::error!(error = %e, sessions = n, "the ends of reviewers' sessions that timed out could not be logged: taken out again later");
-                    return Err(e);
-                }
-            }
+            let n = self
+                .log_session_ends(ends, "that timed out (taken out again later)")
+                .await?;
             // (not marked ended, they would be taken out and logged again after the lease:
             // tried again before that)
             let keys: Vec<String> = claimed.iter().map(|c| c.key.clone()).collect();
@@ -611,16 +603,27 @@ impl Review {
                 })
             })
             .collect();
-        if !ends.is_empty() {
-            let n = ends.len();
-            let batch = Batch {
-                audit: ends.into_iter().map(crate::audit::Record::now).collect(),
-                ..Batch::default()
-            };
-            if let Err(e) = apply_async(&self.state.store, batch).await {
-                tracing::error!(error = %e, sessions = n, "the ends of reviewers' sessions this stop ends could not be logged");
-            }
+        let _ = self.log_session_ends(ends, "this stop ends").await;
+    }
+
+    /// Logs `ends` (sessions' ends) in one write, if there are any: how many. One that cannot
+    /// be written is said in this process's log, naming `which` sessions they were.
+    async fn log_session_ends(
+        &self,
+        ends: Vec<crate::audit::Event>,
+        which: &str,
+    ) -> Result<usize, crate::store::StoreError> {
+        let n = ends.len();
+        if n == 0 {
+            return Ok(0);
         }
+        apply_async(&self.state.store, Batch::logging_all(ends))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, sessions = n, "the ends of reviewers' sessions {which} could not be logged");
+                e
+            })?;
+        Ok(n)
     }
 
     /// How often `end_lapsed_sessions` looks: a tenth of the idle timeout, between a second and

@@ -693,8 +693,13 @@ pub struct SummaryHash {
 impl Batch {
     /// A write of `event` to the audit log alone, as happening now.
     pub fn logging(event: crate::audit::Event) -> Batch {
+        Batch::logging_all([event])
+    }
+
+    /// A write of `events` to the audit log alone, in their order, as happening now.
+    pub fn logging_all(events: impl IntoIterator<Item = crate::audit::Event>) -> Batch {
         Batch {
-            audit: vec![crate::audit::Record::now(event)],
+            audit: events.into_iter().map(crate::audit::Record::now).collect(),
             ..Batch::default()
         }
     }
