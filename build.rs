@@ -2,12 +2,25 @@
 //! rev-parse`, in this crate's own repository), or `BREAKGLASS_BUILD_ID` when set (an image
 //! built from a copy without its repository; letters, digits, `.` and `-`), else `unknown`.
 //! The service logs it with each start and shows it in `/metrics` (`breakglass_build_info`),
-//! so that which build each replica ran can be told. (Changes not committed are not named.)
+//! so that which build each replica ran can be told. A build from a tree whose compiled parts
+//! (`BUILT_FROM`) had changes not committed is marked so: `<commit>.modified`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const ID_ENV: &str = "BREAKGLASS_BUILD_ID";
+
+/// What the binary is built from (the crate's sources and what they include): a change to
+/// any of them not committed marks the build `.modified`.
+const BUILT_FROM: [&str; 7] = [
+    "src",
+    "static",
+    "templates",
+    "policies",
+    "build.rs",
+    "Cargo.toml",
+    "Cargo.lock",
+];
 
 /// `git -C <this crate> <args>`, its output trimmed, if it succeeded.
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
@@ -39,8 +52,22 @@ fn main() {
         .is_some_and(|top| Path::new(&top).canonicalize().ok() == dir.canonicalize().ok());
     let commit = ours
         .then(|| git(&dir, &["rev-parse", "--short=12", "HEAD"]))
-        .flatten();
+        .flatten()
+        .map(|commit| {
+            // (untracked files count: a new module is compiled before it is committed)
+            // (without refreshing the index: a build writes nothing of git's)
+            let mut status = vec!["--no-optional-locks", "status", "--porcelain", "--"];
+            status.extend(BUILT_FROM);
+            match git(&dir, &status) {
+                Some(_) => format!("{commit}.modified"),
+                None => commit,
+            }
+        });
     if ours {
+        // run again when what is built changes (then whether it is committed is asked again)
+        for part in BUILT_FROM {
+            println!("cargo:rerun-if-changed={}", dir.join(part).display());
+        }
         // run again when the commit checked out changes: HEAD and its log, which every
         // commit, checkout and reset writes (in a worktree too, wherever git keeps them)
         for file in ["HEAD", "logs/HEAD"] {

@@ -2146,18 +2146,38 @@ async fn each_start_and_stop_is_logged_with_the_keys_it_runs_with() {
     };
     let logged = starts_and_stops(first.store.as_ref());
     let replica = breakglass::coordination::replica_id();
-    // the build is named by the commit checked out (what this test was built from), unless
-    // the build was given its name
+    // the build is named by the commit checked out (what this test was built from), marked
+    // `.modified` when what is compiled had changes not committed, unless the build was given
+    // its name
     let build = breakglass::startup::VERSION.to_string();
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_string());
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]);
     if let (Some(commit), None) = (commit, option_env!("BREAKGLASS_BUILD_ID")) {
-        assert_eq!(build, format!("{}+{commit}", env!("CARGO_PKG_VERSION")));
+        let built_from = [
+            "src",
+            "static",
+            "templates",
+            "policies",
+            "build.rs",
+            "Cargo.toml",
+            "Cargo.lock",
+        ];
+        let mut status = vec!["status", "--porcelain", "--"];
+        status.extend(built_from);
+        let modified = !git(&status).unwrap().is_empty();
+        let marked = if modified { ".modified" } else { "" };
+        assert_eq!(
+            build,
+            format!("{}+{commit}{marked}", env!("CARGO_PKG_VERSION"))
+        );
     }
     assert!(
         crate::support::metrics(&first)
