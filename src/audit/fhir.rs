@@ -397,7 +397,9 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
                 ],
             )
         }
-        Event::SignOut { reviewer, ended } => {
+        Event::SignOut {
+            reviewer, ended, ..
+        } => {
             // ended by the service: it is the requestor, and the session's entity says why
             let mut service = authserver;
             service["requestor"] = ended.is_some().into();
@@ -549,6 +551,15 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
         }
     };
     r["type"] = type_;
+    // a session's end says when the session was open (FHIR's `period` of the activity)
+    if let Event::SignOut {
+        opened: Some(opened),
+        until: Some(until),
+        ..
+    } = &event
+    {
+        r["period"] = json!({ "start": instant_ms(*opened), "end": instant_ms(*until) });
+    }
     r["subtype"] = Value::Array(subtypes);
     r["action"] = action.into();
     r["outcome"] = outcome.into();

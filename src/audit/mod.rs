@@ -141,10 +141,17 @@ pub enum Event {
     /// `review.max_secs`; logged by whichever replica takes it out, within a minute while the
     /// store answers, once but after a failure to mark it, then again five minutes later), or
     /// `stopped` (one process on its own store kept it in its memory, and stopped).
+    /// `opened` and `until`: when the session opened and when it ended (unix ms); for one whose
+    /// time ran out, until when it was open, before the entry's own time (when it was logged).
+    /// (Entries from before 2026-12-07 have neither.)
     SignOut {
         reviewer: Address,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ended: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        opened: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<u64>,
     },
     /// Data an admin client (`by`) imported: a patient's emergency summary (`what`
     /// `summary`, its patient, `count` its resources), or the patient or provider directory

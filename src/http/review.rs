@@ -410,7 +410,7 @@ async fn sign_out(
         return pages.problem(&csrf_refusal(), Some(&s), "/review");
     }
     if let Some(c) = req.cookie(SESSION_COOKIE) {
-        if let Err(r) = review.sign_out(c.value(), &s.reviewer).await {
+        if let Err(r) = review.sign_out(c.value(), &s).await {
             return pages.problem(&r, Some(&s), "/review");
         }
     }

@@ -62,6 +62,8 @@ pub struct Session {
     /// Where the session is kept (the SHA-256 of its cookie's token, hex): the same on every
     /// replica, another for each sign-in. Never logged or shown.
     pub id: String,
+    /// When it opened (unix ms).
+    pub created_ms: u64,
 }
 
 pub struct Review {
@@ -415,6 +417,7 @@ impl Review {
             reviewer,
             csrf: hex::encode(random32()),
             id: key_of(&token),
+            created_ms: now_ms(),
         };
         self.coordination
             .open_session(
@@ -422,7 +425,7 @@ impl Review {
                 &crate::coordination::OpenSession {
                     reviewer: reviewer.to_string(),
                     csrf: session.csrf.clone(),
-                    created_ms: now_ms(),
+                    created_ms: session.created_ms,
                 },
                 self.settings.idle_secs * 1000,
                 self.settings.max_secs * 1000,
@@ -451,6 +454,8 @@ impl Review {
                 let ended = crate::audit::Event::SignOut {
                     reviewer: session.reviewer,
                     ended: Some(r.code.to_string()),
+                    opened: Some(session.created_ms),
+                    until: Some(now_ms()),
                 };
                 if open && self.audit(ended).await.is_err() {
                     tracing::error!(reviewer = %session.reviewer, "a session's end is not in the audit log: it ended all the same");
@@ -489,12 +494,14 @@ impl Review {
             reviewer,
             csrf: open.csrf,
             id: key,
+            created_ms: open.created_ms,
         })
     }
 
-    /// Ends `reviewer`'s session `token`, then logs it: a sign-out the log cannot take ends
+    /// Ends `session` (of cookie `token`), then logs it: a sign-out the log cannot take ends
     /// the session all the same (logged as an error), since keeping it open would be worse.
-    pub async fn sign_out(&self, token: &str, reviewer: &Address) -> Result<(), Refusal> {
+    pub async fn sign_out(&self, token: &str, session: &Session) -> Result<(), Refusal> {
+        let reviewer = &session.reviewer;
         if let Some(key) = session_key(token) {
             let ended = self
                 .coordination
@@ -507,6 +514,8 @@ impl Review {
                     .audit(crate::audit::Event::SignOut {
                         reviewer: *reviewer,
                         ended: None,
+                        opened: Some(session.created_ms),
+                        until: Some(now_ms()),
                     })
                     .await
                     .is_err()
@@ -542,6 +551,8 @@ impl Review {
                     Some((reviewer, l)) => ends.push(crate::audit::Event::SignOut {
                         reviewer,
                         ended: Some(l.why(max_ms).to_string()),
+                        opened: Some(l.created_ms),
+                        until: Some(l.until_ms),
                     }),
                     None => tracing::error!(
                         "a reviewer's session ended unlogged: its record was gone (ended by an older version, or not taken out within a day of its time)"
@@ -600,6 +611,8 @@ impl Review {
                 Some(crate::audit::Event::SignOut {
                     reviewer: s.reviewer.parse().ok()?,
                     ended: Some("stopped".into()),
+                    opened: Some(s.created_ms),
+                    until: Some(now_ms()),
                 })
             })
             .collect();

@@ -1335,6 +1335,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
             breakglass::audit::Event::SignOut {
                 reviewer: who,
                 ended: Some(code),
+                ..
             } if code != "idle" => Some((who.to_string(), code)),
             _ => None,
         })
@@ -1847,32 +1848,84 @@ async fn a_session_that_idles_out_is_logged_as_ended_once() {
     })
     .await;
     let alone = setup(idle).await;
-    for (env, signed_in_at) in [(&env, base(&env)), (&alone, base(&alone))] {
+    for (env, signed_in_at, shared) in [
+        (&env, base(&env), Some(&redis)),
+        (&alone, base(&alone), None),
+    ] {
         let reviewer = key_of(provider(&env.demo, "reviewer"));
         let principal = provider(&env.demo, "reviewer")["principal"]
             .as_str()
             .unwrap()
             .to_string();
+        let before = breakglass::clock::now_ms();
         let session = signed_in(&signed_in_at, &reviewer).await;
         assert_eq!(get_with(&signed_in_at, "/review", &session).await.0, 200);
+        let used = breakglass::clock::now_ms();
+        // on Redis, until when the session is open, as the replicas keep it
+        let deadline: Option<u64> = shared.map(|redis| {
+            let key = hex::encode(Sha256::digest(hex::decode(&session).unwrap()));
+            let mut c = redis.connection();
+            let kept: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("*session:{key}"))
+                .query(&mut c)
+                .unwrap();
+            assert_eq!(kept.len(), 1, "{kept:?}");
+            redis::cmd("HGET")
+                .arg(&kept[0])
+                .arg("until")
+                .query(&mut c)
+                .unwrap()
+        });
+        // each end: (when the session opened, until when it was open, when it was logged)
         let ended = || {
-            logged(&*env.app.store, "sign-out")
-                .into_iter()
-                .filter(|e| {
-                    matches!(e, breakglass::audit::Event::SignOut { reviewer, ended }
-                        if reviewer.to_string() == principal && ended.as_deref() == Some("idle"))
+            let store = &*env.app.store;
+            let head = store.audit_head().unwrap().map_or(0, |h| h.seq);
+            store
+                .audit_entries(1, head as usize)
+                .unwrap()
+                .iter()
+                .filter_map(|e| match e.parsed().unwrap() {
+                    breakglass::audit::Event::SignOut {
+                        reviewer,
+                        ended,
+                        opened,
+                        until,
+                    } if reviewer.to_string() == principal && ended.as_deref() == Some("idle") => {
+                        Some((opened, until, e.at))
+                    }
+                    _ => None,
                 })
-                .count()
+                .collect::<Vec<_>>()
         };
         eventually(
             "the session's end logged",
             std::time::Duration::from_secs(20),
-            async || (ended() > 0).then_some(()),
+            async || (!ended().is_empty()).then_some(()),
         )
         .await;
         // the replicas keep looking: logged once
         tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
-        assert_eq!(ended(), 1);
+        let ends = ended();
+        assert_eq!(ends.len(), 1, "{ends:?}");
+        // with when the session was open: from its sign-in until its time ran out (3 s after
+        // its last use, or after less than a tenth of that later on Redis), before it was logged
+        let (Some(opened), Some(until), at) = ends[0] else {
+            panic!("{ends:?}")
+        };
+        assert!(
+            (before..=used).contains(&opened),
+            "{ends:?} {before} {used}"
+        );
+        assert!(
+            (opened + 2_700..=used + 3_000).contains(&until) && until <= at,
+            "{ends:?} {used}"
+        );
+        if let Some(deadline) = deadline {
+            assert_eq!(
+                until, deadline,
+                "the session's deadline, not when it was logged"
+            );
+        }
         assert_eq!(get_with(&signed_in_at, "/review", &session).await.0, 303);
     }
     other.stop().await;
@@ -1885,23 +1938,25 @@ async fn sessions_a_process_forgets_when_it_stops_are_logged_as_ended() {
     let env = setup(|_| {}).await;
     let reviewer = provider(&env.demo, "reviewer");
     let principal = reviewer["principal"].as_str().unwrap().to_string();
+    let signed_in_at = breakglass::clock::now_ms();
     let session = signed_in(&base(&env), &key_of(reviewer)).await;
     assert_eq!(get_with(&base(&env), "/review", &session).await.0, 200);
+    let used = breakglass::clock::now_ms();
     let Env { app, dir, .. } = env;
+    let stopped = breakglass::clock::now_ms();
     app.stop().await;
     let store =
         breakglass::store::RedbStore::open(&dir.path().join("service/breakglass.redb")).unwrap();
     use breakglass::store::Store as _;
     let head = store.audit_head().unwrap().unwrap();
-    let last: Vec<_> = store
-        .audit_entries(head.seq - 1, 2)
-        .unwrap()
-        .iter()
-        .map(|e| e.parsed().unwrap())
-        .collect();
+    let entries = store.audit_entries(head.seq - 1, 2).unwrap();
+    let last: Vec<_> = entries.iter().map(|e| e.parsed().unwrap()).collect();
+    let stopped_at = entries[1].at;
     assert!(
-        matches!(&last[0], breakglass::audit::Event::SignOut { reviewer, ended: Some(why) }
-            if reviewer.to_string() == principal && why == "stopped"),
+        matches!(&last[0], breakglass::audit::Event::SignOut { reviewer, ended: Some(why), opened: Some(opened), until: Some(until) }
+            if reviewer.to_string() == principal && why == "stopped"
+                && (signed_in_at..=used).contains(opened)
+                && (stopped..=stopped_at).contains(until)),
         "{last:?}"
     );
     assert!(
@@ -2050,13 +2105,18 @@ async fn an_access_trail_shows_its_own_entries_and_flags_an_edited_one() {
     assert_eq!(status, 303);
     let head = env.app.store.audit_head().unwrap().unwrap();
     let last = env.app.store.audit_entries(head.seq, 1).unwrap();
-    assert_eq!(
-        last[0].parsed().unwrap(),
-        breakglass::audit::Event::SignOut {
-            reviewer: principal.parse().unwrap(),
-            ended: None,
-        }
-    );
+    let breakglass::audit::Event::SignOut {
+        reviewer: signed_out,
+        ended: None,
+        opened: Some(opened),
+        until: Some(until),
+    } = last[0].parsed().unwrap()
+    else {
+        panic!("{:?}", last[0].parsed())
+    };
+    assert_eq!(signed_out, principal.parse().unwrap());
+    // (opened at its sign-in, before the reads above; ended as it was logged)
+    assert!(opened < until && until <= last[0].at, "{opened} {until}");
     // an access record edited in place (its rules, to make the grant look allowed) is flagged
     // against what its grant logged; so is one whose grant entry was edited (above): it proves
     // nothing of the record

@@ -621,6 +621,16 @@ const KINDS = {
     }
     checkServiceAgent(s, r, C.authserver, byService);
     if (arr(r.entity).some((e) => e && isCoding(e.role, C.rolePatient))) s.fail('AuditEvent.entity', 'a sign-out concerns no patient');
+    // when the session was open (entries from before 2026-12-07 have no period): from its
+    // sign-in to its end, which is when it was logged or, for one whose time ran out, before
+    if (r.period !== undefined) {
+      const { start, end } = r.period ?? {};
+      if (!realInstant(start) || !realInstant(end)) {
+        s.fail('AuditEvent.period', 'the session\'s start and end, each a real UTC instant in milliseconds');
+      } else if (start > end || end > r.recorded) {
+        s.fail('AuditEvent.period', `the session ends (${end}) after it opened (${start}) and no later than it was logged (${r.recorded})`);
+      }
+    }
   },
 
   view(s, r) {
