@@ -3,7 +3,8 @@
 //! built from a copy without its repository; letters, digits, `.` and `-`), else `unknown`.
 //! The service logs it with each start and shows it in `/metrics` (`breakglass_build_info`),
 //! so that which build each replica ran can be told. A build from a tree whose compiled parts
-//! (`BUILT_FROM`) had changes not committed is marked so: `<commit>.modified`.
+//! (`BUILT_FROM`) had changes not committed (or whose state git could not tell) is marked so:
+//! `<commit>.modified`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,8 +23,8 @@ const BUILT_FROM: [&str; 7] = [
     "Cargo.lock",
 ];
 
-/// `git -C <this crate> <args>`, its output trimmed, if it succeeded.
-fn git(dir: &Path, args: &[&str]) -> Option<String> {
+/// `git -C <this crate> <args>`, its output trimmed, if it succeeded (empty or not).
+fn git_said(dir: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -31,7 +32,12 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
         .output()
         .ok()?;
     let text = String::from_utf8(out.stdout).ok()?.trim().to_string();
-    (out.status.success() && !text.is_empty()).then_some(text)
+    out.status.success().then_some(text)
+}
+
+/// `git_said`, when it said something.
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    git_said(dir, args).filter(|text| !text.is_empty())
 }
 
 fn main() {
@@ -54,13 +60,20 @@ fn main() {
         .then(|| git(&dir, &["rev-parse", "--short=12", "HEAD"]))
         .flatten()
         .map(|commit| {
-            // (untracked files count: a new module is compiled before it is committed)
-            // (without refreshing the index: a build writes nothing of git's)
-            let mut status = vec!["--no-optional-locks", "status", "--porcelain", "--"];
+            // (untracked files count: a new module is compiled before it is committed; the
+            // index is not refreshed: a build writes nothing of git's)
+            let mut status = vec![
+                "--no-optional-locks",
+                "status",
+                "--porcelain",
+                "--untracked-files=normal",
+                "--",
+            ];
             status.extend(BUILT_FROM);
-            match git(&dir, &status) {
-                Some(_) => format!("{commit}.modified"),
-                None => commit,
+            // (a tree whose state git could not tell is not taken for the commit)
+            match git_said(&dir, &status) {
+                Some(changes) if changes.is_empty() => commit,
+                _ => format!("{commit}.modified"),
             }
         });
     if ours {
@@ -83,4 +96,9 @@ fn main() {
     }
     let id = given.or(commit).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=BREAKGLASS_BUILD={id}");
+    // (for the test that checks the id)
+    println!(
+        "cargo:rustc-env=BREAKGLASS_BUILT_FROM={}",
+        BUILT_FROM.join(" ")
+    );
 }

@@ -252,8 +252,21 @@ impl Local {
     }
 
     /// Every open session, taken out (this process stops: they end with it).
-    pub(super) fn take_open_sessions(&self) -> Vec<super::OpenSession> {
-        lock(&self.sessions).drain().map(|(_, (s, _))| s).collect()
+    pub(super) fn take_every_session(&self, idle_ms: u64, max_ms: u64) -> Vec<super::Lapsed> {
+        let mut out: Vec<super::Lapsed> = lock(&self.ending)
+            .drain()
+            .map(|(_, (lapsed, _))| lapsed)
+            .collect();
+        out.extend(
+            lock(&self.sessions)
+                .drain()
+                .map(|(_, (s, last))| super::Lapsed {
+                    until_ms: until(&s, last, idle_ms, max_ms),
+                    reviewer: s.reviewer,
+                    created_ms: s.created_ms,
+                }),
+        );
+        out
     }
 
     pub(super) fn sessions_ended(&self, keys: &[String]) {

@@ -370,12 +370,14 @@ impl Coordinator {
         }
     }
 
-    /// The sessions that end because this process stops, taken out: in memory, every open
-    /// one (a restart forgets them); on Redis none (they go on on the other replicas, and on
-    /// this one when it starts again).
-    pub fn sessions_ending_with_this_process(&self) -> Vec<OpenSession> {
+    /// The sessions that end because this process stops, taken out, each with until when it
+    /// was to be open (unused for `idle_ms`, or open for `max_ms`): in memory, every one (a
+    /// restart forgets them), those whose time ran out already and whose ends are not logged
+    /// included; on Redis none (they go on on the other replicas, and on this one when it
+    /// starts again).
+    pub fn sessions_ending_with_this_process(&self, idle_ms: u64, max_ms: u64) -> Vec<Lapsed> {
         match self {
-            Coordinator::Local(l) => l.take_open_sessions(),
+            Coordinator::Local(l) => l.take_every_session(idle_ms, max_ms),
             Coordinator::Redis(_) => Vec::new(),
         }
     }
@@ -549,7 +551,59 @@ mod tests {
                 reviewers(&late),
                 [("late".into(), "r4".into(), now - 3_000, now - 1_000)]
             );
+            second.sessions_ended(&["late".to_string()]).await.unwrap();
+            // a session open until later, its maximum lowered since (a restart with a smaller
+            // `review.max_secs`): it ended at its new maximum, as it is taken out
+            first
+                .open_session("cut", &open("r6", now - 3_000), 10_000, 60_000)
+                .await
+                .unwrap();
+            assert_eq!(
+                first.touch_session("cut", 10_000, 2_000).await.unwrap(),
+                None
+            );
+            let cut = second
+                .lapsed_sessions(crate::clock::now_ms(), 10_000, 2_000, 10)
+                .await
+                .unwrap();
+            assert_eq!(
+                reviewers(&cut),
+                [("cut".into(), "r6".into(), now - 3_000, now - 1_000)]
+            );
+            assert_eq!(cut[0].lapsed.as_ref().unwrap().why(2_000), "max-age");
+            second.sessions_ended(&["cut".to_string()]).await.unwrap();
         }
+        // a process that stops ends the sessions in its memory, each with until when it was
+        // to be open: one whose time ran out (its end not logged yet) and one still open. On
+        // Redis none: they go on
+        let now = crate::clock::now_ms();
+        for (key, created_ms) in [("ran-out", now - 3_000), ("open", now)] {
+            let s = OpenSession {
+                reviewer: key.into(),
+                csrf: "c".into(),
+                created_ms,
+            };
+            for c in [&local, &a] {
+                c.open_session(key, &s, 2_000, 2_500).await.unwrap();
+            }
+        }
+        let mut ending: Vec<_> = local
+            .sessions_ending_with_this_process(2_000, 2_500)
+            .into_iter()
+            .map(|l| (l.reviewer, l.created_ms, l.until_ms))
+            .collect();
+        ending.sort();
+        assert_eq!(
+            ending,
+            [
+                ("open".into(), now, now + 2_000),
+                ("ran-out".into(), now - 3_000, now - 1_000)
+            ]
+        );
+        assert!(local
+            .sessions_ending_with_this_process(2_000, 2_500)
+            .is_empty());
+        assert!(a.sessions_ending_with_this_process(2_000, 2_500).is_empty());
     }
 
     fn keys(data: &[&str], token: &[&str], responder: &str) -> ReplicaKeys {

@@ -171,7 +171,9 @@ return 1
 /// taker stopped, or could not log their ends), then those of `sessions-due` (`KEYS[1]`);
 /// each moved to `sessions-ending` (`KEYS[2]`), scored with Redis's time, so that one replica
 /// takes it (again only after `ARGV[3]`). For each: its key, reviewer, when it opened and
-/// until when it was open (`''` where its hash has none: gone, or opened by an earlier
+/// until when it was open (its score in `sessions-due` when that is earlier than its hash
+/// says: a session past a `max_secs` lowered since is scored at its new cap, the hash left as
+/// it was) (`''` where its hash has none: gone, or opened by an earlier
 /// version).
 const LAPSED_SESSIONS: &str = r"
 local now = tonumber(ARGV[1])
@@ -181,7 +183,7 @@ local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 local function take(key, upto)
   local s = redis.call('HMGET', key, 'reviewer', 'created', 'until')
-  if s[1] and not s[3] and upto then
+  if s[1] and upto and (not s[3] or tonumber(upto) < tonumber(s[3])) then
     s[3] = string.format('%d', tonumber(upto))
     redis.call('HSET', key, 'until', s[3])
   end

@@ -451,12 +451,7 @@ impl Review {
                 tracing::info!(reviewer = %session.reviewer, code = r.code, "a reviewer's session ended: no longer authorized on chain");
                 // (ended all the same when the log cannot take it; one whose time ran out
                 // meanwhile is logged as such)
-                let ended = crate::audit::Event::SignOut {
-                    reviewer: session.reviewer,
-                    ended: Some(r.code.to_string()),
-                    opened: Some(session.created_ms),
-                    until: Some(now_ms()),
-                };
+                let ended = ended_session(session.reviewer, r.code, session.created_ms, now_ms());
                 if open && self.audit(ended).await.is_err() {
                     tracing::error!(reviewer = %session.reviewer, "a session's end is not in the audit log: it ended all the same");
                 }
@@ -511,12 +506,7 @@ impl Review {
             // (one taken out meanwhile, its time run out, is logged as such)
             if ended
                 && self
-                    .audit(crate::audit::Event::SignOut {
-                        reviewer: *reviewer,
-                        ended: None,
-                        opened: Some(session.created_ms),
-                        until: Some(now_ms()),
-                    })
+                    .audit(signed_out(*reviewer, None, session.created_ms, now_ms()))
                     .await
                     .is_err()
             {
@@ -548,12 +538,12 @@ impl Review {
             let mut ends = Vec::new();
             for c in &claimed {
                 match c.lapsed.as_ref().and_then(|l| Some((l.reviewer.parse::<Address>().ok()?, l))) {
-                    Some((reviewer, l)) => ends.push(crate::audit::Event::SignOut {
+                    Some((reviewer, l)) => ends.push(ended_session(
                         reviewer,
-                        ended: Some(l.why(max_ms).to_string()),
-                        opened: Some(l.created_ms),
-                        until: Some(l.until_ms),
-                    }),
+                        l.why(max_ms),
+                        l.created_ms,
+                        l.until_ms,
+                    )),
                     None => tracing::error!(
                         "a reviewer's session ended unlogged: its record was gone (ended by an older version, or not taken out within a day of its time)"
                     ),
@@ -601,19 +591,30 @@ impl Review {
             }
         }
         // the sessions this process kept in its memory end with it: logged (`ended`
-        // `stopped`), after those whose time ran out
+        // `stopped`), after those whose time ran out (as such, whether or not their ends
+        // could be logged before)
         let _ = self.log_lapsed_sessions().await;
+        let (idle_ms, max_ms) = (
+            self.settings.idle_secs * 1000,
+            self.settings.max_secs * 1000,
+        );
+        let now = now_ms();
         let ends: Vec<_> = self
             .coordination
-            .sessions_ending_with_this_process()
+            .sessions_ending_with_this_process(idle_ms, max_ms)
             .into_iter()
-            .filter_map(|s| {
-                Some(crate::audit::Event::SignOut {
-                    reviewer: s.reviewer.parse().ok()?,
-                    ended: Some("stopped".into()),
-                    opened: Some(s.created_ms),
-                    until: Some(now_ms()),
-                })
+            .filter_map(|l| {
+                let (ended, until) = if l.until_ms <= now {
+                    (l.why(max_ms), l.until_ms)
+                } else {
+                    ("stopped", now)
+                };
+                Some(ended_session(
+                    l.reviewer.parse().ok()?,
+                    ended,
+                    l.created_ms,
+                    until,
+                ))
             })
             .collect();
         let _ = self.log_session_ends(ends, "this stop ends").await;
@@ -673,6 +674,28 @@ fn session_key(token: &str) -> Option<String> {
         .ok()
         .filter(|t| t.len() == 32)
         .map(|t| key_of(&t))
+}
+
+/// A session the service ended, `ended` why, open from `opened` until `until` (unix ms).
+fn ended_session(reviewer: Address, ended: &str, opened: u64, until: u64) -> crate::audit::Event {
+    signed_out(reviewer, Some(ended.to_string()), opened, until)
+}
+
+/// A session's end, its period as it is logged: never later than now (when the entry is made:
+/// a deadline another replica's clock set may be ahead of this one's), nor before it opened
+/// (one opened by a replica whose clock is ahead).
+fn signed_out(
+    reviewer: Address,
+    ended: Option<String>,
+    opened: u64,
+    until: u64,
+) -> crate::audit::Event {
+    crate::audit::Event::SignOut {
+        reviewer,
+        ended,
+        opened: Some(opened),
+        until: Some(until.min(now_ms()).max(opened)),
+    }
 }
 
 /// Where the session of token `token` is kept: its SHA-256, hex (never the token itself).

@@ -1313,6 +1313,7 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
     assert_eq!(s, 401, "idle for longer than review.idle_secs");
 
     // a reviewer suspended on chain loses the session with the block that suspends them
+    let signing_in = breakglass::clock::now_ms();
     let fresh = signed_in(&base, &reviewer).await;
     let (s, _) = get_with(&base, "/v1/reviews", &fresh).await;
     assert_eq!(s, 200);
@@ -1335,17 +1336,26 @@ async fn sign_ins_and_verdicts_that_must_be_refused_are_and_change_nothing() {
             breakglass::audit::Event::SignOut {
                 reviewer: who,
                 ended: Some(code),
-                ..
-            } if code != "idle" => Some((who.to_string(), code)),
+                opened,
+                until,
+            } if code != "idle" => Some((who.to_string(), code, opened, until, e.at)),
             _ => None,
         })
         .collect();
+    let [(who, why, Some(opened), Some(until), at)] = &ended[..] else {
+        panic!("{ended:?}")
+    };
     assert_eq!(
-        ended,
-        [(
-            reviewer_p["principal"].as_str().unwrap().to_string(),
-            "reviewer-not-verified".to_string()
-        )]
+        (who.as_str(), why.as_str()),
+        (
+            reviewer_p["principal"].as_str().unwrap(),
+            "reviewer-not-verified"
+        )
+    );
+    // open from its sign-in until the service ended it (after the suspension was mined)
+    assert!(
+        *opened >= signing_in && opened < until && until <= at,
+        "{ended:?}"
     );
     let c = challenge(&base).await;
     let (s, p, none) = sign_in_as(&base, &c, &reviewer).await;
@@ -2086,7 +2096,9 @@ async fn an_access_trail_shows_its_own_entries_and_flags_an_edited_one() {
     assert!(read.json::<Json>().await.unwrap()["reason"].is_string());
     let reviewer = provider(&env.demo, "reviewer");
     let principal = reviewer["principal"].as_str().unwrap().to_string();
+    let signing_in = breakglass::clock::now_ms();
     let session = signed_in(&base, &key_of(reviewer)).await;
+    let signed_in_by = breakglass::clock::now_ms();
     for _ in 0..2 {
         let (status, page) = get_with(&base, &format!("/review/accesses/{other}"), &session).await;
         assert_eq!(status, 200, "{page}");
@@ -2116,7 +2128,11 @@ async fn an_access_trail_shows_its_own_entries_and_flags_an_edited_one() {
     };
     assert_eq!(signed_out, principal.parse().unwrap());
     // (opened at its sign-in, before the reads above; ended as it was logged)
-    assert!(opened < until && until <= last[0].at, "{opened} {until}");
+    assert!(
+        (signing_in..=signed_in_by).contains(&opened) && signed_in_by <= until,
+        "{opened} {until}"
+    );
+    assert!(until <= last[0].at, "{until}");
     // an access record edited in place (its rules, to make the grant look allowed) is flagged
     // against what its grant logged; so is one whose grant entry was edited (above): it proves
     // nothing of the record
@@ -2221,17 +2237,8 @@ async fn each_start_and_stop_is_logged_with_the_keys_it_runs_with() {
     };
     let commit = git(&["rev-parse", "--short=12", "HEAD"]);
     if let (Some(commit), None) = (commit, option_env!("BREAKGLASS_BUILD_ID")) {
-        let built_from = [
-            "src",
-            "static",
-            "templates",
-            "policies",
-            "build.rs",
-            "Cargo.toml",
-            "Cargo.lock",
-        ];
-        let mut status = vec!["status", "--porcelain", "--"];
-        status.extend(built_from);
+        let mut status = vec!["status", "--porcelain", "--untracked-files=normal", "--"];
+        status.extend(env!("BREAKGLASS_BUILT_FROM").split(' '));
         let modified = !git(&status).unwrap().is_empty();
         let marked = if modified { ".modified" } else { "" };
         assert_eq!(
