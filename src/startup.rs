@@ -64,6 +64,8 @@ pub struct Application {
     pub policies: Arc<Policies>,
     servers: Vec<(ServerHandle, JoinHandle<std::io::Result<()>>)>,
     tasks: Vec<JoinHandle<()>>,
+    /// This process among the replicas (its row, taken out with its stop's entry).
+    replicas: Arc<crate::audit::replicas::Replicas>,
     shutdown: watch::Sender<bool>,
     shutdown_timeout: Duration,
 }
@@ -102,10 +104,10 @@ async fn agree_on_keys(
 /// fails (a store that cannot take it cannot take a grant's entry either; the orchestrator
 /// starts the process again). (A write that landed but was reported failed, its replicas'
 /// acknowledgement late, is written again: two starts of one process, never none.)
-async fn log_start(store: &Arc<dyn Store>, start: Event) -> anyhow::Result<()> {
+async fn log_start(store: &Arc<dyn Store>, start: Batch) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + KEYS_CHECK_AT_MOST;
     loop {
-        match crate::store::apply_async(store, Batch::logging(start.clone())).await {
+        match crate::store::apply_async(store, start.clone()).await {
             Ok(()) => return Ok(()),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 anyhow::bail!("the audit log could not record this start: {e}")
@@ -280,26 +282,41 @@ impl Application {
             (api_listener.local_addr()?, observer_listener.local_addr()?);
         // (the ports take connections from here on: while the store does not take the start,
         // they wait in the listeners' backlog, and `/readyz` does not answer yet)
+        // (with this process's row among the replicas: `audit::replicas`)
+        let replicas = Arc::new(crate::audit::replicas::Replicas::new(
+            store.clone(),
+            coordination.clone(),
+            VERSION,
+            settings.data.lease_ms,
+        ));
         log_start(
             &store,
-            Event::Start {
-                replica: crate::coordination::replica_id(),
-                version: VERSION.into(),
-                data_key: admin.keyring.current_id(),
-                token_key: breakglass
-                    .tokens
-                    .kids()
-                    .first()
-                    .cloned()
-                    .unwrap_or_default(),
-                responder: sender,
+            Batch {
+                replicas: vec![replicas.seen(crate::clock::now_ms())],
+                ..Batch::logging(Event::Start {
+                    replica: crate::coordination::replica_id(),
+                    version: VERSION.into(),
+                    data_key: admin.keyring.current_id(),
+                    token_key: breakglass
+                        .tokens
+                        .kids()
+                        .first()
+                        .cloned()
+                        .unwrap_or_default(),
+                    responder: sender,
+                })
             },
         )
         .await?;
+        // the processes before it gone without a stop: on one machine, logged before it serves
+        if let Err(e) = replicas.log_lost(crate::clock::now_ms()).await {
+            tracing::warn!(error = %e, "the ends of processes gone could not be logged yet");
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let poll = Duration::from_millis(settings.follower.poll_interval_ms);
         let mut tasks = vec![
+            tokio::spawn(replicas.clone().run(shutdown_rx.clone())),
             tokio::spawn(follower.clone().run_poller(poll, shutdown_rx.clone())),
             tokio::spawn(submitter.clone().run(
                 Duration::from_millis(settings.submitter.interval_ms),
@@ -416,6 +433,7 @@ impl Application {
             policies,
             servers,
             tasks,
+            replicas,
             shutdown,
             shutdown_timeout: Duration::from_secs(timeout),
         })
@@ -432,6 +450,7 @@ impl Application {
             submitter,
             servers,
             tasks,
+            replicas,
             shutdown,
             shutdown_timeout,
             vault,
@@ -453,12 +472,17 @@ impl Application {
             drop((redb, status, follower, submitter, vault));
             // the stop, logged once nothing else runs (a log that cannot take it is said so:
             // the stop goes on)
-            let stop = Batch::logging(Event::Stop {
-                replica: crate::coordination::replica_id(),
-            });
+            let stop = Batch {
+                replicas: vec![replicas.gone()],
+                ..Batch::logging(Event::Stop {
+                    replica: crate::coordination::replica_id(),
+                    lost: None,
+                })
+            };
             if let Err(e) = crate::store::apply_async(&store, stop).await {
                 tracing::warn!(error = %e, "this stop could not be logged");
             }
+            drop(replicas);
             // HTTP workers drop their copies of the shared state as they wind down; the store
             // (and its file lock) is released only when the last copy is gone
             while Arc::strong_count(&store) > 1 {

@@ -493,15 +493,22 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
                 "detail": [detail("resealed", &resealed.to_string())],
             })],
         ),
-        Event::Stop { replica } => (
+        // a process that went without a stop of its own: the failure (`4`) and when it was
+        // last seen
+        Event::Stop { replica, lost } => (
             dcm("110100", "Application Activity"),
             vec![dcm("110121", "Application Stop"), kind],
             "E",
-            "0",
-            None,
+            if lost.is_some() { "4" } else { "0" },
+            lost.map(|_| "lost: it went without a stop of its own".to_string()),
             false,
             vec![application_agent(&service)],
-            vec![replica_entity(replica, Vec::new())],
+            vec![replica_entity(
+                replica,
+                lost.iter()
+                    .map(|at| detail("last-seen", &instant_ms(*at)))
+                    .collect(),
+            )],
         ),
         Event::ChainFailure {
             operation,

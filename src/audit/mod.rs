@@ -27,6 +27,7 @@
 
 pub mod anchor;
 pub mod fhir;
+pub mod replicas;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
@@ -187,9 +188,17 @@ pub enum Event {
         data_key: String,
         resealed: u64,
     },
-    /// A process of the service stopped, as asked (one that crashed or was killed logs none:
-    /// its start is followed by no stop of its `replica`; a process started again has another).
-    Stop { replica: String },
+    /// A process of the service stopped, as asked; or, `lost`, it went without a stop of its
+    /// own (it crashed, was killed, or its host was lost): `lost` is when it last said it ran
+    /// (unix ms, its clock), and another process logged its end once it had not been seen for
+    /// `audit::replicas::LOST_AFTER_LEASES` leases (`data.lease_ms`; on one machine, the process
+    /// started next on the same store, at its start). A process started again has another
+    /// `replica`.
+    Stop {
+        replica: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lost: Option<u64>,
+    },
     /// One of the service's chain operations failed (its state `Failed`: the contract
     /// refused it when mined, it could not be signed, or whether it ran cannot be told), or,
     /// `cleared`, such a failure no longer holds (a reorg abandoned the block that refused it:

@@ -577,6 +577,15 @@ impl Uncached {
     }
 }
 
+/// A process of the service as the store knows it (`audit::replicas`): when it started and
+/// when it last said it runs (unix ms, by its own clock), and its build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSeen {
+    pub started_ms: u64,
+    pub seen_ms: u64,
+    pub version: String,
+}
+
 /// One atomic, durable write.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Batch {
@@ -642,6 +651,10 @@ pub struct Batch {
     /// another replica's fill cached one since (`chain::state::reread`).
     #[serde(default, skip_serializing_if = "Uncached::is_empty")]
     pub uncached: Uncached,
+    /// The processes of the service that run, by replica id (`audit::replicas`); `None`
+    /// takes one out (its stop, or its end logged by another).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<(String, Option<ReplicaSeen>)>,
     /// What must hold for this batch to be written (checked by shared stores: `Guard`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<Guard>,
@@ -706,44 +719,83 @@ impl Batch {
 
     /// Appends `later`, as if it were applied after this batch.
     pub fn merge(&mut self, later: Batch) {
-        if later.tip.is_some() {
-            self.tip = later.tip;
+        // every field named: a new one cannot be left out
+        let Batch {
+            tip,
+            providers,
+            preferences,
+            consents,
+            responders,
+            reviewers,
+            submissions,
+            nonce,
+            followed,
+            accesses,
+            replay,
+            replay_forgotten,
+            revoked,
+            contacts,
+            notices,
+            directory,
+            paging,
+            audit,
+            verdicts,
+            resealed_verdicts,
+            summaries,
+            previous_summaries,
+            summary_digests,
+            summary_hashes,
+            uncached,
+            replicas,
+            guard: _,
+            claims,
+        } = later;
+        if tip.is_some() {
+            self.tip = tip;
         }
-        if later.nonce.is_some() {
-            self.nonce = later.nonce;
+        if nonce.is_some() {
+            self.nonce = nonce;
         }
-        if later.followed.is_some() {
-            self.followed = later.followed;
+        if followed.is_some() {
+            self.followed = followed;
         }
-        self.providers.extend(later.providers);
-        self.preferences.extend(later.preferences);
-        self.consents.extend(later.consents);
-        self.responders.extend(later.responders);
-        self.reviewers.extend(later.reviewers);
-        self.submissions.extend(later.submissions);
-        self.accesses.extend(later.accesses);
-        self.replay.extend(later.replay);
-        self.replay_forgotten.extend(later.replay_forgotten);
-        self.revoked.extend(later.revoked);
-        self.contacts.extend(later.contacts);
-        self.notices.extend(later.notices);
-        self.directory.extend(later.directory);
-        self.paging.extend(later.paging);
-        self.audit.extend(later.audit);
-        self.verdicts.extend(later.verdicts);
-        self.resealed_verdicts.extend(later.resealed_verdicts);
-        self.summaries.extend(later.summaries);
-        self.previous_summaries.extend(later.previous_summaries);
-        self.summary_digests.extend(later.summary_digests);
-        self.summary_hashes.extend(later.summary_hashes);
-        let u = later.uncached;
-        self.uncached.providers.extend(u.providers);
-        self.uncached.preferences.extend(u.preferences);
-        self.uncached.consents.extend(u.consents);
-        self.uncached.responders.extend(u.responders);
-        self.uncached.reviewers.extend(u.reviewers);
-        self.uncached.summary_hashes.extend(u.summary_hashes);
-        self.claims.extend(later.claims);
+        self.providers.extend(providers);
+        self.preferences.extend(preferences);
+        self.consents.extend(consents);
+        self.responders.extend(responders);
+        self.reviewers.extend(reviewers);
+        self.submissions.extend(submissions);
+        self.accesses.extend(accesses);
+        self.replay.extend(replay);
+        self.replay_forgotten.extend(replay_forgotten);
+        self.revoked.extend(revoked);
+        self.contacts.extend(contacts);
+        self.notices.extend(notices);
+        self.directory.extend(directory);
+        self.paging.extend(paging);
+        self.audit.extend(audit);
+        self.verdicts.extend(verdicts);
+        self.resealed_verdicts.extend(resealed_verdicts);
+        self.summaries.extend(summaries);
+        self.previous_summaries.extend(previous_summaries);
+        self.summary_digests.extend(summary_digests);
+        self.summary_hashes.extend(summary_hashes);
+        let Uncached {
+            providers,
+            preferences,
+            consents,
+            responders,
+            reviewers,
+            summary_hashes,
+        } = uncached;
+        self.uncached.providers.extend(providers);
+        self.uncached.preferences.extend(preferences);
+        self.uncached.consents.extend(consents);
+        self.uncached.responders.extend(responders);
+        self.uncached.reviewers.extend(reviewers);
+        self.uncached.summary_hashes.extend(summary_hashes);
+        self.replicas.extend(replicas);
+        self.claims.extend(claims);
         // only unguarded batches are merged (the embedded store does not check guards)
         self.guard = None;
     }
@@ -775,6 +827,7 @@ impl Batch {
             && self.summary_hashes.is_empty()
             && self.claims.is_empty()
             && self.uncached.is_empty()
+            && self.replicas.is_empty()
     }
 }
 
@@ -890,6 +943,8 @@ pub trait Store: Send + Sync + 'static {
     fn submissions_prefixed(&self, prefix: &str) -> Result<Vec<Submission>, StoreError>;
     /// The next nonce the submitter will use, as it last wrote it.
     fn nonce(&self) -> Result<Option<u64>, StoreError>;
+    /// The processes of the service the store knows to run (`Batch::replicas`), by replica id.
+    fn replicas(&self) -> Result<Vec<(String, ReplicaSeen)>, StoreError>;
     fn access(&self, id: &AccessId) -> Result<Option<AccessRecord>, StoreError>;
     fn access_ids(&self) -> Result<Vec<AccessId>, StoreError>;
     /// The accesses of `ids` that are stored, in that order, read together (a command per

@@ -238,6 +238,15 @@ macro_rules! typed_reads {
             self.get(META, "nonce")
         }
 
+        fn replicas(&self) -> Result<Vec<(String, ReplicaSeen)>, StoreError> {
+            let mut out = Vec::new();
+            for (k, v) in self.scan_prefix(META, REPLICA_PREFIX)? {
+                let seen = dec::<ReplicaSeen>(&k, &v)?;
+                out.push((k[REPLICA_PREFIX.len()..].to_string(), seen));
+            }
+            Ok(out)
+        }
+
         fn access(&self, id: &AccessId) -> Result<Option<AccessRecord>, StoreError> {
             self.get(ACCESSES, &id.to_string())
         }

@@ -97,6 +97,9 @@ pub(super) const AUDIT_HEAD: &str = "audit_head";
 pub(super) const FOLLOWED: &str = "followed";
 /// The META key of the chain tip the follower applied last (`Batch::tip`).
 pub(super) const TIP: &str = "tip";
+/// What the META keys of the processes that run begin with (then the replica id:
+/// `Batch::replicas`).
+pub(super) const REPLICA_PREFIX: &str = "replica:";
 
 /// The AUDIT key of entry `seq`.
 pub(super) fn audit_key(seq: u64) -> String {
@@ -261,6 +264,10 @@ pub(super) fn rows_of(batch: &Batch) -> Result<Rows, StoreError> {
     }
     if let Some(seq) = batch.followed {
         out.push((META, FOLLOWED.into(), Some(enc(&seq)?)));
+    }
+    for (id, seen) in &batch.replicas {
+        let value = seen.as_ref().map(enc).transpose()?;
+        out.push((META, format!("{REPLICA_PREFIX}{id}"), value));
     }
     // dropped first: an entry the same batch writes is kept
     let u = &batch.uncached;

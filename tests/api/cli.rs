@@ -591,7 +591,10 @@ async fn dev_with_replicas_runs_two_services_on_one_local_redis() {
             .into_iter()
             .map(|e| match e {
                 breakglass::audit::Event::Start { replica, .. }
-                | breakglass::audit::Event::Stop { replica } => replica,
+                | breakglass::audit::Event::Stop {
+                    replica,
+                    lost: None,
+                } => replica,
                 other => panic!("{other:?}"),
             })
             .collect();

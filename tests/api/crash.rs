@@ -148,8 +148,10 @@ async fn every_grant_reaches_the_chain_once_across_sigkills() {
 
     let mut granted = Vec::new();
     let mut previous: Option<String> = None;
+    let mut killed = Vec::new();
     for i in 0..20u64 {
         let mut service = h.spawn(&[]);
+        killed.push(service.id().unwrap());
         h.ready().await;
         // the request granted just before the crash is still a replay after it
         if let Some(body) = previous.take() {
@@ -167,7 +169,7 @@ async fn every_grant_reaches_the_chain_once_across_sigkills() {
         service.wait().await.unwrap();
     }
 
-    let service = h.spawn(&[]);
+    let mut service = h.spawn(&[]);
     h.ready().await;
     // it runs without transparent huge pages (their faults stall requests: main.rs)
     let status =
@@ -199,6 +201,48 @@ async fn every_grant_reaches_the_chain_once_across_sigkills() {
         .parse()
         .unwrap();
     assert_eq!(devnet.nonce(&responder).await, 20);
+
+    // each process killed has its end in the log, once, logged by the next at its start (a
+    // stop with `lost`), each after that process's start; the last one stops as asked
+    let pid = service.id().unwrap().to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    service.wait().await.unwrap();
+    let store = breakglass::store::RedbStore::open(&h.data().join("breakglass.redb")).unwrap();
+    use breakglass::store::Store as _;
+    let head = store.audit_head().unwrap().unwrap();
+    let lives: Vec<(String, &str)> = store
+        .audit_entries(1, head.seq as usize)
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e.parsed().unwrap() {
+            breakglass::audit::Event::Start { replica, .. } => Some((replica, "start")),
+            breakglass::audit::Event::Stop {
+                replica,
+                lost: Some(_),
+            } => Some((replica, "lost")),
+            breakglass::audit::Event::Stop {
+                replica,
+                lost: None,
+            } => Some((replica, "stop")),
+            _ => None,
+        })
+        .collect();
+    let pid_of = |replica: &str| replica.split(':').nth(1).unwrap().parse::<u32>().unwrap();
+    let mut expected = Vec::new();
+    for (i, pid) in killed.iter().enumerate() {
+        expected.push((*pid, "start"));
+        if i > 0 {
+            expected.push((killed[i - 1], "lost"));
+        }
+    }
+    let last: u32 = pid.parse().unwrap();
+    expected.extend([(last, "start"), (killed[19], "lost"), (last, "stop")]);
+    let found: Vec<(u32, &str)> = lives.iter().map(|(r, what)| (pid_of(r), *what)).collect();
+    assert_eq!(found, expected);
 }
 
 /// The service killed with SIGKILL again and again while it sends the patients' notices

@@ -914,7 +914,9 @@ async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill
         c.gauge(1 - holder, "breakglass_submitter_lease_held").await,
         0.0
     );
+    let killed_pid = c.replicas[holder].child.as_ref().unwrap().id().unwrap();
     c.kill(holder).await;
+    let killed_at = breakglass::clock::now_ms();
     phase("the submitting replica killed");
     granted.extend(run(&c, 400, 100, &[1 - holder]).await);
     phase("all 500 requests answered");
@@ -1020,6 +1022,47 @@ async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill
             "copies are the same bytes"
         );
     }
+
+    // the killed replica's end is in the log once, logged by the other (`lost`: when it was
+    // last seen, before the kill); no other process is logged as gone
+    let entries = || -> Vec<breakglass::audit::Event> {
+        let head = store.audit_head().unwrap().map_or(0, |h| h.seq);
+        store
+            .audit_entries(1, head as usize)
+            .unwrap()
+            .iter()
+            .map(|e| e.parsed().unwrap())
+            .collect()
+    };
+    let started: Vec<String> = entries()
+        .into_iter()
+        .filter_map(|e| match e {
+            breakglass::audit::Event::Start { replica, .. } => Some(replica),
+            _ => None,
+        })
+        .collect();
+    let killed = started
+        .iter()
+        .find(|r| r.split(':').nth(1) == Some(killed_pid.to_string().as_str()))
+        .expect("the killed replica's start")
+        .clone();
+    let lost = eventually("the killed replica's end logged", SECS, async || {
+        let lost: Vec<(String, u64)> = entries()
+            .into_iter()
+            .filter_map(|e| match e {
+                breakglass::audit::Event::Stop {
+                    replica,
+                    lost: Some(seen),
+                } => Some((replica, seen)),
+                _ => None,
+            })
+            .collect();
+        (!lost.is_empty()).then_some(lost)
+    })
+    .await;
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].0, killed);
+    assert!(lost[0].1 <= killed_at, "last seen before the kill");
 }
 
 /// Replicas on Redis: while this replica's follower applies the block that mines an access's

@@ -2285,7 +2285,8 @@ async fn each_start_and_stop_is_logged_with_the_keys_it_runs_with() {
     assert_eq!(
         logged[1],
         Event::Stop {
-            replica: replica.clone()
+            replica: replica.clone(),
+            lost: None,
         }
     );
     assert!(
@@ -2296,6 +2297,9 @@ async fn each_start_and_stop_is_logged_with_the_keys_it_runs_with() {
     let store = breakglass::store::RedbStore::open(&dir.path().join("breakglass.redb")).unwrap();
     assert_eq!(
         starts_and_stops(&store).last(),
-        Some(&Event::Stop { replica })
+        Some(&Event::Stop {
+            replica,
+            lost: None
+        })
     );
 }

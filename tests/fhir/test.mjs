@@ -38,7 +38,7 @@ const kindOf = (r) => r.subtype.find((c) => c.system === 'https://breakglass.exa
 test('good.ndjson: every line is valid FHIR R4 and has its BALP.md shape', () => {
   const r = validate(sample('good.ndjson'));
   assert.equal(r.stderr, '');
-  assert.deepEqual(r.lines, ['29 passed, 0 failed']);
+  assert.deepEqual(r.lines, ['30 passed, 0 failed']);
   assert.equal(r.status, 0);
   const kinds = ndjson(sample('good.ndjson')).map((l) => kindOf(JSON.parse(l)));
   for (const k of KINDS) assert.ok(kinds.includes(k), `good.ndjson has a ${k}`);
@@ -88,13 +88,14 @@ const EXPECTED = [
   [36, '[balp] AuditEvent.agent[0].who: a rekey is run from the command line: cli:<user>, not "auditor"'],
   [37, '[balp] AuditEvent.period: the session ends (2026-01-09T11:25:31.456Z) after it opened (2026-01-09T11:05:00.123Z) and no later than it was logged (2026-01-09T11:25:00.123Z)'],
   [38, '[balp] AuditEvent.period: the session ends (2026-01-09T11:24:31.456Z) after it opened (2026-01-09T11:24:31.457Z)'],
+  [39, '[balp] AuditEvent.entity[0]: detail "last-seen" is "2026-01-09T11:26:01.123Z"; expected an instant like 2026-01-09T10:30:00.000Z, no later than recorded'],
 ];
 
 test('bad.ndjson: each broken line fails, with its line number and the reason', () => {
   const r = validate(sample('bad.ndjson'));
   assert.equal(r.stderr, '');
   assert.equal(r.status, 1);
-  assert.equal(r.last, '1 passed, 37 failed');
+  assert.equal(r.last, '1 passed, 38 failed');
   for (const [line, text] of EXPECTED) {
     assert.ok(
       r.lines.some((l) => l.startsWith(`line ${line}: `) && l.includes(text)),
@@ -103,7 +104,7 @@ test('bad.ndjson: each broken line fails, with its line number and the reason', 
   }
   // every failing line is reported, and line 1 (a good grant) is not
   const reported = new Set(r.lines.slice(0, -1).map((l) => Number(/^line (\d+): /.exec(l)?.[1])));
-  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 37 }, (_, i) => i + 2));
+  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 38 }, (_, i) => i + 2));
 });
 
 test('an empty export is valid', () => {

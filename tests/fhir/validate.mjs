@@ -405,10 +405,10 @@ function checkQueryEntity(s, r, what) {
 
 // a start's or stop's type, subtype, outcome, the service as the application, and its process
 // entity (`checkReplicaEntity`): returns [path, details] of that entity
-function checkApplicationActivity(s, r, subtype) {
+function checkApplicationActivity(s, r, subtype, outcome = '0', desc = undefined) {
   s.coding('AuditEvent.type', r.type, C.appActivity);
   s.codings('AuditEvent.subtype', r.subtype, [subtype]);
-  checkOutcome(s, r, '0');
+  checkOutcome(s, r, outcome, desc);
   checkServiceAgent(s, r, C.application, true);
   return checkReplicaEntity(s, r);
 }
@@ -757,10 +757,20 @@ const KINDS = {
     s.one(epath, details, 'responder', (v) => PRINCIPAL.test(v), 'a Stacks principal');
   },
 
-  // a process of the service stopped, as asked
+  // a process of the service stopped, as asked; or (outcome 4) it went without a stop of its
+  // own, and another logged its end: when it was last seen, before this entry
   stop(s, r) {
-    const [epath, details] = checkApplicationActivity(s, r, C.appStop);
-    if (details && details.size) s.fail(epath, 'a stop has no details');
+    const lost = r.outcome === '4';
+    const [epath, details] = lost
+      ? checkApplicationActivity(s, r, C.appStop, '4', 'lost: it went without a stop of its own')
+      : checkApplicationActivity(s, r, C.appStop);
+    if (!details) return;
+    if (!lost) {
+      if (details.size) s.fail(epath, 'a stop has no details');
+      return;
+    }
+    if (details.size !== 1) s.fail(epath, 'a lost stop has one detail, last-seen');
+    s.one(epath, details, 'last-seen', (v) => realInstant(v) && v <= r.recorded, 'an instant like 2026-01-09T10:30:00.000Z, no later than recorded');
   },
 
   read(s, r) {
