@@ -64,8 +64,10 @@ pub struct Application {
     pub policies: Arc<Policies>,
     servers: Vec<(ServerHandle, JoinHandle<std::io::Result<()>>)>,
     tasks: Vec<JoinHandle<()>>,
-    /// This process among the replicas (its row, taken out with its stop's entry).
+    /// This process among the replicas (its row, taken out with its stop's entry), and its
+    /// renewals: stopped just before that entry.
     replicas: Arc<crate::audit::replicas::Replicas>,
+    renewing: (watch::Sender<bool>, JoinHandle<()>),
     shutdown: watch::Sender<bool>,
     shutdown_timeout: Duration,
 }
@@ -104,10 +106,10 @@ async fn agree_on_keys(
 /// fails (a store that cannot take it cannot take a grant's entry either; the orchestrator
 /// starts the process again). (A write that landed but was reported failed, its replicas'
 /// acknowledgement late, is written again: two starts of one process, never none.)
-async fn log_start(store: &Arc<dyn Store>, start: Batch) -> anyhow::Result<()> {
+async fn log_start(store: &Arc<dyn Store>, start: impl Fn() -> Batch) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + KEYS_CHECK_AT_MOST;
     loop {
-        match crate::store::apply_async(store, start.clone()).await {
+        match crate::store::apply_async(store, start()).await {
             Ok(()) => return Ok(()),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 anyhow::bail!("the audit log could not record this start: {e}")
@@ -289,34 +291,35 @@ impl Application {
             VERSION,
             settings.data.lease_ms,
         ));
-        log_start(
-            &store,
-            Batch {
-                replicas: vec![replicas.seen(crate::clock::now_ms())],
-                ..Batch::logging(Event::Start {
-                    replica: crate::coordination::replica_id(),
-                    version: VERSION.into(),
-                    data_key: admin.keyring.current_id(),
-                    token_key: breakglass
-                        .tokens
-                        .kids()
-                        .first()
-                        .cloned()
-                        .unwrap_or_default(),
-                    responder: sender,
-                })
-            },
-        )
+        let start = Event::Start {
+            replica: crate::coordination::replica_id(),
+            version: VERSION.into(),
+            data_key: admin.keyring.current_id(),
+            token_key: breakglass
+                .tokens
+                .kids()
+                .first()
+                .cloned()
+                .unwrap_or_default(),
+            responder: sender,
+        };
+        // (the row as of each attempt)
+        log_start(&store, || Batch {
+            replicas: vec![replicas.seen(crate::clock::now_ms())],
+            ..Batch::logging(start.clone())
+        })
         .await?;
         // the processes before it gone without a stop: on one machine, logged before it serves
-        if let Err(e) = replicas.log_lost(crate::clock::now_ms()).await {
+        if let Err(e) = replicas.log_lost().await {
             tracing::warn!(error = %e, "the ends of processes gone could not be logged yet");
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let poll = Duration::from_millis(settings.follower.poll_interval_ms);
+        // this process's row is renewed until nothing else runs in it (`stop`)
+        let (stop_renewing, renewals) = watch::channel(false);
+        let renewing = tokio::spawn(replicas.clone().run(renewals));
         let mut tasks = vec![
-            tokio::spawn(replicas.clone().run(shutdown_rx.clone())),
             tokio::spawn(follower.clone().run_poller(poll, shutdown_rx.clone())),
             tokio::spawn(submitter.clone().run(
                 Duration::from_millis(settings.submitter.interval_ms),
@@ -434,6 +437,7 @@ impl Application {
             servers,
             tasks,
             replicas,
+            renewing: (stop_renewing, renewing),
             shutdown,
             shutdown_timeout: Duration::from_secs(timeout),
         })
@@ -451,6 +455,7 @@ impl Application {
             servers,
             tasks,
             replicas,
+            renewing: (stop_renewing, renewing),
             shutdown,
             shutdown_timeout,
             vault,
@@ -470,6 +475,9 @@ impl Application {
             // every copy of the store held here goes too (the vault's, left held, made every
             // stop wait out its whole timeout)
             drop((redb, status, follower, submitter, vault));
+            // (its row renewed until now: not taken for gone while it stopped)
+            let _ = stop_renewing.send(true);
+            let _ = renewing.await;
             // the stop, logged once nothing else runs (a log that cannot take it is said so:
             // the stop goes on)
             let stop = Batch {

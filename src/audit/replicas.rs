@@ -4,20 +4,24 @@
 //!
 //! Each process has a row (`Batch::replicas`: when it started, when it last said it runs, its
 //! build), written with its start's entry, renewed every third of a lease (`data.lease_ms`), and
-//! taken out with its stop's entry. A row not renewed for `LOST_AFTER_LEASES` leases is a
-//! process gone: the replica that holds the lease `LEASE` (one at a time) logs its end and takes
-//! its row out in one write, fenced (a replica paused past its lease writes nothing), so each
-//! end is logged once. A replica paused that long (a frozen VM, say) is logged as lost, and its
+//! taken out with its stop's entry, once nothing else runs in it. Each replica reads the rows
+//! with each renewal; a row it has read unchanged for `LOST_AFTER_LEASES` leases, every read
+//! answered meanwhile (by its own monotonic clock: the rows' times are their writers' clocks,
+//! and a store away for a while refuses every renewal), is a process gone: the replica that
+//! holds the lease `LEASE` (one at a time) logs its end and takes its row out in one write,
+//! fenced (a replica paused past its lease writes nothing), so each end is logged once. A
+//! replica paused that long (a frozen VM, cut off from the store) is logged as lost, and its
 //! row comes back with its next renewal (its later stop is logged too). Each process looks once
-//! at its start, before it serves, then with each renewal: one process on its own store (the
-//! embedded one, whose file only it can open) logs the processes before it that left a row as
-//! lost at its start, at once (no other runs).
+//! at its start, before it serves: one process on its own store (the embedded one, whose file
+//! only it can open) logs the processes before it that left a row as lost then, at once (no
+//! other runs).
 //!
 //! It must not: log a process that runs as lost (its row renewed within the time), nor one
 //! twice.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{Event, Record};
 use crate::coordination::Coordinator;
@@ -38,6 +42,7 @@ pub struct Replicas {
     version: String,
     started_ms: u64,
     lease_ms: u64,
+    observed: Mutex<Observed>,
 }
 
 impl Replicas {
@@ -54,6 +59,7 @@ impl Replicas {
             version: version.to_string(),
             started_ms: crate::clock::now_ms(),
             lease_ms,
+            observed: Mutex::default(),
         }
     }
 
@@ -90,9 +96,29 @@ impl Replicas {
         }
     }
 
-    /// Logs the end of each process gone by `now_ms` (a `stop` with `lost`) and takes its row
-    /// out, in one write, if this replica holds the lease: how many.
-    pub async fn log_lost(&self, now_ms: u64) -> Result<usize, StoreError> {
+    /// Logs the end of each process gone (a `stop` with `lost`) and takes its row out, in one
+    /// write, if this replica holds the lease: how many. A row is gone when this replica has
+    /// read it unchanged for `lost_after_ms`, its reads all answered meanwhile (`Observed`): a
+    /// store away for a while (every renewal refused), or a replica's clock off, is no loss.
+    pub async fn log_lost(&self) -> Result<usize, StoreError> {
+        let store = self.store.clone();
+        // the store's reads block: off the runtime's threads
+        let read = tokio::task::spawn_blocking(move || store.replicas())
+            .await
+            .map_err(|e| StoreError::Backend(format!("the replicas' rows: {e}")))
+            .and_then(|r| r);
+        let rows = match read {
+            Ok(rows) => rows,
+            Err(e) => {
+                lock(&self.observed).forget();
+                return Err(e);
+            }
+        };
+        let lost_after = Duration::from_millis(self.lost_after_ms());
+        let mut lost = lock(&self.observed).unchanged(&self.me, rows, Instant::now(), lost_after);
+        if lost.is_empty() {
+            return Ok(0);
+        }
         let fence = if self.coordination.is_shared() {
             match self
                 .coordination
@@ -104,27 +130,12 @@ impl Replicas {
                     holder: self.me.clone(),
                     token,
                 }),
-                // another replica looks
+                // another replica logs them
                 None => return Ok(0),
             }
         } else {
             None
         };
-        let store = self.store.clone();
-        // the store's reads block: off the runtime's threads
-        let rows = tokio::task::spawn_blocking(move || store.replicas())
-            .await
-            .map_err(|e| StoreError::Backend(format!("the replicas' rows: {e}")))??;
-        let lost_after = self.lost_after_ms();
-        let mut lost: Vec<(String, ReplicaSeen)> = rows
-            .into_iter()
-            .filter(|(id, seen)| {
-                *id != self.me && seen.seen_ms.saturating_add(lost_after) <= now_ms
-            })
-            .collect();
-        if lost.is_empty() {
-            return Ok(0);
-        }
         lost.sort_by_key(|(_, seen)| seen.seen_ms);
         let n = lost.len();
         let batch = Batch {
@@ -159,8 +170,9 @@ impl Replicas {
     }
 
     /// Renews this process's row and logs the ends of those gone, every `beat_every`, until
-    /// `shutdown` (then the stop's write takes the row out).
-    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// `stop` (sent once nothing else runs in the process: then the stop's write takes the row
+    /// out, and the row is not renewed after it).
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
             let beat = Batch {
                 replicas: vec![self.seen(crate::clock::now_ms())],
@@ -169,15 +181,60 @@ impl Replicas {
             if let Err(e) = apply_async(&self.store, beat).await {
                 tracing::warn!(error = %e, "this process's row among the replicas could not be renewed");
             }
-            if let Err(e) = self.log_lost(crate::clock::now_ms()).await {
+            if let Err(e) = self.log_lost().await {
                 tracing::warn!(error = %e, "the ends of processes gone could not be logged");
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.beat_every()) => {}
-                _ = shutdown.changed() => break,
+                _ = stop.changed() => break,
             }
         }
     }
+}
+
+/// The other replicas' rows as this one read them: each one's last value and since when (by
+/// this process's monotonic clock) it has read that value.
+#[derive(Default)]
+struct Observed(HashMap<String, (u64, Instant)>);
+
+impl Observed {
+    /// The rows of `rows` (read at `now`) but `me`'s that this replica has read unchanged for
+    /// `lost_after` or longer; each other row remembered from now if it is new or changed, and
+    /// the rows gone from the store forgotten.
+    fn unchanged(
+        &mut self,
+        me: &str,
+        rows: Vec<(String, ReplicaSeen)>,
+        now: Instant,
+        lost_after: Duration,
+    ) -> Vec<(String, ReplicaSeen)> {
+        self.0.retain(|id, _| rows.iter().any(|(r, _)| r == id));
+        rows.into_iter()
+            .filter(|(id, row)| {
+                if id == me {
+                    return false;
+                }
+                let since = match self.0.get(id) {
+                    Some((seen, since)) if *seen == row.seen_ms => *since,
+                    _ => {
+                        self.0.insert(id.clone(), (row.seen_ms, now));
+                        now
+                    }
+                };
+                now.duration_since(since) >= lost_after
+            })
+            .collect()
+    }
+
+    /// A read failed: what was read before says nothing of the time since (every renewal may
+    /// have been refused meanwhile too).
+    fn forget(&mut self) {
+        self.0.clear();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -222,15 +279,15 @@ mod tests {
         )
     }
 
-    /// With replicas on one Redis, one not seen for three leases is logged as lost once,
-    /// whichever replicas look at once, and its row taken out; one seen within them is not
-    /// (the replica that looks is not either: the next test). Each is this process here,
-    /// named apart.
+    /// With replicas on one Redis, a row read unchanged for three leases is logged as lost
+    /// once, whichever replicas look at once, and taken out; one renewed meanwhile is not. Each
+    /// looker is this process here, named apart.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_replica_gone_without_a_stop_is_logged_once_by_one_of_the_others() {
         let redis = crate::dev::test_redis().await;
         let store: Arc<dyn Store> = Arc::new(RedisStore::open(redis.url.as_str(), "r:").unwrap());
-        let lease_ms = 1_000;
+        // gone after 3 × 400 ms unchanged
+        let lease_ms = 400;
         let looking: Vec<Arc<Replicas>> = ["a", "b", "c"]
             .into_iter()
             .map(|me| {
@@ -242,49 +299,78 @@ mod tests {
                 })
             })
             .collect();
-        let now = crate::clock::now_ms();
-        let rows = vec![row("gone", now - 3_001), row("paused", now - 2_500)];
-        apply_async(
-            &store,
-            Batch {
-                replicas: rows,
-                ..Batch::default()
-            },
-        )
-        .await
-        .unwrap();
-        let look =
-            |at: u64| futures_util::future::join_all(looking.iter().map(move |r| r.log_lost(at)));
-        let logged: usize = look(now).await.into_iter().map(Result::unwrap).sum();
-        assert_eq!(logged, 1);
-        assert_eq!(
-            ends(store.as_ref()),
-            [("gone".to_string(), Some(now - 3_001))]
-        );
-        assert_eq!(ids(store.as_ref()), ["paused"]);
-        let again: usize = look(now).await.into_iter().map(Result::unwrap).sum();
-        assert_eq!(again, 0, "once");
-        // a looker's own row renewed, and "paused" unseen past three leases
-        let later = now + 1_000;
-        apply_async(
-            &store,
-            Batch {
-                replicas: vec![looking[0].seen(later)],
-                ..Batch::default()
-            },
-        )
-        .await
-        .unwrap();
-        let logged: usize = look(later).await.into_iter().map(Result::unwrap).sum();
-        assert_eq!(logged, 1);
+        let write = async |rows| {
+            apply_async(
+                &store,
+                Batch {
+                    replicas: rows,
+                    ..Batch::default()
+                },
+            )
+            .await
+            .unwrap()
+        };
+        let look = async || -> usize {
+            futures_util::future::join_all(looking.iter().map(|r| r.log_lost()))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .sum()
+        };
+        let sleep = |ms| tokio::time::sleep(Duration::from_millis(ms));
+        // rows whose times are long past (their writers' clocks behind, say): not gone until
+        // read unchanged for three leases
+        let t = crate::clock::now_ms() - 60_000;
+        write(vec![row("gone", t), row("renewed", t)]).await;
+        assert_eq!(look().await, 0, "first read: not gone yet");
+        sleep(600).await;
+        write(vec![row("renewed", t + 1)]).await;
+        assert_eq!(look().await, 0);
+        sleep(600).await;
+        assert_eq!(look().await, 1, "gone: unchanged for 1.2 s");
+        assert_eq!(ends(store.as_ref()), [("gone".to_string(), Some(t))]);
+        assert_eq!(ids(store.as_ref()), ["renewed"]);
+        assert_eq!(look().await, 0, "once");
+        sleep(700).await;
+        assert_eq!(look().await, 1, "renewed no more");
         assert_eq!(
             ends(store.as_ref()),
             [
-                ("gone".to_string(), Some(now - 3_001)),
-                ("paused".to_string(), Some(now - 2_500))
+                ("gone".to_string(), Some(t)),
+                ("renewed".to_string(), Some(t + 1))
             ]
         );
-        assert_eq!(ids(store.as_ref()), ["a"]);
+        assert!(ids(store.as_ref()).is_empty());
+    }
+
+    /// What a replica read before a read that failed (the store away: every renewal refused
+    /// meanwhile too) does not count: a row is gone only when read unchanged for the whole
+    /// time, every read answered.
+    #[test]
+    fn a_row_is_gone_only_when_read_unchanged_for_the_whole_time() {
+        let mut o = Observed::default();
+        let at = Instant::now();
+        let after = Duration::from_secs(30);
+        let rows = || {
+            [row("me", 1), row("other", 1)]
+                .map(|(id, seen)| (id, seen.unwrap()))
+                .to_vec()
+        };
+        assert!(o.unchanged("me", rows(), at, after).is_empty());
+        assert!(o
+            .unchanged("me", rows(), at + Duration::from_secs(29), after)
+            .is_empty());
+        let gone = o.unchanged("me", rows(), at + after, after);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].0, "other", "never this replica");
+        // the store away (a read refused): from the next read on
+        o.forget();
+        assert!(o.unchanged("me", rows(), at + after * 2, after).is_empty());
+        assert_eq!(o.unchanged("me", rows(), at + after * 3, after).len(), 1);
+        // a row renewed counts from its new value
+        let mut renewed = rows();
+        renewed[1].1.seen_ms = 2;
+        assert!(o.unchanged("me", renewed, at + after * 3, after).is_empty());
     }
 
     /// One process on its own store: the processes before it that left a row (killed) are
@@ -304,13 +390,13 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(me.log_lost(now).await.unwrap(), 1);
+        assert_eq!(me.log_lost().await.unwrap(), 1);
         assert_eq!(
             ends(store.as_ref()),
             [("killed".to_string(), Some(now - 5))]
         );
         assert_eq!(ids(store.as_ref()), [crate::coordination::replica_id()]);
-        assert_eq!(me.log_lost(now).await.unwrap(), 0);
+        assert_eq!(me.log_lost().await.unwrap(), 0);
         // its stop takes its row out
         apply_async(
             &store,
