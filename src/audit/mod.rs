@@ -190,10 +190,10 @@ pub enum Event {
     },
     /// A process of the service stopped, as asked; or, `lost`, it went without a stop of its
     /// own (it crashed, was killed, or its host was lost): `lost` is when it last said it ran
-    /// (unix ms, its clock), and another process logged its end once it had not been seen for
-    /// `audit::replicas::LOST_AFTER_LEASES` leases (`data.lease_ms`; on one machine, the process
-    /// started next on the same store, at its start). A process started again has another
-    /// `replica`.
+    /// (unix ms, its clock), and another process logged its end once it had read its row
+    /// unchanged for `audit::replicas::LOST_AFTER_LEASES` leases (`data.lease_ms`; on one
+    /// machine, the process started next on the same store, at its start). A process started
+    /// again has another `replica`.
     Stop {
         replica: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]

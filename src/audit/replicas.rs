@@ -96,12 +96,15 @@ impl Replicas {
         }
     }
 
-    /// Logs the end of each process gone (a `stop` with `lost`) and takes its row out, in one
-    /// write, if this replica holds the lease: how many. A row is gone when this replica has
-    /// read it unchanged for `lost_after_ms`, its reads all answered meanwhile (`Observed`): a
-    /// store away for a while (every renewal refused), or a replica's clock off, is no loss.
+    /// Logs the end of each process gone (a `stop` with `lost`) and takes its row out, if
+    /// this replica holds the lease: how many. A row is gone when this replica has read it
+    /// unchanged for `lost_after_ms`, its reads all answered meanwhile (`Observed`): a store
+    /// away for a while, or a replica's clock off, is no loss. Each end is one write, fenced and
+    /// guarded on the row as read: not written if the row was renewed meanwhile, or taken out
+    /// by another (a lease that changed hands between its read and its write).
     pub async fn log_lost(&self) -> Result<usize, StoreError> {
         let store = self.store.clone();
+        let read_from = Instant::now();
         // the store's reads block: off the runtime's threads
         let read = tokio::task::spawn_blocking(move || store.replicas())
             .await
@@ -115,7 +118,8 @@ impl Replicas {
             }
         };
         let lost_after = Duration::from_millis(self.lost_after_ms());
-        let mut lost = lock(&self.observed).unchanged(&self.me, rows, Instant::now(), lost_after);
+        let mut lost =
+            lock(&self.observed).unchanged(&self.me, rows, (read_from, Instant::now()), lost_after);
         if lost.is_empty() {
             return Ok(0);
         }
@@ -137,52 +141,56 @@ impl Replicas {
             None
         };
         lost.sort_by_key(|(_, seen)| seen.seen_ms);
-        let n = lost.len();
-        let batch = Batch {
-            audit: lost
-                .iter()
-                .map(|(id, seen)| {
-                    Record::now(Event::Stop {
-                        replica: id.clone(),
-                        lost: Some(seen.seen_ms),
-                    })
-                })
-                .collect(),
-            replicas: lost.into_iter().map(|(id, _)| (id, None)).collect(),
-            guard: fence.map(|fence| Guard {
-                fence: Some(fence),
-                ..Guard::default()
-            }),
-            ..Batch::default()
-        };
-        match apply_async(&self.store, batch).await {
-            Ok(()) => {
-                tracing::warn!(
-                    replicas = n,
-                    "processes of the service gone without a stop: their ends are logged"
-                );
-                Ok(n)
+        let mut logged = 0;
+        for (id, seen) in lost {
+            let batch = Batch {
+                audit: vec![Record::now(Event::Stop {
+                    replica: id.clone(),
+                    lost: Some(seen.seen_ms),
+                })],
+                replicas: vec![(id.clone(), None)],
+                guard: Some(Guard {
+                    fence: fence.clone(),
+                    replica: Some((id.clone(), Some(seen))),
+                    ..Guard::default()
+                }),
+                ..Batch::default()
+            };
+            match apply_async(&self.store, batch).await {
+                Ok(()) => {
+                    tracing::warn!(replica = %id, "a process of the service gone without a stop: its end is logged");
+                    logged += 1;
+                }
+                // renewed meanwhile, or its end logged by another
+                Err(StoreError::Guarded(Guarded::Changed)) => {}
+                // the lease went to another replica meanwhile: it looks
+                Err(StoreError::Guarded(Guarded::Fenced)) => break,
+                Err(e) => return Err(e),
             }
-            // the lease went to another replica meanwhile: it looks
-            Err(StoreError::Guarded(Guarded::Fenced)) => Ok(0),
-            Err(e) => Err(e),
         }
+        Ok(logged)
     }
 
     /// Renews this process's row and logs the ends of those gone, every `beat_every`, until
     /// `stop` (sent once nothing else runs in the process: then the stop's write takes the row
-    /// out, and the row is not renewed after it).
+    /// out, and the row is not renewed after it). While its own renewal is refused (the store
+    /// away, or taking no writes), it takes no other for gone: theirs are refused too.
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
             let beat = Batch {
                 replicas: vec![self.seen(crate::clock::now_ms())],
                 ..Batch::default()
             };
-            if let Err(e) = apply_async(&self.store, beat).await {
-                tracing::warn!(error = %e, "this process's row among the replicas could not be renewed");
-            }
-            if let Err(e) = self.log_lost().await {
-                tracing::warn!(error = %e, "the ends of processes gone could not be logged");
+            match apply_async(&self.store, beat).await {
+                Ok(()) => {
+                    if let Err(e) = self.log_lost().await {
+                        tracing::warn!(error = %e, "the ends of processes gone could not be logged");
+                    }
+                }
+                Err(e) => {
+                    lock(&self.observed).forget();
+                    tracing::warn!(error = %e, "this process's row among the replicas could not be renewed");
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.beat_every()) => {}
@@ -195,17 +203,19 @@ impl Replicas {
 /// The other replicas' rows as this one read them: each one's last value and since when (by
 /// this process's monotonic clock) it has read that value.
 #[derive(Default)]
-struct Observed(HashMap<String, (u64, Instant)>);
+struct Observed(HashMap<String, (ReplicaSeen, Instant)>);
 
 impl Observed {
-    /// The rows of `rows` (read at `now`) but `me`'s that this replica has read unchanged for
-    /// `lost_after` or longer; each other row remembered from now if it is new or changed, and
-    /// the rows gone from the store forgotten.
+    /// The rows of `rows` but `me`'s that this replica has read unchanged for `lost_after` or
+    /// longer; each other row remembered from now if it is new or changed, and the rows gone
+    /// from the store forgotten. `read` is when the read was sent and when it was answered: a
+    /// row new or changed counts from the answer, and how long one was unchanged until the
+    /// read was sent (the time the read took is not counted).
     fn unchanged(
         &mut self,
         me: &str,
         rows: Vec<(String, ReplicaSeen)>,
-        now: Instant,
+        (sent, answered): (Instant, Instant),
         lost_after: Duration,
     ) -> Vec<(String, ReplicaSeen)> {
         self.0.retain(|id, _| rows.iter().any(|(r, _)| r == id));
@@ -214,20 +224,21 @@ impl Observed {
                 if id == me {
                     return false;
                 }
-                let since = match self.0.get(id) {
-                    Some((seen, since)) if *seen == row.seen_ms => *since,
-                    _ => {
-                        self.0.insert(id.clone(), (row.seen_ms, now));
-                        now
+                match self.0.get(id) {
+                    Some((seen, since)) if seen == row => {
+                        sent.saturating_duration_since(*since) >= lost_after
                     }
-                };
-                now.duration_since(since) >= lost_after
+                    _ => {
+                        self.0.insert(id.clone(), (row.clone(), answered));
+                        lost_after.is_zero()
+                    }
+                }
             })
             .collect()
     }
 
-    /// A read failed: what was read before says nothing of the time since (every renewal may
-    /// have been refused meanwhile too).
+    /// A read failed, or this replica's own renewal: what was read before says nothing of the
+    /// time since (every renewal may have been refused meanwhile too).
     fn forget(&mut self) {
         self.0.clear();
     }
@@ -286,8 +297,8 @@ mod tests {
     async fn a_replica_gone_without_a_stop_is_logged_once_by_one_of_the_others() {
         let redis = crate::dev::test_redis().await;
         let store: Arc<dyn Store> = Arc::new(RedisStore::open(redis.url.as_str(), "r:").unwrap());
-        // gone after 3 × 400 ms unchanged
-        let lease_ms = 400;
+        // gone after 3 × 600 ms unchanged
+        let lease_ms = 600;
         let looking: Vec<Arc<Replicas>> = ["a", "b", "c"]
             .into_iter()
             .map(|me| {
@@ -323,15 +334,15 @@ mod tests {
         let t = crate::clock::now_ms() - 60_000;
         write(vec![row("gone", t), row("renewed", t)]).await;
         assert_eq!(look().await, 0, "first read: not gone yet");
-        sleep(600).await;
+        sleep(900).await;
         write(vec![row("renewed", t + 1)]).await;
         assert_eq!(look().await, 0);
-        sleep(600).await;
-        assert_eq!(look().await, 1, "gone: unchanged for 1.2 s");
+        sleep(900).await;
+        assert_eq!(look().await, 1, "gone: unchanged for 1.8 s");
         assert_eq!(ends(store.as_ref()), [("gone".to_string(), Some(t))]);
         assert_eq!(ids(store.as_ref()), ["renewed"]);
         assert_eq!(look().await, 0, "once");
-        sleep(700).await;
+        sleep(1_100).await;
         assert_eq!(look().await, 1, "renewed no more");
         assert_eq!(
             ends(store.as_ref()),
@@ -341,6 +352,29 @@ mod tests {
             ]
         );
         assert!(ids(store.as_ref()).is_empty());
+        // an end is written only over the row as it was read: not over one renewed since, nor
+        // one taken out since (its end logged by the replica that held the lease before)
+        write(vec![row("x", t + 5)]).await;
+        for (id, as_read) in [("x", row("x", t)), ("gone", row("gone", t))] {
+            let end = Batch {
+                audit: vec![Record::now(Event::Stop {
+                    replica: id.into(),
+                    lost: Some(t),
+                })],
+                replicas: vec![(id.into(), None)],
+                guard: Some(Guard {
+                    replica: Some(as_read),
+                    ..Guard::default()
+                }),
+                ..Batch::default()
+            };
+            assert!(matches!(
+                apply_async(&store, end).await,
+                Err(StoreError::Guarded(Guarded::Changed))
+            ));
+        }
+        assert_eq!(ends(store.as_ref()).len(), 2);
+        assert_eq!(ids(store.as_ref()), ["x"]);
     }
 
     /// What a replica read before a read that failed (the store away: every renewal refused
@@ -356,21 +390,45 @@ mod tests {
                 .map(|(id, seen)| (id, seen.unwrap()))
                 .to_vec()
         };
-        assert!(o.unchanged("me", rows(), at, after).is_empty());
-        assert!(o
-            .unchanged("me", rows(), at + Duration::from_secs(29), after)
-            .is_empty());
-        let gone = o.unchanged("me", rows(), at + after, after);
+        let read = |at: Instant| (at, at + Duration::from_millis(5));
+        assert!(o.unchanged("me", rows(), read(at), after).is_empty());
+        let just_before = at + after;
+        assert!(
+            o.unchanged("me", rows(), (just_before, just_before), after)
+                .is_empty(),
+            "counted from when the first read was answered"
+        );
+        let gone = o.unchanged(
+            "me",
+            rows(),
+            read(at + after + Duration::from_millis(5)),
+            after,
+        );
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].0, "other", "never this replica");
         // the store away (a read refused): from the next read on
         o.forget();
-        assert!(o.unchanged("me", rows(), at + after * 2, after).is_empty());
-        assert_eq!(o.unchanged("me", rows(), at + after * 3, after).len(), 1);
+        assert!(o
+            .unchanged("me", rows(), read(at + after * 2), after)
+            .is_empty());
+        assert_eq!(
+            o.unchanged("me", rows(), read(at + after * 4), after).len(),
+            1
+        );
         // a row renewed counts from its new value
         let mut renewed = rows();
         renewed[1].1.seen_ms = 2;
-        assert!(o.unchanged("me", renewed, at + after * 3, after).is_empty());
+        assert!(o
+            .unchanged("me", renewed, read(at + after * 4), after)
+            .is_empty());
+        // on its own store (nothing to wait for) another's row is gone at once
+        let mut alone = Observed::default();
+        assert_eq!(
+            alone
+                .unchanged("me", rows(), read(at), Duration::ZERO)
+                .len(),
+            1
+        );
     }
 
     /// One process on its own store: the processes before it that left a row (killed) are

@@ -117,6 +117,12 @@ pub struct Guard {
     /// block's write with an operation it failed), checked by Redis's linked write too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tip: Option<Option<Tip>>,
+    /// A replica's row as the writer read it (`Store::replicas`; `None`: absent): the write
+    /// fails with `Guarded::Changed` unless the store holds exactly this, so that a process's
+    /// end is logged once, and not when its row was renewed meanwhile (`audit::replicas`).
+    /// Not with `followed` nor `tip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<(String, Option<ReplicaSeen>)>,
 }
 
 /// A lease as its holder took it: its name, the holder (`coordination::replica_id`) and the

@@ -331,7 +331,7 @@ impl Writer {
                 push_rows(&mut call, &prefix, &base);
                 return Ok((Kind::Guarded, base, self.guarded.clone(), call));
             }
-            None => (None, Vec::new(), "", None),
+            None => (None, Vec::new(), String::new(), None),
         };
         if audit.is_empty() {
             if !claims.is_empty() || !verdicts.is_empty() {
@@ -644,7 +644,7 @@ async fn eval(
 /// operations as read, and those made new, empty: absent) or `PAGING` (one row, empty:
 /// absent); and a field of `META` (the follow-up's place or the tip; "": none) with its value
 /// as read (none: not there yet).
-type GuardedRows = (Table, Vec<(String, Vec<u8>)>, &'static str, Option<Vec<u8>>);
+type GuardedRows = (Table, Vec<(String, Vec<u8>)>, String, Option<Vec<u8>>);
 
 fn guarded_rows(g: &Guard) -> Result<GuardedRows, StoreError> {
     let (table, rows) = match (g.submissions.as_slice(), &g.paging) {
@@ -668,13 +668,17 @@ fn guarded_rows(g: &Guard) -> Result<GuardedRows, StoreError> {
             ))
         }
     };
-    let (field, place) = match (&g.followed, &g.tip) {
-        (Some(place), None) => (FOLLOWED, place.map(|p| enc(&p)).transpose()?),
-        (None, Some(tip)) => (TIP, tip.as_ref().map(enc).transpose()?),
-        (None, None) => ("", None),
-        (Some(_), Some(_)) => {
+    let (field, place) = match (&g.followed, &g.tip, &g.replica) {
+        (Some(place), None, None) => (FOLLOWED.into(), place.map(|p| enc(&p)).transpose()?),
+        (None, Some(tip), None) => (TIP.into(), tip.as_ref().map(enc).transpose()?),
+        (None, None, Some((id, row))) => (
+            format!("{REPLICA_PREFIX}{id}"),
+            row.as_ref().map(enc).transpose()?,
+        ),
+        (None, None, None) => (String::new(), None),
+        _ => {
             return Err(backend(
-                "a batch is guarded by the follow-up's place or by the tip, not both",
+                "a batch is guarded by one field of meta at most: the follow-up's place, the tip or a replica's row",
             ))
         }
     };
