@@ -144,9 +144,10 @@ impl Replicas {
         let mut logged = 0;
         for (id, seen) in lost {
             let batch = Batch {
+                // (when it was last seen, by its clock: no later than this entry, by this one's)
                 audit: vec![Record::now(Event::Stop {
                     replica: id.clone(),
-                    lost: Some(seen.seen_ms),
+                    lost: Some(seen.seen_ms.min(crate::clock::now_ms())),
                 })],
                 replicas: vec![(id.clone(), None)],
                 guard: Some(Guard {
@@ -297,8 +298,8 @@ mod tests {
     async fn a_replica_gone_without_a_stop_is_logged_once_by_one_of_the_others() {
         let redis = crate::dev::test_redis().await;
         let store: Arc<dyn Store> = Arc::new(RedisStore::open(redis.url.as_str(), "r:").unwrap());
-        // gone after 3 × 600 ms unchanged
-        let lease_ms = 600;
+        // gone after 3 × 1 s unchanged
+        let lease_ms = 1_000;
         let looking: Vec<Arc<Replicas>> = ["a", "b", "c"]
             .into_iter()
             .map(|me| {
@@ -334,15 +335,15 @@ mod tests {
         let t = crate::clock::now_ms() - 60_000;
         write(vec![row("gone", t), row("renewed", t)]).await;
         assert_eq!(look().await, 0, "first read: not gone yet");
-        sleep(900).await;
+        sleep(1_500).await;
         write(vec![row("renewed", t + 1)]).await;
         assert_eq!(look().await, 0);
-        sleep(900).await;
-        assert_eq!(look().await, 1, "gone: unchanged for 1.8 s");
+        sleep(1_500).await;
+        assert_eq!(look().await, 1, "gone: unchanged for 3 s");
         assert_eq!(ends(store.as_ref()), [("gone".to_string(), Some(t))]);
         assert_eq!(ids(store.as_ref()), ["renewed"]);
         assert_eq!(look().await, 0, "once");
-        sleep(1_100).await;
+        sleep(1_700).await;
         assert_eq!(look().await, 1, "renewed no more");
         assert_eq!(
             ends(store.as_ref()),

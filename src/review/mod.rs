@@ -682,19 +682,21 @@ fn ended_session(reviewer: Address, ended: &str, opened: u64, until: u64) -> cra
 }
 
 /// A session's end, its period as it is logged: never later than now (when the entry is made:
-/// a deadline another replica's clock set may be ahead of this one's), nor before it opened
-/// (one opened by a replica whose clock is ahead).
+/// an opening or a deadline another replica's clock set may be ahead of this one's), its end
+/// never before its start.
 fn signed_out(
     reviewer: Address,
     ended: Option<String>,
     opened: u64,
     until: u64,
 ) -> crate::audit::Event {
+    let now = now_ms();
+    let opened = opened.min(now);
     crate::audit::Event::SignOut {
         reviewer,
         ended,
         opened: Some(opened),
-        until: Some(until.min(now_ms()).max(opened)),
+        until: Some(until.clamp(opened, now)),
     }
 }
 

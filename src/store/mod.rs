@@ -66,7 +66,7 @@ impl std::fmt::Display for Guarded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Guarded::Fenced => "the writer's lease was lost: nothing written",
-            Guarded::Changed => "what the write was guarded on (an operation, a paging row, the follow-up's place or the tip) changed since it was read: nothing written",
+            Guarded::Changed => "what the write was guarded on (an operation, a paging row, the follow-up's place, the tip or a replica's row) changed since it was read: nothing written",
             Guarded::Replayed => "the request's nonce was used before: nothing written",
             Guarded::RateLimited => "the clinician has no grant left this minute: nothing written",
             Guarded::Reviewed => "the access has a verdict already: nothing written",

@@ -662,8 +662,8 @@ const FORGET_AT_ONCE: usize = 16;
 /// (the token empty: no lease); the operations it is guarded on (`Guard::submissions`, as
 /// read, and `Guard::absent`, made new: argument f + 2, how many, then each one's id and its
 /// value as read, empty for absent, in key 6, `SUBMISSIONS`) must be as read, and the field of
-/// `META` it is guarded on (argument g = f + 3 + 2 × that many: the follow-up's place or the
-/// tip, empty for none; argument g + 1 its value as read, empty for none) too, else {7, ''}
+/// `META` it is guarded on (argument g = f + 3 + 2 × that many: the follow-up's place, the
+/// tip or a replica's row, empty for none; argument g + 1 its value as read, empty for none) too, else {7, ''}
 /// and nothing written. A nonce past its time counts as unused (its request is
 /// refused as stale before it is claimed); `FORGET_AT_ONCE` of them at most are forgotten by a
 /// write, so that no write does a burst's worth of work, and none by a refused one (which

@@ -298,7 +298,8 @@ impl Writer {
         }
         let prefix = self.prefix.clone();
         // a batch with audit events under a guard (a lease, operations as read or not there
-        // yet, the follow-up's place or the tip) is linked, its guard checked there
+        // yet, the follow-up's place, the tip or a replica's row) is linked, its guard checked
+        // there
         let (fence, guarded, field, place) = match guard {
             Some(g) if !audit.is_empty() && claims.is_empty() => {
                 if g.paging.is_some() {
@@ -642,7 +643,8 @@ async fn eval(
 
 /// What a guarded batch's script checks besides the fence: rows of a table, `SUBMISSIONS` (the
 /// operations as read, and those made new, empty: absent) or `PAGING` (one row, empty:
-/// absent); and a field of `META` (the follow-up's place or the tip; "": none) with its value
+/// absent); and a field of `META` (the follow-up's place, the tip or a replica's row; "": none)
+/// with its value
 /// as read (none: not there yet).
 type GuardedRows = (Table, Vec<(String, Vec<u8>)>, String, Option<Vec<u8>>);
 

@@ -1061,6 +1061,13 @@ async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill
     })
     .await;
     assert_eq!(lost.len(), 1, "{lost:?}");
+    // and none after it (the survivor keeps looking)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again: Vec<_> = entries()
+        .into_iter()
+        .filter(|e| matches!(e, breakglass::audit::Event::Stop { lost: Some(_), .. }))
+        .collect();
+    assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(lost[0].0, killed);
     assert!(lost[0].1 <= killed_at, "last seen before the kill");
 }
