@@ -212,11 +212,7 @@ async fn every_grant_reaches_the_chain_once_across_sigkills() {
     assert!(term.success());
     service.wait().await.unwrap();
     let store = breakglass::store::RedbStore::open(&h.data().join("breakglass.redb")).unwrap();
-    use breakglass::store::Store as _;
-    let head = store.audit_head().unwrap().unwrap();
-    let lives: Vec<(String, &str)> = store
-        .audit_entries(1, head.seq as usize)
-        .unwrap()
+    let lives: Vec<(String, &str)> = audit_log(&store)
         .iter()
         .filter_map(|e| match e.parsed().unwrap() {
             breakglass::audit::Event::Start { replica, .. } => Some((replica, "start")),

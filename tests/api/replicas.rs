@@ -1025,16 +1025,8 @@ async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill
 
     // the killed replica's end is in the log once, logged by the other (`lost`: when it was
     // last seen, before the kill); no other process is logged as gone
-    let entries = || -> Vec<breakglass::audit::Event> {
-        let head = store.audit_head().unwrap().map_or(0, |h| h.seq);
-        store
-            .audit_entries(1, head as usize)
-            .unwrap()
-            .iter()
-            .map(|e| e.parsed().unwrap())
-            .collect()
-    };
-    let started: Vec<String> = entries()
+    let stops = || logged(&store, "stop");
+    let started: Vec<String> = logged(&store, "start")
         .into_iter()
         .filter_map(|e| match e {
             breakglass::audit::Event::Start { replica, .. } => Some(replica),
@@ -1047,7 +1039,7 @@ async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill
         .expect("the killed replica's start")
         .clone();
     let lost = eventually("the killed replica's end logged", SECS, async || {
-        let lost: Vec<(String, u64)> = entries()
+        let lost: Vec<(String, u64)> = stops()
             .into_iter()
             .filter_map(|e| match e {
                 breakglass::audit::Event::Stop {
@@ -1063,7 +1055,7 @@ async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill
     assert_eq!(lost.len(), 1, "{lost:?}");
     // and none after it (the survivor keeps looking)
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let again: Vec<_> = entries()
+    let again: Vec<_> = stops()
         .into_iter()
         .filter(|e| matches!(e, breakglass::audit::Event::Stop { lost: Some(_), .. }))
         .collect();

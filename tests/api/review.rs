@@ -1888,11 +1888,7 @@ async fn a_session_that_idles_out_is_logged_as_ended_once() {
         });
         // each end: (when the session opened, until when it was open, when it was logged)
         let ended = || {
-            let store = &*env.app.store;
-            let head = store.audit_head().unwrap().map_or(0, |h| h.seq);
-            store
-                .audit_entries(1, head as usize)
-                .unwrap()
+            audit_log(&*env.app.store)
                 .iter()
                 .filter_map(|e| match e.parsed().unwrap() {
                     breakglass::audit::Event::SignOut {

@@ -1238,12 +1238,15 @@ pub async fn metrics(app: &Application) -> String {
     text(app, "/metrics").await
 }
 
+/// Every entry of `store`'s audit log, oldest first.
+pub fn audit_log(store: &dyn breakglass::store::Store) -> Vec<breakglass::audit::Entry> {
+    let head = store.audit_head().unwrap().map_or(0, |h| h.seq);
+    store.audit_entries(1, head as usize).unwrap()
+}
+
 /// The events of kind `kind` in `store`'s audit log, oldest first.
 pub fn logged(store: &dyn breakglass::store::Store, kind: &str) -> Vec<breakglass::audit::Event> {
-    let head = store.audit_head().unwrap().map_or(0, |h| h.seq);
-    store
-        .audit_entries(1, head as usize)
-        .unwrap()
+    audit_log(store)
         .iter()
         .map(|e| e.parsed().unwrap())
         .filter(|e| e.kind() == kind)
