@@ -419,6 +419,7 @@ impl Review {
             id: key_of(&token),
             created_ms: now_ms(),
         };
+        let (idle_ms, max_ms) = self.session_limits_ms();
         self.coordination
             .open_session(
                 &session.id,
@@ -427,13 +428,22 @@ impl Review {
                     csrf: session.csrf.clone(),
                     created_ms: session.created_ms,
                 },
-                self.settings.idle_secs * 1000,
-                self.settings.max_secs * 1000,
+                idle_ms,
+                max_ms,
             )
             .await
             .map_err(sessions_unavailable)?;
         tracing::info!(%reviewer, "reviewer signed in");
         Ok((hex::encode(token), session))
+    }
+
+    /// How long a session may go unused, and stay open in all (`review.idle_secs`,
+    /// `review.max_secs`), in ms.
+    fn session_limits_ms(&self) -> (u64, u64) {
+        (
+            self.settings.idle_secs * 1000,
+            self.settings.max_secs * 1000,
+        )
     }
 
     /// The session of cookie `token`, if it is open and its reviewer may still review: each
@@ -468,13 +478,10 @@ impl Review {
         let Some(key) = session_key(token) else {
             return Err(signed_out("the session cookie is not one of ours: sign in"));
         };
+        let (idle_ms, max_ms) = self.session_limits_ms();
         let open = self
             .coordination
-            .touch_session(
-                &key,
-                self.settings.idle_secs * 1000,
-                self.settings.max_secs * 1000,
-            )
+            .touch_session(&key, idle_ms, max_ms)
             .await
             .map_err(sessions_unavailable)?;
         let Some(open) = open else {
@@ -524,10 +531,7 @@ impl Review {
     /// replica looks then: logged at least once, and twice only after such a failure. How many
     /// were logged.
     pub async fn log_lapsed_sessions(&self) -> Result<usize, crate::store::StoreError> {
-        let (idle_ms, max_ms) = (
-            self.settings.idle_secs * 1000,
-            self.settings.max_secs * 1000,
-        );
+        let (idle_ms, max_ms) = self.session_limits_ms();
         let mut logged = 0;
         // (a backlog, after the store was away say, is taken out write after write)
         for _ in 0..LAPSED_WRITES_AT_ONCE {
@@ -594,10 +598,7 @@ impl Review {
         // `stopped`), after those whose time ran out (as such, whether or not their ends
         // could be logged before)
         let _ = self.log_lapsed_sessions().await;
-        let (idle_ms, max_ms) = (
-            self.settings.idle_secs * 1000,
-            self.settings.max_secs * 1000,
-        );
+        let (idle_ms, max_ms) = self.session_limits_ms();
         let now = now_ms();
         let ends: Vec<_> = self
             .coordination
