@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use super::{Event, Record};
 use crate::coordination::Coordinator;
-use crate::store::{apply_async, Batch, Fence, Guard, Guarded, ReplicaSeen, Store, StoreError};
+use crate::store::{
+    apply_async, Batch, Fence, Guard, Guarded, ReplicaRow, ReplicaSeen, Store, StoreError,
+};
 
 /// The lease replicas take to log the ends of those gone: one per store.
 const LEASE: &str = "replicas";
@@ -140,9 +142,9 @@ impl Replicas {
         } else {
             None
         };
-        lost.sort_by_key(|(_, seen)| seen.seen_ms);
+        lost.sort_by_key(|row| row.seen.seen_ms);
         let mut logged = 0;
-        for (id, seen) in lost {
+        for ReplicaRow { id, seen, bytes } in lost {
             let batch = Batch {
                 // (when it was last seen, by its clock: no later than this entry, by this one's)
                 audit: vec![Record::now(Event::Stop {
@@ -152,7 +154,8 @@ impl Replicas {
                 replicas: vec![(id.clone(), None)],
                 guard: Some(Guard {
                     fence: fence.clone(),
-                    replica: Some((id.clone(), Some(seen))),
+                    // its bytes as read: a row of another version compared whole
+                    replica: Some((id.clone(), Some(bytes))),
                     ..Guard::default()
                 }),
                 ..Batch::default()
@@ -201,10 +204,10 @@ impl Replicas {
     }
 }
 
-/// The other replicas' rows as this one read them: each one's last value and since when (by
-/// this process's monotonic clock) it has read that value.
+/// The other replicas' rows as this one read them: each one's last bytes and since when (by
+/// this process's monotonic clock) it has read them.
 #[derive(Default)]
-struct Observed(HashMap<String, (ReplicaSeen, Instant)>);
+struct Observed(HashMap<String, (Vec<u8>, Instant)>);
 
 impl Observed {
     /// The rows of `rows` but `me`'s that this replica has read unchanged for `lost_after` or
@@ -215,22 +218,22 @@ impl Observed {
     fn unchanged(
         &mut self,
         me: &str,
-        rows: Vec<(String, ReplicaSeen)>,
+        rows: Vec<ReplicaRow>,
         (sent, answered): (Instant, Instant),
         lost_after: Duration,
-    ) -> Vec<(String, ReplicaSeen)> {
-        self.0.retain(|id, _| rows.iter().any(|(r, _)| r == id));
+    ) -> Vec<ReplicaRow> {
+        self.0.retain(|id, _| rows.iter().any(|r| &r.id == id));
         rows.into_iter()
-            .filter(|(id, row)| {
-                if id == me {
+            .filter(|row| {
+                if row.id == me {
                     return false;
                 }
-                match self.0.get(id) {
-                    Some((seen, since)) if seen == row => {
+                match self.0.get(&row.id) {
+                    Some((bytes, since)) if *bytes == row.bytes => {
                         sent.saturating_duration_since(*since) >= lost_after
                     }
                     _ => {
-                        self.0.insert(id.clone(), (row.clone(), answered));
+                        self.0.insert(row.id.clone(), (row.bytes.clone(), answered));
                         lost_after.is_zero()
                     }
                 }
@@ -260,7 +263,7 @@ mod tests {
             .replicas()
             .unwrap()
             .into_iter()
-            .map(|(id, _)| id)
+            .map(|row| row.id)
             .collect();
         ids.sort();
         ids
@@ -289,6 +292,16 @@ mod tests {
                 version: "0.1.0+test".into(),
             }),
         )
+    }
+
+    /// `row` as `Store::replicas` reads it back.
+    fn read_as((id, seen): (String, Option<ReplicaSeen>)) -> ReplicaRow {
+        let seen = seen.unwrap();
+        ReplicaRow {
+            id,
+            bytes: serde_json::to_vec(&seen).unwrap(),
+            seen,
+        }
     }
 
     /// With replicas on one Redis, a row read unchanged for three leases is logged as lost
@@ -356,7 +369,7 @@ mod tests {
         // an end is written only over the row as it was read: not over one renewed since, nor
         // one taken out since (its end logged by the replica that held the lease before)
         write(vec![row("x", t + 5)]).await;
-        for (id, as_read) in [("x", row("x", t)), ("gone", row("gone", t))] {
+        for (id, (_, as_read)) in [("x", row("x", t)), ("gone", row("gone", t))] {
             let end = Batch {
                 audit: vec![Record::now(Event::Stop {
                     replica: id.into(),
@@ -364,7 +377,7 @@ mod tests {
                 })],
                 replicas: vec![(id.into(), None)],
                 guard: Some(Guard {
-                    replica: Some(as_read),
+                    replica: Some((id.into(), as_read.map(|r| serde_json::to_vec(&r).unwrap()))),
                     ..Guard::default()
                 }),
                 ..Batch::default()
@@ -376,6 +389,35 @@ mod tests {
         }
         assert_eq!(ends(store.as_ref()).len(), 2);
         assert_eq!(ids(store.as_ref()), ["x"]);
+        // a row written by a later version, with a field this one does not know (its JSON
+        // fields in another order too): gone once unchanged for three leases, as any other, its
+        // end written over its bytes as read
+        let later = format!(
+            r#"{{"version":"0.2.0+later","seen_ms":{},"zone":"b","started_ms":1}}"#,
+            t + 7
+        );
+        let mut raw = redis::Client::open(redis.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let () = redis::cmd("HSET")
+            .arg("r:meta")
+            .arg("replica:later")
+            .arg(&later)
+            .query(&mut raw)
+            .unwrap();
+        assert_eq!(ids(store.as_ref()), ["later", "x"]);
+        assert_eq!(look().await, 0, "first read of the later row");
+        sleep(3_200).await;
+        assert_eq!(look().await, 2, "x and the later row: unchanged for 3 s");
+        assert_eq!(
+            ends(store.as_ref())[2..],
+            [
+                ("x".to_string(), Some(t + 5)),
+                ("later".to_string(), Some(t + 7))
+            ]
+        );
+        assert!(ids(store.as_ref()).is_empty());
     }
 
     /// What a replica read before a read that failed (the store away: every renewal refused
@@ -386,11 +428,7 @@ mod tests {
         let mut o = Observed::default();
         let at = Instant::now();
         let after = Duration::from_secs(30);
-        let rows = || {
-            [row("me", 1), row("other", 1)]
-                .map(|(id, seen)| (id, seen.unwrap()))
-                .to_vec()
-        };
+        let rows = || [read_as(row("me", 1)), read_as(row("other", 1))].to_vec();
         let read = |at: Instant| (at, at + Duration::from_millis(5));
         assert!(o.unchanged("me", rows(), read(at), after).is_empty());
         let just_before = at + after;
@@ -406,7 +444,7 @@ mod tests {
             after,
         );
         assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].0, "other", "never this replica");
+        assert_eq!(gone[0].id, "other", "never this replica");
         // the store away (a read refused): from the next read on
         o.forget();
         assert!(o
@@ -418,7 +456,7 @@ mod tests {
         );
         // a row renewed counts from its new value
         let mut renewed = rows();
-        renewed[1].1.seen_ms = 2;
+        renewed[1] = read_as(row("other", 2));
         assert!(o
             .unchanged("me", renewed, read(at + after * 4), after)
             .is_empty());

@@ -117,12 +117,13 @@ pub struct Guard {
     /// block's write with an operation it failed), checked by Redis's linked write too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tip: Option<Option<Tip>>,
-    /// A replica's row as the writer read it (`Store::replicas`; `None`: absent): the write
-    /// fails with `Guarded::Changed` unless the store holds exactly this, so that a process's
-    /// end is logged once, and not when its row was renewed meanwhile (`audit::replicas`).
-    /// Not with `followed` nor `tip`.
+    /// A replica's row as the writer read it: its id and its bytes (`ReplicaRow::bytes`;
+    /// `None`: absent). The write fails with `Guarded::Changed` unless the store holds exactly
+    /// these bytes, so that a process's end is logged once, and not when its row was renewed
+    /// meanwhile (`audit::replicas`); a row written by another version, with fields this one
+    /// does not know, is compared whole. Not with `followed` nor `tip`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replica: Option<(String, Option<ReplicaSeen>)>,
+    pub replica: Option<(String, Option<Vec<u8>>)>,
 }
 
 /// A lease as its holder took it: its name, the holder (`coordination::replica_id`) and the
@@ -592,6 +593,15 @@ pub struct ReplicaSeen {
     pub version: String,
 }
 
+/// A process's row as read (`Store::replicas`): its replica id, what this version reads of it,
+/// and its bytes as the store holds them (what a write guarded on it compares: `Guard::replica`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRow {
+    pub id: String,
+    pub seen: ReplicaSeen,
+    pub bytes: Vec<u8>,
+}
+
 /// One atomic, durable write.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Batch {
@@ -949,8 +959,9 @@ pub trait Store: Send + Sync + 'static {
     fn submissions_prefixed(&self, prefix: &str) -> Result<Vec<Submission>, StoreError>;
     /// The next nonce the submitter will use, as it last wrote it.
     fn nonce(&self) -> Result<Option<u64>, StoreError>;
-    /// The processes of the service the store knows to run (`Batch::replicas`), by replica id.
-    fn replicas(&self) -> Result<Vec<(String, ReplicaSeen)>, StoreError>;
+    /// The processes of the service the store knows to run (`Batch::replicas`); a row that
+    /// does not read (of a later version, say) is passed over.
+    fn replicas(&self) -> Result<Vec<ReplicaRow>, StoreError>;
     fn access(&self, id: &AccessId) -> Result<Option<AccessRecord>, StoreError>;
     fn access_ids(&self) -> Result<Vec<AccessId>, StoreError>;
     /// The accesses of `ids` that are stored, in that order, read together (a command per

@@ -238,12 +238,16 @@ macro_rules! typed_reads {
             self.get(META, "nonce")
         }
 
-        fn replicas(&self) -> Result<Vec<(String, ReplicaSeen)>, StoreError> {
+        fn replicas(&self) -> Result<Vec<ReplicaRow>, StoreError> {
             let mut out = Vec::new();
             for (k, v) in self.scan_prefix(META, REPLICA_PREFIX)? {
                 // (one that does not read, of a later version say, holds none of the others up)
                 match dec::<ReplicaSeen>(&k, &v) {
-                    Ok(seen) => out.push((k[REPLICA_PREFIX.len()..].to_string(), seen)),
+                    Ok(seen) => out.push(ReplicaRow {
+                        id: k[REPLICA_PREFIX.len()..].to_string(),
+                        seen,
+                        bytes: v,
+                    }),
                     Err(e) => tracing::warn!(error = %e, "a replica's row passed over"),
                 }
             }

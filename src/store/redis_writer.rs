@@ -673,10 +673,7 @@ fn guarded_rows(g: &Guard) -> Result<GuardedRows, StoreError> {
     let (field, place) = match (&g.followed, &g.tip, &g.replica) {
         (Some(place), None, None) => (FOLLOWED.into(), place.map(|p| enc(&p)).transpose()?),
         (None, Some(tip), None) => (TIP.into(), tip.as_ref().map(enc).transpose()?),
-        (None, None, Some((id, row))) => (
-            format!("{REPLICA_PREFIX}{id}"),
-            row.as_ref().map(enc).transpose()?,
-        ),
+        (None, None, Some((id, bytes))) => (format!("{REPLICA_PREFIX}{id}"), bytes.clone()),
         (None, None, None) => (String::new(), None),
         _ => {
             return Err(backend(
