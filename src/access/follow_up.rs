@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::chain::contracts::{self, ACCESS_CONTROL};
 use crate::chain::submitter;
 use crate::configuration::NotifySettings;
-use crate::coordination::Coordinator;
+use crate::coordination::{Coordinator, Turn};
 use crate::domain::AccessId;
 use crate::store::{AccessRecord, Batch, Fence, Store, StoreError, Submission};
 
@@ -115,20 +115,16 @@ impl FollowUp {
     /// With replicas, the lease to follow under, taken or renewed (`Ok(None)`: another
     /// replica follows now); one process follows alone, unfenced.
     async fn fence(&self) -> Result<Option<Option<Fence>>, StoreError> {
-        if !self.coordination.is_shared() {
-            return Ok(Some(None));
-        }
-        let token = self
-            .coordination
-            .lease(LEASE, &self.holder, self.lease_ms)
-            .await?;
-        Ok(token.map(|token| {
-            Some(Fence {
-                lease: LEASE.into(),
-                holder: self.holder.clone(),
-                token,
-            })
-        }))
+        Ok(
+            match self
+                .coordination
+                .turn(LEASE, &self.holder, self.lease_ms)
+                .await?
+            {
+                Turn::Mine(fence) => Some(fence),
+                Turn::Theirs => None,
+            },
+        )
     }
 
     /// Reads the log on from where the last step stopped and writes what its grants lack,

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use crate::chain::contracts::ACCESS_CONTROL;
 use crate::chain::submitter;
-use crate::coordination::Coordinator;
+use crate::coordination::{Coordinator, Turn};
 use crate::stacks::Value;
-use crate::store::{Batch, Fence, Guard, Store, StoreError, Submission};
+use crate::store::{Batch, Guard, Store, StoreError, Submission};
 
 /// What every anchor operation's id begins with (then the head's hash).
 pub const ANCHOR_PREFIX: &str = "anchor:";
@@ -218,25 +218,17 @@ impl Anchorer {
     /// One look: the anchor it made, if one was due (with replicas, only while it holds the
     /// lease, its write fenced with it).
     pub async fn step(&mut self, now_ms: u64) -> Result<Option<String>, StoreError> {
-        let fence = if self.coordination.is_shared() {
-            match self
-                .coordination
-                .lease(LEASE, &self.holder, self.lease_ms)
-                .await?
-            {
-                Some(token) => Some(Fence {
-                    lease: LEASE.into(),
-                    holder: self.holder.clone(),
-                    token,
-                }),
-                None => {
-                    // another replica anchors; read again when this one takes over
-                    self.read = None;
-                    return Ok(None);
-                }
+        let fence = match self
+            .coordination
+            .turn(LEASE, &self.holder, self.lease_ms)
+            .await?
+        {
+            Turn::Mine(fence) => fence,
+            Turn::Theirs => {
+                // another replica anchors; read again when this one takes over
+                self.read = None;
+                return Ok(None);
             }
-        } else {
-            None
         };
         let token = fence.as_ref().map_or(0, |f| f.token);
         let anchors = match &mut self.read {

@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{Event, Record};
-use crate::coordination::Coordinator;
+use crate::coordination::{Coordinator, Turn};
 use crate::store::{
-    apply_async, Batch, Fence, Guard, Guarded, ReplicaRow, ReplicaSeen, Store, StoreError,
+    apply_async, Batch, Guard, Guarded, ReplicaRow, ReplicaSeen, Store, StoreError,
 };
 
 /// The lease replicas take to log the ends of those gone: one per store.
@@ -125,22 +125,14 @@ impl Replicas {
         if lost.is_empty() {
             return Ok(0);
         }
-        let fence = if self.coordination.is_shared() {
-            match self
-                .coordination
-                .lease(LEASE, &self.me, self.lease_ms)
-                .await?
-            {
-                Some(token) => Some(Fence {
-                    lease: LEASE.into(),
-                    holder: self.me.clone(),
-                    token,
-                }),
-                // another replica logs them
-                None => return Ok(0),
-            }
-        } else {
-            None
+        let fence = match self
+            .coordination
+            .turn(LEASE, &self.me, self.lease_ms)
+            .await?
+        {
+            Turn::Mine(fence) => fence,
+            // another replica logs them
+            Turn::Theirs => return Ok(0),
         };
         lost.sort_by_key(|row| row.seen.seen_ms);
         let mut logged = 0;

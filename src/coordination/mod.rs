@@ -28,7 +28,7 @@ mod seen;
 use std::num::NonZeroU32;
 
 pub use self::redis::RedisCoordinator;
-use crate::store::StoreError;
+use crate::store::{Fence, StoreError};
 pub use local::Local;
 
 pub enum Coordinator {
@@ -74,6 +74,36 @@ impl Coordinator {
         }
     }
 
+    /// Takes or renews lease `name` for `holder` for `ttl_ms` (`lease`), as the fence that
+    /// writes under it carry, which the store checks (a holder paused past its lease writes
+    /// nothing): `None` while another holder has it.
+    pub async fn fence(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl_ms: u64,
+    ) -> Result<Option<Fence>, StoreError> {
+        Ok(self.lease(name, holder, ttl_ms).await?.map(|token| Fence {
+            lease: name.to_string(),
+            holder: holder.to_string(),
+            token,
+        }))
+    }
+
+    /// Whether `holder` may now do the work that one process at a time does under lease
+    /// `name` (the anchors, the grants' follow-up, the ends of replicas gone): with replicas,
+    /// only while it holds the lease (taken or renewed for `ttl_ms`), its writes fenced with
+    /// it; one process alone does it unleased, unfenced.
+    pub async fn turn(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<Turn, StoreError> {
+        if !self.is_shared() {
+            return Ok(Turn::Mine(None));
+        }
+        Ok(match self.fence(name, holder, ttl_ms).await? {
+            Some(fence) => Turn::Mine(Some(fence)),
+            None => Turn::Theirs,
+        })
+    }
+
     /// Lets lease `name` go, if `holder` has it.
     pub async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         match self {
@@ -84,6 +114,15 @@ impl Coordinator {
             Coordinator::Redis(r) => r.release(name, holder).await,
         }
     }
+}
+
+/// Whether a process may do a leased piece of work now (`Coordinator::turn`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Turn {
+    /// It may: its writes carry this fence (`None`: one process alone, nothing to fence).
+    Mine(Option<Fence>),
+    /// Another replica holds the lease.
+    Theirs,
 }
 
 /// The keys a replica runs with, which every replica sharing a store must share
@@ -416,7 +455,7 @@ pub fn replica_id() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{agree, replica_id, Claimed, Coordinator, OpenSession, ReplicaKeys};
+    use super::{agree, replica_id, Claimed, Coordinator, OpenSession, ReplicaKeys, Turn};
 
     /// Sessions whose time ran out are taken out once, with why, whichever process asks (one
     /// in memory; two on one Redis): an unused one by its idle timeout, one in use by its
@@ -728,6 +767,42 @@ mod tests {
         ] {
             assert!(agree(&ours, &recorded).is_err(), "{ours:?}");
         }
+    }
+
+    /// Leased work: with replicas one holder at a time does it, its writes fenced with the
+    /// lease's token, and a later holder's token is greater; one process alone does it
+    /// unleased (its lease stays free for any other use).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leased_work_is_one_replicas_at_a_time_its_writes_fenced() {
+        let redis = crate::dev::test_redis().await;
+        let shared = Coordinator::redis(redis.url.as_str(), "t:", 10).unwrap();
+        let Turn::Mine(Some(first)) = shared.turn("work", "a", 300).await.unwrap() else {
+            panic!("the lease is free");
+        };
+        assert_eq!((first.lease.as_str(), first.holder.as_str()), ("work", "a"));
+        assert_eq!(shared.turn("work", "b", 300).await.unwrap(), Turn::Theirs);
+        let Turn::Mine(Some(renewed)) = shared.turn("work", "a", 300).await.unwrap() else {
+            panic!("its holder renews it");
+        };
+        assert_eq!(renewed.token, first.token, "renewed: the same token");
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let Turn::Mine(Some(next)) = shared.turn("work", "b", 300).await.unwrap() else {
+            panic!("the lease lapsed");
+        };
+        assert!(next.token > first.token);
+        let local = Coordinator::local(10);
+        assert_eq!(
+            local.turn("work", "a", 300).await.unwrap(),
+            Turn::Mine(None)
+        );
+        assert_eq!(
+            local.turn("work", "b", 300).await.unwrap(),
+            Turn::Mine(None)
+        );
+        assert!(
+            local.fence("work", "b", 300).await.unwrap().is_some(),
+            "not taken by a turn"
+        );
     }
 
     #[test]

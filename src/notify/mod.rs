@@ -471,15 +471,11 @@ impl Notifier {
         holder: &str,
     ) -> Result<Option<crate::store::Fence>, u64> {
         let lease = lease_name(id);
-        match self.coordination.lease(&lease, holder, self.lease_ms).await {
+        match self.coordination.fence(&lease, holder, self.lease_ms).await {
             // replicas: the notice's writes go with the lease's token, so that a replica
             // paused past its lease (another took it, and may have sent the notice) writes
             // nothing and sends nothing when it resumes
-            Ok(Some(token)) => Ok(self.replicas().then(|| crate::store::Fence {
-                lease,
-                holder: holder.to_string(),
-                token,
-            })),
+            Ok(Some(fence)) => Ok(self.replicas().then_some(fence)),
             Ok(None) => Err(now + self.lease_ms.div_ceil(1000)),
             Err(e) => {
                 tracing::error!(access = %id, error = %e, "notice: its lease could not be taken");
