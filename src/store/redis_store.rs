@@ -12,7 +12,7 @@
 //! failover, the promoted one).
 //!
 //! The writer (`redis_writer.rs`) takes every batch waiting at that moment and writes them in one
-//! round trip, with up to two such groups in flight on its connection: a script that writes their
+//! round trip, with up to two such groups in flight on its connection (eight under a light load): a script that writes their
 //! rows, or, with audit events, one that links them on the audit head the writer expects (the head
 //! it last wrote: a replica's own writes need no read of it). The audit log has one order across
 //! every writer: if another replica moved the head meanwhile, the script writes nothing and answers

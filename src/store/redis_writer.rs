@@ -2,10 +2,12 @@
 //! batch waiting and writes them as groups, each one script (`redis_store::conditional`) and
 //! one round trip, on one connection to the primary.
 //!
-//! Up to `WINDOW` groups are in flight on that connection at once: a batch that arrives while
-//! a group is on its way is sent at once, behind it on the same connection (Redis runs one
-//! connection's commands in the order they came), instead of waiting for that group's answer
-//! before its own round trip starts. A group sent behind another is written only if that one
+//! Up to `WINDOW` groups are in flight on that connection at once, and under a light load up
+//! to `LIGHT_WINDOW` (while they hold few batches): a batch that arrives while a group is on
+//! its way is sent at once, behind it on the same connection (Redis runs one connection's
+//! commands in the order they came), instead of waiting for that group's answer before its own
+//! round trip starts. Under a heavy load the batches that come meanwhile wait, to go as one
+//! group (one script call for many). A group sent behind another is written only if that one
 //! was (`after`: the writer's mark holds its number), so that none lands out of order or
 //! linked on a head its predecessor did not leave. Answers are taken in the order sent. When a
 //! group is not written as sent (its claims did not hold, another replica moved the audit
@@ -37,10 +39,27 @@ use super::schema::*;
 use super::writer::{Reply, GROUP_COMMIT_MAX};
 use super::*;
 
-/// How many groups the writer has sent and not had answered, at most: two, so that a batch
-/// never waits for a whole round trip behind the group in flight, while a group that is not
-/// written as sent costs at most one more copy sent in vain.
+/// How many groups the writer has sent and not had answered, at most, under a heavy load:
+/// two, so that a batch never waits for a whole round trip behind the group in flight, while
+/// the batches that come meanwhile wait to go together (one script call for many: a call costs
+/// Redis about as much as the grants in it, and many small ones would take the peak down).
 const WINDOW: usize = 2;
+
+/// Under a light load more go: while the batches in flight, with the next group's, are at most
+/// `LIGHT_BATCHES`, up to `LIGHT_WINDOW` groups. A batch then goes at once, as the floor's
+/// write does, not held behind two groups waiting out a slow sync (on an `appendfsync always`
+/// server every batch that reached it meanwhile shares the next sync). A group not written as
+/// sent then has up to seven behind it sent again (a replayed nonce, another replica's write to
+/// the audit head): each a script call that writes nothing.
+const LIGHT_BATCHES: usize = 8;
+const LIGHT_WINDOW: usize = 8;
+
+/// Whether a group of `next` batches may be sent behind `groups` groups in flight that hold
+/// `batches` batches in all: while fewer than `WINDOW` are; beyond, while the batches in flight
+/// with its own are at most `light_batches`, up to `LIGHT_WINDOW` groups.
+fn room_for(groups: usize, batches: usize, next: usize, light_batches: usize) -> bool {
+    groups < WINDOW || (groups < LIGHT_WINDOW && batches + next <= light_batches)
+}
 
 /// A batch to write, who waits for it, and when it was handed to the writer (taken when it is
 /// first sent: its wait is counted once, not again when it is sent again).
@@ -121,6 +140,8 @@ pub(super) struct Writer {
     /// Whether a group in flight was not written (nor, then, will those behind it be): nothing
     /// more is sent until every one is answered.
     stalled: bool,
+    /// `LIGHT_BATCHES` (0 in tests of a heavy load: `WINDOW` groups at most).
+    light_batches: usize,
 }
 
 impl Writer {
@@ -151,20 +172,27 @@ impl Writer {
             flight: VecDeque::new(),
             again: Vec::new(),
             stalled: false,
+            light_batches: LIGHT_BATCHES,
         }
     }
 
-    fn window(&self) -> usize {
-        if self.acknowledgement.replicas > 0 {
-            1
-        } else {
-            WINDOW
-        }
-    }
-
-    /// Whether another group may be sent now.
+    /// Whether another group (`ready`'s first) may be sent now: not behind one not written as
+    /// sent; one at a time when each write waits for the server's replicas (`Acknowledgement`);
+    /// else as `room_for` says.
     fn room(&self) -> bool {
-        self.flight.len() < self.window() && self.again.is_empty() && !self.stalled
+        if !self.again.is_empty() || self.stalled {
+            return false;
+        }
+        let groups = self.flight.len();
+        if self.acknowledgement.replicas > 0 {
+            return groups == 0;
+        }
+        room_for(
+            groups,
+            self.flight.iter().map(|s| s.unit.len()).sum(),
+            self.ready.front().map_or(1, Vec::len),
+            self.light_batches,
+        )
     }
 
     /// Takes `first` and the jobs waiting behind it into the groups to send: a run of batches
@@ -807,23 +835,28 @@ mod tests {
     }
 
     /// Runs a writer on `jobs`, all queued before it starts (so that it takes them at once:
-    /// the first groups go out together, the second behind the first), to the end.
-    /// Also gives how many waits for a group and how many writes (round trips) its metrics
-    /// counted.
+    /// the first groups go out together, those after behind them as its window lets them), to
+    /// the end, with `light_batches` (`LIGHT_BATCHES`; 0: `WINDOW` groups in flight at most, as
+    /// under a heavy load). Also gives how many waits for a group and how many writes (round
+    /// trips) its metrics counted.
     fn write_queued(
         url: &str,
         prefix: &str,
         jobs: Vec<Batch>,
+        light_batches: usize,
     ) -> (Vec<Result<(), StoreError>>, (String, String)) {
         let primary = Primary::open(&url.into()).unwrap();
         let metrics = GroupMetrics::new(GroupWriter::Redis);
-        let w = Writer::new(
-            primary,
-            prefix,
-            Local::default(),
-            Acknowledgement::default(),
-            metrics.clone(),
-        );
+        let w = Writer {
+            light_batches,
+            ..Writer::new(
+                primary,
+                prefix,
+                Local::default(),
+                Acknowledgement::default(),
+                metrics.clone(),
+            )
+        };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let answers: Vec<_> = jobs
             .into_iter()
@@ -867,7 +900,7 @@ mod tests {
         counts: (String, String),
     }
 
-    async fn after_a_replay(jobs: Vec<Batch>) -> AfterAReplay {
+    async fn after_a_replay(jobs: Vec<Batch>, light_batches: usize) -> AfterAReplay {
         let redis = crate::dev::test_redis().await;
         let url = redis.url.clone();
         let store = RedisStore::open(url.as_str(), "p:").unwrap();
@@ -878,9 +911,10 @@ mod tests {
         };
         store.apply(used("used")).unwrap();
         let jobs = std::iter::once(used("replay")).chain(jobs).collect();
-        let (answers, counts) = tokio::task::spawn_blocking(move || write_queued(&url, "p:", jobs))
-            .await
-            .unwrap();
+        let (answers, counts) =
+            tokio::task::spawn_blocking(move || write_queued(&url, "p:", jobs, light_batches))
+                .await
+                .unwrap();
         assert!(
             matches!(answers[0], Err(StoreError::Guarded(Guarded::Replayed))),
             "{answers:?}"
@@ -911,24 +945,34 @@ mod tests {
     /// A group sent behind one that is not written as sent (a claim in it replayed) is not
     /// written before it either: it is sent again after the first group's other batches, so
     /// that the later write of a row still wins. Without the check of the group before
-    /// (`after`), the second group lands first and the first's retry overwrites it.
+    /// (`after`), the second group lands first and the first's retry overwrites it. Under a
+    /// heavy load (two in flight, the third waiting) and a light one (all three in flight).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_behind_one_not_written_as_sent_is_written_after_it() {
-        let done = after_a_replay(vec![
-            // with the replay, the first group: written again without it
-            Batch {
-                claims: vec![claim("n2")],
-                audit: vec![record("first")],
-                ..paging(1)
-            },
-            // the second, behind it
-            alone(paging(2)),
-            // the third, after both
-            Batch {
-                audit: vec![record("last")],
-                ..Batch::default()
-            },
-        ])
+        for light_batches in [0, LIGHT_BATCHES] {
+            a_group_behind_one_not_written_is_written_after_it(light_batches).await;
+        }
+    }
+
+    async fn a_group_behind_one_not_written_is_written_after_it(light_batches: usize) {
+        let done = after_a_replay(
+            vec![
+                // with the replay, the first group: written again without it
+                Batch {
+                    claims: vec![claim("n2")],
+                    audit: vec![record("first")],
+                    ..paging(1)
+                },
+                // the second, behind it
+                alone(paging(2)),
+                // the third, after both
+                Batch {
+                    audit: vec![record("last")],
+                    ..Batch::default()
+                },
+            ],
+            light_batches,
+        )
         .await;
         let (waits, _) = &done.counts;
         assert_eq!(
@@ -954,20 +998,23 @@ mod tests {
     }
 
     /// Once a group in flight is not written, nothing more is sent behind it (it would not be
-    /// written either) until every group in flight is answered: a replay alone, a guarded batch
-    /// sent behind it, and a third batch cost four round trips (the replay; the guarded batch,
-    /// which answers that the one before it was not written; the guarded batch again; the
-    /// third), not six (the third sent behind the second, refused, and sent again, then linked
-    /// again on the head as it is).
+    /// written either) until every group in flight is answered: under a heavy load (two in
+    /// flight at most), a replay alone, a guarded batch sent behind it, and a third batch cost
+    /// four round trips (the replay; the guarded batch, which answers that the one before it
+    /// was not written; the guarded batch again; the third), not six (the third sent behind the
+    /// second, refused, and sent again, then linked again on the head as it is).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nothing_is_sent_behind_a_group_not_written_until_those_in_flight_are_answered() {
-        let done = after_a_replay(vec![
-            alone(paging(1)),
-            Batch {
-                audit: vec![record("last")],
-                ..Batch::default()
-            },
-        ])
+        let done = after_a_replay(
+            vec![
+                alone(paging(1)),
+                Batch {
+                    audit: vec![record("last")],
+                    ..Batch::default()
+                },
+            ],
+            0,
+        )
         .await;
         let (_, writes) = &done.counts;
         assert_eq!(writes, "4", "round trips");
@@ -976,6 +1023,46 @@ mod tests {
             2,
             "used, last"
         );
+    }
+
+    /// Under a light load the groups waiting go at once, each behind the one before on the
+    /// connection (not two at a time, each waiting for an answer): a replay and four guarded
+    /// batches (five groups) are five round trips before any answer, then the four not written
+    /// (behind the replay) sent again together, nine in all, against six two at a time (the
+    /// replay and the first, then the first again and the three others). Either way every row is
+    /// written in its order: the last write of the row wins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_a_light_load_the_groups_waiting_go_at_once() {
+        for (light_batches, round_trips) in [(LIGHT_BATCHES, "9"), (0, "6")] {
+            let done =
+                after_a_replay((1..=4).map(|v| alone(paging(v))).collect(), light_batches).await;
+            let (_, writes) = &done.counts;
+            assert_eq!(
+                writes, round_trips,
+                "round trips, light_batches {light_batches}"
+            );
+            assert_eq!(
+                done.store.paging().unwrap(),
+                vec![("on-call".to_string(), Some(serde_json::json!(4)))],
+                "the last write of the row wins"
+            );
+        }
+    }
+
+    /// Which window a group is sent in: two groups at any load; beyond, up to eight groups
+    /// while they hold few batches (a light load), none behind two groups of many (a heavy one).
+    #[test]
+    fn more_groups_go_at_once_only_under_a_light_load() {
+        let room = |groups, batches, next| room_for(groups, batches, next, LIGHT_BATCHES);
+        assert!(room(0, 0, 64) && room(1, 64, 64), "two at any load");
+        assert!(room(2, 2, 1) && room(7, 7, 1), "a light load: up to eight");
+        assert!(!room(8, 8, 0), "eight groups at most");
+        assert!(
+            !room(2, 8, 1) && !room(2, 2, 7),
+            "eight batches at most beyond two groups"
+        );
+        assert!(room(2, 6, 2));
+        assert!(!room_for(2, 2, 1, 0), "two at most without a light window");
     }
 
     /// A copy of a group sent again (its first copy's answer lost) that is refused retires the
