@@ -123,9 +123,10 @@ pub(super) struct Writer {
     /// The encoded audit head as the groups sent leave it (a replica's own writes need no
     /// read of it); `None`: read it before the next linked group.
     head: Option<Vec<u8>>,
-    /// This writer's field in `META` (`written:<replica>:<random>`, one per writer ever
-    /// started) and the number of the last group it sent (each group its own, whatever its
-    /// answer; a copy sent again has its number): what the mark is checked against.
+    /// This writer's field in `META` (`written:<replica>:<random>`, one per writer, taken out
+    /// at its end unless a copy of a group may still reach the server: `retire_mark`) and the
+    /// number of the last group it sent (each group its own, whatever its answer; a copy sent
+    /// again has its number): what the mark is checked against.
     mark: String,
     groups: u64,
     linked: Arc<redis::Script>,
@@ -142,6 +143,9 @@ pub(super) struct Writer {
     stalled: bool,
     /// `LIGHT_BATCHES` (0 in tests of a heavy load: `WINDOW` groups at most).
     light_batches: usize,
+    /// Whether a connection that carried groups was dropped: a copy of one may still reach
+    /// the server from it (read late), so the mark stays, to keep that copy from landing.
+    dropped: bool,
 }
 
 impl Writer {
@@ -173,6 +177,36 @@ impl Writer {
             again: Vec::new(),
             stalled: false,
             light_batches: LIGHT_BATCHES,
+            dropped: false,
+        }
+    }
+
+    /// Lets the connection go (a new one is opened for the next command).
+    fn drop_connection(&mut self) {
+        self.conn = None;
+        self.dropped = true;
+    }
+
+    /// At the writer's end (every group answered, no sender left): its mark and its record of
+    /// retired numbers taken out of `META`, so that `META` keeps one per writer that runs or
+    /// went without an end of its own, not one per writer ever started. Kept when a dropped
+    /// connection may still carry a copy of a group: the mark keeps such a copy, read late, from
+    /// landing twice. A failure leaves them (nothing depends on their going).
+    async fn retire_mark(&mut self) {
+        if self.dropped || self.groups == 0 {
+            return;
+        }
+        let Ok(mut conn) = self.connection().await else {
+            return;
+        };
+        let gone: redis::RedisResult<i64> = redis::cmd("HDEL")
+            .arg(format!("{}{META}", self.prefix))
+            .arg(&self.mark)
+            .arg(format!("{}:refused", self.mark))
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = gone {
+            tracing::debug!(error = %e, "redis: the writer's mark stays");
         }
     }
 
@@ -244,10 +278,10 @@ impl Writer {
                 .await;
             match read {
                 Ok(head) => return Ok(head.unwrap_or_default()),
-                Err(e) if must_reconnect(&e) && attempt == 0 => self.conn = None,
+                Err(e) if must_reconnect(&e) && attempt == 0 => self.drop_connection(),
                 Err(e) => {
                     if must_reconnect(&e) {
-                        self.conn = None;
+                        self.drop_connection();
                     }
                     return Err(redis_err(e));
                 }
@@ -455,7 +489,7 @@ impl Writer {
             }
             Err(e) => {
                 if must_reconnect(&e) || e.is_timeout() {
-                    self.conn = None;
+                    self.drop_connection();
                 }
                 // whether it was written is not known: the head is read again
                 self.head = None;
@@ -525,7 +559,7 @@ impl Writer {
     /// Opens the connection again and sends `first` and every group in flight behind it
     /// again on it, in their order, with their numbers.
     async fn send_again(&mut self, first: Sent) {
-        self.conn = None;
+        self.drop_connection();
         let mut all: Vec<Sent> = std::iter::once(first)
             .chain(self.flight.drain(..))
             .collect();
@@ -575,7 +609,7 @@ impl Writer {
             .await
             .map_err(|e| {
                 if must_reconnect(&e) || e.is_timeout() {
-                    self.conn = None;
+                    self.drop_connection();
                 }
                 redis_err(e)
             })?;
@@ -602,7 +636,12 @@ pub(super) async fn run(mut w: Writer, mut jobs: tokio::sync::mpsc::UnboundedRec
         while w.room() {
             if w.ready.is_empty() {
                 match jobs.try_recv() {
-                    Ok(first) => w.take(first, &mut jobs),
+                    Ok(first) => {
+                        w.take(first, &mut jobs);
+                        // the room asked for a group of one: asked again for the group taken
+                        // (a burst may make one of many, to wait behind those in flight)
+                        continue;
+                    }
                     Err(_) => break,
                 }
             }
@@ -616,6 +655,7 @@ pub(super) async fn run(mut w: Writer, mut jobs: tokio::sync::mpsc::UnboundedRec
                 continue;
             }
             if !open {
+                w.retire_mark().await;
                 return;
             }
             match jobs.recv().await {
@@ -1047,6 +1087,41 @@ mod tests {
                 "the last write of the row wins"
             );
         }
+    }
+
+    /// A writer's mark goes with its end (every group answered, no sender left): `META` keeps
+    /// one per writer that runs, not one per writer ever started; the rows it wrote stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writers_mark_is_taken_out_at_its_end() {
+        let redis = crate::dev::test_redis().await;
+        let url = redis.url.clone();
+        let fields = |url: &str| -> Vec<String> {
+            let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+            redis::cmd("HKEYS").arg("m:meta").query(&mut c).unwrap()
+        };
+        let jobs = vec![
+            Batch {
+                audit: vec![record("one")],
+                ..Batch::default()
+            },
+            alone(paging(1)),
+        ];
+        let (answers, _) = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || write_queued(&url, "m:", jobs, LIGHT_BATCHES)
+        })
+        .await
+        .unwrap();
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        let meta = fields(url.as_str());
+        assert!(meta.contains(&AUDIT_HEAD.to_string()), "{meta:?}");
+        assert!(
+            !meta.iter().any(|f| f.starts_with("written:")),
+            "the mark taken out: {meta:?}"
+        );
+        let store = RedisStore::open(url.as_str(), "m:").unwrap();
+        assert_eq!(store.audit_entries(1, 10).unwrap().len(), 1);
+        assert_eq!(store.paging().unwrap().len(), 1);
     }
 
     /// Which window a group is sent in: two groups at any load; beyond, up to eight groups

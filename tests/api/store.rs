@@ -1451,6 +1451,19 @@ fn a_group_whose_answer_was_lost_is_found_written_whoever_wrote_after_it() {
     // the writer goes on linking after the other replica's entry
     store.apply(claimed(4)).unwrap();
     assert_eq!(one_chain(&other).last().unwrap(), "w0-4");
+    // at their ends: the writer whose answer was lost keeps its mark (a copy of a group may
+    // still come from the connection it dropped), the other's is taken out
+    drop(other);
+    drop(store);
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg("lost:meta")
+        .query(&mut server.connection())
+        .unwrap();
+    let marks = fields
+        .iter()
+        .filter(|f| f.starts_with("written:") && !f.ends_with(":refused"))
+        .count();
+    assert_eq!(marks, 1, "{fields:?}");
 }
 
 /// A group whose answer was lost, with replicas' acknowledgement asked for: the retry that
