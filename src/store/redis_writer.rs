@@ -54,6 +54,10 @@ const WINDOW: usize = 2;
 const LIGHT_BATCHES: usize = 8;
 const LIGHT_WINDOW: usize = 8;
 
+/// How long the writer's end waits for its mark's removal (`Writer::retire_mark`): a store's
+/// close waits for it.
+const MARK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Whether a group of `next` batches may be sent behind `groups` groups in flight that hold
 /// `batches` batches in all: while fewer than `WINDOW` are; beyond, while the batches in flight
 /// with its own are at most `light_batches`, up to `LIGHT_WINDOW` groups.
@@ -143,8 +147,9 @@ pub(super) struct Writer {
     stalled: bool,
     /// `LIGHT_BATCHES` (0 in tests of a heavy load: `WINDOW` groups at most).
     light_batches: usize,
-    /// Whether a connection that carried groups was dropped: a copy of one may still reach
-    /// the server from it (read late), so the mark stays, to keep that copy from landing.
+    /// Whether a connection was dropped (a write or read on it failed or timed out): a copy
+    /// of a group sent on it may still reach the server (read late), so the mark stays at the
+    /// writer's end, to keep that copy from landing.
     dropped: bool,
 }
 
@@ -187,26 +192,27 @@ impl Writer {
         self.dropped = true;
     }
 
-    /// At the writer's end (every group answered, no sender left): its mark and its record of
-    /// retired numbers taken out of `META`, so that `META` keeps one per writer that runs or
-    /// went without an end of its own, not one per writer ever started. Kept when a dropped
-    /// connection may still carry a copy of a group: the mark keeps such a copy, read late, from
-    /// landing twice. A failure leaves them (nothing depends on their going).
+    /// At the writer's end (every group answered, no sender left): its mark taken out of
+    /// `META`, on the connection that wrote it, so that a writer that ends on a steady server
+    /// leaves no field behind. Kept when the writer ever dropped a connection (a copy of a group
+    /// may still reach the server from it: the mark keeps that copy from landing twice; a copy's
+    /// record of retired numbers, `<mark>:refused`, exists only then). Not waited on for long:
+    /// a server that does not answer within `MARK_WAIT` keeps it (nothing depends on its going).
     async fn retire_mark(&mut self) {
-        if self.dropped || self.groups == 0 {
-            return;
-        }
-        let Ok(mut conn) = self.connection().await else {
+        // (no connection: none ever opened, so no mark written)
+        let Some(mut conn) = self.conn.clone().filter(|_| !self.dropped) else {
             return;
         };
-        let gone: redis::RedisResult<i64> = redis::cmd("HDEL")
-            .arg(format!("{}{META}", self.prefix))
-            .arg(&self.mark)
-            .arg(format!("{}:refused", self.mark))
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = gone {
-            tracing::debug!(error = %e, "redis: the writer's mark stays");
+        let gone = tokio::time::timeout(
+            MARK_WAIT,
+            redis::cmd("HDEL")
+                .arg(format!("{}{META}", self.prefix))
+                .arg(&self.mark)
+                .query_async::<i64>(&mut conn),
+        )
+        .await;
+        if !matches!(gone, Ok(Ok(_))) {
+            tracing::debug!("redis: the writer's mark stays");
         }
     }
 

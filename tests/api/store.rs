@@ -1459,11 +1459,19 @@ fn a_group_whose_answer_was_lost_is_found_written_whoever_wrote_after_it() {
         .arg("lost:meta")
         .query(&mut server.connection())
         .unwrap();
-    let marks = fields
+    let marks: Vec<&String> = fields
         .iter()
         .filter(|f| f.starts_with("written:") && !f.ends_with(":refused"))
-        .count();
-    assert_eq!(marks, 1, "{fields:?}");
+        .collect();
+    assert_eq!(marks.len(), 1, "{fields:?}");
+    // the one whose answer was lost: its fourth group (the last one, linked a second time on
+    // the head the other replica left); the other's mark would read 1
+    let kept: String = redis::cmd("HGET")
+        .arg("lost:meta")
+        .arg(marks[0])
+        .query(&mut server.connection())
+        .unwrap();
+    assert_eq!(kept, "4");
 }
 
 /// A group whose answer was lost, with replicas' acknowledgement asked for: the retry that
