@@ -388,15 +388,11 @@ mod tests {
             r#"{{"version":"0.2.0+later","seen_ms":{},"zone":"b","started_ms":1}}"#,
             t + 7
         );
-        let mut raw = redis::Client::open(redis.url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
         let () = redis::cmd("HSET")
             .arg("r:meta")
             .arg("replica:later")
             .arg(&later)
-            .query(&mut raw)
+            .query(&mut redis.connection())
             .unwrap();
         assert_eq!(ids(store.as_ref()), ["later", "x"]);
         assert_eq!(look().await, 0, "first read of the later row");

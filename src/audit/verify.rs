@@ -453,10 +453,7 @@ mod tests {
             store.apply(batch).unwrap();
         }
         assert!(check(&store, &[]).is_ok());
-        let mut raw = redis::Client::open(redis.url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
+        let mut raw = redis.connection();
         let () = redis::cmd("HSET")
             .arg("v:accesses")
             .arg(b.id.to_string())

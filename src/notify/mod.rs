@@ -1693,10 +1693,7 @@ mod tests {
         assert_eq!(store.notice(&id).unwrap(), Some(sent.clone()));
         // an index built while it was opened names it still: the check takes it out (a write
         // of it as it is), and logs nothing
-        let mut conn = redis::Client::open(t.redis.url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
+        let mut conn = t.redis.connection();
         let () = redis::cmd("HSET")
             .arg("t:uncontacted_notices")
             .arg(id.to_string())
