@@ -873,6 +873,24 @@ impl RedisServer {
                         .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
             });
             if up {
+                // the server that answered is this one (not another on the port, with this
+                // one gone: a test would then stop and start a server it does not talk to)
+                let child = self.child.as_mut().expect("just started");
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "redis-server on port {} exited: another process holds the port",
+                    self.port
+                );
+                let pid = format!("process_id:{}", child.id());
+                let info: String = redis::cmd("INFO")
+                    .arg("server")
+                    .query(&mut self.connection())
+                    .unwrap();
+                assert!(
+                    info.lines().any(|l| l.trim_end() == pid),
+                    "another redis-server answers on port {}",
+                    self.port
+                );
                 return;
             }
             assert!(
@@ -894,18 +912,42 @@ impl RedisServer {
     /// Stops the server without closing anything (SIGSTOP): connections are accepted by the
     /// kernel and commands sent, but none is answered, as with a hung server or a host gone
     /// silent. `resume` goes on where it stopped.
+    /// Returns once every thread of the server is stopped (a signal is delivered when its
+    /// target next runs, not when `kill` returns).
     pub fn pause(&self) {
-        self.signal(rustix::process::Signal::STOP);
+        self.signal(rustix::process::Signal::STOP, true);
     }
 
+    /// Returns once no thread of the server is stopped.
     pub fn resume(&self) {
-        self.signal(rustix::process::Signal::CONT);
+        self.signal(rustix::process::Signal::CONT, false);
     }
 
-    fn signal(&self, signal: rustix::process::Signal) {
+    fn signal(&self, signal: rustix::process::Signal, stopped: bool) {
         let pid = self.child.as_ref().expect("a running server").id();
-        let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
-        rustix::process::kill_process(pid, signal).unwrap();
+        rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), signal)
+            .unwrap();
+        // each thread's state, the third field of its `stat` (after the name in parentheses):
+        // `T`, stopped by a signal
+        let states = || -> Vec<bool> {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .expect("the server runs")
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+                .map(|stat| {
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T'))
+                })
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !states().iter().all(|&s| s == stopped) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server {pid}: not {} within 10 s",
+                if stopped { "stopped" } else { "running" }
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
