@@ -59,7 +59,9 @@ static READ_TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 /// The chain-state cache's tables, also kept in this process's memory as this replica last
 /// wrote or read them: the break-glass path reads them without a round trip. Every block this
 /// replica's follower applies (and every fill) writes through here, so a copy is as fresh as
-/// the replica's own view of the chain, which the grant already checks (`chain_view`).
+/// the replica's own view of the chain, which the grant already checks (`chain_view`). A write
+/// whose outcome the writer cannot tell drops its rows' copies, and none is kept until a later
+/// write of the writer lands (`forget`): meanwhile these tables are read from Redis.
 const LOCAL: [Table; 5] = [PROVIDERS, PREFERENCES, CONSENTS, RESPONDERS, REVIEWERS];
 /// At most this many rows are kept in memory (then they are dropped and read again).
 const LOCAL_MAX: usize = 200_000;
@@ -70,17 +72,24 @@ const LOCAL_MAX: usize = 200_000;
 pub(super) struct LocalRows {
     rows: std::collections::HashMap<(Table, String), Vec<u8>>,
     writes: u64,
+    /// Whether a group of the writer's with rows of these tables may yet land (`forget`): no
+    /// read is kept meanwhile.
+    unsettled: bool,
 }
 
 pub(super) type Local = std::sync::Arc<std::sync::RwLock<LocalRows>>;
 
-/// Applies written rows to the local copy.
+/// Applies the rows of a group written to the local copy. A group written settles any group
+/// of the same writer sent before it whose outcome was not known (`forget`): that one has
+/// landed by now or never will (the writer's mark holds this group's number).
 pub(super) fn remember(local: &Local, rows: &Rows) {
-    if !rows.iter().any(|(table, _, _)| LOCAL.contains(table)) {
+    let unsettled = local.read().unwrap_or_else(|e| e.into_inner()).unsettled;
+    if !unsettled && !rows.iter().any(|(table, _, _)| LOCAL.contains(table)) {
         return;
     }
     let mut guard = local.write().unwrap_or_else(|e| e.into_inner());
     guard.writes += 1;
+    guard.unsettled = false;
     let map = &mut guard.rows;
     for (table, key, value) in rows {
         if !LOCAL.contains(table) {
@@ -96,6 +105,24 @@ pub(super) fn remember(local: &Local, rows: &Rows) {
             None => {
                 map.remove(&(*table, key.clone()));
             }
+        }
+    }
+}
+
+/// For a group sent whose outcome is not known (its answer lost, and the copy sent again not
+/// answered either: it may have landed, and a copy may still land late, read by the server from
+/// a dropped connection): its rows' local copies are dropped, and no read is kept until a later
+/// group of the writer is written (`remember`), so that they are read as the server has them.
+pub(super) fn forget(local: &Local, rows: &Rows) {
+    if !rows.iter().any(|(table, _, _)| LOCAL.contains(table)) {
+        return;
+    }
+    let mut guard = local.write().unwrap_or_else(|e| e.into_inner());
+    guard.writes += 1;
+    guard.unsettled = true;
+    for (table, key, _) in rows {
+        if LOCAL.contains(table) {
+            guard.rows.remove(&(*table, key.clone()));
         }
     }
 }
@@ -781,7 +808,7 @@ impl RowSource for RedisStore {
         let value: Option<Vec<u8>> = self.read(|c| c.hget(&hash, key))?;
         if let (true, Some(v)) = (local, &value) {
             let mut copy = self.local.write().unwrap_or_else(|e| e.into_inner());
-            if copy.writes == writes && copy.rows.len() < LOCAL_MAX {
+            if copy.writes == writes && !copy.unsettled && copy.rows.len() < LOCAL_MAX {
                 copy.rows.insert((table, key.to_string()), v.clone());
             }
         }
@@ -1283,6 +1310,52 @@ mod tests {
             Some(asking),
             "it answered: every read asks"
         );
+    }
+
+    /// While a group of the writer's with chain-state rows may yet land (`forget`), those
+    /// tables are read from the server each time, however often a row changes there (a copy of
+    /// the group landing late); once a later group is written, reads are kept again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn chain_state_is_read_from_the_server_until_a_write_not_known_is_settled() {
+        let redis = crate::dev::test_redis().await;
+        let store = std::sync::Arc::new(RedisStore::open(redis.url.as_str(), "u:").unwrap());
+        let hash = store.key(PROVIDERS);
+        let mut conn = redis.connection();
+        let mut set = move |v: &str| {
+            let () = redis::cmd("HSET")
+                .arg(&hash)
+                .arg("k")
+                .arg(v)
+                .query(&mut conn)
+                .unwrap();
+        };
+        let get = |store: &RedisStore| {
+            String::from_utf8(store.get_raw(PROVIDERS, "k").unwrap().unwrap()).unwrap()
+        };
+        set("1");
+        assert_eq!(get(&store), "1");
+        set("2");
+        assert_eq!(get(&store), "1", "kept in memory");
+        forget(
+            &store.local,
+            &vec![(PROVIDERS, "k".to_string(), Some(b"3".to_vec()))],
+        );
+        assert_eq!(get(&store), "2", "its copy dropped");
+        set("3");
+        assert_eq!(get(&store), "3", "not kept while the group may land");
+        let writer = store.clone();
+        tokio::task::spawn_blocking(move || {
+            writer.apply(Batch {
+                nonce: Some(1),
+                ..Batch::default()
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(get(&store), "3");
+        set("4");
+        assert_eq!(get(&store), "3", "kept again once a later group is written");
     }
 
     /// A burst's notices share one due second, more of them than two pages: another replica

@@ -32,8 +32,8 @@ use redis::aio::MultiplexedConnection;
 
 use super::redis_primary::{must_reconnect, Primary};
 use super::redis_store::{
-    fence_args, guarded_script, invocation, linked_script, numbered, plain_script, push_rows,
-    redis_err, remember, Local, CONNECT_TIMEOUT, NONCES, RATES, WRITE_TIMEOUT,
+    fence_args, forget, guarded_script, invocation, linked_script, numbered, plain_script,
+    push_rows, redis_err, remember, Local, CONNECT_TIMEOUT, NONCES, RATES, WRITE_TIMEOUT,
 };
 use super::schema::*;
 use super::writer::{Reply, GROUP_COMMIT_MAX};
@@ -497,9 +497,10 @@ impl Writer {
                 if must_reconnect(&e) || e.is_timeout() {
                     self.drop_connection();
                 }
-                // whether it was written is not known: the head is read again
+                // whether it was written is not known: the head is read again, its rows too
                 self.head = None;
                 self.stalled = true;
+                forget(&self.local, &sent.rows);
                 return answer_all(sent.unit, Err(redis_err(e)));
             }
         };
@@ -555,10 +556,13 @@ impl Writer {
                     Err((unit, e)) => answer_all(unit, Err(e)),
                 }
             }
-            (code, _) => answer_all(
-                unit,
-                Err(backend(format!("redis: a write answered {code}"))),
-            ),
+            (code, _) => {
+                forget(&self.local, &rows);
+                answer_all(
+                    unit,
+                    Err(backend(format!("redis: a write answered {code}"))),
+                )
+            }
         }
     }
 
@@ -578,6 +582,8 @@ impl Writer {
                 self.head = None;
                 let e = redis_err(e);
                 for s in all {
+                    // each may have landed (its first copy), or land late
+                    forget(&self.local, &s.rows);
                     answer_all(s.unit, Err(e.clone()));
                 }
                 return;

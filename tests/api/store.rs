@@ -1395,6 +1395,22 @@ async fn redis_killed_under_many_writes_keeps_every_acknowledged_one_once() {
     }
 }
 
+/// A Redis server, a `LossyProxy` in front of it, and a store under `prefix` that reaches the
+/// server through the proxy.
+fn behind_a_lossy_proxy(
+    dir: &std::path::Path,
+    prefix: &str,
+) -> (
+    crate::support::RedisServer,
+    crate::support::LossyProxy,
+    std::sync::Arc<RedisStore>,
+) {
+    let server = crate::support::RedisServer::start(dir);
+    let proxy = crate::support::LossyProxy::start(server.port);
+    let store = std::sync::Arc::new(RedisStore::open(&proxy.url(), prefix).unwrap());
+    (server, proxy, store)
+}
+
 /// Has `store` write `batch` through `proxy`, which loses the answer of its script (the server
 /// ran it); returns once the answer is lost, with the writer, which waits to send it again
 /// until the proxy's `release`.
@@ -1425,9 +1441,7 @@ fn answer_lost(
 #[test]
 fn a_group_whose_answer_was_lost_is_found_written_whoever_wrote_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let server = crate::support::RedisServer::start(dir.path());
-    let proxy = crate::support::LossyProxy::start(server.port);
-    let store = std::sync::Arc::new(RedisStore::open(&proxy.url(), "lost:").unwrap());
+    let (server, proxy, store) = behind_a_lossy_proxy(dir.path(), "lost:");
     let other = RedisStore::open(&server.url(), "lost:").unwrap();
     let claimed = st1_grant;
     // the script is on the server (a first answer is not an unknown script's)
@@ -1472,6 +1486,48 @@ fn a_group_whose_answer_was_lost_is_found_written_whoever_wrote_after_it() {
         .query(&mut server.connection())
         .unwrap();
     assert_eq!(kept, "4");
+}
+
+/// A write whose outcome the writer cannot tell (its answer lost, and the copy sent again not
+/// answered either) may have landed: the replica's copy in memory of the chain-state rows it
+/// carried is dropped, so that they are read from Redis again, not as they were before it (a
+/// clinician suspended by that write would otherwise still read as verified on this replica,
+/// its follower finding the block applied when it tries again).
+#[test]
+fn chain_state_whose_write_may_have_landed_is_read_from_redis_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, proxy, store) = behind_a_lossy_proxy(dir.path(), "unknown:");
+    let state = |status| ProviderState::Registered {
+        role: Role::Nurse,
+        status,
+        info_hash: None,
+    };
+    let write = move |status| Batch {
+        providers: vec![(p(1), Some(state(status)))],
+        ..Batch::default()
+    };
+    store.apply(write(ProviderStatus::Verified)).unwrap();
+    assert_eq!(
+        store.provider(&p(1)).unwrap(),
+        Some(state(ProviderStatus::Verified))
+    );
+    // the server runs it; its answer is lost, and the copy sent again finds no server that
+    // answers (the next connection is held)
+    let writer = answer_lost(&proxy, &store, write(ProviderStatus::Suspended));
+    let answer = writer.join().unwrap();
+    assert!(answer.is_err(), "not known to be written: {answer:?}");
+    proxy.release.send(()).unwrap();
+    let other = RedisStore::open(&server.url(), "unknown:").unwrap();
+    assert_eq!(
+        other.provider(&p(1)).unwrap(),
+        Some(state(ProviderStatus::Suspended)),
+        "the write landed"
+    );
+    assert_eq!(
+        store.provider(&p(1)).unwrap(),
+        Some(state(ProviderStatus::Suspended)),
+        "read as the server has it, not as the replica held it before"
+    );
 }
 
 /// A group whose answer was lost, with replicas' acknowledgement asked for: the retry that
@@ -1661,9 +1717,7 @@ fn a_group_the_writer_gave_up_on_is_sent_again_and_never_lands_after_a_later_one
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
-    let server = crate::support::RedisServer::start(dir.path());
-    let proxy = crate::support::LossyProxy::start(server.port);
-    let store = std::sync::Arc::new(RedisStore::open(&proxy.url(), "late:").unwrap());
+    let (server, proxy, store) = behind_a_lossy_proxy(dir.path(), "late:");
     let mut conn = server.connection();
     let revoked = |until: u64| Batch {
         revoked: vec![("jti-late".into(), until)],
