@@ -774,6 +774,7 @@ impl ChainState {
     /// writes a number of its own over the mark, never the tip such a fill read.
     pub async fn refresh_all(&self, batch: &mut Batch) -> Result<(), StateError> {
         self.mark_tip().await?;
+        batch.reread_all = true;
         for who in self.store.providers()? {
             let s = self.read_provider(&who).await?;
             keep_provider(batch, who, s);
@@ -940,6 +941,39 @@ mod tests {
         let other = crate::store::RedisStore::open(url, "r:").unwrap();
         st.store.apply(block(1, vec![])).unwrap();
         (redis, st, other)
+    }
+
+    /// Replicas sharing Redis: a provider this replica wrote (kept in its memory) is taken out
+    /// of Redis by another (a block it found passed, say); this replica's catch-up lists
+    /// Redis, does not find it, and re-reads nothing of it: its write drops the copies kept in
+    /// memory, so that the provider is read from Redis (a miss, filled from the node), not as
+    /// this replica wrote it before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_catch_up_drops_what_this_replica_kept_of_rows_another_took_out() {
+        let (_redis, st, other) = two_replicas_at_block_one().await;
+        st.store
+            .apply(block(
+                1,
+                vec![(who(), Some(provider(ProviderStatus::Verified)))],
+            ))
+            .unwrap();
+        other
+            .apply(Batch {
+                uncached: crate::store::Uncached {
+                    providers: vec![who()],
+                    ..Default::default()
+                },
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(
+            st.store.provider(&who()).unwrap().is_some(),
+            "kept in memory"
+        );
+        let mut batch = Batch::default();
+        st.refresh_all(&mut batch).await.unwrap();
+        st.store.apply(batch).unwrap();
+        assert_eq!(st.store.provider(&who()).unwrap(), None);
     }
 
     /// Replicas sharing Redis: another replica applies block 2 (the provider not cached, so

@@ -677,6 +677,12 @@ pub struct Batch {
     /// Requests' claims on nonces and rates, taken with the write by shared stores (`Claim`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub claims: Vec<Claim>,
+    /// Whether this batch carries every chain-state cache entry the store listed, re-read
+    /// (`chain::state::refresh_all`: a catch-up, a reorg): a replica's copy of the cache in
+    /// memory (Redis) is dropped when it lands, so that none outlives a row another replica
+    /// took out of the store meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reread_all: bool,
 }
 
 /// What a stored summary is: the SHA-256 of its plain bytes (what goes on chain) and of its
@@ -765,7 +771,10 @@ impl Batch {
             replicas,
             guard: _,
             claims,
+            reread_all,
         } = later;
+        // (its copies dropped when the merged batch lands, before any of its rows are kept)
+        self.reread_all |= reread_all;
         if tip.is_some() {
             self.tip = tip;
         }

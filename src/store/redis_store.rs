@@ -58,19 +58,30 @@ static READ_TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 
 /// The chain-state cache's tables, also kept in this process's memory as this replica last
 /// wrote or read them: the break-glass path reads them without a round trip. Every block this
-/// replica's follower applies (and every fill) writes through here, so a copy is as fresh as
-/// the replica's own view of the chain, which the grant already checks (`chain_view`). A write
+/// replica's follower applies (and every fill) writes through here, so a copy it wrote is as
+/// fresh as the replica's own view of the chain, which the grant already checks
+/// (`chain_view`). A copy read from Redis is another replica's write, as fresh as that
+/// replica's view (which may be behind, or a catch-up's read before a block another replica
+/// applied meanwhile): it is kept `READ_KEPT_FOR`, then read again. A catch-up's write
+/// (`Batch::reread_all`) drops every copy first: what it re-read is what Redis lists, and a row
+/// another replica took out of Redis since this one wrote it would stay here otherwise. A write
 /// whose outcome the writer cannot tell drops its rows' copies, and none is kept until a later
 /// write of the writer lands (`forget`): meanwhile these tables are read from Redis.
 const LOCAL: [Table; 5] = [PROVIDERS, PREFERENCES, CONSENTS, RESPONDERS, REVIEWERS];
 /// At most this many rows are kept in memory (then they are dropped and read again).
 const LOCAL_MAX: usize = 200_000;
+/// How long a chain-state row read from Redis (written by another replica) is kept in memory:
+/// a change another replica's follower wrote (a suspension) is seen within it, at one round trip
+/// a row every `READ_KEPT_FOR` on the break-glass path.
+const READ_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The local copy, and how many writes changed it (a read from Redis is kept only if none
 /// did while it read: it could be older than the write).
 #[derive(Default)]
 pub(super) struct LocalRows {
-    rows: std::collections::HashMap<(Table, String), Vec<u8>>,
+    /// Each row, and until when it is kept if it was read from Redis (`READ_KEPT_FOR`; `None`:
+    /// this replica wrote it).
+    rows: std::collections::HashMap<(Table, String), (Vec<u8>, Option<std::time::Instant>)>,
     writes: u64,
     /// Whether a group of the writer's with rows of these tables may yet land (`forget`): no
     /// read is kept meanwhile.
@@ -79,18 +90,22 @@ pub(super) struct LocalRows {
 
 pub(super) type Local = std::sync::Arc<std::sync::RwLock<LocalRows>>;
 
-/// Applies the rows of a group written to the local copy. A group written settles any group
-/// of the same writer sent before it whose outcome was not known (`forget`): that one has
+/// Applies the rows of a group written to the local copy, after dropping every copy if the
+/// group re-read the whole cache (`whole`: `Batch::reread_all`). A group written settles any
+/// group of the same writer sent before it whose outcome was not known (`forget`): that one has
 /// landed by now or never will (the writer's mark holds this group's number).
-pub(super) fn remember(local: &Local, rows: &Rows) {
+pub(super) fn remember(local: &Local, rows: &Rows, whole: bool) {
     let unsettled = local.read().unwrap_or_else(|e| e.into_inner()).unsettled;
-    if !unsettled && !rows.iter().any(|(table, _, _)| LOCAL.contains(table)) {
+    if !unsettled && !whole && !rows.iter().any(|(table, _, _)| LOCAL.contains(table)) {
         return;
     }
     let mut guard = local.write().unwrap_or_else(|e| e.into_inner());
     guard.writes += 1;
     guard.unsettled = false;
     let map = &mut guard.rows;
+    if whole {
+        map.clear();
+    }
     for (table, key, value) in rows {
         if !LOCAL.contains(table) {
             continue;
@@ -100,7 +115,7 @@ pub(super) fn remember(local: &Local, rows: &Rows) {
                 if map.len() >= LOCAL_MAX {
                     map.clear();
                 }
-                map.insert((*table, key.clone()), v.clone());
+                map.insert((*table, key.clone()), (v.clone(), None));
             }
             None => {
                 map.remove(&(*table, key.clone()));
@@ -790,8 +805,10 @@ impl RowSource for RedisStore {
         let mut writes = 0;
         if local {
             let copy = self.local.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(v) = copy.rows.get(&(table, key.to_string())) {
-                return Ok(Some(v.clone()));
+            if let Some((v, until)) = copy.rows.get(&(table, key.to_string())) {
+                if until.is_none_or(|t| std::time::Instant::now() < t) {
+                    return Ok(Some(v.clone()));
+                }
             }
             writes = copy.writes;
         }
@@ -809,7 +826,9 @@ impl RowSource for RedisStore {
         if let (true, Some(v)) = (local, &value) {
             let mut copy = self.local.write().unwrap_or_else(|e| e.into_inner());
             if copy.writes == writes && !copy.unsettled && copy.rows.len() < LOCAL_MAX {
-                copy.rows.insert((table, key.to_string()), v.clone());
+                let until = std::time::Instant::now() + READ_KEPT_FOR;
+                copy.rows
+                    .insert((table, key.to_string()), (v.clone(), Some(until)));
             }
         }
         Ok(value)
@@ -1356,6 +1375,78 @@ mod tests {
         assert_eq!(get(&store), "3");
         set("4");
         assert_eq!(get(&store), "3", "kept again once a later group is written");
+    }
+
+    /// A chain-state row another replica wrote is read from Redis again once it has been kept
+    /// `READ_KEPT_FOR` (a suspension that replica's follower wrote is seen within it); one this
+    /// replica wrote is kept (its own follower writes every change it sees); and a catch-up's
+    /// write (`Batch::reread_all`) drops every copy, so that a row another replica took out of
+    /// Redis since is not read from memory.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn chain_state_read_from_redis_is_kept_a_while_and_a_catch_up_drops_every_copy() {
+        let redis = crate::dev::test_redis().await;
+        let store = std::sync::Arc::new(RedisStore::open(redis.url.as_str(), "k:").unwrap());
+        let hash = store.key(PROVIDERS);
+        let mut conn = redis.connection();
+        let mut set = move |k: &str, v: Option<&str>| {
+            let mut cmd = redis::cmd(if v.is_some() { "HSET" } else { "HDEL" });
+            cmd.arg(&hash).arg(k);
+            if let Some(v) = v {
+                cmd.arg(v);
+            }
+            let _: i64 = cmd.query(&mut conn).unwrap();
+        };
+        let get = |store: &RedisStore, k: &str| {
+            store
+                .get_raw(PROVIDERS, k)
+                .unwrap()
+                .map(|v| String::from_utf8(v).unwrap())
+        };
+        let apply = |batch: Batch| {
+            let writer = store.clone();
+            tokio::task::spawn_blocking(move || writer.apply(batch))
+        };
+        // "ours": written by this replica's store; "theirs": another replica's row
+        let ours = crate::stacks::Address::new(26, [1; 20]).unwrap();
+        let key = ours.to_string();
+        let verified = ProviderState::Registered {
+            role: crate::domain::Role::Nurse,
+            status: crate::domain::ProviderStatus::Verified,
+            info_hash: None,
+        };
+        apply(Batch {
+            providers: vec![(ours, Some(verified.clone()))],
+            ..Batch::default()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        set("theirs", Some("1"));
+        assert_eq!(get(&store, "theirs").as_deref(), Some("1"));
+        set("theirs", Some("2"));
+        set(&key, Some("written by another"));
+        assert_eq!(get(&store, "theirs").as_deref(), Some("1"), "kept a while");
+        tokio::time::sleep(READ_KEPT_FOR + std::time::Duration::from_millis(100)).await;
+        assert_eq!(
+            get(&store, "theirs").as_deref(),
+            Some("2"),
+            "then read again"
+        );
+        assert_eq!(
+            store.provider(&ours).unwrap(),
+            Some(verified),
+            "its own write kept"
+        );
+        // another replica takes it out of Redis (a block it found passed); a catch-up lands
+        set(&key, None);
+        apply(Batch {
+            reread_all: true,
+            ..Batch::default()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(store.provider(&ours).unwrap(), None, "read from Redis");
     }
 
     /// A burst's notices share one due second, more of them than two pages: another replica

@@ -523,7 +523,8 @@ impl Writer {
             // written, or found written by a copy sent again (the head may have moved since:
             // the next write finds out)
             (0 | 3, _) => {
-                remember(&self.local, &rows);
+                let whole = unit.iter().any(|(b, _, _)| b.reread_all);
+                remember(&self.local, &rows, whole);
                 let acknowledged = self.acknowledged().await;
                 answer_all(unit, acknowledged);
             }
