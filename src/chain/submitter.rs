@@ -5,7 +5,9 @@
 //! at any point leads to broadcasting the same bytes again, never a second transaction. A
 //! transaction not confirmed after K blocks is broadcast again. When the node says its nonce
 //! is used (`BadNonce`, or `ConflictingNonceInMempool`), the operation is checked on chain:
-//! done means confirmed; not done means the nonce went to something else, and it is signed
+//! done means confirmed; not done, its own transaction is looked for in the blocks since it
+//! was sent: found, the contract refused it (failed, as the follower would have written it had
+//! it seen that block); not found, the nonce went to something else, and it is signed
 //! again with the lowest nonce from the node's that none of our other open transactions holds
 //! (or the next local one), the next local one never moved back.
 //! Confirmation comes from the follower, which finds the transaction's bytes in a block the
@@ -171,6 +173,13 @@ pub fn failure_entry(read: &Submission, state: &SubmissionState) -> Option<crate
         },
     ))
 }
+
+/// How many blocks after an operation was sent (or last broadcast) are looked through for its
+/// transaction when its nonce is used and its effect not on chain (`Submitter::refused_in`): a
+/// transaction is mined within a few blocks of its broadcast as a rule, and found there at
+/// once; one not found is looked for this far (a read of the node a block), then taken as
+/// another transaction's nonce.
+pub const REFUSAL_SEARCH: u64 = 1_000;
 
 /// Where an operation stands on chain, as the node's read-only functions tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1030,6 +1039,14 @@ impl Submitter {
                 }
             }
             OnChain::NotDone => {
+                // its effect is not on chain: the contract refused our own transaction (mined
+                // in a block the follower did not see), or another one took the nonce
+                if let Some((height, refused)) = self.refused_in(s).await? {
+                    if self.update(s, refused).await? {
+                        tracing::error!(operation = %s.id, reason, height, "transaction mined without its effect: the contract refused it");
+                    }
+                    return Ok(());
+                }
                 let nonce = self.free_nonce(s).await?;
                 if self.sign_and_keep(s, nonce).await?.is_some() {
                     tracing::warn!(operation = %s.id, reason, nonce, "nonce was taken by another transaction; signed again");
@@ -1051,6 +1068,54 @@ impl Submitter {
             }
         }
         Ok(())
+    }
+
+    /// For sent operation `s` whose nonce is used and whose effect is not on chain: the block
+    /// that mined its own transaction (the contract refused it) and the state that says so, if
+    /// one of the blocks from when it was sent to the node's tip has it (`REFUSAL_SEARCH` at
+    /// most). Signed again instead, it would be a second transaction for the operation,
+    /// refused again, and the first refusal never in the audit log. Not found: another
+    /// transaction took the nonce.
+    async fn refused_in(
+        &self,
+        s: &Submission,
+    ) -> Result<Option<(u64, SubmissionState)>, SubmitError> {
+        let SubmissionState::Sent {
+            txid,
+            nonce,
+            raw,
+            sent_at_height,
+            ..
+        } = &s.state
+        else {
+            return Ok(None);
+        };
+        let Ok(bytes) = hex::decode(raw) else {
+            return Ok(None);
+        };
+        let tip = self.rpc.info().await?.stacks_tip_height;
+        let last = tip.min(sent_at_height.saturating_add(REFUSAL_SEARCH));
+        if last < tip {
+            tracing::warn!(operation = %s.id, from = sent_at_height, to = last, tip, "its transaction looked for in the first blocks after it was sent only");
+        }
+        for height in *sent_at_height..=last {
+            match self.rpc.block_at(height).await? {
+                Some(block) if block.contains_tx(&bytes) => return Ok(Some((
+                    height,
+                    SubmissionState::Failed {
+                        txid: txid.clone(),
+                        height,
+                        result:
+                            "mined, but its effect is not on chain: the contract refused the call"
+                                .into(),
+                        nonce: Some(*nonce),
+                        raw: Some(raw.clone()),
+                    },
+                ))),
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// After the follower skipped blocks, an operation mined in them was never seen: any sent

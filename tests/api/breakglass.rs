@@ -951,17 +951,7 @@ async fn a_known_signers_refusals_are_logged_up_to_their_share_a_minute() {
     let nurse = provider(demo, "nurse");
     suspend(&env, nurse).await;
     let signer: breakglass::stacks::Address = nurse["principal"].as_str().unwrap().parse().unwrap();
-    let logged = || {
-        app.store
-            .audit_entries(1, 100_000)
-            .unwrap()
-            .iter()
-            .filter(|e| {
-                let event = e.event.get();
-                event.contains("provider-not-verified") && event.contains(&signer.to_string())
-            })
-            .count()
-    };
+    let logged = || entries_with(app, "provider-not-verified", &signer.to_string());
     let before = logged();
     let request = |nonce: u64| {
         signed(
@@ -2087,6 +2077,89 @@ async fn a_stop_ends_when_everything_has_ended_not_at_its_timeout() {
     );
 }
 
+/// Our record of an access refused on chain (another responder recorded its id first, u212) in
+/// a block the follower did not see (skipped: caught up by reading state): the submitter's check
+/// of the operations those blocks may have mined finds its nonce used and its effect not ours,
+/// and finds our transaction in the block that mined it: failed, logged once, not signed again.
+/// Before, a used nonce without our effect was taken for another transaction's: a second
+/// transaction was signed for it (refused again), and the first refusal never logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_refused_in_a_block_the_follower_skipped_is_not_signed_again() {
+    use breakglass::store::SubmissionState;
+    let env = setup(|s| s.submitter.interval_ms = 3_600_000).await;
+    let (app, devnet) = (&env.app, &env.devnet);
+    let (op, failed) = recorded_first_by_another_responder(&env, 902).await;
+    let SubmissionState::Failed {
+        txid,
+        nonce: Some(nonce),
+        raw: Some(raw),
+        height,
+        ..
+    } = failed.state.clone()
+    else {
+        panic!("{failed:?}");
+    };
+    // as if the follower had skipped that block: on record as sent, from the height before it
+    // (its refusal seen here is in the log already: the check logs it once more)
+    let logged_before = entries_with(app, "chain-failure", &op);
+    let mut sent = failed.clone();
+    sent.state = SubmissionState::Sent {
+        txid: txid.clone(),
+        nonce,
+        raw,
+        sent_at_height: height - 1,
+        broadcasts: 1,
+    };
+    app.store
+        .apply(breakglass::store::Batch {
+            submissions: vec![sent],
+            ..breakglass::store::Batch::default()
+        })
+        .unwrap();
+    let service = app.submitter.sender;
+    let nonce_before = devnet.nonce(&service).await;
+    app.status
+        .skipped_blocks
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    app.submitter.reconcile().await.unwrap();
+    app.submitter.tick().await.unwrap();
+    devnet.mine().await;
+    match app.store.submission(&op).unwrap().unwrap().state {
+        SubmissionState::Failed {
+            txid: again,
+            height: at,
+            ..
+        } => {
+            assert_eq!(again, txid, "our own transaction named");
+            assert_eq!(at, height, "the block that mined it");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        devnet.nonce(&service).await,
+        nonce_before,
+        "nothing signed again"
+    );
+    assert_eq!(
+        entries_with(app, "chain-failure", &op),
+        logged_before + 1,
+        "its refusal logged"
+    );
+}
+
+/// How many entries of the audit log name both `what` and `whom` (a code, an operation's id).
+fn entries_with(app: &breakglass::startup::Application, what: &str, whom: &str) -> usize {
+    app.store
+        .audit_entries(1, 100_000)
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            let event = e.event.get();
+            event.contains(what) && event.contains(whom)
+        })
+        .count()
+}
+
 /// Another responder records our access's id first (its arguments copied from our
 /// transaction, as anyone reading the mempool could): ours is refused on chain (u212), and the
 /// operation reads as failed, not as confirmed on the other's record. Before, any record of
@@ -2094,12 +2167,29 @@ async fn a_stop_ends_when_everything_has_ended_not_at_its_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_recorded_first_by_another_responder_is_not_taken_for_ours() {
     let env = setup(|s| s.submitter.interval_ms = 3_600_000).await;
+    let (_, failed) = recorded_first_by_another_responder(&env, 901).await;
+    assert!(
+        matches!(
+            failed.state,
+            breakglass::store::SubmissionState::Failed { .. }
+        ),
+        "{failed:?}"
+    );
+}
+
+/// A grant (request nonce `n`) whose access id another responder records first (its arguments
+/// copied from our operation, as anyone reading the mempool could), then ours sent, mined and
+/// refused (u212): our operation's id and the operation once it settled (neither pending nor
+/// sent).
+async fn recorded_first_by_another_responder(
+    env: &Env,
+    n: u64,
+) -> (String, breakglass::store::Submission) {
     let (app, demo, devnet) = (&env.app, &env.demo, &env.devnet);
     let (status, body) =
-        ask_for_allergies(app, provider(demo, "nurse"), patient(demo, true), 901).await;
+        ask_for_allergies(app, provider(demo, "nurse"), patient(demo, true), n).await;
     assert_eq!(status, 201, "{body}");
-    let id = body["access_id"].as_str().unwrap().to_string();
-    let op = format!("record:{id}");
+    let op = format!("record:{}", body["access_id"].as_str().unwrap());
     // (made from the log by the grants' follow-up; the submitter asleep, it stays pending)
     let read = eventually("the record's operation", SECS, async || {
         app.store.submission(&op).unwrap()
@@ -2119,18 +2209,15 @@ async fn an_access_recorded_first_by_another_responder_is_not_taken_for_ours() {
     // ours, sent after it, is mined and refused
     app.submitter.tick().await.unwrap();
     devnet.mine().await;
-    let state = eventually("ours settled", SECS, async || {
-        let s = app.store.submission(&op).unwrap()?.state;
+    let settled = eventually("ours settled", SECS, async || {
+        let s = app.store.submission(&op).unwrap()?;
         (!matches!(
-            s,
+            s.state,
             breakglass::store::SubmissionState::Pending
                 | breakglass::store::SubmissionState::Sent { .. }
         ))
         .then_some(s)
     })
     .await;
-    assert!(
-        matches!(state, breakglass::store::SubmissionState::Failed { .. }),
-        "{state:?}"
-    );
+    (op, settled)
 }
