@@ -41,6 +41,9 @@ use crate::domain::{AccessId, Contact};
 use crate::seal::Keyring;
 use crate::store::{apply_async, Batch, Notice, NoticeState, Store, SubmissionState};
 
+/// How long a stop waits for the outcomes kept to be recorded (`Notifier::record_before_stop`).
+const STOP_RECORD_WAIT: Duration = Duration::from_secs(5);
+
 /// How far another replica's clock may run ahead of this one's before a retry time it set is
 /// taken for a clock's error rather than a backoff (`step_held`).
 const CLOCK_MARGIN_SECS: u64 = 60;
@@ -215,6 +218,34 @@ impl Notifier {
         }
         // (a notice it was opening is opened or not: its lease lapses either way)
         recheck.abort();
+        self.record_before_stop().await;
+    }
+
+    /// At a stop: the outcomes of messages sent that the store did not take yet are recorded
+    /// once more (`record_again`), within `STOP_RECORD_WAIT`. Dropped with the process, each
+    /// notice would still read as in flight, and another replica would send it again after the
+    /// takeover period; a stop that cannot record them (the store away) leaves them so, as a
+    /// crash does.
+    async fn record_before_stop(&self) {
+        let kept: Vec<Notice> = self.unrecorded_lock().drain().map(|(_, n)| n).collect();
+        if kept.is_empty() {
+            return;
+        }
+        let recording = async {
+            for notice in kept {
+                let id = notice.access_id;
+                self.record_again(notice, now_secs()).await;
+                if self.unrecorded_lock().contains_key(&id) {
+                    tracing::warn!(access = %id, "notice: its outcome could not be recorded before the stop; another replica may send it again");
+                }
+            }
+        };
+        if tokio::time::timeout(STOP_RECORD_WAIT, recording)
+            .await
+            .is_err()
+        {
+            tracing::warn!("notices: the outcomes kept could not all be recorded before the stop");
+        }
     }
 
     /// Looks at the notices closed with nobody to tell (`reopen_reachable`) at start, every
@@ -474,7 +505,10 @@ impl Notifier {
         match self.coordination.fence(&lease, holder, self.lease_ms).await {
             // replicas: the notice's writes go with the lease's token, so that a replica
             // paused past its lease (another took it, and may have sent the notice) writes
-            // nothing and sends nothing when it resumes
+            // nothing and sends nothing when it resumes, if its pause came before its attempt
+            // was recorded as in flight (`sending_since`); one that came between that record
+            // and the send, longer than the takeover period, sends a second copy (at worst
+            // twice, as a crash there)
             Ok(Some(fence)) => Ok(self.replicas().then_some(fence)),
             Ok(None) => Err(now + self.lease_ms.div_ceil(1000)),
             Err(e) => {
@@ -1829,6 +1863,41 @@ mod tests {
         assert!(notifier.unrecorded_lock().is_empty(), "ours dropped");
         assert_eq!(due.len(), 1, "looked at again, still open");
         assert!(outbox(&t.settings.data.dir).is_empty(), "not sent");
+    }
+
+    /// Replicas on Redis: an attempt sent whose outcome the store did not take is recorded when
+    /// the process stops (a rolling restart), though the notice is not due yet: another replica
+    /// does not find it in flight and send it again after the takeover period. Before, the
+    /// outcome kept in memory went with the process.
+    #[tokio::test]
+    async fn an_outcome_kept_in_memory_is_recorded_at_a_stop() {
+        let t = on_redis().await;
+        let id = t.notice.access_id;
+        let (mut sending, _) = in_flight(&t).await;
+        // not looked at again before the stop (its retry an hour away)
+        sending.next_at = now_secs() + 3600;
+        written(&t.store, &sending).await;
+        let sent = sent(&sending, sending.due_at);
+        t.notifier.unrecorded_lock().insert(id, sent.clone());
+        let notifier = Arc::new(t.notifier);
+        let (_announce, new) = mpsc::unbounded_channel();
+        let (stop, shutdown) = watch::channel(false);
+        let run = tokio::spawn(notifier.clone().run(new, shutdown));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            t.store.notice(&id).unwrap(),
+            Some(sending),
+            "not due: untouched"
+        );
+        stop.send(true).unwrap();
+        run.await.unwrap();
+        assert_eq!(
+            t.store.notice(&id).unwrap(),
+            Some(sent),
+            "recorded at the stop"
+        );
+        assert!(notifier.unrecorded_lock().is_empty());
+        assert!(outbox(&t.settings.data.dir).is_empty(), "not sent again");
     }
 
     /// Replicas on Redis: another replica's attempt in flight whose `sending_since` was
