@@ -505,11 +505,35 @@ impl Follower {
     ) -> Result<Option<(Batch, bool)>, FollowError> {
         let mut attempt = batch.clone();
         let mut kept = false;
+        // a catch-up's entries (every one re-read, one read of the node each: seconds) are
+        // written only under the tip as it is now: a block another replica applies meanwhile
+        // refuses them (read before it, they would land over its entries, a suspension
+        // undone until this replica applies that block); once a later block is stored, only
+        // what changed of our operations is written, and this replica's copies in memory are
+        // dropped (`Batch::reread_all`), so that it reads that block's entries
+        let mut catch_up_on = None;
+        if let (true, Some((height, _))) = (batch.reread_all, tip) {
+            let stored = self.state.store.tip()?;
+            if stored.as_ref().is_some_and(|s| s.height > height) {
+                let mut attempt = Batch {
+                    reread_all: true,
+                    ..Batch::default()
+                };
+                submitter::with_changes(&mut attempt, changes);
+                return Ok(Some((attempt, false)));
+            }
+            catch_up_on = Some(stored);
+        }
         match tip
             .map(|(height, hash)| self.tip_to_write(height, hash, kept_before))
             .transpose()?
         {
-            Some(TipWrite::Write(new)) => attempt.tip = Some(new),
+            Some(TipWrite::Write(new)) => {
+                attempt.tip = Some(new);
+                if let Some(stored) = catch_up_on {
+                    attempt.guard.get_or_insert_with(Guard::default).tip = Some(stored);
+                }
+            }
             Some(TipWrite::Passed) => {
                 // nor the rows read for it over the later block's: the entries it names are
                 // dropped instead (read again on use), so that this replica's copy of them
@@ -518,6 +542,7 @@ impl Follower {
                 // tip was kept may have been a catch-up's, which looks for none)
                 let mut attempt = Batch {
                     uncached: crate::store::Uncached::named_by(batch),
+                    reread_all: batch.reread_all,
                     ..Batch::default()
                 };
                 submitter::with_changes(&mut attempt, changes);
@@ -974,5 +999,66 @@ mod tests {
             assert_eq!(store.reviewer(&who).unwrap(), None, "{moved}");
             assert_eq!(store.tip().unwrap(), Some(then), "{moved}");
         }
+    }
+
+    /// Replicas sharing Redis: a catch-up's entries were read (one read of the node each) while
+    /// another replica applied the next block, which suspended a reviewer: the catch-up's write
+    /// is refused (guarded on the tip as it was), and the next attempt writes neither its
+    /// entries nor its tip, only drops this replica's copies in memory. Before, its entries
+    /// landed over the block's (the reviewer verified again in Redis, for every replica that
+    /// read it, until this one applied that block), its tip under the block's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_catch_ups_entries_do_not_land_over_a_block_applied_while_it_read() {
+        use crate::store::Store;
+        let redis = crate::dev::test_redis().await;
+        let url = redis.url.as_str();
+        let (store, follower) =
+            follower_on(Arc::new(crate::store::RedisStore::open(url, "c:").unwrap()));
+        let other = crate::store::RedisStore::open(url, "c:").unwrap();
+        let who: crate::stacks::Address =
+            "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap();
+        other
+            .apply(Batch {
+                tip: Some(Tip::applied(5, [5; 32])),
+                reviewers: vec![(who, true)],
+                ..Batch::default()
+            })
+            .unwrap();
+        let caught_up = Batch {
+            reviewers: vec![(who, true)],
+            reread_all: true,
+            ..Batch::default()
+        };
+        let at = (6, [6; 32]);
+        let (attempt, _) = follower
+            .attempt(&caught_up, Some(at), vec![], false)
+            .unwrap()
+            .expect("entries to write");
+        assert_eq!(attempt.tip.map(|t| t.height), Some(6), "its own tip");
+        // the next block, applied by another replica before the write lands
+        let next = Tip::applied(7, [7; 32]);
+        other
+            .apply(Batch {
+                tip: Some(next),
+                reviewers: vec![(who, false)],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(
+            matches!(
+                store.apply(attempt),
+                Err(StoreError::Guarded(crate::store::Guarded::Changed))
+            ),
+            "refused"
+        );
+        let (again, kept) = follower
+            .attempt(&caught_up, Some(at), vec![], false)
+            .unwrap()
+            .expect("the copies to drop");
+        assert!(!kept);
+        assert!(again.reread_all && again.reviewers.is_empty() && again.tip.is_none());
+        store.apply(again).unwrap();
+        assert_eq!(store.tip().unwrap(), Some(next));
+        assert_eq!(store.reviewer(&who).unwrap(), Some(false), "the block's");
     }
 }

@@ -174,12 +174,13 @@ pub fn failure_entry(read: &Submission, state: &SubmissionState) -> Option<crate
     ))
 }
 
-/// How many blocks after an operation was sent (or last broadcast) are looked through for its
-/// transaction when its nonce is used and its effect not on chain (`Submitter::refused_in`): a
-/// transaction is mined within a few blocks of its broadcast as a rule, and found there at
-/// once; one not found is looked for this far (a read of the node a block), then taken as
-/// another transaction's nonce.
-pub const REFUSAL_SEARCH: u64 = 1_000;
+/// How many blocks after an operation was sent (or last broadcast: again every
+/// `rebroadcast_after_blocks`, 3 by default) are looked through for its transaction when its
+/// nonce is used and its effect not on chain (`Submitter::refused_in`): a transaction is mined
+/// within a few blocks of its broadcast as a rule, and found there at once; one not found is
+/// looked for this far (a read of the node a block, the lease renewed meanwhile), then taken
+/// as another transaction's nonce.
+pub const REFUSAL_SEARCH: u64 = 100;
 
 /// Where an operation stands on chain, as the node's read-only functions tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1041,7 +1042,7 @@ impl Submitter {
             OnChain::NotDone => {
                 // its effect is not on chain: the contract refused our own transaction (mined
                 // in a block the follower did not see), or another one took the nonce
-                if let Some((height, refused)) = self.refused_in(s).await? {
+                if let Some((height, refused)) = self.refused_in(s, reason).await? {
                     if self.update(s, refused).await? {
                         tracing::error!(operation = %s.id, reason, height, "transaction mined without its effect: the contract refused it");
                     }
@@ -1070,16 +1071,27 @@ impl Submitter {
         Ok(())
     }
 
-    /// For sent operation `s` whose nonce is used and whose effect is not on chain: the block
-    /// that mined its own transaction (the contract refused it) and the state that says so, if
-    /// one of the blocks from when it was sent to the node's tip has it (`REFUSAL_SEARCH` at
-    /// most). Signed again instead, it would be a second transaction for the operation,
-    /// refused again, and the first refusal never in the audit log. Not found: another
-    /// transaction took the nonce.
+    /// For sent operation `s` whose nonce is used (`reason`) and whose effect is not on chain:
+    /// the block that mined its own transaction (the contract refused it) and the state that
+    /// says so, if one of the blocks from when it was sent to the node's tip has it
+    /// (`REFUSAL_SEARCH` at most). Signed again instead, it would be a second transaction for
+    /// the operation, refused again, and the first refusal never in the audit log. Not found:
+    /// another transaction took the nonce. Looked for only where an effect, once on chain,
+    /// stays there (a record, a review, an anchor: not a summary's hash, which a later one
+    /// replaces, so that "not on chain" does not tell a refusal), and only for a nonce used on
+    /// chain (not one a transaction in the node's mempool holds).
     async fn refused_in(
         &self,
         s: &Submission,
+        reason: &str,
     ) -> Result<Option<(u64, SubmissionState)>, SubmitError> {
+        let lasting = matches!(
+            s.function.as_str(),
+            "record-emergency-access" | "review-emergency-access" | "anchor-audit"
+        );
+        if !lasting || reason == "ConflictingNonceInMempool" {
+            return Ok(None);
+        }
         let SubmissionState::Sent {
             txid,
             nonce,
@@ -1099,6 +1111,8 @@ impl Submitter {
             tracing::warn!(operation = %s.id, from = sent_at_height, to = last, tip, "its transaction looked for in the first blocks after it was sent only");
         }
         for height in *sent_at_height..=last {
+            // (a read of the node a block: the lease kept while they take)
+            self.keep_lease().await?;
             match self.rpc.block_at(height).await? {
                 Some(block) if block.contains_tx(&bytes) => return Ok(Some((
                     height,

@@ -128,13 +128,18 @@ pub(super) fn remember(local: &Local, rows: &Rows, whole: bool) {
 /// answered either: it may have landed, and a copy may still land late, read by the server from
 /// a dropped connection): its rows' local copies are dropped, and no read is kept until a later
 /// group of the writer is written (`remember`), so that they are read as the server has them.
-pub(super) fn forget(local: &Local, rows: &Rows) {
-    if !rows.iter().any(|(table, _, _)| LOCAL.contains(table)) {
+/// A group that re-read the whole cache (`whole`: `Batch::reread_all`) drops every copy, as
+/// it would have had it been written.
+pub(super) fn forget(local: &Local, rows: &Rows, whole: bool) {
+    if !whole && !rows.iter().any(|(table, _, _)| LOCAL.contains(table)) {
         return;
     }
     let mut guard = local.write().unwrap_or_else(|e| e.into_inner());
     guard.writes += 1;
     guard.unsettled = true;
+    if whole {
+        guard.rows.clear();
+    }
     for (table, key, _) in rows {
         if LOCAL.contains(table) {
             guard.rows.remove(&(*table, key.clone()));
@@ -1358,6 +1363,7 @@ mod tests {
         forget(
             &store.local,
             &vec![(PROVIDERS, "k".to_string(), Some(b"3".to_vec()))],
+            false,
         );
         assert_eq!(get(&store), "2", "its copy dropped");
         set("3");
@@ -1375,6 +1381,10 @@ mod tests {
         assert_eq!(get(&store), "3");
         set("4");
         assert_eq!(get(&store), "3", "kept again once a later group is written");
+        // a catch-up's group (every entry re-read) whose outcome is not known: every copy
+        // dropped, not only its rows'
+        forget(&store.local, &Rows::new(), true);
+        assert_eq!(get(&store), "4", "every copy dropped");
     }
 
     /// A chain-state row another replica wrote is read from Redis again once it has been kept

@@ -500,7 +500,7 @@ impl Writer {
                 // whether it was written is not known: the head is read again, its rows too
                 self.head = None;
                 self.stalled = true;
-                forget(&self.local, &sent.rows);
+                forget(&self.local, &sent.rows, rereads_all(&sent.unit));
                 return answer_all(sent.unit, Err(redis_err(e)));
             }
         };
@@ -523,8 +523,7 @@ impl Writer {
             // written, or found written by a copy sent again (the head may have moved since:
             // the next write finds out)
             (0 | 3, _) => {
-                let whole = unit.iter().any(|(b, _, _)| b.reread_all);
-                remember(&self.local, &rows, whole);
+                remember(&self.local, &rows, rereads_all(&unit));
                 let acknowledged = self.acknowledged().await;
                 answer_all(unit, acknowledged);
             }
@@ -558,7 +557,7 @@ impl Writer {
                 }
             }
             (code, _) => {
-                forget(&self.local, &rows);
+                forget(&self.local, &rows, rereads_all(&unit));
                 answer_all(
                     unit,
                     Err(backend(format!("redis: a write answered {code}"))),
@@ -584,7 +583,7 @@ impl Writer {
                 let e = redis_err(e);
                 for s in all {
                     // each may have landed (its first copy), or land late
-                    forget(&self.local, &s.rows);
+                    forget(&self.local, &s.rows, rereads_all(&s.unit));
                     answer_all(s.unit, Err(e.clone()));
                 }
                 return;
@@ -704,6 +703,11 @@ pub(super) async fn run(mut w: Writer, mut jobs: tokio::sync::mpsc::UnboundedRec
 enum Next {
     Answer(redis::RedisResult<(i64, Vec<u8>)>),
     Job(Option<Box<Job>>),
+}
+
+/// Whether a batch of `unit` re-read the whole chain-state cache (`Batch::reread_all`).
+fn rereads_all(unit: &Unit) -> bool {
+    unit.iter().any(|(b, _, _)| b.reread_all)
 }
 
 /// Runs `cmd` (a script's `EVALSHA`) on `conn`, loading `script` first if the server does not
