@@ -508,15 +508,19 @@ impl Follower {
         // a catch-up's entries (every one re-read, one read of the node each: seconds) are
         // written only under the tip as it is now: a block another replica applies meanwhile
         // refuses them (read before it, they would land over its entries, a suspension
-        // undone until this replica applies that block); once a later block is stored, only
-        // what changed of our operations is written, and this replica's copies in memory are
-        // dropped (`Batch::reread_all`), so that it reads that block's entries
+        // undone until this replica applies that block). Once another tip than the re-read's
+        // mark is stored, above its own (a later block another replica applied while it
+        // read), only what changed of our operations is written, and this replica's copies in
+        // memory are dropped (`Batch::reread_all`), so that it reads that block's entries. (A
+        // stored tip above it that is still the mark is this replica's own, of a branch a
+        // reorg left: written over.)
         let mut catch_up_on = None;
-        if let (true, Some((height, _))) = (batch.reread_all, tip) {
+        if let (Some(marked), Some((height, _))) = (&batch.reread_all, tip) {
             let stored = self.state.store.tip()?;
-            if stored.as_ref().is_some_and(|s| s.height > height) {
+            if stored.as_ref() != Some(marked) && stored.as_ref().is_some_and(|s| s.height > height)
+            {
                 let mut attempt = Batch {
-                    reread_all: true,
+                    reread_all: batch.reread_all,
                     ..Batch::default()
                 };
                 submitter::with_changes(&mut attempt, changes);
@@ -1006,7 +1010,9 @@ mod tests {
     /// is refused (guarded on the tip as it was), and the next attempt writes neither its
     /// entries nor its tip, only drops this replica's copies in memory. Before, its entries
     /// landed over the block's (the reviewer verified again in Redis, for every replica that
-    /// read it, until this one applied that block), its tip under the block's.
+    /// read it, until this one applied that block), its tip under the block's. A stored tip
+    /// above the catch-up's that is still its mark (this replica's own, of a branch a reorg
+    /// left) is written over, entries and tip.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_catch_ups_entries_do_not_land_over_a_block_applied_while_it_read() {
         use crate::store::Store;
@@ -1017,33 +1023,32 @@ mod tests {
         let other = crate::store::RedisStore::open(url, "c:").unwrap();
         let who: crate::stacks::Address =
             "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap();
-        other
-            .apply(Batch {
-                tip: Some(Tip::applied(5, [5; 32])),
-                reviewers: vec![(who, true)],
-                ..Batch::default()
-            })
-            .unwrap();
-        let caught_up = Batch {
+        let stored = |tip: Tip, verified: bool| {
+            other
+                .apply(Batch {
+                    tip: Some(tip),
+                    reviewers: vec![(who, verified)],
+                    ..Batch::default()
+                })
+                .unwrap()
+        };
+        // the tip as the catch-up marked it, then its entries read at the node's block 6
+        let marked = Tip::applied(5, [5; 32]);
+        stored(marked, true);
+        let caught_up = |marked: Tip| Batch {
             reviewers: vec![(who, true)],
-            reread_all: true,
+            reread_all: Some(marked),
             ..Batch::default()
         };
         let at = (6, [6; 32]);
         let (attempt, _) = follower
-            .attempt(&caught_up, Some(at), vec![], false)
+            .attempt(&caught_up(marked), Some(at), vec![], false)
             .unwrap()
             .expect("entries to write");
         assert_eq!(attempt.tip.map(|t| t.height), Some(6), "its own tip");
         // the next block, applied by another replica before the write lands
         let next = Tip::applied(7, [7; 32]);
-        other
-            .apply(Batch {
-                tip: Some(next),
-                reviewers: vec![(who, false)],
-                ..Batch::default()
-            })
-            .unwrap();
+        stored(next, false);
         assert!(
             matches!(
                 store.apply(attempt),
@@ -1052,13 +1057,24 @@ mod tests {
             "refused"
         );
         let (again, kept) = follower
-            .attempt(&caught_up, Some(at), vec![], false)
+            .attempt(&caught_up(marked), Some(at), vec![], false)
             .unwrap()
             .expect("the copies to drop");
         assert!(!kept);
-        assert!(again.reread_all && again.reviewers.is_empty() && again.tip.is_none());
+        assert!(again.reread_all.is_some() && again.reviewers.is_empty() && again.tip.is_none());
         store.apply(again).unwrap();
         assert_eq!(store.tip().unwrap(), Some(next));
         assert_eq!(store.reviewer(&who).unwrap(), Some(false), "the block's");
+        // the stored tip above it is the catch-up's own mark (a reorg took the node's chain
+        // back below the block this replica had applied): entries and tip written over it
+        let abandoned = Tip::applied(9, [9; 32]);
+        stored(abandoned, false);
+        let (back, _) = follower
+            .attempt(&caught_up(abandoned), Some(at), vec![], false)
+            .unwrap()
+            .expect("entries to write");
+        store.apply(back).unwrap();
+        assert_eq!(store.tip().unwrap().map(|t| t.height), Some(6));
+        assert_eq!(store.reviewer(&who).unwrap(), Some(true), "re-read");
     }
 }

@@ -773,8 +773,7 @@ impl ChainState {
     /// landed before it is in the list. Another replica applying the tip's block again, late,
     /// writes a number of its own over the mark, never the tip such a fill read.
     pub async fn refresh_all(&self, batch: &mut Batch) -> Result<(), StateError> {
-        self.mark_tip().await?;
-        batch.reread_all = true;
+        batch.reread_all = Some(self.mark_tip().await?);
         for who in self.store.providers()? {
             let s = self.read_provider(&who).await?;
             keep_provider(batch, who, s);

@@ -730,7 +730,10 @@ impl Submitter {
     /// Renews the lease when a third of it has passed (a long round of signing or
     /// broadcasting must not outlive it); an error once another replica has it.
     async fn keep_lease(&self) -> Result<(), SubmitError> {
-        if now_ms().saturating_sub(self.renewed_ms.load(Ordering::SeqCst)) < self.lease_ms / 3 {
+        // (renewed lately and held: a lease asked for and found another's is not kept)
+        if self.fence.load(Ordering::SeqCst) != 0
+            && now_ms().saturating_sub(self.renewed_ms.load(Ordering::SeqCst)) < self.lease_ms / 3
+        {
             return Ok(());
         }
         if self.hold_lease().await? {
@@ -1274,6 +1277,37 @@ mod tests {
         running.await.unwrap();
         assert!(other().await.unwrap().is_some(), "let go");
         assert!(!sub.holds_lease());
+    }
+
+    /// A lease found another's (by a renewal in the middle of a tick: the check of what skipped
+    /// blocks mined) is not kept for the rest of the tick: the next step asks again and stops.
+    /// Before, the renewal's time counted as kept, and the steps after it wrote with no fence.
+    #[tokio::test]
+    async fn a_lease_found_lost_is_not_taken_for_kept() {
+        let redis = crate::dev::test_redis().await;
+        let dir = tempfile::tempdir().unwrap();
+        let coordination = Arc::new(Coordinator::redis(&redis.url, "t:", 10).unwrap());
+        let mut sub = submitter(dir.path());
+        sub.coordination = coordination.clone();
+        sub.lease_ms = 600;
+        assert!(sub.hold_lease().await.unwrap());
+        sub.keep_lease().await.unwrap();
+        // lapsed, and taken by another replica
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let name = format!("submitter:{SENDER}");
+        assert!(coordination
+            .lease(&name, "other", 60_000)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(!sub.hold_lease().await.unwrap(), "another's");
+        assert!(
+            matches!(
+                sub.keep_lease().await,
+                Err(SubmitError::Store(StoreError::Guarded(Guarded::Fenced)))
+            ),
+            "not kept"
+        );
     }
 
     #[tokio::test]

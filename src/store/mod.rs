@@ -677,12 +677,14 @@ pub struct Batch {
     /// Requests' claims on nonces and rates, taken with the write by shared stores (`Claim`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub claims: Vec<Claim>,
-    /// Whether this batch carries every chain-state cache entry the store listed, re-read
-    /// (`chain::state::refresh_all`: a catch-up, a reorg): a replica's copy of the cache in
-    /// memory (Redis) is dropped when it lands, so that none outlives a row another replica
-    /// took out of the store meanwhile.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub reread_all: bool,
+    /// For a batch that carries every chain-state cache entry the store listed, re-read
+    /// (`chain::state::refresh_all`: a catch-up, a reorg): the stored tip as the re-read
+    /// marked it before it read (`Tip::written`). A replica's copy of the cache in memory
+    /// (Redis) is dropped when it lands, so that none outlives a row another replica took out
+    /// of the store meanwhile; the follower writes its entries only while no other tip was
+    /// stored since the mark, or one not above its own (`follower::attempt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reread_all: Option<Tip>,
 }
 
 /// What a stored summary is: the SHA-256 of its plain bytes (what goes on chain) and of its
@@ -774,7 +776,9 @@ impl Batch {
             reread_all,
         } = later;
         // (its copies dropped when the merged batch lands, before any of its rows are kept)
-        self.reread_all |= reread_all;
+        if reread_all.is_some() {
+            self.reread_all = reread_all;
+        }
         if tip.is_some() {
             self.tip = tip;
         }

@@ -1450,7 +1450,7 @@ mod tests {
         // another replica takes it out of Redis (a block it found passed); a catch-up lands
         set(&key, None);
         apply(Batch {
-            reread_all: true,
+            reread_all: Some(crate::store::Tip::new(0, [0; 32])),
             ..Batch::default()
         })
         .await

@@ -707,7 +707,7 @@ enum Next {
 
 /// Whether a batch of `unit` re-read the whole chain-state cache (`Batch::reread_all`).
 fn rereads_all(unit: &Unit) -> bool {
-    unit.iter().any(|(b, _, _)| b.reread_all)
+    unit.iter().any(|(b, _, _)| b.reread_all.is_some())
 }
 
 /// Runs `cmd` (a script's `EVALSHA`) on `conn`, loading `script` first if the server does not
