@@ -467,7 +467,9 @@ impl Follower {
                 .iter()
                 .filter(|c| submitter::newly_failed(&c.read, &c.state))
                 .count() as u64;
-            let Some((attempt, kept)) = self.attempt(&batch, tip, changes, kept_before)? else {
+            let reorg = reopened_from.is_some();
+            let Some((attempt, kept)) = self.attempt(&batch, tip, changes, kept_before, reorg)?
+            else {
                 return Ok(());
             };
             // once kept (and refused), the tip is never written over a later one by a later
@@ -493,15 +495,16 @@ impl Follower {
     }
 
     /// One attempt at the write of `batch` for block `tip` with `changes` (see
-    /// `write_with_changes`; `kept_before`: an earlier attempt kept the tip and was refused):
-    /// none when there is nothing to write; else the write, and whether it keeps the tip as
-    /// stored (guarded on it).
+    /// `write_with_changes`; `kept_before`: an earlier attempt kept the tip and was refused;
+    /// `reorg`: the batch is a reorg's): none when there is nothing to write; else the write,
+    /// and whether it keeps the tip as stored (guarded on it).
     fn attempt(
         &self,
         batch: &Batch,
         tip: Option<(u64, [u8; 32])>,
         changes: Vec<submitter::Change>,
         kept_before: bool,
+        reorg: bool,
     ) -> Result<Option<(Batch, bool)>, FollowError> {
         let mut attempt = batch.clone();
         let mut kept = false;
@@ -519,8 +522,16 @@ impl Follower {
             let stored = self.state.store.tip()?;
             if stored.as_ref() != Some(marked) && stored.as_ref().is_some_and(|s| s.height > height)
             {
+                // a reorg's entries dropped instead: the later block's writer may not have seen
+                // the branch the reorg left (its node never had it), so entries that branch
+                // wrote would stay; dropped, they are read from the node on use
                 let mut attempt = Batch {
                     reread_all: batch.reread_all,
+                    uncached: if reorg {
+                        crate::store::Uncached::named_by(batch)
+                    } else {
+                        crate::store::Uncached::default()
+                    },
                     ..Batch::default()
                 };
                 submitter::with_changes(&mut attempt, changes);
@@ -938,7 +949,7 @@ mod tests {
             // the write made (the tip kept), then the tip moved by another replica, then the
             // write sent
             let (attempt, kept) = follower
-                .attempt(&rows, Some(a), vec![], false)
+                .attempt(&rows, Some(a), vec![], false, false)
                 .unwrap()
                 .expect("rows to write");
             assert_eq!(attempt.tip, None, "A's tip kept as stored");
@@ -970,7 +981,7 @@ mod tests {
                 read: op.clone(),
                 state: failed.clone(),
             };
-            let next = follower.attempt(&rows, Some(a), vec![change], true);
+            let next = follower.attempt(&rows, Some(a), vec![change], true, false);
             if then.height == a.0 {
                 assert!(next.is_err(), "{moved}: not applied now");
                 assert_eq!(store.submission(&op.id).unwrap(), Some(op), "{moved}");
@@ -1042,7 +1053,7 @@ mod tests {
         };
         let at = (6, [6; 32]);
         let (attempt, _) = follower
-            .attempt(&caught_up(marked), Some(at), vec![], false)
+            .attempt(&caught_up(marked), Some(at), vec![], false, false)
             .unwrap()
             .expect("entries to write");
         assert_eq!(attempt.tip.map(|t| t.height), Some(6), "its own tip");
@@ -1057,7 +1068,7 @@ mod tests {
             "refused"
         );
         let (again, kept) = follower
-            .attempt(&caught_up(marked), Some(at), vec![], false)
+            .attempt(&caught_up(marked), Some(at), vec![], false, false)
             .unwrap()
             .expect("the copies to drop");
         assert!(!kept);
@@ -1065,12 +1076,20 @@ mod tests {
         store.apply(again).unwrap();
         assert_eq!(store.tip().unwrap(), Some(next));
         assert_eq!(store.reviewer(&who).unwrap(), Some(false), "the block's");
+        // a reorg's, the same: its entries dropped (read from the node on use), for the later
+        // block's writer may not have seen the branch the reorg left
+        let (reorg, _) = follower
+            .attempt(&caught_up(marked), Some(at), vec![], false, true)
+            .unwrap()
+            .expect("the entries to drop");
+        assert!(reorg.reviewers.is_empty() && reorg.tip.is_none());
+        assert_eq!(reorg.uncached.reviewers, vec![who]);
         // the stored tip above it is the catch-up's own mark (a reorg took the node's chain
         // back below the block this replica had applied): entries and tip written over it
         let abandoned = Tip::applied(9, [9; 32]);
         stored(abandoned, false);
         let (back, _) = follower
-            .attempt(&caught_up(abandoned), Some(at), vec![], false)
+            .attempt(&caught_up(abandoned), Some(at), vec![], false, false)
             .unwrap()
             .expect("entries to write");
         store.apply(back).unwrap();
