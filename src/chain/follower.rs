@@ -911,6 +911,24 @@ mod tests {
         written(follower.tip_to_write(8, [8; 32], false).unwrap());
     }
 
+    /// A follower on a Redis store under `prefix`, and another replica's store on the same
+    /// Redis and prefix.
+    fn beside_another_replica(
+        redis: &crate::dev::TestRedis,
+        prefix: &str,
+    ) -> (
+        Arc<dyn crate::store::Store>,
+        Follower,
+        crate::store::RedisStore,
+    ) {
+        let url = redis.url.as_str();
+        let (store, follower) = follower_on(Arc::new(
+            crate::store::RedisStore::open(url, prefix).unwrap(),
+        ));
+        let other = crate::store::RedisStore::open(url, prefix).unwrap();
+        (store, follower, other)
+    }
+
     /// Replicas sharing Redis: this replica applies block A, whose tip another replica stored
     /// already, so it keeps that tip and guards its write on it. Before its rows land, another
     /// replica writes block B at the same height (a reorg it saw first): the write is refused,
@@ -922,10 +940,7 @@ mod tests {
     async fn a_blocks_rows_do_not_land_under_another_block_stored_at_its_height_meanwhile() {
         use crate::store::Store;
         let redis = crate::dev::test_redis().await;
-        let url = redis.url.as_str();
-        let (store, follower) =
-            follower_on(Arc::new(crate::store::RedisStore::open(url, "f:").unwrap()));
-        let other = crate::store::RedisStore::open(url, "f:").unwrap();
+        let (store, follower, other) = beside_another_replica(&redis, "f:");
         let stored_by_other = |tip: Tip| {
             other
                 .apply(Batch {
@@ -1028,10 +1043,7 @@ mod tests {
     async fn a_catch_ups_entries_do_not_land_over_a_block_applied_while_it_read() {
         use crate::store::Store;
         let redis = crate::dev::test_redis().await;
-        let url = redis.url.as_str();
-        let (store, follower) =
-            follower_on(Arc::new(crate::store::RedisStore::open(url, "c:").unwrap()));
-        let other = crate::store::RedisStore::open(url, "c:").unwrap();
+        let (store, follower, other) = beside_another_replica(&redis, "c:");
         let who: crate::stacks::Address =
             "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap();
         let stored = |tip: Tip, verified: bool| {

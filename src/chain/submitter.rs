@@ -1256,15 +1256,24 @@ mod tests {
         }
     }
 
+    /// A submitter (`submitter`) whose lease is kept on `redis`, and that coordinator.
+    fn submitter_on_redis(
+        redis: &crate::dev::TestRedis,
+        dir: &std::path::Path,
+    ) -> (Submitter, Arc<Coordinator>) {
+        let coordination = Arc::new(Coordinator::redis(&redis.url, "t:", 10).unwrap());
+        let mut sub = submitter(dir);
+        sub.coordination = coordination.clone();
+        (sub, coordination)
+    }
+
     /// A replica that stops lets the submitter's lease go: another submits at once, not once
     /// it lapses.
     #[tokio::test]
     async fn a_submitter_that_stops_lets_its_lease_go() {
         let redis = crate::dev::test_redis().await;
         let dir = tempfile::tempdir().unwrap();
-        let coordination = Arc::new(Coordinator::redis(&redis.url, "t:", 10).unwrap());
-        let mut sub = submitter(dir.path());
-        sub.coordination = coordination.clone();
+        let (mut sub, coordination) = submitter_on_redis(&redis, dir.path());
         sub.lease_ms = 60_000;
         let sub = Arc::new(sub);
         assert!(sub.hold_lease().await.unwrap());
@@ -1286,9 +1295,7 @@ mod tests {
     async fn a_lease_found_lost_is_not_taken_for_kept() {
         let redis = crate::dev::test_redis().await;
         let dir = tempfile::tempdir().unwrap();
-        let coordination = Arc::new(Coordinator::redis(&redis.url, "t:", 10).unwrap());
-        let mut sub = submitter(dir.path());
-        sub.coordination = coordination.clone();
+        let (mut sub, coordination) = submitter_on_redis(&redis, dir.path());
         sub.lease_ms = 600;
         assert!(sub.hold_lease().await.unwrap());
         sub.keep_lease().await.unwrap();

@@ -1336,6 +1336,32 @@ mod tests {
         );
     }
 
+    /// Writes (`Some`) or takes out (`None`) a row of `store`'s providers' table on `redis` as
+    /// another replica would, past `store`.
+    fn another_replicas_provider_rows(
+        redis: &crate::dev::TestRedis,
+        store: &RedisStore,
+    ) -> impl FnMut(&str, Option<&str>) {
+        let hash = store.key(PROVIDERS);
+        let mut conn = redis.connection();
+        move |k, v| {
+            let mut cmd = redis::cmd(if v.is_some() { "HSET" } else { "HDEL" });
+            cmd.arg(&hash).arg(k);
+            if let Some(v) = v {
+                cmd.arg(v);
+            }
+            let _: i64 = cmd.query(&mut conn).unwrap();
+        }
+    }
+
+    /// A row of `store`'s providers' table as `store` reads it (its copy in memory, or Redis).
+    fn provider_row(store: &RedisStore, k: &str) -> Option<String> {
+        store
+            .get_raw(PROVIDERS, k)
+            .unwrap()
+            .map(|v| String::from_utf8(v).unwrap())
+    }
+
     /// While a group of the writer's with chain-state rows may yet land (`forget`), those
     /// tables are read from the server each time, however often a row changes there (a copy of
     /// the group landing late); once a later group is written, reads are kept again.
@@ -1343,19 +1369,9 @@ mod tests {
     async fn chain_state_is_read_from_the_server_until_a_write_not_known_is_settled() {
         let redis = crate::dev::test_redis().await;
         let store = std::sync::Arc::new(RedisStore::open(redis.url.as_str(), "u:").unwrap());
-        let hash = store.key(PROVIDERS);
-        let mut conn = redis.connection();
-        let mut set = move |v: &str| {
-            let () = redis::cmd("HSET")
-                .arg(&hash)
-                .arg("k")
-                .arg(v)
-                .query(&mut conn)
-                .unwrap();
-        };
-        let get = |store: &RedisStore| {
-            String::from_utf8(store.get_raw(PROVIDERS, "k").unwrap().unwrap()).unwrap()
-        };
+        let mut put = another_replicas_provider_rows(&redis, &store);
+        let mut set = move |v: &str| put("k", Some(v));
+        let get = |store: &RedisStore| provider_row(store, "k").unwrap();
         set("1");
         assert_eq!(get(&store), "1");
         set("2");
@@ -1396,22 +1412,8 @@ mod tests {
     async fn chain_state_read_from_redis_is_kept_a_while_and_a_catch_up_drops_every_copy() {
         let redis = crate::dev::test_redis().await;
         let store = std::sync::Arc::new(RedisStore::open(redis.url.as_str(), "k:").unwrap());
-        let hash = store.key(PROVIDERS);
-        let mut conn = redis.connection();
-        let mut set = move |k: &str, v: Option<&str>| {
-            let mut cmd = redis::cmd(if v.is_some() { "HSET" } else { "HDEL" });
-            cmd.arg(&hash).arg(k);
-            if let Some(v) = v {
-                cmd.arg(v);
-            }
-            let _: i64 = cmd.query(&mut conn).unwrap();
-        };
-        let get = |store: &RedisStore, k: &str| {
-            store
-                .get_raw(PROVIDERS, k)
-                .unwrap()
-                .map(|v| String::from_utf8(v).unwrap())
-        };
+        let mut set = another_replicas_provider_rows(&redis, &store);
+        let get = provider_row;
         let apply = |batch: Batch| {
             let writer = store.clone();
             tokio::task::spawn_blocking(move || writer.apply(batch))
