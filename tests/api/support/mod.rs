@@ -667,9 +667,12 @@ impl Scrape {
 
     /// Asserts the store's group commits were seen by `writer` (`journal` or `redis`, and not
     /// the other): its writes' histogram, and one observation of batches per group (made right
-    /// after its write's: a scrape between the two sees one fewer) that carried at least
-    /// `batches`, each of whose waits for its group was observed (when the writer took it,
-    /// before its group's write). Returns the groups counted.
+    /// after its write's; the exposition reads the writes before the batches, so a group
+    /// observed while a scrape renders shows one more or one fewer) that carried at least
+    /// `batches`, each of whose waits for its group was observed (when the writer first took
+    /// it, before its group's write: a batch sent again in a later group, behind another
+    /// batch's refused claim or a lost answer, is carried twice and waited once). Returns the
+    /// groups counted.
     pub fn assert_group_commits(&self, writer: &str, batches: f64) -> f64 {
         let m = &self.0;
         let groups = self.value(&format!(
@@ -677,11 +680,11 @@ impl Scrape {
         ));
         assert!(groups >= 1.0, "{m}");
         let counted = self.value("breakglass_store_group_batches_count");
-        assert!(counted == groups || counted + 1.0 == groups, "{m}");
+        assert!((counted - groups).abs() <= 1.0, "{m}");
         let carried = self.value("breakglass_store_group_batches_sum");
         assert!(carried >= batches, "{m}");
         let waited = self.value("breakglass_store_batch_wait_duration_seconds_count");
-        assert!(waited >= carried, "{m}");
+        assert!(waited >= batches, "{m}");
         let other = if writer == "journal" {
             "redis"
         } else {
