@@ -1,6 +1,7 @@
 //! The shared store of many replicas: the same tables and rows as the embedded store
 //! (`schema.rs`), each table one Redis hash (`<prefix><table>`), but the index of the audit
-//! log by access, a sorted set (`SORTED`). Durable before it answers
+//! log by access, a sorted set (`SORTED`); the operations' ids are also kept as one, to read a
+//! family of them by prefix (`NAMED`). Durable before it answers
 //! only on a server that syncs its append-only file on every write (`appendonly yes`,
 //! `appendfsync always`: Redis then syncs once per event loop, a group commit), its rewrites
 //! of that file included (`no-appendfsync-on-rewrite no`); `open` says so in the log when the
@@ -157,8 +158,9 @@ pub struct RedisStore {
     thread: Option<JoinHandle<()>>,
     /// Whether reads ask the server (`QUIET_AFTER_TIMEOUT`).
     quiet: Mutex<Quiet>,
-    /// Whether this process made the open indexes whole (`open_index_rows`): at the first
-    /// read of one, since the server may be away when the store opens.
+    /// Whether this process made the open indexes and the operations' names whole
+    /// (`open_indexed`): at the first read of one, since the server may be away when the
+    /// store opens.
     indexed: std::sync::atomic::AtomicBool,
     /// Whether this process moved sorted tables an earlier version kept as hashes
     /// (`sorted_whole`).
@@ -616,10 +618,25 @@ fn table_key(prefix: &str, table: Table) -> String {
     }
 }
 
+/// Tables kept as a hash whose keys are also kept, beside it, as a sorted set of names
+/// (`<prefix>names:<table>`, each scored 0, so ordered by its bytes), written with the rows in
+/// the same script: read by key prefix with `ZRANGEBYLEX` and `HMGET`, not an `HSCAN MATCH`
+/// over every row. The operations: one a grant (its chain record), read by a family's prefix
+/// (the anchors, a patient's summary hashes), which walked every operation ever made (~2.2 s
+/// at a million, each read). A store written before has no names: each process builds what
+/// they lack at its first read of an index (`open_indexed`), as it does the open indexes.
+const NAMED: [Table; 1] = [SUBMISSIONS];
+
+/// Where the names of `table`'s rows are kept under `prefix` (`NAMED`).
+fn names_key(prefix: &str, table: Table) -> String {
+    format!("{prefix}names:{table}")
+}
+
 /// Adds `rows` to a `conditional` script's call, each run of rows of one table and one kind
 /// (set, delete) as one command: its table's key; `HSET` or `HDEL` (`ZADD` or `ZREM` for a
 /// sorted table), how many arguments follow, and the fields with their values (members with
-/// their score) as arguments. Runs keep the rows' order, so a later write of a row wins.
+/// their score) as arguments; a named table's run (`NAMED`) is followed by its names' (`ZADD`
+/// or `ZREM`). Runs keep the rows' order, so a later write of a row wins.
 pub(super) fn push_rows(call: &mut Call, prefix: &str, rows: &Rows) {
     let mut start = 0;
     while start < rows.len() {
@@ -652,6 +669,20 @@ pub(super) fn push_rows(call: &mut Call, prefix: &str, rows: &Rows) {
                 .arg(run.len());
             for (_, key, _) in run {
                 call.arg(key);
+            }
+        }
+        if NAMED.contains(table) {
+            call.key(names_key(prefix, table));
+            if sets {
+                call.arg("ZADD").arg(2 * run.len());
+                for (_, key, _) in run {
+                    call.arg(0).arg(key);
+                }
+            } else {
+                call.arg("ZREM").arg(run.len());
+                for (_, key, _) in run {
+                    call.arg(key);
+                }
             }
         }
         start = end;
@@ -854,8 +885,9 @@ impl RowSource for RedisStore {
         Ok(out)
     }
 
-    /// Once a process, at its first read of an index: replicas of an earlier version (during
-    /// a rolling upgrade) write no index rows, so one mark for the store would not do.
+    /// Once a process, at its first read of an index (the open indexes, or the operations'
+    /// names: `NAMED`): replicas of an earlier version (during a rolling upgrade) write no
+    /// index rows, so one mark for the store would not do.
     fn open_indexed(&self) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering;
         if self.indexed.load(Ordering::Acquire) {
@@ -864,7 +896,8 @@ impl RowSource for RedisStore {
         // another replica may build them at the same time, from the same rows; an operation
         // closed meanwhile may stay named (the reads skip it), an open one is never left out
         // (a write of it since names it itself)
-        let mut rows = open_index_rows(&self.scan(SUBMISSIONS)?, &self.scan(NOTICES)?)?;
+        let submissions = self.scan(SUBMISSIONS)?;
+        let mut rows = open_index_rows(&submissions, &self.scan(NOTICES)?)?;
         // only what they lack (as a rule nothing: every write names its own rows), so that a
         // server that refuses writes (full) is still read
         let mut named = std::collections::HashSet::new();
@@ -872,7 +905,16 @@ impl RowSource for RedisStore {
             named.extend(self.scan(index)?.into_iter().map(|(k, _)| (index, k)));
         }
         rows.retain(|(table, key, _)| !named.contains(&(*table, key.clone())));
-        if !rows.is_empty() {
+        // and the operations' names (`NAMED`), those they lack
+        let names = names_key(&self.prefix, SUBMISSIONS);
+        let listed: std::collections::HashSet<String> =
+            self.lex_range(&names, "")?.into_iter().collect();
+        let unnamed: Vec<&str> = submissions
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !listed.contains(*k))
+            .collect();
+        if !rows.is_empty() || !unnamed.is_empty() {
             let mut pipe = redis::pipe();
             for (table, key, value) in &rows {
                 let value = value.as_deref().unwrap_or_default();
@@ -881,6 +923,10 @@ impl RowSource for RedisStore {
                 } else {
                     pipe.hset(self.key(table), key, value).ignore();
                 }
+            }
+            for page in unnamed.chunks(UNPACKED) {
+                let members: Vec<(u8, &str)> = page.iter().map(|k| (0, *k)).collect();
+                pipe.zadd_multiple(&names, &members).ignore();
             }
             self.read(|c| pipe.query::<()>(c))?;
         }
@@ -962,6 +1008,17 @@ return n",
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         if SORTED.contains(&table) {
             return self.scan_sorted(table, prefix);
+        }
+        if NAMED.contains(&table) {
+            // (names a process found missing are added by its first read of an index)
+            self.open_indexed()?;
+            let keys = self.lex_range(&names_key(&self.prefix, table), prefix)?;
+            let values = self.get_many(table, &keys)?;
+            return Ok(keys
+                .into_iter()
+                .zip(values)
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect());
         }
         // keys here hold no glob characters
         self.scan_matching(table, &format!("{prefix}*"))
@@ -1068,7 +1125,17 @@ impl RedisStore {
         prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.sorted_whole()?;
-        let set = self.key(table);
+        Ok(self
+            .lex_range(&self.key(table), prefix)?
+            .into_iter()
+            .map(|k| (k, Vec::new()))
+            .collect())
+    }
+
+    /// The members of sorted set `set` (each scored 0) that start with `prefix` (ASCII, as
+    /// every key is), in their order: `ZRANGEBYLEX`, a thousand a step, each step after the
+    /// last.
+    fn lex_range(&self, set: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
         let (mut min, max) = if prefix.is_empty() {
             ("-".to_string(), "+".to_string())
         } else {
@@ -1078,7 +1145,7 @@ impl RedisStore {
         loop {
             let page: Vec<String> = self.read(|c| {
                 redis::cmd("ZRANGEBYLEX")
-                    .arg(&set)
+                    .arg(set)
                     .arg(&min)
                     .arg(&max)
                     .arg("LIMIT")
@@ -1090,7 +1157,7 @@ impl RedisStore {
             if let Some(key) = page.last() {
                 min = format!("({key}");
             }
-            rows.extend(page.into_iter().map(|k| (k, Vec::new())));
+            rows.extend(page);
             if last {
                 return Ok(rows);
             }

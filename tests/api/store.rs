@@ -1613,17 +1613,7 @@ async fn a_grants_group_reads_and_sets_its_writers_mark_with_the_audit_head() {
         .query(&mut conn)
         .unwrap();
     store.apply(st1_grant(2)).unwrap();
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn)
-        .unwrap();
-    let calls = |command: &str| -> u64 {
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-            .and_then(|rest| rest.split(',').next()?.parse().ok())
-            .unwrap_or(0)
-    };
+    let (calls, stats) = command_calls(&mut conn);
     assert_eq!(calls("hget"), 0, "no field read alone: {stats}");
     assert_eq!(
         calls("hmget"),
@@ -1645,6 +1635,20 @@ async fn a_grants_group_reads_and_sets_its_writers_mark_with_the_audit_head() {
         "the writer's mark names its second group: {meta:?}"
     );
     assert_eq!(one_chain(&store), vec!["w0-1", "w0-2"], "each entry once");
+}
+
+/// How many times the server ran each command since its last `CONFIG RESETSTAT` (by its
+/// lower-case name), and the `INFO commandstats` that says so.
+fn command_calls(conn: &mut redis::Connection) -> (impl Fn(&str) -> u64, String) {
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    let text = stats.clone();
+    let calls = move |command: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (calls, stats)
 }
 
 /// A batch with audit events under a lease (a notice's outcome, recorded with its audit entry)
@@ -1898,6 +1902,106 @@ fn redis_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
 /// refuses a write whole: nothing of it lands (not the operation it closes, not that
 /// operation's row in the open index, not its audit entry), the store says why (`writable`)
 /// and reads go on; once the server has room, the same write lands, linked on the same log.
+/// On Redis the operations of one family (a patient's summary hashes, the anchors) are read
+/// through the names kept beside the table (`ZRANGEBYLEX`, then those rows), not by walking
+/// every operation ever made (one a grant); a store written before the names has them made
+/// by a process's first read.
+#[test]
+fn redis_reads_a_family_of_operations_by_their_names_and_names_those_of_an_older_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let mut conn = server.connection();
+    let ids = |ops: Vec<Submission>| ops.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    let records = (0..2_000u64).map(|i| format!("record:{i:05}"));
+    let family = [
+        "summary:p1:aa",
+        "summary:p1:bb",
+        "summary:p2:aa",
+        "anchor:1",
+    ];
+    {
+        let store = RedisStore::open(&server.url(), "named:").unwrap();
+        for (at, chunk) in records
+            .chain(family.map(String::from))
+            .collect::<Vec<_>>()
+            .chunks(500)
+            .enumerate()
+        {
+            let submissions = chunk
+                .iter()
+                .map(|id| submission(id, SubmissionState::Pending, at as u64))
+                .collect();
+            store
+                .apply(Batch {
+                    submissions,
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        // a later write of one (sent) leaves it named once, with its new value
+        store
+            .apply(Batch {
+                submissions: vec![submission("summary:p1:bb", sent("t1"), 9)],
+                ..Batch::default()
+            })
+            .unwrap();
+        store.open_submissions().unwrap();
+        let () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut conn)
+            .unwrap();
+        let p1 = store.submissions_prefixed("summary:p1:").unwrap();
+        assert_eq!(ids(p1.clone()), ["summary:p1:aa", "summary:p1:bb"]);
+        assert_eq!(p1[1].state, sent("t1"));
+        assert_eq!(
+            ids(store.submissions_prefixed("anchor:").unwrap()),
+            ["anchor:1"]
+        );
+        assert!(store
+            .submissions_prefixed("summary:p3:")
+            .unwrap()
+            .is_empty());
+        let (calls, stats) = command_calls(&mut conn);
+        assert_eq!(calls("hscan"), 0, "no operation walked: {stats}");
+        assert_eq!(calls("zrangebylex"), 3, "a read of names each: {stats}");
+        // one made after the process's first read is named by its own write
+        store
+            .apply(Batch {
+                submissions: vec![submission("summary:p1:cc", SubmissionState::Pending, 10)],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(
+            ids(store.submissions_prefixed("summary:p1:").unwrap()),
+            ["summary:p1:aa", "summary:p1:bb", "summary:p1:cc"]
+        );
+    }
+    let names = |conn: &mut redis::Connection| -> u64 {
+        redis::cmd("ZCARD")
+            .arg("named:names:submissions")
+            .query(conn)
+            .unwrap()
+    };
+    assert_eq!(names(&mut conn), 2_005, "each operation named once");
+    // as a store of an earlier version left them: no names (or some missing)
+    let () = redis::cmd("DEL")
+        .arg("named:names:submissions")
+        .query(&mut conn)
+        .unwrap();
+    let store = RedisStore::open(&server.url(), "named:").unwrap();
+    assert_eq!(
+        ids(store.submissions_prefixed("summary:p").unwrap()),
+        [
+            "summary:p1:aa",
+            "summary:p2:aa",
+            "summary:p1:bb",
+            "summary:p1:cc"
+        ],
+        "oldest first"
+    );
+    assert_eq!(names(&mut conn), 2_005, "named by its first read");
+}
+
 #[test]
 fn a_full_redis_refuses_a_write_whole_and_takes_it_once_it_has_room() {
     let dir = tempfile::tempdir().unwrap();
