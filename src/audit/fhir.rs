@@ -510,6 +510,21 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
                     .collect(),
             )],
         ),
+        // a process logged as gone that runs again: an application start of the same process,
+        // with when it last said it ran before
+        Event::Resume { replica, since } => (
+            dcm("110100", "Application Activity"),
+            vec![dcm("110120", "Application Start"), kind],
+            "E",
+            "0",
+            None,
+            false,
+            vec![application_agent(&service)],
+            vec![replica_entity(
+                replica,
+                vec![detail("last-seen", &instant_ms(*since))],
+            )],
+        ),
         Event::ChainFailure {
             operation,
             contract,

@@ -199,6 +199,12 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lost: Option<u64>,
     },
+    /// A process whose end another logged (a `stop` with `lost`) runs again: it was paused, or
+    /// cut off from the store, past `audit::replicas::LOST_AFTER_LEASES` leases, and found its
+    /// row taken out at its next renewal, which writes it back with this entry. `since`: when
+    /// it last said it ran before (unix ms, its clock: the `lost` of that stop). Its later stop
+    /// is logged as any other.
+    Resume { replica: String, since: u64 },
     /// One of the service's chain operations failed (its state `Failed`: the contract
     /// refused it when mined, it could not be signed, or whether it ran cannot be told), or,
     /// `cleared`, such a failure no longer holds (a reorg abandoned the block that refused it:
@@ -263,7 +269,10 @@ impl Event {
             | Event::Verdict { access, .. }
             | Event::View { access, .. } => Some(*access),
             Event::ChainFailure { access, .. } => *access,
-            Event::Start { .. } | Event::Stop { .. } | Event::Rekey { .. } => None,
+            Event::Start { .. }
+            | Event::Stop { .. }
+            | Event::Resume { .. }
+            | Event::Rekey { .. } => None,
             // a token's id is its access's id
             Event::Introspection { jti, .. }
             | Event::Revocation { jti, .. }
@@ -293,6 +302,7 @@ impl Event {
             Event::ChainFailure { .. } => "chain-failure",
             Event::Start { .. } => "start",
             Event::Stop { .. } => "stop",
+            Event::Resume { .. } => "resume",
             Event::Rekey { .. } => "rekey",
         }
     }

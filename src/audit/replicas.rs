@@ -10,8 +10,9 @@
 //! and a store away for a while refuses every renewal), is a process gone: the replica that
 //! holds the lease `LEASE` (one at a time) logs its end and takes its row out in one write,
 //! fenced (a replica paused past its lease writes nothing), so each end is logged once. A
-//! replica paused that long (a frozen VM, cut off from the store) is logged as lost, and its
-//! row comes back with its next renewal (its later stop is logged too). Each process looks once
+//! replica paused that long (a frozen VM, cut off from the store) is logged as lost; its next
+//! renewal finds its row taken out and writes it back with a `resume` entry (its later stop is
+//! logged too). Each process looks once
 //! at its start, before it serves: one process on its own store (the embedded one, whose file
 //! only it can open) logs the processes before it that left a row as lost then, at once (no
 //! other runs).
@@ -170,15 +171,16 @@ impl Replicas {
     /// Renews this process's row and logs the ends of those gone, every `beat_every`, until
     /// `stop` (sent once nothing else runs in the process: then the stop's write takes the row
     /// out, and the row is not renewed after it). While its own renewal is refused (the store
-    /// away, or taking no writes), it takes no other for gone: theirs are refused too.
+    /// away, or taking no writes), it takes no other for gone: theirs are refused too. Each
+    /// renewal after the first is written over the row as this process last wrote it: one
+    /// found taken out (another logged this process's end: it was paused, or cut off from the
+    /// store, that long) is written back with a `resume` entry (`renewed`).
     pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut written: Option<ReplicaSeen> = None;
         loop {
-            let beat = Batch {
-                replicas: vec![self.seen(crate::clock::now_ms())],
-                ..Batch::default()
-            };
-            match apply_async(&self.store, beat).await {
-                Ok(()) => {
+            match self.renewed(written.as_ref()).await {
+                Ok(row) => {
+                    written = Some(row);
                     if let Err(e) = self.log_lost().await {
                         tracing::warn!(error = %e, "the ends of processes gone could not be logged");
                     }
@@ -194,6 +196,62 @@ impl Replicas {
             }
         }
     }
+}
+
+impl Replicas {
+    /// This process's row written anew: over `before` (as this process last wrote it) if
+    /// given, else whatever the store holds. Found taken out, its end logged by another, it is
+    /// written back with a `resume` entry, only while still absent; found otherwise changed
+    /// (a renewal whose answer was lost, landed after all), written over as it is.
+    async fn renewed(&self, before: Option<&ReplicaSeen>) -> Result<ReplicaSeen, StoreError> {
+        let (id, row) = self.seen(crate::clock::now_ms());
+        let seen = row.clone().expect("a row this process runs with");
+        let guarded = |held: Option<Vec<u8>>| {
+            Some(Guard {
+                replica: Some((id.clone(), held)),
+                ..Guard::default()
+            })
+        };
+        let beat = Batch {
+            replicas: vec![(id.clone(), row.clone())],
+            guard: before.and_then(|b| guarded(Some(row_bytes(b)))),
+            ..Batch::default()
+        };
+        match apply_async(&self.store, beat).await {
+            Err(StoreError::Guarded(Guarded::Changed)) => {}
+            done => return done.map(|()| seen),
+        }
+        let since = before.map_or(0, |b| b.seen_ms);
+        let back = Batch {
+            audit: vec![Record::now(Event::Resume {
+                replica: id.clone(),
+                since,
+            })],
+            replicas: vec![(id.clone(), row.clone())],
+            guard: guarded(None),
+            ..Batch::default()
+        };
+        match apply_async(&self.store, back).await {
+            Ok(()) => {
+                tracing::warn!(replica = %id, since, "this process was logged as gone (paused, or cut off from the store, too long): it runs again, logged");
+                Ok(seen)
+            }
+            // not taken out, but not as this process wrote it: a renewal whose answer was lost
+            Err(StoreError::Guarded(Guarded::Changed)) => {
+                let again = Batch {
+                    replicas: vec![(id, row)],
+                    ..Batch::default()
+                };
+                apply_async(&self.store, again).await.map(|()| seen)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A row's bytes as the store holds them (`Store::replicas`, `ReplicaRow::bytes`).
+fn row_bytes(seen: &ReplicaSeen) -> Vec<u8> {
+    serde_json::to_vec(seen).unwrap_or_default()
 }
 
 /// The other replicas' rows as this one read them: each one's last bytes and since when (by
@@ -286,6 +344,15 @@ mod tests {
         )
     }
 
+    /// Writes `rows` (replicas' rows) as they are.
+    async fn write(store: &Arc<dyn Store>, rows: Vec<(String, Option<ReplicaSeen>)>) {
+        let batch = Batch {
+            replicas: rows,
+            ..Batch::default()
+        };
+        apply_async(store, batch).await.unwrap()
+    }
+
     /// `row` as `Store::replicas` reads it back.
     fn read_as((id, seen): (String, Option<ReplicaSeen>)) -> ReplicaRow {
         let seen = seen.unwrap();
@@ -316,17 +383,7 @@ mod tests {
                 })
             })
             .collect();
-        let write = async |rows| {
-            apply_async(
-                &store,
-                Batch {
-                    replicas: rows,
-                    ..Batch::default()
-                },
-            )
-            .await
-            .unwrap()
-        };
+        let write = async |rows| write(&store, rows).await;
         let look = async || -> usize {
             futures_util::future::join_all(looking.iter().map(|r| r.log_lost()))
                 .await
@@ -406,6 +463,85 @@ mod tests {
             ]
         );
         assert!(ids(store.as_ref()).is_empty());
+    }
+
+    /// A process whose end another logged (paused, or cut off from the store, past the time)
+    /// writes its row back at its next renewal, with a `resume` entry, once; a renewal whose
+    /// answer was lost (the row not as this process thought it left it, but there) is no
+    /// resume.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_process_logged_as_gone_that_runs_again_logs_its_resume() {
+        let redis = crate::dev::test_redis().await;
+        let store: Arc<dyn Store> = Arc::new(RedisStore::open(redis.url.as_str(), "rs:").unwrap());
+        let coordination = Arc::new(Coordinator::redis(redis.url.as_str(), "rs:", 10).unwrap());
+        let me = Arc::new(Replicas {
+            me: "me".into(),
+            ..Replicas::new(store.clone(), coordination, "0.1.0+test", 300)
+        });
+        let resumes = |store: &dyn Store| -> Vec<(String, u64)> {
+            let head = store.audit_head().unwrap().map_or(0, |h| h.seq);
+            store
+                .audit_entries(1, head as usize)
+                .unwrap()
+                .iter()
+                .filter_map(|e| match e.parsed().unwrap() {
+                    Event::Resume { replica, since } => Some((replica, since)),
+                    _ => None,
+                })
+                .collect()
+        };
+        // its end logged by another, as `log_lost` writes it
+        let taken_out = async |seen: &ReplicaSeen| {
+            let end = Batch {
+                audit: vec![Record::now(Event::Stop {
+                    replica: "me".into(),
+                    lost: Some(seen.seen_ms),
+                })],
+                replicas: vec![("me".into(), None)],
+                guard: Some(Guard {
+                    replica: Some(("me".into(), Some(row_bytes(seen)))),
+                    ..Guard::default()
+                }),
+                ..Batch::default()
+            };
+            apply_async(&store, end).await
+        };
+        let first = me.renewed(None).await.unwrap();
+        let second = me.renewed(Some(&first)).await.unwrap();
+        assert!(resumes(store.as_ref()).is_empty(), "renewed as it was");
+        taken_out(&second).await.unwrap();
+        assert!(ids(store.as_ref()).is_empty());
+        let third = me.renewed(Some(&second)).await.unwrap();
+        assert_eq!(ids(store.as_ref()), ["me"], "its row back");
+        assert_eq!(
+            resumes(store.as_ref()),
+            [("me".to_string(), second.seen_ms)],
+            "since it last said it ran"
+        );
+        assert_eq!(
+            ends(store.as_ref()),
+            [("me".to_string(), Some(second.seen_ms))]
+        );
+        // a renewal that landed though its answer was lost: the row is not `third`, but there
+        write(&store, vec![row("me", third.seen_ms + 1)]).await;
+        me.renewed(Some(&third)).await.unwrap();
+        assert_eq!(resumes(store.as_ref()).len(), 1, "no resume");
+        // the renewals' loop does the same
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(me.clone().run(stopped));
+        // (taken out as read: a renewal between the read and the write refuses it, read again)
+        while taken_out(&store.replicas().unwrap().pop().unwrap().seen)
+            .await
+            .is_err()
+        {}
+        let until = Instant::now() + Duration::from_secs(10);
+        while resumes(store.as_ref()).len() < 2 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(resumes(store.as_ref()).len(), 2, "its next renewal's");
+        assert_eq!(ids(store.as_ref()), ["me"]);
+        stop.send(true).unwrap();
+        running.await.unwrap();
     }
 
     /// What a replica read before a read that failed (the store away: every renewal refused

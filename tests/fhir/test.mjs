@@ -27,18 +27,19 @@ function validate(file) {
   return { status: r.status, lines, stderr: r.stderr, last: lines[lines.length - 1] };
 }
 
-const KINDS = ['grant', 'introspection', 'refusal', 'notice', 'sign-in', 'verdict', 'revocation', 'read', 'read-refusal', 'view', 'sign-out', 'import', 'chain-failure', 'start', 'stop', 'rekey'];
+const KINDS = ['grant', 'introspection', 'refusal', 'notice', 'sign-in', 'verdict', 'revocation', 'read', 'read-refusal', 'view', 'sign-out', 'import', 'chain-failure', 'start', 'stop', 'resume', 'rekey'];
 // BALP.md's examples: good.ndjson's first seven lines (one per kind), then the two read kinds'
 // (lines 13 and 14, after the variants 8 to 12), a reviewer's view (16: an admin client's is
 // 17), a sign-out (18), a summary's import (19: a directory's is 20) and a verdict's chain
-// failure (23: an anchor's is 24, a cleared one 25), a start (26), a stop (27) and a rekey (28)
-const EXAMPLE_LINES = [1, 2, 3, 4, 5, 6, 7, 13, 14, 16, 18, 19, 23, 26, 27, 28];
+// failure (23: an anchor's is 24, a cleared one 25), a start (26), a stop (27), a rekey (28)
+// and a resume (31)
+const EXAMPLE_LINES = [1, 2, 3, 4, 5, 6, 7, 13, 14, 16, 18, 19, 23, 26, 27, 28, 31];
 const kindOf = (r) => r.subtype.find((c) => c.system === 'https://breakglass.example/fhir/CodeSystem/audit-kind').code;
 
 test('good.ndjson: every line is valid FHIR R4 and has its BALP.md shape', () => {
   const r = validate(sample('good.ndjson'));
   assert.equal(r.stderr, '');
-  assert.deepEqual(r.lines, ['30 passed, 0 failed']);
+  assert.deepEqual(r.lines, ['31 passed, 0 failed']);
   assert.equal(r.status, 0);
   const kinds = ndjson(sample('good.ndjson')).map((l) => kindOf(JSON.parse(l)));
   for (const k of KINDS) assert.ok(kinds.includes(k), `good.ndjson has a ${k}`);
@@ -115,7 +116,7 @@ test('an empty export is valid', () => {
   assert.equal(r.status, 0);
 });
 
-test("BALP.md's examples are good.ndjson's first seven lines and lines 13, 14, 16, 18, 19, 23, 26, 27 and 28, one per kind", () => {
+test("BALP.md's examples are good.ndjson's first seven lines and lines 13, 14, 16, 18, 19, 23, 26, 27, 28 and 31, one per kind", () => {
   const md = readFileSync(join(here, 'BALP.md'), 'utf8');
   const examples = [...md.matchAll(/```json\n([\s\S]*?)\n```/g)]
     .map((m) => JSON.parse(m[1]))

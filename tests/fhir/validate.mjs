@@ -12,8 +12,8 @@
 //   [json]   FHIR JSON rules neither checks: no null, no empty string/array/object (ele-1),
 //            an extension has a value or extensions but not both (ext-1)
 //   [balp]   BALP.md: per kind (grant, refusal, introspection, revocation, notice, sign-in,
-//            sign-out, verdict, view, import, chain-failure, start, stop, rekey, read,
-//            read-refusal) the type, subtypes, action, outcome,
+//            sign-out, verdict, view, import, chain-failure, start, stop, resume, rekey,
+//            read, read-refusal) the type, subtypes, action, outcome,
 //            purposeOfUse/purposeOfEvent BTG, the agents, the patient entity and the other
 //            entities, and the log-entry extension (seq, hash, prev; consecutive entries must link)
 // Exit 0 and "N passed, 0 failed" when every line passes; otherwise each failure as
@@ -403,7 +403,7 @@ function checkQueryEntity(s, r, what) {
   return [e, epath, s.details(epath, e)];
 }
 
-// a start's or stop's type, subtype, outcome, the service as the application, and its process
+// a start's, stop's or resume's type, subtype, outcome, the service as the application, and its process
 // entity (`checkReplicaEntity`): returns [path, details] of that entity
 function checkApplicationActivity(s, r, subtype, outcome = '0', desc = undefined) {
   s.coding('AuditEvent.type', r.type, C.appActivity);
@@ -413,7 +413,7 @@ function checkApplicationActivity(s, r, subtype, outcome = '0', desc = undefined
   return checkReplicaEntity(s, r);
 }
 
-// the one process entity of a start or stop (System Object, Domain Resource, a replica's id);
+// the one process entity of a start, stop or resume (System Object, Domain Resource, a replica's id);
 // no patient, no other entity. Returns [path, details]
 function checkReplicaEntity(s, r) {
   const list = entitiesWith(r, C.roleDomainResource);
@@ -773,6 +773,15 @@ const KINDS = {
     s.one(epath, details, 'last-seen', (v) => realInstant(v) && v <= r.recorded, 'an instant like 2026-01-09T10:30:00.000Z, no later than recorded');
   },
 
+  // a process whose end another logged (a lost stop) runs again: an application start of that
+  // process, with when it last said it ran before (no later than recorded)
+  resume(s, r) {
+    const [epath, details] = checkApplicationActivity(s, r, C.appStart);
+    if (!details) return;
+    if (details.size !== 1) s.fail(epath, 'a resume has one detail, last-seen');
+    s.one(epath, details, 'last-seen', (v) => realInstant(v) && v <= r.recorded, 'an instant like 2026-01-09T10:30:00.000Z, no later than recorded');
+  },
+
   read(s, r) {
     s.coding('AuditEvent.type', r.type, C.rest);
     s.codings('AuditEvent.subtype', r.subtype, [C.searchType]);
@@ -809,7 +818,7 @@ const KINDS = {
 const ACTION = {
   grant: 'E', refusal: 'E', introspection: 'E', revocation: 'E', notice: 'R', 'sign-in': 'E', verdict: 'C',
   read: 'E', 'read-refusal': 'E', view: 'R', 'sign-out': 'E', import: 'C', 'chain-failure': 'C',
-  start: 'E', stop: 'E', rekey: 'U',
+  start: 'E', stop: 'E', resume: 'E', rekey: 'U',
 };
 
 // The BALP.md checks of one AuditEvent. Returns {messages, entry: {seq, hash, prev} | undefined}.
@@ -875,8 +884,8 @@ export function balpMessages(r) {
   // every event of a break-glass access carries BTG; sign-ins, sign-outs, imports, starts,
   // stops and rekeys are of none (a chain failure's kind checks its own: BTG when it is an access's
   // operation)
-  if (['start', 'stop', 'rekey'].includes(kind) && r.purposeOfEvent !== undefined) s.fail('AuditEvent.purposeOfEvent', `a ${kind} is of no break-glass access: none`);
-  if (!['sign-in', 'sign-out', 'import', 'chain-failure', 'start', 'stop', 'rekey'].includes(kind)) s.btg('AuditEvent.purposeOfEvent', r.purposeOfEvent);
+  if (['start', 'stop', 'resume', 'rekey'].includes(kind) && r.purposeOfEvent !== undefined) s.fail('AuditEvent.purposeOfEvent', `a ${kind} is of no break-glass access: none`);
+  if (!['sign-in', 'sign-out', 'import', 'chain-failure', 'start', 'stop', 'resume', 'rekey'].includes(kind)) s.btg('AuditEvent.purposeOfEvent', r.purposeOfEvent);
   if (arr(r.agent).filter((a) => a && a.requestor === true).length !== 1) {
     s.fail('AuditEvent.agent', 'exactly one agent is the requestor');
   }
