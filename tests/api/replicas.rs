@@ -1025,43 +1025,98 @@ async fn two_replicas_grant_record_and_notify_each_access_once_through_a_sigkill
 
     // the killed replica's end is in the log once, logged by the other (`lost`: when it was
     // last seen, before the kill); no other process is logged as gone
-    let stops = || logged(&store, "stop");
-    let started: Vec<String> = logged(&store, "start")
-        .into_iter()
-        .filter_map(|e| match e {
-            breakglass::audit::Event::Start { replica, .. } => Some(replica),
-            _ => None,
-        })
-        .collect();
-    let killed = started
-        .iter()
-        .find(|r| r.split(':').nth(1) == Some(killed_pid.to_string().as_str()))
-        .expect("the killed replica's start")
-        .clone();
+    let killed = started_as(&store, killed_pid);
     let lost = eventually("the killed replica's end logged", SECS, async || {
-        let lost: Vec<(String, u64)> = stops()
-            .into_iter()
-            .filter_map(|e| match e {
-                breakglass::audit::Event::Stop {
-                    replica,
-                    lost: Some(seen),
-                } => Some((replica, seen)),
-                _ => None,
-            })
-            .collect();
+        let lost = gone_or_resumed(&store, "stop");
         (!lost.is_empty()).then_some(lost)
     })
     .await;
     assert_eq!(lost.len(), 1, "{lost:?}");
     // and none after it (the survivor keeps looking)
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let again: Vec<_> = stops()
-        .into_iter()
-        .filter(|e| matches!(e, breakglass::audit::Event::Stop { lost: Some(_), .. }))
-        .collect();
+    let again = gone_or_resumed(&store, "stop");
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(lost[0].0, killed);
     assert!(lost[0].1 <= killed_at, "last seen before the kill");
+}
+
+/// The id of the process `pid` that logged its start in `store`.
+fn started_as(store: &dyn breakglass::store::Store, pid: u32) -> String {
+    logged(store, "start")
+        .into_iter()
+        .find_map(|e| match e {
+            breakglass::audit::Event::Start { replica, .. }
+                if replica.split(':').nth(1) == Some(pid.to_string().as_str()) =>
+            {
+                Some(replica)
+            }
+            _ => None,
+        })
+        .expect("the process's start")
+}
+
+/// The processes `store`'s log has as gone (`kind` "stop": those with `lost`, when each was
+/// last seen) or as running again ("resume": since when), each with that time, oldest first.
+fn gone_or_resumed(store: &dyn breakglass::store::Store, kind: &str) -> Vec<(String, u64)> {
+    logged(store, kind)
+        .into_iter()
+        .filter_map(|e| match e {
+            breakglass::audit::Event::Stop {
+                replica,
+                lost: Some(seen),
+            } => Some((replica, seen)),
+            breakglass::audit::Event::Resume { replica, since } => Some((replica, since)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A replica paused (a frozen VM) past three leases is logged as gone by the other (a `stop`
+/// with `lost`); once it runs again, its next renewal writes its row back with a `resume`
+/// (when it last said it ran before), once, and it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_past_three_leases_is_logged_as_gone_then_as_resumed() {
+    let c = Cluster::start(2).await;
+    let store = breakglass::store::RedisStore::open(&c.redis.url(), "breakglass:").unwrap();
+    let pid = c.replicas[1].child.as_ref().unwrap().id().unwrap();
+    let paused = started_as(&store, pid);
+    let signal = |signal| {
+        rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), signal)
+            .unwrap()
+    };
+    signal(rustix::process::Signal::STOP);
+    let paused_at = breakglass::clock::now_ms();
+    let ends = || gone_or_resumed(&store, "stop");
+    // three leases of 1 s unchanged, read by the other
+    let lost = eventually("its end logged by the other", SECS, async || {
+        let lost = ends();
+        (!lost.is_empty()).then_some(lost)
+    })
+    .await;
+    signal(rustix::process::Signal::CONT);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].0, paused);
+    assert!(lost[0].1 <= paused_at, "last seen before the pause");
+    let resumes = || gone_or_resumed(&store, "resume");
+    let resumed = eventually("its resume", SECS, async || {
+        let r = resumes();
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(
+        resumed,
+        [(paused.clone(), lost[0].1)],
+        "since it was last seen"
+    );
+    c.ready(1).await;
+    // once: renewed since as any other, not logged gone again
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(resumes().len(), 1);
+    assert_eq!(ends().len(), 1);
+    assert!(breakglass::store::Store::replicas(&store)
+        .unwrap()
+        .iter()
+        .any(|r| r.id == paused));
 }
 
 /// Replicas on Redis: while this replica's follower applies the block that mines an access's
