@@ -106,11 +106,12 @@ async fn agree_on_keys(
 /// fails (a store that cannot take it cannot take a grant's entry either; the orchestrator
 /// starts the process again). (A write that landed but was reported failed, its replicas'
 /// acknowledgement late, is written again: two starts of one process, never none.)
-async fn log_start(store: &Arc<dyn Store>, start: impl Fn() -> Batch) -> anyhow::Result<()> {
+async fn log_start(store: &Arc<dyn Store>, start: impl Fn() -> Batch) -> anyhow::Result<Batch> {
     let deadline = tokio::time::Instant::now() + KEYS_CHECK_AT_MOST;
     loop {
-        match crate::store::apply_async(store, start()).await {
-            Ok(()) => return Ok(()),
+        let batch = start();
+        match crate::store::apply_async(store, batch.clone()).await {
+            Ok(()) => return Ok(batch),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 anyhow::bail!("the audit log could not record this start: {e}")
             }
@@ -303,12 +304,13 @@ impl Application {
                 .unwrap_or_default(),
             responder: sender,
         };
-        // (the row as of each attempt)
-        log_start(&store, || Batch {
+        // (the row as of each attempt; the one written is the first its renewals are guarded on)
+        let started = log_start(&store, || Batch {
             replicas: vec![replicas.seen(crate::clock::now_ms())],
             ..Batch::logging(start.clone())
         })
         .await?;
+        let row = started.replicas.into_iter().find_map(|(_, row)| row);
         // the processes before it gone without a stop: on one machine, logged before it serves
         if let Err(e) = replicas.log_lost().await {
             tracing::warn!(error = %e, "the ends of processes gone could not be logged yet");
@@ -318,7 +320,7 @@ impl Application {
         let poll = Duration::from_millis(settings.follower.poll_interval_ms);
         // this process's row is renewed until nothing else runs in it (`stop`)
         let (stop_renewing, renewals) = watch::channel(false);
-        let renewing = tokio::spawn(replicas.clone().run(renewals));
+        let renewing = tokio::spawn(replicas.clone().run(renewals, row));
         let mut tasks = vec![
             tokio::spawn(follower.clone().run_poller(poll, shutdown_rx.clone())),
             tokio::spawn(submitter.clone().run(

@@ -202,8 +202,8 @@ pub enum Event {
     /// A process whose end another logged (a `stop` with `lost`) runs again: it was paused, or
     /// cut off from the store, past `audit::replicas::LOST_AFTER_LEASES` leases, and found its
     /// row taken out at its next renewal, which writes it back with this entry. `since`: when
-    /// it last said it ran before (unix ms, its clock: the `lost` of that stop). Its later stop
-    /// is logged as any other.
+    /// it last said it ran before (unix ms, its clock, no later than the entry: as a rule the
+    /// `lost` of that stop). Its later stop is logged as any other.
     Resume { replica: String, since: u64 },
     /// One of the service's chain operations failed (its state `Failed`: the contract
     /// refused it when mined, it could not be signed, or whether it ran cannot be told), or,
@@ -423,13 +423,27 @@ pub fn follows(head: &Head, entry: &Entry) -> Result<Head, Broken> {
     if entry.computed_hash() != entry.hash {
         return Err(Broken::Altered { seq: entry.seq });
     }
+    // an event this version does not read but that names a kind is a later version's (a
+    // new kind, or new fields of one): it holds together as any other, its hash checked
     if let Err(e) = entry.parsed() {
-        return Err(Broken::Unreadable {
-            seq: entry.seq,
-            why: e.to_string(),
-        });
+        if !of_a_kind(entry) {
+            return Err(Broken::Unreadable {
+                seq: entry.seq,
+                why: e.to_string(),
+            });
+        }
     }
     Ok(entry.head())
+}
+
+/// Whether `entry`'s event is a JSON object that names its kind (a string `kind`).
+fn of_a_kind(entry: &Entry) -> bool {
+    #[derive(Deserialize)]
+    struct Kind {
+        #[allow(dead_code)]
+        kind: String,
+    }
+    serde_json::from_str::<Kind>(entry.event.get()).is_ok()
 }
 
 mod hex32 {
@@ -537,6 +551,35 @@ mod tests {
                 expected: 3
             })
         );
+
+        // an entry of a kind this version does not read (a later version's) holds together,
+        // its hash checked as any other's; one that names no kind is unreadable
+        let later = |event: serde_json::Value| {
+            let mut head = Head::default();
+            let mut out = Vec::new();
+            for i in 0..3 {
+                let mut e = Entry::next(&head, &sign_in(i)).unwrap();
+                if i == 1 {
+                    let raw = serde_json::value::to_raw_value(&event).unwrap();
+                    e.hash = hash(&head.hash, e.seq, e.at, raw.get());
+                    e.event = raw;
+                }
+                head = e.head();
+                out.push(e);
+            }
+            out
+        };
+        let entries = later(serde_json::json!({"kind": "later", "access": "x"}));
+        assert_eq!(walk(&entries).unwrap(), entries[2].head());
+        assert!(entries[1].parsed().is_err(), "not read by this version");
+        let mut altered = later(serde_json::json!({"kind": "later"}));
+        altered[1].event =
+            serde_json::value::to_raw_value(&serde_json::json!({"kind": "latex"})).unwrap();
+        assert_eq!(walk(&altered), Err(Broken::Altered { seq: 2 }));
+        assert!(matches!(
+            walk(&later(serde_json::json!({"what": "later"}))),
+            Err(Broken::Unreadable { seq: 2, .. })
+        ));
 
         // an entry rewritten with a fresh hash over new contents: the next no longer links
         let mut rewritten = log(4);

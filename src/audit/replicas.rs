@@ -172,11 +172,15 @@ impl Replicas {
     /// `stop` (sent once nothing else runs in the process: then the stop's write takes the row
     /// out, and the row is not renewed after it). While its own renewal is refused (the store
     /// away, or taking no writes), it takes no other for gone: theirs are refused too. Each
-    /// renewal after the first is written over the row as this process last wrote it: one
-    /// found taken out (another logged this process's end: it was paused, or cut off from the
-    /// store, that long) is written back with a `resume` entry (`renewed`).
-    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut written: Option<ReplicaSeen> = None;
+    /// renewal is written over the row as this process last wrote it (`written`: the one its
+    /// start's entry wrote, at first): one found taken out (another logged this process's
+    /// end: it was paused, or cut off from the store, that long) is written back with a
+    /// `resume` entry (`renewed`).
+    pub async fn run(
+        self: Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        mut written: Option<ReplicaSeen>,
+    ) {
         loop {
             match self.renewed(written.as_ref()).await {
                 Ok(row) => {
@@ -221,7 +225,8 @@ impl Replicas {
             Err(StoreError::Guarded(Guarded::Changed)) => {}
             done => return done.map(|()| seen),
         }
-        let since = before.map_or(0, |b| b.seen_ms);
+        // (no later than this entry, by this process's clock, which may have been set back)
+        let since = before.map_or(0, |b| b.seen_ms).min(crate::clock::now_ms());
         let back = Batch {
             audit: vec![Record::now(Event::Resume {
                 replica: id.clone(),
@@ -524,11 +529,11 @@ mod tests {
         );
         // a renewal that landed though its answer was lost: the row is not `third`, but there
         write(&store, vec![row("me", third.seen_ms + 1)]).await;
-        me.renewed(Some(&third)).await.unwrap();
+        let fourth = me.renewed(Some(&third)).await.unwrap();
         assert_eq!(resumes(store.as_ref()).len(), 1, "no resume");
         // the renewals' loop does the same
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let running = tokio::spawn(me.clone().run(stopped));
+        let running = tokio::spawn(me.clone().run(stopped, Some(fourth)));
         // (taken out as read: a renewal between the read and the write refuses it, read again)
         while taken_out(&store.replicas().unwrap().pop().unwrap().seen)
             .await

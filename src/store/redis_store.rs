@@ -158,13 +158,15 @@ pub struct RedisStore {
     thread: Option<JoinHandle<()>>,
     /// Whether reads ask the server (`QUIET_AFTER_TIMEOUT`).
     quiet: Mutex<Quiet>,
-    /// Whether this process made the open indexes and the operations' names whole
-    /// (`open_indexed`): at the first read of one, since the server may be away when the
-    /// store opens.
+    /// Whether this process made the open indexes whole (`open_index_rows`): at the first
+    /// read of one, since the server may be away when the store opens.
     indexed: std::sync::atomic::AtomicBool,
     /// Whether this process moved sorted tables an earlier version kept as hashes
     /// (`sorted_whole`).
     sorted: std::sync::atomic::AtomicBool,
+    /// When this process last made the operations' names whole (`names_whole`), and whether
+    /// they were.
+    names_checked: Mutex<(Option<std::time::Instant>, bool)>,
     metrics: GroupMetrics,
 }
 
@@ -376,6 +378,7 @@ impl RedisStore {
             }),
             indexed: std::sync::atomic::AtomicBool::new(false),
             sorted: std::sync::atomic::AtomicBool::new(false),
+            names_checked: Mutex::new((None, false)),
             metrics,
         })
     }
@@ -623,9 +626,16 @@ fn table_key(prefix: &str, table: Table) -> String {
 /// the same script: read by key prefix with `ZRANGEBYLEX` and `HMGET`, not an `HSCAN MATCH`
 /// over every row. The operations: one a grant (its chain record), read by a family's prefix
 /// (the anchors, a patient's summary hashes), which walked every operation ever made (~2.2 s
-/// at a million, each read). A store written before has no names: each process builds what
-/// they lack at its first read of an index (`open_indexed`), as it does the open indexes.
+/// at a million, each read). Rows are never taken out of it, so its names are whole when
+/// there are as many as rows: checked once a minute at most (`NAMES_CHECKED_EVERY`) by a read
+/// of names, which adds those missing (a store written before them, or by a replica of an
+/// earlier version during a rolling upgrade). While they cannot be (a full server refuses the
+/// `ZADD`), reads walk the table as before.
 const NAMED: [Table; 1] = [SUBMISSIONS];
+
+/// How often a read of names checks they are whole (`NAMED`): two counts, or, when they
+/// differ, the table's rows read whole and the missing names added.
+const NAMES_CHECKED_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Where the names of `table`'s rows are kept under `prefix` (`NAMED`).
 fn names_key(prefix: &str, table: Table) -> String {
@@ -885,9 +895,8 @@ impl RowSource for RedisStore {
         Ok(out)
     }
 
-    /// Once a process, at its first read of an index (the open indexes, or the operations'
-    /// names: `NAMED`): replicas of an earlier version (during a rolling upgrade) write no
-    /// index rows, so one mark for the store would not do.
+    /// Once a process, at its first read of an index: replicas of an earlier version (during
+    /// a rolling upgrade) write no index rows, so one mark for the store would not do.
     fn open_indexed(&self) -> Result<(), StoreError> {
         use std::sync::atomic::Ordering;
         if self.indexed.load(Ordering::Acquire) {
@@ -896,8 +905,7 @@ impl RowSource for RedisStore {
         // another replica may build them at the same time, from the same rows; an operation
         // closed meanwhile may stay named (the reads skip it), an open one is never left out
         // (a write of it since names it itself)
-        let submissions = self.scan(SUBMISSIONS)?;
-        let mut rows = open_index_rows(&submissions, &self.scan(NOTICES)?)?;
+        let mut rows = open_index_rows(&self.scan(SUBMISSIONS)?, &self.scan(NOTICES)?)?;
         // only what they lack (as a rule nothing: every write names its own rows), so that a
         // server that refuses writes (full) is still read
         let mut named = std::collections::HashSet::new();
@@ -905,16 +913,7 @@ impl RowSource for RedisStore {
             named.extend(self.scan(index)?.into_iter().map(|(k, _)| (index, k)));
         }
         rows.retain(|(table, key, _)| !named.contains(&(*table, key.clone())));
-        // and the operations' names (`NAMED`), those they lack
-        let names = names_key(&self.prefix, SUBMISSIONS);
-        let listed: std::collections::HashSet<String> =
-            self.lex_range(&names, "")?.into_iter().collect();
-        let unnamed: Vec<&str> = submissions
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .filter(|k| !listed.contains(*k))
-            .collect();
-        if !rows.is_empty() || !unnamed.is_empty() {
+        if !rows.is_empty() {
             let mut pipe = redis::pipe();
             for (table, key, value) in &rows {
                 let value = value.as_deref().unwrap_or_default();
@@ -923,10 +922,6 @@ impl RowSource for RedisStore {
                 } else {
                     pipe.hset(self.key(table), key, value).ignore();
                 }
-            }
-            for page in unnamed.chunks(UNPACKED) {
-                let members: Vec<(u8, &str)> = page.iter().map(|k| (0, *k)).collect();
-                pipe.zadd_multiple(&names, &members).ignore();
             }
             self.read(|c| pipe.query::<()>(c))?;
         }
@@ -1009,9 +1004,7 @@ return n",
         if SORTED.contains(&table) {
             return self.scan_sorted(table, prefix);
         }
-        if NAMED.contains(&table) {
-            // (names a process found missing are added by its first read of an index)
-            self.open_indexed()?;
+        if NAMED.contains(&table) && self.names_whole(table) {
             let keys = self.lex_range(&names_key(&self.prefix, table), prefix)?;
             let values = self.get_many(table, &keys)?;
             return Ok(keys
@@ -1130,6 +1123,62 @@ impl RedisStore {
             .into_iter()
             .map(|k| (k, Vec::new()))
             .collect())
+    }
+
+    /// Whether `table`'s names (`NAMED`) may be read for its rows: whole when last checked,
+    /// at most `NAMES_CHECKED_EVERY` ago (one read checks at a time; the others meanwhile go by
+    /// the last check). A check that cannot add the missing names (the server full, or away)
+    /// says so in the log, and reads walk the table until one can.
+    fn names_whole(&self, table: Table) -> bool {
+        let now = std::time::Instant::now();
+        {
+            let mut checked = self.names_checked.lock().unwrap_or_else(|e| e.into_inner());
+            if checked
+                .0
+                .is_some_and(|at| now.duration_since(at) < NAMES_CHECKED_EVERY)
+            {
+                return checked.1;
+            }
+            checked.0 = Some(now);
+        }
+        let whole = self.name_all(table);
+        if let Err(e) = &whole {
+            tracing::warn!(error = %e, table, "the names of a table's rows could not be made whole: its rows are read by walking it, and checked again in a minute");
+        }
+        let whole = whole.is_ok();
+        self.names_checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1 = whole;
+        whole
+    }
+
+    /// Adds the names `table`'s rows lack (none when it has as many names as rows), a page a
+    /// command.
+    fn name_all(&self, table: Table) -> Result<(), StoreError> {
+        let names = names_key(&self.prefix, table);
+        let hash = self.key(table);
+        let (named, rows): (u64, u64) = (
+            self.read(|c| c.zcard(&names))?,
+            self.read(|c| c.hlen(&hash))?,
+        );
+        if named == rows {
+            return Ok(());
+        }
+        let listed: std::collections::HashSet<String> =
+            self.lex_range(&names, "")?.into_iter().collect();
+        let unnamed: Vec<String> = self
+            .scan(table)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !listed.contains(k))
+            .collect();
+        for page in unnamed.chunks(SCAN_PAGE) {
+            let members: Vec<(u8, &str)> = page.iter().map(|k| (0, k.as_str())).collect();
+            self.read(|c| c.zadd_multiple::<_, _, _, ()>(&names, &members))?;
+        }
+        tracing::info!(table, named = unnamed.len(), "names its rows lacked added");
+        Ok(())
     }
 
     /// The members of sorted set `set` (each scored 0) that start with `prefix` (ASCII, as

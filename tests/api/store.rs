@@ -1898,14 +1898,11 @@ fn redis_keeps_an_index_of_what_is_open_and_builds_it_for_an_older_store() {
     assert_eq!(due(501).len(), 3 + 280);
 }
 
-/// A Redis server at its `maxmemory` (under `noeviction`, the one policy a store opens on)
-/// refuses a write whole: nothing of it lands (not the operation it closes, not that
-/// operation's row in the open index, not its audit entry), the store says why (`writable`)
-/// and reads go on; once the server has room, the same write lands, linked on the same log.
 /// On Redis the operations of one family (a patient's summary hashes, the anchors) are read
 /// through the names kept beside the table (`ZRANGEBYLEX`, then those rows), not by walking
 /// every operation ever made (one a grant); a store written before the names has them made
-/// by a process's first read.
+/// by a process's first read, and read by walking the table while they cannot be (a full
+/// server).
 #[test]
 fn redis_reads_a_family_of_operations_by_their_names_and_names_those_of_an_older_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -1988,20 +1985,51 @@ fn redis_reads_a_family_of_operations_by_their_names_and_names_those_of_an_older
         .arg("named:names:submissions")
         .query(&mut conn)
         .unwrap();
+    let family = [
+        "summary:p1:aa",
+        "summary:p2:aa",
+        "summary:p1:bb",
+        "summary:p1:cc",
+    ];
+    {
+        let store = RedisStore::open(&server.url(), "named:").unwrap();
+        server.set_maxmemory(1);
+        assert_eq!(
+            ids(store.submissions_prefixed("summary:p").unwrap()),
+            family,
+            "read by walking the table: the names could not be written"
+        );
+        assert_eq!(names(&mut conn), 0);
+        server.set_maxmemory(0);
+    }
     let store = RedisStore::open(&server.url(), "named:").unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
     assert_eq!(
         ids(store.submissions_prefixed("summary:p").unwrap()),
-        [
-            "summary:p1:aa",
-            "summary:p2:aa",
-            "summary:p1:bb",
-            "summary:p1:cc"
-        ],
+        family,
         "oldest first"
     );
     assert_eq!(names(&mut conn), 2_005, "named by its first read");
+    assert_eq!(
+        ids(store.submissions_prefixed("anchor:").unwrap()),
+        ["anchor:1"]
+    );
+    let (calls, stats) = command_calls(&mut conn);
+    assert_eq!(calls("zadd"), 21, "in pages of 100: {stats}");
+    assert_eq!(
+        calls("zrangebylex"),
+        3,
+        "the names listed (none), then each read's: {stats}"
+    );
 }
 
+/// A Redis server at its `maxmemory` (under `noeviction`, the one policy a store opens on)
+/// refuses a write whole: nothing of it lands (not the operation it closes, not that
+/// operation's row in the open index, not its audit entry), the store says why (`writable`)
+/// and reads go on; once the server has room, the same write lands, linked on the same log.
 #[test]
 fn a_full_redis_refuses_a_write_whole_and_takes_it_once_it_has_room() {
     let dir = tempfile::tempdir().unwrap();

@@ -90,13 +90,14 @@ const EXPECTED = [
   [37, '[balp] AuditEvent.period: the session ends (2026-01-09T11:25:31.456Z) after it opened (2026-01-09T11:05:00.123Z) and no later than it was logged (2026-01-09T11:25:00.123Z)'],
   [38, '[balp] AuditEvent.period: the session ends (2026-01-09T11:24:31.456Z) after it opened (2026-01-09T11:24:31.457Z)'],
   [39, '[balp] AuditEvent.entity[0]: detail "last-seen" is "2026-01-09T11:26:01.123Z"; expected an instant like 2026-01-09T10:30:00.000Z, no later than recorded'],
+  [40, '[balp] AuditEvent.entity[0]: needs exactly one detail "last-seen" (has 2)'],
 ];
 
 test('bad.ndjson: each broken line fails, with its line number and the reason', () => {
   const r = validate(sample('bad.ndjson'));
   assert.equal(r.stderr, '');
   assert.equal(r.status, 1);
-  assert.equal(r.last, '1 passed, 38 failed');
+  assert.equal(r.last, '1 passed, 39 failed');
   for (const [line, text] of EXPECTED) {
     assert.ok(
       r.lines.some((l) => l.startsWith(`line ${line}: `) && l.includes(text)),
@@ -105,7 +106,7 @@ test('bad.ndjson: each broken line fails, with its line number and the reason', 
   }
   // every failing line is reported, and line 1 (a good grant) is not
   const reported = new Set(r.lines.slice(0, -1).map((l) => Number(/^line (\d+): /.exec(l)?.[1])));
-  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 38 }, (_, i) => i + 2));
+  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 39 }, (_, i) => i + 2));
 });
 
 test('an empty export is valid', () => {

@@ -882,7 +882,7 @@ export function balpMessages(r) {
   }
   if (r.action !== ACTION[kind]) s.fail('AuditEvent.action', `is ${JSON.stringify(r.action)}; a ${kind} is "${ACTION[kind]}"`);
   // every event of a break-glass access carries BTG; sign-ins, sign-outs, imports, starts,
-  // stops and rekeys are of none (a chain failure's kind checks its own: BTG when it is an access's
+  // stops, resumes and rekeys are of none (a chain failure's kind checks its own: BTG when it is an access's
   // operation)
   if (['start', 'stop', 'resume', 'rekey'].includes(kind) && r.purposeOfEvent !== undefined) s.fail('AuditEvent.purposeOfEvent', `a ${kind} is of no break-glass access: none`);
   if (!['sign-in', 'sign-out', 'import', 'chain-failure', 'start', 'stop', 'resume', 'rekey'].includes(kind)) s.btg('AuditEvent.purposeOfEvent', r.purposeOfEvent);
