@@ -637,6 +637,17 @@ const NAMED: [Table; 1] = [SUBMISSIONS];
 /// differ, the table's rows read whole and the missing names added.
 const NAMES_CHECKED_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How soon a check of names that could not count them is made again (`names_whole`).
+const NAMES_CHECKED_AGAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why a check of names (`RedisStore::names_whole`) did not find them whole.
+enum Unnamed {
+    /// Names are missing, and could not be added.
+    Missing(StoreError),
+    /// They could not be counted: whether any are missing is not known.
+    Uncounted(StoreError),
+}
+
 /// Where the names of `table`'s rows are kept under `prefix` (`NAMED`).
 fn names_key(prefix: &str, table: Table) -> String {
     format!("{prefix}names:{table}")
@@ -1127,8 +1138,10 @@ impl RedisStore {
 
     /// Whether `table`'s names (`NAMED`) may be read for its rows: whole when last checked,
     /// at most `NAMES_CHECKED_EVERY` ago (one read checks at a time; the others meanwhile go by
-    /// the last check). A check that cannot add the missing names (the server full, or away)
-    /// says so in the log, and reads walk the table until one can.
+    /// the last check). A check that finds names missing and cannot add them (the server full)
+    /// says so in the log, and reads walk the table until a later check can; one that cannot
+    /// count them (the server away a moment) leaves the last answer as it was, and is made
+    /// again after `NAMES_CHECKED_AGAIN`.
     fn names_whole(&self, table: Table) -> bool {
         let now = std::time::Instant::now();
         {
@@ -1141,43 +1154,54 @@ impl RedisStore {
             }
             checked.0 = Some(now);
         }
-        let whole = self.name_all(table);
-        if let Err(e) = &whole {
-            tracing::warn!(error = %e, table, "the names of a table's rows could not be made whole: its rows are read by walking it, and checked again in a minute");
+        let checked = self.name_all(table);
+        let mut last = self.names_checked.lock().unwrap_or_else(|e| e.into_inner());
+        match checked {
+            Ok(()) => last.1 = true,
+            Err(Unnamed::Missing(e)) => {
+                tracing::warn!(error = %e, table, "names of a table's rows are missing and could not be added: its rows are read by walking it until they can");
+                last.1 = false;
+            }
+            Err(Unnamed::Uncounted(e)) => {
+                tracing::debug!(error = %e, table, "a table's names could not be counted: checked again shortly");
+                last.0 = now.checked_sub(NAMES_CHECKED_EVERY - NAMES_CHECKED_AGAIN);
+            }
         }
-        let whole = whole.is_ok();
-        self.names_checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .1 = whole;
-        whole
+        last.1
     }
 
     /// Adds the names `table`'s rows lack (none when it has as many names as rows), a page a
     /// command.
-    fn name_all(&self, table: Table) -> Result<(), StoreError> {
+    fn name_all(&self, table: Table) -> Result<(), Unnamed> {
         let names = names_key(&self.prefix, table);
         let hash = self.key(table);
-        let (named, rows): (u64, u64) = (
-            self.read(|c| c.zcard(&names))?,
-            self.read(|c| c.hlen(&hash))?,
-        );
+        let count = || -> Result<(u64, u64), StoreError> {
+            Ok((
+                self.read(|c| c.zcard(&names))?,
+                self.read(|c| c.hlen(&hash))?,
+            ))
+        };
+        let (named, rows) = count().map_err(Unnamed::Uncounted)?;
         if named == rows {
             return Ok(());
         }
-        let listed: std::collections::HashSet<String> =
-            self.lex_range(&names, "")?.into_iter().collect();
-        let unnamed: Vec<String> = self
-            .scan(table)?
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| !listed.contains(k))
-            .collect();
-        for page in unnamed.chunks(SCAN_PAGE) {
-            let members: Vec<(u8, &str)> = page.iter().map(|k| (0, k.as_str())).collect();
-            self.read(|c| c.zadd_multiple::<_, _, _, ()>(&names, &members))?;
-        }
-        tracing::info!(table, named = unnamed.len(), "names its rows lacked added");
+        let add = || -> Result<usize, StoreError> {
+            let listed: std::collections::HashSet<String> =
+                self.lex_range(&names, "")?.into_iter().collect();
+            let unnamed: Vec<String> = self
+                .scan(table)?
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| !listed.contains(k))
+                .collect();
+            for page in unnamed.chunks(SCAN_PAGE) {
+                let members: Vec<(u8, &str)> = page.iter().map(|k| (0, k.as_str())).collect();
+                self.read(|c| c.zadd_multiple::<_, _, _, ()>(&names, &members))?;
+            }
+            Ok(unnamed.len())
+        };
+        let added = add().map_err(Unnamed::Missing)?;
+        tracing::info!(table, added, "names a table's rows lacked added");
         Ok(())
     }
 

@@ -2026,6 +2026,36 @@ fn redis_reads_a_family_of_operations_by_their_names_and_names_those_of_an_older
     );
 }
 
+/// A check of the operations' names that cannot count them (the server away a moment) is
+/// made again within seconds, not a minute: meanwhile reads walk the table (each one ~2 s at a
+/// million operations), then go by the names again.
+#[test]
+fn names_that_could_not_be_counted_are_checked_again_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let mut conn = server.connection();
+    let store = RedisStore::open(&server.url(), "recount:").unwrap();
+    store
+        .apply(Batch {
+            submissions: vec![submission("anchor:1", SubmissionState::Pending, 1)],
+            ..Batch::default()
+        })
+        .unwrap();
+    server.pause();
+    assert!(store.submissions_prefixed("anchor:").is_err());
+    server.resume();
+    std::thread::sleep(std::time::Duration::from_millis(5_500));
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    let read = store.submissions_prefixed("anchor:").unwrap();
+    assert_eq!(read.len(), 1);
+    let (calls, stats) = command_calls(&mut conn);
+    assert_eq!(calls("hscan"), 0, "read by its names: {stats}");
+    assert_eq!(calls("zcard"), 1, "counted again: {stats}");
+}
+
 /// A Redis server at its `maxmemory` (under `noeviction`, the one policy a store opens on)
 /// refuses a write whole: nothing of it lands (not the operation it closes, not that
 /// operation's row in the open index, not its audit entry), the store says why (`writable`)
