@@ -456,23 +456,16 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
             data_key,
             token_key,
             responder,
-        } => (
-            dcm("110100", "Application Activity"),
-            vec![dcm("110120", "Application Start"), kind],
-            "E",
-            "0",
-            None,
-            false,
-            vec![application_agent(&service)],
-            vec![replica_entity(
-                replica,
-                vec![
-                    detail("version", version),
-                    detail("data-key", data_key),
-                    detail("token-key", token_key),
-                    detail("responder", &responder.to_string()),
-                ],
-            )],
+        } => application_start(
+            kind,
+            &service,
+            replica,
+            vec![
+                detail("version", version),
+                detail("data-key", data_key),
+                detail("token-key", token_key),
+                detail("responder", &responder.to_string()),
+            ],
         ),
         Event::Rekey {
             by,
@@ -512,18 +505,11 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
         ),
         // a process logged as gone that runs again: an application start of the same process,
         // with when it last said it ran before
-        Event::Resume { replica, since } => (
-            dcm("110100", "Application Activity"),
-            vec![dcm("110120", "Application Start"), kind],
-            "E",
-            "0",
-            None,
-            false,
-            vec![application_agent(&service)],
-            vec![replica_entity(
-                replica,
-                vec![detail("last-seen", &instant_ms(*since))],
-            )],
+        Event::Resume { replica, since } => application_start(
+            kind,
+            &service,
+            replica,
+            vec![detail("last-seen", &instant_ms(*since))],
         ),
         Event::ChainFailure {
             operation,
@@ -669,6 +655,26 @@ fn client_agent(client: &str) -> Value {
 }
 
 /// The service as the application that started or stopped (DICOM's Application Activity).
+/// A process of the service started (or runs again: a resume): DICOM Application Activity,
+/// Application Start, the service as the application, the process with `details`.
+fn application_start<'a>(
+    kind: Value,
+    service: &Value,
+    replica: &str,
+    details: Vec<Value>,
+) -> Shape<'a> {
+    (
+        dcm("110100", "Application Activity"),
+        vec![dcm("110120", "Application Start"), kind],
+        "E",
+        "0",
+        None,
+        false,
+        vec![application_agent(service)],
+        vec![replica_entity(replica, details)],
+    )
+}
+
 fn application_agent(service: &Value) -> Value {
     json!({ "type": { "coding": [dcm("110150", "Application")] }, "who": service, "requestor": true })
 }

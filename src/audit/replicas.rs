@@ -324,14 +324,22 @@ mod tests {
         ids
     }
 
-    /// The ends the log holds: (replica, when it was last seen).
-    fn ends(store: &dyn Store) -> Vec<(String, Option<u64>)> {
+    /// Every event the log holds, oldest first.
+    fn events(store: &dyn Store) -> Vec<Event> {
         let head = store.audit_head().unwrap().map_or(0, |h| h.seq);
         store
             .audit_entries(1, head as usize)
             .unwrap()
             .iter()
-            .filter_map(|e| match e.parsed().unwrap() {
+            .map(|e| e.parsed().unwrap())
+            .collect()
+    }
+
+    /// The ends the log holds: (replica, when it was last seen).
+    fn ends(store: &dyn Store) -> Vec<(String, Option<u64>)> {
+        events(store)
+            .into_iter()
+            .filter_map(|e| match e {
                 Event::Stop { replica, lost } => Some((replica, lost)),
                 _ => None,
             })
@@ -484,12 +492,9 @@ mod tests {
             ..Replicas::new(store.clone(), coordination, "0.1.0+test", 300)
         });
         let resumes = |store: &dyn Store| -> Vec<(String, u64)> {
-            let head = store.audit_head().unwrap().map_or(0, |h| h.seq);
-            store
-                .audit_entries(1, head as usize)
-                .unwrap()
-                .iter()
-                .filter_map(|e| match e.parsed().unwrap() {
+            events(store)
+                .into_iter()
+                .filter_map(|e| match e {
                     Event::Resume { replica, since } => Some((replica, since)),
                     _ => None,
                 })
