@@ -5,7 +5,9 @@
 //! `meta.profile`: BALP's REST profiles describe reading FHIR data, which the resource servers
 //! do (they log their own reads); ours are authorization decisions, token checks, notices,
 //! sign-ins and sign-outs, verdicts, reviewers' and admin clients' views of an access, admin
-//! clients' imports, chain writes that failed, the service's starts and stops, and rekeys.
+//! clients' imports, chain writes that failed, the service's starts and stops, and rekeys; an
+//! entry of a kind this version does not read (a later version's) as `unmapped`, its event as
+//! logged.
 //! Every event carries its log entry's seq, hash and previous hash (an extension), so that a
 //! SIEM can tie it to the hash-chained log.
 //!
@@ -98,13 +100,12 @@ fn named(v: &mut Value, names: &Names) {
 /// The AuditEvent for `entry` under the default identifier systems; `observer` names this
 /// service (its issuer URL).
 fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Error> {
-    let event = entry.parsed()?;
+    let parsed = entry.parsed();
     let service = json!({ "type": "Device", "identifier": { "system": "urn:ietf:rfc:3986", "value": observer }, "display": "breakglass" });
     let authserver = json!({
         "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/extra-security-role-type", "code": "authserver", "display": "authorization server" }] },
         "who": service, "requestor": false,
     });
-    let kind = json!({ "system": KIND, "code": event.kind() });
     let mut r = json!({
         "resourceType": "AuditEvent",
         "id": entry.seq.to_string(),
@@ -119,6 +120,19 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
             "type": [{ "system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "6", "display": "Security Server" }],
         },
     });
+    let event = match parsed {
+        Ok(event) => event,
+        // a later version's kind (a replica of it wrote during a rolling upgrade), or a kind
+        // whose fields it changed: exported as logged, not refused
+        Err(e) => match super::kind_of(entry).filter(|k| is_code(k)) {
+            Some(kind) => {
+                unmapped(&mut r, &service, &kind, entry.event.get());
+                return Ok(r);
+            }
+            None => return Err(e),
+        },
+    };
+    let kind = json!({ "system": KIND, "code": event.kind() });
     let (type_, subtypes, action, outcome, desc, btg, agents, entities): Shape = match &event {
         Event::Grant {
             access,
@@ -584,6 +598,38 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
     Ok(r)
 }
 
+/// The type of an entry this version does not map (`unmapped`).
+const UNMAPPED: &str = "unmapped";
+
+/// Whether `kind` may be a FHIR `code` of ours: lowercase letters, digits and hyphens, as
+/// every kind is named.
+fn is_code(kind: &str) -> bool {
+    (1..=64).contains(&kind.len())
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// An entry whose event this version does not read (a later version's kind, or one whose
+/// fields a later version changed): its kind as the subtype, the service that logged it as
+/// the requestor, and the event exactly as logged (base64 of its bytes: with the entry's seq,
+/// time and previous hash, a SIEM recomputes its hash). No action or outcome: this version
+/// cannot say them.
+fn unmapped(r: &mut Value, service: &Value, kind: &str, event: &str) {
+    use base64::Engine;
+    r["type"] = json!({ "system": KIND, "code": UNMAPPED, "display": "Unmapped kind" });
+    r["subtype"] = json!([{ "system": KIND, "code": kind }]);
+    r["agent"] = json!([application_agent(service)]);
+    r["entity"] = json!([{
+        "type": entity_type("2", "System Object"),
+        "description": "the audit log entry's event, as logged",
+        "detail": [
+            detail("kind", kind),
+            { "type": "event", "valueBase64Binary": base64::engine::general_purpose::STANDARD.encode(event) },
+        ],
+    }]);
+}
+
 fn dcm(code: &str, display: &str) -> Value {
     json!({ "system": DCM, "code": code, "display": display })
 }
@@ -654,7 +700,6 @@ fn client_agent(client: &str) -> Value {
     })
 }
 
-/// The service as the application that started or stopped (DICOM's Application Activity).
 /// A process of the service started (or runs again: a resume): DICOM Application Activity,
 /// Application Start, the service as the application, the process with `details`.
 fn application_start<'a>(
@@ -675,6 +720,8 @@ fn application_start<'a>(
     )
 }
 
+/// The service as the application that started or stopped (DICOM's Application Activity), or
+/// that logged an entry this version does not map.
 fn application_agent(service: &Value) -> Value {
     json!({ "type": { "coding": [dcm("110150", "Application")] }, "who": service, "requestor": true })
 }
@@ -770,7 +817,60 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, good.lines().count());
+        assert_eq!(n, entries.lines().count(), "an event for every entry");
         assert!(n >= 7, "one sample of each kind at least");
+    }
+
+    /// An entry whose event this version does not read is exported as logged when it names
+    /// its kind (a later version's kind, or a known kind whose fields a later version changed:
+    /// good.ndjson's line 32 is a new kind's), and refused when it does not name one a code can
+    /// hold. Before, any entry this version could not read failed the export (500).
+    #[test]
+    fn an_entry_this_version_does_not_read_is_exported_as_logged_if_it_names_its_kind() {
+        use base64::Engine;
+        let entry = |event: Value| {
+            let head = super::super::Head::default();
+            let raw = serde_json::value::to_raw_value(&event).unwrap();
+            let at = 1_767_958_080_123;
+            Entry {
+                seq: 1,
+                at,
+                prev: head.hash,
+                hash: super::super::hash(&head.hash, 1, at, raw.get()),
+                event: raw,
+            }
+        };
+        let names = Names::of("https://breakglass.example");
+        // a grant as a later version might log it (its access no longer an id)
+        let changed = entry(json!({ "kind": "grant", "access": 5 }));
+        let made = audit_event(&changed, &names).unwrap();
+        assert_eq!(made["type"]["code"], UNMAPPED);
+        assert_eq!(
+            made["subtype"],
+            json!([{ "system": KIND, "code": "grant" }])
+        );
+        assert!(made.get("action").is_none() && made.get("outcome").is_none());
+        let logged = made["entity"][0]["detail"][1]["valueBase64Binary"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(logged)
+                .unwrap(),
+            changed.event.get().as_bytes()
+        );
+        for unnamed in [
+            json!({ "what": "later" }),
+            json!({ "kind": "Hand Over" }),
+            json!({ "kind": "" }),
+            json!({ "kind": 7 }),
+            json!(["grant"]),
+        ] {
+            assert!(
+                audit_event(&entry(unnamed.clone()), &names).is_err(),
+                "{unnamed}"
+            );
+        }
     }
 
     /// A hospital's own identifier systems (its MPI's for patients, its directory's for

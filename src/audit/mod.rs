@@ -426,7 +426,7 @@ pub fn follows(head: &Head, entry: &Entry) -> Result<Head, Broken> {
     // an event this version does not read but that names a kind is a later version's (a
     // new kind, or new fields of one): it holds together as any other, its hash checked
     if let Err(e) = entry.parsed() {
-        if !of_a_kind(entry) {
+        if kind_of(entry).is_none() {
             return Err(Broken::Unreadable {
                 seq: entry.seq,
                 why: e.to_string(),
@@ -436,14 +436,16 @@ pub fn follows(head: &Head, entry: &Entry) -> Result<Head, Broken> {
     Ok(entry.head())
 }
 
-/// Whether `entry`'s event is a JSON object that names its kind (a string `kind`).
-fn of_a_kind(entry: &Entry) -> bool {
-    #[derive(Deserialize)]
-    struct Kind {
-        #[allow(dead_code)]
-        kind: String,
+/// The kind `entry`'s event names, if it is a JSON object with a string `kind` (read of any
+/// event, one this version reads or a later version's).
+pub fn kind_of(entry: &Entry) -> Option<String> {
+    // an object, not a struct: serde reads a struct from an array too (`["grant"]`)
+    let event: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(entry.event.get()).ok()?;
+    match event.get("kind")? {
+        serde_json::Value::String(kind) => Some(kind.clone()),
+        _ => None,
     }
-    serde_json::from_str::<Kind>(entry.event.get()).is_ok()
 }
 
 mod hex32 {
@@ -576,10 +578,19 @@ mod tests {
         altered[1].event =
             serde_json::value::to_raw_value(&serde_json::json!({"kind": "latex"})).unwrap();
         assert_eq!(walk(&altered), Err(Broken::Altered { seq: 2 }));
-        assert!(matches!(
-            walk(&later(serde_json::json!({"what": "later"}))),
-            Err(Broken::Unreadable { seq: 2, .. })
-        ));
+        for unnamed in [
+            serde_json::json!({"what": "later"}),
+            serde_json::json!(["later"]),
+            serde_json::json!({"kind": 2}),
+        ] {
+            assert!(
+                matches!(
+                    walk(&later(unnamed.clone())),
+                    Err(Broken::Unreadable { seq: 2, .. })
+                ),
+                "{unnamed}"
+            );
+        }
 
         // an entry rewritten with a fresh hash over new contents: the next no longer links
         let mut rewritten = log(4);

@@ -714,20 +714,7 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     let export = admin_get(&base, "/v1/audit/export?since=0").await;
     assert_eq!(export.status(), 200);
     let ndjson = export.text().await.unwrap();
-    let file = env.dir.path().join("audit.ndjson");
-    std::fs::write(&file, &ndjson).unwrap();
-    let checked = std::process::Command::new("node")
-        .arg("tests/fhir/validate.mjs")
-        .arg(&file)
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(
-        checked.status.success(),
-        "{}\n{}\n{ndjson}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    fhir_validated(&env, &ndjson);
     for kind in [
         "grant",
         "refusal",
@@ -1971,6 +1958,107 @@ async fn sessions_a_process_forgets_when_it_stops_are_logged_as_ended() {
     );
 }
 
+/// `ndjson`, an export, passes the FHIR validator (`tests/fhir/validate.mjs`).
+fn fhir_validated(env: &Env, ndjson: &str) {
+    let file = env.dir.path().join("audit.ndjson");
+    std::fs::write(&file, ndjson).unwrap();
+    let checked = std::process::Command::new("node")
+        .arg("tests/fhir/validate.mjs")
+        .arg(&file)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}\n{}\n{ndjson}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+/// A service on a Redis of its own (in `dir`), with the admin client `auditor`.
+async fn on_redis_with_an_auditor(dir: &std::path::Path) -> (RedisServer, Env) {
+    let redis = RedisServer::start(dir);
+    let url = redis.url();
+    let env = setup(|s| {
+        s.data.redis_url = Some(url);
+        s.admin.clients = vec![client("auditor", ADMIN_SECRET)];
+    })
+    .await;
+    (redis, env)
+}
+
+/// An entry a later version logged (a kind this version does not read: a replica of the next
+/// version wrote it during a rolling upgrade) is exported as `unmapped`, and the page passes
+/// the FHIR validator, which recomputes that entry's hash from the event it carries (its bytes
+/// as logged); the entries around it are exported as before. Before, the export refused the
+/// page at it (500 `audit-entry-unreadable`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_versions_entry_is_exported_as_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (redis, env) = on_redis_with_an_auditor(dir.path()).await;
+    let base = base(&env);
+    grant(&env, "nurse", 1).await;
+
+    // the next entry, as a replica of a later version links it on the head
+    let mut raw = redis.connection();
+    let metas: Vec<String> = redis::cmd("KEYS").arg("*meta").query(&mut raw).unwrap();
+    let meta = metas
+        .iter()
+        .find(|k| {
+            redis::cmd("HEXISTS")
+                .arg(k.as_str())
+                .arg("audit_head")
+                .query::<bool>(&mut raw)
+                .unwrap()
+        })
+        .unwrap()
+        .clone();
+    let prefix = meta.strip_suffix("meta").unwrap();
+    let head: String = redis::cmd("HGET")
+        .arg(&meta)
+        .arg("audit_head")
+        .query(&mut raw)
+        .unwrap();
+    let head: breakglass::audit::Head = serde_json::from_str(&head).unwrap();
+    let event = r#"{"kind":"handover","replica":"er-node-9:1:0a1b2c3d","lease":"follow-up"}"#;
+    let (seq, at) = (head.seq + 1, breakglass::clock::now_ms());
+    let entry = breakglass::audit::Entry {
+        seq,
+        at,
+        prev: head.hash,
+        hash: breakglass::audit::hash(&head.hash, seq, at, event),
+        event: serde_json::value::RawValue::from_string(event.to_string()).unwrap(),
+    };
+    redis::pipe()
+        .atomic()
+        .hset(
+            format!("{prefix}audit"),
+            format!("{seq:020}"),
+            serde_json::to_string(&entry).unwrap(),
+        )
+        .hset(
+            &meta,
+            "audit_head",
+            serde_json::to_string(&entry.head()).unwrap(),
+        )
+        .query::<()>(&mut raw)
+        .unwrap();
+
+    let export = admin_get(&base, "/v1/audit/export?since=0").await;
+    assert_eq!(export.status(), 200);
+    let ndjson = export.text().await.unwrap();
+    let last: Json = serde_json::from_str(ndjson.lines().last().unwrap()).unwrap();
+    assert_eq!(last["id"], seq.to_string(), "{ndjson}");
+    assert_eq!(last["type"]["code"], "unmapped", "{last}");
+    assert_eq!(last["subtype"][0]["code"], "handover", "{last}");
+    assert!(
+        ndjson.lines().count() as u64 == seq && ndjson.contains("\"code\":\"grant\""),
+        "{ndjson}"
+    );
+    fhir_validated(&env, &ndjson);
+}
+
 /// An access's trail, read through the log's index by access, shows only the entries about
 /// that access, and flags one that does not verify against the log: on Redis, one grant's
 /// entry edited in place, and an index row added that names another access's grant for it.
@@ -1978,13 +2066,7 @@ async fn sessions_a_process_forgets_when_it_stops_are_logged_as_ended() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_trail_shows_its_own_entries_and_flags_an_edited_one() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(dir.path());
-    let url = redis.url();
-    let env = setup(|s| {
-        s.data.redis_url = Some(url);
-        s.admin.clients = vec![client("auditor", ADMIN_SECRET)];
-    })
-    .await;
+    let (redis, env) = on_redis_with_an_auditor(dir.path()).await;
     let base = base(&env);
     let (mine, _) = grant(&env, "nurse", 1).await;
     let (other, _) = grant(&env, "physician", 1).await;

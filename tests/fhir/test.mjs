@@ -32,17 +32,20 @@ const KINDS = ['grant', 'introspection', 'refusal', 'notice', 'sign-in', 'verdic
 // (lines 13 and 14, after the variants 8 to 12), a reviewer's view (16: an admin client's is
 // 17), a sign-out (18), a summary's import (19: a directory's is 20) and a verdict's chain
 // failure (23: an anchor's is 24, a cleared one 25), a start (26), a stop (27), a rekey (28)
-// and a resume (31)
-const EXAMPLE_LINES = [1, 2, 3, 4, 5, 6, 7, 13, 14, 16, 18, 19, 23, 26, 27, 28, 31];
+// a resume (31), and an entry of a later version's kind, unmapped (32)
+const EXAMPLE_LINES = [1, 2, 3, 4, 5, 6, 7, 13, 14, 16, 18, 19, 23, 26, 27, 28, 31, 32];
+// the kind of good.ndjson's unmapped entry (entries.ndjson's last: a kind no version has yet)
+const LATER_KIND = 'handover';
 const kindOf = (r) => r.subtype.find((c) => c.system === 'https://breakglass.example/fhir/CodeSystem/audit-kind').code;
 
 test('good.ndjson: every line is valid FHIR R4 and has its BALP.md shape', () => {
   const r = validate(sample('good.ndjson'));
   assert.equal(r.stderr, '');
-  assert.deepEqual(r.lines, ['31 passed, 0 failed']);
+  assert.deepEqual(r.lines, ['32 passed, 0 failed']);
   assert.equal(r.status, 0);
   const kinds = ndjson(sample('good.ndjson')).map((l) => kindOf(JSON.parse(l)));
   for (const k of KINDS) assert.ok(kinds.includes(k), `good.ndjson has a ${k}`);
+  assert.ok(kinds.includes(LATER_KIND) && !KINDS.includes(LATER_KIND), 'and an entry of a kind this version does not map');
 });
 
 // [line, a message that must be printed for it]
@@ -91,13 +94,17 @@ const EXPECTED = [
   [38, '[balp] AuditEvent.period: the session ends (2026-01-09T11:24:31.456Z) after it opened (2026-01-09T11:24:31.457Z)'],
   [39, '[balp] AuditEvent.entity[0]: detail "last-seen" is "2026-01-09T11:26:01.123Z"; expected an instant like 2026-01-09T10:30:00.000Z, no later than recorded'],
   [40, '[balp] AuditEvent.entity[0]: needs exactly one detail "last-seen" (has 2)'],
+  [41, '[balp] AuditEvent.entity[0].detail: "event" with the entry\'s seq, time and prev hashes to 41accdd1'],
+  [42, '[balp] AuditEvent.action: an unmapped entry has none'],
+  [42, '[balp] AuditEvent.outcome: an unmapped entry has none'],
+  [43, '[balp] AuditEvent.entity[0].detail: "kind" is "handoff", not the subtype\'s "handover"'],
 ];
 
 test('bad.ndjson: each broken line fails, with its line number and the reason', () => {
   const r = validate(sample('bad.ndjson'));
   assert.equal(r.stderr, '');
   assert.equal(r.status, 1);
-  assert.equal(r.last, '1 passed, 39 failed');
+  assert.equal(r.last, '1 passed, 42 failed');
   for (const [line, text] of EXPECTED) {
     assert.ok(
       r.lines.some((l) => l.startsWith(`line ${line}: `) && l.includes(text)),
@@ -106,7 +113,7 @@ test('bad.ndjson: each broken line fails, with its line number and the reason', 
   }
   // every failing line is reported, and line 1 (a good grant) is not
   const reported = new Set(r.lines.slice(0, -1).map((l) => Number(/^line (\d+): /.exec(l)?.[1])));
-  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 39 }, (_, i) => i + 2));
+  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 42 }, (_, i) => i + 2));
 });
 
 test('an empty export is valid', () => {
@@ -117,7 +124,7 @@ test('an empty export is valid', () => {
   assert.equal(r.status, 0);
 });
 
-test("BALP.md's examples are good.ndjson's first seven lines and lines 13, 14, 16, 18, 19, 23, 26, 27, 28 and 31, one per kind", () => {
+test("BALP.md's examples are good.ndjson's first seven lines and lines 13, 14, 16, 18, 19, 23, 26, 27, 28, 31 and 32, one per kind and an unmapped one", () => {
   const md = readFileSync(join(here, 'BALP.md'), 'utf8');
   const examples = [...md.matchAll(/```json\n([\s\S]*?)\n```/g)]
     .map((m) => JSON.parse(m[1]))
@@ -129,7 +136,7 @@ test("BALP.md's examples are good.ndjson's first seven lines and lines 13, 14, 1
     assert.deepEqual(ex, good[line - 1], `BALP.md's ${kindOf(ex)} example differs from good.ndjson line ${line}`);
   }
   assert.deepEqual(examples.map((ex) => Number(ex.id)).sort((a, b) => a - b), EXAMPLE_LINES);
-  assert.deepEqual(examples.map(kindOf).sort(), [...KINDS].sort());
+  assert.deepEqual(examples.map(kindOf).sort(), [...KINDS, LATER_KIND].sort());
 });
 
 test('good.ndjson is the export of entries.ndjson (a real hash chain)', () => {

@@ -13,12 +13,14 @@
 //            an extension has a value or extensions but not both (ext-1)
 //   [balp]   BALP.md: per kind (grant, refusal, introspection, revocation, notice, sign-in,
 //            sign-out, verdict, view, import, chain-failure, start, stop, resume, rekey,
-//            read, read-refusal) the type, subtypes, action, outcome,
+//            read, read-refusal; and an entry of a kind the exporter does not map, whose
+//            logged event must hash to its entry) the type, subtypes, action, outcome,
 //            purposeOfUse/purposeOfEvent BTG, the agents, the patient entity and the other
 //            entities, and the log-entry extension (seq, hash, prev; consecutive entries must link)
 // Exit 0 and "N passed, 0 failed" when every line passes; otherwise each failure as
 // "line K: ...", then "N passed, M failed", exit 1. Usage or I/O errors exit 2.
 
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
@@ -470,6 +472,59 @@ function checkOutcome(s, r, expected, desc) {
   }
 }
 
+// an entry whose event the exporting version does not read (BALP.md, "unmapped"): type
+// audit-kind|unmapped, the kind as the one subtype, no action, outcome or purpose, the service as
+// the application that logged it (the requestor), and one entity holding the kind and the event
+// as logged, base64: its bytes, with the entry's seq, time and previous hash, must hash to the
+// entry's hash (src/audit/mod.rs: SHA-256 of prev, seq and at as big-endian u64, the event)
+function checkUnmapped(s, r, kind, entry) {
+  s.coding('AuditEvent.type', r.type, [CS_KIND, 'unmapped', 'Unmapped kind']);
+  if (arr(r.subtype).length !== 1) s.fail('AuditEvent.subtype', 'an unmapped entry has one subtype, its kind');
+  if (!/^[a-z0-9-]{1,64}$/.test(kind || '')) s.fail('AuditEvent.subtype', `kind ${JSON.stringify(kind)} is not a kind's name`);
+  for (const absent of ['action', 'outcome', 'outcomeDesc', 'purposeOfEvent', 'period']) {
+    if (r[absent] !== undefined) s.fail(`AuditEvent.${absent}`, 'an unmapped entry has none: the exporting version cannot say it');
+  }
+  if (arr(r.agent).length !== 1) s.fail('AuditEvent.agent', 'an unmapped entry has one agent, the service');
+  checkServiceAgent(s, r, C.application, true);
+  if (arr(r.entity).length !== 1) return s.fail('AuditEvent.entity', `an unmapped entry has one entity, its event (has ${arr(r.entity).length})`);
+  const e = r.entity[0];
+  const epath = 'AuditEvent.entity[0]';
+  s.coding(`${epath}.type`, e.type, C.systemObject);
+  const details = arr(e.detail);
+  const named = details.filter((d) => d && d.type === 'kind');
+  const logged = details.filter((d) => d && d.type === 'event');
+  if (details.length !== 2 || named.length !== 1 || logged.length !== 1) {
+    return s.fail(`${epath}.detail`, 'needs one "kind" (valueString) and one "event" (valueBase64Binary), and no other');
+  }
+  if (named[0].valueString !== kind) s.fail(`${epath}.detail`, `"kind" is ${JSON.stringify(named[0].valueString)}, not the subtype's ${JSON.stringify(kind)}`);
+  const b64 = logged[0].valueBase64Binary;
+  if (typeof b64 !== 'string' || !/^[A-Za-z0-9+/]+={0,2}$/.test(b64) || b64.length % 4 !== 0) {
+    return s.fail(`${epath}.detail`, '"event" must be valueBase64Binary');
+  }
+  const bytes = Buffer.from(b64, 'base64');
+  let event;
+  try {
+    event = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    return s.fail(`${epath}.detail`, '"event" is not JSON');
+  }
+  if (!event || typeof event !== 'object' || Array.isArray(event) || event.kind !== kind) {
+    s.fail(`${epath}.detail`, `"event" is not an object of kind ${JSON.stringify(kind)}`);
+  }
+  const at = Date.parse(r.recorded);
+  if (entry && !Number.isNaN(at)) {
+    const h = createHash('sha256');
+    h.update(Buffer.from(entry.prev, 'hex'));
+    const nums = Buffer.alloc(16);
+    nums.writeBigUInt64BE(entry.seq, 0);
+    nums.writeBigUInt64BE(BigInt(at), 8);
+    h.update(nums);
+    h.update(bytes);
+    const computed = h.digest('hex');
+    if (computed !== entry.hash) s.fail(`${epath}.detail`, `"event" with the entry's seq, time and prev hashes to ${computed}, not the entry's hash ${entry.hash}`);
+  }
+}
+
 const KINDS = {
   grant(s, r) {
     s.coding('AuditEvent.type', r.type, C.securityAlert);
@@ -875,6 +930,11 @@ export function balpMessages(r) {
     return { messages: s.msgs, entry };
   }
   const kind = kinds[0].code;
+  // an entry the exporting version does not map (a later version's kind): its own shape
+  if (r.type && r.type.system === CS_KIND) {
+    checkUnmapped(s, r, kind, entry);
+    return { messages: s.msgs, entry };
+  }
   const check = Object.prototype.hasOwnProperty.call(KINDS, kind) ? KINDS[kind] : undefined;
   if (!check) {
     s.fail('AuditEvent.subtype', `unknown kind "${kind}" (expected one of ${Object.keys(KINDS).join(', ')})`);
