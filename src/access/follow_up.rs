@@ -277,16 +277,13 @@ impl FollowUp {
 /// version, a reviewer's view, say: the follow-up makes nothing of those), never when it is or
 /// may be a grant.
 fn to_follow(entry: &crate::audit::Entry) -> Result<Option<AccessId>, String> {
-    #[derive(serde::Deserialize)]
-    struct Kind<'a> {
-        kind: &'a str,
-    }
     match entry.parsed() {
         Ok(crate::audit::Event::Grant { access, .. }) => Ok(Some(access)),
         Ok(_) => Ok(None),
-        Err(e) => match serde_json::from_str::<Kind>(entry.event.get()) {
-            Ok(k) if k.kind != "grant" => {
-                tracing::warn!(seq = entry.seq, kind = k.kind, "an audit entry of a kind this version does not read (a later version's?): passed over, it is not a grant");
+        // (the kind as `audit verify` and the export read it)
+        Err(e) => match crate::audit::kind_of(entry) {
+            Some(kind) if kind != "grant" => {
+                tracing::warn!(seq = entry.seq, kind, "an audit entry of a kind this version does not read (a later version's?): passed over, it is not a grant");
                 Ok(None)
             }
             _ => Err(format!("the entry does not parse: {e}")),

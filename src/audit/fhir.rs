@@ -124,7 +124,7 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
         Ok(event) => event,
         // a later version's kind (a replica of it wrote during a rolling upgrade), or a kind
         // whose fields it changed: exported as logged, not refused
-        Err(e) => match super::kind_of(entry).filter(|k| is_code(k)) {
+        Err(e) => match super::kind_of(entry) {
             Some(kind) => {
                 unmapped(&mut r, &service, &kind, entry.event.get());
                 return Ok(r);
@@ -601,33 +601,39 @@ fn audit_event_of(entry: &Entry, observer: &str) -> Result<Value, serde_json::Er
 /// The type of an entry this version does not map (`unmapped`).
 const UNMAPPED: &str = "unmapped";
 
-/// Whether `kind` may be a FHIR `code` of ours: lowercase letters, digits and hyphens, as
-/// every kind is named.
-fn is_code(kind: &str) -> bool {
-    (1..=64).contains(&kind.len())
-        && kind
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
 /// An entry whose event this version does not read (a later version's kind, or one whose
 /// fields a later version changed): its kind as the subtype, the service that logged it as
-/// the requestor, and the event exactly as logged (base64 of its bytes: with the entry's seq,
-/// time and previous hash, a SIEM recomputes its hash). No action or outcome: this version
-/// cannot say them.
+/// the requestor, the patient when the event names one as every event does (`patient`, a
+/// 64-hex id: a SIEM finds it by patient), and the event exactly as logged (base64 of its
+/// bytes: with the entry's seq, time and previous hash, a SIEM recomputes its hash). No action,
+/// outcome or purpose: this version cannot say them.
 fn unmapped(r: &mut Value, service: &Value, kind: &str, event: &str) {
     use base64::Engine;
     r["type"] = json!({ "system": KIND, "code": UNMAPPED, "display": "Unmapped kind" });
     r["subtype"] = json!([{ "system": KIND, "code": kind }]);
     r["agent"] = json!([application_agent(service)]);
-    r["entity"] = json!([{
+    let patient = serde_json::from_str::<serde_json::Map<String, Value>>(event)
+        .ok()
+        .and_then(|o| match o.get("patient") {
+            // as every event writes it (lowercase hex): the entity names what the event does
+            Some(Value::String(p))
+                if p.parse::<crate::domain::PatientId>()
+                    .is_ok_and(|id| id.to_string() == *p) =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        });
+    let mut entities: Vec<Value> = patient.iter().map(|p| patient_entity(p)).collect();
+    entities.push(json!({
         "type": entity_type("2", "System Object"),
         "description": "the audit log entry's event, as logged",
         "detail": [
             detail("kind", kind),
             { "type": "event", "valueBase64Binary": base64::engine::general_purpose::STANDARD.encode(event) },
         ],
-    }]);
+    }));
+    r["entity"] = Value::Array(entities);
 }
 
 fn dcm(code: &str, display: &str) -> Value {
@@ -841,8 +847,9 @@ mod tests {
             }
         };
         let names = Names::of("https://breakglass.example");
-        // a grant as a later version might log it (its access no longer an id)
-        let changed = entry(json!({ "kind": "grant", "access": 5 }));
+        // a grant as a later version might log it (its access no longer an id), of a patient
+        let patient = "ab".repeat(32);
+        let changed = entry(json!({ "kind": "grant", "access": 5, "patient": patient }));
         let made = audit_event(&changed, &names).unwrap();
         assert_eq!(made["type"]["code"], UNMAPPED);
         assert_eq!(
@@ -850,7 +857,23 @@ mod tests {
             json!([{ "system": KIND, "code": "grant" }])
         );
         assert!(made.get("action").is_none() && made.get("outcome").is_none());
-        let logged = made["entity"][0]["detail"][1]["valueBase64Binary"]
+        assert_eq!(
+            made["agent"],
+            json!([application_agent(&made["source"]["observer"])])
+        );
+        assert_eq!(made["entity"][0], patient_entity(&patient));
+        assert_eq!(
+            made["entity"][1]["detail"][0],
+            detail("kind", "grant"),
+            "{made}"
+        );
+        // a patient not written as events write one is not named (the event still carries it)
+        for odd in [json!("AB".repeat(32)), json!("ab"), json!(7)] {
+            let made =
+                audit_event(&entry(json!({ "kind": "later", "patient": odd })), &names).unwrap();
+            assert_eq!(made["entity"].as_array().unwrap().len(), 1, "{made}");
+        }
+        let logged = made["entity"][1]["detail"][1]["valueBase64Binary"]
             .as_str()
             .unwrap();
         assert_eq!(
@@ -871,6 +894,11 @@ mod tests {
                 "{unnamed}"
             );
         }
+        // nor a kind named twice (readers keeping the first or the last would disagree)
+        let mut twice = entry(json!({}));
+        twice.event =
+            serde_json::value::RawValue::from_string(r#"{"kind":"a","kind":"b"}"#.into()).unwrap();
+        assert!(audit_event(&twice, &names).is_err());
     }
 
     /// A hospital's own identifier systems (its MPI's for patients, its directory's for

@@ -436,16 +436,26 @@ pub fn follows(head: &Head, entry: &Entry) -> Result<Head, Broken> {
     Ok(entry.head())
 }
 
-/// The kind `entry`'s event names, if it is a JSON object with a string `kind` (read of any
-/// event, one this version reads or a later version's).
+/// The kind `entry`'s event names: a JSON object with one string `kind` that is a kind's name
+/// (lowercase letters, digits and hyphens, 64 at most, a FHIR `code`), whether this version
+/// reads the event or not (a later version's). `None` for anything else: an array (serde reads
+/// a struct from one), a duplicate `kind` (readers that keep the first and those that keep the
+/// last would disagree), a kind no version names so.
 pub fn kind_of(entry: &Entry) -> Option<String> {
-    // an object, not a struct: serde reads a struct from an array too (`["grant"]`)
-    let event: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(entry.event.get()).ok()?;
-    match event.get("kind")? {
-        serde_json::Value::String(kind) => Some(kind.clone()),
-        _ => None,
+    #[derive(Deserialize)]
+    struct Kind {
+        kind: String,
     }
+    let text = entry.event.get();
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let kind = serde_json::from_str::<Kind>(text).ok()?.kind;
+    let named = (1..=64).contains(&kind.len())
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    named.then_some(kind)
 }
 
 mod hex32 {
@@ -556,13 +566,13 @@ mod tests {
 
         // an entry of a kind this version does not read (a later version's) holds together,
         // its hash checked as any other's; one that names no kind is unreadable
-        let later = |event: serde_json::Value| {
+        let later_raw = |event: &str| {
             let mut head = Head::default();
             let mut out = Vec::new();
             for i in 0..3 {
                 let mut e = Entry::next(&head, &sign_in(i)).unwrap();
                 if i == 1 {
-                    let raw = serde_json::value::to_raw_value(&event).unwrap();
+                    let raw = RawValue::from_string(event.to_string()).unwrap();
                     e.hash = hash(&head.hash, e.seq, e.at, raw.get());
                     e.event = raw;
                 }
@@ -571,6 +581,7 @@ mod tests {
             }
             out
         };
+        let later = |event: serde_json::Value| later_raw(&event.to_string());
         let entries = later(serde_json::json!({"kind": "later", "access": "x"}));
         assert_eq!(walk(&entries).unwrap(), entries[2].head());
         assert!(entries[1].parsed().is_err(), "not read by this version");
@@ -579,13 +590,16 @@ mod tests {
             serde_json::value::to_raw_value(&serde_json::json!({"kind": "latex"})).unwrap();
         assert_eq!(walk(&altered), Err(Broken::Altered { seq: 2 }));
         for unnamed in [
-            serde_json::json!({"what": "later"}),
-            serde_json::json!(["later"]),
-            serde_json::json!({"kind": 2}),
+            r#"{"what":"later"}"#,
+            r#"["later"]"#,
+            r#"{"kind":2}"#,
+            r#"{"kind":"Hand Over"}"#,
+            r#"{"kind":""}"#,
+            r#"{"kind":"later","kind":"grant"}"#,
         ] {
             assert!(
                 matches!(
-                    walk(&later(unnamed.clone())),
+                    walk(&later_raw(unnamed)),
                     Err(Broken::Unreadable { seq: 2, .. })
                 ),
                 "{unnamed}"

@@ -34,14 +34,15 @@ const KINDS = ['grant', 'introspection', 'refusal', 'notice', 'sign-in', 'verdic
 // failure (23: an anchor's is 24, a cleared one 25), a start (26), a stop (27), a rekey (28)
 // a resume (31), and an entry of a later version's kind, unmapped (32)
 const EXAMPLE_LINES = [1, 2, 3, 4, 5, 6, 7, 13, 14, 16, 18, 19, 23, 26, 27, 28, 31, 32];
-// the kind of good.ndjson's unmapped entry (entries.ndjson's last: a kind no version has yet)
+// the kind of good.ndjson's unmapped example (line 32: a kind no version has yet; line 33 is
+// another, of a patient)
 const LATER_KIND = 'handover';
 const kindOf = (r) => r.subtype.find((c) => c.system === 'https://breakglass.example/fhir/CodeSystem/audit-kind').code;
 
 test('good.ndjson: every line is valid FHIR R4 and has its BALP.md shape', () => {
   const r = validate(sample('good.ndjson'));
   assert.equal(r.stderr, '');
-  assert.deepEqual(r.lines, ['32 passed, 0 failed']);
+  assert.deepEqual(r.lines, ['33 passed, 0 failed']);
   assert.equal(r.status, 0);
   const kinds = ndjson(sample('good.ndjson')).map((l) => kindOf(JSON.parse(l)));
   for (const k of KINDS) assert.ok(kinds.includes(k), `good.ndjson has a ${k}`);
@@ -98,13 +99,15 @@ const EXPECTED = [
   [42, '[balp] AuditEvent.action: an unmapped entry has none'],
   [42, '[balp] AuditEvent.outcome: an unmapped entry has none'],
   [43, '[balp] AuditEvent.entity[0].detail: "kind" is "handoff", not the subtype\'s "handover"'],
+  [44, '[balp] AuditEvent.entity[0]: the event\'s entity has only type, description and detail (has what)'],
+  [45, '[balp] AuditEvent.entity: the patient entity names none; the event names 0e1ba882'],
 ];
 
 test('bad.ndjson: each broken line fails, with its line number and the reason', () => {
   const r = validate(sample('bad.ndjson'));
   assert.equal(r.stderr, '');
   assert.equal(r.status, 1);
-  assert.equal(r.last, '1 passed, 42 failed');
+  assert.equal(r.last, '1 passed, 44 failed');
   for (const [line, text] of EXPECTED) {
     assert.ok(
       r.lines.some((l) => l.startsWith(`line ${line}: `) && l.includes(text)),
@@ -113,7 +116,7 @@ test('bad.ndjson: each broken line fails, with its line number and the reason', 
   }
   // every failing line is reported, and line 1 (a good grant) is not
   const reported = new Set(r.lines.slice(0, -1).map((l) => Number(/^line (\d+): /.exec(l)?.[1])));
-  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 42 }, (_, i) => i + 2));
+  assert.deepEqual([...reported].sort((a, b) => a - b), Array.from({ length: 44 }, (_, i) => i + 2));
 });
 
 test('an empty export is valid', () => {

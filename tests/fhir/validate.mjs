@@ -474,9 +474,10 @@ function checkOutcome(s, r, expected, desc) {
 
 // an entry whose event the exporting version does not read (BALP.md, "unmapped"): type
 // audit-kind|unmapped, the kind as the one subtype, no action, outcome or purpose, the service as
-// the application that logged it (the requestor), and one entity holding the kind and the event
-// as logged, base64: its bytes, with the entry's seq, time and previous hash, must hash to the
-// entry's hash (src/audit/mod.rs: SHA-256 of prev, seq and at as big-endian u64, the event)
+// the application that logged it (the requestor), the patient when the event names one
+// (`patient`, 64 lowercase hex), and one entity holding the kind and the event as logged,
+// base64: its bytes, with the entry's seq, time and previous hash, must hash to the entry's hash
+// (src/audit/mod.rs: SHA-256 of prev, seq and at as big-endian u64, the event)
 function checkUnmapped(s, r, kind, entry) {
   s.coding('AuditEvent.type', r.type, [CS_KIND, 'unmapped', 'Unmapped kind']);
   if (arr(r.subtype).length !== 1) s.fail('AuditEvent.subtype', 'an unmapped entry has one subtype, its kind');
@@ -486,10 +487,16 @@ function checkUnmapped(s, r, kind, entry) {
   }
   if (arr(r.agent).length !== 1) s.fail('AuditEvent.agent', 'an unmapped entry has one agent, the service');
   checkServiceAgent(s, r, C.application, true);
-  if (arr(r.entity).length !== 1) return s.fail('AuditEvent.entity', `an unmapped entry has one entity, its event (has ${arr(r.entity).length})`);
-  const e = r.entity[0];
-  const epath = 'AuditEvent.entity[0]';
-  s.coding(`${epath}.type`, e.type, C.systemObject);
+  const extraAgent = Object.keys(arr(r.agent)[0] || {}).filter((k) => !['type', 'who', 'requestor'].includes(k));
+  if (extraAgent.length) s.fail('AuditEvent.agent[0]', `an unmapped entry's agent says only type, who and requestor (has ${extraAgent.join(', ')})`);
+  const patient = checkPatientEntity(s, r, false);
+  const events = entitiesWith(r, null, C.systemObject);
+  if (events.length !== 1 || arr(r.entity).length !== events.length + (patient === undefined ? 0 : 1)) {
+    return s.fail('AuditEvent.entity', 'an unmapped entry has one entity for its event (System Object), and its patient\'s if the event names one, no other');
+  }
+  const [e, epath] = events[0];
+  const extra = Object.keys(e).filter((k) => !['type', 'description', 'detail'].includes(k));
+  if (extra.length) s.fail(epath, `the event's entity has only type, description and detail (has ${extra.join(', ')})`);
   const details = arr(e.detail);
   const named = details.filter((d) => d && d.type === 'kind');
   const logged = details.filter((d) => d && d.type === 'event');
@@ -509,10 +516,15 @@ function checkUnmapped(s, r, kind, entry) {
     return s.fail(`${epath}.detail`, '"event" is not JSON');
   }
   if (!event || typeof event !== 'object' || Array.isArray(event) || event.kind !== kind) {
-    s.fail(`${epath}.detail`, `"event" is not an object of kind ${JSON.stringify(kind)}`);
+    return s.fail(`${epath}.detail`, `"event" is not an object of kind ${JSON.stringify(kind)}`);
+  }
+  // the patient entity names the patient the event names, and is there when it names one
+  const named64 = typeof event.patient === 'string' && HEX64.test(event.patient) ? event.patient : undefined;
+  if (patient !== named64) {
+    s.fail('AuditEvent.entity', `the patient entity names ${patient === undefined ? 'none' : patient}; the event names ${named64 === undefined ? 'none' : named64}`);
   }
   const at = Date.parse(r.recorded);
-  if (entry && !Number.isNaN(at)) {
+  if (entry && Number.isFinite(at) && at >= 0) {
     const h = createHash('sha256');
     h.update(Buffer.from(entry.prev, 'hex'));
     const nums = Buffer.alloc(16);
