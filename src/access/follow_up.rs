@@ -592,6 +592,11 @@ mod tests {
             r#"{"kind":"grant","access":"not an id"}"#,
             r#"{"what":"no kind"}"#,
             r#"[1,2]"#,
+            // as `audit verify` and the export read a kind: an array, a kind named twice, a
+            // kind no version names so
+            r#"["later-kind"]"#,
+            r#"{"kind":"later-kind","kind":"grant"}"#,
+            r#"{"kind":"Later Kind"}"#,
         ] {
             assert!(to_follow(&entry(stuck)).is_err(), "{stuck}");
         }

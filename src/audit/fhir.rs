@@ -603,8 +603,8 @@ const UNMAPPED: &str = "unmapped";
 
 /// An entry whose event this version does not read (a later version's kind, or one whose
 /// fields a later version changed): its kind as the subtype, the service that logged it as
-/// the requestor, the patient when the event names one as every event does (`patient`, a
-/// 64-hex id: a SIEM finds it by patient), and the event exactly as logged (base64 of its
+/// the requestor, the patient when the event names one as events about a patient do
+/// (`patient`, a 64-hex id: a SIEM finds it by patient), and the event exactly as logged (base64 of its
 /// bytes: with the entry's seq, time and previous hash, a SIEM recomputes its hash). No action,
 /// outcome or purpose: this version cannot say them.
 fn unmapped(r: &mut Value, service: &Value, kind: &str, event: &str) {
@@ -612,18 +612,18 @@ fn unmapped(r: &mut Value, service: &Value, kind: &str, event: &str) {
     r["type"] = json!({ "system": KIND, "code": UNMAPPED, "display": "Unmapped kind" });
     r["subtype"] = json!([{ "system": KIND, "code": kind }]);
     r["agent"] = json!([application_agent(service)]);
-    let patient = serde_json::from_str::<serde_json::Map<String, Value>>(event)
-        .ok()
-        .and_then(|o| match o.get("patient") {
-            // as every event writes it (lowercase hex): the entity names what the event does
-            Some(Value::String(p))
-                if p.parse::<crate::domain::PatientId>()
-                    .is_ok_and(|id| id.to_string() == *p) =>
-            {
-                Some(p.clone())
-            }
-            _ => None,
-        });
+    // the field alone read as a string (its other fields as raw JSON: a number or string this
+    // version would not read elsewhere in it does not hide the patient)
+    let patient = serde_json::from_str::<
+        std::collections::HashMap<String, Box<serde_json::value::RawValue>>,
+    >(event)
+    .ok()
+    .and_then(|o| serde_json::from_str::<String>(o.get("patient")?.get()).ok())
+    // as events write it (lowercase hex): the entity names what the event does
+    .filter(|p| {
+        p.parse::<crate::domain::PatientId>()
+            .is_ok_and(|id| id.to_string() == *p)
+    });
     let mut entities: Vec<Value> = patient.iter().map(|p| patient_entity(p)).collect();
     entities.push(json!({
         "type": entity_type("2", "System Object"),
@@ -894,6 +894,16 @@ mod tests {
                 "{unnamed}"
             );
         }
+        // a field this version would not read elsewhere (a number beyond f64) hides no patient
+        let mut odd = entry(json!({}));
+        odd.event = serde_json::value::RawValue::from_string(format!(
+            r#"{{"kind":"later","n":1e400,"patient":"{patient}"}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            audit_event(&odd, &names).unwrap()["entity"][0],
+            patient_entity(&patient)
+        );
         // nor a kind named twice (readers keeping the first or the last would disagree)
         let mut twice = entry(json!({}));
         twice.event =

@@ -366,8 +366,14 @@ impl Entry {
     }
 
     /// The event, parsed.
+    /// The event, if this version reads it: an object (serde reads a tagged event from an
+    /// array too, `["sign-in", …]`, which no version writes).
     pub fn parsed(&self) -> Result<Event, serde_json::Error> {
-        serde_json::from_str(self.event.get())
+        let text = self.event.get();
+        if !text.starts_with('{') {
+            return Err(serde::de::Error::custom("an event is a JSON object"));
+        }
+        serde_json::from_str(text)
     }
 
     pub fn head(&self) -> Head {
@@ -446,8 +452,9 @@ pub fn kind_of(entry: &Entry) -> Option<String> {
     struct Kind {
         kind: String,
     }
+    // (a raw value keeps no leading whitespace)
     let text = entry.event.get();
-    if !text.trim_start().starts_with('{') {
+    if !text.starts_with('{') {
         return None;
     }
     let kind = serde_json::from_str::<Kind>(text).ok()?.kind;
@@ -582,8 +589,11 @@ mod tests {
             out
         };
         let later = |event: serde_json::Value| later_raw(&event.to_string());
+        for kind in ["later", "later-2", &"a".repeat(64)] {
+            let entries = later(serde_json::json!({"kind": kind, "access": "x"}));
+            assert_eq!(walk(&entries).unwrap(), entries[2].head(), "{kind}");
+        }
         let entries = later(serde_json::json!({"kind": "later", "access": "x"}));
-        assert_eq!(walk(&entries).unwrap(), entries[2].head());
         assert!(entries[1].parsed().is_err(), "not read by this version");
         let mut altered = later(serde_json::json!({"kind": "later"}));
         altered[1].event =
@@ -596,6 +606,8 @@ mod tests {
             r#"{"kind":"Hand Over"}"#,
             r#"{"kind":""}"#,
             r#"{"kind":"later","kind":"grant"}"#,
+            r#"["sign-in",null,"ok"]"#,
+            &format!(r#"{{"kind":"{}"}}"#, "a".repeat(65)),
         ] {
             assert!(
                 matches!(

@@ -969,6 +969,8 @@ async fn a_known_signers_refusals_are_logged_up_to_their_share_a_minute() {
             (403, &json!("provider-not-verified"))
         );
     };
+    // (the share refills one entry every three seconds from the first refusal on)
+    let started = std::time::Instant::now();
     // one request, sent again and again: one entry
     let replayed = request(1);
     for _ in 0..30 {
@@ -995,10 +997,15 @@ async fn a_known_signers_refusals_are_logged_up_to_their_share_a_minute() {
     for nonce in 0..n {
         refused(&request(100 + nonce as u64)).await;
     }
-    // (the share refills one entry every three seconds while the test runs)
+    // the share, and what refilled it while the test ran (one entry every three seconds: a
+    // busy machine takes longer over these requests)
     let share = breakglass::access::REFUSAL_ENTRIES_PER_MINUTE as usize;
+    let refilled = (started.elapsed().as_secs_f64() * share as f64 / 60.0).ceil() as usize;
     let total = logged() - before;
-    assert!((share - 1..=share + 4).contains(&total), "{total}");
+    assert!(
+        (share - 1..=share + refilled).contains(&total),
+        "{total} logged, the share {share}, {refilled} refilled"
+    );
     assert!(
         Scrape::of(app)
             .await
