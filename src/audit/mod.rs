@@ -365,7 +365,6 @@ impl Entry {
         hash(&self.prev, self.seq, self.at, self.event.get())
     }
 
-    /// The event, parsed.
     /// The event, if this version reads it: an object (serde reads a tagged event from an
     /// array too, `["sign-in", …]`, which no version writes).
     pub fn parsed(&self) -> Result<Event, serde_json::Error> {

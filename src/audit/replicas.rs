@@ -218,7 +218,10 @@ impl Replicas {
         };
         let beat = Batch {
             replicas: vec![(id.clone(), row.clone())],
-            guard: before.and_then(|b| guarded(Some(row_bytes(b)))),
+            guard: match before {
+                Some(b) => guarded(Some(b.stored()?)),
+                None => None,
+            },
             ..Batch::default()
         };
         match apply_async(&self.store, beat).await {
@@ -252,11 +255,6 @@ impl Replicas {
             Err(e) => Err(e),
         }
     }
-}
-
-/// A row's bytes as the store holds them (`Store::replicas`, `ReplicaRow::bytes`).
-fn row_bytes(seen: &ReplicaSeen) -> Vec<u8> {
-    serde_json::to_vec(seen).unwrap_or_default()
 }
 
 /// The other replicas' rows as this one read them: each one's last bytes and since when (by
@@ -509,7 +507,7 @@ mod tests {
                 })],
                 replicas: vec![("me".into(), None)],
                 guard: Some(Guard {
-                    replica: Some(("me".into(), Some(row_bytes(seen)))),
+                    replica: Some(("me".into(), Some(seen.stored().unwrap()))),
                     ..Guard::default()
                 }),
                 ..Batch::default()

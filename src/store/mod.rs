@@ -593,6 +593,14 @@ pub struct ReplicaSeen {
     pub version: String,
 }
 
+impl ReplicaSeen {
+    /// The row's bytes as a store writes them (what a write guarded on this process's own
+    /// row compares: `Guard::replica`).
+    pub fn stored(&self) -> Result<Vec<u8>, StoreError> {
+        schema::enc(self)
+    }
+}
+
 /// A process's row as read (`Store::replicas`): its replica id, what this version reads of it,
 /// and its bytes as the store holds them (what a write guarded on it compares: `Guard::replica`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -164,9 +164,9 @@ pub struct RedisStore {
     /// Whether this process moved sorted tables an earlier version kept as hashes
     /// (`sorted_whole`).
     sorted: std::sync::atomic::AtomicBool,
-    /// When this process last made the operations' names whole (`names_whole`), and whether
+    /// When this process last made each table's names whole (`names_whole`), and whether
     /// they were.
-    names_checked: Mutex<(Option<std::time::Instant>, bool)>,
+    names_checked: Mutex<std::collections::HashMap<Table, (std::time::Instant, bool)>>,
     metrics: GroupMetrics,
 }
 
@@ -378,7 +378,7 @@ impl RedisStore {
             }),
             indexed: std::sync::atomic::AtomicBool::new(false),
             sorted: std::sync::atomic::AtomicBool::new(false),
-            names_checked: Mutex::new((None, false)),
+            names_checked: Mutex::new(std::collections::HashMap::new()),
             metrics,
         })
     }
@@ -1146,16 +1146,15 @@ impl RedisStore {
         let now = std::time::Instant::now();
         {
             let mut checked = self.names_checked.lock().unwrap_or_else(|e| e.into_inner());
-            if checked
-                .0
-                .is_some_and(|at| now.duration_since(at) < NAMES_CHECKED_EVERY)
-            {
-                return checked.1;
+            let last = checked.entry(table).or_insert((now, false));
+            if last.0 != now && now.duration_since(last.0) < NAMES_CHECKED_EVERY {
+                return last.1;
             }
-            checked.0 = Some(now);
+            last.0 = now;
         }
         let checked = self.name_all(table);
-        let mut last = self.names_checked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.names_checked.lock().unwrap_or_else(|e| e.into_inner());
+        let last = all.entry(table).or_insert((now, false));
         match checked {
             Ok(()) => last.1 = true,
             Err(Unnamed::Missing(e)) => {
@@ -1164,7 +1163,15 @@ impl RedisStore {
             }
             Err(Unnamed::Uncounted(e)) => {
                 tracing::debug!(error = %e, table, "a table's names could not be counted: checked again shortly");
-                last.0 = now.checked_sub(NAMES_CHECKED_EVERY - NAMES_CHECKED_AGAIN);
+                let was = last.1;
+                match now.checked_sub(NAMES_CHECKED_EVERY - NAMES_CHECKED_AGAIN) {
+                    Some(sooner) => last.0 = sooner,
+                    // (a clock that young: checked again at the next read)
+                    None => {
+                        all.remove(table);
+                    }
+                }
+                return was;
             }
         }
         last.1
