@@ -125,6 +125,36 @@ describe("stacks-node RPC", () => {
     expect((await c.get("/v2/accounts/not-a-principal")).status).toBe(400);
     expect((await c.get(`/v2/contracts/interface/${address}/access-control`)).body.functions.length).toBeGreaterThan(10);
   });
+
+  it("reads as of a block with ?tip=, and answers a block it has not got with 404", async () => {
+    const key = randomPrivateKey();
+    const me = privateKeyToAddress(key, "testnet");
+    await c.fund(me);
+    const before = (await c.mine()).body.blocks[0].index_block_hash as string;
+    await c.broadcast(await register(c, key));
+    const registered = (await c.mine()).body.blocks[0].index_block_hash as string;
+    const [address] = AC.split(".");
+    const read = (query: string) =>
+      c.post(`/v2/contracts/call-read/${address}/access-control/get-provider${query}`,
+        { sender: DEPLOYER, arguments: [cvToHex(Cl.principal(me))] });
+    const at = async (query: string) => {
+      const r = await read(query);
+      expect(r.status).toBe(200);
+      expect(r.body.okay).toBe(true);
+      return Cl.prettyPrint(hexToCV(r.body.result));
+    };
+    // the tip, then earlier blocks once it is not the tip any more
+    expect(await at(`?tip=${registered.slice(2)}`)).toContain('status: "pending"');
+    await c.mine();
+    expect(await at("")).toContain('status: "pending"');
+    expect(await at(`?tip=${registered.slice(2)}`)).toContain('status: "pending"');
+    expect(await at(`?tip=${before.slice(2)}`)).toBe("none");
+    // as a node: a tip that is not a block id reads at the tip; a block it has not got is a 404
+    expect(await at("?tip=latest")).toContain('status: "pending"');
+    const unknown = await read(`?tip=${"ab".repeat(32)}`);
+    expect(unknown.status).toBe(404);
+    expect(unknown.body).toContain("No such chain tip");
+  });
 });
 
 describe("refused transactions change nothing", () => {

@@ -14,7 +14,7 @@ import {
 } from "node:fs";
 import { dirname, join } from "node:path";
 import { initSimnet, tx as simTx, type Simnet } from "@stacks/clarinet-sdk";
-import { ClarityValue, cvToHex } from "@stacks/transactions";
+import { Cl, ClarityValue, cvToHex, hexToCV } from "@stacks/transactions";
 import { Admitted, ChainView, RejectedError, admit } from "./admission.js";
 import type { AbiType } from "./abi.js";
 
@@ -220,6 +220,34 @@ export class Chain implements ChainView {
 
   callRead(contract: string, fn: string, args: ClarityValue[], sender: string): ClarityValue {
     return this.simnet.callReadOnlyFn(contract, fn, args, sender).result;
+  }
+
+  /** The height of this chain's block whose index block hash is `indexHash`, if it has one. */
+  heightOf(indexHash: string): number | undefined {
+    if (indexHash === this.tip.indexHash) return this.tip.height;
+    return this.blocks.find((b) => b.index_block_hash === indexHash)?.block_height
+      ?? (indexHash === this.genesis().indexHash ? this.genesisHeight : undefined);
+  }
+
+  /**
+   * `callRead` as of the end of the canonical block whose index block hash is `indexHash`, as a
+   * node answers a call-read with `?tip=`: the tip's state, or an earlier block's through
+   * Clarity's `at-block` (the simnet keeps each block's state); `"no-such-tip"` when no block of
+   * this chain has that hash (a node behind the block, or on another fork). Unlike a node's, an
+   * earlier block's read runs with the deployer as `tx-sender` (no read-only function of these
+   * contracts looks at it).
+   */
+  callReadAt(contract: string, fn: string, args: ClarityValue[], sender: string, indexHash: string): ClarityValue | "no-such-tip" {
+    if (indexHash === this.tip.indexHash) return this.callRead(contract, fn, args, sender);
+    const height = this.heightOf(indexHash);
+    if (height === undefined) return "no-such-tip";
+    // the simnet's block at a devnet block's height holds that block's state (the tip's is
+    // still open: read above without `at-block`)
+    const id = hexToCV(this.simnet.runSnippet(`(unwrap-panic (get-stacks-block-info? id-header-hash u${height}))`) as string);
+    const call = `(contract-call? '${contract} ${fn} ${args.map((a) => Cl.prettyPrint(a)).join(" ")})`;
+    const result = this.simnet.runSnippet(`(at-block ${Cl.prettyPrint(id)} ${call})`);
+    if (typeof result !== "string" || !result.startsWith("0x")) throw new Error(`at-block read: ${String(result)}`);
+    return hexToCV(result);
   }
 
   pending(): Admitted[] {

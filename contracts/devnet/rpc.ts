@@ -57,6 +57,11 @@ async function route(chain: Chain, observers: Observers, req: IncomingMessage, r
     } catch {
       throw new HttpError(400, "Failed to deserialize Clarity value arguments");
     }
+    // `?tip=<index block hash>`: as of that block, as a node reads it (64 hex digits; anything
+    // else, as a node does, reads at the tip); a block it has not got is a 404 before anything
+    const tip = url.searchParams.get("tip");
+    const at = tip && /^[0-9a-f]{64}$/i.test(tip) ? `0x${tip.toLowerCase()}` : null;
+    if (at !== null && chain.heightOf(at) === undefined) return text(res, 404, "No such chain tip");
     const abi = chain.functionArgs(contract, fn);
     if (abi === "no-contract") return json(res, 200, { okay: false, cause: `Unchecked(NoSuchContract("${contract}"))` });
     if (abi === "no-function" || abi.access !== "read_only") {
@@ -66,7 +71,8 @@ async function route(chain: Chain, observers: Observers, req: IncomingMessage, r
       return json(res, 200, { okay: false, cause: `Unchecked(IncorrectArgumentCount(${abi.args.length}, ${args.length}))` });
     }
     try {
-      const result = chain.callRead(contract, fn, args, body.sender);
+      const result = at === null ? chain.callRead(contract, fn, args, body.sender) : chain.callReadAt(contract, fn, args, body.sender, at);
+      if (result === "no-such-tip") return text(res, 404, "No such chain tip");
       return json(res, 200, { okay: true, result: cvToHex(result) });
     } catch (e) {
       return json(res, 200, { okay: false, cause: String((e as Error).message).split("\n")[0] });
@@ -162,7 +168,7 @@ async function route(chain: Chain, observers: Observers, req: IncomingMessage, r
     const empty = url.searchParams.get("empty");
     const blocks = empty !== null ? chain.mineEmpty(boundedInt(empty, 1, 10_000)) : chain.mine();
     return json(res, 200, { blocks: blocks.map((b) => ({ height: b.block_height, hash: b.block_hash,
-      txids: b.transactions.map((t) => t.txid) })), tip: chain.tipHeight });
+      index_block_hash: b.index_block_hash, txids: b.transactions.map((t) => t.txid) })), tip: chain.tipHeight });
   }
 
   if (req.method === "POST" && path === "/devnet/fork") {

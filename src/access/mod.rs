@@ -169,13 +169,21 @@ impl BreakGlass {
         self
     }
 
-    fn unavailable(e: impl std::fmt::Display) -> Refusal {
+    fn unavailable(e: crate::chain::state::StateError) -> Refusal {
+        use crate::chain::{rpc::RpcError, state::StateError};
         tracing::error!(error = %e, "chain state unavailable");
+        let detail = match e {
+            // (another replica applied a block this replica's node has not got yet)
+            StateError::Rpc(RpcError::NoSuchTip { .. }) => {
+                "this replica's Stacks node is behind the chain state the service holds; try again in a moment"
+            }
+            _ => "the service cannot read the chain state right now; try again",
+        };
         Refusal::new(
             503,
             "chain-state-unavailable",
             "Chain state unavailable",
-            "the service cannot read the chain state right now; try again",
+            detail,
         )
     }
 
@@ -531,5 +539,31 @@ mod tests {
         ] {
             assert!(!r(status, code).recorded(), "{code}");
         }
+    }
+
+    /// A node behind the block the shared cache is at is named as the cause, under the code a
+    /// client already handles (the tablet: try again in a moment).
+    #[test]
+    fn a_node_behind_the_shared_state_is_named_in_the_refusal() {
+        use crate::chain::{rpc::RpcError, state::StateError};
+        let behind = BreakGlass::unavailable(StateError::Rpc(RpcError::NoSuchTip {
+            call: "call-read get-provider".into(),
+            tip: "ab".repeat(32),
+        }));
+        assert_eq!(
+            (behind.status, behind.code),
+            (503, "chain-state-unavailable")
+        );
+        assert!(
+            behind.detail.contains("node is behind"),
+            "{}",
+            behind.detail
+        );
+        let down = BreakGlass::unavailable(StateError::Rpc(RpcError::Unreachable {
+            call: "call-read get-provider".into(),
+            detail: "refused".into(),
+        }));
+        assert_eq!((down.status, down.code), (503, "chain-state-unavailable"));
+        assert!(!down.detail.contains("behind"), "{}", down.detail);
     }
 }

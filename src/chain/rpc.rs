@@ -26,6 +26,10 @@ pub enum RpcError {
     Decode { call: String, detail: String },
     #[error("{call}: the read-only call failed: {cause}")]
     CallFailed { call: String, cause: String },
+    /// A read asked at a block (`?tip=`) the node has not got: it is behind that block, or
+    /// on another fork.
+    #[error("{call}: the node has not got block {tip} (it is behind it, or on another fork)")]
+    NoSuchTip { call: String, tip: String },
     #[error("the node rejected the transaction: {reason} {data}")]
     Rejected {
         reason: String,
@@ -38,6 +42,8 @@ impl RpcError {
         match self {
             RpcError::Unreachable { .. } => true,
             RpcError::Status { status, .. } => *status >= 500,
+            // a node behind gets the block in a moment
+            RpcError::NoSuchTip { .. } => true,
             _ => false,
         }
     }
@@ -173,11 +179,25 @@ impl NodeClient {
         call: &str,
         make: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<T, RpcError> {
+        self.read_at(call, None, make).await
+    }
+
+    /// `read` of a request asked at block `tip` (hex), whose 404 says the node has not got it.
+    async fn read_at<T: for<'de> Deserialize<'de>>(
+        &self,
+        call: &str,
+        tip: Option<&str>,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<T, RpcError> {
         self.retrying(|| async {
             match self.send(call, make()).await? {
                 (200, body) => serde_json::from_str(&body).map_err(|e| RpcError::Decode {
                     call: call.into(),
                     detail: e.to_string(),
+                }),
+                (404, _) if tip.is_some() => Err(RpcError::NoSuchTip {
+                    call: call.into(),
+                    tip: tip.unwrap_or_default().into(),
                 }),
                 (status, body) => Err(RpcError::Status {
                     call: call.into(),
@@ -238,13 +258,28 @@ impl NodeClient {
         Ok(a.nonce)
     }
 
-    /// Calls a read-only function; `contract` is `address.name`.
+    /// Calls a read-only function on the node's tip; `contract` is `address.name`.
     pub async fn call_read(
         &self,
         contract: &str,
         function: &str,
         args: &[Value],
         sender: &Address,
+    ) -> Result<Value, RpcError> {
+        self.call_read_at(contract, function, args, sender, None)
+            .await
+    }
+
+    /// Calls a read-only function as of the end of block `tip` (its index block hash: `?tip=`),
+    /// or on the node's tip (`None`). A node that has not got that block answers 404
+    /// (`RpcError::NoSuchTip`), retried as a server error is: a node behind gets it soon.
+    pub async fn call_read_at(
+        &self,
+        contract: &str,
+        function: &str,
+        args: &[Value],
+        sender: &Address,
+        tip: Option<&[u8; 32]>,
     ) -> Result<Value, RpcError> {
         #[derive(Deserialize)]
         struct Answer {
@@ -257,13 +292,17 @@ impl NodeClient {
             call: call.clone(),
             detail: "contract id without a name".into(),
         })?;
+        let tip = tip.map(hex::encode);
         let url = format!(
-            "{}/v2/contracts/call-read/{address}/{name}/{function}",
-            self.base
+            "{}/v2/contracts/call-read/{address}/{name}/{function}{}",
+            self.base,
+            tip.as_ref()
+                .map(|t| format!("?tip={t}"))
+                .unwrap_or_default()
         );
         let body = serde_json::json!({ "sender": sender.to_string(), "arguments": args.iter().map(Value::to_hex).collect::<Vec<_>>() });
         let a: Answer = self
-            .read(&call, || self.http.post(&url).json(&body))
+            .read_at(&call, tip.as_deref(), || self.http.post(&url).json(&body))
             .await?;
         if !a.okay {
             return Err(RpcError::CallFailed {

@@ -239,45 +239,59 @@ impl ChainState {
         &self,
         function: &str,
         principal: &Address,
+        at: Option<[u8; 32]>,
     ) -> Result<Value, StateError> {
         let arg = Value::Principal(Principal::Standard(*principal));
         Ok(self
             .rpc
-            .call_read(
+            .call_read_at(
                 &self.contracts.access_control(),
                 function,
                 &[arg],
                 self.sender(),
+                at.as_ref(),
             )
             .await?)
     }
 
-    async fn read_provider(&self, principal: &Address) -> Result<ProviderState, StateError> {
-        let v = self.read_of_principal("get-provider", principal).await?;
+    async fn read_provider(
+        &self,
+        principal: &Address,
+        at: Option<[u8; 32]>,
+    ) -> Result<ProviderState, StateError> {
+        let v = self
+            .read_of_principal("get-provider", principal, at)
+            .await?;
         contracts::provider_state(&v).ok_or_else(|| StateError::Shape("get-provider".into()))
     }
 
     /// The patient's emergency preferences and whether the id is registered at all.
-    async fn read_preferences(&self, patient: &PatientId) -> Result<Preferences, StateError> {
+    async fn read_preferences(
+        &self,
+        patient: &PatientId,
+        at: Option<[u8; 32]>,
+    ) -> Result<Preferences, StateError> {
         let contract = self.contracts.patient_consent();
         let v = self
             .rpc
-            .call_read(
+            .call_read_at(
                 &contract,
                 "get-emergency-preferences",
                 &[Value::buffer(patient.0)],
                 self.sender(),
+                at.as_ref(),
             )
             .await?;
         let mut prefs = contracts::preferences(&v)
             .ok_or_else(|| StateError::Shape("get-emergency-preferences".into()))?;
         let principal = self
             .rpc
-            .call_read(
+            .call_read_at(
                 &contract,
                 "get-patient-principal",
                 &[Value::buffer(patient.0)],
                 self.sender(),
+                at.as_ref(),
             )
             .await?;
         prefs.registered = match principal {
@@ -288,7 +302,11 @@ impl ChainState {
         Ok(prefs)
     }
 
-    async fn read_consent(&self, key: &ConsentKey) -> Result<Consent, StateError> {
+    async fn read_consent(
+        &self,
+        key: &ConsentKey,
+        at: Option<[u8; 32]>,
+    ) -> Result<Consent, StateError> {
         let provider = Value::Principal(Principal::Standard(key.provider));
         let args = [
             Value::buffer(key.patient.0),
@@ -298,33 +316,42 @@ impl ChainState {
         ];
         let v = self
             .rpc
-            .call_read(
+            .call_read_at(
                 &self.contracts.patient_consent(),
                 "get-consent",
                 &args,
                 self.sender(),
+                at.as_ref(),
             )
             .await?;
         contracts::consent(&v).ok_or_else(|| StateError::Shape("get-consent".into()))
     }
 
-    async fn read_responder(&self, principal: &Address) -> Result<bool, StateError> {
-        let v = self.read_of_principal("is-responder", principal).await?;
+    async fn read_responder(
+        &self,
+        principal: &Address,
+        at: Option<[u8; 32]>,
+    ) -> Result<bool, StateError> {
+        let v = self
+            .read_of_principal("is-responder", principal, at)
+            .await?;
         contracts::boolean(Some(&v)).ok_or_else(|| StateError::Shape("is-responder".into()))
     }
 
     async fn read_summary_hash(
         &self,
         patient: &PatientId,
+        at: Option<[u8; 32]>,
     ) -> Result<Option<crate::store::SummaryHash>, StateError> {
         let c = &self.contracts;
         let v = self
             .rpc
-            .call_read(
+            .call_read_at(
                 &c.access_control(),
                 "get-summary-hash",
                 &[Value::Buffer(patient.0.to_vec())],
                 self.sender(),
+                at.as_ref(),
             )
             .await?;
         match v {
@@ -361,7 +388,7 @@ impl ChainState {
         self.fill(
             "get-summary-hash",
             |store| store.summary_hash(patient),
-            || self.read_summary_hash(patient),
+            |at| self.read_summary_hash(patient, at),
             |h, _| {
                 Some(Batch {
                     summary_hashes: vec![(*patient, h.clone())],
@@ -372,8 +399,12 @@ impl ChainState {
         .await
     }
 
-    async fn read_reviewer(&self, principal: &Address) -> Result<bool, StateError> {
-        let v = self.read_of_principal("is-reviewer", principal).await?;
+    async fn read_reviewer(
+        &self,
+        principal: &Address,
+        at: Option<[u8; 32]>,
+    ) -> Result<bool, StateError> {
+        let v = self.read_of_principal("is-reviewer", principal, at).await?;
         contracts::boolean(Some(&v)).ok_or_else(|| StateError::Shape("is-reviewer".into()))
     }
 
@@ -390,7 +421,7 @@ impl ChainState {
                     .known_not(Not::Reviewer, principal, &store.tip()?)
                     .then_some(false)),
             },
-            || self.read_reviewer(principal),
+            |at| self.read_reviewer(principal, at),
             |r, tip| {
                 if !*r {
                     self.remember_not(Not::Reviewer, principal, tip);
@@ -405,9 +436,17 @@ impl ChainState {
         .await
     }
 
-    /// Fills a miss: reads with `read` and writes what `keep` makes of it (given the tip it
-    /// was read at), unless a block was applied meanwhile, in which case it asks the store
-    /// again (the follower may have written the entry) and reads again.
+    /// Fills a miss: reads with `read`, as of the block the store's tip is (`read_at`), and
+    /// writes what `keep` makes of it (given the tip it was read at), unless a block was applied
+    /// meanwhile, in which case it asks the store again (the follower may have written the
+    /// entry) and reads again.
+    ///
+    /// Read at the store's tip, not the node's: with replicas sharing the store, the tip may be
+    /// a block another replica applied from a node ahead of this one's. This node's answer from
+    /// before that block (a clinician verified whom the block suspended, say) would otherwise be
+    /// kept under it, and honoured until a later block named them again. A node that has not got
+    /// the block answers so (`RpcError::NoSuchTip`, read again while it catches up), and
+    /// nothing is kept.
     async fn fill<T, R, Fut>(
         &self,
         what: &str,
@@ -416,7 +455,7 @@ impl ChainState {
         keep: impl Fn(&T, Option<Tip>) -> Option<Batch>,
     ) -> Result<T, StateError>
     where
-        R: Fn() -> Fut,
+        R: Fn(Option<[u8; 32]>) -> Fut,
         Fut: Future<Output = Result<T, StateError>>,
     {
         for _ in 0..FILL_ATTEMPTS {
@@ -424,7 +463,7 @@ impl ChainState {
                 return Ok(v);
             }
             let before = self.store.tip()?;
-            let v = read().await?;
+            let v = read(read_at(&before)).await?;
             let _guard = self.apply_lock.lock().await;
             if self.store.tip()? == before {
                 let Some(batch) = keep(&v, before) else {
@@ -458,7 +497,7 @@ impl ChainState {
                     .known_not(Not::Provider, principal, &store.tip()?)
                     .then_some(ProviderState::Unregistered)),
             },
-            || self.read_provider(principal),
+            |at| self.read_provider(principal, at),
             |s, tip| {
                 if *s == ProviderState::Unregistered {
                     self.remember_not(Not::Provider, principal, tip);
@@ -518,7 +557,7 @@ impl ChainState {
                     _ => self.known_unregistered(patient, &store.tip()?),
                 })
             },
-            || self.read_preferences(patient),
+            |at| self.read_preferences(patient, at),
             |p, tip| {
                 if p.registered == Some(false) {
                     self.remember_unregistered(patient, p.clone(), tip);
@@ -555,7 +594,7 @@ impl ChainState {
         self.fill(
             "get-consent",
             |store| store.consent(key),
-            || self.read_consent(key),
+            |at| self.read_consent(key, at),
             |c, _| {
                 Some(Batch {
                     consents: vec![(key.clone(), c.clone())],
@@ -570,7 +609,7 @@ impl ChainState {
         self.fill(
             "is-responder",
             |store| store.responder(principal),
-            || self.read_responder(principal),
+            |at| self.read_responder(principal, at),
             |r, _| {
                 Some(Batch {
                     responders: vec![(*principal, *r)],
@@ -675,7 +714,7 @@ impl ChainState {
             // what the node said it was not, it may be since this block
             self.forget_not(Not::Provider, who);
             if self.store.provider(who)?.is_some() {
-                let s = self.read_provider(who).await?;
+                let s = self.read_provider(who, None).await?;
                 keep_provider(batch, *who, s);
             } else {
                 batch.uncached.providers.push(*who);
@@ -684,7 +723,7 @@ impl ChainState {
         for who in &named.reviewers {
             self.forget_not(Not::Reviewer, who);
             if self.store.reviewer(who)?.is_some() {
-                let r = self.read_reviewer(who).await?;
+                let r = self.read_reviewer(who, None).await?;
                 keep_reviewer(batch, *who, r);
             } else {
                 batch.uncached.reviewers.push(*who);
@@ -696,7 +735,7 @@ impl ChainState {
                 .unwrap_or_else(|p| p.into_inner())
                 .forget(patient);
             if self.store.preferences(patient)?.is_some() {
-                let p = self.read_preferences(patient).await?;
+                let p = self.read_preferences(patient, None).await?;
                 keep_preferences(batch, *patient, p);
             } else {
                 batch.uncached.preferences.push(*patient);
@@ -705,7 +744,7 @@ impl ChainState {
         let u = &mut batch.uncached;
         for who in &named.responders {
             if self.store.responder(who)?.is_some() {
-                let r = self.read_responder(who).await?;
+                let r = self.read_responder(who, None).await?;
                 batch.responders.push((*who, r));
             } else {
                 u.responders.push(*who);
@@ -713,7 +752,7 @@ impl ChainState {
         }
         for patient in &named.summaries {
             if self.store.summary_hash(patient)?.is_some() {
-                let h = self.read_summary_hash(patient).await?;
+                let h = self.read_summary_hash(patient, None).await?;
                 batch.summary_hashes.push((*patient, h));
             } else {
                 u.summary_hashes.push(*patient);
@@ -727,7 +766,7 @@ impl ChainState {
                 purpose: *purpose,
             };
             if self.store.consent(&key)?.is_some() {
-                let c = self.read_consent(&key).await?;
+                let c = self.read_consent(&key, None).await?;
                 batch.consents.push((key, c));
             } else {
                 u.consents.push(key);
@@ -775,31 +814,39 @@ impl ChainState {
     pub async fn refresh_all(&self, batch: &mut Batch) -> Result<(), StateError> {
         batch.reread_all = Some(self.mark_tip().await?);
         for who in self.store.providers()? {
-            let s = self.read_provider(&who).await?;
+            let s = self.read_provider(&who, None).await?;
             keep_provider(batch, who, s);
         }
         for patient in self.store.patients()? {
-            let p = self.read_preferences(&patient).await?;
+            let p = self.read_preferences(&patient, None).await?;
             keep_preferences(batch, patient, p);
         }
         for who in self.store.responders()? {
-            let r = self.read_responder(&who).await?;
+            let r = self.read_responder(&who, None).await?;
             batch.responders.push((who, r));
         }
         for patient in self.store.summary_hash_ids()? {
-            let h = self.read_summary_hash(&patient).await?;
+            let h = self.read_summary_hash(&patient, None).await?;
             batch.summary_hashes.push((patient, h));
         }
         for who in self.store.reviewers()? {
-            let r = self.read_reviewer(&who).await?;
+            let r = self.read_reviewer(&who, None).await?;
             keep_reviewer(batch, who, r);
         }
         for key in self.store.consents()? {
-            let c = self.read_consent(&key).await?;
+            let c = self.read_consent(&key, None).await?;
             batch.consents.push((key, c));
         }
         Ok(())
     }
+}
+
+/// The block a fill reads at (`ChainState::fill`): the store's tip, unless the store holds
+/// none yet, or only a catch-up's mark over none (`ChainState::mark_tip`): then the node's.
+fn read_at(tip: &Option<Tip>) -> Option<[u8; 32]> {
+    tip.as_ref()
+        .map(|t| t.index_block_hash)
+        .filter(|hash| *hash != [0; 32])
 }
 
 /// A patient's preferences as read back from the node, into `batch`: kept if the id is
@@ -901,7 +948,7 @@ mod tests {
         st.fill(
             "get-provider",
             |store| store.provider(&who()),
-            read,
+            |_| read(),
             |s, _| {
                 Some(Batch {
                     providers: vec![(who(), Some(s.clone()))],
@@ -989,7 +1036,7 @@ mod tests {
             .fill(
                 "get-provider",
                 |store| store.provider(&who()),
-                || async {
+                |_| async {
                     Ok(if reads.fetch_add(1, Ordering::SeqCst) == 0 {
                         provider(ProviderStatus::Verified)
                     } else {

@@ -276,18 +276,7 @@ async fn every_refusal_has_its_code_and_leaves_no_trace() {
     // a provider registered but not verified
     let pending = new_key();
     devnet.fund(&address_of(&pending)).await;
-    devnet
-        .call(
-            &pending,
-            "access-control",
-            "register-provider",
-            vec![
-                Value::buffer([1u8; 32]),
-                Value::ascii("nurse"),
-                Value::buffer([2u8; 32]),
-            ],
-        )
-        .await;
+    devnet.register_nurse(&pending).await;
     devnet.mine().await;
     let pending_hex = format!("{}01", hex::encode(pending.secret_bytes()));
 

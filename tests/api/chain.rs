@@ -20,14 +20,7 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
     eventually("ready", SECS, async || ready(&app).await.then_some(())).await;
 
     let deployer = deployer_key();
-    devnet
-        .call(
-            &deployer,
-            "access-control",
-            "add-authority",
-            vec![principal(&crate::support::deployer())],
-        )
-        .await;
+    devnet.deployer_as_authority().await;
     let provider = new_key();
     let who = address_of(&provider);
     devnet.fund(&who).await;
@@ -37,18 +30,7 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
     let state = app.follower.state.provider(&who).await.unwrap();
     assert_eq!(state, ProviderState::Unregistered);
 
-    devnet
-        .call(
-            &provider,
-            "access-control",
-            "register-provider",
-            vec![
-                Value::buffer([1u8; 32]),
-                Value::ascii("nurse"),
-                Value::buffer([2u8; 32]),
-            ],
-        )
-        .await;
+    devnet.register_nurse(&provider).await;
     devnet.mine().await;
     let pending = ProviderState::Registered {
         role: Role::Nurse,
@@ -818,4 +800,106 @@ async fn a_reorg_behind_a_gap_in_the_pushes_reopens_what_it_abandoned() {
     devnet.mine().await;
     push(devnet.tip().await).await;
     confirmed(&app, "anchor:1").await;
+}
+
+/// The index block hash of the block `mined` (a `/devnet/mine` answer) mined last.
+fn mined_hash(mined: &serde_json::Value) -> [u8; 32] {
+    let hex = mined["blocks"][0]["index_block_hash"].as_str().unwrap();
+    hex::decode(hex.trim_start_matches("0x"))
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+/// Replicas share the chain-state cache and each asks its own node: a cache fill reads as of
+/// the block the shared store is at (`?tip=`), not the node's tip. A node without that block
+/// (behind the replica that applied it) says so, and nothing is kept or granted on its older
+/// answer: before, it answered as of its own tip and the fill kept that under the newer block,
+/// a clinician verified there whom the stored block had suspended, until a later block named
+/// them. A node ahead of the store answers as of the stored block, which the block after it,
+/// when applied, reads past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_reads_as_of_the_stored_block_and_keeps_nothing_from_a_node_without_it() {
+    use breakglass::chain::{rpc::RpcError, state::ChainState, state::StateError};
+    use breakglass::store::{Batch, RedbStore, Store, Tip};
+    use std::sync::Arc;
+
+    let devnet = Devnet::start(&["--ephemeral"]).await;
+    let deployer = deployer_key();
+    devnet.deployer_as_authority().await;
+    let provider = new_key();
+    let who = address_of(&provider);
+    devnet.fund(&who).await;
+    devnet.register_nurse(&provider).await;
+    devnet.mine().await;
+    devnet
+        .call(
+            &deployer,
+            "access-control",
+            "verify-provider",
+            vec![principal(&who)],
+        )
+        .await;
+    let verified_in = mined_hash(&devnet.mine().await);
+    let verified_at = devnet.tip().await;
+    devnet
+        .call(
+            &deployer,
+            "access-control",
+            "suspend-provider",
+            vec![principal(&who)],
+        )
+        .await;
+    devnet.mine().await;
+    let suspended_at = devnet.tip().await;
+    let registered = |status| ProviderState::Registered {
+        role: Role::Nurse,
+        status,
+        info_hash: Some([1u8; 32]),
+    };
+
+    // a replica's cache over a store at `tip`, asking this devnet
+    let dir = tempfile::tempdir().unwrap();
+    let replica = |name: &str, tip: Tip| {
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join(name)).unwrap());
+        store
+            .apply(Batch {
+                tip: Some(tip),
+                ..Batch::default()
+            })
+            .unwrap();
+        let rpc = breakglass::chain::rpc::NodeClient::new(&devnet.rpc, Duration::from_secs(5), 1);
+        let contracts = breakglass::chain::contracts::Contracts {
+            address: crate::support::deployer(),
+        };
+        ChainState::new(store, rpc, contracts)
+    };
+
+    // the store at a block this node has not got (another replica's node is ahead): refused,
+    // nothing kept, whatever this node would say of its own tip
+    let ahead = replica("ahead.redb", Tip::new(suspended_at + 1, [0xab; 32]));
+    let got = ahead.provider(&who).await;
+    assert!(
+        matches!(got, Err(StateError::Rpc(RpcError::NoSuchTip { .. }))),
+        "{got:?}"
+    );
+    assert_eq!(ahead.store.provider(&who).unwrap(), None, "nothing kept");
+
+    // the store at the block that verified them, the node since past their suspension: the
+    // answer and what is kept are as of the stored block
+    let behind = replica("behind.redb", Tip::new(verified_at, verified_in));
+    assert_eq!(
+        behind.provider(&who).await.unwrap(),
+        registered(ProviderStatus::Verified)
+    );
+    assert_eq!(
+        behind.store.provider(&who).unwrap(),
+        Some(registered(ProviderStatus::Verified))
+    );
+    // and at the node's tip, its own answer
+    let at_tip = replica("tip.redb", Tip::new(0, [0; 32]));
+    assert_eq!(
+        at_tip.provider(&who).await.unwrap(),
+        registered(ProviderStatus::Suspended)
+    );
 }

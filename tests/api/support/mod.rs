@@ -188,6 +188,33 @@ impl Devnet {
         self.mine().await;
     }
 
+    /// Has the deployer make itself an authority of access-control (which verifies and
+    /// suspends providers), not mined.
+    pub async fn deployer_as_authority(&self) -> String {
+        self.call(
+            &deployer_key(),
+            "access-control",
+            "add-authority",
+            vec![principal(&deployer())],
+        )
+        .await
+    }
+
+    /// Registers `key` as a nurse (information hash 1…1, credentials hash 2…2), not mined.
+    pub async fn register_nurse(&self, key: &SecretKey) -> String {
+        self.call(
+            key,
+            "access-control",
+            "register-provider",
+            vec![
+                Value::buffer([1u8; 32]),
+                Value::ascii("nurse"),
+                Value::buffer([2u8; 32]),
+            ],
+        )
+        .await
+    }
+
     /// Signs and posts a call to one of the contracts, returning the txid (not mined).
     ///
     /// The key may be one the service sends from too (the demo responder): when the service
