@@ -111,8 +111,8 @@ impl Drop for Admitted<'_> {
 /// What a block's write does with the tip (`Follower::tip_to_write`).
 #[derive(Debug, PartialEq)]
 enum TipWrite {
-    /// Writes this block's tip, a number of its own.
-    Write(Tip),
+    /// Writes this block's tip, a number of its own, guarded on the tip as stored (the second).
+    Write(Tip, Option<Tip>),
     /// Keeps the tip as stored (this block), and is guarded on it.
     Keep(Tip),
     /// Writes no rows and no tip (the changes to our operations alone): the tip kept before
@@ -394,32 +394,34 @@ impl Follower {
         Ok(Applied::Block)
     }
 
-    /// What the write of block `height` (`hash`) does with the tip: writes its own, or, when
-    /// the store's tip is that block already (another replica sharing the store applied it),
-    /// keeps the tip as stored and is guarded on it (`TipWrite::Keep`), so that its number
-    /// stays (`Tip::written`): a fill another replica guarded on it is not refused for nothing,
-    /// nor a catch-up's mark put on it cleared. (Written again, each replica following the node
-    /// would change the tip once a block per replica.) `kept_before`: an earlier attempt kept
-    /// it and was refused, so the tip changed since: past this block (another replica applied a
-    /// later one, `Passed`), or to another block at its height (a reorg another replica saw
-    /// first, `Contested`). A block whose tip another replica moved past before this one's
-    /// first attempt is still written, rows and tip (the replicas' tip back under the later
-    /// block's until the next one): each replica on Redis keeps a copy of the cache's rows
-    /// that only its own writes refresh (`redis_store::LocalRows`), and written as `Passed`,
-    /// the block's rows were left out of it, stale until a restart.
+    /// What the write of block `height` (`hash`) does with the tip: writes its own, guarded on
+    /// the tip as stored (`TipWrite::Write`), or, when the store's tip is that block already
+    /// (another replica sharing the store applied it), keeps the tip as stored and is guarded
+    /// on it (`TipWrite::Keep`), so that its number stays (`Tip::written`): a fill another
+    /// replica guarded on it is not refused for nothing, nor a catch-up's mark put on it
+    /// cleared. (Written again, each replica following the node would change the tip once a
+    /// block per replica.) A stored tip above this block is a later block another replica
+    /// applied (its node ahead of this one's): `Passed`, neither the rows read for this block
+    /// (from a node that may not have the later block yet: a suspension it made undone) nor its
+    /// tip written over the later block's; unless it is `mark`, this catch-up's own mark (a
+    /// reorg took the chain back below a block this replica applied: written over).
+    /// `kept_before`: an earlier attempt was guarded on the tip and refused, so the tip changed
+    /// since: to another block at this height, a reorg another replica saw first
+    /// (`Contested`).
     fn tip_to_write(
         &self,
         height: u64,
         hash: [u8; 32],
         kept_before: bool,
+        mark: Option<&Tip>,
     ) -> Result<TipWrite, StoreError> {
         Ok(match self.state.store.tip()? {
             Some(stored) if stored.height == height && stored.index_block_hash == hash => {
                 TipWrite::Keep(stored)
             }
-            Some(stored) if kept_before && stored.height > height => TipWrite::Passed,
+            Some(stored) if stored.height > height && mark != Some(&stored) => TipWrite::Passed,
             Some(stored) if kept_before && stored.height == height => TipWrite::Contested,
-            _ => TipWrite::Write(Tip::applied(height, hash)),
+            stored => TipWrite::Write(Tip::applied(height, hash), stored),
         })
     }
 
@@ -472,8 +474,8 @@ impl Follower {
             else {
                 return Ok(());
             };
-            // once kept (and refused), the tip is never written over a later one by a later
-            // attempt: it stays passed, contested or kept
+            // once guarded on the tip (and refused), the tip is never written over another
+            // block at this height by a later attempt: it is contested, passed or kept
             kept_before |= kept;
             match self.write(attempt).await {
                 Ok(()) => {
@@ -540,14 +542,18 @@ impl Follower {
             catch_up_on = Some(stored);
         }
         match tip
-            .map(|(height, hash)| self.tip_to_write(height, hash, kept_before))
+            .map(|(height, hash)| {
+                self.tip_to_write(height, hash, kept_before, batch.reread_all.as_ref())
+            })
             .transpose()?
         {
-            Some(TipWrite::Write(new)) => {
+            Some(TipWrite::Write(new, stored)) => {
+                // refused, another replica wrote the tip since: a later block (passed next
+                // time), or another at this height (contested)
                 attempt.tip = Some(new);
-                if let Some(stored) = catch_up_on {
-                    attempt.guard.get_or_insert_with(Guard::default).tip = Some(stored);
-                }
+                attempt.guard.get_or_insert_with(Guard::default).tip =
+                    Some(catch_up_on.unwrap_or(stored));
+                kept = true;
             }
             Some(TipWrite::Passed) => {
                 // nor the rows read for it over the later block's: the entries it names are
@@ -881,7 +887,7 @@ mod tests {
 
     fn written(t: TipWrite) -> Tip {
         match t {
-            TipWrite::Write(tip) => tip,
+            TipWrite::Write(tip, _) => tip,
             other => panic!("{other:?}, to write expected"),
         }
     }
@@ -893,7 +899,7 @@ mod tests {
     fn a_block_already_the_stored_tip_leaves_it_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let (store, follower) = follower(dir.path());
-        let first = written(follower.tip_to_write(7, [7; 32], false).unwrap());
+        let first = written(follower.tip_to_write(7, [7; 32], false, None).unwrap());
         assert!(first.written.is_some());
         store
             .apply(Batch {
@@ -902,13 +908,13 @@ mod tests {
             })
             .unwrap();
         assert_eq!(
-            follower.tip_to_write(7, [7; 32], false).unwrap(),
+            follower.tip_to_write(7, [7; 32], false, None).unwrap(),
             TipWrite::Keep(first),
             "kept"
         );
-        let other = written(follower.tip_to_write(7, [8; 32], false).unwrap());
+        let other = written(follower.tip_to_write(7, [8; 32], false, None).unwrap());
         assert_ne!(other.written, first.written);
-        written(follower.tip_to_write(8, [8; 32], false).unwrap());
+        written(follower.tip_to_write(8, [8; 32], false, None).unwrap());
     }
 
     /// A follower on a Redis store under `prefix`, and another replica's store on the same
@@ -1029,6 +1035,93 @@ mod tests {
             assert_eq!(store.reviewer(&who).unwrap(), None, "{moved}");
             assert_eq!(store.tip().unwrap(), Some(then), "{moved}");
         }
+    }
+
+    /// Replicas sharing Redis, each following its own node: a block whose tip another replica
+    /// moved past already (its node ahead of this one's) writes neither the rows read for it
+    /// nor its tip, only drops the entries it names (read again on use, as of the later block);
+    /// and a block's write decided while the tip was below it is refused if another replica
+    /// stores a later block before it lands, and then passed the same way. Before, the block's
+    /// first write landed over the later block's whatever the tip: its rows, read from a node
+    /// without the later block (a reviewer it removed verified again), for every replica, and
+    /// the replicas' tip back under the later block's until the next.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocks_first_write_does_not_land_over_a_later_block_another_replica_stored() {
+        use crate::store::Store;
+        let redis = crate::dev::test_redis().await;
+        let (store, follower, other) = beside_another_replica(&redis, "p:");
+        let who: crate::stacks::Address =
+            "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap();
+        let later = |height: u64, reviewer: bool| {
+            let tip = Tip::applied(height, [height as u8; 32]);
+            other
+                .apply(Batch {
+                    tip: Some(tip),
+                    reviewers: vec![(who, reviewer)],
+                    ..Batch::default()
+                })
+                .unwrap();
+            tip
+        };
+        // this replica's block 7 read its reviewer from its node, before block 8 removed them
+        let rows = Batch {
+            reviewers: vec![(who, true)],
+            ..Batch::default()
+        };
+        let seventh = (7, [7; 32]);
+
+        // another replica applied block 8 first
+        let eighth = later(8, false);
+        let (passed, kept) = follower
+            .attempt(&rows, Some(seventh), vec![], false, false)
+            .unwrap()
+            .expect("the entries it names to drop");
+        assert!(!kept);
+        assert!(passed.reviewers.is_empty() && passed.tip.is_none());
+        assert_eq!(passed.uncached.reviewers, vec![who]);
+        store.apply(passed).unwrap();
+        assert_eq!(store.tip().unwrap(), Some(eighth), "the later block's tip");
+        assert_ne!(
+            store.reviewer(&who).unwrap(),
+            Some(true),
+            "nor this block's row"
+        );
+
+        // the tip below block 10 when its write is decided, block 11 stored before it lands
+        later(9, false);
+        let tenth = (10, [10; 32]);
+        let (attempt, kept) = follower
+            .attempt(&rows, Some(tenth), vec![], false, false)
+            .unwrap()
+            .expect("rows and tip to write");
+        assert_eq!(attempt.tip.map(|t| t.height), Some(10));
+        assert!(kept, "guarded on the tip as read");
+        let eleventh = later(11, false);
+        assert!(
+            matches!(
+                store.apply(attempt),
+                Err(StoreError::Guarded(crate::store::Guarded::Changed))
+            ),
+            "refused"
+        );
+        let (again, _) = follower
+            .attempt(&rows, Some(tenth), vec![], true, false)
+            .unwrap()
+            .expect("the entries it names to drop");
+        assert!(again.reviewers.is_empty() && again.tip.is_none());
+        store.apply(again).unwrap();
+        assert_eq!(store.tip().unwrap(), Some(eleventh));
+        assert_ne!(store.reviewer(&who).unwrap(), Some(true));
+
+        // with the tip still as read, the write lands: rows and tip
+        let twelfth = (12, [12; 32]);
+        let (attempt, _) = follower
+            .attempt(&rows, Some(twelfth), vec![], false, false)
+            .unwrap()
+            .expect("rows and tip to write");
+        store.apply(attempt).unwrap();
+        assert_eq!(store.tip().unwrap().map(|t| t.height), Some(12));
+        assert_eq!(store.reviewer(&who).unwrap(), Some(true));
     }
 
     /// Replicas sharing Redis: a catch-up's entries were read (one read of the node each) while
