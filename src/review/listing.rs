@@ -168,8 +168,13 @@ pub struct Page {
 pub struct TrailLine {
     pub seq: u64,
     pub at_ms: u64,
-    pub kind: &'static str,
-    pub event: crate::audit::Event,
+    /// The event's kind; for one this version does not read, the kind it names
+    /// (`audit::kind_of`), or `unreadable` if it names none.
+    pub kind: String,
+    /// `None`: an event this version does not read (a later version's kind, logged by a replica
+    /// of the next version during a rolling upgrade): shown by its kind, linked to the access by
+    /// the log's index alone (the export hands it on as logged).
+    pub event: Option<crate::audit::Event>,
     /// Whether the entry hashes to the hash it carries and the log's next entry (or its head)
     /// links to it: an entry edited in the store is shown flagged (`audit verify` walks the
     /// whole log, and checks it against the chain's anchors).
@@ -299,7 +304,8 @@ fn failed(op: Option<&Submission>) -> bool {
 impl Review {
     /// Access `id`'s audit trail, read through the log's index by access: only the entries
     /// about it (a row of the index naming another entry is left out, logged), each said
-    /// intact or not (`TrailLine::intact`).
+    /// intact or not (`TrailLine::intact`); an entry this version does not read is shown by
+    /// its kind (a privacy officer sees every entry the index names, not a gap).
     fn trail(&self, id: &AccessId) -> Result<Vec<TrailLine>, crate::store::StoreError> {
         let store = &self.state.store;
         let entries = store.audit_of(id)?;
@@ -308,14 +314,21 @@ impl Review {
         let head = store.audit_head()?;
         let mut lines = Vec::new();
         for e in entries {
-            let Ok(event) = e.parsed() else {
-                tracing::error!(seq = e.seq, access = %id, "an entry of an access's trail does not read");
-                continue;
+            let event = match e.parsed() {
+                Ok(event) if event.access() != Some(*id) => {
+                    tracing::error!(seq = e.seq, access = %id, "the log's index names an entry for an access it is not about: left out of the trail (audit verify names it)");
+                    continue;
+                }
+                Ok(event) => Some(event),
+                Err(_) => {
+                    tracing::warn!(seq = e.seq, access = %id, "an entry of an access's trail is of a kind this version does not read: shown by its kind");
+                    None
+                }
             };
-            if event.access() != Some(*id) {
-                tracing::error!(seq = e.seq, access = %id, "the log's index names an entry for an access it is not about: left out of the trail (audit verify names it)");
-                continue;
-            }
+            let kind = match &event {
+                Some(event) => event.kind().to_string(),
+                None => crate::audit::kind_of(&e).unwrap_or_else(|| "unreadable".into()),
+            };
             let linked = match &head {
                 Some(h) if h.seq == e.seq => h.hash == e.hash,
                 // (a next entry that does not read leaves this one unproven, not the page
@@ -331,7 +344,7 @@ impl Review {
             lines.push(TrailLine {
                 seq: e.seq,
                 at_ms: e.at,
-                kind: event.kind(),
+                kind,
                 intact: linked && e.computed_hash() == e.hash,
                 event,
             });
@@ -531,11 +544,11 @@ impl Review {
         // (a grant's entry that does not verify proves nothing of the record either: its
         // digest may have been edited or removed with the record)
         let record_intact = trail.iter().find_map(|t| match &t.event {
-            crate::audit::Event::Grant { .. } if !t.intact => Some(false),
-            crate::audit::Event::Grant {
+            Some(crate::audit::Event::Grant { .. }) if !t.intact => Some(false),
+            Some(crate::audit::Event::Grant {
                 record: Some(digest),
                 ..
-            } => Some(*digest == a.digest()),
+            }) => Some(*digest == a.digest()),
             _ => None,
         });
         let notice = store

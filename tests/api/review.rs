@@ -2001,9 +2001,10 @@ async fn a_later_versions_entry_is_exported_as_logged() {
     let dir = tempfile::tempdir().unwrap();
     let (redis, env) = on_redis_with_an_auditor(dir.path()).await;
     let base = base(&env);
-    grant(&env, "nurse", 1).await;
+    let (access, _) = grant(&env, "nurse", 1).await;
 
-    // the next entry, as a replica of a later version links it on the head
+    // the next entry, as a replica of a later version links it on the head (and names it in
+    // the log's index by access)
     let mut raw = redis.connection();
     let metas: Vec<String> = redis::cmd("KEYS").arg("*meta").query(&mut raw).unwrap();
     let meta = metas
@@ -2045,6 +2046,11 @@ async fn a_later_versions_entry_is_exported_as_logged() {
             "audit_head",
             serde_json::to_string(&entry.head()).unwrap(),
         )
+        .zadd(
+            format!("{prefix}sorted:audit_by_access"),
+            format!("{access}:{seq:020}"),
+            0,
+        )
         .query::<()>(&mut raw)
         .unwrap();
 
@@ -2060,6 +2066,30 @@ async fn a_later_versions_entry_is_exported_as_logged() {
         "{ndjson}"
     );
     fhir_validated(&env, &ndjson);
+
+    // the access's trail shows it by its kind, intact, on the API and the reviewer's page.
+    // Before, it was left out (logged as an error): a privacy officer saw a gap
+    let detail: Json = admin_get(&base, &format!("/v1/reviews/{access}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let trail = detail["trail"].as_array().unwrap();
+    let later = trail.iter().find(|t| t["seq"] == seq).expect("shown");
+    assert_eq!(
+        (&later["kind"], &later["event"], &later["intact"]),
+        (&json!("handover"), &Json::Null, &json!(true)),
+        "{later}"
+    );
+    assert!(trail.iter().any(|t| t["kind"] == "grant"), "{trail:?}");
+    let session = signed_in(&base, &key_of(provider(&env.demo, "reviewer"))).await;
+    let (status, page) = get_with(&base, &format!("/review/accesses/{access}"), &session).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(&format!("#{seq} "))
+            && page.contains(": handover <em class=\"later\">(logged by a later version"),
+        "{page}"
+    );
 }
 
 /// An access's trail, read through the log's index by access, shows only the entries about
