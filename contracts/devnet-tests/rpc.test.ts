@@ -153,7 +153,7 @@ describe("stacks-node RPC", () => {
     expect(await at("?tip=latest")).toContain('status: "pending"');
     const unknown = await read(`?tip=${"ab".repeat(32)}`);
     expect(unknown.status).toBe(404);
-    expect(unknown.body).toContain("No such chain tip");
+    expect(unknown.body).toContain("Chain tip not found");
   });
 });
 

@@ -61,7 +61,7 @@ async function route(chain: Chain, observers: Observers, req: IncomingMessage, r
     // else, as a node does, reads at the tip); a block it has not got is a 404 before anything
     const tip = url.searchParams.get("tip");
     const at = tip && /^[0-9a-f]{64}$/i.test(tip) ? `0x${tip.toLowerCase()}` : null;
-    if (at !== null && chain.heightOf(at) === undefined) return text(res, 404, "No such chain tip");
+    if (at !== null && chain.heightOf(at) === undefined) return text(res, 404, "Chain tip not found");
     const abi = chain.functionArgs(contract, fn);
     if (abi === "no-contract") return json(res, 200, { okay: false, cause: `Unchecked(NoSuchContract("${contract}"))` });
     if (abi === "no-function" || abi.access !== "read_only") {
@@ -72,7 +72,7 @@ async function route(chain: Chain, observers: Observers, req: IncomingMessage, r
     }
     try {
       const result = at === null ? chain.callRead(contract, fn, args, body.sender) : chain.callReadAt(contract, fn, args, body.sender, at);
-      if (result === "no-such-tip") return text(res, 404, "No such chain tip");
+      if (result === "no-such-tip") return text(res, 404, "Chain tip not found");
       return json(res, 200, { okay: true, result: cvToHex(result) });
     } catch (e) {
       return json(res, 200, { okay: false, cause: String((e as Error).message).split("\n")[0] });

@@ -115,10 +115,11 @@ enum TipWrite {
     Write(Tip, Option<Tip>),
     /// Keeps the tip as stored (this block), and is guarded on it.
     Keep(Tip),
-    /// Writes no rows and no tip (the changes to our operations alone): the tip kept before
-    /// moved past this block.
+    /// Writes no rows and no tip (the changes to our operations alone, the entries the block
+    /// names dropped): the stored tip is past this block (another replica applied a later one).
     Passed,
-    /// Is not applied now: the tip kept before is another block at this height now.
+    /// Is not applied now: an earlier attempt was guarded on the tip, and another block at
+    /// this height is stored now.
     Contested,
 }
 
@@ -146,11 +147,14 @@ pub struct Follower {
     pushing: Mutex<std::collections::HashSet<std::net::IpAddr>>,
     /// A block sent again named more than a block may: the poller re-reads every entry.
     refresh_wanted: AtomicBool,
+    /// The height of the tip stored when this process started (0: none).
+    started_at: u64,
 }
 
 impl Follower {
     pub fn new(state: ChainState, status: Arc<FollowerStatus>) -> Result<Follower, StoreError> {
         let mut recent = BTreeMap::new();
+        let mut started_at = 0;
         // (a catch-up's mark on a store that had no tip yet is not a block applied)
         if let Some(tip) = state
             .store
@@ -159,6 +163,7 @@ impl Follower {
         {
             status.applied.store(tip.height, Ordering::SeqCst);
             recent.insert(tip.height, Seen::read_past(tip.index_block_hash));
+            started_at = tip.height;
         }
         // give the node's block stream its chance before polling calls it quiet
         status.last_block_ms.store(now_ms(), Ordering::SeqCst);
@@ -169,6 +174,7 @@ impl Follower {
             pushes: tokio::sync::Semaphore::new(PUSHES_AT_ONCE),
             pushing: Mutex::default(),
             refresh_wanted: AtomicBool::new(false),
+            started_at,
         })
     }
 
@@ -437,8 +443,9 @@ impl Follower {
     /// submitter writes under the apply lock held here.)
     ///
     /// The tip of block `tip` (height, hash; none for a block read past) is decided at each
-    /// attempt (`tip_to_write`). One kept as stored guards the write: refused, the tip changed
-    /// since. Moved past this block (another replica applied a later one), only the changes to
+    /// attempt (`tip_to_write`). The tip as stored guards the write (kept, or written over):
+    /// refused, the tip changed since. Past this block (another replica applied a later one,
+    /// before this attempt or since the last), only the changes to
     /// our operations are written: rows read for this block would land over the later block's,
     /// and its tip under it. Moved to another block at this height
     /// (a reorg another replica saw first), the block is not applied now (an error: the node's
@@ -497,9 +504,9 @@ impl Follower {
     }
 
     /// One attempt at the write of `batch` for block `tip` with `changes` (see
-    /// `write_with_changes`; `kept_before`: an earlier attempt kept the tip and was refused;
+    /// `write_with_changes`; `kept_before`: an earlier attempt was guarded on the tip and refused;
     /// `reorg`: the batch is a reorg's): none when there is nothing to write; else the write,
-    /// and whether it keeps the tip as stored (guarded on it).
+    /// and whether it is guarded on the tip as stored.
     fn attempt(
         &self,
         batch: &Batch,
@@ -516,13 +523,19 @@ impl Follower {
         // undone until this replica applies that block). Once another tip than the re-read's
         // mark is stored, above its own (a later block another replica applied while it
         // read), only what changed of our operations is written, and this replica's copies in
-        // memory are dropped (`Batch::reread_all`), so that it reads that block's entries. (A
-        // stored tip above it that is still the mark is this replica's own, of a branch a
-        // reorg left: written over.)
+        // memory are dropped (`Batch::reread_all`), so that it reads that block's entries. A
+        // stored tip above it that is still the mark is written over only if it is a block this
+        // replica applied (of a branch a reorg left); another replica's (its node ahead of this
+        // one's, which a restart or a gap found behind) is not, and the mark is taken off it.
         let mut catch_up_on = None;
         if let (Some(marked), Some((height, _))) = (&batch.reread_all, tip) {
             let stored = self.state.store.tip()?;
-            if stored.as_ref() != Some(marked) && stored.as_ref().is_some_and(|s| s.height > height)
+            let theirs = stored.as_ref() == Some(marked)
+                && marked.height > height
+                && self.hash_at(marked.height) != Some(marked.index_block_hash);
+            if theirs
+                || (stored.as_ref() != Some(marked)
+                    && stored.as_ref().is_some_and(|s| s.height > height))
             {
                 // a reorg's entries dropped instead: the later block's writer may not have seen
                 // the branch the reorg left (its node never had it), so entries that branch
@@ -536,6 +549,15 @@ impl Follower {
                     },
                     ..Batch::default()
                 };
+                if theirs {
+                    // the block as it was, without the mark (fills keep rows again)
+                    attempt.tip = Some(Tip {
+                        catching_up: false,
+                        written: Some(crate::chain::state::mark()),
+                        ..*marked
+                    });
+                    attempt.guard.get_or_insert_with(Guard::default).tip = Some(stored);
+                }
                 submitter::with_changes(&mut attempt, changes);
                 return Ok(Some((attempt, false)));
             }
@@ -578,6 +600,17 @@ impl Follower {
                 )
                 .into())
             }
+            Some(TipWrite::Keep(stored)) if batch.reread_all == Some(stored) => {
+                // this catch-up's own mark, on the block it caught up to: taken off (else fills
+                // kept nothing until the next block)
+                attempt.tip = Some(Tip {
+                    catching_up: false,
+                    written: Some(crate::chain::state::mark()),
+                    ..stored
+                });
+                attempt.guard.get_or_insert_with(Guard::default).tip = Some(Some(stored));
+                kept = true;
+            }
             Some(TipWrite::Keep(_)) | None if changes.is_empty() && batch.is_empty() => {
                 return Ok(None);
             }
@@ -589,6 +622,28 @@ impl Follower {
         }
         submitter::with_changes(&mut attempt, changes);
         Ok(Some((attempt, kept)))
+    }
+
+    /// What a block sent again writes of the entries it names, read now from this replica's
+    /// node (`batch`), the store's tip `stored` as read before: the rows, guarded on that tip,
+    /// if it is a block this replica applied (its node has it, so they are at least as new);
+    /// else (another replica's later block, from a node ahead of this one's) none, the entries
+    /// dropped instead (read again on use, as of that block). Refused, the tip moved: dropped.
+    fn read_again(&self, batch: Batch, stored: Option<Tip>) -> Batch {
+        if stored.is_some_and(|t| self.hash_at(t.height) == Some(t.index_block_hash)) {
+            Batch {
+                guard: Some(Guard {
+                    tip: Some(stored),
+                    ..Guard::default()
+                }),
+                ..batch
+            }
+        } else {
+            Batch {
+                uncached: crate::store::Uncached::named_by(&batch),
+                ..Batch::default()
+            }
+        }
     }
 
     /// A block applied already, sent again (by the node after a copy, or by anyone): reads
@@ -621,9 +676,20 @@ impl Follower {
             }
             return Ok(Applied::Again);
         }
+        let stored = self.state.store.tip()?;
         let mut batch = Batch::default();
         self.state.reread(&new, &mut batch).await?;
-        self.write(batch).await?;
+        match self.write(self.read_again(batch.clone(), stored)).await {
+            Ok(()) => {}
+            Err(StoreError::Guarded(crate::store::Guarded::Changed)) => {
+                self.write(Batch {
+                    uncached: crate::store::Uncached::named_by(&batch),
+                    ..Batch::default()
+                })
+                .await?
+            }
+            Err(e) => return Err(e.into()),
+        }
         tracing::info!(
             height,
             entries = new.len(),
@@ -668,6 +734,33 @@ impl Follower {
         // only blocks tell which of our transactions were mined
         let behind = info.stacks_tip_height > applied && quiet;
         let went_back = info.stacks_tip_height < applied;
+        // the node behind the tip stored at this start (before this process applied a block):
+        // waited for, not read as a reorg. With replicas on Redis each following its own node,
+        // that tip is often a block another replica applied from a node ahead of this one's,
+        // which this one's gets in seconds; read as a reorg, the catch-up's entries, read from
+        // the node behind, and its lower tip landed over the later block's (a suspension
+        // between them undone for every replica), and our operations were read back from
+        // height 0. A reorg or a reset chain is seen once the node's chain reaches that height
+        // (`left_the_chain`: another block there)
+        let waiting = went_back && applied == self.started_at;
+        let was = self.status.node_behind_by.swap(
+            if waiting {
+                applied - info.stacks_tip_height
+            } else {
+                0
+            },
+            Ordering::SeqCst,
+        );
+        if waiting {
+            if was == 0 {
+                tracing::warn!(
+                    stored = applied,
+                    node = info.stacks_tip_height,
+                    "the node is behind the tip stored at this start (another replica's, from a node ahead of this one's?): waiting for it"
+                );
+            }
+            return;
+        }
         let left = match self.left_the_chain(applied).await {
             Ok(left) => left,
             Err(e) => {
@@ -1037,6 +1130,40 @@ mod tests {
         }
     }
 
+    /// A block sent again writes the entries it names, read now from this replica's node,
+    /// only under a tip this replica applied (its node has that block), guarded on it; under
+    /// another replica's later block they are dropped (read again on use, as of that block).
+    /// Before, they were written unguarded whatever the tip: from a node behind the later
+    /// block, over its rows.
+    #[test]
+    fn a_block_sent_again_writes_what_it_names_only_under_a_tip_this_replica_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, follower) = follower(dir.path());
+        let who: crate::stacks::Address =
+            "ST2REHHS5J3CERCRBEPMGH7921Q6PYKAADT7JP2VB".parse().unwrap();
+        let rows = Batch {
+            reviewers: vec![(who, true)],
+            ..Batch::default()
+        };
+        follower.remember(
+            5,
+            Seen {
+                hash: [5; 32],
+                named: Some(Named::default()),
+            },
+        );
+        let ours = Tip::applied(5, [5; 32]);
+        let written = follower.read_again(rows.clone(), Some(ours));
+        assert_eq!(written.reviewers, vec![(who, true)]);
+        assert_eq!(written.guard.and_then(|g| g.tip), Some(Some(ours)));
+        for theirs in [Tip::applied(6, [6; 32]), Tip::applied(5, [9; 32])] {
+            let dropped = follower.read_again(rows.clone(), Some(theirs));
+            assert!(dropped.reviewers.is_empty() && dropped.guard.is_none());
+            assert_eq!(dropped.uncached.reviewers, vec![who]);
+        }
+        assert!(follower.read_again(rows, None).reviewers.is_empty());
+    }
+
     /// Replicas sharing Redis, each following its own node: a block whose tip another replica
     /// moved past already (its node ahead of this one's) writes neither the rows read for it
     /// nor its tip, only drops the entries it names (read again on use, as of the later block);
@@ -1130,8 +1257,9 @@ mod tests {
     /// entries nor its tip, only drops this replica's copies in memory. Before, its entries
     /// landed over the block's (the reviewer verified again in Redis, for every replica that
     /// read it, until this one applied that block), its tip under the block's. A stored tip
-    /// above the catch-up's that is still its mark (this replica's own, of a branch a reorg
-    /// left) is written over, entries and tip.
+    /// above the catch-up's that is still its mark is written over, entries and tip, only if
+    /// this replica applied that block (of a branch a reorg left); over another replica's
+    /// later block, the mark is taken off and nothing else written.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_catch_ups_entries_do_not_land_over_a_block_applied_while_it_read() {
         use crate::store::Store;
@@ -1189,9 +1317,40 @@ mod tests {
             .expect("the entries to drop");
         assert!(reorg.reviewers.is_empty() && reorg.tip.is_none());
         assert_eq!(reorg.uncached.reviewers, vec![who]);
-        // the stored tip above it is the catch-up's own mark (a reorg took the node's chain
-        // back below the block this replica had applied): entries and tip written over it
-        let abandoned = Tip::applied(9, [9; 32]);
+        // the stored tip above it is the catch-up's own mark, over a block another replica
+        // applied (its node ahead of this one's: a restart or a gap found this one behind):
+        // neither entries nor tip written over it, the mark taken off. Before, the catch-up's
+        // entries, read from the node behind, and its tip landed over the later block's
+        let mark_of = |t: Tip| Tip {
+            catching_up: true,
+            ..t
+        };
+        let later = mark_of(Tip::applied(8, [8; 32]));
+        stored(later, false);
+        let (kept_off, _) = follower
+            .attempt(&caught_up(later), Some(at), vec![], false, false)
+            .unwrap()
+            .expect("the mark to take off");
+        assert!(kept_off.reviewers.is_empty());
+        assert_eq!(
+            kept_off.guard.as_ref().and_then(|g| g.tip),
+            Some(Some(later))
+        );
+        store.apply(kept_off).unwrap();
+        let now = store.tip().unwrap().unwrap();
+        assert_eq!((now.height, now.index_block_hash), (8, [8; 32]));
+        assert!(!now.catching_up, "the mark taken off");
+        assert_eq!(store.reviewer(&who).unwrap(), Some(false), "the block's");
+        // the stored tip above it is the catch-up's own mark over a block this replica applied
+        // (a reorg took the node's chain back below it): entries and tip written over it
+        let abandoned = mark_of(Tip::applied(9, [9; 32]));
+        follower.remember(
+            9,
+            Seen {
+                hash: [9; 32],
+                named: Some(Named::default()),
+            },
+        );
         stored(abandoned, false);
         let (back, _) = follower
             .attempt(&caught_up(abandoned), Some(at), vec![], false, false)
@@ -1200,5 +1359,34 @@ mod tests {
         store.apply(back).unwrap();
         assert_eq!(store.tip().unwrap().map(|t| t.height), Some(6));
         assert_eq!(store.reviewer(&who).unwrap(), Some(true), "re-read");
+        // a catch-up to the very block its mark is on (nothing cached to write): the mark
+        // taken off all the same. Before, it stayed, and no fill kept a row until a later block
+        let on = mark_of(Tip::applied(10, [10; 32]));
+        stored(on, true);
+        let empty = Batch {
+            reread_all: Some(on),
+            ..Batch::default()
+        };
+        let (off, _) = follower
+            .attempt(&empty, Some((10, [10; 32])), vec![], false, false)
+            .unwrap()
+            .expect("the mark to take off");
+        store.apply(off).unwrap();
+        let now = store.tip().unwrap().unwrap();
+        assert_eq!((now.height, now.catching_up), (10, false));
+        // another replica's block applied again over a catch-up's mark leaves it: that catch-up
+        // takes it off
+        let theirs = mark_of(Tip::applied(11, [11; 32]));
+        stored(theirs, true);
+        let again = follower
+            .attempt(
+                &Batch::default(),
+                Some((11, [11; 32])),
+                vec![],
+                false,
+                false,
+            )
+            .unwrap();
+        assert!(again.is_none(), "{again:?}");
     }
 }

@@ -27,8 +27,8 @@ pub enum RpcError {
     #[error("{call}: the read-only call failed: {cause}")]
     CallFailed { call: String, cause: String },
     /// A read asked at a block (`?tip=`) the node has not got: it is behind that block, or
-    /// on another fork.
-    #[error("{call}: the node has not got block {tip} (it is behind it, or on another fork)")]
+    /// the block is of a fork the node never had.
+    #[error("{call}: the node has not got block {tip} (it is behind it, or never had that fork)")]
     NoSuchTip { call: String, tip: String },
     #[error("the node rejected the transaction: {reason} {data}")]
     Rejected {

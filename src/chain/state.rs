@@ -463,9 +463,22 @@ impl ChainState {
                 return Ok(v);
             }
             let before = self.store.tip()?;
-            let v = read(read_at(&before)).await?;
+            let v = match read(read_at(&before)).await {
+                // the node has not got the stored block: read again if the tip moved meanwhile
+                // (to a block it may have)
+                Err(StateError::Rpc(RpcError::NoSuchTip { .. })) if self.store.tip()? != before => {
+                    continue
+                }
+                read => read?,
+            };
             let _guard = self.apply_lock.lock().await;
             if self.store.tip()? == before {
+                // a catch-up under way (the tip its mark): answered, not kept (a catch-up writes
+                // every entry listed when it began; one kept after, as of its mark's block,
+                // would stay under the later tip it moves to)
+                if before.is_some_and(|t| t.catching_up) {
+                    return Ok(v);
+                }
                 let Some(batch) = keep(&v, before) else {
                     return Ok(v);
                 };
@@ -782,6 +795,7 @@ impl ChainState {
             let stored = self.store.tip()?;
             let marked = Tip {
                 written: Some(mark()),
+                catching_up: true,
                 ..stored.unwrap_or(Tip::new(0, [0; 32]))
             };
             let batch = Batch {
@@ -841,8 +855,8 @@ impl ChainState {
     }
 }
 
-/// The block a fill reads at (`ChainState::fill`): the store's tip, unless the store holds
-/// none yet, or only a catch-up's mark over none (`ChainState::mark_tip`): then the node's.
+/// The block a fill reads at (`ChainState::fill`): the store's tip (a catch-up's mark too:
+/// the rows cached meanwhile are as of its block), the node's while the store holds none.
 fn read_at(tip: &Option<Tip>) -> Option<[u8; 32]> {
     tip.as_ref()
         .map(|t| t.index_block_hash)
@@ -1063,10 +1077,11 @@ mod tests {
     /// Replicas sharing Redis: this replica catches up (a gap, say) while another fills the
     /// provider, who is not cached when the catch-up lists what to read again. The fill read
     /// the node before the catch-up began (verified, at block 1) and would land before the
-    /// catch-up's write: it is refused (the catch-up marked the tip first), reads again, and
-    /// what stays under the catch-up's tip is the provider as the node has them now. Before, the
-    /// fill landed as read, the catch-up moved the tip past it, and the provider stayed
-    /// verified after their suspension until a block named them.
+    /// catch-up's write: it is refused (the catch-up marked the tip first), reads again (the
+    /// catch-up under way), answers that and keeps nothing: nothing of the
+    /// provider stays under the catch-up's tip, read from the node on use. Before, the fill
+    /// landed as read, the catch-up moved the tip past it, and the provider stayed verified
+    /// after their suspension until a block named them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_fill_read_before_another_replicas_catch_up_does_not_outlive_it() {
         let (redis, st, other) = two_replicas_at_block_one().await;
@@ -1100,10 +1115,7 @@ mod tests {
             .unwrap();
         let third = crate::store::RedisStore::open(redis.url.as_str(), "r:").unwrap();
         assert_eq!(third.tip().unwrap(), Some(tip(2)), "the mark cleared");
-        assert_eq!(
-            third.provider(&who()).unwrap(),
-            Some(provider(ProviderStatus::Suspended))
-        );
+        assert_eq!(third.provider(&who()).unwrap(), None);
     }
 
     /// Replicas sharing Redis: as above, but between the catch-up's mark and the fill's write
@@ -1240,6 +1252,103 @@ mod tests {
         .await;
         assert!(matches!(got, Err(StateError::Unsettled(_))), "{got:?}");
         assert_eq!(st.store.provider(&who()).unwrap(), None, "nothing was kept");
+    }
+
+    /// A fill reads as of the stored block; while a catch-up is under way (the stored tip its
+    /// mark) it keeps nothing: the catch-up writes what it listed when it began, and a row kept
+    /// after, read as of its mark's block, would stay under the later tip the catch-up moves
+    /// to.
+    #[tokio::test]
+    async fn a_fill_during_a_catch_up_keeps_nothing() {
+        let (_dir, st) = at_block_one();
+        let asked = Mutex::new(Vec::new());
+        let fill = || {
+            st.fill(
+                "get-provider",
+                |store| store.provider(&who()),
+                |at| {
+                    asked.lock().unwrap().push(at);
+                    async { Ok(provider(ProviderStatus::Verified)) }
+                },
+                |s, _| {
+                    Some(Batch {
+                        providers: vec![(who(), Some(s.clone()))],
+                        ..Batch::default()
+                    })
+                },
+            )
+        };
+        let marked = st.mark_tip().await.unwrap();
+        assert!(marked.catching_up && st.store.tip().unwrap() == Some(marked));
+        assert_eq!(fill().await.unwrap(), provider(ProviderStatus::Verified));
+        assert_eq!(
+            *asked.lock().unwrap(),
+            vec![Some([1; 32])],
+            "at the mark's block"
+        );
+        assert_eq!(st.store.provider(&who()).unwrap(), None, "nothing kept");
+        // the catch-up done (a block's tip written), as of the stored block, and kept
+        st.store.apply(block(2, vec![])).unwrap();
+        fill().await.unwrap();
+        assert_eq!(asked.lock().unwrap()[1], Some([2; 32]));
+        assert_eq!(
+            st.store.provider(&who()).unwrap(),
+            Some(provider(ProviderStatus::Verified))
+        );
+    }
+
+    /// A node without the stored block (behind the replica that applied it) is asked again
+    /// when the tip moves meanwhile, at the new tip; while it does not, its answer is the
+    /// fill's error and nothing is kept.
+    #[tokio::test]
+    async fn a_fill_at_a_block_the_node_has_not_got_reads_again_if_the_tip_moves() {
+        let (_dir, st) = at_block_one();
+        let asked = &Mutex::new(Vec::new());
+        let st = &st;
+        let behind = || {
+            StateError::Rpc(RpcError::NoSuchTip {
+                call: "call-read get-provider".into(),
+                tip: "01".repeat(32),
+            })
+        };
+        let fill = |moves: bool| {
+            st.fill(
+                "get-provider",
+                |store| store.provider(&who()),
+                move |at| {
+                    let first = asked.lock().unwrap().is_empty();
+                    asked.lock().unwrap().push(at);
+                    if first && moves {
+                        st.store.apply(block(2, vec![])).unwrap();
+                    }
+                    let answer = if at == Some([2; 32]) {
+                        Ok(provider(ProviderStatus::Verified))
+                    } else {
+                        Err(behind())
+                    };
+                    async { answer }
+                },
+                |s, _| {
+                    Some(Batch {
+                        providers: vec![(who(), Some(s.clone()))],
+                        ..Batch::default()
+                    })
+                },
+            )
+        };
+        let got = fill(false).await;
+        assert!(
+            matches!(got, Err(StateError::Rpc(RpcError::NoSuchTip { .. }))),
+            "{got:?}"
+        );
+        assert_eq!(st.store.provider(&who()).unwrap(), None);
+        asked.lock().unwrap().clear();
+        assert_eq!(
+            fill(true).await.unwrap(),
+            provider(ProviderStatus::Verified)
+        );
+        assert_eq!(*asked.lock().unwrap(), vec![Some([1; 32]), Some([2; 32])]);
+        assert!(st.store.provider(&who()).unwrap().is_some());
     }
 
     /// A block that names a principal remembered as not a reviewer, or not registered,

@@ -24,6 +24,10 @@ pub struct FollowerStatus {
     /// refused one, one could not be signed, or whether one ran cannot be told), since start:
     /// for operators (each replica counts those its own writes logged).
     pub operations_failed: AtomicU64,
+    /// How far the node is behind the tip stored when this process started, while the follower
+    /// waits for it (`Follower::poll`): counted as lag (the node cannot be asked about that
+    /// tip's state yet).
+    pub node_behind_by: AtomicU64,
 }
 
 impl FollowerStatus {
@@ -34,6 +38,8 @@ impl FollowerStatus {
         self.node_tip.load(Ordering::SeqCst)
     }
     pub fn lag(&self) -> u64 {
-        self.node_tip().saturating_sub(self.applied())
+        self.node_tip()
+            .saturating_sub(self.applied())
+            .max(self.node_behind_by.load(Ordering::SeqCst))
     }
 }

@@ -178,6 +178,12 @@ pub struct Tip {
         skip_serializing_if = "Option::is_none"
     )]
     pub written: Option<u64>,
+    /// Whether this is a catch-up's mark (`ChainState::mark_tip`): the store's entries are
+    /// being read again, to land with the node's tip. A cache fill meanwhile keeps nothing
+    /// (`ChainState::fill`). Taken off by the catch-up's write, whatever it writes
+    /// (`Follower::attempt`), and by the next block's tip.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub catching_up: bool,
 }
 
 impl Tip {
@@ -187,6 +193,7 @@ impl Tip {
             height,
             index_block_hash,
             written: None,
+            catching_up: false,
         }
     }
 

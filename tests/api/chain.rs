@@ -903,3 +903,56 @@ async fn a_fill_reads_as_of_the_stored_block_and_keeps_nothing_from_a_node_witho
         registered(ProviderStatus::Suspended)
     );
 }
+
+/// Replicas on Redis, each following its own node: a replica that starts while its node is
+/// behind the tip another replica stored (from a node ahead) waits for its node instead of
+/// reading that as a reorg: the stored tip stays, no catch-up writes the node's lower tip over
+/// it, and the replica counts the gap as lag (not ready: three blocks, beyond the two
+/// allowed). Before, its first poll caught up "after a reorg": every cached entry read from
+/// the node behind and written with the node's lower tip over the later block's (a
+/// suspension between them undone for every replica), and our operations read back from
+/// height 0. Once its node reaches that height, whether the stored block is on its chain
+/// decides: here it is not (a made-up hash), and the node's chain is caught up to as a reorg's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_node_is_behind_the_stored_tip_at_start_waits_for_it() {
+    use breakglass::store::{Batch, RedisStore, Store, Tip};
+    let devnet = Devnet::start(&["--ephemeral"]).await;
+    devnet.mine_empty(2).await;
+    let node_tip = devnet.tip().await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    // another replica's tip, three blocks above this node's
+    let ahead = Tip::applied(node_tip + 3, [0xcd; 32]);
+    RedisStore::open(&redis.url(), "lag:")
+        .unwrap()
+        .apply(Batch {
+            tip: Some(ahead),
+            ..Batch::default()
+        })
+        .unwrap();
+    let app = app(&devnet.rpc, dir.path(), |s| {
+        s.data.redis_url = Some(redis.url());
+        s.data.redis_prefix = "lag:".into();
+        s.follower.poll_interval_ms = 200;
+    })
+    .await;
+    devnet.observe(app.observer_addr).await;
+    // polls while the node is behind: the stored tip stays, nothing caught up
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.store.tip().unwrap(), Some(ahead));
+    assert!(!app
+        .status
+        .skipped_blocks
+        .load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(app.status.lag(), 3);
+    assert!(!ready(&app).await, "not ready while its node is behind");
+    // the node passes it: its blocks applied from there
+    devnet.mine_empty(4).await;
+    let tip = devnet.tip().await;
+    eventually("the node's blocks applied", SECS, async || {
+        let stored = app.store.tip().unwrap()?;
+        (stored.height == tip).then_some(())
+    })
+    .await;
+    eventually("ready", SECS, async || ready(&app).await.then_some(())).await;
+}

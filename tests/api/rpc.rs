@@ -110,7 +110,7 @@ async fn a_read_at_a_block_names_it_and_waits_for_a_node_behind_it() {
                 .is_ok();
             async move {
                 if behind {
-                    HttpResponse::NotFound().body("No such chain tip")
+                    HttpResponse::NotFound().body("Chain tip not found")
                 } else {
                     // (a Clarity `true`)
                     HttpResponse::Ok().json(serde_json::json!({ "okay": true, "result": "0x03" }))
