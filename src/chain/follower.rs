@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::events::{self, Named, NewBlock};
-use super::rpc::NodeBlock;
+use super::rpc::{NodeBlock, RpcError};
 use super::state::{ChainState, StateError};
 use super::status::FollowerStatus;
 use super::submitter;
@@ -377,8 +377,13 @@ impl Follower {
         } else {
             self.state.reread(&named, &mut batch).await?;
         }
-        self.write_with_changes(batch, Some((height, pushed)), from, Some(&node_block))
-            .await?;
+        let marked = batch.reread_all;
+        self.caught_up_or_unmarked(
+            marked,
+            self.write_with_changes(batch, Some((height, pushed)), from, Some(&node_block))
+                .await,
+        )
+        .await?;
         if let Some(from) = from {
             self.forget_from(from.min(height));
         }
@@ -426,7 +431,9 @@ impl Follower {
                 TipWrite::Keep(stored)
             }
             Some(stored) if stored.height > height && mark != Some(&stored) => TipWrite::Passed,
-            Some(stored) if kept_before && stored.height == height => TipWrite::Contested,
+            Some(stored) if kept_before && stored.height == height && mark != Some(&stored) => {
+                TipWrite::Contested
+            }
             stored => TipWrite::Write(Tip::applied(height, hash), stored),
         })
     }
@@ -740,9 +747,11 @@ impl Follower {
         // which this one's gets in seconds; read as a reorg, the catch-up's entries, read from
         // the node behind, and its lower tip landed over the later block's (a suspension
         // between them undone for every replica), and our operations were read back from
-        // height 0. A reorg or a reset chain is seen once the node's chain reaches that height
+        // height 0. A node that has the stored block (it answers a read at it: `?tip=`) left it
+        // in a reorg: caught up at once, as before; one that never had it (behind, or reset)
+        // is waited for, and a reorg or a reset is seen once its chain reaches that height
         // (`left_the_chain`: another block there)
-        let waiting = went_back && applied == self.started_at;
+        let waiting = went_back && applied == self.started_at && !self.node_had(applied).await;
         let was = self.status.node_behind_by.swap(
             if waiting {
                 applied - info.stacks_tip_height
@@ -786,6 +795,46 @@ impl Follower {
         }
     }
 
+    /// Whether the node has (or had: a block a reorg left) the block applied at `applied`, by
+    /// a read at it; not when it answers that it has not got it, nor when it cannot be asked.
+    async fn node_had(&self, applied: u64) -> bool {
+        let Some(hash) = self.hash_at(applied) else {
+            return false;
+        };
+        let state = &self.state;
+        let roles = state
+            .rpc
+            .call_read_at(
+                &state.contracts.access_control(),
+                "get-roles",
+                &[],
+                &state.contracts.address,
+                Some(&hash),
+            )
+            .await;
+        match roles {
+            Ok(_) => true,
+            Err(RpcError::NoSuchTip { .. }) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not ask the node whether it has the stored tip's block");
+                false
+            }
+        }
+    }
+
+    /// `written`, a write of a batch that may be a catch-up's (`marked`: its mark), with the mark
+    /// taken off when it failed (else fills kept nothing until the next block).
+    async fn caught_up_or_unmarked(
+        &self,
+        marked: Option<Tip>,
+        written: Result<(), FollowError>,
+    ) -> Result<(), FollowError> {
+        if let (Err(_), Some(marked)) = (&written, marked) {
+            self.state.unmark(marked).await;
+        }
+        written
+    }
+
     /// Whether the block applied at `applied` is no longer the node's block at that height.
     async fn left_the_chain(&self, applied: u64) -> Result<bool, FollowError> {
         if applied == 0 {
@@ -822,8 +871,13 @@ impl Follower {
             // (a reorg the poller did not see: the block we applied last left the chain since)
             self.left_behind(applied).await?
         };
-        self.write_with_changes(batch, Some((height, tip.header.block_id)), from, None)
-            .await?;
+        let marked = batch.reread_all;
+        self.caught_up_or_unmarked(
+            marked,
+            self.write_with_changes(batch, Some((height, tip.header.block_id)), from, None)
+                .await,
+        )
+        .await?;
         if let Some(from) = from {
             self.forget_from(from);
         }
@@ -1162,6 +1216,34 @@ mod tests {
             assert_eq!(dropped.uncached.reviewers, vec![who]);
         }
         assert!(follower.read_again(rows, None).reviewers.is_empty());
+    }
+
+    /// A catch-up refused once at a height where its own mark is stored (another block there:
+    /// a reorg) is not contested by its own mark: it writes over it. Another block stored
+    /// there that is not its mark is contested.
+    #[test]
+    fn a_catch_ups_own_mark_at_its_height_is_not_contested() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, follower) = follower(dir.path());
+        let marked = Tip {
+            catching_up: true,
+            ..Tip::applied(7, [7; 32])
+        };
+        store
+            .apply(Batch {
+                tip: Some(marked),
+                ..Batch::default()
+            })
+            .unwrap();
+        written(
+            follower
+                .tip_to_write(7, [8; 32], true, Some(&marked))
+                .unwrap(),
+        );
+        assert_eq!(
+            follower.tip_to_write(7, [8; 32], true, None).unwrap(),
+            TipWrite::Contested
+        );
     }
 
     /// Replicas sharing Redis, each following its own node: a block whose tip another replica

@@ -826,7 +826,41 @@ impl ChainState {
     /// landed before it is in the list. Another replica applying the tip's block again, late,
     /// writes a number of its own over the mark, never the tip such a fill read.
     pub async fn refresh_all(&self, batch: &mut Batch) -> Result<(), StateError> {
-        batch.reread_all = Some(self.mark_tip().await?);
+        let marked = self.mark_tip().await?;
+        batch.reread_all = Some(marked);
+        let read = self.read_all(batch).await;
+        if read.is_err() {
+            self.unmark(marked).await;
+        }
+        read
+    }
+
+    /// Takes a catch-up's mark off the stored tip, if it is still there (the catch-up failed:
+    /// else fills kept nothing until the next block), guarded on it; a failure is logged
+    /// (the next block's tip takes it off).
+    pub async fn unmark(&self, marked: Tip) {
+        let batch = Batch {
+            tip: Some(Tip {
+                catching_up: false,
+                written: Some(mark()),
+                ..marked
+            }),
+            guard: Some(crate::store::Guard {
+                tip: Some(Some(marked)),
+                ..crate::store::Guard::default()
+            }),
+            ..Batch::default()
+        };
+        match self.write(batch).await {
+            Ok(()) | Err(StoreError::Guarded(_)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "a failed catch-up's mark could not be taken off (the next block's tip takes it off)")
+            }
+        }
+    }
+
+    /// `refresh_all`'s reads, into `batch`.
+    async fn read_all(&self, batch: &mut Batch) -> Result<(), StateError> {
         for who in self.store.providers()? {
             let s = self.read_provider(&who, None).await?;
             keep_provider(batch, who, s);
@@ -1294,6 +1328,28 @@ mod tests {
         assert_eq!(
             st.store.provider(&who()).unwrap(),
             Some(provider(ProviderStatus::Verified))
+        );
+    }
+
+    /// A catch-up whose reads fail (the node away) takes its mark off the stored tip: else
+    /// every fill kept nothing until the next block.
+    #[tokio::test]
+    async fn a_failed_catch_up_takes_its_mark_off() {
+        let (_dir, st) = at_block_one();
+        st.store
+            .apply(Batch {
+                providers: vec![(who(), Some(provider(ProviderStatus::Verified)))],
+                ..Batch::default()
+            })
+            .unwrap();
+        let mut batch = Batch::default();
+        // (this state has no node: every read fails)
+        assert!(st.refresh_all(&mut batch).await.is_err());
+        let stored = st.store.tip().unwrap().unwrap();
+        assert_eq!((stored.height, stored.catching_up), (1, false));
+        assert_eq!(
+            Some(stored.index_block_hash),
+            batch.reread_all.map(|t| t.index_block_hash)
         );
     }
 

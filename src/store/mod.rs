@@ -181,7 +181,8 @@ pub struct Tip {
     /// Whether this is a catch-up's mark (`ChainState::mark_tip`): the store's entries are
     /// being read again, to land with the node's tip. A cache fill meanwhile keeps nothing
     /// (`ChainState::fill`). Taken off by the catch-up's write, whatever it writes
-    /// (`Follower::attempt`), and by the next block's tip.
+    /// (`Follower::attempt`), or when it fails (`ChainState::unmark`); else (a crash) by the
+    /// next block's tip.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub catching_up: bool,
 }

@@ -94,6 +94,12 @@ async fn follower_sees_verification_and_suspension_within_one_block() {
         )
         .await;
     devnet.mine().await;
+    // (a miss is read as of the block the service applied last: the registration's)
+    let registered_at = devnet.tip().await;
+    eventually("the registration applied", SECS, async || {
+        (app.status.applied() >= registered_at).then_some(())
+    })
+    .await;
     // before any preferences are set, a miss reads the contract's defaults
     let defaults = app.follower.state.preferences(&patient_id).await.unwrap();
     assert!(defaults.allow && defaults.is_default && defaults.max_window == 720);
