@@ -46,7 +46,8 @@ enum Command {
         /// The devnet's RPC port.
         #[arg(long, default_value_t = 20443)]
         devnet_port: u16,
-        /// Start a new devnet chain.
+        /// Start a new devnet chain (with --replicas, the replicas' shared Redis starts empty
+        /// too: its chain state is the old chain's).
         #[arg(long)]
         reset: bool,
         /// Run this many service processes on one local redis-server (from PATH), as

@@ -511,7 +511,8 @@ impl Follower {
     }
 
     /// One attempt at the write of `batch` for block `tip` with `changes` (see
-    /// `write_with_changes`; `kept_before`: an earlier attempt was guarded on the tip and refused;
+    /// `write_with_changes`; `kept_before`: an earlier attempt was guarded on the tip and refused
+    /// (the tip, or an operation it changes, changed since);
     /// `reorg`: the batch is a reorg's): none when there is nothing to write; else the write,
     /// and whether it is guarded on the tip as stored.
     fn attempt(
@@ -751,7 +752,12 @@ impl Follower {
         // in a reorg: caught up at once, as before; one that never had it (behind, or reset)
         // is waited for, and a reorg or a reset is seen once its chain reaches that height
         // (`left_the_chain`: another block there)
-        let waiting = went_back && applied == self.started_at && !self.node_had(applied).await;
+        // (on a store of its own, the stored tip is this process's: a node without it was
+        // reset, or left it in a reorg, caught up to at once as before)
+        let waiting = went_back
+            && applied == self.started_at
+            && self.state.store.shared()
+            && !self.node_had(applied).await;
         let was = self.status.node_behind_by.swap(
             if waiting {
                 applied - info.stacks_tip_height
@@ -863,14 +869,15 @@ impl Follower {
         let Some(tip) = self.state.rpc.block_at(height).await? else {
             return Err(StateError::Unsettled(format!("the node's tip block {height}")).into());
         };
-        let mut batch = Batch::default();
-        self.state.refresh_all(&mut batch).await?;
+        // (before the mark: a failed read of the node leaves no mark behind)
         let from = if reorg {
             Some(self.fork_point(applied).await?)
         } else {
             // (a reorg the poller did not see: the block we applied last left the chain since)
             self.left_behind(applied).await?
         };
+        let mut batch = Batch::default();
+        self.state.refresh_all(&mut batch).await?;
         let marked = batch.reread_all;
         self.caught_up_or_unmarked(
             marked,

@@ -1,6 +1,8 @@
 //! An async client for the stacks-node RPC the service uses: `/v2/info`, `/v2/accounts`,
-//! call-read, `/v3/blocks/height` and `POST /v2/transactions`. Reads retry with exponential backoff on transport
-//! errors and 5xx answers; every error names the node call that failed and why.
+//! call-read (at the node's tip or a given block), `/v3/blocks/height` and `POST /v2/transactions`.
+//! Reads retry with exponential backoff on transport errors and 5xx answers, and a read at a
+//! block on a 404 (the node has not got it yet); every error names the node call that failed
+//! and why.
 //!
 //! It must not: retry a broadcast (only reads are retried), or cache an answer.
 

@@ -1,6 +1,8 @@
 //! The chain-state cache: what the break-glass path asks of the chain, answered from the
 //! store the follower keeps current (at most one block stale). A miss is filled with one
-//! read-only call and kept; after a gap, `refresh_all` re-reads every cached entry.
+//! read-only call, as of the block the store's tip is (`?tip=`), and kept; after a gap,
+//! `refresh_all` re-reads every cached entry (and while it does, its mark on the tip,
+//! `Tip::catching_up`, has fills keep nothing).
 //!
 //! A fill and the follower's blocks take turns (`apply_lock`): a fill keeps what it read only
 //! if no block was applied while it read, since that block may have changed the entry (a

@@ -957,6 +957,12 @@ impl GroupMetrics {
 }
 
 pub trait Store: Send + Sync + 'static {
+    /// Whether other processes (replicas) may write it too: a tip stored in it may be another
+    /// replica's block, from a node ahead of this one's.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Its group commits' histograms (`GroupMetrics`), where it commits in groups.
     fn group_metrics(&self) -> Option<GroupMetrics> {
         None

@@ -1321,6 +1321,10 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn group_metrics(&self) -> Option<GroupMetrics> {
         Some(self.metrics.clone())
     }

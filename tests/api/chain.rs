@@ -961,4 +961,26 @@ async fn a_replica_whose_node_is_behind_the_stored_tip_at_start_waits_for_it() {
     })
     .await;
     eventually("ready", SECS, async || ready(&app).await.then_some(())).await;
+    app.stop().await;
+
+    // a store of its own (redb): the tip stored is this service's, so a node without it was
+    // reset (or left it in a reorg): caught up to at once, as before
+    let own = tempfile::tempdir().unwrap();
+    let higher = Tip::applied(devnet.tip().await + 3, [0xcd; 32]);
+    breakglass::store::RedbStore::open(&own.path().join("breakglass.redb"))
+        .unwrap()
+        .apply(Batch {
+            tip: Some(higher),
+            ..Batch::default()
+        })
+        .unwrap();
+    let alone = crate::support::app(&devnet.rpc, own.path(), |_| {}).await;
+    devnet.observe(alone.observer_addr).await;
+    let node_tip = devnet.tip().await;
+    eventually("caught up to the node's chain", SECS, async || {
+        let stored = alone.store.tip().unwrap()?;
+        (stored.height == node_tip && stored.index_block_hash != [0xcd; 32]).then_some(())
+    })
+    .await;
+    assert_eq!(alone.status.lag(), 0);
 }
