@@ -108,6 +108,14 @@ impl Drop for Admitted<'_> {
     }
 }
 
+/// A write that drops every entry `batch` names (read again on use), in place of its rows.
+fn names_dropped(batch: &Batch) -> Batch {
+    Batch {
+        uncached: crate::store::Uncached::named_by(batch),
+        ..Batch::default()
+    }
+}
+
 /// What a block's write does with the tip (`Follower::tip_to_write`).
 #[derive(Debug, PartialEq)]
 enum TipWrite {
@@ -559,11 +567,7 @@ impl Follower {
                 };
                 if theirs {
                     // the block as it was, without the mark (fills keep rows again)
-                    attempt.tip = Some(Tip {
-                        catching_up: false,
-                        written: Some(crate::chain::state::mark()),
-                        ..*marked
-                    });
+                    attempt.tip = Some(marked.unmarked());
                     attempt.guard.get_or_insert_with(Guard::default).tip = Some(stored);
                 }
                 submitter::with_changes(&mut attempt, changes);
@@ -611,11 +615,7 @@ impl Follower {
             Some(TipWrite::Keep(stored)) if batch.reread_all == Some(stored) => {
                 // this catch-up's own mark, on the block it caught up to: taken off (else fills
                 // kept nothing until the next block)
-                attempt.tip = Some(Tip {
-                    catching_up: false,
-                    written: Some(crate::chain::state::mark()),
-                    ..stored
-                });
+                attempt.tip = Some(stored.unmarked());
                 attempt.guard.get_or_insert_with(Guard::default).tip = Some(Some(stored));
                 kept = true;
             }
@@ -647,10 +647,7 @@ impl Follower {
                 ..batch
             }
         } else {
-            Batch {
-                uncached: crate::store::Uncached::named_by(&batch),
-                ..Batch::default()
-            }
+            names_dropped(&batch)
         }
     }
 
@@ -690,11 +687,7 @@ impl Follower {
         match self.write(self.read_again(batch.clone(), stored)).await {
             Ok(()) => {}
             Err(StoreError::Guarded(crate::store::Guarded::Changed)) => {
-                self.write(Batch {
-                    uncached: crate::store::Uncached::named_by(&batch),
-                    ..Batch::default()
-                })
-                .await?
+                self.write(names_dropped(&batch)).await?
             }
             Err(e) => return Err(e.into()),
         }

@@ -795,11 +795,7 @@ impl ChainState {
     async fn mark_tip(&self) -> Result<Tip, StateError> {
         for _ in 0..FILL_ATTEMPTS {
             let stored = self.store.tip()?;
-            let marked = Tip {
-                written: Some(mark()),
-                catching_up: true,
-                ..stored.unwrap_or(Tip::new(0, [0; 32]))
-            };
+            let marked = stored.unwrap_or(Tip::new(0, [0; 32])).marked();
             let batch = Batch {
                 tip: Some(marked),
                 guard: Some(crate::store::Guard {
@@ -825,8 +821,9 @@ impl ChainState {
     /// moves to without being read again (it is not in the list read here), though the chain
     /// may have changed it since. So the stored tip is marked first (`Tip::written`): a fill
     /// checked against the tip it read before cannot land after the mark, and every one that
-    /// landed before it is in the list. Another replica applying the tip's block again, late,
-    /// writes a number of its own over the mark, never the tip such a fill read.
+    /// landed before it is in the list; one read while the mark stands keeps nothing
+    /// (`Tip::catching_up`). Another replica applying the tip's block again, late, keeps the
+    /// mark as it is. Reads that fail take the mark off (`unmark`).
     pub async fn refresh_all(&self, batch: &mut Batch) -> Result<(), StateError> {
         let marked = self.mark_tip().await?;
         batch.reread_all = Some(marked);
@@ -842,11 +839,7 @@ impl ChainState {
     /// (the next block's tip takes it off).
     pub async fn unmark(&self, marked: Tip) {
         let batch = Batch {
-            tip: Some(Tip {
-                catching_up: false,
-                written: Some(mark()),
-                ..marked
-            }),
+            tip: Some(marked.unmarked()),
             guard: Some(crate::store::Guard {
                 tip: Some(Some(marked)),
                 ..crate::store::Guard::default()

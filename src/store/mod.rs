@@ -205,6 +205,25 @@ impl Tip {
             ..Tip::new(height, index_block_hash)
         }
     }
+
+    /// This tip's block as a catch-up marks it (`ChainState::mark_tip`): a number of the
+    /// mark's own, `catching_up`.
+    pub fn marked(self) -> Tip {
+        Tip {
+            written: Some(crate::chain::state::mark()),
+            catching_up: true,
+            ..self
+        }
+    }
+
+    /// This tip's block with a catch-up's mark taken off: a number of its own.
+    pub fn unmarked(self) -> Tip {
+        Tip {
+            written: Some(crate::chain::state::mark()),
+            catching_up: false,
+            ..self
+        }
+    }
 }
 
 /// A logical chain write and where it stands. Its id names the operation (one transaction

@@ -79,6 +79,52 @@ fn sign_hex(message_hex: &str, key: &secp256k1::SecretKey) -> String {
     )
 }
 
+/// The reviewer's flow in headless Chromium (`web/tests/review-flow.mjs`) on access `id`: the
+/// demo reviewer's key imported, signed in, the queue, the access's page, an `inappropriate`
+/// verdict with `note` and the token revoked, confirmed on chain (blocks mined while it
+/// waits). Its result: what the page showed (`trail`, `record_altered`), the note's salt and
+/// hash.
+async fn browser_review(env: &Env, base: &str, id: &str, note: &str) -> Json {
+    let reviewer = provider(&env.demo, "reviewer");
+    let mut flow = tokio::process::Command::new("node")
+        .arg("web/tests/review-flow.mjs")
+        .current_dir(repo())
+        .env("BASE_URL", base)
+        .env("REVIEWER_KEY", reviewer["private_key"].as_str().unwrap())
+        .env("ACCESS_ID", id)
+        .env("VERDICT", "inappropriate")
+        .env("NOTE", note)
+        .env("REVOKE", "yes")
+        .env("OUT_DIR", env.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs web/tests/review-flow.mjs (scripts/test installs web/)");
+    // blocks come while the browser waits for its verdict to be confirmed
+    let out = loop {
+        tokio::select! {
+            out = flow.wait() => break out.unwrap(),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(700)) => { env.devnet.mine().await; }
+        }
+    };
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(flow.stdout.as_mut().unwrap(), &mut stdout)
+        .await
+        .unwrap();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(flow.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(
+        out.success(),
+        "the browser flow failed:\n{stdout}\n{stderr}"
+    );
+    let result: Json = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    result
+}
+
 /// Signs `c` in with `key`, from the browser that asked for it.
 async fn sign_in_as(
     base: &str,
@@ -381,42 +427,7 @@ async fn a_reviewer_signs_in_in_a_browser_and_their_verdict_reaches_the_chain() 
     // the browser: import the key, sign in, the queue, the access, the verdict, confirmed
     let reviewer = provider(&env.demo, "reviewer");
     let note = "Paged for anaphylaxis; reason matches the incident.\nNo further action.";
-    let mut flow = tokio::process::Command::new("node")
-        .arg("web/tests/review-flow.mjs")
-        .current_dir(repo())
-        .env("BASE_URL", &base)
-        .env("REVIEWER_KEY", reviewer["private_key"].as_str().unwrap())
-        .env("ACCESS_ID", &id)
-        .env("VERDICT", "inappropriate")
-        .env("NOTE", note)
-        .env("REVOKE", "yes")
-        .env("OUT_DIR", env.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs web/tests/review-flow.mjs (scripts/test installs web/)");
-    // blocks come while the browser waits for its verdict to be confirmed
-    let out = loop {
-        tokio::select! {
-            out = flow.wait() => break out.unwrap(),
-            _ = tokio::time::sleep(std::time::Duration::from_millis(700)) => { env.devnet.mine().await; }
-        }
-    };
-    let mut stdout = String::new();
-    tokio::io::AsyncReadExt::read_to_string(flow.stdout.as_mut().unwrap(), &mut stdout)
-        .await
-        .unwrap();
-    let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(flow.stderr.as_mut().unwrap(), &mut stderr)
-        .await
-        .unwrap();
-    assert!(
-        out.success(),
-        "the browser flow failed:\n{stdout}\n{stderr}"
-    );
-    let result: Json = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(result["ok"], true, "{result}");
+    let result = browser_review(&env, &base, &id, note).await;
     assert!(
         result["record_altered"]
             .as_str()
@@ -2089,6 +2100,16 @@ async fn a_later_versions_entry_is_exported_as_logged() {
         page.contains(&format!("#{seq} "))
             && page.contains(": handover <em class=\"later\">(logged by a later version"),
         "{page}"
+    );
+    // and as headless Chromium shows it, the reviewer's verdict given on the same page
+    let seen = browser_review(&env, &base, &access, "handed over").await;
+    assert!(
+        seen["trail"].as_array().unwrap().iter().any(|l| {
+            let l = l.as_str().unwrap();
+            l.starts_with(&format!("#{seq} "))
+                && l.contains(": handover (logged by a later version")
+        }),
+        "{seen}"
     );
 }
 
