@@ -2,7 +2,6 @@
 //! Chromium, and over HTTP for each refusal), verdicts relayed on chain, the hash-chained audit
 //! log, its anchors, `breakglass audit verify`, and the FHIR AuditEvent export.
 
-use std::process::Stdio;
 
 use breakglass::configuration::ResourceServerClient;
 use breakglass::domain::{AccessId, VerdictKind};
@@ -86,41 +85,20 @@ fn sign_hex(message_hex: &str, key: &secp256k1::SecretKey) -> String {
 /// hash.
 async fn browser_review(env: &Env, base: &str, id: &str, note: &str) -> Json {
     let reviewer = provider(&env.demo, "reviewer");
-    let mut flow = tokio::process::Command::new("node")
-        .arg("web/tests/review-flow.mjs")
-        .current_dir(repo())
-        .env("BASE_URL", base)
-        .env("REVIEWER_KEY", reviewer["private_key"].as_str().unwrap())
-        .env("ACCESS_ID", id)
-        .env("VERDICT", "inappropriate")
-        .env("NOTE", note)
-        .env("REVOKE", "yes")
-        .env("OUT_DIR", env.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs web/tests/review-flow.mjs (scripts/test installs web/)");
+    let vars = [
+        ("BASE_URL", base.to_string()),
+        (
+            "REVIEWER_KEY",
+            reviewer["private_key"].as_str().unwrap().to_string(),
+        ),
+        ("ACCESS_ID", id.to_string()),
+        ("VERDICT", "inappropriate".to_string()),
+        ("NOTE", note.to_string()),
+        ("REVOKE", "yes".to_string()),
+        ("OUT_DIR", env.dir.path().display().to_string()),
+    ];
     // blocks come while the browser waits for its verdict to be confirmed
-    let out = loop {
-        tokio::select! {
-            out = flow.wait() => break out.unwrap(),
-            _ = tokio::time::sleep(std::time::Duration::from_millis(700)) => { env.devnet.mine().await; }
-        }
-    };
-    let mut stdout = String::new();
-    tokio::io::AsyncReadExt::read_to_string(flow.stdout.as_mut().unwrap(), &mut stdout)
-        .await
-        .unwrap();
-    let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(flow.stderr.as_mut().unwrap(), &mut stderr)
-        .await
-        .unwrap();
-    assert!(
-        out.success(),
-        "the browser flow failed:\n{stdout}\n{stderr}"
-    );
-    let result: Json = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let result = browser_flow(&env.devnet, "web/tests/review-flow.mjs", &vars, 700).await;
     assert_eq!(result["ok"], true, "{result}");
     result
 }

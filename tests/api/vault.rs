@@ -516,37 +516,12 @@ async fn tokens_read_only_what_they_open_and_every_bad_read_is_refused_and_logge
 
 /// Runs `web/tests/tablet-flow.mjs` against the service, mining blocks meanwhile; its JSON line.
 pub(crate) async fn tablet_flow(env: &Env, vars: &[(&str, String)]) -> Json {
-    use std::process::Stdio;
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg("web/tests/tablet-flow.mjs")
-        .current_dir(repo())
-        .env("BASE_URL", format!("http://{}", env.app.api_addr))
-        .env("OUT_DIR", env.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let mut flow = cmd
-        .spawn()
-        .expect("node runs web/tests/tablet-flow.mjs (scripts/test installs web/)");
-    let out = loop {
-        tokio::select! {
-            out = flow.wait() => break out.unwrap(),
-            _ = tokio::time::sleep(std::time::Duration::from_millis(1000)) => { env.devnet.mine().await; }
-        }
-    };
-    let mut stdout = String::new();
-    tokio::io::AsyncReadExt::read_to_string(flow.stdout.as_mut().unwrap(), &mut stdout)
-        .await
-        .unwrap();
-    let mut stderr = String::new();
-    tokio::io::AsyncReadExt::read_to_string(flow.stderr.as_mut().unwrap(), &mut stderr)
-        .await
-        .unwrap();
-    assert!(out.success(), "the tablet flow failed:\n{stdout}\n{stderr}");
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    let mut all = vec![
+        ("BASE_URL", format!("http://{}", env.app.api_addr)),
+        ("OUT_DIR", env.dir.path().display().to_string()),
+    ];
+    all.extend(vars.iter().cloned());
+    browser_flow(&env.devnet, "web/tests/tablet-flow.mjs", &all, 1000).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

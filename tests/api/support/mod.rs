@@ -1324,3 +1324,43 @@ pub fn logged(store: &dyn breakglass::store::Store, kind: &str) -> Vec<breakglas
         .filter(|e| e.kind() == kind)
         .collect()
 }
+
+/// Runs a headless-Chromium flow, `script` (a `web/tests/*-flow.mjs`), with `vars` in its
+/// environment, mining a block on `devnet` every `mine_every_ms` while it runs; fails with its
+/// output unless it succeeds; its last line, as JSON.
+pub async fn browser_flow(
+    devnet: &Devnet,
+    script: &str,
+    vars: &[(&str, String)],
+    mine_every_ms: u64,
+) -> Json {
+    use std::process::Stdio;
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(script)
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut flow = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("node runs {script} (scripts/test installs web/): {e}"));
+    let out = loop {
+        tokio::select! {
+            out = flow.wait() => break out.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(mine_every_ms)) => { devnet.mine().await; }
+        }
+    };
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(flow.stdout.as_mut().unwrap(), &mut stdout)
+        .await
+        .unwrap();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(flow.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    assert!(out.success(), "{script} failed:\n{stdout}\n{stderr}");
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
