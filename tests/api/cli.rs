@@ -606,14 +606,55 @@ async fn dev_with_replicas_runs_two_services_on_one_local_redis() {
     assert_eq!(replicas("stop"), started, "each replica's stop is logged");
 }
 
+/// The block each of the services on `ports` applied last (`/readyz`).
+async fn applied_heights(ports: &[u16]) -> Vec<u64> {
+    let mut heights = Vec::new();
+    for port in ports {
+        let r: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        heights.push(
+            r["checks"]["follower"]["applied_height"]
+                .as_u64()
+                .unwrap_or(0),
+        );
+    }
+    heights
+}
+
 /// `breakglass dev --replicas 2` killed outright (no chance to stop what it started): its
 /// replicas, its devnet and its Redis stop too (told by the kernel), none left holding the
-/// append-only file a next run would open with a Redis of its own.
+/// append-only file a next run would open with a Redis of its own. Then `--reset` starts a new
+/// chain and empties their Redis: the old chain's tip, above the new chain's, is not waited for
+/// (a replica on a shared store waits for a block its node never had).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_dev_started_stops_when_it_is_killed() {
+async fn what_dev_started_stops_when_it_is_killed_and_reset_starts_afresh() {
     let dir = tempfile::tempdir().unwrap();
     let mut dev = DevRun::start(dir.path(), &["--replicas", "2"]).await;
     ready_at(dev.api + 1, Duration::from_secs(60)).await;
+    // the old chain well above where a new one starts, applied by both
+    let mined: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/devnet/mine?empty=40",
+            dev.devnet
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let old_tip = mined["tip"].as_u64().unwrap();
+    let ports = [dev.api, dev.api + 1];
+    eventually(
+        "both replicas at the old chain's tip",
+        Duration::from_secs(60),
+        async || (applied_heights(&ports).await.iter().all(|h| *h >= old_tip)).then_some(()),
+    )
+    .await;
     let second = format!("http://127.0.0.1:{}/readyz", dev.api + 1);
     let redis = dev
         .printed
@@ -639,6 +680,17 @@ async fn what_dev_started_stops_when_it_is_killed() {
         },
     )
     .await;
+
+    // a new chain: both replicas ready on it (`DevRun::start` waits for the first), at its
+    // height, not the old one's
+    let dev = DevRun::start(dir.path(), &["--replicas", "2", "--reset"]).await;
+    ready_at(dev.api + 1, Duration::from_secs(60)).await;
+    let heights = applied_heights(&[dev.api, dev.api + 1]).await;
+    assert!(
+        heights.iter().all(|h| *h < old_tip),
+        "{heights:?} against {old_tip}"
+    );
+    dev.stop().await;
 }
 
 #[test]

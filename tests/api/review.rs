@@ -2,7 +2,6 @@
 //! Chromium, and over HTTP for each refusal), verdicts relayed on chain, the hash-chained audit
 //! log, its anchors, `breakglass audit verify`, and the FHIR AuditEvent export.
 
-
 use breakglass::configuration::ResourceServerClient;
 use breakglass::domain::{AccessId, VerdictKind};
 use breakglass::stacks::{sip018, Value};
