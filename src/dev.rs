@@ -433,18 +433,19 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
         settings.follower.path_secret_file = Some(dev_path_secret(&settings.data.dir)?);
     }
     let data_root = absolute(settings.data.dir.parent().unwrap_or(Path::new(".")))?;
-    let redis = if opts.replicas > 1 {
-        let redis_dir = data_root.join("redis");
-        if opts.reset {
-            // a new chain: the shared store's tip and cache are the old chain's, above the new
-            // one, which replicas would wait for (each alone on redb catches up to it instead)
-            match std::fs::remove_dir_all(&redis_dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).context("emptying the replicas' Redis for a new chain")
-                }
-                _ => {}
+    let redis_dir = data_root.join("redis");
+    if opts.reset {
+        // a new chain: the shared store's tip and cache are the old chain's, above the new
+        // one, which replicas would wait for (each alone on redb catches up to it instead);
+        // emptied with or without --replicas now, for a later run with them
+        match std::fs::remove_dir_all(&redis_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).context("emptying the replicas' Redis for a new chain")
             }
+            _ => {}
         }
+    }
+    let redis = if opts.replicas > 1 {
         let (child, url) = start_redis(&redis_dir).await?;
         settings.data.redis_url = Some(url);
         Some(child)

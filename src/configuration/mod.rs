@@ -81,6 +81,7 @@ impl Default for Settings {
                 redis_url: None,
                 redis_sentinels: Vec::new(),
                 redis_master: String::new(),
+                redis_ca_file: None,
                 redis_prefix: "breakglass:".into(),
                 lease_ms: 10_000,
                 redis_wait_replicas: 0,
@@ -208,6 +209,7 @@ mod tests {
             redis_url: None,
             redis_sentinels: Vec::new(),
             redis_master: String::new(),
+            redis_ca_file: None,
             redis_prefix: "x:".into(),
             lease_ms: 10_000,
             redis_wait_replicas: 0,
@@ -269,6 +271,28 @@ mod tests {
             jail.create_file("t.toml", "[data]\nredis_sentinels = [\"s1:26379\"]\n")?;
             let e = Settings::load(Some(Path::new("t.toml"))).unwrap_err();
             assert!(e.to_string().contains("\"s1:26379\""), "{e}");
+            // TLS through Sentinel is not taken (the lookup and the primary's connections would
+            // each need it): refused, not connected to in the clear
+            jail.set_env("BREAKGLASS_DATA__REDIS_URL", "rediss://:pw@ignored/2");
+            let e = Settings::load(Some(Path::new("s.toml"))).unwrap_err();
+            assert!(e.to_string().contains("TLS"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_redis_ca_file_is_for_a_tls_url() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[data]\nredis_url = \"redis://r:6379/0\"\nredis_ca_file = \"ca.pem\"\n",
+            )?;
+            let e = Settings::load(Some(Path::new("c.toml"))).unwrap_err();
+            assert!(e.to_string().contains("data.redis_ca_file"), "{e}");
+            jail.set_env("BREAKGLASS_DATA__REDIS_URL", "rediss://r:6380/0");
+            let s = Settings::load(Some(Path::new("c.toml"))).map_err(|e| *e)?;
+            let target = s.data.redis_target().unwrap();
+            assert_eq!(target.ca_file.as_deref(), Some(Path::new("ca.pem")));
             Ok(())
         });
     }

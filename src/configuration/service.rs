@@ -84,6 +84,12 @@ pub struct IssuanceSettings {
     pub grants_per_minute: u32,
 }
 
+/// The longest `data.redis_wait_ms`: a grant waits 5 s for its durable write
+/// (`access::grant::WRITE_WAIT`), and with `WAIT` its group may be sent only after the one
+/// before it was acknowledged, so two of them must fit in that time (else grants meant to be
+/// refused for their replicas are refused `audit-pending`, or worse, time out behind others).
+pub const MAX_REDIS_WAIT_MS: u64 = 2_000;
+
 impl IssuanceSettings {
     pub(super) fn validate(&self) -> Result<(), String> {
         if self.seconds_per_block == 0 || self.grants_per_minute == 0 {
@@ -144,12 +150,17 @@ pub struct DataSettings {
     /// The name the Sentinels monitor the primary by.
     #[serde(default)]
     pub redis_master: String,
+    /// With a `rediss://` URL (TLS), the certificates (PEM) of the authorities the server's
+    /// certificate is checked against; without it, the system's roots.
+    #[serde(default)]
+    pub redis_ca_file: Option<PathBuf>,
     /// The prefix of this deployment's keys on that server.
     #[serde(default = "default_redis_prefix")]
     pub redis_prefix: String,
-    /// With replicas: how long a replica's lease on shared work (the chain submitter, a
-    /// notice being sent) lasts unless renewed. A stopped replica's work is taken over by
-    /// another this long after it stopped.
+    /// With replicas: how long a replica's lease on shared work (the chain submitter, the
+    /// grants' follow-up, a notice being sent) lasts unless renewed. A crashed replica's chain
+    /// writes are taken over by another this long after it stopped, its notices after this or
+    /// three SMTP timeouts, the longer; one stopped with SIGTERM lets its leases go at once.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
     /// How many of the Redis server's own replicas must have each write before it counts as
@@ -157,7 +168,8 @@ pub struct DataSettings {
     /// an acknowledging replica loses no grant; while fewer answer, grants are refused (503).
     #[serde(default)]
     pub redis_wait_replicas: u32,
-    /// How long a write waits for those replicas before it fails.
+    /// How long a write waits for those replicas before it fails (at most
+    /// `MAX_REDIS_WAIT_MS`).
     #[serde(default = "default_redis_wait_ms")]
     pub redis_wait_ms: u64,
 }
@@ -189,6 +201,7 @@ impl DataSettings {
                 url: url.clone(),
                 sentinels: self.redis_sentinels.clone(),
                 master: self.redis_master.clone(),
+                ca_file: self.redis_ca_file.clone(),
             })
     }
 
@@ -237,9 +250,11 @@ impl DataSettings {
                 self.lease_ms
             ));
         }
-        if !(10..=60_000).contains(&self.redis_wait_ms) {
+        // a grant waits `access::grant::WRITE_WAIT` (5 s) for its write, which may wait behind
+        // another group's `WAIT` (one group is in flight at a time with them): two within it
+        if !(10..=MAX_REDIS_WAIT_MS).contains(&self.redis_wait_ms) {
             return Err(format!(
-                "data.redis_wait_ms must be from 10 to 60000 (ms), not {}",
+                "data.redis_wait_ms must be from 10 to {MAX_REDIS_WAIT_MS} (ms): a grant waits 5 s for its write, which may wait behind another's; not {}",
                 self.redis_wait_ms
             ));
         }
@@ -248,7 +263,18 @@ impl DataSettings {
                 return Err("data.redis_url is a redis:// or rediss:// URL".into());
             }
         }
+        let tls = self
+            .redis_url
+            .iter()
+            .chain(&self.redis_sentinels)
+            .any(|u| u.starts_with("rediss://"));
+        if self.redis_ca_file.is_some() && !tls {
+            return Err("data.redis_ca_file is for a rediss:// (TLS) data.redis_url".into());
+        }
         if !self.redis_sentinels.is_empty() {
+            if tls {
+                return Err("data.redis_sentinels: TLS (rediss://) through Sentinel is not supported; give a rediss:// data.redis_url alone (a managed Redis with failover behind one address), or reach the Sentinels and servers on a private network".into());
+            }
             if self.redis_url.is_none() {
                 return Err("data.redis_sentinels needs data.redis_url (the primary's credentials and database)".into());
             }

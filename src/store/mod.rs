@@ -956,7 +956,7 @@ impl GroupWriter {
             ),
             GroupWriter::Redis => (
                 "store_redis_write_duration_seconds",
-                "The shared store's synced writes to Redis (one per group of batches, the round trip and any retry), as its writer sees them",
+                "The shared store's synced writes to Redis (one per group of batches, the round trip, any retry and its WAIT for Redis's replicas if configured), as its writer sees them",
             ),
         }
     }

@@ -13,12 +13,15 @@ use redis::{Client, IntoConnectionInfo, RedisError, RedisResult};
 
 /// What the operator configured: the server's URL and, with Sentinel, where they are and the
 /// name they know the primary by (the URL then gives only the primary's credentials and
-/// database: its host and port are not used).
+/// database: its host and port are not used). A `rediss://` URL is TLS (rustls), the server's
+/// certificate checked against `ca_file` (PEM: the certificates of the authorities to trust)
+/// when given, else against the system's roots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisTarget {
     pub url: String,
     pub sentinels: Vec<String>,
     pub master: String,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl From<&str> for RedisTarget {
@@ -27,6 +30,7 @@ impl From<&str> for RedisTarget {
             url: url.to_string(),
             sentinels: Vec::new(),
             master: String::new(),
+            ca_file: None,
         }
     }
 }
@@ -48,7 +52,7 @@ impl From<&RedisTarget> for RedisTarget {
 pub struct Primary(Arc<Source>);
 
 enum Source {
-    Fixed(Client),
+    Fixed(Box<Client>),
     Sentinel(Box<Sentinels>),
 }
 
@@ -79,7 +83,24 @@ fn sentinel_client(target: &RedisTarget) -> RedisResult<SentinelClient> {
 impl Primary {
     pub fn open(target: &RedisTarget) -> RedisResult<Primary> {
         let source = if target.sentinels.is_empty() {
-            Source::Fixed(Client::open(target.url.as_str())?)
+            Source::Fixed(Box::new(match &target.ca_file {
+                Some(file) => {
+                    let root_cert = std::fs::read(file).map_err(|e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("data.redis_ca_file {}: {e}", file.display()),
+                        )
+                    })?;
+                    Client::build_with_tls(
+                        target.url.as_str(),
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(root_cert),
+                        },
+                    )?
+                }
+                None => Client::open(target.url.as_str())?,
+            }))
         } else {
             Source::Sentinel(Box::new(Sentinels {
                 tasks: tokio::sync::Mutex::new(sentinel_client(target)?),
@@ -92,7 +113,7 @@ impl Primary {
     /// own: the caller may be on a runtime's thread; within `LOOKUP_AT_MOST`, else an error).
     pub fn client(&self) -> RedisResult<Client> {
         if let Source::Fixed(c) = self.0.as_ref() {
-            return Ok(c.clone());
+            return Ok(c.as_ref().clone());
         }
         let timed_out = || -> RedisError {
             std::io::Error::new(
@@ -127,7 +148,7 @@ impl Primary {
     /// A client for the primary, for a task (Sentinel asked now).
     pub async fn client_async(&self) -> RedisResult<Client> {
         match self.0.as_ref() {
-            Source::Fixed(c) => Ok(c.clone()),
+            Source::Fixed(c) => Ok(c.as_ref().clone()),
             Source::Sentinel(s) => s.tasks.lock().await.async_get_client().await,
         }
     }
@@ -160,6 +181,7 @@ mod tests {
             url: "redis://127.0.0.1:1/0".into(),
             sentinels: vec![format!("redis://127.0.0.1:{port}/")],
             master: "breakglass".into(),
+            ca_file: None,
         })
         .unwrap();
         let (done, answer) = std::sync::mpsc::channel();

@@ -168,6 +168,9 @@ pub struct RedisStore {
     /// they were.
     names_checked: Mutex<std::collections::HashMap<Table, (std::time::Instant, bool)>>,
     metrics: GroupMetrics,
+    /// Why the writer's last write was not acknowledged by the server's replicas, if it was not
+    /// (`Acknowledgement`): the store is not writable until one is.
+    unacknowledged: super::redis_writer::Unacknowledged,
 }
 
 impl Drop for RedisStore {
@@ -330,11 +333,13 @@ impl RedisStore {
             tracing::warn!("{why}");
         }
         let server: Option<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
-            redis::cmd("INFO").arg("server").query(c)
+            // (the default sections, server and cluster among them: a server before 7.0 takes
+            // one section at most, and would refuse two, unchecked)
+            redis::cmd("INFO").query(c)
         })
         .ok();
-        if let Some(too_old) = server.as_deref().and_then(too_old) {
-            return Err(StoreError::Backend(too_old));
+        if let Some(why) = server.as_deref().and_then(unfit) {
+            return Err(StoreError::Backend(why));
         }
         if !target.sentinels.is_empty() && acknowledgement.replicas == 0 {
             let replication: Option<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
@@ -348,13 +353,15 @@ impl RedisStore {
         let (writer, jobs) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let local = Local::default();
         let metrics = GroupMetrics::new(GroupWriter::Redis);
+        let unacknowledged = super::redis_writer::Unacknowledged::default();
         let w = Writer::new(
             primary.clone(),
             prefix,
             local.clone(),
             acknowledgement,
             metrics.clone(),
-        );
+        )
+        .reporting(unacknowledged.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -380,6 +387,7 @@ impl RedisStore {
             sorted: std::sync::atomic::AtomicBool::new(false),
             names_checked: Mutex::new(std::collections::HashMap::new()),
             metrics,
+            unacknowledged,
         })
     }
 
@@ -1364,13 +1372,40 @@ impl Store for RedisStore {
     }
 
     fn writable(&self) -> Result<(), StoreError> {
-        let info: String = self.read(|c| redis::cmd("INFO").arg("memory").query(c))?;
-        // the server read now: after a failover, the replica promoted
-        match evicting(&info).or_else(|| over_maxmemory(&info)) {
+        // (the default sections, memory, server and cluster among them: a server before 7.0
+        // takes one section at most)
+        let info: String = self.read(|c| redis::cmd("INFO").query(c))?;
+        // the server read now: after a failover, the replica promoted; or one that did not
+        // answer when the store opened, and was not checked then
+        let unacknowledged = self
+            .unacknowledged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match evicting(&info)
+            .or_else(|| over_maxmemory(&info))
+            .or_else(|| unfit(&info))
+            .or(unacknowledged)
+        {
             None => Ok(()),
             Some(why) => Err(StoreError::Backend(why)),
         }
     }
+}
+
+/// Why a server whose `INFO server` and `INFO cluster` answer is `info` cannot hold the store,
+/// if it cannot: too old (`too_old`), or a node of a Redis Cluster (`clustered`).
+fn unfit(info: &str) -> Option<String> {
+    too_old(info).or_else(|| clustered(info))
+}
+
+/// Why a server whose `INFO cluster` answer is `info` cannot hold the store, if it cannot: it
+/// is a node of a Redis Cluster, which spreads keys over several primaries, where a group's
+/// one script writes many keys (every table, the audit head, the nonces) at once.
+fn clustered(info: &str) -> Option<String> {
+    (info_field(info, "cluster_enabled") == Some("1")).then(|| {
+        "redis: the server is a node of a Redis Cluster (cluster_enabled:1), which the store does not support: one script writes many of its keys at once, and a Cluster spreads keys over several primaries; use one primary with replicas (and Sentinel, or a managed Redis with failover behind one address)".to_string()
+    })
 }
 
 /// Why a server whose `INFO server` answer is `info` cannot hold the store, if it cannot: a

@@ -84,9 +84,10 @@ pub struct Acknowledgement {
 }
 
 impl Acknowledgement {
-    /// How long the writer waits for a write's answer, its `WAIT` included, before it drops
-    /// the connection (and sends again on a new one, found anew: a Sentinel names the primary
-    /// as it is now).
+    /// How long the writer waits for a command's answer (a group's script, then its `WAIT`,
+    /// each) before it drops the connection (and sends again on a new one, found anew: a
+    /// Sentinel names the primary as it is now). A `WAIT` that its replicas do not answer
+    /// returns after `timeout_ms`, well within it.
     fn write_wait(&self) -> std::time::Duration {
         WRITE_TIMEOUT + std::time::Duration::from_millis(self.timeout_ms)
     }
@@ -151,7 +152,14 @@ pub(super) struct Writer {
     /// of a group sent on it may still reach the server (read late), so the mark stays at the
     /// writer's end, to keep that copy from landing.
     dropped: bool,
+    /// Why the last write's `WAIT` failed (its replicas did not acknowledge it), until one is
+    /// acknowledged: what the store's `writable` (every /readyz) says.
+    unacknowledged: Unacknowledged,
 }
+
+/// Why the writer's last write was not acknowledged by the replicas it needs (`None`: it was,
+/// or none are needed), shared with its store.
+pub(super) type Unacknowledged = Arc<std::sync::Mutex<Option<String>>>;
 
 impl Writer {
     pub(super) fn new(
@@ -183,6 +191,15 @@ impl Writer {
             stalled: false,
             light_batches: LIGHT_BATCHES,
             dropped: false,
+            unacknowledged: Unacknowledged::default(),
+        }
+    }
+
+    /// This writer, telling `to` whether its writes are acknowledged.
+    pub(super) fn reporting(self, to: Unacknowledged) -> Writer {
+        Writer {
+            unacknowledged: to,
+            ..self
         }
     }
 
@@ -425,7 +442,9 @@ impl Writer {
         let mut head = if expected.is_empty() {
             crate::audit::Head::default()
         } else {
-            dec(AUDIT_HEAD, &expected)?
+            // one this version cannot read is read again for the next group (another replica
+            // may write it anew), not kept to fail every group after this one
+            dec(AUDIT_HEAD, &expected).inspect_err(|_| self.head = None)?
         };
         let mut linked = Rows::new();
         audit_rows(&mut head, &audit, &mut linked)?;
@@ -484,9 +503,12 @@ impl Writer {
 
     /// Takes the answer of the first group in flight.
     async fn answered(&mut self, sent: Sent, answer: redis::RedisResult<(i64, Vec<u8>)>) {
-        self.metrics
-            .writes
-            .observe(sent.started.elapsed().as_secs_f64());
+        // a write acknowledged by replicas is timed with its `WAIT` (below)
+        let started = sent.started;
+        let waits = self.acknowledgement.replicas > 0 && matches!(answer, Ok((0 | 3, _)));
+        if !waits {
+            self.metrics.writes.observe(started.elapsed().as_secs_f64());
+        }
         self.metrics.batches.observe(sent.unit.len() as f64);
         let (code, detail) = match answer {
             Ok(a) => a,
@@ -525,6 +547,14 @@ impl Writer {
             (0 | 3, _) => {
                 remember(&self.local, &rows, rereads_all(&unit));
                 let acknowledged = self.acknowledged().await;
+                if waits {
+                    self.metrics.writes.observe(started.elapsed().as_secs_f64());
+                    *self
+                        .unacknowledged
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) =
+                        acknowledged.as_ref().err().map(ToString::to_string);
+                }
                 answer_all(unit, acknowledged);
             }
             // the group before it was not written: neither was this one (6: a copy of it sent

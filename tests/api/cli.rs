@@ -253,6 +253,8 @@ fn bad_configuration_is_refused_with_the_reason() {
         ),
         ("[log]\nfilter = \"breakglass=loud\"\n", "log.filter"),
         ("[log]\nformat = \"xml\"\n", "log.format"),
+        // two writes' `WAIT`s must fit in a grant's wait for its write
+        ("[data]\nredis_wait_ms = 2001\n", "data.redis_wait_ms"),
         (
             "[chain]\ncontracts_address = \"\"\n",
             "chain.contracts_address",
@@ -627,9 +629,10 @@ async fn applied_heights(ports: &[u16]) -> Vec<u64> {
 
 /// `breakglass dev --replicas 2` killed outright (no chance to stop what it started): its
 /// replicas, its devnet and its Redis stop too (told by the kernel), none left holding the
-/// append-only file a next run would open with a Redis of its own. Then `--reset` starts a new
-/// chain and empties their Redis: the old chain's tip, above the new chain's, is not waited for
-/// (a replica on a shared store waits for a block its node never had).
+/// append-only file a next run would open with a Redis of its own. Then `--reset` (without
+/// `--replicas`) starts a new chain and empties their Redis: in the next run with replicas, the
+/// old chain's tip, above the new chain's, is not waited for (a replica on a shared store waits
+/// for a block its node never had).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_dev_started_stops_when_it_is_killed_and_reset_starts_afresh() {
     let dir = tempfile::tempdir().unwrap();
@@ -681,9 +684,14 @@ async fn what_dev_started_stops_when_it_is_killed_and_reset_starts_afresh() {
     )
     .await;
 
-    // a new chain: both replicas ready on it (`DevRun::start` waits for the first), at its
-    // height, not the old one's
-    let dev = DevRun::start(dir.path(), &["--replicas", "2", "--reset"]).await;
+    // a new chain, on one process (redb): the replicas' Redis emptied all the same
+    assert!(dir.path().join("redis/appendonlydir").exists());
+    let dev = DevRun::start(dir.path(), &["--reset"]).await;
+    assert!(!dir.path().join("redis").exists(), "emptied");
+    dev.stop().await;
+    // then with replicas: both ready on the new chain (`DevRun::start` waits for the first),
+    // at its height, not the old one's
+    let dev = DevRun::start(dir.path(), &["--replicas", "2"]).await;
     ready_at(dev.api + 1, Duration::from_secs(60)).await;
     let heights = applied_heights(&[dev.api, dev.api + 1]).await;
     assert!(

@@ -2170,6 +2170,136 @@ fn a_redis_that_evicts_keys_after_the_store_opened_is_not_writable() {
     assert!(store.writable().is_ok());
 }
 
+/// A node of a Redis Cluster is refused when the store opens (a group's one script writes
+/// keys a Cluster would spread over several primaries), and, when it did not answer then, by
+/// `writable` (every /readyz) once it does: the checks made at open are made again there.
+#[test]
+fn a_redis_cluster_node_is_refused_at_open_or_once_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = dir.path().join("nodes.conf");
+    let cluster = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        nodes.to_str().unwrap(),
+    ];
+    let mut server = crate::support::RedisServer::start_with(dir.path(), &cluster);
+    let refused = RedisStore::open(&server.url(), "cluster:")
+        .err()
+        .expect("a Cluster node is refused");
+    assert!(refused.to_string().contains("Redis Cluster"), "{refused}");
+    // not answering when the store opens: opened, and not writable once it answers
+    server.kill();
+    let store = RedisStore::open(&server.url(), "cluster:").unwrap();
+    server.restart();
+    // (its first reads may still find the connection the server dropped)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let why = loop {
+        let why = store
+            .writable()
+            .expect_err("a Cluster node is not writable");
+        if why.to_string().contains("Redis Cluster") || std::time::Instant::now() > deadline {
+            break why;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(why.to_string().contains("Redis Cluster"), "{why}");
+    // a server as it should be is writable
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::RedisServer::start(dir.path());
+    let store = RedisStore::open(&server.url(), "cluster:").unwrap();
+    assert!(store.writable().is_ok());
+}
+
+/// A certificate authority and a server certificate for 127.0.0.1 it signed, as PEM files in
+/// `dir`: `(ca.pem, server.pem, server.key)`.
+fn tls_files(dir: &std::path::Path, ca_name: &str) -> [std::path::PathBuf; 3] {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let files = [
+        dir.join(format!("{ca_name}.pem")),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    ];
+    std::fs::write(&files[0], ca.pem()).unwrap();
+    std::fs::write(&files[1], server.pem()).unwrap();
+    std::fs::write(&files[2], key.serialize_pem()).unwrap();
+    files
+}
+
+/// A `rediss://` server (TLS): the store writes and reads through it when its certificate is
+/// signed by an authority in `data.redis_ca_file`, and does not talk to one whose certificate
+/// is not (another authority's, or none the system trusts): reads and writes fail, nothing
+/// is sent in the clear.
+#[test]
+fn a_redis_store_talks_tls_to_a_server_its_authority_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = tls_files(dir.path(), "hospital-ca");
+    let tls_port = crate::support::free_port().to_string();
+    let server = crate::support::RedisServer::start_with(
+        dir.path(),
+        &[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let target = |ca_file: Option<std::path::PathBuf>| RedisTarget {
+        ca_file,
+        ..RedisTarget::from(url.as_str())
+    };
+    let store = RedisStore::open(target(Some(ca.clone())), "tls:").unwrap();
+    store
+        .apply(Batch {
+            accesses: vec![access(1)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert!(store.access(&numbered(1)).unwrap().is_some());
+    assert!(store.writable().is_ok());
+    // what it wrote is on the server (read in the clear, on its other port)
+    let on_server = RedisStore::open(&server.url(), "tls:").unwrap();
+    assert!(on_server.access(&numbered(1)).unwrap().is_some());
+    // another authority, or the system's roots: no connection
+    let other_dir = tempfile::tempdir().unwrap();
+    let [other_ca, _, _] = tls_files(other_dir.path(), "other-ca");
+    for untrusted in [Some(other_ca), None] {
+        let store = RedisStore::open(target(untrusted.clone()), "tls:").unwrap();
+        let refused = store.ping().expect_err("an untrusted certificate");
+        assert!(
+            refused.to_string().to_lowercase().contains("certificate"),
+            "{untrusted:?}: {refused}"
+        );
+        assert!(store
+            .apply(Batch {
+                accesses: vec![access(2)],
+                ..Batch::default()
+            })
+            .is_err());
+    }
+    assert!(on_server.access(&numbered(2)).unwrap().is_none());
+    // a CA file that is not there: refused at open, naming it
+    let missing = RedisStore::open(target(Some(dir.path().join("nope.pem"))), "tls:")
+        .err()
+        .expect("no CA file");
+    assert!(missing.to_string().contains("nope.pem"), "{missing}");
+}
+
 /// What a store wrote is there for a store opened later (another process, a replica).
 #[test]
 fn a_redis_store_opened_again_reads_what_was_written() {
@@ -2834,8 +2964,8 @@ async fn until_acknowledged(store: &RedisStore, n: u64) {
 
 /// With `data.redis_wait_replicas`, a write is done only once the server's replicas have it:
 /// with the replica up a write is acknowledged and readable there; with it down a write fails
-/// (no grant on it) within the wait, and what the primary kept reaches the replica when it is
-/// back.
+/// (no grant on it) within the wait, the store is not writable (/readyz says why) until a
+/// write is acknowledged again, and what the primary kept reaches the replica when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_waits_for_the_redis_replicas_it_needs() {
     let dir = tempfile::tempdir().unwrap();
@@ -2875,11 +3005,19 @@ async fn a_write_waits_for_the_redis_replicas_it_needs() {
             && waited < std::time::Duration::from_secs(5),
         "it waited {waited:?}, the wait being 400 ms"
     );
+    let why = store
+        .writable()
+        .expect_err("writes not acknowledged: not writable");
+    assert!(
+        why.to_string().contains("acknowledged by 0 of the 1"),
+        "{why}"
+    );
     replica.restart();
     crate::support::eventually("acknowledged again", crate::support::SECS, async || {
         store.apply(grant(4)).ok()
     })
     .await;
+    assert!(store.writable().is_ok(), "writable again");
     let on_replica = RedisStore::open(&replica.url(), "ack:").unwrap();
     for n in [1, 2, 3, 4] {
         assert!(
@@ -2931,6 +3069,7 @@ async fn the_store_follows_a_sentinel_failover_to_the_promoted_replica() {
         url: "redis://127.0.0.1:1/0".into(),
         sentinels: vec![sentinel.url()],
         master: "bg".into(),
+        ca_file: None,
     };
     let store = RedisStore::open_with(
         &target,
@@ -3085,6 +3224,7 @@ async fn the_writer_leaves_a_hung_primary_for_the_one_a_failover_promoted() {
         url: "redis://127.0.0.1:1/0".into(),
         sentinels: vec![sentinel.url()],
         master: "bg".into(),
+        ca_file: None,
     };
     let store = std::sync::Arc::new(RedisStore::open(&target, "hung:").unwrap());
     let grant = |n: u64| Batch {
