@@ -85,9 +85,10 @@ pub struct IssuanceSettings {
 }
 
 /// The longest `data.redis_wait_ms`: a grant waits 5 s for its durable write
-/// (`access::grant::WRITE_WAIT`), and with `WAIT` its group may be sent only after the one
-/// before it was acknowledged, so two of them must fit in that time (else grants meant to be
-/// refused for their replicas are refused `audit-pending`, or worse, time out behind others).
+/// (`access::grant::WRITE_WAIT`), and with `WAIT` one group is in flight at a time, so with
+/// Redis's replicas away a grant waits for the groups before it, each this long: at 2 s, a
+/// grant behind one other is refused `audit-unavailable` (its own write not acknowledged),
+/// one behind more `audit-pending` (both 503, no token). Longer, every grant would be.
 pub const MAX_REDIS_WAIT_MS: u64 = 2_000;
 
 impl IssuanceSettings {
@@ -251,7 +252,7 @@ impl DataSettings {
             ));
         }
         // a grant waits `access::grant::WRITE_WAIT` (5 s) for its write, which may wait behind
-        // another group's `WAIT` (one group is in flight at a time with them): two within it
+        // other groups' `WAIT`s (one group is in flight at a time with them)
         if !(10..=MAX_REDIS_WAIT_MS).contains(&self.redis_wait_ms) {
             return Err(format!(
                 "data.redis_wait_ms must be from 10 to {MAX_REDIS_WAIT_MS} (ms): a grant waits 5 s for its write, which may wait behind another's; not {}",

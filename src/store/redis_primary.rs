@@ -47,6 +47,28 @@ impl From<&RedisTarget> for RedisTarget {
     }
 }
 
+/// The certificates (PEM) in `file`, `data.redis_ca_file`: an error naming it when it cannot
+/// be read or holds none (a key, a DER file, an empty one), rather than every connection
+/// failing later on a certificate it does not name.
+fn authorities(file: &std::path::Path) -> RedisResult<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    let named = |why: String| -> RedisError {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("data.redis_ca_file {}: {why}", file.display()),
+        )
+        .into()
+    };
+    let pem = std::fs::read(file).map_err(|e| named(e.to_string()))?;
+    let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| named(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(named("no PEM certificate in it".into()));
+    }
+    Ok(pem)
+}
+
 /// A `RedisTarget`, opened: clients for the primary as it is now.
 #[derive(Clone)]
 pub struct Primary(Arc<Source>);
@@ -85,12 +107,7 @@ impl Primary {
         let source = if target.sentinels.is_empty() {
             Source::Fixed(Box::new(match &target.ca_file {
                 Some(file) => {
-                    let root_cert = std::fs::read(file).map_err(|e| {
-                        std::io::Error::new(
-                            e.kind(),
-                            format!("data.redis_ca_file {}: {e}", file.display()),
-                        )
-                    })?;
+                    let root_cert = authorities(file)?;
                     Client::build_with_tls(
                         target.url.as_str(),
                         redis::TlsCertificates {

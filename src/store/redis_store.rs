@@ -168,9 +168,9 @@ pub struct RedisStore {
     /// they were.
     names_checked: Mutex<std::collections::HashMap<Table, (std::time::Instant, bool)>>,
     metrics: GroupMetrics,
-    /// Why the writer's last write was not acknowledged by the server's replicas, if it was not
-    /// (`Acknowledgement`): the store is not writable until one is.
-    unacknowledged: super::redis_writer::Unacknowledged,
+    /// How many of the server's replicas each write waits for (`Acknowledgement`): with fewer
+    /// connected, the store is not writable.
+    wait_replicas: u32,
 }
 
 impl Drop for RedisStore {
@@ -353,15 +353,13 @@ impl RedisStore {
         let (writer, jobs) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let local = Local::default();
         let metrics = GroupMetrics::new(GroupWriter::Redis);
-        let unacknowledged = super::redis_writer::Unacknowledged::default();
         let w = Writer::new(
             primary.clone(),
             prefix,
             local.clone(),
             acknowledgement,
             metrics.clone(),
-        )
-        .reporting(unacknowledged.clone());
+        );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -387,7 +385,7 @@ impl RedisStore {
             sorted: std::sync::atomic::AtomicBool::new(false),
             names_checked: Mutex::new(std::collections::HashMap::new()),
             metrics,
-            unacknowledged,
+            wait_replicas: acknowledgement.replicas,
         })
     }
 
@@ -1377,20 +1375,35 @@ impl Store for RedisStore {
         let info: String = self.read(|c| redis::cmd("INFO").query(c))?;
         // the server read now: after a failover, the replica promoted; or one that did not
         // answer when the store opened, and was not checked then
-        let unacknowledged = self
-            .unacknowledged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
         match evicting(&info)
             .or_else(|| over_maxmemory(&info))
             .or_else(|| unfit(&info))
-            .or(unacknowledged)
+            .or_else(|| too_few_replicas(&info, self.wait_replicas))
         {
             None => Ok(()),
             Some(why) => Err(StoreError::Backend(why)),
         }
     }
+}
+
+/// Why writes to a server whose `INFO replication` answer is `info` are refused, if they are:
+/// fewer of its replicas are connected (`state=online`) than each write waits for (`wanted`,
+/// `data.redis_wait_replicas`), so that every write's `WAIT` times out and no grant is issued.
+/// Read from the server, so every replica of the service says the same, at once, and is ready
+/// again as soon as Redis's replicas are back.
+fn too_few_replicas(info: &str, wanted: u32) -> Option<String> {
+    if wanted == 0 {
+        return None;
+    }
+    let online = info
+        .lines()
+        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+        .count();
+    (online < wanted as usize).then(|| {
+        format!(
+            "redis: {online} of the server's replicas are connected, and every write waits for {wanted} (data.redis_wait_replicas): writes are not acknowledged, and grants are refused, until they are"
+        )
+    })
 }
 
 /// Why a server whose `INFO server` and `INFO cluster` answer is `info` cannot hold the store,
@@ -1794,6 +1807,27 @@ mod tests {
             "10",
         ]);
         assert_eq!(cut_off_writes(&guarded), None);
+    }
+
+    #[test]
+    fn fewer_replicas_online_than_writes_wait_for_are_named() {
+        let primary = |replicas: &[&str]| {
+            let mut info = format!(
+                "# Replication\r\nrole:master\r\nconnected_slaves:{}\r\n",
+                replicas.len()
+            );
+            for (i, state) in replicas.iter().enumerate() {
+                info +=
+                    &format!("slave{i}:ip=10.0.0.{i},port=6379,state={state},offset=1,lag=0\r\n");
+            }
+            info + "master_repl_offset:1\r\n"
+        };
+        assert_eq!(too_few_replicas(&primary(&[]), 0), None, "none waited for");
+        assert_eq!(too_few_replicas(&primary(&["online"]), 1), None);
+        assert_eq!(too_few_replicas(&primary(&["online", "online"]), 2), None);
+        let why = too_few_replicas(&primary(&["online", "wait_bgsave"]), 2).unwrap();
+        assert!(why.contains("1 of the server's replicas"), "{why}");
+        assert!(too_few_replicas(&primary(&[]), 1).is_some());
     }
 
     #[test]

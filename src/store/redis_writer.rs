@@ -152,14 +152,7 @@ pub(super) struct Writer {
     /// of a group sent on it may still reach the server (read late), so the mark stays at the
     /// writer's end, to keep that copy from landing.
     dropped: bool,
-    /// Why the last write's `WAIT` failed (its replicas did not acknowledge it), until one is
-    /// acknowledged: what the store's `writable` (every /readyz) says.
-    unacknowledged: Unacknowledged,
 }
-
-/// Why the writer's last write was not acknowledged by the replicas it needs (`None`: it was,
-/// or none are needed), shared with its store.
-pub(super) type Unacknowledged = Arc<std::sync::Mutex<Option<String>>>;
 
 impl Writer {
     pub(super) fn new(
@@ -191,15 +184,6 @@ impl Writer {
             stalled: false,
             light_batches: LIGHT_BATCHES,
             dropped: false,
-            unacknowledged: Unacknowledged::default(),
-        }
-    }
-
-    /// This writer, telling `to` whether its writes are acknowledged.
-    pub(super) fn reporting(self, to: Unacknowledged) -> Writer {
-        Writer {
-            unacknowledged: to,
-            ..self
         }
     }
 
@@ -549,11 +533,6 @@ impl Writer {
                 let acknowledged = self.acknowledged().await;
                 if waits {
                     self.metrics.writes.observe(started.elapsed().as_secs_f64());
-                    *self
-                        .unacknowledged
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) =
-                        acknowledged.as_ref().err().map(ToString::to_string);
                 }
                 answer_all(unit, acknowledged);
             }
