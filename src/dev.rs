@@ -211,10 +211,24 @@ pub(crate) async fn test_redis() -> TestRedis {
     }
 }
 
+/// A file `start_redis` writes in its directory: `dev --reset` empties only a directory that
+/// has it (or the log `dev` gives its Redis, from before the mark), never one `dev` did not
+/// make (a `data.dir` of `/var/lib/breakglass` puts dev's Redis at `/var/lib/redis`).
+const DEV_REDIS_MARK: &str = "breakglass-dev-redis";
+
+/// Whether `dir` is a Redis directory `dev` made (`DEV_REDIS_MARK`).
+fn made_by_dev(dir: &Path) -> bool {
+    dir.join(DEV_REDIS_MARK).is_file() || dir.join("redis.log").is_file()
+}
+
 /// Starts `redis-server` on a free port, persisting to `dir` as production should (an
 /// append-only file synced on every write), and waits until it answers; killed when dropped.
 pub(crate) async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
     std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(DEV_REDIS_MARK),
+        "made by `breakglass dev --replicas`: `breakglass dev --reset` empties this directory\n",
+    )?;
     let port = free_port()?;
     let mut cmd = Command::from(redis_server(port, dir));
     cmd.arg("--logfile").arg(dir.join("redis.log"));
@@ -434,16 +448,12 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
     }
     let data_root = absolute(settings.data.dir.parent().unwrap_or(Path::new(".")))?;
     let redis_dir = data_root.join("redis");
-    if opts.reset {
+    if opts.reset && made_by_dev(&redis_dir) {
         // a new chain: the shared store's tip and cache are the old chain's, above the new
         // one, which replicas would wait for (each alone on redb catches up to it instead);
         // emptied with or without --replicas now, for a later run with them
-        match std::fs::remove_dir_all(&redis_dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).context("emptying the replicas' Redis for a new chain")
-            }
-            _ => {}
-        }
+        std::fs::remove_dir_all(&redis_dir)
+            .context("emptying the replicas' Redis for a new chain")?;
     }
     let redis = if opts.replicas > 1 {
         let (child, url) = start_redis(&redis_dir).await?;
@@ -609,5 +619,24 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
     match devnet_exited {
         Some(status) => anyhow::bail!("the devnet exited ({})", status?),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `dev --reset` empties a Redis directory `dev` made, and no other: one beside the data
+    /// directory that holds another server's files is left alone.
+    #[tokio::test]
+    async fn only_a_redis_directory_dev_made_is_its_to_empty() {
+        let root = tempfile::tempdir().unwrap();
+        let (mut redis, _) = start_redis(&root.path().join("ours")).await.unwrap();
+        redis.kill().await.unwrap();
+        assert!(made_by_dev(&root.path().join("ours")));
+        let theirs = root.path().join("theirs");
+        std::fs::create_dir_all(theirs.join("appendonlydir")).unwrap();
+        assert!(!made_by_dev(&theirs), "another server's directory");
+        assert!(!made_by_dev(&root.path().join("none")));
     }
 }
