@@ -211,19 +211,28 @@ pub(crate) async fn test_redis() -> TestRedis {
     }
 }
 
-/// A file `start_redis` writes in its directory: `dev --reset` empties only a directory that
-/// has it (or the log `dev` gives its Redis, from before the mark), never one `dev` did not
-/// make (a `data.dir` of `/var/lib/breakglass` puts dev's Redis at `/var/lib/redis`).
+/// A file `start_redis` writes in its directory, which it takes only empty or made by `dev`:
+/// `dev --reset` empties only a directory that has it (or, from before the mark, the log and
+/// the append-only files `dev` gives its Redis), never one `dev` did not make (a `data.dir`
+/// of `/var/lib/breakglass` puts dev's Redis at `/var/lib/redis`).
 const DEV_REDIS_MARK: &str = "breakglass-dev-redis";
 
 /// Whether `dir` is a Redis directory `dev` made (`DEV_REDIS_MARK`).
 fn made_by_dev(dir: &Path) -> bool {
-    dir.join(DEV_REDIS_MARK).is_file() || dir.join("redis.log").is_file()
+    dir.join(DEV_REDIS_MARK).is_file()
+        || (dir.join("redis.log").is_file() && dir.join("appendonlydir").is_dir())
 }
 
 /// Starts `redis-server` on a free port, persisting to `dir` as production should (an
 /// append-only file synced on every write), and waits until it answers; killed when dropped.
 pub(crate) async fn start_redis(dir: &Path) -> anyhow::Result<(Child, String)> {
+    // never another server's files: a directory that holds any, and not dev's, is refused
+    let foreign = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) && !made_by_dev(dir);
+    anyhow::ensure!(
+        !foreign,
+        "{} holds files `breakglass dev` did not make (another Redis's?): give dev a data directory of its own (BREAKGLASS_DATA__DIR), or remove that one if it is an old dev run's",
+        dir.display()
+    );
     std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join(DEV_REDIS_MARK),
@@ -626,16 +635,38 @@ pub async fn run(mut settings: Settings, opts: DevOptions) -> anyhow::Result<()>
 mod tests {
     use super::*;
 
-    /// `dev --reset` empties a Redis directory `dev` made, and no other: one beside the data
-    /// directory that holds another server's files is left alone.
+    /// `dev --reset` empties a Redis directory `dev` made, and no other: one that holds
+    /// another server's files is neither started on nor marked, and so left alone.
     #[tokio::test]
     async fn only_a_redis_directory_dev_made_is_its_to_empty() {
         let root = tempfile::tempdir().unwrap();
-        let (mut redis, _) = start_redis(&root.path().join("ours")).await.unwrap();
+        let ours = root.path().join("ours");
+        let (mut redis, _) = start_redis(&ours).await.unwrap();
         redis.kill().await.unwrap();
-        assert!(made_by_dev(&root.path().join("ours")));
+        // by its mark alone (not by what the server wrote beside it)
+        for file in std::fs::read_dir(&ours).unwrap() {
+            let file = file.unwrap().path();
+            if !file.ends_with(DEV_REDIS_MARK) {
+                std::fs::remove_dir_all(&file)
+                    .or_else(|_| std::fs::remove_file(&file))
+                    .unwrap();
+            }
+        }
+        assert!(made_by_dev(&ours));
+        // started again on it: its own
+        let (mut redis, _) = start_redis(&ours).await.unwrap();
+        redis.kill().await.unwrap();
+        // an empty directory is taken (and marked)
+        let empty = root.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let (mut redis, _) = start_redis(&empty).await.unwrap();
+        redis.kill().await.unwrap();
+        assert!(made_by_dev(&empty));
+        // another server's: refused, not marked
         let theirs = root.path().join("theirs");
         std::fs::create_dir_all(theirs.join("appendonlydir")).unwrap();
+        let refused = start_redis(&theirs).await.err().expect("not dev's");
+        assert!(refused.to_string().contains("did not make"), "{refused}");
         assert!(!made_by_dev(&theirs), "another server's directory");
         assert!(!made_by_dev(&root.path().join("none")));
     }

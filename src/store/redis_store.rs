@@ -1386,22 +1386,38 @@ impl Store for RedisStore {
     }
 }
 
+/// How long a replica may go without acknowledging the primary's stream (`lag`, seconds; a
+/// replica acknowledges every second) and still count as answering (`too_few_replicas`): one
+/// hung or cut off stays `online` until the primary's `repl-timeout` (60 s by default), while
+/// every `WAIT` for it times out.
+const REPLICA_LAG_AT_MOST: u64 = 5;
+
 /// Why writes to a server whose `INFO replication` answer is `info` are refused, if they are:
-/// fewer of its replicas are connected (`state=online`) than each write waits for (`wanted`,
-/// `data.redis_wait_replicas`), so that every write's `WAIT` times out and no grant is issued.
-/// Read from the server, so every replica of the service says the same, at once, and is ready
-/// again as soon as Redis's replicas are back.
+/// fewer of its replicas are connected (`state=online`) and acknowledging (`lag` within
+/// `REPLICA_LAG_AT_MOST`) than each write waits for (`wanted`, `data.redis_wait_replicas`), so
+/// that every write's `WAIT` times out and no grant is issued. Read from the server, so every
+/// replica of the service says the same, at once, and is ready again as soon as Redis's
+/// replicas are back.
 fn too_few_replicas(info: &str, wanted: u32) -> Option<String> {
     if wanted == 0 {
         return None;
     }
-    let online = info
-        .lines()
-        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
-        .count();
+    let answering = |line: &str| {
+        let field = |name: &str| {
+            line.split(',')
+                .find_map(|kv| kv.split_once('=').filter(|(k, _)| k.ends_with(name)))
+                .map(|(_, v)| v.trim())
+        };
+        line.starts_with("slave")
+            && field("state") == Some("online")
+            && field("lag")
+                .and_then(|l| l.parse::<u64>().ok())
+                .is_some_and(|lag| lag <= REPLICA_LAG_AT_MOST)
+    };
+    let online = info.lines().filter(|l| answering(l)).count();
     (online < wanted as usize).then(|| {
         format!(
-            "redis: {online} of the server's replicas are connected, and every write waits for {wanted} (data.redis_wait_replicas): writes are not acknowledged, and grants are refused, until they are"
+            "redis: {online} of the server's replicas are connected and acknowledging, and every write waits for {wanted} (data.redis_wait_replicas): writes are not acknowledged, and grants are refused, until they are"
         )
     })
 }
@@ -1828,6 +1844,11 @@ mod tests {
         let why = too_few_replicas(&primary(&["online", "wait_bgsave"]), 2).unwrap();
         assert!(why.contains("1 of the server's replicas"), "{why}");
         assert!(too_few_replicas(&primary(&[]), 1).is_some());
+        // online, but not acknowledging (hung, cut off): not counted
+        let lagging = primary(&["online"]).replace("lag=0", "lag=30");
+        assert!(too_few_replicas(&lagging, 1).is_some());
+        let slow = primary(&["online"]).replace("lag=0", "lag=5");
+        assert_eq!(too_few_replicas(&slow, 1), None);
     }
 
     #[test]
