@@ -665,7 +665,7 @@ mod tests {
         // another server's: refused, not marked
         let theirs = root.path().join("theirs");
         std::fs::create_dir_all(theirs.join("appendonlydir")).unwrap();
-        let refused = start_redis(&theirs).await.err().expect("not dev's");
+        let refused = start_redis(&theirs).await.expect_err("not dev's");
         assert!(refused.to_string().contains("did not make"), "{refused}");
         assert!(!made_by_dev(&theirs), "another server's directory");
         assert!(!made_by_dev(&root.path().join("none")));
