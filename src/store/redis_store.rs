@@ -320,33 +320,22 @@ impl RedisStore {
                 .find(|kv| kv[0] == name)
                 .map(|kv| kv.get(1).cloned().unwrap_or_default())
         };
-        // from `INFO`, which a server that refuses `CONFIG` (a managed one) still answers; a
-        // server not answering now is checked by `writable` (every /readyz) once it does
-        let memory: Option<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
-            redis::cmd("INFO").arg("memory").query(c)
+        // from `INFO` (its default sections: memory, server, replication and cluster among
+        // them; a server before 7.0 takes one section at most), which a server that refuses
+        // `CONFIG` (a managed one) still answers; a server not answering now is checked by
+        // `writable` (every /readyz) once it does
+        let info: Option<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
+            redis::cmd("INFO").query(c)
         })
         .ok();
-        if let Some(why) = memory.as_deref().and_then(evicting) {
+        if let Some(why) = info.as_deref().and_then(unfit) {
             return Err(StoreError::Backend(why));
         }
         if let Some(why) = unsynced(&setting) {
             tracing::warn!("{why}");
         }
-        let server: Option<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
-            // (the default sections, server and cluster among them: a server before 7.0 takes
-            // one section at most, and would refuse two, unchecked)
-            redis::cmd("INFO").query(c)
-        })
-        .ok();
-        if let Some(why) = server.as_deref().and_then(unfit) {
-            return Err(StoreError::Backend(why));
-        }
         if !target.sentinels.is_empty() && acknowledgement.replicas == 0 {
-            let replication: Option<String> = with(&primary, &mut reads, Some(READ_TIMEOUT), |c| {
-                redis::cmd("INFO").arg("replication").query(c)
-            })
-            .ok();
-            if let Some(why) = replication.as_deref().and_then(cut_off_writes) {
+            if let Some(why) = info.as_deref().and_then(cut_off_writes) {
                 tracing::warn!("{why}");
             }
         }
@@ -1375,9 +1364,8 @@ impl Store for RedisStore {
         let info: String = self.read(|c| redis::cmd("INFO").query(c))?;
         // the server read now: after a failover, the replica promoted; or one that did not
         // answer when the store opened, and was not checked then
-        match evicting(&info)
+        match unfit(&info)
             .or_else(|| over_maxmemory(&info))
-            .or_else(|| unfit(&info))
             .or_else(|| too_few_replicas(&info, self.wait_replicas))
         {
             None => Ok(()),
@@ -1422,10 +1410,13 @@ fn too_few_replicas(info: &str, wanted: u32) -> Option<String> {
     })
 }
 
-/// Why a server whose `INFO server` and `INFO cluster` answer is `info` cannot hold the store,
-/// if it cannot: too old (`too_old`), or a node of a Redis Cluster (`clustered`).
+/// Why a server whose `INFO` answer (memory, server and cluster) is `info` cannot hold the
+/// store, if it cannot: it evicts keys (`evicting`), is too old (`too_old`), or is a node of a
+/// Redis Cluster (`clustered`). Checked at open and at every `writable`.
 fn unfit(info: &str) -> Option<String> {
-    too_old(info).or_else(|| clustered(info))
+    evicting(info)
+        .or_else(|| too_old(info))
+        .or_else(|| clustered(info))
 }
 
 /// Why a server whose `INFO cluster` answer is `info` cannot hold the store, if it cannot: it
@@ -1494,7 +1485,7 @@ fn evicting(info: &str) -> Option<String> {
         Some("noeviction") => None,
         policy => Some(format!(
             "redis: the server evicts keys when it is full (maxmemory-policy {}): used nonces, leases and the audit trail would vanish from it; set maxmemory-policy noeviction (a full server then refuses writes, and grants are refused, never issued unrecorded)",
-            policy.unwrap_or("not given by INFO memory")
+            policy.unwrap_or("not given by INFO")
         )),
     }
 }
