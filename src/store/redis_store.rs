@@ -1386,7 +1386,7 @@ const REPLICA_LAG_AT_MOST: u64 = 5;
 /// that every write's `WAIT` times out and no grant is issued. Read from the server, so every
 /// replica of the service says the same, at once, and is ready again as soon as Redis's
 /// replicas are back.
-fn too_few_replicas(info: &str, wanted: u32) -> Option<String> {
+pub(super) fn too_few_replicas(info: &str, wanted: u32) -> Option<String> {
     if wanted == 0 {
         return None;
     }

@@ -19,7 +19,9 @@
 //! with their numbers, once: the writer's mark makes a copy the server already wrote answer
 //! `written already`, and a copy the server reads late from the dropped connection a no-op.
 //! With `Acknowledgement`, one group is in flight at a time, and each is waited on (`WAIT`,
-//! on the connection that wrote it) before its callers are answered.
+//! on the connection that wrote it) before its callers are answered. After a `WAIT` that came
+//! back short, groups are refused unwritten, at once, while the server has too few replicas
+//! (`Writer::replicas_short`).
 //!
 //! It must not: answer a write before the server (and the replicas it needs) did; send a group
 //! again that an answer said was written.
@@ -33,7 +35,8 @@ use redis::aio::MultiplexedConnection;
 use super::redis_primary::{must_reconnect, Primary};
 use super::redis_store::{
     fence_args, forget, guarded_script, invocation, linked_script, numbered, plain_script,
-    push_rows, redis_err, remember, Local, CONNECT_TIMEOUT, NONCES, RATES, WRITE_TIMEOUT,
+    push_rows, redis_err, remember, too_few_replicas, Local, CONNECT_TIMEOUT, NONCES, RATES,
+    WRITE_TIMEOUT,
 };
 use super::schema::*;
 use super::writer::{Reply, GROUP_COMMIT_MAX};
@@ -152,6 +155,10 @@ pub(super) struct Writer {
     /// of a group sent on it may still reach the server (read late), so the mark stays at the
     /// writer's end, to keep that copy from landing.
     dropped: bool,
+    /// Whether the last `WAIT` came back with fewer replicas than needed: until the server
+    /// has them connected and acknowledging again, a group is answered at once, not written
+    /// (`replicas_short`), rather than written and waited on for nothing.
+    short: bool,
 }
 
 impl Writer {
@@ -184,6 +191,7 @@ impl Writer {
             stalled: false,
             light_batches: LIGHT_BATCHES,
             dropped: false,
+            short: false,
         }
     }
 
@@ -304,6 +312,9 @@ impl Writer {
         for queued in unit.iter_mut().filter_map(|(_, _, queued)| queued.take()) {
             let waited = now.saturating_duration_since(queued);
             self.metrics.waits.observe(waited.as_secs_f64());
+        }
+        if let Err(e) = self.replicas_short().await {
+            return answer_all(unit, Err(e));
         }
         let base = self.head.clone();
         let prepared = self.prepare(&unit).await;
@@ -608,6 +619,43 @@ impl Writer {
         self.flight.extend(all);
     }
 
+    /// `cmd`'s answer on `conn`, which is let go if it failed or timed out.
+    async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        mut conn: MultiplexedConnection,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        cmd.query_async(&mut conn).await.map_err(|e| {
+            if must_reconnect(&e) || e.is_timeout() {
+                self.drop_connection();
+            }
+            redis_err(e)
+        })
+    }
+
+    /// After a `WAIT` that came back short (`short`): why the next group is not sent, if the
+    /// server still has fewer replicas connected and acknowledging than each write waits for
+    /// (`INFO replication`, as `/readyz` reads it). Its callers are refused at once, and
+    /// nothing is written, instead of each group being written and then waiting out its `WAIT`
+    /// in turn (grants queued behind them for seconds, refused as not answering). Once the
+    /// replicas are back, writes go as before.
+    async fn replicas_short(&mut self) -> Result<(), StoreError> {
+        if !self.short {
+            return Ok(());
+        }
+        let conn = self.connection().await.map_err(redis_err)?;
+        let info: String = self
+            .query(conn, redis::cmd("INFO").arg("replication"))
+            .await?;
+        match too_few_replicas(&info, self.acknowledgement.replicas) {
+            Some(why) => Err(StoreError::Backend(format!("{why} (not written)"))),
+            None => {
+                self.short = false;
+                Ok(())
+            }
+        }
+    }
+
     /// Waits until the replicas the writer needs have what it wrote (`Acknowledgement`).
     async fn acknowledged(&mut self) -> Result<(), StoreError> {
         let Acknowledgement {
@@ -620,20 +668,13 @@ impl Writer {
         // on the connection that wrote, or not at all: `WAIT` counts the replicas that have
         // this connection's writes, and a new connection has none (it would be acknowledged
         // at once)
-        let Some(mut conn) = self.conn.clone() else {
+        let Some(conn) = self.conn.clone() else {
             return Err(backend("redis: the connection that wrote is gone"));
         };
-        let acked: u32 = redis::cmd("WAIT")
-            .arg(replicas)
-            .arg(timeout_ms)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| {
-                if must_reconnect(&e) || e.is_timeout() {
-                    self.drop_connection();
-                }
-                redis_err(e)
-            })?;
+        let acked: u32 = self
+            .query(conn, redis::cmd("WAIT").arg(replicas).arg(timeout_ms))
+            .await?;
+        self.short = acked < replicas;
         if acked < replicas {
             return Err(StoreError::Backend(format!(
                 "redis: written, but acknowledged by {acked} of the {replicas} replicas needed within {timeout_ms} ms"

@@ -3019,6 +3019,29 @@ async fn a_write_waits_for_the_redis_replicas_it_needs() {
         why.to_string().contains("0 of the server's replicas"),
         "{why}"
     );
+    // while the replica is away, writes are refused at once and not written (not each
+    // written and waited on for nothing, grants queued behind those waits)
+    let refused_at_once = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let store = &store;
+        let writes: Vec<_> = (5..13)
+            .map(|n| s.spawn(move || (n, store.apply(grant(n)))))
+            .collect();
+        for w in writes {
+            match w.join().unwrap() {
+                (_, Err(StoreError::Backend(why))) => assert!(
+                    why.contains("0 of the server's replicas") && why.contains("not written"),
+                    "{why}"
+                ),
+                (n, other) => panic!("{n}: refused unwritten, not {other:?}"),
+            }
+        }
+    });
+    let waited = refused_at_once.elapsed();
+    assert!(
+        waited < std::time::Duration::from_millis(400),
+        "eight writes refused in {waited:?}, without waiting out the 400 ms"
+    );
     replica.restart();
     // writable again once the replica is connected, before any write
     crate::support::eventually("writable again", crate::support::SECS, async || {
@@ -3034,6 +3057,12 @@ async fn a_write_waits_for_the_redis_replicas_it_needs() {
         assert!(
             on_replica.access(&numbered(n)).unwrap().is_some(),
             "{n} is on the replica"
+        );
+    }
+    for n in 5..13 {
+        assert!(
+            store.access(&numbered(n)).unwrap().is_none(),
+            "{n} was refused: not written"
         );
     }
 }
