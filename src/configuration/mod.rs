@@ -271,11 +271,23 @@ mod tests {
             jail.create_file("t.toml", "[data]\nredis_sentinels = [\"s1:26379\"]\n")?;
             let e = Settings::load(Some(Path::new("t.toml"))).unwrap_err();
             assert!(e.to_string().contains("\"s1:26379\""), "{e}");
-            // TLS through Sentinel is not taken (the lookup and the primary's connections would
-            // each need it): refused, not connected to in the clear
+            // TLS to the primary the Sentinels name, to the Sentinels, or both
             jail.set_env("BREAKGLASS_DATA__REDIS_URL", "rediss://:pw@ignored/2");
-            let e = Settings::load(Some(Path::new("s.toml"))).unwrap_err();
-            assert!(e.to_string().contains("TLS"), "{e}");
+            let s = Settings::load(Some(Path::new("s.toml"))).map_err(|e| *e)?;
+            assert!(s.data.redis_target().unwrap().url.starts_with("rediss://"));
+            jail.create_file(
+                "u.toml",
+                "[data]\nredis_master = \"bg\"\nredis_sentinels = [\"rediss://s1:26379\", \"rediss://s2:26379\"]\n",
+            )?;
+            let s = Settings::load(Some(Path::new("u.toml"))).map_err(|e| *e)?;
+            assert!(s.data.redis_target().unwrap().sentinels[1].starts_with("rediss://"));
+            // the Sentinels reached alike: a set half in the clear is a mistake
+            jail.create_file(
+                "v.toml",
+                "[data]\nredis_master = \"bg\"\nredis_sentinels = [\"rediss://s1:26379\", \"redis://s2:26379\"]\n",
+            )?;
+            let e = Settings::load(Some(Path::new("v.toml"))).unwrap_err();
+            assert!(e.to_string().contains("all rediss://"), "{e}");
             Ok(())
         });
     }

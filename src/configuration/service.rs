@@ -143,16 +143,17 @@ pub struct DataSettings {
     /// environment (`BREAKGLASS_DATA__REDIS_URL`), not in a file.
     #[serde(default)]
     pub redis_url: Option<String>,
-    /// Redis Sentinel (`redis://host:port` each): when given, the primary is the one they
-    /// name `redis_master` now, followed through failovers, and `redis_url` gives only its
-    /// credentials and database (its host and port are not used).
+    /// Redis Sentinel (`redis://host:port` each, or all `rediss://`: TLS to them): when given,
+    /// the primary is the one they name `redis_master` now, followed through failovers, and
+    /// `redis_url` gives only its credentials, database and whether it is TLS (its host and
+    /// port are not used).
     #[serde(default)]
     pub redis_sentinels: Vec<String>,
     /// The name the Sentinels monitor the primary by.
     #[serde(default)]
     pub redis_master: String,
-    /// With a `rediss://` URL (TLS), the certificates (PEM) of the authorities the server's
-    /// certificate is checked against; without it, the system's roots.
+    /// With a `rediss://` URL or Sentinels (TLS), the certificates (PEM) of the authorities the
+    /// servers' certificates are checked against; without it, the system's roots.
     #[serde(default)]
     pub redis_ca_file: Option<PathBuf>,
     /// The prefix of this deployment's keys on that server.
@@ -270,11 +271,14 @@ impl DataSettings {
             .chain(&self.redis_sentinels)
             .any(|u| u.starts_with("rediss://"));
         if self.redis_ca_file.is_some() && !tls {
-            return Err("data.redis_ca_file is for a rediss:// (TLS) data.redis_url".into());
+            return Err("data.redis_ca_file is for a rediss:// (TLS) data.redis_url or data.redis_sentinels".into());
         }
         if !self.redis_sentinels.is_empty() {
-            if tls {
-                return Err("data.redis_sentinels: TLS (rediss://) through Sentinel is not supported; give a rediss:// data.redis_url alone (a managed Redis with failover behind one address), or reach the Sentinels and servers on a private network".into());
+            let to_sentinels = |u: &String| u.starts_with("rediss://");
+            if self.redis_sentinels.iter().any(to_sentinels)
+                && !self.redis_sentinels.iter().all(to_sentinels)
+            {
+                return Err("data.redis_sentinels are all rediss:// (TLS) or all redis://".into());
             }
             if self.redis_url.is_none() {
                 return Err("data.redis_sentinels needs data.redis_url (the primary's credentials and database)".into());

@@ -8,14 +8,17 @@
 
 use std::sync::Arc;
 
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, IntoConnectionInfo, RedisError, RedisResult};
+use redis::sentinel::{
+    SentinelClient, SentinelClientBuilder, SentinelNodeConnectionInfo, SentinelServerType,
+};
+use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisError, RedisResult, TlsMode};
 
 /// What the operator configured: the server's URL and, with Sentinel, where they are and the
 /// name they know the primary by (the URL then gives only the primary's credentials and
-/// database: its host and port are not used). A `rediss://` URL is TLS (rustls), the server's
-/// certificate checked against `ca_file` (PEM: the certificates of the authorities to trust)
-/// when given, else against the system's roots.
+/// database, and whether it is TLS: its host and port are not used). A `rediss://` URL is TLS
+/// (rustls), the server's certificate checked against `ca_file` (PEM: the certificates of the
+/// authorities to trust) when given, else against the system's roots; so are `rediss://`
+/// Sentinels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisTarget {
     pub url: String,
@@ -90,16 +93,97 @@ struct Sentinels {
 /// (the lookup's own connections time out sooner: 1 s to connect, 500 ms an answer).
 pub(super) const LOOKUP_AT_MOST: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// The TLS mode of a connection to `addr`, if it is TLS (`rediss://`; `#insecure`: the
+/// certificate's name not checked).
+fn tls_mode(addr: &ConnectionAddr) -> Option<TlsMode> {
+    match addr {
+        ConnectionAddr::TcpTls { insecure: true, .. } => Some(TlsMode::Insecure),
+        ConnectionAddr::TcpTls { .. } => Some(TlsMode::Secure),
+        _ => None,
+    }
+}
+
+/// The Sentinels' client: their URLs (`rediss://`: TLS to them), and the primary's connections
+/// made as `data.redis_url` says (its credentials and database; `rediss://`: TLS to the
+/// primary each names). Certificates are checked against `ca_file` when given, else the
+/// system's roots.
 fn sentinel_client(target: &RedisTarget) -> RedisResult<SentinelClient> {
     let primary = target.url.as_str().into_connection_info()?;
-    let node = SentinelNodeConnectionInfo::default()
-        .set_redis_connection_info(primary.redis_settings().clone());
-    SentinelClient::build(
-        target.sentinels.clone(),
-        target.master.clone(),
-        Some(node),
+    let to_primary = tls_mode(primary.addr());
+    let Some(file) = &target.ca_file else {
+        let mut node = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(primary.redis_settings().clone());
+        if let Some(mode) = to_primary {
+            node = node.set_tls_mode(mode);
+        }
+        return SentinelClient::build(
+            target.sentinels.clone(),
+            target.master.clone(),
+            Some(node),
+            SentinelServerType::Master,
+        );
+    };
+    // authorities of its own: the crate takes them only through its builder, which gives
+    // every Sentinel the same credentials
+    let root_cert = authorities(file)?;
+    let certificates = || redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert.clone()),
+    };
+    let sentinels = target
+        .sentinels
+        .iter()
+        .map(|u| u.as_str().into_connection_info())
+        .collect::<RedisResult<Vec<_>>>()?;
+    let first = sentinels.first().map(|s| s.redis_settings());
+    fn credentials(s: &redis::RedisConnectionInfo) -> (Option<&str>, Option<&str>) {
+        (s.username(), s.password())
+    }
+    if sentinels
+        .iter()
+        .any(|s| first.map(credentials) != Some(credentials(s.redis_settings())))
+    {
+        return Err(invalid(
+            "data.redis_sentinels: with data.redis_ca_file, every Sentinel takes the same user and password",
+        ));
+    }
+    let settings = primary.redis_settings();
+    let mut builder = SentinelClientBuilder::new(
+        sentinels.iter().map(|s| s.addr().clone()),
+        &target.master,
         SentinelServerType::Master,
-    )
+    )?
+    .set_client_to_redis_db(settings.db())
+    .set_client_to_redis_protocol(settings.protocol());
+    if let Some(user) = settings.username() {
+        builder = builder.set_client_to_redis_username(user);
+    }
+    if let Some(password) = settings.password() {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if let Some(mode) = to_primary {
+        builder = builder
+            .set_client_to_redis_tls_mode(mode)
+            .set_client_to_redis_certificates(certificates());
+    }
+    if let Some(s) = first {
+        if let Some(user) = s.username() {
+            builder = builder.set_client_to_sentinel_username(user);
+        }
+        if let Some(password) = s.password() {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+    }
+    // (the configuration takes the Sentinels all `rediss://` or all `redis://`)
+    if sentinels.iter().any(|s| tls_mode(s.addr()).is_some()) {
+        builder = builder.set_client_to_sentinel_certificates(certificates());
+    }
+    builder.build()
+}
+
+/// An error in what the operator configured.
+fn invalid(why: &'static str) -> RedisError {
+    RedisError::from((redis::ErrorKind::InvalidClientConfig, why))
 }
 
 impl Primary {
@@ -184,6 +268,34 @@ pub fn must_reconnect(e: &RedisError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With a CA file, the crate gives every Sentinel one user and password: Sentinels that
+    /// take different ones are refused at open, saying so (not connected to with the first's).
+    #[test]
+    fn sentinels_over_tls_with_a_ca_file_share_their_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["ca".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let target = |second: &str| RedisTarget {
+            url: "rediss://:pw@127.0.0.1:1/0".into(),
+            sentinels: vec!["rediss://:a@127.0.0.1:2/".into(), second.into()],
+            master: "bg".into(),
+            ca_file: Some(ca.clone()),
+        };
+        let refused = Primary::open(&target("rediss://:b@127.0.0.1:3/"))
+            .err()
+            .expect("two passwords");
+        assert!(
+            refused.to_string().contains("same user and password"),
+            "{refused}"
+        );
+        assert!(Primary::open(&target("rediss://:a@127.0.0.1:3/")).is_ok());
+    }
 
     /// A Sentinel whose host takes connections and then says nothing (hung, or a partition
     /// after the connect): a blocking caller asking it for the primary gets an error within

@@ -2236,20 +2236,19 @@ fn tls_files(dir: &std::path::Path, ca_name: &str) -> [std::path::PathBuf; 3] {
     files
 }
 
-/// A `rediss://` server (TLS): the store writes and reads through it when its certificate is
-/// signed by an authority in `data.redis_ca_file`, and does not talk to one whose certificate
-/// is not (another authority's, or none the system trusts): reads and writes fail, nothing
-/// is sent in the clear.
-#[test]
-fn a_redis_store_talks_tls_to_a_server_its_authority_signed() {
-    let dir = tempfile::tempdir().unwrap();
-    let [ca, cert, key] = tls_files(dir.path(), "hospital-ca");
-    let tls_port = crate::support::free_port().to_string();
+/// A Redis server with a TLS port beside its own (`--tls-port`, the server's certificate and
+/// key; clients not asked for theirs), and that port.
+fn tls_server(
+    dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> (crate::support::RedisServer, u16) {
+    let tls_port = crate::support::free_port();
     let server = crate::support::RedisServer::start_with(
-        dir.path(),
+        dir,
         &[
             "--tls-port",
-            &tls_port,
+            &tls_port.to_string(),
             "--tls-cert-file",
             cert.to_str().unwrap(),
             "--tls-key-file",
@@ -2258,12 +2257,16 @@ fn a_redis_store_talks_tls_to_a_server_its_authority_signed() {
             "no",
         ],
     );
-    let url = format!("rediss://127.0.0.1:{tls_port}/");
-    let target = |ca_file: Option<std::path::PathBuf>| RedisTarget {
-        ca_file,
-        ..RedisTarget::from(url.as_str())
-    };
-    let store = RedisStore::open(target(Some(ca.clone())), "tls:").unwrap();
+    (server, tls_port)
+}
+
+/// `store` writes and reads an access, is writable, and what it wrote is on `server` (read in
+/// the clear, on its own port, under `prefix`): that store, opened there.
+fn writes_there(
+    store: &RedisStore,
+    server: &crate::support::RedisServer,
+    prefix: &str,
+) -> RedisStore {
     store
         .apply(Batch {
             accesses: vec![access(1)],
@@ -2272,9 +2275,27 @@ fn a_redis_store_talks_tls_to_a_server_its_authority_signed() {
         .unwrap();
     assert!(store.access(&numbered(1)).unwrap().is_some());
     assert!(store.writable().is_ok());
-    // what it wrote is on the server (read in the clear, on its other port)
-    let on_server = RedisStore::open(&server.url(), "tls:").unwrap();
+    let on_server = RedisStore::open(&server.url(), prefix).unwrap();
     assert!(on_server.access(&numbered(1)).unwrap().is_some());
+    on_server
+}
+
+/// A `rediss://` server (TLS): the store writes and reads through it when its certificate is
+/// signed by an authority in `data.redis_ca_file`, and does not talk to one whose certificate
+/// is not (another authority's, or none the system trusts): reads and writes fail, nothing
+/// is sent in the clear.
+#[test]
+fn a_redis_store_talks_tls_to_a_server_its_authority_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = tls_files(dir.path(), "hospital-ca");
+    let (server, tls_port) = tls_server(dir.path(), &cert, &key);
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let target = |ca_file: Option<std::path::PathBuf>| RedisTarget {
+        ca_file,
+        ..RedisTarget::from(url.as_str())
+    };
+    let store = RedisStore::open(target(Some(ca.clone())), "tls:").unwrap();
+    let on_server = writes_there(&store, &server, "tls:");
     // another authority, or the system's roots: no connection
     let other_dir = tempfile::tempdir().unwrap();
     let [other_ca, _, _] = tls_files(other_dir.path(), "other-ca");
@@ -2306,6 +2327,53 @@ fn a_redis_store_talks_tls_to_a_server_its_authority_signed() {
         no_certificate.to_string().contains("no PEM certificate"),
         "{no_certificate}"
     );
+}
+
+/// Through Sentinel over TLS (`rediss://` Sentinels, a `rediss://` `data.redis_url`): the
+/// Sentinels and the primary each names are reached by TLS only, their certificates checked
+/// against `data.redis_ca_file`; the store writes and reads there. With another authority, or
+/// the system's roots, it reaches neither: nothing is written.
+#[test]
+fn a_redis_store_finds_its_primary_through_sentinels_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = tls_files(dir.path(), "hospital-ca");
+    let primary_dir = dir.path().join("primary");
+    std::fs::create_dir_all(&primary_dir).unwrap();
+    let (server, tls_port) = tls_server(&primary_dir, &cert, &key);
+    let sentinel = crate::support::Sentinel::start_tls(
+        &dir.path().join("sentinel"),
+        tls_port,
+        "bg",
+        &[ca.clone(), cert, key],
+    );
+    assert!(sentinel.url().starts_with("rediss://"));
+    // the URL's host and port are not used: the Sentinel names the primary, by its TLS port
+    let target = |ca_file: Option<std::path::PathBuf>| RedisTarget {
+        url: "rediss://127.0.0.1:1/0".into(),
+        sentinels: vec![sentinel.url()],
+        master: "bg".into(),
+        ca_file,
+    };
+    let store = RedisStore::open(target(Some(ca)), "stls:").unwrap();
+    let on_server = writes_there(&store, &server, "stls:");
+    let other_dir = tempfile::tempdir().unwrap();
+    let [other_ca, _, _] = tls_files(other_dir.path(), "other-ca");
+    for untrusted in [Some(other_ca), None] {
+        let refused = RedisStore::open(target(untrusted.clone()), "stls:")
+            .and_then(|store| {
+                store.ping()?;
+                store.apply(Batch {
+                    accesses: vec![access(2)],
+                    ..Batch::default()
+                })
+            })
+            .expect_err("an untrusted certificate");
+        assert!(
+            refused.to_string().to_lowercase().contains("certificate"),
+            "{untrusted:?}: {refused}"
+        );
+    }
+    assert!(on_server.access(&numbered(2)).unwrap().is_none());
 }
 
 /// What a store wrote is there for a store opened later (another process, a replica).

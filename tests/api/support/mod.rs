@@ -1121,22 +1121,48 @@ impl LossyProxy {
 pub struct Sentinel {
     pub child: std::process::Child,
     pub port: u16,
+    /// Whether it is reached by TLS only (`rediss://`).
+    pub tls: bool,
 }
 
 impl Sentinel {
     pub fn start(dir: &Path, primary: &RedisServer, master: &str) -> Sentinel {
+        Sentinel::start_with(dir, primary.port, master, None)
+    }
+
+    /// A Sentinel reached by TLS only, its certificate `cert` and key `key`, watching the
+    /// primary on its TLS port `primary_tls_port` by TLS too (checked against `ca`).
+    pub fn start_tls(
+        dir: &Path,
+        primary_tls_port: u16,
+        master: &str,
+        [ca, cert, key]: &[std::path::PathBuf; 3],
+    ) -> Sentinel {
+        let tls = format!(
+            "tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+            cert.display(),
+            key.display(),
+            ca.display()
+        );
+        Sentinel::start_with(dir, primary_tls_port, master, Some(&tls))
+    }
+
+    fn start_with(dir: &Path, primary: u16, master: &str, tls: Option<&str>) -> Sentinel {
         let port = free_port();
         std::fs::create_dir_all(dir).unwrap();
         let conf = dir.join("sentinel.conf");
+        let listen = match tls {
+            Some(settings) => format!("port 0\ntls-port {port}\n{settings}"),
+            None => format!("port {port}\n"),
+        };
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+                "{listen}bind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
                  sentinel monitor {master} 127.0.0.1 {primary} 1\n\
                  sentinel down-after-milliseconds {master} 300\n\
                  sentinel failover-timeout {master} 2000\n",
                 dir = dir.display(),
-                primary = primary.port,
             ),
         )
         .unwrap();
@@ -1155,11 +1181,16 @@ impl Sentinel {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Sentinel { child, port }
+        Sentinel {
+            child,
+            port,
+            tls: tls.is_some(),
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 }
 
