@@ -165,14 +165,16 @@ impl BreakGlass {
                 tracing::error!(error = %e, access = %access.id, "the access could not be recorded: no token issued");
                 // an error may have landed all the same (acknowledged by fewer replicas than
                 // asked, a copy sent from a dropped connection): if it did, its record says
-                // the token never left
-                tokio::spawn(withheld(
-                    self.state.store.clone(),
-                    Box::pin(std::future::ready(Err(e))),
-                    access.id,
-                    access.patient,
-                    access.expires_at,
-                ));
+                // the token never left. One refused before it was sent did not
+                if !matches!(e, StoreError::Unwritten(_)) {
+                    tokio::spawn(withheld(
+                        self.state.store.clone(),
+                        Box::pin(std::future::ready(Err(e))),
+                        access.id,
+                        access.patient,
+                        access.expires_at,
+                    ));
+                }
                 return Err(Refusal::new(
                     503,
                     "audit-unavailable",
@@ -219,6 +221,11 @@ const WITHHELD_CHECKS: usize = 12;
 /// watched (logged).
 const WITHHELD_WATCHED: usize = 1024;
 
+/// How many times, and how often, `withheld` tries to write a landed grant's mark that its
+/// token never left: for ten minutes, while the store refuses writes (Redis's replicas away).
+const WITHHELD_MARK_TRIES: usize = 120;
+const WITHHELD_MARK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 static WITHHELD_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(WITHHELD_WATCHED);
 
 /// Waits for `written`, a grant's write that did not answer in time or answered an error (its
@@ -264,7 +271,7 @@ async fn withheld(
     if !landed {
         return;
     }
-    let batch = Batch {
+    let revocation = Batch {
         revoked: vec![(access.to_string(), expires_at)],
         audit: vec![crate::audit::Record::now(crate::audit::Event::Revocation {
             jti: access.to_string(),
@@ -273,7 +280,28 @@ async fn withheld(
         })],
         ..Batch::default()
     };
-    if let Err(e) = crate::store::apply_async(&store, batch).await {
-        tracing::error!(%access, error = %e, "a grant written after its clinician was refused could not be marked as never issued");
+    // written as soon as the store takes writes again (a grant that landed unacknowledged by
+    // Redis's replicas is marked once they are back: until then every write is refused), for
+    // `WITHHELD_MARK_TRIES` tries
+    for tried in 1..=WITHHELD_MARK_TRIES {
+        match crate::store::apply_async(&store, revocation.clone()).await {
+            Ok(()) => return,
+            Err(e) if tried == WITHHELD_MARK_TRIES => {
+                tracing::error!(%access, error = %e, "a grant written after its clinician was refused could not be marked as never issued");
+            }
+            Err(e) => {
+                tracing::warn!(%access, error = %e, "a grant written after its clinician was refused is not marked as never issued yet: trying again");
+                tokio::time::sleep(WITHHELD_MARK_EVERY).await;
+                // a try that failed may have landed (unacknowledged by Redis's replicas): not
+                // written twice
+                let store = store.clone();
+                let jti = access.to_string();
+                if let Ok(Ok(Some(_))) =
+                    tokio::task::spawn_blocking(move || store.revoked(&jti)).await
+                {
+                    return;
+                }
+            }
+        }
     }
 }

@@ -288,6 +288,13 @@ mod tests {
             )?;
             let e = Settings::load(Some(Path::new("v.toml"))).unwrap_err();
             assert!(e.to_string().contains("all rediss://"), "{e}");
+            // no certificate check: refused, not connected to unchecked (nor failing later)
+            jail.set_env(
+                "BREAKGLASS_DATA__REDIS_URL",
+                "rediss://:pw@ignored/2#insecure",
+            );
+            let e = Settings::load(Some(Path::new("s.toml"))).unwrap_err();
+            assert!(e.to_string().contains("#insecure"), "{e}");
             Ok(())
         });
     }

@@ -43,6 +43,10 @@ pub enum StoreError {
     /// The batch's `Guard` did not hold: nothing was written.
     #[error("store: {0}")]
     Guarded(Guarded),
+    /// The write was refused before it was sent, why said: nothing was written (Redis has
+    /// fewer replicas than each write waits for: `redis_writer::Writer::replicas_short`).
+    #[error("store: {0}")]
+    Unwritten(String),
 }
 
 /// Which condition of a batch's `Guard` failed.

@@ -93,14 +93,10 @@ struct Sentinels {
 /// (the lookup's own connections time out sooner: 1 s to connect, 500 ms an answer).
 pub(super) const LOOKUP_AT_MOST: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// The TLS mode of a connection to `addr`, if it is TLS (`rediss://`; `#insecure`: the
-/// certificate's name not checked).
+/// The TLS mode of a connection to `addr`, if it is TLS (`rediss://`): the certificate always
+/// checked (the configuration refuses `#insecure`, which this build cannot connect with).
 fn tls_mode(addr: &ConnectionAddr) -> Option<TlsMode> {
-    match addr {
-        ConnectionAddr::TcpTls { insecure: true, .. } => Some(TlsMode::Insecure),
-        ConnectionAddr::TcpTls { .. } => Some(TlsMode::Secure),
-        _ => None,
-    }
+    matches!(addr, ConnectionAddr::TcpTls { .. }).then_some(TlsMode::Secure)
 }
 
 /// The Sentinels' client: their URLs (`rediss://`: TLS to them), and the primary's connections

@@ -647,8 +647,16 @@ impl Writer {
         let info: String = self
             .query(conn, redis::cmd("INFO").arg("replication"))
             .await?;
+        if demoted(&info) {
+            // a server made a replica (a switchover behind a fixed address): the group goes,
+            // on a new connection, and is refused `READONLY` there (the connection opened
+            // again for the next) or written on the primary the address names now
+            self.drop_connection();
+            self.short = false;
+            return Ok(());
+        }
         match too_few_replicas(&info, self.acknowledgement.replicas) {
-            Some(why) => Err(StoreError::Backend(format!("{why} (not written)"))),
+            Some(why) => Err(StoreError::Unwritten(format!("{why} (not written)"))),
             None => {
                 self.short = false;
                 Ok(())
@@ -682,6 +690,11 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Whether a server whose `INFO replication` answer is `info` is not a primary (any longer).
+fn demoted(info: &str) -> bool {
+    !info.lines().any(|l| l.trim_end() == "role:master")
 }
 
 /// Runs the writer until every sender of `jobs` is gone and what they sent is answered.
@@ -920,6 +933,19 @@ impl Call {
 mod tests {
     use super::*;
     use crate::store::{RedisStore, Store};
+
+    /// A primary says `role:master`; a replica (one demoted by a switchover, with no replicas
+    /// of its own, which the writer would otherwise take for a primary short of replicas, and
+    /// never reconnect) does not.
+    #[test]
+    fn a_demoted_server_is_told_from_a_primary_short_of_replicas() {
+        let primary =
+            "# Replication\r\nrole:master\r\nconnected_slaves:0\r\nmaster_repl_offset:9\r\n";
+        let replica = "# Replication\r\nrole:slave\r\nmaster_host:10.0.0.2\r\nmaster_port:6379\r\nconnected_slaves:0\r\n";
+        assert!(!demoted(primary));
+        assert!(demoted(replica));
+        assert!(too_few_replicas(replica, 1).is_some() && too_few_replicas(primary, 1).is_some());
+    }
 
     fn record(outcome: &str) -> crate::audit::Record {
         crate::audit::Record {

@@ -255,10 +255,12 @@ async fn a_refusal_is_answered_in_its_own_words_while_redis_hangs() {
 }
 
 /// A grant whose write answered an error that landed all the same (acknowledged by fewer of
-/// Redis's replicas than `data.redis_wait_replicas` asks: the primary has it): the clinician
-/// is refused 503 `audit-unavailable`, no token issued, and the access, on record as any
-/// grant, has its token revoked beside it by the service, so that its record says the token
-/// never left.
+/// Redis's replicas than `data.redis_wait_replicas` asks: the primary has it; its replica hung,
+/// still counted as connected): the clinician is refused 503 `audit-unavailable`, no token
+/// issued, and the access, on record as any grant, has its token revoked beside it by the
+/// service, so that its record says the token never left. With the replica gone, the next
+/// grant is refused unwritten, and so is that revocation, until the replica is back: then it
+/// is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_refused_on_a_write_that_landed_all_the_same_reads_as_never_issued() {
     let dir = tempfile::tempdir().unwrap();
@@ -288,7 +290,8 @@ async fn a_grant_refused_on_a_write_that_landed_all_the_same_reads_as_never_issu
     let (status, first) = post(&env.app, &signed(key, pid, &["allergies"], 1, now())).await;
     assert_eq!(status, 201, "{first}");
 
-    replica.kill();
+    // hung: still connected (and its lag within 5 s) for the primary, acknowledging nothing
+    replica.pause();
     let (status, refused) = post(&env.app, &signed(key, pid, &["allergies"], 2, now())).await;
     assert_eq!(
         (status, refused["code"].as_str()),
@@ -303,10 +306,31 @@ async fn a_grant_refused_on_a_write_that_landed_all_the_same_reads_as_never_issu
         2,
         "the refused grant's write landed: {accesses:?}"
     );
+    // gone: the primary has no replica, and writes are refused unwritten
+    replica.kill();
+    eventually("the primary without its replica", SECS, async || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut primary.connection())
+            .unwrap();
+        info.contains("connected_slaves:0").then_some(())
+    })
+    .await;
+    let (status, refused) = post(&env.app, &signed(key, pid, &["allergies"], 3, now())).await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (503, Some("audit-unavailable")),
+        "{refused}"
+    );
+    assert_eq!(store.access_ids().unwrap().len(), 2, "refused unwritten");
     let withheld = accesses
         .iter()
         .find(|id| id.to_string() != first["access_id"].as_str().unwrap())
         .unwrap();
+    // the refused grant's watch finds it landed (after 5 s) and cannot mark it yet
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    assert!(store.revoked(&withheld.to_string()).unwrap().is_none());
+    replica.restart();
     withheld_token_revoked(store, withheld).await;
     // the grant that was answered keeps its token
     assert!(store

@@ -3097,7 +3097,7 @@ async fn a_write_waits_for_the_redis_replicas_it_needs() {
             .collect();
         for w in writes {
             match w.join().unwrap() {
-                (_, Err(StoreError::Backend(why))) => assert!(
+                (_, Err(StoreError::Unwritten(why))) => assert!(
                     why.contains("0 of the server's replicas") && why.contains("not written"),
                     "{why}"
                 ),
