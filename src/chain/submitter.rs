@@ -915,6 +915,24 @@ impl Submitter {
             .collect();
         for s in &pending {
             self.keep_lease().await?;
+            if superseded(self.store.as_ref(), s)? {
+                // a patient's summary operation whose summary is no longer the one stored (two
+                // imports on two replicas at once: the one whose write landed last is stored,
+                // whatever order their clocks gave the operations): not signed, so that the
+                // chain ends with the stored summary's hash, not another's after it. Height 0:
+                // never taken for the patient's latest hash mined
+                let state = SubmissionState::Confirmed {
+                    txid: None,
+                    height: 0,
+                    result: "a later summary of the patient replaced its hash before it was signed: not sent".into(),
+                    nonce: None,
+                    raw: None,
+                };
+                if self.update(s, state).await? {
+                    tracing::info!(operation = %s.id, "a later summary of the patient replaced this one before it was signed: not sent");
+                }
+                continue;
+            }
             let nonce = self.next_nonce().await?;
             match self.sign_and_keep(s, nonce).await {
                 Ok(Some(txid)) => {

@@ -117,8 +117,10 @@ pub async fn import(
 ) -> Result<Imported, Refusal> {
     let summary = bundle::parse(body, patient_id_system)
         .map_err(|why| refusal(422, "invalid-summary", "Invalid summary", why))?;
-    // one import at a time in a process: two of the same bytes at once would both read no
-    // operation and make it twice (the embedded store checks no guard: the second would put
+    // one import at a time in a process (across replicas: the operation made once by its
+    // guard, below, and of two summaries imported at once only the stored one's signed, by
+    // the submitter): two of the same bytes at once would both read no operation and make it
+    // twice (the embedded store checks no guard: the second would put
     // the operation back as pending after the submitter signed it, to be signed again)
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _importing = ONE_AT_A_TIME.lock().await;

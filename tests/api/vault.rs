@@ -745,6 +745,62 @@ async fn a_summary_operation_replaced_by_a_later_one_is_not_sent_again() {
     served_as_on_chain(&env, &patient_hex, &second).await;
 }
 
+/// Two summaries of a patient imported at once on two replicas: the one whose write lands last
+/// is stored, whatever order the replicas' clocks gave their operations, and both operations
+/// wait for the submitter's next tick. Only the stored summary's is signed, and the other's
+/// closed unsent: the chain ends with the stored one's hash, and the vault serves it. Before,
+/// both were signed in their times' order, and with the stored summary's operation the
+/// earlier, the chain ended with the other's hash: every read of the patient's summary refused
+/// (`summary-integrity`) until it was imported again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_summaries_imported_at_once_the_stored_ones_hash_ends_on_chain() {
+    use breakglass::store::SubmissionState;
+    let env = with_an_admin_client().await;
+    let patient_hex = patient(&env.demo, true).to_string();
+    let patient_id: PatientId = patient_hex.parse().unwrap();
+    let (first, second) = two_summaries(&patient_id);
+    let keyring =
+        breakglass::seal::Keyring::load_or_generate(&env.dir.path().join("service"), None).unwrap();
+    let operation =
+        |body: &[u8]| breakglass::vault::operation(&patient_id, &Sha256::digest(body).into());
+    // what the two imports leave, written as one (so that the submitter finds both pending):
+    // the first summary stored, its operation made by a replica whose clock ran a minute
+    // behind the second's
+    let (mut stored, other) = (operation(&first), operation(&second));
+    stored.created_at_ms = other.created_at_ms - 60_000;
+    let sealed = keyring
+        .seal(&breakglass::seal::names::summary(&patient_id), &first)
+        .unwrap();
+    let service = env.app.submitter.sender;
+    let nonce_before = env.devnet.nonce(&service).await;
+    breakglass::store::apply_async(
+        &env.app.store,
+        breakglass::store::Batch {
+            summaries: vec![(patient_id, Some(sealed.clone()))],
+            summary_digests: vec![(
+                patient_id,
+                Some(breakglass::store::SummaryDigest::of(&first, &sealed)),
+            )],
+            submissions: vec![stored.clone(), other.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    recorded(&env, &stored.id).await;
+    let closed = env.app.store.submission(&other.id).unwrap().unwrap();
+    assert!(
+        matches!(&closed.state, SubmissionState::Confirmed { txid: None, result, .. } if result.contains("before it was signed")),
+        "{closed:?}"
+    );
+    assert_eq!(
+        env.devnet.nonce(&service).await,
+        nonce_before + 1,
+        "one transaction: the stored summary's"
+    );
+    served_as_on_chain(&env, &patient_hex, &first).await;
+}
+
 /// A token revoked while the vault checks the summary against the chain (its hash not cached:
 /// the vault asks the node, and waits) is refused when the check is done: the revocation is
 /// looked at again before anything is served. Before, it was looked at only first, and the
