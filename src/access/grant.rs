@@ -9,7 +9,7 @@ use super::{access_id, BreakGlass, ChainView, Grant};
 use crate::clock::now_ms;
 use crate::domain::{OnCall as OnCallFact, Role};
 use crate::refusal::Refusal;
-use crate::request::{self, BreakGlassRequest};
+use crate::request::BreakGlassRequest;
 use crate::store::{apply_started, AccessRecord, Batch, Guarded, StoreError};
 
 /// How long a grant waits for its durable write before it is refused (503 `audit-pending`):
@@ -114,7 +114,7 @@ impl BreakGlass {
             // one process keeps its used nonces as rows (read back at start); replicas' nonces
             // are their claims
             replay: match claim {
-                None => vec![(replay_key, req.issued_at + 2 * request::MAX_SKEW_SECS)],
+                None => vec![(replay_key, req.issued_at + super::NONCE_KEPT_SECS)],
                 Some(_) => Vec::new(),
             },
             claims: claim.into_iter().collect(),

@@ -53,6 +53,10 @@ pub struct Grant {
     pub scope: String,
 }
 
+/// How long after its request was issued a grant's nonce is kept (its `until`): twice the
+/// clock skew a request may have, so that no copy of it is fresh once it is forgotten.
+pub const NONCE_KEPT_SECS: u64 = 2 * request::MAX_SKEW_SECS;
+
 pub struct BreakGlass {
     pub state: ChainState,
     pub policies: Arc<Policies>,
@@ -228,7 +232,7 @@ impl BreakGlass {
         })?;
         let signer = req.signer.to_string();
         let replay_key = format!("{signer}:{}", req.nonce);
-        let until = req.issued_at + 2 * request::MAX_SKEW_SECS;
+        let until = req.issued_at + NONCE_KEPT_SECS;
         let sent = Signed {
             message_hash: req.message_hash,
             fresh_until: until,

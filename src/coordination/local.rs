@@ -1,6 +1,7 @@
 //! The coordination of one process, in memory: nonces in `Seen` (the store's `replays`, read
 //! back at start, cover a restart), each clinician's rate (GCRA, as the grant's write on Redis
-//! takes it, so that a grant that recorded nothing gives its cell back), leases in a map (one
+//! takes it, so that a grant that recorded nothing gives its cell back; the last minute's
+//! grants, read from the same `replays`, taken again at start), leases in a map (one
 //! process holds them all, so a lease only changes hands after it lapses).
 
 use std::collections::HashMap;
@@ -62,13 +63,24 @@ impl Local {
 
     /// Remembers the nonces `store` says were used before a restart and are still fresh, and
     /// has it forget the others (one row a grant would otherwise stay forever, and be read at
-    /// every start). Returns how many it remembers.
+    /// every start). Returns how many it remembers. The clinicians' rates too: each fresh
+    /// nonce is a grant recorded, its request issued `crate::access::NONCE_KEPT_SECS` before
+    /// the nonce's `until`; those issued in the last minute take their cells again (coming
+    /// back from the start on, not from when they were taken: a minute stricter at most).
+    /// Before, a restart gave every clinician a full burst again.
     pub fn recall(&self, store: &dyn crate::store::Store) -> Result<usize, StoreError> {
         let now = now_secs();
-        let (fresh, stale): (Vec<_>, Vec<_>) = store
+        let (mut fresh, stale): (Vec<_>, Vec<_>) = store
             .replays()?
             .into_iter()
             .partition(|(_, until)| *until > now);
+        fresh.sort_by_key(|(_, until)| *until);
+        for (key, until) in &fresh {
+            let issued_at = until.saturating_sub(crate::access::NONCE_KEPT_SECS);
+            if let (Some((signer, _)), true) = (key.rsplit_once(':'), issued_at + 60 > now) {
+                self.within_rate(signer);
+            }
+        }
         // a bounded write each (the first start after a long run may forget very many)
         for chunk in stale.chunks(10_000) {
             store.apply(crate::store::Batch {

@@ -824,6 +824,37 @@ fn a_restart_remembers_fresh_nonces_and_forgets_stale_ones() {
     assert_eq!(RedbStore::open(&path).unwrap().replays().unwrap().len(), 1);
 }
 
+/// One process on the embedded store takes each clinician's grants of the last minute again
+/// at a restart (its nonces, kept with them, say when each request was issued): a clinician
+/// who used their burst is not given a full one by the restart; one whose grants are older
+/// than a minute, or another clinician, is not held back. Before, a restart reset every rate.
+#[test]
+fn a_restart_keeps_each_clinicians_rate_of_the_last_minute() {
+    use breakglass::access::NONCE_KEPT_SECS;
+    use breakglass::coordination::Local;
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
+    let now = crate::support::now();
+    // ten grants a minute: ST1 had ten in the last 30 s; ST2 had ten a minute and a half ago
+    let replay = (0..10u64)
+        .map(|n| (format!("ST1:{n}"), now - 30 + n + NONCE_KEPT_SECS))
+        .chain((0..10u64).map(|n| (format!("ST2:{n}"), now - 90 + n + NONCE_KEPT_SECS)))
+        .collect();
+    store
+        .apply(Batch {
+            replay,
+            ..Batch::default()
+        })
+        .unwrap();
+    let local = Local::new(std::num::NonZeroU32::new(10).unwrap());
+    assert_eq!(local.recall(&store).unwrap(), 20);
+    assert!(!local.within_rate("ST1"), "ST1's burst is used");
+    for n in 0..10 {
+        assert!(local.within_rate("ST2"), "ST2's grant {n}: a full burst");
+    }
+    assert!(local.within_rate("ST3"));
+}
+
 /// The audit log goes on from its head after a reopen: the next entry links to the last one
 /// written before it (the writer reads the head back at open).
 #[test]
