@@ -217,8 +217,9 @@ pub const WITHHELD_BY: &str =
 const WITHHELD_CHECKS: usize = 12;
 
 /// How many refused grants' writes are watched at once (`withheld`): during an outage every
-/// grant is refused, and each watch holds a task for up to a minute; past this, one is not
-/// watched (logged).
+/// grant is refused (except those refused unwritten), and each watch holds a task for up to a
+/// minute, and ten more for one that landed while the store refuses its mark; past this, one
+/// is not watched (logged).
 const WITHHELD_WATCHED: usize = 1024;
 
 /// How many times, and how often, `withheld` tries to write a landed grant's mark that its

@@ -422,18 +422,36 @@ fn confirmed(txid: &str, nonce: u64, raw: &str, height: u64, result: String) -> 
 /// then another summary's, found so by its sealed bytes) falls back to those times: a later
 /// operation of the same patient supersedes.
 fn superseded(store: &dyn Store, s: &Submission) -> Result<bool, StoreError> {
+    if let Some(stored_says) = replaced_by_the_stored(store, s)? {
+        return Ok(stored_says);
+    }
     if s.function != "set-summary-hash" {
         return Ok(false);
+    }
+    let prefix = s.id.split(':').take(2).collect::<Vec<_>>().join(":") + ":";
+    Ok(store.submissions_prefixed(&prefix)?.iter().any(|later| {
+        later.function == s.function
+            && later.args.first() == s.args.first()
+            && later.created_at_ms > s.created_at_ms
+    }))
+}
+
+/// Whether `s`, a patient's summary operation, records a hash other than that of the summary
+/// stored, as the stored summary's digest says; `None` when no digest describes the stored
+/// summary (`superseded` then goes by times), or `s` is not a summary's operation.
+fn replaced_by_the_stored(store: &dyn Store, s: &Submission) -> Result<Option<bool>, StoreError> {
+    if s.function != "set-summary-hash" {
+        return Ok(None);
     }
     let buffer = |i: usize| match s.args.get(i).map(|a| Value::from_hex(a)) {
         Some(Ok(Value::Buffer(b))) => Some(b),
         _ => None,
     };
     let (Some(patient), Some(hash)) = (buffer(0), buffer(1)) else {
-        return Ok(false);
+        return Ok(None);
     };
     let Ok(patient) = <[u8; 32]>::try_from(patient).map(crate::domain::PatientId) else {
-        return Ok(false);
+        return Ok(None);
     };
     // (a digest this version cannot read, one from before its sealed bytes' hash was kept,
     // describes nothing)
@@ -446,15 +464,24 @@ fn superseded(store: &dyn Store, s: &Submission) -> Result<bool, StoreError> {
             .summary(&patient)?
             .is_some_and(|sealed| digest.describes(&sealed))
         {
-            return Ok(digest.plain != hex::encode(hash));
+            return Ok(Some(digest.plain != hex::encode(hash)));
         }
     }
-    let prefix = s.id.split(':').take(2).collect::<Vec<_>>().join(":") + ":";
-    Ok(store.submissions_prefixed(&prefix)?.iter().any(|later| {
-        later.function == s.function
-            && later.args.first() == s.args.first()
-            && later.created_at_ms > s.created_at_ms
-    }))
+    Ok(None)
+}
+
+/// Whether `state` is an operation's closing without its effect on chain: a patient's summary
+/// operation a later summary replaced (`superseded`), closed unsent, or its nonce used by
+/// another transaction and not signed again. Height 0: not a block it was mined in.
+pub fn replaced(state: &SubmissionState) -> bool {
+    matches!(
+        state,
+        SubmissionState::Confirmed {
+            txid: None,
+            height: 0,
+            ..
+        }
+    )
 }
 
 /// Whether the nonce of our signed transaction `raw` is used on chain (by it, or by another
@@ -915,12 +942,14 @@ impl Submitter {
             .collect();
         for s in &pending {
             self.keep_lease().await?;
-            if superseded(self.store.as_ref(), s)? {
+            if replaced_by_the_stored(self.store.as_ref(), s)? == Some(true) {
                 // a patient's summary operation whose summary is no longer the one stored (two
                 // imports on two replicas at once: the one whose write landed last is stored,
                 // whatever order their clocks gave the operations): not signed, so that the
-                // chain ends with the stored summary's hash, not another's after it. Height 0:
-                // never taken for the patient's latest hash mined
+                // chain ends with the stored summary's hash, not another's after it. Only when
+                // the stored summary's digest says so (by times, a summary stored without one
+                // would close its own operation after an earlier one made by a faster clock).
+                // Height 0: never taken for the patient's latest hash mined (`replaced`)
                 let state = SubmissionState::Confirmed {
                     txid: None,
                     height: 0,
@@ -1048,10 +1077,11 @@ impl Submitter {
                 }
             }
             OnChain::NotDone if superseded(self.store.as_ref(), s)? => {
-                // not signed again: its hash is no longer wanted (the nonce it had is used)
+                // not signed again: its hash is no longer wanted (the nonce it had is used).
+                // Height 0: never taken for the patient's latest hash mined (`replaced`)
                 let state = SubmissionState::Confirmed {
                     txid: None,
-                    height: self.status.node_tip.load(Ordering::SeqCst),
+                    height: 0,
                     result: format!("{reason}; a later summary of the patient has replaced its hash: not sent again"),
                     nonce: None,
                     raw: None,
@@ -1413,9 +1443,11 @@ mod tests {
                 ..Batch::default()
             })
             .unwrap();
-        // no digest stored: by times
+        // no digest stored: by times (which a pending operation is not closed by: the
+        // stored summary's own may be the earlier by a slower clock)
         assert!(superseded(&store, &second).unwrap());
         assert!(!superseded(&store, &first).unwrap());
+        assert_eq!(replaced_by_the_stored(&store, &second).unwrap(), None);
         // the second summary stored (after the first, whatever the clocks said)
         let stored = |sealed: &Vec<u8>, digest: Option<crate::store::SummaryDigest>| {
             store
@@ -1430,6 +1462,11 @@ mod tests {
         stored(&second_sealed, Some(second_digest));
         assert!(superseded(&store, &first).unwrap());
         assert!(!superseded(&store, &second).unwrap());
+        assert_eq!(replaced_by_the_stored(&store, &first).unwrap(), Some(true));
+        assert_eq!(
+            replaced_by_the_stored(&store, &second).unwrap(),
+            Some(false)
+        );
         // another patient's summary decides nothing for this one's operations
         let other = crate::domain::PatientId([4; 32]);
         store
@@ -1447,6 +1484,7 @@ mod tests {
         stored(&first_sealed, None);
         assert!(superseded(&store, &second).unwrap());
         assert!(!superseded(&store, &first).unwrap());
+        assert_eq!(replaced_by_the_stored(&store, &second).unwrap(), None);
         // an operation of another kind never is
         let record = operation(
             "record:01",

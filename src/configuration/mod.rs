@@ -295,6 +295,7 @@ mod tests {
             );
             let e = Settings::load(Some(Path::new("s.toml"))).unwrap_err();
             assert!(e.to_string().contains("#insecure"), "{e}");
+            assert!(!e.to_string().contains(":pw@"), "no password in it: {e}");
             Ok(())
         });
     }

@@ -270,13 +270,14 @@ impl DataSettings {
             .iter()
             .chain(&self.redis_sentinels)
             .any(|u| u.starts_with("rediss://"));
-        if let Some(url) = self
+        // (the URL not repeated: it may hold a password)
+        if self
             .redis_url
             .iter()
             .chain(&self.redis_sentinels)
-            .find(|u| u.contains("#insecure"))
+            .any(|u| u.contains("#insecure"))
         {
-            return Err(format!("data.redis_url, data.redis_sentinels: {url:?} asks for no certificate check (#insecure), which is not supported; give the authority in data.redis_ca_file"));
+            return Err("data.redis_url or data.redis_sentinels: a URL asks for no certificate check (#insecure), which is not supported; give the authority in data.redis_ca_file".into());
         }
         if self.redis_ca_file.is_some() && !tls {
             return Err("data.redis_ca_file is for a rediss:// (TLS) data.redis_url or data.redis_sentinels".into());

@@ -64,22 +64,19 @@ impl Local {
     /// Remembers the nonces `store` says were used before a restart and are still fresh, and
     /// has it forget the others (one row a grant would otherwise stay forever, and be read at
     /// every start). Returns how many it remembers. The clinicians' rates too: each fresh
-    /// nonce is a grant recorded, its request issued `crate::access::NONCE_KEPT_SECS` before
-    /// the nonce's `until`; those issued in the last minute take their cells again (coming
-    /// back from the start on, not from when they were taken: a minute stricter at most).
-    /// Before, a restart gave every clinician a full burst again.
+    /// nonce is a grant recorded within the last two minutes (its request issued
+    /// `crate::access::NONCE_KEPT_SECS` before the nonce's `until`, by the clinician's clock,
+    /// which may be a minute off), and each takes its cell again (coming back from the start
+    /// on, not from when it was taken: up to two minutes stricter). Before, a restart gave
+    /// every clinician a full burst again.
     pub fn recall(&self, store: &dyn crate::store::Store) -> Result<usize, StoreError> {
         let now = now_secs();
-        let (mut fresh, stale): (Vec<_>, Vec<_>) = store
+        let (fresh, stale): (Vec<_>, Vec<_>) = store
             .replays()?
             .into_iter()
             .partition(|(_, until)| *until > now);
-        fresh.sort_by_key(|(_, until)| *until);
-        for (key, until) in &fresh {
-            let issued_at = until.saturating_sub(crate::access::NONCE_KEPT_SECS);
-            if let (Some((signer, _)), true) = (key.rsplit_once(':'), issued_at + 60 > now) {
-                self.within_rate(signer);
-            }
+        for (signer, _) in fresh.iter().filter_map(|(key, _)| key.rsplit_once(':')) {
+            self.within_rate(signer);
         }
         // a bounded write each (the first start after a long run may forget very many)
         for chunk in stale.chunks(10_000) {

@@ -132,14 +132,15 @@ pub async fn import(
     };
     attempt.map_err(|e| match e {
         Imports::Refused(r) => r,
-        Imports::Raced => store_unavailable("the summary's operation was made twice meanwhile"),
+        Imports::Raced => store_unavailable("the summary's operation changed twice meanwhile"),
     })
 }
 
 /// Why an import's attempt did not store it.
 enum Imports {
     Refused(Refusal),
-    /// Its new operation was made meanwhile by another import of the same bytes.
+    /// Its new operation was made meanwhile by another import of the same bytes, or the
+    /// operation it reused changed (signed, or closed because a later summary replaced it).
     Raced,
 }
 
@@ -173,11 +174,15 @@ async fn import_once(
         ops.push(s);
     }
     let made = ops.len();
-    // (one the chain refused records nothing: the same bytes again get an operation of their own)
+    // (one the chain refused, or one closed unsent because a later summary replaced it,
+    // records nothing: the same bytes again get an operation of their own)
     let refused = ops
         .iter()
         .find(|s| s.id == crate::chain::submitter::numbered(&op.id, made))
-        .is_some_and(|s| matches!(s.state, crate::store::SubmissionState::Failed { .. }));
+        .is_some_and(|s| {
+            matches!(s.state, crate::store::SubmissionState::Failed { .. })
+                || submitter::replaced(&s.state)
+        });
     let latest = (made > 0 && !refused).then(|| crate::chain::submitter::numbered(&op.id, made));
     let n = made + 1;
     // the same bytes as the summary stored now: their hash is recorded (or on its way) by the
@@ -199,14 +204,14 @@ async fn import_once(
         }
         _ => Vec::new(),
     };
-    let submissions = match latest {
+    let (submissions, reused) = match latest {
         Some(id) if stored_now => {
             op.id = id;
-            Vec::new()
+            (Vec::new(), ops.last().cloned())
         }
         _ => {
             op.id = crate::chain::submitter::numbered(&op.id, n);
-            vec![op.clone()]
+            (vec![op.clone()], None)
         }
     };
     let imported = Imported {
@@ -218,10 +223,19 @@ async fn import_once(
     let digest = crate::store::SummaryDigest::of(body, &sealed);
     // a new operation is made only if it is not there yet: a second import of these bytes that
     // read before the first was written would otherwise put it back as pending, signed or not
-    let guard = (!submissions.is_empty()).then(|| crate::store::Guard {
-        absent: submissions.iter().map(|s| s.id.clone()).collect(),
-        ..crate::store::Guard::default()
-    });
+    // ; an operation reused only as read: one closed meanwhile (another replica's import of
+    // another summary landed, and the submitter closed this one unsent) is read again, and these
+    // bytes get an operation of their own, rather than stored with none recording them
+    let guard = match reused {
+        Some(read) => Some(crate::store::Guard {
+            submissions: vec![read],
+            ..crate::store::Guard::default()
+        }),
+        None => (!submissions.is_empty()).then(|| crate::store::Guard {
+            absent: submissions.iter().map(|s| s.id.clone()).collect(),
+            ..crate::store::Guard::default()
+        }),
+    };
     let batch = Batch {
         summaries: vec![(summary.patient, Some(sealed))],
         summary_digests: vec![(summary.patient, Some(digest))],
@@ -284,7 +298,10 @@ fn on_chain(
         .map_err(store_unavailable)?
         .into_iter()
         .filter_map(|s| match s.state {
-            crate::store::SubmissionState::Confirmed { height, .. } => Some((height, s.id)),
+            // (one closed without its effect, at height 0, recorded nothing)
+            crate::store::SubmissionState::Confirmed { height, .. } if height > 0 => {
+                Some((height, s.id))
+            }
             _ => None,
         })
         .max_by_key(|(height, _)| *height);

@@ -652,7 +652,10 @@ async fn served_as_on_chain(env: &Env, patient_hex: &str, body: &[u8]) {
             .contains(&hex::encode(Sha256::digest(body))),
         "the chain holds the hash of the summary stored"
     );
-    let g = token(env, "nurse", patient_hex, &["allergies"], 1).await;
+    // a nonce of its own each time it is asked
+    static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000);
+    let nonce = NONCE.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let g = token(env, "nurse", patient_hex, &["allergies"], nonce).await;
     let (s, bundle, _) = read(
         env,
         &format!("/fhir/Patient/{patient_hex}/$summary"),
@@ -768,25 +771,29 @@ async fn of_two_summaries_imported_at_once_the_stored_ones_hash_ends_on_chain() 
     // behind the second's
     let (mut stored, other) = (operation(&first), operation(&second));
     stored.created_at_ms = other.created_at_ms - 60_000;
-    let sealed = keyring
-        .seal(&breakglass::seal::names::summary(&patient_id), &first)
-        .unwrap();
+    // `body` stored as the patient's summary (sealed, with its digest), with `submissions`
+    let stored_with = |body: &[u8], submissions| {
+        let sealed = keyring
+            .seal(&breakglass::seal::names::summary(&patient_id), body)
+            .unwrap();
+        breakglass::store::apply_async(
+            &env.app.store,
+            breakglass::store::Batch {
+                summaries: vec![(patient_id, Some(sealed.clone()))],
+                summary_digests: vec![(
+                    patient_id,
+                    Some(breakglass::store::SummaryDigest::of(body, &sealed)),
+                )],
+                submissions,
+                ..Default::default()
+            },
+        )
+    };
     let service = env.app.submitter.sender;
     let nonce_before = env.devnet.nonce(&service).await;
-    breakglass::store::apply_async(
-        &env.app.store,
-        breakglass::store::Batch {
-            summaries: vec![(patient_id, Some(sealed.clone()))],
-            summary_digests: vec![(
-                patient_id,
-                Some(breakglass::store::SummaryDigest::of(&first, &sealed)),
-            )],
-            submissions: vec![stored.clone(), other.clone()],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    stored_with(&first, vec![stored.clone(), other.clone()])
+        .await
+        .unwrap();
     recorded(&env, &stored.id).await;
     let closed = env.app.store.submission(&other.id).unwrap().unwrap();
     assert!(
@@ -799,6 +806,16 @@ async fn of_two_summaries_imported_at_once_the_stored_ones_hash_ends_on_chain() 
         "one transaction: the stored summary's"
     );
     served_as_on_chain(&env, &patient_hex, &first).await;
+    // the second stored after all, its operation closed (an import of it that read its
+    // operation before it was closed, and landed after: now guarded on it as read), then
+    // imported again: recorded by an operation of its own, not by the one closed unsent
+    stored_with(&second, Vec::new()).await.unwrap();
+    let (s, imported) = import(&env, second.clone()).await;
+    assert_eq!(s, 201, "{imported}");
+    let again = imported["operation"].as_str().unwrap();
+    assert_ne!(again, other.id, "an operation of its own");
+    recorded(&env, again).await;
+    served_as_on_chain(&env, &patient_hex, &second).await;
 }
 
 /// A token revoked while the vault checks the summary against the chain (its hash not cached:
