@@ -64,10 +64,10 @@ impl Local {
     /// Remembers the nonces `store` says were used before a restart and are still fresh, and
     /// has it forget the others (one row a grant would otherwise stay forever, and be read at
     /// every start). Returns how many it remembers. The clinicians' rates too: each fresh
-    /// nonce is a grant recorded within the last two minutes (its request issued
+    /// nonce is a grant recorded within the last three minutes at most (its request issued
     /// `crate::access::NONCE_KEPT_SECS` before the nonce's `until`, by the clinician's clock,
-    /// which may be a minute off), and each takes its cell again (coming back from the start
-    /// on, not from when it was taken: up to two minutes stricter). Before, a restart gave
+    /// which may be a minute off either way), and each takes its cell again (coming back from
+    /// the start on, not from when it was taken: stricter, for three minutes at most). Before, a restart gave
     /// every clinician a full burst again.
     pub fn recall(&self, store: &dyn crate::store::Store) -> Result<usize, StoreError> {
         let now = now_secs();

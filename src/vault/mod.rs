@@ -118,9 +118,10 @@ pub async fn import(
     let summary = bundle::parse(body, patient_id_system)
         .map_err(|why| refusal(422, "invalid-summary", "Invalid summary", why))?;
     // one import at a time in a process (across replicas: the operation made once by its
-    // guard, below, and of two summaries imported at once only the stored one's signed, by
-    // the submitter): two of the same bytes at once would both read no operation and make it
-    // twice (the embedded store checks no guard: the second would put
+    // guard, below; of two summaries imported at once, the other's operation closed unsent if
+    // still pending, by the submitter; and the stored bytes imported again are recorded again
+    // if the chain ended with another's hash): two of the same bytes at once would both read
+    // no operation and make it twice (the embedded store checks no guard: the second would put
     // the operation back as pending after the submitter signed it, to be signed again)
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _importing = ONE_AT_A_TIME.lock().await;
@@ -132,15 +133,14 @@ pub async fn import(
     };
     attempt.map_err(|e| match e {
         Imports::Refused(r) => r,
-        Imports::Raced => store_unavailable("the summary's operation changed twice meanwhile"),
+        Imports::Raced => store_unavailable("the summary's operation was made twice meanwhile"),
     })
 }
 
 /// Why an import's attempt did not store it.
 enum Imports {
     Refused(Refusal),
-    /// Its new operation was made meanwhile by another import of the same bytes, or the
-    /// operation it reused changed (signed, or closed because a later summary replaced it).
+    /// Its new operation was made meanwhile by another import of the same bytes.
     Raced,
 }
 
@@ -204,14 +204,26 @@ async fn import_once(
         }
         _ => Vec::new(),
     };
-    let (submissions, reused) = match latest {
-        Some(id) if stored_now => {
+    // reused only while it records them: still open, or the chain holds their hash. One mined
+    // whose hash the chain no longer holds (another replica's import of another summary
+    // landed between this one's read and its write, and was recorded after) is not: an import
+    // of the stored bytes then records them again, rather than leaving every read refused
+    let open = ops.last().is_some_and(|s| {
+        matches!(
+            s.state,
+            crate::store::SubmissionState::Pending | crate::store::SubmissionState::Sent { .. }
+        )
+    });
+    let submissions = match latest {
+        Some(id)
+            if stored_now && (open || on_chain(store, &summary.patient, &hex::encode(hash))?) =>
+        {
             op.id = id;
-            (Vec::new(), ops.last().cloned())
+            Vec::new()
         }
         _ => {
             op.id = crate::chain::submitter::numbered(&op.id, n);
-            (vec![op.clone()], None)
+            vec![op.clone()]
         }
     };
     let imported = Imported {
@@ -223,19 +235,10 @@ async fn import_once(
     let digest = crate::store::SummaryDigest::of(body, &sealed);
     // a new operation is made only if it is not there yet: a second import of these bytes that
     // read before the first was written would otherwise put it back as pending, signed or not
-    // ; an operation reused only as read: one closed meanwhile (another replica's import of
-    // another summary landed, and the submitter closed this one unsent) is read again, and these
-    // bytes get an operation of their own, rather than stored with none recording them
-    let guard = match reused {
-        Some(read) => Some(crate::store::Guard {
-            submissions: vec![read],
-            ..crate::store::Guard::default()
-        }),
-        None => (!submissions.is_empty()).then(|| crate::store::Guard {
-            absent: submissions.iter().map(|s| s.id.clone()).collect(),
-            ..crate::store::Guard::default()
-        }),
-    };
+    let guard = (!submissions.is_empty()).then(|| crate::store::Guard {
+        absent: submissions.iter().map(|s| s.id.clone()).collect(),
+        ..crate::store::Guard::default()
+    });
     let batch = Batch {
         summaries: vec![(summary.patient, Some(sealed))],
         summary_digests: vec![(summary.patient, Some(digest))],

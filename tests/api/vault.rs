@@ -816,6 +816,16 @@ async fn of_two_summaries_imported_at_once_the_stored_ones_hash_ends_on_chain() 
     assert_ne!(again, other.id, "an operation of its own");
     recorded(&env, again).await;
     served_as_on_chain(&env, &patient_hex, &second).await;
+    // the first stored after all (an import of it that reused its operation, mined, landed
+    // after the second was recorded): the chain holds the second's hash; imported again, the
+    // first is recorded again, not taken as recorded by its operation mined before
+    stored_with(&first, Vec::new()).await.unwrap();
+    let (s, imported) = import(&env, first.clone()).await;
+    assert_eq!(s, 201, "{imported}");
+    let again = imported["operation"].as_str().unwrap();
+    assert_ne!(again, stored.id, "an operation of its own");
+    recorded(&env, again).await;
+    served_as_on_chain(&env, &patient_hex, &first).await;
 }
 
 /// A token revoked while the vault checks the summary against the chain (its hash not cached:
@@ -873,9 +883,18 @@ async fn a_token_revoked_while_the_vault_asks_the_node_is_refused() {
 
 /// Operation `id` put in `state` in the store (what the submitter would write), not on chain.
 async fn settled(env: &Env, id: &str, state: breakglass::store::SubmissionState) {
-    let mut op = env.app.store.submission(id).unwrap().unwrap();
-    op.state = state;
-    written(env, op).await;
+    // written again until it stays so for a tick of the submitter: one of its writes read
+    // before this one may land after it (the embedded store checks no guard: one process)
+    eventually(id, SECS, async || {
+        let mut op = env.app.store.submission(id).unwrap().unwrap();
+        if op.state != state {
+            op.state = state.clone();
+            written(env, op).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        (env.app.store.submission(id).unwrap().unwrap().state == state).then_some(())
+    })
+    .await;
 }
 
 /// `op` written to the store as it is.
