@@ -119,18 +119,34 @@ pub async fn import(
         .map_err(|why| refusal(422, "invalid-summary", "Invalid summary", why))?;
     // one import at a time in a process (across replicas: the operation made once by its
     // guard, below; of two summaries imported at once, the other's operation closed unsent if
-    // still pending, by the submitter; and the stored bytes imported again are recorded again
-    // if the chain ended with another's hash): two of the same bytes at once would both read
-    // no operation and make it twice (the embedded store checks no guard: the second would put
+    // still pending, by the submitter; an operation reused that was closed before the write
+    // landed, replaced below; and the stored bytes imported again are recorded again if the
+    // chain ended with another's hash): two of the same bytes at once would both read no
+    // operation and make it twice (the embedded store checks no guard: the second would put
     // the operation back as pending after the submitter signed it, to be signed again)
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _importing = ONE_AT_A_TIME.lock().await;
     // the same bytes imported at once on another replica (a client sending it again) may make
     // the operation first: read again, it is then the operation of these bytes
-    let attempt = match import_once(store, keyring, &summary, body, by).await {
+    let mut attempt = match import_once(store, keyring, &summary, body, by).await {
         Err(Imports::Raced) => import_once(store, keyring, &summary, body, by).await,
         done => done,
     };
+    // the operation named (reused, read open) closed since (another replica's import of
+    // another summary landed between this one's read and its write, and the submitter closed
+    // it unsent), or failed: once this summary is stored, none is closed so, and an import now
+    // makes these bytes an operation of their own
+    if let Ok(imported) = &attempt {
+        let named = store
+            .submission(&imported.operation)
+            .map_err(store_unavailable)?;
+        if named.is_some_and(|s| {
+            submitter::replaced(&s.state)
+                || matches!(s.state, crate::store::SubmissionState::Failed { .. })
+        }) {
+            attempt = import_once(store, keyring, &summary, body, by).await;
+        }
+    }
     attempt.map_err(|e| match e {
         Imports::Refused(r) => r,
         Imports::Raced => store_unavailable("the summary's operation was made twice meanwhile"),
@@ -302,12 +318,13 @@ fn on_chain(
         .into_iter()
         .filter_map(|s| match s.state {
             // (one closed without its effect, at height 0, recorded nothing)
-            crate::store::SubmissionState::Confirmed { height, .. } if height > 0 => {
-                Some((height, s.id))
+            // (two mined in one block ran in their nonces' order)
+            crate::store::SubmissionState::Confirmed { height, nonce, .. } if height > 0 => {
+                Some(((height, nonce), s.id))
             }
             _ => None,
         })
-        .max_by_key(|(height, _)| *height);
+        .max_by_key(|(mined, _)| *mined);
     Ok(latest.is_some_and(|(_, id)| id.starts_with(&operation_prefix(patient, hash))))
 }
 
@@ -689,4 +706,60 @@ fn resource_types(bundle: &Value) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RedbStore, Store, SubmissionState};
+
+    /// Without the chain's hash in the cache, the latest of the patient's summary operations
+    /// mined says which hash the chain holds: of two mined in one block, the one with the
+    /// higher nonce, which ran last (before, the one whose id sorted last); one closed unsent
+    /// (height 0) recorded nothing.
+    #[test]
+    fn the_latest_operation_mined_is_by_block_then_nonce() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let patient = PatientId([5; 32]);
+        let mined = |hash: [u8; 32], height: u64, nonce: u64| {
+            let mut op = operation(&patient, &hash);
+            op.state = SubmissionState::Confirmed {
+                txid: Some(format!("{nonce:064x}")),
+                height,
+                result: "(ok true)".into(),
+                nonce: Some(nonce),
+                raw: None,
+            };
+            op
+        };
+        // (ids by hash: 0xff… sorts after 0x11…)
+        let (ran_first, ran_last) = ([0xff; 32], [0x11; 32]);
+        store
+            .apply(Batch {
+                submissions: vec![mined(ran_first, 9, 4), mined(ran_last, 9, 5)],
+                ..Batch::default()
+            })
+            .unwrap();
+        let holds = |hash: [u8; 32]| on_chain(&store, &patient, &hex::encode(hash)).unwrap();
+        assert!(holds(ran_last));
+        assert!(!holds(ran_first));
+        // closed unsent, at height 0: not the latest mined, whatever its id
+        let mut closed = operation(&patient, &[0xaa; 32]);
+        closed.state = SubmissionState::Confirmed {
+            txid: None,
+            height: 0,
+            result: "replaced".into(),
+            nonce: None,
+            raw: None,
+        };
+        store
+            .apply(Batch {
+                submissions: vec![closed],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(holds(ran_last));
+        assert!(!holds([0xaa; 32]));
+    }
 }

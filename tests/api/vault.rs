@@ -881,10 +881,12 @@ async fn a_token_revoked_while_the_vault_asks_the_node_is_refused() {
     assert!(refused_reads(&env).iter().any(|c| c == "token-revoked"));
 }
 
-/// Operation `id` put in `state` in the store (what the submitter would write), not on chain.
+/// Operation `id` put in `state` in the store (what the submitter or the follower would
+/// write), not on chain.
 async fn settled(env: &Env, id: &str, state: breakglass::store::SubmissionState) {
-    // written again until it stays so for a tick of the submitter: one of its writes read
-    // before this one may land after it (the embedded store checks no guard: one process)
+    // written again until it stays so for a tick of the submitter: this write is made outside
+    // the lock the submitter's and the follower's writes hold (`apply_lock`), so one of theirs
+    // read before it may land after it
     eventually(id, SECS, async || {
         let mut op = env.app.store.submission(id).unwrap().unwrap();
         if op.state != state {
