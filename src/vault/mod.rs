@@ -128,23 +128,32 @@ pub async fn import(
     let _importing = ONE_AT_A_TIME.lock().await;
     // the same bytes imported at once on another replica (a client sending it again) may make
     // the operation first: read again, it is then the operation of these bytes
-    let mut attempt = match import_once(store, keyring, &summary, body, by).await {
+    let once = async || match import_once(store, keyring, &summary, body, by).await {
         Err(Imports::Raced) => import_once(store, keyring, &summary, body, by).await,
         done => done,
     };
+    let mut attempt = once().await;
     // the operation named (reused, read open) closed since (another replica's import of
     // another summary landed between this one's read and its write, and the submitter closed
-    // it unsent), or failed: once this summary is stored, none is closed so, and an import now
-    // makes these bytes an operation of their own
+    // it unsent), or failed, while this summary is still the one stored: an import now makes
+    // these bytes an operation of their own. (Not when another summary was stored since: its
+    // import is the later, and closed ours rightly. A close the submitter decided before this
+    // write and writes after this read is not seen: importing these bytes again repairs it.)
+    // A read that fails keeps the answer: the summary is stored
     if let Ok(imported) = &attempt {
-        let named = store
-            .submission(&imported.operation)
-            .map_err(store_unavailable)?;
-        if named.is_some_and(|s| {
-            submitter::replaced(&s.state)
-                || matches!(s.state, crate::store::SubmissionState::Failed { .. })
-        }) {
-            attempt = import_once(store, keyring, &summary, body, by).await;
+        let ours = hex::encode(Sha256::digest(body));
+        let still_ours = matches!(
+            store.summary_digest(&summary.patient),
+            Ok(Some(stored)) if stored.plain == ours
+        );
+        let closed = store.submission(&imported.operation).is_ok_and(|named| {
+            named.is_some_and(|s| {
+                submitter::replaced(&s.state)
+                    || matches!(s.state, crate::store::SubmissionState::Failed { .. })
+            })
+        });
+        if still_ours && closed {
+            attempt = once().await;
         }
     }
     attempt.map_err(|e| match e {
