@@ -470,6 +470,12 @@ fn replaced_by_the_stored(store: &dyn Store, s: &Submission) -> Result<Option<bo
     Ok(None)
 }
 
+/// Whether an operation in `state` recorded nothing on chain, nor will: refused by the chain
+/// (`Failed`), or closed without its effect (`replaced`).
+pub fn records_nothing(state: &SubmissionState) -> bool {
+    matches!(state, SubmissionState::Failed { .. }) || replaced(state)
+}
+
 /// Whether `state` is an operation's closing without its effect on chain: a patient's summary
 /// operation a later summary replaced (`superseded`), closed unsent, or its nonce used by
 /// another transaction and not signed again. Height 0: not a block it was mined in.

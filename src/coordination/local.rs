@@ -67,8 +67,8 @@ impl Local {
     /// nonce is a grant recorded within the last three minutes at most (its request issued
     /// `crate::access::NONCE_KEPT_SECS` before the nonce's `until`, by the clinician's clock,
     /// which may be a minute off either way), and each takes its cell again (coming back from
-    /// the start on, not from when it was taken: stricter, for three minutes at most). Before, a restart gave
-    /// every clinician a full burst again.
+    /// the start on, not from when it was taken: stricter, for three minutes at most). Before,
+    /// a restart gave every clinician a full burst again.
     pub fn recall(&self, store: &dyn crate::store::Store) -> Result<usize, StoreError> {
         let now = now_secs();
         let (fresh, stale): (Vec<_>, Vec<_>) = store

@@ -146,12 +146,9 @@ pub async fn import(
             store.summary_digest(&summary.patient),
             Ok(Some(stored)) if stored.plain == ours
         );
-        let closed = store.submission(&imported.operation).is_ok_and(|named| {
-            named.is_some_and(|s| {
-                submitter::replaced(&s.state)
-                    || matches!(s.state, crate::store::SubmissionState::Failed { .. })
-            })
-        });
+        let closed = store
+            .submission(&imported.operation)
+            .is_ok_and(|named| named.is_some_and(|s| submitter::records_nothing(&s.state)));
         if still_ours && closed {
             attempt = once().await;
         }
@@ -204,10 +201,7 @@ async fn import_once(
     let refused = ops
         .iter()
         .find(|s| s.id == crate::chain::submitter::numbered(&op.id, made))
-        .is_some_and(|s| {
-            matches!(s.state, crate::store::SubmissionState::Failed { .. })
-                || submitter::replaced(&s.state)
-        });
+        .is_some_and(|s| submitter::records_nothing(&s.state));
     let latest = (made > 0 && !refused).then(|| crate::chain::submitter::numbered(&op.id, made));
     let n = made + 1;
     // the same bytes as the summary stored now: their hash is recorded (or on its way) by the

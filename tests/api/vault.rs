@@ -806,26 +806,20 @@ async fn of_two_summaries_imported_at_once_the_stored_ones_hash_ends_on_chain() 
         "one transaction: the stored summary's"
     );
     served_as_on_chain(&env, &patient_hex, &first).await;
-    // the second stored after all, its operation closed (an import of it that read its
-    // operation before it was closed, and landed after: now guarded on it as read), then
-    // imported again: recorded by an operation of its own, not by the one closed unsent
-    stored_with(&second, Vec::new()).await.unwrap();
-    let (s, imported) = import(&env, second.clone()).await;
-    assert_eq!(s, 201, "{imported}");
-    let again = imported["operation"].as_str().unwrap();
-    assert_ne!(again, other.id, "an operation of its own");
-    recorded(&env, again).await;
-    served_as_on_chain(&env, &patient_hex, &second).await;
-    // the first stored after all (an import of it that reused its operation, mined, landed
-    // after the second was recorded): the chain holds the second's hash; imported again, the
-    // first is recorded again, not taken as recorded by its operation mined before
-    stored_with(&first, Vec::new()).await.unwrap();
-    let (s, imported) = import(&env, first.clone()).await;
-    assert_eq!(s, 201, "{imported}");
-    let again = imported["operation"].as_str().unwrap();
-    assert_ne!(again, stored.id, "an operation of its own");
-    recorded(&env, again).await;
-    served_as_on_chain(&env, &patient_hex, &first).await;
+    // each stored after all, then imported again: recorded by an operation of its own, not
+    // by the one it had. The second over its operation closed unsent (an import of it that
+    // read its operation open, and landed after it was closed); then the first over the
+    // second's recorded hash (an import of it that reused its operation, mined, and landed
+    // after the second was recorded)
+    for (body, had) in [(&second, &other.id), (&first, &stored.id)] {
+        stored_with(body, Vec::new()).await.unwrap();
+        let (s, imported) = import(&env, body.clone()).await;
+        assert_eq!(s, 201, "{imported}");
+        let again = imported["operation"].as_str().unwrap();
+        assert_ne!(again, had, "an operation of its own");
+        recorded(&env, again).await;
+        served_as_on_chain(&env, &patient_hex, body).await;
+    }
 }
 
 /// A token revoked while the vault checks the summary against the chain (its hash not cached:
